@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+EXAMPLE := examples/tiny_classifier
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/ferry check $(EXAMPLE)/model.onnx
+	$(VENV)/bin/ferry test $(EXAMPLE)/model.onnx $(EXAMPLE) --report build/demo/test.json
+	$(VENV)/bin/ferry bench $(EXAMPLE)/model.onnx --batch 1,8 --duration 1 --report build/demo/bench.json
+	@echo "demo reports: build/demo/test.json build/demo/bench.json"
+
+lint: $(DEVSTAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(DEVSTAMP)
+	$(VENV)/bin/mypy
+
+unit: $(DEVSTAMP)
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,178 @@
+"""Report: what a judging verb found, as stable JSON and as readable text.
+
+    report = onnxferry.compare("a.onnx", "b.onnx")
+    report.ok, report.exit_code
+    print(report.to_text())
+    report.save("build/compare.json")      # atomic write
+    report.to_dict()["result"]             # stable keys, see each result's to_dict()
+
+Every result type (Parity, CheckResult, ...) implements ``ReportBody``: ``to_dict()`` for
+JSON and ``tables()`` for text. Non-finite floats become the strings "nan", "inf", "-inf" so
+the JSON stays valid.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from .errors import EXIT_OK, EXIT_VERIFICATION_FAILED, InputError
+
+SCHEMA = "onnxferry.report/1"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table: column names and rows of plain values."""
+
+    title: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
+class ReportBody(Protocol):
+    """What a verb's result offers to its report."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def tables(self) -> list[Table]: ...
+
+
+T = TypeVar("T", bound=ReportBody)
+
+
+@dataclass
+class Report(Generic[T]):
+    """The outcome of one verb: ``result`` is the typed finding (e.g. a Parity)."""
+
+    verb: str
+    result: T
+    notes: list[str] = field(default_factory=list)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_VERIFICATION_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "schema": SCHEMA,
+            "verb": self.verb,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "onnxferry_version": __version__,
+            "created": self.created,
+            "notes": list(self.notes),
+            "result": jsonable(self.result.to_dict()),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def tables(self) -> list[Table]:
+        return self.result.tables()
+
+    def to_text(self) -> str:
+        parts = [render_table(t) for t in self.tables()]
+        parts.extend(f"note: {n}" for n in self.notes)
+        parts.append(f"{self.verb}: {'ok' if self.ok else 'FAILED'}")
+        return "\n\n".join(parts)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON report atomically (temp file in the same directory, then rename)."""
+        return write_text_atomic(Path(path), self.to_json() + "\n")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types for numpy scalars/arrays, paths, tuples and non-finite floats."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def format_value(value: Any) -> str:
+    """Short text for a table cell: 4 significant digits for floats, "-" for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    return str(value)
+
+
+def render_table(table: Table) -> str:
+    """A plain-text table (the CLI draws the same tables with rich)."""
+    cells = [[format_value(v) for v in row] for row in table.rows]
+    widths = [len(c) for c in table.columns]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
+    lines = [table.title]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(table.columns, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in cells)
+    return "\n".join(lines)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

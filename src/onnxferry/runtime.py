@@ -1,0 +1,286 @@
+"""ONNX Runtime sessions and the Runner protocol.
+
+    runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
+    outputs = runner.run(model.signature.sample(seed=0))    # {output name: array}
+    runner.provider                                         # "cpu" if cuda was unavailable
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import ModelLoadError, ProviderError, UsageError
+from .model import Model
+from .signature import Signature
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+log = logging.getLogger("onnxferry")
+
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+    "azure": "AzureExecutionProvider",
+}
+_SHORT = {v: k for k, v in PROVIDERS.items()}
+
+GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Anything that maps feeds to outputs: ONNX Runtime or a source-framework reference."""
+
+    name: str
+
+    @property
+    def signature(self) -> Signature: ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def provider_name(short: str) -> str:
+    """ONNX Runtime's name for a short provider name ("cuda" -> "CUDAExecutionProvider")."""
+    key = short.lower().removesuffix("executionprovider")
+    if short in _SHORT:
+        return short
+    if key in PROVIDERS:
+        return PROVIDERS[key]
+    raise UsageError(
+        f"unknown execution provider {short!r}", hint=f"use one of {', '.join(PROVIDERS)}"
+    )
+
+
+def short_provider_name(name: str) -> str:
+    return _SHORT.get(name, name)
+
+
+def available_providers() -> list[str]:
+    """Short names of the providers this onnxruntime build offers, cpu last."""
+    import onnxruntime as ort
+
+    return [short_provider_name(p) for p in ort.get_available_providers()]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build a session: provider, threads and graph optimization level.
+
+    ``threads`` is the intra-op thread count (None: ONNX Runtime's default, one per core).
+    ``fallback`` lets a missing or failing provider fall back to cpu (logged with the reason).
+    """
+
+    provider: str = "cpu"
+    threads: int | None = None
+    inter_threads: int | None = None
+    graph_optimization: str = "all"
+    provider_options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: bool = True
+    log_severity: int = 3
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    import onnxruntime as ort
+
+    if config.graph_optimization not in GRAPH_LEVELS:
+        raise UsageError(
+            f"unknown graph optimization level {config.graph_optimization!r}",
+            hint=f"use one of {', '.join(GRAPH_LEVELS)}",
+        )
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "layout": ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[config.graph_optimization]
+    if config.threads is not None:
+        if config.threads < 1:
+            raise UsageError(f"threads must be at least 1, got {config.threads}")
+        opts.intra_op_num_threads = config.threads
+    if config.inter_threads is not None:
+        opts.inter_op_num_threads = config.inter_threads
+    opts.log_severity_level = config.log_severity
+    return opts
+
+
+def create_session(model: Model, config: SessionConfig | None = None) -> ort.InferenceSession:
+    """An InferenceSession for ``model`` on the configured provider.
+
+    A provider this build lacks, or one that fails to initialise, falls back to cpu with a
+    logged reason unless ``config.fallback`` is False (then ProviderError).
+    """
+    import onnxruntime as ort
+
+    config = config or SessionConfig()
+    wanted = provider_name(config.provider)
+    opts = session_options(config)
+    providers: list[Any] = [(wanted, dict(config.provider_options))]
+    if wanted not in ort.get_available_providers():
+        reason = f"provider {config.provider!r} is not in this onnxruntime build"
+        if not config.fallback:
+            raise ProviderError(reason, hint=f"available: {', '.join(available_providers())}")
+        log.warning("%s; falling back to cpu", reason)
+        providers = ["CPUExecutionProvider"]
+    elif wanted != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    source = _session_source(model)
+    try:
+        session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+    except Exception as e:
+        message = _first_line(e)
+        if wanted != "CPUExecutionProvider" and config.fallback and "CPU" not in str(providers):
+            log.warning("provider %r failed (%s); falling back to cpu", config.provider, message)
+            return create_session(model, SessionConfig(**{**config.__dict__, "provider": "cpu"}))
+        raise ModelLoadError(
+            f"onnxruntime cannot load {model.name}: {message}",
+            hint="run `ferry check` on the model for details",
+        ) from e
+    active = session.get_providers()[0]
+    if active != wanted:
+        log.warning("provider %r was not used; session runs on %s", config.provider, active)
+    return session
+
+
+def _session_source(model: Model) -> str | bytes:
+    if model.path is not None and model.path.is_file():
+        return str(model.path)
+    return bytes(model.proto.SerializeToString())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    # ORT prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : /path/file.cc:123 fn(...)"
+    return line.split("] ", 1)[-1][:500] if line.startswith("[ONNXRuntimeError]") else line[:500]
+
+
+class OrtRunner:
+    """Runs a Model in ONNX Runtime; implements Runner."""
+
+    def __init__(
+        self,
+        model: Model,
+        provider: str = "cpu",
+        threads: int | None = None,
+        *,
+        config: SessionConfig | None = None,
+        validate: bool = True,
+    ) -> None:
+        self.model = model
+        self.config = config or SessionConfig(provider=provider, threads=threads)
+        self.session = create_session(model, self.config)
+        self.provider = short_provider_name(self.session.get_providers()[0])
+        self.name = f"{model.name}@{self.provider}"
+        self.validate = validate
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._needs_ortvalue = any(s.dtype.onnx_name == "BFLOAT16" for s in model.signature.inputs)
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Outputs by name; feeds are checked against the signature first (FeedError)."""
+        if self.validate:
+            self.signature.validate(feeds)
+        names = list(output_names) if output_names is not None else self._output_names
+        if self._needs_ortvalue:
+            values = self.session.run_with_ort_values(names, _to_ortvalues(feeds))
+            return {n: _from_ortvalue(v) for n, v in zip(names, values, strict=True)}
+        results = self.session.run(names, dict(feeds))
+        return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
+
+
+def _to_ortvalues(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    values: dict[str, Any] = {}
+    for name, array in feeds.items():
+        if array.dtype.name == "bfloat16":
+            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                np.ascontiguousarray(array).view(np.uint16), 16
+            )
+        else:
+            values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+    return values
+
+
+def _from_ortvalue(value: Any) -> np.ndarray:
+    if value.data_type() == "tensor(bfloat16)":
+        import ml_dtypes
+
+        return np.asarray(value.numpy()).view(ml_dtypes.bfloat16)
+    return _as_array(value.numpy())
+
+
+def _as_array(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+
+
+@cache
+def runtime_limits() -> tuple[int, int]:
+    """(highest IR version, highest ai.onnx opset) the installed onnxruntime loads.
+
+    Measured by loading one-node models, so it is right for whatever build is installed.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def loads(ir: int, opset: int) -> bool:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+        proto = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir
+        )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        try:
+            ort.InferenceSession(
+                proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception:
+            return False
+        return True
+
+    max_ir = _highest(lambda ir: loads(ir, 13), low=7, high=64)
+    max_opset = _highest(lambda op: loads(max_ir, op), low=13, high=256)
+    return max_ir, max_opset
+
+
+def _highest(ok: Any, low: int, high: int) -> int:
+    """Largest v in [low, high) with ok(v), assuming ok is monotone and ok(low) holds."""
+    while high - low > 1:
+        mid = (low + high) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid
+    return low

@@ -1,0 +1,331 @@
+"""Tensor specs and model signatures: names, dtypes (ONNX, numpy, KServe V2) and shapes.
+
+    sig = model.signature
+    feeds = sig.sample(dims={"batch": 4}, seed=0)   # one array per input
+    sig.validate(feeds)                             # FeedError naming the tensor if off
+    sig.inputs[0].v2_datatype                       # "FP32"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import FeedError
+
+if TYPE_CHECKING:
+    import onnx
+
+Dim = int | str | None
+"""A dimension: a fixed size, a symbolic name ("batch"), or None when unknown."""
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type as ONNX, numpy and the KServe V2 protocol spell it."""
+
+    onnx: int  # TensorProto.DataType code
+    onnx_name: str
+    v2: str | None  # KServe V2 / Open Inference Protocol name, None if the protocol has none
+    numpy: np.dtype[Any]
+
+    @property
+    def kind(self) -> str:
+        """"float", "int", "bool" or "string": how values of this type are compared."""
+        if self.onnx_name == "STRING":
+            return "string"
+        if self.onnx_name == "BOOL":
+            return "bool"
+        if self.numpy.kind in "iu":
+            return "int"
+        return "float"
+
+
+def _float8(name: str) -> np.dtype[Any]:
+    import ml_dtypes
+
+    dtype: np.dtype[Any] = np.dtype(getattr(ml_dtypes, name))
+    return dtype
+
+
+def _build_dtypes() -> list[DType]:
+    rows: list[tuple[int, str, str | None, np.dtype[Any]]] = [
+        (1, "FLOAT", "FP32", np.dtype(np.float32)),
+        (2, "UINT8", "UINT8", np.dtype(np.uint8)),
+        (3, "INT8", "INT8", np.dtype(np.int8)),
+        (4, "UINT16", "UINT16", np.dtype(np.uint16)),
+        (5, "INT16", "INT16", np.dtype(np.int16)),
+        (6, "INT32", "INT32", np.dtype(np.int32)),
+        (7, "INT64", "INT64", np.dtype(np.int64)),
+        (8, "STRING", "BYTES", np.dtype(object)),
+        (9, "BOOL", "BOOL", np.dtype(np.bool_)),
+        (10, "FLOAT16", "FP16", np.dtype(np.float16)),
+        (11, "DOUBLE", "FP64", np.dtype(np.float64)),
+        (12, "UINT32", "UINT32", np.dtype(np.uint32)),
+        (13, "UINT64", "UINT64", np.dtype(np.uint64)),
+        (14, "COMPLEX64", None, np.dtype(np.complex64)),
+        (15, "COMPLEX128", None, np.dtype(np.complex128)),
+        (16, "BFLOAT16", "BF16", _float8("bfloat16")),
+        (17, "FLOAT8E4M3FN", None, _float8("float8_e4m3fn")),
+        (18, "FLOAT8E4M3FNUZ", None, _float8("float8_e4m3fnuz")),
+        (19, "FLOAT8E5M2", None, _float8("float8_e5m2")),
+        (20, "FLOAT8E5M2FNUZ", None, _float8("float8_e5m2fnuz")),
+    ]
+    return [DType(code, name, v2, dt) for code, name, v2, dt in rows]
+
+
+DTYPES: tuple[DType, ...] = tuple(_build_dtypes())
+_BY_ONNX = {d.onnx: d for d in DTYPES}
+_BY_V2 = {d.v2: d for d in DTYPES if d.v2}
+_BY_NUMPY = {d.numpy: d for d in DTYPES if d.numpy != np.dtype(object)}
+
+
+def dtype_from_onnx(code: int) -> DType:
+    """DType for a TensorProto.DataType code; FeedError for types onnxferry cannot carry."""
+    try:
+        return _BY_ONNX[code]
+    except KeyError:
+        raise FeedError(
+            f"ONNX element type {code} is not supported",
+            hint="use a standard numeric, bool or string tensor type",
+        ) from None
+
+
+def dtype_from_v2(name: str) -> DType:
+    """DType for a KServe V2 datatype name such as "FP32" or "BYTES"."""
+    try:
+        return _BY_V2[name.upper()]
+    except KeyError:
+        known = ", ".join(sorted(_BY_V2))
+        raise FeedError(f"unknown V2 datatype {name!r}", hint=f"use one of {known}") from None
+
+
+def dtype_from_numpy(dtype: Any) -> DType:
+    """DType for a numpy dtype; str/bytes/object arrays map to STRING."""
+    dt = np.dtype(dtype)
+    if dt.kind in "OUS":
+        return _BY_ONNX[8]
+    try:
+        return _BY_NUMPY[dt]
+    except KeyError:
+        raise FeedError(f"numpy dtype {dt} has no ONNX equivalent") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor: element type and shape (None for an unknown rank)."""
+
+    name: str
+    dtype: DType
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def v2_datatype(self) -> str | None:
+        return self.dtype.v2
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def shape_text(self) -> str:
+        """Shape as text, e.g. "[batch, 3, 224, 224]"; "?" for unknown dims or rank."""
+        if self.shape is None:
+            return "?"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype.onnx_name,
+            "v2_datatype": self.dtype.v2,
+            "numpy_dtype": str(self.dtype.numpy),
+            "shape": None if self.shape is None else list(self.shape),
+        }
+
+    @classmethod
+    def from_value_info(cls, info: onnx.ValueInfoProto) -> TensorSpec:
+        """Spec from a graph input/output; non-tensor types (sequences, maps) get STRING-less
+        object dtype and unknown shape."""
+        tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
+        if tensor_type is None:
+            return cls(info.name, _OBJECT, None)
+        dtype = _BY_ONNX.get(tensor_type.elem_type, _OBJECT)
+        if not tensor_type.HasField("shape"):
+            return cls(info.name, dtype, None)
+        dims: list[Dim] = []
+        for d in tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return cls(info.name, dtype, tuple(dims))
+
+
+_OBJECT = DType(0, "UNDEFINED", None, np.dtype(object))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Ordered input and output specs of a model."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_onnx(cls, model: onnx.ModelProto) -> Signature:
+        """Signature of a model's main graph; initializers listed as inputs are not inputs."""
+        graph = model.graph
+        initializers = {t.name for t in graph.initializer}
+        inputs = tuple(
+            TensorSpec.from_value_info(v) for v in graph.input if v.name not in initializers
+        )
+        outputs = tuple(TensorSpec.from_value_info(v) for v in graph.output)
+        return cls(inputs, outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise FeedError(f"model has no input {name!r}", hint=f"inputs are {self.input_names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }
+
+    def validate(self, feeds: Mapping[str, Any]) -> None:
+        """Raise FeedError naming the first tensor whose name, dtype or shape is wrong.
+
+        A symbolic dimension must have the same size in every input that names it.
+        """
+        unknown = [name for name in feeds if name not in self.input_names]
+        if unknown:
+            raise FeedError(
+                f"unknown input {unknown[0]!r}", hint=f"the model's inputs are {self.input_names}"
+            )
+        missing = [name for name in self.input_names if name not in feeds]
+        if missing:
+            raise FeedError(
+                f"missing input {missing[0]!r}",
+                hint=f"give every input: {self.input_names}",
+            )
+        bound: dict[str, tuple[int, str]] = {}
+        for spec in self.inputs:
+            _validate_one(spec, feeds[spec.name], bound)
+
+    def resolve_shape(
+        self, spec: TensorSpec, dims: Mapping[str, int] | None = None, default: int = 1
+    ) -> tuple[int, ...]:
+        """Concrete shape for a spec: symbolic dims from ``dims`` (by name), else ``default``.
+
+        ``dims`` may also name an input ("input_ids": ...) to give its whole leading dim.
+        """
+        dims = dims or {}
+        if spec.shape is None:
+            raise FeedError(
+                f"input {spec.name!r} has an unknown rank",
+                hint="give sample inputs instead (--inputs feeds.npz)",
+            )
+        return tuple(
+            d if isinstance(d, int) else int(dims.get(d, default) if d else default)
+            for d in spec.shape
+        )
+
+    def sample(
+        self,
+        dims: Mapping[str, int] | None = None,
+        seed: int = 0,
+        default_dim: int = 1,
+    ) -> dict[str, np.ndarray]:
+        """Random feeds for every input: normal floats, small non-negative ints, random bools
+        and short strings. Symbolic dims take their size from ``dims``, else ``default_dim``."""
+        rng = np.random.default_rng(seed)
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            shape = self.resolve_shape(spec, dims, default_dim)
+            feeds[spec.name] = random_array(spec.dtype, shape, rng)
+        return feeds
+
+
+def random_array(dtype: DType, shape: Iterable[int], rng: np.random.Generator) -> np.ndarray:
+    """Random values of one dtype and shape (ints in [0, 8) so they index safely)."""
+    shape = tuple(shape)
+    kind = dtype.kind
+    if kind == "string":
+        words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", ""], dtype=object)
+        return rng.choice(words, size=shape)
+    if kind == "bool":
+        return rng.random(shape) < 0.5
+    if kind == "int":
+        return rng.integers(0, 8, size=shape).astype(dtype.numpy)
+    if dtype.numpy.kind == "c":
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype.numpy)
+    return rng.standard_normal(shape).astype(np.float32).astype(dtype.numpy)
+
+
+def _validate_one(spec: TensorSpec, value: Any, bound: dict[str, tuple[int, str]]) -> None:
+    if not isinstance(value, np.ndarray):
+        raise FeedError(
+            f"input {spec.name!r} is a {type(value).__name__}, not a numpy array",
+            hint="pass numpy arrays",
+        )
+    got = dtype_from_numpy(value.dtype) if value.dtype.kind in "OUS" else None
+    if spec.dtype.kind == "string":
+        if got is None:
+            raise FeedError(
+                f"input {spec.name!r} expects strings, got {value.dtype}",
+                hint="pass a numpy array of str or bytes",
+            )
+    elif spec.dtype.onnx and value.dtype != spec.dtype.numpy:
+        raise FeedError(
+            f"input {spec.name!r} expects dtype {spec.dtype.numpy} ({spec.dtype.onnx_name}), "
+            f"got {value.dtype}",
+            hint=f"cast it with .astype(np.{spec.dtype.numpy})",
+        )
+    if spec.shape is None:
+        return
+    if value.ndim != len(spec.shape):
+        raise FeedError(
+            f"input {spec.name!r} expects rank {len(spec.shape)} {spec.shape_text()}, "
+            f"got rank {value.ndim} {list(value.shape)}",
+            hint="reshape the input to the model's rank",
+        )
+    for axis, (want, have) in enumerate(zip(spec.shape, value.shape, strict=True)):
+        if isinstance(want, int) and want != have:
+            raise FeedError(
+                f"input {spec.name!r} expects shape {spec.shape_text()}, got {list(value.shape)} "
+                f"(dim {axis} must be {want})",
+                hint="resize or pad the input to the model's shape",
+            )
+        if isinstance(want, str) and want:
+            first = bound.setdefault(want, (have, spec.name))
+            if first[0] != have:
+                raise FeedError(
+                    f"input {spec.name!r} has {want}={have} at dim {axis}, but input "
+                    f"{first[1]!r} has {want}={first[0]}",
+                    hint=f"every input must agree on the size of {want!r}",
+                )
+
+
+def element_count(shape: Iterable[int]) -> int:
+    """Product of a shape's dims (1 for a scalar)."""
+    return math.prod(shape)
