@@ -46,7 +46,7 @@ def mlp(seed: int = 0, hidden: int = 8, classes: int = 3, noise: float = 0.0) ->
     w1 = rng.standard_normal((4, hidden)).astype(np.float32)
     b1 = rng.standard_normal(hidden).astype(np.float32)
     w2 = rng.standard_normal((hidden, classes)).astype(np.float32)
-    w2 = w2 + noise * np.abs(w2)
+    w2 = (w2 + noise * np.abs(w2)).astype(np.float32)
     b2 = rng.standard_normal(classes).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),

@@ -1,5 +1,5 @@
-"""onnxferry: carry a trained model to a fast, verified, signed ONNX deployment."""
+"""onnxferry (API assembled once all modules land)."""
 
-from __future__ import annotations
+from ._version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]

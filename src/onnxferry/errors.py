@@ -46,6 +46,10 @@ class ModelLoadError(InputError):
     """The path does not hold a readable, valid ONNX model."""
 
 
+class InvalidModelError(ModelLoadError):
+    """The file parses as ONNX but the onnx checker rejects it."""
+
+
 class UnsafeModelError(ModelLoadError):
     """The model reaches outside its directory or exceeds a configured limit."""
 

@@ -25,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from ._version import __version__
 from .errors import EXIT_OK, EXIT_VERIFICATION_FAILED, InputError
 
 SCHEMA = "onnxferry.report/1"
@@ -73,8 +74,6 @@ class Report(Generic[T]):
         return EXIT_OK if self.ok else EXIT_VERIFICATION_FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
         return {
             "schema": SCHEMA,
             "verb": self.verb,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ModelLoadError, ProviderError, UsageError
+from .errors import FeedError, ModelLoadError, ProviderError, UsageError
 from .model import Model
 from .signature import Signature
 
@@ -194,7 +194,9 @@ class OrtRunner:
         self.name = f"{model.name}@{self.provider}"
         self.validate = validate
         self._output_names = [o.name for o in self.session.get_outputs()]
-        self._needs_ortvalue = any(s.dtype.onnx_name == "BFLOAT16" for s in model.signature.inputs)
+        signature = model.signature
+        self._bf16_in = {t.name for t in signature.inputs if t.dtype.onnx_name == "BFLOAT16"}
+        self._bf16_out = any(t.dtype.onnx_name == "BFLOAT16" for t in signature.outputs)
 
     @property
     def signature(self) -> Signature:
@@ -211,32 +213,45 @@ class OrtRunner:
         if self.validate:
             self.signature.validate(feeds)
         names = list(output_names) if output_names is not None else self._output_names
-        if self._needs_ortvalue:
+        if self._bf16_out:
+            # numpy has no bfloat16, so ORT's run() cannot return it: go through OrtValues.
             values = self.session.run_with_ort_values(names, _to_ortvalues(feeds))
             return {n: _from_ortvalue(v) for n, v in zip(names, values, strict=True)}
+        if self._bf16_in:
+            feeds = {k: _to_ortvalue(v) if k in self._bf16_in else v for k, v in feeds.items()}
         results = self.session.run(names, dict(feeds))
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
 
 
-def _to_ortvalues(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _to_ortvalue(array: np.ndarray) -> Any:
     import onnxruntime as ort
 
-    values: dict[str, Any] = {}
-    for name, array in feeds.items():
-        if array.dtype.name == "bfloat16":
-            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-                np.ascontiguousarray(array).view(np.uint16), 16
-            )
-        else:
-            values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-    return values
+    if array.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array).view(np.uint16), 16
+        )
+    if array.dtype.kind in "OUS":
+        raise FeedError(
+            "onnxruntime's Python API cannot feed strings to a model with bfloat16 outputs",
+            hint="cast the bfloat16 outputs to float32 in the model",
+        )
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+
+def _to_ortvalues(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    return {name: _to_ortvalue(array) for name, array in feeds.items()}
 
 
 def _from_ortvalue(value: Any) -> np.ndarray:
     if value.data_type() == "tensor(bfloat16)":
+        import ctypes
+
         import ml_dtypes
 
-        return np.asarray(value.numpy()).view(ml_dtypes.bfloat16)
+        shape = tuple(value.shape())
+        raw = (ctypes.c_uint16 * int(np.prod(shape))).from_address(value.data_ptr())
+        array: np.ndarray = np.ctypeslib.as_array(raw).copy().view(ml_dtypes.bfloat16)
+        return array.reshape(shape)
     return _as_array(value.numpy())
 
 

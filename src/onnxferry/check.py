@@ -1,0 +1,261 @@
+"""`ferry check`: can this model be deployed? Every check that blocks deployment, in order.
+
+    report = onnxferry.check("model.onnx")
+    report.ok                      # False if anything blocks deployment
+    [f.check for f in report.result.findings if f.status == "fail"]
+
+The checks: safe load (external data stays inside the model directory, size limit), the
+onnx checker (full), strict shape inference, IR version and opsets the installed ONNX
+Runtime can load, operators the CPU provider has no kernel for, and loading on each
+available provider. A file that is not an ONNX model at all is an input error (exit 2),
+not a finding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidModelError, UnsafeModelError
+from .model import DEFAULT_MAX_SIZE, Model, iter_graphs, resolve_model_path
+from .report import Report, Table
+from .runtime import SessionConfig, available_providers, create_session, runtime_limits
+
+if TYPE_CHECKING:
+    import onnx
+
+Status = Literal["pass", "fail", "warn", "skip"]
+
+# Providers that do not run a model on this machine's hardware (remote endpoints).
+_NOT_LOCAL = {"azure"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome; ``blocking`` failures make the whole check fail."""
+
+    check: str
+    status: Status
+    detail: str
+    blocking: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "status": self.status,
+            "detail": self.detail,
+            "blocking": self.blocking,
+        }
+
+
+@dataclass
+class CheckResult:
+    """All findings for one model (ReportBody)."""
+
+    model: str
+    digest: str | None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+    @property
+    def blockers(self) -> list[Finding]:
+        return [f for f in self.findings if f.status == "fail" and f.blocking]
+
+    def add(self, check: str, status: Status, detail: str, blocking: bool = True) -> None:
+        self.findings.append(Finding(check, status, detail, blocking))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "digest": self.digest,
+            "blocking_failures": len(self.blockers),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def tables(self) -> list[Table]:
+        rows = [(f.check, f.status.upper(), f.detail) for f in self.findings]
+        return [Table(f"check {self.model}", ("check", "status", "detail"), rows)]
+
+
+def check(
+    path: str | Path,
+    *,
+    providers: Sequence[str] | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Report[CheckResult]:
+    """Run every deployment check on the model at ``path``.
+
+    ``providers`` limits the load test to these short names (default: all available).
+    Raises ModelLoadError (exit 2) only when ``path`` holds no parseable model at all.
+    """
+    import onnx
+
+    file = resolve_model_path(Path(path))
+    result = CheckResult(model=str(file), digest=None)
+    model: Model | None = None
+    try:
+        model = Model.load(file, max_size=max_size)
+        result.add("safe load", "pass", "external data stays inside the model directory")
+        result.add("onnx checker", "pass", "the model is structurally valid")
+    except UnsafeModelError as e:
+        result.add("safe load", "fail", str(e))
+        return Report("check", result)
+    except InvalidModelError as e:
+        result.add("safe load", "pass", "external data stays inside the model directory")
+        result.add("onnx checker", "fail", str(e))
+    proto = model.proto if model else onnx.load(str(file), load_external_data=False)
+    if model is not None:
+        result.digest = model.digest
+        _full_checker(file, result)
+    _shape_inference(file, result)
+    _runtime_versions(proto, result)
+    _cpu_kernels(proto, result)
+    if model is not None:
+        _load_on_providers(model, providers, result)
+    else:
+        result.add("load", "skip", "skipped: the onnx checker failed")
+    return Report("check", result)
+
+
+def _full_checker(file: Path, result: CheckResult) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(file), full_check=True)
+    except Exception as e:
+        result.add("onnx checker (full)", "fail", _one_line(e))
+    else:
+        result.add("onnx checker (full)", "pass", "types and shapes consistent")
+
+
+def _shape_inference(file: Path, result: CheckResult) -> None:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            onnx.load(str(file), load_external_data=False), check_type=True, strict_mode=True
+        )
+    except Exception as e:
+        result.add("shape inference (strict)", "fail", _one_line(e))
+        return
+    unknown = [v.name for v in inferred.graph.output if not v.type.tensor_type.HasField("shape")]
+    if unknown:
+        result.add(
+            "shape inference (strict)",
+            "warn",
+            f"output shapes not inferred: {', '.join(unknown)}",
+            blocking=False,
+        )
+    else:
+        result.add("shape inference (strict)", "pass", "every output shape inferred")
+
+
+def _runtime_versions(proto: onnx.ModelProto, result: CheckResult) -> None:
+    import onnxruntime as ort
+
+    max_ir, max_opset = runtime_limits()
+    problems = []
+    if proto.ir_version > max_ir:
+        problems.append(f"IR version {proto.ir_version} > {max_ir}")
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > max_opset:
+            problems.append(f"ai.onnx opset {opset.version} > {max_opset}")
+    runtime = f"onnxruntime {ort.__version__}"
+    if problems:
+        result.add(
+            "runtime versions",
+            "fail",
+            f"{'; '.join(problems)} ({runtime} supports at most IR {max_ir}, opset "
+            f"{max_opset}); re-export with an older opset or upgrade onnxruntime",
+        )
+    else:
+        result.add("runtime versions", "pass", f"IR and opsets load in {runtime}")
+
+
+def _cpu_kernels(proto: onnx.ModelProto, result: CheckResult) -> None:
+    missing = sorted(unsupported_cpu_ops(proto))
+    if missing:
+        result.add(
+            "cpu operators",
+            "fail",
+            f"no CPU kernel for {', '.join(missing)}; use another opset, a provider that has "
+            "them, or register a custom op library",
+        )
+    else:
+        result.add("cpu operators", "pass", "every operator has a CPU kernel")
+
+
+def unsupported_cpu_ops(proto: onnx.ModelProto) -> set[str]:
+    """Operators (as "domain::Op@opset") that ONNX Runtime's CPU provider cannot run.
+
+    An op is runnable when the CPU provider registers a kernel for its version, when the
+    model defines it as a local function, or when its ONNX schema has a function body that
+    ONNX Runtime expands.
+    """
+    import onnx
+
+    kernels = _cpu_kernel_table()
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
+    local = {(f.domain, f.name) for f in proto.functions}
+    missing: set[str] = set()
+    for graph in iter_graphs(proto):
+        for node in graph.node:
+            domain = "" if node.domain in ("", "ai.onnx") else node.domain
+            if (node.op_type == "Constant" and domain == "") or (domain, node.op_type) in local:
+                continue
+            version = opsets.get(domain, 1)
+            since = version
+            try:
+                schema = onnx.defs.get_schema(node.op_type, version, domain)
+            except Exception:
+                schema = None
+            if schema is not None:
+                if schema.has_function or schema.has_context_dependent_function:
+                    continue
+                since = schema.since_version
+            ranges = kernels.get((domain, node.op_type), [])
+            if not any(lo <= since <= hi for lo, hi in ranges):
+                missing.add(f"{domain or 'ai.onnx'}::{node.op_type}@{version}")
+    return missing
+
+
+@cache
+def _cpu_kernel_table() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    from onnxruntime.capi import _pybind_state
+
+    table: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in _pybind_state.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            table.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
+    return table
+
+
+def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: CheckResult) -> None:
+    available = available_providers()
+    names = list(wanted) if wanted else [p for p in available if p not in _NOT_LOCAL]
+    for name in names:
+        check_name = f"load on {name}"
+        if name not in available:
+            result.add(check_name, "skip", f"{name} is not in this onnxruntime build", False)
+            continue
+        start = time.perf_counter()
+        try:
+            session = create_session(model, SessionConfig(provider=name, fallback=False))
+        except Exception as e:
+            result.add(check_name, "fail", _one_line(e))
+            continue
+        ms = (time.perf_counter() - start) * 1000
+        used = session.get_providers()
+        result.add(check_name, "pass", f"session created in {ms:.0f} ms ({', '.join(used)})")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines)[:400] if lines else type(error).__name__

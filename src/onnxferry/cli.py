@@ -1,0 +1,328 @@
+"""The `ferry` command: thin verbs over the Python API.
+
+    ferry inspect model.onnx --json
+    ferry compare a.onnx b.onnx --atol 1e-4
+    ferry bench a.onnx b.onnx --batch 1,8 --duration 5
+
+Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 3 internal error.
+Errors print one line on stderr; -v prints the traceback too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._version import __version__
+from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
+from .report import Report, ReportBody, format_value
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_state = {"verbose": False}
+
+
+# --- option parsing ---------------------------------------------------------------------
+
+
+def _int_list(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(
+            f"{option} takes comma-separated integers, got {value!r}", hint=f"e.g. {option} 1,8"
+        ) from None
+    if not items:
+        raise UsageError(f"{option} is empty", hint=f"e.g. {option} 1,8")
+    return items
+
+
+def _dims(values: Sequence[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in values:
+        name, sep, size = item.partition("=")
+        if not sep or not name or not size.strip().isdigit():
+            raise UsageError(f"--dim takes NAME=SIZE, got {item!r}", hint="e.g. --dim batch=8")
+        dims[name.strip()] = int(size)
+    return dims
+
+
+def _tolerance(atol: float, rtol: float) -> Any:
+    from .parity import Tolerance
+
+    if atol < 0 or rtol < 0:
+        raise UsageError("--atol and --rtol must not be negative")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def _feeds(path: str | None, model_path: str) -> Any:
+    if path is None:
+        return None
+    from .data import load_feeds
+    from .model import Model
+
+    return load_feeds(path, Model.load(model_path).signature)
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def report_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(fn)
+    return click.option(
+        "--report",
+        "report_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also save the JSON report to this file (written atomically).",
+    )(fn)
+
+
+def emit(report: Report[ReportBody], as_json: bool, report_path: Path | None) -> int:
+    """Print a report (rich tables or JSON), save it if asked, and return its exit code."""
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        _print_tables(report)
+    if report_path is not None:
+        report.save(report_path)
+        if not as_json:
+            click.echo(f"report: {report_path}", err=True)
+    return report.exit_code
+
+
+def _print_tables(report: Report[ReportBody]) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console(soft_wrap=False, width=max(100, Console().width))
+    for table in report.tables():
+        rich_table = RichTable(title=table.title, title_justify="left")
+        for column in table.columns:
+            rich_table.add_column(column, overflow="fold")
+        for row in table.rows:
+            rich_table.add_row(*(format_value(v) for v in row))
+        console.print(rich_table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"{report.verb}: {verdict}")
+
+
+# --- the verbs --------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ferry")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks on error.")
+def cli(verbose: bool) -> None:
+    """Carry a trained model to a fast, verified ONNX deployment."""
+    _state["verbose"] = verbose
+    logging.getLogger("onnxferry").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@cli.command()
+@click.argument("model")
+@report_options
+def inspect(model: str, as_json: bool, report_path: Path | None) -> int:
+    """Show a model's signature, opsets, operators, parameters, size and metadata."""
+    from .inspection import inspect as inspect_model
+
+    return emit(inspect_model(model), as_json, report_path)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--provider", "providers", help="Providers to try loading on (default: all).")
+@report_options
+def check(model: str, providers: str | None, as_json: bool, report_path: Path | None) -> int:
+    """Check that a model can be deployed; exit 1 when anything blocks it."""
+    from .check import check as check_model
+
+    names = [p.strip() for p in providers.split(",")] if providers else None
+    return emit(check_model(model, providers=names), as_json, report_path)
+
+
+@cli.command()
+@click.argument("model_a")
+@click.argument("model_b", required=False)
+@click.option("--provider", default="cpu", show_default=True, help="Provider for A.")
+@click.option("--provider-b", help="Provider for B (default: --provider).")
+@click.option("--inputs", help="Feeds: .npz, .npy, .pb or a test-data directory.")
+@click.option("--samples", default=3, show_default=True, help="Generated input sets.")
+@click.option("--dim", "dims", multiple=True, help="Size of a symbolic dim, NAME=SIZE.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--atol", default=1e-4, show_default=True)
+@click.option("--rtol", default=1e-3, show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads.")
+@click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
+@report_options
+def compare(
+    model_a: str,
+    model_b: str | None,
+    provider: str,
+    provider_b: str | None,
+    inputs: str | None,
+    samples: int,
+    dims: tuple[str, ...],
+    seed: int,
+    atol: float,
+    rtol: float,
+    threads: int | None,
+    no_bisect: bool,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Compare two models, or one model on two providers (--provider-b)."""
+    from .parity import compare as compare_models
+
+    report = compare_models(
+        model_a,
+        model_b,
+        provider=provider,
+        provider_b=provider_b,
+        threads=threads,
+        inputs=_feeds(inputs, model_a),
+        samples=samples,
+        dims=_dims(dims),
+        seed=seed,
+        tolerance=_tolerance(atol, rtol),
+        bisect_on_failure=not no_bisect,
+    )
+    return emit(report, as_json, report_path)
+
+
+@cli.command(name="test")
+@click.argument("model")
+@click.argument("data")
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads.")
+@click.option("--atol", default=1e-4, show_default=True)
+@click.option("--rtol", default=1e-3, show_default=True)
+@report_options
+def test_command(
+    model: str,
+    data: str,
+    provider: str,
+    threads: int | None,
+    atol: float,
+    rtol: float,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Run a model on golden data (test_data_set_N/*.pb or .npz) and judge each set."""
+    from .golden import test
+
+    report = test(
+        model, data, provider=provider, threads=threads, tolerance=_tolerance(atol, rtol)
+    )
+    return emit(report, as_json, report_path)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
+@click.option("--threads", help="Intra-op thread counts, e.g. 1,2 (default: ORT's).")
+@click.option("--provider", default="cpu", show_default=True, help="Providers, e.g. cpu,cuda.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
+@click.option("--iterations", type=int, help="Timed runs per configuration.")
+@click.option("--duration", type=float, help="Seconds per configuration instead.")
+@click.option("--concurrency", default=1, show_default=True, help="Parallel requests.")
+@click.option("--dim", "dims", multiple=True, help="Size of a symbolic dim, NAME=SIZE.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--csv", "as_csv", is_flag=True, help="Print the results as CSV.")
+@report_options
+def bench(
+    models: tuple[str, ...],
+    batch: str,
+    threads: str | None,
+    provider: str,
+    warmup: int,
+    iterations: int | None,
+    duration: float | None,
+    concurrency: int,
+    dims: tuple[str, ...],
+    seed: int,
+    as_csv: bool,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Measure latency, throughput and memory of one or more models side by side."""
+    from .bench import bench as bench_models
+
+    if as_csv and as_json:
+        raise UsageError("--csv and --json exclude each other", hint="pick one")
+    report = bench_models(
+        list(models),
+        batches=_int_list(batch, "--batch") or [1],
+        threads=_int_list(threads, "--threads") or [None],
+        providers=[p.strip() for p in provider.split(",") if p.strip()],
+        warmup=warmup,
+        iterations=iterations,
+        duration=duration,
+        concurrency=concurrency,
+        dims=_dims(dims),
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    if as_csv:
+        click.echo(report.result.to_csv(), nl=False)
+        if report_path is not None:
+            report.save(report_path)
+        return report.exit_code
+    return emit(report, as_json, report_path)
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ferry: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (known errors become one line on stderr)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    logger = logging.getLogger("onnxferry")
+    logger.addHandler(handler)
+    _state["verbose"] = False
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Abort:
+        click.echo("ferry: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except FerryError as e:
+        _fail(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("ferry: interrupted", err=True)
+        return 130
+    except Exception as e:
+        _fail(f"internal error: {type(e).__name__}: {e} (this is a bug; run with -v and report it)")
+        return EXIT_INTERNAL_ERROR
+    finally:
+        logger.removeHandler(handler)
+
+
+def _fail(message: str) -> None:
+    if _state["verbose"]:
+        traceback.print_exc(file=sys.stderr)
+    click.echo(f"ferry: error: {message}", err=True)
+
+
+def console_main() -> None:
+    sys.exit(main())
+

@@ -1,0 +1,76 @@
+"""`ferry inspect`: what a model is — signature, opsets, operators, parameters, size, metadata.
+
+    report = onnxferry.inspect("model.onnx")
+    report.result.summary["parameter_count"]
+    print(report.to_text())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .model import DEFAULT_MAX_SIZE, Model
+from .report import Report, Table
+
+
+@dataclass
+class ModelInfo:
+    """The facts about one model (ReportBody); ``summary`` has Model.summary()'s keys."""
+
+    summary: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.summary)
+
+    def tables(self) -> list[Table]:
+        s = self.summary
+        opsets = ", ".join(f"{d} {v}" for d, v in s["opset_imports"].items())
+        facts = [
+            ("path", s["path"]),
+            ("sha256", s["digest"]),
+            ("size", _size_text(s["size_bytes"])),
+            ("external data", ", ".join(s["external_data_files"]) or "none"),
+            ("IR version", s["ir_version"]),
+            ("opsets", opsets),
+            ("producer", s["producer"] or "-"),
+            ("parameters", f"{s['parameter_count']:,}"),
+            ("nodes", s["node_count"]),
+        ]
+        facts.extend((f"metadata {k}", v) for k, v in s["metadata_props"].items())
+        io_rows = [
+            (kind, t["name"], t["dtype"], _shape_text(t["shape"]))
+            for kind in ("inputs", "outputs")
+            for t in s["signature"][kind]
+        ]
+        return [
+            Table(f"model {s['name']}", ("field", "value"), facts),
+            Table("signature", ("kind", "name", "dtype", "shape"), io_rows),
+            Table("operators", ("op", "count"), list(s["ops"].items())),
+        ]
+
+
+def inspect(path: str | Path | Model, *, max_size: int = DEFAULT_MAX_SIZE) -> Report[ModelInfo]:
+    """Load ``path`` safely and describe it."""
+    model = path if isinstance(path, Model) else Model.load(path, max_size=max_size)
+    return Report("inspect", ModelInfo(model.summary()))
+
+
+def _size_text(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit} ({n:,} B)"
+        size /= 1024
+    return f"{n} B"
+
+
+def _shape_text(shape: list[Any] | None) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"

@@ -1,0 +1,323 @@
+"""bench: real ONNX Runtime sessions on tiny models; structure and sanity, never timing ratios."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import parser
+
+from onnxferry.bench import BenchResult, BenchSuite, batch_feeds, bench, measure
+from onnxferry.errors import FeedError, ModelLoadError, UsageError
+from onnxferry.model import Model
+from onnxferry.runtime import SessionConfig, available_providers, create_session
+
+RELU = """
+<ir_version: 10, opset_import: ["" : 21]>
+relu (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
+"""
+
+TWO_LAYER = """
+<ir_version: 10, opset_import: ["" : 21]>
+two_layer (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}> {
+    h = MatMul(x, w)
+    y = Softmax<axis = -1>(h)
+}
+"""
+
+FIXED = """
+<ir_version: 10, opset_import: ["" : 21]>
+fixed (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }
+"""
+
+SEQ = """
+<ir_version: 10, opset_import: ["" : 21]>
+seq (float[batch, seq] x, int64[batch, seq] ids) => (float[batch, seq] y) {
+    c = Cast<to = 1>(ids)
+    y = Add(x, c)
+}
+"""
+
+
+def onnx_text(text: str) -> onnx.ModelProto:
+    proto = parser.parse_model(text)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def save(proto: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def relu(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return Model.load(save(onnx_text(RELU), tmp_path_factory.mktemp("m") / "relu.onnx"))
+
+
+@pytest.fixture(scope="module")
+def session(relu: Model) -> ort.InferenceSession:
+    return create_session(relu, SessionConfig(threads=1))
+
+
+FEEDS = {"x": np.ones((2, 4), np.float32)}
+
+
+# --- measure ---------------------------------------------------------------------------
+
+
+def test_measure_counts_iterations_exactly(session: ort.InferenceSession) -> None:
+    lat = measure(session, FEEDS, warmup=3, iterations=37)
+    assert len(lat) == 37
+    assert all(x > 0 for x in lat)
+
+
+def test_measure_default_is_a_fixed_count(session: ort.InferenceSession) -> None:
+    assert len(measure(session, FEEDS, warmup=0)) == 100
+
+
+def test_measure_duration_runs_at_least_the_duration(session: ort.InferenceSession) -> None:
+    t0 = time.perf_counter()
+    lat = measure(session, FEEDS, warmup=0, duration=0.2)
+    assert time.perf_counter() - t0 >= 0.2
+    assert len(lat) > 10
+
+
+def test_measure_concurrency_splits_the_requests(session: ort.InferenceSession) -> None:
+    seen: list[int] = []
+    lat = measure(
+        session,
+        FEEDS,
+        warmup=2,
+        iterations=101,
+        concurrency=2,
+        on_progress=lambda n, _: seen.append(n),
+    )
+    assert len(lat) == 101
+    assert seen[-1] == 101
+    assert seen == sorted(seen)
+
+
+def test_measure_progress_reports_outside_the_loop(session: ort.InferenceSession) -> None:
+    calls: list[tuple[int, float]] = []
+    measure(session, FEEDS, warmup=0, iterations=50, on_progress=lambda n, t: calls.append((n, t)))
+    assert calls[-1][0] == 50
+    assert len(calls) < 50  # throttled, not once per iteration
+    measure(session, FEEDS, warmup=0, duration=0.25, on_progress=lambda n, t: calls.append((n, t)))
+    assert calls[-1][1] >= 0.25
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"iterations": 5, "duration": 1.0}, "both"),
+        ({"iterations": 0}, "iterations"),
+        ({"duration": 0.0}, "duration"),
+        ({"duration": -1.0}, "duration"),
+        ({"concurrency": 0}, "concurrency"),
+    ],
+)
+def test_measure_rejects_bad_arguments(
+    session: ort.InferenceSession, kwargs: dict[str, float], words: str
+) -> None:
+    with pytest.raises(UsageError, match=words):
+        measure(session, FEEDS, warmup=0, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="warmup"):
+        measure(session, FEEDS, warmup=-1)
+
+
+# --- feeds -----------------------------------------------------------------------------
+
+
+def test_batch_goes_into_dim_0_and_dims_size_the_rest() -> None:
+    sig = Model.from_proto(onnx_text(SEQ)).signature
+    feeds = batch_feeds(sig, 3, dims={"seq": 5}, seed=1)
+    assert feeds["x"].shape == (3, 5)
+    assert feeds["ids"].shape == (3, 5)
+    assert feeds["ids"].dtype == np.int64
+    sig.validate(feeds)
+
+
+def test_unknown_dim_0_takes_the_batch() -> None:
+    proto = onnx_text(RELU)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].Clear()  # dim 0 unknown (None)
+    sig = Model.from_proto(proto).signature
+    assert sig.inputs[0].shape == (None, 4)
+    assert batch_feeds(sig, 6)["x"].shape == (6, 4)
+
+
+def test_fixed_dim_0_refuses_another_batch() -> None:
+    sig = Model.from_proto(onnx_text(FIXED)).signature
+    assert batch_feeds(sig, 1)["x"].shape == (1, 4)
+    with pytest.raises(FeedError, match="fixed batch dim of 1"):
+        batch_feeds(sig, 8)
+
+
+# --- bench -----------------------------------------------------------------------------
+
+
+def _check_sane(r: BenchResult) -> None:
+    assert r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
+    assert r.min_ms <= r.mean_ms <= r.max_ms
+    assert min(r.std_ms, r.iqr_ms, r.cv) >= 0
+    assert r.inferences_per_s == pytest.approx(r.iterations / r.wall_s)
+    assert r.samples_per_s == pytest.approx(r.inferences_per_s * r.batch)
+    # requests run back to back, so the wall time covers at least their latencies
+    assert r.wall_s * 1e3 >= r.mean_ms * r.iterations / r.concurrency * 0.99
+    assert r.peak_rss_bytes > 0
+    assert r.memory_method in ("vmhwm-reset", "vmhwm", "ru_maxrss")
+    assert r.session_init_ms > 0
+
+
+def test_bench_one_model(relu: Model) -> None:
+    assert relu.path is not None
+    report = bench([str(relu.path)], batches=(1, 8), threads=(1,), warmup=2, iterations=40)
+    assert report.verb == "bench"
+    assert report.ok
+    suite = report.result
+    assert isinstance(suite, BenchSuite)
+    assert [(r.batch, r.iterations) for r in suite.results] == [(1, 40), (8, 40)]
+    for r in suite.results:
+        _check_sane(r)
+        assert r.model == "relu"
+        assert r.digest == relu.digest
+        assert r.provider == "cpu"
+        assert r.threads == 1
+        assert r.warmup == 2
+        assert r.concurrency == 1
+        assert r.input_shapes == {"x": (r.batch, 4)}
+    assert suite.skipped == []
+
+
+def test_bench_duration_mode(relu: Model) -> None:
+    (r,) = bench([relu], warmup=0, duration=0.2).result.results
+    assert r.wall_s >= 0.2
+    assert r.iterations > 10
+    assert r.threads is None
+    _check_sane(r)
+
+
+def test_bench_with_concurrency(relu: Model) -> None:
+    (r,) = bench([relu], warmup=1, iterations=60, concurrency=2).result.results
+    assert r.iterations == 60
+    assert r.concurrency == 2
+    _check_sane(r)
+
+
+def test_fixed_batch_model_skips_other_batches(tmp_path: Path) -> None:
+    path = save(onnx_text(FIXED), tmp_path / "fixed.onnx")
+    suite = bench([path], batches=(1, 8), warmup=0, iterations=5).result
+    assert [r.batch for r in suite.results] == [1]
+    (reason,) = suite.skipped
+    assert "batch=8: input 'x' has a fixed batch dim of 1, so batch 8 cannot run" in reason
+    assert "Skipped" in [t.title for t in suite.tables()]
+    with pytest.raises(UsageError, match="no configuration can run"):
+        bench([path], batches=(8,), warmup=0, iterations=5)
+
+
+def test_models_side_by_side_with_speedup(relu: Model) -> None:
+    other = Model.from_proto(onnx_text(TWO_LAYER))
+    report = bench([relu, other], batches=(1, 4), warmup=1, iterations=20)
+    suite = report.result
+    assert [(r.model, r.batch) for r in suite.results] == [
+        ("relu", 1),
+        ("relu", 4),
+        ("two_layer", 1),
+        ("two_layer", 4),
+    ]
+    table = suite.tables()[0]
+    assert table.columns[-1] == "speedup (p50)"
+    assert len(table.rows) == 4
+    speedups = [row[-1] for row in table.rows]
+    assert speedups[:2] == [1.0, 1.0]
+    by_batch = {r.batch: r.p50_ms for r in suite.results if r.model == "relu"}
+    for r, s in zip(suite.results[2:], speedups[2:], strict=True):
+        assert s == pytest.approx(by_batch[r.batch] / r.p50_ms)
+    assert "speedup" in report.to_text()
+
+
+def test_single_model_table_has_no_speedup(relu: Model) -> None:
+    (table,) = bench([relu], warmup=0, iterations=5).result.tables()
+    assert "speedup (p50)" not in table.columns
+    assert {"p50 ms", "p99 ms", "std ms", "peak MiB", "samples/s"} <= set(table.columns)
+
+
+def test_csv_and_json(relu: Model) -> None:
+    report = bench([relu], batches=(1, 2), threads=(1, None), warmup=0, iterations=10)
+    suite = report.result
+    rows = list(csv.DictReader(io.StringIO(suite.to_csv())))
+    assert len(rows) == len(suite.results) == 4
+    assert list(rows[0]) == list(suite.results[0].to_dict())
+    assert rows[0]["model"] == "relu"
+    assert float(rows[0]["p50_ms"]) == pytest.approx(suite.results[0].p50_ms)
+    assert {r["threads"] for r in rows} == {"1", ""}
+    assert json.loads(rows[1]["input_shapes"]) == {"x": [2, 4]}
+
+    data = json.loads(report.to_json())
+    assert data["verb"] == "bench"
+    result = data["result"]
+    assert set(result) == {"results", "skipped", "settings", "environment"}
+    assert result["settings"]["iterations"] == 10
+    first = result["results"][0]
+    for key in ("p50_ms", "p90_ms", "p99_ms", "iqr_ms", "cv", "peak_rss_bytes", "memory_method"):
+        assert key in first
+    assert first["input_shapes"] == {"x": [1, 4]}
+
+
+def test_dims_size_symbolic_dims(tmp_path: Path) -> None:
+    path = save(onnx_text(SEQ), tmp_path / "seq.onnx")
+    (r,) = bench([path], batches=(2,), dims={"seq": 7}, warmup=0, iterations=3).result.results
+    assert r.input_shapes == {"x": (2, 7), "ids": (2, 7)}
+    with pytest.raises(UsageError, match="batch dim"):
+        bench([path], dims={"batch": 4}, warmup=0, iterations=3)
+
+
+def test_progress_bar(relu: Model) -> None:
+    report = bench([relu], batches=(1, 2), warmup=0, iterations=10, progress=True)
+    assert [r.iterations for r in report.result.results] == [10, 10]
+    (r,) = bench([relu], warmup=0, duration=0.1, progress=True).result.results
+    assert r.iterations > 0
+
+
+def test_unavailable_provider_is_skipped(relu: Model) -> None:
+    if "cuda" in available_providers():
+        pytest.skip("this onnxruntime build has cuda")
+    suite = bench([relu], providers=("cpu", "cuda"), warmup=0, iterations=3).result
+    assert [r.provider for r in suite.results] == ["cpu"]
+    assert "cuda" in suite.skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"batches": (0,)}, "batch"),
+        ({"warmup": -1}, "warmup"),
+        ({"iterations": 0}, "iterations"),
+        ({"duration": 0.0}, "duration"),
+        ({"iterations": 3, "duration": 1.0}, "both"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"threads": (0,)}, "threads"),
+        ({"batches": ()}, "batches"),
+        ({"providers": ("warp-drive",)}, "provider"),
+    ],
+)
+def test_bench_rejects_bad_arguments(relu: Model, kwargs: dict[str, object], words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        bench([relu], **kwargs)  # type: ignore[arg-type]
+
+
+def test_no_models_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        bench([])
+
+
+def test_missing_model_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        bench([tmp_path / "nope.onnx"], iterations=1)

@@ -1,0 +1,69 @@
+"""The layering in DESIGN.md, kept honest: a module imports only its own layer or below."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
+
+LAYERS: list[set[str]] = [
+    {"_version", "errors", "signature"},
+    {"model", "data", "report", "inspection"},
+    {"runtime"},
+    {"parity", "bench", "explain", "check", "golden"},
+    {"convert", "optimize"},
+    {"registry", "signing", "package", "batch"},
+    {"serve"},
+    {"cli", "__init__", "__main__"},
+]
+LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
+
+HEAVY = ("torch", "tensorflow", "keras", "sklearn", "ray", "shap", "rich", "click", "onnx")
+
+
+def _module_name(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _package_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("onnxferry."):
+            found.add((node.module or "").split(".")[1])
+    return found
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_imports_only_its_layer_or_below(path: Path) -> None:
+    name = _module_name(path)
+    assert name in LAYER_OF, f"{name} has no layer; add it to LAYERS (and DESIGN.md)"
+    for imported in _package_imports(path):
+        assert imported in LAYER_OF, f"{name} imports unknown module {imported}"
+        assert LAYER_OF[imported] <= LAYER_OF[name], (
+            f"{name} (layer {LAYER_OF[name]}) imports {imported} (layer {LAYER_OF[imported]})"
+        )
+
+
+def test_import_onnxferry_loads_no_heavy_framework() -> None:
+    code = (
+        "import sys, onnxferry; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"`import onnxferry` imported {out}"

@@ -1,0 +1,163 @@
+"""TensorSpec, Signature and the dtype tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxferry.errors import FeedError
+from onnxferry.signature import (
+    DTYPES,
+    Signature,
+    dtype_from_numpy,
+    dtype_from_onnx,
+    dtype_from_v2,
+)
+from tests.helpers import RELU, onnx_text
+
+V2_NAMES = {
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
+}  # fmt: skip
+
+
+def test_every_v2_datatype_maps_to_onnx_and_numpy() -> None:
+    assert {d.v2 for d in DTYPES if d.v2} == V2_NAMES
+    for name in V2_NAMES:
+        dtype = dtype_from_v2(name)
+        assert dtype_from_onnx(dtype.onnx) is dtype
+        assert dtype.onnx_name == TensorProto.DataType.Name(dtype.onnx)
+    assert dtype_from_v2("fp32").numpy == np.float32
+    assert dtype_from_v2("BF16").numpy.name == "bfloat16"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.onnx_name)
+def test_numpy_table_agrees_with_onnx(dtype: object) -> None:
+    from onnxferry.signature import DType
+
+    assert isinstance(dtype, DType)
+    expected = helper.tensor_dtype_to_np_dtype(dtype.onnx)
+    assert dtype.numpy == expected
+    assert dtype_from_numpy(dtype.numpy) is dtype
+
+
+def test_strings_map_to_bytes() -> None:
+    assert dtype_from_numpy(np.array(["a"]).dtype).v2 == "BYTES"
+    assert dtype_from_numpy(np.array([b"a"]).dtype).onnx_name == "STRING"
+
+
+def test_unknown_names_are_clear_errors() -> None:
+    with pytest.raises(FeedError, match="unknown V2 datatype 'FP8'"):
+        dtype_from_v2("FP8")
+    with pytest.raises(FeedError, match="ONNX element type 999"):
+        dtype_from_onnx(999)
+
+
+ALL_TYPES = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[batch, 3] f, float16[batch] h, double[2] d, bfloat16[batch] b, int64[batch, seq] ids,
+   int32[seq] i32, uint8[4] u8, int8[4] i8, bool[batch] flag, string[batch] text, float[N, ?] q)
+  => (float[batch, 3] y) { y = Identity(f) }
+"""
+
+
+def test_signature_reads_dtypes_and_symbolic_dims() -> None:
+    sig = Signature.from_onnx(onnx_text(ALL_TYPES))
+    f, h, d, b, ids, i32, u8, i8, flag, text, q = sig.inputs
+    assert f.shape == ("batch", 3) and f.v2_datatype == "FP32"
+    assert h.dtype.v2 == "FP16" and d.shape == (2,) and b.dtype.v2 == "BF16"
+    assert ids.shape == ("batch", "seq") and ids.dtype.numpy == np.int64
+    assert text.dtype.v2 == "BYTES" and flag.dtype.v2 == "BOOL"
+    assert q.shape == ("N", None) and q.shape_text() == "[N, ?]"
+    assert sig.output_names == ["y"]
+    assert sig.to_dict()["inputs"][0] == {
+        "name": "f",
+        "dtype": "FLOAT",
+        "v2_datatype": "FP32",
+        "numpy_dtype": "float32",
+        "shape": ["batch", 3],
+    }
+
+
+def test_sample_builds_valid_feeds_for_every_dtype() -> None:
+    sig = Signature.from_onnx(onnx_text(ALL_TYPES))
+    feeds = sig.sample(dims={"batch": 4, "seq": 7}, seed=3)
+    sig.validate(feeds)
+    assert feeds["f"].shape == (4, 3) and feeds["ids"].shape == (4, 7)
+    assert feeds["text"].dtype == object and isinstance(feeds["text"][0], str)
+    assert feeds["flag"].dtype == np.bool_
+    assert feeds["b"].dtype.name == "bfloat16"
+    assert feeds["q"].shape == (1, 1)
+    again = sig.sample(dims={"batch": 4, "seq": 7}, seed=3)
+    assert all(np.array_equal(feeds[k], again[k]) for k in feeds)
+    other = sig.sample(dims={"batch": 4, "seq": 7}, seed=4)
+    assert not np.array_equal(feeds["f"], other["f"])
+
+
+def test_sampled_feeds_run_in_onnxruntime() -> None:
+    import onnxruntime as ort
+
+    proto = onnx_text(RELU)
+    feeds = Signature.from_onnx(proto).sample(dims={"batch": 5})
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, feeds)
+    np.testing.assert_array_equal(y, np.maximum(feeds["x"], 0))
+
+
+@pytest.fixture
+def sig() -> Signature:
+    return Signature.from_onnx(
+        onnx_text("""
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (float[batch, 3] x, int64[batch, seq] ids) => (float[batch, 3] y) { y = Identity(x) }
+        """)
+    )
+
+
+def _feeds(batch: int = 2, seq: int = 5) -> dict[str, np.ndarray]:
+    return {
+        "x": np.zeros((batch, 3), np.float32),
+        "ids": np.zeros((batch, seq), np.int64),
+    }
+
+
+def test_validate_accepts_matching_feeds(sig: Signature) -> None:
+    sig.validate(_feeds())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.pop("ids"), "missing input 'ids'"),
+        (lambda f: f.update(z=f["x"]), "unknown input 'z'"),
+        (lambda f: f.update(x=f["x"].astype(np.float64)), "'x' expects dtype float32.*got float64"),
+        (lambda f: f.update(x=f["x"][0]), "'x' expects rank 2 .*got rank 1"),
+        (lambda f: f.update(x=np.zeros((2, 4), np.float32)), r"'x' expects shape .*dim 1 must be 3"),
+        (lambda f: f.update(ids=np.zeros((3, 5), np.int64)), "'ids' has batch=3.*'x' has batch=2"),
+        (lambda f: f.update(x=[[0.0] * 3] * 2), "'x' is a list, not a numpy array"),
+    ],
+    ids=["missing", "unknown", "dtype", "rank", "dim", "symbol-mismatch", "not-array"],
+)
+def test_validate_names_the_tensor(sig: Signature, change: object, message: str) -> None:
+    feeds: dict[str, object] = dict(_feeds())
+    change(feeds)  # type: ignore[operator]
+    with pytest.raises(FeedError, match=message):
+        sig.validate(feeds)
+
+
+def test_validate_string_input_rejects_numbers() -> None:
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["s"], ["o"])],
+            "g",
+            [helper.make_tensor_value_info("s", TensorProto.STRING, [None])],
+            [helper.make_tensor_value_info("o", TensorProto.STRING, [None])],
+        )
+    )
+    onnx.checker.check_model(proto)
+    sig = Signature.from_onnx(proto)
+    sig.validate({"s": np.array(["a", "b"], dtype=object)})
+    with pytest.raises(FeedError, match="expects strings"):
+        sig.validate({"s": np.array([1.0])})
