@@ -22,9 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxferry.bench import bench
 from onnxferry.model import Model
 
-ITERATIONS = 3000
+ITERATIONS = 5000
 WARMUP = 200
-ROUNDS = 5
+ROUNDS = 7
 THREADS = 1
 TOLERANCE = 0.05
 
@@ -90,8 +90,8 @@ def main() -> int:
         f"model: MatMul 1x64 @ 64x64 + Relu, threads={THREADS}, {ITERATIONS} iterations, "
         f"{WARMUP} warmup, {ROUNDS} rounds A/B"
     )
-    print("hand p50 ms per round:  " + " ".join(f"{v * 1e3:.2f}us" for v in hand))
-    print("ferry p50 ms per round: " + " ".join(f"{v * 1e3:.2f}us" for v in ours))
+    print("hand p50 per round (us):  " + " ".join(f"{v * 1e3:.2f}" for v in hand))
+    print("ferry p50 per round (us): " + " ".join(f"{v * 1e3:.2f}" for v in ours))
     h, f = statistics.median(hand), statistics.median(ours)
     print(f"hand-written loop p50: {h * 1e3:.2f} us (median of rounds)")
     print(f"ferry bench p50:       {f * 1e3:.2f} us (median of rounds)")

@@ -29,7 +29,9 @@ def build_model(seed: int = 7) -> onnx.ModelProto:
     fc_w = (rng.standard_normal((CLASSES, 8)) * 0.5).astype(np.float32)
     fc_b = (rng.standard_normal(CLASSES) * 0.1).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], name="conv", pads=[1] * 4),
+        helper.make_node(
+            "Conv", ["image", "conv_w", "conv_b"], ["conv"], name="conv", pads=[1] * 4
+        ),
         helper.make_node("Relu", ["conv"], ["act"], name="relu"),
         helper.make_node("GlobalAveragePool", ["act"], ["pooled"], name="pool"),
         helper.make_node("Flatten", ["pooled"], ["features"], name="flatten"),

@@ -26,7 +26,9 @@ relu (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
 
 TWO_LAYER = """
 <ir_version: 10, opset_import: ["" : 21]>
-two_layer (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}> {
+two_layer (float[batch, 4] x) => (float[batch, 3] y)
+    <float[4, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}>
+{
     h = MatMul(x, w)
     y = Softmax<axis = -1>(h)
 }
@@ -321,3 +323,10 @@ def test_no_models_is_a_usage_error() -> None:
 def test_missing_model_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError):
         bench([tmp_path / "nope.onnx"], iterations=1)
+
+
+def test_unknown_rank_is_a_feed_error() -> None:
+    proto = onnx_text(RELU)
+    proto.graph.input[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(FeedError, match="unknown rank"):
+        bench([Model.from_proto(proto)], iterations=1)

@@ -59,10 +59,7 @@ def test_module_imports_only_its_layer_or_below(path: Path) -> None:
 
 
 def test_import_onnxferry_loads_no_heavy_framework() -> None:
-    code = (
-        "import sys, onnxferry; "
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, onnxferry; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()

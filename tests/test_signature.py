@@ -134,7 +134,10 @@ def test_validate_accepts_matching_feeds(sig: Signature) -> None:
         (lambda f: f.update(z=f["x"]), "unknown input 'z'"),
         (lambda f: f.update(x=f["x"].astype(np.float64)), "'x' expects dtype float32.*got float64"),
         (lambda f: f.update(x=f["x"][0]), "'x' expects rank 2 .*got rank 1"),
-        (lambda f: f.update(x=np.zeros((2, 4), np.float32)), r"'x' expects shape .*dim 1 must be 3"),
+        (
+            lambda f: f.update(x=np.zeros((2, 4), np.float32)),
+            r"'x' expects shape .*dim 1 must be 3",
+        ),
         (lambda f: f.update(ids=np.zeros((3, 5), np.int64)), "'ids' has batch=3.*'x' has batch=2"),
         (lambda f: f.update(x=[[0.0] * 3] * 2), "'x' is a list, not a numpy array"),
     ],

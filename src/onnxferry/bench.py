@@ -125,7 +125,7 @@ class BenchSuite:
 
     def tables(self) -> list[Table]:
         several = len({r.model for r in self.results}) > 1
-        columns = ["model", "provider", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"]
+        columns = ["model", "provider", "threads", "batch", "n", "p50 ms", "p90 ms", "p99 ms"]
         columns += ["max ms", "std ms", "inf/s", "samples/s", "peak MiB"]
         if several:
             columns.append("speedup (p50)")
@@ -138,16 +138,19 @@ class BenchSuite:
         rows: list[list[Any]] = []
         for r in self.results:
             row: list[Any] = [r.model, r.provider, "default" if r.threads is None else r.threads]
-            row += [r.batch, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.std_ms]
+            row += [r.batch, r.iterations, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.std_ms]
             row += [r.inferences_per_s, r.samples_per_s, r.peak_rss_bytes / 2**20]
             if several:
                 base = baseline.get((r.provider, r.threads, r.batch))
                 row.append(base / r.p50_ms if base is not None and r.p50_ms > 0 else None)
             rows.append(row)
         title = "Benchmark"
-        if self.results:
-            r0 = self.results[0]
-            title += f" (concurrency {r0.concurrency}, {r0.iterations} requests in the first row)"
+        if self.settings:
+            st = self.settings
+            amount = (
+                f"{st['duration_s']} s" if st.get("duration_s") else f"{st['iterations']} requests"
+            )
+            title += f" ({amount} per row, warmup {st['warmup']}, concurrency {st['concurrency']})"
         tables = [Table(title, columns, rows)]
         if self.skipped:
             tables.append(Table("Skipped", ["reason"], [[s] for s in self.skipped]))
@@ -226,11 +229,18 @@ def _check_counts(
             hint="measure a fixed count (--iterations) or a fixed time (--duration), not both",
         )
     if iterations is not None and iterations < 1:
-        raise UsageError(f"iterations must be at least 1, got {iterations}")
+        raise UsageError(
+            f"iterations must be at least 1, got {iterations}", hint="pass --iterations 100"
+        )
     if duration is not None and not duration > 0:
-        raise UsageError(f"duration must be more than 0 seconds, got {duration}")
+        raise UsageError(
+            f"duration must be more than 0 seconds, got {duration}", hint="pass --duration 5"
+        )
     if concurrency < 1:
-        raise UsageError(f"concurrency must be at least 1, got {concurrency}")
+        raise UsageError(
+            f"concurrency must be at least 1, got {concurrency}",
+            hint="pass --concurrency 1 for one request at a time",
+        )
 
 
 def measure(
@@ -463,11 +473,20 @@ def bench(
             )
     for key, value in (dims or {}).items():
         if value < 1:
-            raise UsageError(f"dims {key}={value} must be at least 1")
+            raise UsageError(
+                f"dims {key}={value} must be at least 1", hint=f"pass --dim {key}=1 or more"
+            )
     wanted = [_short(provider_name(p)) for p in providers]
     loaded = [m if isinstance(m, Model) else Model.load(m) for m in models]
     for model in loaded:
         _check_dims(model.signature, dims)
+        for spec in model.signature.inputs:
+            if spec.shape is None:
+                raise FeedError(
+                    f"{model.name}: input {spec.name!r} has an unknown rank, so bench cannot "
+                    "make inputs for it",
+                    hint="give the input a shape in the model (e.g. with onnx shape inference)",
+                )
     if iterations is None and duration is None:
         iterations = DEFAULT_ITERATIONS
 

@@ -21,7 +21,7 @@ import click
 
 from ._version import __version__
 from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
-from .report import Report, ReportBody, format_value
+from .report import Report, format_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,7 +85,7 @@ def report_options(fn: F) -> F:
     )(fn)
 
 
-def emit(report: Report[ReportBody], as_json: bool, report_path: Path | None) -> int:
+def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
     """Print a report (rich tables or JSON), save it if asked, and return its exit code."""
     if as_json:
         click.echo(report.to_json())
@@ -98,7 +98,7 @@ def emit(report: Report[ReportBody], as_json: bool, report_path: Path | None) ->
     return report.exit_code
 
 
-def _print_tables(report: Report[ReportBody]) -> None:
+def _print_tables(report: Report[Any]) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -220,9 +220,7 @@ def test_command(
     """Run a model on golden data (test_data_set_N/*.pb or .npz) and judge each set."""
     from .golden import test
 
-    report = test(
-        model, data, provider=provider, threads=threads, tolerance=_tolerance(atol, rtol)
-    )
+    report = test(model, data, provider=provider, threads=threads, tolerance=_tolerance(atol, rtol))
     return emit(report, as_json, report_path)
 
 
@@ -325,4 +323,3 @@ def _fail(message: str) -> None:
 
 def console_main() -> None:
     sys.exit(main())
-

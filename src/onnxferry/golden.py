@@ -1,8 +1,8 @@
 """`ferry test`: run a model on golden data and judge every set against its expected outputs.
 
-    report = onnxferry.test("model.onnx", "model_dir/")   # test_data_set_N/*.pb or *.npz
-    for case in report.result.cases:
-        print(case.name, case.passed, case.parity.summary() if case.parity else "")
+report = onnxferry.test("model.onnx", "model_dir/")   # test_data_set_N/*.pb or *.npz
+for case in report.result.cases:
+    print(case.name, case.passed, case.parity.summary() if case.parity else "")
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`ferry inspect`: what a model is — signature, opsets, operators, parameters, size, metadata.
 
-    report = onnxferry.inspect("model.onnx")
-    report.result.summary["parameter_count"]
-    print(report.to_text())
+report = onnxferry.inspect("model.onnx")
+report.result.summary["parameter_count"]
+print(report.to_text())
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """ONNX Runtime sessions and the Runner protocol.
 
-    runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
-    outputs = runner.run(model.signature.sample(seed=0))    # {output name: array}
-    runner.provider                                         # "cpu" if cuda was unavailable
+runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
+outputs = runner.run(model.signature.sample(seed=0))    # {output name: array}
+runner.provider                                         # "cpu" if cuda was unavailable
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Tensor specs and model signatures: names, dtypes (ONNX, numpy, KServe V2) and shapes.
 
-    sig = model.signature
-    feeds = sig.sample(dims={"batch": 4}, seed=0)   # one array per input
-    sig.validate(feeds)                             # FeedError naming the tensor if off
-    sig.inputs[0].v2_datatype                       # "FP32"
+sig = model.signature
+feeds = sig.sample(dims={"batch": 4}, seed=0)   # one array per input
+sig.validate(feeds)                             # FeedError naming the tensor if off
+sig.inputs[0].v2_datatype                       # "FP32"
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class DType:
 
     @property
     def kind(self) -> str:
-        """"float", "int", "bool" or "string": how values of this type are compared."""
+        """ "float", "int", "bool" or "string": how values of this type are compared."""
         if self.onnx_name == "STRING":
             return "string"
         if self.onnx_name == "BOOL":

@@ -1,0 +1,207 @@
+"""`check`: every finding that blocks deployment, on tiny models built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxferry.check import check, unsupported_cpu_ops
+from onnxferry.errors import ModelLoadError
+from onnxferry.runtime import runtime_limits
+from tests.helpers import RELU, mlp, onnx_text, save
+
+
+def _status(report: object) -> dict[str, str]:
+    return {f.check: f.status for f in report.result.findings}  # type: ignore[attr-defined]
+
+
+def test_good_model_passes_every_check(tmp_path: Path) -> None:
+    report = check(save(mlp(), tmp_path / "m.onnx"))
+    status = _status(report)
+    assert report.ok and report.exit_code == 0
+    for name in (
+        "safe load",
+        "onnx checker",
+        "onnx checker (full)",
+        "shape inference (strict)",
+        "runtime versions",
+        "cpu operators",
+        "load on cpu",
+    ):
+        assert status[name] == "pass", (name, report.to_text())
+    assert report.result.digest is not None
+
+
+def _with_versions(ir: int | None = None, opset: int | None = None) -> onnx.ModelProto:
+    proto = onnx_text(RELU, check=False)
+    if ir is not None:
+        proto.ir_version = ir
+    if opset is not None:
+        proto.opset_import[0].version = opset
+    return proto
+
+
+def test_ir_version_newer_than_runtime_blocks(tmp_path: Path) -> None:
+    max_ir, _ = runtime_limits()
+    if max_ir + 1 > onnx.IR_VERSION:
+        pytest.skip(f"installed onnx cannot write IR {max_ir + 1}")
+    report = check(save(_with_versions(ir=max_ir + 1), tmp_path / "m.onnx"))
+    finding = next(f for f in report.result.findings if f.check == "runtime versions")
+    assert finding.status == "fail"
+    assert f"IR version {max_ir + 1} > {max_ir}" in finding.detail
+    assert not report.ok and report.exit_code == 1
+
+
+def test_opset_newer_than_runtime_blocks(tmp_path: Path) -> None:
+    _, max_opset = runtime_limits()
+    if max_opset + 1 > onnx.defs.onnx_opset_version():
+        pytest.skip(f"installed onnx has no opset {max_opset + 1}")
+    report = check(
+        save(_with_versions(ir=onnx.IR_VERSION, opset=max_opset + 1), tmp_path / "m.onnx")
+    )
+    status = _status(report)
+    assert status["runtime versions"] == "fail"
+    assert status["load on cpu"] == "fail"
+    assert not report.ok
+
+
+def _custom_op_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("FancyOp", ["x"], ["y"], domain="example.custom")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("example.custom", 1)],
+        ir_version=10,
+    )
+
+
+def test_operator_without_cpu_kernel_blocks(tmp_path: Path) -> None:
+    report = check(save(_custom_op_model(), tmp_path / "m.onnx"))
+    cpu = next(f for f in report.result.findings if f.check == "cpu operators")
+    assert cpu.status == "fail"
+    assert "example.custom::FancyOp@1" in cpu.detail
+    assert _status(report)["load on cpu"] == "fail"
+    assert not report.ok
+
+
+def test_unsupported_cpu_ops_knows_kernels_functions_and_subgraphs() -> None:
+    assert unsupported_cpu_ops(mlp()) == set()
+    decoder = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (uint8[n] data) => (uint8[h, w, c] image) { image = ImageDecoder(data) }
+        """
+    )
+    assert unsupported_cpu_ops(decoder) == {"ai.onnx::ImageDecoder@21"}
+    # Gelu-20 has a CPU kernel; LayerNormalization is listed too; both pass.
+    assert not unsupported_cpu_ops(
+        onnx_text(
+            """
+            <ir_version: 10, opset_import: ["" : 21]>
+            g (float[2, 4] x, float[4] s) => (float[2, 4] y) {
+                a = Gelu(x)
+                y = LayerNormalization(a, s)
+            }
+            """
+        )
+    )
+    inside_if = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (bool c, uint8[n] d) => (uint8[h, w, k] y) {
+            y = If(c) <then_branch = t () => (uint8[h, w, k] a) { a = ImageDecoder(d) },
+                       else_branch = e () => (uint8[h, w, k] b) { b = ImageDecoder(d) }>
+        }
+        """,
+        check=False,
+    )
+    assert unsupported_cpu_ops(inside_if) == {"ai.onnx::ImageDecoder@21"}
+
+
+def test_model_local_function_counts_as_supported() -> None:
+    proto = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 21, "local" : 1]>
+        g (float[2] x) => (float[2] y) { y = local.Double(x) }
+        <domain: "local", opset_import: ["" : 21]>
+        Double (a) => (b) { b = Add(a, a) }
+        """
+    )
+    assert unsupported_cpu_ops(proto) == set()
+
+
+def test_shape_errors_fail_full_checker_and_strict_inference(tmp_path: Path) -> None:
+    proto = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (float[2, 3] a, float[4, 5] b) => (float[2, 3] y) { y = Add(a, b) }
+        """,
+        check=False,
+    )
+    report = check(save(proto, tmp_path / "m.onnx"))
+    status = _status(report)
+    assert status["onnx checker (full)"] == "fail"
+    assert status["shape inference (strict)"] == "fail"
+    assert not report.ok
+
+
+def test_checker_failure_is_a_finding_not_a_crash(tmp_path: Path) -> None:
+    proto = onnx_text(RELU, check=False)
+    proto.graph.node[0].input[0] = "undefined_tensor"
+    report = check(save(proto, tmp_path / "m.onnx"))
+    status = _status(report)
+    assert status["onnx checker"] == "fail"
+    assert status["load"] == "skip"
+    assert report.exit_code == 1
+
+
+def test_external_data_escape_is_a_blocking_finding(tmp_path: Path) -> None:
+    proto = mlp()
+    w1 = proto.graph.initializer[0]
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(w1.raw_data or onnx.numpy_helper.to_array(w1).tobytes())
+    w1.ClearField("raw_data")
+    del w1.float_data[:]
+    w1.data_location = TensorProto.EXTERNAL
+    w1.external_data.add(key="location", value="../outside.bin")
+    model_dir = tmp_path / "model"
+    report = check(save(proto, model_dir / "m.onnx"))
+    first = report.result.findings[0]
+    assert (first.check, first.status) == ("safe load", "fail")
+    assert "outside.bin" in first.detail
+    assert report.exit_code == 1
+
+
+def test_restricting_providers(tmp_path: Path) -> None:
+    path = save(mlp(), tmp_path / "m.onnx")
+    report = check(path, providers=["cpu", "tensorrt"])
+    status = _status(report)
+    assert status["load on cpu"] == "pass"
+    assert status.get("load on tensorrt") in ("skip", "pass", "fail")
+    assert not any(k.startswith("load on azure") for k in status)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xff garbage \x13" * 50])
+def test_not_a_model_is_an_input_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError) as info:
+        check(path)
+    assert info.value.exit_code == 2
+
+
+def test_report_json_has_stable_keys(tmp_path: Path) -> None:
+    import json
+
+    data = json.loads(check(save(mlp(), tmp_path / "m.onnx")).to_json())
+    assert set(data) == {"schema", "verb", "ok", "exit_code", "onnxferry_version", "created",
+                         "notes", "result"}  # fmt: skip
+    assert set(data["result"]) == {"model", "digest", "blocking_failures", "findings"}
+    assert set(data["result"]["findings"][0]) == {"check", "status", "detail", "blocking"}

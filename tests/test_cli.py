@@ -1,0 +1,293 @@
+"""The `ferry` verbs end to end: output, exit codes, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from onnxferry.cli import main
+from onnxferry.data import save_test_case
+from tests.helpers import mlp, save
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
+    def run(*args: object) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return save(mlp(), tmp_path / "mlp" / "model.onnx")
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ferry: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- the verbs ------------------------------------------------------------------------
+
+
+def test_inspect_prints_tables_and_json(ferry: Run, model: Path) -> None:
+    code, out, _ = ferry("inspect", model)
+    assert code == 0 and "MatMul" in out and "probs" in out
+    code, out, _ = ferry("inspect", model, "--json")
+    data = json.loads(out)
+    assert data["verb"] == "inspect" and data["result"]["parameter_count"] == 4 * 8 + 8 + 8 * 3 + 3
+
+
+def test_inspect_reads_a_directory(ferry: Run, model: Path) -> None:
+    code, out, _ = ferry("inspect", model.parent, "--json")
+    assert code == 0 and json.loads(out)["result"]["name"] == "model"
+
+
+def test_check_ok_and_report_file(ferry: Run, model: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "check.json"
+    code, out, err = ferry("check", model, "--report", target)
+    assert code == 0 and "check: ok" in out
+    assert json.loads(target.read_text())["ok"] is True
+    assert f"report: {target}" in err
+
+
+def test_compare_same_model_passes(ferry: Run, model: Path) -> None:
+    code, out, _ = ferry("compare", model, model, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["ok"] is True
+    assert data["result"]["outputs"][0]["max_abs"] == 0.0
+
+
+def test_compare_one_model_on_two_providers(ferry: Run, model: Path) -> None:
+    code, out, _ = ferry("compare", model, "--provider-b", "cpu", "--samples", "2", "--json")
+    assert code == 0 and json.loads(out)["result"]["samples"] == 2
+
+
+def test_compare_different_models_fails_with_exit_1(
+    ferry: Run, model: Path, tmp_path: Path
+) -> None:
+    other = save(mlp(noise=0.2), tmp_path / "other.onnx")
+    code, out, _ = ferry("compare", model, other, "--json")
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False
+    assert data["result"]["divergence"]["tensor"] == "l0"
+
+
+def test_compare_with_inputs_and_tolerance(ferry: Run, model: Path, tmp_path: Path) -> None:
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.ones((3, 4), np.float32))
+    other = save(mlp(noise=0.2), tmp_path / "other.onnx")
+    code, _, _ = ferry("compare", model, other, "--inputs", feeds, "--atol", "10")
+    assert code == 0
+
+
+def test_test_verb_on_golden_data(ferry: Run, model: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    (probs,) = ort.InferenceSession(str(model)).run(None, {"x": x})
+    save_test_case(tmp_path / "golden" / "test_data_set_0", {"x": x}, {"probs": probs})
+    save_test_case(tmp_path / "golden" / "test_data_set_1", {"x": x}, {"probs": probs + 0.5})
+    code, out, _ = ferry("test", model, tmp_path / "golden", "--json")
+    data = json.loads(out)
+    assert code == 1
+    assert [c["passed"] for c in data["result"]["cases"]] == [True, False]
+
+
+def test_bench_json_and_csv(ferry: Run, model: Path) -> None:
+    code, out, _ = ferry("bench", model, model, "--batch", "1,4", "--iterations", "20", "--json")
+    results = json.loads(out)["result"]["results"]
+    assert code == 0 and len(results) == 4
+    code, out, _ = ferry("bench", model, "--iterations", "5", "--warmup", "1", "--csv")
+    assert code == 0 and len(out.strip().splitlines()) == 2
+
+
+def test_version_and_help(ferry: Run) -> None:
+    code, out, _ = ferry("--version")
+    assert code == 0 and "ferry" in out
+    code, out, _ = ferry("--help")
+    assert code == 0
+    for verb in ("inspect", "check", "compare", "test", "bench"):
+        assert verb in out
+
+
+# --- bad input: one line, the right exit code, nothing written -------------------------
+
+
+def _escape_model(tmp_path: Path) -> Path:
+    proto = mlp()
+    w1 = proto.graph.initializer[0]
+    (tmp_path / "secret.bin").write_bytes(w1.raw_data)
+    w1.ClearField("raw_data")
+    w1.data_location = TensorProto.EXTERNAL
+    w1.external_data.add(key="location", value="../secret.bin")
+    return save(proto, tmp_path / "escape" / "model.onnx")
+
+
+def _truncated(tmp_path: Path) -> Path:
+    data = mlp().SerializeToString()
+    return _written(tmp_path / "truncated.onnx", data[: len(data) // 2])
+
+
+def _too_new_ir(tmp_path: Path) -> Path:
+    from onnxferry.runtime import runtime_limits
+
+    proto = mlp()
+    proto.ir_version = runtime_limits()[0] + 1
+    return save(proto, tmp_path / "new.onnx")
+
+
+def _written(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def _empty_dir(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+BAD_MODELS: dict[str, Callable[[Path], Path]] = {
+    "nonexistent": lambda p: p / "nope.onnx",
+    "directory-without-model": _empty_dir,
+    "empty-file": lambda p: _written(p / "e.onnx", b""),
+    "random-bytes": lambda p: _written(p / "r.onnx", np.random.default_rng(0).bytes(3000)),
+    "truncated": _truncated,
+    "external-data-escape": _escape_model,
+    "ir-too-new": _too_new_ir,
+}
+
+
+@pytest.mark.parametrize("verb", ["inspect", "compare", "test", "bench"])
+@pytest.mark.parametrize("bad", BAD_MODELS, ids=str)
+def test_bad_model_is_one_line_exit_2_nothing_written(
+    ferry: Run, tmp_path: Path, verb: str, bad: str
+) -> None:
+    path = BAD_MODELS[bad](tmp_path)
+    if bad == "ir-too-new" and verb == "inspect":
+        pytest.skip("inspect describes a model without running it; check reports the IR")
+    report = tmp_path / "report.json"
+    args: list[object] = {
+        "inspect": ["inspect", path],
+        "compare": ["compare", path, path],
+        "test": ["test", path, tmp_path],
+        "bench": ["bench", path, "--iterations", "2"],
+    }[verb]
+    code, out, err = ferry(*args, "--report", report)
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert str(path.name) in line or "model" in line
+    assert not report.exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_check_reports_escape_and_new_ir_as_blocking(ferry: Run, tmp_path: Path) -> None:
+    for path in (_escape_model(tmp_path), _too_new_ir(tmp_path)):
+        code, out, _ = ferry("check", path)
+        assert code == 1 and "FAIL" in out
+
+
+def test_check_unreadable_model_is_exit_2(ferry: Run, tmp_path: Path) -> None:
+    code, _, err = ferry("check", _truncated(tmp_path))
+    assert code == 2
+    _one_error_line(err)
+
+
+def _feeds_file(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "feeds.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.ones((2, 4), np.float64)}, "'x' expects dtype float32"),
+        ({"x": np.ones((4,), np.float32)}, "'x' expects rank 2"),
+        ({"x": np.ones((2, 5), np.float32)}, "dim 1 must be 4"),
+        ({"x": np.ones((2, 4), np.float32), "z": np.ones(1)}, "'z'"),
+        ({"y": np.ones((2, 4), np.float32)}, "'y'"),
+    ],
+    ids=["dtype", "rank", "dim", "extra-name", "wrong-name"],
+)
+def test_bad_feed_is_one_line_exit_2(
+    ferry: Run, model: Path, tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
+    code, _, err = ferry("compare", model, model, "--inputs", _feeds_file(tmp_path, **arrays))
+    assert code == 2
+    assert message in _one_error_line(err)
+
+
+def test_golden_set_missing_an_input_is_exit_2(ferry: Run, tmp_path: Path) -> None:
+    two_inputs = onnx.parser.parse_model(
+        """
+        <ir_version: 10, opset_import: ["" : 21]>
+        g (float[n] a, float[n] b) => (float[n] y) { y = Add(a, b) }
+        """
+    )
+    path = save(two_inputs, tmp_path / "add.onnx")
+    save_test_case(tmp_path / "g" / "test_data_set_0", {"a": np.ones(2, np.float32)}, {})
+    code, _, err = ferry("test", path, tmp_path / "g")
+    assert code == 2
+    assert "'b'" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "{m}", "--batch", "one"],
+        ["bench", "{m}", "--iterations", "5", "--duration", "1"],
+        ["bench", "{m}", "--batch", "0"],
+        ["bench", "{m}", "--provider", "tpu"],
+        ["compare", "{m}"],
+        ["compare", "{m}", "{m}", "--dim", "batch"],
+        ["compare", "{m}", "{m}", "--atol", "-1"],
+    ],
+    ids=[
+        "batch-text",
+        "iterations-and-duration",
+        "batch-zero",
+        "provider",
+        "no-b",
+        "dim-syntax",
+        "negative-atol",
+    ],
+)
+def test_usage_errors_are_exit_2(ferry: Run, model: Path, args: list[str]) -> None:
+    code, _, err = ferry(*[a.format(m=model) for a in args])
+    assert code == 2
+    _one_error_line(err)
+
+
+def test_verbose_shows_traceback(ferry: Run, tmp_path: Path) -> None:
+    code, _, err = ferry("-v", "inspect", tmp_path / "nope.onnx")
+    assert code == 2 and "Traceback" in err and "ferry: error:" in err
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
+    ferry_bin = Path(sys.executable).parent / "ferry"
+    if not ferry_bin.exists():
+        pytest.skip("the ferry console script is not installed in this environment")
+    proc = subprocess.run(
+        [str(ferry_bin), "inspect", str(tmp_path / "missing.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    _one_error_line(proc.stderr)

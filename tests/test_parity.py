@@ -1,0 +1,532 @@
+"""Parity: the judge, bisection and the compare verb, all checked with real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxferry.errors import FeedError, InputError, UsageError
+from onnxferry.model import Model
+from onnxferry.parity import (
+    Divergence,
+    OutputParity,
+    Parity,
+    Tolerance,
+    bisect,
+    compare,
+    compare_outputs,
+    compare_runners,
+)
+from onnxferry.report import render_table
+from onnxferry.runtime import OrtRunner, SessionConfig
+
+from .helpers import mlp, onnx_text, save
+
+OUTPUT_KEYS = [
+    "name",
+    "kind",
+    "passed",
+    "problem",
+    "ref_dtype",
+    "cand_dtype",
+    "ref_shape",
+    "cand_shape",
+    "atol",
+    "rtol",
+    "max_abs",
+    "mean_abs",
+    "p99_abs",
+    "max_rel",
+    "mean_rel",
+    "p99_rel",
+    "cosine",
+    "cosine_min",
+    "top1",
+    "top5",
+    "exact_match",
+    "nan_mismatches",
+    "inf_mismatches",
+    "required_atol",
+    "required_rtol",
+]
+PARITY_KEYS = [
+    "reference",
+    "candidate",
+    "samples",
+    "ok",
+    "summary",
+    "tolerance",
+    "problems",
+    "worst",
+    "outputs",
+    "divergence",
+]
+
+
+def runner(proto: onnx.ModelProto, config: SessionConfig | None = None) -> OrtRunner:
+    return OrtRunner(Model.from_proto(proto), config=config)
+
+
+def with_logits(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The mlp with its pre-softmax logits as a second output."""
+    out = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])
+    proto.graph.output.append(out)
+    return proto
+
+
+def feeds(n: int, batch: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((batch, 4)).astype(np.float32)} for _ in range(n)]
+
+
+def run_all(
+    proto: onnx.ModelProto, sets: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    r = runner(proto)
+    return [r.run(f) for f in sets]
+
+
+# --- the judge ------------------------------------------------------------------------------
+
+
+def test_identical_models_pass_with_zero_error() -> None:
+    parity = compare_runners(runner(mlp()), runner(mlp()), feeds(3))
+    assert parity.ok
+    assert parity.worst is None
+    (out,) = parity.outputs
+    assert out.name == "probs"
+    assert out.kind == "float"
+    assert out.passed
+    assert out.max_abs == 0.0
+    assert out.max_rel == 0.0
+    assert out.required_atol == 0.0
+    assert out.required_rtol == 0.0
+    assert out.cosine == pytest.approx(1.0)
+    assert out.top1 == 1.0
+    assert out.exact_match is None
+    assert out.nan_mismatches == 0
+    assert "match" in parity.summary()
+
+
+def test_perturbed_model_fails_names_worst_and_required_atol_is_exact() -> None:
+    sets = feeds(3)
+    ref = run_all(with_logits(mlp()), sets)
+    cand = run_all(with_logits(mlp(noise=0.05)), sets)
+    tol = Tolerance(atol=1e-5, rtol=1e-4)
+    parity = compare_outputs(ref, cand, tol, reference_name="a", candidate_name="b")
+
+    assert not parity.ok
+    worst = parity.worst
+    assert worst is not None
+    assert worst.name == "logits"  # logits move more than the probabilities
+    assert "'logits'" in parity.summary()
+    assert worst.max_abs is not None
+    assert worst.max_abs > 1e-3
+    # the statistics agree with a direct numpy computation
+    r = np.concatenate([s["logits"].ravel() for s in ref]).astype(np.float64)
+    c = np.concatenate([s["logits"].ravel() for s in cand]).astype(np.float64)
+    assert worst.max_abs == pytest.approx(np.abs(c - r).max())
+    assert worst.mean_abs == pytest.approx(np.abs(c - r).mean())
+
+    for out in parity.outputs:
+        assert out.required_atol is not None
+        assert out.required_rtol is not None
+        atol = out.required_atol
+        passing = Tolerance(atol=atol, rtol=tol.rtol)
+        failing = Tolerance(atol=float(np.nextafter(atol, 0.0)), rtol=tol.rtol)
+        assert _output(compare_outputs(ref, cand, passing), out.name).passed
+        assert not _output(compare_outputs(ref, cand, failing), out.name).passed
+
+        rtol = out.required_rtol
+        passing = Tolerance(atol=tol.atol, rtol=rtol)
+        failing = Tolerance(atol=tol.atol, rtol=float(np.nextafter(rtol, 0.0)))
+        assert _output(compare_outputs(ref, cand, passing), out.name).passed
+        assert not _output(compare_outputs(ref, cand, failing), out.name).passed
+
+
+def _output(parity: Parity, name: str) -> OutputParity:
+    return next(o for o in parity.outputs if o.name == name)
+
+
+TWO_OUT = """
+<ir_version: 10, opset_import: ["" : 21]>
+a (float[N, 4] x) => (float[N, 4] y, float[N, 4] w) { y = Relu(x)  w = Neg(x) }
+"""
+TRANSPOSED = """
+<ir_version: 10, opset_import: ["" : 21]>
+b (float[N, 4] x) => (float[4, N] y, float[N, 4] v) { y = Transpose(x)  v = Neg(x) }
+"""
+SCALED = """
+<ir_version: 10, opset_import: ["" : 21]>
+c (float[N, 4] x) => (float[4, N] y) { t = Transpose(x)  y = Mul(t, t) }
+"""
+
+
+def test_output_names_are_checked_before_shapes() -> None:
+    parity = compare_runners(
+        runner(onnx_text(TWO_OUT)), runner(onnx_text(TRANSPOSED)), feeds(1, batch=3)
+    )
+    assert not parity.ok
+    assert any("'w'" in p and "missing" in p for p in parity.problems)
+    assert any("'v'" in p and "extra" in p for p in parity.problems)
+    assert [o.name for o in parity.outputs] == ["y"]  # the common output is still compared
+    summary = parity.summary()
+    assert summary.index("missing") < summary.index("shape")
+
+
+def test_shapes_are_checked_before_values() -> None:
+    relu = onnx_text(TWO_OUT.replace(", float[N, 4] w", "").replace("w = Neg(x)", ""))
+    parity = compare_runners(runner(relu), runner(onnx_text(SCALED)), feeds(2, batch=3))
+    (out,) = parity.outputs
+    assert not parity.ok
+    assert not parity.problems
+    assert out.problem is not None
+    assert "shape" in out.problem
+    assert (out.ref_shape, out.cand_shape) == ((3, 4), (4, 3))
+    assert out.max_abs is None  # values were not compared
+    assert out.required_atol is None
+    assert parity.worst is out
+
+
+EXACT = """
+<ir_version: 10, opset_import: ["" : 21]>
+e (float[N, 4] x) => (int64[N, 1] idx, bool[N, 4] pos, string[N, 4] s) {
+    idx = ArgMax <axis = 1> (x)
+    t = Constant <value = float {THRESH}> ()
+    pos = Greater(x, t)
+    r = Round(x)
+    s = Cast <to = 8> (r)
+}
+"""
+
+
+def test_integer_bool_and_string_outputs_match_exactly() -> None:
+    sets = feeds(2, batch=8)
+    same = compare_runners(
+        runner(onnx_text(EXACT.replace("THRESH", "0.0"))),
+        runner(onnx_text(EXACT.replace("THRESH", "0.0"))),
+        sets,
+    )
+    assert same.ok
+    assert {o.name: o.kind for o in same.outputs} == {"idx": "exact", "pos": "exact", "s": "exact"}
+    for out in same.outputs:
+        assert out.exact_match == 1.0
+        assert out.max_abs is None
+        assert out.cosine is None
+        assert out.required_atol is None
+
+    other = EXACT.replace("THRESH", "0.5").replace("ArgMax", "ArgMin").replace("Round(x)", "Neg(x)")
+    diff = compare_runners(
+        runner(onnx_text(EXACT.replace("THRESH", "0.0"))), runner(onnx_text(other)), sets
+    )
+    assert not diff.ok
+    ref = [runner(onnx_text(EXACT.replace("THRESH", "0.0"))).run(f) for f in sets]
+    cand = [runner(onnx_text(other)).run(f) for f in sets]
+    for out in diff.outputs:
+        equal = sum(int(np.sum(r[out.name] == c[out.name])) for r, c in zip(ref, cand, strict=True))
+        total = sum(r[out.name].size for r in ref)
+        assert out.exact_match == pytest.approx(equal / total)
+        assert out.exact_match is not None
+        assert out.exact_match < 1.0
+        assert not out.passed
+    # an exact failure is worse than any float one: it is the worst
+    assert diff.worst is not None
+
+
+def test_float_dtypes_mix_but_float_and_integer_do_not() -> None:
+    ref = run_all(mlp(), feeds(1))
+    half = [{"probs": ref[0]["probs"].astype(np.float16)}]
+    parity = compare_outputs(ref, half, Tolerance(atol=1e-3, rtol=1e-3))
+    (out,) = parity.outputs
+    assert out.problem is None
+    assert (out.ref_dtype, out.cand_dtype) == ("float32", "float16")
+    assert parity.ok
+
+    ints = [{"probs": np.zeros(ref[0]["probs"].shape, dtype=np.int64)}]
+    (bad,) = compare_outputs(ref, ints).outputs
+    assert bad.problem is not None
+    assert "dtype" in bad.problem
+    assert not bad.passed
+
+
+LOG = """
+<ir_version: 10, opset_import: ["" : 21]>
+l (float[N, 4] x) => (float[N, 4] y) { y = Log(x) }
+"""
+LOG_RELU = """
+<ir_version: 10, opset_import: ["" : 21]>
+l (float[N, 4] x) => (float[N, 4] y) { r = Relu(x)  y = Log(r) }
+"""
+RECIP = """
+<ir_version: 10, opset_import: ["" : 21]>
+r (float[N, 4] x) => (float[N, 4] y) { one = Constant <value = float {1.0}> ()  y = Div(one, x) }
+"""
+RECIP_ABS = """
+<ir_version: 10, opset_import: ["" : 21]>
+r (float[N, 4] x) => (float[N, 4] y) {
+    one = Constant <value = float {1.0}> ()
+    a = Abs(x)
+    y = Div(one, a)
+}
+"""
+
+
+def test_nan_and_inf_mismatches_are_counted() -> None:
+    x = np.array([[-1.0, 0.0, 1.0, 2.0], [0.0, 4.0, -3.0, 5.0]], dtype=np.float32)
+    # Log(x) is NaN for x < 0 where Log(Relu(x)) is -inf; Log(0) = -inf on both sides
+    parity = compare_runners(runner(onnx_text(LOG)), runner(onnx_text(LOG_RELU)), [{"x": x}])
+    (out,) = parity.outputs
+    assert (out.nan_mismatches, out.inf_mismatches) == (2, 0)
+    assert not out.passed
+    assert out.required_atol == math.inf
+    assert out.required_rtol == math.inf
+    assert "NaN" in parity.summary()
+
+    # 1/x and 1/|x| agree at x = 0 (+inf) but not at x = -0.0 (-inf vs +inf)
+    x = np.array([[0.0, -0.0, 2.0, 4.0]], dtype=np.float32)
+    (out,) = compare_runners(
+        runner(onnx_text(RECIP)), runner(onnx_text(RECIP_ABS)), [{"x": x}]
+    ).outputs
+    assert (out.nan_mismatches, out.inf_mismatches) == (0, 1)
+    assert not out.passed
+    x = np.array([[0.0, 1.0, 2.0, 4.0]], dtype=np.float32)
+    (out,) = compare_runners(
+        runner(onnx_text(RECIP)), runner(onnx_text(RECIP_ABS)), [{"x": x}]
+    ).outputs
+    assert out.passed  # +inf against +inf is equal
+
+    # NaN on both sides at the same place is equal; at different places it is not
+    nan = float("nan")
+    ref = [{"y": np.array([1.0, nan, np.inf, -np.inf])}]
+    assert compare_outputs(ref, [{"y": np.array([1.0, nan, np.inf, -np.inf])}]).ok
+    (out,) = compare_outputs(ref, [{"y": np.array([nan, 1.0, np.inf, np.inf])}]).outputs
+    assert (out.nan_mismatches, out.inf_mismatches) == (2, 1)
+
+
+def test_top1_agreement_on_a_softmax_output() -> None:
+    sets = feeds(4, batch=16)
+    ref = run_all(mlp(classes=6), sets)
+    cand = run_all(mlp(classes=6, noise=0.8), sets)
+    (out,) = compare_outputs(ref, cand).outputs
+    r = np.concatenate([s["probs"] for s in ref])
+    c = np.concatenate([s["probs"] for s in cand])
+    expected = float(np.mean(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
+    assert out.top1 == pytest.approx(expected)
+    assert 0.0 < expected < 1.0
+    top5_r = np.argsort(-r, axis=1)[:, :5]
+    top5_c = np.argsort(-c, axis=1)[:, :5]
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_r, top5_c, strict=True)])
+    assert out.top5 == pytest.approx(overlap)
+
+    (three,) = compare_outputs(run_all(mlp(), sets), run_all(mlp(noise=0.8), sets)).outputs
+    assert three.top1 is not None
+    assert three.top5 is None  # fewer than 5 classes
+
+
+def test_cosine_min_shows_the_worst_sample() -> None:
+    sets = feeds(3)
+    ref = run_all(with_logits(mlp()), sets)
+    cand = run_all(with_logits(mlp()), sets[:2]) + run_all(with_logits(mlp(seed=7)), sets[2:])
+    out = _output(compare_outputs(ref, cand), "logits")
+    assert out.cosine is not None
+    assert out.cosine_min is not None
+    assert out.cosine_min < out.cosine
+    r, c = ref[2]["logits"].ravel(), cand[2]["logits"].ravel()
+    expected = float(np.dot(r, c) / (np.linalg.norm(r) * np.linalg.norm(c)))
+    assert out.cosine_min == pytest.approx(expected, abs=1e-6)
+
+
+def test_per_output_tolerance_override() -> None:
+    sets = feeds(2)
+    ref = run_all(with_logits(mlp()), sets)
+    cand = run_all(with_logits(mlp(noise=0.05)), sets)
+    tol = Tolerance(atol=1e-6, rtol=0.0, per_output={"logits": (10.0, 0.0)})
+    assert tol.for_output("logits") == (10.0, 0.0)
+    assert tol.for_output("probs") == (1e-6, 0.0)
+    parity = compare_outputs(ref, cand, tol)
+    logits, probs = _output(parity, "logits"), _output(parity, "probs")
+    assert logits.passed
+    assert (logits.atol, logits.rtol) == (10.0, 0.0)
+    assert not probs.passed
+    assert parity.worst is probs
+    assert tol.to_dict()["per_output"] == {"logits": {"atol": 10.0, "rtol": 0.0}}
+    with pytest.raises(UsageError):
+        Tolerance(atol=-1.0)
+
+
+def test_sample_counts_must_agree() -> None:
+    ref = run_all(mlp(), feeds(2))
+    with pytest.raises(UsageError):
+        compare_outputs(ref, ref[:1])
+    with pytest.raises(UsageError):
+        compare_outputs([], [])
+
+
+# --- bisection ------------------------------------------------------------------------------
+
+
+def test_bisect_finds_the_first_diverging_node() -> None:
+    (x,) = feeds(1)
+    found = bisect(Model.from_proto(mlp()), Model.from_proto(mlp(noise=0.1)), x)
+    assert isinstance(found, Divergence)
+    assert (found.tensor, found.node, found.op_type, found.position) == ("l0", "fc2", "MatMul", 3)
+    assert found.max_abs is not None
+    assert found.max_abs > 1e-3
+    assert found.required_atol is not None
+    assert found.required_atol > Tolerance().atol
+    # the other direction finds the same tensor
+    back = bisect(Model.from_proto(mlp(noise=0.1)), Model.from_proto(mlp()), x)
+    assert back is not None
+    assert back.tensor == "l0"
+    assert bisect(Model.from_proto(mlp()), Model.from_proto(mlp()), x) is None
+    assert found.to_dict()["tensor"] == "l0"
+
+
+def test_bisect_reads_external_data_without_touching_the_model_dir(tmp_path: Path) -> None:
+    paths = []
+    for name, proto in (("a", mlp()), ("b", mlp(noise=0.1))):
+        folder = tmp_path / name
+        folder.mkdir()
+        onnx.save_model(
+            proto,
+            str(folder / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="weights.bin",
+            size_threshold=0,
+        )
+        paths.append(folder / "model.onnx")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    (x,) = feeds(1)
+    found = bisect(Model.load(paths[0]), Model.load(paths[1]), x)
+    assert found is not None
+    assert found.tensor == "l0"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_same_model_on_cpu_with_different_graph_optimization() -> None:
+    model = Model.from_proto(with_logits(mlp()))
+    plain = SessionConfig(graph_optimization="disable")
+    fused = SessionConfig(graph_optimization="all")
+    sets = feeds(3)
+    parity = compare_runners(
+        OrtRunner(model, config=plain), OrtRunner(model, config=fused), sets, Tolerance()
+    )
+    assert parity.ok, parity.summary()
+    found = bisect(model, model, sets[0], reference_config=plain, candidate_config=fused)
+    assert found is None
+
+
+# --- the compare verb -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return save(mlp(), tmp_path / "a.onnx"), save(mlp(noise=0.1), tmp_path / "b.onnx")
+
+
+def test_compare_with_generated_inputs(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = pair
+    same = compare(a, save(mlp(), tmp_path / "a2.onnx"), samples=2, dims={"batch": 5})
+    assert same.ok
+    assert same.verb == "compare"
+    assert same.result.samples == 2
+    assert same.result.outputs[0].ref_shape == (5, 3)
+
+    report = compare(a, b)
+    assert not report.ok
+    assert report.exit_code == 1
+    parity = report.result
+    assert parity.samples == 3
+    assert parity.outputs[0].ref_shape == (2, 3)  # symbolic dims default to a batch of 2
+    assert parity.divergence is not None
+    assert parity.divergence.tensor == "l0"
+    assert any("l0" in n for n in report.notes)
+    assert "first divergence" in report.to_text()
+    for table in report.tables():
+        assert render_table(table)
+
+    quiet = compare(a, b, bisect_on_failure=False)
+    assert quiet.result.divergence is None
+    assert not quiet.notes
+
+
+def test_compare_with_given_inputs(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    sets = feeds(2, batch=7)
+    report = compare(Model.load(a), a, inputs=sets)
+    assert report.ok
+    assert report.result.samples == 2
+    assert report.result.outputs[0].ref_shape == (7, 3)
+
+    one = compare(a, b, inputs=sets[0], tolerance=Tolerance(atol=10.0))
+    assert one.ok
+    assert one.result.samples == 1
+
+
+def test_compare_rejects_a_wrong_feed(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    with pytest.raises(FeedError, match="'x'"):
+        compare(a, b, inputs={"x": np.zeros((2, 4), dtype=np.int64)})
+    with pytest.raises(FeedError, match="'y'"):
+        compare(a, b, inputs={"y": np.zeros((2, 4), dtype=np.float32)})
+
+
+def test_compare_needs_b_or_provider_b(pair: tuple[Path, Path]) -> None:
+    a, _ = pair
+    with pytest.raises(UsageError):
+        compare(a)
+    report = compare(a, provider="cpu", provider_b="cpu", samples=1)
+    assert report.ok
+    assert report.result.reference == report.result.candidate == "a@cpu"
+
+
+def test_compare_rejects_models_with_different_inputs(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, _ = pair
+    other = onnx_text("""
+        <ir_version: 10, opset_import: ["" : 21]>
+        m (int64[batch, 4] x) => (float[batch, 4] probs) { probs = Cast <to = 1> (x) }
+    """)
+    with pytest.raises(InputError, match="different inputs"):
+        compare(a, save(other, tmp_path / "other.onnx"))
+
+
+def test_report_json_has_stable_keys(pair: tuple[Path, Path]) -> None:
+    a, b = pair
+    for report in (compare(a, b), compare(a, a, samples=1)):
+        data = json.loads(report.to_json())
+        assert data["verb"] == "compare"
+        assert data["ok"] is report.ok
+        result = data["result"]
+        assert list(result) == PARITY_KEYS
+        assert list(result["outputs"][0]) == OUTPUT_KEYS
+        assert list(result["tolerance"]) == ["atol", "rtol", "per_output"]
+    failing = json.loads(compare(a, b).to_json())["result"]
+    assert failing["worst"] == "probs"
+    assert list(failing["divergence"]) == [
+        "tensor",
+        "node",
+        "op_type",
+        "position",
+        "max_abs",
+        "max_rel",
+        "required_atol",
+        "problem",
+    ]
+
+
+def test_non_finite_statistics_stay_valid_json() -> None:
+    x = np.array([[-1.0, 0.0, 1.0, 2.0]], dtype=np.float32)
+    parity = compare_runners(runner(onnx_text(LOG)), runner(onnx_text(LOG_RELU)), [{"x": x}])
+    from onnxferry.report import Report
+
+    data = json.loads(Report(verb="compare", result=parity).to_json())
+    assert data["result"]["outputs"][0]["required_atol"] == "inf"
