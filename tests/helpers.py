@@ -1,19 +1,22 @@
 """Tiny models written as ONNX text, shared by the tests.
 
-    proto = onnx_text('''
-        <ir_version: 10, opset_import: ["" : 21]>
-        g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }
-    ''')
-    path = save(proto, tmp_path / "m.onnx")
+proto = onnx_text('''
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }
+''')
+path = save(proto, tmp_path / "m.onnx")
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, parser
+from onnx.external_data_helper import set_external_data
 
 
 def onnx_text(text: str, *, check: bool = True) -> onnx.ModelProto:
@@ -71,3 +74,157 @@ def mlp(seed: int = 0, hidden: int = 8, classes: int = 3, noise: float = 0.0) ->
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+TENSOR_SITES = """
+<ir_version: 10, opset_import: ["" : 21, "local" : 1]>
+sites (float[2] x, bool cond, float[3, 2] seq)
+    => (float[2] y_main, float[2] y_if, float[2] y_loop, float[2] y_scan, float[2] y_fn)
+<float[2] w = {1.0, 2.0}>
+{
+    c = Constant <value = float[2] const_value {3.0, 4.0}> ()
+    wc = Add (w, c)
+    xw = Add (x, wc)
+    xs = Add (xw, s)
+    y_main = Add (xs, cs)
+    y_if = If (cond) <
+        then_branch = then_g () => (float[2] t) {
+            t = Constant <value = float[2] then_value {5.0, 6.0}> ()
+        },
+        else_branch = else_g () => (float[2] e) { e = Identity (x) }
+    >
+    trip = Constant <value_int = 2> ()
+    y_loop = Loop (trip, cond, x) <
+        body = loop_g (int64 i, bool c_in, float[2] acc) => (bool c_out, float[2] acc_out) {
+            c_out = Identity (c_in)
+            k = Constant <value = float[2] loop_value {1.0, 1.0}> ()
+            acc_out = Add (acc, k)
+        }
+    >
+    y_scan, scan_out = Scan (x, seq) <
+        num_scan_inputs = 1,
+        body = scan_g (float[2] s_in, float[2] xi) => (float[2] s_out, float[2] yi) {
+            k = Constant <value = float[2] scan_value {1.0, 2.0}> ()
+            s_out = Add (s_in, k)
+            yi = Add (xi, s_in)
+        }
+    >
+    y_fn = local.AddK (x)
+}
+<domain: "local", opset_import: ["" : 21]>
+AddK (a) => (b) {
+    k = Constant <value = float[2] function_value {7.0, 8.0}> ()
+    b = Add (a, k)
+}
+"""
+
+SITE_TENSORS = {
+    "w": "graph initializer",
+    "s": "sparse initializer values",
+    "s_indices": "sparse initializer indices",
+    "const_value": "Constant value attribute",
+    "cs_values": "Constant sparse_value attribute",
+    "then_value": "If then_branch",
+    "loop_value": "Loop body",
+    "scan_value": "Scan body",
+    "function_value": "model-local function",
+    "held": "custom node tensors attribute",
+    "held_sparse": "custom node sparse_tensors attribute",
+}
+"""The named tensors of ``tensor_sites()`` and where each one sits."""
+
+
+def tensor_sites(*, custom_node: bool = True) -> onnx.ModelProto:
+    """A model with a tensor in every place ONNX allows one (see SITE_TENSORS), each with its
+    data in raw_data so it can be moved to external data.
+
+    Inputs x float[2], cond bool, seq float[3, 2]. ``custom_node`` adds a node of domain
+    "custom" whose ``tensors`` and ``sparse_tensors`` attributes hold "held" and "held_sparse";
+    ONNX Runtime cannot run that node.
+    """
+    proto = onnx_text(TENSOR_SITES, check=False)
+    graph = proto.graph
+    graph.sparse_initializer.append(
+        helper.make_sparse_tensor(
+            numpy_helper.from_array(np.array([1.5], np.float32), "s"),
+            numpy_helper.from_array(np.array([1], np.int64), "s_indices"),
+            [2],
+        )
+    )
+    sparse_value = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([2.5], np.float32), "cs_values"),
+        numpy_helper.from_array(np.array([0], np.int64), "cs_indices"),
+        [2],
+    )
+    graph.node.insert(
+        0, helper.make_node("Constant", [], ["cs"], name="sparse_const", sparse_value=sparse_value)
+    )
+    if custom_node:
+        proto.opset_import.append(helper.make_opsetid("custom", 1))
+        held = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "held")
+        held_sparse = helper.make_sparse_tensor(
+            numpy_helper.from_array(np.array([3.0], np.float32), "held_sparse"),
+            numpy_helper.from_array(np.array([0], np.int64), "held_sparse_indices"),
+            [2],
+        )
+        holder = helper.make_node("Holder", [], ["h"], name="holder", domain="custom")
+        holder.attribute.extend(
+            [
+                helper.make_attribute("payload", [held]),
+                helper.make_attribute("sparse_payload", [held_sparse]),
+            ]
+        )
+        graph.node.append(holder)
+    for tensor in all_tensors(proto):
+        if not tensor.HasField("raw_data"):
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def all_tensors(message: Any) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto inside a protobuf message, found by reflection over its fields."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        for item in value if field.is_repeated else [value]:
+            if isinstance(item, onnx.TensorProto):
+                yield item
+            else:
+                yield from all_tensors(item)
+
+
+def find_tensor(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    """The tensor called ``name`` anywhere in ``proto``."""
+    for tensor in all_tensors(proto):
+        if tensor.name == name:
+            return tensor
+    raise KeyError(name)
+
+
+def save_external(
+    proto: onnx.ModelProto,
+    path: Path,
+    names: Iterable[str] | None = None,
+    location: str = "weights.bin",
+    *,
+    gap: int = 16,
+) -> Path:
+    """Save a copy of ``proto`` at ``path`` with the data of the named tensors (default: every
+    tensor with raw data) written to ``location`` next to it, ``gap`` zero bytes before each."""
+    proto_copy = onnx.ModelProto()
+    proto_copy.CopyFrom(proto)
+    wanted = set(names) if names is not None else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / location, "wb") as f:
+        for tensor in all_tensors(proto_copy):
+            chosen = wanted is None or tensor.name in wanted
+            if not chosen or not tensor.HasField("raw_data"):
+                continue
+            f.write(b"\0" * gap)
+            data = tensor.raw_data
+            set_external_data(tensor, location, offset=f.tell(), length=len(data))
+            f.write(data)
+            tensor.ClearField("raw_data")
+    onnx.save(proto_copy, str(path))
+    return path

@@ -43,7 +43,7 @@ def test_every_dtype_through_golden_data(tmp_path: Path) -> None:
         """
     )
     path = save(proto, tmp_path / "m.onnx")
-    inputs = {
+    inputs: dict[str, np.ndarray] = {
         "h": np.array([1, -2], np.float16),
         "d": np.array([0.5, 3], np.float64),
         "i8": np.array([1, -7], np.int8),

@@ -1,5 +1,80 @@
-"""onnxferry (API assembled once all modules land)."""
+"""onnxferry: carry a trained model to a fast, verified, signed ONNX deployment.
+
+    import onnxferry
+
+    model = onnxferry.Model.load("model.onnx")
+    onnxferry.check(model.path).ok
+    report = onnxferry.compare("model.onnx", "model_fp16.onnx")
+    print(report.to_text())
+
+Judging verbs (inspect, check, compare, test, bench) return a Report; the `ferry` command
+wraps each of them.
+"""
 
 from ._version import __version__
+from .bench import BenchResult, BenchSuite, bench
+from .check import CheckResult, Finding, check
+from .data import TestCase, load_feeds, load_test_cases, save_test_case
+from .errors import (
+    DataError,
+    FeedError,
+    FerryError,
+    InputError,
+    InvalidModelError,
+    ModelLoadError,
+    ProviderError,
+    UnsafeModelError,
+    UsageError,
+    VerificationError,
+)
+from .golden import GoldenResult, test
+from .inspection import ModelInfo, inspect
+from .model import Model
+from .parity import Divergence, OutputParity, Parity, Tolerance, compare, compare_outputs
+from .report import Report, Table
+from .runtime import OrtRunner, Runner, SessionConfig, available_providers
+from .signature import DType, Signature, TensorSpec
 
-__all__ = ["__version__"]
+__all__ = [
+    "BenchResult",
+    "BenchSuite",
+    "CheckResult",
+    "DType",
+    "DataError",
+    "Divergence",
+    "FeedError",
+    "FerryError",
+    "Finding",
+    "GoldenResult",
+    "InputError",
+    "InvalidModelError",
+    "Model",
+    "ModelInfo",
+    "ModelLoadError",
+    "OrtRunner",
+    "OutputParity",
+    "Parity",
+    "ProviderError",
+    "Report",
+    "Runner",
+    "SessionConfig",
+    "Signature",
+    "Table",
+    "TensorSpec",
+    "TestCase",
+    "Tolerance",
+    "UnsafeModelError",
+    "UsageError",
+    "VerificationError",
+    "__version__",
+    "available_providers",
+    "bench",
+    "check",
+    "compare",
+    "compare_outputs",
+    "inspect",
+    "load_feeds",
+    "load_test_cases",
+    "save_test_case",
+    "test",
+]

@@ -4,19 +4,39 @@
     model.signature.inputs                    # TensorSpecs
     model.digest                              # sha256 of the file and its external data
     model.save("out/model.onnx")              # atomic; external data past 2 GiB
+
+Loading is safe: the file is size-limited, parsed, every external-data reference is checked to
+stay inside the model's directory (see ``safety``), and the onnx checker runs. External tensor
+data is not read into memory; ONNX Runtime reads it by path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import secrets
+import stat
+import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from .errors import ModelLoadError
+from .errors import InputError, InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
+from .safety import (
+    ExternalRef,
+    check_external_data,
+    copy_external_data,
+    external_files,
+    iter_tensors,
+    read_external_data,
+    uses_external_data,
+)
 from .signature import Signature
 
 if TYPE_CHECKING:
@@ -25,12 +45,28 @@ if TYPE_CHECKING:
 DEFAULT_MAX_SIZE = 64 * 1024**3
 """Default limit on a model's size on disk, external data included (bytes)."""
 
+_PROTOBUF_MAX = 2**31 - 1
+"""The largest message protobuf encodes or parses (bytes)."""
+
+_PROTO_LIMIT = 2**31 - 2**26
+"""Inline tensor bytes past which a model goes to external data: protobuf cannot encode a
+message over 2 GiB, and the graph itself needs some room."""
+
+_EXTERNAL_THRESHOLD = 1024
+"""Initializers of at least this many bytes go to the data file (onnx's default)."""
+
+_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64}
+_BITS |= {14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8}
+_BITS |= {25: 2, 26: 2, 27: 6, 28: 6}
+"""Bits per element by TensorProto.DataType, to size tensors without copying their data."""
+
 
 @dataclass
 class Model:
     """An ONNX model that passed the safe loader.
 
-    ``proto`` holds the graph; external tensor data stays on disk (``path``'s directory).
+    ``proto`` holds the graph; external tensor data stays on disk (``path``'s directory), and
+    ``external_files`` lists its files, in order of first reference.
     """
 
     proto: onnx.ModelProto
@@ -39,15 +75,61 @@ class Model:
 
     @classmethod
     def load(cls, path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> Model:
-        """Load a file or a directory holding one model, after the safety checks."""
+        """Load a file, or a directory holding one model, after the safety checks.
+
+            model = Model.load("models/resnet")                 # models/resnet/model.onnx
+            model = Model.load("big.onnx", max_size=200 * 1024**3)
+
+        Raises ModelLoadError (one line: what is wrong; what to do) for a missing path, a
+        directory without exactly one model, an empty, malformed or truncated file;
+        InvalidModelError when the onnx checker rejects the model; UnsafeModelError when
+        external data leaves the model's directory or the model (with its external data)
+        is larger than ``max_size`` bytes.
+        """
         import onnx
 
-        path = Path(path)
+        file = resolve_model_path(Path(path))
+        size = _regular_file_size(file)
+        if size > max_size:
+            raise _too_large(file, size, max_size)
+        if size > _PROTOBUF_MAX:
+            raise ModelLoadError(
+                f"{file}: the file is {_human(size)}, past the 2 GiB protobuf allows for a "
+                "model file, so it is not an ONNX model",
+                hint="a model this large keeps its weights in external data files",
+            )
+        if size == 0:
+            raise ModelLoadError(
+                f"{file}: the file is empty, not an ONNX model",
+                hint="re-export or re-copy the model",
+            )
         try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as e:
-            raise ModelLoadError(f"{path}: not a readable ONNX model ({e})") from e
-        return cls(proto, path)
+            data = file.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(
+                f"{file}: cannot read the file ({e.strerror or e})",
+                hint="check that the file is readable",
+            ) from None
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except Exception:  # google.protobuf's DecodeError (untyped)
+            raise ModelLoadError(
+                f"{file}: not an ONNX model (the protobuf data is malformed or truncated)",
+                hint="check that the file is a whole binary .onnx model; re-export or re-copy it",
+            ) from None
+        if not proto.HasField("graph"):
+            raise ModelLoadError(
+                f"{file}: not an ONNX model (it holds no graph)",
+                hint="check that the file is a binary .onnx model; re-export it",
+            )
+        refs = check_external_data(proto, file.parent)
+        files = external_files(refs)
+        total = size + sum(p.stat().st_size for p in files)
+        if total > max_size:
+            raise _too_large(file, total, max_size)
+        _run_checker(file, None if refs else data)
+        return cls(proto, file, files)
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> Model:
@@ -55,12 +137,122 @@ class Model:
         return cls(proto, None)
 
     def save(self, path: str | Path, *, external_data: bool | None = None) -> Model:
-        """Write atomically to ``path``; returns the saved Model."""
+        """Write the model atomically to ``path`` and return it loaded back from there.
+
+            saved = model.save("out/model.onnx")                      # one file when it fits
+            saved = model.save("out/model.onnx", external_data=True)  # weights in out/model.data
+
+        With ``external_data=None`` the model keeps one file unless it already has external
+        data or is past protobuf's 2 GiB limit; then initializers of 1 KiB or more go to
+        ``<name>.data`` next to the model file, and data from the source's files is carried
+        along. ``False`` forces one file (UsageError when it cannot fit). Files are written
+        under temporary names in the target directory and renamed into place; on failure
+        nothing is left behind and the files that were at the target stay as they were.
+        The written model then goes through ``Model.load`` (its errors, with the files kept).
+        """
+        target = Path(path)
+        refs = self._checked_refs()
+        inline = _inline_bytes(self.proto)
+        externalize = bool(refs) or inline > _PROTO_LIMIT
+        if external_data is not None:
+            externalize = external_data
+        if not externalize and inline + sum(_ref_bytes(r) for r in refs) > _PROTO_LIMIT:
+            raise _single_file_too_large(self.name)
+        blob: bytes | None = None
+        if not externalize:
+            blob = _encode(self._inlined(refs))
+            if blob is None:  # larger than estimated: fall back unless told not to
+                if external_data is False:
+                    raise _single_file_too_large(self.name)
+                externalize = True
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _Staging() as staging:
+                if externalize:
+                    data_target = target.with_name(_data_file_name(target))
+                    with staging.create(data_target) as f:
+                        blob = self._externalized(f, data_target.name, refs)
+                        written = f.tell()
+                    if not written:  # no tensor large enough: no data file
+                        staging.discard(data_target)
+                assert blob is not None
+                with staging.create(target) as f:
+                    f.write(blob)
+                del blob
+                staging.commit()
+        except OSError as e:
+            raise InputError(
+                f"cannot write {target}: {e.strerror or e}",
+                hint="check that the directory is writable and the path is not a directory",
+            ) from e
+        return Model.load(target, max_size=sys.maxsize)
+
+    def _checked_refs(self) -> tuple[ExternalRef, ...]:
+        """The external-data references, checked again (files may have changed since load)."""
+        if self.path is not None:
+            return check_external_data(self.proto, self.path.parent)
+        for site in iter_tensors(self.proto):
+            if uses_external_data(site.tensor):
+                raise InputError(
+                    f"{site.label} keeps its data in an external file, but this in-memory "
+                    "model has no directory to find it in",
+                    hint="load the model with Model.load(path) so its external data is found",
+                )
+        return ()
+
+    def _inlined(self, refs: tuple[ExternalRef, ...]) -> onnx.ModelProto:
+        """The proto with every external tensor's data read into it (itself if none)."""
         import onnx
 
-        path = Path(path)
-        onnx.save(self.proto, str(path))
-        return Model.load(path)
+        if not refs:
+            return self.proto
+        out = onnx.ModelProto()
+        out.CopyFrom(self.proto)
+        by_index = {ref.index: ref for ref in refs}
+        for index, site in enumerate(iter_tensors(out)):
+            ref = by_index.get(index)
+            if ref is not None:
+                site.tensor.raw_data = read_external_data(ref)
+                del site.tensor.external_data[:]
+                site.tensor.ClearField("data_location")
+        return out
+
+    def _externalized(self, f: BinaryIO, location: str, refs: tuple[ExternalRef, ...]) -> bytes:
+        """The serialized model whose large initializers and external tensors are written to
+        ``f`` (referenced as ``location``); ``self.proto`` is not modified."""
+        import onnx
+
+        out = onnx.ModelProto()
+        out.CopyFrom(self.proto)
+        by_index = {ref.index: ref for ref in refs}
+        for index, site in enumerate(iter_tensors(out)):
+            tensor = site.tensor
+            ref = by_index.get(index)
+            if ref is not None:
+                offset = _align(f, _ref_bytes(ref))
+                length = copy_external_data(ref, f)
+            elif (
+                site.kind == "initializer"
+                and tensor.HasField("raw_data")
+                and _tensor_bytes(tensor) >= _EXTERNAL_THRESHOLD
+            ):
+                data = tensor.raw_data
+                offset = _align(f, len(data))
+                f.write(data)
+                length = len(data)
+                tensor.ClearField("raw_data")
+                del data
+            else:
+                continue
+            _set_external(tensor, location, offset, length)
+        blob = _encode(out)
+        if blob is None:
+            raise InputError(
+                f"{self.name}: protobuf cannot encode the model even with its initializers in "
+                "external data (over 2 GiB of graph and inline constants)",
+                hint="store large constants as initializers with raw data, or split the model",
+            )
+        return blob
 
     # --- identity and metadata ---------------------------------------------------------
 
@@ -108,18 +300,23 @@ class Model:
         for domains other than ai.onnx)."""
         counts: Counter[str] = Counter()
         for node in iter_nodes(self.proto):
-            key = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else (
-                node.op_type
+            key = (
+                f"{node.domain}::{node.op_type}"
+                if node.domain not in ("", "ai.onnx")
+                else (node.op_type)
             )
             counts[key] += 1
         return dict(counts.most_common())
 
     @cached_property
     def parameter_count(self) -> int:
-        """Elements in all initializers (external ones counted from their dims)."""
-        import math
-
-        return sum(math.prod(t.dims) for t in self.proto.graph.initializer)
+        """Elements in all initializers of every graph, subgraphs included (external ones
+        counted from their dims); a sparse initializer counts its stored values."""
+        count = 0
+        for graph in iter_graphs(self.proto):
+            count += sum(math.prod(t.dims) for t in graph.initializer)
+            count += sum(math.prod(s.values.dims) for s in graph.sparse_initializer)
+        return count
 
     @cached_property
     def size_bytes(self) -> int:
@@ -145,6 +342,40 @@ class Model:
             "metadata_props": self.metadata_props,
             "signature": self.signature.to_dict(),
         }
+
+
+def resolve_model_path(path: Path) -> Path:
+    """The model file ``path`` names: the path itself, or for a directory its ``model.onnx``,
+    else its only ``*.onnx`` file. ModelLoadError when there is none or no single one."""
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{path}: cannot access ({e.strerror or e})", hint="check the path"
+        ) from None
+    if not exists:
+        raise ModelLoadError(f"{path}: no such file or directory", hint="check the path")
+    if not is_dir:
+        return path
+    preferred = path / "model.onnx"
+    if preferred.is_file():
+        return preferred
+    candidates = sorted(p for p in path.glob("*.onnx") if p.is_file())
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ModelLoadError(
+            f"{path}: the directory holds {len(candidates)} models "
+            f"({_names(p.name for p in candidates)})",
+            hint=f"pass the model file's path, e.g. {candidates[0]}, or name one model.onnx",
+        )
+    entries = sorted(p.name for p in path.iterdir())
+    found = f"it holds {_names(entries)}" if entries else "it is empty"
+    raise ModelLoadError(
+        f"{path}: the directory holds no .onnx model ({found})",
+        hint="pass the model file's path, or put the model in the directory as model.onnx",
+    )
 
 
 def iter_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
@@ -178,3 +409,202 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         if attr.HasField("g"):
             yield attr.g
         yield from attr.graphs
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _regular_file_size(file: Path) -> int:
+    try:
+        st = file.stat()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{file}: cannot access ({e.strerror or e})", hint="check the path"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(
+            f"{file}: not a regular file",
+            hint="pass an .onnx file or a directory holding one",
+        )
+    return st.st_size
+
+
+def _run_checker(file: Path, data: bytes | None) -> None:
+    """The onnx checker (not full_check) on the bytes read, or on the path when the model has
+    external data, so the checker resolves it from the model's directory."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(data if data is not None else str(file))
+    except Exception as e:
+        raise InvalidModelError(
+            f"{file}: the onnx checker rejects the model: {_one_line(e).rstrip('.')}",
+            hint="re-export the model with a current exporter, or fix it with the onnx tools",
+        ) from e
+
+
+def _too_large(file: Path, size: int, max_size: int) -> UnsafeModelError:
+    return UnsafeModelError(
+        f"{file}: the model takes {_human(size)} ({size} bytes) with its external data, "
+        f"over the limit of {_human(max_size)} ({max_size} bytes)",
+        hint=f"pass a larger max_size if you trust it (e.g. max_size={size})",
+    )
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _names(names: Iterable[str], limit: int = 5) -> str:
+    shown = [repr(n) for n in names]
+    more = len(shown) - limit
+    return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's inline data, from its dims (the data itself is not copied)."""
+    if uses_external_data(tensor):
+        return 0
+    if tensor.data_type == 8:  # STRING
+        return sum(len(s) for s in tensor.string_data)
+    return int(math.prod(tensor.dims)) * _BITS.get(tensor.data_type, 64) // 8
+
+
+def _inline_bytes(model: onnx.ModelProto) -> int:
+    return sum(_tensor_bytes(site.tensor) for site in iter_tensors(model))
+
+
+def _ref_bytes(ref: ExternalRef) -> int:
+    return ref.length if ref.length is not None else ref.path.stat().st_size - ref.offset
+
+
+def _align(f: BinaryIO, size: int) -> int:
+    """Pad ``f`` so the next tensor starts aligned (64 KiB for tensors of 1 MiB or more, so
+    ONNX Runtime can map them; 64 bytes otherwise); returns the offset."""
+    boundary = 65536 if size >= 1024**2 else 64
+    offset = f.tell()
+    padding = -offset % boundary
+    if padding:
+        f.write(b"\0" * padding)
+    return offset + padding
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    import onnx
+
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key = key
+        entry.value = value
+
+
+def _encode(proto: onnx.ModelProto) -> bytes | None:
+    """The serialized proto, or None when protobuf cannot encode it (over 2 GiB)."""
+    try:
+        return cast(bytes, proto.SerializeToString())
+    except Exception:  # google.protobuf's EncodeError (untyped)
+        return None
+
+
+def _single_file_too_large(name: str) -> UsageError:
+    return UsageError(
+        f"{name}: the model is over protobuf's 2 GiB limit and cannot be saved as one file",
+        hint="save it with external_data=True (or None)",
+    )
+
+
+def _data_file_name(target: Path) -> str:
+    name = f"{target.stem}.data"
+    return name if name != target.name else f"{target.name}.data"
+
+
+class _Staging(AbstractContextManager["_Staging"]):
+    """Files written under temporary names next to their targets, renamed into place together
+    by ``commit``; temporary files never outlive the ``with`` block. If a rename fails, the
+    targets already replaced get their previous files back (kept through a hard link)."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    @contextmanager
+    def create(self, target: Path) -> Iterator[BinaryIO]:
+        """A new temporary file for ``target``, flushed to disk when the block ends."""
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        self._files.append((temp, target))
+        with open(temp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+    def discard(self, target: Path) -> None:
+        """Drop the temporary file made for ``target``."""
+        for temp, _ in [f for f in self._files if f[1] == target]:
+            self._files.remove((temp, target))
+            temp.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        done: list[tuple[Path, bool, Path | None]] = []  # (target, existed, backup)
+        try:
+            for temp, target in self._files:
+                existed = target.is_file()
+                done.append((target, existed, _backup(target) if existed else None))
+                os.replace(temp, target)
+        except BaseException:
+            for target, existed, backup in reversed(done[:-1]):
+                if backup is not None:
+                    os.replace(backup, target)
+                elif not existed:
+                    target.unlink(missing_ok=True)
+            raise
+        finally:
+            for _, _, backup in done:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+        _sync_dir(self._files[-1][1].parent)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for temp, _ in self._files:
+            temp.unlink(missing_ok=True)
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the file now at ``target`` (None if links fail)."""
+    backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bak")
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None
+    return backup
+
+
+def _sync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
