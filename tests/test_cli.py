@@ -56,7 +56,7 @@ def test_inspect_prints_tables_and_json(ferry: Run, model: Path) -> None:
 
 def test_inspect_reads_a_directory(ferry: Run, model: Path) -> None:
     code, out, _ = ferry("inspect", model.parent, "--json")
-    assert code == 0 and json.loads(out)["result"]["name"] == "model"
+    assert code == 0 and json.loads(out)["result"]["name"] == "mlp"
 
 
 def test_check_ok_and_report_file(ferry: Run, model: Path, tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def test_load_gives_every_property(tmp_path: Path) -> None:
     model = Model.load(path)
 
     assert model.path == path
-    assert model.name == "model"
+    assert model.name == tmp_path.name  # "<dir>/model.onnx" is named after its directory
     sig = model.signature
     assert [(s.name, s.dtype.onnx_name, s.shape) for s in sig.inputs] == [
         ("x", "FLOAT", ("batch", 4))

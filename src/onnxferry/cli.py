@@ -102,7 +102,9 @@ def _print_tables(report: Report[Any]) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    console = Console(soft_wrap=False, width=max(100, Console().width))
+    terminal = Console()
+    # A pipe or a log file gets full-width rows instead of folded cells.
+    console = terminal if terminal.is_terminal else Console(width=240)
     for table in report.tables():
         rich_table = RichTable(title=table.title, title_justify="left")
         for column in table.columns:

@@ -64,7 +64,6 @@ class GoldenResult:
     def tables(self) -> list[Table]:
         rows = []
         for c in self.cases:
-            worst = c.parity.worst if c.parity else None
             detail = (
                 "ran; no expected outputs"
                 if c.parity is None
@@ -74,8 +73,8 @@ class GoldenResult:
                 (
                     c.name,
                     "PASS" if c.passed else "FAIL",
-                    worst.max_abs if worst else None,
-                    worst.max_rel if worst else None,
+                    c.parity.max_abs if c.parity else None,
+                    c.parity.max_rel if c.parity else None,
                     detail,
                 )
             )

@@ -262,7 +262,12 @@ class Model:
 
     @property
     def name(self) -> str:
-        return self.path.stem if self.path else (self.proto.graph.name or "model")
+        """The file's stem, or its directory's name for the usual ``<name>/model.onnx``."""
+        if self.path is None:
+            return self.proto.graph.name or "model"
+        if self.path.stem == "model" and self.path.parent.name:
+            return self.path.parent.name
+        return self.path.stem
 
     @cached_property
     def digest(self) -> str:

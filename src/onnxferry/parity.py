@@ -184,13 +184,22 @@ class Parity:
             return None
         return max(failing, key=lambda o: math.inf if o.required_atol is None else o.required_atol)
 
+    @property
+    def max_abs(self) -> float:
+        """Largest absolute error over all outputs (0 when none was measured)."""
+        return max((o.max_abs or 0.0 for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        """Largest relative error over all outputs (0 when none was measured)."""
+        return max((o.max_rel or 0.0 for o in self.outputs), default=0.0)
+
     def summary(self) -> str:
         """One line: does it match, and if not, which output is worst and by how much."""
         pair = f"{self.candidate} vs {self.reference}"
         worst = self.worst
         if self.ok:
-            abs_err = max((o.max_abs or 0.0 for o in self.outputs), default=0.0)
-            rel_err = max((o.max_rel or 0.0 for o in self.outputs), default=0.0)
+            abs_err, rel_err = self.max_abs, self.max_rel
             text = (
                 f"{pair}: all {len(self.outputs)} outputs match over {self.samples} samples "
                 f"(max abs {_fmt(abs_err)}, max rel {_fmt(rel_err)})"

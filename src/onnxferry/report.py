@@ -133,8 +133,10 @@ def format_value(value: Any) -> str:
         v = float(value)
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+        if v != 0 and abs(v) < 1e-3:
             return f"{v:.3e}"
+        if abs(v) >= 1e4:
+            return f"{v:,.0f}"
         return f"{v:.4g}"
     return str(value)
 
