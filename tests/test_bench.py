@@ -9,20 +9,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import parser
 
 from onnxferry.bench import BenchResult, BenchSuite, batch_feeds, bench, measure
 from onnxferry.errors import FeedError, ModelLoadError, UsageError
 from onnxferry.model import Model
 from onnxferry.runtime import SessionConfig, available_providers, create_session
-
-RELU = """
-<ir_version: 10, opset_import: ["" : 21]>
-relu (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }
-"""
+from tests.helpers import RELU, onnx_text, save
 
 TWO_LAYER = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -46,17 +40,6 @@ seq (float[batch, seq] x, int64[batch, seq] ids) => (float[batch, seq] y) {
     y = Add(x, c)
 }
 """
-
-
-def onnx_text(text: str) -> onnx.ModelProto:
-    proto = parser.parse_model(text)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def save(proto: onnx.ModelProto, path: Path) -> Path:
-    onnx.save(proto, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +313,24 @@ def test_unknown_rank_is_a_feed_error() -> None:
     proto.graph.input[0].type.tensor_type.ClearField("shape")
     with pytest.raises(FeedError, match="unknown rank"):
         bench([Model.from_proto(proto)], iterations=1)
+
+
+def test_same_model_twice_gets_distinct_labels_and_speedup(tmp_path: Path) -> None:
+    path = save(onnx_text(RELU), tmp_path / "relu.onnx")
+    suite = bench([path, path], iterations=5, warmup=1).result
+    assert [r.model for r in suite.results] == ["relu", "relu#2"]
+    assert "speedup (p50)" in suite.tables()[0].columns
+
+
+def test_bfloat16_inputs_and_outputs(tmp_path: Path) -> None:
+    text = """
+    <ir_version: 10, opset_import: ["" : 21]>
+    g (bfloat16[batch, 4] x) => (bfloat16[batch, 4] y, float[batch, 4] f) {
+        y = Identity(x)
+        f = Cast<to = 1>(x)
+    }
+    """
+    path = save(onnx_text(text), tmp_path / "bf16.onnx")
+    (result,) = bench([path], batches=[3], iterations=10, warmup=1).result.results
+    assert result.iterations == 10
+    assert result.input_shapes == {"x": (3, 4)}

@@ -30,7 +30,14 @@ import numpy as np
 from .errors import FeedError, UsageError
 from .model import Model
 from .report import Report, Table
-from .runtime import SessionConfig, available_providers, create_session, provider_name
+from .runtime import (
+    SessionConfig,
+    available_providers,
+    create_session,
+    needs_ortvalue_outputs,
+    ort_inputs,
+    provider_name,
+)
 from .runtime import short_provider_name as _short
 from .signature import Signature
 
@@ -278,19 +285,25 @@ def _measure(
     concurrency: int,
     on_progress: ProgressCallback | None,
     output_names: Sequence[str] | None = None,
+    ortvalues: bool = False,
 ) -> tuple[list[float], float]:
-    """(latencies, wall seconds of the measured region)."""
+    """(latencies, wall seconds of the measured region).
+
+    ``ortvalues``: feeds are OrtValues and the loop calls ``run_with_ort_values`` (models
+    with bfloat16 outputs, which ``session.run`` cannot return).
+    """
     _check_counts(warmup, iterations, duration, concurrency)
     if iterations is None and duration is None:
         iterations = DEFAULT_ITERATIONS
     names = None if output_names is None else list(output_names)
     feeds = dict(feeds)
+    run = session.run_with_ort_values if ortvalues else session.run
     for _ in range(warmup):
-        session.run(names, feeds)
+        run(names, feeds)
     gc.collect()
     if concurrency == 1:
         start = time.perf_counter()
-        lat = _loop(session, names, feeds, iterations, duration, start, on_progress)
+        lat = _loop(run, names, feeds, iterations, duration, start, on_progress)
         return lat, time.perf_counter() - start
 
     counts = (
@@ -322,9 +335,7 @@ def _measure(
     def worker(k: int) -> None:
         try:
             barrier.wait()
-            results[k] = _loop(
-                session, names, feeds, counts[k], duration, shared["start"], report(k)
-            )
+            results[k] = _loop(run, names, feeds, counts[k], duration, shared["start"], report(k))
         except BaseException as e:  # re-raised in the calling thread
             barrier.abort()
             errors.append(e)
@@ -342,7 +353,7 @@ def _measure(
 
 
 def _loop(
-    session: ort.InferenceSession,
+    run: Callable[..., Any],
     names: list[str] | None,
     feeds: dict[str, np.ndarray],
     iterations: int | None,
@@ -351,7 +362,6 @@ def _loop(
     on_progress: ProgressCallback | None,
 ) -> list[float]:
     """The timed loop: perf_counter() around session.run and nothing else."""
-    run = session.run
     clock = time.perf_counter
     lat: list[float] = []
     append = lat.append
@@ -491,13 +501,13 @@ def bench(
         iterations = DEFAULT_ITERATIONS
 
     have = set(available_providers())
-    plan: list[tuple[Model, str, int | None, int]] = []
+    plan: _Plan = []
     skipped: list[str] = []
-    for model in loaded:
+    for model, label in zip(loaded, _labels(loaded), strict=True):
         for provider in dict.fromkeys(wanted):
             for t in dict.fromkeys(threads):
                 for b in dict.fromkeys(batches):
-                    where = f"{model.name} provider={provider} threads={t or 'default'} batch={b}"
+                    where = f"{label} provider={provider} threads={t or 'default'} batch={b}"
                     if provider not in have:
                         skipped.append(
                             f"{where}: provider {provider!r} is not in this "
@@ -506,7 +516,7 @@ def bench(
                     elif reason := batch_conflict(model.signature, b):
                         skipped.append(f"{where}: {reason}")
                     else:
-                        plan.append((model, provider, t, b))
+                        plan.append((model, label, provider, t, b))
     if not plan:
         raise UsageError(
             "no configuration can run: " + "; ".join(skipped),
@@ -528,7 +538,19 @@ def bench(
     return Report(verb="bench", result=suite)
 
 
-_Plan = list[tuple[Model, str, int | None, int]]
+_Plan = list[tuple[Model, str, str, int | None, int]]
+"""(model, its label in the results, provider, threads, batch) per configuration."""
+
+
+def _labels(models: Sequence[Model]) -> list[str]:
+    """Model names, numbered where two share one ("model", "model#2") so rows stay apart."""
+    seen: dict[str, int] = {}
+    labels = []
+    for model in models:
+        seen[model.name] = seen.get(model.name, 0) + 1
+        count = seen[model.name]
+        labels.append(model.name if count == 1 else f"{model.name}#{count}")
+    return labels
 
 
 def _run_plain(
@@ -541,8 +563,8 @@ def _run_plain(
     seed: int,
 ) -> list[BenchResult]:
     return [
-        _bench_one(m, p, t, b, warmup, iterations, duration, concurrency, dims, seed, None)
-        for m, p, t, b in plan
+        _bench_one(m, name, p, t, b, warmup, iterations, duration, concurrency, dims, seed, None)
+        for m, name, p, t, b in plan
     ]
 
 
@@ -568,21 +590,24 @@ def _run_with_progress(
     )
     with bar:
         task = bar.add_task("bench", total=iterations if duration is None else duration)
-        for i, (m, p, t, b) in enumerate(plan, 1):
-            what = f"[{i}/{len(plan)}] {m.name} {p} threads={t or 'default'} batch={b}"
+        for i, (m, name, p, t, b) in enumerate(plan, 1):
+            what = f"[{i}/{len(plan)}] {name} {p} threads={t or 'default'} batch={b}"
             bar.reset(task, description=what)
 
             def show(done: int, elapsed: float) -> None:
                 bar.update(task, completed=done if duration is None else min(elapsed, duration))
 
             results.append(
-                _bench_one(m, p, t, b, warmup, iterations, duration, concurrency, dims, seed, show)
+                _bench_one(
+                    m, name, p, t, b, warmup, iterations, duration, concurrency, dims, seed, show
+                )
             )
     return results
 
 
 def _bench_one(
     model: Model,
+    label: str,
     provider: str,
     threads: int | None,
     batch: int,
@@ -594,7 +619,9 @@ def _bench_one(
     seed: int,
     on_progress: ProgressCallback | None,
 ) -> BenchResult:
-    feeds = batch_feeds(model.signature, batch, dims=dims, seed=seed)
+    ortvalues = needs_ortvalue_outputs(model.signature)
+    arrays = batch_feeds(model.signature, batch, dims=dims, seed=seed)
+    feeds = ort_inputs(arrays, all_ortvalues=ortvalues)
     gc.collect()
     method = _reset_peak_rss()
     t0 = time.perf_counter()
@@ -602,13 +629,15 @@ def _bench_one(
         model, SessionConfig(provider=provider, threads=threads, fallback=False)
     )
     init_ms = (time.perf_counter() - t0) * 1e3
-    lat, wall = _measure(session, feeds, warmup, iterations, duration, concurrency, on_progress)
+    lat, wall = _measure(
+        session, feeds, warmup, iterations, duration, concurrency, on_progress, None, ortvalues
+    )
     peak = _peak_rss(method)
     used = _short(session.get_providers()[0])
     del session
     n = len(lat)
     return BenchResult(
-        model=model.name,
+        model=label,
         digest=model.digest,
         provider=used,
         threads=threads,
@@ -623,7 +652,7 @@ def _bench_one(
         peak_rss_bytes=peak,
         memory_method=method,
         session_init_ms=init_ms,
-        input_shapes={k: tuple(int(d) for d in v.shape) for k, v in feeds.items()},
+        input_shapes={k: tuple(int(d) for d in v.shape) for k, v in arrays.items()},
     )
 
 

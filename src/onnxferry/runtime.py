@@ -194,9 +194,7 @@ class OrtRunner:
         self.name = f"{model.name}@{self.provider}"
         self.validate = validate
         self._output_names = [o.name for o in self.session.get_outputs()]
-        signature = model.signature
-        self._bf16_in = {t.name for t in signature.inputs if t.dtype.onnx_name == "BFLOAT16"}
-        self._bf16_out = any(t.dtype.onnx_name == "BFLOAT16" for t in signature.outputs)
+        self._through_ortvalues = needs_ortvalue_outputs(model.signature)
 
     @property
     def signature(self) -> Signature:
@@ -213,14 +211,27 @@ class OrtRunner:
         if self.validate:
             self.signature.validate(feeds)
         names = list(output_names) if output_names is not None else self._output_names
-        if self._bf16_out:
-            # numpy has no bfloat16, so ORT's run() cannot return it: go through OrtValues.
-            values = self.session.run_with_ort_values(names, _to_ortvalues(feeds))
+        inputs = ort_inputs(feeds, all_ortvalues=self._through_ortvalues)
+        if self._through_ortvalues:
+            values = self.session.run_with_ort_values(names, inputs)
             return {n: _from_ortvalue(v) for n, v in zip(names, values, strict=True)}
-        if self._bf16_in:
-            feeds = {k: _to_ortvalue(v) if k in self._bf16_in else v for k, v in feeds.items()}
-        results = self.session.run(names, dict(feeds))
+        results = self.session.run(names, inputs)
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
+
+
+def needs_ortvalue_outputs(signature: Signature) -> bool:
+    """True when a model returns bfloat16, which ``session.run`` cannot hand to numpy; such
+    models must run with ``session.run_with_ort_values``."""
+    return any(t.dtype.onnx_name == "BFLOAT16" for t in signature.outputs)
+
+
+def ort_inputs(feeds: Mapping[str, np.ndarray], *, all_ortvalues: bool = False) -> dict[str, Any]:
+    """Feeds ONNX Runtime accepts: bfloat16 arrays (which numpy cannot name to ORT) become
+    OrtValues; with ``all_ortvalues`` every array does, for ``run_with_ort_values``."""
+    return {
+        name: _to_ortvalue(array) if all_ortvalues or array.dtype.name == "bfloat16" else array
+        for name, array in feeds.items()
+    }
 
 
 def _to_ortvalue(array: np.ndarray) -> Any:
@@ -236,10 +247,6 @@ def _to_ortvalue(array: np.ndarray) -> Any:
             hint="cast the bfloat16 outputs to float32 in the model",
         )
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-
-
-def _to_ortvalues(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {name: _to_ortvalue(array) for name, array in feeds.items()}
 
 
 def _from_ortvalue(value: Any) -> np.ndarray:
