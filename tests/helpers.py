@@ -228,3 +228,15 @@ def save_external(
             tensor.ClearField("raw_data")
     onnx.save(proto_copy, str(path))
     return path
+
+
+def mlp_with_logits(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The mlp with its pre-softmax logits as a second output."""
+    out = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])
+    proto.graph.output.append(out)
+    return proto
+
+
+def mlp_feeds(n: int, batch: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((batch, 4)).astype(np.float32)} for _ in range(n)]

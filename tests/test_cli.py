@@ -15,6 +15,7 @@ from onnx import TensorProto
 
 from onnxferry.cli import main
 from onnxferry.data import save_test_case
+from onnxferry.runtime import runtime_limits
 from tests.helpers import mlp, save
 
 Run = Callable[..., tuple[int, str, str]]
@@ -146,11 +147,16 @@ def _truncated(tmp_path: Path) -> Path:
 
 
 def _too_new_ir(tmp_path: Path) -> Path:
-    from onnxferry.runtime import runtime_limits
-
     proto = mlp()
     proto.ir_version = runtime_limits()[0] + 1
     return save(proto, tmp_path / "new.onnx")
+
+
+def _too_new_opset(tmp_path: Path) -> Path:
+    proto = mlp()
+    proto.ir_version, max_opset = runtime_limits()
+    proto.opset_import[0].version = max_opset + 1
+    return save(proto, tmp_path / "new-opset.onnx")
 
 
 def _written(path: Path, content: bytes) -> Path:
@@ -171,6 +177,7 @@ BAD_MODELS: dict[str, Callable[[Path], Path]] = {
     "truncated": _truncated,
     "external-data-escape": _escape_model,
     "ir-too-new": _too_new_ir,
+    "opset-too-new": _too_new_opset,
 }
 
 
@@ -188,10 +195,10 @@ def test_bad_model_is_one_line_exit_2_nothing_written(
         "bench": ["bench", path, "--iterations", "2"],
     }[verb]
     code, out, err = ferry(*args, "--report", report)
-    if bad == "ir-too-new" and verb == "inspect":
+    if bad in ("ir-too-new", "opset-too-new") and verb == "inspect":
         # inspect describes without running; the IR is shown, and check blocks it (below).
         assert code == 0
-        assert json.loads(report.read_text())["result"]["ir_version"] > 10
+        assert json.loads(report.read_text())["result"]["ir_version"] >= 10
         return
     assert code == 2, err
     line = _one_error_line(err)
@@ -201,7 +208,7 @@ def test_bad_model_is_one_line_exit_2_nothing_written(
 
 
 def test_check_reports_escape_and_new_ir_as_blocking(ferry: Run, tmp_path: Path) -> None:
-    for path in (_escape_model(tmp_path), _too_new_ir(tmp_path)):
+    for path in (_escape_model(tmp_path), _too_new_ir(tmp_path), _too_new_opset(tmp_path)):
         code, out, _ = ferry("check", path)
         assert code == 1 and "FAIL" in out
 

@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety"},
     {"model", "data", "report", "inspection"},
     {"runtime"},
-    {"parity", "bench", "explain", "check", "golden"},
+    {"parity", "bisect", "compare", "bench", "explain", "check", "golden"},
     {"convert", "optimize"},
     {"registry", "signing", "package", "batch"},
     {"serve"},

@@ -1,32 +1,26 @@
-"""Parity: the judge, bisection and the compare verb, all checked with real ONNX Runtime."""
+"""Parity: the judge of two runners' outputs, checked with real ONNX Runtime."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
-from onnxferry.errors import FeedError, InputError, UsageError
+from onnxferry.errors import UsageError
 from onnxferry.model import Model
 from onnxferry.parity import (
-    Divergence,
     OutputParity,
     Parity,
     Tolerance,
-    bisect,
-    compare,
     compare_outputs,
     compare_runners,
 )
-from onnxferry.report import render_table
 from onnxferry.runtime import OrtRunner, SessionConfig
 
-from .helpers import mlp, onnx_text, save
+from .helpers import mlp, mlp_feeds, mlp_with_logits, onnx_text
 
 OUTPUT_KEYS = [
     "name",
@@ -73,18 +67,6 @@ def runner(proto: onnx.ModelProto, config: SessionConfig | None = None) -> OrtRu
     return OrtRunner(Model.from_proto(proto), config=config)
 
 
-def with_logits(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The mlp with its pre-softmax logits as a second output."""
-    out = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])
-    proto.graph.output.append(out)
-    return proto
-
-
-def feeds(n: int, batch: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.standard_normal((batch, 4)).astype(np.float32)} for _ in range(n)]
-
-
 def run_all(
     proto: onnx.ModelProto, sets: list[dict[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:
@@ -96,7 +78,7 @@ def run_all(
 
 
 def test_identical_models_pass_with_zero_error() -> None:
-    parity = compare_runners(runner(mlp()), runner(mlp()), feeds(3))
+    parity = compare_runners(runner(mlp()), runner(mlp()), mlp_feeds(3))
     assert parity.ok
     assert parity.worst is None
     (out,) = parity.outputs
@@ -115,9 +97,9 @@ def test_identical_models_pass_with_zero_error() -> None:
 
 
 def test_perturbed_model_fails_names_worst_and_required_atol_is_exact() -> None:
-    sets = feeds(3)
-    ref = run_all(with_logits(mlp()), sets)
-    cand = run_all(with_logits(mlp(noise=0.05)), sets)
+    sets = mlp_feeds(3)
+    ref = run_all(mlp_with_logits(mlp()), sets)
+    cand = run_all(mlp_with_logits(mlp(noise=0.05)), sets)
     tol = Tolerance(atol=1e-5, rtol=1e-4)
     parity = compare_outputs(ref, cand, tol, reference_name="a", candidate_name="b")
 
@@ -170,7 +152,7 @@ c (float[N, 4] x) => (float[4, N] y) { t = Transpose(x)  y = Mul(t, t) }
 
 def test_output_names_are_checked_before_shapes() -> None:
     parity = compare_runners(
-        runner(onnx_text(TWO_OUT)), runner(onnx_text(TRANSPOSED)), feeds(1, batch=3)
+        runner(onnx_text(TWO_OUT)), runner(onnx_text(TRANSPOSED)), mlp_feeds(1, batch=3)
     )
     assert not parity.ok
     assert any("'w'" in p and "missing" in p for p in parity.problems)
@@ -182,7 +164,7 @@ def test_output_names_are_checked_before_shapes() -> None:
 
 def test_shapes_are_checked_before_values() -> None:
     relu = onnx_text(TWO_OUT.replace(", float[N, 4] w", "").replace("w = Neg(x)", ""))
-    parity = compare_runners(runner(relu), runner(onnx_text(SCALED)), feeds(2, batch=3))
+    parity = compare_runners(runner(relu), runner(onnx_text(SCALED)), mlp_feeds(2, batch=3))
     (out,) = parity.outputs
     assert not parity.ok
     assert not parity.problems
@@ -207,7 +189,7 @@ e (float[N, 4] x) => (int64[N, 1] idx, bool[N, 4] pos, string[N, 4] s) {
 
 
 def test_integer_bool_and_string_outputs_match_exactly() -> None:
-    sets = feeds(2, batch=8)
+    sets = mlp_feeds(2, batch=8)
     same = compare_runners(
         runner(onnx_text(EXACT.replace("THRESH", "0.0"))),
         runner(onnx_text(EXACT.replace("THRESH", "0.0"))),
@@ -240,7 +222,7 @@ def test_integer_bool_and_string_outputs_match_exactly() -> None:
 
 
 def test_float_dtypes_mix_but_float_and_integer_do_not() -> None:
-    ref = run_all(mlp(), feeds(1))
+    ref = run_all(mlp(), mlp_feeds(1))
     half = [{"probs": ref[0]["probs"].astype(np.float16)}]
     parity = compare_outputs(ref, half, Tolerance(atol=1e-3, rtol=1e-3))
     (out,) = parity.outputs
@@ -310,7 +292,7 @@ def test_nan_and_inf_mismatches_are_counted() -> None:
 
 
 def test_top1_agreement_on_a_softmax_output() -> None:
-    sets = feeds(4, batch=16)
+    sets = mlp_feeds(4, batch=16)
     ref = run_all(mlp(classes=6), sets)
     cand = run_all(mlp(classes=6, noise=0.8), sets)
     (out,) = compare_outputs(ref, cand).outputs
@@ -330,9 +312,11 @@ def test_top1_agreement_on_a_softmax_output() -> None:
 
 
 def test_cosine_min_shows_the_worst_sample() -> None:
-    sets = feeds(3)
-    ref = run_all(with_logits(mlp()), sets)
-    cand = run_all(with_logits(mlp()), sets[:2]) + run_all(with_logits(mlp(seed=7)), sets[2:])
+    sets = mlp_feeds(3)
+    ref = run_all(mlp_with_logits(mlp()), sets)
+    cand = run_all(mlp_with_logits(mlp()), sets[:2]) + run_all(
+        mlp_with_logits(mlp(seed=7)), sets[2:]
+    )
     out = _output(compare_outputs(ref, cand), "logits")
     assert out.cosine is not None
     assert out.cosine_min is not None
@@ -343,9 +327,9 @@ def test_cosine_min_shows_the_worst_sample() -> None:
 
 
 def test_per_output_tolerance_override() -> None:
-    sets = feeds(2)
-    ref = run_all(with_logits(mlp()), sets)
-    cand = run_all(with_logits(mlp(noise=0.05)), sets)
+    sets = mlp_feeds(2)
+    ref = run_all(mlp_with_logits(mlp()), sets)
+    cand = run_all(mlp_with_logits(mlp(noise=0.05)), sets)
     tol = Tolerance(atol=1e-6, rtol=0.0, per_output={"logits": (10.0, 0.0)})
     assert tol.for_output("logits") == (10.0, 0.0)
     assert tol.for_output("probs") == (1e-6, 0.0)
@@ -361,166 +345,11 @@ def test_per_output_tolerance_override() -> None:
 
 
 def test_sample_counts_must_agree() -> None:
-    ref = run_all(mlp(), feeds(2))
+    ref = run_all(mlp(), mlp_feeds(2))
     with pytest.raises(UsageError):
         compare_outputs(ref, ref[:1])
     with pytest.raises(UsageError):
         compare_outputs([], [])
-
-
-# --- bisection ------------------------------------------------------------------------------
-
-
-def test_bisect_finds_the_first_diverging_node() -> None:
-    (x,) = feeds(1)
-    found = bisect(Model.from_proto(mlp()), Model.from_proto(mlp(noise=0.1)), x)
-    assert isinstance(found, Divergence)
-    assert (found.tensor, found.node, found.op_type, found.position) == ("l0", "fc2", "MatMul", 3)
-    assert found.max_abs is not None
-    assert found.max_abs > 1e-3
-    assert found.required_atol is not None
-    assert found.required_atol > Tolerance().atol
-    # the other direction finds the same tensor
-    back = bisect(Model.from_proto(mlp(noise=0.1)), Model.from_proto(mlp()), x)
-    assert back is not None
-    assert back.tensor == "l0"
-    assert bisect(Model.from_proto(mlp()), Model.from_proto(mlp()), x) is None
-    assert found.to_dict()["tensor"] == "l0"
-
-
-def test_bisect_reads_external_data_without_touching_the_model_dir(tmp_path: Path) -> None:
-    paths = []
-    for name, proto in (("a", mlp()), ("b", mlp(noise=0.1))):
-        folder = tmp_path / name
-        folder.mkdir()
-        onnx.save_model(
-            proto,
-            str(folder / "model.onnx"),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="weights.bin",
-            size_threshold=0,
-        )
-        paths.append(folder / "model.onnx")
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    (x,) = feeds(1)
-    found = bisect(Model.load(paths[0]), Model.load(paths[1]), x)
-    assert found is not None
-    assert found.tensor == "l0"
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before
-
-
-def test_same_model_on_cpu_with_different_graph_optimization() -> None:
-    model = Model.from_proto(with_logits(mlp()))
-    plain = SessionConfig(graph_optimization="disable")
-    fused = SessionConfig(graph_optimization="all")
-    sets = feeds(3)
-    parity = compare_runners(
-        OrtRunner(model, config=plain), OrtRunner(model, config=fused), sets, Tolerance()
-    )
-    assert parity.ok, parity.summary()
-    found = bisect(model, model, sets[0], reference_config=plain, candidate_config=fused)
-    assert found is None
-
-
-# --- the compare verb -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> tuple[Path, Path]:
-    return save(mlp(), tmp_path / "a.onnx"), save(mlp(noise=0.1), tmp_path / "b.onnx")
-
-
-def test_compare_with_generated_inputs(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    a, b = pair
-    same = compare(a, save(mlp(), tmp_path / "a2.onnx"), samples=2, dims={"batch": 5})
-    assert same.ok
-    assert same.verb == "compare"
-    assert same.result.samples == 2
-    assert same.result.outputs[0].ref_shape == (5, 3)
-
-    report = compare(a, b)
-    assert not report.ok
-    assert report.exit_code == 1
-    parity = report.result
-    assert parity.samples == 3
-    assert parity.outputs[0].ref_shape == (2, 3)  # symbolic dims default to a batch of 2
-    assert parity.divergence is not None
-    assert parity.divergence.tensor == "l0"
-    assert any("l0" in n for n in report.notes)
-    assert "first divergence" in report.to_text()
-    for table in report.tables():
-        assert render_table(table)
-
-    quiet = compare(a, b, bisect_on_failure=False)
-    assert quiet.result.divergence is None
-    assert not quiet.notes
-
-
-def test_compare_with_given_inputs(pair: tuple[Path, Path]) -> None:
-    a, b = pair
-    sets = feeds(2, batch=7)
-    report = compare(Model.load(a), a, inputs=sets)
-    assert report.ok
-    assert report.result.samples == 2
-    assert report.result.outputs[0].ref_shape == (7, 3)
-
-    one = compare(a, b, inputs=sets[0], tolerance=Tolerance(atol=10.0))
-    assert one.ok
-    assert one.result.samples == 1
-
-
-def test_compare_rejects_a_wrong_feed(pair: tuple[Path, Path]) -> None:
-    a, b = pair
-    with pytest.raises(FeedError, match="'x'"):
-        compare(a, b, inputs={"x": np.zeros((2, 4), dtype=np.int64)})
-    with pytest.raises(FeedError, match="'y'"):
-        compare(a, b, inputs={"y": np.zeros((2, 4), dtype=np.float32)})
-
-
-def test_compare_needs_b_or_provider_b(pair: tuple[Path, Path]) -> None:
-    a, _ = pair
-    with pytest.raises(UsageError):
-        compare(a)
-    report = compare(a, provider="cpu", provider_b="cpu", samples=1)
-    assert report.ok
-    assert report.result.reference == report.result.candidate == "a@cpu"
-
-
-def test_compare_rejects_models_with_different_inputs(
-    pair: tuple[Path, Path], tmp_path: Path
-) -> None:
-    a, _ = pair
-    other = onnx_text("""
-        <ir_version: 10, opset_import: ["" : 21]>
-        m (int64[batch, 4] x) => (float[batch, 4] probs) { probs = Cast <to = 1> (x) }
-    """)
-    with pytest.raises(InputError, match="different inputs"):
-        compare(a, save(other, tmp_path / "other.onnx"))
-
-
-def test_report_json_has_stable_keys(pair: tuple[Path, Path]) -> None:
-    a, b = pair
-    for report in (compare(a, b), compare(a, a, samples=1)):
-        data = json.loads(report.to_json())
-        assert data["verb"] == "compare"
-        assert data["ok"] is report.ok
-        result = data["result"]
-        assert list(result) == PARITY_KEYS
-        assert list(result["outputs"][0]) == OUTPUT_KEYS
-        assert list(result["tolerance"]) == ["atol", "rtol", "per_output"]
-    failing = json.loads(compare(a, b).to_json())["result"]
-    assert failing["worst"] == "probs"
-    assert list(failing["divergence"]) == [
-        "tensor",
-        "node",
-        "op_type",
-        "position",
-        "max_abs",
-        "max_rel",
-        "required_atol",
-        "problem",
-    ]
 
 
 def test_non_finite_statistics_stay_valid_json() -> None:

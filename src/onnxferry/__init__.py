@@ -14,6 +14,7 @@ wraps each of them.
 from ._version import __version__
 from .bench import BenchResult, BenchSuite, bench
 from .check import CheckResult, Finding, check
+from .compare import compare
 from .data import TestCase, load_feeds, load_test_cases, save_test_case
 from .errors import (
     DataError,
@@ -30,7 +31,7 @@ from .errors import (
 from .golden import GoldenResult, test
 from .inspection import ModelInfo, inspect
 from .model import Model
-from .parity import Divergence, OutputParity, Parity, Tolerance, compare, compare_outputs
+from .parity import Divergence, OutputParity, Parity, Tolerance, compare_outputs
 from .report import Report, Table
 from .runtime import OrtRunner, Runner, SessionConfig, available_providers
 from .signature import DType, Signature, TensorSpec

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import InvalidModelError, UnsafeModelError
 from .model import DEFAULT_MAX_SIZE, Model, iter_graphs, resolve_model_path
 from .report import Report, Table
-from .runtime import SessionConfig, available_providers, create_session, runtime_limits
+from .runtime import SessionConfig, available_providers, create_session, version_problem
 
 if TYPE_CHECKING:
     import onnx
@@ -160,23 +160,18 @@ def _shape_inference(file: Path, result: CheckResult) -> None:
 def _runtime_versions(proto: onnx.ModelProto, result: CheckResult) -> None:
     import onnxruntime as ort
 
-    max_ir, max_opset = runtime_limits()
-    problems = []
-    if proto.ir_version > max_ir:
-        problems.append(f"IR version {proto.ir_version} > {max_ir}")
-    for opset in proto.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version > max_opset:
-            problems.append(f"ai.onnx opset {opset.version} > {max_opset}")
-    runtime = f"onnxruntime {ort.__version__}"
-    if problems:
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    problem = version_problem(proto.ir_version, opsets)
+    if problem:
         result.add(
             "runtime versions",
             "fail",
-            f"{'; '.join(problems)} ({runtime} supports at most IR {max_ir}, opset "
-            f"{max_opset}); re-export with an older opset or upgrade onnxruntime",
+            f"{problem}; re-export with an older opset or upgrade onnxruntime",
         )
     else:
-        result.add("runtime versions", "pass", f"IR and opsets load in {runtime}")
+        result.add(
+            "runtime versions", "pass", f"IR and opsets load in onnxruntime {ort.__version__}"
+        )
 
 
 def _cpu_kernels(proto: onnx.ModelProto, result: CheckResult) -> None:
@@ -260,5 +255,4 @@ def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: Check
 
 
 def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines)[:400] if lines else type(error).__name__
+    return " ".join(str(error).split())[:400] or type(error).__name__

@@ -63,15 +63,6 @@ def _tolerance(atol: float, rtol: float) -> Any:
     return Tolerance(atol=atol, rtol=rtol)
 
 
-def _feeds(path: str | None, model_path: str) -> Any:
-    if path is None:
-        return None
-    from .data import load_feeds
-    from .model import Model
-
-    return load_feeds(path, Model.load(model_path).signature)
-
-
 # --- output -----------------------------------------------------------------------------
 
 
@@ -183,15 +174,19 @@ def compare(
     report_path: Path | None,
 ) -> int:
     """Compare two models, or one model on two providers (--provider-b)."""
-    from .parity import compare as compare_models
+    from .compare import compare as compare_models
+    from .data import load_feeds
+    from .model import Model
 
+    reference = Model.load(model_a)
+    feeds = load_feeds(inputs, reference.signature) if inputs else None
     report = compare_models(
-        model_a,
+        reference,
         model_b,
         provider=provider,
         provider_b=provider_b,
         threads=threads,
-        inputs=_feeds(inputs, model_a),
+        inputs=feeds,
         samples=samples,
         dims=_dims(dims),
         seed=seed,

@@ -17,24 +17,20 @@ first one, in the reference's topological order, that fails the tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import FeedError, FerryError, InputError, ModelLoadError, UsageError
-from .model import Model
-from .report import Report, Table
-from .runtime import OrtRunner, Runner, SessionConfig, provider_name, short_provider_name
+from .errors import FeedError, UsageError
+from .report import Table
+from .runtime import Runner
 from .signature import dtype_from_numpy
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 _TINY = float(np.finfo(np.float64).tiny)
 _PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
@@ -349,7 +345,7 @@ def compare_outputs(
             continue
         refs = [_array(r[name]) for r in reference]
         cands = [_array(c[name]) for c in candidate]
-        parity.outputs.append(_judge(name, refs, cands, atol, rtol))
+        parity.outputs.append(judge_output(name, refs, cands, atol, rtol))
     return parity
 
 
@@ -370,7 +366,7 @@ def compare_runners(
     )
 
 
-def _judge(
+def judge_output(
     name: str, refs: Sequence[np.ndarray], cands: Sequence[np.ndarray], atol: float, rtol: float
 ) -> OutputParity:
     """Compare one tensor over samples: shapes, then dtype kinds, then values."""
@@ -575,266 +571,3 @@ def _top_k(
     if not rows:
         return None, None
     return top1 / rows, (overlap / rows if with_top5 else None)
-
-
-# --- bisection ------------------------------------------------------------------------------
-
-
-def bisect(
-    reference: Model,
-    candidate: Model,
-    feeds: Mapping[str, np.ndarray],
-    tolerance: Tolerance = Tolerance(),
-    *,
-    reference_config: SessionConfig | None = None,
-    candidate_config: SessionConfig | None = None,
-) -> Divergence | None:
-    """The first tensor both models compute (same name) that fails the tolerance, in the
-    reference's topological order; None if no shared tensor diverges.
-
-        bisect(model, model, feeds, reference_config=SessionConfig("cpu"),
-               candidate_config=SessionConfig("cuda"))       # one model, two providers
-    """
-    return _bisect_samples(
-        reference, candidate, [feeds], tolerance, reference_config, candidate_config
-    )
-
-
-def _shared_tensors(reference: Model, candidate: Model) -> list[tuple[int, str, str, str]]:
-    """(position, node name, op_type, tensor) for every node output of the reference's main
-    graph that a node of the candidate's main graph also produces, in topological order."""
-    produced = {out for node in candidate.proto.graph.node for out in node.output if out}
-    return [
-        (position, node.name, node.op_type, out)
-        for position, node in enumerate(reference.proto.graph.node)
-        for out in node.output
-        if out and out in produced
-    ]
-
-
-def _bisect_samples(
-    reference: Model,
-    candidate: Model,
-    samples: Sequence[Mapping[str, np.ndarray]],
-    tolerance: Tolerance,
-    reference_config: SessionConfig | None,
-    candidate_config: SessionConfig | None,
-) -> Divergence | None:
-    shared = _shared_tensors(reference, candidate)
-    if not shared:
-        return None
-    names = [tensor for *_, tensor in shared]
-    with contextlib.ExitStack() as stack:
-        ref_runner = OrtRunner(_exposing(reference, names, stack), config=reference_config)
-        cand_runner = OrtRunner(_exposing(candidate, names, stack), config=candidate_config)
-        first: Divergence | None = None
-        for feeds in samples:
-            ref_values = _run_tensors(ref_runner, feeds)
-            cand_values = _run_tensors(cand_runner, feeds)
-            for position, node, op_type, tensor in shared:
-                if first is not None and position >= first.position:
-                    break
-                if tensor not in ref_values or tensor not in cand_values:
-                    continue
-                atol, rtol = tolerance.for_output(tensor)
-                result = _judge(tensor, [ref_values[tensor]], [cand_values[tensor]], atol, rtol)
-                if not result.passed:
-                    first = Divergence(
-                        tensor,
-                        node,
-                        op_type,
-                        position,
-                        result.max_abs,
-                        result.max_rel,
-                        result.required_atol,
-                        result.problem,
-                    )
-                    break
-        return first
-
-
-def _run_tensors(runner: OrtRunner, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in runner.session.get_outputs() if str(o.type).startswith("tensor(")]
-    try:
-        return runner.run(feeds, output_names=names)
-    except FerryError:
-        raise
-    except Exception as e:  # onnxruntime's errors derive from Exception only
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        raise FerryError(
-            f"onnxruntime cannot run {runner.name} with its intermediate tensors exposed: "
-            f"{lines[0][:300]}",
-            hint="compare the outputs only (bisect_on_failure=False, or --no-bisect)",
-        ) from e
-
-
-def _exposing(model: Model, names: Sequence[str], stack: contextlib.ExitStack) -> Model:
-    """A copy of ``model`` whose graph also outputs ``names``; external data is read into
-    the copy (or, past protobuf's 2 GiB, the copy is saved to a temporary directory)."""
-    import onnx
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    present = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    if not _has_external_data(proto):
-        return Model.from_proto(proto)
-    if model.path is None:
-        raise ModelLoadError(
-            f"{model.name} refers to external data but has no path to find it from",
-            hint="load the model with Model.load(path)",
-        )
-    from onnx.external_data_helper import load_external_data_for_model
-
-    base = model.path if model.path.is_dir() else model.path.parent
-    try:
-        load_external_data_for_model(proto, str(base))
-    except Exception as e:
-        raise ModelLoadError(f"{model.name}: cannot read its external data ({e})") from e
-    if proto.ByteSize() < _PROTO_LIMIT:
-        return Model.from_proto(proto)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxferry-bisect-")))
-    return Model.from_proto(proto).save(tmp / "model.onnx", external_data=True)
-
-
-def _has_external_data(proto: onnx.ModelProto) -> bool:
-    from onnx import TensorProto
-
-    from .model import iter_graphs
-
-    def external(t: onnx.TensorProto) -> bool:
-        return t.data_location == TensorProto.EXTERNAL
-
-    for graph in iter_graphs(proto):
-        tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer)]
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors.extend([attr.t, *attr.tensors])
-        if any(external(t) for t in tensors):
-            return True
-    return False
-
-
-# --- the compare verb -----------------------------------------------------------------------
-
-
-def compare(
-    a: str | Path | Model,
-    b: str | Path | Model | None = None,
-    *,
-    provider: str = "cpu",
-    provider_b: str | None = None,
-    threads: int | None = None,
-    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
-    samples: int = 3,
-    dims: Mapping[str, int] | None = None,
-    seed: int = 0,
-    tolerance: Tolerance = Tolerance(),
-    bisect_on_failure: bool = True,
-) -> Report[Parity]:
-    """Parity of two ONNX models, or of one model on two providers (``ferry compare``).
-
-        report = compare("model.onnx", "model.fp16.onnx", tolerance=Tolerance(atol=1e-2))
-        report = compare("model.onnx", provider="cpu", provider_b="cuda", samples=5)
-        report.ok, report.result.worst, report.result.divergence
-
-    ``a`` is the reference and runs on ``provider``; ``b`` runs on ``provider_b`` if given,
-    else on ``provider``. Without ``inputs``, ``samples`` random feed sets are generated
-    from a's signature (symbolic dims 2 unless ``dims`` names them). On failure the two
-    models are bisected to the first shared tensor that diverges.
-    """
-    model_a = _as_model(a)
-    if b is None:
-        if provider_b is None:
-            raise UsageError(
-                "compare needs a second model or a second provider",
-                hint="give B, or provider_b (e.g. 'cuda') to compare one model on two providers",
-            )
-        model_b = model_a
-    else:
-        model_b = _as_model(b)
-        _check_same_inputs(model_a, model_b)
-    wanted_a, wanted_b = provider, provider_b or provider
-    config_a = SessionConfig(provider=wanted_a, threads=threads)
-    config_b = SessionConfig(provider=wanted_b, threads=threads)
-    feeds = _feeds(model_a, inputs, samples, dims, seed)
-    runner_a = OrtRunner(model_a, config=config_a)
-    runner_b = OrtRunner(model_b, config=config_b)
-    notes: list[str] = []
-    for runner, wanted in ((runner_a, wanted_a), (runner_b, wanted_b)):
-        if runner.provider != short_provider_name(provider_name(wanted)):
-            notes.append(
-                f"{runner.model.name}: provider {wanted!r} was not used; ran on {runner.provider}"
-            )
-    parity = compare_runners(runner_a, runner_b, feeds, tolerance)
-    if not parity.ok and bisect_on_failure:
-        notes.append(_bisect_note(parity, model_a, model_b, feeds, tolerance, config_a, config_b))
-    return Report(verb="compare", result=parity, notes=notes)
-
-
-def _bisect_note(
-    parity: Parity,
-    model_a: Model,
-    model_b: Model,
-    feeds: Sequence[Mapping[str, np.ndarray]],
-    tolerance: Tolerance,
-    config_a: SessionConfig,
-    config_b: SessionConfig,
-) -> str:
-    """Bisect into ``parity.divergence``; returns a note saying what bisection found."""
-    if not _shared_tensors(model_a, model_b):
-        return "bisection skipped: the two models share no intermediate tensor names"
-    try:
-        parity.divergence = _bisect_samples(model_a, model_b, feeds, tolerance, config_a, config_b)
-    except FerryError as e:
-        return f"bisection failed: {e}"
-    d = parity.divergence
-    if d is None:
-        return "bisection found no shared tensor that diverges"
-    return f"bisection: first divergence at {d.tensor!r}, output of {d.op_type} node {d.node!r}"
-
-
-def _as_model(value: str | Path | Model) -> Model:
-    return value if isinstance(value, Model) else Model.load(value)
-
-
-def _check_same_inputs(a: Model, b: Model) -> None:
-    ins_a = {s.name: s.dtype.onnx_name for s in a.signature.inputs}
-    ins_b = {s.name: s.dtype.onnx_name for s in b.signature.inputs}
-    if ins_a == ins_b:
-        return
-    diffs = [f"{n!r} only in {a.name}" for n in ins_a if n not in ins_b]
-    diffs += [f"{n!r} only in {b.name}" for n in ins_b if n not in ins_a]
-    diffs += [
-        f"{n!r} is {ins_a[n]} in {a.name} but {ins_b[n]} in {b.name}"
-        for n in ins_a
-        if n in ins_b and ins_a[n] != ins_b[n]
-    ]
-    raise InputError(
-        f"{a.name} and {b.name} take different inputs: {'; '.join(diffs)}",
-        hint="compare models with the same input names and dtypes",
-    )
-
-
-def _feeds(
-    model: Model,
-    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None,
-    samples: int,
-    dims: Mapping[str, int] | None,
-    seed: int,
-) -> list[dict[str, np.ndarray]]:
-    signature = model.signature
-    if inputs is None:
-        if samples < 1:
-            raise UsageError(f"samples must be at least 1, got {samples}")
-        return [signature.sample(dims=dims, seed=seed + i, default_dim=2) for i in range(samples)]
-    feeds = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(f) for f in inputs]
-    if not feeds:
-        raise UsageError("inputs is empty", hint="give at least one set of feeds")
-    for i, f in enumerate(feeds):
-        try:
-            signature.validate(f)
-        except FeedError as e:
-            where = f" (feed set {i})" if len(feeds) > 1 else ""
-            raise FeedError(f"{model.name}: {e.message}{where}", hint=e.hint) from e
-    return feeds

@@ -7,7 +7,9 @@ runner.provider                                         # "cpu" if cuda was unav
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -148,12 +150,19 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
     try:
         session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as e:
-        message = _first_line(e)
-        if wanted != "CPUExecutionProvider" and config.fallback and "CPU" not in str(providers):
+        where = model.path or model.name
+        too_new = version_problem(model.proto.ir_version, model.opset_imports)
+        if too_new:
+            raise ModelLoadError(
+                f"onnxruntime cannot load {where}: {too_new}",
+                hint="re-export with an older opset, or upgrade onnxruntime",
+            ) from e
+        message = ort_error_message(e)
+        if wanted != "CPUExecutionProvider" and config.fallback:
             log.warning("provider %r failed (%s); falling back to cpu", config.provider, message)
-            return create_session(model, SessionConfig(**{**config.__dict__, "provider": "cpu"}))
+            return create_session(model, dataclasses.replace(config, provider="cpu"))
         raise ModelLoadError(
-            f"onnxruntime cannot load {model.name}: {message}",
+            f"onnxruntime cannot load {where}: {message}",
             hint="run `ferry check` on the model for details",
         ) from e
     active = session.get_providers()[0]
@@ -168,11 +177,37 @@ def _session_source(model: Model) -> str | bytes:
     return bytes(model.proto.SerializeToString())
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    # ORT prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : /path/file.cc:123 fn(...)"
-    return line.split("] ", 1)[-1][:500] if line.startswith("[ONNXRuntimeError]") else line[:500]
+_ORT_NOISE = re.compile(
+    r"\[ONNXRuntimeError\] : \d+ : \w+ : "  # status prefix
+    r"|Load model from \S+ failed:"  # the path, which the caller names anyway
+    r"|\S*onnxruntime_src/\S+:\d+ [^(]*\([^)]*\)\s*"  # C++ source location and signature
+)
+
+
+def ort_error_message(error: BaseException) -> str:
+    """ONNX Runtime's error text without its status prefix and C++ source locations, on one
+    line, e.g. "Could not find an implementation for NoSuchOp(1) node with name ''"."""
+    text = _ORT_NOISE.sub("", " ".join(str(error).split())).strip()
+    return text[:400] or type(error).__name__
+
+
+def version_problem(ir_version: int, opsets: Mapping[str, int]) -> str | None:
+    """Why the installed onnxruntime cannot load this IR version / ai.onnx opset, or None."""
+    import onnxruntime as ort
+
+    max_ir, max_opset = runtime_limits()
+    problems = []
+    if ir_version > max_ir:
+        problems.append(f"IR version {ir_version} > {max_ir}")
+    opset = max((v for d, v in opsets.items() if d in ("", "ai.onnx")), default=0)
+    if opset > max_opset:
+        problems.append(f"ai.onnx opset {opset} > {max_opset}")
+    if not problems:
+        return None
+    return (
+        f"{'; '.join(problems)} (onnxruntime {ort.__version__} loads at most IR {max_ir}, "
+        f"opset {max_opset})"
+    )
 
 
 class OrtRunner:
