@@ -122,7 +122,9 @@ def test_unloadable_model_is_one_clear_error() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("custom.example", 1)]
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("custom.example", 1)],
+        ir_version=10,
     )
     with pytest.raises(ModelLoadError, match="onnxruntime cannot load") as info:
         create_session(Model.from_proto(proto))
