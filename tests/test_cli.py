@@ -111,6 +111,14 @@ def test_test_verb_on_golden_data(ferry: Run, model: Path, tmp_path: Path) -> No
     assert [c["passed"] for c in data["result"]["cases"]] == [True, False]
 
 
+def test_test_verb_defaults_to_the_model_zoo_layout(ferry: Run) -> None:
+    example = Path(__file__).parents[1] / "examples" / "tiny_classifier"
+    code, out, _ = ferry("test", example, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["result"]["sets"] == 2
+    assert data["result"]["data"] == str(example)
+
+
 def test_bench_json_and_csv(ferry: Run, model: Path) -> None:
     code, out, _ = ferry("bench", model, model, "--batch", "1,4", "--iterations", "20", "--json")
     results = json.loads(out)["result"]["results"]

@@ -8,6 +8,9 @@ import math
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
@@ -359,3 +362,28 @@ def test_non_finite_statistics_stay_valid_json() -> None:
 
     data = json.loads(Report(verb="compare", result=parity).to_json())
     assert data["result"]["outputs"][0]["required_atol"] == "inf"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ref=hnp.arrays(
+        st.sampled_from([np.float16, np.float32, np.float64]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+        elements=st.floats(-1e3, 1e3, width=16),
+    ),
+    noise_seed=st.integers(0, 2**16),
+    scale=st.sampled_from([0.0, 1e-6, 1e-3, 1.0]),
+    rtol=st.sampled_from([0.0, 1e-3]),
+)
+def test_required_atol_is_the_smallest_that_passes(
+    ref: np.ndarray, noise_seed: int, scale: float, rtol: float
+) -> None:
+    noise = np.random.default_rng(noise_seed).standard_normal(ref.shape) * scale
+    cand = (ref.astype(np.float64) + noise).astype(ref.dtype)
+    out = _output(compare_outputs([{"y": ref}], [{"y": cand}], Tolerance(0.0, rtol)), "y")
+    assert out.required_atol is not None and math.isfinite(out.required_atol)
+    at = compare_outputs([{"y": ref}], [{"y": cand}], Tolerance(out.required_atol, rtol))
+    assert _output(at, "y").passed
+    if out.required_atol > 0:
+        below = Tolerance(float(np.nextafter(out.required_atol, 0.0)), rtol)
+        assert not _output(compare_outputs([{"y": ref}], [{"y": cand}], below), "y").passed

@@ -198,7 +198,7 @@ def compare(
 
 @cli.command(name="test")
 @click.argument("model")
-@click.argument("data")
+@click.argument("data", required=False)
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
 @click.option("--atol", default=1e-4, show_default=True)
@@ -206,7 +206,7 @@ def compare(
 @report_options
 def test_command(
     model: str,
-    data: str,
+    data: str | None,
     provider: str,
     threads: int | None,
     atol: float,
@@ -216,8 +216,12 @@ def test_command(
 ) -> int:
     """Run a model on golden data (test_data_set_N/*.pb or .npz) and judge each set."""
     from .golden import test
+    from .model import Model
 
-    report = test(model, data, provider=provider, threads=threads, tolerance=_tolerance(atol, rtol))
+    loaded = Model.load(model)
+    golden = data if data is not None else (loaded.path or Path(model)).parent
+    tolerance = _tolerance(atol, rtol)
+    report = test(loaded, golden, provider=provider, threads=threads, tolerance=tolerance)
     return emit(report, as_json, report_path)
 
 
