@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "signature", "safety"},
+    {"_version", "errors", "signature", "safety", "atomic"},
     {"model", "data", "report", "inspection"},
     {"runtime"},
     {"parity", "bisect", "compare", "bench", "explain", "check", "golden"},

@@ -533,8 +533,7 @@ def bench(
         "seed": seed,
     }
     suite.environment = _environment()
-    runner = _run_with_progress if progress else _run_plain
-    suite.results = runner(plan, warmup, iterations, duration, concurrency, dims, seed)
+    suite.results = _run(plan, warmup, iterations, duration, concurrency, dims, seed, progress)
     return Report(verb="bench", result=suite)
 
 
@@ -553,7 +552,7 @@ def _labels(models: Sequence[Model]) -> list[str]:
     return labels
 
 
-def _run_plain(
+def _run(
     plan: _Plan,
     warmup: int,
     iterations: int | None,
@@ -561,41 +560,34 @@ def _run_plain(
     concurrency: int,
     dims: Mapping[str, int] | None,
     seed: int,
+    progress: bool,
 ) -> list[BenchResult]:
-    return [
-        _bench_one(m, name, p, t, b, warmup, iterations, duration, concurrency, dims, seed, None)
-        for m, name, p, t, b in plan
-    ]
+    """Every planned configuration in order; ``progress`` draws a rich bar on stderr."""
+    from contextlib import nullcontext
 
+    bar: Any = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-def _run_with_progress(
-    plan: _Plan,
-    warmup: int,
-    iterations: int | None,
-    duration: float | None,
-    concurrency: int,
-    dims: Mapping[str, int] | None,
-    seed: int,
-) -> list[BenchResult]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn() if duration is None else TextColumn("{task.completed:.1f}s"),
+            console=Console(stderr=True),
+            transient=True,
+        )
     results: list[BenchResult] = []
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn() if duration is None else TextColumn("{task.completed:.1f}s"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task("bench", total=iterations if duration is None else duration)
+    with bar if bar is not None else nullcontext():
+        task = bar.add_task("bench", total=iterations or duration) if bar is not None else None
         for i, (m, name, p, t, b) in enumerate(plan, 1):
-            what = f"[{i}/{len(plan)}] {name} {p} threads={t or 'default'} batch={b}"
-            bar.reset(task, description=what)
+            show: ProgressCallback | None = None
+            if bar is not None:
+                what = f"[{i}/{len(plan)}] {name} {p} threads={t or 'default'} batch={b}"
+                bar.reset(task, description=what)
 
-            def show(done: int, elapsed: float) -> None:
-                bar.update(task, completed=done if duration is None else min(elapsed, duration))
+                def show(done: int, elapsed: float) -> None:
+                    bar.update(task, completed=done if duration is None else min(elapsed, duration))
 
             results.append(
                 _bench_one(

@@ -16,9 +16,7 @@ code): an .npz holding object arrays is refused. Anything unreadable raises ``Da
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import atomic_write, write_bytes_atomic
 from .errors import DataError
 from .signature import Signature, TensorSpec
 
@@ -123,8 +122,6 @@ def save_test_case(
 ) -> Path:
     """Write ``input_K.pb`` / ``output_K.pb`` (named tensors, in mapping order) into
     ``directory``, each file atomically; stale numbered .pb files left there are removed."""
-    from .report import write_bytes_atomic
-
     directory = Path(directory)
     protos = {
         f"{role}_{k}.pb": _value_to_proto(np.asarray(array), name)
@@ -151,23 +148,10 @@ def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """
     path = Path(path)
     stored = {name: _npz_storable(name, np.asarray(a)) for name, a in arrays.items()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise DataError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-                for name, array in stored.items():
-                    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+        for name, array in stored.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import DEFAULT_MAX_SIZE, Model
-from .report import Report, Table
+from .report import Report, Table, human_size
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ModelInfo:
         facts = [
             ("path", s["path"]),
             ("sha256", s["digest"]),
-            ("size", _size_text(s["size_bytes"])),
+            ("size", f"{human_size(s['size_bytes'])} ({s['size_bytes']:,} B)"),
             ("external data", ", ".join(s["external_data_files"]) or "none"),
             ("IR version", s["ir_version"]),
             ("opsets", opsets),
@@ -59,15 +59,6 @@ def inspect(path: str | Path | Model, *, max_size: int = DEFAULT_MAX_SIZE) -> Re
     """Load ``path`` safely and describe it."""
     model = path if isinstance(path, Model) else Model.load(path, max_size=max_size)
     return Report("inspect", ModelInfo(model.summary()))
-
-
-def _size_text(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit} ({n:,} B)"
-        size /= 1024
-    return f"{n} B"
 
 
 def _shape_text(shape: list[Any] | None) -> str:

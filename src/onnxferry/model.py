@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .errors import InputError, InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
+from .report import human_size
 from .safety import (
     ExternalRef,
     check_external_data,
@@ -94,7 +95,7 @@ class Model:
             raise _too_large(file, size, max_size)
         if size > _PROTOBUF_MAX:
             raise ModelLoadError(
-                f"{file}: the file is {_human(size)}, past the 2 GiB protobuf allows for a "
+                f"{file}: the file is {human_size(size)}, past the 2 GiB protobuf allows for a "
                 "model file, so it is not an ONNX model",
                 hint="a model this large keeps its weights in external data files",
             )
@@ -450,19 +451,10 @@ def _run_checker(file: Path, data: bytes | None) -> None:
 
 def _too_large(file: Path, size: int, max_size: int) -> UnsafeModelError:
     return UnsafeModelError(
-        f"{file}: the model takes {_human(size)} ({size} bytes) with its external data, "
-        f"over the limit of {_human(max_size)} ({max_size} bytes)",
+        f"{file}: the model takes {human_size(size)} ({size} bytes) with its external data, "
+        f"over the limit of {human_size(max_size)} ({max_size} bytes)",
         hint=f"pass a larger max_size if you trust it (e.g. max_size={size})",
     )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _names(names: Iterable[str], limit: int = 5) -> str:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from ._version import __version__
-from .errors import EXIT_OK, EXIT_VERIFICATION_FAILED, InputError
+from .atomic import write_text_atomic
+from .errors import EXIT_OK, EXIT_VERIFICATION_FAILED
 
 SCHEMA = "onnxferry.report/1"
 
@@ -99,7 +98,7 @@ class Report(Generic[T]):
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON report atomically (temp file in the same directory, then rename)."""
-        return write_text_atomic(Path(path), self.to_json() + "\n")
+        return write_text_atomic(path, self.to_json() + "\n")
 
 
 def jsonable(value: Any) -> Any:
@@ -154,26 +153,11 @@ def render_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same directory and a rename."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and a rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def human_size(n: int) -> str:
+    """Bytes in binary units: "512 B", "3.2 MiB"."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
