@@ -132,8 +132,9 @@ class BenchSuite:
 
     def tables(self) -> list[Table]:
         several = len({r.model for r in self.results}) > 1
-        columns = ["model", "provider", "threads", "batch", "n", "p50 ms", "p90 ms", "p99 ms"]
-        columns += ["max ms", "std ms", "inf/s", "samples/s", "peak MiB"]
+        # Request counts and inferences/s are in the title, the JSON and the CSV.
+        columns = ["model", "provider", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"]
+        columns += ["max ms", "std ms", "samples/s", "peak MiB"]
         if several:
             columns.append("speedup (p50)")
         first_model = self.results[0].model if self.results else None
@@ -144,9 +145,9 @@ class BenchSuite:
         }
         rows: list[list[Any]] = []
         for r in self.results:
-            row: list[Any] = [r.model, r.provider, "default" if r.threads is None else r.threads]
-            row += [r.batch, r.iterations, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.std_ms]
-            row += [r.inferences_per_s, r.samples_per_s, r.peak_rss_bytes / 2**20]
+            row: list[Any] = [r.model, r.provider, "auto" if r.threads is None else r.threads]
+            row += [r.batch, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.std_ms]
+            row += [r.samples_per_s, r.peak_rss_bytes / 2**20]
             if several:
                 base = baseline.get((r.provider, r.threads, r.batch))
                 row.append(base / r.p50_ms if base is not None and r.p50_ms > 0 else None)

@@ -99,7 +99,8 @@ def _print_tables(report: Report[Any]) -> None:
     for table in report.tables():
         rich_table = RichTable(title=table.title, title_justify="left")
         for column in table.columns:
-            rich_table.add_column(column, overflow="fold")
+            # Numbers never wrap; free text (a finding's detail) folds.
+            rich_table.add_column(column, overflow="fold", no_wrap=column != "detail")
         for row in table.rows:
             rich_table.add_row(*(format_value(v) for v in row))
         console.print(rich_table)
