@@ -12,6 +12,10 @@ from onnxferry.parity import Tolerance
 from tests.helpers import onnx_text, save
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "tiny_classifier"
+ONE_OP = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[n] x) => (float[n] y) {{ y = {op}(x) }}
+"""
 
 
 def test_bundled_example_passes_its_golden_data() -> None:
@@ -76,13 +80,7 @@ def test_every_dtype_through_golden_data(tmp_path: Path) -> None:
 
 
 def test_tolerance_decides(tmp_path: Path) -> None:
-    proto = onnx_text(
-        """
-        <ir_version: 10, opset_import: ["" : 21]>
-        g (float[n] x) => (float[n] y) { y = Identity(x) }
-        """
-    )
-    path = save(proto, tmp_path / "m.onnx")
+    path = save(onnx_text(ONE_OP.format(op="Identity")), tmp_path / "m.onnx")
     x = np.array([1.0, 2.0], np.float32)
     save_test_case(tmp_path / "d" / "test_data_set_0", {"x": x}, {"y": x + 0.01})
     assert not onnxferry.test(path, tmp_path / "d").ok
@@ -90,15 +88,7 @@ def test_tolerance_decides(tmp_path: Path) -> None:
 
 
 def test_sets_without_outputs_only_run(tmp_path: Path) -> None:
-    path = save(
-        onnx_text(
-            """
-            <ir_version: 10, opset_import: ["" : 21]>
-            g (float[n] x) => (float[n] y) { y = Identity(x) }
-            """
-        ),
-        tmp_path / "m.onnx",
-    )
+    path = save(onnx_text(ONE_OP.format(op="Identity")), tmp_path / "m.onnx")
     save_test_case(tmp_path / "d" / "test_data_set_0", {"x": np.ones(2, np.float32)}, {})
     report = onnxferry.test(path, tmp_path / "d")
     assert report.ok and report.result.cases[0].parity is None
@@ -106,15 +96,7 @@ def test_sets_without_outputs_only_run(tmp_path: Path) -> None:
 
 
 def test_npz_golden_file(tmp_path: Path) -> None:
-    path = save(
-        onnx_text(
-            """
-            <ir_version: 10, opset_import: ["" : 21]>
-            g (float[n] x) => (float[n] y) { y = Relu(x) }
-            """
-        ),
-        tmp_path / "m.onnx",
-    )
+    path = save(onnx_text(ONE_OP.format(op="Relu")), tmp_path / "m.onnx")
     x = np.array([-1.0, 2.0], np.float32)
     np.savez(tmp_path / "golden.npz", x=x, y=np.maximum(x, 0))
     report = onnxferry.test(path, tmp_path / "golden.npz")
