@@ -15,13 +15,16 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ._version import __version__
 from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
 from .report import Report, format_value
+
+if TYPE_CHECKING:
+    from .parity import Tolerance
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,12 +58,10 @@ def _dims(values: Sequence[str]) -> dict[str, int]:
     return dims
 
 
-def _tolerance(atol: float, rtol: float) -> Any:
+def _tolerance(atol: float, rtol: float) -> Tolerance:
     from .parity import Tolerance
 
-    if atol < 0 or rtol < 0:
-        raise UsageError("--atol and --rtol must not be negative")
-    return Tolerance(atol=atol, rtol=rtol)
+    return Tolerance(atol=atol, rtol=rtol)  # UsageError for negative or non-finite values
 
 
 # --- output -----------------------------------------------------------------------------
