@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic"},
-    {"model", "data", "report", "inspection"},
+    {"model", "data", "generate", "report", "inspection"},
     {"runtime"},
     {"parity", "bisect", "compare", "bench", "explain", "check", "golden"},
     {"convert", "optimize"},
@@ -27,6 +27,7 @@ HEAVY = ("torch", "tensorflow", "keras", "sklearn", "ray", "shap", "rich", "clic
 
 
 def _module_name(path: Path) -> str:
+    """The top-level module or package a file belongs to ("convert" for convert/torch.py)."""
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
@@ -35,6 +36,9 @@ def _package_imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level > 0:
+            inside_package = len(path.relative_to(PACKAGE).parts) > 1
+            if node.level == 1 and inside_package:
+                continue  # a sibling inside the same package, e.g. convert/torch -> .base
             if node.module:
                 found.add(node.module.split(".")[0])
             else:

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .errors import InputError, InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
-from .report import human_size
+from .report import Report, human_size
 from .safety import (
     ExternalRef,
     check_external_data,
@@ -73,6 +73,8 @@ class Model:
     proto: onnx.ModelProto
     path: Path | None = None
     external_files: tuple[Path, ...] = field(default=())
+    provenance: list[Report[Any]] = field(default_factory=list, compare=False, repr=False)
+    """Reports of the stages that made this model (convert, optimize passes), oldest first."""
 
     @classmethod
     def load(cls, path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> Model:
