@@ -3,7 +3,8 @@
     python examples/build_example.py            # writes examples/tiny_classifier/
 
 The model is Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Softmax on
-[batch, 3, 16, 16] images, with fixed random weights. The expected outputs come from the
+[batch, 3, 16, 16] images, with fixed random weights; model.py is the same model in PyTorch
+(the source `make demo` converts). The expected outputs come from the
 ONNX reference implementation (onnx.reference), not from ONNX Runtime, so `ferry test`
 checks ONNX Runtime against an independent evaluator.
 """
@@ -18,16 +19,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from tiny_classifier.model import CLASSES, weights
+
 OUT = Path(__file__).parent / "tiny_classifier"
-CLASSES = 10
 
 
 def build_model(seed: int = 7) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    conv_w = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
-    conv_b = (rng.standard_normal(8) * 0.1).astype(np.float32)
-    fc_w = (rng.standard_normal((CLASSES, 8)) * 0.5).astype(np.float32)
-    fc_b = (rng.standard_normal(CLASSES) * 0.1).astype(np.float32)
+    conv_w, conv_b, fc_w, fc_b = weights(seed)
     nodes = [
         helper.make_node(
             "Conv", ["image", "conv_w", "conv_b"], ["conv"], name="conv", pads=[1] * 4

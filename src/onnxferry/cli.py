@@ -281,6 +281,121 @@ def bench(
     return emit(report, as_json, report_path)
 
 
+def _shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in values:
+        name, sep, text = item.partition("=")
+        try:
+            dims = tuple(int(d) for d in text.lower().split("x"))
+        except ValueError:
+            dims = ()
+        if not sep or not name or not dims or min(dims) < 1:
+            raise UsageError(
+                f"--input-shape takes NAME=DxDx..., got {item!r}",
+                hint="e.g. --input-shape image=1x3x224x224",
+            )
+        shapes[name.strip()] = dims
+    return shapes
+
+
+def _dynamic(values: Sequence[str]) -> dict[str, dict[int, str]] | None:
+    if not values:
+        return None
+    axes: dict[str, dict[int, str]] = {}
+    for item in values:
+        name, sep, spec = item.partition(":")
+        if item.strip() in ("none", "static"):
+            continue
+        try:
+            pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+            parsed = {int(axis): dim.strip() for axis, dim in pairs}
+        except ValueError:
+            parsed = {}
+        if not sep or not name or not parsed or not all(parsed.values()):
+            raise UsageError(
+                f"--dynamic takes NAME:AXIS=DIM[,AXIS=DIM], got {item!r}",
+                hint="e.g. --dynamic input_ids:0=batch,1=seq (or --dynamic static)",
+            )
+        axes[name.strip()] = parsed
+    return axes
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--framework", type=click.Choice(["torch", "keras", "tf", "tflite", "sklearn", "onnx"])
+)
+@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x224x224.")
+@click.option("--inputs", help="Sample inputs: .npz, .npy, .pb or a test-data directory.")
+@click.option("--dynamic", multiple=True, help="NAME:0=batch,1=seq (default: dim 0 is batch).")
+@click.option("--opset", type=int, help="ai.onnx opset (default: the exporter's, capped).")
+@click.option("--atol", type=float, help="Absolute tolerance (default: per framework).")
+@click.option("--rtol", type=float, help="Relative tolerance (default: per framework).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check (loudly reported).")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading a pickle/joblib file. Unpickling runs arbitrary code: only for "
+    "files from a source you trust.",
+)
+@report_options
+def convert(
+    source: str,
+    output: Path,
+    framework: str | None,
+    input_shapes: tuple[str, ...],
+    inputs: str | None,
+    dynamic: tuple[str, ...],
+    opset: int | None,
+    atol: float | None,
+    rtol: float | None,
+    no_verify: bool,
+    trust_pickle: bool,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Convert a PyTorch, Keras/TF, TFLite, scikit-learn or ONNX model to a verified ONNX file.
+
+    SOURCE is a file.py:function factory, .pt/.pth (TorchScript), .pt2 (torch.export), .keras,
+    a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since
+    loading a pickle executes code) or .onnx (re-targeted to --opset).
+    """
+    from .convert import ParityFailure
+    from .convert import convert as convert_model
+    from .data import load_feeds
+    from .parity import Tolerance
+
+    tolerance = None
+    if atol is not None or rtol is not None:
+        default = Tolerance()
+        tolerance = Tolerance(
+            atol=default.atol if atol is None else atol,
+            rtol=default.rtol if rtol is None else rtol,
+        )
+    try:
+        model = convert_model(
+            source,
+            output,
+            framework=framework,
+            input_shapes=_shapes(input_shapes),
+            inputs=load_feeds(inputs) if inputs else None,
+            dynamic=_dynamic(dynamic),
+            opset=opset,
+            tolerance=tolerance,
+            verify=not no_verify,
+            trust_pickle=trust_pickle,
+        )
+    except ParityFailure as e:
+        emit(e.report, as_json, report_path)
+        raise
+    report = model.provenance[-1]
+    code = emit(report, as_json, report_path)
+    if not as_json:
+        click.echo(f"wrote {output}", err=True)
+    return code
+
+
 # --- entry point ------------------------------------------------------------------------
 
 

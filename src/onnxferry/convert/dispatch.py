@@ -1,0 +1,463 @@
+"""`ferry convert`: detect the framework, try every exporter, keep the one that passes parity.
+
+    model = convert(module, "model.onnx", inputs=[{"x": x}])
+    model = convert("train.py:make_model", "model.onnx", input_shapes={"x": (1, 3, 224, 224)})
+    model.provenance[-1].to_text()        # which exporter, why, and the parity figures
+
+Verification runs every candidate on several input shapes (each dynamic axis takes at least two
+values), on the user's samples when given and on realistic generated inputs otherwise. The
+checks go in order: output names, output count, shapes at each tested shape, values. When no
+candidate passes, VerificationError (exit 1) carries the report; nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FerryError, InputError, UsageError
+from ..generate import realistic_feeds, shape_plan
+from ..model import Model
+from ..parity import Divergence, Parity, Tolerance, compare_outputs
+from ..report import Report, Table
+from ..runtime import OrtRunner, runtime_limits
+from .base import Candidate, ConversionError, ConvertOptions, ParityFailure, Source
+
+FRAMEWORKS = ("torch", "keras", "tf", "tflite", "sklearn", "onnx")
+
+
+@dataclass
+class Attempt:
+    """One exporter's try: exported or not, and its parity against the source."""
+
+    exporter: str
+    status: str = "error"  # "chosen", "passed", "failed" (parity), "error" (export)
+    error: str | None = None
+    export_s: float | None = None
+    parity: Parity | None = None
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exporter": self.exporter,
+            "status": self.status,
+            "error": self.error,
+            "export_s": self.export_s,
+            "latency_ms": self.latency_ms,
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+
+@dataclass
+class Conversion:
+    """What `convert` did (ReportBody): the source, every attempt, the choice and why."""
+
+    source: str
+    framework: str
+    output: str | None
+    verified: bool
+    shapes: list[dict[str, list[int]]] = field(default_factory=list)
+    inputs_from: str = "generated"
+    attempts: list[Attempt] = field(default_factory=list)
+    chosen: str | None = None
+    reason: str = ""
+    divergence: Divergence | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.chosen is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "framework": self.framework,
+            "output": self.output,
+            "verified": self.verified,
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "inputs_from": self.inputs_from,
+            "tested_shapes": self.shapes,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "divergence": self.divergence.to_dict() if self.divergence else None,
+            "details": self.details,
+        }
+
+    def tables(self) -> list[Table]:
+        rows = []
+        for a in self.attempts:
+            worst = a.parity.worst if a.parity else None
+            detail = a.error or (a.parity.summary() if a.parity else "not verified")
+            rows.append(
+                (
+                    a.exporter,
+                    a.status.upper(),
+                    a.parity.max_abs if a.parity else None,
+                    worst.name if worst else None,
+                    a.latency_ms,
+                    a.export_s,
+                    detail,
+                )
+            )
+        columns = ("exporter", "result", "max abs", "worst", "p50 ms", "export s", "detail")
+        shapes = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in self.shapes)
+        tables = [Table(f"convert {self.source} ({self.framework}) on {shapes}", columns, rows)]
+        if self.divergence is not None:
+            d = self.divergence
+            tables.append(
+                Table(
+                    "first divergence",
+                    ("layer", "onnx tensor", "op", "max abs", "required atol"),
+                    [(d.node, d.tensor, d.op_type, d.max_abs, d.required_atol)],
+                )
+            )
+        return tables
+
+
+def convert(
+    source: Any,
+    output: str | Path | None = None,
+    *,
+    framework: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int | None = None,
+    tolerance: Tolerance | None = None,
+    verify: bool = True,
+    trust_pickle: bool = False,
+    example_inputs: Any = None,
+) -> Model:
+    """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
+
+    ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
+    model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory), ``.pt``/``.pth``
+    (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a SavedModel directory, ``.tflite``,
+    ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
+    ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
+    Returns the Model (its ``provenance`` holds the conversion report). Raises
+    ConversionError (exit 2) when no exporter produces a model and VerificationError (exit 1,
+    with ``.report``) when none passes parity; nothing is written then.
+    """
+    options = _options(input_shapes, inputs, dynamic, opset, trust_pickle)
+    if isinstance(source, Source):  # a caller-built source: its own reference and exporters
+        loaded = source
+    else:
+        loaded = _load(framework or detect_framework(source), source, options, example_inputs)
+    tolerance = tolerance or loaded.tolerance or Tolerance()
+    result = Conversion(
+        source=_describe(source),
+        framework=loaded.framework,
+        output=str(output) if output is not None else None,
+        verified=verify,
+        details={"source": loaded.description, **loaded.details},
+    )
+    feeds = _verification_feeds(loaded, options, result)
+    references = [loaded.reference.run(f) for f in feeds] if verify else []
+    with tempfile.TemporaryDirectory(prefix="onnxferry-convert-") as tmp:
+        models: dict[str, Model] = {}
+        for i, candidate in enumerate(loaded.candidates):
+            attempt = Attempt(candidate.exporter)
+            result.attempts.append(attempt)
+            model = _export(candidate, Path(tmp) / f"candidate{i}" / "model.onnx", attempt)
+            if model is None:
+                continue
+            models[candidate.exporter] = model
+            if verify:
+                _verify(model, loaded, feeds, references, tolerance, attempt)
+            else:
+                attempt.status = "passed"
+        _choose(result, models, feeds)
+        report = Report("convert", result)
+        if not verify:
+            report.notes.append(
+                "NOT VERIFIED: --no-verify skipped the parity check against the source; "
+                "this model may differ from the original"
+            )
+        if result.chosen is None:
+            _fail(result, report, loaded, models, feeds, tolerance)
+        chosen = models[result.chosen]  # type: ignore[index]
+        _stamp(chosen, result, loaded)
+        final = chosen.save(output) if output is not None else _in_memory(chosen)
+    final.provenance.append(report)
+    return final
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def detect_framework(source: Any) -> str:
+    """The framework a source comes from, by type for objects and by name/content for paths."""
+    if isinstance(source, Model):
+        return "onnx"
+    if not isinstance(source, (str, Path)):
+        for cls in type(source).__mro__:
+            module = cls.__module__
+            if module.startswith("torch"):
+                return "torch"
+            if module.startswith("sklearn"):
+                return "sklearn"
+            if module.startswith(("keras", "tf_keras")):
+                return "keras"
+            if module.startswith("onnx") and type(source).__name__ == "ModelProto":
+                return "onnx"
+        raise UsageError(
+            f"cannot tell which framework a {type(source).__name__} comes from",
+            hint=f"pass framework= one of {', '.join(FRAMEWORKS)}",
+        )
+    text = str(source)
+    if ".py:" in text:
+        return "torch"
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory", hint="check the path")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "tf"
+        if any(path.glob("*.onnx")):
+            return "onnx"
+        raise InputError(
+            f"{path}: a directory with neither saved_model.pb nor an .onnx model",
+            hint="pass a model file, or --framework",
+        )
+    by_suffix = {
+        ".onnx": "onnx",
+        ".keras": "keras",
+        ".h5": "keras",
+        ".tflite": "tflite",
+        ".pt": "torch",
+        ".pth": "torch",
+        ".pt2": "torch",
+        ".ts": "torch",
+        ".pkl": "sklearn",
+        ".pickle": "sklearn",
+        ".joblib": "sklearn",
+    }
+    suffix = path.suffix.lower()
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    head = path.read_bytes()[:8]
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    raise InputError(
+        f"{path}: cannot tell which framework this file comes from",
+        hint=f"pass --framework, one of {', '.join(FRAMEWORKS)}",
+    )
+
+
+def _load(name: str, source: Any, options: ConvertOptions, example_inputs: Any) -> Source:
+    if name == "torch":
+        from .torch import load_torch
+
+        return load_torch(source, options, example_inputs=example_inputs)
+    if name == "sklearn":
+        from .sklearn import load_sklearn
+
+        return load_sklearn(source, options)
+    if name == "keras":
+        from .keras import load_keras
+
+        return load_keras(source, options)
+    if name == "tf":
+        from .keras import load_saved_model
+
+        return load_saved_model(source, options)
+    if name == "tflite":
+        from .tflite import load_tflite
+
+        return load_tflite(source, options)
+    if name == "onnx":
+        from .onnx import load_onnx
+
+        if not isinstance(source, (str, Path, Model)):
+            source = Model.from_proto(source)
+        return load_onnx(source, options)
+    raise UsageError(f"unknown framework {name!r}", hint=f"use one of {', '.join(FRAMEWORKS)}")
+
+
+def _options(
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None,
+    dynamic: Mapping[str, Mapping[int, str]] | None,
+    opset: int | None,
+    trust_pickle: bool,
+) -> ConvertOptions:
+    max_opset = runtime_limits()[1]
+    if opset is not None and not 7 <= opset <= max_opset:
+        raise UsageError(
+            f"opset {opset} cannot be loaded by the installed onnxruntime (opsets 7..{max_opset})",
+            hint=f"pick --opset {max_opset} or lower",
+        )
+    samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs or ()]
+    shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    return ConvertOptions(shapes, samples, dynamic, opset, trust_pickle)
+
+
+def _verification_feeds(
+    source: Source, options: ConvertOptions, result: Conversion
+) -> list[dict[str, np.ndarray]]:
+    signature = source.reference.signature
+    feeds: list[dict[str, np.ndarray]] = []
+    if options.sample_inputs:
+        result.inputs_from = "user samples + generated"
+        for sample in options.sample_inputs:
+            signature.validate(sample)
+            feeds.append(dict(sample))
+    for seed, dims in enumerate(shape_plan(signature)):
+        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=source.value_ranges))
+    result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]
+    return feeds
+
+
+def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        candidate.export(path)
+        model = Model.load(path)
+    except FerryError as e:
+        attempt.error = str(e)
+        return None
+    except Exception as e:  # an exporter's own failure; reported, and the next one tried
+        attempt.error = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+        return None
+    finally:
+        attempt.export_s = time.perf_counter() - start
+    return model
+
+
+def _verify(
+    model: Model,
+    source: Source,
+    feeds: list[dict[str, np.ndarray]],
+    references: list[dict[str, np.ndarray]],
+    tolerance: Tolerance,
+    attempt: Attempt,
+) -> None:
+    try:
+        runner = OrtRunner(model)
+        outputs = [runner.run(f) for f in feeds]
+    except FerryError as e:
+        attempt.status, attempt.error = "failed", str(e)
+        return
+    except Exception as e:  # ONNX Runtime failing on a shape the export did not expect
+        attempt.status = "failed"
+        attempt.error = f"onnxruntime failed: {' '.join(str(e).split())[:400]}"
+        return
+    attempt.parity = compare_outputs(
+        references,
+        outputs,
+        tolerance,
+        reference_name=source.reference.name,
+        candidate_name=attempt.exporter,
+    )
+    attempt.status = "passed" if attempt.parity.ok else "failed"
+
+
+def _choose(
+    result: Conversion, models: Mapping[str, Model], feeds: list[dict[str, np.ndarray]]
+) -> None:
+    passed = [a for a in result.attempts if a.status == "passed"]
+    if not passed:
+        return
+    if len(passed) == 1:
+        passed[0].status = "chosen"
+        result.chosen = passed[0].exporter
+        others = [a.exporter for a in result.attempts if a is not passed[0]]
+        result.reason = (
+            f"the only exporter that passed ({', '.join(others)} did not)"
+            if others
+            else "the only exporter for this source"
+        )
+        if not result.verified:
+            result.reason = "the first exporter that produced a model (not verified)"
+        return
+    from ..bench import measure
+    from ..runtime import create_session
+
+    for attempt in passed:
+        session = create_session(models[attempt.exporter])
+        latencies = measure(session, feeds[-1], warmup=5, iterations=50)
+        attempt.latency_ms = float(np.median(latencies) * 1e3)
+    passed.sort(key=lambda a: a.latency_ms or 0.0)
+    best, runner_up = passed[0], passed[1]
+    best.status = "chosen"
+    result.chosen = best.exporter
+    speedup = (runner_up.latency_ms or 0.0) / max(best.latency_ms or 0.0, 1e-9)
+    result.reason = (
+        f"both passed parity; {best.exporter} runs {speedup:.2f}x as fast as "
+        f"{runner_up.exporter} under ONNX Runtime (p50 {best.latency_ms:.3f} ms vs "
+        f"{runner_up.latency_ms:.3f} ms)"
+    )
+
+
+def _fail(
+    result: Conversion,
+    report: Report[Conversion],
+    source: Source,
+    models: Mapping[str, Model],
+    feeds: list[dict[str, np.ndarray]],
+    tolerance: Tolerance,
+) -> None:
+    if not models:
+        errors = "; ".join(f"{a.exporter}: {a.error}" for a in result.attempts)
+        raise ConversionError(
+            f"no exporter could convert {result.source}: {errors}",
+            hint="try another --opset, or --framework if the file was misdetected",
+        )
+    failed = [a for a in result.attempts if a.parity is not None]
+    if failed and source.find_divergence is not None:
+        worst = min(failed, key=lambda a: a.parity.max_abs if a.parity else np.inf)
+        with contextlib.suppress(FerryError):
+            result.divergence = source.find_divergence(models[worst.exporter], feeds[0], tolerance)
+    summaries = "; ".join(
+        a.parity.summary() if a.parity else f"{a.exporter}: {a.error}" for a in result.attempts
+    )
+    raise ParityFailure(
+        f"no exported model matches {result.source}: {summaries}",
+        hint="see the report; loosen --atol/--rtol only if the difference is acceptable",
+        report=report,
+    )
+
+
+def _stamp(model: Model, result: Conversion, source: Source) -> None:
+    """Record the provenance in the model's metadata_props."""
+    props = {
+        "onnxferry.source_framework": source.framework,
+        "onnxferry.exporter": result.chosen or "",
+        "onnxferry.verified": "true" if result.verified else "false",
+    }
+    existing = {p.key: p for p in model.proto.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            model.proto.metadata_props.add(key=key, value=value)
+
+
+def _in_memory(model: Model) -> Model:
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    if model.path is not None and model.external_files:
+        load_external_data_for_model(proto, str(model.path.parent))
+    return Model.from_proto(proto)
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, Source):
+        return source.description
+    if isinstance(source, Model):
+        return source.name
+    return type(source).__name__

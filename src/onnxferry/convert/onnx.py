@@ -1,0 +1,103 @@
+"""An existing ONNX model as a conversion source: re-target it to an opset and IR version the
+installed ONNX Runtime loads.
+
+    source = load_onnx("model.onnx", ConvertOptions(opset=17))
+
+The reference is ONNX Runtime on the original when it can load it, else the ONNX reference
+implementation (``onnx.reference``), so a model stamped with an opset too new for the runtime
+is still verified after it is lowered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from ..model import Model
+from ..runtime import OrtRunner, runtime_limits
+from ..signature import Signature
+from .base import Candidate, ConversionError, ConvertOptions, Source
+
+if TYPE_CHECKING:
+    import onnx
+
+
+class ReferenceRunner:
+    """Runs a model with onnx's reference implementation (slow, but needs no runtime)."""
+
+    def __init__(self, model: Model) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        self.model = model
+        self.name = f"{model.name}@onnx.reference"
+        self._evaluator = ReferenceEvaluator(model.proto)
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.signature.validate(feeds)
+        outputs = self._evaluator.run(None, dict(feeds))
+        names = self.signature.output_names
+        return {n: np.asarray(v) for n, v in zip(names, outputs, strict=True)}
+
+
+def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
+    """The model, to be re-targeted to ``options.opset`` (default: the highest the runtime
+    loads, if the model's is higher) and an IR version the runtime loads."""
+    model = source if isinstance(source, Model) else Model.load(source)
+    max_ir, max_opset = runtime_limits()
+    current = model.opset_imports.get("ai.onnx", 0)
+    target = options.opset or min(current, max_opset)
+    try:
+        reference: OrtRunner | ReferenceRunner = OrtRunner(model)
+    except ModelLoadError:
+        reference = ReferenceRunner(model)
+
+    def export(path: Path) -> None:
+        import onnx
+
+        proto = _retarget(model.proto, target, max_ir)
+        onnx.save(proto, str(path))
+
+    return Source(
+        framework="onnx",
+        description=f"ONNX model {model.name} (opset {current}, IR {model.ir_version})",
+        reference=reference,
+        candidates=[Candidate(f"onnx version converter (opset {target})", export)],
+        details={"opset_from": current, "opset_to": target, "reference": reference.name},
+    )
+
+
+def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProto:
+    import onnx
+    from onnx import helper, version_converter
+
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    out = proto
+    if current != opset:
+        try:
+            out = version_converter.convert_version(proto, opset)
+        except Exception as e:
+            message = " ".join(str(e).split())[:300]
+            raise ConversionError(
+                f"onnx cannot convert the model from opset {current} to {opset}: {message}",
+                hint="pick another --opset, or re-export the model from its framework",
+            ) from e
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
+    needed = helper.find_min_ir_version_for(list(out.opset_import), ignore_unknown=True)
+    if needed > max_ir:
+        raise ConversionError(
+            f"opset {opset} needs IR version {needed}, newer than onnxruntime loads ({max_ir})",
+            hint="pick a lower --opset",
+        )
+    out.ir_version = min(out.ir_version, max_ir) if out.ir_version > max_ir else out.ir_version
+    out.ir_version = max(out.ir_version, needed)
+    return out

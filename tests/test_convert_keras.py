@@ -1,0 +1,353 @@
+"""Keras models (.keras files and objects) and TensorFlow SavedModels to ONNX, each exporter
+verified against TensorFlow at two batch sizes."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+import keras
+import tensorflow as tf
+
+from onnxferry.convert.base import ConversionError, ConvertOptions, Source
+from onnxferry.convert.keras import (
+    KerasRunner,
+    SavedModelRunner,
+    load_keras,
+    load_saved_model,
+)
+from onnxferry.errors import FerryError, InputError, UsageError
+from onnxferry.model import Model
+from onnxferry.parity import compare_outputs
+from onnxferry.runtime import OrtRunner, runtime_limits
+
+pytestmark = [
+    pytest.mark.slow,
+    # Keras saving a TF variable on numpy 2 (keras/src/backend/tensorflow/core.py)
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
+
+
+def verify(
+    source: Source, tmp_path: Path, dims: tuple[dict[str, int], dict[str, int]] | None = None
+) -> list[str]:
+    """Export every candidate, load it, and check it against the reference at two shapes.
+
+    Returns the exporters that ran; fails on any candidate whose names or values differ.
+    """
+    dims = dims or ({"batch": 1}, {"batch": 5})
+    reference = source.reference
+    max_ir, max_opset = runtime_limits()
+    exporters = []
+    for index, candidate in enumerate(source.candidates):
+        path = tmp_path / f"candidate{index}.onnx"
+        candidate.export(path)
+        model = Model.load(path)
+        assert model.ir_version <= max_ir
+        assert model.opset_imports["ai.onnx"] <= max_opset
+        assert set(model.opset_imports) == {"ai.onnx"}  # tf2onnx's unused ai.onnx.ml dropped
+        assert model.signature.input_names == reference.signature.input_names
+        assert model.signature.output_names == reference.signature.output_names
+        for spec, want in zip(model.signature.inputs, reference.signature.inputs, strict=True):
+            assert spec.shape == want.shape, candidate.exporter
+        runner = OrtRunner(model)
+        for seed, shape in enumerate(dims):
+            feeds = reference.signature.sample(dims=shape, seed=seed)
+            parity = compare_outputs(
+                [reference.run(feeds)],
+                [runner.run(feeds)],
+                reference_name=reference.name,
+                candidate_name=candidate.exporter,
+            )
+            assert parity.ok, parity.summary()
+            batch = next(iter(feeds.values())).shape[0]
+            assert all(o.cand_shape[0] == batch for o in parity.outputs)
+        exporters.append(candidate.exporter)
+    return exporters
+
+
+def two_io_model() -> Any:
+    """Two inputs (a vector and a small image), Dense + Conv + concat, two outputs."""
+    features = keras.Input((8,), name="features")
+    image = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Dense(5, activation="relu", name="dense")(features)
+    c = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    c = keras.layers.GlobalAveragePooling2D(name="pool")(c)
+    joined = keras.layers.Concatenate(name="cat")([h, c])
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(joined)
+    score = keras.layers.Dense(1, name="score")(joined)
+    return keras.Model([features, image], [probs, score], name="two_io")
+
+
+def dict_model() -> Any:
+    """Dict inputs and dict outputs whose keys differ from the layer names."""
+    x = keras.Input((4,), name="x")
+    y = keras.Input((4,), name="y")
+    s = keras.layers.Add(name="add")([x, y])
+    return keras.Model(
+        {"x": x, "y": y},
+        {"total": keras.layers.Dense(2, name="head")(s), "aux": keras.layers.ReLU(name="r")(s)},
+    )
+
+
+def sequential_model() -> Any:
+    return keras.Sequential(
+        [
+            keras.Input((4,), name="x"),
+            keras.layers.Dense(6, activation="tanh", name="hidden"),
+            keras.layers.LayerNormalization(name="norm"),
+            keras.layers.Dense(2, name="logits"),
+        ]
+    )
+
+
+def built_sequential() -> Any:
+    """A Sequential model built without keras.Input: its input gets Keras' automatic name."""
+    model = keras.Sequential([keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
+    model.build((None, 4))
+    return model
+
+
+def test_keras_object_converts_with_both_exporters(tmp_path: Path) -> None:
+    source = load_keras(two_io_model(), ConvertOptions())
+    sig = source.reference.signature
+    assert sig.input_names == ["features", "image"]
+    assert sig.output_names == ["probs", "score"]
+    assert sig.inputs[1].shape == ("batch", 6, 6, 3)
+    assert sig.outputs[0].shape == ("batch", 3)
+    assert source.framework == "keras"
+    assert verify(source, tmp_path) == ["tf2onnx", "keras export"]
+
+
+def test_keras_file_converts(tmp_path: Path) -> None:
+    path = tmp_path / "two_io.keras"
+    two_io_model().save(path)
+    source = load_keras(path, ConvertOptions())
+    assert str(path) in source.description
+    assert verify(source, tmp_path) == ["tf2onnx", "keras export"]
+
+
+@pytest.mark.parametrize(
+    ("build", "inputs", "outputs"),
+    [
+        (dict_model, ["x", "y"], ["total", "aux"]),
+        (sequential_model, ["x"], ["logits"]),
+        (built_sequential, ["input"], None),
+    ],
+    ids=["dict", "sequential", "built-sequential"],
+)
+def test_output_names_follow_keras(
+    tmp_path: Path, build: Callable[[], Any], inputs: list[str], outputs: list[str] | None
+) -> None:
+    model = build()
+    source = load_keras(model, ConvertOptions())
+    assert source.reference.signature.input_names == inputs
+    assert source.reference.signature.output_names == (outputs or [model.layers[-1].name])
+    verify(source, tmp_path)
+
+
+def test_open_sequence_dim_is_named_and_verified(tmp_path: Path) -> None:
+    tokens = keras.Input((None, 3), name="tokens")
+    h = keras.layers.Conv1D(4, 2, padding="same", name="conv")(tokens)
+    model = keras.Model(tokens, keras.layers.GlobalMaxPooling1D(name="pool")(h))
+    source = load_keras(model, ConvertOptions())
+    assert source.reference.signature.inputs[0].shape == ("batch", "tokens_dim1", 3)
+    verify(source, tmp_path, ({"batch": 1, "tokens_dim1": 5}, {"batch": 3, "tokens_dim1": 9}))
+
+
+def test_token_ids_feeding_an_embedding_get_a_value_range(tmp_path: Path) -> None:
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(50, 4, name="embed")(tokens)
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="head")(h))
+    source = load_keras(model, ConvertOptions())
+    assert source.value_ranges == {"tokens": (0, 50)}
+    assert source.reference.signature.inputs[0].dtype.onnx_name == "INT32"
+    verify(source, tmp_path, ({"batch": 1, "tokens_dim1": 5}, {"batch": 3, "tokens_dim1": 9}))
+
+
+def test_user_axes_name_the_dims(tmp_path: Path) -> None:
+    options = ConvertOptions(dynamic_axes={"features": {0: "n"}, "image": {0: "n"}})
+    source = load_keras(two_io_model(), options)
+    assert source.reference.signature.inputs[0].shape == ("n", 8)
+    assert source.reference.signature.outputs[1].shape == ("n", 1)
+    verify(source, tmp_path, ({"n": 2}, {"n": 7}))
+
+
+def test_opset_past_tf2onnx_is_reached_with_the_version_converter(tmp_path: Path) -> None:
+    opset = min(21, runtime_limits()[1])
+    source = load_keras(sequential_model(), ConvertOptions(opset=opset))
+    verify(source, tmp_path)
+    for index in range(len(source.candidates)):
+        assert Model.load(tmp_path / f"candidate{index}.onnx").opset_imports["ai.onnx"] == opset
+
+
+def test_lambda_layer_needs_trust(tmp_path: Path) -> None:
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Lambda(lambda t: t * 2.0 + 1.0, name="affine")(x))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(InputError, match="trust_pickle") as caught:
+        load_keras(path, ConvertOptions())
+    assert_one_line(caught.value)
+    verify(load_keras(path, ConvertOptions(trust_pickle=True)), tmp_path)
+
+
+def test_saved_model_of_a_module(tmp_path: Path) -> None:
+    class Affine(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.w = tf.Variable(rng.standard_normal((4, 3)).astype(np.float32))
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[
+                tf.TensorSpec((None, 4), tf.float32, name="x"),
+                tf.TensorSpec((None, 3), tf.float32, name="bias"),
+            ]
+        )
+        def __call__(self, x: Any, bias: Any) -> dict[str, Any]:
+            y = tf.matmul(x, self.w) + bias
+            return {"y": y, "relu": tf.nn.relu(y)}
+
+    module = Affine()
+    tf.saved_model.save(module, str(tmp_path / "affine"))
+    source = load_saved_model(tmp_path / "affine", ConvertOptions())
+    assert source.framework == "tf"
+    assert source.reference.signature.input_names == ["bias", "x"]
+    assert source.reference.signature.output_names == ["relu", "y"]
+    assert verify(source, tmp_path) == ["tf2onnx"]
+
+
+def test_saved_model_exported_by_keras(tmp_path: Path) -> None:
+    two_io_model().export(str(tmp_path / "export"), verbose=False)
+    source = load_saved_model(tmp_path / "export", ConvertOptions())
+    assert isinstance(source.reference, SavedModelRunner)
+    assert source.reference.signature.input_names == ["features", "image"]
+    assert source.reference.signature.output_names == ["output_0", "output_1"]
+    verify(source, tmp_path)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def assert_one_line(error: FerryError) -> None:
+    assert error.exit_code == 2
+    assert "\n" not in str(error)
+    assert len(str(error)) < 500
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (os.urandom(256), "not a zip archive"),
+        (None, "no config.json"),
+        (b"", "not a zip archive"),
+    ],
+    ids=["random-bytes", "zip-without-config", "empty"],
+)
+def test_bad_keras_file(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "model.keras"
+    if content is None:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a model")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as caught:
+        load_keras(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_keras_archive_with_broken_config(tmp_path: Path) -> None:
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("metadata.json", "{}")
+    with pytest.raises(InputError, match="Keras cannot load") as caught:
+        load_keras(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_missing_keras_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file") as caught:
+        load_keras(tmp_path / "absent.keras", ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_not_a_model_object() -> None:
+    with pytest.raises(UsageError, match=r"keras\.Model") as caught:
+        load_keras(42, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_subclassed_model_without_inputs() -> None:
+    class Doubler(keras.Model):  # type: ignore[misc]
+        def call(self, x: Any) -> Any:
+            return x * 2
+
+    with pytest.raises(UsageError, match="declares no inputs") as caught:
+        KerasRunner(Doubler())
+    assert_one_line(caught.value)
+
+
+def test_saved_model_dir_without_pb(tmp_path: Path) -> None:
+    (tmp_path / "variables").mkdir()
+    with pytest.raises(InputError, match=r"no saved_model\.pb") as caught:
+        load_saved_model(tmp_path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_saved_model_with_corrupt_pb(tmp_path: Path) -> None:
+    (tmp_path / "saved_model.pb").write_bytes(os.urandom(64))
+    with pytest.raises(InputError, match="cannot load the SavedModel") as caught:
+        load_saved_model(tmp_path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_saved_model_without_the_signature(tmp_path: Path) -> None:
+    two_io_model().export(str(tmp_path / "export"), verbose=False)
+    with pytest.raises(InputError, match="no signature 'predict'") as caught:
+        load_saved_model(tmp_path / "export", ConvertOptions(), signature_key="predict")
+    assert_one_line(caught.value)
+
+
+def test_opset_newer_than_the_runtime() -> None:
+    opset = runtime_limits()[1] + 1
+    with pytest.raises(UsageError, match=f"opset {opset} is newer") as caught:
+        load_keras(sequential_model(), ConvertOptions(opset=opset))
+    assert_one_line(caught.value)
+
+
+class Bessel(keras.layers.Layer):  # type: ignore[misc]
+    """A layer whose TF op (BesselI0e) tf2onnx cannot convert."""
+
+    def call(self, x: Any) -> Any:
+        return tf.math.special.bessel_i0e(x)
+
+
+def test_unsupported_op_names_the_op_and_the_layer(tmp_path: Path) -> None:
+    x = keras.Input((4,), name="x")
+    y = Bessel(name="special")(keras.layers.Dense(4, name="dense")(x))
+    source = load_keras(keras.Model(x, y), ConvertOptions())
+    assert np.isfinite(source.reference.run({"x": np.ones((2, 4), np.float32)})["special"]).all()
+    for candidate in source.candidates:
+        path = tmp_path / "unsupported.onnx"
+        with pytest.raises(ConversionError, match="BesselI0e") as caught:
+            candidate.export(path)
+        assert "'special'" in str(caught.value), candidate.exporter
+        assert "--opset" in str(caught.value)
+        assert_one_line(caught.value)
+        assert not path.exists()

@@ -1,0 +1,165 @@
+"""TFLite flatbuffers to ONNX with tf2onnx, verified against the TFLite interpreter at two
+batch sizes; corrupt files are refused with one line (and never crash the process)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+import keras
+import tensorflow as tf
+
+from onnxferry.convert.base import ConversionError, ConvertOptions
+from onnxferry.convert.keras import convert_with_tf2onnx
+from onnxferry.convert.tflite import TFLiteRunner, load_tflite
+from onnxferry.errors import FeedError, FerryError, InputError
+from onnxferry.model import Model
+from onnxferry.parity import compare_outputs
+from onnxferry.runtime import OrtRunner, runtime_limits
+
+pytestmark = pytest.mark.slow
+
+
+def keras_model() -> Any:
+    features = keras.Input((8,), name="features")
+    image = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Dense(5, activation="relu", name="dense")(features)
+    c = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    c = keras.layers.GlobalAveragePooling2D(name="pool")(c)
+    joined = keras.layers.Concatenate(name="cat")([h, c])
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(joined)
+    score = keras.layers.Dense(1, name="score")(joined)
+    return keras.Model([features, image], [probs, score], name="two_io")
+
+
+@pytest.fixture(scope="module")
+def flatbuffer() -> bytes:
+    blob: bytes = tf.lite.TFLiteConverter.from_keras_model(keras_model()).convert()
+    return blob
+
+
+@pytest.fixture
+def tflite_path(tmp_path: Path, flatbuffer: bytes) -> Path:
+    path = tmp_path / "two_io.tflite"
+    path.write_bytes(flatbuffer)
+    return path
+
+
+def test_tflite_converts_and_matches_the_interpreter(tmp_path: Path, tflite_path: Path) -> None:
+    source = load_tflite(tflite_path, ConvertOptions())
+    reference = source.reference
+    assert source.framework == "tflite"
+    assert reference.signature.input_names == ["features", "image"]
+    assert reference.signature.output_names == ["output_0", "output_1"]
+    assert reference.signature.inputs[1].shape == ("batch", 6, 6, 3)
+    assert [c.exporter for c in source.candidates] == ["tf2onnx"]
+    path = tmp_path / "two_io.onnx"
+    source.candidates[0].export(path)
+    model = Model.load(path)
+    assert model.signature.input_names == reference.signature.input_names
+    assert model.signature.output_names == reference.signature.output_names
+    assert model.signature.inputs[0].shape == ("batch", 8)
+    assert model.ir_version <= runtime_limits()[0]
+    assert model.opset_imports["ai.onnx"] == min(17, runtime_limits()[1])
+    runner = OrtRunner(model)
+    for seed, batch in enumerate((1, 6)):
+        feeds = reference.signature.sample(dims={"batch": batch}, seed=seed)
+        parity = compare_outputs(
+            [reference.run(feeds)], [runner.run(feeds)], reference_name=reference.name
+        )
+        assert parity.ok, parity.summary()
+        assert parity.outputs[0].cand_shape == (batch, 3)
+
+
+def test_the_interpreter_runs_any_batch_after_another(tflite_path: Path) -> None:
+    runner = TFLiteRunner(tflite_path, probe=False)
+    small = runner.signature.sample(dims={"batch": 1}, seed=1)
+    large = runner.signature.sample(dims={"batch": 3}, seed=2)
+    first = runner.run(small)["output_0"]
+    assert runner.run(large)["output_0"].shape == (3, 3)
+    np.testing.assert_array_equal(runner.run(small)["output_0"], first)
+
+
+def test_a_static_dim_cannot_change(tflite_path: Path) -> None:
+    runner = TFLiteRunner(tflite_path, ConvertOptions(dynamic_axes={}), probe=False)
+    assert runner.signature.inputs[0].shape == (None, 8)
+    feeds = runner.signature.sample(seed=0)
+    feeds["image"] = np.zeros((1, 5, 5, 3), np.float32)
+    with pytest.raises(FeedError, match="image"):
+        runner.run(feeds)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def assert_one_line(error: FerryError) -> None:
+    assert error.exit_code == 2
+    assert "\n" not in str(error)
+    assert len(str(error)) < 500
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "model.tflite"
+    path.write_bytes(np.random.default_rng(0).bytes(512))
+    with pytest.raises(InputError, match="not a TFLite flatbuffer") as caught:
+        load_tflite(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_truncated_flatbuffer(tmp_path: Path, flatbuffer: bytes, fraction: float) -> None:
+    path = tmp_path / "model.tflite"
+    path.write_bytes(flatbuffer[: int(len(flatbuffer) * fraction)])
+    with pytest.raises(InputError, match="corrupt or truncated") as caught:
+        load_tflite(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_a_flatbuffer_that_crashes_the_interpreter(tmp_path: Path, flatbuffer: bytes) -> None:
+    """A string length past its end: the interpreter segfaults; the check runs it aside."""
+    data = bytearray(flatbuffer)
+    at = data.find(b"CONVERSION_METADATA")
+    assert at > 0
+    data[at - 2] = 162  # the third byte of the string's length
+    path = tmp_path / "model.tflite"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="crashes on this file") as caught:
+        load_tflite(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_not_a_file(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "model.tflite"
+    if kind == "directory":
+        path.mkdir()
+    with pytest.raises(InputError, match="not a TFLite model") as caught:
+        load_tflite(path, ConvertOptions())
+    assert_one_line(caught.value)
+
+
+def test_unsupported_tflite_op_is_named() -> None:
+    """tf2onnx logs only a summary for TFLite ops it cannot map; the error names them."""
+
+    def convert(opset: int) -> onnx.ModelProto:
+        logging.getLogger("tf2onnx.tfonnx").error(
+            "Unsupported ops: %s", Counter({"TFL_FANCY": 1, "TFL_OTHER": 2})
+        )
+        return onnx.ModelProto()
+
+    with pytest.raises(ConversionError, match=r"TFLite op TFL_FANCY .*also TFL_OTHER") as caught:
+        convert_with_tf2onnx(convert, 17, framework="TFLite")
+    assert "--opset" in str(caught.value)
+    assert_one_line(caught.value)

@@ -1,0 +1,514 @@
+"""The PyTorch loader: every model is exported by each candidate and checked against torch.
+
+Each test builds a tiny model in-process, loads it with ``load_torch``, exports it with each
+exporter to ``tmp_path``, and compares ONNX Runtime with the module on the same feeds at two
+batch sizes (and two sequence lengths where the model has one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from onnxferry.convert.base import ConversionError, ConvertOptions, Source
+from onnxferry.convert.torch import DYNAMO, TORCHSCRIPT, load_torch
+from onnxferry.errors import FerryError
+from onnxferry.model import Model
+from onnxferry.parity import Parity, Tolerance, compare_outputs
+from onnxferry.runtime import OrtRunner
+
+Feeds = dict[str, np.ndarray]
+
+
+def export_all(source: Source, tmp_path: Path) -> dict[str, Model | ConversionError]:
+    """Each candidate's exported model, or the ConversionError it raised."""
+    models: dict[str, Model | ConversionError] = {}
+    for i, candidate in enumerate(source.candidates):
+        path = tmp_path / f"candidate{i}" / "model.onnx"
+        path.parent.mkdir(parents=True)
+        try:
+            candidate.export(path)
+        except ConversionError as e:
+            models[candidate.exporter] = e
+            continue
+        models[candidate.exporter] = Model.load(path)
+    return models
+
+
+def parity(source: Source, model: Model, feeds: Sequence[Feeds]) -> Parity:
+    """ONNX Runtime on ``model`` against the torch reference on the same feeds."""
+    runner = OrtRunner(model)
+    return compare_outputs(
+        [source.reference.run(f) for f in feeds],
+        [runner.run(f) for f in feeds],
+        Tolerance(atol=1e-4, rtol=1e-3),
+        reference_name=source.reference.name,
+        candidate_name=model.name,
+    )
+
+
+def check_exports(
+    source: Source, tmp_path: Path, feeds: Sequence[Feeds]
+) -> dict[str, Parity | ConversionError]:
+    """Every candidate's parity on ``feeds`` (or its export error)."""
+    results: dict[str, Parity | ConversionError] = {}
+    for exporter, model in export_all(source, tmp_path).items():
+        results[exporter] = (
+            model if isinstance(model, ConversionError) else parity(source, model, feeds)
+        )
+    return results
+
+
+def assert_passes(result: Parity | ConversionError) -> None:
+    assert isinstance(result, Parity), f"export failed: {result}"
+    assert result.ok, result.summary()
+
+
+def samples(source: Source, *dims: Mapping[str, int]) -> list[Feeds]:
+    signature = source.reference.signature
+    return [signature.sample(dims=d, seed=i) for i, d in enumerate(dims)]
+
+
+def assert_one_line(error: FerryError) -> None:
+    assert "\n" not in str(error)
+    assert error.exit_code == 2
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(4, 5)
+        mean, var = self.bn.running_mean, self.bn.running_var
+        assert mean is not None and var is not None
+        with torch.no_grad():  # running statistics that are not the identity
+            mean.uniform_(-0.5, 0.5)
+            var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(image)))
+        out: torch.Tensor = self.fc(self.pool(x).flatten(1))
+        return out
+
+
+class Tagger(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(4, 6, batch_first=True)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, (hidden, _) = self.rnn(x)
+        return self.head(out), hidden
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: which layer runs depends on the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(4, 4)
+        self.down = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def positive(t: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.up(t))
+
+        def negative(t: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.down(t) - 1.0
+            return out
+
+        result: torch.Tensor = torch.cond(x.sum() > 0, positive, negative, (x,))
+        return result
+
+
+class Scripted(torch.nn.Module):
+    """TorchScript control flow: an If on the values and a Loop over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(x)
+        if bool(y.sum() > 0):
+            y = y * 2.0
+        for _ in range(x.shape[0]):
+            y = y + 0.5
+        return y
+
+
+class ThreeLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(4, 8)
+        self.fc2 = torch.nn.Linear(8, 8)
+        self.fc3 = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        out: torch.Tensor = self.fc3(x)
+        return out
+
+
+@torch.library.custom_op("ferry_test::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@double.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Doubler(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = double(x)
+        return out
+
+
+class WithCustomOp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+        self.block = Doubler()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.block(self.fc(x))
+        return out
+
+
+class TwoInputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+# --- conversions -----------------------------------------------------------------------------
+
+
+def test_cnn_with_batchnorm_matches_with_both_exporters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = load_torch(ConvNet(), ConvertOptions(), example_inputs=(torch.randn(2, 3, 8, 8),))
+
+    spec = source.reference.signature
+    assert [(s.name, s.shape) for s in spec.inputs] == [("image", ("batch", 3, 8, 8))]
+    assert [(s.name, s.shape) for s in spec.outputs] == [("output_0", ("batch", 5))]
+    assert source.find_divergence is not None
+    results = check_exports(source, tmp_path, samples(source, {"batch": 1}, {"batch": 3}))
+    assert set(results) == {DYNAMO, TORCHSCRIPT}
+    for result in results.values():
+        assert_passes(result)
+
+
+def test_lstm_with_dynamic_batch_and_sequence(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    options = ConvertOptions(
+        input_shapes={"x": (2, 5, 4)}, dynamic_axes={"x": {0: "batch", 1: "seq"}}
+    )
+    source = load_torch(Tagger(), options)
+
+    spec = source.reference.signature
+    assert spec.inputs[0].shape == ("batch", "seq", 4)
+    assert [(s.name, s.shape) for s in spec.outputs] == [
+        ("output_0", ("batch", "seq", 3)),
+        ("output_1", (1, "batch", 6)),
+    ]
+    feeds = samples(source, {"batch": 1, "seq": 3}, {"batch": 3, "seq": 7})
+    results = check_exports(source, tmp_path, feeds)
+    for result in results.values():
+        assert_passes(result)
+    for i in range(2):  # one ONNX LSTM, its sequence axis dynamic, from both exporters
+        model = Model.load(tmp_path / f"candidate{i}" / "model.onnx")
+        assert model.ops_histogram["LSTM"] == 1
+        assert model.signature.outputs[0].shape == ("batch", "seq", 3)
+
+
+def test_data_dependent_branch_exports_only_with_dynamo(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = load_torch(Branchy(), ConvertOptions(), example_inputs=(torch.randn(2, 4),))
+
+    rng = np.random.default_rng(0)
+    positive = np.abs(rng.standard_normal((2, 4))).astype(np.float32)
+    negative = -np.abs(rng.standard_normal((5, 4))).astype(np.float32)
+    results = check_exports(source, tmp_path, [{"x": positive}, {"x": negative}])
+    assert_passes(results[DYNAMO])
+    assert isinstance(results[TORCHSCRIPT], ConversionError)  # tracing cannot take torch.cond
+    model = Model.load(tmp_path / "candidate0" / "model.onnx")
+    assert "If" in model.ops_histogram
+
+
+def bert_feeds(batch: int, seq: int, seed: int) -> Feeds:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, seq // 2 :] = 0  # the first row is padded, the others are not
+    return {
+        "input_ids": rng.integers(0, 100, (batch, seq)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": (rng.random((batch, seq)) < 0.5).astype(np.int64),
+    }
+
+
+@pytest.mark.slow
+def test_bert_encoder_with_keyword_inputs_and_padding(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        vocab_size=100,
+    )
+    bert = transformers.BertModel(config)
+    example = {k: torch.from_numpy(v) for k, v in bert_feeds(2, 6, seed=9).items()}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    options = ConvertOptions(dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+    source = load_torch(bert, options, example_inputs=example)
+
+    spec = source.reference.signature
+    assert spec.input_names == names
+    assert all(s.shape == ("batch", "seq") for s in spec.inputs)
+    assert [(s.name, s.shape) for s in spec.outputs] == [
+        ("last_hidden_state", ("batch", "seq", 32)),
+        ("pooler_output", ("batch", 32)),
+    ]
+    assert source.value_ranges == {"input_ids": (0, 100), "token_type_ids": (0, 2)}
+    assert not bert.training
+    feeds = [bert_feeds(2, 5, seed=0), bert_feeds(3, 9, seed=1)]
+    results = check_exports(source, tmp_path, feeds)
+    for result in results.values():
+        assert_passes(result)
+
+
+def test_factory_file_returning_module_and_inputs(tmp_path: Path) -> None:
+    factory = tmp_path / "model_factory.py"
+    factory.write_text(
+        "import torch\n"
+        "\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = torch.nn.Linear(4, 6)\n"
+        "        self.head = torch.nn.Linear(6, 2)\n"
+        "\n"
+        "    def forward(self, features, scale):\n"
+        "        hidden = torch.tanh(self.body(features))\n"
+        "        return {'logits': self.head(hidden) * scale, 'hidden': (hidden, hidden + 1)}\n"
+        "\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return Net(), (torch.randn(2, 4), torch.ones(2, 1))\n"
+    )
+    source = load_torch(f"{factory}:make", ConvertOptions())
+
+    spec = source.reference.signature
+    assert spec.input_names == ["features", "scale"]
+    assert [(s.name, s.shape) for s in spec.outputs] == [
+        ("logits", ("batch", 2)),
+        ("hidden_0", ("batch", 6)),
+        ("hidden_1", ("batch", 6)),
+    ]
+    assert "model_factory.py:make" in source.description
+    results = check_exports(source, tmp_path, samples(source, {"batch": 1}, {"batch": 4}))
+    for result in results.values():
+        assert_passes(result)
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(script|save)` is deprecated:DeprecationWarning")
+def test_torchscript_file_with_control_flow(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(Scripted().eval()), str(path))
+    source = load_torch(path, ConvertOptions(input_shapes={"x": (2, 4)}))
+
+    assert source.details["source_kind"] == "torchscript"
+    assert source.find_divergence is None
+    rng = np.random.default_rng(0)
+    big = (np.abs(rng.standard_normal((3, 4))) * 10).astype(np.float32)
+    small = (-np.abs(rng.standard_normal((1, 4))) * 10).astype(np.float32)
+    feeds = [{"x": big}, {"x": small}]
+    results = check_exports(source, tmp_path, feeds)
+    assert_passes(results[TORCHSCRIPT])
+    model = Model.load(tmp_path / "candidate1" / "model.onnx")
+    assert {"If", "Loop"} <= set(model.ops_histogram)
+    # torch's TorchScript -> ExportedProgram converter stops at prim::Loop (torch 2.13)
+    dynamo = results[DYNAMO]
+    assert isinstance(dynamo, ConversionError)
+    assert "prim::Loop" in str(dynamo)
+    assert_one_line(dynamo)
+
+
+def test_exported_program_file_gets_only_the_dynamo_exporter(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    batch = torch.export.Dim("b")
+    program = torch.export.export(
+        ThreeLayers().eval(), (torch.randn(2, 4),), dynamic_shapes={"x": {0: batch}}
+    )
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+    source = load_torch(path, ConvertOptions())
+
+    assert [c.exporter for c in source.candidates] == [DYNAMO]
+    assert source.reference.signature.inputs[0].shape == ("batch", 4)
+    assert source.reference.signature.outputs[0].shape == ("batch", 2)
+    results = check_exports(source, tmp_path, samples(source, {"batch": 1}, {"batch": 5}))
+    assert_passes(results[DYNAMO])
+    model = Model.load(tmp_path / "candidate0" / "model.onnx")
+    assert model.signature.inputs[0].shape == ("batch", 4)
+
+
+def test_sample_inputs_name_the_inputs_and_set_their_dtypes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    sample = {
+        "y": rng.standard_normal((2, 3)).astype(np.float64),
+        "x": rng.standard_normal((2, 3)).astype(np.float64),
+    }
+    source = load_torch(TwoInputs(), ConvertOptions(sample_inputs=[sample]))
+
+    spec = source.reference.signature
+    assert [(s.name, s.dtype.onnx_name, s.shape) for s in spec.inputs] == [
+        ("x", "DOUBLE", ("batch", 3)),
+        ("y", "DOUBLE", ("batch", 3)),
+    ]
+    assert source.details["inputs_by"] == "position"
+    results = check_exports(source, tmp_path, samples(source, {"batch": 1}, {"batch": 6}))
+    for result in results.values():
+        assert_passes(result)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_factory_that_raises(tmp_path: Path) -> None:
+    factory = tmp_path / "broken.py"
+    factory.write_text("def make():\n    raise RuntimeError('weights not found\\nsecond line')\n")
+    with pytest.raises(ConversionError, match="weights not found") as info:
+        load_torch(f"{factory}:make", ConvertOptions())
+    assert_one_line(info.value)
+    assert "second line" not in str(info.value)
+
+
+def test_factory_function_that_does_not_exist(tmp_path: Path) -> None:
+    factory = tmp_path / "factory.py"
+    factory.write_text("def build():\n    return None\n")
+    with pytest.raises(FerryError, match="no function 'make'") as info:
+        load_torch(f"{factory}:make", ConvertOptions())
+    assert_one_line(info.value)
+    assert "build" in str(info.value)
+
+
+def test_missing_forward_argument_is_named() -> None:
+    with pytest.raises(ConversionError, match="'y'") as info:
+        load_torch(TwoInputs(), ConvertOptions(), example_inputs=(torch.randn(2, 3),))
+    assert_one_line(info.value)
+    with pytest.raises(ConversionError, match="--input-shape x=") as info:
+        load_torch(TwoInputs(), ConvertOptions())
+    assert_one_line(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        np.random.default_rng(0).bytes(512),
+        b"PK\x05\x06" + bytes(18),  # an empty zip archive
+    ],
+    ids=["random-bytes", "empty-zip"],
+)
+def test_file_that_is_not_a_torch_model(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(FerryError, match="not a TorchScript") as info:
+        load_torch(path, ConvertOptions(input_shapes={"x": (1, 4)}))
+    assert_one_line(info.value)
+
+
+def test_keras_archive_named_pt(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as archive:  # the layout of a .keras file
+        archive.writestr("metadata.json", "{}")
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", b"\x89HDF\r\n")
+    with pytest.raises(FerryError, match="not a TorchScript") as info:
+        load_torch(path, ConvertOptions())
+    assert_one_line(info.value)
+
+
+def test_pickled_module_needs_trust(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save(ThreeLayers(), str(path))
+    with pytest.raises(FerryError, match="--trust-pickle") as info:
+        load_torch(path, ConvertOptions(input_shapes={"x": (2, 4)}))
+    assert_one_line(info.value)
+
+
+def test_unsupported_operator_is_named_with_its_module(tmp_path: Path) -> None:
+    source = load_torch(WithCustomOp(), ConvertOptions(), example_inputs=(torch.randn(2, 4),))
+    results = export_all(source, tmp_path)
+
+    dynamo, torchscript = results[DYNAMO], results[TORCHSCRIPT]
+    assert isinstance(dynamo, ConversionError)
+    assert "ferry_test::double" in str(dynamo)
+    assert "'block'" in str(dynamo)
+    assert "--opset" in str(dynamo)
+    assert_one_line(dynamo)
+    assert isinstance(torchscript, ConversionError)
+    assert "ferry_test::double" in str(torchscript)
+    assert "'block'" in str(torchscript)
+    assert_one_line(torchscript)
+
+
+# --- bisection -------------------------------------------------------------------------------
+
+
+def scaled(model: Model, initializer: str, factor: float) -> Model:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for i, tensor in enumerate(proto.graph.initializer):
+        if tensor.name == initializer:
+            array = numpy_helper.to_array(tensor) * np.float32(factor)
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, initializer))
+            return Model.from_proto(proto)
+    raise KeyError(initializer)
+
+
+def test_find_divergence_names_the_first_module_that_differs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = load_torch(ThreeLayers(), ConvertOptions(), example_inputs=(torch.randn(2, 4),))
+    models = export_all(source, tmp_path)
+    exported, traced = models[DYNAMO], models[TORCHSCRIPT]
+    assert isinstance(exported, Model) and isinstance(traced, Model)
+    feeds = samples(source, {"batch": 2}, {"batch": 3})
+    assert source.find_divergence is not None
+    tolerance = Tolerance()
+
+    assert parity(source, exported, feeds).ok
+    assert source.find_divergence(exported, feeds[0], tolerance) is None
+
+    broken = scaled(exported, "fc2.weight", 1.5)
+    assert not parity(source, broken, feeds).ok
+    divergence = source.find_divergence(broken, feeds[0], tolerance)
+    assert divergence is not None
+    assert divergence.node == "fc2"
+    assert divergence.max_abs is not None and divergence.max_abs > 1e-3
+    assert divergence.tensor in {o for n in broken.proto.graph.node for o in n.output}
+
+    # the TorchScript exporter records no module scopes: nothing to map, no answer
+    assert source.find_divergence(scaled(traced, "fc2.weight", 1.5), feeds[0], tolerance) is None
