@@ -13,7 +13,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[torch]'
 	touch $@
 
 $(DEVSTAMP): $(STAMP)
@@ -21,10 +21,13 @@ $(DEVSTAMP): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/ferry check $(EXAMPLE)/model.onnx
-	$(VENV)/bin/ferry test $(EXAMPLE)/model.onnx $(EXAMPLE) --report build/demo/test.json
-	$(VENV)/bin/ferry bench $(EXAMPLE)/model.onnx --batch 1,8 --duration 1 --report build/demo/bench.json
-	@echo "demo reports: build/demo/test.json build/demo/bench.json"
+	$(VENV)/bin/ferry convert $(EXAMPLE)/model.py:build -o build/demo/model.onnx \
+		--report build/demo/convert.json
+	$(VENV)/bin/ferry check build/demo/model.onnx --report build/demo/check.json
+	$(VENV)/bin/ferry test build/demo/model.onnx $(EXAMPLE) --report build/demo/test.json
+	$(VENV)/bin/ferry bench build/demo/model.onnx $(EXAMPLE)/model.onnx --batch 1,8 \
+		--duration 1 --report build/demo/bench.json
+	@echo "demo reports: build/demo/convert.json check.json test.json bench.json"
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check .

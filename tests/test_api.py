@@ -5,7 +5,8 @@ from __future__ import annotations
 import onnxferry
 
 EXPECTED = {
-    "BenchResult", "BenchSuite", "CheckResult", "DType", "DataError", "Divergence",
+    "BenchResult", "BenchSuite", "CheckResult", "ConversionError", "ParityFailure", "convert",
+    "DType", "DataError", "Divergence",
     "FeedError", "FerryError", "Finding", "GoldenResult", "InputError", "InvalidModelError",
     "Model", "ModelInfo", "ModelLoadError", "OrtRunner", "OutputParity", "Parity",
     "ProviderError", "Report", "Runner", "SessionConfig", "Signature", "Table", "TensorSpec",

@@ -7,14 +7,15 @@
     report = onnxferry.compare("model.onnx", "model_fp16.onnx")
     print(report.to_text())
 
-Judging verbs (inspect, check, compare, test, bench) return a Report; the `ferry` command
-wraps each of them.
+Transforming verbs (convert) return a Model whose ``provenance`` holds their reports; judging
+verbs (inspect, check, compare, test, bench) return a Report. The `ferry` command wraps each.
 """
 
 from ._version import __version__
 from .bench import BenchResult, BenchSuite, bench
 from .check import CheckResult, Finding, check
 from .compare import compare
+from .convert import ConversionError, ParityFailure, convert
 from .data import TestCase, load_feeds, load_test_cases, save_test_case
 from .errors import (
     DataError,
@@ -40,6 +41,7 @@ __all__ = [
     "BenchResult",
     "BenchSuite",
     "CheckResult",
+    "ConversionError",
     "DType",
     "DataError",
     "Divergence",
@@ -55,6 +57,7 @@ __all__ = [
     "OrtRunner",
     "OutputParity",
     "Parity",
+    "ParityFailure",
     "ProviderError",
     "Report",
     "Runner",
@@ -73,6 +76,7 @@ __all__ = [
     "check",
     "compare",
     "compare_outputs",
+    "convert",
     "inspect",
     "load_feeds",
     "load_test_cases",

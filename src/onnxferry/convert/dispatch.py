@@ -31,6 +31,8 @@ from ..runtime import OrtRunner, runtime_limits
 from .base import Candidate, ConversionError, ConvertOptions, ParityFailure, Source
 
 FRAMEWORKS = ("torch", "keras", "tf", "tflite", "sklearn", "onnx")
+SAME_SPEED = 0.05
+"""Latencies closer than this fraction count as equal: the preferred exporter is kept."""
 
 
 @dataclass
@@ -94,7 +96,10 @@ class Conversion:
         rows = []
         for a in self.attempts:
             worst = a.parity.worst if a.parity else None
-            detail = a.error or (a.parity.summary() if a.parity else "not verified")
+            if a.error or a.parity is None:
+                detail = a.error or "not verified"
+            else:
+                detail = "outputs match" if a.parity.ok else a.parity.summary()
             rows.append(
                 (
                     a.exporter,
@@ -109,6 +114,8 @@ class Conversion:
         columns = ("exporter", "result", "max abs", "worst", "p50 ms", "export s", "detail")
         shapes = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in self.shapes)
         tables = [Table(f"convert {self.source} ({self.framework}) on {shapes}", columns, rows)]
+        if self.chosen is not None:
+            tables.append(Table("choice", ("kept", "why"), [(self.chosen, self.reason)]))
         if self.divergence is not None:
             d = self.divergence
             tables.append(
@@ -384,18 +391,27 @@ def _choose(
 
     for attempt in passed:
         session = create_session(models[attempt.exporter])
-        latencies = measure(session, feeds[-1], warmup=5, iterations=50)
+        latencies = measure(session, feeds[-1], warmup=10, iterations=200)
         attempt.latency_ms = float(np.median(latencies) * 1e3)
-    passed.sort(key=lambda a: a.latency_ms or 0.0)
-    best, runner_up = passed[0], passed[1]
+    order = {a.exporter: i for i, a in enumerate(result.attempts)}
+    fastest = min(passed, key=lambda a: a.latency_ms or 0.0)
+    first = min(passed, key=lambda a: order[a.exporter])
+    times = ", ".join(f"{a.exporter} {a.latency_ms:.3f} ms" for a in passed)
+    if (first.latency_ms or 0.0) <= (fastest.latency_ms or 0.0) * (1 + SAME_SPEED):
+        best = first
+        result.reason = (
+            f"all passed parity and run equally fast under ONNX Runtime (p50 {times}: within "
+            f"{SAME_SPEED:.0%}); kept the first in preference order, {first.exporter}"
+        )
+    else:
+        best = fastest
+        speedup = (first.latency_ms or 0.0) / max(fastest.latency_ms or 0.0, 1e-9)
+        result.reason = (
+            f"all passed parity; {fastest.exporter} runs {speedup:.2f}x as fast as "
+            f"{first.exporter} under ONNX Runtime (p50 {times})"
+        )
     best.status = "chosen"
     result.chosen = best.exporter
-    speedup = (runner_up.latency_ms or 0.0) / max(best.latency_ms or 0.0, 1e-9)
-    result.reason = (
-        f"both passed parity; {best.exporter} runs {speedup:.2f}x as fast as "
-        f"{runner_up.exporter} under ONNX Runtime (p50 {best.latency_ms:.3f} ms vs "
-        f"{runner_up.latency_ms:.3f} ms)"
-    )
 
 
 def _fail(
