@@ -301,7 +301,6 @@ def _measure(
     run = session.run_with_ort_values if ortvalues else session.run
     for _ in range(warmup):
         run(names, feeds)
-    gc.collect()
     if concurrency == 1:
         start = time.perf_counter()
         lat = _loop(run, names, feeds, iterations, duration, start, on_progress)
