@@ -237,3 +237,17 @@ def test_cli_convert_wrong_framework_file(
     code, _, err = _ferry(capsys, "convert", src, "-o", tmp_path / "o.onnx", "--framework", "onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_parity_failure_names_the_first_divergence(tmp_path: Path) -> None:
+    from onnxferry.bisect import bisect
+
+    reference = Model.from_proto(mlp())
+    source = _source(("off", mlp(noise=0.2)))
+    source.find_divergence = lambda model, feeds, tol: bisect(reference, model, feeds, tol)
+    with pytest.raises(ParityFailure) as info:
+        convert(source, tmp_path / "m.onnx")
+    result = info.value.report.result
+    assert result.divergence is not None
+    assert (result.divergence.tensor, result.divergence.node) == ("l0", "fc2")
+    assert "first divergence" in info.value.report.to_text()
