@@ -17,6 +17,7 @@ code): an .npz holding object arrays is refused. Anything unreadable raises ``Da
 from __future__ import annotations
 
 import re
+import struct
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,20 @@ _LAYOUTS = (
     "test_data_set_N directories (the ONNX model zoo layout), an .npz file or a directory "
     "of .npz files"
 )
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+_NPZ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    KeyError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,  # zipfile: an unsupported compression method
+    RuntimeError,  # zipfile: a member marked as encrypted
+)
+"""What numpy and zipfile raise on a corrupt .npz / .npy (the bytes are untrusted)."""
 
 
 @dataclass
@@ -544,7 +558,7 @@ def _check_magic(path: Path, magics: tuple[bytes, ...], kind: str) -> None:
 
 
 def _npy_error(path: Path, e: Exception) -> DataError:
-    text = str(e)
+    text = " ".join(str(e).split()) or type(e).__name__
     if "allow_pickle" in text or "pickled" in text:
         return DataError(
             f"{path} holds object arrays, which need pickle to load; onnxferry never unpickles "

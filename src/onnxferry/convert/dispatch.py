@@ -116,6 +116,9 @@ class Conversion:
         tables = [Table(f"convert {self.source} ({self.framework}) on {shapes}", columns, rows)]
         if self.chosen is not None:
             tables.append(Table("choice", ("kept", "why"), [(self.chosen, self.reason)]))
+            kept = next(a for a in self.attempts if a.exporter == self.chosen)
+            if kept.parity is not None:  # per output: errors, top-1, exact match (1 - flips)
+                tables.extend(kept.parity.tables())
         if self.divergence is not None:
             d = self.divergence
             tables.append(
