@@ -253,3 +253,40 @@ def test_tflite_random_bytes(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert code == 2
     one_line(err)
     assert not (tmp_path / "o.onnx").exists()
+
+
+# --- compare an ONNX model with its source -------------------------------------------------
+
+
+def test_compare_model_with_its_torch_source(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, factory: Path
+) -> None:
+    out = tmp_path / "net.onnx"
+    shape = ("--input-shape", "image=2x3x8x8")
+    assert ferry(capsys, "convert", f"{factory}:make", "-o", out, *shape)[0] == 0
+    code, report, _ = ferry(capsys, "compare", out, f"{factory}:make", *shape, "--json")
+    assert code == 0 and report["ok"]
+    assert report["result"]["reference"].startswith("torch:")
+    assert report["result"]["samples"] == 2  # batch 1 and 4
+
+
+def test_compare_altered_model_names_the_first_diverging_module(
+    tmp_path: Path, factory: Path
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from onnxferry.convert import compare_to_source, convert
+
+    spec = f"{factory}:make"
+    model = convert(spec, tmp_path / "net.onnx", input_shapes={"image": (2, 3, 8, 8)})
+    proto = onnx.load(str(model.path))
+    fc = next(t for t in proto.graph.initializer if list(t.dims) == [5, 4])  # fc.weight
+    fc.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fc) * 1.5, fc.name))
+    onnx.save(proto, str(tmp_path / "altered.onnx"))
+    report = compare_to_source(
+        tmp_path / "altered.onnx", spec, input_shapes={"image": (2, 3, 8, 8)}
+    )
+    assert not report.ok
+    worst = report.result.worst
+    assert worst is not None and worst.max_abs is not None and worst.max_abs > 1e-3

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from onnxferry.convert.base import ConversionError, ConvertOptions
-from onnxferry.convert.keras import convert_with_tf2onnx
+from onnxferry.convert.tf_common import convert_with_tf2onnx
 from onnxferry.convert.tflite import TFLiteRunner, load_tflite
 from onnxferry.errors import FeedError, FerryError, InputError
 from onnxferry.model import Model

@@ -27,7 +27,7 @@ HEAVY = ("torch", "tensorflow", "keras", "sklearn", "ray", "shap", "rich", "clic
 
 
 def _module_name(path: Path) -> str:
-    """The top-level module or package a file belongs to ("convert" for convert/torch.py)."""
+    """The top-level module or package a file belongs to ("convert" for convert/torch/load.py)."""
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
@@ -36,9 +36,9 @@ def _package_imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level > 0:
-            inside_package = len(path.relative_to(PACKAGE).parts) > 1
-            if node.level == 1 and inside_package:
-                continue  # a sibling inside the same package, e.g. convert/torch -> .base
+            depth = len(path.relative_to(PACKAGE).parts) - 1  # packages below onnxferry
+            if node.level <= depth:
+                continue  # inside the same top-level package: convert/torch/x -> .y, ..base
             if node.module:
                 found.add(node.module.split(".")[0])
             else:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ._version import __version__
+from .convert.base import FRAMEWORKS
 from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
 from .report import Report, format_value
 
@@ -158,6 +159,9 @@ def check(model: str, providers: str | None, as_json: bool, report_path: Path | 
 @click.option("--rtol", default=1e-3, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
 @click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
+@click.option("--framework", type=click.Choice(FRAMEWORKS), help="B's framework.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x224x224 (source B).")
+@click.option("--trust-pickle", is_flag=True, help="Allow B to be a pickle (runs its code).")
 @report_options
 def compare(
     model_a: str,
@@ -172,16 +176,33 @@ def compare(
     rtol: float,
     threads: int | None,
     no_bisect: bool,
+    framework: str | None,
+    input_shapes: tuple[str, ...],
+    trust_pickle: bool,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
-    """Compare two models, or one model on two providers (--provider-b)."""
+    """Compare two models, one model on two providers (--provider-b), or an ONNX model A with
+    the framework model B it came from (file.py:function, .pt, .keras, .tflite, .pkl, ...)."""
     from .compare import compare as compare_models
+    from .convert import compare_to_source, detect_framework
     from .data import load_feeds
     from .model import Model
 
     reference = Model.load(model_a)
     feeds = load_feeds(inputs, reference.signature) if inputs else None
+    if model_b is not None and (framework or detect_framework(model_b)) != "onnx":
+        source_report = compare_to_source(
+            reference,
+            model_b,
+            framework=framework,
+            inputs=feeds,
+            input_shapes=_shapes(input_shapes),
+            provider=provider,
+            tolerance=_tolerance(atol, rtol),
+            trust_pickle=trust_pickle,
+        )
+        return emit(source_report, as_json, report_path)
     report = compare_models(
         reference,
         model_b,
@@ -323,9 +344,7 @@ def _dynamic(values: Sequence[str]) -> dict[str, dict[int, str]] | None:
 @cli.command()
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--framework", type=click.Choice(["torch", "keras", "tf", "tflite", "sklearn", "onnx"])
-)
+@click.option("--framework", type=click.Choice(FRAMEWORKS))
 @click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x224x224.")
 @click.option("--inputs", help="Sample inputs: .npz, .npy, .pb or a test-data directory.")
 @click.option("--dynamic", multiple=True, help="NAME:0=batch,1=seq (default: dim 0 is batch).")

@@ -7,8 +7,9 @@ One module per source framework (torch, keras (with TF SavedModel), tflite, skle
 builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` verifies them.
 """
 
-from .base import Candidate, ConversionError, ConvertOptions, ParityFailure, Source
-from .dispatch import FRAMEWORKS, Conversion, convert, detect_framework
+from .against import compare_to_source
+from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
+from .dispatch import Conversion, convert, detect_framework
 
 __all__ = [
     "FRAMEWORKS",
@@ -18,6 +19,7 @@ __all__ = [
     "ConvertOptions",
     "ParityFailure",
     "Source",
+    "compare_to_source",
     "convert",
     "detect_framework",
 ]

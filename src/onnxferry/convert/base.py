@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from ..report import Report
     from ..runtime import Runner
 
+FRAMEWORKS = ("torch", "keras", "tf", "tflite", "sklearn", "onnx")
+"""The source frameworks ``convert`` and ``compare_to_source`` understand."""
+
 DEFAULT_DYNAMIC = "batch"
 """Name given to dim 0 of every input when the user names no dynamic axes."""
 

@@ -28,9 +28,9 @@ from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
 from ..report import Report, Table
 from ..runtime import OrtRunner, runtime_limits
-from .base import Candidate, ConversionError, ConvertOptions, ParityFailure, Source
+from ..signature import Signature
+from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
 
-FRAMEWORKS = ("torch", "keras", "tf", "tflite", "sklearn", "onnx")
 SAME_SPEED = 0.05
 """Latencies closer than this fraction count as equal: the preferred exporter is kept."""
 
@@ -156,11 +156,12 @@ def convert(
     ConversionError (exit 2) when no exporter produces a model and VerificationError (exit 1,
     with ``.report``) when none passes parity; nothing is written then.
     """
-    options = _options(input_shapes, inputs, dynamic, opset, trust_pickle)
+    options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle)
     if isinstance(source, Source):  # a caller-built source: its own reference and exporters
         loaded = source
     else:
-        loaded = _load(framework or detect_framework(source), source, options, example_inputs)
+        name = framework or detect_framework(source)
+        loaded = load_source(name, source, options, example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     result = Conversion(
         source=_describe(source),
@@ -262,7 +263,10 @@ def detect_framework(source: Any) -> str:
     )
 
 
-def _load(name: str, source: Any, options: ConvertOptions, example_inputs: Any) -> Source:
+def load_source(
+    name: str, source: Any, options: ConvertOptions, example_inputs: Any = None
+) -> Source:
+    """The framework loader's Source for ``source`` (``name`` as from detect_framework)."""
     if name == "torch":
         from .torch import load_torch
 
@@ -292,13 +296,14 @@ def _load(name: str, source: Any, options: ConvertOptions, example_inputs: Any) 
     raise UsageError(f"unknown framework {name!r}", hint=f"use one of {', '.join(FRAMEWORKS)}")
 
 
-def _options(
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None,
-    dynamic: Mapping[str, Mapping[int, str]] | None,
-    opset: int | None,
-    trust_pickle: bool,
+def options_for(
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int | None = None,
+    trust_pickle: bool = False,
 ) -> ConvertOptions:
+    """ConvertOptions from the user's arguments (UsageError for an opset ORT cannot load)."""
     max_opset = runtime_limits()[1]
     if opset is not None and not 7 <= opset <= max_opset:
         raise UsageError(
@@ -313,16 +318,28 @@ def _options(
 def _verification_feeds(
     source: Source, options: ConvertOptions, result: Conversion
 ) -> list[dict[str, np.ndarray]]:
-    signature = source.reference.signature
-    feeds: list[dict[str, np.ndarray]] = []
     if options.sample_inputs:
         result.inputs_from = "user samples + generated"
-        for sample in options.sample_inputs:
-            signature.validate(sample)
-            feeds.append(dict(sample))
-    for seed, dims in enumerate(shape_plan(signature)):
-        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=source.value_ranges))
+    feeds = verification_feeds(
+        source.reference.signature, options.sample_inputs, source.value_ranges
+    )
     result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]
+    return feeds
+
+
+def verification_feeds(
+    signature: Signature,
+    samples: Sequence[Mapping[str, np.ndarray]] = (),
+    value_ranges: Mapping[str, tuple[int, int]] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """The user's samples (checked against ``signature``), then realistic generated feeds
+    for every shape of ``shape_plan`` (two values per dynamic axis)."""
+    feeds = []
+    for sample in samples:
+        signature.validate(sample)
+        feeds.append(dict(sample))
+    for seed, dims in enumerate(shape_plan(signature)):
+        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=value_ranges))
     return feeds
 
 

@@ -15,7 +15,7 @@ That interpreter does not verify the flatbuffer and can segfault on a corrupt on
 first decoded in Python (tables, offsets and indices in range) and then loaded once in a child
 process (about 4 s: the child imports TensorFlow); a crash there is an InputError here.
 tf2onnx 1.17's ``from_tflite`` keeps a dynamic batch (shape_signature -1) and writes IR 8 up to
-opset 18 (higher opsets as in ``convert.keras``).
+opset 18 (higher opsets as in ``convert.tf_common``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import FeedError, InputError
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConvertOptions, Source
-from .keras import (
+from .tf_common import (
     common_batch_name,
     convert_with_tf2onnx,
     finish_export,

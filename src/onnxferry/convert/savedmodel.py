@@ -1,0 +1,188 @@
+"""TensorFlow SavedModels as conversion sources.
+
+    source = load_saved_model("export_dir", ConvertOptions())   # holds saved_model.pb
+    source.reference.run(feeds)                 # the signature in TensorFlow, {name: array}
+    [c.exporter for c in source.candidates]     # ["tf2onnx"]
+
+Names: the ONNX inputs are the signature's argument names, the outputs its output keys, both in
+natural order ("output_2" before "output_10"). Dynamic dims follow ``ConvertOptions.axes_for``
+and carry the same symbol names as the reference signature. The "tf2onnx" candidate wraps the
+signature in a ``tf.function`` and converts it with ``tf2onnx.convert.from_function``; opsets
+and IR versions as in ``convert.tf_common``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..signature import Signature, TensorSpec, dtype_from_numpy
+from .base import Candidate, ConversionError, ConvertOptions, Source
+from .tf_common import (
+    common_batch_name,
+    convert_with_tf2onnx,
+    finish_export,
+    import_tf,
+    natural_key,
+    one_line,
+    output_shape,
+    quiet_tf,
+    resolve_opset,
+    source_shape,
+    tf_shape,
+    tf_version,
+)
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["SavedModelRunner", "load_saved_model"]
+
+SERVING_SIGNATURE = "serving_default"
+
+
+def load_saved_model(
+    path: str | Path, options: ConvertOptions, signature_key: str = SERVING_SIGNATURE
+) -> Source:
+    """A TensorFlow SavedModel directory (with ``saved_model.pb``) to convert; its
+    ``serving_default`` signature (or ``signature_key``) is the model's interface."""
+    opset = resolve_opset(options)
+    runner = SavedModelRunner(path, options, signature_key)
+    sig = runner.signature
+    return Source(
+        framework="tf",
+        description=(
+            f"{runner.path}: TensorFlow SavedModel, signature {signature_key!r} with "
+            f"{len(sig.inputs)} inputs, {len(sig.outputs)} outputs"
+        ),
+        reference=runner,
+        candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
+        details={"tensorflow": tf_version(), "signature": signature_key, "opset": opset},
+    )
+
+
+class SavedModelRunner:
+    """Runs one signature of a TensorFlow SavedModel; implements Runner.
+
+    Inputs and outputs are named by the signature's argument and output keys, in natural
+    order ("output_2" before "output_10").
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        options: ConvertOptions | None = None,
+        signature_key: str = SERVING_SIGNATURE,
+    ) -> None:
+        options = options or ConvertOptions()
+        self.path = Path(path)
+        if not self.path.is_dir():
+            what = "a file" if self.path.exists() else "no such directory"
+            raise InputError(
+                f"{self.path}: {what}, not a TensorFlow SavedModel directory",
+                hint="give the directory that holds saved_model.pb",
+            )
+        if not (self.path / "saved_model.pb").is_file():
+            raise InputError(
+                f"{self.path}: not a TensorFlow SavedModel (no saved_model.pb in the directory)",
+                hint="give the directory written by tf.saved_model.save or model.export",
+            )
+        tf = import_tf()
+        try:
+            with quiet_tf():
+                self._loaded = tf.saved_model.load(str(self.path))
+        except Exception as e:
+            raise InputError(
+                f"{self.path}: TensorFlow cannot load the SavedModel ({one_line(e)})",
+                hint="check that the directory is a whole SavedModel; re-export it",
+            ) from e
+        signatures = dict(self._loaded.signatures)
+        if signature_key not in signatures:
+            raise InputError(
+                f"{self.path}: the SavedModel has no signature {signature_key!r}",
+                hint=f"its signatures are {sorted(signatures) or 'none'}; export one with "
+                "tf.saved_model.save(module, dir, signatures=...)",
+            )
+        self.function = signatures[signature_key]
+        self.name = f"{self.path.name}@tf"
+        args, kwargs = self.function.structured_input_signature
+        if args:
+            raise ConversionError(
+                f"{self.path}: signature {signature_key!r} takes positional arguments",
+                hint="export a signature with named arguments",
+            )
+        self._input_keys = sorted(kwargs, key=natural_key)
+        specs = [
+            TensorSpec(
+                key,
+                dtype_from_numpy(kwargs[key].dtype.as_numpy_dtype),
+                source_shape(key, _dims(kwargs[key].shape), options),
+            )
+            for key in self._input_keys
+        ]
+        outputs = self.function.structured_outputs
+        if not isinstance(outputs, Mapping):
+            raise ConversionError(
+                f"{self.path}: signature {signature_key!r} does not return a dict of tensors",
+                hint="export a signature that returns {name: tensor}",
+            )
+        batch = common_batch_name(specs)
+        out_specs = [
+            TensorSpec(
+                key,
+                dtype_from_numpy(outputs[key].dtype.as_numpy_dtype),
+                output_shape(_dims(outputs[key].shape), batch),
+            )
+            for key in sorted(outputs, key=natural_key)
+        ]
+        self._signature = Signature(tuple(specs), tuple(out_specs))
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.signature.validate(feeds)
+        tf = import_tf()
+        result = self.function(**{k: tf.convert_to_tensor(feeds[k]) for k in self._input_keys})
+        return {name: np.asarray(result[name].numpy()) for name in self.signature.output_names}
+
+    def export_tf2onnx(self, path: Path, opset: int) -> None:
+        """tf2onnx.convert.from_function on the signature, with the dynamic dims asked for."""
+        tf = import_tf()
+        keys = self._input_keys
+        specs = [
+            tf.TensorSpec(tf_shape(s.shape), tf.as_dtype(s.dtype.numpy), name=s.name)
+            for s in self.signature.inputs
+        ]
+        signature_function = self.function
+
+        def serve(*args: Any) -> Any:
+            return signature_function(**dict(zip(keys, args, strict=True)))
+
+        function = tf.function(serve, input_signature=specs)
+
+        def convert(export_opset: int) -> onnx.ModelProto:
+            import tf2onnx
+
+            proto: onnx.ModelProto
+            proto, _ = tf2onnx.convert.from_function(
+                function, input_signature=specs, opset=export_opset
+            )
+            return proto
+
+        finish_export(convert_with_tf2onnx(convert, opset), self.signature, path)
+
+
+def _dims(shape: Any) -> list[int | None] | None:
+    """A tf.TensorShape or tuple as a list of ints and None (None for an unknown rank)."""
+    if getattr(shape, "rank", 0) is None:
+        return None
+    return [
+        None if d is None else int(d)
+        for d in (shape.as_list() if hasattr(shape, "as_list") else shape)
+    ]

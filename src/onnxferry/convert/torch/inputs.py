@@ -1,0 +1,248 @@
+"""Example inputs for a torch module: forward's parameters, the example tensors from the
+user, samples or shapes, and how forward takes them (by position or by keyword).
+
+    params = _forward_params(module)
+    inputs = _example_inputs(module, params, (torch.randn(2, 3),), options)
+    inputs.names, inputs.keyword      # ["x"], False
+    inputs.call(module)               # forward on the examples
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..base import ConversionError, ConvertOptions
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    positional: bool
+    required: bool
+
+
+@dataclass
+class _Params:
+    items: list[_Param]
+    var_positional: bool = False
+    var_keyword: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.items]
+
+    @property
+    def positional(self) -> list[str]:
+        return [p.name for p in self.items if p.positional]
+
+
+def _forward_params(module: Any) -> _Params:
+    """forward's parameters (self excluded), from its Python or TorchScript signature."""
+    import torch
+
+    if isinstance(module, torch.jit.ScriptModule):
+        schema = getattr(module.forward, "schema")  # noqa: B009 (a ScriptMethod)
+        items = [
+            _Param(a.name, True, not a.has_default_value())
+            for a in schema.arguments[1:]
+            if a.name != "self"
+        ]
+        return _Params(items)
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return _Params([], var_positional=True, var_keyword=True)
+    params = _Params([])
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.var_positional = True
+        elif p.kind is p.VAR_KEYWORD:
+            params.var_keyword = True
+        else:
+            positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            params.items.append(_Param(p.name, positional, p.default is p.empty))
+    return params
+
+
+@dataclass
+class _Inputs:
+    """The example inputs: names in forward's order, tensors, and how forward takes them."""
+
+    names: list[str]
+    tensors: list[Any]
+    keyword: bool
+
+    def call(self, module: Any, tensors: Sequence[Any] | None = None) -> Any:
+        values = list(self.tensors if tensors is None else tensors)
+        if self.keyword:
+            return module(**dict(zip(self.names, values, strict=True)))
+        return module(*values)
+
+    def args_kwargs(self, tensors: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.keyword:
+            return (), dict(zip(self.names, tensors, strict=True))
+        return tuple(tensors), {}
+
+
+def _example_inputs(module: Any, params: _Params, example: Any, options: ConvertOptions) -> _Inputs:
+    import torch
+
+    if isinstance(example, torch.Tensor):
+        example = (example,)
+    if isinstance(example, list):
+        example = tuple(example)
+    if isinstance(example, tuple):
+        positional = params.positional
+        if len(example) > len(positional) and not params.var_positional:
+            raise ConversionError(
+                f"{len(example)} example inputs given, but forward() takes "
+                f"{len(positional)} positional argument(s): {', '.join(positional) or 'none'}",
+                hint="give one example tensor per forward argument",
+            )
+        names = [*positional, *(f"input_{i}" for i in range(len(positional), len(example)))]
+        names = names[: len(example)]
+        _check_tensors(names, example)
+        _check_required(params, names)
+        return _Inputs(names, list(example), keyword=False)
+    if isinstance(example, Mapping):
+        given = {str(k): v for k, v in example.items() if v is not None}
+        _check_known(params, list(given))
+        _check_tensors(list(given), list(given.values()))
+        _check_required(params, list(given))
+        names = _in_forward_order(params, list(given))
+        scripted = isinstance(module, torch.jit.ScriptModule)
+        keyword = not (scripted and _leading(params, names))  # TorchScript: by position
+        return _Inputs(names, [given[n] for n in names], keyword)
+    if example is not None:
+        raise ConversionError(
+            f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
+            f"not a {type(example).__name__}",
+            hint="return (module, (tensor, ...)) or (module, {name: tensor}) from the factory",
+        )
+    if options.sample_inputs:
+        sample = options.sample_inputs[0]
+        _check_known(params, list(sample))
+        _check_required(params, list(sample))
+        names = _in_forward_order(params, list(sample))
+        tensors = [_from_numpy(n, sample[n]) for n in names]
+        return _Inputs(names, tensors, keyword=not _leading(params, names))
+    if options.input_shapes:
+        _check_known(params, list(options.input_shapes))
+        _check_required(params, list(options.input_shapes))
+        names = _in_forward_order(params, list(options.input_shapes))
+        ranges = _value_ranges(module, names)
+        tensors = [_generated(n, options.input_shapes[n], ranges.get(n)) for n in names]
+        return _Inputs(names, tensors, keyword=not _leading(params, names))
+    _check_required(params, [])
+    return _Inputs([], [], keyword=False)
+
+
+def _check_known(params: _Params, names: Sequence[str]) -> None:
+    if params.var_keyword:
+        return
+    unknown = [n for n in names if n not in params.names]
+    if unknown:
+        raise ConversionError(
+            f"forward() has no parameter {unknown[0]!r}",
+            hint=f"its parameters are: {', '.join(params.names) or 'none'}",
+        )
+
+
+def _check_required(params: _Params, names: Sequence[str]) -> None:
+    missing = [p.name for p in params.items if p.required and p.name not in names]
+    if not missing:
+        return
+    shapes = " ".join(f"--input-shape {n}=1x3x224x224" for n in missing)
+    raise ConversionError(
+        f"forward() needs argument{'s' if len(missing) > 1 else ''} "
+        f"{', '.join(repr(n) for n in missing)} that no example input gives",
+        hint=f"give {shapes} or --inputs samples.npz with {', '.join(missing)}",
+    )
+
+
+def _check_tensors(names: Sequence[str], values: Sequence[Any]) -> None:
+    import torch
+
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(
+                f"example input {name!r} is a {type(value).__name__}, not a tensor",
+                hint="give tensors only; fix other arguments inside the module",
+            )
+
+
+def _leading(params: _Params, names: Sequence[str]) -> bool:
+    """True when ``names`` are forward's first positional parameters, in order."""
+    return list(names) == params.positional[: len(names)]
+
+
+def _from_numpy(name: str, array: np.ndarray) -> Any:
+    import torch
+
+    try:
+        return torch.from_numpy(np.array(array, copy=True))
+    except TypeError as e:
+        raise ConversionError(
+            f"sample input {name!r} has dtype {array.dtype}, which torch cannot hold",
+            hint="give numeric or bool arrays",
+        ) from e
+
+
+def _in_forward_order(params: _Params, names: Sequence[str]) -> list[str]:
+    order = {n: i for i, n in enumerate(params.names)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), list(names).index(n)))
+
+
+def _generated(name: str, shape: Sequence[int], value_range: tuple[int, int] | None) -> Any:
+    """A random example for one input: float32 normal, or int64 for ids and masks."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    lowered = name.lower()
+    if "mask" in lowered:
+        return torch.ones(tuple(shape), dtype=torch.int64)
+    if lowered.endswith("_ids") or lowered == "ids":
+        low, high = value_range or (0, 2)
+        return torch.randint(low, max(high, low + 1), tuple(shape), generator=generator)
+    return torch.randn(tuple(shape), generator=generator)
+
+
+def _value_ranges(module: Any, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Bounds for integer inputs of transformers models (read from ``module.config``)."""
+    config = getattr(module, "config", None)
+    ranges: dict[str, tuple[int, int]] = {}
+    bounds = {
+        "input_ids": getattr(config, "vocab_size", None),
+        "token_type_ids": getattr(config, "type_vocab_size", None),
+        "position_ids": getattr(config, "max_position_embeddings", None),
+    }
+    for name in names:
+        key = "input_ids" if name.endswith("input_ids") else name
+        bound = bounds.get(key)
+        if isinstance(bound, int) and bound > 0:
+            ranges[name] = (0, bound)
+    return ranges
+
+
+def _resize(tensor: Any, axes: Mapping[int, int]) -> Any:
+    """``tensor`` with each axis in ``axes`` made that long by repeating its contents."""
+    import torch
+
+    for axis, size in axes.items():
+        have = int(tensor.shape[axis])
+        if have == size:
+            continue
+        if have == 0:
+            shape = list(tensor.shape)
+            shape[axis] = size
+            tensor = torch.zeros(shape, dtype=tensor.dtype)
+            continue
+        copies = math.ceil(size / have)
+        tensor = torch.cat([tensor] * copies, dim=axis).narrow(axis, 0, size)
+    return tensor

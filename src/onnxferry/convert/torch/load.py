@@ -1,0 +1,80 @@
+"""``load_torch``: a torch model as a conversion Source, with its reference runner, its
+exporters and its bisection.
+
+    source = load_torch(net, ConvertOptions(), example_inputs=(torch.randn(2, 3, 32, 32),))
+    source.reference.run({"x": x})
+    [c.exporter for c in source.candidates]  # [DYNAMO, TORCHSCRIPT]
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ...errors import InputError
+from ...signature import Signature
+from ..base import Candidate, ConvertOptions, Source
+from .divergence import find_module_divergence
+from .export import DYNAMO, TORCHSCRIPT, _ExportPlan
+from .inputs import _example_inputs, _forward_params, _value_ranges
+from .runner import TorchRunner
+from .sources import _label, _resolve
+from .specs import _input_specs, _output_specs, _probe_outputs
+
+
+def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = None) -> Source:
+    """A Source for a torch model: an ``nn.Module``, ``"file.py:function"`` (a factory that
+    returns a module, or ``(module, example_inputs)``), a TorchScript file, or an
+    ``ExportedProgram`` / ``.pt2`` file.
+
+    Example inputs come from ``example_inputs`` (a tuple of tensors, positional, or a dict,
+    by keyword), then ``options.sample_inputs``, then ``options.input_shapes`` (float32;
+    int64 for ``*_ids`` and ``*mask*`` inputs). Raises ConversionError or InputError (exit 2,
+    one line) for a file torch cannot load, a factory that fails, or a forward argument
+    that no input gives.
+    """
+    torch = _import_torch()
+    loaded = _resolve(source, options)
+    if example_inputs is None:
+        example_inputs = loaded.example
+    module = loaded.module
+    params = _forward_params(module)
+    inputs = _example_inputs(module, params, example_inputs, options)
+    outputs, output_names = _probe_outputs(module, inputs)
+    input_specs, dims = _input_specs(inputs, loaded.program, options)
+    output_specs = _output_specs(module, inputs, dims, outputs, output_names)
+    signature = Signature(tuple(input_specs), tuple(output_specs))
+    label = _label(module, loaded)
+    reference = TorchRunner(module, inputs.names, inputs.keyword, output_names, signature, label)
+    plan = _ExportPlan(loaded, inputs, signature, dims, options)
+    candidates = [Candidate(DYNAMO, plan.export_dynamo)]
+    if loaded.program is None:
+        candidates.append(Candidate(TORCHSCRIPT, plan.export_torchscript))
+    find_divergence = None
+    if loaded.kind == "module":
+        find_divergence = functools.partial(find_module_divergence, reference)
+    return Source(
+        framework="torch",
+        description=loaded.description,
+        reference=reference,
+        candidates=candidates,
+        value_ranges=_value_ranges(module, inputs.names),
+        find_divergence=find_divergence,
+        details={
+            "torch_version": str(torch.__version__),
+            "module": label,
+            "source_kind": loaded.kind,
+            "inputs_by": "keyword" if inputs.keyword else "position",
+        },
+    )
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise InputError(
+            "converting a PyTorch model needs torch, which is not installed",
+            hint="pip install 'onnxferry[torch]'",
+        ) from None
+    return torch

@@ -1,0 +1,201 @@
+"""Torch model sources resolved to a module: an ``nn.Module``, an ``ExportedProgram``, a
+``FILE.py:FUNCTION`` factory, a TorchScript file, a ``.pt2`` file or a trusted pickle.
+
+    loaded = _resolve("models/net.py:make", options)  # make() -> module or (module, inputs)
+    loaded = _resolve("net.pt2", options)             # torch.export.save'd, with its inputs
+    loaded.module, loaded.kind, loaded.program, loaded.example
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import re
+import secrets
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError
+from ..base import ConversionError, ConvertOptions
+from .quiet import _one_line, _quiet
+
+_FACTORY_RE = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
+
+
+@dataclass
+class _Loaded:
+    module: Any  # nn.Module, ScriptModule, or an ExportedProgram's module()
+    kind: str  # "module", "torchscript", "exported program"
+    description: str
+    program: Any = None  # the ExportedProgram, for that kind
+    example: Any = None  # example inputs the factory or program brought
+
+
+def _resolve(source: Any, options: ConvertOptions) -> _Loaded:
+    import torch
+
+    if isinstance(source, torch.export.ExportedProgram):
+        return _from_program(source, "a torch.export ExportedProgram")
+    if isinstance(source, torch.nn.Module):
+        return _from_module(source, None, f"a {type(source).__name__} module")
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        match = _FACTORY_RE.match(text)
+        if match:
+            return _from_factory(Path(match["file"]), match["func"], text)
+        return _from_file(Path(text), options)
+    raise InputError(
+        f"a {type(source).__name__} is not a PyTorch model",
+        hint="give a torch.nn.Module, an ExportedProgram, a FILE.py:FUNCTION factory, "
+        "a TorchScript file or a .pt2 file",
+    )
+
+
+def _from_module(module: Any, example: Any, description: str) -> _Loaded:
+    import torch
+
+    module.eval()
+    kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "module"
+    return _Loaded(module, kind, description, None, example)
+
+
+def _from_program(program: Any, description: str) -> _Loaded:
+    example = getattr(program, "example_inputs", None)
+    if isinstance(example, tuple) and len(example) == 2 and not example[1]:
+        example = tuple(example[0])
+    elif isinstance(example, tuple) and len(example) == 2 and not example[0]:
+        example = dict(example[1])
+    else:
+        example = None
+    module = program.module()
+    return _Loaded(module, "exported program", description, program, example)
+
+
+def _from_factory(file: Path, func: str, spec: str) -> _Loaded:
+    import torch
+
+    if not file.is_file():
+        raise InputError(f"{file}: no such file", hint="give the factory as FILE.py:FUNCTION")
+    stem = re.sub(r"\W", "_", file.stem)
+    name = f"onnxferry_factory_{stem}_{secrets.token_hex(4)}"
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    if module_spec is None or module_spec.loader is None:
+        raise InputError(f"{file}: cannot be imported as a Python module")
+    code = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = code
+    sys.path.insert(0, str(file.parent.resolve()))
+    try:
+        try:
+            module_spec.loader.exec_module(code)
+        except (Exception, SystemExit) as e:
+            sys.modules.pop(name, None)
+            raise ConversionError(
+                f"{file}: importing the factory file failed: {_one_line(e)}",
+                hint="fix the error in the file",
+            ) from e
+        factory = getattr(code, func, None)
+        if not callable(factory):
+            found = [n for n, v in vars(code).items() if inspect.isfunction(v)]
+            raise InputError(
+                f"{file} has no function {func!r}",
+                hint=f"functions in it: {', '.join(found) or 'none'}",
+            )
+        try:
+            result = factory()
+        except (Exception, SystemExit) as e:
+            raise ConversionError(
+                f"the factory {spec} raised {_one_line(e)}",
+                hint="fix the factory so it returns a torch.nn.Module",
+            ) from e
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(file.parent.resolve()))
+    example = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, example = result
+    if isinstance(result, torch.export.ExportedProgram):
+        loaded = _from_program(result, f"the ExportedProgram from {spec}")
+        loaded.example = example if example is not None else loaded.example
+        return loaded
+    if not isinstance(result, torch.nn.Module):
+        raise ConversionError(
+            f"the factory {spec} returned a {type(result).__name__}, not a torch.nn.Module",
+            hint="return the module, or (module, example_inputs)",
+        )
+    return _from_module(result, example, f"{type(result).__name__} from {spec}")
+
+
+def _from_file(path: Path, options: ConvertOptions) -> _Loaded:
+    import torch
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file", hint="check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file", hint="give a TorchScript or .pt2 file")
+    if path.suffix == ".py":
+        raise InputError(
+            f"{path} is Python source; name the function that builds the model",
+            hint=f"give {path}:FUNCTION (a function that returns the module)",
+        )
+    hint = (
+        "save the model with torch.jit.save or torch.export.save, or give a factory "
+        "FILE.py:FUNCTION that builds it"
+    )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise InputError(
+            f"{path}: not a TorchScript, torch.export or torch.save file (not a zip archive)",
+            hint=hint,
+        ) from None
+    tails = {n.split("/", 1)[-1] for n in names}
+    try:
+        if "archive_format" in tails or any(n.startswith("models/") for n in tails):
+            with _quiet():
+                program = torch.export.load(str(path))
+            return _from_program(program, f"the ExportedProgram in {path}")
+        if "constants.pkl" in tails or any(n.startswith("code/") for n in tails):
+            with _quiet():  # torch 2.13 deprecates TorchScript, and says so on every load
+                load = torch.jit.load
+                module = load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            return _from_module(module, None, f"the TorchScript module in {path}")
+    except Exception as e:
+        raise InputError(f"{path}: torch cannot load it: {_one_line(e)}", hint=hint) from e
+    if "data.pkl" in tails:
+        return _from_pickle(path, options, hint)
+    raise InputError(f"{path}: not a TorchScript, torch.export or torch.save file", hint=hint)
+
+
+def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> _Loaded:
+    import torch
+
+    if not options.trust_pickle:
+        raise InputError(
+            f"{path} is a pickled torch.save file, and unpickling it runs code",
+            hint=f"pass --trust-pickle if you trust its origin, or {hint.split(', or ')[-1]}",
+        )
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"{path}: torch cannot load it: {_one_line(e)}", hint=hint) from e
+    if isinstance(obj, torch.nn.Module):
+        return _from_module(obj, None, f"the {type(obj).__name__} pickled in {path}")
+    if isinstance(obj, Mapping):
+        raise InputError(
+            f"{path} holds a state_dict (weights only), not a model",
+            hint="give a factory FILE.py:FUNCTION that builds the model and loads these weights",
+        )
+    raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module", hint=hint)
+
+
+def _label(module: Any, loaded: _Loaded) -> str:
+    if loaded.program is not None:
+        return "ExportedProgram"
+    name = getattr(module, "original_name", None) or type(module).__name__
+    return str(name)
