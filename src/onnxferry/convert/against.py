@@ -22,8 +22,7 @@ from ..model import Model
 from ..parity import Parity, Tolerance, compare_runners
 from ..report import Report
 from ..runtime import OrtRunner, SessionConfig
-from .base import Source
-from .dispatch import detect_framework, load_source, options_for, verification_feeds
+from .dispatch import load_source, options_for, verification_feeds
 
 
 def compare_to_source(
@@ -42,11 +41,7 @@ def compare_to_source(
     """Parity of ONNX Runtime on ``model`` against ``source`` run in its own framework."""
     onnx_model = model if isinstance(model, Model) else Model.load(model)
     options = options_for(input_shapes, inputs, dynamic, trust_pickle=trust_pickle)
-    if isinstance(source, Source):
-        loaded = source
-    else:
-        name = framework or detect_framework(source)
-        loaded = load_source(name, source, options, example_inputs)
+    loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     feeds = verification_feeds(
         loaded.reference.signature, options.sample_inputs, loaded.value_ranges

@@ -157,11 +157,7 @@ def convert(
     with ``.report``) when none passes parity; nothing is written then.
     """
     options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle)
-    if isinstance(source, Source):  # a caller-built source: its own reference and exporters
-        loaded = source
-    else:
-        name = framework or detect_framework(source)
-        loaded = load_source(name, source, options, example_inputs)
+    loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     result = Conversion(
         source=_describe(source),
@@ -264,9 +260,17 @@ def detect_framework(source: Any) -> str:
 
 
 def load_source(
-    name: str, source: Any, options: ConvertOptions, example_inputs: Any = None
+    source: Any,
+    options: ConvertOptions,
+    *,
+    framework: str | None = None,
+    example_inputs: Any = None,
 ) -> Source:
-    """The framework loader's Source for ``source`` (``name`` as from detect_framework)."""
+    """The framework loader's Source for ``source`` (a caller-built Source is used as is:
+    its own reference and exporters). ``framework`` overrides detect_framework."""
+    if isinstance(source, Source):
+        return source
+    name = framework or detect_framework(source)
     if name == "torch":
         from .torch import load_torch
 
