@@ -13,7 +13,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[torch]'
+	$(PY) -m pip install -q -e '.[torch,optimize]'
 	touch $@
 
 $(DEVSTAMP): $(STAMP)
@@ -21,13 +21,10 @@ $(DEVSTAMP): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/ferry convert $(EXAMPLE)/model.py:build -o build/demo/model.onnx \
-		--report build/demo/convert.json
-	$(VENV)/bin/ferry check build/demo/model.onnx --report build/demo/check.json
-	$(VENV)/bin/ferry test build/demo/model.onnx $(EXAMPLE) --report build/demo/test.json
-	$(VENV)/bin/ferry bench build/demo/model.onnx $(EXAMPLE)/model.onnx --batch 1,8 \
-		--duration 1 --report build/demo/bench.json
-	@echo "demo reports: build/demo/convert.json check.json test.json bench.json"
+	$(VENV)/bin/ferry deploy $(EXAMPLE)/model.py:build -o build/demo
+	$(VENV)/bin/ferry check build/demo/model.onnx
+	$(VENV)/bin/ferry test build/demo/model.onnx $(EXAMPLE)
+	@echo "demo report: build/demo/report.html (and build/demo/report.json)"
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check .

@@ -240,3 +240,85 @@ def mlp_with_logits(proto: onnx.ModelProto) -> onnx.ModelProto:
 def mlp_feeds(n: int, batch: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal((batch, 4)).astype(np.float32)} for _ in range(n)]
+
+
+# --- optimize: graph and fp16 passes ---------------------------------------------------------
+
+
+def conv_bn_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> BatchNormalization -> Relu -> Flatten -> MatMul+Add -> Relu ->
+    y[N,5]: Conv+BN and MatMul+Add+Relu are what graph optimizers fold and fuse."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, shape: tuple[int, ...], positive: bool = False) -> onnx.TensorProto:
+        values = rng.random(shape) + 0.5 if positive else rng.standard_normal(shape)
+        return numpy_helper.from_array(values.astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "w"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "b"], ["ad"], name="fc_bias"),
+        helper.make_node("Relu", ["ad"], ["y"], name="relu2"),
+    ]
+    inits = [
+        init("cw", (4, 3, 3, 3)),
+        init("cb", (4,)),
+        init("s", (4,), positive=True),
+        init("bb", (4,)),
+        init("m", (4,)),
+        init("v", (4,), positive=True),
+        init("w", (4 * 8 * 8, 5)),
+        init("b", (5,)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_bn_mlp",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+FOLDABLE = """
+<ir_version: 10, opset_import: ["" : 21]>
+foldable (float[N, 4] x) => (float[N, 4] y) {
+    c1 = Constant <value = float[4] {1.0, 2.0, 3.0, 4.0}> ()
+    c2 = Constant <value = float[4] {0.5, 0.25, 0.125, 2.0}> ()
+    s = Mul (c1, c2)
+    e = Exp (s)
+    y = Add (x, e)
+    dead = Relu (x)
+    dead_too = Mul (dead, c1)
+}
+"""
+"""Five nodes that are constant (c1, c2, s, e) or dead (dead, dead_too) around one live Add."""
+
+
+def scaled(*factors: float, names: bool = True) -> onnx.ModelProto:
+    """y = x * factors[0] * factors[1] * ...: a chain of Mul nodes mul0, mul1, ... (unnamed if
+    not ``names``) with initializers k0, k1, ... and intermediates t0, t1, ..."""
+    outputs = [f"t{i}" for i in range(len(factors) - 1)] + ["y"]
+    inputs = ["x", *outputs[:-1]]
+    nodes = [
+        helper.make_node("Mul", [inp, f"k{i}"], [out], name=f"mul{i}" if names else "")
+        for i, (inp, out) in enumerate(zip(inputs, outputs, strict=True))
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([k], np.float32), f"k{i}") for i, k in enumerate(factors)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scaled",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto

@@ -6,7 +6,7 @@ import onnxferry
 
 EXPECTED = {
     "BenchResult", "BenchSuite", "CheckResult", "ConversionError", "ParityFailure", "convert",
-    "DType", "DataError", "Divergence",
+    "DType", "DataError", "Divergence", "Budget", "Recipe", "Deployment", "deploy", "optimize",
     "FeedError", "FerryError", "Finding", "GoldenResult", "InputError", "InvalidModelError",
     "Model", "ModelInfo", "ModelLoadError", "OrtRunner", "OutputParity", "Parity",
     "ProviderError", "Report", "Runner", "SessionConfig", "Signature", "Table", "TensorSpec",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -309,3 +310,13 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     _one_error_line(proc.stderr)
+
+
+def test_reports_are_written_with_the_usual_file_mode(
+    ferry: Run, model: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "r.json"
+    assert ferry("inspect", model, "--report", target)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

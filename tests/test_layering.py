@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"parity", "bisect", "compare", "bench", "explain", "check", "golden"},
     {"convert", "optimize"},
-    {"registry", "signing", "package", "batch"},
+    {"registry", "signing", "package", "batch", "deploy"},
     {"serve"},
     {"cli", "__init__", "__main__"},
 ]

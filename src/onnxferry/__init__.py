@@ -17,6 +17,7 @@ from .check import CheckResult, Finding, check
 from .compare import compare
 from .convert import ConversionError, ParityFailure, convert
 from .data import TestCase, load_feeds, load_test_cases, save_test_case
+from .deploy import Deployment, deploy
 from .errors import (
     DataError,
     FeedError,
@@ -32,6 +33,7 @@ from .errors import (
 from .golden import GoldenResult, test
 from .inspection import ModelInfo, inspect
 from .model import Model
+from .optimize import Budget, Recipe, optimize
 from .parity import Divergence, OutputParity, Parity, Tolerance, compare_outputs
 from .report import Report, Table
 from .runtime import OrtRunner, Runner, SessionConfig, available_providers
@@ -40,10 +42,12 @@ from .signature import DType, Signature, TensorSpec
 __all__ = [
     "BenchResult",
     "BenchSuite",
+    "Budget",
     "CheckResult",
     "ConversionError",
     "DType",
     "DataError",
+    "Deployment",
     "Divergence",
     "FeedError",
     "FerryError",
@@ -59,6 +63,7 @@ __all__ = [
     "Parity",
     "ParityFailure",
     "ProviderError",
+    "Recipe",
     "Report",
     "Runner",
     "SessionConfig",
@@ -77,9 +82,11 @@ __all__ = [
     "compare",
     "compare_outputs",
     "convert",
+    "deploy",
     "inspect",
     "load_feeds",
     "load_test_cases",
+    "optimize",
     "save_test_case",
     "test",
 ]

@@ -18,6 +18,15 @@ from typing import BinaryIO
 from .errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only when the block finishes without error.
@@ -33,6 +42,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             f"cannot write {path}: {e.strerror or e}", hint="check that the directory is writable"
         ) from e
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; written files get the usual mode
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

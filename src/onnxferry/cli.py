@@ -415,6 +415,155 @@ def convert(
     return code
 
 
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--recipe", type=click.Path(dir_okay=False), help="A recipe (TOML) to apply.")
+@click.option("--auto", is_flag=True, help="Search candidate recipes for the fastest in budget.")
+@click.option(
+    "--max-drop",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Budget: cosine >= 1 - drop, or the task metric's drop with --eval.",
+)
+@click.option("--budget", help="Explicit budget, e.g. cosine>=0.999, top1>=0.99, max_abs<=1e-3.")
+@click.option("--inputs", help="Validation feeds: .npz, .npy, .pb or a test-data directory.")
+@click.option("--eval", "eval_data", help="Labelled data (.npz: the inputs plus labels).")
+@click.option("--calibration", help="Calibration samples for static int8 (.npz or a directory).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x320x320.")
+@click.option("--for-size", is_flag=True, help="Keep passes that shrink but do not speed up.")
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads for measuring.")
+@report_options
+def optimize(
+    model: str,
+    output: Path,
+    recipe: str | None,
+    auto: bool,
+    max_drop: float,
+    budget: str | None,
+    inputs: str | None,
+    eval_data: str | None,
+    calibration: str | None,
+    input_shapes: tuple[str, ...],
+    for_size: bool,
+    provider: str,
+    threads: int | None,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Make a model faster within an accuracy budget: a recipe, or --auto search.
+
+    Writes OUTPUT and OUTPUT's recipe (<stem>.recipe.toml) to replay with --recipe.
+    """
+    from .data import load_feeds
+    from .model import Model
+    from .optimize import optimize as optimize_model
+
+    loaded = Model.load(model)
+    optimized = optimize_model(
+        loaded,
+        output,
+        recipe=recipe,
+        auto=auto,
+        budget=budget,
+        max_drop=max_drop,
+        inputs=load_feeds(inputs, loaded.signature) if inputs else None,
+        eval_data=eval_data,
+        calibration=calibration,
+        input_shapes=_shapes(input_shapes),
+        for_size=for_size,
+        provider=provider,
+        threads=threads,
+    )
+    code = emit(optimized.provenance[-1], as_json, report_path)
+    if not as_json:
+        click.echo(f"wrote {output}", err=True)
+    return code
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--framework", type=click.Choice(FRAMEWORKS))
+@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x224x224.")
+@click.option("--inputs", help="Sample inputs (.npz, ...), for conversion and validation.")
+@click.option("--dynamic", multiple=True, help="NAME:0=batch,1=seq.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True)
+@click.option("--budget", help="Explicit budget, e.g. cosine>=0.999.")
+@click.option("--eval", "eval_data", help="Labelled data (.npz: the inputs plus labels).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickle source (runs its code).")
+@click.option("--batch", default="1,8", show_default=True, help="Batch sizes to bench.")
+@report_options
+def deploy(
+    source: str,
+    outdir: Path,
+    framework: str | None,
+    input_shapes: tuple[str, ...],
+    inputs: str | None,
+    dynamic: tuple[str, ...],
+    max_drop: float,
+    budget: str | None,
+    eval_data: str | None,
+    trust_pickle: bool,
+    batch: str,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Convert (verified) -> optimize --auto -> bench, into OUTDIR with JSON and HTML reports."""
+    from .data import load_feeds
+    from .deploy import deploy as deploy_model
+
+    report = deploy_model(
+        source,
+        outdir,
+        framework=framework,
+        input_shapes=_shapes(input_shapes),
+        inputs=load_feeds(inputs) if inputs else None,
+        dynamic=_dynamic(dynamic),
+        max_drop=max_drop,
+        budget=budget,
+        eval_data=eval_data,
+        trust_pickle=trust_pickle,
+        batches=_int_list(batch, "--batch") or [1],
+    )
+    code = emit(report, as_json, report_path)
+    if not as_json:
+        click.echo(f"report: {outdir / 'report.html'}", err=True)
+    return code
+
+
+@cli.command()
+def passes() -> int:
+    """List the optimization passes and their parameters (for recipes)."""
+    from .optimize import available_passes
+    from .report import Report, Table
+
+    rows = [
+        (name, cls.family, p, kind, repr(default), doc)
+        for name, cls in available_passes().items()
+        for p, kind, default, doc in (cls.describe() or [("-", "-", None, "")])
+    ]
+    table = Table("passes", ("pass", "family", "parameter", "type", "default", "detail"), rows)
+    return emit(Report("passes", _Listing([table])), False, None)
+
+
+class _Listing:
+    """A report body that is just tables (for listings)."""
+
+    def __init__(self, tables: list[Any]) -> None:
+        self._tables = tables
+
+    ok = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tables": [t.rows for t in self._tables]}
+
+    def tables(self) -> list[Any]:
+        return self._tables
+
+
 # --- entry point ------------------------------------------------------------------------
 
 

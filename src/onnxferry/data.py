@@ -154,6 +154,14 @@ def save_test_case(
     return directory
 
 
+def load_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz by name (never unpickles); DataError for a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", hint="check the path")
+    return _load_npz(path)
+
+
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write arrays to an .npz atomically (temp file in the same directory, then rename).
 

@@ -10,7 +10,7 @@ padded, some not), or a verification passes on inputs no user ever sends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,3 +125,19 @@ def _padding(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 
 def _cast(mask: np.ndarray, dtype: DType) -> np.ndarray:
     return mask.astype(dtype.numpy)
+
+
+def verification_feeds(
+    signature: Signature,
+    samples: Sequence[Mapping[str, np.ndarray]] = (),
+    value_ranges: Mapping[str, tuple[int, int]] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """The user's samples (checked against ``signature``), then realistic generated feeds
+    for every shape of ``shape_plan`` (two values per dynamic axis)."""
+    feeds = []
+    for sample in samples:
+        signature.validate(sample)
+        feeds.append(dict(sample))
+    for seed, dims in enumerate(shape_plan(signature)):
+        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=value_ranges))
+    return feeds

@@ -257,6 +257,17 @@ class Model:
             )
         return blob
 
+    def detached(self) -> Model:
+        """An in-memory copy with external data read in (no path; survives its files)."""
+        import onnx
+
+        refs = self._checked_refs()
+        proto = self._inlined(refs)
+        if proto is self.proto:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.proto)
+        return Model.from_proto(proto)
+
     # --- identity and metadata ---------------------------------------------------------
 
     @cached_property

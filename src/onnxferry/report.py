@@ -100,6 +100,10 @@ class Report(Generic[T]):
         """Write the JSON report atomically (temp file in the same directory, then rename)."""
         return write_text_atomic(path, self.to_json() + "\n")
 
+    def to_html(self, title: str | None = None, figures: Sequence[str] = ()) -> str:
+        """A self-contained HTML page: the tables, the notes, and inline SVG ``figures``."""
+        return render_html([self], title or f"onnxferry {self.verb}", figures)
+
 
 def jsonable(value: Any) -> Any:
     """Plain JSON types for numpy scalars/arrays, paths, tuples and non-finite floats."""
@@ -161,3 +165,42 @@ def human_size(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def render_html(reports: Sequence[Report[Any]], title: str, figures: Sequence[str] = ()) -> str:
+    """One self-contained page (no external assets) for several reports, e.g. a deploy's
+    stages; ``figures`` are inline SVG documents."""
+    import html
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for report in reports:
+        verdict = "ok" if report.ok else "FAILED"
+        parts.append(
+            f"<h2>{html.escape(report.verb)}: <span class='{verdict}'>{verdict}</span></h2>"
+        )
+        for table in report.tables():
+            parts.append(f"<table><caption>{html.escape(table.title)}</caption><tr>")
+            parts.extend(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+            parts.append("</tr>")
+            for row in table.rows:
+                cells = "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row)
+                parts.append(f"<tr>{cells}</tr>")
+            parts.append("</table>")
+        parts.extend(f"<p class='note'>{html.escape(n)}</p>" for n in report.notes)
+    parts.extend(f"<figure>{svg}</figure>" for svg in figures)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+    "caption{text-align:left;font-weight:600;padding:4px 0}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+    "th{background:#f3f3f3}.ok{color:#080}.FAILED{color:#b00}.note{color:#555}"
+    "figure{margin:1em 0}"
+)

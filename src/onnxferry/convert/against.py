@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError
+from ..generate import verification_feeds
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_runners
 from ..report import Report
 from ..runtime import OrtRunner, SessionConfig
-from .dispatch import load_source, options_for, verification_feeds
+from .dispatch import load_source, options_for
 
 
 def compare_to_source(

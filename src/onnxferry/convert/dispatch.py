@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError, InputError, UsageError
-from ..generate import realistic_feeds, shape_plan
+from ..generate import verification_feeds
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
 from ..report import Report, Table
 from ..runtime import OrtRunner, runtime_limits
-from ..signature import Signature
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
 
 SAME_SPEED = 0.05
@@ -192,7 +191,7 @@ def convert(
             _fail(result, report, loaded, models, feeds, tolerance)
         chosen = models[result.chosen]  # type: ignore[index]
         _stamp(chosen, result, loaded)
-        final = chosen.save(output) if output is not None else _in_memory(chosen)
+        final = chosen.save(output) if output is not None else chosen.detached()
     final.provenance.append(report)
     return final
 
@@ -331,22 +330,6 @@ def _verification_feeds(
     return feeds
 
 
-def verification_feeds(
-    signature: Signature,
-    samples: Sequence[Mapping[str, np.ndarray]] = (),
-    value_ranges: Mapping[str, tuple[int, int]] | None = None,
-) -> list[dict[str, np.ndarray]]:
-    """The user's samples (checked against ``signature``), then realistic generated feeds
-    for every shape of ``shape_plan`` (two values per dynamic axis)."""
-    feeds = []
-    for sample in samples:
-        signature.validate(sample)
-        feeds.append(dict(sample))
-    for seed, dims in enumerate(shape_plan(signature)):
-        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=value_ranges))
-    return feeds
-
-
 def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -480,17 +463,6 @@ def _stamp(model: Model, result: Conversion, source: Source) -> None:
             existing[key].value = value
         else:
             model.proto.metadata_props.add(key=key, value=value)
-
-
-def _in_memory(model: Model) -> Model:
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.path is not None and model.external_files:
-        load_external_data_for_model(proto, str(model.path.parent))
-    return Model.from_proto(proto)
 
 
 def _describe(source: Any) -> str:

@@ -1,0 +1,156 @@
+"""`ferry deploy`: the whole path, convert -> optimize --auto -> bench, into one directory.
+
+    report = deploy("train.py:make_model", "out/", input_shapes={"image": (1, 3, 224, 224)})
+    # out/model.onnx, out/model.recipe.toml, out/report.json, out/report.html
+
+Every stage is verified (convert against the source framework, optimize against the converted
+model under the budget); the HTML report is self-contained: parity per stage, the latency
+table, sizes, latency against batch size, and the search's candidates (latency vs metric).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .bench import BenchSuite, bench
+from .convert import convert
+from .optimize import optimize
+from .optimize.verb import recipe_path
+from .report import Report, Table, jsonable, render_html
+
+
+@dataclass
+class Deployment:
+    """Where the deployment went and how each stage did (ReportBody)."""
+
+    source: str
+    outdir: str
+    files: dict[str, str] = field(default_factory=dict)
+    stages: list[Report[Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(stage.ok for stage in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "outdir": self.outdir,
+            "files": self.files,
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+
+    def tables(self) -> list[Table]:
+        rows = [(s.verb, "ok" if s.ok else "FAILED") for s in self.stages]
+        files = [(k, v) for k, v in self.files.items()]
+        return [
+            Table(f"deploy {self.source}", ("stage", "result"), rows),
+            Table("files", ("file", "path"), files),
+        ]
+
+
+def deploy(
+    source: Any,
+    outdir: str | Path,
+    *,
+    framework: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Sequence[Mapping[str, np.ndarray]] | None = None,
+    dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    max_drop: float = 0.01,
+    budget: str | None = None,
+    eval_data: str | Path | None = None,
+    trust_pickle: bool = False,
+    batches: Sequence[int] = (1, 8),
+    duration: float = 1.0,
+    example_inputs: Any = None,
+) -> Report[Deployment]:
+    """Convert, optimize within the budget, bench, and write ``outdir``."""
+    out = Path(outdir)
+    result = Deployment(source=str(source), outdir=str(out))
+    with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
+        converted = convert(
+            source,
+            Path(tmp) / "converted.onnx",
+            framework=framework,
+            input_shapes=input_shapes,
+            inputs=inputs,
+            dynamic=dynamic,
+            trust_pickle=trust_pickle,
+            example_inputs=example_inputs,
+        )
+        result.stages.append(converted.provenance[-1])
+        final = optimize(
+            converted,
+            out / "model.onnx",
+            auto=True,
+            max_drop=max_drop,
+            budget=budget,
+            inputs=inputs,
+            eval_data=eval_data,
+            input_shapes=input_shapes,
+        )
+        result.stages.append(final.provenance[-1])
+        timing = bench([converted, final], batches=batches, duration=duration)
+        result.stages.append(timing)
+    report = Report("deploy", result)
+    result.files = {
+        "model": str(out / "model.onnx"),
+        "recipe": str(recipe_path(out / "model.onnx")),
+        "report (JSON)": str(out / "report.json"),
+        "report (HTML)": str(out / "report.html"),
+    }
+    write_text_atomic(out / "report.json", json.dumps(jsonable(report.to_dict()), indent=2))
+    figures = _figures(timing.result, final.provenance[-1])
+    page = render_html([report, *result.stages], f"onnxferry deploy {source}", figures)
+    write_text_atomic(out / "report.html", page)
+    return report
+
+
+def _figures(timing: BenchSuite, search: Report[Any]) -> list[str]:
+    """Inline SVG plots: latency vs batch per model; candidates' latency vs metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figures = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in dict.fromkeys(r.model for r in timing.results):
+        rows = sorted((r.batch, r.p50_ms) for r in timing.results if r.model == name)
+        ax.plot([b for b, _ in rows], [ms for _, ms in rows], marker="o", label=name)
+    ax.set(xlabel="batch size", ylabel="p50 latency (ms)", title="latency vs batch")
+    ax.legend()
+    figures.append(_svg(fig))
+    plt.close(fig)
+    candidates = search.to_dict()["result"].get("candidates") or []
+    points = [
+        (c["latency_ms"], c["metric"], c["recipe"])
+        for c in candidates
+        if isinstance(c.get("latency_ms"), float) and isinstance(c.get("metric"), float)
+    ]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.scatter([p[0] for p in points], [p[1] for p in points])
+        for x, y, label in points:
+            ax.annotate(label, (x, y), fontsize=6)
+        ax.set(xlabel="p50 latency (ms)", ylabel="budget metric", title="candidates")
+        figures.append(_svg(fig))
+        plt.close(fig)
+    return figures
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return str(text[text.index("<svg") :])

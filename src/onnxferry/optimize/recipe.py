@@ -1,0 +1,104 @@
+"""Recipes: an ordered list of passes with their parameters, as data (TOML).
+
+    recipe = Recipe.parse('''
+        [[pass]]
+        name = "ort_graph"
+        level = "extended"
+
+        [[pass]]
+        name = "int8_dynamic"
+        per_channel = true
+    ''')
+    recipe.save("recipe.toml")             # atomic; replay with Recipe.load / --recipe
+    Recipe([make_pass("slim")]).to_toml()
+
+Unknown passes and wrong parameters fail on load (UsageError, exit 2), before anything runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text_atomic
+from ..errors import UsageError
+from .base import Pass, make_pass
+
+
+@dataclass
+class Recipe:
+    """Passes applied in order."""
+
+    passes: list[Pass] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.passes)
+
+    def label(self) -> str:
+        """E.g. "ort_graph(level='extended') -> int8_dynamic"; "none" when empty."""
+        return " -> ".join(p.label() for p in self.passes) or "none"
+
+    def to_data(self) -> dict[str, Any]:
+        return {"pass": [{"name": p.name, **_plain(p.params())} for p in self.passes]}
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return str(tomli_w.dumps(self.to_data()))
+
+    def save(self, path: str | Path) -> Path:
+        return write_text_atomic(path, self.to_toml())
+
+    @classmethod
+    def from_data(cls, data: Any, where: str = "recipe") -> Recipe:
+        steps = data.get("pass", []) if isinstance(data, dict) else None
+        if not isinstance(steps, list):
+            raise UsageError(
+                f"{where}: expected a list of [[pass]] tables", hint='e.g. [[pass]] name = "slim"'
+            )
+        passes = []
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+                raise UsageError(f"{where}: pass {i + 1} has no name", hint='add name = "..."')
+            params = {k: v for k, v in step.items() if k != "name"}
+            passes.append(make_pass(step["name"], params))
+        return cls(passes)
+
+    @classmethod
+    def parse(cls, text: str, where: str = "recipe") -> Recipe:
+        try:
+            data = _toml().loads(text)
+        except Exception as e:
+            raise UsageError(f"{where} is not valid TOML: {e}", hint="see `ferry passes`") from e
+        return cls.from_data(data, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot read recipe {path}: {e.strerror or e}") from e
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def of(cls, steps: Sequence[tuple[str, dict[str, Any]] | str]) -> Recipe:
+        """A recipe from (name, params) pairs or bare names."""
+        return cls([make_pass(s) if isinstance(s, str) else make_pass(*s) for s in steps])
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no None and no tuples: drop unset values, make lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}
+
+
+def _toml() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    import tomli
+
+    return tomli

@@ -1,0 +1,202 @@
+"""`ferry optimize`: the fastest model within the accuracy budget, and exactly what was done.
+
+    model = optimize("model.onnx", "fast.onnx", recipe="recipe.toml", budget="cosine>=0.99")
+    model = optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01, eval_data="val.npz")
+    model.provenance[-1].to_text()      # the steps (or candidates), metric, latency, size
+    # fast.onnx and fast.recipe.toml are written; replay with recipe="fast.recipe.toml"
+
+Validation feeds are the user's (``inputs``), else the labelled ``eval_data`` inputs, else
+realistic generated ones (two shapes per dynamic axis; ``input_shapes`` fixes dims the model
+leaves unnamed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+from ..generate import realistic_feeds, verification_feeds
+from ..model import Model
+from ..report import Report
+from ..signature import Signature, TensorSpec
+from .auto import auto_search
+from .budget import Budget
+from .chain import Judge, apply_recipe
+from .recipe import Recipe
+
+LABEL_KEYS = ("labels", "label", "y", "target", "targets")
+EVAL_CHUNK = 64
+
+
+def optimize(
+    model: str | Path | Model,
+    output: str | Path | None = None,
+    *,
+    recipe: Recipe | str | Path | None = None,
+    auto: bool = False,
+    budget: Budget | str | None = None,
+    max_drop: float = 0.01,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
+    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    for_size: bool = False,
+    provider: str = "cpu",
+    threads: int | None = None,
+) -> Model:
+    """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
+    ``<output stem>.recipe.toml`` beside it. Returns the model with its report in
+    ``provenance``."""
+    if (recipe is None) == (not auto):
+        raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
+    source = model if isinstance(model, Model) else Model.load(model)
+    steps = _recipe(recipe) if recipe is not None else None
+    feeds, labels = _validation(source, inputs, eval_data, input_shapes)
+    if isinstance(budget, str):
+        budget = Budget.parse(budget)
+    budget = budget or Budget.from_max_drop(max_drop, _task(labels))
+    if budget.needs_labels and labels is None:
+        raise UsageError(f"the budget {budget.text()} needs labelled data", hint="--eval data.npz")
+    judge = Judge(source, feeds, budget, labels, provider, threads)
+    calib = _calibration(calibration, source.signature)
+    with tempfile.TemporaryDirectory(prefix="onnxferry-optimize-") as tmp:
+        if steps is not None:
+            final, result = apply_recipe(
+                source, steps, judge, workdir=Path(tmp), calibration=calib, for_size=for_size
+            )
+            kept = Recipe([p for p, s in zip(steps.passes, result.steps, strict=True)
+                           if s.status == "kept"])  # fmt: skip
+            report: Report[Any] = Report("optimize", result)
+        else:
+            final, search = auto_search(source, judge, Path(tmp), calibration=calib)
+            chosen = search.candidates[search.chosen] if search.chosen is not None else None
+            kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
+            report = Report("optimize", search)
+        report.notes.append(f"recipe: {kept.label()}")
+        saved = final.save(output) if output is not None else final.detached()
+        if output is not None:
+            kept.save(recipe_path(Path(output)))
+            report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
+    saved.provenance = [*source.provenance, report]
+    return saved
+
+
+def recipe_path(output: Path) -> Path:
+    """Where the recipe of ``output`` is saved: ``fast.onnx`` -> ``fast.recipe.toml``."""
+    return output.with_name(f"{output.stem}.recipe.toml")
+
+
+def _kept(recipe: Recipe, steps: Sequence[Any]) -> Recipe:
+    return Recipe([p for p, s in zip(recipe.passes, steps, strict=True) if s.status == "kept"])
+
+
+def _recipe(recipe: Recipe | str | Path) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    return Recipe.load(recipe)
+
+
+def _task(labels: list[np.ndarray] | None) -> str | None:
+    if labels is None:
+        return None
+    return "classification" if labels[0].dtype.kind in "iub" else "regression"
+
+
+def _validation(
+    model: Model,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None,
+    eval_data: str | Path | Mapping[str, np.ndarray] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
+    signature = model.signature
+    if eval_data is not None:
+        return _eval_feeds(signature, eval_data)
+    if inputs is not None:
+        samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs]
+        if not samples:
+            raise UsageError("inputs is empty", hint="give at least one set of feeds")
+        for sample in samples:
+            signature.validate(sample)
+        return samples, None
+    if input_shapes:
+        fixed = _with_shapes(signature, input_shapes)
+        return [realistic_feeds(fixed, seed=s) for s in range(2)], None
+    return verification_feeds(signature), None
+
+
+def _with_shapes(signature: Signature, shapes: Mapping[str, Sequence[int]]) -> Signature:
+    unknown = [n for n in shapes if n not in signature.input_names]
+    if unknown:
+        raise UsageError(
+            f"--input-shape names unknown input {unknown[0]!r}",
+            hint=f"inputs are {signature.input_names}",
+        )
+    specs = []
+    for spec in signature.inputs:
+        shape = tuple(int(d) for d in shapes[spec.name]) if spec.name in shapes else spec.shape
+        if shape is not None and spec.shape is not None and len(shape) != len(spec.shape):
+            raise UsageError(
+                f"--input-shape {spec.name} has rank {len(shape)}, the model {len(spec.shape)}"
+            )
+        specs.append(TensorSpec(spec.name, spec.dtype, shape))
+    return Signature(tuple(specs), signature.outputs)
+
+
+def _eval_feeds(
+    signature: Signature, eval_data: str | Path | Mapping[str, np.ndarray]
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Labelled data: every input of the model plus a labels array, split into chunks."""
+    if isinstance(eval_data, Mapping):
+        arrays = dict(eval_data)
+    else:
+        from ..data import load_npz_arrays
+
+        arrays = load_npz_arrays(Path(eval_data))
+    label_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    if label_key is None:
+        raise DataError(
+            "the eval data has no labels",
+            hint=f"store them under one of {', '.join(LABEL_KEYS)} next to the inputs",
+        )
+    labels = np.asarray(arrays.pop(label_key))
+    missing = [n for n in signature.input_names if n not in arrays]
+    extra = [k for k in arrays if k not in signature.input_names]
+    if missing or extra:
+        raise DataError(
+            f"eval data keys do not match the model: missing {missing}, unknown {extra}",
+            hint=f"name the arrays {signature.input_names} plus labels",
+        )
+    count = len(labels)
+    if any(len(a) != count for a in arrays.values()):
+        raise DataError("eval inputs and labels have different numbers of rows")
+    feeds, chunks = [], []
+    for start in range(0, count, EVAL_CHUNK):
+        feed = {k: np.asarray(v[start : start + EVAL_CHUNK]) for k, v in arrays.items()}
+        signature.validate(feed)
+        feeds.append(feed)
+        chunks.append(labels[start : start + EVAL_CHUNK])
+    if not feeds:
+        raise DataError("the eval data is empty", hint="give at least one labelled row")
+    return feeds, chunks
+
+
+def _calibration(
+    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None, signature: Signature
+) -> list[dict[str, np.ndarray]] | None:
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, Path)):
+        from .calibration import load_calibration
+
+        return list(load_calibration(calibration, signature))
+    sets = [dict(c) for c in calibration]
+    if not sets:
+        raise UsageError("the calibration set is empty", hint="give at least one sample")
+    for feeds in sets:
+        signature.validate(feeds)
+    return sets

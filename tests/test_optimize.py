@@ -1,0 +1,258 @@
+"""The optimize chain: recipes as data, the budget, rollback, dropping, failures, replay, auto.
+
+Passes have their own test files; here real passes run on small models built in-process and
+the chain's decisions are checked against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxferry.cli import main
+from onnxferry.errors import UsageError
+from onnxferry.model import Model
+from onnxferry.optimize import Budget, Recipe, make_pass, optimize
+from onnxferry.optimize.base import PASSES, Pass, PassContext, PassError, PassResult, register
+from onnxferry.optimize.budget import top1_agreement, worst_cosine
+from onnxferry.optimize.chain import Judge, apply_recipe
+from onnxferry.optimize.verb import recipe_path
+from tests.helpers import mlp, save
+
+
+def wide_mlp(hidden: int = 256, outlier: float = 0.0, seed: int = 0) -> onnx.ModelProto:
+    """x[batch, 256] -> MatMul -> Relu -> MatMul -> logits[batch, 16]; big enough that int8
+    MatMuls are measurably faster, and ``outlier`` makes one weight huge (int8 then hurts)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((256, hidden)).astype(np.float32) / 16
+    w2 = rng.standard_normal((hidden, 16)).astype(np.float32) / 16
+    if outlier:
+        w1[0, 0] = outlier
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["a"], name="act"),
+        helper.make_node("MatMul", ["a", "w2"], ["logits"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 16])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+# --- recipes ---------------------------------------------------------------------------
+
+
+def test_recipe_round_trips_through_toml(tmp_path: Path) -> None:
+    recipe = Recipe.of([("ort_graph", {"level": "basic"}), ("int8_dynamic", {"per_channel": True})])
+    path = recipe.save(tmp_path / "r.toml")
+    again = Recipe.load(path)
+    assert again.label() == recipe.label()
+    assert [p.params() for p in again.passes] == [p.params() for p in recipe.passes]
+    assert 'name = "int8_dynamic"' in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[pass]]\nname = "turbo"', "unknown pass 'turbo'"),
+        ('[[pass]]\nname = "int8_dynamic"\nspeed = 3', "has no parameter 'speed'"),
+        ('[[pass]]\nname = "int8_dynamic"\nper_channel = "yes"', "must be bool"),
+        ('[[pass]]\nname = "ort_graph"\nlevel = "max"', "must be 'basic' | 'extended'"),
+        ("[[pass]]\nlevel = 1", "has no name"),
+        ("not toml = = ", "not valid TOML"),
+    ],
+)
+def test_bad_recipes_are_one_line_usage_errors(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        Recipe.parse(text)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+# --- the budget ------------------------------------------------------------------------
+
+
+def test_budget_parsing() -> None:
+    assert Budget.parse("cosine>=0.99") == Budget("cosine", 0.99)
+    assert Budget.parse(" max_abs <= 1e-3 ") == Budget("max_abs", 1e-3)
+    assert Budget.from_max_drop(0.01).text() == "cosine>=0.99"
+    assert Budget.from_max_drop(0.02, "classification").text() == "accuracy-drop<=0.02"
+    for bad in ("cosine>0.9", "speed>=2", "cosine<=0.9", "cosine>=abc", ""):
+        with pytest.raises(UsageError):
+            Budget.parse(bad)
+
+
+def test_worst_case_cosine_is_not_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 32))
+    cand = ref.copy()
+    cand[7] = -cand[7]  # one sample flipped: the mean stays high, the worst is -1
+    value = worst_cosine([{"y": ref}], [{"y": cand}])
+    assert value == pytest.approx(-1.0)
+    assert top1_agreement([{"y": ref}], [{"y": cand}]) >= 0.98
+
+
+# --- the chain -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def judge_for(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def make(proto: onnx.ModelProto, budget: str = "cosine>=0.99") -> tuple[Model, Judge]:
+        model = Model.load(save(proto, tmp_path / "original" / "model.onnx"))
+        feeds = [model.signature.sample(dims={"batch": b}, seed=b) for b in (1, 8)]
+        return model, Judge(model, feeds, Budget.parse(budget))
+
+    return make
+
+
+def test_budget_breaking_pass_is_rolled_back(judge_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, judge = judge_for(wide_mlp(outlier=400.0), "cosine>=0.99999")
+    final, result = apply_recipe(
+        model, Recipe.of(["int8_dynamic"]), judge, workdir=tmp_path / "w", for_size=True
+    )
+    (step,) = result.steps
+    assert step.status == "rolled back" and "breaks the budget" in step.reason
+    assert step.metric is not None and step.metric < 0.99999
+    assert final is model and result.kept == []
+
+
+def test_pass_that_is_not_faster_is_dropped_unless_for_size(judge_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, judge = judge_for(wide_mlp())
+    recipe = Recipe.of([("prune_magnitude", {"sparsity": 0.02, "min_elements": 16})])
+    _, result = apply_recipe(model, recipe, judge, workdir=tmp_path / "a")
+    (step,) = result.steps
+    assert step.status == "dropped" and "not measurably faster" in step.reason
+    _, sized = apply_recipe(model, recipe, judge, workdir=tmp_path / "b", for_size=True)
+    assert sized.steps[0].status == "kept"
+
+
+@register
+@dataclass(frozen=True)
+class _Refuses(Pass):
+    """A pass that cannot handle any model (to test that the chain goes on without it)."""
+
+    name: ClassVar[str] = "test_refuses"
+    family: ClassVar[str] = "graph"
+
+    def apply(self, model: Model, ctx: PassContext) -> PassResult:
+        raise PassError(f"{self.name}: this model has no foo", hint="use a model with foo")
+
+
+def test_failing_pass_is_reported_and_the_chain_goes_on(judge_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert "test_refuses" in PASSES
+    model, judge = judge_for(wide_mlp())
+    recipe = Recipe.of(["test_refuses", ("int8_dynamic", {"per_channel": True})])
+    final, result = apply_recipe(model, recipe, judge, workdir=tmp_path / "w", for_size=True)
+    first, second = result.steps
+    assert first.status == "failed" and "has no foo" in first.reason
+    assert second.status == "kept"
+    assert final is not model
+    assert any(t.data_type == TensorProto.INT8 for t in final.proto.graph.initializer)
+
+
+def test_replaying_the_saved_recipe_gives_the_same_digest(tmp_path: Path) -> None:
+    src = save(wide_mlp(), tmp_path / "m.onnx")
+    recipe = Recipe.of(["fold", ("int8_dynamic", {"per_channel": True})])
+    first = optimize(src, tmp_path / "a.onnx", recipe=recipe, for_size=True)
+    saved = recipe_path(tmp_path / "a.onnx")
+    assert saved.is_file()
+    again = optimize(src, tmp_path / "b.onnx", recipe=saved, for_size=True)
+    assert first.digest == again.digest
+    assert first.provenance[-1].result.kept == again.provenance[-1].result.kept
+
+
+# --- auto ------------------------------------------------------------------------------
+
+
+def test_auto_tries_candidates_and_keeps_one_within_budget(tmp_path: Path) -> None:
+    src = save(wide_mlp(hidden=512), tmp_path / "m.onnx")
+    model = optimize(src, tmp_path / "fast.onnx", auto=True, max_drop=0.02)
+    search = model.provenance[-1].result
+    assert len(search.candidates) >= 9
+    labels = [c.recipe.label() for c in search.candidates]
+    assert any(label.startswith("int8_dynamic") for label in labels)
+    assert any("int8_static" in label for label in labels)
+    assert search.reason
+    if search.chosen is not None:
+        chosen = search.candidates[search.chosen]
+        assert chosen.within and (chosen.result.final_metric or 0) >= 0.98
+    text = model.provenance[-1].to_text()
+    assert "speedup" in text and "metric" in text
+
+
+def test_auto_keeps_sensitive_nodes_in_fp32_when_static_int8_breaks_the_budget(
+    tmp_path: Path,
+) -> None:
+    src = save(wide_mlp(outlier=400.0), tmp_path / "m.onnx")
+    model = optimize(
+        src,
+        tmp_path / "fast.onnx",
+        auto=True,
+        budget="cosine>=0.9995",
+    )
+    search = model.provenance[-1].result
+    excluded = [c for c in search.candidates if "exclude_sensitive" in c.recipe.label()]
+    assert excluded, [c.recipe.label() for c in search.candidates]
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+def _ferry(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_optimize_with_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save(wide_mlp(), tmp_path / "m.onnx")
+    recipe = Recipe.of(["fold"]).save(tmp_path / "r.toml")
+    code, out, _ = _ferry(capsys, "optimize", src, "-o", tmp_path / "o.onnx", "--recipe",
+                          recipe, "--json")  # fmt: skip
+    data = json.loads(out)
+    assert code == 0 and data["verb"] == "optimize"
+    assert (tmp_path / "o.onnx").is_file() and recipe_path(tmp_path / "o.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "speed>=2", "--auto"], "unknown budget metric"),
+        (["--auto", "--recipe", "r.toml"], "not both"),
+        ([], "give a recipe or auto"),
+        (["--auto", "--calibration", "{tmp}/missing.npz"], "missing.npz"),
+        (["--auto", "--eval", "{tmp}/eval.npz"], "eval data keys do not match"),
+    ],
+)
+def test_cli_optimize_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    src = save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "eval.npz", image=np.ones((4, 4), np.float32), labels=np.zeros(4))
+    Recipe.of(["fold"]).save(tmp_path / "r.toml")
+    args = [a.format(tmp=tmp_path) if "{tmp}" in a else a for a in args]
+    args = [str(tmp_path / a) if a == "r.toml" else a for a in args]
+    code, _, err = _ferry(capsys, "optimize", src, "-o", tmp_path / "o.onnx", *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_passes_lists_every_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _ferry(capsys, "passes")
+    assert code == 0
+    for name in ("ort_graph", "slim", "fold", "fp16", "int8_dynamic", "int8_static",
+                 "prune_magnitude", "prune_channels"):  # fmt: skip
+        assert name in out
+    assert make_pass("int8_dynamic").name == "int8_dynamic"
