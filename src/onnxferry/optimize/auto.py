@@ -4,7 +4,8 @@
     search.tables()      # every candidate: latency, speedup, metric, size, within budget
 
 Candidates: ONNX Runtime graph levels, onnxslim, int8 dynamic (per tensor / per channel), int8
-static QDQ (per tensor / per channel), with and without graph passes first, and fp16 where the
+static QDQ (per tensor / per channel), with and without graph passes first, with SmoothQuant
+smoothing before int8 (activation outliers moved into the weights), and fp16 where the
 provider has fast fp16 (CUDA, TensorRT). When static int8 breaks the budget, the most sensitive
 nodes (per-node error against the fp32 intermediates) stay in fp32 until the budget holds.
 When nothing meets the budget, the candidate closest to it is returned and the report says by
@@ -42,6 +43,8 @@ def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
         [("int8_static", {})],
         [("int8_static", {"per_channel": True})],
         ["slim", ("int8_static", {"per_channel": True})],
+        ["smooth", ("int8_dynamic", {"per_channel": True})],
+        ["smooth", ("int8_static", {"per_channel": True})],
     ]
     if provider in FAST_FP16:
         steps += [["fp16"], ["slim", "fp16"]]

@@ -126,7 +126,7 @@ def register(cls: P) -> P:
 
 def available_passes() -> dict[str, type[Pass]]:
     """Every registered pass by name (importing the pass modules registers them)."""
-    from . import fp16, graph, prune, quantize  # noqa: F401  (registration side effect)
+    from . import fp16, graph, prune, quantize, smooth  # noqa: F401  (registration side effect)
 
     return dict(PASSES)
 
