@@ -1,0 +1,41 @@
+"""`deploy`: convert -> optimize --auto -> bench into one directory, with both reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onnxferry.cli import main
+from onnxferry.deploy import deploy
+from onnxferry.model import Model
+from tests.helpers import mlp, save
+
+
+def test_deploy_writes_model_recipe_and_reports(tmp_path: Path) -> None:
+    src = save(mlp(), tmp_path / "src.onnx")
+    out = tmp_path / "out"
+    report = deploy(src, out, batches=(1, 4), duration=0.2)
+    assert report.ok, report.to_text()
+    assert [s.verb for s in report.result.stages] == ["convert", "optimize", "bench"]
+    for name in ("model.onnx", "model.recipe.toml", "report.json", "report.html"):
+        assert (out / name).is_file(), name
+    Model.load(out / "model.onnx")
+    data = json.loads((out / "report.json").read_text())
+    assert data["verb"] == "deploy"
+    assert [s["verb"] for s in data["result"]["stages"]] == ["convert", "optimize", "bench"]
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") >= 1 and "latency vs batch" in page
+    assert "<script" not in page and "http" not in page.split("<svg", 1)[0]
+
+
+def test_cli_deploy_bad_source_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"not a flatbuffer at all")
+    code = main(["deploy", str(bad), "-o", str(tmp_path / "out"), "--framework", "onnx"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
