@@ -40,6 +40,7 @@ from .tf_common import (
     common_batch_name,
     convert_with_tf2onnx,
     finish_export,
+    function_to_onnx,
     import_tf,
     one_line,
     output_shape,
@@ -179,16 +180,7 @@ class KerasRunner:
 
         function = tf.function(serve, input_signature=flat)
 
-        def convert(export_opset: int) -> onnx.ModelProto:
-            import tf2onnx
-
-            proto: onnx.ModelProto
-            proto, _ = tf2onnx.convert.from_function(
-                function, input_signature=flat, opset=export_opset
-            )
-            return proto
-
-        proto = convert_with_tf2onnx(convert, opset, layer_of=_layer_finder(self.model))
+        proto = function_to_onnx(function, flat, opset, layer_of=_layer_finder(self.model))
         finish_export(proto, self.signature, path)
 
     def export_keras(self, path: Path, opset: int) -> None:

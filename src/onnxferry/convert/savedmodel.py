@@ -24,8 +24,8 @@ from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConversionError, ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
-    convert_with_tf2onnx,
     finish_export,
+    function_to_onnx,
     import_tf,
     natural_key,
     one_line,
@@ -38,7 +38,7 @@ from .tf_common import (
 )
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 __all__ = ["SavedModelRunner", "load_saved_model"]
 
@@ -166,16 +166,7 @@ class SavedModelRunner:
 
         function = tf.function(serve, input_signature=specs)
 
-        def convert(export_opset: int) -> onnx.ModelProto:
-            import tf2onnx
-
-            proto: onnx.ModelProto
-            proto, _ = tf2onnx.convert.from_function(
-                function, input_signature=specs, opset=export_opset
-            )
-            return proto
-
-        finish_export(convert_with_tf2onnx(convert, opset), self.signature, path)
+        finish_export(function_to_onnx(function, specs, opset), self.signature, path)
 
 
 def _dims(shape: Any) -> list[int | None] | None:

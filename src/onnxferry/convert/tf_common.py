@@ -180,6 +180,28 @@ def quiet_tf() -> Iterator[list[logging.LogRecord]]:
             lg.propagate = propagate
 
 
+def function_to_onnx(
+    function: Any,
+    specs: Any,
+    opset: int,
+    *,
+    layer_of: Callable[[str], str | None] | None = None,
+) -> onnx.ModelProto:
+    """A ``tf.function`` with ``specs`` as its input signature, through tf2onnx (see
+    ``convert_with_tf2onnx`` for the opset handling and error messages)."""
+
+    def convert(export_opset: int) -> onnx.ModelProto:
+        import tf2onnx
+
+        proto: onnx.ModelProto
+        proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=specs, opset=export_opset
+        )
+        return proto
+
+    return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
+
+
 def convert_with_tf2onnx(
     convert: Callable[[int], onnx.ModelProto],
     opset: int,
