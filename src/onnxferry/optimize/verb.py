@@ -69,8 +69,7 @@ def optimize(
             final, result = apply_recipe(
                 source, steps, judge, workdir=Path(tmp), calibration=calib, for_size=for_size
             )
-            kept = Recipe([p for p, s in zip(steps.passes, result.steps, strict=True)
-                           if s.status == "kept"])  # fmt: skip
+            kept = _kept(steps, result.steps)
             report: Report[Any] = Report("optimize", result)
         else:
             final, search = auto_search(source, judge, Path(tmp), calibration=calib)
