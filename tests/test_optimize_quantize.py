@@ -361,6 +361,24 @@ def test_int8_static_mlp_and_calibration_cap(tmp_path: Path, untouched: list[Mod
     assert cosine_min(model, result.model, feeds) > 0.98
 
 
+@pytest.mark.parametrize("count", [16, 17, 33])
+def test_every_calibration_sample_sets_the_ranges(tmp_path: Path, count: int) -> None:
+    """The widest sample comes first: its range must survive however many follow."""
+    model = Model.load(save(outlier_mlp(), tmp_path / "mlp.onnx"))
+    rng = np.random.default_rng(3)
+    calibration = [{"x": rng.uniform(-1, 1, (4, 16)).astype(np.float32)} for _ in range(count)]
+    calibration[0]["x"][0, 0] = 50.0
+    result = StaticInt8(calibration_samples=count).apply(
+        model, context(tmp_path, feeds_for(model), calibration)
+    )
+    scale = next(
+        float(numpy_helper.to_array(t))
+        for t in result.model.proto.graph.initializer
+        if t.name == "x_scale"
+    )
+    assert scale * 255 >= 50.0  # uint8 activations: (max - min) / 255
+
+
 def test_int8_static_rejects_int8_activations_with_uint8_weights() -> None:
     with pytest.raises(UsageError, match="int8 activations with uint8 weights") as info:
         make_pass("int8_static", {"activation_type": "int8", "weight_type": "uint8"})

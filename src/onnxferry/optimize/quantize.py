@@ -251,7 +251,10 @@ class StaticPlan:
         step = self.step
         cached = self.cache.is_file()
         reader = None if cached else FeedsReader(self.calibration)
-        options: dict[str, Any] = {"CalibMaxIntermediateOutputs": 16}
+        # No CalibMaxIntermediateOutputs: ORT 1.31 discards each full chunk instead of merging
+        # its ranges, so only the last len % N samples would count. MinMax keeps two reduced
+        # values per tensor and sample, which is small anyway.
+        options: dict[str, Any] = {}
         _, run = by_shape(self.calibration)
         if run < len(self.calibration):  # calibrate run by run, each of one shape
             options["CalibStridedMinMax"] = run
