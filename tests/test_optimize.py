@@ -7,9 +7,10 @@ the chain's decisions are checked against ONNX Runtime.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import onnx
@@ -20,10 +21,13 @@ from onnxferry.cli import main
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
 from onnxferry.optimize import Budget, Recipe, make_pass, optimize
+from onnxferry.optimize.auto import Candidate, SearchResult, _choose, candidate_recipes
 from onnxferry.optimize.base import PASSES, Pass, PassContext, PassError, PassResult, register
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
-from onnxferry.optimize.chain import Judge, apply_recipe
+from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
+from onnxferry.optimize.quantize import x86_without_vnni
 from onnxferry.optimize.verb import recipe_path
+from onnxferry.runtime import OrtRunner
 from tests.helpers import mlp, save
 
 
@@ -203,6 +207,73 @@ def test_auto_keeps_sensitive_nodes_in_fp32_when_static_int8_breaks_the_budget(
     search = model.provenance[-1].result
     excluded = [c for c in search.candidates if "exclude_sensitive" in c.recipe.label()]
     assert excluded, [c.recipe.label() for c in search.candidates]
+
+
+def test_auto_keeps_candidates_on_disk_and_times_finalists_side_by_side(tmp_path: Path) -> None:
+    src = save(wide_mlp(hidden=512), tmp_path / "m.onnx")
+    model = optimize(src, tmp_path / "fast.onnx", auto=True, max_drop=0.02)
+    search = model.provenance[-1].result
+    made = [c for c in search.candidates if c.result.kept]
+    assert made and all(c.path is not None for c in made)
+    assert all(s.model is None for c in search.candidates for s in c.result.steps)
+    finalists = [c for c in search.candidates if c.rounds_ms]
+    assert 1 <= len(finalists) <= 3
+    assert all(len(c.rounds_ms) == len(search.baseline_rounds_ms) == 5 for c in finalists)
+    assert all(c.within for c in finalists)
+    if search.chosen is not None:
+        assert search.candidates[search.chosen] in finalists
+
+
+def _timed(rounds: list[float], baseline: list[float]) -> Candidate:
+    result = ChainResult("m", "cosine>=0.99", statistics.median(baseline), 100)
+    result.kept, result.final_metric = ["int8_dynamic"], 0.999
+    result.final_ms = statistics.median(rounds)
+    return Candidate(Recipe.of(["int8_dynamic"]), result, Path("m.onnx"), rounds)
+
+
+@pytest.mark.parametrize(
+    ("rounds", "chosen"),
+    [
+        ([5.0, 5.0, 5.0, 5.0, 5.0], True),  # faster in every round
+        ([5.0, 5.0, 5.0, 5.0, 9.9], False),  # one round as slow as the original
+        ([9.8, 9.8, 9.8, 9.8, 9.8], False),  # 2% faster: within the noise margin
+    ],
+)
+def test_auto_chooses_only_a_candidate_faster_in_every_round(
+    rounds: list[float], chosen: bool
+) -> None:
+    baseline = [10.0] * 5
+    search = SearchResult("m", "cosine>=0.99", 10.0, baseline_rounds_ms=baseline)
+    search.candidates.append(_timed(rounds, baseline))
+    judge = cast(Judge, None)  # only consulted when nothing meets the budget
+    _choose(search, judge)
+    assert (search.chosen == 0) is chosen
+    assert search.ok
+    assert ("the original is kept" in search.reason) is not chosen
+
+
+def test_eval_data_latency_is_measured_at_batch_one(tmp_path: Path) -> None:
+    src = Model.load(save(wide_mlp(), tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 256)).astype(np.float32)
+    labels = OrtRunner(src).run({"x": x})["logits"].argmax(1)
+    model = optimize(
+        src, tmp_path / "o.onnx", recipe=Recipe.of(["fold"]), eval_data={"x": x, "labels": labels}
+    )
+    assert "latency measured on x[1x256]" in model.provenance[-1].notes
+    plain = optimize(src, tmp_path / "p.onnx", recipe=Recipe.of(["fold"]), inputs={"x": x[:8]})
+    assert "latency measured on x[8x256]" in plain.provenance[-1].notes
+
+
+def test_per_channel_candidates_use_7_bit_weights_without_vnni() -> None:
+    channel = [
+        p
+        for recipe in candidate_recipes("cpu")
+        for p in recipe.passes
+        if p.name.startswith("int8") and getattr(p, "per_channel", False)
+    ]
+    assert channel
+    assert all(getattr(p, "reduce_range", None) == x86_without_vnni() for p in channel)
 
 
 # --- the CLI ---------------------------------------------------------------------------

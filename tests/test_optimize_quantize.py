@@ -644,13 +644,13 @@ def test_exclude_sensitive_reports_the_nodes_kept_in_float(
 
 
 def test_per_channel_without_reduce_range_warns_on_cpus_without_vnni(tmp_path: Path) -> None:
-    from onnxferry.optimize.quantize import _x86_without_vnni
+    from onnxferry.optimize.quantize import x86_without_vnni
 
     model = Model.load(save(outlier_mlp(), tmp_path / "mlp.onnx"))
     feeds = feeds_for(model)
     result = DynamicInt8(per_channel=True).apply(model, context(tmp_path, feeds))
     warned = any("set reduce_range=true" in n for n in result.notes)
-    assert warned == _x86_without_vnni()
+    assert warned == x86_without_vnni()
     assert cosine_min(model, result.model, feeds) > 0.9  # u8s8 saturation costs a little
 
 

@@ -14,6 +14,7 @@ how much it misses.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,28 +24,36 @@ import numpy as np
 
 from ..model import Model
 from ..report import Table
-from .chain import ChainResult, Judge, apply_recipe
+from .chain import FASTER, ChainResult, Judge, always_faster, apply_recipe
+from .quantize import x86_without_vnni
 from .recipe import Recipe
 
 FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
+FINALISTS = 3
+"""How many of the fastest candidates within budget are timed again, side by side."""
+FINAL_ROUNDS = 5
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
 """How many of the most sensitive nodes static int8 leaves in fp32, tried in turn."""
 
 
 def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
-    """The recipes ``auto_search`` tries, cheapest first."""
+    """The recipes ``auto_search`` tries, cheapest first. On x86 CPUs without VNNI, per-channel
+    int8 uses 7-bit weights (``reduce_range``): full-range u8s8 products saturate there."""
+    channel: dict[str, Any] = {"per_channel": True}
+    if provider == "cpu" and x86_without_vnni():
+        channel["reduce_range"] = True
     steps: list[list[Any]] = [
         [("ort_graph", {"level": "basic"})],
         [("ort_graph", {"level": "extended"})],
         ["slim"],
         [("int8_dynamic", {})],
-        [("int8_dynamic", {"per_channel": True})],
-        ["slim", ("int8_dynamic", {"per_channel": True})],
+        [("int8_dynamic", channel)],
+        ["slim", ("int8_dynamic", channel)],
         [("int8_static", {})],
-        [("int8_static", {"per_channel": True})],
-        ["slim", ("int8_static", {"per_channel": True})],
-        ["smooth", ("int8_dynamic", {"per_channel": True})],
-        ["smooth", ("int8_static", {"per_channel": True})],
+        [("int8_static", channel)],
+        ["slim", ("int8_static", channel)],
+        ["smooth", ("int8_dynamic", channel)],
+        ["smooth", ("int8_static", channel)],
     ]
     if provider in FAST_FP16:
         steps += [["fp16"], ["slim", "fp16"]]
@@ -53,15 +62,21 @@ def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
 
 @dataclass
 class Candidate:
-    """One recipe's outcome in the search."""
+    """One recipe's outcome in the search. Its model stays on disk (``path``) so the search
+    holds one candidate in memory at a time, however many it tries."""
 
     recipe: Recipe
     result: ChainResult
-    model: Model | None
+    path: Path | None = None
+    rounds_ms: list[float] = field(default_factory=list)
+    """p50 of each side-by-side round with the original and the other finalists."""
 
     @property
     def within(self) -> bool:
         return bool(self.result.kept) and self.result.within_budget
+
+    def load(self) -> Model | None:
+        return Model.load(self.path) if self.path is not None else None
 
 
 @dataclass
@@ -75,6 +90,7 @@ class SearchResult:
     chosen: int | None = None
     reason: str = ""
     misses_by: float | None = None  # set when no candidate meets the budget
+    baseline_rounds_ms: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -134,23 +150,34 @@ def auto_search(
     *,
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
     recipes: Sequence[Recipe] | None = None,
+    finalists: int = FINALISTS,
 ) -> tuple[Model, SearchResult]:
-    """Try every candidate recipe and return the fastest model within the budget."""
-    (baseline_ms,) = judge.latency_ms(model)
+    """Try every candidate recipe and return the fastest model within the budget.
+
+    Each candidate is judged on the budget, and those within it timed once; the ``finalists``
+    fastest are then timed again side by side with the original in interleaved rounds, and one
+    is chosen only when it beats the original by FASTER in every round."""
+    (baseline_ms,) = judge.latency_ms(model, rounds=1)
     search = SearchResult(model.name, judge.budget.text(), baseline_ms)
 
     def attempt(recipe: Recipe) -> Candidate:
+        index = len(search.candidates)
         final, result = apply_recipe(
             model,
             recipe,
             judge,
-            workdir=workdir / f"candidate{len(search.candidates)}",
+            workdir=workdir / f"candidate{index}",
             calibration=calibration,
             speed_check=False,
+            baseline_ms=baseline_ms,
         )
+        candidate = Candidate(recipe, result)
         if result.kept:
-            (result.final_ms,) = judge.latency_ms(final)
-        candidate = Candidate(recipe, result, final if result.kept else None)
+            if result.within_budget:
+                (result.final_ms,) = judge.latency_ms(final, rounds=1)
+            candidate.path = _on_disk(final, workdir / f"candidate{index}" / "final.onnx")
+        for step in result.steps:
+            step.model = None  # on disk; keeps the search's memory to one model at a time
         search.candidates.append(candidate)
         return candidate
 
@@ -160,9 +187,39 @@ def auto_search(
             for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
                 if attempt(_excluding(recipe, exclude)).within:
                     break
+    _time_finalists(search, model, judge, finalists)
     _choose(search, judge)
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
-    return (chosen.model if chosen and chosen.model else model), search
+    best = chosen.load() if chosen is not None else None
+    if chosen is not None and best is not None and chosen.result.final_ms is None:
+        (chosen.result.final_ms,) = judge.latency_ms(best)  # the closest miss: report its speed
+    return best or model, search
+
+
+def _on_disk(model: Model, target: Path) -> Path:
+    if model.path is not None:
+        return model.path
+    return model.save(target).path or target
+
+
+def _time_finalists(search: SearchResult, original: Model, judge: Judge, count: int) -> None:
+    """Time the fastest candidates within budget side by side with the original; their
+    latencies and speedups become these medians, measured at the same moments."""
+    within = [c for c in search.candidates if c.within and c.path is not None]
+    within.sort(key=lambda c: c.result.final_ms or np.inf)
+    finalists = within[:count]
+    if not finalists:
+        return
+    models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
+    rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=30)
+    del models
+    search.baseline_rounds_ms = rounds[0]
+    search.baseline_ms = statistics.median(rounds[0])
+    for c in search.candidates:
+        c.result.baseline_ms = search.baseline_ms
+    for c, timed in zip(finalists, rounds[1:], strict=True):
+        c.rounds_ms = timed
+        c.result.final_ms = statistics.median(timed)
 
 
 def _static_int8_broke_budget(candidate: Candidate) -> bool:
@@ -185,18 +242,27 @@ def _excluding(recipe: Recipe, count: int) -> Recipe:
 
 
 def _choose(search: SearchResult, judge: Judge) -> None:
-    within = [i for i, c in enumerate(search.candidates) if c.within]
-    if within:
-        best = min(within, key=lambda i: search.candidates[i].result.final_ms or np.inf)
-        result = search.candidates[best].result
-        if (result.speedup or 0) <= 1.0:
-            search.reason = "no candidate is faster than the original; the original is kept"
+    timed = [i for i, c in enumerate(search.candidates) if c.within and c.rounds_ms]
+    if timed:
+        best = min(timed, key=lambda i: search.candidates[i].result.final_ms or np.inf)
+        candidate = search.candidates[best]
+        result = candidate.result
+        if not always_faster(search.baseline_rounds_ms, candidate.rounds_ms):
+            search.reason = (
+                f"no candidate within {search.budget} is faster than the original by "
+                f"{FASTER:.0%} in every one of {FINAL_ROUNDS} side-by-side rounds (best: "
+                f"{candidate.recipe.label()}, {result.speedup or 0:.2f}x); the original is kept"
+            )
             return
         search.chosen = best
         search.reason = (
-            f"fastest within {search.budget}: {search.candidates[best].recipe.label()} "
-            f"({result.speedup:.2f}x, metric {result.final_metric:.6g})"
+            f"fastest within {search.budget}: {candidate.recipe.label()} "
+            f"({result.speedup:.2f}x, metric {result.final_metric:.6g}; faster than the "
+            f"original in all {FINAL_ROUNDS} side-by-side rounds)"
         )
+        return
+    if any(c.within for c in search.candidates):
+        search.reason = "no candidate within the budget could be timed; the original is kept"
         return
     tried = [
         i

@@ -121,11 +121,15 @@ class Judge:
     labels: list[np.ndarray] | None = None
     provider: str = "cpu"
     threads: int | None = None
+    timing: dict[str, np.ndarray] | None = None
+    """The feeds latency is measured on (default: the last, largest validation set)."""
     reference: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         runner = OrtRunner(self.original, config=self._config())
         self.reference = [runner.run(f) for f in self.feeds]
+        if self.timing is None:
+            self.timing = self.feeds[-1]
 
     def _config(self) -> SessionConfig:
         return SessionConfig(provider=self.provider, threads=self.threads)
@@ -136,27 +140,31 @@ class Judge:
         return self.budget.measure(self.reference, outputs, self.labels)
 
     def latency_ms(self, *models: Model, rounds: int = 3, iterations: int = 30) -> list[float]:
-        """p50 latency of each model, median over interleaved rounds (see ``_rounds``)."""
-        return [statistics.median(v) for v in self._rounds(models, rounds, iterations)]
+        """p50 latency of each model, median over interleaved rounds (see ``rounds``)."""
+        return [statistics.median(v) for v in self.rounds(models, rounds, iterations)]
 
     def faster(self, before: Model, after: Model) -> tuple[float, float, bool]:
         """(p50 before, p50 after, whether ``after`` is faster by FASTER in every one of five
         interleaved rounds): one lucky round on a noisy machine does not make a pass faster."""
-        old, new = self._rounds((before, after), rounds=5, iterations=30)
-        every = all(b <= a * (1 - FASTER) for a, b in zip(old, new, strict=True))
-        return statistics.median(old), statistics.median(new), every
+        old, new = self.rounds((before, after), rounds=5, iterations=30)
+        return statistics.median(old), statistics.median(new), always_faster(old, new)
 
-    def _rounds(self, models: Sequence[Model], rounds: int, iterations: int) -> list[list[float]]:
-        """Per model, the p50 (ms) of each round on the last (largest) feed set; the models
-        take turns within a round so drift on a noisy machine hits them alike."""
+    def rounds(self, models: Sequence[Model], rounds: int, iterations: int) -> list[list[float]]:
+        """Per model, the p50 (ms) of each round on the timing feeds; the models take turns
+        within a round so drift on a noisy machine hits them alike."""
         sessions = [create_session(m, self._config()) for m in models]
-        feeds = self.feeds[-1]
+        feeds = self.timing if self.timing is not None else self.feeds[-1]
         per_model: list[list[float]] = [[] for _ in models]
         for _ in range(rounds):
             for i, session in enumerate(sessions):
                 lat = measure(session, feeds, warmup=3, iterations=iterations)
                 per_model[i].append(statistics.median(lat) * 1e3)
         return per_model
+
+
+def always_faster(before: Sequence[float], after: Sequence[float]) -> bool:
+    """``after`` beat ``before`` by FASTER in every round (both timed in the same rounds)."""
+    return all(b <= a * (1 - FASTER) for a, b in zip(before, after, strict=True))
 
 
 def apply_recipe(
@@ -168,11 +176,14 @@ def apply_recipe(
     workdir: Path,
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
     speed_check: bool = True,
+    baseline_ms: float | None = None,
 ) -> tuple[Model, ChainResult]:
     """Run ``recipe`` on ``model`` under ``judge``'s budget; returns the final model (its
-    files live in ``workdir``: save it before the caller removes that) and what happened."""
+    files live in ``workdir``: save it before the caller removes that) and what happened.
+    ``baseline_ms`` is ``model``'s latency when the caller has measured it already."""
     ctx = PassContext(workdir, judge.feeds, calibration, judge.provider)
-    (baseline_ms,) = judge.latency_ms(model)
+    if baseline_ms is None:
+        (baseline_ms,) = judge.latency_ms(model)
     result = ChainResult(model.name, judge.budget.text(), baseline_ms, model.size_bytes)
     current, current_ms = model, baseline_ms
     for step in recipe.passes:

@@ -852,7 +852,7 @@ def _int8_weights(model: Model) -> int:
 
 
 def _saturation_note(per_channel: bool, weights: str, reduce_range: bool, notes: list[str]) -> None:
-    if per_channel and weights == "int8" and not reduce_range and _x86_without_vnni():
+    if per_channel and weights == "int8" and not reduce_range and x86_without_vnni():
         notes.append(
             "per-channel int8 weights use all 8 bits, which can saturate ORT's u8s8 kernels on "
             "x86 CPUs without VNNI such as this one; if parity drops, set reduce_range=true"
@@ -860,7 +860,7 @@ def _saturation_note(per_channel: bool, weights: str, reduce_range: bool, notes:
 
 
 @functools.cache
-def _x86_without_vnni() -> bool:
+def x86_without_vnni() -> bool:
     """True on an x86 CPU whose flags (Linux /proc/cpuinfo) show no VNNI instructions."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False

@@ -62,7 +62,9 @@ def optimize(
     budget = budget or Budget.from_max_drop(max_drop, _task(labels))
     if budget.needs_labels and labels is None:
         raise UsageError(f"the budget {budget.text()} needs labelled data", hint="--eval data.npz")
-    judge = Judge(source, feeds, budget, labels, provider, threads)
+    # Latency is judged at batch 1: on labelled data, the first row, not a whole chunk.
+    timing = {k: v[:1] for k, v in feeds[0].items()} if eval_data is not None else None
+    judge = Judge(source, feeds, budget, labels, provider, threads, timing)
     calib = _calibration(calibration, source.signature)
     with tempfile.TemporaryDirectory(prefix="onnxferry-optimize-") as tmp:
         if steps is not None:
@@ -77,12 +79,17 @@ def optimize(
             kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
             report = Report("optimize", search)
         report.notes.append(f"recipe: {kept.label()}")
+        report.notes.append(f"latency measured on {_shapes(judge.timing or feeds[-1])}")
         saved = final.save(output) if output is not None else final.detached()
         if output is not None:
             kept.save(recipe_path(Path(output)))
             report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
     saved.provenance = [*source.provenance, report]
     return saved
+
+
+def _shapes(feeds: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}[{'x'.join(map(str, v.shape))}]" for k, v in feeds.items())
 
 
 def recipe_path(output: Path) -> Path:
