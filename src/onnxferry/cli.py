@@ -249,38 +249,55 @@ def test_command(
 
 
 @cli.command()
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
+@click.option("--url", help="Load-test a V2 server instead: http://HOST:PORT (with --model).")
+@click.option("--model", "served_model", help="With --url: the served model's name.")
+@click.option("--binary/--json-data", default=True, help="With --url: binary tensors or JSON.")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
 @click.option("--threads", help="Intra-op thread counts, e.g. 1,2 (default: ORT's).")
 @click.option("--provider", default="cpu", show_default=True, help="Providers, e.g. cpu,cuda.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
 @click.option("--iterations", type=int, help="Timed runs per configuration.")
 @click.option("--duration", type=float, help="Seconds per configuration instead.")
-@click.option("--concurrency", default=1, show_default=True, help="Parallel requests.")
+@click.option("--concurrency", default="1", show_default=True, help="Parallel requests, e.g. 1,8.")
 @click.option("--dim", "dims", multiple=True, help="Size of a symbolic dim, NAME=SIZE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--csv", "as_csv", is_flag=True, help="Print the results as CSV.")
 @report_options
 def bench(
     models: tuple[str, ...],
+    url: str | None,
+    served_model: str | None,
+    binary: bool,
     batch: str,
     threads: str | None,
     provider: str,
     warmup: int,
     iterations: int | None,
     duration: float | None,
-    concurrency: int,
+    concurrency: str,
     dims: tuple[str, ...],
     seed: int,
     as_csv: bool,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
-    """Measure latency, throughput and memory of one or more models side by side."""
+    """Measure latency, throughput and memory of one or more models side by side, or (--url)
+    load-test a running V2 server like perf_analyzer."""
     from .bench import bench as bench_models
 
     if as_csv and as_json:
         raise UsageError("--csv and --json exclude each other", hint="pick one")
+    levels = _int_list(concurrency, "--concurrency") or [1]
+    if url is not None:
+        return _bench_url(url, served_model, models, levels, binary, duration, seed,
+                          as_json, report_path)  # fmt: skip
+    if not models:
+        raise UsageError("give one or more models", hint="ferry bench model.onnx, or --url")
+    if len(levels) > 1:
+        raise UsageError(
+            "several --concurrency levels need --url", hint="bench one level at a time"
+        )
     report = bench_models(
         list(models),
         batches=_int_list(batch, "--batch") or [1],
@@ -289,7 +306,7 @@ def bench(
         warmup=warmup,
         iterations=iterations,
         duration=duration,
-        concurrency=concurrency,
+        concurrency=levels[0],
         dims=_dims(dims),
         seed=seed,
         progress=sys.stderr.isatty(),
@@ -300,6 +317,125 @@ def bench(
             report.save(report_path)
         return report.exit_code
     return emit(report, as_json, report_path)
+
+
+def _bench_url(
+    url: str,
+    model: str | None,
+    models: tuple[str, ...],
+    levels: list[int],
+    binary: bool,
+    duration: float | None,
+    seed: int,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    from .serve.loadgen import run_load_test
+
+    if models:
+        raise UsageError("--url measures a server: give --model NAME, not model files")
+    if not model:
+        raise UsageError("--url needs --model NAME", hint="the name the server serves it under")
+    result = run_load_test(
+        url, model, concurrency=levels, binary=binary, duration_s=duration or 5.0, seed=seed
+    )
+    return emit(Report("bench", result), as_json, report_path)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="FERRY_API_KEY",
+    help="Bearer key for every route but health (env FERRY_API_KEY).",
+)
+@click.option(
+    "--repository-key",
+    "repository_keys",
+    multiple=True,
+    envvar="FERRY_REPOSITORY_KEY",
+    help="Bearer key for the repository API.",
+)
+@click.option("--repository-api", is_flag=True, help="Enable /v2/repository (load/unload).")
+@click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
+@click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
+@click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")
+@click.option("--max-queue-size", type=int, help="Waiting requests before 503.")
+@click.option("--instances", type=int, help="Sessions per model (default: from the cores).")
+@click.option("--threads", type=int, help="Intra-op threads per session.")
+@click.option("--timeout-ms", type=float, help="Default per-request deadline (504 past it).")
+@click.option("--max-body", default=64.0, show_default=True, help="Request body limit, MiB.")
+@click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
+@click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
+@click.option(
+    "--graceful-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests get after SIGTERM.",
+)
+@click.option("--access-log", is_flag=True, help="One JSON line per request (stderr).")
+def serve(
+    path: str,
+    host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    repository_keys: tuple[str, ...],
+    repository_api: bool,
+    poll: float | None,
+    max_batch_size: int | None,
+    max_queue_delay_ms: float | None,
+    max_queue_size: int | None,
+    instances: int | None,
+    threads: int | None,
+    timeout_ms: float | None,
+    max_body: float,
+    body_timeout: float,
+    header_timeout: float,
+    graceful_timeout: float,
+    access_log: bool,
+) -> int:
+    """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
+    KServe V2 / Open Inference Protocol REST, with dynamic batching."""
+    from .serve.app import ServeSettings
+    from .serve.config import ModelConfig
+    from .serve.server import ServerOptions
+    from .serve.server import serve as run_server
+
+    for name, value in (("--max-body", max_body), ("--body-timeout", body_timeout),
+                        ("--header-timeout", header_timeout)):  # fmt: skip
+        if not value > 0:
+            raise UsageError(f"{name} must be positive, got {value:g}")
+    given: dict[str, Any] = {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "max_queue_size": max_queue_size,
+        "instances": instances,
+        "intra_op_threads": threads,
+    }
+    config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
+    settings = ServeSettings(
+        api_keys=tuple(api_keys),
+        repository_keys=tuple(repository_keys),
+        repository_api=repository_api,
+        body_limit=int(max_body * 2**20),
+        body_timeout_s=body_timeout,
+        default_timeout_ms=timeout_ms,
+        server_version=__version__,
+    )
+    options = ServerOptions(
+        host=host,
+        port=port,
+        header_timeout_s=header_timeout,
+        graceful_timeout_s=graceful_timeout,
+        poll_interval_s=poll,
+    )
+    if access_log:
+        logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
+    return run_server(path, options, settings, config)
 
 
 def _shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:

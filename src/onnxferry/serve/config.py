@@ -1,0 +1,344 @@
+"""Per-model serving configuration: batching, instances x threads, deadlines, versions.
+
+    config = ModelConfig.from_toml(Path("repo/resnet/ferry.toml"))   # UsageError if malformed
+    instances, threads = config.parallelism(usable_cores())         # never oversubscribes
+    triton_config("resnet", model.signature, config, batching=True)  # GET /v2/models/m/config
+
+``ferry.toml`` holds the same fields as ``ModelConfig`` plus a ``[versions]`` table:
+``policy = "latest" | "all" | "specific"``, ``latest = N``, ``specific = [1, 3]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import UsageError
+from ..signature import Signature, TensorSpec
+
+POLICIES = ("latest", "all", "specific")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which numbered versions of a model to serve (Triton's version_policy)."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise UsageError(
+                f"versions.policy: unknown policy {self.kind!r}", hint="use latest, all or specific"
+            )
+        if isinstance(self.latest, bool) or not isinstance(self.latest, int) or self.latest < 1:
+            raise UsageError(f"versions.latest must be an integer >= 1, got {self.latest!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.specific):
+            raise UsageError(
+                f"versions.specific must list integers >= 1, got {list(self.specific)!r}"
+            )
+        if self.kind == "specific" and not self.specific:
+            raise UsageError(
+                "versions.policy is 'specific' but versions.specific is empty",
+                hint="list the versions to serve, e.g. specific = [1, 3]",
+            )
+
+    def select(self, available: Iterable[int]) -> list[int]:
+        """The versions to serve out of ``available``, ascending."""
+        versions = sorted(set(available))
+        if self.kind == "all":
+            return versions
+        if self.kind == "specific":
+            wanted = set(self.specific)
+            return [v for v in versions if v in wanted]
+        return versions[-self.latest :] if versions else []
+
+    def to_triton(self) -> dict[str, Any]:
+        if self.kind == "all":
+            return {"all": {}}
+        if self.kind == "specific":
+            return {"specific": {"versions": list(self.specific)}}
+        return {"latest": {"num_versions": self.latest}}
+
+
+# (type, smallest allowed value, whether the smallest value itself is allowed)
+_LIMITS: dict[str, tuple[type, float, bool]] = {
+    "max_batch_size": (int, 0, True),
+    "max_queue_delay_ms": (float, 0, True),
+    "max_queue_size": (int, 1, True),
+    "instances": (int, 1, True),
+    "intra_op_threads": (int, 1, True),
+    "timeout_ms": (float, 0, False),
+    "allow_nonfinite": (bool, 0, True),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How one model is served; every field has a working default.
+
+    ``max_batch_size = 0`` turns dynamic batching off. ``instances`` / ``intra_op_threads``
+    left as None are chosen from the usable cores by ``parallelism``.
+    """
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 0.5
+    max_queue_size: int = 256
+    instances: int | None = None
+    intra_op_threads: int | None = None
+    timeout_ms: float | None = None
+    allow_nonfinite: bool = True
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+
+    def __post_init__(self) -> None:
+        for name, (kind, low, inclusive) in _LIMITS.items():
+            value = getattr(self, name)
+            if value is not None:
+                _check_value(name, value, kind, low, inclusive)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> ModelConfig:
+        """Read ``ferry.toml``; an unreadable file, bad TOML, an unknown key, a wrong type or an
+        out-of-range value is a UsageError naming the file and the key."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+        try:
+            data = _toml().loads(text)
+        except Exception as e:
+            raise UsageError(
+                f"{path} is not valid TOML: {e}", hint="see ferry.toml in the serve docs"
+            ) from e
+        try:
+            return cls.from_dict(data)
+        except UsageError as e:
+            raise UsageError(f"{path}: {e.message}", hint=e.hint) from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """A config from parsed TOML (the keys of ``ferry.toml``)."""
+        known = [f.name for f in fields(cls) if f.name != "version_policy"]
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "versions":
+                values["version_policy"] = _version_policy(value)
+                continue
+            if key not in known:
+                raise UsageError(
+                    f"unknown key {key!r}", hint=f"known keys: {', '.join([*known, 'versions'])}"
+                )
+            kind = _LIMITS[key][0]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            values[key] = value
+        return cls(**values)
+
+    def parallelism(self, cores: int) -> tuple[int, int]:
+        """(instances, intra-op threads per instance) for ``cores`` usable cores.
+
+        Explicit settings win. Otherwise instances * threads <= cores: by default one instance
+        using every core (the lowest latency at low load, and on CPU the dynamic batcher gives
+        one wide instance enough rows to keep all cores busy at high load).
+        """
+        cores = max(1, cores)
+        if self.instances is not None and self.intra_op_threads is not None:
+            return self.instances, self.intra_op_threads
+        if self.instances is not None:
+            return self.instances, max(1, cores // self.instances)
+        if self.intra_op_threads is not None:
+            return max(1, cores // self.intra_op_threads), self.intra_op_threads
+        return 1, cores
+
+
+def _check_value(name: str, value: Any, kind: type, low: float, inclusive: bool) -> None:
+    wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{name} must be {wanted}, got {value!r}")
+        return
+    numeric = isinstance(value, int) or (kind is float and isinstance(value, float))
+    if isinstance(value, bool) or not numeric:
+        raise UsageError(f"{name} must be {wanted}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < low or (number == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise UsageError(f"{name} must be {bound}, got {value!r}")
+
+
+def _version_policy(table: Any) -> VersionPolicy:
+    if not isinstance(table, dict):
+        raise UsageError(
+            "versions must be a table", hint='write [versions] and policy = "latest" below it'
+        )
+    unknown = sorted(set(table) - {"policy", "latest", "specific"})
+    if unknown:
+        raise UsageError(
+            f"unknown key 'versions.{unknown[0]}'", hint="known keys: policy, latest, specific"
+        )
+    policy = table.get("policy", "latest")
+    if not isinstance(policy, str):
+        raise UsageError(f"versions.policy must be a string, got {policy!r}")
+    specific = table.get("specific", [])
+    if not isinstance(specific, list):
+        raise UsageError(f"versions.specific must be a list of integers, got {specific!r}")
+    kind: Any = policy
+    return VersionPolicy(kind, table.get("latest", 1), tuple(specific))
+
+
+def _toml() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    import tomli
+
+    return tomli
+
+
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """The cores this process may keep busy: its CPU affinity, capped by a cgroup CPU quota
+    (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded down, >= 1.
+
+    The quota of the process's own cgroup and of each ancestor counts (the tightest wins).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root, _cgroup_paths(self_cgroup))
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores)
+
+
+def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
+    """The process's cgroup path per hierarchy: "" for v2, controller names for v1."""
+    paths: dict[str, str] = {}
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, where = parts
+        if controllers == "":
+            paths[""] = where
+        for controller in controllers.split(","):
+            if controller == "cpu":
+                paths["cpu"] = where
+    return paths
+
+
+def _cgroup_quota(root: Path, paths: Mapping[str, str]) -> float | None:
+    """The tightest CPU quota in cores over the cgroup and its ancestors, None if unlimited."""
+    found: list[float] = []
+    for directory in _candidates(root, paths.get("", "/")):
+        found.extend(_v2_quota(directory / "cpu.max"))
+    for base in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        for directory in _candidates(base, paths.get("cpu", "/")):
+            found.extend(_v1_quota(directory))
+    return min(found) if found else None
+
+
+def _candidates(base: Path, where: str) -> list[Path]:
+    """``base/where`` and each ancestor up to ``base`` (a container sees its cgroup as /)."""
+    parts = [p for p in where.split("/") if p and p not in (".", "..")]
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(file: Path) -> list[float]:
+    try:
+        fields_ = file.read_text().split()
+    except OSError:
+        return []
+    if len(fields_) != 2 or fields_[0] == "max":
+        return []
+    try:
+        quota, period = int(fields_[0]), int(fields_[1])
+    except ValueError:
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+def _v1_quota(directory: Path) -> list[float]:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+def triton_type(spec: TensorSpec) -> str:
+    """Triton's model-config data type for a tensor ("TYPE_FP32"; BYTES is "TYPE_STRING")."""
+    v2 = spec.dtype.v2
+    if v2 is None:
+        return "TYPE_INVALID"
+    return "TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}"
+
+
+def triton_config(
+    name: str,
+    signature: Signature,
+    config: ModelConfig,
+    batching: bool,
+    *,
+    parallelism: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The model configuration as Triton returns it at GET /v2/models/{m}/config (its
+    model_config.proto in JSON), enough for perf_analyzer and tritonclient.
+
+    ``parallelism`` = (instances, threads) actually used; default ``config.parallelism`` on
+    the usable cores. With ``batching`` the dims leave out the batch axis, as Triton's do.
+    """
+    instances, threads = parallelism or config.parallelism(usable_cores())
+
+    def tensors(specs: Iterable[TensorSpec]) -> list[dict[str, Any]]:
+        out = []
+        for spec in specs:
+            shape = list(spec.shape) if spec.shape is not None else [None]
+            dims = shape[1:] if batching else shape
+            out.append(
+                {
+                    "name": spec.name,
+                    "data_type": triton_type(spec),
+                    "dims": [d if isinstance(d, int) else -1 for d in dims],
+                }
+            )
+        return out
+
+    result: dict[str, Any] = {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": config.version_policy.to_triton(),
+        "max_batch_size": config.max_batch_size if batching else 0,
+        "input": tensors(signature.inputs),
+        "output": tensors(signature.outputs),
+        "instance_group": [{"name": name, "count": instances, "kind": "KIND_CPU"}],
+        "parameters": {
+            "intra_op_thread_count": {"string_value": str(threads)},
+            "inter_op_thread_count": {"string_value": "1"},
+        },
+        "model_transaction_policy": {"decoupled": False},
+    }
+    if batching:
+        queue_policy: dict[str, Any] = {"max_queue_size": config.max_queue_size}
+        if config.timeout_ms is not None:
+            queue_policy["default_timeout_microseconds"] = round(config.timeout_ms * 1000)
+        result["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(config.max_queue_delay_ms * 1000),
+            "default_queue_policy": queue_policy,
+        }
+    return result

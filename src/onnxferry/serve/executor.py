@@ -1,0 +1,660 @@
+"""Runs one model version: ONNX Runtime sessions (instances x intra-op threads) behind a
+dynamic batcher, with per-request deadlines and Triton-style statistics.
+
+    executor = ModelExecutor(model, ModelConfig(max_batch_size=8))
+    executor.warmup()                                    # one run per instance, sync
+    result = await executor.infer({"x": x}, output_names=["y"], deadline=time.monotonic() + 1)
+    result.outputs["y"], result.batch_size               # rows of the batch it ran in
+    executor.statistics()                                # GET /v2/models/m/stats entry
+    await executor.close()                               # drains queued and in-flight work
+
+Scheduling (all on the event loop thread; each instance has its own worker thread and
+session, and a batch costs one hand-off to the worker and one back):
+
+- An idle instance takes the queue at once: at low load a request never waits for company.
+- While every instance is busy, requests accumulate; the next free instance takes the oldest
+  request plus every queued request of the same non-batch shapes and dtypes, up to
+  ``max_batch_size`` rows. Load itself makes the batches.
+- An idle instance holds back only while recent load says more rows are on their way (the
+  number of requests recently in the system exceeds what is queued and running) and the
+  oldest request has waited less than ``max_queue_delay_ms``. A wait that ends short of its
+  target lowers the estimate, so a drop in load costs at most one delay.
+
+Deadlines: a request still queued at its deadline fails with DeadlineExceeded without
+running; a request whose deadline passes mid-run fails at once, and when every request of a
+run has failed or been cancelled the run is stopped with ``RunOptions.terminate`` (each run
+has its own RunOptions, so the session stays usable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from queue import SimpleQueue
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import FeedError, FerryError
+from ..model import Model
+from ..runtime import (
+    SessionConfig,
+    _from_ortvalue,
+    create_session,
+    needs_ortvalue_outputs,
+    ort_error_message,
+    ort_inputs,
+)
+from ..signature import Signature
+from .config import ModelConfig, usable_cores
+
+log = logging.getLogger("onnxferry")
+
+
+class QueueFull(FerryError):
+    """Too many requests are waiting for this model (HTTP 503)."""
+
+
+class DeadlineExceeded(FerryError):
+    """The request's deadline passed before its result was ready (HTTP 504)."""
+
+
+class ExecutionError(FerryError):
+    """ONNX Runtime failed on input that matches the signature (HTTP 500)."""
+
+
+class ExecutorClosed(FerryError):
+    """The executor is shutting down and takes no new requests (HTTP 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """Outputs of one request, and where its time went."""
+
+    outputs: dict[str, np.ndarray]
+    queue_ns: int
+    compute_ns: int
+    batch_size: int  # rows of the batch this request ran in
+
+
+class _Request:
+    __slots__ = (
+        "abandoned",
+        "batch",
+        "deadline",
+        "feeds",
+        "future",
+        "key",
+        "names",
+        "rows",
+        "start_ns",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        names: tuple[str, ...] | None,
+        deadline: float | None,
+        future: asyncio.Future[InferResult],
+        rows: int,
+        key: tuple[Any, ...] | None,
+    ) -> None:
+        self.feeds = feeds
+        self.names = names
+        self.deadline = deadline
+        self.future = future
+        self.rows = rows
+        self.key = key  # None: cannot share a batch
+        self.start_ns = time.monotonic_ns()
+        self.timer: asyncio.TimerHandle | None = None
+        self.batch: _Batch | None = None
+        self.abandoned = False  # failed or cancelled before its result arrived
+
+
+class _Batch:
+    """One run: its requests, what it asks for, and (after the run) what came back."""
+
+    __slots__ = (
+        "done",
+        "error",
+        "index",
+        "live",
+        "loop",
+        "names",
+        "options",
+        "outputs",
+        "requests",
+        "rows",
+        "start_ns",
+        "times",
+        "unbatchable",
+    )
+
+    def __init__(self, requests: list[_Request], names: tuple[str, ...], rows: int) -> None:
+        self.requests = requests
+        self.names = names
+        self.rows = rows
+        self.live = len(requests)
+        self.options = ort.RunOptions()
+        self.options.log_severity_level = 4  # a terminated run is expected, not an error
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: Any = None  # what the worker calls on the loop with the finished batch
+        self.index = 0  # the instance that runs it
+        self.outputs: list[dict[str, np.ndarray]] = []
+        self.error: BaseException | None = None
+        self.start_ns = 0
+        self.times = (0, 0, 0)  # compute_input, compute_infer, compute_output (ns)
+        self.unbatchable = False
+
+
+class _Instance:
+    """One session and what it needs to run a batch; knows nothing of the executor."""
+
+    def __init__(self, session: ort.InferenceSession, signature: Signature, model: str) -> None:
+        self.session = session
+        self.model = model
+        self.input_names = signature.input_names
+        self.bf16_inputs = any(s.dtype.onnx_name == "BFLOAT16" for s in signature.inputs)
+        self.ortvalue_outputs = needs_ortvalue_outputs(signature)
+
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        names: Sequence[str],
+        options: ort.RunOptions | None,
+    ) -> list[np.ndarray]:
+        if self.ortvalue_outputs:
+            values = self.session.run_with_ort_values(
+                list(names), ort_inputs(feeds, all_ortvalues=True), options
+            )
+            return [_from_ortvalue(v) for v in values]
+        inputs: Mapping[str, Any] = ort_inputs(feeds) if self.bf16_inputs else feeds
+        results = self.session.run(list(names), inputs, options)
+        return [r if isinstance(r, np.ndarray) else np.asarray(r, dtype=object) for r in results]
+
+    def execute(self, batch: _Batch) -> None:
+        """Concatenate, run and split one batch (in the worker thread); fills the batch."""
+        requests = batch.requests
+        t0 = time.monotonic_ns()
+        batch.start_ns = t0
+        t1 = t2 = t0
+        try:
+            if len(requests) == 1:
+                feeds = requests[0].feeds
+            else:
+                feeds = {
+                    n: np.concatenate([r.feeds[n] for r in requests]) for n in self.input_names
+                }
+            t1 = time.monotonic_ns()
+            arrays = self.run(feeds, batch.names, batch.options)
+            t2 = time.monotonic_ns()
+            outputs = dict(zip(batch.names, arrays, strict=True))
+            if len(requests) == 1:
+                batch.outputs = [_pick(outputs, requests[0].names, batch.names)]
+            elif all(a.ndim and a.shape[0] == batch.rows for a in arrays):
+                batch.outputs = _split(outputs, requests, batch.names)
+            else:  # outputs do not follow the batch axis: run each request on its own
+                batch.unbatchable = True
+                batch.outputs = [self._run_alone(r, batch) for r in requests]
+        except Exception as e:
+            batch.error = self._error(e, batch.options)
+        t3 = time.monotonic_ns()
+        batch.times = (t1 - t0, t2 - t1, t3 - t2)
+
+    def _run_alone(self, request: _Request, batch: _Batch) -> dict[str, np.ndarray]:
+        arrays = self.run(request.feeds, batch.names, batch.options)
+        return _pick(dict(zip(batch.names, arrays, strict=True)), request.names, batch.names)
+
+    def _error(self, error: Exception, options: ort.RunOptions) -> FerryError:
+        if options.terminate:
+            return DeadlineExceeded(
+                f"model {self.model!r}: the run was stopped at the request deadline",
+                hint="raise the timeout or send smaller inputs",
+            )
+        if isinstance(error, FerryError):
+            return error
+        return ExecutionError(
+            f"model {self.model!r} failed to run: {ort_error_message(error)}",
+            hint="the inputs match the signature, but the model rejects their values",
+        )
+
+
+def _pick(
+    outputs: dict[str, np.ndarray], wanted: tuple[str, ...] | None, ran: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    if wanted is None or wanted == ran:
+        return outputs
+    return {n: outputs[n] for n in wanted}
+
+
+def _split(
+    outputs: dict[str, np.ndarray], requests: list[_Request], ran: tuple[str, ...]
+) -> list[dict[str, np.ndarray]]:
+    parts = []
+    start = 0
+    for r in requests:
+        stop = start + r.rows
+        parts.append({n: outputs[n][start:stop] for n in (r.names or ran)})
+        start = stop
+    return parts
+
+
+def _worker(instance: _Instance, inbox: SimpleQueue[_Batch | None]) -> None:
+    while (batch := inbox.get()) is not None:
+        instance.execute(batch)
+        assert batch.loop is not None
+        try:
+            batch.loop.call_soon_threadsafe(batch.done, batch)
+        except RuntimeError:  # the loop was closed under a running batch
+            log.warning("a batch finished after its event loop closed")
+
+
+def batch_axis(signature: Signature) -> bool:
+    """True when every input and output has a leading dynamic dim, and the inputs' named
+    leading dims are one name: the model can run concatenated requests."""
+    specs = [*signature.inputs, *signature.outputs]
+    if not signature.inputs or any(not s.shape or isinstance(s.shape[0], int) for s in specs):
+        return False
+    names = {s.shape[0] for s in signature.inputs if s.shape and isinstance(s.shape[0], str)}
+    return len(names) <= 1
+
+
+class _Counter:
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+_PHASES = ("compute_input", "compute_infer", "compute_output")
+_REQUEST_STATS = ("success", "fail", "queue", *_PHASES, "cache_hit", "cache_miss")
+
+
+class ModelExecutor:
+    """Serves one model version; see the module docstring for the scheduling policy.
+
+    Use it from one event loop at a time; ``statistics`` and ``infer`` are loop-thread calls.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        config: ModelConfig,
+        *,
+        cores: int | None = None,
+        name: str | None = None,
+        version: str = "1",
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.signature: Signature = model.signature
+        self.name = name or model.name
+        self.version = version
+        self.instances, self.threads = config.parallelism(
+            usable_cores() if cores is None else cores
+        )
+        self.batching: bool = config.max_batch_size > 0 and batch_axis(self.signature)
+        session_config = SessionConfig(threads=self.threads, inter_threads=1)
+        self._instances = [
+            _Instance(create_session(model, session_config), self.signature, self.name)
+            for _ in range(self.instances)
+        ]
+        self._output_names = tuple(o.name for o in self._instances[0].session.get_outputs())
+        self._known_outputs = frozenset(self._output_names)
+        self._input_names = tuple(self.signature.input_names)
+        self._input_set = frozenset(self._input_names)
+        self._max_rows = max(1, config.max_batch_size)
+        self._delay_ns = round(config.max_queue_delay_ms * 1e6)
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[_Request] = deque()
+        self._queued = 0  # live requests in the queue
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._busy = 0
+        self._idle = list(range(self.instances))
+        self._estimate = 1  # rows recently in the system (queued + running)
+        self._wait: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+
+        self._request_stats = {k: _Counter() for k in _REQUEST_STATS}
+        self._batch_stats: dict[int, tuple[_Counter, _Counter, _Counter]] = {}
+        self._inference_count = 0
+        self._execution_count = 0
+        self._last_inference_ms = 0
+
+        self._inboxes: list[SimpleQueue[_Batch | None]] = [SimpleQueue() for _ in self._instances]
+        self._threads = [
+            threading.Thread(
+                target=_worker, args=(inst, box), name=f"ferry-{self.name}-{i}", daemon=True
+            )
+            for i, (inst, box) in enumerate(zip(self._instances, self._inboxes, strict=True))
+        ]
+        for t in self._threads:
+            t.start()
+        self._finalizer = weakref.finalize(self, _stop, self._inboxes)
+
+    # --- public API --------------------------------------------------------------------
+
+    async def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        *,
+        output_names: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> InferResult:
+        """Run one request (feeds already validated against the signature) through the
+        batcher. ``deadline`` is a ``time.monotonic()`` time.
+
+        Raises QueueFull, DeadlineExceeded, ExecutionError, ExecutorClosed, or FeedError for
+        unknown input or output names.
+        """
+        if self._closing:
+            raise ExecutorClosed(
+                f"model {self.name!r} version {self.version} is shutting down",
+                hint="retry; a newer version or a restarted server will answer",
+            )
+        loop = self._bind_loop()
+        names = None if output_names is None else tuple(output_names)
+        if names is not None and not self._known_outputs.issuperset(names):
+            unknown = next(n for n in names if n not in self._known_outputs)
+            raise FeedError(
+                f"model {self.name!r} has no output {unknown!r}",
+                hint=f"outputs are {list(self._output_names)}",
+            )
+        if feeds.keys() != self._input_set:
+            self.signature.validate(feeds)
+        rows, key = self._batch_key(feeds)
+        if deadline is not None and deadline <= time.monotonic():
+            self._request_stats["fail"].add(0)
+            raise self._deadline_error()
+        if self._queued >= self.config.max_queue_size:
+            self._request_stats["fail"].add(0)
+            raise QueueFull(
+                f"model {self.name!r} has {self._queued} requests waiting (max_queue_size)",
+                hint="retry later, or raise max_queue_size / instances in ferry.toml",
+            )
+        request = _Request(feeds, names, deadline, loop.create_future(), rows, key)
+        if deadline is not None:
+            request.timer = loop.call_later(deadline - time.monotonic(), self._expire, request)
+        self._queue.append(request)
+        self._queued += 1
+        self._queued_rows += rows
+        self._estimate = max(self._estimate, self._queued_rows + self._running_rows)
+        if self._idle:
+            self._dispatch()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._abandon(request)
+            raise
+
+    def warmup(self) -> None:
+        """One run per instance on sample feeds (batch 1); ExecutionError if it fails."""
+        feeds = self.signature.sample(seed=0)
+        for instance in self._instances:
+            try:
+                instance.run(feeds, self._output_names, None)
+            except Exception as e:
+                raise ExecutionError(
+                    f"model {self.name!r} failed its warmup run: {ort_error_message(e)}",
+                    hint="the model must run on random inputs of batch size 1",
+                ) from e
+
+    async def close(self) -> None:
+        """Stop taking requests, finish the queued and running ones, stop the threads."""
+        self._closing = True
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
+        if self._loop is not None and (self._queued or self._busy):
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            self._dispatch()
+            await asyncio.shield(self._drained)
+        if self._finalizer.alive:
+            self._finalizer()
+            await asyncio.to_thread(_join, self._threads)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an instance."""
+        return self._queued
+
+    def statistics(self) -> dict[str, Any]:
+        """This version's entry of Triton's statistics extension (GET /v2/models/m/stats)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self._last_inference_ms,
+            "inference_count": self._inference_count,
+            "execution_count": self._execution_count,
+            "inference_stats": {k: c.to_dict() for k, c in self._request_stats.items()},
+            "batch_stats": [
+                {"batch_size": size, **_phases(counters)}
+                for size, counters in sorted(self._batch_stats.items())
+            ],
+            "memory_usage": [],
+        }
+
+    # --- scheduling (event loop thread) -------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None and (self._queued or self._busy):
+                raise RuntimeError("a ModelExecutor serves one event loop at a time")
+            self._loop = loop
+            self._drained = None
+            self._wait = None  # a timer of the old loop
+        return loop
+
+    def _batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...] | None]:
+        """(rows, key): requests with equal keys can share a batch; None shares nothing."""
+        if not self.batching:
+            return 1, None
+        arrays = [feeds[n] for n in self._input_names]
+        if any(a.ndim == 0 for a in arrays):
+            return 1, None
+        rows = arrays[0].shape[0]
+        if any(a.shape[0] != rows for a in arrays):
+            return rows, None
+        return rows, tuple((a.dtype, a.shape[1:]) for a in arrays)
+
+    def _dispatch(self) -> None:
+        """Hand batches to idle instances, or arm the wait timer (see the module docstring)."""
+        now = time.monotonic_ns()
+        while self._idle and self._queue:
+            head = self._queue[0]
+            if head.abandoned:
+                self._queue.popleft()
+                continue
+            if self._should_wait(head, now):
+                if self._wait is None:
+                    delay = (head.start_ns + self._delay_ns - now) / 1e9
+                    self._wait = self._running_loop().call_later(delay, self._waited)
+                return
+            batch = self._take(now)
+            if batch is None:
+                continue
+            batch.index = self._idle.pop()
+            batch.loop = self._loop
+            batch.done = self._finished
+            self._busy += 1
+            self._running_rows += batch.rows
+            self._inboxes[batch.index].put(batch)
+
+    def _should_wait(self, head: _Request, now: int) -> bool:
+        if not self.batching or self._closing or head.key is None:
+            return False
+        # the rows expected soon, shared by the idle instances
+        expected = self._estimate - self._running_rows
+        target = min(self._max_rows, -(-expected // len(self._idle)))
+        if self._queued_rows >= target:
+            return False
+        return now - head.start_ns < self._delay_ns
+
+    def _waited(self) -> None:
+        """The wait timer: run what has come, and trust the load estimate less."""
+        self._wait = None
+        if self._queue and self._idle:
+            self._estimate = max(1, self._queued_rows + self._running_rows)
+            self._dispatch()
+
+    def _take(self, now: int) -> _Batch | None:
+        """The oldest live request and every queued one that may join it (max rows)."""
+        queue = self._queue
+        first = queue.popleft()
+        taken = [first]
+        rows = first.rows
+        key = first.key
+        if key is not None and rows < self._max_rows:
+            keep = []
+            while queue and rows < self._max_rows:
+                r = queue.popleft()
+                if r.abandoned:
+                    continue
+                if r.key == key and rows + r.rows <= self._max_rows:
+                    taken.append(r)
+                    rows += r.rows
+                else:
+                    keep.append(r)
+            queue.extendleft(reversed(keep))
+        live = []
+        now_s = now / 1e9
+        for r in taken:
+            if r.deadline is not None and r.deadline <= now_s:
+                self._expire(r)  # counted out of the queue there
+            else:
+                live.append(r)
+        if not live:
+            return None
+        rows = sum(r.rows for r in live)
+        self._queued -= len(live)
+        self._queued_rows -= rows
+        names = live[0].names
+        if names is None or any(r.names != names for r in live):
+            names = self._output_names
+        batch = _Batch(live, names, rows)
+        for r in live:
+            r.batch = batch
+        return batch
+
+    def _finished(self, batch: _Batch) -> None:
+        """Back on the loop: answer the batch's requests, record statistics, dispatch more."""
+        self._idle.append(batch.index)
+        self._busy -= 1
+        self._running_rows -= batch.rows
+        end = time.monotonic_ns()
+        compute = sum(batch.times)
+        if batch.unbatchable and self.batching:
+            self.batching = False
+            log.warning(
+                "model %r: outputs do not follow the batch axis; dynamic batching is off",
+                self.name,
+            )
+        if batch.error is None:
+            self._execution_count += 1
+            self._last_inference_ms = int(time.time() * 1000)
+            counters = self._batch_stats.get(batch.rows)
+            if counters is None:
+                counters = self._batch_stats[batch.rows] = (_Counter(), _Counter(), _Counter())
+            for counter, ns in zip(counters, batch.times, strict=True):
+                counter.add(ns)
+        stats = self._request_stats
+        answered = 0
+        for i, r in enumerate(batch.requests):
+            if r.timer is not None:
+                r.timer.cancel()
+            if r.abandoned or r.future.done():
+                continue
+            queue_ns = batch.start_ns - r.start_ns
+            if batch.error is not None:
+                r.future.set_exception(batch.error)
+                stats["fail"].add(end - r.start_ns)
+                continue
+            r.future.set_result(InferResult(batch.outputs[i], queue_ns, compute, batch.rows))
+            stats["success"].add(end - r.start_ns)
+            stats["queue"].add(queue_ns)
+            answered += 1
+            self._inference_count += r.rows
+        if answered:  # Triton adds a batch's compute times to each of its requests
+            for phase, ns in zip(_PHASES, batch.times, strict=True):
+                stats[phase].add(ns * answered, answered)
+        self._dispatch()
+        self._check_drained()
+
+    def _expire(self, request: _Request) -> None:
+        """A request's deadline passed: fail it now, and stop its run if nobody else waits."""
+        if request.abandoned or request.future.done():
+            return
+        request.future.set_exception(self._deadline_error())
+        self._request_stats["fail"].add(time.monotonic_ns() - request.start_ns)
+        self._abandon(request)
+
+    def _abandon(self, request: _Request) -> None:
+        if request.abandoned:
+            return
+        request.abandoned = True
+        if request.timer is not None:
+            request.timer.cancel()
+            request.timer = None
+        batch = request.batch
+        if batch is None:  # still queued; dropped from the queue lazily
+            self._queued -= 1
+            self._queued_rows -= request.rows
+            self._check_drained()
+            return
+        batch.live -= 1
+        if batch.live == 0:
+            batch.options.terminate = True
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done() and not self._queued and not self._busy:
+            drained.set_result(None)
+
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"model {self.name!r}: the request deadline passed before the result was ready",
+            hint="raise the timeout, or add instances if requests queue",
+        )
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+
+def _phases(counters: tuple[_Counter, ...]) -> dict[str, dict[str, int]]:
+    return {p: c.to_dict() for p, c in zip(_PHASES, counters, strict=True)}
+
+
+def _stop(inboxes: list[SimpleQueue[_Batch | None]]) -> None:
+    for box in inboxes:
+        box.put(None)
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join()

@@ -1,0 +1,686 @@
+"""KServe V2 inference codec: JSON and Triton's binary tensor data extension, both directions.
+
+    request = decode_infer_request(body, parse_header_length(value), model.signature)
+    outputs = session.run(None, request.inputs)             # name -> numpy array
+    body, headers = encode_infer_response(
+        model_name="mlp", model_version="1", request_id=request.id, outputs=outputs,
+        requested=request.outputs, binary_default=request.binary_output)
+
+Decoding checks every input against the model's Signature and raises ProtocolError (HTTP 400)
+naming the tensor. Binary inputs are numpy views of the body, not copies, unless their offset is
+misaligned for the dtype; read the body into ``body_buffer`` and the first one never is.
+
+Datatypes map one to one onto numpy (BF16 is ``ml_dtypes.bfloat16``), except BYTES: a numpy
+object array of ``str``, the only string form ONNX Runtime reads correctly (it turns ``bytes``
+elements into "b'...'"), so binary BYTES elements must be UTF-8. Unlike Triton, FP16 and BF16
+are accepted and returned as JSON numbers too.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import FeedError
+from ..signature import Signature, TensorSpec, dtype_from_numpy
+
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+HEADER_LENGTH_HEADER = "inference-header-content-length"
+
+Buffer = bytes | bytearray | memoryview
+
+_MAX_RANK = 64  # numpy's limit
+_MAX_BYTES = 2**63 - 1
+_ALIGN = 64
+_UINT32 = struct.Struct("<I")
+
+
+class ProtocolError(FeedError):
+    """A request the V2 protocol or the model's signature rejects (HTTP 400)."""
+
+
+class BodyTooLarge(ProtocolError):
+    """A compressed body inflates past the size limit (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None  # the output's parameters.binary_data; None = the request default
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]  # validated against the signature, ready for ORT
+    outputs: list[RequestedOutput] | None  # None = all outputs
+    parameters: dict[str, Any]  # request-level: "timeout" (µs), "binary_data_output", ...
+    binary_output: bool = False  # default for outputs without their own binary_data
+
+
+def parse_header_length(value: str | bytes | None) -> int | None:
+    """The Inference-Header-Content-Length header as an int; None when the header is absent."""
+    if value is None:
+        return None
+    text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ProtocolError(
+            f"Inference-Header-Content-Length must be a byte count, got {text[:40]!r}"
+        )
+    return int(text)
+
+
+def body_buffer(size: int, header_length: int | None = None) -> memoryview:
+    """A writable buffer of ``size`` bytes whose byte ``header_length`` is 64-byte aligned.
+
+    Read a request body into it (``buf[pos:pos + len(chunk)] = chunk``) so that the first
+    binary tensor, and every one after it whose offset stays a multiple of its item size, is
+    decoded without a copy.
+    """
+    raw = np.empty(size + _ALIGN, dtype=np.uint8)
+    shift = -(raw.ctypes.data + (header_length or 0)) % _ALIGN
+    return raw[shift : shift + size].data
+
+
+def decompress(body: Buffer, encoding: str | None, limit: int) -> Buffer:
+    """Inflate a body sent with Content-Encoding gzip or deflate, refusing more than ``limit``
+    bytes of output (BodyTooLarge); identity (or no encoding) returns the body as it is."""
+    kind = (encoding or "identity").strip().lower()
+    if kind == "identity":
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body is larger than the {limit} byte limit")
+        return body
+    if kind == "gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif kind == "deflate":
+        # HTTP "deflate" is the zlib format; some clients send raw deflate instead.
+        head = bytes(body[:2])
+        is_zlib = len(head) == 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
+    else:
+        raise ProtocolError(
+            f"unsupported Content-Encoding {encoding!r}", hint="send gzip, deflate or identity"
+        )
+    pieces: list[bytes] = []
+    total = 0
+    rest: Buffer = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            piece = inflater.decompress(rest, limit - total + 1)
+        except zlib.error as e:
+            raise ProtocolError(f"request body is not valid {kind} data ({e})") from None
+        total += len(piece)
+        if total > limit:
+            raise BodyTooLarge(f"request body inflates past the {limit} byte limit")
+        pieces.append(piece)
+        if not inflater.eof:
+            raise ProtocolError(f"{kind} request body is truncated")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(pieces)
+        if kind != "gzip":  # gzip may hold several members; zlib and raw deflate one
+            raise ProtocolError(f"request body has data after its {kind} stream")
+
+
+def decode_infer_request(
+    body: Buffer,
+    header_length: int | None,
+    signature: Signature,
+    *,
+    allow_nonfinite: bool = True,
+) -> InferRequest:
+    """Parse and validate an infer request body against ``signature``.
+
+    ``header_length`` is the Inference-Header-Content-Length: None for a pure JSON body, the
+    JSON header's size when binary tensors follow it, 0 for Triton's raw binary request (the
+    whole body is the data of a model's single, fixed-shape input).
+    """
+    view = memoryview(body).cast("B")
+    size = view.nbytes
+    if header_length == 0:
+        return _decode_raw(view, signature, allow_nonfinite)
+    if header_length is None:
+        doc = _parse_json(body if isinstance(body, bytes) else view.tobytes())
+        cursor = size
+    else:
+        if not 0 < header_length <= size:
+            raise ProtocolError(
+                f"Inference-Header-Content-Length {header_length} does not fit a {size} byte body"
+            )
+        doc = _parse_json(view[:header_length].tobytes())
+        cursor = header_length
+    if not isinstance(doc, dict):
+        raise ProtocolError("request body must be a JSON object")
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("request 'id' must be a string")
+    parameters = _request_parameters(doc.get("parameters"))
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise ProtocolError(
+            "request has no 'inputs' list", hint=f"the model's inputs are {signature.input_names}"
+        )
+
+    specs = {spec.name: spec for spec in signature.inputs}
+    inputs: dict[str, np.ndarray] = {}
+    bound: dict[str, tuple[int, str]] = {}
+    for index, entry in enumerate(raw_inputs):
+        spec, shape, count = _input_header(entry, index, specs, inputs, bound, signature)
+        params = entry.get("parameters")
+        if params is None:
+            params = {}
+        elif not isinstance(params, dict):
+            raise ProtocolError(f"input {spec.name!r} 'parameters' must be an object")
+        if "shared_memory_region" in params:
+            raise ProtocolError(
+                f"input {spec.name!r} uses shared memory, which this server does not support",
+                hint="send the data in the request body",
+            )
+        has_binary = "binary_data_size" in params
+        if has_binary == ("data" in entry):
+            raise ProtocolError(
+                f"input {spec.name!r} must set exactly one of 'data' and "
+                "parameters.binary_data_size"
+            )
+        if has_binary:
+            nbytes = params["binary_data_size"]
+            if type(nbytes) is not int or nbytes < 0:
+                raise ProtocolError(
+                    f"input {spec.name!r} binary_data_size must be a non-negative integer"
+                )
+            if header_length is None:
+                raise ProtocolError(
+                    f"input {spec.name!r} is binary but the request has no "
+                    "Inference-Header-Content-Length header",
+                    hint="set it to the size of the JSON header",
+                )
+            if cursor + nbytes > size:
+                raise ProtocolError(
+                    f"input {spec.name!r} declares {nbytes} bytes of binary data but only "
+                    f"{size - cursor} remain in the body"
+                )
+            array = _from_binary(spec, shape, count, view[cursor : cursor + nbytes])
+            cursor += nbytes
+        else:
+            array = _from_json(spec, shape, count, entry["data"])
+        if not allow_nonfinite:
+            _check_finite(spec.name, array)
+        inputs[spec.name] = array
+
+    missing = [name for name in signature.input_names if name not in inputs]
+    if missing:
+        raise ProtocolError(
+            f"missing input {missing[0]!r}", hint=f"give every input: {signature.input_names}"
+        )
+    if cursor != size:
+        raise ProtocolError(
+            f"request has {size - cursor} bytes of binary data that no input declares",
+            hint="binary_data_size of the inputs must add up to the data after the header",
+        )
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs=_requested_outputs(doc.get("outputs"), signature),
+        parameters=parameters,
+        binary_output=parameters.get("binary_data_output", False),
+    )
+
+
+def encode_infer_response(
+    *,
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    requested: list[RequestedOutput] | None,
+    binary_default: bool,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers ("content-type", and "inference-header-content-length"
+    when any output is binary). Outputs come in ``requested`` order, else in ``outputs`` order;
+    binary ones as raw little-endian bytes after the JSON header, the others as flat JSON data."""
+    if requested is None:
+        items = [(name, array, binary_default) for name, array in outputs.items()]
+    else:
+        items = []
+        for want in requested:
+            if want.name not in outputs:
+                raise ProtocolError(f"output {want.name!r} was requested but not produced")
+            binary = binary_default if want.binary is None else want.binary
+            items.append((want.name, outputs[want.name], binary))
+
+    described: list[dict[str, Any]] = []
+    chunks: list[Buffer] = [b""]
+    for name, array, binary in items:
+        datatype = _v2_datatype(name, array.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            payload = _binary_payload(name, array, datatype)
+            entry["parameters"] = {"binary_data_size": payload.nbytes}
+            chunks.append(payload)
+        else:
+            entry["data"] = _json_payload(name, array, datatype)
+        described.append(entry)
+
+    doc: dict[str, Any] = {}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["model_name"] = model_name
+    doc["model_version"] = model_version
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    doc["outputs"] = described
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not any(binary for _, _, binary in items):
+        return header, {"content-type": JSON_CONTENT_TYPE}
+    chunks[0] = header
+    headers = {"content-type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
+    return b"".join(chunks), headers
+
+
+def model_metadata(
+    name: str, versions: list[str], signature: Signature, platform: str = "onnxruntime_onnx"
+) -> dict[str, Any]:
+    """The V2 model metadata object; symbolic or unknown dims (and an unknown rank) are -1."""
+
+    def describe(spec: TensorSpec) -> dict[str, Any]:
+        shape = (
+            [-1] if spec.shape is None else [d if isinstance(d, int) else -1 for d in spec.shape]
+        )
+        return {
+            "name": spec.name,
+            "datatype": spec.dtype.v2 or spec.dtype.onnx_name,
+            "shape": shape,
+        }
+
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": platform,
+        "inputs": [describe(spec) for spec in signature.inputs],
+        "outputs": [describe(spec) for spec in signature.outputs],
+    }
+
+
+def error_body(message: str) -> bytes:
+    """The V2 error object, ``{"error": message}``, as bytes."""
+    return json.dumps({"error": message}).encode()
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ProtocolError(f"request header is not valid JSON ({e})") from None
+
+
+def _request_parameters(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("request 'parameters' must be an object")
+    if not isinstance(value.get("binary_data_output", False), bool):
+        raise ProtocolError("request parameter 'binary_data_output' must be true or false")
+    timeout = value.get("timeout", 0)
+    if type(timeout) is not int or timeout < 0:
+        raise ProtocolError("request parameter 'timeout' must be a non-negative integer (µs)")
+    return value
+
+
+def _input_header(
+    entry: Any,
+    index: int,
+    specs: dict[str, TensorSpec],
+    seen: dict[str, np.ndarray],
+    bound: dict[str, tuple[int, str]],
+    signature: Signature,
+) -> tuple[TensorSpec, list[int], int]:
+    """The spec, shape and element count of one request input, checked against the model."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ProtocolError(f"inputs[{index}] must be an object with a 'name'")
+    name = entry["name"]
+    spec = specs.get(name)
+    if spec is None:
+        raise ProtocolError(
+            f"unknown input {name!r}", hint=f"the model's inputs are {signature.input_names}"
+        )
+    if name in seen:
+        raise ProtocolError(f"input {name!r} is given twice")
+    expected = spec.dtype.v2
+    if expected is None:
+        raise ProtocolError(
+            f"input {name!r} has ONNX type {spec.dtype.onnx_name}, which the V2 protocol "
+            "cannot carry"
+        )
+    datatype = entry.get("datatype")
+    if datatype != expected:
+        got = datatype if isinstance(datatype, str) else json.dumps(datatype)
+        raise ProtocolError(f"input {name!r} expects datatype {expected}, got {got[:40]}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise ProtocolError(f"input {name!r} needs a 'shape' list of integers")
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"input {name!r} has a negative dimension in shape {shape}")
+    if len(shape) > _MAX_RANK:
+        raise ProtocolError(f"input {name!r} has rank {len(shape)}, more than {_MAX_RANK}")
+    if spec.shape is not None:
+        _check_dims(spec, shape, bound)
+    nbytes = spec.dtype.numpy.itemsize
+    for d in shape:
+        nbytes *= d or 1
+        if nbytes > _MAX_BYTES:
+            raise ProtocolError(f"input {name!r} shape {shape} is too large for a tensor")
+    count = 1
+    for d in shape:
+        count *= d
+    return spec, shape, count
+
+
+def _check_dims(spec: TensorSpec, shape: list[int], bound: dict[str, tuple[int, str]]) -> None:
+    assert spec.shape is not None
+    name = spec.name
+    if len(shape) != len(spec.shape):
+        raise ProtocolError(
+            f"input {name!r} expects rank {len(spec.shape)} {spec.shape_text()}, "
+            f"got rank {len(shape)} {shape}"
+        )
+    for axis, (want, have) in enumerate(zip(spec.shape, shape, strict=True)):
+        if isinstance(want, int) and want != have:
+            raise ProtocolError(
+                f"input {name!r} expects shape {spec.shape_text()}, got {shape} "
+                f"(dim {axis} must be {want})"
+            )
+        if isinstance(want, str) and want:
+            first = bound.setdefault(want, (have, name))
+            if first[0] != have:
+                raise ProtocolError(
+                    f"input {name!r} has {want}={have} at dim {axis}, but input "
+                    f"{first[1]!r} has {want}={first[0]}",
+                    hint=f"every input must agree on the size of {want!r}",
+                )
+
+
+def _from_binary(spec: TensorSpec, shape: list[int], count: int, data: memoryview) -> np.ndarray:
+    name = spec.name
+    if spec.dtype.kind == "string":
+        return _strings_from_binary(name, count, data).reshape(shape)
+    need = count * spec.dtype.numpy.itemsize
+    if data.nbytes != need:
+        raise ProtocolError(
+            f"input {name!r} has {data.nbytes} bytes of binary data but shape {shape} "
+            f"of {spec.dtype.v2} needs {need}"
+        )
+    array = np.frombuffer(data, dtype=spec.dtype.numpy)
+    if not array.flags.aligned:
+        array = array.copy()  # ORT kernels may assume element-aligned data
+    if spec.dtype.kind == "bool" and count and array.view(np.uint8).max() > 1:
+        raise ProtocolError(f"input {name!r} BOOL data has bytes other than 0 and 1")
+    return array.reshape(shape)
+
+
+def _strings_from_binary(name: str, count: int, data: memoryview) -> np.ndarray:
+    raw = data.tobytes()
+    size = len(raw)
+    if count * 4 > size:
+        raise ProtocolError(
+            f"input {name!r} has {size} bytes of BYTES data, too few for {count} elements"
+        )
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > size:
+            raise ProtocolError(f"input {name!r} BYTES data ends after {i} of {count} elements")
+        (length,) = _UINT32.unpack_from(raw, offset)
+        offset += 4
+        end = offset + length
+        if end > size:
+            raise ProtocolError(
+                f"input {name!r} BYTES element {i} claims {length} bytes but only "
+                f"{size - offset} remain"
+            )
+        try:
+            out[i] = raw[offset:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                f"input {name!r} BYTES element {i} is not UTF-8",
+                hint="ONNX Runtime string tensors hold text",
+            ) from None
+        offset = end
+    if offset != size:
+        raise ProtocolError(
+            f"input {name!r} has {size - offset} bytes of BYTES data after its {count} elements"
+        )
+    return out
+
+
+def _from_json(spec: TensorSpec, shape: list[int], count: int, data: Any) -> np.ndarray:
+    name = spec.name
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {name!r} 'data' must be a list")
+    if spec.dtype.kind == "string":
+        strings = _flatten(data)
+        if len(strings) != count:
+            raise ProtocolError(
+                f"input {name!r} has {len(strings)} values in 'data' but shape {shape} "
+                f"needs {count}"
+            )
+        if not all(isinstance(s, str) for s in strings):
+            raise ProtocolError(f"input {name!r} BYTES 'data' must hold only strings")
+        try:
+            "".join(strings).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"input {name!r} has a string that is not valid Unicode") from None
+        out = np.empty(count, dtype=object)
+        out[:] = strings
+        return out.reshape(shape)
+
+    try:
+        raw = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise ProtocolError(f"input {name!r} 'data' must be a (nested) list of numbers") from None
+    if raw.size != count:
+        raise ProtocolError(
+            f"input {name!r} has {raw.size} values in 'data' but shape {shape} needs {count}"
+        )
+    kind = spec.dtype.kind
+    if count and kind == "bool" and raw.dtype.kind != "b":
+        raise ProtocolError(f"input {name!r} expects BOOL 'data' of true and false")
+    if count and kind == "int":
+        return _ints_from_json(spec, shape, data, raw)
+    if count and kind == "float" and not _numbers(raw):
+        raise ProtocolError(f"input {name!r} expects {spec.dtype.v2} 'data' of numbers")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as FP32 is inf, as in C
+            out = raw.astype(spec.dtype.numpy)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError(f"input {name!r} expects {spec.dtype.v2} 'data' of numbers") from None
+    return out.reshape(shape)
+
+
+def _ints_from_json(spec: TensorSpec, shape: list[int], data: Any, raw: np.ndarray) -> np.ndarray:
+    """Integers, checked against the target's range (Triton wraps them silently)."""
+    target = spec.dtype.numpy
+    info = np.iinfo(target)
+    out: np.ndarray | None = None
+    if raw.dtype.kind in "iu":
+        if raw.min() >= info.min and raw.max() <= info.max:
+            out = raw.astype(target)
+    elif raw.dtype.kind in "fO":
+        # numpy widened to float64 or object: huge unsigned values mixed with small ones,
+        # or real floats. Convert the Python values exactly, then reject any fractions.
+        try:
+            with np.errstate(all="raise"):
+                out = np.array(data, dtype=target)
+        except (OverflowError, ValueError, TypeError, FloatingPointError):
+            out = None
+        if out is not None and raw.dtype.kind == "f" and not np.array_equal(out, raw):
+            out = None
+    if out is None:
+        raise ProtocolError(
+            f"input {spec.name!r} expects {spec.dtype.v2} 'data': integers from "
+            f"{info.min} to {info.max}"
+        )
+    return out.reshape(shape)
+
+
+def _numbers(raw: np.ndarray) -> bool:
+    if raw.dtype.kind in "fiu":
+        return True
+    # object: ints too big for int64 (fine as floats), or None and friends (not fine)
+    return raw.dtype.kind == "O" and all(
+        type(v) is int or type(v) is float for v in raw.reshape(-1).tolist()
+    )
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Leaves of a nested list in row-major order (iterative: JSON may nest deep)."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    if not _is_float_like(array.dtype) or array.size == 0:
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = int(np.flatnonzero(~finite)[0])
+        raise ProtocolError(
+            f"input {name!r} has a non-finite value ({array.reshape(-1)[where]}) "
+            f"at flat index {where}",
+            hint="this model accepts only finite numbers",
+        )
+
+
+def _is_float_like(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ProtocolError("request 'outputs' must be a list")
+    known = signature.output_names
+    requested: list[RequestedOutput] = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ProtocolError(f"outputs[{index}] must be an object with a 'name'")
+        name = entry["name"]
+        if name not in known:
+            raise ProtocolError(f"unknown output {name!r}", hint=f"the model's outputs are {known}")
+        if any(r.name == name for r in requested):
+            raise ProtocolError(f"output {name!r} is requested twice")
+        params = entry.get("parameters")
+        if params is None:
+            params = {}
+        elif not isinstance(params, dict):
+            raise ProtocolError(f"output {name!r} 'parameters' must be an object")
+        if "shared_memory_region" in params or "classification" in params:
+            raise ProtocolError(
+                f"output {name!r} asks for shared memory or classification, which this server "
+                "does not support"
+            )
+        binary = params.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise ProtocolError(f"output {name!r} parameter 'binary_data' must be true or false")
+        requested.append(RequestedOutput(name, binary))
+    return requested or None
+
+
+def _decode_raw(view: memoryview, signature: Signature, allow_nonfinite: bool) -> InferRequest:
+    """Triton's raw binary request: the body is the data of the model's only input."""
+    specs = signature.inputs
+    if len(specs) != 1 or not specs[0].is_static or specs[0].dtype.v2 is None:
+        raise ProtocolError(
+            "a raw binary request (Inference-Header-Content-Length: 0) needs a model with "
+            "one input of fixed shape",
+            hint="send a JSON header describing the inputs",
+        )
+    spec = specs[0]
+    shape = [d for d in spec.shape or () if isinstance(d, int)]
+    count = 1
+    for d in shape:
+        count *= d
+    array = _from_binary(spec, shape, count, view)
+    if not allow_nonfinite:
+        _check_finite(spec.name, array)
+    return InferRequest(None, {spec.name: array}, None, {}, binary_output=True)
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+_V2_BY_NUMPY: dict[np.dtype[Any], str] = {}
+
+
+def _v2_datatype(name: str, dtype: np.dtype[Any]) -> str:
+    found = _V2_BY_NUMPY.get(dtype)
+    if found is None:
+        try:
+            v2 = dtype_from_numpy(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype).v2
+        except FeedError:
+            v2 = None
+        if v2 is None:
+            raise ProtocolError(f"output {name!r} has dtype {dtype}, which V2 cannot carry")
+        found = _V2_BY_NUMPY[dtype] = v2
+    return found
+
+
+def _binary_payload(name: str, array: np.ndarray, datatype: str) -> memoryview:
+    """The tensor's bytes as the binary extension lays them out (a view where possible)."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for i, item in enumerate(array.reshape(-1).tolist()):
+            data = item if isinstance(item, bytes) else _utf8(name, i, item)
+            parts.append(_UINT32.pack(len(data)))
+            parts.append(data)
+        return memoryview(b"".join(parts))
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.byteorder == ">":
+        flat = flat.astype(flat.dtype.newbyteorder("<"))
+    return flat.view(np.uint8).data
+
+
+def _utf8(name: str, index: int, item: Any) -> bytes:
+    try:
+        return str(item).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"output {name!r} element {index} is not valid Unicode") from None
+
+
+def _json_payload(name: str, array: np.ndarray, datatype: str) -> list[Any]:
+    flat: list[Any] = array.reshape(-1).tolist()
+    if datatype != "BYTES":
+        return flat
+    out: list[str] = []
+    for i, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    f"output {name!r} element {i} is not UTF-8 and cannot be sent as JSON",
+                    hint="request it with binary_data: true",
+                ) from None
+        out.append(item if isinstance(item, str) else str(item))
+    return out

@@ -1,0 +1,140 @@
+"""`ferry serve` as a user runs it: a real process, SIGTERM drains in-flight work and exits 0;
+bad paths and busy ports are one line and exit 2; `ferry bench --url` load-tests it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onnxferry.cli import main
+from tests.test_serve_app import affine, infer_json, slow, write
+
+FERRY = Path(sys.executable).with_name("ferry")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _post(port: int, path: str, body: bytes, timeout: float = 60) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 60) -> None:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        assert process.poll() is None, process.communicate()[1].decode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise AssertionError("the server did not become ready")
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    model = write(tmp_path / "slow.onnx", slow())
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(FERRY), "serve", str(model), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_ready(port, process)
+        yield port, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(
+    slow_server: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    port, process = slow_server
+    x = {"name": "x", "datatype": "FP32", "shape": [384, 384], "data": [0.5] * 384 * 384}
+    body = infer_json([x])
+    statuses: list[int] = []
+    requests = [
+        threading.Thread(target=lambda: statuses.append(_post(port, "/v2/models/slow/infer", body)))
+        for _ in range(3)
+    ]
+    for r in requests:
+        r.start()
+    time.sleep(0.3)  # the requests are in the server (reading, queued or running)
+    process.send_signal(signal.SIGTERM)
+    for r in requests:
+        r.join(60)
+    assert process.wait(60) == 0
+    assert statuses == [200, 200, 200]
+    with pytest.raises(ConnectionRefusedError):
+        _post(port, "/v2/models/slow/infer", body, timeout=2)
+
+
+def test_serve_bad_path_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.onnx" in err and len(err.splitlines()) == 1
+
+
+def test_serve_on_a_busy_port_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write(tmp_path / "m.onnx", affine())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot listen on 127.0.0.1:{port}" in err and len(err.splitlines()) == 1
+
+
+def test_bench_url_load_tests_a_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onnxferry.serve.server import running
+
+    model = write(tmp_path / "m.onnx", affine())
+    with running(model) as url:
+        code = main(["bench", "--url", url, "--model", "m", "--concurrency", "1,4",
+                     "--duration", "0.5", "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    rows = report["result"]["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["p50_ms"] > 0 for r in rows)
+
+
+def test_bench_url_needs_a_model_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--url", "http://127.0.0.1:1"]) == 2
+    assert "--model" in capsys.readouterr().err

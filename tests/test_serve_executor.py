@@ -1,0 +1,405 @@
+"""The serve executor: dynamic batching, output selection, deadlines, queue limits, close,
+statistics and errors, with real ONNX Runtime sessions on models built in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxferry.errors import FeedError
+from onnxferry.model import Model
+from onnxferry.serve.config import ModelConfig
+from onnxferry.serve.executor import (
+    DeadlineExceeded,
+    ExecutionError,
+    ExecutorClosed,
+    InferResult,
+    ModelExecutor,
+    QueueFull,
+    batch_axis,
+)
+
+from .helpers import onnx_text
+
+T = TypeVar("T")
+
+GEMM = """
+<ir_version: 10, opset_import: ["" : 21]>
+gemm (float[N, 4] x) => (float[N, 3] y, float[N, 4] z)
+<float[4, 3] w = {0.5, -1.25, 2.0, 0.125, 3.5, -0.75, 1.0, 0.3, -2.2, 0.7, 0.01, 9.0},
+ float[3] b = {0.1, 0.2, 0.3}>
+{ y = Gemm(x, w, b)  z = Mul(x, x) }
+"""
+
+WIDE = """
+<ir_version: 10, opset_import: ["" : 21]>
+wide (float[N, M] x) => (float[N, M] y) { y = Neg(x) }
+"""
+
+FIXED = """
+<ir_version: 10, opset_import: ["" : 21]>
+fixed (float[2, 4] x) => (float[2, 4] y) { y = Relu(x) }
+"""
+
+RESHAPE = """
+<ir_version: 10, opset_import: ["" : 21]>
+reshape (float[2, 4] x, int64[2] s) => (float[A, B] y) { y = Reshape(x, s) }
+"""
+
+COLUMN_SUM = """
+<ir_version: 10, opset_import: ["" : 21]>
+colsum (float[N, 4] x) => (float[M, 4] y) <int64[1] axes = {0}> {
+    y = ReduceSum<keepdims: int = 1>(x, axes)
+}
+"""
+
+SLOW_ROWS = 640  # about 0.2 s per run on one thread
+
+
+def slow_model(nodes: int = 200, width: int = 256) -> onnx.ModelProto:
+    """x[N, width] through `nodes` identity MatMuls: the run time grows with N."""
+    w = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    chain, x = [], "x"
+    for i in range(nodes):
+        chain.append(helper.make_node("MatMul", [x, "w"], [f"h{i}"]))
+        x = f"h{i}"
+    chain.append(helper.make_node("Identity", [x], ["y"]))
+    graph = helper.make_graph(
+        chain,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def executor(proto: onnx.ModelProto | str, **config: Any) -> ModelExecutor:
+    model = Model.from_proto(onnx_text(proto) if isinstance(proto, str) else proto)
+    config.setdefault("instances", 1)
+    config.setdefault("intra_op_threads", 1)
+    return ModelExecutor(model, ModelConfig(**config))
+
+
+def run(ex: ModelExecutor, body: Callable[[ModelExecutor], Awaitable[T]]) -> T:
+    """Run an async test body on a fresh loop; the executor is closed afterwards."""
+
+    async def main() -> T:
+        try:
+            return await body(ex)
+        finally:
+            await ex.close()
+
+    return asyncio.run(main())
+
+
+def rows(n: int, seed: int, width: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)
+
+
+def test_batched_answers_equal_unbatched_bit_for_bit() -> None:
+    ex = executor(GEMM, max_batch_size=8)
+    assert ex.batching
+    inputs = [rows(1 + i % 3, i) for i in range(24)]
+    session = ex._instances[0].session
+    expected = [session.run(None, {"x": x}) for x in inputs]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+    results = run(ex, body)
+    for (y, z), result in zip(expected, results, strict=True):
+        assert result.outputs["y"].tobytes() == y.tobytes()
+        assert result.outputs["z"].tobytes() == z.tobytes()
+        assert result.outputs["y"].shape == y.shape
+    assert max(r.batch_size for r in results) > 1  # batching happened
+    assert all(r.batch_size <= 8 for r in results)
+    stats = ex.statistics()
+    assert any(b["batch_size"] > 1 for b in stats["batch_stats"])
+    assert stats["inference_count"] == sum(len(x) for x in inputs)
+    assert stats["execution_count"] < len(inputs)
+
+
+def test_requests_of_different_shapes_are_not_mixed() -> None:
+    ex = executor(WIDE, max_batch_size=16)
+    narrow = [rows(1, i, width=3) for i in range(6)]
+    wide = [rows(2, i, width=5) for i in range(6)]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        mixed = [x for pair in zip(narrow, wide, strict=True) for x in pair]
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in mixed))
+
+    results = run(ex, body)
+    for result, x in zip(
+        results, [x for p in zip(narrow, wide, strict=True) for x in p], strict=True
+    ):
+        assert np.array_equal(result.outputs["y"], -x)
+    # the first request runs alone at once; the rest queue and batch by shape only:
+    # 5 narrow requests of 1 row, 6 wide ones of 2 rows
+    sizes = sorted(r.batch_size for r in results)
+    assert sizes == sorted([1] + [5] * 5 + [12] * 6)
+
+
+def test_a_request_bigger_than_max_batch_size_runs_alone() -> None:
+    ex = executor(GEMM, max_batch_size=4)
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": rows(n, n)}) for n in (1, 9, 1, 1)))
+
+    results = run(ex, body)
+    assert [r.batch_size for r in results] == [1, 9, 2, 2]
+    assert results[1].outputs["y"].shape == (9, 3)
+
+
+def test_no_batching_without_a_batch_axis_or_when_disabled() -> None:
+    assert not batch_axis(Model.from_proto(onnx_text(FIXED)).signature)
+    assert batch_axis(Model.from_proto(onnx_text(GEMM)).signature)
+    for ex in (executor(FIXED), executor(GEMM, max_batch_size=0)):
+        assert not ex.batching
+        width = 4
+        inputs = [rows(2, i, width) for i in range(6)]
+
+        async def body(ex: ModelExecutor, inputs: list[np.ndarray] = inputs) -> list[InferResult]:
+            return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+        results = run(ex, body)
+        assert all(r.batch_size == 1 for r in results)
+        assert ex.statistics()["execution_count"] == len(inputs)
+        assert [b["batch_size"] for b in ex.statistics()["batch_stats"]] == [1]
+
+
+def test_output_selection_alone_and_mixed_in_one_batch() -> None:
+    ex = executor(GEMM, max_batch_size=8)
+    x = rows(1, 0)
+    wanted: list[list[str] | None] = [["z"], ["y"], None, ["z", "y"], ["z"]]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        alone = await ex.infer({"x": x}, output_names=["z"])
+        assert list(alone.outputs) == ["z"]
+        with pytest.raises(FeedError, match="no output 'nope'"):
+            await ex.infer({"x": x}, output_names=["nope"])
+        return await asyncio.gather(*(ex.infer({"x": x}, output_names=w) for w in wanted))
+
+    results = run(ex, body)
+    for names, result in zip(wanted, results, strict=True):
+        assert list(result.outputs) == (names or ["y", "z"])
+    assert np.array_equal(results[0].outputs["z"], x * x)
+
+
+def test_wrong_input_names_are_feed_errors() -> None:
+    ex = executor(GEMM)
+
+    async def body(ex: ModelExecutor) -> None:
+        with pytest.raises(FeedError, match="missing input 'x'"):
+            await ex.infer({})
+        with pytest.raises(FeedError, match="unknown input 'q'"):
+            await ex.infer({"x": rows(1, 0), "q": rows(1, 0)})
+
+    run(ex, body)
+
+
+def test_deadline_already_passed_or_passing_in_the_queue_never_runs() -> None:
+    ex = executor(slow_model(), max_batch_size=4)
+    big = rows(SLOW_ROWS, 0, width=256)
+    small = rows(1, 1, width=256)
+
+    async def body(ex: ModelExecutor) -> None:
+        with pytest.raises(DeadlineExceeded):
+            await ex.infer({"x": small}, deadline=time.monotonic() - 1)
+        busy = asyncio.ensure_future(ex.infer({"x": big}))
+        await asyncio.sleep(0.01)  # the big request is running; the next one queues
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await ex.infer({"x": small}, deadline=start + 0.02)
+        assert time.monotonic() - start < 0.1  # answered at its deadline, not after the run
+        await busy
+
+    run(ex, body)
+    stats = ex.statistics()
+    assert stats["execution_count"] == 1  # only the big request ran
+    assert stats["inference_stats"]["fail"]["count"] == 2
+    assert stats["inference_stats"]["success"]["count"] == 1
+
+
+def test_deadline_during_run_stops_it_and_the_session_stays_usable() -> None:
+    ex = executor(slow_model(), max_batch_size=4)
+    big = rows(SLOW_ROWS, 0, width=256)
+    small = rows(1, 1, width=256)
+
+    async def body(ex: ModelExecutor) -> tuple[float, float]:
+        full = time.monotonic()
+        await ex.infer({"x": big})
+        full = time.monotonic() - full
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await ex.infer({"x": big}, deadline=start + 0.02)
+        failed_after = time.monotonic() - start
+        # the run was terminated: the next request does not wait for the rest of it
+        start = time.monotonic()
+        result = await ex.infer({"x": small}, deadline=time.monotonic() + 10)
+        assert np.array_equal(result.outputs["y"], small)
+        return full, max(failed_after, time.monotonic() - start)
+
+    full, cut = run(ex, body)
+    assert cut < full / 2
+
+
+def test_a_run_past_every_deadline_is_terminated() -> None:
+    ex = executor(slow_model(), max_batch_size=4)
+    big = rows(SLOW_ROWS, 0, width=256)
+
+    async def body(ex: ModelExecutor) -> float:
+        start = time.monotonic()
+        await ex.infer({"x": big})
+        full = time.monotonic() - start
+        task = asyncio.ensure_future(ex.infer({"x": big}, deadline=time.monotonic() + 0.02))
+        with pytest.raises(DeadlineExceeded):
+            await task
+        start = time.monotonic()
+        await ex.close()  # waits for the (terminated) run
+        assert time.monotonic() - start < full / 2
+        return full
+
+    run(ex, body)
+    assert ex.statistics()["execution_count"] == 1  # the stopped run is no execution
+
+
+def test_queue_full_answers_at_once() -> None:
+    ex = executor(slow_model(), max_batch_size=4, max_queue_size=2)
+    big = rows(SLOW_ROWS, 0, width=256)
+
+    async def body(ex: ModelExecutor) -> None:
+        busy = asyncio.ensure_future(ex.infer({"x": big}))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(ex.infer({"x": big})) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert ex.queued == 2
+        start = time.monotonic()
+        with pytest.raises(QueueFull, match="max_queue_size"):
+            await ex.infer({"x": big})
+        assert time.monotonic() - start < 0.01
+        for task in queued:
+            task.cancel()
+        await busy
+
+    run(ex, body)
+    assert ex.statistics()["execution_count"] == 1  # cancelled requests never ran
+
+
+def test_close_drains_queued_and_running_requests_then_refuses() -> None:
+    ex = executor(slow_model(nodes=50), max_batch_size=2)
+    big = rows(SLOW_ROWS, 0, width=256)
+    small = [rows(1, i, width=256) for i in range(4)]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        running = asyncio.ensure_future(ex.infer({"x": big}))
+        await asyncio.sleep(0.005)
+        tasks = [running, *(asyncio.ensure_future(ex.infer({"x": x})) for x in small)]
+        await asyncio.sleep(0)
+        await ex.close()
+        assert all(t.done() for t in tasks)
+        with pytest.raises(ExecutorClosed):
+            await ex.infer({"x": small[0]})
+        return [t.result() for t in tasks]
+
+    results = run(ex, body)
+    assert [r.batch_size for r in results] == [SLOW_ROWS, 2, 2, 2, 2]
+    for x, result in zip(small, results[1:], strict=True):
+        assert np.array_equal(result.outputs["y"], x)
+    assert not any(t.is_alive() for t in ex._threads)
+
+
+def test_statistics_follow_triton() -> None:
+    ex = executor(GEMM, max_batch_size=8)
+
+    async def body(ex: ModelExecutor) -> None:
+        for i in range(3):
+            await ex.infer({"x": rows(1, i)})
+        await asyncio.gather(*(ex.infer({"x": rows(2, i)}) for i in range(5)))
+
+    before = int(time.time() * 1000)
+    run(ex, body)
+    stats = ex.statistics()
+    assert stats["name"] == "gemm"
+    assert stats["version"] == "1"
+    assert stats["last_inference"] >= before
+    assert stats["inference_count"] == 3 + 10
+    inference = stats["inference_stats"]
+    for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert inference[key]["count"] == 8, key
+        assert inference[key]["ns"] > 0, key
+    assert inference["fail"] == {"count": 0, "ns": 0}
+    batches = stats["batch_stats"]
+    assert sum(b["compute_infer"]["count"] for b in batches) == stats["execution_count"]
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in batches) == 13
+    assert all(set(b) == {"batch_size", *_PHASES} for b in batches)
+
+
+_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
+def test_runtime_failure_is_execution_error_and_the_executor_recovers() -> None:
+    ex = executor(RESHAPE)
+    x = rows(2, 0)
+
+    async def body(ex: ModelExecutor) -> InferResult:
+        with pytest.raises(ExecutionError, match="failed to run") as info:
+            await ex.infer({"x": x, "s": np.array([3, 5], dtype=np.int64)})
+        assert "\n" not in str(info.value)
+        return await ex.infer({"x": x, "s": np.array([4, 2], dtype=np.int64)})
+
+    result = run(ex, body)
+    assert np.array_equal(result.outputs["y"], x.reshape(4, 2))
+    assert ex.statistics()["inference_stats"]["fail"]["count"] == 1
+
+
+def test_outputs_off_the_batch_axis_turn_batching_off_and_stay_right() -> None:
+    ex = executor(COLUMN_SUM, max_batch_size=8)
+    assert ex.batching  # the signature claims a batch axis on every tensor
+    inputs = [rows(1 + i % 2, i) for i in range(6)]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+    results = run(ex, body)
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(result.outputs["y"], x.sum(axis=0, keepdims=True), rtol=1e-6)
+    assert not ex.batching
+
+
+def test_warmup_and_parallelism() -> None:
+    model = Model.from_proto(onnx_text(GEMM))
+    ex = ModelExecutor(model, ModelConfig(), cores=2)
+    assert (ex.instances, ex.threads) == (1, 2)
+    ex.warmup()
+    asyncio.run(ex.close())
+    failing = executor(RESHAPE)
+    with pytest.raises(ExecutionError, match="warmup"):
+        failing.warmup()
+    asyncio.run(failing.close())
+
+
+def test_cancelled_request_is_dropped_from_the_queue() -> None:
+    ex = executor(slow_model(), max_batch_size=4)
+    big = rows(SLOW_ROWS, 0, width=256)
+
+    async def body(ex: ModelExecutor) -> None:
+        busy = asyncio.ensure_future(ex.infer({"x": big}))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(ex.infer({"x": big}))
+        await asyncio.sleep(0)
+        assert ex.queued == 1
+        waiting.cancel()
+        await asyncio.sleep(0)
+        assert ex.queued == 0
+        await busy
+
+    run(ex, body)
+    assert ex.statistics()["execution_count"] == 1
