@@ -25,6 +25,7 @@ from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import ServerOptions, running
 
 httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 V2_TYPES = {
     "BOOL": (TensorProto.BOOL, np.bool_),
@@ -122,6 +123,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write(root / "slow" / "1" / "model.onnx", slow())
     write(root / "broken" / "1" / "model.onnx", b"not an onnx model")
+    write(root / "strict" / "1" / "model.onnx", affine())
+    (root / "strict" / "ferry.toml").write_text("allow_nonfinite = false\n")
+    write(root / "tiny_queue" / "1" / "model.onnx", slow())
+    (root / "tiny_queue" / "ferry.toml").write_text("max_queue_size = 1\nmax_batch_size = 0\n")
     return root
 
 
@@ -305,6 +310,38 @@ def test_binary_length_mismatch_is_400(server: str) -> None:
         headers={"Inference-Header-Content-Length": str(len(header))},
     )  # fmt: skip
     assert status == 400 and "x" in error
+
+
+def test_non_finite_inputs_are_400_where_the_model_forbids_them(client: Any) -> None:
+    x = np.array([[1, np.nan, 3, 4]], np.float32)
+    tensor = httpclient.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    with pytest.raises(InferenceServerException, match="x") as info:
+        client.infer("strict", [tensor])
+    assert info.value.status() == "400"
+    result = client.infer("affine", [tensor])  # affine allows them (the default)
+    assert np.isnan(result.as_numpy("y")[0, 1])
+
+
+def test_a_full_queue_answers_503_at_once(server: str) -> None:
+    x = {"name": "x", "datatype": "FP32", "shape": [384, 384], "data": [0.5] * 384 * 384}
+    body = infer_json([x])
+    statuses: list[tuple[int, str]] = []
+    threads = [
+        threading.Thread(
+            target=lambda: statuses.append(
+                error_of(server, "POST", "/v2/models/tiny_queue/infer", body)
+            )
+        )
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    codes = sorted(code for code, _ in statuses)
+    assert codes[0] == 200 and codes[-1] == 503, statuses
+    assert all("queue" in error for code, error in statuses if code == 503)
 
 
 # --- limits, auth, deadlines ----------------------------------------------------------------

@@ -138,3 +138,17 @@ def test_bench_url_load_tests_a_running_server(
 def test_bench_url_needs_a_model_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--url", "http://127.0.0.1:1"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_serve_without_the_serve_extra_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    model = write(tmp_path / "m.onnx", affine())
+    assert main(["serve", str(model)]) == 2
+    assert "pip install 'onnxferry[serve]'" in capsys.readouterr().err

@@ -319,6 +319,21 @@ def bench(
     return emit(report, as_json, report_path)
 
 
+def _require_extra(extra: str, *modules: str) -> None:
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise UsageError(
+                f"this verb needs {module.split('.')[0]}, which is not installed",
+                hint=f"pip install 'onnxferry[{extra}]'",
+            )
+
+
 def _bench_url(
     url: str,
     model: str | None,
@@ -330,6 +345,7 @@ def _bench_url(
     as_json: bool,
     report_path: Path | None,
 ) -> int:
+    _require_extra("serve", "tritonclient.http.aio")
     from .serve.loadgen import run_load_test
 
     if models:
@@ -400,6 +416,7 @@ def serve(
 ) -> int:
     """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
     KServe V2 / Open Inference Protocol REST, with dynamic batching."""
+    _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
     from .serve.app import ServeSettings
     from .serve.config import ModelConfig
     from .serve.server import ServerOptions
