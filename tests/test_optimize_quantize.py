@@ -23,13 +23,8 @@ from onnxferry.optimize.calibration import (
     checked_feeds,
     load_calibration,
 )
-from onnxferry.optimize.quantize import (
-    DynamicInt8,
-    NodeSensitivity,
-    StaticInt8,
-    exclude_until,
-    rank_sensitivity,
-)
+from onnxferry.optimize.quantize import DynamicInt8, StaticInt8
+from onnxferry.optimize.sensitivity import NodeSensitivity, exclude_until, rank_sensitivity
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner
 from tests.helpers import save, save_external
