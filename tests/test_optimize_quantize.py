@@ -24,7 +24,12 @@ from onnxferry.optimize.calibration import (
     load_calibration,
 )
 from onnxferry.optimize.quantize import DynamicInt8, StaticInt8
-from onnxferry.optimize.sensitivity import NodeSensitivity, exclude_until, rank_sensitivity
+from onnxferry.optimize.sensitivity import (
+    NodeSensitivity,
+    exclude_until,
+    rank_dynamic_sensitivity,
+    rank_sensitivity,
+)
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner
 from tests.helpers import save, save_external
@@ -593,6 +598,52 @@ def test_exclude_until_keeps_the_sensitive_layer_in_float(tmp_path: Path) -> Non
         exclude_until(plan.source, plan.build, lambda m: False, ranking, max_excluded=2)
     with pytest.raises(PassError, match="no quantized node"):
         exclude_until(plan.source, plan.build, judge, [], max_excluded=2)
+
+
+def test_rank_dynamic_sensitivity_ranks_the_wide_range_input_first(tmp_path: Path) -> None:
+    model = Model.load(save(sensitive_mlp(), tmp_path / "s.onnx"))
+    ranking = rank_dynamic_sensitivity(model, feeds_for(model), by="error")
+    assert ranking[0].node == "fc2"  # its input spans [0, 300]
+    assert {r.node for r in ranking} == {"fc1", "fc2", "fc3"}
+    assert all(r.op_type == "MatMul" for r in ranking)
+    assert ranking[0].weights == 16 * 16
+    assert ranking[0].error > 100 * max(r.error for r in ranking[1:])
+
+
+@pytest.mark.parametrize(("per_channel", "reduce_range"), [(False, False), (True, True)])
+def test_rank_dynamic_sensitivity_matches_ort_on_a_single_matmul(
+    tmp_path: Path, per_channel: bool, reduce_range: bool
+) -> None:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 32)).astype(np.float32) * np.linspace(0.1, 3, 32, dtype=np.float32)
+    proto = _dense([(w, np.zeros(32, np.float32))], "one", 64)
+    model = Model.load(save(proto, tmp_path / "one.onnx"))
+    feeds = [{"x": (rng.standard_normal((4, 64)) * 3 + 1).astype(np.float32)} for _ in range(8)]
+    (ranked,) = rank_dynamic_sensitivity(
+        model, feeds, per_channel=per_channel, reduce_range=reduce_range
+    )
+    pass_ = DynamicInt8(per_channel=per_channel, reduce_range=reduce_range, preprocess=False)
+    ort_int8 = OrtRunner(pass_.apply(model, context(tmp_path, feeds)).model)
+    fp32 = OrtRunner(model)
+    sse = sum(float(np.sum((ort_int8.run(f)["y"] - fp32.run(f)["y"]) ** 2)) for f in feeds)
+    ssr = sum(float(np.sum(fp32.run(f)["y"] ** 2)) for f in feeds)
+    assert ranked.error == pytest.approx(sse / ssr, rel=0.25)
+
+
+def test_int8_dynamic_exclude_sensitive_keeps_the_worst_matmul_in_float(tmp_path: Path) -> None:
+    model = Model.load(save(sensitive_mlp(), tmp_path / "s.onnx"))
+    feeds = feeds_for(model)
+    plain = DynamicInt8().apply(model, context(tmp_path, feeds))
+    kept = DynamicInt8(exclude_sensitive=1).apply(model, context(tmp_path, feeds))
+    assert kept.details["sensitive_nodes"] == ["fc2"]
+    assert kept.details["excluded_nodes"] == ["fc2"]
+    assert any("kept the 1 MatMul(s)" in n and "fc2" in n for n in kept.notes)
+    assert {n.name for n in kept.model.proto.graph.node if n.op_type == "MatMul"} == {"fc2"}
+    kept_loss = 1 - cosine_min(model, kept.model, feeds)
+    plain_loss = 1 - cosine_min(model, plain.model, feeds)
+    assert kept_loss < plain_loss / 2, (kept_loss, plain_loss)
+    with pytest.raises(UsageError, match="exclude_sensitive"):
+        DynamicInt8(exclude_sensitive=-1)
 
 
 def test_exclude_until_doubles_then_bisects() -> None:

@@ -349,6 +349,23 @@ def test_response_header_echoes_id_model_and_parameters() -> None:
     assert doc["outputs"][0]["data"] == sample("INT32").reshape(-1).tolist()
 
 
+def test_response_header_escapes_names_and_ids() -> None:
+    outputs = {'q"\\ü': sample("UINT8")}
+    for binary in (True, False):
+        body, headers = encode_infer_response(
+            model_name="m\n",
+            model_version="1",
+            request_id='id "x"\n',
+            outputs=outputs,
+            requested=None,
+            binary_default=binary,
+        )
+        result = client_result(body, headers)
+        assert result.get_response()["id"] == 'id "x"\n'
+        assert result.get_response()["model_name"] == "m\n"
+        np.testing.assert_array_equal(result.as_numpy('q"\\ü'), sample("UINT8"))
+
+
 def test_response_follows_requested_order_subset_and_per_output_binary() -> None:
     outputs = {"a": sample("FP32"), "b": sample("INT64"), "c": sample("BOOL")}
     requested = [RequestedOutput("c", None), RequestedOutput("a", False)]
@@ -587,6 +604,7 @@ def test_rejects_request_without_inputs() -> None:
 
 def test_rejects_unknown_input() -> None:
     rejects(json_request(x_input(), m_input(), x_input(name="q")), "unknown input 'q'")
+    rejects(json_request(x_input(name="n" * 10_000)), r"unknown input 'nnnn.*'\.\.\.; the model")
 
 
 def test_rejects_duplicate_input() -> None:
@@ -600,9 +618,10 @@ def test_rejects_missing_input() -> None:
 def test_rejects_wrong_datatype() -> None:
     rejects(
         json_request(x_input(datatype="FP16"), m_input()),
-        "input 'x' expects datatype FP32, got FP16",
+        "input 'x' expects datatype FP32, got 'FP16'",
     )
     rejects(json_request(x_input(datatype=7), m_input()), "input 'x' expects datatype FP32, got 7")
+    rejects(json_request(x_input(datatype=[[]]), m_input()), "FP32, got a list")
 
 
 def test_rejects_wrong_rank() -> None:
@@ -1080,7 +1099,26 @@ def test_corrupted_binary_requests_raise_only_protocol_errors(data: st.DataObjec
     decodes_or_rejects(bytes(blob), length, data.draw(st.booleans()))
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.binary(max_size=200) | st.builds(gzip.compress, st.binary(max_size=200)),
+    encoding=st.sampled_from(["gzip", "deflate", "identity", None, "br"]),
+)
+def test_decompress_raises_only_protocol_errors(body: bytes, encoding: str | None) -> None:
+    try:
+        plain = decompress(body, encoding, limit=150)
+    except ProtocolError as e:
+        message = str(e)
+    else:
+        message = ""
+        assert len(plain) <= 150
+    assert "\n" not in message
+
+
 def test_the_valid_fuzz_seed_decodes() -> None:
     request = decode_infer_request(*VALID_BINARY, FUZZ_SIGNATURE)
     assert request.inputs["s"].tolist() == ["a", "bc"]
     assert request.inputs["h"].dtype == ml_dtypes.bfloat16
+    request = decode_infer_request(json.dumps(VALID_JSON_DOC).encode(), None, FUZZ_SIGNATURE)
+    assert request.inputs["m"].tolist() == [1, -1]
+    assert request.outputs == [RequestedOutput("z", True)]

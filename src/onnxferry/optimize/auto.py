@@ -6,8 +6,10 @@
 Candidates: ONNX Runtime graph levels, onnxslim, int8 dynamic (per tensor / per channel), int8
 static QDQ (per tensor / per channel), with and without graph passes first, with SmoothQuant
 smoothing before int8 (activation outliers moved into the weights), and fp16 where the
-provider has fast fp16 (CUDA, TensorRT). When static int8 breaks the budget, the most sensitive
-nodes (per-node error against the fp32 intermediates) stay in fp32 until the budget holds.
+provider has fast fp16 (CUDA, TensorRT). When int8 breaks the budget, the recipe that came
+closest (per int8 pass) is tried again keeping its most sensitive nodes in fp32 (static: per-node
+error against the fp32 intermediates; dynamic: per-MatMul error per FLOP), 1, 2, 4, 8, 16 of
+them, until the budget holds.
 When nothing meets the budget, the candidate closest to it is returned and the report says by
 how much it misses.
 """
@@ -33,7 +35,8 @@ FINALISTS = 3
 """How many of the fastest candidates within budget are timed again, side by side."""
 FINAL_ROUNDS = 5
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
-"""How many of the most sensitive nodes static int8 leaves in fp32, tried in turn."""
+"""How many of the most sensitive nodes int8 leaves in fp32, tried in turn."""
+_EXCLUDING = ("int8_static", "int8_dynamic")
 
 
 def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
@@ -182,11 +185,11 @@ def auto_search(
         return candidate
 
     for recipe in recipes or candidate_recipes(judge.provider):
-        candidate = attempt(recipe)
-        if _static_int8_broke_budget(candidate):
-            for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
-                if attempt(_excluding(recipe, exclude)).within:
-                    break
+        attempt(recipe)
+    for recipe in _closest_misses(search.candidates, judge):
+        for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
+            if attempt(_excluding(recipe, exclude)).within:
+                break
     _time_finalists(search, model, judge, finalists)
     _choose(search, judge)
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
@@ -222,20 +225,27 @@ def _time_finalists(search: SearchResult, original: Model, judge: Judge, count: 
         c.result.final_ms = statistics.median(timed)
 
 
-def _static_int8_broke_budget(candidate: Candidate) -> bool:
-    return any(
-        s.status == "rolled back" and s.label.startswith("int8_static")
-        for s in candidate.result.steps
-    )
+def _closest_misses(candidates: Sequence[Candidate], judge: Judge) -> list[Recipe]:
+    """Per int8 pass (static, dynamic), the recipe whose int8 step came closest to the budget
+    before it was rolled back: the one worth keeping a few sensitive nodes in fp32 for."""
+    best: dict[str, tuple[float, Recipe]] = {}
+    for c in candidates:
+        for step in c.result.steps:
+            name = step.label.split("(")[0]
+            if step.status == "rolled back" and name in _EXCLUDING and step.metric is not None:
+                miss = judge.budget.miss(step.metric)
+                if name not in best or miss < best[name][0]:
+                    best[name] = (miss, c.recipe)
+    return [recipe for _, recipe in best.values()]
 
 
 def _excluding(recipe: Recipe, count: int) -> Recipe:
-    """``recipe`` with its int8_static pass leaving the ``count`` most sensitive nodes fp32."""
+    """``recipe`` with its int8 pass leaving the ``count`` most sensitive nodes fp32."""
     from dataclasses import replace
 
     return Recipe(
         [
-            replace(p, exclude_sensitive=count) if p.name == "int8_static" else p  # type: ignore[call-arg]
+            replace(p, exclude_sensitive=count) if p.name in _EXCLUDING else p  # type: ignore[call-arg]
             for p in recipe.passes
         ]
     )

@@ -50,6 +50,7 @@ from .sensitivity import (
     QDQ_OPS,
     copy_proto,
     node_like,
+    rank_dynamic_sensitivity,
     rank_sensitivity,
     same_shape,
 )
@@ -88,7 +89,16 @@ class DynamicInt8(Pass):
     op_types: Sequence[str] = param((), "op types to quantize (empty: ORT's default set)")
     nodes_to_exclude: Sequence[str] = param((), "node names to keep in float")
     reduce_range: bool = param(False, "7-bit weights: avoids u8s8 saturation on x86 w/o VNNI")
+    exclude_sensitive: int = param(
+        0, "keep this many MatMuls in float, those int8 hurts most per FLOP"
+    )
     preprocess: bool = param(True, "run ORT's quant_pre_process shape inference first")
+
+    def __post_init__(self) -> None:
+        if self.exclude_sensitive < 0:
+            raise UsageError(
+                f"int8_dynamic: exclude_sensitive must be at least 0, got {self.exclude_sensitive}"
+            )
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -96,9 +106,26 @@ class DynamicInt8(Pass):
         _refuse_quantized(self.name, model)
         target = ctx.scratch(self.name)
         notes: list[str] = []
+        details: dict[str, Any] = {}
         with _stage_dir(target) as stage:
             source = _stage(self.name, model, stage, self.preprocess, False, notes)
             excluded = _map_nodes(self.name, self.nodes_to_exclude, model, source, notes)
+            if self.exclude_sensitive and ctx.feeds:
+                ranking = rank_dynamic_sensitivity(
+                    source,
+                    ctx.feeds[:_RANK_SAMPLES],
+                    per_channel=self.per_channel,
+                    reduce_range=self.reduce_range,
+                )
+                sensitive = [r.node for r in ranking[: self.exclude_sensitive]]
+                details["sensitivity"] = [r.to_dict() for r in ranking[: max(10, len(sensitive))]]
+                details["sensitive_nodes"] = sensitive
+                excluded = list(dict.fromkeys([*excluded, *sensitive]))
+                if sensitive:
+                    notes.append(
+                        f"kept the {len(sensitive)} MatMul(s) int8 hurts most per FLOP in float: "
+                        + _listing(sensitive, 12)
+                    )
             with _ort_errors(self.name), _quiet_ort():
                 quantize_dynamic(
                     str(source.path),
@@ -112,7 +139,7 @@ class DynamicInt8(Pass):
                 )
             quantized = Model.load(target)
         _saturation_note(self.per_channel, self.weight_type, self.reduce_range, notes)
-        return _result(self.name, model, quantized, notes, {"excluded_nodes": excluded})
+        return _result(self.name, model, quantized, notes, {**details, "excluded_nodes": excluded})
 
 
 @register

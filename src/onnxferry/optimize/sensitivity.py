@@ -2,6 +2,7 @@
 the search for the fewest nodes to keep in float.
 
     ranking = rank_sensitivity(fp32, qdq, feeds)            # most sensitive first
+    ranking = rank_dynamic_sensitivity(fp32, feeds, per_channel=True)   # for dynamic int8
     model, kept = exclude_until(fp32, build, judge, ranking, max_excluded=8)
 """
 
@@ -97,11 +98,95 @@ def rank_sensitivity(
         for p in probes
         if stats[p.node].measured
     ]
+    return _ranked(ranking, by)
 
+
+def rank_dynamic_sensitivity(
+    fp32: Model,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    by: Literal["error", "error_per_weight"] = "error_per_weight",
+) -> list[NodeSensitivity]:
+    """The MatMuls with a constant 2-D weight that dynamic int8 quantizes, most sensitive first.
+
+    Each is measured in isolation by doing what ORT's dynamic int8 does to it alone: its float
+    input quantized to uint8 over that tensor's own range (DynamicQuantizeLinear), its weight to
+    symmetric int8 per tensor or per output column (7-bit with ``reduce_range``), compared with
+    the float product on ``feeds``. ``by="error_per_weight"`` (the default) divides by the
+    weight count, which is proportional to the node's FLOPs: the nodes it ranks first buy the
+    most accuracy for the least speed when kept in float.
+    """
+    from onnx import numpy_helper
+
+    if not feeds:
+        raise UsageError("rank_dynamic_sensitivity needs at least one feed set")
+    with contextlib.ExitStack() as stack:
+        proto = inline_proto(fp32)
+        weights = {
+            t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if len(t.dims) == 2
+        }
+        nodes = [
+            n
+            for n in proto.graph.node
+            if n.op_type == "MatMul"
+            and n.name
+            and n.input[1] in weights
+            and weights[n.input[1]].dtype.kind == "f"
+        ]
+        if not nodes:
+            return []
+        quantized = {n.input[1]: _fake_int8(weights[n.input[1]], per_channel, reduce_range)
+                     for n in nodes}  # fmt: skip
+        runner = OrtRunner(runnable(_with_outputs(proto, [n.input[0] for n in nodes]), stack))
+        stats = {n.name: _Stats() for n in nodes}
+        for feed in feeds:
+            values = {**feed, **runner.run(feed)}
+            for n in nodes:
+                a = values.get(n.input[0])
+                if a is None or a.dtype.kind != "f":
+                    continue
+                a32 = a.astype(np.float32, copy=False)
+                w = weights[n.input[1]]
+                stats[n.name].add(a32 @ w, _fake_uint8(a32) @ quantized[n.input[1]], None)
+    ranking = [
+        NodeSensitivity(
+            n.name, n.op_type, *stats[n.name].result(), weights=weights[n.input[1]].size
+        )
+        for n in nodes
+        if stats[n.name].measured
+    ]
+    return _ranked(ranking, by)
+
+
+def _ranked(
+    ranking: list[NodeSensitivity], by: Literal["error", "error_per_weight"]
+) -> list[NodeSensitivity]:
     def score(s: NodeSensitivity) -> float:
         return s.error / max(s.weights, 1) if by == "error_per_weight" else s.error
 
     return sorted(ranking, key=score, reverse=True)
+
+
+def _fake_uint8(a: np.ndarray) -> np.ndarray:
+    """``a`` through DynamicQuantizeLinear and back: uint8 over [min(a, 0), max(a, 0)]."""
+    low, high = min(float(a.min()), 0.0), max(float(a.max()), 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)) or high == low:
+        return a
+    scale = (high - low) / 255.0
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    q = np.clip(np.round(a / scale) + zero, 0, 255)
+    out: np.ndarray = ((q - zero) * scale).astype(np.float32)
+    return out
+
+
+def _fake_int8(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
+    """``w`` [K, N] through symmetric int8 and back: one scale, or one per output column."""
+    bound = 64.0 if reduce_range else 127.0
+    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(peak > 0, peak / bound, 1.0)
+    return (np.clip(np.round(w / scale), -bound, bound) * scale).astype(np.float32)
 
 
 def exclude_until(

@@ -40,6 +40,9 @@ _MAX_RANK = 64  # numpy's limit
 _MAX_BYTES = 2**63 - 1
 _ALIGN = 64
 _UINT32 = struct.Struct("<I")
+_JSON = json.JSONDecoder()
+_JSON_OUT = json.JSONEncoder(separators=(",", ":"))  # NaN, Infinity: tritonclient reads them
+_quote = json.encoder.encode_basestring_ascii
 
 
 class ProtocolError(FeedError):
@@ -174,7 +177,7 @@ def decode_infer_request(
     inputs: dict[str, np.ndarray] = {}
     bound: dict[str, tuple[int, str]] = {}
     for index, entry in enumerate(raw_inputs):
-        spec, shape, count = _input_header(entry, index, specs, inputs, bound, signature)
+        spec, shape, count = _input_header(entry, index, specs, inputs, bound)
         params = entry.get("parameters")
         if params is None:
             params = {}
@@ -216,11 +219,9 @@ def decode_infer_request(
             _check_finite(spec.name, array)
         inputs[spec.name] = array
 
-    missing = [name for name in signature.input_names if name not in inputs]
-    if missing:
-        raise ProtocolError(
-            f"missing input {missing[0]!r}", hint=f"give every input: {signature.input_names}"
-        )
+    if len(inputs) != len(specs):  # unknown and repeated names are already refused
+        missing = next(name for name in specs if name not in inputs)
+        raise ProtocolError(f"missing input {missing!r}", hint=f"give every input: {list(specs)}")
     if cursor != size:
         raise ProtocolError(
             f"request has {size - cursor} bytes of binary data that no input declares",
@@ -258,29 +259,27 @@ def encode_infer_response(
             binary = binary_default if want.binary is None else want.binary
             items.append((want.name, outputs[want.name], binary))
 
-    described: list[dict[str, Any]] = []
+    # The header is written by hand: json.dumps of the dict costs more than the whole rest.
+    described: list[str] = []
     chunks: list[Buffer] = [b""]
     for name, array, binary in items:
         datatype = _v2_datatype(name, array.dtype)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        shape = ",".join([str(d) for d in array.shape])
+        head = f'{{"name":{_quote(name)},"datatype":"{datatype}","shape":[{shape}]'
         if binary:
             payload = _binary_payload(name, array, datatype)
-            entry["parameters"] = {"binary_data_size": payload.nbytes}
+            described.append(f'{head},"parameters":{{"binary_data_size":{payload.nbytes}}}}}')
             chunks.append(payload)
         else:
-            entry["data"] = _json_payload(name, array, datatype)
-        described.append(entry)
-
-    doc: dict[str, Any] = {}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["model_name"] = model_name
-    doc["model_version"] = model_version
+            data = _JSON_OUT.encode(_json_payload(name, array, datatype))
+            described.append(f'{head},"data":{data}}}')
+    fields = [] if request_id is None else [f'"id":{_quote(request_id)}']
+    fields.append(f'"model_name":{_quote(model_name)},"model_version":{_quote(model_version)}')
     if parameters:
-        doc["parameters"] = dict(parameters)
-    doc["outputs"] = described
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    if not any(binary for _, _, binary in items):
+        fields.append(f'"parameters":{_JSON_OUT.encode(dict(parameters))}')
+    fields.append(f'"outputs":[{",".join(described)}]')
+    header = ("{" + ",".join(fields) + "}").encode()
+    if len(chunks) == 1 and not any(binary for _, _, binary in items):
         return header, {"content-type": JSON_CONTENT_TYPE}
     chunks[0] = header
     headers = {"content-type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
@@ -321,9 +320,18 @@ def error_body(message: str) -> bytes:
 
 def _parse_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        return _JSON.decode(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise ProtocolError(f"request header is not valid JSON ({e})") from None
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a client's JSON value for an error message."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "an object"
+    return json.dumps(value)[:40]
 
 
 def _request_parameters(value: Any) -> dict[str, Any]:
@@ -345,16 +353,15 @@ def _input_header(
     specs: dict[str, TensorSpec],
     seen: dict[str, np.ndarray],
     bound: dict[str, tuple[int, str]],
-    signature: Signature,
 ) -> tuple[TensorSpec, list[int], int]:
     """The spec, shape and element count of one request input, checked against the model."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+    if type(entry) is not dict or type(entry.get("name")) is not str:
         raise ProtocolError(f"inputs[{index}] must be an object with a 'name'")
     name = entry["name"]
     spec = specs.get(name)
     if spec is None:
         raise ProtocolError(
-            f"unknown input {name!r}", hint=f"the model's inputs are {signature.input_names}"
+            f"unknown input {_show(name)}", hint=f"the model's inputs are {list(specs)}"
         )
     if name in seen:
         raise ProtocolError(f"input {name!r} is given twice")
@@ -366,25 +373,25 @@ def _input_header(
         )
     datatype = entry.get("datatype")
     if datatype != expected:
-        got = datatype if isinstance(datatype, str) else json.dumps(datatype)
-        raise ProtocolError(f"input {name!r} expects datatype {expected}, got {got[:40]}")
+        raise ProtocolError(f"input {name!r} expects datatype {expected}, got {_show(datatype)}")
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+    if type(shape) is not list:
         raise ProtocolError(f"input {name!r} needs a 'shape' list of integers")
-    if any(d < 0 for d in shape):
-        raise ProtocolError(f"input {name!r} has a negative dimension in shape {shape}")
     if len(shape) > _MAX_RANK:
         raise ProtocolError(f"input {name!r} has rank {len(shape)}, more than {_MAX_RANK}")
-    if spec.shape is not None:
-        _check_dims(spec, shape, bound)
-    nbytes = spec.dtype.numpy.itemsize
+    if not all(type(d) is int for d in shape):  # before any message shows the shape
+        raise ProtocolError(f"input {name!r} needs a 'shape' list of integers")
+    count = 1
+    nbytes = spec.dtype.numpy.itemsize  # as numpy counts it: zero dims do not hide overflow
     for d in shape:
+        if d < 0:
+            raise ProtocolError(f"input {name!r} has a negative dimension in shape {shape}")
+        count *= d
         nbytes *= d or 1
         if nbytes > _MAX_BYTES:
             raise ProtocolError(f"input {name!r} shape {shape} is too large for a tensor")
-    count = 1
-    for d in shape:
-        count *= d
+    if spec.shape is not None:
+        _check_dims(spec, shape, bound)
     return spec, shape, count
 
 
@@ -579,22 +586,25 @@ def _is_float_like(dtype: np.dtype[Any]) -> bool:
 def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput] | None:
     if value is None:
         return None
-    if not isinstance(value, list):
+    if type(value) is not list:
         raise ProtocolError("request 'outputs' must be a list")
-    known = signature.output_names
-    requested: list[RequestedOutput] = []
+    known = {spec.name for spec in signature.outputs}
+    requested: dict[str, RequestedOutput] = {}
     for index, entry in enumerate(value):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        if type(entry) is not dict or type(entry.get("name")) is not str:
             raise ProtocolError(f"outputs[{index}] must be an object with a 'name'")
         name = entry["name"]
         if name not in known:
-            raise ProtocolError(f"unknown output {name!r}", hint=f"the model's outputs are {known}")
-        if any(r.name == name for r in requested):
+            raise ProtocolError(
+                f"unknown output {_show(name)}",
+                hint=f"the model's outputs are {signature.output_names}",
+            )
+        if name in requested:
             raise ProtocolError(f"output {name!r} is requested twice")
         params = entry.get("parameters")
         if params is None:
             params = {}
-        elif not isinstance(params, dict):
+        elif type(params) is not dict:
             raise ProtocolError(f"output {name!r} 'parameters' must be an object")
         if "shared_memory_region" in params or "classification" in params:
             raise ProtocolError(
@@ -602,10 +612,10 @@ def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput
                 "does not support"
             )
         binary = params.get("binary_data")
-        if binary is not None and not isinstance(binary, bool):
+        if binary is not None and type(binary) is not bool:
             raise ProtocolError(f"output {name!r} parameter 'binary_data' must be true or false")
-        requested.append(RequestedOutput(name, binary))
-    return requested or None
+        requested[name] = RequestedOutput(name, binary)
+    return list(requested.values()) or None
 
 
 def _decode_raw(view: memoryview, signature: Signature, allow_nonfinite: bool) -> InferRequest:
