@@ -21,7 +21,13 @@ from onnxferry.cli import main
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
 from onnxferry.optimize import Budget, Recipe, make_pass, optimize
-from onnxferry.optimize.auto import Candidate, SearchResult, _choose, candidate_recipes
+from onnxferry.optimize.auto import (
+    Candidate,
+    SearchResult,
+    _choose,
+    auto_search,
+    candidate_recipes,
+)
 from onnxferry.optimize.base import PASSES, Pass, PassContext, PassError, PassResult, register
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
 from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
@@ -207,6 +213,26 @@ def test_auto_keeps_sensitive_nodes_in_fp32_when_static_int8_breaks_the_budget(
     search = model.provenance[-1].result
     excluded = [c for c in search.candidates if "exclude_sensitive" in c.recipe.label()]
     assert excluded, [c.recipe.label() for c in search.candidates]
+
+
+def test_auto_keeps_sensitive_matmuls_in_fp32_when_dynamic_int8_breaks_the_budget(  # type: ignore[no-untyped-def]
+    judge_for, tmp_path: Path
+) -> None:
+    model, judge = judge_for(wide_mlp(outlier=400.0), "cosine>=0.999")
+    recipes = [
+        Recipe.of([("int8_dynamic", {})]),
+        Recipe.of([("int8_dynamic", {"per_channel": True})]),
+    ]
+    _, search = auto_search(model, judge, tmp_path / "work", recipes=recipes)
+    labels = [c.recipe.label() for c in search.candidates]
+    assert not search.candidates[0].within and not search.candidates[1].within, labels
+    retried = [c for c in search.candidates[2:] if "exclude_sensitive" in c.recipe.label()]
+    assert retried and all(c.recipe.passes[0].name == "int8_dynamic" for c in retried), labels
+    # the outlier in w1 gives fc2's input a huge range: fc2 (also the cheaper) goes first
+    assert retried[0].result.steps[0].details["sensitive_nodes"] == ["fc2"]
+    assert any(c.within for c in retried), [
+        (c.recipe.label(), c.result.final_metric) for c in retried
+    ]
 
 
 def test_auto_keeps_candidates_on_disk_and_times_finalists_side_by_side(tmp_path: Path) -> None:

@@ -188,7 +188,8 @@ def auto_search(
         attempt(recipe)
     for recipe in _closest_misses(search.candidates, judge):
         for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
-            if attempt(_excluding(recipe, exclude)).within:
+            tried = attempt(_excluding(recipe, exclude))
+            if tried.within or _nothing_quantized(tried):
                 break
     _time_finalists(search, model, judge, finalists)
     _choose(search, judge)
@@ -237,6 +238,14 @@ def _closest_misses(candidates: Sequence[Candidate], judge: Judge) -> list[Recip
                 if name not in best or miss < best[name][0]:
                     best[name] = (miss, c.recipe)
     return [recipe for _, recipe in best.values()]
+
+
+def _nothing_quantized(candidate: Candidate) -> bool:
+    """Every node int8 could take is excluded: more exclusions cannot change anything."""
+    return any(
+        s.status == "no change" and s.label.split("(")[0] in _EXCLUDING
+        for s in candidate.result.steps
+    )
 
 
 def _excluding(recipe: Recipe, count: int) -> Recipe:
