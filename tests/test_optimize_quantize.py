@@ -630,6 +630,32 @@ def test_rank_dynamic_sensitivity_matches_ort_on_a_single_matmul(
     assert ranked.error == pytest.approx(sse / ssr, rel=0.25)
 
 
+def test_rank_dynamic_sensitivity_covers_gemm_and_gather(tmp_path: Path) -> None:
+    """ids -> Gather(table) -> Gemm(transB) -> y: both ranked, the Gemm simulated as ORT runs it."""
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((50, 16)).astype(np.float32)
+    table[7, 3] = 40.0  # one outlier: per-tensor int8 rounds the rest of the table coarsely
+    w = rng.standard_normal((8, 16)).astype(np.float32)  # [N, K] with transB
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+            helper.make_node("Gemm", ["e", "w"], ["y"], name="proj", transB=1),
+        ],
+        "gg",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model = Model.load(save(proto, tmp_path / "gg.onnx"))
+    feeds = [{"ids": rng.integers(0, 50, 6)} for _ in range(4)]
+    ranking = {r.node: r for r in rank_dynamic_sensitivity(model, feeds)}
+    assert set(ranking) == {"embed", "proj"}
+    assert ranking["embed"].op_type == "Gather" and ranking["embed"].weights == table.size
+    assert ranking["proj"].op_type == "Gemm" and ranking["proj"].weights == w.size
+    assert ranking["embed"].error > 1e-4  # the outlier costs the other rows precision
+
+
 def test_int8_dynamic_exclude_sensitive_keeps_the_worst_matmul_in_float(tmp_path: Path) -> None:
     model = Model.load(save(sensitive_mlp(), tmp_path / "s.onnx"))
     feeds = feeds_for(model)

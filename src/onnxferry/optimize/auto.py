@@ -189,7 +189,7 @@ def auto_search(
     for recipe in _closest_misses(search.candidates, judge):
         for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
             tried = attempt(_excluding(recipe, exclude))
-            if tried.within or _nothing_quantized(tried):
+            if tried.within or _nothing_more_to_exclude(tried, exclude):
                 break
     _time_finalists(search, model, judge, finalists)
     _choose(search, judge)
@@ -240,12 +240,16 @@ def _closest_misses(candidates: Sequence[Candidate], judge: Judge) -> list[Recip
     return [recipe for _, recipe in best.values()]
 
 
-def _nothing_quantized(candidate: Candidate) -> bool:
-    """Every node int8 could take is excluded: more exclusions cannot change anything."""
-    return any(
-        s.status == "no change" and s.label.split("(")[0] in _EXCLUDING
-        for s in candidate.result.steps
-    )
+def _nothing_more_to_exclude(candidate: Candidate, excluded: int) -> bool:
+    """Every node int8 could take is excluded, or the ranking had fewer than ``excluded``
+    nodes: excluding more cannot change the model."""
+    for step in candidate.result.steps:
+        if step.label.split("(")[0] not in _EXCLUDING:
+            continue
+        ranked = step.details.get("sensitive_nodes")
+        if step.status == "no change" or (ranked is not None and len(ranked) < excluded):
+            return True
+    return False
 
 
 def _excluding(recipe: Recipe, count: int) -> Recipe:

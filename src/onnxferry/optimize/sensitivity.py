@@ -109,14 +109,16 @@ def rank_dynamic_sensitivity(
     reduce_range: bool = False,
     by: Literal["error", "error_per_weight"] = "error_per_weight",
 ) -> list[NodeSensitivity]:
-    """The MatMuls with a constant 2-D weight that dynamic int8 quantizes, most sensitive first.
+    """The nodes dynamic int8 quantizes (MatMul and Gemm with a constant 2-D weight, Gather
+    from a constant table), most sensitive first.
 
-    Each is measured in isolation by doing what ORT's dynamic int8 does to it alone: its float
-    input quantized to uint8 over that tensor's own range (DynamicQuantizeLinear), its weight to
-    symmetric int8 per tensor or per output column (7-bit with ``reduce_range``), compared with
-    the float product on ``feeds``. ``by="error_per_weight"`` (the default) divides by the
-    weight count, which is proportional to the node's FLOPs: the nodes it ranks first buy the
-    most accuracy for the least speed when kept in float.
+    Each is measured in isolation by doing what ORT's dynamic int8 does to it alone: a MatMul's
+    float input quantized to uint8 over that tensor's own range (DynamicQuantizeLinear), its
+    weight to symmetric int8 per tensor or per output column (7-bit with ``reduce_range``); a
+    Gather's table to int8 per tensor. Compared with the float result on ``feeds``.
+    ``by="error_per_weight"`` (the default) divides by the weight count, which is proportional
+    to a MatMul's FLOPs: the nodes it ranks first buy the most accuracy for the least speed
+    when kept in float.
     """
     from onnx import numpy_helper
 
@@ -124,40 +126,85 @@ def rank_dynamic_sensitivity(
         raise UsageError("rank_dynamic_sensitivity needs at least one feed set")
     with contextlib.ExitStack() as stack:
         proto = inline_proto(fp32)
-        weights = {
-            t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if len(t.dims) == 2
+        constants = {
+            t.name: numpy_helper.to_array(t)
+            for t in proto.graph.initializer
+            if t.data_type in (1, 10, 11, 16)  # float, float16, double, bfloat16
         }
-        nodes = [
-            n
-            for n in proto.graph.node
-            if n.op_type == "MatMul"
-            and n.name
-            and n.input[1] in weights
-            and weights[n.input[1]].dtype.kind == "f"
-        ]
-        if not nodes:
+        found = (_simulation(n, constants, per_channel, reduce_range) for n in proto.graph.node)
+        simulated = [sim for sim in found if sim is not None]
+        if not simulated:
             return []
-        quantized = {n.input[1]: _fake_int8(weights[n.input[1]], per_channel, reduce_range)
-                     for n in nodes}  # fmt: skip
-        runner = OrtRunner(runnable(_with_outputs(proto, [n.input[0] for n in nodes]), stack))
-        stats = {n.name: _Stats() for n in nodes}
+        reads = [name for sim in simulated for name in sim.reads]
+        runner = OrtRunner(runnable(_with_outputs(proto, reads), stack))
+        stats = {sim.node.name: _Stats() for sim in simulated}
         for feed in feeds:
             values = {**feed, **runner.run(feed)}
-            for n in nodes:
-                a = values.get(n.input[0])
-                if a is None or a.dtype.kind != "f":
-                    continue
-                a32 = a.astype(np.float32, copy=False)
-                w = weights[n.input[1]]
-                stats[n.name].add(a32 @ w, _fake_uint8(a32) @ quantized[n.input[1]], None)
+            for sim in simulated:
+                compared = sim.compare(values)
+                if compared is not None:
+                    stats[sim.node.name].add(*compared, None)
     ranking = [
         NodeSensitivity(
-            n.name, n.op_type, *stats[n.name].result(), weights=weights[n.input[1]].size
+            sim.node.name, sim.node.op_type, *stats[sim.node.name].result(), weights=sim.weights
         )
-        for n in nodes
-        if stats[n.name].measured
+        for sim in simulated
+        if stats[sim.node.name].measured
     ]
     return _ranked(ranking, by)
+
+
+@dataclass
+class _Simulated:
+    """One node as dynamic int8 runs it: what it reads at run time, and the comparison."""
+
+    node: onnx.NodeProto
+    reads: list[str]
+    weights: int
+    compare: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray] | None]
+
+
+def _simulation(
+    node: onnx.NodeProto,
+    constants: Mapping[str, np.ndarray],
+    per_channel: bool,
+    reduce_range: bool,
+) -> _Simulated | None:
+    if not node.name:
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
+        w = constants.get(node.input[1])
+        if w is None or w.ndim != 2 or ("transA" in attrs and attrs["transA"].i):
+            return None
+        weight = np.ascontiguousarray(w.T if "transB" in attrs and attrs["transB"].i else w)
+        weight = weight.astype(np.float32)
+        fake = _fake_int8(weight, per_channel, reduce_range)
+        source = node.input[0]
+
+        def matmul(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+            a = values.get(source)
+            if a is None or a.dtype.kind != "f":
+                return None
+            a32 = a.astype(np.float32, copy=False)
+            return a32 @ weight, _fake_uint8(a32) @ fake
+
+        return _Simulated(node, [source], weight.size, matmul)
+    if node.op_type == "Gather" and node.input[0] in constants:
+        table = constants[node.input[0]].astype(np.float32)
+        fake_table = _fake_int8(table.reshape(table.shape[0], -1), False, reduce_range)
+        fake_table = fake_table.reshape(table.shape)
+        axis = attrs["axis"].i if "axis" in attrs else 0
+        indices = node.input[1]
+
+        def gather(values: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+            idx = constants.get(indices, values.get(indices))
+            if idx is None:
+                return None
+            return np.take(table, idx, axis=axis), np.take(fake_table, idx, axis=axis)
+
+        return _Simulated(node, [] if indices in constants else [indices], table.size, gather)
+    return None
 
 
 def _ranked(
