@@ -107,6 +107,7 @@ def test_version_policy_select() -> None:
     [
         (None, None, 2, (1, 2)),
         (None, None, 1, (1, 1)),
+        (None, None, 16, (1, 16)),
         (2, None, 8, (2, 4)),
         (3, None, 2, (3, 1)),
         (None, 2, 8, (4, 2)),

@@ -249,7 +249,7 @@ class OrtRunner:
         inputs = ort_inputs(feeds, all_ortvalues=self._through_ortvalues)
         if self._through_ortvalues:
             values = self.session.run_with_ort_values(names, inputs)
-            return {n: _from_ortvalue(v) for n, v in zip(names, values, strict=True)}
+            return {n: from_ortvalue(v) for n, v in zip(names, values, strict=True)}
         results = self.session.run(names, inputs)
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
 
@@ -284,7 +284,7 @@ def _to_ortvalue(array: np.ndarray) -> Any:
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
-def _from_ortvalue(value: Any) -> np.ndarray:
+def from_ortvalue(value: Any) -> np.ndarray:
     if value.data_type() == "tensor(bfloat16)":
         import ctypes
 

@@ -195,8 +195,13 @@ class ServeApp:
             return await _respond(send, 200, b"", "text/plain"), name, version or ""
         if action == "config":
             served = self._get(name, version)
+            executor = served.executor
             config = triton_config(
-                name, served.executor.signature, served.config, served.executor.batching
+                name,
+                executor.signature,
+                served.config,
+                executor.batching,
+                parallelism=(executor.instances, executor.threads),
             )
             return await _json(send, 200, config), name, served.version
         if action == "stats":
@@ -206,7 +211,7 @@ class ServeApp:
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
     ) -> tuple[int, str, str]:
-        start = time.perf_counter()
+        start = time.monotonic()
         served = self._get(name, version, not_ready=503)
         label = served.version
         headers = _headers(scope)
@@ -261,7 +266,7 @@ class ServeApp:
         self.metrics.succeeded(
             name,
             label,
-            request_s=time.perf_counter() - start,
+            request_s=time.monotonic() - start,
             queue_s=result.queue_ns / 1e9,
             compute_s=result.compute_ns / 1e9,
             batch=result.batch_size,
@@ -305,7 +310,7 @@ class ServeApp:
         stats = []
         for v in versions:
             served = self._get(name, v)
-            stats.append({"name": name, "version": served.version, **served.executor.statistics()})
+            stats.append({**served.executor.statistics(), "name": name, "version": served.version})
         return {"model_stats": stats}
 
     async def _repository(self, parts: list[str], method: str, send: Send) -> int:
@@ -379,8 +384,9 @@ class ServeApp:
     def _deadline(
         self, parameters: Mapping[str, Any], model_timeout_ms: float | None, start: float
     ) -> float | None:
-        """A monotonic deadline from the request's ``timeout`` (microseconds, as Triton), else
-        the model's timeout_ms, else the server's default."""
+        """A monotonic deadline, counted from ``start`` (when the request began), from the
+        request's ``timeout`` (microseconds, as Triton), else the model's timeout_ms, else the
+        server's default."""
         timeout_us = parameters.get("timeout")
         if timeout_us is not None:
             if isinstance(timeout_us, bool) or not isinstance(timeout_us, (int, float)):
@@ -394,7 +400,7 @@ class ServeApp:
             seconds = self.settings.default_timeout_ms / 1e3
         else:
             return None
-        return time.monotonic() - (time.perf_counter() - start) + seconds
+        return start + seconds
 
 
 def _http_error(error: Exception) -> HttpError:

@@ -143,9 +143,11 @@ class ModelConfig:
     def parallelism(self, cores: int) -> tuple[int, int]:
         """(instances, intra-op threads per instance) for ``cores`` usable cores.
 
-        Explicit settings win. Otherwise instances * threads <= cores: by default one instance
-        using every core (the lowest latency at low load, and on CPU the dynamic batcher gives
-        one wide instance enough rows to keep all cores busy at high load).
+        Explicit settings win; a missing one fills the cores. The default is one instance
+        using every core: the lowest latency alone, and the dynamic batcher gives that one
+        instance full batches under load. Measured on 2 quiet cores (benchmarks/
+        serve_executor.py), 1x2 came within 8% of 2x1 at concurrency 8 on a small CNN,
+        beat it by 40% on an MLP, and halved the CNN's latency at concurrency 1.
         """
         cores = max(1, cores)
         if self.instances is not None and self.intra_op_threads is not None:

@@ -8,17 +8,19 @@ dynamic batcher, with per-request deadlines and Triton-style statistics.
     executor.statistics()                                # GET /v2/models/m/stats entry
     await executor.close()                               # drains queued and in-flight work
 
-Scheduling (all on the event loop thread; each instance has its own worker thread and
-session, and a batch costs one hand-off to the worker and one back):
+Scheduling, all on the event loop thread (each instance has its own session and worker
+thread; a batch costs one hand-off to its worker and one back):
 
-- An idle instance takes the queue at once: at low load a request never waits for company.
+- An idle instance takes the queue at once, so at low load a request never waits for
+  company (concurrency 1 pays no queue delay).
 - While every instance is busy, requests accumulate; the next free instance takes the oldest
-  request plus every queued request of the same non-batch shapes and dtypes, up to
+  request plus every queued request with the same non-batch shapes and dtypes, up to
   ``max_batch_size`` rows. Load itself makes the batches.
 - An idle instance holds back only while recent load says more rows are on their way (the
-  number of requests recently in the system exceeds what is queued and running) and the
-  oldest request has waited less than ``max_queue_delay_ms``. A wait that ends short of its
-  target lowers the estimate, so a drop in load costs at most one delay.
+  most rows recently in the system, queued plus running, exceed what is queued and running
+  now) and the oldest request has waited less than ``max_queue_delay_ms``, timed by a
+  thread because event loops round timers to whole milliseconds. A wait that times out
+  short of its target lowers the estimate, so a drop in load costs at most one delay.
 
 Deadlines: a request still queued at its deadline fails with DeadlineExceeded without
 running; a request whose deadline passes mid-run fails at once, and when every request of a
@@ -29,6 +31,8 @@ has its own RunOptions, so the session stays usable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import threading
 import time
@@ -46,8 +50,8 @@ from ..errors import FeedError, FerryError
 from ..model import Model
 from ..runtime import (
     SessionConfig,
-    _from_ortvalue,
     create_session,
+    from_ortvalue,
     needs_ortvalue_outputs,
     ort_error_message,
     ort_inputs,
@@ -175,7 +179,7 @@ class _Instance:
             values = self.session.run_with_ort_values(
                 list(names), ort_inputs(feeds, all_ortvalues=True), options
             )
-            return [_from_ortvalue(v) for v in values]
+            return [from_ortvalue(v) for v in values]
         inputs: Mapping[str, Any] = ort_inputs(feeds) if self.bf16_inputs else feeds
         results = self.session.run(list(names), inputs, options)
         return [r if isinstance(r, np.ndarray) else np.asarray(r, dtype=object) for r in results]
@@ -321,6 +325,7 @@ class ModelExecutor:
         self._input_set = frozenset(self._input_names)
         self._max_rows = max(1, config.max_batch_size)
         self._delay_ns = round(config.max_queue_delay_ms * 1e6)
+        self._timeout_s = None if config.timeout_ms is None else config.timeout_ms / 1000
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[_Request] = deque()
@@ -330,7 +335,7 @@ class ModelExecutor:
         self._busy = 0
         self._idle = list(range(self.instances))
         self._estimate = 1  # rows recently in the system (queued + running)
-        self._wait: asyncio.TimerHandle | None = None
+        self._wait_armed = False  # _arm_timer or a _TIMER call to _waited is pending
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -361,7 +366,8 @@ class ModelExecutor:
         deadline: float | None = None,
     ) -> InferResult:
         """Run one request (feeds already validated against the signature) through the
-        batcher. ``deadline`` is a ``time.monotonic()`` time.
+        batcher. ``deadline`` is a ``time.monotonic()`` time; None means now plus the
+        config's ``timeout_ms``, or no deadline when that is None too.
 
         Raises QueueFull, DeadlineExceeded, ExecutionError, ExecutorClosed, or FeedError for
         unknown input or output names.
@@ -372,7 +378,7 @@ class ModelExecutor:
                 hint="retry; a newer version or a restarted server will answer",
             )
         loop = self._bind_loop()
-        names = None if output_names is None else tuple(output_names)
+        names = tuple(output_names) if output_names else None  # [] asks for all, like None
         if names is not None and not self._known_outputs.issuperset(names):
             unknown = next(n for n in names if n not in self._known_outputs)
             raise FeedError(
@@ -382,6 +388,8 @@ class ModelExecutor:
         if feeds.keys() != self._input_set:
             self.signature.validate(feeds)
         rows, key = self._batch_key(feeds)
+        if deadline is None and self._timeout_s is not None:
+            deadline = time.monotonic() + self._timeout_s
         if deadline is not None and deadline <= time.monotonic():
             self._request_stats["fail"].add(0)
             raise self._deadline_error()
@@ -421,9 +429,6 @@ class ModelExecutor:
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
         self._closing = True
-        if self._wait is not None:
-            self._wait.cancel()
-            self._wait = None
         if self._loop is not None and (self._queued or self._busy):
             if self._drained is None:
                 self._drained = self._loop.create_future()
@@ -432,6 +437,7 @@ class ModelExecutor:
         if self._finalizer.alive:
             self._finalizer()
             await asyncio.to_thread(_join, self._threads)
+            self._instances.clear()  # frees the sessions
 
     @property
     def closed(self) -> bool:
@@ -467,20 +473,23 @@ class ModelExecutor:
                 raise RuntimeError("a ModelExecutor serves one event loop at a time")
             self._loop = loop
             self._drained = None
-            self._wait = None  # a timer of the old loop
+            self._wait_armed = False  # a timer for the old loop
         return loop
 
     def _batch_key(self, feeds: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...] | None]:
         """(rows, key): requests with equal keys can share a batch; None shares nothing."""
         if not self.batching:
             return 1, None
+        if len(self._input_names) == 1:
+            a = feeds[self._input_names[0]]
+            return (a.shape[0], (a.dtype, a.shape[1:])) if a.ndim else (1, None)
         arrays = [feeds[n] for n in self._input_names]
         if any(a.ndim == 0 for a in arrays):
             return 1, None
         rows = arrays[0].shape[0]
         if any(a.shape[0] != rows for a in arrays):
             return rows, None
-        return rows, tuple((a.dtype, a.shape[1:]) for a in arrays)
+        return rows, tuple(x for a in arrays for x in (a.dtype, a.shape[1:]))
 
     def _dispatch(self) -> None:
         """Hand batches to idle instances, or arm the wait timer (see the module docstring)."""
@@ -491,9 +500,9 @@ class ModelExecutor:
                 self._queue.popleft()
                 continue
             if self._should_wait(head, now):
-                if self._wait is None:
-                    delay = (head.start_ns + self._delay_ns - now) / 1e9
-                    self._wait = self._running_loop().call_later(delay, self._waited)
+                if not self._wait_armed:
+                    self._wait_armed = True
+                    self._running_loop().call_soon(self._arm_timer)
                 return
             batch = self._take(now)
             if batch is None:
@@ -515,12 +524,34 @@ class ModelExecutor:
             return False
         return now - head.start_ns < self._delay_ns
 
+    def _arm_timer(self) -> None:
+        """Still waiting once this loop iteration's requests are in: start the wait timer.
+        (Requests that arrive together fill the batch without any timer.)"""
+        head = self._live_head()
+        if head is None or not self._idle:
+            self._wait_armed = False
+        elif not self._should_wait(head, time.monotonic_ns()):
+            self._wait_armed = False
+            self._dispatch()  # the delay ran out meanwhile
+        else:
+            _TIMER.call_at(head.start_ns + self._delay_ns, self._running_loop(), self._waited)
+
+    def _live_head(self) -> _Request | None:
+        queue = self._queue
+        while queue and queue[0].abandoned:
+            queue.popleft()
+        return queue[0] if queue else None
+
     def _waited(self) -> None:
-        """The wait timer: run what has come, and trust the load estimate less."""
-        self._wait = None
-        if self._queue and self._idle:
+        """The wait timer: run what has come; a full wait that ended short of its target
+        lowers the load estimate."""
+        self._wait_armed = False
+        head = self._live_head()
+        if head is None or not self._idle:
+            return
+        if time.monotonic_ns() - head.start_ns >= self._delay_ns:
             self._estimate = max(1, self._queued_rows + self._running_rows)
-            self._dispatch()
+        self._dispatch()
 
     def _take(self, now: int) -> _Batch | None:
         """The oldest live request and every queued one that may join it (max rows)."""
@@ -644,6 +675,47 @@ class ModelExecutor:
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
         return self._loop
+
+
+class _PreciseTimer:
+    """Calls ``callback`` on ``loop`` at a ``time.monotonic_ns()`` time, to ~0.1 ms.
+
+    Event loops round timers to whole milliseconds (asyncio up, uvloop to nearest), too
+    coarse for sub-millisecond queue delays. One daemon thread serves every executor.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, asyncio.AbstractEventLoop, Any]] = []
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when_ns: int, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ferry-timer", daemon=True)
+                self._thread.start()
+            self._count += 1
+            heapq.heappush(self._heap, (when_ns, self._count, loop, callback))
+            if self._heap[0][1] == self._count:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                remaining = self._heap[0][0] - time.monotonic_ns()
+                if remaining > 0:
+                    self._cond.wait(remaining / 1e9)
+                    continue
+                _, _, loop, callback = heapq.heappop(self._heap)
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    loop.call_soon_threadsafe(callback)
+
+
+_TIMER = _PreciseTimer()
 
 
 def _phases(counters: tuple[_Counter, ...]) -> dict[str, dict[str, int]]:
