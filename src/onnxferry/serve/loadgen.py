@@ -67,8 +67,8 @@ class LoadRow:
     concurrency: int
     requests: int  # successful
     errors: int
-    wall_s: float
-    throughput_per_s: float  # successful requests per second
+    wall_s: float  # from the start until every worker returned
+    throughput_per_s: float  # successful requests per second, up to the last success
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
@@ -136,6 +136,8 @@ class LoadReport:
         failed = [[r.concurrency, r.first_error] for r in self.rows if r.first_error]
         if failed:
             tables.append(Table("First error per level", ["concurrency", "error"], failed))
+        if self.notes:
+            tables.append(Table("Notes", ["note"], [[n] for n in self.notes]))
         return tables
 
 
@@ -192,7 +194,7 @@ async def load_test(
             warmup_s=warm,
             inputs={i.name(): {"datatype": i.datatype(), "shape": i.shape()} for i in inputs},
         )
-        shot = _Shot(client, model, version or "", inputs, outputs)
+        shot = _Shot(client, model, version or "", inputs, outputs, timeout_s)
         for level in levels:
             report.rows.append(await _run_level(shot, level, duration_s, warm, report.notes))
         return report
@@ -238,9 +240,9 @@ async def _metadata(
     except InferenceServerException as e:
         what = model if version is None else f"{model} version {version}"
         known = await _model_names(client)
-        hint = f"the server has {', '.join(known)}" if known else "check --model and --version"
+        hint = f"the server has {', '.join(known)}" if known else "check the model name"
         raise InputError(
-            f"the server at {url} has no model {what} ({_one_line(e.message())})", hint=hint
+            f"the server at {url} has no model {what} ({_server_message(e)})", hint=hint
         ) from None
     if not isinstance(metadata, dict) or not isinstance(metadata.get("inputs"), list):
         raise InputError(
@@ -318,6 +320,7 @@ class _Shot:
     version: str
     inputs: list[InferInput]
     outputs: list[InferRequestedOutput]
+    timeout_s: float
 
 
 @dataclass
@@ -325,6 +328,7 @@ class _Tally:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str | None = None
+    last_success: float = 0.0  # perf_counter() when the last successful request returned
 
 
 async def _worker(shot: _Shot, deadline: float, tally: _Tally) -> None:
@@ -339,11 +343,16 @@ async def _worker(shot: _Shot, deadline: float, tally: _Tally) -> None:
         except (InferenceServerException, *_NETWORK_ERRORS) as e:
             tally.errors += 1
             if tally.first_error is None:
-                tally.first_error = _one_line(e) or type(e).__name__
+                tally.first_error = (
+                    f"no response within {shot.timeout_s:g} s"
+                    if isinstance(e, asyncio.TimeoutError)
+                    else _error_text(e)
+                )
             if not isinstance(e, InferenceServerException):
                 await asyncio.sleep(0.01)  # a dead server fails fast; do not spin
             continue
-        append(clock() - t0)
+        tally.last_success = clock()
+        append(tally.last_success - t0)
 
 
 async def _run_level(
@@ -362,6 +371,9 @@ async def _run_level(
     server = server_split(before, after, shot.model) if before and after else None
 
     latencies = [x for t in tallies for x in t.latencies]
+    # Throughput over the window the successes span, so one request stuck until the client
+    # timeout (counted as an error) does not dilute it.
+    span = max((t.last_success for t in tallies), default=0.0) - start
     errors = sum(t.errors for t in tallies)
     first_error = next((t.first_error for t in tallies if t.first_error), None)
     p50 = p90 = p99 = mean = worst = None
@@ -374,7 +386,7 @@ async def _run_level(
         requests=len(latencies),
         errors=errors,
         wall_s=wall,
-        throughput_per_s=len(latencies) / wall if wall > 0 else 0.0,
+        throughput_per_s=len(latencies) / span if span > 0 else 0.0,
         p50_ms=p50,
         p90_ms=p90,
         p99_ms=p99,
@@ -390,9 +402,7 @@ async def _statistics(shot: _Shot, notes: list[str]) -> dict[str, Any] | None:
     try:
         stats: dict[str, Any] = await shot.client.get_inference_statistics(shot.model, shot.version)
     except (InferenceServerException, *_NETWORK_ERRORS) as e:
-        why = _one_line(e)
-        if isinstance(e, InferenceServerException) and e.status():
-            why = f"HTTP {e.status()}"  # the body is often a page, not a message
+        why = _server_message(e) if isinstance(e, InferenceServerException) else _one_line(e)
         note = f"no server-side queue/compute split: GET /v2/models/{shot.model}/stats: {why}"
         if note not in notes:
             notes.append(note)
@@ -441,6 +451,23 @@ def _totals(stats: Mapping[str, Any], model: str) -> dict[str, int]:
             totals[f"{key}_count"] += int(item.get("count", 0))
             totals[f"{key}_ns"] += int(item.get("ns", 0))
     return totals
+
+
+def _server_message(error: InferenceServerException) -> str:
+    """The server's error message, or "HTTP <status>" when its body had no V2 error field
+    (tritonclient then reports its own decoding failure instead)."""
+    message = _one_line(error.message() or "")
+    if error.status() and (not message or message.startswith("an exception occurred")):
+        return f"HTTP {error.status()}"
+    return message or f"HTTP {error.status()}"
+
+
+def _error_text(error: BaseException) -> str:
+    if not isinstance(error, InferenceServerException):
+        return _one_line(error) or type(error).__name__
+    message = _server_message(error)
+    status = error.status()
+    return f"HTTP {status}: {message}" if status and not message.startswith("HTTP") else message
 
 
 def _one_line(error: BaseException | str) -> str:

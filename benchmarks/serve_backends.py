@@ -1,0 +1,263 @@
+"""The servers `benchmarks/serve.py` compares `ferry serve` against, one per process.
+
+    BENCH/bin/python benchmarks/serve_backends.py pytriton MODEL.onnx --name cnn --port 8100
+    BENCH/bin/python benchmarks/serve_backends.py fastapi MODEL.onnx --name cnn --port 8200
+
+Needs only numpy and onnxruntime, plus nvidia-pytriton or fastapi + uvicorn (the separate
+benchmark venv made by benchmarks/setup_bench_env.sh); it never imports onnxferry.
+
+- pytriton: Triton Inference Server (the tritonserver binary pytriton bundles) with dynamic
+  batching (``--max-batch``, ``--queue-delay-us``), one model instance whose Python function
+  runs one ONNX Runtime session with ``--threads`` intra-op threads.
+- fastapi: what a user writes by hand: FastAPI + uvicorn, KServe V2 metadata and infer (JSON
+  and the binary-tensor extension, so the same clients work), one request = one
+  ``session.run`` in FastAPI's thread pool on one shared session with ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+_ORT_TO_NUMPY: dict[str, type[np.generic[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+_V2: dict[np.dtype[Any], str] = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.bool_): "BOOL",
+}
+_FROM_V2: dict[str, np.dtype[Any]] = {v: k for k, v in _V2.items()}
+
+
+def session(path: str, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def tensors(args: list[Any]) -> list[tuple[str, np.dtype[Any], list[int]]]:
+    """(name, numpy dtype, shape with -1 for symbolic dims) of ORT inputs or outputs."""
+    out = []
+    for a in args:
+        shape = [d if isinstance(d, int) and d >= 0 else -1 for d in a.shape]
+        out.append((a.name, np.dtype(_ORT_TO_NUMPY[a.type]), shape))
+    return out
+
+
+# --- Triton through pytriton -------------------------------------------------------------
+
+
+def serve_pytriton(args: argparse.Namespace) -> None:
+    # pytriton's Python-backend stub links libpython dynamically and picks the system one
+    # first; with a venv from another build (pyenv) the stdlib and libpython then disagree
+    # and the model fails to load. Put this interpreter's libpython first.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and os.path.exists(os.path.join(libdir, f"libpython{sys.version_info[0]}.so")):
+        os.environ["LD_LIBRARY_PATH"] = ":".join(
+            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p
+        )
+    from pytriton.decorators import batch  # type: ignore[import-not-found, unused-ignore]
+    from pytriton.model_config import (  # type: ignore[import-not-found, unused-ignore]
+        DynamicBatcher,
+        ModelConfig,
+        Tensor,
+    )
+    from pytriton.triton import (  # type: ignore[import-not-found, unused-ignore]
+        Triton,
+        TritonConfig,
+        TritonSecurityConfig,
+    )
+
+    sess = session(args.model, args.threads)
+    names = [o.name for o in sess.get_outputs()]
+    batching = args.max_batch > 0
+
+    def spec(t: tuple[str, np.dtype[Any], list[int]]) -> Any:
+        name, dtype, shape = t
+        return Tensor(name=name, dtype=dtype.type, shape=tuple(shape[1:] if batching else shape))
+
+    def run(**feeds: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+
+    config = TritonConfig(
+        http_address=args.host,
+        http_port=args.port,
+        grpc_address=args.host,
+        grpc_port=args.port + 1,
+        metrics_port=args.port + 2,
+        allow_gpu_metrics=False,
+        log_verbose=0,
+    )
+    # Keep the statistics endpoint open for perf_analyzer and the load generator.
+    security = TritonSecurityConfig(
+        restricted_endpoints=["shared-memory", "model-repository", "trace", "logging"]
+    )
+    batcher = DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)
+    with Triton(config=config, security_config=security) as triton:
+        triton.bind(
+            model_name=args.name,
+            infer_func=batch(run) if batching else _unbatched(run),
+            inputs=[spec(t) for t in tensors(sess.get_inputs())],
+            outputs=[spec(t) for t in tensors(sess.get_outputs())],
+            config=ModelConfig(max_batch_size=max(args.max_batch, 0), batcher=batcher),
+            strict=False,
+        )
+        print(f"pytriton serving {args.name} on {args.host}:{args.port}", flush=True)
+        triton.serve()
+
+
+def _unbatched(run: Callable[..., dict[str, np.ndarray]]) -> Callable[..., Any]:
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        return [run(**request.data) for request in requests]
+
+    return infer
+
+
+# --- plain FastAPI + ONNX Runtime ------------------------------------------------------
+
+
+def fastapi_app(model: str, name: str, threads: int) -> Any:
+    from fastapi import FastAPI, HTTPException, Request, Response  # type: ignore[import-not-found, unused-ignore]
+    from starlette.concurrency import run_in_threadpool  # type: ignore[import-not-found, unused-ignore]
+
+    sess = session(model, threads)
+    inputs = tensors(sess.get_inputs())
+    outputs = tensors(sess.get_outputs())
+    metadata = {
+        "name": name,
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": n, "datatype": _V2[d], "shape": s} for n, d, s in inputs],
+        "outputs": [{"name": n, "datatype": _V2[d], "shape": s} for n, d, s in outputs],
+    }
+    app = FastAPI()
+
+    async def health() -> dict[str, bool]:
+        return {"live": True}
+
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        if model_name != name:
+            raise HTTPException(404, f"unknown model {model_name!r}")
+        return metadata
+
+    async def infer(model_name: str, request: Request) -> Response:
+        if model_name != name:
+            raise HTTPException(404, f"unknown model {model_name!r}")
+        body = await request.body()
+        header_length = request.headers.get("inference-header-content-length")
+        header_end = int(header_length) if header_length else len(body)
+        header = json.loads(body[:header_end])
+        offset = header_end
+        feeds: dict[str, np.ndarray] = {}
+        for item in header["inputs"]:
+            dtype = _FROM_V2[item["datatype"]]
+            size = (item.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                array = np.frombuffer(
+                    body, dtype=dtype, count=size // dtype.itemsize, offset=offset
+                )
+                offset += size
+            else:
+                array = np.asarray(item["data"], dtype=dtype)
+            feeds[item["name"]] = array.reshape(item["shape"])
+        results = await run_in_threadpool(sess.run, None, feeds)
+        binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+        wanted = {o["name"]: o for o in header.get("outputs") or []}
+        binary = binary or any(
+            (o.get("parameters") or {}).get("binary_data") for o in wanted.values()
+        )
+        out_meta: list[dict[str, Any]] = []
+        chunks: list[bytes] = []
+        for (out_name, _, _), value in zip(outputs, results, strict=True):
+            if wanted and out_name not in wanted:
+                continue
+            entry: dict[str, Any] = {
+                "name": out_name,
+                "datatype": _V2[value.dtype],
+                "shape": list(value.shape),
+            }
+            if binary:
+                data = np.ascontiguousarray(value).tobytes()
+                entry["parameters"] = {"binary_data_size": len(data)}
+                chunks.append(data)
+            else:
+                entry["data"] = value.ravel().tolist()
+            out_meta.append(entry)
+        head = json.dumps({"model_name": name, "model_version": "1", "outputs": out_meta}).encode()
+        if not binary:
+            return Response(head, media_type="application/json")
+        return Response(
+            b"".join([head, *chunks]),
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
+
+    # FastAPI reads annotations at runtime; these names are local, so give it the objects.
+    infer.__annotations__.update(request=Request, model_name=str)
+    model_metadata.__annotations__.update(model_name=str)
+    routes = [
+        ("/v2/health/live", health, "GET"),
+        ("/v2/health/ready", health, "GET"),
+        ("/v2/models/{model_name}", model_metadata, "GET"),
+        ("/v2/models/{model_name}/ready", model_metadata, "GET"),
+        ("/v2/models/{model_name}/infer", infer, "POST"),
+    ]
+    for path, endpoint, method in routes:
+        app.add_api_route(path, endpoint, methods=[method], response_model=None)
+    return app
+
+
+def serve_fastapi(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    app = fastapi_app(args.model, args.name, args.threads)
+    print(f"fastapi serving {args.name} on {args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=["pytriton", "fastapi"])
+    parser.add_argument("model", help="path of the .onnx file")
+    parser.add_argument("--name", required=True, help="model name on the server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True, help="ORT intra-op threads")
+    parser.add_argument("--max-batch", type=int, default=8, help="pytriton: 0 = no batching")
+    parser.add_argument("--queue-delay-us", type=int, default=500, help="pytriton batcher")
+    args = parser.parse_args()
+    (serve_pytriton if args.kind == "pytriton" else serve_fastapi)(args)
+
+
+if __name__ == "__main__":
+    main()
