@@ -31,6 +31,7 @@ instances = 2
 intra_op_threads = 1
 timeout_ms = 1000
 allow_nonfinite = false
+spin = false
 [versions]
 policy = "specific"
 specific = [1, 3]
@@ -45,6 +46,7 @@ specific = [1, 3]
         intra_op_threads=1,
         timeout_ms=1000.0,
         allow_nonfinite=False,
+        spin=False,
         version_policy=VersionPolicy("specific", specific=(1, 3)),
     )
 

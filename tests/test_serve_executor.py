@@ -457,3 +457,11 @@ def test_cancelled_request_is_dropped_from_the_queue() -> None:
 
     run(ex, body)
     assert ex.statistics()["execution_count"] == 1
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_spin_setting_reaches_the_sessions(spin: bool) -> None:
+    ex = executor(GEMM, spin=spin, intra_op_threads=2)
+    options = ex._instances[0].session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
+    asyncio.run(ex.close())

@@ -97,6 +97,8 @@ class SessionConfig:
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     fallback: bool = True
     log_severity: int = 3
+    entries: Mapping[str, str] = field(default_factory=dict)
+    """Session config entries, e.g. {"session.intra_op.allow_spinning": "0"}."""
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -123,6 +125,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if config.inter_threads is not None:
         opts.inter_op_num_threads = config.inter_threads
     opts.log_severity_level = config.log_severity
+    for key, value in config.entries.items():
+        opts.add_session_config_entry(key, value)
     return opts
 
 

@@ -76,6 +76,7 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "intra_op_threads": (int, 1, True),
     "timeout_ms": (float, 0, False),
     "allow_nonfinite": (bool, 0, True),
+    "spin": (bool, 0, True),
 }
 
 
@@ -94,6 +95,8 @@ class ModelConfig:
     intra_op_threads: int | None = None
     timeout_ms: float | None = None
     allow_nonfinite: bool = True
+    spin: bool = True
+    """ONNX Runtime's intra-op threads spin between runs (faster runs, busier cores)."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:

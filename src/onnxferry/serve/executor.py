@@ -314,7 +314,11 @@ class ModelExecutor:
             usable_cores() if cores is None else cores
         )
         self.batching: bool = config.max_batch_size > 0 and batch_axis(self.signature)
-        session_config = SessionConfig(threads=self.threads, inter_threads=1)
+        session_config = SessionConfig(
+            threads=self.threads,
+            inter_threads=1,
+            entries={"session.intra_op.allow_spinning": "1" if config.spin else "0"},
+        )
         self._instances = [
             _Instance(create_session(model, session_config), self.signature, self.name)
             for _ in range(self.instances)
