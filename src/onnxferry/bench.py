@@ -424,7 +424,8 @@ def _peak_rss(method: str) -> int:
 # --- the verb --------------------------------------------------------------------------
 
 
-def _stats(lat_s: Sequence[float]) -> dict[str, float]:
+def latency_stats(lat_s: Sequence[float]) -> dict[str, float]:
+    """Mean, spread and percentiles (ms) of latencies given in seconds."""
     a = np.asarray(lat_s, dtype=np.float64) * 1e3
     p25, p50, p75, p90, p99 = np.percentile(a, [25, 50, 75, 90, 99])
     mean = float(a.mean())
@@ -638,7 +639,7 @@ def _bench_one(
         warmup=warmup,
         iterations=n,
         wall_s=wall,
-        **_stats(lat),
+        **latency_stats(lat),
         inferences_per_s=n / wall if wall > 0 else 0.0,
         samples_per_s=n * batch / wall if wall > 0 else 0.0,
         peak_rss_bytes=peak,

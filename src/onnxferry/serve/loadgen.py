@@ -30,6 +30,7 @@ from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from ..bench import latency_stats
 from ..errors import FeedError, InputError, UsageError
 from ..generate import realistic_feeds
 from ..report import Table
@@ -378,9 +379,9 @@ async def _run_level(
     first_error = next((t.first_error for t in tallies if t.first_error), None)
     p50 = p90 = p99 = mean = worst = None
     if latencies:
-        ms = np.asarray(latencies, dtype=np.float64) * 1e3
-        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-        mean, worst = float(ms.mean()), float(ms.max())
+        stats = latency_stats(latencies)
+        p50, p90, p99 = stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]
+        mean, worst = stats["mean_ms"], stats["max_ms"]
     return LoadRow(
         concurrency=concurrency,
         requests=len(latencies),
