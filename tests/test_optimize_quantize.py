@@ -656,6 +656,30 @@ def test_rank_dynamic_sensitivity_covers_gemm_and_gather(tmp_path: Path) -> None
     assert ranking["embed"].error > 1e-4  # the outlier costs the other rows precision
 
 
+def test_int8_dynamic_excludes_gemm_nodes_too(tmp_path: Path) -> None:
+    """ORT rewrites a Gemm to "<name>_MatMul" + Add before reading nodes_to_exclude."""
+    rng = np.random.default_rng(4)
+    w1, w2 = (rng.standard_normal((16, 16)).astype(np.float32) for _ in range(2))
+    b = np.zeros(16, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w1", "b"], ["h"], name="g1"),
+            helper.make_node("Gemm", ["h", "w2", "b"], ["y"], name="g2"),
+        ],
+        "gemms",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 16])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (b, "b"))],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model = Model.load(save(proto, tmp_path / "gemms.onnx"))
+    feeds = feeds_for(model)
+    one = DynamicInt8(exclude_sensitive=1).apply(model, context(tmp_path, feeds))
+    assert one.model.ops_histogram["MatMulInteger"] == 1
+    both = DynamicInt8(nodes_to_exclude=("g1", "g2")).apply(model, context(tmp_path, feeds))
+    assert not both.changed and "MatMulInteger" not in both.model.ops_histogram
+
+
 def test_int8_dynamic_exclude_sensitive_keeps_the_worst_matmul_in_float(tmp_path: Path) -> None:
     model = Model.load(save(sensitive_mlp(), tmp_path / "s.onnx"))
     feeds = feeds_for(model)

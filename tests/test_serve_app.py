@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -104,6 +105,18 @@ def slow(size: int = 384, repeats: int = 40) -> bytes:
     )
 
 
+def lookup() -> bytes:
+    """y = Gather(table[8, 2], i): valid by signature for any i, but runs only for 0 <= i < 8
+    (the warm-up's sample ints are in [0, 8))."""
+    table = np.arange(16, dtype=np.float32).reshape(8, 2)
+    return _model(
+        [helper.make_node("Gather", ["table", "i"], ["y"])],
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(table, "table")],
+    )
+
+
 def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -125,6 +138,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(root / "broken" / "1" / "model.onnx", b"not an onnx model")
     write(root / "strict" / "1" / "model.onnx", affine())
     (root / "strict" / "ferry.toml").write_text("allow_nonfinite = false\n")
+    write(root / "lookup" / "1" / "model.onnx", lookup())
     write(root / "tiny_queue" / "1" / "model.onnx", slow())
     (root / "tiny_queue" / "ferry.toml").write_text("max_queue_size = 1\nmax_batch_size = 0\n")
     return root
@@ -342,6 +356,30 @@ def test_a_full_queue_answers_503_at_once(server: str) -> None:
     codes = sorted(code for code, _ in statuses)
     assert codes[0] == 200 and codes[-1] == 503, statuses
     assert all("queue" in error for code, error in statuses if code == 503)
+
+
+def test_a_model_failing_on_valid_input_is_500_and_keeps_serving(server: str) -> None:
+    def index(i: int) -> bytes:
+        return infer_json([{"name": "i", "datatype": "INT64", "shape": [1], "data": [i]}])
+
+    status, error = error_of(server, "POST", "/v2/models/lookup/infer", index(100))
+    assert status == 500 and "lookup" in error
+    status, _, data = request(server, "POST", "/v2/models/lookup/infer", index(3))
+    assert status == 200 and json.loads(data)["outputs"][0]["data"] == [6.0, 7.0]
+
+
+def test_access_log_is_one_json_line_per_request(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="onnxferry.serve.access"):
+        request(server, "POST", "/v2/models/affine/infer", infer_json([X]))
+        request(server, "GET", "/v2/models/nope")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
+    assert [(e["method"], e["path"], e["status"]) for e in lines] == [
+        ("POST", "/v2/models/affine/infer", 200),
+        ("GET", "/v2/models/nope", 404),
+    ]
+    assert all(e["ms"] >= 0 and e["client"] == "127.0.0.1" for e in lines)
 
 
 # --- limits, auth, deadlines ----------------------------------------------------------------

@@ -126,6 +126,7 @@ class DynamicInt8(Pass):
                         f"kept the {len(sensitive)} MatMul(s) int8 hurts most per FLOP in float: "
                         + _listing(sensitive, 12)
                     )
+            excluded = _with_gemm_rewrites(excluded, source)
             with _ort_errors(self.name), _quiet_ort():
                 quantize_dynamic(
                     str(source.path),
@@ -538,6 +539,14 @@ def _map_nodes(
             notes.append(f"node {node!r} was optimized away before quantization")
         mapped.extend(found)
     return list(dict.fromkeys(mapped))
+
+
+def _with_gemm_rewrites(nodes: list[str], source: Model) -> list[str]:
+    """ORT's dynamic quantizer rewrites a Gemm into "<name>_MatMul" + Add before it reads
+    ``nodes_to_exclude``, so an excluded Gemm must be named both ways."""
+    gemms = {n.name for n in source.proto.graph.node if n.op_type == "Gemm"}
+    extra = [f"{n}_MatMul" for n in nodes if n in gemms]
+    return list(dict.fromkeys([*nodes, *extra]))
 
 
 def _result(
