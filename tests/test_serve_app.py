@@ -380,6 +380,7 @@ def test_access_log_is_one_json_line_per_request(
         ("GET", "/v2/models/nope", 404),
     ]
     assert all(e["ms"] >= 0 and e["client"] == "127.0.0.1" for e in lines)
+    assert (lines[0]["model"], lines[0]["version"]) == ("affine", "2")
 
 
 # --- limits, auth, deadlines ----------------------------------------------------------------

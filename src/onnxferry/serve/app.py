@@ -139,6 +139,7 @@ class ServeApp:
             else:
                 raise HttpError(404, f"no route {path}; see /openapi.json", "not_found")
         except HttpError as e:
+            model, version = e.model, e.version
             if e.model:
                 self.metrics.failed(e.model, e.version or "-", e.reason)
             status = await _error(send, e.status, e.message)
@@ -152,6 +153,8 @@ class ServeApp:
                         "method": method,
                         "path": path,
                         "status": status,
+                        "model": model or None,
+                        "version": version or None,
                         "ms": round((time.perf_counter() - start) * 1e3, 3),
                         "client": (scope.get("client") or ("", 0))[0],
                     }
