@@ -128,8 +128,10 @@ class Judge:
     def __post_init__(self) -> None:
         runner = OrtRunner(self.original, config=self._config())
         self.reference = [runner.run(f) for f in self.feeds]
-        if self.timing is None:
-            self.timing = self.feeds[-1]
+
+    @property
+    def timing_feeds(self) -> dict[str, np.ndarray]:
+        return self.timing if self.timing is not None else self.feeds[-1]
 
     def _config(self) -> SessionConfig:
         return SessionConfig(provider=self.provider, threads=self.threads)
@@ -153,7 +155,7 @@ class Judge:
         """Per model, the p50 (ms) of each round on the timing feeds; the models take turns
         within a round so drift on a noisy machine hits them alike."""
         sessions = [create_session(m, self._config()) for m in models]
-        feeds = self.timing if self.timing is not None else self.feeds[-1]
+        feeds = self.timing_feeds
         per_model: list[list[float]] = [[] for _ in models]
         for _ in range(rounds):
             for i, session in enumerate(sessions):

@@ -48,6 +48,7 @@ from .calibration import FeedsReader, by_shape, checked_feeds
 from .sensitivity import (
     EXTERNAL_OVER,
     QDQ_OPS,
+    NodeSensitivity,
     copy_proto,
     node_like,
     rank_dynamic_sensitivity,
@@ -76,8 +77,9 @@ _RANK_SAMPLES = 16
 @dataclass(frozen=True)
 class DynamicInt8(Pass):
     """Quantize weights to int8 ahead of time and activations at run time (ORT quantize_dynamic:
-    MatMul, Conv, Attention, LSTM, Gather, Transpose by default; ORT has no dynamic Gemm).
-    Needs no calibration data."""
+    MatMul, Conv, Attention, LSTM, Gather, Transpose by default; a Gemm becomes MatMul + Add).
+    Needs no calibration data; ``exclude_sensitive`` keeps the nodes int8 hurts most per FLOP
+    in float."""
 
     name: ClassVar[str] = "int8_dynamic"
     family: ClassVar[str] = "int8"
@@ -117,15 +119,9 @@ class DynamicInt8(Pass):
                     per_channel=self.per_channel,
                     reduce_range=self.reduce_range,
                 )
-                sensitive = [r.node for r in ranking[: self.exclude_sensitive]]
-                details["sensitivity"] = [r.to_dict() for r in ranking[: max(10, len(sensitive))]]
-                details["sensitive_nodes"] = sensitive
+                what = "MatMul(s) int8 hurts most per FLOP"
+                sensitive = _most_sensitive(ranking, self.exclude_sensitive, what, details, notes)
                 excluded = list(dict.fromkeys([*excluded, *sensitive]))
-                if sensitive:
-                    notes.append(
-                        f"kept the {len(sensitive)} MatMul(s) int8 hurts most per FLOP in float: "
-                        + _listing(sensitive, 12)
-                    )
             excluded = _with_gemm_rewrites(excluded, source)
             with _ort_errors(self.name), _quiet_ort():
                 quantize_dynamic(
@@ -189,14 +185,11 @@ class StaticInt8(Pass):
         if self.exclude_sensitive:
             feeds = list(ctx.feeds) or plan.calibration
             ranking = rank_sensitivity(plan.source, quantized, feeds[:_RANK_SAMPLES])
-            sensitive = [r.node for r in ranking[: self.exclude_sensitive]]
-            details["sensitivity"] = [r.to_dict() for r in ranking[: max(10, len(sensitive))]]
+            sensitive = _most_sensitive(
+                ranking, self.exclude_sensitive, "most int8-sensitive node(s)", details, plan.notes
+            )
             if sensitive:
                 quantized = plan.build(sensitive)
-                plan.notes.append(
-                    f"kept the {len(sensitive)} most int8-sensitive node(s) in float: "
-                    + _listing(sensitive, 12)
-                )
         details["sensitive_nodes"] = sensitive
         details["unbounded_nodes"] = list(plan.unbounded or ())
         details["excluded_nodes"] = plan.float_nodes(sensitive)
@@ -539,6 +532,22 @@ def _map_nodes(
             notes.append(f"node {node!r} was optimized away before quantization")
         mapped.extend(found)
     return list(dict.fromkeys(mapped))
+
+
+def _most_sensitive(
+    ranking: Sequence[NodeSensitivity],
+    count: int,
+    what: str,
+    details: dict[str, Any],
+    notes: list[str],
+) -> list[str]:
+    """The ``count`` first nodes of ``ranking``, recorded in ``details`` and ``notes``."""
+    sensitive = [r.node for r in ranking[:count]]
+    details["sensitivity"] = [r.to_dict() for r in ranking[: max(10, len(sensitive))]]
+    details["sensitive_nodes"] = sensitive
+    if sensitive:
+        notes.append(f"kept the {len(sensitive)} {what} in float: " + _listing(sensitive, 12))
+    return sensitive
 
 
 def _with_gemm_rewrites(nodes: list[str], source: Model) -> list[str]:

@@ -79,7 +79,7 @@ def optimize(
             kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
             report = Report("optimize", search)
         report.notes.append(f"recipe: {kept.label()}")
-        report.notes.append(f"latency measured on {_shapes(judge.timing or feeds[-1])}")
+        report.notes.append(f"latency measured on {_shapes(judge.timing_feeds)}")
         saved = final.save(output) if output is not None else final.detached()
         if output is not None:
             kept.save(recipe_path(Path(output)))
