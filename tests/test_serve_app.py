@@ -487,6 +487,8 @@ def test_concurrent_requests_are_batched_and_answers_equal_unbatched(client: Any
 
 
 def test_metrics_and_openapi(server: str, client: Any) -> None:
+    request(server, "POST", "/v2/models/affine/infer", infer_json([X]))  # one success
+    request(server, "POST", "/v2/models/affine/infer", b"{not json")  # one bad request
     status, _, text = request(server, "GET", "/metrics")
     assert status == 200
     assert b'ferry_request_duration_seconds_bucket{le="0.001",model="affine"' in text

@@ -219,13 +219,14 @@ class ServeApp:
         label = served.version
         headers = _headers(scope)
         try:
-            body = await self._body(headers, receive)
+            header_length = parse_header_length(headers.get(b"inference-header-content-length"))
+            body = await self._body(headers, header_length, receive)
             encoding = headers.get(b"content-encoding")
             if encoding and encoding != b"identity":
                 body = decompress(body, encoding.decode("latin-1"), self.settings.body_limit)
             request = decode_infer_request(
                 body,
-                parse_header_length(headers.get(b"inference-header-content-length")),
+                header_length,
                 served.executor.signature,
                 allow_nonfinite=served.config.allow_nonfinite,
             )
@@ -347,7 +348,9 @@ class ServeApp:
             return
         raise HttpError(401, "missing or wrong API key; send Authorization: Bearer KEY", "auth")
 
-    async def _body(self, headers: Mapping[bytes, bytes], receive: Receive) -> Buffer:
+    async def _body(
+        self, headers: Mapping[bytes, bytes], header_length: int | None, receive: Receive
+    ) -> Buffer:
         """The whole body, refused (413) past the limit by Content-Length or, for chunked
         bodies, by counting streamed bytes; 408 when it does not arrive in time. With a
         Content-Length the bytes land in an aligned buffer, so binary tensors need no copy."""
@@ -355,7 +358,6 @@ class ServeApp:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise HttpError(413, _too_large(limit), "too_large")
-        header_length = parse_header_length(headers.get(b"inference-header-content-length"))
         buffer = body_buffer(int(declared), header_length) if declared is not None else None
         chunks: list[bytes] = []
         size = 0

@@ -12,6 +12,8 @@ deadline, too_large, unauthorized, internal).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -58,12 +60,15 @@ class ServeMetrics:
         self.success = Counter(
             "ferry_inference_success", "Successful inference requests", _LABELS, registry=r
         )
+        self._children = {}
         self.failure = Counter(
             "ferry_inference_failure",
             "Failed inference requests by reason",
             (*_LABELS, "reason"),
             registry=r,
         )
+
+    _children: dict[tuple[str, str], tuple[Any, ...]]
 
     def succeeded(
         self,
@@ -75,11 +80,18 @@ class ServeMetrics:
         compute_s: float,
         batch: int,
     ) -> None:
-        self.request.labels(model, version).observe(request_s)
-        self.queue.labels(model, version).observe(queue_s)
-        self.compute.labels(model, version).observe(compute_s)
-        self.batch.labels(model, version).observe(batch)
-        self.success.labels(model, version).inc()
+        children = self._children.get((model, version))
+        if children is None:  # labels() costs a lock and a dict lookup per metric: do it once
+            children = self._children[(model, version)] = tuple(
+                m.labels(model, version)
+                for m in (self.request, self.queue, self.compute, self.batch, self.success)
+            )
+        request, queue, compute, batch_size, success = children
+        request.observe(request_s)
+        queue.observe(queue_s)
+        compute.observe(compute_s)
+        batch_size.observe(batch)
+        success.inc()
 
     def failed(self, model: str, version: str, reason: str) -> None:
         self.failure.labels(model, version, reason).inc()
