@@ -767,3 +767,34 @@ def test_a_failing_pre_process_falls_back_to_the_model_as_it_is(
     )
     assert result.model.ops_histogram["MatMul"] == 2  # not fused to Gemm
     assert cosine_min(model, result.model, feeds) > 0.98
+
+
+def test_pre_process_leaves_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ORT's symbolic shape inference dumps "sym_shape_infer_temp.onnx" and uuid-named data
+    files into the working directory when it gives up; they must land in the stage folder."""
+    from onnxferry.optimize.quantize import _pre_process
+
+    weight = np.ones((64, 64), np.float32)  # large enough to go to an external data file
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Opaque", ["h"], ["y"], domain="custom.test"),
+        ],
+        "opaque",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.test", 1)]
+    )
+    cwd, stage = tmp_path / "cwd", tmp_path / "stage"
+    cwd.mkdir()
+    stage.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(Exception, match="Incomplete symbolic shape inference"):
+        _pre_process(Model.from_proto(proto), stage / "model.onnx", False, False)
+    assert list(cwd.iterdir()) == []
+    assert (stage / "sym_shape_infer_temp.onnx").exists()

@@ -498,10 +498,12 @@ def _pre_process(model: Model, target: Path, optimize: bool, skip_symbolic: bool
     logger.addHandler(collect)
     external = _needs_external(model)
     try:
-        with _quiet_ort():
+        # On failure ORT's symbolic shape inference dumps "sym_shape_infer_temp.onnx" and
+        # uuid-named data files into the working directory; keep them in the stage folder.
+        with _quiet_ort(), contextlib.chdir(target.resolve().parent):
             quant_pre_process(
-                str(model.path) if model.path is not None else model.proto,
-                str(target),
+                str(Path(model.path).resolve()) if model.path is not None else model.proto,
+                str(target.resolve()),
                 skip_optimization=not optimize,
                 skip_symbolic_shape=skip_symbolic,
                 save_as_external_data=external,
