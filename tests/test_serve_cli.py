@@ -152,3 +152,12 @@ def test_serve_without_the_serve_extra_says_what_to_install(
     model = write(tmp_path / "m.onnx", affine())
     assert main(["serve", str(model)]) == 2
     assert "pip install 'onnxferry[serve]'" in capsys.readouterr().err
+
+
+def test_serve_model_options_are_checked_like_ferry_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write(tmp_path / "m.onnx", affine())
+    assert main(["serve", str(model), "--inline-max-ms", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "inline_max_ms must be >= 0" in err and len(err.splitlines()) == 1

@@ -32,6 +32,7 @@ intra_op_threads = 1
 timeout_ms = 1000
 allow_nonfinite = false
 spin = false
+inline_max_ms = 0.25
 [versions]
 policy = "specific"
 specific = [1, 3]
@@ -47,6 +48,7 @@ specific = [1, 3]
         timeout_ms=1000.0,
         allow_nonfinite=False,
         spin=False,
+        inline_max_ms=0.25,
         version_policy=VersionPolicy("specific", specific=(1, 3)),
     )
 
@@ -68,6 +70,7 @@ def test_empty_toml_gives_defaults(tmp_path: Path) -> None:
         ("timeout_ms = 0", "timeout_ms must be > 0"),
         ("max_queue_delay_ms = -0.5", "max_queue_delay_ms must be >= 0"),
         ("max_queue_delay_ms = inf", "max_queue_delay_ms must be >= 0"),
+        ("inline_max_ms = -1", "inline_max_ms must be >= 0"),
         ('allow_nonfinite = "yes"', "allow_nonfinite must be true or false"),
         ('versions = "latest"', "versions must be a table"),
         ("[versions]\nkeep = 2", "unknown key 'versions.keep'"),

@@ -4,6 +4,7 @@ statistics and errors, with real ONNX Runtime sessions on models built in-proces
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -142,10 +143,10 @@ def test_requests_of_different_shapes_are_not_mixed() -> None:
         results, [x for p in zip(narrow, wide, strict=True) for x in p], strict=True
     ):
         assert np.array_equal(result.outputs["y"], -x)
-    # the first request runs alone at once; the rest queue and batch by shape only:
-    # 5 narrow requests of 1 row, 6 wide ones of 2 rows
+    # requests that arrive together batch by shape only: 6 narrow requests of 1 row, 6 wide
+    # ones of 2 rows
     sizes = sorted(r.batch_size for r in results)
-    assert sizes == sorted([1] + [5] * 5 + [12] * 6)
+    assert sizes == sorted([6] * 6 + [12] * 6)
 
 
 def test_a_request_bigger_than_max_batch_size_runs_alone() -> None:
@@ -155,7 +156,8 @@ def test_a_request_bigger_than_max_batch_size_runs_alone() -> None:
         return await asyncio.gather(*(ex.infer({"x": rows(n, n)}) for n in (1, 9, 1, 1)))
 
     results = run(ex, body)
-    assert [r.batch_size for r in results] == [1, 9, 2, 2]
+    # the three 1-row requests share a batch; the 9-row one runs alone
+    assert [r.batch_size for r in results] == [3, 9, 3, 3]
     assert results[1].outputs["y"].shape == (9, 3)
 
 
@@ -465,3 +467,68 @@ def test_spin_setting_reaches_the_sessions(spin: bool) -> None:
     options = ex._instances[0].session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
     asyncio.run(ex.close())
+
+
+def _record_threads(ex: ModelExecutor) -> list[str]:
+    """The names of the threads each instance's runs happen on, in order."""
+    names: list[str] = []
+    for instance in ex._instances:
+        run_on = instance.run
+
+        def recorded(*args: Any, _run: Any = run_on) -> list[np.ndarray]:
+            names.append(threading.current_thread().name)
+            return list(_run(*args))
+
+        instance.run = recorded  # type: ignore[method-assign]
+    return names
+
+
+def test_quick_batches_run_on_the_event_loop_thread_when_every_instance_is_idle() -> None:
+    ex = executor(GEMM)
+    ex.warmup()  # seeds the compute estimate: far below inline_max_ms
+    threads = _record_threads(ex)
+    x = rows(2, 0)
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return [await ex.infer({"x": x}) for _ in range(5)]
+
+    results = run(ex, body)
+    assert threads == [threading.main_thread().name] * 5
+    assert ex.inline_runs == 5
+    expected = reference_y(GEMM, x)
+    assert all(r.outputs["y"].tobytes() == expected.tobytes() for r in results)
+    assert ex.statistics()["inference_stats"]["success"]["count"] == 5
+
+
+def reference_y(text: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_text(text).SerializeToString())
+    return np.asarray(session.run(["y"], {"x": x})[0])
+
+
+@pytest.mark.parametrize("case", ["off", "no estimate", "too slow", "another instance busy"])
+def test_batches_go_to_worker_threads_otherwise(case: str) -> None:
+    slow = case in ("too slow", "another instance busy")
+    ex = executor(
+        slow_model() if slow else GEMM,
+        inline_max_ms=0 if case == "off" else 1.0,
+        instances=2 if case == "another instance busy" else 1,
+    )
+    if case != "no estimate":
+        ex.warmup()
+    threads = _record_threads(ex)
+    width = 256 if slow else 4
+
+    async def body(ex: ModelExecutor) -> None:
+        if case == "another instance busy":
+            big = asyncio.ensure_future(ex.infer({"x": rows(SLOW_ROWS, 0, width)}))
+            await asyncio.sleep(0.01)  # the big run is on a worker now
+            await ex.infer({"x": rows(1, 1, width)})  # quick, but one instance is busy
+            await big
+        else:
+            await ex.infer({"x": rows(SLOW_ROWS if slow else 1, 0, width)})
+
+    run(ex, body)
+    assert threads and all(name.startswith("ferry-") for name in threads), threads
+    assert ex.inline_runs == 0

@@ -384,6 +384,11 @@ def _bench_url(
 @click.option("--instances", type=int, help="Sessions per model (default: from the cores).")
 @click.option("--threads", type=int, help="Intra-op threads per session.")
 @click.option("--timeout-ms", type=float, help="Default per-request deadline (504 past it).")
+@click.option(
+    "--inline-max-ms",
+    type=float,
+    help="Run batches expected to take at most this on the event loop (0: never; default 1).",
+)
 @click.option("--max-body", default=64.0, show_default=True, help="Request body limit, MiB.")
 @click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
@@ -408,6 +413,7 @@ def serve(
     instances: int | None,
     threads: int | None,
     timeout_ms: float | None,
+    inline_max_ms: float | None,
     max_body: float,
     body_timeout: float,
     header_timeout: float,
@@ -432,6 +438,7 @@ def serve(
         "max_queue_size": max_queue_size,
         "instances": instances,
         "intra_op_threads": threads,
+        "inline_max_ms": inline_max_ms,
     }
     config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
     settings = ServeSettings(

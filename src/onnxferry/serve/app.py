@@ -15,7 +15,6 @@ import asyncio
 import hmac
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -361,27 +360,40 @@ class ServeApp:
         buffer = body_buffer(int(declared), header_length) if declared is not None else None
         chunks: list[bytes] = []
         size = 0
-        deadline = time.monotonic() + self.settings.body_timeout_s
-        while True:
-            try:
-                message = await _within(receive(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                seconds = self.settings.body_timeout_s
-                text = f"the request body did not arrive within {seconds:g} s"
-                raise HttpError(408, text, "timeout") from None
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "the client disconnected before sending the body", "aborted")
-            chunk = message.get("body", b"")
-            end = size + len(chunk)
-            if end > limit or (buffer is not None and end > len(buffer)):
-                raise HttpError(413, _too_large(limit), "too_large")
-            if buffer is not None:
-                buffer[size:end] = chunk
-            else:
-                chunks.append(chunk)
-            size = end
-            if not message.get("more_body", False):
-                break
+        # One timer for the whole body that cancels this task (asyncio.timeout costs several
+        # times more, and this runs on every request).
+        task = asyncio.current_task()
+        assert task is not None
+        fired: list[bool] = []
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.body_timeout_s, _cancel, task, fired
+        )
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise HttpError(
+                        400, "the client disconnected before sending the body", "aborted"
+                    )
+                chunk = message.get("body", b"")
+                end = size + len(chunk)
+                if end > limit or (buffer is not None and end > len(buffer)):
+                    raise HttpError(413, _too_large(limit), "too_large")
+                if buffer is not None:
+                    buffer[size:end] = chunk
+                else:
+                    chunks.append(chunk)
+                size = end
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if not fired or _uncancel(task):
+                raise
+            seconds = self.settings.body_timeout_s
+            text = f"the request body did not arrive within {seconds:g} s"
+            raise HttpError(408, text, "timeout") from None
+        finally:
+            timer.cancel()
         if buffer is not None:
             return buffer[:size]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -425,13 +437,15 @@ def _http_error(error: Exception) -> HttpError:
     raise error
 
 
-async def _within(awaitable: Awaitable[Mapping[str, Any]], seconds: float) -> Mapping[str, Any]:
-    """``await awaitable`` or TimeoutError after ``seconds``; asyncio.timeout (3.11) needs no
-    extra task per call, unlike wait_for, and this runs for every request body chunk."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
+def _cancel(task: asyncio.Task[Any], fired: list[bool]) -> None:
+    fired.append(True)
+    task.cancel()
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """Take back our cancellation (Task.uncancel, 3.11+); the count of others still pending."""
+    uncancel = getattr(task, "uncancel", None)
+    return int(uncancel()) if uncancel is not None else 0
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

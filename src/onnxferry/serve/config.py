@@ -77,6 +77,7 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "timeout_ms": (float, 0, False),
     "allow_nonfinite": (bool, 0, True),
     "spin": (bool, 0, True),
+    "inline_max_ms": (float, 0, True),
 }
 
 
@@ -97,6 +98,9 @@ class ModelConfig:
     allow_nonfinite: bool = True
     spin: bool = True
     """ONNX Runtime's intra-op threads spin between runs (faster runs, busier cores)."""
+    inline_max_ms: float = 1.0
+    """Run a batch on the event loop thread when every instance is idle and the batch should
+    take at most this long: no hand-off to a worker thread and back (0.1-0.2 ms). 0: never."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:

@@ -11,8 +11,14 @@ dynamic batcher, with per-request deadlines and Triton-style statistics.
 Scheduling, all on the event loop thread (each instance has its own session and worker
 thread; a batch costs one hand-off to its worker and one back):
 
+- Requests are dispatched once the loop has taken in every request that arrived with them
+  (one ``call_soon``), so requests that arrive together share a batch.
 - An idle instance takes the queue at once, so at low load a request never waits for
   company (concurrency 1 pays no queue delay).
+- When every instance is idle and the batch should take at most ``inline_max_ms`` (a
+  running average of compute time per row, seeded by ``warmup``), the batch runs right on
+  the loop thread: for small models the hand-off to a worker thread and back costs more
+  than the run itself.
 - While every instance is busy, requests accumulate; the next free instance takes the oldest
   request plus every queued request with the same non-batch shapes and dtypes, up to
   ``max_batch_size`` rows. Load itself makes the batches.
@@ -329,6 +335,9 @@ class ModelExecutor:
         self._input_set = frozenset(self._input_names)
         self._max_rows = max(1, config.max_batch_size)
         self._delay_ns = round(config.max_queue_delay_ms * 1e6)
+        self._inline_ns = config.inline_max_ms * 1e6
+        self._row_ns: float | None = None  # running average of compute per row (ns)
+        self.inline_runs = 0  # batches run on the event loop thread
         self._timeout_s = None if config.timeout_ms is None else config.timeout_ms / 1000
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -340,6 +349,7 @@ class ModelExecutor:
         self._idle = list(range(self.instances))
         self._estimate = 1  # rows recently in the system (queued + running)
         self._wait_armed = False  # _arm_timer or a _TIMER call to _waited is pending
+        self._dispatch_pending = False  # a call_soon(_dispatch_later) is pending
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -410,8 +420,9 @@ class ModelExecutor:
         self._queued += 1
         self._queued_rows += rows
         self._estimate = max(self._estimate, self._queued_rows + self._running_rows)
-        if self._idle:
-            self._dispatch()
+        if self._idle and not self._dispatch_pending:
+            self._dispatch_pending = True
+            loop.call_soon(self._dispatch_later)
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -419,9 +430,11 @@ class ModelExecutor:
             raise
 
     def warmup(self) -> None:
-        """One run per instance on sample feeds (batch 1); ExecutionError if it fails."""
+        """One run per instance on sample feeds (batch 1), and one more timed run that seeds
+        the compute estimate; ExecutionError if a run fails."""
         feeds = self.signature.sample(seed=0)
-        for instance in self._instances:
+        for instance in [*self._instances, self._instances[0]]:
+            start = time.monotonic_ns()
             try:
                 instance.run(feeds, self._output_names, None)
             except Exception as e:
@@ -429,6 +442,7 @@ class ModelExecutor:
                     f"model {self.name!r} failed its warmup run: {ort_error_message(e)}",
                     hint="the model must run on random inputs of batch size 1",
                 ) from e
+            self._row_ns = float(time.monotonic_ns() - start)
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
@@ -495,8 +509,13 @@ class ModelExecutor:
             return rows, None
         return rows, tuple(x for a in arrays for x in (a.dtype, a.shape[1:]))
 
+    def _dispatch_later(self) -> None:
+        self._dispatch_pending = False
+        self._dispatch()
+
     def _dispatch(self) -> None:
-        """Hand batches to idle instances, or arm the wait timer (see the module docstring)."""
+        """Hand batches to idle instances (or run one here), or arm the wait timer (see the
+        module docstring)."""
         now = time.monotonic_ns()
         while self._idle and self._queue:
             head = self._queue[0]
@@ -511,12 +530,24 @@ class ModelExecutor:
             batch = self._take(now)
             if batch is None:
                 continue
+            inline = self._busy == 0 and self._quick(batch.rows)
             batch.index = self._idle.pop()
             batch.loop = self._loop
             batch.done = self._finished
             self._busy += 1
             self._running_rows += batch.rows
-            self._inboxes[batch.index].put(batch)
+            if inline:
+                self.inline_runs += 1
+                self._instances[batch.index].execute(batch)
+                self._settle(batch)
+                now = time.monotonic_ns()
+            else:
+                self._inboxes[batch.index].put(batch)
+        self._check_drained()
+
+    def _quick(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` should take at most ``inline_max_ms``."""
+        return self._row_ns is not None and self._row_ns * rows <= self._inline_ns
 
     def _should_wait(self, head: _Request, now: int) -> bool:
         if not self.batching or self._closing or head.key is None:
@@ -597,7 +628,12 @@ class ModelExecutor:
         return batch
 
     def _finished(self, batch: _Batch) -> None:
-        """Back on the loop: answer the batch's requests, record statistics, dispatch more."""
+        """Back on the loop from a worker: settle the batch, dispatch more."""
+        self._settle(batch)
+        self._dispatch()
+
+    def _settle(self, batch: _Batch) -> None:
+        """A batch has run: answer its requests, record statistics, free its instance."""
         self._idle.append(batch.index)
         self._busy -= 1
         self._running_rows -= batch.rows
@@ -617,6 +653,8 @@ class ModelExecutor:
                 counters = self._batch_stats[batch.rows] = (_Counter(), _Counter(), _Counter())
             for counter, ns in zip(counters, batch.times, strict=True):
                 counter.add(ns)
+            per_row = batch.times[1] / max(1, batch.rows)
+            self._row_ns = per_row if self._row_ns is None else 0.8 * self._row_ns + 0.2 * per_row
         stats = self._request_stats
         answered = 0
         for i, r in enumerate(batch.requests):
@@ -637,8 +675,6 @@ class ModelExecutor:
         if answered:  # Triton adds a batch's compute times to each of its requests
             for phase, ns in zip(_PHASES, batch.times, strict=True):
                 stats[phase].add(ns * answered, answered)
-        self._dispatch()
-        self._check_drained()
 
     def _expire(self, request: _Request) -> None:
         """A request's deadline passed: fail it now, and stop its run if nobody else waits."""
