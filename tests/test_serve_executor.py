@@ -479,7 +479,7 @@ def _record_threads(ex: ModelExecutor) -> list[str]:
             names.append(threading.current_thread().name)
             return list(_run(*args))
 
-        instance.run = recorded  # type: ignore[method-assign]
+        instance.run = recorded  # type: ignore[method-assign, assignment]
     return names
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import platform
 import shutil
 from collections.abc import Collection, Iterator, Sequence
@@ -500,7 +501,7 @@ def _pre_process(model: Model, target: Path, optimize: bool, skip_symbolic: bool
     try:
         # On failure ORT's symbolic shape inference dumps "sym_shape_infer_temp.onnx" and
         # uuid-named data files into the working directory; keep them in the stage folder.
-        with _quiet_ort(), contextlib.chdir(target.resolve().parent):
+        with _quiet_ort(), _working_directory(target.resolve().parent):
             quant_pre_process(
                 str(Path(model.path).resolve()) if model.path is not None else model.proto,
                 str(target.resolve()),
@@ -513,6 +514,17 @@ def _pre_process(model: Model, target: Path, optimize: bool, skip_symbolic: bool
     finally:
         logger.removeHandler(collect)
     return collect.messages
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` (Python 3.11+) for 3.10 too."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _map_nodes(
