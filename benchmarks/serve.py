@@ -17,6 +17,10 @@ and a 3-layer MLP (x[batch,256] -> 512 -> 512 -> 10).
   max batch and queue delay, one instance running one ORT session with the budget's threads
   (benchmarks/serve_backends.py, run by the benchmark venv's interpreter).
 - fastapi: FastAPI + uvicorn, one request = one ``session.run`` (serve_backends.py).
+- floor: the HTTP stack ferry serves on (uvicorn + httptools + uvloop) answering with zeros
+  without running the model (serve_backends.py, this interpreter): the least any server on
+  that stack can cost, client included. Not a competitor; it shows which part of a gap is
+  the HTTP stack and which part is ferry.
 
 Load: Triton's perf_analyzer (C++; ``--perf-analyzer DIR`` as setup_bench_env.sh makes it)
 over HTTP with binary tensors, batch 1 per request; it
@@ -28,6 +32,10 @@ servers perf_analyzer measures get load-generator rows too (``--no-cross-check``
 and server-vs-server ratios use rows of the same client. Targets (issue 5): at concurrency 8
 ferry >= 1.5x Triton's throughput and >= 0.9x raw ORT at the batch size ferry formed; at
 concurrency 1 ferry's p50 at most 0.3 ms above the bare ``session.run`` p50.
+
+With perf_analyzer, ferry and the floor are also measured at concurrency 8 with requests that
+carry the batch raw ORT was fastest at (``--request-batch``), and compared with raw ORT at
+that batch: the other reading of "0.9x raw ONNX Runtime at the same batch size".
 """
 
 from __future__ import annotations
@@ -63,7 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = Path(__file__).resolve().with_name("serve_backends.py")
 LEVELS = (1, 8, 32)
 RAW_BATCHES = (1, 2, 4, 8, 16, 32)
-SYSTEMS = ("ferry", "triton", "fastapi")
+SYSTEMS = ("ferry", "triton", "fastapi", "floor")
+BATCHED_SYSTEMS = ("ferry", "floor")  # also measured with requests of the raw best batch
 TARGET_VS_TRITON = 1.5
 TARGET_VS_RAW = 0.9
 TARGET_P50_OVER_RAW_MS = 0.3
@@ -153,6 +162,7 @@ class Row:
     server_compute_ms: float | None = None
     server_batch: float | None = None
     error: str | None = None
+    request_batch: int = 1  # rows per request
 
 
 @dataclass
@@ -347,13 +357,14 @@ def perf_analyzer(
     stable: bool,
     out: Path,
     cpus: tuple[int, ...] | None = None,
+    batch: int = 1,
 ) -> Row:
     """One concurrency level with perf_analyzer; its CSV (usec) becomes a Row. ``stable``
     keeps perf_analyzer's own check (3 windows within 10 %, at most 10 tries); without it
     the figures come from 3 windows whatever they vary."""
     csv_path = out / f"pa-{model}-{concurrency}-{time.monotonic_ns()}.csv"
     cmd = [str(pa_dir / "perf_analyzer"), "-m", model, "-u", url.removeprefix("http://")]
-    cmd += ["-i", "http", "-b", "1", "--concurrency-range", f"{concurrency}:{concurrency}"]
+    cmd += ["-i", "http", "-b", str(batch), "--concurrency-range", f"{concurrency}:{concurrency}"]
     cmd += ["--measurement-interval", str(interval_ms), "--input-data", "random"]
     cmd += ["-f", str(csv_path)]
     if not stable:
@@ -365,7 +376,7 @@ def perf_analyzer(
     # Its own check tries at most 10 windows; past that (plus start-up) it is stuck, e.g. at
     # exit waiting for a response the server never sends. The CSV is written before that.
     limit = 30 + 12 * interval_ms / 1e3
-    row = Row("", "perf_analyzer", concurrency)
+    row = Row("", "perf_analyzer", concurrency, request_batch=batch)
     try:
         done = subprocess.run(
             taskset(cpus, cmd), capture_output=True, text=True, env=env, timeout=limit
@@ -385,9 +396,10 @@ def perf_analyzer(
     us = {k.strip(): float(v) for k, v in record.items() if k and v not in (None, "")}
     row.throughput = us["Inferences/Second"]
     row.p50_ms, row.p90_ms, row.p99_ms = (us[f"p{p} latency"] / 1e3 for p in (50, 90, 99))
-    row.server_queue_ms = us["Server Queue"] / 1e3
     compute = ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
-    row.server_compute_ms = sum(us[k] for k in compute) / 1e3
+    if all(k in us for k in ("Server Queue", *compute)):  # the floor has no server split
+        row.server_queue_ms = us["Server Queue"] / 1e3
+        row.server_compute_ms = sum(us[k] for k in compute) / 1e3
     counts = re.search(r"Inference count: (\d+)\s+Execution count: (\d+)", stdout)
     if counts and int(counts[2]):
         row.server_batch = int(counts[1]) / int(counts[2])
@@ -446,6 +458,7 @@ class Settings:
     workdir: Path
     cross_check: bool
     pin: Pinning
+    request_batch: int | None  # rows per request for the batched rows; None: raw's best
 
 
 def measure_model(name: str, st: Settings) -> ModelResult:
@@ -480,6 +493,15 @@ def measure_model(name: str, st: Settings) -> ModelResult:
                         r.system = system
                         result.rows.append(r)
                         print(f"    c={c} {r.client}: {_row_text(r)}", flush=True)
+                if use_pa and st.pa_dir is not None and system in BATCHED_SYSTEMS:
+                    batch = st.request_batch or _best(result.raw).batch
+                    row = perf_analyzer(
+                        st.pa_dir, url, name, 8, st.interval_ms, False, st.workdir,
+                        st.pin.client, batch,
+                    )  # fmt: skip
+                    row.system = system
+                    result.rows.append(row)
+                    print(f"    c=8 batch {batch} per request: {_row_text(row)}", flush=True)
         except RuntimeError as e:
             result.skipped.append(f"{system}: server did not start: {e}")
             print(f"[{name}] {system} failed: {e}", flush=True)
@@ -514,6 +536,9 @@ def _server_command(
             return None, missing
         repo = ferry_repo(st.workdir, name, path, st.threads, st.max_batch, st.delay_ms)
         return ferry_command(st.ferry, repo, port), ""
+    if system == "floor":  # ferry's HTTP stack, so ferry's interpreter
+        cmd = [sys.executable, str(BACKENDS), "floor", str(path), "--name", name]
+        return [*cmd, "--port", str(port), "--threads", "1", "--max-batch", str(st.max_batch)], ""
     if st.bench_python is None or not st.bench_python.exists():
         return None, (
             "no benchmark venv interpreter (give --bench-python or FERRY_BENCH_PYTHON; "
@@ -553,7 +578,10 @@ def tables(result: ModelResult, st: Settings) -> list[Table]:
     columns = ["system", "client", "concurrency", "infer/s", "p50 ms", "p90 ms", "p99 ms"]
     columns += ["server queue ms", "server compute ms", "server batch", "error"]
     order = {s: i for i, s in enumerate(SYSTEMS)}
-    rows = sorted(result.rows, key=lambda r: (r.concurrency, order.get(r.system, 9), r.client))
+    rows = sorted(
+        (r for r in result.rows if r.request_batch == 1),
+        key=lambda r: (r.concurrency, order.get(r.system, 9), r.client),
+    )
     served = Table(
         f"{result.model}: servers, batch 1 per request, max batch {st.max_batch}, "
         f"queue delay {st.delay_ms:g} ms",
@@ -575,13 +603,31 @@ def tables(result: ModelResult, st: Settings) -> list[Table]:
             for r in rows
         ],
     )
-    return [raw, served]
+    batched = [r for r in result.rows if r.request_batch > 1]
+    tables_ = [raw, served]
+    if batched:
+        tables_.append(
+            Table(
+                f"{result.model}: requests of the raw best batch, perf_analyzer",
+                ["system", "concurrency", "rows/request", "samples/s", "p50 ms", "server batch"],
+                [
+                    [r.system, r.concurrency, r.request_batch, r.throughput, r.p50_ms,
+                     r.server_batch, ]
+                    for r in batched
+                ],
+            )
+        )  # fmt: skip
+    return tables_
+
+
+def _best(raw: list[RawRow]) -> RawRow:
+    return max(raw, key=lambda r: r.samples_per_s)
 
 
 def ratios(result: ModelResult, st: Settings) -> list[str]:
     """The issue's three targets for ferry, and the same figures for the others."""
     lines = []
-    best = max(result.raw, key=lambda r: r.samples_per_s)
+    best = _best(result.raw)
     bare = next(r for r in result.raw if r.batch == 1)
     lines.append(
         f"{result.model}: raw ORT best batch {best.batch} at {best.samples_per_s:.0f} samples/s;"
@@ -593,7 +639,10 @@ def ratios(result: ModelResult, st: Settings) -> list[str]:
         found = [
             r
             for r in result.rows
-            if r.system == system and r.concurrency == c and r.throughput is not None
+            if r.system == system
+            and r.concurrency == c
+            and r.throughput is not None
+            and r.request_batch == 1
         ]
         found.sort(key=lambda r: (r.client != client, r.client != "perf_analyzer"))
         return found[0] if found else None
@@ -619,12 +668,16 @@ def ratios(result: ModelResult, st: Settings) -> list[str]:
                 )
             else:
                 lines.append(f"  {system}/triton throughput at c=8: n/a (no triton figure)")
-        batch = _nearest_batch(r8.server_batch)
+        # the floor runs nothing: hold it to the batch ferry formed
+        formed = (
+            r8.server_batch if system != "floor" else getattr(at("ferry", 8), "server_batch", None)
+        )
+        batch = _nearest_batch(formed)
         raw = next(r for r in result.raw if r.batch == batch)
         lines.append(
             _judge(
                 f"  {system}/raw-ORT throughput at c=8 (raw at batch {batch}, the batch "
-                f"{'the server formed' if r8.server_batch else 'of one request: no server stats'})",
+                f"{'the server formed' if formed else 'of one request: no server stats'})",
                 (r8.throughput or 0.0) / raw.samples_per_s,
                 TARGET_VS_RAW,
                 goal,
@@ -640,6 +693,19 @@ def ratios(result: ModelResult, st: Settings) -> list[str]:
                 "<=",
             )
         )
+        batched = next((r for r in result.rows if r.system == system and r.request_batch > 1), None)
+        raw_b = next((r for r in result.raw if batched and r.batch == batched.request_batch), None)
+        if batched is not None and batched.throughput is not None and raw_b is not None:
+            lines.append(
+                _judge(
+                    f"  {system}/raw-ORT samples/s at c=8, requests of batch {raw_b.batch} (raw "
+                    f"at batch {raw_b.batch})",
+                    batched.throughput / raw_b.samples_per_s,
+                    TARGET_VS_RAW,
+                    goal,
+                    ">=",
+                )
+            )
     return lines
 
 
@@ -697,6 +763,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--concurrency", default=",".join(map(str, LEVELS)))
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument(
+        "--request-batch",
+        type=int,
+        help="rows per request for the extra c=8 rows of ferry and the floor (default: the "
+        "batch raw ORT was fastest at)",
+    )
     p.add_argument("--queue-delay-ms", type=float, default=0.5)
     p.add_argument(
         "--bench-python",
@@ -759,6 +831,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir=Path(tmp),
             cross_check=pa_dir is not None and not args.no_cross_check,
             pin=plan_pinning(threads, args.pin),
+            request_batch=args.request_batch,
         )
         print(_header(st), flush=True)
         results = [measure_model(m, st) for m in models]

@@ -2,6 +2,7 @@
 
     BENCH/bin/python benchmarks/serve_backends.py pytriton MODEL.onnx --name cnn --port 8100
     BENCH/bin/python benchmarks/serve_backends.py fastapi MODEL.onnx --name cnn --port 8200
+    .venv/bin/python benchmarks/serve_backends.py floor MODEL.onnx --name cnn --port 8300
 
 Needs only numpy and onnxruntime, plus nvidia-pytriton or fastapi + uvicorn (the separate
 benchmark venv made by benchmarks/setup_bench_env.sh); it never imports onnxferry.
@@ -12,6 +13,10 @@ benchmark venv made by benchmarks/setup_bench_env.sh); it never imports onnxferr
 - fastapi: what a user writes by hand: FastAPI + uvicorn, KServe V2 metadata and infer (JSON
   and the binary-tensor extension, so the same clients work), one request = one
   ``session.run`` in FastAPI's thread pool on one shared session with ``--threads`` threads.
+- floor: the HTTP stack ferry serves on (uvicorn with httptools and uvloop) answering V2
+  with zeros of the right shapes, without running the model: what any server on that stack
+  costs per request before it does any work. It answers perf_analyzer's config and stats
+  requests, so the same client measures it.
 """
 
 from __future__ import annotations
@@ -245,9 +250,104 @@ def serve_fastapi(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
+# --- the HTTP floor: uvicorn + httptools + uvloop, no model run ----------------------------
+
+_TRITON_TYPES = {v: f"TYPE_{v}" for v in _V2.values()}  # TYPE_FP32, TYPE_BOOL, ...
+
+
+def floor_app(model: str, name: str, max_batch: int) -> Any:
+    """A raw ASGI app: the V2 routes perf_analyzer uses, infer answered with zeros."""
+    sess = session(model, 1)  # for the signature only; it never runs
+    inputs = tensors(sess.get_inputs())
+    outputs = tensors(sess.get_outputs())
+
+    def spec(items: list[tuple[str, np.dtype[Any], list[int]]], triton: bool) -> list[Any]:
+        if triton:  # Triton's config leaves the batch axis out of dims
+            return [
+                {"name": n, "data_type": _TRITON_TYPES[_V2[d]], "dims": s[1:]} for n, d, s in items
+            ]
+        return [{"name": n, "datatype": _V2[d], "shape": s} for n, d, s in items]
+
+    metadata = json.dumps(
+        {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+         "inputs": spec(inputs, False), "outputs": spec(outputs, False)}
+    ).encode()  # fmt: skip
+    config = json.dumps(
+        {"name": name, "platform": "onnxruntime_onnx", "max_batch_size": max_batch,
+         "input": spec(inputs, True), "output": spec(outputs, True)}
+    ).encode()  # fmt: skip
+    answered = [0]
+
+    def stats() -> bytes:
+        n = answered[0]
+        one = {"count": n, "ns": n * 1000}
+        phases = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+        entry = {"name": name, "version": "1", "last_inference": 0, "inference_count": n,
+                 "execution_count": n, "inference_stats": dict.fromkeys(phases, one),
+                 "batch_stats": []}  # fmt: skip
+        return json.dumps({"model_stats": [entry]}).encode()
+
+    def infer(body: bytes, header_length: int | None) -> tuple[bytes, int]:
+        header = json.loads(body[: header_length or len(body)])
+        rows = header["inputs"][0]["shape"][0]
+        head: list[dict[str, Any]] = []
+        data = []
+        for out_name, dtype, shape in outputs:
+            value = np.zeros([rows, *shape[1:]], dtype)
+            data.append(value.tobytes())
+            head.append({"name": out_name, "datatype": _V2[dtype], "shape": list(value.shape),
+                         "parameters": {"binary_data_size": len(data[-1])}})  # fmt: skip
+        text = json.dumps({"model_name": name, "model_version": "1", "outputs": head}).encode()
+        answered[0] += 1
+        return b"".join([text, *data]), len(text)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path, headers = scope["path"], dict(scope["headers"])
+        status, body, extra = 200, b"", []
+        if path.endswith("/infer"):
+            chunks = []
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            length = headers.get(b"inference-header-content-length")
+            body, head_length = infer(b"".join(chunks), int(length) if length else None)
+            extra = [(b"inference-header-content-length", str(head_length).encode())]
+        elif path.endswith("/config"):
+            body = config
+        elif path.endswith("/stats"):
+            body = stats()
+        elif path.startswith(f"/v2/models/{name}"):
+            body = b"" if path.endswith("/ready") else metadata
+        elif path.rstrip("/") == "/v2":
+            body = b'{"name": "floor", "version": "0", "extensions": ["binary_tensor_data"]}'
+        elif not path.startswith("/v2/health"):
+            status = 404
+        response_headers = [(b"content-type", b"application/json"), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def serve_floor(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    app = floor_app(args.model, args.name, args.max_batch)
+    print(f"HTTP floor for {args.name} on {args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, http="httptools", loop="uvloop",
+                log_level="warning", access_log=False)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["pytriton", "fastapi"])
+    parser.add_argument("kind", choices=["pytriton", "fastapi", "floor"])
     parser.add_argument("model", help="path of the .onnx file")
     parser.add_argument("--name", required=True, help="model name on the server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -256,7 +356,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="pytriton: 0 = no batching")
     parser.add_argument("--queue-delay-us", type=int, default=500, help="pytriton batcher")
     args = parser.parse_args()
-    (serve_pytriton if args.kind == "pytriton" else serve_fastapi)(args)
+    serve = {"pytriton": serve_pytriton, "fastapi": serve_fastapi, "floor": serve_floor}
+    serve[args.kind](args)
 
 
 if __name__ == "__main__":

@@ -483,6 +483,19 @@ def test_concurrent_requests_are_batched_and_answers_equal_unbatched(client: Any
     assert stats["execution_count"] < stats["inference_count"]  # some requests shared a run
 
 
+@pytest.mark.parametrize(("binary", "rows"), [(True, 40_000), (False, 10_000)])
+def test_large_bodies_arrive_in_pieces_and_decode_exactly(
+    client: Any, binary: bool, rows: int
+) -> None:
+    """Bodies of hundreds of KB reach the app in several pieces (the aligned-buffer path)."""
+    x = np.random.default_rng(1).standard_normal((rows, 4)).astype(np.float32)
+    tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    result = client.infer("affine", [tensor], model_version="1")
+    np.testing.assert_array_equal(result.as_numpy("y"), x @ (np.eye(4, dtype=np.float32) * 2) + 1)
+    np.testing.assert_array_equal(result.as_numpy("z"), np.maximum(x, 0))
+
+
 # --- observability -----------------------------------------------------------------------------
 
 

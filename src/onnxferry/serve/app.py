@@ -351,13 +351,15 @@ class ServeApp:
         self, headers: Mapping[bytes, bytes], header_length: int | None, receive: Receive
     ) -> Buffer:
         """The whole body, refused (413) past the limit by Content-Length or, for chunked
-        bodies, by counting streamed bytes; 408 when it does not arrive in time. With a
-        Content-Length the bytes land in an aligned buffer, so binary tensors need no copy."""
+        bodies, by counting streamed bytes; 408 when it does not arrive in time. A body in
+        several pieces with a Content-Length lands in an aligned buffer, so its binary tensors
+        need no copy; a body that arrives whole is used as it is."""
         limit = self.settings.body_limit
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise HttpError(413, _too_large(limit), "too_large")
-        buffer = body_buffer(int(declared), header_length) if declared is not None else None
+        expected = int(declared) if declared is not None else None
+        buffer: memoryview | None = None
         chunks: list[bytes] = []
         size = 0
         # One timer for the whole body that cancels this task (asyncio.timeout costs several
@@ -365,9 +367,7 @@ class ServeApp:
         task = asyncio.current_task()
         assert task is not None
         fired: list[bool] = []
-        timer = asyncio.get_running_loop().call_later(
-            self.settings.body_timeout_s, _cancel, task, fired
-        )
+        timer = task.get_loop().call_later(self.settings.body_timeout_s, _cancel, task, fired)
         try:
             while True:
                 message = await receive()
@@ -376,15 +376,18 @@ class ServeApp:
                         400, "the client disconnected before sending the body", "aborted"
                     )
                 chunk = message.get("body", b"")
+                more = message.get("more_body", False)
                 end = size + len(chunk)
-                if end > limit or (buffer is not None and end > len(buffer)):
+                if end > limit or (expected is not None and end > expected):
                     raise HttpError(413, _too_large(limit), "too_large")
+                if more and expected is not None and buffer is None and not chunks:
+                    buffer = body_buffer(expected, header_length)
                 if buffer is not None:
                     buffer[size:end] = chunk
                 else:
                     chunks.append(chunk)
                 size = end
-                if not message.get("more_body", False):
+                if not more:
                     break
         except asyncio.CancelledError:
             if not fired or _uncancel(task):
