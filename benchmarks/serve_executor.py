@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/serve_executor.py [--duration 2] [--rounds 3]
         [--models cnn,mlp] [--layouts default,1x2,2x1] [--delays 0.5] [--loop uvloop|asyncio]
 
-Models, random weights: a small CNN (1x3x224x224, four 3x3 convs, pool, Gemm) and a 3-layer
-MLP (784-512-256-10). For each instances x threads layout, in alternating rounds (the median
-is printed; a shared machine is noisy):
+Models: the small CNN (1x3x224x224) and 3-layer MLP (256-512-512-10) of benchmarks/serve.py,
+random weights. For each instances x threads layout, in alternating rounds (the median is
+printed; a shared machine is noisy):
 
 - raw: a bare ``session.run`` loop with the layout's threads at batch 1 (p50), and the
   layout's sessions running batch 8 side by side, one Python thread each (rows/s);
@@ -21,87 +21,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import statistics
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.model import Model
 from onnxferry.serve.config import ModelConfig, usable_cores
 from onnxferry.serve.executor import ModelExecutor
-
-
-def cnn() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    inits, nodes = [], []
-    channels = [3, 16, 32, 64, 64]
-    x = "x"
-    for i, (cin, cout) in enumerate(itertools.pairwise(channels)):
-        w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1
-        inits += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}"),
-        ]
-        nodes += [
-            helper.make_node(
-                "Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[2, 2]
-            ),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-        ]
-        x = f"r{i}"
-    wf = rng.standard_normal((64, 10)).astype(np.float32) * 0.1
-    inits += [
-        numpy_helper.from_array(wf, "wf"),
-        numpy_helper.from_array(np.zeros(10, np.float32), "bf"),
-    ]
-    nodes += [
-        helper.make_node("GlobalAveragePool", [x], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"]),
-    ]
-    return _model(nodes, inits, ["batch", 3, 224, 224], ["batch", 10], "cnn")
-
-
-def mlp() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    sizes = [784, 512, 256, 10]
-    inits, nodes = [], []
-    x = "x"
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [
-            numpy_helper.from_array(w, f"w{i}"),
-            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
-        ]
-        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"]))
-        x = f"h{i}"
-        if i < len(sizes) - 2:
-            nodes.append(helper.make_node("Relu", [x], [f"a{i}"]))
-            x = f"a{i}"
-    nodes.append(helper.make_node("Identity", [x], ["logits"]))
-    return _model(nodes, inits, ["batch", 784], ["batch", 10], "mlp")
-
-
-def _model(
-    nodes: list[Any], inits: list[Any], shape: list[Any], out: list[Any], name: str
-) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out)],
-        inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(proto)
-    return proto
+from serve import MODELS  # benchmarks/serve.py: the models every serve benchmark uses
 
 
 def session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -199,15 +132,14 @@ def main() -> None:
     parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     args = parser.parse_args()
     cores = usable_cores()
-    builders: dict[str, Callable[[], onnx.ModelProto]] = {"cnn": cnn, "mlp": mlp}
-    shapes = {"cnn": (3, 224, 224), "mlp": (784,)}
+    shapes = {"cnn": (3, 224, 224), "mlp": (256,)}
     default = "x".join(map(str, ModelConfig().parallelism(cores)))
     print(
         f"usable cores: {cores}; default layout {default}; loop {args.loop}; "
         f"{args.duration:g} s per point; median of {args.rounds} rounds"
     )
     for name in args.models.split(","):
-        proto = builders[name]()
+        proto = MODELS[name]()
         model = Model.from_proto(proto)
         rng = np.random.default_rng(1)
         x1 = rng.standard_normal((1, *shapes[name])).astype(np.float32)
