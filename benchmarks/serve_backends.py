@@ -329,7 +329,11 @@ def floor_app(model: str, name: str, max_batch: int) -> Any:
             body = b'{"name": "floor", "version": "0", "extensions": ["binary_tensor_data"]}'
         elif not path.startswith("/v2/health"):
             status = 404
-        response_headers = [(b"content-type", b"application/json"), *extra]
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            *extra,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
 

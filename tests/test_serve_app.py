@@ -211,6 +211,26 @@ def test_health_metadata_and_readiness(server: str, client: Any) -> None:
     assert config["max_batch_size"] == 16 and config["input"][0]["dims"] == [4]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v2/models/affine/infer", infer_json([X]), 200),
+        ("POST", "/v2/models/affine/infer", b"{not json", 400),
+        ("GET", "/v2/models/affine", None, 200),
+        ("GET", "/v2/health/live", None, 200),
+        ("GET", "/nowhere", None, 404),
+    ],
+)
+def test_responses_carry_their_length_not_chunks(
+    server: str, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    got, headers, data = request(server, method, path, body)
+    assert got == status
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert "transfer-encoding" not in lowered
+    assert int(lowered["content-length"]) == len(data)
+
+
 def test_unknown_routes_models_and_versions_are_404(server: str) -> None:
     assert error_of(server, "GET", "/v2/models/nope")[0] == 404
     assert error_of(server, "GET", "/v2/models/affine/versions/9")[0] == 404

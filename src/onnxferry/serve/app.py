@@ -262,7 +262,10 @@ class ServeApp:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(k.encode(), v.encode()) for k, v in response_headers.items()],
+                "headers": [
+                    *((k.encode(), v.encode()) for k, v in response_headers.items()),
+                    (b"content-length", b"%d" % len(data)),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": data})
@@ -475,7 +478,10 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> i
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type.encode())],
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", b"%d" % len(body)),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
