@@ -161,3 +161,36 @@ def test_serve_model_options_are_checked_like_ferry_toml(
     assert main(["serve", str(model), "--inline-max-ms", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "inline_max_ms must be >= 0" in err and len(err.splitlines()) == 1
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_sigterm_while_starting_up_exits_0(tmp_path: Path) -> None:
+    """SIGTERM as soon as `ferry serve` can take it (while it imports and loads the model)
+    stops it cleanly: exit 0, no traceback."""
+    model = write(tmp_path / "slow.onnx", slow())
+    process = subprocess.Popen(
+        [str(FERRY), "serve", str(model), "--port", str(_free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        end = time.monotonic() + 60
+        while not _catches_sigterm(process.pid):
+            assert process.poll() is None and time.monotonic() < end
+            time.sleep(0.001)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err.decode()
+    assert b"stopped by SIGTERM before it started serving" in err
+    assert b"Traceback" not in err

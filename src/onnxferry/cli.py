@@ -422,6 +422,61 @@ def serve(
 ) -> int:
     """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
     KServe V2 / Open Inference Protocol REST, with dynamic batching."""
+    # Until the server takes over SIGTERM, it ends the start-up (imports, loading): exit 0.
+    previous = _on_sigterm(_stop_startup)
+    try:
+        return _serve(
+            path, host, port, api_keys, repository_keys, repository_api, poll, max_batch_size,
+            max_queue_delay_ms, max_queue_size, instances, threads, timeout_ms, inline_max_ms,
+            max_body, body_timeout, header_timeout, graceful_timeout, access_log,
+        )  # fmt: skip
+    except _StartupStopped:
+        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)
+        return 0
+    finally:
+        _on_sigterm(previous)
+
+
+class _StartupStopped(BaseException):
+    """SIGTERM arrived while `ferry serve` was starting."""
+
+
+def _stop_startup(signum: int, frame: Any) -> None:
+    raise _StartupStopped
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler (main thread only: in-process callers on other threads keep
+    theirs); the previous one, or None when nothing was installed."""
+    import signal
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _serve(
+    path: str,
+    host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    repository_keys: tuple[str, ...],
+    repository_api: bool,
+    poll: float | None,
+    max_batch_size: int | None,
+    max_queue_delay_ms: float | None,
+    max_queue_size: int | None,
+    instances: int | None,
+    threads: int | None,
+    timeout_ms: float | None,
+    inline_max_ms: float | None,
+    max_body: float,
+    body_timeout: float,
+    header_timeout: float,
+    graceful_timeout: float,
+    access_log: bool,
+) -> int:
     _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
     from .serve.app import ServeSettings
     from .serve.config import ModelConfig

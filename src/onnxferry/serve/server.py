@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -91,9 +92,11 @@ def serve(
     server = _server(app, options)
     host, port = sock.getsockname()[:2]
     log.warning("ferry serve: listening on http://%s:%s", host, port)
-    # uvicorn re-raises the signal it caught after a graceful shutdown; with these handlers
-    # that ends the process with status 0 instead of the default "killed by SIGTERM".
-    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A signal before uvicorn installs its handlers stops the server once it has started;
+    # the one uvicorn re-raises after its graceful shutdown changes nothing. Either way the
+    # process ends with status 0 instead of the default "killed by SIGTERM".
+    stop = functools.partial(_stop, server)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
@@ -208,5 +211,6 @@ def _has_uvloop() -> bool:
     return True
 
 
-def _ignore(signum: int, frame: Any) -> None:
-    """Signal handler after uvicorn's own: the graceful shutdown already happened."""
+def _stop(server: Any, signum: int, frame: Any) -> None:
+    """Signal handler around uvicorn's own: stop (again) once it runs."""
+    server.should_exit = True
