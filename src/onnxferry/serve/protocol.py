@@ -19,7 +19,6 @@ are accepted and returned as JSON numbers too.
 from __future__ import annotations
 
 import json
-import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,8 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FeedError
-from ..signature import Signature, TensorSpec, dtype_from_numpy
+from ..signature import Signature, TensorSpec
+from .tensors import ProtocolError as ProtocolError  # re-exported: the codec's error
+from .tensors import (
+    binary_payload,
+    check_finite,
+    from_binary,
+    from_json,
+    json_payload,
+    v2_datatype,
+)
 
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -39,14 +46,9 @@ Buffer = bytes | bytearray | memoryview
 _MAX_RANK = 64  # numpy's limit
 _MAX_BYTES = 2**63 - 1
 _ALIGN = 64
-_UINT32 = struct.Struct("<I")
 _JSON = json.JSONDecoder()
 _JSON_OUT = json.JSONEncoder(separators=(",", ":"))  # NaN, Infinity: tritonclient reads them
 _quote = json.encoder.encode_basestring_ascii
-
-
-class ProtocolError(FeedError):
-    """A request the V2 protocol or the model's signature rejects (HTTP 400)."""
 
 
 class BodyTooLarge(ProtocolError):
@@ -211,12 +213,12 @@ def decode_infer_request(
                     f"input {spec.name!r} declares {nbytes} bytes of binary data but only "
                     f"{size - cursor} remain in the body"
                 )
-            array = _from_binary(spec, shape, count, view[cursor : cursor + nbytes])
+            array = from_binary(spec, shape, count, view[cursor : cursor + nbytes])
             cursor += nbytes
         else:
-            array = _from_json(spec, shape, count, entry["data"])
+            array = from_json(spec, shape, count, entry["data"])
         if not allow_nonfinite:
-            _check_finite(spec.name, array)
+            check_finite(spec.name, array)
         inputs[spec.name] = array
 
     if len(inputs) != len(specs):  # unknown and repeated names are already refused
@@ -263,15 +265,15 @@ def encode_infer_response(
     described: list[str] = []
     chunks: list[Buffer] = [b""]
     for name, array, binary in items:
-        datatype = _v2_datatype(name, array.dtype)
+        datatype = v2_datatype(name, array.dtype)
         shape = ",".join([str(d) for d in array.shape])
         head = f'{{"name":{_quote(name)},"datatype":"{datatype}","shape":[{shape}]'
         if binary:
-            payload = _binary_payload(name, array, datatype)
+            payload = binary_payload(name, array, datatype)
             described.append(f'{head},"parameters":{{"binary_data_size":{payload.nbytes}}}}}')
             chunks.append(payload)
         else:
-            data = _JSON_OUT.encode(_json_payload(name, array, datatype))
+            data = _JSON_OUT.encode(json_payload(name, array, datatype))
             described.append(f'{head},"data":{data}}}')
     fields = [] if request_id is None else [f'"id":{_quote(request_id)}']
     fields.append(f'"model_name":{_quote(model_name)},"model_version":{_quote(model_version)}')
@@ -419,170 +421,6 @@ def _check_dims(spec: TensorSpec, shape: list[int], bound: dict[str, tuple[int, 
                 )
 
 
-def _from_binary(spec: TensorSpec, shape: list[int], count: int, data: memoryview) -> np.ndarray:
-    name = spec.name
-    if spec.dtype.kind == "string":
-        return _strings_from_binary(name, count, data).reshape(shape)
-    need = count * spec.dtype.numpy.itemsize
-    if data.nbytes != need:
-        raise ProtocolError(
-            f"input {name!r} has {data.nbytes} bytes of binary data but shape {shape} "
-            f"of {spec.dtype.v2} needs {need}"
-        )
-    array = np.frombuffer(data, dtype=spec.dtype.numpy)
-    if not array.flags.aligned:
-        array = array.copy()  # ORT kernels may assume element-aligned data
-    if spec.dtype.kind == "bool" and count and array.view(np.uint8).max() > 1:
-        raise ProtocolError(f"input {name!r} BOOL data has bytes other than 0 and 1")
-    return array.reshape(shape)
-
-
-def _strings_from_binary(name: str, count: int, data: memoryview) -> np.ndarray:
-    raw = data.tobytes()
-    size = len(raw)
-    if count * 4 > size:
-        raise ProtocolError(
-            f"input {name!r} has {size} bytes of BYTES data, too few for {count} elements"
-        )
-    out = np.empty(count, dtype=object)
-    offset = 0
-    for i in range(count):
-        if offset + 4 > size:
-            raise ProtocolError(f"input {name!r} BYTES data ends after {i} of {count} elements")
-        (length,) = _UINT32.unpack_from(raw, offset)
-        offset += 4
-        end = offset + length
-        if end > size:
-            raise ProtocolError(
-                f"input {name!r} BYTES element {i} claims {length} bytes but only "
-                f"{size - offset} remain"
-            )
-        try:
-            out[i] = raw[offset:end].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(
-                f"input {name!r} BYTES element {i} is not UTF-8",
-                hint="ONNX Runtime string tensors hold text",
-            ) from None
-        offset = end
-    if offset != size:
-        raise ProtocolError(
-            f"input {name!r} has {size - offset} bytes of BYTES data after its {count} elements"
-        )
-    return out
-
-
-def _from_json(spec: TensorSpec, shape: list[int], count: int, data: Any) -> np.ndarray:
-    name = spec.name
-    if not isinstance(data, list):
-        raise ProtocolError(f"input {name!r} 'data' must be a list")
-    if spec.dtype.kind == "string":
-        strings = _flatten(data)
-        if len(strings) != count:
-            raise ProtocolError(
-                f"input {name!r} has {len(strings)} values in 'data' but shape {shape} "
-                f"needs {count}"
-            )
-        if not all(isinstance(s, str) for s in strings):
-            raise ProtocolError(f"input {name!r} BYTES 'data' must hold only strings")
-        try:
-            "".join(strings).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError(f"input {name!r} has a string that is not valid Unicode") from None
-        out = np.empty(count, dtype=object)
-        out[:] = strings
-        return out.reshape(shape)
-
-    try:
-        raw = np.array(data)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        raise ProtocolError(f"input {name!r} 'data' must be a (nested) list of numbers") from None
-    if raw.size != count:
-        raise ProtocolError(
-            f"input {name!r} has {raw.size} values in 'data' but shape {shape} needs {count}"
-        )
-    kind = spec.dtype.kind
-    if count and kind == "bool" and raw.dtype.kind != "b":
-        raise ProtocolError(f"input {name!r} expects BOOL 'data' of true and false")
-    if count and kind == "int":
-        return _ints_from_json(spec, shape, data, raw)
-    if count and kind == "float" and not _numbers(raw):
-        raise ProtocolError(f"input {name!r} expects {spec.dtype.v2} 'data' of numbers")
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as FP32 is inf, as in C
-            out = raw.astype(spec.dtype.numpy)
-    except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(f"input {name!r} expects {spec.dtype.v2} 'data' of numbers") from None
-    return out.reshape(shape)
-
-
-def _ints_from_json(spec: TensorSpec, shape: list[int], data: Any, raw: np.ndarray) -> np.ndarray:
-    """Integers, checked against the target's range (Triton wraps them silently)."""
-    target = spec.dtype.numpy
-    info = np.iinfo(target)
-    out: np.ndarray | None = None
-    if raw.dtype.kind in "iu":
-        if raw.min() >= info.min and raw.max() <= info.max:
-            out = raw.astype(target)
-    elif raw.dtype.kind in "fO":
-        # numpy widened to float64 or object: huge unsigned values mixed with small ones,
-        # or real floats. Convert the Python values exactly, then reject any fractions.
-        try:
-            with np.errstate(all="raise"):
-                out = np.array(data, dtype=target)
-        except (OverflowError, ValueError, TypeError, FloatingPointError):
-            out = None
-        if out is not None and raw.dtype.kind == "f" and not np.array_equal(out, raw):
-            out = None
-    if out is None:
-        raise ProtocolError(
-            f"input {spec.name!r} expects {spec.dtype.v2} 'data': integers from "
-            f"{info.min} to {info.max}"
-        )
-    return out.reshape(shape)
-
-
-def _numbers(raw: np.ndarray) -> bool:
-    if raw.dtype.kind in "fiu":
-        return True
-    # object: ints too big for int64 (fine as floats), or None and friends (not fine)
-    return raw.dtype.kind == "O" and all(
-        type(v) is int or type(v) is float for v in raw.reshape(-1).tolist()
-    )
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    """Leaves of a nested list in row-major order (iterative: JSON may nest deep)."""
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
-
-def _check_finite(name: str, array: np.ndarray) -> None:
-    if not _is_float_like(array.dtype) or array.size == 0:
-        return
-    finite = np.isfinite(array)
-    if not finite.all():
-        where = int(np.flatnonzero(~finite)[0])
-        raise ProtocolError(
-            f"input {name!r} has a non-finite value ({array.reshape(-1)[where]}) "
-            f"at flat index {where}",
-            hint="this model accepts only finite numbers",
-        )
-
-
-def _is_float_like(dtype: np.dtype[Any]) -> bool:
-    return dtype.kind == "f" or dtype.name == "bfloat16"
-
-
 def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput] | None:
     if value is None:
         return None
@@ -632,65 +470,7 @@ def _decode_raw(view: memoryview, signature: Signature, allow_nonfinite: bool) -
     count = 1
     for d in shape:
         count *= d
-    array = _from_binary(spec, shape, count, view)
+    array = from_binary(spec, shape, count, view)
     if not allow_nonfinite:
-        _check_finite(spec.name, array)
+        check_finite(spec.name, array)
     return InferRequest(None, {spec.name: array}, None, {}, binary_output=True)
-
-
-# -- encoding -------------------------------------------------------------------------------
-
-_V2_BY_NUMPY: dict[np.dtype[Any], str] = {}
-
-
-def _v2_datatype(name: str, dtype: np.dtype[Any]) -> str:
-    found = _V2_BY_NUMPY.get(dtype)
-    if found is None:
-        try:
-            v2 = dtype_from_numpy(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype).v2
-        except FeedError:
-            v2 = None
-        if v2 is None:
-            raise ProtocolError(f"output {name!r} has dtype {dtype}, which V2 cannot carry")
-        found = _V2_BY_NUMPY[dtype] = v2
-    return found
-
-
-def _binary_payload(name: str, array: np.ndarray, datatype: str) -> memoryview:
-    """The tensor's bytes as the binary extension lays them out (a view where possible)."""
-    if datatype == "BYTES":
-        parts: list[bytes] = []
-        for i, item in enumerate(array.reshape(-1).tolist()):
-            data = item if isinstance(item, bytes) else _utf8(name, i, item)
-            parts.append(_UINT32.pack(len(data)))
-            parts.append(data)
-        return memoryview(b"".join(parts))
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if flat.dtype.byteorder == ">":
-        flat = flat.astype(flat.dtype.newbyteorder("<"))
-    return flat.view(np.uint8).data
-
-
-def _utf8(name: str, index: int, item: Any) -> bytes:
-    try:
-        return str(item).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError(f"output {name!r} element {index} is not valid Unicode") from None
-
-
-def _json_payload(name: str, array: np.ndarray, datatype: str) -> list[Any]:
-    flat: list[Any] = array.reshape(-1).tolist()
-    if datatype != "BYTES":
-        return flat
-    out: list[str] = []
-    for i, item in enumerate(flat):
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError(
-                    f"output {name!r} element {i} is not UTF-8 and cannot be sent as JSON",
-                    hint="request it with binary_data: true",
-                ) from None
-        out.append(item if isinstance(item, str) else str(item))
-    return out
