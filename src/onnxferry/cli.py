@@ -10,10 +10,11 @@ Errors print one line on stderr; -v prints the traceback too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -422,19 +423,46 @@ def serve(
 ) -> int:
     """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
     KServe V2 / Open Inference Protocol REST, with dynamic batching."""
-    # Until the server takes over SIGTERM, it ends the start-up (imports, loading): exit 0.
-    previous = _on_sigterm(_stop_startup)
-    try:
-        return _serve(
-            path, host, port, api_keys, repository_keys, repository_api, poll, max_batch_size,
-            max_queue_delay_ms, max_queue_size, instances, threads, timeout_ms, inline_max_ms,
-            max_body, body_timeout, header_timeout, graceful_timeout, access_log,
-        )  # fmt: skip
-    except _StartupStopped:
-        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)
-        return 0
-    finally:
-        _on_sigterm(previous)
+    with _sigterm_ends_startup():
+        _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
+        from .serve.app import ServeSettings
+        from .serve.config import ModelConfig
+        from .serve.server import ServerOptions
+        from .serve.server import serve as run_server
+
+        for name, value in (("--max-body", max_body), ("--body-timeout", body_timeout),
+                            ("--header-timeout", header_timeout)):  # fmt: skip
+            if not value > 0:
+                raise UsageError(f"{name} must be positive, got {value:g}")
+        given: dict[str, Any] = {
+            "max_batch_size": max_batch_size,
+            "max_queue_delay_ms": max_queue_delay_ms,
+            "max_queue_size": max_queue_size,
+            "instances": instances,
+            "intra_op_threads": threads,
+            "inline_max_ms": inline_max_ms,
+        }
+        config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
+        settings = ServeSettings(
+            api_keys=tuple(api_keys),
+            repository_keys=tuple(repository_keys),
+            repository_api=repository_api,
+            body_limit=int(max_body * 2**20),
+            body_timeout_s=body_timeout,
+            default_timeout_ms=timeout_ms,
+            server_version=__version__,
+        )
+        options = ServerOptions(
+            host=host,
+            port=port,
+            header_timeout_s=header_timeout,
+            graceful_timeout_s=graceful_timeout,
+            poll_interval_s=poll,
+        )
+        if access_log:
+            logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
+        return run_server(path, options, settings, config)
+    return 0  # stopped while starting
 
 
 class _StartupStopped(BaseException):
@@ -445,76 +473,23 @@ def _stop_startup(signum: int, frame: Any) -> None:
     raise _StartupStopped
 
 
-def _on_sigterm(handler: Any) -> Any:
-    """Install a SIGTERM handler (main thread only: in-process callers on other threads keep
-    theirs); the previous one, or None when nothing was installed."""
+@contextlib.contextmanager
+def _sigterm_ends_startup() -> Iterator[None]:
+    """Until the server takes over SIGTERM, SIGTERM ends the start-up (imports, loading the
+    models) with a message instead of killing the process; the caller then exits 0."""
     import signal
     import threading
 
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _serve(
-    path: str,
-    host: str,
-    port: int,
-    api_keys: tuple[str, ...],
-    repository_keys: tuple[str, ...],
-    repository_api: bool,
-    poll: float | None,
-    max_batch_size: int | None,
-    max_queue_delay_ms: float | None,
-    max_queue_size: int | None,
-    instances: int | None,
-    threads: int | None,
-    timeout_ms: float | None,
-    inline_max_ms: float | None,
-    max_body: float,
-    body_timeout: float,
-    header_timeout: float,
-    graceful_timeout: float,
-    access_log: bool,
-) -> int:
-    _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
-    from .serve.app import ServeSettings
-    from .serve.config import ModelConfig
-    from .serve.server import ServerOptions
-    from .serve.server import serve as run_server
-
-    for name, value in (("--max-body", max_body), ("--body-timeout", body_timeout),
-                        ("--header-timeout", header_timeout)):  # fmt: skip
-        if not value > 0:
-            raise UsageError(f"{name} must be positive, got {value:g}")
-    given: dict[str, Any] = {
-        "max_batch_size": max_batch_size,
-        "max_queue_delay_ms": max_queue_delay_ms,
-        "max_queue_size": max_queue_size,
-        "instances": instances,
-        "intra_op_threads": threads,
-        "inline_max_ms": inline_max_ms,
-    }
-    config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
-    settings = ServeSettings(
-        api_keys=tuple(api_keys),
-        repository_keys=tuple(repository_keys),
-        repository_api=repository_api,
-        body_limit=int(max_body * 2**20),
-        body_timeout_s=body_timeout,
-        default_timeout_ms=timeout_ms,
-        server_version=__version__,
-    )
-    options = ServerOptions(
-        host=host,
-        port=port,
-        header_timeout_s=header_timeout,
-        graceful_timeout_s=graceful_timeout,
-        poll_interval_s=poll,
-    )
-    if access_log:
-        logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
-    return run_server(path, options, settings, config)
+    if threading.current_thread() is not threading.main_thread():  # in-process callers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_startup)
+    try:
+        yield
+    except _StartupStopped:
+        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
