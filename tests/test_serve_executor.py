@@ -532,3 +532,19 @@ def test_batches_go_to_worker_threads_otherwise(case: str) -> None:
     run(ex, body)
     assert threads and all(name.startswith("ferry-") for name in threads), threads
     assert ex.inline_runs == 0
+
+
+def test_the_estimate_counts_input_elements_not_rows() -> None:
+    """One row of 100,000 values is not "quick" because one row of 3 was: a long sequence
+    must not block the event loop."""
+    ex = executor(WIDE)
+    ex.warmup()  # on x[1, 1]
+    threads = _record_threads(ex)
+
+    async def body(ex: ModelExecutor) -> None:
+        await ex.infer({"x": rows(1, 0, width=3)})
+        await ex.infer({"x": rows(1, 1, width=100_000)})
+
+    run(ex, body)
+    assert threads[0] == threading.main_thread().name
+    assert threads[1].startswith("ferry-")

@@ -16,9 +16,9 @@ thread; a batch costs one hand-off to its worker and one back):
 - An idle instance takes the queue at once, so at low load a request never waits for
   company (concurrency 1 pays no queue delay).
 - When every instance is idle and the batch should take at most ``inline_max_ms`` (a
-  running average of compute time per row, seeded by ``warmup``), the batch runs right on
-  the loop thread: for small models the hand-off to a worker thread and back costs more
-  than the run itself.
+  running average of compute time per input element, seeded by ``warmup``, so a long
+  sequence counts as much as many rows), the batch runs right on the loop thread: for
+  small models the hand-off to a worker thread and back costs more than the run itself.
 - While every instance is busy, requests accumulate; the next free instance takes the oldest
   request plus every queued request with the same non-batch shapes and dtypes, up to
   ``max_batch_size`` rows. Load itself makes the batches.
@@ -31,7 +31,8 @@ thread; a batch costs one hand-off to its worker and one back):
 Deadlines: a request still queued at its deadline fails with DeadlineExceeded without
 running; a request whose deadline passes mid-run fails at once, and when every request of a
 run has failed or been cancelled the run is stopped with ``RunOptions.terminate`` (each run
-has its own RunOptions, so the session stays usable).
+has its own RunOptions, so the session stays usable). A batch run on the loop thread cannot
+be stopped; it was expected to take at most ``inline_max_ms``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class _Request:
         "key",
         "names",
         "rows",
+        "size",
         "start_ns",
         "timer",
     )
@@ -122,6 +124,7 @@ class _Request:
         self.deadline = deadline
         self.future = future
         self.rows = rows
+        self.size = _elements(feeds)
         self.key = key  # None: cannot share a batch
         self.start_ns = time.monotonic_ns()
         self.timer: asyncio.TimerHandle | None = None
@@ -237,6 +240,11 @@ class _Instance:
         )
 
 
+def _elements(feeds: Mapping[str, np.ndarray]) -> int:
+    """Input elements of a request (at least 1), the unit of the compute estimate."""
+    return max(1, sum(a.size for a in feeds.values()))
+
+
 def _pick(
     outputs: dict[str, np.ndarray], wanted: tuple[str, ...] | None, ran: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
@@ -336,7 +344,7 @@ class ModelExecutor:
         self._max_rows = max(1, config.max_batch_size)
         self._delay_ns = round(config.max_queue_delay_ms * 1e6)
         self._inline_ns = config.inline_max_ms * 1e6
-        self._row_ns: float | None = None  # running average of compute per row (ns)
+        self._element_ns: float | None = None  # running average of compute per input element
         self.inline_runs = 0  # batches run on the event loop thread
         self._timeout_s = None if config.timeout_ms is None else config.timeout_ms / 1000
 
@@ -442,7 +450,7 @@ class ModelExecutor:
                     f"model {self.name!r} failed its warmup run: {ort_error_message(e)}",
                     hint="the model must run on random inputs of batch size 1",
                 ) from e
-            self._row_ns = float(time.monotonic_ns() - start)
+            self._element_ns = (time.monotonic_ns() - start) / _elements(feeds)
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
@@ -530,7 +538,7 @@ class ModelExecutor:
             batch = self._take(now)
             if batch is None:
                 continue
-            inline = self._busy == 0 and self._quick(batch.rows)
+            inline = self._busy == 0 and self._quick(sum(r.size for r in batch.requests))
             batch.index = self._idle.pop()
             batch.loop = self._loop
             batch.done = self._finished
@@ -545,9 +553,10 @@ class ModelExecutor:
                 self._inboxes[batch.index].put(batch)
         self._check_drained()
 
-    def _quick(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` should take at most ``inline_max_ms``."""
-        return self._row_ns is not None and self._row_ns * rows <= self._inline_ns
+    def _quick(self, elements: int) -> bool:
+        """Whether a batch with this many input elements should take at most
+        ``inline_max_ms``."""
+        return self._element_ns is not None and self._element_ns * elements <= self._inline_ns
 
     def _should_wait(self, head: _Request, now: int) -> bool:
         if not self.batching or self._closing or head.key is None:
@@ -653,8 +662,9 @@ class ModelExecutor:
                 counters = self._batch_stats[batch.rows] = (_Counter(), _Counter(), _Counter())
             for counter, ns in zip(counters, batch.times, strict=True):
                 counter.add(ns)
-            per_row = batch.times[1] / max(1, batch.rows)
-            self._row_ns = per_row if self._row_ns is None else 0.8 * self._row_ns + 0.2 * per_row
+            each = batch.times[1] / sum(r.size for r in batch.requests)
+            old = self._element_ns
+            self._element_ns = each if old is None else 0.8 * old + 0.2 * each
         stats = self._request_stats
         answered = 0
         for i, r in enumerate(batch.requests):
