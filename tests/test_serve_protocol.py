@@ -20,6 +20,7 @@ import tritonclient.http as triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onnxferry.serve import protocol
 from onnxferry.serve.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
@@ -27,6 +28,7 @@ from onnxferry.serve.protocol import (
     BodyTooLarge,
     InferRequest,
     ProtocolError,
+    RequestDecoder,
     RequestedOutput,
     body_buffer,
     decode_infer_request,
@@ -1122,3 +1124,103 @@ def test_the_valid_fuzz_seed_decodes() -> None:
     request = decode_infer_request(json.dumps(VALID_JSON_DOC).encode(), None, FUZZ_SIGNATURE)
     assert request.inputs["m"].tolist() == [1, -1]
     assert request.outputs == [RequestedOutput("z", True)]
+
+
+# --- RequestDecoder: remembered binary layouts ------------------------------------------------
+
+
+def _decoders(
+    signature: Signature, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> tuple[RequestDecoder, list[int]]:
+    """A decoder and a list that grows by one each time a JSON header is parsed."""
+    parsed: list[int] = []
+    real = protocol._parse_json
+
+    def counting(data: bytes) -> Any:
+        parsed.append(1)
+        return real(data)
+
+    monkeypatch.setattr(protocol, "_parse_json", counting)
+    return RequestDecoder(signature, **kw), parsed
+
+
+def _same_request(got: InferRequest, want: InferRequest) -> None:
+    assert (got.id, got.outputs, got.parameters, got.binary_output) == (
+        want.id,
+        want.outputs,
+        want.parameters,
+        want.binary_output,
+    )
+    assert got.inputs.keys() == want.inputs.keys()
+    for name in want.inputs:
+        assert_same(got.inputs[name], want.inputs[name])
+
+
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])
+def test_a_header_seen_before_is_not_parsed_again(
+    datatype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signature = identity_signature(datatype)
+    decoder, parsed = _decoders(signature, monkeypatch)
+    x = sample(datatype)
+    outputs = [triton.InferRequestedOutput("y", binary_data=True)]
+    first = client_request({"x": x}, outputs=outputs, request_id="r1", timeout=250)
+    other = sample(datatype)[::-1].copy()  # same shape and header, other data
+    second = client_request({"x": other}, outputs=outputs, request_id="r1", timeout=250)
+    assert first[1] == second[1]
+    got = [decoder.decode(*first), decoder.decode(*second), decoder.decode(*first)]
+    assert len(parsed) == 1
+    for request, body in zip(got, [first, second, first], strict=True):
+        _same_request(request, decode_infer_request(*body, signature))
+    assert got[1].parameters == {"timeout": 250} and got[1].id == "r1"
+
+
+def test_remembered_layouts_still_check_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder, parsed = _decoders(identity_signature("BOOL"), monkeypatch)
+    body, length = client_request({"x": sample("BOOL")})
+    decoder.decode(body, length)
+    bad = body[:-1] + b"\x02"  # a BOOL byte other than 0 and 1
+    with pytest.raises(ProtocolError, match="BOOL data has bytes other than 0 and 1"):
+        decoder.decode(bad, length)
+    with pytest.raises(ProtocolError, match="bytes of binary data that no input declares"):
+        decoder.decode(body + b"\x00", length)  # not the remembered size: decoded in full
+    assert len(parsed) == 2
+
+    strict, parsed = _decoders(identity_signature("FP32"), monkeypatch, allow_nonfinite=False)
+    x = sample("FP32")
+    body, length = client_request({"x": x})
+    strict.decode(body, length)
+    x[1, 2] = np.nan
+    with pytest.raises(ProtocolError, match="non-finite value"):
+        strict.decode(*client_request({"x": x}))
+    assert len(parsed) == 1
+
+
+@pytest.mark.parametrize(
+    ("arrays", "binary"),
+    [
+        ({"x": sample("BYTES")}, True),  # BYTES sizes depend on the data
+        ({"x": sample("FP32")}, False),  # JSON data is part of the header
+    ],
+)
+def test_requests_not_all_plain_binary_are_decoded_every_time(
+    arrays: dict[str, np.ndarray], binary: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datatype = "BYTES" if arrays["x"].dtype == object else "FP32"
+    signature = identity_signature(datatype)
+    decoder, parsed = _decoders(signature, monkeypatch)
+    body, length = client_request(arrays, binary=binary)
+    for _ in range(3):
+        _same_request(decoder.decode(body, length), decode_infer_request(body, length, signature))
+    assert len(parsed) == 6  # three by the decoder, three by the reference
+
+
+def test_the_decoder_remembers_a_bounded_number_of_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder, parsed = _decoders(identity_signature("FP32"), monkeypatch, size=2)
+    bodies = [client_request({"x": np.zeros((rows, 3), np.float32)}) for rows in (1, 2, 3)]
+    for body in [*bodies, bodies[2], bodies[0]]:
+        decoder.decode(*body)
+    # 1, 2, 3 parsed; 3 remembered; 1 was forgotten when 3 came in, so parsed again
+    assert len(parsed) == 4

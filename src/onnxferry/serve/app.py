@@ -29,7 +29,6 @@ from .protocol import (
     BodyTooLarge,
     Buffer,
     body_buffer,
-    decode_infer_request,
     decompress,
     encode_infer_response,
     model_metadata,
@@ -223,12 +222,7 @@ class ServeApp:
             encoding = headers.get(b"content-encoding")
             if encoding and encoding != b"identity":
                 body = decompress(body, encoding.decode("latin-1"), self.settings.body_limit)
-            request = decode_infer_request(
-                body,
-                header_length,
-                served.executor.signature,
-                allow_nonfinite=served.config.allow_nonfinite,
-            )
+            request = served.decoder.decode(body, header_length)
             deadline = self._deadline(request.parameters, served.config.timeout_ms, start)
             names = [o.name for o in request.outputs] if request.outputs is not None else None
             try:

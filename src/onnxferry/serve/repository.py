@@ -54,6 +54,7 @@ from ..errors import FerryError, InputError, ModelLoadError, UsageError
 from ..model import Model, resolve_model_path
 from .config import ModelConfig
 from .executor import ModelExecutor
+from .protocol import RequestDecoder
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -90,6 +91,14 @@ class ModelVersion:
     model: Model
     config: ModelConfig
     executor: ModelExecutor
+    decoder: RequestDecoder = field(init=False)
+    """Decodes this version's infer requests (and remembers their binary layouts)."""
+
+    def __post_init__(self) -> None:
+        decoder = RequestDecoder(
+            self.executor.signature, allow_nonfinite=self.config.allow_nonfinite
+        )
+        object.__setattr__(self, "decoder", decoder)
 
 
 @dataclass
