@@ -1224,3 +1224,19 @@ def test_the_decoder_remembers_a_bounded_number_of_headers(
         decoder.decode(*body)
     # 1, 2, 3 parsed; 3 remembered; 1 was forgotten when 3 came in, so parsed again
     assert len(parsed) == 4
+
+
+def test_remembered_layouts_do_not_keep_request_bodies_alive() -> None:
+    import gc
+    import weakref
+
+    decoder = RequestDecoder(identity_signature("FP32"))
+    body, length = client_request({"x": np.zeros((1000, 3), np.float32)})
+    buffer = body_buffer(len(body), length)
+    buffer[:] = body
+    owner = weakref.ref(buffer.obj)  # the numpy array the request's inputs are views of
+    request = decoder.decode(buffer, length)
+    assert np.shares_memory(request.inputs["x"], np.asarray(buffer))  # decoded without a copy
+    del buffer, request
+    gc.collect()
+    assert owner() is None

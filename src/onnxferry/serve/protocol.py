@@ -286,7 +286,7 @@ _MAX_CACHED = 4096  # longer headers (many inputs, long ids) are decoded every t
 class _Layout:
     """Where each input of a remembered header lies in the data after it."""
 
-    request: InferRequest  # id, outputs, parameters; its inputs are not reused
+    request: InferRequest  # id, outputs, parameters; no inputs (they hold the old body)
     inputs: tuple[tuple[TensorSpec, tuple[int, ...], int], ...]  # spec, shape, byte size
     data_bytes: int
 
@@ -303,7 +303,9 @@ class _Layout:
             inputs.append((spec, tuple(array.shape), array.nbytes))
         if sum(nbytes for _, _, nbytes in inputs) != data_bytes:
             return None  # some input came as JSON data
-        return cls(request, tuple(inputs), data_bytes)
+        r = request
+        header = InferRequest(r.id, {}, r.outputs, r.parameters, r.binary_output)
+        return cls(header, tuple(inputs), data_bytes)
 
     def decode(self, view: memoryview, offset: int, allow_nonfinite: bool) -> InferRequest:
         arrays: dict[str, np.ndarray] = {}
