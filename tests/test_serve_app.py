@@ -238,6 +238,9 @@ def test_unknown_routes_models_and_versions_are_404(server: str) -> None:
     assert error_of(server, "GET", "/v3")[0] == 404
     status, message = error_of(server, "GET", "/v2/models/affine/infer")
     assert status == 405 and "POST" in message
+    for path in ("/v2/models/affine", "/metrics", "/openapi.json"):
+        status, headers, _ = request(server, "TRACE", path)
+        assert status == 405 and headers["allow"] == "GET"  # RFC 9110: 405 says what is allowed
 
 
 def test_a_broken_model_is_reported_and_the_others_serve(server: str, client: Any) -> None:
@@ -424,6 +427,11 @@ def test_auth(tmp_path: Path) -> None:
         assert error_of(url, "POST", "/v2/repository/index", headers=good)[0] == 401
         repo = {"Authorization": f"Bearer {REPO_KEY}"}
         assert request(url, "POST", "/v2/repository/index", headers=repo)[0] == 200
+        # the published document says so, and is readable without a key
+        status, _, data = request(url, "GET", "/openapi.json")
+        doc = json.loads(data)
+        assert status == 200 and doc["security"] == [{"bearer": []}]
+        assert doc["paths"]["/v2/health/live"]["get"]["security"] == []
 
 
 def test_body_limit_by_content_length(server: str) -> None:

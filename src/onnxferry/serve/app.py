@@ -67,11 +67,14 @@ class ServeSettings:
 class HttpError(Exception):
     """A response with a status and one line; ``reason`` labels the failure metric."""
 
-    def __init__(self, status: int, message: str, reason: str) -> None:
+    def __init__(
+        self, status: int, message: str, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
+        self.headers = headers
         self.model = ""
         self.version = ""
 
@@ -90,7 +93,12 @@ class ServeApp:
         self.metrics = metrics or ServeMetrics()
         self._keys = tuple(k.encode() for k in self.settings.api_keys)
         self._repo_keys = tuple(k.encode() for k in self.settings.repository_keys) or self._keys
-        self._openapi = json.dumps(openapi_document(self.settings.server_version)).encode()
+        document = openapi_document(
+            self.settings.server_version,
+            api_keys=bool(self._keys),
+            repository_keys=bool(self._repo_keys),
+        )
+        self._openapi = json.dumps(document).encode()
         self.started = asyncio.Event()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,10 +137,12 @@ class ServeApp:
             if parts[:1] == ["v2"]:
                 status, model, version = await self._v2(parts[1:], method, scope, receive, send)
             elif path == "/metrics":
+                _method(method, "GET")
                 self._authorize(scope, self._keys)
                 body, content_type = self.metrics.render()
                 status = await _respond(send, 200, body, content_type)
             elif path == "/openapi.json":
+                _method(method, "GET")
                 status = await _respond(send, 200, self._openapi, "application/json")
             else:
                 raise HttpError(404, f"no route {path}; see /openapi.json", "not_found")
@@ -140,7 +150,7 @@ class ServeApp:
             model, version = e.model, e.version
             if e.model:
                 self.metrics.failed(e.model, e.version or "-", e.reason)
-            status = await _error(send, e.status, e.message)
+            status = await _error(send, e.status, e.message, e.headers)
         except Exception:  # a bug: log it, answer 500, keep serving
             log.exception("internal error on %s %s", method, path)
             status = await _error(send, 500, "internal server error; see the server log")
@@ -454,7 +464,8 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
 
 def _method(method: str, allowed: str) -> None:
     if method != allowed:
-        raise HttpError(405, f"method {method} is not allowed here; use {allowed}", "method")
+        text = f"method {method} is not allowed here; use {allowed}"
+        raise HttpError(405, text, "method", ((b"allow", allowed.encode()),))
 
 
 def _line(error: BaseException) -> str:
@@ -467,7 +478,13 @@ def _too_large(limit: int) -> str:
     )
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: str) -> int:
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> int:
     await send(
         {
             "type": "http.response.start",
@@ -475,6 +492,7 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> i
             "headers": [
                 (b"content-type", content_type.encode()),
                 (b"content-length", b"%d" % len(body)),
+                *headers,
             ],
         }
     )
@@ -486,8 +504,11 @@ async def _json(send: Send, status: int, data: Any) -> int:
     return await _respond(send, status, json.dumps(data).encode(), "application/json")
 
 
-async def _error(send: Send, status: int, message: str) -> int:
+async def _error(
+    send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> int:
     try:
-        return await _json(send, status, {"error": message})
+        body = json.dumps({"error": message}).encode()
+        return await _respond(send, status, body, "application/json", headers)
     except Exception:  # the response had started, or the client is gone
         return status

@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document the server publishes at /openapi.json: every route it answers.
 
-doc = openapi_document("0.1.0")
+doc = openapi_document("0.1.0", api_keys=True)
 sorted(doc["paths"])          # ['/metrics', '/openapi.json', '/v2', '/v2/health/live', ...]
+
+Security is declared as the server enforces it: bearer keys on every route but health and
+this document when ``api_keys``; on the repository API when either kind of key is set.
 """
 
 from __future__ import annotations
@@ -98,8 +101,10 @@ def _op(
     return op
 
 
-def openapi_document(version: str = "") -> dict[str, Any]:
-    """Every route, its parameters, bodies and error statuses."""
+def openapi_document(
+    version: str = "", *, api_keys: bool = False, repository_keys: bool = False
+) -> dict[str, Any]:
+    """Every route, its parameters, bodies, error statuses and the keys it needs."""
     model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
     ver = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     infer_body = {
@@ -123,8 +128,12 @@ def openapi_document(version: str = "") -> dict[str, Any]:
         "": {"get": _op("model metadata", _json(_MODEL_METADATA), (400, 401, 404))},
         "/ready": {"get": _op("is the model ready (200) or not (4xx)", None, (400, 401, 404))},
         "/infer": {"post": infer},
-        "/config": {"get": _op("model configuration (Triton)", _json({"type": "object"}))},
-        "/stats": {"get": _op("statistics (Triton extension)", _json({"type": "object"}))},
+        "/config": {
+            "get": _op("model configuration (Triton)", _json({"type": "object"}), (400, 401, 404))
+        },
+        "/stats": {
+            "get": _op("statistics (Triton extension)", _json({"type": "object"}), (400, 401, 404))
+        },
     }
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("is the server live", None, ())},
@@ -151,13 +160,20 @@ def openapi_document(version: str = "") -> dict[str, Any]:
             }
     for name in ("/v2/repository/models/{model}/load", "/v2/repository/models/{model}/unload"):
         paths[name]["post"]["parameters"] = [model]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    for name in ("/v2/health/live", "/v2/health/ready", "/openapi.json"):
+        paths[name]["get"]["security"] = []
+    for name, item in paths.items():
+        for op in item.values():
+            if name.startswith("/v2/repository"):
+                op["security"] = bearer if api_keys or repository_keys else []
+            if not op.get("security", bearer if api_keys else []):
+                op["responses"].pop("401", None)
     title = "onnxferry serve (KServe V2 / Open Inference Protocol)"
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": paths,
-    }
+    doc: dict[str, Any] = {"openapi": "3.1.0", "info": {"title": title, "version": version}}
+    if api_keys or repository_keys:
+        doc["components"] = {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+    if api_keys:
+        doc["security"] = bearer
+    doc["paths"] = paths
+    return doc
