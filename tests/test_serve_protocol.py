@@ -100,6 +100,22 @@ def client_request(
     return body, header_length
 
 
+def encode(
+    outputs: dict[str, np.ndarray],
+    requested: list[RequestedOutput] | None = None,
+    binary: bool = True,
+) -> tuple[bytes, dict[str, str]]:
+    """The response model "m" version 1 sends for ``outputs`` (no request id)."""
+    return encode_infer_response(
+        model_name="m",
+        model_version="1",
+        request_id=None,
+        outputs=outputs,
+        requested=requested,
+        binary_default=binary,
+    )
+
+
 def client_result(body: bytes, headers: dict[str, str]) -> Any:
     length = headers.get(HEADER_LENGTH_HEADER)
     return Client.parse_response_body(body, header_length=None if length is None else int(length))
@@ -288,14 +304,7 @@ def test_decoded_inputs_run_in_onnx_runtime_and_answer_tritonclient() -> None:
 @pytest.mark.parametrize("datatype", DATATYPES)
 def test_tritonclient_reads_every_datatype_we_send(datatype: str, binary: bool) -> None:
     want = sample(datatype)
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id=None,
-        outputs={"y": want},
-        requested=None,
-        binary_default=binary,
-    )
+    body, headers = encode({"y": want}, binary=binary)
     assert headers["content-type"] == (BINARY_CONTENT_TYPE if binary else JSON_CONTENT_TYPE)
     result = client_result(body, headers)
     got = result.as_numpy("y")
@@ -371,14 +380,7 @@ def test_response_header_escapes_names_and_ids() -> None:
 def test_response_follows_requested_order_subset_and_per_output_binary() -> None:
     outputs = {"a": sample("FP32"), "b": sample("INT64"), "c": sample("BOOL")}
     requested = [RequestedOutput("c", None), RequestedOutput("a", False)]
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id=None,
-        outputs=outputs,
-        requested=requested,
-        binary_default=True,
-    )
+    body, headers = encode(outputs, requested=requested, binary=True)
     length = int(headers[HEADER_LENGTH_HEADER])
     doc = json.loads(body[:length])
     assert [o["name"] for o in doc["outputs"]] == ["c", "a"]
@@ -395,14 +397,7 @@ def test_response_handles_strided_big_endian_and_empty_outputs() -> None:
         "s": np.array(np.float64(2.5)),
     }
     for binary in (True, False):
-        body, headers = encode_infer_response(
-            model_name="m",
-            model_version="1",
-            request_id=None,
-            outputs=outputs,
-            requested=None,
-            binary_default=binary,
-        )
+        body, headers = encode(outputs, binary=binary)
         result = client_result(body, headers)
         for name, want in outputs.items():
             np.testing.assert_array_equal(result.as_numpy(name), want)
@@ -410,61 +405,26 @@ def test_response_handles_strided_big_endian_and_empty_outputs() -> None:
 
 def test_nonfinite_outputs_reach_tritonclient_as_json() -> None:
     want = np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32)
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id=None,
-        outputs={"y": want},
-        requested=None,
-        binary_default=False,
-    )
+    body, headers = encode({"y": want}, binary=False)
     np.testing.assert_array_equal(client_result(body, headers).as_numpy("y"), want)
 
 
 def test_output_bytes_that_are_not_utf8_go_binary_only() -> None:
     outputs = {"y": np.array([b"\xff\xfe", b"ok"], dtype=object)}
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id=None,
-        outputs=outputs,
-        requested=None,
-        binary_default=True,
-    )
+    body, headers = encode(outputs, binary=True)
     assert client_result(body, headers).as_numpy("y").tolist() == [b"\xff\xfe", b"ok"]
     with pytest.raises(ProtocolError, match="output 'y' element 0 is not UTF-8"):
-        encode_infer_response(
-            model_name="m",
-            model_version="1",
-            request_id=None,
-            outputs=outputs,
-            requested=None,
-            binary_default=False,
-        )
+        encode(outputs, binary=False)
 
 
 def test_output_of_a_type_v2_cannot_carry_is_an_error() -> None:
     with pytest.raises(ProtocolError, match="output 'c' has dtype complex64"):
-        encode_infer_response(
-            model_name="m",
-            model_version="1",
-            request_id=None,
-            outputs={"c": np.zeros(2, np.complex64)},
-            requested=None,
-            binary_default=True,
-        )
+        encode({"c": np.zeros(2, np.complex64)}, binary=True)
 
 
 def test_requested_output_the_model_did_not_produce_is_an_error() -> None:
     with pytest.raises(ProtocolError, match="output 'z' was requested"):
-        encode_infer_response(
-            model_name="m",
-            model_version="1",
-            request_id=None,
-            outputs={"y": sample("FP32")},
-            requested=[RequestedOutput("z", None)],
-            binary_default=True,
-        )
+        encode({"y": sample("FP32")}, requested=[RequestedOutput("z", None)], binary=True)
 
 
 # -- metadata, errors, headers, compression --------------------------------------------------
