@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,19 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 # --- opening and layouts ---------------------------------------------------------------------
+
+
+def serving(repo: Repository, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` on a fresh event loop with ``repo`` started, stopping it afterwards."""
+
+    async def main() -> None:
+        await repo.start()
+        try:
+            await body()
+        finally:
+            await repo.stop()
+
+    asyncio.run(main())
 
 
 def test_single_file_is_one_model_version_1(tmp_path: Path) -> None:
@@ -257,39 +270,35 @@ def test_failing_models_are_reported_and_the_others_serve(tmp_path: Path) -> Non
     repo = Repository.open(tmp_path, config=SMALL)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            assert await answer(repo, "good") == 1
-            reasons = {r["name"]: (r["state"], r["reason"]) for r in repo.index()}
-            assert reasons["good"] == ("READY", "")
-            assert reasons["corrupt"][0] == "UNAVAILABLE"
-            assert "not an ONNX model" in reasons["corrupt"][1]
-            assert "onnxruntime cannot load" in reasons["refused"][1]
-            assert "NoSuchOp" in reasons["refused"][1]
-            assert "failed its warmup run" in reasons["warmfail"][1]
-            assert "unknown key 'max_bach_size'" in reasons["badconf"][1]
-            assert reasons["empty"] == (
-                "UNAVAILABLE",
-                f"no version directories (expected {tmp_path / 'empty'}/<version>/model.onnx)",
-            )
-            assert all("\n" not in reason for _, reason in reasons.values())
-            with pytest.raises(ModelNotReady, match=r"model 'corrupt' is not ready: .*not an ONNX"):
-                repo.get("corrupt")
-            with pytest.raises(ModelNotReady, match=r"version 1 is not ready: .*unknown key"):
-                repo.get("badconf", "1")
-            # a failed latest version does not count: the next one down serves
-            assert repo.versions("fallback") == ["1"]
-            assert "not an ONNX model" in row(repo, "fallback", "2")["reason"]
-            with pytest.raises(ModelNotReady, match="version 2 is not ready"):
-                repo.get("fallback", "2")
+        assert await answer(repo, "good") == 1
+        reasons = {r["name"]: (r["state"], r["reason"]) for r in repo.index()}
+        assert reasons["good"] == ("READY", "")
+        assert reasons["corrupt"][0] == "UNAVAILABLE"
+        assert "not an ONNX model" in reasons["corrupt"][1]
+        assert "onnxruntime cannot load" in reasons["refused"][1]
+        assert "NoSuchOp" in reasons["refused"][1]
+        assert "failed its warmup run" in reasons["warmfail"][1]
+        assert "unknown key 'max_bach_size'" in reasons["badconf"][1]
+        assert reasons["empty"] == (
+            "UNAVAILABLE",
+            f"no version directories (expected {tmp_path / 'empty'}/<version>/model.onnx)",
+        )
+        assert all("\n" not in reason for _, reason in reasons.values())
+        with pytest.raises(ModelNotReady, match=r"model 'corrupt' is not ready: .*not an ONNX"):
+            repo.get("corrupt")
+        with pytest.raises(ModelNotReady, match=r"version 1 is not ready: .*unknown key"):
+            repo.get("badconf", "1")
+        # a failed latest version does not count: the next one down serves
+        assert repo.versions("fallback") == ["1"]
+        assert "not an ONNX model" in row(repo, "fallback", "2")["reason"]
+        with pytest.raises(ModelNotReady, match="version 2 is not ready"):
+            repo.get("fallback", "2")
 
-            toml(tmp_path, "badconf", "max_batch_size = 4\n")  # fixed: picked up by polling
-            assert await settle(repo) == ["badconf/1 loaded"]
-            assert repo.get("badconf").config.max_batch_size == 4
-        finally:
-            await repo.stop()
+        toml(tmp_path, "badconf", "max_batch_size = 4\n")  # fixed: picked up by polling
+        assert await settle(repo) == ["badconf/1 loaded"]
+        assert repo.get("badconf").config.max_batch_size == 4
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 # --- hot reload ------------------------------------------------------------------------------
@@ -300,31 +309,27 @@ def test_hot_reload_swaps_in_a_new_version(tmp_path: Path) -> None:
     repo = Repository.open(tmp_path, config=SMALL)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            first = repo.get("a")
-            version(tmp_path, "a", 2, add_model(2))
-            assert await repo.poll_once() == []  # seen once: may still be copying
-            assert row(repo, "a", "2")["reason"] == "waiting for its files to stop changing"
-            assert await repo.poll_once() == ["a/2 loaded", "a/1 unloaded"]
-            assert await answer(repo, "a") == 2
-            assert repo.versions("a") == ["2"]
-            await until(lambda: first.executor.closed)
+        first = repo.get("a")
+        version(tmp_path, "a", 2, add_model(2))
+        assert await repo.poll_once() == []  # seen once: may still be copying
+        assert row(repo, "a", "2")["reason"] == "waiting for its files to stop changing"
+        assert await repo.poll_once() == ["a/2 loaded", "a/1 unloaded"]
+        assert await answer(repo, "a") == 2
+        assert repo.versions("a") == ["2"]
+        await until(lambda: first.executor.closed)
 
-            second = repo.get("a")
-            path = tmp_path / "a" / "2" / "model.onnx"
-            os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-            assert await settle(repo) == []  # same bytes: not reloaded
-            assert repo.get("a") is second
+        second = repo.get("a")
+        path = tmp_path / "a" / "2" / "model.onnx"
+        os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        assert await settle(repo) == []  # same bytes: not reloaded
+        assert repo.get("a") is second
 
-            put(path, add_model(5))  # the served version's file replaced
-            assert await settle(repo) == ["a/2 loaded"]
-            assert await answer(repo, "a") == 5
-            await until(lambda: second.executor.closed)
-        finally:
-            await repo.stop()
+        put(path, add_model(5))  # the served version's file replaced
+        assert await settle(repo) == ["a/2 loaded"]
+        assert await answer(repo, "a") == 5
+        await until(lambda: second.executor.closed)
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 def test_corrupt_new_version_leaves_the_old_one_serving(
@@ -334,40 +339,36 @@ def test_corrupt_new_version_leaves_the_old_one_serving(
     repo = Repository.open(tmp_path, config=SMALL)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            with caplog.at_level(logging.WARNING, logger="onnxferry.serve"):
-                version(tmp_path, "a", 2, b"garbage")
-                assert await settle(repo) == ["a/2 failed"]
-            assert await answer(repo, "a") == 1
-            assert row(repo, "a", "1") == {
-                "name": "a",
-                "version": "1",
-                "state": "READY",
-                "reason": "",
-            }
-            failed = row(repo, "a", "2")
-            assert failed["state"] == "UNAVAILABLE"
-            assert "not an ONNX model" in failed["reason"]
-            [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
-            assert "model a version 2 failed to load" in record.getMessage()
-            assert "not an ONNX model" in record.getMessage()
-            assert await settle(repo) == []  # not retried until the files change
-
-            version(tmp_path, "a", 2, add_model(2))  # fixed
-            assert await settle(repo) == ["a/2 loaded", "a/1 unloaded"]
-            assert await answer(repo, "a") == 2
-
-            version(tmp_path, "a", 2, b"garbage again")  # the served version's file breaks
+        with caplog.at_level(logging.WARNING, logger="onnxferry.serve"):
+            version(tmp_path, "a", 2, b"garbage")
             assert await settle(repo) == ["a/2 failed"]
-            assert await answer(repo, "a") == 2
-            kept = row(repo, "a", "2")
-            assert kept["state"] == "READY"
-            assert kept["reason"].startswith("serving the previous files; reload failed: ")
-        finally:
-            await repo.stop()
+        assert await answer(repo, "a") == 1
+        assert row(repo, "a", "1") == {
+            "name": "a",
+            "version": "1",
+            "state": "READY",
+            "reason": "",
+        }
+        failed = row(repo, "a", "2")
+        assert failed["state"] == "UNAVAILABLE"
+        assert "not an ONNX model" in failed["reason"]
+        [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert "model a version 2 failed to load" in record.getMessage()
+        assert "not an ONNX model" in record.getMessage()
+        assert await settle(repo) == []  # not retried until the files change
 
-    asyncio.run(main())
+        version(tmp_path, "a", 2, add_model(2))  # fixed
+        assert await settle(repo) == ["a/2 loaded", "a/1 unloaded"]
+        assert await answer(repo, "a") == 2
+
+        version(tmp_path, "a", 2, b"garbage again")  # the served version's file breaks
+        assert await settle(repo) == ["a/2 failed"]
+        assert await answer(repo, "a") == 2
+        kept = row(repo, "a", "2")
+        assert kept["state"] == "READY"
+        assert kept["reason"].startswith("serving the previous files; reload failed: ")
+
+    serving(repo, main)
 
 
 def test_a_file_still_being_written_is_not_loaded(tmp_path: Path) -> None:
@@ -377,21 +378,17 @@ def test_a_file_still_being_written_is_not_loaded(tmp_path: Path) -> None:
     path = tmp_path / "a" / "2" / "model.onnx"
 
     async def main() -> None:
-        await repo.start()
-        try:
-            path.parent.mkdir()
-            path.write_bytes(data[: len(data) // 2])
-            assert await repo.poll_once() == []
-            with path.open("ab") as f:
-                f.write(data[len(data) // 2 :])
-            assert await repo.poll_once() == []  # changed since the last scan: still waiting
-            assert row(repo, "a", "2")["reason"] == "waiting for its files to stop changing"
-            assert await repo.poll_once() == ["a/2 loaded", "a/1 unloaded"]
-            assert await answer(repo, "a") == 2
-        finally:
-            await repo.stop()
+        path.parent.mkdir()
+        path.write_bytes(data[: len(data) // 2])
+        assert await repo.poll_once() == []
+        with path.open("ab") as f:
+            f.write(data[len(data) // 2 :])
+        assert await repo.poll_once() == []  # changed since the last scan: still waiting
+        assert row(repo, "a", "2")["reason"] == "waiting for its files to stop changing"
+        assert await repo.poll_once() == ["a/2 loaded", "a/1 unloaded"]
+        assert await answer(repo, "a") == 2
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 def test_removed_versions_and_models_are_unloaded(tmp_path: Path) -> None:
@@ -403,31 +400,27 @@ def test_removed_versions_and_models_are_unloaded(tmp_path: Path) -> None:
     repo = Repository.open(tmp_path, config=SMALL)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            dropped = repo.get("all", "2")
-            shutil.rmtree(tmp_path / "all" / "2")
-            shutil.rmtree(tmp_path / "latest" / "2")
-            shutil.rmtree(tmp_path / "gone")
-            changes = await repo.poll_once()  # removal needs no second look
-            assert changes == [
-                "gone removed",
-                "all/2 unloaded",
-                "latest/1 loaded",
-                "latest/2 unloaded",
-            ]
-            assert repo.versions("all") == ["1"]
-            with pytest.raises(ModelNotFound, match="has no version '2'"):
-                repo.get("all", "2")
-            assert [r["version"] for r in repo.index() if r["name"] == "all"] == ["1"]
-            assert await answer(repo, "latest") == 1  # the next version down under latest 1
-            with pytest.raises(ModelNotFound, match="unknown model 'gone'"):
-                repo.get("gone")
-            await until(lambda: dropped.executor.closed)
-        finally:
-            await repo.stop()
+        dropped = repo.get("all", "2")
+        shutil.rmtree(tmp_path / "all" / "2")
+        shutil.rmtree(tmp_path / "latest" / "2")
+        shutil.rmtree(tmp_path / "gone")
+        changes = await repo.poll_once()  # removal needs no second look
+        assert changes == [
+            "gone removed",
+            "all/2 unloaded",
+            "latest/1 loaded",
+            "latest/2 unloaded",
+        ]
+        assert repo.versions("all") == ["1"]
+        with pytest.raises(ModelNotFound, match="has no version '2'"):
+            repo.get("all", "2")
+        assert [r["version"] for r in repo.index() if r["name"] == "all"] == ["1"]
+        assert await answer(repo, "latest") == 1  # the next version down under latest 1
+        with pytest.raises(ModelNotFound, match="unknown model 'gone'"):
+            repo.get("gone")
+        await until(lambda: dropped.executor.closed)
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 def test_a_request_in_flight_completes_across_a_swap(tmp_path: Path) -> None:
@@ -437,27 +430,23 @@ def test_a_request_in_flight_completes_across_a_swap(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            old = repo.get("slow")
-            # ~100 ms each, one instance: the queue outlasts loading and warming version 2
-            requests = [asyncio.create_task(old.executor.infer({"x": x})) for _ in range(6)]
-            await asyncio.sleep(0.02)
-            version(tmp_path, "slow", 2, slow_model(-1.0))
-            assert await settle(repo) == ["slow/2 loaded", "slow/1 unloaded"]
-            assert not all(r.done() for r in requests), "the swap came after the requests"
-            new = repo.get("slow")
-            assert new.version == "2"
-            results = await asyncio.gather(*requests)
-            for result in results:
-                np.testing.assert_array_equal(result.outputs["y"], x)  # served by version 1
-            after = await new.executor.infer({"x": x[:2]})
-            np.testing.assert_array_equal(after.outputs["y"], x[:2])  # (-1)**8 = 1
-            await until(lambda: old.executor.closed)
-        finally:
-            await repo.stop()
+        old = repo.get("slow")
+        # ~100 ms each, one instance: the queue outlasts loading and warming version 2
+        requests = [asyncio.create_task(old.executor.infer({"x": x})) for _ in range(6)]
+        await asyncio.sleep(0.02)
+        version(tmp_path, "slow", 2, slow_model(-1.0))
+        assert await settle(repo) == ["slow/2 loaded", "slow/1 unloaded"]
+        assert not all(r.done() for r in requests), "the swap came after the requests"
+        new = repo.get("slow")
+        assert new.version == "2"
+        results = await asyncio.gather(*requests)
+        for result in results:
+            np.testing.assert_array_equal(result.outputs["y"], x)  # served by version 1
+        after = await new.executor.infer({"x": x[:2]})
+        np.testing.assert_array_equal(after.outputs["y"], x[:2])  # (-1)**8 = 1
+        await until(lambda: old.executor.closed)
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 def test_ferry_toml_changes_rebuild_executors_and_bad_ones_keep_the_old(tmp_path: Path) -> None:
@@ -466,26 +455,22 @@ def test_ferry_toml_changes_rebuild_executors_and_bad_ones_keep_the_old(tmp_path
     repo = Repository.open(tmp_path)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            before = repo.get("a")
-            toml(tmp_path, "a", "max_batch_size = 2\n")
-            assert await settle(repo) == ["a config changed", "a/1 loaded"]
-            after = repo.get("a")
-            assert after.config.max_batch_size == 2
-            assert after.model is before.model  # same file: only the executor is new
-            assert after.executor is not before.executor
+        before = repo.get("a")
+        toml(tmp_path, "a", "max_batch_size = 2\n")
+        assert await settle(repo) == ["a config changed", "a/1 loaded"]
+        after = repo.get("a")
+        assert after.config.max_batch_size == 2
+        assert after.model is before.model  # same file: only the executor is new
+        assert after.executor is not before.executor
 
-            toml(tmp_path, "a", "max_batch_size = -1\n")
-            assert await settle(repo) == ["a config failed"]
-            assert repo.get("a") is after
-            reason = row(repo, "a", "1")["reason"]
-            assert reason.startswith("serving with the previous settings; ")
-            assert "max_batch_size must be >= 0" in reason
-        finally:
-            await repo.stop()
+        toml(tmp_path, "a", "max_batch_size = -1\n")
+        assert await settle(repo) == ["a config failed"]
+        assert repo.get("a") is after
+        reason = row(repo, "a", "1")["reason"]
+        assert reason.startswith("serving with the previous settings; ")
+        assert "max_batch_size must be >= 0" in reason
 
-    asyncio.run(main())
+    serving(repo, main)
 
 
 def test_the_poll_loop_reloads_in_the_background_and_survives_errors(
@@ -506,15 +491,11 @@ def test_the_poll_loop_reloads_in_the_background_and_survives_errors(
     monkeypatch.setattr(repo, "_scan", flaky_scan)
 
     async def main() -> None:
-        await repo.start()
-        try:
-            version(tmp_path, "a", 2, add_model(2))
-            await until(lambda: repo.versions("a") == ["2"])
-            assert await answer(repo, "a") == 2
-        finally:
-            await repo.stop()
+        version(tmp_path, "a", 2, add_model(2))
+        await until(lambda: repo.versions("a") == ["2"])
+        assert await answer(repo, "a") == 2
 
-    asyncio.run(main())
+    serving(repo, main)
     assert calls > 3
     assert any("poll failed" in r.getMessage() for r in caplog.records)
 
