@@ -261,18 +261,9 @@ class ServeApp:
             requested=request.outputs,
             binary_default=request.binary_output,
         )
-        data = payload if isinstance(payload, bytes) else b"".join(payload)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    *((k.encode(), v.encode()) for k, v in response_headers.items()),
-                    (b"content-length", b"%d" % len(data)),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        content_type = response_headers.pop("content-type")
+        extra = tuple((k.encode(), v.encode()) for k, v in response_headers.items())
+        await _respond(send, 200, payload, content_type, extra)
         self.metrics.succeeded(
             name,
             label,
@@ -348,7 +339,7 @@ class ServeApp:
     def _authorize(self, scope: Scope, keys: tuple[bytes, ...]) -> None:
         if not keys:
             return
-        given = _headers(scope).get(b"authorization", b"")
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         scheme, _, token = given.partition(b" ")
         if scheme.lower() == b"bearer" and any(hmac.compare_digest(token, k) for k in keys):
             return
