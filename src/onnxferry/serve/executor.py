@@ -146,6 +146,7 @@ class _Batch:
         "outputs",
         "requests",
         "rows",
+        "size",
         "start_ns",
         "times",
         "unbatchable",
@@ -155,6 +156,7 @@ class _Batch:
         self.requests = requests
         self.names = names
         self.rows = rows
+        self.size = sum(r.size for r in requests)  # input elements, for the compute estimate
         self.live = len(requests)
         self.options = ort.RunOptions()
         self.options.log_severity_level = 4  # a terminated run is expected, not an error
@@ -538,7 +540,7 @@ class ModelExecutor:
             batch = self._take(now)
             if batch is None:
                 continue
-            inline = self._busy == 0 and self._quick(sum(r.size for r in batch.requests))
+            inline = self._busy == 0 and self._quick(batch.size)
             batch.index = self._idle.pop()
             batch.loop = self._loop
             batch.done = self._finished
@@ -662,7 +664,7 @@ class ModelExecutor:
                 counters = self._batch_stats[batch.rows] = (_Counter(), _Counter(), _Counter())
             for counter, ns in zip(counters, batch.times, strict=True):
                 counter.add(ns)
-            each = batch.times[1] / sum(r.size for r in batch.requests)
+            each = batch.times[1] / batch.size
             old = self._element_ns
             self._element_ns = each if old is None else 0.8 * old + 0.2 * each
         stats = self._request_stats
