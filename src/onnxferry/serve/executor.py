@@ -355,7 +355,6 @@ class ModelExecutor:
         self._queued = 0  # live requests in the queue
         self._queued_rows = 0
         self._running_rows = 0
-        self._busy = 0
         self._idle = list(range(self.instances))
         self._estimate = 1  # rows recently in the system (queued + running)
         self._wait_armed = False  # _arm_timer or a _TIMER call to _waited is pending
@@ -457,7 +456,7 @@ class ModelExecutor:
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
         self._closing = True
-        if self._loop is not None and (self._queued or self._busy):
+        if self._loop is not None and (self._queued or self._busy()):
             if self._drained is None:
                 self._drained = self._loop.create_future()
             self._dispatch()
@@ -497,7 +496,7 @@ class ModelExecutor:
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            if self._loop is not None and (self._queued or self._busy):
+            if self._loop is not None and (self._queued or self._busy()):
                 raise RuntimeError("a ModelExecutor serves one event loop at a time")
             self._loop = loop
             self._drained = None
@@ -540,11 +539,10 @@ class ModelExecutor:
             batch = self._take(now)
             if batch is None:
                 continue
-            inline = self._busy == 0 and self._quick(batch.size)
+            inline = self._busy() == 0 and self._quick(batch.size)
             batch.index = self._idle.pop()
             batch.loop = self._loop
             batch.done = self._finished
-            self._busy += 1
             self._running_rows += batch.rows
             if inline:
                 self.inline_runs += 1
@@ -554,6 +552,10 @@ class ModelExecutor:
             else:
                 self._inboxes[batch.index].put(batch)
         self._check_drained()
+
+    def _busy(self) -> int:
+        """Instances running a batch."""
+        return self.instances - len(self._idle)
 
     def _quick(self, elements: int) -> bool:
         """Whether a batch with this many input elements should take at most
@@ -646,7 +648,6 @@ class ModelExecutor:
     def _settle(self, batch: _Batch) -> None:
         """A batch has run: answer its requests, record statistics, free its instance."""
         self._idle.append(batch.index)
-        self._busy -= 1
         self._running_rows -= batch.rows
         end = time.monotonic_ns()
         compute = sum(batch.times)
@@ -715,7 +716,7 @@ class ModelExecutor:
 
     def _check_drained(self) -> None:
         drained = self._drained
-        if drained is not None and not drained.done() and not self._queued and not self._busy:
+        if drained is not None and not drained.done() and not self._queued and not self._busy():
             drained.set_result(None)
 
     def _deadline_error(self) -> DeadlineExceeded:
