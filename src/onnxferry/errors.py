@@ -70,3 +70,9 @@ class VerificationError(FerryError):
     """A check ran and the model failed it (exit 1)."""
 
     exit_code = EXIT_VERIFICATION_FAILED
+
+
+def one_line(error: BaseException | str, limit: int | None = 300) -> str:
+    """An exception's message (or a text) on one line, shortened past ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

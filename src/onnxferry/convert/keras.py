@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConvertOptions, Source
 from .savedmodel import SavedModelRunner, load_saved_model
@@ -42,7 +42,6 @@ from .tf_common import (
     finish_export,
     function_to_onnx,
     import_tf,
-    one_line,
     output_shape,
     quiet_tf,
     resolve_opset,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConversionError, ConvertOptions, Source
 from .tf_common import (
@@ -28,7 +28,6 @@ from .tf_common import (
     function_to_onnx,
     import_tf,
     natural_key,
-    one_line,
     output_shape,
     quiet_tf,
     resolve_opset,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FerryError, UsageError
+from ..errors import FerryError, UsageError, one_line
 from ..model import Model
 from ..runtime import runtime_limits
 from ..signature import Dim, Signature, TensorSpec
@@ -145,12 +145,6 @@ def tf_shape(shape: tuple[Dim, ...] | None) -> list[int | None] | None:
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key putting "output_2" before "output_10"."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """An exception's message on one line, shortened."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FeedError, InputError
+from ..errors import FeedError, InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConvertOptions, Source
 from .tf_common import (
@@ -42,7 +42,6 @@ from .tf_common import (
     finish_export,
     import_tf,
     natural_key,
-    one_line,
     output_shape,
     quiet_tf,
     resolve_opset,

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FerryError, InputError
+from ..errors import FerryError, InputError, one_line
 from .config import triton_config
 from .executor import DeadlineExceeded, ExecutionError, ExecutorClosed, QueueFull
 from .metrics import ServeMetrics
@@ -460,7 +460,7 @@ def _method(method: str, allowed: str) -> None:
 
 
 def _line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    return one_line(error, limit=None)
 
 
 def _too_large(limit: int) -> str:

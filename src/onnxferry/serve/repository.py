@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import FerryError, InputError, ModelLoadError, UsageError
+from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
 from ..model import Model, resolve_model_path
 from .config import ModelConfig
 from .executor import ModelExecutor
@@ -735,9 +735,9 @@ def _version_number(text: str) -> int | None:
 
 def _reason(error: BaseException, limit: int = 500) -> str:
     """An error as one line: FerryErrors as they print, others with their type."""
-    text = str(error) if isinstance(error, FerryError) else f"{type(error).__name__}: {error}"
-    text = " ".join(text.split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if isinstance(error, FerryError) or not str(error).strip():
+        return one_line(error, limit)
+    return one_line(f"{type(error).__name__}: {error}", limit)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
