@@ -66,6 +66,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.bench import bench
 from onnxferry.report import Table, render_table
+from onnxferry.serve.config import ModelConfig, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = Path(__file__).resolve().with_name("serve_backends.py")
@@ -326,7 +327,7 @@ def ferry_repo(
 ) -> Path:
     """REPO/<name>/1/model.onnx plus a ferry.toml: batching as Triton gets it and ferry's own
     instances x threads split of the thread budget."""
-    instances, threads = _ferry_parallelism(budget)
+    instances, threads = ModelConfig().parallelism(budget)
     repo = workdir / f"repo-{name}"
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy(model, repo / name / "1" / "model.onnx")
@@ -335,14 +336,6 @@ def ferry_repo(
         f"instances = {instances}\nintra_op_threads = {threads}\n"
     )
     return repo
-
-
-def _ferry_parallelism(budget: int) -> tuple[int, int]:
-    try:
-        from onnxferry.serve.config import ModelConfig
-    except ImportError:
-        return 1, budget
-    return ModelConfig().parallelism(budget)
 
 
 # --- clients -----------------------------------------------------------------------------
@@ -729,15 +722,6 @@ def _judge(label: str, value: float, target: float, goal: bool, op: str) -> str:
 # --- main --------------------------------------------------------------------------------
 
 
-def _usable_cores() -> int:
-    try:
-        from onnxferry.serve.config import usable_cores
-
-        return int(usable_cores())
-    except ImportError:
-        return len(os.sched_getaffinity(0))
-
-
 def _default_python() -> str | None:
     env = os.environ.get("FERRY_BENCH_PYTHON")
     if env:
@@ -814,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no perf_analyzer in {pa_dir}; using the load generator", flush=True)
         pa_dir = None
     duration = args.duration or (1.5 if args.quick else 5.0)
-    threads = args.threads or _usable_cores()
+    threads = args.threads or usable_cores()
     with tempfile.TemporaryDirectory(prefix="ferry-serve-bench-") as tmp:
         st = Settings(
             threads=threads,
@@ -867,7 +851,7 @@ def _header(st: Settings) -> str:
     if st.cross_check:
         client += "; loadgen rows for ferry and triton too, to compare fastapi like for like"
     return (
-        f"machine: {os.cpu_count()} cores ({_usable_cores()} usable), {platform.machine()}, "
+        f"machine: {os.cpu_count()} cores ({usable_cores()} usable), {platform.machine()}, "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}\n"
         f"thread budget: {st.threads} intra-op threads per server; {st.duration:g} s per level;"
         f" concurrency {list(st.levels)}\nclient: {client}\n"
