@@ -1,24 +1,41 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Both install from the lock files in requirements/ (exact versions with hashes, resolved for
+# CPython 3.11 on Linux x86_64), so a fresh clone gets what passed when they were written;
+# `make lock` resolves them again from the ranges in pyproject.toml and says what changed.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 EXAMPLE := examples/tiny_classifier
+DEMO_LOCK := requirements/demo.lock
+DEV_LOCK  := requirements/dev.lock
+PIP_TOOLS := pip-tools==7.6.2
+# pip-compile options shared by both locks: hashes, build dependencies (setuptools) pinned
+# too, and no index or find-links lines (pip's own configuration supplies them).
+COMPILE := --quiet --generate-hashes --allow-unsafe --strip-extras --all-build-deps \
+	--no-emit-index-url --no-emit-find-links --newline LF
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[torch,optimize]'
+# The lock is complete (hashes for every package), so pip installs exactly it; the project
+# itself goes in editable on top, built with the locked setuptools.
+define install_locked
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(1)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+endef
+
+$(STAMP): $(PY) $(DEMO_LOCK) pyproject.toml
+	$(call install_locked,$(DEMO_LOCK))
 	touch $@
 
-$(DEVSTAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $@
+$(DEVSTAMP): $(PY) $(DEV_LOCK) pyproject.toml
+	$(call install_locked,$(DEV_LOCK))
+	touch $(STAMP) $@
 
 demo: $(STAMP)
 	$(VENV)/bin/ferry deploy $(EXAMPLE)/model.py:build -o build/demo
@@ -40,6 +57,21 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_overhead.py
+
+# The dev lock is resolved first; the demo lock is held to the same versions.
+lock:
+	$(PYTHON) -m venv build/lockenv
+	build/lockenv/bin/python -m pip install -q $(PIP_TOOLS)
+	mkdir -p build/lock
+	build/lockenv/bin/pip-compile $(COMPILE) --extra dev --extra torch --extra optimize \
+		-o build/lock/dev.lock pyproject.toml
+	build/lockenv/bin/pip-compile $(COMPILE) --extra torch --extra optimize \
+		-c build/lock/dev.lock -o build/lock/demo.lock pyproject.toml
+	for f in dev demo; do \
+		sed -i -e '/^onnxferry @ /,+1d' -e 's|build/lock/|requirements/|g' build/lock/$$f.lock; \
+		$(PYTHON) requirements/changes.py requirements/$$f.lock build/lock/$$f.lock; \
+		mv build/lock/$$f.lock requirements/$$f.lock; \
+	done
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -20,8 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InvalidModelError, UnsafeModelError
-from .model import DEFAULT_MAX_SIZE, Model, iter_graphs, resolve_model_path
+from .errors import UnsafeModelError, one_line
+from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
 from .report import Report, Table
 from .runtime import SessionConfig, available_providers, create_session, version_problem
 
@@ -95,32 +95,27 @@ def check(
     ``providers`` limits the load test to these short names (default: all available).
     Raises ModelLoadError (exit 2) only when ``path`` holds no parseable model at all.
     """
-    import onnx
 
     file = resolve_model_path(Path(path))
     result = CheckResult(model=str(file), digest=None)
     model: Model | None = None
     try:
         model = Model.load(file, max_size=max_size)
-        result.add("safe load", "pass", "external data stays inside the model directory")
-        result.add("onnx checker", "pass", "the model is structurally valid")
     except UnsafeModelError as e:
         result.add("safe load", "fail", str(e))
         return Report("check", result)
-    except InvalidModelError as e:
-        result.add("safe load", "pass", "external data stays inside the model directory")
-        result.add("onnx checker", "fail", str(e))
-    proto = model.proto if model else onnx.load(str(file), load_external_data=False)
-    if model is not None:
-        result.digest = model.digest
+    result.add("safe load", "pass", "external data stays inside the model directory")
+    result.digest = model.digest
+    problem = checker_problem(file)
+    if problem:
+        result.add("onnx checker", "fail", f"the onnx checker rejects the model: {problem}")
+    else:
+        result.add("onnx checker", "pass", "the model is structurally valid")
         _full_checker(file, result)
     _shape_inference(file, result)
-    _runtime_versions(proto, result)
-    _cpu_kernels(proto, result)
-    if model is not None:
-        _load_on_providers(model, providers, result)
-    else:
-        result.add("load", "skip", "skipped: the onnx checker failed")
+    _runtime_versions(model.proto, result)
+    _cpu_kernels(model.proto, result)
+    _load_on_providers(model, providers, result)
     return Report("check", result)
 
 
@@ -130,7 +125,7 @@ def _full_checker(file: Path, result: CheckResult) -> None:
     try:
         onnx.checker.check_model(str(file), full_check=True)
     except Exception as e:
-        result.add("onnx checker (full)", "fail", _one_line(e))
+        result.add("onnx checker (full)", "fail", one_line(e, 400))
     else:
         result.add("onnx checker (full)", "pass", "types and shapes consistent")
 
@@ -143,7 +138,7 @@ def _shape_inference(file: Path, result: CheckResult) -> None:
             onnx.load(str(file), load_external_data=False), check_type=True, strict_mode=True
         )
     except Exception as e:
-        result.add("shape inference (strict)", "fail", _one_line(e))
+        result.add("shape inference (strict)", "fail", one_line(e, 400))
         return
     unknown = [v.name for v in inferred.graph.output if not v.type.tensor_type.HasField("shape")]
     if unknown:
@@ -247,12 +242,8 @@ def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: Check
         try:
             session = create_session(model, SessionConfig(provider=name, fallback=False))
         except Exception as e:
-            result.add(check_name, "fail", _one_line(e))
+            result.add(check_name, "fail", one_line(e, 400))
             continue
         ms = (time.perf_counter() - start) * 1000
         used = session.get_providers()
         result.add(check_name, "pass", f"session created in {ms:.0f} ms ({', '.join(used)})")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:400] or type(error).__name__

@@ -5,9 +5,11 @@
     model.digest                              # sha256 of the file and its external data
     model.save("out/model.onnx")              # atomic; external data past 2 GiB
 
-Loading is safe: the file is size-limited, parsed, every external-data reference is checked to
-stay inside the model's directory (see ``safety``), and the onnx checker runs. External tensor
-data is not read into memory; ONNX Runtime reads it by path.
+Loading is safe: the file is size-limited, parsed, and every external-data reference is checked
+to stay inside the model's directory (see ``safety``). The onnx checker is not a gate (models
+in the wild that ONNX Runtime runs, IR-3 files among them, fail it); ``strict=True`` makes it
+one, and ``ferry check`` reports it. External tensor data is not read into memory; ONNX Runtime
+reads it by path.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from .errors import InputError, InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
+from .errors import (
+    InputError,
+    InvalidModelError,
+    ModelLoadError,
+    UnsafeModelError,
+    UsageError,
+    one_line,
+)
 from .report import Report, human_size
 from .safety import (
     ExternalRef,
@@ -77,15 +86,18 @@ class Model:
     """Reports of the stages that made this model (convert, optimize passes), oldest first."""
 
     @classmethod
-    def load(cls, path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> Model:
+    def load(
+        cls, path: str | Path, *, max_size: int = DEFAULT_MAX_SIZE, strict: bool = False
+    ) -> Model:
         """Load a file, or a directory holding one model, after the safety checks.
 
             model = Model.load("models/resnet")                 # models/resnet/model.onnx
             model = Model.load("big.onnx", max_size=200 * 1024**3)
 
         Raises ModelLoadError (one line: what is wrong; what to do) for a missing path, a
-        directory without exactly one model, an empty, malformed or truncated file;
-        InvalidModelError when the onnx checker rejects the model; UnsafeModelError when
+        directory without exactly one model, an empty, malformed or truncated file; with
+        ``strict``, InvalidModelError when the onnx checker rejects the model (without it the
+        model loads, and running it is ONNX Runtime's judgement); UnsafeModelError when
         external data leaves the model's directory or the model (with its external data)
         is larger than ``max_size`` bytes.
         """
@@ -131,7 +143,14 @@ class Model:
         total = size + sum(p.stat().st_size for p in files)
         if total > max_size:
             raise _too_large(file, total, max_size)
-        _run_checker(file, None if refs else data)
+        if strict:
+            problem = checker_problem(file, None if refs else data)
+            if problem:
+                raise InvalidModelError(
+                    f"{file}: the onnx checker rejects the model: {problem}",
+                    hint="re-export the model with a current exporter, or fix it with the onnx "
+                    "tools",
+                )
         return cls(proto, file, files)
 
     @classmethod
@@ -448,18 +467,18 @@ def _regular_file_size(file: Path) -> int:
     return st.st_size
 
 
-def _run_checker(file: Path, data: bytes | None) -> None:
-    """The onnx checker (not full_check) on the bytes read, or on the path when the model has
-    external data, so the checker resolves it from the model's directory."""
+def checker_problem(file: Path, data: bytes | None = None) -> str | None:
+    """What the onnx checker (not full_check) finds wrong, on one line, or None.
+
+    It reads ``data`` when given, else the path (so external data resolves from the model's
+    directory)."""
     import onnx
 
     try:
         onnx.checker.check_model(data if data is not None else str(file))
     except Exception as e:
-        raise InvalidModelError(
-            f"{file}: the onnx checker rejects the model: {_one_line(e).rstrip('.')}",
-            hint="re-export the model with a current exporter, or fix it with the onnx tools",
-        ) from e
+        return one_line(e).rstrip(".")
+    return None
 
 
 def _too_large(file: Path, size: int, max_size: int) -> UnsafeModelError:
@@ -474,11 +493,6 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
     shown = [repr(n) for n in names]
     more = len(shown) - limit
     return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- saving ----------------------------------------------------------------------------------
