@@ -10,7 +10,8 @@ EXPECTED = {
     "FeedError", "FerryError", "Finding", "GoldenResult", "InputError", "InvalidModelError",
     "Model", "ModelInfo", "ModelLoadError", "OrtRunner", "OutputParity", "Parity",
     "ProviderError", "Report", "Runner", "SessionConfig", "Signature", "Table", "TensorSpec",
-    "TestCase", "Tolerance", "UnsafeModelError", "UsageError", "VerificationError",
+    "TestCase", "Tolerance", "UnsafeModelError", "UsageError", "VerificationError", "RunError",
+    "FeedPlan", "plan_feeds",
     "__version__", "available_providers", "bench", "check", "compare", "compare_outputs",
     "inspect", "load_feeds", "load_test_cases", "save_test_case", "test",
 }  # fmt: skip

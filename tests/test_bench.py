@@ -122,8 +122,9 @@ def test_measure_rejects_bad_arguments(
 
 
 def test_batch_goes_into_dim_0_and_dims_size_the_rest() -> None:
-    sig = Model.from_proto(onnx_text(SEQ)).signature
-    feeds = batch_feeds(sig, 3, dims={"seq": 5}, seed=1)
+    model = Model.from_proto(onnx_text(SEQ))
+    sig = model.signature
+    feeds = batch_feeds(model, 3, dims={"seq": 5}, seed=1)
     assert feeds["x"].shape == (3, 5)
     assert feeds["ids"].shape == (3, 5)
     assert feeds["ids"].dtype == np.int64
@@ -133,16 +134,16 @@ def test_batch_goes_into_dim_0_and_dims_size_the_rest() -> None:
 def test_unknown_dim_0_takes_the_batch() -> None:
     proto = onnx_text(RELU)
     proto.graph.input[0].type.tensor_type.shape.dim[0].Clear()  # dim 0 unknown (None)
-    sig = Model.from_proto(proto).signature
-    assert sig.inputs[0].shape == (None, 4)
-    assert batch_feeds(sig, 6)["x"].shape == (6, 4)
+    model = Model.from_proto(proto)
+    assert model.signature.inputs[0].shape == (None, 4)
+    assert batch_feeds(model, 6)["x"].shape == (6, 4)
 
 
 def test_fixed_dim_0_refuses_another_batch() -> None:
-    sig = Model.from_proto(onnx_text(FIXED)).signature
-    assert batch_feeds(sig, 1)["x"].shape == (1, 4)
+    model = Model.from_proto(onnx_text(FIXED))
+    assert batch_feeds(model, 1)["x"].shape == (1, 4)
     with pytest.raises(FeedError, match="fixed batch dim of 1"):
-        batch_feeds(sig, 8)
+        batch_feeds(model, 8)
 
 
 # --- bench -----------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_dims_size_symbolic_dims(tmp_path: Path) -> None:
     path = save(onnx_text(SEQ), tmp_path / "seq.onnx")
     (r,) = bench([path], batches=(2,), dims={"seq": 7}, warmup=0, iterations=3).result.results
     assert r.input_shapes == {"x": (2, 7), "ids": (2, 7)}
-    with pytest.raises(UsageError, match="batch dim"):
+    with pytest.raises(UsageError, match="batch axis"):
         bench([path], dims={"batch": 4}, warmup=0, iterations=3)
 
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic"},
     {"model", "data", "generate", "report", "inspection"},
-    {"runtime"},
+    {"runtime", "feeds"},
     {"parity", "bisect", "compare", "bench", "explain", "check", "golden"},
     {"convert", "optimize"},
     {"registry", "signing", "package", "batch", "deploy"},

@@ -121,7 +121,22 @@ def test_histogram_and_parameters_reach_subgraphs_and_functions(tmp_path: Path) 
         "custom::Holder": 1,
     }
     assert model.opset_imports == {"ai.onnx": 21, "local": 1, "custom": 1}
-    assert model.parameter_count == 2 + 1  # initializer w, one stored sparse value
+    # initializer w, one stored sparse value; Constants: const_value, the sparse one, then,
+    # the Loop's trip count (value_int), Loop body, Scan body, the function's.
+    assert model.parameter_count == 2 + 1 + (2 + 1 + 2 + 1 + 2 + 2 + 2)
+
+
+def test_parameters_in_constant_nodes_count_like_initializers() -> None:
+    as_initializer = mlp()
+    as_constants = mlp()
+    graph = as_constants.graph
+    for tensor in reversed(graph.initializer):
+        graph.node.insert(0, helper.make_node("Constant", [], [tensor.name], value=tensor))
+    del graph.initializer[:]
+    graph.node.insert(0, helper.make_node("Constant", [], ["k"], value_floats=[1.0, 2.0]))
+    graph.node.insert(0, helper.make_node("Constant", [], ["j"], value_float=3.0))
+    expected = Model.from_proto(as_initializer).parameter_count
+    assert Model.from_proto(as_constants).parameter_count == expected + 2 + 1
 
 
 def test_import_does_not_load_onnx() -> None:

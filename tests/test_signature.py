@@ -14,6 +14,7 @@ from onnxferry.signature import (
     dtype_from_numpy,
     dtype_from_onnx,
     dtype_from_v2,
+    is_placeholder,
 )
 from tests.helpers import RELU, onnx_text
 
@@ -78,7 +79,50 @@ def test_signature_reads_dtypes_and_symbolic_dims() -> None:
         "v2_datatype": "FP32",
         "numpy_dtype": "float32",
         "shape": ["batch", 3],
+        "shape_as_written": ["batch", 3],
     }
+
+
+# Each spelling of "unknown" the exporters write, and a real name shared by two inputs.
+PLACEHOLDERS: list[int | str | None] = [-1, -7, None, "?", "-1", "None", "", "unk__12"]
+PLACEHOLDERS += ["unk_3", "p2o.DynamicDimension.0"]
+
+
+def _placeholder_model(dims: list[int | str | None]) -> onnx.ModelProto:
+    """x[dims..., height] + y[height]: every placeholder is its own unknown; height is shared."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [*dims, "height"])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["height"])
+    out = helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "g", [x, y], [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_every_placeholder_spelling_is_an_independent_unknown() -> None:
+    import onnxruntime as ort
+
+    proto = _placeholder_model(PLACEHOLDERS)
+    sig = Signature.from_onnx(proto)
+    x = sig.input("x")
+    assert x.shape == (*[None] * len(PLACEHOLDERS), "height")
+    assert x.as_written == (*PLACEHOLDERS, "height")
+    assert x.to_dict()["shape_as_written"] == [*PLACEHOLDERS, "height"]
+    assert x.shape_text() == "[" + ", ".join(["?"] * len(PLACEHOLDERS)) + ", height]"
+    # Every unknown takes its own size, as ONNX Runtime allows; the shared name must agree.
+    sizes = tuple(range(1, len(PLACEHOLDERS) + 1))
+    feeds = {
+        "x": np.ones((*sizes, 3), dtype=np.float32),
+        "y": np.ones(3, dtype=np.float32),
+    }
+    sig.validate(feeds)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, feeds)[0].shape == (*sizes, 3)
+    with pytest.raises(FeedError, match="height"):
+        sig.validate({**feeds, "y": np.ones(4, dtype=np.float32)})
+
+
+@pytest.mark.parametrize("name", ["batch", "sequence", "height", "N", "s0", "input_dynamic_axes_1"])
+def test_real_names_are_not_placeholders(name: str) -> None:
+    assert not is_placeholder(name)
 
 
 def test_sample_builds_valid_feeds_for_every_dtype() -> None:

@@ -26,10 +26,12 @@ from .errors import (
     InvalidModelError,
     ModelLoadError,
     ProviderError,
+    RunError,
     UnsafeModelError,
     UsageError,
     VerificationError,
 )
+from .feeds import FeedPlan, plan_feeds
 from .golden import GoldenResult, test
 from .inspection import ModelInfo, inspect
 from .model import Model
@@ -50,6 +52,7 @@ __all__ = [
     "Deployment",
     "Divergence",
     "FeedError",
+    "FeedPlan",
     "FerryError",
     "Finding",
     "GoldenResult",
@@ -65,6 +68,7 @@ __all__ = [
     "ProviderError",
     "Recipe",
     "Report",
+    "RunError",
     "Runner",
     "SessionConfig",
     "Signature",
@@ -87,6 +91,7 @@ __all__ = [
     "load_feeds",
     "load_test_cases",
     "optimize",
+    "plan_feeds",
     "save_test_case",
     "test",
 ]

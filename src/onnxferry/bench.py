@@ -21,13 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import FeedError, UsageError
+from .feeds import FeedPlan, batch_symbols, describe_shapes, plan_feeds, unknown_dims
 from .model import Model
 from .report import Report, Table
 from .runtime import (
@@ -37,6 +38,7 @@ from .runtime import (
     needs_ortvalue_outputs,
     ort_inputs,
     provider_name,
+    run_errors,
 )
 from .runtime import short_provider_name as _short
 from .signature import Signature
@@ -169,58 +171,53 @@ class BenchSuite:
 
 
 def batch_conflict(signature: Signature, batch: int) -> str | None:
-    """Why ``batch`` cannot run (an input with a fixed dim 0 of another size), else None."""
-    for spec in signature.inputs:
-        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
-            return (
-                f"input {spec.name!r} has a fixed batch dim of {spec.shape[0]}, "
-                f"so batch {batch} cannot run"
-            )
-    return None
+    """Why ``batch`` cannot run (the model has no batch axis), else None.
+
+    The batch axes are the open dims ``feeds.batch_symbols`` finds (dim 0 of inputs of rank 2
+    or more, and dims named like a batch wherever they stand, so a state ``[2, batch, 128]``
+    follows the batch); a model without one runs as it is, at batch 1.
+    """
+    if batch == 1 or batch_symbols(signature):
+        return None
+    fixed = next((s for s in signature.inputs if s.shape and isinstance(s.shape[0], int)), None)
+    if fixed is not None and fixed.shape:
+        return (
+            f"input {fixed.name!r} has a fixed batch dim of {fixed.shape[0]}, "
+            f"so batch {batch} cannot run"
+        )
+    return f"the model has no batch axis, so batch {batch} cannot run"
 
 
 def batch_feeds(
-    signature: Signature,
+    model: Model,
     batch: int,
     *,
     dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Sample feeds with ``batch`` in dim 0 of every input whose dim 0 is symbolic or unknown;
-    other symbolic dims come from ``dims`` (default 1). FeedError if a fixed dim 0 differs."""
-    conflict = batch_conflict(signature, batch)
+    """Feeds by the one feed policy (``feeds.plan_feeds``) with every batch axis at ``batch``.
+    FeedError if the model has no batch axis and ``batch`` is not 1."""
+    conflict = batch_conflict(model.signature, batch)
     if conflict:
-        raise FeedError(conflict, hint=f"bench it at batch {_fixed_batch(signature)}")
-    _check_dims(signature, dims)
-    merged = dict(dims or {})
-    inputs = []
-    for spec in signature.inputs:
-        if spec.shape:
-            d0 = spec.shape[0]
-            if isinstance(d0, str) and d0:
-                merged[d0] = batch
-            elif d0 is None or d0 == "":
-                spec = replace(spec, shape=(batch, *spec.shape[1:]))
-        inputs.append(spec)
-    return Signature(tuple(inputs), signature.outputs).sample(dims=merged, seed=seed)
+        raise FeedError(conflict, hint="bench it at batch 1")
+    return _plan(model, dims, input_shapes).with_batch(batch).feeds(seed)
 
 
-def _check_dims(signature: Signature, dims: Mapping[str, int] | None) -> None:
-    """UsageError if ``dims`` sizes a batch dim (dim 0), which only the batch size may set."""
-    for spec in signature.inputs:
-        d0 = spec.shape[0] if spec.shape else None
-        if isinstance(d0, str) and d0 in (dims or {}):
+def _plan(
+    model: Model,
+    dims: Mapping[str, int] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> FeedPlan:
+    """The model's feed plan; UsageError if ``dims`` sizes a batch axis (``batches`` does)."""
+    batch_keys = batch_symbols(model.signature)
+    for key in dims or {}:
+        if key in batch_keys:
             raise UsageError(
-                f"dims sets {d0!r}, the batch dim (dim 0) of input {spec.name!r}",
+                f"dims sets {key!r}, a batch axis of {model.name}",
                 hint="give the batch size with batches (--batch) instead",
             )
-
-
-def _fixed_batch(signature: Signature) -> int | None:
-    for spec in signature.inputs:
-        if spec.shape and isinstance(spec.shape[0], int):
-            return spec.shape[0]
-    return None
+    return plan_feeds(model, dims=dims, input_shapes=input_shapes)
 
 
 # --- measurement -----------------------------------------------------------------------
@@ -454,17 +451,22 @@ def bench(
     duration: float | None = None,
     concurrency: int = 1,
     dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> Report[BenchSuite]:
     """Latency, throughput and peak memory of every model in every configuration.
 
         report = bench(["fp32.onnx", "int8.onnx"], batches=(1, 8), duration=2.0)
+        report = bench(["vad.onnx"], inputs={"x": x, "state": s, "sr": np.array(16000)})
         report.result.results      # one BenchResult per (model, provider, threads, batch)
         report.result.skipped      # configurations that cannot run, with the reason
 
-    A model whose dim 0 is fixed skips other batch sizes; a provider this onnxruntime build
-    lacks is skipped. UsageError if nothing at all can run.
+    Inputs come from ``inputs`` (one feed set, timed as given) or the one feed policy
+    (``feeds.plan_feeds``, with ``dims`` and ``input_shapes``), with every batch axis at each
+    of ``batches``. A model without a batch axis skips batch sizes other than 1; a provider
+    this onnxruntime build lacks is skipped. UsageError if nothing at all can run.
     """
     _check_counts(warmup, iterations, duration, concurrency)
     if isinstance(models, (str, Path)):
@@ -487,24 +489,29 @@ def bench(
             raise UsageError(
                 f"dims {key}={value} must be at least 1", hint=f"pass --dim {key}=1 or more"
             )
+    if inputs is not None and tuple(batches) != (1,):
+        raise UsageError(
+            "batches and inputs exclude each other", hint="the inputs' own batch is timed"
+        )
     wanted = [_short(provider_name(p)) for p in providers]
     loaded = [m if isinstance(m, Model) else Model.load(m) for m in models]
-    for model in loaded:
-        _check_dims(model.signature, dims)
-        for spec in model.signature.inputs:
-            if spec.shape is None:
-                raise FeedError(
-                    f"{model.name}: input {spec.name!r} has an unknown rank, so bench cannot "
-                    "make inputs for it",
-                    hint="give the input a shape in the model (e.g. with onnx shape inference)",
-                )
+    sources = [_source(m, dims, input_shapes, inputs) for m in loaded]
+    _check_known(loaded, dims)
     if iterations is None and duration is None:
         iterations = DEFAULT_ITERATIONS
 
     have = set(available_providers())
     plan: _Plan = []
     skipped: list[str] = []
-    for model, label in zip(loaded, _labels(loaded), strict=True):
+    notes: list[str] = []
+    for model, label, source in zip(loaded, _labels(loaded), sources, strict=True):
+        if isinstance(source, FeedPlan):
+            note = f"{label}: inputs {source.describe()}" + (
+                f" ({'; '.join(source.choices)})" if source.choices else ""
+            )
+        else:
+            note = f"{label}: inputs as given, {describe_shapes(_shapes_of(source))}"
+        notes.append(note)
         for provider in dict.fromkeys(wanted):
             for t in dict.fromkeys(threads):
                 for b in dict.fromkeys(batches):
@@ -514,10 +521,14 @@ def bench(
                             f"{where}: provider {provider!r} is not in this "
                             f"onnxruntime build (available: {', '.join(sorted(have))})"
                         )
-                    elif reason := batch_conflict(model.signature, b):
+                    elif isinstance(source, FeedPlan) and (
+                        reason := batch_conflict(model.signature, b)
+                    ):
                         skipped.append(f"{where}: {reason}")
+                    elif isinstance(source, FeedPlan):
+                        plan.append((model, label, provider, t, source.with_batch(b)))
                     else:
-                        plan.append((model, label, provider, t, b))
+                        plan.append((model, label, provider, t, source))
     if not plan:
         raise UsageError(
             "no configuration can run: " + "; ".join(skipped),
@@ -531,15 +542,65 @@ def bench(
         "duration_s": duration,
         "concurrency": concurrency,
         "dims": dict(dims or {}),
+        "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+        "inputs": "given" if inputs is not None else "generated",
         "seed": seed,
     }
     suite.environment = _environment()
-    suite.results = _run(plan, warmup, iterations, duration, concurrency, dims, seed, progress)
-    return Report(verb="bench", result=suite)
+    suite.results = _run(plan, warmup, iterations, duration, concurrency, seed, progress)
+    return Report(verb="bench", result=suite, notes=notes)
 
 
-_Plan = list[tuple[Model, str, str, int | None, int]]
-"""(model, its label in the results, provider, threads, batch) per configuration."""
+_Feeds = FeedPlan | Mapping[str, np.ndarray]
+_Plan = list[tuple[Model, str, str, int | None, _Feeds]]
+"""(model, its label in the results, provider, threads, its feeds) per configuration: a
+plan at one batch size, or the user's feeds."""
+
+
+def _source(
+    model: Model,
+    dims: Mapping[str, int] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    inputs: Mapping[str, np.ndarray] | None,
+) -> _Feeds:
+    """The user's feeds (checked against the model), else the model's feed plan."""
+    if inputs is None:
+        known = {u.key for u in unknown_dims(model.signature)}
+        known |= {u.symbol for u in unknown_dims(model.signature) if u.symbol}
+        mine = {k: v for k, v in (dims or {}).items() if k in known}
+        return _plan(model, mine, input_shapes)
+    try:
+        model.signature.validate(inputs)
+    except FeedError as e:
+        raise FeedError(f"{model.name}: {e.message}", hint=e.hint) from e
+    return dict(inputs)
+
+
+def _check_known(models: Sequence[Model], dims: Mapping[str, int] | None) -> None:
+    """UsageError for a dim that no model has (a typo would otherwise be ignored)."""
+    known: set[str] = set()
+    for model in models:
+        known |= {u.key for u in unknown_dims(model.signature)}
+        known |= {u.symbol for u in unknown_dims(model.signature) if u.symbol}
+        known |= set(model.signature.input_names)
+    for key in dims or {}:
+        if key not in known:
+            raise UsageError(
+                f"no model has an open dim {key!r}",
+                hint=f"open dims are {', '.join(sorted(known)) or 'none'}",
+            )
+
+
+def _shapes_of(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(int(d) for d in v.shape) for k, v in feeds.items()}
+
+
+def _batch_of(model: Model, feeds: Mapping[str, np.ndarray]) -> int:
+    """The size of the batch axis in feeds (1 when the model has none)."""
+    for u in unknown_dims(model.signature):
+        if u.kind == "batch":
+            return int(feeds[u.input].shape[u.axis])
+    return 1
 
 
 def _labels(models: Sequence[Model]) -> list[str]:
@@ -559,7 +620,6 @@ def _run(
     iterations: int | None,
     duration: float | None,
     concurrency: int,
-    dims: Mapping[str, int] | None,
     seed: int,
     progress: bool,
 ) -> list[BenchResult]:
@@ -581,8 +641,10 @@ def _run(
     results: list[BenchResult] = []
     with bar if bar is not None else nullcontext():
         task = bar.add_task("bench", total=iterations or duration) if bar is not None else None
-        for i, (m, name, p, t, b) in enumerate(plan, 1):
+        for i, (m, name, p, t, source) in enumerate(plan, 1):
             show: ProgressCallback | None = None
+            arrays = source.feeds(seed) if isinstance(source, FeedPlan) else dict(source)
+            b = _batch_of(m, arrays)
             if bar is not None:
                 what = f"[{i}/{len(plan)}] {name} {p} threads={t or 'default'} batch={b}"
                 bar.reset(task, description=what)
@@ -592,7 +654,7 @@ def _run(
 
             results.append(
                 _bench_one(
-                    m, name, p, t, b, warmup, iterations, duration, concurrency, dims, seed, show
+                    m, name, p, t, arrays, b, warmup, iterations, duration, concurrency, show
                 )
             )
     return results
@@ -603,17 +665,15 @@ def _bench_one(
     label: str,
     provider: str,
     threads: int | None,
+    arrays: Mapping[str, np.ndarray],
     batch: int,
     warmup: int,
     iterations: int | None,
     duration: float | None,
     concurrency: int,
-    dims: Mapping[str, int] | None,
-    seed: int,
     on_progress: ProgressCallback | None,
 ) -> BenchResult:
     ortvalues = needs_ortvalue_outputs(model.signature)
-    arrays = batch_feeds(model.signature, batch, dims=dims, seed=seed)
     feeds = ort_inputs(arrays, all_ortvalues=ortvalues)
     gc.collect()
     method = _reset_peak_rss()
@@ -622,9 +682,10 @@ def _bench_one(
         model, SessionConfig(provider=provider, threads=threads, fallback=False)
     )
     init_ms = (time.perf_counter() - t0) * 1e3
-    lat, wall = _measure(
-        session, feeds, warmup, iterations, duration, concurrency, on_progress, None, ortvalues
-    )
+    with run_errors(model.name, arrays):
+        lat, wall = _measure(
+            session, feeds, warmup, iterations, duration, concurrency, on_progress, None, ortvalues
+        )
     peak = _peak_rss(method)
     used = _short(session.get_providers()[0])
     del session
@@ -645,7 +706,7 @@ def _bench_one(
         peak_rss_bytes=peak,
         memory_method=method,
         session_init_ms=init_ms,
-        input_shapes={k: tuple(int(d) for d in v.shape) for k, v in arrays.items()},
+        input_shapes=_shapes_of(arrays),
     )
 
 

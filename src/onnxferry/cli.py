@@ -26,6 +26,8 @@ from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
 from .report import Report, format_value
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .parity import Tolerance
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +50,10 @@ def _int_list(value: str | None, option: str) -> list[int] | None:
     if not items:
         raise UsageError(f"{option} is empty", hint=f"e.g. {option} 1,8")
     return items
+
+
+DIM_HELP = "Size of an open dim: NAME=SIZE, or INPUT:AXIS=SIZE for one without a name."
+SHAPE_HELP = "An input's whole shape, NAME=1x3x224x224."
 
 
 def _dims(values: Sequence[str]) -> dict[str, int]:
@@ -154,14 +160,14 @@ def check(model: str, providers: str | None, as_json: bool, report_path: Path | 
 @click.option("--provider-b", help="Provider for B (default: --provider).")
 @click.option("--inputs", help="Feeds: .npz, .npy, .pb or a test-data directory.")
 @click.option("--samples", default=3, show_default=True, help="Generated input sets.")
-@click.option("--dim", "dims", multiple=True, help="Size of a symbolic dim, NAME=SIZE.")
+@click.option("--dim", "dims", multiple=True, help=DIM_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--atol", default=1e-4, show_default=True)
 @click.option("--rtol", default=1e-3, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
 @click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
 @click.option("--framework", type=click.Choice(FRAMEWORKS), help="B's framework.")
-@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x224x224 (source B).")
+@click.option("--input-shape", "input_shapes", multiple=True, help=SHAPE_HELP)
 @click.option("--trust-pickle", is_flag=True, help="Allow B to be a pickle (runs its code).")
 @report_options
 def compare(
@@ -213,6 +219,7 @@ def compare(
         inputs=feeds,
         samples=samples,
         dims=_dims(dims),
+        input_shapes=_shapes(input_shapes),
         seed=seed,
         tolerance=_tolerance(atol, rtol),
         bisect_on_failure=not no_bisect,
@@ -261,7 +268,9 @@ def test_command(
 @click.option("--iterations", type=int, help="Timed runs per configuration.")
 @click.option("--duration", type=float, help="Seconds per configuration instead.")
 @click.option("--concurrency", default="1", show_default=True, help="Parallel requests, e.g. 1,8.")
-@click.option("--dim", "dims", multiple=True, help="Size of a symbolic dim, NAME=SIZE.")
+@click.option("--dim", "dims", multiple=True, help=DIM_HELP)
+@click.option("--input-shape", "input_shapes", multiple=True, help=SHAPE_HELP)
+@click.option("--inputs", help="Time these feeds (.npz, .npy, .pb) instead of generated ones.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--csv", "as_csv", is_flag=True, help="Print the results as CSV.")
 @report_options
@@ -278,6 +287,8 @@ def bench(
     duration: float | None,
     concurrency: str,
     dims: tuple[str, ...],
+    input_shapes: tuple[str, ...],
+    inputs: str | None,
     seed: int,
     as_csv: bool,
     as_json: bool,
@@ -309,6 +320,8 @@ def bench(
         duration=duration,
         concurrency=levels[0],
         dims=_dims(dims),
+        input_shapes=_shapes(input_shapes),
+        inputs=_one_feed_set(inputs),
         seed=seed,
         progress=sys.stderr.isatty(),
     )
@@ -318,6 +331,15 @@ def bench(
             report.save(report_path)
         return report.exit_code
     return emit(report, as_json, report_path)
+
+
+def _one_feed_set(path: str | None) -> dict[str, np.ndarray] | None:
+    """The first feed set in ``path`` (None without one)."""
+    from .data import load_feeds
+
+    if path is None:
+        return None
+    return load_feeds(path)[0]
 
 
 def _require_extra(extra: str, *modules: str) -> None:
@@ -621,7 +643,11 @@ def convert(
 @click.option("--inputs", help="Validation feeds: .npz, .npy, .pb or a test-data directory.")
 @click.option("--eval", "eval_data", help="Labelled data (.npz: the inputs plus labels).")
 @click.option("--calibration", help="Calibration samples for static int8 (.npz or a directory).")
-@click.option("--input-shape", "input_shapes", multiple=True, help="NAME=1x3x320x320.")
+@click.option("--input-shape", "input_shapes", multiple=True, help=SHAPE_HELP)
+@click.option("--dim", "dims", multiple=True, help=DIM_HELP)
+@click.option(
+    "--assume-sizes", is_flag=True, help="Judge at chosen sizes for open dims nobody gave."
+)
 @click.option("--for-size", is_flag=True, help="Keep passes that shrink but do not speed up.")
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads for measuring.")
@@ -637,6 +663,8 @@ def optimize(
     eval_data: str | None,
     calibration: str | None,
     input_shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    assume_sizes: bool,
     for_size: bool,
     provider: str,
     threads: int | None,
@@ -663,6 +691,8 @@ def optimize(
         eval_data=eval_data,
         calibration=calibration,
         input_shapes=_shapes(input_shapes),
+        dims=_dims(dims),
+        assume_sizes=assume_sizes,
         for_size=for_size,
         provider=provider,
         threads=threads,

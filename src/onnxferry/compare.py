@@ -14,6 +14,7 @@ import numpy as np
 
 from .bisect import bisect_samples, shared_tensors
 from .errors import FeedError, FerryError, InputError, UsageError
+from .feeds import generated_feeds
 from .model import Model
 from .parity import Parity, Tolerance, compare_runners
 from .report import Report
@@ -30,6 +31,7 @@ def compare(
     inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
     samples: int = 3,
     dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     tolerance: Tolerance = Tolerance(),
     bisect_on_failure: bool = True,
@@ -41,8 +43,9 @@ def compare(
         report.ok, report.result.worst, report.result.divergence
 
     ``a`` is the reference and runs on ``provider``; ``b`` runs on ``provider_b`` if given,
-    else on ``provider``. Without ``inputs``, ``samples`` random feed sets are generated
-    from a's signature (symbolic dims 2 unless ``dims`` names them). On failure the two
+    else on ``provider``. Without ``inputs``, ``samples`` feed sets are generated from a by
+    the one feed policy (``feeds.plan_feeds``: sizes from ``dims`` / ``input_shapes``, else
+    the first that run; the report's notes say which were chosen). On failure the two
     models are bisected to the first shared tensor that diverges.
     """
     model_a = _as_model(a)
@@ -59,10 +62,10 @@ def compare(
     wanted_a, wanted_b = provider, provider_b or provider
     config_a = SessionConfig(provider=wanted_a, threads=threads)
     config_b = SessionConfig(provider=wanted_b, threads=threads)
-    feeds = _feeds(model_a, inputs, samples, dims, seed)
+    notes: list[str] = []
+    feeds = _feeds(model_a, inputs, samples, dims, input_shapes, seed, notes)
     runner_a = OrtRunner(model_a, config=config_a)
     runner_b = OrtRunner(model_b, config=config_b)
-    notes: list[str] = []
     for runner, wanted in ((runner_a, wanted_a), (runner_b, wanted_b)):
         if runner.provider != short_provider_name(provider_name(wanted)):
             notes.append(
@@ -123,13 +126,18 @@ def _feeds(
     inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None,
     samples: int,
     dims: Mapping[str, int] | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
     seed: int,
+    notes: list[str],
 ) -> list[dict[str, np.ndarray]]:
     signature = model.signature
     if inputs is None:
-        if samples < 1:
-            raise UsageError(f"samples must be at least 1, got {samples}")
-        return [signature.sample(dims=dims, seed=seed + i, default_dim=2) for i in range(samples)]
+        feeds, plan = generated_feeds(
+            model, samples, seed=seed, dims=dims, input_shapes=input_shapes
+        )
+        notes.append(f"generated inputs {plan.describe()}")
+        notes += [f"chose {c}" for c in plan.choices]
+        return feeds
     feeds = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(f) for f in inputs]
     if not feeds:
         raise UsageError("inputs is empty", hint="give at least one set of feeds")

@@ -58,6 +58,11 @@ class FeedError(InputError):
     """Input tensors do not match the model's signature."""
 
 
+class RunError(InputError):
+    """ONNX Runtime refused to run the model on the inputs it was given (a shape the model
+    cannot take, a bad state input): the model or the inputs are at fault."""
+
+
 class DataError(InputError):
     """A data file (.npz, .npy, .pb test data) cannot be read or does not fit."""
 

@@ -10,7 +10,7 @@ padded, some not), or a verification passes on inputs no user ever sends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,8 +57,12 @@ def realistic_feeds(
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
     value_ranges: Mapping[str, tuple[int, int]] | None = None,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    unit_range: Collection[str] = (),
 ) -> dict[str, np.ndarray]:
-    """Feeds for every input, with language-model inputs made realistic:
+    """Feeds for every input (at ``shapes`` where given, else symbolic dims from ``dims``),
+    with language-model inputs made realistic:
 
     - ``*mask*`` inputs: 1 for tokens, 0 for padding; row 0 is never padded, every other row
       from row 1 on loses a random tail;
@@ -66,6 +70,7 @@ def realistic_feeds(
       the mask pads;
     - ``*token_type*`` / ``*segment*``: 0 for the first part of each row, 1 after;
     - ``*position*`` ids: 0..seq-1;
+    - floats named in ``unit_range`` (images): uniform in [0, 1);
     - everything else as ``Signature.sample``.
     """
     rng = np.random.default_rng(seed)
@@ -73,10 +78,12 @@ def realistic_feeds(
     feeds: dict[str, np.ndarray] = {}
     padding = None
     for spec in signature.inputs:
-        shape = signature.resolve_shape(spec, dims)
+        shape = shapes[spec.name] if shapes else signature.resolve_shape(spec, dims)
         if _is_mask(spec):
             padding = _padding(shape, rng)
             feeds[spec.name] = _cast(padding, spec.dtype)
+        elif spec.name in unit_range and spec.dtype.kind == "float":
+            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype.numpy)
         else:
             feeds[spec.name] = _one(spec, shape, rng, ranges.get(spec.name))
     if padding is not None:

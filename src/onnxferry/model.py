@@ -348,12 +348,18 @@ class Model:
 
     @cached_property
     def parameter_count(self) -> int:
-        """Elements in all initializers of every graph, subgraphs included (external ones
-        counted from their dims); a sparse initializer counts its stored values."""
+        """Elements of every weight wherever the exporter put it: initializers and sparse
+        initializers (their stored values) of every graph, subgraphs included, and the values
+        of ``Constant`` nodes (``value``, ``sparse_value``, ``value_floats``, ``value_ints``,
+        ``value_strings``; scalars ``value_float`` / ``value_int`` count 1) in graphs and
+        model-local functions. Paddle and some torch exports keep all weights in Constants."""
         count = 0
         for graph in iter_graphs(self.proto):
             count += sum(math.prod(t.dims) for t in graph.initializer)
             count += sum(math.prod(s.values.dims) for s in graph.sparse_initializer)
+        for node in iter_nodes(self.proto):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                count += sum(_constant_elements(a) for a in node.attribute)
         return count
 
     @cached_property
@@ -440,6 +446,17 @@ def iter_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
         yield from graph.node
     for fn in model.functions:
         yield from fn.node
+
+
+def _constant_elements(attr: onnx.AttributeProto) -> int:
+    """Elements held by one attribute of a Constant node."""
+    if attr.name == "value":
+        return math.prod(attr.t.dims)
+    if attr.name == "sparse_value":
+        return math.prod(attr.sparse_tensor.values.dims)
+    if attr.name in ("value_floats", "value_ints", "value_strings"):
+        return len(attr.floats) + len(attr.ints) + len(attr.strings)
+    return 1 if attr.name in ("value_float", "value_int", "value_string") else 0
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

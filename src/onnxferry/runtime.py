@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import FeedError, ModelLoadError, ProviderError, UsageError
+from .errors import FeedError, FerryError, ModelLoadError, ProviderError, RunError, UsageError
 from .model import Model
 from .signature import Signature
 
@@ -251,11 +252,35 @@ class OrtRunner:
             self.signature.validate(feeds)
         names = list(output_names) if output_names is not None else self._output_names
         inputs = ort_inputs(feeds, all_ortvalues=self._through_ortvalues)
-        if self._through_ortvalues:
-            values = self.session.run_with_ort_values(names, inputs)
-            return {n: from_ortvalue(v) for n, v in zip(names, values, strict=True)}
-        results = self.session.run(names, inputs)
+        with run_errors(self.model.name, feeds):
+            if self._through_ortvalues:
+                values = self.session.run_with_ort_values(names, inputs)
+                return {n: from_ortvalue(v) for n, v in zip(names, values, strict=True)}
+            results = self.session.run(names, inputs)
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
+
+
+@contextmanager
+def run_errors(model: str, feeds: Mapping[str, Any]) -> Iterator[None]:
+    """Turn an error ONNX Runtime raises while running into a RunError (one line, exit 2)
+    naming the input shapes.
+
+        with run_errors(model.name, feeds):
+            session.run(None, feeds)
+    """
+    try:
+        yield
+    except FerryError:
+        raise
+    except Exception as e:  # onnxruntime's errors are untyped (RuntimeException, Fail, ...)
+        shapes = ", ".join(
+            f"{k}[{','.join(str(d) for d in getattr(v, 'shape', ()))}]" for k, v in feeds.items()
+        )
+        raise RunError(
+            f"onnxruntime cannot run {model} on inputs {shapes or '(none)'}: "
+            f"{ort_error_message(e)}",
+            hint="give inputs the model takes (--inputs FILE, or --input-shape NAME=DxD...)",
+        ) from e
 
 
 def needs_ortvalue_outputs(signature: Signature) -> bool:

@@ -9,8 +9,9 @@ sig.inputs[0].v2_datatype                       # "FP32"
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,41 @@ if TYPE_CHECKING:
 
 Dim = int | str | None
 """A dimension: a fixed size, a symbolic name ("batch"), or None when unknown."""
+
+_PLACEHOLDER = re.compile(
+    r"""
+    (?: | \? | None | -?\d+                   # "", "?", "None", "-1" and other numbers
+      | unk__\d+ | unk_\d+                      # tf2onnx, onnx shape inference, ORT
+      | p2o\.DynamicDimension\.\d+              # Paddle2ONNX
+    )
+    """,
+    re.VERBOSE,
+)
+
+
+def is_placeholder(param: str) -> bool:
+    """True when a ``dim_param`` as written means "unknown", not a name shared by other dims.
+
+        is_placeholder("unk__123"), is_placeholder("batch")   # True, False
+
+    Exporters write these for a dim they know nothing about; each one is its own unknown:
+
+    - ``?``: Paddle2ONNX (e.g. PaddleOCR's ``x: [-1, 3, "?", "?"]``), and what Netron shows;
+    - ``-1`` and other numbers as text: Paddle2ONNX and hand-edited models;
+    - ``None``: Keras/TF converters that format a TensorShape's None as text;
+    - ``unk__N``: tf2onnx, ONNX's own shape inference and ONNX Runtime's symbolic shape
+      inference, one new N per unknown dim (``unk_N`` in older versions);
+    - ``p2o.DynamicDimension.N``: Paddle2ONNX 1.x, one N per dynamic dim;
+    - the empty string: the same as a dim with neither value nor param (skl2onnx's
+      ``FloatTensorType([None, 4])`` writes that).
+
+    A dim with neither ``dim_value`` nor ``dim_param``, and a negative ``dim_value`` (Paddle's
+    ``-1``), are unknown too (see ``TensorSpec.from_value_info``). A real name (``batch``,
+    ``sequence``, keras2onnx's ``N``, torch.export's ``s0``) is one symbol wherever it
+    appears; the TorchScript exporter's generated names (``input_dynamic_axes_1``) are unique
+    per dim, so keeping them as names changes nothing.
+    """
+    return _PLACEHOLDER.fullmatch(param.strip()) is not None
 
 
 @dataclass(frozen=True)
@@ -117,11 +153,17 @@ def dtype_from_numpy(dtype: Any) -> DType:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor: element type and shape (None for an unknown rank)."""
+    """A named tensor: element type and shape (None for an unknown rank).
+
+    In ``shape`` every unknown dim is None, however the model wrote it (see
+    ``is_placeholder``); ``written`` keeps the dims as the model spells them (an int, a
+    ``dim_param`` text, or None for a dim with neither), when they differ from ``shape``.
+    """
 
     name: str
     dtype: DType
     shape: tuple[Dim, ...] | None
+    written: tuple[Dim, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def v2_datatype(self) -> str | None:
@@ -148,7 +190,13 @@ class TensorSpec:
             "v2_datatype": self.dtype.v2,
             "numpy_dtype": str(self.dtype.numpy),
             "shape": None if self.shape is None else list(self.shape),
+            "shape_as_written": list(self.as_written) if self.as_written is not None else None,
         }
+
+    @property
+    def as_written(self) -> tuple[Dim, ...] | None:
+        """The dims as the model spells them (``shape`` when nothing was normalized)."""
+        return self.written if self.written is not None else self.shape
 
     @classmethod
     def from_value_info(cls, info: onnx.ValueInfoProto) -> TensorSpec:
@@ -160,15 +208,25 @@ class TensorSpec:
         dtype = _BY_ONNX.get(tensor_type.elem_type, _OBJECT)
         if not tensor_type.HasField("shape"):
             return cls(info.name, dtype, None)
-        dims: list[Dim] = []
+        written: list[Dim] = []
         for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
-                dims.append(d.dim_param)
+                written.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                written.append(d.dim_param)
             else:
-                dims.append(None)
-        return cls(info.name, dtype, tuple(dims))
+                written.append(None)
+        shape = tuple(_normalized(d) for d in written)
+        return cls(info.name, dtype, shape, None if shape == tuple(written) else tuple(written))
+
+
+def _normalized(dim: Dim) -> Dim:
+    """None for every spelling of "unknown"; a fixed size or a real symbol name as it is."""
+    if isinstance(dim, int):
+        return dim if dim >= 0 else None
+    if dim is None or is_placeholder(dim):
+        return None
+    return dim
 
 
 _OBJECT = DType(0, "UNDEFINED", None, np.dtype(object))

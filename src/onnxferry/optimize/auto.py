@@ -26,7 +26,7 @@ import numpy as np
 
 from ..model import Model
 from ..report import Table
-from .chain import FASTER, ChainResult, Judge, always_faster, apply_recipe
+from .chain import FASTER, PRODUCED_NOTHING, ChainResult, Judge, always_faster, apply_recipe
 from .quantize import x86_without_vnni
 from .recipe import Recipe
 
@@ -293,7 +293,7 @@ def _choose(search: SearchResult, judge: Judge) -> None:
         if c.result.kept and c.result.final_metric is not None
     ]
     if not tried:
-        search.reason = "no candidate produced a model; the original is kept"
+        search.reason = f"{_why_none(search.candidates)}; the original is kept"
         return
     closest = min(
         tried, key=lambda i: judge.budget.miss(search.candidates[i].result.final_metric or 0.0)
@@ -306,3 +306,16 @@ def _choose(search: SearchResult, judge: Judge) -> None:
         f"{search.candidates[closest].recipe.label()} with {metric:.6g}, missing by "
         f"{judge.budget.miss(metric):.3g}"
     )
+
+
+def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
+    """Why no candidate kept a pass: "nothing could be produced: <reasons>" when every pass
+    failed or changed nothing, else "no candidate kept a pass: <reasons>"; each distinct
+    reason once."""
+    steps = [s for c in candidates for s in c.result.steps]
+    reasons = list(dict.fromkeys(f"{s.label} {s.status}: {s.reason}" for s in steps))
+    more = len(reasons) - shown
+    why = "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
+    if all(s.status in PRODUCED_NOTHING for s in steps):
+        return f"nothing could be produced: {why or 'no candidate'}"
+    return f"no candidate kept a pass: {why}"

@@ -6,8 +6,10 @@
 Each pass runs on the model before it. The chain so far is judged against the original on the
 validation feeds (worst case, see ``budget``): a pass that breaks the budget is rolled back; a
 pass that is not measurably faster on this machine (p50 of the foundation's bench, interleaved
-rounds) is dropped unless the caller optimizes for size; a pass that cannot handle the model
-fails with its reason and the chain goes on without it.
+rounds) is dropped unless the caller optimizes for size; a pass that cannot handle the model,
+or whose result the onnx checker rejects while it accepts the pass's input, fails with its
+reason and the chain goes on without it. When no pass is kept the result is the input, and
+``ChainResult.outcome`` says so and why ("nothing could be produced: ...").
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from ..report import Table
 from ..runtime import OrtRunner, SessionConfig, create_session
 from .base import Pass, PassContext
 from .budget import Budget
+from .graph import output_problem
 from .recipe import Recipe
 
 FASTER = 0.03
 """A pass must cut p50 latency by at least this fraction to count as faster."""
+PRODUCED_NOTHING = ("failed", "no change")
+"""Step statuses of a pass that produced no model to judge."""
 
 
 @dataclass
@@ -83,6 +88,16 @@ class ChainResult:
             return None
         return self.baseline_ms / self.final_ms
 
+    @property
+    def outcome(self) -> str:
+        """One line: what was kept, or that the result is the input unchanged, and why."""
+        if self.kept:
+            return f"kept {' -> '.join(self.kept)}"
+        why = "; ".join(f"{s.label} {s.status}: {s.reason}" for s in self.steps) or "no pass"
+        if all(s.status in PRODUCED_NOTHING for s in self.steps):
+            return f"nothing could be produced: {why}; the result is the input model unchanged"
+        return f"no pass was kept: {why}; the result is the input model unchanged"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -95,6 +110,7 @@ class ChainResult:
             "speedup": self.speedup,
             "within_budget": self.within_budget,
             "kept": self.kept,
+            "outcome": self.outcome,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -225,6 +241,11 @@ def _run_step(
         record.details["notes"] = list(applied.notes)
     if not applied.changed:
         record.reason = "; ".join(applied.notes) or "nothing to do on this model"
+        return record
+    problem = output_problem(applied.model, current)
+    if problem is not None:
+        record.status = "failed"
+        record.reason = f"{step.name}: the result is not a valid ONNX model: {problem}"
         return record
     try:
         record.metric = judge.metric(applied.model)

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import UsageError
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param, register
+from .graph import conform
 
 if TYPE_CHECKING:
     import onnx
@@ -365,7 +366,9 @@ class _Follower:
         self.made_by = {out: node for node in self.graph.node for out in node.output}
         self.outputs = {o.name for o in self.graph.output}
         self.channels = 0
-        self.graph_inputs = {i.name for i in self.graph.input}
+        # Below IR 4 every initializer is listed as an input too, and ONNX Runtime holds them
+        # constant: only from IR 4 does an initializer that is an input mean "overridable".
+        self.graph_inputs = {i.name for i in self.graph.input} if proto.ir_version >= 4 else set()
         self.dims: dict[str, list[int | None]] = {}
         try:
             graph = onnx.shape_inference.infer_shapes(proto).graph
@@ -649,6 +652,7 @@ class _Weights:
                 tensor.CopyFrom(numpy_helper.from_array(replaced[tensor.name], tensor.name))
         if shapes_changed:
             del proto.graph.value_info[:]
+        conform(proto, self.model)
         source = Model(proto, self.model.path, self.model.external_files)
         return source.save(path)
 

@@ -11,7 +11,14 @@ nodes that int8 hurts most in float.
     ranking = rank_sensitivity(plan.source, quantized, feeds)        # most sensitive first
     model, kept = exclude_until(plan.source, plan.build, judge, ranking, max_excluded=8)
 
-Both passes first run ORT's ``quant_pre_process`` (symbolic and ONNX shape inference; for
+Both passes first move tensors held in Constant nodes to initializers (Paddle2ONNX keeps its
+weights there, and ORT quantizes initializers only) and raise the opset with onnx's version
+converter where the quantized model would be invalid at its own (per-channel Q/DQ needs
+DequantizeLinear's ``axis``, opset 13; below opset 10 ORT's quantizer would raise it to 11
+unreported); the notes say so. Dynamic per-channel int8 writes no DequantizeLinear with an
+axis and keeps the opset.
+
+Both passes then run ORT's ``quant_pre_process`` (symbolic and ONNX shape inference; for
 static also ORT's basic graph optimizations, which fold BatchNorm into Conv and MatMul+Add into
 Gemm so biases are quantized to int32 with the product scale). Dynamic skips the optimization:
 ORT's dynamic quantizer has no Gemm, so a fused MatMul+Add would stay in float.
@@ -46,6 +53,15 @@ from ..errors import FerryError, UsageError
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param, register
 from .calibration import FeedsReader, by_shape, checked_feeds
+from .graph import (
+    conform,
+    conformed,
+    constants_to_initializers,
+    convert_opset,
+    default_opset,
+    inline_copy,
+    save_output,
+)
 from .sensitivity import (
     EXTERNAL_OVER,
     QDQ_OPS,
@@ -69,6 +85,8 @@ _INTEGER_OPS = frozenset(
 _FOLDED_ACTIVATIONS = ("Relu", "Clip")
 _RANK_SAMPLES = 16
 """Feed sets used to rank sensitivity."""
+_PER_CHANNEL_OPSET = 13
+"""DequantizeLinear takes an ``axis`` (one scale per channel) from this opset on."""
 
 
 # --- passes --------------------------------------------------------------------------------
@@ -111,7 +129,8 @@ class DynamicInt8(Pass):
         notes: list[str] = []
         details: dict[str, Any] = {}
         with _stage_dir(target) as stage:
-            source = _stage(self.name, model, stage, self.preprocess, False, notes)
+            prepared = _prepared(self.name, model, stage / "prepared", False, notes)
+            source = _stage(self.name, prepared, stage, self.preprocess, False, notes)
             excluded = _map_nodes(self.name, self.nodes_to_exclude, model, source, notes)
             if self.exclude_sensitive and ctx.feeds:
                 ranking = rank_dynamic_sensitivity(
@@ -135,7 +154,7 @@ class DynamicInt8(Pass):
                     nodes_to_exclude=excluded or None,
                     use_external_data_format=_needs_external(source),
                 )
-            quantized = Model.load(target)
+            quantized = conformed(self.name, Model.load(target), model, ctx)
         _saturation_note(self.per_channel, self.weight_type, self.reduce_range, notes)
         return _result(self.name, model, quantized, notes, {**details, "excluded_nodes": excluded})
 
@@ -205,8 +224,9 @@ class StaticInt8(Pass):
         feeds = ctx.calibration if ctx.calibration is not None else ctx.feeds
         sets, _ = by_shape(checked_feeds(feeds, model.signature, self.calibration_samples))
         notes: list[str] = []
-        source_path = ctx.scratch(f"{self.name}-source")
-        source = _stage(self.name, model, source_path.parent, self.preprocess, True, notes)
+        directory = ctx.scratch(f"{self.name}-source").parent
+        prepared = _prepared(self.name, model, directory / "prepared", self.per_channel, notes)
+        source = _stage(self.name, prepared, directory, self.preprocess, True, notes)
         excluded = _map_nodes(self.name, self.nodes_to_exclude, model, source, notes)
         return StaticPlan(self, source, sets, ctx, excluded, notes)
 
@@ -254,10 +274,10 @@ class StaticPlan:
                     )
                     nodes = self.float_nodes(exclude)
                     raw = self._quantize(stage / "model.onnx", nodes)
-            proto = raw.proto
+            proto = copy_proto(raw.proto)
             if nodes:
-                proto = copy_proto(raw.proto)
                 _keep_float(proto, self.source.proto, nodes)
+            conform(proto, self.source)
             return Model(proto, raw.path, raw.external_files).save(target)
 
     def float_nodes(self, exclude: Sequence[str] = ()) -> list[str]:
@@ -429,6 +449,47 @@ def _refuse_quantized(name: str, model: Model) -> None:
             f"{name}: the model is already quantized (it has {', '.join(found)})",
             hint="quantize the float model",
         )
+
+
+def _prepared(
+    name: str, model: Model, directory: Path, per_channel_qdq: bool, notes: list[str]
+) -> Model:
+    """``model`` as ORT's quantizer needs it, saved in ``directory`` (``model`` itself when it
+    needs nothing): tensors held in Constant nodes moved to initializers (Paddle2ONNX exports
+    weights so, and ORT quantizes initializers only), and the opset raised with onnx's version
+    converter where the quantized model would not be valid at the model's own (``notes`` say
+    what was done)."""
+    opset = default_opset(model.proto)
+    wanted, why = _quantizer_opset(opset, per_channel_qdq)
+    if wanted == opset and not any(n.op_type == "Constant" for n in model.proto.graph.node):
+        return model
+    proto = inline_copy(model)
+    moved = constants_to_initializers(proto.graph)
+    if moved:
+        notes.append(
+            f"moved {moved} tensor(s) held in Constant nodes to initializers: ORT's quantizer "
+            "quantizes initializers only"
+        )
+    if wanted != opset:
+        proto = convert_opset(name, proto, wanted)
+        notes.append(
+            f"raised the opset from {opset} to {wanted} with onnx's version converter: {why}"
+        )
+    elif not moved:
+        return model
+    return save_output(name, proto, model, directory / "model.onnx")
+
+
+def _quantizer_opset(opset: int, per_channel_qdq: bool) -> tuple[int, str]:
+    """The opset to quantize at, and why when it is not ``opset``: 13 for per-channel Q/DQ
+    (DequantizeLinear's ``axis``), 11 below 10 (ORT's quantizer raises such models to 11
+    itself, unreported). Dynamic int8 writes no per-channel DequantizeLinear: it keeps 10+."""
+    if per_channel_qdq and opset < _PER_CHANNEL_OPSET:
+        why = "per-channel DequantizeLinear (its axis attribute) needs opset 13"
+        return _PER_CHANNEL_OPSET, why
+    if opset < 10:
+        return 11, "onnxruntime's quantizer needs opset 10 or later"
+    return opset, ""
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import numpy as np
 from ..model import Model
 from ..runtime import OrtRunner
 from .base import Pass, PassContext, PassError, PassResult, param, register
+from .graph import conform, save_output
 
 if TYPE_CHECKING:
     import onnx
@@ -91,8 +92,9 @@ class Smooth(Pass):
             smoothed.append((tensor, how, float(scale.max() / scale.min())))
         if not smoothed:
             return PassResult(model, changed=False, notes=["no activation range to smooth"])
+        conform(proto, model)
         onnx.checker.check_model(proto)
-        out = Model.from_proto(proto).save(ctx.scratch(self.name))
+        out = save_output(self.name, proto, model, ctx)
         folded = sum(1 for _, how, _ in smoothed if how == "LayerNormalization")
         return PassResult(
             out,

@@ -6,8 +6,11 @@
     # fast.onnx and fast.recipe.toml are written; replay with recipe="fast.recipe.toml"
 
 Validation feeds are the user's (``inputs``), else the labelled ``eval_data`` inputs, else
-realistic generated ones (two shapes per dynamic axis; ``input_shapes`` fixes dims the model
-leaves unnamed).
+two sets made by the one feed policy (``feeds.plan_feeds``; ``input_shapes`` and ``dims`` size
+the open dims). A budget judged on sizes the tool chose can pass there and fail at the sizes
+the model really gets, so when open dims other than the batch would be guessed, optimize
+refuses (UsageError naming them) unless ``assume_sizes`` accepts the chosen sizes; the report
+then says the budget holds at those sizes only.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..generate import realistic_feeds, verification_feeds
+from ..feeds import generated_feeds
 from ..model import Model
 from ..report import Report
-from ..signature import Signature, TensorSpec
+from ..signature import Signature
 from .auto import auto_search
 from .budget import Budget
 from .chain import Judge, apply_recipe
@@ -45,6 +48,8 @@ def optimize(
     eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
     calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    assume_sizes: bool = False,
     for_size: bool = False,
     provider: str = "cpu",
     threads: int | None = None,
@@ -56,7 +61,10 @@ def optimize(
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
     source = model if isinstance(model, Model) else Model.load(model)
     steps = _recipe(recipe) if recipe is not None else None
-    feeds, labels = _validation(source, inputs, eval_data, input_shapes)
+    sizes_note: list[str] = []
+    feeds, labels = _validation(
+        source, inputs, eval_data, input_shapes, dims, assume_sizes, sizes_note
+    )
     if isinstance(budget, str):
         budget = Budget.parse(budget)
     budget = budget or Budget.from_max_drop(max_drop, _task(labels))
@@ -73,6 +81,8 @@ def optimize(
             )
             kept = _kept(steps, result.steps)
             report: Report[Any] = Report("optimize", result)
+            if not result.kept:  # say plainly that the result is the input, and why
+                report.notes.append(result.outcome)
         else:
             final, search = auto_search(source, judge, Path(tmp), calibration=calib)
             chosen = search.candidates[search.chosen] if search.chosen is not None else None
@@ -80,6 +90,7 @@ def optimize(
             report = Report("optimize", search)
         report.notes.append(f"recipe: {kept.label()}")
         report.notes.append(f"latency measured on {_shapes(judge.timing_feeds)}")
+        report.notes += sizes_note
         saved = final.save(output) if output is not None else final.detached()
         if output is not None:
             kept.save(recipe_path(Path(output)))
@@ -118,6 +129,9 @@ def _validation(
     inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None,
     eval_data: str | Path | Mapping[str, np.ndarray] | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
+    dims: Mapping[str, int] | None,
+    assume_sizes: bool,
+    notes: list[str],
 ) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
     signature = model.signature
     if eval_data is not None:
@@ -129,28 +143,27 @@ def _validation(
         for sample in samples:
             signature.validate(sample)
         return samples, None
-    if input_shapes:
-        fixed = _with_shapes(signature, input_shapes)
-        return [realistic_feeds(fixed, seed=s) for s in range(2)], None
-    return verification_feeds(signature), None
-
-
-def _with_shapes(signature: Signature, shapes: Mapping[str, Sequence[int]]) -> Signature:
-    unknown = [n for n in shapes if n not in signature.input_names]
+    unknown = [n for n in input_shapes or {} if n not in signature.input_names]
     if unknown:
         raise UsageError(
             f"--input-shape names unknown input {unknown[0]!r}",
             hint=f"inputs are {signature.input_names}",
         )
-    specs = []
-    for spec in signature.inputs:
-        shape = tuple(int(d) for d in shapes[spec.name]) if spec.name in shapes else spec.shape
-        if shape is not None and spec.shape is not None and len(shape) != len(spec.shape):
+    feeds, plan = generated_feeds(model, 2, dims=dims, input_shapes=input_shapes)
+    if plan.guessed:
+        chosen = "; ".join(c for c in plan.choices if "batch axis" not in c)
+        if not assume_sizes:
             raise UsageError(
-                f"--input-shape {spec.name} has rank {len(shape)}, the model {len(spec.shape)}"
+                f"{model.name}: the budget would be judged on input sizes chosen by guess "
+                f"({chosen}), and a model can pass there and fail at its real sizes",
+                hint="give the real sizes (--input-shape NAME=..., --dim NAME=N, or --inputs "
+                "FILE), or accept these with --assume-sizes",
             )
-        specs.append(TensorSpec(spec.name, spec.dtype, shape))
-    return Signature(tuple(specs), signature.outputs)
+        notes.append(
+            f"the budget was judged at guessed sizes {plan.describe()} ({chosen}), not "
+            "sizes you gave: it holds there only"
+        )
+    return feeds, None
 
 
 def _eval_feeds(

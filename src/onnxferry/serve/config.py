@@ -102,6 +102,12 @@ class ModelConfig:
     """Run a batch on the event loop thread when every instance is idle and the batch should
     take at most this long: no hand-off to a worker thread and back (0.1-0.2 ms). 0: never."""
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    warmup_inputs: str | None = None
+    """Feeds for the warm-up run (.npz, .npy, .pb or a test-data directory), relative to the
+    model version's directory; default: made by the one feed policy (``feeds.plan_feeds``)."""
+    warmup_dims: tuple[tuple[str, int], ...] = ()
+    """Sizes of open dims for the warm-up feeds (``[warmup_dims]`` in ferry.toml: NAME = N, or
+    "INPUT:AXIS" = N for a dim without a name)."""
 
     def __post_init__(self) -> None:
         for name, (kind, low, inclusive) in _LIMITS.items():
@@ -137,6 +143,14 @@ class ModelConfig:
             if key == "versions":
                 values["version_policy"] = _version_policy(value)
                 continue
+            if key == "warmup_inputs":
+                if not isinstance(value, str) or not value:
+                    raise UsageError("warmup_inputs must be a file name", hint='e.g. "warmup.npz"')
+                values[key] = value
+                continue
+            if key == "warmup_dims":
+                values[key] = _warmup_dims(value)
+                continue
             if key not in known:
                 raise UsageError(
                     f"unknown key {key!r}", hint=f"known keys: {', '.join([*known, 'versions'])}"
@@ -164,6 +178,17 @@ class ModelConfig:
         if self.intra_op_threads is not None:
             return max(1, cores // self.intra_op_threads), self.intra_op_threads
         return 1, cores
+
+
+def _warmup_dims(table: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(table, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in table.values()
+    ):
+        raise UsageError(
+            "warmup_dims must be a table of sizes of at least 1",
+            hint='e.g. [warmup_dims] height = 48, "x:3" = 192',
+        )
+    return tuple((str(k), int(v)) for k, v in table.items())
 
 
 def _check_value(name: str, value: Any, kind: type, low: float, inclusive: bool) -> None:
@@ -290,8 +315,9 @@ def _v1_quota(directory: Path) -> list[float]:
 
 
 def triton_type(spec: TensorSpec) -> str:
-    """Triton's model-config data type for a tensor ("TYPE_FP32"; BYTES is "TYPE_STRING")."""
-    v2 = spec.dtype.v2
+    """Triton's model-config data type for a tensor ("TYPE_FP32"; BYTES is "TYPE_STRING", and
+    so are sequence and map outputs, sent as JSON text)."""
+    v2 = spec.dtype.v2 or ("BYTES" if spec.dtype.onnx == 0 else None)
     if v2 is None:
         return "TYPE_INVALID"
     return "TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}"

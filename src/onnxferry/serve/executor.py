@@ -54,6 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import FeedError, FerryError
+from ..feeds import describe_shapes, plan_feeds
 from ..model import Model
 from ..runtime import (
     SessionConfig,
@@ -438,18 +439,31 @@ class ModelExecutor:
             self._abandon(request)
             raise
 
-    def warmup(self) -> None:
-        """One run per instance on sample feeds (batch 1), and one more timed run that seeds
-        the compute estimate; ExecutionError if a run fails."""
-        feeds = self.signature.sample(seed=0)
+    def warmup(self, feeds: Mapping[str, np.ndarray] | None = None) -> None:
+        """One run per instance on ``feeds`` (default: the one feed policy's, at the config's
+        ``warmup_dims``), and one more timed run that seeds the compute estimate;
+        ExecutionError if a run fails."""
+        hint = "set warmup_dims or warmup_inputs in the model's ferry.toml"
+        if feeds is None:
+            try:
+                plan = plan_feeds(
+                    self.model,
+                    dims=dict(self.config.warmup_dims),
+                    session=self._instances[0].session,
+                )
+            except FerryError as e:
+                raise ExecutionError(f"model {self.name!r}: {e.message}", hint=hint) from e
+            feeds = plan.feeds(seed=0)
         for instance in [*self._instances, self._instances[0]]:
             start = time.monotonic_ns()
             try:
                 instance.run(feeds, self._output_names, None)
             except Exception as e:
                 raise ExecutionError(
-                    f"model {self.name!r} failed its warmup run: {ort_error_message(e)}",
-                    hint="the model must run on random inputs of batch size 1",
+                    f"model {self.name!r} failed its warmup run on "
+                    f"{describe_shapes({k: v.shape for k, v in feeds.items()})}: "
+                    f"{ort_error_message(e)}",
+                    hint=hint,
                 ) from e
             self._element_ns = (time.monotonic_ns() - start) / _elements(feeds)
 

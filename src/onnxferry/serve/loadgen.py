@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from ..bench import latency_stats
 from ..errors import FeedError, InputError, UsageError
-from ..generate import realistic_feeds
+from ..feeds import plan_feeds
 from ..report import Table
 from ..signature import Signature, TensorSpec, dtype_from_v2
 
@@ -287,7 +287,7 @@ def _feeds(
     signature: Signature, feeds: Mapping[str, np.ndarray] | None, seed: int
 ) -> dict[str, np.ndarray]:
     if feeds is None:
-        return realistic_feeds(signature, seed=seed)  # unknown dims -> 1
+        return plan_feeds(signature).feeds(seed)  # no graph here: first candidates, not probed
     signature.validate(feeds)
     return dict(feeds)
 

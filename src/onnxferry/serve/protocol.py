@@ -379,11 +379,7 @@ def model_metadata(
         shape = (
             [-1] if spec.shape is None else [d if isinstance(d, int) else -1 for d in spec.shape]
         )
-        return {
-            "name": spec.name,
-            "datatype": spec.dtype.v2 or spec.dtype.onnx_name,
-            "shape": shape,
-        }
+        return {"name": spec.name, "datatype": v2_name(spec), "shape": shape}
 
     return {
         "name": name,
@@ -392,6 +388,14 @@ def model_metadata(
         "inputs": [describe(spec) for spec in signature.inputs],
         "outputs": [describe(spec) for spec in signature.outputs],
     }
+
+
+def v2_name(spec: TensorSpec) -> str:
+    """The V2 datatype a tensor is declared with. Sequence and map outputs (not tensors in
+    ONNX) are BYTES, each element one JSON document (see ``tensors``)."""
+    if spec.dtype.v2 is not None:
+        return spec.dtype.v2
+    return "BYTES" if spec.dtype.onnx == 0 else spec.dtype.onnx_name
 
 
 def error_body(message: str) -> bytes:

@@ -50,6 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
+from ..data import load_feeds
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
 from ..model import Model, resolve_model_path
 from .config import ModelConfig
@@ -646,10 +649,18 @@ def _build(
             return previous
     executor = ModelExecutor(model, config, name=name, version=version)
     try:
-        executor.warmup()
+        executor.warmup(_warmup_feeds(config, file))
     except Exception as e:
         raise _WarmupFailed(executor, e) from e
     return ModelVersion(name, version, model, config, executor)
+
+
+def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:
+    """The first feed set of the config's ``warmup_inputs`` (beside the model file), or
+    None for the executor's own."""
+    if config.warmup_inputs is None:
+        return None
+    return load_feeds(file.parent / config.warmup_inputs)[0]
 
 
 def _same_files(model: Model, file: Path) -> bool:

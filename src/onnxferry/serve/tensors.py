@@ -11,6 +11,7 @@ both ways (numpy object arrays of ``str``, what ONNX Runtime reads correctly).
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -223,7 +224,7 @@ def binary_payload(name: str, array: np.ndarray, datatype: str) -> memoryview:
 
 def _utf8(name: str, index: int, item: Any) -> bytes:
     try:
-        return str(item).encode("utf-8")
+        return _text(item).encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError(f"output {name!r} element {index} is not valid Unicode") from None
 
@@ -242,5 +243,27 @@ def json_payload(name: str, array: np.ndarray, datatype: str) -> list[Any]:
                     f"output {name!r} element {i} is not UTF-8 and cannot be sent as JSON",
                     hint="request it with binary_data: true",
                 ) from None
-        out.append(item if isinstance(item, str) else str(item))
+        out.append(_text(item))
     return out
+
+
+def _text(item: Any) -> str:
+    """One BYTES element as text. Elements of sequence and map outputs (scikit-learn's ZipMap
+    probabilities: a sequence of {label: probability}) are JSON, one document per element;
+    map keys become JSON strings ({"0": 0.25, "1": 0.75})."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (dict, list, tuple)):
+        return json.dumps(_plain(item), allow_nan=True)
+    return str(item)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays inside a sequence or map output, as JSON-ready values."""
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value

@@ -1,0 +1,387 @@
+"""The one feed policy: what every verb feeds a model when the user gives no inputs.
+
+    plan = plan_feeds(model, dims={"sequence": 128})    # sizes for every unknown dim
+    feeds = plan.feeds(seed=0)                           # {input: array}, values as below
+    plan.guessed, plan.choices                           # which sizes were chosen, and why
+
+``compare``, ``bench``, ``optimize``, ``deploy``, the server's warm-up and ``ferry bench --url``
+all build inputs here, so a model runs on the same sizes and values in every verb.
+
+Sizes. A dim the user names wins: ``dims`` by symbol name (``{"sequence": 128}``) or by
+``"input:axis"`` for a dim without a name (``{"x:2": 48}``), ``input_shapes`` for a whole
+input, ``batch`` for the batch axis. The rest are chosen: batch axes take 1; other unknown
+dims take candidates by what they look like (spatial dims of an image 224, 640, 32, ...;
+sequences 16, 128, ...; anything else 8, 16, ...), and the first set that ONNX Runtime runs is
+kept. When none runs, FeedError names the input and asks for ``--input-shape``.
+
+Values. Integer inputs that index a table (``Gather`` on an initializer or constant, through
+casts and reshapes) stay below its row count; ``*mask*`` inputs are 0/1 with padding; ids,
+token types and positions look like a tokenizer's (see ``generate``); float images lie in
+[0, 1); other floats are standard normal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import FeedError, UsageError, one_line
+from .generate import BATCH_NAMES, realistic_feeds
+from .model import Model, iter_nodes
+from .runtime import SessionConfig, create_session, ort_error_message
+from .signature import Signature, TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+CANDIDATES: dict[str, tuple[int, ...]] = {
+    "spatial": (224, 640, 32, 64, 8, 1),
+    "sequence": (16, 128, 8, 1, 64, 32),
+    "other": (8, 16, 1, 32, 128, 224),
+}
+"""Sizes tried in order for unknown dims of each kind; trial k takes the k-th of each."""
+
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip"}
+"""Ops an index input may go through on its way to a Gather, keeping its values."""
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """One dim the model leaves open: which input and axis, its symbol (None if unnamed) and
+    what it looks like ("batch", "spatial", "sequence" or "other")."""
+
+    input: str
+    axis: int
+    symbol: str | None
+    kind: str
+
+    @property
+    def key(self) -> str:
+        """How the user names it: the symbol, or ``input:axis`` for an unnamed dim."""
+        return self.symbol or f"{self.input}:{self.axis}"
+
+
+@dataclass
+class FeedPlan:
+    """Concrete shapes for every input of ``signature``, and how the open dims were chosen.
+
+    ``guessed`` is True when a size other than a batch axis was chosen here rather than given
+    by the user; a verb that judges accuracy on such sizes must say so.
+    """
+
+    signature: Signature
+    sizes: dict[str, int]
+    """Size of every open dim, by ``Unknown.key``."""
+    value_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unit_range: frozenset[str] = frozenset()
+    choices: list[str] = field(default_factory=list)
+    guessed: bool = False
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The concrete shape of every input."""
+        return _shapes(self.signature, self.sizes)
+
+    @property
+    def batch(self) -> int:
+        """The size of the batch axes (1 when the model has none)."""
+        keys = batch_symbols(self.signature)
+        return next((self.sizes[k] for k in keys if k in self.sizes), 1)
+
+    def with_batch(self, batch: int) -> FeedPlan:
+        """The same plan with every batch axis at ``batch``."""
+        sizes = dict(self.sizes) | dict.fromkeys(batch_symbols(self.signature), batch)
+        return replace(self, sizes=sizes)
+
+    def feeds(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """One set of feeds at the planned shapes (different values per seed)."""
+        return realistic_feeds(
+            self.signature,
+            seed=seed,
+            value_ranges=self.value_ranges,
+            shapes=self.shapes,
+            unit_range=self.unit_range,
+        )
+
+    def describe(self) -> str:
+        """The shapes on one line, e.g. "x[1,3,224,224], ids[1,16]"."""
+        return describe_shapes(self.shapes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "guessed": self.guessed,
+            "choices": list(self.choices),
+            "value_ranges": {k: list(v) for k, v in self.value_ranges.items()},
+        }
+
+
+def describe_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ", ".join(f"{k}[{','.join(str(d) for d in v)}]" for k, v in shapes.items())
+
+
+def plan_feeds(
+    model: Model | Signature,
+    *,
+    dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+    probe: bool = True,
+    session: Any = None,
+) -> FeedPlan:
+    """Sizes for every input (see the module docstring); FeedError when no size runs.
+
+    ``probe=False`` skips the ONNX Runtime runs and takes the first candidate of each kind
+    (so does a bare Signature, e.g. a remote server's, which has no graph to run or read).
+    ``session`` is an InferenceSession of the model to probe with (default: a new one on the
+    CPU with one thread).
+    """
+    if isinstance(model, Signature):
+        signature, proto, probe = model, None, False
+    else:
+        signature, proto = model.signature, model.proto
+    _shapes(signature, {u.key: 1 for u in unknown_dims(signature)})  # FeedError: unknown rank
+    given = _given(signature, dims or {}, input_shapes or {})
+    unknowns = list(unknown_dims(signature))
+    for u in unknowns:
+        if u.kind == "batch" and batch is not None and u.key not in given:
+            given[u.key] = batch
+    ranges = index_ranges(proto, signature) if proto is not None else {}
+    images = frozenset(s.name for s in signature.inputs if _image_axes(s) is not None)
+    open_dims = [u for u in unknowns if u.key not in given]
+    chosen_kinds: dict[str, str] = {}
+    for u in open_dims:  # a symbol's first kind, unless it is a batch axis anywhere
+        if u.key not in chosen_kinds or u.kind == "batch":
+            chosen_kinds[u.key] = u.kind
+    trials = max((len(CANDIDATES[k]) for k in chosen_kinds.values() if k != "batch"), default=1)
+    errors: list[str] = []
+    tried: list[str] = []
+    for trial in range(trials if probe else 1):
+        sizes = dict(given)
+        for key, kind in chosen_kinds.items():
+            sizes[key] = 1 if kind == "batch" else CANDIDATES[kind][trial]
+        plan = FeedPlan(signature, sizes, ranges, images)
+        if probe and chosen_kinds and any(k != "batch" for k in chosen_kinds.values()):
+            if session is None:
+                assert isinstance(model, Model)
+                session = create_session(model, SessionConfig(threads=1))
+            error = _runs(session, plan)
+            if error is not None:
+                tried.append(plan.describe())
+                errors.append(error)
+                continue
+        plan.guessed = any(kind != "batch" for kind in chosen_kinds.values())
+        plan.choices = _choices(chosen_kinds, sizes, trial, probe)
+        return plan
+    names = list(dict.fromkeys(u.input for u in open_dims))
+    raise FeedError(
+        f"found no sizes for the open dims of {', '.join(names)} that the model runs with "
+        f"(tried {'; '.join(tried)}; onnxruntime said: {one_line(errors[0], 160)})",
+        hint="give the sizes, e.g. "
+        + " ".join(f"--input-shape {n}=..." for n in names)
+        + ", or --dim NAME=N",
+    )
+
+
+def generated_feeds(
+    model: Model,
+    count: int = 1,
+    *,
+    seed: int = 0,
+    dims: Mapping[str, int] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+    probe: bool = True,
+) -> tuple[list[dict[str, np.ndarray]], FeedPlan]:
+    """``count`` feed sets (seeds ``seed``, ``seed + 1``, ...) at one plan's sizes."""
+    if count < 1:
+        raise UsageError(f"samples must be at least 1, got {count}")
+    plan = plan_feeds(model, dims=dims, input_shapes=input_shapes, batch=batch, probe=probe)
+    return [plan.feeds(seed + i) for i in range(count)], plan
+
+
+def unknown_dims(signature: Signature) -> Iterator[Unknown]:
+    """Every open dim of the inputs, in order (a named symbol once per place it appears)."""
+    for spec in signature.inputs:
+        image = _image_axes(spec)
+        for axis, d in enumerate(spec.shape or ()):
+            if isinstance(d, int):
+                continue
+            yield Unknown(spec.name, axis, d, _kind(spec, axis, d, image))
+
+
+def batch_symbols(signature: Signature) -> set[str]:
+    """Keys (see ``Unknown.key``) of the open dims that are batch axes."""
+    return {u.key for u in unknown_dims(signature) if u.kind == "batch"}
+
+
+def _kind(spec: TensorSpec, axis: int, symbol: str | None, image: tuple[int, int] | None) -> str:
+    rank = len(spec.shape or ())
+    if (symbol is not None and symbol in BATCH_NAMES) or (axis == 0 and rank >= 2):
+        return "batch"
+    if image is not None and axis in image:
+        return "spatial"
+    if axis == rank - 1 and rank == 2 and spec.dtype.kind == "int":
+        return "sequence"
+    if axis == 1 and rank == 3 and spec.dtype.kind == "float":
+        return "sequence"
+    return "other"
+
+
+def _image_axes(spec: TensorSpec) -> tuple[int, int] | None:
+    """The spatial axes of a float NCHW or NHWC image input (channels 1, 3 or 4), or None."""
+    shape = spec.shape
+    if shape is None or len(shape) != 4 or spec.dtype.kind != "float":
+        return None
+    if shape[1] in (1, 3, 4):
+        return (2, 3)
+    if shape[3] in (1, 3, 4):
+        return (1, 2)
+    return None
+
+
+def _given(
+    signature: Signature, dims: Mapping[str, int], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, int]:
+    """Sizes the user gave, by ``Unknown.key``; UsageError for a name the model lacks."""
+    keys = {u.key for u in unknown_dims(signature)}
+    symbols = {u.symbol for u in unknown_dims(signature) if u.symbol}
+    given: dict[str, int] = {}
+    for key, value in dims.items():
+        if value < 1:
+            raise UsageError(f"dim {key}={value} must be at least 1", hint=f"pass {key}=1 or more")
+        if key in keys or key in symbols:
+            given[key] = int(value)
+        elif key in signature.input_names:  # a whole input's leading dim, as resolve_shape
+            spec = signature.input(key)
+            if spec.shape and not isinstance(spec.shape[0], int):
+                given[spec.shape[0] or f"{key}:0"] = int(value)
+        else:
+            raise UsageError(
+                f"the model has no open dim {key!r}",
+                hint=f"open dims are {', '.join(sorted(keys)) or 'none'}",
+            )
+    for name, shape in input_shapes.items():
+        spec = signature.input(name)
+        if spec.shape is not None and len(spec.shape) != len(shape):
+            raise UsageError(
+                f"--input-shape {name} has rank {len(shape)}, but the model's {name!r} is "
+                f"{spec.shape_text()}",
+                hint=f"give {len(spec.shape)} sizes",
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape or (), shape, strict=True)):
+            if isinstance(want, int) and want != have:
+                raise UsageError(
+                    f"--input-shape {name} sets dim {axis} to {have}, but the model fixes it "
+                    f"at {want}",
+                    hint=f"the model's {name!r} is {spec.shape_text()}",
+                )
+            if not isinstance(want, int):
+                given[want or f"{name}:{axis}"] = int(have)
+    return given
+
+
+def _shapes(signature: Signature, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for spec in signature.inputs:
+        if spec.shape is None:
+            raise FeedError(
+                f"input {spec.name!r} has an unknown rank, so no input can be made for it "
+                "(give the model's input a shape, e.g. with onnx shape inference)",
+                hint="give inputs (--inputs feeds.npz)",
+            )
+        shapes[spec.name] = tuple(
+            d if isinstance(d, int) else sizes[d or f"{spec.name}:{axis}"]
+            for axis, d in enumerate(spec.shape)
+        )
+    return shapes
+
+
+def _runs(session: Any, plan: FeedPlan) -> str | None:
+    """None when ONNX Runtime runs the plan's feeds, else its error on one line."""
+    import onnxruntime as ort
+
+    from .runtime import ort_inputs
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failed try is expected; ONNX Runtime would log it
+    try:
+        session.run(None, ort_inputs(plan.feeds(seed=0)), quiet)
+    except Exception as e:  # onnxruntime raises untyped errors for shapes it cannot take
+        return ort_error_message(e)
+    return None
+
+
+def _choices(
+    kinds: Mapping[str, str], sizes: Mapping[str, int], trial: int, probe: bool
+) -> list[str]:
+    how = "the first that ran" if probe else "not run first"
+    out = []
+    for key, kind in kinds.items():
+        if kind == "batch":
+            out.append(f"{key} = 1 (batch axis)")
+        else:
+            tried = ", ".join(str(c) for c in CANDIDATES[kind][: trial + 1])
+            out.append(f"{key} = {sizes[key]} ({kind}; tried {tried}: {how})")
+    return out
+
+
+def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
+    """Integer inputs that index a table: input name -> (0, rows of the smallest table).
+
+    Follows each integer input through casts and reshapes to ``Gather`` nodes whose data is
+    an initializer or a ``Constant``; the rows are that tensor's size along the Gather axis.
+    """
+    tables = _constant_dims(proto)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in iter_nodes(proto):
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranges: dict[str, tuple[int, int]] = {}
+    for spec in signature.inputs:
+        if spec.dtype.kind != "int":
+            continue
+        rows = _rows(spec.name, consumers, tables, depth=0)
+        if rows:
+            ranges[spec.name] = (0, min(rows))
+    return ranges
+
+
+def _rows(
+    tensor: str,
+    consumers: Mapping[str, list[onnx.NodeProto]],
+    tables: Mapping[str, tuple[int, ...]],
+    depth: int,
+) -> list[int]:
+    if depth > 8:
+        return []
+    found = []
+    for node in consumers.get(tensor, []):
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor:
+            dims = tables.get(node.input[0])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                found.append(int(dims[axis]))
+        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == tensor:
+            for out in node.output:
+                found += _rows(out, consumers, tables, depth + 1)
+    return found
+
+
+def _constant_dims(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shapes of initializers and Constant node outputs, by tensor name."""
+    from .model import iter_graphs
+
+    dims: dict[str, tuple[int, ...]] = {}
+    for graph in iter_graphs(proto):
+        for t in graph.initializer:
+            dims[t.name] = tuple(t.dims)
+    for node in iter_nodes(proto):
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    dims[node.output[0]] = tuple(attr.t.dims)
+    return dims

@@ -1,0 +1,245 @@
+"""The one feed policy: sizes the graph accepts, values in the range the graph implies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxferry.bench import bench
+from onnxferry.cli import main
+from onnxferry.compare import compare
+from onnxferry.errors import FeedError, RunError, UsageError
+from onnxferry.feeds import plan_feeds
+from onnxferry.model import Model
+from onnxferry.optimize import optimize
+from onnxferry.serve.app import ServeSettings
+from onnxferry.serve.server import running
+from tests.helpers import save
+
+
+def _model(
+    inputs: list[onnx.ValueInfoProto], nodes: list[onnx.NodeProto], opset: int = 13
+) -> onnx.ModelProto:
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", inputs, [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+def _needs_640() -> onnx.ModelProto:
+    """x[-1, 3, ?, ?] reshaped to rows of 3 x 640: runs only when H*W is a multiple of 640
+    (so 640 x 640, not 224 x 224), like a detector whose strides need a size it was made for."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])
+    shape = numpy_helper.from_array(np.array([1, 3, -1, 640], np.int64), "shape")
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value=shape),
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0),
+    ]
+    return _model([x], nodes)
+
+
+def _never_runs() -> onnx.ModelProto:
+    """x[?] reshaped to [7, 11]: no candidate size has 77 elements."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["?"])
+    shape = numpy_helper.from_array(np.array([7, 11], np.int64), "shape")
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value=shape),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    return _model([x], nodes)
+
+
+def _embedding(rows: int = 50) -> onnx.ModelProto:
+    """ids[batch, sequence] (int64) -> Cast -> Gather on a 50-row table; mask[batch, sequence]."""
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
+    table = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32), "table"
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["table"], value=table),
+        helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
+        helper.make_node("Gather", ["table", "ids32"], ["e"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+        helper.make_node("Mul", ["e", "m3"], ["y"]),
+    ]
+    axis = numpy_helper.from_array(np.array([-1], np.int64), "axis")
+    nodes.insert(0, helper.make_node("Constant", [], ["axis"], value=axis))
+    return _model([ids, mask], nodes)
+
+
+def _stateful() -> onnx.ModelProto:
+    """A VAD-like model: x[batch, 512], state[2, batch, 128], sr (int64 scalar); an If on
+    sr == 16000 picks the gain; outputs y and the new state."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 512])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    new_state = helper.make_tensor_value_info("new_state", TensorProto.FLOAT, None)
+
+    def branch(name: str, gain: float) -> onnx.GraphProto:
+        g = helper.make_tensor_value_info(f"{name}_g", TensorProto.FLOAT, [])
+        value = numpy_helper.from_array(np.array(gain, np.float32), f"{name}_v")
+        node = helper.make_node("Constant", [], [f"{name}_g"], value=value)
+        return helper.make_graph([node], name, [], [g])
+
+    k16000 = numpy_helper.from_array(np.array(16000, np.int64), "k")
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=k16000),
+        helper.make_node("Equal", ["sr", "k"], ["is16k"]),
+        helper.make_node(
+            "If", ["is16k"], ["gain"], then_branch=branch("then", 2.0), else_branch=branch("e", 3.0)
+        ),
+        helper.make_node("ReduceMean", ["x"], ["xm"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["xm", "gain"], ["y"]),
+        helper.make_node("Mul", ["state", "gain"], ["new_state"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "vad", [x, state, sr], [helper.make_tensor_value_info("y", 1, None), new_state]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+
+
+def test_sizes_that_run_are_found_and_explained(tmp_path: Path) -> None:
+    model = Model.load(save(_needs_640(), tmp_path / "m.onnx"))
+    plan = plan_feeds(model)
+    assert plan.shapes == {"x": (1, 3, 640, 640)}
+    assert plan.guessed
+    assert "x:2 = 640 (spatial; tried 224, 640: the first that ran)" in plan.choices
+    feeds = plan.feeds(seed=0)
+    assert feeds["x"].min() >= 0.0 and feeds["x"].max() < 1.0  # an image in [0, 1)
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+
+
+def test_given_sizes_win_by_name_axis_or_whole_shape(tmp_path: Path) -> None:
+    model = Model.load(save(_needs_640(), tmp_path / "m.onnx"))
+    by_axis = plan_feeds(model, dims={"x:2": 40, "x:3": 64}, probe=False)
+    assert by_axis.shapes == {"x": (1, 3, 40, 64)} and not by_axis.guessed
+    whole = plan_feeds(model, input_shapes={"x": (2, 3, 32, 80)}, probe=False)
+    assert whole.shapes == {"x": (2, 3, 32, 80)} and whole.choices == []
+    with pytest.raises(UsageError, match="no open dim 'x:9'"):
+        plan_feeds(model, dims={"x:9": 4})
+    with pytest.raises(UsageError, match="fixes it at 3"):
+        plan_feeds(model, input_shapes={"x": (1, 4, 32, 32)})
+
+
+def test_no_size_that_runs_is_one_line_naming_the_input(tmp_path: Path) -> None:
+    model = Model.load(save(_never_runs(), tmp_path / "m.onnx"))
+    with pytest.raises(FeedError, match="found no sizes for the open dims of x") as info:
+        plan_feeds(model)
+    assert "--input-shape x=" in str(info.value)
+    assert plan_feeds(model, input_shapes={"x": (77,)}).shapes == {"x": (77,)}
+
+
+def test_ids_that_index_a_table_stay_inside_it(tmp_path: Path) -> None:
+    model = Model.load(save(_embedding(rows=50), tmp_path / "m.onnx"))
+    plan = plan_feeds(model, dims={"batch": 4, "sequence": 128})
+    assert plan.value_ranges == {"input_ids": (0, 50)}
+    feeds = plan.feeds(seed=1)
+    assert feeds["input_ids"].shape == feeds["attention_mask"].shape == (4, 128)
+    assert feeds["input_ids"].max() < 50 and feeds["input_ids"].max() >= 8  # the whole table
+    assert set(np.unique(feeds["attention_mask"])) == {0, 1}
+
+
+def test_a_shared_name_is_one_size_and_placeholders_are_many(tmp_path: Path) -> None:
+    model = Model.load(save(_embedding(), tmp_path / "m.onnx"))
+    plan = plan_feeds(model)
+    assert plan.shapes["input_ids"] == plan.shapes["attention_mask"]
+
+
+def test_cli_verbs_run_real_world_dims_and_never_crash(tmp_path: Path) -> None:
+    path = save(_needs_640(), tmp_path / "m.onnx")
+    assert main(["compare", str(path), str(path)]) == 0
+    assert main(["bench", str(path), "--iterations", "2", "--batch", "1,2"]) == 0
+    assert main(["compare", str(path), str(path), "--dim", "x:2=48", "--dim", "x:3=192"]) == 2
+    never = save(_never_runs(), tmp_path / "never.onnx")
+    assert main(["bench", str(never), "--iterations", "2"]) == 2
+    assert main(["compare", str(never), str(never), "--input-shape", "x=77"]) == 0
+
+
+def test_a_shape_the_model_cannot_take_is_a_run_error_naming_it(tmp_path: Path) -> None:
+    model = Model.load(save(_needs_640(), tmp_path / "m.onnx"))
+    with pytest.raises(RunError, match=r"x\[1,3,48,192\]") as info:
+        compare(model, model, input_shapes={"x": (1, 3, 48, 192)})
+    assert info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+
+
+def test_bench_follows_the_batch_into_state_and_runs_static_models(tmp_path: Path) -> None:
+    vad = save(_stateful(), tmp_path / "vad.onnx")
+    suite = bench([vad], batches=(1, 4), warmup=0, iterations=3).result
+    assert [r.input_shapes["state"] for r in suite.results] == [(2, 1, 128), (2, 4, 128)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])
+    static = save(_model([x], [helper.make_node("Relu", ["x"], ["y"])]), tmp_path / "s.onnx")
+    suite = bench([static], batches=(1, 2), warmup=0, iterations=3).result
+    assert [r.batch for r in suite.results] == [1]
+    assert "fixed batch dim of 3, so batch 2 cannot run" in suite.skipped[0]
+
+
+def test_bench_times_the_users_inputs(tmp_path: Path) -> None:
+    vad = save(_stateful(), tmp_path / "vad.onnx")
+    feeds: dict[str, np.ndarray] = {
+        "x": np.ones((2, 512), np.float32),
+        "state": np.zeros((2, 2, 128), np.float32),
+        "sr": np.array(8000, np.int64),
+    }
+    np.savez(tmp_path / "feeds.npz", x=feeds["x"], state=feeds["state"], sr=feeds["sr"])
+    (r,) = bench([vad], inputs=feeds, warmup=0, iterations=3).result.results
+    assert r.batch == 2 and r.input_shapes["sr"] == ()
+    args = ["bench", str(vad), "--inputs", str(tmp_path / "feeds.npz"), "--iterations", "2"]
+    assert main(args) == 0
+    assert main([*args, "--batch", "4"]) == 2
+
+
+def test_optimize_refuses_to_judge_on_guessed_sizes_unless_told(tmp_path: Path) -> None:
+    path = save(_needs_640(), tmp_path / "m.onnx")
+    out = tmp_path / "out.onnx"
+    with pytest.raises(UsageError, match="--assume-sizes"):
+        optimize(path, out, recipe=_fold_recipe(tmp_path))
+    assert not out.exists()
+    done = optimize(path, out, recipe=_fold_recipe(tmp_path), assume_sizes=True)
+    assert any("guessed sizes x[1,3,640,640]" in n for n in done.provenance[-1].notes)
+    given = optimize(path, out, recipe=_fold_recipe(tmp_path), dims={"x:2": 64, "x:3": 80})
+    assert not any("guessed" in n for n in given.provenance[-1].notes)
+
+
+def _fold_recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "fold.recipe.toml"
+    recipe.write_text('[[passes]]\nname = "fold"\n')
+    return recipe
+
+
+def test_server_serves_placeholder_dims_and_warms_up_at_sizes_that_run(tmp_path: Path) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    path = save(_needs_640(), tmp_path / "repo" / "m" / "1" / "model.onnx")
+    (tmp_path / "repo" / "m" / "ferry.toml").write_text('[warmup_dims]\n"x:2" = 64\n"x:3" = 80\n')
+    # Both placeholder dims differ, as ONNX Runtime allows (48 x 160 = 12 x 640).
+    x = np.random.default_rng(0).random((2, 3, 48, 160), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x})
+    with running(tmp_path / "repo") as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        assert client.is_model_ready("m")
+        tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("m", [tensor])
+        np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-5)
+
+
+def test_server_warmup_without_sizes_finds_ones_that_run(tmp_path: Path) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    save(_needs_640(), tmp_path / "repo" / "m" / "1" / "model.onnx")
+    save(_never_runs(), tmp_path / "repo" / "never" / "1" / "model.onnx")
+    with running(tmp_path / "repo", settings=ServeSettings(repository_api=True)) as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        assert client.is_model_ready("m")  # warmed up at 640 x 640, found by trying
+        assert not client.is_model_ready("never")
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert "found no sizes for the open dims of x" in index["never"]["reason"]
+        assert "warmup_dims" in index["never"]["reason"]
