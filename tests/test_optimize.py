@@ -237,6 +237,18 @@ def test_auto_tries_candidates_and_keeps_one_within_budget(tmp_path: Path) -> No
     assert "speedup" in text and "metric" in text
 
 
+def test_auto_stops_starting_candidates_when_its_time_budget_runs_out(tmp_path: Path) -> None:
+    src = save(wide_mlp(hidden=64), tmp_path / "m.onnx")
+    model = optimize(src, tmp_path / "fast.onnx", auto=True, time_budget=1e-3)
+    search = model.provenance[-1].result
+    assert len(search.candidates) <= 1  # the deadline passes while the first one runs
+    assert len(search.candidates) + len(search.untried) >= 9
+    assert f"the time budget ran out before {len(search.untried)} more" in search.reason
+    assert search.to_dict()["untried"] == search.untried
+    with pytest.raises(UsageError, match="time_budget"):
+        optimize(src, tmp_path / "x.onnx", recipe=Recipe(), time_budget=5)
+
+
 def test_auto_keeps_sensitive_nodes_in_fp32_when_static_int8_breaks_the_budget(
     tmp_path: Path,
 ) -> None:

@@ -651,6 +651,7 @@ def convert(
 @click.option("--for-size", is_flag=True, help="Keep passes that shrink but do not speed up.")
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads for measuring.")
+@click.option("--time-budget", type=float, help="With --auto: seconds to start candidates in.")
 @report_options
 def optimize(
     model: str,
@@ -668,6 +669,7 @@ def optimize(
     for_size: bool,
     provider: str,
     threads: int | None,
+    time_budget: float | None,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
@@ -696,6 +698,7 @@ def optimize(
         for_size=for_size,
         provider=provider,
         threads=threads,
+        time_budget=time_budget,
     )
     code = emit(optimized.provenance[-1], as_json, report_path)
     if not as_json:

@@ -17,6 +17,7 @@ how much it misses.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ class SearchResult:
     reason: str = ""
     misses_by: float | None = None  # set when no candidate meets the budget
     baseline_rounds_ms: list[float] = field(default_factory=list)
+    untried: list[str] = field(default_factory=list)
+    """Recipes not tried because the search's time budget ran out."""
 
     @property
     def ok(self) -> bool:
@@ -110,6 +113,7 @@ class SearchResult:
             ),
             "reason": self.reason,
             "misses_by": self.misses_by,
+            "untried": list(self.untried),
             "candidates": [
                 {
                     "recipe": c.recipe.label(),
@@ -154,16 +158,23 @@ def auto_search(
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
     recipes: Sequence[Recipe] | None = None,
     finalists: int = FINALISTS,
+    time_budget_s: float | None = None,
 ) -> tuple[Model, SearchResult]:
     """Try every candidate recipe and return the fastest model within the budget.
 
     Each candidate is judged on the budget, and those within it timed once; the ``finalists``
     fastest are then timed again side by side with the original in interleaved rounds, and one
-    is chosen only when it beats the original by FASTER in every round."""
+    is chosen only when it beats the original by FASTER in every round. With
+    ``time_budget_s``, no new candidate starts once that many seconds have passed (the one
+    running finishes, and the finalists are still timed); ``untried`` lists the rest."""
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     (baseline_ms,) = judge.latency_ms(model, rounds=1)
     search = SearchResult(model.name, judge.budget.text(), baseline_ms)
 
-    def attempt(recipe: Recipe) -> Candidate:
+    def attempt(recipe: Recipe) -> Candidate | None:
+        if deadline is not None and time.monotonic() > deadline:
+            search.untried.append(recipe.label())
+            return None
         index = len(search.candidates)
         final, result = apply_recipe(
             model,
@@ -189,10 +200,15 @@ def auto_search(
     for recipe in _closest_misses(search.candidates, judge):
         for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
             tried = attempt(_excluding(recipe, exclude))
-            if tried.within or _nothing_more_to_exclude(tried, exclude):
+            if tried is None or tried.within or _nothing_more_to_exclude(tried, exclude):
                 break
     _time_finalists(search, model, judge, finalists)
     _choose(search, judge)
+    if search.untried:
+        search.reason += (
+            f"; the time budget ran out before {len(search.untried)} more candidates "
+            f"({', '.join(search.untried[:3])}{', ...' if len(search.untried) > 3 else ''})"
+        )
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:

@@ -53,12 +53,18 @@ def optimize(
     for_size: bool = False,
     provider: str = "cpu",
     threads: int | None = None,
+    time_budget: float | None = None,
 ) -> Model:
     """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
     ``<output stem>.recipe.toml`` beside it. Returns the model with its report in
     ``provenance``."""
     if (recipe is None) == (not auto):
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
+    if time_budget is not None and not (auto and time_budget > 0):
+        raise UsageError(
+            f"time_budget {time_budget} needs auto and more than 0 seconds",
+            hint="e.g. --auto --time-budget 60",
+        )
     source = model if isinstance(model, Model) else Model.load(model)
     steps = _recipe(recipe) if recipe is not None else None
     sizes_note: list[str] = []
@@ -84,7 +90,9 @@ def optimize(
             if not result.kept:  # say plainly that the result is the input, and why
                 report.notes.append(result.outcome)
         else:
-            final, search = auto_search(source, judge, Path(tmp), calibration=calib)
+            final, search = auto_search(
+                source, judge, Path(tmp), calibration=calib, time_budget_s=time_budget
+            )
             chosen = search.candidates[search.chosen] if search.chosen is not None else None
             kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
             report = Report("optimize", search)
