@@ -45,7 +45,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import platform
 import statistics
 import sys
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine import cpu_summary, load_average
 
 Feeds = dict[str, np.ndarray]
 
@@ -169,27 +170,6 @@ class Outcome:
 
 
 # --- the machine ---------------------------------------------------------------------------
-
-
-def cpu_summary() -> str:
-    """The CPU and the SIMD / int8 dot-product extensions /proc/cpuinfo shows."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return f"{platform.machine()}, {os.cpu_count()} logical CPUs (no /proc/cpuinfo)"
-    lines = text.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
-    shown = ", ".join(f"{f} {'yes' if f in flags else 'NO'}" for f in wanted)
-    return f"{name}, {os.cpu_count()} logical CPUs; {shown}"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 # --- models --------------------------------------------------------------------------------

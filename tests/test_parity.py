@@ -20,6 +20,7 @@ from onnxferry.parity import (
     Tolerance,
     compare_outputs,
     compare_runners,
+    judge_output,
 )
 from onnxferry.runtime import OrtRunner, SessionConfig
 
@@ -387,3 +388,17 @@ def test_required_atol_is_the_smallest_that_passes(
     if out.required_atol > 0:
         below = Tolerance(float(np.nextafter(out.required_atol, 0.0)), rtol)
         assert not _output(compare_outputs([{"y": ref}], [{"y": cand}], below), "y").passed
+
+
+def test_sequences_of_maps_are_judged_as_tables_of_values() -> None:
+    ref = np.array([{0: 0.25, 1: 0.75}, {0: 0.5, 1: 0.5}], dtype=object)
+    close = np.array(
+        [{0: np.float32(0.25), 1: np.float32(0.7500001)}, {1: 0.5, 0: 0.5}], dtype=object
+    )
+    result = judge_output("p", [ref], [close], atol=1e-5, rtol=1e-4)
+    assert result.passed and result.kind == "float" and result.ref_shape == (2, 2)
+    far = np.array([{0: 0.35, 1: 0.65}, {0: 0.5, 1: 0.5}], dtype=object)
+    assert not judge_output("p", [ref], [far], atol=1e-5, rtol=1e-4).passed
+    other_keys = np.array([{0: 0.25, 2: 0.75}, {0: 0.5, 2: 0.5}], dtype=object)
+    differ = judge_output("p", [ref], [other_keys], atol=1e-5, rtol=1e-4)
+    assert not differ.passed and "map keys differ" in (differ.problem or "")

@@ -22,7 +22,7 @@ import click
 
 from ._version import __version__
 from .convert.base import FRAMEWORKS
-from .errors import EXIT_INTERNAL_ERROR, FerryError, UsageError
+from .errors import EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, FerryError, UsageError, one_line
 from .report import Report, format_value
 
 if TYPE_CHECKING:
@@ -817,6 +817,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("ferry: interrupted", err=True)
         return 130
+    except MemoryError as e:  # too large for this machine: the input's size, not a bug
+        _fail(
+            f"out of memory ({one_line(e, 160) or 'MemoryError'}); give smaller inputs "
+            "(--input-shape, --dim, --batch) or run on a machine with more memory"
+        )
+        return EXIT_INPUT_ERROR
     except Exception as e:
         _fail(f"internal error: {type(e).__name__}: {e} (this is a bug; run with -v and report it)")
         return EXIT_INTERNAL_ERROR

@@ -22,6 +22,7 @@ token types and positions look like a tokenizer's (see ``generate``); float imag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,10 @@ CANDIDATES: dict[str, tuple[int, ...]] = {
     "other": (8, 16, 1, 32, 128, 224),
 }
 """Sizes tried in order for unknown dims of each kind; trial k takes the k-th of each."""
+
+MAX_ELEMENTS = 2**24
+"""Chosen sizes giving more input elements than this (64 MiB of float32) are passed over for
+the next candidates: with many open dims, 224 each would not fit in memory."""
 
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip"}
 """Ops an index input may go through on its way to a Gather, keeping its values."""
@@ -157,14 +162,19 @@ def plan_feeds(
         if u.key not in chosen_kinds or u.kind == "batch":
             chosen_kinds[u.key] = u.kind
     trials = max((len(CANDIDATES[k]) for k in chosen_kinds.values() if k != "batch"), default=1)
+    choosing = any(kind != "batch" for kind in chosen_kinds.values())
     errors: list[str] = []
     tried: list[str] = []
-    for trial in range(trials if probe else 1):
+    for trial in range(trials):
         sizes = dict(given)
         for key, kind in chosen_kinds.items():
             sizes[key] = 1 if kind == "batch" else CANDIDATES[kind][trial]
         plan = FeedPlan(signature, sizes, ranges, images)
-        if probe and chosen_kinds and any(k != "batch" for k in chosen_kinds.values()):
+        elements = sum(math.prod(shape) for shape in plan.shapes.values())
+        if choosing and elements > MAX_ELEMENTS:
+            tried.append(f"{plan.describe()} (over {MAX_ELEMENTS} elements, not run)")
+            continue
+        if probe and choosing:
             if session is None:
                 assert isinstance(model, Model)
                 session = create_session(model, SessionConfig(threads=1))
@@ -173,13 +183,14 @@ def plan_feeds(
                 tried.append(plan.describe())
                 errors.append(error)
                 continue
-        plan.guessed = any(kind != "batch" for kind in chosen_kinds.values())
+        plan.guessed = choosing
         plan.choices = _choices(chosen_kinds, sizes, trial, probe)
         return plan
     names = list(dict.fromkeys(u.input for u in open_dims))
+    said = f"; onnxruntime said: {one_line(errors[0], 160)}" if errors else ""
     raise FeedError(
         f"found no sizes for the open dims of {', '.join(names)} that the model runs with "
-        f"(tried {'; '.join(tried)}; onnxruntime said: {one_line(errors[0], 160)})",
+        f"(tried {'; '.join(tried)}{said})",
         hint="give the sizes, e.g. "
         + " ".join(f"--input-shape {n}=..." for n in names)
         + ", or --dim NAME=N",

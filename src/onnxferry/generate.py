@@ -91,7 +91,8 @@ def realistic_feeds(
             array = feeds[spec.name]
             if _is_ids(spec, ranges) and array.shape == padding.shape:
                 feeds[spec.name] = np.where(padding.astype(bool), array, 0).astype(array.dtype)
-    return feeds
+    # numpy hands back scalars, not arrays, for the shape (); ONNX Runtime wants arrays
+    return {name: np.asarray(value, dtype=value.dtype) for name, value in feeds.items()}
 
 
 def _is_mask(spec: TensorSpec) -> bool:

@@ -325,8 +325,12 @@ class Signature:
 
 
 def random_array(dtype: DType, shape: Iterable[int], rng: np.random.Generator) -> np.ndarray:
-    """Random values of one dtype and shape (ints in [0, 8) so they index safely)."""
-    shape = tuple(shape)
+    """Random values of one dtype and shape (ints in [0, 8) so they index safely); an array
+    even for the scalar shape ()."""
+    return np.asarray(_random(dtype, tuple(shape), rng), dtype=dtype.numpy)
+
+
+def _random(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
     kind = dtype.kind
     if kind == "string":
         words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", ""], dtype=object)

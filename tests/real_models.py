@@ -1,0 +1,607 @@
+"""Real models for the real-model test tier: the model-zoo models that ship inside the onnx
+wheel, and models built here that reproduce what real exporters write.
+
+    for path in light_model_paths(): ...            # onnx/backend/test/data/light/light_*.onnx
+    feeds = light_input(onnx.load(path))            # the input their reference was made from
+    model = BUILT["paddle"]                         # a BuiltModel: .build() and .feeds()
+
+Each built model is a quirk seen in the wild, checked by the onnx checker (full check) and run
+once by ONNX Runtime in the tests:
+
+- ``paddle``: Paddle2ONNX classifier, input ``x: [-1, 3, "?", "?"]`` (a negative dim_value and
+  "?" placeholders), opset 11, every weight in a ``Constant`` node;
+- ``tf2onnx``: NHWC input ``input_1:0: [unk__12, unk__13, unk__14, 3]`` transposed to NCHW
+  before a Conv, TF-style tensor names;
+- ``torch``: the TorchScript exporter (``dynamo=False``) with dynamic batch and sequence axes
+  and the Shape/Gather arithmetic it writes for ``x.shape[1]``;
+- ``vad``: a voice-activity detector like Silero's: ``input[batch, 512]``,
+  ``state[2, batch, 128]`` (batch on axis 1), an int64 scalar ``sr``, an ``If`` on
+  ``sr == 16000`` and a ``Scan`` over the state;
+- ``ir3``: IR version 3, opset 8, every initializer also listed as a graph input;
+- ``tokens``: token ids into a ``Gather`` on a 50-row embedding, with an attention mask;
+- ``zipmap``: scikit-learn's LogisticRegression through skl2onnx with its default ZipMap, so
+  ``output_probability`` is ``seq(map(int64, float))``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Feeds = dict[str, np.ndarray]
+DimSpec = int | str | None
+"""A dim as a model writes it: dim_value (negative too), dim_param, or None for neither."""
+
+
+# --- the onnx wheel's light model zoo ---------------------------------------------------------
+
+
+def light_dir() -> Path:
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def light_model_paths() -> list[Path]:
+    """Every ``light_*.onnx`` that ships inside the installed onnx wheel."""
+    return sorted(light_dir().glob("light_*.onnx"))
+
+
+def light_reference_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}_output_0.pb")
+
+
+def real_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (IR < 4 models list initializers as inputs)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    return [v for v in proto.graph.input if v.name not in initializers]
+
+
+def light_input(proto: onnx.ModelProto) -> Feeds:
+    """The input the shipped ``light_*_output_0.pb`` was computed from.
+
+    onnx's backend test runner (``onnx/backend/test/runner/__init__.py``, ``Runner.
+    generate_dummy_data(x, seed=0, random=False)``) feeds every non-initializer input with
+    ``np.arange(n).reshape(shape) / n`` as float32, with 1 for a dim without a value, and
+    compares against the reference (or ReferenceEvaluator's output when there is none).
+    Every weight of these models is 0.02 (ConstantOfShape), so every logit is equal and the
+    reference does not depend on the input's values: another input would match it too.
+    """
+    feeds: Feeds = {}
+    for info in real_inputs(proto):
+        tensor_type = info.type.tensor_type
+        assert tensor_type.elem_type == TensorProto.FLOAT, info
+        shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim)
+        n = math.prod(shape)
+        feeds[info.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
+    return feeds
+
+
+def load_reference(path: Path) -> np.ndarray:
+    return numpy_helper.to_array(onnx.load_tensor(str(path)))
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+
+def value_info(name: str, elem_type: int, dims: list[DimSpec] | None) -> onnx.ValueInfoProto:
+    """A tensor value info with dims exactly as given: an int is a dim_value (negative ones
+    too, which ``helper.make_tensor_value_info`` would also write), a str a dim_param (the
+    empty string included), None a dim with neither; ``dims=None`` leaves the shape out."""
+    info = helper.make_tensor_value_info(name, elem_type, None)
+    if dims is None:
+        return info
+    shape = info.type.tensor_type.shape
+    shape.SetInParent()
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+    return info
+
+
+def constant(name: str, array: np.ndarray) -> onnx.NodeProto:
+    """A Constant node whose output is ``name`` (Paddle2ONNX keeps weights like this)."""
+    return helper.make_node(
+        "Constant", [], [name], name=f"{name}_const", value=numpy_helper.from_array(array, name)
+    )
+
+
+def checked(proto: onnx.ModelProto) -> onnx.ModelProto:
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _weights(rng: np.random.Generator, *shape: int, scale: float = 0.1) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# --- Paddle2ONNX ------------------------------------------------------------------------------
+
+
+def paddle_classifier() -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> MatMul -> Add -> Softmax, as
+    Paddle2ONNX writes it: ``x: [-1, 3, "?", "?"]``, opset 11, weights in Constant nodes."""
+    rng = np.random.default_rng(11)
+    nodes = [
+        constant("conv2d_0.w_0", _weights(rng, 8, 3, 3, 3)),
+        constant("conv2d_0.b_0", _weights(rng, 8)),
+        constant("linear_0.w_0", _weights(rng, 8, 10, scale=0.5)),
+        constant("linear_0.b_0", _weights(rng, 10)),
+        helper.make_node(
+            "Conv",
+            ["x", "conv2d_0.w_0", "conv2d_0.b_0"],
+            ["conv2d_0.tmp_1"],
+            name="p2o.Conv.0",
+            pads=[1, 1, 1, 1],
+            kernel_shape=[3, 3],
+        ),
+        helper.make_node("Relu", ["conv2d_0.tmp_1"], ["relu_0.tmp_0"], name="p2o.Relu.0"),
+        helper.make_node(
+            "GlobalAveragePool", ["relu_0.tmp_0"], ["pool2d_0.tmp_0"], name="p2o.Pool.0"
+        ),
+        helper.make_node(
+            "Flatten", ["pool2d_0.tmp_0"], ["flatten_0.tmp_0"], name="p2o.Flatten.0", axis=1
+        ),
+        helper.make_node(
+            "MatMul", ["flatten_0.tmp_0", "linear_0.w_0"], ["linear_0.tmp_0"], name="p2o.MatMul.0"
+        ),
+        helper.make_node(
+            "Add", ["linear_0.tmp_0", "linear_0.b_0"], ["linear_0.tmp_1"], name="p2o.Add.0"
+        ),
+        helper.make_node(
+            "Softmax", ["linear_0.tmp_1"], ["softmax_0.tmp_0"], name="p2o.Softmax.0", axis=1
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "paddle_classifier",
+        [value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+        [value_info("softmax_0.tmp_0", TensorProto.FLOAT, [-1, 10])],
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 11)],
+        ir_version=6,
+        producer_name="PaddlePaddle",
+    )
+    return checked(proto)
+
+
+def constant_weight_elements(proto: onnx.ModelProto) -> int:
+    """Elements of the tensors held by the main graph's Constant nodes."""
+    return sum(
+        math.prod(numpy_helper.to_array(a.t).shape)
+        for node in proto.graph.node
+        if node.op_type == "Constant"
+        for a in node.attribute
+        if a.name == "value"
+    )
+
+
+def paddle_feeds() -> Feeds:
+    rng = np.random.default_rng(1)
+    return {"x": rng.standard_normal((2, 3, 20, 24)).astype(np.float32)}
+
+
+# --- tf2onnx ----------------------------------------------------------------------------------
+
+
+def tf2onnx_nhwc() -> onnx.ModelProto:
+    """NHWC image in, Transpose to NCHW, Conv, back to NHWC, mean over H and W, dense softmax;
+    named the way tf2onnx names a Keras model's tensors."""
+    rng = np.random.default_rng(13)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 4, 3, 3, 3), "model/conv2d/Conv2D/ReadVariableOp:0"),
+        numpy_helper.from_array(_weights(rng, 4), "model/conv2d/BiasAdd/ReadVariableOp:0"),
+        numpy_helper.from_array(
+            _weights(rng, 4, 2, scale=1.0), "model/dense/MatMul/ReadVariableOp:0"
+        ),
+        numpy_helper.from_array(_weights(rng, 2), "model/dense/BiasAdd/ReadVariableOp:0"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Transpose",
+            ["input_1:0"],
+            ["model/conv2d/Conv2D__6:0"],
+            name="Conv2D__6",
+            perm=[0, 3, 1, 2],
+        ),
+        helper.make_node(
+            "Conv",
+            [
+                "model/conv2d/Conv2D__6:0",
+                "model/conv2d/Conv2D/ReadVariableOp:0",
+                "model/conv2d/BiasAdd/ReadVariableOp:0",
+            ],
+            ["model/conv2d/BiasAdd:0"],
+            name="model/conv2d/BiasAdd",
+            pads=[1, 1, 1, 1],
+            kernel_shape=[3, 3],
+            strides=[1, 1],
+            dilations=[1, 1],
+        ),
+        helper.make_node(
+            "Relu", ["model/conv2d/BiasAdd:0"], ["model/conv2d/Relu:0"], name="model/conv2d/Relu"
+        ),
+        helper.make_node(
+            "Transpose",
+            ["model/conv2d/Relu:0"],
+            ["model/conv2d/Relu__8:0"],
+            name="Relu__8",
+            perm=[0, 2, 3, 1],
+        ),
+        helper.make_node(
+            "ReduceMean",
+            ["model/conv2d/Relu__8:0"],
+            ["model/global_average_pooling2d/Mean:0"],
+            name="model/global_average_pooling2d/Mean",
+            axes=[1, 2],
+            keepdims=0,
+        ),
+        helper.make_node(
+            "MatMul",
+            ["model/global_average_pooling2d/Mean:0", "model/dense/MatMul/ReadVariableOp:0"],
+            ["model/dense/MatMul:0"],
+            name="model/dense/MatMul",
+        ),
+        helper.make_node(
+            "Add",
+            ["model/dense/MatMul:0", "model/dense/BiasAdd/ReadVariableOp:0"],
+            ["model/dense/BiasAdd:0"],
+            name="model/dense/BiasAdd",
+        ),
+        helper.make_node(
+            "Softmax", ["model/dense/BiasAdd:0"], ["dense"], name="model/dense/Softmax", axis=-1
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tf2onnx",
+        [value_info("input_1:0", TensorProto.FLOAT, ["unk__12", "unk__13", "unk__14", 3])],
+        [value_info("dense", TensorProto.FLOAT, ["unk__15", 2])],
+        inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8, producer_name="tf2onnx"
+    )
+    return checked(proto)
+
+
+def tf2onnx_feeds() -> Feeds:
+    rng = np.random.default_rng(2)
+    return {"input_1:0": rng.random((2, 20, 24, 3), np.float32)}
+
+
+# --- torch.onnx.export(dynamo=False) ---------------------------------------------------------
+
+
+def torch_dynamic() -> onnx.ModelProto:
+    """A tiny module exported by the TorchScript exporter with dynamic batch and sequence:
+    ``x[batch, sequence, 8]`` -> Linear -> Relu -> sum over the sequence / ``x.shape[1]``."""
+    import torch
+
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.linear(x))
+            return h.sum(dim=1) / x.shape[1]
+
+    torch.manual_seed(0)
+    module = Pool().eval()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # the exporter warns about its own deprecation and about shape arithmetic it traces
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "torch.onnx"
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 5, 8),),
+            path,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch", 1: "sequence"}, "y": {0: "batch"}},
+            opset_version=17,
+        )
+        proto = onnx.load(str(path))
+    return checked(proto)
+
+
+def torch_feeds() -> Feeds:
+    rng = np.random.default_rng(3)
+    return {"x": rng.standard_normal((3, 7, 8)).astype(np.float32)}
+
+
+# --- a voice-activity detector with state, If and Scan ----------------------------------------
+
+
+def vad_model() -> onnx.ModelProto:
+    """``input[batch, 512]``, ``state[2, batch, 128]``, ``sr`` int64 scalar ->
+    ``output[batch, 1]`` (a probability) and ``stateN[2, batch, 128]``.
+
+    An ``If`` on ``sr == 16000`` picks the front-end weights; a ``Scan`` over the state's
+    first axis runs a tanh cell seeded with the front end's features.
+    """
+    rng = np.random.default_rng(17)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 512, 128, scale=0.05), "w16"),
+        numpy_helper.from_array(_weights(rng, 512, 128, scale=0.05), "w8"),
+        numpy_helper.from_array(_weights(rng, 128, 128, scale=0.05), "wh"),
+        numpy_helper.from_array(_weights(rng, 128, 1, scale=0.2), "wo"),
+        numpy_helper.from_array(np.array(16000, np.int64), "rate16k"),
+    ]
+    then_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w16"], ["feat16"], name="frontend16")],
+        "then_16k",
+        [],
+        [value_info("feat16", TensorProto.FLOAT, ["batch", 128])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w8"], ["feat8"], name="frontend8")],
+        "else_8k",
+        [],
+        [value_info("feat8", TensorProto.FLOAT, ["batch", 128])],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "wh"], ["hw"], name="cell_matmul"),
+            helper.make_node("Add", ["hw", "s_in"], ["pre"], name="cell_add"),
+            helper.make_node("Tanh", ["pre"], ["h_out"], name="cell_tanh"),
+            helper.make_node("Identity", ["h_out"], ["s_out"], name="cell_state"),
+        ],
+        "cell",
+        [
+            value_info("h_in", TensorProto.FLOAT, ["batch", 128]),
+            value_info("s_in", TensorProto.FLOAT, ["batch", 128]),
+        ],
+        [
+            value_info("h_out", TensorProto.FLOAT, ["batch", 128]),
+            value_info("s_out", TensorProto.FLOAT, ["batch", 128]),
+        ],
+    )
+    nodes = [
+        helper.make_node("Equal", ["sr", "rate16k"], ["is16k"], name="is16k"),
+        helper.make_node(
+            "If",
+            ["is16k"],
+            ["feat"],
+            name="frontend",
+            then_branch=then_branch,
+            else_branch=else_branch,
+        ),
+        helper.make_node(
+            "Scan",
+            ["feat", "state"],
+            ["h", "stateN"],
+            name="cells",
+            body=body,
+            num_scan_inputs=1,
+        ),
+        helper.make_node("MatMul", ["h", "wo"], ["logit"], name="head"),
+        helper.make_node("Sigmoid", ["logit"], ["output"], name="prob"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "vad",
+        [
+            value_info("input", TensorProto.FLOAT, ["batch", 512]),
+            value_info("state", TensorProto.FLOAT, [2, "batch", 128]),
+            value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            value_info("output", TensorProto.FLOAT, ["batch", 1]),
+            value_info("stateN", TensorProto.FLOAT, [2, "batch", 128]),
+        ],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
+    return checked(proto)
+
+
+def vad_feeds(batch: int = 2, seed: int = 4, sr: int = 16000) -> Feeds:
+    rng = np.random.default_rng(seed)
+    return {
+        "input": (rng.standard_normal((batch, 512)) * 0.3).astype(np.float32),
+        "state": (rng.standard_normal((2, batch, 128)) * 0.1).astype(np.float32),
+        "sr": np.array(sr, np.int64),
+    }
+
+
+# --- IR version 3 -----------------------------------------------------------------------------
+
+
+def ir3_model() -> onnx.ModelProto:
+    """IR 3, opset 8: Reshape -> Gemm -> Relu -> Gemm -> Softmax with every initializer (the
+    Reshape's shape too) also listed as a graph input, as IR < 4 requires."""
+    rng = np.random.default_rng(19)
+    arrays = {
+        "shape": np.array([-1, 4], np.int64),
+        "fc1_w": _weights(rng, 4, 6, scale=0.5),
+        "fc1_b": _weights(rng, 6),
+        "fc2_w": _weights(rng, 6, 3, scale=0.5),
+        "fc2_b": _weights(rng, 3),
+    }
+    inits = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
+    init_inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+        for name, a in arrays.items()
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["data_0", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "fc1_w", "fc1_b"], ["fc1"], name="fc1"),
+        helper.make_node("Relu", ["fc1"], ["fc1_relu"], name="relu"),
+        helper.make_node("Gemm", ["fc1_relu", "fc2_w", "fc2_b"], ["fc2"], name="fc2"),
+        helper.make_node("Softmax", ["fc2"], ["prob_1"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ir3",
+        [value_info("data_0", TensorProto.FLOAT, ["N", 4]), *init_inputs],
+        [value_info("prob_1", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    return checked(proto)
+
+
+def ir3_feeds() -> Feeds:
+    rng = np.random.default_rng(5)
+    return {"data_0": rng.standard_normal((3, 4)).astype(np.float32)}
+
+
+# --- token ids into an embedding ----------------------------------------------------------------
+
+VOCAB = 50
+
+
+def token_model() -> onnx.ModelProto:
+    """``input_ids``, ``attention_mask`` int64 ``[batch, sequence]`` -> Gather on a 50-row
+    embedding -> masked mean over the sequence -> dense -> ``logits[batch, 3]``."""
+    rng = np.random.default_rng(23)
+    inits = [
+        numpy_helper.from_array(_weights(rng, VOCAB, 16, scale=1.0), "embeddings.word.weight"),
+        numpy_helper.from_array(_weights(rng, 16, 3, scale=0.5), "classifier.weight"),
+        numpy_helper.from_array(_weights(rng, 3), "classifier.bias"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Gather", ["embeddings.word.weight", "input_ids"], ["emb"], name="embed", axis=0
+        ),
+        helper.make_node(
+            "Cast", ["attention_mask"], ["maskf"], name="mask_cast", to=TensorProto.FLOAT
+        ),
+        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"], name="mask_unsqueeze"),
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"], name="mask_mul"),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], name="pool_sum", keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], name="pool_count", keepdims=0),
+        helper.make_node("Max", ["count", "one"], ["count1"], name="pool_clip"),
+        helper.make_node("Div", ["summed", "count1"], ["pooled"], name="pool_div"),
+        helper.make_node("MatMul", ["pooled", "classifier.weight"], ["mm"], name="cls_mm"),
+        helper.make_node("Add", ["mm", "classifier.bias"], ["logits"], name="cls_add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tokens",
+        [
+            value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    return checked(proto)
+
+
+def token_feeds() -> Feeds:
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, VOCAB, size=(2, 9), dtype=np.int64)
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 5:] = 0  # the second sentence is padded
+    ids[1, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# --- skl2onnx with ZipMap -----------------------------------------------------------------------
+
+
+def zipmap_classifier() -> onnx.ModelProto:
+    """LogisticRegression on three classes through skl2onnx with default options: outputs
+    ``output_label`` int64 ``[N]`` and ``output_probability`` ``seq(map(int64, float))``."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(29)
+    centers = np.array([[0, 0, 0, 0], [3, 3, 0, 0], [0, 3, 3, 3]], np.float32)
+    labels = rng.integers(0, 3, 150)
+    x = (centers[labels] + rng.standard_normal((150, 4))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator = LogisticRegression(max_iter=500).fit(x, labels)
+        proto = convert_sklearn(estimator, initial_types=[("X", FloatTensorType([None, 4]))])
+    return checked(proto)
+
+
+def zipmap_feeds() -> Feeds:
+    rng = np.random.default_rng(7)
+    return {"X": (rng.standard_normal((5, 4)) * 2 + 1).astype(np.float32)}
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """One exporter quirk: how to build it, a realistic input, and what it needs."""
+
+    name: str
+    build: Callable[[], onnx.ModelProto]
+    feeds: Callable[[], Feeds]
+    needs: str | None = None
+    """A module that must be importable to build it (skip with a reason otherwise)."""
+
+
+BUILT: dict[str, BuiltModel] = {
+    m.name: m
+    for m in [
+        BuiltModel("paddle", paddle_classifier, paddle_feeds),
+        BuiltModel("tf2onnx", tf2onnx_nhwc, tf2onnx_feeds),
+        BuiltModel("torch", torch_dynamic, torch_feeds, needs="torch"),
+        BuiltModel("vad", vad_model, vad_feeds),
+        BuiltModel("ir3", ir3_model, ir3_feeds),
+        BuiltModel("tokens", token_model, token_feeds),
+        BuiltModel("zipmap", zipmap_classifier, zipmap_feeds, needs="skl2onnx"),
+    ]
+}
+
+
+# --- golden data ------------------------------------------------------------------------------
+
+
+def value_proto(value: Any, name: str) -> Any:
+    """A TensorProto for an array, a SequenceProto of MapProtos for a list of dicts (what ONNX
+    Runtime returns for a ``seq(map(K, V))`` output such as skl2onnx's ZipMap)."""
+    if isinstance(value, list):
+        maps = [_map_proto(item) for item in value]
+        return helper.make_sequence(name, onnx.SequenceProto.MAP, maps)
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _map_proto(item: dict[Any, Any]) -> onnx.MapProto:
+    keys = list(item)
+    key_type = TensorProto.STRING if keys and isinstance(keys[0], str) else TensorProto.INT64
+    # ONNX Runtime gives map(int64, float) values as Python floats: store them as float32
+    values = [
+        numpy_helper.from_array(
+            np.asarray(item[k], np.float32 if isinstance(item[k], float) else None), ""
+        )
+        for k in keys
+    ]
+    seq = helper.make_sequence("", onnx.SequenceProto.TENSOR, values)
+    return helper.make_map("", key_type, keys, seq)
+
+
+def write_golden(directory: Path, inputs: dict[str, Any], outputs: dict[str, Any]) -> Path:
+    """``directory/test_data_set_0/input_K.pb`` and ``output_K.pb``, in the given order."""
+    case = directory / "test_data_set_0"
+    case.mkdir(parents=True, exist_ok=True)
+    for role, values in (("input", inputs), ("output", outputs)):
+        for k, (name, value) in enumerate(values.items()):
+            (case / f"{role}_{k}.pb").write_bytes(value_proto(value, name).SerializeToString())
+    return directory

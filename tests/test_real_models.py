@@ -1,0 +1,400 @@
+"""The real-model tier: every verb on real models, judged against ONNX Runtime run directly.
+
+Two families (models in tests/real_models.py):
+
+- the model-zoo models that ship inside the onnx wheel (``onnx/backend/test/data/light``):
+  IR 3, opset 9, weights made at run time by ``ConstantOfShape`` nodes whose shapes are
+  initializers also listed as graph inputs, and a reference output made from the input
+  ``arange(n) / n`` (onnx's backend test runner); the input is rebuilt here and ORT's output
+  on it must equal the shipped reference;
+- models built here with the quirks real exporters write (Paddle2ONNX, tf2onnx, the
+  TorchScript exporter, a stateful voice-activity detector with If and Scan, IR 3, token ids,
+  skl2onnx's ZipMap).
+
+Every verb runs in-process through the CLI: its exit code is 0, 1 or 2 (never 3, an internal
+error) and stderr never holds a traceback; inspect, check, compare and test exit 0. Serving
+goes through a real server on loopback (one per model) and tritonclient's HTTP client, and
+what it answers must equal ONNX Runtime's own outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
+
+from onnxferry.cli import main
+from onnxferry.serve.server import running
+from tests.real_models import (
+    BUILT,
+    Feeds,
+    constant_weight_elements,
+    light_input,
+    light_model_paths,
+    light_reference_path,
+    load_reference,
+    real_inputs,
+    vad_feeds,
+    write_golden,
+)
+
+Run = Callable[..., tuple[int, str, str]]
+
+INTERNAL_ERROR = 3
+CLEAN = {0, 1, 2}
+
+# Their fully connected layers expand to 240-550 MB of weights when ONNX Runtime folds the
+# ConstantOfShape nodes: a second or more per session.
+HEAVY = {"light_bvlc_alexnet", "light_vgg19", "light_zfnet512"}
+
+
+@pytest.fixture
+def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run the CLI in-process: (exit code, stdout, stderr). An internal error is run again
+    with -v so the assertion message carries its traceback."""
+
+    def run(*args: object) -> tuple[int, str, str]:
+        argv = [str(a) for a in args]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        if code == INTERNAL_ERROR:
+            main(["-v", *argv])
+            _, verbose_err = capsys.readouterr()
+            err = f"{err}\n--- again with -v ---\n{verbose_err}"
+        return code, out, err
+
+    return run
+
+
+def assert_clean(result: tuple[int, str, str], allowed: set[int] = CLEAN) -> tuple[str, str]:
+    """Exit code in ``allowed`` and no traceback; returns (stdout, stderr)."""
+    code, out, err = result
+    assert code in allowed, f"exit {code}\n{err}"
+    assert "Traceback" not in err, err
+    assert "Traceback" not in out, out
+    return out, err
+
+
+def ok_json(result: tuple[int, str, str]) -> dict[str, Any]:
+    """A verb run with --json that must exit 0: its report."""
+    code, out, err = result
+    if code == 1:  # a verdict: say which, from the report
+        err = f"{err}{_verdicts(json.loads(out))}"
+    out, _ = assert_clean((code, out, err), {0})
+    report: dict[str, Any] = json.loads(out)
+    assert report["ok"] is True and report["exit_code"] == 0, report
+    return report
+
+
+def _verdicts(report: Any) -> list[str]:
+    """Every "summary" and failing "detail" text in a report, for an assertion message."""
+    found: list[str] = []
+    if isinstance(report, dict):
+        for key, value in report.items():
+            if key in ("summary", "problem", "detail") and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(_verdicts(value))
+    elif isinstance(report, list):
+        for item in report:
+            found.extend(_verdicts(item))
+    return found
+
+
+# --- ONNX Runtime, directly ---------------------------------------------------------------
+
+
+def ort_outputs(path: Path, feeds: Feeds) -> dict[str, Any]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def assert_matches_ort(got: Any, want: Any, name: str) -> None:
+    """A served output against ORT's: floats to rounding (the server may use other thread
+    counts), everything else exactly; a ``seq(map)`` output arrives as one JSON text per row."""
+    if isinstance(want, list):
+        got = np.asarray(got)
+        assert got.shape == (len(want),), (name, got.shape)
+        for row, expected in zip(got.ravel().tolist(), want, strict=True):
+            decoded = json.loads(row.decode() if isinstance(row, bytes) else row)
+            assert set(decoded) == {str(k) for k in expected}, (name, decoded, expected)
+            for key, value in expected.items():
+                np.testing.assert_allclose(decoded[str(key)], value, rtol=1e-6, err_msg=name)
+        return
+    want = np.asarray(want)
+    got = np.asarray(got)
+    assert got.shape == want.shape, (name, got.shape, want.shape)
+    if want.dtype.kind in "fc":
+        assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+def _inputs(feeds: Feeds, *, binary: bool) -> list[Any]:
+    inputs = []
+    for name, value in feeds.items():
+        tensor = httpclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+def infer(
+    url: str, model: str, feeds: Feeds, outputs: list[str], *, binary: bool
+) -> dict[str, Any]:
+    """One request through tritonclient; every output by name."""
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+        result = client.infer(model, _inputs(feeds, binary=binary), outputs=requested)
+        return {name: result.as_numpy(name) for name in outputs}
+    finally:
+        client.close()
+
+
+def assert_served_like_ort(url: str, model: str, feeds: Feeds, expected: dict[str, Any]) -> None:
+    for binary in (True, False):
+        got = infer(url, model, feeds, list(expected), binary=binary)
+        for name, want in expected.items():
+            assert_matches_ort(got[name], want, f"{name} (binary={binary})")
+
+
+def assert_metadata(url: str, model: str, proto: onnx.ModelProto) -> None:
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        assert client.is_model_ready(model)
+        metadata = client.get_model_metadata(model)
+    finally:
+        client.close()
+    assert [i["name"] for i in metadata["inputs"]] == [v.name for v in real_inputs(proto)]
+    assert [o["name"] for o in metadata["outputs"]] == [v.name for v in proto.graph.output]
+
+
+# --- the prepared models --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model saved under a temp dir with its golden data and ORT's outputs on it."""
+
+    name: str  # the served model's name (the file's stem)
+    path: Path
+    golden: Path
+    feeds: Feeds
+    expected: dict[str, Any]  # ONNX Runtime's outputs on ``feeds``, run directly
+    proto: onnx.ModelProto
+
+
+def _light_param(path: Path) -> Any:
+    marks = [pytest.mark.slow] if path.stem in HEAVY else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+LIGHT = light_model_paths()
+LIGHT_BY_NAME = {p.stem: p for p in LIGHT}
+
+
+def test_the_onnx_wheel_ships_light_models() -> None:
+    assert len(LIGHT) >= 5, LIGHT
+    for path in LIGHT:
+        assert light_reference_path(path).is_file(), path
+
+
+def _prepare_light(path: Path, tmp: Path) -> Prepared:
+    tmp.mkdir(parents=True, exist_ok=True)
+    target = tmp / path.name
+    shutil.copyfile(path, target)
+    proto = onnx.load(str(target))
+    feeds = light_input(proto)
+    reference = load_reference(light_reference_path(path))
+    (output,) = proto.graph.output
+    golden = write_golden(tmp / "golden", feeds, {output.name: reference})
+    return Prepared(path.stem, target, golden, feeds, ort_outputs(target, feeds), proto)
+
+
+@pytest.fixture(scope="module", params=[_light_param(p) for p in LIGHT])
+def light(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    path: Path = request.param
+    return _prepare_light(path, tmp_path_factory.mktemp(path.stem))
+
+
+@pytest.fixture(scope="module")
+def light_url(light: Prepared) -> Iterator[str]:
+    with running(light.path) as url:
+        yield url
+
+
+# --- the light model zoo ------------------------------------------------------------------
+
+
+def test_light_reference_is_onnxruntime_on_the_rebuilt_input(light: Prepared) -> None:
+    (output,) = light.proto.graph.output
+    reference = load_reference(light_reference_path(LIGHT_BY_NAME[light.name]))
+    # the tolerance of onnx's backend test for these models (rtol 1e-3, atol 1e-7)
+    np.testing.assert_allclose(light.expected[output.name], reference, rtol=1e-3, atol=1e-7)
+
+
+def test_light_inspect(ferry: Run, light: Prepared) -> None:
+    report = ok_json(ferry("inspect", light.path, "--json"))
+    result = report["result"]
+    assert result["ir_version"] == light.proto.ir_version
+    signature = result["signature"]
+    # the ConstantOfShape shapes are initializers listed as inputs (IR 3): not real inputs
+    assert [i["name"] for i in signature["inputs"]] == list(light.feeds)
+    (spec,) = signature["inputs"]
+    assert spec["shape"] == list(next(iter(light.feeds.values())).shape)
+    assert [o["name"] for o in signature["outputs"]] == list(light.expected)
+
+
+def test_light_check(ferry: Run, light: Prepared) -> None:
+    ok_json(ferry("check", light.path, "--json"))
+
+
+def test_light_compare_with_itself(ferry: Run, light: Prepared) -> None:
+    report = ok_json(ferry("compare", light.path, light.path, "--json", "--samples", "2"))
+    for output in report["result"]["outputs"]:
+        assert output["passed"] is True and output["max_abs"] == 0.0, output
+
+
+def test_light_golden_data(ferry: Run, light: Prepared) -> None:
+    report = ok_json(ferry("test", light.path, light.golden, "--json"))
+    assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
+
+
+def test_light_bench(ferry: Run, light: Prepared) -> None:
+    assert_clean(ferry("bench", light.path, "--iterations", 3, "--warmup", 1))
+
+
+def test_light_served_like_onnxruntime(light: Prepared, light_url: str) -> None:
+    assert_metadata(light_url, light.name, light.proto)
+    assert_served_like_ort(light_url, light.name, light.feeds, light.expected)
+
+
+@pytest.mark.slow
+def test_light_optimize_auto(ferry: Run, light: Prepared, tmp_path: Path) -> None:
+    """--auto within a small time budget: the original kept (exit 0) or something faster
+    within the cosine budget, or exit 1 when nothing is within budget; never an input error
+    for these valid models."""
+    output = tmp_path / "fast.onnx"
+    args = ("optimize", light.path, "-o", output, "--auto", "--inputs", light.golden)
+    result = ferry(*args, "--max-drop", 0.01, "--time-budget", 2)
+    assert_clean(result, {0, 1})
+    if result[0] == 1:
+        return  # nothing within budget: said so in the report
+    optimized = ort_outputs(output, light.feeds)
+    for key, want in light.expected.items():
+        got = np.asarray(optimized[key], np.float64).ravel()
+        ref = np.asarray(want, np.float64).ravel()
+        cosine = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))
+        assert cosine >= 0.99, (key, cosine)
+
+
+# --- models with exporter quirks --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=list(BUILT))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    spec = BUILT[request.param]
+    if spec.needs is not None and importlib.util.find_spec(spec.needs) is None:
+        pytest.skip(f"{spec.needs} is not installed: cannot build the {spec.name} model")
+    tmp = tmp_path_factory.mktemp(spec.name)
+    proto = spec.build()
+    path = tmp / f"{spec.name}.onnx"
+    onnx.save(proto, str(path))
+    feeds = spec.feeds()
+    expected = ort_outputs(path, feeds)
+    golden = write_golden(tmp / "golden", feeds, expected)
+    return Prepared(spec.name, path, golden, feeds, expected, proto)
+
+
+@pytest.fixture(scope="module")
+def built_url(built: Prepared) -> Iterator[str]:
+    with running(built.path) as url:
+        yield url
+
+
+def test_built_inspect(ferry: Run, built: Prepared) -> None:
+    report = ok_json(ferry("inspect", built.path, "--json"))
+    signature = report["result"]["signature"]
+    assert [i["name"] for i in signature["inputs"]] == list(built.feeds)
+    assert [o["name"] for o in signature["outputs"]] == list(built.expected)
+    for spec, value in zip(signature["inputs"], built.feeds.values(), strict=True):
+        assert spec["numpy_dtype"] == str(value.dtype), spec
+        assert len(spec["shape"]) == value.ndim, spec
+        for want, have in zip(spec["shape"], value.shape, strict=True):
+            assert want is None or isinstance(want, str) or want == have, spec
+
+
+def test_built_check(ferry: Run, built: Prepared) -> None:
+    ok_json(ferry("check", built.path, "--json"))
+
+
+def test_built_compare_with_itself(ferry: Run, built: Prepared) -> None:
+    report = ok_json(ferry("compare", built.path, built.path, "--json"))
+    for output in report["result"]["outputs"]:
+        assert output["passed"] is True, output
+
+
+def test_built_golden_data(ferry: Run, built: Prepared) -> None:
+    report = ok_json(ferry("test", built.path, built.golden, "--json"))
+    assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
+
+
+def test_built_bench(ferry: Run, built: Prepared) -> None:
+    assert_clean(ferry("bench", built.path, "--iterations", 3, "--warmup", 1))
+
+
+def test_built_served_like_onnxruntime(built: Prepared, built_url: str) -> None:
+    assert_metadata(built_url, built.name, built.proto)
+    assert_served_like_ort(built_url, built.name, built.feeds, built.expected)
+
+
+# --- what only some of them show ----------------------------------------------------------
+
+
+def test_paddle_parameters_held_in_constant_nodes_are_counted(ferry: Run, tmp_path: Path) -> None:
+    proto = BUILT["paddle"].build()
+    assert not proto.graph.initializer
+    path = tmp_path / "paddle.onnx"
+    onnx.save(proto, str(path))
+    report = ok_json(ferry("inspect", path, "--json"))
+    want = constant_weight_elements(proto)
+    assert want == 8 * 3 * 3 * 3 + 8 + 8 * 10 + 10
+    assert report["result"]["parameter_count"] == want
+
+
+def test_vad_concurrent_requests_keep_state_and_rate_apart(tmp_path: Path) -> None:
+    """Requests that arrive together: ``state`` has its batch on axis 1 and ``sr`` is a
+    scalar, so answers must still be each request's own, whatever the server batches."""
+    path = tmp_path / "vad.onnx"
+    onnx.save(BUILT["vad"].build(), str(path))
+    requests = [
+        vad_feeds(batch=1 + i % 3, seed=100 + i, sr=16000 if i % 2 else 8000) for i in range(8)
+    ]
+    expected = [ort_outputs(path, feeds) for feeds in requests]
+    with running(path) as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"), concurrency=8)
+        try:
+            pending = [client.async_infer("vad", _inputs(feeds, binary=True)) for feeds in requests]
+            for want, handle in zip(expected, pending, strict=True):
+                result = handle.get_result()
+                for name, value in want.items():
+                    assert_matches_ort(result.as_numpy(name), value, name)
+        finally:
+            client.close()
