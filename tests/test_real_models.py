@@ -228,16 +228,81 @@ def _prepare_light(path: Path, tmp: Path) -> Prepared:
     return Prepared(path.stem, target, golden, feeds, ort_outputs(target, feeds), proto)
 
 
+def _prepare_built(name: str, tmp: Path) -> Prepared:
+    spec = BUILT[name]
+    if spec.needs is not None and importlib.util.find_spec(spec.needs) is None:
+        pytest.skip(f"{spec.needs} is not installed: cannot build the {spec.name} model")
+    proto = spec.build()
+    path = tmp / f"{spec.name}.onnx"
+    onnx.save(proto, str(path))
+    feeds = spec.feeds()
+    expected = ort_outputs(path, feeds)
+    golden = write_golden(tmp / "golden", feeds, expected)
+    return Prepared(spec.name, path, golden, feeds, expected, proto)
+
+
 @pytest.fixture(scope="module", params=[_light_param(p) for p in LIGHT])
 def light(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     path: Path = request.param
     return _prepare_light(path, tmp_path_factory.mktemp(path.stem))
 
 
+@pytest.fixture(
+    scope="module",
+    params=[*(_light_param(p) for p in LIGHT), *(pytest.param(n, id=n) for n in BUILT)],
+)
+def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """Every real model: a light zoo model (a path) or one built with an exporter's quirks."""
+    if isinstance(request.param, Path):
+        return _prepare_light(request.param, tmp_path_factory.mktemp(request.param.stem))
+    return _prepare_built(request.param, tmp_path_factory.mktemp(request.param))
+
+
 @pytest.fixture(scope="module")
-def light_url(light: Prepared) -> Iterator[str]:
-    with running(light.path) as url:
+def real_url(real: Prepared) -> Iterator[str]:
+    with running(real.path) as url:
         yield url
+
+
+# --- every real model, every verb --------------------------------------------------------
+
+
+def test_inspect(ferry: Run, real: Prepared) -> None:
+    report = ok_json(ferry("inspect", real.path, "--json"))
+    assert report["result"]["ir_version"] == real.proto.ir_version
+    signature = report["result"]["signature"]
+    # IR 3 models list initializers as inputs: they are not real inputs
+    assert [i["name"] for i in signature["inputs"]] == list(real.feeds)
+    assert [o["name"] for o in signature["outputs"]] == list(real.expected)
+    for spec, value in zip(signature["inputs"], real.feeds.values(), strict=True):
+        assert spec["numpy_dtype"] == str(value.dtype), spec
+        assert len(spec["shape"]) == value.ndim, spec
+        for want, have in zip(spec["shape"], value.shape, strict=True):
+            assert want is None or isinstance(want, str) or want == have, spec
+
+
+def test_check(ferry: Run, real: Prepared) -> None:
+    ok_json(ferry("check", real.path, "--json"))
+
+
+def test_compare_with_itself(ferry: Run, real: Prepared) -> None:
+    report = ok_json(ferry("compare", real.path, real.path, "--json", "--samples", "2"))
+    for output in report["result"]["outputs"]:
+        assert output["passed"] is True, output
+
+
+def test_golden_data(ferry: Run, real: Prepared) -> None:
+    report = ok_json(ferry("test", real.path, real.golden, "--json"))
+    assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
+
+
+def test_bench(ferry: Run, real: Prepared) -> None:
+    assert_clean(ferry("bench", real.path, "--iterations", 3, "--warmup", 1))
+
+
+def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:
+    assert_metadata(real_url, real.name, real.proto)
+    assert_served_like_ort(real_url, real.name, real.feeds, real.expected)
 
 
 # --- the light model zoo ------------------------------------------------------------------
@@ -248,42 +313,6 @@ def test_light_reference_is_onnxruntime_on_the_rebuilt_input(light: Prepared) ->
     reference = load_reference(light_reference_path(LIGHT_BY_NAME[light.name]))
     # the tolerance of onnx's backend test for these models (rtol 1e-3, atol 1e-7)
     np.testing.assert_allclose(light.expected[output.name], reference, rtol=1e-3, atol=1e-7)
-
-
-def test_light_inspect(ferry: Run, light: Prepared) -> None:
-    report = ok_json(ferry("inspect", light.path, "--json"))
-    result = report["result"]
-    assert result["ir_version"] == light.proto.ir_version
-    signature = result["signature"]
-    # the ConstantOfShape shapes are initializers listed as inputs (IR 3): not real inputs
-    assert [i["name"] for i in signature["inputs"]] == list(light.feeds)
-    (spec,) = signature["inputs"]
-    assert spec["shape"] == list(next(iter(light.feeds.values())).shape)
-    assert [o["name"] for o in signature["outputs"]] == list(light.expected)
-
-
-def test_light_check(ferry: Run, light: Prepared) -> None:
-    ok_json(ferry("check", light.path, "--json"))
-
-
-def test_light_compare_with_itself(ferry: Run, light: Prepared) -> None:
-    report = ok_json(ferry("compare", light.path, light.path, "--json", "--samples", "2"))
-    for output in report["result"]["outputs"]:
-        assert output["passed"] is True and output["max_abs"] == 0.0, output
-
-
-def test_light_golden_data(ferry: Run, light: Prepared) -> None:
-    report = ok_json(ferry("test", light.path, light.golden, "--json"))
-    assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
-
-
-def test_light_bench(ferry: Run, light: Prepared) -> None:
-    assert_clean(ferry("bench", light.path, "--iterations", 3, "--warmup", 1))
-
-
-def test_light_served_like_onnxruntime(light: Prepared, light_url: str) -> None:
-    assert_metadata(light_url, light.name, light.proto)
-    assert_served_like_ort(light_url, light.name, light.feeds, light.expected)
 
 
 @pytest.mark.slow
@@ -303,66 +332,6 @@ def test_light_optimize_auto(ferry: Run, light: Prepared, tmp_path: Path) -> Non
         ref = np.asarray(want, np.float64).ravel()
         cosine = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))
         assert cosine >= 0.99, (key, cosine)
-
-
-# --- models with exporter quirks --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=list(BUILT))
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    spec = BUILT[request.param]
-    if spec.needs is not None and importlib.util.find_spec(spec.needs) is None:
-        pytest.skip(f"{spec.needs} is not installed: cannot build the {spec.name} model")
-    tmp = tmp_path_factory.mktemp(spec.name)
-    proto = spec.build()
-    path = tmp / f"{spec.name}.onnx"
-    onnx.save(proto, str(path))
-    feeds = spec.feeds()
-    expected = ort_outputs(path, feeds)
-    golden = write_golden(tmp / "golden", feeds, expected)
-    return Prepared(spec.name, path, golden, feeds, expected, proto)
-
-
-@pytest.fixture(scope="module")
-def built_url(built: Prepared) -> Iterator[str]:
-    with running(built.path) as url:
-        yield url
-
-
-def test_built_inspect(ferry: Run, built: Prepared) -> None:
-    report = ok_json(ferry("inspect", built.path, "--json"))
-    signature = report["result"]["signature"]
-    assert [i["name"] for i in signature["inputs"]] == list(built.feeds)
-    assert [o["name"] for o in signature["outputs"]] == list(built.expected)
-    for spec, value in zip(signature["inputs"], built.feeds.values(), strict=True):
-        assert spec["numpy_dtype"] == str(value.dtype), spec
-        assert len(spec["shape"]) == value.ndim, spec
-        for want, have in zip(spec["shape"], value.shape, strict=True):
-            assert want is None or isinstance(want, str) or want == have, spec
-
-
-def test_built_check(ferry: Run, built: Prepared) -> None:
-    ok_json(ferry("check", built.path, "--json"))
-
-
-def test_built_compare_with_itself(ferry: Run, built: Prepared) -> None:
-    report = ok_json(ferry("compare", built.path, built.path, "--json"))
-    for output in report["result"]["outputs"]:
-        assert output["passed"] is True, output
-
-
-def test_built_golden_data(ferry: Run, built: Prepared) -> None:
-    report = ok_json(ferry("test", built.path, built.golden, "--json"))
-    assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
-
-
-def test_built_bench(ferry: Run, built: Prepared) -> None:
-    assert_clean(ferry("bench", built.path, "--iterations", 3, "--warmup", 1))
-
-
-def test_built_served_like_onnxruntime(built: Prepared, built_url: str) -> None:
-    assert_metadata(built_url, built.name, built.proto)
-    assert_served_like_ort(built_url, built.name, built.feeds, built.expected)
 
 
 # --- what only some of them show ----------------------------------------------------------

@@ -35,6 +35,9 @@ FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
 FINALISTS = 3
 """How many of the fastest candidates within budget are timed again, side by side."""
 FINAL_ROUNDS = 5
+FINAL_ITERATIONS = 30
+"""Timed runs per model per side-by-side round (fewer when a time budget runs short)."""
+MIN_FINAL_ITERATIONS = 5
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
 """How many of the most sensitive nodes int8 leaves in fp32, tried in turn."""
 _EXCLUDING = ("int8_static", "int8_dynamic")
@@ -202,7 +205,8 @@ def auto_search(
             tried = attempt(_excluding(recipe, exclude))
             if tried is None or tried.within or _nothing_more_to_exclude(tried, exclude):
                 break
-    _time_finalists(search, model, judge, finalists)
+    left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+    _time_finalists(search, model, judge, finalists, left_s)
     _choose(search, judge)
     if search.untried:
         search.reason += (
@@ -222,16 +226,25 @@ def _on_disk(model: Model, target: Path) -> Path:
     return model.save(target).path or target
 
 
-def _time_finalists(search: SearchResult, original: Model, judge: Judge, count: int) -> None:
+def _time_finalists(
+    search: SearchResult, original: Model, judge: Judge, count: int, left_s: float | None = None
+) -> None:
     """Time the fastest candidates within budget side by side with the original; their
-    latencies and speedups become these medians, measured at the same moments."""
+    latencies and speedups become these medians, measured at the same moments. With
+    ``left_s`` (what is left of a time budget), each round runs fewer than FINAL_ITERATIONS
+    times to fit, never fewer than MIN_FINAL_ITERATIONS."""
     within = [c for c in search.candidates if c.within and c.path is not None]
     within.sort(key=lambda c: c.result.final_ms or np.inf)
     finalists = within[:count]
     if not finalists:
         return
     models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
-    rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=30)
+    iterations = FINAL_ITERATIONS
+    if left_s is not None:
+        per_run_s = max(search.baseline_ms, 1e-3) / 1e3
+        fits = int(left_s / (FINAL_ROUNDS * len(models) * per_run_s))
+        iterations = max(MIN_FINAL_ITERATIONS, min(FINAL_ITERATIONS, fits))
+    rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=iterations)
     del models
     search.baseline_rounds_ms = rounds[0]
     search.baseline_ms = statistics.median(rounds[0])
