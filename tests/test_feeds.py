@@ -243,3 +243,13 @@ def test_server_warmup_without_sizes_finds_ones_that_run(tmp_path: Path) -> None
         index = {m["name"]: m for m in client.get_model_repository_index()}
         assert "found no sizes for the open dims of x" in index["never"]["reason"]
         assert "warmup_dims" in index["never"]["reason"]
+
+
+def test_convert_checks_an_onnx_source_at_sizes_that_run(tmp_path: Path) -> None:
+    from onnxferry.convert import convert
+
+    path = save(_needs_640(), tmp_path / "m.onnx")
+    converted = convert(path, tmp_path / "out.onnx", opset=17)
+    conversion = converted.provenance[-1].result
+    assert conversion.shapes == [{"x": [1, 3, 640, 640]}, {"x": [4, 3, 640, 640]}]
+    assert converted.opset_imports["ai.onnx"] == 17

@@ -139,13 +139,17 @@ def verification_feeds(
     signature: Signature,
     samples: Sequence[Mapping[str, np.ndarray]] = (),
     value_ranges: Mapping[str, tuple[int, int]] | None = None,
+    *,
+    generated: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """The user's samples (checked against ``signature``), then realistic generated feeds
-    for every shape of ``shape_plan`` (two values per dynamic axis)."""
+    """The user's samples (checked against ``signature``), then ``generated`` feeds, or by
+    default realistic ones for every shape of ``shape_plan`` (two values per dynamic axis)."""
     feeds = []
     for sample in samples:
         signature.validate(sample)
         feeds.append(dict(sample))
+    if generated is not None:
+        return feeds + [dict(f) for f in generated]
     for seed, dims in enumerate(shape_plan(signature)):
         feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=value_ranges))
     return feeds

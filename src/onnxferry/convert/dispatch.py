@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError, InputError, UsageError
-from ..generate import verification_feeds
+from ..feeds import plan_feeds
+from ..generate import BATCH_VALUES, verification_feeds
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
 from ..report import Report, Table
@@ -323,9 +324,19 @@ def _verification_feeds(
 ) -> list[dict[str, np.ndarray]]:
     if options.sample_inputs:
         result.inputs_from = "user samples + generated"
-    feeds = verification_feeds(
-        source.reference.signature, options.sample_inputs, source.value_ranges
-    )
+    model = getattr(source.reference, "model", None)
+    if source.framework == "onnx" and isinstance(model, Model):
+        # An ONNX source has a graph to size its open dims by: the one feed policy, and a
+        # second batch size so a batch baked in by the conversion shows.
+        plan = plan_feeds(
+            model, input_shapes=options.input_shapes, probe=isinstance(source.reference, OrtRunner)
+        )
+        generated = [plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
+        feeds = verification_feeds(model.signature, options.sample_inputs, generated=generated)
+    else:
+        feeds = verification_feeds(
+            source.reference.signature, options.sample_inputs, source.value_ranges
+        )
     result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]
     return feeds
 
