@@ -4,8 +4,9 @@
     feeds = plan.feeds(seed=0)                           # {input: array}, values as below
     plan.guessed, plan.choices                           # which sizes were chosen, and why
 
-``compare``, ``bench``, ``optimize``, ``deploy``, the server's warm-up and ``ferry bench --url``
-all build inputs here, so a model runs on the same sizes and values in every verb.
+``compare``, ``bench``, ``optimize``, ``deploy``, ``convert`` (of an ONNX source), the server's
+warm-up and ``ferry bench --url`` all build inputs here, so a model runs on the same sizes and
+values in every verb.
 
 Sizes. A dim the user names wins: ``dims`` by symbol name (``{"sequence": 128}``) or by
 ``"input:axis"`` for a dim without a name (``{"x:2": 48}``), ``input_shapes`` for a whole
@@ -31,8 +32,8 @@ import numpy as np
 
 from .errors import FeedError, UsageError, one_line
 from .generate import BATCH_NAMES, realistic_feeds
-from .model import Model, iter_nodes
-from .runtime import SessionConfig, create_session, ort_error_message
+from .model import Model, iter_graphs, iter_nodes
+from .runtime import SessionConfig, create_session, ort_error_message, ort_inputs
 from .signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -315,8 +316,6 @@ def _runs(session: Any, plan: FeedPlan) -> str | None:
     """None when ONNX Runtime runs the plan's feeds, else its error on one line."""
     import onnxruntime as ort
 
-    from .runtime import ort_inputs
-
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failed try is expected; ONNX Runtime would log it
     try:
@@ -384,8 +383,6 @@ def _rows(
 
 def _constant_dims(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Shapes of initializers and Constant node outputs, by tensor name."""
-    from .model import iter_graphs
-
     dims: dict[str, tuple[int, ...]] = {}
     for graph in iter_graphs(proto):
         for t in graph.initializer:
