@@ -253,3 +253,20 @@ def test_convert_checks_an_onnx_source_at_sizes_that_run(tmp_path: Path) -> None
     conversion = converted.provenance[-1].result
     assert conversion.shapes == [{"x": [1, 3, 640, 640]}, {"x": [4, 3, 640, 640]}]
     assert converted.opset_imports["ai.onnx"] == 17
+
+
+@pytest.mark.parametrize("verb", ["compare", "bench", "optimize"])
+def test_a_run_error_is_one_line_on_stderr_in_every_verb(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], verb: str
+) -> None:
+    path = save(_needs_640(), tmp_path / "m.onnx")
+    args = {
+        "compare": ["compare", path, path],
+        "bench": ["bench", path, "--iterations", "2"],
+        "optimize": ["optimize", path, "-o", tmp_path / "o.onnx", "--auto"],
+    }[verb]
+    capfd.readouterr()
+    assert main([str(a) for a in args] + ["--input-shape", "x=1x3x48x192"]) == 2
+    err = capfd.readouterr().err  # ONNX Runtime's own log lines would show here too
+    assert err.count("\n") == 1 and "x[1,3,48,192]" in err, err
+    assert not (tmp_path / "o.onnx").exists()

@@ -38,6 +38,7 @@ from .runtime import (
     needs_ortvalue_outputs,
     ort_inputs,
     provider_name,
+    quiet_run_options,
     run_errors,
 )
 from .runtime import short_provider_name as _short
@@ -683,6 +684,8 @@ def _bench_one(
     )
     init_ms = (time.perf_counter() - t0) * 1e3
     with run_errors(model.name, arrays):
+        first = session.run_with_ort_values if ortvalues else session.run
+        first(None, feeds, quiet_run_options())  # a run that fails says so once, on one line
         lat, wall = _measure(
             session, feeds, warmup, iterations, duration, concurrency, on_progress, None, ortvalues
         )

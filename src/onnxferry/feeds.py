@@ -33,7 +33,13 @@ import numpy as np
 from .errors import FeedError, UsageError, one_line
 from .generate import BATCH_NAMES, realistic_feeds
 from .model import Model, iter_graphs, iter_nodes
-from .runtime import SessionConfig, create_session, ort_error_message, ort_inputs
+from .runtime import (
+    SessionConfig,
+    create_session,
+    ort_error_message,
+    ort_inputs,
+    quiet_run_options,
+)
 from .signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -314,12 +320,8 @@ def _shapes(signature: Signature, sizes: Mapping[str, int]) -> dict[str, tuple[i
 
 def _runs(session: Any, plan: FeedPlan) -> str | None:
     """None when ONNX Runtime runs the plan's feeds, else its error on one line."""
-    import onnxruntime as ort
-
-    quiet = ort.RunOptions()
-    quiet.log_severity_level = 4  # a failed try is expected; ONNX Runtime would log it
     try:
-        session.run(None, ort_inputs(plan.feeds(seed=0)), quiet)
+        session.run(None, ort_inputs(plan.feeds(seed=0)), quiet_run_options())
     except Exception as e:  # onnxruntime raises untyped errors for shapes it cannot take
         return ort_error_message(e)
     return None

@@ -235,6 +235,7 @@ class OrtRunner:
         self.validate = validate
         self._output_names = [o.name for o in self.session.get_outputs()]
         self._through_ortvalues = needs_ortvalue_outputs(model.signature)
+        self._quiet = quiet_run_options()
 
     @property
     def signature(self) -> Signature:
@@ -254,10 +255,20 @@ class OrtRunner:
         inputs = ort_inputs(feeds, all_ortvalues=self._through_ortvalues)
         with run_errors(self.model.name, feeds):
             if self._through_ortvalues:
-                values = self.session.run_with_ort_values(names, inputs)
+                values = self.session.run_with_ort_values(names, inputs, self._quiet)
                 return {n: from_ortvalue(v) for n, v in zip(names, values, strict=True)}
-            results = self.session.run(names, inputs)
+            results = self.session.run(names, inputs, self._quiet)
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
+
+
+def quiet_run_options() -> ort.RunOptions:
+    """RunOptions under which a failing run does not log to stderr: the error it raises says
+    the same, and becomes one line (``run_errors``)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
 
 
 @contextmanager
