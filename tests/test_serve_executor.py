@@ -149,16 +149,19 @@ def test_requests_of_different_shapes_are_not_mixed() -> None:
     assert sizes == sorted([6] * 6 + [12] * 6)
 
 
-def test_a_request_bigger_than_max_batch_size_runs_alone() -> None:
+def test_a_request_bigger_than_max_batch_size_is_refused() -> None:
     ex = executor(GEMM, max_batch_size=4)
 
-    async def body(ex: ModelExecutor) -> list[InferResult]:
-        return await asyncio.gather(*(ex.infer({"x": rows(n, n)}) for n in (1, 9, 1, 1)))
+    async def body(ex: ModelExecutor) -> list[InferResult | BaseException]:
+        requests = (ex.infer({"x": rows(n, n)}) for n in (1, 9, 1, 4))
+        return await asyncio.gather(*requests, return_exceptions=True)
 
-    results = run(ex, body)
-    # the three 1-row requests share a batch; the 9-row one runs alone
-    assert [r.batch_size for r in results] == [3, 9, 3, 3]
-    assert results[1].outputs["y"].shape == (9, 3)
+    small, big, other, full = run(ex, body)
+    # as Triton does: a request is held to max_batch_size (its output could be any size)
+    assert isinstance(big, FeedError) and "9 rows, over model" in str(big)
+    assert "max_batch_size of 4" in str(big)
+    assert isinstance(small, InferResult) and isinstance(other, InferResult)
+    assert isinstance(full, InferResult) and full.outputs["y"].shape == (4, 3)
 
 
 def test_no_batching_without_a_batch_axis_or_when_disabled() -> None:
@@ -209,7 +212,7 @@ def test_wrong_input_names_are_feed_errors() -> None:
 
 
 def test_deadline_already_passed_or_passing_in_the_queue_never_runs() -> None:
-    ex = executor(slow_model(), max_batch_size=4)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS)
     big = rows(SLOW_ROWS, 0, width=256)
     small = rows(1, 1, width=256)
 
@@ -231,7 +234,7 @@ def test_deadline_already_passed_or_passing_in_the_queue_never_runs() -> None:
 
 
 def test_deadline_during_run_stops_it_and_the_session_stays_usable() -> None:
-    ex = executor(slow_model(), max_batch_size=4)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS)
     big = rows(SLOW_ROWS, 0, width=256)
     small = rows(1, 1, width=256)
 
@@ -254,7 +257,7 @@ def test_deadline_during_run_stops_it_and_the_session_stays_usable() -> None:
 
 
 def test_a_run_past_every_deadline_is_terminated() -> None:
-    ex = executor(slow_model(), max_batch_size=4)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS)
     big = rows(SLOW_ROWS, 0, width=256)
 
     async def body(ex: ModelExecutor) -> float:
@@ -274,7 +277,7 @@ def test_a_run_past_every_deadline_is_terminated() -> None:
 
 
 def test_queue_full_answers_at_once() -> None:
-    ex = executor(slow_model(), max_batch_size=4, max_queue_size=2)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS, max_queue_size=2)
     big = rows(SLOW_ROWS, 0, width=256)
 
     async def body(ex: ModelExecutor) -> None:
@@ -296,7 +299,7 @@ def test_queue_full_answers_at_once() -> None:
 
 
 def test_close_drains_queued_and_running_requests_then_refuses() -> None:
-    ex = executor(slow_model(nodes=50), max_batch_size=2)
+    ex = executor(slow_model(nodes=50), max_batch_size=SLOW_ROWS)
     big = rows(SLOW_ROWS, 0, width=256)
     small = [rows(1, i, width=256) for i in range(4)]
 
@@ -312,7 +315,7 @@ def test_close_drains_queued_and_running_requests_then_refuses() -> None:
         return [t.result() for t in tasks]
 
     results = run(ex, body)
-    assert [r.batch_size for r in results] == [SLOW_ROWS, 2, 2, 2, 2]
+    assert [r.batch_size for r in results] == [SLOW_ROWS, 4, 4, 4, 4]  # queued ones, batched
     for x, result in zip(small, results[1:], strict=True):
         assert np.array_equal(result.outputs["y"], x)
     assert not any(t.is_alive() for t in ex._threads)
@@ -377,7 +380,7 @@ def test_outputs_off_the_batch_axis_turn_batching_off_and_stay_right() -> None:
 
 
 def test_default_timeout_from_config() -> None:
-    ex = executor(slow_model(), timeout_ms=20)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS, timeout_ms=20)
 
     async def body(ex: ModelExecutor) -> None:
         with pytest.raises(DeadlineExceeded):
@@ -443,7 +446,7 @@ def test_warmup_and_parallelism() -> None:
 
 
 def test_cancelled_request_is_dropped_from_the_queue() -> None:
-    ex = executor(slow_model(), max_batch_size=4)
+    ex = executor(slow_model(), max_batch_size=SLOW_ROWS)
     big = rows(SLOW_ROWS, 0, width=256)
 
     async def body(ex: ModelExecutor) -> None:
@@ -512,6 +515,7 @@ def test_batches_go_to_worker_threads_otherwise(case: str) -> None:
     slow = case in ("too slow", "another instance busy")
     ex = executor(
         slow_model() if slow else GEMM,
+        max_batch_size=SLOW_ROWS,
         inline_max_ms=0 if case == "off" else 1.0,
         instances=2 if case == "another instance busy" else 1,
     )

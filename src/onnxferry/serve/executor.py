@@ -394,7 +394,8 @@ class ModelExecutor:
         config's ``timeout_ms``, or no deadline when that is None too.
 
         Raises QueueFull, DeadlineExceeded, ExecutionError, ExecutorClosed, or FeedError for
-        unknown input or output names.
+        unknown input or output names and for more rows than ``max_batch_size`` (when the
+        model batches; Triton refuses those too).
         """
         if self._closing:
             raise ExecutorClosed(
@@ -412,6 +413,12 @@ class ModelExecutor:
         if feeds.keys() != self._input_set:
             self.signature.validate(feeds)
         rows, key = self._batch_key(feeds)
+        if self.batching and rows > self.config.max_batch_size:
+            raise FeedError(
+                f"the request holds {rows} rows, over model {self.name!r}'s max_batch_size of "
+                f"{self.config.max_batch_size}",
+                hint="split the request, or raise max_batch_size in the model's ferry.toml",
+            )
         if deadline is None and self._timeout_s is not None:
             deadline = time.monotonic() + self._timeout_s
         if deadline is not None and deadline <= time.monotonic():
