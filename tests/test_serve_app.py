@@ -44,7 +44,7 @@ V2_TYPES = {
     "BF16": (TensorProto.BFLOAT16, ml_dtypes.bfloat16),
     "BYTES": (TensorProto.STRING, np.object_),
 }
-KEY, REPO_KEY = "s3cret", "r3po"
+KEY, REPO_KEY = "s3cret-0123456789abcdef", "r3po-0123456789abcdef"
 
 
 # --- models -----------------------------------------------------------------------------
@@ -139,6 +139,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(root / "strict" / "1" / "model.onnx", affine())
     (root / "strict" / "ferry.toml").write_text("allow_nonfinite = false\n")
     write(root / "lookup" / "1" / "model.onnx", lookup())
+    # batching off: no max_batch_size to hold a request to (large bodies below)
+    write(root / "unbatched" / "1" / "model.onnx", affine(2.0))
+    (root / "unbatched" / "ferry.toml").write_text("max_batch_size = 0\n")
     write(root / "tiny_queue" / "1" / "model.onnx", slow())
     (root / "tiny_queue" / "ferry.toml").write_text("max_queue_size = 1\nmax_batch_size = 0\n")
     return root
@@ -519,7 +522,7 @@ def test_large_bodies_arrive_in_pieces_and_decode_exactly(
     x = np.random.default_rng(1).standard_normal((rows, 4)).astype(np.float32)
     tensor = httpclient.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
-    result = client.infer("affine", [tensor], model_version="1")
+    result = client.infer("unbatched", [tensor])
     np.testing.assert_array_equal(result.as_numpy("y"), x @ (np.eye(4, dtype=np.float32) * 2) + 1)
     np.testing.assert_array_equal(result.as_numpy("z"), np.maximum(x, 0))
 

@@ -390,15 +390,27 @@ def _bench_url(
     "api_keys",
     multiple=True,
     envvar="FERRY_API_KEY",
-    help="Bearer key for every route but health (env FERRY_API_KEY).",
+    help="Bearer key for every route but health, 16+ characters (env FERRY_API_KEY).",
 )
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="API keys, one a line (# comments); not readable by every user.",
+)
+@click.option("--api-key-env", metavar="NAME", help="API keys from this environment variable.")
 @click.option(
     "--repository-key",
     "repository_keys",
     multiple=True,
     envvar="FERRY_REPOSITORY_KEY",
-    help="Bearer key for the repository API.",
+    help="Bearer key for the repository API (env FERRY_REPOSITORY_KEY).",
 )
+@click.option(
+    "--repository-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Repository API keys, one a line.",
+)
+@click.option("--repository-key-env", metavar="NAME", help="Repository API keys from NAME.")
 @click.option("--repository-api", is_flag=True, help="Enable /v2/repository (load/unload).")
 @click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
 @click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
@@ -412,9 +424,24 @@ def _bench_url(
     type=float,
     help="Run batches expected to take at most this on the event loop (0: never; default 1).",
 )
+@click.option(
+    "--allow-signature-change",
+    is_flag=True,
+    default=None,
+    help="Let a new version whose inputs differ take over (default: refused; ferry.toml wins).",
+)
 @click.option("--max-body", default=64.0, show_default=True, help="Request body limit, MiB.")
 @click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
+@click.option(
+    "--max-header-bytes",
+    default=64 * 1024,
+    show_default=True,
+    help="Request line and headers, bytes (431 past it).",
+)
+@click.option(
+    "--max-headers", default=100, show_default=True, help="Headers per request (431 past it)."
+)
 @click.option(
     "--graceful-timeout",
     default=30.0,
@@ -427,7 +454,11 @@ def serve(
     host: str,
     port: int,
     api_keys: tuple[str, ...],
+    api_key_file: Path | None,
+    api_key_env: str | None,
     repository_keys: tuple[str, ...],
+    repository_key_file: Path | None,
+    repository_key_env: str | None,
     repository_api: bool,
     poll: float | None,
     max_batch_size: int | None,
@@ -437,9 +468,12 @@ def serve(
     threads: int | None,
     timeout_ms: float | None,
     inline_max_ms: float | None,
+    allow_signature_change: bool | None,
     max_body: float,
     body_timeout: float,
     header_timeout: float,
+    max_header_bytes: int,
+    max_headers: int,
     graceful_timeout: float,
     access_log: bool,
 ) -> int:
@@ -453,9 +487,15 @@ def serve(
         from .serve.server import serve as run_server
 
         for name, value in (("--max-body", max_body), ("--body-timeout", body_timeout),
-                            ("--header-timeout", header_timeout)):  # fmt: skip
+                            ("--header-timeout", header_timeout),
+                            ("--max-header-bytes", max_header_bytes),
+                            ("--max-headers", max_headers)):  # fmt: skip
             if not value > 0:
                 raise UsageError(f"{name} must be positive, got {value:g}")
+        api_keys = _serve_keys("--api-key", api_keys, api_key_file, api_key_env)
+        repository_keys = _serve_keys(
+            "--repository-key", repository_keys, repository_key_file, repository_key_env
+        )
         given: dict[str, Any] = {
             "max_batch_size": max_batch_size,
             "max_queue_delay_ms": max_queue_delay_ms,
@@ -463,6 +503,7 @@ def serve(
             "instances": instances,
             "intra_op_threads": threads,
             "inline_max_ms": inline_max_ms,
+            "allow_signature_change": allow_signature_change,
         }
         config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
         settings = ServeSettings(
@@ -478,6 +519,8 @@ def serve(
             host=host,
             port=port,
             header_timeout_s=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
             graceful_timeout_s=graceful_timeout,
             poll_interval_s=poll,
         )
@@ -485,6 +528,32 @@ def serve(
             logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
         return run_server(path, options, settings, config)
     return 0  # stopped while starting
+
+
+_KEY_ENVVARS = {"--api-key": "FERRY_API_KEY", "--repository-key": "FERRY_REPOSITORY_KEY"}
+
+
+def _serve_keys(
+    option: str, values: tuple[str, ...], file: Path | None, env: str | None
+) -> tuple[str, ...]:
+    """The keys ``option`` gave, then those in ``file`` and in the variable ``env``; a bad
+    one is one line naming where it came from."""
+    import os
+
+    from .serve.server import check_keys, env_keys, read_keys
+
+    envvar = _KEY_ENVVARS[option]
+    if not values and envvar in os.environ and not os.environ[envvar].strip():
+        # click reads an empty variable as no key at all: the server would run without auth
+        raise UsageError(
+            f"{envvar} is set but empty", hint="set it to a key, or unset it to serve without one"
+        )
+    keys = check_keys(values, option)
+    if file is not None:
+        keys += read_keys(file)
+    if env is not None:
+        keys += env_keys(env)
+    return tuple(dict.fromkeys(keys))
 
 
 class _StartupStopped(BaseException):

@@ -7,6 +7,11 @@ Routes: /v2/health/live|ready, /v2, /v2/models/{m}[/versions/{v}][/ready|/infer|
 /v2/repository/index and /v2/repository/models/{m}/load|unload (when enabled), /metrics and
 /openapi.json. Every error is ``{"error": "..."}`` with the status the protocol expects; the app
 never lets an exception escape to the connection.
+
+/v2/health/ready is 200 when every model that should serve (all but unloaded ones) has a
+version serving. A compressed body is inflated on the event loop up to ``INFLATE_ON_LOOP``
+bytes of work, the rest in a worker thread. An infer request is validated by the version that
+runs it, looked up once its body has arrived.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from .openapi import openapi_document
 from .protocol import (
     BodyTooLarge,
     Buffer,
+    Inflater,
     body_buffer,
-    decompress,
     encode_infer_response,
     model_metadata,
     parse_header_length,
@@ -44,6 +49,9 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 MIB = 1 << 20
+INFLATE_ON_LOOP = 256 * 1024
+"""Bytes of a compressed body read plus bytes written that are inflated on the event loop;
+past them the rest is inflated in a worker thread (about a millisecond of work)."""
 
 
 @dataclass(frozen=True)
@@ -175,9 +183,10 @@ class ServeApp:
         """Route /v2/...; returns (status, model, version) for the log and metrics."""
         if parts[:1] == ["health"] and len(parts) == 2 and parts[1] in ("live", "ready"):
             _method(method, "GET")
-            if parts[1] == "live" or self._ready():
+            why = None if parts[1] == "live" else self._not_ready()
+            if why is None:
                 return await _respond(send, 200, b"", "text/plain"), "", ""
-            raise HttpError(400, "not ready: models are still loading or failed", "unavailable")
+            raise HttpError(400, f"not ready: {why}", "unavailable")
         self._authorize(scope, self._keys if parts[:1] != ["repository"] else self._repo_keys)
         if not parts:
             _method(method, "GET")
@@ -223,7 +232,7 @@ class ServeApp:
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
     ) -> tuple[int, str, str]:
         start = time.monotonic()
-        served = self._get(name, version, not_ready=503)
+        served = self._get(name, version, not_ready=503)  # before reading a body for nothing
         label = served.version
         headers = _headers(scope)
         try:
@@ -231,20 +240,18 @@ class ServeApp:
             body = await self._body(headers, header_length, receive)
             encoding = headers.get(b"content-encoding")
             if encoding and encoding != b"identity":
-                body = decompress(body, encoding.decode("latin-1"), self.settings.body_limit)
+                body = await self._inflate(body, encoding.decode("latin-1"))
+            # A new version may have been swapped in while the body arrived. From here to the
+            # executor's admission nothing awaits, so the version that validates the request
+            # is the one that runs it.
+            served = self._get(name, version, not_ready=503)
+            label = served.version
             request = served.decoder.decode(body, header_length)
             deadline = self._deadline(request.parameters, served.config.timeout_ms, start)
             names = [o.name for o in request.outputs] if request.outputs is not None else None
-            try:
-                result = await served.executor.infer(
-                    request.inputs, output_names=names, deadline=deadline
-                )
-            except ExecutorClosed:  # swapped out between get() and infer(): the new one serves
-                served = self._get(name, version, not_ready=503)
-                label = served.version
-                result = await served.executor.infer(
-                    request.inputs, output_names=names, deadline=deadline
-                )
+            result = await served.executor.infer(
+                request.inputs, output_names=names, deadline=deadline
+            )
         except HttpError as e:
             e.reason = e.reason or "bad_request"
             e.model, e.version = name, label
@@ -286,12 +293,25 @@ class ServeApp:
         except ModelNotReady as e:
             raise HttpError(not_ready, _line(e), "unavailable") from None
 
-    def _ready(self) -> bool:
-        return self.started.is_set() and all(
-            entry.get("state") == "READY"
-            for entry in self.repository.index()
-            if entry.get("reason") != "unloaded"
-        )
+    async def _inflate(self, body: Buffer, encoding: str) -> Buffer:
+        """The body inflated: up to INFLATE_ON_LOOP bytes of work here, the rest in a worker
+        thread so that the event loop keeps answering (health checks among others)."""
+        job = Inflater(body, encoding, self.settings.body_limit)
+        if not job.run(budget=INFLATE_ON_LOOP):
+            await asyncio.to_thread(job.run)
+        return job.result()
+
+    def _not_ready(self) -> str | None:
+        """Why the server is not ready, or None when it is: every model that should serve (all
+        but unloaded ones) has a version serving."""
+        if not self.started.is_set():
+            return "the models are still loading"
+        unready = self.repository.unready()
+        if not unready:
+            return None
+        name, reason = next(iter(unready.items()))
+        more = f" (and {len(unready) - 1} more models)" if len(unready) > 1 else ""
+        return f"model {name!r} serves no version: {reason}{more}"
 
     def _server_metadata(self) -> dict[str, Any]:
         extensions = ["binary_tensor_data", "statistics", "model_configuration"]

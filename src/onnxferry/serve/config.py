@@ -78,6 +78,7 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "allow_nonfinite": (bool, 0, True),
     "spin": (bool, 0, True),
     "inline_max_ms": (float, 0, True),
+    "allow_signature_change": (bool, 0, True),
 }
 
 
@@ -108,6 +109,10 @@ class ModelConfig:
     warmup_dims: tuple[tuple[str, int], ...] = ()
     """Sizes of open dims for the warm-up feeds (``[warmup_dims]`` in ferry.toml: NAME = N, or
     "INPUT:AXIS" = N for a dim without a name)."""
+    allow_signature_change: bool = False
+    """A new version whose inputs differ (names, dtypes, ranks, fixed dims; or an output is
+    gone) from the version it takes over from may replace it; by default it is refused and the
+    old one keeps serving."""
 
     def __post_init__(self) -> None:
         for name, (kind, low, inclusive) in _LIMITS.items():

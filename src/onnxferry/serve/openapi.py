@@ -137,7 +137,9 @@ def openapi_document(
     }
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("is the server live", None, ())},
-        "/v2/health/ready": {"get": _op("are all models ready (200) or not (400)", None, (400,))},
+        "/v2/health/ready": {
+            "get": _op("does every model have a version serving (200) or not (400)", None, (400,))
+        },
         "/v2": {"get": _op("server metadata", _json({"type": "object"}))},
         "/v2/repository/index": {"post": _op("models on disk and their state", None, (401, 403))},
         "/v2/repository/models/{model}/load": {

@@ -10,6 +10,10 @@ Decoding checks every input against the model's Signature and raises ProtocolErr
 naming the tensor. Binary inputs are numpy views of the body, not copies, unless their offset is
 misaligned for the dtype; read the body into ``body_buffer`` and the first one never is.
 
+Compressed bodies: ``decompress`` (whole) or ``Inflater`` (in steps, so that a server can
+inflate a little inline and the rest in a worker thread); both linear in the body, capped at
+the output limit and at ``MAX_GZIP_MEMBERS`` gzip members.
+
 Datatypes map one to one onto numpy (BF16 is ``ml_dtypes.bfloat16``), except BYTES: a numpy
 object array of ``str``, the only string form ONNX Runtime reads correctly (it turns ``bytes``
 elements into "b'...'"), so binary BYTES elements must be UTF-8. Unlike Triton, FP16 and BF16
@@ -43,7 +47,11 @@ HEADER_LENGTH_HEADER = "inference-header-content-length"
 
 Buffer = bytes | bytearray | memoryview
 
+MAX_GZIP_MEMBERS = 64
+"""A gzip body may hold this many members (clients send one); more is refused (400)."""
+
 _MAX_RANK = 64  # numpy's limit
+_INFLATE_CHUNK = 1 << 16  # body bytes per zlib call
 _MAX_BYTES = 2**63 - 1
 _ALIGN = 64
 _JSON = json.JSONDecoder()
@@ -96,43 +104,111 @@ def body_buffer(size: int, header_length: int | None = None) -> memoryview:
 
 def decompress(body: Buffer, encoding: str | None, limit: int) -> Buffer:
     """Inflate a body sent with Content-Encoding gzip or deflate, refusing more than ``limit``
-    bytes of output (BodyTooLarge); identity (or no encoding) returns the body as it is."""
-    kind = (encoding or "identity").strip().lower()
-    if kind == "identity":
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body is larger than the {limit} byte limit")
-        return body
+    bytes of output (BodyTooLarge); identity (or no encoding) returns the body as it is. The
+    whole body at once: ``Inflater`` does it in steps."""
+    job = Inflater(body, encoding, limit)
+    job.run()
+    return job.result()
+
+
+class Inflater:
+    """Inflates one request body in steps, in time linear in its size.
+
+        job = Inflater(body, "gzip", limit=64 << 20)
+        if not job.run(budget=256 << 10):         # a little on the event loop
+            await asyncio.to_thread(job.run)      # the rest in a worker thread
+        plain = job.result()
+
+    The constructor raises ProtocolError for an unknown encoding; ``run`` raises ProtocolError
+    for data that is not valid, is truncated, trails its deflate stream or holds more than
+    ``MAX_GZIP_MEMBERS`` gzip members, and BodyTooLarge past ``limit`` bytes of output.
+    """
+
+    def __init__(self, body: Buffer, encoding: str | None, limit: int) -> None:
+        self.kind = (encoding or "identity").strip().lower()
+        self.limit = limit
+        self._view = memoryview(body).cast("B")
+        self._pos = 0
+        self._members = 1
+        self._total = 0
+        self._pieces: list[bytes] = []
+        self._result: Buffer | None = None
+        if self.kind == "identity":
+            if len(self._view) > limit:
+                raise BodyTooLarge(f"request body is larger than the {limit} byte limit")
+            self._result = body
+            return
+        self._wbits = _wbits(self.kind, self._view)
+        self._inflater = zlib.decompressobj(self._wbits)
+
+    def run(self, budget: int | None = None) -> bool:
+        """Inflate until the body is done (True), or until about ``budget`` bytes have been read
+        and written (False: call again)."""
+        work = 0
+        while self._result is None:
+            if budget is not None and work >= budget:
+                return False
+            room = self.limit - self._total + 1  # one byte past the limit tells it was passed
+            size = _INFLATE_CHUNK
+            if budget is not None:
+                room = min(room, budget - work)
+                size = min(size, budget - work)
+            chunk = self._view[self._pos : self._pos + size]
+            work += len(chunk) + self._step(chunk, room)
+        return True
+
+    def result(self) -> Buffer:
+        """The inflated body, once ``run`` has returned True."""
+        assert self._result is not None, "run() has not finished"
+        return self._result
+
+    def _step(self, chunk: memoryview, room: int) -> int:
+        """Feed one chunk, writing at most ``room`` bytes; returns how many it wrote."""
+        inflater = self._inflater
+        try:
+            piece = inflater.decompress(chunk, room)
+        except zlib.error as e:
+            raise ProtocolError(f"request body is not valid {self.kind} data ({e})") from None
+        self._total += len(piece)
+        if self._total > self.limit:
+            raise BodyTooLarge(f"request body inflates past the {self.limit} byte limit")
+        if piece:
+            self._pieces.append(piece)
+        if not inflater.eof:
+            if not chunk and len(piece) < room:  # all input read, nothing left to write
+                raise ProtocolError(f"{self.kind} request body is truncated")
+            self._pos += len(chunk) - len(inflater.unconsumed_tail)
+            return len(piece)
+        # unused_data copies the rest of the chunk, never of the body: linear in members
+        self._pos += len(chunk) - len(inflater.unused_data)
+        if self._pos == len(self._view):
+            pieces, self._pieces = self._pieces, []
+            self._result = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        elif self.kind != "gzip":  # gzip may hold several members; zlib and raw deflate one
+            raise ProtocolError(f"request body has data after its {self.kind} stream")
+        elif self._members == MAX_GZIP_MEMBERS:
+            raise ProtocolError(
+                f"gzip request body has more than {MAX_GZIP_MEMBERS} members",
+                hint="compress the body as one gzip member",
+            )
+        else:
+            self._members += 1
+            self._inflater = zlib.decompressobj(self._wbits)
+        return len(piece)
+
+
+def _wbits(kind: str, body: memoryview) -> int:
+    """zlib's window bits for a Content-Encoding (ProtocolError for an unknown one)."""
     if kind == "gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif kind == "deflate":
+        return 16 + zlib.MAX_WBITS
+    if kind == "deflate":
         # HTTP "deflate" is the zlib format; some clients send raw deflate instead.
         head = bytes(body[:2])
         is_zlib = len(head) == 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
-        wbits = zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
-    else:
-        raise ProtocolError(
-            f"unsupported Content-Encoding {encoding!r}", hint="send gzip, deflate or identity"
-        )
-    pieces: list[bytes] = []
-    total = 0
-    rest: Buffer = body
-    while True:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            piece = inflater.decompress(rest, limit - total + 1)
-        except zlib.error as e:
-            raise ProtocolError(f"request body is not valid {kind} data ({e})") from None
-        total += len(piece)
-        if total > limit:
-            raise BodyTooLarge(f"request body inflates past the {limit} byte limit")
-        pieces.append(piece)
-        if not inflater.eof:
-            raise ProtocolError(f"{kind} request body is truncated")
-        rest = inflater.unused_data
-        if not rest:
-            return b"".join(pieces)
-        if kind != "gzip":  # gzip may hold several members; zlib and raw deflate one
-            raise ProtocolError(f"request body has data after its {kind} stream")
+        return zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
+    raise ProtocolError(
+        f"unsupported Content-Encoding {kind!r}", hint="send gzip, deflate or identity"
+    )
 
 
 def decode_infer_request(

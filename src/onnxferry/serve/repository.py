@@ -5,6 +5,7 @@
     mv = repo.get("resnet")                  # highest ready version (ModelVersion)
     result = await mv.executor.infer(feeds)
     repo.index()                             # [{"name", "version", "state", "reason"}, ...]
+    repo.unready()                           # {name: reason} of models serving no version
     await repo.stop()                        # stop polling, drain and close every executor
 
 What ``open`` accepts:
@@ -32,7 +33,12 @@ file whose content hash equals the served model's digest is not reloaded. New or
 versions are loaded and warmed up while the old ones keep serving, then the model's version map
 is replaced in one assignment; executors no longer served are closed in the background, which
 lets their queued and in-flight requests finish. A failing new version leaves the old one
-serving, is logged at warning level and shows in ``index()``. A removed version directory is
+serving, is logged at warning level and shows in ``index()``. So does a new version whose
+signature differs (``signature_changes``: inputs added, removed, or of another dtype, rank or
+fixed dim; outputs removed) from the version it would take over from (the same number, or the
+highest served one when it is above it), unless its ``ferry.toml`` sets
+``allow_signature_change = true``; once nothing it differs from serves, it loads. A removed
+version directory is
 unloaded (drained); a removed model directory disappears. A changed ``ferry.toml`` rebuilds the
 executors with the new settings; a bad one keeps the old settings and is reported.
 """
@@ -55,6 +61,7 @@ import numpy as np
 from ..data import load_feeds
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
 from ..model import Model, resolve_model_path
+from ..signature import Signature, TensorSpec
 from .config import ModelConfig
 from .executor import ModelExecutor
 from .protocol import RequestDecoder
@@ -115,6 +122,7 @@ class _Version:
     error: str | None = None  # why the attempt at ``tried`` failed
     waiting: bool = False  # changed, and the last scan found it still changing
     loading: bool = False
+    refused: bool = False  # the failure at ``tried`` was a signature change
 
 
 @dataclass
@@ -138,6 +146,11 @@ class _Disk:
 
     config_stamp: Stamp | None
     versions: dict[int, tuple[Path, Fingerprint]]
+
+
+class SignatureChanged(FerryError):
+    """A new version's signature differs from that of the version it would take over from
+    (``signature_changes``), and its ``ferry.toml`` does not set ``allow_signature_change``."""
 
 
 class _WarmupFailed(Exception):
@@ -302,6 +315,16 @@ class Repository:
             for _, mv in sorted(self._serving[name].items(), key=lambda kv: int(kv[0]))
         ]
 
+    def unready(self) -> dict[str, str]:
+        """The models that should serve (all but unloaded ones) but serve no version, each with
+        the reason; empty when the repository is ready. Versions the policy does not select,
+        and a failed new version while an older one serves, do not count."""
+        return {
+            name: self._model_reason(entry)
+            for name, entry in sorted(self._entries.items())
+            if not entry.unloaded and not self._serving.get(name)
+        }
+
     def index(self) -> list[dict[str, Any]]:
         """Triton's repository index: {"name", "version", "state", "reason"} for every version
         on disk (state READY, LOADING or UNAVAILABLE; reason "" when ready and healthy). A model
@@ -444,6 +467,7 @@ class Repository:
         else:
             policy = entry.config.version_policy
             ready = {int(v): mv for v, mv in old.items() if int(v) in entry.versions}
+            before = dict(ready)
             attempted: set[int] = set()
             built = []
 
@@ -453,7 +477,8 @@ class Repository:
                     return False
                 if number in ready:
                     return state.tried != state.fingerprint
-                return state.tried != state.fingerprint or state.error is None or retry
+                changed = state.tried != state.fingerprint or state.error is None or retry
+                return changed or (state.refused and not before)  # nothing left to differ from
 
             while True:
                 candidates = [n for n in entry.versions if n in ready or needs_load(n)]
@@ -463,7 +488,9 @@ class Repository:
                     break
                 for number in sorted(todo, reverse=True):
                     attempted.add(number)
-                    result = await self._attempt(entry, number, ready.get(number))
+                    result = await self._attempt(
+                        entry, number, ready.get(number), _predecessor(before, number)
+                    )
                     if isinstance(result, str):
                         changes.append(f"{name}/{number} failed")
                         if failed is not None:
@@ -516,20 +543,29 @@ class Repository:
         return [] if first else [f"{entry.name} config changed"]
 
     async def _attempt(
-        self, entry: _Entry, number: int, previous: ModelVersion | None
+        self,
+        entry: _Entry,
+        number: int,
+        previous: ModelVersion | None,
+        predecessor: ModelVersion | None = None,
     ) -> ModelVersion | str:
-        """Load (or reuse) one version in a worker thread; the reason string on failure."""
+        """Load (or reuse) one version in a worker thread; the reason string on failure.
+        ``predecessor``: the version it would take over from, whose inputs it must keep."""
         assert entry.config is not None
         state = entry.versions[number]
         fingerprint = state.fingerprint
         state.loading = True
+        state.refused = False
         try:
             result = await asyncio.to_thread(
-                _build, entry.name, str(number), state.path, entry.config, previous
+                _build, entry.name, str(number), state.path, entry.config, previous, predecessor
             )
         except _WarmupFailed as e:
             await e.executor.close()
             error = _reason(e.cause)
+        except SignatureChanged as e:
+            state.refused = True
+            error = _reason(e)
         except Exception as e:
             error = _reason(e)
         else:
@@ -632,10 +668,16 @@ _WAITING = "waiting for its files to stop changing"
 
 
 def _build(
-    name: str, version: str, path: Path, config: ModelConfig, previous: ModelVersion | None
+    name: str,
+    version: str,
+    path: Path,
+    config: ModelConfig,
+    previous: ModelVersion | None,
+    predecessor: ModelVersion | None = None,
 ) -> ModelVersion:
     """Load, build and warm up one version (blocking; runs in a worker thread). Returns
-    ``previous`` itself when the files hold the same model and the settings are the same."""
+    ``previous`` itself when the files hold the same model and the settings are the same.
+    SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows."""
     file = resolve_model_path(path)
     model: Model | None = None
     if previous is not None and _same_files(previous.model, file):
@@ -647,12 +689,76 @@ def _build(
         digest = model.digest  # now, before the files can change again
         if previous is not None and previous.config == config and digest == previous.model.digest:
             return previous
+    if predecessor is not None and not config.allow_signature_change:
+        _check_signature(model.signature, predecessor)
     executor = ModelExecutor(model, config, name=name, version=version)
     try:
         executor.warmup(_warmup_feeds(config, file))
     except Exception as e:
         raise _WarmupFailed(executor, e) from e
     return ModelVersion(name, version, model, config, executor)
+
+
+def _predecessor(serving: dict[int, ModelVersion], number: int) -> ModelVersion | None:
+    """The served version that version ``number`` would take over from: itself, or the highest
+    one when ``number`` is above it (clients that name no version move to it); None when it
+    takes over from nothing (the first load, or a version below the highest)."""
+    if number in serving:
+        return serving[number]
+    highest = max(serving, default=0)
+    return serving[highest] if number > highest > 0 else None
+
+
+def _check_signature(new: Signature, old: ModelVersion) -> None:
+    """SignatureChanged naming what ``signature_changes`` finds between ``old`` and ``new``."""
+    changes = signature_changes(old.executor.signature, new)
+    if changes:
+        shown = "; ".join(changes[:3]) + (
+            f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        )
+        raise SignatureChanged(
+            f"its signature differs from that of version {old.version}, which keeps serving: "
+            f"{shown}",
+            hint="set allow_signature_change = true in the model's ferry.toml to let it take over",
+        )
+
+
+def signature_changes(old: Signature, new: Signature) -> list[str]:
+    """What a client of ``old`` would find broken in ``new``: inputs added, removed or with
+    another dtype, rank or fixed dim, and outputs removed; [] when nothing.
+
+        signature_changes(v1.signature, v2.signature)  # ["input 'x' is FP64, was FP32"]
+    """
+    before = {spec.name: spec for spec in old.inputs}
+    after = {spec.name: spec for spec in new.inputs}
+    changes = [f"input {n!r} is gone" for n in before if n not in after]
+    changes += [f"input {n!r} is new" for n in after if n not in before]
+    for name in before.keys() & after.keys():
+        was, now = before[name], after[name]
+        if _datatype(was) != _datatype(now):
+            changes.append(f"input {name!r} is {_datatype(now)}, was {_datatype(was)}")
+        elif not _same_dims(was, now):
+            changes.append(f"input {name!r} has shape {now.shape_text()}, was {was.shape_text()}")
+    outputs = set(new.output_names)
+    changes += [f"output {n!r} is gone" for n in old.output_names if n not in outputs]
+    return sorted(changes)
+
+
+def _datatype(spec: TensorSpec) -> str:
+    return spec.dtype.v2 or spec.dtype.onnx_name
+
+
+def _same_dims(was: TensorSpec, now: TensorSpec) -> bool:
+    """Same rank, and the same size on every axis fixed in either (symbolic names aside)."""
+    if was.shape is None or now.shape is None:
+        return was.shape is None and now.shape is None
+    if len(was.shape) != len(now.shape):
+        return False
+    return all(
+        a == b
+        for a, b in zip(was.shape, now.shape, strict=True)
+        if isinstance(a, int) or isinstance(b, int)
+    )
 
 
 def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:

@@ -6,7 +6,14 @@
 
 Slow clients cannot hold the server: headers must arrive within ``header_timeout_s`` of the
 first byte (else 408 and the connection closes), bodies within the app's body timeout, and an
-idle keep-alive connection closes after ``keep_alive_s``.
+idle keep-alive connection closes after ``keep_alive_s``. Big ones cannot fill its memory: a
+request's line and headers must fit ``max_header_bytes`` and ``max_headers`` (else 431 and the
+connection closes), bodies the app's body limit.
+
+API keys must be at least ``MIN_KEY_LENGTH`` printable characters; ``read_keys`` and
+``env_keys`` take them from a file or an environment variable:
+
+    serve("models/", settings=ServeSettings(api_keys=read_keys("/run/secrets/ferry-keys")))
 """
 
 from __future__ import annotations
@@ -14,21 +21,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from .app import ServeApp, ServeSettings
 from .config import ModelConfig
 from .repository import Repository
 
 log = logging.getLogger("onnxferry.serve")
+
+MIN_KEY_LENGTH = 16
+LINGER_S = 2.0
+"""After a 431 the server reads and drops what the client still sends for this long before it
+closes, so that the client reads the answer rather than a connection reset."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,16 @@ class ServerOptions:
     poll_interval_s: float | None = None
     """Scan the repository for new versions this often (None: only the load API reloads)."""
     log_level: str = "warning"
+    max_header_bytes: int = 64 * 1024
+    """A request's line and headers together; past it: 431 and the connection closes."""
+    max_headers: int = 100
+    """Header fields in one request; past it: 431 and the connection closes."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_headers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UsageError(f"ServerOptions.{name} must be a positive integer, got {value!r}")
 
 
 def build_app(
@@ -52,7 +77,10 @@ def build_app(
     config: ModelConfig | None = None,
     poll_interval_s: float | None = None,
 ) -> ServeApp:
-    """The app over ``path`` (one .onnx file or a Triton-layout repository)."""
+    """The app over ``path`` (one .onnx file or a Triton-layout repository); refuses bad API
+    keys before it opens anything."""
+    if settings is not None:
+        check_settings(settings)
     repository = Repository.open(Path(path), poll_interval_s=poll_interval_s, config=config)
     return ServeApp(repository, settings)
 
@@ -118,11 +146,11 @@ def running(
     """Serve in a background thread on a free loopback port; yields the base URL and stops
     (draining) on exit."""
     options = options or ServerOptions(port=0)
-    app = (
-        path
-        if isinstance(path, ServeApp)
-        else build_app(path, settings, config, options.poll_interval_s)
-    )
+    if isinstance(path, ServeApp):
+        check_settings(path.settings)
+        app = path
+    else:
+        app = build_app(path, settings, config, options.poll_interval_s)
     sock = bind(options.host, options.port)
     server = _server(app, options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -140,12 +168,93 @@ def running(
         sock.close()
 
 
+def read_keys(path: str | Path) -> tuple[str, ...]:
+    """API keys from a file, one a line; blank lines and lines starting with # are skipped:
+
+        ServeSettings(api_keys=read_keys("/run/secrets/ferry-keys"))
+
+    Refuses a file every user may read, one without a key, and bad keys (naming the line,
+    never the key)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise InputError(f"cannot read the key file {path} ({reason})") from None
+    if os.name == "posix" and mode & stat.S_IROTH:
+        raise InputError(
+            f"the key file {path} can be read by every user (mode {stat.S_IMODE(mode):o})",
+            hint=f"chmod o-r {path} (a Kubernetes secret: defaultMode 0440)",
+        )
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if key and not key.startswith("#"):
+            keys.append(check_key(key, f"{path} line {number}"))
+    if not keys:
+        raise InputError(
+            f"the key file {path} holds no key", hint="one key a line; # starts a comment"
+        )
+    return tuple(keys)
+
+
+def env_keys(name: str) -> tuple[str, ...]:
+    """API keys from an environment variable, separated by whitespace:
+
+        ServeSettings(api_keys=env_keys("FERRY_KEYS"))
+
+    Refuses a variable that is not set or empty (a key that went missing must not let
+    requests through), and bad keys."""
+    value = os.environ.get(name)
+    if value is None:
+        raise InputError(f"the environment variable {name} is not set")
+    if not value.strip():
+        raise InputError(f"the environment variable {name} is empty")
+    return tuple(check_key(key, f"${name}") for key in value.split())
+
+
+def check_settings(settings: ServeSettings) -> None:
+    """Refuse keys that are empty (``Authorization: Bearer`` alone would match them), short
+    or unprintable, in one line naming the setting."""
+    check_keys(settings.api_keys, "api_keys")
+    check_keys(settings.repository_keys, "repository_keys")
+
+
+def check_keys(keys: tuple[str, ...], source: str) -> tuple[str, ...]:
+    """``keys`` when each is a usable API key; else one line naming ``source``."""
+    return tuple(check_key(key, source) for key in keys)
+
+
+def check_key(key: str, source: str) -> str:
+    """``key`` when it is at least MIN_KEY_LENGTH printable ASCII characters without spaces;
+    else one line naming ``source`` (never the key)."""
+    hint = "generate one with: openssl rand -hex 32"
+    if not key.strip():
+        raise InputError(
+            f"{source}: the key is empty; a key needs at least {MIN_KEY_LENGTH} characters",
+            hint=hint,
+        )
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        raise InputError(
+            f"{source}: the key has a space, a control or a non-ASCII character; "
+            "keys are printable ASCII",
+            hint=hint,
+        )
+    if len(key) < MIN_KEY_LENGTH:
+        raise InputError(
+            f"{source}: the key has {len(key)} characters; a key needs at least {MIN_KEY_LENGTH}",
+            hint=hint,
+        )
+    return key
+
+
 def _server(app: ServeApp, options: ServerOptions) -> Any:
     import uvicorn
 
     config = uvicorn.Config(
         app,
-        http=_guarded_protocol(options.header_timeout_s),
+        http=_guarded_protocol(options),
         loop="uvloop" if _has_uvloop() else "asyncio",
         lifespan="on",
         log_level=options.log_level,
@@ -157,50 +266,129 @@ def _server(app: ServeApp, options: ServerOptions) -> Any:
     return uvicorn.Server(config)
 
 
-def _guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, closing connections whose headers do not arrive in time
-    (uvicorn itself waits forever for a request's headers)."""
+def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the limits uvicorn lacks: a request's headers must
+    arrive within header_timeout_s of its first byte (else 408) and fit max_header_bytes and
+    max_headers (else 431); either way the connection closes."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    timeout_s, max_bytes, max_count = (
+        options.header_timeout_s,
+        options.max_header_bytes,
+        options.max_headers,
+    )
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        _timer: asyncio.TimerHandle | None = None
+        """The headers' deadline, or the end of the linger after a 431."""
+        _header_bytes: int | None = 0
+        """Bytes of the request being read while its headers are; None while its body is. A
+        request that starts in the read that ends the one before is counted from the next read
+        (pipelining), so it may hold up to twice the cap."""
+        _header_count = 0
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            # httptools holds a header in memory until it ends, however long it grows: it is
+            # fed no more than what is left of the cap.
+            while data and self._reading():
+                if self._header_bytes is None:
+                    super().data_received(data)
+                    return
+                room = max_bytes - self._header_bytes
+                piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+                self._header_bytes += len(piece)
+                super().data_received(piece)
+                if self._refused or self._header_bytes is None:
+                    continue
+                if self._header_bytes >= max_bytes:
+                    self._refuse(f"request headers exceed {max_bytes} bytes")
+                elif self._header_count > max_count:
+                    self._refuse(f"more than {max_count} request headers")
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._header_timer is None:
+            self._header_count = 0
+            if self._timer is None and not self._refused:
                 self._arm()
 
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count <= max_count:
+                super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
+            self._header_bytes = None
+            if self._refused:
+                return
             self._disarm()
-            super().on_headers_complete()
+            if self._header_count > max_count:
+                self._refuse(f"more than {max_count} request headers")
+            else:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._header_bytes = 0
+            if not self._refused:
+                super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
+        def _reading(self) -> bool:
+            """Not refused, not closing, not handed over to a WebSocket protocol."""
+            transport = self.transport
+            return not (
+                self._refused or transport.is_closing() or transport.get_protocol() is not self
+            )
+
         def _arm(self) -> None:
-            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
+            self._timer = self.loop.call_later(timeout_s, self._headers_too_slow)
 
         def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
         def _headers_too_slow(self) -> None:
-            self._header_timer = None
+            self._timer = None
             if not self.transport.is_closing():
-                message = b'{"error": "request headers did not arrive in time"}'
-                self.transport.write(
-                    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message)
+                _answer(
+                    self.transport, b"408 Request Timeout", "request headers did not arrive in time"
                 )
                 self.transport.close()
 
+        def _refuse(self, message: str) -> None:
+            """Answer 431 and close; read and drop what follows until then."""
+            self._refused = True
+            self._disarm()
+            if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+                self.transport.close()  # the answer would cut into an earlier one
+                return
+            _answer(self.transport, b"431 Request Header Fields Too Large", message)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+
     return GuardedHttpToolsProtocol
+
+
+def _answer(transport: asyncio.Transport, status: bytes, message: str) -> None:
+    """Write a whole ``{"error": message}`` response that closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    transport.write(
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, len(body), body)
+    )
 
 
 def _has_uvloop() -> bool:

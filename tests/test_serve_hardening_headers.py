@@ -1,0 +1,224 @@
+"""Request header blocks are capped in bytes and in count: past either cap the client gets 431
+and the connection closes, before the server holds more than the cap; requests under the caps,
+bodies and keep-alive connections are unaffected."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onnxferry.cli import main
+from onnxferry.errors import UsageError
+from onnxferry.serve.server import ServerOptions, running
+from tests.helpers import RELU, onnx_text, save
+
+STATM = Path("/proc/self/statm")
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(onnx_text(RELU), tmp_path_factory.mktemp("headers") / "m.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[str]:
+    """The defaults: 100 headers, 64 KiB."""
+    with running(model, ServerOptions(port=0)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def small(model: Path) -> Iterator[str]:
+    with running(model, ServerOptions(port=0, max_header_bytes=4096, max_headers=10)) as url:
+        yield url
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(*address(url), timeout=30)
+    try:
+        conn.request("GET", "/v2/health/ready", headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def raw(url: str, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(address(url), timeout=10) as sock:
+        sock.sendall(data)
+        return _read_all(sock)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def head(lines: list[bytes]) -> bytes:
+    return (
+        b"GET /v2/health/ready HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    )
+
+
+class PeakRss:
+    """The process's resident memory, sampled every millisecond while in the block (the
+    server runs in a thread of this process)."""
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.now()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @staticmethod
+    def now() -> int:
+        return int(STATM.read_text().split()[1]) * PAGE
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self.now())
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def stream_headers(url: str, piece: bytes, most: int, seconds: float) -> tuple[bytes, int]:
+    """Stream an endless header block in ``piece``s until the server answers or closes, or
+    ``most`` bytes or ``seconds`` have gone by; returns (the answer, bytes sent)."""
+    sent = 0
+    end = time.monotonic() + seconds
+    with socket.create_connection(address(url), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
+        while sent < most and time.monotonic() < end:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(piece)
+        return _read_all(sock), sent
+
+
+@pytest.mark.skipif(not STATM.exists(), reason="reads resident memory from /proc")
+@pytest.mark.parametrize(
+    "piece",
+    [b"x" * 65536, b"X-Filler: " + b"y" * 1000 + b"\r\n"],
+    ids=["one endless header", "endless headers"],
+)
+def test_streamed_headers_get_431_at_once_and_memory_stays_flat(server: str, piece: bytes) -> None:
+    if piece.startswith(b"X-"):
+        piece *= 64
+    else:
+        piece = b"X-Big: " + piece
+    idle = http.client.HTTPConnection(*address(server), timeout=30)
+    idle.request("GET", "/v2/health/live")
+    assert idle.getresponse().read() == b""
+    started = time.monotonic()
+    with PeakRss() as rss:
+        answer, sent = stream_headers(server, piece, most=64 << 20, seconds=10)
+    # unguarded, the server read all 64 MiB into memory and answered 408 ten seconds later
+    assert answer.startswith(b"HTTP/1.1 431 "), (answer[:200], sent)
+    assert b'"error"' in answer and b"connection: close" in answer.lower()
+    assert time.monotonic() - started < 5 and sent < 16 << 20
+    assert rss.growth_mib < 8, rss.growth_mib
+    # the server still serves: on a new connection and on one opened before
+    assert get(server) == (200, b"")
+    idle.request("GET", "/v2/health/ready")
+    assert idle.getresponse().status == 200
+    idle.close()
+
+
+def test_header_bytes_past_the_cap_are_431_for_an_ordinary_client(small: str) -> None:
+    assert get(small, {"X-Pad": "p" * 3000})[0] == 200
+    status, body = get(small, {"X-Pad": "p" * 5000})
+    assert status == 431
+    assert json.loads(body)["error"] == "request headers exceed 4096 bytes"
+    status, body = get(small, {"X-Pad": "p" * 50})  # the server serves on
+    assert status == 200
+
+
+def test_header_count_past_the_cap_is_431(small: str) -> None:
+    ten = [b"Host: x", b"Connection: close"] + [b"X-%d: v" % i for i in range(8)]
+    assert raw(small, head(ten)).startswith(b"HTTP/1.1 200 ")
+    answer = raw(small, head([*ten, b"X-eleventh: v"]))
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"more than 10 request headers" in answer
+
+
+def test_the_caps_apply_to_each_request_not_the_connection_or_the_body(small: str) -> None:
+    conn = http.client.HTTPConnection(*address(small), timeout=30)
+    try:
+        for _ in range(4):  # 12 KB of headers over one keep-alive connection
+            conn.request("GET", "/v2/health/ready", headers={"X-Pad": "p" * 3000})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"")
+        x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, -2.0, 3.0, -4.0]}
+        body = json.dumps({"inputs": [x]}).encode() + b" " * (256 << 10)
+        conn.request("POST", "/v2/models/m/infer", body=body)  # one send: head and body
+        response = conn.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["outputs"][0]["data"] == [1.0, 0.0, 3.0, 0.0]
+    finally:
+        conn.close()
+
+
+def test_pipelined_requests_are_each_within_the_caps(small: str) -> None:
+    one = head([b"Host: x", b"X-Pad: " + b"p" * 3000])
+    answer = b""
+    with socket.create_connection(address(small), timeout=10) as sock:
+        sock.sendall(one * 3)  # 9 KB of headers in one send
+        while answer.count(b"HTTP/1.1 ") < 3 and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [({"max_header_bytes": 0}, "max_header_bytes"), ({"max_headers": -1}, "max_headers")],
+)
+def test_caps_must_be_positive(options: dict[str, int], words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        ServerOptions(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("option", ["--max-header-bytes", "--max-headers"])
+def test_cli_caps_must_be_positive(
+    model: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    with socket.socket() as busy:  # a command that failed to refuse stops here, not serving
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        assert main(["serve", str(model), "--port", port, option, "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{option} must be positive" in err and len(err.splitlines()) == 1
