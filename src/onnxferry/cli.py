@@ -390,7 +390,8 @@ def _bench_url(
     "api_keys",
     multiple=True,
     envvar="FERRY_API_KEY",
-    help="Bearer key for every route but health, 16+ characters (env FERRY_API_KEY).",
+    help="Bearer key for every route but health and /openapi.json, 16+ characters "
+    "(env FERRY_API_KEY).",
 )
 @click.option(
     "--api-key-file",
