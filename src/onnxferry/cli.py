@@ -432,6 +432,14 @@ def _bench_url(
     help="Let a new version whose inputs differ take over (default: refused; ferry.toml wins).",
 )
 @click.option("--max-body", default=64.0, show_default=True, help="Request body limit, MiB.")
+@click.option(
+    "--max-response", type=float, help="Response size limit, MiB (default: 64 or --max-body)."
+)
+@click.option(
+    "--max-inflight",
+    type=float,
+    help="Request bodies held at once, MiB; 503 past it (default: 256 or 4x --max-body).",
+)
 @click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
 @click.option(
@@ -442,6 +450,24 @@ def _bench_url(
 )
 @click.option(
     "--max-headers", default=100, show_default=True, help="Headers per request (431 past it)."
+)
+@click.option(
+    "--keep-alive", default=5.0, show_default=True, help="Seconds an idle connection is kept."
+)
+@click.option(
+    "--write-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds a client may leave a response unread before it is dropped.",
+)
+@click.option(
+    "--max-connections", default=1000, show_default=True, help="Open connections (503 past)."
+)
+@click.option(
+    "--max-connections-per-client",
+    default=100,
+    show_default=True,
+    help="Open connections from one address (503 past).",
 )
 @click.option(
     "--graceful-timeout",
@@ -471,10 +497,16 @@ def serve(
     inline_max_ms: float | None,
     allow_signature_change: bool | None,
     max_body: float,
+    max_response: float | None,
+    max_inflight: float | None,
     body_timeout: float,
     header_timeout: float,
     max_header_bytes: int,
     max_headers: int,
+    keep_alive: float,
+    write_timeout: float,
+    max_connections: int,
+    max_connections_per_client: int,
     graceful_timeout: float,
     access_log: bool,
 ) -> int:
@@ -487,10 +519,20 @@ def serve(
         from .serve.server import ServerOptions
         from .serve.server import serve as run_server
 
-        for name, value in (("--max-body", max_body), ("--body-timeout", body_timeout),
-                            ("--header-timeout", header_timeout),
-                            ("--max-header-bytes", max_header_bytes),
-                            ("--max-headers", max_headers)):  # fmt: skip
+        positive = {
+            "--max-body": max_body,
+            "--body-timeout": body_timeout,
+            "--header-timeout": header_timeout,
+            "--max-header-bytes": max_header_bytes,
+            "--max-headers": max_headers,
+            "--keep-alive": keep_alive,
+            "--write-timeout": write_timeout,
+            "--max-connections": max_connections,
+            "--max-connections-per-client": max_connections_per_client,
+            "--max-response": 1.0 if max_response is None else max_response,
+            "--max-inflight": 1.0 if max_inflight is None else max_inflight,
+        }
+        for name, value in positive.items():
             if not value > 0:
                 raise UsageError(f"{name} must be positive, got {value:g}")
         api_keys = _serve_keys("--api-key", api_keys, api_key_file, api_key_env)
@@ -512,6 +554,8 @@ def serve(
             repository_keys=tuple(repository_keys),
             repository_api=repository_api,
             body_limit=int(max_body * 2**20),
+            response_limit=None if max_response is None else int(max_response * 2**20),
+            inflight_limit=None if max_inflight is None else int(max_inflight * 2**20),
             body_timeout_s=body_timeout,
             default_timeout_ms=timeout_ms,
             server_version=__version__,
@@ -522,6 +566,10 @@ def serve(
             header_timeout_s=header_timeout,
             max_header_bytes=max_header_bytes,
             max_headers=max_headers,
+            keep_alive_s=keep_alive,
+            write_timeout_s=write_timeout,
+            max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client,
             graceful_timeout_s=graceful_timeout,
             poll_interval_s=poll,
         )

@@ -10,13 +10,19 @@ never lets an exception escape to the connection.
 
 /v2/health/ready is 200 when every model that should serve (all but unloaded ones) has a
 version serving. A compressed body is inflated on the event loop up to ``INFLATE_ON_LOOP``
-bytes of work, the rest in a worker thread. An infer request is validated by the version that
-runs it, looked up once its body has arrived.
+bytes of work, the rest in a worker thread; a JSON header past ``PARSE_ON_LOOP`` bytes is parsed,
+and outputs past ``ENCODE_ON_LOOP`` bytes encoded, in a worker thread too. An infer request is
+validated by the version that runs it, looked up once its body has arrived.
+
+Memory: request bodies held at once (arriving, inflated, being served) are capped server-wide
+at ``inflight_limit`` bytes (503 with Retry-After past it), and a response at ``response_limit``
+bytes (400: the request is valid, its answer too large to send).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -24,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..errors import FerryError, InputError, one_line
 from .config import triton_config
@@ -33,11 +41,13 @@ from .openapi import openapi_document
 from .protocol import (
     BodyTooLarge,
     Buffer,
+    InferRequest,
     Inflater,
     body_buffer,
     encode_infer_response,
     model_metadata,
     parse_header_length,
+    response_floor,
 )
 from .repository import ModelNotFound, ModelNotReady, ModelVersion, Repository
 
@@ -52,6 +62,16 @@ MIB = 1 << 20
 INFLATE_ON_LOOP = 256 * 1024
 """Bytes of a compressed body read plus bytes written that are inflated on the event loop;
 past them the rest is inflated in a worker thread (about a millisecond of work)."""
+PARSE_ON_LOOP = MIB
+"""A JSON request header longer than this is parsed in a worker thread (tens of ms of work)."""
+ENCODE_ON_LOOP = MIB
+"""Outputs of more bytes than this (as arrays) are encoded in a worker thread."""
+MAX_TIMEOUT_US = 365 * 24 * 3600 * 10**6
+"""The longest ``timeout`` parameter (a year); past it 400, as Python floats cannot hold 10**400."""
+LOG_VALUE_LIMIT = 200
+"""Characters of a client's value (path, model name) that a log line keeps."""
+MAX_VERSION_DIGITS = 18
+"""A version segment of more digits names no version (int() refuses past 4300)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,78 @@ class ServeSettings:
     """Deadline for a request that sets none (the model's ferry.toml timeout_ms wins)."""
     server_name: str = "onnxferry"
     server_version: str = ""
+    response_limit: int | None = None
+    """Bytes a response body may have (None: 64 MiB or body_limit, the larger); past it the
+    request is answered 400."""
+    inflight_limit: int | None = None
+    """Bytes of request bodies the server holds at once (None: 4 x body_limit, at least
+    256 MiB); a request that
+    would pass it is answered 503 with Retry-After. At least body_limit."""
+
+    @property
+    def response_bytes(self) -> int:
+        """``response_limit`` with its default applied."""
+        if self.response_limit is None:
+            return max(self.body_limit, 64 * MIB)
+        return self.response_limit
+
+    @property
+    def inflight_bytes(self) -> int:
+        """``inflight_limit`` with its default applied."""
+        if self.inflight_limit is None:
+            return max(4 * self.body_limit, 256 * MIB)
+        return self.inflight_limit
+
+
+class ByteBudget:
+    """Bytes held server-wide, taken and given back on the event loop thread (no lock).
+
+    budget = ByteBudget(256 << 20)
+    if not budget.take(n): refuse
+    ...
+    budget.give(n)
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes; False (holding nothing) when that would pass the limit."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class Hold:
+    """What one request holds of a ByteBudget; ``release`` (in a finally) gives it all back.
+
+    hold = Hold(budget)
+    try: hold.take(len(chunk)) ... finally: hold.release()
+    """
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        """Hold ``size`` more bytes, or raise HttpError 503 with Retry-After."""
+        if not self.budget.take(size):
+            limit = self.budget.limit
+            text = (
+                f"the server holds too many request bodies: {size} more bytes would pass its "
+                f"limit of {limit} bytes in flight; retry later"
+            )
+            raise HttpError(503, text, "busy", ((b"retry-after", b"1"),))
+        self.size += size
+
+    def release(self) -> None:
+        self.budget.give(self.size)
+        self.size = 0
 
 
 class HttpError(Exception):
@@ -108,6 +200,12 @@ class ServeApp:
         )
         self._openapi = json.dumps(document).encode()
         self.started = asyncio.Event()
+        if self.settings.inflight_bytes < self.settings.body_limit:
+            raise InputError(
+                f"inflight_limit ({self.settings.inflight_bytes} bytes) is below body_limit "
+                f"({self.settings.body_limit} bytes): no request of the largest size could run"
+            )
+        self.inflight = ByteBudget(self.settings.inflight_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -160,17 +258,17 @@ class ServeApp:
                 self.metrics.failed(e.model, e.version or "-", e.reason)
             status = await _error(send, e.status, e.message, e.headers)
         except Exception:  # a bug: log it, answer 500, keep serving
-            log.exception("internal error on %s %s", method, path)
+            log.exception("internal error on %s %s", method, _cut(path))
             status = await _error(send, 500, "internal server error; see the server log")
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(
                     {
                         "method": method,
-                        "path": path,
+                        "path": _cut(path),
                         "status": status,
-                        "model": model or None,
-                        "version": version or None,
+                        "model": _cut(model) or None,
+                        "version": _cut(version) or None,
                         "ms": round((time.perf_counter() - start) * 1e3, 3),
                         "client": (scope.get("client") or ("", 0))[0],
                     }
@@ -201,6 +299,9 @@ class ServeApp:
             if len(rest) < 2:
                 raise HttpError(404, "a version is missing after /versions/", "not_found")
             version, rest = rest[1], rest[2:]
+            if len(version) > MAX_VERSION_DIGITS:
+                text = f"model {_cut(name)!r} has no version {_cut(version, 40)!r}"
+                raise HttpError(404, text, "not_found")
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "infer":
             _method(method, "POST")
@@ -235,23 +336,26 @@ class ServeApp:
         served = self._get(name, version, not_ready=503)  # before reading a body for nothing
         label = served.version
         headers = _headers(scope)
+        hold = Hold(self.inflight)
         try:
             header_length = parse_header_length(headers.get(b"inference-header-content-length"))
-            body = await self._body(headers, header_length, receive)
+            body = await self._body(headers, header_length, receive, hold)
             encoding = headers.get(b"content-encoding")
             if encoding and encoding != b"identity":
                 body = await self._inflate(body, encoding.decode("latin-1"))
-            # A new version may have been swapped in while the body arrived. From here to the
-            # executor's admission nothing awaits, so the version that validates the request
-            # is the one that runs it.
-            served = self._get(name, version, not_ready=503)
+                hold.take(len(body))
+            served, request = await self._decode(name, version, body, header_length)
             label = served.version
-            request = served.decoder.decode(body, header_length)
             deadline = self._deadline(request.parameters, served.config.timeout_ms, start)
             names = [o.name for o in request.outputs] if request.outputs is not None else None
             result = await served.executor.infer(
                 request.inputs, output_names=names, deadline=deadline
             )
+            del body  # the request's arrays may still view it: the hold stays to the end
+            payload, response_headers = await self._encode(name, label, request, result.outputs)
+            content_type = response_headers.pop("content-type")
+            extra = tuple((k.encode(), v.encode()) for k, v in response_headers.items())
+            await _respond(send, 200, payload, content_type, extra)
         except HttpError as e:
             e.reason = e.reason or "bad_request"
             e.model, e.version = name, label
@@ -260,17 +364,8 @@ class ServeApp:
             error = _http_error(e)
             error.model, error.version = name, label
             raise error from None
-        payload, response_headers = encode_infer_response(
-            model_name=name,
-            model_version=label,
-            request_id=request.id,
-            outputs=result.outputs,
-            requested=request.outputs,
-            binary_default=request.binary_output,
-        )
-        content_type = response_headers.pop("content-type")
-        extra = tuple((k.encode(), v.encode()) for k, v in response_headers.items())
-        await _respond(send, 200, payload, content_type, extra)
+        finally:
+            hold.release()
         self.metrics.succeeded(
             name,
             label,
@@ -282,6 +377,56 @@ class ServeApp:
         return 200, name, label
 
     # --- pieces --------------------------------------------------------------------------
+
+    async def _decode(
+        self, name: str, version: str | None, body: Buffer, header_length: int | None
+    ) -> tuple[ModelVersion, InferRequest]:
+        """The version that runs the request, and the request it validated. A JSON header
+        past PARSE_ON_LOOP bytes is parsed in a worker thread (never through the decoder's
+        cache, which takes headers of at most a few KB); the version may be swapped meanwhile,
+        so it is looked up again after, and the request decoded again by a new one."""
+        json_size = len(memoryview(body).cast("B")) if header_length is None else header_length
+        for _ in range(3):
+            # A new version may have been swapped in while the body arrived. From the lookup
+            # to the executor's admission nothing else awaits, so the version that validates
+            # the request is the one that runs it.
+            served = self._get(name, version, not_ready=503)
+            if json_size <= PARSE_ON_LOOP:
+                return served, served.decoder.decode(body, header_length)
+            request = await asyncio.to_thread(served.decoder.decode, body, header_length)
+            if self._get(name, version, not_ready=503) is served:
+                return served, request
+        raise HttpError(503, f"model {name!r} is being reloaded; retry", "unavailable")
+
+    async def _encode(
+        self, name: str, label: str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    ) -> tuple[bytes, dict[str, str]]:
+        """The response body and headers: in a worker thread past ENCODE_ON_LOOP bytes of
+        outputs, refused past ``response_limit``.
+
+        Past the limit the answer is 400, not 413 (that is about the request body) nor 500
+        (nothing failed): the request asked for more than the server sends in one response,
+        and the client fixes it by asking for binary outputs or a smaller batch."""
+        limit = self.settings.response_bytes
+        floor = response_floor(outputs, request.outputs, request.binary_output)
+        if floor > limit:
+            raise _response_too_large(f"at least {floor}", limit)
+        encode = functools.partial(
+            encode_infer_response,
+            model_name=name,
+            model_version=label,
+            request_id=request.id,
+            outputs=outputs,
+            requested=request.outputs,
+            binary_default=request.binary_output,
+        )
+        if sum(array.nbytes for array in outputs.values()) > ENCODE_ON_LOOP:
+            payload, headers = await asyncio.to_thread(encode)
+        else:
+            payload, headers = encode()
+        if len(payload) > limit:
+            raise _response_too_large(str(len(payload)), limit)
+        return payload, headers
 
     def _get(self, name: str, version: str | None, not_ready: int = 400) -> ModelVersion:
         """The served version; 404 when unknown; ``not_ready`` (400 for the metadata and ready
@@ -366,10 +511,15 @@ class ServeApp:
         raise HttpError(401, "missing or wrong API key; send Authorization: Bearer KEY", "auth")
 
     async def _body(
-        self, headers: Mapping[bytes, bytes], header_length: int | None, receive: Receive
+        self,
+        headers: Mapping[bytes, bytes],
+        header_length: int | None,
+        receive: Receive,
+        hold: Hold,
     ) -> Buffer:
         """The whole body, refused (413) past the limit by Content-Length or, for chunked
-        bodies, by counting streamed bytes; 408 when it does not arrive in time. A body in
+        bodies, by counting streamed bytes; 408 when it does not arrive in time; 503 when
+        ``hold`` cannot take its bytes (all of a Content-Length at once, before reading). A body in
         several pieces with a Content-Length lands in an aligned buffer, so its binary tensors
         need no copy; a body that arrives whole is used as it is."""
         limit = self.settings.body_limit
@@ -377,6 +527,8 @@ class ServeApp:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise HttpError(413, _too_large(limit), "too_large")
         expected = int(declared) if declared is not None else None
+        if expected is not None:
+            hold.take(expected)
         buffer: memoryview | None = None
         chunks: list[bytes] = []
         size = 0
@@ -398,6 +550,8 @@ class ServeApp:
                 end = size + len(chunk)
                 if end > limit or (expected is not None and end > expected):
                     raise HttpError(413, _too_large(limit), "too_large")
+                if expected is None:
+                    hold.take(len(chunk))
                 if more and expected is not None and buffer is None and not chunks:
                     buffer = body_buffer(expected, header_length)
                 if buffer is not None:
@@ -431,6 +585,9 @@ class ServeApp:
                 raise HttpError(400, "parameter timeout must be a number of microseconds", "")
             if timeout_us <= 0:
                 raise HttpError(400, "parameter timeout must be positive (microseconds)", "")
+            if timeout_us > MAX_TIMEOUT_US:
+                text = f"parameter timeout must be at most {MAX_TIMEOUT_US} microseconds (a year)"
+                raise HttpError(400, text, "")
             seconds = timeout_us / 1e6
         elif model_timeout_ms is not None:
             seconds = model_timeout_ms / 1e3
@@ -481,6 +638,20 @@ def _method(method: str, allowed: str) -> None:
 
 def _line(error: BaseException) -> str:
     return one_line(error, limit=None)
+
+
+def _cut(value: str, limit: int = LOG_VALUE_LIMIT) -> str:
+    """``value`` cut to ``limit`` characters, for a log line or a message."""
+    return value if len(value) <= limit else value[:limit] + f"...({len(value)} chars)"
+
+
+def _response_too_large(size: str, limit: int) -> HttpError:
+    text = (
+        f"the response would be {size} bytes, past the limit of {limit} bytes; ask for binary "
+        "outputs (parameters.binary_data_output) or send a smaller batch, or raise "
+        "--max-response"
+    )
+    return HttpError(400, text, "response_too_large")
 
 
 def _too_large(limit: int) -> str:

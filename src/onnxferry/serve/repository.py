@@ -22,12 +22,18 @@ What ``open`` accepts:
 
 Loading: ``Model.load`` (the safe loader), a ``ModelExecutor``, one warmup run, all in a worker
 thread. A version that fails is recorded with a one-line reason (``index()``; ``get`` raises
-ModelNotReady with it); the other models and versions serve. Under a ``latest`` policy a failed
-version does not count, so the next lower version that loads serves instead.
+ModelNotReady with it); the other models and versions serve. Reasons name paths relative to
+the repository (``<name>/<version>/model.onnx``); the log has the full paths. Under a
+``latest`` policy a failed version does not count, so the next lower version that loads serves
+instead.
 
 Hot reload (``poll_once``, every ``poll_interval_s`` after ``start``): the disk is scanned;
-a version is fingerprinted by (path, size, mtime_ns, inode) of every non-hidden file in its
-directory, ``ferry.toml`` likewise. A change is acted on only when the fingerprint is the same
+a version is fingerprinted by (path, size, mtime_ns, inode) of the non-hidden files in its
+directory (breadth first, at most ``MAX_VERSION_ENTRIES`` entries read, links to directories
+not followed; past that the index says so, and its ``model.onnx`` and the served model's
+external data files are still watched), ``ferry.toml`` likewise. A version directory that is a
+link to a place outside the repository and its model directory is refused, with a reason in
+the index. A change is acted on only when the fingerprint is the same
 on two consecutive scans, so a file still being copied is not loaded half-written. A changed
 file whose content hash equals the served model's digest is not reloaded. New or changed
 versions are loaded and warmed up while the old ones keep serving, then the model's version map
@@ -51,6 +57,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +87,14 @@ Fingerprint = tuple[tuple[str, int, int, int], ...]
 """(path, size, mtime_ns, inode) of every file of a version, sorted."""
 
 _NEVER: Stamp = (-1, -1, -1)
+MAX_VERSION_ENTRIES = 1000
+"""Directory entries a scan examines per version; past it only the model file, the served
+version's external data files and the entries already examined are watched."""
+_OUTSIDE = "the version directory links outside the model repository; refused"
+_CROWDED = (
+    f"the version directory holds more than {MAX_VERSION_ENTRIES} entries; only the first "
+    f"{MAX_VERSION_ENTRIES}, the model file and its external data are watched"
+)
 _VERSION_DIR = re.compile(r"[0-9]+")
 
 
@@ -123,6 +138,8 @@ class _Version:
     waiting: bool = False  # changed, and the last scan found it still changing
     loading: bool = False
     refused: bool = False  # the failure at ``tried`` was a signature change
+    blocked: str | None = None  # why the scan refused the directory itself
+    note: str = ""  # what the scan could not watch
 
 
 @dataclass
@@ -140,12 +157,22 @@ class _Entry:
     unloaded: bool = False
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """One version as found by a scan."""
+
+    path: Path
+    fingerprint: Fingerprint
+    blocked: str | None = None
+    note: str = ""
+
+
 @dataclass
 class _Disk:
     """One model as found by a scan."""
 
     config_stamp: Stamp | None
-    versions: dict[int, tuple[Path, Fingerprint]]
+    versions: dict[int, _Seen]
 
 
 class SignatureChanged(FerryError):
@@ -183,6 +210,8 @@ class Repository:
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._stopping = False
+        base = path.parent if single else path
+        self._roots = sorted({str(base.absolute()), str(base.resolve())}, key=len, reverse=True)
 
     @classmethod
     def open(
@@ -433,12 +462,22 @@ class Repository:
         entry.config_stamp = disk.config_stamp
         for number in set(entry.versions) - set(disk.versions):
             del entry.versions[number]
-        for number, (path, fingerprint) in disk.versions.items():
+        for number, seen in disk.versions.items():
             known = entry.versions.get(number)
-            if known is None or known.path != path:
-                known = entry.versions[number] = _Version(path)
-            known.stable = fingerprint == known.fingerprint
-            known.fingerprint = fingerprint
+            if known is None or known.path != seen.path:
+                known = entry.versions[number] = _Version(seen.path)
+            if seen.blocked and not known.blocked:
+                log.warning(
+                    "model %s version %s: %s (%s -> %s)",
+                    entry.name,
+                    number,
+                    seen.blocked,
+                    seen.path,
+                    seen.path.resolve(),
+                )
+            known.stable = seen.fingerprint == known.fingerprint
+            known.fingerprint = seen.fingerprint
+            known.blocked, known.note = seen.blocked, seen.note
 
     async def _sync_model(
         self,
@@ -529,9 +568,10 @@ class Repository:
             else:
                 config = await asyncio.to_thread(ModelConfig.from_toml, file)
         except Exception as e:
-            entry.config_error = _reason(e)
+            full = _reason(e, limit=None)
+            entry.config_error = self._public(entry, full)
             kept = "; serving with the previous settings" if entry.config else ""
-            log.warning("model %s: %s%s", entry.name, entry.config_error, kept)
+            log.warning("model %s: %s%s", entry.name, one_line(full, _REASON_LIMIT), kept)
             return [f"{entry.name} config failed"]
         entry.config_error = None
         if config == entry.config:
@@ -562,12 +602,12 @@ class Repository:
             )
         except _WarmupFailed as e:
             await e.executor.close()
-            error = _reason(e.cause)
+            error = _reason(e.cause, limit=None)
         except SignatureChanged as e:
             state.refused = True
-            error = _reason(e)
+            error = _reason(e, limit=None)
         except Exception as e:
-            error = _reason(e)
+            error = _reason(e, limit=None)
         else:
             state.tried, state.error = fingerprint, None
             if result is not previous:
@@ -575,10 +615,20 @@ class Repository:
             return result
         finally:
             state.loading = False
-        state.tried, state.error = fingerprint, error
+        state.tried, state.error = fingerprint, self._public(entry, error)
         serving = "; the previous files keep serving" if previous is not None else ""
-        log.warning("model %s version %s failed to load: %s%s", entry.name, number, error, serving)
-        return error
+        shown = one_line(error, _REASON_LIMIT)
+        log.warning("model %s version %s failed to load: %s%s", entry.name, number, shown, serving)
+        return state.error
+
+    def _public(self, entry: _Entry, text: str) -> str:
+        """``text`` (one line, shortened) with the repository's location on this machine cut
+        off, for clients: paths read ``<name>/<version>/model.onnx``."""
+        if entry.root is not None:
+            text = text.replace(str(entry.root.resolve()) + os.sep, entry.name + os.sep)
+        for root in self._roots:
+            text = text.replace(root + os.sep, "")
+        return one_line(text, _REASON_LIMIT)
 
     def _scan(self) -> dict[str, _Disk]:
         """The models on disk (runs in a worker thread)."""
@@ -587,11 +637,12 @@ class Repository:
             current = self._serving.get(self.path.stem, {}).get("1")
             if current is not None:
                 extra = current.model.external_files
-            versions = {}
+            versions: dict[int, _Seen] = {}
             if self.path.is_file():
-                versions[1] = (self.path, _fingerprint([self.path, *extra]))
+                versions[1] = _Seen(self.path, _fingerprint([self.path, *extra]))
             return {self.path.stem: _Disk(None, versions)}
         found: dict[str, _Disk] = {}
+        real_repo = self.path.resolve()
         for model_dir in _entries(self.path):
             if not model_dir.is_dir():
                 log.debug("model repository: ignoring %s (not a directory)", model_dir)
@@ -606,7 +657,9 @@ class Repository:
                 if number in versions:
                     log.debug("model repository: ignoring %s (duplicate version)", version_dir)
                     continue
-                versions[number] = (version_dir, _fingerprint(_files(version_dir)))
+                served = self._serving.get(model_dir.name, {}).get(str(number))
+                external = served.model.external_files if served is not None else ()
+                versions[number] = _see(version_dir, real_repo, external)
             found[model_dir.name] = _Disk(_stamp(model_dir / "ferry.toml"), versions)
         return found
 
@@ -620,6 +673,10 @@ class Repository:
                 notes.append(f"serving the previous files; reload failed: {state.error}")
             if entry.config_error is not None:
                 notes.append(f"serving with the previous settings; {entry.config_error}")
+            if state.blocked is not None:
+                notes.append(f"serving the files loaded before; {state.blocked}")
+            if state.note:
+                notes.append(state.note)
             return READY, "; ".join(notes)
         if entry.unloaded:
             return UNAVAILABLE, "unloaded"
@@ -627,6 +684,8 @@ class Repository:
             return LOADING, ""
         if entry.config is None:
             return UNAVAILABLE, entry.config_error or _WAITING
+        if state.blocked is not None:
+            return UNAVAILABLE, state.blocked
         if not state.fingerprint:
             return UNAVAILABLE, "the version directory holds no files"
         if state.waiting:
@@ -643,8 +702,8 @@ class Repository:
             return entry.config_error
         if not entry.versions:
             if entry.root is None:
-                return f"{self.path}: the model file is gone"
-            return f"no version directories (expected {entry.root}/<version>/model.onnx)"
+                return f"{self.path.name}: the model file is gone"
+            return f"no version directories (expected {entry.name}/<version>/model.onnx)"
         number = max(entry.versions)
         return self._version_state(entry, number)[1] or "not loaded yet"
 
@@ -664,6 +723,7 @@ class Repository:
 
 
 _NOT_SELECTED = "not selected by the version policy"
+_REASON_LIMIT = 500
 _WAITING = "waiting for its files to stop changing"
 
 
@@ -816,13 +876,43 @@ def _entries(directory: Path) -> list[Path]:
     return [directory / n for n in names if not n.startswith(".")]
 
 
-def _files(directory: Path) -> list[Path]:
-    """Every non-hidden file below ``directory``."""
+def _see(version_dir: Path, real_repo: Path, external: Iterable[Path]) -> _Seen:
+    """Scan one version directory: refused when it is a link leading outside the repository
+    (and its model directory), else fingerprinted within MAX_VERSION_ENTRIES."""
+    if version_dir.is_symlink():
+        real = version_dir.resolve()
+        if not (
+            real.is_relative_to(real_repo) or real.is_relative_to(version_dir.parent.resolve())
+        ):
+            return _Seen(version_dir, (), blocked=_OUTSIDE)
+    files, complete = _files(version_dir, MAX_VERSION_ENTRIES)
+    note = "" if complete else _CROWDED
+    watched = [version_dir / "model.onnx", *external, *files]
+    return _Seen(version_dir, _fingerprint(watched), note=note)
+
+
+def _files(directory: Path, limit: int) -> tuple[list[Path], bool]:
+    """The non-hidden files below ``directory``, breadth first, reading at most ``limit``
+    entries and following no link to a directory; False with them when some were left."""
     out: list[Path] = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out.extend(Path(root) / f for f in files if not f.startswith("."))
-    return out
+    pending = deque([directory])
+    examined = 0
+    while pending:
+        try:
+            with os.scandir(pending.popleft()) as it:
+                for item in it:
+                    if examined == limit:
+                        return out, False
+                    examined += 1
+                    if item.name.startswith("."):
+                        continue
+                    if item.is_dir(follow_symlinks=False):
+                        pending.append(Path(item.path))
+                    else:
+                        out.append(Path(item.path))
+        except OSError as e:
+            log.debug("model repository: cannot list %s (%s)", e.filename, e.strerror or e)
+    return out, True
 
 
 def _stamp(path: Path) -> Stamp | None:
@@ -835,7 +925,7 @@ def _stamp(path: Path) -> Stamp | None:
 
 def _fingerprint(paths: Iterable[Path]) -> Fingerprint:
     found = []
-    for p in paths:
+    for p in dict.fromkeys(paths):
         stamp = _stamp(p)
         if stamp is not None:
             found.append((str(p), *stamp))
@@ -850,7 +940,7 @@ def _version_number(text: str) -> int | None:
     return number if number > 0 else None
 
 
-def _reason(error: BaseException, limit: int = 500) -> str:
+def _reason(error: BaseException, limit: int | None = _REASON_LIMIT) -> str:
     """An error as one line: FerryErrors as they print, others with their type."""
     if isinstance(error, FerryError) or not str(error).strip():
         return one_line(error, limit)

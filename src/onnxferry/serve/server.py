@@ -6,7 +6,11 @@
 
 Slow clients cannot hold the server: headers must arrive within ``header_timeout_s`` of the
 first byte (else 408 and the connection closes), bodies within the app's body timeout, and an
-idle keep-alive connection closes after ``keep_alive_s``. Big ones cannot fill its memory: a
+idle keep-alive connection closes after ``keep_alive_s`` (bytes that start no request do not
+delay it), and a response the client stops reading for ``write_timeout_s`` is dropped. Past
+``max_connections`` open connections, or ``max_connections_per_client`` from one address, a
+new one gets 503 and closes. Requests still running after ``graceful_timeout_s`` at shutdown
+get a JSON 503. Big ones cannot fill its memory: a
 request's line and headers must fit ``max_header_bytes`` and ``max_headers`` (else 431 and the
 connection closes), bodies the app's body limit.
 
@@ -63,12 +67,28 @@ class ServerOptions:
     """A request's line and headers together; past it: 431 and the connection closes."""
     max_headers: int = 100
     """Header fields in one request; past it: 431 and the connection closes."""
+    write_timeout_s: float = 30.0
+    """A response the client stops reading for this long: the connection is dropped."""
+    max_connections: int = 1000
+    """Open connections in all; past it a new one gets 503 and is closed."""
+    max_connections_per_client: int = 100
+    """Open connections from one IP address; past it a new one gets 503 and is closed."""
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_headers"):
+        counts = (
+            "max_header_bytes",
+            "max_headers",
+            "max_connections",
+            "max_connections_per_client",
+        )
+        for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise UsageError(f"ServerOptions.{name} must be a positive integer, got {value!r}")
+        for name in ("header_timeout_s", "keep_alive_s", "write_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"ServerOptions.{name} must be a positive number, got {value!r}")
 
 
 def build_app(
@@ -253,13 +273,13 @@ def _server(app: ServeApp, options: ServerOptions) -> Any:
     import uvicorn
 
     config = uvicorn.Config(
-        app,
+        ShutdownGuard(app),
         http=_guarded_protocol(options),
         loop="uvloop" if _has_uvloop() else "asyncio",
         lifespan="on",
         log_level=options.log_level,
         access_log=False,  # the app writes its own structured access log
-        timeout_keep_alive=int(max(1, options.keep_alive_s)),
+        timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=int(options.graceful_timeout_s),
         server_header=False,
     )
@@ -269,14 +289,19 @@ def _server(app: ServeApp, options: ServerOptions) -> Any:
 def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the limits uvicorn lacks: a request's headers must
     arrive within header_timeout_s of its first byte (else 408) and fit max_header_bytes and
-    max_headers (else 431); either way the connection closes."""
+    max_headers (else 431); either way the connection closes. Bytes after a response that
+    start no request do not stop the keep-alive timeout; a response the client stops reading
+    for write_timeout_s is dropped; a connection past max_connections in all or
+    max_connections_per_client from its address gets 503 and closes."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    write_timeout_s = options.write_timeout_s
     timeout_s, max_bytes, max_count = (
         options.header_timeout_s,
         options.max_header_bytes,
         options.max_headers,
     )
+    caps = ConnectionCaps(options.max_connections, options.max_connections_per_client)
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
@@ -287,12 +312,33 @@ def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
         (pipelining), so it may hold up to twice the cap."""
         _header_count = 0
         _refused = False
+        _peer: str | None = None
+        """The client's address while it counts against the caps."""
+        _idle: asyncio.TimerHandle | None = None
+        """The keep-alive timer, held while a read is parsed: only a new request stops it."""
+        _stalled: asyncio.TimerHandle | None = None
+        """The deadline for the client to read more of a response."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            peer = self.client[0] if self.client else ""
+            refusal = caps.admit(peer)
+            if refusal is not None:
+                self._turn_away(refusal)
+                return
+            self._peer = peer
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            self._idle, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
+            try:
+                self._feed(data)
+            finally:
+                if self._idle is not None and self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self._idle
+                self._idle = None
+
+        def _feed(self, data: bytes) -> None:
             # httptools holds a header in memory until it ends, however long it grows: it is
             # fed no more than what is left of the cap.
             while data and self._reading():
@@ -311,6 +357,9 @@ def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
                     self._refuse(f"more than {max_count} request headers")
 
         def on_message_begin(self) -> None:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             super().on_message_begin()
             self._header_count = 0
             if self._timer is None and not self._refused:
@@ -342,7 +391,32 @@ def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._stalled is not None:
+                self._stalled.cancel()
+            if self._peer is not None:
+                caps.release(self._peer)
+                self._peer = None
             super().connection_lost(exc)
+
+        def eof_received(self) -> None:
+            if self._refused and not self.transport.is_closing():
+                self.transport.close()  # a refused client read the answer and left
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stalled is None:
+                self._stalled = self.loop.call_later(write_timeout_s, self._write_too_slow)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stalled is not None:
+                self._stalled.cancel()
+                self._stalled = None
+
+        def _write_too_slow(self) -> None:
+            self._stalled = None
+            log.warning("ferry serve: dropped a client that stopped reading its response")
+            self.transport.abort()
 
         def _reading(self) -> bool:
             """Not refused, not closing, not handed over to a WebSocket protocol."""
@@ -367,6 +441,17 @@ def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
                 )
                 self.transport.close()
 
+        def _turn_away(self, message: str) -> None:
+            """Answer 503 on a connection past a cap and close it; it never counts."""
+            self._refused = True
+            _answer(self.transport, b"503 Service Unavailable", message)
+            self._linger()
+
+        def _linger(self) -> None:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+
         def _refuse(self, message: str) -> None:
             """Answer 431 and close; read and drop what follows until then."""
             self._refused = True
@@ -375,11 +460,85 @@ def _guarded_protocol(options: ServerOptions) -> type[asyncio.Protocol]:
                 self.transport.close()  # the answer would cut into an earlier one
                 return
             _answer(self.transport, b"431 Request Header Fields Too Large", message)
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+            self._linger()
 
     return GuardedHttpToolsProtocol
+
+
+class ConnectionCaps:
+    """Counts open connections, in all and by client address, on one event loop:
+
+    refusal = caps.admit("10.0.0.7")   # None: admitted, release it when it closes
+    caps.release("10.0.0.7")
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open: dict[str, int] = {}
+        self.count = 0
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection from ``peer``; or, past a cap, why not (the address is not
+        in the text)."""
+        if self.count >= self.total:
+            log.warning("ferry serve: refused a connection: %d open", self.count)
+            return f"too many open connections (at most {self.total})"
+        if self.open.get(peer, 0) >= self.per_client:
+            log.warning("ferry serve: refused a connection from %s: at its cap", peer)
+            return f"too many open connections from this client (at most {self.per_client})"
+        self.open[peer] = self.open.get(peer, 0) + 1
+        self.count += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        """Uncount a connection that ``admit`` counted."""
+        self.count -= 1
+        left = self.open[peer] - 1
+        if left:
+            self.open[peer] = left
+        else:
+            del self.open[peer]
+
+
+class ShutdownGuard:
+    """The ASGI app that answers a request still running when the graceful timeout ends (the
+    server cancels it) with a JSON 503 instead of uvicorn's 500 and traceback:
+
+    uvicorn.Config(ShutdownGuard(app), ...)
+    """
+
+    def __init__(self, app: ServeApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not started:
+                await _send_json(send, 503, "the server is shutting down")
+            # a response already under way is cut off by closing the connection
+
+
+async def _send_json(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _answer(transport: asyncio.Transport, status: bytes, message: str) -> None:
