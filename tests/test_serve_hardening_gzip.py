@@ -5,10 +5,8 @@ health checks keep answering meanwhile."""
 from __future__ import annotations
 
 import gzip
-import http.client
 import itertools
 import json
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.protocol import MAX_GZIP_MEMBERS
 from onnxferry.serve.server import ServerOptions, running
 from tests.helpers import onnx_text, save
+from tests.serve_probes import connection, poll_health_while
 
 MIB = 1 << 20
 LIMIT = 128 * MIB
@@ -38,11 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = ServeSettings(body_limit=LIMIT, body_timeout_s=30.0)
     with running(path, ServerOptions(port=0), settings, config) as url:
         yield url
-
-
-def connection(url: str) -> http.client.HTTPConnection:
-    host, port = url.removeprefix("http://").split(":")
-    return http.client.HTTPConnection(host, int(port), timeout=30)
 
 
 def post_gzip(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -120,32 +114,8 @@ def test_health_answers_while_a_large_body_inflates(server: str) -> None:
     inflate_s = time.monotonic() - started  # what the server spends inflating it
     del plain
 
-    done = threading.Event()
-    answer: list[tuple[int, bytes]] = []
-
-    def big() -> None:
-        try:
-            headers = {"Inference-Header-Content-Length": str(header_length)}
-            answer.append(post_gzip(server, body, headers))
-        finally:
-            done.set()
-
-    latencies: list[float] = []
-    conn = connection(server)
-    try:
-        thread = threading.Thread(target=big)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not done.is_set() and len(latencies) < 10_000 and time.monotonic() < deadline:
-            sent = time.monotonic()
-            conn.request("GET", "/v2/health/live")
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200
-            latencies.append(time.monotonic() - sent)
-        thread.join(60)
-    finally:
-        conn.close()
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    latencies, answer = poll_health_while(server, lambda: post_gzip(server, body, headers))
     assert answer and answer[0][0] == 200, answer
     assert length_of(answer[0][1]) == size
     assert len(latencies) >= 5, latencies

@@ -9,11 +9,9 @@ import http.client
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -25,8 +23,8 @@ from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.protocol import encode_infer_response
 from onnxferry.serve.server import ServerOptions, build_app, running
 from tests.helpers import onnx_text, save
+from tests.serve_probes import connection, poll_health_while
 
-T = TypeVar("T")
 MIB = 1 << 20
 WIDTH = 1_000_000
 SHAPE = """
@@ -69,11 +67,6 @@ def shape(shape_path: Path) -> Iterator[str]:
         yield url
 
 
-def connection(url: str) -> http.client.HTTPConnection:
-    host, port = url.removeprefix("http://").split(":")
-    return http.client.HTTPConnection(host, int(port), timeout=60)
-
-
 def request(
     url: str, path: str, body: bytes | None = None, method: str = "POST"
 ) -> tuple[int, bytes, http.client.HTTPResponse]:
@@ -98,37 +91,6 @@ def shape_request(size: int) -> bytes:
 
 def error_of(data: bytes) -> str:
     return str(json.loads(data)["error"])
-
-
-def poll_health_while(url: str, work: Callable[[], T]) -> tuple[list[float], list[T]]:
-    """Run ``work`` in a thread while one connection polls /v2/health/live; the latencies of
-    the polls (at most 10 000, at most 60 s) and what ``work`` returned."""
-    done = threading.Event()
-    answer: list[T] = []
-
-    def run() -> None:
-        try:
-            answer.append(work())
-        finally:
-            done.set()
-
-    latencies: list[float] = []
-    conn = connection(url)
-    try:
-        thread = threading.Thread(target=run)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not done.is_set() and len(latencies) < 10_000 and time.monotonic() < deadline:
-            sent = time.monotonic()
-            conn.request("GET", "/v2/health/live")
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200
-            latencies.append(time.monotonic() - sent)
-        thread.join(60)
-    finally:
-        conn.close()
-    return latencies, answer
 
 
 # --- 1. response size ---------------------------------------------------------------------
