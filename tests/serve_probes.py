@@ -7,6 +7,7 @@ assert max(latencies) < 0.05     # the event loop kept answering
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +16,65 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def address(url: str) -> tuple[str, int]:
+    """(host, port) of ``http://host:port``."""
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
 def connection(url: str, timeout: float = 60) -> http.client.HTTPConnection:
     """A keep-alive HTTP connection to ``http://host:port``."""
-    host, port = url.removeprefix("http://").split(":")
-    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+    return http.client.HTTPConnection(*address(url), timeout=timeout)
+
+
+def exchange(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: (status, response headers, body)."""
+    conn = connection(url, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def request(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """``exchange`` without the response headers: (status, body)."""
+    status, _, data = exchange(url, method, path, body, headers)
+    return status, data
+
+
+def raw(url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh socket; everything the server answers until it closes."""
+    with socket.create_connection(address(url), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What arrives on ``sock`` until the server closes (or resets, or the timeout passes)."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def poll_health_while(url: str, work: Callable[[], T]) -> tuple[list[float], list[T]]:

@@ -4,10 +4,8 @@ tritonclient (binary and JSON, every datatype) and with plain HTTP for the error
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +22,7 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import ServerOptions, running
+from tests.serve_probes import exchange, raw
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -164,27 +163,10 @@ def client(server: str) -> Iterator[Any]:
     c.close()
 
 
-def request(
-    url: str,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
 def error_of(
     url: str, method: str, path: str, body: bytes | None = None, **kw: Any
 ) -> tuple[int, str]:
-    status, _, data = request(url, method, path, body, **kw)
+    status, _, data = exchange(url, method, path, body, **kw)
     return status, json.loads(data).get("error", "") if data else ""
 
 
@@ -200,7 +182,7 @@ X = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, -2.0, 3.0, 
 
 def test_health_metadata_and_readiness(server: str, client: Any) -> None:
     assert client.is_server_live()
-    status, _, _ = request(server, "GET", "/v2/health/ready")
+    status, _, _ = exchange(server, "GET", "/v2/health/ready")
     assert status == 400  # the broken model is not ready, so the server is not (protocol: 4xx)
     meta = client.get_server_metadata()
     assert meta["name"] == "onnxferry" and "binary_tensor_data" in meta["extensions"]
@@ -227,7 +209,7 @@ def test_health_metadata_and_readiness(server: str, client: Any) -> None:
 def test_responses_carry_their_length_not_chunks(
     server: str, method: str, path: str, body: bytes | None, status: int
 ) -> None:
-    got, headers, data = request(server, method, path, body)
+    got, headers, data = exchange(server, method, path, body)
     assert got == status
     lowered = {k.lower(): v for k, v in headers.items()}
     assert "transfer-encoding" not in lowered
@@ -242,7 +224,7 @@ def test_unknown_routes_models_and_versions_are_404(server: str) -> None:
     status, message = error_of(server, "GET", "/v2/models/affine/infer")
     assert status == 405 and "POST" in message
     for path in ("/v2/models/affine", "/metrics", "/openapi.json"):
-        status, headers, _ = request(server, "TRACE", path)
+        status, headers, _ = exchange(server, "TRACE", path)
         assert status == 405 and headers["allow"] == "GET"  # RFC 9110: 405 says what is allowed
 
 
@@ -310,7 +292,7 @@ def test_requested_outputs_and_parameters(client: Any) -> None:
 
 def test_compressed_request_bodies(server: str) -> None:
     body = gzip.compress(infer_json([X]))
-    status, _, data = request(
+    status, _, data = exchange(
         server, "POST", "/v2/models/affine/infer", body, {"Content-Encoding": "gzip"}
     )
     assert status == 200, data
@@ -390,7 +372,7 @@ def test_a_model_failing_on_valid_input_is_500_and_keeps_serving(server: str) ->
 
     status, error = error_of(server, "POST", "/v2/models/lookup/infer", index(100))
     assert status == 500 and "lookup" in error
-    status, _, data = request(server, "POST", "/v2/models/lookup/infer", index(3))
+    status, _, data = exchange(server, "POST", "/v2/models/lookup/infer", index(3))
     assert status == 200 and json.loads(data)["outputs"][0]["data"] == [6.0, 7.0]
 
 
@@ -398,8 +380,8 @@ def test_access_log_is_one_json_line_per_request(
     server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="onnxferry.serve.access"):
-        request(server, "POST", "/v2/models/affine/infer", infer_json([X]))
-        request(server, "GET", "/v2/models/nope")
+        exchange(server, "POST", "/v2/models/affine/infer", infer_json([X]))
+        exchange(server, "GET", "/v2/models/nope")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
     assert [(e["method"], e["path"], e["status"]) for e in lines] == [
         ("POST", "/v2/models/affine/infer", 200),
@@ -422,16 +404,16 @@ def test_auth(tmp_path: Path) -> None:
             status, error = error_of(url, "POST", "/v2/models/m/infer", infer_json([X]),
                                      headers=headers)  # fmt: skip
             assert status == 401 and "Bearer" in error
-        assert request(url, "GET", "/v2/health/live")[0] == 200
-        assert request(url, "GET", "/v2/health/ready")[0] == 200
+        assert exchange(url, "GET", "/v2/health/live")[0] == 200
+        assert exchange(url, "GET", "/v2/health/ready")[0] == 200
         good = {"Authorization": f"Bearer {KEY}"}
-        assert request(url, "POST", "/v2/models/m/infer", infer_json([X]), good)[0] == 200
+        assert exchange(url, "POST", "/v2/models/m/infer", infer_json([X]), good)[0] == 200
         # the repository API takes its own key only
         assert error_of(url, "POST", "/v2/repository/index", headers=good)[0] == 401
         repo = {"Authorization": f"Bearer {REPO_KEY}"}
-        assert request(url, "POST", "/v2/repository/index", headers=repo)[0] == 200
+        assert exchange(url, "POST", "/v2/repository/index", headers=repo)[0] == 200
         # the published document says so, and is readable without a key
-        status, _, data = request(url, "GET", "/openapi.json")
+        status, _, data = exchange(url, "GET", "/openapi.json")
         doc = json.loads(data)
         assert status == 200 and doc["security"] == [{"bearer": []}]
         assert doc["paths"]["/v2/health/live"]["get"]["security"] == []
@@ -443,38 +425,22 @@ def test_body_limit_by_content_length(server: str) -> None:
     assert status == 413 and "limit" in error
 
 
-def _raw(url: str, data: bytes, read_timeout: float = 10.0) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=read_timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
 def test_body_limit_for_chunked_bodies(server: str) -> None:
     head = (b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\n"
             b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")  # fmt: skip
     chunk = b" " * 65536
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20))  # 1.25 MiB
-    answer = _raw(server, head + chunks + b"0\r\n\r\n")
+    answer = raw(server, head + chunks + b"0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
 def test_slow_headers_and_bodies_time_out(server: str) -> None:
     started = time.monotonic()
-    answer = _raw(server, b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\n")
+    answer = raw(server, b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\n")
     assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5
     head = (b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\n"
             b"Content-Length: 100\r\n\r\n{")  # fmt: skip
-    answer = _raw(server, head)
+    answer = raw(server, head)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
@@ -486,7 +452,7 @@ def test_deadline_is_504_and_the_model_keeps_serving(server: str) -> None:
     )
     assert status == 504, error
     assert time.monotonic() - started < 2.0
-    status, _, _ = request(server, "POST", "/v2/models/slow/infer", infer_json([x]))
+    status, _, _ = exchange(server, "POST", "/v2/models/slow/infer", infer_json([x]))
     assert status == 200
 
 
@@ -531,13 +497,13 @@ def test_large_bodies_arrive_in_pieces_and_decode_exactly(
 
 
 def test_metrics_and_openapi(server: str, client: Any) -> None:
-    request(server, "POST", "/v2/models/affine/infer", infer_json([X]))  # one success
-    request(server, "POST", "/v2/models/affine/infer", b"{not json")  # one bad request
-    status, _, text = request(server, "GET", "/metrics")
+    exchange(server, "POST", "/v2/models/affine/infer", infer_json([X]))  # one success
+    exchange(server, "POST", "/v2/models/affine/infer", b"{not json")  # one bad request
+    status, _, text = exchange(server, "GET", "/metrics")
     assert status == 200
     assert b'ferry_request_duration_seconds_bucket{le="0.001",model="affine"' in text
     assert b'ferry_inference_failure_total{model="affine",reason="bad_request"' in text
-    status, _, doc = request(server, "GET", "/openapi.json")
+    status, _, doc = exchange(server, "GET", "/openapi.json")
     paths = json.loads(doc)["paths"]
     for route in (
         "/v2/health/live",
@@ -560,19 +526,19 @@ def test_hot_reload_swaps_versions_and_a_corrupt_one_leaves_the_old_serving(
     with running(app) as url:
 
         def y() -> float:
-            status, _, data = request(url, "POST", "/v2/models/m/infer", infer_json([X]))
+            status, _, data = exchange(url, "POST", "/v2/models/m/infer", infer_json([X]))
             assert status == 200, data
             return float(json.loads(data)["outputs"][0]["data"][0])
 
         assert y() == 3.0
         write(tmp_path / "m" / "2" / "model.onnx", affine(5.0))
-        assert request(url, "POST", "/v2/repository/models/m/load")[0] == 200
+        assert exchange(url, "POST", "/v2/repository/models/m/load")[0] == 200
         assert y() == 6.0
         write(tmp_path / "m" / "3" / "model.onnx", b"\x08\x07garbage")
         status, error = error_of(url, "POST", "/v2/repository/models/m/load")
         assert status == 400 and "3" in error
         assert y() == 6.0  # version 2 still serves
-        assert request(url, "POST", "/v2/repository/models/m/unload")[0] == 200
+        assert exchange(url, "POST", "/v2/repository/models/m/unload")[0] == 200
         assert error_of(url, "POST", "/v2/models/m/infer", infer_json([X]))[0] == 503
 
 
@@ -580,7 +546,7 @@ def test_repository_api_is_off_unless_enabled(tmp_path: Path) -> None:
     write(tmp_path / "m.onnx", affine())
     with running(tmp_path / "m.onnx") as url:
         assert error_of(url, "POST", "/v2/repository/index")[0] == 403
-        status, _, data = request(url, "POST", "/v2/models/m/infer", infer_json([X]))
+        status, _, data = exchange(url, "POST", "/v2/models/m/infer", infer_json([X]))
         assert status == 200
 
 
@@ -591,7 +557,7 @@ def test_in_flight_requests_finish_when_the_server_stops(tmp_path: Path) -> None
     with running(tmp_path / "slow.onnx") as url:
         thread = threading.Thread(
             target=lambda: results.append(
-                request(url, "POST", "/v2/models/slow/infer", infer_json([x]))[0]
+                exchange(url, "POST", "/v2/models/slow/infer", infer_json([x]))[0]
             )
         )
         thread.start()

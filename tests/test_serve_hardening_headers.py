@@ -19,6 +19,7 @@ from onnxferry.cli import main
 from onnxferry.errors import UsageError
 from onnxferry.serve.server import ServerOptions, running
 from tests.helpers import RELU, onnx_text, save
+from tests.serve_probes import address, raw, read_until_closed, request
 
 STATM = Path("/proc/self/statm")
 PAGE = 4096
@@ -40,41 +41,6 @@ def server(model: Path) -> Iterator[str]:
 def small(model: Path) -> Iterator[str]:
     with running(model, ServerOptions(port=0, max_header_bytes=4096, max_headers=10)) as url:
         yield url
-
-
-def address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(*address(url), timeout=30)
-    try:
-        conn.request("GET", "/v2/health/ready", headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def raw(url: str, data: bytes) -> bytes:
-    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
-    with socket.create_connection(address(url), timeout=10) as sock:
-        sock.sendall(data)
-        return _read_all(sock)
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def head(lines: list[bytes]) -> bytes:
@@ -127,7 +93,7 @@ def stream_headers(url: str, piece: bytes, most: int, seconds: float) -> tuple[b
             except (BrokenPipeError, ConnectionResetError):
                 break
             sent += len(piece)
-        return _read_all(sock), sent
+        return read_until_closed(sock), sent
 
 
 @pytest.mark.skipif(not STATM.exists(), reason="reads resident memory from /proc")
@@ -153,18 +119,19 @@ def test_streamed_headers_get_431_at_once_and_memory_stays_flat(server: str, pie
     assert time.monotonic() - started < 5 and sent < 16 << 20
     assert rss.growth_mib < 8, rss.growth_mib
     # the server still serves: on a new connection and on one opened before
-    assert get(server) == (200, b"")
+    assert request(server, "GET", "/v2/health/ready") == (200, b"")
     idle.request("GET", "/v2/health/ready")
     assert idle.getresponse().status == 200
     idle.close()
 
 
 def test_header_bytes_past_the_cap_are_431_for_an_ordinary_client(small: str) -> None:
-    assert get(small, {"X-Pad": "p" * 3000})[0] == 200
-    status, body = get(small, {"X-Pad": "p" * 5000})
+    assert request(small, "GET", "/v2/health/ready", headers={"X-Pad": "p" * 3000})[0] == 200
+    status, body = request(small, "GET", "/v2/health/ready", headers={"X-Pad": "p" * 5000})
     assert status == 431
     assert json.loads(body)["error"] == "request headers exceed 4096 bytes"
-    status, body = get(small, {"X-Pad": "p" * 50})  # the server serves on
+    # the server serves on
+    status, body = request(small, "GET", "/v2/health/ready", headers={"X-Pad": "p" * 50})
     assert status == 200
 
 

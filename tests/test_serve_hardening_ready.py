@@ -5,7 +5,6 @@ against."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.repository import Repository, signature_changes
 from onnxferry.serve.server import ServerOptions, running
 from onnxferry.signature import Signature
+from tests.serve_probes import request
 
 SMALL = ModelConfig(instances=1, intra_op_threads=1)
 TOML = "instances = 1\nintra_op_threads = 1\n"
@@ -52,17 +52,6 @@ def put(repo: Path, name: str, number: int, data: bytes) -> None:
     temp = path.with_name(".model.onnx.tmp")
     temp.write_bytes(data)
     os.replace(temp, path)
-
-
-def request(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def infer_body(datatype: str = "FP32", name: str = "x") -> bytes:

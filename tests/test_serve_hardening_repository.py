@@ -8,7 +8,6 @@ Real files in tmp_path, real onnxruntime, the real server on loopback for the cl
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.repository import MAX_VERSION_ENTRIES, Repository
 from onnxferry.serve.server import ServerOptions, running
+from tests.serve_probes import request
 
 SMALL = ModelConfig(instances=1, intra_op_threads=1)
 API = ServeSettings(repository_api=True)
@@ -45,17 +45,6 @@ def scale(k: float) -> bytes:
 def put(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def request(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 INFER = json.dumps(
@@ -95,14 +84,14 @@ def test_clients_see_model_and_version_not_the_repository_path(
         "cfg": 400,
         "empty": 400,
     }
-    leaks = {k: body for k, (_, body) in bodies.items() if secret in body}
+    leaks = {k: body for k, (_, body) in bodies.items() if secret.encode() in body}
     assert not leaks
     rows = {f"{r['name']}/{r['version']}": r["reason"] for r in json.loads(bodies["index"][1])}
     assert rows["bad/1"].startswith("bad/1/model.onnx: ")
     assert "two/1: the directory holds 2 models" in rows["two/1"]
     assert "cfg/ferry.toml" in rows["cfg/1"]
     assert rows["empty/"] == "no version directories (expected empty/<version>/model.onnx)"
-    assert "bad/1/model.onnx" in bodies["load"][1]
+    assert b"bad/1/model.onnx" in bodies["load"][1]
     assert str(repo / "bad" / "1" / "model.onnx") in caplog.text  # the log keeps the path
 
 
