@@ -178,7 +178,9 @@ def test_caps_must_be_positive(options: dict[str, int], words: str) -> None:
         ServerOptions(**options)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("option", ["--max-header-bytes", "--max-headers"])
+@pytest.mark.parametrize(
+    "option", ["--max-header-bytes", "--max-headers", "--max-inflight", "--max-parse-memory"]
+)
 def test_cli_caps_must_be_positive(
     model: Path, capsys: pytest.CaptureFixture[str], option: str
 ) -> None:

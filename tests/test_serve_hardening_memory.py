@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -142,11 +144,6 @@ def test_health_answers_while_a_large_response_encodes(tile: str) -> None:
 # --- 2. large JSON bodies -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parsed in a worker thread, but json.loads is one C call that holds the GIL for "
-    "the whole body, so the loop still stalls for about the parse time",
-)
 def test_health_answers_while_a_large_json_body_parses(shape: str) -> None:
     size = 4_000_000
     body = shape_request(size)  # 12 MB
@@ -164,6 +161,38 @@ def test_health_answers_while_a_large_json_body_parses(shape: str) -> None:
     assert json.loads(data)["outputs"][0]["data"] == [size]
     assert len(latencies) >= 5, latencies
     assert max(latencies) < max(0.05, parse_s / 4), (max(latencies), parse_s)
+
+
+@pytest.fixture
+def parse_app(shape_path: Path) -> Iterator[tuple[ServeApp, str]]:
+    app = build_app(shape_path, ServeSettings(parse_memory=32 * MIB), CONFIG)
+    with running(app, ServerOptions(port=0)) as url:
+        yield app, url
+
+
+def test_a_json_body_past_the_parse_memory_limit_is_413_and_the_next_is_served(
+    parse_app: tuple[ServeApp, str],
+) -> None:
+    _, url = parse_app
+    status, data, _ = request(url, "/v2/models/shape/infer", shape_request(8_000_000))
+    assert status == 413, data[:200]
+    message = error_of(data)
+    assert "32 MiB" in message and "binary" in message
+    status, data, _ = request(url, "/v2/models/shape/infer", shape_request(500_000))
+    assert status == 200, data[:200]
+    assert json.loads(data)["outputs"][0]["data"] == [500_000]
+
+
+def test_a_killed_parsing_process_is_replaced(parse_app: tuple[ServeApp, str]) -> None:
+    app, url = parse_app
+    body = shape_request(500_000)  # past PARSE_ON_LOOP: parsed by the process
+    assert request(url, "/v2/models/shape/infer", body)[0] == 200
+    pid = app.parser.worker_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    status, data, _ = request(url, "/v2/models/shape/infer", body)
+    assert status == 200, data[:200]
+    assert app.parser.worker_pid() not in (None, pid)
 
 
 # --- 3. bodies in flight ------------------------------------------------------------------

@@ -440,6 +440,11 @@ def _bench_url(
     type=float,
     help="Request bodies held at once, MiB; 503 past it (default: 256 or 4x --max-body).",
 )
+@click.option(
+    "--max-parse-memory",
+    type=float,
+    help="MiB to parse one large JSON body; 413 past it (default: 256 or 16x --max-body).",
+)
 @click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
 @click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
 @click.option(
@@ -499,6 +504,7 @@ def serve(
     max_body: float,
     max_response: float | None,
     max_inflight: float | None,
+    max_parse_memory: float | None,
     body_timeout: float,
     header_timeout: float,
     max_header_bytes: int,
@@ -531,6 +537,7 @@ def serve(
             "--max-connections-per-client": max_connections_per_client,
             "--max-response": 1.0 if max_response is None else max_response,
             "--max-inflight": 1.0 if max_inflight is None else max_inflight,
+            "--max-parse-memory": 1.0 if max_parse_memory is None else max_parse_memory,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -556,6 +563,7 @@ def serve(
             body_limit=int(max_body * 2**20),
             response_limit=None if max_response is None else int(max_response * 2**20),
             inflight_limit=None if max_inflight is None else int(max_inflight * 2**20),
+            parse_memory=None if max_parse_memory is None else int(max_parse_memory * 2**20),
             body_timeout_s=body_timeout,
             default_timeout_ms=timeout_ms,
             server_version=__version__,

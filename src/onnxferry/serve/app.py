@@ -10,8 +10,9 @@ never lets an exception escape to the connection.
 
 /v2/health/ready is 200 when every model that should serve (all but unloaded ones) has a
 version serving. A compressed body is inflated on the event loop up to ``INFLATE_ON_LOOP``
-bytes of work, the rest in a worker thread; a JSON header past ``PARSE_ON_LOOP`` bytes is parsed,
-and outputs past ``ENCODE_ON_LOOP`` bytes encoded, in a worker thread too. An infer request is
+bytes of work, the rest in a worker thread; a JSON header past ``PARSE_ON_LOOP`` bytes is parsed
+in a worker process (``parse_memory`` bytes at most, see parsing.py), and outputs past
+``ENCODE_ON_LOOP`` bytes are encoded in a worker thread. An infer request is
 validated by the version that runs it, looked up once its body has arrived.
 
 Memory: request bodies held at once (arriving, inflated, being served) are capped server-wide
@@ -38,6 +39,7 @@ from .config import triton_config
 from .executor import DeadlineExceeded, ExecutionError, ExecutorClosed, QueueFull
 from .metrics import ServeMetrics
 from .openapi import openapi_document
+from .parsing import JsonParser, ParserLost
 from .protocol import (
     BodyTooLarge,
     Buffer,
@@ -63,7 +65,8 @@ INFLATE_ON_LOOP = 256 * 1024
 """Bytes of a compressed body read plus bytes written that are inflated on the event loop;
 past them the rest is inflated in a worker thread (about a millisecond of work)."""
 PARSE_ON_LOOP = MIB
-"""A JSON request header longer than this is parsed in a worker thread (tens of ms of work)."""
+"""A JSON request header longer than this is parsed in the parsing process (tens of ms of
+work, with the GIL held throughout)."""
 ENCODE_ON_LOOP = MIB
 """Outputs of more bytes than this (as arrays) are encoded in a worker thread."""
 MAX_TIMEOUT_US = 365 * 24 * 3600 * 10**6
@@ -97,6 +100,17 @@ class ServeSettings:
     """Bytes of request bodies the server holds at once (None: 4 x body_limit, at least
     256 MiB); a request that
     would pass it is answered 503 with Retry-After. At least body_limit."""
+
+    parse_memory: int | None = None
+    """Bytes the worker process that parses large JSON bodies may take for one body (None:
+    16 x body_limit, at least 256 MiB); a body that needs more is answered 413."""
+
+    @property
+    def parse_memory_bytes(self) -> int:
+        """``parse_memory`` with its default applied."""
+        if self.parse_memory is None:
+            return max(16 * self.body_limit, 256 * MIB)
+        return self.parse_memory
 
     @property
     def response_bytes(self) -> int:
@@ -206,6 +220,7 @@ class ServeApp:
                 f"({self.settings.body_limit} bytes): no request of the largest size could run"
             )
         self.inflight = ByteBudget(self.settings.inflight_bytes)
+        self.parser = JsonParser(self.settings.parse_memory_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -228,6 +243,7 @@ class ServeApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.repository.stop()
+                self.parser.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -382,7 +398,7 @@ class ServeApp:
         self, name: str, version: str | None, body: Buffer, header_length: int | None
     ) -> tuple[ModelVersion, InferRequest]:
         """The version that runs the request, and the request it validated. A JSON header
-        past PARSE_ON_LOOP bytes is parsed in a worker thread (never through the decoder's
+        past PARSE_ON_LOOP bytes is parsed by the parsing process (never through the decoder's
         cache, which takes headers of at most a few KB); the version may be swapped meanwhile,
         so it is looked up again after, and the request decoded again by a new one."""
         json_size = len(memoryview(body).cast("B")) if header_length is None else header_length
@@ -393,7 +409,14 @@ class ServeApp:
             served = self._get(name, version, not_ready=503)
             if json_size <= PARSE_ON_LOOP:
                 return served, served.decoder.decode(body, header_length)
-            request = await asyncio.to_thread(served.decoder.decode, body, header_length)
+            decoder = served.decoder
+            request = await asyncio.to_thread(
+                self.parser.decode,
+                body,
+                header_length,
+                decoder.signature,
+                allow_nonfinite=decoder.allow_nonfinite,
+            )
             if self._get(name, version, not_ready=503) is served:
                 return served, request
         raise HttpError(503, f"model {name!r} is being reloaded; retry", "unavailable")
@@ -604,7 +627,7 @@ def _http_error(error: Exception) -> HttpError:
         return HttpError(413, _line(error), "too_large")
     if isinstance(error, (ValueError, InputError)):
         return HttpError(400, _line(error), "bad_request")
-    if isinstance(error, (ModelNotReady, ExecutorClosed)):
+    if isinstance(error, (ModelNotReady, ExecutorClosed, ParserLost)):
         return HttpError(503, _line(error), "unavailable")
     if isinstance(error, QueueFull):
         return HttpError(503, _line(error), "queue_full")
