@@ -12,7 +12,7 @@ dynamic batch axis; every figure is taken at batch 1):
 (a) a BERT-base encoder (transformers BertConfig: 12 layers, hidden 768, 12 heads,
     intermediate 3072), sequence 128; judged by the worst cosine (per input, the whole
     last_hidden_state, as ferry's budget computes it) against the fp32 model on held-out inputs
-    with realistic padded attention masks (onnxferry.generate.realistic_feeds);
+    with realistic padded attention masks (onnxferry.feeds.realistic_feeds);
 (b) a ResNet-50 built by hand (bottlenecks [3, 4, 6, 3], widths 64..2048, BatchNorm whose
     running statistics come from forward passes on random data), 3x224x224; judged by top-1
     agreement with the fp32 model on random inputs;
@@ -27,7 +27,7 @@ that matches the target (a: cosine>=0.999, b: top1>=0.99, c: cosine>=0.999, d:
 accuracy-drop<=0.01 with the held-out split as eval_data). Validation inputs given to ferry
 are not the held-out inputs the table is judged on, except in (d), where ferry's eval_data is
 the held-out split itself. Latency: one default session per variant (ORT's default threads),
-onnxferry.bench.measure, variants interleaved within each round, median of the rounds' p50.
+onnxferry.measure.measure, variants interleaved within each round, median of the rounds' p50.
 Accuracy: models that quantize activations at run time (dynamic int8) run each input at batch 1,
 as deployed (their scales come from the whole batch); the others run 25 rows at a time, which
 gives the same rows. Each candidate of ferry's search is timed (wall seconds) by wrapping the
@@ -202,7 +202,7 @@ def bert_case(s: Settings, workdir: Path) -> Case:
     import torch
     import transformers
 
-    from onnxferry.generate import realistic_feeds
+    from onnxferry.feeds import realistic_feeds
     from onnxferry.model import Model
     from onnxferry.signature import Signature, TensorSpec
 
@@ -566,7 +566,7 @@ def ferry(case: Case, workdir: Path) -> tuple[Variant, Any, float, list[tuple[st
 def latencies(paths: Sequence[Path], feeds: Feeds, s: Settings) -> list[float]:
     """p50 (ms) per model: one session each, the models take turns within every round (drift
     on a busy machine hits them alike); the median of the rounds' p50s."""
-    from onnxferry.bench import measure
+    from onnxferry.measure import measure
 
     sessions = [session(p) for p in paths]
     probe = measure(sessions[0], feeds, warmup=2, iterations=3)

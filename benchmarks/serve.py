@@ -25,7 +25,7 @@ and a 3-layer MLP (x[batch,256] -> 512 -> 512 -> 10).
 Load: Triton's perf_analyzer (C++; ``--perf-analyzer DIR`` as setup_bench_env.sh makes it)
 over HTTP with binary tensors, batch 1 per request; it
 needs ``GET /v2/models/{m}/config``, which the FastAPI server lacks, so FastAPI is measured
-with onnxferry's load generator (onnxferry.serve.loadgen) and the table says which client
+with onnxferry's load generator (onnxferry.bench.remote) and the table says which client
 measured each row. The load generator (Python, aiohttp) costs more CPU per request than
 perf_analyzer, and client and server share the cores, so it reads lower on small models; the
 servers perf_analyzer measures get load-generator rows too (``--no-cross-check`` skips them)
@@ -66,7 +66,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.bench import bench
 from onnxferry.report import Table, render_table
-from onnxferry.serve.config import ModelConfig, usable_cores
+from onnxferry.runtime import usable_cores
+from onnxferry.serve.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = Path(__file__).resolve().with_name("serve_backends.py")
@@ -406,8 +407,8 @@ def _text(data: bytes | str | None) -> str:
 def loadgen(
     url: str, model: str, concurrency: int, duration: float, cpus: tuple[int, ...] | None = None
 ) -> Row:
+    from onnxferry.bench.remote import run_load_test
     from onnxferry.errors import FerryError
-    from onnxferry.serve.loadgen import run_load_test
 
     row = Row("", "loadgen", concurrency)
     try:
@@ -843,10 +844,10 @@ def _header(st: Settings) -> str:
     import onnxruntime as ort
 
     client = (
-        f"perf_analyzer ({st.pa_dir}) for ferry and triton; onnxferry.serve.loadgen for fastapi "
+        f"perf_analyzer ({st.pa_dir}) for ferry and triton; onnxferry.bench.remote for fastapi "
         "(perf_analyzer needs /v2/models/{m}/config, which a plain FastAPI server lacks)"
         if st.pa_dir
-        else "onnxferry.serve.loadgen for every server (no perf_analyzer)"
+        else "onnxferry.bench.remote for every server (no perf_analyzer)"
     )
     if st.cross_check:
         client += "; loadgen rows for ferry and triton too, to compare fastapi like for like"

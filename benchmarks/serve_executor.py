@@ -32,7 +32,8 @@ import onnx
 import onnxruntime as ort
 
 from onnxferry.model import Model
-from onnxferry.serve.config import ModelConfig, usable_cores
+from onnxferry.runtime import usable_cores
+from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.executor import ModelExecutor
 from serve import MODELS  # benchmarks/serve.py: the models every serve benchmark uses
 

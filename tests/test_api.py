@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import onnxferry
 
 EXPECTED = {
@@ -40,3 +42,22 @@ def test_errors_carry_exit_codes() -> None:
     error = onnxferry.FeedError("input 'x' expects float32", hint="cast it")
     assert str(error) == "input 'x' expects float32; cast it"
     assert issubclass(onnxferry.InvalidModelError, onnxferry.ModelLoadError)
+
+
+def test_a_partial_tolerance_takes_the_defaults_for_the_rest() -> None:
+    default = onnxferry.Tolerance()
+    assert onnxferry.Tolerance.partial() is None
+    assert onnxferry.Tolerance.partial(atol=0.5) == onnxferry.Tolerance(0.5, default.rtol)
+    assert onnxferry.Tolerance.partial(rtol=0.5) == onnxferry.Tolerance(default.atol, 0.5)
+
+
+def test_bench_takes_models_or_a_url_not_both() -> None:
+    with pytest.raises(onnxferry.UsageError, match="give one or more models"):
+        onnxferry.bench()
+    with pytest.raises(onnxferry.UsageError, match="need --url"):
+        onnxferry.bench("model.onnx", concurrency=(1, 8))
+    pytest.importorskip("tritonclient")
+    with pytest.raises(onnxferry.UsageError, match="not model files"):
+        onnxferry.bench("model.onnx", url="http://127.0.0.1:1", model="m")
+    with pytest.raises(onnxferry.UsageError, match="--model NAME"):
+        onnxferry.bench(url="http://127.0.0.1:1")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from onnxferry.bench import BenchResult, BenchSuite, batch_feeds, bench, measure
+from onnxferry.bench import BenchResult, BenchSuite, Progress, batch_feeds, bench
+from onnxferry.cli.bench import progress_bar
 from onnxferry.errors import FeedError, ModelLoadError, UsageError
 from onnxferry.model import Model
-from onnxferry.runtime import SessionConfig, available_providers, create_session
+from onnxferry.runtime import available_providers
 from tests.helpers import RELU, onnx_text, save
 
 TWO_LAYER = """
@@ -45,77 +44,6 @@ seq (float[batch, seq] x, int64[batch, seq] ids) => (float[batch, seq] y) {
 @pytest.fixture(scope="module")
 def relu(tmp_path_factory: pytest.TempPathFactory) -> Model:
     return Model.load(save(onnx_text(RELU), tmp_path_factory.mktemp("m") / "relu.onnx"))
-
-
-@pytest.fixture(scope="module")
-def session(relu: Model) -> ort.InferenceSession:
-    return create_session(relu, SessionConfig(threads=1))
-
-
-FEEDS = {"x": np.ones((2, 4), np.float32)}
-
-
-# --- measure ---------------------------------------------------------------------------
-
-
-def test_measure_counts_iterations_exactly(session: ort.InferenceSession) -> None:
-    lat = measure(session, FEEDS, warmup=3, iterations=37)
-    assert len(lat) == 37
-    assert all(x > 0 for x in lat)
-
-
-def test_measure_default_is_a_fixed_count(session: ort.InferenceSession) -> None:
-    assert len(measure(session, FEEDS, warmup=0)) == 100
-
-
-def test_measure_duration_runs_at_least_the_duration(session: ort.InferenceSession) -> None:
-    t0 = time.perf_counter()
-    lat = measure(session, FEEDS, warmup=0, duration=0.2)
-    assert time.perf_counter() - t0 >= 0.2
-    assert len(lat) > 10
-
-
-def test_measure_concurrency_splits_the_requests(session: ort.InferenceSession) -> None:
-    seen: list[int] = []
-    lat = measure(
-        session,
-        FEEDS,
-        warmup=2,
-        iterations=101,
-        concurrency=2,
-        on_progress=lambda n, _: seen.append(n),
-    )
-    assert len(lat) == 101
-    assert seen[-1] == 101
-    assert seen == sorted(seen)
-
-
-def test_measure_progress_reports_outside_the_loop(session: ort.InferenceSession) -> None:
-    calls: list[tuple[int, float]] = []
-    measure(session, FEEDS, warmup=0, iterations=50, on_progress=lambda n, t: calls.append((n, t)))
-    assert calls[-1][0] == 50
-    assert len(calls) < 50  # throttled, not once per iteration
-    measure(session, FEEDS, warmup=0, duration=0.25, on_progress=lambda n, t: calls.append((n, t)))
-    assert calls[-1][1] >= 0.25
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "words"),
-    [
-        ({"iterations": 5, "duration": 1.0}, "both"),
-        ({"iterations": 0}, "iterations"),
-        ({"duration": 0.0}, "duration"),
-        ({"duration": -1.0}, "duration"),
-        ({"concurrency": 0}, "concurrency"),
-    ],
-)
-def test_measure_rejects_bad_arguments(
-    session: ort.InferenceSession, kwargs: dict[str, float], words: str
-) -> None:
-    with pytest.raises(UsageError, match=words):
-        measure(session, FEEDS, warmup=0, **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="warmup"):
-        measure(session, FEEDS, warmup=-1)
 
 
 # --- feeds -----------------------------------------------------------------------------
@@ -265,11 +193,31 @@ def test_dims_size_symbolic_dims(tmp_path: Path) -> None:
         bench([path], dims={"batch": 4}, warmup=0, iterations=3)
 
 
-def test_progress_bar(relu: Model) -> None:
-    report = bench([relu], batches=(1, 2), warmup=0, iterations=10, progress=True)
+def test_progress_goes_to_the_callback(relu: Model) -> None:
+    seen: list[Progress] = []
+    report = bench([relu], batches=(1, 2), warmup=0, iterations=10, progress=seen.append)
     assert [r.iterations for r in report.result.results] == [10, 10]
-    (r,) = bench([relu], warmup=0, duration=0.1, progress=True).result.results
+    assert [(p.index, p.total) for p in seen] == sorted((p.index, p.total) for p in seen)
+    assert {p.index for p in seen} == {1, 2} and {p.total for p in seen} == {2}
+    firsts = [p for p in seen if p.done == 0]
+    assert [p.configuration for p in firsts] == [
+        "relu cpu threads=default batch=1",
+        "relu cpu threads=default batch=2",
+    ]
+    assert seen[-1].done == 10 and seen[-1].iterations == 10 and seen[-1].duration_s is None
+    seen.clear()
+    (r,) = bench([relu], warmup=0, duration=0.1, progress=seen.append).result.results
     assert r.iterations > 0
+    assert seen[-1].iterations is None and seen[-1].duration_s == 0.1
+    assert seen[-1].elapsed_s >= 0.1
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_the_cli_draws_the_progress_as_a_bar(relu: Model, by_time: bool) -> None:
+    timing = {"duration": 0.1} if by_time else {"iterations": 10}
+    with progress_bar(by_time=by_time) as show:
+        report = bench([relu], batches=(1, 2), warmup=0, progress=show, **timing)
+    assert [r.batch for r in report.result.results] == [1, 2]
 
 
 def test_unavailable_provider_is_skipped(relu: Model) -> None:

@@ -312,6 +312,16 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     _one_error_line(proc.stderr)
 
 
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxferry", "inspect", str(tmp_path / "missing.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    _one_error_line(proc.stderr)
+
+
 def test_reports_are_written_with_the_usual_file_mode(
     ferry: Run, model: Path, tmp_path: Path
 ) -> None:

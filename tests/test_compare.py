@@ -113,3 +113,56 @@ def test_report_json_has_stable_keys(pair: tuple[Path, Path]) -> None:
         "required_atol",
         "problem",
     ]
+
+
+def test_compare_dispatches_to_a_framework_source(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    from sklearn.linear_model import LinearRegression
+
+    from onnxferry.convert import convert
+
+    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    estimator = LinearRegression().fit(x, x @ np.array([1.0, -2.0, 0.5], np.float32))
+    model = convert(estimator, tmp_path / "lr.onnx", inputs={"input": x[:2]})
+    report = compare(model, estimator, inputs={"input": x[:4]})
+    assert report.ok and report.verb == "compare"
+    assert any(note.startswith("reference: ") for note in report.notes)  # the source ran
+    assert report.result.samples >= 1
+
+
+EMBEDDING = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (int64[batch, seq] input_ids, int64[batch, seq] attention_mask) => (float[batch, seq, 2] y)
+<float[5, 2] table = {0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5}, int64[1] last = {-1}>
+{
+    e = Gather(table, input_ids)
+    m = Cast <to = 1> (attention_mask)
+    m3 = Unsqueeze(m, last)
+    y = Mul(e, m3)
+}
+"""
+"""A 5-token vocabulary: an id of 5 or more makes ONNX Runtime's Gather fail."""
+
+
+def test_compare_feeds_what_convert_feeds(tmp_path: Path) -> None:
+    from onnxferry.convert import convert
+    from onnxferry.feeds import feed_sets, verification_feeds
+
+    model = Model.load(save(onnx_text(EMBEDDING), tmp_path / "embedding.onnx"))
+    report = compare(model, model, samples=3)
+    assert report.ok  # random ids in [0, 8) would index past the table
+    assert "generated inputs input_ids[1,16], attention_mask[1,16]" in report.notes
+    ran, plan = feed_sets(model, count=3)  # the sets compare ran
+    assert plan is not None and plan.value_ranges == {"input_ids": (0, 5)}
+    for feeds in ran:
+        assert feeds["input_ids"].min() >= 0 and feeds["input_ids"].max() < 5
+    assert len({int(i) for feeds in ran for i in feeds["input_ids"].flat}) > 2  # not all pads
+
+    converted = convert(model, tmp_path / "out.onnx")
+    shapes = converted.provenance[-1].result.shapes
+    assert shapes[0] == {"input_ids": [1, 16], "attention_mask": [1, 16]}
+    verified = verification_feeds(model)  # the sets convert verified on
+    for name in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(verified[0][name], ran[0][name])
+    assert verified[1]["input_ids"].max() < 5 and not verified[1]["attention_mask"].all()

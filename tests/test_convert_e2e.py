@@ -117,7 +117,7 @@ def test_torch_bert_with_keyword_inputs(tmp_path: Path) -> None:
     seqs = {s["input_ids"][1] for s in result.shapes}
     assert len(batches) >= 2 and len(seqs) >= 2
     # the written model, checked once more on a padded batch of a third shape
-    from onnxferry.generate import realistic_feeds
+    from onnxferry.feeds import realistic_feeds
 
     feeds = realistic_feeds(model.signature, {"batch": 3, "seq": 9}, seed=5, value_ranges={
         "input_ids": (0, 100)})  # fmt: skip

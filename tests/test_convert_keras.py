@@ -28,6 +28,7 @@ from onnxferry.convert.keras import (
     load_saved_model,
 )
 from onnxferry.errors import FerryError, InputError, UsageError
+from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner, runtime_limits
@@ -65,7 +66,7 @@ def verify(
             assert spec.shape == want.shape, candidate.exporter
         runner = OrtRunner(model)
         for seed, shape in enumerate(dims):
-            feeds = reference.signature.sample(dims=shape, seed=seed)
+            feeds = realistic_feeds(reference.signature, shape, seed=seed)
             parity = compare_outputs(
                 [reference.run(feeds)],
                 [runner.run(feeds)],

@@ -25,6 +25,7 @@ from onnxferry.convert.base import ConversionError, ConvertOptions
 from onnxferry.convert.tf_common import convert_with_tf2onnx
 from onnxferry.convert.tflite import TFLiteRunner, load_tflite
 from onnxferry.errors import FeedError, FerryError, InputError
+from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner, runtime_limits
@@ -75,7 +76,7 @@ def test_tflite_converts_and_matches_the_interpreter(tmp_path: Path, tflite_path
     assert model.opset_imports["ai.onnx"] == min(17, runtime_limits()[1])
     runner = OrtRunner(model)
     for seed, batch in enumerate((1, 6)):
-        feeds = reference.signature.sample(dims={"batch": batch}, seed=seed)
+        feeds = realistic_feeds(reference.signature, {"batch": batch}, seed=seed)
         parity = compare_outputs(
             [reference.run(feeds)], [runner.run(feeds)], reference_name=reference.name
         )
@@ -85,8 +86,8 @@ def test_tflite_converts_and_matches_the_interpreter(tmp_path: Path, tflite_path
 
 def test_the_interpreter_runs_any_batch_after_another(tflite_path: Path) -> None:
     runner = TFLiteRunner(tflite_path, probe=False)
-    small = runner.signature.sample(dims={"batch": 1}, seed=1)
-    large = runner.signature.sample(dims={"batch": 3}, seed=2)
+    small = realistic_feeds(runner.signature, {"batch": 1}, seed=1)
+    large = realistic_feeds(runner.signature, {"batch": 3}, seed=2)
     first = runner.run(small)["output_0"]
     assert runner.run(large)["output_0"].shape == (3, 3)
     np.testing.assert_array_equal(runner.run(small)["output_0"], first)
@@ -95,7 +96,7 @@ def test_the_interpreter_runs_any_batch_after_another(tflite_path: Path) -> None
 def test_a_static_dim_cannot_change(tflite_path: Path) -> None:
     runner = TFLiteRunner(tflite_path, ConvertOptions(dynamic_axes={}), probe=False)
     assert runner.signature.inputs[0].shape == (None, 8)
-    feeds = runner.signature.sample(seed=0)
+    feeds = realistic_feeds(runner.signature, seed=0)
     feeds["image"] = np.zeros((1, 5, 5, 3), np.float32)
     with pytest.raises(FeedError, match="image"):
         runner.run(feeds)

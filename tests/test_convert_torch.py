@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
 from onnxferry.convert.torch import DYNAMO, TORCHSCRIPT, load_torch
 from onnxferry.errors import FerryError
+from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import Parity, Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
@@ -75,7 +76,7 @@ def assert_passes(result: Parity | ConversionError) -> None:
 
 def samples(source: Source, *dims: Mapping[str, int]) -> list[Feeds]:
     signature = source.reference.signature
-    return [signature.sample(dims=d, seed=i) for i, d in enumerate(dims)]
+    return [realistic_feeds(signature, d, seed=i) for i, d in enumerate(dims)]
 
 
 def assert_one_line(error: FerryError) -> None:

@@ -24,7 +24,8 @@ from onnxferry.data import (
     tensor_to_array,
 )
 from onnxferry.errors import DataError
-from onnxferry.signature import DTYPES, DType, Signature, TensorSpec, dtype_from_onnx, random_array
+from onnxferry.feeds import random_array, realistic_feeds
+from onnxferry.signature import DTYPES, DType, Signature, TensorSpec, dtype_from_onnx
 
 from .helpers import mlp, onnx_text, save
 
@@ -273,7 +274,7 @@ def test_model_zoo_layout_checks_out_in_onnxruntime(tmp_path: Path) -> None:
     signature = Signature.from_onnx(proto)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     for n in range(3):
-        feeds = signature.sample(dims={"batch": n + 1}, seed=n)
+        feeds = realistic_feeds(signature, {"batch": n + 1}, seed=n)
         [probs] = session.run(None, feeds)
         save_test_case(tmp_path / "zoo" / f"test_data_set_{n}", feeds, {"probs": probs})
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from onnxferry.cli import main
+from onnxferry.convert import Conversion
 from onnxferry.deploy import deploy
 from onnxferry.model import Model
+from onnxferry.optimize.auto import SearchResult
 from tests.helpers import mlp, save
 
 
@@ -23,10 +25,14 @@ def test_deploy_writes_model_recipe_and_reports(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     Model.load(out / "model.onnx")
     data = json.loads((out / "report.json").read_text())
+    assert data == json.loads(report.to_json())  # written by Report.save
     assert data["verb"] == "deploy"
     assert [s["verb"] for s in data["result"]["stages"]] == ["convert", "optimize", "bench"]
     page = (out / "report.html").read_text()
     assert page.count("<svg") >= 1 and "latency vs batch" in page
+    assert all(f"<h2>{s.verb}: " in page for s in report.result.stages)  # a section per stage
+    stages = report.result.stages
+    assert isinstance(stages[0].result, Conversion) and isinstance(stages[1].result, SearchResult)
     assert "<script" not in page and "http" not in page.split("<svg", 1)[0]
 
 

@@ -13,13 +13,23 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxferry.bench import bench
 from onnxferry.cli import main
 from onnxferry.compare import compare
-from onnxferry.errors import FeedError, RunError, UsageError
-from onnxferry.feeds import plan_feeds
+from onnxferry.errors import DataError, FeedError, RunError, UsageError
+from onnxferry.feeds import (
+    checked_feeds,
+    dynamic_dims,
+    feed_sets,
+    plan_feeds,
+    realistic_feeds,
+    shape_plan,
+    verification_feeds,
+)
 from onnxferry.model import Model
 from onnxferry.optimize import optimize
 from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.server import running
-from tests.helpers import save
+from onnxferry.signature import Signature
+from tests.helpers import RELU, onnx_text, save
+from tests.test_signature import ALL_TYPES
 
 
 def _model(
@@ -270,3 +280,132 @@ def test_a_run_error_is_one_line_on_stderr_in_every_verb(
     err = capfd.readouterr().err  # ONNX Runtime's own log lines would show here too
     assert err.count("\n") == 1 and "x[1,3,48,192]" in err, err
     assert not (tmp_path / "o.onnx").exists()
+
+
+# --- values: the same for every verb -------------------------------------------------------
+
+ENCODER = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (int64[batch, seq] input_ids, int64[batch, seq] attention_mask, int64[batch, seq] token_type_ids,
+   int64[batch, seq] position_ids, float[batch, 4] extra) => (int64[batch, seq] y) {
+    y = Add(input_ids, attention_mask)
+}
+"""
+
+
+STATIC = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[2] x) => (float[2] y) { y = Relu(x) }
+"""
+
+
+def _encoder() -> Signature:
+    return Signature.from_onnx(onnx_text(ENCODER))
+
+
+def test_language_model_inputs_are_realistic() -> None:
+    sig = _encoder()
+    feeds = realistic_feeds(
+        sig, {"batch": 6, "seq": 10}, seed=1, value_ranges={"input_ids": (5, 50)}
+    )
+    sig.validate(feeds)
+    mask, ids = feeds["attention_mask"], feeds["input_ids"]
+    assert mask[0].all(), "row 0 is never padded"
+    assert set(np.unique(mask)) <= {0, 1}
+    padded_rows = [r for r in range(6) if not mask[r].all()]
+    assert padded_rows and set(padded_rows) <= {1, 3, 5}
+    for r in padded_rows:  # padding is a tail: once 0, stays 0
+        first_pad = int(np.argmin(mask[r]))
+        assert mask[r, :first_pad].all() and not mask[r, first_pad:].any()
+    assert (ids[mask == 1] >= 5).all() and (ids[mask == 1] < 50).all()
+    assert (ids[mask == 0] == 0).all(), "padded positions hold the pad id"
+    assert set(np.unique(feeds["token_type_ids"])) <= {0, 1}
+    np.testing.assert_array_equal(feeds["position_ids"][2], np.arange(10))
+    assert feeds["extra"].dtype == np.float32
+
+
+def test_same_seed_same_feeds_for_every_dtype() -> None:
+    sig = Signature.from_onnx(onnx_text(ALL_TYPES))
+    feeds = realistic_feeds(sig, {"batch": 4, "seq": 7}, seed=3)
+    sig.validate(feeds)
+    assert feeds["f"].shape == (4, 3) and feeds["ids"].shape == (4, 7)
+    assert feeds["text"].dtype == object and isinstance(feeds["text"][0], str)
+    assert feeds["flag"].dtype == np.bool_
+    assert feeds["b"].dtype.name == "bfloat16"
+    assert feeds["q"].shape == (1, 1)
+    again = realistic_feeds(sig, {"batch": 4, "seq": 7}, seed=3)
+    assert all(np.array_equal(feeds[k], again[k]) for k in feeds)
+    other = realistic_feeds(sig, {"batch": 4, "seq": 7}, seed=4)
+    assert not np.array_equal(feeds["f"], other["f"])
+
+
+def test_generated_feeds_run_in_onnxruntime() -> None:
+    proto = onnx_text(RELU)
+    feeds = plan_feeds(Signature.from_onnx(proto), batch=5).feeds(seed=0)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, feeds)
+    np.testing.assert_array_equal(y, np.maximum(feeds["x"], 0))
+
+
+def test_every_dynamic_dim_takes_two_values_when_verifying_a_conversion() -> None:
+    sig = _encoder()
+    assert dynamic_dims(sig) == ["batch", "seq"]
+    plans = shape_plan(sig)
+    assert len(plans) == 2
+    assert {p["batch"] for p in plans} == {1, 4}
+    assert len({p["seq"] for p in plans}) == 2
+    assert shape_plan(sig, fixed={"batch": 2, "seq": 5}) == [{"batch": 2, "seq": 5}]
+    static = Signature.from_onnx(onnx_text(STATIC))
+    assert shape_plan(static) == [{}]
+
+
+def test_verification_feeds_are_the_samples_then_varied_sizes(tmp_path: Path) -> None:
+    sig = _encoder()
+    sample = realistic_feeds(sig, {"batch": 2, "seq": 3}, seed=9)
+    feeds = verification_feeds(sig, [sample], {"input_ids": (0, 30)})
+    assert all(np.array_equal(feeds[0][k], sample[k]) for k in sample)
+    assert [f["input_ids"].shape for f in feeds[1:]] == [(1, 8), (4, 13)]
+    assert all(f["input_ids"].max() < 30 for f in feeds)
+    with pytest.raises(FeedError, match="sample 0: input 'extra' expects dtype float32"):
+        verification_feeds(sig, [{**sample, "extra": sample["extra"].astype(np.float64)}])
+    model = Model.load(save(_embedding(rows=50), tmp_path / "m.onnx"))
+    on_graph = verification_feeds(model)  # an ONNX source: the plan, then at batch 4
+    assert [f["input_ids"].shape for f in on_graph] == [(1, 16), (4, 16)]
+
+
+# --- given feeds: one check for every verb -------------------------------------------------
+
+
+def test_checked_feeds_names_where_and_which_sample() -> None:
+    sig = _encoder()
+    good = realistic_feeds(sig, {"batch": 2, "seq": 3})
+    bad = {**good, "extra": good["extra"][:, :3]}
+    assert checked_feeds(good, sig)[0].keys() == good.keys()
+    assert len(checked_feeds([good, good, good], sig, limit=2)) == 2
+    with pytest.raises(FeedError, match=r"^m\.onnx: input 'extra' expects shape"):
+        checked_feeds(bad, sig, where="m.onnx")
+    with pytest.raises(DataError, match=r"^calib\.npz sample 1: input 'extra'") as info:
+        checked_feeds([good, bad], sig, where="calib.npz", error=DataError)
+    assert info.value.exit_code == 2
+    with pytest.raises(FeedError, match=r"^sample 0: missing input 'extra'"):
+        checked_feeds([{k: v for k, v in good.items() if k != "extra"}], sig)
+    with pytest.raises(UsageError, match="calibration set is empty"):
+        checked_feeds([], sig, kind="calibration")
+    with pytest.raises(UsageError, match="limit must be at least 1"):
+        checked_feeds([good], sig, limit=0)
+    assert checked_feeds([{"anything": [1, 2]}], None)[0]["anything"].dtype == np.int64
+
+
+def test_feed_sets_are_the_users_checked_or_generated(tmp_path: Path) -> None:
+    model = Model.load(save(_embedding(rows=50), tmp_path / "m.onnx"))
+    generated, plan = feed_sets(model, count=2, seed=3)
+    assert plan is not None and len(generated) == 2
+    np.testing.assert_array_equal(generated[1]["input_ids"], plan.feeds(seed=4)["input_ids"])
+    np.savez(tmp_path / "f.npz", **generated[0])
+    given, none = feed_sets(model, tmp_path / "f.npz", where="m.onnx")
+    assert none is None and given[0].keys() == generated[0].keys()
+    np.savez(tmp_path / "bad.npz", **{**generated[0], "input_ids": np.zeros((1, 4), np.int32)})
+    with pytest.raises(FeedError, match=r"^m\.onnx sample 0: input 'input_ids' expects dtype"):
+        feed_sets(model, tmp_path / "bad.npz", where="m.onnx")
+    with pytest.raises(UsageError, match="samples must be at least 1"):
+        feed_sets(model, count=0)

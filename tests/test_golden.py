@@ -113,3 +113,9 @@ def test_inspect_example() -> None:
     assert summary["producer"] == "onnxferry-examples 1"
     text = report.to_text()
     assert "image" in text and "[batch, 3, 16, 16]" in text
+
+
+def test_golden_data_defaults_to_the_models_directory(tmp_path: Path) -> None:
+    report = onnxferry.test(EXAMPLE)
+    assert report.ok and report.result.data == str(EXAMPLE)
+    assert onnxferry.test(EXAMPLE / "model.onnx").result.data == str(EXAMPLE)

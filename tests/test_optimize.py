@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, cast
@@ -19,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.cli import main
 from onnxferry.errors import UsageError
+from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
-from onnxferry.optimize import Budget, Recipe, make_pass, optimize
+from onnxferry.optimize import BUILTIN, Budget, Recipe, list_passes, make_pass, optimize
 from onnxferry.optimize.auto import (
     FINALISTS,
     Candidate,
@@ -29,7 +32,7 @@ from onnxferry.optimize.auto import (
     auto_search,
     candidate_recipes,
 )
-from onnxferry.optimize.base import PASSES, Pass, PassContext, PassError, PassResult, register
+from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
 from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
 from onnxferry.optimize.quantize import x86_without_vnni
@@ -120,7 +123,7 @@ def test_worst_case_cosine_is_not_the_mean() -> None:
 def judge_for(tmp_path: Path):  # type: ignore[no-untyped-def]
     def make(proto: onnx.ModelProto, budget: str = "cosine>=0.99") -> tuple[Model, Judge]:
         model = Model.load(save(proto, tmp_path / "original" / "model.onnx"))
-        feeds = [model.signature.sample(dims={"batch": b}, seed=b) for b in (1, 8)]
+        feeds = [realistic_feeds(model.signature, {"batch": b}, seed=b) for b in (1, 8)]
         return model, Judge(model, feeds, Budget.parse(budget))
 
     return make
@@ -137,7 +140,6 @@ def test_budget_breaking_pass_is_rolled_back(judge_for, tmp_path: Path) -> None:
     assert final is model and result.kept == []
 
 
-@register
 @dataclass(frozen=True)
 class _Slower(Pass):
     """Keeps the outputs exactly and adds a large MatMul whose result ends up as + 0 (Min of
@@ -175,7 +177,7 @@ class _Slower(Pass):
 
 def test_pass_that_is_not_faster_is_dropped_unless_for_size(judge_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, judge = judge_for(wide_mlp())
-    recipe = Recipe.of(["test_slower"])
+    recipe = Recipe.of(["test_slower"], TEST_PASSES)
     _, result = apply_recipe(model, recipe, judge, workdir=tmp_path / "a")
     (step,) = result.steps
     assert step.status == "dropped" and "not measurably faster" in step.reason
@@ -183,7 +185,6 @@ def test_pass_that_is_not_faster_is_dropped_unless_for_size(judge_for, tmp_path:
     assert sized.steps[0].status == "kept"
 
 
-@register
 @dataclass(frozen=True)
 class _Refuses(Pass):
     """A pass that cannot handle any model (to test that the chain goes on without it)."""
@@ -195,16 +196,60 @@ class _Refuses(Pass):
         raise PassError(f"{self.name}: this model has no foo", hint="use a model with foo")
 
 
+TEST_PASSES = BUILTIN.with_passes(_Slower, _Refuses)
+"""The built-in passes and this module's own (the built-in catalog is left alone)."""
+
+
 def test_failing_pass_is_reported_and_the_chain_goes_on(judge_for, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert "test_refuses" in PASSES
+    assert "test_refuses" in TEST_PASSES
     model, judge = judge_for(wide_mlp())
-    recipe = Recipe.of(["test_refuses", ("int8_dynamic", {"per_channel": True})])
+    recipe = Recipe.of(["test_refuses", ("int8_dynamic", {"per_channel": True})], TEST_PASSES)
     final, result = apply_recipe(model, recipe, judge, workdir=tmp_path / "w", for_size=True)
     first, second = result.steps
     assert first.status == "failed" and "has no foo" in first.reason
     assert second.status == "kept"
     assert final is not model
     assert any(t.data_type == TensorProto.INT8 for t in final.proto.graph.initializer)
+
+
+def test_the_catalog_is_explicit_and_a_test_catalog_leaves_it_alone() -> None:
+    for name in BUILTIN:
+        assert BUILTIN.get(name).name == name
+    assert "test_refuses" not in BUILTIN and len(TEST_PASSES) == len(BUILTIN) + 2
+    assert TEST_PASSES.get("test_refuses") is _Refuses
+    with pytest.raises(UsageError, match="unknown pass 'test_refuses'"):
+        Recipe.of(["test_refuses"])
+    with pytest.raises(UsageError, match="unknown pass 'test_refuses'"):
+        Recipe.parse('[[pass]]\nname = "test_refuses"')
+    assert Recipe.parse('[[pass]]\nname = "test_refuses"', catalog=TEST_PASSES).label() == (
+        "test_refuses"
+    )
+    with pytest.raises(ValueError, match="taken"):
+        TEST_PASSES.with_passes(_Refuses)
+
+
+def test_list_passes_describes_every_pass_with_its_parameters() -> None:
+    listed = list_passes()
+    assert [p.name for p in listed] == list(BUILTIN)
+    graph = next(p for p in listed if p.name == "ort_graph")
+    assert graph.family == "graph" and graph.description.startswith("Optimize the graph")
+    (level,) = graph.parameters
+    assert (level.name, level.default) == ("level", "extended")
+    assert "'basic'" in level.type and level.description
+    assert [p.name for p in list_passes(TEST_PASSES)][-2:] == ["test_slower", "test_refuses"]
+
+
+def test_pass_modules_are_loaded_only_when_a_pass_is_used() -> None:
+    """No registration by import: base knows no pass, and ``import onnxferry`` loads none."""
+    code = (
+        "import sys, onnxferry, onnxferry.optimize.base\n"
+        "print(','.join(sorted(m for m in sys.modules if m in "
+        "[f'onnxferry.optimize.{p}' for p in ('graph', 'fp16', 'quantize', 'prune', 'smooth')])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
 
 
 def test_replaying_the_saved_recipe_gives_the_same_digest(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from onnxferry.errors import UsageError
+from onnxferry.feeds import plan_feeds
 from onnxferry.model import Model
-from onnxferry.optimize.base import PassContext, PassError, make_pass
+from onnxferry.optimize import PassContext, PassError, make_pass
 from onnxferry.optimize.fp16 import Float16
 from onnxferry.parity import Parity, Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
@@ -24,7 +25,7 @@ FP16 = Tolerance(atol=1e-2, rtol=1e-2)
 def parity(before: Model, after: Model, feeds: list[dict[str, np.ndarray]] | None = None) -> Parity:
     """``after`` against ``before`` in ONNX Runtime, by default at batch sizes 1 and 3."""
     if feeds is None:
-        feeds = [before.signature.sample(seed=batch, default_dim=batch) for batch in (1, 3)]
+        feeds = [plan_feeds(before, batch=batch).feeds(seed=batch) for batch in (1, 3)]
     ref, cand = OrtRunner(before), OrtRunner(after)
     return compare_outputs([ref.run(f) for f in feeds], [cand.run(f) for f in feeds], FP16)
 

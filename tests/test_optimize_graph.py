@@ -11,8 +11,9 @@ import onnx
 import pytest
 
 from onnxferry.errors import UsageError
+from onnxferry.feeds import plan_feeds
 from onnxferry.model import Model
-from onnxferry.optimize.base import Pass, PassContext, PassError, make_pass
+from onnxferry.optimize import Pass, PassContext, PassError, make_pass
 from onnxferry.optimize.fp16 import Float16
 from onnxferry.optimize.graph import Fold, OrtGraph, Slim
 from onnxferry.parity import Tolerance, compare_outputs
@@ -23,7 +24,7 @@ from .helpers import FOLDABLE, RELU, conv_bn_mlp, mlp, onnx_text, save, save_ext
 
 def assert_parity(before: Model, after: Model, tolerance: Tolerance = Tolerance()) -> None:
     """``after`` computes what ``before`` does, in ONNX Runtime, at batch sizes 1 and 3."""
-    feeds = [before.signature.sample(seed=batch, default_dim=batch) for batch in (1, 3)]
+    feeds = [plan_feeds(before, batch=batch).feeds(seed=batch) for batch in (1, 3)]
     ref, cand = OrtRunner(before), OrtRunner(after)
     parity = compare_outputs([ref.run(f) for f in feeds], [cand.run(f) for f in feeds], tolerance)
     assert parity.ok, parity.summary()

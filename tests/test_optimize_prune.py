@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
-from onnxferry.optimize.base import PASSES, PassContext, PassResult
+from onnxferry.optimize import BUILTIN, PassContext, PassResult
 from onnxferry.optimize.prune import ChannelPrune, MagnitudePrune
 from onnxferry.parity import Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
@@ -223,12 +223,12 @@ def _init(model: Model, name: str) -> np.ndarray:
     return numpy_helper.to_array(tensor, str(model.path.parent) if model.path else "")
 
 
-# --- registration and parameters ---------------------------------------------------------------
+# --- catalog and parameters --------------------------------------------------------------------
 
 
-def test_passes_are_registered_with_declared_parameters() -> None:
-    assert PASSES["prune_magnitude"] is MagnitudePrune
-    assert PASSES["prune_channels"] is ChannelPrune
+def test_passes_are_in_the_catalog_with_declared_parameters() -> None:
+    assert BUILTIN.get("prune_magnitude") is MagnitudePrune
+    assert BUILTIN.get("prune_channels") is ChannelPrune
     assert MagnitudePrune.size_only and not ChannelPrune.size_only
     assert MagnitudePrune.family == ChannelPrune.family == "prune"
     assert [d[0] for d in MagnitudePrune.describe()] == ["sparsity", "op_types", "min_elements"]

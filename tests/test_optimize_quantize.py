@@ -16,11 +16,11 @@ from onnx import helper, numpy_helper
 from onnxferry.data import save_npz, save_test_case
 from onnxferry.errors import DataError, UsageError
 from onnxferry.model import Model
-from onnxferry.optimize.base import PassContext, PassError, make_pass
+from onnxferry.optimize import PassContext, PassError, make_pass
 from onnxferry.optimize.calibration import (
     FeedsReader,
     calibration_feeds,
-    checked_feeds,
+    checked_calibration,
     load_calibration,
 )
 from onnxferry.optimize.quantize import DynamicInt8, StaticInt8
@@ -507,7 +507,7 @@ def test_calibration_from_a_user_reader(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a dict of arrays"):
         calibration_feeds(Bad(), model.signature)
     with pytest.raises(UsageError, match="limit must be at least 1"):
-        checked_feeds(feeds_for(model), model.signature, limit=0)
+        checked_calibration(feeds_for(model), model.signature, limit=0)
 
 
 def test_tensors_reaching_inf_stay_unquantized(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.optimize import make_pass
 from onnxferry.optimize.base import PassContext
@@ -48,7 +49,7 @@ def outlier_model(layernorm: bool) -> onnx.ModelProto:
 
 
 def _feeds(model: Model) -> list[dict[str, np.ndarray]]:
-    return [model.signature.sample(dims={"batch": b}, seed=b) for b in (1, 16)]
+    return [realistic_feeds(model.signature, {"batch": b}, seed=b) for b in (1, 16)]
 
 
 def _run(model: Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

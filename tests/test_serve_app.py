@@ -1,5 +1,7 @@
-"""The server end to end: the real app on uvicorn on a loopback port, talked to with
-tritonclient (binary and JSON, every datatype) and with plain HTTP for the error cases."""
+"""The server end to end, in two tiers. In process (``app``: the ASGI app driven by httpx's
+ASGITransport, tests/serve_asgi.py): routing, metadata, errors, auth, limits the app enforces,
+reloads. Live (``server``: the real app on uvicorn on a loopback port): tritonclient (binary and
+JSON, every datatype), what is on the wire, slow and chunked clients, draining on stop."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import ServerOptions, running
+from tests.serve_asgi import InProcess, in_process
 from tests.serve_probes import exchange, raw
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -157,17 +160,19 @@ def server(repo: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def app(repo: Path) -> Iterator[InProcess]:
+    settings = ServeSettings(
+        repository_keys=(REPO_KEY,), repository_api=True, body_limit=1 << 20, body_timeout_s=1.0
+    )
+    with in_process(ServeApp(Repository.open(repo), settings)) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
 def client(server: str) -> Iterator[Any]:
     c = httpclient.InferenceServerClient(server.removeprefix("http://"), concurrency=8)
     yield c
     c.close()
-
-
-def error_of(
-    url: str, method: str, path: str, body: bytes | None = None, **kw: Any
-) -> tuple[int, str]:
-    status, _, data = exchange(url, method, path, body, **kw)
-    return status, json.loads(data).get("error", "") if data else ""
 
 
 def infer_json(inputs: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -216,23 +221,25 @@ def test_responses_carry_their_length_not_chunks(
     assert int(lowered["content-length"]) == len(data)
 
 
-def test_unknown_routes_models_and_versions_are_404(server: str) -> None:
-    assert error_of(server, "GET", "/v2/models/nope")[0] == 404
-    assert error_of(server, "GET", "/v2/models/affine/versions/9")[0] == 404
-    assert error_of(server, "POST", "/v2/models/nope/infer", infer_json([X]))[0] == 404
-    assert error_of(server, "GET", "/v3")[0] == 404
-    status, message = error_of(server, "GET", "/v2/models/affine/infer")
+def test_unknown_routes_models_and_versions_are_404(app: InProcess) -> None:
+    assert app.error_of("GET", "/v2/models/nope")[0] == 404
+    assert app.error_of("GET", "/v2/models/affine/versions/9")[0] == 404
+    assert app.error_of("POST", "/v2/models/nope/infer", infer_json([X]))[0] == 404
+    assert app.error_of("GET", "/v3")[0] == 404
+    status, message = app.error_of("GET", "/v2/models/affine/infer")
     assert status == 405 and "POST" in message
     for path in ("/v2/models/affine", "/metrics", "/openapi.json"):
-        status, headers, _ = exchange(server, "TRACE", path)
+        status, headers, _ = app.exchange("TRACE", path)
         assert status == 405 and headers["allow"] == "GET"  # RFC 9110: 405 says what is allowed
 
 
-def test_a_broken_model_is_reported_and_the_others_serve(server: str, client: Any) -> None:
-    status, message = error_of(server, "POST", "/v2/models/broken/infer", infer_json([X]))
+def test_a_broken_model_is_reported_and_the_others_serve(app: InProcess) -> None:
+    status, message = app.error_of("POST", "/v2/models/broken/infer", infer_json([X]))
     assert status == 503 and "not an ONNX model" in message
-    index = {(m["name"], m.get("version")): m for m in client.get_model_repository_index(
-        headers={"Authorization": f"Bearer {REPO_KEY}"})}  # fmt: skip
+    status, _, data = app.exchange(
+        "POST", "/v2/repository/index", headers={"Authorization": f"Bearer {REPO_KEY}"}
+    )
+    index = {(m["name"], m.get("version")): m for m in json.loads(data)}
     assert index[("broken", "1")]["state"] == "UNAVAILABLE"
     assert index[("affine", "2")]["state"] == "READY"
 
@@ -290,10 +297,10 @@ def test_requested_outputs_and_parameters(client: Any) -> None:
     assert latest.get_response()["model_version"] == "2"
 
 
-def test_compressed_request_bodies(server: str) -> None:
+def test_compressed_request_bodies(app: InProcess) -> None:
     body = gzip.compress(infer_json([X]))
-    status, _, data = exchange(
-        server, "POST", "/v2/models/affine/infer", body, {"Content-Encoding": "gzip"}
+    status, _, data = app.exchange(
+        "POST", "/v2/models/affine/infer", body, {"Content-Encoding": "gzip"}
     )
     assert status == 200, data
     assert json.loads(data)["outputs"][0]["data"] == [4.0, -5.0, 10.0, -11.0]
@@ -317,18 +324,18 @@ def test_compressed_request_bodies(server: str) -> None:
         (infer_json([]), "x"),
     ],
 )
-def test_bad_requests_are_400_naming_the_problem(server: str, body: bytes, message: str) -> None:
-    status, error = error_of(server, "POST", "/v2/models/affine/infer", body)
+def test_bad_requests_are_400_naming_the_problem(app: InProcess, body: bytes, message: str) -> None:
+    status, error = app.error_of("POST", "/v2/models/affine/infer", body)
     assert status == 400 and message in error
-    assert error_of(server, "POST", "/v2/models/affine/infer", infer_json([X]))[0] == 200
+    assert app.error_of("POST", "/v2/models/affine/infer", infer_json([X]))[0] == 200
 
 
-def test_binary_length_mismatch_is_400(server: str) -> None:
+def test_binary_length_mismatch_is_400(app: InProcess) -> None:
     tensor = {"name": "x", "datatype": "FP32", "shape": [1, 4]}
     header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 16}}]}).encode()
     body = header + np.zeros(3, np.float32).tobytes()  # 12 bytes, 16 announced
-    status, error = error_of(
-        server, "POST", "/v2/models/affine/infer", body,
+    status, error = app.error_of(
+        "POST", "/v2/models/affine/infer", body,
         headers={"Inference-Header-Content-Length": str(len(header))},
     )  # fmt: skip
     assert status == 400 and "x" in error
@@ -345,14 +352,14 @@ def test_non_finite_inputs_are_400_where_the_model_forbids_them(client: Any) -> 
     assert np.isnan(result.as_numpy("y")[0, 1])
 
 
-def test_a_full_queue_answers_503_at_once(server: str) -> None:
+def test_a_full_queue_answers_503_at_once(app: InProcess) -> None:
     x = {"name": "x", "datatype": "FP32", "shape": [384, 384], "data": [0.5] * 384 * 384}
     body = infer_json([x])
     statuses: list[tuple[int, str]] = []
     threads = [
         threading.Thread(
             target=lambda: statuses.append(
-                error_of(server, "POST", "/v2/models/tiny_queue/infer", body)
+                app.error_of("POST", "/v2/models/tiny_queue/infer", body)
             )
         )
         for _ in range(6)
@@ -366,22 +373,22 @@ def test_a_full_queue_answers_503_at_once(server: str) -> None:
     assert all("queue" in error for code, error in statuses if code == 503)
 
 
-def test_a_model_failing_on_valid_input_is_500_and_keeps_serving(server: str) -> None:
+def test_a_model_failing_on_valid_input_is_500_and_keeps_serving(app: InProcess) -> None:
     def index(i: int) -> bytes:
         return infer_json([{"name": "i", "datatype": "INT64", "shape": [1], "data": [i]}])
 
-    status, error = error_of(server, "POST", "/v2/models/lookup/infer", index(100))
+    status, error = app.error_of("POST", "/v2/models/lookup/infer", index(100))
     assert status == 500 and "lookup" in error
-    status, _, data = exchange(server, "POST", "/v2/models/lookup/infer", index(3))
+    status, _, data = app.exchange("POST", "/v2/models/lookup/infer", index(3))
     assert status == 200 and json.loads(data)["outputs"][0]["data"] == [6.0, 7.0]
 
 
 def test_access_log_is_one_json_line_per_request(
-    server: str, caplog: pytest.LogCaptureFixture
+    app: InProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="onnxferry.serve.access"):
-        exchange(server, "POST", "/v2/models/affine/infer", infer_json([X]))
-        exchange(server, "GET", "/v2/models/nope")
+        app.exchange("POST", "/v2/models/affine/infer", infer_json([X]))
+        app.exchange("GET", "/v2/models/nope")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name.endswith("access")]
     assert [(e["method"], e["path"], e["status"]) for e in lines] == [
         ("POST", "/v2/models/affine/infer", 200),
@@ -397,31 +404,31 @@ def test_access_log_is_one_json_line_per_request(
 def test_auth(tmp_path: Path) -> None:
     write(tmp_path / "m.onnx", affine())
     settings = ServeSettings(api_keys=(KEY,), repository_keys=(REPO_KEY,), repository_api=True)
-    with running(ServeApp(Repository.open(tmp_path / "m.onnx"), settings)) as url:
+    with in_process(ServeApp(Repository.open(tmp_path / "m.onnx"), settings)) as app:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
                         {"Authorization": f"Bearer {REPO_KEY}"}):  # fmt: skip
-            assert error_of(url, "GET", "/v2/models/m", headers=headers)[0] == 401
-            status, error = error_of(url, "POST", "/v2/models/m/infer", infer_json([X]),
-                                     headers=headers)  # fmt: skip
+            assert app.error_of("GET", "/v2/models/m", headers=headers)[0] == 401
+            status, error = app.error_of("POST", "/v2/models/m/infer", infer_json([X]),
+                                         headers=headers)  # fmt: skip
             assert status == 401 and "Bearer" in error
-        assert exchange(url, "GET", "/v2/health/live")[0] == 200
-        assert exchange(url, "GET", "/v2/health/ready")[0] == 200
+        assert app.exchange("GET", "/v2/health/live")[0] == 200
+        assert app.exchange("GET", "/v2/health/ready")[0] == 200
         good = {"Authorization": f"Bearer {KEY}"}
-        assert exchange(url, "POST", "/v2/models/m/infer", infer_json([X]), good)[0] == 200
+        assert app.exchange("POST", "/v2/models/m/infer", infer_json([X]), good)[0] == 200
         # the repository API takes its own key only
-        assert error_of(url, "POST", "/v2/repository/index", headers=good)[0] == 401
+        assert app.error_of("POST", "/v2/repository/index", headers=good)[0] == 401
         repo = {"Authorization": f"Bearer {REPO_KEY}"}
-        assert exchange(url, "POST", "/v2/repository/index", headers=repo)[0] == 200
+        assert app.exchange("POST", "/v2/repository/index", headers=repo)[0] == 200
         # the published document says so, and is readable without a key
-        status, _, data = exchange(url, "GET", "/openapi.json")
+        status, _, data = app.exchange("GET", "/openapi.json")
         doc = json.loads(data)
         assert status == 200 and doc["security"] == [{"bearer": []}]
         assert doc["paths"]["/v2/health/live"]["get"]["security"] == []
 
 
-def test_body_limit_by_content_length(server: str) -> None:
+def test_body_limit_by_content_length(app: InProcess) -> None:
     body = b"{" + b" " * (2 << 20) + b"}"
-    status, error = error_of(server, "POST", "/v2/models/affine/infer", body)
+    status, error = app.error_of("POST", "/v2/models/affine/infer", body)
     assert status == 413 and "limit" in error
 
 
@@ -444,15 +451,15 @@ def test_slow_headers_and_bodies_time_out(server: str) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
-def test_deadline_is_504_and_the_model_keeps_serving(server: str) -> None:
+def test_deadline_is_504_and_the_model_keeps_serving(app: InProcess) -> None:
     x = {"name": "x", "datatype": "FP32", "shape": [384, 384], "data": [0.5] * 384 * 384}
     started = time.monotonic()
-    status, error = error_of(
-        server, "POST", "/v2/models/slow/infer", infer_json([x], parameters={"timeout": 2000})
+    status, error = app.error_of(
+        "POST", "/v2/models/slow/infer", infer_json([x], parameters={"timeout": 2000})
     )
     assert status == 504, error
     assert time.monotonic() - started < 2.0
-    status, _, _ = exchange(server, "POST", "/v2/models/slow/infer", infer_json([x]))
+    status, _, _ = app.exchange("POST", "/v2/models/slow/infer", infer_json([x]))
     assert status == 200
 
 
@@ -496,14 +503,14 @@ def test_large_bodies_arrive_in_pieces_and_decode_exactly(
 # --- observability -----------------------------------------------------------------------------
 
 
-def test_metrics_and_openapi(server: str, client: Any) -> None:
-    exchange(server, "POST", "/v2/models/affine/infer", infer_json([X]))  # one success
-    exchange(server, "POST", "/v2/models/affine/infer", b"{not json")  # one bad request
-    status, _, text = exchange(server, "GET", "/metrics")
+def test_metrics_and_openapi(app: InProcess) -> None:
+    app.exchange("POST", "/v2/models/affine/infer", infer_json([X]))  # one success
+    app.exchange("POST", "/v2/models/affine/infer", b"{not json")  # one bad request
+    status, _, text = app.exchange("GET", "/metrics")
     assert status == 200
     assert b'ferry_request_duration_seconds_bucket{le="0.001",model="affine"' in text
     assert b'ferry_inference_failure_total{model="affine",reason="bad_request"' in text
-    status, _, doc = exchange(server, "GET", "/openapi.json")
+    status, _, doc = app.exchange("GET", "/openapi.json")
     paths = json.loads(doc)["paths"]
     for route in (
         "/v2/health/live",
@@ -522,31 +529,31 @@ def test_hot_reload_swaps_versions_and_a_corrupt_one_leaves_the_old_serving(
 ) -> None:
     write(tmp_path / "m" / "1" / "model.onnx", affine(2.0))
     settings = ServeSettings(repository_api=True)
-    app = ServeApp(Repository.open(tmp_path, config=ModelConfig()), settings)
-    with running(app) as url:
+    served = ServeApp(Repository.open(tmp_path, config=ModelConfig()), settings)
+    with in_process(served) as app:
 
         def y() -> float:
-            status, _, data = exchange(url, "POST", "/v2/models/m/infer", infer_json([X]))
+            status, _, data = app.exchange("POST", "/v2/models/m/infer", infer_json([X]))
             assert status == 200, data
             return float(json.loads(data)["outputs"][0]["data"][0])
 
         assert y() == 3.0
         write(tmp_path / "m" / "2" / "model.onnx", affine(5.0))
-        assert exchange(url, "POST", "/v2/repository/models/m/load")[0] == 200
+        assert app.exchange("POST", "/v2/repository/models/m/load")[0] == 200
         assert y() == 6.0
         write(tmp_path / "m" / "3" / "model.onnx", b"\x08\x07garbage")
-        status, error = error_of(url, "POST", "/v2/repository/models/m/load")
+        status, error = app.error_of("POST", "/v2/repository/models/m/load")
         assert status == 400 and "3" in error
         assert y() == 6.0  # version 2 still serves
-        assert exchange(url, "POST", "/v2/repository/models/m/unload")[0] == 200
-        assert error_of(url, "POST", "/v2/models/m/infer", infer_json([X]))[0] == 503
+        assert app.exchange("POST", "/v2/repository/models/m/unload")[0] == 200
+        assert app.error_of("POST", "/v2/models/m/infer", infer_json([X]))[0] == 503
 
 
 def test_repository_api_is_off_unless_enabled(tmp_path: Path) -> None:
     write(tmp_path / "m.onnx", affine())
-    with running(tmp_path / "m.onnx") as url:
-        assert error_of(url, "POST", "/v2/repository/index")[0] == 403
-        status, _, data = exchange(url, "POST", "/v2/models/m/infer", infer_json([X]))
+    with in_process(tmp_path / "m.onnx") as app:
+        assert app.error_of("POST", "/v2/repository/index")[0] == 403
+        status, _, data = app.exchange("POST", "/v2/models/m/infer", infer_json([X]))
         assert status == 200
 
 

@@ -9,7 +9,9 @@ import pytest
 
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
-from onnxferry.serve.config import ModelConfig, VersionPolicy, triton_config, usable_cores
+from onnxferry.runtime import usable_cores
+from onnxferry.serve.config import ModelConfig, VersionPolicy
+from onnxferry.serve.metadata import triton_config
 
 from .helpers import RELU, mlp, onnx_text
 

@@ -21,6 +21,7 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import MIN_KEY_LENGTH, env_keys, read_keys, running
 from tests.helpers import RELU, onnx_text, save
+from tests.serve_asgi import InProcess, in_process
 from tests.test_serve_cli import FERRY, _free_port, _wait_ready
 
 GOOD = "k" * MIN_KEY_LENGTH
@@ -58,6 +59,12 @@ def status(url: str, path: str, authorization: str | None, method: str = "GET") 
         return response.status
     finally:
         conn.close()
+
+
+def app_status(app: InProcess, path: str, authorization: str | None, method: str = "GET") -> int:
+    """``status`` of the app in process."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    return app.exchange(method, path, headers=headers)[0]
 
 
 # --- the Python API refuses bad keys -----------------------------------------------------
@@ -137,15 +144,15 @@ def test_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_keys_from_a_file_guard_every_route_but_health(model: Path, tmp_path: Path) -> None:
     keys = read_keys(key_file(tmp_path / "keys", f"{GOOD}\n"))
     settings = ServeSettings(api_keys=keys, repository_keys=(OTHER,), repository_api=True)
-    with running(model, settings=settings) as url:
+    with in_process(model, settings=settings) as app:
         for wrong in (None, "Bearer", "Bearer ", f"Bearer {GOOD[:-1]}", f"Bearer {OTHER}"):
-            assert status(url, "/v2/models/m", wrong) == 401
-        assert status(url, "/v2/models/m", f"Bearer {GOOD}") == 200
-        assert status(url, "/v2/health/ready", None) == 200
+            assert app_status(app, "/v2/models/m", wrong) == 401
+        assert app_status(app, "/v2/models/m", f"Bearer {GOOD}") == 200
+        assert app_status(app, "/v2/health/ready", None) == 200
         index = "/v2/repository/index"
-        assert status(url, index, "Bearer", "POST") == 401
-        assert status(url, index, f"Bearer {GOOD}", "POST") == 401
-        assert status(url, index, f"Bearer {OTHER}", "POST") == 200
+        assert app_status(app, index, "Bearer", "POST") == 401
+        assert app_status(app, index, f"Bearer {GOOD}", "POST") == 401
+        assert app_status(app, index, f"Bearer {OTHER}", "POST") == 200
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -1,15 +1,15 @@
-"""Readiness and version swaps against the real server on loopback: /v2/health/ready means
-every model that should serve has a version serving; a new version with other inputs does
-not take over unless ferry.toml allows it; a request runs on the version it was validated
-against."""
+"""Readiness and version swaps, against the app in process (tests/serve_asgi.py):
+/v2/health/ready means every model that should serve has a version serving; a new version with
+other inputs does not take over unless ferry.toml allows it; a request runs on the version it
+was validated against."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.repository import Repository, signature_changes
-from onnxferry.serve.server import ServerOptions, running
 from onnxferry.signature import Signature
-from tests.serve_probes import request
+from tests.serve_asgi import InProcess, in_process
 
 SMALL = ModelConfig(instances=1, intra_op_threads=1)
 TOML = "instances = 1\nintra_op_threads = 1\n"
@@ -59,20 +58,20 @@ def infer_body(datatype: str = "FP32", name: str = "x") -> bytes:
     return json.dumps({"inputs": [x]}).encode()
 
 
-def infer(url: str, datatype: str = "FP32") -> tuple[str, float]:
+def infer(app: InProcess, datatype: str = "FP32") -> tuple[str, float]:
     """(the version that answered, y[0]) of an infer request that must succeed."""
-    status, data = request(url, "POST", "/v2/models/m/infer", infer_body(datatype))
+    status, data = app.request("POST", "/v2/models/m/infer", infer_body(datatype))
     assert status == 200, data
     answer = json.loads(data)
     return answer["model_version"], float(answer["outputs"][0]["data"][0])
 
 
-def ready(url: str, path: str = "/v2/health/ready") -> int:
-    return request(url, "GET", path)[0]
+def ready(app: InProcess, path: str = "/v2/health/ready") -> int:
+    return app.request("GET", path)[0]
 
 
-def index(url: str) -> dict[str, dict[str, Any]]:
-    status, data = request(url, "POST", "/v2/repository/index")
+def index(app: InProcess) -> dict[str, dict[str, Any]]:
+    status, data = app.request("POST", "/v2/repository/index")
     assert status == 200, data
     return {f"{r['name']}/{r['version']}": r for r in json.loads(data)}
 
@@ -90,11 +89,11 @@ def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_versions_the_policy_does_not_select_leave_the_server_ready(tmp_path: Path) -> None:
     put(tmp_path, "m", 1, scale(1))
     put(tmp_path, "m", 2, scale(2))
-    with running(tmp_path, ServerOptions(port=0), API, SMALL) as url:
-        assert ready(url) == 200
-        assert ready(url, "/v2/models/m/ready") == 200
-        assert infer(url) == ("2", 2.0)
-        rows = index(url)
+    with in_process(tmp_path, API, SMALL) as app:
+        assert ready(app) == 200
+        assert ready(app, "/v2/models/m/ready") == 200
+        assert infer(app) == ("2", 2.0)
+        rows = index(app)
         assert rows["m/1"]["state"] == "UNAVAILABLE"  # not selected: still listed
         assert rows["m/1"]["reason"] == "not selected by the version policy"
 
@@ -102,48 +101,47 @@ def test_versions_the_policy_does_not_select_leave_the_server_ready(tmp_path: Pa
 def test_ready_stays_true_across_hot_reloads_good_and_failed(tmp_path: Path) -> None:
     put(tmp_path, "m", 1, scale(1))
     put(tmp_path, "m", 2, scale(2))
-    options = ServerOptions(port=0, poll_interval_s=0.05)
-    with running(tmp_path, options, API, SMALL) as url:
-        assert ready(url) == 200
+    with in_process(tmp_path, API, SMALL, poll_interval_s=0.05) as app:
+        assert ready(app) == 200
         statuses: list[int] = []
 
         def failed() -> bool:
-            statuses.append(ready(url))
-            row = index(url).get("m/3", {})
+            statuses.append(ready(app))
+            row = index(app).get("m/3", {})
             return "not an ONNX model" in row.get("reason", "")
 
         put(tmp_path, "m", 3, b"\x08\x07corrupt")
         until(failed)
-        assert infer(url) == ("2", 2.0)  # the old version still serves
-        assert ready(url, "/v2/models/m/ready") == 200
+        assert infer(app) == ("2", 2.0)  # the old version still serves
+        assert ready(app, "/v2/models/m/ready") == 200
 
         def swapped() -> bool:
-            statuses.append(ready(url))
-            return infer(url)[0] == "3"
+            statuses.append(ready(app))
+            return infer(app)[0] == "3"
 
         put(tmp_path, "m", 3, scale(3))
         until(swapped)
-        assert infer(url) == ("3", 3.0)
+        assert infer(app) == ("3", 3.0)
         assert statuses and set(statuses) == {200}, statuses
-        assert ready(url) == 200
+        assert ready(app) == 200
 
 
 def test_a_model_serving_no_version_makes_the_server_unready(tmp_path: Path) -> None:
     put(tmp_path, "m", 1, scale(1))
     put(tmp_path, "broken", 1, b"\x08\x07corrupt")
     put(tmp_path, "broken", 2, b"\x08\x07corrupt too")
-    with running(tmp_path, ServerOptions(port=0), API, SMALL) as url:
-        status, data = request(url, "GET", "/v2/health/ready")
+    with in_process(tmp_path, API, SMALL) as app:
+        status, data = app.request("GET", "/v2/health/ready")
         assert status == 400
         error = json.loads(data)["error"]
         assert "model 'broken' serves no version" in error and "not an ONNX model" in error
-        assert infer(url) == ("1", 1.0)  # the others serve meanwhile
+        assert infer(app) == ("1", 1.0)  # the others serve meanwhile
 
-        assert request(url, "POST", "/v2/repository/models/broken/unload")[0] == 200
-        assert ready(url) == 200  # unloaded on purpose: not expected to serve
+        assert app.request("POST", "/v2/repository/models/broken/unload")[0] == 200
+        assert ready(app) == 200  # unloaded on purpose: not expected to serve
         put(tmp_path, "broken", 2, scale(5))
-        assert request(url, "POST", "/v2/repository/models/broken/load")[0] == 200
-        assert ready(url) == 200
+        assert app.request("POST", "/v2/repository/models/broken/load")[0] == 200
+        assert ready(app) == 200
 
 
 # --- a new version with another signature ------------------------------------------------
@@ -153,45 +151,44 @@ def test_a_new_version_with_other_inputs_is_refused_and_the_old_keeps_serving(
     tmp_path: Path,
 ) -> None:
     put(tmp_path, "m", 1, scale(1))
-    with running(tmp_path, ServerOptions(port=0), API, SMALL) as url:
+    with in_process(tmp_path, API, SMALL) as app:
         put(tmp_path, "m", 2, scale(2, FP64))  # another dtype
-        status, data = request(url, "POST", "/v2/repository/models/m/load")
+        status, data = app.request("POST", "/v2/repository/models/m/load")
         assert status == 400
         assert "input 'x' is FP64, was FP32" in json.loads(data)["error"]
-        assert infer(url) == ("1", 1.0)
-        rows = index(url)
+        assert infer(app) == ("1", 1.0)
+        rows = index(app)
         assert rows["m/1"]["state"] == "READY"
         assert rows["m/2"]["state"] == "UNAVAILABLE"
         reason = rows["m/2"]["reason"]
         assert "its signature differs from that of version 1, which keeps serving" in reason
         assert "allow_signature_change = true" in reason
-        assert ready(url) == 200
+        assert ready(app) == 200
 
         put(tmp_path, "m", 1, scale(7, width=5))  # the served version's own file: fixed dim
-        assert request(url, "POST", "/v2/repository/models/m/load")[0] == 400
-        assert infer(url) == ("1", 1.0)
-        reason = index(url)["m/1"]["reason"]
+        assert app.request("POST", "/v2/repository/models/m/load")[0] == 400
+        assert infer(app) == ("1", 1.0)
+        reason = index(app)["m/1"]["reason"]
         assert reason.startswith("serving the previous files; reload failed: its signature")
         assert "input 'x' has shape [batch, 5], was [batch, 4]" in reason
 
         (tmp_path / "m" / "ferry.toml").write_text(TOML + "allow_signature_change = true\n")
-        assert request(url, "POST", "/v2/repository/models/m/load")[0] == 200
-        assert infer(url, "FP64") == ("2", 2.0)  # the operator said so
-        assert index(url)["m/2"]["reason"] == ""
+        assert app.request("POST", "/v2/repository/models/m/load")[0] == 200
+        assert infer(app, "FP64") == ("2", 2.0)  # the operator said so
+        assert index(app)["m/2"]["reason"] == ""
 
 
 def test_a_refused_version_serves_once_the_one_it_differs_from_is_gone(tmp_path: Path) -> None:
     put(tmp_path, "m", 1, scale(1))
-    options = ServerOptions(port=0, poll_interval_s=0.05)
-    with running(tmp_path, options, API, SMALL) as url:
+    with in_process(tmp_path, API, SMALL, poll_interval_s=0.05) as app:
         put(tmp_path, "m", 2, scale(2, name="image"))  # another input name
-        until(lambda: "input 'image' is new" in index(url).get("m/2", {}).get("reason", ""))
-        assert infer(url) == ("1", 1.0)
+        until(lambda: "input 'image' is new" in index(app).get("m/2", {}).get("reason", ""))
+        assert infer(app) == ("1", 1.0)
         for file in (tmp_path / "m" / "1").iterdir():
             file.unlink()
         (tmp_path / "m" / "1").rmdir()
-        until(lambda: index(url).get("m/2", {}).get("state") == "READY")
-        status, data = request(url, "POST", "/v2/models/m/infer", infer_body(name="image"))
+        until(lambda: index(app).get("m/2", {}).get("state") == "READY")
+        status, data = app.request("POST", "/v2/models/m/infer", infer_body(name="image"))
         assert status == 200 and json.loads(data)["model_version"] == "2"
 
 
@@ -215,32 +212,31 @@ def test_signature_changes_name_what_breaks_a_client() -> None:
 
 
 def swap_during_body(tmp_path: Path, new_version: bytes, datatype: str) -> tuple[int, bytes]:
-    """Send an infer request's headers and half its body, swap in version 2 through the load
-    API, then send the rest; the status and body of the answer."""
+    """Send an infer request's first bytes; when the app asks for more (it has looked the model
+    up and waits for the body), swap in version 2 through the load API and wait until the old
+    one is closed; then send the rest. The status and body of the answer."""
     put(tmp_path, "m", 1, scale(1))
     (tmp_path / "m" / "ferry.toml").write_text(TOML + "allow_signature_change = true\n")
-    app = ServeApp(Repository.open(tmp_path), API)
-    with running(app) as url:
-        host, port = url.removeprefix("http://").split(":")
+    with in_process(ServeApp(Repository.open(tmp_path), API)) as app:
         body = infer_body(datatype)
-        head = (
-            f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(head + body[:10])
-            time.sleep(0.1)  # the server has looked the model up and waits for the body
-            old = app.repository.get("m")
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield body[:10]
+            old = app.app.repository.get("m")
             put(tmp_path, "m", 2, new_version)
-            assert request(url, "POST", "/v2/repository/models/m/load")[0] == 200
-            until(lambda: old.executor.closed)
-            sock.sendall(body[10:])
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        answer = b"".join(chunks)
-    status = int(answer.split(b" ", 2)[1])
-    return status, answer.partition(b"\r\n\r\n")[2]
+            loaded = await app.client.post("/v2/repository/models/m/load")
+            assert loaded.status_code == 200, loaded.text
+            for _ in range(1000):
+                if old.executor.closed:
+                    break
+                await asyncio.sleep(0.01)
+            assert old.executor.closed
+            yield body[10:]
+
+        headers = {"Content-Length": str(len(body))}
+        call = app.client.post("/v2/models/m/infer", content=pieces(), headers=headers)
+        response = app.run(call)
+    return response.status_code, response.content
 
 
 def test_a_request_is_validated_by_the_version_that_runs_it(tmp_path: Path) -> None:

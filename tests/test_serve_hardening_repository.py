@@ -2,7 +2,8 @@
 path on the server (the log keeps it); polling examines a bounded number of entries per
 version and refuses a version directory linked to a place outside the repository.
 
-Real files in tmp_path, real onnxruntime, the real server on loopback for the client view.
+Real files in tmp_path, real onnxruntime, the app in process for the client view
+(tests/serve_asgi.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.repository import MAX_VERSION_ENTRIES, Repository
-from onnxferry.serve.server import ServerOptions, running
-from tests.serve_probes import request
+from onnxferry.serve.repository import Repository
+from onnxferry.serve.scan import MAX_VERSION_ENTRIES
+from tests.serve_asgi import in_process
 
 SMALL = ModelConfig(instances=1, intra_op_threads=1)
 API = ServeSettings(repository_api=True)
@@ -63,16 +64,16 @@ def test_clients_see_model_and_version_not_the_repository_path(
     (repo / "cfg" / "ferry.toml").write_text("max_batch_size = 'many'\n")
     (repo / "empty").mkdir()
     secret = str(tmp_path)
-    with caplog.at_level(logging.WARNING), running(repo, ServerOptions(port=0), API, SMALL) as url:
+    with caplog.at_level(logging.WARNING), in_process(repo, API, SMALL) as app:
         bodies = {
-            "index": request(url, "POST", "/v2/repository/index"),
-            "infer": request(url, "POST", "/v2/models/bad/infer", INFER),
-            "v1": request(url, "POST", "/v2/models/bad/versions/1/infer", INFER),
-            "ready": request(url, "GET", "/v2/health/ready"),
-            "meta": request(url, "GET", "/v2/models/two"),
-            "load": request(url, "POST", "/v2/repository/models/bad/load"),
-            "cfg": request(url, "POST", "/v2/repository/models/cfg/load"),
-            "empty": request(url, "POST", "/v2/repository/models/empty/load"),
+            "index": app.request("POST", "/v2/repository/index"),
+            "infer": app.request("POST", "/v2/models/bad/infer", INFER),
+            "v1": app.request("POST", "/v2/models/bad/versions/1/infer", INFER),
+            "ready": app.request("GET", "/v2/health/ready"),
+            "meta": app.request("GET", "/v2/models/two"),
+            "load": app.request("POST", "/v2/repository/models/bad/load"),
+            "cfg": app.request("POST", "/v2/repository/models/cfg/load"),
+            "empty": app.request("POST", "/v2/repository/models/empty/load"),
         }
     assert {k: status for k, (status, _) in bodies.items()} == {
         "index": 200,

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxferry.serve import protocol
+from onnxferry.serve.metadata import model_metadata
 from onnxferry.serve.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
@@ -35,7 +36,6 @@ from onnxferry.serve.protocol import (
     decompress,
     encode_infer_response,
     error_body,
-    model_metadata,
     parse_header_length,
 )
 from onnxferry.signature import Dim, Signature, TensorSpec, dtype_from_numpy, dtype_from_v2

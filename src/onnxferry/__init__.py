@@ -7,12 +7,15 @@
     report = onnxferry.compare("model.onnx", "model_fp16.onnx")
     print(report.to_text())
 
-Transforming verbs (convert) return a Model whose ``provenance`` holds their reports; judging
-verbs (inspect, check, compare, test, bench) return a Report. The `ferry` command wraps each.
+Transforming verbs (convert, optimize) return a Model whose ``provenance`` holds their
+reports, oldest first; ``convert_with_report`` (``from onnxferry.convert import ...``) and
+``optimize_with_report`` (``onnxferry.optimize``) return the Model and its report, typed.
+Judging verbs (inspect, check, compare, test, bench) return a Report. The `ferry` command
+wraps each.
 """
 
 from ._version import __version__
-from .bench import BenchResult, BenchSuite, bench
+from .bench import BenchResult, BenchSuite, bench  # bench: the verb, over the package's name
 from .check import CheckResult, Finding, check
 from .compare import compare
 from .convert import ConversionError, ParityFailure, convert

@@ -1,30 +1,91 @@
-"""Atomic file writes: a temp file in the target's directory, fsynced, then renamed into place,
-so a reader never sees a half-written file and a failure leaves the old file as it was.
+"""Atomic file writes: temp files in the target's directory, fsynced, then renamed into place,
+so a reader never sees a half-written file and a failure leaves the old files as they were.
 
-    with atomic_write(Path("out/report.json")) as f:
+    with atomic_write(Path("out/report.json")) as f:       # one file
         f.write(data)
     write_bytes_atomic(Path("out/model.onnx"), blob)
+
+    with AtomicFiles() as files:                           # files that go in together
+        with files.create(Path("out/model.data")) as f:    # (a model and its external data)
+            f.write(weights)
+        with files.create(Path("out/model.onnx")) as f:
+            f.write(blob)
+        files.commit()
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 from .errors import InputError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class AtomicFiles(AbstractContextManager["AtomicFiles"]):
+    """Files written under temporary names next to their targets, renamed into place together
+    by ``commit``; temporary files never outlive the ``with`` block. If a rename fails, the
+    targets already replaced get their previous files back (kept through a hard link)."""
 
+    def __init__(self) -> None:
+        self._files: list[tuple[Path, Path]] = []  # (temporary, target)
 
-_FILE_MODE = 0o666 & ~_umask()
+    @contextmanager
+    def create(self, target: Path) -> Iterator[BinaryIO]:
+        """A new temporary file for ``target``, flushed to disk when the block ends;
+        InputError when it cannot be created."""
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            f = open(temp, "xb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise _cannot_write(target, e) from e
+        self._files.append((temp, target))
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+    def discard(self, target: Path) -> None:
+        """Drop the temporary file made for ``target``."""
+        for temp, _ in [f for f in self._files if f[1] == target]:
+            self._files.remove((temp, target))
+            temp.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Rename every file into place, in the order they were created."""
+        several = len(self._files) > 1  # one rename is atomic: nothing to put back
+        done: list[tuple[Path, bool, Path | None]] = []  # (target, existed, backup)
+        try:
+            for temp, target in self._files:
+                existed = target.is_file()
+                done.append((target, existed, _backup(target) if existed and several else None))
+                os.replace(temp, target)
+        except BaseException:
+            for target, existed, backup in reversed(done[:-1]):
+                if backup is not None:
+                    os.replace(backup, target)
+                elif not existed:
+                    target.unlink(missing_ok=True)
+            raise
+        finally:
+            for _, _, backup in done:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+        if self._files:
+            _sync_dir(self._files[-1][1].parent)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for temp, _ in self._files:
+            temp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -36,21 +97,12 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise InputError(
-            f"cannot write {path}: {e.strerror or e}", hint="check that the directory is writable"
-        ) from e
-    try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; written files get the usual mode
-        with os.fdopen(fd, "wb") as f:
+        raise _cannot_write(path, e) from e
+    with AtomicFiles() as files:
+        with files.create(path) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        files.commit()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -63,3 +115,32 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _cannot_write(path: Path, e: OSError) -> InputError:
+    return InputError(
+        f"cannot write {path}: {e.strerror or e}", hint="check that the directory is writable"
+    )
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the file now at ``target`` (None if links fail)."""
+    backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bak")
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None
+    return backup
+
+
+def _sync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -12,20 +12,15 @@ tensors are judged in the reference's topological order with the same tolerance 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from .errors import FerryError, ModelLoadError
+from .errors import FerryError, one_line
+from .graphs import exposing
 from .model import Model
 from .parity import Divergence, Tolerance, judge_output
 from .runtime import OrtRunner, SessionConfig
-from .safety import iter_tensors, uses_external_data
-
-_PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
-"""Largest model (bytes, tensors inline) handed to ONNX Runtime in memory during bisection."""
 
 
 def bisect(
@@ -73,8 +68,10 @@ def bisect_samples(
         return None
     names = [tensor for *_, tensor in shared]
     with contextlib.ExitStack() as stack:
-        ref_runner = OrtRunner(_exposing(reference, names, stack), config=reference_config)
-        cand_runner = OrtRunner(_exposing(candidate, names, stack), config=candidate_config)
+        ref_probe = stack.enter_context(exposing(reference, names))
+        cand_probe = stack.enter_context(exposing(candidate, names))
+        ref_runner = OrtRunner(ref_probe, config=reference_config)
+        cand_runner = OrtRunner(cand_probe, config=candidate_config)
         first: Divergence | None = None
         for feeds in samples:
             ref_values = _run_tensors(ref_runner, feeds)
@@ -110,38 +107,8 @@ def _run_tensors(runner: OrtRunner, feeds: Mapping[str, np.ndarray]) -> dict[str
     except FerryError:
         raise
     except Exception as e:  # onnxruntime's errors derive from Exception only
-        lines = str(e).strip().splitlines() or [type(e).__name__]
         raise FerryError(
             f"onnxruntime cannot run {runner.name} with its intermediate tensors exposed: "
-            f"{lines[0][:300]}",
+            f"{one_line(e, line='first')}",
             hint="compare the outputs only (bisect_on_failure=False, or --no-bisect)",
         ) from e
-
-
-def _exposing(model: Model, names: Sequence[str], stack: contextlib.ExitStack) -> Model:
-    """A copy of ``model`` whose graph also outputs ``names``; external data is read into
-    the copy (or, past protobuf's 2 GiB, the copy is saved to a temporary directory)."""
-    import onnx
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    present = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    if not any(uses_external_data(site.tensor) for site in iter_tensors(proto)):
-        return Model.from_proto(proto)
-    if model.path is None:
-        raise ModelLoadError(
-            f"{model.name} refers to external data but has no path to find it from",
-            hint="load the model with Model.load(path)",
-        )
-    from onnx.external_data_helper import load_external_data_for_model
-
-    base = model.path if model.path.is_dir() else model.path.parent
-    try:
-        load_external_data_for_model(proto, str(base))
-    except Exception as e:
-        raise ModelLoadError(f"{model.name}: cannot read its external data ({e})") from e
-    if proto.ByteSize() < _PROTO_LIMIT:
-        return Model.from_proto(proto)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxferry-bisect-")))
-    return Model.from_proto(proto).save(tmp / "model.onnx", external_data=True)

@@ -1,69 +1,113 @@
-"""`ferry compare`: parity of two ONNX models, or of one model on two providers.
+"""`ferry compare`: parity of two ONNX models, of one model on two providers, or of an ONNX
+model and the framework model it came from.
 
-report = compare("model.onnx", "model.fp16.onnx", tolerance=Tolerance(atol=1e-2))
-report = compare("model.onnx", provider="cpu", provider_b="cuda", samples=5)
-report.ok, report.result.worst, report.result.divergence
+    report = compare("model.onnx", "model.fp16.onnx", tolerance=Tolerance(atol=1e-2))
+    report = compare("model.onnx", provider="cpu", provider_b="cuda", samples=5)
+    report = compare("model.onnx", "train.py:make_model", input_shapes={"x": (1, 3, 32, 32)})
+    report.ok, report.result.worst, report.result.divergence
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .bisect import bisect_samples, shared_tensors
-from .errors import FeedError, FerryError, InputError, UsageError
-from .feeds import generated_feeds
+from .convert import compare_to_source, detect_framework
+from .data import load_feeds
+from .errors import FerryError, InputError, UsageError
+from .feeds import feed_sets
 from .model import Model
 from .parity import Parity, Tolerance, compare_runners
 from .report import Report
 from .runtime import OrtRunner, SessionConfig, provider_name, short_provider_name
 
+Feeds = Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]
+
 
 def compare(
     a: str | Path | Model,
-    b: str | Path | Model | None = None,
+    b: Any = None,
     *,
+    framework: str | None = None,
     provider: str = "cpu",
     provider_b: str | None = None,
     threads: int | None = None,
-    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+    inputs: str | Path | Feeds | None = None,
     samples: int = 3,
     dims: Mapping[str, int] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
-    tolerance: Tolerance = Tolerance(),
+    tolerance: Tolerance | None = None,
     bisect_on_failure: bool = True,
+    trust_pickle: bool = False,
+    example_inputs: Any = None,
 ) -> Report[Parity]:
-    """Parity of two ONNX models, or of one model on two providers (``ferry compare``).
+    """Parity of two ONNX models, of one model on two providers, or of an ONNX model and its
+    framework source (``ferry compare``).
 
         report = compare("model.onnx", "model.fp16.onnx", tolerance=Tolerance(atol=1e-2))
         report = compare("model.onnx", provider="cpu", provider_b="cuda", samples=5)
+        report = compare("model.onnx", "train.py:make_model", input_shapes={"x": (1, 3, 32, 32)})
         report.ok, report.result.worst, report.result.divergence
 
-    ``a`` is the reference and runs on ``provider``; ``b`` runs on ``provider_b`` if given,
-    else on ``provider``. Without ``inputs``, ``samples`` feed sets are generated from a by
-    the one feed policy (``feeds.plan_feeds``: sizes from ``dims`` / ``input_shapes``, else
-    the first that run; the report's notes say which were chosen). On failure the two
-    models are bisected to the first shared tensor that diverges.
+    ``a`` is the reference and runs on ``provider``. ``b`` is a second ONNX model (a path or
+    a Model), run on ``provider_b`` if given, else on ``provider``; or None with
+    ``provider_b``, to compare ``a`` on two providers; or the framework model ``a`` came from,
+    anything ``convert`` takes (``framework`` names it when its file does not tell): then
+    ``a`` runs on ONNX Runtime against ``b`` in its own framework, judged with the framework's
+    tolerance unless ``tolerance`` is given (``convert.compare_to_source``; ``provider_b``,
+    ``threads``, ``samples``, ``dims``, ``seed`` and ``bisect_on_failure`` are for ONNX pairs).
+
+    ``inputs`` are feeds, or a file or test-data directory of them (read against a's inputs),
+    each checked against a. Without them, ``samples`` feed sets are generated from a by the
+    one feed policy, which ``convert`` verifies a on too (``feeds.feed_sets``: sizes from
+    ``dims`` / ``input_shapes``, else the first that run; the report's notes say which were
+    chosen). On failure two ONNX models are bisected to the
+    first shared tensor that diverges.
     """
     model_a = _as_model(a)
-    if b is None:
-        if provider_b is None:
-            raise UsageError(
-                "compare needs a second model or a second provider",
-                hint="give B, or provider_b (e.g. 'cuda') to compare one model on two providers",
-            )
-        model_b = model_a
-    else:
-        model_b = _as_model(b)
+    feeds = load_feeds(inputs, model_a.signature) if isinstance(inputs, (str, Path)) else inputs
+    if b is not None and (framework or detect_framework(b)) != "onnx":
+        return compare_to_source(
+            model_a,
+            b,
+            framework=framework,
+            inputs=feeds,
+            input_shapes=input_shapes,
+            provider=provider,
+            tolerance=tolerance,
+            trust_pickle=trust_pickle,
+            example_inputs=example_inputs,
+        )
+    if b is None and provider_b is None:
+        raise UsageError(
+            "compare needs a second model or a second provider",
+            hint="give B, or provider_b (e.g. 'cuda') to compare one model on two providers",
+        )
+    model_b = model_a if b is None else _as_model(b)
+    if model_b is not model_a:
         _check_same_inputs(model_a, model_b)
+    tolerance = tolerance or Tolerance()
     wanted_a, wanted_b = provider, provider_b or provider
     config_a = SessionConfig(provider=wanted_a, threads=threads)
     config_b = SessionConfig(provider=wanted_b, threads=threads)
     notes: list[str] = []
-    feeds = _feeds(model_a, inputs, samples, dims, input_shapes, seed, notes)
+    sets, plan = feed_sets(
+        model_a,
+        feeds,
+        count=samples,
+        seed=seed,
+        dims=dims,
+        input_shapes=input_shapes,
+        where=model_a.name,
+    )
+    if plan is not None:
+        notes.append(f"generated inputs {plan.describe()}")
+        notes += [f"chose {c}" for c in plan.choices]
     runner_a = OrtRunner(model_a, config=config_a)
     runner_b = OrtRunner(model_b, config=config_b)
     for runner, wanted in ((runner_a, wanted_a), (runner_b, wanted_b)):
@@ -71,9 +115,9 @@ def compare(
             notes.append(
                 f"{runner.model.name}: provider {wanted!r} was not used; ran on {runner.provider}"
             )
-    parity = compare_runners(runner_a, runner_b, feeds, tolerance)
+    parity = compare_runners(runner_a, runner_b, sets, tolerance)
     if not parity.ok and bisect_on_failure:
-        notes.append(_bisect_note(parity, model_a, model_b, feeds, tolerance, config_a, config_b))
+        notes.append(_bisect_note(parity, model_a, model_b, sets, tolerance, config_a, config_b))
     return Report(verb="compare", result=parity, notes=notes)
 
 
@@ -119,32 +163,3 @@ def _check_same_inputs(a: Model, b: Model) -> None:
         f"{a.name} and {b.name} take different inputs: {'; '.join(diffs)}",
         hint="compare models with the same input names and dtypes",
     )
-
-
-def _feeds(
-    model: Model,
-    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None,
-    samples: int,
-    dims: Mapping[str, int] | None,
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    seed: int,
-    notes: list[str],
-) -> list[dict[str, np.ndarray]]:
-    signature = model.signature
-    if inputs is None:
-        feeds, plan = generated_feeds(
-            model, samples, seed=seed, dims=dims, input_shapes=input_shapes
-        )
-        notes.append(f"generated inputs {plan.describe()}")
-        notes += [f"chose {c}" for c in plan.choices]
-        return feeds
-    feeds = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(f) for f in inputs]
-    if not feeds:
-        raise UsageError("inputs is empty", hint="give at least one set of feeds")
-    for i, f in enumerate(feeds):
-        try:
-            signature.validate(f)
-        except FeedError as e:
-            where = f" (feed set {i})" if len(feeds) > 1 else ""
-            raise FeedError(f"{model.name}: {e.message}{where}", hint=e.hint) from e
-    return feeds

@@ -4,8 +4,9 @@
     cases = load_test_cases("resnet50/", model.signature)   # model zoo: test_data_set_N/*.pb
     for case in cases:
         case.name, case.inputs, case.outputs
-    save_test_case("golden/test_data_set_0", feeds, outputs)  # input_K.pb / output_K.pb
-    save_npz("feeds.npz", feeds)                              # atomic
+    save_test_case("golden/test_data_set_0", feeds[0], outputs)  # input_K.pb / output_K.pb
+    save_npz("feeds.npz", feeds[0])                              # atomic
+    parse_toml(text)                                          # recipes, ferry.toml
 
 Every tensor type in ``signature.DTYPES`` round-trips: bfloat16 and float8 come back as
 ml_dtypes arrays, strings as object arrays of ``str`` (what ONNX Runtime accepts). numpy
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_write, write_bytes_atomic
-from .errors import DataError
+from .errors import DataError, one_line
 from .signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -566,7 +568,7 @@ def _check_magic(path: Path, magics: tuple[bytes, ...], kind: str) -> None:
 
 
 def _npy_error(path: Path, e: Exception) -> DataError:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e, None)
     if "allow_pickle" in text or "pickled" in text:
         return DataError(
             f"{path} holds object arrays, which need pickle to load; onnxferry never unpickles "
@@ -618,6 +620,22 @@ def _fit(array: np.ndarray, spec: TensorSpec | None, label: str) -> np.ndarray:
             )
         return array.view(want)
     return array
+
+
+# --- TOML ------------------------------------------------------------------------------------
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """TOML text (a recipe, ``ferry.toml``) as a dict, with tomllib (tomli before Python 3.11).
+    Malformed text raises the library's TOMLDecodeError, a ValueError; callers name the file."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib.loads(text)
+    import tomli
+
+    data: dict[str, Any] = tomli.loads(text)
+    return data
 
 
 # --- small helpers ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ table, sizes, latency against batch size, and the search's candidates (latency v
 from __future__ import annotations
 
 import io
-import json
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text_atomic
 from .bench import BenchSuite, bench
-from .convert import convert
-from .optimize import optimize
+from .convert import convert_with_report
+from .optimize import optimize_with_report
+from .optimize.auto import SearchResult
+from .optimize.chain import ChainResult
 from .optimize.verb import recipe_path
-from .report import Report, Table, jsonable, render_html
+from .report import Report, Table
 
 
 @dataclass
@@ -78,7 +79,7 @@ def deploy(
     out = Path(outdir)
     result = Deployment(source=str(source), outdir=str(out))
     with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
-        converted = convert(
+        converted, conversion = convert_with_report(
             source,
             Path(tmp) / "converted.onnx",
             framework=framework,
@@ -88,8 +89,8 @@ def deploy(
             trust_pickle=trust_pickle,
             example_inputs=example_inputs,
         )
-        result.stages.append(converted.provenance[-1])
-        final = optimize(
+        result.stages.append(conversion)
+        final, optimization = optimize_with_report(
             converted,
             out / "model.onnx",
             auto=True,
@@ -99,7 +100,7 @@ def deploy(
             eval_data=eval_data,
             input_shapes=input_shapes,
         )
-        result.stages.append(final.provenance[-1])
+        result.stages.append(optimization)
         timing = bench([converted, final], batches=batches, duration=duration)
         result.stages.append(timing)
     report = Report("deploy", result)
@@ -109,14 +110,13 @@ def deploy(
         "report (JSON)": str(out / "report.json"),
         "report (HTML)": str(out / "report.html"),
     }
-    write_text_atomic(out / "report.json", json.dumps(jsonable(report.to_dict()), indent=2))
-    figures = _figures(timing.result, final.provenance[-1])
-    page = render_html([report, *result.stages], f"onnxferry deploy {source}", figures)
-    write_text_atomic(out / "report.html", page)
+    report.save(out / "report.json")
+    figures = _figures(timing.result, optimization.result)
+    report.save_html(out / "report.html", f"onnxferry deploy {source}", figures, result.stages)
     return report
 
 
-def _figures(timing: BenchSuite, search: Report[Any]) -> list[str]:
+def _figures(timing: BenchSuite, optimized: ChainResult | SearchResult) -> list[str]:
     """Inline SVG plots: latency vs batch per model; candidates' latency vs metric."""
     import matplotlib
 
@@ -132,11 +132,14 @@ def _figures(timing: BenchSuite, search: Report[Any]) -> list[str]:
     ax.legend()
     figures.append(_svg(fig))
     plt.close(fig)
-    candidates = search.to_dict()["result"].get("candidates") or []
+    candidates = optimized.candidates if isinstance(optimized, SearchResult) else []
     points = [
-        (c["latency_ms"], c["metric"], c["recipe"])
+        (float(c.result.final_ms), float(c.result.final_metric), c.recipe.label())
         for c in candidates
-        if isinstance(c.get("latency_ms"), float) and isinstance(c.get("metric"), float)
+        if c.result.final_ms is not None
+        and c.result.final_metric is not None
+        and math.isfinite(c.result.final_ms)
+        and math.isfinite(c.result.final_metric)
     ]
     if points:
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -12,6 +12,11 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import re
+
 EXIT_OK = 0
 EXIT_VERIFICATION_FAILED = 1
 EXIT_INPUT_ERROR = 2
@@ -77,7 +82,40 @@ class VerificationError(FerryError):
     exit_code = EXIT_VERIFICATION_FAILED
 
 
-def one_line(error: BaseException | str, limit: int | None = 300) -> str:
-    """An exception's message (or a text) on one line, shortened past ``limit`` characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
+def one_line(
+    error: BaseException | str,
+    limit: int | None = 300,
+    *,
+    line: Literal["all", "first", "last"] = "all",
+    drop: re.Pattern[str] | None = None,
+    period: bool = True,
+    named: bool = False,
+) -> str:
+    """An exception's message (or a text) on one line, shortened past ``limit`` characters.
+
+        one_line(e)                                  # every line, white space folded
+        one_line(e, line="first")                    # a library's message without its trace
+        one_line(stderr, line="last")                # a child process's last word
+        one_line(e, 200, drop=ADVICE, period=False)  # boilerplate out, no final period
+        one_line(e, line="first", named=True)        # "RuntimeError: what went wrong"
+
+    This is the only summarizer of error text in onnxferry (tests/test_plumbing.py keeps it
+    so). ``line`` keeps the first or last line that is not blank; ``drop`` removes what a
+    pattern matches first; ``period=False`` drops a final period (a hint or ")" follows);
+    ``named`` puts the exception's type name in front. An exception without text gives its
+    type name; an empty string stays empty.
+    """
+    text = str(error)
+    if drop is not None:
+        text = drop.sub("", text)
+    if line != "all":
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        text = (lines[0] if line == "first" else lines[-1]) if lines else ""
+    text = " ".join(text.split())
+    if not period:
+        text = text.rstrip(".")
+    if named and text and not isinstance(error, str):
+        text = f"{type(error).__name__}: {text}"
+    if not text and not isinstance(error, str):
+        text = type(error).__name__
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -1,8 +1,11 @@
 """`ferry test`: run a model on golden data and judge every set against its expected outputs.
 
-report = onnxferry.test("model.onnx", "model_dir/")   # test_data_set_N/*.pb or *.npz
-for case in report.result.cases:
-    print(case.name, case.passed, case.parity.summary() if case.parity else "")
+    report = onnxferry.test("model.onnx", "model_dir/")   # test_data_set_N/*.pb or *.npz
+    report = onnxferry.test("model_dir/")                 # golden data beside the model
+    for case in report.result.cases:
+        print(case.name, case.passed, case.parity.summary() if case.parity else "")
+
+Each set's outputs are judged against its expected ones by ``parity.compare_outputs``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_test_cases
+from .errors import UsageError
+from .feeds import checked_feeds
 from .model import Model
 from .parity import Parity, Tolerance, compare_outputs
 from .report import Report, Table
@@ -84,20 +89,34 @@ class GoldenResult:
 
 def test(
     model: str | Path | Model,
-    data: str | Path,
+    data: str | Path | None = None,
     *,
     provider: str = "cpu",
     threads: int | None = None,
     tolerance: Tolerance | None = None,
 ) -> Report[GoldenResult]:
-    """Run ``model`` on every golden set under ``data`` and compare with expected outputs."""
+    """Run ``model`` on every golden set under ``data`` and compare with expected outputs.
+
+        report = test("model_dir/")                  # model_dir/test_data_set_N beside it
+        report = test("model.onnx", "golden/", tolerance=Tolerance(atol=1e-3))
+
+    ``data`` defaults to the model's directory (the ONNX model zoo's layout).
+    """
     model = model if isinstance(model, Model) else Model.load(model)
+    if data is None:
+        if model.path is None:
+            raise UsageError(
+                "this model has no file, so no golden data beside it",
+                hint="give the golden data's directory or file",
+            )
+        data = model.path.parent
     tolerance = tolerance or Tolerance()
     cases = load_test_cases(data, model.signature)
     runner = OrtRunner(model, config=SessionConfig(provider=provider, threads=threads))
     result = GoldenResult(model=model.name, data=str(data), provider=runner.provider)
     for case in cases:
-        outputs = runner.run(case.inputs)
+        (inputs,) = checked_feeds(case.inputs, model.signature, where=f"test data {case.name!r}")
+        outputs = runner.run(inputs)
         if not case.outputs:
             result.cases.append(CaseResult(case.name, None))
             continue

@@ -1,8 +1,10 @@
 """`ferry inspect`: what a model is — signature, opsets, operators, parameters, size, metadata.
 
-report = onnxferry.inspect("model.onnx")
-report.result.summary["parameter_count"]
-print(report.to_text())
+    report = onnxferry.inspect("model.onnx")
+    report.result.summary["parameter_count"]
+    print(report.to_text())
+
+Inspecting reads the model only: nothing runs it (``ferry check`` does).
 """
 
 from __future__ import annotations

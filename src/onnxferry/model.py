@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import secrets
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from .atomic import AtomicFiles
 from .errors import (
     InputError,
     InvalidModelError,
@@ -37,6 +34,16 @@ from .errors import (
     UsageError,
     one_line,
 )
+from .graphs import (
+    PROTO_LIMIT,
+    PROTOBUF_MAX,
+    copy_model,
+    external_refs,
+    inlined,
+    read_in,
+)
+from .graphs import iter_graphs as iter_graphs  # also re-exported: check.py and feeds.py
+from .graphs import iter_nodes as iter_nodes  # import them from here (to move to graphs)
 from .report import Report, human_size
 from .safety import (
     ExternalRef,
@@ -44,7 +51,6 @@ from .safety import (
     copy_external_data,
     external_files,
     iter_tensors,
-    read_external_data,
     uses_external_data,
 )
 from .signature import Signature
@@ -54,13 +60,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_SIZE = 64 * 1024**3
 """Default limit on a model's size on disk, external data included (bytes)."""
-
-_PROTOBUF_MAX = 2**31 - 1
-"""The largest message protobuf encodes or parses (bytes)."""
-
-_PROTO_LIMIT = 2**31 - 2**26
-"""Inline tensor bytes past which a model goes to external data: protobuf cannot encode a
-message over 2 GiB, and the graph itself needs some room."""
 
 _EXTERNAL_THRESHOLD = 1024
 """Initializers of at least this many bytes go to the data file (onnx's default)."""
@@ -107,7 +106,7 @@ class Model:
         size = _regular_file_size(file)
         if size > max_size:
             raise _too_large(file, size, max_size)
-        if size > _PROTOBUF_MAX:
+        if size > PROTOBUF_MAX:
             raise ModelLoadError(
                 f"{file}: the file is {human_size(size)}, past the 2 GiB protobuf allows for a "
                 "model file, so it is not an ONNX model",
@@ -175,21 +174,21 @@ class Model:
         target = Path(path)
         refs = self._checked_refs()
         inline = _inline_bytes(self.proto)
-        externalize = bool(refs) or inline > _PROTO_LIMIT
+        externalize = bool(refs) or inline > PROTO_LIMIT
         if external_data is not None:
             externalize = external_data
-        if not externalize and inline + sum(_ref_bytes(r) for r in refs) > _PROTO_LIMIT:
+        if not externalize and inline + sum(_ref_bytes(r) for r in refs) > PROTO_LIMIT:
             raise _single_file_too_large(self.name)
         blob: bytes | None = None
         if not externalize:
-            blob = _encode(self._inlined(refs))
+            blob = _encode(read_in(self.proto, refs))
             if blob is None:  # larger than estimated: fall back unless told not to
                 if external_data is False:
                     raise _single_file_too_large(self.name)
                 externalize = True
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with _Staging() as staging:
+            with AtomicFiles() as staging:
                 if externalize:
                     data_target = target.with_name(_data_file_name(target))
                     with staging.create(data_target) as f:
@@ -211,41 +210,12 @@ class Model:
 
     def _checked_refs(self) -> tuple[ExternalRef, ...]:
         """The external-data references, checked again (files may have changed since load)."""
-        if self.path is not None:
-            return check_external_data(self.proto, self.path.parent)
-        for site in iter_tensors(self.proto):
-            if uses_external_data(site.tensor):
-                raise InputError(
-                    f"{site.label} keeps its data in an external file, but this in-memory "
-                    "model has no directory to find it in",
-                    hint="load the model with Model.load(path) so its external data is found",
-                )
-        return ()
-
-    def _inlined(self, refs: tuple[ExternalRef, ...]) -> onnx.ModelProto:
-        """The proto with every external tensor's data read into it (itself if none)."""
-        import onnx
-
-        if not refs:
-            return self.proto
-        out = onnx.ModelProto()
-        out.CopyFrom(self.proto)
-        by_index = {ref.index: ref for ref in refs}
-        for index, site in enumerate(iter_tensors(out)):
-            ref = by_index.get(index)
-            if ref is not None:
-                site.tensor.raw_data = read_external_data(ref)
-                del site.tensor.external_data[:]
-                site.tensor.ClearField("data_location")
-        return out
+        return external_refs(self.proto, None if self.path is None else self.path.parent)
 
     def _externalized(self, f: BinaryIO, location: str, refs: tuple[ExternalRef, ...]) -> bytes:
         """The serialized model whose large initializers and external tensors are written to
         ``f`` (referenced as ``location``); ``self.proto`` is not modified."""
-        import onnx
-
-        out = onnx.ModelProto()
-        out.CopyFrom(self.proto)
+        out = copy_model(self.proto)
         by_index = {ref.index: ref for ref in refs}
         for index, site in enumerate(iter_tensors(out)):
             tensor = site.tensor
@@ -278,14 +248,7 @@ class Model:
 
     def detached(self) -> Model:
         """An in-memory copy with external data read in (no path; survives its files)."""
-        import onnx
-
-        refs = self._checked_refs()
-        proto = self._inlined(refs)
-        if proto is self.proto:
-            proto = onnx.ModelProto()
-            proto.CopyFrom(self.proto)
-        return Model.from_proto(proto)
+        return Model.from_proto(inlined(self))
 
     # --- identity and metadata ---------------------------------------------------------
 
@@ -422,32 +385,6 @@ def resolve_model_path(path: Path) -> Path:
     )
 
 
-def iter_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
-    """The main graph and every subgraph (If/Loop/Scan bodies), recursively."""
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        yield graph
-        for node in graph.node:
-            stack.extend(_subgraphs(node))
-    for fn in model.functions:
-        for node in fn.node:
-            stack.extend(_subgraphs(node))
-        while stack:
-            graph = stack.pop()
-            yield graph
-            for node in graph.node:
-                stack.extend(_subgraphs(node))
-
-
-def iter_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Every node of the model: main graph, subgraphs and model-local functions."""
-    for graph in iter_graphs(model):
-        yield from graph.node
-    for fn in model.functions:
-        yield from fn.node
-
-
 def _constant_elements(attr: onnx.AttributeProto) -> int:
     """Elements held by one attribute of a Constant node."""
     if attr.name == "value":
@@ -457,13 +394,6 @@ def _constant_elements(attr: onnx.AttributeProto) -> int:
     if attr.name in ("value_floats", "value_ints", "value_strings"):
         return len(attr.floats) + len(attr.ints) + len(attr.strings)
     return 1 if attr.name in ("value_float", "value_int", "value_string") else 0
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.HasField("g"):
-            yield attr.g
-        yield from attr.graphs
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -494,7 +424,7 @@ def checker_problem(file: Path, data: bytes | None = None) -> str | None:
     try:
         onnx.checker.check_model(data if data is not None else str(file))
     except Exception as e:
-        return one_line(e).rstrip(".")
+        return one_line(e, period=False)
     return None
 
 
@@ -572,80 +502,3 @@ def _single_file_too_large(name: str) -> UsageError:
 def _data_file_name(target: Path) -> str:
     name = f"{target.stem}.data"
     return name if name != target.name else f"{target.name}.data"
-
-
-class _Staging(AbstractContextManager["_Staging"]):
-    """Files written under temporary names next to their targets, renamed into place together
-    by ``commit``; temporary files never outlive the ``with`` block. If a rename fails, the
-    targets already replaced get their previous files back (kept through a hard link)."""
-
-    def __init__(self) -> None:
-        self._files: list[tuple[Path, Path]] = []  # (temporary, target)
-
-    @contextmanager
-    def create(self, target: Path) -> Iterator[BinaryIO]:
-        """A new temporary file for ``target``, flushed to disk when the block ends."""
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        self._files.append((temp, target))
-        with open(temp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-
-    def discard(self, target: Path) -> None:
-        """Drop the temporary file made for ``target``."""
-        for temp, _ in [f for f in self._files if f[1] == target]:
-            self._files.remove((temp, target))
-            temp.unlink(missing_ok=True)
-
-    def commit(self) -> None:
-        done: list[tuple[Path, bool, Path | None]] = []  # (target, existed, backup)
-        try:
-            for temp, target in self._files:
-                existed = target.is_file()
-                done.append((target, existed, _backup(target) if existed else None))
-                os.replace(temp, target)
-        except BaseException:
-            for target, existed, backup in reversed(done[:-1]):
-                if backup is not None:
-                    os.replace(backup, target)
-                elif not existed:
-                    target.unlink(missing_ok=True)
-            raise
-        finally:
-            for _, _, backup in done:
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
-        _sync_dir(self._files[-1][1].parent)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for temp, _ in self._files:
-            temp.unlink(missing_ok=True)
-
-
-def _backup(target: Path) -> Path | None:
-    """A hard link to the file now at ``target`` (None if links fail)."""
-    backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bak")
-    try:
-        os.link(target, backup)
-    except OSError:
-        return None
-    return backup
-
-
-def _sync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

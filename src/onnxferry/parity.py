@@ -1,10 +1,14 @@
 """Parity: how far apart two runners' outputs are, judged against tolerances.
 
-    report = compare("model.onnx", "optimized.onnx")          # two models, generated inputs
-    report = compare("model.onnx", provider_b="cuda")         # one model on two providers
-    report.result.worst, report.result.divergence             # worst output, first bad tensor
-    parity = compare_runners(ref_runner, cand_runner, feeds)  # any two Runners
-    parity = compare_outputs(ref_outputs, cand_outputs)       # lists of {name: array}
+    parity = compare_runners(ref_runner, cand_runner, feeds)   # any two Runners, feed sets
+    parity = compare_outputs(ref_outputs, cand_outputs, Tolerance(atol=1e-4))  # [{name: arr}]
+    parity.ok, parity.summary()                # one line: how far off, and where
+    parity.worst                               # the failing output needing the largest atol
+    [(o.name, o.max_abs, o.required_atol) for o in parity.outputs]   # what would have passed
+    print(onnxferry.Report("compare", parity).to_text())       # a ReportBody: tables, to_dict
+
+``onnxferry.compare`` (compare.py) builds the runners and feeds for two models, a model on two
+providers, or a model and its source, and adds the first diverging tensor (``bisect``).
 
 Checks run in order: output names, then shapes (and dtype kinds), then values. Per element a
 float value passes when |cand - ref| <= atol + rtol * |ref| (numpy.isclose); NaN on both sides
@@ -33,8 +37,6 @@ if TYPE_CHECKING:
     pass
 
 _TINY = float(np.finfo(np.float64).tiny)
-_PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2
-"""Largest model (bytes, tensors inline) handed to ONNX Runtime in memory during bisection."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ class Tolerance:
                     f"tolerance for {name} must be finite and non-negative, "
                     f"got atol={atol}, rtol={rtol}"
                 )
+
+    @classmethod
+    def partial(cls, atol: float | None = None, rtol: float | None = None) -> Tolerance | None:
+        """The one place a partial tolerance meets the defaults: the values given, these
+        defaults for the rest; None when neither is given (the verb's own default applies,
+        e.g. a source framework's).
+
+            Tolerance.partial(atol=1e-2)     # Tolerance(atol=0.01, rtol=0.001)
+            Tolerance.partial()              # None
+        """
+        if atol is None and rtol is None:
+            return None
+        default = cls()
+        return cls(
+            atol=default.atol if atol is None else atol,
+            rtol=default.rtol if rtol is None else rtol,
+        )
 
     def for_output(self, name: str) -> tuple[float, float]:
         """(atol, rtol) for one output: its override, else the defaults."""
@@ -357,7 +376,7 @@ def compare_runners(
 ) -> Parity:
     """Run both runners on every feed set and judge the outputs.
 
-    parity = compare_runners(OrtRunner(a), OrtRunner(b), [a.signature.sample(seed=0)])
+    parity = compare_runners(OrtRunner(a), OrtRunner(b), [plan_feeds(a).feeds(seed=0)])
     """
     refs = [reference.run(f) for f in feeds]
     cands = [candidate.run(f) for f in feeds]

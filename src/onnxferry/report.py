@@ -4,6 +4,7 @@
     report.ok, report.exit_code
     print(report.to_text())
     report.save("build/compare.json")      # atomic write
+    report.save_html("build/compare.html")  # one self-contained page
     report.to_dict()["result"]             # stable keys, see each result's to_dict()
 
 Every result type (Parity, CheckResult, ...) implements ``ReportBody``: ``to_dict()`` for
@@ -100,9 +101,25 @@ class Report(Generic[T]):
         """Write the JSON report atomically (temp file in the same directory, then rename)."""
         return write_text_atomic(path, self.to_json() + "\n")
 
-    def to_html(self, title: str | None = None, figures: Sequence[str] = ()) -> str:
-        """A self-contained HTML page: the tables, the notes, and inline SVG ``figures``."""
-        return render_html([self], title or f"onnxferry {self.verb}", figures)
+    def to_html(
+        self,
+        title: str | None = None,
+        figures: Sequence[str] = (),
+        sections: Sequence[Report[Any]] = (),
+    ) -> str:
+        """A self-contained HTML page: the tables, the notes, then each of ``sections`` (e.g. a
+        deploy's stages) the same way, and inline SVG ``figures``."""
+        return render_html([self, *sections], title or f"onnxferry {self.verb}", figures)
+
+    def save_html(
+        self,
+        path: str | Path,
+        title: str | None = None,
+        figures: Sequence[str] = (),
+        sections: Sequence[Report[Any]] = (),
+    ) -> Path:
+        """Write ``to_html`` atomically, like ``save``."""
+        return write_text_atomic(path, self.to_html(title, figures, sections))
 
 
 def jsonable(value: Any) -> Any:

@@ -1,24 +1,39 @@
 """ONNX Runtime sessions and the Runner protocol.
 
-runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
-outputs = runner.run(model.signature.sample(seed=0))    # {output name: array}
-runner.provider                                         # "cpu" if cuda was unavailable
+    runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
+    outputs = runner.run(plan_feeds(model).feeds())        # {output name: array}
+    runner.provider                                         # "cpu" if cuda was unavailable
+    usable_cores()                                          # affinity capped by the cgroup quota
+
+A ``Runner`` maps feeds to named outputs: ``OrtRunner`` here, the source frameworks' in
+``convert``; ``parity`` compares any two.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import FeedError, FerryError, ModelLoadError, ProviderError, RunError, UsageError
+from .errors import (
+    FeedError,
+    FerryError,
+    ModelLoadError,
+    ProviderError,
+    RunError,
+    UsageError,
+    one_line,
+)
 from .model import Model
 from .signature import Signature
 
@@ -183,17 +198,16 @@ def _session_source(model: Model) -> str | bytes:
 
 
 _ORT_NOISE = re.compile(
-    r"\[ONNXRuntimeError\] : \d+ : \w+ : "  # status prefix
-    r"|Load model from \S+ failed:"  # the path, which the caller names anyway
-    r"|\S*onnxruntime_src/\S+:\d+ [^(]*\([^)]*\)\s*"  # C++ source location and signature
+    r"\[ONNXRuntimeError\]\s+:\s+\d+\s+:\s+\w+\s+:\s+"  # status prefix
+    r"|Load\s+model\s+from\s+\S+\s+failed:"  # the path, which the caller names anyway
+    r"|\S*onnxruntime_src/\S+:\d+\s[^(]*\([^)]*\)\s*"  # C++ source location and signature
 )
 
 
 def ort_error_message(error: BaseException) -> str:
     """ONNX Runtime's error text without its status prefix and C++ source locations, on one
     line, e.g. "Could not find an implementation for NoSuchOp(1) node with name ''"."""
-    text = _ORT_NOISE.sub("", " ".join(str(error).split())).strip()
-    return text[:400] or type(error).__name__
+    return one_line(error, limit=400, drop=_ORT_NOISE)
 
 
 def version_problem(ir_version: int, opsets: Mapping[str, int]) -> str | None:
@@ -381,3 +395,84 @@ def _highest(ok: Any, low: int, high: int) -> int:
         else:
             high = mid
     return low
+
+
+# --- the cores this process may use ------------------------------------------------------
+
+
+def usable_cores(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int:
+    """The cores this process may keep busy: its CPU affinity, capped by a cgroup CPU quota
+    (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded down, >= 1.
+
+    The quota of the process's own cgroup and of each ancestor counts (the tightest wins).
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root, _cgroup_paths(self_cgroup))
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores)
+
+
+def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
+    """The process's cgroup path per hierarchy: "" for v2, controller names for v1."""
+    paths: dict[str, str] = {}
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, where = parts
+        if controllers == "":
+            paths[""] = where
+        for controller in controllers.split(","):
+            if controller == "cpu":
+                paths["cpu"] = where
+    return paths
+
+
+def _cgroup_quota(root: Path, paths: Mapping[str, str]) -> float | None:
+    """The tightest CPU quota in cores over the cgroup and its ancestors, None if unlimited."""
+    found: list[float] = []
+    for directory in _candidates(root, paths.get("", "/")):
+        found.extend(_v2_quota(directory / "cpu.max"))
+    for base in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        for directory in _candidates(base, paths.get("cpu", "/")):
+            found.extend(_v1_quota(directory))
+    return min(found) if found else None
+
+
+def _candidates(base: Path, where: str) -> list[Path]:
+    """``base/where`` and each ancestor up to ``base`` (a container sees its cgroup as /)."""
+    parts = [p for p in where.split("/") if p and p not in (".", "..")]
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _v2_quota(file: Path) -> list[float]:
+    try:
+        fields_ = file.read_text().split()
+    except OSError:
+        return []
+    if len(fields_) != 2 or fields_[0] == "max":
+        return []
+    try:
+        quota, period = int(fields_[0]), int(fields_[1])
+    except ValueError:
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+def _v1_quota(directory: Path) -> list[float]:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []

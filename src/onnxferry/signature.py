@@ -1,9 +1,11 @@
 """Tensor specs and model signatures: names, dtypes (ONNX, numpy, KServe V2) and shapes.
 
-sig = model.signature
-feeds = sig.sample(dims={"batch": 4}, seed=0)   # one array per input
-sig.validate(feeds)                             # FeedError naming the tensor if off
-sig.inputs[0].v2_datatype                       # "FP32"
+    sig = model.signature
+    sig.validate(feeds)                             # FeedError naming the tensor if off
+    sig.inputs[0].v2_datatype                       # "FP32"
+    sig.resolve_shape(sig.inputs[0], {"batch": 4})  # (4, 3, 224, 224)
+
+Feeds are made (and given feed sets checked) by ``onnxferry.feeds``.
 """
 
 from __future__ import annotations
@@ -307,41 +309,6 @@ class Signature:
             d if isinstance(d, int) else int(dims.get(d, default) if d else default)
             for d in spec.shape
         )
-
-    def sample(
-        self,
-        dims: Mapping[str, int] | None = None,
-        seed: int = 0,
-        default_dim: int = 1,
-    ) -> dict[str, np.ndarray]:
-        """Random feeds for every input: normal floats, small non-negative ints, random bools
-        and short strings. Symbolic dims take their size from ``dims``, else ``default_dim``."""
-        rng = np.random.default_rng(seed)
-        feeds: dict[str, np.ndarray] = {}
-        for spec in self.inputs:
-            shape = self.resolve_shape(spec, dims, default_dim)
-            feeds[spec.name] = random_array(spec.dtype, shape, rng)
-        return feeds
-
-
-def random_array(dtype: DType, shape: Iterable[int], rng: np.random.Generator) -> np.ndarray:
-    """Random values of one dtype and shape (ints in [0, 8) so they index safely); an array
-    even for the scalar shape ()."""
-    return np.asarray(_random(dtype, tuple(shape), rng), dtype=dtype.numpy)
-
-
-def _random(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    kind = dtype.kind
-    if kind == "string":
-        words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", ""], dtype=object)
-        return rng.choice(words, size=shape)
-    if kind == "bool":
-        return rng.random(shape) < 0.5
-    if kind == "int":
-        return rng.integers(0, 8, size=shape).astype(dtype.numpy)
-    if dtype.numpy.kind == "c":
-        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype.numpy)
-    return rng.standard_normal(shape).astype(np.float32).astype(dtype.numpy)
 
 
 def _validate_one(spec: TensorSpec, value: Any, bound: dict[str, tuple[int, str]]) -> None:

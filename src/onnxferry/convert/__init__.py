@@ -1,7 +1,8 @@
 """Convert a trained model to ONNX, verified against the source framework.
 
     model = onnxferry.convert(module, "model.onnx", inputs=[{"x": x}])
-    print(model.provenance[-1].to_text())
+    model, report = convert_with_report(module, "model.onnx", inputs=[{"x": x}])
+    print(report.to_text())                # a Report[Conversion]: report.result.chosen, ...
 
 One module per source framework (torch, keras (with TF SavedModel), tflite, sklearn, onnx)
 builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` verifies them.
@@ -9,7 +10,7 @@ builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` v
 
 from .against import compare_to_source
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
-from .dispatch import Conversion, convert, detect_framework
+from .dispatch import Conversion, convert, convert_with_report, detect_framework
 
 __all__ = [
     "FRAMEWORKS",
@@ -21,5 +22,6 @@ __all__ = [
     "Source",
     "compare_to_source",
     "convert",
+    "convert_with_report",
     "detect_framework",
 ]

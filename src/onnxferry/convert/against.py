@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError
-from ..generate import verification_feeds
+from ..feeds import verification_feeds
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_runners
 from ..report import Report

@@ -2,7 +2,9 @@
 
     model = convert(module, "model.onnx", inputs=[{"x": x}])
     model = convert("train.py:make_model", "model.onnx", input_shapes={"x": (1, 3, 224, 224)})
-    model.provenance[-1].to_text()        # which exporter, why, and the parity figures
+    model, report = convert_with_report(module, "model.onnx", inputs=[{"x": x}])
+    report.to_text()                      # which exporter, why, and the parity figures
+    report.result.chosen, report.result.attempts[0].parity   # typed: a Report[Conversion]
 
 Verification runs every candidate on several input shapes (each dynamic axis takes at least two
 values), on the user's samples when given and on realistic generated inputs otherwise. The
@@ -22,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FerryError, InputError, UsageError
-from ..feeds import plan_feeds
-from ..generate import BATCH_VALUES, verification_feeds
+from ..errors import FerryError, InputError, UsageError, one_line
+from ..feeds import verification_feeds
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
 from ..report import Report, Table
@@ -147,14 +148,50 @@ def convert(
 ) -> Model:
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
+    The same as ``convert_with_report`` without the report (which the Model's ``provenance``
+    keeps as its last entry).
+    """
+    model, _ = convert_with_report(
+        source,
+        output,
+        framework=framework,
+        input_shapes=input_shapes,
+        inputs=inputs,
+        dynamic=dynamic,
+        opset=opset,
+        tolerance=tolerance,
+        verify=verify,
+        trust_pickle=trust_pickle,
+        example_inputs=example_inputs,
+    )
+    return model
+
+
+def convert_with_report(
+    source: Any,
+    output: str | Path | None = None,
+    *,
+    framework: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int | None = None,
+    tolerance: Tolerance | None = None,
+    verify: bool = True,
+    trust_pickle: bool = False,
+    example_inputs: Any = None,
+) -> tuple[Model, Report[Conversion]]:
+    """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
+
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
     model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory), ``.pt``/``.pth``
     (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a SavedModel directory, ``.tflite``,
     ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
     ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
-    Returns the Model (its ``provenance`` holds the conversion report). Raises
-    ConversionError (exit 2) when no exporter produces a model and VerificationError (exit 1,
-    with ``.report``) when none passes parity; nothing is written then.
+    Returns the Model and the conversion report (also the last entry of the Model's
+    ``provenance``). Raises ConversionError (exit 2) when no exporter produces a model and
+    VerificationError (exit 1, with ``.report``) when none passes parity; nothing is written
+    then.
     """
     options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle)
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
@@ -194,7 +231,7 @@ def convert(
         _stamp(chosen, result, loaded)
         final = chosen.save(output) if output is not None else chosen.detached()
     final.provenance.append(report)
-    return final
+    return final, report
 
 
 # --- steps ---------------------------------------------------------------------------------
@@ -326,13 +363,11 @@ def _verification_feeds(
         result.inputs_from = "user samples + generated"
     model = getattr(source.reference, "model", None)
     if source.framework == "onnx" and isinstance(model, Model):
-        # An ONNX source has a graph to size its open dims by: the one feed policy, and a
-        # second batch size so a batch baked in by the conversion shows.
-        plan = plan_feeds(
-            model, input_shapes=options.input_shapes, probe=isinstance(source.reference, OrtRunner)
+        # An ONNX source has a graph to size its open dims by (feeds.verification_feeds).
+        probe = isinstance(source.reference, OrtRunner)
+        feeds = verification_feeds(
+            model, options.sample_inputs, input_shapes=options.input_shapes, probe=probe
         )
-        generated = [plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
-        feeds = verification_feeds(model.signature, options.sample_inputs, generated=generated)
     else:
         feeds = verification_feeds(
             source.reference.signature, options.sample_inputs, source.value_ranges
@@ -351,7 +386,7 @@ def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
         attempt.error = str(e)
         return None
     except Exception as e:  # an exporter's own failure; reported, and the next one tried
-        attempt.error = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+        attempt.error = one_line(f"{type(e).__name__}: {e}", 400)
         return None
     finally:
         attempt.export_s = time.perf_counter() - start
@@ -374,7 +409,7 @@ def _verify(
         return
     except Exception as e:  # ONNX Runtime failing on a shape the export did not expect
         attempt.status = "failed"
-        attempt.error = f"onnxruntime failed: {' '.join(str(e).split())[:400]}"
+        attempt.error = f"onnxruntime failed: {one_line(e, 400)}"
         return
     attempt.parity = compare_outputs(
         references,
@@ -404,7 +439,7 @@ def _choose(
         if not result.verified:
             result.reason = "the first exporter that produced a model (not verified)"
         return
-    from ..bench import measure
+    from ..measure import measure
     from ..runtime import create_session
 
     for attempt in passed:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, one_line
 from ..model import Model
 from ..runtime import OrtRunner, runtime_limits
 from ..signature import Signature
@@ -84,9 +84,8 @@ def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProt
         try:
             out = version_converter.convert_version(proto, opset)
         except Exception as e:
-            message = " ".join(str(e).split())[:300]
             raise ConversionError(
-                f"onnx cannot convert the model from opset {current} to {opset}: {message}",
+                f"onnx cannot convert the model from opset {current} to {opset}: {one_line(e)}",
                 hint="pick another --opset, or re-export the model from its framework",
             ) from e
     else:

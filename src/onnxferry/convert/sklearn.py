@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FerryError, InputError, UsageError
+from ..errors import FerryError, InputError, UsageError, one_line
 from ..model import Model
 from ..parity import Tolerance
 from ..runtime import create_session, runtime_limits
@@ -225,13 +225,13 @@ def _load(source: Any, options: ConvertOptions) -> tuple[Any, str, list[str]]:
                 hint="install the package that defines the model's classes",
             ) from e
         except Exception as e:
-            what = type(e).__name__ + (f": {_one_line(e)}" if str(e).strip() else "")
+            what = type(e).__name__ + (f": {_said(e)}" if str(e).strip() else "")
             raise InputError(
                 f"{path}: cannot unpickle the file; it is corrupt, truncated or not a {kind} "
                 f"file ({what})",
                 hint="re-save the fitted model with joblib.dump(model, path)",
             ) from e
-    found = [_one_line(w.message) for w in caught]
+    found = [_said(w.message) for w in caught]
     for text in found:
         log.warning("%s: %s", path, text)
     return estimator, str(path), found
@@ -258,7 +258,7 @@ def _task(estimator: Any, origin: str) -> str:
         ) from None
     except TypeError as e:
         raise InputError(
-            f"{name} is not a scikit-learn estimator ({_one_line(e)})",
+            f"{name} is not a scikit-learn estimator ({_said(e)})",
             hint="pass a fitted estimator or Pipeline",
         ) from None
     if is_classifier(estimator):
@@ -389,7 +389,7 @@ def _computes_in_float64(estimator: Any, n_features: int) -> bool | None:
             exact = np.asarray(estimator.predict(x), dtype=np.float64)
             coarse = np.asarray(estimator.predict(rounded), dtype=np.float64)
     except Exception as e:  # the probe is advice; the reference shows real failures
-        log.debug("float64 probe failed: %s", _one_line(e))
+        log.debug("float64 probe failed: %s", _said(e))
         return None
     return not np.array_equal(exact, coarse, equal_nan=True)
 
@@ -456,7 +456,7 @@ def _conversion_error(
     estimator: Any, error: Exception | str, dtype: np.dtype[Any], by_user: bool
 ) -> _ExportError:
     """One line naming the step skl2onnx failed on (matched by class name in its error)."""
-    text = _one_line(error)
+    text = _said(error)
     name = describe_estimator(estimator)
     for path, step in _walk(estimator):
         cls = type(step).__name__
@@ -609,12 +609,10 @@ def _final_step(estimator: Any) -> Any:
 _BOILERPLATE = re.compile(r"\s*You may raise an issue at \S+")
 
 
-def _one_line(error: BaseException | Warning | str) -> str:
-    """The first line of an error, without skl2onnx's issue-tracker advice, at most 200
-    characters and without a final period (the hint follows it)."""
-    text = _BOILERPLATE.sub("", str(error)).split("\n", 1)[0]
-    text = " ".join(text.split()).rstrip(".") or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+def _said(error: BaseException | Warning | str) -> str:
+    """``one_line`` as skl2onnx errors want it: the first line, without the issue-tracker
+    advice, at most 200 characters and without a final period (the hint follows it)."""
+    return one_line(error, 200, line="first", drop=_BOILERPLATE, period=False)
 
 
 def _versions() -> dict[str, str]:

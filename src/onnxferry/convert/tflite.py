@@ -211,7 +211,7 @@ def _probe(path: Path) -> None:
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.startswith(_PROBE_MARK)]
         if not lines:  # the child failed before reaching the model: not the file's fault
-            tail = one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+            tail = one_line(done.stderr, line="last")
             log.warning("%s: the TFLite load check could not run (%s); skipped", path, tail)
             return
         raise InputError(

@@ -28,7 +28,6 @@ import numpy as np
 from ..model import Model
 from ..report import Table
 from .chain import FASTER, PRODUCED_NOTHING, ChainResult, Judge, always_faster, apply_recipe
-from .quantize import x86_without_vnni
 from .recipe import Recipe
 
 FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
@@ -46,6 +45,8 @@ _EXCLUDING = ("int8_static", "int8_dynamic")
 def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
     """The recipes ``auto_search`` tries, cheapest first. On x86 CPUs without VNNI, per-channel
     int8 uses 7-bit weights (``reduce_range``): full-range u8s8 products saturate there."""
+    from .quantize import x86_without_vnni  # a pass module: not loaded by import onnxferry
+
     channel: dict[str, Any] = {"per_channel": True}
     if provider == "cpu" and x86_without_vnni():
         channel["reduce_range"] = True

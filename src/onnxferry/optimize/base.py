@@ -1,6 +1,5 @@
 """What an optimization pass is: a declared unit ``Model -> Model`` with typed parameters.
 
-    @register
     @dataclass(frozen=True)
     class DynamicInt8(Pass):
         '''Quantize MatMul/Gemm weights to int8 (ONNX Runtime quantize_dynamic).'''
@@ -11,12 +10,14 @@
 
         def apply(self, model: Model, ctx: PassContext) -> PassResult: ...
 
-    step = make_pass("int8_dynamic", {"per_channel": True})     # from a recipe; UsageError
-    result = step.apply(model, ctx)                               # result.model, .changed
+    step = DynamicInt8.from_params({"per_channel": True})   # from a recipe; UsageError
+    result = step.apply(model, ctx)                           # result.model, .changed
+    DynamicInt8.info()                                        # PassInfo: name, parameters, ...
 
 Every parameter is a dataclass field declared with ``param`` (default and description in one
-place); ``make_pass`` checks names and types, so a recipe with an unknown pass or a wrong
-parameter fails with one clear line before anything runs.
+place); ``from_params`` checks names and types, so a recipe with an unknown pass or a wrong
+parameter fails with one clear line before anything runs. Which passes exist, by name, is the
+catalog's business (``catalog``): this module knows no pass.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, get_args, get_origin
 
 import numpy as np
 
@@ -78,6 +79,9 @@ class PassResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+PassT = TypeVar("PassT", bound="Pass")
+
+
 @dataclass(frozen=True)
 class Pass:
     """Base of every pass: subclasses are frozen dataclasses whose fields are parameters."""
@@ -103,51 +107,55 @@ class Pass:
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     @classmethod
-    def describe(cls) -> list[tuple[str, str, Any, str]]:
-        """(parameter, type, default, description) for every parameter."""
+    def describe(cls) -> list[ParamInfo]:
+        """Every parameter: its name, type, default and description."""
         hints = typing.get_type_hints(cls)
         return [
-            (f.name, _type_name(hints[f.name]), _default(f), f.metadata.get("doc", ""))
+            ParamInfo(f.name, _type_name(hints[f.name]), _default(f), f.metadata.get("doc", ""))
             for f in dataclasses.fields(cls)
         ]
 
+    @classmethod
+    def info(cls) -> PassInfo:
+        """What ``ferry passes`` lists: name, family, the docstring's first paragraph, and the
+        parameters."""
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        return PassInfo(cls.name, cls.family, summary, cls.size_only, tuple(cls.describe()))
 
-P = TypeVar("P", bound=type[Pass])
-PASSES: dict[str, type[Pass]] = {}
+    @classmethod
+    def from_params(cls: type[PassT], params: Mapping[str, Any] | None = None) -> PassT:
+        """This pass with ``params`` (from a recipe) checked against its declared parameters."""
+        hints = typing.get_type_hints(cls)
+        declared = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in (params or {}).items():
+            if key not in declared:
+                raise UsageError(
+                    f"pass {cls.name!r} has no parameter {key!r}",
+                    hint=f"its parameters: {', '.join(sorted(declared)) or 'none'}",
+                )
+            values[key] = _coerce(cls.name, key, value, hints[key])
+        return cls(**values)
 
 
-def register(cls: P) -> P:
-    """Make a pass class available by its ``name`` to recipes and the CLI."""
-    if not cls.name or cls.name in PASSES:
-        raise ValueError(f"pass name {cls.name!r} is empty or taken")
-    PASSES[cls.name] = cls
-    return cls
+class ParamInfo(NamedTuple):
+    """One declared parameter of a pass."""
+
+    name: str
+    type: str
+    default: Any
+    description: str
 
 
-def available_passes() -> dict[str, type[Pass]]:
-    """Every registered pass by name (importing the pass modules registers them)."""
-    from . import fp16, graph, prune, quantize, smooth  # noqa: F401  (registration side effect)
+@dataclass(frozen=True)
+class PassInfo:
+    """A pass as listed (``list_passes``): what recipes call it and what it takes."""
 
-    return dict(PASSES)
-
-
-def make_pass(name: str, params: Mapping[str, Any] | None = None) -> Pass:
-    """The pass ``name`` with ``params`` checked against its declared parameters."""
-    passes = available_passes()
-    if name not in passes:
-        raise UsageError(f"unknown pass {name!r}", hint=f"known passes: {', '.join(passes)}")
-    cls = passes[name]
-    hints = typing.get_type_hints(cls)
-    declared = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in (params or {}).items():
-        if key not in declared:
-            raise UsageError(
-                f"pass {name!r} has no parameter {key!r}",
-                hint=f"its parameters: {', '.join(sorted(declared)) or 'none'}",
-            )
-        values[key] = _coerce(name, key, value, hints[key])
-    return cls(**values)
+    name: str
+    family: str
+    description: str
+    size_only: bool
+    parameters: tuple[ParamInfo, ...]
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

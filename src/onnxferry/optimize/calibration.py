@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..data import load_feeds
-from ..errors import DataError, FeedError, UsageError
+from ..errors import DataError, UsageError
+from ..feeds import checked_feeds
 from ..signature import Signature
 
 Feeds = dict[str, np.ndarray]
@@ -40,7 +41,7 @@ class FeedsReader:
         signature: Signature | None = None,
         limit: int | None = None,
     ) -> None:
-        self.all_feeds = checked_feeds(feeds, signature, limit)
+        self.all_feeds = checked_calibration(feeds, signature, limit)
         self.feeds = self.all_feeds
         self._next = 0
 
@@ -78,7 +79,7 @@ def load_calibration(path: str | Path, signature: Signature) -> list[Feeds]:
     sets = load_feeds(path, signature)
     if Path(path).is_file() and Path(path).suffix.lower() in (".npz", ".npy") and len(sets) == 1:
         sets = _unstack(sets[0], signature, str(path))
-    return checked_feeds(sets, signature, where=str(path))
+    return checked_calibration(sets, signature, where=str(path))
 
 
 def calibration_feeds(
@@ -89,9 +90,9 @@ def calibration_feeds(
     """Feed sets from a path, a list of feed dicts, or a data reader (anything with
     ``get_next()`` returning a feed dict, then None); at most ``limit`` are read."""
     if isinstance(source, (str, Path)):
-        return checked_feeds(load_calibration(source, signature), signature, limit)
+        return checked_calibration(load_calibration(source, signature), signature, limit)
     if isinstance(source, Mapping):
-        return checked_feeds([source], signature, limit)
+        return checked_calibration([source], signature, limit)
     get_next = getattr(source, "get_next", None)
     if callable(get_next):
         drained: list[Mapping[str, np.ndarray]] = []
@@ -105,38 +106,27 @@ def calibration_feeds(
                     hint="get_next() must return {input name: numpy array}, then None",
                 )
             drained.append(item)
-        return checked_feeds(drained, signature, where="calibration reader")
+        return checked_calibration(drained, signature, where="calibration reader")
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
-        return checked_feeds(source, signature, limit)
+        return checked_calibration(source, signature, limit)
     raise UsageError(
         f"cannot read calibration data from a {type(source).__name__}",
         hint="give a path (.npz or a directory), a list of feed dicts or a reader with get_next()",
     )
 
 
-def checked_feeds(
+def checked_calibration(
     feeds: Iterable[Mapping[str, np.ndarray]],
     signature: Signature | None,
     limit: int | None = None,
     where: str = "calibration",
 ) -> list[Feeds]:
-    """The first ``limit`` feed sets as plain dicts, each checked against ``signature``."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"calibration sample limit must be at least 1, got {limit}")
-    sets: list[Feeds] = []
-    for item in feeds:
-        if limit is not None and len(sets) >= limit:
-            break
-        sets.append({name: np.asarray(value) for name, value in item.items()})
-    if not sets:
-        raise UsageError("calibration set is empty", hint="give at least one calibration sample")
-    if signature is not None:
-        for i, feed in enumerate(sets):
-            try:
-                signature.validate(feed)
-            except FeedError as e:
-                raise DataError(f"{where} sample {i}: {e.message}", hint=e.hint) from None
-    return sets
+    """The first ``limit`` feed sets as plain dicts, each checked against ``signature`` by the
+    one check of given feeds (``feeds.checked_feeds``): DataError naming ``where`` and the
+    sample, UsageError when there are none."""
+    return checked_feeds(
+        feeds, signature, where=where, kind="calibration", limit=limit, error=DataError
+    )
 
 
 def by_shape(feeds: list[Feeds]) -> tuple[list[Feeds], int]:

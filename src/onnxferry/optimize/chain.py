@@ -1,7 +1,9 @@
 """Apply a recipe under an accuracy budget: every pass verified, rolled back or dropped.
 
-    model = apply_recipe(Model.load("m.onnx"), Recipe.load("r.toml"), Budget.parse("cosine>=0.99"))
-    model.provenance[-1].result.steps          # kept / rolled back / dropped / failed, and why
+    judge = Judge(model, [feeds], Budget.parse("cosine>=0.99"))   # the original's outputs
+    final, result = apply_recipe(model, Recipe.load("r.toml"), judge, workdir=Path("work"))
+    result.steps                # kept / rolled back / dropped / failed, and why
+    result.outcome              # "kept fold -> int8_dynamic", or why the result is the input
 
 Each pass runs on the model before it. The chain so far is judged against the original on the
 validation feeds (worst case, see ``budget``): a pass that breaks the budget is rolled back; a
@@ -22,14 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bench import measure
-from ..errors import FerryError
+from ..errors import FerryError, one_line
+from ..measure import measure
 from ..model import Model
 from ..report import Table
 from ..runtime import OrtRunner, SessionConfig, create_session
 from .base import Pass, PassContext
 from .budget import Budget
-from .graph import output_problem
 from .recipe import Recipe
 
 FASTER = 0.03
@@ -233,8 +234,7 @@ def _run_step(
     except FerryError as e:
         return Step(label, "failed", str(e))
     except Exception as e:  # a library's own failure inside the pass: the chain goes on
-        text = " ".join(str(e).split())[:300]
-        return Step(label, "failed", f"{step.name}: {type(e).__name__}: {text}")
+        return Step(label, "failed", f"{step.name}: {one_line(f'{type(e).__name__}: {e}')}")
     record = Step(label, "no change", details=dict(applied.details))
     record.size_bytes = applied.model.size_bytes
     if applied.notes:
@@ -242,6 +242,8 @@ def _run_step(
     if not applied.changed:
         record.reason = "; ".join(applied.notes) or "nothing to do on this model"
         return record
+    from .graph import output_problem  # a pass module: loaded when a pass has run
+
     problem = output_problem(applied.model, current)
     if problem is not None:
         record.status = "failed"

@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..model import Model, iter_graphs
+from ..errors import one_line
+from ..feeds import plan_feeds
+from ..graphs import copy_model, expose, inlined, iter_graphs, iter_initializers, walk_graphs
+from ..model import Model
 from ..runtime import SessionConfig, ort_error_message, ort_inputs, session_options
-from .base import Pass, PassContext, PassError, PassResult, param, register
+from .base import Pass, PassContext, PassError, PassResult, param
 from .graph import graph_key, save_output
 
 if TYPE_CHECKING:
@@ -40,7 +43,6 @@ PROBE_FEED_SETS = 8
 _FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT, FLOAT16
 
 
-@register
 @dataclass(frozen=True)
 class Float16(Pass):
     """Convert float32 weights and arithmetic to float16; inputs and outputs stay float32.
@@ -64,6 +66,7 @@ class Float16(Pass):
     )
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:
+        import onnx
         from onnxruntime.transformers.float16 import (
             DEFAULT_OP_BLOCK_LIST,
             convert_float_to_float16,
@@ -78,7 +81,8 @@ class Float16(Pass):
                 f"{', '.join(map(repr, unknown))}",
                 hint="list node names as `ferry inspect` or Netron shows them",
             )
-        proto = _typed_inline_copy(named, model)
+        # types for the converter; inference runs before the data is read in, while it is small
+        proto = inlined(model, onnx.shape_inference.infer_shapes(named))
         if not _has_float32(proto):
             raise PassError(
                 f"{self.name}: the model has no float32 tensors to convert to float16",
@@ -90,7 +94,8 @@ class Float16(Pass):
         if self.auto_block_overflow:
             feed_sets = list(ctx.feeds)[:PROBE_FEED_SETS]
             if not feed_sets:
-                feed_sets = [model.signature.sample(seed=seed) for seed in range(2)]
+                plan = plan_feeds(model)
+                feed_sets = [plan.feeds(seed=seed) for seed in range(2)]
                 notes.append(
                     "no validation feeds: float16 ranges were probed on generated random "
                     "inputs; pass real feeds for a faithful block list"
@@ -118,20 +123,15 @@ class Float16(Pass):
                 node_block_list=blocked,
             )
         except Exception as e:
-            text = " ".join(str(e).split())[:300] or type(e).__name__
             raise PassError(
-                f"{self.name}: onnxruntime's float16 converter failed: {text}",
+                f"{self.name}: onnxruntime's float16 converter failed: {one_line(e)}",
                 hint="add the failing ops to op_block_list, or leave fp16 out of the recipe",
             ) from e
         _skip_round_trips(converted.graph, names)
         _toposort(self.name, converted.graph)
         result = save_output(self.name, converted, model, ctx)
-        halves = sum(
-            t.data_type == _FLOAT16 for g in iter_graphs(result.proto) for t in g.initializer
-        )
-        floats = sum(
-            t.data_type == _FLOAT for g in iter_graphs(result.proto) for t in g.initializer
-        )
+        halves = sum(t.data_type == _FLOAT16 for t in iter_initializers(result.proto))
+        floats = sum(t.data_type == _FLOAT for t in iter_initializers(result.proto))
         details |= {
             "blocked_nodes": blocked,
             "auto_blocked_nodes": sorted(auto),
@@ -151,17 +151,10 @@ class Float16(Pass):
     ) -> dict[str, float]:
         """The largest finite |value| of every float32 graph input and main-graph node output
         over the feed sets, from the float32 model with every intermediate exposed."""
-        import onnx
         import onnxruntime as ort
 
-        exposed = onnx.ModelProto()
-        exposed.CopyFrom(named)
-        have = {o.name for o in exposed.graph.output}
-        for node in exposed.graph.node:
-            for out in node.output:
-                if out and out not in have:
-                    exposed.graph.output.append(onnx.ValueInfoProto(name=out))
-                    have.add(out)
+        exposed = copy_model(named)
+        expose(exposed, [out for node in named.graph.node for out in node.output])
         opts = session_options(SessionConfig(graph_optimization="basic"))
         if model.path is not None and model.external_files:
             opts.add_session_config_entry(
@@ -237,10 +230,7 @@ def _range_text(peak: float) -> str:
 def _named_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose unnamed main-graph nodes get unique names (``<op>_<index>``), so they can
     be probed and block-listed."""
-    import onnx
-
-    named = onnx.ModelProto()
-    named.CopyFrom(proto)
+    named = copy_model(proto)
     taken = {n.name for n in named.graph.node if n.name}
     for i, node in enumerate(named.graph.node):
         if not node.name:
@@ -250,18 +240,6 @@ def _named_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
             node.name = candidate
             taken.add(candidate)
     return named
-
-
-def _typed_inline_copy(named: onnx.ModelProto, model: Model) -> onnx.ModelProto:
-    """``named`` with onnx's shape inference (types for the converter) and its external data
-    read in; inference runs before the data is loaded, so it stays small."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    typed = onnx.shape_inference.infer_shapes(named)
-    if model.path is not None and model.external_files:
-        load_external_data_for_model(typed, str(model.path.parent))
-    return typed
 
 
 def _has_float32(proto: onnx.ModelProto) -> bool:
@@ -309,17 +287,7 @@ def _skip_round_trips(graph: onnx.GraphProto, original: set[str]) -> None:
 
 def _read_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a node of ``graph`` or of its subgraphs reads."""
-    names: set[str] = set()
-    stack = [graph]
-    while stack:
-        current = stack.pop()
-        for node in current.node:
-            names.update(node.input)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    stack.append(attr.g)
-                stack.extend(attr.graphs)
-    return names
+    return {name for g in walk_graphs(graph) for node in g.node for name in node.input}
 
 
 def _toposort(pass_name: str, graph: onnx.GraphProto) -> None:

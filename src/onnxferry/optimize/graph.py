@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import ModelLoadError, one_line
-from ..model import Model, checker_problem, iter_graphs, iter_nodes
+from ..graphs import PROTO_LIMIT, copy_model, inlined, iter_initializers, iter_nodes
+from ..model import Model, checker_problem
 from ..runtime import (
     SessionConfig,
     ort_error_message,
@@ -34,7 +35,7 @@ from ..runtime import (
     short_provider_name,
     version_problem,
 )
-from .base import Pass, PassContext, PassError, PassResult, param, register
+from .base import Pass, PassContext, PassError, PassResult, param
 
 if TYPE_CHECKING:
     import onnx
@@ -48,14 +49,14 @@ SlimStep = Literal[
 ]
 """onnxslim's optimization steps, as its ``skip_optimizations`` names them."""
 
-_EXTERNAL_PAST = 1024**3
-"""Models larger than this (bytes) get their optimized weights in external data."""
+_EXTERNAL_PAST = PROTO_LIMIT // 2
+"""Models larger than this (bytes) get their optimized weights in external data: half of
+protobuf's limit, as ONNX Runtime's optimizer may grow a model (folded constants)."""
 
 _ORT_EXTERNAL_FILE = "session.optimized_model_external_initializers_file_name"
 _ORT_EXTERNAL_MIN = "session.optimized_model_external_initializers_min_size_in_bytes"
 
 
-@register
 @dataclass(frozen=True)
 class OrtGraph(Pass):
     """Optimize the graph with ONNX Runtime and save the result (offline optimization).
@@ -164,7 +165,7 @@ class OrtGraph(Pass):
         if all(past.values()):
             wanted = max(v for v in past.values() if v is not None)
             try:
-                converted = convert_opset(self.name, inline_copy(model), wanted)
+                converted = convert_opset(self.name, inlined(model), wanted)
                 raised = save_output(f"{self.name}-opset{wanted}", converted, model, ctx)
                 optimized = self._optimize(raised, ctx, providers)
             except PassError as e:
@@ -193,7 +194,6 @@ class OrtGraph(Pass):
         )
 
 
-@register
 @dataclass(frozen=True)
 class Slim(Pass):
     """Simplify the graph with onnxslim: constants folded, patterns fused, dead code removed.
@@ -231,7 +231,6 @@ class Slim(Pass):
         return _slim(self.name, model, ctx, options)
 
 
-@register
 @dataclass(frozen=True)
 class Fold(Pass):
     """Fold constant subgraphs into initializers and remove dead and no-op nodes.
@@ -286,19 +285,6 @@ def _op_listing(ops: dict[str, int | None]) -> str:
 # --- shared by the graph passes (and fp16) ----------------------------------------------------
 
 
-def inline_copy(model: Model) -> onnx.ModelProto:
-    """A copy of ``model.proto`` with its external tensor data read in (the model's own proto
-    is not touched). Libraries that rewrite tensors (onnxslim, converters) need the data."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.path is not None and model.external_files:
-        load_external_data_for_model(proto, str(model.path.parent))
-    return proto
-
-
 def save_output(
     pass_name: str, proto: onnx.ModelProto, source: Model, ctx: PassContext | Path
 ) -> Model:
@@ -325,9 +311,7 @@ def graph_key(proto: onnx.ModelProto) -> tuple[Counter[tuple[str, str]], Counter
     """What a pass must change to count as a change: the operators (domain, op type) of every
     node, subgraphs included, and the initializers' types and shapes."""
     ops = Counter((n.domain or "ai.onnx", n.op_type) for n in iter_nodes(proto))
-    inits: Counter[Any] = Counter()
-    for graph in iter_graphs(proto):
-        inits.update((t.data_type, tuple(t.dims)) for t in graph.initializer)
+    inits: Counter[Any] = Counter((t.data_type, tuple(t.dims)) for t in iter_initializers(proto))
     return ops, inits
 
 
@@ -375,12 +359,9 @@ def conform(proto: onnx.ModelProto, source: Model) -> int:
 def conformed(pass_name: str, result: Model, source: Model, ctx: PassContext) -> Model:
     """``result`` (a pass's output on disk) made valid for its IR version (``conform``): itself
     when nothing needs fixing, else a fixed copy under ``ctx.scratch``."""
-    import onnx
-
     if result.ir_version >= 4:
         return result
-    proto = onnx.ModelProto()
-    proto.CopyFrom(result.proto)
+    proto = copy_model(result.proto)
     if not conform(proto, source):
         return result
     fixed = Model(proto, result.path, result.external_files)
@@ -441,7 +422,7 @@ def _first_opset(op_type: str) -> int | None:
 
 def convert_opset(pass_name: str, proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
     """``proto`` converted to opset ``version`` by onnx's version converter (a new model; tensor
-    data must be inline, see ``inline_copy``); PassError when the converter cannot."""
+    data must be inline, see ``graphs.inlined``); PassError when the converter cannot."""
     from onnx import version_converter
 
     try:
@@ -529,13 +510,12 @@ def _slim(pass_name: str, model: Model, ctx: PassContext, options: dict[str, Any
             f"{pass_name}: onnxslim is not installed",
             hint="pip install 'onnxferry[optimize]'",
         ) from e
-    proto = inline_copy(model)
+    proto = inlined(model)  # onnxslim rewrites tensors: it needs their data
     try:
         slimmed = onnxslim.slim(proto, **options)
     except Exception as e:
-        text = " ".join(str(e).split())[:300] or type(e).__name__
         raise PassError(
-            f"{pass_name}: onnxslim cannot simplify the model: {text}",
+            f"{pass_name}: onnxslim cannot simplify the model: {one_line(e)}",
             hint=f"leave {pass_name} out of the recipe for this model",
         ) from e
     del proto
@@ -570,4 +550,4 @@ def _initializer_names(proto: onnx.ModelProto) -> set[str]:
 
 
 def _initializer_count(proto: onnx.ModelProto) -> int:
-    return sum(len(g.initializer) for g in iter_graphs(proto))
+    return sum(1 for _ in iter_initializers(proto))

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
+from ..feeds import plan_feeds
+from ..graphs import subgraphs, walk_graphs
 from ..model import Model
-from .base import Pass, PassContext, PassError, PassResult, param, register
+from .base import Pass, PassContext, PassError, PassResult, param
 from .graph import conform
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
 # --- prune_magnitude ---------------------------------------------------------------------------
 
 
-@register
 @dataclass(frozen=True)
 class MagnitudePrune(Pass):
     """Zero the smallest-magnitude weights of MatMul/Gemm/Conv layers (unstructured sparsity).
@@ -156,7 +156,6 @@ class MagnitudePrune(Pass):
 # --- prune_channels ----------------------------------------------------------------------------
 
 
-@register
 @dataclass(frozen=True)
 class ChannelPrune(Pass):
     """Remove the output channels with the smallest L1 norm from Conv/Gemm/MatMul layers.
@@ -359,9 +358,7 @@ class _Follower:
             for index, name in enumerate(node.input):
                 if name:
                     self.consumers.setdefault(name, []).append((node, index))
-        self.in_subgraphs = {
-            name for node in self.graph.node for sub in _subgraph_nodes(node) for name in sub.input
-        }
+        self.in_subgraphs = _read_in_subgraphs(self.graph)
         self.uses = _input_uses(self.graph)
         self.made_by = {out: node for node in self.graph.node for out in node.output}
         self.outputs = {o.name for o in self.graph.output}
@@ -672,7 +669,7 @@ def _check_shapes(before: Model, after: Model, pass_name: str) -> None:
         except Exception:
             return  # strict inference fails on the input already; ONNX Runtime decides
         raise PassError(
-            f"{pass_name}: shape inference rejects the pruned model ({_one_line(e)})",
+            f"{pass_name}: shape inference rejects the pruned model ({one_line(e)})",
             hint="this is a bug in prune_channels; leave the pass out of the recipe",
         ) from e
 
@@ -683,7 +680,7 @@ def _check_in_ort(before: Model, after: Model, ctx: PassContext, pass_name: str)
     Returns a note when the input model itself does not run, so nothing could be compared."""
     from ..runtime import OrtRunner
 
-    feeds = dict(ctx.feeds[0]) if ctx.feeds else before.signature.sample(seed=0)
+    feeds = dict(ctx.feeds[0]) if ctx.feeds else plan_feeds(before, probe=False).feeds(seed=0)
     try:
         expected = OrtRunner(before, validate=False).run(feeds)
     except Exception:
@@ -694,7 +691,7 @@ def _check_in_ort(before: Model, after: Model, ctx: PassContext, pass_name: str)
         if expected is None:
             return "not checked in ONNX Runtime: the input model does not run there either"
         raise PassError(
-            f"{pass_name}: the pruned model fails in ONNX Runtime ({_one_line(e)})",
+            f"{pass_name}: the pruned model fails in ONNX Runtime ({one_line(e)})",
             hint="this is a bug in prune_channels; leave the pass out of the recipe",
         ) from e
     if expected is None:
@@ -712,19 +709,14 @@ def _check_in_ort(before: Model, after: Model, ctx: PassContext, pass_name: str)
 def _input_uses(graph: onnx.GraphProto) -> Counter[str]:
     """How often each name is read: node inputs, and (once) any use inside a subgraph."""
     uses = Counter(name for node in graph.node for name in node.input if name)
-    uses.update(
-        {name for node in graph.node for sub in _subgraph_nodes(node) for name in sub.input}
-    )
+    uses.update(_read_in_subgraphs(graph))
     return uses
 
 
-def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.HasField("g") else []
-        for graph in [*graphs, *attr.graphs]:
-            for inner in graph.node:
-                yield inner
-                yield from _subgraph_nodes(inner)
+def _read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node inside a subgraph of ``graph`` (at any depth) reads."""
+    inner = (g for node in graph.node for sub in subgraphs(node) for g in walk_graphs(sub))
+    return {name for g in inner for node in g.node for name in node.input}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -743,11 +735,6 @@ def _ints(node: onnx.NodeProto, name: str) -> list[int]:
 
 def _label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}:{node.output[0]}"
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 __all__ = ["ChannelPrune", "MagnitudePrune"]

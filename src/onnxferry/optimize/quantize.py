@@ -49,24 +49,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from ..errors import FerryError, UsageError
+from ..errors import FerryError, UsageError, one_line
+from ..graphs import PROTO_LIMIT, copy_model, inlined
 from ..model import Model
-from .base import Pass, PassContext, PassError, PassResult, param, register
-from .calibration import FeedsReader, by_shape, checked_feeds
+from .base import Pass, PassContext, PassError, PassResult, param
+from .calibration import FeedsReader, by_shape, checked_calibration
 from .graph import (
     conform,
     conformed,
     constants_to_initializers,
     convert_opset,
     default_opset,
-    inline_copy,
     save_output,
 )
 from .sensitivity import (
-    EXTERNAL_OVER,
     QDQ_OPS,
     NodeSensitivity,
-    copy_proto,
     node_like,
     rank_dynamic_sensitivity,
     rank_sensitivity,
@@ -92,7 +90,6 @@ _PER_CHANNEL_OPSET = 13
 # --- passes --------------------------------------------------------------------------------
 
 
-@register
 @dataclass(frozen=True)
 class DynamicInt8(Pass):
     """Quantize weights to int8 ahead of time and activations at run time (ORT quantize_dynamic:
@@ -159,7 +156,6 @@ class DynamicInt8(Pass):
         return _result(self.name, model, quantized, notes, {**details, "excluded_nodes": excluded})
 
 
-@register
 @dataclass(frozen=True)
 class StaticInt8(Pass):
     """Quantize weights and activations to int8 as QuantizeLinear/DequantizeLinear pairs (ORT
@@ -222,7 +218,7 @@ class StaticInt8(Pass):
         reuse the ranges from ORT's calibration cache)."""
         _refuse_quantized(self.name, model)
         feeds = ctx.calibration if ctx.calibration is not None else ctx.feeds
-        sets, _ = by_shape(checked_feeds(feeds, model.signature, self.calibration_samples))
+        sets, _ = by_shape(checked_calibration(feeds, model.signature, self.calibration_samples))
         notes: list[str] = []
         directory = ctx.scratch(f"{self.name}-source").parent
         prepared = _prepared(self.name, model, directory / "prepared", self.per_channel, notes)
@@ -274,7 +270,7 @@ class StaticPlan:
                     )
                     nodes = self.float_nodes(exclude)
                     raw = self._quantize(stage / "model.onnx", nodes)
-            proto = copy_proto(raw.proto)
+            proto = copy_model(raw.proto)
             if nodes:
                 _keep_float(proto, self.source.proto, nodes)
             conform(proto, self.source)
@@ -463,7 +459,7 @@ def _prepared(
     wanted, why = _quantizer_opset(opset, per_channel_qdq)
     if wanted == opset and not any(n.op_type == "Constant" for n in model.proto.graph.node):
         return model
-    proto = inline_copy(model)
+    proto = inlined(model)
     moved = constants_to_initializers(proto.graph)
     if moved:
         notes.append(
@@ -519,7 +515,7 @@ def _stage(
             failures = _pre_process(model, target, optimize, skip_symbolic)
             staged = Model.load(target)
         except Exception as e:  # symbolic shape inference raises anything
-            problems.append(_first_line(e))
+            problems.append(one_line(e, line="first"))
             for stale in directory.iterdir():
                 if stale.is_file():
                     stale.unlink()
@@ -678,7 +674,9 @@ def x86_without_vnni() -> bool:
 
 
 def _needs_external(model: Model) -> bool:
-    return bool(model.external_files) or model.proto.ByteSize() > EXTERNAL_OVER
+    """Whether ORT's quantizer gets the model with external data: it has some, or it is past
+    three quarters of protobuf's limit (the quantizer's working copies grow)."""
+    return bool(model.external_files) or model.proto.ByteSize() > PROTO_LIMIT // 4 * 3
 
 
 @contextlib.contextmanager
@@ -690,7 +688,7 @@ def _ort_errors(name: str, hint: str | None = None) -> Iterator[None]:
         raise
     except Exception as e:
         raise PassError(
-            f"{name}: onnxruntime cannot quantize this model: {_first_line(e)}",
+            f"{name}: onnxruntime cannot quantize this model: {one_line(e, line='first')}",
             hint=hint or "exclude the failing nodes (nodes_to_exclude) or restrict op_types",
         ) from e
 
@@ -714,8 +712,3 @@ def _quiet_ort() -> Iterator[None]:
             yield
     finally:
         root.removeFilter(advice)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

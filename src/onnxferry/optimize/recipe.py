@@ -11,21 +11,24 @@
     ''')
     recipe.save("recipe.toml")             # atomic; replay with Recipe.load / --recipe
     Recipe([make_pass("slim")]).to_toml()
+    Recipe.of(["my_pass", "fold"], catalog=BUILTIN.with_passes(MyPass))
 
-Unknown passes and wrong parameters fail on load (UsageError, exit 2), before anything runs.
+Pass names are looked up in a catalog (default: the built-in one, see ``catalog``). Unknown
+passes and wrong parameters fail on load (UsageError, exit 2), before anything runs.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
+from ..data import parse_toml
 from ..errors import UsageError
-from .base import Pass, make_pass
+from .base import Pass
+from .catalog import BUILTIN, Catalog
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Recipe:
         return write_text_atomic(path, self.to_toml())
 
     @classmethod
-    def from_data(cls, data: Any, where: str = "recipe") -> Recipe:
+    def from_data(cls, data: Any, where: str = "recipe", catalog: Catalog = BUILTIN) -> Recipe:
         steps = data.get("pass", []) if isinstance(data, dict) else None
         if not isinstance(steps, list):
             raise UsageError(
@@ -64,41 +67,33 @@ class Recipe:
             if not isinstance(step, dict) or not isinstance(step.get("name"), str):
                 raise UsageError(f"{where}: pass {i + 1} has no name", hint='add name = "..."')
             params = {k: v for k, v in step.items() if k != "name"}
-            passes.append(make_pass(step["name"], params))
+            passes.append(catalog.make(step["name"], params))
         return cls(passes)
 
     @classmethod
-    def parse(cls, text: str, where: str = "recipe") -> Recipe:
+    def parse(cls, text: str, where: str = "recipe", catalog: Catalog = BUILTIN) -> Recipe:
         try:
-            data = _toml().loads(text)
+            data = parse_toml(text)
         except Exception as e:
             raise UsageError(f"{where} is not valid TOML: {e}", hint="see `ferry passes`") from e
-        return cls.from_data(data, where)
+        return cls.from_data(data, where, catalog)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
+    def load(cls, path: str | Path, catalog: Catalog = BUILTIN) -> Recipe:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise UsageError(f"cannot read recipe {path}: {e.strerror or e}") from e
-        return cls.parse(text, str(path))
+        return cls.parse(text, str(path), catalog)
 
     @classmethod
-    def of(cls, steps: Sequence[tuple[str, dict[str, Any]] | str]) -> Recipe:
-        """A recipe from (name, params) pairs or bare names."""
-        return cls([make_pass(s) if isinstance(s, str) else make_pass(*s) for s in steps])
+    def of(
+        cls, steps: Sequence[tuple[str, dict[str, Any]] | str], catalog: Catalog = BUILTIN
+    ) -> Recipe:
+        """A recipe from (name, params) pairs or bare names, looked up in ``catalog``."""
+        return cls([catalog.make(s) if isinstance(s, str) else catalog.make(*s) for s in steps])
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
     """TOML has no None and no tuples: drop unset values, make lists."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if v is not None}
-
-
-def _toml() -> Any:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    import tomli
-
-    return tomli

@@ -12,12 +12,12 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..errors import UsageError
+from ..graphs import copy_model, expose, inlined, runnable
 from ..model import Model
 from ..runtime import OrtRunner
 from .base import PassError
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     import onnx
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-EXTERNAL_OVER = 1536 * 1024**2
-"""Inline bytes past which quantized models are written with external data."""
 _PROBE = "ferry.sens/"
 
 
@@ -78,13 +76,13 @@ def rank_sensitivity(
     if not feeds:
         raise UsageError("rank_sensitivity needs at least one feed set")
     with contextlib.ExitStack() as stack:
-        fp32_proto, q_proto = inline_proto(fp32), inline_proto(quantized)
+        fp32_proto, q_proto = inlined(fp32), inlined(quantized)
         augmented, probes = _probe_model(fp32_proto, q_proto)
         if not probes:
             return []
-        exposing = _with_outputs(q_proto, [o for p in probes for o in p.q_outputs])
-        probe_runner = OrtRunner(runnable(augmented, stack))
-        q_runner = OrtRunner(runnable(exposing, stack))
+        expose(q_proto, [o for p in probes for o in p.q_outputs])
+        probe_runner = OrtRunner(stack.enter_context(runnable(augmented)))
+        q_runner = OrtRunner(stack.enter_context(runnable(q_proto)))
         stats = {p.node: _Stats() for p in probes}
         for feed in feeds:
             probe_values = probe_runner.run(feed)
@@ -125,7 +123,7 @@ def rank_dynamic_sensitivity(
     if not feeds:
         raise UsageError("rank_dynamic_sensitivity needs at least one feed set")
     with contextlib.ExitStack() as stack:
-        proto = inline_proto(fp32)
+        proto = inlined(fp32)
         constants = {
             t.name: numpy_helper.to_array(t)
             for t in proto.graph.initializer
@@ -136,7 +134,8 @@ def rank_dynamic_sensitivity(
         if not simulated:
             return []
         reads = [name for sim in simulated for name in sim.reads]
-        runner = OrtRunner(runnable(_with_outputs(proto, reads), stack))
+        expose(proto, reads)
+        runner = OrtRunner(stack.enter_context(runnable(proto)))
         stats = {sim.node.name: _Stats() for sim in simulated}
         for feed in feeds:
             values = {**feed, **runner.run(feed)}
@@ -357,7 +356,7 @@ def _probe_model(
     quantized model's Q/DQ parameters; the float outputs and the copies' are graph outputs."""
     import onnx
 
-    aug = copy_proto(fp32)
+    aug = copy_model(fp32)
     q_init = {t.name: t for t in qdq.graph.initializer}
     q_producer = {out: n for n in qdq.graph.node for out in n.output if out}
     f_nodes = {n.name: n for n in fp32.graph.node if n.name}
@@ -428,7 +427,8 @@ def _probe_model(
             )
     _merge_opsets(aug, qdq)
     names = [n for p in probes for n in (*p.ref_outputs, *p.probe_outputs) if n]
-    return _with_outputs(aug, names), probes
+    expose(aug, names)
+    return aug, probes
 
 
 def same_shape(a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
@@ -464,42 +464,3 @@ def _merge_opsets(target: onnx.ModelProto, other: onnx.ModelProto) -> None:
     for domain, version in versions.items():
         target.opset_import.add(domain=domain, version=version)
     target.ir_version = max(target.ir_version, other.ir_version)
-
-
-def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    import onnx
-
-    out = copy_proto(proto)
-    present = {o.name for o in out.graph.output}
-    for name in dict.fromkeys(names):
-        if name and name not in present:
-            out.graph.output.append(onnx.ValueInfoProto(name=name))
-    return out
-
-
-def copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
-    import onnx
-
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
-
-
-def inline_proto(model: Model) -> onnx.ModelProto:
-    """A copy of the model's proto with its external data read in."""
-    proto = copy_proto(model.proto)
-    if model.external_files and model.path is not None:
-        from onnx.external_data_helper import load_external_data_for_model
-
-        load_external_data_for_model(proto, str(model.path.parent))
-    return proto
-
-
-def runnable(proto: onnx.ModelProto, stack: contextlib.ExitStack) -> Model:
-    """A Model ORT can load: in memory, or past protobuf's limit in a temporary directory."""
-    import tempfile
-
-    if proto.ByteSize() < EXTERNAL_OVER:
-        return Model.from_proto(proto)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxferry-sens-")))
-    return Model.from_proto(proto).save(tmp / "model.onnx", external_data=True)

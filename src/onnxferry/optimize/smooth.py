@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..feeds import plan_feeds
+from ..graphs import copy_model, expose
 from ..model import Model
 from ..runtime import OrtRunner
-from .base import Pass, PassContext, PassError, PassResult, param, register
+from .base import Pass, PassContext, PassError, PassResult, param
 from .graph import conform, save_output
 
 if TYPE_CHECKING:
@@ -37,7 +39,6 @@ class _Consumer:
     input_axis: int  # the axis of the weight that meets X's channels
 
 
-@register
 @dataclass(frozen=True)
 class Smooth(Pass):
     """Scale activation outliers into MatMul/Gemm weights (SmoothQuant) ahead of int8."""
@@ -145,14 +146,10 @@ def _activation_ranges(
     proto: onnx.ModelProto, tensors: Sequence[str], ctx: PassContext, max_samples: int
 ) -> dict[str, np.ndarray]:
     """max |x| per channel (last axis) of each tensor over the validation feeds."""
-    import onnx
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in present)
+    probe = copy_model(proto)
+    expose(probe, tensors)
     model = Model.from_proto(probe)
-    feeds = list(ctx.calibration or ctx.feeds)[:max_samples] or [model.signature.sample(seed=0)]
+    feeds = list(ctx.calibration or ctx.feeds)[:max_samples] or [plan_feeds(model).feeds(seed=0)]
     runner = OrtRunner(model, validate=False)
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:

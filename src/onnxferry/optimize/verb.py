@@ -2,15 +2,17 @@
 
     model = optimize("model.onnx", "fast.onnx", recipe="recipe.toml", budget="cosine>=0.99")
     model = optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01, eval_data="val.npz")
-    model.provenance[-1].to_text()      # the steps (or candidates), metric, latency, size
+    model, report = optimize_with_report("model.onnx", "fast.onnx", auto=True)
+    report.to_text()                    # the steps (or candidates), metric, latency, size
+    report.result                       # typed: a ChainResult (recipe) or SearchResult (auto)
     # fast.onnx and fast.recipe.toml are written; replay with recipe="fast.recipe.toml"
 
-Validation feeds are the user's (``inputs``), else the labelled ``eval_data`` inputs, else
-two sets made by the one feed policy (``feeds.plan_feeds``; ``input_shapes`` and ``dims`` size
-the open dims). A budget judged on sizes the tool chose can pass there and fail at the sizes
-the model really gets, so when open dims other than the batch would be guessed, optimize
-refuses (UsageError naming them) unless ``assume_sizes`` accepts the chosen sizes; the report
-then says the budget holds at those sizes only.
+Validation feeds are the user's (``inputs``, checked by ``feeds.checked_feeds``), else the
+labelled ``eval_data`` inputs, else two sets made by the one feed policy (``feeds.feed_sets``;
+``input_shapes`` and ``dims`` size the open dims). A budget judged on sizes the tool chose can
+pass there and fail at the sizes the model really gets, so when open dims other than the batch
+would be guessed, optimize refuses (UsageError naming them) unless ``assume_sizes`` accepts the
+chosen sizes; the report then says the budget holds at those sizes only.
 """
 
 from __future__ import annotations
@@ -23,17 +25,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..feeds import generated_feeds
+from ..feeds import checked_feeds, feed_sets
 from ..model import Model
 from ..report import Report
 from ..signature import Signature
-from .auto import auto_search
+from .auto import SearchResult, auto_search
 from .budget import Budget
-from .chain import Judge, apply_recipe
+from .chain import ChainResult, Judge, apply_recipe
 from .recipe import Recipe
 
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 EVAL_CHUNK = 64
+
+OptimizeReport = Report[ChainResult | SearchResult]
+"""What ``optimize`` did: a recipe's ``ChainResult`` or the ``--auto`` search's
+``SearchResult``."""
 
 
 def optimize(
@@ -56,8 +62,50 @@ def optimize(
     time_budget: float | None = None,
 ) -> Model:
     """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
-    ``<output stem>.recipe.toml`` beside it. Returns the model with its report in
-    ``provenance``."""
+    ``<output stem>.recipe.toml`` beside it. The same as ``optimize_with_report`` without the
+    report (which the Model's ``provenance`` keeps as its last entry)."""
+    optimized, _ = optimize_with_report(
+        model,
+        output,
+        recipe=recipe,
+        auto=auto,
+        budget=budget,
+        max_drop=max_drop,
+        inputs=inputs,
+        eval_data=eval_data,
+        calibration=calibration,
+        input_shapes=input_shapes,
+        dims=dims,
+        assume_sizes=assume_sizes,
+        for_size=for_size,
+        provider=provider,
+        threads=threads,
+        time_budget=time_budget,
+    )
+    return optimized
+
+
+def optimize_with_report(
+    model: str | Path | Model,
+    output: str | Path | None = None,
+    *,
+    recipe: Recipe | str | Path | None = None,
+    auto: bool = False,
+    budget: Budget | str | None = None,
+    max_drop: float = 0.01,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
+    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    assume_sizes: bool = False,
+    for_size: bool = False,
+    provider: str = "cpu",
+    threads: int | None = None,
+    time_budget: float | None = None,
+) -> tuple[Model, OptimizeReport]:
+    """``optimize``, returning the model and its report (also the last entry of the model's
+    ``provenance``, after the source's)."""
     if (recipe is None) == (not auto):
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
     if time_budget is not None and not (auto and time_budget > 0):
@@ -86,7 +134,7 @@ def optimize(
                 source, steps, judge, workdir=Path(tmp), calibration=calib, for_size=for_size
             )
             kept = _kept(steps, result.steps)
-            report: Report[Any] = Report("optimize", result)
+            report: OptimizeReport = Report("optimize", result)
             if not result.kept:  # say plainly that the result is the input, and why
                 report.notes.append(result.outcome)
         else:
@@ -104,7 +152,7 @@ def optimize(
             kept.save(recipe_path(Path(output)))
             report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
     saved.provenance = [*source.provenance, report]
-    return saved
+    return saved, report
 
 
 def _shapes(feeds: Mapping[str, np.ndarray]) -> str:
@@ -144,21 +192,14 @@ def _validation(
     signature = model.signature
     if eval_data is not None:
         return _eval_feeds(signature, eval_data)
-    if inputs is not None:
-        samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs]
-        if not samples:
-            raise UsageError("inputs is empty", hint="give at least one set of feeds")
-        for sample in samples:
-            signature.validate(sample)
-        return samples, None
     unknown = [n for n in input_shapes or {} if n not in signature.input_names]
-    if unknown:
+    if unknown and inputs is None:
         raise UsageError(
             f"--input-shape names unknown input {unknown[0]!r}",
             hint=f"inputs are {signature.input_names}",
         )
-    feeds, plan = generated_feeds(model, 2, dims=dims, input_shapes=input_shapes)
-    if plan.guessed:
+    feeds, plan = feed_sets(model, inputs, count=2, dims=dims, input_shapes=input_shapes)
+    if plan is not None and plan.guessed:
         chosen = "; ".join(c for c in plan.choices if "batch axis" not in c)
         if not assume_sizes:
             raise UsageError(
@@ -201,15 +242,12 @@ def _eval_feeds(
     count = len(labels)
     if any(len(a) != count for a in arrays.values()):
         raise DataError("eval inputs and labels have different numbers of rows")
-    feeds, chunks = [], []
-    for start in range(0, count, EVAL_CHUNK):
-        feed = {k: np.asarray(v[start : start + EVAL_CHUNK]) for k, v in arrays.items()}
-        signature.validate(feed)
-        feeds.append(feed)
-        chunks.append(labels[start : start + EVAL_CHUNK])
-    if not feeds:
+    starts = range(0, count, EVAL_CHUNK)
+    if not starts:
         raise DataError("the eval data is empty", hint="give at least one labelled row")
-    return feeds, chunks
+    chunks = [{k: v[start : start + EVAL_CHUNK] for k, v in arrays.items()} for start in starts]
+    feeds = checked_feeds(chunks, signature, where="eval data")
+    return feeds, [labels[start : start + EVAL_CHUNK] for start in starts]
 
 
 def _calibration(
@@ -217,13 +255,8 @@ def _calibration(
 ) -> list[dict[str, np.ndarray]] | None:
     if calibration is None:
         return None
-    if isinstance(calibration, (str, Path)):
-        from .calibration import load_calibration
+    from .calibration import checked_calibration, load_calibration
 
-        return list(load_calibration(calibration, signature))
-    sets = [dict(c) for c in calibration]
-    if not sets:
-        raise UsageError("the calibration set is empty", hint="give at least one sample")
-    for feeds in sets:
-        signature.validate(feeds)
-    return sets
+    if isinstance(calibration, (str, Path)):
+        return load_calibration(calibration, signature)
+    return checked_calibration(calibration, signature)

@@ -5,8 +5,12 @@
 
 Routes: /v2/health/live|ready, /v2, /v2/models/{m}[/versions/{v}][/ready|/infer|/config|/stats],
 /v2/repository/index and /v2/repository/models/{m}/load|unload (when enabled), /metrics and
-/openapi.json. Every error is ``{"error": "..."}`` with the status the protocol expects; the app
-never lets an exception escape to the connection.
+/openapi.json: the table in routes.py, which the app dispatches on (each route's endpoint is
+one method here) and /openapi.json is rendered from. Every error is ``{"error": "..."}`` with
+the status the protocol expects; the app never lets an exception escape to the connection.
+
+Request decoders (which remember the binary layouts a model's clients send) belong to the app,
+one per served version, and go when the repository lets the version go.
 
 /v2/health/ready is 200 when every model that should serve (all but unloaded ones) has a
 version serving. A compressed body is inflated on the event loop up to ``INFLATE_ON_LOOP``
@@ -28,6 +32,7 @@ import hmac
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +40,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError, InputError, one_line
-from .config import triton_config
+from .asgi import (
+    ByteBudget,
+    Hold,
+    HttpError,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    respond_error,
+    respond_json,
+)
 from .executor import DeadlineExceeded, ExecutionError, ExecutorClosed, QueueFull
+from .metadata import model_metadata, triton_config
 from .metrics import ServeMetrics
 from .openapi import openapi_document
 from .parsing import JsonParser, ParserLost
@@ -45,20 +62,19 @@ from .protocol import (
     Buffer,
     InferRequest,
     Inflater,
-    body_buffer,
+    RequestDecoder,
     encode_infer_response,
-    model_metadata,
     parse_header_length,
     response_floor,
 )
 from .repository import ModelNotFound, ModelNotReady, ModelVersion, Repository
+from .routes import ROUTER, ROUTES, Auth
 
 log = logging.getLogger("onnxferry.serve")
 access_log = logging.getLogger("onnxferry.serve.access")
 
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+Reply = tuple[int, str, str]
+"""What an endpoint answered: (status, model, version) for the access log and metrics."""
 
 MIB = 1 << 20
 INFLATE_ON_LOOP = 256 * 1024
@@ -127,70 +143,23 @@ class ServeSettings:
         return self.inflight_limit
 
 
-class ByteBudget:
-    """Bytes held server-wide, taken and given back on the event loop thread (no lock).
+@dataclass(frozen=True)
+class Call:
+    """One request as an endpoint sees it: the ASGI triple and the route's path parameters."""
 
-    budget = ByteBudget(256 << 20)
-    if not budget.take(n): refuse
-    ...
-    budget.give(n)
-    """
+    scope: Scope
+    receive: Receive
+    send: Send
+    params: Mapping[str, str]
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
+    @property
+    def model(self) -> str:
+        return self.params.get("model", "")
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes; False (holding nothing) when that would pass the limit."""
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= size
-
-
-class Hold:
-    """What one request holds of a ByteBudget; ``release`` (in a finally) gives it all back.
-
-    hold = Hold(budget)
-    try: hold.take(len(chunk)) ... finally: hold.release()
-    """
-
-    def __init__(self, budget: ByteBudget) -> None:
-        self.budget = budget
-        self.size = 0
-
-    def take(self, size: int) -> None:
-        """Hold ``size`` more bytes, or raise HttpError 503 with Retry-After."""
-        if not self.budget.take(size):
-            limit = self.budget.limit
-            text = (
-                f"the server holds too many request bodies: {size} more bytes would pass its "
-                f"limit of {limit} bytes in flight; retry later"
-            )
-            raise HttpError(503, text, "busy", ((b"retry-after", b"1"),))
-        self.size += size
-
-    def release(self) -> None:
-        self.budget.give(self.size)
-        self.size = 0
-
-
-class HttpError(Exception):
-    """A response with a status and one line; ``reason`` labels the failure metric."""
-
-    def __init__(
-        self, status: int, message: str, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-        self.headers = headers
-        self.model = ""
-        self.version = ""
+    @property
+    def version(self) -> str | None:
+        """The version the path names; None for the highest ready one."""
+        return self.params.get("version")
 
 
 class ServeApp:
@@ -221,6 +190,27 @@ class ServeApp:
             )
         self.inflight = ByteBudget(self.settings.inflight_bytes)
         self.parser = JsonParser(self.settings.parse_memory_bytes)
+        self._decoders: weakref.WeakKeyDictionary[ModelVersion, RequestDecoder] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._endpoints: dict[str, Callable[[Call], Awaitable[Reply]]] = {
+            "live": self._live,
+            "ready": self._ready,
+            "server_metadata": self._server_metadata,
+            "model_metadata": self._model_metadata,
+            "model_ready": self._model_ready,
+            "model_config": self._model_config,
+            "model_stats": self._model_stats,
+            "infer": self._infer,
+            "repository_index": self._repository_index,
+            "repository_load": self._repository_load,
+            "repository_unload": self._repository_unload,
+            "metrics": self._metrics,
+            "openapi": self._openapi_json,
+        }
+        missing = {route.endpoint for route in ROUTES} - set(self._endpoints)
+        if missing:
+            raise RuntimeError(f"routes without an endpoint: {sorted(missing)}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -255,27 +245,24 @@ class ServeApp:
         method: str = scope["method"]
         status, model, version = 500, "", ""
         try:
-            parts = [p for p in path.split("/") if p]
-            if parts[:1] == ["v2"]:
-                status, model, version = await self._v2(parts[1:], method, scope, receive, send)
-            elif path == "/metrics":
-                _method(method, "GET")
-                self._authorize(scope, self._keys)
-                body, content_type = self.metrics.render()
-                status = await _respond(send, 200, body, content_type)
-            elif path == "/openapi.json":
-                _method(method, "GET")
-                status = await _respond(send, 200, self._openapi, "application/json")
-            else:
-                raise HttpError(404, f"no route {path}; see /openapi.json", "not_found")
+            found = ROUTER.match(path)
+            self._authorize(scope, found.auth)
+            route = found.route(method)
+            if route is None:
+                if not found.routes:
+                    raise HttpError(404, f"no route {path}; see /openapi.json", "not_found")
+                text = f"method {method} is not allowed here; use {found.allowed}"
+                raise HttpError(405, text, "method", ((b"allow", found.allowed.encode()),))
+            call = Call(scope, receive, send, found.params)
+            status, model, version = await self._endpoints[route.endpoint](call)
         except HttpError as e:
             model, version = e.model, e.version
             if e.model:
                 self.metrics.failed(e.model, e.version or "-", e.reason)
-            status = await _error(send, e.status, e.message, e.headers)
+            status = await respond_error(send, e.status, e.message, e.headers)
         except Exception:  # a bug: log it, answer 500, keep serving
             log.exception("internal error on %s %s", method, _cut(path))
-            status = await _error(send, 500, "internal server error; see the server log")
+            status = await respond_error(send, 500, "internal server error; see the server log")
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 json.dumps(
@@ -291,71 +278,103 @@ class ServeApp:
                 )
             )
 
-    async def _v2(
-        self, parts: list[str], method: str, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[int, str, str]:
-        """Route /v2/...; returns (status, model, version) for the log and metrics."""
-        if parts[:1] == ["health"] and len(parts) == 2 and parts[1] in ("live", "ready"):
-            _method(method, "GET")
-            why = None if parts[1] == "live" else self._not_ready()
-            if why is None:
-                return await _respond(send, 200, b"", "text/plain"), "", ""
-            raise HttpError(400, f"not ready: {why}", "unavailable")
-        self._authorize(scope, self._keys if parts[:1] != ["repository"] else self._repo_keys)
-        if not parts:
-            _method(method, "GET")
-            return await _json(send, 200, self._server_metadata()), "", ""
-        if parts[0] == "repository":
-            return await self._repository(parts[1:], method, send), "", ""
-        if parts[0] != "models" or len(parts) < 2:
-            raise HttpError(404, f"no route /v2/{'/'.join(parts)}; see /openapi.json", "not_found")
-        name, rest = parts[1], parts[2:]
-        version: str | None = None
-        if rest[:1] == ["versions"]:
-            if len(rest) < 2:
-                raise HttpError(404, "a version is missing after /versions/", "not_found")
-            version, rest = rest[1], rest[2:]
-            if len(version) > MAX_VERSION_DIGITS:
-                text = f"model {_cut(name)!r} has no version {_cut(version, 40)!r}"
-                raise HttpError(404, text, "not_found")
-        action = rest[0] if len(rest) == 1 else ("" if not rest else None)
-        if action == "infer":
-            _method(method, "POST")
-            return await self._infer(name, version, scope, receive, send)
-        _method(method, "GET")
-        if action == "":
-            served = self._get(name, version)
-            meta = model_metadata(name, self.repository.versions(name), served.executor.signature)
-            return await _json(send, 200, meta), name, served.version
-        if action == "ready":
-            self._get(name, version)
-            return await _respond(send, 200, b"", "text/plain"), name, version or ""
-        if action == "config":
-            served = self._get(name, version)
-            executor = served.executor
-            config = triton_config(
-                name,
-                executor.signature,
-                served.config,
-                executor.batching,
-                parallelism=(executor.instances, executor.threads),
-            )
-            return await _json(send, 200, config), name, served.version
-        if action == "stats":
-            return await _json(send, 200, self._stats(name, version)), name, version or ""
-        raise HttpError(404, f"no route /v2/{'/'.join(parts)}; see /openapi.json", "not_found")
+    # --- endpoints: what answers each route of routes.ROUTES ------------------------------
 
-    async def _infer(
-        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[int, str, str]:
+    async def _live(self, call: Call) -> Reply:
+        return await respond(call.send, 200, b"", "text/plain"), "", ""
+
+    async def _ready(self, call: Call) -> Reply:
+        why = self._not_ready()
+        if why is not None:
+            raise HttpError(400, f"not ready: {why}", "unavailable")
+        return await respond(call.send, 200, b"", "text/plain"), "", ""
+
+    async def _server_metadata(self, call: Call) -> Reply:
+        extensions = ["binary_tensor_data", "statistics", "model_configuration"]
+        if self.settings.repository_api:
+            extensions.append("model_repository")
+        name, version = self.settings.server_name, self.settings.server_version
+        body = {"name": name, "version": version, "extensions": extensions}
+        return await respond_json(call.send, 200, body), "", ""
+
+    async def _model_metadata(self, call: Call) -> Reply:
+        served = self._get(call.model, call.version)
+        versions = self.repository.versions(call.model)
+        meta = model_metadata(call.model, versions, served.executor.signature)
+        return await respond_json(call.send, 200, meta), call.model, served.version
+
+    async def _model_ready(self, call: Call) -> Reply:
+        self._get(call.model, call.version)
+        return await respond(call.send, 200, b"", "text/plain"), call.model, call.version or ""
+
+    async def _model_config(self, call: Call) -> Reply:
+        served = self._get(call.model, call.version)
+        executor = served.executor
+        config = triton_config(
+            call.model,
+            executor.signature,
+            served.config,
+            executor.batching,
+            parallelism=(executor.instances, executor.threads),
+        )
+        return await respond_json(call.send, 200, config), call.model, served.version
+
+    async def _model_stats(self, call: Call) -> Reply:
+        name, version = call.model, call.version
+        try:
+            versions = [version] if version else self.repository.versions(name)
+        except ModelNotFound as e:
+            raise HttpError(404, _line(e), "not_found") from None
+        stats = []
+        for v in versions:
+            served = self._get(name, v)
+            stats.append({**served.executor.statistics(), "name": name, "version": served.version})
+        return await respond_json(call.send, 200, {"model_stats": stats}), name, version or ""
+
+    async def _repository_index(self, call: Call) -> Reply:
+        return await respond_json(call.send, 200, self.repository.index()), "", ""
+
+    async def _repository_load(self, call: Call) -> Reply:
+        return await self._repository_change(call, self.repository.load)
+
+    async def _repository_unload(self, call: Call) -> Reply:
+        return await self._repository_change(call, self.repository.unload)
+
+    async def _repository_change(
+        self, call: Call, change: Callable[[str], Awaitable[None]]
+    ) -> Reply:
+        try:
+            await change(call.model)
+        except ModelNotFound as e:
+            raise HttpError(404, _line(e), "not_found") from None
+        except FerryError as e:
+            raise HttpError(400, _line(e), "bad_request") from None
+        return await respond(call.send, 200, b"", "application/json"), "", ""
+
+    async def _metrics(self, call: Call) -> Reply:
+        body, content_type = self.metrics.render()
+        return await respond(call.send, 200, body, content_type), "", ""
+
+    async def _openapi_json(self, call: Call) -> Reply:
+        return await respond(call.send, 200, self._openapi, "application/json"), "", ""
+
+    async def _infer(self, call: Call) -> Reply:
         start = time.monotonic()
+        name, version, receive, send = call.model, call.version, call.receive, call.send
         served = self._get(name, version, not_ready=503)  # before reading a body for nothing
         label = served.version
-        headers = _headers(scope)
+        headers = dict(call.scope["headers"])
         hold = Hold(self.inflight)
         try:
             header_length = parse_header_length(headers.get(b"inference-header-content-length"))
-            body = await self._body(headers, header_length, receive, hold)
+            body = await read_body(
+                receive,
+                headers,
+                header_length,
+                hold,
+                limit=self.settings.body_limit,
+                timeout_s=self.settings.body_timeout_s,
+            )
             encoding = headers.get(b"content-encoding")
             if encoding and encoding != b"identity":
                 body = await self._inflate(body, encoding.decode("latin-1"))
@@ -371,7 +390,7 @@ class ServeApp:
             payload, response_headers = await self._encode(name, label, request, result.outputs)
             content_type = response_headers.pop("content-type")
             extra = tuple((k.encode(), v.encode()) for k, v in response_headers.items())
-            await _respond(send, 200, payload, content_type, extra)
+            await respond(send, 200, payload, content_type, extra)
         except HttpError as e:
             e.reason = e.reason or "bad_request"
             e.model, e.version = name, label
@@ -407,9 +426,9 @@ class ServeApp:
             # to the executor's admission nothing else awaits, so the version that validates
             # the request is the one that runs it.
             served = self._get(name, version, not_ready=503)
+            decoder = self._decoder(served)
             if json_size <= PARSE_ON_LOOP:
-                return served, served.decoder.decode(body, header_length)
-            decoder = served.decoder
+                return served, decoder.decode(body, header_length)
             request = await asyncio.to_thread(
                 self.parser.decode,
                 body,
@@ -451,9 +470,22 @@ class ServeApp:
             raise _response_too_large(str(len(payload)), limit)
         return payload, headers
 
+    def _decoder(self, served: ModelVersion) -> RequestDecoder:
+        """The request decoder of a served version (it remembers the binary layouts of the
+        requests it has seen); held as long as the repository holds the version."""
+        decoder = self._decoders.get(served)
+        if decoder is None:
+            signature, allow_nonfinite = served.executor.signature, served.config.allow_nonfinite
+            decoder = RequestDecoder(signature, allow_nonfinite=allow_nonfinite)
+            self._decoders[served] = decoder
+        return decoder
+
     def _get(self, name: str, version: str | None, not_ready: int = 400) -> ModelVersion:
         """The served version; 404 when unknown; ``not_ready`` (400 for the metadata and ready
         routes, as the protocol's "4xx means false"; 503 for infer) when it cannot serve."""
+        if version is not None and len(version) > MAX_VERSION_DIGITS:
+            text = f"model {_cut(name)!r} has no version {_cut(version, 40)!r}"
+            raise HttpError(404, text, "not_found")
         try:
             return self.repository.get(name, version)
         except ModelNotFound as e:
@@ -481,120 +513,21 @@ class ServeApp:
         more = f" (and {len(unready) - 1} more models)" if len(unready) > 1 else ""
         return f"model {name!r} serves no version: {reason}{more}"
 
-    def _server_metadata(self) -> dict[str, Any]:
-        extensions = ["binary_tensor_data", "statistics", "model_configuration"]
-        if self.settings.repository_api:
-            extensions.append("model_repository")
-        return {
-            "name": self.settings.server_name,
-            "version": self.settings.server_version,
-            "extensions": extensions,
-        }
-
-    def _stats(self, name: str, version: str | None) -> dict[str, Any]:
-        try:
-            versions = [version] if version else self.repository.versions(name)
-        except ModelNotFound as e:
-            raise HttpError(404, _line(e), "not_found") from None
-        stats = []
-        for v in versions:
-            served = self._get(name, v)
-            stats.append({**served.executor.statistics(), "name": name, "version": served.version})
-        return {"model_stats": stats}
-
-    async def _repository(self, parts: list[str], method: str, send: Send) -> int:
-        if not self.settings.repository_api:
-            raise HttpError(
-                403, "the repository API is off; start the server with --repository-api", "off"
-            )
-        _method(method, "POST")
-        if parts == ["index"]:
-            return await _json(send, 200, self.repository.index())
-        if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
-            name = parts[1]
-            try:
-                if parts[2] == "load":
-                    await self.repository.load(name)
-                else:
-                    await self.repository.unload(name)
-            except ModelNotFound as e:
-                raise HttpError(404, _line(e), "not_found") from None
-            except FerryError as e:
-                raise HttpError(400, _line(e), "bad_request") from None
-            return await _respond(send, 200, b"", "application/json")
-        raise HttpError(404, f"no route /v2/repository/{'/'.join(parts)}", "not_found")
-
-    def _authorize(self, scope: Scope, keys: tuple[bytes, ...]) -> None:
-        if not keys:
+    def _authorize(self, scope: Scope, auth: Auth) -> None:
+        """401 without a key ``auth`` takes (when the server has such keys); 403 for the
+        repository API when it is off."""
+        if auth == "open":
             return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token, k) for k in keys):
-            return
-        raise HttpError(401, "missing or wrong API key; send Authorization: Bearer KEY", "auth")
-
-    async def _body(
-        self,
-        headers: Mapping[bytes, bytes],
-        header_length: int | None,
-        receive: Receive,
-        hold: Hold,
-    ) -> Buffer:
-        """The whole body, refused (413) past the limit by Content-Length or, for chunked
-        bodies, by counting streamed bytes; 408 when it does not arrive in time; 503 when
-        ``hold`` cannot take its bytes (all of a Content-Length at once, before reading). A body in
-        several pieces with a Content-Length lands in an aligned buffer, so its binary tensors
-        need no copy; a body that arrives whole is used as it is."""
-        limit = self.settings.body_limit
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise HttpError(413, _too_large(limit), "too_large")
-        expected = int(declared) if declared is not None else None
-        if expected is not None:
-            hold.take(expected)
-        buffer: memoryview | None = None
-        chunks: list[bytes] = []
-        size = 0
-        # One timer for the whole body that cancels this task (asyncio.timeout costs several
-        # times more, and this runs on every request).
-        task = asyncio.current_task()
-        assert task is not None
-        fired: list[bool] = []
-        timer = task.get_loop().call_later(self.settings.body_timeout_s, _cancel, task, fired)
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HttpError(
-                        400, "the client disconnected before sending the body", "aborted"
-                    )
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                end = size + len(chunk)
-                if end > limit or (expected is not None and end > expected):
-                    raise HttpError(413, _too_large(limit), "too_large")
-                if expected is None:
-                    hold.take(len(chunk))
-                if more and expected is not None and buffer is None and not chunks:
-                    buffer = body_buffer(expected, header_length)
-                if buffer is not None:
-                    buffer[size:end] = chunk
-                else:
-                    chunks.append(chunk)
-                size = end
-                if not more:
-                    break
-        except asyncio.CancelledError:
-            if not fired or _uncancel(task):
-                raise
-            seconds = self.settings.body_timeout_s
-            text = f"the request body did not arrive within {seconds:g} s"
-            raise HttpError(408, text, "timeout") from None
-        finally:
-            timer.cancel()
-        if buffer is not None:
-            return buffer[:size]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        keys = self._keys if auth == "api" else self._repo_keys
+        if keys:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not any(hmac.compare_digest(token, k) for k in keys):
+                text = "missing or wrong API key; send Authorization: Bearer KEY"
+                raise HttpError(401, text, "auth")
+        if auth == "repository" and not self.settings.repository_api:
+            text = "the repository API is off; start the server with --repository-api"
+            raise HttpError(403, text, "off")
 
     def _deadline(
         self, parameters: Mapping[str, Any], model_timeout_ms: float | None, start: float
@@ -638,27 +571,6 @@ def _http_error(error: Exception) -> HttpError:
     raise error
 
 
-def _cancel(task: asyncio.Task[Any], fired: list[bool]) -> None:
-    fired.append(True)
-    task.cancel()
-
-
-def _uncancel(task: asyncio.Task[Any]) -> int:
-    """Take back our cancellation (Task.uncancel, 3.11+); the count of others still pending."""
-    uncancel = getattr(task, "uncancel", None)
-    return int(uncancel()) if uncancel is not None else 0
-
-
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
-
-
-def _method(method: str, allowed: str) -> None:
-    if method != allowed:
-        text = f"method {method} is not allowed here; use {allowed}"
-        raise HttpError(405, text, "method", ((b"allow", allowed.encode()),))
-
-
 def _line(error: BaseException) -> str:
     return one_line(error, limit=None)
 
@@ -675,45 +587,3 @@ def _response_too_large(size: str, limit: int) -> HttpError:
         "--max-response"
     )
     return HttpError(400, text, "response_too_large")
-
-
-def _too_large(limit: int) -> str:
-    return (
-        f"the request body is larger than the limit of {limit} bytes; send less or raise --max-body"
-    )
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: str,
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> int:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type.encode()),
-                (b"content-length", b"%d" % len(body)),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-    return status
-
-
-async def _json(send: Send, status: int, data: Any) -> int:
-    return await _respond(send, status, json.dumps(data).encode(), "application/json")
-
-
-async def _error(
-    send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> int:
-    try:
-        body = json.dumps({"error": message}).encode()
-        return await _respond(send, status, body, "application/json", headers)
-    except Exception:  # the response had started, or the client is gone
-        return status

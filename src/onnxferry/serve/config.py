@@ -1,8 +1,7 @@
 """Per-model serving configuration: batching, instances x threads, deadlines, versions.
 
     config = ModelConfig.from_toml(Path("repo/resnet/ferry.toml"))   # UsageError if malformed
-    instances, threads = config.parallelism(usable_cores())         # never oversubscribes
-    triton_config("resnet", model.signature, config, batching=True)  # GET /v2/models/m/config
+    instances, threads = config.parallelism(usable_cores())         # runtime.usable_cores
 
 ``ferry.toml`` holds the same fields as ``ModelConfig`` plus a ``[versions]`` table:
 ``policy = "latest" | "all" | "specific"``, ``latest = N``, ``specific = [1, 3]``.
@@ -11,15 +10,13 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..data import parse_toml
 from ..errors import UsageError
-from ..signature import Signature, TensorSpec
 
 POLICIES = ("latest", "all", "specific")
 
@@ -129,7 +126,7 @@ class ModelConfig:
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
         try:
-            data = _toml().loads(text)
+            data = parse_toml(text)
         except Exception as e:
             raise UsageError(
                 f"{path} is not valid TOML: {e}", hint="see ferry.toml in the serve docs"
@@ -229,156 +226,3 @@ def _version_policy(table: Any) -> VersionPolicy:
         raise UsageError(f"versions.specific must be a list of integers, got {specific!r}")
     kind: Any = policy
     return VersionPolicy(kind, table.get("latest", 1), tuple(specific))
-
-
-def _toml() -> Any:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    import tomli
-
-    return tomli
-
-
-def usable_cores(
-    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
-) -> int:
-    """The cores this process may keep busy: its CPU affinity, capped by a cgroup CPU quota
-    (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded down, >= 1.
-
-    The quota of the process's own cgroup and of each ancestor counts (the tightest wins).
-    """
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - macOS, Windows
-        cores = os.cpu_count() or 1
-    quota = _cgroup_quota(cgroup_root, _cgroup_paths(self_cgroup))
-    if quota is not None:
-        cores = min(cores, max(1, math.floor(quota)))
-    return max(1, cores)
-
-
-def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
-    """The process's cgroup path per hierarchy: "" for v2, controller names for v1."""
-    paths: dict[str, str] = {}
-    try:
-        lines = self_cgroup.read_text().splitlines()
-    except OSError:
-        return paths
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, where = parts
-        if controllers == "":
-            paths[""] = where
-        for controller in controllers.split(","):
-            if controller == "cpu":
-                paths["cpu"] = where
-    return paths
-
-
-def _cgroup_quota(root: Path, paths: Mapping[str, str]) -> float | None:
-    """The tightest CPU quota in cores over the cgroup and its ancestors, None if unlimited."""
-    found: list[float] = []
-    for directory in _candidates(root, paths.get("", "/")):
-        found.extend(_v2_quota(directory / "cpu.max"))
-    for base in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
-        for directory in _candidates(base, paths.get("cpu", "/")):
-            found.extend(_v1_quota(directory))
-    return min(found) if found else None
-
-
-def _candidates(base: Path, where: str) -> list[Path]:
-    """``base/where`` and each ancestor up to ``base`` (a container sees its cgroup as /)."""
-    parts = [p for p in where.split("/") if p and p not in (".", "..")]
-    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
-
-
-def _v2_quota(file: Path) -> list[float]:
-    try:
-        fields_ = file.read_text().split()
-    except OSError:
-        return []
-    if len(fields_) != 2 or fields_[0] == "max":
-        return []
-    try:
-        quota, period = int(fields_[0]), int(fields_[1])
-    except ValueError:
-        return []
-    return [quota / period] if quota > 0 and period > 0 else []
-
-
-def _v1_quota(directory: Path) -> list[float]:
-    try:
-        quota = int((directory / "cpu.cfs_quota_us").read_text())
-        period = int((directory / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return []
-    return [quota / period] if quota > 0 and period > 0 else []
-
-
-def triton_type(spec: TensorSpec) -> str:
-    """Triton's model-config data type for a tensor ("TYPE_FP32"; BYTES is "TYPE_STRING", and
-    so are sequence and map outputs, sent as JSON text)."""
-    v2 = spec.dtype.v2 or ("BYTES" if spec.dtype.onnx == 0 else None)
-    if v2 is None:
-        return "TYPE_INVALID"
-    return "TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}"
-
-
-def triton_config(
-    name: str,
-    signature: Signature,
-    config: ModelConfig,
-    batching: bool,
-    *,
-    parallelism: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """The model configuration as Triton returns it at GET /v2/models/{m}/config (its
-    model_config.proto in JSON), enough for perf_analyzer and tritonclient.
-
-    ``parallelism`` = (instances, threads) actually used; default ``config.parallelism`` on
-    the usable cores. With ``batching`` the dims leave out the batch axis, as Triton's do.
-    """
-    instances, threads = parallelism or config.parallelism(usable_cores())
-
-    def tensors(specs: Iterable[TensorSpec]) -> list[dict[str, Any]]:
-        out = []
-        for spec in specs:
-            shape = list(spec.shape) if spec.shape is not None else [None]
-            dims = shape[1:] if batching else shape
-            out.append(
-                {
-                    "name": spec.name,
-                    "data_type": triton_type(spec),
-                    "dims": [d if isinstance(d, int) else -1 for d in dims],
-                }
-            )
-        return out
-
-    result: dict[str, Any] = {
-        "name": name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "version_policy": config.version_policy.to_triton(),
-        "max_batch_size": config.max_batch_size if batching else 0,
-        "input": tensors(signature.inputs),
-        "output": tensors(signature.outputs),
-        "instance_group": [{"name": name, "count": instances, "kind": "KIND_CPU"}],
-        "parameters": {
-            "intra_op_thread_count": {"string_value": str(threads)},
-            "inter_op_thread_count": {"string_value": "1"},
-        },
-        "model_transaction_policy": {"decoupled": False},
-    }
-    if batching:
-        queue_policy: dict[str, Any] = {"max_queue_size": config.max_queue_size}
-        if config.timeout_ms is not None:
-            queue_policy["default_timeout_microseconds"] = round(config.timeout_ms * 1000)
-        result["dynamic_batching"] = {
-            "max_queue_delay_microseconds": round(config.max_queue_delay_ms * 1000),
-            "default_queue_policy": queue_policy,
-        }
-    return result

@@ -63,9 +63,10 @@ from ..runtime import (
     needs_ortvalue_outputs,
     ort_error_message,
     ort_inputs,
+    usable_cores,
 )
 from ..signature import Signature
-from .config import ModelConfig, usable_cores
+from .config import ModelConfig
 
 log = logging.getLogger("onnxferry")
 

@@ -1,7 +1,7 @@
 """KServe V2 inference codec: JSON and Triton's binary tensor data extension, both directions.
 
     request = decode_infer_request(body, parse_header_length(value), model.signature)
-    outputs = session.run(None, request.inputs)             # name -> numpy array
+    outputs = runner.run(request.inputs)                    # {name: array}, e.g. an OrtRunner
     body, headers = encode_infer_response(
         model_name="mlp", model_version="1", request_id=request.id, outputs=outputs,
         requested=request.outputs, binary_default=request.binary_output)
@@ -486,34 +486,6 @@ def _json_data(name: str, array: np.ndarray, datatype: str) -> str:
         piece = flat[start : start + _ENCODE_SLICE]
         pieces.append(_JSON_OUT.encode(json_payload(name, piece, datatype))[1:-1])
     return "[" + ",".join(pieces) + "]"
-
-
-def model_metadata(
-    name: str, versions: list[str], signature: Signature, platform: str = "onnxruntime_onnx"
-) -> dict[str, Any]:
-    """The V2 model metadata object; symbolic or unknown dims (and an unknown rank) are -1."""
-
-    def describe(spec: TensorSpec) -> dict[str, Any]:
-        shape = (
-            [-1] if spec.shape is None else [d if isinstance(d, int) else -1 for d in spec.shape]
-        )
-        return {"name": spec.name, "datatype": v2_name(spec), "shape": shape}
-
-    return {
-        "name": name,
-        "versions": list(versions),
-        "platform": platform,
-        "inputs": [describe(spec) for spec in signature.inputs],
-        "outputs": [describe(spec) for spec in signature.outputs],
-    }
-
-
-def v2_name(spec: TensorSpec) -> str:
-    """The V2 datatype a tensor is declared with. Sequence and map outputs (not tensors in
-    ONNX) are BYTES, each element one JSON document (see ``tensors``)."""
-    if spec.dtype.v2 is not None:
-        return spec.dtype.v2
-    return "BYTES" if spec.dtype.onnx == 0 else spec.dtype.onnx_name
 
 
 def error_body(message: str) -> bytes:

@@ -56,8 +56,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +69,15 @@ from ..model import Model, resolve_model_path
 from ..signature import Signature, TensorSpec
 from .config import ModelConfig
 from .executor import ModelExecutor
-from .protocol import RequestDecoder
+from .scan import (
+    NEVER,
+    Disk,
+    Fingerprint,
+    Stamp,
+    check_repository_dir,
+    scan,
+    version_number,
+)
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -80,22 +86,6 @@ T = TypeVar("T")
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
-
-Stamp = tuple[int, int, int]
-"""(size, mtime_ns, inode) of one file."""
-Fingerprint = tuple[tuple[str, int, int, int], ...]
-"""(path, size, mtime_ns, inode) of every file of a version, sorted."""
-
-_NEVER: Stamp = (-1, -1, -1)
-MAX_VERSION_ENTRIES = 1000
-"""Directory entries a scan examines per version; past it only the model file, the served
-version's external data files and the entries already examined are watched."""
-_OUTSIDE = "the version directory links outside the model repository; refused"
-_CROWDED = (
-    f"the version directory holds more than {MAX_VERSION_ENTRIES} entries; only the first "
-    f"{MAX_VERSION_ENTRIES}, the model file and its external data are watched"
-)
-_VERSION_DIR = re.compile(r"[0-9]+")
 
 
 class ModelNotFound(InputError):
@@ -109,21 +99,14 @@ class ModelNotReady(FerryError):
 
 @dataclass(frozen=True, eq=False)
 class ModelVersion:
-    """One served version: the loaded model, its settings and the executor running it."""
+    """One served version: the loaded model, its settings and the executor running it.
+    Compared and hashed by identity: a reload makes a new one."""
 
     name: str
     version: str
     model: Model
     config: ModelConfig
     executor: ModelExecutor
-    decoder: RequestDecoder = field(init=False)
-    """Decodes this version's infer requests (and remembers their binary layouts)."""
-
-    def __post_init__(self) -> None:
-        decoder = RequestDecoder(
-            self.executor.signature, allow_nonfinite=self.config.allow_nonfinite
-        )
-        object.__setattr__(self, "decoder", decoder)
 
 
 @dataclass
@@ -149,30 +132,12 @@ class _Entry:
     name: str
     root: Path | None  # REPO/<name>; None for a single file
     config: ModelConfig | None = None  # the settings in use; None until a valid one was read
-    config_stamp: Stamp | None = _NEVER  # ferry.toml as last scanned (None: absent)
+    config_stamp: Stamp | None = NEVER  # ferry.toml as last scanned (None: absent)
     config_stable: bool = False
-    config_tried: Stamp | None = _NEVER
+    config_tried: Stamp | None = NEVER
     config_error: str | None = None
     versions: dict[int, _Version] = field(default_factory=dict)
     unloaded: bool = False
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """One version as found by a scan."""
-
-    path: Path
-    fingerprint: Fingerprint
-    blocked: str | None = None
-    note: str = ""
-
-
-@dataclass
-class _Disk:
-    """One model as found by a scan."""
-
-    config_stamp: Stamp | None
-    versions: dict[int, _Seen]
 
 
 class SignatureChanged(FerryError):
@@ -236,7 +201,7 @@ class Repository:
             return cls(path, single=True, poll_interval_s=poll_interval_s, config=config)
         if not path.is_dir():
             raise InputError(f"{path}: no such file or directory", hint="check the path")
-        _check_repository_dir(path)
+        check_repository_dir(path)
         return cls(path, single=False, poll_interval_s=poll_interval_s, config=config)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -309,7 +274,7 @@ class Repository:
             if serving:
                 return serving[max(serving, key=int)]
             raise ModelNotReady(f"model {name!r} is not ready: {self._model_reason(entry)}")
-        number = _version_number(version)
+        number = version_number(version)
         mv = serving.get(str(number)) if number is not None else None
         if mv is not None:
             return mv
@@ -455,7 +420,7 @@ class Repository:
             return _Entry(name, None, self.default_config, config_stamp=None, config_tried=None)
         return _Entry(name, self.path / name)
 
-    def _observe(self, entry: _Entry, disk: _Disk) -> None:
+    def _observe(self, entry: _Entry, disk: Disk) -> None:
         """Record a scan: fingerprints, whether they held still since the last scan, and
         versions that appeared or went away."""
         entry.config_stable = disk.config_stamp == entry.config_stamp
@@ -630,38 +595,14 @@ class Repository:
             text = text.replace(root + os.sep, "")
         return one_line(text, _REASON_LIMIT)
 
-    def _scan(self) -> dict[str, _Disk]:
+    def _scan(self) -> dict[str, Disk]:
         """The models on disk (runs in a worker thread)."""
-        if self.single:
-            extra: Iterable[Path] = ()
-            current = self._serving.get(self.path.stem, {}).get("1")
-            if current is not None:
-                extra = current.model.external_files
-            versions: dict[int, _Seen] = {}
-            if self.path.is_file():
-                versions[1] = _Seen(self.path, _fingerprint([self.path, *extra]))
-            return {self.path.stem: _Disk(None, versions)}
-        found: dict[str, _Disk] = {}
-        real_repo = self.path.resolve()
-        for model_dir in _entries(self.path):
-            if not model_dir.is_dir():
-                log.debug("model repository: ignoring %s (not a directory)", model_dir)
-                continue
-            versions = {}
-            for version_dir in _entries(model_dir):
-                number = _version_number(version_dir.name)
-                if number is None or not version_dir.is_dir():
-                    if version_dir.name != "ferry.toml":
-                        log.debug("model repository: ignoring %s (not a version)", version_dir)
-                    continue
-                if number in versions:
-                    log.debug("model repository: ignoring %s (duplicate version)", version_dir)
-                    continue
-                served = self._serving.get(model_dir.name, {}).get(str(number))
-                external = served.model.external_files if served is not None else ()
-                versions[number] = _see(version_dir, real_repo, external)
-            found[model_dir.name] = _Disk(_stamp(model_dir / "ferry.toml"), versions)
-        return found
+
+        def external(name: str, version: str) -> Iterable[Path]:
+            served = self._serving.get(name, {}).get(version)
+            return served.model.external_files if served is not None else ()
+
+        return scan(self.path, self.single, external)
 
     # --- state for index() and errors --------------------------------------------------------
 
@@ -842,102 +783,6 @@ def _same_files(model: Model, file: Path) -> bool:
     except OSError:
         return False
     return h.hexdigest() == model.digest
-
-
-def _check_repository_dir(path: Path) -> None:
-    """Refuse a model directory passed where a repository is expected."""
-    children = _entries(path)
-    models = [p.name for p in children if p.is_file() and p.suffix.lower() == ".onnx"]
-    if models:
-        raise InputError(
-            f"{path} holds {models[0]} directly, so it is not a model repository",
-            hint=f"serve the file ({path / models[0]}) or lay the directory out as "
-            "<name>/<version>/model.onnx",
-        )
-    numbered = [p.name for p in children if p.is_dir() and _version_number(p.name) is not None]
-    if numbered:
-        raise InputError(
-            f"{path} holds version directories ({', '.join(sorted(numbered, key=int))}), so it "
-            "is a model directory, not a repository",
-            hint=f"serve its parent directory ({path.resolve().parent})",
-        )
-
-
-def _entries(directory: Path) -> list[Path]:
-    """The non-hidden entries of a directory, sorted ([] when it cannot be read)."""
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError as e:
-        log.debug("model repository: cannot list %s (%s)", directory, e.strerror or e)
-        return []
-    hidden = [n for n in names if n.startswith(".")]
-    if hidden:
-        log.debug("model repository: ignoring hidden entries in %s: %s", directory, hidden)
-    return [directory / n for n in names if not n.startswith(".")]
-
-
-def _see(version_dir: Path, real_repo: Path, external: Iterable[Path]) -> _Seen:
-    """Scan one version directory: refused when it is a link leading outside the repository
-    (and its model directory), else fingerprinted within MAX_VERSION_ENTRIES."""
-    if version_dir.is_symlink():
-        real = version_dir.resolve()
-        if not (
-            real.is_relative_to(real_repo) or real.is_relative_to(version_dir.parent.resolve())
-        ):
-            return _Seen(version_dir, (), blocked=_OUTSIDE)
-    files, complete = _files(version_dir, MAX_VERSION_ENTRIES)
-    note = "" if complete else _CROWDED
-    watched = [version_dir / "model.onnx", *external, *files]
-    return _Seen(version_dir, _fingerprint(watched), note=note)
-
-
-def _files(directory: Path, limit: int) -> tuple[list[Path], bool]:
-    """The non-hidden files below ``directory``, breadth first, reading at most ``limit``
-    entries and following no link to a directory; False with them when some were left."""
-    out: list[Path] = []
-    pending = deque([directory])
-    examined = 0
-    while pending:
-        try:
-            with os.scandir(pending.popleft()) as it:
-                for item in it:
-                    if examined == limit:
-                        return out, False
-                    examined += 1
-                    if item.name.startswith("."):
-                        continue
-                    if item.is_dir(follow_symlinks=False):
-                        pending.append(Path(item.path))
-                    else:
-                        out.append(Path(item.path))
-        except OSError as e:
-            log.debug("model repository: cannot list %s (%s)", e.filename, e.strerror or e)
-    return out, True
-
-
-def _stamp(path: Path) -> Stamp | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _fingerprint(paths: Iterable[Path]) -> Fingerprint:
-    found = []
-    for p in dict.fromkeys(paths):
-        stamp = _stamp(p)
-        if stamp is not None:
-            found.append((str(p), *stamp))
-    return tuple(sorted(found))
-
-
-def _version_number(text: str) -> int | None:
-    """The version a directory name or request names: a positive integer, else None."""
-    if not _VERSION_DIR.fullmatch(text):
-        return None
-    number = int(text)
-    return number if number > 0 else None
 
 
 def _reason(error: BaseException, limit: int | None = _REASON_LIMIT) -> str:

@@ -1,6 +1,6 @@
 """Run the app on uvicorn (httptools, uvloop): bind, serve, drain on SIGTERM, exit 0.
 
-    serve("models/", port=8000)                         # blocks; Ctrl+C / SIGTERM drain and stop
+    serve("models/", ServerOptions(port=8000))          # blocks; Ctrl+C / SIGTERM drain and stop
     with running("model.onnx") as url:                  # a background server (tests, notebooks)
         requests.get(f"{url}/v2/health/ready")
 

@@ -23,6 +23,10 @@ operator with the module it sits in. With torch 2.13: ``torch.cond`` exports onl
 (an ONNX ``If``); TorchScript control flow only with the TorchScript exporter (``If``/``Loop``;
 TS2EP stops at ``prim::Loop``); an LSTM keeps a dynamic sequence with both (dynamo declares the
 output's sequence axis static, which is relaxed here after the reference showed it varies).
+
+The modules (``sources``, ``inputs``, ``specs``, ``runner``, ``export``, ``naming``,
+``export_errors``, ``quiet``, ``divergence``, ``load``) share their working parts by public
+names; this ``__init__`` is the boundary, and ``__all__`` the API.
 """
 
 from __future__ import annotations

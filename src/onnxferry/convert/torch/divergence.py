@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...graphs import exposing
 from ...model import Model
 from ...parity import Divergence, Tolerance, judge_output
 from ...runtime import OrtRunner
 from ..base import ConversionError
-from .runner import TorchRunner, _to_numpy, flatten_outputs
+from .runner import TorchRunner, flatten_outputs, tensor_to_numpy
 
 if TYPE_CHECKING:
     import onnx
@@ -121,7 +122,7 @@ def _capture_modules(
 
     def hook(path: str) -> Callable[..., None]:
         def record(module: Any, args: Any, output: Any) -> None:
-            arrays = [_to_numpy(t) for _, t in _tensor_leaves(output)]
+            arrays = [tensor_to_numpy(t) for _, t in _tensor_leaves(output)]
             done.pop(path, None)
             done[path] = arrays
 
@@ -150,16 +151,6 @@ def _run_exposed(
     model: Model, feeds: Mapping[str, np.ndarray], tensors: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """The values of ``tensors`` (node outputs of the main graph) for ``feeds``."""
-    import onnx
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    if model.path is not None and model.external_files:
-        from onnx.external_data_helper import load_external_data_for_model
-
-        load_external_data_for_model(proto, str(model.path.parent))
-    present = {o.name for o in proto.graph.output}
     wanted = list(dict.fromkeys(tensors))
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in present)
-    runner = OrtRunner(Model.from_proto(proto), validate=False)
-    return runner.run(feeds, output_names=wanted)
+    with exposing(model, wanted) as probe:
+        return OrtRunner(probe, validate=False).run(feeds, output_names=wanted)

@@ -1,6 +1,6 @@
 """The two torch exporters: ``torch.onnx.export(dynamo=True)`` and the TorchScript exporter.
 
-    plan = _ExportPlan(loaded, inputs, signature, dims, options)
+    plan = ExportPlan(loaded, inputs, signature, dims, options)
     plan.export_dynamo(Path("net.onnx"))       # DYNAMO, "torch.onnx (dynamo)"
     plan.export_torchscript(Path("net.onnx"))  # TORCHSCRIPT, "torch.onnx (torchscript)"
 
@@ -19,12 +19,12 @@ from typing import Any
 from ...runtime import runtime_limits
 from ...signature import Signature
 from ..base import ConversionError, ConvertOptions
-from .export_errors import _export_error
-from .inputs import _Inputs, _resize
-from .naming import _match_names
-from .quiet import _one_line, _quiet
+from .export_errors import export_error
+from .inputs import ExampleInputs, resize
+from .naming import match_names
+from .quiet import quiet, torch_error
 from .runner import flatten_outputs
-from .sources import _Loaded
+from .sources import Loaded
 
 DYNAMO = "torch.onnx (dynamo)"
 TORCHSCRIPT = "torch.onnx (torchscript)"
@@ -40,11 +40,11 @@ _EXTERNAL_DATA_BYTES = 1536 * 1024**2
 
 
 @dataclass
-class _ExportPlan:
+class ExportPlan:
     """What both exporters need: the module or program, example tensors, names and axes."""
 
-    loaded: _Loaded
-    inputs: _Inputs
+    loaded: Loaded
+    inputs: ExampleInputs
     signature: Signature
     dims: dict[str, dict[int, str]]
     options: ConvertOptions
@@ -53,7 +53,7 @@ class _ExportPlan:
         """Example tensors with every dynamic axis at least 2 long (torch.export fixes axes
         of size 0 and 1)."""
         return [
-            _resize(t, {a: 2 for a in self.dims[n] if t.shape[a] < 2})
+            resize(t, {a: 2 for a in self.dims[n] if t.shape[a] < 2})
             for n, t in zip(self.inputs.names, self.inputs.tensors, strict=True)
         ]
 
@@ -94,7 +94,7 @@ class _ExportPlan:
         kwargs: dict[str, Any] | None = None
         # A program's dims are its own; its symbols (s0, ...) are renamed after export.
         dynamic_shapes = self._dynamic_shapes() if target is None else None
-        with _quiet():
+        with quiet():
             if target is None:
                 args, kwargs = self.inputs.args_kwargs(self._examples())
                 target = self.loaded.module
@@ -115,8 +115,8 @@ class _ExportPlan:
                     external_data=_parameter_bytes(self.loaded.module) > _EXTERNAL_DATA_BYTES,
                 )
             except Exception as e:
-                raise _export_error(DYNAMO, e) from e
-        _match_names(path, self.signature, DYNAMO)
+                raise export_error(DYNAMO, e) from e
+        match_names(path, self.signature, DYNAMO)
 
     def export_torchscript(self, path: Path) -> None:
         import torch
@@ -134,7 +134,7 @@ class _ExportPlan:
             named = {i: d for i, d in enumerate(spec.shape or ()) if isinstance(d, str)}
             if named:
                 axes[spec.name] = named
-        with _quiet() as output:
+        with quiet() as output:
             try:
                 torch.onnx.export(
                     target,
@@ -147,10 +147,10 @@ class _ExportPlan:
                     opset_version=opset,
                 )
             except Exception as e:
-                raise _export_error(
+                raise export_error(
                     TORCHSCRIPT, e, output.text(), _WRAPPED if wrapped else ""
                 ) from e
-        _match_names(
+        match_names(
             path, self.signature, TORCHSCRIPT, strip_prefix=_WRAPPED + "." if wrapped else ""
         )
 
@@ -164,7 +164,7 @@ def _script_to_program(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     except Exception as e:
         raise ConversionError(
             f"{DYNAMO}: torch cannot convert the TorchScript module to an ExportedProgram: "
-            f"{_one_line(e)}",
+            f"{torch_error(e)}",
             hint="use the torchscript exporter, or export the Python module instead",
         ) from e
 

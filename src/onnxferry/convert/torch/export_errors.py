@@ -2,7 +2,7 @@
 a dynamic axis the model fixes, a branch on tensor values, or the exporter's first line.
 
     except Exception as e:
-        raise _export_error(DYNAMO, e) from e
+        raise export_error(DYNAMO, e) from e
     # ConversionError: torch.onnx (dynamo) cannot export operator aten::linalg_eig in
     # module 'block': no ONNX translation for it
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import FerryError
 from ..base import ConversionError
-from .quiet import _one_line
+from .quiet import torch_error
 
 OP_HINT = "try --opset N, the other exporter, or register a custom op"
 
@@ -29,7 +29,7 @@ _OP_PATTERNS = (
 )
 
 
-def _export_error(
+def export_error(
     exporter: str, error: BaseException, printed: str = "", wrapper: str = ""
 ) -> FerryError:
     """One-line ConversionError for an exporter's failure: the unsupported operator and the
@@ -66,11 +66,11 @@ def _export_error(
     if any("data-dependent" in text for text in texts):
         return ConversionError(
             f"{exporter}: the model branches on tensor values, which torch.export cannot "
-            f"trace ({_one_line(_innermost(error))})",
+            f"trace ({torch_error(_innermost(error))})",
             hint="write the branch with torch.cond, or use the other exporter",
         )
     return ConversionError(
-        f"{exporter} failed: {_one_line(_innermost(error))}",
+        f"{exporter} failed: {torch_error(_innermost(error))}",
         hint="try the other exporter or another --opset",
     )
 

@@ -1,8 +1,8 @@
 """Example inputs for a torch module: forward's parameters, the example tensors from the
 user, samples or shapes, and how forward takes them (by position or by keyword).
 
-    params = _forward_params(module)
-    inputs = _example_inputs(module, params, (torch.randn(2, 3),), options)
+    params = forward_params(module)
+    inputs = build_inputs(module, params, (torch.randn(2, 3),), options)
     inputs.names, inputs.keyword      # ["x"], False
     inputs.call(module)               # forward on the examples
 """
@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ...feeds import realistic_feeds
+from ...signature import DType, Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
 
 
@@ -28,7 +30,7 @@ class _Param:
 
 
 @dataclass
-class _Params:
+class ForwardParams:
     items: list[_Param]
     var_positional: bool = False
     var_keyword: bool = False
@@ -42,7 +44,7 @@ class _Params:
         return [p.name for p in self.items if p.positional]
 
 
-def _forward_params(module: Any) -> _Params:
+def forward_params(module: Any) -> ForwardParams:
     """forward's parameters (self excluded), from its Python or TorchScript signature."""
     import torch
 
@@ -53,12 +55,12 @@ def _forward_params(module: Any) -> _Params:
             for a in schema.arguments[1:]
             if a.name != "self"
         ]
-        return _Params(items)
+        return ForwardParams(items)
     try:
         signature = inspect.signature(module.forward)
     except (TypeError, ValueError):
-        return _Params([], var_positional=True, var_keyword=True)
-    params = _Params([])
+        return ForwardParams([], var_positional=True, var_keyword=True)
+    params = ForwardParams([])
     for p in signature.parameters.values():
         if p.kind is p.VAR_POSITIONAL:
             params.var_positional = True
@@ -71,7 +73,7 @@ def _forward_params(module: Any) -> _Params:
 
 
 @dataclass
-class _Inputs:
+class ExampleInputs:
     """The example inputs: names in forward's order, tensors, and how forward takes them."""
 
     names: list[str]
@@ -90,7 +92,9 @@ class _Inputs:
         return tuple(tensors), {}
 
 
-def _example_inputs(module: Any, params: _Params, example: Any, options: ConvertOptions) -> _Inputs:
+def build_inputs(
+    module: Any, params: ForwardParams, example: Any, options: ConvertOptions
+) -> ExampleInputs:
     import torch
 
     if isinstance(example, torch.Tensor):
@@ -109,7 +113,7 @@ def _example_inputs(module: Any, params: _Params, example: Any, options: Convert
         names = names[: len(example)]
         _check_tensors(names, example)
         _check_required(params, names)
-        return _Inputs(names, list(example), keyword=False)
+        return ExampleInputs(names, list(example), keyword=False)
     if isinstance(example, Mapping):
         given = {str(k): v for k, v in example.items() if v is not None}
         _check_known(params, list(given))
@@ -118,7 +122,7 @@ def _example_inputs(module: Any, params: _Params, example: Any, options: Convert
         names = _in_forward_order(params, list(given))
         scripted = isinstance(module, torch.jit.ScriptModule)
         keyword = not (scripted and _leading(params, names))  # TorchScript: by position
-        return _Inputs(names, [given[n] for n in names], keyword)
+        return ExampleInputs(names, [given[n] for n in names], keyword)
     if example is not None:
         raise ConversionError(
             f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
@@ -130,20 +134,20 @@ def _example_inputs(module: Any, params: _Params, example: Any, options: Convert
         _check_known(params, list(sample))
         _check_required(params, list(sample))
         names = _in_forward_order(params, list(sample))
-        tensors = [_from_numpy(n, sample[n]) for n in names]
-        return _Inputs(names, tensors, keyword=not _leading(params, names))
+        tensors = [tensor_from_numpy(n, sample[n]) for n in names]
+        return ExampleInputs(names, tensors, keyword=not _leading(params, names))
     if options.input_shapes:
         _check_known(params, list(options.input_shapes))
         _check_required(params, list(options.input_shapes))
         names = _in_forward_order(params, list(options.input_shapes))
-        ranges = _value_ranges(module, names)
-        tensors = [_generated(n, options.input_shapes[n], ranges.get(n)) for n in names]
-        return _Inputs(names, tensors, keyword=not _leading(params, names))
+        shapes = {n: tuple(options.input_shapes[n]) for n in names}
+        tensors = _generated(shapes, value_ranges(module, names))
+        return ExampleInputs(names, tensors, keyword=not _leading(params, names))
     _check_required(params, [])
-    return _Inputs([], [], keyword=False)
+    return ExampleInputs([], [], keyword=False)
 
 
-def _check_known(params: _Params, names: Sequence[str]) -> None:
+def _check_known(params: ForwardParams, names: Sequence[str]) -> None:
     if params.var_keyword:
         return
     unknown = [n for n in names if n not in params.names]
@@ -154,7 +158,7 @@ def _check_known(params: _Params, names: Sequence[str]) -> None:
         )
 
 
-def _check_required(params: _Params, names: Sequence[str]) -> None:
+def _check_required(params: ForwardParams, names: Sequence[str]) -> None:
     missing = [p.name for p in params.items if p.required and p.name not in names]
     if not missing:
         return
@@ -177,12 +181,12 @@ def _check_tensors(names: Sequence[str], values: Sequence[Any]) -> None:
             )
 
 
-def _leading(params: _Params, names: Sequence[str]) -> bool:
+def _leading(params: ForwardParams, names: Sequence[str]) -> bool:
     """True when ``names`` are forward's first positional parameters, in order."""
     return list(names) == params.positional[: len(names)]
 
 
-def _from_numpy(name: str, array: np.ndarray) -> Any:
+def tensor_from_numpy(name: str, array: np.ndarray) -> Any:
     import torch
 
     try:
@@ -194,26 +198,29 @@ def _from_numpy(name: str, array: np.ndarray) -> Any:
         ) from e
 
 
-def _in_forward_order(params: _Params, names: Sequence[str]) -> list[str]:
+def _in_forward_order(params: ForwardParams, names: Sequence[str]) -> list[str]:
     order = {n: i for i, n in enumerate(params.names)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), list(names).index(n)))
 
 
-def _generated(name: str, shape: Sequence[int], value_range: tuple[int, int] | None) -> Any:
-    """A random example for one input: float32 normal, or int64 for ids and masks."""
+def _generated(
+    shapes: Mapping[str, tuple[int, ...]], ranges: Mapping[str, tuple[int, int]]
+) -> list[Any]:
+    """Example tensors at ``shapes`` with the values every verb generates
+    (``feeds.realistic_feeds``): int64 for ids and masks (told by name), else float32."""
     import torch
 
-    generator = torch.Generator().manual_seed(0)
-    lowered = name.lower()
-    if "mask" in lowered:
-        return torch.ones(tuple(shape), dtype=torch.int64)
-    if lowered.endswith("_ids") or lowered == "ids":
-        low, high = value_range or (0, 2)
-        return torch.randint(low, max(high, low + 1), tuple(shape), generator=generator)
-    return torch.randn(tuple(shape), generator=generator)
+    def dtype(name: str) -> DType:
+        lowered = name.lower()
+        index = "mask" in lowered or lowered.endswith("_ids") or lowered == "ids"
+        return dtype_from_numpy(np.int64 if index else np.float32)
+
+    signature = Signature(tuple(TensorSpec(n, dtype(n), s) for n, s in shapes.items()), ())
+    arrays = realistic_feeds(signature, shapes=shapes, value_ranges=ranges)
+    return [torch.from_numpy(arrays[n]) for n in shapes]
 
 
-def _value_ranges(module: Any, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+def value_ranges(module: Any, names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """Bounds for integer inputs of transformers models (read from ``module.config``)."""
     config = getattr(module, "config", None)
     ranges: dict[str, tuple[int, int]] = {}
@@ -230,7 +237,7 @@ def _value_ranges(module: Any, names: Sequence[str]) -> dict[str, tuple[int, int
     return ranges
 
 
-def _resize(tensor: Any, axes: Mapping[int, int]) -> Any:
+def resize(tensor: Any, axes: Mapping[int, int]) -> Any:
     """``tensor`` with each axis in ``axes`` made that long by repeating its contents."""
     import torch
 

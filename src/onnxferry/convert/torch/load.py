@@ -15,11 +15,11 @@ from ...errors import InputError
 from ...signature import Signature
 from ..base import Candidate, ConvertOptions, Source
 from .divergence import find_module_divergence
-from .export import DYNAMO, TORCHSCRIPT, _ExportPlan
-from .inputs import _example_inputs, _forward_params, _value_ranges
+from .export import DYNAMO, TORCHSCRIPT, ExportPlan
+from .inputs import build_inputs, forward_params, value_ranges
 from .runner import TorchRunner
-from .sources import _label, _resolve
-from .specs import _input_specs, _output_specs, _probe_outputs
+from .sources import module_label, resolve_source
+from .specs import describe_inputs, describe_outputs, probe_outputs
 
 
 def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = None) -> Source:
@@ -34,19 +34,19 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     that no input gives.
     """
     torch = _import_torch()
-    loaded = _resolve(source, options)
+    loaded = resolve_source(source, options)
     if example_inputs is None:
         example_inputs = loaded.example
     module = loaded.module
-    params = _forward_params(module)
-    inputs = _example_inputs(module, params, example_inputs, options)
-    outputs, output_names = _probe_outputs(module, inputs)
-    input_specs, dims = _input_specs(inputs, loaded.program, options)
-    output_specs = _output_specs(module, inputs, dims, outputs, output_names)
+    params = forward_params(module)
+    inputs = build_inputs(module, params, example_inputs, options)
+    outputs, output_names = probe_outputs(module, inputs)
+    input_specs, dims = describe_inputs(inputs, loaded.program, options)
+    output_specs = describe_outputs(module, inputs, dims, outputs, output_names)
     signature = Signature(tuple(input_specs), tuple(output_specs))
-    label = _label(module, loaded)
+    label = module_label(module, loaded)
     reference = TorchRunner(module, inputs.names, inputs.keyword, output_names, signature, label)
-    plan = _ExportPlan(loaded, inputs, signature, dims, options)
+    plan = ExportPlan(loaded, inputs, signature, dims, options)
     candidates = [Candidate(DYNAMO, plan.export_dynamo)]
     if loaded.program is None:
         candidates.append(Candidate(TORCHSCRIPT, plan.export_torchscript))
@@ -58,7 +58,7 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
         description=loaded.description,
         reference=reference,
         candidates=candidates,
-        value_ranges=_value_ranges(module, inputs.names),
+        value_ranges=value_ranges(module, inputs.names),
         find_divergence=find_divergence,
         details={
             "torch_version": str(torch.__version__),

@@ -1,8 +1,8 @@
 """Names in an exported ONNX file, made to match the reference: inputs and outputs checked,
 symbolic dims given the signature's axis names, initializers the module's parameter names.
 
-    _match_names(path, signature, DYNAMO)                          # raises ConversionError
-    _match_names(path, signature, TORCHSCRIPT, strip_prefix="model.")
+    match_names(path, signature, DYNAMO)                          # raises ConversionError
+    match_names(path, signature, TORCHSCRIPT, strip_prefix="model.")
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import onnx
 
 
-def _match_names(path: Path, signature: Signature, exporter: str, strip_prefix: str = "") -> None:
+def match_names(path: Path, signature: Signature, exporter: str, strip_prefix: str = "") -> None:
     """Check the written model's input and output names; give its symbolic dims the
     signature's names (an ExportedProgram calls them s0, s1, ...) and its initializers the
     module's parameter names (without ``strip_prefix``). Rewrites the file if anything changed.

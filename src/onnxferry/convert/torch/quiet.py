@@ -1,10 +1,10 @@
 """Keeping torch quiet: silence what it prints while it loads or exports, and shorten its
 exceptions to one line for our messages.
 
-    with _quiet() as output:     # prints, warnings, torch's logs and its C++ stdout/stderr
+    with quiet() as output:      # prints, warnings, torch's logs and its C++ stdout/stderr
         torch.onnx.export(...)
-    output.text()                # what it printed, for an error message
-    _one_line(error)             # "RuntimeError: first line of the message"
+        printed = output.text()  # what it printed so far (inside the block), for an error
+    torch_error(error)           # "RuntimeError: first line of the message"
 """
 
 from __future__ import annotations
@@ -21,17 +21,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ...errors import one_line
 
-def _one_line(error: BaseException) -> str:
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    text = re.sub(r"\x1b\[[0-9;]*m", "", lines[0] if lines else "")
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text[:300]
+_ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def torch_error(error: BaseException) -> str:
+    """``"RuntimeError: what went wrong"``: the type and first line of one of torch's errors
+    (its messages go on with traces and graphs), without terminal colours."""
+    return one_line(error, line="first", drop=_ANSI_COLOURS, named=True)
 
 
 @dataclass
-class _Output:
-    """What torch printed inside ``_quiet``: Python prints and the native (C++) streams."""
+class QuietOutput:
+    """What torch printed inside ``quiet``: Python prints and the native (C++) streams."""
 
     python: io.StringIO
     native: BinaryIO
@@ -42,11 +45,11 @@ class _Output:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[_Output]:
+def quiet() -> Iterator[QuietOutput]:
     """Silence torch while exporting: progress prints, warnings, torch's log messages and what
     its C++ code writes to the process's stdout and stderr (kept for error messages)."""
     native = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with block below)
-    output = _Output(io.StringIO(), native)
+    output = QuietOutput(io.StringIO(), native)
     loggers = [logging.getLogger("torch")]
     loggers += [
         logger

@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import FerryError
 from ...signature import Signature
 from ..base import ConversionError
-from .inputs import _from_numpy
+from .inputs import tensor_from_numpy
 
 
 class TorchRunner:
@@ -49,7 +49,7 @@ class TorchRunner:
     def call(self, feeds: Mapping[str, np.ndarray]) -> Any:
         """The module's raw result for numpy feeds (no inference_mode, no conversion)."""
 
-        tensors = [_from_numpy(n, feeds[n]) for n in self.input_names]
+        tensors = [tensor_from_numpy(n, feeds[n]) for n in self.input_names]
         if self.keyword:
             return self.module(**dict(zip(self.input_names, tensors, strict=True)))
         return self.module(*tensors)
@@ -67,12 +67,12 @@ class TorchRunner:
                 hint="make forward return the same structure for every input shape",
             )
         return {
-            name: _to_numpy(value)
+            name: tensor_to_numpy(value)
             for name, (_, value) in zip(self.output_names, leaves, strict=True)
         }
 
 
-def _to_numpy(tensor: Any) -> np.ndarray:
+def tensor_to_numpy(tensor: Any) -> np.ndarray:
     import torch
 
     tensor = tensor.detach().cpu()

@@ -1,8 +1,8 @@
 """Torch model sources resolved to a module: an ``nn.Module``, an ``ExportedProgram``, a
 ``FILE.py:FUNCTION`` factory, a TorchScript file, a ``.pt2`` file or a trusted pickle.
 
-    loaded = _resolve("models/net.py:make", options)  # make() -> module or (module, inputs)
-    loaded = _resolve("net.pt2", options)             # torch.export.save'd, with its inputs
+    loaded = resolve_source("models/net.py:make", options)  # make() -> module or (module, inputs)
+    loaded = resolve_source("net.pt2", options)             # torch.export.save'd, with its inputs
     loaded.module, loaded.kind, loaded.program, loaded.example
 """
 
@@ -22,13 +22,13 @@ from typing import Any
 
 from ...errors import InputError
 from ..base import ConversionError, ConvertOptions
-from .quiet import _one_line, _quiet
+from .quiet import quiet, torch_error
 
 _FACTORY_RE = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
 
 
 @dataclass
-class _Loaded:
+class Loaded:
     module: Any  # nn.Module, ScriptModule, or an ExportedProgram's module()
     kind: str  # "module", "torchscript", "exported program"
     description: str
@@ -36,7 +36,7 @@ class _Loaded:
     example: Any = None  # example inputs the factory or program brought
 
 
-def _resolve(source: Any, options: ConvertOptions) -> _Loaded:
+def resolve_source(source: Any, options: ConvertOptions) -> Loaded:
     import torch
 
     if isinstance(source, torch.export.ExportedProgram):
@@ -56,15 +56,15 @@ def _resolve(source: Any, options: ConvertOptions) -> _Loaded:
     )
 
 
-def _from_module(module: Any, example: Any, description: str) -> _Loaded:
+def _from_module(module: Any, example: Any, description: str) -> Loaded:
     import torch
 
     module.eval()
     kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "module"
-    return _Loaded(module, kind, description, None, example)
+    return Loaded(module, kind, description, None, example)
 
 
-def _from_program(program: Any, description: str) -> _Loaded:
+def _from_program(program: Any, description: str) -> Loaded:
     example = getattr(program, "example_inputs", None)
     if isinstance(example, tuple) and len(example) == 2 and not example[1]:
         example = tuple(example[0])
@@ -73,10 +73,10 @@ def _from_program(program: Any, description: str) -> _Loaded:
     else:
         example = None
     module = program.module()
-    return _Loaded(module, "exported program", description, program, example)
+    return Loaded(module, "exported program", description, program, example)
 
 
-def _from_factory(file: Path, func: str, spec: str) -> _Loaded:
+def _from_factory(file: Path, func: str, spec: str) -> Loaded:
     import torch
 
     if not file.is_file():
@@ -95,7 +95,7 @@ def _from_factory(file: Path, func: str, spec: str) -> _Loaded:
         except (Exception, SystemExit) as e:
             sys.modules.pop(name, None)
             raise ConversionError(
-                f"{file}: importing the factory file failed: {_one_line(e)}",
+                f"{file}: importing the factory file failed: {torch_error(e)}",
                 hint="fix the error in the file",
             ) from e
         factory = getattr(code, func, None)
@@ -109,7 +109,7 @@ def _from_factory(file: Path, func: str, spec: str) -> _Loaded:
             result = factory()
         except (Exception, SystemExit) as e:
             raise ConversionError(
-                f"the factory {spec} raised {_one_line(e)}",
+                f"the factory {spec} raised {torch_error(e)}",
                 hint="fix the factory so it returns a torch.nn.Module",
             ) from e
     finally:
@@ -130,7 +130,7 @@ def _from_factory(file: Path, func: str, spec: str) -> _Loaded:
     return _from_module(result, example, f"{type(result).__name__} from {spec}")
 
 
-def _from_file(path: Path, options: ConvertOptions) -> _Loaded:
+def _from_file(path: Path, options: ConvertOptions) -> Loaded:
     import torch
 
     if not path.exists():
@@ -157,22 +157,22 @@ def _from_file(path: Path, options: ConvertOptions) -> _Loaded:
     tails = {n.split("/", 1)[-1] for n in names}
     try:
         if "archive_format" in tails or any(n.startswith("models/") for n in tails):
-            with _quiet():
+            with quiet():
                 program = torch.export.load(str(path))
             return _from_program(program, f"the ExportedProgram in {path}")
         if "constants.pkl" in tails or any(n.startswith("code/") for n in tails):
-            with _quiet():  # torch 2.13 deprecates TorchScript, and says so on every load
+            with quiet():  # torch 2.13 deprecates TorchScript, and says so on every load
                 load = torch.jit.load
                 module = load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
             return _from_module(module, None, f"the TorchScript module in {path}")
     except Exception as e:
-        raise InputError(f"{path}: torch cannot load it: {_one_line(e)}", hint=hint) from e
+        raise InputError(f"{path}: torch cannot load it: {torch_error(e)}", hint=hint) from e
     if "data.pkl" in tails:
         return _from_pickle(path, options, hint)
     raise InputError(f"{path}: not a TorchScript, torch.export or torch.save file", hint=hint)
 
 
-def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> _Loaded:
+def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> Loaded:
     import torch
 
     if not options.trust_pickle:
@@ -183,7 +183,7 @@ def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> _Loaded:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
-        raise InputError(f"{path}: torch cannot load it: {_one_line(e)}", hint=hint) from e
+        raise InputError(f"{path}: torch cannot load it: {torch_error(e)}", hint=hint) from e
     if isinstance(obj, torch.nn.Module):
         return _from_module(obj, None, f"the {type(obj).__name__} pickled in {path}")
     if isinstance(obj, Mapping):
@@ -194,7 +194,7 @@ def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> _Loaded:
     raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module", hint=hint)
 
 
-def _label(module: Any, loaded: _Loaded) -> str:
+def module_label(module: Any, loaded: Loaded) -> str:
     if loaded.program is not None:
         return "ExportedProgram"
     name = getattr(module, "original_name", None) or type(module).__name__

@@ -1,9 +1,9 @@
 """The reference signature of a torch module: input specs with their dynamic axes, and
 output specs whose dynamic dims are found by running the module at a second size.
 
-    input_specs, dims = _input_specs(inputs, program, options)  # dims: {input: {axis: name}}
-    outputs, names = _probe_outputs(module, inputs)
-    output_specs = _output_specs(module, inputs, dims, outputs, names)
+    input_specs, dims = describe_inputs(inputs, program, options)  # dims: {input: {axis: name}}
+    outputs, names = probe_outputs(module, inputs)
+    output_specs = describe_outputs(module, inputs, dims, outputs, names)
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import numpy as np
 from ...errors import FerryError
 from ...signature import Dim, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
-from .inputs import _Inputs, _resize
-from .quiet import _one_line
+from .inputs import ExampleInputs, resize
+from .quiet import torch_error
 from .runner import flatten_outputs
 
 log = logging.getLogger("onnxferry")
 
 
-def _input_specs(
-    inputs: _Inputs, program: Any, options: ConvertOptions
+def describe_inputs(
+    inputs: ExampleInputs, program: Any, options: ConvertOptions
 ) -> tuple[list[TensorSpec], dict[str, dict[int, str]]]:
     """Input specs and, per input, its dynamic axes {axis: name}."""
     specs: list[TensorSpec] = []
@@ -69,7 +69,7 @@ def _numpy_dtype(tensor: Any) -> np.dtype[Any]:
     return dtype
 
 
-def _probe_outputs(module: Any, inputs: _Inputs) -> tuple[list[Any], list[str]]:
+def probe_outputs(module: Any, inputs: ExampleInputs) -> tuple[list[Any], list[str]]:
     """Run the module once on the examples: its flat tensor outputs and their names."""
     import torch
 
@@ -80,16 +80,16 @@ def _probe_outputs(module: Any, inputs: _Inputs) -> tuple[list[Any], list[str]]:
         raise
     except Exception as e:
         raise ConversionError(
-            f"the model fails on the example inputs: {_one_line(e)}",
+            f"the model fails on the example inputs: {torch_error(e)}",
             hint="check the example inputs (--inputs, --input-shape)",
         ) from e
     leaves = flatten_outputs(result)
     return [v for _, v in leaves], [n for n, _ in leaves]
 
 
-def _output_specs(
+def describe_outputs(
     module: Any,
-    inputs: _Inputs,
+    inputs: ExampleInputs,
     dims: Mapping[str, Mapping[int, str]],
     outputs: Sequence[Any],
     names: Sequence[str],
@@ -106,7 +106,7 @@ def _output_specs(
     probe: list[Any] | None = None
     if sizes:
         resized = [
-            _resize(t, {a: grown[d] for a, d in dims[n].items()})
+            resize(t, {a: grown[d] for a, d in dims[n].items()})
             for n, t in zip(inputs.names, inputs.tensors, strict=True)
         ]
         try:

@@ -1,9 +1,9 @@
-"""Load generator behind ``ferry bench --url``: concurrent KServe V2 clients against a server.
+"""The load generator behind ``ferry bench --url``: concurrent KServe V2 clients against a server.
 
     report = asyncio.run(load_test("http://127.0.0.1:8000", "mlp", concurrency=(1, 8, 32)))
     report = run_load_test("http://127.0.0.1:8000", "mlp", concurrency=(1, 8))   # sync wrapper
     print(render_table(report.table()))       # one row per concurrency level
-    report.rows[0].p50_ms, report.rows[0].server_queue_ms
+    report.rows[0].p50_ms, report.rows[0].server.queue_ms
     Report(verb="bench", result=report)       # like the other verbs (ok, to_dict, tables)
 
 Per level: ``warmup_s`` of untimed requests, then N workers (tritonclient's asyncio client,
@@ -12,7 +12,11 @@ one event loop) loop ``infer`` for ``duration_s``; each request is timed with
 queue / compute split comes from ``GET /v2/models/{m}/stats`` (Triton's statistics
 extension): the difference across the timed window divided by its request count, as
 perf_analyzer reports it. Inputs are generated from the model metadata (symbolic dims -1 -> 1)
-unless ``feeds`` are given.
+by the one feed policy (``feeds.plan_feeds``) unless ``feeds`` are given. Latencies become one
+``measure.LatencyStats`` per level (``LoadRow.latency``), the same shape as a local bench.
+
+It is a client: it encodes requests with tritonclient and reads the model's signature from the
+V2 metadata (``signature.dtype_from_v2``), so it needs nothing of the server package.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,116 +34,15 @@ from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from ..bench import latency_stats
-from ..errors import FeedError, InputError, UsageError
+from ..errors import FeedError, InputError, UsageError, one_line
 from ..feeds import plan_feeds
-from ..report import Table
+from ..measure import LatencyStats
 from ..signature import Signature, TensorSpec, dtype_from_v2
+from .results import LoadReport, LoadRow, ServerSplit
 
 _COMPUTE = ("compute_input", "compute_infer", "compute_output")
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-
-
-@dataclass(frozen=True)
-class ServerSplit:
-    """Server-side time per request over one window, from the statistics extension."""
-
-    requests: int  # successful inferences the server counted
-    executions: int  # model runs (batches)
-    queue_ms: float
-    compute_input_ms: float
-    compute_infer_ms: float
-    compute_output_ms: float
-
-    @property
-    def compute_ms(self) -> float:
-        return self.compute_input_ms + self.compute_infer_ms + self.compute_output_ms
-
-    @property
-    def batch_size(self) -> float | None:
-        """Average inferences per model run (the batches the server formed)."""
-        return self.requests / self.executions if self.executions else None
-
-
-@dataclass(frozen=True)
-class LoadRow:
-    """One concurrency level. Latencies cover successful requests only, in milliseconds."""
-
-    concurrency: int
-    requests: int  # successful
-    errors: int
-    wall_s: float  # from the start until every worker returned
-    throughput_per_s: float  # successful requests per second, up to the last success
-    p50_ms: float | None
-    p90_ms: float | None
-    p99_ms: float | None
-    mean_ms: float | None
-    max_ms: float | None
-    server: ServerSplit | None = None
-    first_error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.server is not None:
-            d["server"]["compute_ms"] = self.server.compute_ms
-            d["server"]["batch_size"] = self.server.batch_size
-        return d
-
-
-@dataclass
-class LoadReport:
-    """Every level of one ``load_test``; implements the report body protocol."""
-
-    url: str
-    model: str
-    version: str | None
-    binary: bool
-    duration_s: float
-    warmup_s: float
-    inputs: dict[str, dict[str, Any]]  # name -> {"datatype", "shape"} actually sent
-    rows: list[LoadRow] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.rows) and all(r.requests > 0 and r.errors == 0 for r in self.rows)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "model": self.model,
-            "version": self.version,
-            "binary": self.binary,
-            "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s,
-            "inputs": {k: dict(v) for k, v in self.inputs.items()},
-            "rows": [r.to_dict() for r in self.rows],
-            "notes": list(self.notes),
-        }
-
-    def table(self) -> Table:
-        encoding = "binary" if self.binary else "JSON"
-        name = self.model if self.version is None else f"{self.model} v{self.version}"
-        title = f"Load test: {name} at {self.url} ({encoding}, {self.duration_s:g} s per level)"
-        columns = ["concurrency", "requests", "errors", "infer/s", "p50 ms", "p90 ms", "p99 ms"]
-        columns += ["server queue ms", "server compute ms", "server batch"]
-        rows: list[list[Any]] = []
-        for r in self.rows:
-            s = r.server
-            row: list[Any] = [r.concurrency, r.requests, r.errors, r.throughput_per_s]
-            row += [r.p50_ms, r.p90_ms, r.p99_ms]
-            row += [None, None, None] if s is None else [s.queue_ms, s.compute_ms, s.batch_size]
-            rows.append(row)
-        return Table(title, columns, rows)
-
-    def tables(self) -> list[Table]:
-        tables = [self.table()]
-        failed = [[r.concurrency, r.first_error] for r in self.rows if r.first_error]
-        if failed:
-            tables.append(Table("First error per level", ["concurrency", "error"], failed))
-        if self.notes:
-            tables.append(Table("Notes", ["note"], [[n] for n in self.notes]))
-        return tables
+_LINE = 240  # characters of an error a report line keeps
 
 
 def run_load_test(url: str, model: str, **options: Any) -> LoadReport:
@@ -235,7 +138,7 @@ async def _metadata(
         metadata: dict[str, Any] = await client.get_model_metadata(model, version or "")
     except _NETWORK_ERRORS as e:
         raise InputError(
-            f"cannot reach a V2 inference server at {url} ({_one_line(e) or type(e).__name__})",
+            f"cannot reach a V2 inference server at {url} ({one_line(e, limit=_LINE)})",
             hint="start it (e.g. ferry serve MODEL --port PORT) or fix --url",
         ) from None
     except InferenceServerException as e:
@@ -278,7 +181,7 @@ def signature_from_metadata(metadata: Mapping[str, Any]) -> Signature:
         return Signature(specs("inputs"), specs("outputs"))
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(
-            f"the server's model metadata is malformed ({_one_line(e)})",
+            f"the server's model metadata is malformed ({one_line(e, limit=_LINE)})",
             hint="point --url at a KServe V2 (Open Inference Protocol) server",
         ) from None
 
@@ -303,7 +206,8 @@ def _infer_inputs(
             tensor.set_data_from_numpy(array, binary_data=binary)
         except InferenceServerException as e:
             hint = "drop --json" if not binary else "give feeds that match the model"
-            raise FeedError(f"input {spec.name!r}: {_one_line(e.message())}", hint=hint) from None
+            why = one_line(e.message() or e, limit=_LINE)
+            raise FeedError(f"input {spec.name!r}: {why}", hint=hint) from None
         inputs.append(tensor)
     return inputs
 
@@ -377,22 +281,11 @@ async def _run_level(
     span = max((t.last_success for t in tallies), default=0.0) - start
     errors = sum(t.errors for t in tallies)
     first_error = next((t.first_error for t in tallies if t.first_error), None)
-    p50 = p90 = p99 = mean = worst = None
-    if latencies:
-        stats = latency_stats(latencies)
-        p50, p90, p99 = stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]
-        mean, worst = stats["mean_ms"], stats["max_ms"]
     return LoadRow(
         concurrency=concurrency,
-        requests=len(latencies),
         errors=errors,
         wall_s=wall,
-        throughput_per_s=len(latencies) / span if span > 0 else 0.0,
-        p50_ms=p50,
-        p90_ms=p90,
-        p99_ms=p99,
-        mean_ms=mean,
-        max_ms=worst,
+        latency=LatencyStats.from_seconds(latencies, span) if latencies else None,
         server=server,
         first_error=first_error,
     )
@@ -403,7 +296,10 @@ async def _statistics(shot: _Shot, notes: list[str]) -> dict[str, Any] | None:
     try:
         stats: dict[str, Any] = await shot.client.get_inference_statistics(shot.model, shot.version)
     except (InferenceServerException, *_NETWORK_ERRORS) as e:
-        why = _server_message(e) if isinstance(e, InferenceServerException) else _one_line(e)
+        if isinstance(e, InferenceServerException):
+            why = _server_message(e)
+        else:
+            why = one_line(e, limit=_LINE)
         note = f"no server-side queue/compute split: GET /v2/models/{shot.model}/stats: {why}"
         if note not in notes:
             notes.append(note)
@@ -457,7 +353,8 @@ def _totals(stats: Mapping[str, Any], model: str) -> dict[str, int]:
 def _server_message(error: InferenceServerException) -> str:
     """The server's error message, or "HTTP <status>" when its body had no V2 error field
     (tritonclient then reports its own decoding failure instead)."""
-    message = _one_line(error.message() or "")
+    text = (error.message() or "").strip()
+    message = one_line(text, limit=_LINE) if text else ""
     if error.status() and (not message or message.startswith("an exception occurred")):
         return f"HTTP {error.status()}"
     return message or f"HTTP {error.status()}"
@@ -465,12 +362,7 @@ def _server_message(error: InferenceServerException) -> str:
 
 def _error_text(error: BaseException) -> str:
     if not isinstance(error, InferenceServerException):
-        return _one_line(error) or type(error).__name__
+        return one_line(error, limit=_LINE)
     message = _server_message(error)
     status = error.status()
     return f"HTTP {status}: {message}" if status and not message.startswith("HTTP") else message
-
-
-def _one_line(error: BaseException | str) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 240 else text[:237] + "..."

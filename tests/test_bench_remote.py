@@ -1,4 +1,5 @@
-"""loadgen: `ferry bench --url` against the real `ferry serve` on a loopback port.
+"""bench.remote, the load generator: `ferry bench --url` against the real `ferry serve` on a
+loopback port.
 
 The server runs as a subprocess (``ferry serve REPO --port P``, a two-model repository); the
 tests that need it skip while ``onnxferry.serve.app`` is not importable. Sanity and structure
@@ -21,14 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxferry.bench import LoadReport
+from onnxferry.bench.remote import run_load_test, server_split, signature_from_metadata
 from onnxferry.errors import FeedError, InputError, UsageError
 from onnxferry.report import Report, render_table
-from onnxferry.serve.loadgen import (
-    LoadReport,
-    run_load_test,
-    server_split,
-    signature_from_metadata,
-)
 from tests.helpers import mlp, onnx_text, save
 
 SHORT = {"duration_s": 0.4, "warmup_s": 0.1, "timeout_s": 10.0}

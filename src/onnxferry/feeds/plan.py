@@ -1,24 +1,10 @@
-"""The one feed policy: what every verb feeds a model when the user gives no inputs.
+"""Sizes: a concrete shape for every input, the user's where given, else ones that run.
 
-    plan = plan_feeds(model, dims={"sequence": 128})    # sizes for every unknown dim
-    feeds = plan.feeds(seed=0)                           # {input: array}, values as below
-    plan.guessed, plan.choices                           # which sizes were chosen, and why
+    plan = plan_feeds(model, dims={"sequence": 128})    # FeedError when no candidate runs
+    plan.shapes, plan.guessed, plan.choices              # the sizes, and how they were chosen
+    feeds = plan.feeds(seed=0)                           # values by ``values.realistic_feeds``
 
-``compare``, ``bench``, ``optimize``, ``deploy``, ``convert`` (of an ONNX source), the server's
-warm-up and ``ferry bench --url`` all build inputs here, so a model runs on the same sizes and
-values in every verb.
-
-Sizes. A dim the user names wins: ``dims`` by symbol name (``{"sequence": 128}``) or by
-``"input:axis"`` for a dim without a name (``{"x:2": 48}``), ``input_shapes`` for a whole
-input, ``batch`` for the batch axis. The rest are chosen: batch axes take 1; other unknown
-dims take candidates by what they look like (spatial dims of an image 224, 640, 32, ...;
-sequences 16, 128, ...; anything else 8, 16, ...), and the first set that ONNX Runtime runs is
-kept. When none runs, FeedError names the input and asks for ``--input-shape``.
-
-Values. Integer inputs that index a table (``Gather`` on an initializer or constant, through
-casts and reshapes) stay below its row count; ``*mask*`` inputs are 0/1 with padding; ids,
-token types and positions look like a tokenizer's (see ``generate``); float images lie in
-[0, 1); other floats are standard normal.
+The rules for choosing sizes are in the package docstring (``onnxferry.feeds``).
 """
 
 from __future__ import annotations
@@ -26,24 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import FeedError, UsageError, one_line
-from .generate import BATCH_NAMES, realistic_feeds
-from .model import Model, iter_graphs, iter_nodes
-from .runtime import (
+from ..errors import FeedError, UsageError, one_line
+from ..model import Model
+from ..runtime import (
     SessionConfig,
     create_session,
     ort_error_message,
     ort_inputs,
     quiet_run_options,
 )
-from .signature import Signature, TensorSpec
-
-if TYPE_CHECKING:
-    import onnx
+from ..signature import Signature, TensorSpec
+from .ranges import index_ranges
+from .values import BATCH_NAMES, realistic_feeds
 
 CANDIDATES: dict[str, tuple[int, ...]] = {
     "spatial": (224, 640, 32, 64, 8, 1),
@@ -55,9 +39,6 @@ CANDIDATES: dict[str, tuple[int, ...]] = {
 MAX_ELEMENTS = 2**24
 """Chosen sizes giving more input elements than this (64 MiB of float32) are passed over for
 the next candidates: with many open dims, 224 each would not fit in memory."""
-
-_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip"}
-"""Ops an index input may go through on its way to a Gather, keeping its values."""
 
 
 @dataclass(frozen=True)
@@ -204,23 +185,6 @@ def plan_feeds(
     )
 
 
-def generated_feeds(
-    model: Model,
-    count: int = 1,
-    *,
-    seed: int = 0,
-    dims: Mapping[str, int] | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    batch: int | None = None,
-    probe: bool = True,
-) -> tuple[list[dict[str, np.ndarray]], FeedPlan]:
-    """``count`` feed sets (seeds ``seed``, ``seed + 1``, ...) at one plan's sizes."""
-    if count < 1:
-        raise UsageError(f"samples must be at least 1, got {count}")
-    plan = plan_feeds(model, dims=dims, input_shapes=input_shapes, batch=batch, probe=probe)
-    return [plan.feeds(seed + i) for i in range(count)], plan
-
-
 def unknown_dims(signature: Signature) -> Iterator[Unknown]:
     """Every open dim of the inputs, in order (a named symbol once per place it appears)."""
     for spec in signature.inputs:
@@ -339,59 +303,3 @@ def _choices(
             tried = ", ".join(str(c) for c in CANDIDATES[kind][: trial + 1])
             out.append(f"{key} = {sizes[key]} ({kind}; tried {tried}: {how})")
     return out
-
-
-def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
-    """Integer inputs that index a table: input name -> (0, rows of the smallest table).
-
-    Follows each integer input through casts and reshapes to ``Gather`` nodes whose data is
-    an initializer or a ``Constant``; the rows are that tensor's size along the Gather axis.
-    """
-    tables = _constant_dims(proto)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in iter_nodes(proto):
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    ranges: dict[str, tuple[int, int]] = {}
-    for spec in signature.inputs:
-        if spec.dtype.kind != "int":
-            continue
-        rows = _rows(spec.name, consumers, tables, depth=0)
-        if rows:
-            ranges[spec.name] = (0, min(rows))
-    return ranges
-
-
-def _rows(
-    tensor: str,
-    consumers: Mapping[str, list[onnx.NodeProto]],
-    tables: Mapping[str, tuple[int, ...]],
-    depth: int,
-) -> list[int]:
-    if depth > 8:
-        return []
-    found = []
-    for node in consumers.get(tensor, []):
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor:
-            dims = tables.get(node.input[0])
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
-                found.append(int(dims[axis]))
-        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == tensor:
-            for out in node.output:
-                found += _rows(out, consumers, tables, depth + 1)
-    return found
-
-
-def _constant_dims(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Shapes of initializers and Constant node outputs, by tensor name."""
-    dims: dict[str, tuple[int, ...]] = {}
-    for graph in iter_graphs(proto):
-        for t in graph.initializer:
-            dims[t.name] = tuple(t.dims)
-    for node in iter_nodes(proto):
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    dims[node.output[0]] = tuple(attr.t.dims)
-    return dims

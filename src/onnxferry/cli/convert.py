@@ -1,0 +1,67 @@
+"""`ferry convert`: a framework model to a verified ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .options import output_option, report_options, source_options, tolerance_options
+from .render import emit
+
+if TYPE_CHECKING:
+    from ..parity import Tolerance
+
+
+@click.command()
+@click.argument("source")
+@output_option
+@source_options(inputs="Sample inputs")
+@click.option("--opset", type=int, help="ai.onnx opset (default: the exporter's, capped).")
+@tolerance_options(source="the framework's own when neither is given")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check (loudly reported).")
+@report_options
+def convert(
+    source: str,
+    output: Path,
+    framework: str | None,
+    input_shapes: dict[str, tuple[int, ...]],
+    inputs: str | None,
+    dynamic: dict[str, dict[int, str]] | None,
+    trust_pickle: bool,
+    opset: int | None,
+    tolerance: Tolerance | None,
+    no_verify: bool,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Convert a PyTorch, Keras/TF, TFLite, scikit-learn or ONNX model to a verified ONNX file.
+
+    SOURCE is a file.py:function factory, .pt/.pth (TorchScript), .pt2 (torch.export), .keras,
+    a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since
+    loading a pickle executes code) or .onnx (re-targeted to --opset).
+    """
+    from ..convert import ParityFailure, convert_with_report
+    from ..data import load_feeds
+
+    try:
+        _, report = convert_with_report(
+            source,
+            output,
+            framework=framework,
+            input_shapes=input_shapes,
+            inputs=load_feeds(inputs) if inputs else None,
+            dynamic=dynamic,
+            opset=opset,
+            tolerance=tolerance,
+            verify=not no_verify,
+            trust_pickle=trust_pickle,
+        )
+    except ParityFailure as e:
+        emit(e.report, as_json, report_path)
+        raise
+    code = emit(report, as_json, report_path)
+    if not as_json:
+        click.echo(f"wrote {output}", err=True)
+    return code

@@ -1,0 +1,61 @@
+"""`ferry deploy`: convert -> optimize -> bench into one directory with its reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import batch_option, budget_options, report_options, source_options
+from .render import emit
+
+
+@click.command()
+@click.argument("source")
+@click.option(
+    "-o",
+    "--outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory to deploy into.",
+)
+@source_options(inputs="Sample inputs, for conversion and validation")
+@budget_options
+@batch_option(default="1,8")
+@report_options
+def deploy(
+    source: str,
+    outdir: Path,
+    framework: str | None,
+    input_shapes: dict[str, tuple[int, ...]],
+    inputs: str | None,
+    dynamic: dict[str, dict[int, str]] | None,
+    trust_pickle: bool,
+    max_drop: float,
+    budget: str | None,
+    eval_data: str | None,
+    batches: list[int],
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Convert (verified) -> optimize --auto -> bench, into OUTDIR with JSON and HTML reports."""
+    from ..data import load_feeds
+    from ..deploy import deploy as deploy_model
+
+    report = deploy_model(
+        source,
+        outdir,
+        framework=framework,
+        input_shapes=input_shapes,
+        inputs=load_feeds(inputs) if inputs else None,
+        dynamic=dynamic,
+        max_drop=max_drop,
+        budget=budget,
+        eval_data=eval_data,
+        trust_pickle=trust_pickle,
+        batches=batches,
+    )
+    code = emit(report, as_json, report_path)
+    if not as_json:
+        click.echo(f"report: {outdir / 'report.html'}", err=True)
+    return code

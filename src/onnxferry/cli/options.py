@@ -1,0 +1,199 @@
+"""Options more than one verb takes, declared once: the same name, type, default and help.
+
+    @click.command()
+    @click.argument("model")
+    @runtime_options
+    @size_options
+    @tolerance_options()        # --atol / --rtol arrive as one `tolerance` (or None)
+    @report_options
+    def verb(model, provider, threads, dims, input_shapes, tolerance, as_json, report_path): ...
+
+Values are parsed by the types in ``cli.types`` (one line and exit 2 when they do not parse);
+defaults that are decisions (tolerances, sizes, a source's framework) stay with the API.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+
+from ..convert.base import FRAMEWORKS
+from ..parity import Tolerance
+from .types import DIM, DYNAMIC_AXES, INT_LIST, SHAPE, as_dict, as_dynamic
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _compose(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """Decorators applied as if stacked in this order (the first one on top)."""
+
+    def apply(fn: F) -> F:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# --- output -----------------------------------------------------------------------------
+
+report_options = _compose(
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also save the JSON report to this file (written atomically).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+)
+
+
+def output_option(fn: F) -> F:
+    """``-o/--output FILE``, required."""
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Where to write the model (written atomically).",
+    )(fn)
+
+
+# --- inputs and their sizes -------------------------------------------------------------
+
+
+def inputs_option(what: str) -> Callable[[F], F]:
+    """``--inputs PATH``: feeds from a file or a test-data directory, used as ``what``."""
+    return click.option("--inputs", help=f"{what}: .npz, .npy, .pb or a test-data directory.")
+
+
+dim_option = click.option(
+    "--dim",
+    "dims",
+    type=DIM,
+    multiple=True,
+    callback=as_dict,
+    help="Size of an open dim: NAME=SIZE, or INPUT:AXIS=SIZE for one without a name.",
+)
+shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    type=SHAPE,
+    multiple=True,
+    callback=as_dict,
+    help="An input's whole shape, NAME=1x3x224x224.",
+)
+
+
+def batch_option(default: str) -> Callable[[F], F]:
+    """``--batch 1,8,32``: the batch sizes to measure, as ``batches``."""
+    return click.option(
+        "--batch",
+        "batches",
+        type=INT_LIST,
+        default=default,
+        show_default=True,
+        help="Batch sizes to bench, e.g. 1,8,32.",
+    )
+
+
+size_options = _compose(dim_option, shape_option)
+"""``--dim`` (open dims by name) and ``--input-shape`` (whole shapes), as dicts."""
+
+seed_option = click.option(
+    "--seed", default=0, show_default=True, help="Seed for generated inputs."
+)
+
+
+# --- runtime ----------------------------------------------------------------------------
+
+provider_option = click.option(
+    "--provider", default="cpu", show_default=True, help="Execution provider (cpu, cuda, ...)."
+)
+threads_option = click.option(
+    "--threads", type=int, help="Intra-op threads (default: ONNX Runtime's)."
+)
+runtime_options = _compose(provider_option, threads_option)
+
+
+# --- sources (framework models) ---------------------------------------------------------
+
+framework_option = click.option(
+    "--framework",
+    type=click.Choice(FRAMEWORKS),
+    help="The source's framework (default: told from the file).",
+)
+dynamic_option = click.option(
+    "--dynamic",
+    type=DYNAMIC_AXES,
+    multiple=True,
+    callback=as_dynamic,
+    help="Dynamic axes, NAME:0=batch,1=seq, or static (default: dim 0 is batch).",
+)
+trust_pickle_option = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow loading a pickle/joblib source. Unpickling runs arbitrary code: only for "
+    "files from a source you trust.",
+)
+
+
+def source_options(inputs: str) -> Callable[[F], F]:
+    """The options that load a framework model: ``--framework``, ``--input-shape``,
+    ``--inputs`` (used as ``inputs``), ``--dynamic``, ``--trust-pickle``."""
+    return _compose(
+        framework_option,
+        shape_option,
+        inputs_option(inputs),
+        dynamic_option,
+        trust_pickle_option,
+    )
+
+
+# --- judging ----------------------------------------------------------------------------
+
+
+def tolerance_options(source: str | None = None) -> Callable[[F], F]:
+    """``--atol`` / ``--rtol``, handed to the verb as one ``tolerance``: None when neither is
+    given (the verb's default applies), else ``Tolerance.partial``. ``source`` says which
+    framework source's own default applies instead of Tolerance's, if any."""
+    default = Tolerance()
+
+    def shown(value: float) -> str:
+        return f"{value:g}" if source is None else f"{value:g}; {source}"
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def verb(*args: Any, atol: float | None, rtol: float | None, **kwargs: Any) -> Any:
+            return fn(*args, tolerance=Tolerance.partial(atol, rtol), **kwargs)
+
+        return _compose(
+            click.option(
+                "--atol", type=float, help=f"Absolute tolerance (default: {shown(default.atol)})."
+            ),
+            click.option(
+                "--rtol", type=float, help=f"Relative tolerance (default: {shown(default.rtol)})."
+            ),
+        )(cast(F, verb))
+
+    return decorate
+
+
+budget_options = _compose(
+    click.option(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        show_default=True,
+        help="Budget: cosine >= 1 - drop, or the task metric's drop with --eval.",
+    ),
+    click.option(
+        "--budget", help="Explicit budget, e.g. cosine>=0.999, top1>=0.99, max_abs<=1e-3."
+    ),
+    click.option("--eval", "eval_data", help="Labelled data (.npz: the inputs plus labels)."),
+)
+"""``--max-drop``, ``--budget`` and ``--eval``: what an optimized model may lose."""

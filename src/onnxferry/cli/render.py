@@ -1,0 +1,66 @@
+"""Output: a verb's report as rich tables or JSON on stdout, saved to a file when asked.
+
+    code = emit(report, as_json, report_path)    # prints, saves, returns the exit code
+    emit(Report("passes", Listing([table])), False, None)
+
+Tables go through rich: full width in a pipe, folded to the terminal's width otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..report import Report, Table, format_value
+
+
+def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
+    """Print a report (rich tables or JSON), save it if asked, and return its exit code."""
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        print_tables(report)
+    if report_path is not None:
+        report.save(report_path)
+        if not as_json:
+            click.echo(f"report: {report_path}", err=True)
+    return report.exit_code
+
+
+def print_tables(report: Report[Any]) -> None:
+    """The report's tables, notes and verdict, sized for a terminal or full-width in a pipe."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    terminal = Console()
+    # A pipe or a log file gets full-width rows instead of folded cells.
+    console = terminal if terminal.is_terminal else Console(width=240)
+    for table in report.tables():
+        rich_table = RichTable(title=table.title, title_justify="left")
+        for column in table.columns:
+            # Numbers never wrap; free text (a finding's detail) folds.
+            rich_table.add_column(column, overflow="fold", no_wrap=column != "detail")
+        for row in table.rows:
+            rich_table.add_row(*(format_value(v) for v in row))
+        console.print(rich_table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"{report.verb}: {verdict}")
+
+
+class Listing:
+    """A report body that is just tables (for listings)."""
+
+    def __init__(self, tables: list[Table]) -> None:
+        self._tables = tables
+
+    ok = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tables": [t.rows for t in self._tables]}
+
+    def tables(self) -> list[Table]:
+        return self._tables

@@ -1,0 +1,294 @@
+"""`ferry serve`: a model or a repository over KServe V2 REST, with dynamic batching.
+
+The flags map one to one onto ``ServeSettings`` (the app), ``ServerOptions`` (the HTTP
+server) and ``ModelConfig`` (per model, under ``ferry.toml``); SIGTERM while starting ends
+the start-up with a message and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..errors import UsageError
+
+
+def _require_extra(extra: str, *modules: str) -> None:
+    """UsageError naming the missing package and the extra that installs it."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise UsageError(
+                f"this verb needs {module.split('.')[0]}, which is not installed",
+                hint=f"pip install 'onnxferry[{extra}]'",
+            )
+
+
+@click.command()
+@click.argument("path")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="FERRY_API_KEY",
+    help="Bearer key for every route but health and /openapi.json, 16+ characters "
+    "(env FERRY_API_KEY).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="API keys, one a line (# comments); not readable by every user.",
+)
+@click.option("--api-key-env", metavar="NAME", help="API keys from this environment variable.")
+@click.option(
+    "--repository-key",
+    "repository_keys",
+    multiple=True,
+    envvar="FERRY_REPOSITORY_KEY",
+    help="Bearer key for the repository API (env FERRY_REPOSITORY_KEY).",
+)
+@click.option(
+    "--repository-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Repository API keys, one a line.",
+)
+@click.option("--repository-key-env", metavar="NAME", help="Repository API keys from NAME.")
+@click.option("--repository-api", is_flag=True, help="Enable /v2/repository (load/unload).")
+@click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
+@click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
+@click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")
+@click.option("--max-queue-size", type=int, help="Waiting requests before 503.")
+@click.option("--instances", type=int, help="Sessions per model (default: from the cores).")
+@click.option("--threads", type=int, help="Intra-op threads per session.")
+@click.option("--timeout-ms", type=float, help="Default per-request deadline (504 past it).")
+@click.option(
+    "--inline-max-ms",
+    type=float,
+    help="Run batches expected to take at most this on the event loop (0: never; default 1).",
+)
+@click.option(
+    "--allow-signature-change",
+    is_flag=True,
+    default=None,
+    help="Let a new version whose inputs differ take over (default: refused; ferry.toml wins).",
+)
+@click.option("--max-body", default=64.0, show_default=True, help="Request body limit, MiB.")
+@click.option(
+    "--max-response", type=float, help="Response size limit, MiB (default: 64 or --max-body)."
+)
+@click.option(
+    "--max-inflight",
+    type=float,
+    help="Request bodies held at once, MiB; 503 past it (default: 256 or 4x --max-body).",
+)
+@click.option(
+    "--max-parse-memory",
+    type=float,
+    help="MiB to parse one large JSON body; 413 past it (default: 256 or 16x --max-body).",
+)
+@click.option("--body-timeout", default=30.0, show_default=True, help="Seconds for a body.")
+@click.option("--header-timeout", default=10.0, show_default=True, help="Seconds for headers.")
+@click.option(
+    "--max-header-bytes",
+    default=64 * 1024,
+    show_default=True,
+    help="Request line and headers, bytes (431 past it).",
+)
+@click.option(
+    "--max-headers", default=100, show_default=True, help="Headers per request (431 past it)."
+)
+@click.option(
+    "--keep-alive", default=5.0, show_default=True, help="Seconds an idle connection is kept."
+)
+@click.option(
+    "--write-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds a client may leave a response unread before it is dropped.",
+)
+@click.option(
+    "--max-connections", default=1000, show_default=True, help="Open connections (503 past)."
+)
+@click.option(
+    "--max-connections-per-client",
+    default=100,
+    show_default=True,
+    help="Open connections from one address (503 past).",
+)
+@click.option(
+    "--graceful-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests get after SIGTERM.",
+)
+@click.option("--access-log", is_flag=True, help="One JSON line per request (stderr).")
+def serve(
+    path: str,
+    host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    api_key_file: Path | None,
+    api_key_env: str | None,
+    repository_keys: tuple[str, ...],
+    repository_key_file: Path | None,
+    repository_key_env: str | None,
+    repository_api: bool,
+    poll: float | None,
+    max_batch_size: int | None,
+    max_queue_delay_ms: float | None,
+    max_queue_size: int | None,
+    instances: int | None,
+    threads: int | None,
+    timeout_ms: float | None,
+    inline_max_ms: float | None,
+    allow_signature_change: bool | None,
+    max_body: float,
+    max_response: float | None,
+    max_inflight: float | None,
+    max_parse_memory: float | None,
+    body_timeout: float,
+    header_timeout: float,
+    max_header_bytes: int,
+    max_headers: int,
+    keep_alive: float,
+    write_timeout: float,
+    max_connections: int,
+    max_connections_per_client: int,
+    graceful_timeout: float,
+    access_log: bool,
+) -> int:
+    """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
+    KServe V2 / Open Inference Protocol REST, with dynamic batching."""
+    with _sigterm_ends_startup():
+        _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
+        from ..serve.app import ServeSettings
+        from ..serve.config import ModelConfig
+        from ..serve.server import ServerOptions
+        from ..serve.server import serve as run_server
+
+        positive = {
+            "--max-body": max_body,
+            "--body-timeout": body_timeout,
+            "--header-timeout": header_timeout,
+            "--max-header-bytes": max_header_bytes,
+            "--max-headers": max_headers,
+            "--keep-alive": keep_alive,
+            "--write-timeout": write_timeout,
+            "--max-connections": max_connections,
+            "--max-connections-per-client": max_connections_per_client,
+            "--max-response": 1.0 if max_response is None else max_response,
+            "--max-inflight": 1.0 if max_inflight is None else max_inflight,
+            "--max-parse-memory": 1.0 if max_parse_memory is None else max_parse_memory,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise UsageError(f"{name} must be positive, got {value:g}")
+        api_keys = _serve_keys("--api-key", api_keys, api_key_file, api_key_env)
+        repository_keys = _serve_keys(
+            "--repository-key", repository_keys, repository_key_file, repository_key_env
+        )
+        given: dict[str, Any] = {
+            "max_batch_size": max_batch_size,
+            "max_queue_delay_ms": max_queue_delay_ms,
+            "max_queue_size": max_queue_size,
+            "instances": instances,
+            "intra_op_threads": threads,
+            "inline_max_ms": inline_max_ms,
+            "allow_signature_change": allow_signature_change,
+        }
+        config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
+        settings = ServeSettings(
+            api_keys=tuple(api_keys),
+            repository_keys=tuple(repository_keys),
+            repository_api=repository_api,
+            body_limit=int(max_body * 2**20),
+            response_limit=None if max_response is None else int(max_response * 2**20),
+            inflight_limit=None if max_inflight is None else int(max_inflight * 2**20),
+            parse_memory=None if max_parse_memory is None else int(max_parse_memory * 2**20),
+            body_timeout_s=body_timeout,
+            default_timeout_ms=timeout_ms,
+            server_version=__version__,
+        )
+        options = ServerOptions(
+            host=host,
+            port=port,
+            header_timeout_s=header_timeout,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
+            keep_alive_s=keep_alive,
+            write_timeout_s=write_timeout,
+            max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client,
+            graceful_timeout_s=graceful_timeout,
+            poll_interval_s=poll,
+        )
+        if access_log:
+            logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
+        return run_server(path, options, settings, config)
+    return 0  # stopped while starting
+
+
+_KEY_ENVVARS = {"--api-key": "FERRY_API_KEY", "--repository-key": "FERRY_REPOSITORY_KEY"}
+
+
+def _serve_keys(
+    option: str, values: tuple[str, ...], file: Path | None, env: str | None
+) -> tuple[str, ...]:
+    """The keys ``option`` gave, then those in ``file`` and in the variable ``env``; a bad
+    one is one line naming where it came from."""
+    import os
+
+    from ..serve.server import check_keys, env_keys, read_keys
+
+    envvar = _KEY_ENVVARS[option]
+    if not values and envvar in os.environ and not os.environ[envvar].strip():
+        # click reads an empty variable as no key at all: the server would run without auth
+        raise UsageError(
+            f"{envvar} is set but empty", hint="set it to a key, or unset it to serve without one"
+        )
+    keys = check_keys(values, option)
+    if file is not None:
+        keys += read_keys(file)
+    if env is not None:
+        keys += env_keys(env)
+    return tuple(dict.fromkeys(keys))
+
+
+class _StartupStopped(BaseException):
+    """SIGTERM arrived while `ferry serve` was starting."""
+
+
+def _stop_startup(signum: int, frame: Any) -> None:
+    raise _StartupStopped
+
+
+@contextlib.contextmanager
+def _sigterm_ends_startup() -> Iterator[None]:
+    """Until the server takes over SIGTERM, SIGTERM ends the start-up (imports, loading the
+    models) with a message instead of killing the process; the caller then exits 0."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # in-process callers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_startup)
+    try:
+        yield
+    except _StartupStopped:
+        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,183 @@
+"""Click value types for the verbs' options: they fail through Click, as one line and exit 2.
+
+    @click.command()
+    @click.option("--batch", type=INT_LIST, default="1")          # "1,8,32" -> [1, 8, 32]
+    @click.option("--dim", "dims", type=DIM, multiple=True, callback=as_dict)
+    def verb(batch: list[int], dims: dict[str, int]) -> None: ...   # dims: {"seq": 128}
+
+A value that does not parse raises ``BadValue`` (a ``click.BadParameter``) while Click parses
+the command line, before the verb runs; ``main`` prints it as ``ferry: error: WHAT; HINT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any]  # generic from click 8.2; plain before
+else:
+    _ParamType = click.ParamType
+
+
+class BadValue(click.BadParameter):
+    """An option value that does not parse: one line (what is wrong; what to do), exit 2."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        ctx: click.Context | None = None,
+        param: click.Parameter | None = None,
+    ) -> None:
+        super().__init__(message, ctx=ctx, param=param)
+        self.hint = hint
+
+    def line(self) -> str:
+        """The message and the hint on one line."""
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+def _option(param: click.Parameter | None, default: str) -> str:
+    """The option's long name as the user typed it (``--batch``)."""
+    if isinstance(param, click.Option) and param.opts:
+        return max(param.opts, key=len)
+    return default
+
+
+class _Type(_ParamType):
+    """A value type whose metavar is its ``name`` as written (Click upper-cases it)."""
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.name
+
+
+class IntList(_Type):
+    """Comma-separated integers: ``1,8,32`` -> ``[1, 8, 32]``."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        option = _option(param, "the option")
+        hint = f"e.g. {option} 1,8"
+        try:
+            items = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            raise BadValue(
+                f"{option} takes comma-separated integers, got {value!r}",
+                hint=hint,
+                ctx=ctx,
+                param=param,
+            ) from None
+        if not items:
+            raise BadValue(f"{option} is empty", hint=hint, ctx=ctx, param=param)
+        return items
+
+
+class NameList(_Type):
+    """Comma-separated names: ``cpu,cuda`` -> ``["cpu", "cuda"]`` (blanks dropped)."""
+
+    name = "NAME[,NAME...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+class Dim(_Type):
+    """The size of an open dim: ``batch=8`` or ``input:1=8`` -> ``("batch", 8)``."""
+
+    name = "NAME=SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, sep, size = str(value).partition("=")
+        if not sep or not name or not size.strip().isdigit():
+            raise BadValue(
+                f"--dim takes NAME=SIZE, got {value!r}",
+                hint="e.g. --dim batch=8",
+                ctx=ctx,
+                param=param,
+            )
+        return name.strip(), int(size)
+
+
+class Shape(_Type):
+    """An input's whole shape: ``image=1x3x224x224`` -> ``("image", (1, 3, 224, 224))``."""
+
+    name = "NAME=DxD..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, sep, text = str(value).partition("=")
+        try:
+            dims = tuple(int(d) for d in text.lower().split("x"))
+        except ValueError:
+            dims = ()
+        if not sep or not name or not dims or min(dims) < 1:
+            raise BadValue(
+                f"--input-shape takes NAME=DxDx..., got {value!r}",
+                hint="e.g. --input-shape image=1x3x224x224",
+                ctx=ctx,
+                param=param,
+            )
+        return name.strip(), dims
+
+
+class DynamicAxes(_Type):
+    """An input's dynamic axes: ``ids:0=batch,1=seq`` -> ``("ids", {0: "batch", 1: "seq"})``;
+    ``static`` (or ``none``) -> ``None``, for no dynamic axis at all."""
+
+    name = "NAME:AXIS=DIM[,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        item = str(value)
+        if item.strip() in ("none", "static"):
+            return None
+        name, sep, spec = item.partition(":")
+        try:
+            pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
+            parsed = {int(axis): dim.strip() for axis, dim in pairs}
+        except ValueError:
+            parsed = {}
+        if not sep or not name or not parsed or not all(parsed.values()):
+            raise BadValue(
+                f"--dynamic takes NAME:AXIS=DIM[,AXIS=DIM], got {item!r}",
+                hint="e.g. --dynamic input_ids:0=batch,1=seq (or --dynamic static)",
+                ctx=ctx,
+                param=param,
+            )
+        return name.strip(), parsed
+
+
+INT_LIST = IntList()
+NAME_LIST = NameList()
+DIM = Dim()
+SHAPE = Shape()
+DYNAMIC_AXES = DynamicAxes()
+
+
+def as_dict(ctx: click.Context, param: click.Parameter, value: Iterable[Any]) -> dict[Any, Any]:
+    """Callback for a repeated ``NAME=...`` option: its pairs as one dict (the last wins)."""
+    return dict(value)
+
+
+def as_dynamic(
+    ctx: click.Context, param: click.Parameter, value: Iterable[Any]
+) -> dict[str, dict[int, str]] | None:
+    """Callback for ``--dynamic``: None when not given (the verb's default), ``{}`` for
+    ``static``, else each input's axes."""
+    items = list(value)
+    if not items:
+        return None
+    return dict(item for item in items if item is not None)

@@ -1,0 +1,194 @@
+"""Graph plumbing: walk a model's graphs, read its external data into a copy (checked again),
+expose intermediate tensors as outputs, and hand ONNX Runtime something it can load.
+
+    for graph in iter_graphs(proto): ...           # main graph, subgraphs, function subgraphs
+    for node in iter_nodes(proto): ...             # every node, model-local functions included
+    for tensor in iter_initializers(proto): ...    # the initializers of every graph
+    proto = inlined(model)                         # a copy with external data read in
+    expose(proto, ["h1", "h2"])                    # the main graph also outputs h1 and h2
+    with runnable(proto) as m:                     # a Model: in memory, or past PROTO_LIMIT
+        OrtRunner(m).run(feeds)                    #   saved with external data to a temp dir
+    with exposing(model, ["h1"]) as m: ...         # the three above in one
+
+Reading external data always goes through the checks ``Model.load`` makes (``safety``): the
+files may have changed since the model was loaded, so every reference is checked again against
+the model's directory, and UnsafeModelError names the first one that is no longer safe.
+
+``model`` imports this module; this module makes Models (``runnable``) only inside functions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+from .safety import (
+    ExternalRef,
+    check_external_data,
+    iter_tensors,
+    read_external_data,
+    uses_external_data,
+)
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .model import Model
+
+PROTOBUF_MAX = 2**31 - 1
+"""The largest message protobuf encodes or parses (bytes)."""
+
+PROTO_LIMIT = 2**31 - 2**26
+"""Bytes of a model past which it goes to external data: protobuf cannot encode a message over
+2 GiB, and the graph itself needs some room (64 MiB)."""
+
+
+# --- walking ---------------------------------------------------------------------------------
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held by ``node``'s attributes (If branches, Loop and Scan bodies), one level."""
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
+def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph inside it, at any depth."""
+    return _walk([graph])
+
+
+def iter_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph (If/Loop/Scan bodies), recursively, including those
+    inside model-local functions."""
+    yield from _walk([model.graph])
+    for fn in model.functions:
+        yield from _walk([g for node in fn.node for g in subgraphs(node)])
+
+
+def iter_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the model: main graph, subgraphs and model-local functions."""
+    for graph in iter_graphs(model):
+        yield from graph.node
+    for fn in model.functions:
+        yield from fn.node
+
+
+def iter_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """The initializers of every graph (``iter_graphs``); every tensor anywhere, with where it
+    sits, is ``safety.iter_tensors``."""
+    for graph in iter_graphs(model):
+        yield from graph.initializer
+
+
+def _walk(stack: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            stack.extend(subgraphs(node))
+
+
+# --- copies, external data, outputs ----------------------------------------------------------
+
+
+def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of ``proto``."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def external_refs(proto: onnx.ModelProto, model_dir: Path | None) -> tuple[ExternalRef, ...]:
+    """The external-data references of ``proto``, checked against ``model_dir`` as
+    ``Model.load`` checks them (UnsafeModelError). ``model_dir`` None is an in-memory model:
+    InputError if it refers to external data at all, since there is nowhere to find it."""
+    if model_dir is not None:
+        return check_external_data(proto, model_dir)
+    for site in iter_tensors(proto):
+        if uses_external_data(site.tensor):
+            raise InputError(
+                f"{site.label} keeps its data in an external file, but this in-memory "
+                "model has no directory to find it in",
+                hint="load the model with Model.load(path) so its external data is found",
+            )
+    return ()
+
+
+def read_in(proto: onnx.ModelProto, refs: tuple[ExternalRef, ...]) -> onnx.ModelProto:
+    """``proto`` with the data of ``refs`` (from ``external_refs(proto, ...)``) read into its
+    tensors: a copy, or ``proto`` itself when there is nothing to read."""
+    if not refs:
+        return proto
+    out = copy_model(proto)
+    by_index = {ref.index: ref for ref in refs}
+    for index, site in enumerate(iter_tensors(out)):
+        ref = by_index.get(index)
+        if ref is not None:
+            site.tensor.raw_data = read_external_data(ref)
+            del site.tensor.external_data[:]
+            site.tensor.ClearField("data_location")
+    return out
+
+
+def inlined(model: Model, proto: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """A copy of the model's proto with every external tensor's data read in, after the checks
+    of ``Model.load`` (made again: the files may have changed). ``proto`` stands in for the
+    model's own when given: a derived copy (names, inferred shapes) with the same references.
+
+        proto = inlined(model)                             # onnxslim, converters need the data
+        typed = inlined(model, infer_shapes(model.proto))  # inference first, while it is small
+    """
+    source = model.proto if proto is None else proto
+    refs = external_refs(source, None if model.path is None else model.path.parent)
+    return read_in(source, refs) if refs else copy_model(source)
+
+
+def expose(proto: onnx.ModelProto, names: Iterable[str]) -> None:
+    """Make the main graph of ``proto`` also output each tensor of ``names`` (in place; names
+    already outputs, empty names and repeats are skipped). ONNX Runtime infers their types."""
+    import onnx
+
+    present = {o.name for o in proto.graph.output}
+    for name in dict.fromkeys(names):
+        if name and name not in present:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+
+
+@contextmanager
+def runnable(proto: onnx.ModelProto) -> Iterator[Model]:
+    """A Model ONNX Runtime can load from ``proto`` (tensors inline): in memory below
+    ``PROTO_LIMIT``, else saved with external data to a temporary directory that is removed
+    when the block ends.
+
+        with runnable(proto) as model:
+            outputs = OrtRunner(model).run(feeds)
+    """
+    from .model import Model
+
+    if proto.ByteSize() < PROTO_LIMIT:
+        yield Model.from_proto(proto)
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxferry-") as tmp:
+        yield Model.from_proto(proto).save(Path(tmp) / "model.onnx", external_data=True)
+
+
+@contextmanager
+def exposing(model: Model, names: Iterable[str]) -> Iterator[Model]:
+    """A runnable copy of ``model`` (``inlined``, then ``runnable``) whose main graph also
+    outputs ``names`` (``expose``); ``model`` itself is not touched.
+
+        with exposing(model, ["h1"]) as probe:
+            h1 = OrtRunner(probe, validate=False).run(feeds, output_names=["h1"])["h1"]
+    """
+    proto = inlined(model)
+    expose(proto, names)
+    with runnable(proto) as probe:
+        yield probe

@@ -1,0 +1,943 @@
+"""Every module's usage example (the indented block that opens its docstring) runs as written.
+
+Each example runs in a fresh temporary directory, in a namespace made of the module's own
+globals plus what its entry in SETUPS provides: the files it opens ("model.onnx" is written
+there) and the names it uses without defining them (``model``, ``feeds``, ``module``). An
+example written as ``>>>`` lines runs as a doctest; one whose lines are ``ferry ...`` commands
+runs through ``onnxferry.cli.main`` and must exit 0; top-level ``await`` runs in an event loop.
+
+A module whose example cannot run here sits in SKIP with the reason. A module with a usage
+block that is in neither table fails, and so does an entry for a module that has none.
+"""
+
+from __future__ import annotations
+import __future__
+
+import ast
+import asyncio
+import doctest
+import importlib
+import inspect
+import shlex
+import textwrap
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import onnxferry
+from tests.helpers import mlp, save
+
+PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
+
+Names = dict[str, Any]
+Setup = Callable[[Path], Names]
+
+
+# --- finding the examples --------------------------------------------------------------------
+
+
+def _module_files() -> dict[str, Path]:
+    """Every module of the package by its dotted name, with its file."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _docstring(file: Path) -> str:
+    """The module docstring as written (no import; not dedented: a module docstring's lines
+    start at column 0, so an indented line is an example)."""
+    return ast.get_docstring(ast.parse(file.read_text()), clean=False) or ""
+
+
+def usage_block(doc: str) -> str | None:
+    """The first block indented by four spaces or more after a blank line, dedented."""
+    lines = doc.splitlines()
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if i and line.startswith("    ") and line.strip() and not lines[i - 1].strip()
+        ),
+        None,
+    )
+    if start is None:
+        return None
+    block = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block)).strip("\n") + "\n"
+
+
+def _examples() -> dict[str, str]:
+    found = {}
+    for name, file in _module_files().items():
+        doc = _docstring(file)
+        block = doc if ">>>" in doc else usage_block(doc)
+        if block:
+            found[name] = block
+    return found
+
+
+EXAMPLES = _examples()
+
+
+# --- running them ----------------------------------------------------------------------------
+
+
+def _bound(func: Callable[..., Any]) -> Callable[..., None]:
+    """A stand-in for a call that blocks (a server's main loop): it checks the example's
+    arguments against ``func``'s signature and returns."""
+    signature = inspect.signature(func)
+
+    def check(*args: Any, **kwargs: Any) -> None:
+        signature.bind(*args, **kwargs)
+
+    return check
+
+
+def _run_commands(block: str) -> None:
+    from onnxferry.cli import main
+
+    for line in block.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            args = shlex.split(line, comments=True)
+            assert args[0] == "ferry", line
+            assert main(args[1:]) == 0, line
+
+
+def _run(name: str, block: str, namespace: Names) -> None:
+    if ">>>" in block:
+        test = doctest.DocTestParser().get_doctest(block, namespace, name, name, 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        runner.run(test)
+        assert not runner.failures, f"{name}: {runner.failures} doctest example(s) failed"
+        return
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    if lines and all(line.startswith("ferry ") for line in lines):
+        _run_commands(block)
+        return
+    flags = __future__.annotations.compiler_flag | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    code = compile(block, f"<{name} docstring>", "exec", flags=flags, dont_inherit=True)
+    if code.co_flags & inspect.CO_COROUTINE:
+        asyncio.run(eval(code, namespace))
+    else:
+        exec(code, namespace)
+
+
+# --- what the examples need ------------------------------------------------------------------
+
+
+def _model(path: str = "model.onnx", **kwargs: Any) -> Path:
+    """The helpers' mlp (x[batch,4] -> probs[batch,3], tensors h1, h2, logits) at ``path``."""
+    return save(mlp(**kwargs), Path(path))
+
+
+def _feeds(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal((rows, 4)).astype(np.float32)}
+
+
+def _loaded(path: str = "model.onnx", **kwargs: Any) -> Any:
+    from onnxferry.model import Model
+
+    return Model.load(_model(path, **kwargs))
+
+
+TORCH_FACTORY = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, {name}):
+        return self.conv({name}).mean(dim=(2, 3))
+
+
+def make_model():
+    return Net()
+
+
+make = make_model
+"""
+
+
+def _torch_factory(path: str, input_name: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(TORCH_FACTORY.format(name=input_name))
+
+
+def _torch_net() -> Any:
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x: Any) -> Any:
+            return torch.relu(self.linear(x))
+
+    return Net().eval()
+
+
+def _export_factory(path: str, onnx_path: str, input_name: str, shape: tuple[int, ...]) -> None:
+    """The factory's model exported (TorchScript exporter, quick) as the ONNX file to judge."""
+    import runpy
+
+    import torch
+
+    _torch_factory(path, input_name)
+    module = runpy.run_path(path)["make_model"]().eval()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (torch.randn(*shape),),
+            onnx_path,
+            input_names=[input_name],
+            output_names=["output_0"],
+            dynamic_axes={input_name: {0: "batch"}, "output_0": {0: "batch"}},
+            dynamo=False,
+        )
+
+
+def _nothing(tmp: Path) -> Names:
+    return {}
+
+
+def _package(tmp: Path) -> Names:
+    _model("model.onnx")
+    _model("model_fp16.onnx", noise=1e-3)
+    return {}
+
+
+def _atomic(tmp: Path) -> Names:
+    Path("out").mkdir()
+    return {"data": b"{}", "blob": mlp().SerializeToString(), "weights": b"\0" * 64}
+
+
+def _two_models(tmp: Path) -> Names:
+    _model("a.onnx")
+    _model("b.onnx")
+    _model("model.onnx")
+    return {}
+
+
+def _bisect(tmp: Path) -> Names:
+    from onnxferry.model import Model
+
+    reference = Model.load(_model("reference.onnx"))
+    candidate = Model.load(_model("candidate.onnx", noise=0.5))
+    return {"reference": reference, "candidate": candidate, "feeds": _feeds()}
+
+
+def _one_model(tmp: Path) -> Names:
+    _model("model.onnx")
+    return {}
+
+
+def _render(tmp: Path) -> Names:
+    import onnxferry
+    from onnxferry.report import Table
+
+    _model()
+    return {
+        "report": onnxferry.inspect("model.onnx"),
+        "as_json": False,
+        "report_path": Path("inspect.json"),
+        "table": Table("numbers", ("n",), [(1,), (2,)]),
+    }
+
+
+def _compare(tmp: Path) -> Names:
+    import shutil
+
+    from onnxferry.parity import Tolerance
+
+    _export_factory("train.py", "model.onnx", "x", (1, 3, 32, 32))
+    shutil.copy("model.onnx", "model.fp16.onnx")  # a second model with the same signature
+    return {"Tolerance": Tolerance}
+
+
+def _convert(tmp: Path) -> Names:
+    return {"module": _torch_net(), "x": _feeds()["x"]}
+
+
+def _dispatch(tmp: Path) -> Names:
+    _torch_factory("train.py", "x")
+    return _convert(tmp)
+
+
+def _against(tmp: Path) -> Names:
+    _export_factory("train.py", "model.onnx", "image", (1, 3, 224, 224))
+    return {}
+
+
+def _convert_base(tmp: Path) -> Names:
+    from onnxferry.convert.torch import load_torch
+
+    return {
+        "load_torch": load_torch,
+        "module": _torch_net(),
+        "options": _options(input_shapes={"x": (2, 4)}),
+        "feeds": _feeds(),
+    }
+
+
+def _options(**kwargs: Any) -> Any:
+    from onnxferry.convert import ConvertOptions
+
+    return ConvertOptions(**kwargs)
+
+
+def _sklearn(tmp: Path) -> Names:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 0)
+    joblib.dump(pipeline, "model.joblib")
+    return {"pipeline": pipeline, "x": x[:4]}
+
+
+def _torch_package(tmp: Path) -> Names:
+    import importlib.util
+
+    import torch
+
+    _torch_factory("models/net.py", "x")
+    spec = importlib.util.spec_from_file_location("net", "models/net.py")
+    assert spec is not None and spec.loader is not None
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)  # a module name TorchScript can save the class under
+    net = factory.make().eval()
+    with warnings.catch_warnings():  # torch.jit is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(net).save("net.ts")
+    program = torch.export.export(net, (torch.randn(2, 3, 32, 32),))
+    torch.export.save(program, "net.pt2")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    return {
+        "net": net,
+        "torch": torch,
+        "options": _options(input_shapes={"x": (1, 3, 32, 32)}),
+        "x": x,
+        "ConvertOptions": type(_options()),
+    }
+
+
+def _torch_load(tmp: Path) -> Names:
+    import torch
+
+    names = _torch_package(tmp)
+    return {"net": names["net"], "torch": torch, "x": names["x"]}
+
+
+def _torch_inputs(tmp: Path) -> Names:
+    import torch
+
+    return {"module": torch.nn.Linear(3, 2), "torch": torch, "options": _options()}
+
+
+def _torch_quiet(tmp: Path) -> Names:
+    import torch
+
+    net = _torch_net()
+
+    class Exporter:
+        """``torch.onnx`` whose ``export(...)`` (the example elides the arguments) exports a
+        network with the TorchScript exporter, which warns that it is deprecated: ``quiet``
+        keeps that from the test's warnings-as-errors."""
+
+        @staticmethod
+        def export(*args: Any) -> None:
+            torch.onnx.export(net, (torch.randn(1, 4),), "net.onnx", dynamo=False)
+
+    return {"torch": SimpleNamespace(onnx=Exporter), "error": RuntimeError("first\nsecond")}
+
+
+def _torch_runner(tmp: Path) -> Names:
+    import torch
+
+    from onnxferry.signature import Signature, TensorSpec, dtype_from_numpy
+
+    float32 = dtype_from_numpy(np.float32)
+    signature = Signature(
+        [TensorSpec("x", float32, ("batch", 4))], [TensorSpec("output_0", float32, ("batch", 3))]
+    )
+    t, a, b = torch.ones(1), torch.zeros(2), torch.ones(3)
+    return {
+        "module": _torch_net(),
+        "signature": signature,
+        "x": _feeds()["x"],
+        "t": t,
+        "a": a,
+        "b": b,
+    }
+
+
+def _torch_sources(tmp: Path) -> Names:
+    names = _torch_package(tmp)
+    return {"options": names["options"]}
+
+
+def _torch_specs(tmp: Path) -> Names:
+    import torch
+
+    from onnxferry.convert.torch.inputs import build_inputs, forward_params
+
+    module = _torch_net()
+    options = _options()
+    inputs = build_inputs(module, forward_params(module), (torch.randn(2, 4),), options)
+    return {"module": module, "inputs": inputs, "program": None, "options": options}
+
+
+def _torch_export(tmp: Path) -> Names:
+    import torch
+
+    from onnxferry.convert.torch.inputs import build_inputs, forward_params
+    from onnxferry.convert.torch.sources import resolve_source
+    from onnxferry.convert.torch.specs import describe_inputs, describe_outputs, probe_outputs
+    from onnxferry.signature import Signature
+
+    module = _torch_net()
+    options = _options()
+    loaded = resolve_source(module, options)
+    inputs = build_inputs(module, forward_params(module), (torch.randn(2, 4),), options)
+    input_specs, dims = describe_inputs(inputs, None, options)
+    outputs, names = probe_outputs(module, inputs)
+    output_specs = describe_outputs(module, inputs, dims, outputs, names)
+    signature = Signature(input_specs, output_specs)
+    return {
+        "loaded": loaded,
+        "inputs": inputs,
+        "signature": signature,
+        "dims": dims,
+        "options": options,
+    }
+
+
+def _torch_naming(tmp: Path) -> Names:
+    from onnxferry.convert.torch.export import DYNAMO, TORCHSCRIPT, ExportPlan
+
+    names = _torch_export(tmp)
+    ExportPlan(
+        names["loaded"], names["inputs"], names["signature"], names["dims"], names["options"]
+    ).export_torchscript(Path("net.onnx"))
+    return {
+        "path": Path("net.onnx"),
+        "signature": names["signature"],
+        "DYNAMO": DYNAMO,
+        "TORCHSCRIPT": TORCHSCRIPT,
+    }
+
+
+def _torch_divergence(tmp: Path) -> Names:
+    from onnxferry.convert.torch import load_torch
+    from onnxferry.model import Model
+    from onnxferry.parity import Tolerance
+
+    source = load_torch(_torch_net(), _options(input_shapes={"x": (2, 4)}))
+    dynamo = source.candidates[0]
+    dynamo.export(Path("net.onnx"))
+    model = Model.load("net.onnx")
+    proto = model.proto
+    for tensor in proto.graph.initializer:  # a wrong weight: the linear layer diverges
+        if len(tensor.dims) == 2:
+            tensor.raw_data = bytes(len(tensor.raw_data))
+    return {
+        "source": source,
+        "model": Model.load(save(proto, Path("wrong.onnx"))),
+        "feeds": _feeds(),
+        "Tolerance": Tolerance,
+    }
+
+
+def _data(tmp: Path) -> Names:
+    from onnxferry.data import save_npz, save_test_case
+    from onnxferry.runtime import OrtRunner
+
+    model = _loaded()
+    feeds = _feeds()
+    save_npz("feeds.npz", feeds)
+    save_test_case("resnet50/test_data_set_0", feeds, OrtRunner(model).run(feeds))
+    return {
+        "model": model,
+        "outputs": OrtRunner(model).run(feeds),
+        "text": 'name = "fold"\n',
+    }
+
+
+def _golden(tmp: Path) -> Names:
+    from onnxferry.data import save_test_case
+    from onnxferry.runtime import OrtRunner
+
+    model = _loaded("model_dir/model.onnx")
+    save(mlp(), Path("model.onnx"))
+    feeds = _feeds()
+    save_test_case("model_dir/test_data_set_0", feeds, OrtRunner(model).run(feeds))
+    return {}
+
+
+def _graphs(tmp: Path) -> Names:
+    from onnxferry.runtime import OrtRunner
+
+    model = _loaded()
+    return {"model": model, "proto": mlp(), "feeds": _feeds(), "OrtRunner": OrtRunner}
+
+
+def _optimize(tmp: Path) -> Names:
+    from onnxferry.optimize import Recipe
+
+    _model()
+    Recipe.of(["fold"]).save("fast.recipe.toml")
+    Recipe.of(["fold"]).save("recipe.toml")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    np.savez("val.npz", x=x, labels=rng.integers(0, 3, 64))
+    return {}
+
+
+def _judge(model: Any, feeds: list[dict[str, np.ndarray]]) -> Any:
+    from onnxferry.optimize.budget import Budget
+    from onnxferry.optimize.chain import Judge
+
+    return Judge(model, feeds, Budget.parse("cosine>=0.99"))
+
+
+def _auto(tmp: Path) -> Names:
+    model = _loaded()
+    feeds = [_feeds(1), _feeds(8)]
+    return {"model": model, "judge": _judge(model, feeds), "workdir": tmp / "work"}
+
+
+def _chain(tmp: Path) -> Names:
+    from onnxferry.optimize import Recipe
+
+    Recipe.of(["fold"]).save("r.toml")
+    return {"model": _loaded(), "feeds": _feeds()}
+
+
+def _pass_context(tmp: Path) -> Names:
+    from onnxferry.optimize import PassContext
+
+    model = _loaded()
+    feeds = [_feeds(1), _feeds(8)]
+    workdir = tmp / "work"
+    return {"model": model, "feeds": feeds, "workdir": workdir, "ctx": PassContext(workdir, feeds)}
+
+
+def _budget(tmp: Path) -> Names:
+    from onnxferry.runtime import OrtRunner
+
+    reference = OrtRunner(_loaded()).run(_feeds())
+    candidate = OrtRunner(_loaded("noisy.onnx", noise=1e-3)).run(_feeds())
+    return {"reference_outputs": [reference], "candidate_outputs": [candidate]}
+
+
+def _calibration(tmp: Path) -> Names:
+    from onnxferry.data import save_npz
+
+    model = _loaded()
+    save_npz("calib.npz", {"x": np.stack([_feeds(1, seed)["x"] for seed in range(4)])})
+    Path("calib").mkdir()
+    save_npz("calib/a.npz", _feeds(1))
+
+    class Reader:
+        def __init__(self) -> None:
+            self.left = [_feeds(1, seed) for seed in range(3)]
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.left.pop() if self.left else None
+
+    return {"model": model, "my_reader": Reader()}
+
+
+def _my_pass() -> type[Any]:
+    from onnxferry.optimize import Pass, PassResult
+
+    @dataclass(frozen=True)
+    class MyPass(Pass):
+        """Leaves the model as it is."""
+
+        name: ClassVar[str] = "my_pass"
+        family: ClassVar[str] = "graph"
+
+        def apply(self, model: Any, ctx: Any) -> PassResult:
+            return PassResult(model, changed=False)
+
+    return MyPass
+
+
+def _catalog(tmp: Path) -> Names:
+    from onnxferry.optimize import Recipe, make_pass
+
+    return {"MyPass": _my_pass(), "Recipe": Recipe, "make_pass": make_pass}
+
+
+def _quantize(tmp: Path) -> Names:
+    from onnxferry.optimize.sensitivity import exclude_until, rank_sensitivity
+
+    return {
+        **_pass_context(tmp),
+        "judge": lambda model: True,
+        "rank_sensitivity": rank_sensitivity,
+        "exclude_until": exclude_until,
+    }
+
+
+def _sensitivity(tmp: Path) -> Names:
+    from onnxferry.optimize import PassContext
+    from onnxferry.optimize.quantize import StaticInt8
+
+    fp32 = _loaded()
+    feeds = [_feeds(1), _feeds(8)]
+    plan = StaticInt8().plan(fp32, PassContext(tmp / "work", feeds))
+    return {
+        "fp32": plan.source,
+        "qdq": plan.build([]),
+        "feeds": feeds,
+        "build": plan.build,
+        "judge": lambda model: True,
+    }
+
+
+def _parity(tmp: Path) -> Names:
+    from onnxferry.runtime import OrtRunner
+
+    reference, candidate = _loaded(), _loaded("optimized.onnx", noise=1e-3)
+    feeds = [_feeds()]
+    return {
+        "ref_runner": OrtRunner(reference),
+        "cand_runner": OrtRunner(candidate),
+        "feeds": feeds,
+        "ref_outputs": [OrtRunner(reference).run(f) for f in feeds],
+        "cand_outputs": [OrtRunner(candidate).run(f) for f in feeds],
+    }
+
+
+def _report(tmp: Path) -> Names:
+    _model("a.onnx")
+    _model("b.onnx", noise=1e-3)
+    return {}
+
+
+def _runtime(tmp: Path) -> Names:
+    from onnxferry.feeds import plan_feeds
+
+    return {"model": _loaded(), "plan_feeds": plan_feeds}
+
+
+def _safety(tmp: Path) -> Names:
+    import onnx
+
+    directory = Path("models/resnet")
+    directory.mkdir(parents=True)
+    proto = mlp()
+    onnx.save(proto, str(directory / "model.onnx"), save_as_external_data=True, size_threshold=0)
+    return {"proto": onnx.load(str(directory / "model.onnx"), load_external_data=False)}
+
+
+def _signature(tmp: Path) -> Names:
+    return {"model": _loaded(), "feeds": _feeds()}
+
+
+def _serve_repository(tmp: Path) -> Names:
+    version = Path("models/resnet/1")
+    version.mkdir(parents=True)
+    _model(str(version / "model.onnx"))
+    return {"feeds": _feeds()}
+
+
+def _serve_app(tmp: Path) -> Names:
+    import uvicorn
+
+    _serve_repository(tmp)
+    return {"uvicorn": SimpleNamespace(run=_bound(uvicorn.run))}
+
+
+def _serve_asgi(tmp: Path) -> Names:
+    body = [{"type": "http.request", "body": b'{"inputs": []}', "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return body.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    return {"receive": receive, "send": send, "headers": {b"content-length": b"14"}}
+
+
+def _serve_config(tmp: Path) -> Names:
+    from onnxferry.runtime import usable_cores
+
+    Path("repo/resnet").mkdir(parents=True)
+    Path("repo/resnet/ferry.toml").write_text("max_batch_size = 8\n")
+    return {"usable_cores": usable_cores}
+
+
+def _serve_executor(tmp: Path) -> Names:
+    from onnxferry.model import Model
+    from tests.helpers import RELU, onnx_text
+
+    return {"model": Model.load(save(onnx_text(RELU), Path("relu.onnx"))), "x": _feeds()["x"]}
+
+
+def _serve_metadata(tmp: Path) -> Names:
+    from onnxferry.serve.config import ModelConfig
+
+    return {"signature": _loaded().signature, "config": ModelConfig(max_batch_size=8)}
+
+
+def _serve_parsing(tmp: Path) -> Names:
+    import json
+
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    ).encode()
+    return {"model": _loaded(), "body": body}
+
+
+def _serve_protocol(tmp: Path) -> Names:
+    from onnxferry.runtime import OrtRunner
+
+    names = _serve_parsing(tmp)
+    return {**names, "value": None, "runner": OrtRunner(names["model"])}
+
+
+def _serve_server(tmp: Path) -> Names:
+    import requests
+
+    from onnxferry.serve.server import serve
+
+    _model()
+    Path("models").mkdir()
+    return {"serve": _bound(serve), "requests": requests}
+
+
+def _serve_tensors(tmp: Path) -> Names:
+    from onnxferry.signature import TensorSpec, dtype_from_numpy
+
+    spec = TensorSpec("x", dtype_from_numpy(np.float32), (2, 3))
+    data = np.arange(6, dtype=np.float32).tobytes()
+    return {"spec": spec, "data": data, "outputs": {"y": np.ones((2, 3), np.float32)}}
+
+
+def _language_model() -> Any:
+    """input_ids, attention_mask int64[batch, sequence] -> hidden[batch, sequence, 4]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["embedded"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+        helper.make_node("Mul", ["embedded", "mask3"], ["hidden"]),
+    ]
+    dims = ["batch", "sequence"]
+    graph = helper.make_graph(
+        nodes,
+        "lm",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, dims),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dims),
+        ],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [*dims, 4])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([-1], np.int64), "last"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _feeds_package(tmp: Path) -> Names:
+    from onnxferry.model import Model
+
+    model = Model.load(save(_language_model(), Path("lm.onnx")))
+    ids = np.random.default_rng(0).integers(0, 100, (2, 8))
+    return {"model": model, "inputs": {"input_ids": ids, "attention_mask": np.ones_like(ids)}}
+
+
+def _feeds_sets(tmp: Path) -> Names:
+    from onnxferry.errors import DataError
+
+    names = _feeds_package(tmp)
+    return {**names, "samples": [names["inputs"]], "DataError": DataError}
+
+
+def _feeds_values(tmp: Path) -> Names:
+    return {"signature": _feeds_package(tmp)["model"].signature}
+
+
+def _measure(tmp: Path) -> Names:
+    from onnxferry.runtime import create_session
+
+    return {"session": create_session(_loaded()), "feeds": _feeds()}
+
+
+def _serve_scan(tmp: Path) -> Names:
+    version = Path("models/resnet/2")
+    version.mkdir(parents=True)
+    _model(str(version / "model.onnx"))
+    return {}
+
+
+SETUPS: dict[str, Setup] = {
+    "onnxferry": _package,
+    "onnxferry.atomic": _atomic,
+    "onnxferry.bench": _two_models,
+    "onnxferry.bench.local": _two_models,
+    "onnxferry.bisect": _bisect,
+    "onnxferry.check": _one_model,
+    "onnxferry.cli": _two_models,
+    "onnxferry.cli.options": _nothing,
+    "onnxferry.cli.render": _render,
+    "onnxferry.cli.types": _nothing,
+    "onnxferry.compare": _compare,
+    "onnxferry.convert": _convert,
+    "onnxferry.convert.against": _against,
+    "onnxferry.convert.base": _convert_base,
+    "onnxferry.convert.dispatch": _dispatch,
+    "onnxferry.convert.onnx": _one_model,
+    "onnxferry.convert.sklearn": _sklearn,
+    "onnxferry.convert.torch": _torch_package,
+    "onnxferry.convert.torch.divergence": _torch_divergence,
+    "onnxferry.convert.torch.export": _torch_export,
+    "onnxferry.convert.torch.inputs": _torch_inputs,
+    "onnxferry.convert.torch.load": _torch_load,
+    "onnxferry.convert.torch.naming": _torch_naming,
+    "onnxferry.convert.torch.quiet": _torch_quiet,
+    "onnxferry.convert.torch.runner": _torch_runner,
+    "onnxferry.convert.torch.sources": _torch_sources,
+    "onnxferry.convert.torch.specs": _torch_specs,
+    "onnxferry.data": _data,
+    "onnxferry.feeds": _feeds_package,
+    "onnxferry.feeds.plan": _feeds_package,
+    "onnxferry.feeds.ranges": _feeds_package,
+    "onnxferry.feeds.sets": _feeds_sets,
+    "onnxferry.feeds.values": _feeds_values,
+    "onnxferry.errors": _one_model,
+    "onnxferry.golden": _golden,
+    "onnxferry.graphs": _graphs,
+    "onnxferry.inspection": _one_model,
+    "onnxferry.measure": _measure,
+    "onnxferry.model": _one_model,
+    "onnxferry.optimize": _optimize,
+    "onnxferry.optimize.auto": _auto,
+    "onnxferry.optimize.base": _pass_context,
+    "onnxferry.optimize.budget": _budget,
+    "onnxferry.optimize.calibration": _calibration,
+    "onnxferry.optimize.catalog": _catalog,
+    "onnxferry.optimize.chain": _chain,
+    "onnxferry.optimize.fp16": _pass_context,
+    "onnxferry.optimize.graph": _pass_context,
+    "onnxferry.optimize.prune": _pass_context,
+    "onnxferry.optimize.quantize": _quantize,
+    "onnxferry.optimize.recipe": _catalog,
+    "onnxferry.optimize.sensitivity": _sensitivity,
+    "onnxferry.optimize.smooth": _catalog,
+    "onnxferry.optimize.verb": _optimize,
+    "onnxferry.parity": _parity,
+    "onnxferry.report": _report,
+    "onnxferry.runtime": _runtime,
+    "onnxferry.safety": _safety,
+    "onnxferry.serve.app": _serve_app,
+    "onnxferry.serve.asgi": _serve_asgi,
+    "onnxferry.serve.config": _serve_config,
+    "onnxferry.serve.executor": _serve_executor,
+    "onnxferry.serve.metadata": _serve_metadata,
+    "onnxferry.serve.metrics": _nothing,
+    "onnxferry.serve.openapi": _nothing,
+    "onnxferry.serve.parsing": _serve_parsing,
+    "onnxferry.serve.protocol": _serve_protocol,
+    "onnxferry.serve.repository": _serve_repository,
+    "onnxferry.serve.routes": _nothing,
+    "onnxferry.serve.scan": _serve_scan,
+    "onnxferry.serve.server": _serve_server,
+    "onnxferry.serve.tensors": _serve_tensors,
+    "onnxferry.signature": _signature,
+}
+"""Per module: what its example needs, made in the current (temporary) directory."""
+
+TENSORFLOW = "imports TensorFlow (about 20 s) and converts with tf2onnx"
+LOAD_TEST = (
+    "needs a server at the fixed address it names and runs 5 s per concurrency level; "
+    "tests/test_bench_remote.py runs load_test against a live server"
+)
+SKIP: dict[str, str] = {
+    "onnxferry.convert.keras": f"{TENSORFLOW}; tests/test_convert_keras.py runs these loaders",
+    "onnxferry.convert.savedmodel": f"{TENSORFLOW}; tests/test_convert_keras.py runs it",
+    "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
+    "tests",
+    "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",
+    "onnxferry.convert.torch.export_errors": "a fragment of an exporter's except clause; "
+    "tests/test_convert_torch.py checks the one-line errors",
+    "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "
+    "search and a bench: far past this test's time; tests/test_deploy.py deploys a tiny model",
+    "onnxferry.bench.remote": LOAD_TEST,
+}
+"""Modules whose usage example does not run here, and why."""
+
+
+def test_every_usage_example_is_run_or_skipped_with_a_reason() -> None:
+    missing = sorted(set(EXAMPLES) - set(SETUPS) - set(SKIP))
+    assert not missing, f"add a setup to SETUPS (or a reason to SKIP) for {missing}"
+    stale = sorted((set(SETUPS) | set(SKIP)) - set(EXAMPLES))
+    assert not stale, (
+        f"no usage example (an indented block) in {stale}: remove them from SETUPS / SKIP, or "
+        "put prose after an example that ends the docstring (a formatter dedents a docstring "
+        "whose lines after the first are all indented)"
+    )
+    both = sorted(set(SETUPS) & set(SKIP))
+    assert not both, f"in both SETUPS and SKIP: {both}"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_usage_example_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if name in SKIP:
+        pytest.skip(SKIP[name])
+    if name not in SETUPS:
+        pytest.fail(f"{name} has a usage example but no entry in SETUPS or SKIP")
+    monkeypatch.chdir(tmp_path)
+    # The module's globals, plus what every example may take as given.
+    namespace: Names = {"onnxferry": onnxferry, "Path": Path}
+    namespace.update(vars(importlib.import_module(name)))
+    namespace.update(SETUPS[name](tmp_path))
+    _run(name, EXAMPLES[name], namespace)
+
+
+@pytest.mark.parametrize(
+    ("doc", "block"),
+    [
+        ("Title.\n\n    a = 1\n    b = 2\n\nMore.\n\n    c = 3\n", "a = 1\nb = 2\n"),
+        ("Title.\n\n    for x in y:\n        z\n\n    w\nText.", "for x in y:\n    z\n\nw\n"),
+        ("Title.\n\nNo example here.\n  - a list item\n", None),
+    ],
+)
+def test_usage_block_is_the_first_indented_block(doc: str, block: str | None) -> None:
+    assert usage_block(doc) == block
+
+
+def test_doctest_examples_are_checked() -> None:
+    _run("m", ">>> 1 + 1\n2\n", {})
+    with pytest.raises(AssertionError, match="1 doctest example"):
+        _run("m", ">>> 1 + 1\n3\n", {})

@@ -1,0 +1,290 @@
+"""graphs: walking graphs and nodes, external data read in (and checked again), exposed
+outputs, and runnable models in memory or spilled past the protobuf limit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxferry import graphs
+from onnxferry.errors import InputError, UnsafeModelError
+from onnxferry.graphs import (
+    copy_model,
+    expose,
+    exposing,
+    inlined,
+    iter_graphs,
+    iter_initializers,
+    iter_nodes,
+    runnable,
+    subgraphs,
+    walk_graphs,
+)
+from onnxferry.model import Model
+from onnxferry.runtime import OrtRunner
+from onnxferry.safety import iter_tensors, uses_external_data
+
+from .helpers import SITE_TENSORS, mlp, save_external, tensor_sites
+
+X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, -3.0, 0.0]], np.float32)
+SITE_FEEDS = {
+    "x": np.array([10.0, 20.0], np.float32),
+    "cond": np.array(True),
+    "seq": np.ones((3, 2), np.float32),
+}
+SUBGRAPH_EXTERNAL = [n for n in SITE_TENSORS if n not in ("s_indices", "held", "held_sparse")]
+
+
+def nested() -> onnx.ModelProto:
+    """y = x + 1 through a Loop (one trip) whose body holds an If: a subgraph two deep."""
+    one = numpy_helper.from_array(np.ones(2, np.float32), "one")
+    then_g = helper.make_graph(
+        [helper.make_node("Add", ["acc", "one"], ["t"], name="then_add")],
+        "then_g",
+        [],
+        [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Identity", ["acc"], ["e"], name="else_id")],
+        "else_g",
+        [],
+        [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2])],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"], name="keep_going"),
+            helper.make_node(
+                "If", ["c_in"], ["acc_out"], name="branch", then_branch=then_g, else_branch=else_g
+            ),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", onnx.TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", onnx.TensorProto.FLOAT, [2]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["trip"], name="trip", value_int=1),
+            helper.make_node(
+                "Constant",
+                [],
+                ["go"],
+                name="go",
+                value=helper.make_tensor("go_value", onnx.TensorProto.BOOL, [], [True]),
+            ),
+            helper.make_node("Loop", ["trip", "go", "x"], ["y"], name="loop", body=body),
+        ],
+        "nested",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        [one],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def run_proto(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return OrtRunner(Model.from_proto(proto), validate=False).run(feeds)
+
+
+# --- walking ---------------------------------------------------------------------------------
+
+
+def test_iter_graphs_reaches_every_subgraph_at_any_depth() -> None:
+    proto = nested()
+    assert sorted(g.name for g in iter_graphs(proto)) == ["body", "else_g", "nested", "then_g"]
+    names = {n.name for n in iter_nodes(proto)}
+    assert {"loop", "keep_going", "branch", "then_add", "else_id"} <= names
+    body = proto.graph.node[2].attribute[0].g
+    body.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "deep"))
+    assert [t.name for t in iter_initializers(proto)] == ["one", "deep"]
+
+
+def test_iter_graphs_and_nodes_cover_if_loop_scan_and_functions() -> None:
+    proto = tensor_sites()
+    assert sorted(g.name for g in iter_graphs(proto)) == [
+        "else_g",
+        "loop_g",
+        "scan_g",
+        "sites",
+        "then_g",
+    ]
+    ops = [n.op_type for n in iter_nodes(proto)]
+    assert ops.count("Constant") == 7  # 3 in the main graph; If, Loop, Scan and AddK
+    assert "Holder" in ops
+
+
+def test_subgraphs_is_one_level_and_walk_graphs_all_levels() -> None:
+    loop = next(n for n in nested().graph.node if n.op_type == "Loop")
+    (body,) = subgraphs(loop)
+    assert body.name == "body"
+    assert next(g.name for g in walk_graphs(body)) == "body"
+    assert sorted(g.name for g in walk_graphs(body)) == ["body", "else_g", "then_g"]
+
+
+# --- inlining --------------------------------------------------------------------------------
+
+
+def test_inlined_reads_external_data_into_a_copy(tmp_path: Path) -> None:
+    model = Model.load(save_external(mlp(), tmp_path / "model.onnx"))
+    before = model.proto.SerializeToString()
+
+    proto = inlined(model)
+
+    assert not any(uses_external_data(s.tensor) for s in iter_tensors(proto))
+    assert proto.SerializeToString() == mlp().SerializeToString()
+    assert model.proto.SerializeToString() == before  # the model's own proto is not touched
+
+
+def test_inlined_reads_external_data_held_in_subgraphs_and_functions(tmp_path: Path) -> None:
+    source = tensor_sites(custom_node=False)
+    path = save_external(source, tmp_path / "model.onnx", SUBGRAPH_EXTERNAL)
+    model = Model.load(path)
+    assert len([s for s in iter_tensors(model.proto) if uses_external_data(s.tensor)]) == len(
+        SUBGRAPH_EXTERNAL
+    )
+
+    proto = inlined(model)
+
+    assert not any(uses_external_data(s.tensor) for s in iter_tensors(proto))
+    got, want = run_proto(proto, SITE_FEEDS), run_proto(source, SITE_FEEDS)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_inlined_without_external_data_is_still_a_copy() -> None:
+    model = Model.from_proto(mlp())
+    proto = inlined(model)
+    assert proto is not model.proto
+    proto.graph.name = "changed"
+    assert model.proto.graph.name == "mlp"
+
+
+def test_inlined_checks_the_references_again(tmp_path: Path) -> None:
+    model = Model.load(save_external(mlp(), tmp_path / "model.onnx"))
+    with open(tmp_path / "weights.bin", "r+b") as f:
+        f.truncate(100)  # the data file changed after loading
+    with pytest.raises(UnsafeModelError, match="too short for offset"):
+        inlined(model)
+
+
+def test_inlined_refuses_a_data_file_swapped_for_a_link(tmp_path: Path) -> None:
+    model = Model.load(save_external(mlp(), tmp_path / "model.onnx"))
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    os.replace(tmp_path / "weights.bin", outside)
+    (tmp_path / "weights.bin").symlink_to(outside)
+    with pytest.raises(UnsafeModelError, match="symbolic link"):
+        inlined(model)
+
+
+def test_inlined_in_memory_model_with_external_references(tmp_path: Path) -> None:
+    path = save_external(mlp(), tmp_path / "model.onnx")
+    model = Model.from_proto(onnx.load(str(path), load_external_data=False))
+    with pytest.raises(InputError, match=r"Model\.load"):
+        inlined(model)
+
+
+def test_inlined_derived_proto_keeps_what_was_derived(tmp_path: Path) -> None:
+    model = Model.load(save_external(mlp(), tmp_path / "model.onnx"))
+    typed = onnx.shape_inference.infer_shapes(model.proto)
+
+    proto = inlined(model, typed)
+
+    assert {v.name for v in proto.graph.value_info} >= {"h1", "h2"}
+    assert not any(uses_external_data(s.tensor) for s in iter_tensors(proto))
+    assert any(uses_external_data(s.tensor) for s in iter_tensors(typed))  # not touched
+
+
+# --- exposing outputs ------------------------------------------------------------------------
+
+
+def test_expose_adds_each_name_once_in_place() -> None:
+    proto = copy_model(mlp())
+    expose(proto, ["h1", "", "probs", "h2", "h1"])
+    assert [o.name for o in proto.graph.output] == ["probs", "h1", "h2"]
+    values = run_proto(proto, {"x": X})
+    w1, b1 = (numpy_helper.to_array(t) for t in proto.graph.initializer[:2])
+    np.testing.assert_allclose(values["h1"], X @ w1 + b1, rtol=1e-6)
+    np.testing.assert_array_equal(values["h2"], np.maximum(values["h1"], 0))
+
+
+def test_exposing_a_model_with_external_data(tmp_path: Path) -> None:
+    model = Model.load(save_external(mlp(), tmp_path / "model.onnx"))
+    outputs = [o.name for o in model.proto.graph.output]
+
+    with exposing(model, ["h2"]) as probe:
+        values = OrtRunner(probe, validate=False).run({"x": X})
+
+    assert set(values) == {"probs", "h2"}
+    assert [o.name for o in model.proto.graph.output] == outputs
+    expected = run_proto(mlp(), {"x": X})["probs"]
+    np.testing.assert_array_equal(values["probs"], expected)
+
+
+def test_exposing_inside_subgraph_model(tmp_path: Path) -> None:
+    path = save_external(nested(), tmp_path / "model.onnx", ["one"])
+    with exposing(Model.load(path), ["go"]) as probe:
+        values = OrtRunner(probe, validate=False).run({"x": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(values["y"], np.ones(2, np.float32))
+    assert bool(values["go"]) is True
+
+
+# --- runnable: in memory, or spilled past the limit -------------------------------------------
+
+
+def test_runnable_below_the_limit_stays_in_memory() -> None:
+    proto = mlp()
+    with runnable(proto) as model:
+        assert model.path is None
+        assert model.proto is proto
+
+
+def test_runnable_past_the_limit_spills_to_a_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proto = mlp(hidden=256)  # w1 and w2 reach the 1 KiB that goes to external data
+    monkeypatch.setattr(graphs, "PROTO_LIMIT", proto.ByteSize() // 2)
+
+    with runnable(proto) as model:
+        assert model.path is not None
+        directory = model.path.parent
+        assert directory.name.startswith("onnxferry-")
+        assert model.external_files  # saved with its weights in external data
+        got = OrtRunner(model).run({"x": X})["probs"]
+
+    assert not directory.exists()  # gone with the block
+    np.testing.assert_array_equal(got, run_proto(mlp(hidden=256), {"x": X})["probs"])
+
+
+def test_exposing_past_the_limit_spills_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Model.load(save_external(mlp(hidden=256), tmp_path / "m" / "model.onnx"))
+    monkeypatch.setattr(graphs, "PROTO_LIMIT", 1024)
+
+    with exposing(model, ["h1"]) as probe:
+        assert probe.path is not None
+        assert probe.path.parent != tmp_path / "m"
+        directory = probe.path.parent
+        values = OrtRunner(probe, validate=False).run({"x": X})
+
+    assert not directory.exists()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.onnx", "weights.bin"]
+    np.testing.assert_array_equal(values["probs"], run_proto(mlp(hidden=256), {"x": X})["probs"])
+
+
+def test_the_limit_leaves_room_below_protobufs() -> None:
+    assert graphs.PROTO_LIMIT == 2 * 1024**3 - 64 * 1024**2
+    assert graphs.PROTOBUF_MAX == 2**31 - 1

@@ -1,0 +1,52 @@
+"""Reports: saved as JSON and HTML through Report, and handed back typed by transforming verbs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from onnxferry.convert import Conversion, convert_with_report
+from onnxferry.optimize import Recipe, optimize_with_report
+from onnxferry.optimize.chain import ChainResult
+from onnxferry.report import Report, Table
+from tests.helpers import mlp, save
+
+
+class _Body:
+    def __init__(self, name: str, ok: bool = True) -> None:
+        self.name = name
+        self.ok = ok
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "value": float("nan")}
+
+    def tables(self) -> list[Table]:
+        return [Table(f"table {self.name}", ("name",), [(self.name,)])]
+
+
+def test_save_writes_the_json_and_save_html_the_page_with_its_sections(tmp_path: Path) -> None:
+    report = Report("deploy", _Body("whole"), notes=["a <note>"])
+    stage = Report("convert", _Body("stage", ok=False))
+    assert report.save(tmp_path / "out" / "r.json") == tmp_path / "out" / "r.json"
+    text = (tmp_path / "out" / "r.json").read_text()
+    assert text == report.to_json() + "\n"
+    assert json.loads(text)["result"] == {"name": "whole", "value": "nan"}
+    report.save_html(tmp_path / "r.html", "title <x>", ["<svg>figure</svg>"], [stage])
+    page = (tmp_path / "r.html").read_text()
+    assert page == report.to_html("title <x>", ["<svg>figure</svg>"], [stage])
+    assert "<title>title &lt;x&gt;</title>" in page and "a &lt;note&gt;" in page
+    assert page.index("table whole") < page.index("convert: <span class='FAILED'>")
+    assert page.index("table stage") < page.index("<figure><svg>figure</svg></figure>")
+
+
+def test_convert_and_optimize_hand_back_their_report_typed(tmp_path: Path) -> None:
+    source = save(mlp(), tmp_path / "src.onnx")
+    model, report = convert_with_report(source, tmp_path / "model.onnx", framework="onnx")
+    assert isinstance(report.result, Conversion) and report.result.chosen is not None
+    assert model.provenance == [report]
+    fast, optimized = optimize_with_report(
+        model, tmp_path / "fast.onnx", recipe=Recipe.of(["fold"])
+    )
+    assert isinstance(optimized.result, ChainResult)
+    assert optimized.verb == "optimize" and [s.label for s in optimized.result.steps] == ["fold"]
+    assert fast.provenance == [report, optimized]
