@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onnxferry.convert import Conversion, convert_with_report
-from onnxferry.optimize import Recipe, optimize_with_report
-from onnxferry.optimize.chain import ChainResult
+import pytest
+
+from onnxferry.convert import Conversion, convert
+from onnxferry.optimize import ChainResult, Recipe, SearchResult, optimize
 from onnxferry.report import Report, Table
 from tests.helpers import mlp, save
 
@@ -41,12 +42,15 @@ def test_save_writes_the_json_and_save_html_the_page_with_its_sections(tmp_path:
 
 def test_convert_and_optimize_hand_back_their_report_typed(tmp_path: Path) -> None:
     source = save(mlp(), tmp_path / "src.onnx")
-    model, report = convert_with_report(source, tmp_path / "model.onnx", framework="onnx")
+    model = convert(source, tmp_path / "model.onnx", framework="onnx")
+    report = model.last_report(Conversion)
     assert isinstance(report.result, Conversion) and report.result.chosen is not None
     assert model.provenance == [report]
-    fast, optimized = optimize_with_report(
-        model, tmp_path / "fast.onnx", recipe=Recipe.of(["fold"])
-    )
+    with pytest.raises(LookupError, match="no ChainResult or SearchResult report"):
+        model.last_report(ChainResult, SearchResult)
+    fast = optimize(model, tmp_path / "fast.onnx", recipe=Recipe.of(["fold"]))
+    optimized = fast.last_report(ChainResult, SearchResult)
     assert isinstance(optimized.result, ChainResult)
+    assert fast.last_report(Conversion) is report
     assert optimized.verb == "optimize" and [s.label for s in optimized.result.steps] == ["fold"]
     assert fast.provenance == [report, optimized]

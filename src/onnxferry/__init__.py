@@ -8,8 +8,7 @@
     print(report.to_text())
 
 Transforming verbs (convert, optimize) return a Model whose ``provenance`` holds their
-reports, oldest first; ``convert_with_report`` (``from onnxferry.convert import ...``) and
-``optimize_with_report`` (``onnxferry.optimize``) return the Model and its report, typed.
+reports, oldest first; ``model.last_report(Conversion)`` gives one back, typed.
 Judging verbs (inspect, check, compare, test, bench) return a Report. The `ferry` command
 wraps each.
 """

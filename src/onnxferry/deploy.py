@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 
 from .bench import BenchSuite, bench
-from .convert import convert_with_report
-from .optimize import optimize_with_report
-from .optimize.auto import SearchResult
-from .optimize.chain import ChainResult
+from .convert import Conversion, convert
+from .optimize import ChainResult, SearchResult, optimize
 from .optimize.verb import recipe_path
 from .report import Report, Table
 
@@ -79,7 +77,7 @@ def deploy(
     out = Path(outdir)
     result = Deployment(source=str(source), outdir=str(out))
     with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
-        converted, conversion = convert_with_report(
+        converted = convert(
             source,
             Path(tmp) / "converted.onnx",
             framework=framework,
@@ -89,8 +87,8 @@ def deploy(
             trust_pickle=trust_pickle,
             example_inputs=example_inputs,
         )
-        result.stages.append(conversion)
-        final, optimization = optimize_with_report(
+        result.stages.append(converted.last_report(Conversion))
+        final = optimize(
             converted,
             out / "model.onnx",
             auto=True,
@@ -100,6 +98,7 @@ def deploy(
             eval_data=eval_data,
             input_shapes=input_shapes,
         )
+        optimization = final.last_report(ChainResult, SearchResult)
         result.stages.append(optimization)
         timing = bench([converted, final], batches=batches, duration=duration)
         result.stages.append(timing)

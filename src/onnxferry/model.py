@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 
 from .atomic import AtomicFiles
 from .errors import (
@@ -44,7 +44,7 @@ from .graphs import (
 )
 from .graphs import iter_graphs as iter_graphs  # also re-exported: check.py and feeds.py
 from .graphs import iter_nodes as iter_nodes  # import them from here (to move to graphs)
-from .report import Report, human_size
+from .report import Report, ReportBody, human_size
 from .safety import (
     ExternalRef,
     check_external_data,
@@ -54,6 +54,9 @@ from .safety import (
     uses_external_data,
 )
 from .signature import Signature
+
+R = TypeVar("R", bound=ReportBody)
+S = TypeVar("S", bound=ReportBody)
 
 if TYPE_CHECKING:
     import onnx
@@ -83,6 +86,24 @@ class Model:
     external_files: tuple[Path, ...] = field(default=())
     provenance: list[Report[Any]] = field(default_factory=list, compare=False, repr=False)
     """Reports of the stages that made this model (convert, optimize passes), oldest first."""
+
+    @overload
+    def last_report(self, kind: type[R], /) -> Report[R]: ...
+    @overload
+    def last_report(self, kind: type[R], other: type[S], /) -> Report[R | S]: ...
+    def last_report(self, *kinds: type[Any]) -> Report[Any]:
+        """The newest report in ``provenance`` whose result is one of ``kinds``, typed.
+
+            conversion = model.last_report(Conversion)               # Report[Conversion]
+            optimized = model.last_report(ChainResult, SearchResult)
+
+        Raises LookupError when no stage of that kind made this model.
+        """
+        for report in reversed(self.provenance):
+            if isinstance(report.result, kinds):
+                return cast("Report[Any]", report)
+        names = " or ".join(k.__name__ for k in kinds)
+        raise LookupError(f"no {names} report in this model's provenance")
 
     @classmethod
     def load(

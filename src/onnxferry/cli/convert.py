@@ -42,11 +42,11 @@ def convert(
     a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since
     loading a pickle executes code) or .onnx (re-targeted to --opset).
     """
-    from ..convert import ParityFailure, convert_with_report
+    from ..convert import Conversion, ParityFailure, convert
     from ..data import load_feeds
 
     try:
-        _, report = convert_with_report(
+        model = convert(
             source,
             output,
             framework=framework,
@@ -61,7 +61,7 @@ def convert(
     except ParityFailure as e:
         emit(e.report, as_json, report_path)
         raise
-    code = emit(report, as_json, report_path)
+    code = emit(model.last_report(Conversion), as_json, report_path)
     if not as_json:
         click.echo(f"wrote {output}", err=True)
     return code

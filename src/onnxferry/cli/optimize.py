@@ -59,10 +59,10 @@ def optimize(
     """
     from ..data import load_feeds
     from ..model import Model
-    from ..optimize import optimize_with_report
+    from ..optimize import ChainResult, SearchResult, optimize
 
     loaded = Model.load(model)
-    _, report = optimize_with_report(
+    optimized = optimize(
         loaded,
         output,
         recipe=recipe,
@@ -80,7 +80,7 @@ def optimize(
         threads=threads,
         time_budget=time_budget,
     )
-    code = emit(report, as_json, report_path)
+    code = emit(optimized.last_report(ChainResult, SearchResult), as_json, report_path)
     if not as_json:
         click.echo(f"wrote {output}", err=True)
     return code

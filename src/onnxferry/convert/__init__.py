@@ -1,8 +1,8 @@
 """Convert a trained model to ONNX, verified against the source framework.
 
     model = onnxferry.convert(module, "model.onnx", inputs=[{"x": x}])
-    model, report = convert_with_report(module, "model.onnx", inputs=[{"x": x}])
-    print(report.to_text())                # a Report[Conversion]: report.result.chosen, ...
+    report = model.last_report(Conversion)  # a Report[Conversion]: report.result.chosen, ...
+    print(report.to_text())
 
 One module per source framework (torch, keras (with TF SavedModel), tflite, sklearn, onnx)
 builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` verifies them.
@@ -10,7 +10,7 @@ builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` v
 
 from .against import compare_to_source
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
-from .dispatch import Conversion, convert, convert_with_report, detect_framework
+from .dispatch import Conversion, convert, detect_framework
 
 __all__ = [
     "FRAMEWORKS",
@@ -22,6 +22,5 @@ __all__ = [
     "Source",
     "compare_to_source",
     "convert",
-    "convert_with_report",
     "detect_framework",
 ]

@@ -2,9 +2,9 @@
 
     model = convert(module, "model.onnx", inputs=[{"x": x}])
     model = convert("train.py:make_model", "model.onnx", input_shapes={"x": (1, 3, 224, 224)})
-    model, report = convert_with_report(module, "model.onnx", inputs=[{"x": x}])
-    report.to_text()                      # which exporter, why, and the parity figures
-    report.result.chosen, report.result.attempts[0].parity   # typed: a Report[Conversion]
+    report = model.last_report(Conversion)   # typed: a Report[Conversion]
+    report.to_text()                         # which exporter, why, and the parity figures
+    report.result.chosen, report.result.attempts[0].parity
 
 Verification runs every candidate on several input shapes (each dynamic axis takes at least two
 values), on the user's samples when given and on realistic generated inputs otherwise. The
@@ -148,48 +148,13 @@ def convert(
 ) -> Model:
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
-    The same as ``convert_with_report`` without the report (which the Model's ``provenance``
-    keeps as its last entry).
-    """
-    model, _ = convert_with_report(
-        source,
-        output,
-        framework=framework,
-        input_shapes=input_shapes,
-        inputs=inputs,
-        dynamic=dynamic,
-        opset=opset,
-        tolerance=tolerance,
-        verify=verify,
-        trust_pickle=trust_pickle,
-        example_inputs=example_inputs,
-    )
-    return model
-
-
-def convert_with_report(
-    source: Any,
-    output: str | Path | None = None,
-    *,
-    framework: str | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
-    dynamic: Mapping[str, Mapping[int, str]] | None = None,
-    opset: int | None = None,
-    tolerance: Tolerance | None = None,
-    verify: bool = True,
-    trust_pickle: bool = False,
-    example_inputs: Any = None,
-) -> tuple[Model, Report[Conversion]]:
-    """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
-
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
     model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory), ``.pt``/``.pth``
     (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a SavedModel directory, ``.tflite``,
     ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
     ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
-    Returns the Model and the conversion report (also the last entry of the Model's
-    ``provenance``). Raises ConversionError (exit 2) when no exporter produces a model and
+    Returns the Model; its report is ``model.last_report(Conversion)``. Raises
+    ConversionError (exit 2) when no exporter produces a model and
     VerificationError (exit 1, with ``.report``) when none passes parity; nothing is written
     then.
     """
@@ -231,7 +196,7 @@ def convert_with_report(
         _stamp(chosen, result, loaded)
         final = chosen.save(output) if output is not None else chosen.detached()
     final.provenance.append(report)
-    return final, report
+    return final
 
 
 # --- steps ---------------------------------------------------------------------------------

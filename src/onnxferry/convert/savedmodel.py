@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +35,6 @@ from .tf_common import (
     tf_shape,
     tf_version,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["SavedModelRunner", "load_saved_model"]
 

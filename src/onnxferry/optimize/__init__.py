@@ -1,8 +1,8 @@
 """Optimize an ONNX model within an accuracy budget: verified passes, recipes, automatic search.
 
     model = onnxferry.optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01)
-    model, report = optimize_with_report("model.onnx", "fast.onnx", recipe="fast.recipe.toml")
-    print(report.to_text())                # report.result: a ChainResult, or a SearchResult
+    model = onnxferry.optimize("model.onnx", "fast.onnx", recipe="fast.recipe.toml")
+    print(model.last_report(ChainResult).to_text())     # SearchResult after auto=True
 
 Passes (``graph``, ``fp16``, ``quantize``, ``prune``) are declared units ``Model -> Model``,
 listed by name in an explicit ``Catalog`` (``list_passes``, ``make_pass``); a ``Recipe`` is an
@@ -10,16 +10,19 @@ ordered list of them (TOML); ``chain`` applies one under a ``Budget``; ``auto`` 
 candidate recipes.
 """
 
+from .auto import SearchResult
 from .base import ParamInfo, Pass, PassContext, PassError, PassInfo, PassResult
 from .budget import Budget
 from .catalog import BUILTIN, Catalog, list_passes, make_pass
+from .chain import ChainResult
 from .recipe import Recipe
-from .verb import OptimizeReport, optimize, optimize_with_report
+from .verb import OptimizeReport, optimize
 
 __all__ = [
     "BUILTIN",
     "Budget",
     "Catalog",
+    "ChainResult",
     "OptimizeReport",
     "ParamInfo",
     "Pass",
@@ -28,8 +31,8 @@ __all__ = [
     "PassInfo",
     "PassResult",
     "Recipe",
+    "SearchResult",
     "list_passes",
     "make_pass",
     "optimize",
-    "optimize_with_report",
 ]

@@ -2,7 +2,7 @@
 
     model = optimize("model.onnx", "fast.onnx", recipe="recipe.toml", budget="cosine>=0.99")
     model = optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01, eval_data="val.npz")
-    model, report = optimize_with_report("model.onnx", "fast.onnx", auto=True)
+    report = model.last_report(ChainResult, SearchResult)
     report.to_text()                    # the steps (or candidates), metric, latency, size
     report.result                       # typed: a ChainResult (recipe) or SearchResult (auto)
     # fast.onnx and fast.recipe.toml are written; replay with recipe="fast.recipe.toml"
@@ -62,50 +62,8 @@ def optimize(
     time_budget: float | None = None,
 ) -> Model:
     """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
-    ``<output stem>.recipe.toml`` beside it. The same as ``optimize_with_report`` without the
-    report (which the Model's ``provenance`` keeps as its last entry)."""
-    optimized, _ = optimize_with_report(
-        model,
-        output,
-        recipe=recipe,
-        auto=auto,
-        budget=budget,
-        max_drop=max_drop,
-        inputs=inputs,
-        eval_data=eval_data,
-        calibration=calibration,
-        input_shapes=input_shapes,
-        dims=dims,
-        assume_sizes=assume_sizes,
-        for_size=for_size,
-        provider=provider,
-        threads=threads,
-        time_budget=time_budget,
-    )
-    return optimized
-
-
-def optimize_with_report(
-    model: str | Path | Model,
-    output: str | Path | None = None,
-    *,
-    recipe: Recipe | str | Path | None = None,
-    auto: bool = False,
-    budget: Budget | str | None = None,
-    max_drop: float = 0.01,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
-    eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
-    calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    assume_sizes: bool = False,
-    for_size: bool = False,
-    provider: str = "cpu",
-    threads: int | None = None,
-    time_budget: float | None = None,
-) -> tuple[Model, OptimizeReport]:
-    """``optimize``, returning the model and its report (also the last entry of the model's
-    ``provenance``, after the source's)."""
+    ``<output stem>.recipe.toml`` beside it. The report is the last entry of the model's
+    ``provenance`` (after the source's): ``model.last_report(ChainResult, SearchResult)``."""
     if (recipe is None) == (not auto):
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
     if time_budget is not None and not (auto and time_budget > 0):
@@ -152,7 +110,7 @@ def optimize_with_report(
             kept.save(recipe_path(Path(output)))
             report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
     saved.provenance = [*source.provenance, report]
-    return saved, report
+    return saved
 
 
 def _shapes(feeds: Mapping[str, np.ndarray]) -> str:
