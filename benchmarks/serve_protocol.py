@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton
 
-from onnxferry.serve.protocol import (
-    body_buffer,
-    decode_infer_request,
-    encode_infer_response,
-)
+from onnxferry.serve.protocol import body_buffer, decode_infer_request
+from onnxferry.serve.responses import encode_infer_response
 from onnxferry.signature import Signature, TensorSpec, dtype_from_v2
 
 FP32 = dtype_from_v2("FP32")

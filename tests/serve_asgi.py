@@ -27,7 +27,8 @@ import httpx
 
 from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.server import build_app, check_settings
+from onnxferry.serve.keys import check_settings
+from onnxferry.serve.server import build_app
 
 T = TypeVar("T")
 CLIENT = "127.0.0.1"

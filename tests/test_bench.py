@@ -244,7 +244,7 @@ def test_unavailable_provider_is_skipped(relu: Model) -> None:
 )
 def test_bench_rejects_bad_arguments(relu: Model, kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(UsageError, match=words):
-        bench([relu], **kwargs)  # type: ignore[arg-type]
+        bench([relu], **kwargs)  # type: ignore[call-overload]
 
 
 def test_no_models_is_a_usage_error() -> None:

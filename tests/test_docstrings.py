@@ -311,7 +311,7 @@ def _sklearn(tmp: Path) -> Names:
     x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 0)
     joblib.dump(pipeline, "model.joblib")
-    return {"pipeline": pipeline, "x": x[:4]}
+    return {"pipeline": pipeline, "x": x[:4], "ConvertOptions": type(_options())}
 
 
 def _torch_package(tmp: Path) -> Names:
@@ -377,7 +377,7 @@ def _torch_runner(tmp: Path) -> Names:
 
     float32 = dtype_from_numpy(np.float32)
     signature = Signature(
-        [TensorSpec("x", float32, ("batch", 4))], [TensorSpec("output_0", float32, ("batch", 3))]
+        (TensorSpec("x", float32, ("batch", 4)),), (TensorSpec("output_0", float32, ("batch", 3)),)
     )
     t, a, b = torch.ones(1), torch.zeros(2), torch.ones(3)
     return {
@@ -421,7 +421,7 @@ def _torch_export(tmp: Path) -> Names:
     input_specs, dims = describe_inputs(inputs, None, options)
     outputs, names = probe_outputs(module, inputs)
     output_specs = describe_outputs(module, inputs, dims, outputs, names)
-    signature = Signature(input_specs, output_specs)
+    signature = Signature(tuple(input_specs), tuple(output_specs))
     return {
         "loaded": loaded,
         "inputs": inputs,
@@ -801,6 +801,74 @@ def _serve_scan(tmp: Path) -> Names:
     return {}
 
 
+def _serve_catalog(tmp: Path) -> Names:
+    from onnxferry.serve.repository import Repository
+
+    _serve_repository(tmp)
+    return {"repo": Repository.open(Path("models"))}
+
+
+def _asgi_call(body: bytes) -> Names:
+    """The ASGI scope, receive and send of one request whose body is ``body``."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", str(len(body)).encode())]
+    return {"scope": {"type": "http", "headers": headers}, "receive": receive, "send": send}
+
+
+def _serve_connections(tmp: Path) -> Names:
+    import uvicorn
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        """An ASGI app (the example only configures uvicorn with it)."""
+
+    return {"uvicorn": uvicorn, "app": app}
+
+
+def _serve_endpoint(tmp: Path) -> Names:
+    return {**_serve_catalog(tmp), **_asgi_call(b"")}
+
+
+def _serve_infer(tmp: Path) -> Names:
+    from onnxferry.serve.parsing import JsonParser
+
+    body = _serve_parsing(tmp)["body"]
+    return {**_serve_catalog(tmp), **_asgi_call(body), "parser": JsonParser(1 << 30)}
+
+
+def _serve_inflate(tmp: Path) -> Names:
+    import gzip
+
+    return {"asyncio": asyncio, "body": gzip.compress(b'{"inputs": []}' * 100)}
+
+
+def _serve_keys(tmp: Path) -> Names:
+    keys = Path("ferry-keys")
+    keys.write_text("# one key a line\n" + "0123456789abcdef" * 2 + "\n")
+    keys.chmod(0o600)
+    return {}
+
+
+def _serve_responses(tmp: Path) -> Names:
+    from onnxferry.runtime import OrtRunner
+    from onnxferry.serve.protocol import decode_infer_request
+
+    names = _serve_parsing(tmp)
+    request = decode_infer_request(names["body"], None, names["model"].signature)
+    return {"request": request, "outputs": OrtRunner(names["model"]).run(request.inputs)}
+
+
+def _serve_takeover(tmp: Path) -> Names:
+    return {"v1": _loaded("v1.onnx"), "v2": _loaded("v2.onnx", noise=1e-3)}
+
+
 SETUPS: dict[str, Setup] = {
     "onnxferry": _package,
     "onnxferry.atomic": _atomic,
@@ -819,6 +887,10 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.dispatch": _dispatch,
     "onnxferry.convert.onnx": _one_model,
     "onnxferry.convert.sklearn": _sklearn,
+    "onnxferry.convert.sklearn.estimators": _sklearn,
+    "onnxferry.convert.sklearn.export": _sklearn,
+    "onnxferry.convert.sklearn.inputs": _sklearn,
+    "onnxferry.convert.sklearn.source": _sklearn,
     "onnxferry.convert.torch": _torch_package,
     "onnxferry.convert.torch.divergence": _torch_divergence,
     "onnxferry.convert.torch.export": _torch_export,
@@ -830,6 +902,11 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.torch.sources": _torch_sources,
     "onnxferry.convert.torch.specs": _torch_specs,
     "onnxferry.data": _data,
+    "onnxferry.data.load": _data,
+    "onnxferry.data.npz": _data,
+    "onnxferry.data.tensors": _data,
+    "onnxferry.data.testsets": _data,
+    "onnxferry.data.toml": _data,
     "onnxferry.feeds": _feeds_package,
     "onnxferry.feeds.plan": _feeds_package,
     "onnxferry.feeds.ranges": _feeds_package,
@@ -848,32 +925,54 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.calibration": _calibration,
     "onnxferry.optimize.catalog": _catalog,
     "onnxferry.optimize.chain": _chain,
+    "onnxferry.optimize.channel_surgery": _pass_context,
+    "onnxferry.optimize.cpu_features": _nothing,
     "onnxferry.optimize.fp16": _pass_context,
     "onnxferry.optimize.graph": _pass_context,
+    "onnxferry.optimize.ort_quantizer": _pass_context,
+    "onnxferry.optimize.output": _pass_context,
     "onnxferry.optimize.prune": _pass_context,
+    "onnxferry.optimize.qdq_float": _sensitivity,
     "onnxferry.optimize.quantize": _quantize,
     "onnxferry.optimize.recipe": _catalog,
     "onnxferry.optimize.sensitivity": _sensitivity,
+    "onnxferry.optimize.slim": _pass_context,
     "onnxferry.optimize.smooth": _catalog,
     "onnxferry.optimize.verb": _optimize,
+    "onnxferry.optimize.weights": _pass_context,
     "onnxferry.parity": _parity,
+    "onnxferry.parity.judge": _parity,
+    "onnxferry.parity.metrics": _nothing,
+    "onnxferry.parity.results": _parity,
+    "onnxferry.parity.tolerance": _nothing,
     "onnxferry.report": _report,
     "onnxferry.runtime": _runtime,
     "onnxferry.safety": _safety,
+    "onnxferry.saving": _one_model,
     "onnxferry.serve.app": _serve_app,
     "onnxferry.serve.asgi": _serve_asgi,
+    "onnxferry.serve.catalog": _serve_catalog,
     "onnxferry.serve.config": _serve_config,
+    "onnxferry.serve.connections": _serve_connections,
+    "onnxferry.serve.endpoint": _serve_endpoint,
     "onnxferry.serve.executor": _serve_executor,
+    "onnxferry.serve.infer": _serve_infer,
+    "onnxferry.serve.inflate": _serve_inflate,
+    "onnxferry.serve.keys": _serve_keys,
     "onnxferry.serve.metadata": _serve_metadata,
     "onnxferry.serve.metrics": _nothing,
     "onnxferry.serve.openapi": _nothing,
     "onnxferry.serve.parsing": _serve_parsing,
     "onnxferry.serve.protocol": _serve_protocol,
     "onnxferry.serve.repository": _serve_repository,
+    "onnxferry.serve.responses": _serve_responses,
     "onnxferry.serve.routes": _nothing,
     "onnxferry.serve.scan": _serve_scan,
     "onnxferry.serve.server": _serve_server,
+    "onnxferry.serve.settings": _nothing,
+    "onnxferry.serve.takeover": _serve_takeover,
     "onnxferry.serve.tensors": _serve_tensors,
+    "onnxferry.serve.versions": _serve_repository,
     "onnxferry.signature": _signature,
 }
 """Per module: what its example needs, made in the current (temporary) directory."""

@@ -401,10 +401,11 @@ def test_feed_sets_are_the_users_checked_or_generated(tmp_path: Path) -> None:
     generated, plan = feed_sets(model, count=2, seed=3)
     assert plan is not None and len(generated) == 2
     np.testing.assert_array_equal(generated[1]["input_ids"], plan.feeds(seed=4)["input_ids"])
-    np.savez(tmp_path / "f.npz", **generated[0])
+    np.savez(tmp_path / "f.npz", **dict(generated[0]))  # type: ignore[arg-type]
     given, none = feed_sets(model, tmp_path / "f.npz", where="m.onnx")
     assert none is None and given[0].keys() == generated[0].keys()
-    np.savez(tmp_path / "bad.npz", **{**generated[0], "input_ids": np.zeros((1, 4), np.int32)})
+    bad = {**generated[0], "input_ids": np.zeros((1, 4), np.int32)}
+    np.savez(tmp_path / "bad.npz", **bad)  # type: ignore[arg-type]
     with pytest.raises(FeedError, match=r"^m\.onnx sample 0: input 'input_ids' expects dtype"):
         feed_sets(model, tmp_path / "bad.npz", where="m.onnx")
     with pytest.raises(UsageError, match="samples must be at least 1"):

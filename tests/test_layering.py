@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic"},
-    {"model", "graphs", "data", "report", "inspection"},
+    {"model", "saving", "graphs", "data", "report", "inspection"},
     {"runtime", "feeds", "measure"},
     {"parity", "bisect", "bench", "check", "golden"},
     {"convert", "optimize", "compare"},  # compare: an ONNX model against its source too

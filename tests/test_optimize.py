@@ -35,7 +35,7 @@ from onnxferry.optimize.auto import (
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
 from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
-from onnxferry.optimize.quantize import x86_without_vnni
+from onnxferry.optimize.cpu_features import x86_without_vnni
 from onnxferry.optimize.verb import recipe_path
 from onnxferry.runtime import OrtRunner
 from tests.helpers import mlp, save

@@ -15,7 +15,8 @@ from onnxferry.feeds import plan_feeds
 from onnxferry.model import Model
 from onnxferry.optimize import Pass, PassContext, PassError, make_pass
 from onnxferry.optimize.fp16 import Float16
-from onnxferry.optimize.graph import Fold, OrtGraph, Slim
+from onnxferry.optimize.graph import OrtGraph
+from onnxferry.optimize.slim import Fold, Slim
 from onnxferry.parity import Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
 

@@ -740,7 +740,7 @@ def test_exclude_sensitive_reports_the_nodes_kept_in_float(
 
 
 def test_per_channel_without_reduce_range_warns_on_cpus_without_vnni(tmp_path: Path) -> None:
-    from onnxferry.optimize.quantize import x86_without_vnni
+    from onnxferry.optimize.cpu_features import x86_without_vnni
 
     model = Model.load(save(outlier_mlp(), tmp_path / "mlp.onnx"))
     feeds = feeds_for(model)
@@ -774,7 +774,7 @@ def test_pre_process_leaves_nothing_in_the_working_directory(
 ) -> None:
     """ORT's symbolic shape inference dumps "sym_shape_infer_temp.onnx" and uuid-named data
     files into the working directory when it gives up; they must land in the stage folder."""
-    from onnxferry.optimize.quantize import _pre_process
+    from onnxferry.optimize.ort_quantizer import pre_process
 
     weight = np.ones((64, 64), np.float32)  # large enough to go to an external data file
     graph = helper.make_graph(
@@ -795,6 +795,6 @@ def test_pre_process_leaves_nothing_in_the_working_directory(
     stage.mkdir()
     monkeypatch.chdir(cwd)
     with pytest.raises(Exception, match="Incomplete symbolic shape inference"):
-        _pre_process(Model.from_proto(proto), stage / "model.onnx", False, False)
+        pre_process(Model.from_proto(proto), stage / "model.onnx", False, False)
     assert list(cwd.iterdir()) == []
     assert (stage / "sym_shape_infer_temp.onnx").exists()

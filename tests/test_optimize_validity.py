@@ -27,7 +27,8 @@ from onnxferry.optimize import BUILTIN, Budget, Recipe, make_pass
 from onnxferry.optimize.auto import auto_search
 from onnxferry.optimize.base import Pass, PassContext, PassResult
 from onnxferry.optimize.chain import ChainResult, Judge, Step, apply_recipe
-from onnxferry.optimize.graph import constants_to_initializers, ops_past_opset
+from onnxferry.optimize.ort_quantizer import constants_to_initializers
+from onnxferry.optimize.output import ops_past_opset
 from onnxferry.runtime import OrtRunner
 from tests.helpers import RELU, onnx_text, save
 

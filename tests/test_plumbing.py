@@ -116,7 +116,7 @@ def test_the_scan_finds_a_hand_made_summarizer(tmp_path: Path) -> None:
         (r"2\s*\*\*\s*31|2\s*\*\s*1024\s*\*\*\s*3", "graphs.py"),  # protobuf's limit
         (r"load_external_data_for_model", None),  # onnx's reader skips the safety checks
         (r"ValueInfoProto\(name=", "graphs.py"),  # exposing an output: graphs.expose
-        (r"tomllib|tomli\b", "data.py"),  # TOML: data.parse_toml
+        (r"tomllib|tomli\b", "toml.py"),  # TOML: data.parse_toml (data/toml.py)
         (r"os\.replace\(", "atomic.py"),  # atomic writes: atomic.py
     ],
 )

@@ -15,7 +15,7 @@ import pytest
 
 from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.protocol import MAX_GZIP_MEMBERS
+from onnxferry.serve.inflate import MAX_GZIP_MEMBERS
 from onnxferry.serve.server import ServerOptions, running
 from tests.helpers import onnx_text, save
 from tests.serve_probes import connection, poll_health_while

@@ -18,8 +18,9 @@ import pytest
 from onnxferry.cli import main
 from onnxferry.errors import InputError
 from onnxferry.serve.app import ServeApp, ServeSettings
+from onnxferry.serve.keys import MIN_KEY_LENGTH, env_keys, read_keys
 from onnxferry.serve.repository import Repository
-from onnxferry.serve.server import MIN_KEY_LENGTH, env_keys, read_keys, running
+from onnxferry.serve.server import running
 from tests.helpers import RELU, onnx_text, save
 from tests.serve_asgi import InProcess, in_process
 from tests.test_serve_cli import FERRY, _free_port, _wait_ready

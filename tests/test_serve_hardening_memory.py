@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.protocol import encode_infer_response
+from onnxferry.serve.responses import encode_infer_response
 from onnxferry.serve.server import ServerOptions, build_app, running
 from tests.helpers import onnx_text, save
 from tests.serve_probes import connection, poll_health_while

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.repository import Repository, signature_changes
+from onnxferry.serve.repository import Repository
+from onnxferry.serve.takeover import signature_changes
 from onnxferry.signature import Signature
 from tests.serve_asgi import InProcess, in_process
 

@@ -21,23 +21,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxferry.serve import protocol
+from onnxferry.serve.inflate import BodyTooLarge, decompress
 from onnxferry.serve.metadata import model_metadata
 from onnxferry.serve.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
     JSON_CONTENT_TYPE,
-    BodyTooLarge,
     InferRequest,
     ProtocolError,
     RequestDecoder,
     RequestedOutput,
     body_buffer,
     decode_infer_request,
-    decompress,
-    encode_infer_response,
-    error_body,
     parse_header_length,
 )
+from onnxferry.serve.responses import encode_infer_response, error_body
 from onnxferry.signature import Dim, Signature, TensorSpec, dtype_from_numpy, dtype_from_v2
 from tests.helpers import onnx_text
 

@@ -20,8 +20,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.errors import InputError, ModelLoadError, UsageError
+from onnxferry.serve.catalog import ModelNotFound, ModelNotReady
 from onnxferry.serve.config import ModelConfig
-from onnxferry.serve.repository import ModelNotFound, ModelNotReady, Repository
+from onnxferry.serve.repository import Repository
 
 SMALL = ModelConfig(instances=1, intra_op_threads=1)
 TOML = "instances = 1\nintra_op_threads = 1\n"

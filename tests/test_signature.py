@@ -11,6 +11,7 @@ from onnxferry.errors import FeedError
 from onnxferry.signature import (
     DTYPES,
     Signature,
+    TensorSpec,
     dtype_from_numpy,
     dtype_from_onnx,
     dtype_from_v2,
@@ -183,3 +184,11 @@ def test_validate_string_input_rejects_numbers() -> None:
     sig.validate({"s": np.array(["a", "b"], dtype=object)})
     with pytest.raises(FeedError, match="expects strings"):
         sig.validate({"s": np.array([1.0])})
+
+
+def test_a_damaged_name_that_is_not_utf8_reads_as_text() -> None:
+    info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    damaged = onnx.ValueInfoProto()
+    damaged.ParseFromString(info.SerializeToString().replace(b"batch", b"b\xffa\xfeh"))
+    spec = TensorSpec.from_value_info(damaged)
+    assert spec.shape == ("b\ufffda\ufffdh", 3)

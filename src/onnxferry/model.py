@@ -9,7 +9,7 @@ Loading is safe: the file is size-limited, parsed, and every external-data refer
 to stay inside the model's directory (see ``safety``). The onnx checker is not a gate (models
 in the wild that ONNX Runtime runs, IR-3 files among them, fail it); ``strict=True`` makes it
 one, and ``ferry check`` reports it. External tensor data is not read into memory; ONNX Runtime
-reads it by path.
+reads it by path. ``saving`` writes a model to disk for ``Model.save``.
 """
 
 from __future__ import annotations
@@ -23,36 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-from .atomic import AtomicFiles
-from .errors import (
-    InputError,
-    InvalidModelError,
-    ModelLoadError,
-    UnsafeModelError,
-    UsageError,
-    one_line,
-)
-from .graphs import (
-    PROTO_LIMIT,
-    PROTOBUF_MAX,
-    copy_model,
-    external_refs,
-    inlined,
-    read_in,
-)
+from .errors import InvalidModelError, ModelLoadError, UnsafeModelError, one_line
+from .graphs import PROTOBUF_MAX, external_refs, inlined
 from .graphs import iter_graphs as iter_graphs  # also re-exported: check.py and feeds.py
 from .graphs import iter_nodes as iter_nodes  # import them from here (to move to graphs)
 from .report import Report, ReportBody, human_size
-from .safety import (
-    ExternalRef,
-    check_external_data,
-    copy_external_data,
-    external_files,
-    iter_tensors,
-    uses_external_data,
-)
+from .safety import ExternalRef, check_external_data, external_files
+from .saving import write_model
 from .signature import Signature
 
 R = TypeVar("R", bound=ReportBody)
@@ -63,14 +42,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_SIZE = 64 * 1024**3
 """Default limit on a model's size on disk, external data included (bytes)."""
-
-_EXTERNAL_THRESHOLD = 1024
-"""Initializers of at least this many bytes go to the data file (onnx's default)."""
-
-_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64}
-_BITS |= {14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8}
-_BITS |= {25: 2, 26: 2, 27: 6, 28: 6}
-"""Bits per element by TensorProto.DataType, to size tensors without copying their data."""
 
 
 @dataclass
@@ -194,78 +165,12 @@ class Model:
         """
         target = Path(path)
         refs = self._checked_refs()
-        inline = _inline_bytes(self.proto)
-        externalize = bool(refs) or inline > PROTO_LIMIT
-        if external_data is not None:
-            externalize = external_data
-        if not externalize and inline + sum(_ref_bytes(r) for r in refs) > PROTO_LIMIT:
-            raise _single_file_too_large(self.name)
-        blob: bytes | None = None
-        if not externalize:
-            blob = _encode(read_in(self.proto, refs))
-            if blob is None:  # larger than estimated: fall back unless told not to
-                if external_data is False:
-                    raise _single_file_too_large(self.name)
-                externalize = True
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with AtomicFiles() as staging:
-                if externalize:
-                    data_target = target.with_name(_data_file_name(target))
-                    with staging.create(data_target) as f:
-                        blob = self._externalized(f, data_target.name, refs)
-                        written = f.tell()
-                    if not written:  # no tensor large enough: no data file
-                        staging.discard(data_target)
-                assert blob is not None
-                with staging.create(target) as f:
-                    f.write(blob)
-                del blob
-                staging.commit()
-        except OSError as e:
-            raise InputError(
-                f"cannot write {target}: {e.strerror or e}",
-                hint="check that the directory is writable and the path is not a directory",
-            ) from e
+        write_model(self.proto, refs, target, name=self.name, external_data=external_data)
         return Model.load(target, max_size=sys.maxsize)
 
     def _checked_refs(self) -> tuple[ExternalRef, ...]:
         """The external-data references, checked again (files may have changed since load)."""
         return external_refs(self.proto, None if self.path is None else self.path.parent)
-
-    def _externalized(self, f: BinaryIO, location: str, refs: tuple[ExternalRef, ...]) -> bytes:
-        """The serialized model whose large initializers and external tensors are written to
-        ``f`` (referenced as ``location``); ``self.proto`` is not modified."""
-        out = copy_model(self.proto)
-        by_index = {ref.index: ref for ref in refs}
-        for index, site in enumerate(iter_tensors(out)):
-            tensor = site.tensor
-            ref = by_index.get(index)
-            if ref is not None:
-                offset = _align(f, _ref_bytes(ref))
-                length = copy_external_data(ref, f)
-            elif (
-                site.kind == "initializer"
-                and tensor.HasField("raw_data")
-                and _tensor_bytes(tensor) >= _EXTERNAL_THRESHOLD
-            ):
-                data = tensor.raw_data
-                offset = _align(f, len(data))
-                f.write(data)
-                length = len(data)
-                tensor.ClearField("raw_data")
-                del data
-            else:
-                continue
-            _set_external(tensor, location, offset, length)
-        blob = _encode(out)
-        if blob is None:
-            raise InputError(
-                f"{self.name}: protobuf cannot encode the model even with its initializers in "
-                "external data (over 2 GiB of graph and inline constants)",
-                hint="store large constants as initializers with raw data, or split the model",
-            )
-        return blob
 
     def detached(self) -> Model:
         """An in-memory copy with external data read in (no path; survives its files)."""
@@ -461,65 +366,3 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
     shown = [repr(n) for n in names]
     more = len(shown) - limit
     return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
-
-
-# --- saving ----------------------------------------------------------------------------------
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes of a tensor's inline data, from its dims (the data itself is not copied)."""
-    if uses_external_data(tensor):
-        return 0
-    if tensor.data_type == 8:  # STRING
-        return sum(len(s) for s in tensor.string_data)
-    return int(math.prod(tensor.dims)) * _BITS.get(tensor.data_type, 64) // 8
-
-
-def _inline_bytes(model: onnx.ModelProto) -> int:
-    return sum(_tensor_bytes(site.tensor) for site in iter_tensors(model))
-
-
-def _ref_bytes(ref: ExternalRef) -> int:
-    return ref.length if ref.length is not None else ref.path.stat().st_size - ref.offset
-
-
-def _align(f: BinaryIO, size: int) -> int:
-    """Pad ``f`` so the next tensor starts aligned (64 KiB for tensors of 1 MiB or more, so
-    ONNX Runtime can map them; 64 bytes otherwise); returns the offset."""
-    boundary = 65536 if size >= 1024**2 else 64
-    offset = f.tell()
-    padding = -offset % boundary
-    if padding:
-        f.write(b"\0" * padding)
-    return offset + padding
-
-
-def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    import onnx
-
-    del tensor.external_data[:]
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key = key
-        entry.value = value
-
-
-def _encode(proto: onnx.ModelProto) -> bytes | None:
-    """The serialized proto, or None when protobuf cannot encode it (over 2 GiB)."""
-    try:
-        return cast(bytes, proto.SerializeToString())
-    except Exception:  # google.protobuf's EncodeError (untyped)
-        return None
-
-
-def _single_file_too_large(name: str) -> UsageError:
-    return UsageError(
-        f"{name}: the model is over protobuf's 2 GiB limit and cannot be saved as one file",
-        hint="save it with external_data=True (or None)",
-    )
-
-
-def _data_file_name(target: Path) -> str:
-    name = f"{target.stem}.data"
-    return name if name != target.name else f"{target.name}.data"

@@ -204,22 +204,31 @@ class TensorSpec:
     def from_value_info(cls, info: onnx.ValueInfoProto) -> TensorSpec:
         """Spec from a graph input/output; non-tensor types (sequences, maps) get STRING-less
         object dtype and unknown shape."""
+        name = proto_text(info.name)
         tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
         if tensor_type is None:
-            return cls(info.name, _OBJECT, None)
+            return cls(name, _OBJECT, None)
         dtype = _BY_ONNX.get(tensor_type.elem_type, _OBJECT)
         if not tensor_type.HasField("shape"):
-            return cls(info.name, dtype, None)
+            return cls(name, dtype, None)
         written: list[Dim] = []
         for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):
                 written.append(int(d.dim_value))
             elif d.HasField("dim_param"):
-                written.append(d.dim_param)
+                written.append(proto_text(d.dim_param))
             else:
                 written.append(None)
         shape = tuple(_normalized(d) for d in written)
-        return cls(info.name, dtype, shape, None if shape == tuple(written) else tuple(written))
+        return cls(name, dtype, shape, None if shape == tuple(written) else tuple(written))
+
+
+def proto_text(value: object) -> str:
+    """A protobuf string field as text: a damaged file can hold bytes that are not UTF-8,
+    which protobuf then hands over as ``bytes``; they are decoded with replacement."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def _normalized(dim: Dim) -> Dim:

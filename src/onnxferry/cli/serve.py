@@ -174,10 +174,10 @@ def serve(
     KServe V2 / Open Inference Protocol REST, with dynamic batching."""
     with _sigterm_ends_startup():
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
-        from ..serve.app import ServeSettings
         from ..serve.config import ModelConfig
         from ..serve.server import ServerOptions
         from ..serve.server import serve as run_server
+        from ..serve.settings import ServeSettings
 
         positive = {
             "--max-body": max_body,
@@ -251,7 +251,7 @@ def _serve_keys(
     one is one line naming where it came from."""
     import os
 
-    from ..serve.server import check_keys, env_keys, read_keys
+    from ..serve.keys import check_keys, env_keys, read_keys
 
     envvar = _KEY_ENVVARS[option]
     if not values and envvar in os.environ and not os.environ[envvar].strip():

@@ -45,7 +45,7 @@ _EXCLUDING = ("int8_static", "int8_dynamic")
 def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
     """The recipes ``auto_search`` tries, cheapest first. On x86 CPUs without VNNI, per-channel
     int8 uses 7-bit weights (``reduce_range``): full-range u8s8 products saturate there."""
-    from .quantize import x86_without_vnni  # a pass module: not loaded by import onnxferry
+    from .cpu_features import x86_without_vnni  # read when a search runs, not on import
 
     channel: dict[str, Any] = {"per_channel": True}
     if provider == "cpu" and x86_without_vnni():

@@ -22,8 +22,8 @@ from .base import Pass, PassInfo
 
 BUILTIN_PASSES: Mapping[str, str] = {
     "ort_graph": "onnxferry.optimize.graph:OrtGraph",
-    "slim": "onnxferry.optimize.graph:Slim",
-    "fold": "onnxferry.optimize.graph:Fold",
+    "slim": "onnxferry.optimize.slim:Slim",
+    "fold": "onnxferry.optimize.slim:Fold",
     "int8_dynamic": "onnxferry.optimize.quantize:DynamicInt8",
     "int8_static": "onnxferry.optimize.quantize:StaticInt8",
     "fp16": "onnxferry.optimize.fp16:Float16",

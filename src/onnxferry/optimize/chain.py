@@ -242,7 +242,7 @@ def _run_step(
     if not applied.changed:
         record.reason = "; ".join(applied.notes) or "nothing to do on this model"
         return record
-    from .graph import output_problem  # a pass module: loaded when a pass has run
+    from .output import output_problem  # pass plumbing: loaded when a pass has run
 
     problem = output_problem(applied.model, current)
     if problem is not None:

@@ -26,7 +26,7 @@ from ..graphs import copy_model, expose, inlined, iter_graphs, iter_initializers
 from ..model import Model
 from ..runtime import SessionConfig, ort_error_message, ort_inputs, session_options
 from .base import Pass, PassContext, PassError, PassResult, param
-from .graph import graph_key, save_output
+from .output import graph_key, save_output
 
 if TYPE_CHECKING:
     import onnx

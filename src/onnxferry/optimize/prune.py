@@ -7,35 +7,29 @@
 ``prune_magnitude`` is honest about what zeros buy: ONNX Runtime's CPU kernels are dense, so
 the model runs at the same speed and only compresses better. ``prune_channels`` removes the
 output channels with the smallest L1 norm from Conv, Gemm and MatMul layers and the matching
-input channels of every consumer it can follow (see ``_Follower``); a layer whose channels
-reach anything else (a residual Add, a Concat, a Reshape other than to [0, -1], a graph
-output) is left alone and reported. Both passes change the model's outputs; the recipe's parity
-check judges by how much. When nothing can be pruned, the result holds the input model itself,
-``changed=False`` and a note saying why.
+input channels of every consumer it can follow (see ``channel_surgery.Follower``); a layer
+whose channels reach anything else (a residual Add, a Concat, a Reshape other than to [0, -1],
+a graph output) is left alone and reported. Both passes change the model's outputs; the
+recipe's parity check judges by how much. When nothing can be pruned, the result holds the
+input model itself, ``changed=False`` and a note saying why.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import UsageError, one_line
 from ..feeds import plan_feeds
-from ..graphs import subgraphs, walk_graphs
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
-from .graph import conform
-
-if TYPE_CHECKING:
-    import onnx
-
-_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
-_DEFAULT_DOMAINS = ("", "ai.onnx")
+from .channel_surgery import Follower, node_label
+from .output import DEFAULT_DOMAINS
+from .weights import FLOAT_TYPES, Weights, input_uses
 
 _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMul": (0, 1),
@@ -44,6 +38,7 @@ _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "ConvTranspose": (1,),
 }
 """Inputs of each op that hold a weight when they are initializers."""
+
 
 # --- prune_magnitude ---------------------------------------------------------------------------
 
@@ -82,11 +77,11 @@ class MagnitudePrune(Pass):
             raise UsageError(f"prune_magnitude: min_elements must be >= 1, got {self.min_elements}")
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:
-        weights = _Weights(model, self.name)
-        uses = _input_uses(model.proto.graph)
+        weights = Weights(model, self.name)
+        uses = input_uses(model.proto.graph)
         weight_uses: Counter[str] = Counter()
         for node in model.proto.graph.node:
-            if node.op_type in self.op_types and node.domain in _DEFAULT_DOMAINS:
+            if node.op_type in self.op_types and node.domain in DEFAULT_DOMAINS:
                 weight_uses.update(
                     node.input[i]
                     for i in _WEIGHT_INPUTS[node.op_type]
@@ -95,7 +90,7 @@ class MagnitudePrune(Pass):
         names = [
             name
             for name in weight_uses
-            if weights.protos[name].data_type in _FLOAT_TYPES
+            if weights.protos[name].data_type in FLOAT_TYPES
             and math.prod(weights.protos[name].dims) >= self.min_elements
         ]
         skipped = {
@@ -180,18 +175,15 @@ class ChannelPrune(Pass):
             )
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:
-        weights = _Weights(model, self.name)
-        follower = _Follower(model.proto, weights)
+        weights = Weights(model, self.name)
+        follower = Follower(model.proto, weights)
         pruned: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         changed: set[str] = set()
         for node in list(model.proto.graph.node):
-            if (
-                node.op_type not in ("Conv", "Gemm", "MatMul")
-                or node.domain not in _DEFAULT_DOMAINS
-            ):
+            if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in DEFAULT_DOMAINS:
                 continue
-            label = _label(node)
+            label = node_label(node)
             layer = follower.layer(node)
             if isinstance(layer, str):
                 skipped[label] = layer
@@ -257,403 +249,6 @@ class ChannelPrune(Pass):
         return PassResult(result, changed=True, notes=notes, details=details)
 
 
-@dataclass(frozen=True)
-class _Edit:
-    """Slice initializer ``tensor`` along ``axis`` by the keep mask, each entry ``repeat`` times
-    (a channel that Flatten spread over ``repeat`` features)."""
-
-    tensor: str
-    axis: int
-    repeat: int = 1
-
-
-@dataclass
-class _Layer:
-    """A prunable layer: its weight, the axis of its output channels there, the axis of the
-    channels in its output tensor (of ``rank``), and its own edits (weight and bias)."""
-
-    weight: str
-    weight_axis: int
-    axis: int
-    rank: int
-    edits: list[_Edit] = field(default_factory=list)
-
-
-_UNARY = frozenset(
-    [
-        "Relu",
-        "LeakyRelu",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Tanh",
-        "Elu",
-        "Selu",
-        "Celu",
-        "Gelu",
-        "Softplus",
-        "Softsign",
-        "Mish",
-        "ThresholdedRelu",
-        "Shrink",
-        "Exp",
-        "Log",
-        "Abs",
-        "Neg",
-        "Sqrt",
-        "Reciprocal",
-        "Erf",
-        "Sin",
-        "Cos",
-        "Identity",
-        "Cast",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Sign",
-        "Clip",
-        "Dropout",
-    ]
-)
-"""Elementwise on input 0; other inputs (Clip's bounds, Dropout's ratio) are scalars."""
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "PRelu"})
-_POOLS = frozenset(
-    ["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"]
-)
-_NORMS = {"BatchNormalization": 4, "InstanceNormalization": 2}
-_REDUCE = frozenset(
-    [
-        "ReduceMean",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceSum",
-        "ReduceProd",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "ReduceSumSquare",
-    ]
-)
-_SOFTMAX = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
-
-_Step = tuple[list[_Edit], list[tuple[str, int, int, int]]]
-"""Edits of one consumer and the tensors it passes the channels on to: (name, axis, rank,
-repeat)."""
-
-
-class _Follower:
-    """Finds where a tensor's channels go: the consumers to slice, or why that is not safe."""
-
-    def __init__(self, proto: onnx.ModelProto, weights: _Weights) -> None:
-        import onnx
-
-        self.weights = weights
-        self.graph = proto.graph
-        self.opset = next(
-            (int(o.version) for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), 0
-        )
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        for node in self.graph.node:
-            for index, name in enumerate(node.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((node, index))
-        self.in_subgraphs = _read_in_subgraphs(self.graph)
-        self.uses = _input_uses(self.graph)
-        self.made_by = {out: node for node in self.graph.node for out in node.output}
-        self.outputs = {o.name for o in self.graph.output}
-        self.channels = 0
-        # Below IR 4 every initializer is listed as an input too, and ONNX Runtime holds them
-        # constant: only from IR 4 does an initializer that is an input mean "overridable".
-        self.graph_inputs = {i.name for i in self.graph.input} if proto.ir_version >= 4 else set()
-        self.dims: dict[str, list[int | None]] = {}
-        try:
-            graph = onnx.shape_inference.infer_shapes(proto).graph
-        except Exception:  # onnx's InferenceError; then only declared shapes are known
-            graph = proto.graph
-        for info in [*graph.input, *graph.value_info, *graph.output]:
-            tensor_type = info.type.tensor_type
-            if info.type.HasField("tensor_type") and tensor_type.HasField("shape"):
-                self.dims[info.name] = [
-                    int(d.dim_value) if d.HasField("dim_value") else None
-                    for d in tensor_type.shape.dim
-                ]
-
-    # --- producers ---------------------------------------------------------------------
-
-    def layer(self, node: onnx.NodeProto) -> _Layer | str:
-        """The prunable layer ``node`` is, or why it is not one."""
-        weight = node.input[1] if len(node.input) > 1 else ""
-        if not self._owned(weight):
-            return self._why_not_owned(weight)
-        shape = self.weights.array(weight).shape
-        if node.op_type == "Conv":
-            if _attr(node, "group", 1) != 1:
-                return "grouped or depthwise convolution"
-            rank = len(self.dims.get(node.output[0]) or self.dims.get(node.input[0]) or [])
-            if rank < 3:
-                return "the rank of its output is unknown (run shape inference)"
-            layer = _Layer(weight, 0, 1, rank)
-            bias = node.input[2] if len(node.input) > 2 else ""
-        elif node.op_type == "Gemm":
-            if len(shape) != 2:
-                return "its weight is not a matrix"
-            trans_b = _attr(node, "transB", 0)
-            layer = _Layer(weight, 0 if trans_b else 1, 1, 2)
-            bias = node.input[2] if len(node.input) > 2 else ""
-        else:  # MatMul
-            if len(shape) != 2:
-                return f"its weight has rank {len(shape)}, not 2"
-            rank = len(self.dims.get(node.output[0]) or [])
-            if rank < 1:
-                return "the rank of its output is unknown (run shape inference)"
-            layer = _Layer(weight, 1, rank - 1, rank)
-            bias = ""
-        layer.edits.append(_Edit(weight, layer.weight_axis))
-        if bias:
-            if not self._owned(bias):
-                return self._why_not_owned(bias)
-            bias_shape = self.weights.array(bias).shape
-            channels = shape[layer.weight_axis]
-            if bias_shape and bias_shape[-1] == channels:
-                layer.edits.append(_Edit(bias, len(bias_shape) - 1))
-            elif bias_shape and bias_shape[-1] != 1:
-                return f"its bias has shape {list(bias_shape)}, not one value per channel"
-        return layer
-
-    def _owned(self, name: str) -> bool:
-        """True for an initializer only this one node reads (so slicing it is safe)."""
-        return (
-            name in self.weights.protos
-            and self.uses[name] == 1
-            and name not in self.graph_inputs
-            and self.weights.protos[name].data_type in _FLOAT_TYPES
-        )
-
-    def _why_not_owned(self, name: str) -> str:
-        if name not in self.weights.protos:
-            return f"{name or 'its weight'!r} is computed in the graph, not an initializer"
-        if name in self.graph_inputs:
-            return f"initializer {name!r} is also a graph input (it can be overridden)"
-        if self.weights.protos[name].data_type not in _FLOAT_TYPES:
-            return f"initializer {name!r} is not a float tensor"
-        return f"initializer {name!r} is shared with another node"
-
-    # --- consumers ---------------------------------------------------------------------
-
-    def follow(self, start: str, axis: int, rank: int, channels: int) -> list[_Edit] | str:
-        """Every edit that keeps the graph consistent when ``start`` (of ``rank``) loses some
-        of its ``channels`` along ``axis``, or why (naming the node) that is not safe."""
-        self.channels = channels
-        edits: list[_Edit] = []
-        queue = [(start, axis, rank, 1)]
-        seen: set[str] = set()
-        while queue:
-            name, axis, rank, repeat = queue.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in self.outputs:
-                return f"its channels reach the graph output {name!r}"
-            if name in self.in_subgraphs:
-                return f"its channels reach a subgraph (through {name!r})"
-            for node, index in self.consumers.get(name, []):
-                step = self._step(node, index, axis, rank, repeat)
-                if isinstance(step, str):
-                    return f"its channels reach {node.op_type} {_label(node)!r}: {step}"
-                edits += step[0]
-                queue += step[1]
-        return edits
-
-    def _step(
-        self, node: onnx.NodeProto, index: int, axis: int, rank: int, repeat: int
-    ) -> _Step | str:
-        op = node.op_type
-        if node.domain not in _DEFAULT_DOMAINS:
-            return "an op of another domain"
-        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            return self._absorb(node, index, axis, rank, repeat)
-        if op in _BINARY:
-            return self._binary(node, index, axis, rank, repeat)
-        if op == "Flatten" or op == "Reshape":
-            return self._flatten(node, index, axis, rank, repeat)
-        if index != 0:
-            return "the channels arrive on an input other than the data input"
-        if any(self.consumers.get(o) or o in self.outputs for o in node.output[1:]):
-            return "its second output (indices, mask or statistics) is used"
-        passed = [(node.output[0], axis, rank, repeat)]
-        if op in _UNARY:
-            return [], passed
-        if op in _POOLS:
-            return ([], passed) if axis == 1 else "the channels are not on axis 1"
-        if op in _NORMS:
-            if axis != 1:
-                return "the channels are not on axis 1"
-            edits = []
-            for name in node.input[1 : 1 + _NORMS[op]]:
-                if not self._owned(name):
-                    return self._why_not_owned(name)
-                if self.weights.array(name).shape != (self.channels * repeat,):
-                    return f"its parameter {name!r} does not hold one value per channel"
-                edits.append(_Edit(name, 0, repeat))
-            return edits, passed
-        if op == "Transpose":
-            perm = _ints(node, "perm") or list(range(rank - 1, -1, -1))
-            return [], [(node.output[0], perm.index(axis), rank, repeat)]
-        if op in _REDUCE:
-            return self._reduce(node, axis, rank, repeat)
-        if op in _SOFTMAX:
-            if self.opset < 13:
-                return "before opset 13 it flattens the channels with the axes after them"
-            if _attr(node, "axis", -1) % rank == axis:
-                return "it normalizes over the channels"
-            return [], passed
-        return "pruning cannot follow channels through this op"
-
-    def _absorb(
-        self, node: onnx.NodeProto, index: int, axis: int, rank: int, repeat: int
-    ) -> _Step | str:
-        """A layer that sums over the channels: its weight loses the matching inputs."""
-        op = node.op_type
-        if index != 0:
-            return "the channels arrive as its weight, not its data input"
-        weight = node.input[1]
-        if not self._owned(weight):
-            return self._why_not_owned(weight)
-        shape = self.weights.array(weight).shape
-        if op in ("Conv", "ConvTranspose"):
-            if axis != 1:
-                return "the channels are not on axis 1"
-            if _attr(node, "group", 1) != 1:
-                return "grouped or depthwise convolution"
-            weight_axis = 1 if op == "Conv" else 0
-        elif op == "Gemm":
-            if _attr(node, "transA", 0) or axis != 1 or rank != 2:
-                return "the channels are not the columns of its input"
-            weight_axis = 1 if _attr(node, "transB", 0) else 0
-        else:  # MatMul
-            if len(shape) != 2 or axis != rank - 1:
-                return "the channels are not the last axis of its input, or the weight is not 2-D"
-            weight_axis = 0
-        if len(shape) <= weight_axis or shape[weight_axis] != self.channels * repeat:
-            return f"its weight {weight!r} does not match the channels"
-        return [_Edit(weight, weight_axis, repeat)], []
-
-    def _binary(
-        self, node: onnx.NodeProto, index: int, axis: int, rank: int, repeat: int
-    ) -> _Step | str:
-        """An elementwise op with a constant: the constant loses the channels it aligns there."""
-        if node.op_type == "PRelu" and index != 0:
-            return "the channels arrive as its slope"
-        other = node.input[1 - index]
-        if other not in self.weights.protos:
-            maker = self.made_by.get(other)
-            if maker is not None and maker.op_type == "Constant":
-                return f"its other operand {other!r} is a Constant node, not an initializer"
-            return "it combines the channels with another branch (a residual or merge)"
-        shape = self.weights.array(other).shape
-        out_rank = max(rank, len(shape))
-        out_axis = axis + out_rank - rank
-        at = out_axis - (out_rank - len(shape))
-        passed = [(node.output[0], out_axis, out_rank, repeat)]
-        if at < 0 or shape[at] == 1:
-            return [], passed
-        if not self._owned(other):
-            return self._why_not_owned(other)
-        if shape[at] != self.channels * repeat:
-            return f"its operand {other!r} does not match the channels"
-        return [_Edit(other, at, repeat)], passed
-
-    def _flatten(
-        self, node: onnx.NodeProto, index: int, axis: int, rank: int, repeat: int
-    ) -> _Step | str:
-        """Flatten at the channel axis (or Reshape to [0, -1]): each channel becomes a run of
-        features, one per element of the axes after it."""
-        if index != 0:
-            return "the channels arrive as its shape"
-        if node.op_type == "Reshape":
-            shape = node.input[1]
-            value = self.weights.array(shape) if shape in self.weights.protos else None
-            if value is None or value.tolist() != [0, -1] or _attr(node, "allowzero", 0):
-                return "its shape holds the channel count (only Reshape to [0, -1] is followed)"
-            start = 1
-        else:
-            start = _attr(node, "axis", 1)
-            start = start + rank if start < 0 else start
-        if start != axis:
-            return "it merges the channels with other axes"
-        dims = self.dims.get(node.input[0])
-        tail = dims[axis + 1 :] if dims and len(dims) == rank else None
-        if tail is None or any(d is None for d in tail):
-            return "the sizes of the axes after the channels are unknown"
-        spread = math.prod(d for d in tail if d is not None)
-        return [], [(node.output[0], 1, 2, repeat * spread)]
-
-    def _reduce(self, node: onnx.NodeProto, axis: int, rank: int, repeat: int) -> _Step | str:
-        axes = _ints(node, "axes")
-        if len(node.input) > 1 and node.input[1]:
-            if node.input[1] not in self.weights.protos:
-                return "its axes are computed in the graph"
-            axes = [int(a) for a in self.weights.array(node.input[1]).reshape(-1)]
-        if not axes:
-            if _attr(node, "noop_with_empty_axes", 0):
-                return [], [(node.output[0], axis, rank, repeat)]
-            return "it reduces over every axis, the channels included"
-        axes = [a % rank for a in axes]
-        if axis in axes:
-            return "it reduces over the channels"
-        if _attr(node, "keepdims", 1):
-            return [], [(node.output[0], axis, rank, repeat)]
-        shift = sum(1 for a in set(axes) if a < axis)
-        return [], [(node.output[0], axis - shift, rank - len(set(axes)), repeat)]
-
-
-# --- shared ------------------------------------------------------------------------------------
-
-
-class _Weights:
-    """The main graph's initializers of ``model``, read once (external data included), and
-    the way to save a copy of the model with some of them replaced."""
-
-    def __init__(self, model: Model, pass_name: str) -> None:
-        self.model = model
-        self.pass_name = pass_name
-        self.protos = {t.name: t for t in model.proto.graph.initializer}
-        self.arrays: dict[str, np.ndarray] = {}
-        self.base_dir = str(model.path.parent) if model.path is not None else ""
-
-    def array(self, name: str) -> np.ndarray:
-        """The current value of initializer ``name`` (as edited so far)."""
-        if name not in self.arrays:
-            from onnx import numpy_helper
-
-            try:
-                self.arrays[name] = numpy_helper.to_array(self.protos[name], self.base_dir)
-            except Exception as e:
-                raise PassError(
-                    f"{self.pass_name}: cannot read initializer {name!r} ({e})",
-                    hint="check that the model's external data files are complete",
-                ) from e
-        return self.arrays[name]
-
-    def save(self, replaced: dict[str, np.ndarray], path: Path, *, shapes_changed: bool) -> Model:
-        """A new model at ``path``: the input with the ``replaced`` initializers, inline
-        (``shapes_changed`` drops the value_info, which may be stale; onnx and ORT re-infer)."""
-        import onnx
-        from onnx import numpy_helper
-
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.model.proto)
-        for tensor in proto.graph.initializer:
-            if tensor.name in replaced:
-                tensor.CopyFrom(numpy_helper.from_array(replaced[tensor.name], tensor.name))
-        if shapes_changed:
-            del proto.graph.value_info[:]
-        conform(proto, self.model)
-        source = Model(proto, self.model.path, self.model.external_files)
-        return source.save(path)
-
-
 def _check_shapes(before: Model, after: Model, pass_name: str) -> None:
     """onnx shape inference (strict) accepts the pruned model, if it accepted the input."""
     import onnx
@@ -704,37 +299,6 @@ def _check_in_ort(before: Model, after: Model, ctx: PassContext, pass_name: str)
                 hint="this is a bug in prune_channels; leave the pass out of the recipe",
             )
     return None
-
-
-def _input_uses(graph: onnx.GraphProto) -> Counter[str]:
-    """How often each name is read: node inputs, and (once) any use inside a subgraph."""
-    uses = Counter(name for node in graph.node for name in node.input if name)
-    uses.update(_read_in_subgraphs(graph))
-    return uses
-
-
-def _read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
-    """Every name a node inside a subgraph of ``graph`` (at any depth) reads."""
-    inner = (g for node in graph.node for sub in subgraphs(node) for g in walk_graphs(sub))
-    return {name for g in inner for node in g.node for name in node.input}
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attr in node.attribute:
-        if attr.name == name:
-            return int(attr.i)
-    return default
-
-
-def _ints(node: onnx.NodeProto, name: str) -> list[int]:
-    for attr in node.attribute:
-        if attr.name == name:
-            return [int(i) for i in attr.ints]
-    return []
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return node.name or f"{node.op_type}:{node.output[0]}"
 
 
 __all__ = ["ChannelPrune", "MagnitudePrune"]

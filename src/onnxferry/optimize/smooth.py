@@ -26,7 +26,7 @@ from ..graphs import copy_model, expose
 from ..model import Model
 from ..runtime import OrtRunner
 from .base import Pass, PassContext, PassError, PassResult, param
-from .graph import conform, save_output
+from .output import conform, save_output
 
 if TYPE_CHECKING:
     import onnx

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from ..errors import FerryError
 from ..signature import Signature
-from .protocol import BodyTooLarge, Buffer, InferRequest, decode_infer_request
+from .inflate import BodyTooLarge
+from .protocol import Buffer, InferRequest, decode_infer_request
 
 INFINITY = resource.RLIM_INFINITY
 

@@ -1,18 +1,13 @@
-"""KServe V2 inference codec: JSON and Triton's binary tensor data extension, both directions.
+"""KServe V2 infer requests: JSON and Triton's binary tensor data extension, decoded and checked.
 
     request = decode_infer_request(body, parse_header_length(value), model.signature)
     outputs = runner.run(request.inputs)                    # {name: array}, e.g. an OrtRunner
-    body, headers = encode_infer_response(
-        model_name="mlp", model_version="1", request_id=request.id, outputs=outputs,
-        requested=request.outputs, binary_default=request.binary_output)
 
 Decoding checks every input against the model's Signature and raises ProtocolError (HTTP 400)
 naming the tensor. Binary inputs are numpy views of the body, not copies, unless their offset is
 misaligned for the dtype; read the body into ``body_buffer`` and the first one never is.
-
-Compressed bodies: ``decompress`` (whole) or ``Inflater`` (in steps, so that a server can
-inflate a little inline and the rest in a worker thread); both linear in the body, capped at
-the output limit and at ``MAX_GZIP_MEMBERS`` gzip members.
+``RequestDecoder`` remembers the binary layouts a model's clients send. Responses are encoded
+by ``responses.encode_infer_response``; compressed bodies inflated by ``inflate``.
 
 Datatypes map one to one onto numpy (BF16 is ``ml_dtypes.bfloat16``), except BYTES: a numpy
 object array of ``str``, the only string form ONNX Runtime reads correctly (it turns ``bytes``
@@ -23,8 +18,6 @@ are accepted and returned as JSON numbers too.
 from __future__ import annotations
 
 import json
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +25,7 @@ import numpy as np
 
 from ..signature import Signature, TensorSpec
 from .tensors import ProtocolError as ProtocolError  # re-exported: the codec's error
-from .tensors import (
-    binary_payload,
-    check_finite,
-    from_binary,
-    from_json,
-    json_payload,
-    v2_datatype,
-)
+from .tensors import check_finite, from_binary, from_json
 
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -47,21 +33,10 @@ HEADER_LENGTH_HEADER = "inference-header-content-length"
 
 Buffer = bytes | bytearray | memoryview
 
-MAX_GZIP_MEMBERS = 64
-"""A gzip body may hold this many members (clients send one); more is refused (400)."""
-
 _MAX_RANK = 64  # numpy's limit
-_INFLATE_CHUNK = 1 << 16  # body bytes per zlib call
 _MAX_BYTES = 2**63 - 1
 _ALIGN = 64
-_ENCODE_SLICE = 1 << 16  # output elements per JSON encoder call (a few ms)
 _JSON = json.JSONDecoder()
-_JSON_OUT = json.JSONEncoder(separators=(",", ":"))  # NaN, Infinity: tritonclient reads them
-_quote = json.encoder.encode_basestring_ascii
-
-
-class BodyTooLarge(ProtocolError):
-    """A compressed body inflates past the size limit (HTTP 413)."""
 
 
 @dataclass(frozen=True)
@@ -101,115 +76,6 @@ def body_buffer(size: int, header_length: int | None = None) -> memoryview:
     raw = np.empty(size + _ALIGN, dtype=np.uint8)
     shift = -(raw.ctypes.data + (header_length or 0)) % _ALIGN
     return raw[shift : shift + size].data
-
-
-def decompress(body: Buffer, encoding: str | None, limit: int) -> Buffer:
-    """Inflate a body sent with Content-Encoding gzip or deflate, refusing more than ``limit``
-    bytes of output (BodyTooLarge); identity (or no encoding) returns the body as it is. The
-    whole body at once: ``Inflater`` does it in steps."""
-    job = Inflater(body, encoding, limit)
-    job.run()
-    return job.result()
-
-
-class Inflater:
-    """Inflates one request body in steps, in time linear in its size.
-
-        job = Inflater(body, "gzip", limit=64 << 20)
-        if not job.run(budget=256 << 10):         # a little on the event loop
-            await asyncio.to_thread(job.run)      # the rest in a worker thread
-        plain = job.result()
-
-    The constructor raises ProtocolError for an unknown encoding; ``run`` raises ProtocolError
-    for data that is not valid, is truncated, trails its deflate stream or holds more than
-    ``MAX_GZIP_MEMBERS`` gzip members, and BodyTooLarge past ``limit`` bytes of output.
-    """
-
-    def __init__(self, body: Buffer, encoding: str | None, limit: int) -> None:
-        self.kind = (encoding or "identity").strip().lower()
-        self.limit = limit
-        self._view = memoryview(body).cast("B")
-        self._pos = 0
-        self._members = 1
-        self._total = 0
-        self._pieces: list[bytes] = []
-        self._result: Buffer | None = None
-        if self.kind == "identity":
-            if len(self._view) > limit:
-                raise BodyTooLarge(f"request body is larger than the {limit} byte limit")
-            self._result = body
-            return
-        self._wbits = _wbits(self.kind, self._view)
-        self._inflater = zlib.decompressobj(self._wbits)
-
-    def run(self, budget: int | None = None) -> bool:
-        """Inflate until the body is done (True), or until about ``budget`` bytes have been read
-        and written (False: call again)."""
-        work = 0
-        while self._result is None:
-            if budget is not None and work >= budget:
-                return False
-            room = self.limit - self._total + 1  # one byte past the limit tells it was passed
-            size = _INFLATE_CHUNK
-            if budget is not None:
-                room = min(room, budget - work)
-                size = min(size, budget - work)
-            chunk = self._view[self._pos : self._pos + size]
-            work += len(chunk) + self._step(chunk, room)
-        return True
-
-    def result(self) -> Buffer:
-        """The inflated body, once ``run`` has returned True."""
-        assert self._result is not None, "run() has not finished"
-        return self._result
-
-    def _step(self, chunk: memoryview, room: int) -> int:
-        """Feed one chunk, writing at most ``room`` bytes; returns how many it wrote."""
-        inflater = self._inflater
-        try:
-            piece = inflater.decompress(chunk, room)
-        except zlib.error as e:
-            raise ProtocolError(f"request body is not valid {self.kind} data ({e})") from None
-        self._total += len(piece)
-        if self._total > self.limit:
-            raise BodyTooLarge(f"request body inflates past the {self.limit} byte limit")
-        if piece:
-            self._pieces.append(piece)
-        if not inflater.eof:
-            if not chunk and len(piece) < room:  # all input read, nothing left to write
-                raise ProtocolError(f"{self.kind} request body is truncated")
-            self._pos += len(chunk) - len(inflater.unconsumed_tail)
-            return len(piece)
-        # unused_data copies the rest of the chunk, never of the body: linear in members
-        self._pos += len(chunk) - len(inflater.unused_data)
-        if self._pos == len(self._view):
-            pieces, self._pieces = self._pieces, []
-            self._result = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        elif self.kind != "gzip":  # gzip may hold several members; zlib and raw deflate one
-            raise ProtocolError(f"request body has data after its {self.kind} stream")
-        elif self._members == MAX_GZIP_MEMBERS:
-            raise ProtocolError(
-                f"gzip request body has more than {MAX_GZIP_MEMBERS} members",
-                hint="compress the body as one gzip member",
-            )
-        else:
-            self._members += 1
-            self._inflater = zlib.decompressobj(self._wbits)
-        return len(piece)
-
-
-def _wbits(kind: str, body: memoryview) -> int:
-    """zlib's window bits for a Content-Encoding (ProtocolError for an unknown one)."""
-    if kind == "gzip":
-        return 16 + zlib.MAX_WBITS
-    if kind == "deflate":
-        # HTTP "deflate" is the zlib format; some clients send raw deflate instead.
-        head = bytes(body[:2])
-        is_zlib = len(head) == 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
-        return zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
-    raise ProtocolError(
-        f"unsupported Content-Encoding {kind!r}", hint="send gzip, deflate or identity"
-    )
 
 
 def decode_infer_request(
@@ -395,102 +261,6 @@ class _Layout:
             offset += nbytes
         r = self.request
         return InferRequest(r.id, arrays, r.outputs, dict(r.parameters), r.binary_output)
-
-
-def encode_infer_response(
-    *,
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    outputs: Mapping[str, np.ndarray],
-    requested: list[RequestedOutput] | None,
-    binary_default: bool,
-    parameters: Mapping[str, Any] | None = None,
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers ("content-type", and "inference-header-content-length"
-    when any output is binary). Outputs come in ``requested`` order, else in ``outputs`` order;
-    binary ones as raw little-endian bytes after the JSON header, the others as flat JSON data."""
-    items = _response_items(outputs, requested, binary_default)
-
-    # The header is written by hand: json.dumps of the dict costs more than the whole rest.
-    described: list[str] = []
-    chunks: list[Buffer] = [b""]
-    for name, array, binary in items:
-        datatype = v2_datatype(name, array.dtype)
-        shape = ",".join([str(d) for d in array.shape])
-        head = f'{{"name":{_quote(name)},"datatype":"{datatype}","shape":[{shape}]'
-        if binary:
-            payload = binary_payload(name, array, datatype)
-            described.append(f'{head},"parameters":{{"binary_data_size":{payload.nbytes}}}}}')
-            chunks.append(payload)
-        else:
-            data = _json_data(name, array, datatype)
-            described.append(f'{head},"data":{data}}}')
-    fields = [] if request_id is None else [f'"id":{_quote(request_id)}']
-    fields.append(f'"model_name":{_quote(model_name)},"model_version":{_quote(model_version)}')
-    if parameters:
-        fields.append(f'"parameters":{_JSON_OUT.encode(dict(parameters))}')
-    fields.append(f'"outputs":[{",".join(described)}]')
-    header = ("{" + ",".join(fields) + "}").encode()
-    if len(chunks) == 1 and not any(binary for _, _, binary in items):
-        return header, {"content-type": JSON_CONTENT_TYPE}
-    chunks[0] = header
-    headers = {"content-type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
-    return b"".join(chunks), headers
-
-
-def response_floor(
-    outputs: Mapping[str, np.ndarray], requested: list[RequestedOutput] | None, binary_default: bool
-) -> int:
-    """A lower bound on the size of ``encode_infer_response``'s body, without encoding it.
-
-        if response_floor(outputs, request.outputs, request.binary_output) > limit: refuse
-
-    Binary outputs count their bytes (BYTES at least a 4-byte length per element), JSON ones
-    two bytes per element (a digit and a comma), so an answer far past a limit is refused
-    before it is built."""
-    total = 0
-    for _, array, binary in _response_items(outputs, requested, binary_default):
-        if not binary:
-            total += 2 * array.size
-        elif array.dtype == object:
-            total += 4 * array.size
-        else:
-            total += array.nbytes
-    return total
-
-
-def _response_items(
-    outputs: Mapping[str, np.ndarray], requested: list[RequestedOutput] | None, binary_default: bool
-) -> list[tuple[str, np.ndarray, bool]]:
-    """(name, array, binary) of each output a response carries, in its order."""
-    if requested is None:
-        return [(name, array, binary_default) for name, array in outputs.items()]
-    items = []
-    for want in requested:
-        if want.name not in outputs:
-            raise ProtocolError(f"output {want.name!r} was requested but not produced")
-        binary = binary_default if want.binary is None else want.binary
-        items.append((want.name, outputs[want.name], binary))
-    return items
-
-
-def _json_data(name: str, array: np.ndarray, datatype: str) -> str:
-    """An output's flat JSON data, encoded a slice at a time: each slice is one call that
-    holds the GIL, so a large output encoded in a worker thread lets the event loop run."""
-    flat = array.reshape(-1)
-    if flat.size <= _ENCODE_SLICE:
-        return _JSON_OUT.encode(json_payload(name, flat, datatype))
-    pieces = []
-    for start in range(0, flat.size, _ENCODE_SLICE):
-        piece = flat[start : start + _ENCODE_SLICE]
-        pieces.append(_JSON_OUT.encode(json_payload(name, piece, datatype))[1:-1])
-    return "[" + ",".join(pieces) + "]"
-
-
-def error_body(message: str) -> bytes:
-    """The V2 error object, ``{"error": message}``, as bytes."""
-    return json.dumps({"error": message}).encode()
 
 
 # -- decoding -------------------------------------------------------------------------------

@@ -40,119 +40,39 @@ versions are loaded and warmed up while the old ones keep serving, then the mode
 is replaced in one assignment; executors no longer served are closed in the background, which
 lets their queued and in-flight requests finish. A failing new version leaves the old one
 serving, is logged at warning level and shows in ``index()``. So does a new version whose
-signature differs (``signature_changes``: inputs added, removed, or of another dtype, rank or
-fixed dim; outputs removed) from the version it would take over from (the same number, or the
-highest served one when it is above it), unless its ``ferry.toml`` sets
+signature differs (``takeover.signature_changes``: inputs added, removed, or of another dtype,
+rank or fixed dim; outputs removed) from the version it would take over from (the same number,
+or the highest served one when it is above it), unless its ``ferry.toml`` sets
 ``allow_signature_change = true``; once nothing it differs from serves, it loads. A removed
-version directory is
-unloaded (drained); a removed model directory disappears. A changed ``ferry.toml`` rebuilds the
-executors with the new settings; a bad one keeps the old settings and is reported.
+version directory is unloaded (drained); a removed model directory disappears. A changed
+``ferry.toml`` rebuilds the executors with the new settings; a bad one keeps the old settings
+and is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
-from ..data import load_feeds
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
-from ..model import Model, resolve_model_path
-from ..signature import Signature, TensorSpec
+from .catalog import Catalog, KnownModel, KnownVersion, ModelNotFound, ModelNotReady
 from .config import ModelConfig
 from .executor import ModelExecutor
-from .scan import (
-    NEVER,
-    Disk,
-    Fingerprint,
-    Stamp,
-    check_repository_dir,
-    scan,
-    version_number,
-)
+from .scan import Disk, check_repository_dir, scan
+from .takeover import SignatureChanged, predecessor_of
+from .versions import ModelVersion, WarmupFailed, build_version
 
 log = logging.getLogger("onnxferry.serve")
 
 T = TypeVar("T")
 
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
 
-
-class ModelNotFound(InputError):
-    """No model by that name, or no such version of it (HTTP 404)."""
-
-
-class ModelNotReady(FerryError):
-    """The model or version exists but cannot serve now: it failed to load, or was unloaded
-    (HTTP 503)."""
-
-
-@dataclass(frozen=True, eq=False)
-class ModelVersion:
-    """One served version: the loaded model, its settings and the executor running it.
-    Compared and hashed by identity: a reload makes a new one."""
-
-    name: str
-    version: str
-    model: Model
-    config: ModelConfig
-    executor: ModelExecutor
-
-
-@dataclass
-class _Version:
-    """What is known about one version on disk."""
-
-    path: Path  # the version directory, or the model file of a single-file repository
-    fingerprint: Fingerprint = ()
-    stable: bool = False  # same fingerprint on the last two scans
-    tried: Fingerprint | None = None  # the fingerprint at the last load attempt
-    error: str | None = None  # why the attempt at ``tried`` failed
-    waiting: bool = False  # changed, and the last scan found it still changing
-    loading: bool = False
-    refused: bool = False  # the failure at ``tried`` was a signature change
-    blocked: str | None = None  # why the scan refused the directory itself
-    note: str = ""  # what the scan could not watch
-
-
-@dataclass
-class _Entry:
-    """What is known about one model name."""
-
-    name: str
-    root: Path | None  # REPO/<name>; None for a single file
-    config: ModelConfig | None = None  # the settings in use; None until a valid one was read
-    config_stamp: Stamp | None = NEVER  # ferry.toml as last scanned (None: absent)
-    config_stable: bool = False
-    config_tried: Stamp | None = NEVER
-    config_error: str | None = None
-    versions: dict[int, _Version] = field(default_factory=dict)
-    unloaded: bool = False
-
-
-class SignatureChanged(FerryError):
-    """A new version's signature differs from that of the version it would take over from
-    (``signature_changes``), and its ``ferry.toml`` does not set ``allow_signature_change``."""
-
-
-class _WarmupFailed(Exception):
-    def __init__(self, executor: ModelExecutor, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.executor = executor
-        self.cause = cause
-
-
-class Repository:
+class Repository(Catalog):
     """Models by name and version, loaded safely and hot-reloaded; see the module docstring."""
 
     def __init__(
@@ -164,17 +84,14 @@ class Repository:
         config: ModelConfig | None = None,
     ) -> None:
         """Use ``Repository.open``, which checks the path."""
-        self.path = path
+        super().__init__(path)
         self.single = single
         self.poll_interval_s = poll_interval_s
         self.default_config = config or ModelConfig()
-        self._entries: dict[str, _Entry] = {}
-        self._serving: dict[str, dict[str, ModelVersion]] = {}
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
-        self._stopping = False
         base = path.parent if single else path
         self._roots = sorted({str(base.absolute()), str(base.resolve())}, key=len, reverse=True)
 
@@ -256,87 +173,6 @@ class Repository:
         """Between the end of ``start`` and the beginning of ``stop``."""
         return self._started and not self._stopping
 
-    # --- serving -----------------------------------------------------------------------------
-
-    def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The ready ``version`` of model ``name``; with None its highest ready version.
-
-        ModelNotFound for an unknown model, a version not on disk or one the version policy
-        does not serve; ModelNotReady (with the reason) for one that failed or was unloaded.
-        """
-        if self._stopping:
-            raise ModelNotReady("the model repository is stopping")
-        entry = self._entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}", hint=self._known_hint())
-        serving = self._serving.get(name, {})
-        if version is None:
-            if serving:
-                return serving[max(serving, key=int)]
-            raise ModelNotReady(f"model {name!r} is not ready: {self._model_reason(entry)}")
-        number = version_number(version)
-        mv = serving.get(str(number)) if number is not None else None
-        if mv is not None:
-            return mv
-        if number is None or number not in entry.versions:
-            on_disk = ", ".join(str(n) for n in sorted(entry.versions)) or "none"
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r}", hint=f"versions on disk: {on_disk}"
-            )
-        state, reason = self._version_state(entry, number)
-        if reason == _NOT_SELECTED:
-            raise ModelNotFound(
-                f"model {name!r} version {number} is not served: {reason}",
-                hint=f"served versions: {', '.join(sorted(serving, key=int)) or 'none'}",
-            )
-        raise ModelNotReady(f"model {name!r} version {number} is not ready: {reason}")
-
-    def versions(self, name: str) -> list[str]:
-        """The ready versions of ``name``, ascending (ModelNotFound for an unknown model)."""
-        if name not in self._entries:
-            raise ModelNotFound(f"unknown model {name!r}", hint=self._known_hint())
-        return sorted(self._serving.get(name, {}), key=int)
-
-    def names(self) -> list[str]:
-        """Every model name known on disk, sorted."""
-        return sorted(self._entries)
-
-    def serving(self) -> list[ModelVersion]:
-        """Every ready version of every model, by name then version."""
-        return [
-            mv
-            for name in sorted(self._serving)
-            for _, mv in sorted(self._serving[name].items(), key=lambda kv: int(kv[0]))
-        ]
-
-    def unready(self) -> dict[str, str]:
-        """The models that should serve (all but unloaded ones) but serve no version, each with
-        the reason; empty when the repository is ready. Versions the policy does not select,
-        and a failed new version while an older one serves, do not count."""
-        return {
-            name: self._model_reason(entry)
-            for name, entry in sorted(self._entries.items())
-            if not entry.unloaded and not self._serving.get(name)
-        }
-
-    def index(self) -> list[dict[str, Any]]:
-        """Triton's repository index: {"name", "version", "state", "reason"} for every version
-        on disk (state READY, LOADING or UNAVAILABLE; reason "" when ready and healthy). A model
-        without version directories has one row with version "".
-        """
-        rows: list[dict[str, Any]] = []
-        for name in sorted(self._entries):
-            entry = self._entries[name]
-            if not entry.versions:
-                reason = self._model_reason(entry)
-                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": reason})
-            for number in sorted(entry.versions):
-                state, reason = self._version_state(entry, number)
-                rows.append(
-                    {"name": name, "version": str(number), "state": state, "reason": reason}
-                )
-        return rows
-
     # --- repository API ----------------------------------------------------------------------
 
     async def load(self, name: str) -> None:
@@ -415,12 +251,12 @@ class Repository:
             changes += await self._sync_model(entry, wait=wait, retry=retry)
         return changes
 
-    def _new_entry(self, name: str) -> _Entry:
+    def _new_entry(self, name: str) -> KnownModel:
         if self.single:
-            return _Entry(name, None, self.default_config, config_stamp=None, config_tried=None)
-        return _Entry(name, self.path / name)
+            return KnownModel(name, None, self.default_config, config_stamp=None, config_tried=None)
+        return KnownModel(name, self.path / name)
 
-    def _observe(self, entry: _Entry, disk: Disk) -> None:
+    def _observe(self, entry: KnownModel, disk: Disk) -> None:
         """Record a scan: fingerprints, whether they held still since the last scan, and
         versions that appeared or went away."""
         entry.config_stable = disk.config_stamp == entry.config_stamp
@@ -430,7 +266,7 @@ class Repository:
         for number, seen in disk.versions.items():
             known = entry.versions.get(number)
             if known is None or known.path != seen.path:
-                known = entry.versions[number] = _Version(seen.path)
+                known = entry.versions[number] = KnownVersion(seen.path)
             if seen.blocked and not known.blocked:
                 log.warning(
                     "model %s version %s: %s (%s -> %s)",
@@ -446,7 +282,7 @@ class Repository:
 
     async def _sync_model(
         self,
-        entry: _Entry,
+        entry: KnownModel,
         *,
         wait: bool,
         retry: bool,
@@ -493,7 +329,7 @@ class Repository:
                 for number in sorted(todo, reverse=True):
                     attempted.add(number)
                     result = await self._attempt(
-                        entry, number, ready.get(number), _predecessor(before, number)
+                        entry, number, ready.get(number), predecessor_of(before, number)
                     )
                     if isinstance(result, str):
                         changes.append(f"{name}/{number} failed")
@@ -517,7 +353,7 @@ class Repository:
                     changes.append(f"{name}/{mv.version} unloaded")
         return changes
 
-    async def _sync_config(self, entry: _Entry, *, wait: bool, retry: bool) -> list[str]:
+    async def _sync_config(self, entry: KnownModel, *, wait: bool, retry: bool) -> list[str]:
         """Read a new or changed ``ferry.toml`` (stable, or ``wait`` off). A valid change resets
         every version so they are rebuilt with it; a bad one keeps the settings in use."""
         if entry.root is None:
@@ -549,7 +385,7 @@ class Repository:
 
     async def _attempt(
         self,
-        entry: _Entry,
+        entry: KnownModel,
         number: int,
         previous: ModelVersion | None,
         predecessor: ModelVersion | None = None,
@@ -563,9 +399,15 @@ class Repository:
         state.refused = False
         try:
             result = await asyncio.to_thread(
-                _build, entry.name, str(number), state.path, entry.config, previous, predecessor
+                build_version,
+                entry.name,
+                str(number),
+                state.path,
+                entry.config,
+                previous,
+                predecessor,
             )
-        except _WarmupFailed as e:
+        except WarmupFailed as e:
             await e.executor.close()
             error = _reason(e.cause, limit=None)
         except SignatureChanged as e:
@@ -586,7 +428,7 @@ class Repository:
         log.warning("model %s version %s failed to load: %s%s", entry.name, number, shown, serving)
         return state.error
 
-    def _public(self, entry: _Entry, text: str) -> str:
+    def _public(self, entry: KnownModel, text: str) -> str:
         """``text`` (one line, shortened) with the repository's location on this machine cut
         off, for clients: paths read ``<name>/<version>/model.onnx``."""
         if entry.root is not None:
@@ -604,57 +446,6 @@ class Repository:
 
         return scan(self.path, self.single, external)
 
-    # --- state for index() and errors --------------------------------------------------------
-
-    def _version_state(self, entry: _Entry, number: int) -> tuple[str, str]:
-        state = entry.versions[number]
-        if str(number) in self._serving.get(entry.name, {}):
-            notes = []
-            if state.error is not None:
-                notes.append(f"serving the previous files; reload failed: {state.error}")
-            if entry.config_error is not None:
-                notes.append(f"serving with the previous settings; {entry.config_error}")
-            if state.blocked is not None:
-                notes.append(f"serving the files loaded before; {state.blocked}")
-            if state.note:
-                notes.append(state.note)
-            return READY, "; ".join(notes)
-        if entry.unloaded:
-            return UNAVAILABLE, "unloaded"
-        if state.loading:
-            return LOADING, ""
-        if entry.config is None:
-            return UNAVAILABLE, entry.config_error or _WAITING
-        if state.blocked is not None:
-            return UNAVAILABLE, state.blocked
-        if not state.fingerprint:
-            return UNAVAILABLE, "the version directory holds no files"
-        if state.waiting:
-            return UNAVAILABLE, _WAITING
-        if state.error is not None and state.tried == state.fingerprint:
-            return UNAVAILABLE, state.error
-        return UNAVAILABLE, _NOT_SELECTED
-
-    def _model_reason(self, entry: _Entry) -> str:
-        """Why a model serves nothing, in one line."""
-        if entry.unloaded:
-            return "unloaded"
-        if entry.config is None and entry.config_error:
-            return entry.config_error
-        if not entry.versions:
-            if entry.root is None:
-                return f"{self.path.name}: the model file is gone"
-            return f"no version directories (expected {entry.name}/<version>/model.onnx)"
-        number = max(entry.versions)
-        return self._version_state(entry, number)[1] or "not loaded yet"
-
-    def _known_hint(self) -> str:
-        names = sorted(self._entries)
-        if not names:
-            return "the repository has no models"
-        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        return f"models: {shown}"
-
     def _close_later(self, executor: ModelExecutor) -> None:
         """Close an executor no longer served, in the background (it drains its requests)."""
         task = asyncio.create_task(executor.close())
@@ -663,126 +454,7 @@ class Repository:
         task.add_done_callback(_log_close_failure)
 
 
-_NOT_SELECTED = "not selected by the version policy"
 _REASON_LIMIT = 500
-_WAITING = "waiting for its files to stop changing"
-
-
-def _build(
-    name: str,
-    version: str,
-    path: Path,
-    config: ModelConfig,
-    previous: ModelVersion | None,
-    predecessor: ModelVersion | None = None,
-) -> ModelVersion:
-    """Load, build and warm up one version (blocking; runs in a worker thread). Returns
-    ``previous`` itself when the files hold the same model and the settings are the same.
-    SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows."""
-    file = resolve_model_path(path)
-    model: Model | None = None
-    if previous is not None and _same_files(previous.model, file):
-        if previous.config == config:
-            return previous
-        model = previous.model
-    if model is None:
-        model = Model.load(file)
-        digest = model.digest  # now, before the files can change again
-        if previous is not None and previous.config == config and digest == previous.model.digest:
-            return previous
-    if predecessor is not None and not config.allow_signature_change:
-        _check_signature(model.signature, predecessor)
-    executor = ModelExecutor(model, config, name=name, version=version)
-    try:
-        executor.warmup(_warmup_feeds(config, file))
-    except Exception as e:
-        raise _WarmupFailed(executor, e) from e
-    return ModelVersion(name, version, model, config, executor)
-
-
-def _predecessor(serving: dict[int, ModelVersion], number: int) -> ModelVersion | None:
-    """The served version that version ``number`` would take over from: itself, or the highest
-    one when ``number`` is above it (clients that name no version move to it); None when it
-    takes over from nothing (the first load, or a version below the highest)."""
-    if number in serving:
-        return serving[number]
-    highest = max(serving, default=0)
-    return serving[highest] if number > highest > 0 else None
-
-
-def _check_signature(new: Signature, old: ModelVersion) -> None:
-    """SignatureChanged naming what ``signature_changes`` finds between ``old`` and ``new``."""
-    changes = signature_changes(old.executor.signature, new)
-    if changes:
-        shown = "; ".join(changes[:3]) + (
-            f" and {len(changes) - 3} more" if len(changes) > 3 else ""
-        )
-        raise SignatureChanged(
-            f"its signature differs from that of version {old.version}, which keeps serving: "
-            f"{shown}",
-            hint="set allow_signature_change = true in the model's ferry.toml to let it take over",
-        )
-
-
-def signature_changes(old: Signature, new: Signature) -> list[str]:
-    """What a client of ``old`` would find broken in ``new``: inputs added, removed or with
-    another dtype, rank or fixed dim, and outputs removed; [] when nothing.
-
-        signature_changes(v1.signature, v2.signature)  # ["input 'x' is FP64, was FP32"]
-    """
-    before = {spec.name: spec for spec in old.inputs}
-    after = {spec.name: spec for spec in new.inputs}
-    changes = [f"input {n!r} is gone" for n in before if n not in after]
-    changes += [f"input {n!r} is new" for n in after if n not in before]
-    for name in before.keys() & after.keys():
-        was, now = before[name], after[name]
-        if _datatype(was) != _datatype(now):
-            changes.append(f"input {name!r} is {_datatype(now)}, was {_datatype(was)}")
-        elif not _same_dims(was, now):
-            changes.append(f"input {name!r} has shape {now.shape_text()}, was {was.shape_text()}")
-    outputs = set(new.output_names)
-    changes += [f"output {n!r} is gone" for n in old.output_names if n not in outputs]
-    return sorted(changes)
-
-
-def _datatype(spec: TensorSpec) -> str:
-    return spec.dtype.v2 or spec.dtype.onnx_name
-
-
-def _same_dims(was: TensorSpec, now: TensorSpec) -> bool:
-    """Same rank, and the same size on every axis fixed in either (symbolic names aside)."""
-    if was.shape is None or now.shape is None:
-        return was.shape is None and now.shape is None
-    if len(was.shape) != len(now.shape):
-        return False
-    return all(
-        a == b
-        for a, b in zip(was.shape, now.shape, strict=True)
-        if isinstance(a, int) or isinstance(b, int)
-    )
-
-
-def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:
-    """The first feed set of the config's ``warmup_inputs`` (beside the model file), or
-    None for the executor's own."""
-    if config.warmup_inputs is None:
-        return None
-    return load_feeds(file.parent / config.warmup_inputs)[0]
-
-
-def _same_files(model: Model, file: Path) -> bool:
-    """Whether ``file`` (with the model's external data files) hashes to ``model.digest``."""
-    if model.path is None or model.path.resolve() != file.resolve():
-        return False
-    h = hashlib.sha256()
-    try:
-        for p in (file, *model.external_files):
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    except OSError:
-        return False
-    return h.hexdigest() == model.digest
 
 
 def _reason(error: BaseException, limit: int | None = _REASON_LIMIT) -> str:

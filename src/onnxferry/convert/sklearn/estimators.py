@@ -1,0 +1,165 @@
+"""The estimator: an object or a trusted pickle, its task, its steps, and naming it.
+
+    estimator, origin, caught = read_estimator("model.joblib", ConvertOptions(trust_pickle=True))
+    estimator_task(estimator, origin)           # "classification" (fitted, or InputError)
+    describe_estimator(pipeline)                # "Pipeline(StandardScaler, LogisticRegression)"
+    [path for path, _ in walk(pipeline)]        # ["", "standardscaler", "logisticregression"]
+    final_step(pipeline)                        # the LogisticRegression at the end
+
+A pickle or joblib file runs code as it loads, so a path is loaded only with
+``ConvertOptions.trust_pickle``; warnings raised while unpickling (a scikit-learn version
+mismatch) are logged and kept for the report. ``said`` is ``one_line`` as skl2onnx's errors
+want it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError, one_line
+from ..base import ConvertOptions
+
+log = logging.getLogger("onnxferry")
+
+_SUFFIXES = {".pkl": "pickle", ".pickle": "pickle", ".joblib": "joblib"}
+
+
+def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list[str]]:
+    """(estimator, where it came from, warnings raised while unpickling)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source, "object", []
+    path = Path(source)
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(
+            f"{path}: not a scikit-learn model file (expected .pkl, .pickle or .joblib)",
+            hint="save the fitted estimator with joblib.dump(model, 'model.joblib')",
+        )
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a file"
+        raise InputError(f"{path} {what}", hint="check the path")
+    if path.stat().st_size == 0:
+        raise InputError(
+            f"{path}: the file is empty, not a {kind} file",
+            hint="re-save the fitted model with joblib.dump(model, path)",
+        )
+    if not options.trust_pickle:
+        raise InputError(
+            f"{path}: loading a {kind} file runs code from it, so onnxferry does not load it "
+            "unless told to",
+            hint="pass --trust-pickle (trust_pickle=True) if the file comes from a trusted source",
+        )
+    import joblib
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            estimator = joblib.load(path)  # plain pickles too
+        except ImportError as e:
+            raise InputError(
+                f"{path}: the pickle needs {e.name or 'a module'!r}, which is not installed",
+                hint="install the package that defines the model's classes",
+            ) from e
+        except Exception as e:
+            what = type(e).__name__ + (f": {said(e)}" if str(e).strip() else "")
+            raise InputError(
+                f"{path}: cannot unpickle the file; it is corrupt, truncated or not a {kind} "
+                f"file ({what})",
+                hint="re-save the fitted model with joblib.dump(model, path)",
+            ) from e
+    found = [said(w.message) for w in caught]
+    for text in found:
+        log.warning("%s: %s", path, text)
+    return estimator, str(path), found
+
+
+def estimator_task(estimator: Any, origin: str) -> str:
+    """ "classification" or "regression"; InputError for anything else or an unfitted one."""
+    if not (hasattr(estimator, "fit") and hasattr(estimator, "get_params")):
+        where = "got" if origin == "object" else f"{origin} holds"
+        raise InputError(
+            f"{where} a {type(estimator).__name__}, not a fitted scikit-learn estimator",
+            hint="pass a fitted estimator or Pipeline, or a file saved with joblib.dump",
+        )
+    from sklearn.base import is_classifier, is_regressor
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    name = describe_estimator(estimator)
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise InputError(
+            f"the {name} is not fitted", hint="call fit(X, y) on it before converting"
+        ) from None
+    except TypeError as e:
+        raise InputError(
+            f"{name} is not a scikit-learn estimator ({said(e)})",
+            hint="pass a fitted estimator or Pipeline",
+        ) from None
+    if is_classifier(estimator):
+        return "classification"
+    if is_regressor(estimator):
+        return "regression"
+    raise InputError(
+        f"the {name} is neither a classifier nor a regressor",
+        hint="convert a classifier, a regressor, or a Pipeline that ends in one",
+    )
+
+
+def describe_estimator(estimator: Any) -> str:
+    """A short name: "Pipeline(StandardScaler, LogisticRegression)"."""
+    if isinstance(estimator, str):
+        return estimator  # "passthrough" / "drop" inside a pipeline or column transformer
+    if estimator is None:
+        return "passthrough"
+    children = steps_of(estimator)
+    name = type(estimator).__name__
+    if children is None:
+        return name
+    return f"{name}({', '.join(describe_estimator(step) for _, step in children)})"
+
+
+def steps_of(estimator: Any) -> list[tuple[str, Any]] | None:
+    """Named steps of a Pipeline, FeatureUnion or ColumnTransformer; None for a leaf."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list):
+        return [(str(s[0]), s[1]) for s in steps]
+    transformers = getattr(estimator, "transformer_list", None)
+    if isinstance(transformers, list):
+        return [(str(t[0]), t[1]) for t in transformers]
+    fitted = getattr(estimator, "transformers_", None)
+    if isinstance(fitted, list):
+        return [(str(t[0]), t[1]) for t in fitted]
+    return None
+
+
+def walk(estimator: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, step) for the estimator and every step inside it, e.g. ("features/num", ...)."""
+    yield prefix, estimator
+    for name, step in steps_of(estimator) or []:
+        yield from walk(step, f"{prefix}/{name}" if prefix else name)
+
+
+def final_step(estimator: Any) -> Any:
+    """The estimator at the end of (nested) pipelines."""
+    steps = getattr(estimator, "steps", None)
+    while isinstance(steps, list) and steps:
+        estimator = steps[-1][1]
+        steps = getattr(estimator, "steps", None)
+    return estimator
+
+
+_BOILERPLATE = re.compile(r"\s*You may raise an issue at \S+")
+
+
+def said(error: BaseException | Warning | str) -> str:
+    """``one_line`` as skl2onnx errors want it: the first line, without the issue-tracker
+    advice, at most 200 characters and without a final period (the hint follows it)."""
+    return one_line(error, 200, line="first", drop=_BOILERPLATE, period=False)

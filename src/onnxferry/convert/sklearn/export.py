@@ -1,0 +1,179 @@
+"""skl2onnx's export of an estimator, tidied, and checked to load in ONNX Runtime.
+
+    opsets = target_opsets(ConvertOptions())          # {"": 22, "ai.onnx.ml": 3} (today)
+    proto = convert_estimator(pipeline, "classification", 4, np.dtype(np.float32), opsets,
+                              "batch", False)        # an onnx.ModelProto, or ExportError
+    expected_signature(pipeline, "classification", 4, np.dtype(np.float32), "batch")
+    library_versions()                                # {"scikit-learn": ..., "skl2onnx": ...}
+
+A classifier's probabilities come out as a tensor (no ZipMap); dim 0 of the input and outputs
+is named (or fixed) as the batch dim says. An ``ExportError`` names the pipeline step skl2onnx
+failed on, and keeps skl2onnx's bare reason for the float64 fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import FerryError
+from ...model import Model
+from ...runtime import create_session, runtime_limits
+from ...signature import Signature, TensorSpec, dtype_from_numpy
+from ..base import ConversionError, ConvertOptions
+from .estimators import describe_estimator, final_step, said, steps_of, walk
+from .inputs import INPUT
+
+if TYPE_CHECKING:
+    import onnx
+
+_CONVERTER_HINT = (
+    "register a converter for it with skl2onnx.update_registered_converter, or replace the "
+    "step with one skl2onnx supports"
+)
+
+
+class ExportError(ConversionError):
+    """A ConversionError that keeps skl2onnx's (or ONNX Runtime's) bare reason."""
+
+    def __init__(self, message: str, *, hint: str, detail: str) -> None:
+        super().__init__(message, hint=hint)
+        self.detail = detail
+
+
+def target_opsets(options: ConvertOptions) -> dict[str, int]:
+    """``options.opset``, else skl2onnx's latest tested one capped at what ONNX Runtime loads,
+    with the ai.onnx.ml opset skl2onnx pairs with it."""
+    import skl2onnx
+
+    main = options.opset or min(skl2onnx.get_latest_tested_opset_version(), runtime_limits()[1])
+    ml = 3 if main >= 18 else 2 if main >= 15 else 1  # skl2onnx's pairing of the two
+    return {"": main, "ai.onnx.ml": ml}
+
+
+def convert_estimator(
+    estimator: Any,
+    task: str,
+    n_features: int,
+    dtype: np.dtype[Any],
+    opsets: dict[str, int],
+    batch: str | int,
+    by_user: bool,
+) -> onnx.ModelProto:
+    """The ONNX model, checked to load in ONNX Runtime when float64; ExportError if not."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    tensor_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
+    initial = [(INPUT, tensor_type([None, n_features]))]
+    final = final_step(estimator)
+    options: dict[int, dict[str, Any]] | None = None
+    if task == "classification":
+        options = {id(final): {"zipmap": False}}  # probabilities as a tensor, not maps
+    try:
+        try:
+            proto = convert_sklearn(
+                estimator, initial_types=initial, target_opset=opsets, options=options
+            )
+        except NameError as e:
+            if "zipmap" not in str(e):  # a classifier without the option: tensors already
+                raise
+            proto = convert_sklearn(estimator, initial_types=initial, target_opset=opsets)
+    except Exception as e:
+        raise _conversion_error(estimator, e, dtype, by_user) from e
+    model: onnx.ModelProto = proto
+    _tidy(model, batch)
+    if dtype == np.float64:
+        problem = _ort_problem(model)
+        if problem:
+            raise _conversion_error(estimator, problem, dtype, by_user)
+    return model
+
+
+def _conversion_error(
+    estimator: Any, error: Exception | str, dtype: np.dtype[Any], by_user: bool
+) -> ExportError:
+    """One line naming the step skl2onnx failed on (matched by class name in its error)."""
+    text = said(error)
+    name = describe_estimator(estimator)
+    for path, step in walk(estimator):
+        cls = type(step).__name__
+        leaf = path and step is not None and not isinstance(step, str) and not steps_of(step)
+        if leaf and re.search(rf"\b{re.escape(cls)}\b", text):
+            return ExportError(
+                f"skl2onnx cannot convert step {path!r} ({cls}) of the {name}: {text}",
+                hint=_CONVERTER_HINT,
+                detail=text,
+            )
+    if dtype == np.float64:
+        hint = "pass float32 sample inputs (x.astype(np.float32)) to export in float32"
+        if not by_user:
+            hint = _CONVERTER_HINT
+        return ExportError(
+            f"skl2onnx cannot export the {name} in float64: {text}", hint=hint, detail=text
+        )
+    return ExportError(
+        f"skl2onnx cannot convert the {name}: {text}",
+        hint=_CONVERTER_HINT + ", or try another opset (--opset)",
+        detail=text,
+    )
+
+
+def _ort_problem(proto: onnx.ModelProto) -> str | None:
+    """Why ONNX Runtime cannot load the model (skl2onnx writes some float64 models that
+    neither the onnx checker nor ONNX Runtime accepts), or None."""
+    try:
+        create_session(Model.from_proto(proto))
+    except FerryError as e:
+        return e.message.split(": ", 1)[-1]  # without "onnxruntime cannot load <name>: "
+    return None
+
+
+def _tidy(proto: onnx.ModelProto, batch: str | int) -> None:
+    """Name dim 0 of the input and outputs (skl2onnx leaves it unnamed) and drop the
+    duplicate opset imports skl2onnx writes."""
+    for value in (*proto.graph.input, *proto.graph.output):
+        if not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value") and not dims[0].dim_param:
+            if isinstance(batch, str):
+                dims[0].dim_param = batch
+            else:
+                dims[0].dim_value = batch
+    versions: dict[str, int] = {}
+    for opset in proto.opset_import:
+        versions[opset.domain] = max(versions.get(opset.domain, 0), int(opset.version))
+    del proto.opset_import[:]
+    for domain, version in versions.items():
+        entry = proto.opset_import.add()
+        entry.domain, entry.version = domain, version
+
+
+def expected_signature(
+    estimator: Any, task: str, n_features: int, dtype: np.dtype[Any], batch: str | int
+) -> Signature:
+    """The signature skl2onnx would give, for a reference whose estimator did not convert."""
+    float_type = dtype_from_numpy(dtype)
+    inputs = (TensorSpec(INPUT, float_type, (batch, n_features)),)
+    outputs: tuple[TensorSpec, ...]
+    if task == "classification":
+        classes = np.asarray(getattr(estimator, "classes_", []))
+        label = dtype_from_numpy(object if classes.dtype.kind in "OUS" else np.int64)
+        outputs = (
+            TensorSpec("label", label, (batch,)),
+            TensorSpec("probabilities", float_type, (batch, len(classes))),
+        )
+    else:
+        outputs = (TensorSpec("variable", float_type, (batch, 1)),)
+    return Signature(inputs, outputs)
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of scikit-learn and skl2onnx, for the report."""
+    import skl2onnx
+    import sklearn
+
+    return {"scikit-learn": str(sklearn.__version__), "skl2onnx": str(skl2onnx.__version__)}

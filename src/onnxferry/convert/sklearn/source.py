@@ -1,0 +1,184 @@
+"""The Source for a scikit-learn model: the skl2onnx candidate and the estimator as reference.
+
+    source = load_sklearn(pipeline, ConvertOptions())
+    source.reference.run({"input": x})   # SklearnRunner: {"label": ..., "probabilities": ...}
+    source.details["dtype"], source.details["dtype_reason"]   # the float64 rule's choice
+    source.tolerance                            # FLOAT32_TOLERANCE for a float32 model
+
+``SklearnRunner`` returns predict / predict_proba with the ONNX model's names, shapes and
+dtypes, so the two compare directly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...model import Model
+from ...parity import Tolerance
+from ...signature import Signature, TensorSpec
+from ..base import Candidate, ConversionError, ConvertOptions, Source
+from .estimators import describe_estimator, estimator_task, read_estimator
+from .export import (
+    ExportError,
+    convert_estimator,
+    expected_signature,
+    library_versions,
+    target_opsets,
+)
+from .inputs import batch_dim, choose_dtype, feature_count
+
+if TYPE_CHECKING:
+    import onnx
+
+FLOAT32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
+FLOAT64_TOLERANCE = Tolerance(atol=1e-8, rtol=1e-7)
+"""Default tolerances by the model's float type; float32 outputs of a float64 model (e.g.
+a random forest's probabilities) keep the float32 ones."""
+
+
+def load_sklearn(source: Any, options: ConvertOptions) -> Source:
+    """A Source for a fitted estimator or Pipeline, or a .pkl/.pickle/.joblib file of one.
+
+        source = load_sklearn(make_pipeline(StandardScaler(), Ridge()).fit(x, y), options)
+        source.details["dtype"], source.details["dtype_reason"]   # the float64 rule's choice
+
+    InputError (exit 2) for a path without ``options.trust_pickle``, a missing, corrupt or
+    truncated file, something that is not a fitted classifier or regressor; UsageError for
+    shapes or axes that do not fit; the candidate raises ConversionError for an estimator or
+    step skl2onnx cannot convert, naming it.
+    """
+    estimator, origin, load_warnings = read_estimator(source, options)
+    task = estimator_task(estimator, origin)
+    name = describe_estimator(estimator)
+    n_features = feature_count(estimator, options)
+    batch = batch_dim(options, n_features)
+    dtype, reason, by_user = choose_dtype(estimator, task, n_features, options)
+    opsets = target_opsets(options)
+    proto: onnx.ModelProto | None = None
+    error: ConversionError | None = None
+    try:
+        proto = convert_estimator(estimator, task, n_features, dtype, opsets, batch, by_user)
+    except ExportError as e:
+        error = e
+        if dtype == np.float64 and not by_user:  # rule 3 falls back to float32
+            reason += f", but it cannot run in float64 ({e.detail}); exported in float32"
+            dtype = np.dtype(np.float32)
+            try:
+                proto = convert_estimator(
+                    estimator, task, n_features, dtype, opsets, batch, by_user
+                )
+                error = None
+            except ExportError as e32:
+                error = e32
+    signature = (
+        Signature.from_onnx(proto)
+        if proto is not None
+        else expected_signature(estimator, task, n_features, dtype, batch)
+    )
+    reference = SklearnRunner(estimator, signature, task, name=f"scikit-learn {name}")
+
+    def export(path: Path) -> None:
+        if error is not None:
+            raise error
+        assert proto is not None
+        Model.from_proto(proto).save(path, external_data=False)
+
+    details: dict[str, Any] = {
+        "estimator": name,
+        "task": task,
+        "dtype": dtype.name,
+        "dtype_reason": reason,
+        "n_features": n_features,
+        "origin": origin,
+        "target_opset": opsets,
+        "versions": library_versions(),
+    }
+    classes = getattr(estimator, "classes_", None)
+    if task == "classification" and classes is not None:
+        details["classes"] = [_plain(c) for c in np.asarray(classes).tolist()]
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is not None:
+        details["feature_names"] = [str(n) for n in names]  # the column order of "input"
+    if load_warnings:
+        details["load_warnings"] = load_warnings
+    return Source(
+        framework="sklearn",
+        description=f"scikit-learn {name} ({task}, {n_features} features, {dtype.name})",
+        reference=reference,
+        candidates=[Candidate("skl2onnx", export)],
+        tolerance=_tolerance(dtype, signature),
+        details=details,
+    )
+
+
+@dataclass
+class SklearnRunner:
+    """A fitted estimator as a Runner: ``run({"input": x})`` calls predict, and for a
+    classifier predict_proba (or decision_function), and returns the outputs with the names,
+    shapes and dtypes of ``signature`` (the ONNX model's)."""
+
+    estimator: Any
+    model_signature: Signature
+    task: str
+    name: str = "scikit-learn"
+
+    @property
+    def signature(self) -> Signature:
+        return self.model_signature
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.model_signature.validate(feeds)
+        x = feeds[self.model_signature.inputs[0].name]
+        outputs = self.model_signature.outputs
+        with warnings.catch_warnings():
+            # Fitted on a DataFrame, fed an array in the same column order.
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            values = [self.estimator.predict(x)]
+            if self.task == "classification":
+                values.append(_scores(self.estimator, x))
+        return {spec.name: _shaped(v, spec) for spec, v in zip(outputs, values, strict=True)}
+
+
+def _tolerance(dtype: np.dtype[Any], signature: Signature) -> Tolerance:
+    if dtype != np.float64:
+        return FLOAT32_TOLERANCE
+    low = FLOAT32_TOLERANCE.atol, FLOAT32_TOLERANCE.rtol
+    per_output = {s.name: low for s in signature.outputs if s.dtype.onnx_name == "FLOAT"}
+    return Tolerance(FLOAT64_TOLERANCE.atol, FLOAT64_TOLERANCE.rtol, per_output)
+
+
+def _scores(estimator: Any, x: np.ndarray) -> np.ndarray:
+    if hasattr(estimator, "predict_proba"):
+        return np.asarray(estimator.predict_proba(x))
+    return np.asarray(estimator.decision_function(x))
+
+
+def _shaped(values: Any, spec: TensorSpec) -> np.ndarray:
+    """predict's values with the spec's dtype and rank (a binary decision_function d as
+    [-d, d] when the model gives two score columns)."""
+    array = np.asarray(values)
+    if spec.shape is not None and len(spec.shape) == 2 and array.ndim == 1:
+        if spec.shape[1] == 2 and spec.dtype.kind == "float":
+            array = np.stack([-array, array], axis=1)
+        else:
+            array = array.reshape(-1, 1)
+    if spec.dtype.kind == "string":
+        out = np.empty(array.shape, dtype=object)
+        out.flat[:] = [_text(v) for v in array.flat]
+        return out
+    return array.astype(spec.dtype.numpy, copy=False)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A class label as JSON can hold it."""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)

@@ -1,0 +1,209 @@
+"""The judge: output names, then shapes and dtype kinds, then values, per output.
+
+    parity = compare_runners(ref_runner, cand_runner, feeds)       # runs both on every feed set
+    parity = compare_outputs(ref_outputs, cand_outputs, Tolerance(atol=1e-3))  # [{name: array}]
+    result = judge_output("probs", [ref_outputs[0]["probs"]], [cand_outputs[0]["probs"]], 1e-4, 0)
+    result.passed, result.max_abs, result.required_atol            # one OutputParity
+
+Float outputs are measured by ``metrics``; integer, bool and string outputs must match
+exactly; a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import FeedError, UsageError
+from ..runtime import Runner
+from ..signature import dtype_from_numpy
+from .metrics import judge_float
+from .results import OutputParity, Parity
+from .tolerance import Tolerance
+
+
+def compare_outputs(
+    reference: Sequence[Mapping[str, np.ndarray]],
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance = Tolerance(),
+    *,
+    reference_name: str = "reference",
+    candidate_name: str = "candidate",
+) -> Parity:
+    """Judge per-sample output dicts ``{name: array}``; statistics aggregate over samples.
+
+    parity = compare_outputs([ref_runner.run(f)], [cand_runner.run(f)])
+    """
+    if len(reference) != len(candidate):
+        raise UsageError(
+            f"{reference_name} has {len(reference)} samples but {candidate_name} has "
+            f"{len(candidate)}",
+            hint="give both sides the outputs for the same feeds",
+        )
+    if not reference:
+        raise UsageError("no samples to compare", hint="give at least one set of outputs")
+    parity = Parity(reference_name, candidate_name, len(reference), tolerance)
+    ref_names, cand_names = list(reference[0]), list(candidate[0])
+    for name in ref_names:
+        if name not in cand_names:
+            parity.problems.append(
+                f"output {name!r} of {reference_name} is missing from {candidate_name}"
+            )
+    for name in cand_names:
+        if name not in ref_names:
+            parity.problems.append(
+                f"{candidate_name} has an extra output {name!r} that {reference_name} lacks"
+            )
+    for name in (n for n in ref_names if n in cand_names):
+        atol, rtol = tolerance.for_output(name)
+        lacking = [
+            i
+            for i, (r, c) in enumerate(zip(reference, candidate, strict=True))
+            if name not in r or name not in c
+        ]
+        if lacking:
+            result = _new_result(
+                name, _array(reference[0][name]), _array(candidate[0][name]), atol, rtol
+            )
+            result.problem = f"missing from sample {lacking[0]}"
+            parity.outputs.append(result)
+            continue
+        refs = [_array(r[name]) for r in reference]
+        cands = [_array(c[name]) for c in candidate]
+        parity.outputs.append(judge_output(name, refs, cands, atol, rtol))
+    return parity
+
+
+def compare_runners(
+    reference: Runner,
+    candidate: Runner,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance = Tolerance(),
+) -> Parity:
+    """Run both runners on every feed set and judge the outputs.
+
+    parity = compare_runners(OrtRunner(a), OrtRunner(b), [plan_feeds(a).feeds(seed=0)])
+    """
+    refs = [reference.run(f) for f in feeds]
+    cands = [candidate.run(f) for f in feeds]
+    return compare_outputs(
+        refs, cands, tolerance, reference_name=reference.name, candidate_name=candidate.name
+    )
+
+
+def judge_output(
+    name: str, refs: Sequence[np.ndarray], cands: Sequence[np.ndarray], atol: float, rtol: float
+) -> OutputParity:
+    """Compare one tensor over samples: shapes, then dtype kinds, then values.
+
+    A sequence of maps (scikit-learn's ZipMap probabilities) is judged as the table of its
+    values, one row per map and one column per key, once both sides have the same keys."""
+    keys = {_map_keys(a) for a in (*refs, *cands)}
+    if len(keys) > 1 and None not in keys:
+        result = _new_result(name, refs[0], cands[0], atol, rtol)
+        shown = sorted(str(sorted(k, key=str)) for k in keys if k is not None)
+        result.problem = f"map keys differ: {' vs '.join(shown)}"
+        return result
+    if len(keys) == 1 and None not in keys:
+        refs, cands = [_map_table(r) for r in refs], [_map_table(c) for c in cands]
+    result = _new_result(name, refs[0], cands[0], atol, rtol)
+    for i, (r, c) in enumerate(zip(refs, cands, strict=True)):
+        if r.shape != c.shape:
+            result.ref_shape, result.cand_shape = tuple(r.shape), tuple(c.shape)
+            where = f" in sample {i}" if len(refs) > 1 else ""
+            result.problem = (
+                f"shape differs{where}: reference {list(r.shape)}, candidate {list(c.shape)}"
+            )
+            return result
+    ref_kind, cand_kind = _kind(refs[0].dtype), _kind(cands[0].dtype)
+    if ref_kind != cand_kind or ref_kind == "other":
+        result.problem = (
+            f"dtype differs: reference {refs[0].dtype} ({ref_kind}), "
+            f"candidate {cands[0].dtype} ({cand_kind})"
+        )
+        return result
+    if result.kind == "exact":
+        _judge_exact(result, refs, cands, text=ref_kind == "string")
+    else:
+        judge_float(result, refs, cands)
+    return result
+
+
+def _new_result(
+    name: str, ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float
+) -> OutputParity:
+    return OutputParity(
+        name=name,
+        kind="float" if _kind(ref.dtype) == "float" else "exact",
+        ref_dtype=str(ref.dtype),
+        cand_dtype=str(cand.dtype),
+        ref_shape=tuple(ref.shape),
+        cand_shape=tuple(cand.shape),
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+def _array(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _kind(dtype: np.dtype[Any]) -> str:
+    """ "float", "int", "bool", "string" or "other" (cannot be compared)."""
+    if dtype.kind in "OUS":
+        return "string"
+    if dtype.kind == "b":
+        return "bool"
+    if dtype.kind in "iu":
+        return "int"
+    if dtype.kind in "fc":
+        return "float"
+    try:
+        return dtype_from_numpy(dtype).kind  # bfloat16 and float8 from ml_dtypes
+    except FeedError:
+        return "other"
+
+
+def _judge_exact(
+    result: OutputParity, refs: Sequence[np.ndarray], cands: Sequence[np.ndarray], *, text: bool
+) -> None:
+    equal = total = 0
+    for r, c in zip(refs, cands, strict=True):
+        if text:
+            r, c = _as_text(r), _as_text(c)
+        same = np.asarray(r == c, dtype=bool)
+        equal += int(np.count_nonzero(same))
+        total += int(same.size)
+    result.exact_match = equal / total if total else 1.0
+    result.passed = equal == total
+
+
+def _map_keys(array: np.ndarray) -> frozenset[Any] | None:
+    """The keys shared by every element of a 1-D array of maps with numeric values, else None."""
+    if array.dtype != object or array.ndim != 1 or not array.size:
+        return None
+    items = array.tolist()
+    if not all(isinstance(m, dict) for m in items):
+        return None
+    keys = frozenset(items[0])
+    if any(frozenset(m) != keys for m in items):
+        return None
+    numeric = all(isinstance(v, (int, float, np.number)) for m in items for v in m.values())
+    return keys if numeric else None
+
+
+def _map_table(array: np.ndarray) -> np.ndarray:
+    """Rows of map values, columns in key order (float64, so integer labels stay exact)."""
+    items = array.tolist()
+    order = sorted(items[0], key=str)
+    return np.array([[m[k] for k in order] for m in items], dtype=np.float64)
+
+
+def _as_text(array: np.ndarray) -> np.ndarray:
+    items = [
+        x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+        for x in array.ravel().tolist()
+    ]
+    return np.array(items, dtype=object).reshape(array.shape)

@@ -1,0 +1,69 @@
+"""Tolerance: how far apart two outputs may be, per output if need be.
+
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3, per_output={"logits": (1e-2, 1e-3)})
+    tolerance.for_output("logits"), tolerance.for_output("probs")  # (0.01, 0.001), (0.0001, ...)
+    Tolerance.partial(atol=1e-2)                   # the values given, the defaults for the rest
+    tolerance.to_dict()                            # as a report shows it
+
+A float element passes when |cand - ref| <= atol + rtol * |ref| (``judge``); both values must
+be finite and non-negative (UsageError).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute and relative tolerance, with per-output overrides ``{name: (atol, rtol)}``."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    per_output: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        pairs = [("default", (self.atol, self.rtol)), *self.per_output.items()]
+        for name, (atol, rtol) in pairs:
+            if not (atol >= 0 and rtol >= 0 and math.isfinite(atol) and math.isfinite(rtol)):
+                raise UsageError(
+                    f"tolerance for {name} must be finite and non-negative, "
+                    f"got atol={atol}, rtol={rtol}"
+                )
+
+    @classmethod
+    def partial(cls, atol: float | None = None, rtol: float | None = None) -> Tolerance | None:
+        """The one place a partial tolerance meets the defaults: the values given, these
+        defaults for the rest; None when neither is given (the verb's own default applies,
+        e.g. a source framework's).
+
+            Tolerance.partial(atol=1e-2)     # Tolerance(atol=0.01, rtol=0.001)
+            Tolerance.partial()              # None
+        """
+        if atol is None and rtol is None:
+            return None
+        default = cls()
+        return cls(
+            atol=default.atol if atol is None else atol,
+            rtol=default.rtol if rtol is None else rtol,
+        )
+
+    def for_output(self, name: str) -> tuple[float, float]:
+        """(atol, rtol) for one output: its override, else the defaults."""
+        atol, rtol = self.per_output.get(name, (self.atol, self.rtol))
+        return float(atol), float(rtol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "per_output": {
+                name: {"atol": atol, "rtol": rtol}
+                for name, (atol, rtol) in sorted(self.per_output.items())
+            },
+        }

@@ -1,0 +1,64 @@
+"""What the app enforces: API keys, the repository API, and the size and time limits.
+
+    settings = ServeSettings(api_keys=("0123456789abcdef",), body_limit=16 * MIB)
+    settings.response_bytes, settings.inflight_bytes, settings.parse_memory_bytes  # defaults
+
+The CLI's options map one to one; a limit left None takes a default derived from
+``body_limit``, which its ``*_bytes`` property applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the app enforces; the CLI's options map one to one."""
+
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys for every route but health (empty: no auth)."""
+    repository_keys: tuple[str, ...] = ()
+    """Keys for the repository API (empty: the api_keys)."""
+    repository_api: bool = False
+    body_limit: int = 64 * MIB
+    body_timeout_s: float = 30.0
+    """The whole request body must arrive within this time."""
+    default_timeout_ms: float | None = None
+    """Deadline for a request that sets none (the model's ferry.toml timeout_ms wins)."""
+    server_name: str = "onnxferry"
+    server_version: str = ""
+    response_limit: int | None = None
+    """Bytes a response body may have (None: 64 MiB or body_limit, the larger); past it the
+    request is answered 400."""
+    inflight_limit: int | None = None
+    """Bytes of request bodies the server holds at once (None: 4 x body_limit, at least
+    256 MiB); a request that
+    would pass it is answered 503 with Retry-After. At least body_limit."""
+
+    parse_memory: int | None = None
+    """Bytes the worker process that parses large JSON bodies may take for one body (None:
+    16 x body_limit, at least 256 MiB); a body that needs more is answered 413."""
+
+    @property
+    def parse_memory_bytes(self) -> int:
+        """``parse_memory`` with its default applied."""
+        if self.parse_memory is None:
+            return max(16 * self.body_limit, 256 * MIB)
+        return self.parse_memory
+
+    @property
+    def response_bytes(self) -> int:
+        """``response_limit`` with its default applied."""
+        if self.response_limit is None:
+            return max(self.body_limit, 64 * MIB)
+        return self.response_limit
+
+    @property
+    def inflight_bytes(self) -> int:
+        """``inflight_limit`` with its default applied."""
+        if self.inflight_limit is None:
+            return max(4 * self.body_limit, 256 * MIB)
+        return self.inflight_limit

@@ -1,0 +1,103 @@
+"""One served version, and how it is built: safe load, executor, warm-up (blocking).
+
+    mv = build_version("resnet", "1", Path("models/resnet/1"), ModelConfig(), None)
+    build_version("resnet", "1", mv.model.path, mv.config, mv) is mv   # same files and settings
+    await mv.executor.close()
+
+``build_version`` runs in a worker thread. Given the version it replaces (``previous``), it
+returns that one itself when the files hash to the same model and the settings are the same,
+and reuses its loaded model when only the settings changed. Given the version it would take
+over from (``predecessor``), it refuses a signature that would break that one's clients
+(``takeover.check_signature``) unless the settings allow it. A version that fails its warm-up
+raises WarmupFailed, which holds the executor for the caller to close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_feeds
+from ..model import Model, resolve_model_path
+from .config import ModelConfig
+from .executor import ModelExecutor
+from .takeover import check_signature
+
+
+@dataclass(frozen=True, eq=False)
+class ModelVersion:
+    """One served version: the loaded model, its settings and the executor running it.
+    Compared and hashed by identity: a reload makes a new one."""
+
+    name: str
+    version: str
+    model: Model
+    config: ModelConfig
+    executor: ModelExecutor
+
+
+class WarmupFailed(Exception):
+    """The warm-up run of a new executor failed: ``cause``; ``executor`` is still to close."""
+
+    def __init__(self, executor: ModelExecutor, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.executor = executor
+        self.cause = cause
+
+
+def build_version(
+    name: str,
+    version: str,
+    path: Path,
+    config: ModelConfig,
+    previous: ModelVersion | None,
+    predecessor: ModelVersion | None = None,
+) -> ModelVersion:
+    """Load, build and warm up one version (blocking; runs in a worker thread). Returns
+    ``previous`` itself when the files hold the same model and the settings are the same.
+    SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows."""
+    file = resolve_model_path(path)
+    model: Model | None = None
+    if previous is not None and _same_files(previous.model, file):
+        if previous.config == config:
+            return previous
+        model = previous.model
+    if model is None:
+        model = Model.load(file)
+        digest = model.digest  # now, before the files can change again
+        if previous is not None and previous.config == config and digest == previous.model.digest:
+            return previous
+    if predecessor is not None and not config.allow_signature_change:
+        check_signature(model.signature, predecessor.executor.signature, predecessor.version)
+    executor = ModelExecutor(model, config, name=name, version=version)
+    try:
+        executor.warmup(_warmup_feeds(config, file))
+    except Exception as e:
+        raise WarmupFailed(executor, e) from e
+    return ModelVersion(name, version, model, config, executor)
+
+
+def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:
+    """The first feed set of the config's ``warmup_inputs`` (beside the model file), or
+    None for the executor's own."""
+    if config.warmup_inputs is None:
+        return None
+    return load_feeds(file.parent / config.warmup_inputs)[0]
+
+
+def _same_files(model: Model, file: Path) -> bool:
+    """Whether ``file`` (with the model's external data files) hashes to ``model.digest``."""
+    if model.path is None or model.path.resolve() != file.resolve():
+        return False
+    h = hashlib.sha256()
+    try:
+        for p in (file, *model.external_files):
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    except OSError:
+        return False
+    return h.hexdigest() == model.digest
