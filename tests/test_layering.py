@@ -8,6 +8,7 @@ modules (registry, signing, package, batch, explain, ...) join when they land.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,10 @@ def test_import_onnxferry_loads_no_heavy_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "", f"`import onnxferry` imported {out}"
+
+
+def test_the_readme_layer_table_lists_these_layers() -> None:
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (\d+|top) \| ([^|]+) \|", readme, flags=re.MULTILINE)
+    tabled = [set(re.findall(r"`(\w+)`", modules)) for _, modules in rows]
+    assert tabled == [names - {"_version"} for names in LAYERS]

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .bench import BenchSuite, bench
 from .convert import Conversion, convert
+from .feeds import Given
 from .optimize import ChainResult, SearchResult, optimize
 from .optimize.verb import recipe_path
 from .report import Report, Table
@@ -63,7 +62,7 @@ def deploy(
     *,
     framework: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    inputs: Sequence[Mapping[str, np.ndarray]] | None = None,
+    inputs: Given | None = None,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     max_drop: float = 0.01,
     budget: str | None = None,

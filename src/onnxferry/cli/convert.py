@@ -43,7 +43,6 @@ def convert(
     loading a pickle executes code) or .onnx (re-targeted to --opset).
     """
     from ..convert import Conversion, ParityFailure, convert
-    from ..data import load_feeds
 
     try:
         model = convert(
@@ -51,7 +50,7 @@ def convert(
             output,
             framework=framework,
             input_shapes=input_shapes,
-            inputs=load_feeds(inputs) if inputs else None,
+            inputs=inputs,
             dynamic=dynamic,
             opset=opset,
             tolerance=tolerance,

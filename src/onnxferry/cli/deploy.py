@@ -39,7 +39,6 @@ def deploy(
     report_path: Path | None,
 ) -> int:
     """Convert (verified) -> optimize --auto -> bench, into OUTDIR with JSON and HTML reports."""
-    from ..data import load_feeds
     from ..deploy import deploy as deploy_model
 
     report = deploy_model(
@@ -47,7 +46,7 @@ def deploy(
         outdir,
         framework=framework,
         input_shapes=input_shapes,
-        inputs=load_feeds(inputs) if inputs else None,
+        inputs=inputs,
         dynamic=dynamic,
         max_drop=max_drop,
         budget=budget,

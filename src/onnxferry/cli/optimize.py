@@ -57,7 +57,6 @@ def optimize(
 
     Writes OUTPUT and OUTPUT's recipe (<stem>.recipe.toml) to replay with --recipe.
     """
-    from ..data import load_feeds
     from ..model import Model
     from ..optimize import ChainResult, SearchResult, optimize
 
@@ -69,7 +68,7 @@ def optimize(
         auto=auto,
         budget=budget,
         max_drop=max_drop,
-        inputs=load_feeds(inputs, loaded.signature) if inputs else None,
+        inputs=inputs,
         eval_data=eval_data,
         calibration=calibration,
         input_shapes=input_shapes,

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ..data import load_feeds
 from ..errors import FerryError, InputError, UsageError, one_line
-from ..feeds import verification_feeds
+from ..feeds import Given, verification_feeds
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
 from ..report import Report, Table
@@ -138,7 +139,7 @@ def convert(
     *,
     framework: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    inputs: Given | None = None,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
     tolerance: Tolerance | None = None,
@@ -304,7 +305,7 @@ def load_source(
 
 def options_for(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    inputs: Given | None = None,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
     trust_pickle: bool = False,
@@ -316,6 +317,8 @@ def options_for(
             f"opset {opset} cannot be loaded by the installed onnxruntime (opsets 7..{max_opset})",
             hint=f"pick --opset {max_opset} or lower",
         )
+    if isinstance(inputs, (str, Path)):
+        inputs = load_feeds(inputs)  # checked against the source's signature once it loads
     samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs or ()]
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     return ConvertOptions(shapes, samples, dynamic, opset, trust_pickle)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..feeds import checked_feeds, feed_sets
+from ..feeds import Given, checked_feeds, feed_sets
 from ..model import Model
 from ..report import Report
 from ..signature import Signature
@@ -50,7 +50,7 @@ def optimize(
     auto: bool = False,
     budget: Budget | str | None = None,
     max_drop: float = 0.01,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    inputs: Given | None = None,
     eval_data: str | Path | Mapping[str, np.ndarray] | None = None,
     calibration: str | Path | Sequence[Mapping[str, np.ndarray]] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -140,7 +140,7 @@ def _task(labels: list[np.ndarray] | None) -> str | None:
 
 def _validation(
     model: Model,
-    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None,
+    inputs: Given | None,
     eval_data: str | Path | Mapping[str, np.ndarray] | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
     dims: Mapping[str, int] | None,
