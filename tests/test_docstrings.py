@@ -879,6 +879,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli": _two_models,
     "onnxferry.cli.options": _nothing,
     "onnxferry.cli.render": _render,
+    "onnxferry.cli.signing": _one_model,
     "onnxferry.cli.types": _nothing,
     "onnxferry.compare": _compare,
     "onnxferry.convert": _convert,
@@ -974,6 +975,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.tensors": _serve_tensors,
     "onnxferry.serve.versions": _serve_repository,
     "onnxferry.signature": _signature,
+    "onnxferry.signing": _one_model,
 }
 """Per module: what its example needs, made in the current (temporary) directory."""
 

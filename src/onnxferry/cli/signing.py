@@ -1,0 +1,119 @@
+"""`ferry keygen`, `ferry sign`, `ferry verify`: OpenSSF model signing of a model and its data.
+
+    ferry keygen -o keys                              # keys/private_key.pem (0600), public
+    ferry sign model.onnx --key keys/private_key.pem  # model.onnx.sig, beside the model
+    ferry verify model.onnx --public-key keys/public_key.pem
+
+`verify` exits 0 when the model and its external data match the signature, 1 when they do
+not (one line naming the file), 2 for a missing path or an unusable key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_OK
+from ..report import Report
+from .options import report_options
+
+
+@click.command()
+@click.option(
+    "-o",
+    "--outdir",
+    "keydir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory for private_key.pem (mode 0600) and public_key.pem.",
+)
+@click.option(
+    "--curve",
+    type=click.Choice(["P-256", "P-384"]),
+    default="P-256",
+    show_default=True,
+    help="The ECDSA curve (model-signing takes no Ed25519 or RSA keys).",
+)
+@click.option("--force", is_flag=True, help="Replace a key pair already in KEYDIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key paths as JSON.")
+def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
+    """Make an ECDSA key pair for `ferry sign` and `ferry verify`."""
+    import json
+
+    from ..signing import generate_keys
+
+    private, public = generate_keys(keydir, "P-384" if curve == "P-384" else "P-256", force=force)
+    if as_json:
+        click.echo(json.dumps({"private_key": str(private), "public_key": str(public)}))
+    else:
+        click.echo(f"private key: {private} (keep it secret)\npublic key: {public}")
+    return EXIT_OK
+
+
+@click.command("sign")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "private_key",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The ECDSA private key (PEM), e.g. from `ferry keygen`.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the signature (default: PATH.sig).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the signature's path as JSON.")
+def sign_command(path: Path, private_key: Path, signature: Path | None, as_json: bool) -> int:
+    """Sign a model file with its external data (or a directory, every file in it)."""
+    import json
+
+    from ..signing import sign
+
+    out = sign(path, private_key, signature)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "signature": str(out)}))
+    else:
+        click.echo(f"signature: {out}")
+    return EXIT_OK
+
+
+@click.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The ECDSA public key (PEM) matching the signing key.",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The signature to check (default: PATH.sig).",
+)
+@report_options
+def verify_command(
+    path: Path,
+    public_key: Path,
+    signature: Path | None,
+    as_json: bool,
+    report_path: Path | None,
+) -> int:
+    """Check a model (with its external data) against its signature: exit 0 verified, 1 not."""
+    from ..signing import verify
+
+    result = verify(path, public_key, signature)
+    report = Report("verify", result)
+    if as_json:
+        click.echo(report.to_json())
+    elif result.ok:
+        click.echo(f"verified: {path} ({', '.join(result.files)})")
+    if report_path is not None:
+        report.save(report_path)
+    if not result.ok:
+        click.echo(f"ferry: verification failed: {result.reason}", err=True)
+    return report.exit_code
