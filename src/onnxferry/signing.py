@@ -158,7 +158,7 @@ def _key_kind(key: object) -> str:
     return name or "unknown"
 
 
-def _load_key(path: Path, *, private: bool) -> None:
+def check_key(path: Path, *, private: bool) -> None:
     """Check that ``path`` holds a PEM key model-signing can use; InputError otherwise."""
     from cryptography.hazmat.primitives import serialization
 
@@ -245,7 +245,7 @@ def sign(path: str | Path, private_key: str | Path, signature: str | Path | None
 
     path = _existing(path, "model file or directory")
     key = Path(private_key)
-    _load_key(key, private=True)
+    check_key(key, private=True)
     out = Path(signature) if signature is not None else default_signature(path)
     if path.is_dir():
         manifest = (
@@ -278,7 +278,7 @@ def verify(
     path = _existing(path, "model file or directory")
     sig = _existing(signature if signature is not None else default_signature(path), "signature")
     key = Path(public_key)
-    _load_key(key, private=False)
+    check_key(key, private=False)
     from model_signing._signing import sign_ec_key, sign_sigstore_pb
 
     try:

@@ -67,6 +67,16 @@ def _require_extra(extra: str, *modules: str) -> None:
 )
 @click.option("--repository-key-env", metavar="NAME", help="Repository API keys from NAME.")
 @click.option("--repository-api", is_flag=True, help="Enable /v2/repository (load/unload).")
+@click.option(
+    "--require-signature",
+    is_flag=True,
+    help="Serve only versions whose model.onnx.sig verifies with --public-key (at every load).",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The ECDSA public key (PEM) for --require-signature.",
+)
 @click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
 @click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
 @click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")
@@ -146,6 +156,8 @@ def serve(
     repository_key_file: Path | None,
     repository_key_env: str | None,
     repository_api: bool,
+    require_signature: bool,
+    public_key: Path | None,
     poll: float | None,
     max_batch_size: int | None,
     max_queue_delay_ms: float | None,
@@ -196,6 +208,16 @@ def serve(
         for name, value in positive.items():
             if not value > 0:
                 raise UsageError(f"{name} must be positive, got {value:g}")
+        if require_signature and public_key is None:
+            raise UsageError(
+                "--require-signature needs --public-key PUB",
+                hint="the ECDSA public key (PEM) that verifies the models' signatures",
+            )
+        if public_key is not None and not require_signature:
+            raise UsageError(
+                "--public-key is only used with --require-signature",
+                hint="add --require-signature to serve signed models only",
+            )
         api_keys = _serve_keys("--api-key", api_keys, api_key_file, api_key_env)
         repository_keys = _serve_keys(
             "--repository-key", repository_keys, repository_key_file, repository_key_env
@@ -214,6 +236,7 @@ def serve(
             api_keys=tuple(api_keys),
             repository_keys=tuple(repository_keys),
             repository_api=repository_api,
+            require_signature=public_key,
             body_limit=int(max_body * 2**20),
             response_limit=None if max_response is None else int(max_response * 2**20),
             inflight_limit=None if max_inflight is None else int(max_inflight * 2**20),

@@ -47,6 +47,12 @@ or the highest served one when it is above it), unless its ``ferry.toml`` sets
 version directory is unloaded (drained); a removed model directory disappears. A changed
 ``ferry.toml`` rebuilds the executors with the new settings; a bad one keeps the old settings
 and is reported.
+
+Signed models only (``public_key``, ``ferry serve --require-signature --public-key PUB``): every
+load and reload first verifies the version's model file and its external data against the
+signature beside it (``model.onnx.sig``, ``signing.verify``); a version that does not verify
+fails like any other, with the reason "signature: ..." in ``index()``, so the version serving
+keeps serving. The signature file is fingerprinted with the version: re-signing reloads it.
 """
 
 from __future__ import annotations
@@ -55,11 +61,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
+from ..signing import check_key, default_signature
 from .catalog import Catalog, KnownModel, KnownVersion, ModelNotFound, ModelNotReady
 from .config import ModelConfig
 from .executor import ModelExecutor
@@ -82,10 +89,12 @@ class Repository(Catalog):
         single: bool,
         poll_interval_s: float | None = None,
         config: ModelConfig | None = None,
+        public_key: Path | None = None,
     ) -> None:
         """Use ``Repository.open``, which checks the path."""
         super().__init__(path)
         self.single = single
+        self.public_key = public_key
         self.poll_interval_s = poll_interval_s
         self.default_config = config or ModelConfig()
         self._lock = asyncio.Lock()
@@ -102,12 +111,15 @@ class Repository(Catalog):
         *,
         poll_interval_s: float | None = None,
         config: ModelConfig | None = None,
+        public_key: str | Path | None = None,
     ) -> Repository:
         """A repository for ``path`` (a ``.onnx`` file or a repository directory); nothing is
-        loaded until ``start``. InputError when the path is neither."""
+        loaded until ``start``. InputError when the path is neither, or when ``public_key``
+        (every version must then verify against its signature) is not a usable public key."""
         path = Path(path)
         if poll_interval_s is not None and not poll_interval_s > 0:
             raise UsageError(f"poll interval must be > 0 seconds, got {poll_interval_s}")
+        key = None if public_key is None else check_public_key(public_key)
         if path.is_file():
             if path.suffix.lower() != ".onnx":
                 raise InputError(
@@ -115,11 +127,15 @@ class Repository(Catalog):
                     hint="pass a model.onnx file or a directory laid out as <name>/<version>/"
                     "model.onnx",
                 )
-            return cls(path, single=True, poll_interval_s=poll_interval_s, config=config)
+            return cls(
+                path, single=True, poll_interval_s=poll_interval_s, config=config, public_key=key
+            )
         if not path.is_dir():
             raise InputError(f"{path}: no such file or directory", hint="check the path")
         check_repository_dir(path)
-        return cls(path, single=False, poll_interval_s=poll_interval_s, config=config)
+        return cls(
+            path, single=False, poll_interval_s=poll_interval_s, config=config, public_key=key
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -406,6 +422,7 @@ class Repository(Catalog):
                 entry.config,
                 previous,
                 predecessor,
+                public_key=self.public_key,
             )
         except WarmupFailed as e:
             await e.executor.close()
@@ -440,9 +457,15 @@ class Repository(Catalog):
     def _scan(self) -> dict[str, Disk]:
         """The models on disk (runs in a worker thread)."""
 
-        def external(name: str, version: str) -> Iterable[Path]:
+        def external(name: str, version: str) -> list[Path]:
             served = self._serving.get(name, {}).get(version)
-            return served.model.external_files if served is not None else ()
+            files = list(served.model.external_files) if served is not None else []
+            if self.public_key is not None:  # a new signature reloads the version
+                model = self.path if self.single else self.path / name / version / "model.onnx"
+                files.append(default_signature(model))
+                if served is not None and served.model.path is not None:
+                    files.append(default_signature(served.model.path))
+            return files
 
         return scan(self.path, self.single, external)
 
@@ -455,6 +478,22 @@ class Repository(Catalog):
 
 
 _REASON_LIMIT = 500
+
+
+def check_public_key(path: str | Path) -> Path:
+    """``path`` when it is a PEM public key model-signing verifies with; InputError (one line
+    with a hint) otherwise, or when model-signing is not installed."""
+    import importlib.util
+
+    for module in ("cryptography", "model_signing"):
+        if importlib.util.find_spec(module) is None:
+            raise InputError(
+                f"serving signed models only needs {module}, which is not installed",
+                hint="pip install 'onnxferry[sign]'",
+            )
+    path = Path(path)
+    check_key(path, private=False)
+    return path
 
 
 def _reason(error: BaseException, limit: int | None = _REASON_LIMIT) -> str:

@@ -15,7 +15,8 @@ get a JSON 503. Big ones cannot fill its memory: a request's line and headers mu
 body limit. The HTTP protocol that enforces the connection-level limits is in connections.py.
 
 API keys are checked before anything is opened (keys.py, whose ``read_keys`` and ``env_keys``
-take them from a file or an environment variable).
+take them from a file or an environment variable), and so is the public key of
+``ServeSettings.require_signature`` (every version must then verify against its signature).
 """
 
 from __future__ import annotations
@@ -92,10 +93,15 @@ def build_app(
     poll_interval_s: float | None = None,
 ) -> ServeApp:
     """The app over ``path`` (one .onnx file or a Triton-layout repository); refuses bad API
-    keys before it opens anything."""
+    keys and an unusable ``require_signature`` public key before it opens anything."""
     if settings is not None:
         check_settings(settings)
-    repository = Repository.open(Path(path), poll_interval_s=poll_interval_s, config=config)
+    repository = Repository.open(
+        Path(path),
+        poll_interval_s=poll_interval_s,
+        config=config,
+        public_key=settings.require_signature if settings is not None else None,
+    )
     return ServeApp(repository, settings)
 
 

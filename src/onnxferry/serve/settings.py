@@ -10,6 +10,7 @@ The CLI's options map one to one; a limit left None takes a default derived from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 MIB = 1 << 20
 
@@ -23,6 +24,9 @@ class ServeSettings:
     repository_keys: tuple[str, ...] = ()
     """Keys for the repository API (empty: the api_keys)."""
     repository_api: bool = False
+    require_signature: Path | None = None
+    """A public key (PEM): every version must verify against its ``model.onnx.sig`` with it,
+    at load and at every reload (else it is refused, the reason in the index)."""
     body_limit: int = 64 * MIB
     body_timeout_s: float = 30.0
     """The whole request body must arrive within this time."""

@@ -9,7 +9,10 @@ returns that one itself when the files hash to the same model and the settings a
 and reuses its loaded model when only the settings changed. Given the version it would take
 over from (``predecessor``), it refuses a signature that would break that one's clients
 (``takeover.check_signature``) unless the settings allow it. A version that fails its warm-up
-raises WarmupFailed, which holds the executor for the caller to close.
+raises WarmupFailed, which holds the executor for the caller to close. Given a ``public_key``,
+the model file and its external data must verify against their signature (``<model>.sig``,
+``signing.verify``) before anything else, on every build: else Unsigned, whose message is
+"signature: <reason>".
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_feeds
+from ..errors import InputError, ModelLoadError
 from ..model import Model, resolve_model_path
 from .config import ModelConfig
 from .executor import ModelExecutor
@@ -48,6 +52,10 @@ class WarmupFailed(Exception):
         self.cause = cause
 
 
+class Unsigned(ModelLoadError):
+    """The version's model does not verify against its signature and the public key."""
+
+
 def build_version(
     name: str,
     version: str,
@@ -55,11 +63,16 @@ def build_version(
     config: ModelConfig,
     previous: ModelVersion | None,
     predecessor: ModelVersion | None = None,
+    *,
+    public_key: Path | None = None,
 ) -> ModelVersion:
     """Load, build and warm up one version (blocking; runs in a worker thread). Returns
     ``previous`` itself when the files hold the same model and the settings are the same.
-    SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows."""
+    SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows;
+    Unsigned when ``public_key`` is given and the model does not verify with it."""
     file = resolve_model_path(path)
+    if public_key is not None:
+        check_signed(file, public_key)
     model: Model | None = None
     if previous is not None and _same_files(previous.model, file):
         if previous.config == config:
@@ -78,6 +91,22 @@ def build_version(
     except Exception as e:
         raise WarmupFailed(executor, e) from e
     return ModelVersion(name, version, model, config, executor)
+
+
+def check_signed(file: Path, public_key: Path) -> None:
+    """Unsigned ("signature: <reason>", the key named by its file name) unless ``file`` and its
+    external data verify against ``<file>.sig`` and ``public_key``."""
+    from ..signing import verify
+
+    try:
+        result = verify(file, public_key)
+    except InputError as e:  # no signature beside the model (the key was checked at start-up)
+        reason: str | None = e.message
+    else:
+        reason = None if result.ok else result.reason or "verification failed"
+    if reason is not None:
+        key = str(Path(public_key))
+        raise Unsigned(f"signature: {reason}".replace(key, Path(public_key).name))
 
 
 def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:
