@@ -9,7 +9,7 @@ path = save(proto, tmp_path / "m.onnx")
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, parser
 from onnx.external_data_helper import set_external_data
+
+Run = Callable[..., tuple[int, str, str]]
+"""The ``ferry`` fixture (tests/conftest.py): CLI arguments in, (exit code, stdout, stderr) out."""
 
 
 def onnx_text(text: str, *, check: bool = True) -> onnx.ModelProto:

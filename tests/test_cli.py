@@ -14,22 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from onnxferry.cli import main
 from onnxferry.data import save_test_case
 from onnxferry.runtime import runtime_limits
-from tests.helpers import mlp, save
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: object) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+from tests.helpers import Run, mlp, save
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
-from onnxferry.cli import main
 from onnxferry.serve.server import running
+from tests.helpers import Run
 from tests.real_models import (
     BUILT,
     Feeds,
@@ -49,32 +49,11 @@ from tests.real_models import (
     write_golden,
 )
 
-Run = Callable[..., tuple[int, str, str]]
-
-INTERNAL_ERROR = 3
 CLEAN = {0, 1, 2}
 
 # Their fully connected layers expand to 240-550 MB of weights when ONNX Runtime folds the
 # ConstantOfShape nodes: a second or more per session.
 HEAVY = {"light_bvlc_alexnet", "light_vgg19", "light_zfnet512"}
-
-
-@pytest.fixture
-def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run the CLI in-process: (exit code, stdout, stderr). An internal error is run again
-    with -v so the assertion message carries its traceback."""
-
-    def run(*args: object) -> tuple[int, str, str]:
-        argv = [str(a) for a in args]
-        code = main(argv)
-        out, err = capsys.readouterr()
-        if code == INTERNAL_ERROR:
-            main(["-v", *argv])
-            _, verbose_err = capsys.readouterr()
-            err = f"{err}\n--- again with -v ---\n{verbose_err}"
-        return code, out, err
-
-    return run
 
 
 def assert_clean(result: tuple[int, str, str], allowed: set[int] = CLEAN) -> tuple[str, str]:

@@ -13,7 +13,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxferry.cli import main
 from onnxferry.errors import InputError, UsageError
 from onnxferry.signing import (
     PRIVATE_KEY,
@@ -24,9 +23,8 @@ from onnxferry.signing import (
     sign,
     verify,
 )
-from tests.helpers import mlp, save
+from tests.helpers import Run, mlp, save
 
-Run = Callable[..., tuple[int, str, str]]
 Keys = tuple[Path, Path]
 
 
@@ -59,16 +57,6 @@ def signed(tmp_path: Path, keys: Keys) -> Path:
     model = _external_model(tmp_path / "m")
     assert sign(model, keys[0]) == default_signature(model)
     return model
-
-
-@pytest.fixture
-def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: object) -> tuple[int, str, str]:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _flip(path: Path, at: int = -1) -> None:
