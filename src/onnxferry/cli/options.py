@@ -109,6 +109,16 @@ seed_option = click.option(
 )
 
 
+def public_key_option(purpose: str, *, required: bool = False) -> Callable[[F], F]:
+    """``--public-key PEM``: the ECDSA public key (from `ferry keygen`), as ``public_key``."""
+    return click.option(
+        "--public-key",
+        required=required,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"The ECDSA public key (PEM) {purpose}.",
+    )
+
+
 # --- runtime ----------------------------------------------------------------------------
 
 provider_option = click.option(

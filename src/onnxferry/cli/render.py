@@ -2,12 +2,14 @@
 
     code = emit(report, as_json, report_path)    # prints, saves, returns the exit code
     emit(Report("passes", Listing([table])), False, None)
+    emit_fields({"public key": "keys/public_key.pem"}, as_json=False)   # public key: keys/...
 
 Tables go through rich: full width in a pipe, folded to the terminal's width otherwise.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,17 @@ def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
         if not as_json:
             click.echo(f"report: {report_path}", err=True)
     return report.exit_code
+
+
+def emit_fields(fields: dict[str, str], as_json: bool) -> int:
+    """Print a verb's few named results (paths it wrote): one JSON object whose keys use
+    underscores, or one ``name: value`` line each. Returns exit 0."""
+    if as_json:
+        click.echo(json.dumps({name.replace(" ", "_"): value for name, value in fields.items()}))
+    else:
+        for name, value in fields.items():
+            click.echo(f"{name}: {value}")
+    return 0
 
 
 def print_tables(report: Report[Any]) -> None:

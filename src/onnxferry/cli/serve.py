@@ -17,6 +17,7 @@ import click
 
 from .._version import __version__
 from ..errors import UsageError
+from .options import public_key_option
 
 
 def _require_extra(extra: str, *modules: str) -> None:
@@ -72,11 +73,7 @@ def _require_extra(extra: str, *modules: str) -> None:
     is_flag=True,
     help="Serve only versions whose model.onnx.sig verifies with --public-key (at every load).",
 )
-@click.option(
-    "--public-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The ECDSA public key (PEM) for --require-signature.",
-)
+@public_key_option("for --require-signature")
 @click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
 @click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
 @click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_OK
 from ..report import Report
-from .options import report_options
+from .options import public_key_option, report_options
+from .render import emit_fields
 
 
 @click.command()
@@ -39,16 +39,10 @@ from .options import report_options
 @click.option("--json", "as_json", is_flag=True, help="Print the key paths as JSON.")
 def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
     """Make an ECDSA key pair for `ferry sign` and `ferry verify`."""
-    import json
-
     from ..signing import generate_keys
 
     private, public = generate_keys(keydir, "P-384" if curve == "P-384" else "P-256", force=force)
-    if as_json:
-        click.echo(json.dumps({"private_key": str(private), "public_key": str(public)}))
-    else:
-        click.echo(f"private key: {private} (keep it secret)\npublic key: {public}")
-    return EXIT_OK
+    return emit_fields({"private key": str(private), "public key": str(public)}, as_json)
 
 
 @click.command("sign")
@@ -70,26 +64,15 @@ def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the signature's path as JSON.")
 def sign_command(path: Path, private_key: Path, signature: Path | None, as_json: bool) -> int:
     """Sign a model file with its external data (or a directory, every file in it)."""
-    import json
-
     from ..signing import sign
 
     out = sign(path, private_key, signature)
-    if as_json:
-        click.echo(json.dumps({"path": str(path), "signature": str(out)}))
-    else:
-        click.echo(f"signature: {out}")
-    return EXIT_OK
+    return emit_fields({"path": str(path), "signature": str(out)}, as_json)
 
 
 @click.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--public-key",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The ECDSA public key (PEM) matching the signing key.",
-)
+@public_key_option("matching the signing key", required=True)
 @click.option(
     "--signature",
     type=click.Path(dir_okay=False, path_type=Path),
