@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 EXAMPLE := examples/tiny_classifier
+DEMO_REGISTRY := build/demo-registry
 DEMO_LOCK := requirements/demo.lock
 DEV_LOCK  := requirements/dev.lock
 PIP_TOOLS := pip-tools==7.6.2
@@ -41,7 +42,16 @@ demo: $(STAMP)
 	$(VENV)/bin/ferry deploy $(EXAMPLE)/model.py:build -o build/demo
 	$(VENV)/bin/ferry check build/demo/model.onnx
 	$(VENV)/bin/ferry test build/demo/model.onnx $(EXAMPLE)
+	$(VENV)/bin/ferry keygen -o build/demo/keys --force
+	$(VENV)/bin/ferry sign build/demo/model.onnx --key build/demo/keys/private_key.pem
+	$(VENV)/bin/ferry verify build/demo/model.onnx --public-key build/demo/keys/public_key.pem
+	$(VENV)/bin/ferry registry add build/demo/model.onnx --name tiny_classifier \
+		--golden $(EXAMPLE) --registry $(DEMO_REGISTRY)
+	$(VENV)/bin/ferry registry trust build/demo/keys/public_key.pem --registry $(DEMO_REGISTRY)
+	$(VENV)/bin/ferry registry promote tiny_classifier --to production --reason "make demo" \
+		--max-slowdown 0.5 --registry $(DEMO_REGISTRY)
 	@echo "demo report: build/demo/report.html (and build/demo/report.json)"
+	@echo "demo registry: $(DEMO_REGISTRY) (ferry registry list --registry $(DEMO_REGISTRY))"
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check .
@@ -64,8 +74,8 @@ lock:
 	build/lockenv/bin/python -m pip install -q $(PIP_TOOLS)
 	mkdir -p build/lock
 	build/lockenv/bin/pip-compile $(COMPILE) --extra dev --extra torch --extra optimize \
-		-o build/lock/dev.lock pyproject.toml
-	build/lockenv/bin/pip-compile $(COMPILE) --extra torch --extra optimize \
+		-c requirements/pins.txt -o build/lock/dev.lock pyproject.toml
+	build/lockenv/bin/pip-compile $(COMPILE) --extra torch --extra optimize --extra sign \
 		-c build/lock/dev.lock -o build/lock/demo.lock pyproject.toml
 	for f in dev demo; do \
 		sed -i -e '/^onnxferry @ /,+1d' -e 's|build/lock/|requirements/|g' build/lock/$$f.lock; \

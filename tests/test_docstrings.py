@@ -869,6 +869,51 @@ def _serve_takeover(tmp: Path) -> Names:
     return {"v1": _loaded("v1.onnx"), "v2": _loaded("v2.onnx", noise=1e-3)}
 
 
+def _registry_files(tmp: Path) -> Names:
+    """out/model.onnx with golden data in out/golden, keys/ and k.pem, secret.key, and a
+    registry/ holding resnet versions 1 and 2 with production moved from 1 to 2."""
+    import secrets
+
+    from onnxferry.data import save_test_case
+    from onnxferry.registry import Registry
+    from onnxferry.runtime import OrtRunner
+    from onnxferry.signing import generate_keys
+
+    model = _loaded("out/model.onnx")
+    feeds = _feeds()
+    save_test_case("out/golden/test_data_set_0", feeds, OrtRunner(model).run(feeds))
+    private, _ = generate_keys("keys")
+    Path("k.pem").write_bytes(private.read_bytes())
+    Path("secret.key").write_text(secrets.token_hex(32))
+    reg = Registry.open("registry", create=True)
+    for _ in range(2):
+        v = reg.add("out/model.onnx", "resnet", golden="out/golden", sign_key=private)
+        reg.set_alias("resnet", "production", v.version)
+    return {
+        "reg": reg,
+        "record": reg.get("resnet@production"),
+        "feeds": feeds,
+        "OrtRunner": OrtRunner,
+        "data": b"weights",
+    }
+
+
+def _registry_follow(tmp: Path) -> Names:
+    """_registry_files, and a server over registry/ for the example to follow."""
+    from onnxferry.model import Model
+    from onnxferry.serve.registry_http import running_registry
+
+    return {**_registry_files(tmp), "running_registry": running_registry, "Model": Model}
+
+
+def _registry_http(tmp: Path) -> Names:
+    import urllib.request
+
+    from onnxferry.serve.registry_http import serve_registry
+
+    return {**_registry_files(tmp), "urllib": urllib, "serve_registry": _bound(serve_registry)}
+
+
 SETUPS: dict[str, Setup] = {
     "onnxferry": _package,
     "onnxferry.atomic": _atomic,
@@ -946,6 +991,22 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.parity.metrics": _nothing,
     "onnxferry.parity.results": _parity,
     "onnxferry.parity.tolerance": _nothing,
+    "onnxferry.registry": _registry_files,
+    "onnxferry.registry.access": _registry_files,
+    "onnxferry.registry.adding": _registry_files,
+    "onnxferry.registry.bundle": _registry_files,
+    "onnxferry.registry.catalog": _nothing,
+    "onnxferry.registry.core": _registry_files,
+    "onnxferry.registry.crypto": _registry_files,
+    "onnxferry.registry.diff": _registry_files,
+    "onnxferry.registry.follow": _registry_follow,
+    "onnxferry.registry.fsck": _registry_files,
+    "onnxferry.registry.gates": _registry_files,
+    "onnxferry.registry.store": _registry_files,
+    "onnxferry.cli.registry": _registry_files,
+    "onnxferry.cli.registry_admin": _registry_files,
+    "onnxferry.cli.registry_gates": _registry_files,
+    "onnxferry.cli.registry_share": _registry_files,
     "onnxferry.report": _report,
     "onnxferry.runtime": _runtime,
     "onnxferry.safety": _safety,
@@ -965,10 +1026,12 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.openapi": _nothing,
     "onnxferry.serve.parsing": _serve_parsing,
     "onnxferry.serve.protocol": _serve_protocol,
+    "onnxferry.serve.registry_source": _registry_files,
     "onnxferry.serve.repository": _serve_repository,
     "onnxferry.serve.responses": _serve_responses,
     "onnxferry.serve.routes": _nothing,
     "onnxferry.serve.scan": _serve_scan,
+    "onnxferry.serve.registry_http": _registry_http,
     "onnxferry.serve.server": _serve_server,
     "onnxferry.serve.settings": _nothing,
     "onnxferry.serve.takeover": _serve_takeover,
@@ -995,6 +1058,8 @@ SKIP: dict[str, str] = {
     "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "
     "search and a bench: far past this test's time; tests/test_deploy.py deploys a tiny model",
     "onnxferry.bench.remote": LOAD_TEST,
+    "onnxferry.cli.follow": "needs a `ferry registry serve` at the address it names and a "
+    "device folder under /opt; tests/test_registry_follow.py runs both verbs",
 }
 """Modules whose usage example does not run here, and why."""
 

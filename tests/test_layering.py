@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"runtime", "feeds", "measure"},
     {"parity", "bisect", "bench", "check", "golden"},
     {"convert", "optimize", "compare"},  # compare: an ONNX model against its source too
-    {"deploy", "signing"},
+    {"deploy", "signing", "registry"},
     {"serve"},
     {"cli", "__init__", "__main__"},
 ]

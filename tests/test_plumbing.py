@@ -117,7 +117,7 @@ def test_the_scan_finds_a_hand_made_summarizer(tmp_path: Path) -> None:
         (r"load_external_data_for_model", None),  # onnx's reader skips the safety checks
         (r"ValueInfoProto\(name=", "graphs.py"),  # exposing an output: graphs.expose
         (r"tomllib|tomli\b", "toml.py"),  # TOML: data.parse_toml (data/toml.py)
-        (r"os\.replace\(", "atomic.py"),  # atomic writes: atomic.py
+        (r"os\.replace\(|os\.rename\(", "atomic.py"),  # atomic writes and renames: atomic.py
     ],
 )
 def test_plumbing_has_one_home(pattern: str, home: str | None) -> None:

@@ -133,6 +133,33 @@ def _backup(target: Path) -> Path | None:
     return backup
 
 
+def rename_into_place(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` (a file, or a folder onto a free name) to ``target`` in one step,
+    then sync the folder, so the new name survives a crash."""
+    os.replace(source, target)
+    _sync_dir(Path(target).parent)
+
+
+def point_symlink(link: Path, target: str) -> None:
+    """Make ``link`` a symbolic link to ``target``, replacing what is there in one rename: a
+    reader sees the old link or the new one, never none."""
+    temp = link.with_name(f".{link.name}.{secrets.token_hex(6)}.tmp")
+    os.symlink(target, temp)
+    try:
+        os.replace(temp, link)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _sync_dir(link.parent)
+
+
+def make_read_only(folder: str | Path) -> None:
+    """Mode 0444 on every file under ``folder`` (published files are not edited in place)."""
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            os.chmod(os.path.join(directory, name), 0o444)
+
+
 def _sync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -29,7 +29,7 @@ verification starts.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -277,7 +277,53 @@ def verify(
     """
     path = _existing(path, "model file or directory")
     sig = _existing(signature if signature is not None else default_signature(path), "signature")
-    key = Path(public_key)
+    expected = _signed_manifest(path, sig, Path(public_key))
+    if isinstance(expected, VerifyResult):
+        return expected
+    try:
+        return _compare(path, sig, expected)
+    except Exception as e:
+        return VerifyResult(
+            False,
+            path,
+            sig,
+            reason=f"{path}: verification failed ({one_line(e, 200, named=True)})",
+        )
+
+
+def verify_contents(
+    path: str | Path, contents: Mapping[str, bytes], public_key: str | Path, signature: Path
+) -> VerifyResult:
+    """``verify`` for files held in memory (``{name relative to the model's directory:
+    bytes}``, e.g. decrypted ones): the signature must verify with the key and cover exactly
+    these files with these contents. ``path`` names the model in the result."""
+    import hashlib
+
+    path = Path(path)
+    sig = _existing(signature, "signature")
+    expected = _signed_manifest(path, sig, Path(public_key))
+    if isinstance(expected, VerifyResult):
+        return expected
+    params = expected.serialization_type
+    signed = _digests(expected)
+    covered = tuple(sorted(signed))
+    if params.get("method") != "files" or params.get("hash_type") != "sha256":
+        why = "the signature was not made file by file with sha256"
+        return VerifyResult(False, path, sig, covered, why)
+    for name in sorted(set(signed) | set(contents)):
+        if name not in contents:
+            return VerifyResult(False, path, sig, covered, f"{name}: missing", name)
+        if name not in signed:
+            why = f"{name}: not covered by the signature"
+            return VerifyResult(False, path, sig, covered, why, name)
+        if hashlib.sha256(contents[name]).hexdigest() != signed[name]:
+            why = f"{name}: changed since it was signed"
+            return VerifyResult(False, path, sig, covered, why, name)
+    return VerifyResult(True, path, sig, covered)
+
+
+def _signed_manifest(path: Path, sig: Path, key: Path) -> ms_manifest.Manifest | VerifyResult:
+    """The manifest ``sig`` signs, verified with ``key``; a failed VerifyResult otherwise."""
     check_key(key, private=False)
     from model_signing._signing import sign_ec_key, sign_sigstore_pb
 
@@ -288,20 +334,12 @@ def verify(
         reason = f"{sig}: not a model-signing signature bundle ({why})"
         return VerifyResult(False, path, sig, reason=reason, file=str(sig))
     try:
-        expected = sign_ec_key.Verifier(key).verify(bundle)
+        manifest: ms_manifest.Manifest = sign_ec_key.Verifier(key).verify(bundle)
     except Exception as e:
         why = one_line(e, 200, line="first", period=False, named=True)
         reason = f"{sig}: the signature does not verify with {key} ({why})"
         return VerifyResult(False, path, sig, reason=reason, file=str(sig))
-    try:
-        return _compare(path, sig, expected)
-    except Exception as e:
-        return VerifyResult(
-            False,
-            path,
-            sig,
-            reason=f"{path}: verification failed ({one_line(e, 200, named=True)})",
-        )
+    return manifest
 
 
 def _digests(manifest: ms_manifest.Manifest) -> dict[str, str]:

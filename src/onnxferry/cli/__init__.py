@@ -8,8 +8,9 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 3 internal erro
 Errors print one line on stderr; -v prints the traceback too.
 
 One module per group of verbs (``judge``, ``convert``, ``optimize``, ``bench``, ``deploy``,
-``serve``, ``signing``); the options they share are declared once in ``options``, their value
-types in ``types``, and ``render`` prints reports.
+``serve``, ``signing``, ``registry`` and its ``registry_*`` parts, ``follow``); the options
+they share are declared once in ``options``, their value types in ``types``, and ``render``
+prints reports.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import click
 
 from .._version import __version__
 from ..errors import EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, FerryError, one_line
-from . import bench, convert, deploy, judge, optimize, serve, signing
+from . import bench, convert, deploy, follow, judge, optimize, registry, serve, signing
 from .types import BadValue
 
 
@@ -59,6 +60,8 @@ VERBS: list[click.Command] = [
     signing.keygen,
     signing.sign_command,
     signing.verify_command,
+    registry.registry,
+    follow.follow_command,
 ]
 for _verb in VERBS:
     cli.add_command(_verb)

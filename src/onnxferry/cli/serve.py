@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .._version import __version__
 from ..errors import UsageError
 from .options import public_key_option
+
+if TYPE_CHECKING:
+    from ..serve.registry_source import RegistryOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _require_extra(extra: str, *modules: str) -> None:
@@ -36,24 +41,38 @@ def _require_extra(extra: str, *modules: str) -> None:
             )
 
 
+def api_key_options(fn: F) -> F:
+    """``--api-key`` (env FERRY_API_KEY), ``--api-key-file``, ``--api-key-env``: the server's
+    bearer keys, arriving as ``api_keys``, ``api_key_file``, ``api_key_env`` (resolve them
+    with ``serve_keys("--api-key", ...)``). `ferry serve` and `ferry registry serve` take them."""
+    options = (
+        click.option(
+            "--api-key",
+            "api_keys",
+            multiple=True,
+            envvar="FERRY_API_KEY",
+            help="Bearer key for every route but health and /openapi.json, 16+ characters "
+            "(env FERRY_API_KEY).",
+        ),
+        click.option(
+            "--api-key-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="API keys, one a line (# comments); not readable by every user.",
+        ),
+        click.option(
+            "--api-key-env", metavar="NAME", help="API keys from this environment variable."
+        ),
+    )
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.command()
 @click.argument("path")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all.")
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option(
-    "--api-key",
-    "api_keys",
-    multiple=True,
-    envvar="FERRY_API_KEY",
-    help="Bearer key for every route but health and /openapi.json, 16+ characters "
-    "(env FERRY_API_KEY).",
-)
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="API keys, one a line (# comments); not readable by every user.",
-)
-@click.option("--api-key-env", metavar="NAME", help="API keys from this environment variable.")
+@api_key_options
 @click.option(
     "--repository-key",
     "repository_keys",
@@ -74,7 +93,33 @@ def _require_extra(extra: str, *modules: str) -> None:
     help="Serve only versions whose model.onnx.sig verifies with --public-key (at every load).",
 )
 @public_key_option("for --require-signature")
-@click.option("--poll", type=float, help="Scan the repository for new versions every S seconds.")
+@click.option(
+    "--poll",
+    type=float,
+    help="Scan the repository for new versions every S seconds (registry:PATH: default 5).",
+)
+@click.option("--alias", help="registry:PATH: the alias each model serves (default production).")
+@click.option(
+    "--rollback-after-requests",
+    type=int,
+    help="registry:PATH: judge a new version on its first N answers (default 100)...",
+)
+@click.option(
+    "--rollback-window-s",
+    type=float,
+    help="...or its first S seconds, whichever ends first (default 60)...",
+)
+@click.option(
+    "--rollback-error-rate",
+    type=float,
+    help="...and go back to the previous version past this share of errors: 500/504, NaN/Inf "
+    "outputs (default 0.05; 1: never).",
+)
+@click.option(
+    "--encrypt-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="registry:PATH: the key of encrypted versions (else env FERRY_REGISTRY_KEY).",
+)
 @click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
 @click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")
 @click.option("--max-queue-size", type=int, help="Waiting requests before 503.")
@@ -156,6 +201,11 @@ def serve(
     require_signature: bool,
     public_key: Path | None,
     poll: float | None,
+    alias: str | None,
+    rollback_after_requests: int | None,
+    rollback_window_s: float | None,
+    rollback_error_rate: float | None,
+    encrypt_key_file: Path | None,
     max_batch_size: int | None,
     max_queue_delay_ms: float | None,
     max_queue_size: int | None,
@@ -179,8 +229,9 @@ def serve(
     graceful_timeout: float,
     access_log: bool,
 ) -> int:
-    """Serve a model (model.onnx) or a repository (REPO/<name>/<version>/model.onnx) over
-    KServe V2 / Open Inference Protocol REST, with dynamic batching."""
+    """Serve a model (model.onnx), a repository (REPO/<name>/<version>/model.onnx) or a
+    registry's aliased versions (registry:PATH) over KServe V2 / Open Inference Protocol
+    REST, with dynamic batching."""
     with _sigterm_ends_startup():
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
         from ..serve.config import ModelConfig
@@ -215,8 +266,8 @@ def serve(
                 "--public-key is only used with --require-signature",
                 hint="add --require-signature to serve signed models only",
             )
-        api_keys = _serve_keys("--api-key", api_keys, api_key_file, api_key_env)
-        repository_keys = _serve_keys(
+        api_keys = serve_keys("--api-key", api_keys, api_key_file, api_key_env)
+        repository_keys = serve_keys(
             "--repository-key", repository_keys, repository_key_file, repository_key_env
         )
         given: dict[str, Any] = {
@@ -255,16 +306,45 @@ def serve(
             graceful_timeout_s=graceful_timeout,
             poll_interval_s=poll,
         )
+        registry = _registry_options(
+            path,
+            alias,
+            {
+                "after_requests": rollback_after_requests,
+                "window_s": rollback_window_s,
+                "error_rate": rollback_error_rate,
+            },
+            encrypt_key_file,
+        )
         if access_log:
             logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
-        return run_server(path, options, settings, config)
+        return run_server(path, options, settings, config, registry)
     return 0  # stopped while starting
+
+
+def _registry_options(
+    path: str, alias: str | None, rollback: dict[str, Any], key_file: Path | None
+) -> RegistryOptions | None:
+    """The options of ``registry:PATH``; UsageError when they are given for anything else."""
+    from ..serve.server import REGISTRY
+
+    given = {k: v for k, v in rollback.items() if v is not None}
+    if not path.startswith(REGISTRY):
+        if alias is not None or given or key_file is not None:
+            raise UsageError(
+                "--alias, --rollback-* and --encrypt-key-file apply to registry:PATH only",
+                hint=f"serve registry:DIR to serve a model registry, not {path}",
+            )
+        return None
+    from ..serve.registry_source import DEFAULT_ALIAS, RegistryOptions, RollbackPolicy
+
+    return RegistryOptions(alias or DEFAULT_ALIAS, RollbackPolicy(**given), key_file)
 
 
 _KEY_ENVVARS = {"--api-key": "FERRY_API_KEY", "--repository-key": "FERRY_REPOSITORY_KEY"}
 
 
-def _serve_keys(
+def serve_keys(
     option: str, values: tuple[str, ...], file: Path | None, env: str | None
 ) -> tuple[str, ...]:
     """The keys ``option`` gave, then those in ``file`` and in the variable ``env``; a bad

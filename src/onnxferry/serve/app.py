@@ -67,6 +67,7 @@ class ServeApp:
         self.repository = repository
         self.settings = settings or ServeSettings()
         self.metrics = metrics or ServeMetrics()
+        repository.metrics = self.metrics  # for what the repository counts (auto-rollbacks)
         self._keys = tuple(k.encode() for k in self.settings.api_keys)
         self._repo_keys = tuple(k.encode() for k in self.settings.repository_keys) or self._keys
         document = openapi_document(

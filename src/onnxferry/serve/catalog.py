@@ -15,6 +15,7 @@ selected by the version policy", the load failure, or what serves despite one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,12 @@ class Catalog:
                 hint=f"served versions: {', '.join(sorted(serving, key=int)) or 'none'}",
             )
         raise ModelNotReady(f"model {name!r} version {number} is not ready: {reason}")
+
+    def observe(
+        self, served: ModelVersion, outputs: Mapping[str, Any] | None, failure: str = ""
+    ) -> None:
+        """Told of each infer answer of ``served``: its outputs, or the failure reason of an
+        error; a catalog that watches new versions (registry_source.py) judges them."""
 
     def versions(self, name: str) -> list[str]:
         """The ready versions of ``name``, ascending (ModelNotFound for an unknown model)."""

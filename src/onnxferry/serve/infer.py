@@ -96,6 +96,7 @@ class Inference:
             result = await served.executor.infer(
                 request.inputs, output_names=names, deadline=deadline
             )
+            self.repository.observe(served, result.outputs)
             del body  # the request's arrays may still view it: the hold stays to the end
             payload, response_headers = await self._encode(name, label, request, result.outputs)
             content_type = response_headers.pop("content-type")
@@ -108,6 +109,7 @@ class Inference:
         except Exception as e:
             error = _http_error(e)
             error.model, error.version = name, label
+            self.repository.observe(served, None, error.reason)
             raise error from None
         finally:
             hold.release()

@@ -3,11 +3,13 @@
     metrics = ServeMetrics()
     metrics.succeeded("resnet", "1", request_s=0.004, queue_s=0.001, compute_s=0.003, batch=4)
     metrics.failed("resnet", "1", "bad_request")
+    metrics.rolled_back("resnet")             # the server returned to the previous version
     body, content_type = metrics.render()     # GET /metrics
 
 Histograms: request, queue and compute seconds and the batch size each request ran in;
-counters: successes, and failures by reason (bad_request, not_found, unavailable, queue_full,
-deadline, too_large, unauthorized, internal).
+counters: successes, failures by reason (bad_request, not_found, unavailable, queue_full,
+deadline, too_large, unauthorized, internal), and automatic rollbacks per model
+(``ferry_auto_rollbacks_total``, registry_source.py).
 
 Recording is on every request's path, so it is plain counting (one bisect and a few integer
 adds per histogram, no locks: the event loop thread is the only writer); prometheus_client
@@ -75,6 +77,7 @@ class ServeMetrics:
         self._versions: dict[tuple[str, str], tuple[_Histogram, ...]] = {}
         self._success: dict[tuple[str, str], int] = {}
         self._failure: dict[tuple[str, str, str], int] = {}
+        self._rollbacks: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -103,6 +106,10 @@ class ServeMetrics:
         key = (model, version, reason)
         self._failure[key] = self._failure.get(key, 0) + 1
 
+    def rolled_back(self, model: str) -> None:
+        """The server returned ``model`` to its previous version by itself."""
+        self._rollbacks[model] = self._rollbacks.get(model, 0) + 1
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -129,6 +136,14 @@ class ServeMetrics:
         for labels3, count in self._failure.items():
             failure.add_metric(list(labels3), count)
         yield failure
+        rollbacks = CounterMetricFamily(
+            "ferry_auto_rollbacks",
+            "Times the server returned a model to its previous version by itself",
+            labels=["model"],
+        )
+        for model, count in self._rollbacks.items():
+            rollbacks.add_metric([model], count)
+        yield rollbacks
 
 
 def _le(bound: float) -> str:

@@ -63,16 +63,19 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
 from ..signing import check_key, default_signature
 from .catalog import Catalog, KnownModel, KnownVersion, ModelNotFound, ModelNotReady
-from .config import ModelConfig
+from .config import ModelConfig, VersionPolicy
 from .executor import ModelExecutor
 from .scan import Disk, check_repository_dir, scan
 from .takeover import SignatureChanged, predecessor_of
 from .versions import ModelVersion, WarmupFailed, build_version
+
+if TYPE_CHECKING:
+    from .metrics import ServeMetrics
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -101,6 +104,7 @@ class Repository(Catalog):
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
+        self.metrics: ServeMetrics | None = None  # the app's (ServeApp sets it)
         base = path.parent if single else path
         self._roots = sorted({str(base.absolute()), str(base.resolve())}, key=len, reverse=True)
 
@@ -338,7 +342,7 @@ class Repository(Catalog):
 
             while True:
                 candidates = [n for n in entry.versions if n in ready or needs_load(n)]
-                selected = candidates if self.single else policy.select(candidates)
+                selected = self._select(entry, policy, candidates)
                 todo = [n for n in selected if needs_load(n)]
                 if not todo:
                     break
@@ -356,14 +360,17 @@ class Repository(Catalog):
                         ready[number] = result
                         changes.append(f"{name}/{number} loaded")
         new = {str(n): ready[n] for n in sorted(selected)}
+        held: set[int] = set()
         if not new:
             self._serving.pop(name, None)
         elif new.keys() != old.keys() or any(new[v] is not old[v] for v in new):
             self._serving[name] = new  # the swap: one assignment
+            held = self._swapped(name, old, new)
         keep = {id(mv) for mv in new.values()}
         for mv in [*old.values(), *built]:
             if id(mv) not in keep:
-                self._close_later(mv.executor)
+                if id(mv) not in held:
+                    self._close_later(mv.executor)
                 if mv.version not in new:
                     log.info("model %s version %s unloaded", name, mv.version)
                     changes.append(f"{name}/{mv.version} unloaded")
@@ -415,14 +422,7 @@ class Repository(Catalog):
         state.refused = False
         try:
             result = await asyncio.to_thread(
-                build_version,
-                entry.name,
-                str(number),
-                state.path,
-                entry.config,
-                previous,
-                predecessor,
-                public_key=self.public_key,
+                self._build, entry.name, number, state.path, entry.config, previous, predecessor
             )
         except WarmupFailed as e:
             await e.executor.close()
@@ -444,6 +444,33 @@ class Repository(Catalog):
         shown = one_line(error, _REASON_LIMIT)
         log.warning("model %s version %s failed to load: %s%s", entry.name, number, shown, serving)
         return state.error
+
+    # --- what a subclass serving from elsewhere changes (registry_source.py) ------------------
+
+    def _build(
+        self,
+        name: str,
+        number: int,
+        path: Path,
+        config: ModelConfig,
+        previous: ModelVersion | None,
+        predecessor: ModelVersion | None,
+    ) -> ModelVersion:
+        """Load, build and warm up one version (runs in a worker thread)."""
+        return build_version(
+            name, str(number), path, config, previous, predecessor, public_key=self.public_key
+        )
+
+    def _select(self, entry: KnownModel, policy: VersionPolicy, candidates: list[int]) -> list[int]:
+        """The versions out of ``candidates`` (ready or loadable) to serve."""
+        return candidates if self.single else policy.select(candidates)
+
+    def _swapped(
+        self, name: str, old: dict[str, ModelVersion], new: dict[str, ModelVersion]
+    ) -> set[int]:
+        """Told of each swap of a model's version map; the ids of old versions it keeps open
+        (closing them is then its business)."""
+        return set()
 
     def _public(self, entry: KnownModel, text: str) -> str:
         """``text`` (one line, shortened) with the repository's location on this machine cut

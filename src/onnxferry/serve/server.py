@@ -14,9 +14,11 @@ get a JSON 503. Big ones cannot fill its memory: a request's line and headers mu
 ``max_header_bytes`` and ``max_headers`` (else 431 and the connection closes), bodies the app's
 body limit. The HTTP protocol that enforces the connection-level limits is in connections.py.
 
-API keys are checked before anything is opened (keys.py, whose ``read_keys`` and ``env_keys``
-take them from a file or an environment variable), and so is the public key of
-``ServeSettings.require_signature`` (every version must then verify against its signature).
+``"registry:DIR"`` serves a model registry's aliased versions (registry_source.py, with a
+``RegistryOptions``). API keys are checked before anything is opened (keys.py, whose
+``read_keys`` and ``env_keys`` take them from a file or an environment variable), and so is
+the public key of ``ServeSettings.require_signature`` (every version must then verify against
+its signature).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UsageError
 from .app import ServeApp
@@ -42,7 +44,13 @@ from .keys import check_settings
 from .repository import Repository
 from .settings import ServeSettings
 
+if TYPE_CHECKING:
+    from .registry_source import RegistryOptions
+
 log = logging.getLogger("onnxferry.serve")
+
+REGISTRY = "registry:"
+"""The prefix of a registry to serve: ``registry:DIR``."""
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,37 @@ def build_app(
     settings: ServeSettings | None = None,
     config: ModelConfig | None = None,
     poll_interval_s: float | None = None,
+    registry: RegistryOptions | None = None,
 ) -> ServeApp:
-    """The app over ``path`` (one .onnx file or a Triton-layout repository); refuses bad API
+    """The app over ``path`` (one .onnx file, a Triton-layout repository, or
+    ``"registry:DIR"``: a model registry, served with ``registry``'s options); refuses bad API
     keys and an unusable ``require_signature`` public key before it opens anything."""
     if settings is not None:
         check_settings(settings)
-    repository = Repository.open(
-        Path(path),
-        poll_interval_s=poll_interval_s,
-        config=config,
-        public_key=settings.require_signature if settings is not None else None,
-    )
+    public_key = settings.require_signature if settings is not None else None
+    repository: Repository
+    if isinstance(path, str) and path.startswith(REGISTRY):
+        from .registry_source import RegistryOptions, RegistryRepository
+
+        source = path.removeprefix(REGISTRY)
+        options = registry or RegistryOptions()
+        repository = RegistryRepository.open(
+            source,
+            poll_interval_s=poll_interval_s,
+            config=config,
+            public_key=public_key,
+            alias=options.alias,
+            key_file=options.key_file,
+            rollback=options.rollback,
+        )
+    elif registry is not None:
+        raise UsageError(
+            f"registry options apply to a registry, not to {path}", hint="serve registry:DIR"
+        )
+    else:
+        repository = Repository.open(
+            Path(path), poll_interval_s=poll_interval_s, config=config, public_key=public_key
+        )
     return ServeApp(repository, settings)
 
 
@@ -132,10 +160,11 @@ def serve(
     options: ServerOptions | None = None,
     settings: ServeSettings | None = None,
     config: ModelConfig | None = None,
+    registry: RegistryOptions | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
     options = options or ServerOptions()
-    app = build_app(path, settings, config, options.poll_interval_s)
+    app = build_app(path, settings, config, options.poll_interval_s, registry)
     sock = bind(options.host, options.port)
     server = _server(app, options)
     host, port = sock.getsockname()[:2]
@@ -162,6 +191,7 @@ def running(
     options: ServerOptions | None = None,
     settings: ServeSettings | None = None,
     config: ModelConfig | None = None,
+    registry: RegistryOptions | None = None,
 ) -> Iterator[str]:
     """Serve in a background thread on a free loopback port; yields the base URL and stops
     (draining) on exit."""
@@ -170,7 +200,7 @@ def running(
         check_settings(path.settings)
         app = path
     else:
-        app = build_app(path, settings, config, options.poll_interval_s)
+        app = build_app(path, settings, config, options.poll_interval_s, registry)
     sock = bind(options.host, options.port)
     server = _server(app, options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

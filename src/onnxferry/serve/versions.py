@@ -65,15 +65,19 @@ def build_version(
     predecessor: ModelVersion | None = None,
     *,
     public_key: Path | None = None,
+    model: Model | None = None,
 ) -> ModelVersion:
     """Load, build and warm up one version (blocking; runs in a worker thread). Returns
     ``previous`` itself when the files hold the same model and the settings are the same.
     SignatureChanged when its inputs differ from ``predecessor``'s, unless the config allows;
-    Unsigned when ``public_key`` is given and the model does not verify with it."""
+    Unsigned when ``public_key`` is given and the model does not verify with it. ``model``:
+    one loaded (and verified) elsewhere, built as it is (``path``, ``previous`` and
+    ``public_key`` are then not used)."""
+    if model is not None:
+        return _build(name, version, model, config, predecessor, model.path)
     file = resolve_model_path(path)
     if public_key is not None:
         check_signed(file, public_key)
-    model: Model | None = None
     if previous is not None and _same_files(previous.model, file):
         if previous.config == config:
             return previous
@@ -83,11 +87,23 @@ def build_version(
         digest = model.digest  # now, before the files can change again
         if previous is not None and previous.config == config and digest == previous.model.digest:
             return previous
+    return _build(name, version, model, config, predecessor, file)
+
+
+def _build(
+    name: str,
+    version: str,
+    model: Model,
+    config: ModelConfig,
+    predecessor: ModelVersion | None,
+    file: Path | None,
+) -> ModelVersion:
+    """The executor of a loaded model, checked against ``predecessor`` and warmed up."""
     if predecessor is not None and not config.allow_signature_change:
         check_signature(model.signature, predecessor.executor.signature, predecessor.version)
     executor = ModelExecutor(model, config, name=name, version=version)
     try:
-        executor.warmup(_warmup_feeds(config, file))
+        executor.warmup(None if file is None else _warmup_feeds(config, file))
     except Exception as e:
         raise WarmupFailed(executor, e) from e
     return ModelVersion(name, version, model, config, executor)

@@ -1,0 +1,16 @@
+"""A model registry: signed, numbered versions, aliases with promotion gates, and history.
+
+    from onnxferry.registry import Registry
+    reg = Registry.open("registry/", create=True)
+    v = reg.add("out/model.onnx", "resnet", golden="out/golden/", sign_key="keys/private_key.pem")
+    reg.set_alias("resnet", "staging", v.version)
+
+Modules: ``catalog`` (SQLite), ``store`` (fsspec artifacts), ``core`` (Registry), ``adding``
+(registering a version), ``crypto`` (AES-GCM at rest), ``bundle`` (export and import of a
+version as one checked tar), ``gates`` (promotion gates and trusted keys), ``diff`` (two
+versions side by side).
+"""
+
+from .core import AliasChange, History, Listing, Ref, Registry, VersionRecord
+
+__all__ = ["AliasChange", "History", "Listing", "Ref", "Registry", "VersionRecord"]

@@ -1,0 +1,685 @@
+"""Promotion gates: a version takes an alias only after it passes them, and the report is kept.
+
+    trust(reg, "keys/public_key.pem")                   # the signature gate's keys
+    report = promote(reg, "resnet:2", "staging", max_slowdown=0.2)
+    report.ok, [(g.name, g.ok, g.detail) for g in report.result.gates]
+    reg.history("resnet", "staging")[-1].gates["passed"]     # the gate report, kept
+
+The gates, all run every time so the report shows each one:
+
+- ``signature``: the version's signature verifies with ``public_key``, or else with one of the
+  registry's trusted keys (``trust``); an unsigned version, or no key at all, fails.
+- ``golden``: ``ferry test`` on the version's golden data passes (at ``tolerance``).
+- ``parity``: the candidate's outputs match the alias's current holder's within ``tolerance``
+  on the candidate's golden inputs (else the holder's; else generated ones).
+- ``latency``: batch 1 (the first input set, cut to one row along its batch axes) is measured
+  for holder and candidate interleaved, ``rounds`` rounds in alternating order; it fails when
+  the median of the per-round ratios candidate / holder exceeds ``1 + max_slowdown``. The
+  noise (half the interquartile spread of those ratios) is reported beside it.
+
+Parity and latency pass, with a note, when the alias has no holder (or the candidate holds
+it already). When every gate passes, or with ``force``, the alias moves in one catalog
+transaction (``Registry.set_alias``) with the gate report in its history row: action
+"promote", or "force" whenever ``force`` was given (the report says whether gates failed).
+The transaction expects the holder seen when the gates started, so of two promotions racing
+for one alias the second is refused (InputError) instead of silently replacing the first.
+A refused promotion changes nothing and writes no history row (the history records what
+aliases pointed at); its report is the record (``--report FILE``) and exits 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FerryError, InputError, UsageError
+from ..model import Model
+from ..parity import Parity, Tolerance, compare_outputs
+from ..report import Report, Table, jsonable
+from .access import Opened, opened, verify_version
+from .core import ALIAS, AliasChange, Ref, Registry, VersionRecord, _iso
+
+Feeds = dict[str, np.ndarray]
+
+DEFAULT_MAX_SLOWDOWN = 0.2
+"""The latency gate's default: the candidate may be up to 20% slower at batch 1."""
+ROUNDS = 7
+"""Interleaved rounds of the latency measurement (odd: the median is one round's)."""
+ROUND_S = 0.05
+"""About how long each model runs per round (seconds); at least MIN_ITERATIONS runs."""
+MIN_ITERATIONS = 3
+MAX_ITERATIONS = 2000
+_NO_KEY_HINT = "trust a key with `ferry registry trust PUB`, or pass --public-key"
+
+
+# --- trusted keys --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key the signature gate accepts: its fingerprint (sha256 of the DER public
+    key), its PEM and when it was trusted."""
+
+    fingerprint: str
+    pem: str
+    added_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "added_at": _iso(self.added_at), "pem": self.pem}
+
+
+@dataclass
+class TrustList:
+    """The registry's trusted keys (ReportBody)."""
+
+    keys: list[TrustedKey] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trusted_keys": [k.to_dict() for k in self.keys]}
+
+    def tables(self) -> list[Table]:
+        rows = [(k.fingerprint, _iso(k.added_at)) for k in self.keys]
+        return [Table("trusted keys", ("fingerprint", "trusted since"), rows)]
+
+
+def key_fingerprint(public_key: str | Path) -> tuple[str, str]:
+    """(fingerprint, PEM) of a public key file; InputError for a key model-signing cannot use."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ..signing import check_key
+
+    path = Path(public_key)
+    check_key(path, private=False)
+    key = serialization.load_pem_public_key(path.read_bytes())
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest(), pem.decode("ascii")
+
+
+def trust(registry: Registry, public_key: str | Path) -> str:
+    """Add a public key to the registry's trusted keys (kept once); returns its fingerprint."""
+    fingerprint, pem = key_fingerprint(public_key)
+    with registry.catalog.write() as tx:
+        tx.execute(
+            "INSERT INTO trusted_keys VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
+            (fingerprint, pem, time.time()),
+        )
+    return fingerprint
+
+
+def distrust(registry: Registry, fingerprint: str) -> TrustedKey:
+    """Remove a trusted key by its fingerprint (or a unique prefix of it, 8 digits or more)."""
+    key = _one_key(registry, fingerprint)
+    with registry.catalog.write() as tx:
+        tx.execute("DELETE FROM trusted_keys WHERE fingerprint = ?", (key.fingerprint,))
+    return key
+
+
+def trusted_keys(registry: Registry) -> list[TrustedKey]:
+    """The registry's trusted keys, oldest first."""
+    rows = registry.catalog.read("SELECT * FROM trusted_keys ORDER BY added_at, fingerprint")
+    return [TrustedKey(str(r["fingerprint"]), str(r["pem"]), float(r["added_at"])) for r in rows]
+
+
+def _one_key(registry: Registry, fingerprint: str) -> TrustedKey:
+    prefix = fingerprint.strip().lower()
+    found = [k for k in trusted_keys(registry) if k.fingerprint.startswith(prefix)]
+    if len(prefix) < 8 or len(found) != 1:
+        known = ", ".join(k.fingerprint[:16] for k in trusted_keys(registry)) or "none"
+        why = "is not" if not found else "does not name exactly one of"
+        raise InputError(
+            f"{fingerprint!r} {why} the registry's trusted keys",
+            hint=f"give a fingerprint (8 digits or more) of one of: {known}",
+        )
+    return found[0]
+
+
+# --- gate results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate: passed or not, one line saying why, and the figures behind it."""
+
+    name: str
+    ok: bool
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "figures": self.figures}
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Batch-1 latency of a reference and a candidate, measured interleaved: the median
+    latency (ms) of each in every round, and the per-round ratios candidate / reference."""
+
+    reference: str
+    candidate: str
+    shapes: dict[str, tuple[int, ...]]
+    iterations: int
+    reference_ms: tuple[float, ...]
+    candidate_ms: tuple[float, ...]
+
+    @property
+    def ratios(self) -> list[float]:
+        pairs = zip(self.reference_ms, self.candidate_ms, strict=True)
+        return [c / r if r > 0 else math.inf for r, c in pairs]
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-round ratios: above 1, the candidate is slower."""
+        return float(np.median(self.ratios))
+
+    @property
+    def noise(self) -> float:
+        """Half the interquartile spread of the per-round ratios, relative to their median:
+        how far a ratio moves between rounds (0.05: about +-5%)."""
+        q25, q75 = np.percentile(self.ratios, [25, 75])
+        return float((q75 - q25) / 2 / self.ratio) if self.ratio > 0 else 0.0
+
+    @property
+    def reference_p50_ms(self) -> float:
+        return float(np.median(self.reference_ms))
+
+    @property
+    def candidate_p50_ms(self) -> float:
+        return float(np.median(self.candidate_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "rounds": len(self.reference_ms),
+            "iterations_per_round": self.iterations,
+            "reference_p50_ms": self.reference_p50_ms,
+            "candidate_p50_ms": self.candidate_p50_ms,
+            "ratio": self.ratio,
+            "noise": self.noise,
+            "reference_round_p50_ms": list(self.reference_ms),
+            "candidate_round_p50_ms": list(self.candidate_ms),
+        }
+
+    def table(self, title: str) -> Table:
+        rows = [
+            (self.reference, self.reference_p50_ms, min(self.reference_ms), max(self.reference_ms)),
+            (self.candidate, self.candidate_p50_ms, min(self.candidate_ms), max(self.candidate_ms)),
+        ]
+        return Table(title, ("version", "p50 ms", "fastest round", "slowest round"), rows)
+
+
+@dataclass
+class PromotionResult:
+    """The gates of promoting ``name:version`` to ``name@alias``, which ``previous`` held
+    when they started, and the alias change when it was made (ReportBody).
+
+    ``ok``: every gate passed, or ``force`` promoted it anyway."""
+
+    name: str
+    alias: str
+    version: int
+    previous: int | None
+    gates: list[GateResult]
+    tolerance: Tolerance
+    max_slowdown: float
+    latency: LatencyComparison | None = None
+    notes: list[str] = field(default_factory=list)
+    forced: bool = False
+    reason: str = ""
+    change: AliasChange | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(g.ok for g in self.gates)
+
+    @property
+    def ok(self) -> bool:
+        return self.passed or (self.forced and self.change is not None)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def gate_report(self) -> dict[str, Any]:
+        """What the history row keeps: the verdict, every gate and its figures."""
+        report: dict[str, Any] = jsonable(
+            {
+                "candidate": self.ref,
+                "alias": self.alias,
+                "replaces": self.previous,
+                "passed": self.passed,
+                "forced": self.forced,
+                "tolerance": self.tolerance.to_dict(),
+                "max_slowdown": self.max_slowdown,
+                "gates": [g.to_dict() for g in self.gates],
+                "notes": list(self.notes),
+            }
+        )
+        return report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.gate_report(),
+            "promoted": self.change is not None,
+            "reason": self.reason,
+            "change": self.change.to_dict() if self.change else None,
+        }
+
+    def tables(self) -> list[Table]:
+        replaces = "no holder" if self.previous is None else f"replaces {self.name}:{self.previous}"
+        title = f"promote {self.ref} to {self.name}@{self.alias} ({replaces})"
+        rows = [(g.name, "PASS" if g.ok else "FAIL", g.detail) for g in self.gates]
+        tables = [Table(title, ("gate", "result", "detail"), rows)]
+        if self.latency is not None:
+            tables.append(self.latency.table("latency at batch 1 (median of rounds)"))
+        tables.append(Table("outcome", ("what", "detail"), [("outcome", self.outcome())]))
+        return tables
+
+    def outcome(self) -> str:
+        failed = [g.name for g in self.gates if not g.ok]
+        if self.change is not None:
+            c = self.change
+            was = "none" if c.previous is None else c.previous
+            why = f" ({', '.join(failed)} failed)" if failed else ""
+            return (
+                f"{self.name}@{self.alias} -> {c.version} (was {was}): {c.action}{why} by {c.actor}"
+            )
+        if failed:
+            return (
+                f"refused: {', '.join(failed)} failed; {self.name}@{self.alias} unchanged "
+                "(--force promotes anyway, recorded as forced)"
+            )
+        return "gates passed; not applied"
+
+
+# --- the gates -----------------------------------------------------------------------------
+
+
+def run_gates(
+    registry: Registry,
+    ref: str | Ref,
+    to: str,
+    *,
+    public_key: str | Path | None = None,
+    key: bytes | None = None,
+    tolerance: Tolerance | None = None,
+    max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
+    rounds: int = ROUNDS,
+) -> PromotionResult:
+    """Every gate of promoting ``ref`` to alias ``to``; changes nothing (``apply_promotion``
+    does). ``key``: the encryption key of encrypted versions."""
+    if ALIAS.fullmatch(to) is None:
+        raise UsageError(f"{to!r} is not an alias name", hint="letters, digits, . _ -")
+    if not (max_slowdown >= 0 and math.isfinite(max_slowdown)):
+        raise UsageError(
+            f"max slowdown must be a finite fraction of 0 or more, got {max_slowdown}",
+            hint="pass --max-slowdown 0.2 for up to 20% slower",
+        )
+    if rounds < 1:
+        raise UsageError(f"rounds must be at least 1, got {rounds}")
+    if public_key is not None:
+        key_fingerprint(public_key)  # a key the user gave that cannot be used: exit 2 now
+    tolerance = tolerance or Tolerance()
+    record = registry.get(ref)
+    previous = registry.aliases(record.name).get(to)
+    result = PromotionResult(record.name, to, record.version, previous, [], tolerance, max_slowdown)
+    result.gates.append(signature_gate(registry, record, public_key, key=key))
+    with ExitStack() as stack:
+        candidate = stack.enter_context(opened(registry, record, key=key))
+        holder = None
+        if previous is not None and previous != record.version:
+            held = registry.get(Ref(record.name, previous))
+            holder = stack.enter_context(opened(registry, held, key=key))
+        result.gates.append(_guarded("golden", lambda: golden_gate(candidate, tolerance)))
+        if holder is None:
+            why = (
+                f"no version holds {record.name}@{to} yet"
+                if previous is None
+                else f"{record.ref} holds {record.name}@{to} already"
+            )
+            result.gates.append(GateResult("parity", True, f"{why}; nothing to compare with"))
+            result.gates.append(GateResult("latency", True, f"{why}; nothing to compare with"))
+            return result
+        inputs = _guarded_inputs(candidate, holder)
+        if isinstance(inputs, GateResult):
+            result.gates += [dataclasses.replace(inputs, name=n) for n in ("parity", "latency")]
+            return result
+        feeds, source = inputs
+        result.gates.append(
+            _guarded("parity", lambda: parity_gate(holder, candidate, feeds, source, tolerance))
+        )
+        try:
+            latency = measure_pair(holder, candidate, feeds[0], rounds=rounds)
+        except FerryError as e:
+            result.gates.append(GateResult("latency", False, _error_text(e)))
+        else:
+            result.latency = latency
+            result.gates.append(latency_gate(latency, max_slowdown, source))
+            if latency.noise > max_slowdown:
+                result.notes.append(
+                    f"the latency measurement's noise (+-{latency.noise:.0%}) exceeds the "
+                    f"allowed slowdown ({max_slowdown:.0%}): the latency verdict is uncertain"
+                )
+    return result
+
+
+def apply_promotion(
+    registry: Registry,
+    result: PromotionResult,
+    *,
+    force: bool = False,
+    reason: str = "",
+    actor: str | None = None,
+) -> PromotionResult:
+    """Move the alias when the gates passed (or ``force``), recording the gate report;
+    InputError when the alias changed since the gates started. A failed, unforced result
+    comes back unchanged (nothing written)."""
+    if not result.passed and not force:
+        return result
+    done = dataclasses.replace(result, forced=force, reason=reason)
+    done.change = registry.set_alias(
+        result.name,
+        result.alias,
+        result.version,
+        action="force" if force else "promote",
+        reason=reason,
+        gates=done.gate_report(),
+        actor=actor,
+        expect=result.previous,
+    )
+    return done
+
+
+def promote(
+    registry: Registry,
+    ref: str | Ref,
+    to: str,
+    *,
+    public_key: str | Path | None = None,
+    key: bytes | None = None,
+    force: bool = False,
+    reason: str = "",
+    tolerance: Tolerance | None = None,
+    max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
+    actor: str | None = None,
+    rounds: int = ROUNDS,
+) -> Report[PromotionResult]:
+    """``run_gates``, then ``apply_promotion``: the report is not ok (exit 1) when a gate
+    failed and ``force`` was not given; then nothing changed."""
+    result = run_gates(
+        registry,
+        ref,
+        to,
+        public_key=public_key,
+        key=key,
+        tolerance=tolerance,
+        max_slowdown=max_slowdown,
+        rounds=rounds,
+    )
+    result = apply_promotion(registry, result, force=force, reason=reason, actor=actor)
+    return Report("registry promote", result, notes=list(result.notes))
+
+
+def signature_gate(
+    registry: Registry,
+    record: VersionRecord,
+    public_key: str | Path | None,
+    *,
+    key: bytes | None = None,
+) -> GateResult:
+    """Whether the version's signature verifies with ``public_key``, or else with one of the
+    registry's trusted keys."""
+    if record.signature is None:
+        return GateResult(
+            "signature", False, f"{record.ref} is unsigned (add it with --sign-key to sign it)"
+        )
+    if public_key is not None:
+        try:
+            found = verify_version(registry, record, public_key, key=key)
+        except FerryError as e:
+            return GateResult("signature", False, _error_text(e))
+        if found.ok:
+            return GateResult(
+                "signature", True, f"verifies with {public_key}", {"files": list(found.files)}
+            )
+        return GateResult("signature", False, found.reason or "does not verify")
+    keys = trusted_keys(registry)
+    if not keys:
+        return GateResult("signature", False, f"no key to verify {record.ref} with; {_NO_KEY_HINT}")
+    reasons = []
+    with tempfile.TemporaryDirectory(prefix="ferry-trusted-") as tmp:
+        for trusted in keys:
+            pem = Path(tmp) / f"{trusted.fingerprint}.pem"
+            pem.write_text(trusted.pem, encoding="ascii")
+            try:
+                found = verify_version(registry, record, pem, key=key)
+            except FerryError as e:
+                return GateResult("signature", False, _error_text(e))
+            if found.ok:
+                detail = f"verifies with trusted key {trusted.fingerprint[:16]}"
+                figures = {"fingerprint": trusted.fingerprint, "files": list(found.files)}
+                return GateResult("signature", True, detail, figures)
+            reason = found.reason or "does not verify"
+            reasons.append(reason.replace(str(pem), f"trusted key {trusted.fingerprint[:16]}"))
+    tried = f"{len(keys)} trusted key{'s' if len(keys) > 1 else ''}"
+    first = reasons[0]
+    return GateResult(
+        "signature", False, f"verifies with none of the {tried} ({first})", {"tried": len(keys)}
+    )
+
+
+def golden_gate(version: Opened, tolerance: Tolerance) -> GateResult:
+    """``ferry test`` on the version's golden data."""
+    from ..golden import test
+
+    if version.golden is None:
+        return GateResult(
+            "golden",
+            False,
+            f"{version.record.ref} has no golden data (register it with --golden DIR)",
+        )
+    found = test(version.model, version.golden, tolerance=tolerance).result
+    passed = sum(c.passed for c in found.cases)
+    figures = {"sets": len(found.cases), "passed": passed, "max_abs": _max_abs(found.cases)}
+    if found.ok:
+        unchecked = sum(c.parity is None for c in found.cases)
+        extra = f" ({unchecked} without expected outputs)" if unchecked else ""
+        return GateResult(
+            "golden", True, f"{passed}/{len(found.cases)} golden sets pass{extra}", figures
+        )
+    worst = next(c for c in found.cases if not c.passed)
+    summary = worst.parity.summary() if worst.parity else "failed"
+    return GateResult(
+        "golden",
+        False,
+        f"{passed}/{len(found.cases)} golden sets pass; {worst.name}: {summary}",
+        figures,
+    )
+
+
+def parity_gate(
+    holder: Opened,
+    candidate: Opened,
+    feeds: Sequence[Feeds],
+    source: str,
+    tolerance: Tolerance,
+) -> GateResult:
+    """The candidate's outputs against the holder's on the same inputs."""
+    found = compare_versions(holder, candidate, feeds, tolerance)
+    figures = {"inputs": source, "max_abs": found.max_abs, "max_rel": found.max_rel}
+    figures |= found.to_dict()
+    if found.ok:
+        detail = (
+            f"matches {holder.record.ref} on {source} ({found.samples} sets, "
+            f"max abs {found.max_abs:.3g}, max rel {found.max_rel:.3g})"
+        )
+        return GateResult("parity", True, detail, figures)
+    return GateResult("parity", False, f"on {source}: {found.summary()}", figures)
+
+
+def latency_gate(found: LatencyComparison, max_slowdown: float, source: str) -> GateResult:
+    """Pass when the median per-round ratio is at most ``1 + max_slowdown``."""
+    limit = 1 + max_slowdown
+    ok = found.ratio <= limit
+    detail = (
+        f"{found.candidate} {found.candidate_p50_ms:.3g} ms vs {found.reference} "
+        f"{found.reference_p50_ms:.3g} ms at batch 1: {found.ratio:.2f}x "
+        f"({'within' if ok else 'over'} the {limit:.2f}x limit; noise +-{found.noise:.0%})"
+    )
+    figures = {"inputs": source, "max_slowdown": max_slowdown, "limit": limit, **found.to_dict()}
+    return GateResult("latency", ok, detail, figures)
+
+
+# --- shared measurements (diff uses them too) ----------------------------------------------
+
+
+def comparison_inputs(first: Opened, second: Opened) -> tuple[list[Feeds], str]:
+    """Input sets both versions run on: ``first``'s golden inputs, else ``second``'s, else one
+    generated set at batch 1 for ``first``; with where they came from."""
+    from ..data import load_feeds
+
+    for version in (first, second):
+        if version.golden is not None:
+            sets = load_feeds(version.golden, version.model.signature)
+            return sets, f"{version.record.ref}'s golden inputs"
+    from ..bench import batch_feeds
+
+    return [batch_feeds(first.model, 1)], "generated inputs"
+
+
+def compare_versions(
+    reference: Opened, candidate: Opened, feeds: Sequence[Feeds], tolerance: Tolerance
+) -> Parity:
+    """Both versions run on every input set, the candidate judged against the reference."""
+    from ..feeds import checked_feeds
+    from ..runtime import OrtRunner
+
+    outputs = []
+    for version in (reference, candidate):
+        sets = checked_feeds(feeds, version.model.signature, where=version.record.ref)
+        runner = OrtRunner(version.model)
+        outputs.append([runner.run(f) for f in sets])
+    return compare_outputs(
+        outputs[0],
+        outputs[1],
+        tolerance,
+        reference_name=reference.record.ref,
+        candidate_name=candidate.record.ref,
+    )
+
+
+def batch_one(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
+    """``feeds`` cut to the first row along every batch axis of ``model`` that holds more
+    (a model with fixed dims runs its inputs as they are)."""
+    from ..feeds import unknown_dims
+
+    out = {name: np.asarray(value) for name, value in feeds.items()}
+    for dim in unknown_dims(model.signature):
+        array = out.get(dim.input)
+        if dim.kind != "batch" or array is None or array.ndim <= dim.axis:
+            continue
+        if array.shape[dim.axis] > 1:
+            out[dim.input] = np.take(array, [0], axis=dim.axis)
+    return out
+
+
+def measure_pair(
+    reference: Opened,
+    candidate: Opened,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    rounds: int = ROUNDS,
+    round_s: float = ROUND_S,
+) -> LatencyComparison:
+    """Batch-1 latency of two versions on the same feeds (``batch_one`` of the candidate):
+    fresh sessions, a few calibration runs to size the rounds, then ``rounds`` rounds in
+    alternating order (ABBA), each model timed by ``measure``'s loop for about ``round_s``."""
+    one = batch_one(candidate.model, feeds)
+    timers = [_Timer(version, one) for version in (reference, candidate)]
+    first_ms = [timer(MIN_ITERATIONS) for timer in timers]
+    slowest_s = max(first_ms) / 1e3
+    iterations = int(min(MAX_ITERATIONS, max(MIN_ITERATIONS, round_s / max(slowest_s, 1e-7))))
+    per: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
+            per[side].append(timers[side](iterations))
+    return LatencyComparison(
+        reference.record.ref,
+        candidate.record.ref,
+        {k: tuple(int(d) for d in v.shape) for k, v in one.items()},
+        iterations,
+        tuple(per[0]),
+        tuple(per[1]),
+    )
+
+
+class _Timer:
+    """One version's session on fixed feeds: ``timer(n)`` is the median ms of ``n`` runs."""
+
+    def __init__(self, version: Opened, feeds: Feeds) -> None:
+        from ..feeds import checked_feeds
+        from ..runtime import create_session, needs_ortvalue_outputs, ort_inputs
+
+        model = version.model
+        where = f"{version.record.ref} at batch 1"
+        (self.arrays,) = checked_feeds(feeds, model.signature, where=where)
+        self.name = model.name
+        self.session = create_session(model)
+        self.ortvalues = needs_ortvalue_outputs(model.signature)
+        self.inputs = ort_inputs(self.arrays, all_ortvalues=self.ortvalues)
+
+    def __call__(self, count: int) -> float:
+        from ..measure import Timing, measure_stats
+        from ..runtime import run_errors
+
+        with run_errors(self.name, self.arrays):
+            timing = Timing(warmup=1, iterations=count)
+            return measure_stats(self.session, self.inputs, timing, ortvalues=self.ortvalues).p50_ms
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _guarded(name: str, gate: Callable[[], GateResult]) -> GateResult:
+    """A gate whose model or data cannot run fails with the error's line, so every gate is
+    still reported."""
+    try:
+        return gate()
+    except FerryError as e:
+        return GateResult(name, False, _error_text(e))
+
+
+def _guarded_inputs(candidate: Opened, holder: Opened) -> tuple[list[Feeds], str] | GateResult:
+    try:
+        return comparison_inputs(candidate, holder)
+    except FerryError as e:
+        return GateResult("inputs", False, f"no inputs to compare on: {_error_text(e)}")
+
+
+def _error_text(error: FerryError) -> str:
+    return str(error)
+
+
+def _max_abs(cases: Sequence[Any]) -> float | None:
+    found = [c.parity.max_abs for c in cases if c.parity is not None]
+    return max(found) if found else None
