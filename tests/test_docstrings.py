@@ -906,6 +906,15 @@ def _registry_follow(tmp: Path) -> Names:
     return {**_registry_files(tmp), "running_registry": running_registry, "Model": Model}
 
 
+def _registry_tar(tmp: Path) -> Names:
+    """_registry_files, and resnet:1 exported as the bundle resnet-1.tar."""
+    from onnxferry.registry.bundle import export_version
+
+    names = _registry_files(tmp)
+    bundle = export_version(names["reg"], "resnet:1", "resnet-1.tar")
+    return {**names, "bundle": bundle, "record": names["reg"].get("resnet:1")}
+
+
 def _registry_http(tmp: Path) -> Names:
     import urllib.request
 
@@ -996,13 +1005,18 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.registry.adding": _registry_files,
     "onnxferry.registry.bundle": _registry_files,
     "onnxferry.registry.catalog": _nothing,
+    "onnxferry.registry.client": _registry_follow,
     "onnxferry.registry.core": _registry_files,
     "onnxferry.registry.crypto": _registry_files,
     "onnxferry.registry.diff": _registry_files,
     "onnxferry.registry.follow": _registry_follow,
     "onnxferry.registry.fsck": _registry_files,
     "onnxferry.registry.gates": _registry_files,
+    "onnxferry.registry.records": _registry_files,
+    "onnxferry.registry.sidebyside": _registry_files,
     "onnxferry.registry.store": _registry_files,
+    "onnxferry.registry.tarsafety": _registry_tar,
+    "onnxferry.registry.trust": _registry_files,
     "onnxferry.cli.registry": _registry_files,
     "onnxferry.cli.registry_admin": _registry_files,
     "onnxferry.cli.registry_gates": _registry_files,

@@ -236,3 +236,27 @@ def test_parse_toml() -> None:
     assert parse_toml('[[pass]]\nname = "slim"\n') == {"pass": [{"name": "slim"}]}
     with pytest.raises(ValueError, match="Invalid value"):
         parse_toml("name = ")
+
+
+def test_a_write_removes_temp_files_of_dead_processes_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from onnxferry.atomic import write_text_atomic
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    target = tmp_path / "bundle.tar"
+    stale = tmp_path / f".bundle.tar.{int(dead.stdout)}-0123456789ab.tmp"
+    live = tmp_path / f".bundle.tar.{os.getpid()}-0123456789ab.tmp"  # a write in progress
+    other = tmp_path / ".other.tar.1-0123456789ab.tmp"
+    for path in (stale, live, other):
+        path.write_bytes(b"half a bundle")
+    write_text_atomic(target, "whole")
+    assert target.read_text() == "whole"
+    assert not stale.exists()
+    assert live.exists() and other.exists()

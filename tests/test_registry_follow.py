@@ -21,12 +21,12 @@ import pytest
 from onnxferry import Model
 from onnxferry.errors import InputError
 from onnxferry.registry import Registry, VersionRecord
+from onnxferry.registry.client import Target
 from onnxferry.registry.follow import (
     CURRENT,
     PARTIAL,
     VERSIONS,
     FollowResult,
-    Target,
     follow,
     follow_once,
     state,

@@ -20,13 +20,12 @@ from onnxferry.registry.diff import diff
 from onnxferry.registry.gates import (
     PromotionResult,
     apply_promotion,
-    batch_one,
     promote,
     run_gates,
     signature_gate,
-    trust,
-    trusted_keys,
 )
+from onnxferry.registry.sidebyside import batch_one
+from onnxferry.registry.trust import trust, trusted_keys
 from onnxferry.runtime import OrtRunner
 from onnxferry.signing import generate_keys
 from tests.helpers import Run, mlp, save

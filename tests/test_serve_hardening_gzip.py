@@ -119,5 +119,6 @@ def test_health_answers_while_a_large_body_inflates(server: str) -> None:
     assert answer and answer[0][0] == 200, answer
     assert length_of(answer[0][1]) == size
     assert len(latencies) >= 5, latencies
-    # Inflated on the event loop, one health check would wait for about all of it.
-    assert max(latencies) < max(0.05, inflate_s / 4), (max(latencies), inflate_s)
+    # Inflated on the event loop, one health check would wait for about all of it; half of it
+    # leaves room for a loaded machine's scheduling without letting a blocked loop pass.
+    assert max(latencies) < max(0.1, inflate_s / 2), (max(latencies), inflate_s)

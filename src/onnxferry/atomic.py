@@ -15,6 +15,7 @@ so a reader never sees a half-written file and a failure leaves the old files as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -38,7 +39,8 @@ class AtomicFiles(AbstractContextManager["AtomicFiles"]):
     def create(self, target: Path) -> Iterator[BinaryIO]:
         """A new temporary file for ``target``, flushed to disk when the block ends;
         InputError when it cannot be created."""
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        remove_stale_temps(target)
+        temp = temp_name(target)
         try:
             f = open(temp, "xb")  # noqa: SIM115 - closed by the with below
         except OSError as e:
@@ -117,6 +119,41 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def temp_name(target: Path) -> Path:
+    """A hidden temporary name beside ``target`` that carries this process's id:
+    ``.<name>.<pid>-<random>.tmp``."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files of ``target`` left by processes that are gone (killed before
+    their rename); those of live processes are theirs."""
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) : -len(".tmp")].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cannot_write(path: Path, e: OSError) -> InputError:
     return InputError(
         f"cannot write {path}: {e.strerror or e}", hint="check that the directory is writable"
@@ -143,7 +180,8 @@ def rename_into_place(source: str | Path, target: str | Path) -> None:
 def point_symlink(link: Path, target: str) -> None:
     """Make ``link`` a symbolic link to ``target``, replacing what is there in one rename: a
     reader sees the old link or the new one, never none."""
-    temp = link.with_name(f".{link.name}.{secrets.token_hex(6)}.tmp")
+    remove_stale_temps(link)
+    temp = temp_name(link)
     os.symlink(target, temp)
     try:
         os.replace(temp, link)

@@ -7,8 +7,8 @@ registry, read-only over HTTP, for the devices).
     ferry follow http://registry.local:8000 --model resnet --to /opt/model --once --json
     ferry follow --rollback --to /opt/model
 
-The agent's work is ``registry.follow`` (layout of the folder, resuming, checks, rollback);
-the server's is ``serve.registry_http``.
+The agent's work is ``registry.follow`` (layout of the folder, checks, rollback) with
+``registry.client`` (requests, resuming downloads); the server's is ``serve.registry_http``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import click
 
 from ..errors import FerryError, UsageError
 from ..report import Report
-from .options import public_key_option, report_options
+from .options import encrypt_key_option, public_key_option, report_options
 from .render import emit
 from .serve import _require_extra, api_key_options, serve_keys
 
@@ -58,12 +58,7 @@ from .serve import _require_extra, api_key_options, serve_keys
     help="The key in a file (its first key); not readable by every user.",
 )
 @click.option("--api-key-env", metavar="NAME", help="The key from this environment variable.")
-@click.option(
-    "--encrypt-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The AES key of encrypted versions, to check their signature (else env "
-    "FERRY_REGISTRY_KEY).",
-)
+@encrypt_key_option("of encrypted versions, to check their signature")
 @report_options
 def follow_command(
     url: str | None,

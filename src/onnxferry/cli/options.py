@@ -119,6 +119,15 @@ def public_key_option(purpose: str, *, required: bool = False) -> Callable[[F], 
     )
 
 
+def encrypt_key_option(purpose: str) -> Callable[[F], F]:
+    """``--encrypt-key-file FILE``: the registry's AES-256 key, as ``encrypt_key_file``."""
+    return click.option(
+        "--encrypt-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"The AES key {purpose} (else env FERRY_REGISTRY_KEY).",
+    )
+
+
 # --- runtime ----------------------------------------------------------------------------
 
 provider_option = click.option(

@@ -6,7 +6,8 @@
 
 ``promote`` exits 1 when a gate fails (nothing changes then) unless ``--force``, which is
 recorded as such in the history; ``diff`` exits 1 when B's outputs differ from A's. The
-verbs live in ``onnxferry.registry.gates`` and ``onnxferry.registry.diff``.
+verbs live in ``onnxferry.registry.gates``, ``onnxferry.registry.diff`` and
+``onnxferry.registry.trust``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,11 @@ import click
 
 from ..parity import Tolerance
 from ..report import Report
-from .options import public_key_option, report_options, tolerance_options
+from .options import encrypt_key_option, public_key_option, report_options, tolerance_options
 from .registry import registry_option
 from .render import emit
 
-encrypt_key_option = click.option(
-    "--encrypt-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The key of encrypted versions (default: env FERRY_REGISTRY_KEY when one is).",
-)
+encrypted_versions = encrypt_key_option("of encrypted versions")
 
 
 def _key(registry_path: Path, refs: list[str], key_file: Path | None) -> bytes | None:
@@ -55,7 +52,7 @@ def _key(registry_path: Path, refs: list[str], key_file: Path | None) -> bytes |
     help="How much slower at batch 1 than the version it replaces (0.2: 20%).",
 )
 @tolerance_options()
-@encrypt_key_option
+@encrypted_versions
 @registry_option
 @report_options
 def promote(
@@ -96,7 +93,7 @@ def promote(
 @public_key_option("signatures are checked with (default: the registry's trusted keys)")
 @click.option("--no-latency", is_flag=True, help="Skip the batch-1 latency measurement.")
 @tolerance_options()
-@encrypt_key_option
+@encrypted_versions
 @registry_option
 @report_options
 def diff_command(
@@ -141,8 +138,8 @@ def trust(
 ) -> int:
     """Trust PUBLIC_KEY for the signature gate; list the trusted keys."""
     from ..registry import Registry
-    from ..registry.gates import TrustList, distrust, trusted_keys
-    from ..registry.gates import trust as add_key
+    from ..registry.trust import TrustList, distrust, trusted_keys
+    from ..registry.trust import trust as add_key
 
     reg = Registry.open(registry_path, create=public_key is not None)
     if public_key is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from ..report import Report
-from .options import public_key_option, report_options
+from .options import encrypt_key_option, public_key_option, report_options
 from .registry import registry_option
 from .render import emit, emit_fields
 
@@ -61,11 +61,8 @@ def export_command(ref: str, out: Path | None, registry_path: Path, as_json: boo
 @click.argument("bundle", type=click.Path(path_type=Path))
 @public_key_option("to verify the bundle's signature with (an unsigned bundle is refused)")
 @click.option("--name", help="Register it under this name (default: its own).")
-@click.option(
-    "--encrypt-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The AES key of an encrypted bundle, to check its model in memory (with "
-    "--public-key it is needed: else env FERRY_REGISTRY_KEY).",
+@encrypt_key_option(
+    "of an encrypted bundle, to check its model in memory (needed with --public-key)"
 )
 @registry_option
 @report_options

@@ -17,7 +17,7 @@ import click
 
 from .._version import __version__
 from ..errors import UsageError
-from .options import public_key_option
+from .options import encrypt_key_option, public_key_option
 
 if TYPE_CHECKING:
     from ..serve.registry_source import RegistryOptions
@@ -115,11 +115,7 @@ def api_key_options(fn: F) -> F:
     help="...and go back to the previous version past this share of errors: 500/504, NaN/Inf "
     "outputs (default 0.05; 1: never).",
 )
-@click.option(
-    "--encrypt-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="registry:PATH: the key of encrypted versions (else env FERRY_REGISTRY_KEY).",
-)
+@encrypt_key_option("of encrypted versions (registry:PATH)")
 @click.option("--max-batch-size", type=int, help="Dynamic batching rows (0: off; default 8).")
 @click.option("--max-queue-delay-ms", type=float, help="Wait at most this for a batch to fill.")
 @click.option("--max-queue-size", type=int, help="Waiting requests before 503.")

@@ -6,6 +6,12 @@
 
 `verify` exits 0 when the model and its external data match the signature, 1 when they do
 not (one line naming the file), 2 for a missing path or an unusable key.
+
+Certificate mode: `ferry sign PATH --key KEY --certificate CERT.pem [--certificate-chain
+INTERMEDIATE.pem ...]` and `ferry verify PATH --certificate-chain ROOT.pem` (instead of
+--public-key: exactly one of the two). The signing certificate needs KeyUsage
+digitalSignature or ExtendedKeyUsage codeSigning (model-signing's rule): `sign` refuses
+another one (exit 2), and a signature made with one fails `verify` (exit 1).
 """
 
 from __future__ import annotations
@@ -17,6 +23,15 @@ import click
 from ..report import Report
 from .options import public_key_option, report_options
 from .render import emit_fields
+
+_CHAIN_SIGN_HELP = (
+    "A PEM file of certificates between the signing certificate and the root (repeat for "
+    "more); they go into the signature with it."
+)
+_CHAIN_VERIFY_HELP = (
+    "A PEM file of trusted certificates, including the self-signed root (repeat for more): "
+    "verify a certificate signature with these instead of --public-key."
+)
 
 
 @click.command()
@@ -55,6 +70,19 @@ def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
     help="The ECDSA private key (PEM), e.g. from `ferry keygen`.",
 )
 @click.option(
+    "--certificate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sign in certificate mode with this X.509 certificate (PEM) for --key; it needs "
+    "KeyUsage digitalSignature or ExtendedKeyUsage codeSigning.",
+)
+@click.option(
+    "--certificate-chain",
+    "certificate_chain",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=_CHAIN_SIGN_HELP,
+)
+@click.option(
     "-o",
     "--output",
     "signature",
@@ -62,17 +90,33 @@ def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
     help="Where to write the signature (default: PATH.sig).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the signature's path as JSON.")
-def sign_command(path: Path, private_key: Path, signature: Path | None, as_json: bool) -> int:
+def sign_command(
+    path: Path,
+    private_key: Path,
+    certificate: Path | None,
+    certificate_chain: tuple[Path, ...],
+    signature: Path | None,
+    as_json: bool,
+) -> int:
     """Sign a model file with its external data (or a directory, every file in it)."""
     from ..signing import sign
 
-    out = sign(path, private_key, signature)
+    out = sign(
+        path, private_key, signature, certificate=certificate, certificate_chain=certificate_chain
+    )
     return emit_fields({"path": str(path), "signature": str(out)}, as_json)
 
 
 @click.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@public_key_option("matching the signing key", required=True)
+@public_key_option("matching the signing key (or --certificate-chain)")
+@click.option(
+    "--certificate-chain",
+    "certificate_chain",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=_CHAIN_VERIFY_HELP,
+)
 @click.option(
     "--signature",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -81,7 +125,8 @@ def sign_command(path: Path, private_key: Path, signature: Path | None, as_json:
 @report_options
 def verify_command(
     path: Path,
-    public_key: Path,
+    public_key: Path | None,
+    certificate_chain: tuple[Path, ...],
     signature: Path | None,
     as_json: bool,
     report_path: Path | None,
@@ -89,12 +134,13 @@ def verify_command(
     """Check a model (with its external data) against its signature: exit 0 verified, 1 not."""
     from ..signing import verify
 
-    result = verify(path, public_key, signature)
+    result = verify(path, public_key, signature, certificate_chain=certificate_chain)
     report = Report("verify", result)
     if as_json:
         click.echo(report.to_json())
     elif result.ok:
-        click.echo(f"verified: {path} ({', '.join(result.files)})")
+        signer = f", signed by {result.signer}" if result.signer else ""
+        click.echo(f"verified: {path} ({', '.join(result.files)}){signer}")
     if report_path is not None:
         report.save(report_path)
     if not result.ok:

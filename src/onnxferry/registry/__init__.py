@@ -5,12 +5,14 @@
     v = reg.add("out/model.onnx", "resnet", golden="out/golden/", sign_key="keys/private_key.pem")
     reg.set_alias("resnet", "staging", v.version)
 
-Modules: ``catalog`` (SQLite), ``store`` (fsspec artifacts), ``core`` (Registry), ``adding``
-(registering a version), ``crypto`` (AES-GCM at rest), ``bundle`` (export and import of a
-version as one checked tar), ``gates`` (promotion gates and trusted keys), ``diff`` (two
-versions side by side).
+Modules: ``catalog`` (SQLite), ``store`` (fsspec artifacts), ``core`` (Registry), ``records``
+(VersionRecord, AliasChange, Ref and the report bodies), ``adding`` (registering a version),
+``crypto`` (AES-GCM at rest), ``bundle`` (export and import of a version as one checked tar),
+``trust`` (the signature gate's trusted keys), ``gates`` (promotion gates), ``sidebyside``
+(parity and interleaved latency of two versions), ``diff`` (two versions side by side).
 """
 
-from .core import AliasChange, History, Listing, Ref, Registry, VersionRecord
+from .core import Registry
+from .records import AliasChange, History, Listing, Ref, VersionRecord
 
 __all__ = ["AliasChange", "History", "Listing", "Ref", "Registry", "VersionRecord"]

@@ -28,7 +28,8 @@ from ..model import Model
 from ..safety import iter_tensors, uses_external_data
 from ..signing import VerifyResult, verify, verify_contents
 from .adding import GOLDEN
-from .core import Registry, VersionRecord
+from .core import Registry
+from .records import VersionRecord
 
 if TYPE_CHECKING:
     import onnx

@@ -28,7 +28,8 @@ from ..data.testsets import PB_RE, layout
 from ..errors import UsageError
 from ..model import Model
 from ..signing import default_signature
-from .core import NAME, VersionRecord, whoami
+from .core import whoami
+from .records import NAME, VersionRecord
 from .store import Staged, file_fact
 
 if TYPE_CHECKING:

@@ -13,18 +13,18 @@ files). Export streams each file from the store into the tar, checked against it
 digest, so a damaged version is never shipped; the bundle is written atomically (a temporary
 file renamed into place: a failed export leaves nothing).
 
-Import refuses, before anything is written, a member that is not a regular file or folder
-(links, devices, fifos, sparse files), an absolute name or one with ``..``, a name outside
-``manifest.json`` and ``files/``, a duplicate, a file the manifest does not list (or with
-another size), and more than ``max_members`` members or ``max_bytes`` bytes; tarfile's
+Import refuses (``tarsafety``), before anything is written, a member that is not a regular file
+or folder (links, devices, fifos, sparse files), an absolute name or one with ``..``, a name
+outside ``manifest.json`` and ``files/``, a duplicate, a file the manifest does not list (or
+with another size), and more than ``max_members`` members or ``max_bytes`` bytes; tarfile's
 ``data`` filter checks every member as well, where Python has it. Files are extracted into a
 temporary folder, each checked against the manifest's sha256, staged in the store under a
 hidden name and checked there as the registry checks its versions (the safe loader, the
 manifest's digest, golden data against the model's signature, and with ``public_key`` the
-signature; an unsigned bundle is then refused). Only then is the version recorded, as the
-next version of its name (or ``name``), with its original lineage plus ``imported_from``
-(the bundle's sha256, the original ``name:version``, who added it and when, whether the
-signature was verified). Any failure leaves the registry as it was.
+signature; an unsigned bundle is then refused). Only then is the version recorded, as the next
+version of its name (or ``name``), with its original lineage plus ``imported_from`` (the
+bundle's sha256, the original ``name:version``, who added it and when, whether the signature
+was verified). Any failure leaves the registry as it was.
 
 An encrypted version stays encrypted: the bundle holds the ciphertext as stored, and import
 stores it as it is (each file is sealed with its name inside the version, which import
@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import posixpath
 import re
 import tarfile
 import tempfile
@@ -52,10 +51,12 @@ from typing import IO, Any
 
 from .._version import __version__
 from ..atomic import atomic_write
-from ..errors import FerryError, InputError, UsageError, VerificationError, one_line
+from ..errors import InputError, UsageError, VerificationError, one_line
 from .adding import GOLDEN, LINEAGE, _commit  # the one path that numbers and records a version
-from .core import NAME, Ref, Registry, VersionRecord, whoami
-from .store import CHUNK, FileFact, file_fact
+from .core import Registry, whoami
+from .records import NAME, Ref, VersionRecord
+from .store import FileFact, file_fact
+from .tarsafety import NOT_OURS, bad_name, checked_members, extract_file, match_files, open_tar
 
 FORMAT = "onnxferry-registry-bundle"
 FORMAT_VERSION = 1
@@ -68,8 +69,6 @@ MAX_BYTES = 256 << 30
 fill the disk."""
 MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DRIVE = re.compile(r"[A-Za-z]:")
-_NOT_OURS = "it is not a bundle made by `ferry registry export`; nothing was imported"
 
 
 @dataclass(frozen=True)
@@ -332,103 +331,35 @@ def _check_staged(
 def _extract(bundle: Path, dest: Path, *, max_members: int, max_bytes: int) -> Manifest:
     """The bundle's manifest, with its files extracted under ``dest/files`` and checked
     against it. Every member is checked before anything is written."""
-    try:
-        tar = tarfile.open(bundle, "r:*")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        raise InputError(f"{bundle}: no such file", hint="check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{bundle} is a folder, not a bundle", hint="give the .tar file") from None
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise InputError(
-            f"{bundle}: not a tar bundle ({one_line(e, 120, line='first', period=False)})",
-            hint="give a file made by `ferry registry export`",
-        ) from None
-    try:
-        with tar:
-            members = _members(tar, bundle, dest, max_members=max_members)
-            manifest = _read_manifest(tar, members, bundle)
-            _match(manifest, members, bundle, max_bytes)
-            for rel, fact in manifest.files.items():
-                _write(tar, members[f"{FILES}/{rel}"], dest / FILES / rel, fact, bundle)
-    except FerryError:
-        raise
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # truncated or corrupt
-        raise InputError(
-            f"{bundle}: cannot read the bundle ({one_line(e, 120, line='first', period=False)})",
-            hint="it is damaged or truncated; ask for it again",
-        ) from None
+    with open_tar(bundle) as tar:
+        members = _members(tar, bundle, dest, max_members=max_members)
+        manifest = _read_manifest(tar, members, bundle)
+        match_files(members, manifest.files, bundle, prefix=FILES, max_bytes=max_bytes)
+        for rel, fact in manifest.files.items():
+            extract_file(tar, members[f"{FILES}/{rel}"], dest / FILES / rel, fact, bundle)
     return manifest
 
 
 def _members(
     tar: tarfile.TarFile, bundle: Path, dest: Path, *, max_members: int
 ) -> dict[str, tarfile.TarInfo]:
-    """The bundle's regular files by name, every member checked: nothing but regular files
-    and folders, names inside the bundle, no duplicates, at most ``max_members``."""
-    data_filter = getattr(tarfile, "data_filter", None)  # Python 3.12, 3.11.4, 3.10.12, ...
+    """The bundle's regular files by name, every member checked (``checked_members``) and
+    named as a bundle's: ``manifest.json``, and files and folders under ``files/``."""
     found: dict[str, tarfile.TarInfo] = {}
-    seen: set[str] = set()
-    for count, member in enumerate(tar, start=1):
-        if count > max_members:
-            raise InputError(
-                f"{bundle}: more than {max_members} members", hint=f"refused: {_NOT_OURS}"
-            )
+    for member in checked_members(tar, bundle, dest, max_members=max_members):
         name = member.name
-        problem = _unsafe(member)
-        if problem is not None:
-            raise InputError(f"{bundle}: member {name!r} {problem}", hint=f"refused: {_NOT_OURS}")
-        if data_filter is not None:
-            try:
-                data_filter(member, str(dest))  # where _write puts it: dest / name
-            except tarfile.FilterError as e:
-                raise InputError(
-                    f"{bundle}: member {name!r} refused ({one_line(e, 120, period=False)})",
-                    hint=f"refused: {_NOT_OURS}",
-                ) from None
-        if name in seen:
-            raise InputError(
-                f"{bundle}: member {name!r} appears twice", hint=f"refused: {_NOT_OURS}"
-            )
-        seen.add(name)
         if member.isdir():
             if name != FILES and not name.startswith(f"{FILES}/"):
                 raise InputError(
-                    f"{bundle}: unexpected folder {name!r}", hint=f"refused: {_NOT_OURS}"
+                    f"{bundle}: unexpected folder {name!r}", hint=f"refused: {NOT_OURS}"
                 )
             continue
         if name != MANIFEST and not name.startswith(f"{FILES}/"):
-            raise InputError(f"{bundle}: unexpected member {name!r}", hint=f"refused: {_NOT_OURS}")
+            raise InputError(f"{bundle}: unexpected member {name!r}", hint=f"refused: {NOT_OURS}")
         found[name] = member
     if MANIFEST not in found:
-        raise InputError(f"{bundle}: no {MANIFEST} in it", hint=f"refused: {_NOT_OURS}")
+        raise InputError(f"{bundle}: no {MANIFEST} in it", hint=f"refused: {NOT_OURS}")
     return found
-
-
-def _unsafe(member: tarfile.TarInfo) -> str | None:
-    """Why ``member`` may not be extracted (None when it may)."""
-    if member.issym():
-        return f"is a symbolic link (to {member.linkname!r})"
-    if member.islnk():
-        return f"is a hard link (to {member.linkname!r})"
-    if member.isdev() or not (member.isreg() or member.isdir()):
-        return "is not a regular file or folder (a device, fifo or other special file)"
-    if member.issparse():
-        return "is a sparse file"
-    return _bad_name(member.name)
-
-
-def _bad_name(name: str) -> str | None:
-    """Why ``name`` is not a safe relative file name (None when it is)."""
-    if not name or "\0" in name or "\\" in name:
-        return "has an empty name or one with a NUL or backslash"
-    if name.startswith("/") or _DRIVE.match(name):
-        return "has an absolute name"
-    parts = name.split("/")
-    if ".." in parts:
-        return "has '..' in its name (it would land outside the target)"
-    if any(p in ("", ".") for p in parts) or posixpath.normpath(name) != name:
-        return "has a name that is not in normal form"
-    return None
 
 
 def _read_manifest(
@@ -437,7 +368,7 @@ def _read_manifest(
     member = members[MANIFEST]
     if member.size > MAX_MANIFEST_BYTES:
         raise InputError(
-            f"{bundle}: {MANIFEST} is {member.size} bytes", hint=f"refused: {_NOT_OURS}"
+            f"{bundle}: {MANIFEST} is {member.size} bytes", hint=f"refused: {NOT_OURS}"
         )
     f = tar.extractfile(member)
     assert f is not None  # a regular file
@@ -446,14 +377,14 @@ def _read_manifest(
     except ValueError as e:
         raise InputError(
             f"{bundle}: {MANIFEST} is not JSON ({one_line(e, 100, period=False)})",
-            hint=_NOT_OURS,
+            hint=NOT_OURS,
         ) from None
     try:
         return _parse_manifest(data)
     except (KeyError, TypeError, ValueError, AssertionError) as e:
         why = one_line(e, 120, period=False) or type(e).__name__
         raise InputError(
-            f"{bundle}: {MANIFEST} is not a bundle manifest ({why})", hint=_NOT_OURS
+            f"{bundle}: {MANIFEST} is not a bundle manifest ({why})", hint=NOT_OURS
         ) from None
 
 
@@ -467,7 +398,7 @@ def _parse_manifest(data: Any) -> Manifest:
     files: dict[str, FileFact] = {}
     _expect(isinstance(data["files"], dict), "files")
     for rel, fact in data["files"].items():
-        _expect(isinstance(rel, str) and _bad_name(rel) is None, f"file name {rel!r}")
+        _expect(isinstance(rel, str) and bad_name(rel) is None, f"file name {rel!r}")
         sha, size = fact["sha256"], fact["size"]
         _expect(isinstance(sha, str) and _SHA256.fullmatch(sha) is not None, f"sha256 of {rel}")
         _expect(isinstance(size, int) and size >= 0, f"size of {rel}")
@@ -511,61 +442,6 @@ def _parse_manifest(data: Any) -> Manifest:
 def _expect(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"bad {what}")
-
-
-def _match(
-    manifest: Manifest, members: Mapping[str, tarfile.TarInfo], bundle: Path, max_bytes: int
-) -> None:
-    """The bundle's files are the manifest's, each of the size it names, within ``max_bytes``."""
-    listed = {f"{FILES}/{rel}" for rel in manifest.files}
-    held = set(members) - {MANIFEST}
-    for extra in sorted(held - listed):
-        raise InputError(
-            f"{bundle}: {extra!r} is not in its manifest", hint=f"refused: {_NOT_OURS}"
-        )
-    for missing in sorted(listed - held):
-        raise VerificationError(
-            f"{bundle}: {missing!r} is in its manifest but not in the bundle",
-            hint="the bundle is incomplete; ask for it again",
-        )
-    total = 0
-    for rel, fact in manifest.files.items():
-        member = members[f"{FILES}/{rel}"]
-        if member.size != fact.size:
-            raise VerificationError(
-                f"{bundle}: {rel} is {member.size} bytes, its manifest says {fact.size}",
-                hint="the bundle was changed after export; ask for it again",
-            )
-        total += member.size
-    if total > max_bytes:
-        raise InputError(
-            f"{bundle}: its files hold {total} bytes, more than the {max_bytes} allowed",
-            hint="raise max_bytes if you trust this bundle",
-        )
-
-
-def _write(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, fact: FileFact, bundle: Path
-) -> None:
-    """Copy one member to ``target`` (a new file), at most its declared size, and check its
-    sha256."""
-    source = tar.extractfile(member)
-    assert source is not None  # a regular file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    h, left = hashlib.sha256(), fact.size
-    with source, open(target, "xb") as out:
-        while left > 0:
-            chunk = source.read(min(CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
-    if left or h.hexdigest() != fact.sha256:
-        raise VerificationError(
-            f"{bundle}: {member.name} does not match the sha256 in its manifest",
-            hint="the bundle was changed or damaged after export; nothing was imported",
-        )
 
 
 def _file_sha256(path: Path) -> str:

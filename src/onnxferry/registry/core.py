@@ -1,34 +1,33 @@
 """The registry: numbered versions of named models, aliases that point at them, and a history
 of every alias change.
 
-    reg = Registry.open("registry/", create=True)            # catalog.db + store/ inside
+    reg = Registry("registry/", create=True)                 # catalog.db + store/ inside
     v = reg.add("out/model.onnx", "resnet", golden="out/golden/")
     reg.set_alias("resnet", "staging", v.version, reason="first build")
     reg.get("resnet@staging").version == v.version
     reg.history("resnet")                                   # [AliasChange, ...] oldest first
     reg.holder_at("resnet", "staging", when=time.time())    # what it pointed at then
 
-``Registry.open(path, store="s3://bucket/prefix")`` keeps the artifacts in an fsspec store
-(the URL is recorded in the catalog, so later opens find it). Promotion with gates is
-``gates.promote``; versions are immutable once added.
+``Registry(path, store="s3://bucket/prefix")`` (or ``Registry.open``) keeps the artifacts in
+an fsspec store (the URL is recorded in the catalog, so later opens find it). Promotion with
+gates is ``gates.promote``; versions are immutable once added. The records it returns
+(VersionRecord, AliasChange, Ref) are in ``records``.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import re
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, UsageError
-from ..report import Table
 from .catalog import Catalog, Transaction
+from .records import ALIAS, AliasChange, Ref, VersionRecord
 from .store import FileFact, Store
 
 if TYPE_CHECKING:
@@ -37,228 +36,55 @@ if TYPE_CHECKING:
 
 CATALOG = "catalog.db"
 DEFAULT_STORE = "store"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ALIAS = NAME
-REF = re.compile(rf"(?P<name>{NAME.pattern})(?::(?P<version>[0-9]+)|@(?P<alias>{ALIAS.pattern}))?")
 ROLLBACKS = ("rollback", "auto-rollback")
-
-
-@dataclass(frozen=True)
-class VersionRecord:
-    """One registered version, as the catalog holds it."""
-
-    name: str
-    version: int
-    location: str
-    model_file: str
-    files: dict[str, FileFact]
-    digest: str
-    size: int
-    signature: str | None
-    golden: str | None
-    encrypted: bool
-    lineage: dict[str, Any]
-    created_at: float
-    created_by: str
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    @property
-    def ok(self) -> bool:
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "digest": self.digest,
-            "size": self.size,
-            "model_file": self.model_file,
-            "signed": self.signature is not None,
-            "golden": self.golden is not None,
-            "encrypted": self.encrypted,
-            "aliases": list(self.aliases),
-            "created_at": _iso(self.created_at),
-            "created_by": self.created_by,
-            "location": self.location,
-            "files": {k: v.to_dict() for k, v in self.files.items()},
-            "lineage": self.lineage,
-        }
-
-    def tables(self) -> list[Table]:
-        rows: list[tuple[str, str]] = [
-            ("version", self.ref),
-            ("aliases", ", ".join(self.aliases) or "-"),
-            ("digest", self.digest),
-            ("size", str(self.size)),
-            ("signed", "yes" if self.signature else "no"),
-            ("golden data", "yes" if self.golden else "no"),
-            ("encrypted", "yes" if self.encrypted else "no"),
-            ("added", f"{_iso(self.created_at)} by {self.created_by}"),
-        ]
-        rows += [(f"lineage {k}", _short(v)) for k, v in sorted(self.lineage.items())]
-        return [Table(f"registry {self.ref}", ("what", "value"), rows)]
-
-
-@dataclass(frozen=True)
-class AliasChange:
-    """One row of an alias's history: ``version`` (None: the alias was removed) replaced
-    ``previous``."""
-
-    name: str
-    alias: str
-    version: int | None
-    previous: int | None
-    action: str
-    at: float
-    actor: str
-    reason: str
-    gates: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "alias": self.alias,
-            "version": self.version,
-            "previous": self.previous,
-            "action": self.action,
-            "at": _iso(self.at),
-            "actor": self.actor,
-            "reason": self.reason,
-            "gates": self.gates,
-        }
-
-
-@dataclass
-class Listing:
-    """Versions (and the aliases on them) for ``ferry registry list`` (ReportBody)."""
-
-    versions: list[VersionRecord] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"versions": [v.to_dict() for v in self.versions]}
-
-    def tables(self) -> list[Table]:
-        rows = [
-            (
-                v.ref,
-                ", ".join(v.aliases) or "-",
-                v.digest[:12],
-                v.size,
-                "yes" if v.signature else "no",
-                _iso(v.created_at),
-            )
-            for v in self.versions
-        ]
-        columns = ("version", "aliases", "digest", "size", "signed", "added")
-        return [Table("registry", columns, rows)]
-
-
-@dataclass
-class History:
-    """Alias changes, oldest first (ReportBody)."""
-
-    changes: list[AliasChange] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"history": [c.to_dict() for c in self.changes]}
-
-    def tables(self) -> list[Table]:
-        rows = [
-            (
-                _iso(c.at),
-                f"{c.name}@{c.alias}",
-                "-" if c.version is None else c.version,
-                "-" if c.previous is None else c.previous,
-                c.action,
-                c.actor,
-                c.reason,
-            )
-            for c in self.changes
-        ]
-        columns = ("at", "alias", "version", "previous", "action", "actor", "reason")
-        return [Table("history", columns, rows)]
-
-
-@dataclass(frozen=True)
-class Ref:
-    """``name``, ``name:version`` or ``name@alias``."""
-
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Ref:
-        m = REF.fullmatch(text.strip())
-        if m is None:
-            raise UsageError(
-                f"{text!r} is not a registry reference",
-                hint="write NAME, NAME:VERSION or NAME@ALIAS (letters, digits, . _ -)",
-            )
-        version = m.group("version")
-        return cls(m.group("name"), int(version) if version else None, m.group("alias"))
-
-    def __str__(self) -> str:
-        if self.version is not None:
-            return f"{self.name}:{self.version}"
-        return f"{self.name}@{self.alias}" if self.alias else self.name
 
 
 class Registry:
     """Versions, aliases and history of named models; see the module docstring."""
 
-    def __init__(self, path: Path, catalog: Catalog, store: Store) -> None:
-        """Use ``Registry.open``."""
-        self.path = path
-        self.catalog = catalog
-        self.store = store
-
-    @classmethod
-    def open(cls, path: str | Path, *, store: str | None = None, create: bool = False) -> Registry:
+    def __init__(self, path: str | Path, *, store: str | None = None, create: bool = False) -> None:
         """The registry in directory ``path`` (made when ``create``). ``store``: where the
         artifacts go, fixed when the registry is made (default ``path/store``); InputError when
         it differs from the recorded one."""
-        path = Path(path)
+        self.path = Path(path)
         if create:
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                self.path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise InputError(
                     f"cannot create the registry {path}: {e.strerror or e}",
                     hint="check that the parent directory is writable",
                 ) from None
-        elif not path.is_dir():
+        elif not self.path.is_dir():
             raise InputError(f"{path}: no registry here", hint="check the path")
-        catalog = Catalog.open(path / CATALOG, create=create)
-        rows = catalog.read("SELECT value FROM meta WHERE key = 'store'")
+        self.catalog = Catalog.open(self.path / CATALOG, create=create)
+        url = self._store_url(store)
+        local = "://" not in url and not Path(url).is_absolute()
+        self.store = Store.open(str(self.path / url) if local else url)
+
+    @classmethod
+    def open(cls, path: str | Path, *, store: str | None = None, create: bool = False) -> Registry:
+        """``Registry(path, store=..., create=...)``."""
+        return cls(path, store=store, create=create)
+
+    def _store_url(self, wanted: str | None) -> str:
+        """The store URL recorded in the catalog (``wanted``, or the default, when none is)."""
+        rows = self.catalog.read("SELECT value FROM meta WHERE key = 'store'")
         if rows:
             url = str(rows[0]["value"])
         else:
-            with catalog.write() as tx:  # OR IGNORE: a racing first open may have won
-                default = store or DEFAULT_STORE
+            with self.catalog.write() as tx:  # OR IGNORE: a racing first open may have won
+                default = wanted or DEFAULT_STORE
                 tx.execute("INSERT OR IGNORE INTO meta VALUES ('store', ?)", (default,))
                 row = tx.one("SELECT value FROM meta WHERE key = 'store'")
             assert row is not None
             url = str(row[0])
-        if store is not None and store != url:
+        if wanted is not None and wanted != url:
             raise InputError(
-                f"{path} keeps its artifacts in {url}, not {store}",
+                f"{self.path} keeps its artifacts in {url}, not {wanted}",
                 hint="drop --store, or make a new registry for the other store",
             )
-        local = "://" not in url and not Path(url).is_absolute()
-        return cls(path, catalog, Store.open(str(path / url) if local else url))
+        return url
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -524,12 +350,3 @@ def _change(row: Any) -> AliasChange:
         reason=str(row["reason"]),
         gates=json.loads(row["gates"]) if row["gates"] else None,
     )
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-
-
-def _short(value: Any, limit: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

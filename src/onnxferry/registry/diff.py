@@ -6,10 +6,11 @@
     print(report.to_text())
 
 Parity runs B against A on A's golden inputs (else B's, else one generated set), at
-``tolerance``; latency is the promotion gate's measurement (``gates.measure_pair``, batch 1,
-interleaved rounds). Signatures are checked with ``public_key``, else the registry's trusted
-keys; with neither, a signed version shows as "signed (not checked: no key)". The report is
-ok (exit 0) when B's outputs match A's within the tolerance, else exit 1, as ``ferry compare``.
+``tolerance``; latency is the promotion gate's measurement (``sidebyside.measure_pair``,
+batch 1, interleaved rounds). Signatures are checked with ``public_key``, else the
+registry's trusted keys; with neither, a signed version shows as "signed (not checked: no
+key)". The report is ok (exit 0) when B's outputs match A's within the tolerance, else
+exit 1, as ``ferry compare``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,11 @@ from ..errors import FerryError
 from ..parity import Parity, Tolerance
 from ..report import Report, Table, human_size
 from .access import Opened, opened
-from .core import Ref, Registry, VersionRecord
-from .gates import (
-    ROUNDS,
-    LatencyComparison,
-    compare_versions,
-    comparison_inputs,
-    key_fingerprint,
-    measure_pair,
-    signature_gate,
-    trusted_keys,
-)
+from .core import Registry
+from .gates import signature_gate
+from .records import Ref, VersionRecord
+from .sidebyside import ROUNDS, LatencyComparison, compare_versions, comparison_inputs, measure_pair
+from .trust import key_fingerprint, trusted_keys
 
 
 @dataclass

@@ -25,7 +25,8 @@ from ..report import Report, Table
 from .store import PARTIAL
 
 if TYPE_CHECKING:
-    from .core import Registry, VersionRecord
+    from .core import Registry
+    from .records import VersionRecord
 
 DAMAGE = ("catalog", "missing", "changed", "unreadable", "unrecorded")
 """Finding kinds that fail the check."""

@@ -1,5 +1,6 @@
 """Promotion gates: a version takes an alias only after it passes them, and the report is kept.
 
+    from onnxferry.registry.trust import trust
     trust(reg, "keys/public_key.pem")                   # the signature gate's keys
     report = promote(reg, "resnet:2", "staging", max_slowdown=0.2)
     report.ok, [(g.name, g.ok, g.detail) for g in report.result.gates]
@@ -8,14 +9,15 @@
 The gates, all run every time so the report shows each one:
 
 - ``signature``: the version's signature verifies with ``public_key``, or else with one of the
-  registry's trusted keys (``trust``); an unsigned version, or no key at all, fails.
+  registry's trusted keys (``trust.trust``); an unsigned version, or no key at all, fails.
 - ``golden``: ``ferry test`` on the version's golden data passes (at ``tolerance``).
 - ``parity``: the candidate's outputs match the alias's current holder's within ``tolerance``
   on the candidate's golden inputs (else the holder's; else generated ones).
 - ``latency``: batch 1 (the first input set, cut to one row along its batch axes) is measured
-  for holder and candidate interleaved, ``rounds`` rounds in alternating order; it fails when
-  the median of the per-round ratios candidate / holder exceeds ``1 + max_slowdown``. The
-  noise (half the interquartile spread of those ratios) is reported beside it.
+  for holder and candidate interleaved, ``rounds`` rounds in alternating order
+  (``sidebyside.measure_pair``); it fails when the median of the per-round ratios
+  candidate / holder exceeds ``1 + max_slowdown``. The noise (half the interquartile spread
+  of those ratios) is reported beside it.
 
 Parity and latency pass, with a note, when the alias has no holder (or the candidate holds
 it already). When every gate passes, or with ``force``, the alias moves in one catalog
@@ -30,126 +32,33 @@ aliases pointed at); its report is the record (``--report FILE``) and exits 1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import FerryError, InputError, UsageError
-from ..model import Model
-from ..parity import Parity, Tolerance, compare_outputs
+from ..errors import FerryError, UsageError
+from ..parity import Tolerance
 from ..report import Report, Table, jsonable
 from .access import Opened, opened, verify_version
-from .core import ALIAS, AliasChange, Ref, Registry, VersionRecord, _iso
-
-Feeds = dict[str, np.ndarray]
+from .core import Registry
+from .records import ALIAS, AliasChange, Ref, VersionRecord
+from .sidebyside import (
+    ROUNDS,
+    Feeds,
+    LatencyComparison,
+    compare_versions,
+    comparison_inputs,
+    measure_pair,
+)
+from .trust import key_fingerprint, trusted_keys
 
 DEFAULT_MAX_SLOWDOWN = 0.2
 """The latency gate's default: the candidate may be up to 20% slower at batch 1."""
-ROUNDS = 7
-"""Interleaved rounds of the latency measurement (odd: the median is one round's)."""
-ROUND_S = 0.05
-"""About how long each model runs per round (seconds); at least MIN_ITERATIONS runs."""
-MIN_ITERATIONS = 3
-MAX_ITERATIONS = 2000
 _NO_KEY_HINT = "trust a key with `ferry registry trust PUB`, or pass --public-key"
-
-
-# --- trusted keys --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrustedKey:
-    """A public key the signature gate accepts: its fingerprint (sha256 of the DER public
-    key), its PEM and when it was trusted."""
-
-    fingerprint: str
-    pem: str
-    added_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "added_at": _iso(self.added_at), "pem": self.pem}
-
-
-@dataclass
-class TrustList:
-    """The registry's trusted keys (ReportBody)."""
-
-    keys: list[TrustedKey] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"trusted_keys": [k.to_dict() for k in self.keys]}
-
-    def tables(self) -> list[Table]:
-        rows = [(k.fingerprint, _iso(k.added_at)) for k in self.keys]
-        return [Table("trusted keys", ("fingerprint", "trusted since"), rows)]
-
-
-def key_fingerprint(public_key: str | Path) -> tuple[str, str]:
-    """(fingerprint, PEM) of a public key file; InputError for a key model-signing cannot use."""
-    from cryptography.hazmat.primitives import serialization
-
-    from ..signing import check_key
-
-    path = Path(public_key)
-    check_key(path, private=False)
-    key = serialization.load_pem_public_key(path.read_bytes())
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    pem = key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest(), pem.decode("ascii")
-
-
-def trust(registry: Registry, public_key: str | Path) -> str:
-    """Add a public key to the registry's trusted keys (kept once); returns its fingerprint."""
-    fingerprint, pem = key_fingerprint(public_key)
-    with registry.catalog.write() as tx:
-        tx.execute(
-            "INSERT INTO trusted_keys VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
-            (fingerprint, pem, time.time()),
-        )
-    return fingerprint
-
-
-def distrust(registry: Registry, fingerprint: str) -> TrustedKey:
-    """Remove a trusted key by its fingerprint (or a unique prefix of it, 8 digits or more)."""
-    key = _one_key(registry, fingerprint)
-    with registry.catalog.write() as tx:
-        tx.execute("DELETE FROM trusted_keys WHERE fingerprint = ?", (key.fingerprint,))
-    return key
-
-
-def trusted_keys(registry: Registry) -> list[TrustedKey]:
-    """The registry's trusted keys, oldest first."""
-    rows = registry.catalog.read("SELECT * FROM trusted_keys ORDER BY added_at, fingerprint")
-    return [TrustedKey(str(r["fingerprint"]), str(r["pem"]), float(r["added_at"])) for r in rows]
-
-
-def _one_key(registry: Registry, fingerprint: str) -> TrustedKey:
-    prefix = fingerprint.strip().lower()
-    found = [k for k in trusted_keys(registry) if k.fingerprint.startswith(prefix)]
-    if len(prefix) < 8 or len(found) != 1:
-        known = ", ".join(k.fingerprint[:16] for k in trusted_keys(registry)) or "none"
-        why = "is not" if not found else "does not name exactly one of"
-        raise InputError(
-            f"{fingerprint!r} {why} the registry's trusted keys",
-            hint=f"give a fingerprint (8 digits or more) of one of: {known}",
-        )
-    return found[0]
 
 
 # --- gate results --------------------------------------------------------------------------
@@ -166,66 +75,6 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "figures": self.figures}
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """Batch-1 latency of a reference and a candidate, measured interleaved: the median
-    latency (ms) of each in every round, and the per-round ratios candidate / reference."""
-
-    reference: str
-    candidate: str
-    shapes: dict[str, tuple[int, ...]]
-    iterations: int
-    reference_ms: tuple[float, ...]
-    candidate_ms: tuple[float, ...]
-
-    @property
-    def ratios(self) -> list[float]:
-        pairs = zip(self.reference_ms, self.candidate_ms, strict=True)
-        return [c / r if r > 0 else math.inf for r, c in pairs]
-
-    @property
-    def ratio(self) -> float:
-        """Median of the per-round ratios: above 1, the candidate is slower."""
-        return float(np.median(self.ratios))
-
-    @property
-    def noise(self) -> float:
-        """Half the interquartile spread of the per-round ratios, relative to their median:
-        how far a ratio moves between rounds (0.05: about +-5%)."""
-        q25, q75 = np.percentile(self.ratios, [25, 75])
-        return float((q75 - q25) / 2 / self.ratio) if self.ratio > 0 else 0.0
-
-    @property
-    def reference_p50_ms(self) -> float:
-        return float(np.median(self.reference_ms))
-
-    @property
-    def candidate_p50_ms(self) -> float:
-        return float(np.median(self.candidate_ms))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "candidate": self.candidate,
-            "shapes": {k: list(v) for k, v in self.shapes.items()},
-            "rounds": len(self.reference_ms),
-            "iterations_per_round": self.iterations,
-            "reference_p50_ms": self.reference_p50_ms,
-            "candidate_p50_ms": self.candidate_p50_ms,
-            "ratio": self.ratio,
-            "noise": self.noise,
-            "reference_round_p50_ms": list(self.reference_ms),
-            "candidate_round_p50_ms": list(self.candidate_ms),
-        }
-
-    def table(self, title: str) -> Table:
-        rows = [
-            (self.reference, self.reference_p50_ms, min(self.reference_ms), max(self.reference_ms)),
-            (self.candidate, self.candidate_p50_ms, min(self.candidate_ms), max(self.candidate_ms)),
-        ]
-        return Table(title, ("version", "p50 ms", "fastest round", "slowest round"), rows)
 
 
 @dataclass
@@ -548,113 +397,6 @@ def latency_gate(found: LatencyComparison, max_slowdown: float, source: str) -> 
     )
     figures = {"inputs": source, "max_slowdown": max_slowdown, "limit": limit, **found.to_dict()}
     return GateResult("latency", ok, detail, figures)
-
-
-# --- shared measurements (diff uses them too) ----------------------------------------------
-
-
-def comparison_inputs(first: Opened, second: Opened) -> tuple[list[Feeds], str]:
-    """Input sets both versions run on: ``first``'s golden inputs, else ``second``'s, else one
-    generated set at batch 1 for ``first``; with where they came from."""
-    from ..data import load_feeds
-
-    for version in (first, second):
-        if version.golden is not None:
-            sets = load_feeds(version.golden, version.model.signature)
-            return sets, f"{version.record.ref}'s golden inputs"
-    from ..bench import batch_feeds
-
-    return [batch_feeds(first.model, 1)], "generated inputs"
-
-
-def compare_versions(
-    reference: Opened, candidate: Opened, feeds: Sequence[Feeds], tolerance: Tolerance
-) -> Parity:
-    """Both versions run on every input set, the candidate judged against the reference."""
-    from ..feeds import checked_feeds
-    from ..runtime import OrtRunner
-
-    outputs = []
-    for version in (reference, candidate):
-        sets = checked_feeds(feeds, version.model.signature, where=version.record.ref)
-        runner = OrtRunner(version.model)
-        outputs.append([runner.run(f) for f in sets])
-    return compare_outputs(
-        outputs[0],
-        outputs[1],
-        tolerance,
-        reference_name=reference.record.ref,
-        candidate_name=candidate.record.ref,
-    )
-
-
-def batch_one(model: Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
-    """``feeds`` cut to the first row along every batch axis of ``model`` that holds more
-    (a model with fixed dims runs its inputs as they are)."""
-    from ..feeds import unknown_dims
-
-    out = {name: np.asarray(value) for name, value in feeds.items()}
-    for dim in unknown_dims(model.signature):
-        array = out.get(dim.input)
-        if dim.kind != "batch" or array is None or array.ndim <= dim.axis:
-            continue
-        if array.shape[dim.axis] > 1:
-            out[dim.input] = np.take(array, [0], axis=dim.axis)
-    return out
-
-
-def measure_pair(
-    reference: Opened,
-    candidate: Opened,
-    feeds: Mapping[str, np.ndarray],
-    *,
-    rounds: int = ROUNDS,
-    round_s: float = ROUND_S,
-) -> LatencyComparison:
-    """Batch-1 latency of two versions on the same feeds (``batch_one`` of the candidate):
-    fresh sessions, a few calibration runs to size the rounds, then ``rounds`` rounds in
-    alternating order (ABBA), each model timed by ``measure``'s loop for about ``round_s``."""
-    one = batch_one(candidate.model, feeds)
-    timers = [_Timer(version, one) for version in (reference, candidate)]
-    first_ms = [timer(MIN_ITERATIONS) for timer in timers]
-    slowest_s = max(first_ms) / 1e3
-    iterations = int(min(MAX_ITERATIONS, max(MIN_ITERATIONS, round_s / max(slowest_s, 1e-7))))
-    per: tuple[list[float], list[float]] = ([], [])
-    for r in range(rounds):
-        for side in (0, 1) if r % 2 == 0 else (1, 0):
-            per[side].append(timers[side](iterations))
-    return LatencyComparison(
-        reference.record.ref,
-        candidate.record.ref,
-        {k: tuple(int(d) for d in v.shape) for k, v in one.items()},
-        iterations,
-        tuple(per[0]),
-        tuple(per[1]),
-    )
-
-
-class _Timer:
-    """One version's session on fixed feeds: ``timer(n)`` is the median ms of ``n`` runs."""
-
-    def __init__(self, version: Opened, feeds: Feeds) -> None:
-        from ..feeds import checked_feeds
-        from ..runtime import create_session, needs_ortvalue_outputs, ort_inputs
-
-        model = version.model
-        where = f"{version.record.ref} at batch 1"
-        (self.arrays,) = checked_feeds(feeds, model.signature, where=where)
-        self.name = model.name
-        self.session = create_session(model)
-        self.ortvalues = needs_ortvalue_outputs(model.signature)
-        self.inputs = ort_inputs(self.arrays, all_ortvalues=self.ortvalues)
-
-    def __call__(self, count: int) -> float:
-        from ..measure import Timing, measure_stats
-        from ..runtime import run_errors
-
-        with run_errors(self.name, self.arrays):
-            timing = Timing(warmup=1, iterations=count)
-            return measure_stats(self.session, self.inputs, timing, ortvalues=self.ortvalues).p50_ms
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..atomic import make_read_only, rename_into_place
+from ..atomic import make_read_only, process_alive, rename_into_place
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class Store:
     def _abandoned(self, base: str, entry: str) -> bool:
         if self.local:
             pid = base.removeprefix(PARTIAL).split("-", 1)[0]
-            return not pid.isdigit() or not _alive(int(pid))
+            return not pid.isdigit() or not process_alive(int(pid))
         try:  # an object store has no folder times: the newest file's counts
             times = [self.fs.modified(f).timestamp() for f in self.fs.find(entry)]
         except (NotImplementedError, OSError):
@@ -307,13 +307,3 @@ def _object_store(fs: AbstractFileSystem) -> bool:
     protocol = fs.protocol
     names = (protocol,) if isinstance(protocol, str) else tuple(protocol)
     return bool({"s3", "s3a", "gs", "gcs", "abfs", "az"} & set(names))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

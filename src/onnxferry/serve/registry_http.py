@@ -12,7 +12,7 @@ Routes (GET and HEAD):
 - ``/v1/models``: ``{"models": [names]}``
 - ``/v1/models/{name}``: ``{"name", "versions": [records], "aliases": {alias: version}}``
 - ``/v1/models/{name}/aliases/{alias}`` and ``/v1/models/{name}/versions/{v}``: the version's
-  record (``follow.wire_record``: number, digest, files with sha256 and size, signature name)
+  record (``client.wire_record``: number, digest, files with sha256 and size, signature name)
 - ``/v1/models/{name}/versions/{v}/files/{rel}``: the stored file, with Content-Length, ETag
   (its recorded sha256, quoted) and single byte ranges (``Range``, ``If-Range``), so an agent
   resumes an interrupted download. ``rel`` must be one of the version's recorded files
@@ -29,30 +29,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
 import re
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import FerryError, InputError
+from ..errors import FerryError
 from ..registry import Ref, Registry, VersionRecord
-from ..registry.follow import wire_record
+from ..registry.client import wire_record
+from ..registry.records import NAME
 from ..registry.store import CHUNK
 from .asgi import HttpError, Receive, Scope, Send, respond, respond_error
-from .connections import ConnectionCaps, guarded_protocol
 from .endpoint import MAX_VERSION_DIGITS, cut, error_text
 from .keys import check_keys
-from .server import ServerOptions, bind
+from .server import ServerOptions, run_until_signal, running_in_thread
 
 log = logging.getLogger("onnxferry.serve")
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 NO_STORE = ((b"cache-control", b"no-cache"),)
 """JSON answers change when an alias moves: caches must ask again."""
@@ -278,21 +275,7 @@ def serve_registry(
     """Serve until SIGTERM or SIGINT (finishing in-flight downloads first); returns 0."""
     options = options or ServerOptions()
     app = registry_app(path, api_keys)
-    sock = bind(options.host, options.port)
-    server = _server(app, options)
-    host, port = sock.getsockname()[:2]
-    log.warning("ferry registry serve: listening on http://%s:%s", host, port)
-    stop = functools.partial(_stop, server)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
-    if not app.started.is_set():
-        raise InputError("the server did not start; see the log above")
-    return 0
+    return run_until_signal(app, app.started, options, "ferry registry serve")
 
 
 @contextlib.contextmanager
@@ -303,44 +286,5 @@ def running_registry(
     on exit."""
     options = options or ServerOptions(port=0, graceful_timeout_s=5.0)
     app = registry_app(path, api_keys)
-    sock = bind(options.host, options.port)
-    server = _server(app, options)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not app.started.wait(0.01):
-            if not thread.is_alive():
-                raise InputError("the server did not start; see the log")
-        host, port = sock.getsockname()[:2]
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(options.graceful_timeout_s + 10)
-        sock.close()
-
-
-def _server(app: RegistryApp, options: ServerOptions) -> Any:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        http=guarded_protocol(
-            header_timeout_s=options.header_timeout_s,
-            max_header_bytes=options.max_header_bytes,
-            max_headers=options.max_headers,
-            write_timeout_s=options.write_timeout_s,
-            caps=ConnectionCaps(options.max_connections, options.max_connections_per_client),
-        ),
-        loop="asyncio",
-        lifespan="on",
-        log_level=options.log_level,
-        access_log=False,
-        timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # a float works
-        timeout_graceful_shutdown=int(options.graceful_timeout_s),
-        server_header=False,
-    )
-    return uvicorn.Server(config)
-
-
-def _stop(server: Any, signum: int, frame: Any) -> None:
-    server.should_exit = True
+    with running_in_thread(app, app.started, options) as url:
+        yield url

@@ -53,7 +53,8 @@ import numpy as np
 from ..errors import ModelLoadError, UsageError, one_line
 from ..model import Model
 from ..registry.access import opened, verify_version
-from ..registry.core import ALIAS, Registry, VersionRecord
+from ..registry.core import Registry
+from ..registry.records import ALIAS, VersionRecord
 from .catalog import KnownModel, KnownVersion
 from .config import ModelConfig, VersionPolicy
 from .repository import Repository, check_public_key

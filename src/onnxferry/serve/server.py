@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError, UsageError
 from .app import ServeApp
@@ -46,6 +46,13 @@ from .settings import ServeSettings
 
 if TYPE_CHECKING:
     from .registry_source import RegistryOptions
+
+
+class Started(Protocol):
+    """What an app sets once its lifespan has started (an asyncio or threading Event)."""
+
+    def is_set(self) -> bool: ...
+
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -165,10 +172,16 @@ def serve(
     """Serve until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
     options = options or ServerOptions()
     app = build_app(path, settings, config, options.poll_interval_s, registry)
+    return run_until_signal(ShutdownGuard(app), app.started, options, "ferry serve")
+
+
+def run_until_signal(app: Any, started: Started, options: ServerOptions, label: str) -> int:
+    """Run the ASGI ``app`` (whose lifespan sets ``started``) under uvicorn with the guarded
+    HTTP protocol until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
     sock = bind(options.host, options.port)
     server = _server(app, options)
     host, port = sock.getsockname()[:2]
-    log.warning("ferry serve: listening on http://%s:%s", host, port)
+    log.warning("%s: listening on http://%s:%s", label, host, port)
     # A signal before uvicorn installs its handlers stops the server once it has started;
     # the one uvicorn re-raises after its graceful shutdown changes nothing. Either way the
     # process ends with status 0 instead of the default "killed by SIGTERM".
@@ -180,7 +193,7 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    if not app.started.is_set():
+    if not started.is_set():
         raise InputError("the server did not start; see the log above")
     return 0
 
@@ -201,12 +214,20 @@ def running(
         app = path
     else:
         app = build_app(path, settings, config, options.poll_interval_s, registry)
+    with running_in_thread(ShutdownGuard(app), app.started, options) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_in_thread(app: Any, started: Started, options: ServerOptions) -> Iterator[str]:
+    """Run the ASGI ``app`` (whose lifespan sets ``started``) in a background thread; yields
+    its base URL and stops it (draining) on exit."""
     sock = bind(options.host, options.port)
     server = _server(app, options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        while not app.started.is_set():
+        while not started.is_set():
             if not thread.is_alive():
                 raise InputError("the server did not start; see the log")
             thread.join(0.01)
@@ -218,11 +239,11 @@ def running(
         sock.close()
 
 
-def _server(app: ServeApp, options: ServerOptions) -> Any:
+def _server(app: Any, options: ServerOptions) -> Any:
     import uvicorn
 
     config = uvicorn.Config(
-        ShutdownGuard(app),
+        app,
         http=guarded_protocol(
             header_timeout_s=options.header_timeout_s,
             max_header_bytes=options.max_header_bytes,
