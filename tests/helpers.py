@@ -9,6 +9,9 @@ path = save(proto, tmp_path / "m.onnx")
 
 from __future__ import annotations
 
+import http.client
+import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +328,22 @@ def scaled(*factors: float, names: bool = True) -> onnx.ModelProto:
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 60) -> None:
+    """Poll a ``ferry serve`` process's ``/v2/health/ready`` on ``port`` until it answers 200;
+    fail with its stderr if it exits first, or after ``limit`` seconds."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        assert process.poll() is None, process.communicate()[1].decode()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise AssertionError("the server did not become ready")

@@ -656,6 +656,32 @@ def _signature(tmp: Path) -> Names:
     return {"model": _loaded(), "feeds": _feeds()}
 
 
+def _signing_keys(tmp: Path) -> Names:
+    """model.onnx and an ECDSA key pair in keys/."""
+    from onnxferry.signing import generate_keys
+
+    _model("model.onnx")
+    generate_keys("keys")
+    return {}
+
+
+def _signed_model(tmp: Path) -> Names:
+    """_signing_keys, and model.onnx signed into model.onnx.sig."""
+    from onnxferry.signing import sign
+
+    _signing_keys(tmp)
+    sign("model.onnx", "keys/private_key.pem")
+    return {}
+
+
+def _signing_pki(tmp: Path) -> Names:
+    """pki/: root.pem -> intermediate.pem -> leaf.pem, for the key in pki/keys/."""
+    from tests.test_signing_certificates import _pki
+
+    _pki(Path("pki"))
+    return {}
+
+
 def _serve_repository(tmp: Path) -> Names:
     version = Path("models/resnet/1")
     version.mkdir(parents=True)
@@ -843,6 +869,18 @@ def _serve_infer(tmp: Path) -> Names:
     return {**_serve_catalog(tmp), **_asgi_call(body), "parser": JsonParser(1 << 30)}
 
 
+def _serve_sagemaker(tmp: Path) -> Names:
+    from onnxferry.serve.asgi import ByteBudget
+    from onnxferry.serve.infer import Inference
+    from onnxferry.serve.metrics import ServeMetrics
+    from onnxferry.serve.parsing import JsonParser
+    from onnxferry.serve.settings import ServeSettings
+
+    names = {**_serve_catalog(tmp), **_asgi_call(b"[[1, 2, 3, 4]]")}
+    parts = (ServeSettings(), ServeMetrics(), ByteBudget(1 << 28), JsonParser(1 << 30))
+    return {**names, "inference": Inference(names["repo"], *parts)}
+
+
 def _serve_inflate(tmp: Path) -> Names:
     import gzip
 
@@ -1021,6 +1059,19 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli.registry_admin": _registry_files,
     "onnxferry.cli.registry_gates": _registry_files,
     "onnxferry.cli.registry_share": _registry_files,
+    "onnxferry.package": _one_model,
+    "onnxferry.package.base": _one_model,
+    "onnxferry.package.k8s": _one_model,
+    "onnxferry.package.kube": _one_model,
+    "onnxferry.package.kserve": _one_model,
+    "onnxferry.package.observability": _one_model,
+    "onnxferry.package.sagemaker": _one_model,
+    "onnxferry.package.docker": _one_model,
+    "onnxferry.cli.package": _one_model,
+    "onnxferry.package.mobile": _one_model,
+    "onnxferry.package.openvino": _one_model,
+    "onnxferry.ci": _nothing,
+    "onnxferry.cli.ci": _nothing,
     "onnxferry.report": _report,
     "onnxferry.runtime": _runtime,
     "onnxferry.safety": _safety,
@@ -1043,6 +1094,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.registry_source": _registry_files,
     "onnxferry.serve.repository": _serve_repository,
     "onnxferry.serve.responses": _serve_responses,
+    "onnxferry.serve.sagemaker": _serve_sagemaker,
     "onnxferry.serve.routes": _nothing,
     "onnxferry.serve.scan": _serve_scan,
     "onnxferry.serve.registry_http": _registry_http,
@@ -1053,6 +1105,11 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.versions": _serve_repository,
     "onnxferry.signature": _signature,
     "onnxferry.signing": _one_model,
+    "onnxferry.signing.certificates": _signing_pki,
+    "onnxferry.signing.files": _one_model,
+    "onnxferry.signing.keys": _nothing,
+    "onnxferry.signing.signer": _signing_keys,
+    "onnxferry.signing.verifier": _signed_model,
 }
 """Per module: what its example needs, made in the current (temporary) directory."""
 

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"convert", "optimize", "compare"},  # compare: an ONNX model against its source too
     {"deploy", "signing", "registry"},
     {"serve"},
+    {"package", "ci"},  # writes what serve runs (ferry.toml, probes, metrics names)
     {"cli", "__init__", "__main__"},
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from onnxferry.cli import main
+from tests.helpers import wait_ready
 from tests.test_serve_app import affine, infer_json, slow, write
 
 FERRY = Path(sys.executable).with_name("ferry")
@@ -40,23 +41,6 @@ def _post(port: int, path: str, body: bytes, timeout: float = 60) -> int:
         conn.close()
 
 
-def _wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 60) -> None:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        assert process.poll() is None, process.communicate()[1].decode()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.1)
-    raise AssertionError("the server did not become ready")
-
-
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     model = write(tmp_path / "slow.onnx", slow())
@@ -67,7 +51,7 @@ def slow_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_ready(port, process)
+        wait_ready(port, process)
         yield port, process
     finally:
         if process.poll() is None:

@@ -21,9 +21,9 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.keys import MIN_KEY_LENGTH, env_keys, read_keys
 from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import running
-from tests.helpers import RELU, onnx_text, save
+from tests.helpers import RELU, onnx_text, save, wait_ready
 from tests.serve_asgi import InProcess, in_process
-from tests.test_serve_cli import FERRY, _free_port, _wait_ready
+from tests.test_serve_cli import FERRY, _free_port
 
 GOOD = "k" * MIN_KEY_LENGTH
 OTHER = "0123456789abcdef0123"
@@ -220,7 +220,7 @@ def keyed_server(model: Path, tmp_path: Path) -> Iterator[int]:
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_ready(port, process)
+        wait_ready(port, process)
         yield port
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0

@@ -34,7 +34,8 @@ from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.registry_source import RegistryOptions, RegistryRepository, RollbackPolicy
 from onnxferry.serve.server import ServerOptions, running
 from onnxferry.signing import generate_keys
-from tests.test_serve_cli import FERRY, _free_port, _wait_ready
+from tests.helpers import wait_ready
+from tests.test_serve_cli import FERRY, _free_port
 from tests.test_serve_repository import SMALL, add_model
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -151,7 +152,7 @@ def test_promotion_and_automatic_rollback_with_no_failed_request(tmp_path: Path)
     command += ["--rollback-after-requests", "20", "--rollback-error-rate", "0.2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_ready(port, process)
+        wait_ready(port, process)
         assert serving(url) == [str(v1)]
         with traffic(url) as load:
             until("answers from version 1", lambda: len(load.answers) > 20)

@@ -25,7 +25,7 @@ import click
 
 from .._version import __version__
 from ..errors import EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, FerryError, one_line
-from . import bench, convert, deploy, follow, judge, optimize, registry, serve, signing
+from . import bench, ci, convert, deploy, follow, judge, optimize, package, registry, serve, signing
 from .types import BadValue
 
 
@@ -61,7 +61,9 @@ VERBS: list[click.Command] = [
     signing.sign_command,
     signing.verify_command,
     registry.registry,
+    package.package_command,
     follow.follow_command,
+    ci.ci,
 ]
 for _verb in VERBS:
     cli.add_command(_verb)

@@ -2,7 +2,8 @@
 
 The flags map one to one onto ``ServeSettings`` (the app), ``ServerOptions`` (the HTTP
 server) and ``ModelConfig`` (per model, under ``ferry.toml``); SIGTERM while starting ends
-the start-up with a message and exit 0.
+the start-up with a message and exit 0. ``--sagemaker`` adds SageMaker's /ping and
+/invocations, and the container's defaults (``sagemaker_defaults``).
 """
 
 from __future__ import annotations
@@ -69,9 +70,17 @@ def api_key_options(fn: F) -> F:
 
 
 @click.command()
-@click.argument("path")
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.argument("path", required=False)
+@click.option(
+    "--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 with --sagemaker: all)."
+)
+@click.option("--port", type=int, help="Port (default 8000; 8080 with --sagemaker).")
+@click.option(
+    "--sagemaker",
+    is_flag=True,
+    help="Also answer SageMaker: GET /ping, POST /invocations; PATH defaults to $SM_MODEL_DIR "
+    "(else /opt/ml/model).",
+)
 @api_key_options
 @click.option(
     "--repository-key",
@@ -184,9 +193,10 @@ def api_key_options(fn: F) -> F:
 )
 @click.option("--access-log", is_flag=True, help="One JSON line per request (stderr).")
 def serve(
-    path: str,
-    host: str,
-    port: int,
+    path: str | None,
+    host: str | None,
+    port: int | None,
+    sagemaker: bool,
     api_keys: tuple[str, ...],
     api_key_file: Path | None,
     api_key_env: str | None,
@@ -230,6 +240,7 @@ def serve(
     REST, with dynamic batching."""
     with _sigterm_ends_startup():
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
+        path, host, port = sagemaker_defaults(path, host, port, sagemaker=sagemaker)
         from ..serve.config import ModelConfig
         from ..serve.server import ServerOptions
         from ..serve.server import serve as run_server
@@ -280,6 +291,7 @@ def serve(
             api_keys=tuple(api_keys),
             repository_keys=tuple(repository_keys),
             repository_api=repository_api,
+            sagemaker=sagemaker,
             require_signature=public_key,
             body_limit=int(max_body * 2**20),
             response_limit=None if max_response is None else int(max_response * 2**20),
@@ -316,6 +328,23 @@ def serve(
             logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
         return run_server(path, options, settings, config, registry)
     return 0  # stopped while starting
+
+
+def sagemaker_defaults(
+    path: str | None, host: str | None, port: int | None, *, sagemaker: bool
+) -> tuple[str, str, int]:
+    """PATH, --host and --port with their defaults: with ``sagemaker`` the container's
+    (``$SM_MODEL_DIR`` or /opt/ml/model, 0.0.0.0, 8080), else 127.0.0.1 and 8000 (PATH needed).
+    """
+    import os
+
+    if path is None:
+        if not sagemaker:
+            raise UsageError("ferry serve needs PATH", hint="a model, a repository or registry:DIR")
+        path = os.environ.get("SM_MODEL_DIR") or "/opt/ml/model"
+    if sagemaker:
+        return path, host or "0.0.0.0", 8080 if port is None else port
+    return path, host or "127.0.0.1", 8000 if port is None else port
 
 
 def _registry_options(

@@ -6,7 +6,8 @@
 Routes: /v2/health/live|ready, /v2, /v2/models/{m}[/versions/{v}][/ready|/infer|/config|/stats],
 /v2/repository/index and /v2/repository/models/{m}/load|unload (when enabled), /metrics and
 /openapi.json: the table in routes.py, which the app dispatches on (each route's endpoint is
-one method here, but infer's: ``infer.Inference``) and /openapi.json is rendered from. Every
+one method here, but infer's: ``infer.Inference``) and /openapi.json is rendered from; with
+``settings.sagemaker`` also SageMaker's /ping and /invocations (``sagemaker.Invocations``). Every
 error is ``{"error": "..."}`` with the status the protocol expects; the app never lets an
 exception escape to the connection.
 
@@ -48,7 +49,8 @@ from .metrics import ServeMetrics
 from .openapi import openapi_document
 from .parsing import JsonParser
 from .repository import Repository
-from .routes import ROUTER, ROUTES, Auth
+from .routes import ROUTER, ROUTES, SAGEMAKER_ROUTER, SAGEMAKER_ROUTES, Auth
+from .sagemaker import Invocations, ping
 from .settings import ServeSettings as ServeSettings  # re-exported: callers import it from here
 
 log = logging.getLogger("onnxferry.serve")
@@ -68,12 +70,15 @@ class ServeApp:
         self.settings = settings or ServeSettings()
         self.metrics = metrics or ServeMetrics()
         repository.metrics = self.metrics  # for what the repository counts (auto-rollbacks)
+        sagemaker = self.settings.sagemaker
+        self._router = SAGEMAKER_ROUTER if sagemaker else ROUTER
         self._keys = tuple(k.encode() for k in self.settings.api_keys)
         self._repo_keys = tuple(k.encode() for k in self.settings.repository_keys) or self._keys
         document = openapi_document(
             self.settings.server_version,
             api_keys=bool(self._keys),
             repository_keys=bool(self._repo_keys),
+            routes=(*ROUTES, *SAGEMAKER_ROUTES) if sagemaker else ROUTES,
         )
         self._openapi = json.dumps(document).encode()
         self.started = asyncio.Event()
@@ -99,8 +104,10 @@ class ServeApp:
             "repository_unload": self._repository_unload,
             "metrics": self._metrics,
             "openapi": self._openapi_json,
+            "ping": self._ping,
+            "invocations": Invocations(repository, self.settings, self._infer, self.inflight),
         }
-        missing = {route.endpoint for route in ROUTES} - set(self._endpoints)
+        missing = {route.endpoint for route in (*ROUTES, *SAGEMAKER_ROUTES)} - set(self._endpoints)
         if missing:
             raise RuntimeError(f"routes without an endpoint: {sorted(missing)}")
 
@@ -137,7 +144,7 @@ class ServeApp:
         method: str = scope["method"]
         status, model, version = 500, "", ""
         try:
-            found = ROUTER.match(path)
+            found = self._router.match(path)
             self._authorize(scope, found.auth)
             route = found.route(method)
             if route is None:
@@ -180,6 +187,9 @@ class ServeApp:
         if why is not None:
             raise HttpError(400, f"not ready: {why}", "unavailable")
         return await respond(call.send, 200, b"", "text/plain"), "", ""
+
+    async def _ping(self, call: Call) -> Reply:
+        return await ping(self._not_ready(), call.send)
 
     async def _server_metadata(self, call: Call) -> Reply:
         extensions = ["binary_tensor_data", "statistics", "model_configuration"]

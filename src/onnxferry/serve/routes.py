@@ -10,6 +10,9 @@ A path is matched segment by segment, empty segments ignored ("/v2//models/m/" i
 still needs the keys of its area (``AREAS``), so a client without a key learns nothing of the
 routes: 401 comes before 404 and 405. "repository" keys also need the repository API on (403).
 
+``SAGEMAKER_ROUTES`` (``/ping``, ``/invocations``) join them when the server runs with
+``--sagemaker`` (``SAGEMAKER_ROUTER``).
+
 Each route carries its documentation too (summary, the 200 response, the error statuses, the
 request body); ``openapi.openapi_document`` renders it, adding 401 where keys apply.
 """
@@ -223,6 +226,40 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json", "openapi", "open", "this document", ok=_json(_OBJECT)),
 )
 
+SAGEMAKER_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/ping",
+        "ping",
+        "open",
+        "SageMaker health check: every model has a version serving (200) or not (503)",
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/invocations",
+        "invocations",
+        "api",
+        "SageMaker inference: a V2 body, plain JSON or .npy (see serve/sagemaker.py)",
+        ok={
+            "description": "ok",
+            "content": {"application/json": {"schema": _OBJECT}, "application/x-npy": {}},
+        },
+        errors=(400, 404, 406, 408, 413, 415, 500, 503, 504),
+        body={
+            "application/json": {
+                "schema": {"oneOf": [_INFER_REQUEST, {"type": ["array", "object"]}]}
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        },
+        parameters=(
+            {"name": "X-Amzn-SageMaker-Target-Model", "in": "header", "schema": {"type": "string"}},
+            {"name": "model", "in": "query", "schema": {"type": "string"}},
+        ),
+    ),
+)
+"""The routes ``ServeSettings.sagemaker`` adds (``ferry serve --sagemaker``)."""
+
 AREAS: Mapping[str, Auth] = {"/v2/repository": "repository", "/v2": "api"}
 """The keys a path no route matches needs, by its longest matching prefix (else none)."""
 
@@ -296,3 +333,4 @@ def _segments(path: str) -> list[str]:
 
 
 ROUTER = Router(ROUTES, AREAS)
+SAGEMAKER_ROUTER = Router((*ROUTES, *SAGEMAKER_ROUTES), AREAS)

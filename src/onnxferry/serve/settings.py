@@ -24,6 +24,8 @@ class ServeSettings:
     repository_keys: tuple[str, ...] = ()
     """Keys for the repository API (empty: the api_keys)."""
     repository_api: bool = False
+    sagemaker: bool = False
+    """Also answer SageMaker's hosting contract: GET /ping and POST /invocations (sagemaker.py)."""
     require_signature: Path | None = None
     """A public key (PEM): every version must verify against its ``model.onnx.sig`` with it,
     at load and at every reload (else it is refused, the reason in the index)."""

@@ -1,0 +1,153 @@
+"""`openvino`: the model as OpenVINO IR (``.xml`` + ``.bin``), verified against ONNX Runtime.
+
+    ferry package model.onnx --target openvino -o out/openvino
+    ferry package model.onnx --target openvino -o out/openvino-fp16 --set fp16=true
+
+``openvino.convert_model`` reads the ``.onnx``; ``openvino.save_model`` writes
+``<name>.xml`` and ``<name>.bin`` with weights kept in fp32 unless ``fp16=true`` (then
+``compress_to_fp16``: half the weight bytes, computed in fp32 on CPU).
+
+Check ``openvino parity``: the written IR is read back, compiled on OpenVINO's CPU plugin and
+run on ``samples`` generated feed sets (``feeds``); its outputs are compared with ONNX
+Runtime's (CPU) on the same ``.onnx``, and a mismatch fails the report. Tolerance: parity's
+defaults (atol 1e-4, rtol 1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights;
+``atol``/``rtol`` override either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
+the CPU plugin otherwise computes in bf16 on CPUs that have it (the report says whether this
+one does), which is a deployment choice, not the IR's accuracy.
+
+Options (``--set KEY=VALUE``): ``fp16`` (false), ``samples`` (3), ``atol``, ``rtol``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, one_line
+from ..model import Model
+from .base import Check, Options, Packaged, PackageSource, write_tree
+
+KEYS = ("fp16", "samples", "atol", "rtol")
+FP16_TOLERANCE = (1e-2, 1e-2)
+"""(atol, rtol) for an IR with fp16 weights against the fp32 model in ONNX Runtime."""
+
+
+def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
+    """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
+    from ..feeds import feed_sets
+    from ..parity import Tolerance, compare_outputs
+    from ..runtime import OrtRunner
+
+    opts = _options(options)
+    result = Packaged("openvino", source.name, str(outdir))
+    model = Model.load(source.model.resolve())
+    xml_name = f"{source.name}.xml"
+    feeds, _ = feed_sets(model, count=opts["samples"])
+    names = model.signature.output_names
+    done = _in_child(str(model.path), source.name, opts["fp16"], feeds, names)
+    if isinstance(done, str):
+        raise InputError(
+            f"openvino cannot convert {source.model.name}: {done}",
+            hint="check the model's ops against OpenVINO's ONNX frontend; `ferry check` it first",
+        )
+    files, candidate, version, bf16 = done
+    reference = [OrtRunner(model).run(f) for f in feeds]
+    write_tree(outdir, files, result)
+    tolerance = Tolerance(atol=opts["atol"], rtol=opts["rtol"])
+    parity = compare_outputs(
+        reference,
+        candidate,
+        tolerance,
+        reference_name=f"{source.model.name}@onnxruntime",
+        candidate_name=f"{xml_name}@openvino-cpu",
+    )
+    tool = f"openvino {version}"
+    result.checks.append(Check("openvino parity", parity.ok, parity.summary(), tool=tool))
+    result.notes.append(
+        f"verified at f32 precision (tolerance atol {tolerance.atol}, rtol {tolerance.rtol}); "
+        f"this CPU {'has' if bf16 else 'lacks'} bf16, which OpenVINO's CPU "
+        "plugin uses by default where present: set INFERENCE_PRECISION_HINT=f32 for these "
+        "numbers"
+    )
+    return result
+
+
+Converted = tuple[dict[str, bytes], list[dict[str, Any]], str, bool]
+"""The IR's files, its outputs on each feed set, OpenVINO's version, whether the CPU has bf16."""
+
+
+def _in_child(
+    model: str, name: str, fp16: bool, feeds: list[dict[str, np.ndarray]], names: list[str]
+) -> Converted | str:
+    """``_convert_and_run`` in a fresh (spawned) process: OpenVINO's native runtime stays out
+    of this one (its threads and handles outlive the call, and it has disturbed the standard
+    streams of the process that imported it). A conversion error comes back as one line."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    _openvino_installed()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_convert_and_run, model, name, fp16, feeds, names).result()
+
+
+def _convert_and_run(
+    model: str, name: str, fp16: bool, feeds: list[dict[str, np.ndarray]], names: list[str]
+) -> Converted | str:
+    """Convert, save, read back, compile at f32 on CPU and run every feed set (in the child)."""
+    import openvino as ov
+
+    xml_name, bin_name = f"{name}.xml", f"{name}.bin"
+    with tempfile.TemporaryDirectory(prefix="ferry-openvino-") as work:
+        try:
+            converted = ov.convert_model(model)
+            ov.save_model(converted, str(Path(work) / xml_name), compress_to_fp16=fp16)
+        except Exception as e:
+            return one_line(e, limit=300)
+        files = {n: (Path(work) / n).read_bytes() for n in (xml_name, bin_name)}
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(str(Path(work) / xml_name)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
+        outputs = [_infer(compiled, f, names) for f in feeds]
+    bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return files, outputs, str(ov.get_version()).split("-")[0], bf16
+
+
+def _openvino_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise InputError(
+            "the openvino target needs the openvino package",
+            hint="pip install 'onnxferry[openvino]'",
+        )
+
+
+def _infer(compiled: Any, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, Any]:
+    """One inference; outputs under the ONNX names (a port can carry several tensor names)."""
+    answer = compiled.create_infer_request().infer(dict(feeds))
+    outputs: dict[str, Any] = {}
+    for port, value in answer.items():
+        known = port.get_names()
+        name = next((n for n in names if n in known), port.get_any_name())
+        outputs[name] = np.array(value, copy=True)
+    return outputs
+
+
+def _options(given: Mapping[str, Any]) -> dict[str, Any]:
+    from ..parity import Tolerance
+
+    opts = Options("openvino", given, KEYS)
+    fp16 = opts.flag("fp16", False)
+    atol, rtol = FP16_TOLERANCE if fp16 else (Tolerance().atol, Tolerance().rtol)
+    return {
+        "fp16": fp16,
+        "samples": int(opts.number("samples", 3)),
+        "atol": opts.number("atol", atol),
+        "rtol": opts.number("rtol", rtol),
+    }

@@ -1,0 +1,104 @@
+"""`ferry package --target mobile`: ORT format, the minimal-build operator config, int8, parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxferry.errors import UsageError
+from onnxferry.package import Check, Packaged, package
+from onnxferry.report import Report
+
+from .helpers import Run, conv_bn_mlp, mlp, save
+
+
+def _checks(report: Report[Packaged]) -> dict[str, Check]:
+    return {c.name: c for c in report.result.checks}
+
+
+def test_ort_file_loads_and_matches_the_onnx(tmp_path: Path) -> None:
+    source = save(conv_bn_mlp(), tmp_path / "net.onnx")
+    report = package(source, "mobile", tmp_path / "out")
+    assert report.ok and report.exit_code == 0
+    out = tmp_path / "out"
+    assert report.result.files == ["net.ort", "net.required_operators_and_types.config"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(report.result.files)
+
+    session = ort.InferenceSession(str(out / "net.ort"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], want[0], rtol=1e-4, atol=1e-4)
+
+    checks = _checks(report)
+    parity = checks["ort parity"]
+    assert parity.ok and "net.ort vs net.onnx" in parity.detail
+    size = checks["size"].detail
+    assert "net.onnx" in size and "net.ort" in size and ".config" in size
+
+    config = (out / "net.required_operators_and_types.config").read_text()
+    assert "# - net.ort\n" in config and str(tmp_path) not in config
+    assert "FusedConv" in config  # Conv+BN+Relu fused at the Fixed style's level 'all'
+    assert "ai.onnx;13;Flatten" in config
+
+
+def test_int8_first_checks_the_conversion_and_reports_the_drop(tmp_path: Path) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    report = package(source, "mobile", tmp_path / "out", {"int8": "true", "platform": "amd64"})
+    assert report.ok
+    assert report.result.files[0] == "mlp.int8.onnx"
+    checks = _checks(report)
+    assert "vs mlp.int8.onnx" in checks["ort parity"].detail
+    drop = checks["int8 vs fp32"]
+    assert drop.ok and "probs cosine" in drop.detail
+    assert "mlp.int8.onnx" in checks["size"].detail
+    config = (tmp_path / "out" / "mlp.required_operators_and_types.config").read_text()
+    assert "DynamicQuantizeMatMul" in config
+
+
+def test_operators_only_config(tmp_path: Path) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    report = package(source, "mobile", tmp_path / "out", {"type_reduction": "false"})
+    assert report.ok
+    config = (tmp_path / "out" / "mlp.required_operators.config").read_text()
+    assert "Softmax" in config and "{" not in config
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"int9": "true"}, "unknown option 'int9'"),
+        ({"platform": "riscv"}, "platform 'riscv'"),
+        ({"int8": "maybe"}, "is not a boolean"),
+        ({"atol": "tiny"}, "is not a number"),
+    ],
+)
+def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    with pytest.raises(UsageError, match=message):
+        package(source, "mobile", tmp_path / "out", options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli(ferry: Run, tmp_path: Path) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    code, out, err = ferry(
+        "package",
+        source,
+        "--target",
+        "mobile",
+        "-o",
+        tmp_path / "o",
+        "--set",
+        "int8=true",
+        "--json",
+    )
+    assert code == 0, err
+    body = json.loads(out)["result"]
+    assert body["target"] == "mobile"
+    assert [c["name"] for c in body["checks"]] == ["ort parity", "int8 vs fp32", "size"]
+    assert all(c["ok"] for c in body["checks"])
+    assert (tmp_path / "o" / "mlp.ort").is_file()

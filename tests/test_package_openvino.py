@@ -1,0 +1,86 @@
+"""`ferry package --target openvino`: OpenVINO IR, verified against ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from onnxferry.errors import InputError, UsageError
+from onnxferry.package import package
+
+from .helpers import Run, conv_bn_mlp, mlp, onnx_text, save
+
+RERUN = """
+import sys, numpy as np, openvino as ov
+core = ov.Core()
+hint = {"INFERENCE_PRECISION_HINT": "f32"}
+compiled = core.compile_model(core.read_model(sys.argv[1]), "CPU", hint)
+np.save(sys.argv[3], compiled({"x": np.load(sys.argv[2])})[compiled.output(0)])
+"""
+
+
+def test_ir_written_and_verified(tmp_path: Path) -> None:
+    source = save(conv_bn_mlp(), tmp_path / "net.onnx")
+    report = package(source, "openvino", tmp_path / "out")
+    assert report.ok
+    assert report.result.files == ["net.xml", "net.bin"]
+    (check,) = report.result.checks
+    assert check.name == "openvino parity" and check.ok
+    assert "all 1 outputs match over 3 samples" in check.detail
+    assert check.tool.startswith("openvino 20")
+
+    # OpenVINO runs in a child process, as the target runs it: never in the test process.
+    x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    xml, got = tmp_path / "out" / "net.xml", tmp_path / "got.npy"
+    run = [sys.executable, "-c", RERUN, str(xml), str(tmp_path / "x.npy"), str(got)]
+    subprocess.run(run, check=True, capture_output=True, timeout=120)
+    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(np.load(got), want[0], rtol=1e-3, atol=1e-4)  # batch axis dynamic
+
+
+def test_fp16_weights_halve_the_bin(tmp_path: Path) -> None:
+    source = save(conv_bn_mlp(), tmp_path / "net.onnx")
+    fp32 = package(source, "openvino", tmp_path / "fp32")
+    fp16 = package(source, "openvino", tmp_path / "fp16", {"fp16": "true"})
+    assert fp32.ok and fp16.ok
+    size32 = (tmp_path / "fp32" / "net.bin").stat().st_size
+    size16 = (tmp_path / "fp16" / "net.bin").stat().st_size
+    assert size16 < 0.6 * size32
+    assert "atol 0.01, rtol 0.01" in fp16.notes[0]
+
+
+def test_unconvertible_op_is_one_line(tmp_path: Path) -> None:
+    proto = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 21, "com.example" : 1]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = com.example.Mystery(x) }
+        """,
+        check=False,
+    )
+    with pytest.raises(InputError, match=r"openvino cannot convert m\.onnx: .*Mystery") as e:
+        package(save(proto, tmp_path / "m.onnx"), "openvino", tmp_path / "out")
+    assert "\n" not in str(e.value) and e.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_option(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown option 'fp8'"):
+        package(save(mlp(), tmp_path / "m.onnx"), "openvino", tmp_path / "out", {"fp8": "1"})
+
+
+def test_cli(ferry: Run, tmp_path: Path) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    code, out, err = ferry(
+        "package", source, "--target", "openvino", "-o", tmp_path / "o", "--json"
+    )
+    assert code == 0, err
+    body = json.loads(out)["result"]
+    assert body["files"] == ["mlp.xml", "mlp.bin"]
+    assert body["checks"][0]["ok"]
