@@ -158,3 +158,41 @@ def test_serve_signature_options_are_one_line_exit_2(
     assert main(["serve", str(model), "--port", "0", *filled]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_bytes_that_verify_are_the_bytes_that_load(tmp_path: Path, keys: Keys) -> None:
+    import numpy as np
+
+    from onnxferry.model import Model
+    from onnxferry.runtime import OrtRunner
+    from onnxferry.signing import load_verified
+    from tests.helpers import mlp, mlp_feeds, save_external
+
+    file = save_external(mlp(), tmp_path / "m" / "model.onnx")
+    sign(file, keys[0])
+    result, model = load_verified(file, keys[1])
+    assert result.ok and result.files == ("model.onnx", "weights.bin")
+    assert model is not None and model.path is None  # built in memory from the verified bytes
+    feeds = mlp_feeds(1)[0]
+    expected = OrtRunner(Model.load(file)).run(feeds)
+    for name, value in OrtRunner(model).run(feeds).items():
+        np.testing.assert_array_equal(value, expected[name])
+
+    weights = tmp_path / "m" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\1\2\3\4")
+    result, model = load_verified(file, keys[1])
+    assert not result.ok and model is None and result.file == "weights.bin"
+
+
+def test_a_served_signed_version_is_built_from_its_verified_bytes(
+    tmp_path: Path, keys: Keys
+) -> None:
+    model = version(tmp_path, "m", 1, add_model(1))
+    sign(model, keys[0])
+    repo = Repository.open(model, config=SMALL, public_key=keys[1])
+
+    async def main_() -> None:
+        assert await answer(repo, "model") == 1
+        assert repo.get("model").model.path is None  # not read again from disk after verifying
+
+    serving(repo, main_)

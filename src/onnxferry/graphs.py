@@ -19,13 +19,14 @@ the model's directory, and UnsafeModelError names the first one that is no longe
 
 from __future__ import annotations
 
+import posixpath
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import InputError, ModelLoadError, UnsafeModelError
 from .safety import (
     ExternalRef,
     check_external_data,
@@ -149,6 +150,66 @@ def inlined(model: Model, proto: onnx.ModelProto | None = None) -> onnx.ModelPro
     source = model.proto if proto is None else proto
     refs = external_refs(source, None if model.path is None else model.path.parent)
     return read_in(source, refs) if refs else copy_model(source)
+
+
+def model_from_contents(contents: Mapping[str, bytes], model_file: str, *, where: str) -> Model:
+    """A Model built in memory from the bytes of a model file and its external data files
+    (``contents``: names relative to the model's folder), checked as ``Model.load`` checks
+    files; nothing is read from disk. ``where`` names the model in errors.
+
+        model = model_from_contents({"model.onnx": blob}, "model.onnx", where="resnet:2")
+    """
+    import onnx
+
+    from .model import Model
+
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(contents[model_file])
+    except Exception:  # google.protobuf's DecodeError (untyped)
+        raise ModelLoadError(
+            f"{where}: not an ONNX model (the protobuf data is malformed or truncated)",
+            hint="check the stored files; add or sign the model again",
+        ) from None
+    read_in_contents(proto, contents, model_file)
+    return Model.from_proto(proto)
+
+
+def read_in_contents(
+    proto: onnx.ModelProto, contents: Mapping[str, bytes], model_file: str
+) -> None:
+    """Fill every external tensor of ``proto`` from ``contents`` (names relative to the model's
+    folder), checked as the safe loader checks files: no name outside the version, offsets
+    and lengths within the data."""
+    base = posixpath.dirname(model_file)
+    for site in iter_tensors(proto):
+        if not uses_external_data(site.tensor):
+            continue
+        entries = {e.key: e.value for e in site.tensor.external_data}
+        location = posixpath.normpath(posixpath.join(base, entries.get("location", "")))
+        if location not in contents or location == model_file:
+            raise UnsafeModelError(
+                f"{site.label} refers to external data {entries.get('location')!r}, which is "
+                "not one of the model's files",
+                hint="keep the model's external data files beside it",
+            )
+        data = contents[location]
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries["length"]) if "length" in entries else len(data) - offset
+        except ValueError:
+            raise UnsafeModelError(
+                f"{site.label}: bad offset or length in its external data reference",
+                hint="re-export the model",
+            ) from None
+        if offset < 0 or length < 0 or offset + length > len(data):
+            raise UnsafeModelError(
+                f"{site.label}: its external data reaches past the end of {location}",
+                hint="re-export the model",
+            )
+        site.tensor.raw_data = data[offset : offset + length]
+        del site.tensor.external_data[:]
+        site.tensor.ClearField("data_location")
 
 
 def expose(proto: onnx.ModelProto, names: Iterable[str]) -> None:

@@ -15,24 +15,22 @@ decrypted bytes (``signing.verify_contents``).
 
 from __future__ import annotations
 
-import posixpath
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModelLoadError, UnsafeModelError
+from ..graphs import PROTO_LIMIT, model_from_contents
 from ..model import Model
-from ..safety import iter_tensors, uses_external_data
-from ..signing import VerifyResult, verify, verify_contents
+from ..signing import VerifyResult, verify_contents
 from .adding import GOLDEN
 from .core import Registry
 from .records import VersionRecord
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 
 @dataclass(frozen=True)
@@ -71,17 +69,45 @@ def verify_version(
 ) -> VerifyResult:
     """Whether the version's model and external data verify against its stored signature and
     ``public_key`` (a failed result for an unsigned version)."""
+    return _verified(registry, record, public_key, key)[0]
+
+
+def load_verified_version(
+    registry: Registry,
+    record: VersionRecord,
+    public_key: str | Path,
+    *,
+    key: bytes | None = None,
+) -> tuple[VerifyResult, Model | None]:
+    """``verify_version``, and the Model built in memory from the very bytes that verified
+    (None when they did not, or past the 2 GiB a model can hold in memory: then load it with
+    ``opened``)."""
+    result, contents = _verified(registry, record, public_key, key)
+    if not result.ok or sum(len(b) for b in contents.values()) >= PROTO_LIMIT:
+        return result, None
+    return result, model_from_contents(contents, record.model_file, where=record.ref)
+
+
+def _verified(
+    registry: Registry, record: VersionRecord, public_key: str | Path, key: bytes | None
+) -> tuple[VerifyResult, dict[str, bytes]]:
+    """The verdict on the version's model files, read once from the store (decrypted in
+    memory when encrypted), and those bytes."""
     name = f"{record.ref} ({record.model_file})"
     if record.signature is None:
-        return VerifyResult(False, Path(record.model_file), Path("-"), reason=f"{name}: unsigned")
+        unsigned = VerifyResult(
+            False, Path(record.model_file), Path("-"), reason=f"{name}: unsigned"
+        )
+        return unsigned, {}
+    if record.encrypted:
+        contents = decrypted_files(registry, record, key)
+    else:
+        read = registry.store.read_bytes
+        contents = {rel: read(record.location, rel) for rel in model_files(record)}
     with tempfile.TemporaryDirectory(prefix="ferry-verify-") as tmp:
-        sig = Path(tmp) / record.signature
+        sig = Path(tmp) / Path(record.signature).name
         sig.write_bytes(registry.store.read_bytes(record.location, record.signature))
-        if record.encrypted:
-            contents = decrypted_files(registry, record, key)
-            return verify_contents(record.model_file, contents, public_key, sig)
-        file = registry.local_files(record, Path(tmp) / "files")
-        return verify(file, public_key, sig)
+        return verify_contents(record.model_file, contents, public_key, sig), contents
 
 
 def model_files(record: VersionRecord) -> list[str]:
@@ -105,54 +131,8 @@ def decrypted_files(
 
 def decrypted_model(registry: Registry, record: VersionRecord, key: bytes | None) -> Model:
     """An encrypted version's model, decrypted and with its external data read in, in memory."""
-    import onnx
-
     contents = decrypted_files(registry, record, key)
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(contents[record.model_file])
-    except Exception:  # google.protobuf's DecodeError (untyped)
-        raise ModelLoadError(
-            f"{record.ref}: the decrypted model is not an ONNX model",
-            hint="the store holds a damaged version; register it again",
-        ) from None
-    _read_in_memory(proto, contents, record.model_file)
-    return Model.from_proto(proto)
-
-
-def _read_in_memory(proto: onnx.ModelProto, contents: Mapping[str, bytes], model_file: str) -> None:
-    """Fill every external tensor of ``proto`` from ``contents`` (names relative to the model's
-    folder), checked as the safe loader checks files: no name outside the version, offsets
-    and lengths within the data."""
-    base = posixpath.dirname(model_file)
-    for site in iter_tensors(proto):
-        if not uses_external_data(site.tensor):
-            continue
-        entries = {e.key: e.value for e in site.tensor.external_data}
-        location = posixpath.normpath(posixpath.join(base, entries.get("location", "")))
-        if location not in contents or location == model_file:
-            raise UnsafeModelError(
-                f"{site.label} refers to external data {entries.get('location')!r}, which is "
-                "not a file of this version",
-                hint="register the model with its external data files beside it",
-            )
-        data = contents[location]
-        try:
-            offset = int(entries.get("offset", "0"))
-            length = int(entries["length"]) if "length" in entries else len(data) - offset
-        except ValueError:
-            raise UnsafeModelError(
-                f"{site.label}: bad offset or length in its external data reference",
-                hint="re-export the model",
-            ) from None
-        if offset < 0 or length < 0 or offset + length > len(data):
-            raise UnsafeModelError(
-                f"{site.label}: its external data reaches past the end of {location}",
-                hint="re-export the model",
-            )
-        site.tensor.raw_data = data[offset : offset + length]
-        del site.tensor.external_data[:]
-        site.tensor.ClearField("data_location")
+    return model_from_contents(contents, record.model_file, where=record.ref)
 
 
 def _fetch_golden(registry: Registry, record: VersionRecord, dest: Path) -> None:

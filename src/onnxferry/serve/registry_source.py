@@ -14,7 +14,8 @@ Settings are the server's (``config``; a registry holds no ``ferry.toml``).
 
 A poll every ``poll_interval_s`` (default ``DEFAULT_POLL_S``) reads the aliases. A version an
 alias moved to is loaded while the one serving keeps serving: its signature verified first
-when ``public_key`` is given (``access.verify_version``; else Unsigned, "signature: ..."), its
+when ``public_key`` is given (``access.load_verified_version``: the bytes that verify are the
+ones that load; else Unsigned, "signature: ..."), its
 model loaded through the safe loader (an encrypted version decrypted in memory, with the key
 in ``key_file`` or ``$FERRY_REGISTRY_KEY``), its executor built and warmed up, then run on its
 golden data (``golden.test``). A version failing any step is refused with the reason in
@@ -52,7 +53,7 @@ import numpy as np
 
 from ..errors import ModelLoadError, UsageError, one_line
 from ..model import Model
-from ..registry.access import opened, verify_version
+from ..registry.access import load_verified_version, opened
 from ..registry.core import Registry
 from ..registry.records import ALIAS, VersionRecord
 from .catalog import KnownModel, KnownVersion
@@ -259,8 +260,11 @@ class RegistryRepository(Repository):
     ) -> ModelVersion:
         """Verify, load, build, warm up and check on golden data (in a worker thread)."""
         record = self._records[(name, number)]
-        if self.public_key is not None:
-            result = verify_version(self.registry, record, self.public_key, key=self.key)
+        verified = None
+        if self.public_key is not None:  # the bytes that verify are the ones that load
+            result, verified = load_verified_version(
+                self.registry, record, self.public_key, key=self.key
+            )
             if not result.ok:
                 reason = result.reason or "verification failed"
                 key = self.public_key
@@ -269,9 +273,8 @@ class RegistryRepository(Repository):
         if previous is not None and same and previous.config == config:
             return previous
         with opened(self.registry, record, key=self.key) as found:
-            built = build_version(
-                name, str(number), path, config, None, predecessor, model=found.model
-            )
+            model = verified if verified is not None else found.model
+            built = build_version(name, str(number), path, config, None, predecessor, model=model)
             if found.golden is not None:
                 try:
                     check_golden(found.model, found.golden)

@@ -10,9 +10,9 @@ and reuses its loaded model when only the settings changed. Given the version it
 over from (``predecessor``), it refuses a signature that would break that one's clients
 (``takeover.check_signature``) unless the settings allow it. A version that fails its warm-up
 raises WarmupFailed, which holds the executor for the caller to close. Given a ``public_key``,
-the model file and its external data must verify against their signature (``<model>.sig``,
-``signing.verify``) before anything else, on every build: else Unsigned, whose message is
-"signature: <reason>".
+the model file and its external data must verify against their signature (``<model>.sig``)
+before anything else, on every build, and the model is built from the bytes that verified
+(``signing.load_verified``): else Unsigned, whose message is "signature: <reason>".
 """
 
 from __future__ import annotations
@@ -76,8 +76,12 @@ def build_version(
     if model is not None:
         return _build(name, version, model, config, predecessor, model.path)
     file = resolve_model_path(path)
-    if public_key is not None:
-        check_signed(file, public_key)
+    if public_key is not None:  # the verified bytes are the ones that load
+        model = load_signed(file, public_key)
+        same = previous is not None and model.digest == previous.model.digest
+        if previous is not None and same and previous.config == config:
+            return previous
+        return _build(name, version, model, config, predecessor, file)
     if previous is not None and _same_files(previous.model, file):
         if previous.config == config:
             return previous
@@ -109,20 +113,25 @@ def _build(
     return ModelVersion(name, version, model, config, executor)
 
 
-def check_signed(file: Path, public_key: Path) -> None:
-    """Unsigned ("signature: <reason>", the key named by its file name) unless ``file`` and its
-    external data verify against ``<file>.sig`` and ``public_key``."""
-    from ..signing import verify
+def load_signed(file: Path, public_key: Path) -> Model:
+    """The model in ``file`` built from the very bytes that verified against ``<file>.sig``
+    and ``public_key`` (``signing.load_verified``); Unsigned ("signature: <reason>", the key
+    named by its file name) otherwise."""
+    from ..signing import load_verified
 
     try:
-        result = verify(file, public_key)
+        result, model = load_verified(file, public_key)
     except InputError as e:  # no signature beside the model (the key was checked at start-up)
+        if isinstance(e, ModelLoadError):
+            raise
         reason: str | None = e.message
+        model = None
     else:
         reason = None if result.ok else result.reason or "verification failed"
-    if reason is not None:
+    if model is None or reason is not None:
         key = str(Path(public_key))
         raise Unsigned(f"signature: {reason}".replace(key, Path(public_key).name))
+    return model
 
 
 def _warmup_feeds(config: ModelConfig, file: Path) -> dict[str, np.ndarray] | None:

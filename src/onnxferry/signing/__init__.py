@@ -53,7 +53,7 @@ from .keys import (
     generate_keys,
 )
 from .signer import sign
-from .verifier import Signed, Trust, VerifyResult, verify, verify_contents
+from .verifier import Signed, Trust, VerifyResult, load_verified, verify, verify_contents
 
 __all__ = [
     "CERTIFICATE_USAGE",
@@ -72,6 +72,7 @@ __all__ = [
     "default_signature",
     "generate_keys",
     "load_certificates",
+    "load_verified",
     "sign",
     "verify",
     "verify_contents",

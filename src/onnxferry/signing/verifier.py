@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from model_signing import manifest as ms_manifest
     from model_signing._signing import sign_sigstore_pb
 
+    from ..model import Model
+
 _TRUST_HINT = (
     "verify with the public key (--public-key) for a key signature, or with the certificate "
     "chain up to its self-signed root (--certificate-chain) for a certificate signature"
@@ -274,3 +276,52 @@ def _compare(path: Path, sig: Path, expected: ms_manifest.Manifest) -> VerifyRes
         if actual[name] != signed[name]:
             return failed(name, "changed since it was signed")
     return VerifyResult(True, path, sig, covered)
+
+
+def load_verified(
+    path: PathLike,
+    public_key: PathLike | None = None,
+    signature: PathLike | None = None,
+    *,
+    certificate_chain: PathLike | Sequence[PathLike] = (),
+) -> tuple[VerifyResult, Model | None]:
+    """Read a model file and its external data once, verify those bytes against the signature
+    (default ``<path>.sig``), and build the Model from the same bytes: a file changed after
+    it was verified can never be what loads. The Model is None when verification fails.
+    Past the 2 GiB a model can hold in memory (``graphs.PROTO_LIMIT``) the verified files are
+    loaded again from disk (``Model.load``), which a swap between the two reads would defeat.
+
+        result, model = load_verified("model.onnx", "keys/public_key.pem")
+    """
+    import onnx
+
+    from ..errors import ModelLoadError
+    from ..graphs import PROTO_LIMIT, model_from_contents
+    from ..model import Model, resolve_model_path
+    from ..safety import check_external_data, external_files
+
+    file = resolve_model_path(Path(path))
+    sig = Path(signature) if signature is not None else default_signature(file)
+    try:
+        contents = {file.name: file.read_bytes()}
+    except OSError as e:
+        raise ModelLoadError(
+            f"{file}: cannot read ({e.strerror or e})", hint="check the path"
+        ) from None
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(contents[file.name])
+    except Exception:  # google.protobuf's DecodeError (untyped)
+        raise ModelLoadError(
+            f"{file}: not an ONNX model (the protobuf data is malformed or truncated)",
+            hint="re-export or re-copy the model",
+        ) from None
+    root = file.parent.resolve()
+    for data_file in external_files(check_external_data(proto, file.parent)):
+        contents[data_file.relative_to(root).as_posix()] = data_file.read_bytes()
+    result = verify_contents(file, contents, public_key, sig, certificate_chain=certificate_chain)
+    if not result.ok:
+        return result, None
+    if sum(len(b) for b in contents.values()) >= PROTO_LIMIT:
+        return result, Model.load(file, max_size=1 << 62)
+    return result, model_from_contents(contents, file.name, where=str(file))
