@@ -119,6 +119,17 @@ def public_key_option(purpose: str, *, required: bool = False) -> Callable[[F], 
     )
 
 
+def certificate_chain_option(help_text: str) -> Callable[[F], F]:
+    """``--certificate-chain PEM`` (repeatable), as ``certificate_chain``: a tuple of paths."""
+    return click.option(
+        "--certificate-chain",
+        "certificate_chain",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
 def encrypt_key_option(purpose: str) -> Callable[[F], F]:
     """``--encrypt-key-file FILE``: the registry's AES-256 key, as ``encrypt_key_file``."""
     return click.option(

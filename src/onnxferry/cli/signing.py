@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from ..report import Report
-from .options import public_key_option, report_options
+from .options import certificate_chain_option, public_key_option, report_options
 from .render import emit_fields
 
 _CHAIN_SIGN_HELP = (
@@ -75,13 +75,7 @@ def keygen(keydir: Path, curve: str, force: bool, as_json: bool) -> int:
     help="Sign in certificate mode with this X.509 certificate (PEM) for --key; it needs "
     "KeyUsage digitalSignature or ExtendedKeyUsage codeSigning.",
 )
-@click.option(
-    "--certificate-chain",
-    "certificate_chain",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=_CHAIN_SIGN_HELP,
-)
+@certificate_chain_option(_CHAIN_SIGN_HELP)
 @click.option(
     "-o",
     "--output",
@@ -110,13 +104,7 @@ def sign_command(
 @click.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
 @public_key_option("matching the signing key (or --certificate-chain)")
-@click.option(
-    "--certificate-chain",
-    "certificate_chain",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=_CHAIN_VERIFY_HELP,
-)
+@certificate_chain_option(_CHAIN_VERIFY_HELP)
 @click.option(
     "--signature",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -37,6 +37,7 @@ golden data and its signature in full before it is registered.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -54,7 +55,7 @@ from ..atomic import atomic_write
 from ..errors import InputError, UsageError, VerificationError, one_line
 from .adding import GOLDEN, LINEAGE, _commit  # the one path that numbers and records a version
 from .core import Registry, whoami
-from .records import NAME, Ref, VersionRecord
+from .records import NAME, Ref, VersionFacts, VersionRecord
 from .store import FileFact, file_fact
 from .tarsafety import NOT_OURS, bad_name, checked_members, extract_file, match_files, open_tar
 
@@ -72,57 +73,18 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """What a bundle says it holds (``manifest.json``)."""
-
-    name: str
-    version: int
-    model_file: str
-    files: dict[str, FileFact]
-    digest: str
-    size: int
-    signature: str | None
-    golden: str | None
-    encrypted: bool
-    lineage: dict[str, Any]
-    created_at: float
-    created_by: str
+class Manifest(VersionFacts):
+    """What a bundle says it holds (``manifest.json``): a version's facts."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "ferry": __version__,
-            "name": self.name,
-            "version": self.version,
-            "model_file": self.model_file,
-            "digest": self.digest,
-            "size": self.size,
-            "signature": self.signature,
-            "golden": self.golden,
-            "encrypted": self.encrypted,
-            "created_at": self.created_at,
-            "created_by": self.created_by,
-            "files": {rel: fact.to_dict() for rel, fact in sorted(self.files.items())},
-            "lineage": self.lineage,
-        }
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["files"] = {rel: fact.to_dict() for rel, fact in sorted(self.files.items())}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "ferry": __version__, **fields}
 
     @classmethod
     def of(cls, record: VersionRecord) -> Manifest:
-        return cls(
-            record.name,
-            record.version,
-            record.model_file,
-            dict(record.files),
-            record.digest,
-            record.size,
-            record.signature,
-            record.golden,
-            record.encrypted,
-            record.lineage,
-            record.created_at,
-            record.created_by,
-        )
+        """The manifest of a registered version: its record's fields of the same names."""
+        return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(VersionFacts)})
 
     @property
     def ref(self) -> str:

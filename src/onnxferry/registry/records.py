@@ -30,12 +30,12 @@ REF = re.compile(rf"(?P<name>{NAME.pattern})(?::(?P<version>[0-9]+)|@(?P<alias>{
 
 
 @dataclass(frozen=True)
-class VersionRecord:
-    """One registered version, as the catalog holds it."""
+class VersionFacts:
+    """What a version is, wherever it is kept: the catalog's VersionRecord and a bundle's
+    Manifest (bundle.py) both hold these."""
 
     name: str
     version: int
-    location: str
     model_file: str
     files: dict[str, FileFact]
     digest: str
@@ -46,6 +46,14 @@ class VersionRecord:
     lineage: dict[str, Any]
     created_at: float
     created_by: str
+
+
+@dataclass(frozen=True)
+class VersionRecord(VersionFacts):
+    """One registered version, as the catalog holds it: its facts, where its files are in the
+    store, and the aliases on it."""
+
+    location: str
     aliases: tuple[str, ...] = ()
 
     @property
