@@ -17,7 +17,7 @@ PIP_TOOLS := pip-tools==7.6.2
 COMPILE := --quiet --generate-hashes --allow-unsafe --strip-extras --all-build-deps \
 	--no-emit-index-url --no-emit-find-links --newline LF
 
-.PHONY: demo test lint typecheck unit bench lock clean
+.PHONY: demo test lint typecheck unit bench lock clean system-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,21 @@ lint: $(DEVSTAMP)
 typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
-unit: $(DEVSTAMP)
+# Tools the tests drive that come from Debian's packages, not PyPI: Chromium (every HTML report
+# is loaded in a real headless browser) and Graphviz's dot (`ferry graph`). Installed only when
+# missing (as root, or through sudo).
+SYSTEM_TOOLS := chromium:chromium dot:graphviz
+
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing from Debian's packages:$$missing"; \
+		$$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; \
+	fi
+
+unit: $(DEVSTAMP) system-tools
 	$(PY) -m pytest
 
 test: lint typecheck unit

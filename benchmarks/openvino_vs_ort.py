@@ -1,5 +1,5 @@
 """The same model in OpenVINO's runtime (CPU plugin) and in ONNX Runtime (CPU provider), side by
-side in one process, at batch 1 and 8.
+side in one process, at batch 1 and 8: OpenVINO by hand and through ferry's `--provider openvino`.
 
     .venv/bin/python benchmarks/openvino_vs_ort.py                 # about 25 s on 2 cores
     .venv/bin/python benchmarks/openvino_vs_ort.py --seconds 0.2   # shorter rounds
@@ -13,10 +13,14 @@ optimization level all, ORT's default threads), ``session.run(None, feeds)``. ``
 ``openvino.convert_model`` on the same file, ``Core.compile_model(..., "CPU",
 {"INFERENCE_PRECISION_HINT": "f32"})`` (what ``ferry package --target openvino`` verifies),
 one reused InferRequest, ``request.infer(feeds)``. ``ov-default``: the same without the hint
-(the CPU plugin then computes in bf16 where the CPU has it: see the flags printed). Both
-runtimes use their default thread counts. Each batch size: a warm-up, then ``--rounds`` rounds
-of ``--seconds`` per variant, the variants interleaved within each round; the figure is the
-median of the rounds' median latency. Every variant's output is compared with ORT's (max abs).
+(the CPU plugin then computes in bf16 where the CPU has it: see the flags printed).
+``provider-openvino``: what ``--provider openvino`` runs (``runtime.create_session`` with
+``SessionConfig(provider="openvino")``: an ``ovsession.OpenVinoSession``, f32 hint, LATENCY
+hint, inputs shared, outputs copied), ``session.run(None, feeds)``; ``provider-openvino-fp16``:
+the same at ``precision="fp16"``. Both runtimes use their default thread counts. Each batch
+size: a warm-up, then ``--rounds`` rounds of ``--seconds`` per variant, the variants
+interleaved within each round; the figure is the median of the rounds' median latency.
+Every variant's output is compared with ORT's (max abs).
 """
 
 from __future__ import annotations
@@ -101,10 +105,24 @@ def runners(path: Path) -> dict[str, Run]:
 
         return run
 
+    from onnxferry.model import Model
+    from onnxferry.runtime import SessionConfig, create_session
+
+    def ferry_run(precision: str) -> Run:
+        config = SessionConfig(provider="openvino", precision=precision, fallback=False)
+        ferry_session = create_session(Model.load(path), config)
+
+        def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(ferry_session.run(None, feeds)[0])
+
+        return run
+
     return {
         "ort": ort_run,
         "ov-f32": ov_run({"INFERENCE_PRECISION_HINT": "f32"}),
         "ov-default": ov_run({}),
+        "provider-openvino": ferry_run("fp32"),
+        "provider-openvino-fp16": ferry_run("fp16"),
     }
 
 

@@ -352,13 +352,16 @@ def perf_analyzer(
     out: Path,
     cpus: tuple[int, ...] | None = None,
     batch: int = 1,
+    protocol: str = "http",
 ) -> Row:
     """One concurrency level with perf_analyzer; its CSV (usec) becomes a Row. ``stable``
     keeps perf_analyzer's own check (3 windows within 10 %, at most 10 tries); without it
-    the figures come from 3 windows whatever they vary."""
+    the figures come from 3 windows whatever they vary. ``protocol`` "grpc" drives the gRPC
+    endpoint ``url`` ("host:port") instead (benchmarks/serve_grpc.py)."""
     csv_path = out / f"pa-{model}-{concurrency}-{time.monotonic_ns()}.csv"
     cmd = [str(pa_dir / "perf_analyzer"), "-m", model, "-u", url.removeprefix("http://")]
-    cmd += ["-i", "http", "-b", str(batch), "--concurrency-range", f"{concurrency}:{concurrency}"]
+    cmd += ["-i", protocol, "-b", str(batch)]
+    cmd += ["--concurrency-range", f"{concurrency}:{concurrency}"]
     cmd += ["--measurement-interval", str(interval_ms), "--input-data", "random"]
     cmd += ["-f", str(csv_path)]
     if not stable:

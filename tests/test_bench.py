@@ -177,7 +177,7 @@ def test_csv_and_json(relu: Model) -> None:
     data = json.loads(report.to_json())
     assert data["verb"] == "bench"
     result = data["result"]
-    assert set(result) == {"results", "skipped", "settings", "environment"}
+    assert set(result) == {"results", "skipped", "settings", "environment", "energy", "cost"}
     assert result["settings"]["iterations"] == 10
     first = result["results"][0]
     for key in ("p50_ms", "p90_ms", "p99_ms", "iqr_ms", "cv", "peak_rss_bytes", "memory_method"):

@@ -724,6 +724,21 @@ def _serve_executor(tmp: Path) -> Names:
     return {"model": Model.load(save(onnx_text(RELU), Path("relu.onnx"))), "x": _feeds()["x"]}
 
 
+def _serve_cache(tmp: Path) -> Names:
+    x = _feeds()["x"]
+    return {"x": x, "y": x * 2}
+
+
+def _serve_budget(tmp: Path) -> Names:
+    import time
+
+    from onnxferry.serve.config import ModelConfig
+    from onnxferry.serve.executor import ModelExecutor
+
+    executor = ModelExecutor(_serve_executor(tmp)["model"], ModelConfig(instances=1))
+    return {"executor": executor, "deadline": time.monotonic() + 60}
+
+
 def _serve_metadata(tmp: Path) -> Names:
     from onnxferry.serve.config import ModelConfig
 
@@ -903,8 +918,86 @@ def _serve_responses(tmp: Path) -> Names:
     return {"request": request, "outputs": OrtRunner(names["model"]).run(request.inputs)}
 
 
+def _serve_shm(tmp: Path) -> Names:
+    import atexit
+
+    path = Path("/dev/shm/ferry-doc-input")  # the key the example registers
+    path.write_bytes(bytes(48))
+    atexit.register(path.unlink, missing_ok=True)
+    return {}
+
+
+def _serve_grpc_convert(tmp: Path) -> Names:
+    from tritonclient.grpc import service_pb2
+
+    from onnxferry.runtime import OrtRunner
+    from onnxferry.serve.protocol import decode_document
+
+    model, x = _loaded(), _feeds()["x"]
+    message = service_pb2.ModelInferRequest(model_name="mlp")
+    message.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    message.raw_input_contents.append(x.tobytes())
+    outputs = OrtRunner(model).run({"x": x})
+    return {"message": message, "signature": model.signature, "outputs": outputs,
+            "decode_document": decode_document}  # fmt: skip
+
+
+def _serve_grpc_server(tmp: Path) -> Names:
+    import tritonclient.grpc
+
+    from onnxferry.serve.server import serve
+
+    _model()
+    return {"tritonclient": tritonclient, "serve": _bound(serve)}
+
+
 def _serve_takeover(tmp: Path) -> Names:
     return {"v1": _loaded("v1.onnx"), "v2": _loaded("v2.onnx", noise=1e-3)}
+
+
+def _batch(tmp: Path) -> Names:
+    """model.onnx (the mlp) as ``model``, data.npy and data.parquet of 10 rows, ``source`` over
+    data.npy, out/, and what the sinks' example writes (``rows``, ``y``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnxferry.batch.sinks import shards
+    from onnxferry.batch.sources import open_source
+
+    model = _loaded()
+    x = _feeds(10)["x"]
+    np.save("data.npy", x)
+    pq.write_table(pa.table({"x": pa.array(list(x), pa.list_(pa.float32()))}), "data.parquet")
+    Path("out").mkdir()
+    rows = np.arange(1000)
+    return {
+        "model": model,
+        "source": open_source("data.npy", model.signature),
+        "rows": rows,
+        "y": np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32),
+        "pa": pa,
+        "shards": shards,
+    }
+
+
+def _batch_images(tmp: Path) -> Names:
+    """An image model (x[N,3,224,224] -> per-channel means) as ``model`` and photos/ with one
+    PNG."""
+    from PIL import Image
+
+    from onnxferry.model import Model
+    from tests.helpers import onnx_text
+
+    text = """
+    <ir_version: 10, opset_import: ["" : 21]>
+    pool (float[N, 3, 224, 224] x) => (float[N, 3] m) {
+        axes = Constant<value = int64[2] {2, 3}>()
+        m = ReduceMean<keepdims = 0>(x, axes)
+    }
+    """
+    Path("photos").mkdir()
+    Image.new("RGB", (300, 200), (10, 120, 240)).save("photos/cat.png")
+    return {"model": Model.load(save(onnx_text(text), Path("image.onnx")))}
 
 
 def _registry_files(tmp: Path) -> Names:
@@ -961,6 +1054,68 @@ def _registry_http(tmp: Path) -> Names:
     return {**_registry_files(tmp), "urllib": urllib, "serve_registry": _bound(serve_registry)}
 
 
+def _view(tmp: Path) -> Names:
+    """model.onnx (the mlp: tensors h1, h2), a copy with other weights as ``optimized``, and
+    ``draw``; ``view`` (it serves until a signal) only checks its arguments."""
+    from onnxferry.view import draw, view
+
+    optimized = _loaded("optimized.onnx", noise=0.1)
+    return {"model": _loaded(), "optimized": optimized, "draw": draw, "view": _bound(view)}
+
+
+def _explain(tmp: Path) -> Names:
+    """model.onnx (the helpers' mlp), rows x and bg (also x.npz, bg.npz), vocab.txt, and
+    what the explain modules' examples take: a session, a tabular layout, an explanation,
+    a Task for one row."""
+    from onnxferry.data import save_npz
+    from onnxferry.explain import explain
+    from onnxferry.explain.evaluate import Evaluator, resolve_targets
+    from onnxferry.explain.kinds import plan_layout
+    from onnxferry.explain.methods import Task
+    from onnxferry.runtime import create_session
+
+    model = _loaded()
+    x, bg = _feeds(8)["x"], _feeds(16, seed=1)["x"]
+    save_npz("x.npz", {"x": x})
+    save_npz("bg.npz", {"x": bg})
+    Path("vocab.txt").write_text("".join(f"token{i}\n" for i in range(10)))
+    session = create_session(model)
+    layout, rows = plan_layout(model.signature.input("x"), x[:1])
+    evaluator = Evaluator(session, model.signature, "x", layout, {}, 1)
+    (target,), _ = resolve_targets(evaluator, rows, model.signature, None)
+    task = Task(
+        rows[0],
+        layout,
+        lambda r, t: evaluator.function(0, target, t)(r),
+        bg.mean(axis=0),
+        bg,
+        None,
+        None,
+        64,
+        4096,
+        0,
+        None,
+    )
+    explanation = explain(model, x[:3], "occlusion")
+    return {
+        "model": model,
+        "x": x,
+        "bg": bg,
+        "session": session,
+        "layout": layout,
+        "task": task,
+        "explanation": explanation,
+    }
+
+
+def _explain_image(tmp: Path) -> Names:
+    """An image (CHW, 3x32x32) and its layout."""
+    from onnxferry.explain.kinds import Layout
+
+    image = np.random.default_rng(0).uniform(size=(3, 32, 32)).astype(np.float32)
+    return {"image": image, "layout": Layout("image", True, None, (3, 32, 32))}
+
+
 SETUPS: dict[str, Setup] = {
     "onnxferry": _package,
     "onnxferry.atomic": _atomic,
@@ -973,6 +1128,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli.render": _render,
     "onnxferry.cli.signing": _one_model,
     "onnxferry.cli.types": _nothing,
+    "onnxferry.cli.view": _one_model,
     "onnxferry.compare": _compare,
     "onnxferry.convert": _convert,
     "onnxferry.convert.against": _against,
@@ -1006,6 +1162,16 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,
     "onnxferry.errors": _one_model,
+    "onnxferry.explain": _explain,
+    "onnxferry.explain.evaluate": _explain,
+    "onnxferry.explain.inputs": _explain,
+    "onnxferry.explain.kinds": _explain,
+    "onnxferry.explain.masking": _explain_image,
+    "onnxferry.explain.methods": _explain,
+    "onnxferry.explain.render": _explain,
+    "onnxferry.explain.result": _explain,
+    "onnxferry.cli.explain": _explain,
+    "onnxferry.energy": _nothing,
     "onnxferry.golden": _golden,
     "onnxferry.graphs": _graphs,
     "onnxferry.inspection": _one_model,
@@ -1033,6 +1199,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.smooth": _catalog,
     "onnxferry.optimize.verb": _optimize,
     "onnxferry.optimize.weights": _pass_context,
+    "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity,
     "onnxferry.parity.metrics": _nothing,
@@ -1070,19 +1237,39 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli.package": _one_model,
     "onnxferry.package.mobile": _one_model,
     "onnxferry.package.openvino": _one_model,
+    "onnxferry.package.rayjob": _one_model,
+    "onnxferry.batch": _batch,
+    "onnxferry.batch.images": _batch_images,
+    "onnxferry.batch.local": _batch,
+    "onnxferry.batch.plan": _batch,
+    "onnxferry.batch.sinks": _batch,
+    "onnxferry.batch.sources": _batch,
+    "onnxferry.batch.summary": _nothing,
+    "onnxferry.batch.tables": _batch,
+    "onnxferry.cli.batch": _batch,
+    "onnxferry.package.tflite": _one_model,
     "onnxferry.ci": _nothing,
+    "onnxferry.doctor": _nothing,
+    "onnxferry.cli.doctor": _nothing,
     "onnxferry.cli.ci": _nothing,
     "onnxferry.report": _report,
     "onnxferry.runtime": _runtime,
+    "onnxferry.devices": _runtime,
+    "onnxferry.ovsession": _serve_executor,
+    "onnxferry.precision": _runtime,
     "onnxferry.safety": _safety,
     "onnxferry.saving": _one_model,
     "onnxferry.serve.app": _serve_app,
     "onnxferry.serve.asgi": _serve_asgi,
+    "onnxferry.serve.budget": _serve_budget,
+    "onnxferry.serve.cache": _serve_cache,
     "onnxferry.serve.catalog": _serve_catalog,
     "onnxferry.serve.config": _serve_config,
     "onnxferry.serve.connections": _serve_connections,
     "onnxferry.serve.endpoint": _serve_endpoint,
     "onnxferry.serve.executor": _serve_executor,
+    "onnxferry.serve.grpc_convert": _serve_grpc_convert,
+    "onnxferry.serve.grpc_server": _serve_grpc_server,
     "onnxferry.serve.infer": _serve_infer,
     "onnxferry.serve.inflate": _serve_inflate,
     "onnxferry.serve.keys": _serve_keys,
@@ -1100,6 +1287,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.registry_http": _registry_http,
     "onnxferry.serve.server": _serve_server,
     "onnxferry.serve.settings": _nothing,
+    "onnxferry.serve.shm": _serve_shm,
     "onnxferry.serve.takeover": _serve_takeover,
     "onnxferry.serve.tensors": _serve_tensors,
     "onnxferry.serve.versions": _serve_repository,
@@ -1110,6 +1298,13 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.signing.keys": _nothing,
     "onnxferry.signing.signer": _signing_keys,
     "onnxferry.signing.verifier": _signed_model,
+    "onnxferry.view": _view,
+    "onnxferry.view.diff": _view,
+    "onnxferry.view.graph": _view,
+    "onnxferry.view.inventory": _view,
+    "onnxferry.view.labels": _view,
+    "onnxferry.view.netron": _view,
+    "onnxferry.view.render": _view,
 }
 """Per module: what its example needs, made in the current (temporary) directory."""
 
@@ -1119,6 +1314,8 @@ LOAD_TEST = (
     "tests/test_bench_remote.py runs load_test against a live server"
 )
 SKIP: dict[str, str] = {
+    "onnxferry.serve.explaining": "an HTTP exchange, not Python; tests/test_serve_explain.py "
+    "sends it to a real server",
     "onnxferry.convert.keras": f"{TENSORFLOW}; tests/test_convert_keras.py runs these loaders",
     "onnxferry.convert.savedmodel": f"{TENSORFLOW}; tests/test_convert_keras.py runs it",
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
@@ -1129,6 +1326,8 @@ SKIP: dict[str, str] = {
     "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "
     "search and a bench: far past this test's time; tests/test_deploy.py deploys a tiny model",
     "onnxferry.bench.remote": LOAD_TEST,
+    "onnxferry.batch.ray_engine": "starts a Ray instance (about 15 s here); "
+    "tests/test_batch_ray.py runs the engine on ray.init(num_cpus=2)",
     "onnxferry.cli.follow": "needs a `ferry registry serve` at the address it names and a "
     "device folder under /opt; tests/test_registry_follow.py runs both verbs",
 }

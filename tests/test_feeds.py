@@ -221,7 +221,7 @@ def test_optimize_refuses_to_judge_on_guessed_sizes_unless_told(tmp_path: Path) 
 
 def _fold_recipe(tmp_path: Path) -> Path:
     recipe = tmp_path / "fold.recipe.toml"
-    recipe.write_text('[[passes]]\nname = "fold"\n')
+    recipe.write_text('[[pass]]\nname = "fold"\n')
     return recipe
 
 

@@ -19,11 +19,11 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic"},
-    {"model", "saving", "graphs", "data", "report", "inspection"},
-    {"runtime", "feeds", "measure"},
-    {"parity", "bisect", "bench", "check", "golden"},
-    {"convert", "optimize", "compare"},  # compare: an ONNX model against its source too
-    {"deploy", "signing", "registry"},
+    {"model", "saving", "graphs", "data", "report", "inspection", "plots"},
+    {"runtime", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
+    {"parity", "bisect", "bench", "check", "golden", "view"},
+    {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source
+    {"deploy", "signing", "registry", "batch"},
     {"serve"},
     {"package", "ci"},  # writes what serve runs (ferry.toml, probes, metrics names)
     {"cli", "__init__", "__main__"},

@@ -85,6 +85,7 @@ def test_recipe_round_trips_through_toml(tmp_path: Path) -> None:
         ('[[pass]]\nname = "ort_graph"\nlevel = "max"', "must be 'basic' | 'extended'"),
         ("[[pass]]\nlevel = 1", "has no name"),
         ("not toml = = ", "not valid TOML"),
+        ('[[passes]]\nname = "slim"', "unknown table or key 'passes'"),
     ],
 )
 def test_bad_recipes_are_one_line_usage_errors(text: str, message: str) -> None:

@@ -687,7 +687,7 @@ def test_rejects_bad_binary_data_size() -> None:
 
 def test_rejects_input_with_both_or_neither_data_and_binary() -> None:
     both = x_input(parameters={"binary_data_size": 12})
-    rejects(json_request(both, m_input()), "input 'x' must set exactly one of 'data' and")
+    rejects(json_request(both, m_input()), "input 'x' must set exactly one of 'data', ")
     rejects(json_request(x_input(data=None), m_input()), "input 'x' must set exactly one of")
 
 
@@ -695,11 +695,16 @@ def test_rejects_shared_memory_inputs_and_outputs() -> None:
     shm = x_input(
         data=None, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 12}
     )
-    rejects(json_request(shm, m_input()), "input 'x' uses shared memory")
+    # Without the server's regions (shm.py; tests/test_serve_shm.py serves them).
+    rejects(json_request(shm, m_input()), "input 'x' names a shared memory region")
     outputs = [{"name": "y", "parameters": {"shared_memory_region": "r"}}]
     rejects(
-        json_request(x_input(), m_input(), outputs=outputs), "output 'y' asks for shared memory"
+        json_request(x_input(), m_input(), outputs=outputs),
+        "output 'y' shared_memory_byte_size must be a non-negative integer",
     )
+    whole = {"shared_memory_region": "r", "shared_memory_byte_size": 12}
+    outputs = [{"name": "y", "parameters": whole}]
+    rejects(json_request(x_input(), m_input(), outputs=outputs), "output 'y' names a shared memory")
 
 
 def test_rejects_nonfinite_json_values_when_the_model_forbids_them() -> None:
@@ -753,7 +758,7 @@ def test_rejects_duplicate_or_malformed_requested_outputs() -> None:
         json_request(
             x_input(), m_input(), outputs=[{"name": "y", "parameters": {"classification": 3}}]
         ),
-        "output 'y' asks for shared memory or classification",
+        "output 'y' asks for classification",
     )
     rejects(
         json_request(x_input(), m_input(), outputs={"name": "y"}),

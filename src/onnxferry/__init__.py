@@ -33,6 +33,7 @@ from .errors import (
     UsageError,
     VerificationError,
 )
+from .explain import Explanation, explain  # explain: the verb, over the package's name
 from .feeds import FeedPlan, plan_feeds
 from .golden import GoldenResult, test
 from .inspection import ModelInfo, inspect
@@ -53,6 +54,7 @@ __all__ = [
     "DataError",
     "Deployment",
     "Divergence",
+    "Explanation",
     "FeedError",
     "FeedPlan",
     "FerryError",
@@ -89,6 +91,7 @@ __all__ = [
     "compare_outputs",
     "convert",
     "deploy",
+    "explain",
     "inspect",
     "load_feeds",
     "load_test_cases",

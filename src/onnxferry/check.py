@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import UnsafeModelError, one_line
 from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
 from .report import Report, Table
-from .runtime import SessionConfig, available_providers, create_session, version_problem
+from .runtime import (
+    SessionConfig,
+    available_providers,
+    create_session,
+    session_providers,
+    version_problem,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -231,7 +237,9 @@ def _cpu_kernel_table() -> dict[tuple[str, str], list[tuple[int, int]]]:
 
 
 def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: CheckResult) -> None:
-    available = available_providers()
+    # Named providers may include openvino's own runtime (ovsession); by default only the
+    # onnxruntime build's, so a plain check never imports openvino.
+    available = session_providers() if wanted else available_providers()
     names = list(wanted) if wanted else [p for p in available if p not in _NOT_LOCAL]
     for name in names:
         check_name = f"load on {name}"

@@ -3,6 +3,7 @@ model and the framework model it came from.
 
     report = compare("model.onnx", "model.fp16.onnx", tolerance=Tolerance(atol=1e-2))
     report = compare("model.onnx", provider="cpu", provider_b="cuda", samples=5)
+    report = compare("model.onnx", provider_b="openvino", precision="fp16")  # b at fp16
     report = compare("model.onnx", "train.py:make_model", input_shapes={"x": (1, 3, 32, 32)})
     report.ok, report.result.worst, report.result.divergence
 """
@@ -24,6 +25,7 @@ from .model import Model
 from .parity import Parity, Tolerance, compare_runners
 from .report import Report
 from .runtime import OrtRunner, SessionConfig, provider_name, short_provider_name
+from .view import marked_figure
 
 Feeds = Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]
 
@@ -45,6 +47,9 @@ def compare(
     bisect_on_failure: bool = True,
     trust_pickle: bool = False,
     example_inputs: Any = None,
+    precision: str = "fp32",
+    engine_cache: str | Path | None = None,
+    calibration_table: str | Path | None = None,
 ) -> Report[Parity]:
     """Parity of two ONNX models, of one model on two providers, or of an ONNX model and its
     framework source (``ferry compare``).
@@ -68,10 +73,19 @@ def compare(
     ``dims`` / ``input_shapes``, else the first that run; the report's notes say which were
     chosen). On failure two ONNX models are bisected to the
     first shared tensor that diverges.
+
+    ``precision`` (with ``engine_cache`` and ``calibration_table``) is what B's provider
+    computes in (tensorrt: fp16, int8; openvino: fp16; see ``runtime.SessionConfig``); A, the
+    reference, runs at fp32, so the report says what B's precision loses.
     """
     model_a = _as_model(a)
     feeds = load_feeds(inputs, model_a.signature) if isinstance(inputs, (str, Path)) else inputs
     if b is not None and (framework or detect_framework(b)) != "onnx":
+        if precision != "fp32":
+            raise UsageError(
+                f"precision {precision} is for an ONNX B on tensorrt or openvino",
+                hint="compare against the framework source at fp32",
+            )
         return compare_to_source(
             model_a,
             b,
@@ -94,7 +108,13 @@ def compare(
     tolerance = tolerance or Tolerance()
     wanted_a, wanted_b = provider, provider_b or provider
     config_a = SessionConfig(provider=wanted_a, threads=threads)
-    config_b = SessionConfig(provider=wanted_b, threads=threads)
+    config_b = SessionConfig(
+        provider=wanted_b,
+        threads=threads,
+        precision=precision,
+        engine_cache=None if engine_cache is None else Path(engine_cache),
+        calibration_table=None if calibration_table is None else Path(calibration_table),
+    )
     notes: list[str] = []
     sets, plan = feed_sets(
         model_a,
@@ -118,6 +138,7 @@ def compare(
     parity = compare_runners(runner_a, runner_b, sets, tolerance)
     if not parity.ok and bisect_on_failure:
         notes.append(_bisect_note(parity, model_a, model_b, sets, tolerance, config_a, config_b))
+        notes += _divergence_graph(parity, model_a)
     return Report(verb="compare", result=parity, notes=notes)
 
 
@@ -141,6 +162,17 @@ def _bisect_note(
     if d is None:
         return "bisection found no shared tensor that diverges"
     return f"bisection: first divergence at {d.tensor!r}, output of {d.op_type} node {d.node!r}"
+
+
+def _divergence_graph(parity: Parity, model: Model) -> list[str]:
+    """Draw ``model`` with the first diverging tensor marked into ``parity.graphs`` (the HTML
+    report shows it); a note saying why when it cannot be drawn (no Graphviz)."""
+    if parity.divergence is None:
+        return []
+    svg, why = marked_figure(model, parity.divergence.tensor)
+    if svg is not None:
+        parity.graphs.append(svg)
+    return [] if why is None else [why]
 
 
 def _as_model(value: str | Path | Model) -> Model:

@@ -10,15 +10,13 @@ table, sizes, latency against batch size, and the search's candidates (latency v
 
 from __future__ import annotations
 
-import io
-import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchSuite, bench
+from .bench import bench
 from .convert import Conversion, convert
 from .feeds import Given
 from .optimize import ChainResult, SearchResult, optimize
@@ -109,49 +107,6 @@ def deploy(
         "report (HTML)": str(out / "report.html"),
     }
     report.save(out / "report.json")
-    figures = _figures(timing.result, optimization.result)
-    report.save_html(out / "report.html", f"onnxferry deploy {source}", figures, result.stages)
+    # Each stage draws its own plots (bench: latency; the search: its candidates).
+    report.save_html(out / "report.html", f"onnxferry deploy {source}", sections=result.stages)
     return report
-
-
-def _figures(timing: BenchSuite, optimized: ChainResult | SearchResult) -> list[str]:
-    """Inline SVG plots: latency vs batch per model; candidates' latency vs metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figures = []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in dict.fromkeys(r.model for r in timing.results):
-        rows = sorted((r.batch, r.p50_ms) for r in timing.results if r.model == name)
-        ax.plot([b for b, _ in rows], [ms for _, ms in rows], marker="o", label=name)
-    ax.set(xlabel="batch size", ylabel="p50 latency (ms)", title="latency vs batch")
-    ax.legend()
-    figures.append(_svg(fig))
-    plt.close(fig)
-    candidates = optimized.candidates if isinstance(optimized, SearchResult) else []
-    points = [
-        (float(c.result.final_ms), float(c.result.final_metric), c.recipe.label())
-        for c in candidates
-        if c.result.final_ms is not None
-        and c.result.final_metric is not None
-        and math.isfinite(c.result.final_ms)
-        and math.isfinite(c.result.final_metric)
-    ]
-    if points:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.scatter([p[0] for p in points], [p[1] for p in points])
-        for x, y, label in points:
-            ax.annotate(label, (x, y), fontsize=6)
-        ax.set(xlabel="p50 latency (ms)", ylabel="budget metric", title="candidates")
-        figures.append(_svg(fig))
-        plt.close(fig)
-    return figures
-
-
-def _svg(fig: Any) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return str(text[text.index("<svg") :])

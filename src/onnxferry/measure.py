@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -171,13 +172,16 @@ def measure_stats(
     *,
     on_progress: ProgressCallback | None = None,
     ortvalues: bool = False,
+    window: AbstractContextManager[object] | None = None,
 ) -> LatencyStats:
     """``measure`` as LatencyStats over the measured region (fetching every output).
 
     ``ortvalues``: ``feeds`` are OrtValues and the loop calls ``run_with_ort_values`` (models
-    with bfloat16 outputs, which ``session.run`` cannot return).
+    with bfloat16 outputs, which ``session.run`` cannot return). ``window`` is entered after
+    the warmup, just before the measured region, and left when it ends (an
+    ``energy.EnergyMeter`` measures the timed runs' energy so).
     """
-    latencies, wall = _timed(session, feeds, timing, on_progress, None, ortvalues)
+    latencies, wall = _timed(session, feeds, timing, on_progress, None, ortvalues, window)
     return LatencyStats.from_seconds(latencies, wall)
 
 
@@ -188,18 +192,20 @@ def _timed(
     on_progress: ProgressCallback | None,
     output_names: Sequence[str] | None,
     ortvalues: bool,
+    window: AbstractContextManager[object] | None = None,
 ) -> tuple[list[float], float]:
-    """(latencies, wall seconds of the measured region)."""
+    """(latencies, wall seconds of the measured region); ``window`` spans that region."""
     names = None if output_names is None else list(output_names)
     arrays = dict(feeds)
     run = session.run_with_ort_values if ortvalues else session.run
     for _ in range(timing.warmup):
         run(names, arrays)
-    if timing.concurrency == 1:
-        start = time.perf_counter()
-        lat = _loop(run, names, arrays, timing.iterations, timing.duration, start, on_progress)
-        return lat, time.perf_counter() - start
-    return _threaded(run, names, arrays, timing, on_progress)
+    with window or nullcontext():
+        if timing.concurrency == 1:
+            start = time.perf_counter()
+            lat = _loop(run, names, arrays, timing.iterations, timing.duration, start, on_progress)
+            return lat, time.perf_counter() - start
+        return _threaded(run, names, arrays, timing, on_progress)
 
 
 def _threaded(

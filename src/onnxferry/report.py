@@ -5,11 +5,13 @@
     print(report.to_text())
     report.save("build/compare.json")      # atomic write
     report.save_html("build/compare.html")  # one self-contained page
+    report.write("build/compare.html")     # either one, by the suffix (what --report does)
     report.to_dict()["result"]             # stable keys, see each result's to_dict()
 
 Every result type (Parity, CheckResult, ...) implements ``ReportBody``: ``to_dict()`` for
-JSON and ``tables()`` for text. Non-finite floats become the strings "nan", "inf", "-inf" so
-the JSON stays valid.
+JSON and ``tables()`` for text; one with plots also has ``figures()`` (``Illustrated``),
+inline SVG drawn under its tables in the HTML page. Non-finite floats become the strings
+"nan", "inf", "-inf" so the JSON stays valid.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -51,7 +53,16 @@ class ReportBody(Protocol):
     def tables(self) -> list[Table]: ...
 
 
+@runtime_checkable
+class Illustrated(Protocol):
+    """A report body with plots: ``figures()`` gives inline SVG (``plots`` makes them)."""
+
+    def figures(self) -> list[str]: ...
+
+
 T = TypeVar("T", bound=ReportBody)
+
+HTML_SUFFIXES = (".html", ".htm")
 
 
 @dataclass
@@ -121,6 +132,12 @@ class Report(Generic[T]):
         """Write ``to_html`` atomically, like ``save``."""
         return write_text_atomic(path, self.to_html(title, figures, sections))
 
+    def write(self, path: str | Path) -> Path:
+        """``save_html`` for a path ending in .html (or .htm), else ``save`` (JSON)."""
+        if Path(path).suffix.lower() in HTML_SUFFIXES:
+            return self.save_html(path)
+        return self.save(path)
+
 
 def jsonable(value: Any) -> Any:
     """Plain JSON types for numpy scalars/arrays, paths, tuples and non-finite floats."""
@@ -186,7 +203,8 @@ def human_size(n: int) -> str:
 
 def render_html(reports: Sequence[Report[Any]], title: str, figures: Sequence[str] = ()) -> str:
     """One self-contained page (no external assets) for several reports, e.g. a deploy's
-    stages; ``figures`` are inline SVG documents."""
+    stages, each with its own figures if its result is ``Illustrated``; ``figures`` are more
+    inline SVG documents, at the end."""
     import html
 
     parts = [
@@ -208,6 +226,8 @@ def render_html(reports: Sequence[Report[Any]], title: str, figures: Sequence[st
                 parts.append(f"<tr>{cells}</tr>")
             parts.append("</table>")
         parts.extend(f"<p class='note'>{html.escape(n)}</p>" for n in report.notes)
+        if isinstance(report.result, Illustrated):
+            parts.extend(f"<figure>{svg}</figure>" for svg in report.result.figures())
     parts.extend(f"<figure>{svg}</figure>" for svg in figures)
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -219,5 +239,5 @@ _CSS = (
     "caption{text-align:left;font-weight:600;padding:4px 0}"
     "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
     "th{background:#f3f3f3}.ok{color:#080}.FAILED{color:#b00}.note{color:#555}"
-    "figure{margin:1em 0}"
+    "figure{margin:1em 0}figure svg{max-width:100%;height:auto}"
 )

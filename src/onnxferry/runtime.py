@@ -3,6 +3,7 @@
     runner = OrtRunner(model, provider="cuda", threads=4)   # falls back to cpu, logged
     outputs = runner.run(plan_feeds(model).feeds())        # {output name: array}
     runner.provider                                         # "cpu" if cuda was unavailable
+    OrtRunner(model, config=SessionConfig(provider="openvino", precision="fp16"))  # ovsession
     usable_cores()                                          # affinity capped by the cgroup quota
 
 A ``Runner`` maps feeds to named outputs: ``OrtRunner`` here, the source frameworks' in
@@ -98,12 +99,26 @@ def available_providers() -> list[str]:
     return [short_provider_name(p) for p in ort.get_available_providers()]
 
 
+def session_providers() -> list[str]:
+    """Short names ``create_session`` runs on: ``available_providers()``, plus openvino when
+    the openvino package is installed and the build lacks it (``ovsession``)."""
+    from .ovsession import openvino_installed
+
+    names = available_providers()
+    if "openvino" not in names and openvino_installed():
+        names.insert(names.index("cpu") if "cpu" in names else len(names), "openvino")
+    return names
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How to build a session: provider, threads and graph optimization level.
 
     ``threads`` is the intra-op thread count (None: ONNX Runtime's default, one per core).
     ``fallback`` lets a missing or failing provider fall back to cpu (logged with the reason).
+    ``precision`` (fp32, fp16, int8), ``engine_cache`` and ``calibration_table`` become the
+    provider's options (``precision.precision_options``: tensorrt and openvino take fp16,
+    tensorrt int8; every other provider fp32 only), under those in ``provider_options``.
     """
 
     provider: str = "cpu"
@@ -112,9 +127,16 @@ class SessionConfig:
     graph_optimization: str = "all"
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     fallback: bool = True
+    precision: str = "fp32"
+    engine_cache: Path | None = None
+    """tensorrt: the engine cache's root (default: ``precision.engine_cache_root()``)."""
+    calibration_table: Path | None = None
+    """tensorrt int8 on a model without Q/DQ nodes: TensorRT's calibration table."""
     log_severity: int = 3
     entries: Mapping[str, str] = field(default_factory=dict)
     """Session config entries, e.g. {"session.intra_op.allow_spinning": "0"}."""
+    cpu_arena: bool = True
+    """ONNX Runtime's CPU memory arena (``SessionOptions.enable_cpu_mem_arena``)."""
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -141,6 +163,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if config.inter_threads is not None:
         opts.inter_op_num_threads = config.inter_threads
     opts.log_severity_level = config.log_severity
+    opts.enable_cpu_mem_arena = config.cpu_arena
     for key, value in config.entries.items():
         opts.add_session_config_entry(key, value)
     return opts
@@ -149,22 +172,61 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
 def create_session(model: Model, config: SessionConfig | None = None) -> ort.InferenceSession:
     """An InferenceSession for ``model`` on the configured provider.
 
-    A provider this build lacks, or one that fails to initialise, falls back to cpu with a
-    logged reason unless ``config.fallback`` is False (then ProviderError).
+    A provider this build lacks, or one that fails to initialise, falls back to cpu (at fp32)
+    with a logged reason unless ``config.fallback`` is False (then ProviderError).
+    ``config.precision`` becomes provider options (UsageError for one the provider does not
+    take); tensorrt runs before cuda and cpu, with its engine cache made on disk. openvino on
+    a build without OpenVINOExecutionProvider gives an ``ovsession.OpenVinoSession`` (the
+    OpenVINO runtime, the same slice of the session API) when the openvino package is there.
     """
     import onnxruntime as ort
 
+    from .precision import precision_options, prepare_engine_cache
+
     config = config or SessionConfig()
     wanted = provider_name(config.provider)
+    short = short_provider_name(wanted)
+    options = {
+        **precision_options(
+            model,
+            short,
+            config.precision,
+            engine_cache=config.engine_cache,
+            calibration_table=config.calibration_table,
+        ),
+        **config.provider_options,
+    }
+    built = ort.get_available_providers()
+    if short == "openvino" and wanted not in built:
+        from .ovsession import openvino_installed
+
+        if openvino_installed():
+            log.debug(
+                "onnxruntime %s has no %s: running the OpenVINO runtime directly",
+                ort.__version__,
+                wanted,
+            )
+            return _openvino_session(model, config, options)
     opts = session_options(config)
-    providers: list[Any] = [(wanted, dict(config.provider_options))]
-    if wanted not in ort.get_available_providers():
+    providers: list[Any] = [(wanted, options)]
+    if wanted not in built:
         reason = f"provider {config.provider!r} is not in this onnxruntime build"
+        hint = f"available: {', '.join(available_providers())}"
+        if short == "openvino":
+            reason += " and the openvino package is not installed"
+            hint = "pip install openvino"
+        elif short in ("cuda", "tensorrt"):
+            extra = " and tensorrt-cu12" if short == "tensorrt" else ""
+            hint += f"; {short} needs onnxruntime-gpu{extra} and an NVIDIA GPU"
         if not config.fallback:
-            raise ProviderError(reason, hint=f"available: {', '.join(available_providers())}")
+            raise ProviderError(reason, hint=hint)
         log.warning("%s; falling back to cpu", reason)
         providers = ["CPUExecutionProvider"]
     elif wanted != "CPUExecutionProvider":
+        if short == "tensorrt":
+            prepare_engine_cache(options, config.calibration_table)
+            if "CUDAExecutionProvider" in built:
+                providers.append("CUDAExecutionProvider")
         providers.append("CPUExecutionProvider")
     source = _session_source(model)
     try:
@@ -180,7 +242,7 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
         message = ort_error_message(e)
         if wanted != "CPUExecutionProvider" and config.fallback:
             log.warning("provider %r failed (%s); falling back to cpu", config.provider, message)
-            return create_session(model, dataclasses.replace(config, provider="cpu"))
+            return create_session(model, _on_cpu(config))
         raise ModelLoadError(
             f"onnxruntime cannot load {where}: {message}",
             hint="run `ferry check` on the model for details",
@@ -189,6 +251,29 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
     if active != wanted:
         log.warning("provider %r was not used; session runs on %s", config.provider, active)
     return session
+
+
+def _on_cpu(config: SessionConfig) -> SessionConfig:
+    """``config`` on cpu, at fp32 without the other provider's options (a fallback)."""
+    return dataclasses.replace(
+        config, provider="cpu", precision="fp32", calibration_table=None, provider_options={}
+    )
+
+
+def _openvino_session(
+    model: Model, config: SessionConfig, options: Mapping[str, Any]
+) -> ort.InferenceSession:
+    """An ``ovsession.OpenVinoSession``; a model OpenVINO cannot load falls back to cpu when
+    ``config.fallback`` allows (logged), else its ModelLoadError stands."""
+    from .ovsession import OpenVinoSession
+
+    try:
+        return OpenVinoSession(model, options, threads=config.threads)
+    except ModelLoadError as e:
+        if not config.fallback:
+            raise
+        log.warning("provider 'openvino' failed (%s); falling back to cpu", e.message)
+        return create_session(model, _on_cpu(config))
 
 
 def _session_source(model: Model) -> str | bytes:
@@ -418,6 +503,28 @@ def usable_cores(
     return max(1, cores)
 
 
+def memory_limit(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The tightest cgroup memory limit in bytes over the process's cgroup and its ancestors
+    (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), None when unlimited."""
+    paths = _cgroup_paths(self_cgroup)
+    found: list[int] = []
+    files = [d / "memory.max" for d in _candidates(cgroup_root, paths.get("", "/"))]
+    files += [
+        d / "memory.limit_in_bytes"
+        for d in _candidates(cgroup_root / "memory", paths.get("memory", "/"))
+    ]
+    for file in files:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < 1 << 62:  # v1 writes "unlimited" as ~2**63
+            found.append(int(text))
+    return min(found) if found else None
+
+
 def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
     """The process's cgroup path per hierarchy: "" for v2, controller names for v1."""
     paths: dict[str, str] = {}
@@ -433,8 +540,8 @@ def _cgroup_paths(self_cgroup: Path) -> dict[str, str]:
         if controllers == "":
             paths[""] = where
         for controller in controllers.split(","):
-            if controller == "cpu":
-                paths["cpu"] = where
+            if controller in ("cpu", "memory"):
+                paths[controller] = where
     return paths
 
 

@@ -130,6 +130,11 @@ def bench(
         ) from None
     if models:
         raise UsageError("--url measures a server: give --model NAME, not model files")
+    if options.get("price_per_hour") is not None:
+        raise UsageError(
+            "--price-per-hour prices the models benched here, not a server",
+            hint="drop --url to bench the model files on this machine",
+        )
     if not model:
         raise UsageError("--url needs --model NAME", hint="the name the server serves it under")
     timing = {} if duration is None else {"duration_s": duration}

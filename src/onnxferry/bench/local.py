@@ -17,13 +17,23 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..data import load_feeds
+from ..devices import (
+    Device,
+    SessionPool,
+    check_pool,
+    describe_pool,
+    device_session,
+    parse_devices,
+    pool_provider,
+)
+from ..energy import POWERCAP, EnergyMeter, Rapl
 from ..errors import FeedError, UsageError
 from ..feeds import (
     FeedPlan,
@@ -35,20 +45,24 @@ from ..feeds import (
 )
 from ..measure import PeakMemory, ProgressCallback, Timing, measure_stats
 from ..model import Model
+from ..precision import check_precision
 from ..report import Report
 from ..runtime import (
     SessionConfig,
-    available_providers,
     create_session,
     needs_ortvalue_outputs,
     ort_inputs,
     provider_name,
     quiet_run_options,
     run_errors,
+    session_providers,
 )
 from ..runtime import short_provider_name as _short
 from ..signature import Signature
 from .results import BenchResult, BenchSuite
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,12 @@ def bench_models(
     inputs: str | Path | Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
+    precision: str = "fp32",
+    engine_cache: str | Path | None = None,
+    calibration_table: str | Path | None = None,
+    price_per_hour: float | None = None,
+    powercap: str | Path = POWERCAP,
+    devices: str | Sequence[str] | None = None,
 ) -> Report[BenchSuite]:
     """Latency, throughput and peak memory of every model in every configuration.
 
@@ -154,10 +174,25 @@ def bench_models(
     every batch axis at each of ``batches``. A model without a batch axis skips batch sizes
     other than 1; a provider this onnxruntime build lacks is skipped. UsageError if nothing
     at all can run. ``progress`` is called with a ``Progress`` as the run goes.
+    ``precision`` (with ``engine_cache`` and ``calibration_table``) is what tensorrt / openvino
+    compute in (``runtime.SessionConfig``); UsageError when a provider asked for takes no such
+    precision. openvino runs through the OpenVINO runtime when onnxruntime lacks it.
+    Energy per inference comes from the RAPL package counters under ``powercap`` (see
+    ``energy``) where they can be read; ``price_per_hour`` (USD) prices a million inferences.
+    ``devices`` ("cuda:0,cuda:1", ``devices.parse_devices``) replaces ``providers``: each
+    configuration runs on each device (its row's provider is the device, "cuda:1"), and with
+    several devices once more on all of them together (provider "cuda:0+cuda:1", a
+    ``devices.SessionPool`` driven by ``concurrency`` threads per device: the aggregate
+    throughput). ProviderError naming a device that cannot be used.
     """
     if isinstance(inputs, (str, Path)):
         inputs = load_feeds(inputs)[0]
     timing = Timing(warmup, iterations, duration, concurrency)
+    if price_per_hour is not None and not price_per_hour > 0:
+        raise UsageError(
+            f"price per hour must be more than 0, got {price_per_hour}",
+            hint="pass --price-per-hour 3.5 (USD per hour of this machine)",
+        )
     if isinstance(models, (str, Path)):
         models = [models]
     if not models:
@@ -168,14 +203,25 @@ def bench_models(
             "batches and inputs exclude each other", hint="the inputs' own batch is timed"
         )
     wanted = [_short(provider_name(p)) for p in providers]
+    pool = _pool(devices, wanted)
+    notes: list[str] = []
+    if pool:
+        wanted = [pool[0].provider]
+        notes.extend(n for n in [describe_pool(pool)] if n)
+    if len(pool) > 1:
+        notes.append(
+            f"{'+'.join(str(d) for d in pool)}: every device at once, {concurrency} request(s) "
+            f"in flight per device (concurrency {concurrency * len(pool)})"
+        )
+    for provider in wanted:
+        check_precision(provider, precision)
     loaded = [m if isinstance(m, Model) else Model.load(m) for m in models]
     sources = [_source(m, dims, input_shapes, inputs) for m in loaded]
     _check_known(loaded, dims)
 
-    have = set(available_providers())
+    have = set(session_providers())
     plan: list[_Config] = []
     skipped: list[str] = []
-    notes: list[str] = []
     for model, label, source in zip(loaded, _labels(loaded), sources, strict=True):
         if isinstance(source, FeedPlan):
             note = f"{label}: inputs {source.describe()}" + (
@@ -199,7 +245,17 @@ def bench_models(
                         skipped.append(f"{where}: {reason}")
                     else:
                         feeds = source.with_batch(b) if isinstance(source, FeedPlan) else source
-                        plan.append(_Config(model, label, provider, t, feeds))
+                        config = _Config(
+                            model,
+                            label,
+                            provider,
+                            t,
+                            feeds,
+                            precision,
+                            None if engine_cache is None else Path(engine_cache),
+                            None if calibration_table is None else Path(calibration_table),
+                        )
+                        plan.extend(_on_devices(config, pool))
     if not plan:
         raise UsageError(
             "no configuration can run: " + "; ".join(skipped),
@@ -216,9 +272,15 @@ def bench_models(
         "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         "inputs": "given" if inputs is not None else "generated",
         "seed": seed,
+        "precision": precision,
     }
     suite.environment = _environment()
-    suite.results = _run(plan, timing, seed, progress)
+    suite.settings["price_per_hour"] = price_per_hour
+    rapl = Rapl.find(powercap)
+    suite.energy = rapl.describe()
+    notes += [f"energy: {suite.energy}", f"cost: {suite.cost}"]
+    results = _run(plan, timing, seed, progress, rapl=rapl)
+    suite.results = [replace(r, price_per_hour=price_per_hour) for r in results]
     return Report(verb="bench", result=suite, notes=notes)
 
 
@@ -256,9 +318,48 @@ class _Config:
     provider: str
     threads: int | None
     feeds: FeedPlan | Mapping[str, np.ndarray]
+    precision: str = "fp32"
+    engine_cache: Path | None = None
+    calibration_table: Path | None = None
+    devices: tuple[Device, ...] = ()
+    """A device pool's members this configuration runs on together (() : ``provider``)."""
+
+    @property
+    def where(self) -> str:
+        """The provider, or the devices ("cuda:0", "cuda:0+cuda:1")."""
+        return "+".join(str(d) for d in self.devices) if self.devices else self.provider
+
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(
+            provider=self.provider,
+            threads=self.threads,
+            fallback=False,
+            precision=self.precision,
+            engine_cache=self.engine_cache,
+            calibration_table=self.calibration_table,
+        )
 
     def arrays(self, seed: int) -> dict[str, np.ndarray]:
         return self.feeds.feeds(seed) if isinstance(self.feeds, FeedPlan) else dict(self.feeds)
+
+
+def _pool(devices: str | Sequence[str] | None, providers: Sequence[str]) -> list[Device]:
+    """The parsed device pool, checked against this build ([] without one)."""
+    if devices is None:
+        return []
+    pool = parse_devices(devices)
+    for provider in providers:
+        pool_provider(pool, provider)
+    check_pool(pool)
+    return pool
+
+
+def _on_devices(config: _Config, pool: Sequence[Device]) -> list[_Config]:
+    """``config`` on each device of ``pool``, then (several devices) on all together."""
+    if not pool:
+        return [config]
+    each = [replace(config, devices=(d,)) for d in pool]
+    return each + ([replace(config, devices=tuple(pool))] if len(pool) > 1 else [])
 
 
 def _source(
@@ -319,6 +420,8 @@ def _run(
     timing: Timing,
     seed: int,
     progress: Callable[[Progress], None] | None,
+    *,
+    rapl: Rapl,
 ) -> list[BenchResult]:
     """Every planned configuration in order, reporting to ``progress`` as they go."""
     results: list[BenchResult] = []
@@ -327,12 +430,14 @@ def _run(
         batch = _batch_of(config.model, arrays)
         on_progress: ProgressCallback | None = None
         if progress is not None:
-            what = f"{config.label} {config.provider} threads={config.threads or 'default'}"
+            what = f"{config.label} {config.where} threads={config.threads or 'default'}"
             report = _reporter(progress, index, len(plan), f"{what} batch={batch}", timing)
             report(0, 0.0)
             on_progress = report
         results.append(
-            _bench_one(config, timing, arrays=arrays, batch=batch, on_progress=on_progress)
+            _bench_one(
+                config, timing, arrays=arrays, batch=batch, on_progress=on_progress, rapl=rapl
+            )
         )
     return results
 
@@ -355,24 +460,27 @@ def _bench_one(
     arrays: Mapping[str, np.ndarray],
     batch: int,
     on_progress: ProgressCallback | None,
+    rapl: Rapl,
 ) -> BenchResult:
-    """One configuration: a fresh session, one untimed run, then the timed loop."""
+    """One configuration: a fresh session, one untimed run, then the timed loop (its energy
+    read from ``rapl`` around the timed window)."""
+    meter = EnergyMeter(rapl)
     model = config.model
     ortvalues = needs_ortvalue_outputs(model.signature)
     feeds = ort_inputs(arrays, all_ortvalues=ortvalues)
     with PeakMemory() as peak:
         t0 = time.perf_counter()
-        session = create_session(
-            model, SessionConfig(provider=config.provider, threads=config.threads, fallback=False)
-        )
+        session = _session(config)
         init_ms = (time.perf_counter() - t0) * 1e3
+        if len(config.devices) > 1:  # every device kept as busy as one alone
+            timing = replace(timing, concurrency=timing.concurrency * len(config.devices))
         with run_errors(model.name, arrays):
             first = session.run_with_ort_values if ortvalues else session.run
             first(None, feeds, quiet_run_options())  # a run that fails says so once, on one line
             latency = measure_stats(
-                session, feeds, timing, on_progress=on_progress, ortvalues=ortvalues
+                session, feeds, timing, on_progress=on_progress, ortvalues=ortvalues, window=meter
             )
-    used = _short(session.get_providers()[0])
+    used = config.where if config.devices else _short(session.get_providers()[0])
     del session
     return BenchResult(
         model=config.label,
@@ -387,7 +495,18 @@ def _bench_one(
         memory_method=peak.method,
         session_init_ms=init_ms,
         input_shapes=_shapes_of(arrays),
+        energy_j=meter.joules,
     )
+
+
+def _session(config: _Config) -> ort.InferenceSession:
+    """The configuration's session: on its provider, its device, or its devices pooled."""
+    if not config.devices:
+        return create_session(config.model, config.session_config())
+    sessions = [device_session(config.model, config.session_config(), d) for d in config.devices]
+    if len(sessions) == 1:
+        return sessions[0]
+    return cast("ort.InferenceSession", SessionPool(sessions))  # the slice measure uses
 
 
 def _environment() -> dict[str, Any]:

@@ -41,6 +41,11 @@ BENCH_COLUMNS = (
     "peak_rss_bytes",
     "memory_method",
     "session_init_ms",
+    "energy_j",
+    "energy_per_inference_j",
+    "price_per_hour",
+    "cost_per_million_inferences",
+    "cost_per_million_samples",
     "input_shapes",
 )
 """The keys of ``BenchResult.to_dict()`` and the CSV columns, in order."""
@@ -54,6 +59,9 @@ class BenchResult:
     are attributes here too (``p50_ms``, ``cv``, ...; ``iterations`` is its count and
     ``wall_s`` its window). ``threads`` None means ONNX Runtime's default.
     ``memory_method`` says how ``peak_rss_bytes`` was read (see ``measure.PeakMemory``).
+    ``energy_j`` is what the RAPL package counters (``energy``) counted over the timed window,
+    None where they cannot be read; ``price_per_hour`` (USD) prices the machine, None when
+    not given. An inference is one run at the row's batch size.
     """
 
     model: str
@@ -68,6 +76,8 @@ class BenchResult:
     memory_method: str
     session_init_ms: float
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    energy_j: float | None = None
+    price_per_hour: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -121,6 +131,25 @@ class BenchResult:
     def samples_per_s(self) -> float:
         return self.inferences_per_s * self.batch
 
+    @property
+    def energy_per_inference_j(self) -> float | None:
+        """Joules per run over the timed window (package-wide), None without counters."""
+        if self.energy_j is None or not self.iterations:
+            return None
+        return self.energy_j / self.iterations
+
+    @property
+    def cost_per_million_inferences(self) -> float | None:
+        """USD for a million runs at this throughput: price / (runs per hour) * 1e6."""
+        if self.price_per_hour is None or self.inferences_per_s <= 0:
+            return None
+        return self.price_per_hour / (self.inferences_per_s * 3600) * 1e6
+
+    @property
+    def cost_per_million_samples(self) -> float | None:
+        cost = self.cost_per_million_inferences
+        return None if cost is None else cost / self.batch
+
     def to_dict(self) -> dict[str, Any]:
         d = {key: getattr(self, key) for key in BENCH_COLUMNS}
         d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
@@ -135,10 +164,20 @@ class BenchSuite:
     skipped: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    energy: str = "unavailable (not measured)"
+    """Where ``energy_j`` comes from (``energy.Rapl.describe``), or why it is unavailable."""
 
     @property
     def ok(self) -> bool:
         return bool(self.results)
+
+    @property
+    def cost(self) -> str:
+        """The price behind the costs, or why there are none."""
+        price = self.settings.get("price_per_hour")
+        if price is None:
+            return "unavailable (give --price-per-hour)"
+        return f"at {price:g} USD per hour"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +185,8 @@ class BenchSuite:
             "skipped": list(self.skipped),
             "settings": dict(self.settings),
             "environment": dict(self.environment),
+            "energy": self.energy,
+            "cost": self.cost,
         }
 
     def to_csv(self) -> str:
@@ -164,6 +205,9 @@ class BenchSuite:
         # Request counts and inferences/s are in the title, the JSON and the CSV.
         columns = ["model", "provider", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"]
         columns += ["max ms", "std ms", "samples/s", "peak MiB"]
+        energy = any(r.energy_j is not None for r in self.results)
+        priced = any(r.price_per_hour is not None for r in self.results)
+        columns += ["J/inference"] * energy + ["USD/M inferences"] * priced
         if several:
             columns.append("speedup (p50)")
         first_model = self.results[0].model if self.results else None
@@ -177,6 +221,7 @@ class BenchSuite:
             row: list[Any] = [r.model, r.provider, "auto" if r.threads is None else r.threads]
             row += [r.batch, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.std_ms]
             row += [r.samples_per_s, r.peak_rss_bytes / 2**20]
+            row += [r.energy_per_inference_j] * energy + [r.cost_per_million_inferences] * priced
             if several:
                 base = baseline.get((r.provider, r.threads, r.batch))
                 row.append(base / r.p50_ms if base is not None and r.p50_ms > 0 else None)
@@ -192,6 +237,25 @@ class BenchSuite:
         if self.skipped:
             tables.append(Table("Skipped", ["reason"], [[s] for s in self.skipped]))
         return tables
+
+    def figures(self) -> list[str]:
+        """p50 latency against batch size per model and configuration when there are several
+        batch sizes, else one bar per row when there are several rows."""
+        from ..plots import bars_svg, lines_svg
+
+        def name(r: BenchResult) -> str:
+            return f"{r.model} {r.provider} threads={'auto' if r.threads is None else r.threads}"
+
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in self.results:
+            series.setdefault(name(r), []).append((r.batch, r.p50_ms))
+        if any(len(points) > 1 for points in series.values()):
+            lines = {label: sorted(points) for label, points in series.items()}
+            return [lines_svg(lines, "batch size", "p50 latency (ms)", "latency vs batch")]
+        if len(self.results) > 1:
+            bars = [(f"{name(r)} batch={r.batch}", r.p50_ms) for r in self.results]
+            return [bars_svg(bars, "p50 latency (ms)", "latency per configuration")]
+        return []
 
 
 # --- load tests -------------------------------------------------------------------------

@@ -8,9 +8,9 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 3 internal erro
 Errors print one line on stderr; -v prints the traceback too.
 
 One module per group of verbs (``judge``, ``convert``, ``optimize``, ``bench``, ``deploy``,
-``serve``, ``signing``, ``registry`` and its ``registry_*`` parts, ``follow``); the options
-they share are declared once in ``options``, their value types in ``types``, and ``render``
-prints reports.
+``serve``, ``signing``, ``registry`` and its ``registry_*`` parts, ``follow``, ``view``,
+``doctor``, ``explain``, ``batch``); the options they share are declared once in
+``options``, their value types in ``types``, and ``render`` prints reports.
 """
 
 from __future__ import annotations
@@ -25,7 +25,23 @@ import click
 
 from .._version import __version__
 from ..errors import EXIT_INPUT_ERROR, EXIT_INTERNAL_ERROR, FerryError, one_line
-from . import bench, ci, convert, deploy, follow, judge, optimize, package, registry, serve, signing
+from . import (
+    batch,
+    bench,
+    ci,
+    convert,
+    deploy,
+    doctor,
+    explain,
+    follow,
+    judge,
+    optimize,
+    package,
+    registry,
+    serve,
+    signing,
+    view,
+)
 from .types import BadValue
 
 
@@ -64,6 +80,11 @@ VERBS: list[click.Command] = [
     package.package_command,
     follow.follow_command,
     ci.ci,
+    view.graph_command,
+    view.view_command,
+    doctor.doctor_command,
+    explain.explain_command,
+    batch.batch_command,
 ]
 for _verb in VERBS:
     cli.add_command(_verb)

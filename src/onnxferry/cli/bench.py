@@ -13,7 +13,9 @@ import click
 from ..errors import UsageError
 from .options import (
     batch_option,
+    devices_option,
     inputs_option,
+    precision_options,
     report_options,
     seed_option,
     size_options,
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     show_default=True,
     help="Providers, e.g. cpu,cuda.",
 )
+@devices_option
+@precision_options
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
 @click.option("--iterations", type=int, help="Timed runs per configuration.")
 @click.option("--duration", type=float, help="Seconds per configuration instead.")
@@ -53,6 +57,11 @@ if TYPE_CHECKING:
 @size_options
 @inputs_option("Feeds to time instead of generated ones (the first set)")
 @seed_option
+@click.option(
+    "--price-per-hour",
+    type=float,
+    help="USD per hour of this machine: adds the cost per million inferences.",
+)
 @click.option("--csv", "as_csv", is_flag=True, help="Print the results as CSV.")
 @report_options
 def bench(
@@ -63,6 +72,10 @@ def bench(
     batches: list[int],
     threads: list[int] | None,
     providers: list[str],
+    devices: str | None,
+    precision: str,
+    engine_cache: Path | None,
+    calibration_table: Path | None,
     warmup: int,
     iterations: int | None,
     duration: float | None,
@@ -71,18 +84,26 @@ def bench(
     input_shapes: dict[str, tuple[int, ...]],
     inputs: str | None,
     seed: int,
+    price_per_hour: float | None,
     as_csv: bool,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
     """Measure latency, throughput and memory of one or more models side by side, or (--url)
-    load-test a running V2 server like perf_analyzer."""
+    load-test a running V2 server like perf_analyzer. Energy per inference where RAPL
+    counters can be read; cost per million inferences with --price-per-hour."""
     from ..bench import BenchSuite
     from ..bench import bench as run_bench
 
     if as_csv and as_json:
         raise UsageError("--csv and --json exclude each other", hint="pick one")
+    if url is not None and devices is not None:
+        raise UsageError(
+            "--devices benches model files here, not a server",
+            hint="start the server with --devices, then bench its --url",
+        )
     counts: list[int | None] = [*threads] if threads else [None]
+    pool = {} if devices is None else {"devices": devices}
     drawn = url is None and sys.stderr.isatty()
     with progress_bar(by_time=duration is not None) if drawn else nullcontext() as progress:
         report = run_bench(
@@ -96,17 +117,22 @@ def bench(
             batches=batches,
             threads=counts,
             providers=providers,
+            precision=precision,
+            engine_cache=engine_cache,
+            calibration_table=calibration_table,
             warmup=warmup,
             iterations=iterations,
             dims=dims,
             input_shapes=input_shapes,
             inputs=inputs,
             progress=progress,
+            price_per_hour=price_per_hour,
+            **pool,
         )
     if as_csv and isinstance(report.result, BenchSuite):
         click.echo(report.result.to_csv(), nl=False)
         if report_path is not None:
-            report.save(report_path)
+            report.write(report_path)
         return report.exit_code
     return emit(report, as_json, report_path)
 

@@ -10,6 +10,7 @@ import click
 from .options import (
     framework_option,
     inputs_option,
+    precision_options,
     report_options,
     runtime_options,
     seed_option,
@@ -52,6 +53,7 @@ def check(model: str, providers: list[str] | None, as_json: bool, report_path: P
 @click.argument("model_b", required=False)
 @runtime_options
 @click.option("--provider-b", help="Provider for B (default: --provider).")
+@precision_options
 @inputs_option("Feeds")
 @click.option("--samples", default=3, show_default=True, help="Generated input sets.")
 @size_options
@@ -67,6 +69,9 @@ def compare(
     provider: str,
     threads: int | None,
     provider_b: str | None,
+    precision: str,
+    engine_cache: Path | None,
+    calibration_table: Path | None,
     inputs: str | None,
     samples: int,
     dims: dict[str, int],
@@ -80,7 +85,8 @@ def compare(
     report_path: Path | None,
 ) -> int:
     """Compare two models, one model on two providers (--provider-b), or an ONNX model A with
-    the framework model B it came from (file.py:function, .pt, .keras, .tflite, .pkl, ...)."""
+    the framework model B it came from (file.py:function, .pt, .keras, .tflite, .pkl, ...).
+    --precision is B's (A, the reference, runs at fp32)."""
     from ..compare import compare as compare_models
 
     report = compare_models(
@@ -98,6 +104,9 @@ def compare(
         tolerance=tolerance,
         bisect_on_failure=not no_bisect,
         trust_pickle=trust_pickle,
+        precision=precision,
+        engine_cache=engine_cache,
+        calibration_table=calibration_table,
     )
     return emit(report, as_json, report_path)
 

@@ -8,8 +8,10 @@ import click
 
 from .options import (
     budget_options,
+    engine_cache_option,
     inputs_option,
     output_option,
+    precision_option,
     report_options,
     runtime_options,
     size_options,
@@ -31,6 +33,8 @@ from .render import Listing, emit
 )
 @click.option("--for-size", is_flag=True, help="Keep passes that shrink but do not speed up.")
 @runtime_options
+@precision_option
+@engine_cache_option
 @click.option("--time-budget", type=float, help="With --auto: seconds to start candidates in.")
 @report_options
 def optimize(
@@ -49,6 +53,8 @@ def optimize(
     for_size: bool,
     provider: str,
     threads: int | None,
+    precision: str,
+    engine_cache: Path | None,
     time_budget: float | None,
     as_json: bool,
     report_path: Path | None,
@@ -78,6 +84,8 @@ def optimize(
         provider=provider,
         threads=threads,
         time_budget=time_budget,
+        precision=precision,
+        engine_cache=engine_cache,
     )
     code = emit(optimized.last_report(ChainResult, SearchResult), as_json, report_path)
     if not as_json:

@@ -46,7 +46,8 @@ report_options = _compose(
         "--report",
         "report_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Also save the JSON report to this file (written atomically).",
+        help="Also save the report to this file: JSON, or a self-contained HTML page for a "
+        ".html path (written atomically).",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
 )
@@ -142,12 +143,47 @@ def encrypt_key_option(purpose: str) -> Callable[[F], F]:
 # --- runtime ----------------------------------------------------------------------------
 
 provider_option = click.option(
-    "--provider", default="cpu", show_default=True, help="Execution provider (cpu, cuda, ...)."
+    "--provider",
+    default="cpu",
+    show_default=True,
+    help="Execution provider (cpu, cuda, tensorrt, openvino, ...).",
 )
 threads_option = click.option(
     "--threads", type=int, help="Intra-op threads (default: ONNX Runtime's)."
 )
 runtime_options = _compose(provider_option, threads_option)
+
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(("fp32", "fp16", "int8")),
+    default="fp32",
+    show_default=True,
+    help="What tensorrt (fp16, int8) or openvino (fp16) computes in; other providers: fp32.",
+)
+engine_cache_option = click.option(
+    "--engine-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="tensorrt: engine cache root (default: ~/.cache/onnxferry/tensorrt).",
+)
+precision_options = _compose(
+    precision_option,
+    engine_cache_option,
+    click.option(
+        "--calibration-table",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="tensorrt int8 on a model without Q/DQ nodes: TensorRT's calibration table.",
+    ),
+)
+"""``--precision``, ``--engine-cache`` and ``--calibration-table``, as ``runtime.SessionConfig``
+takes them (``precision``, ``engine_cache``, ``calibration_table``)."""
+
+devices_option = click.option(
+    "--devices",
+    metavar="LIST",
+    help="A device pool, one session per device: cuda:0,cuda:1 (or tensorrt:N, cpu,cpu); "
+    "sets the provider.",
+)
+"""``--devices`` as ``devices.parse_devices`` reads it (the verb parses it: one-line errors)."""
 
 
 # --- sources (framework models) ---------------------------------------------------------

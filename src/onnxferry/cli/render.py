@@ -1,6 +1,6 @@
 """Output: a verb's report as rich tables or JSON on stdout, saved to a file when asked.
 
-    code = emit(report, as_json, report_path)    # prints, saves, returns the exit code
+    code = emit(report, as_json, report_path)    # prints, saves (.html: a page), returns the code
     emit(Report("passes", Listing([table])), False, None)
     emit_fields({"public key": "keys/public_key.pem"}, as_json=False)   # public key: keys/...
 
@@ -25,7 +25,7 @@ def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
     else:
         print_tables(report)
     if report_path is not None:
-        report.save(report_path)
+        report.write(report_path)  # JSON, or the HTML page for .html
         if not as_json:
             click.echo(f"report: {report_path}", err=True)
     return report.exit_code

@@ -1,9 +1,11 @@
-"""`ferry serve`: a model or a repository over KServe V2 REST, with dynamic batching.
+"""`ferry serve`: a model or a repository over KServe V2 REST (and gRPC), with dynamic batching.
 
 The flags map one to one onto ``ServeSettings`` (the app), ``ServerOptions`` (the HTTP
 server) and ``ModelConfig`` (per model, under ``ferry.toml``); SIGTERM while starting ends
 the start-up with a message and exit 0. ``--sagemaker`` adds SageMaker's /ping and
-/invocations, and the container's defaults (``sagemaker_defaults``).
+/invocations, and the container's defaults (``sagemaker_defaults``); ``--grpc-port`` the
+KServe V2 gRPC service beside REST (serve/grpc_server.py); ``--shared-memory system`` Triton's
+system shared memory extension for clients on the same host (serve/shm.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
 from .._version import __version__
 from ..errors import UsageError
-from .options import encrypt_key_option, public_key_option
+from .options import (
+    devices_option,
+    encrypt_key_option,
+    precision_options,
+    provider_option,
+    public_key_option,
+)
 
 if TYPE_CHECKING:
     from ..serve.registry_source import RegistryOptions
@@ -76,6 +84,16 @@ def api_key_options(fn: F) -> F:
 )
 @click.option("--port", type=int, help="Port (default 8000; 8080 with --sagemaker).")
 @click.option(
+    "--grpc-port",
+    type=int,
+    help="Also serve KServe V2 gRPC on this port (0: a free one, printed; default: off).",
+)
+@click.option(
+    "--grpc-max-message-bytes",
+    type=int,
+    help="Largest gRPC request message, bytes (default: --max-body).",
+)
+@click.option(
     "--sagemaker",
     is_flag=True,
     help="Also answer SageMaker: GET /ping, POST /invocations; PATH defaults to $SM_MODEL_DIR "
@@ -96,6 +114,14 @@ def api_key_options(fn: F) -> F:
 )
 @click.option("--repository-key-env", metavar="NAME", help="Repository API keys from NAME.")
 @click.option("--repository-api", is_flag=True, help="Enable /v2/repository (load/unload).")
+@click.option(
+    "--shared-memory",
+    type=click.Choice(["off", "system"]),
+    default="off",
+    show_default=True,
+    help="Triton's system shared memory for clients on this host (/v2/systemsharedmemory); "
+    "off by default: a registering client makes the server map a /dev/shm file it names.",
+)
 @click.option(
     "--require-signature",
     is_flag=True,
@@ -130,7 +156,24 @@ def api_key_options(fn: F) -> F:
 @click.option("--max-queue-size", type=int, help="Waiting requests before 503.")
 @click.option("--instances", type=int, help="Sessions per model (default: from the cores).")
 @click.option("--threads", type=int, help="Intra-op threads per session.")
+@provider_option
+@devices_option
+@precision_options
 @click.option("--timeout-ms", type=float, help="Default per-request deadline (504 past it).")
+@click.option(
+    "--explain-max-evals",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Model rows one /explain request may evaluate (its max_evals is capped at this).",
+)
+@click.option(
+    "--explain-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds one /explain request may take (its deadline is capped at this).",
+)
 @click.option(
     "--inline-max-ms",
     type=float,
@@ -196,6 +239,8 @@ def serve(
     path: str | None,
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
+    grpc_max_message_bytes: int | None,
     sagemaker: bool,
     api_keys: tuple[str, ...],
     api_key_file: Path | None,
@@ -204,6 +249,7 @@ def serve(
     repository_key_file: Path | None,
     repository_key_env: str | None,
     repository_api: bool,
+    shared_memory: Literal["off", "system"],
     require_signature: bool,
     public_key: Path | None,
     poll: float | None,
@@ -217,7 +263,14 @@ def serve(
     max_queue_size: int | None,
     instances: int | None,
     threads: int | None,
+    provider: str,
+    devices: str | None,
+    precision: str,
+    engine_cache: Path | None,
+    calibration_table: Path | None,
     timeout_ms: float | None,
+    explain_max_evals: int,
+    explain_timeout: float,
     inline_max_ms: float | None,
     allow_signature_change: bool | None,
     max_body: float,
@@ -237,9 +290,13 @@ def serve(
 ) -> int:
     """Serve a model (model.onnx), a repository (REPO/<name>/<version>/model.onnx) or a
     registry's aliased versions (registry:PATH) over KServe V2 / Open Inference Protocol
-    REST, with dynamic batching."""
+    REST (and gRPC with --grpc-port), with dynamic batching."""
     with _sigterm_ends_startup():
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
+        if grpc_port is not None:
+            _require_extra("serve", "grpc", "tritonclient")
+            if not 0 <= grpc_port <= 65535:
+                raise UsageError(f"--grpc-port must be a port (0-65535), got {grpc_port}")
         path, host, port = sagemaker_defaults(path, host, port, sagemaker=sagemaker)
         from ..serve.config import ModelConfig
         from ..serve.server import ServerOptions
@@ -259,6 +316,9 @@ def serve(
             "--max-response": 1.0 if max_response is None else max_response,
             "--max-inflight": 1.0 if max_inflight is None else max_inflight,
             "--max-parse-memory": 1.0 if max_parse_memory is None else max_parse_memory,
+            "--grpc-max-message-bytes": (
+                1 if grpc_max_message_bytes is None else grpc_max_message_bytes
+            ),
         }
         for name, value in positive.items():
             if not value > 0:
@@ -285,12 +345,22 @@ def serve(
             "intra_op_threads": threads,
             "inline_max_ms": inline_max_ms,
             "allow_signature_change": allow_signature_change,
+            "provider": provider,
+            "precision": precision,
+            "engine_cache": None if engine_cache is None else str(engine_cache),
+            "calibration_table": None if calibration_table is None else str(calibration_table),
+            "devices": None if devices is None else tuple(devices.split(",")),
         }
         config = ModelConfig(**{k: v for k, v in given.items() if v is not None})
+        if config.devices:
+            from ..devices import check_pool
+
+            check_pool(config.device_pool)
         settings = ServeSettings(
             api_keys=tuple(api_keys),
             repository_keys=tuple(repository_keys),
             repository_api=repository_api,
+            shared_memory=shared_memory,
             sagemaker=sagemaker,
             require_signature=public_key,
             body_limit=int(max_body * 2**20),
@@ -299,6 +369,8 @@ def serve(
             parse_memory=None if max_parse_memory is None else int(max_parse_memory * 2**20),
             body_timeout_s=body_timeout,
             default_timeout_ms=timeout_ms,
+            explain_max_evals=explain_max_evals,
+            explain_timeout_s=explain_timeout,
             server_version=__version__,
         )
         options = ServerOptions(
@@ -313,6 +385,8 @@ def serve(
             max_connections_per_client=max_connections_per_client,
             graceful_timeout_s=graceful_timeout,
             poll_interval_s=poll,
+            grpc_port=grpc_port,
+            grpc_max_message_bytes=grpc_max_message_bytes,
         )
         registry = _registry_options(
             path,

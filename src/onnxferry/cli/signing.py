@@ -130,7 +130,7 @@ def verify_command(
         signer = f", signed by {result.signer}" if result.signer else ""
         click.echo(f"verified: {path} ({', '.join(result.files)}){signer}")
     if report_path is not None:
-        report.save(report_path)
+        report.write(report_path)
     if not result.ok:
         click.echo(f"ferry: verification failed: {result.reason}", err=True)
     return report.exit_code

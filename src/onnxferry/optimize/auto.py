@@ -16,6 +16,7 @@ how much it misses.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -136,7 +137,7 @@ class SearchResult:
     def tables(self) -> list[Table]:
         rows = [
             (
-                ("* " if i == self.chosen else "  ") + c.recipe.label(),
+                f"{'*' if i == self.chosen else ' '} {i + 1}. {c.recipe.label()}",
                 " -> ".join(c.result.kept) or "(nothing kept)",
                 c.result.final_ms,
                 c.result.speedup,
@@ -152,6 +153,32 @@ class SearchResult:
             f"original p50 {self.baseline_ms:.3f} ms)"
         )
         return [Table(title, columns, rows), Table("choice", ("why",), [(self.reason,)])]
+
+    def figures(self) -> list[str]:
+        """The candidates plot (latency against the budget metric), numbered as in the table
+        (candidates without a latency or a metric have no point)."""
+        from ..plots import Point, candidates_svg
+        from .budget import Budget
+
+        points = [
+            Point(c.recipe.label(), c.result.final_ms, c.result.final_metric, c.within, i + 1)
+            for i, c in enumerate(self.candidates)
+            if c.result.final_ms is not None
+            and c.result.final_metric is not None
+            and math.isfinite(c.result.final_ms)
+            and math.isfinite(c.result.final_metric)
+        ]
+        if not points:
+            return []
+        budget = Budget.parse(self.budget)
+        svg = candidates_svg(
+            points,
+            metric=budget.metric,
+            limit=budget.limit,
+            higher_is_better=budget.higher_is_better,
+            baseline_ms=self.baseline_ms,
+        )
+        return [svg]
 
 
 def auto_search(

@@ -69,6 +69,11 @@ class Budget:
         return cls("cosine", 1.0 - max_drop)
 
     @property
+    def higher_is_better(self) -> bool:
+        """Whether the metric improves upward (cosine, top-1) rather than down (errors, drops)."""
+        return _HIGHER_IS_BETTER.get(self.metric, False)
+
+    @property
     def needs_labels(self) -> bool:
         return self.metric in ("accuracy-drop", "mse-increase")
 

@@ -16,6 +16,7 @@ reason and the chain goes on without it. When no pass is kept the result is the 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,9 +142,15 @@ class Judge:
     timing: dict[str, np.ndarray] | None = None
     """The feeds latency is measured on (default: the last, largest validation set)."""
     reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    precision: str = "fp32"
+    """What ``provider`` computes candidates in (tensorrt, openvino: fp16); the original's
+    reference outputs are computed at fp32, so a candidate's metric includes what the
+    precision loses."""
+    engine_cache: Path | None = None
 
     def __post_init__(self) -> None:
-        runner = OrtRunner(self.original, config=self._config())
+        at_fp32 = dataclasses.replace(self._config(), precision="fp32")
+        runner = OrtRunner(self.original, config=at_fp32)
         self.reference = [runner.run(f) for f in self.feeds]
 
     @property
@@ -151,7 +158,12 @@ class Judge:
         return self.timing if self.timing is not None else self.feeds[-1]
 
     def _config(self) -> SessionConfig:
-        return SessionConfig(provider=self.provider, threads=self.threads)
+        return SessionConfig(
+            provider=self.provider,
+            threads=self.threads,
+            precision=self.precision,
+            engine_cache=self.engine_cache,
+        )
 
     def metric(self, model: Model) -> float:
         runner = OrtRunner(model, config=self._config())

@@ -57,6 +57,12 @@ class Recipe:
 
     @classmethod
     def from_data(cls, data: Any, where: str = "recipe", catalog: Catalog = BUILTIN) -> Recipe:
+        unknown = sorted(set(data) - {"pass"}) if isinstance(data, dict) else []
+        if unknown:
+            raise UsageError(
+                f"{where}: unknown table or key {', '.join(map(repr, unknown))}",
+                hint='a recipe holds only [[pass]] tables, e.g. [[pass]] name = "slim"',
+            )
         steps = data.get("pass", []) if isinstance(data, dict) else None
         if not isinstance(steps, list):
             raise UsageError(

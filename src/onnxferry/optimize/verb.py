@@ -60,10 +60,17 @@ def optimize(
     provider: str = "cpu",
     threads: int | None = None,
     time_budget: float | None = None,
+    precision: str = "fp32",
+    engine_cache: str | Path | None = None,
 ) -> Model:
     """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
     ``<output stem>.recipe.toml`` beside it. The report is the last entry of the model's
-    ``provenance`` (after the source's): ``model.last_report(ChainResult, SearchResult)``."""
+    ``provenance`` (after the source's): ``model.last_report(ChainResult, SearchResult)``.
+
+    Candidates are judged and timed on ``provider`` at ``precision`` (fp16 on tensorrt or
+    openvino; ``engine_cache``: tensorrt's), against the original at fp32. int8 is not a
+    precision here: it comes from a static int8 pass, whose Q/DQ nodes TensorRT runs in int8.
+    """
     if (recipe is None) == (not auto):
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
     if time_budget is not None and not (auto and time_budget > 0):
@@ -71,6 +78,7 @@ def optimize(
             f"time_budget {time_budget} needs auto and more than 0 seconds",
             hint="e.g. --auto --time-budget 60",
         )
+    _check_precision(provider, precision)
     source = model if isinstance(model, Model) else Model.load(model)
     steps = _recipe(recipe) if recipe is not None else None
     sizes_note: list[str] = []
@@ -84,7 +92,17 @@ def optimize(
         raise UsageError(f"the budget {budget.text()} needs labelled data", hint="--eval data.npz")
     # Latency is judged at batch 1: on labelled data, the first row, not a whole chunk.
     timing = {k: v[:1] for k, v in feeds[0].items()} if eval_data is not None else None
-    judge = Judge(source, feeds, budget, labels, provider, threads, timing)
+    judge = Judge(
+        source,
+        feeds,
+        budget,
+        labels,
+        provider,
+        threads,
+        timing,
+        precision=precision,
+        engine_cache=None if engine_cache is None else Path(engine_cache),
+    )
     calib = _calibration(calibration, source.signature)
     with tempfile.TemporaryDirectory(prefix="onnxferry-optimize-") as tmp:
         if steps is not None:
@@ -111,6 +129,21 @@ def optimize(
             report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
     saved.provenance = [*source.provenance, report]
     return saved
+
+
+def _check_precision(provider: str, precision: str) -> None:
+    """UsageError for a precision ``provider`` does not take, and for int8 (a pass, not a
+    precision, in ``optimize``)."""
+    from ..precision import check_precision
+    from ..runtime import provider_name, short_provider_name
+
+    check_precision(short_provider_name(provider_name(provider)), precision)
+    if precision == "int8":
+        raise UsageError(
+            "optimize takes int8 from a static int8 pass, not from --precision",
+            hint="use a recipe or --auto with --calibration; TensorRT runs the Q/DQ nodes it "
+            "writes in int8 at --precision fp32 or fp16",
+        )
 
 
 def _shapes(feeds: Mapping[str, np.ndarray]) -> str:

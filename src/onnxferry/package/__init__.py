@@ -28,6 +28,8 @@ TARGETS: dict[str, str] = {
     "sagemaker": "sagemaker",
     "mobile": "mobile",
     "openvino": "openvino",
+    "tflite": "tflite",
+    "rayjob": "rayjob",
 }
 """Target name -> the module (in this package) whose ``build`` makes it."""
 

@@ -117,10 +117,16 @@ class Parity:
     outputs: list[OutputParity] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     divergence: Divergence | None = None
+    graphs: list[str] = field(default_factory=list, compare=False, repr=False)
+    """Inline SVG for the HTML report: the graph with ``divergence.tensor`` marked."""
 
     @property
     def ok(self) -> bool:
         return not self.problems and all(o.passed for o in self.outputs)
+
+    def figures(self) -> list[str]:
+        """``graphs``, drawn under the tables of the HTML report (``report.Illustrated``)."""
+        return list(self.graphs)
 
     @property
     def worst(self) -> OutputParity | None:

@@ -2,9 +2,15 @@
 
     config = ModelConfig.from_toml(Path("repo/resnet/ferry.toml"))   # UsageError if malformed
     instances, threads = config.parallelism(usable_cores())         # runtime.usable_cores
+    parse_bytes("64MiB", "cache_bytes")                             # 67108864
+    RepositoryConfig.read(Path("repo"))          # repo/ferry.toml: memory_budget = "2GiB"
 
 ``ferry.toml`` holds the same fields as ``ModelConfig`` plus a ``[versions]`` table:
-``policy = "latest" | "all" | "specific"``, ``latest = N``, ``specific = [1, 3]``.
+``policy = "latest" | "all" | "specific"``, ``latest = N``, ``specific = [1, 3]``. Sizes
+(``cache_bytes``, ``memory_budget``) are a number of bytes or a string such as "64MiB". A
+``ferry.toml`` at the top of a repository holds ``RepositoryConfig`` (``memory_budget``).
+``provider = "openvino"`` (or ``"tensorrt"``, with ``precision = "fp16"``) picks where the
+model runs; a provider that cannot run it fails the load (no fallback to cpu).
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..data import parse_toml
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..devices import Device
 
 POLICIES = ("latest", "all", "specific")
 
@@ -76,7 +85,14 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "spin": (bool, 0, True),
     "inline_max_ms": (float, 0, True),
     "allow_signature_change": (bool, 0, True),
+    "cache_bytes": (int, 0, True),
+    "deterministic": (bool, 0, True),
+    "arena": (bool, 0, True),
 }
+
+ARENA_STRATEGIES = ("next_power_of_two", "same_as_requested")
+"""ONNX Runtime's arena extend strategies (kNextPowerOfTwo, kSameAsRequested), as ferry.toml
+spells them."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +126,64 @@ class ModelConfig:
     """A new version whose inputs differ (names, dtypes, ranks, fixed dims; or an output is
     gone) from the version it takes over from may replace it; by default it is refused and the
     old one keeps serving."""
+    provider: str = "cpu"
+    """The execution provider (cpu, cuda, tensorrt, openvino, ...): ``runtime.SessionConfig``."""
+    devices: tuple[str, ...] = ()
+    """A device pool (``devices.parse_devices``: "cuda:0", "cuda:1"): ``instances`` sessions
+    (default 1) on each device, the batcher spreading batches over them; sets the provider."""
+    precision: str = "fp32"
+    """What tensorrt (fp16, int8) or openvino (fp16) computes in."""
+    engine_cache: str | None = None
+    """tensorrt: the engine cache's root (default: ``precision.engine_cache_root()``)."""
+    calibration_table: str | None = None
+    """tensorrt int8 on a model without Q/DQ nodes: TensorRT's calibration table."""
+    cache_bytes: int = 0
+    """Bytes of answers the response cache keeps (LRU by input digest; 0: no cache)."""
+    deterministic: bool = True
+    """False: the model's answers may differ for the same inputs, so none is ever cached."""
+    arena: bool = True
+    """ONNX Runtime's CPU memory arena (``enable_cpu_mem_arena``); false returns freed run
+    memory to the system at once, at some cost per run."""
+    arena_extend_strategy: str = "next_power_of_two"
+    """How an arena grows: ``next_power_of_two`` (each session's own arena, ORT's default) or
+    ``same_as_requested`` (the process's shared CPU arena, registered with that strategy:
+    ONNX Runtime has no per-session setting for CPU)."""
 
     def __post_init__(self) -> None:
         for name, (kind, low, inclusive) in _LIMITS.items():
             value = getattr(self, name)
             if value is not None:
                 _check_value(name, value, kind, low, inclusive)
+        from ..devices import pool_provider
+        from ..precision import check_precision
+        from ..runtime import provider_name, short_provider_name
+
+        provider = short_provider_name(provider_name(self.provider))
+        if self.devices:
+            provider = pool_provider(self.device_pool, provider)
+        check_precision(provider, self.precision)
+        if self.arena_extend_strategy not in ARENA_STRATEGIES:
+            raise UsageError(
+                f"arena_extend_strategy must be one of {', '.join(ARENA_STRATEGIES)}, got "
+                f"{self.arena_extend_strategy!r}"
+            )
+        if self.arena_extend_strategy == "same_as_requested" and not self.arena:
+            raise UsageError(
+                "arena_extend_strategy applies to an arena, and arena = false turns it off",
+                hint="drop one of the two",
+            )
+
+    @property
+    def device_pool(self) -> list[Device]:
+        """``devices`` parsed (empty: no pool); UsageError when malformed."""
+        from ..devices import parse_devices
+
+        return parse_devices(self.devices) if self.devices else []
+
+    @property
+    def cached(self) -> bool:
+        """Whether answers are cached: a cache size is set and the model is deterministic."""
+        return self.cache_bytes > 0 and self.deterministic
 
     @classmethod
     def from_toml(cls, path: Path) -> ModelConfig:
@@ -153,6 +221,27 @@ class ModelConfig:
             if key == "warmup_dims":
                 values[key] = _warmup_dims(value)
                 continue
+            if key == "cache_bytes":
+                values[key] = parse_bytes(value, key)
+                continue
+            if key == "devices":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise UsageError(
+                        f"devices must be a list of strings, got {value!r}",
+                        hint='e.g. devices = ["cuda:0", "cuda:1"]',
+                    )
+                values[key] = tuple(value)
+                continue
+            if key == "arena_extend_strategy":
+                if not isinstance(value, str):
+                    raise UsageError(f"{key} must be a string, got {value!r}")
+                values[key] = value
+                continue
+            if key in _TEXT:
+                if not isinstance(value, str) or not value:
+                    raise UsageError(f"{key} must be a string, got {value!r}")
+                values[key] = value
+                continue
             if key not in known:
                 raise UsageError(
                     f"unknown key {key!r}", hint=f"known keys: {', '.join([*known, 'versions'])}"
@@ -180,6 +269,71 @@ class ModelConfig:
         if self.intra_op_threads is not None:
             return max(1, cores // self.intra_op_threads), self.intra_op_threads
         return 1, cores
+
+
+_TEXT = ("provider", "precision", "engine_cache", "calibration_table")
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(value: Any, name: str) -> int:
+    """A size in bytes from an integer or a string: "64MiB", "2GiB", "512 KiB", "1.5GB"
+    (KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB and K/M/G/T of 1000). UsageError
+    naming ``name`` otherwise."""
+    import re
+
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    hint = 'a number of bytes, or a string such as "64MiB" or "2GiB"'
+    text = value.lower() if isinstance(value, str) else ""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text)
+    if match is None or (match[3] and not match[2]):
+        raise UsageError(f"{name} must be a size, got {value!r}", hint=hint)
+    number, prefix, binary = match.groups()
+    unit = 1024 ** "_kmgt".index(prefix) if binary else _UNITS[prefix]
+    return int(float(number) * unit)
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """Settings of a whole repository, from ``ferry.toml`` at its top (read at start).
+
+    ``memory_budget``: bytes the loaded models' sessions may hold together; past it idle
+    models are unloaded, least recently used first, and reloaded on their next request
+    (``budget.MemoryBudget``). None: no budget.
+    """
+
+    memory_budget: int | None = None
+
+    @classmethod
+    def read(cls, repository: Path) -> RepositoryConfig:
+        """``repository/ferry.toml`` (defaults when there is none); UsageError naming the
+        file and the key when it is malformed."""
+        path = Path(repository) / "ferry.toml"
+        if not path.is_file():
+            return cls()
+        try:
+            data = parse_toml(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+        except Exception as e:
+            raise UsageError(
+                f"{path} is not valid TOML: {e}", hint="see ferry.toml in the serve docs"
+            ) from e
+        unknown = sorted(set(data) - {"memory_budget"})
+        if unknown:
+            raise UsageError(
+                f"{path}: unknown key {unknown[0]!r}",
+                hint="a repository's ferry.toml holds memory_budget; a model's settings go "
+                "in <name>/ferry.toml",
+            )
+        if "memory_budget" not in data:
+            return cls()
+        budget = parse_bytes(data["memory_budget"], f"{path}: memory_budget")
+        if budget <= 0:
+            raise UsageError(f"{path}: memory_budget must be above 0, got {budget}")
+        return cls(budget)
 
 
 def _warmup_dims(table: Any) -> tuple[tuple[str, int], ...]:

@@ -6,6 +6,7 @@ dynamic batcher, with per-request deadlines and Triton-style statistics.
     result = await executor.infer({"x": x}, output_names=["y"], deadline=time.monotonic() + 1)
     result.outputs["y"], result.batch_size               # rows of the batch it ran in
     executor.statistics()                                # GET /v2/models/m/stats entry
+    executor.memory_bytes, executor.loaded               # its sessions' memory, held or not
     await executor.close()                               # drains queued and in-flight work
 
 Scheduling, all on the event loop thread (each instance has its own session and worker
@@ -28,11 +29,25 @@ thread; a batch costs one hand-off to its worker and one back):
   thread because event loops round timers to whole milliseconds. A wait that times out
   short of its target lowers the estimate, so a drop in load costs at most one delay.
 
+A device pool (``devices = ["cuda:0", "cuda:1"]``, ``devices.parse_devices``) is
+``instances`` sessions (default 1) on each device, each made with its ``device_id``; the
+same queue feeds them, and an idle instance is taken in turn (the one idle longest), so
+batches spread over the devices even at low load (``device_runs`` counts them). Plain
+instances reuse the one that ran last, whose caches are warm.
+
+Before the queue: with ``cache_bytes`` (and not ``deterministic = false``) a request whose
+digest is in the response cache (``cache.ResponseCache``, one per executor, so a reload starts
+empty) is answered from it at once; a miss runs and its answer is kept. A version whose
+sessions the repository's memory budget unloaded (``budget.MemoryBudget``) waits for their
+reload, within its deadline; meanwhile nothing unloads it, nor while requests are queued or
+running.
+
 Deadlines: a request still queued at its deadline fails with DeadlineExceeded without
 running; a request whose deadline passes mid-run fails at once, and when every request of a
 run has failed or been cancelled the run is stopped with ``RunOptions.terminate`` (each run
 has its own RunOptions, so the session stays usable). A batch run on the loop thread cannot
-be stopped; it was expected to take at most ``inline_max_ms``.
+be stopped; it was expected to take at most ``inline_max_ms``. Nor can a run on
+``provider = "openvino"`` (``ovsession``: OpenVINO's runtime has no RunOptions).
 """
 
 from __future__ import annotations
@@ -47,12 +62,14 @@ import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from ..devices import Device, device_session
 from ..errors import FeedError, FerryError
 from ..feeds import describe_shapes, plan_feeds
 from ..model import Model
@@ -66,6 +83,8 @@ from ..runtime import (
     usable_cores,
 )
 from ..signature import Signature
+from .budget import MemoryBudget, arena_options, release_free_memory, resident_bytes
+from .cache import ResponseCache
 from .config import ModelConfig
 
 log = logging.getLogger("onnxferry")
@@ -328,19 +347,49 @@ class ModelExecutor:
         self.signature: Signature = model.signature
         self.name = name or model.name
         self.version = version
-        self.instances, self.threads = config.parallelism(
-            usable_cores() if cores is None else cores
+        cores = usable_cores() if cores is None else cores
+        pool = config.device_pool
+        per_device = config.instances or 1
+        if pool:  # ``instances`` sessions on each device, interleaved so turns spread them
+            self.instances = len(pool) * per_device
+            self.threads = config.intra_op_threads or max(1, cores // self.instances)
+        else:
+            self.instances, self.threads = config.parallelism(cores)
+        self.devices: list[Device | None] = (
+            [d for _ in range(per_device) for d in pool] if pool else [None] * self.instances
         )
+        """The device of each instance (None: ``config.provider`` as it is)."""
+        self.instance_runs = [0] * self.instances
+        """Batches each instance has run (a pool's spread; also ``device_runs``)."""
         self.batching: bool = config.max_batch_size > 0 and batch_axis(self.signature)
         session_config = SessionConfig(
+            provider=config.provider,
             threads=self.threads,
             inter_threads=1,
-            entries={"session.intra_op.allow_spinning": "1" if config.spin else "0"},
+            **arena_options(
+                config, {"session.intra_op.allow_spinning": "1" if config.spin else "0"}
+            ),
+            fallback=False,  # a server asked for a provider runs on it or does not load
+            precision=config.precision,
+            engine_cache=None if config.engine_cache is None else Path(config.engine_cache),
+            calibration_table=(
+                None if config.calibration_table is None else Path(config.calibration_table)
+            ),
         )
+        self._session_config = session_config
+        self._memory_base = resident_bytes(trim=True)
         self._instances = [
-            _Instance(create_session(model, session_config), self.signature, self.name)
-            for _ in range(self.instances)
+            _Instance(self._new_session(device), self.signature, self.name)
+            for device in self.devices
         ]
+        self.memory_bytes = max(0, resident_bytes(trim=True) - self._memory_base)
+        """Resident memory its sessions took when they were made and warmed up (budget.py)."""
+        self.loaded = True  # False while the memory budget has unloaded its sessions
+        self.budget: MemoryBudget | None = None  # the repository's, when it has one
+        self.last_used = time.monotonic()
+        self._waking = 0  # requests waiting for the budget to reload the sessions
+        self.cache = ResponseCache(config.cache_bytes) if config.cached else None
+        self._cache_version = f"{version}@{model.digest}" if self.cache is not None else ""
         self._output_names = tuple(o.name for o in self._instances[0].session.get_outputs())
         self._known_outputs = frozenset(self._output_names)
         self._input_names = tuple(self.signature.input_names)
@@ -358,6 +407,7 @@ class ModelExecutor:
         self._queued_rows = 0
         self._running_rows = 0
         self._idle = list(range(self.instances))
+        self._rotate = pool != []  # a pool takes turns; plain instances reuse the warmest
         self._estimate = 1  # rows recently in the system (queued + running)
         self._wait_armed = False  # _arm_timer or a _TIMER call to _waited is pending
         self._dispatch_pending = False  # a call_soon(_dispatch_later) is pending
@@ -422,6 +472,17 @@ class ModelExecutor:
             )
         if deadline is None and self._timeout_s is not None:
             deadline = time.monotonic() + self._timeout_s
+        cache_key = None
+        if self.cache is not None:
+            lookup_ns = time.monotonic_ns()
+            cache_key = self.cache.key(feeds, names, self._cache_version)
+            hit = self.cache.get(cache_key)
+            if hit is not None:
+                return self._cached(hit, rows, lookup_ns)
+            self._request_stats["cache_miss"].add(time.monotonic_ns() - lookup_ns)
+        self.last_used = time.monotonic()
+        if not self.loaded:
+            await self._wake(deadline)
         if deadline is not None and deadline <= time.monotonic():
             self._request_stats["fail"].add(0)
             raise self._deadline_error()
@@ -442,10 +503,76 @@ class ModelExecutor:
             self._dispatch_pending = True
             loop.call_soon(self._dispatch_later)
         try:
-            return await request.future
+            result = await request.future
         except asyncio.CancelledError:
             self._abandon(request)
             raise
+        if cache_key is not None and self.cache is not None:
+            self.cache.put(cache_key, result.outputs)
+        return result
+
+    def _cached(self, outputs: dict[str, np.ndarray], rows: int, start_ns: int) -> InferResult:
+        """A response cache hit: the stored answer, counted as Triton counts one."""
+        ns = time.monotonic_ns() - start_ns
+        self._request_stats["cache_hit"].add(ns)
+        self._request_stats["success"].add(ns)
+        return InferResult(outputs, 0, 0, rows)
+
+    async def _wake(self, deadline: float | None) -> None:
+        """Wait until the memory budget has reloaded the sessions it unloaded (budget.py);
+        no other version unloads this one meanwhile."""
+        self._waking += 1
+        try:
+            while not self.loaded and self.budget is not None and not self._closing:
+                await self.budget.wake(self, deadline)
+        except DeadlineExceeded:
+            self._request_stats["fail"].add(0)
+            raise
+        finally:
+            self._waking -= 1
+        if self._closing or not self.loaded:
+            raise ExecutorClosed(
+                f"model {self.name!r} version {self.version} is shutting down",
+                hint="retry; a newer version or a restarted server will answer",
+            )
+
+    @property
+    def idle(self) -> bool:
+        """No request queued, running or waiting for a reload: the budget may unload it."""
+        return not self._queued and not self._busy() and not self._waking
+
+    def unload_sessions(self) -> bool:
+        """Free the sessions (loop thread), for the memory budget; the next request waits
+        for ``restore_sessions``. False when it is not idle, closed or already unloaded."""
+        if not self.loaded or not self.idle or self._closing:
+            return False
+        for instance in self._instances:
+            del instance.session
+        self.loaded = False
+        release_free_memory()
+        return True
+
+    def restore_sessions(self) -> None:
+        """Make the sessions again after ``unload_sessions`` (blocking: a worker thread)."""
+        instances = list(self._instances)
+        sessions = [self._new_session(device) for device in self.devices]
+        for instance, session in zip(instances, sessions, strict=True):
+            instance.session = session
+        self.loaded = True
+
+    def _new_session(self, device: Device | None) -> ort.InferenceSession:
+        if device is None:
+            return create_session(self.model, self._session_config)
+        return device_session(self.model, self._session_config, device)
+
+    def device_runs(self) -> dict[str, int]:
+        """Batches run per device of the pool ({"cuda:0": 12, "cuda:1": 11}); {} without
+        one."""
+        runs: dict[str, int] = {}
+        for device, count in zip(self.devices, self.instance_runs, strict=True):
+            if device is not None:
+                runs[str(device)] = runs.get(str(device), 0) + count
+        return runs
 
     def warmup(self, feeds: Mapping[str, np.ndarray] | None = None) -> None:
         """One run per instance on ``feeds`` (default: the one feed policy's, at the config's
@@ -474,6 +601,8 @@ class ModelExecutor:
                     hint=hint,
                 ) from e
             self._element_ns = (time.monotonic_ns() - start) / _elements(feeds)
+        grown = resident_bytes(trim=True) - self._memory_base  # the arena the runs grew
+        self.memory_bytes = max(self.memory_bytes, grown)
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
@@ -562,7 +691,7 @@ class ModelExecutor:
             if batch is None:
                 continue
             inline = self._busy() == 0 and self._quick(batch.size)
-            batch.index = self._idle.pop()
+            batch.index = self._idle.pop(0 if self._rotate else -1)
             batch.loop = self._loop
             batch.done = self._finished
             self._running_rows += batch.rows
@@ -681,6 +810,7 @@ class ModelExecutor:
             )
         if batch.error is None:
             self._execution_count += 1
+            self.instance_runs[batch.index] += 1
             self._last_inference_ms = int(time.time() * 1000)
             counters = self._batch_stats.get(batch.rows)
             if counters is None:

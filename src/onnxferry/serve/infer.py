@@ -13,6 +13,12 @@ thread; a JSON header past ``PARSE_ON_LOOP`` bytes is parsed in the parsing proc
 past ``ENCODE_ON_LOOP`` bytes are encoded in a worker thread. Request bodies held at once count
 against the shared ``inflight`` budget, a response against ``response_limit`` (400 past it).
 Failures become HttpErrors with the status and the reason the metrics count.
+
+``Inference.answer`` is that path without the wire: the lookup, the deadline (the request's
+``timeout``, the model's, the server's, or the transport's: the earliest), the work (infer's:
+the executor and the repository's watch on the outputs; explain's in explaining.py), the
+metrics and the byte budget. An ``Exchange`` brings the wire: REST's body here
+(``RestExchange``), gRPC's messages in grpc_server.py.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,6 +44,7 @@ from .parsing import JsonParser, ParserLost
 from .protocol import Buffer, InferRequest, RequestDecoder, parse_header_length
 from .responses import encode_infer_response, response_floor
 from .settings import MIB, ServeSettings
+from .shm import SharedMemory
 from .versions import ModelVersion
 
 INFLATE_ON_LOOP = 256 * 1024
@@ -51,6 +58,9 @@ ENCODE_ON_LOOP = MIB
 MAX_TIMEOUT_US = 365 * 24 * 3600 * 10**6
 """The longest ``timeout`` parameter (a year); past it 400, as Python floats cannot hold 10**400."""
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
 
 @dataclass(eq=False)
 class Inference:
@@ -62,46 +72,44 @@ class Inference:
     metrics: ServeMetrics
     inflight: ByteBudget
     parser: JsonParser
+    regions: SharedMemory | None = None
+    """System shared memory (shm.py), where inputs and outputs naming a region lie."""
     _decoders: weakref.WeakKeyDictionary[ModelVersion, RequestDecoder] = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
 
     async def __call__(self, call: Call) -> Reply:
         """Answer one infer request (the app's endpoint for the "infer" route)."""
-        start = time.monotonic()
-        name, version, receive, send = call.model, call.version, call.receive, call.send
-        # Looked up before reading a body for nothing.
+        exchange = RestExchange(self, call)
+        _, label = await self.answer(call.model, call.version, exchange, time.monotonic())
+        return 200, call.model, label
+
+    async def answer(
+        self,
+        name: str,
+        version: str | None,
+        exchange: Exchange[T],
+        start: float,
+        work: Work | None = None,
+    ) -> tuple[T, str]:
+        """Run one request on the path every protocol shares: look the version up (before any
+        body is read), ``exchange.receive`` the validated request, take the earliest deadline,
+        do the ``work`` (default: infer's, ``run``), ``exchange.reply``, count it. Returns what
+        ``reply`` returned and the version that answered; failures are HttpErrors with their
+        status, the reason the metrics count, the model and version. ``start`` is when the
+        request began (``time.monotonic()``)."""
         served = lookup(self.repository, name, version, not_ready=503)
         label = served.version
-        headers = dict(call.scope["headers"])
         hold = Hold(self.inflight)
         try:
-            header_length = parse_header_length(headers.get(b"inference-header-content-length"))
-            body = await read_body(
-                receive,
-                headers,
-                header_length,
-                hold,
-                limit=self.settings.body_limit,
-                timeout_s=self.settings.body_timeout_s,
-            )
-            encoding = headers.get(b"content-encoding")
-            if encoding and encoding != b"identity":
-                body = await self._inflate(body, encoding.decode("latin-1"))
-                hold.take(len(body))
-            served, request = await self._decode(name, version, body, header_length)
+            served, request = await exchange.receive(served, hold)
             label = served.version
             deadline = self._deadline(request.parameters, served.config.timeout_ms, start)
-            names = [o.name for o in request.outputs] if request.outputs is not None else None
-            result = await served.executor.infer(
-                request.inputs, output_names=names, deadline=deadline
-            )
-            self.repository.observe(served, result.outputs)
-            del body  # the request's arrays may still view it: the hold stays to the end
-            payload, response_headers = await self._encode(name, label, request, result.outputs)
-            content_type = response_headers.pop("content-type")
-            extra = tuple((k.encode(), v.encode()) for k, v in response_headers.items())
-            await respond(send, 200, payload, content_type, extra)
+            wire = exchange.deadline
+            if wire is not None and (deadline is None or wire < deadline):
+                deadline = wire
+            done = await (work or self.run)(served, request, deadline)
+            answer = await exchange.reply(name, label, request, done.outputs)
         except HttpError as e:
             e.reason = e.reason or "bad_request"
             e.model, e.version = name, label
@@ -112,16 +120,29 @@ class Inference:
             self.repository.observe(served, None, error.reason)
             raise error from None
         finally:
-            hold.release()
-        self.metrics.succeeded(
-            name,
-            label,
-            request_s=time.monotonic() - start,
-            queue_s=result.queue_ns / 1e9,
-            compute_s=result.compute_ns / 1e9,
-            batch=result.batch_size,
-        )
-        return 200, name, label
+            hold.release()  # the request's arrays may view the bytes held: released last
+        done.count(time.monotonic() - start)
+        return answer, label
+
+    async def run(
+        self, served: ModelVersion, request: InferRequest, deadline: float | None
+    ) -> Done:
+        """Infer's work: the executor runs the request, the repository watches its outputs."""
+        names = [o.name for o in request.outputs] if request.outputs is not None else None
+        result = await served.executor.infer(request.inputs, output_names=names, deadline=deadline)
+        self.repository.observe(served, result.outputs)
+
+        def count(seconds: float) -> None:
+            self.metrics.succeeded(
+                served.name,
+                served.version,
+                request_s=seconds,
+                queue_s=result.queue_ns / 1e9,
+                compute_s=result.compute_ns / 1e9,
+                batch=result.batch_size,
+            )
+
+        return Done(result.outputs, count)
 
     async def _decode(
         self, name: str, version: str | None, body: Buffer, header_length: int | None
@@ -138,7 +159,7 @@ class Inference:
             served = lookup(self.repository, name, version, not_ready=503)
             decoder = self._decoder(served)
             if json_size <= PARSE_ON_LOOP:
-                return served, decoder.decode(body, header_length)
+                return served, decoder.decode(body, header_length, self.regions)
             request = await asyncio.to_thread(
                 self.parser.decode,
                 body,
@@ -171,6 +192,7 @@ class Inference:
             outputs=outputs,
             requested=request.outputs,
             binary_default=request.binary_output,
+            regions=self.regions,
         )
         if sum(array.nbytes for array in outputs.values()) > ENCODE_ON_LOOP:
             payload, headers = await asyncio.to_thread(encode)
@@ -221,6 +243,76 @@ class Inference:
         else:
             return None
         return start + seconds
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a request's work produced: the outputs to send, and what to count once they are
+    sent (given the request's seconds)."""
+
+    outputs: Mapping[str, np.ndarray]
+    count: Callable[[float], None]
+
+
+Work = Callable[[ModelVersion, InferRequest, "float | None"], Awaitable[Done]]
+"""A request's work between receiving and replying: ``Inference.run`` (infer), or explain's."""
+
+
+class Exchange(Protocol[T_co]):
+    """What one wire protocol does around ``Inference.answer``: REST reads and writes an HTTP
+    body (``RestExchange``), gRPC converts protobuf messages (grpc_server.py)."""
+
+    @property
+    def deadline(self) -> float | None:
+        """A monotonic deadline the transport sets (gRPC's), or None; the earliest counts."""
+        ...
+
+    async def receive(self, served: ModelVersion, hold: Hold) -> tuple[ModelVersion, InferRequest]:
+        """The request, validated by the version that runs it (``served``, or the one a new
+        lookup finds when receiving awaited), its bytes held in ``hold``."""
+        ...
+
+    async def reply(
+        self, name: str, version: str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    ) -> T_co:
+        """Answer with the outputs (send them, or build the message that carries them)."""
+        ...
+
+
+@dataclass
+class RestExchange:
+    """The REST exchange: the body read under the server's limits, inflated and decoded; the
+    response encoded (binary or JSON) and sent."""
+
+    inference: Inference
+    call: Call
+    deadline: float | None = None
+
+    async def receive(self, served: ModelVersion, hold: Hold) -> tuple[ModelVersion, InferRequest]:
+        inference, settings = self.inference, self.inference.settings
+        headers = dict(self.call.scope["headers"])
+        header_length = parse_header_length(headers.get(b"inference-header-content-length"))
+        body = await read_body(
+            self.call.receive,
+            headers,
+            header_length,
+            hold,
+            limit=settings.body_limit,
+            timeout_s=settings.body_timeout_s,
+        )
+        encoding = headers.get(b"content-encoding")
+        if encoding and encoding != b"identity":
+            body = await inference._inflate(body, encoding.decode("latin-1"))
+            hold.take(len(body))
+        return await inference._decode(self.call.model, self.call.version, body, header_length)
+
+    async def reply(
+        self, name: str, version: str, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    ) -> None:
+        payload, headers = await self.inference._encode(name, version, request, outputs)
+        content_type = headers.pop("content-type")
+        extra = tuple((k.encode(), v.encode()) for k, v in headers.items())
+        await respond(self.call.send, 200, payload, content_type, extra)
 
 
 def _http_error(error: Exception) -> HttpError:

@@ -4,12 +4,21 @@
     metrics.succeeded("resnet", "1", request_s=0.004, queue_s=0.001, compute_s=0.003, batch=4)
     metrics.failed("resnet", "1", "bad_request")
     metrics.rolled_back("resnet")             # the server returned to the previous version
+    metrics.explained("resnet", "1", "occlusion", seconds=0.8, evaluations=600)
+    metrics.watch(lambda: [VersionGauges("resnet", "1", 5, 2, 4096, 50 << 20)])  # repo.gauges
     body, content_type = metrics.render()     # GET /metrics
 
 Histograms: request, queue and compute seconds and the batch size each request ran in;
 counters: successes, failures by reason (bad_request, not_found, unavailable, queue_full,
 deadline, too_large, unauthorized, internal), and automatic rollbacks per model
-(``ferry_auto_rollbacks_total``, registry_source.py).
+(``ferry_auto_rollbacks_total``, registry_source.py); explanations served per method, the
+model evaluations they took and their seconds (``ferry_explanations_total``,
+``ferry_explain_evaluations_total``, ``ferry_explain_seconds_total``; a failed explanation
+counts among the failures by reason). Read from the repository when /metrics is
+read (``watch``): response cache hits and misses (``ferry_cache_hits_total``,
+``ferry_cache_misses_total``) and the bytes of answers kept (``ferry_cache_bytes``) of each
+version with a cache, and the memory each version's sessions hold (``ferry_model_memory_bytes``,
+0 while the memory budget has unloaded them). A version's counts start again when it reloads.
 
 Recording is on every request's path, so it is plain counting (one bisect and a few integer
 adds per histogram, no locks: the event loop thread is the only writer); prometheus_client
@@ -19,12 +28,14 @@ builds the exposition from these counts when /metrics is read.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -70,6 +81,17 @@ class _Histogram:
         return out
 
 
+class VersionGauges(NamedTuple):
+    """What a served version reports at /metrics: its response cache and its memory."""
+
+    model: str
+    version: str
+    cache_hits: int
+    cache_misses: int
+    cache_bytes: int | None  # None: the version has no response cache
+    memory_bytes: int
+
+
 class ServeMetrics:
     """The server's metrics, in their own registry (several servers can share a process)."""
 
@@ -78,6 +100,8 @@ class ServeMetrics:
         self._success: dict[tuple[str, str], int] = {}
         self._failure: dict[tuple[str, str, str], int] = {}
         self._rollbacks: dict[str, int] = {}
+        self._explained: dict[tuple[str, str, str], list[float]] = {}
+        self._sources: list[Callable[[], Sequence[VersionGauges]]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -106,9 +130,22 @@ class ServeMetrics:
         key = (model, version, reason)
         self._failure[key] = self._failure.get(key, 0) + 1
 
+    def explained(
+        self, model: str, version: str, method: str, *, seconds: float, evaluations: int
+    ) -> None:
+        """One explanation answered (the explain endpoint)."""
+        counts = self._explained.setdefault((model, version, method), [0, 0, 0.0])
+        counts[0] += 1
+        counts[1] += evaluations
+        counts[2] += seconds
+
     def rolled_back(self, model: str) -> None:
         """The server returned ``model`` to its previous version by itself."""
         self._rollbacks[model] = self._rollbacks.get(model, 0) + 1
+
+    def watch(self, source: Callable[[], Sequence[VersionGauges]]) -> None:
+        """Read ``source`` (a repository's ``gauges``) each time the metrics are collected."""
+        self._sources.append(source)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
@@ -144,6 +181,46 @@ class ServeMetrics:
         for model, count in self._rollbacks.items():
             rollbacks.add_metric([model], count)
         yield rollbacks
+        yield from self._explanations()
+        yield from self._gauges()
+
+    def _explanations(self) -> Iterator[Metric]:
+        labels = [*_LABELS, "method"]
+        families = (
+            CounterMetricFamily("ferry_explanations", "Explanations answered", labels=labels),
+            CounterMetricFamily(
+                "ferry_explain_evaluations", "Model rows explanations evaluated", labels=labels
+            ),
+            CounterMetricFamily(
+                "ferry_explain_seconds", "Seconds spent answering explanations", labels=labels
+            ),
+        )
+        for key, counts in self._explained.items():
+            for family, value in zip(families, counts, strict=True):
+                family.add_metric(list(key), value)
+        yield from families
+
+    def _gauges(self) -> Iterator[Metric]:
+        """The response cache and memory families, read from the watched sources."""
+        rows = [row for source in self._sources for row in source()]
+        hits = CounterMetricFamily("ferry_cache_hits", "Response cache hits", labels=_LABELS)
+        misses = CounterMetricFamily("ferry_cache_misses", "Response cache misses", labels=_LABELS)
+        kept = GaugeMetricFamily(
+            "ferry_cache_bytes", "Bytes of answers the response cache keeps", labels=_LABELS
+        )
+        memory = GaugeMetricFamily(
+            "ferry_model_memory_bytes",
+            "Memory the version's sessions hold (measured at load; 0 while unloaded)",
+            labels=_LABELS,
+        )
+        for row in rows:
+            labels = [row.model, row.version]
+            if row.cache_bytes is not None:
+                hits.add_metric(labels, row.cache_hits)
+                misses.add_metric(labels, row.cache_misses)
+                kept.add_metric(labels, row.cache_bytes)
+            memory.add_metric(labels, row.memory_bytes)
+        yield from (hits, misses, kept, memory)
 
 
 def _le(bound: float) -> str:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..signature import Signature, TensorSpec
+from .shm import RegionRef, SharedMemory, region_ref
 from .tensors import ProtocolError as ProtocolError  # re-exported: the codec's error
 from .tensors import check_finite, from_binary, from_json
 
@@ -43,6 +44,7 @@ _JSON = json.JSONDecoder()
 class RequestedOutput:
     name: str
     binary: bool | None  # the output's parameters.binary_data; None = the request default
+    region: RegionRef | None = None  # written into system shared memory (shm.py), not sent
 
 
 @dataclass
@@ -84,12 +86,15 @@ def decode_infer_request(
     signature: Signature,
     *,
     allow_nonfinite: bool = True,
+    regions: SharedMemory | None = None,
 ) -> InferRequest:
     """Parse and validate an infer request body against ``signature``.
 
     ``header_length`` is the Inference-Header-Content-Length: None for a pure JSON body, the
     JSON header's size when binary tensors follow it, 0 for Triton's raw binary request (the
-    whole body is the data of a model's single, fixed-shape input).
+    whole body is the data of a model's single, fixed-shape input). ``regions``: the server's
+    shared memory, where inputs and outputs naming a region lie (None: such requests are
+    refused).
     """
     view = memoryview(body).cast("B")
     size = view.nbytes
@@ -105,6 +110,35 @@ def decode_infer_request(
             )
         doc = _parse_json(view[:header_length].tobytes())
         cursor = header_length
+    data = _BodyData(view, cursor, header_length)
+    return decode_document(doc, signature, data, allow_nonfinite=allow_nonfinite, regions=regions)
+
+
+class BinaryData(Protocol):
+    """Where the binary data of a request's inputs lies: after the JSON header of a REST body
+    (``Inference-Header-Content-Length``), or in a gRPC request's ``raw_input_contents``."""
+
+    def take(self, name: str, nbytes: int) -> memoryview:
+        """The next binary input's ``nbytes`` bytes; ProtocolError naming ``name`` if absent."""
+        ...
+
+    def finish(self) -> None:
+        """ProtocolError when data is left that no input declared."""
+        ...
+
+
+def decode_document(
+    doc: Any,
+    signature: Signature,
+    data: BinaryData,
+    *,
+    allow_nonfinite: bool = True,
+    regions: SharedMemory | None = None,
+) -> InferRequest:
+    """Validate a request's JSON document (the REST header, or a gRPC request in the same
+    shape) against ``signature``; an input with ``parameters.binary_data_size`` takes its
+    bytes from ``data``, one with ``parameters.shared_memory_region`` from ``regions``, the
+    others carry ``data`` lists."""
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object")
 
@@ -128,36 +162,25 @@ def decode_infer_request(
             params = {}
         elif not isinstance(params, dict):
             raise ProtocolError(f"input {spec.name!r} 'parameters' must be an object")
-        if "shared_memory_region" in params:
-            raise ProtocolError(
-                f"input {spec.name!r} uses shared memory, which this server does not support",
-                hint="send the data in the request body",
-            )
+        ref = region_ref("input", spec.name, params)
+        if ref is not None and regions is None:
+            raise _no_shared_memory("input", spec.name)
         has_binary = "binary_data_size" in params
-        if has_binary == ("data" in entry):
+        if has_binary + ("data" in entry) + (ref is not None) != 1:
             raise ProtocolError(
-                f"input {spec.name!r} must set exactly one of 'data' and "
-                "parameters.binary_data_size"
+                f"input {spec.name!r} must set exactly one of 'data', "
+                "parameters.binary_data_size and parameters.shared_memory_region"
             )
-        if has_binary:
+        if ref is not None:
+            assert regions is not None
+            array = from_binary(spec, shape, count, regions.read(spec.name, ref))
+        elif has_binary:
             nbytes = params["binary_data_size"]
             if type(nbytes) is not int or nbytes < 0:
                 raise ProtocolError(
                     f"input {spec.name!r} binary_data_size must be a non-negative integer"
                 )
-            if header_length is None:
-                raise ProtocolError(
-                    f"input {spec.name!r} is binary but the request has no "
-                    "Inference-Header-Content-Length header",
-                    hint="set it to the size of the JSON header",
-                )
-            if cursor + nbytes > size:
-                raise ProtocolError(
-                    f"input {spec.name!r} declares {nbytes} bytes of binary data but only "
-                    f"{size - cursor} remain in the body"
-                )
-            array = from_binary(spec, shape, count, view[cursor : cursor + nbytes])
-            cursor += nbytes
+            array = from_binary(spec, shape, count, data.take(spec.name, nbytes))
         else:
             array = from_json(spec, shape, count, entry["data"])
         if not allow_nonfinite:
@@ -167,18 +190,47 @@ def decode_infer_request(
     if len(inputs) != len(specs):  # unknown and repeated names are already refused
         missing = next(name for name in specs if name not in inputs)
         raise ProtocolError(f"missing input {missing!r}", hint=f"give every input: {list(specs)}")
-    if cursor != size:
-        raise ProtocolError(
-            f"request has {size - cursor} bytes of binary data that no input declares",
-            hint="binary_data_size of the inputs must add up to the data after the header",
-        )
+    data.finish()
     return InferRequest(
         id=request_id,
         inputs=inputs,
-        outputs=_requested_outputs(doc.get("outputs"), signature),
+        outputs=_requested_outputs(doc.get("outputs"), signature, regions),
         parameters=parameters,
         binary_output=parameters.get("binary_data_output", False),
     )
+
+
+class _BodyData:
+    """The binary data after a REST body's JSON header, taken in order."""
+
+    def __init__(self, view: memoryview, cursor: int, header_length: int | None) -> None:
+        self.view = view
+        self.cursor = cursor
+        self.header_length = header_length
+
+    def take(self, name: str, nbytes: int) -> memoryview:
+        if self.header_length is None:
+            raise ProtocolError(
+                f"input {name!r} is binary but the request has no "
+                "Inference-Header-Content-Length header",
+                hint="set it to the size of the JSON header",
+            )
+        size, cursor = self.view.nbytes, self.cursor
+        if cursor + nbytes > size:
+            raise ProtocolError(
+                f"input {name!r} declares {nbytes} bytes of binary data but only "
+                f"{size - cursor} remain in the body"
+            )
+        self.cursor = cursor + nbytes
+        return self.view[cursor : self.cursor]
+
+    def finish(self) -> None:
+        left = self.view.nbytes - self.cursor
+        if left:
+            raise ProtocolError(
+                f"request has {left} bytes of binary data that no input declares",
+                hint="binary_data_size of the inputs must add up to the data after the header",
+            )
 
 
 class RequestDecoder:
@@ -200,19 +252,22 @@ class RequestDecoder:
         self._size = size
         self._layouts: dict[bytes, _Layout] = {}
 
-    def decode(self, body: Buffer, header_length: int | None) -> InferRequest:
+    def decode(
+        self, body: Buffer, header_length: int | None, regions: SharedMemory | None = None
+    ) -> InferRequest:
         """As ``decode_infer_request``: the validated request, or ProtocolError."""
         view = memoryview(body).cast("B")
+        nonfinite = self.allow_nonfinite
         if header_length is None or not 0 < header_length <= min(view.nbytes, _MAX_CACHED):
             return decode_infer_request(
-                body, header_length, self.signature, allow_nonfinite=self.allow_nonfinite
+                body, header_length, self.signature, allow_nonfinite=nonfinite, regions=regions
             )
         key = view[:header_length].tobytes()
         layout = self._layouts.get(key)
         if layout is not None and layout.data_bytes == view.nbytes - header_length:
             return layout.decode(view, header_length, self.allow_nonfinite)
         request = decode_infer_request(
-            body, header_length, self.signature, allow_nonfinite=self.allow_nonfinite
+            body, header_length, self.signature, allow_nonfinite=nonfinite, regions=regions
         )
         layout = _Layout.of(request, self.signature, view.nbytes - header_length)
         if layout is not None:
@@ -367,7 +422,9 @@ def _check_dims(spec: TensorSpec, shape: list[int], bound: dict[str, tuple[int, 
                 )
 
 
-def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput] | None:
+def _requested_outputs(
+    value: Any, signature: Signature, regions: SharedMemory | None = None
+) -> list[RequestedOutput] | None:
     if value is None:
         return None
     if type(value) is not list:
@@ -390,16 +447,26 @@ def _requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput
             params = {}
         elif type(params) is not dict:
             raise ProtocolError(f"output {name!r} 'parameters' must be an object")
-        if "shared_memory_region" in params or "classification" in params:
+        if "classification" in params:
             raise ProtocolError(
-                f"output {name!r} asks for shared memory or classification, which this server "
-                "does not support"
+                f"output {name!r} asks for classification, which this server does not support"
             )
+        ref = region_ref("output", name, params)
+        if ref is not None and regions is None:
+            raise _no_shared_memory("output", name)
         binary = params.get("binary_data")
         if binary is not None and type(binary) is not bool:
             raise ProtocolError(f"output {name!r} parameter 'binary_data' must be true or false")
-        requested[name] = RequestedOutput(name, binary)
+        requested[name] = RequestedOutput(name, binary, ref)
     return list(requested.values()) or None
+
+
+def _no_shared_memory(kind: str, name: str) -> ProtocolError:
+    return ProtocolError(
+        f"{kind} {name!r} names a shared memory region, which this request cannot use (gRPC, "
+        "or a JSON header over 1 MiB)",
+        hint="send the data in the request body, or use REST with a short header",
+    )
 
 
 def _decode_raw(view: memoryview, signature: Signature, allow_nonfinite: bool) -> InferRequest:

@@ -5,6 +5,7 @@
     mv = repo.get("resnet")                  # highest ready version (ModelVersion)
     result = await mv.executor.infer(feeds)
     repo.index()                             # [{"name", "version", "state", "reason"}, ...]
+    repo.budget                              # MemoryBudget (memory_budget in REPO/ferry.toml)
     repo.unready()                           # {name: reason} of models serving no version
     await repo.stop()                        # stop polling, drain and close every executor
 
@@ -53,6 +54,13 @@ load and reload first verifies the version's model file and its external data ag
 signature beside it (``model.onnx.sig``, ``signing.verify``); a version that does not verify
 fails like any other, with the reason "signature: ..." in ``index()``, so the version serving
 keeps serving. The signature file is fingerprinted with the version: re-signing reloads it.
+
+Memory budget (``memory_budget`` in ``REPO/ferry.toml``, read at ``open``; or ``budget`` set to
+a ``budget.MemoryBudget`` before ``start``): each version loaded is told to it, and it unloads
+the sessions of idle versions, least recently used first, to stay within it; they keep serving
+and reload on their next request. ``index()`` then also gives each row's ``memory_bytes`` (its
+sessions, measured at load: ``memory_method``), and the state ``UNLOADED`` for a version the
+budget unloaded.
 """
 
 from __future__ import annotations
@@ -67,15 +75,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
 from ..signing import check_key, default_signature
+from .budget import MEMORY_METHOD, UNLOADED, UNLOADED_REASON, MemoryBudget
 from .catalog import Catalog, KnownModel, KnownVersion, ModelNotFound, ModelNotReady
-from .config import ModelConfig, VersionPolicy
+from .config import ModelConfig, RepositoryConfig, VersionPolicy
 from .executor import ModelExecutor
 from .scan import Disk, check_repository_dir, scan
 from .takeover import SignatureChanged, predecessor_of
 from .versions import ModelVersion, WarmupFailed, build_version
 
 if TYPE_CHECKING:
-    from .metrics import ServeMetrics
+    from .metrics import ServeMetrics, VersionGauges
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -93,9 +102,11 @@ class Repository(Catalog):
         poll_interval_s: float | None = None,
         config: ModelConfig | None = None,
         public_key: Path | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         """Use ``Repository.open``, which checks the path."""
         super().__init__(path)
+        self.budget = MemoryBudget(memory_budget) if memory_budget else None
         self.single = single
         self.public_key = public_key
         self.poll_interval_s = poll_interval_s
@@ -104,7 +115,7 @@ class Repository(Catalog):
         self._poll_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
-        self.metrics: ServeMetrics | None = None  # the app's (ServeApp sets it)
+        self._metrics: ServeMetrics | None = None  # the app's (ServeApp sets it)
         base = path.parent if single else path
         self._roots = sorted({str(base.absolute()), str(base.resolve())}, key=len, reverse=True)
 
@@ -119,7 +130,9 @@ class Repository(Catalog):
     ) -> Repository:
         """A repository for ``path`` (a ``.onnx`` file or a repository directory); nothing is
         loaded until ``start``. InputError when the path is neither, or when ``public_key``
-        (every version must then verify against its signature) is not a usable public key."""
+        (every version must then verify against its signature) is not a usable public key.
+        A repository directory's own ``ferry.toml`` gives the memory budget (UsageError when
+        it is malformed)."""
         path = Path(path)
         if poll_interval_s is not None and not poll_interval_s > 0:
             raise UsageError(f"poll interval must be > 0 seconds, got {poll_interval_s}")
@@ -137,8 +150,14 @@ class Repository(Catalog):
         if not path.is_dir():
             raise InputError(f"{path}: no such file or directory", hint="check the path")
         check_repository_dir(path)
+        budget = RepositoryConfig.read(path).memory_budget
         return cls(
-            path, single=False, poll_interval_s=poll_interval_s, config=config, public_key=key
+            path,
+            single=False,
+            poll_interval_s=poll_interval_s,
+            config=config,
+            public_key=key,
+            memory_budget=budget,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -192,6 +211,52 @@ class Repository(Catalog):
     def running(self) -> bool:
         """Between the end of ``start`` and the beginning of ``stop``."""
         return self._started and not self._stopping
+
+    @property
+    def metrics(self) -> ServeMetrics | None:
+        """The app's metrics (ServeApp sets them): auto-rollbacks are counted there, and they
+        read the versions' response caches and memory from ``gauges``."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: ServeMetrics | None) -> None:
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.watch(self.gauges)
+
+    def gauges(self) -> list[VersionGauges]:
+        """Each served version's response cache counts and memory, for /metrics."""
+        from .metrics import VersionGauges
+
+        rows = []
+        for mv in self.serving():
+            executor, cache = mv.executor, mv.executor.cache
+            rows.append(
+                VersionGauges(
+                    mv.name,
+                    mv.version,
+                    cache_hits=0 if cache is None else cache.hits,
+                    cache_misses=0 if cache is None else cache.misses,
+                    cache_bytes=None if cache is None else cache.bytes,
+                    memory_bytes=executor.memory_bytes if executor.loaded else 0,
+                )
+            )
+        return rows
+
+    def index(self) -> list[dict[str, Any]]:
+        """``Catalog.index``; with a memory budget each row also has ``memory_bytes`` (what its
+        sessions took at load; 0 for a version not served) and ``memory_method``, and a
+        version the budget unloaded is ``UNLOADED``."""
+        rows = super().index()
+        if self.budget is None:
+            return rows
+        for row in rows:
+            served = self._serving.get(row["name"], {}).get(row["version"])
+            row["memory_bytes"] = 0 if served is None else served.executor.memory_bytes
+            row["memory_method"] = MEMORY_METHOD
+            if served is not None and not served.executor.loaded:
+                row["state"], row["reason"] = UNLOADED, UNLOADED_REASON
+        return rows
 
     # --- repository API ----------------------------------------------------------------------
 
@@ -436,6 +501,8 @@ class Repository(Catalog):
             state.tried, state.error = fingerprint, None
             if result is not previous:
                 log.info("model %s version %s loaded from %s", entry.name, number, state.path)
+                if self.budget is not None:
+                    self.budget.track(result.executor)
             return result
         finally:
             state.loading = False

@@ -9,7 +9,8 @@ Outputs come in the requested order (else in the model's), each binary or JSON a
 asks (``RequestedOutput.binary``, else its ``binary_data_output``). Binary ones are raw
 little-endian bytes after the JSON header, whose size the
 ``Inference-Header-Content-Length`` header gives. FP16 and BF16 go as JSON numbers too,
-NaN and Infinity as tritonclient reads them.
+NaN and Infinity as tritonclient reads them. An output with a shared memory region
+(``RequestedOutput.region``) is written there (``regions``, shm.py) and listed without data.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .protocol import (
     Buffer,
     RequestedOutput,
 )
+from .shm import RegionRef, SharedMemory
 from .tensors import ProtocolError, binary_payload, json_payload, v2_datatype
 
 _ENCODE_SLICE = 1 << 16  # output elements per JSON encoder call (a few ms)
@@ -43,6 +45,7 @@ def encode_infer_response(
     requested: list[RequestedOutput] | None,
     binary_default: bool,
     parameters: Mapping[str, Any] | None = None,
+    regions: SharedMemory | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers ("content-type", and "inference-header-content-length"
     when any output is binary). Outputs come in ``requested`` order, else in ``outputs`` order;
@@ -52,11 +55,14 @@ def encode_infer_response(
     # The header is written by hand: json.dumps of the dict costs more than the whole rest.
     described: list[str] = []
     chunks: list[Buffer] = [b""]
-    for name, array, binary in items:
+    for name, array, binary, region in items:
         datatype = v2_datatype(name, array.dtype)
         shape = ",".join([str(d) for d in array.shape])
         head = f'{{"name":{_quote(name)},"datatype":"{datatype}","shape":[{shape}]'
-        if binary:
+        if region is not None:  # no parameters: Triton's C++ client takes them as binary
+            _write_shared(name, array, datatype, region, regions)
+            described.append(head + "}")
+        elif binary:
             payload = binary_payload(name, array, datatype)
             described.append(f'{head},"parameters":{{"binary_data_size":{payload.nbytes}}}}}')
             chunks.append(payload)
@@ -69,7 +75,7 @@ def encode_infer_response(
         fields.append(f'"parameters":{_JSON_OUT.encode(dict(parameters))}')
     fields.append(f'"outputs":[{",".join(described)}]')
     header = ("{" + ",".join(fields) + "}").encode()
-    if len(chunks) == 1 and not any(binary for _, _, binary in items):
+    if len(chunks) == 1:  # no binary output
         return header, {"content-type": JSON_CONTENT_TYPE}
     chunks[0] = header
     headers = {"content-type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
@@ -87,7 +93,9 @@ def response_floor(
     two bytes per element (a digit and a comma), so an answer far past a limit is refused
     before it is built."""
     total = 0
-    for _, array, binary in _response_items(outputs, requested, binary_default):
+    for _, array, binary, region in _response_items(outputs, requested, binary_default):
+        if region is not None:
+            continue
         if not binary:
             total += 2 * array.size
         elif array.dtype == object:
@@ -99,17 +107,27 @@ def response_floor(
 
 def _response_items(
     outputs: Mapping[str, np.ndarray], requested: list[RequestedOutput] | None, binary_default: bool
-) -> list[tuple[str, np.ndarray, bool]]:
-    """(name, array, binary) of each output a response carries, in its order."""
+) -> list[tuple[str, np.ndarray, bool, RegionRef | None]]:
+    """(name, array, binary, shared memory region) of each output a response carries, in its
+    order."""
     if requested is None:
-        return [(name, array, binary_default) for name, array in outputs.items()]
+        return [(name, array, binary_default, None) for name, array in outputs.items()]
     items = []
     for want in requested:
         if want.name not in outputs:
             raise ProtocolError(f"output {want.name!r} was requested but not produced")
         binary = binary_default if want.binary is None else want.binary
-        items.append((want.name, outputs[want.name], binary))
+        items.append((want.name, outputs[want.name], binary, want.region))
     return items
+
+
+def _write_shared(
+    name: str, array: np.ndarray, datatype: str, ref: RegionRef, regions: SharedMemory | None
+) -> None:
+    """Write an output into its shared memory region (as binary data lays it out)."""
+    if regions is None:
+        raise ProtocolError(f"output {name!r} names a shared memory region this server lacks")
+    regions.write(name, ref, binary_payload(name, array, datatype))
 
 
 def _json_data(name: str, array: np.ndarray, datatype: str) -> str:

@@ -139,6 +139,33 @@ def _per_model(suffix: str, method: str, endpoint: str, summary: str, **kw: Any)
 
 _MODEL_ERRORS = (400, 404)
 
+
+def _shared_memory() -> list[Route]:
+    """Triton's system shared memory extension (shm.py): 403 while the server runs without
+    ``--shared-memory system``, as the repository API."""
+    base, one = "/v2/systemsharedmemory", "/v2/systemsharedmemory/region/{region}"
+    status = "system shared memory regions: name, key, offset, byte_size"
+    register = {"application/json": {"schema": {
+        "type": "object",
+        "required": ["key", "byte_size"],
+        "properties": {"key": {"type": "string"}, "offset": {"type": "integer"},
+                       "byte_size": {"type": "integer"}},
+    }}}  # fmt: skip
+    return [
+        Route("GET", base + "/status", "shm_status", "api", status, ok=_json(_OBJECT),
+              errors=(400, 403)),
+        Route("GET", one + "/status", "shm_status", "api", status, ok=_json(_OBJECT),
+              errors=(400, 403)),
+        Route("POST", one + "/register", "shm_register", "api",
+              "map a region of a /dev/shm object (key) for inputs and outputs", errors=(400, 403),
+              body=register),
+        Route("POST", base + "/unregister", "shm_unregister", "api", "forget every region",
+              errors=(400, 403)),
+        Route("POST", one + "/unregister", "shm_unregister", "api", "forget a region",
+              errors=(400, 403)),
+    ]  # fmt: skip
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/health/live", "live", "open", "is the server live"),
     Route(
@@ -172,6 +199,17 @@ ROUTES: tuple[Route, ...] = (
         "run inference",
         ok=_json(_INFER_RESPONSE),
         errors=(400, 404, 405, 408, 413, 500, 503, 504),
+        body=_INFER_BODY,
+        parameters=(_HEADER_LENGTH,),
+    ),
+    *_per_model(
+        "/explain",
+        "POST",
+        "explain",
+        "explain a prediction: attributions of the request's rows (parameters: method, input, "
+        "target, max_evals, samples, segments, window, seed)",
+        ok=_json(_INFER_RESPONSE),
+        errors=(400, 404, 408, 413, 500, 503, 504),
         body=_INFER_BODY,
         parameters=(_HEADER_LENGTH,),
     ),
@@ -215,6 +253,7 @@ ROUTES: tuple[Route, ...] = (
         "stop serving a model",
         errors=(403, 404),
     ),
+    *_shared_memory(),
     Route(
         "GET",
         "/metrics",

@@ -1,6 +1,7 @@
 """Run the app on uvicorn (httptools, uvloop): bind, serve, drain on SIGTERM, exit 0.
 
     serve("models/", ServerOptions(port=8000))          # blocks; Ctrl+C / SIGTERM drain and stop
+    serve("models/", ServerOptions(port=8000, grpc_port=8001))    # and KServe V2 gRPC beside it
     with running("model.onnx") as url:                  # a background server (tests, notebooks)
         requests.get(f"{url}/v2/health/ready")
 
@@ -13,6 +14,12 @@ new one gets 503 and closes. Requests still running after ``graceful_timeout_s``
 get a JSON 503. Big ones cannot fill its memory: a request's line and headers must fit
 ``max_header_bytes`` and ``max_headers`` (else 431 and the connection closes), bodies the app's
 body limit. The HTTP protocol that enforces the connection-level limits is in connections.py.
+
+With ``grpc_port`` the gRPC front (grpc_server.py) runs on the same event loop: it starts
+before the app's lifespan (a port in use stops the start-up before any model loads), stops
+taking calls when the HTTP server begins its shutdown, and its calls in flight finish before
+the models stop. Its messages are limited to ``grpc_max_message_bytes`` (default: the app's
+body limit).
 
 ``"registry:DIR"`` serves a model registry's aliased versions (registry_source.py, with a
 ``RegistryOptions``). API keys are checked before anything is opened (keys.py, whose
@@ -31,12 +38,12 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, one_line
 from .app import ServeApp
 from .config import ModelConfig
 from .connections import ConnectionCaps, guarded_protocol
@@ -52,6 +59,18 @@ class Started(Protocol):
     """What an app sets once its lifespan has started (an asyncio or threading Event)."""
 
     def is_set(self) -> bool: ...
+
+
+class Listener(Protocol):
+    """A second front on the server's event loop (gRPC: grpc_server.GrpcFront): started
+    before the app's lifespan, told to stop when the server begins its shutdown, and awaited
+    before the app stops."""
+
+    async def start(self) -> None: ...
+
+    def stop(self) -> Awaitable[None]:
+        """Stop taking calls; what ends when those in flight have (the same each call)."""
+        ...
 
 
 log = logging.getLogger("onnxferry.serve")
@@ -83,6 +102,10 @@ class ServerOptions:
     """Open connections in all; past it a new one gets 503 and is closed."""
     max_connections_per_client: int = 100
     """Open connections from one IP address; past it a new one gets 503 and is closed."""
+    grpc_port: int | None = None
+    """Also serve KServe V2 gRPC on this port (0: a free one, logged); None: no gRPC."""
+    grpc_max_message_bytes: int | None = None
+    """The largest gRPC request message (None: the app's body limit)."""
 
     def __post_init__(self) -> None:
         counts = (
@@ -99,6 +122,14 @@ class ServerOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise UsageError(f"ServerOptions.{name} must be a positive number, got {value!r}")
+        port, size = self.grpc_port, self.grpc_max_message_bytes
+        if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+            raise UsageError(f"ServerOptions.grpc_port must be a port (0-65535), got {port!r}")
+        if port and port == self.port:
+            raise UsageError(f"the gRPC port and the HTTP port are both {port}; pick two")
+        if size is not None and (type(size) is not int or size <= 0):
+            text = f"ServerOptions.grpc_max_message_bytes must be a positive integer, got {size!r}"
+            raise UsageError(text)
 
 
 def build_app(
@@ -172,14 +203,47 @@ def serve(
     """Serve until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
     options = options or ServerOptions()
     app = build_app(path, settings, config, options.poll_interval_s, registry)
-    return run_until_signal(ShutdownGuard(app), app.started, options, "ferry serve")
+    front = grpc_front(app, options)
+    guard = ShutdownGuard(app, front)
+    return run_until_signal(guard, app.started, options, "ferry serve", front)
 
 
-def run_until_signal(app: Any, started: Started, options: ServerOptions, label: str) -> int:
+def grpc_front(app: ServeApp, options: ServerOptions) -> Listener | None:
+    """The gRPC front ``options.grpc_port`` asks for (None without one); a one-line error
+    when grpcio is missing or the port is in use, before any model loads."""
+    if options.grpc_port is None:
+        return None
+    try:
+        from .grpc_server import GrpcFront
+    except (ImportError, RuntimeError) as e:  # tritonclient.grpc: RuntimeError without grpcio
+        missing = (e.name if isinstance(e, ImportError) and e.name else "grpc").split(".")[0]
+        raise UsageError(
+            f"gRPC needs {'grpcio' if missing == 'grpc' else missing}, which is not installed",
+            hint="pip install 'onnxferry[serve]'",
+        ) from None
+    if options.grpc_port:
+        try:
+            bind(options.host, options.grpc_port).close()
+        except InputError as e:
+            hint = "pick another --grpc-port, or stop what is using it"
+            raise InputError(f"gRPC: {e.message}", hint=hint) from None
+    return GrpcFront(
+        app,
+        options.host,
+        options.grpc_port,
+        max_message_bytes=options.grpc_max_message_bytes,
+        grace_s=options.graceful_timeout_s,
+    )
+
+
+def run_until_signal(
+    app: Any, started: Started, options: ServerOptions, label: str, listener: Listener | None = None
+) -> int:
     """Run the ASGI ``app`` (whose lifespan sets ``started``) under uvicorn with the guarded
-    HTTP protocol until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
+    HTTP protocol until SIGTERM or SIGINT, finishing in-flight requests first; returns 0.
+    ``listener`` (whose lifespan ``app`` runs, see ShutdownGuard) stops with the server."""
     sock = bind(options.host, options.port)
-    server = _server(app, options)
+    server = _server(app, options, listener)
     host, port = sock.getsockname()[:2]
     log.warning("%s: listening on http://%s:%s", label, host, port)
     # A signal before uvicorn installs its handlers stops the server once it has started;
@@ -214,16 +278,19 @@ def running(
         app = path
     else:
         app = build_app(path, settings, config, options.poll_interval_s, registry)
-    with running_in_thread(ShutdownGuard(app), app.started, options) as url:
+    front = grpc_front(app, options)
+    with running_in_thread(ShutdownGuard(app, front), app.started, options, front) as url:
         yield url
 
 
 @contextlib.contextmanager
-def running_in_thread(app: Any, started: Started, options: ServerOptions) -> Iterator[str]:
+def running_in_thread(
+    app: Any, started: Started, options: ServerOptions, listener: Listener | None = None
+) -> Iterator[str]:
     """Run the ASGI ``app`` (whose lifespan sets ``started``) in a background thread; yields
-    its base URL and stops it (draining) on exit."""
+    its base URL and stops it (draining) on exit, ``listener`` with it."""
     sock = bind(options.host, options.port)
-    server = _server(app, options)
+    server = _server(app, options, listener)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -239,7 +306,7 @@ def running_in_thread(app: Any, started: Started, options: ServerOptions) -> Ite
         sock.close()
 
 
-def _server(app: Any, options: ServerOptions) -> Any:
+def _server(app: Any, options: ServerOptions, listener: Listener | None = None) -> Any:
     import uvicorn
 
     config = uvicorn.Config(
@@ -259,20 +326,35 @@ def _server(app: Any, options: ServerOptions) -> Any:
         timeout_graceful_shutdown=int(options.graceful_timeout_s),
         server_header=False,
     )
-    return uvicorn.Server(config)
+    if listener is None:
+        return uvicorn.Server(config)
+    front: Listener = listener
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            front.stop()  # no new calls from now on, while HTTP drains
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 class ShutdownGuard:
     """The ASGI app that answers a request still running when the graceful timeout ends (the
-    server cancels it) with a JSON 503 instead of uvicorn's 500 and traceback:
+    server cancels it) with a JSON 503 instead of uvicorn's 500 and traceback, and runs a
+    ``listener``'s lifespan around the app's (started first; stopped, its calls drained,
+    before the app stops):
 
-    uvicorn.Config(ShutdownGuard(app), ...)
+    uvicorn.Config(ShutdownGuard(app, listener=None), ...)
     """
 
-    def __init__(self, app: ServeApp) -> None:
+    def __init__(self, app: ServeApp, listener: Listener | None = None) -> None:
         self.app = app
+        self.listener = listener
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and self.listener is not None:
+            await self._lifespan(self.listener, scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -289,6 +371,31 @@ class ShutdownGuard:
             if not started:
                 await _send_json(send, 503, "the server is shutting down")
             # a response already under way is cut off by closing the connection
+
+    async def _lifespan(self, listener: Listener, scope: Any, receive: Any, send: Any) -> None:
+        first = await receive()
+        if first["type"] == "lifespan.startup":
+            try:
+                await listener.start()
+            except Exception as e:  # cannot listen: say why, and load nothing
+                await send({"type": "lifespan.startup.failed", "message": one_line(e)})
+                return
+        pending = [first]
+
+        async def received() -> Any:
+            if pending:
+                return pending.pop()
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await listener.stop()
+            return message
+
+        async def sent(message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                await listener.stop()
+            await send(message)
+
+        await self.app(scope, received, sent)
 
 
 async def _send_json(send: Any, status: int, message: str) -> None:

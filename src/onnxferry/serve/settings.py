@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 MIB = 1 << 20
 
@@ -25,6 +26,10 @@ class ServeSettings:
     """Keys for the repository API (empty: the api_keys)."""
     repository_api: bool = False
     sagemaker: bool = False
+    shared_memory: Literal["off", "system"] = "off"
+    """Triton's system shared memory extension (shm.py): "system" lets clients on this host
+    register /dev/shm regions that the server maps, reads inputs from and writes outputs into.
+    Off by default: a client that can register makes the server map a file of its choosing."""
     """Also answer SageMaker's hosting contract: GET /ping and POST /invocations (sagemaker.py)."""
     require_signature: Path | None = None
     """A public key (PEM): every version must verify against its ``model.onnx.sig`` with it,
@@ -43,6 +48,12 @@ class ServeSettings:
     """Bytes of request bodies the server holds at once (None: 4 x body_limit, at least
     256 MiB); a request that
     would pass it is answered 503 with Retry-After. At least body_limit."""
+    explain_max_evals: int = 20_000
+    """Model rows one explanation may evaluate (a request's ``max_evals`` is capped at it)."""
+    explain_timeout_s: float = 60.0
+    """Seconds one explanation may take (a request's deadline is capped at it)."""
+    explain_concurrency: int = 1
+    """Explanations computed at once; one more is answered 503 with Retry-After."""
 
     parse_memory: int | None = None
     """Bytes the worker process that parses large JSON bodies may take for one body (None:

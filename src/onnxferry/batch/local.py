@@ -1,0 +1,291 @@
+"""The local engine: reading, running and writing overlap on threads, in bounded memory.
+
+    job = Job(model, source, Path("out"), todo=shards(source.rows, 1000), batch_size=256)
+    summary = run_local(job, progress=lambda p: print(p.done, p.rate_per_s, p.eta_s))
+
+Scheduling. One reader thread reads the batches of the shards to do, in row order, into a
+queue; ``workers`` threads, each with its own ONNX Runtime session of ``threads`` intra-op
+threads (together the usable cores; ORT releases the GIL while it runs), take batches from
+that queue and build each batch's output table; the calling thread writes the tables in row
+order (a batch that finishes early waits in a small reorder map), one shard after another,
+each committed by a rename when its last batch is written. A semaphore of ``slots`` counts
+the batches between being read and being written, so memory holds at most ``slots`` batches
+of data: the reader waits for a slot before it reads. ``slots`` comes from ``--max-memory``
+with the sizes measured on the first batch, which runs on the calling thread before the
+others start (plan.in_flight). Any error stops the reader, lets the workers drain, removes
+the shard in progress and is raised on the calling thread.
+
+A model whose batch axis is fixed (``[1, 3, 224, 224]``) runs batches of exactly that size;
+the last, shorter one is padded with copies of its last row and the padding's outputs dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import Device, device_session_config, naming
+from ..measure import PeakMemory
+from ..model import Model
+from ..runtime import OrtRunner, SessionConfig
+from .plan import DEFAULT_MAX_MEMORY, current_rss, in_flight
+from .sinks import Shard, ShardWriter, output_table
+from .sources import Chunk, Source
+from .summary import BatchProgress, BatchSummary, ProgressCallback
+
+PROGRESS_INTERVAL_S = 0.2
+
+
+@dataclass
+class Job:
+    """What one local run does: ``todo`` shards of ``source`` through ``model`` into
+    ``outdir``; ``skipped`` ones were finished by an earlier run."""
+
+    model: Model
+    source: Source
+    outdir: Path
+    todo: list[Shard]
+    batch_size: int
+    skipped: list[Shard] = field(default_factory=list)
+    output_format: str = "parquet"
+    workers: int = 1
+    threads: int | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY
+    provider: str = "cpu"
+    fixed_batch: int | None = None
+    notes: list[str] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
+    """A device pool: one session per device (``workers`` is its size)."""
+
+
+@dataclass
+class _Done:
+    seq: int
+    shard: int
+    table: Any  # pyarrow.Table
+    error: BaseException | None = None
+
+
+def session_config(job: Job) -> SessionConfig:
+    """Each worker's session: ``threads`` intra-op threads that do not spin between runs (a
+    spinning thread burns a core the reader, the writer or another session needs)."""
+    entries = {"session.intra_op.allow_spinning": "0"}
+    return SessionConfig(provider=job.provider, threads=job.threads, entries=entries)
+
+
+def _runners(job: Job) -> list[OrtRunner]:
+    """One runner per worker, or per device of the pool (errors name the device)."""
+    config = session_config(job)
+    if not job.devices:
+        return [OrtRunner(job.model, config=config, validate=False) for _ in range(job.workers)]
+    runners = []
+    for device in job.devices:
+        with naming(device):
+            on = device_session_config(config, device)
+            runners.append(OrtRunner(job.model, config=on, validate=False))
+    return runners
+
+
+def run_outputs(
+    runner: OrtRunner, feeds: dict[str, np.ndarray], fixed: int | None
+) -> dict[str, np.ndarray]:
+    """One batch's outputs; a batch shorter than a fixed batch axis is padded with copies of
+    its last row, and the padding's outputs dropped."""
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if fixed is not None and n < fixed:
+        feeds = {
+            k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) for k, v in feeds.items()
+        }
+    outputs = runner.run(feeds)
+    if fixed is not None and n < fixed:
+        outputs = {k: v[:n] for k, v in outputs.items()}
+    return outputs
+
+
+def run_batch(runner: OrtRunner, chunk: Chunk, fixed: int | None) -> Any:
+    """The output table of one batch: its rows, trace columns and outputs."""
+    return output_table(chunk.rows, chunk.trace, run_outputs(runner, chunk.feeds, fixed))
+
+
+def _batches(job: Job) -> Iterator[tuple[int, int, int]]:
+    """(shard index, start, stop) of every batch to run, in row order."""
+    for i, shard in enumerate(job.todo):
+        for start in range(shard.start, shard.stop, job.batch_size):
+            yield i, start, min(start + job.batch_size, shard.stop)
+
+
+def run_local(job: Job, progress: ProgressCallback | None = None) -> BatchSummary:
+    """Run ``job``; the summary of what was written and how fast."""
+    total_batches = sum(math.ceil(s.rows / job.batch_size) for s in job.todo)
+    skipped_rows = sum(s.rows for s in job.skipped)
+    summary = BatchSummary(
+        engine="local",
+        model=job.model.name,
+        source=str(job.source.path),
+        output=str(job.outdir),
+        rows=job.source.rows,
+        processed=0,
+        shards_written=0,
+        shards_skipped=len(job.skipped),
+        seconds=0.0,
+        output_format=job.output_format,
+        batch_size=job.batch_size,
+        workers=job.workers,
+        threads_per_worker=job.threads or 0,
+        max_memory_bytes=job.max_memory,
+        notes=list(job.notes),
+    )
+    with PeakMemory() as whole:
+        import pyarrow  # noqa: F401 - loaded before the clock starts, not by the first table
+
+        runners = _runners(job)
+        ran = [0] * len(runners)
+        started = time.perf_counter()
+        if progress is not None:
+            progress(BatchProgress(skipped_rows, job.source.rows, skipped_rows, 0.0))
+        if total_batches:
+            _pipeline(job, runners, total_batches, skipped_rows, started, summary, progress, ran)
+        if job.devices:
+            counts = ", ".join(f"{d} {n}" for d, n in zip(job.devices, ran, strict=True))
+            summary.notes.append(f"batches per device: {counts}")
+        summary.seconds = time.perf_counter() - started
+    summary.peak_rss_bytes = whole.rss_bytes
+    if progress is not None:
+        done = skipped_rows + summary.processed
+        progress(BatchProgress(done, job.source.rows, skipped_rows, summary.seconds))
+    return summary
+
+
+def _pipeline(
+    job: Job,
+    runners: list[OrtRunner],
+    total: int,
+    skipped_rows: int,
+    started: float,
+    summary: BatchSummary,
+    progress: ProgressCallback | None,
+    ran: list[int],
+) -> None:
+    batches = _batches(job)
+    shard0, start0, stop0 = next(batches)
+    baseline = current_rss()
+    first = job.source.read(start0, stop0)
+    table = run_batch(runners[0], first, job.fixed_batch)
+    ran[0] += 1
+    per_batch = first.nbytes + table.nbytes
+    # What the first run left allocated besides its data: the session's arena, which each
+    # worker's session grows as much (a cheap measure; a peak would need a gc and a reset).
+    work = max(0, current_rss() - baseline - per_batch)
+    slots = in_flight(
+        budget=job.max_memory,
+        baseline=baseline,
+        per_batch=per_batch,
+        work=work,
+        workers=len(runners),
+    )
+    summary.in_flight = slots
+    job.source.recycle(first)
+    del first
+    room = threading.Semaphore(slots - 1)  # the first batch holds one slot
+    todo: queue.Queue[tuple[int, int, Chunk] | None] = queue.Queue()
+    done: queue.Queue[_Done] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for seq, (shard, start, end) in enumerate(batches, start=1):
+                while not room.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                todo.put((seq, shard, job.source.read(start, end)))
+        except BaseException as e:  # handed to the writer, raised there
+            done.put(_Done(-1, -1, None, e))
+        finally:
+            for _ in runners:
+                todo.put(None)
+
+    def work_on(index: int, runner: OrtRunner) -> None:
+        while (item := todo.get()) is not None:
+            seq, shard, chunk = item
+            del item
+            if stop.is_set():
+                continue
+            try:
+                table = run_batch(runner, chunk, job.fixed_batch)
+            except BaseException as e:  # handed to the writer, raised there
+                done.put(_Done(seq, shard, None, e))
+                continue
+            ran[index] += 1
+            job.source.recycle(chunk)  # before the writer frees its slot
+            del chunk
+            done.put(_Done(seq, shard, table))
+
+    threads = [threading.Thread(target=read, name="ferry-batch-read", daemon=True)]
+    threads += [
+        threading.Thread(target=work_on, args=(i, r), name=f"ferry-batch-run-{i}", daemon=True)
+        for i, r in enumerate(runners)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        _write(job, total, shard0, table, done, room, skipped_rows, started, summary, progress)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+
+
+def _write(
+    job: Job,
+    total: int,
+    shard0: int,
+    table0: Any,
+    done: queue.Queue[_Done],
+    room: threading.Semaphore,
+    skipped_rows: int,
+    started: float,
+    summary: BatchSummary,
+    progress: ProgressCallback | None,
+) -> None:
+    """Write batches 0..total-1 in order as they arrive; commit each shard when complete."""
+    pending: dict[int, _Done] = {0: _Done(0, shard0, table0)}
+    writer: ShardWriter | None = None
+    last_report = 0.0
+    try:
+        for seq in range(total):
+            while seq not in pending:
+                item = done.get()
+                if item.error is not None:
+                    raise item.error
+                pending[item.seq] = item
+            item = pending.pop(seq)
+            shard = job.todo[item.shard]
+            if writer is None:
+                writer = ShardWriter(job.outdir, shard, job.output_format)
+            writer.write(item.table)
+            summary.processed += item.table.num_rows
+            del item
+            room.release()
+            if writer.written == shard.rows:
+                writer.commit()
+                writer.__exit__(None, None, None)
+                writer = None
+                summary.shards_written += 1
+            now = time.perf_counter()
+            if progress is not None and now - last_report >= PROGRESS_INTERVAL_S:
+                last_report = now
+                rows = skipped_rows + summary.processed
+                progress(BatchProgress(rows, job.source.rows, skipped_rows, now - started))
+    finally:
+        if writer is not None:
+            writer.__exit__(None, None, None)  # not committed: its temporary files go

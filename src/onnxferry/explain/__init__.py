@@ -1,0 +1,205 @@
+"""Attributions for an ONNX model's predictions: SHAP, LIME and occlusion over batched runs.
+
+    from onnxferry.explain import write_explanation
+
+    explanation = onnxferry.explain("model.onnx", {"x": x}, method="kernelshap", background=bg)
+    explanation.attributions            # shaped like x: each feature's share of the target
+    explanation.ranking(0)[:3]          # input 0's most important features
+    files = write_explanation(explanation, "explain/")   # PNG / HTML by kind, JSON, report.html
+
+``method`` is one of ``METHODS``: ``kernelshap`` and ``permutation`` (shap), ``lime`` (lime's
+tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrated-gradients``
+(unavailable: ONNX Runtime computes no gradient; it says so). The input's kind (image,
+tabular, tokens) comes from the signature (``kind=`` overrides it); images and tokens are
+explained over superpixels / positions hidden by a baseline (see ``masking``).
+
+Every perturbation an explainer asks for is evaluated through one ONNX Runtime session in
+batches (``evaluate``), not one ``session.run`` per sample; ``max_evals`` (rows evaluated) and
+``deadline`` (seconds) bound the cost: each method sizes its samples to the budget, and a
+deadline that passes after some inputs are explained returns those (``complete`` is False).
+A caller that holds a session already (a server) passes ``session=`` or an ``OrtRunner``.
+
+The parts: ``kinds`` (what an input is), ``inputs`` (session, feeds, background), ``evaluate``
+(the batched model function and its budget), ``masking`` (superpixels, baselines),
+``methods``, ``result`` (``Explanation``), ``render`` (the files). Importing this package
+loads ``result`` only; the rest loads when ``explain`` runs or a name below is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .result import Explanation
+
+if TYPE_CHECKING:
+    from ..model import Model
+    from ..runtime import OrtRunner
+    from .evaluate import Budget, BudgetExceeded, Progress, Session
+    from .inputs import Arrays
+    from .kinds import KINDS
+    from .methods import METHODS, MethodUnavailable
+    from .render import load_vocabulary, write_explanation
+
+__all__ = [
+    "KINDS",
+    "METHODS",
+    "Budget",
+    "BudgetExceeded",
+    "Explanation",
+    "MethodUnavailable",
+    "Progress",
+    "Session",
+    "explain",
+    "load_vocabulary",
+    "write_explanation",
+]
+
+_LAZY = {
+    "Budget": "evaluate",
+    "BudgetExceeded": "evaluate",
+    "Progress": "evaluate",
+    "Session": "evaluate",
+    "KINDS": "kinds",
+    "METHODS": "methods",
+    "MethodUnavailable": "methods",
+    "load_vocabulary": "render",
+    "write_explanation": "render",
+}
+"""Exported names and the module that holds each, loaded when first asked for."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def explain(
+    model: Model | str | Path | OrtRunner,
+    inputs: Arrays,
+    method: str = "kernelshap",
+    *,
+    input_name: str | None = None,
+    target: int | str | None = None,
+    background: Arrays | None = None,
+    max_evals: int | None = None,
+    deadline: float | None = None,
+    kind: str | None = None,
+    batch_size: int | None = None,
+    samples: int | None = None,
+    segments: int = 50,
+    window: int | None = None,
+    seed: int = 0,
+    batch_axis: bool | None = None,
+    session: Session | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> Explanation:
+    """Attribute each row of one input to the target's value.
+
+    ``inputs``: arrays by input name (every model input), one array for the explained input, or
+    an .npz. ``input_name``: the input explained (default: the first). ``target``: a class
+    index of the first output, an output's name, or ``OUTPUT:INDEX`` (default: the first
+    output's argmax per row, or its one value). ``background``: rows like the inputs (SHAP's
+    background, LIME's training data, the baseline's mean; default for tabular: the inputs
+    themselves when there are several). ``samples``: the method's sample count (kernelshap
+    nsamples, permutation max_evals, LIME num_samples). ``segments``: superpixels per image.
+    ``window``: occlusion's window in pixels. ``batch_axis``: whether the model's input has a
+    batch axis (default: told from its shape). ``session``: an InferenceSession already made
+    for ``model``, or anything with its ``run(output_names, feeds, run_options)`` (``Session``).
+
+    Raises UsageError (an unknown method, input, kind or target), DataError / FeedError
+    (inputs that do not fit the model), BudgetExceeded (not one input fits ``max_evals`` or
+    ``deadline``), MethodUnavailable (integrated-gradients).
+    """
+    from ..errors import UsageError
+    from .evaluate import Budget, BudgetExceeded, Evaluator, resolve_targets
+    from .inputs import background_of, feeds_of, input_name_of, open_session, shap_background
+    from .kinds import plan_layout
+    from .masking import baseline, groups_for, spatial_labels
+    from .methods import METHODS, Task, require
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    loaded, session = open_session(model, session)
+    signature = loaded.signature
+    name = input_name_of(signature, input_name)
+    feeds = feeds_of(inputs, signature, name)
+    spec = signature.input(name)
+    layout, rows = plan_layout(spec, feeds[name], kind, batch_axis)
+    notes: list[str] = []
+    data = background_of(background, spec, layout, rows, notes)
+    require(method, layout.kind)
+    budget = Budget(max_evals, deadline)
+    evaluator = Evaluator(
+        session,
+        signature,
+        name,
+        layout,
+        {k: v for k, v in feeds.items() if k != name},
+        len(rows),
+        batch_size=batch_size,
+        budget=budget,
+        progress=progress,
+        model_name=loaded.name,
+    )
+    targets, scores = resolve_targets(evaluator, rows, signature, target)
+    shap_data = shap_background(data, method, seed, notes)
+    values, bases, labels = [], [], []
+    for i, sample in enumerate(rows):
+        evaluator.input_index = i
+        left = len(rows) - i
+        groups = groups_for(sample, layout, segments, method)
+        if i == 0 and groups is not None and layout.kind == "image":
+            how = "SLIC superpixels" if groups.method == "slic" else "square patches"
+            notes.insert(0, f"images explained over {how}: {groups.count} on input 0")
+        task = Task(
+            sample=sample,
+            layout=layout,
+            score=evaluator.scorer(i, targets[i]),
+            baseline=baseline(layout, sample, data),
+            background=shap_data,
+            groups=groups,
+            evals=evaluator.share(left),
+            samples=samples,
+            batch_size=evaluator.batch_size,
+            seed=seed,
+            window=window,
+            plan=evaluator.planner(left),
+        )
+        try:
+            attribution = METHODS[method](task)
+        except BudgetExceeded as e:
+            if i == 0:
+                raise
+            notes.append(f"stopped after {i} of {len(rows)} inputs: {e}")
+            break
+        values.append(attribution.values)
+        bases.append(attribution.base)
+        notes.extend(n for n in attribution.notes if n not in notes)
+        if groups is not None and layout.kind == "image":
+            labels.append(spatial_labels(groups, layout))
+    done = len(values)
+    return Explanation(
+        model=loaded.name,
+        input_name=name,
+        method=method,
+        layout=layout,
+        inputs=rows[:done],
+        attributions=np.stack(values).astype(np.float64),
+        base_values=np.asarray(bases, np.float64),
+        scores=scores[:done],
+        targets=[t.label for t in targets[:done]],
+        evaluations=evaluator.evaluations,
+        session_runs=evaluator.runs,
+        seconds=evaluator.elapsed(),
+        notes=notes,
+        segments=np.stack(labels) if labels else None,
+        requested=len(rows),
+    )

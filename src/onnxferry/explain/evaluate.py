@@ -1,0 +1,317 @@
+"""The model as a function of one input, evaluated in batches through one ONNX Runtime session.
+
+    evaluator = Evaluator(session, model.signature, "x", layout, {}, rows=1, batch_size=1024)
+    f = evaluator.function(0, Target("probs", 2, "probs[2]"))
+    f(np.zeros((5000, 4), np.float32))           # 5000 scores from 5 session.run
+    evaluator.evaluations, evaluator.runs          # 5000, 5
+
+An explainer's perturbations arrive as one array of rows; the evaluator splits them into
+chunks of ``batch_size`` rows (the fixed batch size for a batch-1 export, padded; one row a
+run for a model without a batch axis), optionally builds each chunk's model inputs from
+feature rows (``transform``: masks to images), feeds the other inputs held at the explained
+sample's values, and keeps the target's value. Every chunk is charged to a ``Budget``
+(``max_evals`` rows, a ``deadline`` in seconds) before it runs: past either, ``BudgetExceeded``.
+A ``progress`` callback hears of each chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import FeedError, InputError, UsageError
+from ..runtime import quiet_run_options, run_errors
+from ..signature import Signature
+from .kinds import Layout
+
+Transform = Callable[[np.ndarray], np.ndarray]
+DEFAULT_CHUNK_BYTES = 1024**2
+"""Input bytes per run by default: past a few hundred images a batch gets slower per image on
+CPU (activations leave the cache), while small rows batch by the thousand."""
+MAX_BATCH = 8192
+
+
+class Session(Protocol):
+    """What the evaluator calls on a session: ONNX Runtime's ``InferenceSession.run``, or
+    anything that answers it the same way (a server's batching executor)."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, Any], run_options: Any) -> Any:
+        """One array per name in ``output_names``, for the feeds given."""
+
+
+class BudgetExceeded(InputError):
+    """An explanation would take more model evaluations than ``max_evals``, or ran past its
+    ``deadline``."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What an explanation may cost: rows evaluated, and seconds from its start."""
+
+    max_evals: int | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_evals is not None and self.max_evals < 1:
+            raise UsageError(f"max_evals must be at least 1, got {self.max_evals}")
+        if self.deadline is not None and self.deadline <= 0:
+            raise UsageError(f"deadline must be a positive number of seconds, got {self.deadline}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The value explained: ``index`` into one sample's flattened ``output``."""
+
+    output: str
+    index: int
+    label: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an explanation stands: rows evaluated of about ``planned``, on input
+    ``input_index`` of ``inputs``."""
+
+    evaluations: int
+    planned: int
+    input_index: int
+    inputs: int
+
+
+class Evaluator:
+    """Rows of the explained input -> model outputs, in batches, charged to a budget."""
+
+    def __init__(
+        self,
+        session: Session,
+        signature: Signature,
+        input_name: str,
+        layout: Layout,
+        others: Mapping[str, np.ndarray],
+        rows: int,
+        *,
+        batch_size: int | None = None,
+        budget: Budget | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        model_name: str = "model",
+    ) -> None:
+        self.session = session
+        self.input_name = input_name
+        self.layout = layout
+        self.signature = signature
+        self.dtype = signature.input(input_name).dtype.numpy
+        self.rows = rows
+        self.budget = budget or Budget()
+        self.progress = progress
+        self.model_name = model_name
+        self.batch_size = batch_size or default_batch_size(layout, self.dtype)
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        self._others = {k: _per_sample(k, v, layout, rows) for k, v in others.items()}
+        self._options = quiet_run_options()
+        self.started = time.monotonic()
+        self.evaluations = 0
+        self.runs = 0
+        self.planned = 0
+        self.input_index = 0
+
+    @property
+    def chunk(self) -> int:
+        """Rows per ``session.run``."""
+        if not self.layout.batch_axis:
+            return 1
+        return self.layout.fixed_batch or self.batch_size
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def function(
+        self, sample: int, target: Target, transform: Transform | None = None
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """``f(rows) -> scores``: the target's value (float64) for each row, the other inputs
+        held at ``sample``'s values; ``transform`` builds model inputs from each chunk."""
+
+        def f(rows: np.ndarray) -> np.ndarray:
+            return self.outputs(rows, sample, target.output, transform)[:, target.index]
+
+        return f
+
+    def scorer(self, sample: int, target: Target) -> Callable[..., np.ndarray]:
+        """``score(rows, transform)``: ``function`` with the transform given per call."""
+
+        def score(rows: np.ndarray, transform: Transform | None) -> np.ndarray:
+            return self.function(sample, target, transform)(rows)
+
+        return score
+
+    def share(self, left: int) -> int | None:
+        """The evaluations one of the ``left`` inputs still to explain may take: an even share
+        of what the budget has left (None: no limit)."""
+        if self.budget.max_evals is None:
+            return None
+        return max(0, self.budget.max_evals - self.evaluations) // max(left, 1)
+
+    def planner(self, left: int) -> Callable[[int], None]:
+        """What a method calls with the evaluations it plans for one input, so that
+        ``progress`` reports hear of the total for the ``left`` inputs still to explain."""
+
+        def plan(evaluations: int) -> None:
+            self.planned = self.evaluations + evaluations * left
+
+        return plan
+
+    def outputs(
+        self,
+        rows: np.ndarray,
+        sample: int,
+        output: str,
+        transform: Transform | None = None,
+    ) -> np.ndarray:
+        """One flattened ``output`` per row, ``(len(rows), values)`` float64."""
+        rows = np.asarray(rows)
+        results = []
+        for start in range(0, len(rows), self.chunk):
+            part = rows[start : start + self.chunk]
+            self.charge(len(part))
+            inputs = part if transform is None else transform(part)
+            results.append(self._run(np.asarray(inputs), sample, output))
+            self.evaluations += len(part)
+            if self.progress is not None:
+                self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
+        if not results:
+            return np.zeros((0, self._width(output)))
+        return np.concatenate(results)
+
+    def _width(self, output: str) -> int:
+        """Values per row of ``output`` as the signature gives them (1 when unknown)."""
+        for spec in self.signature.outputs:
+            if spec.name == output and spec.shape is not None:
+                given = spec.shape[1:] if self.layout.batch_axis else spec.shape
+                dims = [d for d in given if isinstance(d, int)]
+                if len(dims) == len(given):
+                    return int(np.prod(dims, dtype=np.int64))
+        return 1
+
+    def charge(self, rows: int) -> None:
+        """Raise BudgetExceeded when ``rows`` more evaluations would pass the budget."""
+        budget = self.budget
+        if budget.max_evals is not None and self.evaluations + rows > budget.max_evals:
+            raise BudgetExceeded(
+                f"the explanation needs more than max_evals={budget.max_evals} model "
+                f"evaluations ({self.evaluations} done)",
+                hint="raise --max-evals, or ask for fewer samples (--samples) or inputs",
+            )
+        if budget.deadline is not None and self.elapsed() > budget.deadline:
+            raise BudgetExceeded(
+                f"the explanation ran past its deadline of {budget.deadline:g} s after "
+                f"{self.evaluations} model evaluations",
+                hint="raise --deadline, or ask for fewer samples (--samples) or inputs",
+            )
+
+    def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
+        rows = len(inputs)
+        batch = np.ascontiguousarray(inputs, dtype=self.dtype)
+        if not self.layout.batch_axis:
+            feeds = {self.input_name: batch[0], **self._fixed(sample, None)}
+        else:
+            size = self.layout.fixed_batch or rows
+            if rows < size:  # a fixed batch: pad with the last row, dropped below
+                batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+            feeds = {self.input_name: batch, **self._fixed(sample, size)}
+        with run_errors(self.model_name, feeds):
+            (result,) = self.session.run([output], feeds, self._options)
+        self.runs += 1
+        value = np.asarray(result, dtype=np.float64)
+        if not self.layout.batch_axis or (rows == 1 and value.shape[:1] != (1,)):
+            return value.reshape(1, -1)
+        if value.shape[:1] != (len(batch),):
+            raise UsageError(
+                f"output {output!r} has shape {list(value.shape)} for {len(batch)} rows: it "
+                "does not keep the batch axis, so rows cannot be told apart",
+                hint="explain with --batch-size 1, or another output (--target OUTPUT)",
+            )
+        return value.reshape(len(batch), -1)[:rows]
+
+    def _fixed(self, sample: int, rows: int | None) -> dict[str, np.ndarray]:
+        """The other inputs at ``sample``'s values, ``rows`` times (None: as one sample)."""
+        fixed = {}
+        for name, values in self._others.items():
+            one = values[sample] if len(values) > 1 else values[0]
+            fixed[name] = one if rows is None else np.repeat(one[None], rows, axis=0)
+        return fixed
+
+
+def resolve_targets(
+    evaluator: Evaluator, samples: np.ndarray, signature: Signature, target: int | str | None
+) -> tuple[list[Target], np.ndarray]:
+    """The value to explain for each sample, and its value at the sample.
+
+    ``target``: None (the first float output, else the first numeric one; its argmax for a
+    vector of class scores), a class index into that output, an output's name, or
+    ``OUTPUT:INDEX``. UsageError when it names no output or is out of range.
+    """
+    output, index = _parse_target(signature, target)
+    targets, scores = [], []
+    for i in range(len(samples)):
+        values = evaluator.outputs(samples[i : i + 1], i, output)[0]
+        if index is not None and not 0 <= index < len(values):
+            raise UsageError(
+                f"target {index} is out of range: output {output!r} has {len(values)} "
+                "value(s) per input",
+                hint=f"give a class index from 0 to {len(values) - 1}",
+            )
+        chosen = index if index is not None else int(np.argmax(values)) if len(values) > 1 else 0
+        label = f"{output}[{chosen}]" if len(values) > 1 else output
+        targets.append(Target(output, chosen, label))
+        scores.append(float(values[chosen]))
+    return targets, np.asarray(scores)
+
+
+def _parse_target(signature: Signature, target: int | str | None) -> tuple[str, int | None]:
+    outputs = signature.output_names
+    kinds = {s.name: s.dtype.kind for s in signature.outputs}
+    # Scores before labels: a classifier's first output is often its int64 label.
+    numeric = [n for n in outputs if kinds[n] == "float"]
+    numeric += [n for n in outputs if kinds[n] in ("int", "bool")]
+    if not numeric:
+        raise UsageError("the model has no numeric output to explain")
+    if target is None:
+        return numeric[0], None
+    if isinstance(target, int) or target.lstrip("-").isdigit():
+        return numeric[0], int(target)
+    if target in outputs:
+        name, index = target, None
+    else:
+        name, _, position = target.rpartition(":")
+        if name not in outputs or not position.lstrip("-").isdigit():
+            raise UsageError(
+                f"target {target!r} is neither a class index nor an output of the model",
+                hint=f"give a class index, an output ({', '.join(outputs)}) or OUTPUT:INDEX",
+            )
+        index = int(position)
+    if name not in numeric:
+        raise UsageError(f"output {name!r} holds no numbers to explain", hint="pick another")
+    return name, index
+
+
+def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:
+    """Rows per run that keep one chunk's input near 1 MiB, between 1 and 8192."""
+    sample_bytes = max(1, int(np.prod(layout.sample_shape, dtype=np.int64)) * dtype.itemsize)
+    return int(min(MAX_BATCH, max(1, DEFAULT_CHUNK_BYTES // sample_bytes)))
+
+
+def _per_sample(name: str, array: np.ndarray, layout: Layout, rows: int) -> np.ndarray:
+    """Another input as one value per explained sample (or one for all): ``(1 or rows, ...)``."""
+    if not layout.batch_axis:
+        return np.asarray(array)[None]
+    if array.ndim == 0 or array.shape[0] not in (1, rows):
+        raise FeedError(
+            f"input {name!r} has shape {list(np.shape(array))}: its leading axis must be 1 or "
+            f"the {rows} rows explained",
+            hint="give the other inputs one row per explained input",
+        )
+    return np.asarray(array)

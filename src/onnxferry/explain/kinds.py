@@ -1,0 +1,178 @@
+"""What an explained input is: its kind (image, tabular, tokens) and how its array splits into
+the samples to explain.
+
+    layout, samples = plan_layout(model.signature.input("x"), x)   # x: float32[8, 4]
+    layout.kind, layout.batch_axis, samples.shape                  # "tabular", True, (8, 4)
+
+The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
+NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
+tabular row. The batch axis: an open leading dim (``batch``, ``N``) is one; a fixed leading
+dim of a 2-D or 4-D input is a fixed batch (1 for a batch-1 export, run in chunks of that
+size); a 1-D input, or a 3-D image whose first dim is 3 channels, has none (each sample is a
+whole model input, run one per ``session.run``). ``batch_axis=`` overrides that guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FeedError, UsageError
+from ..signature import TensorSpec
+
+KINDS = ("image", "tabular", "tokens")
+CHANNELS = (1, 3)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one input's array maps to samples, and what kind of input it is."""
+
+    kind: str
+    batch_axis: bool
+    """The model takes a leading batch axis on this input."""
+    fixed_batch: int | None
+    """That axis's fixed size (1 for a batch-1 export); None when open or absent."""
+    sample_shape: tuple[int, ...]
+    channels_last: bool = False
+    """Images: NHWC (True) or NCHW (False)."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of an image sample."""
+        shape = self.sample_shape
+        return (shape[0], shape[1]) if self.channels_last else (shape[1], shape[2])
+
+    @property
+    def channels(self) -> int:
+        return self.sample_shape[-1] if self.channels_last else self.sample_shape[0]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "batch_axis": self.batch_axis,
+            "fixed_batch": self.fixed_batch,
+            "sample_shape": list(self.sample_shape),
+            "channels_last": self.channels_last,
+        }
+
+
+def has_batch_axis(spec: TensorSpec, array_rank: int) -> bool:
+    """Whether the model's input takes a leading batch axis (see the module docstring)."""
+    shape = spec.shape
+    if shape is None:
+        return True  # unknown rank: the given array's leading axis is the batch
+    if not shape:
+        return False
+    if shape[0] is None:
+        return True
+    if array_rank == len(shape) + 1:
+        return False  # the array stacks whole model inputs
+    if len(shape) == 1:
+        return False  # a fixed-size vector of features or tokens
+    return not (len(shape) == 3 and shape[0] == 3)  # CHW: an image without a batch axis
+
+
+def plan_layout(
+    spec: TensorSpec,
+    array: np.ndarray,
+    kind: str | None = None,
+    batch_axis: bool | None = None,
+) -> tuple[Layout, np.ndarray]:
+    """The layout of ``array`` (given for ``spec``) and its samples, ``(N, *sample_shape)``,
+    cast to the model's element type. FeedError when the array does not fit the input;
+    UsageError when the kind cannot be told or does not fit."""
+    array = _cast(spec, np.asarray(array))
+    batched = has_batch_axis(spec, array.ndim) if batch_axis is None else batch_axis
+    rank = spec.rank if spec.rank is not None else array.ndim
+    if batched and array.ndim == rank:
+        samples = array
+    elif (batched and array.ndim == rank - 1) or (not batched and array.ndim == rank):
+        samples = array[None]
+    elif not batched and array.ndim == rank + 1:
+        samples = array
+    else:
+        raise FeedError(
+            f"input {spec.name!r} {spec.shape_text()} cannot take an array of shape "
+            f"{list(array.shape)}",
+            hint="give one input per row, shaped like the model's input",
+        )
+    if samples.shape[0] == 0:
+        raise FeedError(f"input {spec.name!r} holds no rows to explain", hint="give at least one")
+    fixed = None
+    if batched and spec.shape and isinstance(spec.shape[0], int):
+        fixed = spec.shape[0]
+    sample_shape = tuple(int(d) for d in samples.shape[1:])
+    found = kind or detect_kind(spec, sample_shape)
+    if found not in KINDS:
+        raise UsageError(f"unknown input kind {found!r}", hint=f"use one of {', '.join(KINDS)}")
+    channels_last = _check_kind(spec, found, sample_shape, samples.dtype)
+    layout = Layout(found, batched, fixed, sample_shape, channels_last)
+    return layout, samples
+
+
+def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
+    """ "image", "tabular" or "tokens" for one sample's shape and the input's element type;
+    UsageError when it cannot be told."""
+    element = spec.dtype.kind
+    if element == "int" and len(sample_shape) == 1:
+        return "tokens"
+    if element == "float" and len(sample_shape) == 3 and _channel_axis(sample_shape) is not None:
+        return "image"
+    if element == "float" and len(sample_shape) == 1:
+        return "tabular"
+    raise UsageError(
+        f"cannot tell what kind of input {spec.name!r} is ({spec.dtype.onnx_name} "
+        f"{spec.shape_text()}, samples of shape {list(sample_shape)})",
+        hint=f"give the kind: --kind {'|'.join(KINDS)}",
+    )
+
+
+def _channel_axis(sample_shape: tuple[int, ...]) -> int | None:
+    """0 for CHW, 2 for HWC, None when neither end holds 1 or 3 channels (CHW wins a tie)."""
+    if sample_shape[0] in CHANNELS:
+        return 0
+    if sample_shape[-1] in CHANNELS:
+        return 2
+    return None
+
+
+def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...], dtype: object) -> bool:
+    """Whether samples of this shape can be explained as ``kind``; returns channels_last."""
+    if kind == "image":
+        axis = _channel_axis(sample_shape) if len(sample_shape) == 3 else None
+        if axis is None or spec.dtype.kind != "float":
+            raise UsageError(
+                f"input {spec.name!r} (samples of shape {list(sample_shape)}, "
+                f"{spec.dtype.onnx_name}) is not an image",
+                hint="images are float CHW or HWC with 1 or 3 channels; give another --kind",
+            )
+        return axis == 2
+    if kind == "tokens" and (spec.dtype.kind != "int" or len(sample_shape) != 1):
+        raise UsageError(
+            f"input {spec.name!r} (samples of shape {list(sample_shape)}, "
+            f"{spec.dtype.onnx_name}) is not a token sequence",
+            hint="token ids are one integer row per input; give another --kind",
+        )
+    if kind == "tabular" and spec.dtype.kind not in ("float", "int"):
+        raise UsageError(
+            f"input {spec.name!r} ({spec.dtype.onnx_name}) holds no numbers to explain",
+            hint="explain a numeric input (--input NAME)",
+        )
+    return False
+
+
+def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """The array in the input's element type, when that loses nothing of its kind (float to
+    float, integer to integer); FeedError otherwise."""
+    want = spec.dtype.numpy
+    if array.dtype == want:
+        return array
+    same = {"f": "f", "i": "iu", "u": "iu", "b": "b"}.get(want.kind, "")
+    if array.dtype.kind in same or (want.kind == "f" and array.dtype.kind in "iu"):
+        return array.astype(want)
+    raise FeedError(
+        f"input {spec.name!r} takes {spec.dtype.onnx_name}, got a {array.dtype} array",
+        hint=f"give {want} values",
+    )

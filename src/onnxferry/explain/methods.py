@@ -1,0 +1,480 @@
+"""One function per attribution method, each calling its library's explainer on one sample.
+
+    attribution = METHODS["kernelshap"](task)     # a Task: the sample, the batched model, ...
+    attribution.values, attribution.base         # shaped like the sample; E[f] for SHAP
+
+- ``kernelshap``: ``shap.KernelExplainer`` (``l1_reg=False``), on the raw features with the
+  background for tabular rows, on superpixels / token positions (kept or set to the baseline)
+  otherwise. Its attributions add up to f(x) - E[f(background)] (SHAP's efficiency).
+- ``permutation``: ``shap.PermutationExplainer`` with an ``Independent`` masker, the same way.
+- ``lime``: ``lime_tabular.LimeTabularExplainer`` (regression on the target's value, the
+  background as training data, continuous features: a weight is the slope per standard
+  deviation, where quartile bins would hide a feature near its mean);
+  ``lime_image.LimeImageExplainer`` over the same superpixels; or
+  ``lime_text.LimeTextExplainer`` over token positions (``bow=False``).
+- ``occlusion``: a window slid over the image (features or tokens one at a time) set to the
+  baseline; a pixel's attribution is the mean drop of the score over the windows that cover it.
+- ``integrated-gradients``: needs the model's gradient, which ONNX Runtime's standard wheel
+  does not compute; it raises ``MethodUnavailable`` saying so.
+
+Every library call runs inside ``quiet``: its warnings, log lines and prints become notes. The
+number of perturbations is sized to the budget (``Task.evals``) before the library runs; a
+budget too small for one explanation raises ``BudgetExceeded`` up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, one_line
+from .evaluate import BudgetExceeded, Transform
+from .kinds import Layout
+from .masking import Groups, from_hwc, spatial_labels, to_hwc
+
+Score = Callable[[np.ndarray, Transform | None], np.ndarray]
+
+
+class MethodUnavailable(InputError):
+    """The method cannot run on this model here (no gradient for integrated gradients)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One sample to explain and the model as a function of it."""
+
+    sample: np.ndarray
+    layout: Layout
+    score: Score
+    """``score(rows, transform)``: the target's value per row, evaluated in batches."""
+    baseline: np.ndarray
+    background: np.ndarray | None
+    """Rows shaped like ``sample`` (tabular: SHAP's background, LIME's training data)."""
+    groups: Groups | None
+    """Superpixels or token positions (None for tabular rows)."""
+    evals: int | None
+    """The most model evaluations this sample may take."""
+    samples: int | None
+    """The method's sample count (None: its default)."""
+    batch_size: int
+    seed: int
+    window: int | None
+    plan: Callable[[int], None] = lambda evaluations: None
+
+    def masked(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The score of 0/1 masks over ``groups`` (hidden groups take the baseline)."""
+        groups = self.groups
+        assert groups is not None
+
+        def compose(masks: np.ndarray) -> np.ndarray:
+            return groups.compose(self.sample, self.baseline, masks)
+
+        return lambda masks: self.score(masks, compose)
+
+    def flat(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The score of tabular rows given flat (features as columns)."""
+        shape = self.sample.shape
+        return lambda rows: self.score(np.asarray(rows).reshape(len(rows), *shape), None)
+
+
+@dataclass
+class Attribution:
+    """One sample's attributions (shaped like it) and the method's base value."""
+
+    values: np.ndarray
+    base: float
+    notes: list[str] = field(default_factory=list)
+
+
+def kernelshap(task: Task) -> Attribution:
+    shap = _library("shap")
+
+    f, background, x, count = _shap_space(task)
+    rows = len(background)
+    nsamples = task.samples or 2 * count + 2048
+    if count <= 30:
+        nsamples = min(nsamples, 2**count - 2) if count > 1 else 1
+    least = min(nsamples, count + 1)
+    nsamples = _fit("kernelshap", task, nsamples, least, per=rows, extra=rows + 1)
+    task.plan(rows + 1 + nsamples * rows)
+    notes: list[str] = []
+    with quiet(notes), _seeded(task.seed):
+        explainer = shap.KernelExplainer(f, background)
+        phi = explainer.shap_values(x[None], nsamples=nsamples, l1_reg=False, silent=True)
+    values = np.asarray(phi, np.float64).reshape(-1)[:count]
+    return Attribution(_back(task, values), float(np.ravel(explainer.expected_value)[0]), notes)
+
+
+def permutation(task: Task) -> Attribution:
+    shap = _library("shap")
+
+    f, background, x, count = _shap_space(task)
+    rows = len(background)
+    least = 2 * count + 1
+    wanted = task.samples or 10 * least
+    masks = _fit("permutation", task, wanted, least, per=rows, extra=0)
+    masks = max(least, masks // least * least)
+    task.plan(masks * rows)
+    notes: list[str] = []
+    with quiet(notes), _seeded(task.seed):
+        masker = shap.maskers.Independent(background, max_samples=rows)
+        explainer = shap.PermutationExplainer(f, masker, seed=task.seed)
+        result = explainer(x[None], max_evals=masks, silent=True, batch_size=masks)
+    values = np.asarray(result.values, np.float64).reshape(-1)[:count]
+    return Attribution(_back(task, values), float(np.ravel(result.base_values)[0]), notes)
+
+
+def lime(task: Task) -> Attribution:
+    if task.layout.kind == "image":
+        return _lime_image(task)
+    if task.layout.kind == "tokens":
+        return _lime_tokens(task)
+    LimeTabularExplainer = _library("lime.lime_tabular").LimeTabularExplainer
+
+    x = task.sample.reshape(-1).astype(np.float64)
+    background = _tabular_background(task, "lime").reshape(-1, x.size).astype(np.float64)
+    samples = _fit("lime", task, task.samples or 5000, 10, per=1, extra=0)
+    task.plan(samples)
+    notes: list[str] = []
+    with quiet(notes):
+        explainer = LimeTabularExplainer(
+            background,
+            mode="regression",
+            discretize_continuous=False,
+            feature_selection="none",
+            random_state=task.seed,
+        )
+        explanation = explainer.explain_instance(
+            x, task.flat(), num_features=x.size, num_samples=samples
+        )
+    values = np.zeros(x.size)
+    for feature, weight in explanation.local_exp[1]:
+        values[feature] = weight
+    return Attribution(values.reshape(task.sample.shape), float(explanation.intercept[1]), notes)
+
+
+def occlusion(task: Task) -> Attribution:
+    if task.layout.kind != "image":
+        return _occlude_features(task)
+    layout = task.layout
+    height, width = layout.image_size
+    window = task.window or max(1, round(min(height, width) / 8))
+    window = min(window, height, width)
+    stride = max(1, window // 2)
+    corners = np.array(
+        [(r, c) for r in _starts(height, window, stride) for c in _starts(width, window, stride)]
+    )
+    _fit("occlusion", task, len(corners) + 2, len(corners) + 2, per=1, extra=0, exact=True)
+    task.plan(len(corners) + 2)
+    base_score, full = task.score(np.stack([task.sample, task.baseline]), None)
+    rows, cols = np.indices((height, width))
+
+    def occlude(chosen: np.ndarray) -> np.ndarray:
+        r, c = chosen[:, 0, None, None], chosen[:, 1, None, None]
+        hidden = (rows >= r) & (rows < r + window) & (cols >= c) & (cols < c + window)
+        hidden = hidden[..., None] if layout.channels_last else hidden[:, None]
+        return np.where(hidden, task.baseline, task.sample)
+
+    drops = base_score - task.score(corners, occlude)
+    total = np.zeros((height, width))
+    covered = np.zeros((height, width))
+    for (r, c), drop in zip(corners, drops, strict=True):
+        total[r : r + window, c : c + window] += drop
+        covered[r : r + window, c : c + window] += 1
+    pixels = total / np.maximum(covered, 1) / layout.channels
+    values = pixels[..., None] if layout.channels_last else pixels[None]
+    note = f"occlusion: a {window}x{window} window, stride {stride}, {len(corners)} positions"
+    return Attribution(np.broadcast_to(values, task.sample.shape).copy(), float(full), [note])
+
+
+def integrated_gradients(task: Task) -> Attribution:
+    raise no_gradient()
+
+
+def no_gradient() -> MethodUnavailable:
+    """Why integrated gradients cannot run here."""
+    return MethodUnavailable(
+        "integrated-gradients needs the model's gradient, and ONNX Runtime's standard wheel "
+        "computes none (onnx2torch, a route to one through torch, does not load here: it "
+        "needs torchvision, and torchvision 0.28.0 fails beside torch 2.13.0+cpu)",
+        hint="use occlusion, kernelshap, permutation or lime",
+    )
+
+
+METHODS: dict[str, Callable[[Task], Attribution]] = {
+    "kernelshap": kernelshap,
+    "permutation": permutation,
+    "lime": lime,
+    "occlusion": occlusion,
+    "integrated-gradients": integrated_gradients,
+}
+"""Every method by name, in the order the CLI lists them."""
+
+
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "kernelshap": ("shap",),
+    "permutation": ("shap",),
+    "lime": ("lime", "sklearn"),
+}
+"""The libraries each method calls (images also need scikit-image, for superpixels)."""
+
+
+def require(method: str, kind: str) -> None:
+    """InputError naming the missing library when ``method`` cannot run here
+    (MethodUnavailable for integrated-gradients)."""
+    import importlib.util
+
+    if method == "integrated-gradients":
+        raise no_gradient()
+    needed = list(LIBRARIES.get(method, ()))
+    if kind == "image" and method != "occlusion":
+        needed.append("skimage")
+    for name in needed:
+        if importlib.util.find_spec(name) is None:
+            raise InputError(
+                f"{method} needs {name}, which is not installed",
+                hint="pip install 'onnxferry[explain]'",
+            )
+
+
+# --- the methods' parts ----------------------------------------------------------------------
+
+
+def _shap_space(
+    task: Task,
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray, int]:
+    """(f, background, x, features) for a SHAP explainer: raw features for tabular rows,
+    0/1 masks over groups otherwise (background: all hidden; x: all kept)."""
+    if task.groups is None:
+        x = task.sample.reshape(-1).astype(np.float64)
+        background = _tabular_background(task, "SHAP").reshape(-1, x.size).astype(np.float64)
+        return task.flat(), background, x, x.size
+    count = task.groups.count
+    return task.masked(), np.zeros((1, count)), np.ones(count), count
+
+
+def _back(task: Task, values: np.ndarray) -> np.ndarray:
+    """Per-feature values as per-element attributions shaped like the sample."""
+    if task.groups is None:
+        return values.reshape(task.sample.shape)
+    return task.groups.spread(values)
+
+
+def _tabular_background(task: Task, who: str) -> np.ndarray:
+    if task.background is None or len(task.background) == 0:
+        raise InputError(
+            f"{who} needs background rows for a tabular input",
+            hint="give --background B.npz (rows like the inputs), or several inputs",
+        )
+    return task.background
+
+
+def _fit(
+    method: str,
+    task: Task,
+    wanted: int,
+    least: int,
+    *,
+    per: int,
+    extra: int,
+    exact: bool = False,
+) -> int:
+    """How many perturbations (each ``per`` evaluations, plus ``extra``) fit in the budget:
+    ``wanted`` if they fit, fewer down to ``least``; BudgetExceeded below that."""
+    if task.evals is None:
+        return wanted
+    fits = (task.evals - extra) // max(per, 1)
+    if fits >= wanted:
+        return wanted
+    if fits < least or exact:
+        need = least * per + extra
+        raise BudgetExceeded(
+            f"{method} needs at least {need} model evaluations for one input, and the budget "
+            f"leaves {task.evals}",
+            hint="raise --max-evals, give fewer background rows or inputs, or use occlusion "
+            "with a larger --window",
+        )
+    return fits
+
+
+def _lime_image(task: Task) -> Attribution:
+    LimeImageExplainer = _library("lime.lime_image").LimeImageExplainer
+
+    groups = task.groups
+    assert groups is not None
+    layout = task.layout
+    segments = spatial_labels(groups, layout)
+    samples = _fit("lime", task, task.samples or 1000, 10, per=1, extra=0)
+    task.plan(samples)
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        return task.score(from_hwc(np.asarray(images), layout), None)[:, None]
+
+    notes: list[str] = []
+    with quiet(notes):
+        # In the model's element type, not float64: the same pixels, half the bytes for
+        # lime's per-sample copies.
+        explanation = LimeImageExplainer(random_state=task.seed).explain_instance(
+            to_hwc(task.sample, layout),
+            classify,
+            labels=(0,),
+            top_labels=None,
+            hide_color=to_hwc(task.baseline, layout),
+            num_features=groups.count,
+            num_samples=samples,
+            batch_size=task.batch_size,
+            segmentation_fn=lambda image: segments,
+            random_seed=task.seed,
+        )
+    weights = np.zeros(groups.count)
+    for segment, weight in explanation.local_exp[0]:
+        weights[segment] = weight
+    return Attribution(groups.spread(weights), float(explanation.intercept[0]), notes)
+
+
+def _lime_tokens(task: Task) -> Attribution:
+    LimeTextExplainer = _library("lime.lime_text").LimeTextExplainer
+
+    ids = task.sample
+    mask = "MASKED"
+    samples = _fit("lime", task, task.samples or 2000, 10, per=1, extra=0)
+    task.plan(samples)
+
+    def parse(texts: list[str]) -> np.ndarray:
+        words = np.array([text.split(" ") for text in texts])
+        hidden = words == mask
+        values = np.where(hidden, "0", words).astype(np.int64)
+        return np.where(hidden, task.baseline, values).astype(ids.dtype)
+
+    def classify(texts: list[str]) -> np.ndarray:
+        return task.score(parse(list(texts)), None)[:, None]
+
+    notes: list[str] = []
+    with quiet(notes):
+        explainer = LimeTextExplainer(
+            bow=False, split_expression=r"\s+", mask_string=mask, random_state=task.seed
+        )
+        explanation = explainer.explain_instance(
+            " ".join(str(int(t)) for t in ids),
+            classify,
+            labels=(0,),
+            num_features=ids.size,
+            num_samples=samples,
+        )
+    values = np.zeros(ids.size)
+    for position, weight in explanation.local_exp[0]:
+        values[position] = weight
+    return Attribution(values, float(explanation.intercept[0]), notes)
+
+
+def _occlude_features(task: Task) -> Attribution:
+    count = task.sample.size
+    _fit("occlusion", task, count + 2, count + 2, per=1, extra=0, exact=True)
+    task.plan(count + 2)
+    base_score, full = task.score(np.stack([task.sample, task.baseline]), None)
+    flat, hidden = task.sample.reshape(-1), task.baseline.reshape(-1)
+
+    def occlude(features: np.ndarray) -> np.ndarray:
+        rows = np.repeat(flat[None], len(features), axis=0)
+        rows[np.arange(len(features)), features] = hidden[features]
+        return rows.reshape(len(features), *task.sample.shape)
+
+    drops = base_score - task.score(np.arange(count), occlude)
+    return Attribution(drops.reshape(task.sample.shape), float(full))
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    """Window starts every ``stride`` that cover ``size`` to its last element."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+_PROGRESS = re.compile(r"\d+%\|")
+_FOR_DEVELOPERS = (DeprecationWarning, PendingDeprecationWarning)
+"""Warnings addressed to a library's developers, not to the user: left out of the notes."""
+
+
+def _library(name: str) -> Any:
+    """Import an explainer's library; what its import warns of (its own dependencies'
+    deprecations) is not the user's concern."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(name)
+
+
+_ONE_AT_A_TIME = threading.RLock()
+"""``quiet`` swaps process-wide state (sys.stdout and sys.stderr, the warning filters, numpy's
+global generator that shap draws from): one library call holds it at a time."""
+
+
+@contextlib.contextmanager
+def quiet(notes: list[str]) -> Iterator[None]:
+    """Run a library call with its warnings, log records (shap, lime) and prints collected as
+    ``notes`` instead of reaching the terminal. Calls from several threads (a server's) take
+    turns: what they swap is global."""
+    with _ONE_AT_A_TIME:
+        yield from _quiet(notes)
+
+
+def _quiet(notes: list[str]) -> Iterator[None]:
+    out = io.StringIO()
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in ("shap", "lime")]
+    saved = [(lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.setLevel(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+        ):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for lg, (propagate, level) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.propagate = propagate
+            lg.setLevel(level)
+    said = [str(w.message) for w in caught if not issubclass(w.category, _FOR_DEVELOPERS)]
+    said += handler.lines
+    said += [ln for ln in out.getvalue().replace("\r", "\n").splitlines() if ln.strip()]
+    for line in said:
+        line = one_line(line, 200)
+        if line and not _PROGRESS.search(line) and line not in notes:
+            notes.append(line)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded (shap draws from it), then put back as it was."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -1,0 +1,461 @@
+"""`tflite`: the model as TensorFlow Lite (``.tflite``), converted by onnx2tf and verified
+against ONNX Runtime.
+
+    ferry package model.onnx --target tflite -o out/tflite
+    ferry package model.onnx --target tflite -o out/tflite-nchw --set layout=nchw --set fp16=true
+
+onnx2tf (``onnx2tf.convert``, run on a copy of the model in a scratch folder, without
+onnxsim) writes ``<name>.tflite`` (float32; with ``fp16=true`` also ``<name>.fp16.tflite``,
+weights in float16, computed in float32).
+
+Layout. onnx2tf builds a channels-last graph. With ``layout=nhwc`` (the default) every input
+of rank 3, 4 or 5 is taken channels last (NCW -> NWC, NCHW -> NHWC, NCDHW -> NDHWC: axis 1
+moves to the end); with ``layout=nchw`` every input keeps its ONNX layout (onnx2tf's
+``keep_ncw_or_nchw_or_ncdhw_input_names``, a transpose inside the graph). Outputs of rank 3 to
+5 usually come out channels last whatever the inputs; which layout each output has is read
+from its shape, and from its values when the shape cannot tell (NHWC with C == H == W). The
+report's notes give every input's and output's layout, shape (-1: open) and name in the file
+(onnx2tf keeps input names and calls the outputs ``Identity``, ``Identity_1``, ... in ONNX's
+order).
+
+Check ``tflite parity``: the written ``.tflite`` is read back into LiteRT's interpreter
+(``ai_edge_litert``) and run on ``samples`` generated feed sets (``feeds``), inputs
+transposed to its layout; its outputs, transposed back, are compared with ONNX Runtime's
+(CPU) on the same ``.onnx`` at ``atol``/``rtol`` (parity's defaults), and a mismatch fails
+the report (exit 1). ``tflite fp16 parity`` judges ``<name>.fp16.tflite`` the same way at
+``fp16_atol``/``fp16_rtol`` (1e-2 each). ``size`` reports the bytes of every file.
+
+onnx2tf and TensorFlow run in a fresh (spawned) process whose console goes to a log; the
+log's warnings become report notes. No network: onnx2tf fetches sample images from GitHub
+for a model whose inputs are all small channels-last images; generated ones are put where it
+looks first. A model onnx2tf cannot convert is one line (InputError, exit 2).
+
+Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``fp16`` (false), ``samples`` (3),
+``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError, one_line
+from ..model import Model
+from ..report import human_size
+from .base import Check, Options, Packaged, PackageSource, write_tree
+
+if TYPE_CHECKING:
+    from ..parity import Tolerance
+
+KEYS = ("layout", "fp16", "samples", "atol", "rtol", "fp16_atol", "fp16_rtol")
+LAYOUTS = ("nhwc", "nchw")
+FP16_TOLERANCE = (1e-2, 1e-2)
+"""(atol, rtol) for the fp16-weight ``.tflite`` against the fp32 model in ONNX Runtime."""
+SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+"""The file onnx2tf reads from its working folder before it tries to download it."""
+CHANNELS_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What onnx2tf wrote (``{"float32" | "float16": bytes}``), its version and the first
+    warnings it logged."""
+
+    files: dict[str, bytes]
+    version: str
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A ``.tflite``'s outputs on every feed set, in its own layout, under the ONNX names;
+    the shapes it takes (``inputs``) and gives (``shapes``), -1 for a dim it leaves open; or
+    the ``problem`` that stopped it."""
+
+    outputs: list[Feeds]
+    inputs: dict[str, list[int]]
+    shapes: dict[str, list[int]]
+    version: str
+    problem: str | None = None
+    tensors: dict[str, str] | None = None
+    """The ``.tflite``'s name for each ONNX input and output (onnx2tf names outputs
+    ``Identity``, ``Identity_1``, ...)."""
+
+
+def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
+    """Convert ``source`` to TFLite in ``outdir`` and verify it (see the module docstring)."""
+    from ..feeds import feed_sets
+    from ..parity import Tolerance
+    from ..runtime import OrtRunner
+
+    opts = _options(options)
+    _installed()
+    result = Packaged("tflite", source.name, str(outdir))
+    model = Model.load(source.model.resolve())
+    feeds, _ = feed_sets(model, count=opts["samples"])
+    names = model.signature.output_names
+    perms = input_perms(model, opts["layout"])
+    name32, name16 = f"{source.name}.tflite", f"{source.name}.fp16.tflite"
+    with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
+        copy = model.save(Path(work) / "model.onnx")
+        assert copy.path is not None
+        keep = [n for n, p in perms.items() if opts["layout"] == "nchw" and len(p) in CHANNELS_LAST]
+        done = pool.submit(_convert, str(copy.path), keep).result()
+        if isinstance(done, str):
+            raise InputError(
+                f"onnx2tf cannot convert {source.model.name}: {done}",
+                hint="onnx2tf lacks an op or a pattern of this model: check its supported ops "
+                "(github.com/PINTO0309/onnx2tf) and export the model with others",
+            )
+        wanted = {name32: done.files["float32"]}
+        if opts["fp16"]:
+            wanted[name16] = done.files["float16"]
+        write_tree(outdir, wanted, result)
+        reference = [OrtRunner(model).run(f) for f in feeds]
+        runs = {n: pool.submit(_run, str(outdir / n), feeds, perms, names).result() for n in wanted}
+    tool = f"onnx2tf {done.version}, ai-edge-litert {runs[name32].version}"
+    tolerances = {
+        name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
+        name16: Tolerance(atol=opts["fp16_atol"], rtol=opts["fp16_rtol"]),
+    }
+    for n, ran in runs.items():
+        label = "tflite parity" if n == name32 else "tflite fp16 parity"
+        result.checks.append(
+            _parity(label, n, source.model.name, ran, reference, tolerances[n], tool)
+        )
+    sizes = [(source.model.name, model.size_bytes)]
+    sizes += [(n, (outdir / n).stat().st_size) for n in wanted]
+    size_text = ", ".join(f"{n} {human_size(b)}" for n, b in sizes)
+    result.checks.append(Check("size", True, size_text, tool="os.stat"))
+    result.notes.append(layout_note(model, runs[name32], reference[0], opts["layout"]))
+    result.notes += [f"onnx2tf warned: {w}" for w in done.warnings]
+    return result
+
+
+def input_perms(model: Model, layout: str) -> dict[str, tuple[int, ...]]:
+    """Each input's transpose from its ONNX layout to the ``.tflite``'s: axis 1 to the end for
+    ranks 3 to 5 with ``nhwc`` (what onnx2tf does), none otherwise."""
+    perms: dict[str, tuple[int, ...]] = {}
+    for spec in model.signature.inputs:
+        rank = spec.rank or 0
+        channels_last = layout == "nhwc" and rank in CHANNELS_LAST
+        perms[spec.name] = _last(rank) if channels_last else tuple(range(rank))
+    return perms
+
+
+def _last(rank: int) -> tuple[int, ...]:
+    """The transpose that moves axis 1 to the end (NCHW -> NHWC)."""
+    return (0, *range(2, rank), 1)
+
+
+def _parity(
+    label: str,
+    file: str,
+    onnx_name: str,
+    ran: Ran,
+    reference: list[dict[str, Any]],
+    tolerance: Tolerance,
+    tool: str,
+) -> Check:
+    from ..parity import compare_outputs
+
+    if ran.problem is not None:
+        return Check(label, False, f"{file}: {ran.problem}", tool=tool)
+    candidate, _ = onnx_layout(ran.outputs, reference)
+    parity = compare_outputs(
+        reference,
+        candidate,
+        tolerance,
+        reference_name=f"{onnx_name}@onnxruntime",
+        candidate_name=f"{file}@litert",
+    )
+    return Check(label, parity.ok, parity.summary(), tool=tool)
+
+
+def onnx_layout(
+    outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, Any]]
+) -> tuple[list[Feeds], dict[str, bool]]:
+    """The ``.tflite``'s outputs in the ONNX layout, and for each output whether it came
+    channels last. Its shape decides; when both layouts fit it (C == H == W), the one closer
+    to ONNX Runtime's values on the first sample does."""
+    last: dict[str, bool] = {}
+    for name, got in outputs[0].items():
+        want = np.asarray(reference[0].get(name)) if name in reference[0] else None
+        if want is None or want.ndim not in CHANNELS_LAST or got.ndim != want.ndim:
+            last[name] = False
+            continue
+        as_is = got.shape == want.shape
+        moved = got.shape == tuple(want.shape[i] for i in _last(want.ndim))
+        if as_is and moved:
+            back = np.transpose(got, np.argsort(_last(got.ndim)))
+            last[name] = _distance(back, want) < _distance(got, want)
+        else:
+            last[name] = moved
+    converted = [
+        {
+            name: np.transpose(got, np.argsort(_last(got.ndim))) if last.get(name) else got
+            for name, got in sample.items()
+        }
+        for sample in outputs
+    ]
+    return converted, last
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+
+
+def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: str) -> str:
+    """Which layout the ``.tflite`` takes for each input and gives for each output."""
+
+    def kind(name: str, rank: int, last: bool) -> str:
+        there = (ran.tensors or {}).get(name, name)
+        named = name if there == name else f"{name} (the file's {there})"
+        return (
+            f"{named} {CHANNELS_LAST[rank]} (axis 1 moved last)" if last else f"{named} as in ONNX"
+        )
+
+    if ran.problem is not None:
+        return f"layout={layout}: the .tflite did not run, so its layout is not known"
+    perms = input_perms(model, layout)
+    ins = []
+    for spec in model.signature.inputs:
+        rank = spec.rank or 0
+        moved = perms[spec.name] != tuple(range(rank))
+        shape = ran.inputs.get(spec.name, [])
+        ins.append(f"{kind(spec.name, rank, moved)} {shape}")
+    _, last = onnx_layout(ran.outputs[:1], [reference])
+    outs = []
+    for name in model.signature.output_names:
+        shape = ran.shapes.get(name, [])
+        outs.append(f"{kind(name, len(shape), last.get(name, False))} {shape}")
+    return (
+        f"layout={layout}: the .tflite takes {'; '.join(ins)} and gives {'; '.join(outs)} "
+        "(channels-last tensors are transposed to and from ONNX's layout for the checks)"
+    )
+
+
+@contextlib.contextmanager
+def _child() -> Iterator[Any]:
+    """One spawned worker process: TensorFlow, onnx2tf and LiteRT stay out of this one (their
+    threads, native logging and import-time warnings), and the working folder it changes is
+    its own. A crash of the worker is one line."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_silence, initargs=(os.getpid(),)
+    ) as pool:
+        try:
+            yield pool
+        except BrokenProcessPool as e:
+            raise InputError(
+                "onnx2tf or TensorFlow Lite crashed the process that ran them",
+                hint="run onnx2tf on the model by hand to see its error",
+            ) from e
+
+
+def _silence(parent: int) -> None:
+    """(In the worker.) Its console, C++ logging included, goes nowhere but the logs
+    ``_captured`` takes; and it ends when its parent does (a killed parent would otherwise
+    leave it waiting for work, TensorFlow loaded, for ever). ``parent`` comes from the parent:
+    it may be gone before this runs."""
+    import threading
+    import time
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ferry-tflite-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _captured(log: Path) -> Iterator[None]:
+    """(In the worker.) Everything written to file descriptors 1 and 2 goes to ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _log_lines(log: Path, prefix: str) -> list[str]:
+    """onnx2tf's ``prefix`` lines ("ERROR:", "WARNING:"), colours and prefix removed."""
+    text = _ANSI.sub("", log.read_text(errors="replace")) if log.exists() else ""
+    lines = [ln.strip() for ln in text.splitlines() if "absl::" not in ln]  # TF's, not onnx2tf's
+    return [ln[len(prefix) :].strip() for ln in lines if ln.startswith(prefix)]
+
+
+def _convert(model: str, keep: list[str]) -> Converted | str:
+    """(In the worker.) Run onnx2tf in the model's folder, the inputs in ``keep`` kept in
+    their ONNX layout; the .tflite files, or one line (onnx2tf's first error: advice follows
+    it)."""
+    work = Path(model).parent
+    np.save(work / SAMPLE_IMAGES, np.random.default_rng(0).random((20, 128, 128, 3), np.float32))
+    log = work / "onnx2tf.log"
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        with _captured(log):
+            import onnx2tf
+
+            onnx2tf.convert(
+                input_onnx_file_path=model,
+                output_folder_path=str(work / "out"),
+                not_use_onnxsim=True,
+                keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+                verbosity="info",
+            )
+    except (Exception, SystemExit) as e:
+        errors = _log_lines(log, "ERROR:")
+        return one_line(errors[0] if errors else one_line(e, line="first", named=True))
+    finally:
+        os.chdir(here)
+    out = work / "out"
+    files = {kind: out / f"model_{kind}.tflite" for kind in ("float32", "float16")}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        errors = _log_lines(log, "ERROR:")
+        return f"it wrote no {', '.join(missing)}" + (f" ({errors[0]})" if errors else "")
+    warnings = list(dict.fromkeys(_log_lines(log, "WARNING:")))[:3]
+    return Converted({k: p.read_bytes() for k, p in files.items()}, onnx2tf.__version__, warnings)
+
+
+def _run(
+    path: str, feeds: list[Feeds], perms: Mapping[str, tuple[int, ...]], names: list[str]
+) -> Ran:
+    """(In the worker.) Read ``path`` into LiteRT's interpreter and run every feed set, each
+    input transposed by ``perms``; outputs under the ONNX ``names``, in the file's layout."""
+    from importlib.metadata import version
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    litert = version("ai-edge-litert")
+    with (
+        tempfile.TemporaryDirectory(prefix="ferry-litert-") as scratch,
+        _captured(Path(scratch) / "litert.log"),
+    ):
+        try:
+            interpreter = Interpreter(model_path=path)
+            inputs = _match_inputs(interpreter.get_input_details(), list(perms))
+            first = {n: np.transpose(a, perms[n]) for n, a in feeds[0].items()}
+            for name, detail in inputs.items():
+                wanted = list(first[name].shape)
+                known = [int(d) for d in detail["shape_signature"]]
+                if len(known) != len(wanted) or any(
+                    k not in (-1, w) for k, w in zip(known, wanted, strict=False)
+                ):
+                    problem = f"input {name!r} takes {known}, the feed is {wanted} in this layout"
+                    return Ran([], {}, {}, litert, problem)
+                if list(detail["shape"]) != wanted:
+                    interpreter.resize_tensor_input(detail["index"], wanted)
+            interpreter.allocate_tensors()
+            details = _match_outputs(interpreter.get_output_details(), names)
+            outputs = []
+            for feed in feeds:
+                for name, detail in inputs.items():
+                    value = np.transpose(feed[name], perms[name]).astype(detail["dtype"])
+                    interpreter.set_tensor(detail["index"], value)
+                interpreter.invoke()
+                outputs.append(
+                    {n: np.array(interpreter.get_tensor(d["index"])) for n, d in details.items()}
+                )
+        except Exception as e:
+            return Ran([], {}, {}, litert, f"LiteRT cannot run it: {one_line(e, line='first')}")
+    taken = {n: [int(d) for d in detail["shape_signature"]] for n, detail in inputs.items()}
+    given = {n: [int(d) for d in detail["shape_signature"]] for n, detail in details.items()}
+    tensors = {n: str(d["name"]) for n, d in {**inputs, **details}.items()}
+    return Ran(outputs, taken, given, litert, tensors=tensors)
+
+
+def _match_inputs(details: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """The interpreter's inputs under the ONNX names: by name (onnx2tf keeps it, ``:`` made
+    ``_``), else in order."""
+    by_name = {d["name"]: d for d in details}
+    found = {n: by_name.get(n) or by_name.get(n.replace(":", "_")) for n in names}
+    if all(found.values()):
+        return {n: d for n, d in found.items() if d is not None}
+    if len(details) != len(names):
+        raise ValueError(f"the .tflite has {len(details)} inputs, the model {len(names)}")
+    return dict(zip(names, sorted(details, key=lambda d: d["index"]), strict=True))
+
+
+def _match_outputs(details: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    """The interpreter's outputs under the ONNX names: onnx2tf's ``Identity``, ``Identity_1``,
+    ... are the ONNX outputs in order; by name when the file kept them."""
+    by_name = {d["name"]: d for d in details}
+    if all(n in by_name for n in names):
+        return {n: by_name[n] for n in names}
+    if len(details) != len(names):
+        raise ValueError(f"the .tflite has {len(details)} outputs, the model {len(names)}")
+
+    def position(detail: dict[str, Any]) -> int:
+        found = re.fullmatch(r"Identity(?:_(\d+))?", str(detail["name"]))
+        return int(found.group(1) or 0) if found else len(names) + int(detail["index"])
+
+    return dict(zip(names, sorted(details, key=position), strict=True))
+
+
+def _installed() -> None:
+    import importlib.util
+
+    lacking = [
+        m for m in ("onnx2tf", "tensorflow", "ai_edge_litert") if not importlib.util.find_spec(m)
+    ]
+    if lacking:
+        raise InputError(
+            f"the tflite target needs {', '.join(lacking)}",
+            hint="pip install 'onnxferry[tflite]'",
+        )
+
+
+def _options(given: Mapping[str, Any]) -> dict[str, Any]:
+    from ..parity import Tolerance
+
+    opts = Options("tflite", given, KEYS)
+    layout = opts.text("layout", "nhwc").lower()
+    if layout not in LAYOUTS:
+        raise opts.refuse("layout", f"one of {', '.join(LAYOUTS)}", "nchw")
+    return {
+        "layout": layout,
+        "fp16": opts.flag("fp16", False),
+        "samples": opts.integer("samples", 3, low=1),
+        "atol": opts.number("atol", Tolerance().atol, low=0),
+        "rtol": opts.number("rtol", Tolerance().rtol, low=0),
+        "fp16_atol": opts.number("fp16_atol", FP16_TOLERANCE[0], low=0),
+        "fp16_rtol": opts.number("fp16_rtol", FP16_TOLERANCE[1], low=0),
+    }

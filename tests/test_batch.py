@@ -1,0 +1,355 @@
+"""`ferry batch` on the local engine: every input kind gives the outputs of a direct
+``session.run`` in row order, traceable; shards resume after kill -9; memory stays bounded on an
+input larger than the cap; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
+from tests.helpers import Run, mlp, onnx_text, save
+
+TWO_INPUTS = """
+<ir_version: 10, opset_import: ["" : 21]>
+two (float[N, 4] a, float[N, 4] b) => (float[N, 4] y, float[N] s) {
+    y = Add(a, b)
+    axes = Constant<value = int64[1] {1}>()
+    s = ReduceSum<keepdims = 0>(y, axes)
+}
+"""
+IMAGE = """
+<ir_version: 10, opset_import: ["" : 21]>
+pool (float[N, 3, 8, 8] x) => (float[N, 3] m) {
+    axes = Constant<value = int64[2] {2, 3}>()
+    m = ReduceMean<keepdims = 0>(x, axes)
+}
+"""
+FIXED = """
+<ir_version: 10, opset_import: ["" : 21]>
+fixed (float[2, 4] x) => (float[2, 4] y) { y = Relu(x) }
+"""
+
+
+def _direct(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def _rows(n: int, width: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("models")
+    return {
+        "mlp": save(mlp(), tmp / "mlp.onnx"),
+        "two": save(onnx_text(TWO_INPUTS), tmp / "two.onnx"),
+        "image": save(onnx_text(IMAGE), tmp / "image.onnx"),
+        "fixed": save(onnx_text(FIXED), tmp / "fixed.onnx"),
+    }
+
+
+# --- every input kind ---------------------------------------------------------------------
+
+
+def _npy(tmp: Path, x: np.ndarray) -> Path:
+    np.save(tmp / "x.npy", x)
+    return tmp / "x.npy"
+
+
+def _parquet_folder(tmp: Path, x: np.ndarray) -> Path:
+    """Two files (sorted by name), several row groups each, one list<double> column."""
+    folder = tmp / "table"
+    folder.mkdir()
+    half = len(x) // 2
+    for name, part in (("b.parquet", x[half:]), ("a.parquet", x[:half])):
+        column = pa.array(list(part.astype(np.float64)), pa.list_(pa.float64()))
+        pq.write_table(pa.table({"x": column}), folder / name, row_group_size=70)
+    # a.parquet holds the first half: sorted order, not creation order
+    return folder
+
+
+def _arrow_tensor(tmp: Path, x: np.ndarray) -> Path:
+    """An Arrow IPC file whose one column (named otherwise) holds fixed_shape_tensor cells."""
+    table = pa.table({"features": pa.FixedShapeTensorArray.from_numpy_ndarray(x)})
+    with pa.OSFile(str(tmp / "x.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        for batch_ in table.to_batches(max_chunksize=90):
+            w.write_batch(batch_)
+    return tmp / "x.arrow"
+
+
+def _jsonl(tmp: Path, x: np.ndarray) -> Path:
+    lines = [json.dumps({"x": row.tolist()}) for row in x]
+    lines.insert(3, "")  # a blank line is not a row
+    (tmp / "x.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp / "x.jsonl"
+
+
+@pytest.mark.parametrize("make", [_npy, _parquet_folder, _arrow_tensor, _jsonl])
+def test_each_input_kind_gives_the_direct_outputs_in_row_order(
+    make: Any, models: dict[str, Path], tmp_path: Path
+) -> None:
+    x = _rows(333)
+    source = make(tmp_path, x)
+    summary = batch(models["mlp"], source, tmp_path / "out", batch_size=64, shard_rows=100)
+    assert (summary.rows, summary.processed, summary.shards_written) == (333, 333, 4)
+    out = read_output(tmp_path / "out")
+    assert np.array_equal(out["row"], np.arange(333))
+    np.testing.assert_allclose(out["probs"], _direct(models["mlp"], {"x": x})["probs"], rtol=1e-6)
+    if make is _jsonl:  # rows after the blank line come from one line further down
+        assert out["line"][:5].tolist() == [1, 2, 3, 5, 6]
+
+
+def test_npz_feeds_every_input_by_name_and_writes_tensor_columns(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    a, b = _rows(250, seed=1), _rows(250, seed=2)
+    np.savez_compressed(tmp_path / "ab.npz", b=b, a=a)
+    batch(models["two"], tmp_path / "ab.npz", tmp_path / "out", batch_size=32, shard_rows=100)
+    out, want = read_output(tmp_path / "out"), _direct(models["two"], {"a": a, "b": b})
+    assert np.array_equal(out["y"], want["y"]) and np.array_equal(out["s"], want["s"])
+    schema = pq.read_schema(tmp_path / "out" / "part-000000000000-000000000100.parquet")
+    assert schema.names == ["row", "y", "s"]
+    assert isinstance(schema.field("y").type, pa.FixedShapeTensorType)
+
+
+def test_images_are_preprocessed_and_traced_to_their_files(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    names = ["b.png", "a.jpg", "sub/c.png"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(folder / name)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    prep = Preprocess(resize=(8, 8), mean=mean, std=std)
+    batch(models["image"], folder, tmp_path / "out", batch_size=2, preprocess=prep)
+    out = read_output(tmp_path / "out")
+    assert out["file"].tolist() == ["a.jpg", "b.png", "sub/c.png"]
+    rows = []
+    for name in out["file"]:
+        pixels = np.asarray(
+            Image.open(folder / name).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR),
+            np.float32,
+        )
+        rows.append(((pixels / 255 - mean) / std).transpose(2, 0, 1))
+    want = _direct(models["image"], {"x": np.stack(rows).astype(np.float32)})["m"]
+    np.testing.assert_allclose(out["m"], want, rtol=1e-5, atol=1e-6)
+    batch(models["image"], folder, tmp_path / "npy", batch_size=2, preprocess=prep,
+          output_format="npy")  # fmt: skip
+    npy = read_output(tmp_path / "npy")  # the file names too, as str arrays
+    assert npy["file"].tolist() == out["file"].tolist()
+    assert np.array_equal(npy["m"], out["m"])
+
+
+def test_npy_shards_a_fixed_batch_axis_and_progress(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    x = _rows(7)
+    seen: list[BatchProgress] = []
+    summary = batch(
+        models["fixed"], _npy(tmp_path, x), tmp_path / "out", shard_rows=4,
+        output_format="npy", progress=seen.append,
+    )  # fmt: skip
+    assert summary.batch_size == 2  # the model's own; the last batch of 1 row is padded
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.npy"))
+    assert names == [
+        "part-000000000000-000000000004.row.npy", "part-000000000000-000000000004.y.npy",
+        "part-000000000004-000000000007.row.npy", "part-000000000004-000000000007.y.npy",
+    ]  # fmt: skip
+    assert np.array_equal(read_output(tmp_path / "out")["y"], np.maximum(x, 0))
+    assert seen[-1].done == seen[-1].total == 7 and seen[-1].eta_s == 0
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def _heavy_mlp(path: Path, width: int = 256, hidden: int = 512) -> Path:
+    rng = np.random.default_rng(0)
+    shapes = [(width, hidden), (hidden, hidden), (hidden, 16)]
+    weights = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for s in shapes]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["r0"]),
+        helper.make_node("MatMul", ["r0", "w1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heavy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    return save(proto, path)
+
+
+def _ferry(*args: object) -> list[str]:
+    return [sys.executable, "-m", "onnxferry", "batch", *(str(a) for a in args)]
+
+
+def _high_water_mark(child: subprocess.Popen[bytes]) -> int:
+    """The child's peak RSS in bytes: its VmHWM, read until it exits (the mark only rises).
+    Not wait4's ru_maxrss: that keeps the high-water mark of the fork from this (large)
+    pytest process across exec, so it measures the parent, not the child."""
+    status, peak = Path(f"/proc/{child.pid}/status"), 0
+    while child.poll() is None:
+        with contextlib.suppress(OSError):
+            found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
+            peak = max(peak, int(found.group(1)) * 1024) if found else peak
+        time.sleep(0.02)
+    return peak
+
+
+def _finished(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("part-*.parquet"))
+
+
+def _partial(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob(".part-*.tmp")) if out.is_dir() else []
+
+
+def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
+    tmp_path: Path,
+) -> None:
+    model = _heavy_mlp(tmp_path / "heavy.onnx")
+    x = _rows(20_000, width=256)
+    source, out = _npy(tmp_path, x), tmp_path / "out"
+    args = [model, source, "-o", out, "--batch-size", "250", "--shard-rows", "1000"]
+    args += ["--workers", "1", "--threads", "1", "--json"]
+    with subprocess.Popen(
+        _ferry(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as child:
+        deadline = time.monotonic() + 120
+        while not (_finished(out) and _partial(out)) and child.poll() is None:
+            assert time.monotonic() < deadline, "no shard after 120 s"
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)
+        _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err
+    finished = _finished(out)
+    assert _partial(out), "no shard in progress at the kill"
+    assert 1 <= len(finished) < 20, "the kill came after the run finished: make it longer"
+    before = {name: (out / name).stat().st_mtime_ns for name in finished}
+
+    rerun = subprocess.run(_ferry(*args), capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)["result"]
+    assert summary["shards_skipped"] == len(finished)
+    assert summary["shards_written"] == 20 - len(finished)
+    assert {n: (out / n).stat().st_mtime_ns for n in finished} == before  # not rewritten
+    assert not _partial(out)  # the killed run's temporary file is gone; its shard was redone
+    got = read_output(out)
+    assert np.array_equal(got["row"], np.arange(20_000))
+    np.testing.assert_allclose(got["y"], _direct(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
+
+
+# --- bounded memory -------------------------------------------------------------------------
+
+BIG_ROWS, ROW_SHAPE = 3072, (256, 1024)  # 3 GiB of float32, 1 MiB a row
+
+
+@pytest.mark.slow
+def test_an_input_far_larger_than_the_cap_runs_in_bounded_memory(tmp_path: Path) -> None:
+    """3 GiB of .npy under --max-memory 1GiB: the child's peak RSS (wait4) stays under the cap.
+    The file is sparse but for the rows written, so making it costs no 3 GB of disk writes.
+    About 5 s where the page cache is warm, 30 s on a VM whose fresh pages fault slowly."""
+    if shutil.disk_usage(tmp_path).free < 10 * 10**9:
+        pytest.skip("needs 10 GB of free disk for a 3 GiB input")
+    model = save(
+        onnx_text("""
+        <ir_version: 10, opset_import: ["" : 21]>
+        mean (float[N, 256, 1024] x) => (float[N] m) {
+            axes = Constant<value = int64[2] {1, 2}>()
+            m = ReduceMean<keepdims = 0>(x, axes)
+        }
+        """),
+        tmp_path / "mean.onnx",
+    )
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(BIG_ROWS, *ROW_SHAPE))
+    marked = np.arange(0, BIG_ROWS, 101)
+    big[marked] = marked[:, None, None].astype(np.float32)
+    big.flush()
+    del big
+    size = path.stat().st_size
+    assert size > 3 * 2**30
+
+    args = [model, path, "-o", tmp_path / "out", "--max-memory", "1GiB", "--batch-size", "32"]
+    with (
+        open(tmp_path / "stdout", "wb") as stdout,
+        open(tmp_path / "stderr", "wb") as stderr,
+        subprocess.Popen(_ferry(*args, "--json"), stdout=stdout, stderr=stderr) as child,
+    ):
+        peak = _high_water_mark(child)
+    assert child.returncode == 0, (tmp_path / "stderr").read_text()
+    summary = json.loads((tmp_path / "stdout").read_text())["result"]
+    assert summary["rows"] == BIG_ROWS and summary["peak_rss_bytes"] <= peak
+    assert peak < 2**30, f"peak RSS {peak / 2**20:.0f} MiB over the 1 GiB cap"
+    assert peak < size / 3
+    means = read_output(tmp_path / "out")["m"]
+    expected = np.zeros(BIG_ROWS, np.float32)
+    expected[marked] = marked
+    np.testing.assert_allclose(means, expected, rtol=1e-3)  # a float32 sum of 262144 values
+
+
+# --- bad input: one line, exit 2 ------------------------------------------------------------
+
+
+def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[object], str]]:
+    pq.write_table(pa.table({"a": [[1.0] * 4] * 3, "c": [[1.0] * 4] * 3}), tmp / "no_b.parquet")
+    pq.write_table(pa.table({"x": ["a", "b"]}), tmp / "strings.parquet")
+    np.save(tmp / "wide.npy", _rows(5, width=5))
+    (tmp / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp / "images" / "ok.png")
+    (tmp / "images" / "broken.png").write_bytes(b"not a png")
+    np.save(tmp / "x.npy", _rows(5))
+    batch(models["mlp"], tmp / "x.npy", tmp / "taken")
+    return {
+        "missing column": ([models["two"], tmp / "no_b.parquet"], "no column for input 'b'"),
+        "wrong dtype": ([models["mlp"], tmp / "strings.parquet"], "takes float32"),
+        "wrong shape": ([models["mlp"], tmp / "wide.npy"], "expects shape"),
+        "unreadable image": ([models["image"], tmp / "images"], "broken.png"),
+        "one array, two inputs": ([models["two"], tmp / "x.npy"], "model takes 2 inputs"),
+        "folder of another run": ([models["fixed"], tmp / "x.npy"], "output of another run"),
+        "memory too small": ([models["mlp"], tmp / "x.npy", "--max-memory", "1MiB"], "cannot hold"),
+        "bad size": (
+            [models["mlp"], tmp / "x.npy", "--max-memory", "lots"],
+            "cannot read the size",
+        ),
+        "resize on npy": ([models["mlp"], tmp / "x.npy", "--resize", "8x8"], "apply to a folder"),
+    }
+
+
+def test_bad_input_is_one_line_and_exit_2(
+    ferry: Run, models: dict[str, Path], tmp_path: Path
+) -> None:
+    for name, (args, expected) in _bad_cases(tmp_path, models).items():
+        out = tmp_path / "taken" if name == "folder of another run" else tmp_path / "o" / name
+        code, _, err = ferry("batch", *args, "-o", out)
+        assert code == 2, (name, err)
+        assert expected in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)

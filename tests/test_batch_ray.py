@@ -1,0 +1,92 @@
+"""`ferry batch --engine ray` on a local Ray instance (``ray.init(num_cpus=2)``): the same
+rows, trace columns and outputs as the local engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from onnxferry.batch import Preprocess, batch, read_output
+from tests.helpers import Run, mlp, onnx_text, save
+
+ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
+
+pytestmark = [
+    pytest.mark.slow,
+]
+
+IMAGE = """
+<ir_version: 10, opset_import: ["" : 21]>
+pool (float[N, 3, 8, 8] x) => (float[N, 3] m) {
+    axes = Constant<value = int64[2] {2, 3}>()
+    m = ReduceMean<keepdims = 0>(x, axes)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_parquet_on_ray_equals_the_local_engine(local_ray: None, tmp_path: Path) -> None:
+    save(mlp(), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((1000, 4)).astype(np.float32)
+    column = pa.FixedShapeTensorArray.from_numpy_ndarray(x)
+    pq.write_table(pa.table({"x": column}), tmp_path / "x.parquet", row_group_size=300)
+    on_ray = batch(tmp_path / "m.onnx", tmp_path / "x.parquet", tmp_path / "ray", engine="ray",
+                   workers=1, batch_size=100, shard_rows=250)  # fmt: skip
+    batch(tmp_path / "m.onnx", tmp_path / "x.parquet", tmp_path / "local", batch_size=100,
+          shard_rows=250)  # fmt: skip
+    assert (on_ray.engine, on_ray.rows, on_ray.workers) == ("ray", 1000, 1)
+    assert on_ray.shards_written >= 1 and on_ray.rows_per_s > 0
+    _same(read_output(tmp_path / "ray"), read_output(tmp_path / "local"))
+    schema = pq.read_schema(next((tmp_path / "ray").glob("*.parquet")))
+    assert schema.names == ["row", "probs"]
+    assert isinstance(schema.field("probs").type, pa.FixedShapeTensorType)
+
+
+def test_images_through_the_cli_on_ray_equal_the_local_engine(
+    local_ray: None, ferry: Run, tmp_path: Path
+) -> None:
+    save(onnx_text(IMAGE), tmp_path / "pool.onnx")
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    for i in range(5):
+        size = (9 + i, 11)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"{i}.png"
+        )
+    options = ["--resize", "8x8", "--mean", "0.5", "--std", "0.25", "--batch-size", "2"]
+    code, out, err = ferry("batch", tmp_path / "pool.onnx", tmp_path / "images", "-o",
+                           tmp_path / "ray", "--engine", "ray", "--workers", "1", *options,
+                           "--json")  # fmt: skip
+    assert code == 0, err
+    assert '"engine": "ray"' in out
+    prep = Preprocess(resize=(8, 8), mean=(0.5,), std=(0.25,))
+    batch(tmp_path / "pool.onnx", tmp_path / "images", tmp_path / "local", batch_size=2,
+          preprocess=prep)  # fmt: skip
+    on_ray = read_output(tmp_path / "ray")
+    _same(on_ray, read_output(tmp_path / "local"))
+    assert on_ray["file"].tolist() == [f"{i}.png" for i in range(5)]
+
+    code, _, err = ferry("batch", tmp_path / "pool.onnx", tmp_path / "images", "-o",
+                         tmp_path / "ray", "--engine", "ray", *options)  # fmt: skip
+    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,468 @@
+"""`onnxferry.explain` on ground truth: tiny models whose output reads known features, a known
+image region or one token; every method must find them. SHAP's efficiency, the batching of
+model evaluations, the budget and the files written are checked too."""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxferry
+from onnxferry.errors import DataError, FeedError, UsageError
+from onnxferry.explain import (
+    BudgetExceeded,
+    Explanation,
+    MethodUnavailable,
+    Progress,
+    explain,
+    write_explanation,
+)
+from onnxferry.explain.evaluate import Evaluator, Target
+from onnxferry.explain.kinds import plan_layout
+from onnxferry.explain.masking import (
+    baseline,
+    from_hwc,
+    image_groups,
+    spatial_labels,
+    to_hwc,
+)
+from onnxferry.model import Model
+from onnxferry.runtime import OrtRunner, create_session
+
+SHAP = ("kernelshap", "permutation")
+FEATURES = 8
+READ = {2, 5}
+"""The tabular model's output reads features 2 and 5 only."""
+TOKEN = 7
+"""The token model's output is driven by this token id."""
+
+
+def _model(
+    nodes: list[Any], inputs: list[Any], outputs: list[Any], weights: dict[str, np.ndarray]
+) -> Model:
+    graph = helper.make_graph(
+        nodes,
+        "explain",
+        inputs,
+        outputs,
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto, full_check=True)
+    return Model.from_proto(proto)
+
+
+def tabular(batch: str | int | None = "batch") -> Model:
+    """x[batch, 8] -> logits[batch, 2] = x @ W, where only rows 2 and 5 of W are not zero;
+    ``batch=None``: x[8] -> logits[2], a model without a batch axis."""
+    w = np.zeros((FEATURES, 2), np.float32)
+    w[2], w[5] = (3.0, 1.0), (-2.0, 0.5)
+    shape = [FEATURES] if batch is None else [batch, FEATURES]
+    out = [2] if batch is None else [batch, 2]
+    return _model(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out)],
+        {"w": w},
+    )
+
+
+REGION = (slice(4, 8), slice(8, 12))
+
+
+def image(channels_last: bool = False, channels: int = 1) -> Model:
+    """A 16x16 image -> score[N]: the mean of the 4x4 patch at rows 4-7, columns 8-11."""
+    spatial = np.zeros((16, 16), np.float32)
+    spatial[REGION] = 1 / (16 * channels)
+    shape: list[str | int]
+    if channels_last:
+        mask, shape = np.repeat(spatial[..., None], channels, -1)[None], ["N", 16, 16, channels]
+    else:
+        mask, shape = np.repeat(spatial[None], channels, 0)[None], ["N", channels, 16, 16]
+    return _model(
+        [
+            helper.make_node("Mul", ["x", "mask"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes"], ["score"], keepdims=0),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        {"mask": mask, "axes": np.array([1, 2, 3], np.int64)},
+    )
+
+
+def tokens() -> Model:
+    """ids[batch, 12] -> score[batch]: the sum of a one-value embedding where id 7 weighs 5."""
+    table = np.random.default_rng(1).uniform(0.0, 0.05, (20, 1)).astype(np.float32)
+    table[0], table[TOKEN] = 0.0, 5.0
+    return _model(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            helper.make_node("ReduceSum", ["embedded", "axes"], ["score"], keepdims=0),
+        ],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 12])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        {"table": table, "axes": np.array([1, 2], np.int64)},
+    )
+
+
+def _rows(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, FEATURES)).astype(np.float32)
+
+
+def _images(count: int, channels_last: bool = False, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.2, (count, 16, 16, channels)).astype(np.float32)
+    x[:, 4:8, 8:12, :] += 1.0  # the region stands out, so superpixels find it
+    return x if channels_last else np.moveaxis(x, -1, 1).copy()
+
+
+def _ids(count: int) -> np.ndarray:
+    ids = np.random.default_rng(2).integers(1, 20, (count, 12))
+    ids[ids == TOKEN] = 3
+    ids[:, 4] = TOKEN
+    return ids
+
+
+def _region_share(explanation: Explanation, index: int) -> float:
+    heat = np.abs(explanation.heatmap(index))
+    return float(heat[REGION].sum() / heat.sum())
+
+
+# --- ground truth -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime", "occlusion"])
+def test_every_method_ranks_the_features_the_model_reads_first(method: str) -> None:
+    explanation = explain(tabular(), _rows(3), method, background=_rows(20, seed=1), target=0)
+    assert explanation.attributions.shape == (3, FEATURES)
+    for i in range(3):
+        assert set(explanation.ranking(i)[:2]) == READ, explanation.attributions[i]
+    assert explanation.kind == "tabular" and explanation.targets == ["logits[0]"] * 3
+
+
+@pytest.mark.parametrize("method", SHAP)
+def test_shap_attributions_add_up_to_f_minus_the_expected_f(method: str) -> None:
+    model, background = tabular(), _rows(20, seed=1)
+    explanation = explain(model, _rows(3), method, background=background, target=1)
+    expected = OrtRunner(model).run({"x": background})["logits"][:, 1].mean()
+    scores = OrtRunner(model).run({"x": _rows(3)})["logits"][:, 1]
+    np.testing.assert_allclose(explanation.base_values, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(explanation.scores, scores, rtol=1e-6)
+    sums = explanation.attributions.sum(axis=1)
+    np.testing.assert_allclose(sums, scores - expected, rtol=1e-4, atol=1e-4)
+    # A linear model's SHAP values are exact: w_j * (x_j - E[x_j]).
+    weights = np.array([0, 0, 1.0, 0, 0, 0.5, 0, 0])
+    exact = weights * (_rows(3) - background.mean(axis=0))
+    np.testing.assert_allclose(explanation.attributions, exact, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("method", "share"),
+    [("occlusion", 0.7), ("lime", 0.9), ("kernelshap", 0.95), ("permutation", 0.95)],
+)
+def test_image_methods_put_the_mass_in_the_region_the_model_reads(
+    method: str, share: float
+) -> None:
+    samples = {"lime": 300, "kernelshap": 300}.get(method)
+    explanation = explain(image(), _images(2), method, segments=16, samples=samples)
+    assert explanation.kind == "image" and explanation.attributions.shape == (2, 1, 16, 16)
+    for i in range(2):
+        assert _region_share(explanation, i) >= share
+    if method == "kernelshap":  # efficiency holds per pixel: superpixel values are spread
+        gaps = [explanation.additivity_gap(i) for i in range(2)]
+        np.testing.assert_allclose(gaps, 0.0, atol=1e-5)
+
+
+def test_an_nhwc_colour_image_is_told_apart_and_explained() -> None:
+    explanation = explain(image(True, 3), _images(1, True, 3), "kernelshap", samples=200)
+    assert explanation.layout.channels_last and explanation.layout.channels == 3
+    assert explanation.attributions.shape == (1, 16, 16, 3)
+    assert _region_share(explanation, 0) >= 0.9
+    assert explanation.segments is not None and explanation.segments.shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_lookup_masks_whole_superpixels_in_every_channel(channels_last: bool) -> None:
+    x = _images(1, channels_last, 3)
+    layout, samples = plan_layout(image(channels_last, 3).signature.input("x"), x)
+    groups = image_groups(samples[0], layout, 16)
+    hidden = baseline(layout, samples[0], None)
+    masks = np.random.default_rng(0).integers(0, 2, (5, groups.count)).astype(np.float64)
+    composed = groups.compose(samples[0], hidden, masks)
+    expected = np.stack([np.where(m[groups.labels] == 1, samples[0], hidden) for m in masks])
+    assert composed.dtype == np.float32 and composed.flags.c_contiguous
+    np.testing.assert_array_equal(composed, expected)
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "lime"])
+def test_batched_images_equal_the_same_explainer_run_one_image_at_a_time(method: str) -> None:
+    model = image(False, 3)
+    session = create_session(model)
+    x = _images(1, False, 3)
+    batched = explain(model, x, method, segments=16, samples=120, session=session)
+    layout, samples = plan_layout(model.signature.input("x"), x)
+    groups = image_groups(samples[0], layout, 16)
+    hidden = baseline(layout, samples[0], None)
+    runs = [0]
+
+    def one_at_a_time(images: np.ndarray) -> np.ndarray:
+        runs[0] += len(images)
+        rows = np.asarray(images, np.float32)
+        return np.array([session.run(["score"], {"x": row[None]})[0][0] for row in rows])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the libraries' own deprecations
+        if method == "kernelshap":
+            import shap
+
+            np.random.seed(0)
+            phi = shap.KernelExplainer(
+                lambda z: one_at_a_time(groups.compose(samples[0], hidden, z)),
+                np.zeros((1, groups.count)),
+            ).shap_values(np.ones((1, groups.count)), nsamples=120, l1_reg=False, silent=True)
+            weights = np.asarray(phi).reshape(-1)
+        else:
+            from lime.lime_image import LimeImageExplainer
+
+            segments = spatial_labels(groups, layout)
+            found = LimeImageExplainer(random_state=0).explain_instance(
+                to_hwc(samples[0], layout).astype(np.float64),
+                lambda images: one_at_a_time(from_hwc(np.asarray(images), layout))[:, None],
+                labels=(0,),
+                top_labels=None,
+                hide_color=to_hwc(hidden, layout).astype(np.float64),
+                num_features=groups.count,
+                num_samples=120,
+                segmentation_fn=lambda _: segments,
+                random_seed=0,
+            )
+            weights = np.zeros(groups.count)
+            for segment, weight in found.local_exp[0]:
+                weights[segment] = weight
+    np.testing.assert_allclose(batched.attributions[0], groups.spread(weights), atol=1e-9)
+    assert batched.evaluations == runs[0] + 1  # + ferry's one run to find the target
+    assert batched.session_runs <= 4
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime", "occlusion"])
+def test_tokens_html_colours_the_driving_token_strongest(method: str, tmp_path: Path) -> None:
+    explanation = explain(
+        tokens(), _ids(2), method, samples=300 if method != "permutation" else None
+    )
+    assert explanation.kind == "tokens"
+    vocabulary = [f"w{i}" for i in range(20)]
+    files = write_explanation(explanation, tmp_path, vocabulary)
+    page = files["tokens"].read_text()
+    spans = re.findall(r"data-position='(\d+)' data-id='(\d+)' data-attribution='([^']+)'", page)
+    assert len(spans) == 24
+    for row in range(2):
+        mine = spans[row * 12 : (row + 1) * 12]
+        strongest = max(mine, key=lambda s: abs(float(s[2])))
+        assert (int(strongest[0]), int(strongest[1])) == (4, TOKEN)
+    assert f">w{TOKEN}</span>" in page
+    assert "rgba(214,39,40,1.000)" in page  # the strongest token is the fully coloured one
+
+
+# --- batches, layouts, sessions ---------------------------------------------------------------
+
+
+def test_the_evaluator_runs_thousands_of_rows_in_a_few_session_runs() -> None:
+    model = tabular()
+    layout, _ = plan_layout(model.signature.input("x"), _rows(1))
+    evaluator = Evaluator(
+        create_session(model), model.signature, "x", layout, {}, 1, batch_size=1024
+    )
+    scores = evaluator.function(0, Target("logits", 0, "logits[0]"))(_rows(5000))
+    np.testing.assert_allclose(
+        scores, _rows(5000) @ np.array([0, 0, 3, 0, 0, -2, 0, 0.0]), rtol=1e-5, atol=1e-5
+    )
+    assert (evaluator.evaluations, evaluator.runs) == (5000, 5)
+    explanation = explain(model, _rows(2), "kernelshap", background=_rows(20, 1))
+    assert explanation.evaluations > 5000
+    assert explanation.session_runs <= explanation.evaluations / 500
+
+
+@pytest.mark.parametrize("method", ["occlusion", "kernelshap"])
+def test_fixed_batch_1_and_no_batch_axis_give_what_the_open_batch_gives(method: str) -> None:
+    x, background = _rows(2), _rows(10, seed=1)
+    open_batch = explain(tabular(), x, method, background=background, samples=100)
+    batch_1 = explain(tabular(1), x, method, background=background, samples=100)
+    unbatched = explain(tabular(None), x, method, background=background, samples=100)
+    assert not unbatched.layout.batch_axis and batch_1.layout.fixed_batch == 1
+    for other in (batch_1, unbatched):
+        np.testing.assert_allclose(other.attributions, open_batch.attributions, atol=1e-5)
+        assert other.evaluations == open_batch.evaluations
+        assert other.session_runs == other.evaluations  # one row a run
+    if method == "kernelshap":
+        assert open_batch.session_runs < open_batch.evaluations / 10
+
+
+def test_a_single_unbatched_row_is_one_input() -> None:
+    explanation = explain(tabular(None), _rows(1)[0], "occlusion")
+    assert explanation.inputs.shape == (1, FEATURES)
+    assert set(explanation.ranking(0)[:2]) == READ
+
+
+def test_a_session_or_runner_the_caller_holds_is_used() -> None:
+    model = tabular()
+    runner = OrtRunner(model)
+    by_runner = explain(runner, {"x": _rows(2)}, "occlusion")
+    by_session = explain(model, {"x": _rows(2)}, "occlusion", session=runner.session)
+    np.testing.assert_array_equal(by_runner.attributions, by_session.attributions)
+
+
+def test_the_top_level_api_and_its_report() -> None:
+    explanation = onnxferry.explain(tabular(), _rows(2), "occlusion")
+    report = explanation.report
+    result = report.to_dict()["result"]
+    assert report.verb == "explain" and result["method"] == "occlusion"
+    assert result["explanations"][0]["top"][0]["feature"] in READ
+    assert "explain" in report.to_text()
+
+
+# --- the budget -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime"])
+def test_max_evals_sizes_the_method_to_the_budget(method: str) -> None:
+    explanation = explain(tabular(), _rows(2), method, background=_rows(5, 1), max_evals=800)
+    assert explanation.evaluations <= 800 and explanation.complete
+    for i in range(2):
+        assert set(explanation.ranking(i)[:2]) == READ
+
+
+def test_a_budget_too_small_for_one_input_is_a_clear_error() -> None:
+    with pytest.raises(BudgetExceeded, match=r"kernelshap needs at least \d+ model evaluations"):
+        explain(tabular(), _rows(2), "kernelshap", background=_rows(20, 1), max_evals=100)
+    with pytest.raises(BudgetExceeded, match="max_evals=1 "):
+        explain(tabular(), _rows(2), "occlusion", max_evals=1)
+
+
+def test_a_deadline_keeps_the_inputs_explained_before_it() -> None:
+    def slow_after_the_first(p: Progress) -> None:
+        if p.input_index >= 1:
+            time.sleep(1.1)
+
+    explanation = explain(
+        image(), _images(3), "occlusion", deadline=1.0, progress=slow_after_the_first
+    )
+    assert len(explanation.inputs) == 1 and explanation.requested == 3
+    assert not explanation.complete
+    assert any("stopped after 1 of 3 inputs" in n for n in explanation.notes)
+    with pytest.raises(BudgetExceeded, match="deadline of 1e-09 s"):
+        explain(image(), _images(1), "occlusion", deadline=1e-9)
+
+
+def test_progress_hears_of_every_batch() -> None:
+    seen: list[Progress] = []
+    explanation = explain(
+        tabular(), _rows(2), "kernelshap", background=_rows(5, 1), progress=seen.append
+    )
+    assert len(seen) == explanation.session_runs
+    assert seen[-1].evaluations == explanation.evaluations
+    assert [p.input_index for p in seen] == sorted(p.input_index for p in seen)
+    assert seen[-1].planned >= explanation.evaluations * 0.5
+
+
+# --- what the libraries say, and what is refused ----------------------------------------------
+
+
+def test_library_output_goes_to_the_notes_not_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    explain(image(), _images(1), "lime", segments=16, samples=50)  # lime draws a tqdm bar
+    big = explain(tabular(), _rows(1), "kernelshap", background=_rows(150, 1), samples=50)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    assert any("100 of 150 rows" in n for n in big.notes)
+
+
+def test_integrated_gradients_says_why_it_cannot_run() -> None:
+    with pytest.raises(MethodUnavailable, match="gradient") as caught:
+        explain(tabular(), _rows(1), "integrated-gradients")
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "gradcam"}, UsageError, "unknown method 'gradcam'"),
+        ({"input_name": "y"}, UsageError, "no input 'y'"),
+        ({"target": 2}, UsageError, "target 2 is out of range"),
+        ({"target": "nope"}, UsageError, "neither a class index nor an output"),
+        ({"kind": "image"}, UsageError, "is not an image"),
+        ({"kind": "pictures"}, UsageError, "unknown input kind"),
+        ({"inputs": {"z": np.zeros((1, 8), np.float32)}}, DataError, "not inputs of the model"),
+        ({"inputs": np.zeros((1, 5), np.float32)}, Exception, "5"),
+        ({"inputs": np.zeros((1, 8), np.int64) + 1}, None, None),
+        ({"inputs": np.array(["a"] * 8)}, FeedError, "takes FLOAT"),
+        ({"background": {"z": np.zeros((1, 8))}}, DataError, "no array 'x'"),
+        ({"background": np.zeros((3, 4), np.float32)}, DataError, "background rows have shape"),
+    ],
+    ids=lambda v: str(v)[:20],
+)
+def test_bad_input_is_one_clear_error(
+    kwargs: dict[str, Any], error: Any, match: str | None
+) -> None:
+    arguments: dict[str, Any] = {"inputs": _rows(2), "method": "occlusion", **kwargs}
+    if error is None:  # integers for a float input: cast, explained
+        assert explain(tabular(), **arguments).attributions.dtype == np.float64
+        return
+    with pytest.raises(error, match=match) as caught:
+        explain(tabular(), **arguments)
+    assert "\n" not in str(caught.value)
+
+
+# --- the files --------------------------------------------------------------------------------
+
+
+def test_tabular_files_are_charts_json_arrays_and_one_self_contained_report(tmp_path: Path) -> None:
+    import json
+
+    explanation = explain(tabular(), _rows(4), "kernelshap", background=_rows(10, 1), samples=64)
+    files = write_explanation(explanation, tmp_path / "out")
+    assert {"json", "arrays", "importance", "beeswarm", "report"} <= set(files)
+    for name in ("importance", "beeswarm"):
+        assert files[name].read_bytes().startswith(b"\x89PNG")
+    document = json.loads(files["json"].read_text())
+    assert document["verb"] == "explain" and document["result"]["kind"] == "tabular"
+    assert len(document["result"]["explanations"][0]["attributions"]) == FEATURES
+    with np.load(files["arrays"]) as arrays:
+        np.testing.assert_allclose(arrays["attributions"], explanation.attributions, rtol=1e-6)
+    page = files["report"].read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "href='explanation.json'" in page and "SHAP efficiency" in page
+    assert not re.search(r"src=(?!['\"]?data:)", page), "the report loads nothing from outside"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in files.values()
+    )
+
+
+def test_image_files_are_one_heatmap_per_input(tmp_path: Path) -> None:
+    explanation = explain(image(), _images(2), "occlusion")
+    files = write_explanation(explanation, tmp_path)
+    assert files["heatmap_0"].read_bytes().startswith(b"\x89PNG") and "heatmap_1" in files
+    assert files["report"].read_text().count("data:image/png;base64,") == 2
+
+
+def test_a_converted_classifier_is_explained_by_its_probabilities_not_its_label() -> None:
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    x = _rows(400)
+    classifier = LogisticRegression().fit(x, (2 * x[:, 2] - 3 * x[:, 5] > 0).astype(int))
+    model = onnxferry.convert(classifier, example_inputs=x[:4])
+    assert model.signature.output_names[0] == "label"  # int64: not a score to explain
+    explanation = explain(model, x[:3], "kernelshap", background=x[:30], samples=200)
+    top = classifier.predict_proba(x[:3]).argmax(axis=1)
+    assert explanation.targets == [f"probabilities[{c}]" for c in top]
+    for i in range(3):
+        assert set(explanation.ranking(i)[:2]) == READ

@@ -1,0 +1,241 @@
+"""`ferry package --target tflite`: onnx2tf's .tflite, run by LiteRT against ONNX Runtime.
+
+onnx2tf and LiteRT run in child processes, as the target runs them: never in the test process.
+Each conversion costs a spawned process and a TensorFlow import (about 5 s), so the CNN's two
+layouts are converted once per module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxferry.errors import UsageError
+from onnxferry.package import Check, Packaged, package, tflite
+from onnxferry.package.base import write_tree
+from onnxferry.report import Report
+
+from .helpers import Run, mlp, onnx_text, save
+
+# Looked up, not imported: importing onnx2tf sets sys.setrecursionlimit(2**31 - 1) for the
+# whole process, after which deeply nested input overflows the C stack (a segfault) instead of
+# raising RecursionError; the serve tests send such JSON later in the same run.
+if not all(importlib.util.find_spec(name) for name in ("onnx2tf", "ai_edge_litert")):
+    pytest.skip("the tflite target needs onnxferry[tflite]", allow_module_level=True)
+
+RERUN = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1])
+it.allocate_tensors()
+it.set_tensor(it.get_input_details()[0]["index"], np.load(sys.argv[2]))
+it.invoke()
+out = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
+np.savez(sys.argv[3], **out)
+"""
+
+
+def cnn(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,16,16] -> Conv(6) -> Relu -> MaxPool -> Flatten -> Gemm -> logits[1,10], and the
+    pooled map as a second, 4-D output features[1,6,8,8] (its layout changes in TFLite)."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array((0.3 * rng.standard_normal(shape)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["features"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["features"], ["f"]),
+        helper.make_node("Gemm", ["f", "w", "b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 10]),
+            helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [1, 6, 8, 8]),
+        ],
+        [init("cw", (6, 3, 3, 3)), init("cb", (6,)), init("w", (10, 6 * 8 * 8)), init("b", (10,))],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+Packages = dict[str, tuple[Path, Report[Packaged]]]
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
+    """The CNN packaged with each layout (nhwc also writes the fp16 file). Its static
+    1x3x16x16 input is the case where onnx2tf downloads sample images: this passing offline
+    shows the target keeps it from the network."""
+    root = tmp_path_factory.mktemp("tflite")
+    source = save(cnn(), root / "cnn.onnx")
+    return {
+        layout: (out, package(source, "tflite", out, options))
+        for layout, options in [("nhwc", {"fp16": "true"}), ("nchw", {"layout": "nchw"})]
+        for out in [root / layout]
+    }
+
+
+def _checks(report: Report[Packaged]) -> dict[str, Check]:
+    return {c.name: c for c in report.result.checks}
+
+
+def _rerun(tflite_file: Path, x: np.ndarray, tmp_path: Path) -> dict[str, np.ndarray]:
+    """The written .tflite run by LiteRT in a fresh process, as a user would run it."""
+    np.save(tmp_path / "x.npy", x)
+    got = tmp_path / "got.npz"
+    command = [sys.executable, "-c", RERUN, str(tflite_file), str(tmp_path / "x.npy"), str(got)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    with np.load(got) as data:
+        return {name: data[name] for name in data.files}
+
+
+def _onnx(x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(cnn().SerializeToString(), providers=["CPUExecutionProvider"])
+    return list(session.run(["logits", "features"], {"x": x}))
+
+
+def test_nhwc_is_the_default_and_verified(packages: Packages, tmp_path: Path) -> None:
+    out, report = packages["nhwc"]
+    assert report.ok and report.exit_code == 0
+    assert report.result.files == ["cnn.tflite", "cnn.fp16.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(report.result.files)
+    checks = _checks(report)
+    assert list(checks) == ["tflite parity", "tflite fp16 parity", "size"]
+    parity = checks["tflite parity"]
+    assert parity.ok and "all 2 outputs match over 3 samples" in parity.detail
+    assert parity.tool.startswith("onnx2tf 1.") and "ai-edge-litert" in parity.tool
+    layout = report.notes[0]
+    assert "takes x NHWC (axis 1 moved last) [1, 16, 16, 3]" in layout
+    assert "logits (the file's Identity) as in ONNX [1, 10]" in layout
+    assert "features (the file's Identity_1) NHWC (axis 1 moved last) [1, 8, 8, 6]" in layout
+
+    # What the note says is what the file takes and gives: NHWC in, NHWC feature map out.
+    x = np.random.default_rng(7).random((1, 3, 16, 16), dtype=np.float32)
+    got = _rerun(out / "cnn.tflite", x.transpose(0, 2, 3, 1), tmp_path)
+    logits, features = _onnx(x)
+    np.testing.assert_allclose(got["Identity"], logits, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got["Identity_1"], features.transpose(0, 2, 3, 1), atol=1e-4)
+
+
+def test_fp16_file_is_smaller_and_judged_apart(packages: Packages) -> None:
+    out, report = packages["nhwc"]
+    fp16 = _checks(report)["tflite fp16 parity"]
+    assert fp16.ok and "cnn.fp16.tflite@litert" in fp16.detail
+    size32 = (out / "cnn.tflite").stat().st_size
+    assert (out / "cnn.fp16.tflite").stat().st_size < 0.7 * size32
+    size = _checks(report)["size"].detail
+    assert "cnn.onnx" in size and "cnn.tflite" in size and "cnn.fp16.tflite" in size
+
+
+def test_nchw_keeps_the_onnx_input_layout(packages: Packages, tmp_path: Path) -> None:
+    out, report = packages["nchw"]
+    assert report.ok and report.result.files == ["cnn.tflite"]
+    assert "layout=nchw: the .tflite takes x as in ONNX [1, 3, 16, 16]" in report.notes[0]
+    x = np.random.default_rng(8).random((1, 3, 16, 16), dtype=np.float32)
+    got = _rerun(out / "cnn.tflite", x, tmp_path)
+    logits, features = _onnx(x)
+    np.testing.assert_allclose(got["Identity"], logits, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got["Identity_1"], features.transpose(0, 2, 3, 1), atol=1e-4)
+
+
+def test_a_tampered_tflite_fails_hard(
+    ferry: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check reads back the file as written: one bias changed on disk fails it (exit 1).
+    ``layout=nchw`` leaves a 2-D input as it is (onnx2tf refuses to be asked to keep it)."""
+    proto = mlp()
+    bias = next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == "b2")
+    source = save(proto, tmp_path / "mlp.onnx")
+
+    def write_then_tamper(outdir: Path, files: Mapping[str, str | bytes], result: Packaged) -> None:
+        write_tree(outdir, files, result)
+        path = outdir / "mlp.tflite"
+        data = path.read_bytes()
+        at = data.find(bias.tobytes())
+        tampered = (bias + np.arange(bias.size) * 5).astype(np.float32)  # softmax ignores a shift
+        assert at >= 0, "the bias is not stored verbatim"
+        path.write_bytes(data[:at] + tampered.tobytes() + data[at + bias.nbytes :])
+
+    monkeypatch.setattr(tflite, "write_tree", write_then_tamper)
+    code, out, err = ferry(
+        "package",
+        source,
+        "--target",
+        "tflite",
+        "-o",
+        tmp_path / "o",
+        "--set",
+        "layout=nchw",
+        "--json",
+    )
+    assert code == 1, err
+    body = json.loads(out)["result"]
+    assert "layout=nchw: the .tflite takes x as in ONNX [-1, 4]" in body["notes"][0]
+    (parity, size) = body["checks"]
+    assert parity["name"] == "tflite parity" and not parity["ok"]
+    assert "mlp.tflite@litert vs mlp.onnx@onnxruntime" in parity["detail"]
+    assert size["ok"]
+
+
+def test_an_op_onnx2tf_lacks_is_one_line_exit_2(ferry: Run, tmp_path: Path) -> None:
+    proto = onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        g (float[1, 16, 2] x) => (float[1, 16, 2] y) { y = DFT(x) }
+        """
+    )
+    source = save(proto, tmp_path / "dft.onnx")
+    code, out, err = ferry("package", source, "--target", "tflite", "-o", tmp_path / "o")
+    assert code == 2 and out == ""
+    assert "onnx2tf cannot convert dft.onnx: DFT OP is not yet implemented" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:
+    rng = np.random.default_rng(0)
+    square = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)  # C == H == W
+    wide = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    flat = rng.standard_normal((1, 3)).astype(np.float32)
+    reference = [{"square": square, "wide": wide, "flat": flat}]
+    nhwc = {"square": square.transpose(0, 2, 3, 1), "wide": wide.transpose(0, 2, 3, 1)}
+    back, last = tflite.onnx_layout([{**nhwc, "flat": flat}], reference)
+    assert last == {"square": True, "wide": True, "flat": False}
+    for name, value in reference[0].items():
+        np.testing.assert_array_equal(back[0][name], value)
+    _, last = tflite.onnx_layout([{"square": square, "wide": wide}], reference)
+    assert last == {"square": False, "wide": False}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"layout": "nwhc"}, "--set layout=nwhc is not one of nhwc, nchw"),
+        ({"int8": "true"}, "tflite: unknown option 'int8'"),
+        ({"samples": "0"}, "--set samples=0 is not an integer >= 1"),
+        ({"fp16": "maybe"}, "is not a boolean"),
+    ],
+)
+def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> None:
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    with pytest.raises(UsageError, match=message.replace(".", r"\.")) as e:
+        package(source, "tflite", tmp_path / "out", options)
+    assert "\n" not in str(e.value) and e.value.hint
+    assert not (tmp_path / "out").exists()
