@@ -83,7 +83,8 @@ class ExplainRequest:
                     if isinstance(kind, type)
                     else " or ".join(k.__name__ for k in kind)
                 )
-                raise HttpError(400, f"parameter {key} must be {names}, got {value!r}", "")
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+                raise HttpError(400, f"parameter {key} must be {names}, got {shown}", "")
             values[key] = value
         method = values.get("method", DEFAULT_METHOD)
         if method not in METHODS:
