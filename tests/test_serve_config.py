@@ -208,6 +208,22 @@ def test_triton_config_batching() -> None:
     assert out["version_policy"] == {"latest": {"num_versions": 1}}
 
 
+@pytest.mark.parametrize(
+    ("devices", "instances", "group"),
+    [
+        (("cuda:0", "cuda:1"), None, {"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}),
+        (("tensorrt:1",), 2, {"count": 2, "kind": "KIND_GPU", "gpus": [1]}),
+        (("cpu", "cpu"), 2, {"count": 4, "kind": "KIND_CPU"}),
+    ],
+)
+def test_triton_config_describes_a_device_pool(
+    devices: tuple[str, ...], instances: int | None, group: dict[str, object]
+) -> None:
+    config = ModelConfig(devices=devices, instances=instances)
+    out = triton_config("m", Model.from_proto(mlp()).signature, config, True)
+    assert out["instance_group"] == [{"name": "m", **group}]
+
+
 def test_triton_config_without_batching_and_type_names() -> None:
     proto = onnx_text(
         """

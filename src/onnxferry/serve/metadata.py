@@ -92,7 +92,7 @@ def triton_config(
         "max_batch_size": config.max_batch_size if batching else 0,
         "input": tensors(signature.inputs),
         "output": tensors(signature.outputs),
-        "instance_group": [{"name": name, "count": instances, "kind": "KIND_CPU"}],
+        "instance_group": [_instance_group(name, config, instances)],
         "parameters": {
             "intra_op_thread_count": {"string_value": str(threads)},
             "inter_op_thread_count": {"string_value": "1"},
@@ -108,3 +108,14 @@ def triton_config(
             "default_queue_policy": queue_policy,
         }
     return result
+
+
+def _instance_group(name: str, config: ModelConfig, instances: int) -> dict[str, Any]:
+    """Triton's instance group: ``instances`` on the CPU, or a device pool's sessions (Triton
+    counts instances per GPU and lists the GPUs)."""
+    pool = config.device_pool
+    gpus = [device.index for device in pool if device.provider != "cpu"]
+    if gpus:
+        return {"name": name, "count": config.instances or 1, "kind": "KIND_GPU", "gpus": gpus}
+    count = len(pool) * (config.instances or 1) if pool else instances
+    return {"name": name, "count": count, "kind": "KIND_CPU"}
