@@ -26,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers
+from tests.helpers import deep_mlp, save
+
 from machine import cpu_summary, load_average
 from onnxferry.batch import batch
 from onnxferry.runtime import usable_cores
@@ -39,26 +40,7 @@ WIDTH, HIDDEN, OUT = 256, 1024, 16
 
 
 def mlp(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    shapes = [(WIDTH, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, OUT)]
-    weights = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for s in shapes]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
-        helper.make_node("Relu", ["h0"], ["r0"]),
-        helper.make_node("MatMul", ["r0", "w1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["r1"]),
-        helper.make_node("MatMul", ["r1", "w2"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", OUT])],
-        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    onnx.save(proto, str(path))
-    return path
+    return save(deep_mlp(WIDTH, HIDDEN, OUT), path)
 
 
 def hand_loop(model: Path, x: np.ndarray, batch_size: int) -> float:

@@ -308,13 +308,9 @@ def visible_gpus() -> int:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return len([d for d in listed.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return len([line for line in out.splitlines() if line.startswith("GPU ")])
+    from onnxferry.doctor import gpu_list
+
+    return len(gpu_list())
 
 
 def devices_check(folder: Path, batch: int, seconds: float, cuda: bool) -> tuple[list[str], bool]:

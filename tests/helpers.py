@@ -39,6 +39,29 @@ def save(proto: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def deep_mlp(width: int, hidden: int, out: int, name: str = "mlp") -> onnx.ModelProto:
+    """x[N, width] -> MatMul-Relu-MatMul-Relu-MatMul -> y[N, out], seeded weights: compute
+    heavy enough per row for pipelines and benchmarks (ferry batch's tests and its benchmark)."""
+    rng = np.random.default_rng(0)
+    shapes = [(width, hidden), (hidden, hidden), (hidden, out)]
+    weights = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for s in shapes]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+        helper.make_node("Relu", ["h0"], ["r0"]),
+        helper.make_node("MatMul", ["r0", "w1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", out])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
 RELU = """
 <ir_version: 10, opset_import: ["" : 21]>
 relu (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }

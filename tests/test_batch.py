@@ -21,11 +21,10 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
-from tests.helpers import Run, mlp, onnx_text, save
+from tests.helpers import Run, deep_mlp, mlp, onnx_text, save
 
 TWO_INPUTS = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -186,25 +185,7 @@ def test_npy_shards_a_fixed_batch_axis_and_progress(
 
 
 def _heavy_mlp(path: Path, width: int = 256, hidden: int = 512) -> Path:
-    rng = np.random.default_rng(0)
-    shapes = [(width, hidden), (hidden, hidden), (hidden, 16)]
-    weights = [(rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for s in shapes]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
-        helper.make_node("Relu", ["h0"], ["r0"]),
-        helper.make_node("MatMul", ["r0", "w1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["r1"]),
-        helper.make_node("MatMul", ["r1", "w2"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "heavy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    return save(proto, path)
+    return save(deep_mlp(width, hidden, 16, "heavy"), path)
 
 
 def _ferry(*args: object) -> list[str]:
@@ -252,7 +233,7 @@ def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
     assert child.returncode == -signal.SIGKILL, err
     finished = _finished(out)
     assert _partial(out), "no shard in progress at the kill"
-    assert 1 <= len(finished) < 20, "the kill came after the run finished: make it longer"
+    assert len(finished) in range(1, 20), "the kill came after the run finished: make it longer"
     before = {name: (out / name).stat().st_mtime_ns for name in finished}
 
     rerun = subprocess.run(_ferry(*args), capture_output=True, text=True, check=False)

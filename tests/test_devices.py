@@ -24,6 +24,7 @@ from onnxferry.devices import (
     device_session_config,
     parse_devices,
 )
+from onnxferry.doctor import gpu_list
 from onnxferry.errors import ProviderError, UsageError
 from onnxferry.model import Model
 from onnxferry.runtime import SessionConfig, available_providers
@@ -259,17 +260,7 @@ def test_cuda_devices_on_a_cpu_build_exit_2_in_one_line(
 
 @pytest.mark.skipif(not GPU, reason="needs onnxruntime-gpu with CUDAExecutionProvider")
 def test_a_cuda_pool_spreads_batches_over_the_gpus() -> None:
-    gpus = _visible_gpus() or 1
+    gpus = len(gpu_list()) or 1
     devices = tuple(f"cuda:{i}" for i in range(gpus))
     runs, per_device = _serve_spread(devices, 4 * gpus)
     assert set(per_device) == set(devices) and min(runs) > 0, per_device
-
-
-def _visible_gpus() -> int:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return len([line for line in out.splitlines() if line.startswith("GPU ")])
