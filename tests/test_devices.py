@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.devices import (
     Device,
@@ -31,6 +30,7 @@ from onnxferry.runtime import SessionConfig, available_providers
 from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.executor import ModelExecutor
 from tests.helpers import Run, mlp, save, wait_ready
+from tests.test_serve_executor import slow_model
 
 FERRY = Path(sys.executable).with_name("ferry")
 GPU = "cuda" in available_providers()
@@ -38,20 +38,7 @@ GPU = "cuda" in available_providers()
 
 def chain(nodes: int = 12, width: int = 64) -> onnx.ModelProto:
     """x[N, width] through identity MatMuls: a run takes long enough for threads to overlap."""
-    w = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
-    body, x = [], "x"
-    for i in range(nodes):
-        body.append(helper.make_node("MatMul", [x, "w"], [f"h{i}"]))
-        x = f"h{i}"
-    body.append(helper.make_node("Identity", [x], ["y"]))
-    graph = helper.make_graph(
-        body,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    return slow_model(nodes, width)
 
 
 def _one_error_line(err: str) -> str:

@@ -29,6 +29,7 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.repository import Repository
 from tests.serve_probes import exchange
 from tests.test_serve_app import V2_TYPES, affine, identity_all_types, infer_json, slow, write
+from tests.test_serve_app import _sample as rest_sample
 
 grpc = pytest.importorskip("grpc")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -95,15 +96,10 @@ def _error(call: Any) -> InferenceServerException:
 
 
 def _sample(v2: str, rows: int = 2) -> np.ndarray:
-    rng = np.random.default_rng(len(v2))
+    """REST's samples (test_serve_app), with non-ASCII BYTES."""
     if v2 == "BYTES":
         return np.array([[f"w{i}{j}é".encode() for j in range(3)] for i in range(rows)], object)
-    if v2 == "BOOL":
-        return rng.integers(0, 2, (rows, 3)).astype(bool)
-    dtype = V2_TYPES[v2][1]
-    if v2 in ("FP16", "FP32", "FP64", "BF16"):
-        return rng.standard_normal((rows, 3)).astype(dtype)
-    return rng.integers(0, 100, (rows, 3)).astype(dtype)
+    return rest_sample(v2, rows)
 
 
 def _ort(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
