@@ -285,10 +285,13 @@ def test_an_input_far_larger_than_the_cap_runs_in_bounded_memory(tmp_path: Path)
         open(tmp_path / "stderr", "wb") as stderr,
         subprocess.Popen(_ferry(*args, "--json"), stdout=stdout, stderr=stderr) as child,
     ):
-        peak = _high_water_mark(child)
+        polled = _high_water_mark(child)
     assert child.returncode == 0, (tmp_path / "stderr").read_text()
     summary = json.loads((tmp_path / "stdout").read_text())["result"]
-    assert summary["rows"] == BIG_ROWS and summary["peak_rss_bytes"] <= peak
+    assert summary["rows"] == BIG_ROWS and summary["peak_rss_bytes"] > 0
+    # Both are lower bounds of the final mark: the child reports just before it exits, and
+    # the last poll may come before that report (the child exits within the 20 ms between polls).
+    peak = max(polled, summary["peak_rss_bytes"])
     assert peak < 2**30, f"peak RSS {peak / 2**20:.0f} MiB over the 1 GiB cap"
     assert peak < size / 3
     means = read_output(tmp_path / "out")["m"]
