@@ -230,7 +230,7 @@ def fastapi_app(model: str, name: str, threads: int) -> Any:
     # FastAPI reads annotations at runtime; these names are local, so give it the objects.
     infer.__annotations__.update(request=Request, model_name=str)
     model_metadata.__annotations__.update(model_name=str)
-    routes = [
+    routes: list[tuple[str, Callable[..., Any], str]] = [
         ("/v2/health/live", health, "GET"),
         ("/v2/health/ready", health, "GET"),
         ("/v2/models/{model_name}", model_metadata, "GET"),

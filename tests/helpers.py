@@ -10,6 +10,7 @@ path = save(proto, tmp_path / "m.onnx")
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -351,6 +352,14 @@ def scaled(*factors: float, names: bool = True) -> onnx.ModelProto:
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 60) -> None:

@@ -13,7 +13,8 @@ EXPECTED = {
     "Model", "ModelInfo", "ModelLoadError", "OrtRunner", "OutputParity", "Parity",
     "ProviderError", "Report", "Runner", "SessionConfig", "Signature", "Table", "TensorSpec",
     "TestCase", "Tolerance", "UnsafeModelError", "UsageError", "VerificationError", "RunError",
-    "FeedPlan", "plan_feeds", "Explanation", "explain",
+    "FeedPlan", "plan_feeds", "Explanation", "explain", "finetune", "federated",
+    "UnknownOperatorError",
     "__version__", "available_providers", "bench", "check", "compare", "compare_outputs",
     "inspect", "load_feeds", "load_test_cases", "save_test_case", "test",
 }  # fmt: skip

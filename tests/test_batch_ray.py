@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from onnxferry.batch import Preprocess, batch, read_output
+from onnxferry.batch.ray_engine import start_ray
 from tests.helpers import Run, mlp, onnx_text, save
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
@@ -30,9 +31,17 @@ pool (float[N, 3, 8, 8] x) => (float[N, 3] m) {
 """
 
 
+# Ray 2.55 drops its helper processes' Popen objects and /dev/null handles without closing them
+# (Python reports that only as ResourceWarning, which it hides outside tests).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     try:
         yield
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from onnxferry.bench import LoadReport
 from onnxferry.bench.remote import run_load_test, server_split, signature_from_metadata
 from onnxferry.errors import FeedError, InputError, UsageError
 from onnxferry.report import Report, render_table
-from tests.helpers import mlp, onnx_text, save
+from tests.helpers import free_port, mlp, onnx_text, save
 
 SHORT = {"duration_s": 0.4, "warmup_s": 0.1, "timeout_s": 10.0}
 
@@ -35,12 +34,6 @@ PICKY = """
 <ir_version: 10, opset_import: ["" : 21]>
 picky (float[batch, 4] x) => (float[1, 4] y) <int64[2] shape = {1, 4}> { y = Reshape(x, shape) }
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ferry() -> str:
@@ -69,7 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     repo = tmp_path_factory.mktemp("loadgen") / "repo"
     save(mlp(), repo / "mlp" / "1" / "model.onnx")
     save(onnx_text(PICKY), repo / "picky" / "1" / "model.onnx")
-    port = _free_port()
+    port = free_port()
     log = repo.with_name("serve.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -159,7 +152,7 @@ def test_an_unknown_model_is_one_line_input_error(server: str) -> None:
 
 
 def test_an_unreachable_server_is_one_line_input_error() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(InputError, match="cannot reach a V2 inference server") as info:
         run_load_test(url, "m", concurrency=[1], **SHORT)
     assert "\n" not in str(info.value) and url in str(info.value)

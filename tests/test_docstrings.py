@@ -314,6 +314,97 @@ def _sklearn(tmp: Path) -> Names:
     return {"pipeline": pipeline, "x": x[:4], "ConvertOptions": type(_options())}
 
 
+def _federated_shard(tmp: Path) -> Names:
+    from onnxferry.learn.torch_module import to_torch
+
+    model = _loaded()
+    labels = np.repeat([0, 1, 2], [40, 41, 39])
+    Path("clients/a").mkdir(parents=True)
+    x = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
+    np.savez("clients/a/train.npz", x=x, y=labels)
+    return {"model": model, "module": to_torch(model, check=False)}
+
+
+LEARN_BLOCKS = """
+import torch
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(0.0, 6.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class StraightThroughClip(torch.nn.Module):
+    def __init__(self, block):
+        super().__init__()
+
+    def forward(self, x):
+        return _StraightThrough.apply(x)
+
+
+Clip = StraightThroughClip
+"""
+
+
+def _learn(tmp: Path) -> Names:
+    """A small classifier (conv_1 -> relu_1 -> flatten -> fc, 3 classes) as model.onnx and
+    digits.onnx, its training and held-out rows (train.npz, val.npz: x, y) and blocks.py."""
+    import onnx
+    import torch
+    from onnx import helper, numpy_helper
+
+    from onnxferry.learn.ops import Node
+    from onnxferry.learn.torch_module import to_torch
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"], "conv_1", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["relu_1"], "relu_1"),
+        helper.make_node("Flatten", ["relu_1"], ["flat"], "flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], "fc", transB=1),
+    ]
+    weights = [weight("conv.weight", 2, 1, 3, 3), weight("conv.bias", 2)]
+    weights += [weight("fc.weight", 3, 128), weight("fc.bias", 3)]
+    graph = helper.make_graph(
+        nodes,
+        "digits",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])],
+        weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    save(proto, tmp / "model.onnx")
+    save(proto, tmp / "digits.onnx")
+    x = rng.random((96, 1, 8, 8)).astype(np.float32)
+    y = (x[:, 0, :4].mean(axis=(1, 2)) * 3).astype(np.int64).clip(0, 2)
+    np.savez(tmp / "train.npz", x=x[:64], y=y[:64])
+    np.savez(tmp / "val.npz", x=x[64:], y=y[64:])
+    (tmp / "blocks.py").write_text(LEARN_BLOCKS)
+    gemm = Node("Gemm", "", "fc", ["flat", "fc.weight", "fc.bias"], ["logits"], 17, {"transB": 1})
+    return {
+        "torch": torch,
+        "module": to_torch(tmp / "model.onnx"),
+        "x": x[:64],
+        "y": y[:64],
+        "x_val": x[64:],
+        "y_val": y[64:],
+        "factory": lambda block: torch.nn.Flatten(),
+        "node": gemm,
+        "w": torch.randn(3, 4),
+        "b": torch.randn(3),
+        "h": torch.randn(2, 4),
+    }
+
+
 def _torch_package(tmp: Path) -> Names:
     import importlib.util
 
@@ -640,6 +731,44 @@ def _runtime(tmp: Path) -> Names:
     from onnxferry.feeds import plan_feeds
 
     return {"model": _loaded(), "plan_feeds": plan_feeds}
+
+
+def _customops(tmp: Path) -> Names:
+    """my_ops.py (one onnx_op), a model of the extensions' domain, session options and an
+    error message of onnxruntime's."""
+    import onnxruntime as ort
+
+    from onnxferry.model import Model
+    from tests.test_customops import string_length_model, write_ops
+
+    write_ops(Path("my_ops.py"), "DocsSwish")
+    return {
+        "model": Model.from_proto(string_length_model()),
+        "options": ort.SessionOptions(),
+        "ort_message": "Fatal error: ai.onnx.contrib:Nope(-1) is not a registered function/op",
+    }
+
+
+def _torch_custom(tmp: Path) -> Names:
+    """A torch.library operator (ferrydoc::swish) and export_rules.py translating it."""
+    import torch
+
+    schema = "(Tensor x) -> Tensor"  # annotations are strings here (__future__)
+    if not hasattr(torch.ops.ferrydoc, "swish"):
+
+        @torch.library.custom_op("ferrydoc::swish", mutates_args=(), schema=schema)
+        def swish(x: Any) -> Any:
+            return x * torch.sigmoid(x)
+
+    Path("export_rules.py").write_text(
+        "import torch\n"
+        "from onnxscript import opset18 as op\n\n"
+        "def swish(x):\n    return op.Mul(x, op.Sigmoid(x))\n\n"
+        "def swish_symbolic(g, x):\n    return g.op('Mul', x, g.op('Sigmoid', x))\n\n"
+        "custom_translation_table = {torch.ops.ferrydoc.swish.default: swish}\n"
+        "symbolics = {'ferrydoc::swish': swish_symbolic}\n"
+    )
+    return {"Path": Path}
 
 
 def _safety(tmp: Path) -> Names:
@@ -1141,6 +1270,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.inputs": _sklearn,
     "onnxferry.convert.sklearn.source": _sklearn,
     "onnxferry.convert.torch": _torch_package,
+    "onnxferry.convert.torch.custom": _torch_custom,
     "onnxferry.convert.torch.divergence": _torch_divergence,
     "onnxferry.convert.torch.export": _torch_export,
     "onnxferry.convert.torch.inputs": _torch_inputs,
@@ -1182,13 +1312,18 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.base": _pass_context,
     "onnxferry.optimize.budget": _budget,
     "onnxferry.optimize.calibration": _calibration,
+    "onnxferry.optimize.capture": _nothing,
     "onnxferry.optimize.catalog": _catalog,
     "onnxferry.optimize.chain": _chain,
     "onnxferry.optimize.channel_surgery": _pass_context,
     "onnxferry.optimize.cpu_features": _nothing,
     "onnxferry.optimize.fp16": _pass_context,
+    "onnxferry.optimize.fusion": _pass_context,
     "onnxferry.optimize.graph": _pass_context,
+    "onnxferry.optimize.holdout": _pass_context,
+    "onnxferry.optimize.mixed": _pass_context,
     "onnxferry.optimize.ort_quantizer": _pass_context,
+    "onnxferry.optimize.optuna_search": _auto,
     "onnxferry.optimize.output": _pass_context,
     "onnxferry.optimize.prune": _pass_context,
     "onnxferry.optimize.qdq_float": _sensitivity,
@@ -1199,6 +1334,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.smooth": _catalog,
     "onnxferry.optimize.verb": _optimize,
     "onnxferry.optimize.weights": _pass_context,
+    "onnxferry.optimize.weight_only": _pass_context,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity,
@@ -1254,6 +1390,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli.ci": _nothing,
     "onnxferry.report": _report,
     "onnxferry.runtime": _runtime,
+    "onnxferry.customops": _customops,
     "onnxferry.devices": _runtime,
     "onnxferry.ovsession": _serve_executor,
     "onnxferry.precision": _runtime,
@@ -1298,6 +1435,14 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.signing.keys": _nothing,
     "onnxferry.signing.signer": _signing_keys,
     "onnxferry.signing.verifier": _signed_model,
+    "onnxferry.learn.shards": _federated_shard,
+    "onnxferry.learn": _learn,
+    "onnxferry.learn.finetune": _learn,
+    "onnxferry.learn.ops": _learn,
+    "onnxferry.learn.surgery": _learn,
+    "onnxferry.learn.torch_module": _learn,
+    "onnxferry.learn.training": _learn,
+    "onnxferry.cli.finetune": _learn,
     "onnxferry.view": _view,
     "onnxferry.view.diff": _view,
     "onnxferry.view.graph": _view,
@@ -1312,6 +1457,10 @@ TENSORFLOW = "imports TensorFlow (about 20 s) and converts with tf2onnx"
 LOAD_TEST = (
     "needs a server at the fixed address it names and runs 5 s per concurrency level; "
     "tests/test_bench_remote.py runs load_test against a live server"
+)
+FLOWER = (
+    "runs Flower's rounds on a Ray instance of its own (a minute here); "
+    "tests/test_federated.py runs `ferry federated` on digits split across three clients"
 )
 SKIP: dict[str, str] = {
     "onnxferry.serve.explaining": "an HTTP exchange, not Python; tests/test_serve_explain.py "
@@ -1328,6 +1477,9 @@ SKIP: dict[str, str] = {
     "onnxferry.bench.remote": LOAD_TEST,
     "onnxferry.batch.ray_engine": "starts a Ray instance (about 15 s here); "
     "tests/test_batch_ray.py runs the engine on ray.init(num_cpus=2)",
+    "onnxferry.learn.federated": FLOWER,
+    "onnxferry.learn.flower": FLOWER,
+    "onnxferry.cli.federated": FLOWER,
     "onnxferry.cli.follow": "needs a `ferry registry serve` at the address it names and a "
     "device folder under /opt; tests/test_registry_follow.py runs both verbs",
 }

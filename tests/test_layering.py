@@ -20,17 +20,20 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic"},
     {"model", "saving", "graphs", "data", "report", "inspection", "plots"},
-    {"runtime", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
+    {"runtime", "customops", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
     {"parity", "bisect", "bench", "check", "golden", "view"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source
-    {"deploy", "signing", "registry", "batch"},
+    {"deploy", "signing", "registry", "batch", "learn"},
     {"serve"},
     {"package", "ci"},  # writes what serve runs (ferry.toml, probes, metrics names)
     {"cli", "__init__", "__main__"},
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 
-HEAVY = ("torch", "tensorflow", "keras", "sklearn", "ray", "shap", "rich", "click", "onnx")
+HEAVY = (
+    "torch", "tensorflow", "keras", "sklearn", "ray", "shap", "rich", "click", "onnx", "optuna",
+    "flwr", "onnxruntime_extensions",
+)  # fmt: skip
 
 
 def _module_name(path: Path) -> str:

@@ -28,14 +28,16 @@ from onnxferry.optimize.auto import (
     FINALISTS,
     Candidate,
     SearchResult,
-    _choose,
     auto_search,
     candidate_recipes,
+    choose_finalist,
+    plain_recipes,
 )
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
 from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import x86_without_vnni
+from onnxferry.optimize.mixed import float_nodes, int8_pass
 from onnxferry.optimize.verb import recipe_path
 from onnxferry.runtime import OrtRunner
 from tests.helpers import mlp, save
@@ -306,8 +308,11 @@ def test_auto_keeps_sensitive_nodes_in_fp32_when_static_int8_breaks_the_budget(
         budget="cosine>=0.9995",
     )
     search = model.provenance[-1].result
-    excluded = [c for c in search.candidates if "exclude_sensitive" in c.recipe.label()]
-    assert excluded, [c.recipe.label() for c in search.candidates]
+    # the mixed-precision search names its fp32 nodes in the recipe (reproducible)
+    excluded = [c for c in search.candidates if c.origin and float_nodes(c.recipe)]
+    assert any(int8_pass(c.recipe) == "int8_static" for c in excluded), [
+        c.recipe.label() for c in search.candidates
+    ]
 
 
 def test_auto_keeps_sensitive_matmuls_in_fp32_when_dynamic_int8_breaks_the_budget(  # type: ignore[no-untyped-def]
@@ -321,10 +326,10 @@ def test_auto_keeps_sensitive_matmuls_in_fp32_when_dynamic_int8_breaks_the_budge
     _, search = auto_search(model, judge, tmp_path / "work", recipes=recipes)
     labels = [c.recipe.label() for c in search.candidates]
     assert not search.candidates[0].within and not search.candidates[1].within, labels
-    retried = [c for c in search.candidates[2:] if "exclude_sensitive" in c.recipe.label()]
+    retried = [c for c in search.candidates[2:] if c.origin]
     assert retried and all(c.recipe.passes[0].name == "int8_dynamic" for c in retried), labels
-    # the outlier in w1 gives fc2's input a huge range: fc2 (also the cheaper) goes first
-    assert retried[0].result.steps[0].details["sensitive_nodes"] == ["fc2"]
+    # the outlier in w1 gives fc2's input a huge range: fc2 is restored to fp32 first
+    assert retried[0].origin == "restore worst 1" and float_nodes(retried[0].recipe) == ["fc2"]
     assert any(c.within for c in retried), [
         (c.recipe.label(), c.result.final_metric) for c in retried
     ]
@@ -368,7 +373,7 @@ def test_auto_chooses_only_a_candidate_faster_in_every_round(
     search = SearchResult("m", "cosine>=0.99", 10.0, baseline_rounds_ms=baseline)
     search.candidates.append(_timed(rounds, baseline))
     judge = cast(Judge, None)  # only consulted when nothing meets the budget
-    _choose(search, judge)
+    choose_finalist(search, judge)
     assert (search.chosen == 0) is chosen
     assert search.ok
     assert ("the original is kept" in search.reason) is not chosen
@@ -383,14 +388,21 @@ def test_eval_data_latency_is_measured_at_batch_one(tmp_path: Path) -> None:
         src, tmp_path / "o.onnx", recipe=Recipe.of(["fold"]), eval_data={"x": x, "labels": labels}
     )
     assert "latency measured on x[1x256]" in model.provenance[-1].notes
+    # 8 rows of inputs: still timed at batch 1 (or the batch asked for)
     plain = optimize(src, tmp_path / "p.onnx", recipe=Recipe.of(["fold"]), inputs={"x": x[:8]})
-    assert "latency measured on x[8x256]" in plain.provenance[-1].notes
+    assert "latency measured on x[1x256]" in plain.provenance[-1].notes
+    four = optimize(
+        src, tmp_path / "q.onnx", recipe=Recipe.of(["fold"]), inputs={"x": x[:2]}, batch=4
+    )
+    assert "latency measured on x[4x256]" in four.provenance[-1].notes
 
 
 def test_per_channel_candidates_use_7_bit_weights_without_vnni() -> None:
+    plain = [r.label() for r in plain_recipes()]  # the one-liners run as a user would write them
     channel = [
         p
         for recipe in candidate_recipes("cpu")
+        if recipe.label() not in plain
         for p in recipe.passes
         if p.name.startswith("int8") and getattr(p, "per_channel", False)
     ]

@@ -8,7 +8,6 @@ import http.client
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -21,7 +20,7 @@ import pytest
 from onnxferry.package import package
 from onnxferry.package.base import Packaged
 from onnxferry.report import Report
-from tests.helpers import Run, mlp, save, save_external, wait_ready
+from tests.helpers import Run, free_port, mlp, save, save_external, wait_ready
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
 
@@ -32,13 +31,6 @@ def baked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Report[Packag
     model = save(mlp(), root / "classifier.onnx")
     outdir = root / "out"
     return outdir, package(model, "docker", outdir, {"max_batch_size": "4"})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _entrypoint(outdir: Path) -> list[str]:
@@ -90,7 +82,9 @@ def test_requirements_pin_the_installed_versions_with_the_locks_hashes(
     text = (outdir / "requirements.txt").read_text()
     for name in ("onnxruntime", "numpy", "onnx", "uvicorn", "click"):
         assert re.search(rf"^{name}=={re.escape(metadata.version(name))} \\$", text, re.M), name
-    assert "tritonclient" not in text  # a client, not needed to serve
+    # tritonclient for the gRPC front's protos, with its grpc extra only: no HTTP client stack
+    assert re.search(r"^tritonclient==", text, re.M) and re.search(r"^protobuf==", text, re.M)
+    assert not re.search(r"^(geventhttpclient|aiohttp)==", text, re.M)
     entries = re.findall(
         r"^(?:\S+==\S+|onnxferry @ \S+) \\\n\s+--hash=sha256:[0-9a-f]{64}", text, re.M
     )
@@ -106,7 +100,7 @@ def test_the_entrypoint_serves_the_packaged_model(
     outdir, _ = baked
     command = _entrypoint(outdir)
     assert command[:3] == ["ferry", "serve", "/models"]
-    port = _free_port()
+    port = free_port()
     args = [str(outdir / "models") if a == "/models" else a for a in command[2:]]
     args[args.index("--port") + 1] = str(port)
     process = subprocess.Popen(

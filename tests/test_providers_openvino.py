@@ -10,7 +10,6 @@ a real server process on a loopback port.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from onnxferry.model import Model
 from onnxferry.ovsession import OpenVinoSession
 from onnxferry.runtime import OrtRunner, SessionConfig, create_session, session_providers
 from onnxferry.serve.config import ModelConfig
+from tests.helpers import free_port
 
 from .helpers import Run, conv_bn_mlp, mlp, onnx_text, save, wait_ready
 
@@ -152,15 +152,9 @@ def test_ferry_toml_picks_the_provider(tmp_path: Path) -> None:
         ModelConfig.from_toml(tmp_path / "ferry.toml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_answers_v2_requests_on_openvino(tmp_path: Path) -> None:
     model = save(mlp(), tmp_path / "mlp.onnx")
-    port = _free_port()
+    port = free_port()
     ferry = [sys.executable, "-m", "onnxferry", "-v"]
     command = [*ferry, "serve", str(model), "--port", str(port), "--provider", "openvino"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -33,7 +33,7 @@ from onnxferry.registry.follow import (
 )
 from onnxferry.serve.registry_http import running_registry
 from onnxferry.signing import generate_keys
-from tests.helpers import Run, mlp, save
+from tests.helpers import Run, free_port, mlp, save
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -330,17 +330,11 @@ def test_the_agent_refuses_a_record_that_names_files_outside_its_folder() -> Non
 # --- the server: keys and paths --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_registry_serve_wants_its_api_key(channel: Channel) -> None:
     key_file = channel.root / "keys.txt"
     key_file.write_text(f"# the devices' key\n{KEY}\n")
     key_file.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     ferry = [sys.executable, "-m", "onnxferry", "registry", "serve", str(channel.reg.path)]
     server = subprocess.Popen(
         [*ferry, "--port", str(port), "--api-key-file", str(key_file)],

@@ -21,7 +21,7 @@ from onnxferry.errors import InputError
 from onnxferry.model import Model
 from onnxferry.registry import Registry
 from onnxferry.registry.access import opened
-from tests.helpers import mlp, save, save_external
+from tests.helpers import free_port, mlp, save, save_external
 
 s3fs = pytest.importorskip("s3fs", reason="the S3 store needs s3fs (onnxferry[registry])")
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (the dev extra)")
@@ -31,13 +31,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def test_deploy_report(browser: Browser, models: tuple[Path, Path], tmp_path: Pa
     report = deploy(models[0], out, batches=(1, 4), duration=0.2)
     assert report.ok, report.to_text()
     check = checked(browser, out / "report.html", tmp_path)
-    assert check.plots == 2  # the bench's latency vs batch, the search's candidates
+    # the bench's latency vs batch, the search's candidates and its per-layer int8 decisions
+    assert check.plots == 3
     page = (out / "report.html").read_text()
     assert "latency vs batch" in page and "candidates" in page
 
@@ -70,7 +71,8 @@ def test_the_readme_commands_write_pages_without_a_fault(
         assert code in (0, 1), err  # compare of two different models may fail its tolerance
         page = Path(command[command.index("--report") + 1])
         pages[command[0]] = checked(browser, page, tmp_path)
-    assert pages["bench"].plots == pages["optimize"].plots == 1
+    assert pages["bench"].plots == 1
+    assert pages["optimize"].plots == 2  # candidates and per-layer int8 decisions
     assert pages["optimize"].labels > 20  # ticks, titles, a number and a key line per candidate
 
     bench = html.unescape(Path("bench.html").read_text())

@@ -17,17 +17,10 @@ from pathlib import Path
 import pytest
 
 from onnxferry.cli import main
-from tests.helpers import wait_ready
+from tests.helpers import free_port, wait_ready
 from tests.test_serve_app import affine, infer_json, slow, write
 
 FERRY = Path(sys.executable).with_name("ferry")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _post(port: int, path: str, body: bytes, timeout: float = 60) -> int:
@@ -44,7 +37,7 @@ def _post(port: int, path: str, body: bytes, timeout: float = 60) -> int:
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     model = write(tmp_path / "slow.onnx", slow())
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(FERRY), "serve", str(model), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -161,7 +154,7 @@ def test_sigterm_while_starting_up_exits_0(tmp_path: Path) -> None:
     stops it cleanly: exit 0, no traceback."""
     model = write(tmp_path / "slow.onnx", slow())
     process = subprocess.Popen(
-        [str(FERRY), "serve", str(model), "--port", str(_free_port())],
+        [str(FERRY), "serve", str(model), "--port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

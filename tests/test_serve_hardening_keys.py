@@ -21,9 +21,9 @@ from onnxferry.serve.app import ServeApp, ServeSettings
 from onnxferry.serve.keys import MIN_KEY_LENGTH, env_keys, read_keys
 from onnxferry.serve.repository import Repository
 from onnxferry.serve.server import running
-from tests.helpers import RELU, onnx_text, save, wait_ready
+from tests.helpers import RELU, free_port, onnx_text, save, wait_ready
 from tests.serve_asgi import InProcess, in_process
-from tests.test_serve_cli import FERRY, _free_port
+from tests.test_serve_cli import FERRY
 
 GOOD = "k" * MIN_KEY_LENGTH
 OTHER = "0123456789abcdef0123"
@@ -211,7 +211,7 @@ def test_cli_refuses_an_empty_or_world_readable_key_file(
 @pytest.fixture
 def keyed_server(model: Path, tmp_path: Path) -> Iterator[int]:
     path = key_file(tmp_path / "keys", f"# the fleet's key\n{GOOD}\n")
-    port = _free_port()
+    port = free_port()
     keys = ["--api-key-file", str(path), "--api-key-env", "FERRY_TEST_KEY"]
     process = subprocess.Popen(
         [str(FERRY), "serve", str(model), "--port", str(port), *keys],

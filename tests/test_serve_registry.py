@@ -34,8 +34,8 @@ from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.registry_source import RegistryOptions, RegistryRepository, RollbackPolicy
 from onnxferry.serve.server import ServerOptions, running
 from onnxferry.signing import generate_keys
-from tests.helpers import wait_ready
-from tests.test_serve_cli import FERRY, _free_port
+from tests.helpers import free_port, wait_ready
+from tests.test_serve_cli import FERRY
 from tests.test_serve_repository import SMALL, add_model
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -145,7 +145,7 @@ def test_promotion_and_automatic_rollback_with_no_failed_request(tmp_path: Path)
     v3 = register(reg, tmp_path, add_model(4), expected=POSITIVE["x"] + 2)  # fails its golden
     v4 = register(reg, tmp_path, sqrt_model())  # passes its golden, NaN for the clients
     reg.set_alias("m", "production", v1)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [str(FERRY), "serve", f"registry:{tmp_path / 'reg'}", "--port", str(port)]
     command += ["--poll", "0.2", "--instances", "1", "--threads", "1", "--repository-api"]

@@ -23,8 +23,8 @@ from onnxferry.cli.serve import sagemaker_defaults
 from onnxferry.package import package
 from onnxferry.serve.server import running
 from onnxferry.serve.settings import ServeSettings
+from tests.helpers import free_port
 from tests.test_serve_app import affine, write
-from tests.test_serve_cli import _free_port
 
 FERRY = Path(sys.executable).with_name("ferry")
 NPY = "application/x-npy"
@@ -168,7 +168,7 @@ def test_the_packaged_tarball_serves_from_sm_model_dir(tmp_path: Path) -> None:
     assert (tmp_path / "again" / "model.tar.gz").read_bytes() == tarball.read_bytes()
     assert again.ok
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SM_MODEL_DIR": str(tmp_path / "opt-ml-model")}
     command = [str(FERRY), "serve", "--sagemaker", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -19,7 +18,7 @@ from onnx import helper, numpy_helper
 from onnxferry.compare import compare
 from onnxferry.view import draw, marked_figure
 from onnxferry.view.labels import ADDED, CHANGED, MARK
-from tests.helpers import FOLDABLE, Run, conv_bn_mlp, mlp, onnx_text, save, scaled
+from tests.helpers import FOLDABLE, Run, conv_bn_mlp, free_port, mlp, onnx_text, save, scaled
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")
 
@@ -298,12 +297,6 @@ def test_a_compare_report_says_when_it_cannot_draw(
 # --- ferry view ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -317,7 +310,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 def test_view_serves_the_model_in_netron_until_sigterm(ferry: Run, tmp_path: Path) -> None:
     pytest.importorskip("netron")
     model = save(mlp(), tmp_path / "model.onnx")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "onnxferry", "view", model, "--no-browser", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -29,6 +29,7 @@ from .errors import (
     ModelLoadError,
     ProviderError,
     RunError,
+    UnknownOperatorError,
     UnsafeModelError,
     UsageError,
     VerificationError,
@@ -37,6 +38,7 @@ from .explain import Explanation, explain  # explain: the verb, over the package
 from .feeds import FeedPlan, plan_feeds
 from .golden import GoldenResult, test
 from .inspection import ModelInfo, inspect
+from .learn import federated, finetune
 from .model import Model
 from .optimize import Budget, Recipe, optimize
 from .parity import Divergence, OutputParity, Parity, Tolerance, compare_outputs
@@ -80,6 +82,7 @@ __all__ = [
     "TensorSpec",
     "TestCase",
     "Tolerance",
+    "UnknownOperatorError",
     "UnsafeModelError",
     "UsageError",
     "VerificationError",
@@ -92,6 +95,8 @@ __all__ = [
     "convert",
     "deploy",
     "explain",
+    "federated",
+    "finetune",
     "inspect",
     "load_feeds",
     "load_test_cases",

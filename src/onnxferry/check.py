@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .customops import EXTENSION_DOMAINS, extensions_installed
 from .errors import UnsafeModelError, one_line
 from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
 from .report import Report, Table
@@ -192,11 +193,13 @@ def unsupported_cpu_ops(proto: onnx.ModelProto) -> set[str]:
     """Operators (as "domain::Op@opset") that ONNX Runtime's CPU provider cannot run.
 
     An op is runnable when the CPU provider registers a kernel for its version, when the
-    model defines it as a local function, or when its ONNX schema has a function body that
-    ONNX Runtime expands.
+    model defines it as a local function, when its ONNX schema has a function body that
+    ONNX Runtime expands, or when onnxruntime-extensions provides its domain (each session
+    registers it; the load checks then try it).
     """
     import onnx
 
+    provided = EXTENSION_DOMAINS if extensions_installed() else frozenset()
     kernels = _cpu_kernel_table()
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in proto.opset_import}
     local = {(f.domain, f.name) for f in proto.functions}
@@ -205,6 +208,8 @@ def unsupported_cpu_ops(proto: onnx.ModelProto) -> set[str]:
         for node in graph.node:
             domain = "" if node.domain in ("", "ai.onnx") else node.domain
             if (node.op_type == "Constant" and domain == "") or (domain, node.op_type) in local:
+                continue
+            if domain in provided:
                 continue
             version = opsets.get(domain, 1)
             since = version

@@ -55,6 +55,31 @@ class InvalidModelError(ModelLoadError):
     """The file parses as ONNX but the onnx checker rejects it."""
 
 
+class UnknownOperatorError(ModelLoadError):
+    """The model uses an operator that no runtime here implements (``customops`` names it,
+    its domain and opset, and the ways to provide it)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        operator: str = "",
+        domain: str = "ai.onnx",
+        opset: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.operator = operator
+        self.domain = domain
+        self.opset = opset
+
+    @property
+    def qualified(self) -> str:
+        """``domain::Op (opset N)``, as the messages name it."""
+        at = f" (opset {self.opset})" if self.opset is not None else ""
+        return f"{self.domain}::{self.operator}{at}"
+
+
 class UnsafeModelError(ModelLoadError):
     """The model reaches outside its directory or exceeds a configured limit."""
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .customops import register_extensions, unknown_operator
 from .errors import (
     FeedError,
     FerryError,
@@ -139,7 +140,9 @@ class SessionConfig:
     """ONNX Runtime's CPU memory arena (``SessionOptions.enable_cpu_mem_arena``)."""
 
 
-def session_options(config: SessionConfig) -> ort.SessionOptions:
+def session_options(config: SessionConfig, model: Model | None = None) -> ort.SessionOptions:
+    """ONNX Runtime's options for ``config``; with ``model``, also the custom-operator
+    libraries it needs (``customops.register_extensions``)."""
     import onnxruntime as ort
 
     if config.graph_optimization not in GRAPH_LEVELS:
@@ -166,6 +169,8 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     opts.enable_cpu_mem_arena = config.cpu_arena
     for key, value in config.entries.items():
         opts.add_session_config_entry(key, value)
+    if model is not None:
+        register_extensions(opts, model)
     return opts
 
 
@@ -207,7 +212,7 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
                 wanted,
             )
             return _openvino_session(model, config, options)
-    opts = session_options(config)
+    opts = session_options(config, model)
     providers: list[Any] = [(wanted, options)]
     if wanted not in built:
         reason = f"provider {config.provider!r} is not in this onnxruntime build"
@@ -240,6 +245,9 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
                 hint="re-export with an older opset, or upgrade onnxruntime",
             ) from e
         message = ort_error_message(e)
+        unknown = unknown_operator(model, message)
+        if unknown is not None:
+            raise unknown from e
         if wanted != "CPUExecutionProvider" and config.fallback:
             log.warning("provider %r failed (%s); falling back to cpu", config.provider, message)
             return create_session(model, _on_cpu(config))

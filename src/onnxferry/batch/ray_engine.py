@@ -78,6 +78,26 @@ def _read(items: dict[str, np.ndarray], source: Source) -> dict[str, np.ndarray]
     return out
 
 
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray instance on ``num_cpus``
+    (default: the cores usable here), without a dashboard or worker logs on the terminal.
+
+        start_ray(num_cpus=2); ...; ray.shutdown()
+    """
+    import ray
+
+    with warnings.catch_warnings():
+        # Ray 2.55 announces a change to how it sets CUDA_VISIBLE_DEVICES for actors that ask
+        # for no GPU; ferry's actors never do, so it is not the user's to act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=num_cpus or usable_cores(), include_dashboard=False, log_to_driver=False
+            )
+
+
 def run_ray(
     model: Model,
     source: Source,
@@ -103,10 +123,7 @@ def run_ray(
         )
     started_here = not ray.is_initialized()
     if started_here:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
+        start_ray(address)
     try:
         with warnings.catch_warnings():
             # Ray Data reads deprecated settings of its own (use_polars,

@@ -33,6 +33,8 @@ from . import (
     deploy,
     doctor,
     explain,
+    federated,
+    finetune,
     follow,
     judge,
     optimize,
@@ -85,6 +87,8 @@ VERBS: list[click.Command] = [
     doctor.doctor_command,
     explain.explain_command,
     batch.batch_command,
+    finetune.finetune_command,
+    federated.federated_command,
 ]
 for _verb in VERBS:
     cli.add_command(_verb)

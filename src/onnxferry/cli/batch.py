@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import UsageError
-from .options import devices_option, provider_option, report_options
+from .options import custom_ops_options, devices_option, provider_option, report_options
 from .render import emit
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 @click.option("--std", metavar="A,B,C", help="Images: per-channel std, after --scale.")
 @provider_option
 @devices_option
+@custom_ops_options
 @report_options
 def batch_command(
     model: str,

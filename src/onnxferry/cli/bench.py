@@ -13,6 +13,7 @@ import click
 from ..errors import UsageError
 from .options import (
     batch_option,
+    custom_ops_options,
     devices_option,
     inputs_option,
     precision_options,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     help="USD per hour of this machine: adds the cost per million inferences.",
 )
 @click.option("--csv", "as_csv", is_flag=True, help="Print the results as CSV.")
+@custom_ops_options
 @report_options
 def bench(
     models: tuple[str, ...],

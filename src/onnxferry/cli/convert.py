@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .options import output_option, report_options, source_options, tolerance_options
+from .options import (
+    custom_export_option,
+    custom_ops_options,
+    output_option,
+    report_options,
+    source_options,
+    tolerance_options,
+)
 from .render import emit
 
 if TYPE_CHECKING:
@@ -21,6 +28,8 @@ if TYPE_CHECKING:
 @click.option("--opset", type=int, help="ai.onnx opset (default: the exporter's, capped).")
 @tolerance_options(source="the framework's own when neither is given")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (loudly reported).")
+@custom_export_option
+@custom_ops_options
 @report_options
 def convert(
     source: str,
@@ -33,6 +42,7 @@ def convert(
     opset: int | None,
     tolerance: Tolerance | None,
     no_verify: bool,
+    custom_export: Path | None,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
@@ -40,7 +50,9 @@ def convert(
 
     SOURCE is a file.py:function factory, .pt/.pth (TorchScript), .pt2 (torch.export), .keras,
     a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since
-    loading a pickle executes code) or .onnx (re-targeted to --opset).
+    loading a pickle executes code) or .onnx (re-targeted to --opset). A torch model's custom
+    layers export through --custom-export; custom ONNX operators run in the parity check
+    through onnxruntime-extensions or --custom-ops.
     """
     from ..convert import Conversion, ParityFailure, convert
 
@@ -56,6 +68,7 @@ def convert(
             tolerance=tolerance,
             verify=not no_verify,
             trust_pickle=trust_pickle,
+            custom_export=custom_export,
         )
     except ParityFailure as e:
         emit(e.report, as_json, report_path)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from .options import batch_option, budget_options, report_options, source_options
+from .options import (
+    batch_option,
+    budget_options,
+    custom_ops_options,
+    report_options,
+    source_options,
+)
 from .render import emit
 
 
@@ -22,6 +28,7 @@ from .render import emit
 @source_options(inputs="Sample inputs, for conversion and validation")
 @budget_options
 @batch_option(default="1,8")
+@custom_ops_options
 @report_options
 def deploy(
     source: str,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .options import report_options, runtime_options
+from .options import custom_ops_options, report_options, runtime_options
 from .render import emit
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to write the files (default: MODEL-explain).",
 )
+@custom_ops_options
 @report_options
 def explain_command(
     model: str,

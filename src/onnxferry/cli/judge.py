@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .options import (
+    custom_ops_options,
     framework_option,
     inputs_option,
     precision_options,
@@ -40,6 +41,7 @@ def inspect(model: str, as_json: bool, report_path: Path | None) -> int:
 @click.option(
     "--provider", "providers", type=NAME_LIST, help="Providers to try loading on (default: all)."
 )
+@custom_ops_options
 @report_options
 def check(model: str, providers: list[str] | None, as_json: bool, report_path: Path | None) -> int:
     """Check that a model can be deployed; exit 1 when anything blocks it."""
@@ -62,6 +64,7 @@ def check(model: str, providers: list[str] | None, as_json: bool, report_path: P
 @click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
 @framework_option
 @trust_pickle_option
+@custom_ops_options
 @report_options
 def compare(
     model_a: str,
@@ -116,6 +119,7 @@ def compare(
 @click.argument("data", required=False)
 @runtime_options
 @tolerance_options()
+@custom_ops_options
 @report_options
 def test_command(
     model: str,

@@ -8,6 +8,7 @@ import click
 
 from .options import (
     budget_options,
+    custom_ops_options,
     engine_cache_option,
     inputs_option,
     output_option,
@@ -35,7 +36,33 @@ from .render import Listing, emit
 @runtime_options
 @precision_option
 @engine_cache_option
-@click.option("--time-budget", type=float, help="With --auto: seconds to start candidates in.")
+@click.option(
+    "--time-budget",
+    type=float,
+    help="With --auto: seconds to start candidates in (default: 150 + 1.3 per MB, max 780).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rows per run when timing (the batch the model will serve).",
+)
+@click.option(
+    "--judge-inputs",
+    help="With --auto: held-out feeds to judge the budget on (default: a split of --inputs).",
+)
+@click.option(
+    "--search",
+    type=click.Choice(["default", "optuna"]),
+    default="default",
+    show_default=True,
+    help="With --auto: the candidate list, or Optuna's TPE over passes and parameters.",
+)
+@click.option("--trials", type=int, help="With --search optuna: trials in the study (default 20).")
+@click.option("--study", help="With --search optuna: a study file or RDB URL; runs resume it.")
+@click.option("--study-name", help="With --study: the study's name (default: from the model).")
+@custom_ops_options
 @report_options
 def optimize(
     model: str,
@@ -56,6 +83,12 @@ def optimize(
     precision: str,
     engine_cache: Path | None,
     time_budget: float | None,
+    batch: int,
+    judge_inputs: str | None,
+    search: str,
+    trials: int | None,
+    study: str | None,
+    study_name: str | None,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
@@ -86,6 +119,12 @@ def optimize(
         time_budget=time_budget,
         precision=precision,
         engine_cache=engine_cache,
+        batch=batch,
+        judge_inputs=judge_inputs,
+        search=search,
+        trials=trials,
+        study=study,
+        study_name=study_name,
     )
     code = emit(optimized.last_report(ChainResult, SearchResult), as_json, report_path)
     if not as_json:

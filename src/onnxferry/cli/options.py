@@ -186,6 +186,41 @@ devices_option = click.option(
 """``--devices`` as ``devices.parse_devices`` reads it (the verb parses it: one-line errors)."""
 
 
+def custom_ops_options(fn: F) -> F:
+    """``--custom-ops FILE`` (repeatable) and ``--trust-custom-ops``: the verb's sessions run
+    the files' onnxruntime-extensions ``onnx_op`` operators. The files load
+    (``customops.load_custom_ops``: refused without the trust flag) before the verb runs;
+    the verb itself takes neither value."""
+
+    @functools.wraps(fn)
+    def verb(
+        *args: Any, custom_ops: tuple[Path, ...], trust_custom_ops: bool, **kwargs: Any
+    ) -> Any:
+        if custom_ops:
+            from ..customops import load_custom_ops
+
+            for file in custom_ops:
+                load_custom_ops(file, trust=trust_custom_ops)
+        return fn(*args, **kwargs)
+
+    return _compose(
+        click.option(
+            "--custom-ops",
+            "custom_ops",
+            multiple=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A Python file of onnxruntime-extensions @onnx_op operators the model uses "
+            "(repeatable; needs --trust-custom-ops).",
+        ),
+        click.option(
+            "--trust-custom-ops",
+            is_flag=True,
+            help="Allow loading --custom-ops files. Loading runs their Python code: only for "
+            "files from a source you trust.",
+        ),
+    )(cast(F, verb))
+
+
 # --- sources (framework models) ---------------------------------------------------------
 
 framework_option = click.option(
@@ -205,6 +240,13 @@ trust_pickle_option = click.option(
     is_flag=True,
     help="Allow loading a pickle/joblib source. Unpickling runs arbitrary code: only for "
     "files from a source you trust.",
+)
+
+custom_export_option = click.option(
+    "--custom-export",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="torch: a Python file translating custom layers to ONNX (custom_translation_table "
+    "for dynamo, symbolics for TorchScript).",
 )
 
 

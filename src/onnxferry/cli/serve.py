@@ -21,6 +21,7 @@ import click
 from .._version import __version__
 from ..errors import UsageError
 from .options import (
+    custom_ops_options,
     devices_option,
     encrypt_key_option,
     precision_options,
@@ -235,6 +236,7 @@ def api_key_options(fn: F) -> F:
     help="Seconds in-flight requests get after SIGTERM.",
 )
 @click.option("--access-log", is_flag=True, help="One JSON line per request (stderr).")
+@custom_ops_options
 def serve(
     path: str | None,
     host: str | None,

@@ -58,7 +58,8 @@ class ConvertOptions:
     dim 0 of every input is dynamic and named "batch"; an empty mapping means all static.
     ``opset``: the ai.onnx opset to export (None: the exporter's default, capped at what the
     installed ONNX Runtime loads). ``trust_pickle``: the user confirmed that loading a pickle
-    (which runs code) is fine.
+    (which runs code) is fine. ``custom_export``: a Python file of translations for the
+    model's custom layers (torch: ``convert.torch.custom``).
     """
 
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class ConvertOptions:
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
     opset: int | None = None
     trust_pickle: bool = False
+    custom_export: Path | None = None
 
     def axes_for(self, input_name: str, rank: int) -> dict[int, str]:
         """The dynamic axes of one input: the user's, or {0: "batch"} by default."""

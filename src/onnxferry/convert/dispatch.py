@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..data import load_feeds
-from ..errors import FerryError, InputError, UsageError, one_line
+from ..errors import FerryError, InputError, UnknownOperatorError, UsageError, one_line
 from ..feeds import Given, verification_feeds
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance, compare_outputs
@@ -146,6 +146,7 @@ def convert(
     verify: bool = True,
     trust_pickle: bool = False,
     example_inputs: Any = None,
+    custom_export: str | Path | None = None,
 ) -> Model:
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
@@ -154,12 +155,15 @@ def convert(
     (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a SavedModel directory, ``.tflite``,
     ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
     ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
+    ``custom_export``: a Python file translating the torch model's custom layers to ONNX (its
+    ``custom_translation_table`` for the dynamo exporter, ``symbolics`` for TorchScript's;
+    see ``convert.torch.custom``).
     Returns the Model; its report is ``model.last_report(Conversion)``. Raises
     ConversionError (exit 2) when no exporter produces a model and
     VerificationError (exit 1, with ``.report``) when none passes parity; nothing is written
     then.
     """
-    options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle)
+    options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle, custom_export)
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     result = Conversion(
@@ -173,6 +177,7 @@ def convert(
     references = [loaded.reference.run(f) for f in feeds] if verify else []
     with tempfile.TemporaryDirectory(prefix="onnxferry-convert-") as tmp:
         models: dict[str, Model] = {}
+        unknown: list[UnknownOperatorError] = []
         for i, candidate in enumerate(loaded.candidates):
             attempt = Attempt(candidate.exporter)
             result.attempts.append(attempt)
@@ -181,7 +186,8 @@ def convert(
                 continue
             models[candidate.exporter] = model
             if verify:
-                _verify(model, loaded, feeds, references, tolerance, attempt)
+                found = _verify(model, loaded, feeds, references, tolerance, attempt)
+                unknown += [found] if found is not None else []
             else:
                 attempt.status = "passed"
         _choose(result, models, feeds)
@@ -192,7 +198,7 @@ def convert(
                 "this model may differ from the original"
             )
         if result.chosen is None:
-            _fail(result, report, loaded, models, feeds, tolerance)
+            _fail(result, report, loaded, models, feeds, tolerance, unknown)
         chosen = models[result.chosen]  # type: ignore[index]
         _stamp(chosen, result, loaded)
         final = chosen.save(output) if output is not None else chosen.detached()
@@ -274,6 +280,11 @@ def load_source(
     if isinstance(source, Source):
         return source
     name = framework or detect_framework(source)
+    if options.custom_export is not None and name != "torch":
+        raise UsageError(
+            f"--custom-export translates torch layers; this source is {name}",
+            hint="leave out --custom-export (custom_export=) for this source",
+        )
     if name == "torch":
         from .torch import load_torch
 
@@ -309,6 +320,7 @@ def options_for(
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
     trust_pickle: bool = False,
+    custom_export: str | Path | None = None,
 ) -> ConvertOptions:
     """ConvertOptions from the user's arguments (UsageError for an opset ORT cannot load)."""
     max_opset = runtime_limits()[1]
@@ -321,7 +333,8 @@ def options_for(
         inputs = load_feeds(inputs)  # checked against the source's signature once it loads
     samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs or ()]
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    return ConvertOptions(shapes, samples, dynamic, opset, trust_pickle)
+    export = Path(custom_export) if custom_export is not None else None
+    return ConvertOptions(shapes, samples, dynamic, opset, trust_pickle, export)
 
 
 def _verification_feeds(
@@ -368,17 +381,19 @@ def _verify(
     references: list[dict[str, np.ndarray]],
     tolerance: Tolerance,
     attempt: Attempt,
-) -> None:
+) -> UnknownOperatorError | None:
+    """Parity of one exported model against the source, into ``attempt``; the error when
+    the model uses an operator no runtime here implements (parity cannot run)."""
     try:
         runner = OrtRunner(model)
         outputs = [runner.run(f) for f in feeds]
     except FerryError as e:
         attempt.status, attempt.error = "failed", str(e)
-        return
+        return e if isinstance(e, UnknownOperatorError) else None
     except Exception as e:  # ONNX Runtime failing on a shape the export did not expect
         attempt.status = "failed"
         attempt.error = f"onnxruntime failed: {one_line(e, 400)}"
-        return
+        return None
     attempt.parity = compare_outputs(
         references,
         outputs,
@@ -387,6 +402,7 @@ def _verify(
         candidate_name=attempt.exporter,
     )
     attempt.status = "passed" if attempt.parity.ok else "failed"
+    return None
 
 
 def _choose(
@@ -411,7 +427,14 @@ def _choose(
     from ..runtime import create_session
 
     for attempt in passed:
-        session = create_session(models[attempt.exporter])
+        try:
+            session = create_session(models[attempt.exporter])
+        except UnknownOperatorError:  # unverified, with an operator for another runtime
+            passed[0].status = "chosen"
+            result.chosen = passed[0].exporter
+            result.reason = "the first exporter that produced a model (not verified; it uses "
+            result.reason += "an operator no runtime here implements, so none was timed)"
+            return
         latencies = measure(session, feeds[-1], warmup=10, iterations=200)
         attempt.latency_ms = float(np.median(latencies) * 1e3)
     order = {a.exporter: i for i, a in enumerate(result.attempts)}
@@ -442,12 +465,23 @@ def _fail(
     models: Mapping[str, Model],
     feeds: list[dict[str, np.ndarray]],
     tolerance: Tolerance,
+    unknown: Sequence[UnknownOperatorError] = (),
 ) -> None:
     if not models:
         errors = "; ".join(f"{a.exporter}: {a.error}" for a in result.attempts)
         raise ConversionError(
             f"no exporter could convert {result.source}: {errors}",
             hint="try another --opset, or --framework if the file was misdetected",
+        )
+    if unknown and len(unknown) == len(models):  # no exported model could run: exit 2
+        first = unknown[0]
+        raise UnknownOperatorError(
+            f"{' and '.join(models)} exported operator {first.qualified}, which no runtime "
+            f"here implements, so parity with {result.source} cannot be checked",
+            hint=first.hint,
+            operator=first.operator,
+            domain=first.domain,
+            opset=first.opset,
         )
     failed = [a for a in result.attempts if a.parity is not None]
     if failed and source.find_divergence is not None:

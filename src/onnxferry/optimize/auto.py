@@ -1,17 +1,35 @@
-"""Automatic search: try candidate recipes, measure each, keep the fastest within budget.
+"""Automatic search: the fastest model within the budget, judged on data it was not tuned on.
 
-    best, search = auto_search(model, judge, workdir)
-    search.tables()      # every candidate: latency, speedup, metric, size, within budget
+    best, search = auto_search(model, judge, workdir, holdout=judge, time_budget_s=60)
+    search.tables()      # every candidate: speedup, metric on tuning and held-out data, within
+    search.layers        # per MatMul/Gemm/Conv: int8 or fp32, its measured error and fp32 time
 
-Candidates: ONNX Runtime graph levels, onnxslim, int8 dynamic (per tensor / per channel), int8
-static QDQ (per tensor / per channel), with and without graph passes first, with SmoothQuant
-smoothing before int8 (activation outliers moved into the weights), and fp16 where the
-provider has fast fp16 (CUDA, TensorRT). When int8 breaks the budget, the recipe that came
-closest (per int8 pass) is tried again keeping its most sensitive nodes in fp32 (static: per-node
-error against the fp32 intermediates; dynamic: per-MatMul error per FLOP), 1, 2, 4, 8, 16 of
-them, until the budget holds.
-When nothing meets the budget, the candidate closest to it is returned and the report says by
-how much it misses.
+Candidates (``candidate_plan``): the one-liners a user would try first, always and first (ORT's
+offline graph optimization, onnxslim, plain ``quantize_dynamic`` per tensor and per channel),
+then, ordered by expected gain per second of search, int8 dynamic and static QDQ (U8S8; S8S8
+where the CPU has VNNI/AMX), SmoothQuant at several alphas before int8, ORT's transformer
+fusions before int8 (so attention and LayerNorm still fuse), weight-only int4/int8
+(MatMulNBits, where ORT has fast kernels here) and fp16 on providers with fast fp16.
+``format_plan`` says which formats are skipped on this CPU, and why.
+
+Mixed precision: for the int8 candidate of each kind (dynamic, static) that came closest to
+the budget, per-node decisions are searched in both directions, bisecting against the budget:
+from all-int8, restore the nodes with the worst measured int8 error to fp32; from fp32,
+quantize the nodes with the least error per measured fp32 millisecond (``mixed``). Every
+decision is an explicit ``nodes_to_exclude`` in the candidate's recipe, so the saved recipe
+rebuilds the chosen model exactly.
+
+Timing: at the judge's timing feeds (batch 1 unless the user names one); every candidate
+within budget is timed side by side with the original in interleaved rounds (its speedup is
+the median of the per-round ratios), and the finalists (always including the fastest
+one-liner within budget) again in FINAL_ROUNDS rounds; one is chosen only when it beats the
+original by FASTER in every round.
+
+Honest budget: ``judge`` holds the tuning data (rollbacks, calibration, sensitivity);
+``holdout`` the judging data. A candidate within budget on the tuning data is measured on the
+held-out data too and refused when it misses there; when every candidate is refused or
+misses, the search says so and is not ok (the verb exits 1). With ``time_budget_s`` no new
+candidate starts once the time is spent; ``untried`` lists the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +37,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,35 +56,111 @@ FINAL_ROUNDS = 5
 FINAL_ITERATIONS = 30
 """Timed runs per model per side-by-side round (fewer when a time budget runs short)."""
 MIN_FINAL_ITERATIONS = 5
+FINAL_ROUND_MS = 150.0
+"""A finalist round runs at least this long per model (more runs for fast models, up to 500)."""
+PAIR_ROUNDS = 3
+PAIR_ITERATIONS = 15
+"""Each candidate within budget: rounds and runs per round, interleaved with the original."""
+PAIR_ROUND_MS = 60.0
+"""A paired round runs at least this long per model (more runs for fast models, up to 300):
+a sub-millisecond model timed 15 times is noise on a loaded machine."""
+SMOOTH_ALPHAS = (0.3, 0.5, 0.7)
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
-"""How many of the most sensitive nodes int8 leaves in fp32, tried in turn."""
+"""Kept for callers of the earlier ladder; the mixed search bisects instead."""
 _EXCLUDING = ("int8_static", "int8_dynamic")
+_RANK_SAMPLES = 16
 
 
-def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
-    """The recipes ``auto_search`` tries, cheapest first. On x86 CPUs without VNNI, per-channel
-    int8 uses 7-bit weights (``reduce_range``): full-range u8s8 products saturate there."""
-    from .cpu_features import x86_without_vnni  # read when a search runs, not on import
+@dataclass(frozen=True)
+class Planned:
+    """A candidate recipe before it runs: whether it is a one-liner (always tried, first), its
+    expected speed gain (fraction of latency saved) and cost (relative search seconds)."""
 
+    recipe: Recipe
+    one_liner: bool = False
+    gain: float = 0.1
+    cost: float = 1.0
+    needs: str = ""
+    """A pass that must change the model on its own first (else this recipe is skipped)."""
+
+
+def default_time_budget(size_bytes: int) -> float:
+    """``--auto``'s time budget when none is given: 150 s plus 1.3 s per MB of model, at most
+    780 s (a 6-layer MiniLM-size encoder about 270 s, BERT-base about 13 minutes), so the
+    search ends within 5 and 15 minutes on a 2-core machine."""
+    return min(780.0, 150.0 + 1.3 * size_bytes / 1e6)
+
+
+def plain_recipes() -> list[Recipe]:
+    """What a user tries first: ORT's offline optimization, onnxslim, plain quantize_dynamic
+    (default and per channel). Always among the candidates, judged by the same budget."""
+    return [
+        Recipe.of([("ort_graph", {"level": "extended"})]),
+        Recipe.of(["slim"]),
+        Recipe.of([("int8_dynamic", {})]),
+        Recipe.of([("int8_dynamic", {"per_channel": True})]),
+    ]
+
+
+def candidate_plan(provider: str = "cpu") -> list[Planned]:
+    """Every candidate ``auto_search`` tries: the one-liners first, then the rest by expected
+    gain per second of search (priors, not measurements). Formats ``format_plan`` marks slow
+    on this CPU are left out. On x86 CPUs without VNNI, per-channel int8 uses 7-bit weights
+    (``reduce_range``): full-range u8s8 products saturate there."""
+    from .cpu_features import format_plan, int8_features, x86_without_vnni
+
+    formats = format_plan(provider)
     channel: dict[str, Any] = {"per_channel": True}
     if provider == "cpu" and x86_without_vnni():
         channel["reduce_range"] = True
-    steps: list[list[Any]] = [
-        [("ort_graph", {"level": "basic"})],
-        [("ort_graph", {"level": "extended"})],
-        ["slim"],
-        [("int8_dynamic", {})],
-        [("int8_dynamic", channel)],
-        ["slim", ("int8_dynamic", channel)],
-        [("int8_static", {})],
-        [("int8_static", channel)],
-        ["slim", ("int8_static", channel)],
-        ["smooth", ("int8_dynamic", channel)],
-        ["smooth", ("int8_static", channel)],
+    plan = [Planned(r, one_liner=True, gain=0.3, cost=1.0) for r in plain_recipes()]
+    rest: list[Planned] = [Planned(Recipe.of([("ort_graph", {"level": "basic"})]), gain=0.02)]
+    if channel.get("reduce_range"):
+        rest.append(Planned(Recipe.of([("int8_dynamic", channel)]), gain=0.5, cost=2))
+    rest += [
+        Planned(Recipe.of(["slim", ("int8_dynamic", channel)]), gain=0.5, cost=3),
+        Planned(Recipe.of([("int8_static", {})]), gain=0.55, cost=5),
+        Planned(Recipe.of([("int8_static", channel)]), gain=0.55, cost=5),
+        Planned(Recipe.of(["slim", ("int8_static", channel)]), gain=0.55, cost=6),
+        Planned(Recipe.of(["fuse_transformer"]), gain=0.1, cost=1.5),
+        Planned(
+            Recipe.of(["fuse_transformer", ("int8_dynamic", channel)]),
+            gain=0.7,
+            cost=3,
+            needs="fuse_transformer",
+        ),
+        Planned(
+            Recipe.of(["fuse_transformer", ("int8_dynamic", {})]),
+            gain=0.7,
+            cost=3,
+            needs="fuse_transformer",
+        ),
     ]
+    rest += [
+        Planned(Recipe.of([("smooth", {"alpha": a}), ("int8_dynamic", channel)]), gain=0.5, cost=4)
+        for a in SMOOTH_ALPHAS
+    ]
+    rest.append(Planned(Recipe.of(["smooth", ("int8_static", channel)]), gain=0.55, cost=6))
+    if not formats.get("int8_static_s8s8"):
+        s8s8 = {**channel, "activation_type": "int8"}
+        rest.append(Planned(Recipe.of([("int8_static", s8s8)]), gain=0.6, cost=5))
+    level = 4 if int8_features()["vnni"] or int8_features()["amx"] else 0
+    for bits, key in ((4, "int4_weight_only"), (8, "int8_weight_only")):
+        if not formats.get(key):
+            params = {"bits": bits, "accuracy_level": level}
+            rest.append(Planned(Recipe.of([("weight_only", params)]), gain=0.3, cost=3))
     if provider in FAST_FP16:
-        steps += [["fp16"], ["slim", "fp16"]]
-    return [Recipe.of(s) for s in steps]
+        rest += [
+            Planned(Recipe.of(["fp16"]), gain=0.5, cost=2),
+            Planned(Recipe.of(["slim", "fp16"]), gain=0.5, cost=3),
+        ]
+    rest.sort(key=lambda p: p.gain / p.cost, reverse=True)
+    return plan + rest
+
+
+def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
+    """The recipes ``auto_search`` tries, in order (``candidate_plan``'s recipes)."""
+    return [p.recipe for p in candidate_plan(provider)]
 
 
 @dataclass
@@ -79,10 +173,21 @@ class Candidate:
     path: Path | None = None
     rounds_ms: list[float] = field(default_factory=list)
     """p50 of each side-by-side round with the original and the other finalists."""
+    held_out_metric: float | None = None
+    """The metric on the held-out judging data (None when there is none, or not judged)."""
+    refused: bool = False
+    """Within budget on the tuning data only: missed on the held-out data."""
+    one_liner: bool = False
+    origin: str = ""
+    """Where the recipe came from: "", "restore worst k", "quantize cheapest k"."""
+    started_s: float = 0.0
+    """When it started, in seconds since the search began."""
+    pair_speedup: float | None = None
+    """The original's p50 over this one's, median of the interleaved paired rounds."""
 
     @property
     def within(self) -> bool:
-        return bool(self.result.kept) and self.result.within_budget
+        return bool(self.result.kept) and self.result.within_budget and not self.refused
 
     def load(self) -> Model | None:
         return Model.load(self.path) if self.path is not None else None
@@ -102,6 +207,18 @@ class SearchResult:
     baseline_rounds_ms: list[float] = field(default_factory=list)
     untried: list[str] = field(default_factory=list)
     """Recipes not tried because the search's time budget ran out."""
+    cpu: str = ""
+    skipped_formats: dict[str, str] = field(default_factory=dict)
+    """Formats left out on this machine, and why."""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    """Per quantizable node of the chosen recipe: decision, measured error and fp32 ms."""
+    layers_of: str = ""
+    """The candidate ``layers`` describes (the chosen one, else the best int8 one)."""
+    warnings: list[str] = field(default_factory=list)
+    """Library warnings captured while searching (distinct lines, with counts)."""
+    held_out: str = ""
+    """How the data was split between tuning and judging."""
+    elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -119,13 +236,26 @@ class SearchResult:
             "reason": self.reason,
             "misses_by": self.misses_by,
             "untried": list(self.untried),
+            "cpu": self.cpu,
+            "skipped_formats": dict(self.skipped_formats),
+            "held_out": self.held_out,
+            "elapsed_s": self.elapsed_s,
+            "layers": list(self.layers),
+            "layers_of": self.layers_of,
+            "warnings": list(self.warnings),
             "candidates": [
                 {
                     "recipe": c.recipe.label(),
+                    "one_liner": c.one_liner,
+                    "started_s": c.started_s,
+                    "pair_speedup": c.pair_speedup,
+                    "origin": c.origin,
                     "kept": c.result.kept,
                     "latency_ms": c.result.final_ms,
                     "speedup": c.result.speedup,
                     "metric": c.result.final_metric,
+                    "held_out_metric": c.held_out_metric,
+                    "refused": c.refused,
                     "size_bytes": c.result.final_size,
                     "within_budget": c.within,
                     "steps": [s.to_dict() for s in c.result.steps],
@@ -137,48 +267,168 @@ class SearchResult:
     def tables(self) -> list[Table]:
         rows = [
             (
-                f"{'*' if i == self.chosen else ' '} {i + 1}. {c.recipe.label()}",
-                " -> ".join(c.result.kept) or "(nothing kept)",
+                f"{'*' if i == self.chosen else ' '} {i + 1}. {_short(c)}",
+                _kept_text(c),
                 c.result.final_ms,
                 c.result.speedup,
                 c.result.final_metric,
+                c.held_out_metric,
                 (c.result.final_size or 0) / 2**20,
-                c.within,
+                "refused" if c.refused else c.within,
             )
             for i, c in enumerate(self.candidates)
         ]
-        columns = ("candidate", "kept", "p50 ms", "speedup", "metric", "MiB", "within")
+        columns = ("candidate", "kept", "p50 ms", "speedup", "metric", "held-out", "MiB", "within")
         title = (
             f"optimize --auto {self.model} (budget {self.budget}, "
             f"original p50 {self.baseline_ms:.3f} ms)"
         )
-        return [Table(title, columns, rows), Table("choice", ("why",), [(self.reason,)])]
+        tables = [Table(title, columns, rows)]
+        if self.layers:
+            layer_rows = [
+                (d["node"], d["op_type"], d["decision"], d["error"], d["cost_ms"])
+                for d in self.layers
+            ]
+            tables.append(
+                Table(
+                    f"per-layer decisions of {self.layers_of} (int8 error: normalized MSE; "
+                    "cost: fp32 ms per run)",
+                    ("node", "op", "decision", "int8 error", "fp32 ms"),
+                    layer_rows,
+                )
+            )
+        machine = [(self.cpu or "-", "")]
+        machine += [(f"skipped {name}", why) for name, why in self.skipped_formats.items()]
+        tables.append(Table("machine and formats", ("what", "why"), machine))
+        notes = [(self.reason,)]
+        if self.held_out:
+            notes.append((self.held_out,))
+        if self.warnings:
+            notes.append((f"{len(self.warnings)} distinct library warning(s) captured",))
+        tables.append(Table("choice", ("why",), notes))
+        return tables
 
     def figures(self) -> list[str]:
         """The candidates plot (latency against the budget metric), numbered as in the table
-        (candidates without a latency or a metric have no point)."""
-        from ..plots import Point, candidates_svg
+        (candidates without a latency or a metric have no point), and the per-layer int8
+        error bars when layers were decided."""
+        from ..plots import Point, bars_svg, candidates_svg
         from .budget import Budget
 
         points = [
-            Point(c.recipe.label(), c.result.final_ms, c.result.final_metric, c.within, i + 1)
+            Point(_short(c), c.result.final_ms, c.result.final_metric, c.within, i + 1)
             for i, c in enumerate(self.candidates)
             if c.result.final_ms is not None
             and c.result.final_metric is not None
             and math.isfinite(c.result.final_ms)
             and math.isfinite(c.result.final_metric)
         ]
-        if not points:
-            return []
-        budget = Budget.parse(self.budget)
-        svg = candidates_svg(
-            points,
-            metric=budget.metric,
-            limit=budget.limit,
-            higher_is_better=budget.higher_is_better,
-            baseline_ms=self.baseline_ms,
+        figures: list[str] = []
+        if points:
+            budget = Budget.parse(self.budget)
+            figures.append(
+                candidates_svg(
+                    points,
+                    metric=budget.metric,
+                    limit=budget.limit,
+                    higher_is_better=budget.higher_is_better,
+                    baseline_ms=self.baseline_ms,
+                )
+            )
+        bars = [
+            (f"{d['node']} ({d['decision']})", float(d["error"]))
+            for d in self.layers[:40]
+            if d["error"] is not None and math.isfinite(d["error"])
+        ]
+        if bars:
+            figures.append(bars_svg(bars, "int8 error (normalized MSE)", "per-layer decisions"))
+        return figures
+
+
+def _short(c: Candidate, width: int = 60) -> str:
+    """A candidate's label, its fp32 node list cut short (the recipe has them all)."""
+    from .mixed import float_nodes
+
+    label = c.recipe.label()
+    nodes = float_nodes(c.recipe)
+    if nodes and len(label) > width:
+        label = label.split("nodes_to_exclude")[0] + f"{len(nodes)} nodes in fp32)"
+    return f"{label} [{c.origin}]" if c.origin else label
+
+
+def _kept_text(c: Candidate) -> str:
+    """The passes a candidate kept, its fp32 node list counted rather than listed."""
+    from .mixed import float_nodes
+
+    if not c.result.kept:
+        return "(nothing kept)"
+    nodes = float_nodes(c.recipe)
+    shown = [k.split("nodes_to_exclude")[0] + f"{len(nodes)} in fp32)" if nodes and
+             "nodes_to_exclude" in k else k for k in c.result.kept]  # fmt: skip
+    return " -> ".join(shown)
+
+
+@dataclass
+class _Search:
+    """The state of one search run: the judges, the deadline, and how to try a recipe."""
+
+    model: Model
+    judge: Judge
+    holdout: Judge | None
+    workdir: Path
+    calibration: Sequence[Mapping[str, np.ndarray]] | None
+    deadline: float | None
+    result: SearchResult
+    started: float = field(default_factory=time.monotonic)
+    scores: dict[str, list[Any]] = field(default_factory=dict)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def attempt(
+        self, recipe: Recipe, *, one_liner: bool = False, origin: str = ""
+    ) -> Candidate | None:
+        search = self.result
+        label = recipe.label()
+        for earlier in search.candidates:  # the two directions can meet at the same nodes
+            if earlier.recipe.label() == label:
+                return earlier
+        if self.out_of_time():
+            search.untried.append(recipe.label())
+            return None
+        index = len(search.candidates)
+        started_s = time.monotonic() - self.started
+        final, result = apply_recipe(
+            self.model,
+            recipe,
+            self.judge,
+            workdir=self.workdir / f"candidate{index}",
+            calibration=self.calibration,
+            speed_check=False,
+            baseline_ms=search.baseline_ms,
         )
-        return [svg]
+        candidate = Candidate(
+            recipe, result, one_liner=one_liner, origin=origin, started_s=started_s
+        )
+        if not result.kept:
+            result.final_ms = None
+        else:
+            if result.within_budget and self.holdout is not None:
+                held = self.holdout.metric(final)
+                candidate.held_out_metric = held
+                candidate.refused = not self.holdout.budget.holds(held)
+            if candidate.within:
+                candidate.pair_speedup = _paired_speedup(
+                    self.judge, self.model, final, search.baseline_ms
+                )
+                result.final_ms = search.baseline_ms / candidate.pair_speedup
+            else:
+                result.final_ms = None  # only candidates within budget are timed
+            candidate.path = _on_disk(final, self.workdir / f"candidate{index}" / "final.onnx")
+        for step in result.steps:
+            step.model = None  # on disk; keeps the search's memory to one model at a time
+        search.candidates.append(candidate)
+        return candidate
 
 
 def auto_search(
@@ -190,52 +440,38 @@ def auto_search(
     recipes: Sequence[Recipe] | None = None,
     finalists: int = FINALISTS,
     time_budget_s: float | None = None,
+    holdout: Judge | None = None,
+    mixed: bool = True,
 ) -> tuple[Model, SearchResult]:
-    """Try every candidate recipe and return the fastest model within the budget.
+    """Try the candidates and return the fastest model within the budget (module docstring).
 
-    Each candidate is judged on the budget, and those within it timed once; the ``finalists``
-    fastest are then timed again side by side with the original in interleaved rounds, and one
-    is chosen only when it beats the original by FASTER in every round. With
+    ``judge`` tunes (its feeds calibrate, rank and roll back), ``holdout`` judges the answer
+    (None: ``judge`` does both). ``recipes`` replaces ``candidate_plan``; ``mixed`` searches
+    per-node int8/fp32 decisions for the int8 candidates closest to the budget. With
     ``time_budget_s``, no new candidate starts once that many seconds have passed (the one
     running finishes, and the finalists are still timed); ``untried`` lists the rest."""
-    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
-    (baseline_ms,) = judge.latency_ms(model, rounds=1)
+    from .cpu_features import describe_cpu, format_plan
+
+    started = time.monotonic()
+    deadline = None if time_budget_s is None else started + time_budget_s
+    # a provisional scale (sizes the timing rounds); every decision uses paired rounds
+    (baseline_ms,) = judge.latency_ms(model, rounds=3, iterations=10)
     search = SearchResult(model.name, judge.budget.text(), baseline_ms)
-
-    def attempt(recipe: Recipe) -> Candidate | None:
-        if deadline is not None and time.monotonic() > deadline:
-            search.untried.append(recipe.label())
-            return None
-        index = len(search.candidates)
-        final, result = apply_recipe(
-            model,
-            recipe,
-            judge,
-            workdir=workdir / f"candidate{index}",
-            calibration=calibration,
-            speed_check=False,
-            baseline_ms=baseline_ms,
-        )
-        candidate = Candidate(recipe, result)
-        if result.kept:
-            if result.within_budget:
-                (result.final_ms,) = judge.latency_ms(final, rounds=1)
-            candidate.path = _on_disk(final, workdir / f"candidate{index}" / "final.onnx")
-        for step in result.steps:
-            step.model = None  # on disk; keeps the search's memory to one model at a time
-        search.candidates.append(candidate)
-        return candidate
-
-    for recipe in recipes or candidate_recipes(judge.provider):
-        attempt(recipe)
-    for recipe in _closest_misses(search.candidates, judge):
-        for exclude in SENSITIVE_STEPS:  # keep the most sensitive nodes in fp32
-            tried = attempt(_excluding(recipe, exclude))
-            if tried is None or tried.within or _nothing_more_to_exclude(tried, exclude):
-                break
+    search.cpu = describe_cpu() if judge.provider == "cpu" else judge.provider
+    search.skipped_formats = {k: v for k, v in format_plan(judge.provider).items() if v}
+    state = _Search(model, judge, holdout, workdir, calibration, deadline, search, started)
+    plan = [Planned(r) for r in recipes] if recipes is not None else candidate_plan(judge.provider)
+    for planned in plan:
+        if planned.needs:
+            alone = state.attempt(Recipe.of([planned.needs]))  # does it change this model?
+            if alone is not None and all(s.status in PRODUCED_NOTHING for s in alone.result.steps):
+                continue
+        state.attempt(planned.recipe, one_liner=planned.one_liner)
+    if mixed:
+        _mixed_search(state)
     left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-    _time_finalists(search, model, judge, finalists, left_s)
-    _choose(search, judge)
+    time_finalists(search, model, judge, finalists, left_s)
+    choose_finalist(search, judge)
     if search.untried:
         search.reason += (
             f"; the time budget ran out before {len(search.untried)} more candidates "
@@ -245,7 +481,26 @@ def auto_search(
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:
         (chosen.result.final_ms,) = judge.latency_ms(best)  # the closest miss: report its speed
+    described = _described(search)
+    if described is not None:
+        search.layers_of = _short(described)
+        search.layers = _layer_decisions(state, described)
+    search.elapsed_s = time.monotonic() - started
     return best or model, search
+
+
+def _runs(baseline_ms: float, floor: int, round_ms: float, ceiling: int) -> int:
+    """Runs per round: at least ``floor``, enough for ``round_ms`` at ``baseline_ms`` a run."""
+    return max(floor, min(ceiling, int(round_ms / max(baseline_ms, 1e-3))))
+
+
+def _paired_speedup(judge: Judge, original: Model, candidate: Model, baseline_ms: float) -> float:
+    """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
+    ``candidate``'s (drift hits both alike)."""
+    runs = _runs(baseline_ms, PAIR_ITERATIONS, PAIR_ROUND_MS, 300)
+    base, cand = judge.rounds([original, candidate], rounds=PAIR_ROUNDS, iterations=runs)
+    ratio = statistics.median(b / max(c, 1e-9) for b, c in zip(base, cand, strict=True))
+    return max(ratio, 1e-9)
 
 
 def _on_disk(model: Model, target: Path) -> Path:
@@ -254,74 +509,197 @@ def _on_disk(model: Model, target: Path) -> Path:
     return model.save(target).path or target
 
 
-def _time_finalists(
+# --- mixed precision ---------------------------------------------------------------------
+
+
+def _mixed_search(state: _Search) -> None:
+    """Per int8 kind, the candidate that came closest to (or within) the budget on the tuning
+    data becomes the base: if it broke the budget, decide per node in both directions."""
+    from .mixed import quantize_order, restore_order, with_float_nodes
+
+    for base in _closest_bases(state):
+        if state.out_of_time():
+            state.result.untried.append(f"mixed precision from {base.recipe.label()}")
+            continue
+        layers = _scores(state, base.recipe)
+        if len(layers) < 2:
+            continue
+        down, up = restore_order(layers), quantize_order(layers)
+
+        def holds(fp32: Sequence[str], origin: str, base: Candidate = base) -> bool | None:
+            tried = state.attempt(with_float_nodes(base.recipe, fp32), origin=origin)
+            if tried is None:
+                return None
+            return bool(tried.result.kept) and tried.result.within_budget
+
+        def restored(k: int, order: list[str] = down) -> bool | None:
+            return holds(order[:k], f"restore worst {k}")
+
+        def quantized(k: int, order: list[str] = up) -> bool | None:
+            return holds(order[k:], f"quantize cheapest {k}")
+
+        # all-int8 broke the budget: the fewest worst nodes restored to fp32 that hold it
+        _bisect_smallest(len(down), restored)
+        # from fp32: the most of the cheapest nodes quantized that hold it
+        _bisect_largest(len(up), quantized)
+
+
+def _closest_bases(state: _Search) -> list[Candidate]:
+    """Per int8 pass, the candidate whose int8 step came closest to the budget on the tuning
+    data and broke it (only those need per-node decisions)."""
+    best: dict[str, tuple[float, Candidate]] = {}
+    judge = state.judge
+    for c in state.result.candidates:
+        if c.origin:
+            continue
+        for step in c.result.steps:
+            name = step.label.split("(")[0]
+            if name in _EXCLUDING and step.metric is not None and step.status == "rolled back":
+                miss = judge.budget.miss(step.metric)
+                if name not in best or miss < best[name][0]:
+                    best[name] = (miss, c)
+    return [c for _, c in best.values()]
+
+
+def _scores(state: _Search, recipe: Recipe) -> list[Any]:
+    """Measured int8 error and fp32 time of each quantizable node of ``recipe``'s int8 pass
+    (cached per prefix and pass)."""
+    from .base import PassContext
+    from .mixed import layer_scores, node_costs, static_layer_scores
+
+    index = next(i for i, p in enumerate(recipe.passes) if p.name in _EXCLUDING)
+    step = recipe.passes[index]
+    key = f"{Recipe(recipe.passes[:index]).label()} | {step.label()}"
+    if key in state.scores:
+        return state.scores[key]
+    judge = state.judge
+    ctx = PassContext(state.workdir / f"scores{len(state.scores)}", judge.feeds,
+                      state.calibration, judge.provider)  # fmt: skip
+    current = state.model
+    for p in recipe.passes[:index]:
+        current = p.apply(current, ctx).model
+    feeds = judge.feeds[:_RANK_SAMPLES]
+    try:
+        if step.name == "int8_dynamic":
+            costs = node_costs(current, judge.timing_feeds, judge.threads)
+            scores: list[Any] = layer_scores(
+                current,
+                feeds,
+                costs,
+                per_channel=bool(getattr(step, "per_channel", False)),
+                reduce_range=bool(getattr(step, "reduce_range", False)),
+            )
+        else:
+            plan = step.plan(current, ctx)  # type: ignore[attr-defined]
+            costs = node_costs(plan.source, judge.timing_feeds, judge.threads)
+            scores = static_layer_scores(plan.source, plan.build(), feeds, costs)
+    except Exception as e:  # a ranking that fails leaves this base to the plain candidates
+        state.result.untried.append(f"mixed precision from {recipe.label()} ({e})")
+        scores = []
+    state.scores[key] = scores
+    return scores
+
+
+def _bisect_smallest(n: int, holds: Callable[[int], bool | None]) -> int | None:
+    """The smallest k in 1..n-1 with ``holds(k)``, assuming 0 fails and n holds."""
+    bounds = _bisect(n, holds, rising=True)
+    return bounds[1] if bounds and bounds[1] < n else None
+
+
+def _bisect_largest(n: int, holds: Callable[[int], bool | None]) -> int | None:
+    """The largest k in 1..n-1 with ``holds(k)``, assuming 0 holds and n fails."""
+    bounds = _bisect(n, holds, rising=False)
+    return bounds[0] if bounds and bounds[0] > 0 else None
+
+
+def _bisect(n: int, holds: Callable[[int], bool | None], *, rising: bool) -> tuple[int, int] | None:
+    """The neighbours (k, k + 1) where ``holds`` changes between 0 and n (it starts false when
+    ``rising``, true otherwise); None as soon as ``holds`` answers None (it gave up)."""
+    low, high = 0, n
+    while high - low > 1:
+        mid = (low + high) // 2
+        ok = holds(mid)
+        if ok is None:
+            return None
+        low, high = (low, mid) if ok == rising else (mid, high)
+    return low, high
+
+
+def _described(search: SearchResult) -> Candidate | None:
+    """The candidate whose per-layer decisions the report shows: the chosen one when it has an
+    int8 pass, else the fastest int8 candidate within budget, else the closest int8 miss."""
+    from .mixed import int8_pass
+
+    chosen = search.candidates[search.chosen] if search.chosen is not None else None
+    if chosen is not None and int8_pass(chosen.recipe) in _EXCLUDING:
+        return chosen
+    int8 = [c for c in search.candidates if int8_pass(c.recipe) in _EXCLUDING and c.result.kept]
+    within = [c for c in int8 if c.within]
+    if within:
+        return min(within, key=lambda c: c.result.final_ms or np.inf)
+    return None
+
+
+def _layer_decisions(state: _Search, chosen: Candidate) -> list[dict[str, Any]]:
+    """Per node of the chosen recipe's int8 pass: int8 or fp32, measured error and fp32 ms."""
+    from .mixed import float_nodes
+
+    if not any(p.name in _EXCLUDING for p in chosen.recipe.passes):
+        return []
+    from .mixed import with_float_nodes
+
+    try:
+        layers = _scores(state, with_float_nodes(chosen.recipe, []))
+    except Exception:
+        return []
+    fp32 = set(float_nodes(chosen.recipe))
+    return [
+        {**layer.to_dict(), "decision": "fp32" if layer.node in fp32 else "int8"}
+        for layer in layers
+    ]
+
+
+# --- timing and choice ---------------------------------------------------------------------
+
+
+def time_finalists(
     search: SearchResult, original: Model, judge: Judge, count: int, left_s: float | None = None
 ) -> None:
     """Time the fastest candidates within budget side by side with the original; their
-    latencies and speedups become these medians, measured at the same moments. With
-    ``left_s`` (what is left of a time budget), each round runs fewer than FINAL_ITERATIONS
-    times to fit, never fewer than MIN_FINAL_ITERATIONS."""
+    latencies and speedups become these medians, measured at the same moments. The fastest
+    one-liner within budget is always among them. Each round runs FINAL_ITERATIONS times, or
+    for FINAL_ROUND_MS per model when that is more; with ``left_s`` (what is left of a time
+    budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
     within = [c for c in search.candidates if c.within and c.path is not None]
     within.sort(key=lambda c: c.result.final_ms or np.inf)
     finalists = within[:count]
+    liners = [c for c in within if c.one_liner]
+    if liners and not any(c.one_liner for c in finalists):
+        finalists[-1] = liners[0]
     if not finalists:
         return
     models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
-    iterations = FINAL_ITERATIONS
+    iterations = _runs(search.baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
     if left_s is not None:
         per_run_s = max(search.baseline_ms, 1e-3) / 1e3
         fits = int(left_s / (FINAL_ROUNDS * len(models) * per_run_s))
-        iterations = max(MIN_FINAL_ITERATIONS, min(FINAL_ITERATIONS, fits))
+        iterations = max(MIN_FINAL_ITERATIONS, min(iterations, fits))
     rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=iterations)
     del models
     search.baseline_rounds_ms = rounds[0]
     search.baseline_ms = statistics.median(rounds[0])
     for c in search.candidates:
         c.result.baseline_ms = search.baseline_ms
+        if c.pair_speedup is not None:  # its paired ratio, against the final baseline
+            c.result.final_ms = search.baseline_ms / c.pair_speedup
     for c, timed in zip(finalists, rounds[1:], strict=True):
         c.rounds_ms = timed
         c.result.final_ms = statistics.median(timed)
 
 
-def _closest_misses(candidates: Sequence[Candidate], judge: Judge) -> list[Recipe]:
-    """Per int8 pass (static, dynamic), the recipe whose int8 step came closest to the budget
-    before it was rolled back: the one worth keeping a few sensitive nodes in fp32 for."""
-    best: dict[str, tuple[float, Recipe]] = {}
-    for c in candidates:
-        for step in c.result.steps:
-            name = step.label.split("(")[0]
-            if step.status == "rolled back" and name in _EXCLUDING and step.metric is not None:
-                miss = judge.budget.miss(step.metric)
-                if name not in best or miss < best[name][0]:
-                    best[name] = (miss, c.recipe)
-    return [recipe for _, recipe in best.values()]
-
-
-def _nothing_more_to_exclude(candidate: Candidate, excluded: int) -> bool:
-    """Every node int8 could take is excluded, or the ranking had fewer than ``excluded``
-    nodes: excluding more cannot change the model."""
-    for step in candidate.result.steps:
-        if step.label.split("(")[0] not in _EXCLUDING:
-            continue
-        ranked = step.details.get("sensitive_nodes")
-        if step.status == "no change" or (ranked is not None and len(ranked) < excluded):
-            return True
-    return False
-
-
-def _excluding(recipe: Recipe, count: int) -> Recipe:
-    """``recipe`` with its int8 pass leaving the ``count`` most sensitive nodes fp32."""
-    from dataclasses import replace
-
-    return Recipe(
-        [
-            replace(p, exclude_sensitive=count) if p.name in _EXCLUDING else p  # type: ignore[call-arg]
-            for p in recipe.passes
-        ]
-    )
-
-
-def _choose(search: SearchResult, judge: Judge) -> None:
+def choose_finalist(search: SearchResult, judge: Judge) -> None:
+    """Choose the fastest timed finalist when it beat the original in every side-by-side round
+    (``search.chosen``); otherwise the original is kept. ``search.reason`` says which and why."""
     timed = [i for i, c in enumerate(search.candidates) if c.within and c.rounds_ms]
     if timed:
         best = min(timed, key=lambda i: search.candidates[i].result.final_ms or np.inf)
@@ -331,18 +709,35 @@ def _choose(search: SearchResult, judge: Judge) -> None:
             search.reason = (
                 f"no candidate within {search.budget} is faster than the original by "
                 f"{FASTER:.0%} in every one of {FINAL_ROUNDS} side-by-side rounds (best: "
-                f"{candidate.recipe.label()}, {result.speedup or 0:.2f}x); the original is kept"
+                f"{_short(candidate)}, {result.speedup or 0:.2f}x); the original is kept"
             )
             return
         search.chosen = best
+        held = (
+            f", held-out {candidate.held_out_metric:.6g}"
+            if candidate.held_out_metric is not None
+            else ""
+        )
         search.reason = (
-            f"fastest within {search.budget}: {candidate.recipe.label()} "
-            f"({result.speedup:.2f}x, metric {result.final_metric:.6g}; faster than the "
+            f"fastest within {search.budget}: {_short(candidate)} "
+            f"({result.speedup:.2f}x, metric {result.final_metric:.6g}{held}; faster than the "
             f"original in all {FINAL_ROUNDS} side-by-side rounds)"
         )
         return
     if any(c.within for c in search.candidates):
         search.reason = "no candidate within the budget could be timed; the original is kept"
+        return
+    refused = [c for c in search.candidates if c.refused and c.held_out_metric is not None]
+    if refused:
+        best_refused = min(refused, key=lambda c: judge.budget.miss(c.held_out_metric or 0.0))
+        there = best_refused.held_out_metric or 0.0
+        search.misses_by = judge.budget.miss(there)
+        search.reason = (
+            f"refused: {len(refused)} candidate(s) met {search.budget} only on the data the "
+            f"search tuned on (best: {_short(best_refused)}, "
+            f"{best_refused.result.final_metric:.6g} there, {there:.6g} on the held-out data); "
+            "nothing holds on held-out data, the original is kept"
+        )
         return
     tried = [
         i
@@ -360,7 +755,7 @@ def _choose(search: SearchResult, judge: Judge) -> None:
     search.misses_by = judge.budget.miss(metric)
     search.reason = (
         f"nothing meets {search.budget}; the closest is "
-        f"{search.candidates[closest].recipe.label()} with {metric:.6g}, missing by "
+        f"{_short(search.candidates[closest])} with {metric:.6g}, missing by "
         f"{judge.budget.miss(metric):.3g}"
     )
 

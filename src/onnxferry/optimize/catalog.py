@@ -30,6 +30,8 @@ BUILTIN_PASSES: Mapping[str, str] = {
     "prune_magnitude": "onnxferry.optimize.prune:MagnitudePrune",
     "prune_channels": "onnxferry.optimize.prune:ChannelPrune",
     "smooth": "onnxferry.optimize.smooth:Smooth",
+    "fuse_transformer": "onnxferry.optimize.fusion:TransformerFusion",
+    "weight_only": "onnxferry.optimize.weight_only:WeightOnly",
 }
 """Every built-in pass: its recipe name and where its class lives."""
 

@@ -155,7 +155,7 @@ class Float16(Pass):
 
         exposed = copy_model(named)
         expose(exposed, [out for node in named.graph.node for out in node.output])
-        opts = session_options(SessionConfig(graph_optimization="basic"))
+        opts = session_options(SessionConfig(graph_optimization="basic"), model)
         if model.path is not None and model.external_files:
             opts.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(model.path.parent)

@@ -118,7 +118,7 @@ class OrtGraph(Pass):
         import onnxruntime as ort
 
         target = ctx.scratch(self.name)
-        opts = session_options(SessionConfig(graph_optimization=self.level))
+        opts = session_options(SessionConfig(graph_optimization=self.level), model)
         opts.optimized_model_filepath = str(target)
         if model.external_files or model.size_bytes > _EXTERNAL_PAST:
             opts.add_session_config_entry(_ORT_EXTERNAL_FILE, f"{target.stem}.data")

@@ -2,6 +2,7 @@
 
     model = optimize("model.onnx", "fast.onnx", recipe="recipe.toml", budget="cosine>=0.99")
     model = optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01, eval_data="val.npz")
+    model = optimize("model.onnx", "fast.onnx", auto=True, search="optuna", trials=3, study="s.db")
     report = model.last_report(ChainResult, SearchResult)
     report.to_text()                    # the steps (or candidates), metric, latency, size
     report.result                       # typed: a ChainResult (recipe) or SearchResult (auto)
@@ -29,13 +30,18 @@ from ..feeds import Given, checked_feeds, feed_sets
 from ..model import Model
 from ..report import Report
 from ..signature import Signature
-from .auto import SearchResult, auto_search
+from .auto import SearchResult, auto_search, default_time_budget
 from .budget import Budget
+from .capture import captured
 from .chain import ChainResult, Judge, apply_recipe
+from .holdout import HoldOut, split_holdout, timing_feeds
+from .optuna_search import DEFAULT_TRIALS, optuna_search
 from .recipe import Recipe
 
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 EVAL_CHUNK = 64
+SEARCHES = ("default", "optuna")
+"""``auto``'s searches: the default candidate list, or Optuna's TPE (``optuna_search``)."""
 
 OptimizeReport = Report[ChainResult | SearchResult]
 """What ``optimize`` did: a recipe's ``ChainResult`` or the ``--auto`` search's
@@ -62,6 +68,13 @@ def optimize(
     time_budget: float | None = None,
     precision: str = "fp32",
     engine_cache: str | Path | None = None,
+    batch: int = 1,
+    judge_inputs: Given | None = None,
+    search: str = "default",
+    trials: int | None = None,
+    study: str | Path | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
 ) -> Model:
     """Apply ``recipe`` (or search with ``auto``) under the budget; save to ``output`` with
     ``<output stem>.recipe.toml`` beside it. The report is the last entry of the model's
@@ -70,6 +83,17 @@ def optimize(
     Candidates are judged and timed on ``provider`` at ``precision`` (fp16 on tensorrt or
     openvino; ``engine_cache``: tensorrt's), against the original at fp32. int8 is not a
     precision here: it comes from a static int8 pass, whose Q/DQ nodes TensorRT runs in int8.
+
+    Latency is measured at ``batch`` rows (default 1), whatever the size of the data. With
+    ``auto`` the search tunes on part of the data and is judged on the rest (``holdout``:
+    ``judge_inputs`` when given, else a split of ``inputs``/``eval_data``); a model that
+    meets the budget only on the tuning data is refused. ``time_budget`` defaults to
+    ``default_time_budget`` of the model's size. Library warnings go into the report.
+
+    ``search="optuna"`` searches with Optuna's TPE instead of the candidate list (same budget,
+    timing and choice; see ``optuna_search``): ``trials`` finished trials in all (default
+    DEFAULT_TRIALS), in the study ``study_name`` kept in ``study`` (a path or an RDB URL;
+    running again continues it), sampled with ``seed``.
     """
     if (recipe is None) == (not auto):
         raise UsageError("give a recipe or auto=True (not both)", hint="--recipe FILE or --auto")
@@ -78,6 +102,11 @@ def optimize(
             f"time_budget {time_budget} needs auto and more than 0 seconds",
             hint="e.g. --auto --time-budget 60",
         )
+    if judge_inputs is not None and not auto:
+        raise UsageError("judge_inputs needs auto", hint="--auto --judge-inputs FILE")
+    if batch < 1:
+        raise UsageError(f"batch must be at least 1, got {batch}", hint="e.g. --batch 1")
+    _check_search(search, auto, trials, study, study_name)
     _check_precision(provider, precision)
     source = model if isinstance(model, Model) else Model.load(model)
     steps = _recipe(recipe) if recipe is not None else None
@@ -90,36 +119,75 @@ def optimize(
     budget = budget or Budget.from_max_drop(max_drop, _task(labels))
     if budget.needs_labels and labels is None:
         raise UsageError(f"the budget {budget.text()} needs labelled data", hint="--eval data.npz")
-    # Latency is judged at batch 1: on labelled data, the first row, not a whole chunk.
-    timing = {k: v[:1] for k, v in feeds[0].items()} if eval_data is not None else None
-    judge = Judge(
-        source,
-        feeds,
-        budget,
-        labels,
-        provider,
-        threads,
-        timing,
-        precision=precision,
-        engine_cache=None if engine_cache is None else Path(engine_cache),
-    )
+    # Latency is judged at the serving batch (1 by default), never at the data's size.
+    timing = timing_feeds(source.signature, feeds, batch)
+    split = HoldOut(feeds, feeds, labels, labels, held_out=False)
+    if auto:
+        split = _holdout(source, feeds, labels, judge_inputs)
+
+    def judge_on(sets: list[dict[str, np.ndarray]], y: list[np.ndarray] | None) -> Judge:
+        return Judge(
+            source,
+            sets,
+            budget,
+            y,
+            provider,
+            threads,
+            timing,
+            precision=precision,
+            engine_cache=None if engine_cache is None else Path(engine_cache),
+        )
+
+    judge = judge_on(split.tune, split.tune_labels)
+    holdout = judge_on(split.judge, split.judge_labels) if split.held_out else None
     calib = _calibration(calibration, source.signature)
+    budget_s = time_budget if time_budget is not None else default_time_budget(source.size_bytes)
     with tempfile.TemporaryDirectory(prefix="onnxferry-optimize-") as tmp:
-        if steps is not None:
-            final, result = apply_recipe(
-                source, steps, judge, workdir=Path(tmp), calibration=calib, for_size=for_size
+        with captured() as chatter:
+            if steps is not None:
+                final, result = apply_recipe(
+                    source, steps, judge, workdir=Path(tmp), calibration=calib, for_size=for_size
+                )
+                kept = _kept(steps, result.steps)
+                report: OptimizeReport = Report("optimize", result)
+                if not result.kept:  # say plainly that the result is the input, and why
+                    report.notes.append(result.outcome)
+            else:
+                found: SearchResult
+                if search == "optuna":  # Optuna's TPE over passes and parameters, in a study
+                    final, found = optuna_search(
+                        source,
+                        judge,
+                        Path(tmp),
+                        calibration=calib,
+                        holdout=holdout,
+                        trials=trials or DEFAULT_TRIALS,
+                        study=study,
+                        study_name=study_name,
+                        seed=seed,
+                        time_budget_s=budget_s,
+                    )
+                else:
+                    final, found = auto_search(
+                        source,
+                        judge,
+                        Path(tmp),
+                        calibration=calib,
+                        time_budget_s=budget_s,
+                        holdout=holdout,
+                    )
+                found.held_out = split.note
+                chosen = found.candidates[found.chosen] if found.chosen is not None else None
+                kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
+                report = Report("optimize", found)
+                report.notes.append(split.note)
+        if chatter.lines:
+            if isinstance(report.result, SearchResult):
+                report.result.warnings += chatter.summary(shown=200)
+            report.notes.append(
+                f"captured {len(chatter.lines)} library warning line(s) "
+                f"({len(set(chatter.lines))} distinct) into the report, not the terminal"
             )
-            kept = _kept(steps, result.steps)
-            report: OptimizeReport = Report("optimize", result)
-            if not result.kept:  # say plainly that the result is the input, and why
-                report.notes.append(result.outcome)
-        else:
-            final, search = auto_search(
-                source, judge, Path(tmp), calibration=calib, time_budget_s=time_budget
-            )
-            chosen = search.candidates[search.chosen] if search.chosen is not None else None
-            kept = _kept(chosen.recipe, chosen.result.steps) if chosen else Recipe()
-            report = Report("optimize", search)
         report.notes.append(f"recipe: {kept.label()}")
         report.notes.append(f"latency measured on {_shapes(judge.timing_feeds)}")
         report.notes += sizes_note
@@ -129,6 +197,45 @@ def optimize(
             report.notes.append(f"recipe saved to {recipe_path(Path(output))}")
     saved.provenance = [*source.provenance, report]
     return saved
+
+
+def _check_search(
+    search: str, auto: bool, trials: int | None, study: str | Path | None, study_name: str | None
+) -> None:
+    """UsageError for an unknown search, the optuna search without auto, and the study's
+    options without the optuna search."""
+    if search not in SEARCHES:
+        raise UsageError(f"unknown search {search!r}", hint="--search default or --search optuna")
+    if search == "optuna" and not auto:
+        raise UsageError("the optuna search needs auto", hint="--auto --search optuna")
+    if search != "optuna" and (trials, study, study_name) != (None, None, None):
+        raise UsageError(
+            "trials, study and study_name belong to the optuna search",
+            hint="--auto --search optuna --trials N [--study study.db]",
+        )
+    if trials is not None and trials < 1:
+        raise UsageError(f"trials must be at least 1, got {trials}", hint="e.g. --trials 20")
+
+
+def _holdout(
+    model: Model,
+    feeds: list[dict[str, np.ndarray]],
+    labels: list[np.ndarray] | None,
+    judge_inputs: Given | None,
+) -> HoldOut:
+    """The tuning and judging data: ``judge_inputs`` judges when given (all of ``feeds``
+    tune), else ``feeds`` are split."""
+    if judge_inputs is None:
+        return split_holdout(model.signature, feeds, labels)
+    if labels is not None:
+        raise UsageError(
+            "judge_inputs takes no labels: with eval data the labelled rows are split",
+            hint="leave out --judge-inputs, or judge on a budget without labels",
+        )
+    judging, _ = feed_sets(model, judge_inputs, where="judge inputs")
+    return HoldOut(
+        feeds, judging, note=f"tuned on {len(feeds)} feed set(s), judged on the judge inputs"
+    )
 
 
 def _check_precision(provider: str, precision: str) -> None:

@@ -14,7 +14,8 @@ its ``models/<name>/ferry.toml``. The image runs as a non-root user (numeric uid
 ``ferry serve /models --host 0.0.0.0 --port 8000`` (the exact list is a note of the report).
 
 ``requirements.txt`` holds the packages ``ferry serve`` needs at run time (onnxferry's own
-dependencies and its ``serve`` extra, without the client-only tritonclient, closed over their
+dependencies and its ``serve`` extra (tritonclient with only its ``grpc`` extra: the gRPC front
+serves its generated V2 protos; its HTTP clients are for clients), closed over their
 dependencies for Linux and the base's Python), at the versions installed here. Their hash
 lines are copied from the project's ``requirements/dev.lock`` when every version matches it;
 otherwise they are ``==`` pins without hashes and a note says so (the Dockerfile then installs
@@ -70,8 +71,9 @@ CONFIG_KEYS = tuple(
 )
 """``ferry.toml`` keys a ``--set`` may give (written to ``models/<name>/ferry.toml``)."""
 
-CLIENT_ONLY = frozenset({"tritonclient"})
-"""Packages of the ``serve`` extra that only clients (tests, ``ferry bench``) use."""
+SERVER_EXTRAS = {"tritonclient": frozenset({"grpc"})}
+"""Packages of the ``serve`` extra of which the server needs only these extras: tritonclient's
+HTTP client is for clients (tests, ``ferry bench``); ``--grpc-port`` imports its V2 protos."""
 
 MODELS = "/models"
 VENV = "/opt/venv"
@@ -206,7 +208,7 @@ def _runtime_closure(python: str) -> dict[str, str]:
                 req.marker.evaluate({**env, "extra": extra}) for extra in ("", *extras)
             )
             dep = str(canonicalize_name(req.name))
-            if not wanted or dep in CLIENT_ONLY or dep in found:
+            if not wanted or dep in found:
                 continue
             try:
                 found[dep] = metadata.version(req.name)
@@ -215,7 +217,7 @@ def _runtime_closure(python: str) -> dict[str, str]:
                     f"{req.name} (needed by `ferry serve`) is not installed",
                     hint="pip install 'onnxferry[serve]'",
                 ) from None
-            todo.append((req.name, frozenset(req.extras)))
+            todo.append((req.name, SERVER_EXTRAS.get(dep, frozenset(req.extras))))
     return dict(sorted(found.items()))
 
 

@@ -9,7 +9,8 @@ greedy clients, and the caps on open connections.
 Each limit closes the connection after a whole JSON answer: 408 for headers that do not arrive
 in time, 431 for too many or too large (the server reads and drops what follows for
 ``LINGER_S``, so that the client reads the answer rather than a connection reset), 503 past a
-connection cap. A response the client stops reading is dropped without one.
+connection cap. A response the client stops reading is dropped without one. A response's
+status line and headers go out in the same send as its body (``HeldHead``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 log = logging.getLogger("onnxferry.serve")
 
@@ -117,8 +119,12 @@ def guarded_protocol(
             self._disarm()
             if self._header_count > max_count:
                 self._refuse(f"more than {max_count} request headers")
-            else:
-                super().on_headers_complete()
+                return
+            super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.transport is self.transport:
+                # HeldHead writes through to the transport; the cycle only writes and closes
+                cycle.transport = HeldHead(self.transport, cycle)  # type: ignore[assignment]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:
@@ -203,6 +209,61 @@ def guarded_protocol(
             self._linger()
 
     return GuardedHttpToolsProtocol
+
+
+class HeldHead:
+    """The transport a request's response is written through: the status line and headers
+    (uvicorn writes them on ``http.response.start``) are held until the first body write and
+    go out with it, one send and one packet instead of two; anything written before the
+    response starts (``100 Continue``) goes out at once, and a head with no body write after
+    it (HEAD, 204, 304) when the response completes or the connection closes.
+
+    cycle.transport = HeldHead(transport, cycle)    # as the guarded protocol does per request
+    """
+
+    __slots__ = ("after", "cycle", "head", "transport", "waiting")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.head: bytes | None = None
+        self.waiting = True
+        """No head held yet: the first write once the response has started is the head."""
+        self.after = cycle.on_response
+        cycle.on_response = self.completed  # this cycle's own, pipelined requests included
+
+    def completed(self) -> None:
+        """The response is complete: send a head still held, then what the cycle had to do."""
+        self.flush()
+        self.after()
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is not None:
+            self.head = None
+            self.transport.writelines((head, data))
+        elif self.waiting and self.cycle.response_started:
+            self.waiting = False
+            self.head = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        """Send a head still held (the response ended without a body write)."""
+        head = self.head
+        if head is not None:
+            self.head = None
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class ConnectionCaps:

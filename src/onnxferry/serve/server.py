@@ -319,6 +319,7 @@ def _server(app: Any, options: ServerOptions, listener: Listener | None = None) 
             caps=ConnectionCaps(options.max_connections, options.max_connections_per_client),
         ),
         loop="uvloop" if _has_uvloop() else "asyncio",
+        ws="none",  # V2 has no websockets; "auto" imports whichever websockets is installed
         lifespan="on",
         log_level=options.log_level,
         access_log=False,  # the app writes its own structured access log

@@ -24,9 +24,12 @@ operator with the module it sits in. With torch 2.13: ``torch.cond`` exports onl
 TS2EP stops at ``prim::Loop``); an LSTM keeps a dynamic sequence with both (dynamo declares the
 output's sequence axis static, which is relaxed here after the reference showed it varies).
 
+A custom layer (a ``torch.library`` operator) exports through the user's translations
+(``ConvertOptions.custom_export``, ``--custom-export FILE``: ``custom``).
+
 The modules (``sources``, ``inputs``, ``specs``, ``runner``, ``export``, ``naming``,
-``export_errors``, ``quiet``, ``divergence``, ``load``) share their working parts by public
-names; this ``__init__`` is the boundary, and ``__all__`` the API.
+``export_errors``, ``quiet``, ``divergence``, ``load``, ``custom``) share their working parts
+by public names; this ``__init__`` is the boundary, and ``__all__`` the API.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ Both write the signature's input and output names and dynamic axes (checked afte
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 from ...runtime import runtime_limits
 from ...signature import Signature
 from ..base import ConversionError, ConvertOptions
+from .custom import CustomExport
 from .export_errors import export_error
 from .inputs import ExampleInputs, resize
 from .naming import match_names
@@ -48,6 +50,8 @@ class ExportPlan:
     signature: Signature
     dims: dict[str, dict[int, str]]
     options: ConvertOptions
+    custom: CustomExport | None = None
+    """The user's translations of custom layers (``--custom-export``), if any."""
 
     def _examples(self) -> list[Any]:
         """Example tensors with every dynamic axis at least 2 long (torch.export fixes axes
@@ -94,6 +98,7 @@ class ExportPlan:
         kwargs: dict[str, Any] | None = None
         # A program's dims are its own; its symbols (s0, ...) are renamed after export.
         dynamic_shapes = self._dynamic_shapes() if target is None else None
+        table = self.custom.translation_table if self.custom else {}
         with quiet():
             if target is None:
                 args, kwargs = self.inputs.args_kwargs(self._examples())
@@ -113,6 +118,7 @@ class ExportPlan:
                     output_names=self.signature.output_names,
                     opset_version=opset,
                     external_data=_parameter_bytes(self.loaded.module) > _EXTERNAL_DATA_BYTES,
+                    custom_translation_table=table or None,
                 )
             except Exception as e:
                 raise export_error(DYNAMO, e) from e
@@ -134,7 +140,9 @@ class ExportPlan:
             named = {i: d for i, d in enumerate(spec.shape or ()) if isinstance(d, str)}
             if named:
                 axes[spec.name] = named
-        with quiet() as output:
+        custom = self.custom.registered() if self.custom else contextlib.nullcontext()
+        opsets = (self.custom.opsets if self.custom else {}) or None
+        with quiet() as output, custom:
             try:
                 torch.onnx.export(
                     target,
@@ -145,6 +153,7 @@ class ExportPlan:
                     output_names=self.signature.output_names,
                     dynamic_axes=axes or None,
                     opset_version=opset,
+                    custom_opsets=opsets,
                 )
             except Exception as e:
                 raise export_error(

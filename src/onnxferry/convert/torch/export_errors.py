@@ -17,7 +17,7 @@ from ...errors import FerryError
 from ..base import ConversionError
 from .quiet import torch_error
 
-OP_HINT = "try --opset N, the other exporter, or register a custom op"
+OP_HINT = "try --opset N, the other exporter, or translate it with --custom-export FILE"
 
 _OP_PATTERNS = (
     re.compile(

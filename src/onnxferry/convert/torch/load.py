@@ -14,6 +14,7 @@ from typing import Any
 from ...errors import InputError
 from ...signature import Signature
 from ..base import Candidate, ConvertOptions, Source
+from .custom import load_custom_export
 from .divergence import find_module_divergence
 from .export import DYNAMO, TORCHSCRIPT, ExportPlan
 from .inputs import build_inputs, forward_params, value_ranges
@@ -46,7 +47,8 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     signature = Signature(tuple(input_specs), tuple(output_specs))
     label = module_label(module, loaded)
     reference = TorchRunner(module, inputs.names, inputs.keyword, output_names, signature, label)
-    plan = ExportPlan(loaded, inputs, signature, dims, options)
+    custom = load_custom_export(options.custom_export) if options.custom_export else None
+    plan = ExportPlan(loaded, inputs, signature, dims, options, custom)
     candidates = [Candidate(DYNAMO, plan.export_dynamo)]
     if loaded.program is None:
         candidates.append(Candidate(TORCHSCRIPT, plan.export_torchscript))
@@ -65,6 +67,7 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
             "module": label,
             "source_kind": loaded.kind,
             "inputs_by": "keyword" if inputs.keyword else "position",
+            **({"custom_export": str(custom.path)} if custom else {}),
         },
     )
 

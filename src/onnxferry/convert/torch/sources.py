@@ -8,18 +8,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import inspect
 import re
-import secrets
-import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...customops import python_file
 from ...errors import InputError
 from ..base import ConversionError, ConvertOptions
 from .quiet import quiet, torch_error
@@ -81,23 +78,7 @@ def _from_factory(file: Path, func: str, spec: str) -> Loaded:
 
     if not file.is_file():
         raise InputError(f"{file}: no such file", hint="give the factory as FILE.py:FUNCTION")
-    stem = re.sub(r"\W", "_", file.stem)
-    name = f"onnxferry_factory_{stem}_{secrets.token_hex(4)}"
-    module_spec = importlib.util.spec_from_file_location(name, file)
-    if module_spec is None or module_spec.loader is None:
-        raise InputError(f"{file}: cannot be imported as a Python module")
-    code = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = code
-    sys.path.insert(0, str(file.parent.resolve()))
-    try:
-        try:
-            module_spec.loader.exec_module(code)
-        except (Exception, SystemExit) as e:
-            sys.modules.pop(name, None)
-            raise ConversionError(
-                f"{file}: importing the factory file failed: {torch_error(e)}",
-                hint="fix the error in the file",
-            ) from e
+    with python_file(file, what="the factory file") as code:
         factory = getattr(code, func, None)
         if not callable(factory):
             found = [n for n, v in vars(code).items() if inspect.isfunction(v)]
@@ -112,9 +93,6 @@ def _from_factory(file: Path, func: str, spec: str) -> Loaded:
                 f"the factory {spec} raised {torch_error(e)}",
                 hint="fix the factory so it returns a torch.nn.Module",
             ) from e
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(file.parent.resolve()))
     example = None
     if isinstance(result, tuple) and len(result) == 2:
         result, example = result

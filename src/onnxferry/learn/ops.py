@@ -1,0 +1,639 @@
+"""ONNX operators as torch functions: the table ``OnnxModule`` evaluates a graph with.
+
+    fn = OPS[("", "Gemm")]                        # (domain, op_type) -> function
+    y = fn(node, [h, w, b])                       # a Tensor, or a tuple for several outputs
+    supported_ops()                               # ["Abs", "Add", ..., "Where"]
+
+Each function takes the ``Node`` (its attributes already plain Python: ints, floats, lists,
+strings, numpy arrays) and its input tensors (None for an omitted optional input), and
+follows the ONNX operator's definition at the node's opset. Inputs that ONNX takes as data but
+that fix a shape (Reshape's shape, Slice's starts, Unsqueeze's axes, ...) are read as Python
+ints; a Reshape whose shape the graph computes from its input stays a tensor under tracing, so
+a traced export keeps its dynamic dims.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Node:
+    """One ONNX node, its attributes decoded; ``opset`` is its domain's opset."""
+
+    op_type: str
+    domain: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    opset: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.op_type}->{','.join(self.outputs)}"
+
+
+OpFunction = Callable[[Node, list[Any]], Any]
+OPS: dict[tuple[str, str], OpFunction] = {}
+
+
+def op(*names: str) -> Callable[[OpFunction], OpFunction]:
+    def register(fn: OpFunction) -> OpFunction:
+        for name in names:
+            OPS[("", name)] = fn
+        return fn
+
+    return register
+
+
+def supported_ops() -> list[str]:
+    """The ai.onnx operators the converter knows, sorted."""
+    return sorted(name for domain, name in OPS if domain == "")
+
+
+def ints(tensor: Any) -> list[int]:
+    """A small int tensor (shape, axes, pads) as Python ints."""
+    return [int(v) for v in tensor.reshape(-1).tolist()]
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _functional() -> Any:
+    import torch.nn.functional as F
+
+    return F
+
+
+# --- elementwise ------------------------------------------------------------------------------
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Pow": lambda a, b: _torch().pow(a, b),
+    "Equal": lambda a, b: a == b,
+    "Less": lambda a, b: a < b,
+    "Greater": lambda a, b: a > b,
+    "LessOrEqual": lambda a, b: a <= b,
+    "GreaterOrEqual": lambda a, b: a >= b,
+    "And": lambda a, b: a & b,
+    "Or": lambda a, b: a | b,
+}
+
+
+@op(*_BINARY)
+def _binary(node: Node, xs: list[Any]) -> Any:
+    return _BINARY[node.op_type](xs[0], xs[1])
+
+
+@op("Div")
+def _div(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    a, b = xs
+    if not a.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "Relu": lambda x: _torch().relu(x),
+    "Sigmoid": lambda x: _torch().sigmoid(x),
+    "Tanh": lambda x: _torch().tanh(x),
+    "Erf": lambda x: _torch().erf(x),
+    "Sqrt": lambda x: _torch().sqrt(x),
+    "Exp": lambda x: _torch().exp(x),
+    "Log": lambda x: _torch().log(x),
+    "Neg": lambda x: -x,
+    "Abs": lambda x: _torch().abs(x),
+    "Reciprocal": lambda x: _torch().reciprocal(x),
+    "Floor": lambda x: _torch().floor(x),
+    "Ceil": lambda x: _torch().ceil(x),
+    "Not": lambda x: _torch().logical_not(x),
+    "Softplus": lambda x: _functional().softplus(x),
+    "Softsign": lambda x: _functional().softsign(x),
+    "HardSwish": lambda x: _functional().hardswish(x),
+    "Mish": lambda x: _functional().mish(x),
+    "Sin": lambda x: _torch().sin(x),
+    "Cos": lambda x: _torch().cos(x),
+}
+
+
+@op(*_UNARY)
+def _unary(node: Node, xs: list[Any]) -> Any:
+    return _UNARY[node.op_type](xs[0])
+
+
+@op("Identity", "Dropout")
+def _identity(node: Node, xs: list[Any]) -> Any:
+    # Dropout: ferry trains with the model's dropout off (ratio is not learnt, and ONNX
+    # exports of trained models set it to inference mode); the mask output is all true.
+    x = xs[0]
+    if node.op_type == "Dropout" and len(node.outputs) > 1:
+        return x, _torch().ones_like(x, dtype=_torch().bool)
+    return x
+
+
+@op("LeakyRelu")
+def _leaky_relu(node: Node, xs: list[Any]) -> Any:
+    return _functional().leaky_relu(xs[0], float(node.attr("alpha", 0.01)))
+
+
+@op("Elu")
+def _elu(node: Node, xs: list[Any]) -> Any:
+    return _functional().elu(xs[0], float(node.attr("alpha", 1.0)))
+
+
+@op("HardSigmoid")
+def _hard_sigmoid(node: Node, xs: list[Any]) -> Any:
+    alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+    return _torch().clamp(xs[0] * alpha + beta, 0.0, 1.0)
+
+
+@op("Gelu")
+def _gelu(node: Node, xs: list[Any]) -> Any:
+    approximate = node.attr("approximate", "none")
+    return _functional().gelu(xs[0], approximate=approximate)
+
+
+@op("PRelu")
+def _prelu(node: Node, xs: list[Any]) -> Any:
+    x, slope = xs
+    return _torch().where(x >= 0, x, x * slope)
+
+
+@op("Clip")
+def _clip(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    if node.opset < 11:
+        low, high = node.attr("min"), node.attr("max")
+    else:
+        low = xs[1] if len(xs) > 1 and xs[1] is not None else None
+        high = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    return _torch().clamp(x, low, high)
+
+
+@op("Where")
+def _where(node: Node, xs: list[Any]) -> Any:
+    return _torch().where(xs[0], xs[1], xs[2])
+
+
+@op("Sum", "Max", "Min", "Mean")
+def _variadic(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    result = xs[0]
+    for x in xs[1:]:
+        if node.op_type in ("Sum", "Mean"):
+            result = result + x
+        elif node.op_type == "Max":
+            result = torch.maximum(result, x)
+        else:
+            result = torch.minimum(result, x)
+    return result / len(xs) if node.op_type == "Mean" else result
+
+
+@op("Cast")
+def _cast(node: Node, xs: list[Any]) -> Any:
+    from onnx import helper
+
+    dtype = helper.tensor_dtype_to_np_dtype(int(node.attr("to")))
+    return xs[0].to(torch_dtype(dtype))
+
+
+def torch_dtype(dtype: np.dtype[Any]) -> Any:
+    """The torch dtype of a numpy dtype."""
+    torch = _torch()
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
+# --- linear algebra and normalisation ---------------------------------------------------------
+
+
+@op("MatMul")
+def _matmul(node: Node, xs: list[Any]) -> Any:
+    return _torch().matmul(xs[0], xs[1])
+
+
+@op("Gemm")
+def _gemm(node: Node, xs: list[Any]) -> Any:
+    a, b = xs[0], xs[1]
+    c = xs[2] if len(xs) > 2 else None
+    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+    trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
+    if not trans_a and alpha == 1.0 and beta == 1.0:  # a linear layer: exported as one Gemm
+        return _functional().linear(a, b if trans_b else b.t(), c)
+    if trans_a:
+        a = a.t()
+    if trans_b:
+        b = b.t()
+    y = (a @ b) * alpha
+    return y + c * beta if c is not None else y
+
+
+@op("BatchNormalization")
+def _batch_norm(node: Node, xs: list[Any]) -> Any:
+    # Running statistics stay as they are: fine-tuning a converted model keeps them frozen
+    # (they are buffers), and the scale and bias train.
+    x, scale, bias, mean, var = xs[:5]
+    eps = float(node.attr("epsilon", 1e-5))
+    y = _functional().batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
+    return (y, mean, var) if len(node.outputs) > 1 else y
+
+
+@op("InstanceNormalization")
+def _instance_norm(node: Node, xs: list[Any]) -> Any:
+    eps = float(node.attr("epsilon", 1e-5))
+    return _functional().instance_norm(xs[0], weight=xs[1], bias=xs[2], eps=eps)
+
+
+@op("LayerNormalization")
+def _layer_norm(node: Node, xs: list[Any]) -> Any:
+    x, scale = xs[0], xs[1]
+    bias = xs[2] if len(xs) > 2 else None
+    axis = int(node.attr("axis", -1)) % x.dim()
+    shape = tuple(int(d) for d in x.shape[axis:])  # plain ints: the weights' dims, static
+    eps = float(node.attr("epsilon", 1e-5))
+    weight = scale.expand(shape) if tuple(scale.shape) != shape else scale
+    if bias is not None and tuple(bias.shape) != shape:
+        bias = bias.expand(shape)
+    return _functional().layer_norm(x, shape, weight, bias, eps)
+
+
+@op("LRN")
+def _lrn(node: Node, xs: list[Any]) -> Any:
+    return _functional().local_response_norm(
+        xs[0],
+        int(node.attr("size")),
+        alpha=float(node.attr("alpha", 1e-4)),
+        beta=float(node.attr("beta", 0.75)),
+        k=float(node.attr("bias", 1.0)),
+    )
+
+
+@op("Softmax", "LogSoftmax")
+def _softmax(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    F = _functional()
+    fn = F.softmax if node.op_type == "Softmax" else F.log_softmax
+    if node.opset >= 13:
+        return fn(x, dim=int(node.attr("axis", -1)))
+    axis = int(node.attr("axis", 1)) % x.dim()  # before 13: flattened to 2-D at axis
+    flat = x.reshape(math.prod(x.shape[:axis]), -1) if axis else x.reshape(1, -1)
+    return fn(flat, dim=1).reshape(x.shape)
+
+
+# --- convolution and pooling ------------------------------------------------------------------
+
+
+def _pads(node: Node, x: Any, kernel: Sequence[int], dilations: Sequence[int]) -> list[int]:
+    """ONNX pads [begin..., end...] for the node, auto_pad resolved against x's shape."""
+    spatial = len(kernel)
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        strides = node.attr("strides", [1] * spatial)
+        begins, ends = [], []
+        for i in range(spatial):
+            size = int(x.shape[2 + i])
+            out = -(-size // strides[i])
+            effective = (kernel[i] - 1) * dilations[i] + 1
+            total = max(0, (out - 1) * strides[i] + effective - size)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto == "SAME_UPPER" else large)
+            ends.append(large if auto == "SAME_UPPER" else small)
+        return [*begins, *ends]
+    if auto == "VALID":
+        return [0] * (2 * spatial)
+    return list(node.attr("pads", [0] * (2 * spatial)))
+
+
+def _symmetric(pads: Sequence[int], x: Any, value: float = 0.0) -> tuple[Any, list[int]]:
+    """Pads torch's pooling and convolution take (one per side), padding x first when ONNX's
+    begin and end pads differ."""
+    half = len(pads) // 2
+    begins, ends = list(pads[:half]), list(pads[half:])
+    if begins == ends:
+        return x, begins
+    torch_pads: list[int] = []
+    for b, e in zip(reversed(begins), reversed(ends), strict=True):
+        torch_pads += [b, e]
+    return _functional().pad(x, torch_pads, value=value), [0] * half
+
+
+@op("Conv")
+def _conv(node: Node, xs: list[Any]) -> Any:
+    x, w = xs[0], xs[1]
+    b = xs[2] if len(xs) > 2 else None
+    spatial = w.dim() - 2
+    kernel = list(node.attr("kernel_shape", list(w.shape[2:])))
+    dilations = list(node.attr("dilations", [1] * spatial))
+    x, padding = _symmetric(_pads(node, x, kernel, dilations), x)
+    conv = getattr(_functional(), f"conv{spatial}d")
+    return conv(
+        x,
+        w,
+        b,
+        stride=list(node.attr("strides", [1] * spatial)),
+        padding=padding,
+        dilation=dilations,
+        groups=int(node.attr("group", 1)),
+    )
+
+
+@op("MaxPool", "AveragePool")
+def _pool(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    kernel = list(node.attr("kernel_shape"))
+    spatial = len(kernel)
+    dilations = list(node.attr("dilations", [1] * spatial))
+    pads = _pads(node, x, kernel, dilations)
+    strides = list(node.attr("strides", [1] * spatial))
+    ceil = bool(node.attr("ceil_mode", 0))
+    F = _functional()
+    if node.op_type == "MaxPool":
+        x, padding = _symmetric(pads, x, value=-math.inf)
+        pool = getattr(F, f"max_pool{spatial}d")
+        return pool(x, kernel, strides, padding, dilations, ceil_mode=ceil)
+    include = bool(node.attr("count_include_pad", 0))
+    half = len(pads) // 2
+    pool = getattr(F, f"avg_pool{spatial}d")
+    if pads[:half] == pads[half:]:
+        return pool(x, kernel, strides, pads[:half], ceil_mode=ceil, count_include_pad=include)
+    # Unequal pads: pad first; without count_include_pad, divide by the real elements.
+    padded, _ = _symmetric(pads, x)
+    sums = pool(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    if include:
+        return sums
+    ones = _torch().ones_like(x[:1, :1])
+    counts = pool(_symmetric(pads, ones)[0], kernel, strides, 0, ceil_mode=ceil)
+    return sums / counts
+
+
+@op("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    dims = tuple(range(2, x.dim()))
+    if node.op_type == "GlobalAveragePool":
+        return x.mean(dim=dims, keepdim=True)
+    return x.amax(dim=dims, keepdim=True)
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+@op("Flatten")
+def _flatten(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    axis = int(node.attr("axis", 1)) % (x.dim() + 1)
+    if axis == 0:
+        return x.reshape(1, -1)
+    if axis == x.dim():
+        return x.reshape(-1, 1)
+    return x.flatten(0, axis - 1).flatten(1)
+
+
+@op("Reshape")
+def _reshape(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    x, shape = xs[0], xs[1]
+    allow_zero = bool(node.attr("allowzero", 0))
+    if node.attrs.get("_dynamic_shape", False) and torch.jit.is_tracing():
+        # A shape computed from the input: traced as a tensor, so the export stays dynamic.
+        if not allow_zero:
+            dims = torch._shape_as_tensor(x)[: shape.shape[0]]
+            if dims.shape[0] < shape.shape[0]:
+                pad = torch.zeros(shape.shape[0] - dims.shape[0], dtype=dims.dtype)
+                dims = torch.cat([dims, pad])
+            shape = torch.where(shape == 0, dims, shape)
+        return torch._reshape_from_tensor(x, shape)
+    target: list[Any] = []
+    for i, size in enumerate(ints(shape)):
+        target.append(x.shape[i] if size == 0 and not allow_zero else size)
+    return x.reshape(target)
+
+
+@op("Transpose")
+def _transpose(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    perm = node.attr("perm") or list(reversed(range(x.dim())))
+    return x.permute(*perm)
+
+
+@op("Concat")
+def _concat(node: Node, xs: list[Any]) -> Any:
+    return _torch().cat([x for x in xs if x is not None], dim=int(node.attr("axis")))
+
+
+def _axes(node: Node, xs: list[Any], since: int) -> list[int] | None:
+    if node.opset >= since:
+        return ints(xs[1]) if len(xs) > 1 and xs[1] is not None else None
+    axes = node.attr("axes")
+    return list(axes) if axes is not None else None
+
+
+@op("Unsqueeze")
+def _unsqueeze(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    axes = _axes(node, xs, 13) or []
+    rank = x.dim() + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        x = x.unsqueeze(axis)
+    return x
+
+
+@op("Squeeze")
+def _squeeze(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    axes = _axes(node, xs, 13)
+    if axes is None:
+        return x.squeeze()
+    for axis in sorted((a % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(axis)
+    return x
+
+
+@op("Shape")
+def _shape(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    dims = torch._shape_as_tensor(xs[0])
+    start, end = node.attr("start", 0), node.attr("end")
+    return dims[start:end]
+
+
+@op("Size")
+def _size(node: Node, xs: list[Any]) -> Any:
+    return _torch().tensor(xs[0].numel(), dtype=_torch().int64)
+
+
+@op("Gather")
+def _gather(node: Node, xs: list[Any]) -> Any:
+    x, index = xs
+    axis = int(node.attr("axis", 0)) % x.dim()
+    index = _torch().where(index < 0, index + x.shape[axis], index)
+    flat = x.index_select(axis, index.reshape(-1))
+    return flat.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+
+
+@op("Slice")
+def _slice(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    if node.opset < 10:
+        starts, ends = list(node.attr("starts")), list(node.attr("ends"))
+        axes = list(node.attr("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = ints(xs[1]), ints(xs[2])
+        axes = ints(xs[3]) if len(xs) > 3 and xs[3] is not None else list(range(len(starts)))
+        steps = ints(xs[4]) if len(xs) > 4 and xs[4] is not None else [1] * len(starts)
+    index: list[Any] = [slice(None)] * x.dim()
+    flips = []
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis %= x.dim()
+        size = int(x.shape[axis])
+        if step < 0:  # torch slices forward only: flip, then slice the mirrored range
+            first = min(max(start + size if start < 0 else start, -1), size - 1)
+            stop = min(max(end + size if end < 0 else end, -1), size - 1)
+            index[axis] = slice(size - 1 - first, size - 1 - stop, -step)
+            flips.append(axis)
+            continue
+        index[axis] = slice(max(min(start, size), -size), max(min(end, size), -size - 1), step)
+    if flips:
+        x = x.flip(flips)
+    return x[tuple(index)]
+
+
+@op("Split")
+def _split(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    axis = int(node.attr("axis", 0))
+    if node.opset >= 13:
+        sizes = ints(xs[1]) if len(xs) > 1 and xs[1] is not None else None
+    else:
+        sizes = node.attr("split")
+    if sizes is None:
+        count = int(node.attr("num_outputs", len(node.outputs)))
+        chunk = -(-int(x.shape[axis]) // count)
+        return tuple(x.split(chunk, dim=axis))
+    return tuple(x.split(list(sizes), dim=axis))
+
+
+@op("Expand")
+def _expand(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    return x.expand(_torch().broadcast_shapes(tuple(x.shape), tuple(ints(xs[1]))))
+
+
+@op("Tile")
+def _tile(node: Node, xs: list[Any]) -> Any:
+    return xs[0].repeat(*ints(xs[1]))
+
+
+@op("Pad")
+def _pad(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    mode = node.attr("mode", "constant")
+    if node.opset < 11:
+        pads, value = list(node.attr("pads")), float(node.attr("value", 0.0))
+    else:
+        pads = ints(xs[1])
+        value = float(xs[2].item()) if len(xs) > 2 and xs[2] is not None else 0.0
+    if len(xs) > 3 and xs[3] is not None:
+        raise UnsupportedOp(node, "with an axes input")
+    half = len(pads) // 2
+    torch_pads: list[int] = []
+    for b, e in zip(reversed(pads[:half]), reversed(pads[half:]), strict=True):
+        torch_pads += [b, e]
+    while torch_pads and torch_pads[-2:] == [0, 0]:  # torch pads the trailing dims only
+        torch_pads = torch_pads[:-2]
+    if mode == "constant":
+        return _functional().pad(x, torch_pads, value=value)
+    return _functional().pad(x, torch_pads, mode="replicate" if mode == "edge" else mode)
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    value = node.attr("value")
+    fill = value.reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return torch.full(ints(xs[0]), fill[0].item(), dtype=torch_dtype(fill.dtype))
+
+
+@op("Constant")
+def _constant(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    for key in ("value", "value_float", "value_int", "value_floats", "value_ints"):
+        if key in node.attrs:
+            value = np.asarray(node.attrs[key])
+            if key in ("value_float", "value_floats"):
+                value = value.astype(np.float32)
+            elif key in ("value_int", "value_ints"):
+                value = value.astype(np.int64)
+            return torch.from_numpy(np.array(value, copy=True))
+    raise UnsupportedOp(node, "with a sparse or string value")
+
+
+@op("Range")
+def _range(node: Node, xs: list[Any]) -> Any:
+    start, limit, delta = (x.item() for x in xs)
+    return _torch().arange(start, limit, delta, dtype=xs[0].dtype)
+
+
+# --- reductions -------------------------------------------------------------------------------
+
+_REDUCERS = {
+    "ReduceMean": "mean",
+    "ReduceSum": "sum",
+    "ReduceMax": "amax",
+    "ReduceMin": "amin",
+    "ReduceProd": "prod",
+}
+
+
+@op(*_REDUCERS, "ReduceL2", "ReduceSumSquare")
+def _reduce(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    since = 13 if node.op_type == "ReduceSum" else 18
+    axes = _axes(node, xs, since)
+    keep = bool(node.attr("keepdims", 1))
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.dim()))
+    dims = tuple(a % x.dim() for a in axes)
+    if node.op_type == "ReduceL2":
+        return (x * x).sum(dim=dims, keepdim=keep).sqrt()
+    if node.op_type == "ReduceSumSquare":
+        return (x * x).sum(dim=dims, keepdim=keep)
+    if node.op_type == "ReduceProd":
+        for d in sorted(dims, reverse=True):
+            x = x.prod(dim=d, keepdim=keep)
+        return x
+    return getattr(x, _REDUCERS[node.op_type])(dim=dims, keepdim=keep)
+
+
+@op("ArgMax", "ArgMin")
+def _arg(node: Node, xs: list[Any]) -> Any:
+    x = xs[0]
+    axis, keep = int(node.attr("axis", 0)), bool(node.attr("keepdims", 1))
+    fn = x.argmax if node.op_type == "ArgMax" else x.argmin
+    return fn(dim=axis, keepdim=keep)
+
+
+class UnsupportedOp(Exception):
+    """An operator (or one of its variants) the converter does not translate."""
+
+    def __init__(self, node: Node, detail: str = "") -> None:
+        super().__init__(f"{node.op_type} {detail}".strip())
+        self.node = node
+        self.detail = detail

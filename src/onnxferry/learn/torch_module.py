@@ -1,0 +1,432 @@
+"""An ONNX model as a trainable ``torch.nn.Module``, checked against ONNX Runtime.
+
+    module = to_torch("model.onnx")              # parity vs ONNX Runtime checked (fails hard)
+    module.parity.max_abs                        # the figures of that check
+    outputs = module(x=torch.randn(4, 1, 8, 8))  # {output name: tensor}, by input name
+    logits = module(torch.randn(4, 1, 8, 8))["logits"]  # or by position, in input order
+    module.parameter("fc.weight")                # the nn.Parameter of that initializer
+    module.tensor_names                          # every ONNX tensor name the graph uses
+    module.tensors({"x": torch.randn(2, 1, 8, 8)}, ["relu_1"])  # an intermediate tensor
+
+Float initializers with more than one element become ``nn.Parameter``s; so do weights held in
+``Constant`` nodes (and in ``ConstantOfShape`` of a constant shape), folded once here. Scalars,
+integer tensors and BatchNormalization's running statistics become buffers. Parameters keep
+the initializer's name as their path where it can be a torch attribute path (``fc.weight``
+stays ``fc.weight``, so a re-export writes the same names); other characters become ``_``.
+Nodes run in the graph's (topological) order through ``ops.OPS``. An operator missing there
+is one line naming it, its domain and its opset (UnsupportedOperator, exit 2).
+
+The module is built lazily (torch is imported by the first call), and ``Block``s let a user
+replace a range of nodes with their own module (``replace_block``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, VerificationError
+from ..model import Model
+from ..parity import Parity, Tolerance, compare_outputs
+from .ops import OPS, Node, UnsupportedOp, supported_ops
+
+TRAINABLE_MIN_ELEMENTS = 2
+"""Float constants with at least this many elements become parameters (scalars: buffers)."""
+
+_STATISTICS = {"BatchNormalization": (3, 4)}
+"""Inputs that hold statistics, not weights: kept as buffers."""
+
+BLOCKS_ATTRIBUTE = "ferry_blocks"
+"""The attribute that holds replacement blocks (kept apart from the weights' paths)."""
+
+
+class UnsupportedOperator(InputError):
+    """The graph holds an operator the torch converter does not translate (exit 2)."""
+
+
+@dataclass
+class Block:
+    """A user's module standing in for a range of nodes; what its factory is told.
+
+    ``nodes``: the names of the nodes it replaces; ``inputs``: the activations it receives
+    (positionally, in this order); ``outputs``: what its forward returns (a tensor, or a tuple
+    in this order); ``weights``: the replaced nodes' float weights by ONNX name (tensors).
+    """
+
+    name: str
+    nodes: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    weights: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """One thing forward does: run an ONNX node, or a replacement block."""
+
+    inputs: list[str]
+    outputs: list[str]
+    node: Node | None = None
+    block: str | None = None
+
+
+def to_torch(
+    model: Model | str | Path,
+    *,
+    check: bool = True,
+    feeds: Sequence[Mapping[str, np.ndarray]] = (),
+    tolerance: Tolerance | None = None,
+) -> Any:
+    """``model`` as an ``OnnxModule`` (a ``torch.nn.Module``) in eval mode.
+
+    With ``check`` (the default), the module runs against ONNX Runtime on ``feeds`` (or on the
+    feeds every verb generates) right away; ``module.parity`` holds the figures, and a
+    mismatch raises VerificationError (exit 1). UnsupportedOperator (exit 2) names the first
+    operator the converter lacks.
+    """
+    model = model if isinstance(model, Model) else Model.load(model)
+    module = module_class()(model)
+    module.eval()
+    if check:
+        try:
+            module.parity = check_parity(module, model, feeds, tolerance)
+        except UnsupportedOp as e:
+            raise _unsupported(e.node, model.name, e.detail) from e
+        if not module.parity.ok:
+            raise VerificationError(
+                f"the torch module converted from {model.name} differs from ONNX Runtime: "
+                f"{module.parity.summary()}",
+                hint="report the model's operators to onnxferry; replace the block that "
+                "differs with --replace",
+            )
+    return module
+
+
+def check_parity(
+    module: Any,
+    model: Model,
+    feeds: Sequence[Mapping[str, np.ndarray]] = (),
+    tolerance: Tolerance | None = None,
+) -> Parity:
+    """The module's outputs against ONNX Runtime's on ``feeds`` (default: generated)."""
+    from ..feeds import verification_feeds
+    from ..runtime import OrtRunner
+
+    sets = [dict(f) for f in feeds] or verification_feeds(model)
+    runner = OrtRunner(model)
+    references = [runner.run(f) for f in sets]
+    candidates = [run_module(module, f) for f in sets]
+    return compare_outputs(
+        references,
+        candidates,
+        tolerance or Tolerance(),
+        reference_name=runner.name,
+        candidate_name=f"torch:{model.name}",
+    )
+
+
+def run_module(module: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the module on numpy feeds without gradients; numpy outputs by name."""
+    import torch
+
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in feeds.items()}
+        outputs = module(**tensors)
+    return {k: v.detach().cpu().numpy() for k, v in outputs.items()}
+
+
+def unsupported_operators(model: Model) -> list[tuple[str, str, int]]:
+    """(op_type, domain, opset) of every operator in the graph the converter lacks."""
+    opsets = _opsets(model)
+    found: dict[tuple[str, str], int] = {}
+    for proto in model.proto.graph.node:
+        domain = "" if proto.domain in ("", "ai.onnx") else proto.domain
+        if (domain, proto.op_type) not in OPS:
+            found.setdefault((proto.op_type, proto.domain or "ai.onnx"), opsets.get(domain, 0))
+    return [(op_type, domain, opset) for (op_type, domain), opset in found.items()]
+
+
+@functools.cache
+def module_class() -> type:
+    """The ``OnnxModule`` class (built on first use, so importing this module needs no torch)."""
+    import torch
+
+    class OnnxModule(torch.nn.Module):
+        """An ONNX graph evaluated node by node in torch; see the module docstring."""
+
+        def __init__(self, model: Model) -> None:
+            super().__init__()
+            self.model_name = model.name
+            self.input_names, self.output_names = _graph_io(model)
+            self.input_dtypes = {s.name: s.dtype.numpy for s in model.signature.inputs}
+            self.steps: list[Step] = []
+            self.parity: Parity | None = None
+            self.tensor_paths: dict[str, str] = {}  # ONNX name -> parameter or buffer path
+            self.constant_values: dict[str, Any] = {}  # folded, not registered (none by default)
+            setattr(self, BLOCKS_ATTRIBUTE, torch.nn.ModuleDict())
+            _build(self, model)
+
+        @property
+        def tensor_names(self) -> list[str]:
+            names = {*self.input_names, *self.tensor_paths}
+            for step in self.steps:
+                names.update(step.outputs)
+            return sorted(names)
+
+        def parameter(self, name: str) -> Any:
+            """The parameter (or buffer) holding the ONNX tensor ``name``."""
+            path = self.tensor_paths.get(name)
+            if path is None:
+                raise InputError(
+                    f"{name!r} is not a weight of {self.model_name}",
+                    hint="weights: " + ", ".join(list(self.tensor_paths)[:8]),
+                )
+            return self.get_submodule_tensor(path)
+
+        def get_submodule_tensor(self, path: str) -> Any:
+            owner, _, leaf = path.rpartition(".")
+            holder = self.get_submodule(owner) if owner else self
+            return getattr(holder, leaf)
+
+        def set_weight(self, name: str, value: Any) -> None:
+            """Replace the tensor of weight ``name`` (e.g. a new head of another size)."""
+            owner, _, leaf = self.tensor_paths[name].rpartition(".")
+            holder = self.get_submodule(owner) if owner else self
+            delattr(holder, leaf)
+            if isinstance(value, torch.nn.Parameter):
+                holder.register_parameter(leaf, value)
+            else:
+                holder.register_buffer(leaf, value)
+
+        def forward(self, *args: Any, **feeds: Any) -> dict[str, Any]:
+            given: dict[str, Any] = dict(zip(self.input_names, args, strict=False))
+            given.update(feeds)
+            return self.tensors(given, self.output_names)
+
+        def tensors(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+            """The tensors ``names`` (outputs or intermediates) for ``feeds``, by input name;
+            evaluation stops once they are all computed."""
+            values: dict[str, Any] = dict(feeds)
+            missing = [n for n in self.input_names if n not in values]
+            if missing:
+                raise InputError(
+                    f"{self.model_name} needs input {missing[0]!r}",
+                    hint=f"its inputs are {', '.join(self.input_names)}",
+                )
+            for name, path in self.tensor_paths.items():
+                values[name] = self.get_submodule_tensor(path)
+            values.update(self.constant_values)
+            wanted = set(names) - set(values)
+            blocks = getattr(self, BLOCKS_ATTRIBUTE)
+            for step in self.steps:
+                if not wanted:
+                    break
+                xs = [values[n] if n else None for n in step.inputs]
+                if step.node is not None:
+                    result = OPS[(_domain(step.node), step.node.op_type)](step.node, xs)
+                else:
+                    result = blocks[step.block](*xs)
+                if not isinstance(result, (tuple, list)):
+                    result = (result,)
+                for name, value in zip(step.outputs, result, strict=False):
+                    if name:
+                        values[name] = value
+                        wanted.discard(name)
+            return {name: values[name] for name in names}
+
+    return OnnxModule
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def _graph_io(model: Model) -> tuple[list[str], list[str]]:
+    graph = model.proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v.name for v in graph.input if v.name not in initializers]
+    return inputs, [v.name for v in graph.output]
+
+
+def _opsets(model: Model) -> dict[str, int]:
+    return {
+        ("" if o.domain in ("", "ai.onnx") else o.domain): o.version
+        for o in model.proto.opset_import
+    }
+
+
+def _domain(node: Node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def _decode(proto: Any, opset: int) -> Node:
+    from onnx import AttributeProto, helper, numpy_helper
+
+    attrs: dict[str, Any] = {}
+    for a in proto.attribute:
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            attrs[a.name] = None  # control flow: rejected as unsupported below
+            continue
+        value = helper.get_attribute_value(a)
+        if a.type == AttributeProto.TENSOR:
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        attrs[a.name] = value
+    return Node(
+        proto.op_type,
+        proto.domain,
+        proto.name,
+        list(proto.input),
+        list(proto.output),
+        opset,
+        attrs,
+    )
+
+
+def _build(module: Any, model: Model) -> None:
+    """Fold constant nodes, register weights, and list the steps forward runs."""
+    import torch
+    from onnx import numpy_helper
+
+    from ..graphs import inlined
+
+    proto = inlined(model)
+    opsets = _opsets(model)
+    graph = proto.graph
+    constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    statistics: set[str] = set()
+    nodes: list[Node] = []
+    for p in graph.node:
+        node = _decode(p, opsets.get("" if p.domain in ("", "ai.onnx") else p.domain, 0))
+        if (_domain(node), node.op_type) not in OPS or any(
+            v is None and k in ("then_branch", "else_branch", "body") for k, v in node.attrs.items()
+        ):
+            raise _unsupported(node, model.name)
+        for index in _STATISTICS.get(node.op_type, ()):
+            if index < len(node.inputs):
+                statistics.add(node.inputs[index])
+        nodes.append(node)
+    trainable_sources = {n for n, a in constants.items() if _trainable(a, n, statistics)}
+    for node in nodes:
+        if all(not n or (n in constants and n not in trainable_sources) for n in node.inputs):
+            folded = _fold(node, constants, model)
+            if folded is not None:
+                constants.update(folded)
+                trainable_sources.update(
+                    n for n, a in folded.items() if _trainable(a, n, statistics)
+                )
+                continue
+        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] not in constants:
+            node.attrs["_dynamic_shape"] = True
+        module.steps.append(Step(list(node.inputs), list(node.outputs), node=node))
+    used = {n for s in module.steps for n in s.inputs} | set(module.output_names)
+    paths = _Paths(module)
+    for name, array in constants.items():
+        if name not in used or name in module.input_names:
+            continue
+        tensor = torch.from_numpy(np.array(array, copy=True))
+        if name in trainable_sources:
+            value: Any = torch.nn.Parameter(tensor)
+        else:
+            value = tensor
+        module.tensor_paths[name] = paths.register(name, value)
+
+
+def _trainable(array: np.ndarray, name: str, statistics: set[str]) -> bool:
+    return (
+        np.issubdtype(array.dtype, np.floating)
+        and array.size >= TRAINABLE_MIN_ELEMENTS
+        and name not in statistics
+    )
+
+
+def _fold(
+    node: Node, constants: Mapping[str, np.ndarray], model: Model
+) -> dict[str, np.ndarray] | None:
+    """The node's outputs when all its inputs are constants (None if it cannot run here)."""
+    import torch
+
+    xs = [torch.from_numpy(np.array(constants[n], copy=True)) if n else None for n in node.inputs]
+    try:
+        result = OPS[(_domain(node), node.op_type)](node, xs)
+    except UnsupportedOp as e:
+        raise _unsupported(node, model.name, e.detail) from e
+    except Exception:  # e.g. a Shape of a constant with an odd dtype: run it in forward
+        return None
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    return {n: r.numpy() for n, r in zip(node.outputs, results, strict=False) if n}
+
+
+def _unsupported(node: Node, model_name: str, detail: str = "") -> UnsupportedOperator:
+    domain = node.domain or "ai.onnx"
+    what = f"{node.op_type} {detail}".strip()
+    return UnsupportedOperator(
+        f"{model_name}: operator {what} (domain {domain}, opset {node.opset}, node "
+        f"{node.label!r}) has no torch translation",
+        hint="replace the block that holds it with your own module (--replace "
+        f"{node.label}=module.py:Factory); supported: {len(supported_ops())} ai.onnx operators",
+    )
+
+
+class _Paths:
+    """Attribute paths for ONNX tensor names: ``fc.weight`` as submodule ``fc``, leaf
+    ``weight``; a name that cannot be one (a clash, an empty part) gets a flat safe name."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.taken: set[str] = {BLOCKS_ATTRIBUTE}
+
+    def register(self, name: str, value: Any) -> str:
+        parts = [re.sub(r"\W", "_", p) for p in name.split(".")]
+        parts = [("t_" + p if p[:1].isdigit() else p) for p in parts]
+        path = ".".join(parts)
+        if all(parts) and self._fits(parts):
+            self._place(parts, value)
+        else:
+            flat = re.sub(r"\W", "_", name) or "tensor"
+            flat = "t_" + flat if flat[0].isdigit() else flat
+            candidate, i = flat, 1
+            while hasattr(self.root, candidate) or candidate in self.taken:
+                candidate, i = f"{flat}_{i}", i + 1
+            path = candidate
+            self._place([candidate], value)
+        self.taken.add(path)
+        return path
+
+    def _fits(self, parts: list[str]) -> bool:
+        import torch
+
+        holder = self.root
+        for part in parts[:-1]:
+            if not hasattr(holder, part):
+                return True  # the rest is created fresh
+            holder = getattr(holder, part)
+            if type(holder) is not torch.nn.Module:  # only the plain holders made here
+                return False
+        return not hasattr(holder, parts[-1])
+
+    def _place(self, parts: list[str], value: Any) -> None:
+        import torch
+
+        holder = self.root
+        for part in parts[:-1]:
+            child = getattr(holder, part, None)
+            if child is None:
+                child = torch.nn.Module()
+                holder.add_module(part, child)
+            holder = child
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(value, torch.nn.Parameter):
+                holder.register_parameter(parts[-1], value)
+            else:
+                holder.register_buffer(parts[-1], value)

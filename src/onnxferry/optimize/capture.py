@@ -1,0 +1,122 @@
+"""Library chatter kept off the terminal and put into the report.
+
+    with captured() as chatter:
+        logging.warning("Axis 1 is out-of-range")   # as ORT's quantizer logs, and C++ stderr
+    chatter.lines                             # every line, in order
+    chatter.summary()                         # distinct lines with counts, most frequent first
+
+Captures Python warnings, log records (the root logger's handlers are silenced meanwhile),
+writes to ``sys.stderr`` and, at the file-descriptor level, what native code prints on
+stderr (ONNX Runtime's C++ log, symbolic shape inference). The search's own report is
+printed after the capture ends, so nothing of it is lost. A capture inside another (a pass
+quietening its library inside the search) hands its lines to the outer one when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Captured:
+    """What the libraries printed while a search ran."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.lines.extend(line.rstrip() for line in text.splitlines() if line.strip())
+
+    def summary(self, shown: int = 20) -> list[str]:
+        """Distinct lines, most frequent first, "(xN)" where repeated."""
+        counts = Counter(self.lines)
+        return [f"{line} (x{n})" if n > 1 else line for line, n in counts.most_common(shown)]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: Captured) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.into.add(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+_OPEN: list[Captured] = []
+"""The captures in progress, innermost last."""
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[Captured]:
+    """Capture warnings, logging, ``sys.stderr`` and fd 2 for the duration (see module)."""
+    into = Captured()
+    root = logging.getLogger()
+    handler = _Collect(into)
+    silenced = list(root.handlers)
+    for h in silenced:
+        h.addFilter(_drop)
+    root.addHandler(handler)
+    level = root.level
+    if level > logging.WARNING or level == logging.NOTSET:
+        root.setLevel(logging.WARNING)
+    err = io.StringIO()
+    _OPEN.append(into)
+    native = io.StringIO()
+    try:
+        with contextlib.ExitStack() as stack:
+            native = stack.enter_context(_native_stderr())
+            caught = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always")
+            stack.enter_context(contextlib.redirect_stderr(err))
+            try:
+                yield into
+            finally:
+                root.removeHandler(handler)
+                root.setLevel(level)
+                for h in silenced:
+                    h.removeFilter(_drop)
+                for w in caught:
+                    into.add(f"{w.category.__name__}: {w.message}")
+                into.add(err.getvalue())
+    finally:
+        into.add(native.getvalue())
+        _OPEN[:] = [c for c in _OPEN if c is not into]
+        if _OPEN:
+            _OPEN[-1].lines.extend(into.lines)
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[io.StringIO]:
+    """Point file descriptor 2 at a temporary file; its text lands in the yielded buffer
+    once the block ends (an empty buffer where fd 2 cannot be redirected)."""
+    text = io.StringIO()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield text
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield text
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text.write(sink.read().decode("utf-8", errors="replace"))

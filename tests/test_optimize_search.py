@@ -1,0 +1,322 @@
+"""The --auto search, issue 18: judged on held-out data, timed at batch 1, quiet, bounded in
+time, never without the one-liners, and its mixed-precision decisions replayable from the
+saved recipe. Small real models, real ONNX Runtime runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxferry.cli import main
+from onnxferry.data import save_npz
+from onnxferry.model import Model
+from onnxferry.optimize import Budget, Pass, PassContext, PassResult, Recipe, make_pass, optimize
+from onnxferry.optimize.auto import auto_search, plain_recipes
+from onnxferry.optimize.capture import captured
+from onnxferry.optimize.chain import Judge, apply_recipe
+from onnxferry.optimize.cpu_features import format_plan, int8_features
+from onnxferry.optimize.holdout import split_holdout, timing_feeds
+from onnxferry.optimize.mixed import float_nodes, node_costs, quantize_order, restore_order
+from onnxferry.optimize.output import output_problem
+from onnxferry.plots import have_matplotlib
+from onnxferry.report import Report
+from onnxferry.runtime import OrtRunner
+from tests.helpers import save
+from tests.test_optimize import wide_mlp
+
+
+def pooled(width: int = 64, seed: int = 0) -> onnx.ModelProto:
+    """x[batch, width] -> MatMul -> Add -> h; y[batch] = h @ v and logits[batch, 16] = h @ u.
+    The 1-D weight ``v`` makes ORT's per-channel static quantizer log "Axis 1 is out-of-range
+    for weight 'v'"."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((width, width)) / 8).astype(np.float32)
+    b = rng.standard_normal(width).astype(np.float32)
+    v = rng.standard_normal(width).astype(np.float32)
+    u = (rng.standard_normal((width, 16)) / 8).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+        helper.make_node("MatMul", ["hb", "v"], ["y"], name="pool"),
+        helper.make_node("MatMul", ["hb", "u"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pooled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 16]),
+        ],
+        [numpy_helper.from_array(t, n) for t, n in ((w, "w"), (b, "b"), (v, "v"), (u, "u"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _rows(count: int, width: int, outlier_from: int | None = None) -> np.ndarray:
+    """``count`` rows of N(0, 1); from row ``outlier_from`` on, channel 5 is 60 (a value the
+    rows before never reach: static int8 calibrated on them clips it)."""
+    x = np.random.default_rng(1).standard_normal((count, width)).astype(np.float32)
+    if outlier_from is not None:
+        x[outlier_from:, 5] = 60.0
+    return x
+
+
+# --- honest budget ---------------------------------------------------------------------------
+
+
+def test_a_model_that_passes_only_on_its_tuning_data_is_refused(tmp_path: Path) -> None:
+    model = Model.load(save(wide_mlp(), tmp_path / "m.onnx"))
+    budget = Budget.parse("cosine>=0.99")
+    tune = Judge(model, [{"x": _rows(32, 256)}], budget)
+    held = Judge(model, [{"x": _rows(32, 256, outlier_from=0)}], budget)
+    recipes = [Recipe.of([("int8_static", {"per_channel": True})])]
+    best, search = auto_search(
+        model, tune, tmp_path / "w", recipes=recipes, holdout=held, mixed=False
+    )
+    (candidate,) = search.candidates
+    assert candidate.result.within_budget and (candidate.result.final_metric or 0) >= 0.99
+    assert candidate.refused and (candidate.held_out_metric or 1.0) < 0.99
+    assert best is model and search.chosen is None and not search.ok
+    assert search.reason.startswith("refused: 1 candidate(s) met cosine>=0.99 only on the data")
+    assert Report("optimize", search).exit_code == 1  # out of budget, as the verb defines
+    assert search.to_dict()["candidates"][0]["refused"] is True
+
+
+def test_split_holdout_by_sets_and_by_rows() -> None:
+    signature = Model(wide_mlp()).signature
+    one = [{"x": _rows(10, 256)}]
+    split = split_holdout(signature, one)
+    assert [len(s["x"]) for s in split.tune + split.judge] == [5, 5] and split.held_out
+    labels = [np.arange(10)]
+    assert [len(y) for y in split_holdout(signature, one, labels).judge_labels or []] == [5]
+    sets = [{"x": _rows(2, 256)} for _ in range(4)]
+    split = split_holdout(signature, sets)
+    assert (len(split.tune), len(split.judge)) == (2, 2)
+    single = split_holdout(signature, [{"x": _rows(1, 256)}])
+    assert not single.held_out and "cannot be split" in single.note
+
+
+# --- the CLI: batch 1, held out, quiet, one-liners -------------------------------------------
+
+
+def test_cli_auto_times_batch_one_judges_held_out_rows_and_keeps_warnings_off_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    src = save(pooled(), tmp_path / "m.onnx")
+    save_npz(tmp_path / "calibration.npz", {"x": _rows(64, 64, outlier_from=32)})
+    args = ["optimize", src, "-o", tmp_path / "fast.onnx", "--auto", "--max-drop", "0.01"]
+    code = main([str(a) for a in [*args, "--inputs", tmp_path / "calibration.npz", "--json"]])
+    out, err = capfd.readouterr()
+    assert "out-of-range" not in err and "WARNING" not in err, err
+    data = json.loads(out)
+    assert code == data["exit_code"] and code in (0, 1)
+    notes, result = data["notes"], data["result"]
+    assert "latency measured on x[1x64]" in notes  # 64 rows given, timed at batch 1
+    assert "tuned on 32 row(s), judged on 32 held-out row(s)" in notes
+    assert any("out-of-range" in line for line in result["warnings"])
+    assert any(n.startswith("captured ") and "not the terminal" in n for n in notes)
+    labels = [c["recipe"] for c in result["candidates"]]
+    assert all(r.label() in labels for r in plain_recipes())
+    assert all(c["one_liner"] for c in result["candidates"][: len(plain_recipes())])
+    # calibrated on rows without the outlier, static int8 clips it on the held-out rows
+    static = [c for c in result["candidates"] if c["recipe"].startswith("int8_static")]
+    assert any(c["refused"] for c in static), [(c["recipe"], c["held_out_metric"]) for c in static]
+    chosen = result["chosen"]
+    if chosen is not None:
+        picked = next(c for c in result["candidates"] if c["within_budget"] and c["latency_ms"])
+        assert picked["held_out_metric"] is None or picked["held_out_metric"] >= 0.99
+    assert result["cpu"] and isinstance(result["skipped_formats"], dict)
+
+
+def test_cli_batch_and_judge_inputs(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    src = save(wide_mlp(hidden=32), tmp_path / "m.onnx")
+    save_npz(tmp_path / "tune.npz", {"x": _rows(16, 256)})
+    save_npz(tmp_path / "judge.npz", {"x": _rows(8, 256)})
+    recipe = Recipe.of(["fold"]).save(tmp_path / "r.toml")
+    args = ["optimize", src, "-o", tmp_path / "o.onnx", "--recipe", recipe, "--json"]
+    code = main([str(a) for a in [*args, "--inputs", tmp_path / "tune.npz", "--batch", "4"]])
+    assert (
+        code == 0 and "latency measured on x[4x256]" in json.loads(capfd.readouterr().out)["notes"]
+    )
+    code = main([str(a) for a in [*args, "--judge-inputs", tmp_path / "judge.npz"]])
+    out, err = capfd.readouterr()
+    assert code == 2 and "judge_inputs needs auto" in err
+    model = optimize(
+        src,
+        tmp_path / "a.onnx",
+        auto=True,
+        inputs=tmp_path / "tune.npz",
+        judge_inputs=tmp_path / "judge.npz",
+        time_budget=1e-3,
+    )
+    assert "tuned on 1 feed set(s), judged on the judge inputs" in model.provenance[-1].notes
+
+
+# --- warnings --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Noisy(Pass):
+    """Talks the way libraries do: a Python warning, a log record, native stderr."""
+
+    name: ClassVar[str] = "noisy"
+    family: ClassVar[str] = "graph"
+
+    def apply(self, model: Model, ctx: PassContext) -> PassResult:
+        warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+        logging.getLogger("onnxruntime.quantization").warning("Axis 1 is out-of-range")
+        os.write(2, b"[W:onnxruntime:, graph.cc:1234] native chatter\n")
+        return PassResult(model, changed=False)
+
+
+def test_library_warnings_are_captured_not_printed(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with captured() as chatter:
+        Noisy().apply(Model(wide_mlp(hidden=8)), PassContext(tmp_path))
+    assert capfd.readouterr().err == ""
+    text = "\n".join(chatter.lines)
+    assert "deprecated thing" in text and "out-of-range" in text and "native chatter" in text
+    with captured() as outer, captured():  # a pass quietening its library inside the search
+        logging.warning("inner")
+    assert outer.lines == ["warning: inner"]
+    model = optimize(Model(wide_mlp(hidden=8)), recipe=Recipe([Noisy()]))
+    assert capfd.readouterr().err == ""
+    assert any("3 library warning line(s)" in n for n in model.provenance[-1].notes)
+
+
+# --- time budget, one-liners, CPU ------------------------------------------------------------
+
+
+def test_time_budget_stops_new_candidates_and_lists_the_rest(tmp_path: Path) -> None:
+    src = save(wide_mlp(hidden=64), tmp_path / "m.onnx")
+    model = optimize(src, tmp_path / "fast.onnx", auto=True, time_budget=2.0)
+    search = model.provenance[-1].result
+    assert search.candidates and all(c.started_s <= 2.0 for c in search.candidates)
+    tried = [c.recipe.label() for c in search.candidates]
+    assert tried[: len(plain_recipes())] == [r.label() for r in plain_recipes()][: len(tried)]
+    if search.untried:
+        assert f"the time budget ran out before {len(search.untried)} more" in search.reason
+        assert not set(search.untried) & set(tried)
+
+
+def test_formats_follow_the_cpu() -> None:
+    plan = format_plan("cpu")
+    features = int8_features()
+    assert set(features) == {"avx2", "avx512", "vnni", "amx"}
+    assert bool(plan["int8_static_s8s8"]) is not (features["vnni"] or features["amx"])
+    assert plan["fp16"]  # ORT's CPU provider has no fast fp16
+    assert not plan["int8_dynamic"]
+
+
+# --- mixed precision -------------------------------------------------------------------------
+
+
+def test_mixed_precision_decisions_replay_from_the_saved_recipe(tmp_path: Path) -> None:
+    model = Model.load(save(wide_mlp(outlier=400.0), tmp_path / "m.onnx"))
+    feeds = [{"x": _rows(16, 256)}, {"x": _rows(16, 256) * 0.5}]
+    judge = Judge(model, feeds[:1], Budget.parse("cosine>=0.999"))
+    held = Judge(model, feeds[1:], Budget.parse("cosine>=0.999"))
+    recipes = [Recipe.of([("int8_dynamic", {"per_channel": True})])]
+    _, search = auto_search(model, judge, tmp_path / "w", recipes=recipes, holdout=held)
+    mixed = [c for c in search.candidates if c.origin and c.within]
+    assert mixed, [(c.recipe.label(), c.result.final_metric) for c in search.candidates]
+    candidate = mixed[0]
+    assert float_nodes(candidate.recipe) == ["fc2"]  # fc2's input carries the outlier
+    saved = candidate.recipe.save(tmp_path / "mixed.recipe.toml")
+    assert 'nodes_to_exclude = [\n    "fc2",\n]' in saved.read_text()
+    # the same steps, without the "only if faster" timing that may drop a step on a noisy machine
+    replayed, _ = apply_recipe(
+        model, Recipe.load(saved), judge, workdir=tmp_path / "replay", speed_check=False
+    )
+    built = candidate.load()
+    assert built is not None and replayed.digest == built.digest
+    assert search.layers and {d["decision"] for d in search.layers} <= {"int8", "fp32"}
+    assert [d["node"] for d in search.layers if d["decision"] == "fp32"] in ([], ["fc2"])
+    text = Report("optimize", search).to_text()
+    assert "per-layer decisions" in text and "int8 error" in text
+    if have_matplotlib():  # the candidates plot and the per-layer error bars
+        figures = search.figures()
+        assert len(figures) == 2 and all("<svg" in f for f in figures)
+
+
+def test_both_greedy_orders_use_measured_error_and_time(tmp_path: Path) -> None:
+    model = Model.load(save(wide_mlp(outlier=400.0), tmp_path / "m.onnx"))
+    feeds = [{"x": _rows(8, 256)}]
+    costs = node_costs(model, {"x": feeds[0]["x"][:1]})
+    assert {"fc1", "fc2"} <= set(costs) and all(ms >= 0 for ms in costs.values())
+    from onnxferry.optimize.mixed import layer_scores
+
+    layers = layer_scores(model, feeds, costs, per_channel=True)
+    assert restore_order(layers)[0] == "fc2"  # the outlier makes fc2's int8 error the worst
+    assert sorted(quantize_order(layers)) == ["fc1", "fc2"]
+
+
+# --- the new passes --------------------------------------------------------------------------
+
+
+def test_fuse_transformer_fuses_residual_layernorm_and_keeps_the_outputs(tmp_path: Path) -> None:
+    width = 32
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((width, width)).astype(np.float32)
+    b, gamma, beta = (rng.standard_normal(width).astype(np.float32) for _ in range(3))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+        helper.make_node("Add", ["hb", "x"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "g", "be"], ["y"], name="ln", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", width])],
+        [
+            numpy_helper.from_array(t, n)
+            for t, n in ((w, "w"), (b, "b"), (gamma, "g"), (beta, "be"))
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = Model.load(save(proto, tmp_path / "block.onnx"))
+    feeds = {"x": rng.standard_normal((2, 5, width)).astype(np.float32)}
+    result = make_pass("fuse_transformer").apply(model, PassContext(tmp_path / "f", [feeds]))
+    assert result.changed and result.details["fused"] == {"SkipLayerNormalization": 1}
+    assert output_problem(result.model, model) is None  # com.microsoft imported, checker ok
+    np.testing.assert_allclose(
+        OrtRunner(result.model).run(feeds)["y"], OrtRunner(model).run(feeds)["y"], atol=1e-4
+    )
+    plain = make_pass("fuse_transformer").apply(Model(wide_mlp(hidden=8)), PassContext(tmp_path))
+    assert not plain.changed
+
+
+def test_weight_only_int4_and_int8(tmp_path: Path) -> None:
+    model = Model.load(save(wide_mlp(hidden=64), tmp_path / "m.onnx"))
+    feeds = {"x": _rows(4, 256)}
+    for bits in (4, 8):
+        step = make_pass("weight_only", {"bits": bits, "block_size": 32})
+        result = step.apply(model, PassContext(tmp_path / f"w{bits}", [feeds]))
+        assert result.changed and result.details["quantized"] == 2
+        assert "MatMulNBits" in {n.op_type for n in result.model.proto.graph.node}
+        out = OrtRunner(result.model).run(feeds)["logits"]
+        ref = OrtRunner(model).run(feeds)["logits"]
+        cos = (out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref)
+        assert cos > (0.99 if bits == 4 else 0.999)
+
+
+def test_timing_feeds_take_the_batch_asked_for() -> None:
+    signature = Model(wide_mlp()).signature
+    feeds = [{"x": _rows(64, 256)}]
+    assert timing_feeds(signature, feeds)["x"].shape == (1, 256)
+    assert timing_feeds(signature, feeds, batch=8)["x"].shape == (8, 256)
+    assert timing_feeds(signature, [{"x": _rows(2, 256)}], batch=5)["x"].shape == (5, 256)

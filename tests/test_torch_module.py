@@ -1,0 +1,329 @@
+"""ONNX -> torch.nn.Module (onnxferry.learn.torch_module): parity with ONNX Runtime on real
+exports (a CNN, an MLP with Softmax, a transformer encoder layer, all through ferry's convert),
+on a model-zoo model from the onnx wheel, and on ONNX text graphs with random weights that
+reach the operators' corner cases; weights as named parameters; unsupported operators named in
+one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import onnxferry
+from onnxferry.learn import UnsupportedOperator, check_parity, to_torch
+from onnxferry.learn.torch_module import run_module
+from onnxferry.model import Model
+from tests.helpers import Run, conv_bn_mlp, onnx_text, save
+from tests.real_models import light_dir, light_input, load_reference
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """Small batches gain nothing from intra-op threads, and lose much on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cnn() -> Any:
+    class Cnn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(4, 8, 3, stride=2)
+            self.fc = torch.nn.Linear(8 * 2 * 2, 5)
+
+        def forward(self, x: Any) -> Any:
+            x = torch.nn.functional.max_pool2d(torch.relu(self.c1(x)), 2, ceil_mode=True)
+            x = torch.nn.functional.avg_pool2d(torch.relu(self.c2(x)), 1)
+            return self.fc(torch.flatten(x, 1))
+
+    return Cnn(), (torch.randn(2, 1, 12, 12),)
+
+
+def _mlp() -> Any:
+    layers = [torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.LayerNorm(16)]
+    layers += [torch.nn.Linear(16, 3), torch.nn.Softmax(dim=-1)]
+    return torch.nn.Sequential(*layers), (torch.randn(2, 6),)
+
+
+def _encoder() -> Any:
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.TransformerEncoderLayer(
+                16, 2, 32, dropout=0.0, batch_first=True, activation="gelu"
+            )
+            self.head = torch.nn.Linear(16, 4)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.layer(x).mean(dim=1))
+
+    return Encoder(), (torch.randn(2, 5, 16),)
+
+
+BUILDERS = {"cnn": _cnn, "mlp": _mlp, "encoder": _encoder}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three torch models, seeded, through ferry's convert (its verification included)."""
+    folder = tmp_path_factory.mktemp("exports")
+    paths = {}
+    for name, build in BUILDERS.items():
+        torch.manual_seed(0)
+        module, example = build()
+        module.eval()
+        paths[name] = folder / f"{name}.onnx"
+        onnxferry.convert(module, paths[name], example_inputs=example)
+    return paths
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_torch_exports_convert_to_a_module_that_matches_onnxruntime(
+    exported: dict[str, Path], name: str
+) -> None:
+    model = Model.load(exported[name])
+    module = to_torch(model)
+    assert module.parity is not None and module.parity.ok
+    assert module.parity.max_abs < 1e-4
+    # Another batch size than the generated feeds: the graph's batch stays dynamic.
+    spec = model.signature.inputs[0]
+    shape = [3 if not isinstance(d, int) else d for d in spec.shape or ()]
+    feeds = {spec.name: np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+    parity = check_parity(module, model, [feeds])
+    assert parity.ok, parity.summary()
+    weights = [numpy_helper.to_array(t) for t in model.proto.graph.initializer]
+    trainable = sum(w.size for w in weights if w.dtype == np.float32 and w.size > 1)
+    assert sum(p.numel() for p in module.parameters()) == trainable
+
+
+def test_parameters_keep_the_initializer_names(exported: dict[str, Path]) -> None:
+    module = to_torch(exported["cnn"])
+    state = module.state_dict()
+    assert {"c1.weight", "c1.bias", "c2.weight", "fc.weight", "fc.bias"} <= set(state)
+    weight = module.parameter("fc.weight")
+    assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
+    original = numpy_helper.to_array(
+        next(t for t in onnx.load(exported["cnn"]).graph.initializer if t.name == "fc.weight")
+    )
+    assert np.array_equal(weight.detach().numpy(), original)
+
+
+def test_a_model_zoo_model_from_the_onnx_wheel_matches_its_reference() -> None:
+    path = light_dir() / "light_squeezenet.onnx"  # IR 3, opset 9, ConstantOfShape weights
+    module = to_torch(path)
+    assert module.parity is not None and module.parity.ok
+    feeds = light_input(onnx.load(path))
+    outputs = run_module(module, feeds)
+    expected = load_reference(path.with_name("light_squeezenet_output_0.pb"))
+    assert np.allclose(next(iter(outputs.values())), expected, atol=1e-5)
+    # Weights folded from ConstantOfShape nodes are trainable parameters.
+    assert len(list(module.parameters())) == 52
+
+
+def test_batch_norm_statistics_are_buffers_and_scale_trains(tmp_path: Path) -> None:
+    path = save(conv_bn_mlp(), tmp_path / "m.onnx")
+    module = to_torch(path)
+    assert module.parity is not None and module.parity.ok
+    buffers = dict(module.named_buffers())
+    assert {"m", "v"} <= set(buffers)
+    assert isinstance(module.parameter("s"), torch.nn.Parameter)
+
+
+def _random_weights(text: str, seed: int = 0) -> onnx.ModelProto:
+    """The ONNX text graph with every input but the first turned into a random initializer."""
+    proto = onnx_text(text, check=False)
+    rng = np.random.default_rng(seed)
+    graph = proto.graph
+    for info in list(graph.input)[1:]:
+        shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        values = rng.standard_normal(shape).astype(np.float32)
+        if info.name.startswith("var"):
+            values = (np.abs(values) + 0.5).astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(values, info.name))
+        graph.input.remove(info)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+CORNER_CASES = {
+    "conv same_upper and asymmetric pooling": """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2, 9, 9] x, float[3, 2, 3, 3] w, float[3] b) => (float[N, 3, 2, 2] y) {
+            c = Conv <auto_pad = "SAME_UPPER", strides = [2, 2]> (x, w, b)
+            m = MaxPool <kernel_shape = [2, 2], pads = [0, 0, 1, 1]> (c)
+            y = AveragePool <kernel_shape = [3, 3], pads = [0, 1, 1, 0], strides = [2, 2]> (m)
+        }
+    """,
+    "softmax before opset 13, lrn, batch norm": """
+        <ir_version: 7, opset_import: ["" : 11]>
+        g (float[N, 3, 4, 4] x, float[3] scale, float[3] bias, float[3] mean, float[3] var)
+            => (float[N, 48] y) {
+            n = BatchNormalization (x, scale, bias, mean, var)
+            l = LRN <size = 3> (n)
+            f = Flatten (l)
+            y = Softmax (f)
+        }
+    """,
+    "shape arithmetic, gather, negative slice": """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 6, 4] x, float[4, 5] w) => (float[N, 3, 5] y, float[N, 6] z) {
+            s = Shape (x)
+            i0 = Constant <value = int64[1] {0}> ()
+            n = Gather <axis = 0> (s, i0)
+            k = Constant <value = int64[2] {3, -1}> ()
+            t = Concat <axis = 0> (n, k)
+            r = Reshape (x, t)
+            st = Constant <value = int64[1] {-1}> ()
+            en = Constant <value = int64[1] {-100}> ()
+            ax = Constant <value = int64[1] {1}> ()
+            back = Slice (r, st, en, ax, st)
+            q = Transpose <perm = [0, 2, 1]> (back)
+            u = Transpose <perm = [0, 2, 1]> (q)
+            four = Constant <value = int64[1] {4}> ()
+            last = Constant <value = int64[1] {2}> ()
+            v = Slice (u, i0, four, last)
+            m = MatMul (v, w)
+            y = Relu (m)
+            z = ReduceMean <axes = [2], keepdims = 0> (x)
+        }
+    """,
+    "layer norm, gelu, split, expand, pad": """
+        <ir_version: 9, opset_import: ["" : 20]>
+        g (float[N, 4, 8] x, float[8] gamma, float[8] beta)
+            => (float[N, 4, 4] y, float[N, 6, 4] z) {
+            n = LayerNormalization (x, gamma, beta)
+            a = Gelu <approximate = "tanh"> (n)
+            s = Constant <value = int64[2] {4, 4}> ()
+            p, q = Split <axis = 2> (a, s)
+            one = Constant <value = int64[3] {1, 4, 4}> ()
+            e = Expand (p, one)
+            eq = Mul (e, q)
+            aq = Abs (q)
+            sq = Sqrt (aq)
+            y = Sub (eq, sq)
+            pads = Constant <value = int64[6] {0, 1, 0, 0, 1, 0}> ()
+            z = Pad (q, pads)
+        }
+    """,
+}
+
+
+@pytest.mark.parametrize("name", list(CORNER_CASES))
+def test_operator_corner_cases_match_onnxruntime(name: str, tmp_path: Path) -> None:
+    path = save(_random_weights(CORNER_CASES[name]), tmp_path / "m.onnx")
+    module = to_torch(path)
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+def test_weights_in_constant_nodes_become_parameters(tmp_path: Path) -> None:
+    proto = onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 2] x) => (float[N, 3] y) {
+            w = Constant <value = float[2, 3] {1, 2, 3, 4, 5, 6}> ()
+            k = Constant <value = float {0.5}> ()
+            m = MatMul (x, w)
+            y = Mul (m, k)
+        }
+    """)
+    module = to_torch(save(proto, tmp_path / "m.onnx"))
+    assert isinstance(module.parameter("w"), torch.nn.Parameter)
+    assert not isinstance(module.parameter("k"), torch.nn.Parameter)  # a scalar: a buffer
+
+
+def test_an_unsupported_operator_is_named_with_its_domain_and_opset(tmp_path: Path) -> None:
+    proto = onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "com.example" : 2]>
+        g (float[N, 2] x) => (float[N, 2] y) {
+            r = Relu (x)
+            y = com.example.Warp (r)
+        }
+        """,
+        check=False,
+    )
+    path = save(proto, tmp_path / "custom.onnx")
+    with pytest.raises(UnsupportedOperator) as info:
+        to_torch(path, check=False)
+    message = str(info.value)
+    assert "Warp" in message and "com.example" in message and "opset 2" in message
+    assert info.value.exit_code == 2
+
+
+def test_the_cli_names_an_unsupported_operator_in_one_line(tmp_path: Path, ferry: Run) -> None:
+    proto = onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N] y) { y = ReduceLogSumExp <axes = [1], keepdims = 0> (x) }
+    """)
+    path = save(proto, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32), y=np.zeros(4, np.int64))
+    code, _, err = ferry("finetune", path, "--data", tmp_path / "d.npz", "--labels", "y",
+                         "-o", tmp_path / "out.onnx")  # fmt: skip
+    assert code == 2
+    assert err.count("\n") == 1 and "ReduceLogSumExp (domain ai.onnx, opset 17" in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_encoder_with_shape_arithmetic_exports_back_with_a_dynamic_batch(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    from onnxferry.convert import Conversion
+    from onnxferry.learn import FinetuneResult, finetune
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 5, 16)).astype(np.float32)
+    rows = {"x": x, "y": (x[:, :, 0].mean(axis=1) > 0).astype(np.int64)}
+    tuned = finetune(exported["encoder"], rows, "y", new_head=2, epochs=1,
+                     output=tmp_path / "tuned.onnx")  # fmt: skip
+    result = tuned.last_report(FinetuneResult).result
+    assert result.export_parity is not None and result.export_parity.ok
+    batches = {s["x"][0] for s in tuned.last_report(Conversion).result.shapes}
+    assert {1, 4} <= batches  # verified at two batch sizes: the reshapes stayed dynamic
+    assert "Shape" in [n.op_type for n in onnx.load(tmp_path / "tuned.onnx").graph.node]
+
+
+def test_a_module_that_differs_from_onnxruntime_fails_hard(exported: dict[str, Path]) -> None:
+    from onnxferry.errors import VerificationError
+    from onnxferry.parity import Tolerance
+
+    # A transformer layer in float32 differs from ONNX Runtime by rounding: zero tolerance
+    # makes that a mismatch, which must stop the conversion.
+    with pytest.raises(VerificationError, match="differs from ONNX Runtime") as info:
+        to_torch(exported["encoder"], tolerance=Tolerance(atol=0.0, rtol=0.0))
+    assert info.value.exit_code == 1
+
+
+def test_blocks_and_freezing_by_node_name(exported: dict[str, Path]) -> None:
+    from onnxferry.learn import Block, freeze_until, replace_block
+
+    module = to_torch(exported["cnn"])
+    told: list[Block] = []
+
+    def factory(block: Block) -> Any:
+        told.append(block)
+        conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(block.weights["c1.weight"])
+            assert conv.bias is not None
+            conv.bias.copy_(block.weights["c1.bias"])
+        return torch.nn.Sequential(conv, torch.nn.ReLU())
+
+    x = torch.randn(2, 1, 12, 12)
+    before = module(x=x)["output_0"].detach()
+    block = replace_block(module, "node_conv2d..node_relu", factory)
+    assert told == [block]
+    assert block.nodes == ["node_conv2d", "node_relu"]
+    assert block.inputs == ["x"] and block.outputs == ["relu"]
+    assert set(block.weights) == {"c1.weight", "c1.bias"}
+    assert torch.allclose(module(x=x)["output_0"], before, atol=1e-6)  # the same function
+    frozen = freeze_until(module, "node_conv2d_1")  # a node: its weights and all upstream
+    assert frozen == ["c2.bias", "c2.weight", "node_conv2d:0.bias", "node_conv2d:0.weight"]
+    assert module.parameter("fc.weight").requires_grad
