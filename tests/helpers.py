@@ -22,6 +22,8 @@ import onnx
 from onnx import helper, numpy_helper, parser
 from onnx.external_data_helper import set_external_data
 
+from onnxferry.model import Model
+
 Run = Callable[..., tuple[int, str, str]]
 """The ``ferry`` fixture (tests/conftest.py): CLI arguments in, (exit code, stdout, stderr) out."""
 
@@ -379,3 +381,16 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 60) -
             conn.close()
         time.sleep(0.1)
     raise AssertionError("the server did not become ready")
+
+
+def convert_with_dynamo(module: Any, path: Path, example: tuple[Any, ...]) -> Model:
+    """ferry's convert (verified) of a torch module with the dynamo exporter only: convert keeps
+    the fastest exporter that passes, and tests that name nodes (``node_conv2d``) need the
+    dynamo exporter's names whichever is faster on the day."""
+    from onnxferry.convert import convert
+    from onnxferry.convert.dispatch import load_source, options_for
+    from onnxferry.convert.torch.export import DYNAMO
+
+    source = load_source(module, options_for(), framework="torch", example_inputs=example)
+    source.candidates = [c for c in source.candidates if c.exporter == DYNAMO]
+    return convert(source, path)

@@ -17,11 +17,10 @@ import torch
 from onnx import numpy_helper
 from sklearn import datasets
 
-import onnxferry
 from onnxferry.learn import FinetuneResult, finetune, to_torch, train_epochs
 from onnxferry.learn.training import Dataset, evaluate
 from onnxferry.registry import Registry
-from tests.helpers import Run
+from tests.helpers import Run, convert_with_dynamo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,7 +78,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, digits: Any) -> Path:
             optimizer.step()
     net.eval()
     path = tmp_path_factory.mktemp("digits") / "digits.onnx"
-    onnxferry.convert(net, path, example_inputs=(xt[:2],))
+    convert_with_dynamo(net, path, (xt[:2],))  # the node names below are dynamo's
     return path
 
 

@@ -15,11 +15,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import onnxferry
 from onnxferry.learn import UnsupportedOperator, check_parity, to_torch
 from onnxferry.learn.torch_module import run_module
 from onnxferry.model import Model
-from tests.helpers import Run, conv_bn_mlp, onnx_text, save
+from tests.helpers import Run, conv_bn_mlp, convert_with_dynamo, onnx_text, save
 from tests.real_models import light_dir, light_input, load_reference
 
 
@@ -74,7 +73,8 @@ BUILDERS = {"cnn": _cnn, "mlp": _mlp, "encoder": _encoder}
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The three torch models, seeded, through ferry's convert (its verification included)."""
+    """The three torch models, seeded, through ferry's convert (its verification included),
+    with the dynamo exporter, whose node names the tests give."""
     folder = tmp_path_factory.mktemp("exports")
     paths = {}
     for name, build in BUILDERS.items():
@@ -82,7 +82,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         module, example = build()
         module.eval()
         paths[name] = folder / f"{name}.onnx"
-        onnxferry.convert(module, paths[name], example_inputs=example)
+        convert_with_dynamo(module, paths[name], example)
     return paths
 
 
