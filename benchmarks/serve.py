@@ -49,6 +49,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,22 @@ def raw_ort(path: Path, threads: int, duration: float) -> list[RawRow]:
 
 
 # --- servers -----------------------------------------------------------------------------
+
+
+def row_text(row: Row) -> str:
+    """One measured row as a progress line (throughput, p50, p99, the batch the server formed)."""
+    if row.throughput is None:
+        return f"FAILED {row.error}"
+    text = f"{row.throughput:.1f} infer/s, p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms"
+    if row.server_batch is not None:
+        text += f", batch formed {row.server_batch:.2f}"
+    return text + (f" ({row.error})" if row.error else "")
+
+
+def median_of(values: Sequence[float | None]) -> float | None:
+    """The median of the values measured (None where none was)."""
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
 
 
 def free_port(span: int = 1) -> int:

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,11 +65,13 @@ from serve import (
     ferry_missing,
     ferry_repo,
     free_port,
+    median_of,
     mlp,
     perf_analyzer,
     pinned,
     plan_pinning,
     raw_ort,
+    row_text,
     running,
     taskset,
 )
@@ -147,7 +148,7 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> ModelRu
                 with running(taskset(args.pin.server, cmd), url, name, workdir / f"{front}.log"):
                     for c in args.levels:
                         row = _measured(run, front, url, name, c, args, workdir)
-                        print(f"  round {round_ + 1} {front} c={c}: {_text(row)}", flush=True)
+                        print(f"  round {round_ + 1} {front} c={c}: {row_text(row)}", flush=True)
             except RuntimeError as e:
                 run.notes.append(f"{front} did not start in round {round_ + 1}: {e}")
                 print(f"  {front} failed: {e}", flush=True)
@@ -163,7 +164,7 @@ def measure_model(name: str, args: argparse.Namespace, workdir: Path) -> ModelRu
             with running(taskset(args.pin.server, cmd), url, name, workdir / "triton.log"):
                 for c in args.levels:
                     row = _measured(run, "triton", url, name, c, args, workdir)
-                    print(f"  triton c={c}: {_text(row)}", flush=True)
+                    print(f"  triton c={c}: {row_text(row)}", flush=True)
         except RuntimeError as e:
             run.notes.append(f"triton did not start: {e}")
     return run
@@ -231,28 +232,14 @@ def _triton_command(name: str, path: Path, args: argparse.Namespace) -> list[str
     return [*cmd, "--queue-delay-us", str(int(args.queue_delay_ms * 1000))]
 
 
-def _text(row: Row) -> str:
-    if row.throughput is None:
-        return f"FAILED {row.error}"
-    text = f"{row.throughput:.1f} infer/s, p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms"
-    if row.server_batch is not None:
-        text += f", batch {row.server_batch:.2f}"
-    return text + (f" ({row.error})" if row.error else "")
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return statistics.median(kept) if kept else None
-
-
 def medians(run: ModelRun, system: str, c: int) -> dict[str, float | None]:
     rows = [r for r in run.rows if r.system == system and r.concurrency == c and r.throughput]
     return {
         "runs": float(len(rows)),
-        "throughput": _median([r.throughput for r in rows]),
-        "p50_ms": _median([r.p50_ms for r in rows]),
-        "p99_ms": _median([r.p99_ms for r in rows]),
-        "batch": _median([r.server_batch for r in rows]),
+        "throughput": median_of([r.throughput for r in rows]),
+        "p50_ms": median_of([r.p50_ms for r in rows]),
+        "p99_ms": median_of([r.p99_ms for r in rows]),
+        "batch": median_of([r.server_batch for r in rows]),
     }
 
 
@@ -265,7 +252,7 @@ def table(run: ModelRun, args: argparse.Namespace) -> Table:
             if not m["runs"]:
                 continue
             tput = m["throughput"] or 0.0
-            cpu = _median([u for s_, c_, u in run.cpu_us if s_ == system and c_ == c])
+            cpu = median_of([u for s_, c_, u in run.cpu_us if s_ == system and c_ == c])
             body.append(
                 [system, c, int(m["runs"] or 0), round(tput, 1),
                  f"{tput / best.samples_per_s:.2f}x", _r(m["p50_ms"]), _r(m["p99_ms"]),
@@ -293,7 +280,8 @@ def verdicts(run: ModelRun, args: argparse.Namespace) -> list[str]:
         u, g = medians(run, "uvicorn", c), medians(run, "granian", c)
         if u["throughput"] and g["throughput"]:
             cpu = {
-                f: _median([us for s_, c_, us in run.cpu_us if s_ == f and c_ == c]) for f in FRONTS
+                f: median_of([us for s_, c_, us in run.cpu_us if s_ == f and c_ == c])
+                for f in FRONTS
             }
             cpu_text = (
                 f", server CPU/request {cpu['granian'] / cpu['uvicorn']:.3f}x "

@@ -43,8 +43,10 @@ from serve import (
     ferry_missing,
     ferry_repo,
     free_port,
+    median_of,
     perf_analyzer,
     raw_ort,
+    row_text,
     running,
 )
 
@@ -96,26 +98,12 @@ def measure(
                     row.error = row.error or "unstable: 3 windows without the 10 % check"
                 row.system = mode
                 rows[mode].append(row)
-                print(f"  round {round_ + 1}, {mode}: {_text(row)}", flush=True)
+                print(f"  round {round_ + 1}, {mode}: {row_text(row)}", flush=True)
     return rows, raw_best
 
 
 def _samples(row: RawRow) -> float:
     return row.samples_per_s
-
-
-def _text(row: Row) -> str:
-    if row.throughput is None:
-        return f"FAILED {row.error}"
-    text = f"{row.throughput:.1f} infer/s, p50 {row.p50_ms:.3f} ms, p99 {row.p99_ms:.3f} ms"
-    if row.server_batch is not None:
-        text += f", batch formed {row.server_batch:.2f}"
-    return text + (f" ({row.error})" if row.error else "")
-
-
-def _median(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return statistics.median(kept) if kept else None
 
 
 def summary(rows: dict[str, list[Row]], raw: list[tuple[float, int]], c: int) -> Table:
@@ -125,16 +113,16 @@ def summary(rows: dict[str, list[Row]], raw: list[tuple[float, int]], c: int) ->
     raw_best = statistics.median(samples for samples, _ in raw)
     for mode in MODES:
         ok = [r for r in rows[mode] if r.throughput is not None]
-        tput = _median([r.throughput for r in ok])
+        tput = median_of([r.throughput for r in ok])
         body.append(
             [
                 mode,
                 f"{len(ok)}/{len(rows[mode])}",
                 "" if tput is None else round(tput, 1),
                 "" if tput is None else f"{tput / raw_best:.2f}x",
-                _round(_median([r.p50_ms for r in ok])),
-                _round(_median([r.p99_ms for r in ok])),
-                _round(_median([r.server_batch for r in ok]), 2),
+                _round(median_of([r.p50_ms for r in ok])),
+                _round(median_of([r.p99_ms for r in ok])),
+                _round(median_of([r.server_batch for r in ok]), 2),
             ]
         )
     batches = ",".join(str(batch) for _, batch in raw)
@@ -196,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, raw = measure(args, Path(tmp))
     print()
     print(render_table(summary(rows, raw, args.concurrency)))
-    body = _median([r.throughput for r in rows["body"]])
-    shared = _median([r.throughput for r in rows["shared memory"]])
+    body = median_of([r.throughput for r in rows["body"]])
+    shared = median_of([r.throughput for r in rows["shared memory"]])
     if body and shared:
         print(f"\nshared memory / body: {shared / body:.2f}x")
     print(f"load average at the end: {load_average()} ({os.cpu_count()} logical CPUs)")
