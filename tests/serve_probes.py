@@ -1,7 +1,7 @@
 """Probes of a running server for the hardening tests: connections and a health poller.
 
 latencies, answers = poll_health_while(url, lambda: post(url, big_body))
-assert max(latencies) < 0.05     # the event loop kept answering
+assert_kept_answering(latencies, work_s=1.2)     # the event loop was never held by the work
 """
 
 from __future__ import annotations
@@ -106,3 +106,15 @@ def poll_health_while(url: str, work: Callable[[], T]) -> tuple[list[float], lis
     finally:
         conn.close()
     return latencies, answer
+
+
+def assert_kept_answering(latencies: list[float], work_s: float, quick: float = 0.05) -> None:
+    """The health polls of ``poll_health_while`` show an event loop that ``work_s`` seconds of
+    work never held: nine in ten polls under ``max(quick, work_s / 4)`` and none near the work's
+    length (a loop doing the work itself holds one poll for all of it). A loaded machine's
+    scheduling delays a few polls; it does not delay most of them."""
+    assert len(latencies) >= 5, latencies
+    ordered = sorted(latencies)
+    p90 = ordered[int(0.9 * (len(ordered) - 1))]
+    assert p90 < max(quick, work_s / 4), (p90, work_s, ordered[-10:])
+    assert ordered[-1] < max(2 * quick, work_s / 2), (ordered[-1], work_s)

@@ -217,6 +217,14 @@ def test_open_refuses_missing_and_foreign_registries(tmp_path: Path, model: Path
         Registry.open(tmp_path / "r", store=str(tmp_path / "other"))
 
 
+def test_open_while_another_process_is_still_making_the_catalog(tmp_path: Path) -> None:
+    # The file exists (sqlite made it) but its schema is not committed yet: not an error.
+    (tmp_path / "r").mkdir()
+    sqlite3.connect(tmp_path / "r" / "catalog.db").close()
+    reg = Registry.open(tmp_path / "r", create=True)
+    assert reg.names() == []
+
+
 # --- fsck ------------------------------------------------------------------------------------
 
 

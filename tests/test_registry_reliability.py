@@ -5,6 +5,7 @@ nothing half-written is visible; what a killed process left is removed by the ne
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -216,13 +217,14 @@ RACER = """
 
     registry, model, me, racers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     here = Path(registry).parent
+    give_up = time.monotonic() + 60  # a racer that died must fail the test, not hang it
     reg = Registry.open(registry, create=True)  # made by whoever comes first
     (here / f"ready-{me}").touch()
-    while not (here / "go").exists():
+    while not (here / "go").exists() and time.monotonic() < give_up:
         time.sleep(0.001)
     mine = [reg.add(model, "m", actor=me).version for _ in range(3)]
     (here / f"added-{me}").touch()
-    while len(list(here.glob("added-*"))) < racers:
+    while len(list(here.glob("added-*"))) < racers and time.monotonic() < give_up:
         time.sleep(0.001)
     try:  # everyone saw no production yet; one may set it
         reg.set_alias("m", "production", mine[-1], expect=None, actor=me)
@@ -237,20 +239,21 @@ def test_processes_adding_and_promoting_at_once(tmp_path: Path, models: list[Pat
     registry, racers = tmp_path / "registry", 3
     script = tmp_path / "racer.py"
     script.write_text(textwrap.dedent(RACER))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(registry), str(models[0]), f"p{i}", str(racers)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(racers)
-    ]
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("ready-*"))) < racers and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (tmp_path / "go").touch()
-    outcomes = [(p.wait(timeout=60), p.communicate()[0].split()) for p in procs]
+    with contextlib.ExitStack() as stack:  # on any failure: killed, reaped, pipes closed
+        procs = []
+        for i in range(racers):
+            argv = [str(script), str(registry), str(models[0]), f"p{i}", str(racers)]
+            proc = subprocess.Popen(
+                [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            procs.append(stack.enter_context(proc))
+            stack.callback(proc.kill)
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("ready-*"))) < racers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    outcomes = [(p.returncode, out.split()) for p, out in zip(procs, outputs, strict=True)]
 
     winners = [words for code, words in outcomes if code == 0 and words[0] == "won"]
     losers = [words for code, words in outcomes if code == 2 and words[0] == "lost"]

@@ -25,7 +25,7 @@ from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.responses import encode_infer_response
 from onnxferry.serve.server import ServerOptions, build_app, running
 from tests.helpers import onnx_text, save
-from tests.serve_probes import connection, poll_health_while
+from tests.serve_probes import assert_kept_answering, connection, poll_health_while
 
 MIB = 1 << 20
 WIDTH = 1_000_000
@@ -137,8 +137,7 @@ def test_health_answers_while_a_large_response_encodes(tile: str) -> None:
 
     latencies, answer = poll_health_while(tile, big)
     assert answer == [(200, len(expected))]
-    assert len(latencies) >= 5, latencies
-    assert max(latencies) < max(0.05, encode_s / 4), (max(latencies), encode_s)
+    assert_kept_answering(latencies, encode_s)
 
 
 # --- 2. large JSON bodies -----------------------------------------------------------------
@@ -159,8 +158,7 @@ def test_health_answers_while_a_large_json_body_parses(shape: str) -> None:
     status, data = answer[0]
     assert status == 200, data[:200]
     assert json.loads(data)["outputs"][0]["data"] == [size]
-    assert len(latencies) >= 5, latencies
-    assert max(latencies) < max(0.05, parse_s / 4), (max(latencies), parse_s)
+    assert_kept_answering(latencies, parse_s)
 
 
 @pytest.fixture

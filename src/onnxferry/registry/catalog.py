@@ -113,6 +113,9 @@ class Catalog:
 
     def _current(self) -> bool:
         """Whether the file holds this onnxferry's schema already (InputError when newer)."""
+        # Another process may have made the file and not yet committed its schema.
+        if not self.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
+            return False
         rows = self.read("SELECT value FROM meta WHERE key = 'schema'")
         found = int(rows[0]["value"]) if rows else 0
         if found > SCHEMA_VERSION:
