@@ -401,6 +401,7 @@ def ferry(case: Case, time_budget: float | None) -> tuple[Callable[[Path], None]
 
     def build(path: Path) -> None:
         import onnxferry
+        from onnxferry.report import render_table
 
         extra: dict[str, Any] = {} if time_budget is None else {"time_budget": time_budget}
         model = onnxferry.optimize(
@@ -409,6 +410,9 @@ def ferry(case: Case, time_budget: float | None) -> tuple[Callable[[Path], None]
         report = model.provenance[-1]
         result = getattr(report, "result", None)
         notes.append(f"ferry chose: {getattr(result, 'reason', '?')}")
+        candidates = next((t for t in report.tables() if t.title.startswith("optimize")), None)
+        if candidates is not None:  # every candidate: its speedup, metric and verdict
+            notes.extend(f"ferry: {line}" for line in render_table(candidates).splitlines())
         notes.extend(f"ferry: {n}" for n in getattr(report, "notes", []))
 
     return build, notes

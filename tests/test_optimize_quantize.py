@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from onnxferry.data import save_npz, save_test_case
 from onnxferry.errors import DataError, UsageError
 from onnxferry.model import Model
-from onnxferry.optimize import PassContext, PassError, make_pass
+from onnxferry.optimize import PassContext, PassError, make_pass, sensitivity
 from onnxferry.optimize.calibration import (
     FeedsReader,
     calibration_feeds,
@@ -598,6 +598,27 @@ def test_exclude_until_keeps_the_sensitive_layer_in_float(tmp_path: Path) -> Non
         exclude_until(plan.source, plan.build, lambda m: False, ranking, max_excluded=2)
     with pytest.raises(PassError, match="no quantized node"):
         exclude_until(plan.source, plan.build, judge, [], max_excluded=2)
+
+
+@pytest.mark.parametrize("step", [DynamicInt8, StaticInt8], ids=["dynamic", "static"])
+def test_trials_staging_their_own_copy_share_one_ranking(tmp_path: Path, step: Any) -> None:
+    """An Optuna study applies the same quantizer in many trials, each in its own directory:
+    the ranking, a function of the bytes, the feeds and the options, is computed once."""
+    model = Model.load(save(sensitive_mlp(), tmp_path / "s.onnx"))
+    feeds = feeds_for(model)
+    sensitivity._rankings.clear()  # an earlier test may have ranked this very model
+    before = sensitivity._rankings.computed
+    kept = [
+        step(exclude_sensitive=count).apply(model, PassContext(tmp_path / f"trial{i}", feeds))
+        for i, count in enumerate((1, 2, 1))
+    ]
+    assert sensitivity._rankings.computed == before + 1
+    first = "fc2" if step is DynamicInt8 else "fc2/MatMulAddFusion"
+    names = [r.details["sensitive_nodes"] for r in kept]
+    assert names[0] == names[2] == [first] and names[1][0] == first and len(names[1]) == 2
+    other_feeds = feeds_for(model, seed=2)
+    step(exclude_sensitive=1).apply(model, PassContext(tmp_path / "other", other_feeds))
+    assert sensitivity._rankings.computed == before + 2  # other feeds: ranked again
 
 
 def test_rank_dynamic_sensitivity_ranks_the_wide_range_input_first(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from .sets import (
     checked_feeds,
     dynamic_dims,
     feed_sets,
+    feeds_digest,
     shape_plan,
     verification_feeds,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "describe_shapes",
     "dynamic_dims",
     "feed_sets",
+    "feeds_digest",
     "index_ranges",
     "plan_feeds",
     "random_array",

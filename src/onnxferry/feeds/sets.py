@@ -3,12 +3,14 @@
     sets, plan = feed_sets(model, inputs, count=3)      # inputs None: three generated sets
     sets = checked_feeds(inputs, model.signature, where="calibration", error=DataError)
     sets = verification_feeds(model, samples)            # convert: samples, then varied sizes
+    key = feeds_digest(sets)                             # sha256 of names, dtypes, shapes, bytes
 
 Every verb takes its feed sets from one of these three (see the package docstring).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,16 @@ def shape_plan(
             plan[name] = (BATCH_VALUES if name in BATCH_NAMES else OTHER_VALUES)[i]
         plans.append(plan)
     return plans
+
+
+def feeds_digest(sets: Iterable[Mapping[str, np.ndarray]]) -> str:
+    """sha256 over every set's names, dtypes, shapes and bytes, in order: the same feeds give
+    the same digest in any process."""
+    h = hashlib.sha256()
+    for feeds in sets:
+        h.update(b"\x00set")
+        for key in sorted(feeds):
+            array = np.ascontiguousarray(feeds[key])
+            h.update(f"{key}\x00{array.dtype}{array.shape}".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_h
 import numpy as np
 
 from ..errors import UsageError, one_line
+from ..feeds import feeds_digest
 from ..model import Model
 from ..report import Table, jsonable
 from .auto import (
@@ -562,16 +563,10 @@ def _rebuild_finalists(search: StudyResult, run: _TrialRunner, count: int) -> No
 
 def _identity(model: Model, judge: Judge, space: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """What a study is made for: a study of another model, data, budget or space is refused."""
-    data = hashlib.sha256()
-    for feeds in judge.feeds:
-        for key in sorted(feeds):
-            array = np.ascontiguousarray(feeds[key])
-            data.update(f"{key}{array.dtype}{array.shape}".encode())
-            data.update(array.tobytes())
     choices = repr(sorted((k, tuple(v)) for k, v in space.items())).encode()
     return {
         "model": model.digest,
-        "data": data.hexdigest(),
+        "data": feeds_digest(judge.feeds),
         "budget": judge.budget.text(),
         "provider": judge.provider,
         "precision": judge.precision,

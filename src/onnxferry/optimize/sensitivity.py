@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import UsageError
+from ..feeds import feeds_digest
 from ..graphs import copy_model, expose, inlined, runnable
 from ..model import Model
 from ..runtime import OrtRunner
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _PROBE = "ferry.sens/"
+_REMEMBERED = 32
+"""Rankings kept in memory (a few hundred bytes each), most recently used first out last."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,16 @@ def rank_sensitivity(
     """
     if not feeds:
         raise UsageError("rank_sensitivity needs at least one feed set")
+    key = ("qdq", fp32.digest, quantized.digest, feeds_digest(feeds), by)
+    return _rankings.get(key, lambda: _rank_qdq(fp32, quantized, feeds, by))
+
+
+def _rank_qdq(
+    fp32: Model,
+    quantized: Model,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    by: Literal["error", "error_per_weight"],
+) -> list[NodeSensitivity]:
     with contextlib.ExitStack() as stack:
         fp32_proto, q_proto = inlined(fp32), inlined(quantized)
         augmented, probes = _probe_model(fp32_proto, q_proto)
@@ -118,10 +133,21 @@ def rank_dynamic_sensitivity(
     to a MatMul's FLOPs: the nodes it ranks first buy the most accuracy for the least speed
     when kept in float.
     """
-    from onnx import numpy_helper
-
     if not feeds:
         raise UsageError("rank_dynamic_sensitivity needs at least one feed set")
+    key = ("dynamic", fp32.digest, feeds_digest(feeds), per_channel, reduce_range, by)
+    return _rankings.get(key, lambda: _rank_dynamic(fp32, feeds, per_channel, reduce_range, by))
+
+
+def _rank_dynamic(
+    fp32: Model,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    per_channel: bool,
+    reduce_range: bool,
+    by: Literal["error", "error_per_weight"],
+) -> list[NodeSensitivity]:
+    from onnx import numpy_helper
+
     with contextlib.ExitStack() as stack:
         proto = inlined(fp32)
         constants = {
@@ -151,6 +177,44 @@ def rank_dynamic_sensitivity(
         if stats[sim.node.name].measured
     ]
     return _ranked(ranking, by)
+
+
+class _Rankings:
+    """Rankings by what they are a function of: the models' bytes, the feeds and the options.
+
+    An Optuna study asks for the same ranking in every trial that samples ``exclude_sensitive``
+    (each trial stages its own copy of the model, byte for byte the same), and a ranking costs
+    a session per model plus a run per feed set.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[Any, ...], list[NodeSensitivity]] = OrderedDict()
+        self.computed = 0
+
+    def get(
+        self, key: tuple[Any, ...], compute: Callable[[], list[NodeSensitivity]]
+    ) -> list[NodeSensitivity]:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+                return list(found)
+        ranking = compute()
+        with self._lock:
+            self.computed += 1
+            self._kept[key] = ranking
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+        return list(ranking)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+_rankings = _Rankings(_REMEMBERED)
 
 
 @dataclass
