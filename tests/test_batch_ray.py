@@ -15,6 +15,7 @@ from PIL import Image
 from onnxferry.batch import Preprocess, batch, read_output
 from onnxferry.batch.ray_engine import start_ray
 from tests.helpers import Run, mlp, onnx_text, save
+from tests.test_customops import python_op_model, swish, write_ops
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
 
@@ -99,3 +100,23 @@ def test_images_through_the_cli_on_ray_equal_the_local_engine(
     code, _, err = ferry("batch", tmp_path / "pool.onnx", tmp_path / "images", "-o",
                          tmp_path / "ray", "--engine", "ray", *options)  # fmt: skip
     assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_python_custom_operators_run_in_the_ray_actors(
+    local_ray: None, ferry: Run, tmp_path: Path
+) -> None:
+    """The actors are processes of their own: each imports the --custom-ops file."""
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions not installed")
+    op_type = "FerryRayTestSwish"  # one kernel per type per process: not test_customops' type
+    save(python_op_model(op_type), tmp_path / "pyop.onnx")
+    ops = write_ops(tmp_path / "ops.py", op_type)
+    x = np.random.default_rng(2).standard_normal((40, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    trusted = ["--custom-ops", ops, "--trust-custom-ops"]
+    code, _, err = ferry("batch", tmp_path / "pyop.onnx", tmp_path / "x.npz", "-o",
+                         tmp_path / "ray", "--engine", "ray", "--workers", "1",
+                         "--batch-size", "16", *trusted)  # fmt: skip
+    assert code == 0, err
+    out = read_output(tmp_path / "ray")
+    assert out["row"].tolist() == list(range(40))
+    np.testing.assert_allclose(out["y"], swish(x), rtol=1e-6)

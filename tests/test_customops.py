@@ -329,6 +329,22 @@ def test_a_custom_layer_exports_through_custom_export_with_parity(
     assert f"{CONTRIB}::{EXPORTED}" in ops_used or "Sigmoid" in ops_used
 
 
+def test_deploy_takes_custom_export_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    (tmp_path / "net.py").write_text(NET)
+    rules = tmp_path / "rules.py"
+    rules.write_text(RULES)
+    ops = write_ops(tmp_path / "ops.py", EXPORTED)
+    outdir = tmp_path / "deployed"
+    args = ["deploy", f"{tmp_path / 'net.py'}:make", "-o", str(outdir), "--batch", "1"]
+    trusted = ["--custom-ops", str(ops), "--trust-custom-ops"]
+    assert main([*args, "--custom-export", str(rules), *trusted, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    conversion = report["result"]["stages"][0]["result"]
+    assert conversion["details"]["custom_export"] == str(rules)
+    assert Model.load(outdir / "model.onnx").signature.input_names
+
+
 def test_a_custom_layer_without_translations_names_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

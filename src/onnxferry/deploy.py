@@ -69,8 +69,10 @@ def deploy(
     batches: Sequence[int] = (1, 8),
     duration: float = 1.0,
     example_inputs: Any = None,
+    custom_export: str | Path | None = None,
 ) -> Report[Deployment]:
-    """Convert, optimize within the budget, bench, and write ``outdir``."""
+    """Convert, optimize within the budget, bench, and write ``outdir``. ``custom_export``:
+    a Python file translating a torch model's custom layers (as ``convert`` takes it)."""
     out = Path(outdir)
     result = Deployment(source=str(source), outdir=str(out))
     with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
@@ -83,6 +85,7 @@ def deploy(
             dynamic=dynamic,
             trust_pickle=trust_pickle,
             example_inputs=example_inputs,
+            custom_export=custom_export,
         )
         result.stages.append(converted.last_report(Conversion))
         final = optimize(

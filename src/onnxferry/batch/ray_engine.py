@@ -10,7 +10,8 @@ session of ``threads`` intra-op threads, building the same output tables as the 
 engine; ``write_parquet`` writes them (Ray names the files; sort by ``row``, as
 ``read_output`` does, to compare). Ray's own ``read_parquet`` / ``read_images`` give no row's
 position in the input, which is why reading goes through ``Source``: on a cluster the input
-must be at the same path on every node (a shared volume), the output a shared path or a URI.
+must be at the same path on every node (a shared volume), the output a shared path or a URI;
+so must the ``--custom-ops`` files, which every actor imports.
 
 ``address`` connects to a running cluster (``auto``, ``ray://host:10001``, or the
 ``RAY_ADDRESS`` a RayJob sets); without one, a Ray instance already started in this process
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..customops import loaded_custom_ops
 from ..errors import UsageError
 from ..model import Model
 from ..runtime import OrtRunner, SessionConfig, usable_cores
@@ -40,11 +42,24 @@ columns)."""
 
 
 class _Predict:
-    """One actor of the pool: one ONNX Runtime session, batches in, output tables out."""
+    """One actor of the pool: one ONNX Runtime session, batches in, output tables out. An
+    actor is a process of its own: it imports the driver's ``--custom-ops`` files itself
+    (their trust was given to the driver) before its session is made."""
 
-    def __init__(self, model: str | bytes, threads: int, fixed: int | None, provider: str) -> None:
+    def __init__(
+        self,
+        model: str | bytes,
+        threads: int,
+        fixed: int | None,
+        provider: str,
+        custom_ops: tuple[str, ...] = (),
+    ) -> None:
         import onnx
 
+        from ..customops import load_custom_ops
+
+        for file in custom_ops:
+            load_custom_ops(file, trust=True)
         if isinstance(model, str):
             loaded = Model.load(model)
         else:
@@ -178,6 +193,7 @@ def _execute(
     workers = workers or max(1, cpus // threads)
     items = [{"start": s.start, "stop": s.stop} for s in shards(source.rows, shard_rows)]
     blob: str | bytes = str(model.path) if model.path else model.proto.SerializeToString()
+    custom_ops = tuple(loaded_custom_ops())  # on a cluster: at the same path on every node
     started = time.perf_counter()
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     # Reading and writing reserve no CPU (the actors hold the cores; a stage waiting for a
@@ -191,7 +207,7 @@ def _execute(
     )
     ds = ds.map_batches(
         _Predict,
-        fn_constructor_args=(blob, threads, fixed_batch, provider),
+        fn_constructor_args=(blob, threads, fixed_batch, provider, custom_ops),
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),

@@ -9,6 +9,7 @@ import click
 from .options import (
     batch_option,
     budget_options,
+    custom_export_option,
     custom_ops_options,
     report_options,
     source_options,
@@ -28,6 +29,7 @@ from .render import emit
 @source_options(inputs="Sample inputs, for conversion and validation")
 @budget_options
 @batch_option(default="1,8")
+@custom_export_option
 @custom_ops_options
 @report_options
 def deploy(
@@ -42,10 +44,12 @@ def deploy(
     budget: str | None,
     eval_data: str | None,
     batches: list[int],
+    custom_export: Path | None,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
-    """Convert (verified) -> optimize --auto -> bench, into OUTDIR with JSON and HTML reports."""
+    """Convert (verified) -> optimize --auto -> bench, into OUTDIR with JSON and HTML reports.
+    A torch model's custom layers export through --custom-export, as in `ferry convert`."""
     from ..deploy import deploy as deploy_model
 
     report = deploy_model(
@@ -60,6 +64,7 @@ def deploy(
         eval_data=eval_data,
         trust_pickle=trust_pickle,
         batches=batches,
+        custom_export=custom_export,
     )
     code = emit(report, as_json, report_path)
     if not as_json:
