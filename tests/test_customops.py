@@ -307,18 +307,24 @@ symbolics = {{"ferrytest::swish": swish_symbolic}}
 """
 
 
-def test_a_custom_layer_exports_through_custom_export_with_parity(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def custom_layer(tmp_path: Path) -> tuple[str, Path, list[str]]:
+    """(the factory ``net.py:make``, its rules file, the trusted --custom-ops options)."""
     pytest.importorskip("torch")
     (tmp_path / "net.py").write_text(NET)
     rules = tmp_path / "rules.py"
     rules.write_text(RULES)
     ops = write_ops(tmp_path / "ops.py", EXPORTED)
+    return f"{tmp_path / 'net.py'}:make", rules, ["--custom-ops", str(ops), "--trust-custom-ops"]
+
+
+def test_a_custom_layer_exports_through_custom_export_with_parity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], custom_layer: tuple[str, Path, list[str]]
+) -> None:
+    source, rules, trusted = custom_layer
     out = tmp_path / "net.onnx"
-    source = f"{tmp_path / 'net.py'}:make"
     args = ["convert", source, "-o", str(out), "--custom-export", str(rules), "--json"]
-    assert main([*args, "--custom-ops", str(ops), "--trust-custom-ops"]) == 0
+    assert main([*args, *trusted]) == 0
     report = json.loads(capsys.readouterr().out)
     attempts = {a["exporter"]: a for a in report["result"]["attempts"]}
     for attempt in attempts.values():  # dynamo: the Python operator; TorchScript: standard ops
@@ -329,15 +335,12 @@ def test_a_custom_layer_exports_through_custom_export_with_parity(
     assert f"{CONTRIB}::{EXPORTED}" in ops_used or "Sigmoid" in ops_used
 
 
-def test_deploy_takes_custom_export_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
-    (tmp_path / "net.py").write_text(NET)
-    rules = tmp_path / "rules.py"
-    rules.write_text(RULES)
-    ops = write_ops(tmp_path / "ops.py", EXPORTED)
+def test_deploy_takes_custom_export_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], custom_layer: tuple[str, Path, list[str]]
+) -> None:
+    source, rules, trusted = custom_layer
     outdir = tmp_path / "deployed"
-    args = ["deploy", f"{tmp_path / 'net.py'}:make", "-o", str(outdir), "--batch", "1"]
-    trusted = ["--custom-ops", str(ops), "--trust-custom-ops"]
+    args = ["deploy", source, "-o", str(outdir), "--batch", "1"]
     assert main([*args, "--custom-export", str(rules), *trusted, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     conversion = report["result"]["stages"][0]["result"]
