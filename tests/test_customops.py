@@ -307,10 +307,13 @@ symbolics = {{"ferrytest::swish": swish_symbolic}}
 """
 
 
-@pytest.fixture
-def custom_layer(tmp_path: Path) -> tuple[str, Path, list[str]]:
-    """(the factory ``net.py:make``, its rules file, the trusted --custom-ops options)."""
+@pytest.fixture(scope="module")
+def custom_layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, list[str]]:
+    """(the factory ``net.py:make``, its rules file, the trusted --custom-ops options). One
+    ops file for the module: a second file defining the same operator is refused, and its
+    kernel would still be registered in this process."""
     pytest.importorskip("torch")
+    tmp_path = tmp_path_factory.mktemp("custom-layer")
     (tmp_path / "net.py").write_text(NET)
     rules = tmp_path / "rules.py"
     rules.write_text(RULES)
