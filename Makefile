@@ -76,10 +76,11 @@ system-tools:
 
 # pytest-xdist runs the test files on one worker per core (two here: about 1.7x faster); a file
 # stays on one worker, so its module fixtures (servers, built models) are made once. WORKERS=0
-# runs everything in this process.
+# runs everything in this process. The files run in the order tests/conftest.py sets (those that
+# measure their own process's memory first).
 WORKERS ?= auto
 unit: $(DEVSTAMP) system-tools
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test: lint typecheck unit
 

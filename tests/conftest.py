@@ -1,6 +1,8 @@
-"""Fixtures every test module may use."""
+"""Fixtures every test module may use, and the order the test files run in."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
@@ -25,3 +27,17 @@ def ferry(capsys: pytest.CaptureFixture[str]) -> Run:
         return code, out, err
 
     return run
+
+
+FRESH_PROCESS = ("test_serve_memory_budget.py", "test_batch_ray.py")
+"""Files that measure this process's own memory (a model's RSS growth at load, the batch
+engine's cap over the process's RSS): they run first, before other files have grown the heap
+(under pytest-xdist, the first files each worker takes)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """FRESH_PROCESS files first, then the files with the most tests (what pytest-xdist's own
+    reordering does, which ``make test`` turns off so that this order holds); within a file,
+    the tests keep their order."""
+    counts = Counter(item.path.name for item in items)
+    items.sort(key=lambda item: (item.path.name not in FRESH_PROCESS, -counts[item.path.name]))
