@@ -252,6 +252,24 @@ def row_text(row: Row) -> str:
     return text + (f" ({row.error})" if row.error else "")
 
 
+def settings_line(args: argparse.Namespace, versions: str = "", pins: str = "") -> str:
+    """The header line of a perf_analyzer benchmark: cores, versions (``versions`` adds the
+    front ends'), thread budget, CPU pins, batching and windows, the load average."""
+    import platform
+
+    import onnxruntime as ort
+
+    from machine import load_average
+
+    pinned = f"; {pins}" if pins else ""
+    return (
+        f"{usable_cores()} usable cores, Python {platform.python_version()}, onnxruntime "
+        f"{ort.__version__}{versions}; thread budget {args.threads}{pinned}; max batch "
+        f"{args.max_batch}, queue delay {args.queue_delay_ms} ms; perf_analyzer "
+        f"{args.interval_ms} ms windows, {args.rounds} rounds; load average {load_average()}"
+    )
+
+
 def median_of(values: Sequence[float | None]) -> float | None:
     """The median of the values measured (None where none was)."""
     kept = [v for v in values if v is not None]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import psutil  # type: ignore[import-untyped]  # in the dev lock, without stubs
 from onnx import helper
 
@@ -73,6 +71,7 @@ from serve import (
     raw_ort,
     row_text,
     running,
+    settings_line,
     taskset,
 )
 
@@ -427,14 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pin.server
         else "not pinned: servers and client share the cores"
     )
-    print(
-        f"{usable_cores()} usable cores, Python {platform.python_version()}, onnxruntime "
-        f"{ort.__version__}, uvicorn {uvicorn.__version__}, granian {granian.__version__}; "
-        f"thread budget {args.threads}; {pins}; max batch {args.max_batch}, queue delay "
-        f"{args.queue_delay_ms} ms; perf_analyzer {args.interval_ms} ms windows, "
-        f"{args.rounds} rounds; load average {load_average()}",
-        flush=True,
-    )
+    versions = f", uvicorn {uvicorn.__version__}, granian {granian.__version__}"
+    print(settings_line(args, versions, pins), flush=True)
     with tempfile.TemporaryDirectory(prefix="ferry-frontend-bench-") as tmp:
         runs = [measure_model(m, args, Path(tmp)) for m in args.models]
     for run in runs:

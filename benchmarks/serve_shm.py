@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from machine import cpu_summary, load_average
 from onnxferry.report import Table, render_table
@@ -48,6 +46,7 @@ from serve import (
     raw_ort,
     row_text,
     running,
+    settings_line,
 )
 
 MODES = ("body", "shared memory")
@@ -173,13 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no /dev/shm on this host: system shared memory cannot be measured", file=sys.stderr)
         return 2
     print(f"machine: {cpu_summary()}")
-    print(
-        f"{usable_cores()} usable cores, Python {platform.python_version()}, onnxruntime "
-        f"{ort.__version__}; thread budget {args.threads}; max batch {args.max_batch}, queue "
-        f"delay {args.queue_delay_ms} ms; perf_analyzer {args.interval_ms} ms windows, "
-        f"{args.rounds} rounds; load average {load_average()}",
-        flush=True,
-    )
+    print(settings_line(args), flush=True)
     with tempfile.TemporaryDirectory(prefix="ferry-shm-bench-") as tmp:
         rows, raw = measure(args, Path(tmp))
     print()

@@ -13,9 +13,8 @@ or ``--batch-size``, which sets its default); anything else is refused, not mixe
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,7 @@ import click
 
 from ..errors import UsageError
 from .options import custom_ops_options, devices_option, provider_option, report_options
-from .render import emit
+from .render import emit, progress_unless_piped
 
 if TYPE_CHECKING:
     from ..batch import BatchProgress
@@ -102,8 +101,7 @@ def batch_command(
         mean=_floats(mean, "--mean") if mean else None,
         std=_floats(std, "--std") if std else None,
     )
-    drawn = sys.stderr.isatty() and not as_json
-    with progress_bar() if drawn else nullcontext() as progress:
+    with progress_unless_piped(lambda: progress_bar(), as_json) as progress:
         summary = batch(
             model,
             source,

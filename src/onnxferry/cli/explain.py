@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from .options import custom_ops_options, report_options, runtime_options
-from .render import emit
+from .render import emit, progress_unless_piped
 
 if TYPE_CHECKING:
     from ..explain import Progress
@@ -104,8 +104,7 @@ def explain_command(
 
     vocabulary = load_vocabulary(vocab) if vocab is not None else None
     runner = OrtRunner(Model.load(model), provider=provider, threads=threads)
-    drawn = sys.stderr.isatty() and not as_json
-    with progress_bar(method) if drawn else nullcontext() as progress:
+    with progress_unless_piped(lambda: progress_bar(method), as_json) as progress:
         explanation = explain(
             runner,
             inputs,

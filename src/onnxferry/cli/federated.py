@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from ..parity import Tolerance
-from .options import report_options, tolerance_options
+from .options import lineage_options, report_options, tolerance_options
 from .render import emit
 from .types import NAME_LIST
 
@@ -52,13 +52,7 @@ from .types import NAME_LIST
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for the clients' shuffling.")
 @click.option("--cpus", default=2, show_default=True, help="CPUs for Ray: clients run at once.")
-@click.option(
-    "--registry",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Register every round in this registry (with --name), each the parent of the next.",
-)
-@click.option("--name", help="The registry name to add the rounds under.")
-@click.option("--parent", help="Round 1's parent (NAME:VERSION); default: found by digest.")
+@lineage_options("every round (each the parent of the next)", "Round 1's parent")
 @click.option(
     "-o",
     "--outdir",

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..parity import Tolerance
-from .options import output_option, report_options, tolerance_options
-from .render import emit
+from .options import lineage_options, output_option, report_options, tolerance_options
+from .render import emit, progress_unless_piped
 
 
 @click.command("finetune")
@@ -64,13 +64,7 @@ from .render import emit
     "--patience", default=3, show_default=True, help="Stop after this many epochs without gain."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for shuffling and the head.")
-@click.option(
-    "--registry",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Register the tuned model in this registry (with --name); its parent is recorded.",
-)
-@click.option("--name", help="The registry name to add the tuned model under.")
-@click.option("--parent", help="The parent version (NAME:VERSION); default: found by digest.")
+@lineage_options("the tuned model", "The parent version")
 @output_option
 @tolerance_options()
 @report_options
@@ -102,8 +96,7 @@ def finetune_command(
     from ..learn import FinetuneResult, finetune
 
     replace = dict(_replacement(text) for text in replacements)
-    drawn = sys.stderr.isatty() and not as_json
-    with progress_bar(epochs) if drawn else nullcontext() as progress:
+    with progress_unless_piped(lambda: progress_bar(epochs), as_json) as progress:
         tuned = finetune(
             model,
             data,

@@ -262,6 +262,20 @@ def source_options(inputs: str) -> Callable[[F], F]:
     )
 
 
+def lineage_options(what: str, parent: str) -> Callable[[F], F]:
+    """``--registry DIR``, ``--name`` and ``--parent``: register ``what`` a verb writes, with
+    ``parent`` (its help) as the version it derives from."""
+    return _compose(
+        click.option(
+            "--registry",
+            type=click.Path(file_okay=False, path_type=Path),
+            help=f"Register {what} in this registry (with --name), with its parent recorded.",
+        ),
+        click.option("--name", help=f"The registry name to add {what} under."),
+        click.option("--parent", help=f"{parent} (NAME:VERSION); default: found by digest."),
+    )
+
+
 # --- judging ----------------------------------------------------------------------------
 
 

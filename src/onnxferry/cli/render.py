@@ -10,12 +10,17 @@ Tables go through rich: full width in a pipe, folded to the terminal's width oth
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ..report import Report, Table, format_value
+
+T = TypeVar("T")
 
 
 def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
@@ -77,3 +82,16 @@ class Listing:
 
     def tables(self) -> list[Table]:
         return self._tables
+
+
+def progress_unless_piped(
+    bar: Callable[[], AbstractContextManager[T]], as_json: bool
+) -> AbstractContextManager[T | None]:
+    """``bar()`` (a progress bar's context) when stderr is a terminal and the output is not
+    JSON; otherwise a context that gives None (no progress callback).
+
+        with progress_unless_piped(lambda: progress_bar(epochs), as_json) as progress: ...
+    """
+    if sys.stderr.isatty() and not as_json:
+        return bar()
+    return nullcontext()
