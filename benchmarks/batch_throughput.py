@@ -4,6 +4,7 @@ cost of moving a batch through Ray's object store, and a scaling estimate for N 
 
     .venv/bin/python benchmarks/batch_throughput.py                # about 3 minutes here
     .venv/bin/python benchmarks/batch_throughput.py --rows 65536 --batch-size 256 --no-ray
+    .venv/bin/python benchmarks/batch_throughput.py --ray-only     # the Ray figures alone
 
 The model is an MLP 256-1024-1024-16 (2.6 MFLOP a row), so the figure is about the pipeline's
 overhead, not about a model too small to measure. The input is an .npy of ``--rows`` rows
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--ray-only", action="store_true", help="skip the local rounds")
     args = parser.parse_args()
     print(cpu_summary())
     print(f"usable cores {usable_cores()}, load average {load_average()}, onnxruntime "
@@ -173,7 +175,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {k: [] for k in runners}
         whole: dict[str, list[float]] = {k: [] for k in runners}
         cpu: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(args.rounds):  # one of each per round, back to back
+        for _ in range(0 if args.ray_only else args.rounds):  # one of each, back to back
             for label, run in runners.items():
                 before = _cpu_s()
                 rate, whole_rate = run()
@@ -182,7 +184,7 @@ def main() -> None:
                 whole[label].append(whole_rate or rate)
         print(f"\n{args.rows} rows x {WIDTH} float32, batch {bs}, {args.rounds} rounds")
         labels = list(runners)
-        for label in labels:
+        for label in labels if not args.ray_only else []:
             line = f"{label}: median {statistics.median(rates[label]):,.0f} rows/s"
             for base in labels[:2]:
                 if label in labels[:2]:

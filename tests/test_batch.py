@@ -312,6 +312,8 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
     (tmp / "images" / "broken.png").write_bytes(b"not a png")
     np.save(tmp / "x.npy", _rows(5))
     batch(models["mlp"], tmp / "x.npy", tmp / "taken")
+    (tmp / "someone's").mkdir()
+    (tmp / "someone's" / "notes.txt").write_text("not ferry's")
     return {
         "missing column": ([models["two"], tmp / "no_b.parquet"], "no column for input 'b'"),
         "wrong dtype": ([models["mlp"], tmp / "strings.parquet"], "takes float32"),
@@ -319,6 +321,7 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
         "unreadable image": ([models["image"], tmp / "images"], "broken.png"),
         "one array, two inputs": ([models["two"], tmp / "x.npy"], "model takes 2 inputs"),
         "folder of another run": ([models["fixed"], tmp / "x.npy"], "output of another run"),
+        "folder of other files": ([models["mlp"], tmp / "x.npy"], "notes.txt): not a `ferry"),
         "memory too small": ([models["mlp"], tmp / "x.npy", "--max-memory", "1MiB"], "cannot hold"),
         "bad size": (
             [models["mlp"], tmp / "x.npy", "--max-memory", "lots"],
@@ -332,7 +335,8 @@ def test_bad_input_is_one_line_and_exit_2(
     ferry: Run, models: dict[str, Path], tmp_path: Path
 ) -> None:
     for name, (args, expected) in _bad_cases(tmp_path, models).items():
-        out = tmp_path / "taken" if name == "folder of another run" else tmp_path / "o" / name
+        outs = {"folder of another run": "taken", "folder of other files": "someone's"}
+        out = tmp_path / outs[name] if name in outs else tmp_path / "o" / name
         code, _, err = ferry("batch", *args, "-o", out)
         assert code == 2, (name, err)
         assert expected in err, (name, err)

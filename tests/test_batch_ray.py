@@ -3,6 +3,11 @@ rows, trace columns and outputs as the local engine."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from onnxferry.batch import Preprocess, batch, read_output
+from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
 from onnxferry.batch.ray_engine import start_ray
+from onnxferry.errors import DataError
 from tests.helpers import Run, mlp, onnx_text, save
+from tests.test_batch import _direct, _ferry, _finished, _heavy_mlp, _npy, _partial, _rows
 from tests.test_customops import python_op_model, swish, write_ops
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
@@ -61,13 +68,17 @@ def test_parquet_on_ray_equals_the_local_engine(local_ray: None, tmp_path: Path)
     x = np.random.default_rng(0).standard_normal((1000, 4)).astype(np.float32)
     column = pa.FixedShapeTensorArray.from_numpy_ndarray(x)
     pq.write_table(pa.table({"x": column}), tmp_path / "x.parquet", row_group_size=300)
+    seen: list[BatchProgress] = []
     on_ray = batch(tmp_path / "m.onnx", tmp_path / "x.parquet", tmp_path / "ray", engine="ray",
-                   workers=1, batch_size=100, shard_rows=250)  # fmt: skip
+                   workers=1, batch_size=100, shard_rows=250, progress=seen.append)  # fmt: skip
     batch(tmp_path / "m.onnx", tmp_path / "x.parquet", tmp_path / "local", batch_size=100,
           shard_rows=250)  # fmt: skip
     assert (on_ray.engine, on_ray.rows, on_ray.workers) == ("ray", 1000, 1)
-    assert on_ray.shards_written >= 1 and on_ray.rows_per_s > 0
+    assert on_ray.shards_written == 4 and on_ray.rows_per_s > 0
+    assert [p.done for p in seen] == [0, 250, 500, 750, 1000]  # a line per finished shard
     _same(read_output(tmp_path / "ray"), read_output(tmp_path / "local"))
+    # The same files as the local engine's: either engine can resume the other's run.
+    assert _finished(tmp_path / "ray") == _finished(tmp_path / "local")
     schema = pq.read_schema(next((tmp_path / "ray").glob("*.parquet")))
     assert schema.names == ["row", "probs"]
     assert isinstance(schema.field("probs").type, pa.FixedShapeTensorType)
@@ -97,9 +108,17 @@ def test_images_through_the_cli_on_ray_equal_the_local_engine(
     _same(on_ray, read_output(tmp_path / "local"))
     assert on_ray["file"].tolist() == [f"{i}.png" for i in range(5)]
 
+    # The same run again finds every shard finished; another run's shards are refused.
+    code, out, err = ferry("batch", tmp_path / "pool.onnx", tmp_path / "images", "-o",
+                           tmp_path / "ray", "--engine", "ray", *options, "--json")  # fmt: skip
+    assert code == 0, err
+    again = json.loads(out)["result"]
+    assert (again["shards_skipped"], again["shards_written"], again["processed"]) == (1, 0, 0)
+    other = [*options, "--shard-rows", "2"]
     code, _, err = ferry("batch", tmp_path / "pool.onnx", tmp_path / "images", "-o",
-                         tmp_path / "ray", "--engine", "ray", *options)  # fmt: skip
-    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+                         tmp_path / "ray", "--engine", "ray", *other)  # fmt: skip
+    assert code == 2 and "holds the output of another run (shard_rows differ)" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_python_custom_operators_run_in_the_ray_actors(
@@ -120,3 +139,59 @@ def test_python_custom_operators_run_in_the_ray_actors(
     out = read_output(tmp_path / "ray")
     assert out["row"].tolist() == list(range(40))
     np.testing.assert_allclose(out["y"], swish(x), rtol=1e-6)
+
+
+def test_a_ray_run_killed_with_kill_9_resumes(tmp_path: Path) -> None:
+    """The actors write the local engine's shards, so a rerun skips the finished ones and
+    redoes the one the kill cut short (its own Ray instance: the driver is the one killed)."""
+    model = _heavy_mlp(tmp_path / "heavy.onnx")
+    x = _rows(8000, width=256)
+    source, out = _npy(tmp_path, x), tmp_path / "out"
+    args = [model, source, "-o", out, "--engine", "ray", "--batch-size", "250"]
+    args += ["--shard-rows", "1000", "--workers", "1", "--json"]
+    with subprocess.Popen(
+        _ferry(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as child:
+        deadline = time.monotonic() + 120
+        while not (_finished(out) and _partial(out)) and child.poll() is None:
+            assert time.monotonic() < deadline, "no shard after 120 s"
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)
+        _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err
+    assert len(_finished(out)) in range(1, 8), "the kill came after the run finished"
+
+    rerun = subprocess.run(_ferry(*args), capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)["result"]
+    # The killed driver's actor may finish the shard it held before Ray stops it.
+    assert summary["shards_skipped"] >= 1
+    assert summary["shards_skipped"] + summary["shards_written"] == 8
+    assert summary["processed"] == 1000 * summary["shards_written"]
+    assert not _partial(out)
+    got = read_output(out)
+    assert np.array_equal(got["row"], np.arange(8000))
+    np.testing.assert_allclose(got["y"], _direct(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_row_in_a_ray_actor_is_the_local_engines_one_line(
+    local_ray: None, ferry: Run, tmp_path: Path
+) -> None:
+    save(mlp(), tmp_path / "m.onnx")
+    rows = [json.dumps({"x": [0.5, 0.25, 0.0, 1.0]})] * 50 + [json.dumps({"x": [0.5, 0.25]})]
+    (tmp_path / "x.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"^lines 51-51 of .*x.jsonl: input 'x' expects shape"):
+        batch(tmp_path / "m.onnx", tmp_path / "x.jsonl", tmp_path / "api", engine="ray",
+              workers=1, batch_size=10, shard_rows=20)  # fmt: skip
+    assert _finished(tmp_path / "api") == [
+        "part-000000000000-000000000020.parquet", "part-000000000020-000000000040.parquet",
+    ]  # fmt: skip
+    assert not _partial(tmp_path / "api")
+
+    code, _, err = ferry("batch", tmp_path / "m.onnx", tmp_path / "x.jsonl", "-o",
+                         tmp_path / "cli", "--engine", "ray", "--workers", "1",
+                         "--batch-size", "10")  # fmt: skip
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err
+    # Ray's own C++ log may print a line of its own before ferry's.
+    assert err.strip().splitlines()[-1].startswith("ferry: error: lines 51-51 of ")

@@ -167,9 +167,27 @@ def test_ferry_serve_devices_makes_one_instance_per_device(tmp_path: Path) -> No
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_ready(port, process)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/mlp/config") as r:
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/v2/models/mlp/config") as r:
             config = json.load(r)
         assert config["instance_group"][0]["count"] == 2
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
+        for _ in range(6):  # one at a time: turns alone spread them over the pool
+            request = urllib.request.Request(
+                f"{base}/v2/models/mlp/infer", json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request) as r:
+                assert r.status == 200
+        with urllib.request.urlopen(f"{base}/v2/models/mlp/stats") as r:
+            (stats,) = json.load(r)["model_stats"]
+        per_device = {d["device"]: d["execution_count"] for d in stats["device_stats"]}
+        assert set(per_device) == {"cpu:0", "cpu:1"} and min(per_device.values()) >= 1
+        assert sum(per_device.values()) == stats["execution_count"] == 6
+        with urllib.request.urlopen(f"{base}/metrics") as r:
+            metrics = r.read().decode()
+        for device, count in per_device.items():
+            series = f'ferry_device_batches_total{{device="{device}",model="mlp",version="1"}}'
+            assert f"{series} {float(count)}" in metrics, metrics
     finally:
         process.kill()
         process.communicate()

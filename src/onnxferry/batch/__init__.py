@@ -29,7 +29,14 @@ from ..errors import DataError, UsageError
 from ..model import Model
 from ..runtime import usable_cores
 from .images import Preprocess
-from .plan import DEFAULT_MAX_MEMORY, SHARD_BATCHES, Manifest, default_batch_size, parse_size
+from .plan import (
+    DEFAULT_MAX_MEMORY,
+    SHARD_BATCHES,
+    Job,
+    Manifest,
+    default_batch_size,
+    parse_size,
+)
 from .sinks import FORMATS, read_output, shards
 from .sources import Source, open_source
 from .summary import BatchProgress, BatchSummary, ProgressCallback
@@ -124,18 +131,6 @@ def _run(
         sizes = worker_sizes(workers, threads, loaded.size_bytes, memory)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir} is a file; -o names a folder for the shards")
-    if engine == "ray":
-        from .ray_engine import run_ray
-
-        if output_format != "parquet":
-            raise UsageError("--engine ray writes Parquet", hint="drop --format npy")
-        return run_ray(
-            loaded, src, outdir, batch_size=batch_size, shard_rows=shard_rows,
-            workers=workers, threads=threads, address=address, fixed_batch=fixed, notes=notes,
-            provider=provider,
-        )  # fmt: skip
-    from .local import Job, run_local
-
     Manifest.of(loaded, src, shard_rows=shard_rows, output_format=output_format).claim(outdir)
     columns = ["row", *_trace(src.kind), *loaded.signature.output_names]
     every = shards(src.rows, shard_rows)
@@ -146,7 +141,15 @@ def _run(
         skipped=finished, output_format=output_format, workers=sizes[0], threads=sizes[1],
         max_memory=memory, provider=provider, fixed_batch=fixed, notes=notes, devices=pool,
     )  # fmt: skip
-    summary = run_local(job, progress)
+    if engine == "ray":
+        from .ray_engine import run_ray
+
+        job.threads = threads
+        summary = run_ray(job, workers=workers, address=address, progress=progress)
+    else:
+        from .local import run_local
+
+        summary = run_local(job, progress)
     summary.shard_rows = shard_rows
     return summary
 

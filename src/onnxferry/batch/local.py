@@ -26,44 +26,20 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..devices import Device, device_session_config, naming
+from ..devices import device_session_config, naming
 from ..measure import PeakMemory
-from ..model import Model
 from ..runtime import OrtRunner, SessionConfig
-from .plan import DEFAULT_MAX_MEMORY, current_rss, in_flight
-from .sinks import Shard, ShardWriter, output_table
-from .sources import Chunk, Source
+from .plan import Job, current_rss, in_flight
+from .sinks import ShardWriter, output_table
+from .sources import Chunk
 from .summary import BatchProgress, BatchSummary, ProgressCallback
 
 PROGRESS_INTERVAL_S = 0.2
-
-
-@dataclass
-class Job:
-    """What one local run does: ``todo`` shards of ``source`` through ``model`` into
-    ``outdir``; ``skipped`` ones were finished by an earlier run."""
-
-    model: Model
-    source: Source
-    outdir: Path
-    todo: list[Shard]
-    batch_size: int
-    skipped: list[Shard] = field(default_factory=list)
-    output_format: str = "parquet"
-    workers: int = 1
-    threads: int | None = None
-    max_memory: int = DEFAULT_MAX_MEMORY
-    provider: str = "cpu"
-    fixed_batch: int | None = None
-    notes: list[str] = field(default_factory=list)
-    devices: list[Device] = field(default_factory=list)
-    """A device pool: one session per device (``workers`` is its size)."""
 
 
 @dataclass
@@ -74,16 +50,17 @@ class _Done:
     error: BaseException | None = None
 
 
-def session_config(job: Job) -> SessionConfig:
-    """Each worker's session: ``threads`` intra-op threads that do not spin between runs (a
-    spinning thread burns a core the reader, the writer or another session needs)."""
+def session_config(provider: str, threads: int | None) -> SessionConfig:
+    """Each worker's session (a Ray actor's too): ``threads`` intra-op threads that do not
+    spin between runs (a spinning thread burns a core the reader, the writer or another
+    session needs)."""
     entries = {"session.intra_op.allow_spinning": "0"}
-    return SessionConfig(provider=job.provider, threads=job.threads, entries=entries)
+    return SessionConfig(provider=provider, threads=threads, entries=entries)
 
 
 def _runners(job: Job) -> list[OrtRunner]:
     """One runner per worker, or per device of the pool (errors name the device)."""
-    config = session_config(job)
+    config = session_config(job.provider, job.threads)
     if not job.devices:
         return [OrtRunner(job.model, config=config, validate=False) for _ in range(job.workers)]
     runners = []
@@ -118,8 +95,8 @@ def run_batch(runner: OrtRunner, chunk: Chunk, fixed: int | None) -> Any:
 def _batches(job: Job) -> Iterator[tuple[int, int, int]]:
     """(shard index, start, stop) of every batch to run, in row order."""
     for i, shard in enumerate(job.todo):
-        for start in range(shard.start, shard.stop, job.batch_size):
-            yield i, start, min(start + job.batch_size, shard.stop)
+        for start, stop in shard.batches(job.batch_size):
+            yield i, start, stop
 
 
 def run_local(job: Job, progress: ProgressCallback | None = None) -> BatchSummary:

@@ -19,15 +19,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..atomic import write_text_atomic
+from ..devices import Device
 from ..errors import UsageError
 from ..model import Model
 from ..report import human_size
+from .sinks import Shard
 from .sources import Source
 
 MANIFEST = "_ferry_batch.json"
@@ -132,11 +134,39 @@ class Manifest:
                     hint="give a new -o folder, or remove this one to start over",
                 )
             return True
-        if outdir.exists() and any(outdir.glob("part-*")):
+        foreign = (
+            sorted(p.name for p in outdir.iterdir() if not p.name.startswith("."))
+            if outdir.is_dir()
+            else []
+        )
+        if foreign:
             raise UsageError(
-                f"{outdir} holds shards but no {MANIFEST}",
+                f"{outdir} holds files but no {MANIFEST} ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): not a `ferry batch` output",
                 hint="give a new -o folder, or remove this one to start over",
             )
         outdir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(mine, indent=2) + "\n")
         return False
+
+
+@dataclass
+class Job:
+    """What one local run does: ``todo`` shards of ``source`` through ``model`` into
+    ``outdir``; ``skipped`` ones were finished by an earlier run."""
+
+    model: Model
+    source: Source
+    outdir: Path
+    todo: list[Shard]
+    batch_size: int
+    skipped: list[Shard] = field(default_factory=list)
+    output_format: str = "parquet"
+    workers: int = 1
+    threads: int | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY
+    provider: str = "cpu"
+    fixed_batch: int | None = None
+    notes: list[str] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
+    """A device pool: one session per device (``workers`` is its size)."""

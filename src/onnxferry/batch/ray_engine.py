@@ -1,96 +1,137 @@
-"""The Ray engine: the same rows, the same outputs, spread over a Ray cluster with Ray Data.
+"""The Ray engine: the same shards as the local engine, spread over a Ray cluster with Ray Data.
 
-    summary = run_ray(model, source, Path("out"), batch_size=256, shard_rows=4096, workers=2)
+    summary = run_ray(job, workers=2)          # job: plan.Job, as the local engine takes
 
-The dataset is one item per shard (``from_items``); a read stage (``map_batches``, one task per
-shard) reads the shard's rows with the same ``Source`` the local engine uses, so row numbers,
-trace columns and image preprocessing are identical; the predict stage is an actor pool
-(``map_batches`` with a class, ``concurrency=workers``), each actor holding one ONNX Runtime
-session of ``threads`` intra-op threads, building the same output tables as the local
-engine; ``write_parquet`` writes them (Ray names the files; sort by ``row``, as
-``read_output`` does, to compare). Ray's own ``read_parquet`` / ``read_images`` give no row's
-position in the input, which is why reading goes through ``Source``: on a cluster the input
-must be at the same path on every node (a shared volume), the output a shared path or a URI;
-so must the ``--custom-ops`` files, which every actor imports.
+The dataset is one item per shard still to do (``from_items``); one stage maps it over an
+actor pool (``map_batches`` with a class, ``concurrency=workers``), each actor holding one ONNX
+Runtime session of ``threads`` intra-op threads. An actor reads its shard's rows with the same
+``Source`` the local engine uses (reading the next batch while this one runs), runs them in
+batches and writes the shard with the same ``ShardWriter``: under a temporary name, renamed
+when complete. So the output folder is the local engine's, file for file, and a run killed
+part-way is resumed by either engine: finished shards are skipped, a partial one is redone.
+The driver reads back one line per finished shard, which drives the progress bar.
+
+Ray Data's own ``read_parquet`` / ``write_parquet`` are not used: they give no row's position
+in the input and name files their own way, so a shard could not be traced, checked as finished
+or redone. On a cluster the input, the output folder and the ``--custom-ops`` files must be at
+the same path on every node (a shared volume).
 
 ``address`` connects to a running cluster (``auto``, ``ray://host:10001``, or the
 ``RAY_ADDRESS`` a RayJob sets); without one, a Ray instance already started in this process
 is used, else a local one is started on the usable cores and shut down at the end. Default
-workers: one single-threaded actor per cluster CPU (reading and writing reserve none).
+workers: one single-threaded actor per cluster CPU, at most one per shard. An error inside an
+actor (a bad row, a session that cannot be made) comes back as the one-line error the local
+engine gives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import pickle
 import time
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..customops import loaded_custom_ops
-from ..errors import UsageError
+from ..errors import DataError, FerryError
 from ..model import Model
-from ..runtime import OrtRunner, SessionConfig, usable_cores
-from .sinks import output_table, shards
+from ..runtime import OrtRunner, usable_cores
+from .local import run_batch, session_config
+from .plan import Job
+from .sinks import Shard, ShardWriter
 from .sources import Source
-from .summary import BatchSummary
-
-INPUT_PREFIX = "input:"
-"""Model inputs travel between the stages as columns ``input:<name>`` (no clash with trace
-columns)."""
+from .summary import BatchProgress, BatchSummary, ProgressCallback
 
 
-class _Predict:
-    """One actor of the pool: one ONNX Runtime session, batches in, output tables out. An
-    actor is a process of its own: it imports the driver's ``--custom-ops`` files itself
-    (their trust was given to the driver) before its session is made."""
+@dataclass(frozen=True)
+class _Work:
+    """What every actor is given: the model (a path, or its bytes when it has none), where
+    rows come from and go, and how to run them."""
 
-    def __init__(
-        self,
-        model: str | bytes,
-        threads: int,
-        fixed: int | None,
-        provider: str,
-        custom_ops: tuple[str, ...] = (),
-    ) -> None:
+    model: str | bytes
+    source: Source
+    outdir: str
+    output_format: str
+    batch_size: int
+    threads: int
+    fixed_batch: int | None
+    provider: str
+    custom_ops: tuple[str, ...]
+
+
+class _ShardRunner:
+    """One actor of the pool: one ONNX Runtime session; shards in (start, stop), each read,
+    run and written whole; (start, stop, seconds) of each out. An actor is a process of its
+    own: it imports the driver's ``--custom-ops`` files itself (their trust was given to the
+    driver) before its session is made."""
+
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ferry-ray-read")
+        self._failed: FerryError | None = None
+        try:
+            self._runner = self._session()
+        except FerryError as e:  # reported with the first shard, as one line on the driver
+            self._failed = e
+
+    def _session(self) -> OrtRunner:
         import onnx
 
         from ..customops import load_custom_ops
 
-        for file in custom_ops:
+        work = self._work
+        for file in work.custom_ops:
             load_custom_ops(file, trust=True)
-        if isinstance(model, str):
-            loaded = Model.load(model)
+        if isinstance(work.model, str):
+            model = Model.load(work.model)
         else:
-            loaded = Model.from_proto(onnx.load_model_from_string(model))
-        config = SessionConfig(provider=provider, threads=threads)
-        self._runner = OrtRunner(loaded, config=config, validate=False)
-        self._names = loaded.signature.input_names
-        self._fixed = fixed
+            model = Model.from_proto(onnx.load_model_from_string(work.model))
+        config = session_config(work.provider, work.threads)
+        return OrtRunner(model, config=config, validate=False)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
-        from .local import run_outputs
+    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done: dict[str, list[Any]] = {"start": [], "stop": [], "seconds": [], "error": []}
+        try:
+            if self._failed is not None:
+                raise self._failed
+            for a, b in zip(items["start"], items["stop"], strict=True):
+                began = time.perf_counter()
+                self._write(Shard(int(a), int(b)))
+                done["start"].append(int(a))
+                done["stop"].append(int(b))
+                done["seconds"].append(time.perf_counter() - began)
+                done["error"].append(b"")
+        except FerryError as e:
+            # Handed back as data: Ray would wrap it in its own error and traceback text.
+            done["start"].append(-1)
+            done["stop"].append(-1)
+            done["seconds"].append(0.0)
+            done["error"].append(pickle.dumps(e))
+        finally:
+            self._work.source.close()
+        return {k: np.asarray(v, dtype=object if k == "error" else None) for k, v in done.items()}
 
-        feeds = {n: np.asarray(batch[INPUT_PREFIX + n]) for n in self._names}
-        trace = {k: np.asarray(v) for k, v in batch.items() if k in ("file", "line")}
-        outputs = run_outputs(self._runner, feeds, self._fixed)
-        return output_table(np.asarray(batch["row"], dtype=np.int64), trace, outputs)
-
-
-def _read(items: dict[str, np.ndarray], source: Source) -> dict[str, np.ndarray]:
-    """The read stage: the rows of the shards in ``items`` (start, stop) as columns."""
-    try:
-        ranges = zip(items["start"], items["stop"], strict=True)
-        parts = [source.read(int(a), int(b)) for a, b in ranges]
-    finally:
-        source.close()
-    out: dict[str, np.ndarray] = {"row": np.concatenate([p.rows for p in parts])}
-    for name in parts[0].trace:
-        out[name] = np.concatenate([p.trace[name] for p in parts])
-    for name in parts[0].feeds:
-        out[INPUT_PREFIX + name] = np.concatenate([p.feeds[name] for p in parts])
-    return out
+    def _write(self, shard: Shard) -> None:
+        """Read, run and write ``shard``: the next batch is read while this one runs."""
+        work, source = self._work, self._work.source
+        ranges = shard.batches(work.batch_size)
+        with ShardWriter(Path(work.outdir), shard, work.output_format) as writer:
+            upcoming = self._reader.submit(source.read, *ranges[0])
+            for following in [*ranges[1:], None]:
+                chunk = upcoming.result()
+                if following is not None:
+                    upcoming = self._reader.submit(source.read, *following)
+                writer.write(run_batch(self._runner, chunk, work.fixed_batch))
+                source.recycle(chunk)
+                del chunk
+            writer.commit()
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -106,113 +147,140 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # for no GPU; ferry's actors never do, so it is not the user's to act on.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(
-                num_cpus=num_cpus or usable_cores(), include_dashboard=False, log_to_driver=False
+                num_cpus=num_cpus or usable_cores(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
             )
 
 
 def run_ray(
-    model: Model,
-    source: Source,
-    outdir: Path,
+    job: Job,
     *,
-    batch_size: int,
-    shard_rows: int,
-    workers: int | None,
-    threads: int | None,
+    workers: int | None = None,
     address: str | None = None,
-    fixed_batch: int | None = None,
-    notes: list[str] | None = None,
-    provider: str = "cpu",
+    progress: ProgressCallback | None = None,
 ) -> BatchSummary:
-    """Run the model over ``source`` on Ray; the summary (shards: the files Ray wrote)."""
+    """Run ``job``'s shards on Ray; the summary of what was written and how fast.
+    ``job.threads`` (default 1) are each actor's intra-op threads; ``job.workers`` and
+    ``job.max_memory`` are the local engine's and not used here."""
     import ray
-    import ray.data
 
-    if outdir.is_dir() and any(p for p in outdir.iterdir() if not p.name.startswith(".")):
-        raise UsageError(
-            f"{outdir} is not empty; --engine ray writes into an empty folder",
-            hint="give a new -o folder, or remove this one",
-        )
+    skipped_rows = sum(s.rows for s in job.skipped)
+    summary = BatchSummary(
+        engine="ray",
+        model=job.model.name,
+        source=str(job.source.path),
+        output=str(job.outdir),
+        rows=job.source.rows,
+        processed=0,
+        shards_written=0,
+        shards_skipped=len(job.skipped),
+        seconds=0.0,
+        output_format=job.output_format,
+        batch_size=job.batch_size,
+        threads_per_worker=job.threads or 1,
+        notes=list(job.notes),
+    )
+    if progress is not None:
+        progress(BatchProgress(skipped_rows, job.source.rows, skipped_rows, 0.0))
+    if not job.todo:
+        return summary
     started_here = not ray.is_initialized()
     if started_here:
         start_ray(address)
     try:
         with warnings.catch_warnings():
             # Ray Data reads deprecated settings of its own (use_polars,
-            # use_push_based_shuffle) whenever it copies its context, and advises on
-            # concurrency when there are fewer shards than workers: not the user's to fix.
+            # use_push_based_shuffle) whenever it copies its context: not the user's to fix.
             for category in (DeprecationWarning, UserWarning):
                 warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
-            workers, threads, seconds = _execute(
-                model, source, outdir, batch_size, shard_rows, workers, threads, fixed_batch,
-                provider,
-            )  # fmt: skip
+            with _quiet_ray_data():
+                _execute(job, workers, summary, skipped_rows, progress)
     finally:
         if started_here:
             ray.shutdown()
-    files = list(outdir.glob("*.parquet"))
-    return BatchSummary(
-        engine="ray",
-        model=model.name,
-        source=str(source.path),
-        output=str(outdir),
-        rows=source.rows,
-        processed=source.rows,
-        shards_written=len(files),
-        shards_skipped=0,
-        seconds=seconds,
-        batch_size=batch_size,
-        shard_rows=shard_rows,
-        workers=workers,
-        threads_per_worker=threads,
-        notes=list(notes or []),
-    )
+    return summary
 
 
 def _execute(
-    model: Model,
-    source: Source,
-    outdir: Path,
-    batch_size: int,
-    shard_rows: int,
+    job: Job,
     workers: int | None,
-    threads: int | None,
-    fixed_batch: int | None,
-    provider: str,
-) -> tuple[int, int, float]:
-    """Build and run the dataset; (workers, threads, seconds)."""
+    summary: BatchSummary,
+    skipped_rows: int,
+    progress: ProgressCallback | None,
+) -> None:
+    """Build the dataset and consume it, a line per finished shard, into ``summary``."""
     import ray
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
-    threads = threads or 1
-    workers = workers or max(1, cpus // threads)
-    items = [{"start": s.start, "stop": s.stop} for s in shards(source.rows, shard_rows)]
-    blob: str | bytes = str(model.path) if model.path else model.proto.SerializeToString()
-    custom_ops = tuple(loaded_custom_ops())  # on a cluster: at the same path on every node
+    threads = summary.threads_per_worker
+    workers = min(workers or max(1, cpus // threads), len(job.todo))
+    summary.workers = workers
+    work = _Work(
+        model=str(job.model.path) if job.model.path else job.model.proto.SerializeToString(),
+        source=job.source,
+        outdir=str(job.outdir.resolve()),
+        output_format=job.output_format,
+        batch_size=job.batch_size,
+        threads=threads,
+        fixed_batch=job.fixed_batch,
+        provider=job.provider,
+        custom_ops=tuple(loaded_custom_ops()),  # on a cluster: at the same path on every node
+    )
+    items = [{"start": s.start, "stop": s.stop} for s in job.todo]
     started = time.perf_counter()
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
-    # Reading and writing reserve no CPU (the actors hold the cores; a stage waiting for a
-    # free CPU would wait forever), and at most one read per worker runs at a time.
     ds = ds.map_batches(
-        _read,
-        fn_args=(source,),
+        _ShardRunner,
+        fn_constructor_args=(work,),
         batch_size=1,
-        num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=workers),
-    )
-    ds = ds.map_batches(
-        _Predict,
-        fn_constructor_args=(blob, threads, fixed_batch, provider, custom_ops),
-        batch_size=batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=threads,
     )
-    outdir.mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(str(outdir.resolve()), ray_remote_args={"num_cpus": 0})
-    return workers, threads, time.perf_counter() - started
+    for done in ds.iter_rows():
+        if done["error"]:
+            raise _unpickled(done["error"])
+        summary.processed += int(done["stop"]) - int(done["start"])
+        summary.shards_written += 1
+        summary.seconds = time.perf_counter() - started
+        if progress is not None:
+            rows = skipped_rows + summary.processed
+            progress(BatchProgress(rows, job.source.rows, skipped_rows, summary.seconds))
+    summary.seconds = time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data's terminal lines (plan, start, finish, advice on its own settings) only from
+    errors up while the job runs; its log files keep everything."""
+    import ray.data  # noqa: F401 - sets up the ray.data logger and its handlers
+
+    consoles = [
+        h
+        for h in logging.getLogger("ray.data").handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    levels = [h.level for h in consoles]
+    for h in consoles:
+        h.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for h, level in zip(consoles, levels, strict=True):
+            h.setLevel(level)
+
+
+def _unpickled(blob: bytes) -> FerryError:
+    """The ferry error an actor handed back; a DataError with its text should it not load."""
+    try:
+        error = pickle.loads(blob)
+    except Exception as e:  # a FerryError subclass whose arguments do not round-trip
+        return DataError(f"a Ray worker failed and its error could not be read back: {e}")
+    return error if isinstance(error, FerryError) else DataError(str(error))

@@ -71,6 +71,12 @@ class Shard:
         """Whether every file of the shard is in place (a finished shard)."""
         return all(p.is_file() for p in self.files(outdir, output_format, columns or []))
 
+    def batches(self, batch_size: int) -> list[tuple[int, int]]:
+        """The (start, stop) of each batch of ``batch_size`` rows in the shard, in order."""
+        return [
+            (a, min(a + batch_size, self.stop)) for a in range(self.start, self.stop, batch_size)
+        ]
+
 
 def file_part(column: str) -> str:
     """A column's name as it appears in an .npy shard's file name (``/``, ``:`` and other

@@ -627,7 +627,9 @@ class ModelExecutor:
         return self._queued
 
     def statistics(self) -> dict[str, Any]:
-        """This version's entry of Triton's statistics extension (GET /v2/models/m/stats)."""
+        """This version's entry of Triton's statistics extension (GET /v2/models/m/stats),
+        with ``device_stats``: the batches each device of a ``--devices`` pool ran ([] without
+        one)."""
         return {
             "name": self.name,
             "version": self.version,
@@ -640,6 +642,11 @@ class ModelExecutor:
                 for size, counters in sorted(self._batch_stats.items())
             ],
             "memory_usage": [],
+            # ferry's own, beside Triton's fields (gRPC's ModelStatistics has no place for it)
+            "device_stats": [
+                {"device": device, "execution_count": count}
+                for device, count in self.device_runs().items()
+            ],
         }
 
     # --- scheduling (event loop thread) -------------------------------------------------

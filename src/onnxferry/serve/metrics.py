@@ -17,8 +17,10 @@ model evaluations they took and their seconds (``ferry_explanations_total``,
 counts among the failures by reason). Read from the repository when /metrics is
 read (``watch``): response cache hits and misses (``ferry_cache_hits_total``,
 ``ferry_cache_misses_total``) and the bytes of answers kept (``ferry_cache_bytes``) of each
-version with a cache, and the memory each version's sessions hold (``ferry_model_memory_bytes``,
-0 while the memory budget has unloaded them). A version's counts start again when it reloads.
+version with a cache, the memory each version's sessions hold (``ferry_model_memory_bytes``,
+0 while the memory budget has unloaded them), and the batches each device of a ``--devices``
+pool ran (``ferry_device_batches_total``, a ``device`` label). A version's counts start again
+when it reloads.
 
 Recording is on every request's path, so it is plain counting (one bisect and a few integer
 adds per histogram, no locks: the event loop thread is the only writer); prometheus_client
@@ -90,6 +92,7 @@ class VersionGauges(NamedTuple):
     cache_misses: int
     cache_bytes: int | None  # None: the version has no response cache
     memory_bytes: int
+    device_batches: tuple[tuple[str, int], ...] = ()  # (device, batches); () without a pool
 
 
 class ServeMetrics:
@@ -213,6 +216,11 @@ class ServeMetrics:
             "Memory the version's sessions hold (measured at load; 0 while unloaded)",
             labels=_LABELS,
         )
+        devices = CounterMetricFamily(
+            "ferry_device_batches",
+            "Batches each device of the version's pool ran (--devices)",
+            labels=[*_LABELS, "device"],
+        )
         for row in rows:
             labels = [row.model, row.version]
             if row.cache_bytes is not None:
@@ -220,7 +228,9 @@ class ServeMetrics:
                 misses.add_metric(labels, row.cache_misses)
                 kept.add_metric(labels, row.cache_bytes)
             memory.add_metric(labels, row.memory_bytes)
-        yield from (hits, misses, kept, memory)
+            for device, count in row.device_batches:
+                devices.add_metric([*labels, device], count)
+        yield from (hits, misses, kept, memory, devices)
 
 
 def _le(bound: float) -> str:

@@ -239,6 +239,7 @@ class Repository(Catalog):
                     cache_misses=0 if cache is None else cache.misses,
                     cache_bytes=None if cache is None else cache.bytes,
                     memory_bytes=executor.memory_bytes if executor.loaded else 0,
+                    device_batches=tuple(executor.device_runs().items()),
                 )
             )
         return rows
