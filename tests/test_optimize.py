@@ -32,6 +32,7 @@ from onnxferry.optimize.auto import (
     candidate_recipes,
     choose_finalist,
     plain_recipes,
+    time_finalists,
 )
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
 from onnxferry.optimize.budget import top1_agreement, worst_cosine
@@ -377,6 +378,74 @@ def test_auto_chooses_only_a_candidate_faster_in_every_round(
     assert (search.chosen == 0) is chosen
     assert search.ok
     assert ("the original is kept" in search.reason) is not chosen
+
+
+@pytest.mark.parametrize(
+    ("recipe_rounds", "chosen", "why"),
+    [
+        ([5.0, 5.0, 5.0, 5.0, 5.0], 1, ""),  # 17% faster than the one-liner in every round
+        ([5.9, 5.9, 5.0, 5.9, 5.9], 0, "the one-liner is kept"),  # within noise in four
+        ([6.1, 6.1, 6.1, 6.1, 6.1], 0, ""),  # slower: the fastest is the one-liner anyway
+    ],
+)
+def test_a_recipe_replaces_the_fastest_one_liner_only_when_faster_in_every_round(
+    recipe_rounds: list[float], chosen: int, why: str
+) -> None:
+    """The one-liner (what the user would get anyway) is kept unless a recipe beat it by
+    FASTER in every side-by-side round: ferry's answer is never slower than it but for noise."""
+    baseline = [10.0] * 5
+    search = SearchResult("m", "cosine>=0.99", 10.0, baseline_rounds_ms=baseline)
+    liner = _timed([6.0, 6.0, 5.8, 6.0, 6.0], baseline)
+    liner.one_liner = True
+    search.candidates += [liner, _timed(recipe_rounds, baseline)]
+    choose_finalist(search, cast(Judge, None))
+    assert search.chosen == chosen
+    assert why in search.reason
+
+
+def test_every_one_liner_near_the_fastest_is_timed_again_in_the_finals(tmp_path: Path) -> None:
+    """Three short paired rounds can misrank one-liners a few % apart; the finals decide."""
+    path = save(wide_mlp(), tmp_path / "m.onnx")
+    paired = {"a": 5.0, "b": 5.1, "c": 5.2, "liner d": 5.5, "liner e": 5.6, "liner f": 7.0}
+    search = SearchResult("m", "cosine>=0.99", 10.0)
+    for name, ms in paired.items():
+        candidate = _timed([ms] * 5, [10.0] * 5)
+        candidate.rounds_ms, candidate.path = [], path
+        candidate.one_liner, candidate.origin = name.startswith("liner"), name
+        search.candidates.append(candidate)
+    timed: list[int] = []
+
+    class Rounds:
+        def rounds(self, models: list[Model], rounds: int, iterations: int) -> list[list[float]]:
+            timed.append(len(models))
+            return [[10.0] * rounds] + [[5.0] * rounds for _ in models[1:]]
+
+    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    finals = [c.origin for c in search.candidates if c.rounds_ms]
+    # the fastest two, the fastest one-liner in the third place, the other near one besides
+    assert finals == ["a", "b", "liner d", "liner e"] and timed == [5]
+
+
+def test_the_one_liners_are_quantize_dynamic_exactly_as_a_user_calls_it(tmp_path: Path) -> None:
+    """No ORT pre-processing: the one-liner candidate is byte for byte the one-liner's model."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    src = save(wide_mlp(), tmp_path / "m.onnx")
+    for per_channel in (False, True):
+        plain = tmp_path / f"plain-{per_channel}.onnx"
+        quantize_dynamic(str(src), str(plain), per_channel=per_channel)
+        (recipe,) = [
+            r
+            for r in plain_recipes()
+            if r.passes[0].name == "int8_dynamic"
+            and getattr(r.passes[0], "per_channel", None) == per_channel
+        ]
+        work = PassContext(tmp_path / f"work-{per_channel}")
+        ours = recipe.passes[0].apply(Model.load(src), work).model
+        mine, theirs = ours.proto.graph, onnx.load(str(plain)).graph
+        assert [n.op_type for n in mine.node] == [n.op_type for n in theirs.node]
+        for a, b in zip(mine.initializer, theirs.initializer, strict=True):
+            assert a.name == b.name and a.raw_data == b.raw_data, a.name
 
 
 def test_eval_data_latency_is_measured_at_batch_one(tmp_path: Path) -> None:

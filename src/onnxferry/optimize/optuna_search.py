@@ -76,7 +76,7 @@ DEFAULT_TRIALS = 20
 """Finished trials (complete or pruned) a study holds when ``trials`` is not given."""
 STARTUP_TRIALS = 5
 """Finished trials before TPE models the space (the anchors, then random samples)."""
-SPACE_VERSION = 2
+SPACE_VERSION = 3
 """Kept with a study (with the resolved space): a study over another space is refused."""
 GRAPH_STEPS = ("none", "ort_graph", "slim", "fold", "fuse_transformer")
 QUANTIZE_STEPS = ("none", "int8_dynamic", "int8_static", "weight_only")
@@ -88,6 +88,7 @@ SEARCHED: Mapping[str, Mapping[str, Sequence[Any] | None]] = {
         "per_channel": None,
         "reduce_range": None,
         "exclude_sensitive": SENSITIVE_CHOICES,
+        "preprocess": None,
     },
     "int8_static": {
         "method": None,

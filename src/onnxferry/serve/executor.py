@@ -25,9 +25,9 @@ thread; a batch costs one hand-off to its worker and one back):
   ``max_batch_size`` rows. Load itself makes the batches.
 - An idle instance holds back only while recent load says more rows are on their way (the
   most rows recently in the system, queued plus running, exceed what is queued and running
-  now) and the oldest request has waited less than ``max_queue_delay_ms``, timed by a
-  thread because event loops round timers to whole milliseconds. A wait that times out
-  short of its target lowers the estimate, so a drop in load costs at most one delay.
+  now) and the oldest request has waited less than ``max_queue_delay_ms``, timed by
+  ``timers.call_at_ns`` (event loops round timers to whole milliseconds). A wait that times
+  out short of its target lowers the estimate, so a drop in load costs at most one delay.
 
 A device pool (``devices = ["cuda:0", "cuda:1"]``, ``devices.parse_devices``) is
 ``instances`` sessions (default 1) on each device, each made with its ``device_id``; the
@@ -53,8 +53,6 @@ be stopped; it was expected to take at most ``inline_max_ms``. Nor can a run on
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import logging
 import threading
 import time
@@ -86,6 +84,7 @@ from ..signature import Signature
 from .budget import MemoryBudget, arena_options, release_free_memory, resident_bytes
 from .cache import ResponseCache
 from .config import ModelConfig
+from .timers import call_at_ns
 
 log = logging.getLogger("onnxferry")
 
@@ -740,7 +739,7 @@ class ModelExecutor:
             self._wait_armed = False
             self._dispatch()  # the delay ran out meanwhile
         else:
-            _TIMER.call_at(head.start_ns + self._delay_ns, self._running_loop(), self._waited)
+            call_at_ns(self._running_loop(), head.start_ns + self._delay_ns, self._waited)
 
     def _live_head(self) -> _Request | None:
         queue = self._queue
@@ -887,47 +886,6 @@ class ModelExecutor:
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
         return self._loop
-
-
-class _PreciseTimer:
-    """Calls ``callback`` on ``loop`` at a ``time.monotonic_ns()`` time, to ~0.1 ms.
-
-    Event loops round timers to whole milliseconds (asyncio up, uvloop to nearest), too
-    coarse for sub-millisecond queue delays. One daemon thread serves every executor.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[int, int, asyncio.AbstractEventLoop, Any]] = []
-        self._count = 0
-        self._thread: threading.Thread | None = None
-
-    def call_at(self, when_ns: int, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ferry-timer", daemon=True)
-                self._thread.start()
-            self._count += 1
-            heapq.heappush(self._heap, (when_ns, self._count, loop, callback))
-            if self._heap[0][1] == self._count:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                remaining = self._heap[0][0] - time.monotonic_ns()
-                if remaining > 0:
-                    self._cond.wait(remaining / 1e9)
-                    continue
-                _, _, loop, callback = heapq.heappop(self._heap)
-                with contextlib.suppress(RuntimeError):  # the loop has closed
-                    loop.call_soon_threadsafe(callback)
-
-
-_TIMER = _PreciseTimer()
 
 
 def _phases(counters: tuple[_Counter, ...]) -> dict[str, dict[str, int]]:
