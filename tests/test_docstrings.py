@@ -853,6 +853,10 @@ def _serve_executor(tmp: Path) -> Names:
     return {"model": Model.load(save(onnx_text(RELU), Path("relu.onnx"))), "x": _feeds()["x"]}
 
 
+def _serve_timers(tmp: Path) -> Names:
+    return {"callback": lambda: None}
+
+
 def _serve_cache(tmp: Path) -> Names:
     x = _feeds()["x"]
     return {"x": x, "y": x * 2}
@@ -1419,6 +1423,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.repository": _serve_repository,
     "onnxferry.serve.responses": _serve_responses,
     "onnxferry.serve.sagemaker": _serve_sagemaker,
+    "onnxferry.serve.timers": _serve_timers,
     "onnxferry.serve.routes": _nothing,
     "onnxferry.serve.scan": _serve_scan,
     "onnxferry.serve.registry_http": _registry_http,

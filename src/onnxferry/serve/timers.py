@@ -1,6 +1,8 @@
 """Sub-millisecond timers for an event loop: the batcher's queue delay is 0.5 ms by default.
 
+    loop = asyncio.get_running_loop()
     call_at_ns(loop, time.monotonic_ns() + 500_000, callback)   # callback() on loop, ~0.5 ms on
+    await asyncio.sleep(0.001)                                  # it has run by now
 
 Event loops round their timers to whole milliseconds (asyncio up, uvloop to the nearest), too
 coarse for a queue delay under a millisecond. On Linux each loop gets a ``timerfd``
