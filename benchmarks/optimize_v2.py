@@ -414,6 +414,14 @@ def ferry(case: Case, time_budget: float | None) -> tuple[Callable[[Path], None]
         if candidates is not None:  # every candidate: its speedup, metric and verdict
             notes.extend(f"ferry: {line}" for line in render_table(candidates).splitlines())
         notes.extend(f"ferry: {n}" for n in getattr(report, "notes", []))
+        if result is not None and result.baseline_rounds_ms:  # the final side-by-side rounds
+            rounds = ", ".join(f"{ms:.2f}" for ms in result.baseline_rounds_ms)
+            notes.append(f"ferry finals (p50 ms per round): original {rounds}")
+            for c in result.candidates:
+                if c.rounds_ms:
+                    rounds = ", ".join(f"{ms:.2f}" for ms in c.rounds_ms)
+                    paired = f"{c.pair_speedup:.2f}x" if c.pair_speedup else "-"
+                    notes.append(f"ferry finals: {c.recipe.label()}: {rounds} (paired {paired})")
 
     return build, notes
 
