@@ -213,14 +213,9 @@ def _partial(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob(".part-*.tmp")) if out.is_dir() else []
 
 
-def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
-    tmp_path: Path,
-) -> None:
-    model = _heavy_mlp(tmp_path / "heavy.onnx")
-    x = _rows(20_000, width=256)
-    source, out = _npy(tmp_path, x), tmp_path / "out"
-    args = [model, source, "-o", out, "--batch-size", "250", "--shard-rows", "1000"]
-    args += ["--workers", "1", "--threads", "1", "--json"]
+def kill_9_mid_shard(args: list[object], out: Path) -> None:
+    """Run `ferry batch ARGS` and kill -9 it once a shard is finished and the next one is
+    being written."""
     with subprocess.Popen(
         _ferry(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     ) as child:
@@ -231,6 +226,17 @@ def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
         os.kill(child.pid, signal.SIGKILL)
         _, err = child.communicate()
     assert child.returncode == -signal.SIGKILL, err
+
+
+def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
+    tmp_path: Path,
+) -> None:
+    model = _heavy_mlp(tmp_path / "heavy.onnx")
+    x = _rows(20_000, width=256)
+    source, out = _npy(tmp_path, x), tmp_path / "out"
+    args = [model, source, "-o", out, "--batch-size", "250", "--shard-rows", "1000"]
+    args += ["--workers", "1", "--threads", "1", "--json"]
+    kill_9_mid_shard(args, out)
     finished = _finished(out)
     assert _partial(out), "no shard in progress at the kill"
     assert len(finished) in range(1, 20), "the kill came after the run finished: make it longer"

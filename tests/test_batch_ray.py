@@ -4,10 +4,7 @@ rows, trace columns and outputs as the local engine."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,16 @@ from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
 from onnxferry.batch.ray_engine import start_ray
 from onnxferry.errors import DataError
 from tests.helpers import Run, mlp, onnx_text, save
-from tests.test_batch import _direct, _ferry, _finished, _heavy_mlp, _npy, _partial, _rows
+from tests.test_batch import (
+    _direct,
+    _ferry,
+    _finished,
+    _heavy_mlp,
+    _npy,
+    _partial,
+    _rows,
+    kill_9_mid_shard,
+)
 from tests.test_customops import python_op_model, swish, write_ops
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
@@ -149,16 +155,7 @@ def test_a_ray_run_killed_with_kill_9_resumes(tmp_path: Path) -> None:
     source, out = _npy(tmp_path, x), tmp_path / "out"
     args = [model, source, "-o", out, "--engine", "ray", "--batch-size", "250"]
     args += ["--shard-rows", "1000", "--workers", "1", "--json"]
-    with subprocess.Popen(
-        _ferry(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    ) as child:
-        deadline = time.monotonic() + 120
-        while not (_finished(out) and _partial(out)) and child.poll() is None:
-            assert time.monotonic() < deadline, "no shard after 120 s"
-            time.sleep(0.002)
-        os.kill(child.pid, signal.SIGKILL)
-        _, err = child.communicate()
-    assert child.returncode == -signal.SIGKILL, err
+    kill_9_mid_shard(args, out)
     assert len(_finished(out)) in range(1, 8), "the kill came after the run finished"
 
     rerun = subprocess.run(_ferry(*args), capture_output=True, text=True, check=False)

@@ -103,23 +103,9 @@ def run_local(job: Job, progress: ProgressCallback | None = None) -> BatchSummar
     """Run ``job``; the summary of what was written and how fast."""
     total_batches = sum(math.ceil(s.rows / job.batch_size) for s in job.todo)
     skipped_rows = sum(s.rows for s in job.skipped)
-    summary = BatchSummary(
-        engine="local",
-        model=job.model.name,
-        source=str(job.source.path),
-        output=str(job.outdir),
-        rows=job.source.rows,
-        processed=0,
-        shards_written=0,
-        shards_skipped=len(job.skipped),
-        seconds=0.0,
-        output_format=job.output_format,
-        batch_size=job.batch_size,
-        workers=job.workers,
-        threads_per_worker=job.threads or 0,
-        max_memory_bytes=job.max_memory,
-        notes=list(job.notes),
-    )
+    summary = job.summary("local")
+    summary.workers, summary.threads_per_worker = job.workers, job.threads or 0
+    summary.max_memory_bytes = job.max_memory
     with PeakMemory() as whole:
         import pyarrow  # noqa: F401 - loaded before the clock starts, not by the first table
 

@@ -31,6 +31,7 @@ from ..model import Model
 from ..report import human_size
 from .sinks import Shard
 from .sources import Source
+from .summary import BatchSummary
 
 MANIFEST = "_ferry_batch.json"
 DEFAULT_MAX_MEMORY = 2 << 30
@@ -170,3 +171,21 @@ class Job:
     notes: list[str] = field(default_factory=list)
     devices: list[Device] = field(default_factory=list)
     """A device pool: one session per device (``workers`` is its size)."""
+
+    def summary(self, engine: str) -> BatchSummary:
+        """This job's summary before it runs (nothing processed yet); each engine adds its
+        own sizes."""
+        return BatchSummary(
+            engine=engine,
+            model=self.model.name,
+            source=str(self.source.path),
+            output=str(self.outdir),
+            rows=self.source.rows,
+            processed=0,
+            shards_written=0,
+            shards_skipped=len(self.skipped),
+            seconds=0.0,
+            output_format=self.output_format,
+            batch_size=self.batch_size,
+            notes=list(self.notes),
+        )

@@ -170,21 +170,8 @@ def run_ray(
     import ray
 
     skipped_rows = sum(s.rows for s in job.skipped)
-    summary = BatchSummary(
-        engine="ray",
-        model=job.model.name,
-        source=str(job.source.path),
-        output=str(job.outdir),
-        rows=job.source.rows,
-        processed=0,
-        shards_written=0,
-        shards_skipped=len(job.skipped),
-        seconds=0.0,
-        output_format=job.output_format,
-        batch_size=job.batch_size,
-        threads_per_worker=job.threads or 1,
-        notes=list(job.notes),
-    )
+    summary = job.summary("ray")
+    summary.threads_per_worker = job.threads or 1
     if progress is not None:
         progress(BatchProgress(skipped_rows, job.source.rows, skipped_rows, 0.0))
     if not job.todo:

@@ -56,9 +56,6 @@ FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
 FINALISTS = 3
 """How many of the fastest candidates within budget are timed again, side by side."""
 FINAL_ROUNDS = 5
-ONE_LINER_MARGIN = 0.15
-"""Every one-liner within budget whose paired latency is within this fraction of the fastest
-candidate's joins the finalists (besides FINALISTS)."""
 FINAL_ITERATIONS = 30
 """Timed runs per model per side-by-side round (fewer when a time budget runs short)."""
 MIN_FINAL_ITERATIONS = 5
@@ -678,23 +675,22 @@ def time_finalists(
 ) -> None:
     """Time the fastest candidates within budget side by side with the original; their
     latencies and speedups become these medians, measured at the same moments. The fastest
-    one-liner within budget is always among them, and every other one-liner within
-    ONE_LINER_MARGIN of the fastest candidate. Each round runs FINAL_ITERATIONS times, or
-    for FINAL_ROUND_MS per model when that is more; with ``left_s`` (what is left of a time
-    budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
+    one-liner within budget is always among them, and every other one-liner whose paired
+    speedup could make it the choice (faster than the original by FASTER). Each round runs
+    FINAL_ITERATIONS times, or for FINAL_ROUND_MS per model when that is more; with ``left_s``
+    (what is left of a time budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
     within = [c for c in search.candidates if c.within and c.path is not None]
     within.sort(key=lambda c: c.result.final_ms or np.inf)
     finalists = within[:count]
     liners = [c for c in within if c.one_liner]
     if liners and not any(c.one_liner for c in finalists):
         finalists[-1] = liners[0]
-    if finalists:
-        # A paired measurement (3 short rounds) can misrank one-liners a few % apart: every
-        # one-liner near the fastest is timed again, so the choice among them is measured.
-        near = (finalists[0].result.final_ms or np.inf) * (1 + ONE_LINER_MARGIN)
-        finalists += [
-            c for c in liners if c not in finalists and (c.result.final_ms or np.inf) <= near
-        ]
+    # A paired measurement (3 short rounds) can misrank candidates by 20 % on a busy machine:
+    # every one-liner that could be chosen (faster than the original by FASTER) is timed
+    # again, so the choice among them, and against a recipe, is made in the finals.
+    finalists += [
+        c for c in liners if c not in finalists and (c.pair_speedup or 0.0) >= 1 / (1 - FASTER)
+    ]
     if not finalists:
         return
     models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
