@@ -11,7 +11,7 @@ from onnxferry.cli import main
 from onnxferry.convert import Conversion
 from onnxferry.deploy import deploy
 from onnxferry.model import Model
-from onnxferry.optimize.auto import SearchResult
+from onnxferry.optimize.candidates import SearchResult
 from tests.helpers import mlp, save
 
 

@@ -616,6 +616,25 @@ def _auto(tmp: Path) -> Names:
     return {"model": model, "judge": _judge(model, feeds), "workdir": tmp / "work"}
 
 
+def _search_result(tmp: Path) -> Names:
+    """A search of one candidate (the model itself, as if a pass had kept it), judged here."""
+    from onnxferry.optimize import Recipe
+    from onnxferry.optimize.candidates import Candidate, SearchResult
+    from onnxferry.optimize.chain import ChainResult
+
+    names = _auto(tmp)
+    model, judge = names["model"], names["judge"]
+    (baseline_ms,) = judge.latency_ms(model)
+    result = ChainResult(model.name, judge.budget.text(), baseline_ms, model.size_bytes)
+    result.kept, result.final_metric, result.final_ms = ["fold"], 1.0, baseline_ms
+    candidate = Candidate(Recipe.of(["fold"]), result, model.path, pair_speedup=1.0)
+    search = SearchResult(model.name, judge.budget.text(), baseline_ms, candidates=[candidate])
+    return {
+        "judge": judge, "original": model, "candidate_model": model, "baseline_ms": baseline_ms,
+        "search": search, "i": 0, "candidate": candidate,
+    }  # fmt: skip
+
+
 def _chain(tmp: Path) -> Names:
     from onnxferry.optimize import Recipe
 
@@ -1313,12 +1332,14 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.model": _one_model,
     "onnxferry.optimize": _optimize,
     "onnxferry.optimize.auto": _auto,
+    "onnxferry.optimize.candidates": _search_result,
     "onnxferry.optimize.base": _pass_context,
     "onnxferry.optimize.budget": _budget,
     "onnxferry.optimize.calibration": _calibration,
     "onnxferry.optimize.capture": _nothing,
     "onnxferry.optimize.catalog": _catalog,
     "onnxferry.optimize.chain": _chain,
+    "onnxferry.optimize.finals": _search_result,
     "onnxferry.optimize.channel_surgery": _pass_context,
     "onnxferry.optimize.cpu_features": _nothing,
     "onnxferry.optimize.fp16": _pass_context,

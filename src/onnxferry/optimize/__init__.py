@@ -10,9 +10,9 @@ ordered list of them (TOML); ``chain`` applies one under a ``Budget``; ``auto`` 
 candidate recipes.
 """
 
-from .auto import SearchResult
 from .base import ParamInfo, Pass, PassContext, PassError, PassInfo, PassResult
 from .budget import Budget
+from .candidates import SearchResult
 from .catalog import BUILTIN, Catalog, list_passes, make_pass
 from .chain import ChainResult
 from .recipe import Recipe

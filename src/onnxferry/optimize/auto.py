@@ -37,8 +37,6 @@ candidate starts once the time is spent; ``untried`` lists the rest.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,25 +46,12 @@ from typing import Any
 import numpy as np
 
 from ..model import Model
-from ..report import Table
-from .chain import FASTER, PRODUCED_NOTHING, ChainResult, Judge, always_faster, apply_recipe
+from .candidates import Candidate, SearchResult, short_label
+from .chain import PRODUCED_NOTHING, Judge, apply_recipe
+from .finals import FINALISTS, choose_finalist, paired_speedup, time_finalists
 from .recipe import Recipe
 
 FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
-FINALISTS = 3
-"""How many of the fastest candidates within budget are timed again, side by side."""
-FINAL_ROUNDS = 5
-FINAL_ITERATIONS = 30
-"""Timed runs per model per side-by-side round (fewer when a time budget runs short)."""
-MIN_FINAL_ITERATIONS = 5
-FINAL_ROUND_MS = 150.0
-"""A finalist round runs at least this long per model (more runs for fast models, up to 500)."""
-PAIR_ROUNDS = 3
-PAIR_ITERATIONS = 15
-"""Each candidate within budget: rounds and runs per round, interleaved with the original."""
-PAIR_ROUND_MS = 60.0
-"""A paired round runs at least this long per model (more runs for fast models, up to 300):
-a sub-millisecond model timed 15 times is noise on a loaded machine."""
 SMOOTH_ALPHAS = (0.3, 0.5, 0.7)
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
 """Kept for callers of the earlier ladder; the mixed search bisects instead."""
@@ -172,211 +157,6 @@ def candidate_recipes(provider: str = "cpu") -> list[Recipe]:
 
 
 @dataclass
-class Candidate:
-    """One recipe's outcome in the search. Its model stays on disk (``path``) so the search
-    holds one candidate in memory at a time, however many it tries."""
-
-    recipe: Recipe
-    result: ChainResult
-    path: Path | None = None
-    rounds_ms: list[float] = field(default_factory=list)
-    """p50 of each side-by-side round with the original and the other finalists."""
-    held_out_metric: float | None = None
-    """The metric on the held-out judging data (None when there is none, or not judged)."""
-    refused: bool = False
-    """Within budget on the tuning data only: missed on the held-out data."""
-    one_liner: bool = False
-    origin: str = ""
-    """Where the recipe came from: "", "restore worst k", "quantize cheapest k"."""
-    started_s: float = 0.0
-    """When it started, in seconds since the search began."""
-    pair_speedup: float | None = None
-    """The original's p50 over this one's, median of the interleaved paired rounds."""
-
-    @property
-    def within(self) -> bool:
-        return bool(self.result.kept) and self.result.within_budget and not self.refused
-
-    def load(self) -> Model | None:
-        return Model.load(self.path) if self.path is not None else None
-
-
-@dataclass
-class SearchResult:
-    """Every candidate, the choice and why (ReportBody)."""
-
-    model: str
-    budget: str
-    baseline_ms: float
-    candidates: list[Candidate] = field(default_factory=list)
-    chosen: int | None = None
-    reason: str = ""
-    misses_by: float | None = None  # set when no candidate meets the budget
-    baseline_rounds_ms: list[float] = field(default_factory=list)
-    untried: list[str] = field(default_factory=list)
-    """Recipes not tried because the search's time budget ran out."""
-    cpu: str = ""
-    skipped_formats: dict[str, str] = field(default_factory=dict)
-    """Formats left out on this machine, and why."""
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    """Per quantizable node of the chosen recipe: decision, measured error and fp32 ms."""
-    layers_of: str = ""
-    """The candidate ``layers`` describes (the chosen one, else the best int8 one)."""
-    warnings: list[str] = field(default_factory=list)
-    """Library warnings captured while searching (distinct lines, with counts)."""
-    held_out: str = ""
-    """How the data was split between tuning and judging."""
-    elapsed_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """The returned model meets the budget (the original, when nothing was faster)."""
-        return self.misses_by is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "budget": self.budget,
-            "baseline_ms": self.baseline_ms,
-            "chosen": (
-                self.candidates[self.chosen].recipe.to_data() if self.chosen is not None else None
-            ),
-            "reason": self.reason,
-            "misses_by": self.misses_by,
-            "untried": list(self.untried),
-            "cpu": self.cpu,
-            "skipped_formats": dict(self.skipped_formats),
-            "held_out": self.held_out,
-            "elapsed_s": self.elapsed_s,
-            "layers": list(self.layers),
-            "layers_of": self.layers_of,
-            "warnings": list(self.warnings),
-            "candidates": [
-                {
-                    "recipe": c.recipe.label(),
-                    "one_liner": c.one_liner,
-                    "started_s": c.started_s,
-                    "pair_speedup": c.pair_speedup,
-                    "origin": c.origin,
-                    "kept": c.result.kept,
-                    "latency_ms": c.result.final_ms,
-                    "speedup": c.result.speedup,
-                    "metric": c.result.final_metric,
-                    "held_out_metric": c.held_out_metric,
-                    "refused": c.refused,
-                    "size_bytes": c.result.final_size,
-                    "within_budget": c.within,
-                    "steps": [s.to_dict() for s in c.result.steps],
-                }
-                for c in self.candidates
-            ],
-        }
-
-    def tables(self) -> list[Table]:
-        rows = [
-            (
-                f"{'*' if i == self.chosen else ' '} {i + 1}. {_short(c)}",
-                _kept_text(c),
-                c.result.final_ms,
-                c.result.speedup,
-                c.result.final_metric,
-                c.held_out_metric,
-                (c.result.final_size or 0) / 2**20,
-                "refused" if c.refused else c.within,
-            )
-            for i, c in enumerate(self.candidates)
-        ]
-        columns = ("candidate", "kept", "p50 ms", "speedup", "metric", "held-out", "MiB", "within")
-        title = (
-            f"optimize --auto {self.model} (budget {self.budget}, "
-            f"original p50 {self.baseline_ms:.3f} ms)"
-        )
-        tables = [Table(title, columns, rows)]
-        if self.layers:
-            layer_rows = [
-                (d["node"], d["op_type"], d["decision"], d["error"], d["cost_ms"])
-                for d in self.layers
-            ]
-            tables.append(
-                Table(
-                    f"per-layer decisions of {self.layers_of} (int8 error: normalized MSE; "
-                    "cost: fp32 ms per run)",
-                    ("node", "op", "decision", "int8 error", "fp32 ms"),
-                    layer_rows,
-                )
-            )
-        machine = [(self.cpu or "-", "")]
-        machine += [(f"skipped {name}", why) for name, why in self.skipped_formats.items()]
-        tables.append(Table("machine and formats", ("what", "why"), machine))
-        notes = [(self.reason,)]
-        if self.held_out:
-            notes.append((self.held_out,))
-        if self.warnings:
-            notes.append((f"{len(self.warnings)} distinct library warning(s) captured",))
-        tables.append(Table("choice", ("why",), notes))
-        return tables
-
-    def figures(self) -> list[str]:
-        """The candidates plot (latency against the budget metric), numbered as in the table
-        (candidates without a latency or a metric have no point), and the per-layer int8
-        error bars when layers were decided."""
-        from ..plots import Point, bars_svg, candidates_svg
-        from .budget import Budget
-
-        points = [
-            Point(_short(c), c.result.final_ms, c.result.final_metric, c.within, i + 1)
-            for i, c in enumerate(self.candidates)
-            if c.result.final_ms is not None
-            and c.result.final_metric is not None
-            and math.isfinite(c.result.final_ms)
-            and math.isfinite(c.result.final_metric)
-        ]
-        figures: list[str] = []
-        if points:
-            budget = Budget.parse(self.budget)
-            figures.append(
-                candidates_svg(
-                    points,
-                    metric=budget.metric,
-                    limit=budget.limit,
-                    higher_is_better=budget.higher_is_better,
-                    baseline_ms=self.baseline_ms,
-                )
-            )
-        bars = [
-            (f"{d['node']} ({d['decision']})", float(d["error"]))
-            for d in self.layers[:40]
-            if d["error"] is not None and math.isfinite(d["error"])
-        ]
-        if bars:
-            figures.append(bars_svg(bars, "int8 error (normalized MSE)", "per-layer decisions"))
-        return figures
-
-
-def _short(c: Candidate, width: int = 60) -> str:
-    """A candidate's label, its fp32 node list cut short (the recipe has them all)."""
-    from .mixed import float_nodes
-
-    label = c.recipe.label()
-    nodes = float_nodes(c.recipe)
-    if nodes and len(label) > width:
-        label = label.split("nodes_to_exclude")[0] + f"{len(nodes)} nodes in fp32)"
-    return f"{label} [{c.origin}]" if c.origin else label
-
-
-def _kept_text(c: Candidate) -> str:
-    """The passes a candidate kept, its fp32 node list counted rather than listed."""
-    from .mixed import float_nodes
-
-    if not c.result.kept:
-        return "(nothing kept)"
-    nodes = float_nodes(c.recipe)
-    shown = [k.split("nodes_to_exclude")[0] + f"{len(nodes)} in fp32)" if nodes and
-             "nodes_to_exclude" in k else k for k in c.result.kept]  # fmt: skip
-    return " -> ".join(shown)
-
-
-@dataclass
 class _Search:
     """The state of one search run: the judges, the deadline, and how to try a recipe."""
 
@@ -426,7 +206,7 @@ class _Search:
                 candidate.held_out_metric = held
                 candidate.refused = not self.holdout.budget.holds(held)
             if candidate.within:
-                candidate.pair_speedup = _paired_speedup(
+                candidate.pair_speedup = paired_speedup(
                     self.judge, self.model, final, search.baseline_ms
                 )
                 result.final_ms = search.baseline_ms / candidate.pair_speedup
@@ -491,24 +271,10 @@ def auto_search(
         (chosen.result.final_ms,) = judge.latency_ms(best)  # the closest miss: report its speed
     described = _described(search)
     if described is not None:
-        search.layers_of = _short(described)
+        search.layers_of = short_label(described)
         search.layers = _layer_decisions(state, described)
     search.elapsed_s = time.monotonic() - started
     return best or model, search
-
-
-def _runs(baseline_ms: float, floor: int, round_ms: float, ceiling: int) -> int:
-    """Runs per round: at least ``floor``, enough for ``round_ms`` at ``baseline_ms`` a run."""
-    return max(floor, min(ceiling, int(round_ms / max(baseline_ms, 1e-3))))
-
-
-def _paired_speedup(judge: Judge, original: Model, candidate: Model, baseline_ms: float) -> float:
-    """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
-    ``candidate``'s (drift hits both alike)."""
-    runs = _runs(baseline_ms, PAIR_ITERATIONS, PAIR_ROUND_MS, 300)
-    base, cand = judge.rounds([original, candidate], rounds=PAIR_ROUNDS, iterations=runs)
-    ratio = statistics.median(b / max(c, 1e-9) for b, c in zip(base, cand, strict=True))
-    return max(ratio, 1e-9)
 
 
 def _on_disk(model: Model, target: Path) -> Path:
@@ -665,146 +431,3 @@ def _layer_decisions(state: _Search, chosen: Candidate) -> list[dict[str, Any]]:
         {**layer.to_dict(), "decision": "fp32" if layer.node in fp32 else "int8"}
         for layer in layers
     ]
-
-
-# --- timing and choice ---------------------------------------------------------------------
-
-
-def time_finalists(
-    search: SearchResult, original: Model, judge: Judge, count: int, left_s: float | None = None
-) -> None:
-    """Time the fastest candidates within budget side by side with the original; their
-    latencies and speedups become these medians, measured at the same moments. The fastest
-    one-liner within budget is always among them, and every other one-liner whose paired
-    speedup could make it the choice (faster than the original by FASTER). Each round runs
-    FINAL_ITERATIONS times, or for FINAL_ROUND_MS per model when that is more; with ``left_s``
-    (what is left of a time budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
-    within = [c for c in search.candidates if c.within and c.path is not None]
-    within.sort(key=lambda c: c.result.final_ms or np.inf)
-    finalists = within[:count]
-    liners = [c for c in within if c.one_liner]
-    if liners and not any(c.one_liner for c in finalists):
-        finalists[-1] = liners[0]
-    # A paired measurement (3 short rounds) can misrank candidates by 20 % on a busy machine:
-    # every one-liner that could be chosen (faster than the original by FASTER) is timed
-    # again, so the choice among them, and against a recipe, is made in the finals.
-    finalists += [
-        c for c in liners if c not in finalists and (c.pair_speedup or 0.0) >= 1 / (1 - FASTER)
-    ]
-    if not finalists:
-        return
-    models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
-    iterations = _runs(search.baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
-    if left_s is not None:
-        per_run_s = max(search.baseline_ms, 1e-3) / 1e3
-        fits = int(left_s / (FINAL_ROUNDS * len(models) * per_run_s))
-        iterations = max(MIN_FINAL_ITERATIONS, min(iterations, fits))
-    rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=iterations)
-    del models
-    search.baseline_rounds_ms = rounds[0]
-    search.baseline_ms = statistics.median(rounds[0])
-    for c in search.candidates:
-        c.result.baseline_ms = search.baseline_ms
-        if c.pair_speedup is not None:  # its paired ratio, against the final baseline
-            c.result.final_ms = search.baseline_ms / c.pair_speedup
-    for c, timed in zip(finalists, rounds[1:], strict=True):
-        c.rounds_ms = timed
-        c.result.final_ms = statistics.median(timed)
-
-
-def _best_timed(search: SearchResult, timed: list[int]) -> tuple[int, str]:
-    """The fastest timed finalist; but the fastest one-liner when the other did not beat it
-    by FASTER in every side-by-side round (a difference within the noise does not justify a
-    recipe over what the user would get from the one-liner) and that one-liner itself beat
-    the original in every round. With a note when the one-liner was preferred."""
-    candidates = search.candidates
-    best = min(timed, key=lambda i: candidates[i].result.final_ms or np.inf)
-    liners = [i for i in timed if candidates[i].one_liner]
-    if not liners or candidates[best].one_liner:
-        return best, ""
-    liner = min(liners, key=lambda i: candidates[i].result.final_ms or np.inf)
-    beaten = always_faster(candidates[liner].rounds_ms, candidates[best].rounds_ms)
-    if beaten or not always_faster(search.baseline_rounds_ms, candidates[liner].rounds_ms):
-        return best, ""
-    note = (
-        f"{_short(candidates[best])} was not faster than this one-liner by {FASTER:.0%} in "
-        "every side-by-side round, so the one-liner is kept"
-    )
-    return liner, note
-
-
-def choose_finalist(search: SearchResult, judge: Judge) -> None:
-    """Choose the fastest timed finalist when it beat the original in every side-by-side round
-    (``search.chosen``); otherwise the original is kept. ``search.reason`` says which and why."""
-    timed = [i for i, c in enumerate(search.candidates) if c.within and c.rounds_ms]
-    if timed:
-        best, preferred = _best_timed(search, timed)
-        candidate = search.candidates[best]
-        result = candidate.result
-        if not always_faster(search.baseline_rounds_ms, candidate.rounds_ms):
-            search.reason = (
-                f"no candidate within {search.budget} is faster than the original by "
-                f"{FASTER:.0%} in every one of {FINAL_ROUNDS} side-by-side rounds (best: "
-                f"{_short(candidate)}, {result.speedup or 0:.2f}x); the original is kept"
-            )
-            return
-        search.chosen = best
-        held = (
-            f", held-out {candidate.held_out_metric:.6g}"
-            if candidate.held_out_metric is not None
-            else ""
-        )
-        search.reason = (
-            f"fastest within {search.budget}: {_short(candidate)} "
-            f"({result.speedup:.2f}x, metric {result.final_metric:.6g}{held}; faster than the "
-            f"original in all {FINAL_ROUNDS} side-by-side rounds)"
-            + (f"; {preferred}" if preferred else "")
-        )
-        return
-    if any(c.within for c in search.candidates):
-        search.reason = "no candidate within the budget could be timed; the original is kept"
-        return
-    refused = [c for c in search.candidates if c.refused and c.held_out_metric is not None]
-    if refused:
-        best_refused = min(refused, key=lambda c: judge.budget.miss(c.held_out_metric or 0.0))
-        there = best_refused.held_out_metric or 0.0
-        search.misses_by = judge.budget.miss(there)
-        search.reason = (
-            f"refused: {len(refused)} candidate(s) met {search.budget} only on the data the "
-            f"search tuned on (best: {_short(best_refused)}, "
-            f"{best_refused.result.final_metric:.6g} there, {there:.6g} on the held-out data); "
-            "nothing holds on held-out data, the original is kept"
-        )
-        return
-    tried = [
-        i
-        for i, c in enumerate(search.candidates)
-        if c.result.kept and c.result.final_metric is not None
-    ]
-    if not tried:
-        search.reason = f"{_why_none(search.candidates)}; the original is kept"
-        return
-    closest = min(
-        tried, key=lambda i: judge.budget.miss(search.candidates[i].result.final_metric or 0.0)
-    )
-    metric = search.candidates[closest].result.final_metric or 0.0
-    search.chosen = closest
-    search.misses_by = judge.budget.miss(metric)
-    search.reason = (
-        f"nothing meets {search.budget}; the closest is "
-        f"{_short(search.candidates[closest])} with {metric:.6g}, missing by "
-        f"{judge.budget.miss(metric):.3g}"
-    )
-
-
-def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
-    """Why no candidate kept a pass: "nothing could be produced: <reasons>" when every pass
-    failed or changed nothing, else "no candidate kept a pass: <reasons>"; each distinct
-    reason once."""
-    steps = [s for c in candidates for s in c.result.steps]
-    reasons = list(dict.fromkeys(f"{s.label} {s.status}: {s.reason}" for s in steps))
-    more = len(reasons) - shown
-    why = "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
-    if all(s.status in PRODUCED_NOTHING for s in steps):
-        return f"nothing could be produced: {why or 'no candidate'}"
-    return f"no candidate kept a pass: {why}"

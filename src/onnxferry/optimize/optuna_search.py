@@ -54,19 +54,11 @@ from ..errors import UsageError, one_line
 from ..feeds import feeds_digest
 from ..model import Model
 from ..report import Table, jsonable
-from .auto import (
-    FAST_FP16,
-    FINALISTS,
-    PAIR_ITERATIONS,
-    PAIR_ROUNDS,
-    Candidate,
-    SearchResult,
-    choose_finalist,
-    plain_recipes,
-    time_finalists,
-)
+from .auto import FAST_FP16, plain_recipes
+from .candidates import Candidate, SearchResult
 from .catalog import BUILTIN, Catalog
 from .chain import ChainResult, Judge, Step, apply_recipe
+from .finals import FINALISTS, PAIR_ITERATIONS, PAIR_ROUNDS, choose_finalist, time_finalists
 from .recipe import Recipe
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ from ..feeds import Given, checked_feeds, feed_sets
 from ..model import Model
 from ..report import Report
 from ..signature import Signature
-from .auto import SearchResult, auto_search, default_time_budget
+from .auto import auto_search, default_time_budget
 from .budget import Budget
+from .candidates import SearchResult
 from .capture import captured
 from .chain import ChainResult, Judge, apply_recipe
 from .holdout import HoldOut, split_holdout, timing_feeds

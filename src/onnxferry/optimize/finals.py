@@ -1,0 +1,192 @@
+"""The side-by-side timing that decides ``auto_search``: each candidate within budget paired
+with the original, then the finalists in longer rounds, and the choice.
+
+    speedup = paired_speedup(judge, original, candidate_model, baseline_ms)  # PAIR_ROUNDS
+    time_finalists(search, original, judge, FINALISTS)   # FINAL_ROUNDS, every model each round
+    choose_finalist(search, judge)                       # search.chosen and search.reason
+
+Paired rounds are short and, on a busy machine, scatter by up to 20 %; the choice rests on
+the finals, where every model runs in every round (drift hits them alike). A candidate is
+chosen only if it beat the original by FASTER in every final round, and a recipe over the
+fastest one-liner only if it beat that one-liner so too.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..model import Model
+from .candidates import Candidate, SearchResult, short_label
+from .chain import FASTER, PRODUCED_NOTHING, Judge, always_faster
+
+FINALISTS = 3
+"""How many of the fastest candidates within budget are timed again, side by side."""
+FINAL_ROUNDS = 5
+FINAL_ITERATIONS = 30
+"""Timed runs per model per side-by-side round (fewer when a time budget runs short)."""
+MIN_FINAL_ITERATIONS = 5
+FINAL_ROUND_MS = 150.0
+"""A finalist round runs at least this long per model (more runs for fast models, up to 500)."""
+PAIR_ROUNDS = 3
+PAIR_ITERATIONS = 15
+"""Each candidate within budget: rounds and runs per round, interleaved with the original."""
+PAIR_ROUND_MS = 60.0
+"""A paired round runs at least this long per model (more runs for fast models, up to 300):
+a sub-millisecond model timed 15 times is noise on a loaded machine."""
+
+
+def runs_per_round(baseline_ms: float, floor: int, round_ms: float, ceiling: int) -> int:
+    """Runs per round: at least ``floor``, enough for ``round_ms`` at ``baseline_ms`` a run."""
+    return max(floor, min(ceiling, int(round_ms / max(baseline_ms, 1e-3))))
+
+
+def paired_speedup(judge: Judge, original: Model, candidate: Model, baseline_ms: float) -> float:
+    """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
+    ``candidate``'s (drift hits both alike)."""
+    runs = runs_per_round(baseline_ms, PAIR_ITERATIONS, PAIR_ROUND_MS, 300)
+    base, cand = judge.rounds([original, candidate], rounds=PAIR_ROUNDS, iterations=runs)
+    ratio = statistics.median(b / max(c, 1e-9) for b, c in zip(base, cand, strict=True))
+    return max(ratio, 1e-9)
+
+
+def time_finalists(
+    search: SearchResult, original: Model, judge: Judge, count: int, left_s: float | None = None
+) -> None:
+    """Time the fastest candidates within budget side by side with the original; their
+    latencies and speedups become these medians, measured at the same moments. The fastest
+    one-liner within budget is always among them, and every other one-liner whose paired
+    speedup could make it the choice (faster than the original by FASTER). Each round runs
+    FINAL_ITERATIONS times, or for FINAL_ROUND_MS per model when that is more; with ``left_s``
+    (what is left of a time budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
+    within = [c for c in search.candidates if c.within and c.path is not None]
+    within.sort(key=lambda c: c.result.final_ms or np.inf)
+    finalists = within[:count]
+    liners = [c for c in within if c.one_liner]
+    if liners and not any(c.one_liner for c in finalists):
+        finalists[-1] = liners[0]
+    # A paired measurement (3 short rounds) can misrank candidates by 20 % on a busy machine:
+    # every one-liner that could be chosen (faster than the original by FASTER) is timed
+    # again, so the choice among them, and against a recipe, is made in the finals.
+    finalists += [
+        c for c in liners if c not in finalists and (c.pair_speedup or 0.0) >= 1 / (1 - FASTER)
+    ]
+    if not finalists:
+        return
+    models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
+    iterations = runs_per_round(search.baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
+    if left_s is not None:
+        per_run_s = max(search.baseline_ms, 1e-3) / 1e3
+        fits = int(left_s / (FINAL_ROUNDS * len(models) * per_run_s))
+        iterations = max(MIN_FINAL_ITERATIONS, min(iterations, fits))
+    rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=iterations)
+    del models
+    search.baseline_rounds_ms = rounds[0]
+    search.baseline_ms = statistics.median(rounds[0])
+    for c in search.candidates:
+        c.result.baseline_ms = search.baseline_ms
+        if c.pair_speedup is not None:  # its paired ratio, against the final baseline
+            c.result.final_ms = search.baseline_ms / c.pair_speedup
+    for c, timed in zip(finalists, rounds[1:], strict=True):
+        c.rounds_ms = timed
+        c.result.final_ms = statistics.median(timed)
+
+
+def _best_timed(search: SearchResult, timed: list[int]) -> tuple[int, str]:
+    """The fastest timed finalist; but the fastest one-liner when the other did not beat it
+    by FASTER in every side-by-side round (a difference within the noise does not justify a
+    recipe over what the user would get from the one-liner) and that one-liner itself beat
+    the original in every round. With a note when the one-liner was preferred."""
+    candidates = search.candidates
+    best = min(timed, key=lambda i: candidates[i].result.final_ms or np.inf)
+    liners = [i for i in timed if candidates[i].one_liner]
+    if not liners or candidates[best].one_liner:
+        return best, ""
+    liner = min(liners, key=lambda i: candidates[i].result.final_ms or np.inf)
+    beaten = always_faster(candidates[liner].rounds_ms, candidates[best].rounds_ms)
+    if beaten or not always_faster(search.baseline_rounds_ms, candidates[liner].rounds_ms):
+        return best, ""
+    note = (
+        f"{short_label(candidates[best])} was not faster than this one-liner by {FASTER:.0%} in "
+        "every side-by-side round, so the one-liner is kept"
+    )
+    return liner, note
+
+
+def choose_finalist(search: SearchResult, judge: Judge) -> None:
+    """Choose the fastest timed finalist when it beat the original in every side-by-side round
+    (``search.chosen``); otherwise the original is kept. ``search.reason`` says which and why."""
+    timed = [i for i, c in enumerate(search.candidates) if c.within and c.rounds_ms]
+    if timed:
+        best, preferred = _best_timed(search, timed)
+        candidate = search.candidates[best]
+        result = candidate.result
+        if not always_faster(search.baseline_rounds_ms, candidate.rounds_ms):
+            search.reason = (
+                f"no candidate within {search.budget} is faster than the original by "
+                f"{FASTER:.0%} in every one of {FINAL_ROUNDS} side-by-side rounds (best: "
+                f"{short_label(candidate)}, {result.speedup or 0:.2f}x); the original is kept"
+            )
+            return
+        search.chosen = best
+        held = (
+            f", held-out {candidate.held_out_metric:.6g}"
+            if candidate.held_out_metric is not None
+            else ""
+        )
+        search.reason = (
+            f"fastest within {search.budget}: {short_label(candidate)} "
+            f"({result.speedup:.2f}x, metric {result.final_metric:.6g}{held}; faster than the "
+            f"original in all {FINAL_ROUNDS} side-by-side rounds)"
+            + (f"; {preferred}" if preferred else "")
+        )
+        return
+    if any(c.within for c in search.candidates):
+        search.reason = "no candidate within the budget could be timed; the original is kept"
+        return
+    refused = [c for c in search.candidates if c.refused and c.held_out_metric is not None]
+    if refused:
+        best_refused = min(refused, key=lambda c: judge.budget.miss(c.held_out_metric or 0.0))
+        there = best_refused.held_out_metric or 0.0
+        search.misses_by = judge.budget.miss(there)
+        search.reason = (
+            f"refused: {len(refused)} candidate(s) met {search.budget} only on the data the "
+            f"search tuned on (best: {short_label(best_refused)}, "
+            f"{best_refused.result.final_metric:.6g} there, {there:.6g} on the held-out data); "
+            "nothing holds on held-out data, the original is kept"
+        )
+        return
+    tried = [
+        i
+        for i, c in enumerate(search.candidates)
+        if c.result.kept and c.result.final_metric is not None
+    ]
+    if not tried:
+        search.reason = f"{_why_none(search.candidates)}; the original is kept"
+        return
+    closest = min(
+        tried, key=lambda i: judge.budget.miss(search.candidates[i].result.final_metric or 0.0)
+    )
+    metric = search.candidates[closest].result.final_metric or 0.0
+    search.chosen = closest
+    search.misses_by = judge.budget.miss(metric)
+    search.reason = (
+        f"nothing meets {search.budget}; the closest is "
+        f"{short_label(search.candidates[closest])} with {metric:.6g}, missing by "
+        f"{judge.budget.miss(metric):.3g}"
+    )
+
+
+def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
+    """Why no candidate kept a pass: "nothing could be produced: <reasons>" when every pass
+    failed or changed nothing, else "no candidate kept a pass: <reasons>"; each distinct
+    reason once."""
+    steps = [s for c in candidates for s in c.result.steps]
+    reasons = list(dict.fromkeys(f"{s.label} {s.status}: {s.reason}" for s in steps))
+    more = len(reasons) - shown
+    why = "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
+    if all(s.status in PRODUCED_NOTHING for s in steps):
+        return f"nothing could be produced: {why or 'no candidate'}"
+    return f"no candidate kept a pass: {why}"
