@@ -3,10 +3,8 @@ rows, trace columns and outputs as the local engine."""
 
 from __future__ import annotations
 
-import gc
 import json
 import subprocess
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,11 +60,6 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-        # Collect the /dev/null handles Ray leaves unclosed here, where they are expected,
-        # not in the next test's gc (which would report them as that test's).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
