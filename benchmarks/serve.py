@@ -208,6 +208,16 @@ def plan_pinning(threads: int, mode: str) -> Pinning:
     return Pinning(tuple(cpus[:threads]), tuple(cpus[threads:]))
 
 
+def pins_text(pin: Pinning) -> str:
+    """Where the server and the client run, for a benchmark's settings line."""
+    if not pin.server:
+        return "not pinned: servers and client share the cores"
+    return (
+        f"servers and raw ORT on cores {list(pin.server)}, perf_analyzer on "
+        f"{list(pin.client or ())}"
+    )
+
+
 def taskset(cpus: tuple[int, ...] | None, cmd: list[str]) -> list[str]:
     return cmd if cpus is None else ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
 

@@ -67,6 +67,7 @@ from serve import (
     mlp,
     perf_analyzer,
     pinned,
+    pins_text,
     plan_pinning,
     raw_ort,
     row_text,
@@ -420,14 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     print(f"machine: {cpu_summary()}")
-    pins = (
-        f"servers and raw ORT on cores {list(args.pin.server)}, perf_analyzer on "
-        f"{list(args.pin.client or ())}"
-        if args.pin.server
-        else "not pinned: servers and client share the cores"
-    )
     versions = f", uvicorn {uvicorn.__version__}, granian {granian.__version__}"
-    print(settings_line(args, versions, pins), flush=True)
+    print(settings_line(args, versions, pins_text(args.pin)), flush=True)
     with tempfile.TemporaryDirectory(prefix="ferry-frontend-bench-") as tmp:
         runs = [measure_model(m, args, Path(tmp)) for m in args.models]
     for run in runs:

@@ -2,8 +2,10 @@
 
     bash ../shared/tools/perf_analyzer.sh /work/pa      # once: perf_analyzer and its libs
     .venv/bin/python benchmarks/serve_shm.py --perf-analyzer /work/pa [--rounds 3]
+    .venv/bin/python benchmarks/serve_shm.py --model ocr --pin on   # issue 16's c=8 target
 
-benchmarks/serve.py's small CNN (x[batch,3,224,224], 602 KB a sample) served by one
+benchmarks/serve.py's small CNN (``cnn``: x[batch,3,224,224], 602 KB a sample) or
+serve_frontend.py's PaddleOCR-shaped classifier (``ocr``: x[batch,3,48,192], 110 KB) served by one
 ``ferry serve REPO --port P --shared-memory system`` (its ferry.toml: dynamic batching,
 instances x threads = the thread budget), driven by perf_analyzer over HTTP at concurrency 8,
 batch 1 per request: once with binary tensors in the request body, once with
@@ -12,7 +14,10 @@ only the JSON header; the server reads the input from the region and writes the 
 into it). Raw ONNX Runtime (``session.run`` in this process, batch 1..32, in every round
 while the server idles) gives the ceiling: the best samples/s over batch sizes. Rounds
 alternate body and shared memory so a change of load on a shared machine hits both; medians
-are reported with the load average before and after, and the CPU's flags first.
+are reported with the load average before and after, and the CPU's flags first. ``--pin on``
+puts the server and raw ORT on the first ``--threads`` cores (default: all but one) and
+perf_analyzer on the rest, as serve_frontend.py does, so the client's CPU does not count
+against the server.
 
 perf_analyzer's flag goes through a wrapper script in a temporary directory, so
 serve.py's runner (command line, CSV parsing, time limit) is used unchanged.
@@ -43,13 +48,19 @@ from serve import (
     free_port,
     median_of,
     perf_analyzer,
+    pinned,
+    pins_text,
+    plan_pinning,
     raw_ort,
     row_text,
     running,
     settings_line,
+    taskset,
 )
+from serve_frontend import ocr_cnn
 
 MODES = ("body", "shared memory")
+SHM_MODELS = {"cnn": MODELS["cnn"], "ocr": ocr_cnn}
 
 
 def shm_analyzer(pa_dir: Path, workdir: Path) -> Path:
@@ -69,9 +80,9 @@ def measure(
 ) -> tuple[dict[str, list[Row]], list[tuple[float, int]]]:
     """perf_analyzer rows per mode over the rounds; raw ORT's best (samples/s, batch) per
     round (measured in the round, the server idle, so a change of load hits it too)."""
-    name = "cnn"
+    name = args.model
     path = workdir / f"{name}.onnx"
-    onnx.save(MODELS[name](), str(path))
+    onnx.save(SHM_MODELS[name](), str(path))
     raw_best: list[tuple[float, int]] = []
     pa_dir = Path(args.perf_analyzer)
     dirs = {"body": pa_dir, "shared memory": shm_analyzer(pa_dir, workdir)}
@@ -80,9 +91,10 @@ def measure(
     url = f"http://127.0.0.1:{port}"
     cmd = [*ferry_command(Path(args.ferry), repo, port), "--shared-memory", "system"]
     rows: dict[str, list[Row]] = {mode: [] for mode in MODES}
-    with running(cmd, url, name, workdir / "ferry.log"):
+    with running(taskset(args.pin.server, cmd), url, name, workdir / "ferry.log"):
         for round_ in range(args.rounds):
-            best = max(raw_ort(path, args.threads, args.raw_seconds), key=_samples)
+            with pinned(args.pin.server):
+                best = max(raw_ort(path, args.threads, args.raw_seconds), key=_samples)
             raw_best.append((best.samples_per_s, best.batch))
             print(
                 f"  round {round_ + 1}, raw ORT: best {best.samples_per_s:.1f} samples/s at "
@@ -91,9 +103,10 @@ def measure(
             )
             for mode in MODES if round_ % 2 == 0 else reversed(MODES):
                 c, ms = args.concurrency, args.interval_ms
-                row = perf_analyzer(dirs[mode], url, name, c, ms, True, workdir)
+                cpus = args.pin.client
+                row = perf_analyzer(dirs[mode], url, name, c, ms, True, workdir, cpus)
                 if row.throughput is None:  # its 10 % check failed: 3 windows, marked
-                    row = perf_analyzer(dirs[mode], url, name, c, ms, False, workdir)
+                    row = perf_analyzer(dirs[mode], url, name, c, ms, False, workdir, cpus)
                     row.error = row.error or "unstable: 3 windows without the 10 % check"
                 row.system = mode
                 rows[mode].append(row)
@@ -105,7 +118,7 @@ def _samples(row: RawRow) -> float:
     return row.samples_per_s
 
 
-def summary(rows: dict[str, list[Row]], raw: list[tuple[float, int]], c: int) -> Table:
+def summary(rows: dict[str, list[Row]], raw: list[tuple[float, int]], c: int, name: str) -> Table:
     columns = ["path", "runs", "median infer/s", "vs raw ORT", "median p50 ms", "median p99 ms",
                "batch formed"]  # fmt: skip
     body: list[list[object]] = []
@@ -128,7 +141,7 @@ def summary(rows: dict[str, list[Row]], raw: list[tuple[float, int]], c: int) ->
     body.append(
         [f"raw ORT (best batch: {batches})", len(raw), round(raw_best, 1), "1.00x", "", "", ""]
     )
-    return Table(f"cnn, ferry serve at concurrency {c}, batch 1 per request", columns, body)
+    return Table(f"{name}, ferry serve at concurrency {c}, batch 1 per request", columns, body)
 
 
 def _round(value: float | None, digits: int = 3) -> object:
@@ -137,9 +150,13 @@ def _round(value: float | None, digits: int = 3) -> object:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--model", choices=sorted(SHM_MODELS), default="cnn")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, help="ORT thread budget (default: usable cores)")
+    p.add_argument(
+        "--threads", type=int, help="ORT thread budget (default: usable cores, - 1 pinned)"
+    )
+    p.add_argument("--pin", choices=["auto", "on", "off"], default="off")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-ms", type=float, default=0.5)
     p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's window")
@@ -151,7 +168,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ferry", default=str(Path(sys.executable).with_name("ferry")))
     args = p.parse_args(argv)
-    args.threads = args.threads or usable_cores()
+    cores = usable_cores()
+    args.threads = args.threads or max(1, cores - 1 if args.pin == "on" else cores)
+    args.pin = plan_pinning(args.threads, args.pin)
     return args
 
 
@@ -172,11 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no /dev/shm on this host: system shared memory cannot be measured", file=sys.stderr)
         return 2
     print(f"machine: {cpu_summary()}")
-    print(settings_line(args), flush=True)
+    print(settings_line(args, pins=pins_text(args.pin)), flush=True)
     with tempfile.TemporaryDirectory(prefix="ferry-shm-bench-") as tmp:
         rows, raw = measure(args, Path(tmp))
     print()
-    print(render_table(summary(rows, raw, args.concurrency)))
+    print(render_table(summary(rows, raw, args.concurrency, args.model)))
     body = median_of([r.throughput for r in rows["body"]])
     shared = median_of([r.throughput for r in rows["shared memory"]])
     if body and shared:

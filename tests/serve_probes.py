@@ -111,10 +111,11 @@ def poll_health_while(url: str, work: Callable[[], T]) -> tuple[list[float], lis
 def assert_kept_answering(latencies: list[float], work_s: float, quick: float = 0.05) -> None:
     """The health polls of ``poll_health_while`` show an event loop that ``work_s`` seconds of
     work never held: nine in ten polls under ``max(quick, work_s / 4)`` and none near the work's
-    length (a loop doing the work itself holds one poll for all of it). A loaded machine's
-    scheduling delays a few polls; it does not delay most of them."""
+    length (a loop doing the work itself holds one poll for all of it, longer on a loaded
+    machine). A loaded machine's scheduling delays a few polls, the slowest by up to half the
+    work's length in CI; it does not delay most of them."""
     assert len(latencies) >= 5, latencies
     ordered = sorted(latencies)
     p90 = ordered[int(0.9 * (len(ordered) - 1))]
     assert p90 < max(quick, work_s / 4), (p90, work_s, ordered[-10:])
-    assert ordered[-1] < max(2 * quick, work_s / 2), (ordered[-1], work_s)
+    assert ordered[-1] < max(2 * quick, 0.75 * work_s), (ordered[-1], work_s)

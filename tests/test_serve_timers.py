@@ -102,7 +102,8 @@ def test_the_thread_fallback_keeps_the_same_contract() -> None:
     calls: list[int] = []
     done = loop.create_future()
     now = time.monotonic_ns()
-    for i, offset_us in enumerate([400, 200]):
+    # Far enough apart that the thread cannot fire the first before the second is armed.
+    for i, offset_us in enumerate([200_000, 100_000]):
 
         def call(i: int = i) -> None:
             calls.append(i)
@@ -114,4 +115,4 @@ def test_the_thread_fallback_keeps_the_same_contract() -> None:
         finished = loop.run_until_complete(asyncio.wait_for(done, 5))
     finally:
         loop.close()
-    assert calls == [1, 0] and finished >= now + 400_000
+    assert calls == [1, 0] and finished >= now + 200_000_000

@@ -10,7 +10,8 @@
 - ``lime``: ``lime_tabular.LimeTabularExplainer`` (regression on the target's value, the
   background as training data, continuous features: a weight is the slope per standard
   deviation, where quartile bins would hide a feature near its mean);
-  ``lime_image.LimeImageExplainer`` over the same superpixels; or
+  ``lime_image.LimeImageExplainer`` over the same superpixels (its perturbed images made
+  a batch at a time: ``vectorized``); or
   ``lime_text.LimeTextExplainer`` over token positions (``bow=False``).
 - ``occlusion``: a window slid over the image (features or tokens one at a time) set to the
   baseline; a pixel's attribution is the mean drop of the score over the windows that cover it.
@@ -40,6 +41,7 @@ from ..errors import InputError, one_line
 from .evaluate import BudgetExceeded, Transform
 from .kinds import Layout
 from .masking import Groups, from_hwc, spatial_labels, to_hwc
+from .vectorized import lime_image_explainer
 
 Score = Callable[[np.ndarray, Transform | None], np.ndarray]
 
@@ -307,7 +309,8 @@ def _fit(
 
 
 def _lime_image(task: Task) -> Attribution:
-    LimeImageExplainer = _library("lime.lime_image").LimeImageExplainer
+    _library("lime.lime_image")  # imported quietly, before vectorized's subclass needs it
+    LimeImageExplainer = lime_image_explainer()
 
     groups = task.groups
     assert groups is not None
@@ -321,8 +324,7 @@ def _lime_image(task: Task) -> Attribution:
 
     notes: list[str] = []
     with quiet(notes):
-        # In the model's element type, not float64: the same pixels, half the bytes for
-        # lime's per-sample copies.
+        # In the model's element type, not float64: the same pixels, half the bytes.
         explanation = LimeImageExplainer(random_state=task.seed).explain_instance(
             to_hwc(task.sample, layout),
             classify,
