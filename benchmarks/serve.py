@@ -212,10 +212,7 @@ def pins_text(pin: Pinning) -> str:
     """Where the server and the client run, for a benchmark's settings line."""
     if not pin.server:
         return "not pinned: servers and client share the cores"
-    return (
-        f"servers and raw ORT on cores {list(pin.server)}, perf_analyzer on "
-        f"{list(pin.client or ())}"
-    )
+    return f"server side on cores {list(pin.server)}, clients on {list(pin.client or ())}"
 
 
 def taskset(cpus: tuple[int, ...] | None, cmd: list[str]) -> list[str]:

@@ -8,7 +8,9 @@ and MLP, with its ferry.toml: dynamic batching, instances x threads = the thread
 measured by perf_analyzer with ``-i http`` (binary tensors) and ``-i grpc`` (raw contents)
 at concurrency 1 and 8, batch 1 per request, on the same server process, HTTP first: the
 throughput, p50 and p99, and the server's queue and compute times and the batch it formed.
-The CPU and its flags are printed first; client and server share the machine's cores.
+The CPU and its flags are printed first. ``--pin on`` puts the server on the first
+``--threads`` cores (default: all but one) and the clients on the rest; by default client and
+server share the machine's cores.
 
 ``--sequential N`` adds, on the same server, N calls one at a time per protocol with
 tritonclient (sync clients, blocks of 200 alternating between HTTP and gRPC, so that a
@@ -40,7 +42,11 @@ from serve import (
     ferry_repo,
     free_port,
     perf_analyzer,
+    pinned,
+    pins_text,
+    plan_pinning,
     running,
+    taskset,
 )
 
 PROTOCOLS = ("http", "grpc")
@@ -57,16 +63,25 @@ def measure(
     url = f"http://127.0.0.1:{port}"
     cmd = [*ferry_command(ferry, repo, port), "--grpc-port", str(grpc_port)]
     rows = []
-    with running(cmd, url, name, workdir / f"ferry-{name}.log"):
+    cpus = args.pin.client
+    with running(taskset(args.pin.server, cmd), url, name, workdir / f"ferry-{name}.log"):
         for c in args.levels:
             for protocol in PROTOCOLS:
                 target = url if protocol == "http" else f"127.0.0.1:{grpc_port}"
                 row = perf_analyzer(
-                    pa_dir, target, name, c, args.interval_ms, True, workdir, protocol=protocol
+                    pa_dir,
+                    target,
+                    name,
+                    c,
+                    args.interval_ms,
+                    True,
+                    workdir,
+                    cpus,
+                    protocol=protocol,
                 )
                 if row.throughput is None:  # perf_analyzer's 10 % check failed: 3 windows
                     row = perf_analyzer(
-                        pa_dir, target, name, c, args.interval_ms, False, workdir,
+                        pa_dir, target, name, c, args.interval_ms, False, workdir, cpus,
                         protocol=protocol,
                     )  # fmt: skip
                     row.error = row.error or "unstable: 3 windows without the 10 % check"
@@ -74,9 +89,9 @@ def measure(
                 rows.append((protocol, row))
                 print(f"  [{name}] c={c} {protocol}: {_text(row)}", flush=True)
         if args.sequential:
-            for protocol, (p10, p50) in sequential(
-                name, path, url, grpc_port, args.sequential
-            ).items():
+            with pinned(cpus):
+                one_at_a_time = sequential(name, path, url, grpc_port, args.sequential)
+            for protocol, (p10, p50) in one_at_a_time.items():
                 print(f"  [{name}] one at a time, {protocol}: p10 {p10:.3f} ms, p50 {p50:.3f} ms")
     return rows
 
@@ -147,7 +162,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--models", default="cnn,mlp")
     p.add_argument("--concurrency", default="1,8")
-    p.add_argument("--threads", type=int, help="ORT thread budget (default: usable cores)")
+    p.add_argument(
+        "--threads", type=int, help="ORT thread budget (default: usable cores, - 1 pinned)"
+    )
+    p.add_argument("--pin", choices=["auto", "on", "off"], default="off")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-ms", type=float, default=0.5)
     p.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's window")
@@ -160,7 +178,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ferry", default=str(Path(sys.executable).with_name("ferry")))
     args = p.parse_args(argv)
     args.levels = tuple(int(c) for c in args.concurrency.split(","))
-    args.threads = args.threads or usable_cores()
+    cores = usable_cores()
+    args.threads = args.threads or max(1, cores - 1 if args.pin == "on" else cores)
+    args.pin = plan_pinning(args.threads, args.pin)
     return args
 
 
@@ -185,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {cpu_summary()}")
     print(
         f"{usable_cores()} usable cores, Python {platform.python_version()}, onnxruntime "
-        f"{ort.__version__}; thread budget {args.threads}; max batch {args.max_batch}, queue "
-        f"delay {args.queue_delay_ms} ms; perf_analyzer {args.interval_ms} ms windows; "
-        f"load average {load_average()}",
+        f"{ort.__version__}; thread budget {args.threads}; {pins_text(args.pin)}; max batch "
+        f"{args.max_batch}, queue delay {args.queue_delay_ms} ms; perf_analyzer "
+        f"{args.interval_ms} ms windows; load average {load_average()}",
         flush=True,
     )
     results = []
