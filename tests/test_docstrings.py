@@ -1268,6 +1268,19 @@ def _explain_image(tmp: Path) -> Names:
     return {"image": image, "layout": Layout("image", True, None, (3, 32, 32))}
 
 
+def _lime_image(tmp: Path) -> Names:
+    """An HWC image, 16 square superpixels over it and a classifier of image batches."""
+    image = np.random.default_rng(0).uniform(size=(16, 16, 3))
+    rows, cols = np.indices((16, 16))
+    weights = np.random.default_rng(1).normal(size=(16, 16, 3))
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        scores: np.ndarray = (np.asarray(images) * weights).sum(axis=(1, 2, 3))
+        return scores[:, None]
+
+    return {"image": image, "segments": rows // 4 * 4 + cols // 4, "classify": classify}
+
+
 SETUPS: dict[str, Setup] = {
     "onnxferry": _package,
     "onnxferry.atomic": _atomic,
@@ -1323,6 +1336,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.explain.methods": _explain,
     "onnxferry.explain.render": _explain,
     "onnxferry.explain.result": _explain,
+    "onnxferry.explain.vectorized": _lime_image,
     "onnxferry.cli.explain": _explain,
     "onnxferry.energy": _nothing,
     "onnxferry.golden": _golden,

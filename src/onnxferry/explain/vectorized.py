@@ -1,9 +1,11 @@
 """Library explainers with their per-sample Python loops done as array operations: the same
 random draws, the same perturbed inputs in the same batches, so the same explanation.
 
-    from onnxferry.explain.vectorized import lime_image_explainer
     explainer = lime_image_explainer()(random_state=0)   # a lime_image.LimeImageExplainer
-    # explainer.explain_instance(image, classifier_fn, ...) as with lime's own
+    found = explainer.explain_instance(image, classify, labels=(0,), top_labels=None,
+                                       hide_color=0.0, num_samples=200,
+                                       segmentation_fn=lambda image: segments)
+    weights = dict(found.local_exp[0])                   # superpixel -> weight, as lime's
 
 lime's ``LimeImageExplainer.data_labels`` builds each perturbed image in Python: a deep copy,
 then one boolean mask per hidden superpixel. That costs more than a small model's run (about
