@@ -32,6 +32,7 @@ def _recording(batches: list[np.ndarray]) -> Any:
         ((12, 10, 3), np.arange(12 * 10).reshape(12, 10) % 7, 16),  # RGB, batches with a rest
         ((9, 8), np.arange(9 * 8).reshape(9, 8) // 20, 5),  # grey, no channel axis
         ((8, 8, 3), np.where(np.arange(64).reshape(8, 8) < 32, 0, 9), 64),  # label 9, 2 labels
+        ((6, 6, 3), np.arange(36).reshape(6, 6) // 9, 0),  # no batch size: one batch
     ],
 )
 def test_the_same_rows_and_batches_as_limes_own_loop(

@@ -82,9 +82,10 @@ def perturbed_labels(
     hidden_labels = np.zeros((num_samples, max(int(segments.max()) + 1, n_features)), bool)
     hidden_labels[:, :n_features] = data == 0
     channels = (1,) * (image.ndim - segments.ndim)
+    step = batch_size if batch_size > 0 else num_samples  # lime's loop: one batch at the end
     scores = []
-    for start in range(0, num_samples, max(batch_size, 1)):
-        hidden = np.take(hidden_labels[start : start + batch_size], segments, axis=1)
+    for start in range(0, num_samples, step):
+        hidden = np.take(hidden_labels[start : start + step], segments, axis=1)
         batch = np.where(hidden.reshape(*hidden.shape, *channels), fudged_image, image)
         scores.append(np.asarray(classifier_fn(batch)))
     return data, np.concatenate(scores)
