@@ -1,7 +1,7 @@
 """Probes of a running server for the hardening tests: connections and a health poller.
 
-latencies, answers = poll_health_while(url, lambda: post(url, big_body))
-assert_kept_answering(latencies, work_s=1.2)     # the event loop was never held by the work
+answers = kept_answering_while(url, lambda: post(url, big_body), work_s=1.2)
+# the event loop was never held by the work; ``answers``: what the work returned
 """
 
 from __future__ import annotations
@@ -108,14 +108,34 @@ def poll_health_while(url: str, work: Callable[[], T]) -> tuple[list[float], lis
     return latencies, answer
 
 
-def assert_kept_answering(latencies: list[float], work_s: float, quick: float = 0.05) -> None:
-    """The health polls of ``poll_health_while`` show an event loop that ``work_s`` seconds of
-    work never held: nine in ten polls under ``max(quick, work_s / 4)`` and none near the work's
-    length (a loop doing the work itself holds one poll for all of it, longer on a loaded
-    machine). A loaded machine's scheduling delays a few polls, the slowest by up to half the
-    work's length in CI; it does not delay most of them."""
-    assert len(latencies) >= 5, latencies
+def kept_answering_while(
+    url: str, work: Callable[[], T], work_s: float, quick: float = 0.05, tries: int = 2
+) -> list[T]:
+    """Run ``work`` while polling health (``poll_health_while``) and assert that ``work_s``
+    seconds of it never held the event loop: nine in ten polls under ``max(quick, work_s /
+    4)`` and none near the work's length. A loop doing the work itself holds one poll for all
+    of it, on every try. A busy CI machine can stall the whole process (the server runs in
+    the test's process) for a second once in a while, so a try that fails is run again, up to
+    ``tries`` in all; every try must fail for the assertion to fail. Returns what the last
+    ``work`` returned."""
+    failures = []
+    for _ in range(tries):
+        latencies, answer = poll_health_while(url, work)
+        failure = _held(latencies, work_s, quick)
+        if failure is None:
+            return answer
+        failures.append(failure)
+    raise AssertionError(f"the loop was held in all {tries} tries: " + "; ".join(failures))
+
+
+def _held(latencies: list[float], work_s: float, quick: float) -> str | None:
+    """Why the polls show a held loop, or None."""
+    if len(latencies) < 5:
+        return f"only {len(latencies)} polls answered: {latencies}"
     ordered = sorted(latencies)
     p90 = ordered[int(0.9 * (len(ordered) - 1))]
-    assert p90 < max(quick, work_s / 4), (p90, work_s, ordered[-10:])
-    assert ordered[-1] < max(2 * quick, 0.75 * work_s), (ordered[-1], work_s)
+    if p90 >= max(quick, work_s / 4):
+        return f"p90 poll {p90:.3f} s, the work {work_s:.3f} s (slowest {ordered[-5:]})"
+    if ordered[-1] >= max(2 * quick, work_s / 2):
+        return f"slowest poll {ordered[-1]:.3f} s, the work {work_s:.3f} s"
+    return None

@@ -25,7 +25,7 @@ from onnxferry.serve.config import ModelConfig
 from onnxferry.serve.responses import encode_infer_response
 from onnxferry.serve.server import ServerOptions, build_app, running
 from tests.helpers import onnx_text, save
-from tests.serve_probes import assert_kept_answering, connection, poll_health_while
+from tests.serve_probes import connection, kept_answering_while
 
 MIB = 1 << 20
 WIDTH = 1_000_000
@@ -135,9 +135,8 @@ def test_health_answers_while_a_large_response_encodes(tile: str) -> None:
         status, data, _ = request(tile, "/v2/models/tile/infer", tile_request(batch))
         return status, len(data)
 
-    latencies, answer = poll_health_while(tile, big)
+    answer = kept_answering_while(tile, big, encode_s)
     assert answer == [(200, len(expected))]
-    assert_kept_answering(latencies, encode_s)
 
 
 # --- 2. large JSON bodies -----------------------------------------------------------------
@@ -154,11 +153,9 @@ def test_health_answers_while_a_large_json_body_parses(shape: str) -> None:
         status, data, _ = request(shape, "/v2/models/shape/infer", body)
         return status, data
 
-    latencies, answer = poll_health_while(shape, big)
-    status, data = answer[0]
+    status, data = kept_answering_while(shape, big, parse_s)[0]
     assert status == 200, data[:200]
     assert json.loads(data)["outputs"][0]["data"] == [size]
-    assert_kept_answering(latencies, parse_s)
 
 
 @pytest.fixture
