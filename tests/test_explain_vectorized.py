@@ -33,6 +33,7 @@ def _recording(batches: list[np.ndarray]) -> Any:
         ((9, 8), np.arange(9 * 8).reshape(9, 8) // 20, 5),  # grey, no channel axis
         ((8, 8, 3), np.where(np.arange(64).reshape(8, 8) < 32, 0, 9), 64),  # label 9, 2 labels
         ((6, 6, 3), np.arange(36).reshape(6, 6) // 9, 0),  # no batch size: one batch
+        ((6, 6, 3), np.arange(36).reshape(6, 6) // 9 - 1, 7),  # label -1: lime's own loop
     ],
 )
 def test_the_same_rows_and_batches_as_limes_own_loop(

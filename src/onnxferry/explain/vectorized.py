@@ -40,7 +40,7 @@ def lime_image_explainer() -> type[Any]:
             batch_size: int = 10,
             **options: Any,
         ) -> tuple[np.ndarray, np.ndarray]:
-            if segments.min() < 0:  # labels lime's loop never hides; its own way handles them
+            if segments.min() < 0:  # never hidden by lime's loop, wrapped by np.take: lime's
                 return super().data_labels(  # type: ignore[no-any-return]
                     image,
                     fudged_image,
