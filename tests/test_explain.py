@@ -466,3 +466,73 @@ def test_a_converted_classifier_is_explained_by_its_probabilities_not_its_label(
     assert explanation.targets == [f"probabilities[{c}]" for c in top]
     for i in range(3):
         assert set(explanation.ranking(i)[:2]) == READ
+
+
+def test_a_zipmap_classifier_is_explained_by_its_maps_of_class_probabilities() -> None:
+    """skl2onnx's default ZipMap output, ``seq(map(string, float))``: each map is a row of
+    class probabilities, named by the class labels, explained as the same classifier's
+    probability tensor is."""
+    pytest.importorskip("skl2onnx")
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    x = _rows(400)
+    classifier = LogisticRegression().fit(x, np.where(2 * x[:, 2] - 3 * x[:, 5] > 0, "yes", "no"))
+    explained = {}
+    for zipmap in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto = convert_sklearn(
+                classifier,
+                initial_types=[("x", FloatTensorType([None, FEATURES]))],
+                options={id(classifier): {"zipmap": zipmap}},
+            )
+        model = Model.from_proto(proto)
+        explained[zipmap] = explain(model, x[:3], "kernelshap", background=x[:30], samples=200)
+    maps, tensor = explained[True], explained[False]
+    probabilities = classifier.predict_proba(x[:3])
+    top = probabilities.argmax(axis=1)
+    assert maps.targets == [f"output_probability[{classifier.classes_[c]}]" for c in top]
+    assert tensor.targets == [f"probabilities[{c}]" for c in top]
+    np.testing.assert_allclose(maps.scores, probabilities.max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(maps.attributions, tensor.attributions, rtol=1e-6, atol=1e-9)
+    assert all(maps.ranking(i)[0] in READ for i in range(3))
+
+
+def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held() -> None:
+    """A recurrent model's ``state: [2, batch, 3]`` beside ``x: [batch, 8]`` and a scalar
+    ``gain: []`` (Silero VAD's layout): each row is explained with its own state, as when it is
+    explained alone."""
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["read"]),
+            helper.make_node("Gather", ["state", "last"], ["carried"], axis=0),
+            helper.make_node("ReduceSum", ["carried", "one"], ["memory"], keepdims=1),
+            helper.make_node("Add", ["read", "memory"], ["sum"]),
+            helper.make_node("Mul", ["sum", "gain"], ["score"]),
+        ],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        {
+            "w": np.eye(FEATURES, 1, -2, dtype=np.float32),
+            "last": np.array(1, np.int64),
+            "one": np.array([1], np.int64),
+        },
+    )
+    rows = _rows(2)
+    state = np.random.default_rng(3).normal(size=(2, 2, 3)).astype(np.float32)
+    gain = np.array(2.0, np.float32)
+    both = explain(model, {"x": rows, "state": state, "gain": gain}, "occlusion", background=rows)
+    expected = OrtRunner(model).run({"x": rows, "state": state, "gain": gain})["score"][:, 0]
+    np.testing.assert_allclose(both.scores, expected, rtol=1e-6)
+    alone = explain(
+        model, {"x": rows[1:], "state": state[:, 1:], "gain": gain}, "occlusion", background=rows
+    )
+    np.testing.assert_allclose(both.attributions[1], alone.attributions[0], rtol=1e-6)
+    np.testing.assert_allclose(both.base_values[1], alone.base_values[0], rtol=1e-6)
+    assert both.ranking(0)[0] == 2

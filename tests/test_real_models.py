@@ -34,6 +34,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
+from onnxferry.data.npz import save_npz
+from onnxferry.runtime import map_keys, map_table
 from onnxferry.serve.server import running
 from tests.helpers import Run
 from tests.real_models import (
@@ -277,6 +279,32 @@ def test_golden_data(ferry: Run, real: Prepared) -> None:
 
 def test_bench(ferry: Run, real: Prepared) -> None:
     assert_clean(ferry("bench", real.path, "--iterations", 3, "--warmup", 1))
+
+
+def test_explain(ferry: Run, real: Prepared, tmp_path: Path) -> None:
+    """Occlusion in windows of 64 (16 evaluations for a 224x224 image): every input explained,
+    with the model's other inputs (a recurrent state, a scalar rate) held per row. An input
+    whose kind cannot be told (a float [batch, sequence, features]) is one line asking for
+    --kind, then explained as the kind given."""
+    inputs = tmp_path / "inputs.npz"
+    save_npz(inputs, real.feeds)
+    out = tmp_path / "explained"
+    args = ["explain", real.path, "--inputs", inputs, "--method", "occlusion", "--window", 64]
+    result = ferry(*args, "-o", out, "--json")
+    if result[0] == 2 and "give the kind" in result[2]:
+        assert_clean(result, {2})
+        result = ferry(*args, "--kind", "tabular", "-o", out, "--json")
+    report = ok_json(result)["result"]
+    assert report["complete"] is True and report["inputs_explained"] == report["inputs_requested"]
+    saved = np.load(out / "attributions.npz")
+    assert len(saved["attributions"]) == report["inputs_explained"]
+    assert np.isfinite(saved["attributions"]).all()
+    for entry in report["explanations"]:  # each row's top class, as ONNX Runtime gives it
+        values = np.asarray(real.expected[entry["target"].partition("[")[0]])
+        if map_keys(values) is not None:  # scikit-learn's ZipMap: a list of maps
+            values = map_table(values)
+        rows = values.reshape(len(values) if report["layout"]["batch_axis"] else 1, -1)
+        assert entry["score"] == pytest.approx(rows[entry["index"]].max(), rel=1e-4, abs=1e-6)
 
 
 def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:

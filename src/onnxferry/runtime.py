@@ -448,6 +448,43 @@ def _as_array(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
 
 
+def map_keys(array: np.ndarray) -> frozenset[Any] | None:
+    """The keys shared by every element of a 1-D array of maps with numeric values (what ONNX
+    Runtime returns for a ``seq(map(K, V))`` output such as scikit-learn's ZipMap), else None.
+
+        map_keys(np.array([{0: 0.9, 1: 0.1}, {0: 0.2, 1: 0.8}]))   # frozenset({0, 1})
+    """
+    if array.dtype != object or array.ndim != 1 or not array.size:
+        return None
+    items = array.tolist()
+    if not all(isinstance(m, dict) for m in items):
+        return None
+    keys = frozenset(items[0])
+    if any(frozenset(m) != keys for m in items):
+        return None
+    numeric = all(isinstance(v, (int, float, np.number)) for m in items for v in m.values())
+    return keys if numeric else None
+
+
+def map_order(keys: frozenset[Any]) -> list[Any]:
+    """Map keys in table column order: numbers by value (class 10 after class 9), else by text."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=str)
+
+
+def map_table(array: np.ndarray) -> np.ndarray:
+    """An array of maps that ``map_keys`` accepts as a table: one row per map, one column per
+    key in ``map_order``, float64 (so integer labels stay exact).
+
+        map_table(np.array([{1: 0.1, 0: 0.9}]))   # array([[0.9, 0.1]])
+    """
+    items = array.tolist()
+    order = map_order(frozenset(items[0]))
+    return np.array([[m[k] for k in order] for m in items], dtype=np.float64)
+
+
 @cache
 def runtime_limits() -> tuple[int, int]:
     """(highest IR version, highest ai.onnx opset) the installed onnxruntime loads.

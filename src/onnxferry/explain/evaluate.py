@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import FeedError, InputError, UsageError
-from ..runtime import quiet_run_options, run_errors
+from ..runtime import map_keys, map_order, map_table, quiet_run_options, run_errors
 from ..signature import Signature
 from .kinds import Layout
 
@@ -111,11 +111,17 @@ class Evaluator:
         self.batch_size = batch_size or default_batch_size(layout, self.dtype)
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        self._others = {k: _per_sample(k, v, layout, rows) for k, v in others.items()}
+        self._axes = {
+            k: _sample_axis(signature, input_name, k, v, layout) for k, v in others.items()
+        }
+        self._others = {k: _per_sample(k, v, self._axes[k], rows) for k, v in others.items()}
         self._options = quiet_run_options()
         self.started = time.monotonic()
         self.evaluations = 0
         self.runs = 0
+        self.map_columns: dict[str, list[Any]] = {}
+        """Per output that is a sequence of maps (scikit-learn's ZipMap): its keys, one per
+        column of the table the evaluator makes of it."""
         self.planned = 0
         self.input_index = 0
 
@@ -225,7 +231,7 @@ class Evaluator:
         with run_errors(self.model_name, feeds):
             (result,) = self.session.run([output], feeds, self._options)
         self.runs += 1
-        value = np.asarray(result, dtype=np.float64)
+        value = self._numbers(result, output)
         if not self.layout.batch_axis or (rows == 1 and value.shape[:1] != (1,)):
             return value.reshape(1, -1)
         if value.shape[:1] != (len(batch),):
@@ -236,12 +242,33 @@ class Evaluator:
             )
         return value.reshape(len(batch), -1)[:rows]
 
+    def _numbers(self, result: Any, output: str) -> np.ndarray:
+        """One run's ``output`` as float64; a sequence of maps as its table of values."""
+        if isinstance(result, np.ndarray) and result.dtype != object:
+            return result.astype(np.float64, copy=False)
+        maps = np.empty(len(result), dtype=object)
+        maps[:] = list(result)
+        keys = map_keys(maps)
+        if keys is None:
+            raise UsageError(
+                f"output {output!r} is a sequence, not of maps to numbers: nothing to explain",
+                hint="explain another output (--target OUTPUT)",
+            )
+        self.map_columns[output] = map_order(keys)
+        return map_table(maps)
+
     def _fixed(self, sample: int, rows: int | None) -> dict[str, np.ndarray]:
         """The other inputs at ``sample``'s values, ``rows`` times (None: as one sample)."""
         fixed = {}
         for name, values in self._others.items():
+            axis = self._axes[name]
+            if axis is None:
+                fixed[name] = values
+                continue
             one = values[sample] if len(values) > 1 else values[0]
-            fixed[name] = one if rows is None else np.repeat(one[None], rows, axis=0)
+            fixed[name] = (
+                one if rows is None else np.moveaxis(np.repeat(one[None], rows, axis=0), 0, axis)
+            )
         return fixed
 
 
@@ -265,7 +292,8 @@ def resolve_targets(
                 hint=f"give a class index from 0 to {len(values) - 1}",
             )
         chosen = index if index is not None else int(np.argmax(values)) if len(values) > 1 else 0
-        label = f"{output}[{chosen}]" if len(values) > 1 else output
+        keys = evaluator.map_columns.get(output)
+        label = f"{output}[{keys[chosen] if keys else chosen}]" if len(values) > 1 else output
         targets.append(Target(output, chosen, label))
         scores.append(float(values[chosen]))
     return targets, np.asarray(scores)
@@ -304,14 +332,35 @@ def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:
     return int(min(MAX_BATCH, max(1, DEFAULT_CHUNK_BYTES // sample_bytes)))
 
 
-def _per_sample(name: str, array: np.ndarray, layout: Layout, rows: int) -> np.ndarray:
-    """Another input as one value per explained sample (or one for all): ``(1 or rows, ...)``."""
-    if not layout.batch_axis:
-        return np.asarray(array)[None]
-    if array.ndim == 0 or array.shape[0] not in (1, rows):
+def _sample_axis(
+    signature: Signature, explained: str, name: str, array: np.ndarray, layout: Layout
+) -> int | None:
+    """Which axis of another input holds one value per sample, or None when it is one value
+    for all (a scalar such as a sample rate, or any input of a model without a batch axis).
+
+    The axis named as the explained input's batch dim (``state: [2, "batch", 128]`` beside
+    ``input: ["batch", 512]``), else the leading one."""
+    if not layout.batch_axis or np.ndim(array) == 0:
+        return None
+    shapes = {s.name: s.shape for s in signature.inputs}
+    batch = (shapes.get(explained) or (None,))[0]
+    shape = shapes.get(name)
+    if isinstance(batch, str) and shape and batch in shape:
+        return shape.index(batch)
+    if shape is not None and not shape:
+        return None
+    return 0
+
+
+def _per_sample(name: str, array: np.ndarray, axis: int | None, rows: int) -> np.ndarray:
+    """Another input as one value per explained sample (or one for all): ``(1 or rows, ...)``
+    with the sample axis first; the whole array when ``axis`` is None."""
+    if axis is None:
+        return np.asarray(array)
+    if array.shape[axis] not in (1, rows):
         raise FeedError(
-            f"input {name!r} has shape {list(np.shape(array))}: its leading axis must be 1 or "
+            f"input {name!r} has shape {list(np.shape(array))}: its axis {axis} must be 1 or "
             f"the {rows} rows explained",
             hint="give the other inputs one row per explained input",
         )
-    return np.asarray(array)
+    return np.moveaxis(np.asarray(array), axis, 0)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FeedError, UsageError
-from ..runtime import Runner
+from ..runtime import Runner, map_keys, map_table
 from ..signature import dtype_from_numpy
 from .metrics import judge_float
 from .results import OutputParity, Parity
@@ -100,14 +100,14 @@ def judge_output(
 
     A sequence of maps (scikit-learn's ZipMap probabilities) is judged as the table of its
     values, one row per map and one column per key, once both sides have the same keys."""
-    keys = {_map_keys(a) for a in (*refs, *cands)}
+    keys = {map_keys(a) for a in (*refs, *cands)}
     if len(keys) > 1 and None not in keys:
         result = _new_result(name, refs[0], cands[0], atol, rtol)
         shown = sorted(str(sorted(k, key=str)) for k in keys if k is not None)
         result.problem = f"map keys differ: {' vs '.join(shown)}"
         return result
     if len(keys) == 1 and None not in keys:
-        refs, cands = [_map_table(r) for r in refs], [_map_table(c) for c in cands]
+        refs, cands = [map_table(r) for r in refs], [map_table(c) for c in cands]
     result = _new_result(name, refs[0], cands[0], atol, rtol)
     for i, (r, c) in enumerate(zip(refs, cands, strict=True)):
         if r.shape != c.shape:
@@ -178,27 +178,6 @@ def _judge_exact(
         total += int(same.size)
     result.exact_match = equal / total if total else 1.0
     result.passed = equal == total
-
-
-def _map_keys(array: np.ndarray) -> frozenset[Any] | None:
-    """The keys shared by every element of a 1-D array of maps with numeric values, else None."""
-    if array.dtype != object or array.ndim != 1 or not array.size:
-        return None
-    items = array.tolist()
-    if not all(isinstance(m, dict) for m in items):
-        return None
-    keys = frozenset(items[0])
-    if any(frozenset(m) != keys for m in items):
-        return None
-    numeric = all(isinstance(v, (int, float, np.number)) for m in items for v in m.values())
-    return keys if numeric else None
-
-
-def _map_table(array: np.ndarray) -> np.ndarray:
-    """Rows of map values, columns in key order (float64, so integer labels stay exact)."""
-    items = array.tolist()
-    order = sorted(items[0], key=str)
-    return np.array([[m[k] for k in order] for m in items], dtype=np.float64)
 
 
 def _as_text(array: np.ndarray) -> np.ndarray:
