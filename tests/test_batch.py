@@ -132,6 +132,37 @@ def test_npz_feeds_every_input_by_name_and_writes_tensor_columns(
     assert isinstance(schema.field("y").type, pa.FixedShapeTensorType)
 
 
+@pytest.mark.parametrize("labels", ["int", "str"])
+def test_zipmap_probabilities_become_a_map_column_or_their_table_in_npy(
+    labels: str, tmp_path: Path
+) -> None:
+    """skl2onnx's default classifier output, a sequence of maps from class label to
+    probability: Parquet keeps each row's map, .npy the table in the classes' order."""
+    pytest.importorskip("skl2onnx")
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+
+    x = _rows(300)
+    classes = np.array(["ant", "bee", "cat"]) if labels == "str" else np.array([0, 1, 2])
+    which = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1)
+    classifier = LogisticRegression().fit(x, classes[which])
+    proto = convert_sklearn(classifier, initial_types=[("x", FloatTensorType([None, 4]))])
+    model = tmp_path / "zipmap.onnx"
+    model.write_bytes(proto.SerializeToString())
+    np.save(tmp_path / "x.npy", x)
+    want = _direct(model, {"x": x})["output_probability"]
+    batch(model, tmp_path / "x.npy", tmp_path / "parquet", batch_size=64, shard_rows=128)
+    maps = read_output(tmp_path / "parquet")["output_probability"]
+    assert maps.shape == (300,) and maps.tolist() == want  # float32 values, kept exactly
+    assert list(maps[0]) == list(classifier.classes_)
+    schema = pq.read_schema(tmp_path / "parquet" / "part-000000000000-000000000128.parquet")
+    assert pa.types.is_map(schema.field("output_probability").type)
+    batch(model, tmp_path / "x.npy", tmp_path / "npy", batch_size=64, output_format="npy")
+    table = read_output(tmp_path / "npy")["output_probability"]
+    np.testing.assert_allclose(table, classifier.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
 def test_images_are_preprocessed_and_traced_to_their_files(
     models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
+from onnxferry.batch import read_output
 from onnxferry.data.npz import save_npz
 from onnxferry.runtime import map_keys, map_table
 from onnxferry.serve.server import running
@@ -305,6 +307,35 @@ def test_explain(ferry: Run, real: Prepared, tmp_path: Path) -> None:
             values = map_table(values)
         rows = values.reshape(len(values) if report["layout"]["batch_axis"] else 1, -1)
         assert entry["score"] == pytest.approx(rows[entry["index"]].max(), rel=1e-4, abs=1e-6)
+
+
+def test_batch(ferry: Run, real: Prepared, tmp_path: Path) -> None:
+    """Every row through `ferry batch`, read back as ONNX Runtime gives it; a model with a
+    scalar input (a sample rate) has no rows to split there: one line, exit 2."""
+    inputs = tmp_path / "inputs.npz"
+    save_npz(inputs, real.feeds)
+    result = ferry("batch", real.path, inputs, "-o", tmp_path / "out", "--json")
+    if any(v.ndim == 0 for v in real.feeds.values()):
+        _, err = assert_clean(result, {2})
+        assert "holds a scalar, not rows" in err and err.count("\n") == 1, err
+        return
+    assert ok_json(result)["result"]["rows"] == len(next(iter(real.feeds.values())))
+    written = read_output(tmp_path / "out")
+    for name, want in real.expected.items():
+        if map_keys(np.asarray(want)) is not None:
+            assert written[name].tolist() == want, name
+        else:
+            np.testing.assert_allclose(written[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_graph(ferry: Run, real: Prepared, tmp_path: Path) -> None:
+    """Drawn whole: every operator (subgraphs' too; Constant nodes are weights, folded into
+    the nodes that read them), one SVG node each at least."""
+    out, _ = assert_clean(ferry("graph", real.path, "-o", tmp_path / "graph.svg"), {0})
+    counted = re.search(r"\((\d+) of \1 nodes\)", out)
+    operators = sum(n.op_type != "Constant" for n in real.proto.graph.node)
+    assert counted and int(counted[1]) >= operators, out
+    assert (tmp_path / "graph.svg").read_text().count('class="node"') >= int(counted[1])
 
 
 def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:

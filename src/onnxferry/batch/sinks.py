@@ -12,9 +12,11 @@ name and renamed into place when complete, so a shard on disk is whole or absent
 Parquet shards (``part-<start>-<stop>.parquet``, ``stop`` exclusive) hold a ``row`` column
 (the input's row number), the trace columns of the source (``file`` for images, ``line`` for
 JSON lines) and one column per model output: scalars as plain columns, tensors as Arrow
-``fixed_shape_tensor``. Outputs are written as they come (a row group per ~16 MiB), never held
+``fixed_shape_tensor``, a sequence of maps (scikit-learn's ZipMap probabilities) as Arrow
+``map<key, value>``. Outputs are written as they come (a row group per ~16 MiB), never held
 for a whole shard. ``.npy`` shards are one file per column, ``part-<start>-<stop>.<column>.npy``
-(``file_part``: characters a file name should not hold become ``_``), committed together;
+(``file_part``: characters a file name should not hold become ``_``), committed together; a
+map column there is its table, one value per key in key order (scikit-learn's ``classes_``);
 string columns (image files) are held for the shard and written as str arrays at its end.
 A kill leaves at most the temporary files of the shard in progress, which the next run
 removes (atomic.remove_stale_temps) and writes again.
@@ -35,6 +37,7 @@ import numpy as np
 
 from ..atomic import AtomicFiles
 from ..errors import DataError, UsageError
+from ..runtime import map_keys, map_order, map_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -111,8 +114,11 @@ def output_table(
 def _arrow(name: str, values: np.ndarray) -> Any:
     import pyarrow as pa
 
-    if values.dtype.kind == "O":  # strings: nested lists for a tensor of them
-        return pa.array(values.tolist() if values.ndim > 1 else values)
+    if values.dtype.kind == "O":
+        keys = map_keys(values)
+        if keys is not None:  # scikit-learn's ZipMap: an Arrow map per row
+            return _map_array(name, values, keys)
+        return pa.array(values.tolist() if values.ndim > 1 else values)  # strings, nested
     if values.ndim == 1:
         return pa.array(values)
     try:
@@ -123,6 +129,25 @@ def _arrow(name: str, values: np.ndarray) -> Any:
         )
     except (pa.ArrowException, ValueError, TypeError) as e:
         raise DataError(f"output {name!r} of type {values.dtype} cannot be stored: {e}") from e
+
+
+def _map_array(name: str, values: np.ndarray, keys: frozenset[Any]) -> Any:
+    """A sequence of maps (what ``map_keys`` accepts) as an Arrow ``map<key, value>`` column,
+    each row's entries in ``map_order``."""
+    import pyarrow as pa
+
+    order = map_order(keys)
+    sample = values[0]
+    key_type = pa.string() if isinstance(order[0], str) else pa.int64()
+    floats = any(isinstance(v, (float, np.floating)) for v in sample.values())
+    value_type = pa.float32() if floats else pa.int64()
+    try:
+        return pa.array(
+            [[(k, m[k]) for k in order] for m in values.tolist()],
+            pa.map_(key_type, value_type),
+        )
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise DataError(f"output {name!r} (a sequence of maps) cannot be stored: {e}") from e
 
 
 @functools.cache
@@ -211,8 +236,12 @@ class ShardWriter:
             self._buffer, self._buffered = [], 0
 
     def _write_npy(self, table: pa.Table) -> None:
+        import pyarrow as pa
+
         for name in table.column_names:
             values = _numpy(table[name])
+            if pa.types.is_map(table[name].type):  # one value per key, in key order
+                values = map_table(values)
             if values.dtype.kind == "O":  # strings: their width is known at the shard's end
                 self._strings.setdefault(name, []).extend(values.tolist())
                 continue

@@ -211,7 +211,8 @@ class TableSource(Reused):
 
 def column_array(column: pa.Array | pa.ChunkedArray, where: str) -> np.ndarray:
     """A column as one numpy array of shape [rows, *cell shape]: scalars, lists of one length
-    per level (nested), or fixed_shape_tensor cells; DataError for nulls or ragged lists."""
+    per level (nested), or fixed_shape_tensor cells; a map column as one dict per row (object
+    array); DataError for nulls or ragged lists."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -220,6 +221,10 @@ def column_array(column: pa.Array | pa.ChunkedArray, where: str) -> np.ndarray:
         if isinstance(array.type, pa.FixedShapeTensorType):
             return np.asarray(array.to_numpy_ndarray())
         array = array.storage
+    if pa.types.is_map(array.type):  # one dict per row, as ONNX Runtime gives a ZipMap
+        maps = np.empty(len(array), dtype=object)
+        maps[:] = [dict(cell) for cell in array.to_pylist()]
+        return maps
     rows, dims = len(array), []
     while (
         pa.types.is_list(array.type)
