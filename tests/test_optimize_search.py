@@ -107,6 +107,38 @@ def test_split_holdout_by_sets_and_by_rows() -> None:
     assert not single.held_out and "cannot be split" in single.note
 
 
+def test_rows_are_split_and_timed_along_each_inputs_own_batch_axis() -> None:
+    """A recurrent model's ``state: [2, batch, 128]`` is cut along axis 1 with the input's rows;
+    a scalar sample rate goes whole to both halves and to the timing feeds."""
+    from onnx import TensorProto, helper
+
+    from onnxferry.signature import Signature, TensorSpec
+
+    specs: dict[str, list[int | str]] = {
+        "input": ["batch", 512],
+        "state": [2, "batch", 128],
+        "sr": [],
+    }
+    signature = Signature(
+        tuple(
+            TensorSpec.from_value_info(helper.make_tensor_value_info(n, TensorProto.FLOAT, d))
+            for n, d in specs.items()
+        ),
+        (),
+    )
+    state = np.arange(2 * 6 * 128, dtype=np.float32).reshape(2, 6, 128)
+    feeds = {"input": _rows(6, 512), "state": state, "sr": np.array(16000.0, np.float32)}
+    split = split_holdout(signature, [feeds])
+    (tune,), (judge,) = split.tune, split.judge
+    assert tune["input"].shape == (3, 512) and judge["state"].shape == (2, 3, 128)
+    np.testing.assert_array_equal(judge["state"], state[:, 3:])
+    assert tune["sr"].shape == judge["sr"].shape == ()
+    timing = timing_feeds(signature, [feeds], batch=8)
+    assert timing["input"].shape == (8, 512) and timing["state"].shape == (2, 8, 128)
+    np.testing.assert_array_equal(timing["state"][:, 6:], state[:, :2])  # rows repeat
+    assert timing_feeds(signature, [feeds])["state"].shape == (2, 1, 128)
+
+
 # --- the CLI: batch 1, held out, quiet, one-liners -------------------------------------------
 
 

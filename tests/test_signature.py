@@ -192,3 +192,27 @@ def test_a_damaged_name_that_is_not_utf8_reads_as_text() -> None:
     damaged.ParseFromString(info.SerializeToString().replace(b"batch", b"b\xffa\xfeh"))
     spec = TensorSpec.from_value_info(damaged)
     assert spec.shape == ("b\ufffda\ufffdh", 3)
+
+
+@pytest.mark.parametrize(
+    ("dims", "axes"),
+    [
+        # Silero VAD: the state's batch is its second axis; the sample rate is one value
+        (
+            {"input": ["batch", 512], "state": [2, "batch", 128], "sr": []},
+            {"input": 0, "state": 1, "sr": None},
+        ),
+        # placeholders ("?", unk__N) and other names at the front are open leading dims
+        ({"x": ["?", 3], "y": ["N", 4], "z": [1, 4]}, {"x": 0, "y": 0, "z": None}),
+        # a batch-1 export has no rows to take; an unknown rank has them in front
+        ({"x": [1, 3, 8, 8], "y": None}, {"x": None, "y": 0}),
+    ],
+)
+def test_row_axes_follow_the_named_batch_dim_wherever_it_stands(
+    dims: dict[str, list[int | str] | None], axes: dict[str, int | None]
+) -> None:
+    inputs = tuple(
+        TensorSpec.from_value_info(helper.make_tensor_value_info(n, TensorProto.FLOAT, d))
+        for n, d in dims.items()
+    )
+    assert Signature(inputs, ()).row_axes() == axes

@@ -275,6 +275,29 @@ class Signature:
                 return spec
         raise FeedError(f"model has no input {name!r}", hint=f"inputs are {self.input_names}")
 
+    def row_axes(self) -> dict[str, int | None]:
+        """Per input, the axis its rows (the batch) lie along, or None for an input that is
+        one value for every row.
+
+            Signature.from_onnx(vad).row_axes()   # {"input": 0, "state": 1, "sr": None}
+
+        The axis named as the inputs' batch dim, wherever it stands (a recurrent
+        ``state: [2, "batch", 128]`` beside ``input: ["batch", 512]``); else a leading open dim
+        (an input of unknown rank too). Fixed leading dims and scalars hold no rows.
+        """
+        leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
+        batch = max(set(leading), key=leading.count) if leading else None
+        axes: dict[str, int | None] = {}
+        for spec in self.inputs:
+            shape = spec.shape
+            if shape is None:
+                axes[spec.name] = 0
+            elif batch is not None and batch in shape:
+                axes[spec.name] = shape.index(batch)
+            else:
+                axes[spec.name] = 0 if shape and not isinstance(shape[0], int) else None
+        return axes
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": [s.to_dict() for s in self.inputs],

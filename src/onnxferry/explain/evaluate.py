@@ -111,9 +111,7 @@ class Evaluator:
         self.batch_size = batch_size or default_batch_size(layout, self.dtype)
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        self._axes = {
-            k: _sample_axis(signature, input_name, k, v, layout) for k, v in others.items()
-        }
+        self._axes = {k: _sample_axis(signature, k, v, layout) for k, v in others.items()}
         self._others = {k: _per_sample(k, v, self._axes[k], rows) for k, v in others.items()}
         self._options = quiet_run_options()
         self.started = time.monotonic()
@@ -332,24 +330,14 @@ def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:
     return int(min(MAX_BATCH, max(1, DEFAULT_CHUNK_BYTES // sample_bytes)))
 
 
-def _sample_axis(
-    signature: Signature, explained: str, name: str, array: np.ndarray, layout: Layout
-) -> int | None:
-    """Which axis of another input holds one value per sample, or None when it is one value
-    for all (a scalar such as a sample rate, or any input of a model without a batch axis).
-
-    The axis named as the explained input's batch dim (``state: [2, "batch", 128]`` beside
-    ``input: ["batch", 512]``), else the leading one."""
+def _sample_axis(signature: Signature, name: str, array: np.ndarray, layout: Layout) -> int | None:
+    """Which axis of another input holds one value per sample (``Signature.row_axes``; the
+    leading one when the signature names none), or None when it is one value for all: a
+    scalar such as a sample rate, or any input of a model without a batch axis."""
     if not layout.batch_axis or np.ndim(array) == 0:
         return None
-    shapes = {s.name: s.shape for s in signature.inputs}
-    batch = (shapes.get(explained) or (None,))[0]
-    shape = shapes.get(name)
-    if isinstance(batch, str) and shape and batch in shape:
-        return shape.index(batch)
-    if shape is not None and not shape:
-        return None
-    return 0
+    axis = signature.row_axes().get(name)
+    return 0 if axis is None else axis
 
 
 def _per_sample(name: str, array: np.ndarray, axis: int | None, rows: int) -> np.ndarray:

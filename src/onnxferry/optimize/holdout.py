@@ -7,13 +7,13 @@ the search tunes on and the part it is judged on, and time at the batch the mode
 
 A search that calibrates, ranks sensitivity and rolls back on the same rows it is judged on
 can return a model that only passes there. The split is by feed set when there are several,
-else by rows along the batch axis (inputs whose first dim is open); a single set of one row
+else by rows along each input's batch axis (``Signature.row_axes``); a single set of one row
 cannot be split, and the note says the budget is then judged on the tuning data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,26 +37,31 @@ class HoldOut:
     note: str = ""
 
 
-def batched_inputs(signature: Signature) -> set[str]:
-    """Inputs whose first dim is open (a batch axis rows can be taken along)."""
-    return {
-        spec.name
-        for spec in signature.inputs
-        if spec.shape is None or (len(spec.shape) > 0 and not isinstance(spec.shape[0], int))
-    }
-
-
 def rows(signature: Signature, feeds: Mapping[str, np.ndarray]) -> int:
-    """Rows along the batch axis of ``feeds`` (1 when no input has an open first dim)."""
-    batched = batched_inputs(signature)
-    counts = {len(v) for k, v in feeds.items() if k in batched and np.ndim(v) > 0}
+    """Rows along the batch axis of ``feeds`` (1 when no input has one)."""
+    axes = signature.row_axes()
+    counts = {
+        np.shape(v)[axis]
+        for k, v in feeds.items()
+        if (axis := axes.get(k)) is not None and np.ndim(v) > axis
+    }
     return min(counts) if counts else 1
 
 
 def take_rows(signature: Signature, feeds: Mapping[str, np.ndarray], index: slice) -> Feeds:
-    """``feeds`` with the batched inputs cut to ``index`` rows (others whole)."""
-    batched = batched_inputs(signature)
-    return {k: (v[index] if k in batched and np.ndim(v) > 0 else v) for k, v in feeds.items()}
+    """``feeds`` with every input's rows (``Signature.row_axes``) cut to ``index``; inputs
+    without rows whole."""
+    axes = signature.row_axes()
+    return {
+        k: _along(v, axes.get(k), lambda a, axis: a[(slice(None),) * axis + (index,)])
+        for k, v in feeds.items()
+    }
+
+
+def _along(
+    value: np.ndarray, axis: int | None, cut: Callable[[np.ndarray, int], np.ndarray]
+) -> np.ndarray:
+    return value if axis is None or np.ndim(value) <= axis else cut(value, axis)
 
 
 def split_holdout(
@@ -107,7 +112,7 @@ def timing_feeds(
     signature: Signature, feeds: Sequence[Mapping[str, np.ndarray]], batch: int = 1
 ) -> Feeds:
     """What latency is measured on: ``batch`` rows of the first feed set (rows repeat when it
-    has fewer). Inputs without an open first dim are taken whole."""
+    has fewer). Inputs without rows (``Signature.row_axes``) are taken whole."""
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}", hint="e.g. --batch 1")
     first = feeds[0]
@@ -115,9 +120,9 @@ def timing_feeds(
     picked = take_rows(signature, first, slice(0, min(batch, have)))
     if batch <= have:
         return picked
-    batched = batched_inputs(signature)
-    repeat = -(-batch // have)
-    return {
-        k: (np.concatenate([v] * repeat)[:batch] if k in batched and np.ndim(v) > 0 else v)
+    axes, repeat = signature.row_axes(), -(-batch // have)
+    repeated = {
+        k: _along(v, axes.get(k), lambda a, axis: np.concatenate([a] * repeat, axis=axis))
         for k, v in picked.items()
     }
+    return take_rows(signature, repeated, slice(0, batch))
