@@ -385,6 +385,24 @@ def _numbers(value: Any) -> np.ndarray:
 # --- what only some of them show ----------------------------------------------------------
 
 
+def test_a_batch_1_zoo_export_fine_tunes_on_batches(ferry: Run, tmp_path: Path) -> None:
+    """ShuffleNet from the onnx wheel, exported at batch 1 with a channel shuffle that reshapes
+    to [1, ...]: a new head trained on batches of 4, and the tuned model runs any batch with
+    its rows apart."""
+    source = LIGHT_BY_NAME["light_shufflenet"]
+    name = onnx.load(str(source)).graph.input[0].name
+    rows = np.random.default_rng(0).random((8, 3, 224, 224), np.float32)
+    save_npz(tmp_path / "train.npz", {name: rows, "y": np.arange(8) % 2})
+    tuned = tmp_path / "tuned.onnx"
+    args = ["--data", tmp_path / "train.npz", "--labels", "y", "--new-head", 2, "-o", tuned]
+    ok_json(ferry("finetune", source, *args, "--epochs", 1, "--batch-size", 4, "--json"))
+    session = ort.InferenceSession(str(tuned), providers=["CPUExecutionProvider"])
+    together = session.run(None, {name: rows[:3]})[0]
+    alone = np.concatenate([session.run(None, {name: row[None]})[0] for row in rows[:3]])
+    assert together.shape == (3, 2)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_paddle_parameters_held_in_constant_nodes_are_counted(ferry: Run, tmp_path: Path) -> None:
     proto = BUILT["paddle"].build()
     assert not proto.graph.initializer

@@ -214,6 +214,19 @@ CORNER_CASES = {
             z = Pad (q, pads)
         }
     """,
+    "a scalar gather index (torch's mean over a batch: x.shape[0] as a divisor)": """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 8] x, float[8, 4] w) => (float[4] y) {
+            m = MatMul (x, w)
+            zero = Constant <value = int64[1] {0}> ()
+            r = ReduceSum <keepdims = 0> (m, zero)
+            s = Shape (x)
+            first = Constant <value = int64 {0}> ()
+            n = Gather <axis = 0> (s, first)
+            f = Cast <to = 1> (n)
+            y = Div (r, f)
+        }
+    """,
 }
 
 
@@ -222,6 +235,32 @@ def test_operator_corner_cases_match_onnxruntime(name: str, tmp_path: Path) -> N
     path = save(_random_weights(CORNER_CASES[name]), tmp_path / "m.onnx")
     module = to_torch(path)
     assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+def test_a_batch_1_export_runs_a_larger_batch_row_by_row_alike(tmp_path: Path) -> None:
+    """A model-zoo export at batch 1 reshapes to fixed shapes that start with its batch of 1
+    (ShuffleNet's channel shuffle, a flatten to [1, -1]): training on more rows keeps them
+    apart, each row as ONNX Runtime computes it alone."""
+    import onnxruntime as ort
+
+    proto = _random_weights("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4, 3, 3] x, float[36, 5] w) => (float[1, 5] y) {
+            groups = Constant <value = int64[5] {1, 2, 2, 3, 3}> ()
+            g = Reshape (x, groups)
+            t = Transpose <perm = [0, 2, 1, 3, 4]> (g)
+            flat = Constant <value = int64[2] {1, -1}> ()
+            f = Reshape (t, flat)
+            y = MatMul (f, w)
+        }
+    """)
+    path = save(proto, tmp_path / "m.onnx")
+    module = to_torch(path)
+    rows = np.random.default_rng(1).standard_normal((6, 4, 3, 3)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    alone = np.concatenate([session.run(None, {"x": row[None]})[0] for row in rows])
+    together = run_module(module, {"x": rows})["y"]
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_in_constant_nodes_become_parameters(tmp_path: Path) -> None:

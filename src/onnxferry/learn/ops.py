@@ -420,6 +420,8 @@ def _reshape(node: Node, xs: list[Any]) -> Any:
     target: list[Any] = []
     for i, size in enumerate(ints(shape)):
         target.append(x.shape[i] if size == 0 and not allow_zero else size)
+    if node.attrs.get("_batch_one") and target and target[0] == 1:
+        target[0] = x.shape[0]  # a batch-1 export's batch, trained on more rows
     return x.reshape(target)
 
 
@@ -482,7 +484,7 @@ def _gather(node: Node, xs: list[Any]) -> Any:
     axis = int(node.attr("axis", 0)) % x.dim()
     index = _torch().where(index < 0, index + x.shape[axis], index)
     flat = x.index_select(axis, index.reshape(-1))
-    return flat.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+    return flat.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1 :]))
 
 
 @op("Slice")

@@ -292,6 +292,30 @@ def _decode(proto: Any, opset: int) -> Node:
     )
 
 
+def _batch_one_rows(proto: Any) -> set[str]:
+    """In a batch-1 export (every input's leading dim is a fixed 1), the tensors whose leading
+    dim is that batch of 1 by shape inference: a Reshape of one to a fixed ``[1, ...]`` (a
+    channel shuffle, a flatten) keeps the rows of a larger training batch instead."""
+    import onnx
+
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    dims = [v.type.tensor_type.shape.dim for v in inputs]
+    if not inputs or not all(len(d) > 1 and d[0].dim_value == 1 for d in dims):
+        return set()
+    try:
+        typed = onnx.shape_inference.infer_shapes(proto)
+    except (onnx.shape_inference.InferenceError, ValueError):  # shapes unknown: none kept
+        return set()
+    known = [*typed.graph.input, *typed.graph.value_info]
+    return {
+        v.name
+        for v in known
+        if v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].dim_value == 1
+    }
+
+
 def _build(module: Any, model: Model) -> None:
     """Fold constant nodes, register weights, and list the steps forward runs."""
     import torch
@@ -316,6 +340,7 @@ def _build(module: Any, model: Model) -> None:
                 statistics.add(node.inputs[index])
         nodes.append(node)
     trainable_sources = {n for n, a in constants.items() if _trainable(a, n, statistics)}
+    batch_rows = _batch_one_rows(proto)
     for node in nodes:
         if all(not n or (n in constants and n not in trainable_sources) for n in node.inputs):
             folded = _fold(node, constants, model)
@@ -327,6 +352,8 @@ def _build(module: Any, model: Model) -> None:
                 continue
         if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] not in constants:
             node.attrs["_dynamic_shape"] = True
+        elif node.op_type == "Reshape" and node.inputs[0] in batch_rows:
+            node.attrs["_batch_one"] = True
         module.steps.append(Step(list(node.inputs), list(node.outputs), node=node))
     used = {n for s in module.steps for n in s.inputs} | set(module.output_names)
     paths = _Paths(module)
