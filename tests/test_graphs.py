@@ -21,9 +21,11 @@ from onnxferry.graphs import (
     iter_graphs,
     iter_initializers,
     iter_nodes,
+    open_negative_dims,
     runnable,
     subgraphs,
     walk_graphs,
+    weights_not_inputs,
 )
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner
@@ -288,3 +290,35 @@ def test_exposing_past_the_limit_spills_and_cleans_up(
 def test_the_limit_leaves_room_below_protobufs() -> None:
     assert graphs.PROTO_LIMIT == 2 * 1024**3 - 64 * 1024**2
     assert graphs.PROTOBUF_MAX == 2**31 - 1
+
+
+def test_weights_not_inputs_lifts_an_ir3_model_to_ir4_without_weight_inputs() -> None:
+    from tests.real_models import BUILT
+
+    ir3 = Model.from_proto(BUILT["ir3"].build())
+    weights = {t.name for t in ir3.proto.graph.initializer}
+    assert ir3.proto.ir_version == 3 and weights <= {i.name for i in ir3.proto.graph.input}
+    lifted = weights_not_inputs(ir3)
+    assert lifted.proto.ir_version == 4
+    assert [i.name for i in lifted.proto.graph.input] == ir3.signature.input_names
+    onnx.checker.check_model(lifted.proto, full_check=True)
+    feeds = BUILT["ir3"].feeds()
+    np.testing.assert_array_equal(
+        OrtRunner(lifted).run(feeds)["prob_1"], OrtRunner(ir3).run(feeds)["prob_1"]
+    )
+    newer = Model.from_proto(mlp())
+    assert weights_not_inputs(newer) is newer
+    assert ir3.proto.ir_version == 3  # the given model is left as it was
+
+
+def test_open_negative_dims_makes_paddles_minus_one_unknown() -> None:
+    from tests.real_models import BUILT
+
+    proto = BUILT["paddle"].build()
+    assert open_negative_dims(proto) == 2  # the input's batch and the output's
+    dims = [
+        [d.WhichOneof("value") for d in v.type.tensor_type.shape.dim] for v in proto.graph.input
+    ]
+    assert dims == [[None, "dim_value", "dim_param", "dim_param"]]
+    onnx.checker.check_model(proto, full_check=True)
+    assert open_negative_dims(proto) == 0

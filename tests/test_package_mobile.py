@@ -102,3 +102,19 @@ def test_cli(ferry: Run, tmp_path: Path) -> None:
     assert [c["name"] for c in body["checks"]] == ["ort parity", "int8 vs fp32", "size"]
     assert all(c["ok"] for c in body["checks"])
     assert (tmp_path / "o" / "mlp.ort").is_file()
+
+
+def test_a_model_zoo_ir3_model_runs_as_ort_without_asking_for_its_weights(
+    tmp_path: Path,
+) -> None:
+    """SqueezeNet from the onnx wheel: IR 3, every initializer also a graph input, weights
+    made by ConstantOfShape. The .ort takes only the image, and matches."""
+    from tests.real_models import light_dir
+
+    source = light_dir() / "light_squeezenet.onnx"
+    report = package(source, "mobile", tmp_path / "out")
+    assert report.ok, _checks(report)["ort parity"].detail
+    session = ort.InferenceSession(
+        str(tmp_path / "out" / "light_squeezenet.ort"), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in session.get_inputs()] == ["data_0"]

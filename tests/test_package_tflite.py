@@ -209,6 +209,43 @@ def test_an_op_onnx2tf_lacks_is_one_line_exit_2(ferry: Run, tmp_path: Path) -> N
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["paddle", "light_squeezenet"])
+def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
+    """Paddle2ONNX's ``dim_value: -1`` and the model zoo's IR 3 weights made by
+    ConstantOfShape stop onnx2tf; given to it normalized and folded by onnxslim, each
+    converts and matches ONNX Runtime."""
+    pytest.importorskip("onnxslim")
+    from tests.real_models import BUILT, light_dir
+
+    if name == "paddle":
+        source = save(BUILT["paddle"].build(), tmp_path / "paddle.onnx")
+    else:
+        source = light_dir() / f"{name}.onnx"
+    report = package(source, "tflite", tmp_path / "out")
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.name == "tflite parity" and parity.ok, parity.detail
+    assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
+
+
+def test_a_traceback_in_onnx2tf_s_log_becomes_its_exception_and_node(tmp_path: Path) -> None:
+    """onnx2tf logs "ERROR: The trace log is below." before a traceback: the one line is the
+    exception the traceback ends in, at the node onnx2tf names (from a real log's shape)."""
+    log = tmp_path / "onnx2tf.log"
+    log.write_text(
+        "\x1b[07mModel conversion started\x1b[0m ====\n"
+        "\x1b[31mERROR:\x1b[0m The trace log is below.\n"
+        "Traceback (most recent call last):\n"
+        '  File "onnx2tf/ops/Conv.py", line 67, in make_node\n'
+        "ValueError: axes don't match array\n\n"
+        "\x1b[31mERROR:\x1b[0m input_onnx_file_path: /tmp/model.onnx\n"
+        "\x1b[31mERROR:\x1b[0m onnx_op_name: n0\n"
+        "\x1b[31mERROR:\x1b[0m Read this and deal with it.\n"
+    )
+    assert tflite._first_error(log) == "ValueError: axes don't match array (at node n0)"
+    log.write_text("\x1b[31mERROR:\x1b[0m DFT OP is not yet implemented.\n")
+    assert tflite._first_error(log) == "DFT OP is not yet implemented."
+
+
 def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:
     rng = np.random.default_rng(0)
     square = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)  # C == H == W

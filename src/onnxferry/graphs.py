@@ -107,6 +107,45 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def weights_not_inputs(model: Model) -> Model:
+    """``model`` itself from IR version 4 on; below it, an in-memory copy at IR 4 whose main
+    graph no longer lists its initializers as inputs (every IR 3 model does: the model zoo's).
+
+        converted = weights_not_inputs(Model.load("squeezenet.onnx"))   # for a converter
+
+    Converters (ONNX Runtime's ORT format, onnx2tf) take such inputs for real ones: the .ort
+    then asks for its weights at run time. ONNX Runtime already treats them as constants.
+    """
+    from .model import Model
+
+    if model.proto.ir_version >= 4:
+        return model
+    proto = inlined(model)
+    weights = {t.name for t in proto.graph.initializer}
+    kept = [v for v in proto.graph.input if v.name not in weights]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    proto.ir_version = 4
+    return Model.from_proto(proto)
+
+
+def open_negative_dims(proto: onnx.ModelProto) -> int:
+    """Paddle2ONNX writes an open dim as ``dim_value: -1``; ONNX has no negative sizes and
+    converters (onnx2tf) reject them. Each becomes a dim with neither value nor name (unknown),
+    in place, in every graph's inputs, outputs and value infos; returns how many.
+
+        open_negative_dims(proto)   # x: [-1, 3, "?", "?"] -> x: [?, 3, "?", "?"]
+    """
+    opened = 0
+    for graph in iter_graphs(proto):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
+                    opened += 1
+    return opened
+
+
 def external_refs(proto: onnx.ModelProto, model_dir: Path | None) -> tuple[ExternalRef, ...]:
     """The external-data references of ``proto``, checked against ``model_dir`` as
     ``Model.load`` checks them (UnsafeModelError). ``model_dir`` None is an in-memory model:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..graphs import weights_not_inputs
 from ..model import Model
 from ..report import human_size
 from .base import Check, Options, Packaged, PackageSource, write_tree
@@ -136,9 +137,12 @@ def _convert(
 
     from ..runtime import ort_error_message
 
-    assert model.path is not None
     with tempfile.TemporaryDirectory(prefix="ferry-ort-") as work:
         stage = Path(work)
+        given = weights_not_inputs(model)
+        if given is not model or model.path is None:
+            given = given.save(stage / "given" / f"{name}.onnx")
+        assert given.path is not None
         quiet = logging.getLogger("ort_format_model.utils")
         level = quiet.level
         quiet.setLevel(logging.WARNING)
@@ -147,7 +151,7 @@ def _convert(
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResourceWarning)
                 convert_onnx_models_to_ort(
-                    model.path,
+                    given.path,
                     output_dir=stage,
                     optimization_styles=[OptimizationStyle.Fixed],
                     target_platform=opts["platform"],
@@ -155,7 +159,7 @@ def _convert(
                 )
         except Exception as e:
             raise InputError(
-                f"onnxruntime cannot convert {model.path.name} to ORT format: "
+                f"onnxruntime cannot convert {name} to ORT format: "
                 f"{ort_error_message(e)}",
                 hint="check that `ferry check` passes and every op runs on the CPU provider",
             ) from e
@@ -166,7 +170,7 @@ def _convert(
         if len(converted) != 1 or len(configs) != 1:
             raise InputError(
                 f"onnxruntime's converter wrote {len(converted)} .ort and {len(configs)} config "
-                f"files for {model.path.name}",
+                f"files for {name}",
                 hint="give a model file whose name ends in .onnx",
             )
         kind = "required_operators_and_types" if opts["type_reduction"] else "required_operators"

@@ -4,8 +4,9 @@ against ONNX Runtime.
     ferry package model.onnx --target tflite -o out/tflite
     ferry package model.onnx --target tflite -o out/tflite-nchw --set layout=nchw --set fp16=true
 
-onnx2tf (``onnx2tf.convert``, run on a copy of the model in a scratch folder, without
-onnxsim) writes ``<name>.tflite`` (float32; with ``fp16=true`` also ``<name>.fp16.tflite``,
+onnx2tf (``onnx2tf.convert``, run on a copy of the model in a scratch folder, its constants
+folded by onnxslim instead of onnx2tf's onnxsim step) writes ``<name>.tflite`` (float32; with
+``fp16=true`` also ``<name>.fp16.tflite``,
 weights in float16, computed in float32).
 
 Layout. onnx2tf builds a channels-last graph. With ``layout=nhwc`` (the default) every input
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..graphs import inlined, open_negative_dims, weights_not_inputs
 from ..model import Model
 from ..report import human_size
 from .base import Check, Options, Packaged, PackageSource, write_tree
@@ -108,7 +110,8 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     perms = input_perms(model, opts["layout"])
     name32, name16 = f"{source.name}.tflite", f"{source.name}.fp16.tflite"
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
-        copy = model.save(Path(work) / "model.onnx")
+        given, given_notes = _folded(model)
+        copy = given.save(Path(work) / "model.onnx")
         assert copy.path is not None
         keep = [n for n, p in perms.items() if opts["layout"] == "nchw" and len(p) in CHANNELS_LAST]
         done = pool.submit(_convert, str(copy.path), keep).result()
@@ -140,6 +143,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     result.checks.append(Check("size", True, size_text, tool="os.stat"))
     result.notes.append(layout_note(model, runs[name32], reference[0], opts["layout"]))
     result.notes += [f"onnx2tf warned: {w}" for w in done.warnings]
+    result.notes += given_notes
     return result
 
 
@@ -320,6 +324,46 @@ def _log_lines(log: Path, prefix: str) -> list[str]:
     return [ln[len(prefix) :].strip() for ln in lines if ln.startswith(prefix)]
 
 
+def _first_error(log: Path) -> str | None:
+    """onnx2tf's first error line; where that only announces a traceback, the exception the
+    traceback ends in, with the ONNX node it names."""
+    errors = _log_lines(log, "ERROR:")
+    if not errors or not errors[0].startswith("The trace log is below"):
+        return errors[0] if errors else None
+    text = _ANSI.sub("", log.read_text(errors="replace"))
+    raised = re.search(r"^(\w+(?:Error|Exception): .+)$", text, re.MULTILINE)
+    node = next((e.partition(":")[2].strip() for e in errors if e.startswith("onnx_op_name")), "")
+    if raised is None:
+        return errors[0]
+    return raised[1] + (f" (at node {node})" if node else "")
+
+
+def _folded(model: Model) -> tuple[Model, list[str]]:
+    """What onnx2tf is given, and notes on it: ``model`` with its weights apart from its inputs
+    (IR 3), open dims written as -1 (Paddle) made unknown, and its constants folded by onnxslim
+    as onnx2tf's own onnxsim step would (its Conv takes weights computed by ConstantOfShape or
+    a Reshape only as constants). Without onnxslim, or where it fails, unfolded."""
+    proto = inlined(weights_not_inputs(model))
+    notes = []
+    if open_negative_dims(proto):
+        notes.append("dims written as -1 were given to onnx2tf as unknown")
+    try:
+        import onnxslim
+    except ImportError:
+        return Model.from_proto(proto), [*notes, "onnxslim is not installed: nothing folded"]
+    try:
+        slimmed = onnxslim.slim(proto)
+    except Exception as e:
+        notes.append(f"onnxslim could not fold the model for onnx2tf ({one_line(e)})")
+        return Model.from_proto(proto), notes
+    before, after = len(proto.graph.node), len(slimmed.graph.node)
+    if after < before:
+        notes.append(
+            f"onnxslim {onnxslim.__version__} folded it for onnx2tf: {before} -> {after} nodes"
+        )
+    return Model.from_proto(slimmed), notes
+
+
 def _convert(model: str, keep: list[str]) -> Converted | str:
     """(In the worker.) Run onnx2tf in the model's folder, the inputs in ``keep`` kept in
     their ONNX layout; the .tflite files, or one line (onnx2tf's first error: advice follows
@@ -341,8 +385,7 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
                 verbosity="info",
             )
     except (Exception, SystemExit) as e:
-        errors = _log_lines(log, "ERROR:")
-        return one_line(errors[0] if errors else one_line(e, line="first", named=True))
+        return one_line(_first_error(log) or one_line(e, line="first", named=True))
     finally:
         os.chdir(here)
     out = work / "out"
