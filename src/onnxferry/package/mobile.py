@@ -159,8 +159,7 @@ def _convert(
                 )
         except Exception as e:
             raise InputError(
-                f"onnxruntime cannot convert {name} to ORT format: "
-                f"{ort_error_message(e)}",
+                f"onnxruntime cannot convert {name} to ORT format: {ort_error_message(e)}",
                 hint="check that `ferry check` passes and every op runs on the CPU provider",
             ) from e
         finally:
