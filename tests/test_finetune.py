@@ -249,3 +249,44 @@ def test_train_epochs_is_the_step_a_federated_client_runs(pretrained: Path, digi
     assert trained is module
     assert evaluate(module, held)[0] < loss_before
     assert seen[-1]["epoch"] == 2 and seen[-1]["batch"] == seen[-1]["batches"] == 10
+
+
+def test_a_head_whose_weight_an_old_export_reshapes_is_replaced_and_learns(
+    tmp_path: Path,
+) -> None:
+    """Old exports (the model zoo's GoogLeNet) feed their classifier's Gemm a Reshape of its
+    weight: the new head reads a fresh weight directly, the reshape is dropped, and it learns
+    a task that its features make easy (the sign of feature 0)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights: dict[str, np.ndarray] = {
+        "w": rng.standard_normal((5, 4, 1, 1)).astype(np.float32),
+        "to_2d": np.array([5, 4], np.int64),
+        "b": np.zeros(5, np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["w", "to_2d"], ["w2d"], name="weight_reshape"),
+            helper.make_node("Gemm", ["x", "w2d", "b"], ["logits"], name="fc", transB=1),
+            helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1),
+        ],
+        "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    source = tmp_path / "old.onnx"
+    onnx.save(proto, str(source))
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    tuned = finetune(source, tmp_path / "train.npz", "y", new_head=2, epochs=20, lr=5e-2,
+                     output=tmp_path / "tuned.onnx")  # fmt: skip
+    result = tuned.last_report(FinetuneResult).result
+    assert result.head is not None and result.head.reshaped_by == ["weight_reshape"]
+    assert (result.head.classes_before, result.head.classes) == (5, 2)
+    assert result.accuracy_after > 0.9
+    assert result.export_parity is not None and result.export_parity.ok
+    tuned_proto = onnx.load(str(tmp_path / "tuned.onnx"))
+    assert "Reshape" not in {n.op_type for n in tuned_proto.graph.node}

@@ -8,7 +8,8 @@ user blocks that replace a range of nodes.
 
 The head is the last Gemm, MatMul+Add or MatMul before the first output (through a Softmax,
 LogSoftmax, Identity, Flatten, Reshape, Squeeze or Cast); its weight and bias are replaced by
-fresh ones for ``classes`` outputs, initialised like ``nn.Linear``. ``freeze_until`` freezes
+fresh ones for ``classes`` outputs, initialised like ``nn.Linear``. A Gemm whose weight an old
+export reshapes first (the model zoo's GoogLeNet) reads the fresh weight directly. ``freeze_until`` freezes
 every parameter that feeds a node up to and including the one that produces the tensor (or
 the node so named): the whole cone upstream of it.
 
@@ -25,8 +26,8 @@ import difflib
 import inspect
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ class Head:
     classes_before: int
     classes: int
     transposed: bool  # weight is [classes, features] (Gemm transB=1)
+    reshaped_by: list[str] = field(default_factory=list)
+    """The nodes between the weight and the head (an old export's Reshape of its weight); a
+    new head reads its fresh weight directly and they are dropped."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -63,10 +67,14 @@ def find_head(module: Any) -> Head:
     head: Head | None = None
     if step is not None and step.node is not None:
         node = step.node
-        if node.op_type == "Gemm" and step.inputs[1] in weights:
+        behind = (
+            _weight_behind(step.inputs[1], producers, weights) if node.op_type == "Gemm" else None
+        )
+        if behind is not None:
             bias = step.inputs[2] if len(step.inputs) > 2 and step.inputs[2] in weights else None
             transposed = bool(node.attr("transB", 0))
-            head = _head([node.label], module, step.inputs[1], bias, transposed)
+            weight, chain = behind
+            head = _head([node.label], module, weight, bias, transposed, chain)
         elif node.op_type == "MatMul" and step.inputs[1] in weights:
             head = _head([node.label], module, step.inputs[1], None, False)
         elif node.op_type == "Add":
@@ -92,15 +100,55 @@ def find_head(module: Any) -> Head:
     return head
 
 
-def _head(nodes: list[str], module: Any, weight: str, bias: str | None, transposed: bool) -> Head:
-    shape = tuple(module.parameter(weight).shape)
+_RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _weight_behind(
+    name: str, producers: dict[str, Step], weights: Mapping[str, str]
+) -> tuple[str, list[Step]] | None:
+    """``name`` when it is a weight; else the weight that a chain of reshapes of it (constant
+    shapes) produces ``name`` from, with that chain from the weight outward; None otherwise."""
+    chain: list[Step] = []
+    while name not in weights:
+        step = producers.get(name)
+        if step is None or step.node is None or step.node.op_type not in _RESHAPES:
+            return None
+        if any(n and n not in weights for n in step.inputs[1:]):
+            return None
+        chain.insert(0, step)
+        name = step.inputs[0]
+    return name, chain
+
+
+def _head(
+    nodes: list[str],
+    module: Any,
+    weight: str,
+    bias: str | None,
+    transposed: bool,
+    chain: list[Step] | None = None,
+) -> Head:
+    shape = tuple(_reshaped(module, weight, chain or []).shape)
     if len(shape) != 2:
         raise InputError(
             f"{module.model_name}: the head weight {weight!r} has shape {list(shape)}, not 2-D",
             hint="--new-head handles Gemm / MatMul heads with a 2-D weight",
         )
     classes = shape[0] if transposed else shape[1]
-    return Head(nodes, weight, bias, classes, classes, transposed)
+    reshaped_by = [step.node.label for step in chain or [] if step.node is not None]
+    return Head(nodes, weight, bias, classes, classes, transposed, reshaped_by)
+
+
+def _reshaped(module: Any, weight: str, chain: list[Step]) -> Any:
+    """The weight as the head reads it: through ``chain``'s reshapes."""
+    from .ops import OPS
+
+    value = module.parameter(weight)
+    for step in chain:
+        assert step.node is not None
+        xs = [value, *(module.parameter(n) if n else None for n in step.inputs[1:])]
+        value = OPS[("", step.node.op_type)](step.node, xs)
+    return value
 
 
 def new_head(module: Any, classes: int, *, seed: int = 0) -> Head:
@@ -111,6 +159,8 @@ def new_head(module: Any, classes: int, *, seed: int = 0) -> Head:
         raise UsageError(f"a new head needs at least 2 classes, not {classes}", hint="--new-head 3")
     head = find_head(module)
     old = module.parameter(head.weight)
+    if head.reshaped_by:
+        old = _read_directly(module, head)
     features = int(old.shape[1] if head.transposed else old.shape[0])
     generator = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(features)  # nn.Linear's initialisation
@@ -124,6 +174,27 @@ def new_head(module: Any, classes: int, *, seed: int = 0) -> Head:
         module.set_weight(head.bias, torch.nn.Parameter(bias.to(old.dtype)))
     head.classes = classes
     return head
+
+
+def _read_directly(module: Any, head: Head) -> Any:
+    """Point the head at its weight and drop the reshapes between them (nothing else reads
+    them); returns the weight as the head read it, for its shape."""
+    steps: list[Step] = module.steps
+    by_label = {s.node.label: s for s in steps if s.node is not None}
+    chain = [by_label[label] for label in head.reshaped_by]
+    reshaped = _reshaped(module, head.weight, chain)
+    (gemm,) = [by_label[label] for label in head.nodes]
+    made = {n for s in chain for n in s.outputs}
+    elsewhere = [s for s in steps if s is not gemm and not any(s is c for c in chain)]
+    if any(n in made for s in elsewhere for n in s.inputs) or made & set(module.output_names):
+        raise InputError(
+            f"{module.model_name}: the head's weight is reshaped by {', '.join(head.reshaped_by)}"
+            ", whose output other nodes read too",
+            hint="replace the head with your own block (--replace)",
+        )
+    gemm.inputs[1] = head.weight
+    module.steps = [s for s in steps if not any(s is c for c in chain)]
+    return reshaped
 
 
 def freeze_until(module: Any, tensor: str) -> list[str]:
