@@ -378,3 +378,47 @@ def test_bad_input_is_one_line_and_exit_2(
         assert code == 2, (name, err)
         assert expected in err, (name, err)
         assert len(err.strip().splitlines()) == 1, (name, err)
+
+
+SCALAR_GAIN = """
+<ir_version: 10, opset_import: ["" : 21]>
+gain (float[{rows}, 3] x, float gain) => (float[{rows}, 3] y) {{ y = Mul(x, gain) }}
+"""
+
+
+@pytest.mark.parametrize("rows", ["N", "2"], ids=["open batch", "fixed batch 2"])
+def test_a_scalar_input_is_read_once_and_given_to_every_batch(rows: str, tmp_path: Path) -> None:
+    """A sample rate, a threshold: the .npz holds its one value, every batch (a short one
+    padded to a fixed batch too) gets it."""
+    model = save(onnx_text(SCALAR_GAIN.format(rows=rows)), tmp_path / "gain.onnx")
+    x = _rows(5, width=3)
+    np.savez(tmp_path / "in.npz", x=x, gain=np.array(2.0, np.float32))
+    batch(model, tmp_path / "in.npz", tmp_path / "out", batch_size=2)
+    np.testing.assert_array_equal(read_output(tmp_path / "out")["y"], x * 2)
+
+
+ONLY_SCALAR = """
+<ir_version: 10, opset_import: ["" : 21]>
+only (float gain) => (float y) { y = Identity(gain) }
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "arrays", "message"),
+    [
+        (
+            SCALAR_GAIN.format(rows="N"),
+            {"x": _rows(4, width=3), "gain": np.array([2.0, 3.0], np.float32)},
+            "is a scalar, but the array has shape [2]",
+        ),
+        (ONLY_SCALAR, {"gain": np.array(2.0, np.float32)}, "every input of the model is a scalar"),
+    ],
+    ids=["several values", "no rows"],
+)
+def test_scalar_inputs_that_cannot_be_held_are_one_line(
+    ferry: Run, text: str, arrays: dict[str, np.ndarray], message: str, tmp_path: Path
+) -> None:
+    model = save(onnx_text(text), tmp_path / "model.onnx")
+    np.savez(tmp_path / "in.npz", **arrays)  # type: ignore[arg-type]
+    code, out, err = ferry("batch", model, tmp_path / "in.npz", "-o", tmp_path / "out")
+    assert code == 2 and message in err and err.count("\n") == 1, err

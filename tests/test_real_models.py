@@ -39,6 +39,7 @@ from onnxferry.batch import read_output
 from onnxferry.data.npz import save_npz
 from onnxferry.runtime import map_keys, map_table
 from onnxferry.serve.server import running
+from onnxferry.signature import Signature
 from tests.helpers import Run
 from tests.real_models import (
     BUILT,
@@ -310,18 +311,21 @@ def test_explain(ferry: Run, real: Prepared, tmp_path: Path) -> None:
 
 
 def test_batch(ferry: Run, real: Prepared, tmp_path: Path) -> None:
-    """Every row through `ferry batch`, read back as ONNX Runtime gives it; a model with a
-    scalar input (a sample rate) has no rows to split there: one line, exit 2."""
+    """Every row through `ferry batch`, read back as ONNX Runtime gives it (a scalar input is
+    given to every batch); a model whose input holds its rows on another axis (a recurrent
+    state [2, batch, 128]) is one line, exit 2."""
     inputs = tmp_path / "inputs.npz"
     save_npz(inputs, real.feeds)
     # In-process, the cap counts this test worker's RSS too (every model it loaded before).
     out = tmp_path / "out"
     result = ferry("batch", real.path, inputs, "-o", out, "--max-memory", "16GiB", "--json")
-    if any(v.ndim == 0 for v in real.feeds.values()):
+    signature = Signature.from_onnx(real.proto)
+    if any((axis or 0) > 0 for axis in signature.row_axes().values()):
         _, err = assert_clean(result, {2})
-        assert "holds a scalar, not rows" in err and err.count("\n") == 1, err
+        assert "holds its rows along axis" in err and err.count("\n") == 1, err
         return
-    assert ok_json(result)["result"]["rows"] == len(next(iter(real.feeds.values())))
+    rows = next(len(v) for v in real.feeds.values() if v.ndim)
+    assert ok_json(result)["result"]["rows"] == rows
     written = read_output(out)
     for name, want in real.expected.items():
         if map_keys(np.asarray(want)) is not None:

@@ -76,10 +76,11 @@ def run_outputs(
 ) -> dict[str, np.ndarray]:
     """One batch's outputs; a batch shorter than a fixed batch axis is padded with copies of
     its last row, and the padding's outputs dropped."""
-    n = len(next(iter(feeds.values()))) if feeds else 0
+    n = next((len(v) for v in feeds.values() if v.ndim), 0)
     if fixed is not None and n < fixed:
         feeds = {
-            k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) for k, v in feeds.items()
+            k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) if v.ndim else v
+            for k, v in feeds.items()
         }
     outputs = runner.run(feeds)
     if fixed is not None and n < fixed:

@@ -94,6 +94,15 @@ def open_source(
     from .tables import JsonLinesSource, TableSource, table_format
 
     path = Path(path)
+    axes = signature.row_axes()
+    elsewhere = [s for s in signature.inputs if (axes.get(s.name) or 0) > 0]
+    if elsewhere:
+        spec = elsewhere[0]
+        raise DataError(
+            f"input {spec.name!r} {spec.shape_text()} holds its rows along axis "
+            f"{axes[spec.name]}; `ferry batch` reads the rows of every input along the first",
+            hint="serve the model (ferry serve) or explain it: both take such inputs",
+        )
     signature = row_signature(signature)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check the input path")
@@ -292,26 +301,39 @@ class NpySource:
 
 class NpzSource(Reused):
     """Rows of an .npz, one member per input, each streamed front to back (members are
-    compressed or not; neither is loaded whole)."""
+    compressed or not; neither is loaded whole); a scalar input's member is its one value,
+    given to every batch."""
 
     kind = "npz"
 
     def __init__(self, path: Path, signature: Signature) -> None:
         self.path = path
         self.signature = signature
+        scalars = {spec.name for spec in signature.inputs if spec.shape == ()}
+        self.held: dict[str, np.ndarray] = {}
+        """Scalar inputs (a sample rate, a threshold): read once, given to every batch."""
         try:
             with zipfile.ZipFile(path) as zf:
                 names = [n.removesuffix(".npy") for n in zf.namelist()]
                 self.members = self._members(names)
                 headers = {}
-                for name, member in self.members.items():
+                for name, member in list(self.members.items()):
                     with zf.open(f"{member}.npy") as f:
+                        if name in scalars:
+                            self.held[name] = _scalar(f, f"{path} member {member!r}", name)
+                            del self.members[name]
+                            continue
                         headers[name] = _read_header(f, f"{path} member {member!r}")
         except (zipfile.BadZipFile, OSError, KeyError) as e:
             raise DataError(
                 f"{path} is not a readable .npz: {e}", hint="save it with np.savez"
             ) from e
         self.headers = headers
+        if not headers:
+            raise DataError(
+                f"{path}: every input of the model is a scalar, so there are no rows to run",
+                hint="run the model once (ferry compare, or onnxruntime) instead",
+            )
         counts = {h.shape[0] for h in headers.values()}
         if len(counts) != 1:
             raise DataError(
@@ -354,6 +376,7 @@ class NpzSource(Reused):
             out = np.frombuffer(data, dtype=h.dtype).reshape(stop - start, *h.shape[1:])
             self._streams[name] = (stream, stop)
             arrays[name] = out
+        arrays.update(self.held)
         return Chunk(
             start,
             stop,
@@ -373,6 +396,20 @@ class NpzSource(Reused):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_zip": None, "_streams": {}}
+
+
+def _scalar(f: IO[bytes], where: str, name: str) -> np.ndarray:
+    """A scalar input's one value (a 0-d array, or an array of one element)."""
+    try:
+        value: np.ndarray = np.load(f, allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"{where} is not a numpy array of numbers: {e}") from e
+    if value.size != 1:
+        raise DataError(
+            f"{where}: input {name!r} is a scalar, but the array has shape {list(value.shape)}",
+            hint="save the one value every row shares, e.g. np.array(16000)",
+        )
+    return value.reshape(())
 
 
 def _skip(stream: IO[bytes], count: int) -> None:

@@ -9,9 +9,9 @@ user blocks that replace a range of nodes.
 The head is the last Gemm, MatMul+Add or MatMul before the first output (through a Softmax,
 LogSoftmax, Identity, Flatten, Reshape, Squeeze or Cast); its weight and bias are replaced by
 fresh ones for ``classes`` outputs, initialised like ``nn.Linear``. A Gemm whose weight an old
-export reshapes first (the model zoo's GoogLeNet) reads the fresh weight directly. ``freeze_until`` freezes
-every parameter that feeds a node up to and including the one that produces the tensor (or
-the node so named): the whole cone upstream of it.
+export reshapes first (the model zoo's GoogLeNet) reads the fresh weight directly.
+``freeze_until`` freezes every parameter that feeds a node up to and including the one that
+produces the tensor (or the node so named): the whole cone upstream of it.
 
 A replacement factory is called with a ``Block`` (the nodes it replaces, its activation inputs
 and outputs, and the replaced weights as tensors; a factory without parameters is called
