@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -347,6 +348,34 @@ def test_graph(ferry: Run, real: Prepared, tmp_path: Path) -> None:
 def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:
     assert_metadata(real_url, real.name, real.proto)
     assert_served_like_ort(real_url, real.name, real.feeds, real.expected)
+
+
+def test_served_explain(real: Prepared, real_url: str) -> None:
+    """The served explain endpoint, occlusion in windows of 64: attributions for every row
+    (an input whose kind its shape cannot tell: 400 asking for it, then explained with it)."""
+    body: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(value.shape),
+                "datatype": np_to_triton_dtype(value.dtype),
+                "data": value.ravel().tolist(),
+            }
+            for name, value in real.feeds.items()
+        ],
+        "parameters": {"method": "occlusion", "window": 64},
+    }
+    url = f"{real_url}/v2/models/{real.name}/explain"
+    response = httpx.post(url, json=body, timeout=120)
+    if response.status_code == 400 and "give the kind" in response.text:
+        body["parameters"]["kind"] = "tabular"
+        response = httpx.post(url, json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    explained = next(iter(real.feeds.values()))
+    assert outputs["attributions"]["shape"][0] == outputs["scores"]["shape"][0]
+    assert outputs["scores"]["shape"][0] in (1, len(explained))
+    assert np.isfinite(np.asarray(outputs["attributions"]["data"], np.float64)).all()
 
 
 # --- the light model zoo ------------------------------------------------------------------

@@ -153,3 +153,30 @@ def test_explanations_are_documented_and_counted(server: str) -> None:
     )
     assert float(line.rsplit(" ", 1)[1]) >= 1
     assert "ferry_explain_evaluations_total" in metrics
+
+
+def test_the_kind_of_an_input_its_shape_cannot_tell_is_a_parameter(tmp_path: Path) -> None:
+    """x: [batch, 7, 8] floats is neither an image nor a row of features by its shape (a
+    sequence model's input): 400 asking for the kind; with ``kind`` it is explained."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+        "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 7, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
+    )
+    path = tmp_path / "sequence.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    rows = np.random.default_rng(0).normal(size=(2, 7, 8)).astype(np.float32)
+    body: dict[str, Any] = {
+        "inputs": [
+            {"name": "x", "shape": [2, 7, 8], "datatype": "FP32", "data": rows.ravel().tolist()}
+        ],
+        "parameters": {"method": "occlusion"},
+    }
+    with running(path) as url:
+        asked = httpx.post(f"{url}/v2/models/sequence/explain", json=body, timeout=60)
+        assert asked.status_code == 400 and "kind" in asked.json()["error"], asked.text
+        body["parameters"]["kind"] = "tabular"
+        answered = httpx.post(f"{url}/v2/models/sequence/explain", json=body, timeout=60)
+        assert outputs(answered)["attributions"].shape == (2, 7, 8)

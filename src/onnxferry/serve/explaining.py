@@ -10,7 +10,8 @@ The body is an infer request, read, decoded and validated exactly as infer's (sa
 same auth). Its ``parameters`` choose the explanation (``ExplainRequest``): ``method`` (one of
 ``explain.METHODS``), ``input`` (the input explained; default the first), ``target`` (a class
 index, an output name or ``OUTPUT:INDEX``), ``max_evals``, ``samples``, ``segments``,
-``window``, ``seed``; ``background`` is not taken (SHAP uses the request's own rows, or zeros).
+``window``, ``seed``, ``kind`` (image, tabular or tokens, where the input's shape cannot tell);
+``background`` is not taken (SHAP uses the request's own rows, or zeros).
 
 Every perturbation runs through the version's executor (``ExecutorSession``): its batcher,
 queue limit, response cache and memory budget apply, in requests of at most its
@@ -48,6 +49,7 @@ PARAMETERS: dict[str, type | tuple[type, ...]] = {
     "segments": int,
     "window": int,
     "seed": int,
+    "kind": str,
 }
 """Request parameters the endpoint reads, and their JSON types (others, e.g. ``timeout``,
 belong to the request as a whole)."""
@@ -66,6 +68,7 @@ class ExplainRequest:
     segments: int = 50
     window: int | None = None
     seed: int = 0
+    kind: str | None = None
 
     @classmethod
     def parse(cls, parameters: Mapping[str, Any]) -> ExplainRequest:
@@ -198,6 +201,7 @@ async def explain_served(
             segments=wanted.segments,
             window=wanted.window,
             seed=wanted.seed,
+            kind=wanted.kind,
             session=session,
         )
     except BudgetExceeded as e:

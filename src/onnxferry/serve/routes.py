@@ -207,7 +207,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "explain",
         "explain a prediction: attributions of the request's rows (parameters: method, input, "
-        "target, max_evals, samples, segments, window, seed)",
+        "target, max_evals, samples, segments, window, seed, kind)",
         ok=_json(_INFER_RESPONSE),
         errors=(400, 404, 408, 413, 500, 503, 504),
         body=_INFER_BODY,
