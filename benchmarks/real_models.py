@@ -1,14 +1,19 @@
-"""Every verb on the model-zoo models that ship inside the onnx wheel: a table for RESULTS.md.
+"""Every verb on real models: a table for RESULTS.md.
 
-    .venv/bin/python benchmarks/real_models.py [--time-budget 5]
+    .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite]
 
-For each ``onnx/backend/test/data/light/light_*.onnx`` it runs, in one process through the CLI,
-``inspect``, ``check``, ``compare M M``, ``test`` (golden data from the shipped reference
-output and the input onnx's backend runner made it from), ``bench --iterations 20``,
-``optimize --auto --time-budget N`` and one served request (a real server on loopback and
-tritonclient), and prints one Markdown row per model: each verb's exit code (ok, or the
-first words of its one-line error) and wall time. The CPU and its int8 extensions go first.
-Exit 1 if any verb ended in an internal error (exit 3).
+The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3) and
+each exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights,
+tf2onnx, torch's dynamo exporter, a recurrent VAD with a scalar rate, IR 3, token ids,
+scikit-learn's ZipMap). For each it runs, in one process through the CLI, ``inspect``,
+``check``, ``compare M M``, ``test`` (golden data), ``bench --iterations 20``,
+``optimize --auto --time-budget N``, ``explain`` (occlusion, windows of 64; ``--kind tabular``
+where the input's shape cannot tell), ``batch`` over the same rows, ``graph`` (SVG), ``package
+--target mobile`` (and ``tflite`` with ``--tflite``: a TensorFlow process per model) and one
+served request (a real server on loopback and tritonclient, compared with ONNX Runtime), and
+prints one Markdown row per model: each verb's exit code (ok, or the first words of its
+one-line error) and wall time. The CPU and its int8 extensions go first. Exit 1 if any verb
+ended in an internal error (exit 3).
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import io
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_models
 
 from tests.real_models import (
+    BUILT,
     light_input,
     light_model_paths,
     light_reference_path,
@@ -36,7 +44,10 @@ from tests.real_models import (
 from machine import cpu_summary
 from onnxferry.cli import main
 
-VERBS = ("inspect", "check", "compare", "test", "bench", "optimize --auto", "serve")
+VERBS = (
+    "inspect", "check", "compare", "test", "bench", "optimize --auto", "explain", "batch",
+    "graph", "package mobile", "serve",
+)  # fmt: skip
 
 
 def run_cli(*args: object) -> tuple[int, str, float]:
@@ -51,9 +62,11 @@ def run_cli(*args: object) -> tuple[int, str, float]:
 
 
 def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, float]:
-    """Start the server on the model, send one request with tritonclient, compare to ORT."""
+    """Start the server on the model, send one request with tritonclient, compare its numeric
+    outputs to ONNX Runtime's."""
     import onnxruntime as ort
     import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
 
     from onnxferry.serve.server import running
 
@@ -64,15 +77,27 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         inputs = []
         for name, array in feeds.items():
-            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
+            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         result = client.infer(path.stem, inputs)
     seconds = time.perf_counter() - start
     for out, want in zip(session.get_outputs(), expected, strict=True):
+        if not isinstance(want, np.ndarray) or want.dtype == object:
+            continue  # a sequence of maps: served as text (tests/test_real_models.py reads it)
         if not np.allclose(result.as_numpy(out.name), want, rtol=1e-5, atol=1e-6):
             return 1, f"output {out.name} differs from onnxruntime", seconds
     return 0, "", seconds
+
+
+def explain_once(path: Path, inputs: Path, out: Path) -> tuple[int, str, float]:
+    """Occlusion in windows of 64; again as tabular rows when the input's kind is not told."""
+    args = ("explain", path, "--inputs", inputs, "--method", "occlusion", "--window", 64)
+    code, line, seconds = run_cli(*args, "-o", out)
+    if code == 2 and "give the kind" in line:
+        code, line, more = run_cli(*args, "--kind", "tabular", "-o", out)
+        seconds += more
+    return code, line, seconds
 
 
 def cell(code: int, line: str, seconds: float) -> str:
@@ -80,44 +105,71 @@ def cell(code: int, line: str, seconds: float) -> str:
     return f"{status} ({seconds:.1f} s)"
 
 
-def model_row(path: Path, time_budget: float) -> list[tuple[int, str, float]]:
-    """(exit code, error line, seconds) of every verb on one light model."""
-    import onnx
+def model_row(
+    path: Path, feeds: dict[str, np.ndarray], reference: dict[str, Any], options: argparse.Namespace
+) -> list[tuple[int, str, float]]:
+    """(exit code, error line, seconds) of every verb on one model."""
+    from onnxferry.data.npz import save_npz
 
-    proto = onnx.load(str(path))
-    feeds = light_input(proto)
-    reference = {proto.graph.output[0].name: load_reference(light_reference_path(path))}
     with tempfile.TemporaryDirectory() as tmp:
-        golden = write_golden(Path(tmp) / "golden", feeds, reference)
-        fast = Path(tmp) / "fast.onnx"
-        auto = ("--auto", "--inputs", golden, "--time-budget", time_budget)
-        return [
+        work = Path(tmp)
+        golden = write_golden(work / "golden", feeds, reference)
+        inputs = save_npz(work / "inputs.npz", feeds)
+        auto = ("--auto", "--inputs", golden, "--time-budget", options.time_budget)
+        row = [
             run_cli("inspect", path),
             run_cli("check", path),
             run_cli("compare", path, path),
             run_cli("test", path, golden),
             run_cli("bench", path, "--iterations", 20),
-            run_cli("optimize", path, "-o", fast, *auto),
-            serve_once(path, feeds),
+            run_cli("optimize", path, "-o", work / "fast.onnx", *auto),
+            explain_once(path, inputs, work / "explained"),
+            run_cli("batch", path, inputs, "-o", work / "batch"),
+            run_cli("graph", path, "-o", work / "graph.svg"),
+            run_cli("package", path, "--target", "mobile", "-o", work / "mobile"),
         ]
+        if options.tflite:
+            row.append(run_cli("package", path, "--target", "tflite", "-o", work / "tflite"))
+        return [*row, serve_once(path, feeds)]
 
 
-def main_(time_budget: float) -> int:
+def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[str, Any]]]:
+    """(name, path, feeds, reference outputs) of every model: the zoo's, then the built."""
+    import onnx
+    import onnxruntime as ort
+
+    for path in light_model_paths():
+        proto = onnx.load(str(path))
+        reference = {proto.graph.output[0].name: load_reference(light_reference_path(path))}
+        yield path.stem.removeprefix("light_"), path, light_input(proto), reference
+    for name, spec in BUILT.items():
+        path = tmp / f"{name}.onnx"
+        onnx.save(spec.build(), str(path))
+        feeds = spec.feeds()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        yield name, path, feeds, dict(zip(names, session.run(None, feeds), strict=True))
+
+
+def main_(options: argparse.Namespace) -> int:
+    verbs = [*VERBS[:-1], *(["package tflite"] if options.tflite else []), VERBS[-1]]
     print(f"machine: {cpu_summary()}")
     print(f"date: {time.strftime('%Y-%m-%d')}")
     print()
-    print("| model | " + " | ".join(VERBS) + " |")
-    print("|---" * (len(VERBS) + 1) + "|")
+    print("| model | " + " | ".join(verbs) + " |")
+    print("|---" * (len(verbs) + 1) + "|")
     internal = 0
-    for path in light_model_paths():
-        row = model_row(path, time_budget)
-        internal += sum(code == 3 for code, _, _ in row)
-        cells = " | ".join(cell(*result) for result in row)
-        print(f"| {path.stem.removeprefix('light_')} | {cells} |", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path, feeds, reference in models(Path(tmp)):
+            row = model_row(path, feeds, reference, options)
+            internal += sum(code == 3 for code, _, _ in row)
+            print(f"| {name} | {' | '.join(cell(*result) for result in row)} |", flush=True)
+    print(f"\ninternal errors: {internal}")
     return 1 if internal else 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-budget", type=float, default=5.0)
-    sys.exit(main_(parser.parse_args().time_budget))
+    parser.add_argument("--tflite", action="store_true", help="also package for TFLite")
+    sys.exit(main_(parser.parse_args()))
