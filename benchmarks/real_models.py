@@ -1,6 +1,6 @@
 """Every verb on real models: a table for RESULTS.md.
 
-    .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite]
+    .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite] [--only a,b]
 
 The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3) and
 each exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights,
@@ -161,6 +161,8 @@ def main_(options: argparse.Namespace) -> int:
     internal = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, feeds, reference in models(Path(tmp)):
+            if options.only and name not in options.only.split(","):
+                continue
             row = model_row(path, feeds, reference, options)
             internal += sum(code == 3 for code, _, _ in row)
             print(f"| {name} | {' | '.join(cell(*result) for result in row)} |", flush=True)
@@ -172,4 +174,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-budget", type=float, default=5.0)
     parser.add_argument("--tflite", action="store_true", help="also package for TFLite")
+    parser.add_argument("--only", help="these models only, e.g. vgg19,paddle")
     sys.exit(main_(parser.parse_args()))
