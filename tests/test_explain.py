@@ -500,10 +500,19 @@ def test_a_zipmap_classifier_is_explained_by_its_maps_of_class_probabilities() -
     assert all(maps.ranking(i)[0] in READ for i in range(3))
 
 
-def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held() -> None:
+@pytest.mark.parametrize(
+    ("batch", "gain_shape"),
+    [
+        ("batch", ()),  # Silero VAD's layout, as the torch exporter names it
+        (None, (1,)),  # spox's: no dim names; a gain fixed at [1], given whole to every run
+    ],
+)
+def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held(
+    batch: str | None, gain_shape: tuple[int, ...]
+) -> None:
     """A recurrent model's ``state: [2, batch, 3]`` beside ``x: [batch, 8]`` and a scalar
     ``gain: []`` (Silero VAD's layout): each row is explained with its own state, as when it is
-    explained alone."""
+    explained alone. Without dim names, the state's lone open dim is its batch."""
     model = _model(
         [
             helper.make_node("MatMul", ["x", "w"], ["read"]),
@@ -513,11 +522,11 @@ def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held() -> None:
             helper.make_node("Mul", ["sum", "gain"], ["score"]),
         ],
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3]),
-            helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, FEATURES]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 3]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, gain_shape),
         ],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])],
         {
             "w": np.eye(FEATURES, 1, -2, dtype=np.float32),
             "last": np.array(1, np.int64),
@@ -526,7 +535,7 @@ def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held() -> None:
     )
     rows = _rows(2)
     state = np.random.default_rng(3).normal(size=(2, 2, 3)).astype(np.float32)
-    gain = np.array(2.0, np.float32)
+    gain = np.full(gain_shape, 2.0, np.float32)
     both = explain(model, {"x": rows, "state": state, "gain": gain}, "occlusion", background=rows)
     expected = OrtRunner(model).run({"x": rows, "state": state, "gain": gain})["score"][:, 0]
     np.testing.assert_allclose(both.scores, expected, rtol=1e-6)

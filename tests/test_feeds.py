@@ -84,11 +84,12 @@ def _embedding(rows: int = 50) -> onnx.ModelProto:
     return _model([ids, mask], nodes)
 
 
-def _stateful() -> onnx.ModelProto:
+def _stateful(batch: str | None = "batch") -> onnx.ModelProto:
     """A VAD-like model: x[batch, 512], state[2, batch, 128], sr (int64 scalar); an If on
-    sr == 16000 picks the gain; outputs y and the new state."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 512])
-    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128])
+    sr == 16000 picks the gain; outputs y and the new state. ``batch=None`` leaves the batch
+    dims unnamed, as spox writes Silero VAD."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 512])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 128])
     sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
     new_state = helper.make_tensor_value_info("new_state", TensorProto.FLOAT, None)
 
@@ -181,10 +182,14 @@ def test_a_shape_the_model_cannot_take_is_a_run_error_naming_it(tmp_path: Path) 
     assert "\n" not in str(info.value)
 
 
-def test_bench_follows_the_batch_into_state_and_runs_static_models(tmp_path: Path) -> None:
-    vad = save(_stateful(), tmp_path / "vad.onnx")
+@pytest.mark.parametrize("name", ["batch", None])
+def test_bench_follows_the_batch_into_state_and_runs_static_models(
+    tmp_path: Path, name: str | None
+) -> None:
+    vad = save(_stateful(name), tmp_path / "vad.onnx")
     suite = bench([vad], batches=(1, 4), warmup=0, iterations=3).result
     assert [r.input_shapes["state"] for r in suite.results] == [(2, 1, 128), (2, 4, 128)]
+    assert [r.input_shapes["x"] for r in suite.results] == [(1, 512), (4, 512)]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])
     static = save(_model([x], [helper.make_node("Relu", ["x"], ["y"])]), tmp_path / "s.onnx")
     suite = bench([static], batches=(1, 2), warmup=0, iterations=3).result

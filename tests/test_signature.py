@@ -202,6 +202,14 @@ def test_a_damaged_name_that_is_not_utf8_reads_as_text() -> None:
             {"input": ["batch", 512], "state": [2, "batch", 128], "sr": []},
             {"input": 0, "state": 1, "sr": None},
         ),
+        # the same exported without dim names (spox): the state's lone open dim is its batch
+        (
+            {"input": [None, None], "state": [2, None, 128], "sr": []},
+            {"input": 0, "state": 1, "sr": None},
+        ),
+        # ... but not a named dim other than the batch, nor with no rows in front
+        ({"x": [None, 4], "s": [2, "layers", 8]}, {"x": 0, "s": None}),
+        ({"x": [1, 4], "s": [2, None, 8]}, {"x": None, "s": None}),
         # placeholders ("?", unk__N) and other names at the front are open leading dims
         ({"x": ["?", 3], "y": ["N", 4], "z": [1, 4]}, {"x": 0, "y": 0, "z": None}),
         # a batch-1 export has no rows to take; an unknown rank has them in front
@@ -209,7 +217,7 @@ def test_a_damaged_name_that_is_not_utf8_reads_as_text() -> None:
     ],
 )
 def test_row_axes_follow_the_named_batch_dim_wherever_it_stands(
-    dims: dict[str, list[int | str] | None], axes: dict[str, int | None]
+    dims: dict[str, list[int | str | None] | None], axes: dict[str, int | None]
 ) -> None:
     inputs = tuple(
         TensorSpec.from_value_info(helper.make_tensor_value_info(n, TensorProto.FLOAT, d))

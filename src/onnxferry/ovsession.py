@@ -52,6 +52,12 @@ _OV_NOISE = re.compile(r"Exception from \S+:\d+:\s*|Check '[^']*' failed at \S+:
 """OpenVINO's C++ source locations, which its error messages repeat per stack frame."""
 
 
+def ov_error_message(error: BaseException) -> str:
+    """OpenVINO's error text without its C++ source locations, on one line, e.g. "[CPU]
+    AvgPool node with name 'pool' While validating node ... Kernel after dilation has size"."""
+    return one_line(error, limit=300, drop=_OV_NOISE)
+
+
 @dataclass(frozen=True)
 class NodeArg:
     """An input or output as ``InferenceSession.get_inputs`` describes it."""
@@ -110,7 +116,7 @@ class OpenVinoSession:
             self._compiled = core.compile_model(read, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError / OpConversionFailure
             raise ModelLoadError(
-                f"openvino cannot load {where}: {one_line(e, limit=300, drop=_OV_NOISE)}",
+                f"openvino cannot load {where}: {ov_error_message(e)}",
                 hint="check the model's ops against OpenVINO's ONNX frontend, or run it on "
                 "--provider cpu",
             ) from e
@@ -191,7 +197,7 @@ class OpenVinoSession:
             )
             raise RunError(
                 f"openvino cannot run {self.model.name} on inputs {shapes or '(none)'}: "
-                f"{one_line(e, limit=300, drop=_OV_NOISE)}",
+                f"{ov_error_message(e)}",
                 hint="give inputs the model takes (--inputs FILE, or --input-shape NAME=DxD...)",
             ) from e
         finally:

@@ -283,7 +283,9 @@ class Signature:
 
         The axis named as the inputs' batch dim, wherever it stands (a recurrent
         ``state: [2, "batch", 128]`` beside ``input: ["batch", 512]``); else a leading open dim
-        (an input of unknown rank too). Fixed leading dims and scalars hold no rows.
+        (an input of unknown rank too). Fixed leading dims and scalars hold no rows, except
+        that a lone unnamed dim among fixed ones (``state: [2, ?, 128]``, as an exporter that
+        names no dims writes a recurrent state) is the batch when other inputs' rows lead.
         """
         leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
         batch = max(set(leading), key=leading.count) if leading else None
@@ -296,6 +298,10 @@ class Signature:
                 axes[spec.name] = shape.index(batch)
             else:
                 axes[spec.name] = 0 if shape and not isinstance(shape[0], int) else None
+        if any(axis == 0 for axis in axes.values()):
+            for spec in self.inputs:
+                if axes[spec.name] is None and _lone_unnamed_dim(spec.shape):
+                    axes[spec.name] = (spec.shape or ()).index(None)
         return axes
 
     def to_dict(self) -> dict[str, Any]:
@@ -390,3 +396,10 @@ def _validate_one(spec: TensorSpec, value: Any, bound: dict[str, tuple[int, str]
 def element_count(shape: Iterable[int]) -> int:
     """Product of a shape's dims (1 for a scalar)."""
     return math.prod(shape)
+
+
+def _lone_unnamed_dim(shape: tuple[int | str | None, ...] | None) -> bool:
+    """One dim with neither a size nor a name, every other fixed: ``[2, ?, 128]``."""
+    return (
+        shape is not None and shape.count(None) == 1 and not any(isinstance(d, str) for d in shape)
+    )

@@ -331,13 +331,13 @@ def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:
 
 
 def _sample_axis(signature: Signature, name: str, array: np.ndarray, layout: Layout) -> int | None:
-    """Which axis of another input holds one value per sample (``Signature.row_axes``; the
-    leading one when the signature names none), or None when it is one value for all: a
-    scalar such as a sample rate, or any input of a model without a batch axis."""
+    """Which axis of another input holds one value per sample (``Signature.row_axes``), or
+    None when it is one value for all: a scalar such as a sample rate, an input whose shape is
+    fixed where rows would be (an LSTM's ``h: [1, 1, 128]``), or any input of a model without
+    a batch axis."""
     if not layout.batch_axis or np.ndim(array) == 0:
         return None
-    axis = signature.row_axes().get(name)
-    return 0 if axis is None else axis
+    return signature.row_axes().get(name)
 
 
 def _per_sample(name: str, array: np.ndarray, axis: int | None, rows: int) -> np.ndarray:

@@ -187,12 +187,16 @@ def plan_feeds(
 
 def unknown_dims(signature: Signature) -> Iterator[Unknown]:
     """Every open dim of the inputs, in order (a named symbol once per place it appears)."""
+    rows = signature.row_axes()
     for spec in signature.inputs:
         image = _image_axes(spec)
         for axis, d in enumerate(spec.shape or ()):
             if isinstance(d, int):
                 continue
-            yield Unknown(spec.name, axis, d, _kind(spec, axis, d, image))
+            if d is None and axis > 0 and axis == rows[spec.name]:  # a state [2, ?, 128]
+                yield Unknown(spec.name, axis, d, "batch")
+            else:
+                yield Unknown(spec.name, axis, d, _kind(spec, axis, d, image))
 
 
 def batch_symbols(signature: Signature) -> set[str]:

@@ -10,8 +10,9 @@ is named ``<name>.required_operators.config``). ``--set int8=true`` first quanti
 ``optimize``'s ``int8_dynamic`` pass and also writes ``<name>.int8.onnx``.
 
 Checks: ``ort parity`` loads the written ``.ort`` in an ONNX Runtime session and compares it
-with the ``.onnx`` it was converted from on ``samples`` generated feed sets (``feeds``), at
-``atol``/``rtol`` (parity's defaults); a mismatch fails the report. With int8 that reference
+with the ``.onnx`` it was converted from on the feed sets of ``inputs`` (a file), else
+``samples`` generated ones (``package.base.check_feeds``), at ``atol``/``rtol`` (parity's
+defaults); a mismatch fails the report. With int8 that reference
 is the int8 ``.onnx``, so the check judges the conversion alone; what int8 costs is a second
 check, ``int8 vs fp32``: every float output's worst per-sample cosine against the fp32 model
 must be at least ``int8_cosine`` (0.99), and exact outputs must match. ``size`` reports the
@@ -19,7 +20,7 @@ bytes of the source ``.onnx``, the int8 ``.onnx``, the ``.ort`` and the config.
 
 Options (``--set KEY=VALUE``): ``int8`` (false), ``platform`` (``arm``, the default, keeps
 x86-only NCHWc layouts out and allows int8 QDQ fusions; ``amd64``), ``type_reduction`` (true),
-``samples`` (3), ``atol``, ``rtol``, ``int8_cosine``.
+``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``int8_cosine``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,18 @@ from ..errors import InputError, UsageError
 from ..graphs import weights_not_inputs
 from ..model import Model
 from ..report import human_size
-from .base import Check, Options, Packaged, PackageSource, write_tree
+from .base import (
+    CHECK_KEYS,
+    Check,
+    Options,
+    Packaged,
+    PackageSource,
+    check_feeds,
+    check_options,
+    write_tree,
+)
 
-KEYS = ("int8", "platform", "type_reduction", "samples", "atol", "rtol", "int8_cosine")
+KEYS = (*CHECK_KEYS, "int8", "platform", "type_reduction", "atol", "rtol", "int8_cosine")
 PLATFORMS = ("arm", "amd64")
 INT8_COSINE = 0.99
 """The int8 model's least cosine against the fp32 model, per output and sample, by default."""
@@ -49,14 +59,13 @@ INT8_COSINE = 0.99
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to ORT format in ``outdir`` and check it (see the module docstring)."""
-    from ..feeds import feed_sets
     from ..parity import Tolerance, compare_outputs
     from ..runtime import OrtRunner
 
     opts = _options(options)
     result = Packaged("mobile", source.name, str(outdir))
     fp32 = Model.load(source.model.resolve())
-    feeds, _ = feed_sets(fp32, count=opts["samples"])
+    feeds = check_feeds(fp32, opts["inputs"], opts["samples"], result)
     fp32_outputs = [OrtRunner(fp32).run(f) for f in feeds]
     reference, reference_outputs = fp32, fp32_outputs
     sizes = [(source.model.name, fp32.size_bytes)]
@@ -105,7 +114,7 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
         "int8": opts.flag("int8", False),
         "type_reduction": opts.flag("type_reduction", True),
         "platform": platform,
-        "samples": int(opts.number("samples", 3)),
+        **check_options(opts),
         "int8_cosine": opts.number("int8_cosine", INT8_COSINE),
         "atol": opts.number("atol", Tolerance().atol),
         "rtol": opts.number("rtol", Tolerance().rtol),

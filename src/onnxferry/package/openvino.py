@@ -8,14 +8,18 @@
 ``compress_to_fp16``: half the weight bytes, computed in fp32 on CPU).
 
 Check ``openvino parity``: the written IR is read back, compiled on OpenVINO's CPU plugin and
-run on ``samples`` generated feed sets (``feeds``); its outputs are compared with ONNX
-Runtime's (CPU) on the same ``.onnx``, and a mismatch fails the report. Tolerance: parity's
-defaults (atol 1e-4, rtol 1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights;
-``atol``/``rtol`` override either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
+run on the feed sets of ``inputs`` (a file), else ``samples`` generated ones
+(``package.base.check_feeds``); its outputs are compared with ONNX Runtime's (CPU) on the same
+``.onnx``, and a mismatch fails the report. Tolerance: parity's defaults (atol 1e-4, rtol
+1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights; ``atol``/``rtol`` override
+either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
 the CPU plugin otherwise computes in bf16 on CPUs that have it (the report says whether this
 one does), which is a deployment choice, not the IR's accuracy.
 
-Options (``--set KEY=VALUE``): ``fp16`` (false), ``samples`` (3), ``atol``, ``rtol``.
+An IR the CPU plugin cannot run on those feeds fails the check (exit 1), naming the shapes.
+
+Options (``--set KEY=VALUE``): ``fp16`` (false), ``inputs``, ``samples`` (3), ``atol``,
+``rtol``.
 """
 
 from __future__ import annotations
@@ -27,18 +31,28 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, one_line
+from ..errors import InputError
+from ..feeds import describe_shapes
 from ..model import Model
-from .base import Check, Options, Packaged, PackageSource, write_tree
+from ..ovsession import ov_error_message
+from .base import (
+    CHECK_KEYS,
+    Check,
+    Options,
+    Packaged,
+    PackageSource,
+    check_feeds,
+    check_options,
+    write_tree,
+)
 
-KEYS = ("fp16", "samples", "atol", "rtol")
+KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 FP16_TOLERANCE = (1e-2, 1e-2)
 """(atol, rtol) for an IR with fp16 weights against the fp32 model in ONNX Runtime."""
 
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
-    from ..feeds import feed_sets
     from ..parity import Tolerance, compare_outputs
     from ..runtime import OrtRunner
 
@@ -46,7 +60,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     result = Packaged("openvino", source.name, str(outdir))
     model = Model.load(source.model.resolve())
     xml_name = f"{source.name}.xml"
-    feeds, _ = feed_sets(model, count=opts["samples"])
+    feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
     done = _in_child(str(model.path), source.name, opts["fp16"], feeds, names)
     if isinstance(done, str):
@@ -55,18 +69,20 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             hint="check the model's ops against OpenVINO's ONNX frontend; `ferry check` it first",
         )
     files, candidate, version, bf16 = done
-    reference = [OrtRunner(model).run(f) for f in feeds]
     write_tree(outdir, files, result)
-    tolerance = Tolerance(atol=opts["atol"], rtol=opts["rtol"])
-    parity = compare_outputs(
-        reference,
-        candidate,
-        tolerance,
-        reference_name=f"{source.model.name}@onnxruntime",
-        candidate_name=f"{xml_name}@openvino-cpu",
-    )
     tool = f"openvino {version}"
-    result.checks.append(Check("openvino parity", parity.ok, parity.summary(), tool=tool))
+    tolerance = Tolerance(atol=opts["atol"], rtol=opts["rtol"])
+    if isinstance(candidate, str):  # the CPU plugin cannot run the IR on these feeds
+        result.checks.append(Check("openvino parity", False, f"{xml_name}: {candidate}", tool=tool))
+    else:
+        parity = compare_outputs(
+            [OrtRunner(model).run(f) for f in feeds],
+            candidate,
+            tolerance,
+            reference_name=f"{source.model.name}@onnxruntime",
+            candidate_name=f"{xml_name}@openvino-cpu",
+        )
+        result.checks.append(Check("openvino parity", parity.ok, parity.summary(), tool=tool))
     result.notes.append(
         f"verified at f32 precision (tolerance atol {tolerance.atol}, rtol {tolerance.rtol}); "
         f"this CPU {'has' if bf16 else 'lacks'} bf16, which OpenVINO's CPU "
@@ -76,8 +92,9 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     return result
 
 
-Converted = tuple[dict[str, bytes], list[dict[str, Any]], str, bool]
-"""The IR's files, its outputs on each feed set, OpenVINO's version, whether the CPU has bf16."""
+Converted = tuple[dict[str, bytes], list[dict[str, Any]] | str, str, bool]
+"""The IR's files, its outputs on each feed set (or why the CPU plugin could not run it),
+OpenVINO's version, whether the CPU has bf16."""
 
 
 def _in_child(
@@ -107,13 +124,20 @@ def _convert_and_run(
             converted = ov.convert_model(model)
             ov.save_model(converted, str(Path(work) / xml_name), compress_to_fp16=fp16)
         except Exception as e:
-            return one_line(e, limit=300)
+            return ov_error_message(e)
         files = {n: (Path(work) / n).read_bytes() for n in (xml_name, bin_name)}
         core = ov.Core()
-        compiled = core.compile_model(
-            core.read_model(str(Path(work) / xml_name)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
-        )
-        outputs = [_infer(compiled, f, names) for f in feeds]
+        outputs: list[dict[str, Any]] | str
+        try:
+            compiled = core.compile_model(
+                core.read_model(str(Path(work) / xml_name)),
+                "CPU",
+                {"INFERENCE_PRECISION_HINT": "f32"},
+            )
+            outputs = [_infer(compiled, f, names) for f in feeds]
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for what its plugin refuses
+            shapes = describe_shapes({k: np.shape(v) for k, v in feeds[0].items()})
+            outputs = f"OpenVINO's CPU plugin cannot run it on {shapes}: {ov_error_message(e)}"
     bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return files, outputs, str(ov.get_version()).split("-")[0], bf16
 
@@ -147,7 +171,7 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
     atol, rtol = FP16_TOLERANCE if fp16 else (Tolerance().atol, Tolerance().rtol)
     return {
         "fp16": fp16,
-        "samples": int(opts.number("samples", 3)),
+        **check_options(opts),
         "atol": opts.number("atol", atol),
         "rtol": opts.number("rtol", rtol),
     }

@@ -20,19 +20,20 @@ report's notes give every input's and output's layout, shape (-1: open) and name
 order).
 
 Check ``tflite parity``: the written ``.tflite`` is read back into LiteRT's interpreter
-(``ai_edge_litert``) and run on ``samples`` generated feed sets (``feeds``), inputs
-transposed to its layout; its outputs, transposed back, are compared with ONNX Runtime's
-(CPU) on the same ``.onnx`` at ``atol``/``rtol`` (parity's defaults), and a mismatch fails
-the report (exit 1). ``tflite fp16 parity`` judges ``<name>.fp16.tflite`` the same way at
-``fp16_atol``/``fp16_rtol`` (1e-2 each). ``size`` reports the bytes of every file.
+(``ai_edge_litert``) and run on the feed sets of ``inputs`` (a file), else ``samples``
+generated ones (``package.base.check_feeds``), inputs transposed to its layout; its outputs,
+transposed back, are compared with ONNX Runtime's (CPU) on the same ``.onnx`` at
+``atol``/``rtol`` (parity's defaults), and a mismatch fails the report (exit 1). ``tflite
+fp16 parity`` judges ``<name>.fp16.tflite`` the same way at ``fp16_atol``/``fp16_rtol`` (1e-2
+each). ``size`` reports the bytes of every file.
 
 onnx2tf and TensorFlow run in a fresh (spawned) process whose console goes to a log; the
 log's warnings become report notes. No network: onnx2tf fetches sample images from GitHub
 for a model whose inputs are all small channels-last images; generated ones are put where it
 looks first. A model onnx2tf cannot convert is one line (InputError, exit 2).
 
-Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``fp16`` (false), ``samples`` (3),
-``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
+Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``fp16`` (false), ``inputs``,
+``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
 """
 
 from __future__ import annotations
@@ -53,12 +54,21 @@ from ..errors import InputError, one_line
 from ..graphs import inlined, open_negative_dims, weights_not_inputs
 from ..model import Model
 from ..report import human_size
-from .base import Check, Options, Packaged, PackageSource, write_tree
+from .base import (
+    CHECK_KEYS,
+    Check,
+    Options,
+    Packaged,
+    PackageSource,
+    check_feeds,
+    check_options,
+    write_tree,
+)
 
 if TYPE_CHECKING:
     from ..parity import Tolerance
 
-KEYS = ("layout", "fp16", "samples", "atol", "rtol", "fp16_atol", "fp16_rtol")
+KEYS = (*CHECK_KEYS, "layout", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
 LAYOUTS = ("nhwc", "nchw")
 FP16_TOLERANCE = (1e-2, 1e-2)
 """(atol, rtol) for the fp16-weight ``.tflite`` against the fp32 model in ONNX Runtime."""
@@ -97,7 +107,6 @@ class Ran:
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to TFLite in ``outdir`` and verify it (see the module docstring)."""
-    from ..feeds import feed_sets
     from ..parity import Tolerance
     from ..runtime import OrtRunner
 
@@ -105,7 +114,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     _installed()
     result = Packaged("tflite", source.name, str(outdir))
     model = Model.load(source.model.resolve())
-    feeds, _ = feed_sets(model, count=opts["samples"])
+    feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
     perms = input_perms(model, opts["layout"])
     name32, name16 = f"{source.name}.tflite", f"{source.name}.fp16.tflite"
@@ -496,7 +505,7 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "layout": layout,
         "fp16": opts.flag("fp16", False),
-        "samples": opts.integer("samples", 3, low=1),
+        **check_options(opts),
         "atol": opts.number("atol", Tolerance().atol, low=0),
         "rtol": opts.number("rtol", Tolerance().rtol, low=0),
         "fp16_atol": opts.number("fp16_atol", FP16_TOLERANCE[0], low=0),
