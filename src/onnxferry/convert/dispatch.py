@@ -44,6 +44,8 @@ class Attempt:
     exporter: str
     status: str = "error"  # "chosen", "passed", "failed" (parity), "error" (export)
     error: str | None = None
+    hint: str | None = None
+    """What to do about ``error``, where the exporter's error says."""
     export_s: float | None = None
     parity: Parity | None = None
     latency_ms: float | None = None
@@ -52,7 +54,7 @@ class Attempt:
         return {
             "exporter": self.exporter,
             "status": self.status,
-            "error": self.error,
+            "error": "; ".join(filter(None, (self.error, self.hint))) or None,
             "export_s": self.export_s,
             "latency_ms": self.latency_ms,
             "parity": self.parity.to_dict() if self.parity else None,
@@ -364,7 +366,7 @@ def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
         candidate.export(path)
         model = Model.load(path)
     except FerryError as e:
-        attempt.error = str(e)
+        attempt.error, attempt.hint = e.message, e.hint
         return None
     except Exception as e:  # an exporter's own failure; reported, and the next one tried
         attempt.error = one_line(f"{type(e).__name__}: {e}", 400)
@@ -467,11 +469,14 @@ def _fail(
     tolerance: Tolerance,
     unknown: Sequence[UnknownOperatorError] = (),
 ) -> None:
-    if not models:
-        errors = "; ".join(f"{a.exporter}: {a.error}" for a in result.attempts)
+    if not models:  # each exporter's error once, named once, and what it advises
+        said = [(a.exporter, a.error or "no error given") for a in result.attempts]
+        errors = "; ".join(e if e.startswith(name) else f"{name}: {e}" for name, e in said)
+        hints = dict.fromkeys(a.hint for a in result.attempts if a.hint)
         raise ConversionError(
             f"no exporter could convert {result.source}: {errors}",
-            hint="try another --opset, or --framework if the file was misdetected",
+            hint="; ".join(hints)
+            or "try another --opset, or --framework if the file was misdetected",
         )
     if unknown and len(unknown) == len(models):  # no exported model could run: exit 2
         first = unknown[0]

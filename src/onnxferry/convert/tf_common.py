@@ -1,6 +1,7 @@
 """TensorFlow and tf2onnx helpers shared by the Keras, SavedModel and TFLite sources.
 
     tf = import_tf()                             # tensorflow, C++ logs turned down
+    with quiet_native("litert"): interpreter.allocate_tensors()   # its lines: debug log
     opset = resolve_opset(options)               # the user's opset or DEFAULT_OPSET, checked
     shape = source_shape(name, [None, 8], options)   # ("batch", 8) for the reference signature
     proto = convert_with_tf2onnx(convert, opset)  # convert(export_opset) -> onnx.ModelProto
@@ -26,12 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FerryError, UsageError, one_line
 from ..model import Model
+from ..native import NativeOutput, native_output
 from ..runtime import runtime_limits
 from ..signature import Dim, Signature, TensorSpec
 from .base import ConversionError, ConvertOptions
 
 if TYPE_CHECKING:
     import onnx
+
+log = logging.getLogger("onnxferry")
 
 DEFAULT_OPSET = 17
 """The ai.onnx opset written when the user names none (capped at what ONNX Runtime loads)."""
@@ -44,11 +48,29 @@ OP_HINT = (
 
 def import_tf() -> Any:
     """tensorflow, with its C++ logging turned down unless the user set TF_CPP_MIN_LOG_LEVEL
-    (only effective before TensorFlow's first import); ``quiet_tf`` quiets its Python logs."""
+    (only effective before TensorFlow's first import) and what it prints while loading kept
+    off the terminal (``quiet_native``); ``quiet_tf`` quiets its Python logs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    with quiet_native("tensorflow"):
+        import tensorflow as tf
 
     return tf
+
+
+@contextlib.contextmanager
+def quiet_native(what: str) -> Iterator[None]:
+    """What native code prints on stderr in the block, logged at debug level (``-v`` shows it)
+    instead: TensorFlow's absl lines on import ("I0000 ... oneDNN custom operations are on",
+    CUDA stubs), whatever TF_CPP_MIN_LOG_LEVEL says, and LiteRT's "Created TensorFlow Lite
+    XNNPACK delegate" when an interpreter allocates."""
+    native: NativeOutput | None = None
+    try:
+        with native_output() as native:
+            yield
+    finally:  # logged once fd 2 is back: the log's handler writes there
+        for line in (native.text() if native else "").splitlines():
+            if line.strip():
+                log.debug("%s: %s", what, line.rstrip())
 
 
 def tf_version() -> str:

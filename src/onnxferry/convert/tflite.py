@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import FeedError, InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
-from .base import Candidate, ConvertOptions, Source
+from .base import Candidate, ConversionError, ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
     convert_with_tf2onnx,
@@ -43,6 +43,7 @@ from .tf_common import (
     import_tf,
     natural_key,
     output_shape,
+    quiet_native,
     quiet_tf,
     resolve_opset,
     source_shape,
@@ -150,7 +151,8 @@ class TFLiteRunner:
                 self._allocated = False
         try:
             if not self._allocated:
-                interpreter.allocate_tensors()
+                with quiet_native("litert"):
+                    interpreter.allocate_tensors()
                 self._allocated = True
             for name, detail in self._inputs:
                 interpreter.set_tensor(detail["index"], np.ascontiguousarray(feeds[name]))
@@ -168,11 +170,21 @@ class TFLiteRunner:
             import tf2onnx
 
             proto: onnx.ModelProto
-            with _no_interpreter_warning():  # tf2onnx reads tensor shapes with it
+            with _no_interpreter_warning(), quiet_native("litert"):  # tf2onnx reads shapes
                 proto, _ = tf2onnx.convert.from_tflite(str(self.path), opset=export_opset)
             return proto
 
-        proto = convert_with_tf2onnx(convert, opset, framework="TFLite")
+        try:
+            proto = convert_with_tf2onnx(convert, opset, framework="TFLite")
+        except ConversionError as e:
+            sparse = _sparse_tensors(self.path)
+            if not sparse:
+                raise
+            raise ConversionError(
+                f"tf2onnx: the model keeps {len(sparse)} weights sparse (e.g. {sparse[0]!r}, "
+                "expanded by DENSIFY at run time), which tf2onnx cannot read",
+                hint="convert the model from its source without sparsity, or densify it first",
+            ) from e
         finish_export(proto, self.signature, path, self.tensor_names)
 
 
@@ -264,6 +276,7 @@ def _structure_problem(data: bytes) -> str | None:
     """What is wrong with the flatbuffer's tables and indices, or None. Decoding in Python
     raises on offsets past the end instead of reading stray memory."""
     try:
+        import_tf()
         from tensorflow.lite.python import schema_py_generated as schema
     except ImportError:  # pragma: no cover - the schema ships with tensorflow
         return None
@@ -292,6 +305,19 @@ def _structure_problem(data: bytes) -> str | None:
         if any(not -1 <= i < len(tensors) for i in indices):
             return "an operator or graph names a tensor that does not exist"
     return None
+
+
+def _sparse_tensors(path: Path) -> list[str]:
+    """Names of the tensors the flatbuffer stores sparse (TFLite's sparsity parameters)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    return [
+        t.name.decode(errors="replace") if isinstance(t.name, bytes) else str(t.name)
+        for graph in model.subgraphs or []
+        for t in graph.tensors or []
+        if t.sparsity is not None
+    ]
 
 
 def _ints(values: Any) -> list[int]:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import sys
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from ..native import NativeOutput, native_output
 
 
 @dataclass
@@ -74,10 +73,10 @@ def captured() -> Iterator[Captured]:
         root.setLevel(logging.WARNING)
     err = io.StringIO()
     _OPEN.append(into)
-    native = io.StringIO()
+    native: NativeOutput | None = None
     try:
         with contextlib.ExitStack() as stack:
-            native = stack.enter_context(_native_stderr())
+            native = stack.enter_context(native_output())
             caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
             stack.enter_context(contextlib.redirect_stderr(err))
@@ -92,31 +91,8 @@ def captured() -> Iterator[Captured]:
                     into.add(f"{w.category.__name__}: {w.message}")
                 into.add(err.getvalue())
     finally:
-        into.add(native.getvalue())
+        if native is not None:
+            into.add(native.text())
         _OPEN[:] = [c for c in _OPEN if c is not into]
         if _OPEN:
             _OPEN[-1].lines.extend(into.lines)
-
-
-@contextlib.contextmanager
-def _native_stderr() -> Iterator[io.StringIO]:
-    """Point file descriptor 2 at a temporary file; its text lands in the yielded buffer
-    once the block ends (an empty buffer where fd 2 cannot be redirected)."""
-    text = io.StringIO()
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield text
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield text
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text.write(sink.read().decode("utf-8", errors="replace"))

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ import numpy as np
 from ..errors import InputError, one_line
 from ..graphs import inlined, open_negative_dims, weights_not_inputs
 from ..model import Model
+from ..native import NativeOutput, native_output
 from ..report import human_size
 from .base import (
     CHECK_KEYS,
@@ -283,7 +283,7 @@ def _child() -> Iterator[Any]:
 
 def _silence(parent: int) -> None:
     """(In the worker.) Its console, C++ logging included, goes nowhere but the logs
-    ``_captured`` takes; and it ends when its parent does (a killed parent would otherwise
+    ``native_output`` takes; and it ends when its parent does (a killed parent would otherwise
     leave it waiting for work, TensorFlow loaded, for ever). ``parent`` comes from the parent:
     it may be gone before this runs."""
     import threading
@@ -302,44 +302,23 @@ def _silence(parent: int) -> None:
     threading.Thread(target=watch, name="ferry-tflite-parent-watch", daemon=True).start()
 
 
-@contextlib.contextmanager
-def _captured(log: Path) -> Iterator[None]:
-    """(In the worker.) Everything written to file descriptors 1 and 2 goes to ``log``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _log_lines(log: Path, prefix: str) -> list[str]:
+def _log_lines(log: str, prefix: str) -> list[str]:
     """onnx2tf's ``prefix`` lines ("ERROR:", "WARNING:"), colours and prefix removed."""
-    text = _ANSI.sub("", log.read_text(errors="replace")) if log.exists() else ""
+    text = _ANSI.sub("", log)
     lines = [ln.strip() for ln in text.splitlines() if "absl::" not in ln]  # TF's, not onnx2tf's
     return [ln[len(prefix) :].strip() for ln in lines if ln.startswith(prefix)]
 
 
-def _first_error(log: Path) -> str | None:
+def _first_error(log: str) -> str | None:
     """onnx2tf's first error line; where that only announces a traceback, the exception the
     traceback ends in, with the ONNX node it names."""
     errors = _log_lines(log, "ERROR:")
     if not errors or not errors[0].startswith("The trace log is below"):
         return errors[0] if errors else None
-    text = _ANSI.sub("", log.read_text(errors="replace"))
+    text = _ANSI.sub("", log)
     raised = re.search(r"^(\w+(?:Error|Exception): .+)$", text, re.MULTILINE)
     node = next((e.partition(":")[2].strip() for e in errors if e.startswith("onnx_op_name")), "")
     if raised is None:
@@ -379,11 +358,11 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
     it)."""
     work = Path(model).parent
     np.save(work / SAMPLE_IMAGES, np.random.default_rng(0).random((20, 128, 128, 3), np.float32))
-    log = work / "onnx2tf.log"
     here = os.getcwd()
     os.chdir(work)
+    console: NativeOutput | None = None
     try:
-        with _captured(log):
+        with native_output((1, 2)) as console:
             import onnx2tf
 
             onnx2tf.convert(
@@ -394,9 +373,11 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
                 verbosity="info",
             )
     except (Exception, SystemExit) as e:
+        log = console.text() if console else ""
         return one_line(_first_error(log) or one_line(e, line="first", named=True))
     finally:
         os.chdir(here)
+    log = console.text()
     out = work / "out"
     files = {kind: out / f"model_{kind}.tflite" for kind in ("float32", "float16")}
     missing = [p.name for p in files.values() if not p.is_file()]
@@ -417,10 +398,7 @@ def _run(
     from ai_edge_litert.interpreter import Interpreter
 
     litert = version("ai-edge-litert")
-    with (
-        tempfile.TemporaryDirectory(prefix="ferry-litert-") as scratch,
-        _captured(Path(scratch) / "litert.log"),
-    ):
+    with native_output((1, 2)):
         try:
             interpreter = Interpreter(model_path=path)
             inputs = _match_inputs(interpreter.get_input_details(), list(perms))

@@ -12,16 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ...errors import one_line
+from ...native import NativeOutput, native_output
 
 _ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -37,19 +34,17 @@ class QuietOutput:
     """What torch printed inside ``quiet``: Python prints and the native (C++) streams."""
 
     python: io.StringIO
-    native: BinaryIO
+    native: NativeOutput
 
     def text(self) -> str:
-        self.native.seek(0)
-        return self.python.getvalue() + self.native.read().decode(errors="replace")
+        return self.python.getvalue() + self.native.text()
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[QuietOutput]:
     """Silence torch while exporting: progress prints, warnings, torch's log messages and what
     its C++ code writes to the process's stdout and stderr (kept for error messages)."""
-    native = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with block below)
-    output = QuietOutput(io.StringIO(), native)
+    python = io.StringIO()
     loggers = [logging.getLogger("torch")]
     loggers += [
         logger
@@ -58,12 +53,12 @@ def quiet() -> Iterator[QuietOutput]:
     ]
     levels = [logger.level for logger in loggers]
     with (
-        native,
         warnings.catch_warnings(),
-        contextlib.redirect_stdout(output.python),
-        contextlib.redirect_stderr(output.python),
-        _native_streams_to(output.native.fileno()),
+        contextlib.redirect_stdout(python),
+        contextlib.redirect_stderr(python),
+        native_output((1, 2)) as native,
     ):
+        output = QuietOutput(python, native)
         warnings.simplefilter("ignore")
         for logger in loggers:
             logger.setLevel(logging.CRITICAL + 1)
@@ -72,24 +67,3 @@ def quiet() -> Iterator[QuietOutput]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _native_streams_to(fd: int) -> Iterator[None]:
-    """Point file descriptors 1 and 2 at ``fd`` (nothing happens where they cannot be)."""
-    saved: list[tuple[int, int]] = []
-    for stream in (sys.__stdout__, sys.__stderr__):
-        with contextlib.suppress(Exception):
-            stream.flush()  # type: ignore[union-attr]
-    try:
-        for target in (1, 2):
-            saved.append((target, os.dup(target)))
-            os.dup2(fd, target)
-    except OSError:
-        pass
-    try:
-        yield
-    finally:
-        for target, copy in saved:
-            os.dup2(copy, target)
-            os.close(copy)
