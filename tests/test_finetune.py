@@ -20,7 +20,7 @@ from sklearn import datasets
 from onnxferry.learn import FinetuneResult, finetune, to_torch, train_epochs
 from onnxferry.learn.training import Dataset, evaluate
 from onnxferry.registry import Registry
-from tests.helpers import Run, convert_with_dynamo
+from tests.helpers import Run, convert_with_dynamo, onnx_text, save
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -237,6 +237,33 @@ def test_labels_beyond_the_head_say_to_add_a_new_head(
                          "-o", tmp_path / "out.onnx")  # fmt: skip
     assert code == 2
     assert "label 12 is out of range for a model with 10 classes" in err and "--new-head 13" in err
+
+
+def test_a_sequence_of_scores_per_row_is_not_a_classifier(tmp_path: Path, ferry: Run) -> None:
+    """An output of [batch, steps, classes] (a text recognizer's CTC scores) has no one class
+    per row to learn: one line, exit 2, nothing written."""
+    model = onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x, float[4, 6] w) => (float[N, 2, 3] y) {
+            m = MatMul (x, w)
+            shape = Constant <value = int64[3] {0, 2, 3}> ()
+            r = Reshape (m, shape)
+            y = Softmax <axis = -1> (r)
+        }
+    """,
+        check=False,
+    )
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    del model.graph.input[1]
+    path = save(model, tmp_path / "seq.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((6, 4), np.float32), y=np.arange(6) % 3)
+    code, _, err = ferry("finetune", path, "--data", tmp_path / "d.npz", "--labels", "y",
+                         "-o", tmp_path / "out.onnx")  # fmt: skip
+    assert code == 2, err
+    assert err.count("\n") == 1 and "more than one class score per row" in err, err
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_train_epochs_is_the_step_a_federated_client_runs(pretrained: Path, digits: Any) -> None:

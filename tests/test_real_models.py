@@ -551,3 +551,24 @@ def test_mediapipe_tflite_models_convert_verified_or_say_why(
         "face_detection_full_range_sparse": "weights sparse",
     }
     assert expected.get(name, "no error expected") in err, err
+
+
+def test_paddleocr_recognizer_translates_to_torch_and_is_refused_as_a_classifier(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """PP-OCRv4's recognizer average-pools a height of 2 with a window of 3: ONNX Runtime
+    gives one output over the rows it has, and so must the torch translation (torch alone
+    gives none). Its output is 6625 scores per time step, not one class per row: finetune
+    says so in one line (it was an internal error)."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    from onnxferry.learn import to_torch
+
+    source = _wheel_model("ppocr_rec")
+    module = to_torch(source)
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+    feeds = WHEELS["ppocr_rec"].feeds()
+    save_npz(tmp_path / "train.npz", {**feeds, "y": np.arange(len(feeds["x"])) % 2})
+    args = ("--data", tmp_path / "train.npz", "--labels", "y", "--epochs", 1)
+    _, err = assert_clean(ferry("finetune", source, *args, "-o", tmp_path / "t.onnx"), {2})
+    assert "more than one class score per row" in err and err.count("\n") == 1, err

@@ -163,6 +163,15 @@ CORNER_CASES = {
             y = AveragePool <kernel_shape = [3, 3], pads = [0, 1, 1, 0], strides = [2, 2]> (m)
         }
     """,
+    "pools whose window is longer than the input (PaddleOCR's recognizer)": """
+        <ir_version: 8, opset_import: ["" : 12]>
+        g (float[N, 4, 2, 8] x) => (float[N, 4, 1, 4] y, float[N, 4, 1, 4] z, float[N, 4, 1, 3] m) {
+            y = AveragePool <kernel_shape = [3, 2], strides = [3, 2]> (x)
+            z = AveragePool <kernel_shape = [4, 2], strides = [3, 2], pads = [1, 0, 0, 0],
+                             count_include_pad = 1> (x)
+            m = MaxPool <kernel_shape = [3, 3], strides = [3, 2]> (x)
+        }
+    """,
     "softmax before opset 13, lrn, batch norm": """
         <ir_version: 7, opset_import: ["" : 11]>
         g (float[N, 3, 4, 4] x, float[3] scale, float[3] bias, float[3] mean, float[3] var)

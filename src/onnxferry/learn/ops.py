@@ -325,10 +325,16 @@ def _symmetric(pads: Sequence[int], x: Any, value: float = 0.0) -> tuple[Any, li
     begins, ends = list(pads[:half]), list(pads[half:])
     if begins == ends:
         return x, begins
+    return _padded(x, pads, value), [0] * half
+
+
+def _padded(x: Any, pads: Sequence[int], value: float = 0.0) -> Any:
+    """x padded by ONNX pads [begin..., end...] over its last spatial axes."""
+    half = len(pads) // 2
     torch_pads: list[int] = []
-    for b, e in zip(reversed(begins), reversed(ends), strict=True):
+    for b, e in zip(reversed(pads[:half]), reversed(pads[half:]), strict=True):
         torch_pads += [b, e]
-    return _functional().pad(x, torch_pads, value=value), [0] * half
+    return _functional().pad(x, torch_pads, value=value)
 
 
 @op("Conv")
@@ -358,26 +364,48 @@ def _pool(node: Node, xs: list[Any]) -> Any:
     spatial = len(kernel)
     dilations = list(node.attr("dilations", [1] * spatial))
     pads = _pads(node, x, kernel, dilations)
+    short = _short_of_window(x, kernel, dilations, pads)
     strides = list(node.attr("strides", [1] * spatial))
     ceil = bool(node.attr("ceil_mode", 0))
     F = _functional()
     if node.op_type == "MaxPool":
-        x, padding = _symmetric(pads, x, value=-math.inf)
+        x, padding = _symmetric(_widened(pads, short), x, value=-math.inf)
         pool = getattr(F, f"max_pool{spatial}d")
         return pool(x, kernel, strides, padding, dilations, ceil_mode=ceil)
     include = bool(node.attr("count_include_pad", 0))
     half = len(pads) // 2
     pool = getattr(F, f"avg_pool{spatial}d")
-    if pads[:half] == pads[half:]:
+    if pads[:half] == pads[half:] and not any(short):
         return pool(x, kernel, strides, pads[:half], ceil_mode=ceil, count_include_pad=include)
-    # Unequal pads: pad first; without count_include_pad, divide by the real elements.
-    padded, _ = _symmetric(pads, x)
-    sums = pool(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    # Unequal pads or a short input: pad first; with count_include_pad, ONNX Runtime divides by
+    # the whole window (as torch does here), else by the real elements in it.
+    widened = _widened(pads, short)
+    sums = pool(_padded(x, widened), kernel, strides, 0, ceil_mode=ceil)
     if include:
         return sums
-    ones = _torch().ones_like(x[:1, :1])
-    counts = pool(_symmetric(pads, ones)[0], kernel, strides, 0, ceil_mode=ceil)
-    return sums / counts
+    counted = _padded(_torch().ones_like(x[:1, :1]), widened)
+    return sums / pool(counted, kernel, strides, 0, ceil_mode=ceil)
+
+
+def _short_of_window(
+    x: Any, kernel: Sequence[int], dilations: Sequence[int], pads: Sequence[int]
+) -> list[int]:
+    """Per spatial axis, how much the padded input falls short of one window. ONNX Runtime
+    still gives one output there, over the elements it has (its output size truncates toward
+    zero: PaddleOCR's recognizer pools a height of 2 with a kernel of 3); torch gives none."""
+    half = len(kernel)
+    return [
+        max(
+            0, (kernel[i] - 1) * dilations[i] + 1 - (int(x.shape[2 + i]) + pads[i] + pads[half + i])
+        )
+        for i in range(half)
+    ]
+
+
+def _widened(pads: Sequence[int], short: Sequence[int]) -> list[int]:
+    """``pads`` with ``short`` more at the end of each axis."""
+    half = len(pads) // 2
+    return [*pads[:half], *(end + more for end, more in zip(pads[half:], short, strict=True))]
 
 
 @op("GlobalAveragePool", "GlobalMaxPool")

@@ -286,6 +286,14 @@ def _logits(module: Any, data: Dataset, rows: np.ndarray, name: str) -> Any:
     feeds = {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in data.inputs.items()}
     logits = module.tensors(feeds, [name])[name]
     if logits.dim() != 2:
+        scores = [int(d) for d in logits.shape[1:] if int(d) != 1]
+        if len(scores) > 1:  # [N, T, C]: a sequence of scores per row (CTC), not one class
+            raise UsageError(
+                f"the model's scores {name!r} come as {list(logits.shape)} for {len(rows)} "
+                "rows: more than one class score per row (a sequence or a map); finetune "
+                "trains classifiers, one label per row",
+                hint="give a model whose output is [batch, classes] (or [batch, classes, 1, 1])",
+            )
         logits = logits.reshape(logits.shape[0], -1)
     return logits.float()
 
