@@ -680,8 +680,32 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
 
 
 def _image(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """A normalised image batch, as PaddleOCR's and YOLO's pre-processing gives."""
-    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+    """A batch of noise in [0, 1), NCHW, as YOLO's pre-processing gives an image."""
+    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+
+
+def _page(shape: tuple[int, int, int, int], seed: int, *, line: bool) -> np.ndarray:
+    """Dark glyph-sized blocks in rows on a white page, NCHW, normalised as PaddleOCR does
+    (``line``: one text line, (x/255 - 0.5) / 0.5, the second image upside down, for the
+    recognizer and the direction classifier; else ImageNet's mean and std, for the detector),
+    so the models answer with text found, not with noise."""
+    rng = np.random.default_rng(seed)
+    n, _, height, width = shape
+    pages = np.full((n, height, width, 3), 255.0)
+    for b in range(n):
+        rows = [height // 4] if line else range(height // 8, height - 12, 24)
+        for top in rows:
+            left = 4 + int(rng.integers(0, 8))
+            while left + 9 < width - 4:
+                glyph = int(rng.integers(5, 10))
+                pages[b, top : top + height // 2 if line else top + 12, left : left + glyph] = 20
+                left += glyph + int(rng.integers(3, 6))
+    if line:
+        pages[1::2] = pages[1::2, ::-1, ::-1]
+        normed = (pages / 255 - 0.5) / 0.5
+    else:
+        normed = (pages / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return np.ascontiguousarray(normed.transpose(0, 3, 1, 2), np.float32)
 
 
 def _audio(rows: int, samples: int, seed: int) -> np.ndarray:
@@ -722,19 +746,19 @@ WHEELS: dict[str, WheelModel] = {
             "ppocr_det",
             *_RAPIDOCR,
             "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-            lambda: {"x": _image((2, 3, 64, 96), 1)},
+            lambda: {"x": _page((2, 3, 64, 96), 1, line=False)},
         ),
         WheelModel(
             "ppocr_rec",
             *_RAPIDOCR,
             "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-            lambda: {"x": _image((2, 3, 48, 160), 2)},
+            lambda: {"x": _page((2, 3, 48, 160), 2, line=True)},
         ),
         WheelModel(
             "ppocr_cls",
             *_RAPIDOCR,
             "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-            lambda: {"x": _image((2, 3, 48, 192), 3)},
+            lambda: {"x": _page((2, 3, 48, 192), 3, line=True)},
         ),
         WheelModel("silero_vad", *_SILERO, "silero_vad/data/silero_vad.onnx", silero_feeds),
         WheelModel(
