@@ -464,6 +464,19 @@ def test_eval_data_latency_is_measured_at_batch_one(tmp_path: Path) -> None:
     assert "latency measured on x[4x256]" in four.provenance[-1].notes
 
 
+def test_a_cosine_on_outputs_near_zero_is_said_to_measure_rounding(tmp_path: Path) -> None:
+    """A detector shown noise answers with a map of about 1e-7: a cosine against it judges
+    rounding, and the report says so, naming the output; real answers get no such note."""
+    src = Model.load(save(wide_mlp(), tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    recipe = Recipe.of(["fold"])
+    quiet = optimize(src, tmp_path / "q.onnx", recipe=recipe, inputs={"x": x * 1e-9})
+    notes = quiet.provenance[-1].notes
+    assert any("output 'logits' is at most" in n and "measures rounding" in n for n in notes)
+    loud = optimize(src, tmp_path / "l.onnx", recipe=recipe, inputs={"x": x})
+    assert not any("measures rounding" in n for n in loud.provenance[-1].notes)
+
+
 def test_per_channel_candidates_use_7_bit_weights_without_vnni() -> None:
     plain = [r.label() for r in plain_recipes()]  # the one-liners run as a user would write them
     channel = [

@@ -144,6 +144,24 @@ def worst_cosine(reference: Outputs, candidate: Outputs) -> float:
     return worst
 
 
+NEAR_ZERO = 1e-5
+"""A float output no larger than this anywhere is near zero: a cosine against it measures the
+rounding of two runs, not what the model computes."""
+
+
+def near_zero_outputs(reference: Outputs) -> dict[str, float]:
+    """Float outputs whose largest magnitude over every feed set is at most NEAR_ZERO (a text
+    detector shown noise: a map of 1e-7), each with that magnitude."""
+    peaks: dict[str, float] = {}
+    for outputs in reference:
+        for name, value in outputs.items():
+            array = np.asarray(value)
+            if array.dtype.kind == "f" and array.size:
+                peak = float(np.nanmax(np.abs(array))) if np.isfinite(array).any() else 0.0
+                peaks[name] = max(peaks.get(name, 0.0), peak)
+    return {name: peak for name, peak in peaks.items() if peak <= NEAR_ZERO}
+
+
 def max_abs(reference: Outputs, candidate: Outputs) -> float:
     worst = 0.0
     for r, c in _float_pairs(reference, candidate):

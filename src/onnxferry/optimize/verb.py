@@ -31,7 +31,7 @@ from ..model import Model
 from ..report import Report
 from ..signature import Signature
 from .auto import auto_search, default_time_budget
-from .budget import Budget
+from .budget import Budget, near_zero_outputs
 from .candidates import SearchResult
 from .capture import captured
 from .chain import ChainResult, Judge, apply_recipe
@@ -140,6 +140,12 @@ def optimize(
         )
 
     judge = judge_on(split.tune, split.tune_labels)
+    if budget.metric == "cosine":
+        sizes_note += [
+            f"output {name!r} is at most {peak:.2g} in magnitude on these inputs: its cosine "
+            "measures rounding, not the model; judge on inputs it responds to (--inputs)"
+            for name, peak in near_zero_outputs(judge.reference).items()
+        ]
     holdout = judge_on(split.judge, split.judge_labels) if split.held_out else None
     calib = _calibration(calibration, source.signature)
     budget_s = time_budget if time_budget is not None else default_time_budget(source.size_bytes)
