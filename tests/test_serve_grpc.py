@@ -55,7 +55,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(root / "affine" / "1" / "model.onnx", affine(2.0))
     write(root / "affine" / "2" / "model.onnx", affine(3.0))
     (root / "affine" / "ferry.toml").write_text("max_batch_size = 16\n[versions]\npolicy = 'all'\n")
-    write(root / "slow" / "1" / "model.onnx", slow())
+    # A quarter second or more per run: a deadline's stop lands inside it even when a loaded
+    # machine delays the server's timer (at tens of ms, a run could finish first).
+    write(root / "slow" / "1" / "model.onnx", slow(repeats=400))
     write(root / "tiny_queue" / "1" / "model.onnx", slow())
     (root / "tiny_queue" / "ferry.toml").write_text("max_queue_size = 1\nmax_batch_size = 0\n")
     write(root / "spare" / "1" / "model.onnx", affine())

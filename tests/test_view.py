@@ -4,6 +4,7 @@ served on loopback by a real `ferry view` process."""
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnxferry.compare import compare
 from onnxferry.view import draw, marked_figure
 from onnxferry.view.labels import ADDED, CHANGED, MARK
-from tests.helpers import FOLDABLE, Run, conv_bn_mlp, free_port, mlp, onnx_text, save, scaled
+from tests.helpers import FOLDABLE, Run, conv_bn_mlp, mlp, onnx_text, save, scaled
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is missing")
 
@@ -310,18 +311,19 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 def test_view_serves_the_model_in_netron_until_sigterm(ferry: Run, tmp_path: Path) -> None:
     pytest.importorskip("netron")
     model = save(mlp(), tmp_path / "model.onnx")
-    port = free_port()
+    # No --port: it takes a free one and says which (a port picked here first could be taken
+    # by another test before the process binds it).
     process = subprocess.Popen(
-        [sys.executable, "-m", "onnxferry", "view", model, "--no-browser", "--port", str(port)],
+        [sys.executable, "-m", "onnxferry", "view", model, "--no-browser"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         assert process.stdout is not None and process.stderr is not None
         line = process.stdout.readline().decode()
-        assert line == f"netron: http://127.0.0.1:{port} (Ctrl-C stops)\n", (
-            line or process.stderr.read().decode()
-        )
+        said = re.fullmatch(r"netron: http://127\.0\.0\.1:(\d+) \(Ctrl-C stops\)\n", line)
+        assert said, line or process.stderr.read().decode()
+        port = int(said[1])
         status, page = _get(port, "/")
         assert status == 200
         assert b'<meta name="file" content="/data/model.onnx">' in page
