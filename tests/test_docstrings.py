@@ -1404,6 +1404,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.cli.registry_share": _registry_files,
     "onnxferry.package": _one_model,
     "onnxferry.package.base": _one_model,
+    "onnxferry.package.checking": _one_model,
     "onnxferry.package.k8s": _one_model,
     "onnxferry.package.kube": _one_model,
     "onnxferry.package.kserve": _one_model,

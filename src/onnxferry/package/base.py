@@ -14,8 +14,7 @@ or a registry alias ``registry:PATH#name@alias`` (the version it points at, veri
 its digest). Targets write through ``write_tree`` (every file atomically, the folder made),
 record each file they wrote and each check they ran (the tool, what it said); a failed check
 makes the report fail (exit 1). Targets that run what they wrote against ONNX Runtime
-(mobile, openvino, tflite) take their feed sets from ``check_feeds``: the user's
-(``--set inputs=FILE``) or generated ones at sizes that run.
+(mobile, openvino, tflite) take their feed sets from ``package.checking``.
 
 ``Options`` is every target's ``--set KEY=VALUE`` parser: it refuses a key the target does not
 take, and its readers (``text``, ``flag``, ``number``, ``integer``) refuse a value of the
@@ -164,33 +163,6 @@ def write_tree(outdir: Path, files: Mapping[str, str | bytes], result: Packaged)
 _N = TypeVar("_N", int, float)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-
-CHECK_KEYS = ("inputs", "samples")
-"""Options of every target that checks what it wrote on feed sets (``check_feeds``)."""
-
-
-def check_options(opts: Options) -> dict[str, Any]:
-    """``inputs`` (a path, or None) and ``samples`` (3) from a target's options."""
-    return {"inputs": opts.text("inputs", "") or None, "samples": opts.integer("samples", 3, low=1)}
-
-
-def check_feeds(
-    model: Model, inputs: str | None, samples: int, result: Packaged
-) -> list[dict[str, Any]]:
-    """The feed sets a target's parity check runs on: the user's (``--set inputs=FILE``: .npz,
-    .npy, .pb or a test-data folder, checked against the model's inputs), else ``--set
-    samples=N`` (3) made at sizes ONNX Runtime runs, with a note naming sizes chosen for open
-    dims (a model used at other sizes may differ there: give them)."""
-    from ..feeds import feed_sets
-
-    feeds, plan = feed_sets(model, inputs, count=samples, where=f"--set inputs={inputs}")
-    if plan is not None and plan.guessed:
-        result.notes.append(
-            f"checked at sizes chosen here for the open dims ({plan.describe()}); "
-            "--set inputs=FILE checks at the sizes the model is used at"
-        )
-    return feeds
 
 
 class Options:

@@ -11,7 +11,7 @@ is named ``<name>.required_operators.config``). ``--set int8=true`` first quanti
 
 Checks: ``ort parity`` loads the written ``.ort`` in an ONNX Runtime session and compares it
 with the ``.onnx`` it was converted from on the feed sets of ``inputs`` (a file), else
-``samples`` generated ones (``package.base.check_feeds``), at ``atol``/``rtol`` (parity's
+``samples`` generated ones (``package.checking``), at ``atol``/``rtol`` (parity's
 defaults); a mismatch fails the report. With int8 that reference
 is the int8 ``.onnx``, so the check judges the conversion alone; what int8 costs is a second
 check, ``int8 vs fp32``: every float output's worst per-sample cosine against the fp32 model
@@ -40,16 +40,8 @@ from ..errors import InputError, UsageError
 from ..graphs import weights_not_inputs
 from ..model import Model
 from ..report import human_size
-from .base import (
-    CHECK_KEYS,
-    Check,
-    Options,
-    Packaged,
-    PackageSource,
-    check_feeds,
-    check_options,
-    write_tree,
-)
+from .base import Check, Options, Packaged, PackageSource, write_tree
+from .checking import CHECK_KEYS, check_feeds, check_options
 
 KEYS = (*CHECK_KEYS, "int8", "platform", "type_reduction", "atol", "rtol", "int8_cosine")
 PLATFORMS = ("arm", "amd64")

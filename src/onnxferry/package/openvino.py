@@ -9,7 +9,7 @@
 
 Check ``openvino parity``: the written IR is read back, compiled on OpenVINO's CPU plugin and
 run on the feed sets of ``inputs`` (a file), else ``samples`` generated ones
-(``package.base.check_feeds``); its outputs are compared with ONNX Runtime's (CPU) on the same
+(``package.checking``); its outputs are compared with ONNX Runtime's (CPU) on the same
 ``.onnx``, and a mismatch fails the report. Tolerance: parity's defaults (atol 1e-4, rtol
 1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights; ``atol``/``rtol`` override
 either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
@@ -35,16 +35,8 @@ from ..errors import InputError
 from ..feeds import describe_shapes
 from ..model import Model
 from ..ovsession import ov_error_message
-from .base import (
-    CHECK_KEYS,
-    Check,
-    Options,
-    Packaged,
-    PackageSource,
-    check_feeds,
-    check_options,
-    write_tree,
-)
+from .base import Check, Options, Packaged, PackageSource, write_tree
+from .checking import CHECK_KEYS, check_feeds, check_options
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 FP16_TOLERANCE = (1e-2, 1e-2)

@@ -21,7 +21,7 @@ order).
 
 Check ``tflite parity``: the written ``.tflite`` is read back into LiteRT's interpreter
 (``ai_edge_litert``) and run on the feed sets of ``inputs`` (a file), else ``samples``
-generated ones (``package.base.check_feeds``), inputs transposed to its layout; its outputs,
+generated ones (``package.checking``), inputs transposed to its layout; its outputs,
 transposed back, are compared with ONNX Runtime's (CPU) on the same ``.onnx`` at
 ``atol``/``rtol`` (parity's defaults), and a mismatch fails the report (exit 1). ``tflite
 fp16 parity`` judges ``<name>.fp16.tflite`` the same way at ``fp16_atol``/``fp16_rtol`` (1e-2
@@ -54,16 +54,8 @@ from ..graphs import inlined, open_negative_dims, weights_not_inputs
 from ..model import Model
 from ..native import NativeOutput, native_output
 from ..report import human_size
-from .base import (
-    CHECK_KEYS,
-    Check,
-    Options,
-    Packaged,
-    PackageSource,
-    check_feeds,
-    check_options,
-    write_tree,
-)
+from .base import Check, Options, Packaged, PackageSource, write_tree
+from .checking import CHECK_KEYS, check_feeds, check_options
 
 if TYPE_CHECKING:
     from ..parity import Tolerance

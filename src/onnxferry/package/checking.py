@@ -1,0 +1,40 @@
+"""The feed sets of the targets that run what they wrote against ONNX Runtime (mobile,
+openvino, tflite): the user's (``--set inputs=FILE``), else generated at sizes that run.
+
+    result = Packaged("mobile", "model", "out/")
+    opts = check_options(Options("mobile", {"samples": "2"}, CHECK_KEYS))
+    feeds = check_feeds(Model.load("model.onnx"), opts["inputs"], opts["samples"], result)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..model import Model
+from .base import Options, Packaged
+
+CHECK_KEYS = ("inputs", "samples")
+"""Options of every target that checks what it wrote on feed sets (``check_feeds``)."""
+
+
+def check_options(opts: Options) -> dict[str, Any]:
+    """``inputs`` (a path, or None) and ``samples`` (3) from a target's options."""
+    return {"inputs": opts.text("inputs", "") or None, "samples": opts.integer("samples", 3, low=1)}
+
+
+def check_feeds(
+    model: Model, inputs: str | None, samples: int, result: Packaged
+) -> list[dict[str, Any]]:
+    """The feed sets a target's parity check runs on: the user's (``--set inputs=FILE``: .npz,
+    .npy, .pb or a test-data folder, checked against the model's inputs), else ``--set
+    samples=N`` (3) made at sizes ONNX Runtime runs, with a note naming sizes chosen for open
+    dims (a model used at other sizes may differ there: give them)."""
+    from ..feeds import feed_sets
+
+    feeds, plan = feed_sets(model, inputs, count=samples, where=f"--set inputs={inputs}")
+    if plan is not None and plan.guessed:
+        result.notes.append(
+            f"checked at sizes chosen here for the open dims ({plan.describe()}); "
+            "--set inputs=FILE checks at the sizes the model is used at"
+        )
+    return feeds
