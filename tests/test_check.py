@@ -206,3 +206,65 @@ def test_report_json_has_stable_keys(tmp_path: Path) -> None:
                          "notes", "result"}  # fmt: skip
     assert set(data["result"]) == {"model", "digest", "blocking_failures", "findings"}
     assert set(data["result"]["findings"][0]) == {"check", "status", "detail", "blocking"}
+
+
+# ddddocr's recognizer declares its output [1, seqlen] and gives [time, 1, classes]: shape
+# inference cannot see through the arithmetic, so only a run tells.
+_SWAPPED = """
+<ir_version: 8, opset_import: ["" : 13]>
+swapped (float[1, k] x) => (float[1, k] y) {
+    s = Shape(x)
+    zero = Constant<value = int64[1] {0}>()
+    one = Constant<value = int64[1] {1}>()
+    rows = Gather(s, zero)
+    cols = Gather(s, one)
+    t = Concat<axis = 0>(cols, rows)
+    y = Reshape(x, t)
+}
+"""
+
+
+def test_an_output_that_is_not_its_declared_shape_is_a_warning(tmp_path: Path) -> None:
+    report = check(save(onnx_text(_SWAPPED), tmp_path / "m.onnx"))
+    finding = next(f for f in report.result.findings if f.check == "declared output shapes")
+    assert finding.status == "warn" and not finding.blocking, finding
+    assert "'y' is declared [1, k] but gives [8, 1]" in finding.detail, finding
+    assert "x[1,8]" in finding.detail, finding
+    assert report.ok  # ONNX Runtime runs it: a server can serve it, its metadata is wrong
+
+
+def test_outputs_as_declared_pass_with_the_sizes_run(tmp_path: Path) -> None:
+    report = check(save(mlp(), tmp_path / "m.onnx"))
+    finding = next(f for f in report.result.findings if f.check == "declared output shapes")
+    assert finding.status == "pass" and "x[1,4]" in finding.detail, finding
+
+
+_UNRUNNABLE = """
+<ir_version: 8, opset_import: ["" : 13]>
+unrunnable (float[1, 4] x) => (float[3, k] y) {
+    zero = Constant<value = float {0}>()
+    wanted = Constant<value = float[2] {3, -1}>()
+    z = Mul(x, zero)
+    s = ReduceSum<keepdims = 0>(z)
+    f = Add(wanted, s)
+    t = Cast<to = 7>(f)
+    y = Reshape(x, t)
+}
+"""
+
+
+def test_a_model_that_cannot_run_fails_the_run(tmp_path: Path) -> None:
+    """A shape computed from the input's values, that the input cannot take: the model
+    loads (no load-time inference sees it), then fails its one run."""
+    report = check(save(onnx_text(_UNRUNNABLE), tmp_path / "m.onnx"))
+    finding = next(f for f in report.result.findings if f.check == "declared output shapes")
+    assert finding.status == "fail" and "onnxruntime cannot run it on x[1,4]" in finding.detail
+    assert not report.ok and report.exit_code == 1
+
+
+def test_a_model_without_sizes_that_run_skips_the_run(tmp_path: Path) -> None:
+    text = _UNRUNNABLE.replace("float[1, 4] x", "float[1, k] x").replace("{3, -1}", "{7919, -1}")
+    report = check(save(onnx_text(text), tmp_path / "m.onnx"))
+    finding = next(f for f in report.result.findings if f.check == "declared output shapes")
+    assert finding.status == "skip" and "found no sizes" in finding.detail, finding
+    assert report.ok

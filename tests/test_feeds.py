@@ -128,6 +128,30 @@ def test_sizes_that_run_are_found_and_explained(tmp_path: Path) -> None:
     session.run(None, feeds)
 
 
+def _stft_front_end() -> onnx.ModelProto:
+    """audio[batch, samples] -> a Conv1d 512 wide, stride 160, as openWakeWord's
+    melspectrogram computes its STFT: runs only on 512 samples or more."""
+    audio = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "samples"])
+    weights = np.random.default_rng(0).standard_normal((4, 1, 512)).astype(np.float32)
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    nodes = [
+        helper.make_node("Constant", [], ["axis"], value=axis),
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weights, "w")),
+        helper.make_node("Unsqueeze", ["audio", "axis"], ["a"]),
+        helper.make_node("Conv", ["a", "w"], ["y"], kernel_shape=[512], strides=[160]),
+    ]
+    return _model([audio], nodes)
+
+
+def test_a_signal_gets_sizes_up_to_a_second_of_audio(tmp_path: Path) -> None:
+    model = Model.load(save(_stft_front_end(), tmp_path / "m.onnx"))
+    plan = plan_feeds(model)
+    assert plan.shapes == {"audio": (1, 512)}
+    assert "samples = 512 (other; tried 8, 16, 1, 32, 128, 224, 512: the first that ran)" in (
+        plan.choices
+    )
+
+
 def test_given_sizes_win_by_name_axis_or_whole_shape(tmp_path: Path) -> None:
     model = Model.load(save(_needs_640(), tmp_path / "m.onnx"))
     by_axis = plan_feeds(model, dims={"x:2": 40, "x:3": 64}, probe=False)

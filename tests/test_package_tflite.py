@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxferry.errors import UsageError
+from onnxferry.errors import InputError, UsageError
 from onnxferry.package import Check, Packaged, package, tflite
 from onnxferry.package.base import write_tree
 from onnxferry.report import Report
@@ -227,6 +227,42 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
 
 
+def test_static_fixes_the_open_dims_at_the_check_s_sizes(tmp_path: Path) -> None:
+    """``static=true``: x[batch, 4] is written as the check feeds it ([3, 4], from the user's
+    inputs), and the file takes exactly that."""
+    source = save(mlp(), tmp_path / "mlp.onnx")
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+    options = {"static": "true", "inputs": str(inputs)}
+    report = package(source, "tflite", tmp_path / "out", options)
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    assert "written with its inputs fixed at x[3,4] (static=true)" in report.result.notes
+    assert "takes x as in ONNX [3, 4]" in report.result.notes[0], report.result.notes[0]
+
+
+def test_when_fixing_the_inputs_does_not_help_the_open_file_stays_with_why() -> None:
+    def attempt(problem: str | None) -> tflite._Attempt:
+        converted = tflite.Converted({}, "1.0", [])
+        ran = tflite.Ran([], {}, {}, "2.0", problem)
+        return tflite._Attempt(converted, {"m.tflite": ran}, [], Path("."))
+
+    def refused() -> tflite._Attempt:
+        raise InputError("onnx2tf cannot convert m.onnx: Resize OP is not yet implemented")
+
+    for fixed, why in [
+        (lambda: attempt("still fails"), "still fails"),
+        (refused, "Resize OP is not yet implemented"),
+    ]:
+        open_dims = attempt("XNNPack delegate failed to reshape")
+        chosen = tflite._fixed_if_it_runs(open_dims, fixed, "x[1,4]")
+        assert chosen is open_dims and chosen.problem == "XNNPack delegate failed to reshape"
+        (note,) = chosen.notes
+        assert note.startswith("fixing its inputs at x[1,4] did not help (") and why in note
+    chosen = tflite._fixed_if_it_runs(attempt("XNNPack"), lambda: attempt(None), "x[1,4]")
+    assert chosen.problem is None and "did not run in LiteRT (XNNPack)" in chosen.notes[0]
+
+
 def test_a_traceback_in_onnx2tf_s_log_becomes_its_exception_and_node() -> None:
     """onnx2tf logs "ERROR: The trace log is below." before a traceback: the one line is the
     exception the traceback ends in, at the node onnx2tf names (from a real log's shape)."""
@@ -267,6 +303,7 @@ def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:
         ({"int8": "true"}, "tflite: unknown option 'int8'"),
         ({"samples": "0"}, "--set samples=0 is not an integer >= 1"),
         ({"fp16": "maybe"}, "is not a boolean"),
+        ({"static": "maybe"}, "--set static=maybe is not one of auto, true, false"),
     ],
 )
 def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> None:

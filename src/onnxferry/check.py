@@ -6,8 +6,10 @@
 
 The checks: safe load (external data stays inside the model directory, size limit), the
 onnx checker (full), strict shape inference, IR version and opsets the installed ONNX
-Runtime can load, operators the CPU provider has no kernel for, and loading on each
-available provider. A file that is not an ONNX model at all is an input error (exit 2),
+Runtime can load, operators the CPU provider has no kernel for, loading on each
+available provider, and one run on the CPU whose outputs must have the shapes the model
+declares (a warning, not a blocker: ONNX Runtime runs the model, but a server advertises the
+declared shapes). A file that is not an ONNX model at all is an input error (exit 2),
 not a finding.
 """
 
@@ -20,14 +22,19 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from .customops import EXTENSION_DOMAINS, extensions_installed
-from .errors import UnsafeModelError, one_line
+from .errors import FerryError, UnsafeModelError, one_line
 from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
 from .report import Report, Table
 from .runtime import (
     SessionConfig,
     available_providers,
     create_session,
+    ort_error_message,
+    ort_inputs,
+    quiet_run_options,
     session_providers,
     version_problem,
 )
@@ -122,7 +129,9 @@ def check(
     _shape_inference(file, result)
     _runtime_versions(model.proto, result)
     _cpu_kernels(model.proto, result)
-    _load_on_providers(model, providers, result)
+    cpu = _load_on_providers(model, providers, result)
+    if cpu is not None:
+        _declared_outputs(model, cpu, result)
     return Report("check", result)
 
 
@@ -241,11 +250,15 @@ def _cpu_kernel_table() -> dict[tuple[str, str], list[tuple[int, int]]]:
     return table
 
 
-def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: CheckResult) -> None:
+def _load_on_providers(
+    model: Model, wanted: Sequence[str] | None, result: CheckResult
+) -> Any | None:
+    """Load on each provider; the CPU session when it loaded (for one run), else None."""
     # Named providers may include openvino's own runtime (ovsession); by default only the
     # onnxruntime build's, so a plain check never imports openvino.
     available = session_providers() if wanted else available_providers()
     names = list(wanted) if wanted else [p for p in available if p not in _NOT_LOCAL]
+    cpu = None
     for name in names:
         check_name = f"load on {name}"
         if name not in available:
@@ -260,3 +273,40 @@ def _load_on_providers(model: Model, wanted: Sequence[str] | None, result: Check
         ms = (time.perf_counter() - start) * 1000
         used = session.get_providers()
         result.add(check_name, "pass", f"session created in {ms:.0f} ms ({', '.join(used)})")
+        if name == "cpu":
+            cpu = session
+    return cpu
+
+
+def _declared_outputs(model: Model, session: Any, result: CheckResult) -> None:
+    """One run on the CPU at sizes that run (``feeds.plan_feeds``): each output's shape
+    against the shape the model declares for it (rank, fixed dims, dims named like an
+    input's), which servers advertise as the model's metadata."""
+    from .feeds import plan_feeds
+
+    name = "declared output shapes"
+    try:
+        plan = plan_feeds(model, session=session)
+    except FerryError as e:
+        result.add(name, "skip", f"not run: {e}", False)
+        return
+    try:
+        values = session.run(None, ort_inputs(plan.feeds(seed=0)), quiet_run_options())
+    except Exception as e:  # onnxruntime raises untyped errors for a run it cannot do
+        result.add(name, "fail", f"onnxruntime cannot run it on {plan.describe()}: "
+                   f"{one_line(ort_error_message(e), 300)}")  # fmt: skip
+        return
+    wrong = [
+        f"{spec.name!r} is declared {spec.shape_text()} but gives {list(np.shape(value))}"
+        for spec, value in zip(model.signature.outputs, values, strict=True)
+        if not spec.fits(np.shape(value), plan.sizes)
+    ]
+    if wrong:
+        result.add(
+            name, "warn",
+            f"on {plan.describe()}, output {'; '.join(wrong)}: clients that read the model's "
+            "metadata (a V2 server's) are told a wrong shape; fix the graph's output shapes",
+            False,
+        )  # fmt: skip
+    else:
+        result.add(name, "pass", f"every output as declared on {plan.describe()}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -184,6 +184,23 @@ class TensorSpec:
         if self.shape is None:
             return "?"
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    def fits(self, shape: Sequence[int], sizes: Mapping[str, int] | None = None) -> bool:
+        """Whether an array of ``shape`` fits this spec: no shape declared, or the same rank,
+        the fixed dims equal and each named dim at its size in ``sizes`` (when there).
+
+            TensorSpec("y", dtype_from_onnx(1), (1, "seqlen")).fits((28, 1, 8210))  # False
+        """
+        if self.shape is None:
+            return True
+        if len(self.shape) != len(shape):
+            return False
+        sizes = sizes or {}
+        return all(
+            dim == have if isinstance(dim, int) else sizes.get(dim, have) == have
+            for dim, have in zip(self.shape, shape, strict=True)
+            if dim is not None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

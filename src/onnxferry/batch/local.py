@@ -17,6 +17,8 @@ the shard in progress and is raised on the calling thread.
 
 A model whose batch axis is fixed (``[1, 3, 224, 224]``) runs batches of exactly that size;
 the last, shorter one is padded with copies of its last row and the padding's outputs dropped.
+When that size is 1, an output without a batch axis (a recognizer's time-major
+``[time, 1, classes]``) is kept whole as the row's output.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import device_session_config, naming
+from ..errors import DataError
 from ..measure import PeakMemory
 from ..runtime import OrtRunner, SessionConfig
 from .plan import Job, current_rss, in_flight
@@ -83,9 +86,23 @@ def run_outputs(
             for k, v in feeds.items()
         }
     outputs = runner.run(feeds)
-    if fixed is not None and n < fixed:
-        outputs = {k: v[:n] for k, v in outputs.items()}
-    return outputs
+    return {k: _rows(k, v, n, fixed) for k, v in outputs.items()}
+
+
+def _rows(name: str, value: np.ndarray, n: int, fixed: int | None) -> np.ndarray:
+    """An output's ``n`` rows along axis 0. A model whose batch is fixed at 1 may give an
+    output without a batch axis (a time-major ``[time, 1, classes]``): its one row is all of
+    it. Otherwise rows lie on axis 0, or the output cannot be split into rows."""
+    ran = fixed or n
+    if value.ndim and len(value) == ran:
+        return value[:n]
+    if fixed == 1:
+        return value[None]
+    raise DataError(
+        f"output {name!r} has shape {list(value.shape)} for a batch of {ran} rows: its rows are "
+        "not along axis 0",
+        hint="ferry batch keeps outputs whose first axis is the batch; export the model so",
+    )
 
 
 def run_batch(runner: OrtRunner, chunk: Chunk, fixed: int | None) -> Any:

@@ -32,9 +32,11 @@ from .values import BATCH_NAMES, realistic_feeds
 CANDIDATES: dict[str, tuple[int, ...]] = {
     "spatial": (224, 640, 32, 64, 8, 1),
     "sequence": (16, 128, 8, 1, 64, 32),
-    "other": (8, 16, 1, 32, 128, 224),
+    "other": (8, 16, 1, 32, 128, 224, 512, 1024, 16000),
 }
-"""Sizes tried in order for unknown dims of each kind; trial k takes the k-th of each."""
+"""Sizes tried in order for unknown dims of each kind; trial k takes the k-th of each (the
+last of a shorter list). The large "other" sizes are for signals: a waveform's samples meet
+a 512-wide STFT window (openWakeWord's melspectrogram needs 512 or more)."""
 
 MAX_ELEMENTS = 2**24
 """Chosen sizes giving more input elements than this (64 MiB of float32) are passed over for
@@ -153,10 +155,14 @@ def plan_feeds(
     choosing = any(kind != "batch" for kind in chosen_kinds.values())
     errors: list[str] = []
     tried: list[str] = []
+    seen: list[dict[str, int]] = []
     for trial in range(trials):
         sizes = dict(given)
         for key, kind in chosen_kinds.items():
-            sizes[key] = 1 if kind == "batch" else CANDIDATES[kind][trial]
+            sizes[key] = 1 if kind == "batch" else _candidate(kind, trial)
+        if sizes in seen:  # only a longer list moved on
+            continue
+        seen.append(sizes)
         plan = FeedPlan(signature, sizes, ranges, images)
         elements = sum(math.prod(shape) for shape in plan.shapes.values())
         if choosing and elements > MAX_ELEMENTS:
@@ -293,6 +299,11 @@ def _runs(session: Any, plan: FeedPlan) -> str | None:
     except Exception as e:  # onnxruntime raises untyped errors for shapes it cannot take
         return ort_error_message(e)
     return None
+
+
+def _candidate(kind: str, trial: int) -> int:
+    sizes = CANDIDATES[kind]
+    return sizes[min(trial, len(sizes) - 1)]
 
 
 def _choices(

@@ -32,8 +32,15 @@ log's warnings become report notes. No network: onnx2tf fetches sample images fr
 for a model whose inputs are all small channels-last images; generated ones are put where it
 looks first. A model onnx2tf cannot convert is one line (InputError, exit 2).
 
-Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``fp16`` (false), ``inputs``,
-``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
+Open dims. With ``static=auto`` (the default) the ``.tflite`` keeps the model's open dims;
+should LiteRT fail to run it (XNNPack cannot reshape a graph onnx2tf built from shape
+arithmetic, as openWakeWord's melspectrogram's), it is converted again with every open input
+fixed at the check's sizes (onnxslim's ``input_shapes``, so the arithmetic folds away), and
+the note says so. ``static=true`` fixes them from the start, ``static=false`` never does.
+Give ``inputs`` to fix them at the sizes the model is used at.
+
+Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``static`` (auto), ``fp16`` (false),
+``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..feeds import describe_shapes
 from ..graphs import inlined, open_negative_dims, weights_not_inputs
 from ..model import Model
 from ..native import NativeOutput, native_output
@@ -60,8 +68,9 @@ from .checking import CHECK_KEYS, check_feeds, check_options
 if TYPE_CHECKING:
     from ..parity import Tolerance
 
-KEYS = (*CHECK_KEYS, "layout", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
+KEYS = (*CHECK_KEYS, "layout", "static", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
 LAYOUTS = ("nhwc", "nchw")
+STATIC = ("auto", "true", "false")
 FP16_TOLERANCE = (1e-2, 1e-2)
 """(atol, rtol) for the fp16-weight ``.tflite`` against the fp32 model in ONNX Runtime."""
 SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -110,24 +119,46 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     names = model.signature.output_names
     perms = input_perms(model, opts["layout"])
     name32, name16 = f"{source.name}.tflite", f"{source.name}.fp16.tflite"
+    fixed = _fixed_shapes(model, feeds[0])
+    static = opts["static"] == "true" and bool(fixed)
+    reference = [OrtRunner(model).run(f) for f in feeds]
+    misdeclared = _misdeclared(model, reference[0])
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
-        given, given_notes = _folded(model)
-        copy = given.save(Path(work) / "model.onnx")
-        assert copy.path is not None
         keep = [n for n, p in perms.items() if opts["layout"] == "nchw" and len(p) in CHANNELS_LAST]
-        done = pool.submit(_convert, str(copy.path), keep).result()
-        if isinstance(done, str):
-            raise InputError(
-                f"onnx2tf cannot convert {source.model.name}: {done}",
-                hint="onnx2tf lacks an op or a pattern of this model: check its supported ops "
-                "(github.com/PINTO0309/onnx2tf) and export the model with others",
-            )
-        wanted = {name32: done.files["float32"]}
-        if opts["fp16"]:
-            wanted[name16] = done.files["float16"]
-        write_tree(outdir, wanted, result)
-        reference = [OrtRunner(model).run(f) for f in feeds]
-        runs = {n: pool.submit(_run, str(outdir / n), feeds, perms, names).result() for n in wanted}
+
+        def attempt(shapes: dict[str, list[int]]) -> _Attempt:
+            folder = Path(work) / ("static" if shapes else "open")
+            given, notes = _folded(model, shapes, misdeclared)
+            copy = given.save(folder / "model.onnx")
+            assert copy.path is not None
+            done = pool.submit(_convert, str(copy.path), keep).result()
+            if isinstance(done, str):
+                raise InputError(
+                    f"onnx2tf cannot convert {source.model.name}: {done}",
+                    hint="onnx2tf lacks an op or a pattern of this model: check its supported "
+                    "ops (github.com/PINTO0309/onnx2tf) and export the model with others",
+                )
+            files = {name32: done.files["float32"]}
+            if opts["fp16"]:
+                files[name16] = done.files["float16"]
+            runs = {}
+            for n, data in files.items():
+                (folder / n).write_bytes(data)
+                runs[n] = pool.submit(_run, str(folder / n), feeds, perms, names).result()
+            return _Attempt(done, runs, notes, folder)
+
+        chosen = attempt(fixed if static else {})
+        shown = describe_shapes(fixed)
+        if static:
+            chosen.notes.append(f"written with its inputs fixed at {shown} (static=true)")
+        elif opts["static"] == "auto" and fixed and chosen.problem is not None:
+            chosen = _fixed_if_it_runs(chosen, lambda: attempt(fixed), shown)
+        write_tree(outdir, {n: (chosen.folder / n).read_bytes() for n in chosen.runs}, result)
+        # the check reads back the files as written
+        runs = {
+            n: pool.submit(_run, str(outdir / n), feeds, perms, names).result() for n in chosen.runs
+        }
+    done, given_notes = chosen.done, chosen.notes
     tool = f"onnx2tf {done.version}, ai-edge-litert {runs[name32].version}"
     tolerances = {
         name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
@@ -139,13 +170,70 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             _parity(label, n, source.model.name, ran, reference, tolerances[n], tool)
         )
     sizes = [(source.model.name, model.size_bytes)]
-    sizes += [(n, (outdir / n).stat().st_size) for n in wanted]
+    sizes += [(n, (outdir / n).stat().st_size) for n in runs]
     size_text = ", ".join(f"{n} {human_size(b)}" for n, b in sizes)
     result.checks.append(Check("size", True, size_text, tool="os.stat"))
     result.notes.append(layout_note(model, runs[name32], reference[0], opts["layout"]))
     result.notes += [f"onnx2tf warned: {w}" for w in done.warnings]
     result.notes += given_notes
     return result
+
+
+@dataclass
+class _Attempt:
+    """One conversion: what onnx2tf wrote (in ``folder``), LiteRT's runs of it there (to
+    choose between conversions), notes."""
+
+    done: Converted
+    runs: dict[str, Ran]
+    notes: list[str]
+    folder: Path
+
+    @property
+    def problem(self) -> str | None:
+        """Why LiteRT could not run the float32 file, or None."""
+        return next(iter(self.runs.values())).problem
+
+
+def _fixed_if_it_runs(open_dims: _Attempt, convert: Callable[[], _Attempt], shown: str) -> _Attempt:
+    """``convert()`` (the inputs fixed at ``shown``) when LiteRT runs what it wrote, else
+    ``open_dims`` with a note on why fixing them did not help."""
+    try:
+        fixed = convert()
+    except InputError as e:
+        why = str(e)
+    else:
+        if fixed.problem is None:
+            fixed.notes.append(
+                f"the .tflite with open dims did not run in LiteRT ({open_dims.problem}): "
+                f"written with its inputs fixed at {shown}, the check's sizes (static=false "
+                "keeps them open)"
+            )
+            return fixed
+        why = fixed.problem
+    open_dims.notes.append(f"fixing its inputs at {shown} did not help ({why})")
+    return open_dims
+
+
+def _misdeclared(model: Model, outputs: Mapping[str, Any]) -> dict[str, str]:
+    """Outputs whose declared shape ONNX Runtime's do not fit (ddddocr's recognizer declares
+    ``[1, seqlen]`` and gives ``[time, 1, classes]``), with a note on each: onnx2tf would
+    reshape them to the declared shape."""
+    return {
+        spec.name: f"output {spec.name!r} is declared {spec.shape_text()} but gives "
+        f"{list(np.shape(outputs[spec.name]))}: given to onnx2tf without that shape"
+        for spec in model.signature.outputs
+        if not spec.fits(np.shape(outputs[spec.name]))
+    }
+
+
+def _fixed_shapes(model: Model, feeds: Feeds) -> dict[str, list[int]]:
+    """The check's shape of every input that has open dims ({} when none has)."""
+    return {
+        spec.name: list(feeds[spec.name].shape)
+        for spec in model.signature.inputs
+        if spec.shape is None or not all(isinstance(d, int) for d in spec.shape)
+    }
 
 
 def input_perms(model: Model, layout: str) -> dict[str, tuple[int, ...]]:
@@ -318,21 +406,30 @@ def _first_error(log: str) -> str | None:
     return raised[1] + (f" (at node {node})" if node else "")
 
 
-def _folded(model: Model) -> tuple[Model, list[str]]:
+def _folded(
+    model: Model, shapes: Mapping[str, list[int]], unshaped: Mapping[str, str]
+) -> tuple[Model, list[str]]:
     """What onnx2tf is given, and notes on it: ``model`` with its weights apart from its inputs
     (IR 3), open dims written as -1 (Paddle) made unknown, and its constants folded by onnxslim
     as onnx2tf's own onnxsim step would (its Conv takes weights computed by ConstantOfShape or
-    a Reshape only as constants). Without onnxslim, or where it fails, unfolded."""
+    a Reshape only as constants); with ``shapes``, those inputs fixed at them (onnxslim's
+    ``input_shapes``: the shape arithmetic folds away); the outputs in ``unshaped`` without
+    their declared shapes (the values are their notes). Without onnxslim, or where it fails,
+    unfolded."""
     proto = inlined(weights_not_inputs(model))
-    notes = []
+    notes = [unshaped[o.name] for o in proto.graph.output if o.name in unshaped]
+    for output in proto.graph.output:
+        if output.name in unshaped:
+            output.type.tensor_type.ClearField("shape")
     if open_negative_dims(proto):
         notes.append("dims written as -1 were given to onnx2tf as unknown")
     try:
         import onnxslim
     except ImportError:
         return Model.from_proto(proto), [*notes, "onnxslim is not installed: nothing folded"]
+    fixed = [f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items()]
     try:
-        slimmed = onnxslim.slim(proto)
+        slimmed = onnxslim.slim(proto, input_shapes=fixed or None)
     except Exception as e:
         notes.append(f"onnxslim could not fold the model for onnx2tf ({one_line(e)})")
         return Model.from_proto(proto), notes
@@ -472,8 +569,12 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
     layout = opts.text("layout", "nhwc").lower()
     if layout not in LAYOUTS:
         raise opts.refuse("layout", f"one of {', '.join(LAYOUTS)}", "nchw")
+    static = opts.text("static", "auto").lower()
+    if static not in STATIC:
+        raise opts.refuse("static", f"one of {', '.join(STATIC)}", "true")
     return {
         "layout": layout,
+        "static": static,
         "fp16": opts.flag("fp16", False),
         **check_options(opts),
         "atol": opts.number("atol", Tolerance().atol, low=0),
