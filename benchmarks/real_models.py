@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 import tempfile
 import time
@@ -54,15 +55,31 @@ VERBS = (
 )  # fmt: skip
 
 
-def run_cli(*args: object) -> tuple[int, str, float]:
-    """(exit code, the error line if any, seconds) of one `ferry` command in this process."""
+def run_cli(*args: object, report: bool = True) -> tuple[int, str, float]:
+    """(exit code, the error line, or the first failed check's detail for a verdict (exit 1),
+    seconds) of one `ferry ...` command in this process (with ``--json`` for ``report``)."""
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
+        code = main([*(str(a) for a in args), *(["--json"] if report else [])])
     seconds = time.perf_counter() - start
     line = next((ln for ln in err.getvalue().splitlines() if "error" in ln), "")
+    if code == 1 and not line:
+        with contextlib.suppress(ValueError):
+            line = next(iter(failed(json.loads(out.getvalue()))), "")
     return code, line, seconds
+
+
+def failed(report: Any) -> Iterator[str]:
+    """The details of a report's failed checks and findings, the innermost first."""
+    if isinstance(report, dict):
+        for value in report.values():
+            yield from failed(value)
+        if report.get("ok") is False or report.get("status") == "fail":
+            yield from (str(report[k]) for k in ("detail", "summary") if k in report)
+    elif isinstance(report, list):
+        for item in report:
+            yield from failed(item)
 
 
 def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, float]:
@@ -132,7 +149,7 @@ def model_row(
             run_cli("optimize", path, "-o", work / "fast.onnx", *auto),
             explain_once(path, inputs, work / "explained"),
             run_cli("batch", path, inputs, "-o", work / "batch"),
-            run_cli("graph", path, "-o", work / "graph.svg"),
+            run_cli("graph", path, "-o", work / "graph.svg", report=False),
             run_cli("package", path, "--target", "mobile", "-o", work / "mobile"),
         ]
         if options.openvino:

@@ -65,6 +65,23 @@ def deep_mlp(width: int, hidden: int, out: int, name: str = "mlp") -> onnx.Model
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
+MISDECLARED = """
+<ir_version: 8, opset_import: ["" : 13]>
+swapped (float[1, k] x) => (float[1, k] y) {
+    s = Shape(x)
+    zero = Constant<value = int64[1] {0}>()
+    one = Constant<value = int64[1] {1}>()
+    rows = Gather(s, zero)
+    cols = Gather(s, one)
+    t = Concat<axis = 0>(cols, rows)
+    y = Reshape(x, t)
+}
+"""
+"""x[1, k] reshaped to [k, 1] by shape arithmetic and declared [1, k]: an output whose declared
+shape is wrong (ddddocr's recognizer declares [1, seqlen] and gives [time, 1, classes]), which
+shape inference cannot see through: only a run tells."""
+
+
 RELU = """
 <ir_version: 10, opset_import: ["" : 21]>
 relu (float[batch, 4] x) => (float[batch, 4] y) { y = Relu(x) }

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxferry.check import check, unsupported_cpu_ops
 from onnxferry.errors import ModelLoadError
 from onnxferry.runtime import runtime_limits
-from tests.helpers import RELU, mlp, onnx_text, save
+from tests.helpers import MISDECLARED, RELU, mlp, onnx_text, save
 
 
 def _status(report: object) -> dict[str, str]:
@@ -208,24 +208,8 @@ def test_report_json_has_stable_keys(tmp_path: Path) -> None:
     assert set(data["result"]["findings"][0]) == {"check", "status", "detail", "blocking"}
 
 
-# ddddocr's recognizer declares its output [1, seqlen] and gives [time, 1, classes]: shape
-# inference cannot see through the arithmetic, so only a run tells.
-_SWAPPED = """
-<ir_version: 8, opset_import: ["" : 13]>
-swapped (float[1, k] x) => (float[1, k] y) {
-    s = Shape(x)
-    zero = Constant<value = int64[1] {0}>()
-    one = Constant<value = int64[1] {1}>()
-    rows = Gather(s, zero)
-    cols = Gather(s, one)
-    t = Concat<axis = 0>(cols, rows)
-    y = Reshape(x, t)
-}
-"""
-
-
 def test_an_output_that_is_not_its_declared_shape_is_a_warning(tmp_path: Path) -> None:
-    report = check(save(onnx_text(_SWAPPED), tmp_path / "m.onnx"))
+    report = check(save(onnx_text(MISDECLARED), tmp_path / "m.onnx"))
     finding = next(f for f in report.result.findings if f.check == "declared output shapes")
     assert finding.status == "warn" and not finding.blocking, finding
     assert "'y' is declared [1, k] but gives [8, 1]" in finding.detail, finding

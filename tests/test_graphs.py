@@ -22,8 +22,10 @@ from onnxferry.graphs import (
     iter_initializers,
     iter_nodes,
     open_negative_dims,
+    rename_values,
     runnable,
     subgraphs,
+    value_names,
     walk_graphs,
     weights_not_inputs,
 )
@@ -134,6 +136,23 @@ def test_subgraphs_is_one_level_and_walk_graphs_all_levels() -> None:
     assert body.name == "body"
     assert next(g.name for g in walk_graphs(body)) == "body"
     assert sorted(g.name for g in walk_graphs(body)) == ["body", "else_g", "then_g"]
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def test_rename_values_reaches_subgraphs_and_moves_a_clashing_name_aside() -> None:
+    """``one`` (an initializer the If branch two levels down reads) becomes ``ones``; the input
+    ``x`` becomes ``y``, which the loop's output holds, so that moves aside to ``y__1``. The
+    model still runs, under the new names."""
+    proto = nested()
+    rename_values(proto.graph, {"one": "ones", "x": "y"})
+    names = value_names(proto.graph)
+    assert {"ones", "y", "y__1", "acc", "t"} <= names and not {"one", "x"} & names
+    then_add = next(n for n in iter_nodes(proto) if n.name == "then_add")
+    assert list(then_add.input) == ["acc", "ones"]
+    got = run_proto(proto, {"y": np.array([1.0, 2.0], np.float32)})
+    np.testing.assert_array_equal(got["y__1"], [2.0, 3.0])
 
 
 # --- inlining --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxferry.errors import InputError, UsageError
+from onnxferry.graphs import rename_values
 from onnxferry.package import Check, Packaged, package, tflite
 from onnxferry.package.base import write_tree
 from onnxferry.report import Report
@@ -239,6 +240,20 @@ def test_static_fixes_the_open_dims_at_the_check_s_sizes(tmp_path: Path) -> None
     assert report.ok and parity.ok, parity.detail
     assert "written with its inputs fixed at x[3,4] (static=true)" in report.result.notes
     assert "takes x as in ONNX [3, 4]" in report.result.notes[0], report.result.notes[0]
+
+
+def test_names_keras_cannot_take_are_renamed_for_onnx2tf(tmp_path: Path) -> None:
+    """openWakeWord's timer names its output with a JSON text, which no Keras layer may have:
+    onnx2tf is given safe names, the input's new name is noted, and the check still pairs
+    every input and output (in order)."""
+    proto = mlp()
+    rename_values(proto.graph, {"x": "audio features", "probs": '{"1": "timer", "2": "fan"}'})
+    source = save(proto, tmp_path / "named.onnx")
+    report = package(source, "tflite", tmp_path / "out")
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    notes = report.result.notes
+    assert any("'audio features' is 'audio_features' in the .tflite" in n for n in notes), notes
 
 
 def test_when_fixing_the_inputs_does_not_help_the_open_file_stays_with_why() -> None:

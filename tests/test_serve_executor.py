@@ -27,7 +27,7 @@ from onnxferry.serve.executor import (
     batch_axis,
 )
 
-from .helpers import onnx_text
+from .helpers import MISDECLARED, onnx_text
 
 T = TypeVar("T")
 
@@ -443,6 +443,19 @@ def test_warmup_and_parallelism() -> None:
     with pytest.raises(ExecutionError, match="warmup"):
         failing.warmup()
     asyncio.run(failing.close())
+
+
+def test_warmup_logs_an_output_that_is_not_its_declared_shape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ddddocr's recognizer declares [1, seqlen] and gives [time, 1, classes]: the server
+    still serves it, and says at load that its metadata shows the declared shape."""
+    ex = ModelExecutor(Model.from_proto(onnx_text(MISDECLARED)), ModelConfig(), cores=1)
+    with caplog.at_level("WARNING", logger="onnxferry"):
+        ex.warmup()
+    asyncio.run(ex.close())
+    (record,) = [r for r in caplog.records if "declared" in r.getMessage()]
+    assert "output 'y' is declared [1, k] but gives [8, 1] at warm-up" in record.getMessage()
 
 
 def test_cancelled_request_is_dropped_from_the_queue() -> None:

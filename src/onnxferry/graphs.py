@@ -4,6 +4,7 @@ expose intermediate tensors as outputs, and hand ONNX Runtime something it can l
     for graph in iter_graphs(proto): ...           # main graph, subgraphs, function subgraphs
     for node in iter_nodes(proto): ...             # every node, model-local functions included
     for tensor in iter_initializers(proto): ...    # the initializers of every graph
+    rename_values(proto.graph, {"a:0": "a"})       # everywhere, subgraphs too
     proto = inlined(model)                         # a copy with external data read in
     expose(proto, ["h1", "h2"])                    # the main graph also outputs h1 and h2
     with runnable(proto) as m:                     # a Model: in memory, or past PROTO_LIMIT
@@ -19,6 +20,7 @@ the model's directory, and UnsafeModelError names the first one that is no longe
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -93,6 +95,45 @@ def _walk(stack: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
         yield graph
         for node in graph.node:
             stack.extend(subgraphs(node))
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def value_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name ``graph`` and its subgraphs use: inputs, outputs, value infos,
+    initializers, node inputs and outputs."""
+    names: set[str] = set()
+    for g in walk_graphs(graph):
+        names |= {v.name for v in (*g.input, *g.output, *g.value_info, *g.initializer)}
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
+    names.discard("")
+    return names
+
+
+def rename_values(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
+    """Rename tensors throughout ``graph`` and its subgraphs; a tensor that already holds a
+    target name is moved aside to a fresh one (``name__1``) first.
+
+        rename_values(proto.graph, {"input_1:0": "image"})
+    """
+    wanted = {old: new for old, new in renames.items() if old != new}
+    if not wanted:
+        return
+    used = value_names(graph)
+    taken = used | set(wanted.values())
+    for name in sorted((used & set(wanted.values())) - set(wanted)):
+        fresh = next(f"{name}__{i}" for i in itertools.count(1) if f"{name}__{i}" not in taken)
+        taken.add(fresh)
+        wanted[name] = fresh
+    for g in walk_graphs(graph):
+        for value in (*g.input, *g.output, *g.value_info, *g.initializer):
+            value.name = wanted.get(value.name, value.name)
+        for node in g.node:
+            node.input[:] = [wanted.get(n, n) for n in node.input]
+            node.output[:] = [wanted.get(n, n) for n in node.output]
 
 
 # --- copies, external data, outputs ----------------------------------------------------------

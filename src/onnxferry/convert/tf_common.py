@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FerryError, UsageError, one_line
+from ..graphs import rename_values
 from ..model import Model
 from ..native import NativeOutput, native_output
 from ..runtime import runtime_limits
@@ -310,7 +311,7 @@ def finish_export(
 ) -> None:
     """Give an exported model the reference's names, order and dim names, an IR version the
     installed ONNX Runtime loads, and write it atomically to ``path`` (checked on the way)."""
-    rename_values(proto, dict(renames or {}))
+    rename_values(proto.graph, renames or {})
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
@@ -402,44 +403,3 @@ def _fit_ir_version(proto: onnx.ModelProto) -> None:
             )
         ir = max_ir
     proto.ir_version = ir
-
-
-def rename_values(proto: onnx.ModelProto, renames: dict[str, str]) -> None:
-    """Rename tensors throughout the graph and its subgraphs; a tensor that already holds a
-    target name is moved aside to a fresh one first."""
-    renames = {old: new for old, new in renames.items() if old != new}
-    if not renames:
-        return
-    used = _value_names(proto.graph)
-    taken = used | set(renames.values())
-    for name in sorted((used & set(renames.values())) - set(renames)):
-        fresh = next(
-            f"{name}__{i}" for i in range(1, len(taken) + 2) if f"{name}__{i}" not in taken
-        )
-        taken.add(fresh)
-        renames[name] = fresh
-    _apply_renames(proto.graph, renames)
-
-
-def _value_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    names |= {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        for attr in node.attribute:
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                names |= _value_names(sub)
-    names.discard("")
-    return names
-
-
-def _apply_renames(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
-    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
-        value.name = renames.get(value.name, value.name)
-    for node in graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-        for attr in node.attribute:
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                _apply_renames(sub, renames)

@@ -46,6 +46,7 @@ Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``static`` (auto), ``fp16`` (f
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import tempfile
@@ -58,7 +59,7 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from ..feeds import describe_shapes
-from ..graphs import inlined, open_negative_dims, weights_not_inputs
+from ..graphs import inlined, open_negative_dims, rename_values, value_names, weights_not_inputs
 from ..model import Model
 from ..native import NativeOutput, native_output
 from ..report import human_size
@@ -66,6 +67,8 @@ from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..parity import Tolerance
 
 KEYS = (*CHECK_KEYS, "layout", "static", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
@@ -421,6 +424,7 @@ def _folded(
     for output in proto.graph.output:
         if output.name in unshaped:
             output.type.tensor_type.ClearField("shape")
+    notes += _keras_names(proto.graph)
     if open_negative_dims(proto):
         notes.append("dims written as -1 were given to onnx2tf as unknown")
     try:
@@ -439,6 +443,34 @@ def _folded(
             f"onnxslim {onnxslim.__version__} folded it for onnx2tf: {before} -> {after} nodes"
         )
     return Model.from_proto(slimmed), notes
+
+
+KERAS_NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+"""Names onnx2tf's Keras layers take (``:`` it makes ``_`` itself); not spaces, quotes or
+braces."""
+
+
+def _keras_names(graph: onnx.GraphProto) -> list[str]:
+    """Rename the inputs and outputs whose names onnx2tf cannot give a Keras layer
+    (openWakeWord's timer names its output with a JSON text); a note for each input, whose
+    name the ``.tflite`` keeps (outputs are ``Identity``, ``Identity_1``, ... in any case)."""
+    taken = value_names(graph)
+    renames: dict[str, str] = {}
+    for value in (*graph.input, *graph.output):
+        if KERAS_NAME.fullmatch(value.name):
+            continue
+        stem = re.sub(r"[^A-Za-z0-9_]+", "_", value.name).strip("_") or "tensor"
+        names = itertools.chain([stem], (f"{stem}_{i}" for i in itertools.count(1)))
+        new = next(n for n in names if n not in taken)
+        taken.add(new)
+        renames[value.name] = new
+    inputs = {v.name for v in graph.input}
+    rename_values(graph, renames)
+    return [
+        f"input {old!r} is {new!r} in the .tflite: onnx2tf cannot take its name"
+        for old, new in renames.items()
+        if old in inputs
+    ]
 
 
 def _convert(model: str, keep: list[str]) -> Converted | str:

@@ -591,7 +591,7 @@ class ModelExecutor:
         for instance in [*self._instances, self._instances[0]]:
             start = time.monotonic_ns()
             try:
-                instance.run(feeds, self._output_names, None)
+                outputs = instance.run(feeds, self._output_names, None)
             except Exception as e:
                 raise ExecutionError(
                     f"model {self.name!r} failed its warmup run on "
@@ -600,8 +600,20 @@ class ModelExecutor:
                     hint=hint,
                 ) from e
             self._element_ns = (time.monotonic_ns() - start) / _elements(feeds)
+        self._warn_misdeclared(dict(zip(self._output_names, outputs, strict=True)))
         grown = resident_bytes(trim=True) - self._memory_base  # the arena the runs grew
         self.memory_bytes = max(self.memory_bytes, grown)
+
+    def _warn_misdeclared(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """Log each output that the warm-up shows is not the shape the model declares (the
+        shape the metadata endpoint gives clients)."""
+        for spec in self.signature.outputs:
+            if spec.name in outputs and not spec.fits(np.shape(outputs[spec.name])):
+                log.warning(
+                    "model %s: output %r is declared %s but gives %s at warm-up; the model's "
+                    "metadata shows the declared shape (`ferry check` tells more)",
+                    self.name, spec.name, spec.shape_text(), list(np.shape(outputs[spec.name])),
+                )  # fmt: skip
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""

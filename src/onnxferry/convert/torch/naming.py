@@ -7,15 +7,15 @@ symbolic dims given the signature's axis names, initializers the module's parame
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...graphs import rename_values, value_names
 from ...signature import Signature
 from ..base import ConversionError
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 
 def match_names(path: Path, signature: Signature, exporter: str, strip_prefix: str = "") -> None:
@@ -61,43 +61,12 @@ def match_names(path: Path, signature: Signature, exporter: str, strip_prefix: s
                 relaxed = True
     names: dict[str, str] = {}
     if strip_prefix:
-        taken = _value_names(graph)
+        taken = value_names(graph)
         for name in initializers:
             short = name.removeprefix(strip_prefix)
             if short != name and short not in taken:
                 names[name] = short
                 taken.add(short)
-        _rename_values(graph, names)
+        rename_values(graph, names)
     if dims or names or relaxed:
         onnx.save(proto, str(path))
-
-
-def _value_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    names |= {t.name for t in graph.initializer}
-    names |= {o for node in graph.node for o in node.output}
-    return names
-
-
-def _rename_values(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
-    """Rename initializers and every use of them, in subgraphs too."""
-    if not names:
-        return
-    for tensor in graph.initializer:
-        tensor.name = names.get(tensor.name, tensor.name)
-    for value in graph.input:
-        value.name = names.get(value.name, value.name)
-    _rename_uses(graph, names)
-
-
-def _rename_uses(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in names:
-                node.input[i] = names[name]
-        for attribute in node.attribute:
-            subgraphs = list(attribute.graphs)
-            if attribute.HasField("g"):
-                subgraphs.append(attribute.g)
-            for sub in subgraphs:
-                _rename_uses(sub, names)
