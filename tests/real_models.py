@@ -37,6 +37,7 @@ dependencies) and cached, as the product must take them from the wild:
   ``silero_vad_ifless``, the opset-18, IR-10 torch export of the same with named dims;
 - ``nudenet`` (nudenet): an Ultralytics YOLOv8n detector from the torch exporter, its output
   length a dim_param that is a formula of the input's height and width;
+- ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
   landmarker, its selfie segmenter (a MediaPipe custom op) and its sparse full-range face
   detector, as ``.tflite`` files to convert.
@@ -892,6 +893,11 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
     ]
 }
 """MediaPipe's TFLite models, for ``ferry convert`` on TFLite files nobody here wrote."""
+
+TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
+    "silero_vad_jit": WheelFile("silero_vad_jit", *_SILERO, "silero_vad/data/silero_vad.jit"),
+}
+"""Silero VAD as TorchScript (``forward(x, sr: int)``, its LSTM state kept in the module)."""
 
 
 # --- golden data ------------------------------------------------------------------------------

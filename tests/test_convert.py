@@ -154,6 +154,7 @@ def test_in_memory_result_without_output() -> None:
         ("m.tflite", b"x", "tflite"),
         ("m.pt", b"x", "torch"),
         ("m.pt2", b"x", "torch"),
+        ("silero_vad.jit", b"x", "torch"),
         ("m.pkl", b"x", "sklearn"),
         ("m.joblib", b"x", "sklearn"),
         ("noext", b"\x1c\x00\x00\x00TFL3rest", "tflite"),

@@ -26,6 +26,7 @@ from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import Parity, Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
+from tests.helpers import Run
 
 Feeds = dict[str, np.ndarray]
 
@@ -353,6 +354,62 @@ def test_torchscript_file_with_control_flow(tmp_path: Path) -> None:
     assert isinstance(dynamo, ConversionError)
     assert "prim::Loop" in str(dynamo)
     assert_one_line(dynamo)
+
+
+class Checked(torch.nn.Module):
+    """A forward that checks its input, as Silero VAD's TorchScript does its sample rate: 512
+    samples, and (``one_row``) a batch of 1."""
+
+    def __init__(self, one_row: bool) -> None:
+        super().__init__()
+        self.one_row = one_row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 512:
+            raise ValueError(f"Supported chunk sizes: [512], not {x.shape[1]}")
+        if self.one_row and x.shape[0] != 1:
+            raise ValueError(f"Supported batch: 1, not {x.shape[0]}")
+        return x * 2.0
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(script|save)` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("one_row", "samples", "said"),
+    [
+        (False, 100, "the model fails on the example inputs: ValueError: Supported chunk sizes"),
+        (True, 512, "the model fails on the inputs x[4,512]: ValueError: Supported batch: 1"),
+    ],
+    ids=["on the example", "on a verification batch"],
+)
+def test_a_torchscript_model_that_raises_on_the_inputs_is_one_line(
+    ferry: Run, tmp_path: Path, one_row: bool, samples: int, said: str
+) -> None:
+    """Its own exception, not the TorchScript interpreter's first line ("The following
+    operation failed..."), and exit 2, whether the examples or the verification feeds (the
+    batch varied) make it raise: on the latter it was an internal error."""
+    path = tmp_path / "checked.pt"
+    torch.jit.save(torch.jit.script(Checked(one_row).eval()), str(path))
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, samples), np.float32))
+    code, _, err = ferry("convert", path, "-o", tmp_path / "m.onnx", "--inputs", tmp_path / "x.npz")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert said in err, err
+
+
+class AtRate(torch.nn.Module):
+    def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+        return x * float(sr) / 16000.0
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(script|save)` is deprecated:DeprecationWarning")
+def test_a_torchscript_argument_that_is_not_a_tensor_is_named(ferry: Run, tmp_path: Path) -> None:
+    """Silero VAD's TorchScript takes ``forward(x, sr: int)``: given as a tensor, its own
+    check of ``sr`` fails and says 16000 is not a supported rate; ferry names the argument."""
+    path = tmp_path / "rate.pt"
+    torch.jit.save(torch.jit.script(AtRate().eval()), str(path))
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 512), np.float32), sr=np.array(16000))
+    code, _, err = ferry("convert", path, "-o", tmp_path / "m.onnx", "--inputs", tmp_path / "x.npz")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "forward() takes 'sr' as int, not a tensor" in err and "with sr fixed" in err, err
 
 
 def test_exported_program_file_gets_only_the_dynamo_exporter(tmp_path: Path) -> None:

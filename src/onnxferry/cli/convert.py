@@ -48,9 +48,9 @@ def convert(
 ) -> int:
     """Convert a PyTorch, Keras/TF, TFLite, scikit-learn or ONNX model to a verified ONNX file.
 
-    SOURCE is a file.py:function factory, .pt/.pth (TorchScript), .pt2 (torch.export), .keras,
-    a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since
-    loading a pickle executes code) or .onnx (re-targeted to --opset). A torch model's custom
+    SOURCE is a file.py:function factory, .pt/.pth/.jit (TorchScript), .pt2 (torch.export),
+    .keras, a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle,
+    since loading a pickle executes code) or .onnx (re-targeted to --opset). A torch model's custom
     layers export through --custom-export; custom ONNX operators run in the parity check
     through onnxruntime-extensions or --custom-ops.
     """

@@ -153,9 +153,10 @@ def convert(
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
-    model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory), ``.pt``/``.pth``
-    (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a SavedModel directory, ``.tflite``,
-    ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
+    model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory),
+    ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a
+    SavedModel directory, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``:
+    unpickling runs code), ``.onnx``; or a
     ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
     ``custom_export``: a Python file translating the torch model's custom layers to ONNX (its
     ``custom_translation_table`` for the dynamo exporter, ``symbolics`` for TorchScript's;
@@ -254,6 +255,8 @@ def detect_framework(source: Any) -> str:
         ".pth": "torch",
         ".pt2": "torch",
         ".ts": "torch",
+        ".jit": "torch",  # Silero VAD ships its TorchScript as silero_vad.jit
+        ".torchscript": "torch",
         ".pkl": "sklearn",
         ".pickle": "sklearn",
         ".joblib": "sklearn",

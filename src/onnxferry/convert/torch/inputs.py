@@ -27,6 +27,8 @@ class _Param:
     name: str
     positional: bool
     required: bool
+    kind: str = "Tensor"
+    """Its type where forward declares it (TorchScript's schema): "Tensor", "int", ..."""
 
 
 @dataclass
@@ -51,7 +53,7 @@ def forward_params(module: Any) -> ForwardParams:
     if isinstance(module, torch.jit.ScriptModule):
         schema = getattr(module.forward, "schema")  # noqa: B009 (a ScriptMethod)
         items = [
-            _Param(a.name, True, not a.has_default_value())
+            _Param(a.name, True, not a.has_default_value(), str(a.type))
             for a in schema.arguments[1:]
             if a.name != "self"
         ]
@@ -97,6 +99,7 @@ def build_inputs(
 ) -> ExampleInputs:
     import torch
 
+    _check_kinds(params)
     if isinstance(example, torch.Tensor):
         example = (example,)
     if isinstance(example, list):
@@ -168,6 +171,19 @@ def _check_required(params: ForwardParams, names: Sequence[str]) -> None:
         f"{', '.join(repr(n) for n in missing)} that no example input gives",
         hint=f"give {shapes} or --inputs samples.npz with {', '.join(missing)}",
     )
+
+
+def _check_kinds(params: ForwardParams) -> None:
+    """ConversionError for a required argument that forward declares other than a tensor
+    (Silero VAD's TorchScript takes ``int sr``): an ONNX model's inputs are tensors."""
+    scalar = next((p for p in params.items if p.required and "Tensor" not in p.kind), None)
+    if scalar is not None:
+        raise ConversionError(
+            f"forward() takes {scalar.name!r} as {scalar.kind}, not a tensor, and an ONNX "
+            "model's inputs are tensors",
+            hint=f"convert a module that calls this one with {scalar.name} fixed (a factory "
+            "file.py:function returning it)",
+        )
 
 
 def _check_tensors(names: Sequence[str], values: Sequence[Any]) -> None:

@@ -25,7 +25,11 @@ _ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 def torch_error(error: BaseException) -> str:
     """``"RuntimeError: what went wrong"``: the type and first line of one of torch's errors
-    (its messages go on with traces and graphs), without terminal colours."""
+    (its messages go on with traces and graphs), without terminal colours. The TorchScript
+    interpreter's errors (``torch.jit.Error``) end in what the model's own code raised
+    (``builtins.ValueError: Supported sampling rates: [8000, 16000]``): that line."""
+    if type(error).__module__ == "torch.jit" and type(error).__name__ == "Error":
+        return one_line(error, line="last", drop=_ANSI_COLOURS).removeprefix("builtins.")
     return one_line(error, line="first", drop=_ANSI_COLOURS, named=True)
 
 

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import FerryError
+from ...feeds import describe_shapes
 from ...signature import Signature
 from ..base import ConversionError
 from .inputs import tensor_from_numpy
+from .quiet import torch_error
 
 
 class TorchRunner:
@@ -47,12 +49,23 @@ class TorchRunner:
         return self._signature
 
     def call(self, feeds: Mapping[str, np.ndarray]) -> Any:
-        """The module's raw result for numpy feeds (no inference_mode, no conversion)."""
+        """The module's raw result for numpy feeds (no inference_mode, no conversion);
+        ConversionError when the module's code raises on them."""
 
         tensors = [tensor_from_numpy(n, feeds[n]) for n in self.input_names]
-        if self.keyword:
-            return self.module(**dict(zip(self.input_names, tensors, strict=True)))
-        return self.module(*tensors)
+        try:
+            if self.keyword:
+                return self.module(**dict(zip(self.input_names, tensors, strict=True)))
+            return self.module(*tensors)
+        except FerryError:
+            raise
+        except Exception as e:
+            shapes = describe_shapes({n: np.shape(feeds[n]) for n in self.input_names})
+            raise ConversionError(
+                f"the model fails on the inputs {shapes}: {torch_error(e)}",
+                hint="give inputs it takes (--inputs samples.npz): the values, types and shapes "
+                "its forward checks",
+            ) from e
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
