@@ -228,6 +228,19 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_samples_of_another_shape_are_one_line(
+    pretrained: Path, tmp_path: Path, ferry: Run
+) -> None:
+    """openWakeWord's features given to an image model: the sample shape is named (it was an
+    internal error inside torch's conv)."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 16, 96), np.float32), y=np.arange(10) % 2)
+    code, _, err = ferry("finetune", pretrained, "--data", tmp_path / "d.npz", "--labels", "y",
+                         "-o", tmp_path / "out.onnx")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "input 'x' holds samples of shape [16, 96], but the model takes [" in err, err
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_labels_beyond_the_head_say_to_add_a_new_head(
     pretrained: Path, tmp_path: Path, ferry: Run
 ) -> None:

@@ -166,6 +166,7 @@ def module_class() -> type:
             self.model_name = model.name
             self.input_names, self.output_names = _graph_io(model)
             self.input_dtypes = {s.name: s.dtype.numpy for s in model.signature.inputs}
+            self.input_specs = {s.name: s for s in model.signature.inputs}
             self.steps: list[Step] = []
             self.parity: Parity | None = None
             self.tensor_paths: dict[str, str] = {}  # ONNX name -> parameter or buffer path

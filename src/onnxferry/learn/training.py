@@ -20,11 +20,14 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from ..signature import TensorSpec
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -98,6 +101,7 @@ class Dataset:
                 hint="store class indices (0..C-1) under the labels key",
             )
         for name, array in inputs.items():
+            _check_sample_shape(name, array, getattr(module, "input_specs", {}).get(name))
             if array.shape[:1] != labels.shape:
                 raise DataError(
                     f"input {name!r} has {array.shape[0] if array.ndim else 0} rows but there "
@@ -105,6 +109,24 @@ class Dataset:
                     hint="give one label per sample",
                 )
         return cls(inputs, labels.astype(np.int64))
+
+
+def _check_sample_shape(name: str, array: np.ndarray, spec: TensorSpec | None) -> None:
+    """DataError unless each sample (``array`` past its first axis) has the rank and fixed
+    dims the model's input declares past its batch axis."""
+    if spec is None or spec.shape is None:
+        return
+    declared = spec.shape[1:]
+    fits = array.ndim == len(spec.shape) and all(
+        not isinstance(want, int) or want == have
+        for want, have in zip(declared, array.shape[1:], strict=True)
+    )
+    if not fits:
+        raise DataError(
+            f"input {name!r} holds samples of shape {list(array.shape[1:])}, but the model takes "
+            f"{spec.shape_text()}",
+            hint="give one sample per row, shaped as the model's input past its batch axis",
+        )
 
 
 @dataclass
