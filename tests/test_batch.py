@@ -45,6 +45,13 @@ FIXED = """
 <ir_version: 10, opset_import: ["" : 21]>
 fixed (float[2, 4] x) => (float[2, 4] y) { y = Relu(x) }
 """
+STATEFUL = """
+<ir_version: 10, opset_import: ["" : 21]>
+stateful (float[N, 4] x, float[2, N, 3] state) => (float[N, 4] y, float[2, N, 3] state_out) {
+    y = Relu(x)
+    state_out = Neg(state)
+}
+"""
 TIME_MAJOR = """
 <ir_version: 10, opset_import: ["" : 21]>
 time_major (float[{rows}, 4] x) => (float[4, {rows}] y) {{ y = Transpose(x) }}
@@ -69,7 +76,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "two": save(onnx_text(TWO_INPUTS), tmp / "two.onnx"),
         "image": save(onnx_text(IMAGE), tmp / "image.onnx"),
         "fixed": save(onnx_text(FIXED), tmp / "fixed.onnx"),
-        "time_major": save(onnx_text(TIME_MAJOR.format(rows="N")), tmp / "time_major.onnx"),
+        # time-major, the rows' axis not named: nothing says where they are
+        "undeclared": save(
+            onnx_text(TIME_MAJOR.format(rows="N").replace("[4, N] y", "[4, T] y")),
+            tmp / "undeclared.onnx",
+        ),
     }
 
 
@@ -371,7 +382,7 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
         ),
         "resize on npy": ([models["mlp"], tmp / "x.npy", "--resize", "8x8"], "apply to a folder"),
         "rows not on axis 0": (
-            [models["time_major"], tmp / "x.npy", "--batch-size", "2"],
+            [models["undeclared"], tmp / "x.npy", "--batch-size", "2"],
             "output 'y' has shape [4, 2] for a batch of 2 rows: its rows are not along axis 0",
         ),
     }
@@ -387,6 +398,27 @@ def test_bad_input_is_one_line_and_exit_2(
         assert code == 2, (name, err)
         assert expected in err, (name, err)
         assert len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_a_state_with_its_rows_on_axis_1_is_held_rows_first(tmp_path: Path) -> None:
+    """A recurrent state ``[2, N, 3]`` (Silero VAD's ``[2, batch, 128]``): the file holds it
+    rows first, ``[rows, 2, 3]``, the engine moves the rows to axis 1 to run and the new state's
+    back, so each row keeps its own state whatever the batches."""
+    model = save(onnx_text(STATEFUL), tmp_path / "stateful.onnx")
+    x = _rows(5)
+    state = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, state=state)
+    batch(model, tmp_path / "in.npz", tmp_path / "out", batch_size=2)
+    written = read_output(tmp_path / "out")
+    np.testing.assert_array_equal(written["y"], np.maximum(x, 0))
+    np.testing.assert_array_equal(written["state_out"], -state)
+
+
+def test_a_time_major_output_that_names_the_batch_is_written_rows_first(tmp_path: Path) -> None:
+    model = save(onnx_text(TIME_MAJOR.format(rows="N")), tmp_path / "time_major.onnx")
+    x = _rows(5)
+    batch(model, _npy(tmp_path, x), tmp_path / "out", batch_size=2)
+    np.testing.assert_array_equal(read_output(tmp_path / "out")["y"], x)
 
 
 def test_a_batch_1_model_keeps_an_output_without_a_batch_axis_whole(tmp_path: Path) -> None:

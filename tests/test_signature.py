@@ -224,3 +224,25 @@ def test_row_axes_follow_the_named_batch_dim_wherever_it_stands(
         for n, d in dims.items()
     )
     assert Signature(inputs, ()).row_axes() == axes
+
+
+def _spec(name: str, dims: list[int | str | None] | None) -> TensorSpec:
+    return TensorSpec.from_value_info(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+
+
+def test_output_row_axis_where_the_batch_is_named_or_like_the_input_it_mirrors() -> None:
+    """Silero VAD: as the torch export names it (``stateN[2, batch, 128]``), and as spox
+    writes it, no dim named anywhere (``stateN`` shaped like ``state[2, ?, 128]``)."""
+    named = Signature(
+        (_spec("input", ["batch", 512]), _spec("state", [2, "batch", 128])),
+        (_spec("output", ["batch", 1]), _spec("stateN", [2, "batch", 128])),
+    )
+    assert named.output_row_axis("stateN", (2, 4, 128)) == 1
+    assert named.output_row_axis("output", (4, 1)) == 0
+    unnamed = Signature(
+        (_spec("input", [None, None]), _spec("state", [2, None, 128])),
+        (_spec("output", [None, 1]), _spec("stateN", [None, None, None])),
+    )
+    assert unnamed.output_row_axis("stateN", (2, 4, 128)) == 1
+    assert unnamed.output_row_axis("output", (4, 1)) == 0
+    assert unnamed.output_row_axis("stateN", (3, 4, 128)) == 0  # not shaped like the state

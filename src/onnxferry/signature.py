@@ -304,8 +304,7 @@ class Signature:
         that a lone unnamed dim among fixed ones (``state: [2, ?, 128]``, as an exporter that
         names no dims writes a recurrent state) is the batch when other inputs' rows lead.
         """
-        leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
-        batch = max(set(leading), key=leading.count) if leading else None
+        batch = self.batch_symbol()
         axes: dict[str, int | None] = {}
         for spec in self.inputs:
             shape = spec.shape
@@ -320,6 +319,30 @@ class Signature:
                 if axes[spec.name] is None and _lone_unnamed_dim(spec.shape):
                     axes[spec.name] = (spec.shape or ()).index(None)
         return axes
+
+    def batch_symbol(self) -> str | None:
+        """The dim name most inputs lead with (their batch), or None."""
+        leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
+        return max(set(leading), key=leading.count) if leading else None
+
+    def output_row_axis(self, name: str, shape: Sequence[int]) -> int:
+        """The axis an output of ``shape`` (as a run gave it) holds its rows along: where its
+        declared shape names the inputs' batch dim; else, when it fits an input whose rows lie
+        on another axis (a recurrent state out, as in: ``stateN`` like ``state[2, ?, 128]``),
+        that axis; else the first.
+
+            Signature.from_onnx(vad).output_row_axis("stateN", (2, 4, 128))   # 1
+        """
+        spec = next(o for o in self.outputs if o.name == name)
+        batch = self.batch_symbol()
+        if batch is not None and spec.shape is not None and batch in spec.shape:
+            return spec.shape.index(batch)
+        axes = self.row_axes()
+        for given in self.inputs:
+            axis = axes[given.name]
+            if axis and given.shape is not None and given.fits(shape):
+                return axis
+        return 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

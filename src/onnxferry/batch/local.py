@@ -15,6 +15,9 @@ with the sizes measured on the first batch, which runs on the calling thread bef
 others start (plan.in_flight). Any error stops the reader, lets the workers drain, removes
 the shard in progress and is raised on the calling thread.
 
+Every input and output is rows first in the files; one whose rows lie on another axis in the
+model (Silero VAD's ``state[2, batch, 128]``) is moved there to run and back.
+
 A model whose batch axis is fixed (``[1, 3, 224, 224]``) runs batches of exactly that size;
 the last, shorter one is padded with copies of its last row and the padding's outputs dropped.
 When that size is 1, an output without a batch axis (a recognizer's time-major
@@ -37,6 +40,7 @@ from ..devices import device_session_config, naming
 from ..errors import DataError
 from ..measure import PeakMemory
 from ..runtime import OrtRunner, SessionConfig
+from ..signature import Signature
 from .plan import Job, current_rss, in_flight
 from .sinks import ShardWriter, output_table
 from .sources import Chunk
@@ -77,16 +81,30 @@ def _runners(job: Job) -> list[OrtRunner]:
 def run_outputs(
     runner: OrtRunner, feeds: dict[str, np.ndarray], fixed: int | None
 ) -> dict[str, np.ndarray]:
-    """One batch's outputs; a batch shorter than a fixed batch axis is padded with copies of
-    its last row, and the padding's outputs dropped."""
+    """One batch's outputs, rows first like its feeds; a batch shorter than a fixed batch axis
+    is padded with copies of its last row, and the padding's outputs dropped. An input or
+    output whose rows lie on another axis in the model (a recurrent state) has them moved
+    there and back (``Signature.row_axes``, ``Signature.output_row_axis``)."""
     n = next((len(v) for v in feeds.values() if v.ndim), 0)
     if fixed is not None and n < fixed:
         feeds = {
             k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) if v.ndim else v
             for k, v in feeds.items()
         }
+    signature = runner.signature
+    axes = signature.row_axes()
+    feeds = {k: np.moveaxis(v, 0, axis) if (axis := axes[k]) else v for k, v in feeds.items()}
     outputs = runner.run(feeds)
-    return {k: _rows(k, v, n, fixed) for k, v in outputs.items()}
+    moved = {k: _rows_first(signature, k, v) for k, v in outputs.items()}
+    return {k: _rows(k, v, n, fixed) for k, v in moved.items()}
+
+
+def _rows_first(signature: Signature, name: str, value: np.ndarray) -> np.ndarray:
+    """An output with its row axis moved first (ZipMap's maps are rows already)."""
+    if value.dtype == object or not value.ndim:
+        return value
+    axis = signature.output_row_axis(name, value.shape)
+    return np.moveaxis(value, axis, 0) if axis else value
 
 
 def _rows(name: str, value: np.ndarray, n: int, fixed: int | None) -> np.ndarray:

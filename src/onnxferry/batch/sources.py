@@ -94,15 +94,6 @@ def open_source(
     from .tables import JsonLinesSource, TableSource, table_format
 
     path = Path(path)
-    axes = signature.row_axes()
-    elsewhere = [s for s in signature.inputs if (axes.get(s.name) or 0) > 0]
-    if elsewhere:
-        spec = elsewhere[0]
-        raise DataError(
-            f"input {spec.name!r} {spec.shape_text()} holds its rows along axis "
-            f"{axes[spec.name]}; `ferry batch` reads the rows of every input along the first",
-            hint="serve the model (ferry serve) or explain it: both take such inputs",
-        )
     signature = row_signature(signature)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check the input path")
@@ -129,16 +120,21 @@ def open_source(
 
 
 def row_signature(signature: Signature) -> Signature:
-    """The signature with a fixed batch axis opened (dim 0 of every input: "rows"), so a
-    source checks the shape of each row, not the number of rows (the engine pads a short
-    batch to a fixed batch size)."""
-    inputs = tuple(
-        dataclasses.replace(spec, shape=("rows", *spec.shape[1:]))
-        if spec.shape and isinstance(spec.shape[0], int)
-        else spec
-        for spec in signature.inputs
-    )
-    return Signature(inputs, signature.outputs)
+    """The signature as the input files hold it: rows first. An input whose rows lie on
+    another axis (a recurrent ``state[2, batch, 128]``) has that axis moved first (files
+    hold it ``[rows, 2, 128]``; the engine moves it back), and a fixed batch axis is opened
+    ("rows"), so a source checks the shape of each row, not the number of rows (the engine
+    pads a short batch to a fixed batch size)."""
+    axes = signature.row_axes()
+    inputs = []
+    for spec in signature.inputs:
+        axis, shape = axes[spec.name], spec.shape
+        if shape and axis:
+            shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+        if shape and isinstance(shape[0], int):
+            shape = ("rows", *shape[1:])
+        inputs.append(dataclasses.replace(spec, shape=shape))
+    return Signature(tuple(inputs), signature.outputs)
 
 
 def checked_feeds(
@@ -339,7 +335,8 @@ class NpzSource(Reused):
             raise DataError(
                 f"{path}: the arrays have different numbers of rows "
                 f"({', '.join(f'{n}: {h.shape[0]}' for n, h in headers.items())})",
-                hint="give every input the same number of rows",
+                hint="give every input the same number of rows, first (a recurrent state "
+                "[2, batch, 64] as [rows, 2, 64]: np.moveaxis(state, 1, 0))",
             )
         self.rows = counts.pop()
         self._zip: zipfile.ZipFile | None = None
