@@ -593,6 +593,17 @@ def test_paddleocr_recognizer_translates_to_torch_and_is_refused_as_a_classifier
     assert "more than one class score per row" in err and err.count("\n") == 1, err
 
 
+def _tflite_package(name: str, tmp_path: Path) -> tuple[object, ...]:
+    """``ferry package MODEL --target tflite --json`` checked at the model's test inputs
+    (skip without the target's tools)."""
+    for module in ("onnx2tf", "ai_edge_litert", "onnxslim"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    inputs = save_npz(tmp_path / f"{name}.npz", WHEELS[name].feeds())
+    source = _wheel_model(name)
+    return ("package", source, "--target", "tflite", "--set", f"inputs={inputs}", "--json")
+
+
 @pytest.mark.slow
 def test_openwakeword_melspectrogram_packages_for_tflite_with_its_inputs_fixed(
     ferry: Run, tmp_path: Path
@@ -601,12 +612,7 @@ def test_openwakeword_melspectrogram_packages_for_tflite_with_its_inputs_fixed(
     dims may not run in LiteRT (XNNPack cannot reshape it; onnx2tf 1.28 and LiteRT 2.3): then
     ``static=false`` fails the check (exit 1), and the default converts it again with the
     input fixed at the check's sizes (80 ms of audio here), which passes, and says so."""
-    for module in ("onnx2tf", "ai_edge_litert", "onnxslim"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
-    source = _wheel_model("oww_melspectrogram")
-    inputs = save_npz(tmp_path / "audio.npz", WHEELS["oww_melspectrogram"].feeds())
-    args = ("package", source, "--target", "tflite", "--set", f"inputs={inputs}", "--json")
+    args = _tflite_package("oww_melspectrogram", tmp_path)
     code, out, err = ferry(*args, "--set", "static=false", "-o", tmp_path / "open")
     assert_clean((code, out, err), {0, 1})
     (parity, _) = json.loads(out)["result"]["checks"]
@@ -626,12 +632,7 @@ def test_ddddocr_recognizer_packages_for_tflite_despite_its_misdeclared_output(
     """ddddocr's recognizer declares its output ``[1, seqlen]`` and gives ``[time, 1, 8210]``.
     Given that shape, onnx2tf reshapes the output to it (``[1, time * 8210]``) and the check
     fails; the target gives it to onnx2tf without the declared shape, says so, and passes."""
-    for module in ("onnx2tf", "ai_edge_litert", "onnxslim"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
-    source = _wheel_model("ddddocr_ocr")
-    inputs = save_npz(tmp_path / "line.npz", WHEELS["ddddocr_ocr"].feeds())
-    args = ("package", source, "--target", "tflite", "--set", f"inputs={inputs}", "--json")
+    args = _tflite_package("ddddocr_ocr", tmp_path)
     report = ok_json(ferry(*args, "-o", tmp_path / "out"))["result"]
     (parity, _) = report["checks"]
     assert parity["ok"] and "over 1 samples" in parity["detail"], parity
