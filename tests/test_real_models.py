@@ -170,7 +170,9 @@ def assert_served_like_ort(url: str, model: str, feeds: Feeds, expected: dict[st
             assert_matches_ort(got[name], want, f"{name} (binary={binary})")
 
 
-def assert_metadata(url: str, model: str, proto: onnx.ModelProto) -> None:
+def assert_metadata(url: str, model: str, proto: onnx.ModelProto, expected: dict[str, Any]) -> None:
+    """Names as the model's, and each output's shape as ONNX Runtime gives it (-1 for a dim
+    left open): a shape the model declares wrongly (ddddocr's) is not passed on."""
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
     try:
         assert client.is_model_ready(model)
@@ -179,6 +181,12 @@ def assert_metadata(url: str, model: str, proto: onnx.ModelProto) -> None:
         client.close()
     assert [i["name"] for i in metadata["inputs"]] == [v.name for v in real_inputs(proto)]
     assert [o["name"] for o in metadata["outputs"]] == [v.name for v in proto.graph.output]
+    for output in metadata["outputs"]:
+        have = np.shape(expected[output["name"]])
+        dims = [int(d) for d in output["shape"]]
+        assert len(dims) == len(have) and all(
+            d in (-1, h) for d, h in zip(dims, have, strict=True)
+        ), output
 
 
 # --- the prepared models --------------------------------------------------------------------
@@ -397,7 +405,7 @@ def test_graph(ferry: Run, real: Prepared, tmp_path: Path) -> None:
 
 
 def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:
-    assert_metadata(real_url, real.name, real.proto)
+    assert_metadata(real_url, real.name, real.proto, real.expected)
     assert_served_like_ort(real_url, real.name, real.feeds, real.expected)
 
 

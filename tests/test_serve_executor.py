@@ -449,13 +449,16 @@ def test_warmup_logs_an_output_that_is_not_its_declared_shape(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """ddddocr's recognizer declares [1, seqlen] and gives [time, 1, classes]: the server
-    still serves it, and says at load that its metadata shows the declared shape."""
+    still serves it, says so at load, and describes the output by the rank it has, every dim
+    unknown (the metadata's -1s), not by the wrong declared shape."""
     ex = ModelExecutor(Model.from_proto(onnx_text(MISDECLARED)), ModelConfig(), cores=1)
     with caplog.at_level("WARNING", logger="onnxferry"):
         ex.warmup()
     asyncio.run(ex.close())
     (record,) = [r for r in caplog.records if "declared" in r.getMessage()]
     assert "output 'y' is declared [1, k] but gives [8, 1] at warm-up" in record.getMessage()
+    assert [(o.name, o.shape) for o in ex.signature.outputs] == [("y", (None, None))]
+    assert ex.signature.inputs == ex.model.signature.inputs
 
 
 def test_cancelled_request_is_dropped_from_the_queue() -> None:

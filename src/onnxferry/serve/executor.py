@@ -59,7 +59,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -600,20 +600,34 @@ class ModelExecutor:
                     hint=hint,
                 ) from e
             self._element_ns = (time.monotonic_ns() - start) / _elements(feeds)
-        self._warn_misdeclared(dict(zip(self._output_names, outputs, strict=True)))
+        self._observe_outputs(dict(zip(self._output_names, outputs, strict=True)))
         grown = resident_bytes(trim=True) - self._memory_base  # the arena the runs grew
         self.memory_bytes = max(self.memory_bytes, grown)
 
-    def _warn_misdeclared(self, outputs: Mapping[str, np.ndarray]) -> None:
-        """Log each output that the warm-up shows is not the shape the model declares (the
-        shape the metadata endpoint gives clients)."""
+    def _observe_outputs(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """Each output that the warm-up shows is not the shape the model declares (ddddocr's
+        recognizer declares ``[1, seqlen]`` and gives ``[time, 1, classes]``) is logged, and
+        described from then on (metadata, Triton's config) by the rank it has, every dim
+        unknown: the declared shape would tell clients a wrong one."""
+        wrong = {
+            spec.name: np.shape(outputs[spec.name])
+            for spec in self.signature.outputs
+            if spec.name in outputs and not spec.fits(np.shape(outputs[spec.name]))
+        }
         for spec in self.signature.outputs:
-            if spec.name in outputs and not spec.fits(np.shape(outputs[spec.name])):
+            if spec.name in wrong:
                 log.warning(
-                    "model %s: output %r is declared %s but gives %s at warm-up; the model's "
-                    "metadata shows the declared shape (`ferry check` tells more)",
-                    self.name, spec.name, spec.shape_text(), list(np.shape(outputs[spec.name])),
+                    "model %s: output %r is declared %s but gives %s at warm-up; its metadata "
+                    "gives it as %s (`ferry check` tells more)",
+                    self.name, spec.name, spec.shape_text(), list(wrong[spec.name]),
+                    [-1] * len(wrong[spec.name]),
                 )  # fmt: skip
+        if wrong:
+            outputs_seen = tuple(
+                replace(spec, shape=(None,) * len(wrong[spec.name])) if spec.name in wrong else spec
+                for spec in self.signature.outputs
+            )
+            self.signature = Signature(self.signature.inputs, outputs_seen)
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
