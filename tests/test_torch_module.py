@@ -16,6 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxferry.learn import UnsupportedOperator, check_parity, to_torch
+from onnxferry.learn.ops import UnsupportedOp
 from onnxferry.learn.torch_module import run_module
 from onnxferry.model import Model
 from tests.helpers import Run, conv_bn_mlp, convert_with_dynamo, onnx_text, save
@@ -244,6 +245,79 @@ def test_operator_corner_cases_match_onnxruntime(name: str, tmp_path: Path) -> N
     path = save(_random_weights(CORNER_CASES[name]), tmp_path / "m.onnx")
     module = to_torch(path)
     assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+def _lstm(direction: str, layout: int, extras: bool) -> onnx.ModelProto:
+    """x -> ONNX LSTM (hidden 4, 5 steps, batch 2) -> Y, Y_h, Y_c, random weights; with
+    ``extras`` also per-row lengths (5 and 3), initial states, peepholes and a clip."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    dirs = 2 if direction == "bidirectional" else 1
+    steps, batch, size, hidden = 5, 2, 3, 4
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, name)
+
+    def state(name: str) -> onnx.TensorProto:
+        shape = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+        return weight(name, *shape)
+
+    inits = [weight("w", dirs, 4 * hidden, size), weight("r", dirs, 4 * hidden, hidden)]
+    inits.append(weight("b", dirs, 8 * hidden))
+    names = ["x", "w", "r", "b"]
+    attrs: dict[str, Any] = {"direction": direction, "hidden_size": hidden, "layout": layout}
+    if extras:
+        inits += [numpy_helper.from_array(np.array([5, 3], np.int32), "lens")]
+        inits += [state("h0"), state("c0"), weight("p", dirs, 3 * hidden)]
+        names += ["lens", "h0", "c0", "p"]
+        attrs["clip"] = 2.5
+    x_shape = [batch, steps, size] if layout else [steps, batch, size]
+    y_shape = [batch, steps, dirs, hidden] if layout else [steps, dirs, batch, hidden]
+    h_shape = [batch, dirs, hidden] if layout else [dirs, batch, hidden]
+    node = helper.make_node("LSTM", names, ["y", "y_h", "y_c"], name="lstm", **attrs)
+    graph = helper.make_graph(
+        [node],
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape),
+            helper.make_tensor_value_info("y_h", TensorProto.FLOAT, h_shape),
+            helper.make_tensor_value_info("y_c", TensorProto.FLOAT, h_shape),
+        ],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+@pytest.mark.parametrize(
+    ("direction", "extras"),
+    [("forward", False), ("bidirectional", True), ("reverse", True)],
+)
+def test_an_lstm_matches_onnxruntime_and_trains(
+    direction: str, extras: bool, tmp_path: Path
+) -> None:
+    """openWakeWord's heads, ddddocr's CRNN and Silero VAD hold LSTMs: both directions, rows
+    of different lengths (their steps past the end keep the state and give zeros), initial
+    states, peepholes and a clip (on each gate's input, peephole terms included), as ONNX
+    Runtime runs them; the weights get gradients."""
+    path = save(_lstm(direction, 0, extras), tmp_path / "lstm.onnx")
+    x = np.random.default_rng(4).standard_normal((5, 2, 3)).astype(np.float32)
+    module = to_torch(path, feeds=[{"x": x}])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+    module(torch.from_numpy(x))["y"].sum().backward()
+    grad = module.parameter("w").grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_a_batch_first_lstm_is_named_as_unsupported(tmp_path: Path) -> None:
+    """``layout = 1``: ONNX Runtime's CPU kernel refuses it (no model that runs has it), and
+    so does the translation, naming it."""
+    path = save(_lstm("forward", 1, False), tmp_path / "lstm.onnx")
+    with pytest.raises(UnsupportedOp, match="LSTM with layout 1"):
+        to_torch(path, check=False)(torch.zeros(2, 5, 3))
 
 
 def test_a_batch_1_export_runs_a_larger_batch_row_by_row_alike(tmp_path: Path) -> None:

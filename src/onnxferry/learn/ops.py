@@ -660,6 +660,86 @@ def _arg(node: Node, xs: list[Any]) -> Any:
     return fn(dim=axis, keepdim=keep)
 
 
+# --- recurrent ---------------------------------------------------------------------------
+
+
+_GATE_ACTIVATIONS: dict[str, Callable[[Any, float | None, float | None], Any]] = {
+    "Sigmoid": lambda x, a, b: x.sigmoid(),
+    "Tanh": lambda x, a, b: x.tanh(),
+    "Relu": lambda x, a, b: x.relu(),
+    "HardSigmoid": lambda x, a, b: (
+        x * (0.2 if a is None else a) + (0.5 if b is None else b)
+    ).clamp(0.0, 1.0),
+    "LeakyRelu": lambda x, a, b: _functional().leaky_relu(x, 0.01 if a is None else a),
+    "Softsign": lambda x, a, b: x / (1 + x.abs()),
+    "Softplus": lambda x, a, b: _functional().softplus(x),
+}
+
+
+@op("LSTM")
+def _lstm(node: Node, xs: list[Any]) -> Any:
+    """ONNX's LSTM (gates i, o, f, c), step by step so it trains: both directions,
+    peepholes, ``clip``, ``sequence_lens`` (steps past a row's length keep its state and give
+    zeros) and initial states; outputs Y, Y_h, Y_c (``layout`` 0, the one ONNX Runtime runs)."""
+    torch = _torch()
+    x, w, r = xs[0], xs[1], xs[2]
+    bias, lens, h0, c0, peep = (*xs[3:], None, None, None, None, None)[:5]
+    if int(node.attr("input_forget", 0)):
+        raise UnsupportedOp(node, "with input_forget")
+    if int(node.attr("layout", 0)):  # ONNX Runtime's CPU kernel refuses it too
+        raise UnsupportedOp(node, "with layout 1")
+    steps, batch, hidden = int(x.shape[0]), int(x.shape[1]), int(r.shape[-1])
+    direction = node.attr("direction", "forward")
+    reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    names = node.attr("activations") or ["Sigmoid", "Tanh", "Tanh"] * len(reverse)
+    alphas, betas = node.attr("activation_alpha") or [], node.attr("activation_beta") or []
+    unknown = [n for n in names if n not in _GATE_ACTIVATIONS]
+    if unknown:
+        raise UnsupportedOp(node, f"with activation {unknown[0]}")
+
+    clip = node.attr("clip")
+
+    def gate(k: int) -> Callable[[Any], Any]:
+        """Activation k, its input clipped first (peephole terms included, as ORT does)."""
+        fn = _GATE_ACTIVATIONS[names[k]]
+        a = float(alphas[k]) if k < len(alphas) else None
+        b = float(betas[k]) if k < len(betas) else None
+        if clip is None:
+            return lambda v: fn(v, a, b)
+        return lambda v: fn(v.clamp(-float(clip), float(clip)), a, b)
+
+    valid = None if lens is None else torch.arange(steps)[:, None] < lens.long()[None, :]
+    ys, hs, cs = [], [], []
+    for d, backwards in enumerate(reverse):
+        f, g, h = gate(3 * d), gate(3 * d + 1), gate(3 * d + 2)
+        zeros = x.new_zeros(batch, hidden)
+        state_h = zeros if h0 is None else h0[d]
+        state_c = zeros if c0 is None else c0[d]
+        b = x.new_zeros(8 * hidden) if bias is None else bias[d]
+        pi, po, pf = (None, None, None) if peep is None else peep[d].split(hidden)
+        out: list[Any] = [None] * steps
+        for t in reversed(range(steps)) if backwards else range(steps):
+            z = x[t] @ w[d].T + state_h @ r[d].T + b[: 4 * hidden] + b[4 * hidden :]
+            zi, zo, zf, zc = z.split(hidden, dim=-1)
+            if pi is not None:
+                zi, zf = zi + pi * state_c, zf + pf * state_c
+            c_new = f(zf) * state_c + f(zi) * g(zc)
+            if po is not None:
+                zo = zo + po * c_new
+            h_new = f(zo) * h(c_new)
+            if valid is None:
+                state_h, state_c, out[t] = h_new, c_new, h_new
+            else:
+                keep = valid[t][:, None]
+                state_h = torch.where(keep, h_new, state_h)
+                state_c = torch.where(keep, c_new, state_c)
+                out[t] = torch.where(keep, h_new, torch.zeros_like(h_new))
+        ys.append(torch.stack(out))
+        hs.append(state_h)
+        cs.append(state_c)
+    return torch.stack(ys, 1), torch.stack(hs), torch.stack(cs)
+
+
 class UnsupportedOp(Exception):
     """An operator (or one of its variants) the converter does not translate."""
 
