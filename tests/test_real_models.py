@@ -663,3 +663,15 @@ def test_silero_vad_torchscript_is_refused_naming_its_int_argument(
     result = ferry("convert", source, "-o", tmp_path / "vad.onnx", "--inputs", feeds)
     _, err = assert_clean(result, {2})
     assert "forward() takes 'sr' as int, not a tensor" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("name", ["oww_hey_mycroft", "ddddocr_ocr"])
+def test_lstm_models_translate_to_torch_like_onnxruntime(name: str) -> None:
+    """openWakeWord's tf2onnx wake-word head and ddddocr's CRNN (torch 1.9) hold ONNX LSTMs:
+    the torch translation fine-tuning starts from runs as ONNX Runtime does."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    from onnxferry.learn import to_torch
+
+    module = to_torch(_wheel_model(name), feeds=[WHEELS[name].feeds()])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
