@@ -237,13 +237,15 @@ unrunnable (float[1, 4] x) => (float[3, k] y) {
 """
 
 
-def test_a_model_that_cannot_run_fails_the_run(tmp_path: Path) -> None:
+def test_a_model_that_cannot_run_on_generated_values_is_a_warning(tmp_path: Path) -> None:
     """A shape computed from the input's values, that the input cannot take: the model
-    loads (no load-time inference sees it), then fails its one run."""
+    loads (no load-time inference sees it), then fails its one run. Generated values may be
+    ones a sound model refuses, so it warns and does not block."""
     report = check(save(onnx_text(_UNRUNNABLE), tmp_path / "m.onnx"))
     finding = next(f for f in report.result.findings if f.check == "declared output shapes")
-    assert finding.status == "fail" and "onnxruntime cannot run it on x[1,4]" in finding.detail
-    assert not report.ok and report.exit_code == 1
+    assert finding.status == "warn" and not finding.blocking, finding
+    assert "onnxruntime cannot run it on x[1,4] with generated values" in finding.detail
+    assert report.ok and report.exit_code == 0
 
 
 def test_a_model_without_sizes_that_run_skips_the_run(tmp_path: Path) -> None:

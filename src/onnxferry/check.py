@@ -293,8 +293,9 @@ def _declared_outputs(model: Model, session: Any, result: CheckResult) -> None:
     try:
         values = session.run(None, ort_inputs(plan.feeds(seed=0)), quiet_run_options())
     except Exception as e:  # onnxruntime raises untyped errors for a run it cannot do
-        result.add(name, "fail", f"onnxruntime cannot run it on {plan.describe()}: "
-                   f"{one_line(ort_error_message(e), 300)}")  # fmt: skip
+        # generated values may be ones the model refuses (an id past a table): not a blocker
+        result.add(name, "warn", f"onnxruntime cannot run it on {plan.describe()} with "
+                   f"generated values: {one_line(ort_error_message(e), 300)}", False)  # fmt: skip
         return
     wrong = [
         f"{spec.name!r} is declared {spec.shape_text()} but gives {list(np.shape(value))}"

@@ -119,7 +119,8 @@ def _rows(name: str, value: np.ndarray, n: int, fixed: int | None) -> np.ndarray
     raise DataError(
         f"output {name!r} has shape {list(value.shape)} for a batch of {ran} rows: its rows are "
         "not along axis 0",
-        hint="ferry batch keeps outputs whose first axis is the batch; export the model so",
+        hint="ferry batch needs each output's rows on its first axis, or on the axis its "
+        "shape names as the batch",
     )
 
 
