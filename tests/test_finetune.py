@@ -19,6 +19,7 @@ from sklearn import datasets
 
 from onnxferry.learn import FinetuneResult, finetune, to_torch, train_epochs
 from onnxferry.learn.training import Dataset, evaluate
+from onnxferry.model import Model
 from onnxferry.registry import Registry
 from tests.helpers import Run, convert_with_dynamo, onnx_text, save
 
@@ -277,6 +278,58 @@ def test_a_sequence_of_scores_per_row_is_not_a_classifier(tmp_path: Path, ferry:
     assert code == 2, err
     assert err.count("\n") == 1 and "more than one class score per row" in err, err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _binary_head(path: Path, scores: int = 1) -> Path:
+    """x[N, 4] -> MatMul + Add -> Sigmoid: ``scores`` sigmoid scores per row (one: a binary
+    classifier, as openWakeWord's wake-word heads), weights that know nothing yet."""
+    model = onnx_text(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x, float[4, {scores}] w, float[{scores}] b) => (float[N, {scores}] p) {{
+            m = MatMul (x, w)
+            z = Add (m, b)
+            p = Sigmoid (z)
+        }}
+    """,
+        check=False,
+    )
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, scores)) * 0.01).astype(np.float32)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.zeros(scores, np.float32), "b"),
+        ]
+    )
+    del model.graph.input[1:]
+    return save(model, path)
+
+
+def test_a_sigmoid_head_trains_as_a_binary_classifier(tmp_path: Path) -> None:
+    """One sigmoid score per row is class 1's probability: labels 0 and 1 train it (the
+    loss on its logit z as the two classes' logits (0, z)), and the written model still gives
+    one probability per row."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    tuned = finetune(
+        _binary_head(tmp_path / "head.onnx"), {"x": x, "labels": y}, epochs=30, lr=0.05,
+        patience=None, output=tmp_path / "tuned.onnx",
+    )  # fmt: skip
+    result = tuned.last_report(FinetuneResult).result
+    assert result.accuracy_before < 0.75 < 0.95 <= result.accuracy_after, result
+    assert result.loss_after < result.loss_before
+    (output,) = Model.load(tmp_path / "tuned.onnx").signature.outputs
+    assert output.shape is not None and output.shape[1] == 1
+
+
+def test_several_sigmoid_scores_per_row_are_one_line(tmp_path: Path, ferry: Run) -> None:
+    path = _binary_head(tmp_path / "multi.onnx", scores=3)
+    np.savez(tmp_path / "d.npz", x=np.ones((6, 4), np.float32), y=np.arange(6) % 2)
+    code, _, err = ferry("finetune", path, "--data", tmp_path / "d.npz", "--labels", "y",
+                         "-o", tmp_path / "out.onnx")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "multi-label" in err, err
 
 
 def test_train_epochs_is_the_step_a_federated_client_runs(pretrained: Path, digits: Any) -> None:

@@ -322,7 +322,8 @@ def export_source(module: Any, sample: Mapping[str, np.ndarray]) -> Any:
 
 def onnx_scores(model: Model, data: Dataset, probabilities: bool) -> tuple[float, float]:
     """(cross-entropy, accuracy) of the written model under ONNX Runtime; ``probabilities``:
-    its first output is a Softmax's (the loss takes their log)."""
+    its first output is a Softmax's (the loss takes their log), or a Sigmoid's one score per
+    row (class 1's probability)."""
     import torch
 
     from ..runtime import OrtRunner
@@ -334,6 +335,8 @@ def onnx_scores(model: Model, data: Dataset, probabilities: bool) -> tuple[float
         feeds = {k: v[start : start + 256] for k, v in data.inputs.items()}
         chunks.append(np.asarray(runner.run(feeds)[name], dtype=np.float32))
     scores = torch.from_numpy(np.concatenate(chunks)).reshape(len(data), -1)
+    if probabilities and scores.shape[1] == 1:  # a sigmoid's: class 1's probability
+        scores = torch.cat([1 - scores, scores], dim=1)
     labels = torch.from_numpy(data.labels)
     logits = torch.log(scores.clamp_min(1e-12)) if probabilities else scores
     loss = float(torch.nn.functional.cross_entropy(logits, labels))

@@ -688,7 +688,7 @@ def _lstm(node: Node, xs: list[Any]) -> Any:
         raise UnsupportedOp(node, "with input_forget")
     if int(node.attr("layout", 0)):  # ONNX Runtime's CPU kernel refuses it too
         raise UnsupportedOp(node, "with layout 1")
-    steps, batch, hidden = int(x.shape[0]), int(x.shape[1]), int(r.shape[-1])
+    steps, hidden = int(x.shape[0]), int(r.shape[-1])
     direction = node.attr("direction", "forward")
     reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
     names = node.attr("activations") or ["Sigmoid", "Tanh", "Tanh"] * len(reverse)
@@ -712,7 +712,7 @@ def _lstm(node: Node, xs: list[Any]) -> Any:
     ys, hs, cs = [], [], []
     for d, backwards in enumerate(reverse):
         f, g, h = gate(3 * d), gate(3 * d + 1), gate(3 * d + 2)
-        zeros = x.new_zeros(batch, hidden)
+        zeros = x.new_zeros(1, hidden).expand(x.shape[1], hidden)  # the batch stays traced
         state_h = zeros if h0 is None else h0[d]
         state_c = zeros if c0 is None else c0[d]
         b = x.new_zeros(8 * hidden) if bias is None else bias[d]

@@ -7,11 +7,12 @@
     accuracy(module, Dataset.of(module, x_val, y_val))               # top-1, 0..1
 
 The loss is cross-entropy on the logits: the output itself, or the input of the Softmax
-(LogSoftmax) that produces it (``logits_tensor``). AdamW over the parameters that require
-gradients, a cosine (or step, or constant) schedule per epoch, seeded shuffling; with an
-eval set, the weights of the best epoch (lowest eval loss) are restored at the end and
-training stops after ``patience`` epochs without improvement. ``prox_mu`` adds FedProx's
-proximal term, mu/2 * ||w - w_start||^2, for federated clients.
+(LogSoftmax) that produces it (``logits_tensor``); a Sigmoid's one score per row (a binary
+head, as openWakeWord's) is its logit z taken as the two classes' logits (0, z). AdamW over
+the parameters that require gradients, a cosine (or step, or constant) schedule per epoch,
+seeded shuffling; with an eval set, the weights of the best epoch (lowest eval loss) are
+restored at the end and training stops after ``patience`` epochs without improvement.
+``prox_mu`` adds FedProx's proximal term, mu/2 * ||w - w_start||^2, for federated clients.
 """
 
 from __future__ import annotations
@@ -283,14 +284,25 @@ def accuracy(module: Any, data: Dataset) -> float:
 
 
 def logits_tensor(module: Any) -> str:
-    """The tensor the loss is taken on: the first output, or the input of the Softmax or
-    LogSoftmax that produces it."""
+    """The tensor the loss is taken on: the first output, or the input of the Softmax,
+    LogSoftmax or Sigmoid that produces it."""
     output = module.output_names[0]
-    for step in module.steps:
-        node = step.node
-        if output in step.outputs and node is not None and node.op_type in _SOFTMAX:
-            return str(step.inputs[0])
+    step = _producer(module, output)
+    if step is not None and step.node.op_type in (*_SOFTMAX, "Sigmoid"):
+        return str(step.inputs[0])
     return str(output)
+
+
+def _producer(module: Any, tensor: str) -> Any:
+    """The step whose node produces ``tensor``, or None."""
+    return next((s for s in module.steps if tensor in s.outputs and s.node is not None), None)
+
+
+def _sigmoid_head(module: Any) -> bool:
+    """Whether the first output is a Sigmoid's: a binary classifier's one score per row
+    (openWakeWord's heads), class 1's probability."""
+    step = _producer(module, module.output_names[0])
+    return step is not None and step.node.op_type == "Sigmoid"
 
 
 def _loss(module: Any, data: Dataset, rows: np.ndarray, name: str) -> Any:
@@ -317,6 +329,15 @@ def _logits(module: Any, data: Dataset, rows: np.ndarray, name: str) -> Any:
                 hint="give a model whose output is [batch, classes] (or [batch, classes, 1, 1])",
             )
         logits = logits.reshape(logits.shape[0], -1)
+    if _sigmoid_head(module):
+        if int(logits.shape[1]) != 1:
+            raise UsageError(
+                f"the model's {int(logits.shape[1])} sigmoid scores per row are labels that "
+                "hold together (multi-label); finetune trains one class per row",
+                hint="give a model whose output is a softmax, or one sigmoid score per row",
+            )
+        # one logit z for class 1: the logits (0, z) give softmax (1 - sigmoid(z), sigmoid(z))
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     return logits.float()
 
 
