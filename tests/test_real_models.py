@@ -675,3 +675,24 @@ def test_lstm_models_translate_to_torch_like_onnxruntime(name: str) -> None:
 
     module = to_torch(_wheel_model(name), feeds=[WHEELS[name].feeds()])
     assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+@pytest.mark.slow
+def test_openwakeword_head_fine_tunes_and_keeps_its_dynamic_batch(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """hey_mycroft: tf2onnx's bidirectional LSTMs (initial states by an ``Expand`` to a shape
+    taken from the input) under one sigmoid score: it trains as a binary classifier, exports
+    back verified, and the tuned model runs any batch."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    source = _wheel_model("oww_hey_mycroft")
+    (x,) = WHEELS["oww_hey_mycroft"].feeds().values()
+    rows = np.concatenate([x] * 4)
+    save_npz(tmp_path / "train.npz", {"input_1": rows, "y": np.arange(len(rows)) % 2})
+    tuned = tmp_path / "tuned.onnx"
+    args = ("--data", tmp_path / "train.npz", "--labels", "y", "--epochs", 1, "-o", tuned)
+    ok_json(ferry("finetune", source, *args, "--json"))
+    for batch in (1, 3):
+        (score,) = ort_outputs(tuned, {"input_1": rows[:batch]}).values()
+        assert np.shape(score) == (batch, 1) and np.all((score >= 0) & (score <= 1))

@@ -560,8 +560,14 @@ def _split(node: Node, xs: list[Any]) -> Any:
 
 @op("Expand")
 def _expand(node: Node, xs: list[Any]) -> Any:
-    x = xs[0]
-    return x.expand(_torch().broadcast_shapes(tuple(x.shape), tuple(ints(xs[1]))))
+    torch = _torch()
+    x, shape = xs[0], xs[1]
+    if node.attrs.get("_dynamic_shape", False) and torch.jit.is_tracing():
+        # A shape computed from the input (tf2onnx's LSTM initial states): its elements given
+        # as traced 0-d tensors keep the export's batch dynamic; ones of that shape broadcast.
+        sizes = [shape[i] for i in range(int(shape.shape[0]))]
+        return x * torch.ones(sizes, dtype=x.dtype)
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(ints(shape))))
 
 
 @op("Tile")

@@ -351,7 +351,8 @@ def _build(module: Any, model: Model) -> None:
                     n for n, a in folded.items() if _trainable(a, n, statistics)
                 )
                 continue
-        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] not in constants:
+        shaping = node.op_type in ("Reshape", "Expand") and len(node.inputs) > 1
+        if shaping and node.inputs[1] not in constants:
             node.attrs["_dynamic_shape"] = True
         elif node.op_type == "Reshape" and node.inputs[0] in batch_rows:
             node.attrs["_batch_one"] = True
