@@ -280,16 +280,16 @@ def test_a_sequence_of_scores_per_row_is_not_a_classifier(tmp_path: Path, ferry:
     assert not (tmp_path / "out.onnx").exists()
 
 
-def _binary_head(path: Path, scores: int = 1) -> Path:
-    """x[N, 4] -> MatMul + Add -> Sigmoid: ``scores`` sigmoid scores per row (one: a binary
-    classifier, as openWakeWord's wake-word heads), weights that know nothing yet."""
+def _binary_head(path: Path, scores: int = 1, head: str = "Sigmoid") -> Path:
+    """x[N, 4] -> MatMul + Add -> ``head``: ``scores`` scores per row (one sigmoid score: a
+    binary classifier, as openWakeWord's wake-word heads), zero weights that know nothing."""
     model = onnx_text(
         f"""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[N, 4] x, float[4, {scores}] w, float[{scores}] b) => (float[N, {scores}] p) {{
             m = MatMul (x, w)
             z = Add (m, b)
-            p = Sigmoid (z)
+            p = {head} (z)
         }}
     """,
         check=False,
@@ -306,22 +306,26 @@ def _binary_head(path: Path, scores: int = 1) -> Path:
     return save(model, path)
 
 
-def test_a_sigmoid_head_trains_as_a_binary_classifier(tmp_path: Path) -> None:
-    """One sigmoid score per row is class 1's probability: labels 0 and 1 train it (the
-    loss on its logit z as the two classes' logits (0, z)), and the written model still gives
-    one probability per row."""
+@pytest.mark.parametrize(("head", "scores"), [("Sigmoid", 1), ("LogSoftmax", 2), ("Softmax", 2)])
+def test_a_probability_head_trains_and_is_scored_as_onnx_runtime_gives_it(
+    tmp_path: Path, head: str, scores: int
+) -> None:
+    """One sigmoid score per row is class 1's probability: labels 0 and 1 train it (the loss
+    on its logit z as the two classes' logits (0, z)), and the written model still gives one
+    probability per row. The written model's loss is taken on what its output is: a
+    LogSoftmax's log-probabilities as they are (their log gave ln 2 whatever the model)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((200, 4)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
     tuned = finetune(
-        _binary_head(tmp_path / "head.onnx"), {"x": x, "labels": y}, epochs=30, lr=0.05,
-        patience=None, output=tmp_path / "tuned.onnx",
+        _binary_head(tmp_path / "head.onnx", scores, head), {"x": x, "labels": y}, epochs=30,
+        lr=0.05, patience=None, output=tmp_path / "tuned.onnx",
     )  # fmt: skip
     result = tuned.last_report(FinetuneResult).result
     assert result.accuracy_before < 0.75 < 0.95 <= result.accuracy_after, result
-    assert result.loss_after < result.loss_before
+    assert result.loss_after < np.log(2) - 0.2 < result.loss_before + 0.01, result
     (output,) = Model.load(tmp_path / "tuned.onnx").signature.outputs
-    assert output.shape is not None and output.shape[1] == 1
+    assert output.shape is not None and output.shape[1] == scores
 
 
 def test_several_sigmoid_scores_per_row_are_one_line(tmp_path: Path, ferry: Run) -> None:

@@ -346,11 +346,10 @@ class _RoundWriter:
 
     def _score(self, model: Model) -> tuple[float, float]:
         from .finetune import onnx_scores
-        from .training import logits_tensor
+        from .training import output_head
 
         assert self.held is not None
-        probabilities = logits_tensor(self.module) != self.module.output_names[0]
-        return onnx_scores(model, self.held.dataset(self.module), probabilities)
+        return onnx_scores(model, self.held.dataset(self.module), output_head(self.module))
 
 
 def _last_parity(model: Model) -> Parity | None:

@@ -40,7 +40,7 @@ from .surgery import Head, replace_block
 from .surgery import freeze_until as freeze
 from .surgery import new_head as make_head
 from .torch_module import to_torch
-from .training import Dataset, Progress, TrainConfig, TrainingLog, evaluate, fit, logits_tensor
+from .training import Dataset, Progress, TrainConfig, TrainingLog, evaluate, fit, output_head
 
 HELD_OUT_FRACTION = 0.2
 """The share of training rows held out when no eval data is given."""
@@ -241,8 +241,7 @@ def finetune(
     )
     conversion = tuned.last_report(Conversion).result
     chosen = next(a for a in conversion.attempts if a.exporter == conversion.chosen)
-    probabilities = logits_tensor(module) != module.output_names[0]  # a Softmax's output
-    loss_after, accuracy_after = onnx_scores(tuned, held, probabilities)
+    loss_after, accuracy_after = onnx_scores(tuned, held, output_head(module))
     result = FinetuneResult(
         source=source.name,
         output=str(output) if output is not None else None,
@@ -320,10 +319,11 @@ def export_source(module: Any, sample: Mapping[str, np.ndarray]) -> Any:
     return source
 
 
-def onnx_scores(model: Model, data: Dataset, probabilities: bool) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of the written model under ONNX Runtime; ``probabilities``:
-    its first output is a Softmax's (the loss takes their log), or a Sigmoid's one score per
-    row (class 1's probability)."""
+def onnx_scores(model: Model, data: Dataset, head: str) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of the written model under ONNX Runtime; ``head``
+    (``training.output_head``) says what its first output is: probabilities ("Softmax", the
+    loss takes their log), their logs ("LogSoftmax"), one sigmoid score per row ("Sigmoid",
+    class 1's probability) or logits ("")."""
     import torch
 
     from ..runtime import OrtRunner
@@ -335,10 +335,10 @@ def onnx_scores(model: Model, data: Dataset, probabilities: bool) -> tuple[float
         feeds = {k: v[start : start + 256] for k, v in data.inputs.items()}
         chunks.append(np.asarray(runner.run(feeds)[name], dtype=np.float32))
     scores = torch.from_numpy(np.concatenate(chunks)).reshape(len(data), -1)
-    if probabilities and scores.shape[1] == 1:  # a sigmoid's: class 1's probability
+    if head == "Sigmoid":
         scores = torch.cat([1 - scores, scores], dim=1)
     labels = torch.from_numpy(data.labels)
-    logits = torch.log(scores.clamp_min(1e-12)) if probabilities else scores
+    logits = torch.log(scores.clamp_min(1e-12)) if head in ("Softmax", "Sigmoid") else scores
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
     return loss, float((scores.argmax(dim=1) == labels).float().mean())
 

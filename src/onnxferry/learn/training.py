@@ -288,21 +288,21 @@ def logits_tensor(module: Any) -> str:
     LogSoftmax or Sigmoid that produces it."""
     output = module.output_names[0]
     step = _producer(module, output)
-    if step is not None and step.node.op_type in (*_SOFTMAX, "Sigmoid"):
-        return str(step.inputs[0])
-    return str(output)
+    return str(step.inputs[0]) if output_head(module) else str(output)
+
+
+def output_head(module: Any) -> str:
+    """What the first output is: "Softmax" (probabilities), "LogSoftmax" (their logs),
+    "Sigmoid" (a binary classifier's one score per row, class 1's probability, as
+    openWakeWord's heads), or "" (logits)."""
+    step = _producer(module, module.output_names[0])
+    kind = step.node.op_type if step is not None else ""
+    return kind if kind in (*_SOFTMAX, "Sigmoid") else ""
 
 
 def _producer(module: Any, tensor: str) -> Any:
     """The step whose node produces ``tensor``, or None."""
     return next((s for s in module.steps if tensor in s.outputs and s.node is not None), None)
-
-
-def _sigmoid_head(module: Any) -> bool:
-    """Whether the first output is a Sigmoid's: a binary classifier's one score per row
-    (openWakeWord's heads), class 1's probability."""
-    step = _producer(module, module.output_names[0])
-    return step is not None and step.node.op_type == "Sigmoid"
 
 
 def _loss(module: Any, data: Dataset, rows: np.ndarray, name: str) -> Any:
@@ -329,7 +329,7 @@ def _logits(module: Any, data: Dataset, rows: np.ndarray, name: str) -> Any:
                 hint="give a model whose output is [batch, classes] (or [batch, classes, 1, 1])",
             )
         logits = logits.reshape(logits.shape[0], -1)
-    if _sigmoid_head(module):
+    if output_head(module) == "Sigmoid":
         if int(logits.shape[1]) != 1:
             raise UsageError(
                 f"the model's {int(logits.shape[1])} sigmoid scores per row are labels that "
