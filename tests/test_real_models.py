@@ -348,7 +348,7 @@ def test_explain(ferry: Run, real: Prepared, tmp_path: Path) -> None:
     result = ferry(*args, "-o", out, "--json")
     if result[0] == 2 and "give the kind" in result[2]:
         assert_clean(result, {2})
-        result = ferry(*args, "--kind", "tabular", "-o", out, "--json")
+        result = ferry(*args, "--kind", "signal", "-o", out, "--json")
     report = ok_json(result)["result"]
     assert report["complete"] is True and report["inputs_explained"] == report["inputs_requested"]
     saved = np.load(out / "attributions.npz")
@@ -427,7 +427,7 @@ def test_served_explain(real: Prepared, real_url: str) -> None:
     url = f"{real_url}/v2/models/{real.name}/explain"
     response = httpx.post(url, json=body, timeout=120)
     if response.status_code == 400 and "give the kind" in response.text:
-        body["parameters"]["kind"] = "tabular"
+        body["parameters"]["kind"] = "signal"
         response = httpx.post(url, json=body, timeout=120)
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}

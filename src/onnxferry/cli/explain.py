@@ -48,15 +48,24 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Background rows (.npz): SHAP's background, LIME's training data, the baseline.",
 )
-@click.option("--kind", help="The input's kind: image, tabular, tokens (default: told from it).")
+@click.option(
+    "--kind", help="The input's kind: image, tabular, tokens, signal (default: told from it)."
+)
 @click.option(
     "--vocab",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Tokens: a vocabulary file, one token a line (line N is id N).",
 )
 @click.option("--samples", type=int, help="The method's samples per input (default: its own).")
-@click.option("--segments", default=50, show_default=True, help="Superpixels per image.")
-@click.option("--window", type=int, help="Occlusion's window in pixels (default: 1/8 side).")
+@click.option(
+    "--segments", default=50, show_default=True, help="Superpixels per image, blocks per signal."
+)
+@click.option(
+    "--window",
+    type=int,
+    help="Occlusion's window in pixels (default: 1/8 side), or steps along a signal's axes "
+    "(default: 1/16 of its longest).",
+)
 @click.option("--max-evals", type=int, help="At most this many model evaluations in all.")
 @click.option("--deadline", type=float, help="Stop after this many seconds.")
 @click.option(

@@ -10,8 +10,9 @@
 ``method`` is one of ``METHODS``: ``kernelshap`` and ``permutation`` (shap), ``lime`` (lime's
 tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrated-gradients``
 (unavailable: ONNX Runtime computes no gradient; it says so). The input's kind (image,
-tabular, tokens) comes from the signature (``kind=`` overrides it); images and tokens are
-explained over superpixels / positions hidden by a baseline (see ``masking``).
+tabular, tokens, signal) comes from the signature (``kind=`` overrides it); images, signals and
+tokens are explained over superpixels / blocks / positions hidden by a baseline (see
+``masking``).
 
 Every perturbation an explainer asks for is evaluated through one ONNX Runtime session in
 batches (``evaluate``), not one ``session.run`` per sample; ``max_evals`` (rows evaluated) and
@@ -109,8 +110,9 @@ def explain(
     output's argmax per row, or its one value). ``background``: rows like the inputs (SHAP's
     background, LIME's training data, the baseline's mean; default for tabular: the inputs
     themselves when there are several). ``samples``: the method's sample count (kernelshap
-    nsamples, permutation max_evals, LIME num_samples). ``segments``: superpixels per image.
-    ``window``: occlusion's window in pixels. ``batch_axis``: whether the model's input has a
+    nsamples, permutation max_evals, LIME num_samples). ``segments``: superpixels per image,
+    blocks per signal. ``window``: occlusion's window in pixels (elements along each axis of a
+    signal). ``batch_axis``: whether the model's input has a
     batch axis (default: told from its shape). ``session``: an InferenceSession already made
     for ``model``, or anything with its ``run(output_names, feeds, run_options)`` (``Session``).
 
@@ -156,9 +158,9 @@ def explain(
         evaluator.input_index = i
         left = len(rows) - i
         groups = groups_for(sample, layout, segments, method)
-        if i == 0 and groups is not None and layout.kind == "image":
-            how = "SLIC superpixels" if groups.method == "slic" else "square patches"
-            notes.insert(0, f"images explained over {how}: {groups.count} on input 0")
+        if i == 0 and groups is not None and layout.kind in ("image", "signal"):
+            how = {"slic": "SLIC superpixels", "grid": "square patches"}.get(groups.method)
+            notes.insert(0, f"{layout.kind}s explained over {how or 'blocks'}: {groups.count}")
         task = Task(
             sample=sample,
             layout=layout,

@@ -1,12 +1,16 @@
-"""What an explained input is: its kind (image, tabular, tokens) and how its array splits into
-the samples to explain.
+"""What an explained input is: its kind (image, tabular, tokens, signal) and how its array
+splits into the samples to explain.
 
     layout, samples = plan_layout(model.signature.input("x"), x)   # x: float32[8, 4]
     layout.kind, layout.batch_axis, samples.shape                  # "tabular", True, (8, 4)
 
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
-tabular row. The batch axis: an open leading dim (``batch``, ``N``) is one; a fixed leading
+tabular row, 3-D float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal.
+A signal is any float or integer sample of 1 to 3 axes explained by neighbourhood: windows
+and blocks of neighbouring elements along every axis (a stretch of audio, a time-frequency
+patch of a spectrogram, a run of feature frames), where tabular rows are explained one
+feature at a time. The batch axis: an open leading dim (``batch``, ``N``) is one; a fixed leading
 dim of a 2-D or 4-D input is a fixed batch (1 for a batch-1 export, run in chunks of that
 size); a 1-D input, or a 3-D image whose first dim is 3 channels, has none (each sample is a
 whole model input, run one per ``session.run``). ``batch_axis=`` overrides that guess.
@@ -21,7 +25,7 @@ import numpy as np
 from ..errors import FeedError, UsageError
 from ..signature import TensorSpec
 
-KINDS = ("image", "tabular", "tokens")
+KINDS = ("image", "tabular", "tokens", "signal")
 CHANNELS = (1, 3)
 
 
@@ -113,8 +117,8 @@ def plan_layout(
 
 
 def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
-    """ "image", "tabular" or "tokens" for one sample's shape and the input's element type;
-    UsageError when it cannot be told."""
+    """ "image", "tabular", "tokens" or "signal" for one sample's shape and the input's element
+    type; UsageError when it cannot be told."""
     element = spec.dtype.kind
     if element == "int" and len(sample_shape) == 1:
         return "tokens"
@@ -122,6 +126,8 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
         return "image"
     if element == "float" and len(sample_shape) == 1:
         return "tabular"
+    if element == "float" and len(sample_shape) == 2 and 1 in sample_shape:
+        return "signal"
     raise UsageError(
         f"cannot tell what kind of input {spec.name!r} is ({spec.dtype.onnx_name} "
         f"{spec.shape_text()}, samples of shape {list(sample_shape)})",
@@ -155,7 +161,13 @@ def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...], dtyp
             f"{spec.dtype.onnx_name}) is not a token sequence",
             hint="token ids are one integer row per input; give another --kind",
         )
-    if kind == "tabular" and spec.dtype.kind not in ("float", "int"):
+    if kind == "signal" and not 1 <= len(sample_shape) <= 3:
+        raise UsageError(
+            f"input {spec.name!r} (samples of shape {list(sample_shape)}) is not a signal",
+            hint="a signal's samples have 1 to 3 axes (time, and channels or features); "
+            "give another --kind",
+        )
+    if kind in ("tabular", "signal") and spec.dtype.kind not in ("float", "int"):
         raise UsageError(
             f"input {spec.name!r} ({spec.dtype.onnx_name}) holds no numbers to explain",
             hint="explain a numeric input (--input NAME)",

@@ -1,5 +1,5 @@
 """Features as groups of a sample's elements, hidden by a baseline: superpixels of an image,
-positions of a token sequence, columns of a tabular row.
+positions of a token sequence, blocks of a signal, columns of a tabular row.
 
     groups = image_groups(image, layout, segments=50)   # SLIC superpixels (a grid if SLIC fails)
     hidden = baseline(layout, image, None)              # the image's per-channel mean
@@ -10,7 +10,7 @@ positions of a token sequence, columns of a tabular row.
 ``spread`` shares a group's value evenly over its elements, so attributions keep their sum
 (SHAP's efficiency holds per pixel as it does per superpixel). The baseline is what a hidden
 feature becomes: the background's mean (the first background row for tokens), else the image's
-per-channel mean, zeros for tabular rows, token id 0.
+per-channel mean, zeros for tabular rows and signals (silence), token id 0.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Groups:
     labels: np.ndarray
     count: int
     method: str
-    """How the groups were made: "slic", "grid", "positions" or "features"."""
+    """How the groups were made: "slic", "grid", "blocks", "positions" or "features"."""
     whole_axis: int | None = None
     """An axis of the sample that every group spans whole (an image's channels): masks are
     looked up without it and broadcast over it, a third of the lookups for RGB."""
@@ -60,13 +60,16 @@ class Groups:
 
 
 def groups_for(sample: np.ndarray, layout: Layout, segments: int, method: str) -> Groups | None:
-    """What a masked method hides: superpixels of an image, positions of a token sequence
-    (None for occlusion, which slides its own window, and for tabular rows, explained
-    feature by feature)."""
+    """What a masked method hides: superpixels of an image, about ``segments`` blocks of a
+    signal, positions of a token sequence (None for occlusion, which slides its own window,
+    and for tabular rows, explained feature by feature)."""
     if method == "occlusion" or layout.kind == "tabular":
         return None
     if layout.kind == "image":
         return image_groups(sample, layout, segments)
+    if layout.kind == "signal":
+        labels = grid_segments(sample.shape, segments)
+        return Groups(labels, int(labels.max()) + 1, "blocks")
     return element_groups(sample, "positions")
 
 
@@ -94,14 +97,30 @@ def image_groups(sample: np.ndarray, layout: Layout, segments: int) -> Groups:
     return Groups(_over_channels(spatial, layout), int(spatial.max()) + 1, method, channels)
 
 
-def grid_segments(size: tuple[int, int], segments: int) -> np.ndarray:
-    """Square patches, about ``segments`` of them, labelled row by row."""
-    height, width = size
-    patch = max(1, math.ceil(math.sqrt(height * width / max(1, segments))))
-    columns = math.ceil(width / patch)
-    rows, cols = np.indices((height, width))
-    labels: np.ndarray = (rows // patch) * columns + cols // patch
+def grid_segments(size: tuple[int, ...], segments: int) -> np.ndarray:
+    """Blocks of one side along every axis, as few as make at most ``segments`` (every element
+    its own when ``segments`` reaches their number), labelled in C order: square patches of
+    an image, stretches of audio, time-frequency blocks of a spectrogram."""
+    side = block_side(size, segments)
+    blocks = tuple(math.ceil(n / side) for n in size)
+    labels: np.ndarray = np.ravel_multi_index(tuple(np.indices(size) // side), blocks)
     return labels
+
+
+def block_side(size: tuple[int, ...], segments: int) -> int:
+    """The smallest side whose blocks tile ``size`` in at most ``segments`` (at least 1)."""
+
+    def count(side: int) -> int:
+        return math.prod(math.ceil(n / side) for n in size)
+
+    low, high = 1, max(size, default=1)
+    while low < high:
+        middle = (low + high) // 2
+        if count(middle) <= max(1, segments):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def element_groups(sample: np.ndarray, method: str) -> Groups:

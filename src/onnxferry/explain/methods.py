@@ -4,17 +4,20 @@
     attribution.values, attribution.base         # shaped like the sample; E[f] for SHAP
 
 - ``kernelshap``: ``shap.KernelExplainer`` (``l1_reg=False``), on the raw features with the
-  background for tabular rows, on superpixels / token positions (kept or set to the baseline)
-  otherwise. Its attributions add up to f(x) - E[f(background)] (SHAP's efficiency).
+  background for tabular rows, on superpixels / signal blocks / token positions (kept or set
+  to the baseline) otherwise. Its attributions add up to f(x) - E[f(background)] (SHAP's
+  efficiency).
 - ``permutation``: ``shap.PermutationExplainer`` with an ``Independent`` masker, the same way.
 - ``lime``: ``lime_tabular.LimeTabularExplainer`` (regression on the target's value, the
   background as training data, continuous features: a weight is the slope per standard
   deviation, where quartile bins would hide a feature near its mean);
   ``lime_image.LimeImageExplainer`` over the same superpixels (its perturbed images made
-  a batch at a time: ``vectorized``); or
+  a batch at a time: ``vectorized``); ``lime_base.LimeBase`` the same way over a signal's
+  blocks; or
   ``lime_text.LimeTextExplainer`` over token positions (``bow=False``).
-- ``occlusion``: a window slid over the image (features or tokens one at a time) set to the
-  baseline; a pixel's attribution is the mean drop of the score over the windows that cover it.
+- ``occlusion``: a window slid over the image or along every axis of a signal (tabular
+  features and tokens one at a time) set to the baseline; an element's attribution is the mean
+  drop of the score over the windows that cover it.
 - ``integrated-gradients``: needs the model's gradient, which ONNX Runtime's standard wheel
   does not compute; it raises ``MethodUnavailable`` saying so.
 
@@ -27,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
+import math
 import re
 import threading
 import warnings
@@ -140,6 +145,8 @@ def lime(task: Task) -> Attribution:
         return _lime_image(task)
     if task.layout.kind == "tokens":
         return _lime_tokens(task)
+    if task.layout.kind == "signal":
+        return _lime_groups(task)
     LimeTabularExplainer = _library("lime.lime_tabular").LimeTabularExplainer
 
     x = task.sample.reshape(-1).astype(np.float64)
@@ -165,37 +172,60 @@ def lime(task: Task) -> Attribution:
 
 
 def occlusion(task: Task) -> Attribution:
-    if task.layout.kind != "image":
-        return _occlude_features(task)
     layout = task.layout
-    height, width = layout.image_size
-    window = task.window or max(1, round(min(height, width) / 8))
-    window = min(window, height, width)
-    stride = max(1, window // 2)
-    corners = np.array(
-        [(r, c) for r in _starts(height, window, stride) for c in _starts(width, window, stride)]
-    )
+    if layout.kind == "image":
+        height, width = layout.image_size
+        window = min(task.window or max(1, round(min(height, width) / 8)), height, width)
+        spatial = (0, 1) if layout.channels_last else (1, 2)
+        return _occlude_windows(task, spatial, window)
+    if layout.kind == "signal":
+        longest = max(task.sample.shape)
+        window = task.window or max(1, round(longest / 16))
+        return _occlude_windows(task, tuple(range(task.sample.ndim)), window)
+    return _occlude_features(task)
+
+
+def _occlude_windows(task: Task, axes: tuple[int, ...], window: int) -> Attribution:
+    """A window of ``window`` along each of ``axes`` (the whole axis where it is shorter),
+    slid by half its side; the sample's other axes (an image's channels) are hidden whole.
+    An element's attribution is the mean drop over the windows that cover it, shared
+    evenly over those other axes."""
+    shape = task.sample.shape
+    sizes = tuple(shape[a] for a in axes)
+    sides = tuple(min(window, n) for n in sizes)
+    strides = tuple(max(1, side // 2) for side in sides)
+    starts = [_starts(*axis) for axis in zip(sizes, sides, strides, strict=True)]
+    corners = np.array(list(itertools.product(*starts)), dtype=np.int64)
     _fit("occlusion", task, len(corners) + 2, len(corners) + 2, per=1, extra=0, exact=True)
     task.plan(len(corners) + 2)
     base_score, full = task.score(np.stack([task.sample, task.baseline]), None)
-    rows, cols = np.indices((height, width))
+    positions = np.indices(sizes)
+    whole = [1 if a in axes else n for a, n in enumerate(shape)]
+    spread = [n if a in axes else 1 for a, n in enumerate(shape)]
 
     def occlude(chosen: np.ndarray) -> np.ndarray:
-        r, c = chosen[:, 0, None, None], chosen[:, 1, None, None]
-        hidden = (rows >= r) & (rows < r + window) & (cols >= c) & (cols < c + window)
-        hidden = hidden[..., None] if layout.channels_last else hidden[:, None]
+        hidden = np.ones((len(chosen), *sizes), dtype=bool)
+        for k, side in enumerate(sides):
+            start = chosen[:, k].reshape(-1, *([1] * len(sizes)))
+            hidden &= (positions[k] >= start) & (positions[k] < start + side)
+        hidden = hidden.reshape(len(chosen), *spread)
         return np.where(hidden, task.baseline, task.sample)
 
     drops = base_score - task.score(corners, occlude)
-    total = np.zeros((height, width))
-    covered = np.zeros((height, width))
-    for (r, c), drop in zip(corners, drops, strict=True):
-        total[r : r + window, c : c + window] += drop
-        covered[r : r + window, c : c + window] += 1
-    pixels = total / np.maximum(covered, 1) / layout.channels
-    values = pixels[..., None] if layout.channels_last else pixels[None]
-    note = f"occlusion: a {window}x{window} window, stride {stride}, {len(corners)} positions"
-    return Attribution(np.broadcast_to(values, task.sample.shape).copy(), float(full), [note])
+    total = np.zeros(sizes)
+    covered = np.zeros(sizes)
+    for corner, drop in zip(corners, drops, strict=True):
+        window_slice = tuple(slice(c, c + side) for c, side in zip(corner, sides, strict=True))
+        total[window_slice] += drop
+        covered[window_slice] += 1
+    values = (total / np.maximum(covered, 1) / math.prod(whole)).reshape(spread)
+    moved = sorted({s for s, n in zip(strides, sizes, strict=True) if n > 1} or {1})
+    stride = "x".join(map(str, strides)) if len(moved) > 1 else str(moved[0])
+    note = (
+        f"occlusion: a {'x'.join(map(str, sides))} window, stride {stride}, "
+        f"{len(corners)} positions"
+    )
+    return Attribution(np.broadcast_to(values, shape).copy(), float(full), [note])
 
 
 def integrated_gradients(task: Task) -> Attribution:
@@ -343,6 +373,32 @@ def _lime_image(task: Task) -> Attribution:
     return Attribution(groups.spread(weights), float(explanation.intercept[0]), notes)
 
 
+def _lime_groups(task: Task) -> Attribution:
+    """LIME over ``task.groups`` (a signal's blocks) as ``lime_image`` does over superpixels:
+    random 0/1 masks, weighted by cosine distance to the whole sample, ridge regression."""
+    LimeBase = _library("lime.lime_base").LimeBase
+    from sklearn.metrics import pairwise_distances
+
+    groups = task.groups
+    assert groups is not None
+    samples = _fit("lime", task, task.samples or 1000, 10, per=1, extra=0)
+    task.plan(samples)
+    masks = np.random.default_rng(task.seed).integers(0, 2, (samples, groups.count))
+    masks[0] = 1
+    scores = task.masked()(masks)[:, None]
+    distances = pairwise_distances(masks, masks[:1], metric="cosine").ravel()
+    notes: list[str] = []
+    with quiet(notes):
+        explainer = LimeBase(lambda d: np.sqrt(np.exp(-(d**2) / 0.25**2)), random_state=task.seed)
+        intercept, weights, _, _ = explainer.explain_instance_with_data(
+            masks, scores, distances, 0, groups.count, feature_selection="none"
+        )
+    values = np.zeros(groups.count)
+    for group, weight in weights:
+        values[group] = weight
+    return Attribution(groups.spread(values), float(intercept), notes)
+
+
 def _lime_tokens(task: Task) -> Attribution:
     LimeTextExplainer = _library("lime.lime_text").LimeTextExplainer
 
@@ -391,7 +447,13 @@ def _occlude_features(task: Task) -> Attribution:
         return rows.reshape(len(features), *task.sample.shape)
 
     drops = base_score - task.score(np.arange(count), occlude)
-    return Attribution(drops.reshape(task.sample.shape), float(full))
+    notes = []
+    if task.window:
+        notes.append(
+            f"occlusion: {task.layout.kind} input, one feature at a time (a window is for "
+            "images and signals: --kind signal hides neighbouring elements together)"
+        )
+    return Attribution(drops.reshape(task.sample.shape), float(full), notes)
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:

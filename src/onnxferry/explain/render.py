@@ -6,9 +6,11 @@
 What is written: ``explanation.json`` (the Report), ``attributions.npz`` (inputs, attributions,
 base values, scores, superpixels), then by kind: images ``heatmap_N.png`` (the input beside
 its attribution overlay); tabular ``importance.png`` (mean |attribution| per feature) and
-``beeswarm.png`` (each input's attribution per feature, coloured by the feature's value); tokens
-``tokens.html`` (tokens coloured by attribution: red raises the target, blue lowers it). Every
-file is written atomically; pictures are drawn with matplotlib's Agg renderer (no display).
+``beeswarm.png`` (each input's attribution per feature, coloured by the feature's value);
+signals ``signal_N.png`` (the input above its attributions along time: a trace for one channel,
+a map for more); tokens ``tokens.html`` (tokens coloured by attribution: red raises the
+target, blue lowers it). Every file is written atomically; pictures are drawn with
+matplotlib's Agg renderer (no display).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def write_explanation(
     explanation: Explanation, outdir: str | Path, vocabulary: list[str] | None = None
 ) -> dict[str, Path]:
     """Write the explanation's files into ``outdir`` (created); returns them by role:
-    "json", "arrays", "report", and "heatmap_N", "importance", "beeswarm" or "tokens"."""
+    "json", "arrays", "report", and "heatmap_N", "signal_N", "importance", "beeswarm" or
+    "tokens"."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None and explanation.kind != "tokens":
@@ -55,6 +58,9 @@ def write_explanation(
     if explanation.kind == "image":
         for i in range(len(explanation.inputs)):
             pictures[f"heatmap_{i}"] = heatmap_png(explanation, i)
+    elif explanation.kind == "signal":
+        for i in range(len(explanation.inputs)):
+            pictures[f"signal_{i}"] = signal_png(explanation, i)
     elif explanation.kind == "tabular":
         pictures["importance"] = importance_png(explanation)
         pictures["beeswarm"] = beeswarm_png(explanation)
@@ -105,6 +111,38 @@ def heatmap_png(explanation: Explanation, index: int) -> bytes:
     for axis in (left, right):
         axis.set_axis_off()
     figure.colorbar(drawn, ax=right, fraction=0.046, pad=0.04)
+    return _png(figure)
+
+
+def signal_png(explanation: Explanation, index: int) -> bytes:
+    """Input ``index`` (a signal) above its attributions: traces when it has one axis longer
+    than 1 (red raises the target, blue lowers it), maps when it has two (more axes are
+    summed into the second)."""
+    from matplotlib.figure import Figure
+
+    signal = np.squeeze(explanation.inputs[index].astype(np.float64))
+    values = np.squeeze(explanation.attributions[index])
+    if signal.ndim > 2:
+        signal = signal.reshape(signal.shape[0], -1)
+        values = values.reshape(values.shape[0], -1)
+    figure = Figure(figsize=(9, 5), dpi=100)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.set_title(f"input {index}")
+    bottom.set_title(f"{explanation.method}: {explanation.targets[index]}")
+    limit = float(np.abs(values).max()) or 1.0
+    if signal.ndim <= 1:
+        steps = np.arange(signal.size)
+        top.plot(steps, signal.reshape(-1), color="#444", linewidth=0.6)
+        line = values.reshape(-1)
+        bottom.fill_between(steps, line, where=line >= 0, color="#d62728", step="mid")
+        bottom.fill_between(steps, line, where=line < 0, color="#1f77b4", step="mid")
+        bottom.set_ylim(-limit * 1.05, limit * 1.05)
+    else:
+        top.imshow(signal, aspect="auto", cmap="gray", origin="lower")
+        drawn = bottom.imshow(
+            values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower"
+        )
+        figure.colorbar(drawn, ax=[top, bottom], fraction=0.03, pad=0.02)
     return _png(figure)
 
 

@@ -96,7 +96,7 @@ class Explanation:
                 "additivity_gap": self.additivity_gap(i),
                 "top": self._top(i),
             }
-            if self.kind != "image":
+            if self.kind in ("tabular", "tokens"):  # images, signals: attributions.npz
                 row["attributions"] = self.attributions[i].reshape(-1).tolist()
             rows.append(row)
         return {
@@ -141,7 +141,8 @@ class Explanation:
         return f"{len(self.inputs)} of {self.requested}"
 
     def _top(self, index: int) -> list[dict[str, Any]]:
-        """The largest attributions of a row: features, token positions or pixels (row, col)."""
+        """The largest attributions of a row: features, token positions, pixels (row, col) or a
+        signal's places."""
         top = []
         if self.kind == "image":
             heat = self.heatmap(index)
@@ -154,9 +155,15 @@ class Explanation:
         for flat in self.ranking(index)[:LISTED]:
             top.append(
                 {
-                    "feature": flat,
+                    "feature": self._position(flat) if self.kind == "signal" else flat,
                     "attribution": float(values[flat]),
                     "value": inputs[flat].item(),
                 }
             )
         return top
+
+    def _position(self, flat: int) -> str:
+        """A signal's element by its place along the axes longer than 1 ("37006", "12,400")."""
+        shape = self.layout.sample_shape
+        place = np.unravel_index(flat, shape)
+        return ",".join(str(int(i)) for i, n in zip(place, shape, strict=True) if n > 1) or "0"
