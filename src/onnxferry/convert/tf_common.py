@@ -205,14 +205,36 @@ def function_to_onnx(
     layer_of: Callable[[str], str | None] | None = None,
 ) -> onnx.ModelProto:
     """A ``tf.function`` with ``specs`` as its input signature, through tf2onnx (see
-    ``convert_with_tf2onnx`` for the opset handling and error messages)."""
+    ``convert_with_tf2onnx`` for the opset handling and error messages).
+
+    What ``tf2onnx.convert.from_function`` does, less the tensors the function captures: a
+    restored SavedModel holds its large constants as captured tensors (Basic Pitch's CQT
+    kernels), which that call turns into model inputs; frozen, they are constants here, as
+    ``tf2onnx --saved-model`` makes them."""
 
     def convert(export_opset: int) -> onnx.ModelProto:
+        import tensorflow as tf
         import tf2onnx
 
+        concrete = function.get_concrete_function(*specs)
+        captured = {t.name for t in concrete.graph.internal_captures}
+        inputs = [
+            t.name
+            for t in concrete.inputs
+            if t.dtype != tf.dtypes.resource and t.name not in captured
+        ]
+        outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+        renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
+        with tf.device("/cpu:0"):
+            frozen = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
         proto: onnx.ModelProto
-        proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=specs, opset=export_opset
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen,
+            name=concrete.name,
+            input_names=inputs,
+            output_names=outputs,
+            opset=export_opset,
+            tensors_to_rename=renames,
         )
         return proto
 
