@@ -228,6 +228,105 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
 
 
+def test_a_qdq_int8_model_runs_in_litert_with_its_quantization_as_float_ops(
+    tmp_path: Path,
+) -> None:
+    """ONNX Runtime's static int8 quantizer writes QuantizeLinear / DequantizeLinear pairs;
+    onnx2tf makes QuantizeLinear a Flex op, which LiteRT's interpreter cannot run (the check
+    failed). Given as the float ops that compute the same values, it runs and matches ONNX
+    Runtime to one step of the output's quantization (ONNX Runtime fuses the pairs into
+    integer kernels that round apart from float ops: 1/255 on these probabilities); the
+    rewrite itself changes nothing ONNX Runtime computes as written."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from onnxferry.optimize.qdq_float import as_float_ops
+
+    rng = np.random.default_rng(0)
+    save(mlp(hidden=16), tmp_path / "fp32.onnx")
+    batches = iter([{"x": rng.standard_normal((8, 4)).astype(np.float32)} for _ in range(4)])
+
+    class Calibration(CalibrationDataReader):  # type: ignore[misc]
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    source = tmp_path / "int8.onnx"
+    quantize_static(tmp_path / "fp32.onnx", source, Calibration(), quant_format=QuantFormat.QDQ)
+    proto = onnx.load(str(source))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(proto)
+    count = as_float_ops(rewritten)
+    assert count == ops.count("QuantizeLinear") + ops.count("DequantizeLinear")
+    left = {n.op_type for n in rewritten.graph.node}
+    assert not left & {"QuantizeLinear", "DequantizeLinear"}, left
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = {"x": rng.standard_normal((16, 4)).astype(np.float32)}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want, got = (
+        ort.InferenceSession(p.SerializeToString(), plain).run(None, x)[0]
+        for p in (proto, rewritten)
+    )
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    step = max(
+        float(numpy_helper.to_array(t).max())
+        for t in proto.graph.initializer
+        if t.name.startswith("probs") and t.name.endswith("scale")
+    )
+    report = package(source, "tflite", tmp_path / "out", {"atol": str(1.01 * step)})
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    assert any(f"its {count} QuantizeLinear/DequantizeLinear" in n for n in report.result.notes)
+
+
+def test_gelu_s_erf_runs_in_litert(tmp_path: Path) -> None:
+    """torch's exact GELU exports as Erf, which TFLite has no builtin for: onnx2tf's
+    polynomial stands in for it, so the file runs in LiteRT and matches ONNX Runtime."""
+    proto = onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch, 8] x) => (float[batch, 8] y) {
+            half = Constant <value = float {0.5}> ()
+            root = Constant <value = float {1.41421356}> ()
+            one = Constant <value = float {1.0}> ()
+            scaled = Div(x, root)
+            erf = Erf(scaled)
+            shifted = Add(erf, one)
+            product = Mul(x, shifted)
+            y = Mul(product, half)
+        }
+        """
+    )
+    report = package(save(proto, tmp_path / "gelu.onnx"), "tflite", tmp_path / "out")
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+
+
+def _flex_tflite(path: str) -> None:
+    """(In a spawned worker.) A .tflite with one TensorFlow op, Erf, kept as a Flex op."""
+    import tensorflow as tf
+
+    erf = tf.function(tf.math.erf, input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([erf.get_concrete_function()])
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    Path(path).write_bytes(converter.convert())
+
+
+def test_a_file_that_needs_flex_ops_fails_its_check_naming_them(tmp_path: Path) -> None:
+    path = str(tmp_path / "flex.tflite")
+    feeds = [{"x": np.zeros((1, 4), np.float32)}]
+    with tflite._child() as pool:
+        pool.submit(_flex_tflite, path).result()
+        ran = pool.submit(tflite._run, path, feeds, {"x": (0, 1)}, ["y"]).result()
+    assert ran.problem is not None
+    assert "needs TensorFlow ops that LiteRT's builtins lack: Erf (1)" in ran.problem
+
+
 def test_static_fixes_the_open_dims_at_the_check_s_sizes(tmp_path: Path) -> None:
     """``static=true``: x[batch, 4] is written as the check feeds it ([3, 4], from the user's
     inputs), and the file takes exactly that."""

@@ -676,6 +676,25 @@ def test_ddddocr_recognizer_packages_for_tflite_despite_its_misdeclared_output(
     assert f"{note} without that shape" in report["notes"], report["notes"]
 
 
+@pytest.mark.slow
+def test_smart_turn_packages_for_tflite_fixed_and_its_quantization_in_float_ops(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """Smart Turn v3.2 (a QDQ int8 Whisper encoder): onnx2tf cannot convert it with an open
+    batch (shape arithmetic on an unknown rank), and its QuantizeLinear and exact GELU's Erf
+    become Flex ops LiteRT cannot run. Converted again at the check's sizes, its Q/DQ as float
+    ops and Erf as builtins, the file runs in LiteRT and its parity is judged (whatever the
+    verdict: how close onnx2tf's encoder comes is onnx2tf's)."""
+    args = _tflite_package("smart_turn", tmp_path)
+    out, _ = assert_clean(ferry(*args, "-o", tmp_path / "out"), {0, 1})
+    report = json.loads(out)["result"]
+    parity = report["checks"][0]
+    assert parity["name"] == "tflite parity" and "cannot run" not in parity["detail"], parity
+    notes = report["notes"]
+    assert any("could not convert it with open dims" in n for n in notes), notes
+    assert any("QuantizeLinear/DequantizeLinear nodes were given" in n for n in notes), notes
+
+
 def test_silero_vad_torchscript_is_refused_naming_its_int_argument(
     ferry: Run, tmp_path: Path
 ) -> None:

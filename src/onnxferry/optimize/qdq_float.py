@@ -4,11 +4,14 @@ range is infinite, and excluded nodes rewired to read their activations in float
     cache = fp32.path.parent / "calibration.json"              # ORT's ranges, after a build
     unbounded_nodes(cache, fp32.proto)                          # []: every range is finite
     keep_float(qdq.proto, fp32.proto, ["fc2/MatMulAddFusion"])  # fc2 reads h2 in float
+    as_float_ops(qdq.proto)           # how many Q/DQ nodes became the float ops computing them
 
 ORT's ``nodes_to_exclude`` keeps an excluded node's weights in float but not its activation
 inputs: the Q/DQ pair its producer quantizes for other consumers still feeds it.
 ``keep_float`` rewires each such node to the float tensor before that pair (re-applying a
 Relu/Clip the quantizer folded into the pair) and drops the Q/DQ pairs no node reads any more.
+``as_float_ops`` writes a QDQ model's quantization in float ops (for converters whose
+QuantizeLinear is not a builtin of their runtime: onnx2tf's is a Flex op in TFLite).
 """
 
 from __future__ import annotations
@@ -21,9 +24,125 @@ from typing import TYPE_CHECKING
 from .sensitivity import QDQ_OPS, node_like, same_shape
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
 _FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+_INTEGER_RANGES = {2: (0, 255), 3: (-128, 127), 4: (0, 65535), 5: (-32768, 32767)}
+"""Saturation bounds by ONNX element type: UINT8, INT8, UINT16, INT16."""
+
+
+def as_float_ops(proto: onnx.ModelProto) -> int:
+    """Rewrite the main graph's quantization as float ops computing the same values, in place:
+    DequantizeLinear of integer weights becomes the float weights; a QuantizeLinear whose
+    every reader is a DequantizeLinear becomes ``Min(Max(Round(x / s) + zp, lo), hi)`` (the
+    integer values, held in float; Round halves to even, as QuantizeLinear does) and each
+    reader ``(q - zp) * s``. Q/DQ with a computed scale or zero point, per-axis or blocked
+    activations, or float8 types stay. Returns how many Q/DQ nodes were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def parameters(node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(scale, zero point as float, element type) when both are constants."""
+        names = [*node.input[1:], ""][:2]
+        if names[0] not in constants or (names[1] and names[1] not in constants):
+            return None
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("block_size", 0):
+            return None
+        scale = constants[names[0]]
+        zero = constants[names[1]] if names[1] else np.zeros((), np.uint8)
+        element = helper.np_dtype_to_tensor_dtype(zero.dtype)
+        if element not in _INTEGER_RANGES:
+            return None
+        return scale, zero.astype(scale.dtype), element
+
+    rewritten_q: set[str] = set()
+    nodes: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
+    count = 0
+
+    def const(name: str, value: np.ndarray) -> str:
+        weights.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    for node in graph.node:
+        found = parameters(node) if node.op_type in QDQ_OPS else None
+        if found is None:
+            nodes.append(node)
+            continue
+        scale, zero, element = found
+        out = node.output[0]
+        source = node.input[0]
+        if node.op_type == "DequantizeLinear" and source in constants:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            value = constants[source].astype(scale.dtype)
+            if scale.ndim == 1 and value.ndim:
+                shape = [1] * value.ndim
+                shape[axis % value.ndim] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            weights.append(
+                numpy_helper.from_array(((value - zero) * scale).astype(scale.dtype), out)
+            )
+            count += 1
+            continue
+        if scale.size != 1:
+            nodes.append(node)
+            continue
+        if node.op_type == "QuantizeLinear":
+            if out in outputs or not all(
+                r.op_type == "DequantizeLinear"
+                and (p := parameters(r)) is not None
+                and p[0].size == 1
+                for r in readers.get(out, [])
+            ):
+                nodes.append(node)
+                continue
+            low, high = _INTEGER_RANGES[element]
+            step = f"{out}/float"
+            nodes += [
+                helper.make_node("Div", [source, const(f"{step}/scale", scale)], [f"{step}/x"]),
+                helper.make_node("Round", [f"{step}/x"], [f"{step}/rounded"]),
+                helper.make_node(
+                    "Add", [f"{step}/rounded", const(f"{step}/zero", zero)], [f"{step}/q"]
+                ),
+                helper.make_node(
+                    "Max",
+                    [f"{step}/q", const(f"{step}/low", np.asarray(low, scale.dtype))],
+                    [f"{step}/low_clamped"],
+                ),
+                helper.make_node(
+                    "Min",
+                    [f"{step}/low_clamped", const(f"{step}/high", np.asarray(high, scale.dtype))],
+                    [out],
+                ),
+            ]
+            rewritten_q.add(out)
+            count += 1
+        elif source in rewritten_q:
+            step = f"{out}/float"
+            nodes += [
+                helper.make_node("Sub", [source, const(f"{step}/zero", zero)], [f"{step}/centred"]),
+                helper.make_node("Mul", [f"{step}/centred", const(f"{step}/scale", scale)], [out]),
+            ]
+            count += 1
+        else:
+            nodes.append(node)
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(weights)
+        _drop_dead_qdq(proto)
+    return count
 
 
 def unbounded_nodes(cache: Path, source: onnx.ModelProto) -> list[str]:

@@ -30,10 +30,13 @@ each). ``size`` reports the bytes of every file.
 onnx2tf and TensorFlow run in a fresh (spawned) process whose console goes to a log; the
 log's warnings become report notes. No network: onnx2tf fetches sample images from GitHub
 for a model whose inputs are all small channels-last images; generated ones are put where it
-looks first. A model onnx2tf cannot convert is one line (InputError, exit 2).
+looks first. A model onnx2tf cannot convert is one line (InputError, exit 2). Erf (every
+GELU) is onnx2tf's polynomial of builtin ops (within 1.5e-7), not TensorFlow's erf, which
+only the Flex delegate runs; a file that still needs Flex ops fails its check naming them.
 
 Open dims. With ``static=auto`` (the default) the ``.tflite`` keeps the model's open dims;
-should LiteRT fail to run it (XNNPack cannot reshape a graph onnx2tf built from shape
+should onnx2tf fail to convert it so (shape arithmetic on an unknown rank, as in Smart Turn's
+attention) or LiteRT fail to run it (XNNPack cannot reshape a graph onnx2tf built from shape
 arithmetic, as openWakeWord's melspectrogram's), it is converted again with every open input
 fixed at the check's sizes (onnxslim's ``input_shapes``, so the arithmetic folds away), and
 the note says so. ``static=true`` fixes them from the start, ``static=false`` never does.
@@ -62,6 +65,7 @@ from ..feeds import describe_shapes
 from ..graphs import inlined, open_negative_dims, rename_values, value_names, weights_not_inputs
 from ..model import Model
 from ..native import NativeOutput, native_output
+from ..optimize.qdq_float import as_float_ops
 from ..report import human_size
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
@@ -150,12 +154,19 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
                 runs[n] = pool.submit(_run, str(folder / n), feeds, perms, names).result()
             return _Attempt(done, runs, notes, folder)
 
-        chosen = attempt(fixed if static else {})
         shown = describe_shapes(fixed)
+        auto = opts["static"] == "auto" and bool(fixed) and not static
+        try:
+            chosen = attempt(fixed if static else {})
+        except InputError as e:
+            if not auto:
+                raise
+            chosen = _fixed_if_it_converts(e, lambda: attempt(fixed), shown)
+        else:
+            if auto and chosen.problem is not None:
+                chosen = _fixed_if_it_runs(chosen, lambda: attempt(fixed), shown)
         if static:
             chosen.notes.append(f"written with its inputs fixed at {shown} (static=true)")
-        elif opts["static"] == "auto" and fixed and chosen.problem is not None:
-            chosen = _fixed_if_it_runs(chosen, lambda: attempt(fixed), shown)
         write_tree(outdir, {n: (chosen.folder / n).read_bytes() for n in chosen.runs}, result)
         # the check reads back the files as written
         runs = {
@@ -196,6 +207,23 @@ class _Attempt:
     def problem(self) -> str | None:
         """Why LiteRT could not run the float32 file, or None."""
         return next(iter(self.runs.values())).problem
+
+
+def _fixed_if_it_converts(
+    error: InputError, convert: Callable[[], _Attempt], shown: str
+) -> _Attempt:
+    """``convert()`` (the inputs fixed at ``shown``) when onnx2tf could not convert the model
+    with its open dims (``error``: shape arithmetic on an unknown rank, as in Smart Turn's
+    attention); ``error`` again when it cannot convert that either."""
+    try:
+        fixed = convert()
+    except InputError:
+        raise error from None
+    fixed.notes.append(
+        f"onnx2tf could not convert it with open dims ({error}): written with its inputs "
+        f"fixed at {shown}, the check's sizes (static=false keeps them open)"
+    )
+    return fixed
 
 
 def _fixed_if_it_runs(open_dims: _Attempt, convert: Callable[[], _Attempt], shown: str) -> _Attempt:
@@ -425,6 +453,11 @@ def _folded(
         if output.name in unshaped:
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
+    if quantized := as_float_ops(proto):
+        notes.append(
+            f"its {quantized} QuantizeLinear/DequantizeLinear nodes were given to onnx2tf as the "
+            "float ops that compute them (onnx2tf's QuantizeLinear is a Flex op)"
+        )
     if open_negative_dims(proto):
         notes.append("dims written as -1 were given to onnx2tf as unknown")
     try:
@@ -491,6 +524,9 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
                 output_folder_path=str(work / "out"),
                 not_use_onnxsim=True,
                 keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+                # TFLite has no builtin Erf: tf.math.erf would be a Flex op that LiteRT's
+                # interpreter cannot run (every GELU); onnx2tf's polynomial is within 1.5e-7
+                replace_to_pseudo_operators=["erf"],  # lower case: the CLI lowers its own
                 verbosity="info",
             )
     except (Exception, SystemExit) as e:
@@ -546,11 +582,38 @@ def _run(
                     {n: np.array(interpreter.get_tensor(d["index"])) for n, d in details.items()}
                 )
         except Exception as e:
-            return Ran([], {}, {}, litert, f"LiteRT cannot run it: {one_line(e, line='first')}")
+            flex = _flex_ops(path) if "Select TensorFlow op" in str(e) else None
+            why = (
+                f"it needs TensorFlow ops that LiteRT's builtins lack: {flex} (the Flex "
+                "delegate, tensorflow-lite-select-tf-ops, runs them)"
+                if flex
+                else one_line(e, line="first")
+            )
+            return Ran([], {}, {}, litert, f"LiteRT cannot run it: {why}")
     taken = {n: [int(d) for d in detail["shape_signature"]] for n, detail in inputs.items()}
     given = {n: [int(d) for d in detail["shape_signature"]] for n, detail in details.items()}
     tensors = {n: str(d["name"]) for n, d in {**inputs, **details}.items()}
     return Ran(outputs, taken, given, litert, tensors=tensors)
+
+
+def _flex_ops(path: str) -> str | None:
+    """(In the worker.) The TensorFlow ops a .tflite runs through the Flex delegate, with
+    their counts ("ClipByValue (78), Erf (8)"), from TensorFlow's analyzer; None if it
+    cannot tell."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            tf.lite.experimental.Analyzer.analyze(model_path=path)
+    except Exception:
+        return None
+    found = re.findall(r"Op#\d+ Flex(\w+)", text.getvalue())
+    counts = {op: found.count(op) for op in dict.fromkeys(found)}
+    return ", ".join(f"{op} ({n})" for op, n in counts.items()) or None
 
 
 def _match_inputs(details: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
