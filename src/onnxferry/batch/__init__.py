@@ -34,6 +34,7 @@ from .plan import (
     SHARD_BATCHES,
     Job,
     Manifest,
+    current_rss,
     default_batch_size,
     parse_size,
 )
@@ -66,12 +67,13 @@ def batch(
 
     ``batch_size``: rows per ``session.run`` (default: about 16 MiB of input, 1-1024 rows;
     a model with a fixed batch axis takes its own). ``shard_rows``: rows per output shard
-    (default 64 batches). ``max_memory``: bytes or "2GiB" the local engine may hold (default
-    2 GiB). ``workers`` x ``threads``: sessions and intra-op threads each (default: the usable
-    cores). ``devices`` ("cuda:0,cuda:1", ``devices.parse_devices``): the local engine runs
-    one session per device instead (not with ``workers``), and the summary's notes count the
-    batches each ran. UsageError / DataError (exit 2) for options or input that cannot work,
-    ProviderError naming a device that cannot be used.
+    (default 64 batches). ``max_memory``: bytes or "2GiB" the process may hold while the local
+    engine runs (default: 2 GiB more than it holds when the run starts). ``workers`` x
+    ``threads``: sessions and intra-op threads each (default: the usable cores). ``devices``
+    ("cuda:0,cuda:1", ``devices.parse_devices``): the local engine runs one session per
+    device instead (not with ``workers``), and the summary's notes count the batches each ran.
+    UsageError / DataError (exit 2) for options or input that cannot work, ProviderError
+    naming a device that cannot be used.
     """
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", hint="use local or ray")
@@ -121,7 +123,11 @@ def _run(
         raise UsageError(
             f"shard rows must be at least 1, got {shard_rows}", hint="--shard-rows 10000"
         )
-    memory = parse_size(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
+    # Not given: 2 GiB on top of what the caller's process holds already (a notebook with
+    # TensorFlow loaded is past 2 GiB before the run reads a row); given: the whole process.
+    memory = (
+        parse_size(max_memory) if max_memory is not None else current_rss() + DEFAULT_MAX_MEMORY
+    )
     if pool:
         sizes = len(pool), threads or max(1, usable_cores() // len(pool))
         if threads is not None and threads < 1:

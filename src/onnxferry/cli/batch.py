@@ -48,7 +48,11 @@ if TYPE_CHECKING:
 @click.option("--address", help="--engine ray: the cluster to join (auto, ray://HOST:10001).")
 @click.option("--batch-size", type=int, help="Rows per run (default: ~16 MiB of input, 1-1024).")
 @click.option("--shard-rows", type=int, help="Rows per output shard (default: 64 batches).")
-@click.option("--max-memory", help="Memory the local engine may hold, e.g. 1GiB (default 2GiB).")
+@click.option(
+    "--max-memory",
+    help="Memory the process may hold while the local engine runs, e.g. 1GiB (default: 2GiB "
+    "more than at the start).",
+)
 @click.option("--workers", type=int, help="Sessions (local) or actors (ray); default: the cores.")
 @click.option("--threads", type=int, help="Intra-op threads per session.")
 @click.option(

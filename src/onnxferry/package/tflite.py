@@ -600,7 +600,6 @@ def _flex_ops(path: str) -> str | None:
     """(In the worker.) The TensorFlow ops a .tflite runs through the Flex delegate, with
     their counts ("ClipByValue (78), Erf (8)"), from TensorFlow's analyzer; None if it
     cannot tell."""
-    import contextlib
     import io
 
     import tensorflow as tf
