@@ -411,3 +411,17 @@ def convert_with_dynamo(module: Any, path: Path, example: tuple[Any, ...]) -> Mo
     source = load_source(module, options_for(), framework="torch", example_inputs=example)
     source.candidates = [c for c in source.candidates if c.exporter == DYNAMO]
     return convert(source, path)
+
+
+STREAM = """
+<ir_version: 9, opset_import: ["" : 18]>
+stream (float[steps, 4] x, float[1, 4] state) => (float[steps] y) {
+    zero = Constant <value = int64 {0}> ()
+    one = Constant <value = int64[1] {1}> ()
+    running = CumSum(x, zero)
+    carried = Add(running, state)
+    y = ReduceSum <keepdims = 0> (carried, one)
+}
+"""
+"""Rows as the steps of one stream: each step's score carries every step before it and a
+state given whole for the call (faster-whisper's Silero VAD does so with its LSTM)."""

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
-from tests.helpers import Run, deep_mlp, mlp, onnx_text, save
+from tests.helpers import STREAM, Run, deep_mlp, mlp, onnx_text, save
 
 TWO_INPUTS = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -304,6 +304,19 @@ def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
 # --- bounded memory -------------------------------------------------------------------------
 
 BIG_ROWS, ROW_SHAPE = 3072, (256, 1024)  # 3 GiB of float32, 1 MiB a row
+
+
+def test_a_stream_s_state_given_whole_is_refused_not_run_apart(ferry: Run, tmp_path: Path) -> None:
+    """Rows that are the steps of one stream (a state ``[1, 4]`` given for the call, as
+    faster-whisper's Silero VAD takes its LSTM's): run apart in batches they would give
+    other values, so it is one line saying why, not a run."""
+    model = save(onnx_text(STREAM), tmp_path / "stream.onnx")
+    x = np.ones((5, 4), np.float32)
+    np.savez(tmp_path / "steps.npz", x=x, state=np.ones((1, 4), np.float32))
+    code, out, err = ferry("batch", model, tmp_path / "steps.npz", "-o", tmp_path / "out")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "input 'state' [1, 4] has no rows axis" in err and "rows may depend" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_default_cap_is_2_gib_above_what_the_caller_holds(

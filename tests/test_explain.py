@@ -36,6 +36,7 @@ from onnxferry.explain.masking import (
 )
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner, create_session
+from tests.helpers import STREAM, onnx_text
 
 SHAP = ("kernelshap", "permutation")
 FEATURES = 8
@@ -294,7 +295,7 @@ def test_batched_images_equal_the_same_explainer_run_one_image_at_a_time(method:
                 weights[segment] = weight
     np.testing.assert_allclose(batched.attributions[0], groups.spread(weights), atol=1e-9)
     assert batched.evaluations == runs[0] + 1  # + ferry's one run to find the target
-    assert batched.session_runs <= 4
+    assert batched.session_runs <= 6  # 2 of them probing that rows are independent
 
 
 @pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime", "occlusion"])
@@ -388,6 +389,43 @@ def test_signal_files_are_one_picture_per_input(tmp_path: Path) -> None:
 
 
 # --- batches, layouts, sessions ---------------------------------------------------------------
+
+TABLE = """
+<ir_version: 9, opset_import: ["" : 18]>
+table (float[batch, 4] x, float[4, 2] w) => (float[batch, 2] y) { y = MatMul(x, w) }
+"""
+"""A weight table given whole for the call beside independent rows."""
+
+
+def test_rows_that_carry_a_stream_are_each_explained_alone() -> None:
+    """Batched, the perturbations of one row would be steps of one stream, each seeing the
+    ones before it; probed, the rows are found dependent and every evaluation runs alone,
+    so a row's attributions are what explaining it by itself gives."""
+    model = Model.from_proto(onnx_text(STREAM))
+    rng = np.random.default_rng(5)
+    x, state = rng.standard_normal((3, 4)).astype(np.float32), np.ones((1, 4), np.float32)
+    zeros = {"x": np.zeros((1, 4), np.float32)}  # hidden features become 0, alone or not
+    together = explain(model, {"x": x, "state": state}, "occlusion", background=zeros)
+    assert any(n.startswith("rows are not independent: input 0 gives y") for n in together.notes)
+    assert together.session_runs == together.evaluations + 2  # one row a run, and the probe
+    for i in range(3):
+        alone = explain(model, {"x": x[i : i + 1], "state": state}, "occlusion", background=zeros)
+        np.testing.assert_allclose(together.attributions[i], alone.attributions[0], atol=1e-6)
+        assert together.scores[i] == pytest.approx(alone.scores[0])
+        # each occluded feature's drop is the feature itself: the stream starts afresh
+        np.testing.assert_allclose(together.attributions[i], x[i], atol=1e-5)
+
+
+def test_a_table_given_whole_beside_independent_rows_stays_batched() -> None:
+    model = Model.from_proto(onnx_text(TABLE))
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32)}
+    feeds["w"] = rng.standard_normal((4, 2)).astype(np.float32)
+    zeros = {"x": np.zeros((1, 4), np.float32)}
+    explanation = explain(model, feeds, "occlusion", target=0, background=zeros)
+    assert not any("independent" in n for n in explanation.notes)
+    assert explanation.session_runs < explanation.evaluations
+    np.testing.assert_allclose(explanation.attributions, feeds["x"] * feeds["w"][:, 0], atol=1e-5)
 
 
 def test_the_evaluator_runs_thousands_of_rows_in_a_few_session_runs() -> None:

@@ -124,14 +124,20 @@ def row_signature(signature: Signature) -> Signature:
     another axis (a recurrent ``state[2, batch, 128]``) has that axis moved first (files
     hold it ``[rows, 2, 128]``; the engine moves it back), and a fixed batch axis is opened
     ("rows"), so a source checks the shape of each row, not the number of rows (the engine
-    pads a short batch to a fixed batch size)."""
+    pads a short batch to a fixed batch size). Where another input's rows are open, a fixed
+    leading dim is no batch axis (an LSTM state ``h: [1, 1, 128]`` beside ``input:
+    [seq_len, 576]``) and stays as it is."""
     axes = signature.row_axes()
+    open_rows = any(
+        spec.shape and not isinstance(spec.shape[axes[spec.name] or 0], int)
+        for spec in signature.inputs
+    )
     inputs = []
     for spec in signature.inputs:
         axis, shape = axes[spec.name], spec.shape
         if shape and axis:
             shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
-        if shape and isinstance(shape[0], int):
+        if shape and isinstance(shape[0], int) and not (open_rows and axis is None):
             shape = ("rows", *shape[1:])
         inputs.append(dataclasses.replace(spec, shape=shape))
     return Signature(tuple(inputs), signature.outputs)
@@ -331,6 +337,20 @@ class NpzSource(Reused):
                 hint="run the model once (ferry compare, or onnxruntime) instead",
             )
         counts = {h.shape[0] for h in headers.values()}
+        whole = [
+            spec
+            for spec in signature.inputs
+            if spec.name in headers and spec.shape and all(isinstance(d, int) for d in spec.shape)
+        ]
+        if len(counts) != 1 and whole and len(whole) < len(headers):
+            spec = whole[0]
+            raise DataError(
+                f"{path}: input {spec.name!r} {spec.shape_text()} has no rows axis: the model "
+                "takes it whole for each call, so its rows may depend on each other (a "
+                "stream's state, carried from row to row), and batch runs rows apart",
+                hint="run the model once over the whole sequence (onnxruntime), or export "
+                f"{spec.name!r} with a batch axis",
+            )
         if len(counts) != 1:
             raise DataError(
                 f"{path}: the arrays have different numbers of rows "

@@ -152,6 +152,8 @@ def explain(
         model_name=loaded.name,
     )
     targets, scores = resolve_targets(evaluator, rows, signature, target)
+    if dependent := evaluator.probe_rows(rows[0], targets[0].output):
+        notes.append(dependent)
     shap_data = shap_background(data, method, seed, notes)
     values, bases, labels = [], [], []
     for i, sample in enumerate(rows):

@@ -122,13 +122,40 @@ class Evaluator:
         column of the table the evaluator makes of it."""
         self.planned = 0
         self.input_index = 0
+        self.independent = True
+        """Whether rows run together give what each gives alone (``probe_rows``)."""
 
     @property
     def chunk(self) -> int:
         """Rows per ``session.run``."""
-        if not self.layout.batch_axis:
+        if not self.layout.batch_axis or not self.independent:
             return 1
         return self.layout.fixed_batch or self.batch_size
+
+    def probe_rows(self, sample: np.ndarray, output: str) -> str | None:
+        """Run ``sample`` alone and after another row (its own values rolled by one); when the
+        two differ, the model's rows are not independent and every evaluation runs alone from
+        now on (a note says so). Two runs, for a model with an open batch axis.
+
+        Such a model runs its rows as the steps of one stream, as faster-whisper's Silero VAD
+        does with an LSTM state ``h: [1, 1, 128]`` given for the whole call: batched, each
+        perturbation of a row would start from what the ones before it left."""
+        if not self.layout.batch_axis or self.layout.fixed_batch:
+            return None
+        alone = self._run(sample[None], 0, output)[0]
+        after = self._run(np.stack([np.roll(sample, 1), sample]), 0, output)[1]
+        if self.progress is not None:  # it hears of every run
+            for _ in range(2):
+                self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
+        scale = max(1.0, float(np.abs(alone).max(initial=0.0)))
+        if np.allclose(after, alone, rtol=1e-3, atol=1e-5 * scale):
+            return None
+        self.independent = False
+        return (
+            f"rows are not independent: input 0 gives {output} {alone.ravel()[0]:.4g} alone "
+            f"and {after.ravel()[0]:.4g} after another row (the model carries something from "
+            "row to row, as a stream's state), so every evaluation runs alone"
+        )
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
