@@ -696,6 +696,17 @@ def test_ddddocr_recognizer_packages_for_tflite_despite_its_misdeclared_output(
     assert f"{note} without that shape" in report["notes"], report["notes"]
 
 
+def test_magika_packages_for_tflite_at_the_check_s_batch(ferry: Run, tmp_path: Path) -> None:
+    """Magika's file-type model: onnx2tf's file with an open batch runs in LiteRT but gives
+    other scores (the check failed it, max abs 0.887); converted again with the batch fixed
+    at the check's size, it matches ONNX Runtime, and the note says why it was."""
+    args = _tflite_package("magika", tmp_path)
+    report = ok_json(ferry(*args, "-o", tmp_path / "out"))["result"]
+    parity = report["checks"][0]
+    assert parity["ok"] and "outputs match" in parity["detail"], parity
+    assert any("open dims failed its check" in n for n in report["notes"]), report["notes"]
+
+
 @pytest.mark.slow
 def test_smart_turn_packages_for_tflite_fixed_and_its_quantization_in_float_ops(
     ferry: Run, tmp_path: Path

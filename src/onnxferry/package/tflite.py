@@ -37,9 +37,10 @@ only the Flex delegate runs; a file that still needs Flex ops fails its check na
 Open dims. With ``static=auto`` (the default) the ``.tflite`` keeps the model's open dims;
 should onnx2tf fail to convert it so (shape arithmetic on an unknown rank, as in Smart Turn's
 attention) or LiteRT fail to run it (XNNPack cannot reshape a graph onnx2tf built from shape
-arithmetic, as openWakeWord's melspectrogram's), it is converted again with every open input
-fixed at the check's sizes (onnxslim's ``input_shapes``, so the arithmetic folds away), and
-the note says so. ``static=true`` fixes them from the start, ``static=false`` never does.
+arithmetic, as openWakeWord's melspectrogram's) or match ONNX Runtime (Magika's), it is
+converted again with every open input fixed at the check's sizes (onnxslim's
+``input_shapes``, so the arithmetic folds away), and the note says so. ``static=true`` fixes
+them from the start, ``static=false`` never does.
 Give ``inputs`` to fix them at the sizes the model is used at.
 
 Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``static`` (auto), ``fp16`` (false),
@@ -130,6 +131,10 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     static = opts["static"] == "true" and bool(fixed)
     reference = [OrtRunner(model).run(f) for f in feeds]
     misdeclared = _misdeclared(model, reference[0])
+    tolerances = {
+        name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
+        name16: Tolerance(atol=opts["fp16_atol"], rtol=opts["fp16_rtol"]),
+    }
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
         keep = [n for n, p in perms.items() if opts["layout"] == "nchw" and len(p) in CHANNELS_LAST]
 
@@ -152,7 +157,10 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             for n, data in files.items():
                 (folder / n).write_bytes(data)
                 runs[n] = pool.submit(_run, str(folder / n), feeds, perms, names).result()
-            return _Attempt(done, runs, notes, folder)
+            judged = _parity(
+                "", name32, source.model.name, runs[name32], reference, tolerances[name32], ""
+            )
+            return _Attempt(done, runs, notes, folder, None if judged.ok else judged.detail)
 
         shown = describe_shapes(fixed)
         auto = opts["static"] == "auto" and bool(fixed) and not static
@@ -174,10 +182,6 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         }
     done, given_notes = chosen.done, chosen.notes
     tool = f"onnx2tf {done.version}, ai-edge-litert {runs[name32].version}"
-    tolerances = {
-        name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
-        name16: Tolerance(atol=opts["fp16_atol"], rtol=opts["fp16_rtol"]),
-    }
     for n, ran in runs.items():
         label = "tflite parity" if n == name32 else "tflite fp16 parity"
         result.checks.append(
@@ -196,17 +200,19 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
 @dataclass
 class _Attempt:
     """One conversion: what onnx2tf wrote (in ``folder``), LiteRT's runs of it there (to
-    choose between conversions), notes."""
+    choose between conversions), notes, and how the float32 file missed ONNX Runtime."""
 
     done: Converted
     runs: dict[str, Ran]
     notes: list[str]
     folder: Path
+    mismatch: str | None = None
 
     @property
     def problem(self) -> str | None:
-        """Why LiteRT could not run the float32 file, or None."""
-        return next(iter(self.runs.values())).problem
+        """Why the float32 file fails its check (LiteRT could not run it, or its outputs
+        differ from ONNX Runtime's), or None."""
+        return next(iter(self.runs.values())).problem or self.mismatch
 
 
 def _fixed_if_it_converts(
@@ -227,8 +233,10 @@ def _fixed_if_it_converts(
 
 
 def _fixed_if_it_runs(open_dims: _Attempt, convert: Callable[[], _Attempt], shown: str) -> _Attempt:
-    """``convert()`` (the inputs fixed at ``shown``) when LiteRT runs what it wrote, else
-    ``open_dims`` with a note on why fixing them did not help."""
+    """``convert()`` (the inputs fixed at ``shown``) when what it wrote passes its check
+    where ``open_dims``'s did not (LiteRT could not run it, or onnx2tf's shape arithmetic
+    for open dims gave other values, as on Magika), else ``open_dims`` with a note on why
+    fixing them did not help."""
     try:
         fixed = convert()
     except InputError as e:
@@ -236,7 +244,7 @@ def _fixed_if_it_runs(open_dims: _Attempt, convert: Callable[[], _Attempt], show
     else:
         if fixed.problem is None:
             fixed.notes.append(
-                f"the .tflite with open dims did not run in LiteRT ({open_dims.problem}): "
+                f"the .tflite with open dims failed its check ({open_dims.problem}): "
                 f"written with its inputs fixed at {shown}, the check's sizes (static=false "
                 "keeps them open)"
             )
