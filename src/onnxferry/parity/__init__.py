@@ -25,7 +25,7 @@ Parity). They share their working parts by public names; this ``__init__`` is th
 
 from __future__ import annotations
 
-from .judge import compare_outputs, compare_runners, judge_output
+from .judge import compare_outputs, compare_runners, excuse_source_noise, judge_output
 from .results import Divergence, OutputParity, Parity
 from .tolerance import Tolerance
 
@@ -36,5 +36,6 @@ __all__ = [
     "Tolerance",
     "compare_outputs",
     "compare_runners",
+    "excuse_source_noise",
     "judge_output",
 ]

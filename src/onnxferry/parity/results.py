@@ -49,6 +49,9 @@ class OutputParity:
     inf_mismatches: int | None = None
     required_atol: float | None = None
     required_rtol: float | None = None
+    source_noise: float | None = None
+    """When the values passed only as the source's own numerical noise: the atol the source's
+    second kernel set needs to match its first on this output (``judge.excuse_source_noise``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class OutputParity:
             "inf_mismatches": self.inf_mismatches,
             "required_atol": self.required_atol,
             "required_rtol": self.required_rtol,
+            "source_noise": self.source_noise,
         }
 
 
@@ -119,6 +123,8 @@ class Parity:
     divergence: Divergence | None = None
     graphs: list[str] = field(default_factory=list, compare=False, repr=False)
     """Inline SVG for the HTML report: the graph with ``divergence.tensor`` marked."""
+    notes: list[str] = field(default_factory=list)
+    """How a verdict was reached beyond the tolerance (an output within the source's noise)."""
 
     @property
     def ok(self) -> bool:
@@ -156,6 +162,9 @@ class Parity:
                 f"{pair}: all {len(self.outputs)} outputs match over {self.samples} samples "
                 f"(max abs {_fmt(abs_err)}, max rel {_fmt(rel_err)})"
             )
+            noisy = [o.name for o in self.outputs if o.source_noise is not None]
+            if noisy:
+                text += f", {', '.join(map(repr, noisy))} within the source's own noise"
         else:
             parts = []
             if self.problems:
@@ -182,6 +191,7 @@ class Parity:
             "worst": worst.name if worst else None,
             "outputs": [o.to_dict() for o in self.outputs],
             "divergence": self.divergence.to_dict() if self.divergence else None,
+            "notes": list(self.notes),
         }
 
     def tables(self) -> list[Table]:
@@ -212,6 +222,8 @@ class Parity:
         problems += [[o.name, o.problem] for o in self.outputs if o.problem]
         if problems:
             tables.append(Table("problems", ["output", "problem"], problems))
+        if self.notes:
+            tables.append(Table("notes", ["note"], [[n] for n in self.notes]))
         if self.divergence is not None:
             d = self.divergence
             columns = ["tensor", "node", "op_type", "position", "max_abs", "max_rel"]
