@@ -991,7 +991,7 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
         ("face_detection", "face_detection_short_range"),  # BlazeFace, fp16 weights
         ("hand_landmark", "hand_landmark_lite"),
         ("selfie_segmentation", "selfie_segmentation"),  # MediaPipe's own custom op
-        ("face_detection", "face_detection_full_range_sparse"),  # sparse weights, DENSIFY
+        ("face_detection", "face_detection_full_range_sparse"),  # 46 weights sparse, DENSIFY
         ("palm_detection", "palm_detection_full"),  # LiteRT's own kernels differ by 4e-3
         ("pose_landmark", "pose_landmark_full"),  # and by 0.2 on its segmentation logits
         ("face_landmark", "face_landmark_with_attention"),  # a custom op LiteRT lacks

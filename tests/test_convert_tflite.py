@@ -24,10 +24,12 @@ pytest.importorskip("tf2onnx")
 import keras
 import tensorflow as tf
 
+from onnxferry.convert import Conversion, convert
 from onnxferry.convert.against import compare_to_source
 from onnxferry.convert.base import ConversionError, ConvertOptions
 from onnxferry.convert.tf_common import convert_with_tf2onnx
-from onnxferry.convert.tflite import TFLiteRunner, load_tflite
+from onnxferry.convert.tflite import TFLiteRunner, litert_interpreter, load_tflite
+from onnxferry.convert.tflite_dense import densified, sparse_tensors
 from onnxferry.errors import FeedError, FerryError, InputError
 from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
@@ -202,6 +204,42 @@ def test_not_a_file(tmp_path: Path, kind: str) -> None:
     with pytest.raises(InputError, match="not a TFLite model") as caught:
         load_tflite(path, ConvertOptions())
     assert_one_line(caught.value)
+
+
+def test_sparse_weights_are_made_dense_and_the_conversion_verified_against_them(
+    tmp_path: Path,
+) -> None:
+    """The TFLite converter's sparsity optimization stores mostly-zero weights sparse and
+    expands them with DENSIFY at run time; tf2onnx cannot read them (MediaPipe's sparse
+    detectors were refused). They are made dense from LiteRT's own DENSIFY results, and the
+    ONNX model is verified against the sparse original."""
+    image = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(32, 3, name="conv")(image)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(image, keras.layers.Dense(64, name="dense")(x))
+    rng = np.random.default_rng(0)
+    for layer in (model.get_layer("conv"), model.get_layer("dense")):
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * (rng.uniform(size=kernel.shape) < 0.2), bias])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(converter.convert())
+    assert len(sparse_tensors(path)) == 2
+    dense = densified(
+        path,
+        tmp_path / "dense.tflite",
+        litert_interpreter(path, "reference", keep_all_tensors=True),
+    )
+    assert dense is not None and sparse_tensors(dense) == []
+    out = convert(path, tmp_path / "sparse.onnx")
+    report = out.last_report(Conversion).result
+    assert report.verified and report.chosen == "tf2onnx", report.attempts
+    feeds = realistic_feeds(TFLiteRunner(path, probe=False).signature, {"batch": 2}, seed=1)
+    parity = compare_outputs(
+        [TFLiteRunner(path, probe=False).run(feeds)], [OrtRunner(out).run(feeds)]
+    )
+    assert parity.ok, parity.summary()
 
 
 def test_unsupported_tflite_op_is_named() -> None:

@@ -740,6 +740,22 @@ def _parity(tmp: Path) -> Names:
     }
 
 
+def _parity_judge(tmp: Path) -> Names:
+    from onnxferry.parity import compare_outputs
+
+    names = _parity(tmp)
+    refs, cands = names["ref_outputs"], names["cand_outputs"]
+    return {**names, "spread": compare_outputs(refs, refs), "second": compare_outputs(refs, cands)}
+
+
+def _verdict(tmp: Path) -> Names:
+    from onnxferry.convert.dispatch import load_source, options_for
+    from onnxferry.runtime import OrtRunner
+
+    source = load_source(str(_model()), options_for())
+    return {"source": source, "feeds": [_feeds()], "runner": OrtRunner(_loaded("b.onnx"))}
+
+
 def _report(tmp: Path) -> Names:
     _model("a.onnx")
     _model("b.onnx", noise=1e-3)
@@ -1377,7 +1393,8 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.weight_only": _pass_context,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
-    "onnxferry.parity.judge": _parity,
+    "onnxferry.parity.judge": _parity_judge,
+    "onnxferry.convert.verdict": _verdict,
     "onnxferry.parity.metrics": _nothing,
     "onnxferry.parity.results": _parity,
     "onnxferry.parity.tolerance": _nothing,
@@ -1512,6 +1529,8 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
     "tests",
     "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",
+    "onnxferry.convert.tflite_dense": f"{TENSORFLOW}; tests/test_convert_tflite.py densifies a "
+    "sparse model",
     "onnxferry.convert.torch.export_errors": "a fragment of an exporter's except clause; "
     "tests/test_convert_torch.py checks the one-line errors",
     "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "

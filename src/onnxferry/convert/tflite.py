@@ -15,7 +15,10 @@ That interpreter does not verify the flatbuffer and can segfault on a corrupt on
 first decoded in Python (tables, offsets and indices in range) and then loaded once in a child
 process (about 4 s: the child imports TensorFlow); a crash there is an InputError here.
 tf2onnx 1.17's ``from_tflite`` keeps a dynamic batch (shape_signature -1) and writes IR 8 up to
-opset 18 (higher opsets as in ``convert.tf_common``).
+opset 18 (higher opsets as in ``convert.tf_common``); weights stored sparse are made dense for
+it first (``tflite_dense``). The source's second opinion (``Source.second_reference``) is the
+same file on LiteRT's reference kernels: what they and the default XNNPACK kernels give
+apart is the source's own noise (``convert.verdict``).
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from .tf_common import (
     resolve_opset,
     source_shape,
 )
+from .tflite_dense import densified, sparse_tensors
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["TFLiteRunner", "load_tflite"]
+__all__ = ["TFLiteRunner", "litert_interpreter", "load_tflite"]
 
 log = logging.getLogger("onnxferry")
 
@@ -107,7 +111,7 @@ class TFLiteRunner:
             " (reference kernels)" if kernels != "default" else ""
         )
         try:
-            self.interpreter = _interpreter(self.path, kernels)
+            self.interpreter = litert_interpreter(self.path, kernels)
             inputs = self.interpreter.get_input_details()
             outputs = self.interpreter.get_output_details()
         except Exception as e:
@@ -174,24 +178,29 @@ class TFLiteRunner:
     def export_tf2onnx(self, path: Path, opset: int) -> None:
         """tf2onnx.convert.from_tflite, renamed to the reference's names."""
 
+        sparse = sparse_tensors(self.path)
+        source = self.path
+        if sparse:  # tf2onnx reads only dense constants; parity still runs the sparse file
+            kept = litert_interpreter(self.path, "reference", keep_all_tensors=True)
+            source = densified(self.path, path.with_name("dense.tflite"), kept) or self.path
+
         def convert(export_opset: int) -> onnx.ModelProto:
             import tf2onnx
 
             proto: onnx.ModelProto
             with _no_interpreter_warning(), quiet_native("litert"):  # tf2onnx reads shapes
-                proto, _ = tf2onnx.convert.from_tflite(str(self.path), opset=export_opset)
+                proto, _ = tf2onnx.convert.from_tflite(str(source), opset=export_opset)
             return proto
 
         try:
             proto = convert_with_tf2onnx(convert, opset, framework="TFLite")
         except ConversionError as e:
-            sparse = _sparse_tensors(self.path)
-            if not sparse:
+            if not sparse or source != self.path:
                 raise
             raise ConversionError(
                 f"tf2onnx: the model keeps {len(sparse)} weights sparse (e.g. {sparse[0]!r}, "
-                "expanded by DENSIFY at run time), which tf2onnx cannot read",
-                hint="convert the model from its source without sparsity, or densify it first",
+                "expanded by DENSIFY at run time) where they cannot be made dense",
+                hint="convert the model from its source without sparsity",
             ) from e
         finish_export(proto, self.signature, path, self.tensor_names)
 
@@ -257,7 +266,7 @@ def _cannot_load(path: Path, detail: str) -> InputError:
 def _probe_main() -> None:
     """The child of ``_probe``: load, allocate and (for numeric inputs) invoke once."""
     try:
-        interpreter = _interpreter(Path(sys.argv[1]))
+        interpreter = litert_interpreter(Path(sys.argv[1]))
         interpreter.allocate_tensors()
         inputs = interpreter.get_input_details()
     except Exception as e:
@@ -328,25 +337,15 @@ def _structure_problem(data: bytes) -> str | None:
     return None
 
 
-def _sparse_tensors(path: Path) -> list[str]:
-    """Names of the tensors the flatbuffer stores sparse (TFLite's sparsity parameters)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
-    return [
-        t.name.decode(errors="replace") if isinstance(t.name, bytes) else str(t.name)
-        for graph in model.subgraphs or []
-        for t in graph.tensors or []
-        if t.sparsity is not None
-    ]
-
-
 def _ints(values: Any) -> list[int]:
     return [] if values is None else [int(v) for v in values]
 
 
-def _interpreter(path: Path, kernels: str = "default") -> Any:
-    """LiteRT's interpreter when installed, else TensorFlow's, on the kernels asked for."""
+def litert_interpreter(
+    path: Path, kernels: str = "default", *, keep_all_tensors: bool = False
+) -> Any:
+    """LiteRT's interpreter when installed, else TensorFlow's, on the kernels asked for;
+    ``keep_all_tensors`` keeps intermediate tensors readable after a run."""
     try:
         litert: Any = importlib.import_module("ai_edge_litert.interpreter")
         make, resolvers = litert.Interpreter, litert.OpResolverType
@@ -355,18 +354,22 @@ def _interpreter(path: Path, kernels: str = "default") -> Any:
         make, resolvers = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     resolver = resolvers.BUILTIN_REF if kernels == "reference" else resolvers.AUTO
     with _no_interpreter_warning(), quiet_tf():
-        return make(model_path=str(path), experimental_op_resolver_type=resolver)
+        return make(
+            model_path=str(path),
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=keep_all_tensors,
+        )
 
 
 @contextlib.contextmanager
 def _no_interpreter_warning() -> Iterator[None]:
-    """Silence tf.lite.Interpreter's deprecation warning (it still works in TF 2.21)."""
+    """Silence tf.lite.Interpreter's deprecation warning (it still works in TF 2.21), and its
+    warning that keeping every tensor is for debugging (densifying needs one run so)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=r"\s*Warning: tf\.lite\.Interpreter is deprecated",
-            category=UserWarning,
-        )
+        for message in ("is deprecated", "Enabling `experimental_preserve_all_tensors`"):
+            warnings.filterwarnings(
+                "ignore", message=rf"\s*Warning: .*{message}", category=UserWarning
+            )
         yield
 
 
