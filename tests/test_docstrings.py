@@ -745,7 +745,8 @@ def _parity_judge(tmp: Path) -> Names:
 
     names = _parity(tmp)
     refs, cands = names["ref_outputs"], names["cand_outputs"]
-    return {**names, "spread": compare_outputs(refs, refs), "second": compare_outputs(refs, cands)}
+    spread, second = compare_outputs(refs, refs), compare_outputs(refs, cands)
+    return {**names, "model": _loaded(), "spread": spread, "second": second}
 
 
 def _verdict(tmp: Path) -> Names:

@@ -20,8 +20,10 @@ from onnxferry.parity import (
     Tolerance,
     compare_outputs,
     compare_runners,
+    compare_within_noise,
     excuse_source_noise,
     judge_output,
+    unoptimized_ort,
 )
 from onnxferry.runtime import OrtRunner, SessionConfig
 
@@ -54,6 +56,7 @@ OUTPUT_KEYS = [
     "required_atol",
     "required_rtol",
     "source_noise",
+    "noise_atol",
 ]
 PARITY_KEYS = [
     "reference",
@@ -439,14 +442,18 @@ def test_a_candidate_within_the_sources_own_noise_passes_and_says_so(
     (y, n) = parity.outputs
     assert parity.ok is excused and y.passed is excused and n.passed
     if not excused:
-        assert parity.notes == [] and y.source_noise is None
+        assert parity.notes == [] and y.source_noise is None and y.noise_atol is None
         return
     assert y.source_noise == spread.outputs[0].required_atol
     assert y.required_atol is not None and y.required_atol > 1e-4  # still recorded as measured
     (note,) = parity.notes
     assert note.startswith("'y': ort needs atol ") and "against ref kernels, which itself" in note
     assert "within the source's own numerical noise" in note
-    assert parity.summary().endswith("'y' within the source's own noise")
+    assert y.noise_atol is not None and y.noise_atol <= y.source_noise
+    assert parity.summary().endswith(
+        f"; 'y' within the source's own noise (atol {y.noise_atol:.3g} from the nearer of its "
+        f"two kernel sets, which need {y.source_noise:.3g})"
+    )
 
 
 def test_exact_outputs_are_never_excused_as_noise() -> None:
@@ -456,3 +463,38 @@ def test_exact_outputs_are_never_excused_as_noise() -> None:
     spread = compare_outputs([first], [{**second, "n": first["n"] + 1}])
     excuse_source_noise(parity, spread, compare_outputs([second], [candidate]))
     assert not parity.ok and not parity.notes
+
+
+def test_the_second_opinion_runs_only_when_values_fail_and_its_failure_is_a_note() -> None:
+    first, second = _noisy_sets()
+    calls: list[int] = []
+
+    def opinion() -> tuple[list[dict[str, np.ndarray]], str]:
+        calls.append(1)
+        return [second], "ref kernels"
+
+    same = compare_within_noise([first], [first], second=opinion)
+    renamed = compare_within_noise([first], [{"z": first["y"], "n": first["n"]}], second=opinion)
+    assert same.ok and not renamed.ok and calls == []  # a name problem is no noise
+    near = {"y": first["y"] + np.float32(0.01), "n": first["n"]}
+    tolerance = Tolerance(atol=1e-4, rtol=1e-6)
+    judged = compare_within_noise([first], [near], tolerance, second=opinion)
+    assert judged.ok and calls == [1] and judged.outputs[0].source_noise is not None
+
+    def broken() -> tuple[list[dict[str, np.ndarray]], str]:
+        raise RuntimeError("no kernel for Foo")
+
+    failed = compare_within_noise([first], [near], tolerance, second=broken)
+    assert not failed.ok
+    assert failed.notes == ["the reference's second kernel set could not run (no kernel for Foo)"]
+
+
+def test_onnx_runtime_without_graph_optimization_is_a_second_opinion_run_once() -> None:
+    model = Model.from_proto(mlp())
+    feeds = mlp_feeds(2)
+    opinion = unoptimized_ort(model, feeds)
+    outputs, name = opinion()
+    assert name == f"{OrtRunner(model).name} (no graph optimization)"
+    assert opinion()[0] is outputs  # cached: every check of a package shares one run
+    parity = compare_outputs([OrtRunner(model).run(f) for f in feeds], list(outputs))
+    assert parity.ok and parity.max_abs < 1e-5, parity.summary()

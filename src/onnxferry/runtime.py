@@ -368,6 +368,17 @@ class OrtRunner:
         return {n: _as_array(r) for n, r in zip(names, results, strict=True)}
 
 
+def unoptimized_runner(model: Model) -> OrtRunner:
+    """ONNX Runtime on ``model`` with every graph optimization off (no fused or re-laid-out
+    kernels): the second opinion on its own numerical noise (``parity.compare_within_noise``).
+
+        unoptimized_runner(model).name      # "model@cpu (no graph optimization)"
+    """
+    runner = OrtRunner(model, config=SessionConfig(graph_optimization="disable"))
+    runner.name += " (no graph optimization)"
+    return runner
+
+
 def quiet_run_options() -> ort.RunOptions:
     """RunOptions under which a failing run does not log to stderr: the error it raises says
     the same, and becomes one line (``run_errors``)."""

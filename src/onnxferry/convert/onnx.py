@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelLoadError, one_line
 from ..model import Model
-from ..runtime import OrtRunner, runtime_limits
+from ..runtime import OrtRunner, runtime_limits, unoptimized_runner
 from ..signature import Signature
 from .base import Candidate, ConversionError, ConvertOptions, Source
 
@@ -70,6 +70,9 @@ def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
         description=f"ONNX model {model.name} (opset {current}, IR {model.ir_version})",
         reference=reference,
         candidates=[Candidate(f"onnx version converter (opset {target})", export)],
+        second_reference=(
+            (lambda: unoptimized_runner(model)) if isinstance(reference, OrtRunner) else None
+        ),
         details={"opset_from": current, "opset_to": target, "reference": reference.name},
     )
 

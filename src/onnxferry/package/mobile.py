@@ -51,7 +51,7 @@ INT8_COSINE = 0.99
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to ORT format in ``outdir`` and check it (see the module docstring)."""
-    from ..parity import Tolerance, compare_outputs
+    from ..parity import Tolerance, compare_within_noise, unoptimized_ort
     from ..runtime import OrtRunner
 
     opts = _options(options)
@@ -72,10 +72,11 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     ]
 
     tolerance = Tolerance(atol=opts["atol"], rtol=opts["rtol"])
-    parity = compare_outputs(
+    parity = compare_within_noise(
         reference_outputs,
         _run_ort_file(ort_file, feeds),
         tolerance,
+        second=unoptimized_ort(reference, feeds),
         reference_name=reference.path.name if reference.path else "onnx",
         candidate_name=ort_file.name,
     )

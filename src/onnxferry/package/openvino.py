@@ -45,7 +45,7 @@ FP16_TOLERANCE = (1e-2, 1e-2)
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
-    from ..parity import Tolerance, compare_outputs
+    from ..parity import Tolerance, compare_within_noise, unoptimized_ort
     from ..runtime import OrtRunner
 
     opts = _options(options)
@@ -67,10 +67,11 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     if isinstance(candidate, str):  # the CPU plugin cannot run the IR on these feeds
         result.checks.append(Check("openvino parity", False, f"{xml_name}: {candidate}", tool=tool))
     else:
-        parity = compare_outputs(
+        parity = compare_within_noise(
             [OrtRunner(model).run(f) for f in feeds],
             candidate,
             tolerance,
+            second=unoptimized_ort(model, feeds),
             reference_name=f"{source.model.name}@onnxruntime",
             candidate_name=f"{xml_name}@openvino-cpu",
         )

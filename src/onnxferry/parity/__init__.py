@@ -18,14 +18,28 @@ its statistics and the atol (at the given rtol) and rtol (at the given atol) it 
 needed to pass. ``bisect`` exposes the intermediate tensors two models share and names the
 first one, in the reference's topological order, that fails the tolerance.
 
+An output that fails by no more than the reference's own numerical noise passes, with a note:
+``compare_within_noise`` runs the reference on a second kernel set only then (LiteRT's
+reference kernels; ONNX Runtime with no graph optimization, ``unoptimized_ort``) and
+``excuse_source_noise`` judges against how far apart the two sets are.
+
 The modules: ``tolerance`` (Tolerance), ``judge`` (compare_outputs, compare_runners,
-judge_output), ``metrics`` (the float statistics) and ``results`` (OutputParity, Divergence,
-Parity). They share their working parts by public names; this ``__init__`` is the boundary.
+compare_within_noise, judge_output), ``metrics`` (the float statistics) and ``results``
+(OutputParity, Divergence, Parity). They share their working parts by public names; this
+``__init__`` is the boundary.
 """
 
 from __future__ import annotations
 
-from .judge import compare_outputs, compare_runners, excuse_source_noise, judge_output
+from .judge import (
+    SecondOpinion,
+    compare_outputs,
+    compare_runners,
+    compare_within_noise,
+    excuse_source_noise,
+    judge_output,
+    unoptimized_ort,
+)
 from .results import Divergence, OutputParity, Parity
 from .tolerance import Tolerance
 
@@ -33,9 +47,12 @@ __all__ = [
     "Divergence",
     "OutputParity",
     "Parity",
+    "SecondOpinion",
     "Tolerance",
     "compare_outputs",
     "compare_runners",
+    "compare_within_noise",
     "excuse_source_noise",
     "judge_output",
+    "unoptimized_ort",
 ]

@@ -52,6 +52,8 @@ class OutputParity:
     source_noise: float | None = None
     """When the values passed only as the source's own numerical noise: the atol the source's
     second kernel set needs to match its first on this output (``judge.excuse_source_noise``)."""
+    noise_atol: float | None = None
+    """Then: the atol this candidate needs against the nearer of the source's two sets."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class OutputParity:
             "required_atol": self.required_atol,
             "required_rtol": self.required_rtol,
             "source_noise": self.source_noise,
+            "noise_atol": self.noise_atol,
         }
 
 
@@ -162,9 +165,12 @@ class Parity:
                 f"{pair}: all {len(self.outputs)} outputs match over {self.samples} samples "
                 f"(max abs {_fmt(abs_err)}, max rel {_fmt(rel_err)})"
             )
-            noisy = [o.name for o in self.outputs if o.source_noise is not None]
-            if noisy:
-                text += f", {', '.join(map(repr, noisy))} within the source's own noise"
+            text += "".join(
+                f"; {o.name!r} within the source's own noise (atol {_fmt(o.noise_atol)} from "
+                f"the nearer of its two kernel sets, which need {_fmt(o.source_noise)})"
+                for o in self.outputs
+                if o.source_noise is not None
+            )
         else:
             parts = []
             if self.problems:
