@@ -37,6 +37,8 @@ def test_compare_with_generated_inputs(pair: tuple[Path, Path], tmp_path: Path) 
     parity = report.result
     assert parity.samples == 3
     assert parity.outputs[0].ref_shape == (1, 3)  # the one feed policy: batch axes take 1
+    # a's second opinion (no graph optimization) ran and agrees with a: nothing is excused
+    assert not parity.notes and all(o.source_noise is None for o in parity.outputs)
     assert parity.divergence is not None
     assert parity.divergence.tensor == "l0"
     assert any("l0" in n for n in report.notes)
