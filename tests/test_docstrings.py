@@ -1530,8 +1530,8 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
     "tests",
     "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",
-    "onnxferry.convert.tflite_dense": f"{TENSORFLOW}; tests/test_convert_tflite.py densifies a "
-    "sparse model",
+    "onnxferry.convert.tflite_rewrite": f"{TENSORFLOW}; tests/test_convert_tflite.py rewrites "
+    "a sparse model and an FFT",
     "onnxferry.convert.torch.export_errors": "a fragment of an exporter's except clause; "
     "tests/test_convert_torch.py checks the one-line errors",
     "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "

@@ -15,10 +15,11 @@ That interpreter does not verify the flatbuffer and can segfault on a corrupt on
 first decoded in Python (tables, offsets and indices in range) and then loaded once in a child
 process (about 4 s: the child imports TensorFlow); a crash there is an InputError here.
 tf2onnx 1.17's ``from_tflite`` keeps a dynamic batch (shape_signature -1) and writes IR 8 up to
-opset 18 (higher opsets as in ``convert.tf_common``); weights stored sparse are made dense for
-it first (``tflite_dense``). The source's second opinion (``Source.second_reference``) is the
-same file on LiteRT's reference kernels: what they and the default XNNPACK kernels give
-apart is the source's own noise (``convert.verdict``).
+opset 18 (higher opsets as in ``convert.tf_common``); for it, weights stored sparse are made
+dense first and a real FFT taken for its real part a matrix product (``tflite_rewrite``). The
+source's second opinion (``Source.second_reference``) is the same file on LiteRT's reference
+kernels: what they and the default XNNPACK kernels give apart is the source's own noise
+(``convert.verdict``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from .tf_common import (
     resolve_opset,
     source_shape,
 )
-from .tflite_dense import densified, sparse_tensors
+from .tflite_rewrite import for_tf2onnx, sparse_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -175,14 +176,17 @@ class TFLiteRunner:
             ) from e
         return {name: np.array(interpreter.get_tensor(d["index"])) for name, d in self._outputs}
 
+    def _kept(self) -> Any:
+        """An interpreter on this file on reference kernels, every tensor kept after a run."""
+        return litert_interpreter(self.path, "reference", keep_all_tensors=True)
+
     def export_tf2onnx(self, path: Path, opset: int) -> None:
         """tf2onnx.convert.from_tflite, renamed to the reference's names."""
 
+        # tf2onnx reads only dense constants and a real FFT's magnitude: the rewritten file is
+        # converted, and parity still runs the original
+        source = for_tf2onnx(self.path, path.with_name("rewritten.tflite"), self._kept) or self.path
         sparse = sparse_tensors(self.path)
-        source = self.path
-        if sparse:  # tf2onnx reads only dense constants; parity still runs the sparse file
-            kept = litert_interpreter(self.path, "reference", keep_all_tensors=True)
-            source = densified(self.path, path.with_name("dense.tflite"), kept) or self.path
 
         def convert(export_opset: int) -> onnx.ModelProto:
             import tf2onnx
