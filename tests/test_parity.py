@@ -20,11 +20,9 @@ from onnxferry.parity import (
     Tolerance,
     compare_outputs,
     compare_runners,
-    compare_within_noise,
-    excuse_source_noise,
     judge_output,
-    unoptimized_ort,
 )
+from onnxferry.parity.judge import compare_within_noise, excuse_source_noise, unoptimized_ort
 from onnxferry.runtime import OrtRunner, SessionConfig
 
 from .helpers import mlp, mlp_feeds, mlp_with_logits, onnx_text
