@@ -260,8 +260,7 @@ def _spectrum_tflite(path: Path, part: str) -> Path:
 def test_an_stft_taken_for_its_real_part_converts_as_a_matrix_product(tmp_path: Path) -> None:
     """BirdNET takes its spectrogram's real part: RFFT2D -> SQUEEZE -> CAST to float, which
     tf2onnx refused (it converts RFFT2D only into a magnitude). The RFFT over one row becomes
-    a product with the DFT's cosines, verified against LiteRT's FFT on the original file. A
-    magnitude behind a SQUEEZE is still refused, in one line naming RFFT2D."""
+    a product with the DFT's cosines, verified against LiteRT's FFT on the original file."""
     path = _spectrum_tflite(tmp_path / "real.tflite", "real")
     out = convert(path, tmp_path / "real.onnx")
     report = out.last_report(Conversion).result
@@ -273,9 +272,21 @@ def test_an_stft_taken_for_its_real_part_converts_as_a_matrix_product(tmp_path: 
         [TFLiteRunner(path, probe=False).run(feeds)], [OrtRunner(out).run(feeds)]
     )
     assert parity.ok, parity.summary()
-    with pytest.raises(ConversionError, match="RFFT2D") as refused:
-        convert(_spectrum_tflite(tmp_path / "abs.tflite", "abs"), tmp_path / "abs.onnx")
-    assert_one_line(refused.value)
+
+
+def test_an_stft_magnitude_behind_a_squeeze_converts_with_the_magnitude_moved_first(
+    tmp_path: Path,
+) -> None:
+    """``tf.abs(tf.signal.stft(...))``, the common spectrogram, is RFFT2D -> SQUEEZE ->
+    COMPLEX_ABS in TFLite, and tf2onnx refused the SQUEEZE between them. The magnitude moves
+    to right after the FFT (a shape op commutes with it) and converts, verified."""
+    path = _spectrum_tflite(tmp_path / "abs.tflite", "abs")
+    out = convert(path, tmp_path / "abs.onnx")
+    assert out.last_report(Conversion).result.verified
+    feeds = {"audio": np.random.default_rng(4).uniform(-1, 1, (2, 4096)).astype(np.float32)}
+    want = TFLiteRunner(path, probe=False).run(feeds)
+    parity = compare_outputs([want], [OrtRunner(out).run(feeds)])
+    assert parity.ok and parity.outputs[0].ref_shape == (2, 15, 257), parity.summary()
 
 
 def test_unsupported_tflite_op_is_named() -> None:

@@ -18,7 +18,8 @@ TensorFlow's own flatbuffer schema (``schema_py_generated``, ``flatbuffer_utils`
   RFFT2D only into a ComplexAbs. An RFFT2D over one row (``fft_length [1, N]``) whose every
   use is a chain of SQUEEZE / RESHAPE ending in such a CAST or a REAL becomes a BATCH_MATMUL
   with the DFT's cosine matrix (``Re X[k] = sum_n x[n] cos(2 pi k n / N)``), the chain float
-  and each REAL a float CAST. A magnitude behind a SQUEEZE (``tf.abs`` of an STFT) is left.
+  and each REAL a float CAST. A magnitude behind such a line (``tf.abs`` of an STFT: RFFT2D,
+  SQUEEZE, COMPLEX_ABS) moves to right after the FFT, the pair tf2onnx converts.
 """
 
 from __future__ import annotations
@@ -92,12 +93,56 @@ _SHAPE_ONLY = ("SQUEEZE", "RESHAPE")
 
 
 def _real_fft(model: Any) -> bool:
+    """Each RFFT2D tf2onnx cannot take as it stands, rewritten where one of the two ways fits."""
     changed = False
     for graph in model.subgraphs or []:
-        for op in graph.operators or []:
+        for op in list(graph.operators or []):  # _abs_first moves an op within the list
             if _code(model, op) == "RFFT2D":
-                changed = _rfft_as_matmul(model, graph, op) or changed
+                changed = (
+                    _rfft_as_matmul(model, graph, op) or _abs_first(model, graph, op) or changed
+                )
     return changed
+
+
+def _abs_first(model: Any, graph: Any, op: Any) -> bool:
+    """An RFFT2D whose one use is a line of SQUEEZE / RESHAPE ops ending in a COMPLEX_ABS:
+    the magnitude moved to right after the FFT (shapes commute with it), the pair tf2onnx
+    converts. Each tensor on the line takes the shape of the one before it, now float."""
+    index = int(op.outputs[0])
+    line: list[int] = [index]
+    ops: list[Any] = []
+    while True:
+        users = [o for o in graph.operators if index in [int(i) for i in o.inputs]]
+        if len(users) != 1 or index in [int(i) for i in graph.outputs]:
+            return False
+        (user,) = users
+        code = _code(model, user)
+        if code == "COMPLEX_ABS" and ops:
+            break
+        if code not in _SHAPE_ONLY or int(user.inputs[0]) != index:
+            return False
+        ops.append(user)
+        index = int(user.outputs[0])
+        line.append(index)
+    magnitude = user
+    shapes = [(graph.tensors[i].shape, graph.tensors[i].shapeSignature) for i in line]
+    ends = [int(magnitude.outputs[0])]
+    # FFT -> |.| -> line[1]; each shape op then reads line[k] and writes line[k + 1], the last
+    # one the magnitude's old output, so every reader of it is unchanged
+    magnitude.inputs = np.array([line[0]], np.int32)
+    magnitude.outputs = np.array([line[1]], np.int32)
+    for k, shape_op in enumerate(ops):
+        inputs = [int(i) for i in shape_op.inputs]
+        inputs[0] = line[k + 1]
+        shape_op.inputs = np.array(inputs, np.int32)
+        shape_op.outputs = np.array([(line[2:] + ends)[k]], np.int32)
+    for k, index in enumerate(line[1:]):
+        tensor = graph.tensors[index]
+        tensor.type = FLOAT32
+        tensor.shape, tensor.shapeSignature = shapes[k]
+    graph.operators.remove(magnitude)
+    graph.operators.insert(graph.operators.index(ops[0]), magnitude)
+    return True
 
 
 def _rfft_as_matmul(model: Any, graph: Any, op: Any) -> bool:
