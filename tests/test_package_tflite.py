@@ -431,3 +431,20 @@ def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> N
         package(source, "tflite", tmp_path / "out", options)
     assert "\n" not in str(e.value) and e.value.hint
     assert not (tmp_path / "out").exists()
+
+
+def test_litert_reference_kernels_give_the_written_file_a_second_opinion(tmp_path: Path) -> None:
+    """The check's second opinion on the .tflite side: the file as written, on LiteRT's
+    reference kernels, in the ONNX layout; on an MLP it agrees with the default kernels."""
+    report = package(save(mlp(), tmp_path / "mlp.onnx"), "tflite", tmp_path / "out")
+    assert report.ok, report.result.checks
+    path = tmp_path / "out" / "mlp.tflite"
+    feeds = [{"x": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}]
+    reference = [{"probs": np.zeros((2, 3), np.float32)}]
+    with tflite._child() as pool:
+        default = pool.submit(tflite._run, str(path), feeds, {"x": (0, 1)}, ["probs"]).result()
+        opinion = tflite._reference_kernels(pool, path, feeds, {"x": (0, 1)}, ["probs"], reference)
+        outputs, name = opinion()
+        assert opinion()[0] is outputs  # run once
+    assert name == "mlp.tflite@litert (reference kernels)"
+    np.testing.assert_allclose(outputs[0]["probs"], default.outputs[0]["probs"], atol=1e-5)

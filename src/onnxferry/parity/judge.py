@@ -5,7 +5,7 @@
     result = judge_output("probs", [ref_outputs[0]["probs"]], [cand_outputs[0]["probs"]], 1e-4, 0)
     result.passed, result.max_abs, result.required_atol            # one OutputParity
     parity = compare_within_noise(ref_outputs, cand_outputs, second=unoptimized_ort(model, feeds))
-    excuse_source_noise(parity, spread, second)    # what the line above does with its figures
+    excuse_source_noise(parity, [spread], [second])  # what the line above does with its figures
 
 Float outputs are measured by ``metrics``; integer, bool and string outputs must match
 exactly; a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
@@ -109,12 +109,14 @@ def compare_within_noise(
     tolerance: Tolerance = Tolerance(),
     *,
     second: SecondOpinion | None,
+    candidate_second: SecondOpinion | None = None,
     reference_name: str = "reference",
     candidate_name: str = "candidate",
 ) -> Parity:
-    """``compare_outputs``, and when outputs fail on their values only, the reference's own
-    noise measured by ``second`` (run then, not before) and ``excuse_source_noise`` applied.
-    A second opinion that cannot run leaves the verdict as it was, with a note saying why."""
+    """``compare_outputs``, and when outputs fail on their values only, each side's own noise
+    measured by its second opinion (run then, not before: ``second`` for the reference,
+    ``candidate_second`` for the candidate's runtime) and ``excuse_source_noise`` applied. A
+    second opinion that cannot run is left out, with a note saying why."""
     parity = compare_outputs(
         reference,
         candidate,
@@ -122,20 +124,36 @@ def compare_within_noise(
         reference_name=reference_name,
         candidate_name=candidate_name,
     )
-    if parity.ok or parity.problems or second is None:
+    if parity.ok or parity.problems:
         return parity
-    try:
-        seconds, name = second()
-    except Exception as e:  # a kernel set without one of the ops: no second opinion
-        parity.notes.append(f"the reference's second kernel set could not run ({one_line(e)})")
+    Runs = list[tuple[str, Sequence[Mapping[str, np.ndarray]]]]
+    sides: list[Runs] = [[(reference_name, reference)], [(candidate_name, candidate)]]
+    spreads: list[Parity] = []
+    for runs, opinion in zip(sides, (second, candidate_second), strict=True):
+        name, outputs = runs[0]
+        if opinion is None:
+            continue
+        try:
+            other, other_name = opinion()
+        except Exception as e:  # a kernel set without one of the ops: no second opinion
+            parity.notes.append(f"{name}'s second kernel set could not run ({one_line(e)})")
+            continue
+        runs.append((other_name, other))
+        spreads.append(
+            compare_outputs(
+                outputs, other, tolerance, reference_name=name, candidate_name=other_name
+            )
+        )
+    if not spreads:
         return parity
-    spread = compare_outputs(
-        reference, seconds, tolerance, reference_name=reference_name, candidate_name=name
-    )
-    to_second = compare_outputs(
-        seconds, candidate, tolerance, reference_name=name, candidate_name=candidate_name
-    )
-    excuse_source_noise(parity, spread, to_second)
+    refs, cands = sides
+    pairs = [
+        compare_outputs(a, b, tolerance, reference_name=a_name, candidate_name=b_name)
+        for a_name, a in refs
+        for b_name, b in cands
+        if (a_name, b_name) != (reference_name, candidate_name)
+    ]
+    excuse_source_noise(parity, spreads, pairs)
     return parity
 
 
@@ -151,37 +169,50 @@ def unoptimized_ort(model: Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> 
     return functools.cache(run)
 
 
-def excuse_source_noise(parity: Parity, spread: Parity, second: Parity) -> None:
-    """Pass the outputs of ``parity`` that fail on their values by no more than the source's
+def excuse_source_noise(parity: Parity, spreads: Sequence[Parity], pairs: Sequence[Parity]) -> None:
+    """Pass the outputs of ``parity`` that fail on their values by no more than the runtimes'
     own numerical noise, and say so in ``parity.notes``.
 
-    ``spread`` judges the source on a second kernel set (TFLite's reference kernels) against
-    the source as ``parity`` ran it, ``second`` the candidate against that second set, all on
-    the same feeds. A failing float output passes when the candidate is as close to one of the
-    source's kernel sets as the two sets are to each other: the atol it needs (at the
-    tolerance's rtol) is no larger than the spread's. Outputs that fail for any other reason
-    (names, shapes, NaN on one side, exact kinds) are left failed.
+    ``spreads`` judge a runtime's second kernel set against its first, on the same feeds: the
+    reference's (TFLite's reference kernels; ONNX Runtime with no graph optimization) and,
+    where measured, the candidate's. ``pairs`` judge the other pairings of a reference run
+    with a candidate run. A failing float output passes when the nearest pairing (``parity``
+    itself or one of ``pairs``) needs no larger an atol, at the tolerance's rtol, than the
+    largest spread: the two sides are as close as one side's own kernel sets are to each
+    other. Outputs that fail for any other reason (names, shapes, NaN on one side, exact
+    kinds) are left failed.
     """
-    spreads = {o.name: o for o in spread.outputs}
-    seconds = {o.name: o for o in second.outputs}
     for output in parity.outputs:
-        noise, closeness = spreads.get(output.name), seconds.get(output.name)
         if output.passed or output.problem or output.kind != "float":
-            continue
-        if noise is None or closeness is None or noise.required_atol is None:
             continue
         if output.nan_mismatches or output.inf_mismatches:
             continue
-        needs = [o.required_atol for o in (output, closeness)]
-        nearest = min((n for n in needs if n is not None), default=None)
-        if nearest is None or nearest > noise.required_atol:
-            continue
-        output.passed, output.source_noise, output.noise_atol = True, noise.required_atol, nearest
-        parity.notes.append(
-            f"{output.name!r}: {parity.candidate} needs atol {needs[0] or 0.0:.3g} against "
-            f"{parity.reference} and {needs[1] or 0.0:.3g} against {spread.candidate}, which "
-            f"itself needs {noise.required_atol:.3g}: within the source's own numerical noise"
+        noises = _needs(spreads, output.name)
+        nearest = min(
+            (
+                n
+                for _, n in [(parity, output.required_atol), *_needs(pairs, output.name)]
+                if n is not None
+            ),
+            default=None,
         )
+        if not noises or nearest is None:
+            continue
+        widest, noise = max(noises, key=lambda pair: pair[1] or 0.0)
+        if noise is None or nearest > noise:
+            continue
+        output.passed, output.source_noise, output.noise_atol = True, noise, nearest
+        parity.notes.append(
+            f"{output.name!r}: {parity.candidate} needs atol {output.required_atol or 0.0:.3g} "
+            f"against {parity.reference}, the nearest pair of their kernel sets {nearest:.3g}, "
+            f"where {widest.candidate} needs {noise:.3g} against {widest.reference}: within "
+            "the runtimes' own numerical noise"
+        )
+
+
+def _needs(judged: Sequence[Parity], name: str) -> list[tuple[Parity, float | None]]:
+    """Each judgement's required atol for output ``name`` (where it has that output)."""
+    return [(p, o.required_atol) for p in judged for o in p.outputs if o.name == name]
 
 
 def judge_output(

@@ -50,10 +50,11 @@ class OutputParity:
     required_atol: float | None = None
     required_rtol: float | None = None
     source_noise: float | None = None
-    """When the values passed only as the source's own numerical noise: the atol the source's
-    second kernel set needs to match its first on this output (``judge.excuse_source_noise``)."""
+    """When the values passed only as the runtimes' own numerical noise: the atol a runtime's
+    second kernel set needs to match its first on this output, the largest such
+    (``judge.excuse_source_noise``)."""
     noise_atol: float | None = None
-    """Then: the atol this candidate needs against the nearer of the source's two sets."""
+    """Then: the atol the nearest pair of a reference run and a candidate run needs."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,8 +167,9 @@ class Parity:
                 f"(max abs {_fmt(abs_err)}, max rel {_fmt(rel_err)})"
             )
             text += "".join(
-                f"; {o.name!r} within the source's own noise (atol {_fmt(o.noise_atol)} from "
-                f"the nearer of its two kernel sets, which need {_fmt(o.source_noise)})"
+                f"; {o.name!r} within the runtimes' own noise (atol {_fmt(o.noise_atol)} "
+                f"between the nearest pair of kernel sets, {_fmt(o.source_noise)} between "
+                "one runtime's own two)"
                 for o in self.outputs
                 if o.source_noise is not None
             )
