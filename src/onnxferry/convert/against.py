@@ -50,7 +50,7 @@ def compare_to_source(
     )
     runner = OrtRunner(onnx_model, config=SessionConfig(provider=provider))
     judge = SourceJudge(loaded, feeds, tolerance)
-    parity = judge([runner.run(f) for f in feeds], runner.name)
+    parity = judge([runner.run(f) for f in feeds], runner.name, onnx_model)
     notes = [f"reference: {loaded.description}"]
     if not parity.ok and loaded.find_divergence is not None:
         with contextlib.suppress(FerryError):

@@ -394,7 +394,7 @@ def _verify(model: Model, judge: SourceJudge, attempt: Attempt) -> UnknownOperat
         attempt.status = "failed"
         attempt.error = f"onnxruntime failed: {one_line(e, 400)}"
         return None
-    attempt.parity = judge(outputs, attempt.exporter)
+    attempt.parity = judge(outputs, attempt.exporter, model)
     attempt.status = "passed" if attempt.parity.ok else "failed"
     return None
 

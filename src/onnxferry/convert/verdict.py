@@ -5,9 +5,10 @@ where they differ, against the source's own numerical noise.
     parity = judge([runner.run(f) for f in feeds], "tf2onnx")   # a Parity
 
 A source that can run on a second kernel set (``Source.second_reference``: TFLite's reference
-kernels beside its XNNPACK ones) gives a failing candidate one more chance: the outputs that
-are no further from the second set than the source's own first set is pass, with a note that
-says by how much (``parity.compare_within_noise``). The second set runs once, when first needed.
+kernels beside its XNNPACK ones), and the candidate on ONNX Runtime with no graph
+optimization, give a failing candidate one more chance: the outputs whose nearest pair of runs
+is as close as one side's own two runs are pass, with a note that says by how much
+(``parity.compare_within_noise``). The source's second set runs once, when first needed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..parity import Parity, Tolerance, compare_within_noise
+from ..model import Model
+from ..parity import Parity, Tolerance, compare_within_noise, unoptimized_ort
 from .base import Source
 
 Outputs = list[dict[str, np.ndarray]]
@@ -36,12 +38,20 @@ class SourceJudge:
     def __post_init__(self) -> None:
         self.references = [self.source.reference.run(f) for f in self.feeds]
 
-    def __call__(self, outputs: Sequence[Mapping[str, np.ndarray]], candidate: str) -> Parity:
+    def __call__(
+        self,
+        outputs: Sequence[Mapping[str, np.ndarray]],
+        candidate: str,
+        model: Model | None = None,
+    ) -> Parity:
+        """``outputs`` of the exported ``candidate``; ``model``, when given, is run again
+        with no graph optimization for ONNX Runtime's own noise should they differ."""
         return compare_within_noise(
             self.references,
             outputs,
             self.tolerance,
             second=self._second_outputs if self.source.second_reference else None,
+            candidate_second=None if model is None else unoptimized_ort(model, self.feeds),
             reference_name=self.source.reference.name,
             candidate_name=candidate,
         )
