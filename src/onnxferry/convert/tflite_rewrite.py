@@ -161,7 +161,7 @@ def _rfft_as_matmul(model: Any, graph: Any, op: Any) -> bool:
         return False
     chain, casts = found
     n = fft[1]
-    angles = 2 * np.pi * np.outer(np.arange(n), np.arange(n // 2 + 1)) / n
+    angles = 2 * np.pi * (np.outer(np.arange(n), np.arange(n // 2 + 1)) % n) / n  # exact turns
     graph.tensors.append(_constant_tensor(model, np.cos(angles).astype(np.float32)))
     op.inputs = np.array([int(op.inputs[0]), len(graph.tensors) - 1], np.int32)
     op.opcodeIndex = _opcode(model, schema.BuiltinOperator.BATCH_MATMUL)

@@ -100,7 +100,10 @@ def compare_runners(
 
 
 SecondOpinion = Callable[[], tuple[Sequence[Mapping[str, np.ndarray]], str]]
-"""The reference's outputs on the same feeds from a second kernel set, and that set's name."""
+"""One side's outputs on the same feeds from a second kernel set, and that set's name."""
+
+NamedRuns = tuple[str, Sequence[Mapping[str, np.ndarray]]]
+"""A run's name and its outputs, one dict per feed set."""
 
 
 def compare_within_noise(
@@ -126,8 +129,7 @@ def compare_within_noise(
     )
     if parity.ok or parity.problems:
         return parity
-    Runs = list[tuple[str, Sequence[Mapping[str, np.ndarray]]]]
-    sides: list[Runs] = [[(reference_name, reference)], [(candidate_name, candidate)]]
+    sides: list[list[NamedRuns]] = [[(reference_name, reference)], [(candidate_name, candidate)]]
     spreads: list[Parity] = []
     for runs, opinion in zip(sides, (second, candidate_second), strict=True):
         name, outputs = runs[0]
@@ -149,9 +151,9 @@ def compare_within_noise(
     refs, cands = sides
     pairs = [
         compare_outputs(a, b, tolerance, reference_name=a_name, candidate_name=b_name)
-        for a_name, a in refs
-        for b_name, b in cands
-        if (a_name, b_name) != (reference_name, candidate_name)
+        for i, (a_name, a) in enumerate(refs)
+        for j, (b_name, b) in enumerate(cands)
+        if i or j  # the first pair is ``parity`` itself
     ]
     excuse_source_noise(parity, spreads, pairs)
     return parity
