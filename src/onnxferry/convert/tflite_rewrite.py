@@ -20,6 +20,9 @@ TensorFlow's own flatbuffer schema (``schema_py_generated``, ``flatbuffer_utils`
   with the DFT's cosine matrix (``Re X[k] = sum_n x[n] cos(2 pi k n / N)``), the chain float
   and each REAL a float CAST. A magnitude behind such a line (``tf.abs`` of an STFT: RFFT2D,
   SQUEEZE, COMPLEX_ABS) moves to right after the FFT, the pair tf2onnx converts.
+- MediaPipe's ``Convolution2DTransposeBias`` custom op (its selfie segmenters), which LiteRT
+  runs and tf2onnx does not know: the builtin TRANSPOSE_CONV with the custom options' padding
+  and strides, then an ADD of the bias, where the output's shape is static.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 __all__ = ["for_tf2onnx", "sparse_tensors"]
 
-FLOAT32, COMPLEX64 = 0, 8
+FLOAT32, INT32, COMPLEX64 = 0, 2, 8
 """TFLite's TensorType codes."""
 
 
@@ -53,6 +56,7 @@ def for_tf2onnx(path: Path, out: Path, interpreter: Callable[[], Any]) -> Path |
     model = _read(path)
     changed = _densify(model, interpreter)
     changed = _real_fft(model) or changed
+    changed = _transpose_conv_bias(model) or changed
     if not changed:
         return None
     out.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
@@ -162,7 +166,7 @@ def _rfft_as_matmul(model: Any, graph: Any, op: Any) -> bool:
     chain, casts = found
     n = fft[1]
     angles = 2 * np.pi * (np.outer(np.arange(n), np.arange(n // 2 + 1)) % n) / n  # exact turns
-    graph.tensors.append(_constant_tensor(model, np.cos(angles).astype(np.float32)))
+    graph.tensors.append(_constant_tensor(model, np.cos(angles).astype(np.float32), f"cos_{n}"))
     op.inputs = np.array([int(op.inputs[0]), len(graph.tensors) - 1], np.int32)
     op.opcodeIndex = _opcode(model, schema.BuiltinOperator.BATCH_MATMUL)
     op.builtinOptionsType = schema.BuiltinOptions.BatchMatMulOptions
@@ -201,6 +205,56 @@ def _real_part_chain(model: Any, graph: Any, start: int) -> tuple[list[int], lis
             else:
                 return None
     return chain, casts
+
+
+# --- MediaPipe's transposed convolution ---------------------------------------------------
+
+
+def _transpose_conv_bias(model: Any) -> bool:
+    """Each ``Convolution2DTransposeBias`` custom op with a static output shape, as the
+    builtin TRANSPOSE_CONV then an ADD of its bias."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    changed = False
+    for graph in model.subgraphs or []:
+        for op in list(graph.operators or []):
+            code = model.operatorCodes[op.opcodeIndex].customCode
+            if code != b"Convolution2DTransposeBias" or op.customOptions is None:
+                continue
+            image, weights, bias = (int(i) for i in op.inputs)
+            output = graph.tensors[int(op.outputs[0])]
+            signature = output.shapeSignature
+            params = np.frombuffer(bytes(op.customOptions), np.int32)
+            # TfLiteTransposeConvParams: padding (1 same, 2 valid), stride_width, stride_height
+            if len(params) < 3 or params[0] not in (1, 2) or -1 in list(signature or []):
+                continue
+            shape = np.array(output.shape, np.int32)
+            graph.tensors.append(_constant_tensor(model, shape, "transpose_conv_shape"))
+            unbiased = schema.TensorT()
+            unbiased.shape, unbiased.type = shape.copy(), output.type
+            unbiased.name = output.name + b"/unbiased"
+            unbiased.buffer = _add_buffer(model, np.zeros(0, np.uint8))
+            graph.tensors.append(unbiased)
+            conv = schema.OperatorT()
+            conv.opcodeIndex = _opcode(model, schema.BuiltinOperator.TRANSPOSE_CONV)
+            conv.inputs = np.array([len(graph.tensors) - 2, weights, image], np.int32)
+            conv.outputs = np.array([len(graph.tensors) - 1], np.int32)
+            conv.builtinOptionsType = schema.BuiltinOptions.TransposeConvOptions
+            conv.builtinOptions = schema.TransposeConvOptionsT()
+            conv.builtinOptions.padding = (
+                schema.Padding.SAME if params[0] == 1 else schema.Padding.VALID
+            )
+            conv.builtinOptions.strideW, conv.builtinOptions.strideH = (
+                int(params[1]),
+                int(params[2]),
+            )
+            op.opcodeIndex = _opcode(model, schema.BuiltinOperator.ADD)
+            op.inputs = np.array([len(graph.tensors) - 1, bias], np.int32)
+            op.customOptions, op.builtinOptionsType = None, schema.BuiltinOptions.AddOptions
+            op.builtinOptions = schema.AddOptionsT()
+            graph.operators.insert(graph.operators.index(op), conv)
+            changed = True
+    return changed
 
 
 # --- flatbuffer plumbing ------------------------------------------------------------------
@@ -244,14 +298,15 @@ def _add_buffer(model: Any, value: np.ndarray) -> int:
     return len(model.buffers) - 1
 
 
-def _constant_tensor(model: Any, value: np.ndarray) -> Any:
+def _constant_tensor(model: Any, value: np.ndarray, name: str) -> Any:
+    """A new constant tensor holding ``value`` (float32 or int32)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     tensor = schema.TensorT()
     tensor.shape = np.array(value.shape, np.int32)
-    tensor.type = FLOAT32
+    tensor.type = FLOAT32 if value.dtype == np.float32 else INT32
     tensor.buffer = _add_buffer(model, value)
-    tensor.name = f"onnxferry/dft_cosines_{value.shape[0]}".encode()
+    tensor.name = f"onnxferry/{name}".encode()
     return tensor
 
 
