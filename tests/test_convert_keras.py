@@ -282,6 +282,17 @@ def test_keras_archive_with_broken_config(tmp_path: Path) -> None:
     assert_one_line(caught.value)
 
 
+def test_a_weights_only_hdf5_file_says_so(tmp_path: Path) -> None:
+    """``model.save_weights()`` writes HDF5 with no architecture (deepcut ships its model so):
+    one line that says the file holds weights only and how to convert them."""
+    path = tmp_path / "model.weights.h5"
+    two_io_model().save_weights(str(path))
+    with pytest.raises(InputError, match="holds weights only") as caught:
+        load_keras(path, ConvertOptions())
+    assert "load_weights()" in str(caught.value)
+    assert_one_line(caught.value)
+
+
 def test_missing_keras_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file") as caught:
         load_keras(tmp_path / "absent.keras", ConvertOptions())

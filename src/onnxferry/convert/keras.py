@@ -252,6 +252,13 @@ def _load_keras_file(path: Path, options: ConvertOptions) -> Any:
         hint = "check that the file is a whole Keras 3 model; re-save it"
         if "safe_mode" in text:
             hint = "the model holds code (a Lambda layer); pass trust_pickle if you trust it"
+        if "No model config found" in text:  # model.save_weights(): no architecture to load
+            raise InputError(
+                f"{path}: the HDF5 file holds weights only, no model (Keras finds no model "
+                "config in it)",
+                hint="build the model in code, load_weights() this file, and convert the "
+                "keras.Model (onnxferry.convert(model, ...))",
+            ) from e
         raise InputError(f"{path}: Keras cannot load the model ({text})", hint=hint) from e
 
 
