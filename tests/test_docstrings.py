@@ -314,6 +314,24 @@ def _sklearn(tmp: Path) -> Names:
     return {"pipeline": pipeline, "x": x[:4], "ConvertOptions": type(_options())}
 
 
+def _sklearn_text(tmp: Path) -> Names:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts, labels = ["a fine café", "an awful day", "fine fine", "awful"], [1, 0, 1, 0]
+    return {"pipeline": make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, labels)}
+
+
+def _explain_text(tmp: Path) -> Names:
+    from onnxferry.explain.kinds import plan_layout
+    from onnxferry.signature import TensorSpec, dtype_from_numpy
+
+    texts = np.array(["Great film, awful ending", "fine"], dtype=object)
+    layout, _ = plan_layout(TensorSpec("input", dtype_from_numpy(object), ("batch",)), texts)
+    return {"layout": layout, "texts": texts}
+
+
 def _federated_shard(tmp: Path) -> Names:
     from onnxferry.learn.torch_module import to_torch
 
@@ -1322,6 +1340,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,
     "onnxferry.convert.sklearn.source": _sklearn,
+    "onnxferry.convert.sklearn.text": _sklearn_text,
     "onnxferry.convert.torch": _torch_package,
     "onnxferry.convert.torch.custom": _torch_custom,
     "onnxferry.convert.torch.divergence": _torch_divergence,
@@ -1353,6 +1372,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.explain.methods": _explain,
     "onnxferry.explain.render": _explain,
     "onnxferry.explain.result": _explain,
+    "onnxferry.explain.text": _explain_text,
     "onnxferry.explain.vectorized": _lime_image,
     "onnxferry.cli.explain": _explain,
     "onnxferry.energy": _nothing,

@@ -15,13 +15,16 @@ from onnxferry.cli import main
 from onnxferry.compare import compare
 from onnxferry.errors import DataError, FeedError, RunError, UsageError
 from onnxferry.feeds import (
+    Vocabulary,
     checked_feeds,
     dynamic_dims,
     feed_sets,
     plan_feeds,
     realistic_feeds,
     shape_plan,
+    string_vocabularies,
     verification_feeds,
+    vocabulary_texts,
 )
 from onnxferry.model import Model
 from onnxferry.optimize import optimize
@@ -439,3 +442,48 @@ def test_feed_sets_are_the_users_checked_or_generated(tmp_path: Path) -> None:
         feed_sets(model, tmp_path / "bad.npz", where="m.onnx")
     with pytest.raises(UsageError, match="samples must be at least 1"):
         feed_sets(model, count=0)
+
+
+def _category_model() -> onnx.ModelProto:
+    """string colour[batch] -> LabelEncoder -> int64 code[batch]."""
+    encoder = helper.make_node(
+        "LabelEncoder",
+        ["colour"],
+        ["code"],
+        domain="ai.onnx.ml",
+        keys_strings=["red", "green", "blue"],
+        values_int64s=[0, 1, 2],
+        default_int64=-1,
+    )
+    graph = helper.make_graph(
+        [encoder],
+        "categories",
+        [helper.make_tensor_value_info("colour", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("code", TensorProto.INT64, ["batch"])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def test_a_string_category_takes_the_categories_the_graph_knows() -> None:
+    """Generated colours are ones the LabelEncoder maps (never its default -1), where random
+    words would all be unknown."""
+    model = Model.from_proto(_category_model())
+    (vocabulary,) = string_vocabularies(model.proto, model.signature).values()
+    assert vocabulary == Vocabulary(("red", "green", "blue"), text=False)
+    feeds = plan_feeds(model).with_batch(16).feeds(seed=0)
+    assert set(feeds["colour"]) <= {"red", "green", "blue"}
+    session = ort.InferenceSession(model.proto.SerializeToString())
+    assert (session.run(None, feeds)[0] >= 0).all()
+
+
+def test_texts_of_a_vocabulary_are_varied_and_reproducible() -> None:
+    vocabulary = Vocabulary(("fine", "very bad", "café", "top_10"), stop_words=("the",))
+    texts = vocabulary_texts(vocabulary, (2, 3), np.random.default_rng(0))
+    again = vocabulary_texts(vocabulary, (2, 3), np.random.default_rng(0))
+    assert texts.shape == (2, 3) and texts.dtype == object
+    assert texts.tolist() == again.tolist()
+    assert texts.flat[-1] == "" and all(isinstance(t, str) and t for t in texts.flat[:-1])
+    words = " ".join(texts.flat).lower()
+    assert "café" in words and "top_10" in words and "very bad" in words and "the" in words
+    assert any(t != t.lower() for t in texts.flat)  # some words Capitalised or UPPER-CASE

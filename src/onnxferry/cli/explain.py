@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     help="Background rows (.npz): SHAP's background, LIME's training data, the baseline.",
 )
 @click.option(
-    "--kind", help="The input's kind: image, tabular, tokens, signal (default: told from it)."
+    "--kind",
+    help="The input's kind: image, tabular, tokens, signal, text (default: told from it).",
 )
 @click.option(
     "--vocab",

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError
-from ..feeds import verification_feeds
 from ..model import Model
 from ..parity import Parity, Tolerance
 from ..report import Report
@@ -45,9 +44,7 @@ def compare_to_source(
     options = options_for(input_shapes, inputs, dynamic, trust_pickle=trust_pickle)
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
-    feeds = verification_feeds(
-        loaded.reference.signature, options.sample_inputs, loaded.value_ranges
-    )
+    feeds = loaded.verification_feeds(options.sample_inputs)
     runner = OrtRunner(onnx_model, config=SessionConfig(provider=provider))
     judge = SourceJudge(loaded, feeds, tolerance)
     parity = judge([runner.run(f) for f in feeds], runner.name, onnx_model)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FerryError, VerificationError
+from ..feeds import Vocabulary, verification_feeds
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -89,13 +90,14 @@ class Candidate:
 class Source:
     """A loaded source model, ready to convert and verify.
 
-    ``reference`` runs the original; its ``signature`` names inputs and outputs exactly as the
-    exported ONNX model must (dynamic dims as symbol names). ``value_ranges`` bound integer
-    inputs, e.g. {"input_ids": (0, vocab_size)}; inputs named like attention masks get
-    realistic padding automatically. ``tolerance`` overrides the default when the framework
-    computes differently (float64 estimators). ``find_divergence`` (optional) names the first
-    framework layer whose output differs from its ONNX counterpart. ``second_reference``
-    (optional) measures the source's own noise.
+        ``reference`` runs the original; its ``signature`` names inputs and outputs exactly as the
+        exported ONNX model must (dynamic dims as symbol names). ``value_ranges`` bound integer
+        inputs, e.g. {"input_ids": (0, vocab_size)}; inputs named like attention masks get
+        realistic padding automatically; ``vocabularies`` give string inputs their words (a text
+    vectorizer's). ``tolerance`` overrides the default when the framework
+        computes differently (float64 estimators). ``find_divergence`` (optional) names the first
+        framework layer whose output differs from its ONNX counterpart. ``second_reference``
+        (optional) measures the source's own noise.
     """
 
     framework: str  # "torch", "keras", "tf", "tflite", "sklearn", "onnx"
@@ -103,6 +105,7 @@ class Source:
     reference: Runner
     candidates: list[Candidate]
     value_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    vocabularies: Mapping[str, Vocabulary] = field(default_factory=dict)
     tolerance: Tolerance | None = None
     find_divergence: (
         Callable[[Model, Mapping[str, np.ndarray], Tolerance], Divergence | None] | None
@@ -112,3 +115,12 @@ class Source:
     run only when a candidate fails: how far it is from ``reference`` is the source's own
     numerical noise, and a candidate within it passes (``parity.excuse_source_noise``)."""
     details: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
+
+    def verification_feeds(
+        self, samples: Sequence[Mapping[str, np.ndarray]] = ()
+    ) -> list[dict[str, np.ndarray]]:
+        """The user's samples, then generated sets that vary the reference's dynamic dims,
+        with values inside ``value_ranges`` and ``vocabularies``."""
+        return verification_feeds(
+            self.reference.signature, samples, self.value_ranges, vocabularies=self.vocabularies
+        )

@@ -357,9 +357,7 @@ def _verification_feeds(
             model, options.sample_inputs, input_shapes=options.input_shapes, probe=probe
         )
     else:
-        feeds = verification_feeds(
-            source.reference.signature, options.sample_inputs, source.value_ranges
-        )
+        feeds = source.verification_feeds(options.sample_inputs)
     result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]
     return feeds
 

@@ -10,9 +10,9 @@
 ``method`` is one of ``METHODS``: ``kernelshap`` and ``permutation`` (shap), ``lime`` (lime's
 tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrated-gradients``
 (unavailable: ONNX Runtime computes no gradient; it says so). The input's kind (image,
-tabular, tokens, signal) comes from the signature (``kind=`` overrides it); images, signals and
-tokens are explained over superpixels / blocks / positions hidden by a baseline (see
-``masking``).
+tabular, tokens, signal, text) comes from the signature (``kind=`` overrides it); images,
+signals and tokens are explained over superpixels / blocks / positions hidden by a baseline
+(see ``masking``), and texts (a string per row) word by word, a hidden word dropped (``text``).
 
 Every perturbation an explainer asks for is evaluated through one ONNX Runtime session in
 batches (``evaluate``), not one ``session.run`` per sample; ``max_evals`` (rows evaluated) and
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,7 @@ def explain(
     from .kinds import plan_layout
     from .masking import baseline, groups_for, spatial_labels
     from .methods import METHODS, Task, require
+    from .text import text_positions
 
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
@@ -136,6 +138,11 @@ def explain(
     spec = signature.input(name)
     layout, rows = plan_layout(spec, feeds[name], kind, batch_axis)
     notes: list[str] = []
+    words, decode = None, None
+    if layout.kind == "text":
+        words, decode = text_positions(layout, rows, background)
+        layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids
+        notes.append("texts explained word by word: a hidden word is dropped from the text")
     data = background_of(background, spec, layout, rows, notes)
     require(method, layout.kind)
     budget = Budget(max_evals, deadline)
@@ -150,6 +157,7 @@ def explain(
         budget=budget,
         progress=progress,
         model_name=loaded.name,
+        decode=decode,
     )
     targets, scores = resolve_targets(evaluator, rows, signature, target)
     if dependent := evaluator.probe_rows(rows[0], targets[0].output):
@@ -206,4 +214,5 @@ def explain(
         notes=notes,
         segments=np.stack(labels) if labels else None,
         requested=len(rows),
+        words=words.pieces if words is not None else None,
     )

@@ -98,8 +98,11 @@ class Evaluator:
         budget: Budget | None = None,
         progress: Callable[[Progress], None] | None = None,
         model_name: str = "model",
+        decode: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.session = session
+        self.decode = decode
+        """Rows as the methods see them -> the model's input (a text's word ids -> strings)."""
         self.input_name = input_name
         self.layout = layout
         self.signature = signature
@@ -244,6 +247,8 @@ class Evaluator:
             )
 
     def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
+        if self.decode is not None:
+            inputs = self.decode(inputs)
         rows = len(inputs)
         batch = np.ascontiguousarray(inputs, dtype=self.dtype)
         if not self.layout.batch_axis:

@@ -6,7 +6,8 @@ splits into the samples to explain.
 
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
-tabular row, 3-D float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal.
+tabular row, 3-D float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
+a string per row (``[batch]`` or ``[batch, 1]``) is a text, explained word by word (``text``).
 A signal is any float or integer sample of 1 to 3 axes explained by neighbourhood: windows
 and blocks of neighbouring elements along every axis (a stretch of audio, a time-frequency
 patch of a spectrogram, a run of feature frames), where tabular rows are explained one
@@ -25,7 +26,7 @@ import numpy as np
 from ..errors import FeedError, UsageError
 from ..signature import TensorSpec
 
-KINDS = ("image", "tabular", "tokens", "signal")
+KINDS = ("image", "tabular", "tokens", "signal", "text")
 CHANNELS = (1, 3)
 
 
@@ -73,6 +74,8 @@ def has_batch_axis(spec: TensorSpec, array_rank: int) -> bool:
         return True
     if array_rank == len(shape) + 1:
         return False  # the array stacks whole model inputs
+    if spec.dtype.kind == "string" and isinstance(shape[0], str):
+        return True  # texts[batch]: one string per row
     if len(shape) == 1:
         return False  # a fixed-size vector of features or tokens
     return not (len(shape) == 3 and shape[0] == 3)  # CHW: an image without a batch axis
@@ -117,9 +120,11 @@ def plan_layout(
 
 
 def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
-    """ "image", "tabular", "tokens" or "signal" for one sample's shape and the input's element
-    type; UsageError when it cannot be told."""
+    """ "image", "tabular", "tokens", "signal" or "text" for one sample's shape and the input's
+    element type; UsageError when it cannot be told."""
     element = spec.dtype.kind
+    if element == "string" and sample_shape in ((), (1,)):
+        return "text"
     if element == "int" and len(sample_shape) == 1:
         return "tokens"
     if element == "float" and len(sample_shape) == 3 and _channel_axis(sample_shape) is not None:
@@ -167,6 +172,12 @@ def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...], dtyp
             hint="a signal's samples have 1 to 3 axes (time, and channels or features); "
             "give another --kind",
         )
+    if kind == "text" and (spec.dtype.kind != "string" or sample_shape not in ((), (1,))):
+        raise UsageError(
+            f"input {spec.name!r} (samples of shape {list(sample_shape)}, "
+            f"{spec.dtype.onnx_name}) is not a text",
+            hint="a text is one string per row; give another --kind",
+        )
     if kind in ("tabular", "signal") and spec.dtype.kind not in ("float", "int"):
         raise UsageError(
             f"input {spec.name!r} ({spec.dtype.onnx_name}) holds no numbers to explain",
@@ -181,6 +192,8 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     want = spec.dtype.numpy
     if array.dtype == want:
         return array
+    if spec.dtype.kind == "string" and array.dtype.kind in "US":
+        return array.astype(object)
     same = {"f": "f", "i": "iu", "u": "iu", "b": "b"}.get(want.kind, "")
     if array.dtype.kind in same or (want.kind == "f" and array.dtype.kind in "iu"):
         return array.astype(want)

@@ -10,7 +10,8 @@ positions of a token sequence, blocks of a signal, columns of a tabular row.
 ``spread`` shares a group's value evenly over its elements, so attributions keep their sum
 (SHAP's efficiency holds per pixel as it does per superpixel). The baseline is what a hidden
 feature becomes: the background's mean (the first background row for tokens), else the image's
-per-channel mean, zeros for tabular rows and signals (silence), token id 0.
+per-channel mean, zeros for tabular rows and signals (silence), token id 0, and for a text the
+empty piece (``text``: the word is dropped).
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def spatial_labels(groups: Groups, layout: Layout) -> np.ndarray:
 def baseline(layout: Layout, sample: np.ndarray, background: np.ndarray | None) -> np.ndarray:
     """What a hidden feature becomes (see the module docstring), shaped like ``sample``."""
     kind = layout.kind
+    if kind == "text":
+        return np.zeros_like(sample)  # the empty piece: the word is dropped
     if kind == "tokens":
         row = background[0] if background is not None else np.zeros_like(sample)
         return np.asarray(row, dtype=sample.dtype)

@@ -143,7 +143,7 @@ def permutation(task: Task) -> Attribution:
 def lime(task: Task) -> Attribution:
     if task.layout.kind == "image":
         return _lime_image(task)
-    if task.layout.kind == "tokens":
+    if task.layout.kind in ("tokens", "text"):
         return _lime_tokens(task)
     if task.layout.kind == "signal":
         return _lime_groups(task)

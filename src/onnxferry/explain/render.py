@@ -36,6 +36,10 @@ MOST_FEATURES = 20
 """Features drawn in the tabular charts (the largest mean |attribution|)."""
 
 
+TEXTUAL = ("tokens", "text")
+"""Kinds shown as coloured words in HTML, not pictures."""
+
+
 def write_explanation(
     explanation: Explanation, outdir: str | Path, vocabulary: list[str] | None = None
 ) -> dict[str, Path]:
@@ -44,7 +48,7 @@ def write_explanation(
     "tokens"."""
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None and explanation.kind != "tokens":
+    if importlib.util.find_spec("matplotlib") is None and explanation.kind not in TEXTUAL:
         raise InputError(
             "the explanation's pictures need matplotlib, which is not installed",
             hint="pip install 'onnxferry[explain]'",
@@ -65,7 +69,7 @@ def write_explanation(
         pictures["importance"] = importance_png(explanation)
         pictures["beeswarm"] = beeswarm_png(explanation)
     else:
-        tokens = tokens_html(explanation, vocabulary)
+        tokens = tokens_html(explanation, explanation.words or vocabulary)
         files["tokens"] = write_text_atomic(
             out / "tokens.html", _page(f"tokens: {explanation.model}", tokens)
         )
@@ -201,6 +205,8 @@ def tokens_html(explanation: Explanation, vocabulary: list[str] | None = None) -
         limit = float(np.abs(values).max()) or 1.0
         spans = []
         for position, (token, value) in enumerate(zip(ids, values, strict=True)):
+            if explanation.words is not None and not token:
+                continue  # padding after a shorter text
             word = _word(int(token), vocabulary)
             alpha = abs(float(value)) / limit
             colour = (214, 39, 40) if value > 0 else (31, 119, 180)

@@ -51,6 +51,9 @@ class Explanation:
     """Images: the superpixel labels each row was explained over, ``(N, height, width)``."""
     requested: int = 0
     """Rows asked for; fewer were explained when the budget ran out (``complete`` is False)."""
+    words: list[str] | None = None
+    """Texts: the pieces (a word and what follows it) that the ids in ``inputs`` stand for;
+    id 0 is "" (padding)."""
 
     ok = True
 
@@ -96,8 +99,10 @@ class Explanation:
                 "additivity_gap": self.additivity_gap(i),
                 "top": self._top(i),
             }
-            if self.kind in ("tabular", "tokens"):  # images, signals: attributions.npz
+            if self.kind in ("tabular", "tokens", "text"):  # images, signals: attributions.npz
                 row["attributions"] = self.attributions[i].reshape(-1).tolist()
+            if self.words is not None:
+                row["words"] = [self.words[int(t)] for t in self.inputs[i].reshape(-1)]
             rows.append(row)
         return {
             "model": self.model,
@@ -125,7 +130,7 @@ class Explanation:
                     float(self.scores[i]),
                     float(self.base_values[i]),
                     float(np.sum(self.attributions[i])),
-                    ", ".join(f"{t['feature']}: {t['attribution']:.3g}" for t in self._top(i)[:5]),
+                    ", ".join(f"{self._name(t)}: {t['attribution']:.3g}" for t in self._top(i)[:5]),
                 )
                 for i in range(len(self.inputs))
             ],
@@ -153,14 +158,25 @@ class Explanation:
         values = self.attributions[index].reshape(-1)
         inputs = self.inputs[index].reshape(-1)
         for flat in self.ranking(index)[:LISTED]:
+            value = inputs[flat].item()
+            if self.words is not None:
+                if not value:
+                    continue  # padding after a shorter text
+                value = self.words[value]
             top.append(
                 {
                     "feature": self._position(flat) if self.kind == "signal" else flat,
                     "attribution": float(values[flat]),
-                    "value": inputs[flat].item(),
+                    "value": value,
                 }
             )
         return top
+
+    def _name(self, top: dict[str, Any]) -> str:
+        """How the summary table names a top feature: a text's word, else its place."""
+        if self.words is not None:
+            return repr(str(top["value"]).strip())
+        return str(top["feature"])
 
     def _position(self, flat: int) -> str:
         """A signal's element by its place along the axes longer than 1 ("37006", "12,400")."""

@@ -28,7 +28,9 @@ Values (``values``). Integer inputs that index a table (``Gather`` on an initial
 constant, through casts and reshapes; ``ranges``) or that a framework bounds (a tokenizer's
 vocabulary) stay inside it; ``*mask*`` inputs are 0/1 with padding; ids, token types and
 positions look like a tokenizer's; float images lie in [0, 1); other floats are standard
-normal.
+normal. String inputs that reach a text vectorizer (``TfIdfVectorizer``) or a category
+encoder take its words: texts mixing its n-grams, stop words and unknown words, in varied
+case and punctuation, or known categories (``ranges.string_vocabularies``).
 
 Given feeds (``sets``). Files are read by ``data.load_feeds``; every set is checked against
 the signature (names, dtypes, shapes, shared dims) by ``checked_feeds``.
@@ -44,7 +46,7 @@ from .plan import (
     plan_feeds,
     unknown_dims,
 )
-from .ranges import index_ranges
+from .ranges import index_ranges, string_vocabularies
 from .sets import (
     BATCH_VALUES,
     OTHER_VALUES,
@@ -56,7 +58,7 @@ from .sets import (
     shape_plan,
     verification_feeds,
 )
-from .values import BATCH_NAMES, random_array, realistic_feeds
+from .values import BATCH_NAMES, Vocabulary, random_array, realistic_feeds, vocabulary_texts
 
 __all__ = [
     "BATCH_NAMES",
@@ -67,6 +69,7 @@ __all__ = [
     "FeedPlan",
     "Given",
     "Unknown",
+    "Vocabulary",
     "batch_symbols",
     "checked_feeds",
     "describe_shapes",
@@ -78,6 +81,8 @@ __all__ = [
     "random_array",
     "realistic_feeds",
     "shape_plan",
+    "string_vocabularies",
     "unknown_dims",
     "verification_feeds",
+    "vocabulary_texts",
 ]

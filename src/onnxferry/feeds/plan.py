@@ -26,8 +26,8 @@ from ..runtime import (
     quiet_run_options,
 )
 from ..signature import Signature, TensorSpec
-from .ranges import index_ranges
-from .values import BATCH_NAMES, realistic_feeds
+from .ranges import index_ranges, string_vocabularies
+from .values import BATCH_NAMES, Vocabulary, realistic_feeds
 
 CANDIDATES: dict[str, tuple[int, ...]] = {
     "spatial": (224, 640, 32, 64, 8, 1),
@@ -74,6 +74,7 @@ class FeedPlan:
     unit_range: frozenset[str] = frozenset()
     choices: list[str] = field(default_factory=list)
     guessed: bool = False
+    vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -99,6 +100,7 @@ class FeedPlan:
             value_ranges=self.value_ranges,
             shapes=self.shapes,
             unit_range=self.unit_range,
+            vocabularies=self.vocabularies,
         )
 
     def describe(self) -> str:
@@ -111,6 +113,9 @@ class FeedPlan:
             "guessed": self.guessed,
             "choices": list(self.choices),
             "value_ranges": {k: list(v) for k, v in self.value_ranges.items()},
+            "vocabularies": {
+                k: {"words": len(v.words), "text": v.text} for k, v in self.vocabularies.items()
+            },
         }
 
 
@@ -145,6 +150,7 @@ def plan_feeds(
         if u.kind == "batch" and batch is not None and u.key not in given:
             given[u.key] = batch
     ranges = index_ranges(proto, signature) if proto is not None else {}
+    words = string_vocabularies(proto, signature) if proto is not None else {}
     images = frozenset(s.name for s in signature.inputs if _image_axes(s) is not None)
     open_dims = [u for u in unknowns if u.key not in given]
     chosen_kinds: dict[str, str] = {}
@@ -163,7 +169,7 @@ def plan_feeds(
         if sizes in seen:  # only a longer list moved on
             continue
         seen.append(sizes)
-        plan = FeedPlan(signature, sizes, ranges, images)
+        plan = FeedPlan(signature, sizes, ranges, images, vocabularies=words)
         elements = sum(math.prod(shape) for shape in plan.shapes.values())
         if choosing and elements > MAX_ELEMENTS:
             tried.append(f"{plan.describe()} (over {MAX_ELEMENTS} elements, not run)")

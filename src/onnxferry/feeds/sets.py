@@ -22,7 +22,7 @@ from ..errors import FeedError, InputError, UsageError
 from ..model import Model
 from ..signature import Signature
 from .plan import FeedPlan, plan_feeds
-from .values import BATCH_NAMES, realistic_feeds
+from .values import BATCH_NAMES, Vocabulary, realistic_feeds
 
 Feeds = dict[str, np.ndarray]
 Given = str | Path | Mapping[str, Any] | Iterable[Mapping[str, Any]]
@@ -112,6 +112,7 @@ def verification_feeds(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     probe: bool = True,
+    vocabularies: Mapping[str, Vocabulary] | None = None,
 ) -> list[Feeds]:
     """What ``convert`` verifies an export on (and ``compare`` against a framework source):
     the user's ``samples`` (checked), then generated sets that vary the open dims.
@@ -119,7 +120,8 @@ def verification_feeds(
     - A Model (an ONNX source, which has a graph to size its dims by): the plan's sizes
       (``plan_feeds``), then the same at batch 4, so a batch baked in by the conversion shows.
     - A Signature (a framework model's reference): every dynamic dim at two values
-      (``shape_plan``), integer ids inside ``value_ranges`` (e.g. a tokenizer's vocabulary).
+      (``shape_plan``), integer ids inside ``value_ranges`` (e.g. a tokenizer's vocabulary),
+      strings from ``vocabularies`` (a text vectorizer's words).
     """
     signature = model if isinstance(model, Signature) else model.signature
     feeds = checked_feeds(samples, signature) if samples else []
@@ -127,7 +129,11 @@ def verification_feeds(
         plan = plan_feeds(model, input_shapes=input_shapes, probe=probe)
         return [*feeds, plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
     for seed, dims in enumerate(shape_plan(signature)):
-        feeds.append(realistic_feeds(signature, dims, seed=seed, value_ranges=value_ranges))
+        feeds.append(
+            realistic_feeds(
+                signature, dims, seed=seed, value_ranges=value_ranges, vocabularies=vocabularies
+            )
+        )
     return feeds
 
 

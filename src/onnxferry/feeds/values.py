@@ -2,15 +2,18 @@
 
     shapes = {"input_ids": (4, 16), "attention_mask": (4, 16)}
     feeds = realistic_feeds(signature, shapes=shapes, value_ranges={"input_ids": (0, 30522)})
+    feeds = realistic_feeds(signature, vocabularies={"text": Vocabulary(("good", "bad"))})
 
 Random floats are fine for most models, but integer inputs of language models are not: token
 ids must lie inside the vocabulary and attention masks must look like real padding (some rows
-padded, some not), or a verification passes on inputs no user ever sends.
+padded, some not), or a verification passes on inputs no user ever sends. Nor are string
+inputs: a text classifier fed "alpha beta" sees no word it knows, and every class agrees.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,24 @@ from ..signature import DType, Signature, TensorSpec
 
 BATCH_NAMES = frozenset({"batch", "batch_size", "n", "b", "bs", "N", "B"})
 """Dim names treated as the batch axis."""
+
+_SEPARATORS = (" ", " ", " ", ", ", ". ", "! ", "? ", " - ", "'s ", "\n", "  ", "; ")
+_WORDS_PER_TEXT = (4, 40)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The strings a string input takes: ``words`` (a text vectorizer's vocabulary, phrases
+    of n-grams included) joined into texts, or with ``text=False`` one of ``words`` per
+    element (a category). ``stop_words`` are words the model drops; texts mix them in.
+
+        Vocabulary(("good", "very bad"), stop_words=("the",))   # texts of these
+        Vocabulary(("red", "green"), text=False)                 # categories
+    """
+
+    words: tuple[str, ...]
+    text: bool = True
+    stop_words: tuple[str, ...] = ()
 
 
 def realistic_feeds(
@@ -29,6 +50,7 @@ def realistic_feeds(
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     unit_range: Collection[str] = (),
+    vocabularies: Mapping[str, Vocabulary] | None = None,
 ) -> dict[str, np.ndarray]:
     """Feeds for every input (at ``shapes`` where given, else symbolic dims from ``dims`` and
     1 for the rest), with language-model inputs made realistic:
@@ -40,6 +62,7 @@ def realistic_feeds(
     - ``*token_type*`` / ``*segment*``: 0 for the first part of each row, 1 after;
     - ``*position*`` ids: 0..seq-1;
     - floats named in ``unit_range`` (images): uniform in [0, 1);
+    - strings with a ``Vocabulary``: texts (or categories) drawn from it by ``vocabulary_texts``;
     - everything else as ``random_array``: standard normal floats, ints in [0, 8), random
       bools and short strings.
     """
@@ -54,6 +77,9 @@ def realistic_feeds(
             feeds[spec.name] = padding.astype(spec.dtype.numpy)
         elif spec.name in unit_range and spec.dtype.kind == "float":
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype.numpy)
+        elif spec.dtype.kind == "string" and spec.name in (vocabularies or {}):
+            assert vocabularies is not None
+            feeds[spec.name] = vocabulary_texts(vocabularies[spec.name], shape, rng)
         else:
             feeds[spec.name] = _one(spec, shape, rng, ranges.get(spec.name))
     if padding is not None:
@@ -63,6 +89,62 @@ def realistic_feeds(
                 feeds[spec.name] = np.where(padding.astype(bool), array, 0).astype(array.dtype)
     # numpy hands back scalars, not arrays, for the shape (); ONNX Runtime wants arrays
     return {name: np.asarray(value, dtype=value.dtype) for name, value in feeds.items()}
+
+
+def vocabulary_texts(
+    vocabulary: Vocabulary, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """Strings drawn from ``vocabulary``, as an object array of ``shape``.
+
+        vocabulary_texts(Vocabulary(("good", "bad")), (2,), np.random.default_rng(0))
+
+    A text holds 4 to 40 pieces: vocabulary entries (a quarter of them from the unusual ones,
+    non-ASCII ones and ones with digits or marks, where the vocabulary has any), stop words, and
+    made-up words it lacks; some Capitalised or UPPER-CASE, joined by spaces and punctuation.
+    The last element of a batch of more than one is the empty text.
+    """
+    out = np.empty(shape, dtype=object)
+    words = vocabulary.words or ("",)
+    if not vocabulary.text:
+        out.flat[:] = [words[int(i)] for i in rng.integers(0, len(words), size=out.size)]
+        return out
+    unusual = [
+        group
+        for group in (
+            [w for w in words if not w.isascii()],
+            [w for w in words if w.isascii() and not w.replace(" ", "").isalpha()],
+        )
+        if group
+    ]
+    texts = [_text(words, unusual, vocabulary.stop_words, rng) for _ in range(out.size)]
+    if len(texts) > 1:
+        texts[-1] = ""
+    out.flat[:] = texts
+    return out
+
+
+def _text(
+    words: tuple[str, ...],
+    unusual: list[list[str]],
+    stop_words: tuple[str, ...],
+    rng: np.random.Generator,
+) -> str:
+    pieces = []
+    for _ in range(int(rng.integers(*_WORDS_PER_TEXT))):
+        pick = rng.random()
+        if pick < 0.15 and unusual:
+            group = unusual[int(rng.integers(len(unusual)))]
+            word = group[int(rng.integers(len(group)))]
+        elif pick < 0.3 and stop_words:
+            word = stop_words[int(rng.integers(len(stop_words)))]
+        elif pick < 0.4:
+            word = "".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), size=int(rng.integers(1, 9))))
+        else:
+            word = words[int(rng.integers(len(words)))]
+        case = rng.random()
+        word = word.upper() if case < 0.1 else word.capitalize() if case < 0.25 else word
+        pieces.append(word + str(rng.choice(_SEPARATORS)))
+    return "".join(pieces).rstrip()
 
 
 def random_array(dtype: DType, shape: Iterable[int], rng: np.random.Generator) -> np.ndarray:

@@ -4,14 +4,15 @@
     {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [...]}],
      "parameters": {"method": "kernelshap", "target": 1, "max_evals": 4000}}
     -> outputs "attributions" (FP32, shaped like the explained input), "base_values" and
-       "scores" (FP32, one per row)
+       "scores" (FP32, one per row); for texts (a string per row, explained word by word)
+       "attributions" is [rows, words] and "words" (BYTES, the same shape) names each place
 
 The body is an infer request, read, decoded and validated exactly as infer's (same limits,
 same auth). Its ``parameters`` choose the explanation (``ExplainRequest``): ``method`` (one of
 ``explain.METHODS``), ``input`` (the input explained; default the first), ``target`` (a class
 index, an output name or ``OUTPUT:INDEX``), ``max_evals``, ``samples``, ``segments``,
-``window``, ``seed``, ``kind`` (image, tabular, tokens or signal, where the input's shape
-cannot tell); ``background`` is not taken (SHAP uses the request's own rows, or zeros).
+``window``, ``seed``, ``kind`` (image, tabular, tokens, signal or text, where the input's
+shape cannot tell); ``background`` is not taken (SHAP uses the request's own rows, or zeros).
 
 Every perturbation runs through the version's executor (``ExecutorSession``): its batcher,
 queue limit, response cache and memory budget apply, in requests of at most its
@@ -222,4 +223,6 @@ async def explain_served(
         "base_values": explanation.base_values.astype(np.float32),
         "scores": np.asarray(explanation.scores, np.float32),
     }
+    if explanation.words is not None:  # "" after a shorter text's last word
+        outputs["words"] = np.asarray(explanation.words, dtype=object)[explanation.inputs]
     return outputs, explanation.evaluations

@@ -25,6 +25,7 @@ from ...signature import Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
 from .estimators import describe_estimator, final_step, said, steps_of, walk
 from .inputs import INPUT
+from .text import text_options, text_problem
 
 if TYPE_CHECKING:
     import onnx
@@ -33,6 +34,9 @@ _CONVERTER_HINT = (
     "register a converter for it with skl2onnx.update_registered_converter, or replace the "
     "step with one skl2onnx supports"
 )
+
+
+_TEXT_HINT = "fit the vectorizer without stop_words, or with ngram_range=(1, 1), to convert it"
 
 
 class ExportError(ConversionError):
@@ -61,17 +65,28 @@ def convert_estimator(
     opsets: dict[str, int],
     batch: str | int,
     by_user: bool,
+    vectorizer: Any = None,
 ) -> onnx.ModelProto:
-    """The ONNX model, checked to load in ONNX Runtime when float64; ExportError if not."""
+    """The ONNX model, checked to load in ONNX Runtime when float64 or text; ExportError if
+    not. A text pipeline (``vectorizer`` at its head) takes one string per row."""
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    from skl2onnx.common.data_types import (
+        DoubleTensorType,
+        FloatTensorType,
+        StringTensorType,
+    )
 
     tensor_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
     initial = [(INPUT, tensor_type([None, n_features]))]
+    options: dict[int, dict[str, Any]] = {}
+    if vectorizer is not None:
+        initial = [(INPUT, StringTensorType([None]))]
+        options[id(vectorizer)] = text_options(vectorizer)
+        if problem := text_problem(vectorizer):
+            raise _step_error(estimator, vectorizer, problem, _TEXT_HINT)
     final = final_step(estimator)
-    options: dict[int, dict[str, Any]] | None = None
     if task == "classification":
-        options = {id(final): {"zipmap": False}}  # probabilities as a tensor, not maps
+        options[id(final)] = {"zipmap": False}  # probabilities as a tensor, not maps
     try:
         try:
             proto = convert_sklearn(
@@ -80,12 +95,15 @@ def convert_estimator(
         except NameError as e:
             if "zipmap" not in str(e):  # a classifier without the option: tensors already
                 raise
-            proto = convert_sklearn(estimator, initial_types=initial, target_opset=opsets)
+            options.pop(id(final))
+            proto = convert_sklearn(
+                estimator, initial_types=initial, target_opset=opsets, options=options
+            )
     except Exception as e:
         raise _conversion_error(estimator, e, dtype, by_user) from e
     model: onnx.ModelProto = proto
     _tidy(model, batch)
-    if dtype == np.float64:
+    if dtype == np.float64 or vectorizer is not None:
         problem = _ort_problem(model)
         if problem:
             raise _conversion_error(estimator, problem, dtype, by_user)
@@ -102,11 +120,7 @@ def _conversion_error(
         cls = type(step).__name__
         leaf = path and step is not None and not isinstance(step, str) and not steps_of(step)
         if leaf and re.search(rf"\b{re.escape(cls)}\b", text):
-            return ExportError(
-                f"skl2onnx cannot convert step {path!r} ({cls}) of the {name}: {text}",
-                hint=_CONVERTER_HINT,
-                detail=text,
-            )
+            return _step_error(estimator, step, text, _CONVERTER_HINT)
     if dtype == np.float64:
         hint = "pass float32 sample inputs (x.astype(np.float32)) to export in float32"
         if not by_user:
@@ -121,9 +135,20 @@ def _conversion_error(
     )
 
 
+def _step_error(estimator: Any, step: Any, reason: str, hint: str) -> ExportError:
+    """ "skl2onnx cannot convert step 'path' (Class) of the Pipeline(...): reason"."""
+    path = next((p for p, s in walk(estimator) if s is step), "")
+    return ExportError(
+        f"skl2onnx cannot convert step {path!r} ({type(step).__name__}) of the "
+        f"{describe_estimator(estimator)}: {reason}",
+        hint=hint,
+        detail=reason,
+    )
+
+
 def _ort_problem(proto: onnx.ModelProto) -> str | None:
-    """Why ONNX Runtime cannot load the model (skl2onnx writes some float64 models that
-    neither the onnx checker nor ONNX Runtime accepts), or None."""
+    """Why ONNX Runtime cannot load the model (skl2onnx writes some float64 models, and text
+    models with a regular expression RE2 rejects, that ONNX Runtime does not load), or None."""
     try:
         create_session(Model.from_proto(proto))
     except FerryError as e:
@@ -153,11 +178,19 @@ def _tidy(proto: onnx.ModelProto, batch: str | int) -> None:
 
 
 def expected_signature(
-    estimator: Any, task: str, n_features: int, dtype: np.dtype[Any], batch: str | int
+    estimator: Any,
+    task: str,
+    n_features: int,
+    dtype: np.dtype[Any],
+    batch: str | int,
+    *,
+    text: bool = False,
 ) -> Signature:
     """The signature skl2onnx would give, for a reference whose estimator did not convert."""
     float_type = dtype_from_numpy(dtype)
     inputs = (TensorSpec(INPUT, float_type, (batch, n_features)),)
+    if text:
+        inputs = (TensorSpec(INPUT, dtype_from_numpy(object), (batch,)),)
     outputs: tuple[TensorSpec, ...]
     if task == "classification":
         classes = np.asarray(getattr(estimator, "classes_", []))

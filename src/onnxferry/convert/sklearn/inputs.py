@@ -21,6 +21,7 @@ import numpy as np
 from ...errors import InputError, UsageError
 from ..base import ConvertOptions
 from .estimators import describe_estimator, said
+from .text import check_text_samples, text_vectorizer
 
 log = logging.getLogger("onnxferry")
 
@@ -30,9 +31,10 @@ INPUT = "input"
 _PROBE_ROWS = 64
 
 
-def feature_count(estimator: Any, options: ConvertOptions) -> int:
+def feature_count(estimator: Any, options: ConvertOptions, *, text: bool = False) -> int:
     """The features the estimator takes (``n_features_in_``, else the input shape given);
-    UsageError for another input name or a shape that disagrees."""
+    for a text pipeline (``text``), the terms of its vocabulary. UsageError for another input
+    name or a shape that disagrees."""
     unknown = [n for n in (*options.input_shapes, *(options.dynamic_axes or {})) if n != INPUT]
     if unknown:
         raise UsageError(
@@ -40,6 +42,14 @@ def feature_count(estimator: Any, options: ConvertOptions) -> int:
             hint=f"name it {INPUT!r} in --input-shape and --dynamic",
         )
     shape = options.input_shapes.get(INPUT)
+    if text:
+        if shape is not None and len(shape) != 1:
+            raise UsageError(
+                f"input {INPUT!r} of a text pipeline is [batch], one string per row, got "
+                f"shape {list(shape)}",
+                hint=f"give --input-shape {INPUT}=B, or leave the batch dynamic",
+            )
+        return len(getattr(text_vectorizer(estimator), "vocabulary_", None) or {})
     if shape is not None and len(shape) != 2:
         raise UsageError(
             f"input {INPUT!r} of a scikit-learn model is [batch, n_features], got shape "
@@ -63,9 +73,15 @@ def feature_count(estimator: Any, options: ConvertOptions) -> int:
     return int(n)
 
 
-def batch_dim(options: ConvertOptions, n_features: int) -> str | int:
+def batch_dim(options: ConvertOptions, n_features: int, *, text: bool = False) -> str | int:
     """Dim 0 of the input and every output: a symbol name, or a fixed size."""
-    axes = options.axes_for(INPUT, 2)
+    axes = options.axes_for(INPUT, 1 if text else 2)
+    if text and set(axes) - {0}:
+        raise UsageError(
+            f"input {INPUT!r} of a text pipeline is [batch], one string per row; it has no "
+            f"dim {max(axes)}",
+            hint=f"make only dim 0 dynamic: --dynamic {INPUT}:0=batch",
+        )
     if 1 in axes:
         raise UsageError(
             f"dim 1 of {INPUT!r} is the feature count, fixed at {n_features} for this estimator",
@@ -75,17 +91,26 @@ def batch_dim(options: ConvertOptions, n_features: int) -> str | int:
         return axes[0]
     shape = options.input_shapes.get(INPUT)
     if shape is None:
+        shape_hint = "B" if text else f"Bx{n_features}"
         raise UsageError(
             f"dim 0 of {INPUT!r} is static, but no batch size is given",
-            hint=f"give --input-shape {INPUT}=Bx{n_features}, or keep the batch dynamic",
+            hint=f"give --input-shape {INPUT}={shape_hint}, or keep the batch dynamic",
         )
     return int(shape[0])
 
 
 def choose_dtype(
-    estimator: Any, task: str, n_features: int, options: ConvertOptions
+    estimator: Any, task: str, n_features: int, options: ConvertOptions, *, text: bool = False
 ) -> tuple[np.dtype[Any], str, bool]:
-    """(dtype, why, whether the user's samples decided it): the float64 rule above."""
+    """(dtype, why, whether the user's samples decided it): the float64 rule above; float32
+    for a text pipeline, whose samples must be strings."""
+    if text:
+        check_text_samples(options, INPUT)
+        return (
+            np.dtype(np.float32),
+            "text input: skl2onnx computes the term weights in float32",
+            False,
+        )
     sample = _sample_dtype(options.sample_inputs)
     if sample is not None:
         return sample, f"the sample inputs are {sample.name}", True

@@ -31,7 +31,8 @@ from .export import (
     library_versions,
     target_opsets,
 )
-from .inputs import batch_dim, choose_dtype, feature_count
+from .inputs import INPUT, batch_dim, choose_dtype, feature_count
+from .text import text_options, text_vectorizer, text_vocabulary
 
 if TYPE_CHECKING:
     import onnx
@@ -56,14 +57,18 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     estimator, origin, load_warnings = read_estimator(source, options)
     task = estimator_task(estimator, origin)
     name = describe_estimator(estimator)
-    n_features = feature_count(estimator, options)
-    batch = batch_dim(options, n_features)
-    dtype, reason, by_user = choose_dtype(estimator, task, n_features, options)
+    vectorizer = text_vectorizer(estimator)
+    text = vectorizer is not None
+    n_features = feature_count(estimator, options, text=text)
+    batch = batch_dim(options, n_features, text=text)
+    dtype, reason, by_user = choose_dtype(estimator, task, n_features, options, text=text)
     opsets = target_opsets(options)
     proto: onnx.ModelProto | None = None
     error: ConversionError | None = None
     try:
-        proto = convert_estimator(estimator, task, n_features, dtype, opsets, batch, by_user)
+        proto = convert_estimator(
+            estimator, task, n_features, dtype, opsets, batch, by_user, vectorizer
+        )
     except ExportError as e:
         error = e
         if dtype == np.float64 and not by_user:  # rule 3 falls back to float32
@@ -79,7 +84,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     signature = (
         Signature.from_onnx(proto)
         if proto is not None
-        else expected_signature(estimator, task, n_features, dtype, batch)
+        else expected_signature(estimator, task, n_features, dtype, batch, text=text)
     )
     reference = SklearnRunner(estimator, signature, task, name=f"scikit-learn {name}")
 
@@ -107,11 +112,18 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         details["feature_names"] = [str(n) for n in names]  # the column order of "input"
     if load_warnings:
         details["load_warnings"] = load_warnings
+    features = f"{n_features} features"
+    vocabularies = {}
+    if vectorizer is not None:
+        features = f"text in, {n_features} terms"
+        details["text_options"] = text_options(vectorizer)
+        vocabularies[INPUT] = text_vocabulary(vectorizer)
     return Source(
         framework="sklearn",
-        description=f"scikit-learn {name} ({task}, {n_features} features, {dtype.name})",
+        description=f"scikit-learn {name} ({task}, {features}, {dtype.name})",
         reference=reference,
         candidates=[Candidate("skl2onnx", export)],
+        vocabularies=vocabularies,
         tolerance=_tolerance(dtype, signature),
         details=details,
     )
@@ -134,7 +146,9 @@ class SklearnRunner:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.model_signature.validate(feeds)
-        x = feeds[self.model_signature.inputs[0].name]
+        x: Any = feeds[self.model_signature.inputs[0].name]
+        if self.model_signature.inputs[0].dtype.kind == "string":
+            x = [str(text) for text in x]  # a text vectorizer takes an iterable of str
         outputs = self.model_signature.outputs
         with warnings.catch_warnings():
             # Fitted on a DataFrame, fed an array in the same column order.
