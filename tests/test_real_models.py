@@ -582,6 +582,41 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
     assert check["ok"] and "over 1 samples" in check["detail"], check
 
 
+def test_slanet_s_loop_packages_for_openvino_and_runs_on_its_provider(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """SLANet's decoder Loop hands 16 of its inputs (the GRU's weights) straight back as
+    outputs: OpenVINO's frontend refused it ("canonical inputs size (41) does not match").
+    With an Identity between each pair, the IR is written and matches ONNX Runtime, and the
+    model runs on ``--provider openvino``."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    source = _wheel_model("slanet")
+    inputs = save_npz(tmp_path / "table.npz", WHEELS["slanet"].feeds())
+    args = ("package", source, "--target", "openvino", "--set", f"inputs={inputs}", "--json")
+    report = ok_json(ferry(*args, "-o", tmp_path / "ir"))["result"]
+    assert any("an Identity stands between" in n for n in report["notes"]), report["notes"]
+    (check,) = report["checks"]
+    assert check["ok"], check
+    both = ("--provider", "cpu", "--provider", "openvino", "--inputs", inputs, "--json")
+    compared = ok_json(ferry("compare", source, source, *both))["result"]
+    assert compared["ok"], compared
+
+
+@pytest.mark.slow
+def test_slanet_s_tflite_refusal_names_the_loop_behind_the_resize(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """onnx2tf fails SLANet's Resize to computed sizes with its dims open, and its Loop with
+    them fixed: the one line gives both, so the Loop (which onnx2tf lacks) is named."""
+    if importlib.util.find_spec("onnx2tf") is None:
+        pytest.skip("onnx2tf is not installed")
+    result = ferry("package", _wheel_model("slanet"), "--target", "tflite", "-o", tmp_path / "t")
+    _, err = assert_clean(result, {2})
+    assert err.count("\n") == 1 and "with its inputs fixed at x[1,3," in err, err
+    assert "Loop" in err and ".;" not in err, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TFLITE_WHEELS))
 def test_tflite_models_from_wheels_convert_verified_or_say_why(
@@ -613,6 +648,56 @@ def test_tflite_models_from_wheels_convert_verified_or_say_why(
     assert name == "face_landmark_with_attention", err  # the one model LiteRT cannot run
     assert err.count("\n") == 1 and "custom op Landmarks2TransformMatrix" in err, err
     assert "re-copy" not in err, err
+
+
+def test_a_streaming_tflite_model_becomes_states_in_and_out_and_streams_like_the_original(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """ESPHome's "Okay Nabu" keeps six states in resource variables, which tf2onnx cannot
+    convert (it was "list index out of range"). The ONNX model takes each state as an input
+    and gives its next value as an output; run as a stream (states fed back from -128), its
+    score and every next state are what LiteRT computes on the original file call after call
+    (read from the tensors its ASSIGN_VARIABLEs store)."""
+    for module in ("tensorflow", "tf2onnx"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    from onnxferry.convert.tflite import litert_interpreter
+    from onnxferry.convert.tflite_state import stateless_model
+
+    source = _wheel_model("okay_nabu")
+    out = tmp_path / "okay_nabu.onnx"
+    report = ok_json(ferry("convert", source, "-o", out, "--json"))
+    assert report["result"]["verified"] is True, report
+    assert any(n.startswith("stateful: its 6 variables") for n in report["notes"]), report["notes"]
+    assert {s["initial"] for s in report["result"]["details"]["states"]} == {-128}
+    stateless = stateless_model(source)
+    assert stateless is not None
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    (audio,) = [i.name for i in session.get_inputs() if "states" not in i.name]
+    carried = {s.name: s.initial for s in stateless.states}
+    original = litert_interpreter(source, keep_all_tensors=True)
+    original.allocate_tensors()
+    (frame_in,) = original.get_input_details()
+    (score_out,) = original.get_output_details()
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(12):
+        frame = rng.integers(-128, 128, size=(1, 3, 40)).astype(np.int8)
+        original.set_tensor(frame_in["index"], frame)
+        original.invoke()
+        values = dict(zip(names, session.run(None, {audio: frame, **carried}), strict=True))
+        score = next(v for k, v in values.items() if "states" not in k)
+        assert (
+            abs(int(score.ravel()[0]) - int(original.get_tensor(score_out["index"]).ravel()[0]))
+            <= 1
+        )
+        for state in stateless.states:
+            want = original.get_tensor(state.tensor)
+            np.testing.assert_array_equal(values[state.output], want, err_msg=state.name)
+            moved += int(not np.array_equal(want, carried[state.name]))
+        carried = {s.name: values[s.output] for s in stateless.states}
+    assert moved > 0  # the states change from call to call
 
 
 def test_a_keras_2_hdf5_file_converts_verified_and_compares_with_its_source(

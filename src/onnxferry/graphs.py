@@ -170,6 +170,41 @@ def weights_not_inputs(model: Model) -> Model:
     return Model.from_proto(proto)
 
 
+def loop_outputs_not_inputs(model: Model) -> Model:
+    """``model`` itself when no ``Loop`` body hands an input straight back as an output; else
+    an in-memory copy where an ``Identity`` stands between each such pair.
+
+        readable = loop_outputs_not_inputs(Model.load("slanet.onnx"))   # for OpenVINO
+
+    Paddle2ONNX carries loop-invariant values (a GRU's weights) through a loop that way, which
+    ONNX allows and ONNX Runtime runs; OpenVINO's ONNX frontend then counts the loop's
+    inputs wrong and refuses the model ("canonical inputs size (41) does not match").
+    """
+    from onnx import helper
+
+    from .model import Model
+
+    def passed(proto: onnx.ModelProto) -> Iterator[tuple[onnx.GraphProto, onnx.ValueInfoProto]]:
+        for node in iter_nodes(proto):
+            if node.op_type != "Loop":
+                continue
+            for body in subgraphs(node):
+                inputs = {v.name for v in body.input}
+                yield from ((body, out) for out in body.output if out.name in inputs)
+
+    if next(passed(model.proto), None) is None:
+        return model
+    proto = inlined(model)
+    for body, out in list(passed(proto)):
+        taken = value_names(body)
+        carried = next(
+            name for k in itertools.count() if (name := f"{out.name}/carried{k or ''}") not in taken
+        )
+        body.node.append(helper.make_node("Identity", [out.name], [carried]))
+        out.name = carried
+    return Model.from_proto(proto)
+
+
 def open_negative_dims(proto: onnx.ModelProto) -> int:
     """Paddle2ONNX writes an open dim as ``dim_value: -1``; ONNX has no negative sizes and
     converters (onnx2tf) reject them. Each becomes a dim with neither value nor name (unknown),

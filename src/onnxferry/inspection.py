@@ -4,7 +4,9 @@
     report.result.summary["parameter_count"]
     print(report.to_text())
 
-Inspecting reads the model only: nothing runs it (``ferry check`` does).
+Inspecting reads the model only: nothing runs it (``ferry check`` does). The text tables
+shorten a long metadata value to its start and its size (PaddleOCR keeps its whole character
+dictionary there, thousands of lines); the JSON holds every value whole.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import one_line
 from .model import DEFAULT_MAX_SIZE, Model
 from .report import Report, Table, human_size
 
@@ -44,7 +47,7 @@ class ModelInfo:
             ("parameters", f"{s['parameter_count']:,}"),
             ("nodes", s["node_count"]),
         ]
-        facts.extend((f"metadata {k}", v) for k, v in s["metadata_props"].items())
+        facts.extend((f"metadata {k}", _short(v)) for k, v in s["metadata_props"].items())
         io_rows = [
             (kind, t["name"], t["dtype"], _shape_text(t["shape"]))
             for kind in ("inputs", "outputs")
@@ -61,6 +64,21 @@ def inspect(path: str | Path | Model, *, max_size: int = DEFAULT_MAX_SIZE) -> Re
     """Load ``path`` safely and describe it."""
     model = path if isinstance(path, Model) else Model.load(path, max_size=max_size)
     return Report("inspect", ModelInfo(model.summary()))
+
+
+_METADATA_SHOWN = 80
+
+
+def _short(value: Any) -> str:
+    """A metadata value on one line: whole when short, else its start and its size."""
+    text = str(value)
+    if len(text) <= _METADATA_SHOWN and "\n" not in text:
+        return text
+    lines = len(text.splitlines())
+    size = (
+        f"{lines:,} lines, {len(text):,} characters" if lines > 1 else f"{len(text):,} characters"
+    )
+    return f"{one_line(text, _METADATA_SHOWN, period=False)} ({size})"
 
 
 def _shape_text(shape: list[Any] | None) -> str:

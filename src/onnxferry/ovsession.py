@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FeedError, ModelLoadError, RunError, one_line
+from .graphs import loop_outputs_not_inputs
 from .model import Model
 from .signature import TensorSpec, dtype_from_numpy
 
@@ -109,10 +110,11 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
         try:
-            if model.path is not None and model.path.is_file():
+            readable = loop_outputs_not_inputs(model)  # what OpenVINO's frontend reads
+            if readable is model and model.path is not None and model.path.is_file():
                 read = core.read_model(str(model.path))
             else:
-                read = core.read_model(model.proto.SerializeToString(), b"")
+                read = core.read_model(readable.proto.SerializeToString(), b"")
             self._compiled = core.compile_model(read, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError / OpConversionFailure
             raise ModelLoadError(

@@ -115,6 +115,8 @@ class Source:
     run only when a candidate fails: how far it is from ``reference`` is the source's own
     numerical noise, and a candidate within it passes (``parity.excuse_source_noise``)."""
     details: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
+    notes: list[str] = field(default_factory=list)
+    """What the report must tell the user about the source (a stream's states as inputs)."""
 
     def verification_feeds(
         self, samples: Sequence[Mapping[str, np.ndarray]] = ()

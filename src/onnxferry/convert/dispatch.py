@@ -195,7 +195,7 @@ def convert(
             else:
                 attempt.status = "passed"
         _choose(result, models, feeds)
-        report = Report("convert", result)
+        report = Report("convert", result, notes=list(loaded.notes))
         if not verify:
             report.notes.append(
                 "NOT VERIFIED: --no-verify skipped the parity check against the source; "

@@ -54,6 +54,13 @@ from .tf_common import (
     source_shape,
 )
 from .tflite_rewrite import for_tf2onnx, sparse_tensors
+from .tflite_state import (
+    STATE_OUTPUT_SUFFIX,
+    Stateless,
+    has_variables,
+    stateless_model,
+    stream_difference,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -73,6 +80,18 @@ def load_tflite(path: str | Path, options: ConvertOptions) -> Source:
     """A ``.tflite`` flatbuffer to convert; InputError (exit 2) for a file that is not one."""
     opset = resolve_opset(options)
     runner = TFLiteRunner(path, options)
+    details: dict[str, Any] = {"tensorflow": str(import_tf().__version__), "opset": opset}
+    notes: list[str] = []
+    content = None
+    if has_variables(runner.path):
+        stateless = _stateless(runner.path)
+        content = stateless.content
+        runner = TFLiteRunner(path, options, probe=False, content=content)
+        details["states"] = [
+            {"input": s.name, "output": s.output, "initial": _initial(s.initial)}
+            for s in stateless.states
+        ]
+        notes.append(_states_note(stateless))
     sig = runner.signature
     return Source(
         framework="tflite",
@@ -81,8 +100,69 @@ def load_tflite(path: str | Path, options: ConvertOptions) -> Source:
         ),
         reference=runner,
         candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
-        second_reference=lambda: TFLiteRunner(path, options, probe=False, kernels="reference"),
-        details={"tensorflow": str(import_tf().__version__), "opset": opset},
+        second_reference=lambda: TFLiteRunner(
+            path, options, probe=False, kernels="reference", content=content
+        ),
+        details=details,
+        notes=notes,
+    )
+
+
+_STREAM_STEPS = 8
+"""Calls the original and its stateless rewrite must agree on, states fed back."""
+
+
+def _stateless(path: Path) -> Stateless:
+    """The file with its variables as inputs and outputs, checked call after call against
+    the original; InputError when they cannot be moved or the rewrite differs."""
+    stateless = stateless_model(path)
+    if stateless is None:
+        raise InputError(
+            f"{path}: the model keeps state in resource variables (VAR_HANDLE, READ_VARIABLE, "
+            "ASSIGN_VARIABLE), used in a way onnxferry cannot turn into inputs and outputs",
+            hint="export the model without streaming state (its states as explicit inputs "
+            "and outputs)",
+        )
+    difference = stream_difference(
+        lambda: litert_interpreter(path, "reference", keep_all_tensors=True),
+        stateless,
+        lambda: litert_interpreter(path, "reference", content=stateless.content),
+        _STREAM_STEPS,
+    )
+    if difference != 0:
+        raise InputError(
+            f"{path}: with its variables as inputs and outputs the model gives other values "
+            f"over {_STREAM_STEPS} calls (max abs {difference:.3g})",
+            hint="export the model without streaming state (its states as explicit inputs "
+            "and outputs)",
+        )
+    return stateless
+
+
+def _fill(initial: np.ndarray) -> int | float | None:
+    """The one value a state starts at everywhere, or None."""
+    values = np.unique(initial)
+    return values[0].item() if values.size == 1 else None
+
+
+def _initial(initial: np.ndarray) -> Any:
+    """A state's starting value for the report: its one value, else every value."""
+    fill = _fill(initial)
+    return initial.tolist() if fill is None else fill
+
+
+def _states_note(stateless: Stateless) -> str:
+    """How to run the converted model as a stream."""
+    fills = [_fill(s.initial) for s in stateless.states]
+    start = "at its initial value (the report's details)"
+    if None not in fills and len(set(fills)) == 1:
+        start = f"filled with {fills[0]}"
+    return (
+        f"stateful: its {len(stateless.states)} variables are inputs "
+        f"({', '.join(s.name for s in stateless.states)}) and their next values outputs (the same "
+        f"names + {STATE_OUTPUT_SUFFIX!r}); start a stream with every state {start} and feed each "
+        f"output back as its input on the next call (checked against the original over "
+        f"{_STREAM_STEPS} calls)"
     )
 
 
@@ -102,9 +182,12 @@ class TFLiteRunner:
         *,
         probe: bool = True,
         kernels: Literal["default", "reference"] = "default",
+        content: bytes | None = None,
     ) -> None:
         options = options or ConvertOptions()
         self.path = Path(path)
+        self.content = content
+        """A rewrite of the file to run instead (``tflite_state``: its state as inputs)."""
         _check_flatbuffer(self.path)
         if probe:
             _probe(self.path)
@@ -112,7 +195,7 @@ class TFLiteRunner:
             " (reference kernels)" if kernels != "default" else ""
         )
         try:
-            self.interpreter = litert_interpreter(self.path, kernels)
+            self.interpreter = litert_interpreter(self.path, kernels, content=content)
             inputs = self.interpreter.get_input_details()
             outputs = self.interpreter.get_output_details()
         except Exception as e:
@@ -178,15 +261,21 @@ class TFLiteRunner:
 
     def _kept(self) -> Any:
         """An interpreter on this file on reference kernels, every tensor kept after a run."""
-        return litert_interpreter(self.path, "reference", keep_all_tensors=True)
+        return litert_interpreter(
+            self.path, "reference", keep_all_tensors=True, content=self.content
+        )
 
     def export_tf2onnx(self, path: Path, opset: int) -> None:
         """tf2onnx.convert.from_tflite, renamed to the reference's names."""
 
         # tf2onnx reads only dense constants and a real FFT's magnitude: the rewritten file is
-        # converted, and parity still runs the original
-        source = for_tf2onnx(self.path, path.with_name("rewritten.tflite"), self._kept) or self.path
-        sparse = sparse_tensors(self.path)
+        # converted, and parity still runs the original (or its stateless rewrite)
+        given = self.path
+        if self.content is not None:
+            given = path.with_name("stateless.tflite")
+            given.write_bytes(self.content)
+        source = for_tf2onnx(given, path.with_name("rewritten.tflite"), self._kept) or given
+        sparse = sparse_tensors(given)
 
         def convert(export_opset: int) -> onnx.ModelProto:
             import tf2onnx
@@ -199,7 +288,7 @@ class TFLiteRunner:
         try:
             proto = convert_with_tf2onnx(convert, opset, framework="TFLite")
         except ConversionError as e:
-            if not sparse or source != self.path:
+            if not sparse or source != given:
                 raise
             raise ConversionError(
                 f"tf2onnx: the model keeps {len(sparse)} weights sparse (e.g. {sparse[0]!r}, "
@@ -346,10 +435,15 @@ def _ints(values: Any) -> list[int]:
 
 
 def litert_interpreter(
-    path: Path, kernels: str = "default", *, keep_all_tensors: bool = False
+    path: Path,
+    kernels: str = "default",
+    *,
+    keep_all_tensors: bool = False,
+    content: bytes | None = None,
 ) -> Any:
     """LiteRT's interpreter when installed, else TensorFlow's, on the kernels asked for;
-    ``keep_all_tensors`` keeps intermediate tensors readable after a run."""
+    ``keep_all_tensors`` keeps intermediate tensors readable after a run; ``content``: a
+    flatbuffer to run instead of the file (a rewrite of it)."""
     try:
         litert: Any = importlib.import_module("ai_edge_litert.interpreter")
         make, resolvers = litert.Interpreter, litert.OpResolverType
@@ -358,8 +452,11 @@ def litert_interpreter(
         make, resolvers = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     resolver = resolvers.BUILTIN_REF if kernels == "reference" else resolvers.AUTO
     with _no_interpreter_warning(), quiet_tf():
+        where: dict[str, Any] = {"model_path": str(path)}
+        if content is not None:
+            where = {"model_content": content}
         return make(
-            model_path=str(path),
+            **where,
             experimental_op_resolver_type=resolver,
             experimental_preserve_all_tensors=keep_all_tensors,
         )

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["for_tf2onnx", "sparse_tensors"]
+__all__ = [
+    "for_tf2onnx",
+    "model_bytes",
+    "operator_name",
+    "read_model",
+    "sparse_tensors",
+    "tensor_name",
+]
 
 FLOAT32, INT32, COMPLEX64 = 0, 2, 8
 """TFLite's TensorType codes."""
@@ -41,9 +48,12 @@ FLOAT32, INT32, COMPLEX64 = 0, 2, 8
 
 def sparse_tensors(path: Path) -> list[str]:
     """Names of the tensors the flatbuffer stores sparse (TFLite's sparsity parameters)."""
-    model = _read(path)
+    model = read_model(path)
     return [
-        _text(t.name) for graph in model.subgraphs or [] for t in graph.tensors or [] if t.sparsity
+        tensor_name(t.name)
+        for graph in model.subgraphs or []
+        for t in graph.tensors or []
+        if t.sparsity
     ]
 
 
@@ -51,15 +61,14 @@ def for_tf2onnx(path: Path, out: Path, interpreter: Callable[[], Any]) -> Path |
     """Write ``path`` with every rewrite that applies to ``out``; None when none does.
     ``interpreter()``: a LiteRT interpreter on ``path`` that keeps every tensor
     (``experimental_preserve_all_tensors``), made only when sparse weights need it."""
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = _read(path)
+    model = read_model(path)
     changed = _densify(model, interpreter)
     changed = _real_fft(model) or changed
     changed = _transpose_conv_bias(model) or changed
     if not changed:
         return None
-    out.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    out.write_bytes(model_bytes(model))
     return out
 
 
@@ -70,9 +79,11 @@ def _densify(model: Any, interpreter: Callable[[], Any]) -> bool:
     """The main graph's DENSIFY ops replaced by their results (none when a DENSIFY sits in
     another graph, whose outputs one run cannot give)."""
     main, *others = model.subgraphs or [None]
-    if main is None or any(_code(model, op) == "DENSIFY" for g in others for op in g.operators):
+    if main is None or any(
+        operator_name(model, op) == "DENSIFY" for g in others for op in g.operators
+    ):
         return False
-    ops = [op for op in main.operators or [] if _code(model, op) == "DENSIFY"]
+    ops = [op for op in main.operators or [] if operator_name(model, op) == "DENSIFY"]
     if not ops:
         return False
     runner = interpreter()
@@ -101,7 +112,7 @@ def _real_fft(model: Any) -> bool:
     changed = False
     for graph in model.subgraphs or []:
         for op in list(graph.operators or []):  # _abs_first moves an op within the list
-            if _code(model, op) == "RFFT2D":
+            if operator_name(model, op) == "RFFT2D":
                 changed = (
                     _rfft_as_matmul(model, graph, op) or _abs_first(model, graph, op) or changed
                 )
@@ -120,7 +131,7 @@ def _abs_first(model: Any, graph: Any, op: Any) -> bool:
         if len(users) != 1 or index in [int(i) for i in graph.outputs]:
             return False
         (user,) = users
-        code = _code(model, user)
+        code = operator_name(model, user)
         if code == "COMPLEX_ABS" and ops:
             break
         if code not in _SHAPE_ONLY or int(user.inputs[0]) != index:
@@ -194,7 +205,7 @@ def _real_part_chain(model: Any, graph: Any, start: int) -> tuple[list[int], lis
         if not users or index in outputs:
             return None
         for user in users:
-            code, first = _code(model, user), int(user.inputs[0])
+            code, first = operator_name(model, user), int(user.inputs[0])
             if code == "REAL" or (
                 code == "CAST" and graph.tensors[int(user.outputs[0])].type == FLOAT32
             ):
@@ -260,13 +271,21 @@ def _transpose_conv_bias(model: Any) -> bool:
 # --- flatbuffer plumbing ------------------------------------------------------------------
 
 
-def _read(path: Path) -> Any:
+def model_bytes(model: Any) -> bytes:
+    """A flatbuffer model object (``schema.ModelT``) written out."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_model(path: Path) -> Any:
+    """The ``.tflite`` file as TensorFlow's flatbuffer object model (``schema.ModelT``)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     return schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
 
 
-def _code(model: Any, op: Any) -> str:
+def operator_name(model: Any, op: Any) -> str:
     """An operator's builtin name ("DENSIFY", "RFFT2D"), or "" for a custom op."""
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -310,5 +329,6 @@ def _constant_tensor(model: Any, value: np.ndarray, name: str) -> Any:
     return tensor
 
 
-def _text(name: Any) -> str:
+def tensor_name(name: Any) -> str:
+    """A flatbuffer name (bytes) as text."""
     return name.decode(errors="replace") if isinstance(name, bytes) else str(name)

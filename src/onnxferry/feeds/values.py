@@ -63,6 +63,7 @@ def realistic_feeds(
     - ``*position*`` ids: 0..seq-1;
     - floats named in ``unit_range`` (images): uniform in [0, 1);
     - strings with a ``Vocabulary``: texts (or categories) drawn from it by ``vocabulary_texts``;
+    - 8-bit integers (quantized data, pixels) over their whole range;
     - everything else as ``random_array``: standard normal floats, ints in [0, 8), random
       bools and short strings.
     """
@@ -187,8 +188,17 @@ def _one(
     if ("token_type" in name or "segment" in name) and shape:
         split = rng.integers(1, shape[-1] + 1, size=shape[:-1])[..., None]
         return (np.arange(shape[-1]) >= split).astype(spec.dtype.numpy)
-    low, high = span if span is not None else (0, 8)
+    low, high = span if span is not None else _integers(spec.dtype.numpy)
     return rng.integers(low, max(high, low + 1), size=shape).astype(spec.dtype.numpy)
+
+
+def _integers(dtype: np.dtype[Any]) -> tuple[int, int]:
+    """Generated values of an integer input bound by nothing: 8-bit ones are quantized data
+    or pixels, over their whole range; wider ones stay in [0, 8), so they index safely."""
+    if dtype.itemsize == 1:
+        info = np.iinfo(dtype)
+        return int(info.min), int(info.max) + 1
+    return 0, 8
 
 
 def _padding(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..feeds import describe_shapes
+from ..graphs import loop_outputs_not_inputs
 from ..model import Model
 from ..ovsession import ov_error_message
 from .base import Check, Options, Packaged, PackageSource, write_tree
@@ -54,7 +55,15 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     xml_name = f"{source.name}.xml"
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
-    done = _in_child(str(model.path), source.name, opts["fp16"], feeds, names)
+    readable = loop_outputs_not_inputs(model)
+    with tempfile.TemporaryDirectory(prefix="ferry-openvino-") as work:
+        given = model if readable is model else readable.save(Path(work) / source.model.name)
+        done = _in_child(str(given.path), source.name, opts["fp16"], feeds, names)
+    if readable is not model:
+        result.notes.append(
+            "a Loop body hands inputs straight back as outputs (loop-invariant values carried "
+            "along); an Identity stands between each pair, which OpenVINO's frontend needs"
+        )
     if isinstance(done, str):
         raise InputError(
             f"openvino cannot convert {source.model.name}: {done}",

@@ -147,11 +147,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             assert copy.path is not None
             done = pool.submit(_convert, str(copy.path), keep).result()
             if isinstance(done, str):
-                raise InputError(
-                    f"onnx2tf cannot convert {source.model.name}: {done}",
-                    hint="onnx2tf lacks an op or a pattern of this model: check its supported "
-                    "ops (github.com/PINTO0309/onnx2tf) and export the model with others",
-                )
+                raise Unconverted(source.model.name, done)
             files = {name32: done.files["float32"]}
             if opts["fp16"]:
                 files[name16] = done.files["float16"]
@@ -219,16 +215,33 @@ class _Attempt:
         return next(iter(self.runs.values())).problem or self.mismatch
 
 
+class Unconverted(InputError):
+    """onnx2tf could not convert the model: ``detail`` is what it said."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        detail = detail.rstrip().removesuffix(".")  # a hint or "; ..." follows
+        super().__init__(
+            f"onnx2tf cannot convert {name}: {detail}",
+            hint="onnx2tf lacks an op or a pattern of this model: check its supported ops "
+            "(github.com/PINTO0309/onnx2tf) and export the model with others",
+        )
+        self.name, self.detail = name, detail
+
+
 def _fixed_if_it_converts(
     error: InputError, convert: Callable[[], _Attempt], shown: str
 ) -> _Attempt:
     """``convert()`` (the inputs fixed at ``shown``) when onnx2tf could not convert the model
     with its open dims (``error``: shape arithmetic on an unknown rank, as in Smart Turn's
-    attention); ``error`` again when it cannot convert that either."""
+    attention); when it cannot convert that either, both reasons (the second is often the op
+    behind the first: SLANet's Loop behind a Resize to computed sizes)."""
     try:
         fixed = convert()
-    except InputError:
-        raise error from None
+    except Unconverted as again:
+        if not isinstance(error, Unconverted) or again.detail == error.detail:
+            raise error from None
+        both = f"{error.detail}; with its inputs fixed at {shown}: {again.detail}"
+        raise Unconverted(error.name, both) from None
     fixed.notes.append(
         f"onnx2tf could not convert it with open dims ({error}): written with its inputs "
         f"fixed at {shown}, the check's sizes (static=false keeps them open)"
