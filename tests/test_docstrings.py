@@ -332,6 +332,20 @@ def _explain_text(tmp: Path) -> Names:
     return {"layout": layout, "texts": texts}
 
 
+def _sklearn_table(tmp: Path) -> Names:
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    ages, sexes = np.array([[20.0], [30.0], [40.0]]), np.array([["m"], ["f"], ["m"]])
+    frame = pd.DataFrame({"age": ages[:, 0], "sex": sexes[:, 0]})
+    columns = make_column_transformer((OneHotEncoder(), ["sex"]), remainder="passthrough")
+    pipeline = make_pipeline(columns, LogisticRegression()).fit(frame, [0, 1, 0])
+    return {"pipeline": pipeline, "ages": ages, "sexes": sexes, "ConvertOptions": type(_options())}
+
+
 def _federated_shard(tmp: Path) -> Names:
     from onnxferry.learn.torch_module import to_torch
 
@@ -1340,6 +1354,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,
     "onnxferry.convert.sklearn.source": _sklearn,
+    "onnxferry.convert.sklearn.table": _sklearn_table,
     "onnxferry.convert.sklearn.text": _sklearn_text,
     "onnxferry.convert.torch": _torch_package,
     "onnxferry.convert.torch.custom": _torch_custom,

@@ -699,3 +699,14 @@ def test_other_inputs_keep_their_own_batch_axis_and_a_scalar_is_held(
     np.testing.assert_allclose(both.attributions[1], alone.attributions[0], rtol=1e-6)
     np.testing.assert_allclose(both.base_values[1], alone.base_values[0], rtol=1e-6)
     assert both.ranking(0)[0] == 2
+
+
+def test_a_row_named_like_audio_is_a_signal_not_features() -> None:
+    """onnx-asr's ``waveforms[batch, N]``: 16000 samples were explained as 16000 tabular
+    features (16002 evaluations for occlusion); a TF-IDF row as wide stays tabular."""
+    from onnxferry.signature import TensorSpec, dtype_from_numpy
+
+    rows = np.zeros((2, 400), np.float32)
+    for name, kind in (("waveforms", "signal"), ("input_pcm", "signal"), ("tfidf", "tabular")):
+        spec = TensorSpec(name, dtype_from_numpy(np.float32), ("batch", "N"))
+        assert plan_layout(spec, rows)[0].kind == kind, name

@@ -487,3 +487,35 @@ def test_texts_of_a_vocabulary_are_varied_and_reproducible() -> None:
     words = " ".join(texts.flat).lower()
     assert "café" in words and "top_10" in words and "very bad" in words and "the" in words
     assert any(t != t.lower() for t in texts.flat)  # some words Capitalised or UPPER-CASE
+
+
+def _waveform_model() -> onnx.ModelProto:
+    """waveforms[batch_size, N], waveforms_lens[batch_size] -> the lengths' sum, as floats: an
+    ASR front end's signature (onnx-asr's), N named like a batch."""
+    nodes = [
+        helper.make_node("ReduceSum", ["waveforms"], ["energy"], keepdims=0),
+        helper.make_node("Cast", ["waveforms_lens"], ["lens_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["energy", "lens_f"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "front",
+        [
+            helper.make_tensor_value_info("waveforms", TensorProto.FLOAT, ["batch_size", "N"]),
+            helper.make_tensor_value_info("waveforms_lens", TensorProto.INT64, ["batch_size"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch_size"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_second_batch_name_is_not_the_batch_and_lengths_fit_the_samples() -> None:
+    """waveforms[batch_size, N]: N was taken for a batch axis (1 sample of audio); lengths
+    were ints in [0, 8) whatever the audio's length."""
+    model = Model.from_proto(_waveform_model())
+    plan = plan_feeds(model)
+    assert plan.sizes["N"] > 1, plan.choices
+    feeds = plan.with_batch(4).feeds(seed=0)
+    samples = feeds["waveforms"].shape[1]
+    lengths = feeds["waveforms_lens"]
+    assert lengths[0] == samples and (lengths <= samples).all() and (lengths >= samples // 2).all()

@@ -582,6 +582,27 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
     assert check["ok"] and "over 1 samples" in check["detail"], check
 
 
+def test_a_model_that_crashes_openvino_is_one_line_never_a_dead_process(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """OpenVINO 2026.4's frontend segfaults reading onnx-asr's WeSpeaker preprocessor (a Scan):
+    ``--provider openvino`` ended ferry with signal 11 and ``package --target openvino`` was
+    an internal error. OpenVINO now reads and compiles a model in a worker first; whatever
+    the installed OpenVINO does with it, the answer is a result or one line."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    source = _wheel_model("asr_wespeaker")
+    inputs = save_npz(tmp_path / "audio.npz", WHEELS["asr_wespeaker"].feeds())
+    for args in (
+        ("bench", source, "--provider", "openvino", "--inputs", inputs, "--iterations", 3),
+        ("package", source, "--target", "openvino", "-o", tmp_path / "ir"),
+    ):
+        result = ferry(*args)
+        _, err = assert_clean(result, {0, 1, 2})
+        if result[0] == 2:
+            assert err.count("\n") == 1, err
+
+
 def test_slanet_s_loop_packages_for_openvino_and_runs_on_its_provider(
     ferry: Run, tmp_path: Path
 ) -> None:

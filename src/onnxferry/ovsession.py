@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FeedError, ModelLoadError, RunError, one_line
+from .errors import FeedError, InputError, ModelLoadError, RunError, one_line
 from .graphs import loop_outputs_not_inputs
 from .model import Model
 from .signature import TensorSpec, dtype_from_numpy
@@ -66,6 +66,48 @@ class NodeArg:
     name: str
     shape: list[int | str | None]
     type: str  # "tensor(float)"
+
+
+_SURVIVED: set[str] = set()
+"""Digests of models OpenVINO has read and compiled in a worker without crashing."""
+
+
+def _survives(
+    content: bytes | None, path: str | None, device: str, config: Mapping[str, Any], where: object
+) -> None:
+    """Read and compile the model once in a spawned worker first: OpenVINO's frontend
+    segfaults on some models (onnx-asr's wespeaker preprocessor, a Scan), which in this
+    process would end it. ModelLoadError when the worker dies; its own errors are left for
+    the real load to raise."""
+    import hashlib
+
+    key = hashlib.sha256(content if content is not None else str(path).encode()).hexdigest()
+    key += f"/{device}/{sorted(config.items())}"
+    if key in _SURVIVED:
+        return
+    from .native import spawned_worker
+
+    try:
+        with spawned_worker(
+            f"OpenVINO crashed reading or compiling {where}",
+            hint="run it on --provider cpu, or check its ops against OpenVINO's ONNX frontend",
+        ) as pool:
+            pool.submit(_read_and_compile, content, path, device, dict(config)).result()
+    except InputError as e:
+        raise ModelLoadError(e.message, hint=e.hint) from e
+    _SURVIVED.add(key)
+
+
+def _read_and_compile(
+    content: bytes | None, path: str | None, device: str, config: dict[str, Any]
+) -> None:
+    """(In the worker.) What ``OpenVinoSession`` does; an exception is fine, a crash is not."""
+    import openvino as ov
+
+    core = ov.Core()
+    with contextlib.suppress(Exception):
+        read = core.read_model(content, b"") if content is not None else core.read_model(path)
+        core.compile_model(read, device, config)
 
 
 def openvino_installed() -> bool:
@@ -109,12 +151,12 @@ class OpenVinoSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
+        readable = loop_outputs_not_inputs(model)  # what OpenVINO's frontend reads
+        path = str(model.path) if model.path is not None and model.path.is_file() else None
+        content = None if readable is model and path else readable.proto.SerializeToString()
+        _survives(content, path, device, config, where)
         try:
-            readable = loop_outputs_not_inputs(model)  # what OpenVINO's frontend reads
-            if readable is model and model.path is not None and model.path.is_file():
-                read = core.read_model(str(model.path))
-            else:
-                read = core.read_model(readable.proto.SerializeToString(), b"")
+            read = core.read_model(path) if content is None else core.read_model(content, b"")
             self._compiled = core.compile_model(read, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError / OpConversionFailure
             raise ModelLoadError(

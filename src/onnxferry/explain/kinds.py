@@ -6,7 +6,8 @@ splits into the samples to explain.
 
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
-tabular row, 3-D float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
+tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``), 3-D
+float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
 a string per row (``[batch]`` or ``[batch, 1]``) is a text, explained word by word (``text``).
 A signal is any float or integer sample of 1 to 3 axes explained by neighbourhood: windows
 and blocks of neighbouring elements along every axis (a stretch of audio, a time-frequency
@@ -19,6 +20,7 @@ whole model input, run one per ``session.run``). ``batch_axis=`` overrides that 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,8 @@ from ..errors import FeedError, UsageError
 from ..signature import TensorSpec
 
 KINDS = ("image", "tabular", "tokens", "signal", "text")
+_SIGNAL_NAME = re.compile(r"wave|audio|pcm|signal|speech|sound", re.IGNORECASE)
+"""Names of a 1-D float sample that is a stretch of audio, not a row of features."""
 CHANNELS = (1, 3)
 
 
@@ -130,7 +134,7 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
     if element == "float" and len(sample_shape) == 3 and _channel_axis(sample_shape) is not None:
         return "image"
     if element == "float" and len(sample_shape) == 1:
-        return "tabular"
+        return "signal" if _SIGNAL_NAME.search(spec.name) else "tabular"
     if element == "float" and len(sample_shape) == 2 and 1 in sample_shape:
         return "signal"
     raise UsageError(

@@ -218,8 +218,12 @@ def batch_symbols(signature: Signature) -> set[str]:
 
 def _kind(spec: TensorSpec, axis: int, symbol: str | None, image: tuple[int, int] | None) -> str:
     rank = len(spec.shape or ())
-    if (symbol is not None and symbol in BATCH_NAMES) or (axis == 0 and rank >= 2):
-        return "batch"
+    shape = spec.shape or ()
+    named_before = any(isinstance(d, str) and d in BATCH_NAMES for d in shape[:axis])
+    if (symbol is not None and symbol in BATCH_NAMES and not named_before) or (
+        axis == 0 and rank >= 2
+    ):
+        return "batch"  # one batch name per input: waveforms[batch_size, N] has N samples
     if image is not None and axis in image:
         return "spatial"
     if axis == rank - 1 and rank == 2 and spec.dtype.kind == "int":

@@ -61,6 +61,8 @@ def realistic_feeds(
       usual pad id) where the mask pads;
     - ``*token_type*`` / ``*segment*``: 0 for the first part of each row, 1 after;
     - ``*position*`` ids: 0..seq-1;
+    - 1-D integer ``*len*`` inputs (``waveforms_lens``): lengths along the other inputs'
+      longest axis past the first, the whole of it in row 0, at least half of it elsewhere;
     - floats named in ``unit_range`` (images): uniform in [0, 1);
     - strings with a ``Vocabulary``: texts (or categories) drawn from it by ``vocabulary_texts``;
     - 8-bit integers (quantized data, pixels) over their whole range;
@@ -83,6 +85,11 @@ def realistic_feeds(
             feeds[spec.name] = vocabulary_texts(vocabularies[spec.name], shape, rng)
         else:
             feeds[spec.name] = _one(spec, shape, rng, ranges.get(spec.name))
+    for spec in signature.inputs:
+        if _is_length(spec) and spec.name not in ranges:
+            longest = _longest_axis(feeds, spec.name)
+            if longest:
+                feeds[spec.name] = _lengths(feeds[spec.name].shape, longest, rng, spec)
     if padding is not None:
         for spec in signature.inputs:
             array = feeds[spec.name]
@@ -166,6 +173,28 @@ def _random(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> A
     if dtype.numpy.kind == "c":
         return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype.numpy)
     return rng.standard_normal(shape).astype(np.float32).astype(dtype.numpy)
+
+
+def _is_length(spec: TensorSpec) -> bool:
+    """A 1-D integer input of lengths (``waveforms_lens``, ``input_lengths``, ``seq_len``)."""
+    name = spec.name.lower()
+    return spec.dtype.kind == "int" and len(spec.shape or ()) == 1 and "len" in name
+
+
+def _longest_axis(feeds: Mapping[str, np.ndarray], skip: str) -> int:
+    """The longest axis past the first among the other inputs: what lengths count along."""
+    sizes = [int(d) for name, a in feeds.items() if name != skip for d in np.shape(a)[1:]]
+    return max(sizes, default=0)
+
+
+def _lengths(
+    shape: tuple[int, ...], longest: int, rng: np.random.Generator, spec: TensorSpec
+) -> np.ndarray:
+    """Row 0 the whole ``longest``, the others between half of it and all of it."""
+    values = rng.integers(max(1, longest // 2), longest + 1, size=shape)
+    if values.size:
+        values.flat[0] = longest
+    return values.astype(spec.dtype.numpy)
 
 
 def _is_mask(spec: TensorSpec) -> bool:

@@ -35,6 +35,7 @@ from ..errors import InputError
 from ..feeds import describe_shapes
 from ..graphs import loop_outputs_not_inputs
 from ..model import Model
+from ..native import spawned_worker
 from ..ovsession import ov_error_message
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
@@ -105,12 +106,11 @@ def _in_child(
     """``_convert_and_run`` in a fresh (spawned) process: OpenVINO's native runtime stays out
     of this one (its threads and handles outlive the call, and it has disturbed the standard
     streams of the process that imported it). A conversion error comes back as one line."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     _openvino_installed()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with spawned_worker(
+        f"OpenVINO crashed the process converting {Path(model).name}",
+        hint="check the model's ops against OpenVINO's ONNX frontend; `ferry check` it first",
+    ) as pool:
         return pool.submit(_convert_and_run, model, name, fp16, feeds, names).result()
 
 

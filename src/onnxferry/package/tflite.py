@@ -66,7 +66,7 @@ from ..errors import InputError, one_line
 from ..feeds import describe_shapes
 from ..graphs import inlined, open_negative_dims, rename_values, value_names, weights_not_inputs
 from ..model import Model
-from ..native import NativeOutput, native_output
+from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
 from ..report import human_size
 from .base import Check, Options, Packaged, PackageSource, write_tree
@@ -426,42 +426,11 @@ def _child() -> Iterator[Any]:
     """One spawned worker process: TensorFlow, onnx2tf and LiteRT stay out of this one (their
     threads, native logging and import-time warnings), and the working folder it changes is
     its own. A crash of the worker is one line."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=1, mp_context=context, initializer=_silence, initargs=(os.getpid(),)
+    with spawned_worker(
+        "onnx2tf or TensorFlow Lite crashed the process that ran them",
+        hint="run onnx2tf on the model by hand to see its error",
     ) as pool:
-        try:
-            yield pool
-        except BrokenProcessPool as e:
-            raise InputError(
-                "onnx2tf or TensorFlow Lite crashed the process that ran them",
-                hint="run onnx2tf on the model by hand to see its error",
-            ) from e
-
-
-def _silence(parent: int) -> None:
-    """(In the worker.) Its console, C++ logging included, goes nowhere but the logs
-    ``native_output`` takes; and it ends when its parent does (a killed parent would otherwise
-    leave it waiting for work, TensorFlow loaded, for ever). ``parent`` comes from the parent:
-    it may be gone before this runs."""
-    import threading
-    import time
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="ferry-tflite-parent-watch", daemon=True).start()
+        yield pool
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

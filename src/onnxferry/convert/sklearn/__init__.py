@@ -5,7 +5,9 @@
     source.reference.run({"input": x})          # {"label": ..., "probabilities": ...}
     source.candidates[0].export(Path("model.onnx"))
 
-The ONNX model has one input, "input" [batch, n_features], and skl2onnx's outputs: a
+The ONNX model has one input, "input" [batch, n_features] (a text pipeline's: one string per
+row, [batch]; a table pipeline's: one [batch, 1] input per DataFrame column), and skl2onnx's
+outputs: a
 classifier gives "label" [batch] (int64, or string for string classes) and "probabilities"
 [batch, n_classes] (predict_proba; decision_function scores for a classifier without it); a
 regressor gives "variable" [batch, n_targets]. ``SklearnRunner`` returns the same names,
@@ -31,7 +33,8 @@ with ``trust_pickle``.
 
 The modules: ``source`` (``load_sklearn``, ``SklearnRunner``, the tolerances), ``estimators``
 (the estimator or trusted pickle, its task and steps), ``inputs`` (the input and the float64
-rule) and ``export`` (skl2onnx, tidied and checked). They share their working parts by public
+rule), ``text`` (text pipelines), ``table`` (table pipelines) and ``export`` (skl2onnx,
+tidied and checked). They share their working parts by public
 names; this ``__init__`` is the boundary.
 """
 

@@ -25,6 +25,7 @@ from ...signature import Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
 from .estimators import describe_estimator, final_step, said, steps_of, walk
 from .inputs import INPUT
+from .table import Table
 from .text import text_options, text_problem
 
 if TYPE_CHECKING:
@@ -66,9 +67,11 @@ def convert_estimator(
     batch: str | int,
     by_user: bool,
     vectorizer: Any = None,
+    table: Table | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model, checked to load in ONNX Runtime when float64 or text; ExportError if
-    not. A text pipeline (``vectorizer`` at its head) takes one string per row."""
+    not. A text pipeline (``vectorizer`` at its head) takes one string per row; a table
+    pipeline one input per column."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import (
         DoubleTensorType,
@@ -79,6 +82,8 @@ def convert_estimator(
     tensor_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
     initial = [(INPUT, tensor_type([None, n_features]))]
     options: dict[int, dict[str, Any]] = {}
+    if table is not None:
+        initial = table.initial_types(dtype)
     if vectorizer is not None:
         initial = [(INPUT, StringTensorType([None]))]
         options[id(vectorizer)] = text_options(vectorizer)
@@ -185,12 +190,18 @@ def expected_signature(
     batch: str | int,
     *,
     text: bool = False,
+    table: Table | None = None,
 ) -> Signature:
     """The signature skl2onnx would give, for a reference whose estimator did not convert."""
     float_type = dtype_from_numpy(dtype)
-    inputs = (TensorSpec(INPUT, float_type, (batch, n_features)),)
+    inputs: tuple[TensorSpec, ...] = (TensorSpec(INPUT, float_type, (batch, n_features)),)
     if text:
         inputs = (TensorSpec(INPUT, dtype_from_numpy(object), (batch,)),)
+    if table is not None:
+        inputs = tuple(
+            TensorSpec(name, dtype_from_numpy(kind), (batch, 1))
+            for name, kind in table.element_types(dtype)
+        )
     outputs: tuple[TensorSpec, ...]
     if task == "classification":
         classes = np.asarray(getattr(estimator, "classes_", []))

@@ -21,6 +21,7 @@ import numpy as np
 from ...errors import InputError, UsageError
 from ..base import ConvertOptions
 from .estimators import describe_estimator, said
+from .table import Table
 from .text import check_text_samples, text_vectorizer
 
 log = logging.getLogger("onnxferry")
@@ -100,10 +101,17 @@ def batch_dim(options: ConvertOptions, n_features: int, *, text: bool = False) -
 
 
 def choose_dtype(
-    estimator: Any, task: str, n_features: int, options: ConvertOptions, *, text: bool = False
+    estimator: Any,
+    task: str,
+    n_features: int,
+    options: ConvertOptions,
+    *,
+    text: bool = False,
+    table: Table | None = None,
 ) -> tuple[np.dtype[Any], str, bool]:
     """(dtype, why, whether the user's samples decided it): the float64 rule above; float32
-    for a text pipeline, whose samples must be strings."""
+    for a text pipeline, whose samples must be strings; for a table pipeline, the type of its
+    numeric columns by the same rule (its probe rounds only those)."""
     if text:
         check_text_samples(options, INPUT)
         return (
@@ -111,6 +119,8 @@ def choose_dtype(
             "text input: skl2onnx computes the term weights in float32",
             False,
         )
+    if table is not None:
+        return _table_dtype(estimator, task, table, options)
     sample = _sample_dtype(options.sample_inputs)
     if sample is not None:
         return sample, f"the sample inputs are {sample.name}", True
@@ -128,6 +138,25 @@ def choose_dtype(
     if in_float64 is None:
         reason = "a regressor that the float64 probe could not run"
     return np.dtype(np.float32), reason, False
+
+
+def _table_dtype(
+    estimator: Any, task: str, table: Table, options: ConvertOptions
+) -> tuple[np.dtype[Any], str, bool]:
+    floats = {
+        np.asarray(sample[c.name]).dtype
+        for sample in options.sample_inputs
+        for c in table.columns
+        if c.kind == "float" and np.asarray(sample[c.name]).dtype.kind == "f"
+    }
+    if len(floats) == 1:
+        dtype = floats.pop()
+        return dtype, f"the sample inputs' numeric columns are {dtype.name}", True
+    if task == "classification":
+        return np.dtype(np.float32), "a classifier: numeric columns in float32", False
+    if table.computes_in_float64(estimator):
+        return np.dtype(np.float64), "a regressor that computes in float64", False
+    return np.dtype(np.float32), "a regressor whose predictions keep float32 inputs", False
 
 
 def _sample_dtype(samples: Sequence[Mapping[str, np.ndarray]]) -> np.dtype[Any] | None:

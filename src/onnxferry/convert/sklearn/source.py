@@ -32,6 +32,7 @@ from .export import (
     target_opsets,
 )
 from .inputs import INPUT, batch_dim, choose_dtype, feature_count
+from .table import Table, table_layout
 from .text import text_options, text_vectorizer, text_vocabulary
 
 if TYPE_CHECKING:
@@ -59,15 +60,22 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     name = describe_estimator(estimator)
     vectorizer = text_vectorizer(estimator)
     text = vectorizer is not None
-    n_features = feature_count(estimator, options, text=text)
-    batch = batch_dim(options, n_features, text=text)
-    dtype, reason, by_user = choose_dtype(estimator, task, n_features, options, text=text)
+    table = None if text else table_layout(estimator, options)
+    batch: str | int
+    if table is not None:
+        n_features, batch = len(table.columns), table.batch(options)
+    else:
+        n_features = feature_count(estimator, options, text=text)
+        batch = batch_dim(options, n_features, text=text)
+    dtype, reason, by_user = choose_dtype(
+        estimator, task, n_features, options, text=text, table=table
+    )
     opsets = target_opsets(options)
     proto: onnx.ModelProto | None = None
     error: ConversionError | None = None
     try:
         proto = convert_estimator(
-            estimator, task, n_features, dtype, opsets, batch, by_user, vectorizer
+            estimator, task, n_features, dtype, opsets, batch, by_user, vectorizer, table
         )
     except ExportError as e:
         error = e
@@ -76,7 +84,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
             dtype = np.dtype(np.float32)
             try:
                 proto = convert_estimator(
-                    estimator, task, n_features, dtype, opsets, batch, by_user
+                    estimator, task, n_features, dtype, opsets, batch, by_user, vectorizer, table
                 )
                 error = None
             except ExportError as e32:
@@ -84,9 +92,9 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     signature = (
         Signature.from_onnx(proto)
         if proto is not None
-        else expected_signature(estimator, task, n_features, dtype, batch, text=text)
+        else expected_signature(estimator, task, n_features, dtype, batch, text=text, table=table)
     )
-    reference = SklearnRunner(estimator, signature, task, name=f"scikit-learn {name}")
+    reference = SklearnRunner(estimator, signature, task, name=f"scikit-learn {name}", table=table)
 
     def export(path: Path) -> None:
         if error is not None:
@@ -114,6 +122,11 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         details["load_warnings"] = load_warnings
     features = f"{n_features} features"
     vocabularies = {}
+    ranges: dict[str, tuple[int, int]] = {}
+    if table is not None:
+        features = f"{n_features} columns"
+        details["columns"] = {c.name: c.kind for c in table.columns}
+        vocabularies, ranges = table.vocabularies(), table.value_ranges()
     if vectorizer is not None:
         features = f"text in, {n_features} terms"
         details["text_options"] = text_options(vectorizer)
@@ -124,6 +137,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         reference=reference,
         candidates=[Candidate("skl2onnx", export)],
         vocabularies=vocabularies,
+        value_ranges=ranges,
         tolerance=_tolerance(dtype, signature),
         details=details,
     )
@@ -139,6 +153,8 @@ class SklearnRunner:
     model_signature: Signature
     task: str
     name: str = "scikit-learn"
+    table: Table | None = None
+    """A table pipeline's columns: the feeds go to it as a DataFrame."""
 
     @property
     def signature(self) -> Signature:
@@ -147,7 +163,9 @@ class SklearnRunner:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.model_signature.validate(feeds)
         x: Any = feeds[self.model_signature.inputs[0].name]
-        if self.model_signature.inputs[0].dtype.kind == "string":
+        if self.table is not None:
+            x = self.table.frame(feeds)
+        elif self.model_signature.inputs[0].dtype.kind == "string":
             x = [str(text) for text in x]  # a text vectorizer takes an iterable of str
         outputs = self.model_signature.outputs
         with warnings.catch_warnings():
