@@ -16,7 +16,10 @@ first decoded in Python (tables, offsets and indices in range) and then loaded o
 process (about 4 s: the child imports TensorFlow); a crash there is an InputError here.
 tf2onnx 1.17's ``from_tflite`` keeps a dynamic batch (shape_signature -1) and writes IR 8 up to
 opset 18 (higher opsets as in ``convert.tf_common``); for it, weights stored sparse are made
-dense first and a real FFT taken for its real part a matrix product (``tflite_rewrite``). The
+dense first and a real FFT taken for its real part a matrix product (``tflite_rewrite``). A
+streaming model's resource variables become state inputs and outputs (``tflite_state``): the
+reference then runs that rewrite, held first to the original call after call, and a note
+says how to stream the ONNX model. The
 source's second opinion (``Source.second_reference``) is the same file on LiteRT's reference
 kernels: what they and the default XNNPACK kernels give apart is the source's own noise
 (``convert.verdict``).

@@ -106,10 +106,10 @@ def vocabulary_texts(
 
         vocabulary_texts(Vocabulary(("good", "bad")), (2,), np.random.default_rng(0))
 
-    A text holds 4 to 40 pieces: vocabulary entries (a quarter of them from the unusual ones,
-    non-ASCII ones and ones with digits or marks, where the vocabulary has any), stop words, and
-    made-up words it lacks; some Capitalised or UPPER-CASE, joined by spaces and punctuation.
-    The last element of a batch of more than one is the empty text.
+    A text holds 4 to 40 pieces, each in about seven of ten a vocabulary entry (its unusual
+    ones, non-ASCII or with digits or marks, picked one time in seven), else a stop word or a
+    made-up word the vocabulary lacks; some Capitalised or UPPER-CASE, joined by spaces and
+    punctuation. The last element of a batch of more than one is the empty text.
     """
     out = np.empty(shape, dtype=object)
     words = vocabulary.words or ("",)
