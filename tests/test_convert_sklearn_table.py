@@ -149,3 +149,15 @@ def test_columns_picked_by_position_keep_one_float_array() -> None:
     assert table_layout(pipeline, ConvertOptions()) is None
     source = load_sklearn(pipeline, ConvertOptions())
     assert [s.name for s in source.reference.signature.inputs] == ["input"]
+
+
+def test_every_verb_reads_the_categories_from_the_onnx_graph(tmp_path: Path) -> None:
+    """The converted model alone (bench, serve's warm-up, optimize): its OneHotEncoders' string
+    and integer categories, not random words and [0, 8)."""
+    from onnxferry.feeds import plan_feeds
+
+    model = onnxferry.convert(classifier(), tmp_path / "titanic.onnx")
+    feeds = plan_feeds(model).with_batch(16).feeds(seed=0)
+    assert set(feeds["sex"].ravel()) == {"male", "female"}
+    assert set(feeds["embarked"].ravel()) <= {"S", "C", "Q"}
+    assert set(feeds["pclass"].ravel().tolist()) <= {1, 2, 3}

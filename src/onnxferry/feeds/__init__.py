@@ -30,7 +30,8 @@ vocabulary) stay inside it; ``*mask*`` inputs are 0/1 with padding; ids, token t
 positions look like a tokenizer's; float images lie in [0, 1); other floats are standard
 normal. String inputs that reach a text vectorizer (``TfIdfVectorizer``) or a category
 encoder take its words: texts mixing its n-grams, stop words and unknown words, in varied
-case and punctuation, or known categories (``ranges.string_vocabularies``).
+case and punctuation, or known categories (``ranges.string_vocabularies``); integer inputs
+that reach such an encoder span its integer categories (``ranges.index_ranges``).
 
 Given feeds (``sets``). Files are read by ``data.load_feeds``; every set is checked against
 the signature (names, dtypes, shapes, shared dims) by ``checked_feeds``.

@@ -34,13 +34,22 @@ _CATEGORY_OPS = {
     "OneHotEncoder": "cats_strings",
 }
 """ai.onnx.ml ops that map a string category, and the attribute listing the known ones."""
+_INT_CATEGORY_OPS = {
+    "LabelEncoder": "keys_int64s",
+    "CategoryMapper": "cats_int64s",
+    "OneHotEncoder": "cats_int64s",
+}
+"""The same ops' attributes listing known integer categories."""
 
 
 def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
-    """Integer inputs that index a table: input name -> (0, rows of the smallest table).
+    """Integer inputs that index a table: input name -> (0, rows of the smallest table); or
+    that are categories: (the smallest, the largest + 1).
 
     Follows each integer input through casts and reshapes to ``Gather`` nodes whose data is
     an initializer or a ``Constant``; the rows are that tensor's size along the Gather axis.
+    Without a Gather, an ai.onnx.ml ``OneHotEncoder``, ``CategoryMapper`` or ``LabelEncoder``
+    on the way gives the span of the integer categories it knows (a passenger class 1 to 3).
     """
     tables = _constant_dims(proto)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -54,7 +63,28 @@ def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tupl
         rows = _rows(spec.name, consumers, tables, depth=0)
         if rows:
             ranges[spec.name] = (0, min(rows))
+        elif known := _int_categories(spec.name, consumers, depth=0):
+            ranges[spec.name] = (min(known), max(known) + 1)
     return ranges
+
+
+def _int_categories(
+    tensor: str, consumers: Mapping[str, list[onnx.NodeProto]], depth: int
+) -> list[int]:
+    """The integer categories an encoder on ``tensor``'s way knows (casts and reshapes
+    followed), or none."""
+    if depth > 8:
+        return []
+    for node in consumers.get(tensor, []):
+        if node.op_type in _INT_CATEGORY_OPS and node.domain == "ai.onnx.ml":
+            for attr in node.attribute:
+                if attr.name == _INT_CATEGORY_OPS[node.op_type] and attr.ints:
+                    return [int(v) for v in attr.ints]
+        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == tensor:
+            for out in node.output:
+                if found := _int_categories(out, consumers, depth + 1):
+                    return found
+    return []
 
 
 def _rows(
