@@ -709,3 +709,27 @@ def test_model_over_2_gib_round_trips(tmp_path: Path) -> None:
     del saved, reloaded
     (y,) = run(tmp_path / "big.onnx", {"x": np.array([1.5], np.float32)})
     assert float(y) == 1.5
+
+
+@pytest.mark.parametrize(
+    ("head", "said", "hint"),
+    [
+        (b"\x18\x00\x00\x00ORTM\x00\x00", "an ONNX Runtime format (.ort) model", "--target mobile"),
+        (b"\x1c\x00\x00\x00TFL3\x00\x00", "a TensorFlow Lite model", "ferry convert"),
+        (b"\x89HDF\r\n\x1a\n", "an HDF5 file", "ferry convert"),
+        (b"PK\x03\x04\x14\x00\x00\x00", "a zip archive", "ferry convert"),
+        (b"\x80\x04\x95\x10\x00\x00\x00\x00", "a Python pickle", "--trust-pickle"),
+    ],
+    ids=["ort", "tflite", "hdf5", "zip", "pickle"],
+)
+def test_another_model_format_is_named_with_what_to_do(
+    head: bytes, said: str, hint: str, tmp_path: Path
+) -> None:
+    """A .ort, .tflite, Keras, PyTorch or pickle file given where an ONNX model goes."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(head + bytes(range(256)) * 4)
+    with pytest.raises(ModelLoadError) as caught:
+        Model.load(path)
+    message = caught.value.message
+    assert said in message and message.endswith("not an ONNX model"), message
+    assert hint in (caught.value.hint or "")

@@ -86,7 +86,8 @@ class Model:
             model = Model.load("big.onnx", max_size=200 * 1024**3)
 
         Raises ModelLoadError (one line: what is wrong; what to do) for a missing path, a
-        directory without exactly one model, an empty, malformed or truncated file; with
+        directory without exactly one model, an empty, malformed or truncated file, or another
+        model format (``other_format``: .ort, .tflite, HDF5, zip, pickle, named); with
         ``strict``, InvalidModelError when the onnx checker rejects the model (without it the
         model loads, and running it is ONNX Runtime's judgement); UnsafeModelError when
         external data leaves the model's directory or the model (with its external data)
@@ -120,11 +121,13 @@ class Model:
         try:
             proto.ParseFromString(data)
         except Exception:  # google.protobuf's DecodeError (untyped)
+            _refuse_other_format(file, data)
             raise ModelLoadError(
                 f"{file}: not an ONNX model (the protobuf data is malformed or truncated)",
                 hint="check that the file is a whole binary .onnx model; re-export or re-copy it",
             ) from None
         if not proto.HasField("graph"):
+            _refuse_other_format(file, data)
             raise ModelLoadError(
                 f"{file}: not an ONNX model (it holds no graph)",
                 hint="check that the file is a binary .onnx model; re-export it",
@@ -366,3 +369,37 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
     shown = [repr(n) for n in names]
     more = len(shown) - limit
     return ", ".join(shown[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+_CONVERT = "convert it first: ferry convert {file} -o model.onnx"
+_FORMATS: tuple[tuple[int, bytes, str, str], ...] = (
+    (
+        4,
+        b"ORTM",
+        "an ONNX Runtime format (.ort) model",
+        "give the .onnx it was made from (ferry package --target mobile checks an .ort against it)",
+    ),
+    (4, b"TFL3", "a TensorFlow Lite model", _CONVERT),
+    (0, b"\x89HDF", "an HDF5 file (a Keras 2 model?)", _CONVERT),
+    (0, b"PK\x03\x04", "a zip archive (a .keras, PyTorch or .npz file?)", _CONVERT),
+    (0, b"\x80", "a Python pickle (a scikit-learn model?)", _CONVERT + " --trust-pickle"),
+)
+"""Other model formats by their magic bytes: (offset, bytes, what it is, what to do)."""
+
+
+def _refuse_other_format(file: Path, data: bytes) -> None:
+    """ModelLoadError naming the format, for a file that did not parse as ONNX."""
+    if other := other_format(data, str(file)):
+        what, hint = other
+        raise ModelLoadError(f"{file}: {what}, not an ONNX model", hint=hint)
+
+
+def other_format(data: bytes, file: str = "FILE") -> tuple[str, str] | None:
+    """(what the bytes are, what to do) for another model format's file, else None.
+
+    other_format(Path("model.ort").read_bytes())   # ("an ONNX Runtime format ...", ...)
+    """
+    for offset, magic, what, hint in _FORMATS:
+        if data[offset : offset + len(magic)] == magic:
+            return what, hint.format(file=file)
+    return None
