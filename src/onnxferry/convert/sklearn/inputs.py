@@ -7,6 +7,8 @@
 The model has one input, ``INPUT`` [batch, n_features]. Its element type follows the float64
 rule in the package's docstring: the samples' dtype, else float32 for a classifier, else
 float64 for a regressor whose predictions change when its inputs are rounded to float32.
+A text pipeline's input is strings (``text_dtype``: its weights float32); a table pipeline's
+numeric columns follow the same rule (``table_dtype``).
 """
 
 from __future__ import annotations
@@ -101,26 +103,9 @@ def batch_dim(options: ConvertOptions, n_features: int, *, text: bool = False) -
 
 
 def choose_dtype(
-    estimator: Any,
-    task: str,
-    n_features: int,
-    options: ConvertOptions,
-    *,
-    text: bool = False,
-    table: Table | None = None,
+    estimator: Any, task: str, n_features: int, options: ConvertOptions
 ) -> tuple[np.dtype[Any], str, bool]:
-    """(dtype, why, whether the user's samples decided it): the float64 rule above; float32
-    for a text pipeline, whose samples must be strings; for a table pipeline, the type of its
-    numeric columns by the same rule (its probe rounds only those)."""
-    if text:
-        check_text_samples(options, INPUT)
-        return (
-            np.dtype(np.float32),
-            "text input: skl2onnx computes the term weights in float32",
-            False,
-        )
-    if table is not None:
-        return _table_dtype(estimator, task, table, options)
+    """(dtype, why, whether the user's samples decided it): the float64 rule above."""
     sample = _sample_dtype(options.sample_inputs)
     if sample is not None:
         return sample, f"the sample inputs are {sample.name}", True
@@ -140,9 +125,19 @@ def choose_dtype(
     return np.dtype(np.float32), reason, False
 
 
-def _table_dtype(
+def text_dtype(options: ConvertOptions) -> tuple[np.dtype[Any], str, bool]:
+    """``choose_dtype`` for a text pipeline: float32 (skl2onnx's term weights); InputError
+    unless the samples are strings."""
+    check_text_samples(options, INPUT)
+    return np.dtype(np.float32), "text input: skl2onnx computes the term weights in float32", False
+
+
+def table_dtype(
     estimator: Any, task: str, table: Table, options: ConvertOptions
 ) -> tuple[np.dtype[Any], str, bool]:
+    """``choose_dtype`` for a table pipeline: the type of its numeric columns by the same
+    rule (the samples' float type, float32 for a classifier, else the probe, which rounds
+    only the numeric columns)."""
     floats = {
         np.asarray(sample[c.name]).dtype
         for sample in options.sample_inputs

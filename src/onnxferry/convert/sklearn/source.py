@@ -31,7 +31,7 @@ from .export import (
     library_versions,
     target_opsets,
 )
-from .inputs import INPUT, batch_dim, choose_dtype, feature_count
+from .inputs import INPUT, batch_dim, choose_dtype, feature_count, table_dtype, text_dtype
 from .table import Table, table_layout
 from .text import text_options, text_vectorizer, text_vocabulary
 
@@ -64,12 +64,13 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     batch: str | int
     if table is not None:
         n_features, batch = len(table.columns), table.batch(options)
+        dtype, reason, by_user = table_dtype(estimator, task, table, options)
     else:
         n_features = feature_count(estimator, options, text=text)
         batch = batch_dim(options, n_features, text=text)
-    dtype, reason, by_user = choose_dtype(
-        estimator, task, n_features, options, text=text, table=table
-    )
+        dtype, reason, by_user = (
+            text_dtype(options) if text else choose_dtype(estimator, task, n_features, options)
+        )
     opsets = target_opsets(options)
     proto: onnx.ModelProto | None = None
     error: ConversionError | None = None
