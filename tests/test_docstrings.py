@@ -347,7 +347,7 @@ def _sklearn_table(tmp: Path) -> Names:
 
 
 def _federated_shard(tmp: Path) -> Names:
-    from onnxferry.learn.torch_module import to_torch
+    from onnxferry.torchgraph.module import to_torch
 
     model = _loaded()
     labels = np.repeat([0, 1, 2], [40, 41, 39])
@@ -390,8 +390,8 @@ def _learn(tmp: Path) -> Names:
     import torch
     from onnx import helper, numpy_helper
 
-    from onnxferry.learn.ops import Node
-    from onnxferry.learn.torch_module import to_torch
+    from onnxferry.torchgraph.module import to_torch
+    from onnxferry.torchgraph.ops import Node
 
     rng = np.random.default_rng(0)
 
@@ -1533,9 +1533,10 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.learn.shards": _federated_shard,
     "onnxferry.learn": _learn,
     "onnxferry.learn.finetune": _learn,
-    "onnxferry.learn.ops": _learn,
+    "onnxferry.torchgraph": _learn,
+    "onnxferry.torchgraph.ops": _learn,
     "onnxferry.learn.surgery": _learn,
-    "onnxferry.learn.torch_module": _learn,
+    "onnxferry.torchgraph.module": _learn,
     "onnxferry.learn.training": _learn,
     "onnxferry.cli.finetune": _learn,
     "onnxferry.view": _view,

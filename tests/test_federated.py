@@ -125,7 +125,7 @@ def test_fedprox_keeps_a_client_nearer_the_round_weights(digits: Path) -> None:
     import_flower()  # first: it keeps TensorFlow out and typer's warning quiet
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-    from onnxferry.learn.torch_module import to_torch
+    from onnxferry.torchgraph.module import to_torch
 
     start = trainable_weights(to_torch(digits / "model.onnx", check=False))
     model = Model.load(digits / "model.onnx")

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic", "native"},
     {"model", "saving", "graphs", "data", "report", "inspection", "plots"},
     {"runtime", "customops", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
-    {"parity", "bisect", "bench", "check", "golden", "view"},
+    {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source
     {"deploy", "signing", "registry", "batch", "learn"},
     {"serve"},

@@ -1,4 +1,4 @@
-"""ONNX -> torch.nn.Module (onnxferry.learn.torch_module): parity with ONNX Runtime on real
+"""ONNX -> torch.nn.Module (onnxferry.torchgraph.module): parity with ONNX Runtime on real
 exports (a CNN, an MLP with Softmax, a transformer encoder layer, all through ferry's convert),
 on a model-zoo model from the onnx wheel, and on ONNX text graphs with random weights that
 reach the operators' corner cases; weights as named parameters; unsupported operators named in
@@ -16,9 +16,9 @@ import torch
 from onnx import numpy_helper
 
 from onnxferry.learn import UnsupportedOperator, check_parity, to_torch
-from onnxferry.learn.ops import UnsupportedOp
-from onnxferry.learn.torch_module import run_module
 from onnxferry.model import Model
+from onnxferry.torchgraph.module import run_module
+from onnxferry.torchgraph.ops import UnsupportedOp
 from tests.helpers import Run, conv_bn_mlp, convert_with_dynamo, onnx_text, save
 from tests.real_models import light_dir, light_input, load_reference
 

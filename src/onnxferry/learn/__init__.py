@@ -8,10 +8,10 @@ exporting it back verified; federated rounds over several clients' data (``feder
 
 from __future__ import annotations
 
+from ..torchgraph import Block, UnsupportedOperator, check_parity, to_torch
 from .federated import FederatedRun, federated
 from .finetune import FinetuneResult, finetune
 from .surgery import Head, find_head, freeze_until, new_head, replace_block
-from .torch_module import Block, UnsupportedOperator, check_parity, to_torch
 from .training import Dataset, TrainConfig, TrainingLog, accuracy, evaluate, fit, train_epochs
 
 __all__ = [

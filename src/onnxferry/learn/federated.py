@@ -210,7 +210,7 @@ def federated(
     DataError / FeedError (exit 2) for bad options or data; VerificationError (exit 1) when
     a conversion does not match. ``progress`` sees each round's record as it is written
     (without the clients' figures, which Flower hands over at the end)."""
-    from .torch_module import to_torch
+    from ..torchgraph.module import to_torch
 
     started = time.perf_counter()
     if (registry is None) != (name is None):

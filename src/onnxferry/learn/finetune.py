@@ -36,10 +36,10 @@ from ..errors import DataError, UsageError
 from ..model import Model
 from ..parity import Parity, Tolerance
 from ..report import Report, Table
+from ..torchgraph.module import to_torch
 from .surgery import Head, replace_block
 from .surgery import freeze_until as freeze
 from .surgery import new_head as make_head
-from .torch_module import to_torch
 from .training import Dataset, Progress, TrainConfig, TrainingLog, evaluate, fit, output_head
 
 HELD_OUT_FRACTION = 0.2

@@ -312,8 +312,8 @@ def _client_state(plan: ClientPlan, partition: int) -> tuple[Any, Any]:
     key = (plan, partition)
     if key not in _CLIENT_CACHE:
         from ..model import Model
+        from ..torchgraph.module import to_torch
         from .shards import load_shard
-        from .torch_module import to_torch
 
         model = Model.load(plan.model)
         if model.digest != plan.digest:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..customops import python_file
 from ..errors import InputError, UsageError, one_line
-from .torch_module import BLOCKS_ATTRIBUTE, Block, Step
+from ..torchgraph.module import BLOCKS_ATTRIBUTE, Block, Step
 
 _PASS_THROUGH = ("Softmax", "LogSoftmax", "Identity", "Flatten", "Reshape", "Squeeze", "Cast")
 
@@ -141,7 +141,7 @@ def _head(
 
 def _reshaped(module: Any, weight: str, chain: list[Step]) -> Any:
     """The weight as the head reads it: through ``chain``'s reshapes."""
-    from .ops import OPS
+    from ..torchgraph.ops import OPS
 
     value = module.parameter(weight)
     for step in chain:
