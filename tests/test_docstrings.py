@@ -1306,7 +1306,28 @@ def _explain(tmp: Path) -> Names:
         "layout": layout,
         "task": task,
         "explanation": explanation,
+        "evaluator": evaluator,
+        "target": target,
+        "samples": rows,
     }
+
+
+def _explain_gradients(tmp: Path) -> Names:
+    """_explain's names, with torch and GradientScorer."""
+    import torch
+
+    from onnxferry.explain.gradients import GradientScorer
+
+    return {**_explain(tmp), "torch": torch, "GradientScorer": GradientScorer}
+
+
+def _resize(tmp: Path) -> Names:
+    """An image batch x (torch, 1x3x4x4) and the resize module's names."""
+    import torch
+
+    from onnxferry.torchgraph.resize import AxisPlan, Resize, resize
+
+    return {"x": torch.rand(1, 3, 4, 4), "AxisPlan": AxisPlan, "Resize": Resize, "resize": resize}
 
 
 def _explain_image(tmp: Path) -> Names:
@@ -1381,6 +1402,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.errors": _one_model,
     "onnxferry.explain": _explain,
     "onnxferry.explain.evaluate": _explain,
+    "onnxferry.explain.gradients": _explain_gradients,
     "onnxferry.explain.inputs": _explain,
     "onnxferry.explain.kinds": _explain,
     "onnxferry.explain.masking": _explain_image,
@@ -1535,6 +1557,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.learn.finetune": _learn,
     "onnxferry.torchgraph": _learn,
     "onnxferry.torchgraph.ops": _learn,
+    "onnxferry.torchgraph.resize": _resize,
     "onnxferry.learn.surgery": _learn,
     "onnxferry.torchgraph.module": _learn,
     "onnxferry.learn.training": _learn,

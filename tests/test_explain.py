@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from onnxferry.explain.masking import (
     spatial_labels,
     to_hwc,
 )
+from onnxferry.explain.methods import IG_STEPS
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner, create_session
 from tests.helpers import STREAM, onnx_text
@@ -539,10 +541,91 @@ def test_library_output_goes_to_the_notes_not_the_terminal(
     assert any("100 of 150 rows" in n for n in big.notes)
 
 
-def test_integrated_gradients_says_why_it_cannot_run() -> None:
-    with pytest.raises(MethodUnavailable, match="gradient") as caught:
-        explain(tabular(), _rows(1), "integrated-gradients")
-    assert caught.value.exit_code == 2
+def test_integrated_gradients_are_exact_on_a_linear_model() -> None:
+    """For f(x) = x @ w, integrated gradients are w_j * (x_j - baseline_j): the baseline is the
+    background's mean, f(baseline) the base value, and they add up to f(x) - f(baseline)."""
+    model, rows, background = tabular(), _rows(3), _rows(20, seed=1)
+    explanation = explain(model, rows, "integrated-gradients", background=background, target=0)
+    weights = np.array([0, 0, 3.0, 0, 0, -2.0, 0, 0])
+    start = background.mean(axis=0)
+    np.testing.assert_allclose(explanation.attributions, weights * (rows - start), atol=1e-5)
+    np.testing.assert_allclose(explanation.base_values, start @ weights, atol=1e-5)
+    gaps = [explanation.additivity_gap(i) for i in range(3)]
+    np.testing.assert_allclose(gaps, 0.0, atol=1e-5)
+    assert any("torch module, checked against ONNX Runtime" in n for n in explanation.notes)
+    assert explanation.evaluations == 3 + 3 * (IG_STEPS + 2)
+
+
+def test_integrated_gradients_find_the_region_and_the_burst() -> None:
+    pictures = explain(image(), _images(2), "integrated-gradients", samples=8)
+    assert pictures.attributions.shape == (2, 1, 16, 16) and pictures.segments is None
+    assert all(_region_share(pictures, i) > 0.99 for i in range(2))
+    sounds = explain(audio(), _sounds(1), "integrated-gradients", samples=8)
+    inside = np.abs(sounds.attributions[0, BURST]).sum()
+    assert inside / np.abs(sounds.attributions[0]).sum() > 0.99
+
+
+@pytest.mark.parametrize("batch", [None, 1], ids=["no-batch-axis", "batch-1-export"])
+def test_integrated_gradients_run_rows_as_the_model_takes_them(batch: int | None) -> None:
+    rows = _rows(2)
+    inputs = rows[0] if batch is None else rows
+    explanation = explain(tabular(batch), inputs, "integrated-gradients", samples=4)
+    assert explanation.attributions.shape == (1 if batch is None else 2, FEATURES)
+    assert set(explanation.ranking(0)[:2]) == READ
+
+
+def _if_model() -> Model:
+    """score = x @ w when sum(x) > 0, else -(x @ w): an If, which the torch translation
+    lacks."""
+    branches = [
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", weights], ["picked"])],
+            name,
+            [],
+            [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 1])],
+        )
+        for name, weights in (("then", "w"), ("else", "minus_w"))
+    ]
+    return _model(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["positive"]),
+            helper.make_node(
+                "If", ["positive"], ["score"], then_branch=branches[0], else_branch=branches[1]
+            ),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        {
+            "w": np.ones((FEATURES, 1), np.float32),
+            "minus_w": -np.ones((FEATURES, 1), np.float32),
+            "zero": np.zeros((), np.float32),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "match"),
+    [
+        (tokens, _ids(1), "no gradient reaches them"),
+        (_if_model, _rows(1), "operator If .* has no torch translation"),
+    ],
+    ids=["token-ids", "control-flow"],
+)
+def test_integrated_gradients_say_why_they_cannot_run(
+    model: Callable[[], Model], inputs: np.ndarray, match: str
+) -> None:
+    with pytest.raises(MethodUnavailable, match=match) as caught:
+        explain(model(), inputs, "integrated-gradients")
+    assert caught.value.exit_code == 2 and "use occlusion" in str(caught.value)
+
+
+def test_integrated_gradients_keep_to_the_budget() -> None:
+    with pytest.raises(BudgetExceeded, match="integrated-gradients needs at least 4"):
+        explain(tabular(), _rows(1), "integrated-gradients", max_evals=3)
+    fitted = explain(tabular(), _rows(1), "integrated-gradients", max_evals=21)
+    assert fitted.evaluations <= 21
+    assert any("18 steps" in n for n in fitted.notes)
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,10 @@ BAD: dict[str, tuple[list[str], str]] = {
     "unknown-input": (["--input", "y"], "has no input 'y'"),
     "target-out-of-range": (["--target", "9"], "target 9 is out of range"),
     "unknown-kind": (["--kind", "audio"], "unknown input kind 'audio'"),
-    "no-gradient": (["--method", "integrated-gradients"], "needs the model's gradient"),
+    "gradient-budget": (
+        ["--method", "integrated-gradients", "--max-evals", "3"],
+        "integrated-gradients needs at least 4",
+    ),
     "max-evals": (["--max-evals", "50"], "kernelshap needs at least"),
     "missing-vocab": (["--vocab", "{tmp}/nope.txt"], "cannot read the vocabulary"),
 }

@@ -75,7 +75,9 @@ def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("method", ["occlusion", "kernelshap", "permutation", "lime"])
+@pytest.mark.parametrize(
+    "method", ["occlusion", "kernelshap", "permutation", "lime", "integrated-gradients"]
+)
 def test_every_method_ranks_the_features_the_model_uses_first(server: str, method: str) -> None:
     found = outputs(explain(server, [*X, *BACKGROUND], method=method, max_evals=4000))
     attributions = found["attributions"]
@@ -84,8 +86,9 @@ def test_every_method_ranks_the_features_the_model_uses_first(server: str, metho
     assert top == {2, 5}, attributions[0]
 
 
-def test_kernelshap_attributions_add_up_to_the_score_minus_the_base(server: str) -> None:
-    found = outputs(explain(server, [*X, *BACKGROUND], method="kernelshap"))
+@pytest.mark.parametrize("method", ["kernelshap", "integrated-gradients"])
+def test_attributions_add_up_to_the_score_minus_the_base(server: str, method: str) -> None:
+    found = outputs(explain(server, [*X, *BACKGROUND], method=method))
     gap = found["scores"] - found["base_values"]
     np.testing.assert_allclose(found["attributions"].sum(axis=1), gap, atol=1e-3)
     assert found["scores"][0] == pytest.approx(float(np.asarray(X[0]) @ WEIGHTS), abs=1e-5)
@@ -113,7 +116,7 @@ def test_the_endpoint_is_behind_the_same_keys(server: str) -> None:
         ({"method": "occlusion", "max_evals": "many"}, 400, "max_evals must be int"),
         ({"method": "occlusion", "target": 3}, 400, "target"),
         ({"method": "kernelshap", "max_evals": 1}, 400, "max_evals"),
-        ({"method": "integrated-gradients"}, 400, "gradient"),
+        ({"method": "integrated-gradients", "max_evals": 8}, 400, "gradients needs at least"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     "--method",
     default="kernelshap",
     show_default=True,
-    help="kernelshap, permutation, lime, occlusion (integrated-gradients: says why not).",
+    help="kernelshap, permutation, lime, occlusion, integrated-gradients.",
 )
 @click.option("--input", "input_name", help="The input to explain (default: the first).")
 @click.option(
@@ -57,7 +57,11 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Tokens: a vocabulary file, one token a line (line N is id N).",
 )
-@click.option("--samples", type=int, help="The method's samples per input (default: its own).")
+@click.option(
+    "--samples",
+    type=int,
+    help="The method's samples per input (integrated-gradients: steps; default: its own).",
+)
 @click.option(
     "--segments", default=50, show_default=True, help="Superpixels per image, blocks per signal."
 )

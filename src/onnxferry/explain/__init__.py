@@ -9,10 +9,11 @@
 
 ``method`` is one of ``METHODS``: ``kernelshap`` and ``permutation`` (shap), ``lime`` (lime's
 tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrated-gradients``
-(unavailable: ONNX Runtime computes no gradient; it says so). The input's kind (image,
-tabular, tokens, signal, text) comes from the signature (``kind=`` overrides it); images,
-signals and tokens are explained over superpixels / blocks / positions hidden by a baseline
-(see ``masking``), and texts (a string per row) word by word, a hidden word dropped (``text``).
+(Captum, on the graph as a torch module checked against ONNX Runtime: ``gradients``). The
+input's kind (image, tabular, tokens, signal, text) comes from the signature (``kind=``
+overrides it); images, signals and tokens are explained over superpixels / blocks / positions
+hidden by a baseline (see ``masking``), and texts (a string per row) word by word, a hidden
+word dropped (``text``).
 
 Every perturbation an explainer asks for is evaluated through one ONNX Runtime session in
 batches (``evaluate``), not one ``session.run`` per sample; ``max_evals`` (rows evaluated) and
@@ -21,9 +22,10 @@ deadline that passes after some inputs are explained returns those (``complete``
 A caller that holds a session already (a server) passes ``session=`` or an ``OrtRunner``.
 
 The parts: ``kinds`` (what an input is), ``inputs`` (session, feeds, background), ``evaluate``
-(the batched model function and its budget), ``masking`` (superpixels, baselines),
-``methods``, ``result`` (``Explanation``), ``render`` (the files). Importing this package
-loads ``result`` only; the rest loads when ``explain`` runs or a name below is asked for.
+(the batched model function and its budget), ``gradients`` (the same function through the graph
+as a torch module), ``masking`` (superpixels, baselines), ``methods``, ``result``
+(``Explanation``), ``render`` (the files). Importing this package loads ``result`` only; the
+rest loads when ``explain`` runs or a name below is asked for.
 """
 
 from __future__ import annotations
@@ -111,15 +113,16 @@ def explain(
     output's argmax per row, or its one value). ``background``: rows like the inputs (SHAP's
     background, LIME's training data, the baseline's mean; default for tabular: the inputs
     themselves when there are several). ``samples``: the method's sample count (kernelshap
-    nsamples, permutation max_evals, LIME num_samples). ``segments``: superpixels per image,
-    blocks per signal. ``window``: occlusion's window in pixels (elements along each axis of a
-    signal). ``batch_axis``: whether the model's input has a
-    batch axis (default: told from its shape). ``session``: an InferenceSession already made
+    nsamples, permutation max_evals, LIME num_samples, integrated gradients' steps).
+    ``segments``: superpixels per image, blocks per signal. ``window``: occlusion's window in
+    pixels (elements along each axis of a signal). ``batch_axis``: whether the model's input
+    has a batch axis (default: told from its shape). ``session``: an InferenceSession already made
     for ``model``, or anything with its ``run(output_names, feeds, run_options)`` (``Session``).
 
     Raises UsageError (an unknown method, input, kind or target), DataError / FeedError
     (inputs that do not fit the model), BudgetExceeded (not one input fits ``max_evals`` or
-    ``deadline``), MethodUnavailable (integrated-gradients).
+    ``deadline``), MethodUnavailable (integrated-gradients on a graph without a faithful
+    torch translation, or on ids or texts).
     """
     from ..errors import UsageError
     from .evaluate import Budget, BudgetExceeded, Evaluator, resolve_targets
@@ -160,6 +163,12 @@ def explain(
         decode=decode,
     )
     targets, scores = resolve_targets(evaluator, rows, signature, target)
+    gradients = None
+    if method == "integrated-gradients":
+        from .gradients import GradientScorer
+
+        gradients = GradientScorer.build(loaded, evaluator, rows)
+        notes.append(gradients.note)
     if dependent := evaluator.probe_rows(rows[0], targets[0].output):
         notes.append(dependent)
     shap_data = shap_background(data, method, seed, notes)
@@ -184,6 +193,7 @@ def explain(
             seed=seed,
             window=window,
             plan=evaluator.planner(left),
+            gradient=gradients.function(i, targets[i]) if gradients is not None else None,
         )
         try:
             attribution = METHODS[method](task)

@@ -213,12 +213,16 @@ class Evaluator:
             self.charge(len(part))
             inputs = part if transform is None else transform(part)
             results.append(self._run(np.asarray(inputs), sample, output))
-            self.evaluations += len(part)
-            if self.progress is not None:
-                self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
+            self.count(len(part))
         if not results:
             return np.zeros((0, self._width(output)))
         return np.concatenate(results)
+
+    def count(self, rows: int) -> None:
+        """Record ``rows`` evaluations done (after ``charge``), and tell ``progress``."""
+        self.evaluations += rows
+        if self.progress is not None:
+            self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
 
     def _width(self, output: str) -> int:
         """Values per row of ``output`` as the signature gives them (1 when unknown)."""
@@ -246,18 +250,24 @@ class Evaluator:
                 hint="raise --deadline, or ask for fewer samples (--samples) or inputs",
             )
 
-    def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
+    def feeds(self, inputs: np.ndarray, sample: int) -> dict[str, np.ndarray]:
+        """The model's feeds for rows of the explained input (one row without a batch axis;
+        padded with the last row to a fixed batch), the others at ``sample``'s values."""
         if self.decode is not None:
             inputs = self.decode(inputs)
-        rows = len(inputs)
         batch = np.ascontiguousarray(inputs, dtype=self.dtype)
         if not self.layout.batch_axis:
-            feeds = {self.input_name: batch[0], **self._fixed(sample, None)}
-        else:
-            size = self.layout.fixed_batch or rows
-            if rows < size:  # a fixed batch: pad with the last row, dropped below
-                batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
-            feeds = {self.input_name: batch, **self._fixed(sample, size)}
+            return {self.input_name: batch[0], **self.fixed_inputs(sample, None)}
+        rows = len(batch)
+        size = self.layout.fixed_batch or rows
+        if rows < size:  # a fixed batch: pad with the last row, dropped by _run
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+        return {self.input_name: batch, **self.fixed_inputs(sample, size)}
+
+    def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
+        rows = len(inputs)
+        feeds = self.feeds(inputs, sample)
+        batch = feeds[self.input_name]
         with run_errors(self.model_name, feeds):
             (result,) = self.session.run([output], feeds, self._options)
         self.runs += 1
@@ -287,7 +297,7 @@ class Evaluator:
         self.map_columns[output] = map_order(keys)
         return map_table(maps)
 
-    def _fixed(self, sample: int, rows: int | None) -> dict[str, np.ndarray]:
+    def fixed_inputs(self, sample: int, rows: int | None) -> dict[str, np.ndarray]:
         """The other inputs at ``sample``'s values, ``rows`` times (None: as one sample)."""
         fixed = {}
         for name, values in self._others.items():

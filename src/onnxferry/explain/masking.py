@@ -63,8 +63,9 @@ class Groups:
 def groups_for(sample: np.ndarray, layout: Layout, segments: int, method: str) -> Groups | None:
     """What a masked method hides: superpixels of an image, about ``segments`` blocks of a
     signal, positions of a token sequence (None for occlusion, which slides its own window,
-    and for tabular rows, explained feature by feature)."""
-    if method == "occlusion" or layout.kind == "tabular":
+    for integrated gradients, which attribute every element, and for tabular rows, explained
+    feature by feature)."""
+    if method in ("occlusion", "integrated-gradients") or layout.kind == "tabular":
         return None
     if layout.kind == "image":
         return image_groups(sample, layout, segments)
