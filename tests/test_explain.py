@@ -574,33 +574,16 @@ def test_integrated_gradients_run_rows_as_the_model_takes_them(batch: int | None
     assert set(explanation.ranking(0)[:2]) == READ
 
 
-def _if_model() -> Model:
-    """score = x @ w when sum(x) > 0, else -(x @ w): an If, which the torch translation
-    lacks."""
-    branches = [
-        helper.make_graph(
-            [helper.make_node("MatMul", ["x", weights], ["picked"])],
-            name,
-            [],
-            [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", 1])],
-        )
-        for name, weights in (("then", "w"), ("else", "minus_w"))
-    ]
+def _top_model() -> Model:
+    """score = the largest feature (TopK), an operator the torch translation lacks."""
     return _model(
-        [
-            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
-            helper.make_node("Greater", ["total", "zero"], ["positive"]),
-            helper.make_node(
-                "If", ["positive"], ["score"], then_branch=branches[0], else_branch=branches[1]
-            ),
-        ],
+        [helper.make_node("TopK", ["x", "k"], ["score", "where"])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
-        {
-            "w": np.ones((FEATURES, 1), np.float32),
-            "minus_w": -np.ones((FEATURES, 1), np.float32),
-            "zero": np.zeros((), np.float32),
-        },
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("where", TensorProto.INT64, ["batch", 1]),
+        ],
+        {"k": np.array([1], np.int64)},
     )
 
 
@@ -608,9 +591,9 @@ def _if_model() -> Model:
     ("model", "inputs", "match"),
     [
         (tokens, _ids(1), "no gradient reaches them"),
-        (_if_model, _rows(1), "operator If .* has no torch translation"),
+        (_top_model, _rows(1), "operator TopK .* has no torch translation"),
     ],
-    ids=["token-ids", "control-flow"],
+    ids=["token-ids", "an-operator-it-lacks"],
 )
 def test_integrated_gradients_say_why_they_cannot_run(
     model: Callable[[], Model], inputs: np.ndarray, match: str

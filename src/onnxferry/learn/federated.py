@@ -210,7 +210,7 @@ def federated(
     DataError / FeedError (exit 2) for bad options or data; VerificationError (exit 1) when
     a conversion does not match. ``progress`` sees each round's record as it is written
     (without the clients' figures, which Flower hands over at the end)."""
-    from ..torchgraph.module import to_torch
+    from ..torchgraph.module import refuse_branches, to_torch
 
     started = time.perf_counter()
     if (registry is None) != (name is None):
@@ -231,6 +231,7 @@ def federated(
         held = load_shard(eval_data, source, labels_key, what=f"--eval {eval_data}")
     sample = {k: v[:SAMPLE_ROWS] for k, v in shards[0].inputs.items()}
     module = to_torch(source, feeds=[sample], tolerance=tolerance)
+    refuse_branches(module, "each round's export back to ONNX, a trace")
     _check_labels(module, [*shards, *([held] if held else [])])
     plan = RoundsPlan(
         ClientPlan(

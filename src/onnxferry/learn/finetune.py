@@ -36,7 +36,7 @@ from ..errors import DataError, UsageError
 from ..model import Model
 from ..parity import Parity, Tolerance
 from ..report import Report, Table
-from ..torchgraph.module import to_torch
+from ..torchgraph.module import refuse_branches, to_torch
 from .surgery import Head, replace_block
 from .surgery import freeze_until as freeze
 from .surgery import new_head as make_head
@@ -226,6 +226,7 @@ def finetune(
         spec: replace_block(module, spec, factory).nodes
         for spec, factory in (replace or {}).items()
     }
+    refuse_branches(module, "the export back to ONNX, a trace")
     head = make_head(module, new_head, seed=seed) if new_head is not None else None
     frozen = freeze(module, freeze_until) if freeze_until is not None else []
     train = _dataset(module, train_arrays, labels_key)

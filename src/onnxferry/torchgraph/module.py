@@ -13,8 +13,10 @@ Float initializers with more than one element become ``nn.Parameter``s; so do we
 integer tensors and BatchNormalization's running statistics become buffers. Parameters keep
 the initializer's name as their path where it can be a torch attribute path (``fc.weight``
 stays ``fc.weight``, so a re-export writes the same names); other characters become ``_``.
-Nodes run in the graph's (topological) order through ``ops.OPS``. An operator missing there
-is one line naming it, its domain and its opset (UnsupportedOperator, exit 2).
+Nodes run in the graph's (topological) order through ``ops.OPS``; an ``If`` runs the branch its
+condition picks (its branches' weights are parameters like the others; tracing one is refused,
+as a trace would keep one branch). An operator missing there (``Loop``, ``Scan``, ...) is one
+line naming it, its domain and its opset (UnsupportedOperator, exit 2).
 
 The module is built lazily (torch is imported by the first call), and ``Block``s let a user
 replace a range of nodes with their own module (``replace_block``).
@@ -68,13 +70,23 @@ class Block:
 
 
 @dataclass
+class Branch:
+    """One branch of an ``If``: its steps, and the names it hands back."""
+
+    steps: list[Step]
+    outputs: list[str]
+
+
+@dataclass
 class Step:
-    """One thing forward does: run an ONNX node, or a replacement block."""
+    """One thing forward does: run an ONNX node, a replacement block, or an ``If``'s branch
+    (``branches``: then, else), chosen when forward runs."""
 
     inputs: list[str]
     outputs: list[str]
     node: Node | None = None
     block: str | None = None
+    branches: tuple[Branch, Branch] | None = None
 
 
 def to_torch(
@@ -107,6 +119,14 @@ def to_torch(
                 "differs with --replace",
             )
     return module
+
+
+def refuse_branches(module: Any, why: str) -> None:
+    """UnsupportedOperator naming the module's first ``If`` (``why``: what needs a trace,
+    which would keep only the branch it took)."""
+    for step in module.steps:
+        if step.branches is not None and step.node is not None:
+            raise _unsupported(step.node, module.model_name, f"for {why}")
 
 
 def check_parity(
@@ -224,13 +244,19 @@ def module_class() -> type:
             for name, path in self.tensor_paths.items():
                 values[name] = self.get_submodule_tensor(path)
             values.update(self.constant_values)
-            wanted = set(names) - set(values)
+            self._run(self.steps, values, set(names) - set(values))
+            return {name: values[name] for name in names}
+
+        def _run(self, steps: Sequence[Step], values: dict[str, Any], wanted: set[str]) -> None:
+            """Run ``steps`` on ``values`` (filled in place) until ``wanted`` are computed."""
             blocks = getattr(self, BLOCKS_ATTRIBUTE)
-            for step in self.steps:
+            for step in steps:
                 if not wanted:
                     break
                 xs = [values[n] if n else None for n in step.inputs]
-                if step.node is not None:
+                if step.branches is not None:
+                    result = self._branch(step, xs[0], values)
+                elif step.node is not None:
                     result = OPS[(_domain(step.node), step.node.op_type)](step.node, xs)
                 else:
                     result = blocks[step.block](*xs)
@@ -240,7 +266,18 @@ def module_class() -> type:
                     if name:
                         values[name] = value
                         wanted.discard(name)
-            return {name: values[name] for name in names}
+
+        def _branch(self, step: Step, condition: Any, values: Mapping[str, Any]) -> list[Any]:
+            """An ``If``: the branch its condition picks, run on the outer scope's values. A
+            trace would keep only the branch taken, so tracing one is refused."""
+            assert step.branches is not None and step.node is not None
+            jit: Any = torch.jit  # its stubs leave is_tracing untyped
+            if jit.is_tracing():
+                raise UnsupportedOp(step.node, "under tracing (an export would keep one branch)")
+            branch = step.branches[0] if bool(condition.reshape(-1)[0]) else step.branches[1]
+            scope = dict(values)
+            self._run(branch.steps, scope, set(branch.outputs) - set(scope))
+            return [scope[name] for name in branch.outputs]
 
     return OnnxModule
 
@@ -271,10 +308,7 @@ def _decode(proto: Any, opset: int) -> Node:
 
     attrs: dict[str, Any] = {}
     for a in proto.attribute:
-        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-            attrs[a.name] = None  # control flow: rejected as unsupported below
-            continue
-        value = helper.get_attribute_value(a)
+        value = helper.get_attribute_value(a)  # a GraphProto for control flow's bodies
         if a.type == AttributeProto.TENSOR:
             value = numpy_helper.to_array(value)
         elif isinstance(value, bytes):
@@ -320,44 +354,15 @@ def _batch_one_rows(proto: Any) -> set[str]:
 def _build(module: Any, model: Model) -> None:
     """Fold constant nodes, register weights, and list the steps forward runs."""
     import torch
-    from onnx import numpy_helper
 
     from ..graphs import inlined
 
     proto = inlined(model)
-    opsets = _opsets(model)
-    graph = proto.graph
-    constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    statistics: set[str] = set()
-    nodes: list[Node] = []
-    for p in graph.node:
-        node = _decode(p, opsets.get("" if p.domain in ("", "ai.onnx") else p.domain, 0))
-        if (_domain(node), node.op_type) not in OPS or any(
-            v is None and k in ("then_branch", "else_branch", "body") for k, v in node.attrs.items()
-        ):
-            raise _unsupported(node, model.name)
-        for index in _STATISTICS.get(node.op_type, ()):
-            if index < len(node.inputs):
-                statistics.add(node.inputs[index])
-        nodes.append(node)
-    trainable_sources = {n for n, a in constants.items() if _trainable(a, n, statistics)}
-    batch_rows = _batch_one_rows(proto)
-    for node in nodes:
-        if all(not n or (n in constants and n not in trainable_sources) for n in node.inputs):
-            folded = _fold(node, constants, model)
-            if folded is not None:
-                constants.update(folded)
-                trainable_sources.update(
-                    n for n, a in folded.items() if _trainable(a, n, statistics)
-                )
-                continue
-        shaping = node.op_type in ("Reshape", "Expand") and len(node.inputs) > 1
-        if shaping and node.inputs[1] not in constants:
-            node.attrs["_dynamic_shape"] = True
-        elif node.op_type == "Reshape" and node.inputs[0] in batch_rows:
-            node.attrs["_batch_one"] = True
-        module.steps.append(Step(list(node.inputs), list(node.outputs), node=node))
-    used = {n for s in module.steps for n in s.inputs} | set(module.output_names)
+    planner = _Planner(model, _opsets(model), _batch_one_rows(proto))
+    nodes = planner.decode(proto.graph)
+    module.steps = planner.plan(nodes)
+    used = _used(module.steps) | set(module.output_names)
+    constants, trainable_sources = planner.constants, planner.trainable or set()
     paths = _Paths(module)
     for name, array in constants.items():
         if name not in used or name in module.input_names:
@@ -368,6 +373,75 @@ def _build(module: Any, model: Model) -> None:
         else:
             value = tensor
         module.tensor_paths[name] = paths.register(name, value)
+
+
+class _Planner:
+    """Decodes a graph's nodes (an ``If``'s branches too, their weights with the others') and
+    plans their steps: constants folded, shape inputs marked."""
+
+    def __init__(self, model: Model, opsets: Mapping[str, int], batch_rows: set[str]) -> None:
+        self.model = model
+        self.opsets = opsets
+        self.batch_rows = batch_rows
+        self.constants: dict[str, np.ndarray] = {}
+        self.statistics: set[str] = set()
+        self.trainable: set[str] | None = None
+
+    def decode(self, graph: Any) -> list[Node]:
+        from onnx import numpy_helper
+
+        self.constants.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+        nodes: list[Node] = []
+        for p in graph.node:
+            node = _decode(p, self.opsets.get("" if p.domain in ("", "ai.onnx") else p.domain, 0))
+            if node.op_type == "If" and _domain(node) == "":
+                bodies = [node.attrs.pop(k) for k in ("then_branch", "else_branch")]
+                node.attrs["_branches"] = [
+                    (self.decode(body), [v.name for v in body.output]) for body in bodies
+                ]
+            elif (_domain(node), node.op_type) not in OPS:
+                raise _unsupported(node, self.model.name)
+            for index in _STATISTICS.get(node.op_type, ()):
+                if index < len(node.inputs):
+                    self.statistics.add(node.inputs[index])
+            nodes.append(node)
+        return nodes
+
+    def plan(self, nodes: list[Node]) -> list[Step]:
+        constants, statistics = self.constants, self.statistics
+        if self.trainable is None:
+            self.trainable = {n for n, a in constants.items() if _trainable(a, n, statistics)}
+        trainable = self.trainable
+        steps: list[Step] = []
+        for node in nodes:
+            branches = node.attrs.pop("_branches", None)
+            if branches is not None:
+                then, other = (Branch(self.plan(body), outputs) for body, outputs in branches)
+                steps.append(Step(list(node.inputs), list(node.outputs), node, None, (then, other)))
+                continue
+            if all(not n or (n in constants and n not in trainable) for n in node.inputs):
+                folded = _fold(node, constants, self.model)
+                if folded is not None:
+                    constants.update(folded)
+                    trainable.update(n for n, a in folded.items() if _trainable(a, n, statistics))
+                    continue
+            shaping = node.op_type in ("Reshape", "Expand") and len(node.inputs) > 1
+            if shaping and node.inputs[1] not in constants:
+                node.attrs["_dynamic_shape"] = True
+            elif node.op_type == "Reshape" and node.inputs[0] in self.batch_rows:
+                node.attrs["_batch_one"] = True
+            steps.append(Step(list(node.inputs), list(node.outputs), node=node))
+        return steps
+
+
+def _used(steps: Sequence[Step]) -> set[str]:
+    """Every name the steps read, inside branches too (a branch may hand back a weight)."""
+    names: set[str] = set()
+    for step in steps:
+        names.update(step.inputs)
+        for branch in step.branches or ():
+            names |= _used(branch.steps) | set(branch.outputs)
+    return names
 
 
 def _trainable(array: np.ndarray, name: str, statistics: set[str]) -> bool:

@@ -55,9 +55,13 @@ def op(*names: str) -> Callable[[OpFunction], OpFunction]:
     return register
 
 
+RUN_BY_THE_MODULE = ("If",)
+"""Operators that hold graphs: ``OnnxModule`` runs their branches itself."""
+
+
 def supported_ops() -> list[str]:
     """The ai.onnx operators the converter knows, sorted."""
-    return sorted(name for domain, name in OPS if domain == "")
+    return sorted([*(name for domain, name in OPS if domain == ""), *RUN_BY_THE_MODULE])
 
 
 def ints(tensor: Any) -> list[int]:
@@ -697,6 +701,11 @@ def _pad(node: Node, xs: list[Any]) -> Any:
         torch_pads = torch_pads[:-2]
     if mode == "constant":
         return _functional().pad(x, torch_pads, value=value)
+    # reflect and edge pad all but the first one or two dims of a 2-D to 5-D tensor
+    spatial = max(1, x.dim() - 2)
+    if len(torch_pads) > 2 * (x.dim() - 1):
+        raise UnsupportedOp(node, f"in mode {mode} on the leading dims of a {x.dim()}-D tensor")
+    torch_pads += [0, 0] * (spatial - len(torch_pads) // 2)
     return _functional().pad(x, torch_pads, mode="replicate" if mode == "edge" else mode)
 
 
