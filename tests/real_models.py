@@ -463,6 +463,18 @@ def vad_model() -> onnx.ModelProto:
     return checked(proto)
 
 
+def vad_unnamed() -> onnx.ModelProto:
+    """``vad_model`` with its inputs' and outputs' open dims unnamed, as Silero VAD's file has
+    them (``input[?, 512]``, ``state[2, ?, 128]``): the state's batch is linked to the input's
+    only by position."""
+    proto = vad_model()
+    for value in (*proto.graph.input, *proto.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.Clear()
+    return proto
+
+
 def vad_feeds(batch: int = 2, seed: int = 4, sr: int = 16000) -> Feeds:
     rng = np.random.default_rng(seed)
     return {

@@ -283,3 +283,14 @@ def test_bfloat16_inputs_and_outputs(tmp_path: Path) -> None:
     (result,) = bench([path], batches=[3], iterations=10, warmup=1).result.results
     assert result.iterations == 10
     assert result.input_shapes == {"x": (3, 4)}
+
+
+def test_given_inputs_run_at_each_batch_with_their_rows_repeated(tmp_path: Path) -> None:
+    """A recurrent VAD whose rate picks the branch: generated rates would not do, so the
+    user's rows are timed, repeated to each batch along each input's row axis."""
+    from tests.real_models import vad_feeds, vad_unnamed
+
+    path = save(vad_unnamed(), tmp_path / "vad.onnx")
+    report = bench([path], inputs=vad_feeds(batch=2), batches=(1, 3), iterations=3)
+    assert sorted(r.batch for r in report.result.results) == [1, 3]
+    assert any("rows repeated to each batch" in n for n in report.notes)

@@ -36,6 +36,22 @@ def test_deploy_writes_model_recipe_and_reports(tmp_path: Path) -> None:
     assert "<script" not in page and "http" not in page.split("<svg", 1)[0]
 
 
+def test_deploy_benches_the_given_inputs_and_keeps_the_signature(tmp_path: Path) -> None:
+    """Silero VAD's shape: unnamed open dims, a state whose batch is its axis 1, a rate that
+    picks the branch. Bench times the given rows at each batch, and no pass renames the dims
+    (onnxslim names them ``input_d0``, ``state_d1``, which would cut the state from the
+    input's batch)."""
+    from tests.real_models import vad_feeds, vad_unnamed
+
+    src = save(vad_unnamed(), tmp_path / "vad.onnx")
+    report = deploy(src, tmp_path / "out", inputs=vad_feeds(), batches=(1, 4), duration=0.2)
+    assert report.ok, report.to_text()
+    timing = report.result.stages[-1].result
+    assert sorted({r.batch for r in timing.results}) == [1, 4]
+    shapes = [s.shape for s in Model.load(tmp_path / "out" / "model.onnx").signature.inputs]
+    assert shapes == [s.shape for s in Model.load(src).signature.inputs]
+
+
 def test_cli_deploy_bad_source_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -236,7 +236,9 @@ def test_bench_times_the_users_inputs(tmp_path: Path) -> None:
     assert r.batch == 2 and r.input_shapes["sr"] == ()
     args = ["bench", str(vad), "--inputs", str(tmp_path / "feeds.npz"), "--iterations", "2"]
     assert main(args) == 0
-    assert main([*args, "--batch", "4"]) == 2
+    (r4,) = bench([vad], inputs=feeds, batches=(4,), warmup=0, iterations=2).result.results
+    assert r4.batch == 4 and r4.input_shapes["state"] == (2, 4, 128)  # the rows, repeated
+    assert main([*args, "--batch", "4"]) == 0
 
 
 def test_optimize_refuses_to_judge_on_guessed_sizes_unless_told(tmp_path: Path) -> None:
@@ -519,3 +521,21 @@ def test_a_second_batch_name_is_not_the_batch_and_lengths_fit_the_samples() -> N
     samples = feeds["waveforms"].shape[1]
     lengths = feeds["waveforms_lens"]
     assert lengths[0] == samples and (lengths <= samples).all() and (lengths >= samples // 2).all()
+
+
+def test_rebatched_repeats_rows_along_each_inputs_row_axis() -> None:
+    """The state's rows lie along axis 1 (an unnamed dim, linked by position); the rate has
+    none and stays; fewer rows than asked repeat in turn, more are cut."""
+    from onnxferry.feeds import rebatched
+    from onnxferry.model import Model
+    from tests.real_models import vad_feeds, vad_unnamed
+
+    signature = Model.from_proto(vad_unnamed()).signature
+    feeds = vad_feeds(batch=2)
+    five = rebatched(feeds, signature, 5)
+    assert five["input"].shape == (5, 512) and five["state"].shape == (2, 5, 128)
+    np.testing.assert_array_equal(five["input"][[0, 2, 4]], feeds["input"][[0, 0, 0]])
+    np.testing.assert_array_equal(five["state"][:, 3], feeds["state"][:, 1])
+    assert five["sr"].shape == () and int(five["sr"]) == 16000
+    one = rebatched(feeds, signature, 1)
+    assert one["input"].shape == (1, 512) and one["state"].shape == (2, 1, 128)

@@ -392,3 +392,20 @@ def test_a_loop_body_handing_an_input_back_gets_an_identity_between() -> None:
     x = {"x": np.array([0.5, 0.5], np.float32)}
     np.testing.assert_array_equal(OrtRunner(readable).run(x)["y"], [3.5, -5.5])
     assert loop_outputs_not_inputs(readable) is readable  # nothing left to do
+
+
+def test_slim_keeps_the_declared_input_and_output_shapes(tmp_path: Path) -> None:
+    """onnxslim names open dims (``state_d1``); the pass puts the declared shapes back."""
+    from onnxferry.graphs import keep_io_shapes
+    from onnxferry.optimize import Recipe, optimize
+    from onnxferry.optimize.slim import Slim
+    from tests.real_models import vad_unnamed
+
+    original = Model.from_proto(vad_unnamed())
+    slimmed = optimize(original, recipe=Recipe([Slim()]))
+    assert slimmed.signature.inputs == original.signature.inputs
+    assert slimmed.signature.outputs == original.signature.outputs
+    renamed = vad_unnamed()
+    renamed.graph.input[1].type.tensor_type.shape.dim[1].dim_param = "state_d1"
+    assert keep_io_shapes(renamed, original.proto) == 1
+    assert not renamed.graph.input[1].type.tensor_type.shape.dim[1].HasField("dim_param")

@@ -18,7 +18,7 @@ from typing import Any
 
 from .bench import bench
 from .convert import Conversion, convert
-from .feeds import Given
+from .feeds import Given, feed_sets
 from .optimize import ChainResult, SearchResult, optimize
 from .optimize.verb import recipe_path
 from .report import Report, Table
@@ -100,7 +100,13 @@ def deploy(
         )
         optimization = final.last_report(ChainResult, SearchResult)
         result.stages.append(optimization)
-        timing = bench([converted, final], batches=batches, duration=duration)
+        timing = bench(
+            [converted, final],
+            batches=batches,
+            duration=duration,
+            input_shapes=input_shapes,
+            inputs=feed_sets(converted, inputs)[0][0] if inputs is not None else None,
+        )
         result.stages.append(timing)
     report = Report("deploy", result)
     result.files = {

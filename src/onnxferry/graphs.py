@@ -222,6 +222,29 @@ def open_negative_dims(proto: onnx.ModelProto) -> int:
     return opened
 
 
+def keep_io_shapes(proto: onnx.ModelProto, original: onnx.ModelProto) -> int:
+    """Give ``proto``'s inputs and outputs the shapes ``original`` declares (same name and
+    rank), in place; returns how many changed. A rewriter that names open dims (onnxslim
+    writes ``input_d0``, ``state_d1``) otherwise cuts the link between a recurrent state's
+    unnamed batch dim and the input's, and changes the signature a server publishes.
+
+        keep_io_shapes(slimmed, model.proto)   # state: [2, "state_d1", 128] -> [2, ?, 128]
+    """
+    declared = {
+        v.name: v.type.tensor_type.shape
+        for v in (*original.graph.input, *original.graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    changed = 0
+    for value in (*proto.graph.input, *proto.graph.output):
+        shape, kept = value.type.tensor_type.shape, declared.get(value.name)
+        if kept is None or len(kept.dim) != len(shape.dim) or shape == kept:
+            continue
+        shape.CopyFrom(kept)
+        changed += 1
+    return changed
+
+
 def external_refs(proto: onnx.ModelProto, model_dir: Path | None) -> tuple[ExternalRef, ...]:
     """The external-data references of ``proto``, checked against ``model_dir`` as
     ``Model.load`` checks them (UnsafeModelError). ``model_dir`` None is an in-memory model:

@@ -41,6 +41,7 @@ from ..feeds import (
     checked_feeds,
     describe_shapes,
     plan_feeds,
+    rebatched,
     unknown_dims,
 )
 from ..measure import PeakMemory, ProgressCallback, Timing, measure_stats
@@ -169,9 +170,10 @@ def bench_models(
         report.result.results      # one BenchResult per (model, provider, threads, batch)
         report.result.skipped      # configurations that cannot run, with the reason
 
-    Inputs come from ``inputs`` (one feed set, timed as given; from a file, its first set)
-    or the one feed policy (``feeds.plan_feeds``, with ``dims`` and ``input_shapes``), with
-    every batch axis at each of ``batches``. A model without a batch axis skips batch sizes
+    Inputs come from ``inputs`` (one feed set; from a file, its first set: timed as given, or
+    with ``batches`` other than (1,), its rows repeated to each batch, ``feeds.rebatched``) or
+    the one feed policy (``feeds.plan_feeds``, with ``dims`` and ``input_shapes``), with every
+    batch axis at each of ``batches``. A model without a batch axis skips batch sizes
     other than 1; a provider this onnxruntime build lacks is skipped. UsageError if nothing
     at all can run. ``progress`` is called with a ``Progress`` as the run goes.
     ``precision`` (with ``engine_cache`` and ``calibration_table``) is what tensorrt / openvino
@@ -198,10 +200,7 @@ def bench_models(
     if not models:
         raise UsageError("no model to bench", hint="give one or more .onnx files")
     _check_values(batches, threads, providers, dims)
-    if inputs is not None and tuple(batches) != (1,):
-        raise UsageError(
-            "batches and inputs exclude each other", hint="the inputs' own batch is timed"
-        )
+    rebatch = inputs is not None and tuple(batches) != (1,)
     wanted = [_short(provider_name(p)) for p in providers]
     pool = _pool(devices, wanted)
     notes: list[str] = []
@@ -228,7 +227,8 @@ def bench_models(
                 f" ({'; '.join(source.choices)})" if source.choices else ""
             )
         else:
-            note = f"{label}: inputs as given, {describe_shapes(_shapes_of(source))}"
+            how = "rows repeated to each batch" if rebatch else "as given"
+            note = f"{label}: inputs {how}, {describe_shapes(_shapes_of(source))}"
         notes.append(note)
         for provider in dict.fromkeys(wanted):
             for t in dict.fromkeys(threads):
@@ -239,12 +239,16 @@ def bench_models(
                             f"{where}: provider {provider!r} is not in this "
                             f"onnxruntime build (available: {', '.join(sorted(have))})"
                         )
-                    elif isinstance(source, FeedPlan) and (
+                    elif (isinstance(source, FeedPlan) or rebatch) and (
                         reason := batch_conflict(model.signature, b)
                     ):
                         skipped.append(f"{where}: {reason}")
                     else:
-                        feeds = source.with_batch(b) if isinstance(source, FeedPlan) else source
+                        feeds: FeedPlan | Mapping[str, np.ndarray] = source
+                        if isinstance(source, FeedPlan):
+                            feeds = source.with_batch(b)
+                        elif rebatch:
+                            feeds = rebatched(source, model.signature, b)
                         config = _Config(
                             model,
                             label,

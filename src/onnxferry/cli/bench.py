@@ -56,7 +56,10 @@ if TYPE_CHECKING:
     help="Parallel requests, e.g. 1,8.",
 )
 @size_options
-@inputs_option("Feeds to time instead of generated ones (the first set)")
+@inputs_option(
+    "Feeds to time instead of generated ones (the first set; with --batch, its rows repeated "
+    "to each batch)"
+)
 @seed_option
 @click.option(
     "--price-per-hour",

@@ -56,6 +56,7 @@ from .sets import (
     dynamic_dims,
     feed_sets,
     feeds_digest,
+    rebatched,
     shape_plan,
     verification_feeds,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "plan_feeds",
     "random_array",
     "realistic_feeds",
+    "rebatched",
     "shape_plan",
     "string_vocabularies",
     "unknown_dims",

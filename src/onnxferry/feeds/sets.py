@@ -176,3 +176,21 @@ def feeds_digest(sets: Iterable[Mapping[str, np.ndarray]]) -> str:
             h.update(f"{key}\x00{array.dtype}{array.shape}".encode())
             h.update(array.tobytes())
     return h.hexdigest()
+
+
+def rebatched(feeds: Mapping[str, Any], signature: Signature, batch: int) -> dict[str, np.ndarray]:
+    """One feed set with ``batch`` rows along each input's row axis (``Signature.row_axes``):
+    the given rows in turn, repeated as needed; an input without rows (a sample rate) as given.
+
+        rebatched({"input": x, "state": s, "sr": sr}, vad.signature, 8)   # 8 rows of x, s
+    """
+    axes = signature.row_axes()
+    out: dict[str, np.ndarray] = {}
+    for name, value in feeds.items():
+        array = np.asarray(value)
+        axis = axes.get(name)
+        if axis is None or array.ndim <= axis or array.shape[axis] in (0, batch):
+            out[name] = array
+        else:
+            out[name] = np.take(array, np.arange(batch) % array.shape[axis], axis=axis)
+    return out

@@ -6,11 +6,12 @@
     chatter.summary()                         # distinct lines with counts, most frequent first
 
 Captures Python warnings, log records (the root logger's handlers are silenced meanwhile),
-writes to ``sys.stderr`` and, at the file-descriptor level, what native code prints on
-stderr (ONNX Runtime's C++ log, symbolic shape inference). The search's own report is
-printed after the capture ends, so nothing of it is lost. A capture inside another (a pass
-quietening its library inside the search) hands its lines to the outer one when it ends.
-"""
+writes to ``sys.stderr`` and ``sys.stdout`` (ORT's transformers optimizer prints "failed in
+shape inference" there, which would corrupt ``--json``) and, at the file-descriptor level, what
+native code prints on stderr (ONNX Runtime's C++ log, symbolic shape inference). The search's
+own report is printed after the capture ends, so nothing of it is lost. A capture inside
+another (a pass quietening its library inside the search) hands its lines to the outer one when
+it ends."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _drop(record: logging.LogRecord) -> bool:
 
 @contextlib.contextmanager
 def captured() -> Iterator[Captured]:
-    """Capture warnings, logging, ``sys.stderr`` and fd 2 for the duration (see module)."""
+    """Capture warnings, logging, ``sys.stderr``, ``sys.stdout`` and fd 2 for the duration
+    (see module)."""
     into = Captured()
     root = logging.getLogger()
     handler = _Collect(into)
@@ -71,7 +73,7 @@ def captured() -> Iterator[Captured]:
     level = root.level
     if level > logging.WARNING or level == logging.NOTSET:
         root.setLevel(logging.WARNING)
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     _OPEN.append(into)
     native: NativeOutput | None = None
     try:
@@ -80,6 +82,7 @@ def captured() -> Iterator[Captured]:
             caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
             stack.enter_context(contextlib.redirect_stderr(err))
+            stack.enter_context(contextlib.redirect_stdout(out))  # ORT's transformers print()
             try:
                 yield into
             finally:
@@ -90,6 +93,7 @@ def captured() -> Iterator[Captured]:
                 for w in caught:
                     into.add(f"{w.category.__name__}: {w.message}")
                 into.add(err.getvalue())
+                into.add(out.getvalue())
     finally:
         if native is not None:
             into.add(native.text())

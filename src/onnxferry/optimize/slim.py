@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import one_line
-from ..graphs import inlined, iter_initializers
+from ..graphs import inlined, iter_initializers, keep_io_shapes
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
 from .output import graph_key, node_count, save_output
@@ -143,6 +143,7 @@ def _slim(pass_name: str, model: Model, ctx: PassContext, options: dict[str, Any
             f"({wanted[0]} -> {wanted[1]} became {names[0]} -> {names[1]})",
             hint=f"leave {pass_name} out of the recipe for this model",
         )
+    keep_io_shapes(slimmed, model.proto)
     result = save_output(pass_name, slimmed, model, ctx)
     nodes_before, nodes_after = node_count(model.proto), node_count(result.proto)
     details = {
