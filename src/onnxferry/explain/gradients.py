@@ -105,8 +105,6 @@ def _module(model: Model, feeds: Mapping[str, np.ndarray]) -> Any:
     from ..torchgraph import UnsupportedOperator, to_torch
 
     with _BUILDING:
-        for key in [k for k, (ref, _) in _BUILT.items() if ref() is None]:
-            del _BUILT[key]
         known = _BUILT.get(id(model))
         if known is not None and known[0]() is model:
             return known[1]
@@ -126,4 +124,5 @@ def _module(model: Model, feeds: Mapping[str, np.ndarray]) -> Any:
             ) from e
         module.requires_grad_(False)  # gradients for the input only
         _BUILT[id(model)] = (weakref.ref(model), module)
+        weakref.finalize(model, _BUILT.pop, id(model), None)  # the weights go with the model
         return module
