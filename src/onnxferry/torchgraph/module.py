@@ -14,9 +14,10 @@ integer tensors and BatchNormalization's running statistics become buffers. Para
 the initializer's name as their path where it can be a torch attribute path (``fc.weight``
 stays ``fc.weight``, so a re-export writes the same names); other characters become ``_``.
 Nodes run in the graph's (topological) order through ``ops.OPS``; an ``If`` runs the branch its
-condition picks (its branches' weights are parameters like the others; tracing one is refused,
-as a trace would keep one branch). An operator missing there (``Loop``, ``Scan``, ...) is one
-line naming it, its domain and its opset (UnsupportedOperator, exit 2).
+condition picks, a ``Loop`` or ``Scan`` its body as many times as it says (their graphs'
+weights are parameters like the others; tracing one is refused, as a trace would keep one path).
+An operator missing there is one line naming it, its domain and its opset
+(UnsupportedOperator, exit 2).
 
 The module is built lazily (torch is imported by the first call), and ``Block``s let a user
 replace a range of nodes with their own module (``replace_block``).
@@ -71,22 +72,25 @@ class Block:
 
 @dataclass
 class Branch:
-    """One branch of an ``If``: its steps, and the names it hands back."""
+    """A graph a node holds (an ``If``'s branch, a ``Loop``'s or ``Scan``'s body): its steps,
+    the names it takes (a body's inputs, bound each time it runs) and hands back."""
 
     steps: list[Step]
     outputs: list[str]
+    inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Step:
-    """One thing forward does: run an ONNX node, a replacement block, or an ``If``'s branch
-    (``branches``: then, else), chosen when forward runs."""
+    """One thing forward does: run an ONNX node, a replacement block, or a node that holds
+    graphs (``branches``: an ``If``'s then and else, a ``Loop``'s or ``Scan``'s body), run
+    when forward runs."""
 
     inputs: list[str]
     outputs: list[str]
     node: Node | None = None
     block: str | None = None
-    branches: tuple[Branch, Branch] | None = None
+    branches: tuple[Branch, ...] | None = None
 
 
 def to_torch(
@@ -122,8 +126,8 @@ def to_torch(
 
 
 def refuse_branches(module: Any, why: str) -> None:
-    """UnsupportedOperator naming the module's first ``If`` (``why``: what needs a trace,
-    which would keep only the branch it took)."""
+    """UnsupportedOperator naming the module's first If, Loop or Scan (``why``: what needs a
+    trace, which would keep only the path it took)."""
     for step in module.steps:
         if step.branches is not None and step.node is not None:
             raise _unsupported(step.node, module.model_name, f"for {why}")
@@ -255,7 +259,7 @@ def module_class() -> type:
                     break
                 xs = [values[n] if n else None for n in step.inputs]
                 if step.branches is not None:
-                    result = self._branch(step, xs[0], values)
+                    result = self._control(step, xs, values)
                 elif step.node is not None:
                     result = OPS[(_domain(step.node), step.node.op_type)](step.node, xs)
                 else:
@@ -267,17 +271,76 @@ def module_class() -> type:
                         values[name] = value
                         wanted.discard(name)
 
-        def _branch(self, step: Step, condition: Any, values: Mapping[str, Any]) -> list[Any]:
-            """An ``If``: the branch its condition picks, run on the outer scope's values. A
-            trace would keep only the branch taken, so tracing one is refused."""
-            assert step.branches is not None and step.node is not None
+        def _control(self, step: Step, xs: list[Any], values: Mapping[str, Any]) -> list[Any]:
+            """An If, Loop or Scan, run on the outer scope's values. A trace would keep one
+            branch, or one count of iterations, so tracing one is refused."""
+            node, branches = step.node, step.branches
+            assert node is not None and branches is not None
             jit: Any = torch.jit  # its stubs leave is_tracing untyped
             if jit.is_tracing():
-                raise UnsupportedOp(step.node, "under tracing (an export would keep one branch)")
-            branch = step.branches[0] if bool(condition.reshape(-1)[0]) else step.branches[1]
+                raise UnsupportedOp(node, "under tracing (an export would keep one path)")
+            if node.op_type == "If":
+                branch = branches[0] if bool(xs[0].reshape(-1)[0]) else branches[1]
+                return self._body(branch, [], values)
+            if node.op_type == "Loop":
+                return self._loop(node, branches[0], xs, values)
+            return self._scan(node, branches[0], xs, values)
+
+        def _body(self, body: Branch, given: Sequence[Any], values: Mapping[str, Any]) -> list[Any]:
+            """``body``'s outputs, its inputs bound to ``given``, in the outer scope."""
             scope = dict(values)
-            self._run(branch.steps, scope, set(branch.outputs) - set(scope))
-            return [scope[name] for name in branch.outputs]
+            scope.update(zip(body.inputs, given, strict=True))
+            self._run(body.steps, scope, set(body.outputs) - set(scope))
+            return [scope[name] for name in body.outputs]
+
+        def _loop(self, node: Node, body: Branch, xs: list[Any], values: Any) -> list[Any]:
+            trips = int(xs[0].reshape(-1)[0]) if xs[0] is not None else None
+            going = bool(xs[1].reshape(-1)[0]) if len(xs) > 1 and xs[1] is not None else True
+            carried = list(xs[2:])
+            scanned: list[list[Any]] = [[] for _ in body.outputs[1 + len(carried) :]]
+            count = 0
+            while going and (trips is None or count < trips):
+                index = torch.tensor(count, dtype=torch.int64)
+                out = self._body(body, [index, torch.tensor(going), *carried], values)
+                going = bool(out[0].reshape(-1)[0])
+                carried = out[1 : 1 + len(carried)]
+                for collected, value in zip(scanned, out[1 + len(carried) :], strict=True):
+                    collected.append(value)
+                count += 1
+            if any(not c for c in scanned):
+                raise UnsupportedOp(node, "that ran no iteration (its scan outputs' shapes)")
+            return [*carried, *(torch.stack(c) for c in scanned)]
+
+        def _scan(self, node: Node, body: Branch, xs: list[Any], values: Any) -> list[Any]:
+            if node.opset < 9:
+                raise UnsupportedOp(node, "before opset 9 (a batch axis and sequence_lens)")
+            count = int(node.attr("num_scan_inputs"))
+            states, sequences = list(xs[: len(xs) - count]), xs[len(xs) - count :]
+            in_axes = [
+                a % s.dim()
+                for a, s in zip(_scan_attr(node, "input_axes", count, 0), sequences, strict=True)
+            ]
+            backward = _scan_attr(node, "input_directions", count, 0)
+            length = int(sequences[0].shape[in_axes[0]])
+            produced = len(body.outputs) - len(states)
+            scanned: list[list[Any]] = [[] for _ in range(produced)]
+            for t in range(length):
+                slices = [
+                    s.select(a, length - 1 - t if b else t)
+                    for s, a, b in zip(sequences, in_axes, backward, strict=True)
+                ]
+                out = self._body(body, [*states, *slices], values)
+                states = out[: len(states)]
+                for collected, value in zip(scanned, out[len(states) :], strict=True):
+                    collected.append(value)
+            results = []
+            out_axes = _scan_attr(node, "output_axes", produced, 0)
+            for collected, axis, back in zip(
+                scanned, out_axes, _scan_attr(node, "output_directions", produced, 0), strict=True
+            ):
+                ordered = collected[::-1] if back else collected
+                results.append(torch.stack(ordered, dim=axis % (ordered[0].dim() + 1)))
+            return [*states, *results]
 
     return OnnxModule
 
@@ -394,11 +457,13 @@ class _Planner:
         nodes: list[Node] = []
         for p in graph.node:
             node = _decode(p, self.opsets.get("" if p.domain in ("", "ai.onnx") else p.domain, 0))
-            if node.op_type == "If" and _domain(node) == "":
-                bodies = [node.attrs.pop(k) for k in ("then_branch", "else_branch")]
+            if node.op_type in CONTROL_FLOW and _domain(node) == "":
+                bodies = [node.attrs.pop(k) for k in CONTROL_FLOW[node.op_type]]
                 node.attrs["_branches"] = [
-                    (self.decode(body), [v.name for v in body.output]) for body in bodies
+                    Branch([], [v.name for v in body.output], [v.name for v in body.input])
+                    for body in bodies
                 ]
+                node.attrs["_nodes"] = [self.decode(body) for body in bodies]
             elif (_domain(node), node.op_type) not in OPS:
                 raise _unsupported(node, self.model.name)
             for index in _STATISTICS.get(node.op_type, ()):
@@ -416,8 +481,11 @@ class _Planner:
         for node in nodes:
             branches = node.attrs.pop("_branches", None)
             if branches is not None:
-                then, other = (Branch(self.plan(body), outputs) for body, outputs in branches)
-                steps.append(Step(list(node.inputs), list(node.outputs), node, None, (then, other)))
+                for branch, body in zip(branches, node.attrs.pop("_nodes"), strict=True):
+                    branch.steps = self.plan(body)
+                steps.append(
+                    Step(list(node.inputs), list(node.outputs), node, None, tuple(branches))
+                )
                 continue
             if all(not n or (n in constants and n not in trainable) for n in node.inputs):
                 folded = _fold(node, constants, self.model)
@@ -432,6 +500,15 @@ class _Planner:
                 node.attrs["_batch_one"] = True
             steps.append(Step(list(node.inputs), list(node.outputs), node=node))
         return steps
+
+
+CONTROL_FLOW = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
+"""Operators that hold graphs, and the attributes that hold them: ``OnnxModule`` runs them."""
+
+
+def _scan_attr(node: Node, name: str, count: int, default: int) -> list[int]:
+    """A Scan's per-input or per-output list attribute (``scan_input_axes``, ...)."""
+    return [int(v) for v in node.attr(f"scan_{name}", [default] * count)]
 
 
 def _used(steps: Sequence[Step]) -> set[str]:

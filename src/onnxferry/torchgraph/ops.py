@@ -55,7 +55,7 @@ def op(*names: str) -> Callable[[OpFunction], OpFunction]:
     return register
 
 
-RUN_BY_THE_MODULE = ("If",)
+RUN_BY_THE_MODULE = ("If", "Loop", "Scan")
 """Operators that hold graphs: ``OnnxModule`` runs their branches itself."""
 
 
@@ -672,6 +672,35 @@ def _gather_elements(node: Node, xs: list[Any]) -> Any:
     axis = int(node.attr("axis", 0)) % x.dim()
     index = _torch().where(index < 0, index + x.shape[axis], index)
     return _torch().gather(x, axis, index.long())
+
+
+@op("OneHot")
+def _one_hot(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    indices, depth, values = xs
+    size = int(depth.reshape(-1)[0])
+    indices = indices.long()
+    indices = torch.where(indices < 0, indices + size, indices)
+    inside = (indices >= 0) & (indices < size)
+    hot = _functional().one_hot(torch.where(inside, indices, 0), size) * inside[..., None]
+    axis = int(node.attr("axis", -1)) % (indices.dim() + 1)
+    picked = torch.where(hot.bool(), values[1], values[0])
+    return picked.movedim(-1, axis)
+
+
+_SCATTER_REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+@op("ScatterElements")
+def _scatter_elements(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    x, index, updates = xs
+    axis = int(node.attr("axis", 0)) % x.dim()
+    index = torch.where(index < 0, index + x.shape[axis], index).long()
+    reduction = node.attr("reduction", "none")
+    if reduction == "none":
+        return x.scatter(axis, index, updates)
+    return x.scatter_reduce(axis, index, updates, _SCATTER_REDUCTIONS[reduction])
 
 
 @op("Mod")
