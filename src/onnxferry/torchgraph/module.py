@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, VerificationError
+from ..errors import InputError, VerificationError, one_line
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_outputs
 from .ops import OPS, Node, UnsupportedOp, supported_ops
@@ -258,18 +258,33 @@ def module_class() -> type:
                 if not wanted:
                     break
                 xs = [values[n] if n else None for n in step.inputs]
-                if step.branches is not None:
-                    result = self._control(step, xs, values)
-                elif step.node is not None:
-                    result = OPS[(_domain(step.node), step.node.op_type)](step.node, xs)
-                else:
+                if step.node is None:
                     result = blocks[step.block](*xs)
+                else:
+                    result = self._node(step, xs, values)
                 if not isinstance(result, (tuple, list)):
                     result = (result,)
                 for name, value in zip(step.outputs, result, strict=False):
                     if name:
                         values[name] = value
                         wanted.discard(name)
+
+        def _node(self, step: Step, xs: list[Any], values: Mapping[str, Any]) -> Any:
+            """One node's outputs; torch failing on it is UnsupportedOperator (exit 2) naming
+            the node (a variant the translation gets wrong), not a bare IndexError."""
+            node = step.node
+            assert node is not None
+            try:
+                if step.branches is not None:
+                    return self._control(step, xs, values)
+                return OPS[(_domain(node), node.op_type)](node, xs)
+            except UnsupportedOperator:  # from a node inside a branch or body
+                raise
+            except UnsupportedOp as e:
+                raise _unsupported(e.node, self.model_name, e.detail) from e
+            except Exception as e:  # torch raises anything on inputs a translation mishandles
+                failed = one_line(e, 160, line="first", named=True)
+                raise _unsupported(node, self.model_name, f"(torch failed: {failed})") from e
 
         def _control(self, step: Step, xs: list[Any], values: Mapping[str, Any]) -> list[Any]:
             """An If, Loop or Scan, run on the outer scope's values. A trace would keep one

@@ -703,6 +703,66 @@ def _scatter_elements(node: Node, xs: list[Any]) -> Any:
     return x.scatter_reduce(axis, index, updates, _SCATTER_REDUCTIONS[reduction])
 
 
+def _complex_signal(x: Any) -> tuple[Any, bool]:
+    """ONNX's ``[..., 1]`` real or ``[..., 2]`` (real, imaginary) signal as a torch tensor
+    without that last axis (complex for the second), and whether it was real."""
+    if x.shape[-1] == 1:
+        return x[..., 0], True
+    return _torch().complex(x[..., 0], x[..., 1]), False
+
+
+def _as_pairs(spectrum: Any) -> Any:
+    return _torch().stack([spectrum.real, spectrum.imag], dim=-1)
+
+
+@op("DFT")
+def _dft(node: Node, xs: list[Any]) -> Any:
+    fft = _torch().fft
+    x = xs[0]
+    given = [v if v is not None and v.numel() else None for v in [*xs[1:], None, None]]
+    length = int(given[0].reshape(-1)[0]) if given[0] is not None else None
+    if node.opset >= 20:
+        axis = int(given[1].reshape(-1)[0]) if given[1] is not None else -2
+    else:
+        axis = int(node.attr("axis", 1))
+    axis %= x.dim()
+    signal, real = _complex_signal(x)
+    inverse, onesided = int(node.attr("inverse", 0)), int(node.attr("onesided", 0))
+    if inverse and onesided:
+        raise UnsupportedOp(node, "inverse and onesided")
+    n = length or int(signal.shape[axis])
+    if inverse:
+        return _as_pairs(fft.ifft(signal, n=n, dim=axis))
+    if onesided and real:
+        return _as_pairs(fft.rfft(signal, n=n, dim=axis))
+    spectrum = fft.fft(signal, n=n, dim=axis)
+    return _as_pairs(spectrum.narrow(axis, 0, n // 2 + 1) if onesided else spectrum)
+
+
+@op("STFT")
+def _stft(node: Node, xs: list[Any]) -> Any:
+    fft = _torch().fft
+    x = xs[0]  # ONNX Runtime also takes a real [batch, length] without the last axis
+    signal, real = (x, True) if x.dim() == 2 else _complex_signal(x)
+    step = int(xs[1].reshape(-1)[0])
+    window = xs[2] if len(xs) > 2 else None
+    size = xs[3] if len(xs) > 3 else None
+    if size is not None:
+        n = int(size.reshape(-1)[0])
+    elif window is not None:
+        n = int(window.shape[0])
+    else:
+        raise UnsupportedOp(node, "without a window or a frame length")
+    frames = signal.unfold(1, n, step)  # [batch, frames, n]
+    if window is not None:
+        frames = frames * window
+    onesided = int(node.attr("onesided", 1))
+    if onesided and real:
+        return _as_pairs(fft.rfft(frames, dim=-1))
+    spectrum = fft.fft(frames, dim=-1)
+    return _as_pairs(spectrum[..., : n // 2 + 1] if onesided else spectrum)
+
+
 @op("Mod")
 def _mod(node: Node, xs: list[Any]) -> Any:
     torch = _torch()
