@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, parser
+from onnx import TensorProto, helper, numpy_helper, parser
 from onnx.external_data_helper import set_external_data
 
 from onnxferry.model import Model
@@ -425,3 +425,32 @@ stream (float[steps, 4] x, float[1, 4] state) => (float[steps] y) {
 """
 """Rows as the steps of one stream: each step's score carries every step before it and a
 state given whole for the call (faster-whisper's Silero VAD does so with its LSTM)."""
+
+
+def qdq_model() -> onnx.ModelProto:
+    """x[N, 4] -> QuantizeLinear (uint8) -> DequantizeLinear -> MatMul with an int8 weight
+    dequantized per output channel (axis 1) -> y[N, 3]: a statically quantized (QDQ) layer,
+    as ONNX Runtime's quantizer writes one."""
+    rng = np.random.default_rng(13)
+    weight = rng.integers(-127, 128, (4, 3)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["w"], axis=1),
+            helper.make_node("MatMul", ["xd", "w"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [
+            numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+            numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
+            numpy_helper.from_array(weight, "wq"),
+            numpy_helper.from_array(np.array([0.01, 0.02, 0.03], np.float32), "w_scale"),
+            numpy_helper.from_array(np.zeros(3, np.int8), "w_zero"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto

@@ -776,3 +776,10 @@ def test_a_row_named_like_audio_is_a_signal_not_features() -> None:
     for name, kind in (("waveforms", "signal"), ("input_pcm", "signal"), ("tfidf", "tabular")):
         spec = TensorSpec(name, dtype_from_numpy(np.float32), ("batch", "N"))
         assert plan_layout(spec, rows)[0].kind == kind, name
+
+
+def test_integrated_gradients_say_so_when_the_graph_quantizes_the_input() -> None:
+    from tests.helpers import qdq_model
+
+    with pytest.raises(MethodUnavailable, match="no gradient reaches 'x'"):
+        explain(Model.from_proto(qdq_model()), _rows(1)[:, :4], "integrated-gradients")

@@ -905,3 +905,19 @@ def test_torch_failing_on_a_node_is_one_line_naming_it(tmp_path: Path) -> None:
     module = to_torch(save(_if_model(), tmp_path / "if.onnx"), check=False)
     with pytest.raises(UnsupportedOperator, match=r"MatMul \(torch failed: RuntimeError"):
         module(x=torch.ones(2, 5))
+
+
+def test_a_qdq_layer_matches_onnxruntime_with_its_weight_a_float_parameter(
+    tmp_path: Path,
+) -> None:
+    """QuantizeLinear rounds half to even and saturates; the int8 weight's DequantizeLinear
+    (per output channel) folds into a float parameter, so fine-tuning trains it in float."""
+    from tests.helpers import qdq_model
+
+    path = save(qdq_model(), tmp_path / "qdq.onnx")
+    x = np.random.default_rng(6).uniform(-3, 3, (5, 4)).astype(np.float32)
+    x[0, 0] = 0.03  # 1.5 steps of 0.02 from the zero point: a tie, rounded to even
+    module = to_torch(path, feeds=[{"x": x}])
+    assert module.parity is not None and module.parity.ok, module.parity.summary()
+    weight = module.parameter("w")
+    assert isinstance(weight, torch.nn.Parameter) and weight.dtype == torch.float32

@@ -71,6 +71,13 @@ class GradientScorer:
             self.evaluator.charge(len(rows))
             values = self._outputs(rows, sample, target.output)[:, target.index]
             self.evaluator.count(len(rows))
+            if rows.requires_grad and not values.requires_grad:
+                raise MethodUnavailable(
+                    f"integrated-gradients: no gradient reaches {self.evaluator.input_name!r} "
+                    f"from {target.label} (the graph quantizes or rounds it on the way, or "
+                    "the target does not depend on it)",
+                    hint=ALTERNATIVES,
+                )
             return values
 
         return f

@@ -257,9 +257,16 @@ def integrated_gradients(task: Task) -> Attribution:
     notes: list[str] = []
     with quiet(notes):
         explainer = attr.IntegratedGradients(task.gradient)
-        found = explainer.attribute(
-            x, baselines=start, n_steps=steps, internal_batch_size=task.batch_size
-        )
+        try:
+            found = explainer.attribute(
+                x, baselines=start, n_steps=steps, internal_batch_size=task.batch_size
+            )
+        except RuntimeError as e:  # autograd on an operation it cannot differentiate
+            raise MethodUnavailable(
+                "integrated-gradients: torch could not take the gradient: "
+                + one_line(e, 200, line="first"),
+                hint="use occlusion, kernelshap, permutation or lime",
+            ) from e
     values = found[0].detach().numpy().astype(np.float64)
     notes.append(
         f"integrated gradients: {steps} steps (Gauss-Legendre) from the baseline; the "

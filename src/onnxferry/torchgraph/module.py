@@ -9,8 +9,9 @@
     module.tensors({"x": torch.randn(2, 1, 8, 8)}, ["relu_1"])  # an intermediate tensor
 
 Float initializers with more than one element become ``nn.Parameter``s; so do weights held in
-``Constant`` nodes (and in ``ConstantOfShape`` of a constant shape), folded once here. Scalars,
-integer tensors and BatchNormalization's running statistics become buffers. Parameters keep
+``Constant`` nodes (and in ``ConstantOfShape`` of a constant shape), and quantized weights
+through their ``DequantizeLinear``, folded once here. Scalars, integer tensors,
+BatchNormalization's running statistics and quantization scales become buffers. Parameters keep
 the initializer's name as their path where it can be a torch attribute path (``fc.weight``
 stays ``fc.weight``, so a re-export writes the same names); other characters become ``_``.
 Nodes run in the graph's (topological) order through ``ops.OPS``; an ``If`` runs the branch its
@@ -43,8 +44,9 @@ from .ops import OPS, Node, UnsupportedOp, supported_ops
 TRAINABLE_MIN_ELEMENTS = 2
 """Float constants with at least this many elements become parameters (scalars: buffers)."""
 
-_STATISTICS = {"BatchNormalization": (3, 4)}
-"""Inputs that hold statistics, not weights: kept as buffers."""
+_STATISTICS = {"BatchNormalization": (3, 4), "DequantizeLinear": (1, 2), "QuantizeLinear": (1, 2)}
+"""Inputs that hold statistics, not weights: kept as buffers (a quantized weight's scale and
+zero point, so its DequantizeLinear folds into one float parameter)."""
 
 BLOCKS_ATTRIBUTE = "ferry_blocks"
 """The attribute that holds replacement blocks (kept apart from the weights' paths)."""

@@ -763,6 +763,49 @@ def _stft(node: Node, xs: list[Any]) -> Any:
     return _as_pairs(spectrum[..., : n // 2 + 1] if onesided else spectrum)
 
 
+def _per_axis(values: Any, x: Any, axis: int) -> Any:
+    """A scale or zero point: one per ``axis`` of ``x`` broadcast along it, or a scalar."""
+    if values.dim() == 0 or values.numel() == 1 or x.dim() == 0:
+        return values.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return values.reshape(shape)
+
+
+@op("DequantizeLinear")
+def _dequantize(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    if int(node.attr("block_size", 0)):
+        raise UnsupportedOp(node, "with block_size")
+    x, scale = xs[0], xs[1]
+    point = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    if x.dtype not in (torch.uint8, torch.int8, torch.int32):
+        raise UnsupportedOp(node, f"of {str(x.dtype).removeprefix('torch.')}")
+    axis = int(node.attr("axis", 1))
+    shifted = x.to(torch.int32)
+    if point is not None:
+        shifted = shifted - _per_axis(point, x, axis).to(torch.int32)
+    return shifted.to(scale.dtype) * _per_axis(scale, x, axis)
+
+
+@op("QuantizeLinear")
+def _quantize(node: Node, xs: list[Any]) -> Any:
+    torch = _torch()
+    if int(node.attr("block_size", 0)):
+        raise UnsupportedOp(node, "with block_size")
+    x, scale = xs[0], xs[1]
+    point = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    dtype = point.dtype if point is not None else torch.uint8
+    if dtype not in (torch.uint8, torch.int8):
+        raise UnsupportedOp(node, f"to {str(dtype).removeprefix('torch.')}")
+    axis = int(node.attr("axis", 1))
+    q = torch.round(x / _per_axis(scale, x, axis))  # half to even, as ONNX says
+    if point is not None:
+        q = q + _per_axis(point, x, axis).to(q.dtype)
+    info = torch.iinfo(dtype)
+    return q.clamp(info.min, info.max).to(dtype)
+
+
 @op("Mod")
 def _mod(node: Node, xs: list[Any]) -> Any:
     torch = _torch()
