@@ -587,13 +587,36 @@ def _top_model() -> Model:
     )
 
 
+def test_integrated_gradients_on_token_ids_go_along_their_embeddings() -> None:
+    """Ids have no gradient: the path runs from the baseline ids' embeddings to the row's,
+    and a token's attribution is its embedding's, summed. The driving token takes it all."""
+    explanation = explain(tokens(), _ids(2), "integrated-gradients", samples=8)
+    assert explanation.attributions.shape == (2, 12)
+    for i in range(2):
+        assert explanation.ranking(i)[0] == 4 and abs(explanation.additivity_gap(i)) < 1e-5
+    assert any("along the embedding lookup 'embedded'" in n for n in explanation.notes)
+
+
+def _cast_ids() -> Model:
+    """ids[batch, 4] -> Cast to float -> MatMul: integer, and no embedding lookup reads it."""
+    return _model(
+        [
+            helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["f", "w"], ["score"]),
+        ],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        {"w": np.ones((4, 1), np.float32)},
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "inputs", "match"),
     [
-        (tokens, _ids(1), "no gradient reaches them"),
+        (_cast_ids, np.array([[1, 2, 3, 4]]), "no embedding lookup"),
         (_top_model, _rows(1), "operator TopK .* has no torch translation"),
     ],
-    ids=["token-ids", "an-operator-it-lacks"],
+    ids=["ids-without-an-embedding", "an-operator-it-lacks"],
 )
 def test_integrated_gradients_say_why_they_cannot_run(
     model: Callable[[], Model], inputs: np.ndarray, match: str

@@ -194,6 +194,7 @@ def explain(
             window=window,
             plan=evaluator.planner(left),
             gradient=gradients.function(i, targets[i]) if gradients is not None else None,
+            embed=gradients.embedder(i) if gradients is not None else None,
         )
         try:
             attribution = METHODS[method](task)

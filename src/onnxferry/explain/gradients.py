@@ -7,11 +7,13 @@
 ONNX Runtime's standard wheel computes no gradient, so integrated gradients run on
 ``torchgraph``'s translation of the graph, which is checked against ONNX Runtime on the
 explained inputs before it is used (a mismatch, or an operator it lacks, is
-``MethodUnavailable`` saying which). The other inputs are held at the explained sample's
-values, rows are run as the ``Evaluator`` runs them (alone for a model without a batch axis or
-whose rows are not independent, padded to a fixed batch), and every row is charged to the
-same budget. A model's module is built once per ``Model`` object (a server's version keeps
-it).
+``MethodUnavailable`` saying which). Token ids have no gradient: for an integer input the rows
+are the ids' embeddings, the output of the lookup that reads them (a Gather from a weight
+table, ``torchgraph.module.embedding_of``), given in its place. The other inputs are held at
+the explained sample's values, rows are run as the ``Evaluator`` runs them (alone for a model
+without a batch axis or whose rows are not independent, padded to a fixed batch), and every row
+is charged to the same budget. A model's module is built once per ``Model`` object (a server's
+version keeps it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..errors import VerificationError
 from ..model import Model
+from ..torchgraph.module import embedding_of
 from .evaluate import Evaluator, Target
 from .methods import MethodUnavailable
 
@@ -34,33 +37,71 @@ ALTERNATIVES = "use occlusion, kernelshap, permutation or lime"
 
 
 class GradientScorer:
-    """Rows of the explained input -> the target's value per row, through the torch module."""
+    """Rows of the explained input -> the target's value per row, through the torch module.
+    For integer token ids, the rows are the ids' embeddings (``embedding``: the lookup's
+    output, which stands in for the lookup), the ids held at the explained sample's."""
 
-    def __init__(self, module: Any, evaluator: Evaluator) -> None:
+    def __init__(
+        self,
+        module: Any,
+        evaluator: Evaluator,
+        samples: np.ndarray,
+        embedding: str | None = None,
+    ) -> None:
         self.module = module
         self.evaluator = evaluator
+        self.samples = samples
+        self.embedding = embedding
 
     @classmethod
     def build(cls, model: Model, evaluator: Evaluator, samples: np.ndarray) -> GradientScorer:
-        """The scorer for ``model``: MethodUnavailable when the input is not float, or the
-        graph has no faithful torch translation (``methods.require`` checks for torch and
-        Captum first)."""
-        if evaluator.dtype.kind != "f":
+        """The scorer for ``model``: MethodUnavailable when the graph has no faithful torch
+        translation, or the input is integer and no embedding lookup reads it (or the model
+        has no batch axis) (``methods.require`` checks for torch and Captum first)."""
+        module = _module(model, evaluator.feeds(samples[: evaluator.chunk], 0))
+        if evaluator.dtype.kind == "f":
+            return cls(module, evaluator, samples)
+        embedding = embedding_of(module, evaluator.input_name)
+        if embedding is None or not evaluator.layout.batch_axis:
             raise MethodUnavailable(
                 f"integrated-gradients follows the gradient along a float input, and "
-                f"{evaluator.input_name!r} holds {evaluator.dtype} values",
+                f"{evaluator.input_name!r} holds {evaluator.dtype} values that no embedding "
+                "lookup (a Gather from a weight table) reads on a batch axis",
                 hint=ALTERNATIVES,
             )
-        return cls(_module(model, evaluator.feeds(samples[: evaluator.chunk], 0)), evaluator)
+        return cls(module, evaluator, samples, embedding)
+
+    def embedder(self, sample: int) -> Callable[[np.ndarray], Any] | None:
+        """Token ids -> their embeddings (no gradient), the other inputs at ``sample``'s
+        values; None for a float input."""
+        if self.embedding is None:
+            return None
+        embedding = self.embedding
+
+        def embed(ids: np.ndarray) -> Any:
+            import torch
+
+            feeds = self._feeds(sample, len(ids))
+            feeds[self.evaluator.input_name] = torch.from_numpy(np.array(ids, copy=True))
+            with torch.no_grad():
+                return self.module.tensors(feeds, [embedding])[embedding]
+
+        return embed
 
     @property
     def note(self) -> str:
         """Where the gradient comes from, and how closely that matches ONNX Runtime."""
         parity = self.module.parity
         figures = f": max abs error {parity.max_abs:.2g}" if parity is not None else ""
+        along = (
+            f"; along the embedding lookup {self.embedding!r} (ids have no gradient): a "
+            "token's attribution is its embedding's, summed over the hidden axis"
+            if self.embedding is not None
+            else ""
+        )
         return (
             "gradients through the graph as a torch module, checked against ONNX Runtime on "
-            f"the explained inputs{figures}"
+            f"the explained inputs{figures}{along}"
         )
 
     def function(self, sample: int, target: Target) -> Callable[[Any], Any]:
@@ -100,11 +141,23 @@ class GradientScorer:
     def _run(self, batch: Any, sample: int, output: str, rows: int | None) -> Any:
         import torch
 
-        fixed = self.evaluator.fixed_inputs(sample, rows)
-        feeds = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in fixed.items()}
-        feeds[self.evaluator.input_name] = batch
-        value = self.module(**feeds)[output]
+        feeds = self._feeds(sample, rows)
+        name = self.evaluator.input_name
+        if self.embedding is None:
+            feeds[name] = batch
+            value = self.module(**feeds)[output]
+        else:  # the ids stay the sample's; their embeddings are the rows
+            ids = np.repeat(self.samples[sample][None], len(batch), axis=0)
+            feeds[name] = torch.from_numpy(ids)
+            value = self.module.tensors(feeds, [output], {self.embedding: batch})[output]
         return value.reshape(rows or 1, -1).to(torch.float64)
+
+    def _feeds(self, sample: int, rows: int | None) -> dict[str, Any]:
+        """The other inputs at ``sample``'s values, ``rows`` times, as tensors."""
+        import torch
+
+        fixed = self.evaluator.fixed_inputs(sample, rows)
+        return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in fixed.items()}
 
 
 def _module(model: Model, feeds: Mapping[str, np.ndarray]) -> Any:

@@ -18,11 +18,11 @@
 - ``occlusion``: a window slid over the image or along every axis of a signal (tabular
   features and tokens one at a time) set to the baseline; an element's attribution is the mean
   drop of the score over the windows that cover it.
-- ``integrated-gradients``: ``captum.attr.IntegratedGradients`` (Gauss-Legendre steps from
-  the baseline) on the model as a torch module (``gradients``: ONNX Runtime computes no
-  gradient); its attributions add up to f(x) - f(baseline) (completeness), and a note gives
-  how closely. Where the graph has no faithful torch translation, ``MethodUnavailable`` says
-  which operator or output.
+- ``integrated-gradients``: ``captum.attr.IntegratedGradients`` (Gauss-Legendre steps from the
+  baseline) on the model as a torch module (``gradients``: ONNX Runtime computes no gradient;
+  token ids along their embeddings, each token's values summed); its attributions add up to
+  f(x) - f(baseline) (completeness), and a note gives how closely. Where the graph has no
+  faithful torch translation, ``MethodUnavailable`` says which operator or output.
 
 Every library call runs inside ``quiet``: its warnings, log lines and prints become notes. The
 number of perturbations is sized to the budget (``Task.evals``) before the library runs; a
@@ -81,6 +81,9 @@ class Task:
     plan: Callable[[int], None] = lambda evaluations: None
     gradient: Callable[[Any], Any] | None = None
     """Integrated gradients: torch rows -> the target's value per row, differentiable."""
+    embed: Callable[[np.ndarray], Any] | None = None
+    """Integrated gradients on token ids: ids -> their embeddings, the rows ``gradient``
+    takes."""
 
     def masked(self) -> Callable[[np.ndarray], np.ndarray]:
         """The score of 0/1 masks over ``groups`` (hidden groups take the baseline)."""
@@ -250,8 +253,11 @@ def integrated_gradients(task: Task) -> Attribution:
     torch = _library("torch")
     steps = _fit("integrated-gradients", task, task.samples or IG_STEPS, 2, per=1, extra=2)
     task.plan(steps + 2)
-    x = torch.from_numpy(np.array(task.sample[None], copy=True))
-    start = torch.from_numpy(np.array(task.baseline[None], copy=True))
+    if task.embed is not None:  # token ids: along their embeddings
+        x, start = task.embed(task.sample[None]), task.embed(task.baseline[None])
+    else:
+        x = torch.from_numpy(np.array(task.sample[None], copy=True))
+        start = torch.from_numpy(np.array(task.baseline[None], copy=True))
     with torch.no_grad():
         ends = task.gradient(torch.cat([x, start])).numpy()
     notes: list[str] = []
@@ -268,6 +274,8 @@ def integrated_gradients(task: Task) -> Attribution:
                 hint="use occlusion, kernelshap, permutation or lime",
             ) from e
     values = found[0].detach().numpy().astype(np.float64)
+    if task.embed is not None:  # one value per token: its embedding's, summed
+        values = values.reshape(*task.sample.shape, -1).sum(axis=-1)
     notes.append(
         f"integrated gradients: {steps} steps (Gauss-Legendre) from the baseline; the "
         "attributions add up to f(x) - f(baseline), within each row's additivity_gap"
@@ -309,10 +317,10 @@ def require(method: str, kind: str) -> None:
     (MethodUnavailable for integrated-gradients on ids or texts)."""
     import importlib.util
 
-    if method == "integrated-gradients" and kind in ("tokens", "text"):
+    if method == "integrated-gradients" and kind == "text":
         raise MethodUnavailable(
-            f"integrated-gradients follows the gradient along a float input, and {kind} "
-            "are ids or strings: no gradient reaches them",
+            "integrated-gradients follows the gradient along a float input or token ids' "
+            "embeddings, and texts are strings: no gradient reaches them",
             hint="use occlusion, kernelshap, permutation or lime",
         )
     needed = list(LIBRARIES.get(method, ()))

@@ -127,6 +127,23 @@ def to_torch(
     return module
 
 
+def embedding_of(module: Any, input_name: str) -> str | None:
+    """The output of the embedding lookup that reads integer input ``input_name`` (a Gather
+    from a float weight table, the ids given directly or through a Cast), or None."""
+    sources = {input_name}
+    for step in module.steps:
+        node = step.node
+        if node is None or step.branches is not None:
+            continue
+        if node.op_type == "Cast" and node.inputs[0] in sources:
+            sources.add(node.outputs[0])
+        elif node.op_type == "Gather" and node.inputs[1] in sources:
+            table = module.tensor_paths.get(node.inputs[0])
+            if table is not None and module.get_submodule_tensor(table).is_floating_point():
+                return str(node.outputs[0])
+    return None
+
+
 def refuse_branches(module: Any, why: str) -> None:
     """UnsupportedOperator naming the module's first If, Loop or Scan (``why``: what needs a
     trace, which would keep only the path it took)."""
@@ -237,9 +254,16 @@ def module_class() -> type:
             given.update(feeds)
             return self.tensors(given, self.output_names)
 
-        def tensors(self, feeds: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+        def tensors(
+            self,
+            feeds: Mapping[str, Any],
+            names: Sequence[str],
+            overrides: Mapping[str, Any] | None = None,
+        ) -> dict[str, Any]:
             """The tensors ``names`` (outputs or intermediates) for ``feeds``, by input name;
-            evaluation stops once they are all computed."""
+            evaluation stops once they are all computed. ``overrides`` stand in for
+            intermediates (the nodes that make them do not run): an embedding lookup's output
+            given, to take gradients along it."""
             values: dict[str, Any] = dict(feeds)
             missing = [n for n in self.input_names if n not in values]
             if missing:
@@ -250,15 +274,25 @@ def module_class() -> type:
             for name, path in self.tensor_paths.items():
                 values[name] = self.get_submodule_tensor(path)
             values.update(self.constant_values)
-            self._run(self.steps, values, set(names) - set(values))
+            values.update(overrides or {})
+            self._run(self.steps, values, set(names) - set(values), set(overrides or ()))
             return {name: values[name] for name in names}
 
-        def _run(self, steps: Sequence[Step], values: dict[str, Any], wanted: set[str]) -> None:
-            """Run ``steps`` on ``values`` (filled in place) until ``wanted`` are computed."""
+        def _run(
+            self,
+            steps: Sequence[Step],
+            values: dict[str, Any],
+            wanted: set[str],
+            given: set[str] | None = None,
+        ) -> None:
+            """Run ``steps`` on ``values`` (filled in place) until ``wanted`` are computed;
+            a step whose outputs are all ``given`` is skipped."""
             blocks = getattr(self, BLOCKS_ATTRIBUTE)
             for step in steps:
                 if not wanted:
                     break
+                if given and all(o in given for o in step.outputs if o):
+                    continue
                 xs = [values[n] if n else None for n in step.inputs]
                 if step.node is None:
                     result = blocks[step.block](*xs)
