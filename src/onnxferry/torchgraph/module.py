@@ -185,17 +185,6 @@ def run_module(module: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.nda
     return {k: v.detach().cpu().numpy() for k, v in outputs.items()}
 
 
-def unsupported_operators(model: Model) -> list[tuple[str, str, int]]:
-    """(op_type, domain, opset) of every operator in the graph the converter lacks."""
-    opsets = _opsets(model)
-    found: dict[tuple[str, str], int] = {}
-    for proto in model.proto.graph.node:
-        domain = "" if proto.domain in ("", "ai.onnx") else proto.domain
-        if (domain, proto.op_type) not in OPS:
-            found.setdefault((proto.op_type, proto.domain or "ai.onnx"), opsets.get(domain, 0))
-    return [(op_type, domain, opset) for (op_type, domain), opset in found.items()]
-
-
 @functools.cache
 def module_class() -> type:
     """The ``OnnxModule`` class (built on first use, so importing this module needs no torch)."""
@@ -490,8 +479,8 @@ def _build(module: Any, model: Model) -> None:
 
 
 class _Planner:
-    """Decodes a graph's nodes (an ``If``'s branches too, their weights with the others') and
-    plans their steps: constants folded, shape inputs marked."""
+    """Decodes a graph's nodes (the graphs an If, Loop or Scan holds too, their weights with
+    the others') and plans their steps: constants folded, shape inputs marked."""
 
     def __init__(self, model: Model, opsets: Mapping[str, int], batch_rows: set[str]) -> None:
         self.model = model
