@@ -962,3 +962,20 @@ def test_openwakeword_head_fine_tunes_and_keeps_its_dynamic_batch(
     for batch in (1, 3):
         (score,) = ort_outputs(tuned, {"input_1": rows[:batch]}).values()
         assert np.shape(score) == (batch, 1) and np.all((score >= 0) & (score <= 1))
+
+
+@pytest.mark.parametrize("name", ["ppocr_cls", "silero_vad", "vad", "tokens"])
+def test_integrated_gradients_on_real_models(ferry: Run, name: str, tmp_path: Path) -> None:
+    """Through the CLI at 8 steps: PaddleOCR's classifier (an image), Silero VAD (its network
+    inside an If, the state and the rate held per row), the recurrent VAD (a Scan) and token
+    ids (along their embedding lookup): every row explained, finite, its gap reported."""
+    real = _prepare_wheel(name, tmp_path) if name in WHEELS else _prepare_built(name, tmp_path)
+    inputs = save_npz(tmp_path / "inputs.npz", real.feeds)
+    out = tmp_path / "explained"
+    args = ["explain", real.path, "--inputs", inputs, "--method", "integrated-gradients"]
+    document = ok_json(ferry(*args, "--samples", "8", "-o", out, "--json"))
+    report = document["result"]
+    assert report["complete"] is True and report["inputs_explained"] == len(report["explanations"])
+    assert np.isfinite(np.load(out / "attributions.npz")["attributions"]).all()
+    assert all(np.isfinite(e["additivity_gap"]) for e in report["explanations"])
+    assert any("checked against ONNX Runtime" in n for n in document["notes"])
