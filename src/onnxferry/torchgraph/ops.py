@@ -772,16 +772,20 @@ def _per_axis(values: Any, x: Any, axis: int) -> Any:
     return values.reshape(shape)
 
 
+def _quantization(node: Node, xs: list[Any]) -> tuple[Any, Any, Any, int]:
+    """(x, scale, zero point or None, axis) of a QuantizeLinear or DequantizeLinear."""
+    if int(node.attr("block_size", 0)):
+        raise UnsupportedOp(node, "with block_size")
+    point = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    return xs[0], xs[1], point, int(node.attr("axis", 1))
+
+
 @op("DequantizeLinear")
 def _dequantize(node: Node, xs: list[Any]) -> Any:
     torch = _torch()
-    if int(node.attr("block_size", 0)):
-        raise UnsupportedOp(node, "with block_size")
-    x, scale = xs[0], xs[1]
-    point = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    x, scale, point, axis = _quantization(node, xs)
     if x.dtype not in (torch.uint8, torch.int8, torch.int32):
         raise UnsupportedOp(node, f"of {str(x.dtype).removeprefix('torch.')}")
-    axis = int(node.attr("axis", 1))
     shifted = x.to(torch.int32)
     if point is not None:
         shifted = shifted - _per_axis(point, x, axis).to(torch.int32)
@@ -791,14 +795,10 @@ def _dequantize(node: Node, xs: list[Any]) -> Any:
 @op("QuantizeLinear")
 def _quantize(node: Node, xs: list[Any]) -> Any:
     torch = _torch()
-    if int(node.attr("block_size", 0)):
-        raise UnsupportedOp(node, "with block_size")
-    x, scale = xs[0], xs[1]
-    point = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    x, scale, point, axis = _quantization(node, xs)
     dtype = point.dtype if point is not None else torch.uint8
     if dtype not in (torch.uint8, torch.int8):
         raise UnsupportedOp(node, f"to {str(dtype).removeprefix('torch.')}")
-    axis = int(node.attr("axis", 1))
     q = torch.round(x / _per_axis(scale, x, axis))  # half to even, as ONNX says
     if point is not None:
         q = q + _per_axis(point, x, axis).to(q.dtype)
