@@ -921,3 +921,30 @@ def test_a_qdq_layer_matches_onnxruntime_with_its_weight_a_float_parameter(
     assert module.parity is not None and module.parity.ok, module.parity.summary()
     weight = module.parameter("w")
     assert isinstance(weight, torch.nn.Parameter) and weight.dtype == torch.float32
+
+
+UNARY_OPS = [
+    "Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal",
+    "Floor", "Ceil", "Sin", "Cos", "Softplus", "Softsign", "HardSwish", "Mish",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("op_type", UNARY_OPS)
+def test_each_elementwise_operator_matches_onnxruntime(op_type: str, tmp_path: Path) -> None:
+    """Positive inputs (Log, Sqrt, Reciprocal take them) straddling integers (Floor, Ceil)."""
+    x = np.random.default_rng(14).uniform(0.1, 3.0, (3, 5)).astype(np.float32)
+    _same_as_onnxruntime(_one_node(op_type, x, {}, {}, 18), x, tmp_path)
+
+
+def test_not_matches_onnxruntime(tmp_path: Path) -> None:
+    text = """
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+            one = Constant <value = float {1.0}> ()
+            big = Greater (x, one)
+            small = Not (big)
+            y = Cast <to = 1> (small)
+        }
+    """
+    x = np.random.default_rng(15).uniform(0.0, 2.0, (3, 4)).astype(np.float32)
+    _same_as_onnxruntime(onnx_text(text), x, tmp_path)

@@ -112,32 +112,39 @@ def _div(node: Node, xs: list[Any]) -> Any:
     return a / b
 
 
-_UNARY: dict[str, Callable[[Any], Any]] = {
-    "Relu": lambda x: _torch().relu(x),
-    "Sigmoid": lambda x: _torch().sigmoid(x),
-    "Tanh": lambda x: _torch().tanh(x),
-    "Erf": lambda x: _torch().erf(x),
-    "Sqrt": lambda x: _torch().sqrt(x),
-    "Exp": lambda x: _torch().exp(x),
-    "Log": lambda x: _torch().log(x),
-    "Neg": lambda x: -x,
-    "Abs": lambda x: _torch().abs(x),
-    "Reciprocal": lambda x: _torch().reciprocal(x),
-    "Floor": lambda x: _torch().floor(x),
-    "Ceil": lambda x: _torch().ceil(x),
-    "Not": lambda x: _torch().logical_not(x),
-    "Softplus": lambda x: _functional().softplus(x),
-    "Softsign": lambda x: _functional().softsign(x),
-    "HardSwish": lambda x: _functional().hardswish(x),
-    "Mish": lambda x: _functional().mish(x),
-    "Sin": lambda x: _torch().sin(x),
-    "Cos": lambda x: _torch().cos(x),
+_UNARY = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Erf": "erf",
+    "Sqrt": "sqrt",
+    "Exp": "exp",
+    "Log": "log",
+    "Neg": "neg",
+    "Abs": "abs",
+    "Reciprocal": "reciprocal",
+    "Floor": "floor",
+    "Ceil": "ceil",
+    "Not": "logical_not",
+    "Sin": "sin",
+    "Cos": "cos",
 }
+"""Elementwise operators that are one ``torch`` function of the same name."""
+
+_UNARY_FUNCTIONAL = {
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "HardSwish": "hardswish",
+    "Mish": "mish",
+}
+"""Elementwise operators that are one ``torch.nn.functional`` function."""
 
 
-@op(*_UNARY)
+@op(*_UNARY, *_UNARY_FUNCTIONAL)
 def _unary(node: Node, xs: list[Any]) -> Any:
-    return _UNARY[node.op_type](xs[0])
+    if node.op_type in _UNARY:
+        return getattr(_torch(), _UNARY[node.op_type])(xs[0])
+    return getattr(_functional(), _UNARY_FUNCTIONAL[node.op_type])(xs[0])
 
 
 @op("Identity", "Dropout")
