@@ -314,6 +314,25 @@ def _sklearn(tmp: Path) -> Names:
     return {"pipeline": pipeline, "x": x[:4], "ConvertOptions": type(_options())}
 
 
+def _boosters(tmp: Path) -> Names:
+    import lightgbm
+    import xgboost
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.random.default_rng(0).standard_normal((64, 4))
+    y = (x[:, 0] > 0).astype(int)
+    quiet: dict[str, Any] = {"verbose": -1, "min_child_samples": 4}
+    booster = lightgbm.train({"objective": "binary", **quiet}, lightgbm.Dataset(x, y), 3)
+    booster.save_model("model.txt")
+    xgboost.XGBClassifier(n_estimators=3).fit(x, y).save_model("model.json")
+    model = lightgbm.LGBMClassifier(n_estimators=3, **quiet)
+    return {
+        "pipeline": make_pipeline(StandardScaler(), model).fit(x, y),
+        "lightgbm_booster": booster,
+    }
+
+
 def _sklearn_text(tmp: Path) -> Names:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -1372,6 +1391,8 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.onnx": _one_model,
     "onnxferry.convert.sklearn": _sklearn,
     "onnxferry.convert.sklearn.estimators": _sklearn,
+    "onnxferry.convert.sklearn.boosters": _boosters,
+    "onnxferry.convert.sklearn.booster_files": _boosters,
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,
     "onnxferry.convert.sklearn.source": _sklearn,

@@ -222,8 +222,8 @@ def detect_framework(source: Any) -> str:
             module = cls.__module__
             if module.startswith("torch"):
                 return "torch"
-            if module.startswith("sklearn"):
-                return "sklearn"
+            if module.startswith(("sklearn", "lightgbm", "xgboost")):
+                return "sklearn"  # boosters and their scikit-learn estimators too
             if module.startswith(("keras", "tf_keras")):
                 return "keras"
             if module.startswith("onnx") and type(source).__name__ == "ModelProto":
@@ -266,6 +266,10 @@ def detect_framework(source: Any) -> str:
     suffix = path.suffix.lower()
     if suffix in by_suffix:
         return by_suffix[suffix]
+    from .sklearn.booster_files import booster_file_kind
+
+    if booster_file_kind(path) is not None:  # LightGBM's model.txt, XGBoost's model.json
+        return "sklearn"
     head = path.read_bytes()[:8]
     if head[4:8] == b"TFL3":
         return "tflite"

@@ -24,6 +24,7 @@ from typing import Any
 
 from ...errors import InputError, one_line
 from ..base import ConvertOptions
+from .booster_files import booster_file_kind, is_booster, read_booster
 
 log = logging.getLogger("onnxferry")
 
@@ -33,17 +34,22 @@ _SUFFIXES = {".pkl": "pickle", ".pickle": "pickle", ".joblib": "joblib"}
 def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list[str]]:
     """(estimator, where it came from, warnings raised while unpickling)."""
     if not isinstance(source, (str, os.PathLike)):
+        if is_booster(source):
+            return read_booster(source), "object", []
         return source, "object", []
     path = Path(source)
-    kind = _SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise InputError(
-            f"{path}: not a scikit-learn model file (expected .pkl, .pickle or .joblib)",
-            hint="save the fitted estimator with joblib.dump(model, 'model.joblib')",
-        )
     if not path.is_file():
         what = "does not exist" if not path.exists() else "is not a file"
         raise InputError(f"{path} {what}", hint="check the path")
+    if booster_file_kind(path) is not None:  # data, not code: no pickle to trust
+        return read_booster(path), str(path), []
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(
+            f"{path}: not a scikit-learn model file (expected .pkl, .pickle or .joblib, or "
+            "a LightGBM .txt / XGBoost .json or .ubj model file)",
+            hint="save the fitted estimator with joblib.dump(model, 'model.joblib')",
+        )
     if path.stat().st_size == 0:
         raise InputError(
             f"{path}: the file is empty, not a {kind} file",

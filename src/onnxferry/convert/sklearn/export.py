@@ -14,6 +14,7 @@ failed on, and keeps skl2onnx's bare reason for the float64 fallback.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from ...model import Model
 from ...runtime import create_session, runtime_limits
 from ...signature import Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
+from .boosters import BoosterError, booster_package, register_boosters
 from .estimators import describe_estimator, final_step, said, steps_of, walk
 from .inputs import INPUT
 from .table import Table
@@ -79,6 +81,7 @@ def convert_estimator(
         StringTensorType,
     )
 
+    register_boosters(estimator)
     tensor_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
     initial = [(INPUT, tensor_type([None, n_features]))]
     options: dict[int, dict[str, Any]] = {}
@@ -119,6 +122,8 @@ def _conversion_error(
     estimator: Any, error: Exception | str, dtype: np.dtype[Any], by_user: bool
 ) -> ExportError:
     """One line naming the step skl2onnx failed on (matched by class name in its error)."""
+    if isinstance(error, BoosterError):
+        return _step_error(estimator, error.estimator, error.reason, error.hint, "onnxmltools")
     text = said(error)
     name = describe_estimator(estimator)
     for path, step in walk(estimator):
@@ -140,15 +145,16 @@ def _conversion_error(
     )
 
 
-def _step_error(estimator: Any, step: Any, reason: str, hint: str) -> ExportError:
-    """ "skl2onnx cannot convert step 'path' (Class) of the Pipeline(...): reason"."""
+def _step_error(
+    estimator: Any, step: Any, reason: str, hint: str, tool: str = "skl2onnx"
+) -> ExportError:
+    """ "skl2onnx cannot convert step 'path' (Class) of the Pipeline(...): reason", or "...
+    convert the Class: reason" when the step is the whole estimator."""
     path = next((p for p, s in walk(estimator) if s is step), "")
-    return ExportError(
-        f"skl2onnx cannot convert step {path!r} ({type(step).__name__}) of the "
-        f"{describe_estimator(estimator)}: {reason}",
-        hint=hint,
-        detail=reason,
-    )
+    what = f"the {type(step).__name__}"
+    if path:
+        what = f"step {path!r} ({type(step).__name__}) of the {describe_estimator(estimator)}"
+    return ExportError(f"{tool} cannot convert {what}: {reason}", hint=hint, detail=reason)
 
 
 def _ort_problem(proto: onnx.ModelProto) -> str | None:
@@ -215,9 +221,16 @@ def expected_signature(
     return Signature(inputs, outputs)
 
 
-def library_versions() -> dict[str, str]:
-    """The versions of scikit-learn and skl2onnx, for the report."""
-    import skl2onnx
-    import sklearn
+def library_versions(boosters: Sequence[Any] = ()) -> dict[str, str]:
+    """The versions of scikit-learn and skl2onnx, for the report; with ``boosters`` (the
+    LightGBM / XGBoost estimators inside), theirs and onnxmltools' too."""
+    import importlib
 
-    return {"scikit-learn": str(sklearn.__version__), "skl2onnx": str(skl2onnx.__version__)}
+    modules = {"scikit-learn": "sklearn", "skl2onnx": "skl2onnx"}
+    if boosters:
+        modules["onnxmltools"] = "onnxmltools"
+        modules.update({p: p for p in sorted({booster_package(b) or "" for b in boosters})})
+    return {
+        name: str(importlib.import_module(module).__version__)  # xgboost is "xgboost-cpu" too
+        for name, module in modules.items()
+    }

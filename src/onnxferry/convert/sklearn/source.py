@@ -23,7 +23,8 @@ from ...model import Model
 from ...parity import Tolerance
 from ...signature import Signature, TensorSpec
 from ..base import Candidate, ConversionError, ConvertOptions, Source
-from .estimators import describe_estimator, estimator_task, read_estimator
+from .boosters import LIBRARIES, booster_package
+from .estimators import describe_estimator, estimator_task, read_estimator, walk
 from .export import (
     ExportError,
     convert_estimator,
@@ -95,7 +96,10 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         if proto is not None
         else expected_signature(estimator, task, n_features, dtype, batch, text=text, table=table)
     )
-    reference = SklearnRunner(estimator, signature, task, name=f"scikit-learn {name}", table=table)
+    library = LIBRARIES.get(booster_package(estimator) or "", "scikit-learn")
+    reference = SklearnRunner(estimator, signature, task, name=f"{library} {name}", table=table)
+    boosters = [step for _, step in walk(estimator) if booster_package(step)]
+    exporter = "skl2onnx + onnxmltools" if boosters else "skl2onnx"
 
     def export(path: Path) -> None:
         if error is not None:
@@ -111,7 +115,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         "n_features": n_features,
         "origin": origin,
         "target_opset": opsets,
-        "versions": library_versions(),
+        "versions": library_versions(boosters),
     }
     classes = getattr(estimator, "classes_", None)
     if task == "classification" and classes is not None:
@@ -134,9 +138,9 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         vocabularies[INPUT] = text_vocabulary(vectorizer)
     return Source(
         framework="sklearn",
-        description=f"scikit-learn {name} ({task}, {features}, {dtype.name})",
+        description=f"{library} {name} ({task}, {features}, {dtype.name})",
         reference=reference,
-        candidates=[Candidate("skl2onnx", export)],
+        candidates=[Candidate(exporter, export)],
         vocabularies=vocabularies,
         value_ranges=ranges,
         tolerance=_tolerance(dtype, signature),
