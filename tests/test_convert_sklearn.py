@@ -354,11 +354,18 @@ def test_unfitted_estimator(estimator: Any) -> None:
     assert_one_line(caught.value, "not fitted", "fit(X, y)")
 
 
-def test_neither_classifier_nor_regressor() -> None:
-    scaler = StandardScaler().fit(np.ones((3, 2)))
+class FitOnly(BaseEstimator):  # type: ignore[misc]
+    """Fitted, but with nothing to apply to a new row."""
+
+    def fit(self, x: np.ndarray, y: Any = None) -> FitOnly:
+        self.mean_ = np.mean(x)
+        return self
+
+
+def test_an_estimator_that_does_nothing_to_new_rows() -> None:
     with pytest.raises(InputError) as caught:
-        load_sklearn(scaler, ConvertOptions())
-    assert_one_line(caught.value, "StandardScaler", "neither a classifier nor a regressor")
+        load_sklearn(FitOnly().fit(np.ones((3, 2))), ConvertOptions())
+    assert_one_line(caught.value, "FitOnly", "not a classifier, regressor, outlier detector")
 
 
 # --- what skl2onnx cannot convert ---------------------------------------------------------------

@@ -333,6 +333,13 @@ def _boosters(tmp: Path) -> Names:
     }
 
 
+def _sklearn_tasks(tmp: Path) -> Names:
+    from sklearn.ensemble import IsolationForest
+
+    x = np.random.default_rng(0).standard_normal((32, 4))
+    return {"forest": IsolationForest(n_estimators=5, random_state=0).fit(x), "x": x}
+
+
 def _sklearn_text(tmp: Path) -> Names:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -1392,6 +1399,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn": _sklearn,
     "onnxferry.convert.sklearn.estimators": _sklearn,
     "onnxferry.convert.sklearn.boosters": _boosters,
+    "onnxferry.convert.sklearn.tasks": _sklearn_tasks,
     "onnxferry.convert.sklearn.booster_files": _boosters,
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,

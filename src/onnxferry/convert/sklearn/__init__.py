@@ -10,8 +10,11 @@ row, [batch]; a table pipeline's: one [batch, 1] input per DataFrame column), an
 outputs: a
 classifier gives "label" [batch] (int64, or string for string classes) and "probabilities"
 [batch, n_classes] (predict_proba; decision_function scores for a classifier without it); a
-regressor gives "variable" [batch, n_targets]. ``SklearnRunner`` returns the same names,
-shapes and dtypes from predict / predict_proba, so the two compare directly.
+regressor gives "variable" [batch, n_targets]; an outlier detector "label" (-1 or 1) and
+"scores" (decision_function); a clusterer "label" and "scores" (distances) or
+"probabilities" (a mixture's); a transformer "variable" (transform). ``SklearnRunner``
+returns the same names, shapes and dtypes from the same methods (``tasks``), so the two
+compare directly.
 
 The element type (the float64 rule), decided once at load:
 
@@ -19,7 +22,8 @@ The element type (the float64 rule), decided once at load:
    is fed; float64 samples mean a float64 model, DoubleTensorType end to end).
 2. Otherwise a classifier is float32: its probabilities lie in [0, 1], where float32's
    ~1e-7 rounding stays far inside the 1e-4 tolerance.
-3. Otherwise a regressor is float64 when its predictions change as its inputs are rounded to
+3. Otherwise a regressor (or an outlier detector, clusterer or transformer, by its scores,
+   distances or transform) is float64 when its outputs change as its inputs are rounded to
    float32 (probed on generated rows): it then computes in float64 (linear, kernel and
    neighbour models; not trees, which round their inputs to float32 themselves), and its
    outputs are in the user's units, where float32 loses digits wherever large terms cancel.
@@ -31,10 +35,12 @@ When rule 3 picks float64 but skl2onnx or ONNX Runtime cannot run the estimator 
 ConversionError. A pickle or joblib file runs code as it loads, so a path is loaded only
 with ``trust_pickle``.
 
-The modules: ``source`` (``load_sklearn``, ``SklearnRunner``, the tolerances), ``estimators``
-(the estimator or trusted pickle, its task and steps), ``inputs`` (the input and the float64
-rule), ``text`` (text pipelines), ``table`` (table pipelines) and ``export`` (skl2onnx,
-tidied and checked). They share their working parts by public
+The modules: ``source`` (``load_sklearn``, ``SklearnRunner``, the tolerances),
+``estimators`` (the estimator or trusted pickle, its task and steps), ``tasks`` (what it
+does and which method gives each output), ``boosters`` and ``booster_files`` (LightGBM and
+XGBoost), ``inputs`` (the input and the float64 rule), ``text`` (text pipelines), ``table``
+(table pipelines) and ``export`` (skl2onnx, tidied and checked). They share their working
+parts by public
 names; this ``__init__`` is the boundary.
 """
 

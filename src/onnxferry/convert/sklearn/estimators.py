@@ -25,6 +25,7 @@ from typing import Any
 from ...errors import InputError, one_line
 from ..base import ConvertOptions
 from .booster_files import booster_file_kind, is_booster, read_booster
+from .tasks import task_of
 
 log = logging.getLogger("onnxferry")
 
@@ -86,14 +87,14 @@ def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list
 
 
 def estimator_task(estimator: Any, origin: str) -> str:
-    """ "classification" or "regression"; InputError for anything else or an unfitted one."""
+    """One of ``tasks.TASKS`` ("classification", "regression", "outlier detection",
+    "clustering", "transformation"); InputError for anything else or an unfitted one."""
     if not (hasattr(estimator, "fit") and hasattr(estimator, "get_params")):
         where = "got" if origin == "object" else f"{origin} holds"
         raise InputError(
             f"{where} a {type(estimator).__name__}, not a fitted scikit-learn estimator",
             hint="pass a fitted estimator or Pipeline, or a file saved with joblib.dump",
         )
-    from sklearn.base import is_classifier, is_regressor
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
@@ -109,14 +110,7 @@ def estimator_task(estimator: Any, origin: str) -> str:
             f"{name} is not a scikit-learn estimator ({said(e)})",
             hint="pass a fitted estimator or Pipeline",
         ) from None
-    if is_classifier(estimator):
-        return "classification"
-    if is_regressor(estimator):
-        return "regression"
-    raise InputError(
-        f"the {name} is neither a classifier nor a regressor",
-        hint="convert a classifier, a regressor, or a Pipeline that ends in one",
-    )
+    return task_of(estimator, name)
 
 
 def describe_estimator(estimator: Any) -> str:

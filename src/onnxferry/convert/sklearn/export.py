@@ -216,9 +216,31 @@ def expected_signature(
             TensorSpec("label", label, (batch,)),
             TensorSpec("probabilities", float_type, (batch, len(classes))),
         )
+    elif task == "outlier detection":
+        outputs = (
+            TensorSpec("label", dtype_from_numpy(np.int64), (batch, 1)),
+            TensorSpec("scores", float_type, (batch, 1)),
+        )
+    elif task == "clustering":
+        mixture = not hasattr(estimator, "transform")
+        clusters = getattr(estimator, "n_components" if mixture else "n_clusters", None)
+        outputs = (
+            TensorSpec("label", dtype_from_numpy(np.int64), (batch, 1) if mixture else (batch,)),
+            TensorSpec("probabilities" if mixture else "scores", float_type, (batch, clusters)),
+        )
+    elif task == "transformation":
+        outputs = (TensorSpec("variable", float_type, (batch, _width(estimator, n_features))),)
     else:
         outputs = (TensorSpec("variable", float_type, (batch, 1)),)
     return Signature(inputs, outputs)
+
+
+def _width(transformer: Any, n_features: int) -> int | None:
+    """How many columns ``transform`` gives (asked of one row of zeros), or None."""
+    try:
+        return int(np.asarray(transformer.transform(np.zeros((1, n_features)))).shape[1])
+    except Exception:  # only the signature's dim: the reference's run shows the real error
+        return None
 
 
 def library_versions(boosters: Sequence[Any] = ()) -> dict[str, str]:

@@ -6,7 +6,7 @@
 
 The model has one input, ``INPUT`` [batch, n_features]. Its element type follows the float64
 rule in the package's docstring: the samples' dtype, else float32 for a classifier, else
-float64 for a regressor whose predictions change when its inputs are rounded to float32.
+float64 for an estimator whose outputs change when its inputs are rounded to float32.
 A text pipeline's input is strings (``text_dtype``: its weights float32); a table pipeline's
 numeric columns follow the same rule (``table_dtype``).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ...errors import InputError, UsageError
 from ..base import ConvertOptions
 from .estimators import describe_estimator, said
 from .table import Table
+from .tasks import values
 from .text import check_text_samples, text_vectorizer
 
 log = logging.getLogger("onnxferry")
@@ -32,6 +33,11 @@ INPUT = "input"
 """The name of the one input of every converted scikit-learn model."""
 
 _PROBE_ROWS = 64
+_WHAT = {
+    "outlier detection": "an outlier detector",
+    "clustering": "a clusterer",
+    "transformation": "a transformer",
+}
 
 
 def feature_count(estimator: Any, options: ConvertOptions, *, text: bool = False) -> int:
@@ -115,13 +121,14 @@ def choose_dtype(
             "a classifier: probabilities in [0, 1] keep float32's precision",
             False,
         )
-    in_float64 = _computes_in_float64(estimator, n_features)
+    what = _WHAT.get(task, "a regressor")
+    in_float64 = _computes_in_float64(values(estimator, task), n_features)
     if in_float64:
-        reason = "a regressor that computes in float64 (its predictions change when inputs "
+        reason = f"{what} that computes in float64 (its outputs change when inputs "
         return np.dtype(np.float64), reason + "are rounded to float32)", False
-    reason = "a regressor whose predictions do not change when inputs are rounded to float32"
+    reason = f"{what} whose outputs do not change when inputs are rounded to float32"
     if in_float64 is None:
-        reason = "a regressor that the float64 probe could not run"
+        reason = f"{what} that the float64 probe could not run"
     return np.dtype(np.float32), reason, False
 
 
@@ -149,9 +156,14 @@ def table_dtype(
         return dtype, f"the sample inputs' numeric columns are {dtype.name}", True
     if task == "classification":
         return np.dtype(np.float32), "a classifier: numeric columns in float32", False
-    if table.computes_in_float64(estimator):
-        return np.dtype(np.float64), "a regressor that computes in float64", False
-    return np.dtype(np.float32), "a regressor whose predictions keep float32 inputs", False
+    if table.computes_in_float64(values(estimator, task)):
+        what = _WHAT.get(task, "a regressor")
+        return np.dtype(np.float64), f"{what} that computes in float64", False
+    return (
+        np.dtype(np.float32),
+        f"{_WHAT.get(task, 'a regressor')} whose outputs keep float32 inputs",
+        False,
+    )
 
 
 def _sample_dtype(samples: Sequence[Mapping[str, np.ndarray]]) -> np.dtype[Any] | None:
@@ -185,16 +197,16 @@ def _sample_dtype(samples: Sequence[Mapping[str, np.ndarray]]) -> np.dtype[Any] 
     return dtype
 
 
-def _computes_in_float64(estimator: Any, n_features: int) -> bool | None:
-    """True when predict gives other values for the same rows rounded to float32 (None when
-    predict fails on the generated rows)."""
+def _computes_in_float64(method: Callable[[Any], Any], n_features: int) -> bool | None:
+    """True when ``method`` (predict, or the task's scores or transform) gives other values
+    for the same rows rounded to float32 (None when it fails on the generated rows)."""
     x = np.random.default_rng(0).standard_normal((_PROBE_ROWS, n_features))
     rounded = x.astype(np.float32).astype(np.float64)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            exact = np.asarray(estimator.predict(x), dtype=np.float64)
-            coarse = np.asarray(estimator.predict(rounded), dtype=np.float64)
+            exact = np.asarray(method(x), dtype=np.float64)
+            coarse = np.asarray(method(rounded), dtype=np.float64)
     except Exception as e:  # the probe is advice; the reference shows real failures
         log.debug("float64 probe failed: %s", said(e))
         return None

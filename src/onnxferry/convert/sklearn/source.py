@@ -24,7 +24,7 @@ from ...parity import Tolerance
 from ...signature import Signature, TensorSpec
 from ..base import Candidate, ConversionError, ConvertOptions, Source
 from .boosters import LIBRARIES, booster_package
-from .estimators import describe_estimator, estimator_task, read_estimator, walk
+from .estimators import describe_estimator, estimator_task, read_estimator, said, walk
 from .export import (
     ExportError,
     convert_estimator,
@@ -34,6 +34,7 @@ from .export import (
 )
 from .inputs import INPUT, batch_dim, choose_dtype, feature_count, table_dtype, text_dtype
 from .table import Table, table_layout
+from .tasks import method_of
 from .text import text_options, text_vectorizer, text_vocabulary
 
 if TYPE_CHECKING:
@@ -150,9 +151,9 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
 
 @dataclass
 class SklearnRunner:
-    """A fitted estimator as a Runner: ``run({"input": x})`` calls predict, and for a
-    classifier predict_proba (or decision_function), and returns the outputs with the names,
-    shapes and dtypes of ``signature`` (the ONNX model's)."""
+    """A fitted estimator as a Runner: ``run({"input": x})`` calls, for each output of
+    ``signature`` (the ONNX model's), the method that gives it (``tasks.method_of``: predict,
+    predict_proba, decision_function or transform), with its name, shape and dtype."""
 
     estimator: Any
     model_signature: Signature
@@ -173,13 +174,23 @@ class SklearnRunner:
         elif self.model_signature.inputs[0].dtype.kind == "string":
             x = [str(text) for text in x]  # a text vectorizer takes an iterable of str
         outputs = self.model_signature.outputs
+        results = {}
         with warnings.catch_warnings():
             # Fitted on a DataFrame, fed an array in the same column order.
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
-            values = [self.estimator.predict(x)]
-            if self.task == "classification":
-                values.append(_scores(self.estimator, x))
-        return {spec.name: _shaped(v, spec) for spec, v in zip(outputs, values, strict=True)}
+            for spec in outputs:
+                method = method_of(self.estimator, self.task, spec.name)
+                try:
+                    value = getattr(self.estimator, method)(x)
+                except Exception as e:
+                    dtype = np.dtype(self.model_signature.inputs[0].dtype.numpy)
+                    raise ConversionError(
+                        f"the {self.name}'s own {method} fails on {dtype.name} rows: {said(e)}",
+                        hint="give sample inputs it takes (--inputs samples.npz), in the "
+                        "dtype it is fed in production",
+                    ) from e
+                results[spec.name] = _shaped(value, spec)
+        return results
 
 
 def _tolerance(dtype: np.dtype[Any], signature: Signature) -> Tolerance:
@@ -188,12 +199,6 @@ def _tolerance(dtype: np.dtype[Any], signature: Signature) -> Tolerance:
     low = FLOAT32_TOLERANCE.atol, FLOAT32_TOLERANCE.rtol
     per_output = {s.name: low for s in signature.outputs if s.dtype.onnx_name == "FLOAT"}
     return Tolerance(FLOAT64_TOLERANCE.atol, FLOAT64_TOLERANCE.rtol, per_output)
-
-
-def _scores(estimator: Any, x: np.ndarray) -> np.ndarray:
-    if hasattr(estimator, "predict_proba"):
-        return np.asarray(estimator.predict_proba(x))
-    return np.asarray(estimator.decision_function(x))
 
 
 def _shaped(values: Any, spec: TensorSpec) -> np.ndarray:

@@ -18,7 +18,7 @@ Generated values of a category column are its known categories (``vocabularies``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +89,10 @@ class Table:
             )
         return axes[0]
 
-    def computes_in_float64(self, estimator: Any) -> bool | None:
-        """Whether predict changes when the numeric columns are rounded to float32 (None when
-        it fails on the generated rows), as the float64 rule asks of a regressor."""
+    def computes_in_float64(self, method: Callable[[Any], Any]) -> bool | None:
+        """Whether ``method`` (predict, or the task's scores or transform) changes when the
+        numeric columns are rounded to float32 (None when it fails on the generated rows), as
+        the float64 rule asks."""
         rng = np.random.default_rng(0)
         exact = {}
         for c in self.columns:
@@ -106,8 +107,8 @@ class Table:
             for k, v in exact.items()
         }
         try:
-            first = np.asarray(estimator.predict(self.frame(exact)), np.float64)
-            second = np.asarray(estimator.predict(self.frame(rounded)), np.float64)
+            first = np.asarray(method(self.frame(exact)), np.float64)
+            second = np.asarray(method(self.frame(rounded)), np.float64)
         except Exception:  # the probe is advice; the reference shows real failures
             return None
         return not np.array_equal(first, second, equal_nan=True)
