@@ -340,6 +340,17 @@ def _sklearn_tasks(tmp: Path) -> Names:
     return {"forest": IsolationForest(n_estimators=5, random_state=0).fit(x), "x": x}
 
 
+def _resampling(tmp: Path) -> Names:
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.pipeline import make_pipeline
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.random.default_rng(0).standard_normal((32, 4))
+    steps = StandardScaler(), RandomOverSampler(random_state=0), LogisticRegression()
+    return {"resampling": make_pipeline(*steps).fit(x, x[:, 0] > 0.5)}
+
+
 def _sklearn_text(tmp: Path) -> Names:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -1400,6 +1411,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.estimators": _sklearn,
     "onnxferry.convert.sklearn.boosters": _boosters,
     "onnxferry.convert.sklearn.tasks": _sklearn_tasks,
+    "onnxferry.convert.sklearn.prepare": _resampling,
     "onnxferry.convert.sklearn.booster_files": _boosters,
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,

@@ -24,9 +24,10 @@ from ...model import Model
 from ...runtime import create_session, runtime_limits
 from ...signature import Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
-from .boosters import BoosterError, booster_package, register_boosters
+from .boosters import BoosterError, booster_package
 from .estimators import describe_estimator, final_step, said, steps_of, walk
 from .inputs import INPUT
+from .prepare import for_export
 from .table import Table
 from .text import text_options, text_problem
 
@@ -81,7 +82,7 @@ def convert_estimator(
         StringTensorType,
     )
 
-    register_boosters(estimator)
+    exported = for_export(estimator)
     tensor_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
     initial = [(INPUT, tensor_type([None, n_features]))]
     options: dict[int, dict[str, Any]] = {}
@@ -92,20 +93,20 @@ def convert_estimator(
         options[id(vectorizer)] = text_options(vectorizer)
         if problem := text_problem(vectorizer):
             raise _step_error(estimator, vectorizer, problem, _TEXT_HINT)
-    final = final_step(estimator)
+    final = final_step(exported)
     if task == "classification":
         options[id(final)] = {"zipmap": False}  # probabilities as a tensor, not maps
     try:
         try:
             proto = convert_sklearn(
-                estimator, initial_types=initial, target_opset=opsets, options=options
+                exported, initial_types=initial, target_opset=opsets, options=options
             )
         except NameError as e:
             if "zipmap" not in str(e):  # a classifier without the option: tensors already
                 raise
             options.pop(id(final))
             proto = convert_sklearn(
-                estimator, initial_types=initial, target_opset=opsets, options=options
+                exported, initial_types=initial, target_opset=opsets, options=options
             )
     except Exception as e:
         raise _conversion_error(estimator, e, dtype, by_user) from e
