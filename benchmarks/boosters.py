@@ -1,4 +1,4 @@
-"""LightGBM and XGBoost through `ferry convert`: what converts, how close, and how fast.
+"""LightGBM, XGBoost and CatBoost through `ferry convert`: what converts, how close, how fast.
 
     .venv/bin/python benchmarks/boosters.py [--rounds 5] [--only a,b]
 
@@ -43,6 +43,7 @@ def _data(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def cases() -> dict[str, tuple[Callable[[], Any], str]]:
     """name -> (a function making the fitted estimator or the model file's path, its data)."""
+    import catboost
     import lightgbm as lgb
     import xgboost as xgb
     from sklearn.pipeline import make_pipeline
@@ -68,6 +69,9 @@ def cases() -> dict[str, tuple[Callable[[], Any], str]]:
         params = {"objective": "multi:softprob", "num_class": 3}
         return xgb.train(params, xgb.DMatrix(x, y), 100)
 
+    def cbm(x: np.ndarray, y: np.ndarray) -> Any:
+        return catboost.CatBoostClassifier(iterations=100, verbose=0).fit(x, y)
+
     rf: dict[str, Any] = {"boosting_type": "rf", "bagging_freq": 1, "bagging_fraction": 0.7}
     return {
         "LGBMClassifier, 100 trees": fit(lgb.LGBMClassifier(**QUIET), cancer),
@@ -86,8 +90,16 @@ def cases() -> dict[str, tuple[Callable[[], Any], str]]:
         "XGBRegressor, 1000 trees": fit(xgb.XGBRegressor(n_estimators=1000), diabetes),
         "XGBRFClassifier": fit(xgb.XGBRFClassifier(), cancer),
         "XGBRegressor, gblinear": fit(xgb.XGBRegressor(booster="gblinear"), diabetes),
+        "CatBoostClassifier, 100 trees": fit(
+            catboost.CatBoostClassifier(iterations=100, verbose=0), cancer
+        ),
+        "CatBoostClassifier, 3 classes": fit(
+            catboost.CatBoostClassifier(iterations=100, verbose=0), wine
+        ),
+        "CatBoostRegressor, 1000 trees": fit(catboost.CatBoostRegressor(verbose=0), diabetes),
         "LightGBM model.txt, binary": saved(lgb_binary, cancer, ".txt"),
         "XGBoost model.json, softprob": saved(xgb_softprob, wine, ".json"),
+        "CatBoost model.cbm, binary": saved(cbm, cancer, ".cbm"),
     }
 
 

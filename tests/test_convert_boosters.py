@@ -312,3 +312,89 @@ def test_json_that_is_not_a_booster_is_not_taken_for_one(tmp_path: Path) -> None
     path.write_text('{"name": "not a model"}')
     with pytest.raises(InputError, match="cannot tell which framework"):
         detect_framework(str(path))
+
+
+# --- CatBoost: its own ONNX export, its tree node spliced into skl2onnx's graph --------------
+
+
+@pytest.fixture(scope="module")
+def catboost() -> Any:
+    return pytest.importorskip("catboost")
+
+
+CATBOOST: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "binary in a pipeline": ("CatBoostClassifier", "cancer", {"iterations": 30}),
+    "multiclass": ("CatBoostClassifier", "wine", {"iterations": 20}),
+    "regression": ("CatBoostRegressor", "diabetes", {"iterations": 30}),
+}
+
+
+@pytest.mark.parametrize("case", list(CATBOOST))
+def test_catboost_estimators_convert_verified(case: str, catboost: Any, tmp_path: Path) -> None:
+    cls, data, params = CATBOOST[case]
+    x, y = _data(data)
+    estimator = getattr(catboost, cls)(verbose=0, random_seed=0, **params)
+    if "pipeline" in case:
+        estimator = make_pipeline(StandardScaler(), estimator)
+    estimator.fit(x, y)
+    model = onnxferry.convert(estimator, tmp_path / "m.onnx")
+    report = model.last_report(Conversion).result
+    assert report.chosen == "skl2onnx + CatBoost"
+    assert "catboost" in report.details["versions"]
+    got = OrtRunner(model).run({"input": x.astype(np.float32)})
+    if "probabilities" in got:
+        np.testing.assert_allclose(
+            got["probabilities"], estimator.predict_proba(x.astype(np.float32)), atol=1e-5
+        )
+    else:
+        np.testing.assert_allclose(
+            got["variable"].ravel(), estimator.predict(x.astype(np.float32)), rtol=1e-5, atol=1e-3
+        )
+
+
+def test_catboost_string_classes_and_model_file(catboost: Any, tmp_path: Path) -> None:
+    """A .cbm file is read without --trust-pickle; its multiclass predict gives labels as
+    [n, 1], held to the ONNX model's [n]."""
+    x, y = _data("wine")
+    labels = np.array(["red", "white", "rose"])[y]
+    path = tmp_path / "model.cbm"
+    catboost.CatBoostClassifier(iterations=20, verbose=0, random_seed=0).fit(x, labels).save_model(
+        str(path)
+    )
+    assert detect_framework(str(path)) == "sklearn"
+    model = onnxferry.convert(str(path), tmp_path / "m.onnx")
+    got = OrtRunner(model).run({"input": x.astype(np.float32)})
+    assert list(np.unique(got["label"])) == ["red", "rose", "white"]
+    loaded = catboost.CatBoostClassifier()
+    loaded.load_model(str(path))
+    np.testing.assert_allclose(
+        got["probabilities"], loaded.predict_proba(x.astype(np.float32)), atol=1e-5
+    )
+
+
+def test_catboost_categorical_features_are_refused_before_verifying(
+    catboost: Any, tmp_path: Path
+) -> None:
+    pd = pytest.importorskip("pandas")
+    x, y = _data("wine")
+    frame = pd.DataFrame(x[:, :3], columns=["a", "b", "c"])
+    frame["colour"] = np.array(["red", "white"])[y % 2]
+    estimator = catboost.CatBoostClassifier(iterations=5, verbose=0, cat_features=["colour"])
+    with pytest.raises(ConversionError, match="CatBoost categorical features") as caught:
+        onnxferry.convert(estimator.fit(frame, y), tmp_path / "m.onnx")
+    assert caught.value.exit_code == 2
+
+
+def test_catboost_ranking_and_truncated_files(catboost: Any, tmp_path: Path) -> None:
+    x, y = _data("diabetes")
+    ranker = tmp_path / "rank.cbm"
+    pool = catboost.Pool(x, y, group_id=np.zeros(len(y), dtype=int))
+    catboost.CatBoostRanker(iterations=3, verbose=0).fit(pool).save_model(str(ranker))
+    with pytest.raises(InputError, match="ranking objective 'YetiRank'"):
+        onnxferry.convert(str(ranker))
+    whole = tmp_path / "whole.cbm"
+    catboost.CatBoostRegressor(iterations=5, verbose=0).fit(x, y).save_model(str(whole))
+    cut = tmp_path / "cut.cbm"
+    cut.write_bytes(whole.read_bytes()[:500])
+    with pytest.raises(InputError, match="catboost cannot read the model"):
+        onnxferry.convert(str(cut))

@@ -222,7 +222,7 @@ def detect_framework(source: Any) -> str:
             module = cls.__module__
             if module.startswith("torch"):
                 return "torch"
-            if module.startswith(("sklearn", "lightgbm", "xgboost")):
+            if module.startswith(("sklearn", "lightgbm", "xgboost", "catboost")):
                 return "sklearn"  # boosters and their scikit-learn estimators too
             if module.startswith(("keras", "tf_keras")):
                 return "keras"

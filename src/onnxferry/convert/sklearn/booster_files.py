@@ -1,13 +1,14 @@
 """LightGBM's and XGBoost's own model files and Booster objects, as scikit-learn estimators.
 
-    kind = booster_file_kind(Path("model.txt"))     # "lightgbm", "xgboost" or None
+    kind = booster_file_kind(Path("model.txt"))     # "lightgbm", "xgboost", "catboost", None
     estimator = read_booster(Path("model.json"))     # an XGBClassifier / XGBRegressor
     estimator = read_booster(lightgbm_booster)       # a LightGBMBoosterClassifier / ...Regressor
 
 A booster saved by its library (``booster.save_model("model.txt")`` in LightGBM,
-``save_model("model.json")`` or ``.ubj`` in XGBoost) is data, not code: it loads without
-``--trust-pickle``. The objective in the file says classifier or regressor. XGBoost reads its
-file into its own scikit-learn class (``load_model``); LightGBM has no such loader, so a
+``save_model("model.json")`` or ``.ubj`` in XGBoost, ``save_model("model.cbm")`` in
+CatBoost) is data, not code: it loads without ``--trust-pickle``. The objective in the file
+says classifier or regressor. XGBoost and CatBoost read their files into their own
+scikit-learn style classes (``load_model``); LightGBM has no such loader, so a
 LightGBM booster becomes ``LightGBMBoosterClassifier`` / ``LightGBMBoosterRegressor``: predict
 and predict_proba from ``Booster.predict``, and the attributes onnxmltools' converter reads.
 From there the file converts like a fitted estimator.
@@ -25,6 +26,7 @@ import numpy as np
 from ...errors import InputError, one_line
 
 _SNIFF = 4096
+_CATBOOST_RANKING = ("YetiRank", "PairLogit", "Query", "StochasticRank", "LambdaMart")
 _CLASSIFIER_OBJECTIVES = ("binary", "multiclass", "multiclassova", "cross_entropy", "xentropy")
 
 
@@ -38,6 +40,8 @@ def booster_file_kind(path: Path) -> str | None:
         return None
     if head.startswith(b"tree\n") and b"\nversion=v" in head:
         return "lightgbm"
+    if head.startswith(b"CBM1"):
+        return "catboost"
     if path.suffix.lower() == ".ubj" and head.startswith(b"{"):
         return "xgboost"
     if head.lstrip().startswith(b"{") and b'"learner"' in head:
@@ -46,11 +50,14 @@ def booster_file_kind(path: Path) -> str | None:
 
 
 def is_booster(source: Any) -> bool:
-    """A ``lightgbm.Booster`` or ``xgboost.Booster`` object."""
+    """A ``lightgbm.Booster``, ``xgboost.Booster`` or ``catboost.CatBoost`` (the class a
+    model loaded without its task is) object."""
     cls = type(source)
-    return cls.__name__ == "Booster" and cls.__module__.split(".", 1)[0] in (
-        "lightgbm",
-        "xgboost",
+    package = cls.__module__.split(".", 1)[0]
+    return (cls.__name__, package) in (
+        ("Booster", "lightgbm"),
+        ("Booster", "xgboost"),
+        ("CatBoost", "catboost"),
     )
 
 
@@ -66,6 +73,8 @@ def read_booster(source: Path | Any) -> Any:
     try:
         if kind == "lightgbm":
             return _lightgbm(source, origin)
+        if kind == "catboost":
+            return _catboost(source, origin)
         return _xgboost(source, origin)
     except InputError:
         raise
@@ -77,7 +86,7 @@ def read_booster(source: Path | Any) -> Any:
     except Exception as e:
         raise InputError(
             f"{origin}: {kind} cannot read the model ({one_line(e, 200, line='first')})",
-            hint=f"re-save it with {kind}'s Booster.save_model",
+            hint=f"re-save it with {kind}'s save_model",
         ) from e
 
 
@@ -87,22 +96,32 @@ def _objective_kind(objective: str, origin: str) -> str:
     if family in _CLASSIFIER_OBJECTIVES or family in ("binary:", "multi:"):
         return "classification"
     if family in ("rank:", "lambdarank", "rank_xendcg", "survival:"):
-        what = "survival" if family == "survival:" else "ranking"
-        raise InputError(
-            f"{origin} has the {what} objective {objective!r}; onnxferry converts "
-            "classifiers and regressors",
-            hint="convert a model trained for classification or regression",
-        )
+        raise _ranking(objective, origin, "survival" if family == "survival:" else "ranking")
     return "regression"
+
+
+def _ranking(objective: str, origin: str, what: str = "ranking") -> InputError:
+    return InputError(
+        f"{origin} has the {what} objective {objective!r}; onnxferry converts classifiers "
+        "and regressors",
+        hint="convert a model trained for classification or regression",
+    )
 
 
 def saved_booster(kind: str, path: str) -> bytes:
     """(In a spawned worker.) The model file read by its library and saved again: LightGBM's
-    text, XGBoost's UBJSON. Either library aborts the process on some truncated files."""
+    text, XGBoost's UBJSON, CatBoost's own format. LightGBM aborts the process on some
+    truncated files."""
     if kind == "lightgbm":
         import lightgbm
 
         return str(lightgbm.Booster(model_file=path).model_to_string()).encode()
+    if kind == "catboost":
+        import catboost
+
+        model = catboost.CatBoost()
+        model.load_model(path)
+        return bytes(model._serialize_model())
     import xgboost
 
     return bytes(xgboost.Booster(model_file=path).save_raw(raw_format="ubj"))
@@ -115,7 +134,7 @@ def _read_file(kind: str, path: Path) -> bytes:
 
     with spawned_worker(
         f"{path}: {kind} crashed reading the file; it is truncated or corrupt",
-        hint=f"re-save the model with {kind}'s Booster.save_model",
+        hint=f"re-save the model with {kind}'s save_model",
     ) as worker:
         return worker.submit(saved_booster, kind, str(path)).result()
 
@@ -136,6 +155,26 @@ def _xgboost(source: Path | Any, origin: str) -> Any:
         estimator.n_estimators = booster.num_boosted_rounds() or len(booster.get_dump()) // (
             per_round
         )
+    return estimator
+
+
+def _catboost(source: Path | Any, origin: str) -> Any:
+    import catboost
+
+    if isinstance(source, Path):
+        blob = _read_file("catboost", source)
+    else:
+        blob = bytes(source._serialize_model())
+    probe = catboost.CatBoost()
+    probe.load_model(blob=blob)
+    objective = str(probe.get_all_params().get("loss_function", "RMSE"))
+    classifier = objective in ("Logloss", "CrossEntropy", "MultiClass", "MultiClassOneVsAll")
+    estimator = catboost.CatBoostClassifier() if classifier else catboost.CatBoostRegressor()
+    if objective.startswith(_CATBOOST_RANKING):
+        raise _ranking(objective, origin)
+    estimator.load_model(blob=blob)
+    if not getattr(estimator, "n_features_in_", 0):  # CatBoost 1.2 leaves 0 after load_model
+        estimator._n_features_in = len(estimator.feature_names_)
     return estimator
 
 

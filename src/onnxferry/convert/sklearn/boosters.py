@@ -1,14 +1,16 @@
-"""LightGBM and XGBoost estimators, alone or inside a pipeline, through onnxmltools' converters.
+"""LightGBM, XGBoost and CatBoost estimators, alone or inside a pipeline, registered with
+skl2onnx.
 
     register_boosters(pipeline)   # before skl2onnx.convert_sklearn; names what it registered
     # ["LGBMClassifier"] for make_pipeline(StandardScaler(), LGBMClassifier()).fit(x, y)
 
-skl2onnx knows scikit-learn's own estimators only; LightGBM's and XGBoost's scikit-learn
+skl2onnx knows scikit-learn's own estimators only. LightGBM's and XGBoost's scikit-learn
 classes (``LGBMClassifier``, ``XGBRegressor``, ...) convert with onnxmltools' tree-ensemble
-converters once they are registered with skl2onnx, as skl2onnx's own examples do. This
-module registers each booster class a pipeline holds, once per process, with the
-classifier options (``zipmap``, ``nocl``) the rest of the sklearn path sets. Rankers are
-neither classifiers nor regressors and stay refused by ``estimator_task``.
+converters once they are registered with skl2onnx, as skl2onnx's own examples do; CatBoost's
+(``CatBoostClassifier``, ``CatBoostRegressor``) with CatBoost's own ONNX export, whose tree
+node is copied in. This module registers each booster class a pipeline holds, once per
+process, with the classifier options (``zipmap``, ``nocl``) the rest of the sklearn path
+sets. Rankers are neither classifiers nor regressors and stay refused by ``estimator_task``.
 
 The boosters' own model files and Booster objects become such estimators in
 ``booster_files``.
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import InputError
 from .estimators import said, walk
 
-LIBRARIES = {"lightgbm": "LightGBM", "xgboost": "XGBoost"}
-"""The packages whose scikit-learn estimators convert through onnxmltools, and their names."""
+LIBRARIES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "catboost": "CatBoost"}
+"""The gradient-boosting packages whose scikit-learn style estimators convert here (LightGBM
+and XGBoost through onnxmltools, CatBoost through its own ONNX export), and their names."""
 
 _CLASSIFIER_OPTIONS: dict[str, Any] = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
 _registered: set[type] = set()
@@ -37,6 +40,14 @@ def booster_package(estimator: Any) -> str | None:
     package = getattr(type(estimator), "booster_package", None)
     package = package or type(estimator).__module__.split(".", 1)[0]
     return package if package in LIBRARIES else None
+
+
+def converters_for(boosters: Sequence[Any]) -> list[str]:
+    """What converts these booster estimators besides skl2onnx: ["onnxmltools"] for LightGBM
+    and XGBoost, ["CatBoost"] for CatBoost's own export, both, or neither."""
+    packages = {booster_package(b) for b in boosters}
+    tools = ["onnxmltools"] if packages & {"lightgbm", "xgboost"} else []
+    return tools + (["CatBoost"] if "catboost" in packages else [])
 
 
 def register_boosters(estimator: Any) -> list[str]:
@@ -56,6 +67,8 @@ def register_boosters(estimator: Any) -> list[str]:
 
 
 def _converter_for(package: str) -> Callable[..., Any]:
+    if package == "catboost":
+        return convert_catboost
     try:
         if package == "lightgbm":
             from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
@@ -73,6 +86,29 @@ def _converter_for(package: str) -> Callable[..., Any]:
         ) from e
 
 
+def convert_catboost(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx's converter for a CatBoost model: CatBoost's own ONNX export (one
+    TreeEnsembleClassifier, then a ZipMap; or one TreeEnsembleRegressor), its tree node
+    copied in with the operator's inputs and outputs (the ZipMap left out: the rest of the
+    sklearn path wants probabilities as a tensor)."""
+    from catboost.utils import convert_to_onnx_object
+    from onnx.helper import get_attribute_value
+
+    exported = convert_to_onnx_object(operator.raw_operator)
+    opsets = {o.domain: o.version for o in exported.opset_import}
+    node = next(n for n in exported.graph.node if n.op_type.startswith("TreeEnsemble"))
+    outputs = [v.full_name for v in operator.outputs][: len(node.output)]
+    container.add_node(
+        node.op_type,
+        [operator.inputs[0].full_name],
+        outputs,
+        op_domain=node.domain,
+        op_version=opsets.get(node.domain),
+        name=scope.get_unique_operator_name(node.op_type),
+        **{a.name: get_attribute_value(a) for a in node.attribute},
+    )
+
+
 def _register(estimator: Any, converter: Callable[..., Any]) -> None:
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
@@ -86,6 +122,10 @@ def _register(estimator: Any, converter: Callable[..., Any]) -> None:
     alias = f"{package.capitalize()}{cls.__name__}"
     converter = _fixed(converter)
     if is_classifier(estimator):
+        from skl2onnx._parse import sklearn_classifier_list
+
+        if cls not in sklearn_classifier_list:  # CatBoost's are not ClassifierMixin: give
+            sklearn_classifier_list.append(cls)  # them skl2onnx's label and probabilities
         update_registered_converter(
             cls,
             alias,
@@ -110,13 +150,13 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
         estimator = operator.raw_operator
         problem = _unsupported(estimator)
         if problem:
-            raise BoosterError(estimator, problem)
+            raise BoosterError(estimator, problem, known=True)
         first = len(container.nodes)
         if booster_package(estimator) == "xgboost":
             operator.raw_operator = _without_feature_names(estimator)
         try:
             converter(scope, operator, container)
-        except (RuntimeError, ValueError, KeyError, NotImplementedError) as e:
+        except Exception as e:  # each converter's own errors, one line with the step named
             raise BoosterError(estimator, said(e)) from e
         finally:
             operator.raw_operator = estimator
@@ -132,17 +172,23 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class BoosterError(Exception):
-    """onnxmltools cannot convert this LightGBM / XGBoost estimator: ``reason`` says why."""
+    """This LightGBM / XGBoost / CatBoost estimator does not convert: ``reason`` says why,
+    ``tool`` names the converter."""
 
     hint = (
-        "train with settings onnxmltools converts (LightGBM: boosting_type 'gbdt', 'dart' or "
-        "'goss' without linear_tree; XGBoost: booster 'gbtree'), or keep the model out of ONNX"
+        "retrain with settings the converter takes (LightGBM: boosting_type 'gbdt', 'dart' or "
+        "'goss' without linear_tree; XGBoost: booster 'gbtree'; CatBoost: numeric features "
+        "only), or keep the model out of ONNX"
     )
 
-    def __init__(self, estimator: Any, reason: str) -> None:
+    def __init__(self, estimator: Any, reason: str, *, known: bool = False) -> None:
         super().__init__(reason)
         self.estimator = estimator
         self.reason = reason
+        self.known = known
+        """A limit known before converting (not the converter failing): refused at load."""
+        catboost = booster_package(estimator) == "catboost"
+        self.tool = "CatBoost's ONNX export" if catboost else "onnxmltools"
 
 
 def _unsupported(estimator: Any) -> str | None:
@@ -161,6 +207,19 @@ def _unsupported(estimator: Any) -> str | None:
             return (
                 "LightGBM linear trees (linear_tree=True): onnxmltools keeps only the "
                 "constant part of each leaf"
+            )
+        return None
+    if booster_package(estimator) == "catboost":
+        named = {
+            "categorical": estimator.get_cat_feature_indices(),
+            "text": estimator.get_text_feature_indices(),
+            "embedding": estimator.get_embedding_feature_indices(),
+        }
+        kinds = [kind for kind, indices in named.items() if indices]
+        if kinds:
+            return (
+                f"CatBoost {' and '.join(kinds)} features: the ONNX model takes one float "
+                "tensor, and CatBoost's export computes no such feature"
             )
         return None
     name = json.loads(estimator.get_booster().save_config())["learner"]["gradient_booster"]

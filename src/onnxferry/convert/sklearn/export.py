@@ -24,7 +24,7 @@ from ...model import Model
 from ...runtime import create_session, runtime_limits
 from ...signature import Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
-from .boosters import BoosterError, booster_package
+from .boosters import BoosterError, booster_package, converters_for
 from .estimators import describe_estimator, final_step, said, steps_of, walk
 from .inputs import INPUT
 from .prepare import for_export
@@ -46,9 +46,11 @@ _TEXT_HINT = "fit the vectorizer without stop_words, or with ngram_range=(1, 1),
 class ExportError(ConversionError):
     """A ConversionError that keeps skl2onnx's (or ONNX Runtime's) bare reason."""
 
-    def __init__(self, message: str, *, hint: str, detail: str) -> None:
+    def __init__(self, message: str, *, hint: str, detail: str, refused: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.detail = detail
+        self.refused = refused
+        """Known not to convert (a booster setting): nothing to verify, so raised at load."""
 
 
 def target_opsets(options: ConvertOptions) -> dict[str, int]:
@@ -124,7 +126,9 @@ def _conversion_error(
 ) -> ExportError:
     """One line naming the step skl2onnx failed on (matched by class name in its error)."""
     if isinstance(error, BoosterError):
-        return _step_error(estimator, error.estimator, error.reason, error.hint, "onnxmltools")
+        refusal = _step_error(estimator, error.estimator, error.reason, error.hint, error.tool)
+        refusal.refused = error.known
+        return refusal
     text = said(error)
     name = describe_estimator(estimator)
     for path, step in walk(estimator):
@@ -250,9 +254,9 @@ def library_versions(boosters: Sequence[Any] = ()) -> dict[str, str]:
     import importlib
 
     modules = {"scikit-learn": "sklearn", "skl2onnx": "skl2onnx"}
-    if boosters:
+    if "onnxmltools" in converters_for(boosters):
         modules["onnxmltools"] = "onnxmltools"
-        modules.update({p: p for p in sorted({booster_package(b) or "" for b in boosters})})
+    modules.update({p: p for p in sorted({booster_package(b) or "" for b in boosters})})
     return {
         name: str(importlib.import_module(module).__version__)  # xgboost is "xgboost-cpu" too
         for name, module in modules.items()

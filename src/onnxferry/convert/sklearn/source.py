@@ -23,7 +23,7 @@ from ...model import Model
 from ...parity import Tolerance
 from ...signature import Signature, TensorSpec
 from ..base import Candidate, ConversionError, ConvertOptions, Source
-from .boosters import LIBRARIES, booster_package
+from .boosters import LIBRARIES, booster_package, converters_for
 from .estimators import describe_estimator, estimator_task, read_estimator, said, walk
 from .export import (
     ExportError,
@@ -81,6 +81,8 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
             estimator, task, n_features, dtype, opsets, batch, by_user, vectorizer, table
         )
     except ExportError as e:
+        if e.refused:
+            raise
         error = e
         if dtype == np.float64 and not by_user:  # rule 3 falls back to float32
             reason += f", but it cannot run in float64 ({e.detail}); exported in float32"
@@ -100,7 +102,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     library = LIBRARIES.get(booster_package(estimator) or "", "scikit-learn")
     reference = SklearnRunner(estimator, signature, task, name=f"{library} {name}", table=table)
     boosters = [step for _, step in walk(estimator) if booster_package(step)]
-    exporter = "skl2onnx + onnxmltools" if boosters else "skl2onnx"
+    exporter = " + ".join(["skl2onnx", *converters_for(boosters)])
 
     def export(path: Path) -> None:
         if error is not None:
@@ -205,6 +207,8 @@ def _shaped(values: Any, spec: TensorSpec) -> np.ndarray:
     """predict's values with the spec's dtype and rank (a binary decision_function d as
     [-d, d] when the model gives two score columns)."""
     array = np.asarray(values)
+    if spec.shape is not None and len(spec.shape) == 1 and array.ndim == 2:
+        array = array.reshape(-1)  # CatBoost's multiclass predict gives labels as [n, 1]
     if spec.shape is not None and len(spec.shape) == 2 and array.ndim == 1:
         if spec.shape[1] == 2 and spec.dtype.kind == "float":
             array = np.stack([-array, array], axis=1)
