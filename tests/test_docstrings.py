@@ -308,10 +308,18 @@ def _sklearn(tmp: Path) -> Names:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from sklearn.model_selection import GridSearchCV
+
     x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 0)
     joblib.dump(pipeline, "model.joblib")
-    return {"pipeline": pipeline, "x": x[:4], "ConvertOptions": type(_options())}
+    search = GridSearchCV(LogisticRegression(), {"C": [0.5, 1.0]}, cv=2).fit(x, x[:, 0] > 0)
+    return {
+        "pipeline": pipeline,
+        "search": search,
+        "x": x[:4],
+        "ConvertOptions": type(_options()),
+    }
 
 
 def _boosters(tmp: Path) -> Names:
@@ -1412,6 +1420,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.boosters": _boosters,
     "onnxferry.convert.sklearn.tasks": _sklearn_tasks,
     "onnxferry.convert.sklearn.prepare": _resampling,
+    "onnxferry.convert.sklearn.converters": _sklearn,
     "onnxferry.convert.sklearn.booster_files": _boosters,
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,

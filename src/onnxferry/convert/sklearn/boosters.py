@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import InputError
-from .estimators import said, walk
+from .estimators import members, said
 
 LIBRARIES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "catboost": "CatBoost"}
 """The gradient-boosting packages whose scikit-learn style estimators convert here (LightGBM
@@ -54,7 +54,7 @@ def register_boosters(estimator: Any) -> list[str]:
     """Register with skl2onnx the converter of every LightGBM / XGBoost estimator inside
     ``estimator``; the class names registered (or already registered) by this call.
     InputError when onnxmltools is missing."""
-    found = [step for _, step in walk(estimator) if booster_package(step) is not None]
+    found = [step for step in members(estimator) if booster_package(step) is not None]
     names = []
     for step in found:
         cls = type(step)

@@ -4,6 +4,7 @@
     estimator_task(estimator, origin)           # "classification" (fitted, or InputError)
     describe_estimator(pipeline)                # "Pipeline(StandardScaler, LogisticRegression)"
     [path for path, _ in walk(pipeline)]        # ["", "standardscaler", "logisticregression"]
+    members(search)                             # the GridSearchCV, its best_estimator_, ...
     final_step(pipeline)                        # the LogisticRegression at the end
 
 A pickle or joblib file runs code as it loads, so a path is loaded only with
@@ -145,6 +146,34 @@ def walk(estimator: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     yield prefix, estimator
     for name, step in steps_of(estimator) or []:
         yield from walk(step, f"{prefix}/{name}" if prefix else name)
+
+
+def members(estimator: Any) -> list[Any]:
+    """The estimator and every estimator inside it: pipeline steps, and what meta-estimators
+    hold (a search's best_estimator_, a stack's or vote's estimators_, a calibration's
+    classifiers, a multi-output wrapper's estimators), found through their attributes."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(value: Any) -> None:
+        if id(value) in seen or isinstance(value, (str, bytes, int, float, type(None))):
+            return
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif hasattr(value, "fit") and hasattr(value, "get_params"):
+            found.append(value)
+            for item in vars(value).values() if hasattr(value, "__dict__") else ():
+                visit(item)
+        elif type(value).__name__ == "_CalibratedClassifier":  # holds the fitted estimator
+            visit(vars(value))
+
+    visit(estimator)
+    return found
 
 
 def final_step(estimator: Any) -> Any:

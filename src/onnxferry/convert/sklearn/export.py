@@ -14,6 +14,7 @@ failed on, and keeps skl2onnx's bare reason for the float64 fallback.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -98,27 +99,65 @@ def convert_estimator(
     final = final_step(exported)
     if task == "classification":
         options[id(final)] = {"zipmap": False}  # probabilities as a tensor, not maps
+        if _binary_svc_scores(final):  # skl2onnx's default is [d, -d]; sklearn's is [-d, d]
+            options[id(final)]["raw_scores"] = True
     try:
-        try:
-            proto = convert_sklearn(
-                exported, initial_types=initial, target_opset=opsets, options=options
-            )
-        except NameError as e:
-            if "zipmap" not in str(e):  # a classifier without the option: tensors already
-                raise
-            options.pop(id(final))
-            proto = convert_sklearn(
-                exported, initial_types=initial, target_opset=opsets, options=options
-            )
+        with warnings.catch_warnings():  # scikit-learn's deprecations of what skl2onnx reads
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proto = _convert(convert_sklearn, exported, initial, opsets, options, final)
     except Exception as e:
         raise _conversion_error(estimator, e, dtype, by_user) from e
     model: onnx.ModelProto = proto
     _tidy(model, batch)
+    if task == "classification" and labels_only(estimator):  # hard voting: skl2onnx's vote
+        # shares have no reference to be verified against
+        kept = [o for o in model.graph.output if o.name != "probabilities"]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
     if dtype == np.float64 or vectorizer is not None:
         problem = _ort_problem(model)
         if problem:
             raise _conversion_error(estimator, problem, dtype, by_user)
     return model
+
+
+def _convert(
+    convert_sklearn: Any,
+    exported: Any,
+    initial: list[tuple[str, Any]],
+    opsets: dict[str, int],
+    options: dict[int, dict[str, Any]],
+    final: Any,
+) -> Any:
+    """skl2onnx's convert_sklearn; again without the final step's options when it takes
+    none (a classifier that gives tensors already)."""
+    try:
+        return convert_sklearn(
+            exported, initial_types=initial, target_opset=opsets, options=options
+        )
+    except NameError as e:
+        if "zipmap" not in str(e):
+            raise
+        options.pop(id(final))
+        return convert_sklearn(
+            exported, initial_types=initial, target_opset=opsets, options=options
+        )
+
+
+def labels_only(estimator: Any) -> bool:
+    """A classifier with neither predict_proba nor decision_function (a hard-voting
+    VotingClassifier): its model gives ``label`` alone."""
+    return not (hasattr(estimator, "predict_proba") or hasattr(estimator, "decision_function"))
+
+
+def _binary_svc_scores(final: Any) -> bool:
+    """A two-class SVC / NuSVC without probabilities, whose scores are decision_function."""
+    from sklearn.svm import SVC, NuSVC
+
+    if not isinstance(final, (SVC, NuSVC)) or len(getattr(final, "classes_", ())) != 2:
+        return False
+    return getattr(final, "probability", False) is not True  # "deprecated" in 1.9 when unset
 
 
 def _conversion_error(
@@ -220,7 +259,7 @@ def expected_signature(
         outputs = (
             TensorSpec("label", label, (batch,)),
             TensorSpec("probabilities", float_type, (batch, len(classes))),
-        )
+        )[: 1 if labels_only(estimator) else 2]
     elif task == "outlier detection":
         outputs = (
             TensorSpec("label", dtype_from_numpy(np.int64), (batch, 1)),

@@ -1,10 +1,16 @@
 """The estimator as skl2onnx is given it: what applies only while fitting dropped, subclasses
-of estimators skl2onnx knows converted as them, boosters through onnxmltools.
+of estimators skl2onnx knows converted as them, boosters registered.
 
     for_export(resampling)   # Pipeline(StandardScaler, LogisticRegression), the same step
                              # objects, for imbalanced-learn's Pipeline(StandardScaler,
                              # SMOTE, LogisticRegression)
 
+- A fitted search (GridSearchCV, RandomizedSearchCV, the halving ones) predicts with its
+  ``best_estimator_``. RFE / RFECV selects its columns (exported as a plain selector of
+  them: skl2onnx's RFE converter fails when RFE wraps a classifier), then, at the end of a
+  pipeline, predicts with its ``estimator_``. A VotingClassifier's
+  ``flatten_transform`` (on by default, refused by skl2onnx) shapes only ``transform``.
+  Each is exported as what predicts.
 - A resampling step (anything with ``fit_resample``: imbalanced-learn's SMOTE,
   RandomUnderSampler, ...) changes only the rows a pipeline is fitted on; at predict time it
   passes rows through. Such steps are left out of what skl2onnx converts, in a pipeline and
@@ -14,7 +20,9 @@ of estimators skl2onnx knows converted as them, boosters through onnxmltools.
   AdaBoostClassifier, a user's ``class MyForest(RandomForestClassifier)``), converts with the
   parent's converter. Whether that is right for the subclass is for the verification to say:
   a subclass that predicts differently fails it.
-- LightGBM and XGBoost estimators register through ``boosters``.
+- LightGBM, XGBoost and CatBoost estimators register through ``boosters``, wherever they
+  sit (a stack's members, a search's best estimator, a calibration's classifier); a
+  TransformedTargetRegressor through ``converters``.
 
 The reference keeps running the original estimator.
 """
@@ -22,42 +30,95 @@ The reference keeps running the original estimator.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from .boosters import register_boosters
-from .estimators import walk
+from .converters import register_target_regressor
+from .estimators import members
 
 
 def for_export(estimator: Any) -> Any:
-    """``estimator`` with resampling steps left out (a new Pipeline holding the same step
-    objects; the estimator itself when it has none), every converter it needs registered."""
-    register_boosters(estimator)
-    for _, step in walk(estimator):
-        _register_as_parent(type(step))
-    return _without_resampling(estimator)
+    """``estimator`` as it predicts (new containers holding the same fitted objects; the
+    estimator itself when nothing changes), every converter it needs registered."""
+    exported = _as_predicting(estimator, final=True)
+    register_boosters(exported)
+    for member in members(exported):
+        if type(member).__name__ == "TransformedTargetRegressor":
+            register_target_regressor()
+        _register_as_parent(type(member))
+    return exported
 
 
 def _is_resampler(step: Any) -> bool:
     return hasattr(step, "fit_resample") and not hasattr(step, "transform")
 
 
-def _without_resampling(estimator: Any) -> Any:
-    members = getattr(estimator, "estimators_", None)
-    if isinstance(members, list):  # bagging over (sampler, estimator) pipelines
-        kept_members = [_without_resampling(m) for m in members]
-        if any(a is not b for a, b in zip(kept_members, members, strict=True)):
+def _as_predicting(estimator: Any, final: bool) -> Any:
+    """What ``estimator`` runs at predict time (``final``: it gives the predictions, not a
+    transform for a later step)."""
+    best = getattr(estimator, "best_estimator_", None)
+    if best is not None and hasattr(estimator, "cv_results_"):  # any search: its refit best
+        return _as_predicting(best, final)
+    selected = getattr(estimator, "estimator_", None)
+    if selected is not None and hasattr(estimator, "ranking_"):  # RFE / RFECV
+        picker = _columns(estimator.support_)
+        if not final:
+            return picker
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline([("select", picker), ("estimator", _as_predicting(selected, True))])
+    if hasattr(estimator, "voting") and getattr(estimator, "flatten_transform", False):
+        # changes transform only; skl2onnx refuses it
+        estimator = copy.copy(estimator)
+        estimator.flatten_transform = False
+    fitted = getattr(estimator, "estimators_", None)
+    if isinstance(fitted, list):  # bagging over (sampler, estimator) pipelines
+        kept_members = [_as_predicting(m, True) for m in fitted]
+        if any(a is not b for a, b in zip(kept_members, fitted, strict=True)):
             estimator = copy.copy(estimator)
             estimator.estimators_ = kept_members
         return estimator
     steps = getattr(estimator, "steps", None)
     if not isinstance(steps, list):
         return estimator
-    kept = [(name, _without_resampling(step)) for name, step in steps if not _is_resampler(step)]
+    last = len(steps) - 1
+    kept = [
+        (name, _as_predicting(step, final and i == last))
+        for i, (name, step) in enumerate(steps)
+        if not _is_resampler(step)
+    ]
     if len(kept) == len(steps) and all(a[1] is b[1] for a, b in zip(kept, steps, strict=True)):
         return estimator
     from sklearn.pipeline import Pipeline
 
     return Pipeline(kept)
+
+
+def _columns(support: Any) -> Any:
+    """A selector keeping the columns ``support`` marks, as RFE does to rows. It is a
+    SelectKBest to skl2onnx, which converts it as such (skl2onnx's own RFE converter is
+    given classifier options when RFE wraps a classifier, and fails)."""
+    import numpy as np
+
+    selector = _column_selector()(np.asarray(support, dtype=bool))
+    return selector
+
+
+@functools.cache
+def _column_selector() -> type:
+    from sklearn.feature_selection import SelectKBest
+
+    class SelectedColumns(SelectKBest):  # type: ignore[misc]
+        def __init__(self, mask: Any = None) -> None:
+            super().__init__(k="all")
+            self.mask = mask
+            self.n_features_in_ = 0 if mask is None else len(mask)
+
+        def _get_support_mask(self) -> Any:
+            return self.mask
+
+    return SelectedColumns
 
 
 def _register_as_parent(cls: type) -> None:

@@ -24,7 +24,7 @@ from ...parity import Tolerance
 from ...signature import Signature, TensorSpec
 from ..base import Candidate, ConversionError, ConvertOptions, Source
 from .boosters import LIBRARIES, booster_package, converters_for
-from .estimators import describe_estimator, estimator_task, read_estimator, said, walk
+from .estimators import describe_estimator, estimator_task, members, read_estimator, said
 from .export import (
     ExportError,
     convert_estimator,
@@ -101,7 +101,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     )
     library = LIBRARIES.get(booster_package(estimator) or "", "scikit-learn")
     reference = SklearnRunner(estimator, signature, task, name=f"{library} {name}", table=table)
-    boosters = [step for _, step in walk(estimator) if booster_package(step)]
+    boosters = [member for member in members(estimator) if booster_package(member)]
     exporter = " + ".join(["skl2onnx", *converters_for(boosters)])
 
     def export(path: Path) -> None:
