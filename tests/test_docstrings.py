@@ -1421,6 +1421,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.tasks": _sklearn_tasks,
     "onnxferry.convert.sklearn.prepare": _resampling,
     "onnxferry.convert.sklearn.converters": _sklearn,
+    "onnxferry.convert.sklearn.scales": _sklearn,
     "onnxferry.convert.sklearn.booster_files": _boosters,
     "onnxferry.convert.sklearn.export": _sklearn,
     "onnxferry.convert.sklearn.inputs": _sklearn,

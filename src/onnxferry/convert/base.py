@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FerryError, VerificationError
-from ..feeds import Vocabulary, verification_feeds
+from ..feeds import ColumnScale, Vocabulary, verification_feeds
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -106,6 +106,9 @@ class Source:
     candidates: list[Candidate]
     value_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     vocabularies: Mapping[str, Vocabulary] = field(default_factory=dict)
+    column_scales: Mapping[str, ColumnScale] = field(default_factory=dict)
+    """Where a table model's float features lie (a scaler's statistics, the trees' split
+    thresholds): generated rows are drawn there, not from N(0, 1)."""
     tolerance: Tolerance | None = None
     find_divergence: (
         Callable[[Model, Mapping[str, np.ndarray], Tolerance], Divergence | None] | None
@@ -124,5 +127,9 @@ class Source:
         """The user's samples, then generated sets that vary the reference's dynamic dims,
         with values inside ``value_ranges`` and ``vocabularies``."""
         return verification_feeds(
-            self.reference.signature, samples, self.value_ranges, vocabularies=self.vocabularies
+            self.reference.signature,
+            samples,
+            self.value_ranges,
+            vocabularies=self.vocabularies,
+            column_scales=self.column_scales,
         )

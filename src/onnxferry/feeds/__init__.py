@@ -60,7 +60,14 @@ from .sets import (
     shape_plan,
     verification_feeds,
 )
-from .values import BATCH_NAMES, Vocabulary, random_array, realistic_feeds, vocabulary_texts
+from .values import (
+    BATCH_NAMES,
+    ColumnScale,
+    Vocabulary,
+    random_array,
+    realistic_feeds,
+    vocabulary_texts,
+)
 
 __all__ = [
     "BATCH_NAMES",
@@ -68,6 +75,7 @@ __all__ = [
     "CANDIDATES",
     "MAX_ELEMENTS",
     "OTHER_VALUES",
+    "ColumnScale",
     "FeedPlan",
     "Given",
     "Unknown",

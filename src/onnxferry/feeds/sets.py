@@ -22,7 +22,7 @@ from ..errors import FeedError, InputError, UsageError
 from ..model import Model
 from ..signature import Signature
 from .plan import FeedPlan, plan_feeds
-from .values import BATCH_NAMES, Vocabulary, realistic_feeds
+from .values import BATCH_NAMES, ColumnScale, Vocabulary, realistic_feeds
 
 Feeds = dict[str, np.ndarray]
 Given = str | Path | Mapping[str, Any] | Iterable[Mapping[str, Any]]
@@ -113,6 +113,7 @@ def verification_feeds(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     probe: bool = True,
     vocabularies: Mapping[str, Vocabulary] | None = None,
+    column_scales: Mapping[str, ColumnScale] | None = None,
 ) -> list[Feeds]:
     """What ``convert`` verifies an export on (and ``compare`` against a framework source):
     the user's ``samples`` (checked), then generated sets that vary the open dims.
@@ -121,7 +122,8 @@ def verification_feeds(
       (``plan_feeds``), then the same at batch 4, so a batch baked in by the conversion shows.
     - A Signature (a framework model's reference): every dynamic dim at two values
       (``shape_plan``), integer ids inside ``value_ranges`` (e.g. a tokenizer's vocabulary),
-      strings from ``vocabularies`` (a text vectorizer's words).
+      strings from ``vocabularies`` (a text vectorizer's words), table features around
+      their ``column_scales``.
     """
     signature = model if isinstance(model, Signature) else model.signature
     feeds = checked_feeds(samples, signature) if samples else []
@@ -131,7 +133,12 @@ def verification_feeds(
     for seed, dims in enumerate(shape_plan(signature)):
         feeds.append(
             realistic_feeds(
-                signature, dims, seed=seed, value_ranges=value_ranges, vocabularies=vocabularies
+                signature,
+                dims,
+                seed=seed,
+                value_ranges=value_ranges,
+                vocabularies=vocabularies,
+                column_scales=column_scales,
             )
         )
     return feeds

@@ -42,6 +42,24 @@ class Vocabulary:
     stop_words: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ColumnScale:
+    """Where each column (last axis) of a float input lies in the data a model was fitted
+    on: ``center`` and ``spread`` per column (a scaler's mean and scale, a tree ensemble's
+    split thresholds), so generated rows land where the model makes its decisions.
+
+        ColumnScale(np.array([10.0, 0.5]), np.array([3.0, 0.1])).rows((4, 2), rng, np.float32)
+    """
+
+    center: np.ndarray
+    spread: np.ndarray
+
+    def rows(self, shape: tuple[int, ...], rng: np.random.Generator, dtype: Any) -> np.ndarray:
+        """Normal values around each column's center, ``shape`` ending in the columns."""
+        values = self.center + self.spread * rng.standard_normal(shape)
+        return np.asarray(values, dtype=dtype)
+
+
 def realistic_feeds(
     signature: Signature,
     dims: Mapping[str, int] | None = None,
@@ -51,6 +69,7 @@ def realistic_feeds(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     unit_range: Collection[str] = (),
     vocabularies: Mapping[str, Vocabulary] | None = None,
+    column_scales: Mapping[str, ColumnScale] | None = None,
 ) -> dict[str, np.ndarray]:
     """Feeds for every input (at ``shapes`` where given, else symbolic dims from ``dims`` and
     1 for the rest), with language-model inputs made realistic:
@@ -64,6 +83,8 @@ def realistic_feeds(
     - 1-D integer ``*len*`` inputs (``waveforms_lens``): lengths along the other inputs'
       longest axis past the first, the whole of it in row 0, at least half of it elsewhere;
     - floats named in ``unit_range`` (images): uniform in [0, 1);
+    - floats with a ``ColumnScale`` (a table model's features): each column normal around
+      its center with its spread, as the rows the model was fitted on;
     - strings with a ``Vocabulary``: texts (or categories) drawn from it by ``vocabulary_texts``;
     - 8-bit integers (quantized data, pixels) over their whole range;
     - everything else as ``random_array``: standard normal floats, ints in [0, 8), random
@@ -80,6 +101,9 @@ def realistic_feeds(
             feeds[spec.name] = padding.astype(spec.dtype.numpy)
         elif spec.name in unit_range and spec.dtype.kind == "float":
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype.numpy)
+        elif spec.dtype.kind == "float" and spec.name in (column_scales or {}):
+            assert column_scales is not None
+            feeds[spec.name] = column_scales[spec.name].rows(shape, rng, spec.dtype.numpy)
         elif spec.dtype.kind == "string" and spec.name in (vocabularies or {}):
             assert vocabularies is not None
             feeds[spec.name] = vocabulary_texts(vocabularies[spec.name], shape, rng)

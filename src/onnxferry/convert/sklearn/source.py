@@ -33,6 +33,7 @@ from .export import (
     target_opsets,
 )
 from .inputs import INPUT, batch_dim, choose_dtype, feature_count, table_dtype, text_dtype
+from .scales import column_scale
 from .table import Table, table_layout
 from .tasks import method_of
 from .text import text_options, text_vectorizer, text_vocabulary
@@ -129,6 +130,12 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
     if load_warnings:
         details["load_warnings"] = load_warnings
     features = f"{n_features} features"
+    scales = {}
+    if table is None and vectorizer is None:
+        scale, said_by = column_scale(estimator, n_features)
+        if scale is not None:
+            scales[INPUT] = scale
+            details["generated_rows"] = f"drawn around {said_by}"
     vocabularies = {}
     ranges: dict[str, tuple[int, int]] = {}
     if table is not None:
@@ -145,6 +152,7 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         reference=reference,
         candidates=[Candidate(exporter, export)],
         vocabularies=vocabularies,
+        column_scales=scales,
         value_ranges=ranges,
         tolerance=_tolerance(dtype, signature),
         details=details,

@@ -1,0 +1,68 @@
+"""The rows a table model is verified on are drawn where its training data lay (its scaler's
+statistics, its trees' split thresholds), not from N(0, 1): a difference that shows only
+in-distribution is caught, and a kernel model is not verified on rows where it is constant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skl2onnx")
+
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+import onnxferry
+from onnxferry.convert.base import ConvertOptions, ParityFailure
+from onnxferry.convert.dispatch import Conversion
+from onnxferry.convert.sklearn import load_sklearn
+from onnxferry.convert.sklearn.scales import column_scale
+
+X, Y = (np.asarray(a) for a in load_breast_cancer(return_X_y=True))  # features up to ~4000
+
+
+class DriftsOnLargeTumours(RandomForestClassifier):  # type: ignore[misc]
+    """Converts as a RandomForestClassifier, but answers otherwise for mean radius > 15, a
+    value N(0, 1) rows never reach and a third of the real rows have."""
+
+    def predict_proba(self, x: Any) -> Any:
+        p = np.array(super().predict_proba(x))
+        p[np.asarray(x)[:, 0] > 15] = 0.5
+        return p
+
+
+def test_a_difference_only_in_distribution_is_caught(tmp_path: Path) -> None:
+    model = DriftsOnLargeTumours(n_estimators=10, random_state=0).fit(X, Y)
+    assert (X[:, 0] > 15).mean() > 0.2
+    with pytest.raises(ParityFailure):
+        onnxferry.convert(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_rows_around_the_trees_thresholds() -> None:
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, Y)
+    scale, said_by = column_scale(forest, X.shape[1])
+    assert scale is not None
+    assert said_by == "the trees' split thresholds"
+    rows = scale.rows((400, X.shape[1]), np.random.default_rng(0), np.float64)
+    assert 0.2 < forest.predict(rows).mean() < 0.8  # both classes; N(0, 1) rows: nearly one
+    assert forest.predict(np.random.default_rng(0).standard_normal((400, 30))).mean() > 0.9
+
+
+def test_a_scaled_kernel_model_is_verified_where_it_varies(tmp_path: Path) -> None:
+    svc = make_pipeline(StandardScaler(), SVC()).fit(X, Y)
+    source = load_sklearn(svc, ConvertOptions())
+    assert source.details["generated_rows"] == "drawn around the StandardScaler's statistics"
+    scores = [source.reference.run(f)["probabilities"][:, 1] for f in source.verification_feeds()]
+    assert len(np.unique(np.round(np.concatenate(scores), 6))) > 1
+    unscaled = np.random.default_rng(0).standard_normal((4, 30))
+    assert len(np.unique(np.round(svc.decision_function(unscaled), 6))) == 1  # what N(0, 1) gave
+    model = onnxferry.convert(svc, tmp_path / "m.onnx")
+    assert model.last_report(Conversion).result.details["generated_rows"].startswith("drawn")
