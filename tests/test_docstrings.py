@@ -305,10 +305,9 @@ def _options(**kwargs: Any) -> Any:
 def _sklearn(tmp: Path) -> Names:
     import joblib
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from sklearn.model_selection import GridSearchCV
 
     x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, x[:, 0] > 0)
