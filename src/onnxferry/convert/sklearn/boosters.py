@@ -141,10 +141,11 @@ def _register(estimator: Any, converter: Callable[..., Any]) -> None:
 
 
 def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
-    """onnxmltools' converter, given what it can read and with its outputs made to match the
-    estimator's: an XGBoost booster fit on a DataFrame converts without its feature names
-    (onnxmltools reads features only as ``f0``, ``f1``, ...), and ``multi:softmax``'s
-    probabilities are the softmax that ``predict_proba`` gives (onnxmltools leaves margins)."""
+    """A booster's converter, refusing what it would convert wrongly (``_unsupported``),
+    given what it can read and with its outputs made to match the estimator's: an XGBoost
+    booster fit on a DataFrame converts without its feature names (onnxmltools reads
+    features only as ``f0``, ``f1``, ...), and ``multi:softmax``'s probabilities are the
+    softmax that ``predict_proba`` gives (onnxmltools leaves margins)."""
 
     def convert(scope: Any, operator: Any, container: Any) -> None:
         estimator = operator.raw_operator
@@ -162,11 +163,10 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
             operator.raw_operator = estimator
         if _xgboost_objective(estimator) == "multi:softmax":
             for node in container.nodes[first:]:
-                for attribute in node.attribute:
-                    if node.op_type == "TreeEnsembleClassifier" and (
-                        attribute.name == "post_transform"
-                    ):
-                        attribute.s = b"SOFTMAX"
+                if node.op_type == "TreeEnsembleClassifier":
+                    for attribute in node.attribute:
+                        if attribute.name == "post_transform":
+                            attribute.s = b"SOFTMAX"
 
     return convert
 
@@ -192,9 +192,10 @@ class BoosterError(Exception):
 
 
 def _unsupported(estimator: Any) -> str | None:
-    """Why onnxmltools would convert this booster wrongly or not at all, or None. Each was
-    seen: a random forest's probabilities divided by 100 whatever its tree count, linear
-    trees' leaves kept constant, a KeyError on gblinear and dart."""
+    """Why its converter would convert this booster wrongly or not at all, or None. Each was
+    seen: a LightGBM random forest's probabilities divided by 100 whatever its tree count,
+    linear trees' leaves kept constant, a KeyError on XGBoost's gblinear and dart, CatBoost's
+    categorical features failing its own predict on float rows."""
     if booster_package(estimator) == "lightgbm":
         booster = estimator.booster_
         params = booster.params

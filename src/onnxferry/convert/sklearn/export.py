@@ -6,9 +6,13 @@
     expected_signature(pipeline, "classification", 4, np.dtype(np.float32), "batch")
     library_versions()                                # {"scikit-learn": ..., "skl2onnx": ...}
 
-A classifier's probabilities come out as a tensor (no ZipMap); dim 0 of the input and outputs
-is named (or fixed) as the batch dim says. An ``ExportError`` names the pipeline step skl2onnx
-failed on, and keeps skl2onnx's bare reason for the float64 fallback.
+skl2onnx is given the estimator as it predicts (``prepare.for_export``). A classifier's
+probabilities come out as a tensor (no ZipMap); a two-class SVC's scores as its
+decision_function, ``[-d, d]`` (skl2onnx's ``raw_scores``); a classifier with neither
+predict_proba nor decision_function (hard voting) gives ``label`` alone. Dim 0 of the input
+and outputs is named (or fixed) as the batch dim says. An ``ExportError`` names the pipeline
+step skl2onnx failed on, and keeps skl2onnx's bare reason for the float64 fallback; one
+marked ``refused`` (a booster setting known not to convert) is raised at load.
 """
 
 from __future__ import annotations
@@ -289,7 +293,7 @@ def _width(transformer: Any, n_features: int) -> int | None:
 
 def library_versions(boosters: Sequence[Any] = ()) -> dict[str, str]:
     """The versions of scikit-learn and skl2onnx, for the report; with ``boosters`` (the
-    LightGBM / XGBoost estimators inside), theirs and onnxmltools' too."""
+    LightGBM / XGBoost / CatBoost estimators inside), theirs and onnxmltools' too."""
     import importlib
 
     modules = {"scikit-learn": "sklearn", "skl2onnx": "skl2onnx"}
