@@ -66,3 +66,16 @@ def test_a_scaled_kernel_model_is_verified_where_it_varies(tmp_path: Path) -> No
     assert len(np.unique(np.round(svc.decision_function(unscaled), 6))) == 1  # what N(0, 1) gave
     model = onnxferry.convert(svc, tmp_path / "m.onnx")
     assert model.last_report(Conversion).result.details["generated_rows"].startswith("drawn")
+
+
+def test_a_power_transform_is_verified_on_rows_it_can_take(tmp_path: Path) -> None:
+    """N(0, 1) rows overflowed the Box-Cox / Yeo-Johnson fitted on values in the thousands:
+    the pipeline's own predict failed (exit 2). Its standardized output mapped back says
+    where the data lay."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import PowerTransformer
+
+    pipeline = make_pipeline(PowerTransformer(), LogisticRegression()).fit(X, Y)
+    model = onnxferry.convert(pipeline, tmp_path / "m.onnx")
+    details = model.last_report(Conversion).result.details
+    assert details["generated_rows"] == "drawn around the PowerTransformer's statistics"

@@ -9,7 +9,8 @@ rows are drawn around what the estimator says instead, read in this order:
 
 - the first step, when it scales its input: StandardScaler (mean and scale), RobustScaler
   (center and interquartile range), MinMaxScaler and KBinsDiscretizer (the data's range),
-  MaxAbsScaler, QuantileTransformer (its quantiles);
+  MaxAbsScaler, QuantileTransformer (its quantiles), PowerTransformer (its standardized
+  output's -1, 0 and 1 mapped back);
 - else, for a tree ensemble fed the raw features (scikit-learn's forests and boosting,
   LightGBM, XGBoost), each feature's split thresholds: rows land on both sides of them.
 
@@ -70,6 +71,9 @@ def _from_scaler(step: Any, n: int) -> ColumnScale | None:
         q = np.asarray(step.quantiles_)
         middle = np.quantile(q, [0.25, 0.5, 0.75], axis=0)
         return _scale(middle[1], (middle[2] - middle[0]) / _IQR, n)
+    if name == "PowerTransformer" and step.standardize:  # its output is N(0, 1): map back
+        below, middle, above = step.inverse_transform(np.outer([-1.0, 0.0, 1.0], np.ones(n)))
+        return _scale(middle, np.abs(above - below) / 2, n)
     if name == "KBinsDiscretizer":
         edges = step.bin_edges_
         low = np.array([e[0] for e in edges])
