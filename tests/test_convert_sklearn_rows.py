@@ -46,8 +46,26 @@ def test_a_difference_only_in_distribution_is_caught(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_rows_around_the_trees_thresholds() -> None:
-    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, Y)
+def _forests() -> dict[str, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    found: dict[str, Any] = {
+        "random forest": RandomForestClassifier(n_estimators=10, random_state=0),
+        "histogram boosting": HistGradientBoostingClassifier(max_iter=20),
+    }
+    for package, cls in (("lightgbm", "LGBMClassifier"), ("xgboost", "XGBClassifier")):
+        try:
+            module = __import__(package)
+        except ImportError:
+            continue
+        extra = {"verbose": -1} if package == "lightgbm" else {}
+        found[package] = getattr(module, cls)(n_estimators=30, **extra)
+    return found
+
+
+@pytest.mark.parametrize("kind", list(_forests()))
+def test_rows_around_the_trees_thresholds(kind: str) -> None:
+    forest = _forests()[kind].fit(X, Y)
     scale, said_by = column_scale(forest, X.shape[1])
     assert scale is not None
     assert said_by == "the trees' split thresholds"

@@ -11,8 +11,9 @@ rows are drawn around what the estimator says instead, read in this order:
   (center and interquartile range), MinMaxScaler and KBinsDiscretizer (the data's range),
   MaxAbsScaler, QuantileTransformer (its quantiles), PowerTransformer (its standardized
   output's -1, 0 and 1 mapped back);
-- else, for a tree ensemble fed the raw features (scikit-learn's forests and boosting,
-  LightGBM, XGBoost), each feature's split thresholds: rows land on both sides of them.
+- else, for a tree ensemble fed the raw features (scikit-learn's forests, gradient and
+  histogram boosting, LightGBM, XGBoost), each feature's split thresholds: rows land on both
+  sides of them.
 
 A feature nothing says anything of stays N(0, 1).
 """
@@ -109,6 +110,16 @@ def _tree_splits(member: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     if tree is not None and hasattr(tree, "threshold"):
         inner = tree.feature >= 0
         return [(tree.feature[inner], tree.threshold[inner])]
+    predictors = getattr(member, "_predictors", None)  # HistGradientBoosting's trees
+    if isinstance(predictors, list):
+        found = []
+        for predictor in (p for stage in predictors for p in stage):
+            nodes = getattr(predictor, "nodes", None)
+            if nodes is None or "num_threshold" not in (nodes.dtype.names or ()):
+                continue
+            inner = (nodes["is_leaf"] == 0) & (nodes["is_categorical"] == 0)
+            found.append((nodes["feature_idx"][inner], nodes["num_threshold"][inner]))
+        return found
     package = type(member).__module__.split(".", 1)[0]
     booster_package = getattr(type(member), "booster_package", None)
     try:
