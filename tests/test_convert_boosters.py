@@ -398,3 +398,19 @@ def test_catboost_ranking_and_truncated_files(catboost: Any, tmp_path: Path) -> 
     cut.write_bytes(whole.read_bytes()[:500])
     with pytest.raises(InputError, match="catboost cannot read the model"):
         onnxferry.convert(str(cut))
+
+
+def test_xgboost_after_a_text_vectorizer_reads_absent_words_as_missing(tmp_path: Path) -> None:
+    """XGBoost takes the entries a sparse matrix leaves out as missing, not 0: fed dense
+    zeros, the converted model took other branches (labels 60 % equal, exit 1)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    texts = ["good movie great fun", "bad awful boring film", "great acting good plot"]
+    texts += ["terrible bad script", "fun and great", "boring awful mess", "good", "bad bad"]
+    labels = [1, 0, 1, 0, 1, 0, 1, 0]
+    pipeline = make_pipeline(CountVectorizer(), xgb.XGBClassifier(n_estimators=10))
+    pipeline.fit(texts * 10, labels * 10)
+    model = onnxferry.convert(pipeline, tmp_path / "m.onnx")
+    rows = np.array([*texts, "great awful", "no word it knows"], dtype=object)
+    got = OrtRunner(model).run({"input": rows})["probabilities"]
+    np.testing.assert_allclose(got, pipeline.predict_proba(list(rows)), atol=1e-5)

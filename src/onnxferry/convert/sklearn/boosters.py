@@ -153,14 +153,18 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
         if problem:
             raise BoosterError(estimator, problem, known=True)
         first = len(container.nodes)
+        inputs = operator.inputs
         if booster_package(estimator) == "xgboost":
             operator.raw_operator = _without_feature_names(estimator)
+            if getattr(estimator, ZEROS_ARE_MISSING, False):
+                operator.inputs = [_zeros_as_missing(scope, container, inputs[0])]
         try:
             converter(scope, operator, container)
         except Exception as e:  # each converter's own errors, one line with the step named
             raise BoosterError(estimator, said(e)) from e
         finally:
             operator.raw_operator = estimator
+            operator.inputs = inputs
         if _xgboost_objective(estimator) == "multi:softmax":
             for node in container.nodes[first:]:
                 if node.op_type == "TreeEnsembleClassifier":
@@ -169,6 +173,35 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
                             attribute.s = b"SOFTMAX"
 
     return convert
+
+
+ZEROS_ARE_MISSING = "zeros_are_missing"
+"""Set (on the exported copy) for an XGBoost estimator fed a sparse matrix: XGBoost takes
+the entries a sparse matrix leaves out as missing, not as 0 (a text vectorizer's)."""
+
+
+def _zeros_as_missing(scope: Any, container: Any, source: Any) -> Any:
+    """A new variable: ``source`` with every 0 made NaN (Equal, then Where), as XGBoost
+    reads the sparse rows it was fitted and predicts on."""
+    from skl2onnx.common.data_types import guess_proto_type
+
+    proto_type = guess_proto_type(source.type)
+    missing = scope.declare_local_variable("zeros_as_missing", source.type.__class__())
+    zero = scope.get_unique_variable_name("zero")
+    nan = scope.get_unique_variable_name("nan")
+    is_zero = scope.get_unique_variable_name("is_zero")
+    container.add_initializer(zero, proto_type, [], [0.0])
+    container.add_initializer(nan, proto_type, [], [float("nan")])
+    container.add_node(
+        "Equal", [source.full_name, zero], is_zero, name=scope.get_unique_operator_name("Equal")
+    )
+    container.add_node(
+        "Where",
+        [is_zero, nan, source.full_name],
+        missing.full_name,
+        name=scope.get_unique_operator_name("Where"),
+    )
+    return missing
 
 
 class BoosterError(Exception):

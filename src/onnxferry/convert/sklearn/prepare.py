@@ -11,6 +11,8 @@ of estimators skl2onnx knows converted as them, boosters registered.
   pipeline, predicts with its ``estimator_``. A VotingClassifier's
   ``flatten_transform`` (on by default, refused by skl2onnx) shapes only ``transform``.
   Each is exported as what predicts.
+- XGBoost after a text vectorizer is fed rows with every 0 made missing: XGBoost reads the
+  entries a sparse matrix leaves out as missing values, not as zeros.
 - A resampling step (anything with ``fit_resample``: imbalanced-learn's SMOTE,
   RandomUnderSampler, ...) changes only the rows a pipeline is fitted on; at predict time it
   passes rows through. Such steps are left out of what skl2onnx converts, in a pipeline and
@@ -33,7 +35,7 @@ import copy
 import functools
 from typing import Any
 
-from .boosters import register_boosters
+from .boosters import ZEROS_ARE_MISSING, booster_package, register_boosters
 from .converters import register_target_regressor
 from .estimators import members
 
@@ -88,11 +90,21 @@ def _as_predicting(estimator: Any, final: bool) -> Any:
         for i, (name, step) in enumerate(steps)
         if not _is_resampler(step)
     ]
+    for i in range(1, len(kept)):
+        if _sparse_text(kept[i - 1][1]) and booster_package(kept[i][1]) == "xgboost":
+            fed_sparse = copy.copy(kept[i][1])
+            setattr(fed_sparse, ZEROS_ARE_MISSING, True)
+            kept[i] = (kept[i][0], fed_sparse)
     if len(kept) == len(steps) and all(a[1] is b[1] for a, b in zip(kept, steps, strict=True)):
         return estimator
     from sklearn.pipeline import Pipeline
 
     return Pipeline(kept)
+
+
+def _sparse_text(step: Any) -> bool:
+    """A text vectorizer: its rows are sparse, the words a text lacks left out."""
+    return type(step).__name__ in ("CountVectorizer", "TfidfVectorizer", "HashingVectorizer")
 
 
 def _columns(support: Any) -> Any:
