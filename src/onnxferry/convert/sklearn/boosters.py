@@ -177,7 +177,8 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
 
 ZEROS_ARE_MISSING = "zeros_are_missing"
 """Set (on the exported copy) for an XGBoost estimator fed a sparse matrix: XGBoost takes
-the entries a sparse matrix leaves out as missing, not as 0 (a text vectorizer's)."""
+the entries a sparse matrix leaves out as missing, not as 0 (a text vectorizer's, a one-hot
+encoder's)."""
 
 
 def _zeros_as_missing(scope: Any, container: Any, source: Any) -> Any:

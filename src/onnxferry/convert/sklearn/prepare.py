@@ -11,8 +11,9 @@ of estimators skl2onnx knows converted as them, boosters registered.
   pipeline, predicts with its ``estimator_``. A VotingClassifier's
   ``flatten_transform`` (on by default, refused by skl2onnx) shapes only ``transform``.
   Each is exported as what predicts.
-- XGBoost after a text vectorizer is fed rows with every 0 made missing: XGBoost reads the
-  entries a sparse matrix leaves out as missing values, not as zeros.
+- XGBoost after a step giving sparse rows (a text vectorizer, a one-hot encoder, a
+  ColumnTransformer that chose sparse output) is fed rows with every 0 made missing:
+  XGBoost reads the entries a sparse matrix leaves out as missing values, not as zeros.
 - A resampling step (anything with ``fit_resample``: imbalanced-learn's SMOTE,
   RandomUnderSampler, ...) changes only the rows a pipeline is fitted on; at predict time it
   passes rows through. Such steps are left out of what skl2onnx converts, in a pipeline and
@@ -91,7 +92,7 @@ def _as_predicting(estimator: Any, final: bool) -> Any:
         if not _is_resampler(step)
     ]
     for i in range(1, len(kept)):
-        if _sparse_text(kept[i - 1][1]) and booster_package(kept[i][1]) == "xgboost":
+        if _sparse_rows(kept[i - 1][1]) and booster_package(kept[i][1]) == "xgboost":
             fed_sparse = copy.copy(kept[i][1])
             setattr(fed_sparse, ZEROS_ARE_MISSING, True)
             kept[i] = (kept[i][0], fed_sparse)
@@ -102,9 +103,19 @@ def _as_predicting(estimator: Any, final: bool) -> Any:
     return Pipeline(kept)
 
 
-def _sparse_text(step: Any) -> bool:
-    """A text vectorizer: its rows are sparse, the words a text lacks left out."""
-    return type(step).__name__ in ("CountVectorizer", "TfidfVectorizer", "HashingVectorizer")
+def _sparse_rows(step: Any) -> bool:
+    """Whether ``step`` gives scipy sparse rows (zeros left out): a text vectorizer, a
+    one-hot encoder's default, a ColumnTransformer that chose sparse output when fitted, or
+    a pipeline ending in one of those."""
+    steps = getattr(step, "steps", None)
+    if isinstance(steps, list) and steps:
+        return _sparse_rows(steps[-1][1])
+    if hasattr(step, "sparse_output_"):  # a fitted ColumnTransformer
+        return bool(step.sparse_output_)
+    name = type(step).__name__
+    if name == "OneHotEncoder":
+        return bool(getattr(step, "sparse_output", False))
+    return name in ("CountVectorizer", "TfidfVectorizer", "HashingVectorizer", "TfidfTransformer")
 
 
 def _columns(support: Any) -> Any:
