@@ -124,8 +124,7 @@ def _columns(support: Any) -> Any:
     given classifier options when RFE wraps a classifier, and fails)."""
     import numpy as np
 
-    selector = _column_selector()(np.asarray(support, dtype=bool))
-    return selector
+    return _column_selector()(np.asarray(support, dtype=bool))
 
 
 @functools.cache
