@@ -97,3 +97,26 @@ def test_a_power_transform_is_verified_on_rows_it_can_take(tmp_path: Path) -> No
     model = onnxferry.convert(pipeline, tmp_path / "m.onnx")
     details = model.last_report(Conversion).result.details
     assert details["generated_rows"] == "drawn around the PowerTransformer's statistics"
+
+
+def test_a_table_pipelines_columns_are_drawn_around_their_scalers() -> None:
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.uniform(1, 80, 300),
+            "fare": rng.exponential(60, 300),
+            "sex": rng.choice(["m", "f"], 300),
+        }
+    )
+    y = ((frame.age < 15) | (frame.sex == "f")).astype(int)
+    columns = ColumnTransformer(
+        [("num", StandardScaler(), ["age", "fare"]), ("cat", OneHotEncoder(), ["sex"])]
+    )
+    source = load_sklearn(make_pipeline(columns, SVC()).fit(frame, y), ConvertOptions())
+    assert source.details["generated_rows"] == "drawn around the scalers' statistics (2 columns)"
+    ages = np.concatenate([f["age"].ravel() for f in source.verification_feeds()])
+    assert 20 < ages.mean() < 65  # N(0, 1) ages: a constant SVC again

@@ -15,7 +15,9 @@ rows are drawn around what the estimator says instead, read in this order:
   histogram boosting, LightGBM, XGBoost), each feature's split thresholds: rows land on both
   sides of them.
 
-A feature nothing says anything of stays N(0, 1).
+A table pipeline (one input per DataFrame column) gets the same per column, from the scaler
+its ColumnTransformer branch starts with (``table_scales``). A feature nothing says anything
+of stays N(0, 1).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from ...feeds import ColumnScale
 from .estimators import members
+from .table import column_transformer, selected_columns
 
 _IQR = 1.349  # interquartile range of N(0, 1)
 
@@ -43,6 +46,29 @@ def column_scale(estimator: Any, n_features: int) -> tuple[ColumnScale | None, s
         if found is not None:
             return found, "the trees' split thresholds"
     return None, ""
+
+
+def table_scales(estimator: Any) -> dict[str, ColumnScale]:
+    """A table pipeline's numeric columns, each ``[batch, 1]`` input around the statistics
+    of the scaler its ColumnTransformer branch starts with (none for a branch without)."""
+    transformer = column_transformer(estimator)
+    names = [str(n) for n in getattr(estimator, "feature_names_in_", [])]
+    if transformer is None or not names:
+        return {}
+    found: dict[str, ColumnScale] = {}
+    for _, branch, selected in getattr(transformer, "transformers_", []):
+        if isinstance(branch, str):  # "passthrough" / "drop"
+            continue
+        picked = selected_columns(selected, names)
+        first = branch
+        while isinstance(getattr(first, "steps", None), list) and first.steps:
+            first = first.steps[0][1]
+        whole = _from_scaler(first, len(picked))
+        if whole is None:
+            continue
+        for i, column in enumerate(picked):
+            found[column] = ColumnScale(whole.center[i : i + 1], whole.spread[i : i + 1])
+    return found
 
 
 def _scale(center: Any, spread: Any, n_features: int) -> ColumnScale | None:

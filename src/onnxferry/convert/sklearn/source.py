@@ -33,7 +33,7 @@ from .export import (
     target_opsets,
 )
 from .inputs import INPUT, batch_dim, choose_dtype, feature_count, table_dtype, text_dtype
-from .scales import column_scale
+from .scales import column_scale, table_scales
 from .table import Table, table_layout
 from .tasks import method_of
 from .text import text_options, text_vectorizer, text_vocabulary
@@ -131,7 +131,13 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         details["load_warnings"] = load_warnings
     features = f"{n_features} features"
     scales = {}
-    if table is None and vectorizer is None:
+    if table is not None:
+        scales = table_scales(estimator)
+        if scales:
+            details["generated_rows"] = (
+                f"drawn around the scalers' statistics ({len(scales)} columns)"
+            )
+    elif vectorizer is None:
         scale, said_by = column_scale(estimator, n_features)
         if scale is not None:
             scales[INPUT] = scale

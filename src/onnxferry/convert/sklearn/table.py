@@ -134,7 +134,7 @@ def table_layout(estimator: Any, options: ConvertOptions) -> Table | None:
     """The columns when ``estimator`` (or its first step) is a ColumnTransformer fit on a
     DataFrame that picks columns by name or encodes string categories; else None."""
     names = getattr(estimator, "feature_names_in_", None)
-    transformer = _column_transformer(estimator)
+    transformer = column_transformer(estimator)
     if names is None or transformer is None:
         return None
     names = [str(n) for n in names]
@@ -142,7 +142,7 @@ def table_layout(estimator: Any, options: ConvertOptions) -> Table | None:
     columns: tuple[Column, ...]
     by_name = False
     for _, step, selected in getattr(transformer, "transformers_", []):
-        picked = _selected(selected, names)
+        picked = selected_columns(selected, names)
         by_name = by_name or _names_given(selected)
         categories = _categories(step, len(picked))
         for column, known in zip(picked, categories, strict=True):
@@ -155,7 +155,8 @@ def table_layout(estimator: Any, options: ConvertOptions) -> Table | None:
     return Table(_given_kinds(columns, options))
 
 
-def _column_transformer(estimator: Any) -> Any | None:
+def column_transformer(estimator: Any) -> Any | None:
+    """The ColumnTransformer at the head of ``estimator`` (through pipelines), or None."""
     head = estimator
     while type(head).__name__ != "ColumnTransformer":
         steps = getattr(head, "steps", None)
@@ -165,7 +166,7 @@ def _column_transformer(estimator: Any) -> Any | None:
     return head
 
 
-def _selected(selected: Any, names: list[str]) -> list[str]:
+def selected_columns(selected: Any, names: list[str]) -> list[str]:
     """The column names a transformer was given (names, positions, a mask or a slice)."""
     if isinstance(selected, str):
         return [selected]
