@@ -30,7 +30,11 @@ LIBRARIES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "catboost": "CatBoost
 """The gradient-boosting packages whose scikit-learn style estimators convert here (LightGBM
 and XGBoost through onnxmltools, CatBoost through its own ONNX export), and their names."""
 
-_CLASSIFIER_OPTIONS: dict[str, Any] = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+_CLASSIFIER_OPTIONS: dict[str, Any] = {
+    "nocl": [True, False],
+    "zipmap": [True, False, "columns"],
+    "raw_scores": [True, False],
+}
 _registered: set[type] = set()
 
 
@@ -165,12 +169,17 @@ def _fixed(converter: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             operator.raw_operator = estimator
             operator.inputs = inputs
+        transform = None
         if _xgboost_objective(estimator) == "multi:softmax":
+            transform = b"SOFTMAX"
+        if _raw_scores_asked(container, estimator):  # a calibration wants decision_function
+            transform = b"NONE"
+        if transform is not None:
             for node in container.nodes[first:]:
                 if node.op_type == "TreeEnsembleClassifier":
                     for attribute in node.attribute:
                         if attribute.name == "post_transform":
-                            attribute.s = b"SOFTMAX"
+                            attribute.s = transform
 
     return convert
 
@@ -261,6 +270,14 @@ def _unsupported(estimator: Any) -> str | None:
     if name.get("name") != "gbtree":
         return f"XGBoost's {name.get('name')!r} booster: onnxmltools converts 'gbtree' only"
     return None
+
+
+def _raw_scores_asked(container: Any, estimator: Any) -> bool:
+    """skl2onnx's calibration asks a classifier with decision_function (LightGBM 4's gives
+    the raw margins) for raw scores, through the ``raw_scores`` option."""
+    if not hasattr(estimator, "decision_function") or booster_package(estimator) != "lightgbm":
+        return False
+    return bool(container.get_options(estimator, {"raw_scores": False})["raw_scores"])
 
 
 def _without_feature_names(estimator: Any) -> Any:
