@@ -204,11 +204,11 @@ def test_token_patterns_for_re2() -> None:
 def test_every_verb_reads_the_words_from_the_onnx_graph(tmp_path: Path) -> None:
     """An ONNX text model alone (no scikit-learn) gets texts of its TfIdfVectorizer's n-grams,
     bigrams as phrases, in every verb's generated feeds."""
-    from onnxferry.feeds import plan_feeds, string_vocabularies
+    from onnxferry.feeds import input_vocabularies, plan_feeds
 
     pipeline = fitted(make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression()))
     model = onnxferry.convert(pipeline, tmp_path / "bigrams.onnx")
-    (vocabulary,) = string_vocabularies(model.proto, model.signature).values()
+    (vocabulary,) = input_vocabularies(model.proto, model.signature).values()
     assert set(vocabulary.words) == set(pipeline[0].vocabulary_)
     feeds = plan_feeds(model).with_batch(4).feeds(seed=0)
     texts = [str(t) for t in feeds["input"]]

@@ -19,10 +19,10 @@ from onnxferry.feeds import (
     checked_feeds,
     dynamic_dims,
     feed_sets,
+    input_vocabularies,
     plan_feeds,
     realistic_feeds,
     shape_plan,
-    string_vocabularies,
     verification_feeds,
     vocabulary_texts,
 )
@@ -471,12 +471,58 @@ def test_a_string_category_takes_the_categories_the_graph_knows() -> None:
     """Generated colours are ones the LabelEncoder maps (never its default -1), where random
     words would all be unknown."""
     model = Model.from_proto(_category_model())
-    (vocabulary,) = string_vocabularies(model.proto, model.signature).values()
+    (vocabulary,) = input_vocabularies(model.proto, model.signature).values()
     assert vocabulary == Vocabulary(("red", "green", "blue"), text=False)
     feeds = plan_feeds(model).with_batch(16).feeds(seed=0)
     assert set(feeds["colour"]) <= {"red", "green", "blue"}
     session = ort.InferenceSession(model.proto.SerializeToString())
     assert (session.run(None, feeds)[0] >= 0).all()
+
+
+def _encoded_columns(encoder: str, columns: list[tuple[object, ...]]) -> Model:
+    """skl2onnx's pipeline of a scikit-learn ``encoder`` (handle_unknown="error") over one
+    ``[batch, k]`` input, column j taking ``columns[j]``, then a logistic regression."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import Int64TensorType, StringTensorType
+    from sklearn import preprocessing
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.choice(np.array(c, dtype=object), 64) for c in columns], axis=1)
+    strings = isinstance(columns[0][0], str)
+    x = x if strings else x.astype(np.int64)
+    pipeline = make_pipeline(getattr(preprocessing, encoder)(), LogisticRegression())
+    pipeline.fit(x, np.arange(64) % 2)
+    kind = StringTensorType if strings else Int64TensorType
+    proto = convert_sklearn(pipeline, initial_types=[("x", kind([None, len(columns)]))])
+    return Model.from_proto(proto)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "columns"),
+    [
+        ("OneHotEncoder", [("red", "green"), ("S", "M", "L", "XL")]),
+        ("OneHotEncoder", [(1, 5, 9), (100, 200)]),
+        ("OrdinalEncoder", [("red", "green"), ("S", "M", "L", "XL")]),
+    ],
+)
+def test_each_column_takes_the_categories_of_its_own_encoder(
+    encoder: str, columns: list[tuple[object, ...]]
+) -> None:
+    """skl2onnx gives each column of a ``[batch, k]`` input its own encoder behind a Gather
+    (or ArrayFeatureExtractor): each column draws from its own categories, where one pool of
+    every category made a OneHotEncoder (unknown = error) refuse every generated row, and the
+    integer categories 1, 5, 9 are not the span 1..9."""
+    model = _encoded_columns(encoder, columns)
+    vocabulary = input_vocabularies(model.proto, model.signature)["x"]
+    assert [set(c) for c in vocabulary.columns] == [set(c) for c in columns]
+    feeds = plan_feeds(model).with_batch(64).feeds(seed=1)
+    for j, known in enumerate(columns):
+        assert set(feeds["x"][:, j].tolist()) == set(known)  # all of them, nothing else
+    session = ort.InferenceSession(model.proto.SerializeToString())
+    session.run(None, feeds)
+    assert bench([model], batches=[1], duration=0.05).ok
 
 
 def test_texts_of_a_vocabulary_are_varied_and_reproducible() -> None:

@@ -30,8 +30,9 @@ vocabulary) stay inside it; ``*mask*`` inputs are 0/1 with padding; ids, token t
 positions look like a tokenizer's; float images lie in [0, 1); other floats are standard
 normal. String inputs that reach a text vectorizer (``TfIdfVectorizer``) or a category
 encoder take its words: texts mixing its n-grams, stop words and unknown words, in varied
-case and punctuation, or known categories (``ranges.string_vocabularies``); integer inputs
-that reach such an encoder span its integer categories (``ranges.index_ranges``).
+case and punctuation, or known categories (``ranges.input_vocabularies``), column by column
+where a ``Gather`` gives each column its own encoder; integer inputs that reach such an
+encoder take its integer categories the same way.
 
 Given feeds (``sets``). Files are read by ``data.load_feeds``; every set is checked against
 the signature (names, dtypes, shapes, shared dims) by ``checked_feeds``.
@@ -47,7 +48,7 @@ from .plan import (
     plan_feeds,
     unknown_dims,
 )
-from .ranges import index_ranges, string_vocabularies
+from .ranges import index_ranges, input_vocabularies
 from .sets import (
     BATCH_VALUES,
     OTHER_VALUES,
@@ -87,12 +88,12 @@ __all__ = [
     "feed_sets",
     "feeds_digest",
     "index_ranges",
+    "input_vocabularies",
     "plan_feeds",
     "random_array",
     "realistic_feeds",
     "rebatched",
     "shape_plan",
-    "string_vocabularies",
     "unknown_dims",
     "verification_feeds",
     "vocabulary_texts",

@@ -26,7 +26,7 @@ from ..runtime import (
     quiet_run_options,
 )
 from ..signature import Signature, TensorSpec
-from .ranges import index_ranges, string_vocabularies
+from .ranges import index_ranges, input_vocabularies
 from .values import BATCH_NAMES, Vocabulary, realistic_feeds
 
 CANDIDATES: dict[str, tuple[int, ...]] = {
@@ -150,7 +150,7 @@ def plan_feeds(
         if u.kind == "batch" and batch is not None and u.key not in given:
             given[u.key] = batch
     ranges = index_ranges(proto, signature) if proto is not None else {}
-    words = string_vocabularies(proto, signature) if proto is not None else {}
+    words = input_vocabularies(proto, signature) if proto is not None else {}
     images = frozenset(s.name for s in signature.inputs if _image_axes(s) is not None)
     open_dims = [u for u in unknowns if u.key not in given]
     chosen_kinds: dict[str, str] = {}

@@ -1,14 +1,15 @@
 """Inputs whose values the graph bounds: the values a generated feed may take.
 
     index_ranges(model.proto, model.signature)         # {"input_ids": (0, 30522)}
-    string_vocabularies(model.proto, model.signature)  # {"text": Vocabulary(("good", ...))}
+    input_vocabularies(model.proto, model.signature)   # {"text": Vocabulary(("good", ...))}
 
-Generated ids are drawn inside these ranges, and generated strings from these vocabularies
-(``values.realistic_feeds``).
+Generated ids are drawn inside these ranges, and generated strings and categories from these
+vocabularies (``values.realistic_feeds``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,19 +44,14 @@ _INT_CATEGORY_OPS = {
 
 
 def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
-    """Integer inputs that index a table: input name -> (0, rows of the smallest table); or
-    that are categories: (the smallest, the largest + 1).
+    """Integer inputs that index a table: input name -> (0, rows of the smallest table).
 
     Follows each integer input through casts and reshapes to ``Gather`` nodes whose data is
     an initializer or a ``Constant``; the rows are that tensor's size along the Gather axis.
-    Without a Gather, an ai.onnx.ml ``OneHotEncoder``, ``CategoryMapper`` or ``LabelEncoder``
-    on the way gives the span of the integer categories it knows (a passenger class 1 to 3).
+    (Integer categories, a passenger class 1 to 3, are ``input_vocabularies``.)
     """
     tables = _constant_dims(proto)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in iter_nodes(proto):
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(proto)
     ranges: dict[str, tuple[int, int]] = {}
     for spec in signature.inputs:
         if spec.dtype.kind != "int":
@@ -63,28 +59,16 @@ def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tupl
         rows = _rows(spec.name, consumers, tables, depth=0)
         if rows:
             ranges[spec.name] = (0, min(rows))
-        elif known := _int_categories(spec.name, consumers, depth=0):
-            ranges[spec.name] = (min(known), max(known) + 1)
     return ranges
 
 
-def _int_categories(
-    tensor: str, consumers: Mapping[str, list[onnx.NodeProto]], depth: int
-) -> list[int]:
-    """The integer categories an encoder on ``tensor``'s way knows (casts and reshapes
-    followed), or none."""
-    if depth > 8:
-        return []
-    for node in consumers.get(tensor, []):
-        if node.op_type in _INT_CATEGORY_OPS and node.domain == "ai.onnx.ml":
-            for attr in node.attribute:
-                if attr.name == _INT_CATEGORY_OPS[node.op_type] and attr.ints:
-                    return [int(v) for v in attr.ints]
-        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == tensor:
-            for out in node.output:
-                if found := _int_categories(out, consumers, depth + 1):
-                    return found
-    return []
+def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each tensor, in every graph."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in iter_nodes(proto):
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def _rows(
@@ -110,37 +94,48 @@ def _rows(
 
 def _constant_dims(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Shapes of initializers and Constant node outputs, by tensor name."""
-    dims: dict[str, tuple[int, ...]] = {}
+    return {name: tuple(t.dims) for name, t in _constants(proto).items()}
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant node outputs (a ``value`` tensor), by tensor name."""
+    found: dict[str, onnx.TensorProto] = {}
     for graph in iter_graphs(proto):
         for t in graph.initializer:
-            dims[t.name] = tuple(t.dims)
+            found[t.name] = t
     for node in iter_nodes(proto):
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
                 if attr.name == "value" and attr.HasField("t"):
-                    dims[node.output[0]] = tuple(attr.t.dims)
-    return dims
+                    found[node.output[0]] = attr.t
+    return found
 
 
-def string_vocabularies(proto: onnx.ModelProto, signature: Signature) -> dict[str, Vocabulary]:
-    """String inputs the graph knows words for: input name -> Vocabulary.
+def input_vocabularies(proto: onnx.ModelProto, signature: Signature) -> dict[str, Vocabulary]:
+    """String and integer inputs the graph knows values for: input name -> Vocabulary.
 
-    An input that reaches a ``TfIdfVectorizer`` (through reshapes, ``StringNormalizer``,
+    A string input that reaches a ``TfIdfVectorizer`` (through reshapes, ``StringNormalizer``,
     ``Tokenizer`` or ``StringSplit``) takes texts of its n-grams, with the normalizer's stop
-    words; one that reaches an ai.onnx.ml ``LabelEncoder``, ``CategoryMapper`` or
-    ``OneHotEncoder`` directly takes the categories it knows.
+    words. One that reaches an ai.onnx.ml ``LabelEncoder``, ``CategoryMapper`` or
+    ``OneHotEncoder`` (through casts, reshapes and a ``Gather`` or ``ArrayFeatureExtractor``
+    that picks a column) takes the categories it knows, column by column where each column
+    has its own encoder (skl2onnx's ``[batch, k]`` inputs): an unknown category is an error
+    in a OneHotEncoder, and the default value, not a category, in the others.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in iter_nodes(proto):
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(proto)
     found: dict[str, Vocabulary] = {}
+    columns = _column_indices(proto)
     for spec in signature.inputs:
-        if spec.dtype.kind != "string":
-            continue
-        vocabulary = _string_reader(spec.name, consumers, depth=0, stop_words=())
-        if vocabulary is not None and vocabulary.words:
-            found[spec.name] = vocabulary
+        if spec.dtype.kind == "string":
+            vocabulary = _string_reader(spec.name, consumers, depth=0, stop_words=())
+            if vocabulary is not None and vocabulary.words:
+                found[spec.name] = vocabulary
+                continue
+        if spec.dtype.kind in ("string", "int"):
+            known: dict[int | None, tuple[Any, ...]] = {}
+            _categories(spec.name, spec.dtype.kind, consumers, columns, None, known, depth=0)
+            if known:
+                found[spec.name] = _category_vocabulary(known)
     return found
 
 
@@ -158,9 +153,6 @@ def _string_reader(
         attrs = {a.name: get_attribute_value(a) for a in node.attribute}
         if node.op_type == "TfIdfVectorizer":
             return Vocabulary(_ngrams(attrs), stop_words=stop_words)
-        if node.op_type in _CATEGORY_OPS and depth == 0:
-            words = attrs.get(_CATEGORY_OPS[node.op_type], [])
-            return Vocabulary(tuple(_text(w) for w in words), text=False)
         if node.op_type in _TEXT_STEPS and node.input and node.input[0] == tensor:
             dropped = stop_words + tuple(_text(w) for w in attrs.get("stopwords", []))
             for out in node.output[:1]:
@@ -168,6 +160,72 @@ def _string_reader(
                 if found is not None:
                     return found
     return None
+
+
+def _categories(
+    tensor: str,
+    kind: str,
+    consumers: Mapping[str, list[onnx.NodeProto]],
+    columns: Mapping[str, int],
+    column: int | None,
+    known: dict[int | None, tuple[Any, ...]],
+    depth: int,
+) -> None:
+    """Adds to ``known`` the categories the encoders reading ``tensor`` know, by the input
+    column a ``Gather`` picked on the way (None: every column)."""
+    if depth > 8:
+        return
+    attribute = _CATEGORY_OPS if kind == "string" else _INT_CATEGORY_OPS
+    for node in consumers.get(tensor, []):
+        if not node.input or node.input[0] != tensor:
+            continue
+        if node.op_type in attribute and node.domain == "ai.onnx.ml":
+            for attr in node.attribute:
+                if attr.name == attribute[node.op_type]:
+                    values = attr.strings if kind == "string" else attr.ints
+                    if values and column not in known:
+                        known[column] = tuple(
+                            _text(v) if kind == "string" else int(v) for v in values
+                        )
+        elif _picks_column(node) and column is None and node.input[1] in columns:
+            picked = columns[node.input[1]]
+            _categories(node.output[0], kind, consumers, columns, picked, known, depth + 1)
+        elif node.op_type in _PASS_THROUGH - {"Cast"} or (node.op_type == "Cast" and kind == "int"):
+            for out in node.output[:1]:
+                _categories(out, kind, consumers, columns, column, known, depth + 1)
+
+
+def _picks_column(node: onnx.NodeProto) -> bool:
+    """A ``Gather`` past axis 0 or an ai.onnx.ml ``ArrayFeatureExtractor`` (the last axis):
+    a column taken by the index in its second input."""
+    if node.op_type == "ArrayFeatureExtractor" and node.domain == "ai.onnx.ml":
+        return len(node.input) > 1
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return node.op_type == "Gather" and len(node.input) > 1 and axis != 0
+
+
+def _category_vocabulary(known: Mapping[int | None, tuple[Any, ...]]) -> Vocabulary:
+    """Categories by column (None: any column) as one Vocabulary: ``words`` every category,
+    ``columns`` each picked column's own."""
+    words = tuple(dict.fromkeys(v for values in known.values() for v in values))
+    picked = [c for c in known if c is not None]
+    columns = tuple(known.get(c, ()) for c in range(max(picked) + 1)) if picked else ()
+    return Vocabulary(words, text=False, columns=columns)
+
+
+def _column_indices(proto: onnx.ModelProto) -> dict[str, int]:
+    """Constant tensors that hold one non-negative index (a ``Gather``'s column), by name."""
+    from onnx import TensorProto, numpy_helper
+
+    found: dict[str, int] = {}
+    for name, tensor in _constants(proto).items():
+        if tensor.data_type in (TensorProto.INT64, TensorProto.INT32) and (
+            math.prod(tensor.dims) == 1
+        ):
+            value = int(numpy_helper.to_array(tensor).reshape(-1)[0])
+            if value >= 0:
+                found[name] = value
+    return found
 
 
 def _ngrams(attrs: Mapping[str, Any]) -> tuple[str, ...]:

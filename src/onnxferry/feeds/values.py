@@ -29,17 +29,22 @@ _WORDS_PER_TEXT = (4, 40)
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """The strings a string input takes: ``words`` (a text vectorizer's vocabulary, phrases
-    of n-grams included) joined into texts, or with ``text=False`` one of ``words`` per
-    element (a category). ``stop_words`` are words the model drops; texts mix them in.
+    """The values a string or category input takes: ``words`` (a text vectorizer's
+    vocabulary, phrases of n-grams included) joined into texts, or with ``text=False`` one
+    of ``words`` per element (a category: strings, or integers for an integer input).
+    ``columns`` give each column of the last axis its own categories where encoders read the
+    columns apart (a table's ``[batch, 3]`` input with one encoder per column); a column past
+    them takes ``words``. ``stop_words`` are words the model drops; texts mix them in.
 
         Vocabulary(("good", "very bad"), stop_words=("the",))   # texts of these
         Vocabulary(("red", "green"), text=False)                 # categories
+        Vocabulary((1, 2, 3), text=False, columns=((1, 2, 3), (0, 1)))  # two int columns
     """
 
-    words: tuple[str, ...]
+    words: tuple[Any, ...]
     text: bool = True
     stop_words: tuple[str, ...] = ()
+    columns: tuple[tuple[Any, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ def realistic_feeds(
     - floats named in ``unit_range`` (images): uniform in [0, 1);
     - floats with a ``ColumnScale`` (a table model's features): each column normal around
       its center with its spread, as the rows the model was fitted on;
-    - strings with a ``Vocabulary``: texts (or categories) drawn from it by ``vocabulary_texts``;
+    - strings, or integer categories, with a ``Vocabulary``: texts (or categories) drawn from
+      it by ``vocabulary_texts``;
     - 8-bit integers (quantized data, pixels) over their whole range;
     - everything else as ``random_array``: standard normal floats, ints in [0, 8), random
       bools and short strings.
@@ -96,6 +102,7 @@ def realistic_feeds(
     padding = None
     for spec in signature.inputs:
         shape = shapes[spec.name] if shapes else signature.resolve_shape(spec, dims)
+        dtype = spec.dtype.numpy
         if _is_mask(spec):
             padding = _padding(shape, rng)
             feeds[spec.name] = padding.astype(spec.dtype.numpy)
@@ -104,9 +111,10 @@ def realistic_feeds(
         elif spec.dtype.kind == "float" and spec.name in (column_scales or {}):
             assert column_scales is not None
             feeds[spec.name] = column_scales[spec.name].rows(shape, rng, spec.dtype.numpy)
-        elif spec.dtype.kind == "string" and spec.name in (vocabularies or {}):
+        elif spec.dtype.kind in ("string", "int") and spec.name in (vocabularies or {}):
             assert vocabularies is not None
-            feeds[spec.name] = vocabulary_texts(vocabularies[spec.name], shape, rng)
+            drawn = vocabulary_texts(vocabularies[spec.name], shape, rng)
+            feeds[spec.name] = drawn if spec.dtype.kind == "string" else drawn.astype(dtype)
         else:
             feeds[spec.name] = _one(spec, shape, rng, ranges.get(spec.name))
     for spec in signature.inputs:
@@ -126,9 +134,12 @@ def realistic_feeds(
 def vocabulary_texts(
     vocabulary: Vocabulary, shape: tuple[int, ...], rng: np.random.Generator
 ) -> np.ndarray:
-    """Strings drawn from ``vocabulary``, as an object array of ``shape``.
+    """Strings drawn from ``vocabulary`` (or its categories), as an object array of ``shape``.
 
         vocabulary_texts(Vocabulary(("good", "bad")), (2,), np.random.default_rng(0))
+
+    A category takes one of the known values per element, column by column where
+    ``vocabulary.columns`` tells them apart.
 
     A text holds 4 to 40 pieces, each in about seven of ten a vocabulary entry (its unusual
     ones, non-ASCII or with digits or marks, picked one time in seven), else a stop word or a
@@ -138,7 +149,12 @@ def vocabulary_texts(
     out = np.empty(shape, dtype=object)
     words = vocabulary.words or ("",)
     if not vocabulary.text:
-        out.flat[:] = [words[int(i)] for i in rng.integers(0, len(words), size=out.size)]
+        apart = len(shape) >= 2 and bool(vocabulary.columns)
+        for column in range(shape[-1] if apart else 1):
+            known = vocabulary.columns[column] if column < len(vocabulary.columns) else ()
+            view = out[..., column] if apart else out
+            choices = np.asarray(known or words, dtype=object)
+            view[...] = choices[rng.integers(0, len(choices), size=view.shape)]
         return out
     unusual = [
         group

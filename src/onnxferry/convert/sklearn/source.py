@@ -143,11 +143,10 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
             scales[INPUT] = scale
             details["generated_rows"] = f"drawn around {said_by}"
     vocabularies = {}
-    ranges: dict[str, tuple[int, int]] = {}
     if table is not None:
         features = f"{n_features} columns"
         details["columns"] = {c.name: c.kind for c in table.columns}
-        vocabularies, ranges = table.vocabularies(), table.value_ranges()
+        vocabularies = table.vocabularies()
     if vectorizer is not None:
         features = f"text in, {n_features} terms"
         details["text_options"] = text_options(vectorizer)
@@ -159,7 +158,6 @@ def load_sklearn(source: Any, options: ConvertOptions) -> Source:
         candidates=[Candidate(exporter, export)],
         vocabularies=vocabularies,
         column_scales=scales,
-        value_ranges=ranges,
         tolerance=_tolerance(dtype, signature),
         details=details,
     )

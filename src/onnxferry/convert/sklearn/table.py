@@ -12,8 +12,8 @@ column, as its DataFrame conversion does. Each column's type comes from the user
 inputs (one ``[rows, 1]`` array per column, named after it) when given, else from the encoder
 that reads it: string categories make a string input, integer ones an int64 input, anything
 else a float one (numbers in float32, or float64 by the float64 rule).
-Generated values of a category column are its known categories (``vocabularies`` and
-``value_ranges``), so a verification sees the categories the model learned.
+Generated values of a category column are its known categories (``vocabularies``), so a
+verification sees the categories the model learned.
 """
 
 from __future__ import annotations
@@ -114,19 +114,12 @@ class Table:
         return not np.array_equal(first, second, equal_nan=True)
 
     def vocabularies(self) -> dict[str, Vocabulary]:
-        """The categories of each string column, for generated feeds."""
+        """The categories of each string or integer category column, for generated feeds."""
+        kinds: dict[str, Callable[[Any], Any]] = {"string": str, "int": int}
         return {
-            c.name: Vocabulary(tuple(str(v) for v in c.categories), text=False)
+            c.name: Vocabulary(tuple(kinds[c.kind](v) for v in c.categories), text=False)
             for c in self.columns
-            if c.kind == "string" and c.categories
-        }
-
-    def value_ranges(self) -> dict[str, tuple[int, int]]:
-        """The span of each integer category column, for generated feeds."""
-        return {
-            c.name: (int(min(c.categories)), int(max(c.categories)) + 1)
-            for c in self.columns
-            if c.kind == "int" and c.categories
+            if c.kind in kinds and c.categories
         }
 
 
