@@ -70,7 +70,9 @@ def cases() -> dict[str, tuple[Callable[[], Any], str]]:
         return xgb.train(params, xgb.DMatrix(x, y), 100)
 
     def cbm(x: np.ndarray, y: np.ndarray) -> Any:
-        return catboost.CatBoostClassifier(iterations=100, verbose=0).fit(x, y)
+        return catboost.CatBoostClassifier(
+            iterations=100, verbose=0, allow_writing_files=False
+        ).fit(x, y)
 
     rf: dict[str, Any] = {"boosting_type": "rf", "bagging_freq": 1, "bagging_fraction": 0.7}
     return {
@@ -91,12 +93,15 @@ def cases() -> dict[str, tuple[Callable[[], Any], str]]:
         "XGBRFClassifier": fit(xgb.XGBRFClassifier(), cancer),
         "XGBRegressor, gblinear": fit(xgb.XGBRegressor(booster="gblinear"), diabetes),
         "CatBoostClassifier, 100 trees": fit(
-            catboost.CatBoostClassifier(iterations=100, verbose=0), cancer
+            catboost.CatBoostClassifier(iterations=100, verbose=0, allow_writing_files=False),
+            cancer,
         ),
         "CatBoostClassifier, 3 classes": fit(
-            catboost.CatBoostClassifier(iterations=100, verbose=0), wine
+            catboost.CatBoostClassifier(iterations=100, verbose=0, allow_writing_files=False), wine
         ),
-        "CatBoostRegressor, 1000 trees": fit(catboost.CatBoostRegressor(verbose=0), diabetes),
+        "CatBoostRegressor, 1000 trees": fit(
+            catboost.CatBoostRegressor(verbose=0, allow_writing_files=False), diabetes
+        ),
         "LightGBM model.txt, binary": saved(lgb_binary, cancer, ".txt"),
         "XGBoost model.json, softprob": saved(xgb_softprob, wine, ".json"),
         "CatBoost model.cbm, binary": saved(cbm, cancer, ".cbm"),

@@ -333,7 +333,9 @@ CATBOOST: dict[str, tuple[str, str, dict[str, Any]]] = {
 def test_catboost_estimators_convert_verified(case: str, catboost: Any, tmp_path: Path) -> None:
     cls, data, params = CATBOOST[case]
     x, y = _data(data)
-    estimator = getattr(catboost, cls)(verbose=0, random_seed=0, **params)
+    estimator = getattr(catboost, cls)(
+        verbose=0, random_seed=0, allow_writing_files=False, **params
+    )
     if "pipeline" in case:
         estimator = make_pipeline(StandardScaler(), estimator)
     estimator.fit(x, y)
@@ -358,9 +360,9 @@ def test_catboost_string_classes_and_model_file(catboost: Any, tmp_path: Path) -
     x, y = _data("wine")
     labels = np.array(["red", "white", "rose"])[y]
     path = tmp_path / "model.cbm"
-    catboost.CatBoostClassifier(iterations=20, verbose=0, random_seed=0).fit(x, labels).save_model(
-        str(path)
-    )
+    catboost.CatBoostClassifier(
+        iterations=20, verbose=0, random_seed=0, allow_writing_files=False
+    ).fit(x, labels).save_model(str(path))
     assert detect_framework(str(path)) == "sklearn"
     model = onnxferry.convert(str(path), tmp_path / "m.onnx")
     got = OrtRunner(model).run({"input": x.astype(np.float32)})
@@ -379,7 +381,9 @@ def test_catboost_categorical_features_are_refused_before_verifying(
     x, y = _data("wine")
     frame = pd.DataFrame(x[:, :3], columns=["a", "b", "c"])
     frame["colour"] = np.array(["red", "white"])[y % 2]
-    estimator = catboost.CatBoostClassifier(iterations=5, verbose=0, cat_features=["colour"])
+    estimator = catboost.CatBoostClassifier(
+        iterations=5, verbose=0, allow_writing_files=False, cat_features=["colour"]
+    )
     with pytest.raises(ConversionError, match="CatBoost categorical features") as caught:
         onnxferry.convert(estimator.fit(frame, y), tmp_path / "m.onnx")
     assert caught.value.exit_code == 2
@@ -389,11 +393,15 @@ def test_catboost_ranking_and_truncated_files(catboost: Any, tmp_path: Path) -> 
     x, y = _data("diabetes")
     ranker = tmp_path / "rank.cbm"
     pool = catboost.Pool(x, y, group_id=np.zeros(len(y), dtype=int))
-    catboost.CatBoostRanker(iterations=3, verbose=0).fit(pool).save_model(str(ranker))
+    catboost.CatBoostRanker(iterations=3, verbose=0, allow_writing_files=False).fit(
+        pool
+    ).save_model(str(ranker))
     with pytest.raises(InputError, match="ranking objective 'YetiRank'"):
         onnxferry.convert(str(ranker))
     whole = tmp_path / "whole.cbm"
-    catboost.CatBoostRegressor(iterations=5, verbose=0).fit(x, y).save_model(str(whole))
+    catboost.CatBoostRegressor(iterations=5, verbose=0, allow_writing_files=False).fit(
+        x, y
+    ).save_model(str(whole))
     cut = tmp_path / "cut.cbm"
     cut.write_bytes(whole.read_bytes()[:500])
     with pytest.raises(InputError, match="catboost cannot read the model"):

@@ -29,7 +29,6 @@ import onnxferry
 from onnxferry.convert.base import ConversionError, ConvertOptions, ParityFailure
 from onnxferry.convert.sklearn import load_sklearn
 from onnxferry.convert.sklearn.text import (
-    LOCALE,
     RE2_TOKEN_PATTERN,
     SKLEARN_TOKEN_PATTERN,
     re2_token_pattern,
@@ -37,6 +36,7 @@ from onnxferry.convert.sklearn.text import (
 )
 from onnxferry.data import save_npz
 from onnxferry.errors import InputError, UsageError
+from onnxferry.locales import PORTABLE_LOCALE as LOCALE
 from onnxferry.runtime import OrtRunner
 from tests.helpers import Run
 

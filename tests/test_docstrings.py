@@ -1063,6 +1063,19 @@ def _feeds_package(tmp: Path) -> Names:
     return {"model": model, "inputs": {"input_ids": ids, "attention_mask": np.ones_like(ids)}}
 
 
+def _string_normalizer(tmp: Path) -> Names:
+    """A model whose StringNormalizer names no locale (skl2onnx's text pipelines)."""
+    from onnx import TensorProto, helper
+
+    from onnxferry.model import Model
+
+    node = helper.make_node("StringNormalizer", ["x"], ["y"], case_change_action="LOWER")
+    text = [helper.make_tensor_value_info(n, TensorProto.STRING, ["batch"]) for n in "xy"]
+    graph = helper.make_graph([node], "lower", text[:1], text[1:])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return {"model": Model.from_proto(proto)}
+
+
 def _feeds_sets(tmp: Path) -> Names:
     from onnxferry.errors import DataError
 
@@ -1447,6 +1460,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.feeds": _feeds_package,
     "onnxferry.feeds.plan": _feeds_package,
     "onnxferry.feeds.ranges": _feeds_package,
+    "onnxferry.locales": _string_normalizer,
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,
     "onnxferry.errors": _one_model,

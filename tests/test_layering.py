@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic", "native"},
-    {"model", "saving", "graphs", "data", "report", "inspection", "plots"},
+    {"model", "saving", "graphs", "data", "report", "inspection", "plots", "locales"},
     {"runtime", "customops", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
     {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source

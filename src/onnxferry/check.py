@@ -6,7 +6,8 @@
 
 The checks: safe load (external data stays inside the model directory, size limit), the
 onnx checker (full), strict shape inference, IR version and opsets the installed ONNX
-Runtime can load, operators the CPU provider has no kernel for, loading on each
+Runtime can load, operators the CPU provider has no kernel for, the C library locales its
+``StringNormalizer`` nodes build (``locales``), loading on each
 available provider, and one run on the CPU whose outputs must have the shapes the model
 declares (a warning, not a blocker: ONNX Runtime runs the model, but a server advertises the
 declared shapes). A file that is not an ONNX model at all is an input error (exit 2),
@@ -26,6 +27,7 @@ import numpy as np
 
 from .customops import EXTENSION_DOMAINS, extensions_installed
 from .errors import FerryError, UnsafeModelError, one_line
+from .locales import PORTABLE_LOCALE, missing_locales, needed_locales, same_case_mapping
 from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
 from .report import Report, Table
 from .runtime import (
@@ -129,6 +131,7 @@ def check(
     _shape_inference(file, result)
     _runtime_versions(model.proto, result)
     _cpu_kernels(model.proto, result)
+    _locales(model.proto, result)
     cpu = _load_on_providers(model, providers, result)
     if cpu is not None:
         _declared_outputs(model, cpu, result)
@@ -248,6 +251,36 @@ def _cpu_kernel_table() -> dict[tuple[str, str], list[tuple[int, int]]]:
         if k.provider == "CPUExecutionProvider":
             table.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
     return table
+
+
+def _locales(proto: onnx.ModelProto, result: CheckResult) -> None:
+    """The locales StringNormalizer nodes build when the model loads: a failure where this
+    machine lacks one, a warning for one that slim container images lack."""
+    needed = needed_locales(proto)
+    if not needed:
+        return
+    missing = missing_locales(proto)
+    shown = "; ".join(f"{node}: {name}" for node, name in needed.items())
+    convert = f"`ferry convert` sets {PORTABLE_LOCALE} (the same case mapping)"
+    portable = all(same_case_mapping(name) for name in needed.values())
+    fix = convert if portable else "install the locale where the model runs"
+    if missing:
+        result.add(
+            "locales",
+            "fail",
+            f"StringNormalizer locales not on this machine ({'; '.join(missing.values())}): "
+            f"the model does not load here; {fix}",
+        )
+    elif any(name not in ("C", PORTABLE_LOCALE, "POSIX") for name in needed.values()):
+        result.add(
+            "locales",
+            "warn",
+            f"StringNormalizer locales ({shown}) are here, not in slim container images "
+            f"(only C.UTF-8); {fix}, and `ferry package` installs them",
+            blocking=False,
+        )
+    else:
+        result.add("locales", "pass", f"{shown}: in every C library")
 
 
 def _load_on_providers(

@@ -36,6 +36,7 @@ from .errors import (
     UsageError,
     one_line,
 )
+from .locales import locale_error
 from .model import Model
 from .signature import Signature
 
@@ -133,11 +134,17 @@ class SessionConfig:
     """tensorrt: the engine cache's root (default: ``precision.engine_cache_root()``)."""
     calibration_table: Path | None = None
     """tensorrt int8 on a model without Q/DQ nodes: TensorRT's calibration table."""
-    log_severity: int = 3
+    log_severity: int = field(default_factory=lambda: _ort_log_severity())
+    """ONNX Runtime's log level: errors (3) with debug logging (``ferry -v``), else fatal
+    only (4), since every error it logs comes back as an exception said in one line."""
     entries: Mapping[str, str] = field(default_factory=dict)
     """Session config entries, e.g. {"session.intra_op.allow_spinning": "0"}."""
     cpu_arena: bool = True
     """ONNX Runtime's CPU memory arena (``SessionOptions.enable_cpu_mem_arena``)."""
+
+
+def _ort_log_severity() -> int:
+    return 3 if log.isEnabledFor(logging.DEBUG) else 4
 
 
 def session_options(config: SessionConfig, model: Model | None = None) -> ort.SessionOptions:
@@ -245,9 +252,9 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
                 hint="re-export with an older opset, or upgrade onnxruntime",
             ) from e
         message = ort_error_message(e)
-        unknown = unknown_operator(model, message)
-        if unknown is not None:
-            raise unknown from e
+        explained = unknown_operator(model, message) or locale_error(model, message)
+        if explained is not None:
+            raise explained from e
         if wanted != "CPUExecutionProvider" and config.fallback:
             log.warning("provider %r failed (%s); falling back to cpu", config.provider, message)
             return create_session(model, _on_cpu(config))

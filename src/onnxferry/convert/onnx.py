@@ -6,6 +6,11 @@ installed ONNX Runtime loads.
 The reference is ONNX Runtime on the original when it can load it, else the ONNX reference
 implementation (``onnx.reference``), so a model stamped with an opset too new for the runtime
 is still verified after it is lowered.
+
+A ``StringNormalizer`` whose locale this machine lacks (skl2onnx's text pipelines name none,
+and ONNX Runtime then builds ``en_US.UTF-8``, which slim images lack) is set to ``C.UTF-8``
+where that case-maps the same (``locales.portable_locales``), in the output and in the
+reference alike: the model then loads here and anywhere.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ModelLoadError, one_line
+from ..graphs import copy_model, inlined
+from ..locales import PORTABLE_LOCALE, portable_locales
 from ..model import Model
 from ..runtime import OrtRunner, runtime_limits, unoptimized_runner
 from ..signature import Signature
@@ -51,13 +58,21 @@ def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
     """The model, to be re-targeted to ``options.opset`` (default: the highest the runtime
     loads, if the model's is higher) and an IR version the runtime loads."""
     model = source if isinstance(source, Model) else Model.load(source)
+    name = model.name
     max_ir, max_opset = runtime_limits()
     current = model.opset_imports.get("ai.onnx", 0)
     target = options.opset or min(current, max_opset)
+    details: dict[str, object] = {"opset_from": current, "opset_to": target}
+    portable = copy_model(model.proto)
+    if changed := portable_locales(portable):
+        model = Model.from_proto(inlined(model, portable))
+        details["locales"] = {node: f"{was} -> {PORTABLE_LOCALE}" for node, was in changed.items()}
     try:
         reference: OrtRunner | ReferenceRunner = OrtRunner(model)
-    except ModelLoadError:
-        reference = ReferenceRunner(model)
+    except ModelLoadError as e:
+        reference = _reference_implementation(model, e)
+    if changed:
+        reference.name = f"{name} in {PORTABLE_LOCALE}@{reference.name.split('@')[-1]}"
 
     def export(path: Path) -> None:
         import onnx
@@ -67,14 +82,27 @@ def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
 
     return Source(
         framework="onnx",
-        description=f"ONNX model {model.name} (opset {current}, IR {model.ir_version})",
+        description=f"ONNX model {name} (opset {current}, IR {model.ir_version})",
         reference=reference,
         candidates=[Candidate(f"onnx version converter (opset {target})", export)],
         second_reference=(
             (lambda: unoptimized_runner(model)) if isinstance(reference, OrtRunner) else None
         ),
-        details={"opset_from": current, "opset_to": target, "reference": reference.name},
+        details={**details, "reference": reference.name},
     )
+
+
+def _reference_implementation(model: Model, load_error: ModelLoadError) -> ReferenceRunner:
+    """onnx's reference implementation of a model ONNX Runtime cannot load; the load error
+    when that cannot run it either (an operator outside the ONNX standard)."""
+    try:
+        return ReferenceRunner(model)
+    except Exception as e:
+        raise ModelLoadError(
+            f"{load_error.message}; onnx's reference implementation cannot run it either "
+            f"({one_line(e, 120)})",
+            hint=load_error.hint,
+        ) from e
 
 
 def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProto:

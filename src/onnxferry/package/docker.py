@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +51,7 @@ import onnx
 
 from ..data import parse_toml
 from ..errors import InputError, UsageError
+from ..locales import needed_locales
 from ..model import Model
 from ..safety import check_external_data, external_files
 from ..serve.config import ModelConfig
@@ -115,7 +116,10 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, str]) -> Pa
     entrypoint = [
         "ferry", "serve", MODELS, "--host", "0.0.0.0", "--port", opts["port"],
     ]  # fmt: skip
-    files["Dockerfile"] = _dockerfile(opts, entrypoint, install == "wheel", hashed, mounted)
+    locales = [] if mounted else _system_locales(source)
+    files["Dockerfile"] = _dockerfile(
+        opts, entrypoint, install == "wheel", hashed, mounted, locales
+    )
     files[".dockerignore"] = _dockerignore(install == "wheel", mounted)
     if not mounted:
         files.update(_model_files(source, config))
@@ -130,6 +134,11 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, str]) -> Pa
         )
     if not hashed:
         result.notes.append(f"requirements.txt is pinned with == but without hashes: {why}")
+    if locales:
+        result.notes.append(
+            f"the model's StringNormalizer needs locale {', '.join(locales)}, which the slim base "
+            "lacks: the image installs it (`ferry convert` can set C.UTF-8 instead)"
+        )
     result.checks.append(_hadolint(outdir / "Dockerfile"))
     result.checks.append(_loads(source if mounted else outdir / "models" / source.name))
     if not mounted:
@@ -299,8 +308,41 @@ def _build_wheel(root: Path) -> tuple[str, bytes]:
         return wheels[0].name, wheels[0].read_bytes()
 
 
+def _system_locales(source: PackageSource) -> list[str]:
+    """The C library locales the model's StringNormalizer nodes build that a slim image
+    lacks (it has C, C.UTF-8 and POSIX)."""
+    proto = onnx.load(str(source.model), load_external_data=False)
+    builtin = ("C", "C.UTF-8", "C.utf8", "POSIX")
+    return sorted({name for name in needed_locales(proto).values() if name not in builtin})
+
+
+def _locale_steps(locales: Sequence[str]) -> str:
+    """A RUN step that builds ``locales`` (``ll_CC.UTF-8``; no charset: glibc's ISO-8859-1)
+    with Debian's locales package."""
+    if not locales:
+        return ""
+    builds = " \\\n    && ".join(
+        f"localedef -i {name.partition('.')[0]} -f {name.partition('.')[2] or 'ISO-8859-1'} {name}"
+        for name in locales
+    )
+    return (
+        "# The model's StringNormalizer builds these locales when it loads; the slim base\n"
+        "# has only C.UTF-8. locales follows the base's Debian release.\n"
+        "# hadolint ignore=DL3008\n"
+        "RUN apt-get update \\\n"
+        "    && apt-get install -y --no-install-recommends locales \\\n"
+        f"    && {builds} \\\n"
+        "    && rm -rf /var/lib/apt/lists/*\n"
+    )
+
+
 def _dockerfile(
-    opts: dict[str, str], entrypoint: list[str], wheel: bool, hashed: bool, mounted: bool
+    opts: dict[str, str],
+    entrypoint: list[str],
+    wheel: bool,
+    hashed: bool,
+    mounted: bool,
+    locales: Sequence[str] = (),
 ) -> str:
     base = f"python:{opts['python']}-slim-bookworm"
     if opts["base_digest"]:
@@ -332,7 +374,7 @@ FROM {base}
 ENV PATH="{VENV}/bin:$PATH" \\
     PYTHONDONTWRITEBYTECODE=1 \\
     PYTHONUNBUFFERED=1
-RUN groupadd --gid {uid} ferry \\
+{_locale_steps(locales)}RUN groupadd --gid {uid} ferry \\
     && useradd --no-log-init --uid {uid} --gid {uid} --no-create-home \\
        --home-dir /nonexistent --shell /usr/sbin/nologin ferry
 COPY --from=builder {VENV} {VENV}

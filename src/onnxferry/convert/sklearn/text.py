@@ -16,8 +16,9 @@ load at all, both set here through skl2onnx's own options:
   way; any other pattern goes to RE2 as written, and parity shows whether RE2 reads it alike.
 - The StringNormalizer that lowercases names no locale, and ONNX Runtime then builds
   ``en_US.UTF-8``, which slim container images lack: the model fails to load there.
-  ``C.UTF-8`` lowercases Unicode the same way and ships with the C library itself. (Python's
-  ``str.lower`` still differs on a final capital sigma and a dotted capital I.)
+  ``C.UTF-8`` lowercases Unicode the same way and ships with the C library itself
+  (``onnxferry.locales``). (Python's ``str.lower`` still differs on a final capital sigma and
+  a dotted capital I.)
 
 One thing skl2onnx cannot do is refused before exporting (``text_problem``): stop words with
 n-grams of two or more words. scikit-learn drops the stop words and then joins neighbours into
@@ -33,6 +34,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...feeds import Vocabulary
+from ...locales import PORTABLE_LOCALE
 from ..base import ConvertOptions
 
 SKLEARN_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -42,9 +44,6 @@ RE2_TOKEN_PATTERN = r"[\p{L}\p{N}_]{2,}"
 _WORD_RUNS = re.compile(r"(?:\(\?u\))?\\b((?:\\w)+)\+\\b")
 r"""Python patterns of runs of word characters: ``\b\w\w+\b``, ``(?u)\b\w+\b``, ..."""
 _RE2_WORD = r"[\p{L}\p{N}_]"
-
-LOCALE = "C.UTF-8"
-"""The locale the lowercasing StringNormalizer runs in."""
 
 
 def text_vectorizer(estimator: Any) -> Any | None:
@@ -65,7 +64,7 @@ def text_options(vectorizer: Any) -> dict[str, Any]:
     """
     pattern = str(getattr(vectorizer, "token_pattern", "") or "")
     tokens = re2_token_pattern(pattern)
-    options: dict[str, Any] = {"locale": LOCALE}
+    options: dict[str, Any] = {"locale": PORTABLE_LOCALE}
     if tokens and getattr(vectorizer, "analyzer", "word") == "word":
         options["tokenexp"] = tokens
     return options
