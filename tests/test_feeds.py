@@ -31,7 +31,7 @@ from onnxferry.optimize import optimize
 from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.server import running
 from onnxferry.signature import Signature
-from tests.helpers import RELU, onnx_text, save
+from tests.helpers import RELU, Run, onnx_text, save
 from tests.test_signature import ALL_TYPES
 
 
@@ -287,6 +287,49 @@ def test_server_warmup_without_sizes_finds_ones_that_run(tmp_path: Path) -> None
         index = {m["name"]: m for m in client.get_model_repository_index()}
         assert "found no sizes for the open dims of x" in index["never"]["reason"]
         assert "warmup_dims" in index["never"]["reason"]
+
+
+def _unranked_relu() -> onnx.ModelProto:
+    """Relu whose input and output have no shape at all (the rank unknown)."""
+    proto = onnx_text(RELU)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.ClearField("shape")
+    return proto
+
+
+def test_an_input_of_unknown_rank_takes_its_shape_from_input_shape(
+    tmp_path: Path, ferry: Run
+) -> None:
+    """No feed can be made for an input of unknown rank (Paddle and hand-edited exports):
+    --input-shape gives the whole shape, and every verb runs; without it, one line that
+    says so."""
+    path = save(_unranked_relu(), tmp_path / "relu.onnx")
+    plan = plan_feeds(Model.load(path), input_shapes={"x": (2, 5)})
+    assert plan.shapes == {"x": (2, 5)} and plan.feeds()["x"].shape == (2, 5)
+    code, _, err = ferry("bench", path, "--duration", "0.05")
+    assert code == 2 and "unknown rank" in err and "--input-shape x=" in err
+    for verb in (
+        ["bench", path, "--duration", "0.05"],
+        ["compare", path, path],
+        ["convert", path, "-o", tmp_path / "out.onnx"],
+    ):
+        code, _, err = ferry(*verb, "--input-shape", "x=2x5")
+        assert code == 0, err
+
+
+def test_server_serves_an_input_of_unknown_rank_without_a_warmup(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    save(_unranked_relu(), tmp_path / "repo" / "m" / "1" / "model.onnx")
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    with running(tmp_path / "repo") as url:
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        assert client.is_model_ready("m")
+        tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("m", [tensor]).as_numpy("y"), np.maximum(x, 0))
+    assert "served without a warm-up" in caplog.text
 
 
 def test_convert_checks_an_onnx_source_at_sizes_that_run(tmp_path: Path) -> None:

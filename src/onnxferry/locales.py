@@ -3,7 +3,7 @@ common case.
 
     needed_locales(model.proto)      # {"StringNormalizer_1": "en_US.UTF-8"}
     missing_locales(model.proto)     # the same, for those this machine lacks
-    portable_locales(model.proto)    # sets C.UTF-8 where that changes nothing; how many
+    portable_locales(model.proto)    # C.UTF-8 where it case-maps the same: {node: former}
 
 ONNX Runtime builds a ``StringNormalizer``'s locale when it loads the model, from its
 ``locale`` attribute, or ``en_US.UTF-8`` on Linux when the model names none (skl2onnx's text
@@ -13,9 +13,11 @@ pipelines, which name none). Slim container images (``python:3.11-slim``) have o
 ``C.UTF-8`` ships inside the C library. For ONNX Runtime 1.32 on glibc 2.36, its upper and
 lower case mapping is the same as ``en_US.UTF-8``'s for every Unicode code point, measured
 with each locale built by ``localedef`` (benchmarks/RESULTS.md, "StringNormalizer locales");
-among the other glibc locales, those in ``CASE_MAPPING_DIFFERS`` map some letter otherwise
-(Turkish and Azerbaijani dotted and dotless i). A locale outside that list may be read as
-``C.UTF-8``, which ``portable_locales`` does.
+of the 318 UTF-8 locales glibc 2.36 ships, the 6 in ``CASE_MAPPING_DIFFERS`` map I and i
+otherwise (Turkish, Azerbaijani, Crimean Tatar, Kurdish in Turkey, Tatar in its Latin
+script: dotted and dotless i), and every other one maps every code point as ``C.UTF-8``
+does. So a UTF-8 locale outside that list may be read as ``C.UTF-8``, which
+``portable_locales`` does.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
 ORT_DEFAULT_LOCALE = "en_US.UTF-8"
 """The locale ONNX Runtime builds on Linux for a StringNormalizer that names none."""
 PORTABLE_LOCALE = "C.UTF-8"
-CASE_MAPPING_DIFFERS = ("az_", "crh_", "tr_", "tt_")
-"""Language prefixes of glibc locales whose case mapping is not C.UTF-8's."""
+CASE_MAPPING_DIFFERS = ("az_", "crh_", "tr_", "ku_TR", "tt_RU@iqtelif", "tt_RU.UTF-8@iqtelif")
+"""The glibc locales (by prefix) whose case mapping is not C.UTF-8's: 6 of 318, all for the
+dotted and dotless i (``benchmarks/locales.py``)."""
 
 _LOCALE_ERROR = re.compile(r"Failed to construct locale with name:\s*([^:\s]+)")
 

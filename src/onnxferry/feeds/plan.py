@@ -143,6 +143,7 @@ def plan_feeds(
         signature, proto, probe = model, None, False
     else:
         signature, proto = model.signature, model.proto
+    signature = _ranked(signature, input_shapes or {})
     _shapes(signature, {u.key: 1 for u in unknown_dims(signature)})  # FeedError: unknown rank
     given = _given(signature, dims or {}, input_shapes or {})
     unknowns = list(unknown_dims(signature))
@@ -245,6 +246,19 @@ def _image_axes(spec: TensorSpec) -> tuple[int, int] | None:
     return None
 
 
+def _ranked(signature: Signature, input_shapes: Mapping[str, Sequence[int]]) -> Signature:
+    """``signature`` with each input of unknown rank at the shape ``input_shapes`` gives it."""
+    if not any(s.shape is None and s.name in input_shapes for s in signature.inputs):
+        return signature
+    inputs = tuple(
+        replace(s, shape=tuple(int(d) for d in input_shapes[s.name]))
+        if s.shape is None and s.name in input_shapes
+        else s
+        for s in signature.inputs
+    )
+    return replace(signature, inputs=inputs)
+
+
 def _given(
     signature: Signature, dims: Mapping[str, int], input_shapes: Mapping[str, Sequence[int]]
 ) -> dict[str, int]:
@@ -291,9 +305,9 @@ def _shapes(signature: Signature, sizes: Mapping[str, int]) -> dict[str, tuple[i
     for spec in signature.inputs:
         if spec.shape is None:
             raise FeedError(
-                f"input {spec.name!r} has an unknown rank, so no input can be made for it "
-                "(give the model's input a shape, e.g. with onnx shape inference)",
-                hint="give inputs (--inputs feeds.npz)",
+                f"input {spec.name!r} has an unknown rank, so no input can be made for it",
+                hint=f"give its shape (--input-shape {spec.name}=2x3x...) or inputs "
+                "(--inputs feeds.npz)",
             )
         shapes[spec.name] = tuple(
             d if isinstance(d, int) else sizes[d or f"{spec.name}:{axis}"]

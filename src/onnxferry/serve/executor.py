@@ -576,8 +576,18 @@ class ModelExecutor:
     def warmup(self, feeds: Mapping[str, np.ndarray] | None = None) -> None:
         """One run per instance on ``feeds`` (default: the one feed policy's, at the config's
         ``warmup_dims``), and one more timed run that seeds the compute estimate;
-        ExecutionError if a run fails."""
+        ExecutionError if a run fails. A model with an input of unknown rank, for which no
+        feed can be made, is served without (a warning says so)."""
         hint = "set warmup_dims or warmup_inputs in the model's ferry.toml"
+        unranked = [s.name for s in self.signature.inputs if s.shape is None]
+        if feeds is None and unranked:
+            log.warning(
+                "model %s: input %r has an unknown rank, so it is served without a warm-up "
+                "(the first request pays for it); set warmup_inputs in the model's ferry.toml",
+                self.name,
+                unranked[0],
+            )
+            return
         if feeds is None:
             try:
                 plan = plan_feeds(
