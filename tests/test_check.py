@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -254,3 +255,40 @@ def test_a_model_without_sizes_that_run_skips_the_run(tmp_path: Path) -> None:
     finding = next(f for f in report.result.findings if f.check == "declared output shapes")
     assert finding.status == "skip" and "found no sizes" in finding.detail, finding
     assert report.ok
+
+
+def _cnn() -> onnx.ModelProto:
+    """x[N, 8, 16, 16] -> Conv 3x3 to 16 channels: what ONNX Runtime's NCHWc layout takes."""
+    from onnx import numpy_helper
+
+    weight = np.full((16, 8, 3, 3), 0.01, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 16, 16])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_onnx_runtimes_nchwc_layout_ops_are_a_machine_specific_warning(tmp_path: Path) -> None:
+    """A model saved by ONNX Runtime after its level-all optimizations holds NCHWc operators
+    in this CPU's channel-block layout: it runs here, and check says where it may not."""
+    import onnxruntime as ort
+
+    saved = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(saved)
+    options.log_severity_level = 4  # its own warning about exactly this
+    ort.InferenceSession(_cnn().SerializeToString(), options)
+    if not any(n.domain == "com.microsoft.nchwc" for n in onnx.load(str(saved)).graph.node):
+        pytest.skip("onnxruntime applies no NCHWc layout on this CPU (no AVX2 / AVX-512)")
+    report = check(saved)
+    finding = next(f for f in report.result.findings if f.check == "machine-specific operators")
+    assert finding.status == "warn" and not finding.blocking
+    assert "com.microsoft.nchwc Conv" in finding.detail and "level extended" in finding.detail
+    assert report.ok
+    plain = check(save(_cnn(), tmp_path / "plain.onnx"))
+    assert "machine-specific operators" not in {f.check for f in plain.result.findings}

@@ -7,7 +7,8 @@
 The checks: safe load (external data stays inside the model directory, size limit), the
 onnx checker (full), strict shape inference, IR version and opsets the installed ONNX
 Runtime can load, operators the CPU provider has no kernel for, the C library locales its
-``StringNormalizer`` nodes build (``locales``), loading on each
+``StringNormalizer`` nodes build (``locales``), ONNX Runtime's machine-specific NCHWc
+operators (a warning), loading on each
 available provider, and one run on the CPU whose outputs must have the shapes the model
 declares (a warning, not a blocker: ONNX Runtime runs the model, but a server advertises the
 declared shapes). A file that is not an ONNX model at all is an input error (exit 2),
@@ -28,7 +29,14 @@ import numpy as np
 from .customops import EXTENSION_DOMAINS, extensions_installed
 from .errors import FerryError, UnsafeModelError, one_line
 from .locales import PORTABLE_LOCALE, missing_locales, needed_locales, same_case_mapping
-from .model import DEFAULT_MAX_SIZE, Model, checker_problem, iter_graphs, resolve_model_path
+from .model import (
+    DEFAULT_MAX_SIZE,
+    Model,
+    checker_problem,
+    iter_graphs,
+    iter_nodes,
+    resolve_model_path,
+)
 from .report import Report, Table
 from .runtime import (
     SessionConfig,
@@ -132,6 +140,7 @@ def check(
     _runtime_versions(model.proto, result)
     _cpu_kernels(model.proto, result)
     _locales(model.proto, result)
+    _machine_specific(model.proto, result)
     cpu = _load_on_providers(model, providers, result)
     if cpu is not None:
         _declared_outputs(model, cpu, result)
@@ -251,6 +260,22 @@ def _cpu_kernel_table() -> dict[tuple[str, str], list[tuple[int, int]]]:
         if k.provider == "CPUExecutionProvider":
             table.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
     return table
+
+
+def _machine_specific(proto: onnx.ModelProto, result: CheckResult) -> None:
+    """ONNX Runtime's NCHWc layout operators: a model saved after its optimizations at level
+    "all" on one CPU, which ONNX Runtime says is for that machine only (a warning)."""
+    nchwc = sorted({n.op_type for n in iter_nodes(proto) if n.domain == "com.microsoft.nchwc"})
+    if nchwc:
+        result.add(
+            "machine-specific operators",
+            "warn",
+            f"com.microsoft.nchwc {', '.join(nchwc)}: ONNX Runtime wrote this model after its "
+            "level-all optimizations, in a channel-block layout of the CPU it ran on, and says "
+            "to run it only there; deploy the model from before that optimization (or saved at "
+            "level extended)",
+            blocking=False,
+        )
 
 
 def _locales(proto: onnx.ModelProto, result: CheckResult) -> None:
