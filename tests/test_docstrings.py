@@ -321,6 +321,11 @@ def _sklearn(tmp: Path) -> Names:
     }
 
 
+def _sklearn_versions(tmp: Path) -> Names:
+    names = _sklearn(tmp)
+    return {**names, "estimator": names["pipeline"], "Path": Path}
+
+
 def _boosters(tmp: Path) -> Names:
     import lightgbm
     import xgboost
@@ -1461,6 +1466,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.feeds.plan": _feeds_package,
     "onnxferry.feeds.ranges": _feeds_package,
     "onnxferry.locales": _string_normalizer,
+    "onnxferry.convert.sklearn.versions": _sklearn_versions,
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,
     "onnxferry.errors": _one_model,

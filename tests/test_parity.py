@@ -196,6 +196,50 @@ e (float[N, 4] x) => (int64[N, 1] idx, bool[N, 4] pos, string[N, 4] s) {
 """
 
 
+def _classified(labels: list[object], scores: list[list[float]]) -> dict[str, np.ndarray]:
+    return {"label": np.array(labels), "probabilities": np.array(scores, np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("candidate", "passes", "tied"),
+    [
+        # row 1 ties 0.5 / 0.5 on both sides: the argmax of equal scores may go either way
+        (_classified([0, 1, 1], [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]]), True, 1),
+        # the same, the scores as scikit-learn's ZipMap maps
+        (
+            {
+                **_classified([0, 1, 1], []),
+                "probabilities": np.array(
+                    [{0: 0.9, 1: 0.1}, {0: 0.5, 1: 0.5}, {0: 0.2, 1: 0.8}], dtype=object
+                ),
+            },
+            True,
+            1,
+        ),
+        # row 0 differs where the scores do not tie: a different answer
+        (_classified([1, 0, 1], [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]]), False, None),
+        # the scores themselves differ past the tolerance: nothing is excused
+        (_classified([0, 1, 1], [[0.9, 0.1], [0.5, 0.5 + 2e-4], [0.2, 0.8]]), False, None),
+    ],
+)
+def test_a_label_that_differs_only_where_the_scores_tie_passes(
+    candidate: dict[str, np.ndarray], passes: bool, tied: int | None
+) -> None:
+    """A forest of 20 trees split 10 to 10 answers 0.5 and 0.5; which class an argmax of
+    equal scores picks is rounding, so such a row does not fail the label, and is counted."""
+    reference = _classified([0, 0, 1], [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    if isinstance(candidate["probabilities"][0], dict):
+        reference["probabilities"] = np.array(
+            [{0: 0.9, 1: 0.1}, {0: 0.5, 1: 0.5}, {0: 0.2, 1: 0.8}], dtype=object
+        )
+    parity = compare_outputs([reference], [candidate], Tolerance(atol=1e-4, rtol=0))
+    label = next(o for o in parity.outputs if o.name == "label")
+    assert label.exact_match is not None and label.exact_match < 1
+    assert (label.passed, label.tied) == (passes, tied)
+    assert parity.ok == (passes and all(o.passed for o in parity.outputs))
+    assert any("ties" in n for n in parity.notes) == passes
+
+
 def test_integer_bool_and_string_outputs_match_exactly() -> None:
     sets = mlp_feeds(2, batch=8)
     same = compare_runners(

@@ -8,7 +8,8 @@
     excuse_source_noise(parity, [spread], [second])  # what the line above does with its figures
 
 Float outputs are measured by ``metrics``; integer, bool and string outputs must match
-exactly; a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
+exactly, but for a classifier's label on rows where its scores tie (``excuse_tied_labels``);
+a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
 """
 
 from __future__ import annotations
@@ -79,7 +80,67 @@ def compare_outputs(
         refs = [_array(r[name]) for r in reference]
         cands = [_array(c[name]) for c in candidate]
         parity.outputs.append(judge_output(name, refs, cands, atol, rtol))
+    excuse_tied_labels(parity, reference, candidate)
     return parity
+
+
+def excuse_tied_labels(
+    parity: Parity,
+    reference: Sequence[Mapping[str, np.ndarray]],
+    candidate: Sequence[Mapping[str, np.ndarray]],
+) -> None:
+    """A classifier's label output ``[batch]`` that differs only on rows where its one
+    score output ``[batch, classes]`` ties (the top two within that output's tolerance, on
+    both sides) passes, with the rows counted in ``tied``: which of two equal scores an
+    argmax picks is rounding, not a different model. A forest of 20 trees split 10 to 10
+    answers 0.5 and 0.5, and float32 sums round either way."""
+    scores = [o for o in parity.outputs if o.kind == "float" and o.passed]
+    for label in parity.outputs:
+        if label.kind != "exact" or label.passed or label.problem or len(scores) != 1:
+            continue
+        score = scores[0]
+        tied = _tied_rows(label.name, score.name, score.atol, score.rtol, reference, candidate)
+        if tied is not None:
+            label.passed, label.tied = True, tied
+            parity.notes.append(
+                f"{label.name}: {tied} row{'s' * (tied != 1)} differ where {score.name} ties "
+                f"(its top two within atol {score.atol:g} + rtol {score.rtol:g}): an argmax "
+                "of equal scores, not counted against the candidate"
+            )
+
+
+def _tied_rows(
+    label: str,
+    score: str,
+    atol: float,
+    rtol: float,
+    reference: Sequence[Mapping[str, np.ndarray]],
+    candidate: Sequence[Mapping[str, np.ndarray]],
+) -> int | None:
+    """How many rows differ in ``label``, when every one of them ties in ``score`` on both
+    sides; None when a row differs without a tie (or the shapes are not [N] and [N, K])."""
+    tied = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        labels = _array(ref[label]), _array(cand[label])
+        tables = [_score_table(side[score]) for side in (ref, cand)]
+        n = labels[0].shape[0] if labels[0].ndim == 1 else -1
+        if labels[0].shape != labels[1].shape or n < 0:
+            return None
+        if any(t.ndim != 2 or t.shape[0] != n or t.shape[1] < 2 for t in tables):
+            return None
+        differ = np.flatnonzero(_as_text(labels[0]) != _as_text(labels[1]))
+        for table in tables:
+            top = np.sort(table[differ], axis=1)[:, -2:].astype(np.float64)
+            if not np.all(top[:, 1] - top[:, 0] <= atol + rtol * np.abs(top[:, 1])):
+                return None
+        tied += int(differ.size)
+    return tied
+
+
+def _score_table(value: Any) -> np.ndarray:
+    """Scores as ``[batch, classes]``: a tensor, or scikit-learn's ZipMap maps as a table."""
+    array = _array(value)
+    return map_table(array) if map_keys(array) is not None else array
 
 
 def compare_runners(

@@ -55,6 +55,10 @@ class OutputParity:
     (``judge.excuse_source_noise``)."""
     noise_atol: float | None = None
     """Then: the atol the nearest pair of a reference run and a candidate run needs."""
+    tied: int | None = None
+    """A label output that passed only because its differing rows are ties: how many rows
+    differ where both sides' top two scores are within the scores' tolerance
+    (``judge.excuse_tied_labels``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class OutputParity:
             "required_rtol": self.required_rtol,
             "source_noise": self.source_noise,
             "noise_atol": self.noise_atol,
+            "tied": self.tied,
         }
 
 

@@ -65,26 +65,66 @@ def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list
         )
     import joblib
 
+    from .versions import migrate, pickled_version
+
+    pickled = pickled_version(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             estimator = joblib.load(path)  # plain pickles too
-        except ImportError as e:
-            raise InputError(
-                f"{path}: the pickle needs {e.name or 'a module'!r}, which is not installed",
-                hint="install the package that defines the model's classes",
-            ) from e
         except Exception as e:
-            what = type(e).__name__ + (f": {said(e)}" if str(e).strip() else "")
-            raise InputError(
-                f"{path}: cannot unpickle the file; it is corrupt, truncated or not a {kind} "
-                f"file ({what})",
-                hint="re-save the fitted model with joblib.dump(model, path)",
-            ) from e
-    found = [said(w.message) for w in caught]
+            raise _unpickling_error(path, kind, e, pickled) from e
+    messages = [w.message for w in caught]
+    said_by_warning = [getattr(m, "original_sklearn_version", None) for m in messages]
+    pickled = pickled or next((v for v in said_by_warning if v), None)  # a compressed file
+    found = _load_warnings(messages) + migrate(estimator, pickled)
     for text in found:
         log.warning("%s: %s", path, text)
     return estimator, str(path), found
+
+
+def _unpickling_error(path: Path, kind: str, error: Exception, pickled: str | None) -> InputError:
+    """Why ``path`` did not unpickle, in one line: a module or class the installed
+    scikit-learn lacks when another version wrote it, a missing package, or a bad file."""
+    from .versions import differs, installed_version
+
+    what = type(error).__name__ + (f": {said(error)}" if str(error).strip() else "")
+    if differs(pickled):
+        installed = installed_version()
+        return InputError(
+            f"{path}: pickled by scikit-learn {pickled}, which scikit-learn {installed} here "
+            f"cannot read ({what})",
+            hint=f"convert it where scikit-learn {pickled} is installed (pip install "
+            f"scikit-learn=={pickled}), or load it there and re-save it from a version that "
+            "reads it",
+        )
+    if isinstance(error, ImportError):
+        return InputError(
+            f"{path}: the pickle needs {error.name or 'a module'!r}, which is not installed",
+            hint="install the package that defines the model's classes",
+        )
+    return InputError(
+        f"{path}: cannot unpickle the file; it is corrupt, truncated or not a {kind} file ({what})",
+        hint="re-save the fitted model with joblib.dump(model, path)",
+    )
+
+
+def _load_warnings(messages: list[Warning | str]) -> list[str]:
+    """The warnings raised while unpickling, one line each; scikit-learn's version warning,
+    raised once per estimator inside (each tree of a forest), as one line."""
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    versions = [m for m in messages if isinstance(m, InconsistentVersionWarning)]
+    found = [said(m) for m in messages if not isinstance(m, InconsistentVersionWarning)]
+    if versions:
+        first = versions[0]
+        found.insert(
+            0,
+            f"pickled by scikit-learn {first.original_sklearn_version}, loaded by "
+            f"{first.current_sklearn_version} ({len(versions)} estimators): scikit-learn does "
+            "not promise the same predictions, and the verification judges against it",
+        )
+    return found
 
 
 def estimator_task(estimator: Any, origin: str) -> str:
