@@ -19,6 +19,7 @@ from onnxferry.feeds import (
     checked_feeds,
     dynamic_dims,
     feed_sets,
+    index_ranges,
     input_vocabularies,
     plan_feeds,
     realistic_feeds,
@@ -183,6 +184,45 @@ def test_ids_that_index_a_table_stay_inside_it(tmp_path: Path) -> None:
     assert feeds["input_ids"].shape == feeds["attention_mask"].shape == (4, 128)
     assert feeds["input_ids"].max() < 50 and feeds["input_ids"].max() >= 8  # the whole table
     assert set(np.unique(feeds["attention_mask"])) == {0, 1}
+
+
+def _one_hot(style: str) -> onnx.ModelProto:
+    """bytes int32[batch, 16] -> one-hot over 0..256 -> MatMul: JAX's and TensorFlow's way
+    (``Equal`` against a constant arange after a broadcast, as Magika's file-type model) or
+    ONNX's ``OneHot`` with a constant depth (torch's ``F.one_hot``)."""
+    weight = numpy_helper.from_array(np.ones((257, 2), np.float32), "w")
+    if style == "equal":
+        arange = numpy_helper.from_array(np.arange(257, dtype=np.int32).reshape(1, 1, 257), "a")
+        shape = numpy_helper.from_array(np.array([-1, 16, 1], np.int64), "s")
+        nodes = [
+            helper.make_node("Reshape", ["bytes", "s"], ["r"]),
+            helper.make_node("Equal", ["r", "a"], ["hot"]),
+            helper.make_node("Cast", ["hot"], ["f"], to=TensorProto.FLOAT),
+        ]
+        constants = [arange, shape]
+    else:
+        depth = numpy_helper.from_array(np.array(257, np.int64), "depth")
+        on_off = numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "on_off")
+        nodes = [helper.make_node("OneHot", ["bytes", "depth", "on_off"], ["f"], axis=-1)]
+        constants = [depth, on_off]
+    graph = helper.make_graph(
+        [*nodes, helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "one_hot",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 2])],
+        [weight, *constants],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("style", ["equal", "onehot"])
+def test_one_hot_inputs_span_the_one_hots_classes(style: str) -> None:
+    """Byte values were generated in [0, 8): 8 of Magika's 257 classes. The one-hot's own
+    classes bound them now, the last (padding) among them."""
+    model = Model.from_proto(_one_hot(style))
+    assert index_ranges(model.proto, model.signature) == {"bytes": (0, 257)}
+    feeds = plan_feeds(model).with_batch(64).feeds(seed=0)
+    assert feeds["bytes"].min() == 0 and feeds["bytes"].max() == 256
 
 
 def test_a_shared_name_is_one_size_and_placeholders_are_many(tmp_path: Path) -> None:

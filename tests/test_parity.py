@@ -55,6 +55,7 @@ OUTPUT_KEYS = [
     "required_rtol",
     "source_noise",
     "noise_atol",
+    "tied",
 ]
 PARITY_KEYS = [
     "reference",

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..model import iter_graphs, iter_nodes
 from ..signature import Signature
 from .values import Vocabulary
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
     import onnx
 
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Clip"}
-"""Ops an index input may go through on its way to a Gather, keeping its values."""
+"""Ops a category input may go through on its way to an encoder, keeping its values."""
+_KEEPS_VALUES = _PASS_THROUGH | {"Expand", "Tile", "Transpose"}
+"""Ops an index input may go through on its way to what bounds it, keeping its values."""
 
 _TEXT_STEPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"} | {
     "StringNormalizer",
@@ -44,21 +48,27 @@ _INT_CATEGORY_OPS = {
 
 
 def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
-    """Integer inputs that index a table: input name -> (0, rows of the smallest table).
+    """Integer inputs whose values the graph bounds: input name -> (low, high), high
+    exclusive.
 
-    Follows each integer input through casts and reshapes to ``Gather`` nodes whose data is
-    an initializer or a ``Constant``; the rows are that tensor's size along the Gather axis.
+    Follows each integer input through casts, reshapes and broadcasts to ``Gather`` nodes
+    whose data is an initializer or a ``Constant`` (0 to that tensor's size along the Gather
+    axis), ``OneHot`` nodes (0 to their constant depth), and ``Equal`` with a constant of
+    integers (its smallest to its largest: the one-hot of JAX and TensorFlow, ``x ==
+    arange(257)`` for Magika's bytes and padding). Several bounds: the narrowest.
     (Integer categories, a passenger class 1 to 3, are ``input_vocabularies``.)
     """
-    tables = _constant_dims(proto)
+    constants = _constants(proto)
     consumers = _consumers(proto)
     ranges: dict[str, tuple[int, int]] = {}
     for spec in signature.inputs:
         if spec.dtype.kind != "int":
             continue
-        rows = _rows(spec.name, consumers, tables, depth=0)
-        if rows:
-            ranges[spec.name] = (0, min(rows))
+        spans = _spans(spec.name, consumers, constants, depth=0)
+        if spans:
+            low, high = max(s[0] for s in spans), min(s[1] for s in spans)
+            if low < high:
+                ranges[spec.name] = (low, high)
     return ranges
 
 
@@ -71,30 +81,46 @@ def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
-def _rows(
+def _spans(
     tensor: str,
     consumers: Mapping[str, list[onnx.NodeProto]],
-    tables: Mapping[str, tuple[int, ...]],
+    constants: Mapping[str, onnx.TensorProto],
     depth: int,
-) -> list[int]:
+) -> list[tuple[int, int]]:
+    """The (low, high) bounds the nodes reading ``tensor`` (through value-keeping ops) put
+    on its values."""
     if depth > 8:
         return []
     found = []
     for node in consumers.get(tensor, []):
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor:
-            dims = tables.get(node.input[0])
+        inputs = list(node.input)
+        if node.op_type == "Gather" and len(inputs) > 1 and inputs[1] == tensor:
+            dims = tuple(constants[inputs[0]].dims) if inputs[0] in constants else ()
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
-                found.append(int(dims[axis]))
-        elif node.op_type in _PASS_THROUGH and node.input and node.input[0] == tensor:
+                found.append((0, int(dims[axis])))
+        elif node.op_type == "OneHot" and len(inputs) > 1 and inputs[0] == tensor:
+            depth_value = _small_integers(constants.get(inputs[1]))
+            if depth_value is not None and depth_value.size == 1 and depth_value[0] > 0:
+                found.append((0, int(depth_value[0])))
+        elif node.op_type == "Equal" and tensor in inputs:
+            other = _small_integers(constants.get(inputs[1 - inputs.index(tensor)]))
+            if other is not None and other.size > 1:
+                found.append((int(other.min()), int(other.max()) + 1))
+        elif node.op_type in _KEEPS_VALUES and inputs and inputs[0] == tensor:
             for out in node.output:
-                found += _rows(out, consumers, tables, depth + 1)
+                found += _spans(out, consumers, constants, depth + 1)
     return found
 
 
-def _constant_dims(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Shapes of initializers and Constant node outputs, by tensor name."""
-    return {name: tuple(t.dims) for name, t in _constants(proto).items()}
+def _small_integers(tensor: onnx.TensorProto | None) -> np.ndarray | None:
+    """An integer constant's values, flat, when it has at most 65536 of them; else None."""
+    from onnx import numpy_helper
+
+    if tensor is None or math.prod(tensor.dims) > 65536:
+        return None
+    values = numpy_helper.to_array(tensor)
+    return values.reshape(-1) if values.dtype.kind in "iu" and values.size else None
 
 
 def _constants(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
