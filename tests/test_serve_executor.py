@@ -365,6 +365,50 @@ def test_runtime_failure_is_execution_error_and_the_executor_recovers() -> None:
     assert ex.statistics()["inference_stats"]["fail"]["count"] == 1
 
 
+def _one_hot_colours() -> onnx.ModelProto:
+    """colour string[N, 1] -> ai.onnx.ml OneHotEncoder (red, green; an unknown colour is an
+    error, as skl2onnx writes handle_unknown="error") -> y float[N, 1, 2]."""
+    node = helper.make_node(
+        "OneHotEncoder",
+        ["colour"],
+        ["y"],
+        domain="ai.onnx.ml",
+        cats_strings=["red", "green"],
+        zeros=0,
+    )
+    graph = helper.make_graph(
+        [node],
+        "colours",
+        [helper.make_tensor_value_info("colour", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 2])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def test_a_request_the_model_rejects_fails_alone_not_the_batch_it_ran_in() -> None:
+    """Batched with others, one request's unknown category failed every request of its
+    batch; the batch is now run request by request after such a failure."""
+    ex = executor(_one_hot_colours(), max_batch_size=8, max_queue_delay_ms=50)
+    colours = [["red"], ["green"], ["purple"], ["red"], ["green"]]
+
+    async def body(ex: ModelExecutor) -> list[InferResult | BaseException]:
+        requests = [ex.infer({"colour": np.array([c], dtype=object)}) for c in colours]
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    results = run(ex, body)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 1 and isinstance(results[2], ExecutionError)
+    assert "Unknown Category" in str(results[2])
+    for colour, result in zip(colours, results, strict=True):
+        if isinstance(result, InferResult):
+            expected = [[1.0, 0.0]] if colour == ["red"] else [[0.0, 1.0]]
+            assert result.outputs["y"].tolist() == [expected]
+    assert max(r.batch_size for r in results if isinstance(r, InferResult)) > 1
+    stats = ex.statistics()["inference_stats"]
+    assert (stats["fail"]["count"], stats["success"]["count"]) == (1, 4)
+
+
 def test_outputs_off_the_batch_axis_turn_batching_off_and_stay_right() -> None:
     ex = executor(COLUMN_SUM, max_batch_size=8)
     assert ex.batching  # the signature claims a batch axis on every tensor

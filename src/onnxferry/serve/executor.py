@@ -158,6 +158,7 @@ class _Batch:
     __slots__ = (
         "done",
         "error",
+        "failed",
         "index",
         "live",
         "loop",
@@ -185,6 +186,7 @@ class _Batch:
         self.index = 0  # the instance that runs it
         self.outputs: list[dict[str, np.ndarray]] = []
         self.error: BaseException | None = None
+        self.failed: dict[int, BaseException] = {}  # requests that failed run on their own
         self.start_ns = 0
         self.times = (0, 0, 0)  # compute_input, compute_infer, compute_output (ns)
         self.unbatchable = False
@@ -240,9 +242,26 @@ class _Instance:
                 batch.unbatchable = True
                 batch.outputs = [self._run_alone(r, batch) for r in requests]
         except Exception as e:
-            batch.error = self._error(e, batch.options)
+            if len(requests) > 1 and not batch.options.terminate:
+                self._run_each(batch)
+            else:
+                batch.error = self._error(e, batch.options)
         t3 = time.monotonic_ns()
         batch.times = (t1 - t0, t2 - t1, t3 - t2)
+
+    def _run_each(self, batch: _Batch) -> None:
+        """A batch whose run failed, run request by request: one request's values that the
+        model rejects (an unknown category, an index past a table) fail that request, not
+        the others it was batched with."""
+        batch.outputs = []
+        for i, request in enumerate(batch.requests):
+            try:
+                batch.outputs.append(self._run_alone(request, batch))
+            except Exception as e:
+                batch.outputs.append({})
+                batch.failed[i] = self._error(e, batch.options)
+        if len(batch.failed) == len(batch.requests):
+            batch.error = batch.failed[0]
 
     def _run_alone(self, request: _Request, batch: _Batch) -> dict[str, np.ndarray]:
         arrays = self.run(request.feeds, batch.names, batch.options)
@@ -870,8 +889,9 @@ class ModelExecutor:
             if r.abandoned or r.future.done():
                 continue
             queue_ns = batch.start_ns - r.start_ns
-            if batch.error is not None:
-                r.future.set_exception(batch.error)
+            error = batch.error or batch.failed.get(i)
+            if error is not None:
+                r.future.set_exception(error)
                 stats["fail"].add(end - r.start_ns)
                 continue
             r.future.set_result(InferResult(batch.outputs[i], queue_ns, compute, batch.rows))
