@@ -1081,6 +1081,38 @@ def _string_normalizer(tmp: Path) -> Names:
     return {"model": Model.from_proto(proto)}
 
 
+def _explain_table(tmp: Path) -> Names:
+    """age, city, n: one [N, 1] input per column, the city through a LabelEncoder."""
+    from onnx import TensorProto, helper
+
+    from onnxferry.model import Model
+
+    encode = helper.make_node(
+        "LabelEncoder",
+        ["city"],
+        ["code"],
+        domain="ai.onnx.ml",
+        keys_strings=["Lyon", "Oslo"],
+        values_floats=[0.0, 1.0],
+    )
+    join = helper.make_node("Concat", ["age", "code", "n"], ["y"], axis=1)
+    kinds = {"age": TensorProto.FLOAT, "city": TensorProto.STRING, "n": TensorProto.FLOAT}
+    graph = helper.make_graph(
+        [encode, join],
+        "table",
+        [helper.make_tensor_value_info(k, v, ["N", 1]) for k, v in kinds.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
+    model = Model.from_proto(helper.make_model(graph, opset_imports=opsets, ir_version=8))
+    feeds = {
+        "age": np.array([[30.0], [52.0]], np.float32),
+        "city": np.array([["Oslo"], ["Lyon"]], dtype=object),
+        "n": np.array([[1.0], [3.0]], np.float32),
+    }
+    return {"model": model, "feeds": feeds}
+
+
 def _feeds_sets(tmp: Path) -> Names:
     from onnxferry.errors import DataError
 
@@ -1466,6 +1498,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.feeds.plan": _feeds_package,
     "onnxferry.feeds.ranges": _feeds_package,
     "onnxferry.locales": _string_normalizer,
+    "onnxferry.explain.table": _explain_table,
     "onnxferry.convert.sklearn.versions": _sklearn_versions,
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,

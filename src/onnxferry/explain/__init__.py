@@ -12,8 +12,9 @@ tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrate
 (Captum, on the graph as a torch module checked against ONNX Runtime: ``gradients``). The
 input's kind (image, tabular, tokens, signal, text) comes from the signature (``kind=``
 overrides it); images, signals and tokens are explained over superpixels / blocks / positions
-hidden by a baseline (see ``masking``), and texts (a string per row) word by word, a hidden
-word dropped (``text``).
+hidden by a baseline (see ``masking``), texts (a string per row) word by word, a hidden
+word dropped (``text``), and a table model (one ``[batch, 1]`` input per column, as skl2onnx
+converts a DataFrame pipeline) column by column, categories among them (``table``).
 
 Every perturbation an explainer asks for is evaluated through one ONNX Runtime session in
 batches (``evaluate``), not one ``session.run`` per sample; ``max_evals`` (rows evaluated) and
@@ -125,11 +126,12 @@ def explain(
     torch translation, or on ids or texts).
     """
     from ..errors import UsageError
-    from .evaluate import Budget, BudgetExceeded, Evaluator, resolve_targets
+    from .evaluate import Budget, BudgetExceeded, Decode, Evaluator, resolve_targets
     from .inputs import background_of, feeds_of, input_name_of, open_session, shap_background
     from .kinds import plan_layout
     from .masking import baseline, groups_for, spatial_labels
-    from .methods import METHODS, Task, require
+    from .methods import METHODS, MethodUnavailable, Task, require
+    from .table import table_columns, table_rows
     from .text import text_positions
 
     if method not in METHODS:
@@ -139,14 +141,26 @@ def explain(
     name = input_name_of(signature, input_name)
     feeds = feeds_of(inputs, signature, name)
     spec = signature.input(name)
-    layout, rows = plan_layout(spec, feeds[name], kind, batch_axis)
     notes: list[str] = []
-    words, decode = None, None
-    if layout.kind == "text":
-        words, decode = text_positions(layout, rows, background)
-        layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids
-        notes.append("texts explained word by word: a hidden word is dropped from the text")
-    data = background_of(background, spec, layout, rows, notes)
+    words, table = None, None
+    decode: Decode | None = None
+    columns = table_columns(signature) if input_name is None and kind in (None, "tabular") else None
+    if columns is not None:
+        table, layout, rows, data = table_rows(loaded, columns, feeds, background, notes)
+        decode, feeds = table.decode, {}
+        if method == "integrated-gradients":
+            raise MethodUnavailable(
+                "integrated-gradients follows a gradient through one float input; a table of "
+                f"{len(columns)} inputs has none to follow",
+                hint="use kernelshap, permutation, lime or occlusion",
+            )
+    else:
+        layout, rows = plan_layout(spec, feeds[name], kind, batch_axis)
+        if layout.kind == "text":
+            words, decode = text_positions(layout, rows, background)
+            layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids
+            notes.append("texts explained word by word: a hidden word is dropped from the text")
+        data = background_of(background, spec, layout, rows, notes)
     require(method, layout.kind)
     budget = Budget(max_evals, deadline)
     evaluator = Evaluator(
@@ -184,7 +198,11 @@ def explain(
             sample=sample,
             layout=layout,
             score=evaluator.scorer(i, targets[i]),
-            baseline=baseline(layout, sample, data),
+            baseline=(
+                table.baseline(baseline(layout, sample, data), data)
+                if table is not None
+                else baseline(layout, sample, data)
+            ),
             background=shap_data,
             groups=groups,
             evals=evaluator.share(left),
@@ -195,6 +213,7 @@ def explain(
             plan=evaluator.planner(left),
             gradient=gradients.function(i, targets[i]) if gradients is not None else None,
             embed=gradients.embedder(i) if gradients is not None else None,
+            categorical=table.categorical if table is not None else (),
         )
         try:
             attribution = METHODS[method](task)
@@ -211,7 +230,7 @@ def explain(
     done = len(values)
     return Explanation(
         model=loaded.name,
-        input_name=name,
+        input_name=", ".join(columns) if columns is not None else name,
         method=method,
         layout=layout,
         inputs=rows[:done],
@@ -226,4 +245,5 @@ def explain(
         segments=np.stack(labels) if labels else None,
         requested=len(rows),
         words=words.pieces if words is not None else None,
+        table=table,
     )

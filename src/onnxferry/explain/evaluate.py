@@ -29,6 +29,7 @@ from ..signature import Signature
 from .kinds import Layout
 
 Transform = Callable[[np.ndarray], np.ndarray]
+Decode = Callable[[np.ndarray], np.ndarray | Mapping[str, np.ndarray]]
 DEFAULT_CHUNK_BYTES = 1024**2
 """Input bytes per run by default: past a few hundred images a batch gets slower per image on
 CPU (activations leave the cache), while small rows batch by the thousand."""
@@ -98,11 +99,12 @@ class Evaluator:
         budget: Budget | None = None,
         progress: Callable[[Progress], None] | None = None,
         model_name: str = "model",
-        decode: Callable[[np.ndarray], np.ndarray] | None = None,
+        decode: Decode | None = None,
     ) -> None:
         self.session = session
         self.decode = decode
-        """Rows as the methods see them -> the model's input (a text's word ids -> strings)."""
+        """Rows as the methods see them -> the model's input (a text's word ids -> strings),
+        or every input (a table's row of numbers -> its columns)."""
         self.input_name = input_name
         self.layout = layout
         self.signature = signature
@@ -253,9 +255,10 @@ class Evaluator:
     def feeds(self, inputs: np.ndarray, sample: int) -> dict[str, np.ndarray]:
         """The model's feeds for rows of the explained input (one row without a batch axis;
         padded with the last row to a fixed batch), the others at ``sample``'s values."""
-        if self.decode is not None:
-            inputs = self.decode(inputs)
-        batch = np.ascontiguousarray(inputs, dtype=self.dtype)
+        decoded = self.decode(inputs) if self.decode is not None else inputs
+        if isinstance(decoded, Mapping):  # a table's columns, every input (``table``)
+            return dict(decoded)
+        batch = np.ascontiguousarray(decoded, dtype=self.dtype)
         if not self.layout.batch_axis:
             return {self.input_name: batch[0], **self.fixed_inputs(sample, None)}
         rows = len(batch)

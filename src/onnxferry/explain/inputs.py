@@ -90,10 +90,7 @@ def background_of(
     from ..data import load_npz_arrays
 
     if background is None:
-        if layout.kind == "tabular" and len(rows) > 1:
-            notes.append(f"background: the {len(rows)} inputs themselves (no --background given)")
-            return rows
-        return None
+        return default_background(layout, rows, notes)
     if isinstance(background, (str, Path)):
         background = load_npz_arrays(background)
     if isinstance(background, Mapping):
@@ -110,6 +107,15 @@ def background_of(
             hint="give background rows shaped like the inputs",
         )
     return data
+
+
+def default_background(layout: Layout, rows: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """Without a background: for tabular rows, the rows themselves when there are several
+    (with a note); else none."""
+    if layout.kind == "tabular" and len(rows) > 1:
+        notes.append(f"background: the {len(rows)} inputs themselves (no --background given)")
+        return rows
+    return None
 
 
 def shap_background(

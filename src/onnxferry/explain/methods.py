@@ -84,6 +84,8 @@ class Task:
     embed: Callable[[np.ndarray], Any] | None = None
     """Integrated gradients on token ids: ids -> their embeddings, the rows ``gradient``
     takes."""
+    categorical: tuple[int, ...] = ()
+    """Tabular: the features that are category codes (a table's string columns)."""
 
     def masked(self) -> Callable[[np.ndarray], np.ndarray]:
         """The score of 0/1 masks over ``groups`` (hidden groups take the baseline)."""
@@ -168,6 +170,7 @@ def lime(task: Task) -> Attribution:
             mode="regression",
             discretize_continuous=False,
             feature_selection="none",
+            categorical_features=list(task.categorical),
             random_state=task.seed,
         )
         explanation = explainer.explain_instance(

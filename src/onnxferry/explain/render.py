@@ -270,6 +270,8 @@ def _arrays(explanation: Explanation) -> dict[str, np.ndarray]:
 
 
 def _feature(explanation: Explanation, flat: int) -> str:
+    if explanation.table is not None:
+        return explanation.table.columns[flat]
     shape = explanation.layout.sample_shape
     if len(shape) <= 1:
         return f"{explanation.input_name}[{flat}]"

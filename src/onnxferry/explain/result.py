@@ -20,6 +20,7 @@ from ..report import Report, Table
 
 if TYPE_CHECKING:
     from .kinds import Layout
+    from .table import TableCoder
 
 SHAP_METHODS = ("kernelshap", "permutation")
 LISTED = 10
@@ -54,6 +55,8 @@ class Explanation:
     words: list[str] | None = None
     """Texts: the pieces (a word and what follows it) that the ids in ``inputs`` stand for;
     id 0 is "" (padding)."""
+    table: TableCoder | None = None
+    """A table model: its columns (the features, by name) and their categories."""
 
     ok = True
 
@@ -163,13 +166,10 @@ class Explanation:
                 if not value:
                     continue  # padding after a shorter text
                 value = self.words[value]
-            top.append(
-                {
-                    "feature": self._position(flat) if self.kind == "signal" else flat,
-                    "attribution": float(values[flat]),
-                    "value": value,
-                }
-            )
+            feature: int | str = self._position(flat) if self.kind == "signal" else flat
+            if self.table is not None:
+                feature, value = self.table.columns[flat], self.table.value(flat, value)
+            top.append({"feature": feature, "attribution": float(values[flat]), "value": value})
         return top
 
     def _name(self, top: dict[str, Any]) -> str:

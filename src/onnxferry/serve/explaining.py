@@ -5,7 +5,9 @@
      "parameters": {"method": "kernelshap", "target": 1, "max_evals": 4000}}
     -> outputs "attributions" (FP32, shaped like the explained input), "base_values" and
        "scores" (FP32, one per row); for texts (a string per row, explained word by word)
-       "attributions" is [rows, words] and "words" (BYTES, the same shape) names each place
+       "attributions" is [rows, words] and "words" (BYTES, the same shape) names each place;
+       for a table model (one [rows, 1] input per column) "attributions" is [rows, columns]
+       and "columns" (BYTES) names them
 
 The body is an infer request, read, decoded and validated exactly as infer's (same limits,
 same auth). Its ``parameters`` choose the explanation (``ExplainRequest``): ``method`` (one of
@@ -225,4 +227,6 @@ async def explain_served(
     }
     if explanation.words is not None:  # "" after a shorter text's last word
         outputs["words"] = np.asarray(explanation.words, dtype=object)[explanation.inputs]
+    if explanation.table is not None:
+        outputs["columns"] = np.asarray(explanation.table.columns, dtype=object)
     return outputs, explanation.evaluations
