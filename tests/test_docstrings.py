@@ -1113,6 +1113,12 @@ def _explain_table(tmp: Path) -> Names:
     return {"model": model, "feeds": feeds}
 
 
+def _data_rows(tmp: Path) -> Names:
+    names = _explain_table(tmp)
+    Path("rows.csv").write_text("age,city,n\n30,Oslo,1\n52,Lyon,3\n")
+    return {**names, "Path": Path}
+
+
 def _feeds_sets(tmp: Path) -> Names:
     from onnxferry.errors import DataError
 
@@ -1499,6 +1505,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.feeds.ranges": _feeds_package,
     "onnxferry.locales": _string_normalizer,
     "onnxferry.explain.table": _explain_table,
+    "onnxferry.data.rows": _data_rows,
     "onnxferry.convert.sklearn.versions": _sklearn_versions,
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,

@@ -187,8 +187,6 @@ def bench_models(
     ``devices.SessionPool`` driven by ``concurrency`` threads per device: the aggregate
     throughput). ProviderError naming a device that cannot be used.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = load_feeds(inputs)[0]
     timing = Timing(warmup, iterations, duration, concurrency)
     if price_per_hour is not None and not price_per_hour > 0:
         raise UsageError(
@@ -215,6 +213,8 @@ def bench_models(
     for provider in wanted:
         check_precision(provider, precision)
     loaded = [m if isinstance(m, Model) else Model.load(m) for m in models]
+    if isinstance(inputs, (str, Path)):  # a table's columns are named by the signature
+        inputs = load_feeds(inputs, loaded[0].signature)[0]
     sources = [_source(m, dims, input_shapes, inputs) for m in loaded]
     _check_known(loaded, dims)
 

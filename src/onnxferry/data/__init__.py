@@ -1,4 +1,5 @@
-"""Feeds and golden test data on disk: .npz, .npy, ONNX TensorProto .pb and test_data_set dirs.
+"""Feeds and golden test data on disk: .npz, .npy, ONNX TensorProto .pb, test_data_set dirs
+and tables (.csv, .parquet) of rows.
 
     feeds = load_feeds("feeds.npz", model.signature)        # [{"x": array}, ...]
     cases = load_test_cases("resnet50/", model.signature)   # model zoo: test_data_set_N/*.pb
@@ -16,8 +17,8 @@ code): an .npz holding object arrays is refused. Anything unreadable raises ``Da
 
 The modules: ``load`` (any layout, matched to a signature), ``testsets`` (test_data_set
 directories and ``TestCase``), ``tensors`` (TensorProto / .pb <-> numpy), ``npz`` (.npz and
-.npy without pickle) and ``toml``. They share their working parts by public names; this
-``__init__`` is the boundary.
+.npy without pickle), ``rows`` (a table's columns as inputs) and ``toml``. They share their
+working parts by public names; this ``__init__`` is the boundary.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import DataError
 from ..signature import Signature
 from .npz import fit, load_npy, load_npz
+from .rows import TABLE_SUFFIXES, table_feeds
 from .tensors import read_pb
 from .testsets import (
     LAYOUTS,
@@ -32,7 +33,8 @@ from .testsets import (
 
 
 def load_feeds(path: str | Path, signature: Signature | None = None) -> list[dict[str, np.ndarray]]:
-    """Feed sets from an .npz, .npy or .pb file, or a directory in the ONNX test-data layout.
+    """Feed sets from an .npz, .npy or .pb file, a table (.csv, .parquet: ``rows``), or a
+    directory in the ONNX test-data layout.
 
     With a signature, unnamed arrays are matched to inputs by position, every input must be
     present, feeds come back in the model's input order, and expected outputs stored beside
@@ -53,9 +55,12 @@ def load_feeds(path: str | Path, signature: Signature | None = None) -> list[dic
     if suffix == ".pb":
         name, array = read_pb(path)
         return [_single_feed(path, name, array, signature)]
+    if suffix in TABLE_SUFFIXES:
+        return [table_feeds(path, signature)]
     raise DataError(
         f"{path} is not a feeds file onnxferry reads",
-        hint="give an .npz (one array per input), .npy, .pb or a test_data_set directory",
+        hint="give an .npz (one array per input), .npy, .pb, a .csv or .parquet table, or a "
+        "test_data_set directory",
     )
 
 
