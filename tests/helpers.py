@@ -454,3 +454,36 @@ def qdq_model() -> onnx.ModelProto:
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def table_model() -> onnx.ModelProto:
+    """age float[N, 1], city string[N, 1] (a LabelEncoder), n int64[N, 1], member bool[N]:
+    y = [age, city's code, n, member] per row."""
+    nodes = [
+        helper.make_node(
+            "LabelEncoder",
+            ["city"],
+            ["code"],
+            domain="ai.onnx.ml",
+            keys_strings=["Lyon", "Oslo"],
+            values_floats=[0.0, 1.0],
+        ),
+        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["member"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mf", "one"], ["m2"]),
+        helper.make_node("Concat", ["age", "code", "nf", "m2"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "table",
+        [
+            helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("city", TensorProto.STRING, ["N", 1]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("member", TensorProto.BOOL, ["N"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor("one", TensorProto.INT64, [1], [1])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)

@@ -15,42 +15,9 @@ from onnx import TensorProto, helper
 from onnxferry.data import load_feeds
 from onnxferry.errors import DataError
 from onnxferry.model import Model
-from tests.helpers import Run, save
+from tests.helpers import Run, save, table_model
 
 ROWS = "age,city,n,member\n31.5,Oslo,2,true\n,Lyon,3.0,0\n52,Oslo,1,yes\n"
-
-
-def _table_model() -> onnx.ModelProto:
-    """age float[N, 1], city string[N, 1] (a LabelEncoder), n int64[N, 1], member bool[N]:
-    y = [age, city's code, n, member] per row."""
-    nodes = [
-        helper.make_node(
-            "LabelEncoder",
-            ["city"],
-            ["code"],
-            domain="ai.onnx.ml",
-            keys_strings=["Lyon", "Oslo"],
-            values_floats=[0.0, 1.0],
-        ),
-        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
-        helper.make_node("Cast", ["member"], ["mf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mf", "one"], ["m2"]),
-        helper.make_node("Concat", ["age", "code", "nf", "m2"], ["y"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "table",
-        [
-            helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("city", TensorProto.STRING, ["N", 1]),
-            helper.make_tensor_value_info("n", TensorProto.INT64, ["N", 1]),
-            helper.make_tensor_value_info("member", TensorProto.BOOL, ["N"]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor("one", TensorProto.INT64, [1], [1])],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
 def _features_model() -> onnx.ModelProto:
@@ -65,7 +32,7 @@ def _features_model() -> onnx.ModelProto:
 
 def test_a_csv_gives_each_input_its_column_typed_as_the_input(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text(ROWS)
-    model = Model.from_proto(_table_model())
+    model = Model.from_proto(table_model())
     (feeds,) = load_feeds(tmp_path / "rows.csv", model.signature)
     assert feeds["age"].dtype == np.float32 and feeds["age"].shape == (3, 1)
     assert np.isnan(feeds["age"][1, 0])  # an empty cell of a number column, as pandas reads it
@@ -88,7 +55,7 @@ def test_parquet_reads_as_the_csv_does(tmp_path: Path) -> None:
     )
     pq.write_table(table, tmp_path / "rows.parquet")
     (tmp_path / "rows.csv").write_text(ROWS)
-    model = Model.from_proto(_table_model())
+    model = Model.from_proto(table_model())
     (parquet,) = load_feeds(tmp_path / "rows.parquet", model.signature)
     (csv,) = load_feeds(tmp_path / "rows.csv", model.signature)
     for name in model.signature.input_names:
@@ -120,12 +87,12 @@ def test_a_one_input_model_takes_every_column_in_order(tmp_path: Path) -> None:
 def test_a_bad_table_is_one_line(tmp_path: Path, text: str, words: str) -> None:
     (tmp_path / "rows.csv").write_text(text)
     with pytest.raises(DataError, match=words.replace("(", r"\(")) as info:
-        load_feeds(tmp_path / "rows.csv", Model.from_proto(_table_model()).signature)
+        load_feeds(tmp_path / "rows.csv", Model.from_proto(table_model()).signature)
     assert "\n" not in str(info.value)
 
 
 def test_verbs_take_a_csv_as_inputs(tmp_path: Path, ferry: Run) -> None:
-    path = save(_table_model(), tmp_path / "table.onnx")
+    path = save(table_model(), tmp_path / "table.onnx")
     (tmp_path / "rows.csv").write_text(ROWS.replace(",Lyon", "7,Lyon"))
     code, _, err = ferry("compare", path, path, "--inputs", tmp_path / "rows.csv")
     assert code == 0, err

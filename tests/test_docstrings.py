@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import onnxferry
-from tests.helpers import mlp, save
+from tests.helpers import mlp, save, table_model
 
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
@@ -1082,40 +1082,21 @@ def _string_normalizer(tmp: Path) -> Names:
 
 
 def _explain_table(tmp: Path) -> Names:
-    """age, city, n: one [N, 1] input per column, the city through a LabelEncoder."""
-    from onnx import TensorProto, helper
-
+    """age, city, n, member: one input per column (``helpers.table_model``)."""
     from onnxferry.model import Model
 
-    encode = helper.make_node(
-        "LabelEncoder",
-        ["city"],
-        ["code"],
-        domain="ai.onnx.ml",
-        keys_strings=["Lyon", "Oslo"],
-        values_floats=[0.0, 1.0],
-    )
-    join = helper.make_node("Concat", ["age", "code", "n"], ["y"], axis=1)
-    kinds = {"age": TensorProto.FLOAT, "city": TensorProto.STRING, "n": TensorProto.FLOAT}
-    graph = helper.make_graph(
-        [encode, join],
-        "table",
-        [helper.make_tensor_value_info(k, v, ["N", 1]) for k, v in kinds.items()],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
-    model = Model.from_proto(helper.make_model(graph, opset_imports=opsets, ir_version=8))
     feeds = {
         "age": np.array([[30.0], [52.0]], np.float32),
         "city": np.array([["Oslo"], ["Lyon"]], dtype=object),
-        "n": np.array([[1.0], [3.0]], np.float32),
+        "n": np.array([[1], [3]], np.int64),
+        "member": np.array([True, False]),
     }
-    return {"model": model, "feeds": feeds}
+    return {"model": Model.from_proto(table_model()), "feeds": feeds}
 
 
 def _data_rows(tmp: Path) -> Names:
     names = _explain_table(tmp)
-    Path("rows.csv").write_text("age,city,n\n30,Oslo,1\n52,Lyon,3\n")
+    Path("rows.csv").write_text("age,city,n,member\n30,Oslo,1,true\n52,Lyon,3,false\n")
     return {**names, "Path": Path}
 
 

@@ -1,9 +1,9 @@
 """Table models: one ``[batch, 1]`` input per column (skl2onnx's DataFrame layout), explained
 as one row of columns, category columns among them.
 
-    columns = table_columns(model.signature)          # ["age", "city", "n"], or None
+    columns = table_columns(model.signature)          # ["age", "city", "n", "member"], or None
     coder = TableCoder.fit(model, columns, [feeds])    # a number per column value
-    rows = coder.encode(feeds)                         # [N, 3] float64: age, city's code, n
+    rows = coder.encode(feeds)                         # [N, 4] float64: age, city's code, ...
     coder.decode(rows)                                 # {"age": [N, 1], "city": [N, 1], ...}
 
 Explaining the first input alone held every other column fixed: a pipeline of age, city and
