@@ -541,3 +541,10 @@ def test_cli_passes_lists_every_pass(capsys: pytest.CaptureFixture[str]) -> None
                  "prune_magnitude", "prune_channels"):  # fmt: skip
         assert name in out
     assert make_pass("int8_dynamic").name == "int8_dynamic"
+    code, out, _ = _ferry(capsys, "passes", "--json")
+    rows = json.loads(out)["result"]["tables"][0]["rows"]
+    assert (
+        code == 0
+        and {"pass": "slim", "family": "graph"}.items()
+        <= next(r for r in rows if r["pass"] == "slim").items()
+    )

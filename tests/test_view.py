@@ -4,6 +4,7 @@ served on loopback by a real `ferry view` process."""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import signal
@@ -171,6 +172,13 @@ def test_diff_fills_exactly_the_nodes_that_changed(ferry: Run, tmp_path: Path) -
 
     same = draw(b, diff=b)
     assert same.diff is not None and same.diff.summary() == "0 added, 0 changed, 0 removed"
+
+    code, out, err = ferry("graph", a, "-o", tmp_path / "d.svg", "--diff", b, "--json")
+    assert code == 0, err
+    result = json.loads(out)["result"]
+    assert result["output"] == str(tmp_path / "d.svg") and result["drawn"] == result["nodes"]
+    assert len(result["diff"]["added"]) == 1 and len(result["diff"]["changed"]) == 2
+    assert result["diff"]["removed"] == ["BatchNormalization bn"]
 
 
 def test_diff_matches_unnamed_nodes_by_signature(tmp_path: Path) -> None:

@@ -133,7 +133,8 @@ def optimize(
 
 
 @click.command()
-def passes() -> int:
+@report_options
+def passes(as_json: bool, report_path: Path | None) -> int:
     """List the optimization passes and their parameters (for recipes)."""
     from ..optimize import list_passes
     from ..report import Report, Table
@@ -145,4 +146,4 @@ def passes() -> int:
         or [("-", "-", repr(None), "")]
     ]
     table = Table("passes", ("pass", "family", "parameter", "type", "default", "detail"), rows)
-    return emit(Report("passes", Listing([table])), False, None)
+    return emit(Report("passes", Listing([table])), as_json, report_path)

@@ -78,7 +78,16 @@ class Listing:
     ok = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tables": [t.rows for t in self._tables]}
+        """Each table's rows as records keyed by its columns."""
+        return {
+            "tables": [
+                {
+                    "title": t.title,
+                    "rows": [dict(zip(t.columns, row, strict=True)) for row in t.rows],
+                }
+                for t in self._tables
+            ]
+        }
 
     def tables(self) -> list[Table]:
         return self._tables

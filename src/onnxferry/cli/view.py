@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 
 from ..view.graph import DEFAULT_MAX_NODES
+from .options import report_options
+from .render import emit
 
 
 @click.command(name="graph")
@@ -44,6 +46,7 @@ from ..view.graph import DEFAULT_MAX_NODES
     show_default=True,
     help="Larger graphs are drawn around --mark only.",
 )
+@report_options
 def graph_command(
     model: str,
     output: Path,
@@ -51,14 +54,21 @@ def graph_command(
     mark: tuple[str, ...],
     around: int | None,
     max_nodes: int,
+    as_json: bool,
+    report_path: Path | None,
 ) -> int:
     """Draw MODEL's graph offline with Graphviz: operators with their weights, tensor shapes
     on the edges, subgraphs as clusters."""
+    from ..report import Report
     from ..view import draw, render
 
     drawing = draw(model, mark=mark, diff=other, around=around, max_nodes=max_nodes)
     render(drawing, output)
-    click.echo(f"graph: {output} ({drawing.summary()})")
+    if as_json or report_path is not None:
+        report = Report("graph", drawing.drawn_to(output), notes=list(drawing.notes))
+        emit(report, as_json, report_path)
+    if not as_json:
+        click.echo(f"graph: {output} ({drawing.summary()})")
     return 0
 
 

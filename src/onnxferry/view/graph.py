@@ -7,6 +7,7 @@ bodies as clusters; marked tensors in red, and the nodes a pass added or changed
     drawing = draw("model.onnx", mark=["h2"], around=1)   # only nodes within 1 step of h2
     drawing = draw("model.onnx", diff="model.onnx")       # added / changed against another
     drawing.summary()                                     # "6 of 6 nodes; marked h2"
+    drawing.drawn_to(Path("graph.svg")).to_dict()        # what `ferry graph --json` prints
 
 Past ``max_nodes`` nodes a graph is not drawn whole: with marks, the nodes around them are
 (the widest neighbourhood up to 3 steps that fits), else InputError says what to do.
@@ -23,6 +24,7 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from ..model import Model
+from ..report import Table
 from .diff import NodeDiff, diff_nodes
 from .inventory import Inventory
 from .labels import Box, Labels, html_text, legend
@@ -51,6 +53,10 @@ class Drawing:
         """The DOT text."""
         return str(self.dot.source)
 
+    def drawn_to(self, output: Path) -> DrawnGraph:
+        """The drawing as written to ``output``: the report body of ``ferry graph``."""
+        return DrawnGraph(self, output)
+
     def summary(self) -> str:
         """One line: how many nodes, what is marked, what changed."""
         parts = [f"{self.drawn} of {self.total} nodes"]
@@ -59,6 +65,36 @@ class Drawing:
         if self.diff is not None:
             parts.append(self.diff.summary())
         return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class DrawnGraph:
+    """A drawing and the file it went to (a ReportBody)."""
+
+    drawing: Drawing
+    output: Path
+    ok = True
+
+    def to_dict(self) -> dict[str, Any]:
+        diff = self.drawing.diff
+        return {
+            "model": self.drawing.model,
+            "output": str(self.output),
+            "nodes": self.drawing.total,
+            "drawn": self.drawing.drawn,
+            "marked": list(self.drawing.marked),
+            "diff": None
+            if diff is None
+            else {
+                "added": sorted(diff.added),
+                "changed": dict(diff.changed),
+                "removed": list(diff.removed),
+            },
+        }
+
+    def tables(self) -> list[Table]:
+        row = (str(self.output), self.drawing.total, self.drawing.drawn, self.drawing.summary())
+        return [Table(f"graph {self.drawing.model}", ("output", "nodes", "drawn", "shows"), [row])]
 
 
 def draw(
