@@ -22,7 +22,7 @@ from sklearn.feature_selection import RFE
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 from sklearn.multiclass import OneVsRestClassifier
-from sklearn.multioutput import MultiOutputRegressor
+from sklearn.multioutput import MultiOutputClassifier, MultiOutputRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, QuantileTransformer, StandardScaler
 from sklearn.svm import SVC
@@ -143,6 +143,27 @@ def test_meta_estimators_convert(case: str, tmp_path: Path) -> None:
 def test_multi_output_regressor_over_lightgbm(tmp_path: Path) -> None:
     x, y = _data("diabetes")
     _check(MultiOutputRegressor(_lgbm(cls="LGBMRegressor")), "diabetes", tmp_path, np.c_[y, -y])
+
+
+@pytest.mark.parametrize("forest", ["RandomForestClassifier", "XGBClassifier"])
+def test_multi_output_classifier_probabilities_are_judged_as_numbers(
+    forest: str, tmp_path: Path
+) -> None:
+    """Its probabilities are a sequence of [batch, classes] tensors, one per output; judged
+    as exact objects, float32 rounding failed every conversion (exit 1)."""
+    if forest == "XGBClassifier":
+        make: Any = pytest.importorskip("xgboost").XGBClassifier(n_estimators=20)
+    else:
+        make = RandomForestClassifier(20, random_state=0)
+    x, target = _data("cancer")
+    both = np.c_[target, x[:, 0] > np.median(x[:, 0])].astype(int)
+    estimator = MultiOutputClassifier(make).fit(x, both)
+    model = onnxferry.convert(estimator, tmp_path / "m.onnx")
+    assert model.last_report(Conversion).result.verified
+    got = OrtRunner(model).run({"input": x.astype(np.float32)})
+    expected = np.asarray(estimator.predict_proba(x))
+    assert np.abs(np.asarray(got["probabilities"], np.float64) - expected).max() < 1e-4
+    assert (got["label"] == estimator.predict(x)).mean() > 0.99
 
 
 def test_a_target_transform_without_an_onnx_inverse_is_one_line(tmp_path: Path) -> None:

@@ -241,6 +241,25 @@ def test_a_label_that_differs_only_where_the_scores_tie_passes(
     assert any("ties" in n for n in parity.notes) == passes
 
 
+def test_a_sequence_of_float_tensors_is_judged_as_floats() -> None:
+    """A multi-output classifier's probabilities: one [N, K] tensor per output, a sequence
+    that arrives as an object array of numbers; compared as objects, float32 rounding failed
+    them. Its labels [N, O] tie per output as a plain classifier's do."""
+    probabilities = np.empty((2, 2, 2), dtype=object)
+    probabilities[...] = [[[0.9, 0.1], [0.5, 0.5]], [[0.3, 0.7], [0.2, 0.8]]]
+    reference = {"label": np.array([[0, 1], [0, 1]]), "probabilities": probabilities}
+    candidate = {
+        "label": np.array([[0, 1], [1, 1]]),  # row 1 of output 0 ties
+        "probabilities": probabilities.astype(np.float32).astype(object) + 1e-8,
+    }
+    parity = compare_outputs([reference], [candidate], Tolerance(atol=1e-4, rtol=0))
+    assert [(o.name, o.kind, o.passed) for o in parity.outputs] == [
+        ("label", "exact", True),
+        ("probabilities", "float", True),
+    ]
+    assert parity.outputs[0].tied == 1
+
+
 def test_integer_bool_and_string_outputs_match_exactly() -> None:
     sets = mlp_feeds(2, batch=8)
     same = compare_runners(

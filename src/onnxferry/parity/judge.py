@@ -7,7 +7,8 @@
     parity = compare_within_noise(ref_outputs, cand_outputs, second=unoptimized_ort(model, feeds))
     excuse_source_noise(parity, [spread], [second])  # what the line above does with its figures
 
-Float outputs are measured by ``metrics``; integer, bool and string outputs must match
+Float outputs (and sequences of float tensors) are measured by ``metrics``; integer, bool and
+string outputs must match
 exactly, but for a classifier's label on rows where its scores tie (``excuse_tied_labels``);
 a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
 """
@@ -118,29 +119,45 @@ def _tied_rows(
     candidate: Sequence[Mapping[str, np.ndarray]],
 ) -> int | None:
     """How many rows differ in ``label``, when every one of them ties in ``score`` on both
-    sides; None when a row differs without a tie (or the shapes are not [N] and [N, K])."""
+    sides; None when a row differs without a tie (or the shapes pair no label with scores:
+    ``[N]`` with ``[N, K]``, or a multi-output ``[N, O]`` with ``[O, N, K]``)."""
     tied = 0
     for ref, cand in zip(reference, candidate, strict=True):
-        labels = _array(ref[label]), _array(cand[label])
-        tables = [_score_table(side[score]) for side in (ref, cand)]
-        n = labels[0].shape[0] if labels[0].ndim == 1 else -1
-        if labels[0].shape != labels[1].shape or n < 0:
+        sides = [
+            _per_output(_array(side[label]), _score_table(side[score])) for side in (ref, cand)
+        ]
+        if sides[0] is None or sides[1] is None or len(sides[0]) != len(sides[1]):
             return None
-        if any(t.ndim != 2 or t.shape[0] != n or t.shape[1] < 2 for t in tables):
-            return None
-        differ = np.flatnonzero(_as_text(labels[0]) != _as_text(labels[1]))
-        for table in tables:
-            top = np.sort(table[differ], axis=1)[:, -2:].astype(np.float64)
-            if not np.all(top[:, 1] - top[:, 0] <= atol + rtol * np.abs(top[:, 1])):
+        for (ref_label, ref_scores), (cand_label, cand_scores) in zip(*sides, strict=True):
+            if ref_label.shape != cand_label.shape:
                 return None
-        tied += int(differ.size)
+            differ = np.flatnonzero(_as_text(ref_label) != _as_text(cand_label))
+            for table in (ref_scores, cand_scores):
+                top = np.sort(table[differ], axis=1)[:, -2:].astype(np.float64)
+                if not np.all(top[:, 1] - top[:, 0] <= atol + rtol * np.abs(top[:, 1])):
+                    return None
+            tied += int(differ.size)
     return tied
 
 
+def _per_output(
+    labels: np.ndarray, scores: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """(labels [N], scores [N, K]) for each output of a classifier, or None."""
+    if labels.ndim == 1 and scores.ndim == 2 and scores.shape[0] == labels.shape[0]:
+        pairs = [(labels, scores)]
+    elif labels.ndim == 2 and scores.ndim == 3 and scores.shape[:2] == labels.shape[::-1]:
+        pairs = [(labels[:, o], scores[o]) for o in range(labels.shape[1])]
+    else:
+        return None
+    return pairs if all(s.shape[1] >= 2 for _, s in pairs) else None
+
+
 def _score_table(value: Any) -> np.ndarray:
-    """Scores as ``[batch, classes]``: a tensor, or scikit-learn's ZipMap maps as a table."""
+    """Scores as numbers: a tensor, scikit-learn's ZipMap maps as their table, a sequence of
+    tensors (one per output) stacked."""
     array = _array(value)
-    return map_table(array) if map_keys(array) is not None else array
+    return map_table(array) if map_keys(array) is not None else _numbers(array)
 
 
 def compare_runners(
@@ -293,6 +310,7 @@ def judge_output(
         return result
     if len(keys) == 1 and None not in keys:
         refs, cands = [map_table(r) for r in refs], [map_table(c) for c in cands]
+    refs, cands = [_numbers(r) for r in refs], [_numbers(c) for c in cands]
     result = _new_result(name, refs[0], cands[0], atol, rtol)
     for i, (r, c) in enumerate(zip(refs, cands, strict=True)):
         if r.shape != c.shape:
@@ -329,6 +347,18 @@ def _new_result(
         atol=atol,
         rtol=rtol,
     )
+
+
+def _numbers(array: np.ndarray) -> np.ndarray:
+    """An object array of numbers (a sequence of tensors: a multi-output classifier's
+    probabilities, one ``[batch, classes]`` per output) as float64, judged as floats rather
+    than compared exactly; any other array as it is."""
+    if array.dtype != object or not array.size:
+        return array
+    items = array.ravel().tolist()
+    if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in items):
+        return array.astype(np.float64)
+    return array
 
 
 def _array(value: Any) -> np.ndarray:
