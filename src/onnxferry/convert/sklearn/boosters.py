@@ -220,8 +220,8 @@ class BoosterError(Exception):
 
     hint = (
         "retrain with settings the converter takes (LightGBM: boosting_type 'gbdt', 'dart' or "
-        "'goss' without linear_tree; XGBoost: booster 'gbtree'; CatBoost: numeric features "
-        "only), or keep the model out of ONNX"
+        "'goss' without linear_tree, categories one-hot encoded; XGBoost: booster 'gbtree'; "
+        "CatBoost: numeric features only), or keep the model out of ONNX"
     )
 
     def __init__(self, estimator: Any, reason: str, *, known: bool = False) -> None:
@@ -237,8 +237,9 @@ class BoosterError(Exception):
 def _unsupported(estimator: Any) -> str | None:
     """Why its converter would convert this booster wrongly or not at all, or None. Each was
     seen: a LightGBM random forest's probabilities divided by 100 whatever its tree count,
-    linear trees' leaves kept constant, a KeyError on XGBoost's gblinear and dart, CatBoost's
-    categorical features failing its own predict on float rows."""
+    linear trees' leaves kept constant, categorical splits answering otherwise (labels 99 %
+    equal on the category codes themselves), a KeyError on XGBoost's gblinear and dart,
+    CatBoost's categorical features failing its own predict on float rows."""
     if booster_package(estimator) == "lightgbm":
         booster = estimator.booster_
         params = booster.params
@@ -251,6 +252,11 @@ def _unsupported(estimator: Any) -> str | None:
             return (
                 "LightGBM linear trees (linear_tree=True): onnxmltools keeps only the "
                 "constant part of each leaf"
+            )
+        if _lightgbm_category_splits(booster):
+            return (
+                "LightGBM categorical splits (a pandas category column, or "
+                "categorical_feature): onnxmltools' trees answer otherwise on their codes"
             )
         return None
     if booster_package(estimator) == "catboost":
@@ -270,6 +276,18 @@ def _unsupported(estimator: Any) -> str | None:
     if name.get("name") != "gbtree":
         return f"XGBoost's {name.get('name')!r} booster: onnxmltools converts 'gbtree' only"
     return None
+
+
+def _lightgbm_category_splits(booster: Any) -> bool:
+    """Whether any tree splits on a category (decision type "==", not "<=")."""
+    stack = [tree["tree_structure"] for tree in booster.dump_model()["tree_info"]]
+    while stack:
+        node = stack.pop()
+        if "decision_type" in node:
+            if node["decision_type"] == "==":
+                return True
+            stack += [node["left_child"], node["right_child"]]
+    return False
 
 
 def _raw_scores_asked(container: Any, estimator: Any) -> bool:
