@@ -53,9 +53,9 @@ def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tupl
 
     Follows each integer input through casts, reshapes and broadcasts to ``Gather`` nodes
     whose data is an initializer or a ``Constant`` (0 to that tensor's size along the Gather
-    axis), ``OneHot`` nodes (0 to their constant depth), and ``Equal`` with a constant of
-    integers (its smallest to its largest: the one-hot of JAX and TensorFlow, ``x ==
-    arange(257)`` for Magika's bytes and padding). Several bounds: the narrowest.
+    axis), ``OneHot`` nodes (0 to their constant depth), and ``Equal`` with a constant range
+    of integers (the one-hot of JAX and TensorFlow, ``x == arange(257)`` for Magika's bytes
+    and padding). Several bounds: the narrowest.
     (Integer categories, a passenger class 1 to 3, are ``input_vocabularies``.)
     """
     constants = _constants(proto)
@@ -105,12 +105,21 @@ def _spans(
                 found.append((0, int(depth_value[0])))
         elif node.op_type == "Equal" and tensor in inputs:
             other = _small_integers(constants.get(inputs[1 - inputs.index(tensor)]))
-            if other is not None and other.size > 1:
+            if other is not None and _is_arange(other):
                 found.append((int(other.min()), int(other.max()) + 1))
         elif node.op_type in _KEEPS_VALUES and inputs and inputs[0] == tensor:
             for out in node.output:
                 found += _spans(out, consumers, constants, depth + 1)
     return found
+
+
+def _is_arange(values: np.ndarray) -> bool:
+    """Three or more consecutive integers, each once: a one-hot's classes (not a pair of
+    special token ids an attention mask compares with)."""
+    ordered = np.sort(values)
+    return ordered.size >= 3 and bool(
+        np.array_equal(ordered, np.arange(ordered[0], ordered[-1] + 1))
+    )
 
 
 def _small_integers(tensor: onnx.TensorProto | None) -> np.ndarray | None:
