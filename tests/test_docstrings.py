@@ -1490,6 +1490,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.sklearn.versions": _sklearn_versions,
     "onnxferry.feeds.sets": _feeds_sets,
     "onnxferry.feeds.values": _feeds_values,
+    "onnxferry.feeds.dims": _nothing,
     "onnxferry.errors": _one_model,
     "onnxferry.explain": _explain,
     "onnxferry.explain.evaluate": _explain,

@@ -15,6 +15,7 @@ from onnxferry.cli import main
 from onnxferry.compare import compare
 from onnxferry.errors import DataError, FeedError, RunError, UsageError
 from onnxferry.feeds import (
+    CANDIDATES,
     Vocabulary,
     checked_feeds,
     dynamic_dims,
@@ -27,6 +28,7 @@ from onnxferry.feeds import (
     verification_feeds,
     vocabulary_texts,
 )
+from onnxferry.feeds.dims import evaluate, terms
 from onnxferry.model import Model
 from onnxferry.optimize import optimize
 from onnxferry.serve.app import ServeSettings
@@ -223,6 +225,86 @@ def test_one_hot_inputs_span_the_one_hots_classes(style: str) -> None:
     assert index_ranges(model.proto, model.signature) == {"bytes": (0, 257)}
     feeds = plan_feeds(model).with_batch(64).feeds(seed=0)
     assert feeds["bytes"].min() == 0 and feeds["bytes"].max() == 256
+
+
+def _decoder_with_past() -> onnx.ModelProto:
+    """One attention layer with a key/value cache, as Hugging Face Optimum exports decoders:
+    attention_mask[batch_size, past_sequence_length + sequence_length], the cache
+    past_key_values.0.key / .value[batch_size, 4, past_sequence_length, 8] (4 heads: shaped
+    like an NCHW image), present.0.key / .value out."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "emb": rng.standard_normal((50, 32)),
+        "wq": rng.standard_normal((32, 32)),
+        "wk": rng.standard_normal((32, 32)),
+        "wv": rng.standard_normal((32, 32)),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    inits += [
+        numpy_helper.from_array(np.array([0, 0, 4, 8], np.int64), "heads"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
+    ]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["x"])]
+    for part in "qkv":
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{part}"], [f"{part}0"]),
+            helper.make_node("Reshape", [f"{part}0", "heads"], [f"{part}1"]),
+            helper.make_node("Transpose", [f"{part}1"], [part], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Concat", ["past_key_values.0.key", "k"], ["present.0.key"], axis=2),
+        helper.make_node("Concat", ["past_key_values.0.value", "v"], ["present.0.value"], axis=2),
+        helper.make_node("Transpose", ["present.0.key"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axes"], ["mask4"]),
+        helper.make_node("Mul", ["mask4", "neg"], ["bias"]),
+        helper.make_node("Sub", ["scores", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "present.0.value"], ["attended"]),
+    ]
+    past, total = "past_sequence_length", "past_sequence_length + sequence_length"
+    shapes: dict[str, tuple[int, list[str | int]]] = {
+        "input_ids": (TensorProto.INT64, ["batch_size", "sequence_length"]),
+        "attention_mask": (TensorProto.INT64, ["batch_size", total]),
+        "past_key_values.0.key": (TensorProto.FLOAT, ["batch_size", 4, past, 8]),
+        "past_key_values.0.value": (TensorProto.FLOAT, ["batch_size", 4, past, 8]),
+        "attended": (TensorProto.FLOAT, ["batch_size", 4, "sequence_length", 8]),
+        "present.0.key": (TensorProto.FLOAT, ["batch_size", 4, total, 8]),
+        "present.0.value": (TensorProto.FLOAT, ["batch_size", 4, total, 8]),
+    }
+    values = [helper.make_tensor_value_info(k, kind, dims) for k, (kind, dims) in shapes.items()]
+    graph = helper.make_graph(nodes, "decoder_with_past", values[:4], values[4:], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_dim_named_by_an_expression_is_computed_from_its_terms() -> None:
+    assert terms("past_sequence_length + sequence_length") == (
+        "past_sequence_length",
+        "sequence_length",
+    )
+    assert terms("s0 + 1") == ("s0",) and terms("2*batch - 1") == ("batch",)
+    assert terms("sequence_length") is None and terms("N/A") is None and terms(None) is None
+    assert evaluate("past + seq", {"past": 16, "seq": 1}) == 17
+    assert evaluate("past + seq", {"past": 16}) is None
+
+
+def test_a_decoders_mask_spans_its_past_and_its_new_tokens() -> None:
+    """Chosen apart, the mask got 1 column against 64 cached positions plus one (it broadcast,
+    so the model ran): every verb measured a decoder on inputs none ever sees."""
+    model = Model.from_proto(_decoder_with_past())
+    plan = plan_feeds(model)
+    shapes = plan.shapes
+    past, new = shapes["past_key_values.0.key"][2], shapes["input_ids"][1]
+    assert past in CANDIDATES["sequence"]  # a cache position, not an image's 224 rows
+    assert shapes["attention_mask"] == (1, past + new)
+    assert any("past_sequence_length + sequence_length = " in c for c in plan.choices)
+    given = plan_feeds(model, dims={"past_sequence_length": 5, "sequence_length": 1})
+    assert given.with_batch(3).shapes["attention_mask"] == (3, 6)
+    session = ort.InferenceSession(model.proto.SerializeToString())
+    outputs = session.run(None, given.with_batch(3).feeds(seed=0))
+    assert outputs[1].shape == (3, 4, 6, 8)
 
 
 def test_a_shared_name_is_one_size_and_placeholders_are_many(tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ Sizes (``plan``). A dim the user names wins: ``dims`` by symbol name (``{"sequen
 or by ``"input:axis"`` for a dim without a name (``{"x:2": 48}``), ``input_shapes`` for a
 whole input, ``batch`` for the batch axis. The rest are chosen: batch axes take 1; other
 unknown dims take candidates by what they look like (spatial dims of an image 224, 640, 32,
-...; sequences 16, 128, ...; anything else 8, 16, ..., up to a signal's 16000 samples),
-and the first set that ONNX Runtime runs is kept. When none runs, FeedError names the input
+...; sequences, and dims named for a cache, 16, 128, ...; anything else 8, 16, ..., up to a
+signal's 16000 samples), and the first set that ONNX Runtime runs is kept. A dim named by an
+expression of others (a decoder's mask ``past_sequence_length + sequence_length``) is
+computed from them (``dims``). When none runs, FeedError names the input
 and asks for ``--input-shape``.
 Verifying a conversion from a framework also varies each dynamic dim (``shape_plan``).
 

@@ -26,6 +26,7 @@ from ..runtime import (
     quiet_run_options,
 )
 from ..signature import Signature, TensorSpec
+from .dims import evaluate, terms
 from .ranges import index_ranges, input_vocabularies
 from .values import BATCH_NAMES, Vocabulary, realistic_feeds
 
@@ -37,6 +38,11 @@ CANDIDATES: dict[str, tuple[int, ...]] = {
 """Sizes tried in order for unknown dims of each kind; trial k takes the k-th of each (the
 last of a shorter list). The large "other" sizes are for signals: a waveform's samples meet
 a 512-wide STFT window (openWakeWord's melspectrogram needs 512 or more)."""
+
+_SEQUENCE_PARTS = ("past", "cache")
+"""Parts of a dim's name that make it a sequence, whatever the input looks like: a decoder's
+cache ``[batch, heads, past_sequence_length, head_dim]`` with 1, 3 or 4 heads is no image.
+(A plain "sequence" can be audio samples, which need the "other" sizes.)"""
 
 MAX_ELEMENTS = 2**24
 """Chosen sizes giving more input elements than this (64 MiB of float32) are passed over for
@@ -153,11 +159,16 @@ def plan_feeds(
     ranges = index_ranges(proto, signature) if proto is not None else {}
     words = input_vocabularies(proto, signature) if proto is not None else {}
     images = frozenset(s.name for s in signature.inputs if _image_axes(s) is not None)
-    open_dims = [u for u in unknowns if u.key not in given]
+    derived = {u.key: found for u in unknowns if (found := terms(u.symbol)) is not None}
+    open_dims = [u for u in unknowns if u.key not in given and u.key not in derived]
     chosen_kinds: dict[str, str] = {}
     for u in open_dims:  # a symbol's first kind, unless it is a batch axis anywhere
         if u.key not in chosen_kinds or u.kind == "batch":
             chosen_kinds[u.key] = u.kind
+    for expression in derived.values():  # a term seen only inside expressions is chosen too
+        for name in expression:
+            if name not in given and name not in chosen_kinds:
+                chosen_kinds[name] = "batch" if name in BATCH_NAMES else "sequence"
     trials = max((len(CANDIDATES[k]) for k in chosen_kinds.values() if k != "batch"), default=1)
     choosing = any(kind != "batch" for kind in chosen_kinds.values())
     errors: list[str] = []
@@ -185,7 +196,11 @@ def plan_feeds(
                 errors.append(error)
                 continue
         plan.guessed = choosing
-        plan.choices = _choices(chosen_kinds, sizes, trial, probe)
+        plan.choices = _choices(chosen_kinds, sizes, trial, probe) + [
+            f"{key} = {evaluate(key, sizes)} (from its terms)"
+            for key in derived
+            if key not in given
+        ]
         return plan
     names = list(dict.fromkeys(u.input for u in open_dims))
     said = f"; onnxruntime said: {one_line(errors[0], 160)}" if errors else ""
@@ -225,6 +240,8 @@ def _kind(spec: TensorSpec, axis: int, symbol: str | None, image: tuple[int, int
         axis == 0 and rank >= 2
     ):
         return "batch"  # one batch name per input: waveforms[batch_size, N] has N samples
+    if symbol is not None and any(part in symbol.lower() for part in _SEQUENCE_PARTS):
+        return "sequence"
     if image is not None and axis in image:
         return "spatial"
     if axis == rank - 1 and rank == 2 and spec.dtype.kind == "int":
@@ -310,10 +327,23 @@ def _shapes(signature: Signature, sizes: Mapping[str, int]) -> dict[str, tuple[i
                 "(--inputs feeds.npz)",
             )
         shapes[spec.name] = tuple(
-            d if isinstance(d, int) else sizes[d or f"{spec.name}:{axis}"]
+            d if isinstance(d, int) else _size(d or f"{spec.name}:{axis}", sizes)
             for axis, d in enumerate(spec.shape)
         )
     return shapes
+
+
+def _size(key: str, sizes: Mapping[str, int]) -> int:
+    """A dim's size: given or chosen, or computed from its terms (``dims``)."""
+    if key in sizes or terms(key) is None:
+        return sizes[key]
+    value = evaluate(key, sizes)
+    if value is None or value < 0:
+        raise FeedError(
+            f"dim {key!r} comes to {value} at {', '.join(f'{k}={v}' for k, v in sizes.items())}",
+            hint="give its terms sizes that make it 0 or more (--dim NAME=N)",
+        )
+    return value
 
 
 def _runs(session: Any, plan: FeedPlan) -> str | None:
