@@ -8,9 +8,9 @@
     excuse_source_noise(parity, [spread], [second])  # what the line above does with its figures
 
 Float outputs (and sequences of float tensors) are measured by ``metrics``; integer, bool and
-string outputs must match
-exactly, but for a classifier's label on rows where its scores tie (``excuse_tied_labels``);
-a sequence of maps (scikit-learn's ZipMap) is judged as the table of its values.
+string outputs must match exactly, but for a classifier's label on rows where its scores tie
+(``excuse_tied_labels``); a sequence of maps (scikit-learn's ZipMap) is judged as the table
+of its values.
 """
 
 from __future__ import annotations
