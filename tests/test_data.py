@@ -407,12 +407,14 @@ def test_empty_directory(tmp_path: Path) -> None:
 
 
 def test_unknown_file_kinds(tmp_path: Path) -> None:
-    path = tmp_path / "feeds.csv"
+    path = tmp_path / "feeds.txt"
     path.write_text("1,2,3")
-    with raises(r"feeds\.csv is not a feeds file"):
+    with raises(r"feeds\.txt is not a feeds file.*a \.csv or \.parquet table"):
         load_feeds(path)
+    table = tmp_path / "feeds.csv"  # rows are feeds (data.rows), not golden test data
+    table.write_text("x\n1\n")
     with raises(r"feeds\.csv is not golden test data; give .*\.npz"):
-        load_test_cases(path, sig([spec("x")]))
+        load_test_cases(table, sig([spec("x")]))
 
 
 def test_corrupt_and_truncated_npz(tmp_path: Path) -> None:
