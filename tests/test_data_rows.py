@@ -8,26 +8,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from onnxferry.data import load_feeds
 from onnxferry.errors import DataError
 from onnxferry.model import Model
-from tests.helpers import Run, save, table_model
+from tests.helpers import Run, onnx_text, save, table_model
 
 ROWS = "age,city,n,member\n31.5,Oslo,2,true\n,Lyon,3.0,0\n52,Oslo,1,yes\n"
 
 
-def _features_model() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "features",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+FEATURES = """
+<ir_version: 8, opset_import: ["" : 17]>
+features (float[N, 3] x) => (float[N, 3] y) { y = Relu(x) }
+"""
+"""A one-input model of three features."""
 
 
 def test_a_csv_gives_each_input_its_column_typed_as_the_input(tmp_path: Path) -> None:
@@ -65,7 +60,7 @@ def test_parquet_reads_as_the_csv_does(tmp_path: Path) -> None:
 
 def test_a_one_input_model_takes_every_column_in_order(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("a,b,c\n1,-2,3\n4,5,-6\n")
-    model = Model.from_proto(_features_model())
+    model = Model.from_proto(onnx_text(FEATURES))
     (feeds,) = load_feeds(tmp_path / "rows.csv", model.signature)
     assert feeds["x"].tolist() == [[1, -2, 3], [4, 5, -6]] and feeds["x"].dtype == np.float32
     (tmp_path / "wide.csv").write_text("a,b,c,d\n1,2,3,4\n")
@@ -112,7 +107,7 @@ def test_convert_points_a_table_of_rows_to_compare(tmp_path: Path, ferry: Run) -
     with pytest.raises(DataError, match="not converted yet") as info:
         load_feeds(tmp_path / "rows.csv")
     assert "ferry compare OUT.onnx SOURCE --inputs" in str(info.value)
-    path = save(_features_model(), tmp_path / "m.onnx")
+    path = save(onnx_text(FEATURES), tmp_path / "m.onnx")
     code, _, err = ferry(
         "convert", path, "-o", tmp_path / "out.onnx", "--inputs", tmp_path / "rows.csv"
     )
