@@ -38,6 +38,8 @@ def _one_error_line(err: str) -> str:
 def test_inspect_prints_tables_and_json(ferry: Run, model: Path) -> None:
     code, out, _ = ferry("inspect", model)
     assert code == 0 and "MatMul" in out and "probs" in out
+    # printed as written: rich would read "[batch, 4]" as a markup tag and drop it
+    assert "[batch, 4]" in out and "[batch, 3]" in out
     code, out, _ = ferry("inspect", model, "--json")
     data = json.loads(out)
     assert data["verb"] == "inspect" and data["result"]["parameter_count"] == 4 * 8 + 8 + 8 * 3 + 3

@@ -304,6 +304,35 @@ def test_gelu_s_erf_runs_in_litert(tmp_path: Path) -> None:
     assert report.ok and parity.ok, parity.detail
 
 
+_L2_NORMALIZE = {
+    13: "n = ReduceL2 <axes = [1], keepdims = 1> (r)",
+    18: "n = ReduceL2 <keepdims = 1> (r, axes)",
+}
+
+
+@pytest.mark.parametrize("opset", sorted(_L2_NORMALIZE))
+def test_an_l2_normalized_embedding_runs_in_litert(opset: int, tmp_path: Path) -> None:
+    """``F.normalize`` / ``torch.norm(dim=1)`` (every embedding model's last step) exports as
+    ReduceL2 over one axis, which onnx2tf hands tf.norm as a NumPy integer TensorFlow refuses:
+    it is given to onnx2tf as Sqrt(ReduceSumSquare), axes as an attribute (opset 13) or an
+    input (18)."""
+    proto = onnx_text(
+        f"""
+        <ir_version: 8, opset_import: ["" : {opset}]>
+        g (float[batch, 8] x) => (float[batch, 8] y) {{
+            axes = Constant <value = int64[1] {{1}}> ()
+            r = Relu(x)
+            {_L2_NORMALIZE[opset]}
+            y = Div(r, n)
+        }}
+        """
+    )
+    report = package(save(proto, tmp_path / "embed.onnx"), "tflite", tmp_path / "out")
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    assert any("its 1 ReduceL2 nodes were given to onnx2tf" in n for n in report.result.notes)
+
+
 def _flex_tflite(path: str) -> None:
     """(In a spawned worker.) A .tflite with one TensorFlow op, Erf, kept as a Flex op."""
     import tensorflow as tf

@@ -152,7 +152,7 @@ def progress_bar(*, by_time: bool) -> Iterator[Callable[[Progress], None]]:
 
     amount = TextColumn("{task.completed:.1f}s") if by_time else MofNCompleteColumn()
     bar = Bar(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         amount,
         console=Console(stderr=True),

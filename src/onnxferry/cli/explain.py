@@ -152,7 +152,7 @@ def progress_bar(method: str) -> Iterator[Callable[[Progress], None]]:
 
     # The file is fixed now: while a library runs, explain sends sys.stderr to its notes.
     bar = Bar(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         console=Console(file=sys.stderr),

@@ -4,7 +4,9 @@
     emit(Report("passes", Listing([table])), False, None)
     emit_fields({"public key": "keys/public_key.pem"}, as_json=False)   # public key: keys/...
 
-Tables go through rich: full width in a pipe, folded to the terminal's width otherwise.
+Tables go through rich: full width in a pipe, folded to the terminal's width otherwise. What
+a report holds is printed as written, never read as rich markup: a shape ``[batch, 3]`` or a
+name with brackets stays on screen.
 """
 
 from __future__ import annotations
@@ -51,20 +53,21 @@ def print_tables(report: Report[Any]) -> None:
     """The report's tables, notes and verdict, sized for a terminal or full-width in a pipe."""
     from rich.console import Console
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     terminal = Console()
     # A pipe or a log file gets full-width rows instead of folded cells.
     console = terminal if terminal.is_terminal else Console(width=240)
     for table in report.tables():
-        rich_table = RichTable(title=table.title, title_justify="left")
+        rich_table = RichTable(title=Text(table.title), title_justify="left")
         for column in table.columns:
             # Numbers never wrap; free text (a finding's detail) folds.
             rich_table.add_column(column, overflow="fold", no_wrap=column != "detail")
         for row in table.rows:
-            rich_table.add_row(*(format_value(v) for v in row))
+            rich_table.add_row(*(Text(format_value(v)) for v in row))
         console.print(rich_table)
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(Text(f"note: {note}"))
     verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(f"{report.verb}: {verdict}")
 

@@ -33,6 +33,8 @@ for a model whose inputs are all small channels-last images; generated ones are 
 looks first. A model onnx2tf cannot convert is one line (InputError, exit 2). Erf (every
 GELU) is onnx2tf's polynomial of builtin ops (within 1.5e-7), not TensorFlow's erf, which
 only the Flex delegate runs; a file that still needs Flex ops fails its check naming them.
+ReduceL2 (an L2-normalized embedding's last step) is given to onnx2tf as
+Sqrt(ReduceSumSquare): its own ReduceL2 over one axis fails in tf.norm.
 
 Open dims. With ``static=auto`` (the default) the ``.tflite`` keeps the model's open dims;
 should onnx2tf fail to convert it so (shape arithmetic on an unknown rank, as in Smart Turn's
@@ -473,6 +475,11 @@ def _folded(
         if output.name in unshaped:
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
+    if norms := _norms_as_sums(proto.graph):
+        notes.append(
+            f"its {norms} ReduceL2 nodes were given to onnx2tf as Sqrt(ReduceSumSquare) "
+            "(onnx2tf's ReduceL2 over one axis fails in tf.norm)"
+        )
     if quantized := as_float_ops(proto):
         notes.append(
             f"its {quantized} QuantizeLinear/DequantizeLinear nodes were given to onnx2tf as the "
@@ -524,6 +531,41 @@ def _keras_names(graph: onnx.GraphProto) -> list[str]:
         for old, new in renames.items()
         if old in inputs
     ]
+
+
+def _norms_as_sums(graph: onnx.GraphProto) -> int:
+    """Rewrite each ReduceL2 (``torch.norm``, ``F.normalize``: every embedding model's last
+    step) as ``Sqrt(ReduceSumSquare)``, in place: onnx2tf hands tf.norm a NumPy integer axis,
+    which TensorFlow refuses. ReduceSumSquare takes its axes as ReduceL2 does in every opset
+    (an attribute before 18, an input from 18). Returns how many were rewritten."""
+    from onnx import helper
+
+    taken = value_names(graph)
+    rewritten: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        if node.op_type != "ReduceL2" or node.domain not in ("", "ai.onnx"):
+            rewritten.append(node)
+            continue
+        squares = next(
+            name
+            for i in itertools.count()
+            if (name := f"{node.output[0]}_sum_square_{i}") not in taken
+        )
+        taken.add(squares)
+        summed = helper.make_node(
+            "ReduceSumSquare", list(node.input), [squares], name=f"{node.name}_sum_square"
+        )
+        summed.attribute.extend(node.attribute)
+        rewritten += [
+            summed,
+            helper.make_node("Sqrt", [squares], list(node.output), name=node.name),
+        ]
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(rewritten)
+    return count
 
 
 def _convert(model: str, keep: list[str]) -> Converted | str:
