@@ -28,7 +28,7 @@ from onnxferry.convert.keras import (
     load_saved_model,
 )
 from onnxferry.errors import FerryError, InputError, UsageError
-from onnxferry.feeds import realistic_feeds
+from onnxferry.feeds import index_ranges, realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner, runtime_limits
@@ -169,15 +169,26 @@ def test_open_sequence_dim_is_named_and_verified(tmp_path: Path) -> None:
     verify(source, tmp_path, ({"batch": 1, "tokens_dim1": 5}, {"batch": 3, "tokens_dim1": 9}))
 
 
-def test_token_ids_feeding_an_embedding_get_a_value_range(tmp_path: Path) -> None:
-    tokens = keras.Input((None,), dtype="int32", name="tokens")
+@pytest.mark.parametrize("dtype", ["int32", "float32"])
+def test_token_ids_feeding_an_embedding_get_a_value_range(dtype: str, tmp_path: Path) -> None:
+    """Integer ids, or float ones (``keras.Input``'s default dtype, which the Embedding
+    casts), are drawn in [0, input_dim), whole numbers; and the exported ONNX still bounds
+    them for every later verb, through Keras 3's negative-index wrap (``where(x < 0, x + n,
+    x)``) in front of its Gather."""
+    tokens = keras.Input((None,), dtype=dtype, name="tokens")
     h = keras.layers.Embedding(50, 4, name="embed")(tokens)
     h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
     model = keras.Model(tokens, keras.layers.Dense(2, name="head")(h))
     source = load_keras(model, ConvertOptions())
     assert source.value_ranges == {"tokens": (0, 50)}
-    assert source.reference.signature.inputs[0].dtype.onnx_name == "INT32"
+    assert source.reference.signature.inputs[0].dtype.numpy == np.dtype(dtype)
+    ids = np.concatenate([f["tokens"].ravel() for f in source.verification_feeds([])])
+    assert ids.dtype == np.dtype(dtype) and np.array_equal(ids, np.round(ids))
+    assert ids.min() >= 0 and 8 <= ids.max() < 50  # not the [0, 8) of an unbounded integer
     verify(source, tmp_path, ({"batch": 1, "tokens_dim1": 5}, {"batch": 3, "tokens_dim1": 9}))
+    for index in range(len(source.candidates)):
+        exported = Model.load(tmp_path / f"candidate{index}.onnx")
+        assert index_ranges(exported.proto, exported.signature) == {"tokens": (0, 50)}
 
 
 def test_user_axes_name_the_dims(tmp_path: Path) -> None:

@@ -227,6 +227,53 @@ def test_one_hot_inputs_span_the_one_hots_classes(style: str) -> None:
     assert feeds["bytes"].min() == 0 and feeds["bytes"].max() == 256
 
 
+_INDEXED = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[batch, 6] ids) => (float[batch, 6, 4] y) {{
+        table = Constant <value = float[300, 4] {{{zeros}}}> ()
+        zero = Constant <value = int64 {{0}}> ()
+        size = Constant <value = int64 {{300}}> ()
+        i = Cast <to = 7> (ids)
+        {index}
+        y = Gather (table, index)
+    }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("index", "bounded"),
+    [
+        # Keras 3's take: where(x < 0, x + n, x), as a Where ...
+        (
+            "negative = Less(i, zero)\n wrapped = Add(i, size)\n"
+            " index = Where(negative, wrapped, i)",
+            True,
+        ),
+        # ... and as tf2onnx writes SelectV2 on integers
+        (
+            "negative = Less(i, zero)\n kept = Not(negative)\n a = Cast <to = 7> (negative)\n"
+            " b = Cast <to = 7> (kept)\n wrapped = Add(i, size)\n x = Mul(a, wrapped)\n"
+            " y2 = Mul(i, b)\n index = Add(x, y2)",
+            True,
+        ),
+        # an offset nothing compares with 0: not a wrap, and the values it bounds are unknown
+        ("index = Add(i, size)", False),
+    ],
+)
+def test_float_ids_through_a_negative_index_wrap_span_the_table(index: str, bounded: bool) -> None:
+    """Keras's Embedding (float ids by default, cast) exports its Gather behind a wrap of
+    negative indices: the ids take the table's 300 rows, as whole numbers; arithmetic with no
+    comparison against 0 is not followed."""
+    zeros = ", ".join(["0"] * 1200)
+    model = Model.from_proto(onnx_text(_INDEXED.format(zeros=zeros, index=index)))
+    found = index_ranges(model.proto, model.signature)
+    assert found == ({"ids": (0, 300)} if bounded else {})
+    if bounded:
+        ids = plan_feeds(model).with_batch(16).feeds(seed=0)["ids"]
+        assert ids.dtype == np.float32 and np.array_equal(ids, np.round(ids))
+        assert ids.min() >= 0 and 8 <= ids.max() < 300
+
+
 def _decoder_with_past() -> onnx.ModelProto:
     """One attention layer with a key/value cache, as Hugging Face Optimum exports decoders:
     attention_mask[batch_size, past_sequence_length + sequence_length], the cache

@@ -302,9 +302,10 @@ def _output_structure(model: Any) -> tuple[list[str], list[Any]]:
 def _embedding_ranges(
     model: Any, signature: Signature, names: Mapping[str, str]
 ) -> dict[str, tuple[int, int]]:
-    """Integer inputs that feed an Embedding layer directly take ids in [0, input_dim)."""
+    """Inputs that feed an Embedding layer directly take ids in [0, input_dim): integers, or
+    floats (``keras.Input``'s default dtype; the layer casts them), as whole numbers."""
     keras = _import_keras()
-    integer_inputs = {s.name for s in signature.inputs if s.dtype.kind == "int"}
+    id_inputs = {s.name for s in signature.inputs if s.dtype.kind in ("int", "float")}
     ranges: dict[str, tuple[int, int]] = {}
     for layer in getattr(model, "layers", []):
         if not isinstance(layer, keras.layers.Embedding):
@@ -313,7 +314,7 @@ def _embedding_ranges(
             name = names.get(layer.input.name, "")
         except (AttributeError, ValueError):  # shared layers have no single input
             continue
-        if name in integer_inputs:
+        if name in id_inputs:
             ranges[name] = (0, int(layer.input_dim))
     return ranges
 

@@ -27,8 +27,9 @@ and asks for ``--input-shape``.
 Verifying a conversion from a framework also varies each dynamic dim (``shape_plan``).
 
 Values (``values``). Integer inputs that index a table (``Gather`` on an initializer or
-constant, through casts and reshapes; ``ranges``) or that a framework bounds (a tokenizer's
-vocabulary) stay inside it; ``*mask*`` inputs are 0/1 with padding; ids, token types and
+constant, through casts, reshapes and a negative-index wrap; ``ranges``) or that a framework
+bounds (a tokenizer's vocabulary) stay inside it, and so do float inputs cast to such an
+index (Keras's Embedding), as whole numbers; ``*mask*`` inputs are 0/1 with padding; ids, token types and
 positions look like a tokenizer's; float images lie in [0, 1); other floats are standard
 normal. String inputs that reach a text vectorizer (``TfIdfVectorizer``) or a category
 encoder take its words: texts mixing its n-grams, stop words and unknown words, in varied

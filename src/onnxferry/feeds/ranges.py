@@ -48,23 +48,26 @@ _INT_CATEGORY_OPS = {
 
 
 def index_ranges(proto: onnx.ModelProto, signature: Signature) -> dict[str, tuple[int, int]]:
-    """Integer inputs whose values the graph bounds: input name -> (low, high), high
-    exclusive.
+    """Inputs whose values the graph bounds: input name -> (low, high), high exclusive.
 
-    Follows each integer input through casts, reshapes and broadcasts to ``Gather`` nodes
-    whose data is an initializer or a ``Constant`` (0 to that tensor's size along the Gather
-    axis), ``OneHot`` nodes (0 to their constant depth), and ``Equal`` with a constant range
-    of integers (the one-hot of JAX and TensorFlow, ``x == arange(257)`` for Magika's bytes
-    and padding). Several bounds: the narrowest.
+    Follows each integer input, and each float input the graph casts to integers (Keras's
+    ``Embedding`` takes float ids), through casts, reshapes and broadcasts to ``Gather``
+    nodes whose data is an initializer or a ``Constant`` (0 to that tensor's size along the
+    Gather axis), ``OneHot`` nodes (0 to their constant depth), and ``Equal`` with a constant
+    range of integers (the one-hot of JAX and TensorFlow, ``x == arange(257)`` for Magika's
+    bytes and padding). An index the graph compares with 0 is on its way through a
+    negative-index wrap (``where(x < 0, x + n, x)``: Keras 3's ``take``, every Keras
+    Embedding): the arithmetic after that comparison, which leaves a non-negative index as it
+    is, is followed too. Several bounds: the narrowest.
     (Integer categories, a passenger class 1 to 3, are ``input_vocabularies``.)
     """
     constants = _constants(proto)
     consumers = _consumers(proto)
     ranges: dict[str, tuple[int, int]] = {}
     for spec in signature.inputs:
-        if spec.dtype.kind != "int":
+        if spec.dtype.kind not in ("int", "float"):
             continue
-        spans = _spans(spec.name, consumers, constants, depth=0)
+        spans = _spans(spec.name, consumers, constants, depth=0, wrapping=False)
         if spans:
             low, high = max(s[0] for s in spans), min(s[1] for s in spans)
             if low < high:
@@ -81,16 +84,23 @@ def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
+_WRAP_STEPS = {"Add", "Mul", "Where"}
+"""Ops of a negative-index wrap (``where(x < 0, x + n, x)``, or tf2onnx's ``SelectV2`` as
+``cast(x < 0) * (x + n) + cast(not x < 0) * x``): a non-negative index comes out as it went in."""
+
+
 def _spans(
     tensor: str,
     consumers: Mapping[str, list[onnx.NodeProto]],
     constants: Mapping[str, onnx.TensorProto],
     depth: int,
+    wrapping: bool,
 ) -> list[tuple[int, int]]:
-    """The (low, high) bounds the nodes reading ``tensor`` (through value-keeping ops) put
-    on its values."""
-    if depth > 8:
+    """The (low, high) bounds the nodes reading ``tensor`` (through value-keeping ops, and
+    once ``wrapping`` the arithmetic of a negative-index wrap) put on its values."""
+    if depth > 12:
         return []
+    wrapping = wrapping or _compared_with_zero(tensor, consumers, constants)
     found = []
     for node in consumers.get(tensor, []):
         inputs = list(node.input)
@@ -107,10 +117,42 @@ def _spans(
             other = _small_integers(constants.get(inputs[1 - inputs.index(tensor)]))
             if other is not None and _is_arange(other):
                 found.append((int(other.min()), int(other.max()) + 1))
-        elif node.op_type in _KEEPS_VALUES and inputs and inputs[0] == tensor:
+        elif (node.op_type in _KEEPS_VALUES and inputs and inputs[0] == tensor) or (
+            wrapping
+            and node.op_type in _WRAP_STEPS
+            and inputs[node.op_type == "Where" :].count(tensor)
+        ):
             for out in node.output:
-                found += _spans(out, consumers, constants, depth + 1)
+                found += _spans(out, consumers, constants, depth + 1, wrapping)
     return found
+
+
+def _wrap_step(node: onnx.NodeProto, tensor: str) -> bool:
+    """``node`` is a step of a negative-index wrap that carries ``tensor`` on (for ``Where``,
+    as one of the values picked, not the condition)."""
+    values = node.input[1:] if node.op_type == "Where" else node.input
+    return node.op_type in _WRAP_STEPS and tensor in values
+
+
+def _compared_with_zero(
+    tensor: str,
+    consumers: Mapping[str, list[onnx.NodeProto]],
+    constants: Mapping[str, onnx.TensorProto],
+) -> bool:
+    """Whether a ``Less`` / ``Greater`` (or ``...OrEqual``) node compares ``tensor``, or a
+    cast of it, with a constant 0: the test of a negative-index wrap."""
+    from onnx import numpy_helper
+
+    for node in consumers.get(tensor, []):
+        if node.op_type == "Cast":
+            if any(_compared_with_zero(out, consumers, constants) for out in node.output):
+                return True
+        elif node.op_type in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual"):
+            other = [constants.get(name) for name in node.input if name != tensor]
+            zero = [t for t in other if t is not None and math.prod(t.dims) == 1]
+            if len(other) == 1 and zero and float(numpy_helper.to_array(zero[0]).flat[0]) == 0:
+                return True
+    return False
 
 
 def _is_arange(values: np.ndarray) -> bool:

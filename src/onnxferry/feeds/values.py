@@ -82,7 +82,8 @@ def realistic_feeds(
     - ``*mask*`` inputs: 1 for tokens, 0 for padding; row 0 is never padded, every other row
       from row 1 on loses a random tail;
     - ids (``value_ranges`` or ``*ids*`` names): integers in range (else in [0, 8)), 0 (the
-      usual pad id) where the mask pads;
+      usual pad id) where the mask pads; a float input with a value range (the float ids
+      Keras's Embedding casts) takes whole numbers in it;
     - ``*token_type*`` / ``*segment*``: 0 for the first part of each row, 1 after;
     - ``*position*`` ids: 0..seq-1;
     - 1-D integer ``*len*`` inputs (``waveforms_lens``): lengths along the other inputs'
@@ -250,6 +251,8 @@ def _one(
     spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, span: tuple[int, int] | None
 ) -> np.ndarray:
     name = spec.name.lower()
+    if spec.dtype.kind == "float" and span is not None:  # float ids (Keras's Embedding)
+        return rng.integers(span[0], max(span[1], span[0] + 1), size=shape).astype(spec.dtype.numpy)
     if spec.dtype.kind != "int":
         return random_array(spec.dtype, shape, rng)
     if "position" in name and shape:
