@@ -255,6 +255,83 @@ def test_tflite_random_bytes(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert not (tmp_path / "o.onnx").exists()
 
 
+KERAS_FACTORY = """
+import keras
+import numpy as np
+
+def architecture():
+    tokens = keras.Input((7,), name="tokens")  # float ids, Keras's default dtype
+    h = keras.layers.Embedding(40, 4, name="embed")(tokens)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(tokens, keras.layers.Dense(2, name="scores")(h))
+
+def make():
+    model = architecture()
+    model.load_weights("{weights}")  # a weights-only file, as libraries ship them
+    return model
+
+def with_example():
+    return make(), {{"tokens": np.arange(14, dtype=np.float32).reshape(2, 7)}}
+
+def nothing():
+    return "not a model"
+"""
+
+
+@pytest.mark.filterwarnings("ignore:.*__array__ implementation doesn't accept a copy keyword")
+def test_keras_factory_builds_a_model_for_a_weights_only_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """deepcut ships Keras weights (``load_weights``) and the code that builds the model: a
+    factory converts it from the command line, as a torch factory does."""
+    pytest.importorskip("tf2onnx")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    code_file = tmp_path / "segmenter.py"
+    weights = tmp_path / "segmenter.weights.h5"
+    code_file.write_text(KERAS_FACTORY.format(weights=weights))
+    namespace: dict[str, object] = {}
+    exec(KERAS_FACTORY.format(weights=weights), namespace)  # the same code builds and saves
+    trained = namespace["architecture"]()  # type: ignore[operator]
+    trained.save_weights(weights)
+    code, _, err = ferry(capsys, "convert", weights, "-o", tmp_path / "w.onnx")
+    assert code == 2 and "weights only" in one_line(err)  # says to use a factory
+    out = tmp_path / "segmenter.onnx"
+    code, report, _ = ferry(capsys, "convert", f"{code_file}:make", "-o", out, "--json")
+    assert code == 0, report
+    assert report["result"]["framework"] == "keras"
+    assert report["result"]["details"]["source"] == f"Functional from {code_file}:make"
+    assert_verified(report, {"tokens": {1, 4}})
+    expected = trained.predict(np.arange(14, dtype=np.float32).reshape(2, 7), verbose=0)
+    got = OrtRunner(Model.load(out)).run({"tokens": np.arange(14, dtype=np.float32).reshape(2, 7)})
+    np.testing.assert_allclose(got["scores"], expected, rtol=1e-5, atol=1e-6)
+    code, report, _ = ferry(
+        capsys, "convert", f"{code_file}:with_example", "-o", tmp_path / "e.onnx", "--json"
+    )
+    assert code == 0 and report["result"]["inputs_from"] == "user samples + generated"
+    code, _, err = ferry(capsys, "convert", f"{code_file}:nothing", "-o", tmp_path / "n.onnx")
+    assert code == 2 and "the factory returned a str, not a model of" in one_line(err)
+
+
+def test_sklearn_factory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("skl2onnx")
+    code_file = tmp_path / "fit.py"
+    code_file.write_text(
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "def make():\n"
+        "    x, y = load_iris(return_X_y=True)\n"
+        "    return LogisticRegression(max_iter=500).fit(x, y)\n"
+    )
+    out = tmp_path / "iris.onnx"
+    code, report, _ = ferry(capsys, "convert", f"{code_file}:make", "-o", out, "--json")
+    assert code == 0, report
+    assert report["result"]["framework"] == "sklearn"
+    assert report["result"]["details"]["source"] == f"LogisticRegression from {code_file}:make"
+    assert Model.load(out).signature.output_names == ["label", "probabilities"]
+
+
 # --- compare an ONNX model with its source -------------------------------------------------
 
 

@@ -1450,6 +1450,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.against": _against,
     "onnxferry.convert.base": _convert_base,
     "onnxferry.convert.dispatch": _dispatch,
+    "onnxferry.convert.factory": _dispatch,
     "onnxferry.convert.onnx": _one_model,
     "onnxferry.convert.sklearn": _sklearn,
     "onnxferry.convert.sklearn.estimators": _sklearn,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .bisect import bisect_samples, shared_tensors
-from .convert import compare_to_source, detect_framework
+from .convert import compare_to_source, detect_framework, is_factory
 from .data import load_feeds
 from .errors import FerryError, InputError, UsageError
 from .feeds import feed_sets
@@ -85,7 +85,7 @@ def compare(
     """
     model_a = _as_model(a)
     feeds = load_feeds(inputs, model_a.signature) if isinstance(inputs, (str, Path)) else inputs
-    if b is not None and (framework or detect_framework(b)) != "onnx":
+    if b is not None and (is_factory(b) or (framework or detect_framework(b)) != "onnx"):
         if precision != "fp32":
             raise UsageError(
                 f"precision {precision} is for an ONNX B on tensorrt or openvino",

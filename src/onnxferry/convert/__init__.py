@@ -11,6 +11,7 @@ builds a ``Source``: a reference runner and the exporters to try; ``dispatch`` v
 from .against import compare_to_source
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
 from .dispatch import Conversion, convert, detect_framework
+from .factory import is_factory
 
 __all__ = [
     "FRAMEWORKS",
@@ -23,4 +24,5 @@ __all__ = [
     "compare_to_source",
     "convert",
     "detect_framework",
+    "is_factory",
 ]

@@ -120,15 +120,17 @@ class Source:
     details: dict[str, Any] = field(default_factory=dict)  # extra facts for the report
     notes: list[str] = field(default_factory=list)
     """What the report must tell the user about the source (a stream's states as inputs)."""
+    samples: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """Feed sets the source brought with it (a factory's example inputs, by input name)."""
 
     def verification_feeds(
         self, samples: Sequence[Mapping[str, np.ndarray]] = ()
     ) -> list[dict[str, np.ndarray]]:
-        """The user's samples, then generated sets that vary the reference's dynamic dims,
-        with values inside ``value_ranges`` and ``vocabularies``."""
+        """The user's samples and the source's own, then generated sets that vary the
+        reference's dynamic dims, with values inside ``value_ranges`` and ``vocabularies``."""
         return verification_feeds(
             self.reference.signature,
-            samples,
+            [*samples, *self.samples],
             self.value_ranges,
             vocabularies=self.vocabularies,
             column_scales=self.column_scales,

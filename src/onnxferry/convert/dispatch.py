@@ -32,6 +32,7 @@ from ..parity import Divergence, Parity, Tolerance
 from ..report import Report, Table
 from ..runtime import OrtRunner, runtime_limits
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
+from .factory import Built, is_factory, run_factory
 from .verdict import SourceJudge
 
 SAME_SPEED = 0.05
@@ -154,7 +155,8 @@ def convert(
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
-    model, an ONNX ``Model``, or a path: ``file.py:function`` (a torch factory),
+    model, an ONNX ``Model``, or a path: ``file.py:function`` (a factory that builds any of
+    these models, ``convert.factory``),
     ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a
     SavedModel directory, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``:
     unpickling runs code), ``.onnx``; or a
@@ -233,8 +235,11 @@ def detect_framework(source: Any) -> str:
             hint=f"pass framework= one of {', '.join(FRAMEWORKS)}",
         )
     text = str(source)
-    if ".py:" in text:
-        return "torch"
+    if is_factory(text):
+        raise UsageError(
+            f"{text} is a factory: its framework is that of the model it returns",
+            hint="load it with load_source, which runs it",
+        )
     path = Path(text)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory", hint="check the path")
@@ -290,6 +295,8 @@ def load_source(
     its own reference and exporters). ``framework`` overrides detect_framework."""
     if isinstance(source, Source):
         return source
+    if is_factory(source):
+        return _load_built(run_factory(source), options, framework, example_inputs)
     name = framework or detect_framework(source)
     if options.custom_export is not None and name != "torch":
         raise UsageError(
@@ -325,6 +332,39 @@ def load_source(
     raise UsageError(f"unknown framework {name!r}", hint=f"use one of {', '.join(FRAMEWORKS)}")
 
 
+def _load_built(
+    built: Built, options: ConvertOptions, framework: str | None, example_inputs: Any
+) -> Source:
+    """The Source for what a factory returned, of the framework of the model it built; its
+    example inputs are torch's example inputs, or for any framework a feed set by input
+    name."""
+    if framework is None:
+        unknown = ConversionError(
+            f"the factory returned a {type(built.model).__name__}, not a model of "
+            f"{', '.join(FRAMEWORKS)}",
+            hint="return the model, or (model, example inputs)",
+        )
+        if isinstance(built.model, (str, Path)):  # a path is given as the source itself
+            raise unknown
+        try:
+            framework = detect_framework(built.model)
+        except UsageError as e:
+            raise unknown from e
+    example = example_inputs if example_inputs is not None else built.example
+    samples = []
+    if framework != "torch" and example is not None:
+        if not isinstance(example, Mapping):
+            raise ConversionError(
+                f"the factory returned its example inputs as a {type(example).__name__}",
+                hint="return (model, {input name: array})",
+            )
+        samples, example = [{k: np.asarray(v) for k, v in example.items()}], None
+    loaded = load_source(built.model, options, framework=framework, example_inputs=example)
+    loaded.description = built.description
+    loaded.samples += samples
+    return loaded
+
+
 def options_for(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     inputs: Given | None = None,
@@ -351,15 +391,14 @@ def options_for(
 def _verification_feeds(
     source: Source, options: ConvertOptions, result: Conversion
 ) -> list[dict[str, np.ndarray]]:
-    if options.sample_inputs:
+    if options.sample_inputs or source.samples:
         result.inputs_from = "user samples + generated"
     model = getattr(source.reference, "model", None)
     if source.framework == "onnx" and isinstance(model, Model):
         # An ONNX source has a graph to size its open dims by (feeds.verification_feeds).
         probe = isinstance(source.reference, OrtRunner)
-        feeds = verification_feeds(
-            model, options.sample_inputs, input_shapes=options.input_shapes, probe=probe
-        )
+        samples = [*options.sample_inputs, *source.samples]
+        feeds = verification_feeds(model, samples, input_shapes=options.input_shapes, probe=probe)
     else:
         feeds = source.verification_feeds(options.sample_inputs)
     result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]

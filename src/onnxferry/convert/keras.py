@@ -256,8 +256,8 @@ def _load_keras_file(path: Path, options: ConvertOptions) -> Any:
             raise InputError(
                 f"{path}: the HDF5 file holds weights only, no model (Keras finds no model "
                 "config in it)",
-                hint="build the model in code, load_weights() this file, and convert the "
-                "keras.Model (onnxferry.convert(model, ...))",
+                hint="give a factory FILE.py:FUNCTION that builds the model, calls "
+                "load_weights() on this file and returns it",
             ) from e
         raise InputError(f"{path}: Keras cannot load the model ({text})", hint=hint) from e
 

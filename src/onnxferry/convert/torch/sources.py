@@ -8,20 +8,16 @@
 
 from __future__ import annotations
 
-import inspect
-import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...customops import python_file
 from ...errors import InputError
 from ..base import ConversionError, ConvertOptions
+from ..factory import is_factory, run_factory
 from .quiet import quiet, torch_error
-
-_FACTORY_RE = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
 
 
 @dataclass
@@ -41,11 +37,9 @@ def resolve_source(source: Any, options: ConvertOptions) -> Loaded:
     if isinstance(source, torch.nn.Module):
         return _from_module(source, None, f"a {type(source).__name__} module")
     if isinstance(source, (str, Path)):
-        text = str(source)
-        match = _FACTORY_RE.match(text)
-        if match:
-            return _from_factory(Path(match["file"]), match["func"], text)
-        return _from_file(Path(text), options)
+        if is_factory(source):
+            return _from_factory(str(source))
+        return _from_file(Path(source), options)
     raise InputError(
         f"a {type(source).__name__} is not a PyTorch model",
         hint="give a torch.nn.Module, an ExportedProgram, a FILE.py:FUNCTION factory, "
@@ -73,39 +67,20 @@ def _from_program(program: Any, description: str) -> Loaded:
     return Loaded(module, "exported program", description, program, example)
 
 
-def _from_factory(file: Path, func: str, spec: str) -> Loaded:
+def _from_factory(spec: str) -> Loaded:
     import torch
 
-    if not file.is_file():
-        raise InputError(f"{file}: no such file", hint="give the factory as FILE.py:FUNCTION")
-    with python_file(file, what="the factory file") as code:
-        factory = getattr(code, func, None)
-        if not callable(factory):
-            found = [n for n, v in vars(code).items() if inspect.isfunction(v)]
-            raise InputError(
-                f"{file} has no function {func!r}",
-                hint=f"functions in it: {', '.join(found) or 'none'}",
-            )
-        try:
-            result = factory()
-        except (Exception, SystemExit) as e:
-            raise ConversionError(
-                f"the factory {spec} raised {torch_error(e)}",
-                hint="fix the factory so it returns a torch.nn.Module",
-            ) from e
-    example = None
-    if isinstance(result, tuple) and len(result) == 2:
-        result, example = result
-    if isinstance(result, torch.export.ExportedProgram):
-        loaded = _from_program(result, f"the ExportedProgram from {spec}")
-        loaded.example = example if example is not None else loaded.example
+    built = run_factory(spec)
+    if isinstance(built.model, torch.export.ExportedProgram):
+        loaded = _from_program(built.model, f"the ExportedProgram from {spec}")
+        loaded.example = built.example if built.example is not None else loaded.example
         return loaded
-    if not isinstance(result, torch.nn.Module):
+    if not isinstance(built.model, torch.nn.Module):
         raise ConversionError(
-            f"the factory {spec} returned a {type(result).__name__}, not a torch.nn.Module",
+            f"the factory {spec} returned a {type(built.model).__name__}, not a torch.nn.Module",
             hint="return the module, or (module, example_inputs)",
         )
-    return _from_module(result, example, f"{type(result).__name__} from {spec}")
+    return _from_module(built.model, built.example, built.description)
 
 
 def _from_file(path: Path, options: ConvertOptions) -> Loaded:

@@ -1,0 +1,82 @@
+"""Model factories: ``FILE.py:FUNCTION``, a function that builds the model in code (any
+framework), for models whose file holds weights only (a torch ``state_dict``, Keras's
+``save_weights``) or that need their library's code to build.
+
+    built = run_factory("train.py:make")   # make() -> model, or (model, example inputs)
+    built.model, built.example, built.description   # Net(...), None, "Net from train.py:make"
+    is_factory("train.py:make"), is_factory("net.pt")  # True, False
+
+The function returns the model: a torch module or ExportedProgram, a Keras model, a fitted
+scikit-learn estimator (or booster); or a pair, the model and example inputs (torch: a tuple
+of tensors, positional, or a dict by keyword; any framework: ``{input name: array}``).
+Importing the file runs its code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..customops import python_file
+from ..errors import InputError, one_line
+from .base import ConversionError
+
+_FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
+
+
+@dataclass
+class Built:
+    """What a factory returned: the model, its example inputs (or None), and a description
+    naming both the model's type and the factory."""
+
+    model: Any
+    example: Any
+    description: str
+
+
+def is_factory(source: Any) -> bool:
+    """Whether ``source`` names a factory, ``FILE.py:FUNCTION``."""
+    return isinstance(source, (str, Path)) and _FACTORY.match(str(source)) is not None
+
+
+def run_factory(spec: str | Path) -> Built:
+    """Import ``FILE.py`` and call ``FUNCTION()``. InputError (one line) for a missing file,
+    a failed import or no such function; ConversionError for a factory that raises."""
+    match = _FACTORY.match(str(spec))
+    if match is None:
+        raise InputError(f"{spec} is not a factory", hint="give it as FILE.py:FUNCTION")
+    file, func = Path(match["file"]), match["func"]
+    if not file.is_file():
+        raise InputError(f"{file}: no such file", hint="give the factory as FILE.py:FUNCTION")
+    with python_file(file, what="the factory file") as code:
+        factory = getattr(code, func, None)
+        if not callable(factory):
+            found = [n for n, v in vars(code).items() if inspect.isfunction(v)]
+            raise InputError(
+                f"{file} has no function {func!r}",
+                hint=f"functions in it: {', '.join(found) or 'none'}",
+            )
+        try:
+            result = factory()
+        except (Exception, SystemExit) as e:
+            raise ConversionError(
+                f"the factory {spec} raised {_error(e)}",
+                hint="fix the factory so it returns the model, or (model, example inputs)",
+            ) from e
+    example = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, example = result
+    return Built(result, example, f"{type(result).__name__} from {spec}")
+
+
+def _error(error: BaseException) -> str:
+    """One line for what the factory raised (torch's errors shortened as torch's loader
+    does)."""
+    if type(error).__module__.startswith("torch"):
+        from .torch.quiet import torch_error
+
+        return torch_error(error)
+    return one_line(error, line="first", named=True)
