@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import onnxferry
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
@@ -316,6 +318,79 @@ def test_not_a_model_object() -> None:
     assert_one_line(caught.value)
 
 
+class ProposalNet(keras.Model):  # type: ignore[misc]
+    """MTCNN's proposal net as ``mtcnn`` 1.0 writes it: a subclassed model, layers made in
+    ``__init__`` and run in ``call``, no ``keras.Input``; fully convolutional."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = keras.layers.Conv2D(4, 3, name="conv1")
+        self.pool = keras.layers.MaxPooling2D(2, padding="same")
+        self.conv2 = keras.layers.Conv2D(6, 3, name="conv2")
+        self.conv3 = keras.layers.Conv2D(8, 3, name="conv3")
+        self.box = keras.layers.Conv2D(4, 1, name="box")
+        self.face = keras.layers.Conv2D(2, 1, activation="softmax", name="face")
+
+    def build(self, input_shape: Any) -> None:
+        shape = input_shape
+        for layer in (self.conv1, self.pool, self.conv2, self.conv3):
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.box.build(shape)
+        self.face.build(shape)
+        super().build(input_shape)
+
+    def call(self, images: Any) -> Any:
+        x = self.conv3(self.conv2(self.pool(self.conv1(images))))
+        return [self.box(x), self.face(x)]
+
+
+def test_subclassed_model_built_on_open_dims_converts_on_them(tmp_path: Path) -> None:
+    """Built as mtcnn builds it, ``build((None, None, None, 3))``: one input named as
+    ``call``'s parameter, its open dims kept (verified at heights and widths of 32 and 64:
+    the 8 of other dims leaves no pixel after three 3x3 convolutions and a pooling)."""
+    model = ProposalNet()
+    model.build((None, None, None, 3))
+    source = load_keras(model, ConvertOptions())
+    (spec,) = source.reference.signature.inputs
+    assert spec.name == "images" and spec.shape is not None
+    assert spec.shape[1:] == ("images_dim1", "images_dim2", 3)
+    assert source.notes == [
+        "the subclassed Keras model declares no inputs: converted on one input 'images' "
+        "[?, ?, ?, 3], the shape from its build()"
+    ]
+    verify(source, tmp_path, ({"batch": 1, "images_dim1": 12, "images_dim2": 20},) * 2)
+    shapes = [f["images"].shape for f in source.verification_feeds([])]
+    assert {s[1:3] for s in shapes} == {(32, 32), (64, 64)}
+
+
+def test_subclassed_model_never_built_takes_the_input_shape(tmp_path: Path) -> None:
+    options = ConvertOptions(input_shapes={"face": (1, 24, 24, 3)})
+    source = load_keras(ProposalNet(), options)
+    (spec,) = source.reference.signature.inputs
+    assert spec.name == "face" and spec.shape == ("batch", 24, 24, 3)
+    assert "the shape from --input-shape" in source.notes[0]
+    verify(source, tmp_path)
+
+
+def test_a_source_that_fails_on_the_generated_inputs_is_one_line(tmp_path: Path) -> None:
+    """Three 9x9 convolutions and a 10x10 need 34 pixels; verification's 32 leave -1. The
+    Keras model itself raising is exit 2 naming the shapes and what to give, not an
+    internal error."""
+    image = keras.Input((None, None, 3), name="image")
+    x = image
+    for i, kernel in enumerate((9, 9, 9, 10)):
+        x = keras.layers.Conv2D(2, kernel, name=f"conv{i}")(x)
+    model = keras.Model(image, keras.layers.GlobalAveragePooling2D(name="pool")(x), name="deep")
+    with pytest.raises(InputError) as caught:
+        onnxferry.convert(model, tmp_path / "o.onnx")
+    assert_one_line(caught.value)
+    message = str(caught.value)
+    assert "the source model (deep@keras) fails on image[1,32,32,3]" in message
+    assert "--input-shape" in message
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_subclassed_model_without_inputs() -> None:
     class Doubler(keras.Model):  # type: ignore[misc]
         def call(self, x: Any) -> Any:
@@ -324,6 +399,8 @@ def test_subclassed_model_without_inputs() -> None:
     with pytest.raises(UsageError, match="declares no inputs") as caught:
         KerasRunner(Doubler())
     assert_one_line(caught.value)
+    with pytest.raises(UsageError, match="--input-shape") as caught:
+        load_keras(Doubler(), ConvertOptions())
 
 
 def test_saved_model_dir_without_pb(tmp_path: Path) -> None:

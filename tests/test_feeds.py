@@ -605,6 +605,25 @@ def test_every_dynamic_dim_takes_two_values_when_verifying_a_conversion() -> Non
     assert shape_plan(static) == [{}]
 
 
+def test_an_images_open_height_and_width_take_sizes_a_cnn_runs_on() -> None:
+    """8 and 13 pixels leave nothing after a CNN's first few layers, and 13 does not halve:
+    an image's open spatial dims take 32 and 64, its other open dims 8 and 13."""
+    proto = onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch, h, w, 3] image, float[batch, steps, 2] track) => (float a, float b) {
+            a = ReduceMean <keepdims = 0> (image)
+            b = ReduceMean <keepdims = 0> (track)
+        }
+        """
+    )
+    plans = shape_plan(Signature.from_onnx(proto))
+    assert [(p["batch"], p["h"], p["w"], p["steps"]) for p in plans] == [
+        (1, 32, 32, 8),
+        (4, 64, 64, 13),
+    ]
+
+
 def test_verification_feeds_are_the_samples_then_varied_sizes(tmp_path: Path) -> None:
     sig = _encoder()
     sample = realistic_feeds(sig, {"batch": 2, "seq": 3}, seed=9)

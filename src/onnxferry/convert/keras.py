@@ -22,13 +22,14 @@ tf2onnx's highest, IR versions and unsupported ops are handled as in ``convert.t
 
 from __future__ import annotations
 
+import inspect
 import re
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -61,8 +62,9 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
 
     Files load with ``keras.saving.load_model(compile=False, safe_mode=True)``; safe mode
     refuses Lambda layers and other pickled code unless ``options.trust_pickle``. InputError
-    (exit 2) for a file that is not a Keras model; UsageError for a model without declared
-    inputs (a subclassed model never built on ``keras.Input``).
+    (exit 2) for a file that is not a Keras model. A subclassed model is converted on one
+    input shaped as it was built, or as ``--input-shape`` says (``_with_declared_inputs``);
+    UsageError for one never built and given no shape.
     """
     keras = _import_keras()
     opset = resolve_opset(options)
@@ -76,6 +78,7 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
             f"load_keras takes a keras.Model or a .keras file, not a {type(source).__name__}",
             hint="pass the model object or the path of its .keras file",
         )
+    model, notes = _with_declared_inputs(model, options)
     runner = KerasRunner(model, options)
     layers = _layer_names(model)
     ranges = _embedding_ranges(model, runner.signature, _input_names(model.inputs))
@@ -92,7 +95,42 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
         ],
         value_ranges=ranges,
         details={"keras": keras.__version__, "tensorflow": tf_version(), "opset": opset},
+        notes=notes,
     )
+
+
+def _with_declared_inputs(model: Any, options: ConvertOptions) -> tuple[Any, list[str]]:
+    """``model`` itself when it declares its inputs; a subclassed model (no ``inputs``: its
+    layers run in ``call``) wrapped in a functional model on one ``keras.Input``, shaped as
+    the model was built (``get_build_config``: ``build((None, None, None, 3))`` keeps the
+    open dims open) or as ``--input-shape`` gives it, named as the one ``--input-shape`` or
+    the first parameter of ``call``; and a note that says so. A model built on several
+    inputs, or never built and given no shape, is left as it is (KerasRunner refuses it)."""
+    keras = _import_keras()
+    if getattr(model, "inputs", None):
+        return model, []
+    built = (model.get_build_config() or {}).get("input_shape") if model.built else None
+    given = list(options.input_shapes.items())
+    if len(given) == 1:
+        name, shape = given[0][0], (None, *given[0][1][1:])
+        where = "--input-shape"
+    elif not given and _is_shape(built):
+        parameters = list(inspect.signature(model.call).parameters)
+        name, shape, where = (parameters or ["input"])[0], tuple(built), "its build()"
+    else:
+        return model, []
+    x = keras.Input(shape=shape[1:], name=name)
+    wrapped = keras.Model(x, model(x), name=model.name)
+    note = (
+        f"the subclassed Keras model declares no inputs: converted on one input {name!r} "
+        f"[{', '.join('?' if d is None else str(d) for d in shape)}], the shape from {where}"
+    )
+    return wrapped, [note]
+
+
+def _is_shape(value: Any) -> TypeGuard[Sequence[int | None]]:
+    """A shape: a tuple or list of ints and Nones (not a structure of shapes)."""
+    return isinstance(value, (tuple, list)) and all(d is None or isinstance(d, int) for d in value)
 
 
 class KerasRunner:
@@ -116,9 +154,10 @@ class KerasRunner:
         inputs = getattr(model, "inputs", None)
         if not inputs:
             raise UsageError(
-                f"Keras model {model.name!r} declares no inputs (a subclassed or unbuilt model)",
-                hint="wrap it in a functional model: x = keras.Input(shape); "
-                "keras.Model(x, model(x))",
+                f"Keras model {model.name!r} declares no inputs (a subclassed model never "
+                "built, or built on several inputs)",
+                hint="give its one input's shape with --input-shape NAME=1x...; or wrap it: "
+                "x = keras.Input(shape); keras.Model(x, model(x))",
             )
         self._input_struct = _input_structure(model)
         self._names = _input_names(inputs)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import FerryError, InputError, one_line
+from ..feeds import describe_shapes
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_within_noise, unoptimized_ort
 from .base import Source
@@ -36,7 +38,24 @@ class SourceJudge:
     _second: tuple[Outputs, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.references = [self.source.reference.run(f) for f in self.feeds]
+        self.references = [self._reference(f) for f in self.feeds]
+
+    def _reference(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The source's outputs on one feed set; InputError (one line, exit 2) when the
+        source itself cannot run on it (a CNN given an image smaller than its receptive
+        field)."""
+        try:
+            return self.source.reference.run(feeds)
+        except FerryError:
+            raise
+        except Exception as e:
+            shapes = describe_shapes({k: np.shape(v) for k, v in feeds.items()})
+            raise InputError(
+                f"the source model ({self.source.reference.name}) fails on {shapes}: "
+                f"{one_line(e, line='first', named=True)}",
+                hint="give the sizes it takes with --input-shape NAME=1x..., or rows it runs "
+                "on with --inputs",
+            ) from e
 
     def __call__(
         self,

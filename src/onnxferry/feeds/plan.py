@@ -158,7 +158,7 @@ def plan_feeds(
             given[u.key] = batch
     ranges = index_ranges(proto, signature) if proto is not None else {}
     words = input_vocabularies(proto, signature) if proto is not None else {}
-    images = frozenset(s.name for s in signature.inputs if _image_axes(s) is not None)
+    images = frozenset(s.name for s in signature.inputs if image_axes(s) is not None)
     derived = {u.key: found for u in unknowns if (found := terms(u.symbol)) is not None}
     open_dims = [u for u in unknowns if u.key not in given and u.key not in derived]
     chosen_kinds: dict[str, str] = {}
@@ -217,7 +217,7 @@ def unknown_dims(signature: Signature) -> Iterator[Unknown]:
     """Every open dim of the inputs, in order (a named symbol once per place it appears)."""
     rows = signature.row_axes()
     for spec in signature.inputs:
-        image = _image_axes(spec)
+        image = image_axes(spec)
         for axis, d in enumerate(spec.shape or ()):
             if isinstance(d, int):
                 continue
@@ -251,7 +251,7 @@ def _kind(spec: TensorSpec, axis: int, symbol: str | None, image: tuple[int, int
     return "other"
 
 
-def _image_axes(spec: TensorSpec) -> tuple[int, int] | None:
+def image_axes(spec: TensorSpec) -> tuple[int, int] | None:
     """The spatial axes of a float NCHW or NHWC image input (channels 1, 3 or 4), or None."""
     shape = spec.shape
     if shape is None or len(shape) != 4 or spec.dtype.kind != "float":

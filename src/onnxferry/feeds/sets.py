@@ -21,7 +21,7 @@ from ..data import load_feeds
 from ..errors import FeedError, InputError, UsageError
 from ..model import Model
 from ..signature import Signature
-from .plan import FeedPlan, plan_feeds
+from .plan import FeedPlan, image_axes, plan_feeds
 from .values import BATCH_NAMES, ColumnScale, Vocabulary, realistic_feeds
 
 Feeds = dict[str, np.ndarray]
@@ -30,6 +30,10 @@ Given = str | Path | Mapping[str, Any] | Iterable[Mapping[str, Any]]
 
 BATCH_VALUES = (1, 4)
 OTHER_VALUES = (8, 13)
+IMAGE_VALUES = (32, 64)
+"""An image's open height and width when verifying: multiples of 32, which a network that
+pools 5 times halves evenly (a U-Net's skips concatenate), past the 12 pixels of MTCNN's
+proposal net; 8 and 13 are too small for most CNNs."""
 """The two sizes ``shape_plan`` gives batch axes and other dynamic dims."""
 
 
@@ -157,17 +161,25 @@ def dynamic_dims(signature: Signature) -> list[str]:
 def shape_plan(
     signature: Signature, fixed: Mapping[str, int] | None = None
 ) -> list[dict[str, int]]:
-    """Dim assignments giving every dynamic dim at least two values (batch 1 and 4, other dims
-    8 and 13), except those pinned in ``fixed``. A model without dynamic dims gets one plan."""
+    """Dim assignments giving every dynamic dim at least two values (batch 1 and 4, an
+    image's height and width 32 and 64, other dims 8 and 13), except those pinned in
+    ``fixed``. A model without dynamic dims gets one plan."""
     fixed = dict(fixed or {})
     free = [d for d in dynamic_dims(signature) if d not in fixed]
     if not free:
         return [fixed]
+    spatial = {
+        spec.shape[axis]
+        for spec in signature.inputs
+        for axis in image_axes(spec) or ()
+        if spec.shape is not None
+    }
     plans = []
     for i in range(2):
         plan = dict(fixed)
         for name in free:
-            plan[name] = (BATCH_VALUES if name in BATCH_NAMES else OTHER_VALUES)[i]
+            values = IMAGE_VALUES if name in spatial else OTHER_VALUES
+            plan[name] = (BATCH_VALUES if name in BATCH_NAMES else values)[i]
         plans.append(plan)
     return plans
 
