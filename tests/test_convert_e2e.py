@@ -256,6 +256,8 @@ def test_tflite_random_bytes(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 
 KERAS_FACTORY = """
+import warnings
+
 import keras
 import numpy as np
 
@@ -268,6 +270,7 @@ def architecture():
 def make():
     model = architecture()
     model.load_weights("{weights}")  # a weights-only file, as libraries ship them
+    warnings.warn("input_length is deprecated", UserWarning)  # as deepcut's Keras 2 code
     return model
 
 def with_example():
@@ -302,6 +305,7 @@ def test_keras_factory_builds_a_model_for_a_weights_only_file(
     assert code == 0, report
     assert report["result"]["framework"] == "keras"
     assert report["result"]["details"]["source"] == f"Functional from {code_file}:make"
+    assert "the factory warned: UserWarning: input_length is deprecated" in report["notes"]
     assert_verified(report, {"tokens": {1, 4}})
     expected = trained.predict(np.arange(14, dtype=np.float32).reshape(2, 7), verbose=0)
     got = OrtRunner(Model.load(out)).run({"tokens": np.arange(14, dtype=np.float32).reshape(2, 7)})

@@ -22,6 +22,7 @@ pytest.importorskip("tf2onnx")
 import keras
 import tensorflow as tf
 
+from onnxferry.convert import compare_to_source
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
 from onnxferry.convert.keras import (
     KerasRunner,
@@ -389,6 +390,28 @@ def test_a_source_that_fails_on_the_generated_inputs_is_one_line(tmp_path: Path)
     assert "the source model (deep@keras) fails on image[1,32,32,3]" in message
     assert "--input-shape" in message
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_compare_pairs_outputs_by_position_when_keras_named_them_anew(tmp_path: Path) -> None:
+    """Keras names a layer by a per-process counter: the same model built again answers
+    ``dense_7`` where its export says ``dense_6``. With no name shared and as many outputs,
+    ``compare`` pairs them by position and says so."""
+
+    def build() -> Any:
+        x = keras.Input((4,), name="x")
+        return keras.Model(x, keras.layers.Dense(2)(x))
+
+    first = build()
+    out = tmp_path / "dense.onnx"
+    onnxferry.convert(first, out)
+    second = build()
+    second.set_weights(first.get_weights())
+    report = compare_to_source(out, second)
+    (note,) = [n for n in report.notes if "paired by position" in n]
+    assert report.ok, report.result.summary()
+    assert note.endswith(f"{first.output_names[0]} = {second.output_names[0]}")
+    second.set_weights([w + 1 for w in first.get_weights()])
+    assert not compare_to_source(out, second).ok  # paired, and still judged
 
 
 def test_subclassed_model_without_inputs() -> None:

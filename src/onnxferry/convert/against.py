@@ -22,6 +22,7 @@ from ..model import Model
 from ..parity import Parity, Tolerance
 from ..report import Report
 from ..runtime import OrtRunner, SessionConfig
+from ..signature import Signature
 from .dispatch import load_source, options_for
 from .verdict import SourceJudge
 
@@ -47,11 +48,28 @@ def compare_to_source(
     feeds = loaded.verification_feeds(options.sample_inputs)
     runner = OrtRunner(onnx_model, config=SessionConfig(provider=provider))
     judge = SourceJudge(loaded, feeds, tolerance)
-    parity = judge([runner.run(f) for f in feeds], runner.name, onnx_model)
     notes = [f"reference: {loaded.description}"]
+    renames = _by_position(onnx_model.signature.output_names, loaded.reference.signature)
+    if renames:
+        notes.append(
+            "outputs paired by position, their names all differ: "
+            + ", ".join(f"{ours} = {theirs}" for ours, theirs in renames.items())
+        )
+    outputs = [{renames.get(k, k): v for k, v in runner.run(f).items()} for f in feeds]
+    parity = judge(outputs, runner.name, None if renames else onnx_model)
     if not parity.ok and loaded.find_divergence is not None:
         with contextlib.suppress(FerryError):
             parity.divergence = loaded.find_divergence(onnx_model, feeds[0], tolerance)
         if parity.divergence is not None:
             notes.append(f"first divergence in {parity.divergence.node!r}")
     return Report("compare", parity, notes=notes)
+
+
+def _by_position(ours: Sequence[str], reference: Signature) -> dict[str, str]:
+    """The model's output names paired with the source's by position, when no name is shared
+    and the counts agree (Keras names a layer by a per-process counter: a model built again
+    in the same process answers ``dense_27`` where the export says ``dense_13``); else {}."""
+    theirs = reference.output_names
+    if len(ours) != len(theirs) or set(ours) & set(theirs):
+        return {}
+    return dict(zip(ours, theirs, strict=True))

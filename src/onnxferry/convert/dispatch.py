@@ -362,6 +362,7 @@ def _load_built(
     loaded = load_source(built.model, options, framework=framework, example_inputs=example)
     loaded.description = built.description
     loaded.samples += samples
+    loaded.notes += built.notes
     return loaded
 
 

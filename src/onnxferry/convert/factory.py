@@ -9,13 +9,14 @@ framework), for models whose file holds weights only (a torch ``state_dict``, Ke
 The function returns the model: a torch module or ExportedProgram, a Keras model, a fitted
 scikit-learn estimator (or booster); or a pair, the model and example inputs (torch: a tuple
 of tensors, positional, or a dict by keyword; any framework: ``{input name: array}``).
-Importing the file runs its code.
+Importing the file runs its code; what the factory warns goes into the report's notes.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class Built:
     model: Any
     example: Any
     description: str
+    notes: list[str]
+    """What the factory's code warned while it ran (a library's deprecations), for the
+    report instead of the terminal."""
 
 
 def is_factory(source: Any) -> bool:
@@ -60,7 +64,9 @@ def run_factory(spec: str | Path) -> Built:
                 hint=f"functions in it: {', '.join(found) or 'none'}",
             )
         try:
-            result = factory()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = factory()
         except (Exception, SystemExit) as e:
             raise ConversionError(
                 f"the factory {spec} raised {_error(e)}",
@@ -69,7 +75,15 @@ def run_factory(spec: str | Path) -> Built:
     example = None
     if isinstance(result, tuple) and len(result) == 2:
         result, example = result
-    return Built(result, example, f"{type(result).__name__} from {spec}")
+    warned = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
+    notes = [f"the factory warned: {one_line(text, 300)}" for text in list(warned)[:_WARNINGS]]
+    if len(warned) > _WARNINGS:
+        notes.append(f"the factory warned {len(warned) - _WARNINGS} more times")
+    return Built(result, example, f"{type(result).__name__} from {spec}", notes)
+
+
+_WARNINGS = 3
+"""Distinct warnings of a factory kept as notes."""
 
 
 def _error(error: BaseException) -> str:

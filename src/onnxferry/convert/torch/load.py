@@ -69,6 +69,7 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
             "inputs_by": "keyword" if inputs.keyword else "position",
             **({"custom_export": str(custom.path)} if custom else {}),
         },
+        notes=list(loaded.notes),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class Loaded:
     description: str
     program: Any = None  # the ExportedProgram, for that kind
     example: Any = None  # example inputs the factory or program brought
+    notes: list[str] = field(default_factory=list)  # what a factory warned
 
 
 def resolve_source(source: Any, options: ConvertOptions) -> Loaded:
@@ -74,13 +75,15 @@ def _from_factory(spec: str) -> Loaded:
     if isinstance(built.model, torch.export.ExportedProgram):
         loaded = _from_program(built.model, f"the ExportedProgram from {spec}")
         loaded.example = built.example if built.example is not None else loaded.example
-        return loaded
-    if not isinstance(built.model, torch.nn.Module):
+    elif isinstance(built.model, torch.nn.Module):
+        loaded = _from_module(built.model, built.example, built.description)
+    else:
         raise ConversionError(
             f"the factory {spec} returned a {type(built.model).__name__}, not a torch.nn.Module",
             hint="return the module, or (module, example_inputs)",
         )
-    return _from_module(built.model, built.example, built.description)
+    loaded.notes += built.notes
+    return loaded
 
 
 def _from_file(path: Path, options: ConvertOptions) -> Loaded:
