@@ -50,9 +50,10 @@ def convert(
 
     SOURCE is a file.py:function factory (it builds a torch, Keras or scikit-learn model and
     returns it; importing the file runs its code), .pt/.pth/.jit (TorchScript), .pt2
-    (torch.export), .keras, a SavedModel directory, .tflite, .pkl/.joblib (scikit-learn; needs
-    --trust-pickle, since loading a pickle executes code), a LightGBM .txt or XGBoost
-    .json/.ubj model file, or .onnx (re-targeted to --opset). A torch model's custom
+    (torch.export), .keras, a SavedModel directory, a frozen TensorFlow graph (.pb),
+    .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since loading a pickle
+    executes code), a LightGBM .txt or XGBoost .json/.ubj model file, or .onnx (re-targeted
+    to --opset). A torch model's custom
     layers export through --custom-export; custom ONNX operators run in the parity check
     through onnxruntime-extensions or --custom-ops.
     """

@@ -156,11 +156,11 @@ def convert(
 
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
     model, an ONNX ``Model``, or a path: ``file.py:function`` (a factory that builds any of
-    these models, ``convert.factory``),
-    ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2`` (ExportedProgram), ``.keras``, a
-    SavedModel directory, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``:
-    unpickling runs code), ``.onnx``; or a
-    ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
+    these models, ``convert.factory``), ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2``
+    (ExportedProgram), ``.keras``, a SavedModel directory, a frozen TensorFlow graph
+    ``.pb``, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs
+    code), ``.onnx``; or a ``Source`` built by the caller (a custom exporter, verified like
+    the built-in ones).
     ``custom_export``: a Python file translating the torch model's custom layers to ONNX (its
     ``custom_translation_table`` for the dynamo exporter, ``symbolics`` for TorchScript's;
     see ``convert.torch.custom``).
@@ -257,6 +257,7 @@ def detect_framework(source: Any) -> str:
         ".keras": "keras",
         ".h5": "keras",
         ".hdf5": "keras",  # Keras 2's ModelCheckpoint default, e.g. fer's emotion_model.hdf5
+        ".pb": "tf",  # a frozen GraphDef, or a SavedModel's saved_model.pb
         ".tflite": "tflite",
         ".pt": "torch",
         ".pth": "torch",
@@ -318,7 +319,12 @@ def load_source(
     if name == "tf":
         from .keras import load_saved_model
 
-        return load_saved_model(source, options)
+        path = Path(source)
+        if path.is_file() and path.name != "saved_model.pb":
+            from .graphdef import load_graph_def
+
+            return load_graph_def(path, options)
+        return load_saved_model(path.parent if path.is_file() else path, options)
     if name == "tflite":
         from .tflite import load_tflite
 

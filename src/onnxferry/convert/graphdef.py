@@ -1,0 +1,193 @@
+"""Frozen TensorFlow 1 graphs as conversion sources: a ``GraphDef`` in a ``.pb`` file (what
+``freeze_graph`` writes, OpenCV DNN's samples and the TF object detection API's
+``frozen_inference_graph.pb``), weights held as constants, no signature.
+
+    source = load_graph_def("frozen.pb", ConvertOptions())
+    source.reference.signature   # inputs: its placeholders; outputs: the tensors no node reads
+    source.reference.run(feeds)  # the graph in TensorFlow, {name: array}
+
+Names: each input is its ``Placeholder``'s name (``input`` for ``input:0``); each output is
+its node's name (``prob``), ``node_1`` for a node's second output. The outputs are the graph's
+ends: every output of every node nothing reads (bookkeeping ops left out: ``NoOp``,
+``Assert``, ``save/...``), as TensorFlow's ``summarize_graph`` finds them. The "tf2onnx"
+candidate runs the graph, imported and pruned to those tensors, in a ``tf.function``, as
+SavedModels are converted (``convert.tf_common``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, one_line
+from ..signature import Signature, TensorSpec, dtype_from_numpy
+from .base import Candidate, ConvertOptions, Source
+from .tf_common import (
+    common_batch_name,
+    finish_export,
+    function_to_onnx,
+    import_tf,
+    output_shape,
+    quiet_tf,
+    resolve_opset,
+    source_shape,
+    tf_shape,
+    tf_version,
+)
+
+_NOT_OUTPUTS = {"Placeholder", "Const", "NoOp", "Assert", "SaveV2", "RestoreV2"}
+"""Ops that end a graph without being what it computes."""
+_VARIABLES = {"VariableV2", "Variable", "VarHandleOp"}
+
+
+def load_graph_def(path: str | Path, options: ConvertOptions) -> Source:
+    """A frozen GraphDef (``.pb``) to convert. InputError (exit 2) for a file that is not
+    one, a graph that still holds variables (not frozen) or has no placeholder."""
+    opset = resolve_opset(options)
+    runner = GraphDefRunner(path, options)
+    sig = runner.signature
+    return Source(
+        framework="tf",
+        description=(
+            f"{runner.path}: frozen TensorFlow graph, {runner.node_count} nodes, "
+            f"{len(sig.inputs)} inputs, {len(sig.outputs)} outputs"
+        ),
+        reference=runner,
+        candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
+        details={"tensorflow": tf_version(), "opset": opset},
+        notes=[
+            f"outputs: {', '.join(runner.tensor_names)} (the tensors no node of the graph reads)"
+        ],
+    )
+
+
+class GraphDefRunner:
+    """Runs a frozen GraphDef, imported and pruned to its placeholders and ends; implements
+    Runner."""
+
+    def __init__(self, path: str | Path, options: ConvertOptions | None = None) -> None:
+        options = options or ConvertOptions()
+        self.path = Path(path)
+        self.name = f"{self.path.stem}@tf"
+        tf = import_tf()
+        graph_def = _read(self.path, tf)
+        self.node_count = len(graph_def.node)
+        variables = sorted({n.op for n in graph_def.node if n.op in _VARIABLES})
+        if variables:
+            raise InputError(
+                f"{self.path}: the graph holds variables ({', '.join(variables)}): it is not "
+                "frozen, its weights are in a checkpoint",
+                hint="freeze it (tf.compat.v1.graph_util.convert_variables_to_constants), or "
+                "export a SavedModel",
+            )
+        placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+        if not placeholders:
+            raise InputError(
+                f"{self.path}: the graph has no Placeholder: nothing to feed it",
+                hint="give the frozen inference graph, whose inputs are placeholders",
+            )
+        with quiet_tf():
+            wrapped = tf.compat.v1.wrap_function(
+                lambda: tf.compat.v1.import_graph_def(graph_def, name=""), []
+            )
+        graph = wrapped.graph
+        inputs = [graph.get_tensor_by_name(f"{name}:0") for name in placeholders]
+        outputs = [
+            t for name in _ends(graph_def) for t in graph.get_operation_by_name(name).outputs
+        ]
+        self.tensor_names = [t.name for t in outputs]
+        self._function = wrapped.prune(inputs, outputs)
+        specs = [
+            TensorSpec(
+                name,
+                dtype_from_numpy(t.dtype.as_numpy_dtype),
+                source_shape(name, _dims(t), options),
+            )
+            for name, t in zip(placeholders, inputs, strict=True)
+        ]
+        batch = common_batch_name(specs)
+        out_specs = [
+            TensorSpec(
+                _output_name(t.name),
+                dtype_from_numpy(t.dtype.as_numpy_dtype),
+                output_shape(_dims(t), batch),
+            )
+            for t in outputs
+        ]
+        self._signature = Signature(tuple(specs), tuple(out_specs))
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.signature.validate(feeds)
+        tf = import_tf()
+        results = self._function(
+            *(tf.convert_to_tensor(feeds[n]) for n in self.signature.input_names)
+        )
+        return {
+            name: np.asarray(value.numpy())
+            for name, value in zip(self.signature.output_names, results, strict=True)
+        }
+
+    def export_tf2onnx(self, path: Path, opset: int) -> None:
+        """tf2onnx on a tf.function that runs the pruned graph and names its outputs."""
+        tf = import_tf()
+        specs = [
+            tf.TensorSpec(tf_shape(s.shape), tf.as_dtype(s.dtype.numpy), name=s.name)
+            for s in self.signature.inputs
+        ]
+        pruned, names = self._function, self.signature.output_names
+
+        def serve(*args: Any) -> dict[str, Any]:
+            return dict(zip(names, pruned(*args), strict=True))
+
+        function = tf.function(serve, input_signature=specs)
+        finish_export(function_to_onnx(function, specs, opset), self.signature, path)
+
+
+def _read(path: Path, tf: Any) -> Any:
+    """The GraphDef in ``path``; InputError when the bytes are not one."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file", hint="give the frozen graph's .pb file")
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError
+        raise InputError(
+            f"{path}: not a TensorFlow GraphDef ({one_line(e)})",
+            hint="give a frozen graph (.pb) written by GraphDef.SerializeToString",
+        ) from e
+    if not graph_def.node:
+        raise InputError(
+            f"{path}: not a TensorFlow GraphDef (it holds no nodes)",
+            hint="a SavedModel's saved_model.pb is given as its directory",
+        )
+    return graph_def
+
+
+def _ends(graph_def: Any) -> list[str]:
+    """The nodes no other node reads, bookkeeping left out."""
+    read = {name.lstrip("^").split(":")[0] for node in graph_def.node for name in node.input}
+    return [
+        n.name
+        for n in graph_def.node
+        if n.name not in read and n.op not in _NOT_OUTPUTS and not n.name.startswith("save/")
+    ]
+
+
+def _output_name(tensor: str) -> str:
+    """``prob:0`` -> ``prob``; ``split:1`` -> ``split_1``."""
+    node, _, index = tensor.rpartition(":")
+    return node if index == "0" else f"{node}_{index}"
+
+
+def _dims(tensor: Any) -> list[int | None] | None:
+    shape = tensor.shape
+    if shape.rank is None:
+        return None
+    return [None if d is None else int(d) for d in shape.as_list()]

@@ -1,0 +1,128 @@
+"""Frozen TensorFlow 1 graphs (``.pb``): converted verified against TensorFlow running the
+graph; refusals in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from onnxferry.convert.base import ConvertOptions
+from onnxferry.errors import InputError
+from onnxferry.model import Model
+from onnxferry.runtime import OrtRunner
+from tests.helpers import Run
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+import tensorflow as tf
+
+from onnxferry.convert.graphdef import load_graph_def
+
+
+def _tf1_classifier(path: Path, *, variables: bool = False) -> np.ndarray:
+    """A TF1 graph as ``freeze_graph`` leaves it: a placeholder ``input[?, 4]``, weights as
+    constants (or, with ``variables``, still in variables: not frozen), softmax ``prob``
+    read by an argmax ``label``, and a training leftover (``init``, a NoOp)."""
+    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="input")
+        w = tf.compat.v1.Variable(weights) if variables else tf.constant(weights)
+        prob = tf.nn.softmax(tf.nn.relu(tf.matmul(x, w)), name="prob")
+        tf.argmax(prob, axis=1, name="label")
+        tf.no_op(name="init")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return weights
+
+
+def _frozen_keras_cnn(path: Path) -> Any:
+    """A Keras CNN frozen the TF2 way (``convert_variables_to_constants_v2``): its outputs end
+    in ``Identity`` ops, as in OpenCV's and most converters' samples."""
+    import keras
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((16, 16, 3), name="image")
+    h = keras.layers.Conv2D(4, 3, activation="relu")(image)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(image, keras.layers.Dense(5, activation="softmax")(h))
+    function = tf.function(lambda x: model(x)).get_concrete_function(
+        tf.TensorSpec([None, 16, 16, 3], tf.float32, name="image")
+    )
+    frozen = convert_variables_to_constants_v2(function)
+    path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    return model
+
+
+def test_a_tf1_graph_converts_on_its_placeholders_and_its_ends(ferry: Run, tmp_path: Path) -> None:
+    path = tmp_path / "frozen.pb"
+    weights = _tf1_classifier(path)
+    source = load_graph_def(path, ConvertOptions())
+    signature = source.reference.signature
+    assert signature.input_names == ["input"] and signature.inputs[0].shape == ("batch", 4)
+    assert signature.output_names == ["label"]  # prob is read by label; init is bookkeeping
+    out = tmp_path / "frozen.onnx"
+    code, stdout, err = ferry("convert", path, "-o", out, "--json")
+    assert code == 0, err
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    (label,) = OrtRunner(Model.load(out)).run({"input": x}).values()
+    np.testing.assert_array_equal(label, np.argmax(np.maximum(x @ weights, 0), axis=1))
+    assert '"framework": "tf"' in stdout and "label:0 (the tensors no node" in stdout
+
+
+def test_a_keras_model_frozen_the_tf2_way_matches_keras(ferry: Run, tmp_path: Path) -> None:
+    path = tmp_path / "cnn.pb"
+    model = _frozen_keras_cnn(path)
+    out = tmp_path / "cnn.onnx"
+    code, _, err = ferry("convert", path, "-o", out)
+    assert code == 0, err
+    converted = Model.load(out)
+    assert converted.signature.input_names == ["image"]
+    images = np.random.default_rng(2).random((3, 16, 16, 3), dtype=np.float32)
+    (probs,) = OrtRunner(converted).run({"image": images}).values()
+    np.testing.assert_allclose(probs, model.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: _tf1_classifier(p, variables=True), "not frozen"),
+        (lambda p: p.write_bytes(np.random.default_rng(3).bytes(300)), "not a TensorFlow GraphDef"),
+        (lambda p: p.write_bytes(b""), "holds no nodes"),
+    ],
+    ids=["variables", "random-bytes", "empty"],
+)
+def test_what_is_not_a_frozen_graph_is_one_line(
+    ferry: Run, tmp_path: Path, make: Any, message: str
+) -> None:
+    path = tmp_path / "model.pb"
+    make(path)
+    with pytest.raises(InputError, match=message):
+        load_graph_def(path, ConvertOptions())
+    code, _, err = ferry("convert", path, "-o", tmp_path / "o.onnx")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_saved_models_pb_file_is_read_as_its_directory(ferry: Run, tmp_path: Path) -> None:
+    class Double(tf.Module):  # type: ignore[misc]
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[tf.TensorSpec([None, 3], tf.float32)]
+        )
+        def __call__(self, x: Any) -> Any:
+            return {"y": 2 * x}
+
+    module = Double()
+    tf.saved_model.save(module, str(tmp_path / "export"), signatures=module.__call__)
+    code, _, err = ferry(
+        "convert", tmp_path / "export" / "saved_model.pb", "-o", tmp_path / "d.onnx"
+    )
+    assert code == 0, err
+    assert Model.load(tmp_path / "d.onnx").signature.output_names == ["y"]
