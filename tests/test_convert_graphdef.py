@@ -126,3 +126,21 @@ def test_a_saved_models_pb_file_is_read_as_its_directory(ferry: Run, tmp_path: P
     )
     assert code == 0, err
     assert Model.load(tmp_path / "d.onnx").signature.output_names == ["y"]
+
+
+def test_a_placeholder_of_unknown_rank_takes_its_shape_from_the_user(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """``tf.compat.v1.placeholder(tf.float32, None)``: no rank to name a dim by. The error
+    says to give one; given, dim 0 is the batch and the rest are fixed."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, None, name="x")
+        tf.identity(2.0 * x, name="y")
+    path = tmp_path / "any_rank.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    code, _, err = ferry("convert", path, "-o", tmp_path / "o.onnx")
+    assert code == 2 and "unknown rank" in err and "--input-shape x=" in err, err
+    code, _, err = ferry("convert", path, "-o", tmp_path / "o.onnx", "--input-shape", "x=2x3")
+    assert code == 0, err
+    assert Model.load(tmp_path / "o.onnx").signature.inputs[0].shape == ("batch", 3)

@@ -102,10 +102,15 @@ def source_shape(
 ) -> tuple[Dim, ...]:
     """An input's shape for the reference signature: the dims the user makes dynamic get
     their names; by default dim 0 (when the source leaves it open) is "batch" and other open
-    dims are named ``<input>_dim<axis>``; ``options.input_shapes`` fixes the rest."""
+    dims are named ``<input>_dim<axis>``; ``options.input_shapes`` fixes the rest, and gives
+    an input of unknown rank (a TF1 placeholder declared without a shape) its rank."""
+    if dims is None and name in options.input_shapes:
+        dims = [None] * len(options.input_shapes[name])
     if dims is None:
         raise UsageError(
-            f"input {name!r} has an unknown rank", hint="export the model with a fixed input rank"
+            f"input {name!r} has an unknown rank",
+            hint=f"give its shape with --input-shape {name}=1x..., or export the model with "
+            "a fixed input rank",
         )
     rank = len(dims)
     axes = options.axes_for(name, rank)
