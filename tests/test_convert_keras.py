@@ -35,6 +35,7 @@ from onnxferry.feeds import index_ranges, realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import compare_outputs
 from onnxferry.runtime import OrtRunner, runtime_limits
+from tests.helpers import Run
 
 pytestmark = [
     pytest.mark.slow,
@@ -208,6 +209,46 @@ def test_opset_past_tf2onnx_is_reached_with_the_version_converter(tmp_path: Path
     verify(source, tmp_path)
     for index in range(len(source.candidates)):
         assert Model.load(tmp_path / f"candidate{index}.onnx").opset_imports["ai.onnx"] == opset
+
+
+SCALE_LAYER = """
+import keras
+
+@keras.saving.register_keras_serializable(package="ferry_tests")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+def test_a_custom_layer_keras_cannot_find_points_to_a_factory(ferry: Run, tmp_path: Path) -> None:
+    """A .keras file naming a class of its author's code, not imported: one line naming the
+    class and the factory that imports it (was Keras' whole config dump)."""
+    namespace: dict[str, Any] = {}
+    exec(SCALE_LAYER, namespace)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(2, name="head")(namespace["Scale"]()(x)))
+    path = tmp_path / "scaled.keras"
+    model.save(path)
+    keras.saving.get_custom_objects().pop("ferry_tests>Scale")  # as in a fresh process
+    with pytest.raises(InputError) as caught:
+        load_keras(path, ConvertOptions())
+    assert_one_line(caught.value)
+    assert "uses 'Scale', a class of its own code" in str(caught.value)
+    assert "FILE.py:FUNCTION" in str(caught.value)
+    factory = tmp_path / "scaled.py"
+    factory.write_text(
+        f"{SCALE_LAYER}\ndef make():\n    return keras.saving.load_model({str(path)!r})\n"
+    )
+    code, _, err = ferry("convert", f"{factory}:make", "-o", tmp_path / "scaled.onnx")
+    assert code == 0, err
 
 
 def test_lambda_layer_needs_trust(tmp_path: Path) -> None:

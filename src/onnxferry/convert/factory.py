@@ -15,6 +15,7 @@ Importing the file runs its code; what the factory warns goes into the report's 
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from ..customops import python_file
 from ..errors import InputError, one_line
 from .base import ConversionError
+from .tf_common import quiet_native
 
 _FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<func>[A-Za-z_]\w*)$")
 
@@ -55,7 +57,10 @@ def run_factory(spec: str | Path) -> Built:
     file, func = Path(match["file"]), match["func"]
     if not file.is_file():
         raise InputError(f"{file}: no such file", hint="give the factory as FILE.py:FUNCTION")
-    with python_file(file, what="the factory file") as code:
+    # a factory that imports TensorFlow would print its start-up lines (absl, oneDNN, CUDA
+    # stubs) on stderr: they go to the debug log, as when ferry imports it (import_tf)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet_native("the factory"), python_file(file, what="the factory file") as code:
         factory = getattr(code, func, None)
         if not callable(factory):
             found = [n for n, v in vars(code).items() if inspect.isfunction(v)]

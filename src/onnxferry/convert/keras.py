@@ -291,6 +291,14 @@ def _load_keras_file(path: Path, options: ConvertOptions) -> Any:
         hint = "check that the file is a whole Keras 3 model; re-save it"
         if "safe_mode" in text:
             hint = "the model holds code (a Lambda layer); pass trust_pickle if you trust it"
+        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(e))
+        if missing:  # a custom layer whose code was not imported
+            raise InputError(
+                f"{path}: the model uses {missing[1]!r}, a class of its own code that Keras "
+                "cannot find",
+                hint="give a factory FILE.py:FUNCTION that imports the code defining it and "
+                f"returns keras.saving.load_model({str(path)!r})",
+            ) from e
         if "No model config found" in text:  # model.save_weights(): no architecture to load
             raise InputError(
                 f"{path}: the HDF5 file holds weights only, no model (Keras finds no model "
