@@ -19,9 +19,10 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+import onnxferry
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
 from onnxferry.convert.torch import DYNAMO, TORCHSCRIPT, load_torch
-from onnxferry.errors import FerryError
+from onnxferry.errors import FerryError, UnknownOperatorError
 from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.parity import Parity, Tolerance, compare_outputs
@@ -451,6 +452,20 @@ def test_sample_inputs_name_the_inputs_and_set_their_dtypes(tmp_path: Path) -> N
 
 
 # --- bad input -------------------------------------------------------------------------------
+
+
+def test_a_bfloat16_module_is_refused_naming_its_type(tmp_path: Path) -> None:
+    """Its bfloat16 example reaches torch (NumPy holds it as ml_dtypes' type, which
+    ``torch.from_numpy`` refused: "torch cannot hold"); both exports then run only where a
+    runtime has bfloat16 kernels, and the error says to export in float32."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4)).to(torch.bfloat16)
+    example = (torch.randn(2, 8).to(torch.bfloat16),)
+    with pytest.raises(UnknownOperatorError) as caught:
+        onnxferry.convert(module, tmp_path / "bf16.onnx", example_inputs=example)
+    assert "which no runtime here runs in bfloat16" in caught.value.message
+    assert "module.float()" in (caught.value.hint or "")
+    assert not (tmp_path / "bf16.onnx").exists()
 
 
 def test_factory_that_raises(tmp_path: Path) -> None:

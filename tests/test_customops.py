@@ -415,3 +415,24 @@ def test_an_operator_without_a_kernel_for_its_types_says_so() -> None:
         "onnxruntime cannot load relu16: no runtime here has a kernel of its operator "
         "ai.onnx::Relu (opset 17) for these input types"
     )
+
+
+def test_a_bfloat16_model_is_told_to_export_in_float32() -> None:
+    """A model kept in bfloat16 (``module.to(torch.bfloat16)``, as LLM checkpoints are
+    saved): ONNX Runtime's CPU has no bfloat16 Gemm. The error names the type and the way
+    out, not custom-op libraries."""
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 2])
+    weight = helper.make_tensor("w", TensorProto.BFLOAT16, [4, 2], [0] * 8)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"])], "bf16", [x], [y], [weight]
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnknownOperatorError) as caught:
+        OrtRunner(Model.from_proto(proto))
+    error = caught.value
+    assert error.message == (
+        "onnxruntime cannot load bf16: no runtime here has a kernel of its operator "
+        "ai.onnx::Gemm (opset 17) in bfloat16"
+    )
+    assert error.types == "bfloat16" and "module.float()" in (error.hint or "")

@@ -197,6 +197,18 @@ def unknown_operator(model: Model, message: str) -> UnknownOperatorError | None:
     opset = model.opset_imports.get(domain)
     where = model.path or model.name
     at = f" (opset {opset})" if opset is not None else ""
+    uncommon = _uncommon_types(model) if verb == "has a kernel of" else ""
+    if uncommon and domain == "ai.onnx":  # a standard operator, in a type it lacks
+        return UnknownOperatorError(
+            f"onnxruntime cannot load {where}: no runtime here has a kernel of its operator "
+            f"{domain}::{op}{at} in {uncommon}",
+            hint="export the model in float32 (torch: module.float(); "
+            "`ferry optimize` then picks a precision ONNX Runtime runs fast)",
+            operator=op,
+            domain=domain,
+            opset=opset,
+            types=uncommon,
+        )
     types = " for these input types" if verb == "has a kernel of" else ""
     return UnknownOperatorError(
         f"onnxruntime cannot load {where}: no runtime here {verb} its operator "
@@ -206,6 +218,23 @@ def unknown_operator(model: Model, message: str) -> UnknownOperatorError | None:
         domain=domain,
         opset=opset,
     )
+
+
+_UNCOMMON = {10: "float16", 16: "bfloat16", 17: "float8", 18: "float8", 19: "float8"} | {
+    20: "float8",
+    21: "int4",
+    22: "uint4",
+    23: "float4",
+}
+"""Element types ONNX Runtime's CPU provider has few kernels for, by TensorProto number."""
+
+
+def _uncommon_types(model: Model) -> str:
+    """The uncommon element types of the model's inputs and weights ("bfloat16"), joined."""
+    graph = model.proto.graph
+    found = [t.data_type for t in graph.initializer]
+    found += [v.type.tensor_type.elem_type for v in graph.input]
+    return ", ".join(sorted({_UNCOMMON[t] for t in found if t in _UNCOMMON}))
 
 
 def _domain_of(model: Model, op: str) -> str:

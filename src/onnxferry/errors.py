@@ -67,11 +67,15 @@ class UnknownOperatorError(ModelLoadError):
         operator: str = "",
         domain: str = "ai.onnx",
         opset: int | None = None,
+        types: str = "",
     ) -> None:
         super().__init__(message, hint=hint)
         self.operator = operator
         self.domain = domain
         self.opset = opset
+        self.types = types
+        """The model's uncommon element types ("bfloat16") when the operator exists but has
+        no kernel for them; empty when the operator itself is unknown."""
 
     @property
     def qualified(self) -> str:

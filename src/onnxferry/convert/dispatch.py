@@ -520,13 +520,15 @@ def _fail(
         )
     if unknown and len(unknown) == len(models):  # no exported model could run: exit 2
         first = unknown[0]
+        runs = f"runs in {first.types}" if first.types else "implements"
         raise UnknownOperatorError(
             f"{' and '.join(models)} exported operator {first.qualified}, which no runtime "
-            f"here implements, so parity with {result.source} cannot be checked",
+            f"here {runs}, so parity with {result.source} cannot be checked",
             hint=first.hint,
             operator=first.operator,
             domain=first.domain,
             opset=first.opset,
+            types=first.types,
         )
     failed = [a for a in result.attempts if a.parity is not None]
     if failed and source.find_divergence is not None:

@@ -203,8 +203,12 @@ def _leading(params: ForwardParams, names: Sequence[str]) -> bool:
 
 
 def tensor_from_numpy(name: str, array: np.ndarray) -> Any:
+    """``array`` as a torch tensor; bfloat16 (ml_dtypes' dtype, which torch does not take
+    from NumPy) through float32, exactly."""
     import torch
 
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(torch.bfloat16)
     try:
         return torch.from_numpy(np.array(array, copy=True))
     except TypeError as e:
