@@ -101,16 +101,23 @@ def image(channels_last: bool = False, channels: int = 1) -> Model:
     )
 
 
-def tokens() -> Model:
-    """ids[batch, 12] -> score[batch]: the sum of a one-value embedding where id 7 weighs 5."""
+def tokens(float_ids: bool = False) -> Model:
+    """ids[batch, 12] -> score[batch]: the sum of a one-value embedding where id 7 weighs 5.
+    ``float_ids``: the ids come as floats the graph casts, as Keras's Embedding takes them."""
     table = np.random.default_rng(1).uniform(0.0, 0.05, (20, 1)).astype(np.float32)
     table[0], table[TOKEN] = 0.0, 5.0
+    cast = [helper.make_node("Cast", ["ids"], ["index"], to=TensorProto.INT64)]
     return _model(
         [
-            helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+            *(cast if float_ids else []),
+            helper.make_node("Gather", ["table", "index" if float_ids else "ids"], ["embedded"]),
             helper.make_node("ReduceSum", ["embedded", "axes"], ["score"], keepdims=0),
         ],
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 12])],
+        [
+            helper.make_tensor_value_info(
+                "ids", TensorProto.FLOAT if float_ids else TensorProto.INT64, ["batch", 12]
+            )
+        ],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         {"table": table, "axes": np.array([1, 2], np.int64)},
     )
@@ -298,6 +305,15 @@ def test_batched_images_equal_the_same_explainer_run_one_image_at_a_time(method:
     np.testing.assert_allclose(batched.attributions[0], groups.spread(weights), atol=1e-9)
     assert batched.evaluations == runs[0] + 1  # + ferry's one run to find the target
     assert batched.session_runs <= 6  # 2 of them probing that rows are independent
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "occlusion"])
+def test_float_ids_the_graph_casts_are_explained_as_tokens(method: str) -> None:
+    """Keras's float token ids: a row of them was a table of 12 numeric features (hidden
+    behind their column means, 9.4 for an id); they are tokens now, hidden as padding."""
+    explanation = explain(tokens(float_ids=True), _ids(2).astype(np.float32), method, samples=300)
+    assert explanation.kind == "tokens"
+    assert all(int(np.argmax(np.abs(row))) == 4 for row in explanation.attributions)
 
 
 @pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime", "occlusion"])

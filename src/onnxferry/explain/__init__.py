@@ -126,6 +126,7 @@ def explain(
     torch translation, or on ids or texts).
     """
     from ..errors import UsageError
+    from ..feeds import index_ranges
     from .evaluate import Budget, BudgetExceeded, Decode, Evaluator, resolve_targets
     from .inputs import background_of, feeds_of, input_name_of, open_session, shap_background
     from .kinds import plan_layout
@@ -155,7 +156,8 @@ def explain(
                 hint="use kernelshap, permutation, lime or occlusion",
             )
     else:
-        layout, rows = plan_layout(spec, feeds[name], kind, batch_axis)
+        ids = name in index_ranges(loaded.proto, signature)
+        layout, rows = plan_layout(spec, feeds[name], kind, batch_axis, ids)
         if layout.kind == "text":
             words, decode = text_positions(layout, rows, background)
             layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids

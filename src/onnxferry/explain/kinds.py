@@ -90,10 +90,13 @@ def plan_layout(
     array: np.ndarray,
     kind: str | None = None,
     batch_axis: bool | None = None,
+    ids: bool = False,
 ) -> tuple[Layout, np.ndarray]:
     """The layout of ``array`` (given for ``spec``) and its samples, ``(N, *sample_shape)``,
-    cast to the model's element type. FeedError when the array does not fit the input;
-    UsageError when the kind cannot be told or does not fit."""
+    cast to the model's element type. ``ids``: the graph indexes a table with the input's
+    values (``feeds.index_ranges``), so a float row of them is tokens, not a table.
+    FeedError when the array does not fit the input; UsageError when the kind cannot be told
+    or does not fit."""
     array = _cast(spec, np.asarray(array))
     batched = has_batch_axis(spec, array.ndim) if batch_axis is None else batch_axis
     rank = spec.rank if spec.rank is not None else array.ndim
@@ -115,7 +118,7 @@ def plan_layout(
     if batched and spec.shape and isinstance(spec.shape[0], int):
         fixed = spec.shape[0]
     sample_shape = tuple(int(d) for d in samples.shape[1:])
-    found = kind or detect_kind(spec, sample_shape)
+    found = kind or detect_kind(spec, sample_shape, ids)
     if found not in KINDS:
         raise UsageError(f"unknown input kind {found!r}", hint=f"use one of {', '.join(KINDS)}")
     channels_last = _check_kind(spec, found, sample_shape, samples.dtype)
@@ -123,13 +126,14 @@ def plan_layout(
     return layout, samples
 
 
-def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...]) -> str:
+def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = False) -> str:
     """ "image", "tabular", "tokens", "signal" or "text" for one sample's shape and the input's
-    element type; UsageError when it cannot be told."""
+    element type (a float input the graph uses as ``ids``, Keras's float token ids, counts as
+    integers); UsageError when it cannot be told."""
     element = spec.dtype.kind
     if element == "string" and sample_shape in ((), (1,)):
         return "text"
-    if element == "int" and len(sample_shape) == 1:
+    if (element == "int" or ids) and len(sample_shape) == 1:
         return "tokens"
     if element == "float" and len(sample_shape) == 3 and _channel_axis(sample_shape) is not None:
         return "image"
@@ -164,11 +168,11 @@ def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...], dtyp
                 hint="images are float CHW or HWC with 1 or 3 channels; give another --kind",
             )
         return axis == 2
-    if kind == "tokens" and (spec.dtype.kind != "int" or len(sample_shape) != 1):
+    if kind == "tokens" and (spec.dtype.kind not in ("int", "float") or len(sample_shape) != 1):
         raise UsageError(
             f"input {spec.name!r} (samples of shape {list(sample_shape)}, "
             f"{spec.dtype.onnx_name}) is not a token sequence",
-            hint="token ids are one integer row per input; give another --kind",
+            hint="token ids are one row of numbers per input; give another --kind",
         )
     if kind == "signal" and not 1 <= len(sample_shape) <= 3:
         raise UsageError(
