@@ -33,8 +33,9 @@ from .tf_common import (
     output_shape,
     quiet_tf,
     resolve_opset,
+    shape_dims,
     source_shape,
-    tf_shape,
+    tensor_specs,
     tf_version,
 )
 
@@ -104,7 +105,7 @@ class GraphDefRunner:
             TensorSpec(
                 name,
                 dtype_from_numpy(t.dtype.as_numpy_dtype),
-                source_shape(name, _dims(t), options),
+                source_shape(name, shape_dims(t.shape), options),
             )
             for name, t in zip(placeholders, inputs, strict=True)
         ]
@@ -113,7 +114,7 @@ class GraphDefRunner:
             TensorSpec(
                 _output_name(t.name),
                 dtype_from_numpy(t.dtype.as_numpy_dtype),
-                output_shape(_dims(t), batch),
+                output_shape(shape_dims(t.shape), batch),
             )
             for t in outputs
         ]
@@ -137,10 +138,7 @@ class GraphDefRunner:
     def export_tf2onnx(self, path: Path, opset: int) -> None:
         """tf2onnx on a tf.function that runs the pruned graph and names its outputs."""
         tf = import_tf()
-        specs = [
-            tf.TensorSpec(tf_shape(s.shape), tf.as_dtype(s.dtype.numpy), name=s.name)
-            for s in self.signature.inputs
-        ]
+        specs = tensor_specs(self.signature)
         pruned, names = self._function, self.signature.output_names
 
         def serve(*args: Any) -> dict[str, Any]:
@@ -184,10 +182,3 @@ def _output_name(tensor: str) -> str:
     """``prob:0`` -> ``prob``; ``split:1`` -> ``split_1``."""
     node, _, index = tensor.rpartition(":")
     return node if index == "0" else f"{node}_{index}"
-
-
-def _dims(tensor: Any) -> list[int | None] | None:
-    shape = tensor.shape
-    if shape.rank is None:
-        return None
-    return [None if d is None else int(d) for d in shape.as_list()]

@@ -31,8 +31,9 @@ from .tf_common import (
     output_shape,
     quiet_tf,
     resolve_opset,
+    shape_dims,
     source_shape,
-    tf_shape,
+    tensor_specs,
     tf_version,
 )
 
@@ -116,7 +117,7 @@ class SavedModelRunner:
             TensorSpec(
                 key,
                 dtype_from_numpy(kwargs[key].dtype.as_numpy_dtype),
-                source_shape(key, _dims(kwargs[key].shape), options),
+                source_shape(key, shape_dims(kwargs[key].shape), options),
             )
             for key in self._input_keys
         ]
@@ -131,7 +132,7 @@ class SavedModelRunner:
             TensorSpec(
                 key,
                 dtype_from_numpy(outputs[key].dtype.as_numpy_dtype),
-                output_shape(_dims(outputs[key].shape), batch),
+                output_shape(shape_dims(outputs[key].shape), batch),
             )
             for key in sorted(outputs, key=natural_key)
         ]
@@ -151,10 +152,7 @@ class SavedModelRunner:
         """tf2onnx.convert.from_function on the signature, with the dynamic dims asked for."""
         tf = import_tf()
         keys = self._input_keys
-        specs = [
-            tf.TensorSpec(tf_shape(s.shape), tf.as_dtype(s.dtype.numpy), name=s.name)
-            for s in self.signature.inputs
-        ]
+        specs = tensor_specs(self.signature)
         signature_function = self.function
 
         def serve(*args: Any) -> Any:
@@ -163,13 +161,3 @@ class SavedModelRunner:
         function = tf.function(serve, input_signature=specs)
 
         finish_export(function_to_onnx(function, specs, opset), self.signature, path)
-
-
-def _dims(shape: Any) -> list[int | None] | None:
-    """A tf.TensorShape or tuple as a list of ints and None (None for an unknown rank)."""
-    if getattr(shape, "rank", 0) is None:
-        return None
-    return [
-        None if d is None else int(d)
-        for d in (shape.as_list() if hasattr(shape, "as_list") else shape)
-    ]

@@ -170,6 +170,26 @@ def tf_shape(shape: tuple[Dim, ...] | None) -> list[int | None] | None:
     return [d if isinstance(d, int) else None for d in shape]
 
 
+def shape_dims(shape: Any) -> list[int | None] | None:
+    """A tf.TensorShape or tuple as a list of ints and None (None for an unknown rank)."""
+    if getattr(shape, "rank", 0) is None:
+        return None
+    return [
+        None if d is None else int(d)
+        for d in (shape.as_list() if hasattr(shape, "as_list") else shape)
+    ]
+
+
+def tensor_specs(signature: Signature) -> list[Any]:
+    """The signature's inputs as ``tf.TensorSpec``s (dynamic dims None), for a tf.function's
+    input_signature."""
+    tf = import_tf()
+    return [
+        tf.TensorSpec(tf_shape(s.shape), tf.as_dtype(s.dtype.numpy), name=s.name)
+        for s in signature.inputs
+    ]
+
+
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key putting "output_2" before "output_10"."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
