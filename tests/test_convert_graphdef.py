@@ -144,3 +144,23 @@ def test_a_placeholder_of_unknown_rank_takes_its_shape_from_the_user(
     code, _, err = ferry("convert", path, "-o", tmp_path / "o.onnx", "--input-shape", "x=2x3")
     assert code == 0, err
     assert Model.load(tmp_path / "o.onnx").signature.inputs[0].shape == ("batch", 3)
+
+
+def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path: Path) -> None:
+    """A TF1 ``tf.cond`` on an ``is_training`` placeholder (every batch norm of that era)
+    leaves Identities nobody reads (``cond/switch_t``, ``switch_f``, ``pred_id``): they were
+    taken for outputs. The graph's one real end is."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        training = tf.compat.v1.placeholder(tf.bool, [], name="is_training")
+        off, on = tf.raw_ops.Switch(data=training, pred=training, name="cond/Switch")
+        tf.identity(off, name="cond/switch_f")
+        tf.identity(on, name="cond/switch_t")
+        tf.identity(training, name="cond/pred_id")
+        tf.where(training, x, 2.0 * x, name="y")
+    path = tmp_path / "cond.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    source = load_graph_def(path, ConvertOptions())
+    assert source.reference.signature.input_names == ["x", "is_training"]
+    assert source.reference.signature.output_names == ["y"]

@@ -8,10 +8,10 @@
 
 Names: each input is its ``Placeholder``'s name (``input`` for ``input:0``); each output is
 its node's name (``prob``), ``node_1`` for a node's second output. The outputs are the graph's
-ends: every output of every node nothing reads (bookkeeping ops left out: ``NoOp``,
-``Assert``, ``save/...``), as TensorFlow's ``summarize_graph`` finds them. The "tf2onnx"
-candidate runs the graph, imported and pruned to those tensors, in a ``tf.function``, as
-SavedModels are converted (``convert.tf_common``).
+ends: every output of every node nothing reads (bookkeeping left out: ``NoOp``, ``Assert``,
+``save/...``, a TF1 ``tf.cond``'s loose Identities), as TensorFlow's ``summarize_graph``
+finds them. The "tf2onnx" candidate runs the graph, imported and pruned to those tensors,
+in a ``tf.function``, as SavedModels are converted (``convert.tf_common``).
 """
 
 from __future__ import annotations
@@ -169,12 +169,25 @@ def _read(path: Path, tf: Any) -> Any:
 
 
 def _ends(graph_def: Any) -> list[str]:
-    """The nodes no other node reads, bookkeeping left out."""
+    """The nodes no other node reads, bookkeeping left out: saving ops, and the loose ends
+    of TF1 control flow (a ``tf.cond``'s ``switch_t`` / ``switch_f`` / ``pred_id``
+    Identities, left by every batch norm built on an ``is_training`` placeholder)."""
+    ops = {n.name: n.op for n in graph_def.node}
     read = {name.lstrip("^").split(":")[0] for node in graph_def.node for name in node.input}
+
+    def control_flow(node: Any) -> bool:
+        sources = [ops.get(name.lstrip("^").split(":")[0]) for name in node.input]
+        return node.op == "Identity" and (
+            "Switch" in sources or node.name.rsplit("/", 1)[-1] == "pred_id"
+        )
+
     return [
         n.name
         for n in graph_def.node
-        if n.name not in read and n.op not in _NOT_OUTPUTS and not n.name.startswith("save/")
+        if n.name not in read
+        and n.op not in _NOT_OUTPUTS
+        and not n.name.startswith("save/")
+        and not control_flow(n)
     ]
 
 
