@@ -1,5 +1,5 @@
-"""Frozen TensorFlow 1 graphs (``.pb``): converted verified against TensorFlow running the
-graph; refusals in one line."""
+"""TensorFlow beyond Keras and SavedModels: frozen TF1 graphs (``.pb``), tf.functions and
+tf.Modules, converted verified against TensorFlow running them; refusals in one line."""
 
 from __future__ import annotations
 
@@ -164,3 +164,75 @@ def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path
     source = load_graph_def(path, ConvertOptions())
     assert source.reference.signature.input_names == ["x", "is_training"]
     assert source.reference.signature.output_names == ["y"]
+
+
+TF_MODULE = """
+import numpy as np
+import tensorflow as tf
+
+class Affine(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
+    def __call__(self, x):
+        scores = tf.matmul(x, self.w)
+        return {"scores": scores, "label": tf.argmax(scores, axis=1)}
+
+def module():
+    return Affine()
+
+def method():
+    return Affine().__call__  # holds its Affine weakly: gone once make returns
+
+def unsigned():
+    return tf.function(lambda x: 2.0 * x)
+"""
+
+
+def test_a_tf_module_from_a_factory_converts(ferry: Run, tmp_path: Path) -> None:
+    """TensorFlow code that is neither Keras nor a SavedModel: a ``tf.Module`` whose
+    ``__call__`` is a tf.function with an input signature (was "cannot tell which framework
+    a Affine comes from")."""
+    factory = tmp_path / "affine.py"
+    factory.write_text(TF_MODULE)
+    out = tmp_path / "affine.onnx"
+    code, _, err = ferry("convert", f"{factory}:module", "-o", out)
+    assert code == 0, err
+    model = Model.load(out)
+    assert model.signature.input_names == ["features"]
+    assert model.signature.output_names == ["label", "scores"]
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    got = OrtRunner(model).run({"features": x})
+    weights = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    np.testing.assert_allclose(got["scores"], x @ weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["label"], np.argmax(x @ weights, axis=1))
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("method", "return the module itself"),
+        ("unsigned", "has no input signature"),
+    ],
+)
+def test_tf_functions_that_cannot_be_traced_are_one_line(
+    ferry: Run, tmp_path: Path, function: str, message: str
+) -> None:
+    factory = tmp_path / "affine.py"
+    factory.write_text(TF_MODULE)
+    code, _, err = ferry("convert", f"{factory}:{function}", "-o", tmp_path / "o.onnx")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def test_the_api_takes_a_tf_function(tmp_path: Path) -> None:
+    import onnxferry
+
+    double = tf.function(
+        lambda x: {"y": 2.0 * x}, input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")]
+    )
+    model = onnxferry.convert(double, tmp_path / "double.onnx")
+    (y,) = OrtRunner(model).run({"x": np.ones((2, 3), np.float32)}).values()
+    np.testing.assert_array_equal(y, np.full((2, 3), 2.0, np.float32))

@@ -1680,6 +1680,7 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.keras": f"{TENSORFLOW}; tests/test_convert_keras.py runs these loaders",
     "onnxferry.convert.savedmodel": f"{TENSORFLOW}; tests/test_convert_keras.py runs it",
     "onnxferry.convert.graphdef": f"{TENSORFLOW}; tests/test_convert_graphdef.py runs it",
+    "onnxferry.convert.tf_function": f"{TENSORFLOW}; tests/test_convert_graphdef.py runs it",
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
     "tests",
     "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",

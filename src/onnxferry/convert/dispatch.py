@@ -155,7 +155,8 @@ def convert(
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
     ``source``: a torch ``nn.Module`` / ExportedProgram, a scikit-learn estimator, a Keras
-    model, an ONNX ``Model``, or a path: ``file.py:function`` (a factory that builds any of
+    model, a ``tf.function`` with an input signature (or a ``ConcreteFunction``), an ONNX
+    ``Model``, or a path: ``file.py:function`` (a factory that builds any of
     these models, ``convert.factory``), ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2``
     (ExportedProgram), ``.keras``, a SavedModel directory, a frozen TensorFlow graph
     ``.pb``, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs
@@ -228,6 +229,8 @@ def detect_framework(source: Any) -> str:
                 return "sklearn"  # boosters and their scikit-learn estimators too
             if module.startswith(("keras", "tf_keras")):
                 return "keras"
+            if module.startswith("tensorflow"):  # a tf.function or ConcreteFunction
+                return "tf"
             if module.startswith("onnx") and type(source).__name__ == "ModelProto":
                 return "onnx"
         raise UsageError(
@@ -319,6 +322,10 @@ def load_source(
     if name == "tf":
         from .keras import load_saved_model
 
+        if not isinstance(source, (str, Path)):
+            from .tf_function import load_tf_function
+
+            return load_tf_function(source, options)
         path = Path(source)
         if path.is_file() and path.name != "saved_model.pb":
             from .graphdef import load_graph_def

@@ -16,28 +16,23 @@ in a ``tf.function``, as SavedModels are converted (``convert.tf_common``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
-    finish_export,
-    function_to_onnx,
     import_tf,
     output_shape,
     quiet_tf,
     resolve_opset,
     shape_dims,
     source_shape,
-    tensor_specs,
     tf_version,
 )
+from .tf_function import FunctionRunner
 
 _NOT_OUTPUTS = {"Placeholder", "Const", "NoOp", "Assert", "SaveV2", "RestoreV2"}
 """Ops that end a graph without being what it computes."""
@@ -65,14 +60,13 @@ def load_graph_def(path: str | Path, options: ConvertOptions) -> Source:
     )
 
 
-class GraphDefRunner:
+class GraphDefRunner(FunctionRunner):
     """Runs a frozen GraphDef, imported and pruned to its placeholders and ends; implements
     Runner."""
 
     def __init__(self, path: str | Path, options: ConvertOptions | None = None) -> None:
         options = options or ConvertOptions()
         self.path = Path(path)
-        self.name = f"{self.path.stem}@tf"
         tf = import_tf()
         graph_def = _read(self.path, tf)
         self.node_count = len(graph_def.node)
@@ -100,7 +94,6 @@ class GraphDefRunner:
             t for name in _ends(graph_def) for t in graph.get_operation_by_name(name).outputs
         ]
         self.tensor_names = [t.name for t in outputs]
-        self._function = wrapped.prune(inputs, outputs)
         specs = [
             TensorSpec(
                 name,
@@ -118,34 +111,8 @@ class GraphDefRunner:
             )
             for t in outputs
         ]
-        self._signature = Signature(tuple(specs), tuple(out_specs))
-
-    @property
-    def signature(self) -> Signature:
-        return self._signature
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.signature.validate(feeds)
-        tf = import_tf()
-        results = self._function(
-            *(tf.convert_to_tensor(feeds[n]) for n in self.signature.input_names)
-        )
-        return {
-            name: np.asarray(value.numpy())
-            for name, value in zip(self.signature.output_names, results, strict=True)
-        }
-
-    def export_tf2onnx(self, path: Path, opset: int) -> None:
-        """tf2onnx on a tf.function that runs the pruned graph and names its outputs."""
-        tf = import_tf()
-        specs = tensor_specs(self.signature)
-        pruned, names = self._function, self.signature.output_names
-
-        def serve(*args: Any) -> dict[str, Any]:
-            return dict(zip(names, pruned(*args), strict=True))
-
-        function = tf.function(serve, input_signature=specs)
-        finish_export(function_to_onnx(function, specs, opset), self.signature, path)
+        signature = Signature(tuple(specs), tuple(out_specs))
+        super().__init__(wrapped.prune(inputs, outputs), signature, f"{self.path.stem}@tf")
 
 
 def _read(path: Path, tf: Any) -> Any:
