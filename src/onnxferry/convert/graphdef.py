@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
-from .base import Candidate, ConvertOptions, Source
+from .base import ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
     import_tf,
@@ -30,7 +30,6 @@ from .tf_common import (
     resolve_opset,
     shape_dims,
     source_shape,
-    tf_version,
 )
 from .tf_function import FunctionRunner
 
@@ -44,20 +43,9 @@ def load_graph_def(path: str | Path, options: ConvertOptions) -> Source:
     one, a graph that still holds variables (not frozen) or has no placeholder."""
     opset = resolve_opset(options)
     runner = GraphDefRunner(path, options)
-    sig = runner.signature
-    return Source(
-        framework="tf",
-        description=(
-            f"{runner.path}: frozen TensorFlow graph, {runner.node_count} nodes, "
-            f"{len(sig.inputs)} inputs, {len(sig.outputs)} outputs"
-        ),
-        reference=runner,
-        candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
-        details={"tensorflow": tf_version(), "opset": opset},
-        notes=[
-            f"outputs: {', '.join(runner.tensor_names)} (the tensors no node of the graph reads)"
-        ],
-    )
+    ends = f"outputs: {', '.join(runner.tensor_names)} (the tensors no node of the graph reads)"
+    what = f"{runner.path}: frozen TensorFlow graph, {runner.node_count} nodes"
+    return runner.source(what, opset, notes=[ends])
 
 
 class GraphDefRunner(FunctionRunner):

@@ -17,15 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
-from .base import Candidate, ConversionError, ConvertOptions, Source
+from .base import ConversionError, ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
-    finish_export,
-    function_to_onnx,
     import_tf,
     natural_key,
     output_shape,
@@ -33,9 +29,8 @@ from .tf_common import (
     resolve_opset,
     shape_dims,
     source_shape,
-    tensor_specs,
-    tf_version,
 )
+from .tf_function import FunctionRunner
 
 __all__ = ["SavedModelRunner", "load_saved_model"]
 
@@ -49,20 +44,11 @@ def load_saved_model(
     ``serving_default`` signature (or ``signature_key``) is the model's interface."""
     opset = resolve_opset(options)
     runner = SavedModelRunner(path, options, signature_key)
-    sig = runner.signature
-    return Source(
-        framework="tf",
-        description=(
-            f"{runner.path}: TensorFlow SavedModel, signature {signature_key!r} with "
-            f"{len(sig.inputs)} inputs, {len(sig.outputs)} outputs"
-        ),
-        reference=runner,
-        candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
-        details={"tensorflow": tf_version(), "signature": signature_key, "opset": opset},
-    )
+    what = f"{runner.path}: TensorFlow SavedModel, signature {signature_key!r}"
+    return runner.source(what, opset, {"signature": signature_key})
 
 
-class SavedModelRunner:
+class SavedModelRunner(FunctionRunner):
     """Runs one signature of a TensorFlow SavedModel; implements Runner.
 
     Inputs and outputs are named by the signature's argument and output keys, in natural
@@ -104,24 +90,23 @@ class SavedModelRunner:
                 hint=f"its signatures are {sorted(signatures) or 'none'}; export one with "
                 "tf.saved_model.save(module, dir, signatures=...)",
             )
-        self.function = signatures[signature_key]
-        self.name = f"{self.path.name}@tf"
-        args, kwargs = self.function.structured_input_signature
+        function = signatures[signature_key]
+        args, kwargs = function.structured_input_signature
         if args:
             raise ConversionError(
                 f"{self.path}: signature {signature_key!r} takes positional arguments",
                 hint="export a signature with named arguments",
             )
-        self._input_keys = sorted(kwargs, key=natural_key)
+        keys = sorted(kwargs, key=natural_key)
         specs = [
             TensorSpec(
                 key,
                 dtype_from_numpy(kwargs[key].dtype.as_numpy_dtype),
                 source_shape(key, shape_dims(kwargs[key].shape), options),
             )
-            for key in self._input_keys
+            for key in keys
         ]
-        outputs = self.function.structured_outputs
+        outputs = function.structured_outputs
         if not isinstance(outputs, Mapping):
             raise ConversionError(
                 f"{self.path}: signature {signature_key!r} does not return a dict of tensors",
@@ -136,28 +121,9 @@ class SavedModelRunner:
             )
             for key in sorted(outputs, key=natural_key)
         ]
-        self._signature = Signature(tuple(specs), tuple(out_specs))
 
-    @property
-    def signature(self) -> Signature:
-        return self._signature
+        def positional(*args: Any) -> Any:  # the signature takes its inputs by keyword
+            return function(**dict(zip(keys, args, strict=True)))
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.signature.validate(feeds)
-        tf = import_tf()
-        result = self.function(**{k: tf.convert_to_tensor(feeds[k]) for k in self._input_keys})
-        return {name: np.asarray(result[name].numpy()) for name in self.signature.output_names}
-
-    def export_tf2onnx(self, path: Path, opset: int) -> None:
-        """tf2onnx.convert.from_function on the signature, with the dynamic dims asked for."""
-        tf = import_tf()
-        keys = self._input_keys
-        specs = tensor_specs(self.signature)
-        signature_function = self.function
-
-        def serve(*args: Any) -> Any:
-            return signature_function(**dict(zip(keys, args, strict=True)))
-
-        function = tf.function(serve, input_signature=specs)
-
-        finish_export(function_to_onnx(function, specs, opset), self.signature, path)
+        signature = Signature(tuple(specs), tuple(out_specs))
+        super().__init__(positional, signature, f"{self.path.name}@tf")

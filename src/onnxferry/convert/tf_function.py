@@ -62,13 +62,7 @@ def load_tf_function(function: Any, options: ConvertOptions) -> Source:
     label = getattr(concrete, "name", "function")
     runner = FunctionRunner(concrete, Signature(tuple(inputs), tuple(outputs)), f"{label}@tf")
     runner.owner = function  # a tf.Module's variables live as long as the runner
-    return Source(
-        framework="tf",
-        description=f"TensorFlow function {label}: {len(inputs)} inputs, {len(outputs)} outputs",
-        reference=runner,
-        candidates=[Candidate("tf2onnx", lambda out: runner.export_tf2onnx(out, opset))],
-        details={"tensorflow": tf_version(), "opset": opset},
-    )
+    return runner.source(f"TensorFlow function {label}", opset)
 
 
 class FunctionRunner:
@@ -84,6 +78,22 @@ class FunctionRunner:
     @property
     def signature(self) -> Signature:
         return self._signature
+
+    def source(
+        self, what: str, opset: int, details: Mapping[str, Any] | None = None, **extra: Any
+    ) -> Source:
+        """The Source converting this function with tf2onnx at ``opset``, described as
+        ``what`` and its input and output counts; ``details`` and ``extra`` (Source fields)
+        added."""
+        sig = self.signature
+        return Source(
+            framework="tf",
+            description=f"{what}: {len(sig.inputs)} inputs, {len(sig.outputs)} outputs",
+            reference=self,
+            candidates=[Candidate("tf2onnx", lambda out: self.export_tf2onnx(out, opset))],
+            details={"tensorflow": tf_version(), "opset": opset, **(details or {})},
+            **extra,
+        )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.signature.validate(feeds)
@@ -104,7 +114,11 @@ class FunctionRunner:
         finish_export(function_to_onnx(function, specs, opset), self.signature, path)
 
     def _outputs(self, returned: Any) -> dict[str, Any]:
-        return dict(zip(self.signature.output_names, _named(returned).values(), strict=True))
+        """The returned tensors by output name: a dict's by key, others in order."""
+        names = self.signature.output_names
+        if isinstance(returned, Mapping) and all(n in returned for n in names):
+            return {n: returned[n] for n in names}
+        return dict(zip(names, _named(returned).values(), strict=True))
 
 
 def _concrete(function: Any) -> Any:
