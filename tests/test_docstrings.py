@@ -1262,6 +1262,17 @@ def _batch(tmp: Path) -> Names:
     }
 
 
+def _batch_local(tmp: Path) -> Names:
+    """``_batch``, with a ``Job`` whose memory cap leaves room for this test process: a
+    worker that has loaded TensorFlow and torch for other tests holds more than the 2 GiB a
+    fresh ``ferry batch`` is capped at, and the plan counts the process's own memory."""
+    import functools
+
+    from onnxferry.batch.plan import Job
+
+    return {**_batch(tmp), "Job": functools.partial(Job, max_memory=64 << 30)}
+
+
 def _batch_images(tmp: Path) -> Names:
     """An image model (x[N,3,224,224] -> per-channel means) as ``model`` and photos/ with one
     PNG."""
@@ -1585,7 +1596,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.package.rayjob": _one_model,
     "onnxferry.batch": _batch,
     "onnxferry.batch.images": _batch_images,
-    "onnxferry.batch.local": _batch,
+    "onnxferry.batch.local": _batch_local,
     "onnxferry.batch.plan": _batch,
     "onnxferry.batch.sinks": _batch,
     "onnxferry.batch.sources": _batch,
