@@ -39,8 +39,9 @@ from .tf_common import (
 
 
 def load_tf_function(function: Any, options: ConvertOptions) -> Source:
-    """A ``tf.function`` (with an input signature) or a ``ConcreteFunction`` to convert.
-    UsageError for a tf.function without an input signature."""
+    """A ``tf.function`` (with an input signature), a ``tf.Module`` whose ``__call__`` is
+    one, or a ``ConcreteFunction`` to convert. UsageError for a tf.function without an input
+    signature; ConversionError for one TensorFlow cannot trace."""
     opset = resolve_opset(options)
     concrete = _concrete(function)
     arguments = _arguments(concrete)
