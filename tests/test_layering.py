@@ -20,7 +20,17 @@ PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "signature", "safety", "atomic", "native"},
     {"model", "saving", "graphs", "data", "report", "inspection", "plots", "locales"},
-    {"runtime", "customops", "feeds", "measure", "energy", "precision", "ovsession", "devices"},
+    {
+        "runtime",
+        "customops",
+        "feeds",
+        "measure",
+        "energy",
+        "precision",
+        "ovsession",
+        "devices",
+        "ort_crashes",
+    },
     {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source
     {"deploy", "signing", "registry", "batch", "learn"},

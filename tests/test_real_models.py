@@ -64,6 +64,7 @@ from tests.real_models import (
     light_model_paths,
     light_reference_path,
     load_reference,
+    raw_session,
     real_inputs,
     silero_feeds,
     vad_feeds,
@@ -116,7 +117,7 @@ def _verdicts(report: Any) -> list[str]:
 
 
 def ort_outputs(path: Path, feeds: Feeds) -> dict[str, Any]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = raw_session(path)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 

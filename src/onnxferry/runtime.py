@@ -38,6 +38,7 @@ from .errors import (
 )
 from .locales import locale_error
 from .model import Model
+from .ort_crashes import known_crashes
 from .signature import Signature
 
 if TYPE_CHECKING:
@@ -241,8 +242,16 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
                 providers.append("CUDAExecutionProvider")
         providers.append("CPUExecutionProvider")
     source = _session_source(model)
+    crashes = known_crashes(model, config.graph_optimization)
+    for crash in crashes:
+        log.debug("turned off onnxruntime's %s: %s", crash.optimizer, crash.why)
     try:
-        session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+        session = ort.InferenceSession(
+            source,
+            sess_options=opts,
+            providers=providers,
+            disabled_optimizers=[crash.optimizer for crash in crashes],
+        )
     except Exception as e:
         where = model.path or model.name
         too_new = version_problem(model.proto.ir_version, model.opset_imports)

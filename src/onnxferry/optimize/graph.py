@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 from ..errors import ModelLoadError
 from ..graphs import PROTO_LIMIT, inlined, iter_nodes
 from ..model import Model
+from ..ort_crashes import known_crashes
 from ..runtime import (
     SessionConfig,
     ort_error_message,
@@ -70,6 +71,10 @@ class OrtGraph(Pass):
 
         notes: list[str] = []
         providers = _ort_providers(ctx.provider, notes)
+        notes.extend(
+            f"turned off onnxruntime's {crash.optimizer}: {crash.why}"
+            for crash in known_crashes(model, self.level)
+        )
         optimized = self._optimize(model, ctx, providers)
         past = ops_past_opset(optimized.proto)
         if past:
@@ -124,9 +129,13 @@ class OrtGraph(Pass):
             opts.add_session_config_entry(_ORT_EXTERNAL_FILE, f"{target.stem}.data")
             opts.add_session_config_entry(_ORT_EXTERNAL_MIN, "1024")
         source = str(model.path) if model.path is not None else model.proto.SerializeToString()
+        crashing = [crash.optimizer for crash in known_crashes(model, self.level)]
         try:
             ort.InferenceSession(
-                source, sess_options=opts, providers=providers, disabled_optimizers=list(disabled)
+                source,
+                sess_options=opts,
+                providers=providers,
+                disabled_optimizers=[*disabled, *crashing],
             )
         except Exception as e:
             reason = version_problem(model.ir_version, model.opset_imports)
