@@ -45,6 +45,21 @@ def test_inspect_prints_tables_and_json(ferry: Run, model: Path) -> None:
     assert data["verb"] == "inspect" and data["result"]["parameter_count"] == 4 * 8 + 8 + 8 * 3 + 3
 
 
+def test_a_long_cell_is_printed_whole_in_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    """optimize's "why" cell ran past the 240 characters of a piped table and lost its end in
+    the log (rich crops a cell that may not wrap)."""
+    from onnxferry.cli.render import Listing, print_tables
+    from onnxferry.report import Report, Table
+
+    why = " ".join(f"reason{i}" for i in range(60)) + " END"
+    table = Table("choice", ["candidate", "speedup", "why"], [["int8_dynamic", 1.234, why]])
+    print_tables(Report("optimize", Listing([table])))
+    out = capsys.readouterr().out
+    assert "END" in out and all(f"reason{i} " in out for i in range(60)), out
+    assert "int8_dynamic" in out and "1.234" in out  # short cells stay on one line
+    assert max(len(line) for line in out.splitlines()) <= 240
+
+
 def test_inspect_shortens_a_long_metadata_value_in_the_table_only(
     ferry: Run, tmp_path: Path
 ) -> None:

@@ -24,6 +24,9 @@ from ..report import Report, Table, format_value
 
 T = TypeVar("T")
 
+_SHORT_CELL = 24
+"""The longest cell (in characters) of a column that is never wrapped."""
+
 
 def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
     """Print a report (rich tables or JSON), save it if asked, and return its exit code."""
@@ -60,11 +63,14 @@ def print_tables(report: Report[Any]) -> None:
     console = terminal if terminal.is_terminal else Console(width=240)
     for table in report.tables():
         rich_table = RichTable(title=Text(table.title), title_justify="left")
-        for column in table.columns:
-            # Numbers never wrap; free text (a finding's detail) folds.
-            rich_table.add_column(column, overflow="fold", no_wrap=column != "detail")
-        for row in table.rows:
-            rich_table.add_row(*(Text(format_value(v)) for v in row))
+        cells = [[format_value(v) for v in row] for row in table.rows]
+        for index, column in enumerate(table.columns):
+            # Numbers and names never wrap; longer text folds (rich crops a no_wrap cell at the
+            # console's width, so a long one there would lose its end).
+            longest = max((len(row[index]) for row in cells), default=0)
+            rich_table.add_column(column, overflow="fold", no_wrap=longest <= _SHORT_CELL)
+        for row in cells:
+            rich_table.add_row(*(Text(cell) for cell in row))
         console.print(rich_table)
     for note in report.notes:
         console.print(Text(f"note: {note}"))
