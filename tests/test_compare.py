@@ -51,6 +51,23 @@ def test_compare_with_generated_inputs(pair: tuple[Path, Path], tmp_path: Path) 
     assert quiet.notes == ["generated inputs x[1,4]", "chose batch = 1 (batch axis)"]
 
 
+def test_one_float16_model_on_two_providers_is_judged_at_float16_s_tolerance(
+    tmp_path: Path,
+) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = save(convert_float_to_float16(mlp(), keep_io_types=True), tmp_path / "half.onnx")
+    report = compare(half, provider_b="cpu")
+    assert report.ok and report.result.tolerance == Tolerance(atol=1e-2, rtol=1e-2)
+    assert "half's weights are float16: verified at float16's tolerance" in report.notes[0]
+    # two models: the user compares a conversion, and sees its drift at float32's tolerance
+    pair = compare(save(mlp(), tmp_path / "full.onnx"), half)
+    assert pair.result.tolerance == Tolerance()
+    assert not any("float16" in note for note in pair.notes)
+    given = compare(half, provider_b="cpu", tolerance=Tolerance(atol=1e-5))
+    assert given.result.tolerance == Tolerance(atol=1e-5)
+
+
 def test_compare_with_given_inputs(pair: tuple[Path, Path]) -> None:
     a, b = pair
     sets = mlp_feeds(2, batch=7)

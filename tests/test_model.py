@@ -139,6 +139,29 @@ def test_parameters_in_constant_nodes_count_like_initializers() -> None:
     assert Model.from_proto(as_constants).parameter_count == expected + 2 + 1
 
 
+def test_weight_type_is_the_float_type_of_most_weight_elements() -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    assert Model.from_proto(mlp()).weight_type == "FLOAT"
+    half = convert_float_to_float16(mlp(), keep_io_types=True)  # float32 in and out
+    assert Model.from_proto(half).weight_type == "FLOAT16"
+    in_constants = mlp()  # Paddle's way: every weight in a Constant node
+    graph = in_constants.graph
+    for tensor in reversed(graph.initializer):
+        graph.node.insert(0, helper.make_node("Constant", [], [tensor.name], value=tensor))
+    del graph.initializer[:]
+    assert Model.from_proto(convert_float_to_float16(in_constants)).weight_type == "FLOAT16"
+    no_weights = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "relu",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [2])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [2])],
+        )
+    )
+    assert Model.from_proto(no_weights).weight_type is None
+
+
 def test_import_does_not_load_onnx() -> None:
     code = "import sys, onnxferry.model; assert 'onnx' not in sys.modules, 'onnx imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -56,6 +56,22 @@ def test_fp16_weights_halve_the_bin(tmp_path: Path) -> None:
     assert "atol 0.01, rtol 0.01" in fp16.notes[0]
 
 
+def test_a_model_with_float16_weights_is_judged_at_float16_s_tolerance(tmp_path: Path) -> None:
+    """A transformer converted to float16 whole: OpenVINO rounds its float16 values after
+    other ops than ONNX Runtime does, so the two agree to float16's step (1e-3 of a value)."""
+    pytest.importorskip("torch")
+    from tests.real_models import fp16_encoder
+
+    source = save(fp16_encoder(), tmp_path / "encoder.onnx")
+    report = package(source, "openvino", tmp_path / "default")
+    assert report.ok, report.result.checks[0].detail
+    assert "encoder's weights are float16: verified at float16's tolerance" in report.notes[0]
+    assert "(tolerance atol 0.01, rtol 0.01)" in report.notes[-1]
+    given = package(source, "openvino", tmp_path / "given", {"atol": "0.05", "rtol": "0.05"})
+    assert given.ok and not any("weights are float16" in note for note in given.notes)
+    assert "(tolerance atol 0.05, rtol 0.05)" in given.notes[-1]
+
+
 def test_unconvertible_op_is_one_line(tmp_path: Path) -> None:
     proto = onnx_text(
         """

@@ -23,6 +23,7 @@ from .errors import FerryError, InputError, UsageError
 from .feeds import feed_sets
 from .model import Model
 from .parity import Parity, Tolerance, compare_within_noise, unoptimized_ort
+from .parity.tolerance import between_runtimes, float16_note
 from .report import Report
 from .runtime import OrtRunner, SessionConfig, provider_name, short_provider_name
 from .view import marked_figure
@@ -66,6 +67,8 @@ def compare(
     ``a`` runs on ONNX Runtime against ``b`` in its own framework, judged with the framework's
     tolerance unless ``tolerance`` is given (``convert.compare_to_source``; ``provider_b``,
     ``threads``, ``samples``, ``dims``, ``seed`` and ``bisect_on_failure`` are for ONNX pairs).
+    One model on two providers is judged at ``parity.tolerance.between_runtimes`` unless
+    ``tolerance`` is given: float16's for a model whose weights are float16.
 
     ``inputs`` are feeds, or a file or test-data directory of them (read against a's inputs),
     each checked against a. Without them, ``samples`` feed sets are generated from a by the
@@ -110,6 +113,10 @@ def compare(
     model_b = model_a if b is None else _as_model(b)
     if model_b is not model_a:
         _check_same_inputs(model_a, model_b)
+    notes: list[str] = []
+    if tolerance is None and model_b is model_a:  # one model on two providers
+        tolerance = between_runtimes(model_a)
+        notes += filter(None, [float16_note(model_a)])
     tolerance = tolerance or Tolerance()
     wanted_a, wanted_b = provider, provider_b or provider
     config_a = SessionConfig(provider=wanted_a, threads=threads)
@@ -120,7 +127,6 @@ def compare(
         engine_cache=None if engine_cache is None else Path(engine_cache),
         calibration_table=None if calibration_table is None else Path(calibration_table),
     )
-    notes: list[str] = []
     sets, plan = feed_sets(
         model_a,
         feeds,

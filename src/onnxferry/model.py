@@ -30,7 +30,7 @@ from .graphs import PROTOBUF_MAX, external_refs, inlined
 from .graphs import iter_graphs as iter_graphs  # also re-exported: check.py and feeds.py
 from .graphs import iter_nodes as iter_nodes  # import them from here (to move to graphs)
 from .report import Report, ReportBody, human_size
-from .safety import ExternalRef, check_external_data, external_files
+from .safety import ExternalRef, check_external_data, external_files, iter_tensors
 from .saving import write_model
 from .signature import Signature
 
@@ -255,6 +255,20 @@ class Model:
         return count
 
     @cached_property
+    def weight_type(self) -> str | None:
+        """The float type that holds most weight elements ("FLOAT", "FLOAT16", "BFLOAT16",
+        "DOUBLE"), over every tensor in the model (``safety.iter_tensors``: initializers and
+        Constant nodes alike); None for a model without float weights. A model converted to
+        float16 whole says "FLOAT16" though its inputs and outputs may be float32."""
+        counts: Counter[int] = Counter()
+        for site in iter_tensors(self.proto):
+            if site.tensor.data_type in _FLOAT_TYPES:
+                counts[site.tensor.data_type] += math.prod(site.tensor.dims)
+        if not counts:
+            return None
+        return _FLOAT_TYPES[counts.most_common(1)[0][0]]
+
+    @cached_property
     def size_bytes(self) -> int:
         """Bytes on disk: the model file plus its external data files."""
         if self.path is None:
@@ -312,6 +326,10 @@ def resolve_model_path(path: Path) -> Path:
         f"{path}: the directory holds no .onnx model ({found})",
         hint="pass the model file's path, or put the model in the directory as model.onnx",
     )
+
+
+_FLOAT_TYPES = {1: "FLOAT", 10: "FLOAT16", 11: "DOUBLE", 16: "BFLOAT16"}
+"""ONNX's float element types (TensorProto.DataType) by the name ``weight_type`` gives."""
 
 
 def _constant_elements(attr: onnx.AttributeProto) -> int:

@@ -11,8 +11,9 @@ Check ``openvino parity``: the written IR is read back, compiled on OpenVINO's C
 run on the feed sets of ``inputs`` (a file), else ``samples`` generated ones
 (``package.checking``); its outputs are compared with ONNX Runtime's (CPU) on the same
 ``.onnx``, and a mismatch fails the report. Tolerance: parity's defaults (atol 1e-4, rtol
-1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights; ``atol``/``rtol`` override
-either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
+1e-3) for fp32 weights, atol 1e-2 and rtol 1e-2 with fp16 weights (``fp16=true``, or a model
+whose weights are float16 already: ``parity.tolerance.between_runtimes``); ``atol``/``rtol``
+override either. The IR is compiled with ``INFERENCE_PRECISION_HINT=f32``:
 the CPU plugin otherwise computes in bf16 on CPUs that have it (the report says whether this
 one does), which is a deployment choice, not the IR's accuracy.
 
@@ -41,18 +42,19 @@ from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
-FP16_TOLERANCE = (1e-2, 1e-2)
-"""(atol, rtol) for an IR with fp16 weights against the fp32 model in ONNX Runtime."""
 
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
     from ..parity import Tolerance, compare_within_noise, unoptimized_ort
+    from ..parity.tolerance import float16_note
     from ..runtime import OrtRunner
 
-    opts = _options(options)
-    result = Packaged("openvino", source.name, str(outdir))
     model = Model.load(source.model.resolve())
+    opts = _options(options, model)
+    result = Packaged("openvino", source.name, str(outdir))
+    if not {"atol", "rtol", "fp16"} & set(options) and (note := float16_note(model)):
+        result.notes.append(note)
     xml_name = f"{source.name}.xml"
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
@@ -165,12 +167,13 @@ def _infer(compiled: Any, feeds: Mapping[str, np.ndarray], names: list[str]) -> 
     return outputs
 
 
-def _options(given: Mapping[str, Any]) -> dict[str, Any]:
-    from ..parity import Tolerance
+def _options(given: Mapping[str, Any], model: Model) -> dict[str, Any]:
+    from ..parity.tolerance import FLOAT16, between_runtimes
 
     opts = Options("openvino", given, KEYS)
     fp16 = opts.flag("fp16", False)
-    atol, rtol = FP16_TOLERANCE if fp16 else (Tolerance().atol, Tolerance().rtol)
+    default = between_runtimes(model)
+    atol, rtol = FLOAT16 if fp16 else (default.atol, default.rtol)
     return {
         "fp16": fp16,
         **check_options(opts),

@@ -23,7 +23,8 @@ Check ``tflite parity``: the written ``.tflite`` is read back into LiteRT's inte
 (``ai_edge_litert``) and run on the feed sets of ``inputs`` (a file), else ``samples``
 generated ones (``package.checking``), inputs transposed to its layout; its outputs,
 transposed back, are compared with ONNX Runtime's (CPU) on the same ``.onnx`` at
-``atol``/``rtol`` (parity's defaults), and a mismatch fails the report (exit 1). ``tflite
+``atol``/``rtol`` (parity's defaults, float16's for a model whose weights are float16:
+``parity.tolerance.between_runtimes``), and a mismatch fails the report (exit 1). ``tflite
 fp16 parity`` judges ``<name>.fp16.tflite`` the same way at ``fp16_atol``/``fp16_rtol`` (1e-2
 each). ``size`` reports the bytes of every file.
 
@@ -82,8 +83,6 @@ if TYPE_CHECKING:
 KEYS = (*CHECK_KEYS, "layout", "static", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
 LAYOUTS = ("nhwc", "nchw")
 STATIC = ("auto", "true", "false")
-FP16_TOLERANCE = (1e-2, 1e-2)
-"""(atol, rtol) for the fp16-weight ``.tflite`` against the fp32 model in ONNX Runtime."""
 SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 """The file onnx2tf reads from its working folder before it tries to download it."""
 CHANNELS_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
@@ -120,12 +119,15 @@ class Ran:
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to TFLite in ``outdir`` and verify it (see the module docstring)."""
     from ..parity import Tolerance, unoptimized_ort
+    from ..parity.tolerance import float16_note
     from ..runtime import OrtRunner
 
-    opts = _options(options)
+    model = Model.load(source.model.resolve())
+    opts = _options(options, model)
     _installed()
     result = Packaged("tflite", source.name, str(outdir))
-    model = Model.load(source.model.resolve())
+    if not {"atol", "rtol"} & set(options) and (note := float16_note(model)):
+        result.notes.append(note)
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
     perms = input_perms(model, opts["layout"])
@@ -724,9 +726,10 @@ def _installed() -> None:
         )
 
 
-def _options(given: Mapping[str, Any]) -> dict[str, Any]:
-    from ..parity import Tolerance
+def _options(given: Mapping[str, Any], model: Model) -> dict[str, Any]:
+    from ..parity.tolerance import FLOAT16, between_runtimes
 
+    default = between_runtimes(model)
     opts = Options("tflite", given, KEYS)
     layout = opts.text("layout", "nhwc").lower()
     if layout not in LAYOUTS:
@@ -739,8 +742,8 @@ def _options(given: Mapping[str, Any]) -> dict[str, Any]:
         "static": static,
         "fp16": opts.flag("fp16", False),
         **check_options(opts),
-        "atol": opts.number("atol", Tolerance().atol, low=0),
-        "rtol": opts.number("rtol", Tolerance().rtol, low=0),
-        "fp16_atol": opts.number("fp16_atol", FP16_TOLERANCE[0], low=0),
-        "fp16_rtol": opts.number("fp16_rtol", FP16_TOLERANCE[1], low=0),
+        "atol": opts.number("atol", default.atol, low=0),
+        "rtol": opts.number("rtol", default.rtol, low=0),
+        "fp16_atol": opts.number("fp16_atol", FLOAT16[0], low=0),
+        "fp16_rtol": opts.number("fp16_rtol", FLOAT16[1], low=0),
     }

@@ -4,6 +4,7 @@
     tolerance.for_output("logits"), tolerance.for_output("probs")  # (0.01, 0.001), (0.0001, ...)
     Tolerance.partial(atol=1e-2)                   # the values given, the defaults for the rest
     tolerance.to_dict()                            # as a report shows it
+    between_runtimes(Model.load("model.onnx"))     # float16's for a model with float16 weights
 
 A float element passes when |cand - ref| <= atol + rtol * |ref| (``judge``); both values must
 be finite and non-negative (UsageError).
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..model import Model
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,29 @@ class Tolerance:
                 for name, (atol, rtol) in sorted(self.per_output.items())
             },
         }
+
+
+FLOAT16 = (1e-2, 1e-2)
+"""(atol, rtol) for outputs computed in float16: its step is 1e-3 of a value, and two
+runtimes round after different ops (an fp16 .tflite, an IR compressed to fp16, a model
+converted to float16 whole run by another runtime)."""
+
+
+def between_runtimes(model: Model) -> Tolerance:
+    """The default tolerance for ``model`` run by two runtimes: float16's (``FLOAT16``) for a
+    model whose weights are mostly float16 (``Model.weight_type``; each runtime rounds its
+    float16 values after different ops, so they agree only to float16's step), else
+    ``Tolerance()``."""
+    if model.weight_type == "FLOAT16":
+        return Tolerance(*FLOAT16)
+    return Tolerance()
+
+
+def float16_note(model: Model) -> str | None:
+    """Why ``between_runtimes`` chose float16's tolerance for ``model``; None when it did not."""
+    if model.weight_type != "FLOAT16":
+        return None
+    return (
+        f"{model.name}'s weights are float16: verified at float16's tolerance "
+        f"(atol {FLOAT16[0]}, rtol {FLOAT16[1]}), as two runtimes round it after different ops"
+    )
