@@ -145,6 +145,40 @@ def test_keras_file_converts(tmp_path: Path) -> None:
     assert verify(source, tmp_path) == ["tf2onnx", "keras export"]
 
 
+def gelu_block(policy: str = "float32") -> Any:
+    """Dense with Keras 3's exact GELU (TensorFlow computes it with Erfc), a LayerNorm and a
+    float32 softmax head, built under dtype ``policy``."""
+    keras.utils.set_random_seed(0)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        features = keras.Input((16,), name="features")
+        hidden = keras.layers.Dense(64, activation="gelu")(features)
+        hidden = keras.layers.LayerNormalization()(hidden)
+        probs = keras.layers.Dense(5, activation="softmax", dtype="float32", name="probs")(hidden)
+        return keras.Model(features, probs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_an_exact_gelu_converts_through_erfc(tmp_path: Path) -> None:
+    """tf2onnx has no Erfc: every Keras model with activation="gelu" stopped there."""
+    source = load_keras(gelu_block(), ConvertOptions())
+    assert verify(source, tmp_path) == ["tf2onnx", "keras export"]
+    assert source.tolerance is None
+
+
+def test_a_mixed_float16_model_is_verified_at_float16_s_tolerance(tmp_path: Path) -> None:
+    source = load_keras(gelu_block("mixed_float16"), ConvertOptions())
+    assert source.tolerance is not None and (source.tolerance.atol, source.tolerance.rtol) == (
+        1e-2,
+        1e-2,
+    )
+    assert any("layers compute in float16 (mixed_float16)" in note for note in source.notes)
+    model = onnxferry.convert(gelu_block("mixed_float16"), tmp_path / "mixed.onnx")
+    assert model.signature.output_names == ["probs"]
+
+
 @pytest.mark.parametrize(
     ("build", "inputs", "outputs"),
     [

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 import onnxferry
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
+from onnxferry.convert.dispatch import Conversion
 from onnxferry.convert.torch import DYNAMO, TORCHSCRIPT, load_torch
 from onnxferry.errors import FerryError, UnknownOperatorError
 from onnxferry.feeds import realistic_feeds
@@ -449,6 +450,27 @@ def test_sample_inputs_name_the_inputs_and_set_their_dtypes(tmp_path: Path) -> N
     results = check_exports(source, tmp_path, samples(source, {"batch": 1}, {"batch": 6}))
     for result in results.values():
         assert_passes(result)
+
+
+def test_a_float16_module_converts_verified_at_float16_s_tolerance(tmp_path: Path) -> None:
+    """``module.half()`` (how many checkpoints are shared): torch and ONNX Runtime round the
+    LayerNorm and GELU in float16 after different ops, a step apart (4.9e-4 near 0.5), so the
+    judge is float16's tolerance, and the report says so."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.LayerNorm(64), torch.nn.GELU(), torch.nn.Linear(64, 10)
+    )
+    module = module.eval().half()
+    example = (torch.randn(2, 32).half(),)
+    model = onnxferry.convert(module, tmp_path / "half.onnx", example_inputs=example)
+    report = model.last_report(Conversion)
+    chosen = next(a for a in report.result.attempts if a.status == "chosen")
+    assert chosen.parity is not None and chosen.parity.tolerance == Tolerance(1e-2, 1e-2)
+    assert "Sequential's weights are float16: verified at float16's tolerance" in " ".join(
+        report.notes
+    )
+    assert model.weight_type == "FLOAT16"
+    assert model.signature.inputs[0].dtype.onnx_name == "FLOAT16"
 
 
 # --- bad input -------------------------------------------------------------------------------

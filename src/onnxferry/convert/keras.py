@@ -27,13 +27,15 @@ import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from ..errors import InputError, UsageError, one_line
+from ..parity import Tolerance
+from ..parity.tolerance import FLOAT16, float16_weights_note
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConvertOptions, Source
 from .savedmodel import SavedModelRunner, load_saved_model
@@ -82,6 +84,10 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
     runner = KerasRunner(model, options)
     layers = _layer_names(model)
     ranges = _embedding_ranges(model, runner.signature, _input_names(model.inputs))
+    tolerance = None
+    if policy := _float16_policy(model):  # Keras and ONNX Runtime round after different ops
+        tolerance = Tolerance(*FLOAT16)
+        notes.append(float16_weights_note(model.name, f"layers compute in float16 ({policy})"))
     return Source(
         framework="keras",
         description=(
@@ -96,7 +102,23 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
         value_ranges=ranges,
         details={"keras": keras.__version__, "tensorflow": tf_version(), "opset": opset},
         notes=notes,
+        tolerance=tolerance,
     )
+
+
+def _float16_policy(model: Any) -> str | None:
+    """The dtype policy (``mixed_float16``, ``float16``) under which most of ``model``'s
+    layers compute in float16, or None."""
+    policies = [layer.dtype_policy for layer in _nested_layers(model) if layer.weights]
+    half = [p.name for p in policies if p.compute_dtype == "float16"]
+    return max(set(half), key=half.count) if 2 * len(half) > len(policies) else None
+
+
+def _nested_layers(model: Any) -> Iterator[Any]:
+    """Every layer inside ``model``, those of nested models too."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _nested_layers(layer)
 
 
 def _with_declared_inputs(model: Any, options: ConvertOptions) -> tuple[Any, list[str]]:

@@ -278,6 +278,9 @@ def convert_with_tf2onnx(
     convert, or the exception it raised, on one line."""
     import tf2onnx
 
+    from .tf2onnx_ops import register_missing_ops
+
+    register_missing_ops()
     highest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)
     export_opset = min(opset, highest)
     with quiet_tf() as records:

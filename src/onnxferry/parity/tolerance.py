@@ -89,9 +89,12 @@ def between_runtimes(model: Model) -> Tolerance:
 
 def float16_note(model: Model) -> str | None:
     """Why ``between_runtimes`` chose float16's tolerance for ``model``; None when it did not."""
-    if model.weight_type != "FLOAT16":
-        return None
+    return float16_weights_note(model.name) if model.weight_type == "FLOAT16" else None
+
+
+def float16_weights_note(name: str, why: str = "weights are float16") -> str:
+    """The report's note for a model ``name`` judged at float16's tolerance (``why``)."""
     return (
-        f"{model.name}'s weights are float16: verified at float16's tolerance "
+        f"{name}'s {why}: verified at float16's tolerance "
         f"(atol {FLOAT16[0]}, rtol {FLOAT16[1]}), as two runtimes round it after different ops"
     )

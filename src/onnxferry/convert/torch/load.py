@@ -12,6 +12,8 @@ import functools
 from typing import Any
 
 from ...errors import InputError
+from ...parity import Tolerance
+from ...parity.tolerance import FLOAT16, float16_weights_note
 from ...signature import Signature
 from ..base import Candidate, ConvertOptions, Source
 from .custom import load_custom_export
@@ -55,6 +57,11 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     find_divergence = None
     if loaded.kind == "module":
         find_divergence = functools.partial(find_module_divergence, reference)
+    notes = list(loaded.notes)
+    tolerance = None
+    if weights_in_float16(module):  # torch and ONNX Runtime round after different ops
+        tolerance = Tolerance(*FLOAT16)
+        notes.append(float16_weights_note(label))
     return Source(
         framework="torch",
         description=loaded.description,
@@ -69,8 +76,20 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
             "inputs_by": "keyword" if inputs.keyword else "position",
             **({"custom_export": str(custom.path)} if custom else {}),
         },
-        notes=list(loaded.notes),
+        notes=notes,
+        tolerance=tolerance,
     )
+
+
+def weights_in_float16(module: Any) -> bool:
+    """Whether most of ``module``'s parameter elements are float16 (``module.half()``)."""
+    import torch
+
+    half = total = 0
+    for parameter in module.parameters() if hasattr(module, "parameters") else ():
+        total += parameter.numel()
+        half += parameter.numel() if parameter.dtype == torch.float16 else 0
+    return 2 * half > total
 
 
 def _import_torch() -> Any:
