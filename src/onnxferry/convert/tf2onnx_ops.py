@@ -2,11 +2,19 @@
 
     register_missing_ops()      # once per process, before a tf2onnx conversion
 
+Found by converting every Keras 3 layer and activation (RESULTS.md, "Keras layers"):
+
 - ``Erfc``: ``1 - Erf(x)``. TensorFlow's exact GELU (``tf.nn.gelu(approximate=False)``,
   Keras 3's ``activation="gelu"``) is ``0.5 * x * erfc(-x / sqrt(2))``, so every Keras model
   with an exact GELU (ViT, BERT-style encoders) stopped at it. Where erfc is below float32's
   step next to 1 (x > 3.9), ``1 - erf`` is 0; inside a GELU that is a difference of at most
   ``x * 1e-8``.
+- ``Expm1`` (Keras' ``celu``, ``keras.ops.expm1``): ``Exp(x) - 1``; ``Log1p``
+  (``keras.ops.log1p``): ``Log(1 + x)``. Both lose the digits below float32's step next to 1
+  that the fused ops keep, an absolute difference under 1e-7.
+- ``Bucketize`` (Keras' ``Discretization``): how many boundaries are at or below x, as int32.
+- ``Xlogy``, ``Xdivy``, ``MulNoNan``: the product or quotient, 0 where TensorFlow defines it
+  so (x == 0; y == 0 for MulNoNan).
 
 Handlers go into tf2onnx's own registry (``tf2onnx.handler.tf_op``), which every tf2onnx
 entry point reads, Keras' ``model.export(format="onnx")`` included.
@@ -23,20 +31,113 @@ def register_missing_ops() -> None:
     """Add this module's handlers to tf2onnx's registry (idempotent)."""
     from tf2onnx.handler import tf_op
 
-    tf_op("Erfc")(_Erfc)
+    for name, handler in HANDLERS.items():
+        tf_op(name)(handler)
+
+
+def _const(ctx: Any, node: Any, value: Any, like: str | None, what: str) -> str:
+    """A constant holding ``value`` in ``like``'s dtype (int64 for None); its output name."""
+    import numpy as np
+    from tf2onnx import utils
+
+    dtype = np.int64 if like is None else utils.map_onnx_to_numpy_type(ctx.get_dtype(like))
+    name = utils.make_name(f"{node.name}_{what}")
+    return str(ctx.make_const(name, np.array(value, dtype)).output[0])
+
+
+def _op(ctx: Any, op_type: str, inputs: list[str], like: str, **attrs: Any) -> str:
+    """A new node shaped and typed as ``like``; its output name."""
+    made = ctx.make_node(
+        op_type, inputs, attr=attrs, shapes=[ctx.get_shape(like)], dtypes=[ctx.get_dtype(like)]
+    )
+    return str(made.output[0])
+
+
+def _become(ctx: Any, node: Any, op_type: str, inputs: list[str]) -> None:
+    """Turn ``node`` into ``op_type`` on ``inputs``, keeping its outputs."""
+    ctx.replace_inputs(node, inputs)
+    node.type = op_type
 
 
 class _Erfc:
     @classmethod
     def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:  # Erf: opset 9
-        import numpy as np
-        from tf2onnx import utils
+        x = node.input[0]
+        _become(ctx, node, "Sub", [_const(ctx, node, 1, x, "one"), _op(ctx, "Erf", [x], x)])
+
+
+class _Expm1:
+    @classmethod
+    def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        x = node.input[0]
+        _become(ctx, node, "Sub", [_op(ctx, "Exp", [x], x), _const(ctx, node, 1, x, "one")])
+
+
+class _Log1p:
+    @classmethod
+    def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        x = node.input[0]
+        _become(ctx, node, "Log", [_op(ctx, "Add", [x, _const(ctx, node, 1, x, "one")], x)])
+
+
+class _ZeroWhere:
+    """``value`` of x and y, 0 where ``zero_at`` (0: x, 1: y) is 0."""
+
+    value = "Mul"
+    zero_at = 0
+
+    @classmethod
+    def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:  # Where: opset 9
+        import onnx
+
+        x, y = node.input[0], node.input[1]
+        zero = _const(ctx, node, 0, x, "zero")
+        operand = node.input[cls.zero_at]
+        is_zero = ctx.make_node("Equal", [operand, zero], dtypes=[onnx.TensorProto.BOOL]).output[0]
+        if cls.value == "Xlogy":
+            value = _op(ctx, "Mul", [x, _op(ctx, "Log", [y], y)], x)
+        else:
+            value = _op(ctx, cls.value, [x, y], x)
+        _become(ctx, node, "Where", [is_zero, zero, value])
+
+
+class _Xlogy(_ZeroWhere):
+    value = "Xlogy"
+
+
+class _Xdivy(_ZeroWhere):
+    value = "Div"
+
+
+class _MulNoNan(_ZeroWhere):
+    value = "Mul"
+    zero_at = 1
+
+
+class _Bucketize:
+    @classmethod
+    def version_13(cls, ctx: Any, node: Any, **kwargs: Any) -> None:  # axes as inputs: 13
+        import onnx
+        from tf2onnx.graph_builder import GraphBuilder
 
         x = node.input[0]
-        dtype = ctx.get_dtype(x)
-        one = ctx.make_const(
-            utils.make_name(f"{node.name}_one"), np.array(1, utils.map_onnx_to_numpy_type(dtype))
-        )
-        erf = ctx.make_node("Erf", [x], shapes=[ctx.get_shape(x)], dtypes=[dtype])
-        ctx.replace_inputs(node, [one.output[0], erf.output[0]])
-        node.type = "Sub"
+        edges = _const(ctx, node, [float(b) for b in node.get_attr_value("boundaries")], x, "edges")
+        column = GraphBuilder(ctx).make_unsqueeze({"data": x, "axes": [-1]})
+        at_or_above = ctx.make_node(
+            "GreaterOrEqual", [column, edges], dtypes=[onnx.TensorProto.BOOL]
+        ).output[0]
+        counts = ctx.make_node("Cast", [at_or_above], attr={"to": onnx.TensorProto.INT32}).output[0]
+        _become(ctx, node, "ReduceSum", [counts, _const(ctx, node, [-1], None, "axes")])
+        node.set_attr("keepdims", 0)
+
+
+HANDLERS: dict[str, type] = {
+    "Erfc": _Erfc,
+    "Expm1": _Expm1,
+    "Log1p": _Log1p,
+    "Bucketize": _Bucketize,
+    "Xlogy": _Xlogy,
+    "Xdivy": _Xdivy,
+    "MulNoNan": _MulNoNan,
+}
+"""TensorFlow op -> its handler (a class with ``version_N`` methods, as tf2onnx's are)."""
