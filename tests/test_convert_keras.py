@@ -322,6 +322,63 @@ def test_saved_model_of_a_module(tmp_path: Path) -> None:
     assert verify(source, tmp_path) == ["tf2onnx"]
 
 
+def test_a_saved_model_that_looks_up_a_hash_table_converts(tmp_path: Path) -> None:
+    """A StaticHashTable (string -> int64): frozen with its contents, as a CategoryMapper."""
+
+    class Codes(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            values = tf.constant([5, 6, 7], tf.int64)
+            init = tf.lookup.KeyValueTensorInitializer(["a", "b", "c"], values, tf.string)
+            self.table = tf.lookup.StaticHashTable(init, default_value=tf.constant(-1, tf.int64))
+
+        @tf.function(input_signature=[tf.TensorSpec((None,), tf.string, name="letter")])  # type: ignore[untyped-decorator]
+        def __call__(self, letter: Any) -> dict[str, Any]:
+            return {"code": self.table.lookup(letter)}
+
+    tf.saved_model.save(Codes(), str(tmp_path / "codes"))
+    model = onnxferry.convert(tmp_path / "codes", tmp_path / "codes.onnx")
+    letters = np.array(["c", "a", "z"], dtype=object)
+    (codes,) = OrtRunner(model).run({"letter": letters}).values()
+    np.testing.assert_array_equal(codes, [7, 5, -1])
+
+
+def test_keras_preprocessing_lookups_convert_and_are_verified_on_their_vocabularies(
+    tmp_path: Path,
+) -> None:
+    """A structured-data model: a string column through StringLookup, an integer column
+    through IntegerLookup (tf2onnx had no int64 -> int64 table), a number through
+    Normalization. Keras' string input was an internal error; the generated rows now take
+    the lookups' words (and one they do not know) and the normalization's scale."""
+    keras.utils.set_random_seed(0)
+    city = keras.Input((1,), dtype="string", name="city")
+    code = keras.Input((1,), dtype="int64", name="code")
+    age = keras.Input((1,), name="age")
+    layers = keras.layers
+    cities = layers.StringLookup(vocabulary=["paris", "rome", "oslo"], output_mode="one_hot")
+    codes = layers.IntegerLookup(vocabulary=[3, 7, 11], output_mode="one_hot")
+    joined = layers.concatenate(
+        [cities(city), codes(code), layers.Normalization(mean=40.0, variance=100.0)(age)]
+    )
+    prob = layers.Dense(1, activation="sigmoid", name="prob")(layers.Dense(8, "relu")(joined))
+    model = keras.Model({"city": city, "code": code, "age": age}, prob)
+
+    source = load_keras(model, ConvertOptions())
+    assert source.vocabularies["city"].words == ("paris", "rome", "oslo", "ferry-unknown-value")
+    assert source.vocabularies["code"].words == (3, 7, 11, 12)
+    assert source.column_scales["age"].center.tolist() == [40.0]
+    assert source.column_scales["age"].spread.tolist() == [10.0]
+    onnx_model = onnxferry.convert(model, tmp_path / "table.onnx")
+    rows = {
+        "city": np.array([["rome"], ["nowhere"]], dtype=object),
+        "code": np.array([[11], [4]], np.int64),
+        "age": np.array([[52.0], [18.0]], np.float32),
+    }
+    (got,) = OrtRunner(onnx_model).run(rows).values()
+    want = model({k: tf.constant(v.astype(str) if k == "city" else v) for k, v in rows.items()})
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_saved_model_exported_by_keras(tmp_path: Path) -> None:
     two_io_model().export(str(tmp_path / "export"), verbose=False)
     source = load_saved_model(tmp_path / "export", ConvertOptions())

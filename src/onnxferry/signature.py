@@ -143,7 +143,10 @@ def dtype_from_v2(name: str) -> DType:
 
 
 def dtype_from_numpy(dtype: Any) -> DType:
-    """DType for a numpy dtype; str/bytes/object arrays map to STRING."""
+    """DType for a numpy dtype; str/bytes/object arrays map to STRING, and so does the name
+    "string" (a Keras or TensorFlow string tensor's dtype)."""
+    if isinstance(dtype, str) and dtype == "string":
+        return _BY_ONNX[8]
     dt = np.dtype(dtype)
     if dt.kind in "OUS":
         return _BY_ONNX[8]

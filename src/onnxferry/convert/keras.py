@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import numpy as np
 
 from ..errors import InputError, UsageError, one_line
+from ..feeds import ColumnScale, Vocabulary
 from ..parity import Tolerance
 from ..parity.tolerance import FLOAT16, float16_weights_note
 from ..signature import Signature, TensorSpec, dtype_from_numpy
@@ -83,7 +84,8 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
     model, notes = _with_declared_inputs(model, options)
     runner = KerasRunner(model, options)
     layers = _layer_names(model)
-    ranges = _embedding_ranges(model, runner.signature, _input_names(model.inputs))
+    names = _input_names(model.inputs)
+    ranges = _embedding_ranges(model, runner.signature, names)
     tolerance = None
     if policy := _float16_policy(model):  # Keras and ONNX Runtime round after different ops
         tolerance = Tolerance(*FLOAT16)
@@ -100,6 +102,8 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
             Candidate("keras export", lambda path: runner.export_keras(path, opset)),
         ],
         value_ranges=ranges,
+        vocabularies=_lookup_vocabularies(model, names),
+        column_scales=_normalization_scales(model, names),
         details={"keras": keras.__version__, "tensorflow": tf_version(), "opset": opset},
         notes=notes,
         tolerance=tolerance,
@@ -240,7 +244,9 @@ class KerasRunner:
 
         function = tf.function(serve, input_signature=flat)
 
-        proto = function_to_onnx(function, flat, opset, layer_of=_layer_finder(self.model))
+        proto = function_to_onnx(
+            function, flat, opset, layer_of=_layer_finder(self.model), owner=self.model
+        )
         finish_export(proto, self.signature, path)
 
     def export_keras(self, path: Path, opset: int) -> None:
@@ -375,27 +381,57 @@ def _embedding_ranges(
     floats (``keras.Input``'s default dtype; the layer casts them), as whole numbers."""
     keras = _import_keras()
     id_inputs = {s.name for s in signature.inputs if s.dtype.kind in ("int", "float")}
-    ranges: dict[str, tuple[int, int]] = {}
-    for layer in getattr(model, "layers", []):
-        if not isinstance(layer, keras.layers.Embedding):
-            continue
+    return {
+        name: (0, int(layer.input_dim))
+        for name, layer in _input_layers(model, names, keras.layers.Embedding)
+        if name in id_inputs
+    }
+
+
+def _lookup_vocabularies(model: Any, names: Mapping[str, str]) -> dict[str, Vocabulary]:
+    """Inputs that feed a StringLookup or IntegerLookup layer directly take its vocabulary's
+    values, and one it does not know (its out-of-vocabulary bucket)."""
+    keras = _import_keras()
+    vocabularies: dict[str, Vocabulary] = {}
+    for name, layer in _input_layers(model, names, keras.layers.StringLookup):
+        known = [str(w) for w in layer.get_vocabulary(include_special_tokens=False)]
+        vocabularies[name] = Vocabulary((*known, "ferry-unknown-value"), text=False)
+    for name, layer in _input_layers(model, names, keras.layers.IntegerLookup):
+        numbers = [int(w) for w in layer.get_vocabulary(include_special_tokens=False)]
+        vocabularies[name] = Vocabulary((*numbers, max(numbers, default=0) + 1), text=False)
+    return vocabularies
+
+
+def _normalization_scales(model: Any, names: Mapping[str, str]) -> dict[str, ColumnScale]:
+    """Inputs that feed a Normalization layer directly are drawn around its mean, at its
+    standard deviation (per column of the last axis)."""
+    keras = _import_keras()
+    scales: dict[str, ColumnScale] = {}
+    for name, layer in _input_layers(model, names, keras.layers.Normalization):
+        mean = np.asarray(keras.ops.convert_to_numpy(layer.mean), dtype=np.float64)
+        variance = np.asarray(keras.ops.convert_to_numpy(layer.variance), dtype=np.float64)
+        columns = mean.shape[-1] if mean.ndim else 1
+        scales[name] = ColumnScale(
+            mean.reshape(-1)[:columns], np.sqrt(np.maximum(variance, 0)).reshape(-1)[:columns]
+        )
+    return scales
+
+
+def _input_layers(model: Any, names: Mapping[str, str], kind: type) -> Iterator[tuple[str, Any]]:
+    """(input name, layer) for each top-level layer of ``kind`` that takes a model input
+    directly."""
+    layers: list[Any] = [layer for layer in getattr(model, "layers", []) if isinstance(layer, kind)]
+    for layer in layers:
         try:
             name = names.get(layer.input.name, "")
         except (AttributeError, ValueError):  # shared layers have no single input
             continue
-        if name in id_inputs:
-            ranges[name] = (0, int(layer.input_dim))
-    return ranges
+        if name:
+            yield name, layer
 
 
 def _layer_names(model: Any) -> set[str]:
-    names: set[str] = set()
-    stack = list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop()
-        names.add(layer.name)
-        stack.extend(getattr(layer, "layers", []))
-    return names
+    return {layer.name for layer in _nested_layers(model)}
 
 
 def _layer_finder(model: Any) -> Callable[[str], str | None]:

@@ -127,3 +127,4 @@ class SavedModelRunner(FunctionRunner):
 
         signature = Signature(tuple(specs), tuple(out_specs))
         super().__init__(positional, signature, f"{self.path.name}@tf")
+        self.owner = self._loaded  # what holds its tables and variables

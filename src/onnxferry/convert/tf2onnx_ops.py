@@ -15,6 +15,9 @@ Found by converting every Keras 3 layer and activation (RESULTS.md, "Keras layer
 - ``Bucketize`` (Keras' ``Discretization``): how many boundaries are at or below x, as int32.
 - ``Xlogy``, ``Xdivy``, ``MulNoNan``: the product or quotient, 0 where TensorFlow defines it
   so (x == 0; y == 0 for MulNoNan).
+- ``LookupTableFindV2`` between numbers (Keras' ``IntegerLookup``): ONNX-ML's LabelEncoder
+  on the table's contents; tf2onnx's own handler (string <-> int64, a CategoryMapper) takes
+  the rest.
 
 Handlers go into tf2onnx's own registry (``tf2onnx.handler.tf_op``), which every tf2onnx
 entry point reads, Keras' ``model.export(format="onnx")`` included.
@@ -28,7 +31,9 @@ from typing import Any
 
 @cache
 def register_missing_ops() -> None:
-    """Add this module's handlers to tf2onnx's registry (idempotent)."""
+    """Add this module's handlers to tf2onnx's registry (idempotent), after tf2onnx's own:
+    a handler here for an op tf2onnx has replaces its."""
+    import tf2onnx.tfonnx  # noqa: F401  (registers tf2onnx's handlers, custom opsets too)
     from tf2onnx.handler import tf_op
 
     for name, handler in HANDLERS.items():
@@ -131,6 +136,52 @@ class _Bucketize:
         node.set_attr("keepdims", 0)
 
 
+class _NumberLookup:
+    """tf2onnx's LookupTableFindV2, and LabelEncoder where keys and values are numbers."""
+
+    @classmethod
+    def version_8(cls, ctx: Any, node: Any, initialized_tables: Any = None, **kwargs: Any) -> None:
+        import onnx
+        from tf2onnx import constants
+        from tf2onnx.custom_opsets.onnx_ml import LookupTableFind
+
+        numbers = {onnx.TensorProto.INT64: "int64s", onnx.TensorProto.FLOAT: "floats"}
+        keys_type = numbers.get(ctx.get_dtype(node.input[1]))
+        values_type = numbers.get(ctx.get_dtype(node.output[0]))
+        table = node.inputs[0]
+        while table.type == "Identity":
+            table = table.inputs[0]
+        contents = (initialized_tables or {}).get(table.get_attr_value("shared_name"))
+        default = node.inputs[2]
+        if keys_type is None or values_type is None or contents is None or not default.is_const():
+            LookupTableFind.version_8(ctx, node, initialized_tables=initialized_tables, **kwargs)
+            return
+        keys, values = contents
+        attrs = {
+            f"keys_{keys_type}": keys.tolist(),
+            f"values_{values_type}": values.tolist(),
+            f"default_{values_type[:-1]}": default.get_tensor_value(),
+        }
+        outputs, shape, dtype = (
+            node.output,
+            ctx.get_shape(node.input[1]),
+            ctx.get_dtype(node.output[0]),
+        )
+        ctx.remove_node(node.name)
+        ctx.make_node(
+            "LabelEncoder",
+            [node.input[1]],
+            attr=attrs,
+            outputs=outputs,
+            shapes=[shape],
+            dtypes=[dtype],
+            domain=constants.AI_ONNX_ML_DOMAIN,
+            name=node.name,
+        )
+        if not ctx.find_output_consumers(table.output[0]):
+            ctx.remove_node(table.name)
+
+
 HANDLERS: dict[str, type] = {
     "Erfc": _Erfc,
     "Expm1": _Expm1,
@@ -139,5 +190,6 @@ HANDLERS: dict[str, type] = {
     "Xlogy": _Xlogy,
     "Xdivy": _Xdivy,
     "MulNoNan": _MulNoNan,
+    "LookupTableFindV2": _NumberLookup,
 }
 """TensorFlow op -> its handler (a class with ``version_N`` methods, as tf2onnx's are)."""

@@ -228,6 +228,7 @@ def function_to_onnx(
     opset: int,
     *,
     layer_of: Callable[[str], str | None] | None = None,
+    owner: Any = None,
 ) -> onnx.ModelProto:
     """A ``tf.function`` with ``specs`` as its input signature, through tf2onnx (see
     ``convert_with_tf2onnx`` for the opset handling and error messages).
@@ -235,7 +236,10 @@ def function_to_onnx(
     What ``tf2onnx.convert.from_function`` does, less the tensors the function captures: a
     restored SavedModel holds its large constants as captured tensors (Basic Pitch's CQT
     kernels), which that call turns into model inputs; frozen, they are constants here, as
-    ``tf2onnx --saved-model`` makes them."""
+    ``tf2onnx --saved-model`` makes them. A function that looks values up in hash tables
+    (Keras' StringLookup and IntegerLookup) is frozen with its tables' contents, read from
+    ``owner`` (the Keras model, tf.Module or SavedModel that holds them), as
+    ``tf2onnx.convert.from_keras`` does."""
 
     def convert(export_opset: int) -> onnx.ModelProto:
         import tensorflow as tf
@@ -250,6 +254,24 @@ def function_to_onnx(
         ]
         outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
         renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
+        if owner is not None and _looks_up_tables(concrete):
+            with tf.device("/cpu:0"):
+                frozen, tables = tf2onnx.tf_loader.from_trackable(
+                    owner, concrete, inputs, outputs, False
+                )
+            # from_keras' own path: from_graph_def has no way in for the tables' contents
+            with_tables: onnx.ModelProto
+            with_tables, _ = tf2onnx.convert._convert_common(
+                frozen,
+                name=concrete.name,
+                continue_on_error=True,
+                opset=export_opset,
+                input_names=inputs,
+                output_names=outputs,
+                tensors_to_rename=renames,
+                initialized_tables=tables,
+            )
+            return with_tables
         with tf.device("/cpu:0"):
             frozen = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
         proto: onnx.ModelProto
@@ -264,6 +286,14 @@ def function_to_onnx(
         return proto
 
     return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
+
+
+def _looks_up_tables(concrete: Any) -> bool:
+    """Whether a concrete function (or one it calls) reads a hash table."""
+    graphs = [concrete.graph.as_graph_def()]
+    nodes = [node for g in graphs for node in g.node]
+    nodes += [node for g in graphs for fn in g.library.function for node in fn.node_def]
+    return any(node.op.startswith("LookupTable") for node in nodes)
 
 
 def convert_with_tf2onnx(

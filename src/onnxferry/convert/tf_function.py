@@ -112,7 +112,8 @@ class FunctionRunner:
             return self._outputs(self.function(*args))
 
         function = tf.function(serve, input_signature=specs)
-        finish_export(function_to_onnx(function, specs, opset), self.signature, path)
+        proto = function_to_onnx(function, specs, opset, owner=self.owner)
+        finish_export(proto, self.signature, path)
 
     def _outputs(self, returned: Any) -> dict[str, Any]:
         """The returned tensors by output name: a dict's by key, others in order."""
