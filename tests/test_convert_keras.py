@@ -30,6 +30,7 @@ from onnxferry.convert.keras import (
     load_keras,
     load_saved_model,
 )
+from onnxferry.customops import extensions_installed
 from onnxferry.errors import FerryError, InputError, UsageError
 from onnxferry.feeds import index_ranges, realistic_feeds
 from onnxferry.model import Model
@@ -376,6 +377,34 @@ def test_keras_preprocessing_lookups_convert_and_are_verified_on_their_vocabular
     }
     (got,) = OrtRunner(onnx_model).run(rows).values()
     want = model({k: tf.constant(v.astype(str) if k == "city" else v) for k, v in rows.items()})
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_text_vectorization_model_converts_and_tokenizes_like_keras(tmp_path: Path) -> None:
+    """Keras' TextVectorization: lower-case, strip punctuation (StaticRegexReplace), split
+    on whitespace (StringSplitV2), look the words up, pad. tf2onnx named the text ops; then,
+    through onnxruntime-extensions, split into characters and failed on a text with no
+    words."""
+    # not importorskip: importing the package loads its library unbound (customops)
+    if not extensions_installed():
+        pytest.skip("onnxruntime-extensions not installed")
+    keras.utils.set_random_seed(0)
+    vectorize = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=6)
+    vectorize.adapt(["the cat sat on the mat", "a dog ate my homework", "hello world, the end"])
+    text = keras.Input((1,), dtype="string", name="text")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(vectorize(text)))
+    model = keras.Model(text, keras.layers.Dense(2, activation="softmax", name="probs")(pooled))
+
+    source = load_keras(model, ConvertOptions())
+    assert set(source.vocabularies["text"].words) == {
+        "the", "cat", "sat", "on", "mat", "a", "dog", "ate", "my", "homework", "hello",
+        "world", "end",
+    }  # fmt: skip
+    onnx_model = onnxferry.convert(model, tmp_path / "text.onnx")
+    texts = ["Hello, World!", "the  cat\tSAT", "", "!!", "a b c d e f g h", "unknown words"]
+    rows = {"text": np.array([[t] for t in texts], dtype=object)}
+    (got,) = OrtRunner(onnx_model).run(rows).values()
+    want = model(tf.constant(np.array([[t] for t in texts])))
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxferry
 from onnxferry.cli import main
@@ -123,6 +123,41 @@ def test_a_prebuilt_string_operator_runs_through_the_cli(strlen: Path, tmp_path:
     assert main(["check", str(strlen)]) == 0
     assert main(["bench", str(strlen), "--iterations", "5", "--warmup", "1"]) == 0
     assert main(["compare", str(strlen), str(copy)]) == 0
+
+
+def test_regex_operators_match_after_tensorflow_is_loaded(tmp_path: Path) -> None:
+    """TensorFlow exports its own RE2; the extensions' library, loaded after it without
+    binding to itself, called TensorFlow's and its StringRegexReplace matched nothing. A child
+    process imports TensorFlow first, as `ferry convert` of a Keras model does."""
+    pytest.importorskip("tensorflow")
+    text = helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])
+    clean = helper.make_tensor_value_info("clean", TensorProto.STRING, ["n"])
+    pattern = numpy_helper.from_array(np.array(["[!,.?]"], dtype=object), "pattern")
+    rewrite = numpy_helper.from_array(np.array([""], dtype=object), "rewrite")
+    node = helper.make_node(
+        "StringRegexReplace", ["text", "pattern", "rewrite"], ["clean"], domain=CONTRIB
+    )
+    graph = helper.make_graph([node], "strip", [text], [clean], [pattern, rewrite])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(CONTRIB, 1)]
+    path = save(helper.make_model(graph, opset_imports=opsets), tmp_path / "strip.onnx")
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        import tensorflow  # noqa: F401  (first, as in a Keras conversion)
+        from onnxferry.model import Model
+        from onnxferry.runtime import OrtRunner
+
+        runner = OrtRunner(Model.load(sys.argv[1]))
+        texts = np.array(["Hello, World!", "ok?", "!!"], dtype=object)
+        print(runner.run({"text": texts})["clean"].tolist())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['Hello World', 'ok', '']"
 
 
 @pytest.mark.slow  # a child process that imports onnxruntime-extensions (~10 s)

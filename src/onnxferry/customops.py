@@ -68,8 +68,26 @@ def register_extensions(options: ort.SessionOptions, model: Model) -> bool:
     library = extensions_library()
     if library is None:
         return False
+    _bind_to_itself(library)
     options.register_custom_ops_library(str(library))
     return True
+
+
+@cache
+def _bind_to_itself(library: Path) -> object:
+    """Load ``library`` first, binding its symbols to its own definitions (RTLD_DEEPBIND),
+    where the C library has that (glibc). It exports the RE2 it is built with; loaded after
+    TensorFlow, which exports another RE2, its regex operators called TensorFlow's and
+    matched nothing: Keras' TextVectorization kept every punctuation mark, silently
+    (``ferry convert`` of a Keras text model runs both in one process). The handle is kept:
+    ONNX Runtime's own load of the path then finds it loaded."""
+    import ctypes
+    import os
+
+    deepbind = getattr(os, "RTLD_DEEPBIND", None)
+    if deepbind is None:
+        return None
+    return ctypes.CDLL(str(library), mode=os.RTLD_NOW | deepbind)
 
 
 @cache
@@ -111,6 +129,9 @@ def load_custom_ops(path: str | Path, *, trust: bool = False) -> list[str]:
             f"{file}: Python custom operators need onnxruntime-extensions, which is not installed",
             hint="pip install onnxruntime-extensions",
         )
+    library = extensions_library()
+    if library is not None:
+        _bind_to_itself(library)  # before the package's import loads it the usual way
     opdef = importlib.import_module("onnxruntime_extensions").Opdef  # untyped: no stubs
     with python_file(file, what="the custom operators file") as module:
         ops = [str(v.op_type) for v in vars(module).values() if isinstance(v, opdef)]

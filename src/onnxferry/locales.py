@@ -89,12 +89,13 @@ def same_case_mapping(name: str) -> bool:
     )
 
 
-def portable_locales(proto: onnx.ModelProto) -> dict[str, str]:
+def portable_locales(proto: onnx.ModelProto, *, everywhere: bool = False) -> dict[str, str]:
     """Sets ``locale`` to C.UTF-8 on every ``StringNormalizer`` whose locale this machine
-    lacks and that case-maps the same; returns those nodes' former locales."""
+    lacks (with ``everywhere``: every one, as for a model an exporter here writes) and that
+    case-maps the same; returns those nodes' former locales."""
     from onnx import helper
 
-    missing = missing_locales(proto)
+    missing = needed_locales(proto) if everywhere else missing_locales(proto)
     changed: dict[str, str] = {}
     for node in iter_nodes(proto):
         name = node.name or (node.output[0] if node.output else "")

@@ -390,9 +390,15 @@ def _embedding_ranges(
 
 def _lookup_vocabularies(model: Any, names: Mapping[str, str]) -> dict[str, Vocabulary]:
     """Inputs that feed a StringLookup or IntegerLookup layer directly take its vocabulary's
-    values, and one it does not know (its out-of-vocabulary bucket)."""
+    values, and one it does not know (its out-of-vocabulary bucket); those that feed a
+    TextVectorization take texts of its words (``feeds.values`` mixes in case, punctuation
+    and words it does not know)."""
     keras = _import_keras()
     vocabularies: dict[str, Vocabulary] = {}
+    for name, layer in _input_layers(model, names, keras.layers.TextVectorization):
+        words = [str(w) for w in layer.get_vocabulary(include_special_tokens=False)]
+        if words:
+            vocabularies[name] = Vocabulary(tuple(words), text=True)
     for name, layer in _input_layers(model, names, keras.layers.StringLookup):
         known = [str(w) for w in layer.get_vocabulary(include_special_tokens=False)]
         vocabularies[name] = Vocabulary((*known, "ferry-unknown-value"), text=False)

@@ -18,6 +18,14 @@ Found by converting every Keras 3 layer and activation (RESULTS.md, "Keras layer
 - ``LookupTableFindV2`` between numbers (Keras' ``IntegerLookup``): ONNX-ML's LabelEncoder
   on the table's contents; tf2onnx's own handler (string <-> int64, a CategoryMapper) takes
   the rest.
+- ``StringSplitV2`` with no separator (``tf.strings.split(text)``, Keras' TextVectorization):
+  TensorFlow splits on runs of whitespace; tf2onnx handed onnxruntime-extensions' StringSplit
+  the empty separator, which splits into characters. Here the separator is every ASCII
+  whitespace character, empty pieces skipped: the same tokens.
+- ``Equal`` / ``NotEqual`` of strings against one constant string, where tf2onnx writes
+  onnxruntime-extensions' StringEqual (Keras' TextVectorization marks its padding tokens
+  so): a CategoryMapper onto 1 and 0. StringEqual fails on a text with no tokens (an empty
+  or all-punctuation string: its token list has no dims).
 
 Handlers go into tf2onnx's own registry (``tf2onnx.handler.tf_op``), which every tf2onnx
 entry point reads, Keras' ``model.export(format="onnx")`` included.
@@ -38,16 +46,21 @@ def register_missing_ops() -> None:
 
     for name, handler in HANDLERS.items():
         tf_op(name)(handler)
+    tf_op(["Equal", "NotEqual"], domain="ai.onnx.contrib")(_StringEqual)
+    tf_op("StringSplitV2", domain="ai.onnx.contrib")(_WhitespaceSplit)
 
 
 def _const(ctx: Any, node: Any, value: Any, like: str | None, what: str) -> str:
-    """A constant holding ``value`` in ``like``'s dtype (int64 for None); its output name."""
+    """A constant holding ``value`` in ``like``'s dtype (for None: an array's own dtype, else
+    int64); its output name."""
     import numpy as np
     from tf2onnx import utils
 
-    dtype = np.int64 if like is None else utils.map_onnx_to_numpy_type(ctx.get_dtype(like))
-    name = utils.make_name(f"{node.name}_{what}")
-    return str(ctx.make_const(name, np.array(value, dtype)).output[0])
+    if like is not None:
+        value = np.array(value, utils.map_onnx_to_numpy_type(ctx.get_dtype(like)))
+    elif not isinstance(value, np.ndarray):
+        value = np.array(value, np.int64)
+    return str(ctx.make_const(utils.make_name(f"{node.name}_{what}"), value).output[0])
 
 
 def _op(ctx: Any, op_type: str, inputs: list[str], like: str, **attrs: Any) -> str:
@@ -180,6 +193,72 @@ class _NumberLookup:
         )
         if not ctx.find_output_consumers(table.output[0]):
             ctx.remove_node(table.name)
+
+
+class _WhitespaceSplit:
+    """tf2onnx's StringSplitV2, with TensorFlow's meaning of no separator: runs of
+    whitespace (``absl::ascii_isspace``), leading and trailing ones dropped."""
+
+    @classmethod
+    def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        import numpy as np
+        from tf2onnx.custom_opsets.string_ops import StringOps
+
+        separator = node.inputs[1]
+        value = separator.get_tensor_value(as_list=False) if separator.is_const() else None
+        if value is None or value.size != 1 or value.reshape(-1)[0] not in (b"", ""):
+            StringOps.version_1(ctx, node, **kwargs)
+            return
+        whitespace = _const(ctx, node, np.array([" \t\n\v\f\r"], object), None, "whitespace")
+        skip_empty = _const(ctx, node, np.array([True]), None, "skip_empty")
+        node.type, node.domain = "StringSplit", "ai.onnx.contrib"
+        for attr in list(node.attr):
+            del node.attr[attr]
+        ctx.replace_inputs(node, [node.input[0], whitespace, skip_empty])
+
+
+class _StringEqual:
+    """tf2onnx's string Equal (onnxruntime-extensions' StringEqual), less the comparison with
+    one constant string: ``CategoryMapper(cats=[that string] -> 1, else 0) != 0``."""
+
+    @classmethod
+    def version_1(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        import onnx
+        from tf2onnx import constants
+        from tf2onnx.custom_opsets.string_ops import StringEqual
+
+        constant = next(
+            (
+                i
+                for i, n in enumerate(node.inputs)
+                if n.is_const() and n.get_tensor_value(False).size == 1
+            ),
+            None,
+        )
+        if ctx.get_dtype(node.input[0]) != onnx.TensorProto.STRING or constant is None:
+            StringEqual.version_1(ctx, node, **kwargs)
+            return
+        word = node.inputs[constant].get_tensor_value(as_list=False).reshape(-1)[0]
+        text = word.decode() if isinstance(word, bytes) else str(word)
+        other = node.input[1 - constant]
+        flags = ctx.make_node(
+            "CategoryMapper",
+            [other],
+            attr={"cats_strings": [text], "cats_int64s": [1], "default_int64": 0},
+            domain=constants.AI_ONNX_ML_DOMAIN,
+            shapes=[ctx.get_shape(other)],
+            dtypes=[onnx.TensorProto.INT64],
+        ).output[0]
+        keep = node.type == "Equal"
+        _become(
+            ctx,
+            node,
+            "Cast" if keep else "Equal",
+            [flags] if keep else [flags, _const(ctx, node, 0, None, "zero")],
+        )
+        if keep:
+            node.set_attr("to", onnx.TensorProto.BOOL)
+        node.domain = ""
 
 
 HANDLERS: dict[str, type] = {

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FerryError, UsageError, one_line
 from ..graphs import rename_values
+from ..locales import portable_locales
 from ..model import Model
 from ..native import NativeOutput, native_output
 from ..runtime import runtime_limits
@@ -254,7 +255,9 @@ def function_to_onnx(
         ]
         outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
         renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
-        if owner is not None and _looks_up_tables(concrete):
+        ops = _graph_ops(concrete)
+        extra = _string_opsets(ops)
+        if owner is not None and any(op.startswith("LookupTable") for op in ops):
             with tf.device("/cpu:0"):
                 frozen, tables = tf2onnx.tf_loader.from_trackable(
                     owner, concrete, inputs, outputs, False
@@ -270,6 +273,7 @@ def function_to_onnx(
                 output_names=outputs,
                 tensors_to_rename=renames,
                 initialized_tables=tables,
+                extra_opset=extra,
             )
             return with_tables
         with tf.device("/cpu:0"):
@@ -282,18 +286,48 @@ def function_to_onnx(
             output_names=outputs,
             opset=export_opset,
             tensors_to_rename=renames,
+            extra_opset=extra,
         )
         return proto
 
     return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
 
 
-def _looks_up_tables(concrete: Any) -> bool:
-    """Whether a concrete function (or one it calls) reads a hash table."""
-    graphs = [concrete.graph.as_graph_def()]
-    nodes = [node for g in graphs for node in g.node]
-    nodes += [node for g in graphs for fn in g.library.function for node in fn.node_def]
-    return any(node.op.startswith("LookupTable") for node in nodes)
+STRING_OPS = frozenset(
+    {
+        "StringSplit",
+        "StringSplitV2",
+        "StaticRegexReplace",
+        "RegexSplitWithOffsets",
+        "StringJoin",
+        "ReduceJoin",
+        "StringToHashBucketFast",
+        "WordpieceTokenizeWithOffsets",
+        "SentencepieceOp",
+        "SentencepieceTokenizeOp",
+    }
+)
+"""TensorFlow's text ops that tf2onnx writes as onnxruntime-extensions' operators (domain
+``ai.onnx.contrib``; Keras' TextVectorization standardizes and splits with two of them)."""
+
+
+def _graph_ops(concrete: Any) -> set[str]:
+    """The op types of a concrete function and of the functions it calls."""
+    graph = concrete.graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    return ops | {node.op for fn in graph.library.function for node in fn.node_def}
+
+
+def _string_opsets(ops: set[str]) -> list[Any] | None:
+    """tf2onnx's ``extra_opset`` for a graph with text ops, where onnxruntime-extensions (which
+    runs them: ``customops``) is installed; None otherwise (tf2onnx then names the op)."""
+    from onnx import helper
+
+    from ..customops import extensions_library
+
+    if not ops & STRING_OPS or extensions_library() is None:
+        return None
+    return [helper.make_opsetid("ai.onnx.contrib", 1)]
 
 
 def convert_with_tf2onnx(
@@ -412,6 +446,9 @@ def finish_export(
         _set_dims(value, spec.shape)
     for value, spec in zip(graph.output, signature.outputs, strict=True):
         _set_dims(value, spec.shape)
+    # tf2onnx writes tf.strings.lower as a StringNormalizer that names no locale, which
+    # ONNX Runtime reads as en_US.UTF-8, absent from slim images; C.UTF-8 maps case the same
+    portable_locales(proto, everywhere=True)
     _drop_unused_domains(proto)
     _fit_ir_version(proto)
     Model.from_proto(proto).save(path)
