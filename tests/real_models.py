@@ -103,17 +103,22 @@ DimSpec = int | str | None
 def raw_session(path: Path) -> Any:
     """ONNX Runtime's own session on ``path`` (cpu, every optimization), the reference the
     verbs are held to, less the optimizers known to crash it on this model
-    (``onnxferry.ort_crashes``: without that, the reference kills the process)."""
+    (``onnxferry.ort_crashes``: without that, the reference kills the process), with
+    onnxruntime-extensions' operators where the model uses them."""
     import onnxruntime as ort
 
+    from onnxferry.customops import register_extensions
     from onnxferry.model import Model
     from onnxferry.ort_crashes import known_crashes
 
-    crashes = known_crashes(Model.load(path), "all")
+    model = Model.load(path)
+    options = ort.SessionOptions()
+    register_extensions(options, model)  # onnxruntime-extensions' operators, where it uses them
     return ort.InferenceSession(
         str(path),
+        options,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=[crash.optimizer for crash in crashes],
+        disabled_optimizers=[crash.optimizer for crash in known_crashes(model, "all")],
     )
 
 

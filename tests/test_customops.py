@@ -22,6 +22,7 @@ from onnxferry.cli import main
 from onnxferry.customops import load_custom_ops, loaded_custom_ops
 from onnxferry.errors import UnknownOperatorError, UsageError
 from onnxferry.model import Model
+from onnxferry.package import package
 from onnxferry.runtime import OrtRunner
 from tests.helpers import free_port, save, wait_ready
 
@@ -123,6 +124,15 @@ def test_a_prebuilt_string_operator_runs_through_the_cli(strlen: Path, tmp_path:
     assert main(["check", str(strlen)]) == 0
     assert main(["bench", str(strlen), "--iterations", "5", "--warmup", "1"]) == 0
     assert main(["compare", str(strlen), str(copy)]) == 0
+
+
+def test_a_prebuilt_string_operator_packages_for_mobile(strlen: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's ORT-format converter and the .ort's check both get the library (the
+    converter refused the op as unregistered), and the report says the app needs it."""
+    report = package(strlen, "mobile", tmp_path / "mobile")
+    assert report.ok, [c.detail for c in report.result.checks]
+    assert any("onnxruntime-extensions' operators (ai.onnx.contrib)" in n for n in report.notes)
+    assert (tmp_path / "mobile" / "strlen.ort").is_file()
 
 
 def test_regex_operators_match_after_tensorflow_is_loaded(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..customops import extension_domains, extensions_library, register_extensions
 from ..errors import InputError, UsageError
 from ..graphs import weights_not_inputs
 from ..model import Model
@@ -74,7 +75,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     tolerance = Tolerance(atol=opts["atol"], rtol=opts["rtol"])
     parity = compare_within_noise(
         reference_outputs,
-        _run_ort_file(ort_file, feeds),
+        _run_ort_file(ort_file, feeds, reference),
         tolerance,
         second=unoptimized_ort(reference, feeds),
         reference_name=reference.path.name if reference.path else "onnx",
@@ -90,6 +91,12 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     result.notes.append(
         f"minimal build: build.py --minimal_build --include_ops_by_config {config_file.name}"
     )
+    if domains := extension_domains(reference):
+        result.notes.append(
+            f"it uses onnxruntime-extensions' operators ({', '.join(sorted(domains))}): the app "
+            "needs them beside ONNX Runtime (onnxruntime-extensions' mobile packages, or "
+            "build.py --use_extensions), registered on its session"
+        )
     return result
 
 
@@ -155,6 +162,9 @@ def _convert(
                 convert_onnx_models_to_ort(
                     given.path,
                     output_dir=stage,
+                    custom_op_library_path=extensions_library()
+                    if extension_domains(model)
+                    else None,
                     optimization_styles=[OptimizationStyle.Fixed],
                     target_platform=opts["platform"],
                     enable_type_reduction=opts["type_reduction"],
@@ -190,13 +200,18 @@ def _config_text(text: str, ort_name: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def _run_ort_file(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def _run_ort_file(
+    path: Path, feeds: list[dict[str, np.ndarray]], model: Model
+) -> list[dict[str, np.ndarray]]:
+    """The .ort at ``path`` on ``feeds``, with the custom-operator library ``model`` (what it
+    was converted from) needs."""
     import onnxruntime as ort
 
     from ..runtime import ort_error_message
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    register_extensions(opts, model)
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
