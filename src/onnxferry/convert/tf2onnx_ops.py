@@ -22,6 +22,10 @@ Found by converting every Keras 3 layer and activation (RESULTS.md, "Keras layer
   TensorFlow splits on runs of whitespace; tf2onnx handed onnxruntime-extensions' StringSplit
   the empty separator, which splits into characters. Here the separator is every ASCII
   whitespace character, empty pieces skipped: the same tokens.
+- ``RFFT`` read through ``Real`` and ``Imag`` (``tf.signal.stft``, Keras' MelSpectrogram:
+  the power spectrum is real^2 + imag^2): tf2onnx's RFFT writes the real and imaginary parts
+  stacked on a leading axis but took only ComplexAbs as its reader; Real and Imag take
+  their half of it.
 - ``Equal`` / ``NotEqual`` of strings against one constant string, where tf2onnx writes
   onnxruntime-extensions' StringEqual (Keras' TextVectorization marks its padding tokens
   so): a CategoryMapper onto 1 and 0. StringEqual fails on a text with no tokens (an empty
@@ -48,6 +52,7 @@ def register_missing_ops() -> None:
         tf_op(name)(handler)
     tf_op(["Equal", "NotEqual"], domain="ai.onnx.contrib")(_StringEqual)
     tf_op("StringSplitV2", domain="ai.onnx.contrib")(_WhitespaceSplit)
+    tf_op("RFFT")(_RFFT)
 
 
 def _const(ctx: Any, node: Any, value: Any, like: str | None, what: str) -> str:
@@ -217,6 +222,49 @@ class _WhitespaceSplit:
         ctx.replace_inputs(node, [node.input[0], whitespace, skip_empty])
 
 
+class _RFFT:
+    """tf2onnx's RFFT, with Real and Imag readers besides ComplexAbs (its check allows only
+    that one, so they pass it under that name, and get theirs back)."""
+
+    @classmethod
+    def version_13(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        from tf2onnx.onnx_opset.signal import RFFTOp
+
+        parts = [c for c in ctx.find_output_consumers(node.output[0]) if c.type in _PARTS]
+        types = [c.type for c in parts]
+        for consumer in parts:
+            consumer.type = "ComplexAbs"
+        try:
+            RFFTOp.version_13(ctx, node, **kwargs)
+        finally:
+            for consumer, kind in zip(parts, types, strict=True):
+                consumer.type = kind
+
+
+class _Part:
+    """Real or Imag of what tf2onnx's RFFT wrote: [real, imaginary] on the leading axis."""
+
+    index = 0
+
+    @classmethod
+    def version_13(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        _become(ctx, node, "Gather", [node.input[0], _const(ctx, node, cls.index, None, "part")])
+        for attr in list(node.attr):
+            del node.attr[attr]
+        node.set_attr("axis", 0)
+
+
+class _Real(_Part):
+    index = 0
+
+
+class _Imag(_Part):
+    index = 1
+
+
+_PARTS = ("Real", "Imag")
+
+
 class _StringEqual:
     """tf2onnx's string Equal (onnxruntime-extensions' StringEqual), less the comparison with
     one constant string: ``CategoryMapper(cats=[that string] -> 1, else 0) != 0``."""
@@ -270,5 +318,7 @@ HANDLERS: dict[str, type] = {
     "Xdivy": _Xdivy,
     "MulNoNan": _MulNoNan,
     "LookupTableFindV2": _NumberLookup,
+    "Real": _Real,
+    "Imag": _Imag,
 }
 """TensorFlow op -> its handler (a class with ``version_N`` methods, as tf2onnx's are)."""
