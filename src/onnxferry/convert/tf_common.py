@@ -256,38 +256,28 @@ def function_to_onnx(
         outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
         renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
         ops = _graph_ops(concrete)
-        extra = _string_opsets(ops)
+        common: dict[str, Any] = {
+            "name": concrete.name,
+            "input_names": inputs,
+            "output_names": outputs,
+            "opset": export_opset,
+            "tensors_to_rename": renames,
+            "extra_opset": _string_opsets(ops),
+        }
+        proto: onnx.ModelProto
         if owner is not None and any(op.startswith("LookupTable") for op in ops):
             with tf.device("/cpu:0"):
                 frozen, tables = tf2onnx.tf_loader.from_trackable(
                     owner, concrete, inputs, outputs, False
                 )
             # from_keras' own path: from_graph_def has no way in for the tables' contents
-            with_tables: onnx.ModelProto
-            with_tables, _ = tf2onnx.convert._convert_common(
-                frozen,
-                name=concrete.name,
-                continue_on_error=True,
-                opset=export_opset,
-                input_names=inputs,
-                output_names=outputs,
-                tensors_to_rename=renames,
-                initialized_tables=tables,
-                extra_opset=extra,
+            proto, _ = tf2onnx.convert._convert_common(
+                frozen, continue_on_error=True, initialized_tables=tables, **common
             )
-            return with_tables
+            return proto
         with tf.device("/cpu:0"):
             frozen = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
-        proto: onnx.ModelProto
-        proto, _ = tf2onnx.convert.from_graph_def(
-            frozen,
-            name=concrete.name,
-            input_names=inputs,
-            output_names=outputs,
-            opset=export_opset,
-            tensors_to_rename=renames,
-            extra_opset=extra,
-        )
+        proto, _ = tf2onnx.convert.from_graph_def(frozen, **common)
         return proto
 
     return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
