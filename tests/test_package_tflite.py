@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from onnxferry.errors import InputError, UsageError
 from onnxferry.graphs import rename_values
+from onnxferry.model import Model
 from onnxferry.package import Check, Packaged, package, tflite
 from onnxferry.package.base import write_tree
 from onnxferry.report import Report
@@ -112,7 +113,41 @@ def _onnx(x: np.ndarray) -> list[np.ndarray]:
     return list(session.run(["logits", "features"], {"x": x}))
 
 
-def test_nhwc_is_the_default_and_verified(packages: Packages, tmp_path: Path) -> None:
+def test_auto_layout_moves_channels_only_where_a_convolution_reads_them(tmp_path: Path) -> None:
+    """A sequence model ([batch, frames, features] into a MatMul) beside an image into a
+    Conv after its mean and scale: with the default layout the image is taken NHWC and the
+    sequence as it is (nhwc gave it as [batch, features, frames]); nhwc moves both."""
+    proto = onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        two (float[1, 6, 8] frames, float[1, 3, 8, 8] image) => (float[1, 6, 4] y, float[1, 2] z) {
+            w = Constant <value = float[8, 4] {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+                0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.1, 0.2, 0.3, 0.4, 0.5,
+                0.6, 0.7, 0.8, 0.9, 1.0, 0.1, 0.2}> ()
+            y = MatMul (frames, w)
+            mean = Constant <value = float[1, 3, 1, 1] {0.5, 0.4, 0.3}> ()
+            centred = Sub (image, mean)
+            k = Constant <value = float[2, 3, 1, 1] {1.0, 0.5, -0.5, 0.25, 1.0, -1.0}> ()
+            maps = Conv (centred, k)
+            pooled = GlobalAveragePool (maps)
+            z = Flatten (pooled)
+        }
+        """
+    )
+    source = save(proto, tmp_path / "two.onnx")
+    model = Model.load(source)
+    assert tflite.channels_first_inputs(model) == {"image"}
+    assert tflite.input_perms(model, "auto") == {"frames": (0, 1, 2), "image": (0, 2, 3, 1)}
+    assert tflite.input_perms(model, "nhwc") == {"frames": (0, 2, 1), "image": (0, 2, 3, 1)}
+    report = package(source, "tflite", tmp_path / "out")
+    assert report.ok, [c.detail for c in report.result.checks]
+    layout = report.notes[0]
+    assert "takes frames as in ONNX [1, 6, 8]; image NHWC (axis 1 moved last) [1, 8, 8, 3]" in (
+        layout
+    )
+
+
+def test_a_convolution_s_input_is_taken_nhwc_by_default(packages: Packages, tmp_path: Path) -> None:
     out, report = packages["nhwc"]
     assert report.ok and report.exit_code == 0
     assert report.result.files == ["cnn.tflite", "cnn.fp16.tflite"]
@@ -447,7 +482,7 @@ def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"layout": "nwhc"}, "--set layout=nwhc is not one of nhwc, nchw"),
+        ({"layout": "nwhc"}, "--set layout=nwhc is not one of auto, nhwc, nchw"),
         ({"int8": "true"}, "tflite: unknown option 'int8'"),
         ({"samples": "0"}, "--set samples=0 is not an integer >= 1"),
         ({"fp16": "maybe"}, "is not a boolean"),

@@ -9,12 +9,18 @@ folded by onnxslim instead of onnx2tf's onnxsim step) writes ``<name>.tflite`` (
 ``fp16=true`` also ``<name>.fp16.tflite``,
 weights in float16, computed in float32).
 
-Layout. onnx2tf builds a channels-last graph. With ``layout=nhwc`` (the default) every input
-of rank 3, 4 or 5 is taken channels last (NCW -> NWC, NCHW -> NHWC, NCDHW -> NDHWC: axis 1
-moves to the end); with ``layout=nchw`` every input keeps its ONNX layout (onnx2tf's
-``keep_ncw_or_nchw_or_ncdhw_input_names``, a transpose inside the graph). Outputs of rank 3 to
-5 usually come out channels last whatever the inputs; which layout each output has is read
-from its shape, and from its values when the shape cannot tell (NHWC with C == H == W). The
+Layout. onnx2tf builds a channels-last graph. With ``layout=auto`` (the default) an input of
+rank 3, 4 or 5 that a convolution, pooling or normalization reads with its channels on axis 1
+(directly or through elementwise ops: an image's mean and scale) is taken channels last
+(NCW -> NWC, NCHW -> NHWC, NCDHW -> NDHWC: axis 1 moves to the end), and every other input
+keeps its ONNX layout: a sequence ``[batch, frames, features]`` into a MatMul, or an image a
+tf2onnx export already takes as NHWC (its first op a Transpose), was handed over as
+``[batch, features, frames]``. With ``layout=nhwc`` every input of rank 3 to 5 is taken
+channels last (what onnx2tf does); with ``layout=nchw`` every input keeps its ONNX layout
+(onnx2tf's ``keep_ncw_or_nchw_or_ncdhw_input_names``, a transpose inside the graph).
+Outputs of rank 3 to 5 usually come out channels last whatever the inputs; which layout
+each output has is read from its shape, and from its values when the shape cannot tell (NHWC
+with C == H == W). The
 report's notes give every input's and output's layout, shape (-1: open) and name in the file
 (onnx2tf keeps input names and calls the outputs ``Identity``, ``Identity_1``, ... in ONNX's
 order).
@@ -46,7 +52,7 @@ converted again with every open input fixed at the check's sizes (onnxslim's
 them from the start, ``static=false`` never does.
 Give ``inputs`` to fix them at the sizes the model is used at.
 
-Options (``--set KEY=VALUE``): ``layout`` (nhwc), ``static`` (auto), ``fp16`` (false),
+Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``fp16`` (false),
 ``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
 """
 
@@ -81,7 +87,7 @@ if TYPE_CHECKING:
     from ..parity import SecondOpinion, Tolerance
 
 KEYS = (*CHECK_KEYS, "layout", "static", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
-LAYOUTS = ("nhwc", "nchw")
+LAYOUTS = ("auto", "nhwc", "nchw")
 STATIC = ("auto", "true", "false")
 SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 """The file onnx2tf reads from its working folder before it tries to download it."""
@@ -142,7 +148,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         name16: Tolerance(atol=opts["fp16_atol"], rtol=opts["fp16_rtol"]),
     }
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
-        keep = [n for n, p in perms.items() if opts["layout"] == "nchw" and len(p) in CHANNELS_LAST]
+        keep = [n for n, p in perms.items() if len(p) in CHANNELS_LAST and p == _same(len(p))]
 
         def attempt(shapes: dict[str, list[int]]) -> _Attempt:
             folder = Path(work) / ("static" if shapes else "open")
@@ -298,18 +304,74 @@ def _fixed_shapes(model: Model, feeds: Feeds) -> dict[str, list[int]]:
 
 def input_perms(model: Model, layout: str) -> dict[str, tuple[int, ...]]:
     """Each input's transpose from its ONNX layout to the ``.tflite``'s: axis 1 to the end for
-    ranks 3 to 5 with ``nhwc`` (what onnx2tf does), none otherwise."""
+    ranks 3 to 5 with ``nhwc`` (what onnx2tf does), or with ``auto`` for the inputs read as
+    channels first (``channels_first_inputs``); none otherwise."""
+    channels = channels_first_inputs(model) if layout == "auto" else set()
     perms: dict[str, tuple[int, ...]] = {}
     for spec in model.signature.inputs:
         rank = spec.rank or 0
-        channels_last = layout == "nhwc" and rank in CHANNELS_LAST
-        perms[spec.name] = _last(rank) if channels_last else tuple(range(rank))
+        moved = layout == "nhwc" or spec.name in channels
+        perms[spec.name] = _last(rank) if moved and rank in CHANNELS_LAST else _same(rank)
     return perms
+
+
+CHANNEL_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "ConvInteger",
+        "QLinearConv",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
+"""Ops that read their first input's axis 1 as channels."""
+
+PASS_THROUGH = frozenset(
+    {
+        "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu",
+        "Sigmoid", "Tanh", "Clip", "Pad", "Dropout", "QuantizeLinear", "DequantizeLinear",
+    }
+)  # fmt: skip
+"""Ops that keep a tensor's layout: an image's mean and scale on the way to its first Conv."""
+
+
+def channels_first_inputs(model: Model) -> set[str]:
+    """The inputs that reach a ``CHANNEL_OPS`` op as its first input, directly or through
+    ``PASS_THROUGH`` ops only: laid out with channels on axis 1."""
+    consumers: dict[str, list[Any]] = {}
+    for node in model.proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: set[str] = set()
+    for spec in model.signature.inputs:
+        seen, frontier = {spec.name}, [spec.name]
+        while frontier and spec.name not in found:
+            tensor = frontier.pop()
+            for node in consumers.get(tensor, []):
+                if node.op_type in CHANNEL_OPS and node.input[0] == tensor:
+                    found.add(spec.name)
+                elif node.op_type in PASS_THROUGH:
+                    fresh = [o for o in node.output if o not in seen]
+                    seen.update(fresh)
+                    frontier += fresh
+    return found
 
 
 def _last(rank: int) -> tuple[int, ...]:
     """The transpose that moves axis 1 to the end (NCHW -> NHWC)."""
     return (0, *range(2, rank), 1)
+
+
+def _same(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank))
 
 
 def _parity(
@@ -731,7 +793,7 @@ def _options(given: Mapping[str, Any], model: Model) -> dict[str, Any]:
 
     default = between_runtimes(model)
     opts = Options("tflite", given, KEYS)
-    layout = opts.text("layout", "nhwc").lower()
+    layout = opts.text("layout", "auto").lower()
     if layout not in LAYOUTS:
         raise opts.refuse("layout", f"one of {', '.join(LAYOUTS)}", "nchw")
     static = opts.text("static", "auto").lower()
