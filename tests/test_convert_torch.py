@@ -7,7 +7,7 @@ batch sizes (and two sequence lengths where the model has one).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +298,66 @@ def test_bert_encoder_with_keyword_inputs_and_padding(tmp_path: Path) -> None:
     results = check_exports(source, tmp_path, feeds)
     for result in results.values():
         assert_passes(result)
+
+
+def _decoder() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A Llama-style decoder: grouped-query attention, rotary positions, RMSNorm, SwiGLU."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, use_cache=False,
+    )  # fmt: skip
+    mask = torch.ones(2, 12, dtype=torch.int64)
+    mask[1, -3:] = 0
+    ids = torch.randint(5, 90, (2, 12))
+    return transformers.LlamaForCausalLM(config), {"input_ids": ids, "attention_mask": mask}
+
+
+def _speech() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A wav2vec2 CTC model: a convolutional feature encoder on raw samples, a grouped
+    convolutional position embedding, a transformer."""
+    import transformers
+
+    config = transformers.Wav2Vec2Config(
+        vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    return transformers.Wav2Vec2ForCTC(config), {"input_values": torch.randn(2, 1600)}
+
+
+def _windows() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A Swin classifier: shifted-window attention, patch merging."""
+    import transformers
+
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+        window_size=4,
+    )  # fmt: skip
+    return transformers.SwinForImageClassification(config), {
+        "pixel_values": torch.rand(2, 3, 32, 32)
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [_decoder, _speech, _windows], ids=["llama", "wav2vec2", "swin"])
+def test_hugging_face_architectures_convert_verified(
+    tmp_path: Path, build: Callable[[], tuple[torch.nn.Module, dict[str, torch.Tensor]]]
+) -> None:
+    """Random-weight Hugging Face models of three families, built from their configs (no hub):
+    each converts, verified against torch at the sizes verification generates (24
+    architectures were converted so: RESULTS.md, "Hugging Face architectures")."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    module, example = build()
+    model = onnxferry.convert(module.eval(), tmp_path / "model.onnx", example_inputs=example)
+    report = model.last_report(Conversion)
+    assert report.ok and report.result.verified
+    chosen = next(a for a in report.result.attempts if a.status == "chosen")
+    assert chosen.parity is not None and chosen.parity.ok
+    assert set(model.signature.input_names) == set(example)
 
 
 def test_factory_file_returning_module_and_inputs(tmp_path: Path) -> None:
