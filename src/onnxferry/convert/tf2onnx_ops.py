@@ -104,10 +104,13 @@ class _Log1p:
 
 
 class _ZeroWhere:
-    """``value`` of x and y, 0 where ``zero_at`` (0: x, 1: y) is 0."""
+    """``combine(x, y)``, and 0 where input ``zero_at`` (0: x, 1: y) is 0."""
 
-    value = "Mul"
     zero_at = 0
+
+    @classmethod
+    def combine(cls, ctx: Any, x: str, y: str) -> str:
+        return _op(ctx, "Mul", [x, y], x)
 
     @classmethod
     def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:  # Where: opset 9
@@ -117,23 +120,22 @@ class _ZeroWhere:
         zero = _const(ctx, node, 0, x, "zero")
         operand = node.input[cls.zero_at]
         is_zero = ctx.make_node("Equal", [operand, zero], dtypes=[onnx.TensorProto.BOOL]).output[0]
-        if cls.value == "Xlogy":
-            value = _op(ctx, "Mul", [x, _op(ctx, "Log", [y], y)], x)
-        else:
-            value = _op(ctx, cls.value, [x, y], x)
-        _become(ctx, node, "Where", [is_zero, zero, value])
+        _become(ctx, node, "Where", [is_zero, zero, cls.combine(ctx, x, y)])
 
 
 class _Xlogy(_ZeroWhere):
-    value = "Xlogy"
+    @classmethod
+    def combine(cls, ctx: Any, x: str, y: str) -> str:
+        return _op(ctx, "Mul", [x, _op(ctx, "Log", [y], y)], x)
 
 
 class _Xdivy(_ZeroWhere):
-    value = "Div"
+    @classmethod
+    def combine(cls, ctx: Any, x: str, y: str) -> str:
+        return _op(ctx, "Div", [x, y], x)
 
 
 class _MulNoNan(_ZeroWhere):
-    value = "Mul"
     zero_at = 1
 
 
