@@ -147,6 +147,21 @@ def test_auto_layout_moves_channels_only_where_a_convolution_reads_them(tmp_path
     )
 
 
+def test_node_names_are_given_to_onnx2tf_as_names_tensorflow_takes_for_ops() -> None:
+    """The TorchScript exporter names nodes ``/model/encoder/pos_conv_embed/conv/Conv``;
+    onnx2tf names HuBERT's position-convolution kernel after it and TensorFlow refused the
+    leading ``/`` ("the OP name does not match"). Valid names are kept, the rest made valid
+    and unique, inside subgraphs too."""
+    proto = cnn()
+    names = ["/features/conv/Conv", "relu.ok", "::pool", "", "features/conv/Conv"]
+    for node, name in zip(proto.graph.node, names, strict=True):
+        node.name = name
+    tflite._tf_op_names(proto.graph)
+    renamed = [node.name for node in proto.graph.node]
+    assert renamed == ["features/conv/Conv_1", "relu.ok", "pool", "", "features/conv/Conv"]
+    assert all(tflite.TF_OP_NAME.fullmatch(n) for n in renamed if n)
+
+
 def test_a_convolution_s_input_is_taken_nhwc_by_default(packages: Packages, tmp_path: Path) -> None:
     out, report = packages["nhwc"]
     assert report.ok and report.exit_code == 0

@@ -73,7 +73,14 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from ..feeds import describe_shapes
-from ..graphs import inlined, open_negative_dims, rename_values, value_names, weights_not_inputs
+from ..graphs import (
+    inlined,
+    open_negative_dims,
+    rename_values,
+    value_names,
+    walk_graphs,
+    weights_not_inputs,
+)
 from ..model import Model
 from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
@@ -539,6 +546,7 @@ def _folded(
         if output.name in unshaped:
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
+    _tf_op_names(proto.graph)
     if norms := _norms_as_sums(proto.graph):
         notes.append(
             f"its {norms} ReduceL2 nodes were given to onnx2tf as Sqrt(ReduceSumSquare) "
@@ -595,6 +603,26 @@ def _keras_names(graph: onnx.GraphProto) -> list[str]:
         for old, new in renames.items()
         if old in inputs
     ]
+
+
+TF_OP_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_./>-]*")
+"""Names TensorFlow takes for an op (onnx2tf names a Conv's kernel variable after its node)."""
+
+
+def _tf_op_names(graph: onnx.GraphProto) -> None:
+    """Rename, in place, the nodes whose names TensorFlow refuses for an op: the TorchScript
+    exporter's ``/model/encoder/pos_conv_embed/conv/Conv`` (a leading ``/``) stopped onnx2tf
+    at "the OP name does not match" when it made the Conv's kernel (HuBERT's grouped
+    position convolution); other characters become ``_``."""
+    taken = {node.name for g in walk_graphs(graph) for node in g.node}
+    for g in walk_graphs(graph):
+        for node in g.node:
+            if not node.name or TF_OP_NAME.fullmatch(node.name):
+                continue
+            stem = re.sub(r"[^A-Za-z0-9_./>-]", "_", node.name).lstrip("_/>-") or "node"
+            names = itertools.chain([stem], (f"{stem}_{i}" for i in itertools.count(1)))
+            node.name = next(n for n in names if n not in taken)
+            taken.add(node.name)
 
 
 def _norms_as_sums(graph: onnx.GraphProto) -> int:
