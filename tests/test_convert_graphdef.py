@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxferry.convert.base import ConvertOptions
-from onnxferry.errors import InputError
+from onnxferry.errors import FerryError, InputError
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner
 from tests.helpers import Run
@@ -279,3 +279,31 @@ def test_ops_tf2onnx_lacks_convert_verified(op: str, tmp_path: Path) -> None:
     assert got.dtype == want.dtype
     atol = 1e-5 if op == "RFFT" else 1e-6  # tf2onnx's DFT is a product with its cos/sin table
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=atol)
+
+
+@pytest.mark.parametrize(("separator", "ok"), [(None, True), (", ", False)])
+def test_a_string_split_converts_where_onnx_splits_the_same(
+    separator: str | None, ok: bool, tmp_path: Path
+) -> None:
+    """tf.strings.split through onnxruntime-extensions' StringSplit: no separator means runs of
+    whitespace (tf2onnx gave it "", which splits into characters); a separator of several
+    characters is refused, as the extensions split at each of them."""
+    import onnxferry
+    from onnxferry.customops import extensions_installed
+
+    if not extensions_installed():
+        pytest.skip("onnxruntime-extensions not installed")
+    spec = [tf.TensorSpec([None], tf.string, name="text")]
+    function = tf.function(
+        lambda text: {"words": tf.strings.split(text, sep=separator).row_lengths()},
+        input_signature=spec,
+    )
+    texts = np.array(["a,b,,c", "  two  words ", "", "x, y, z"], dtype=object)
+    if not ok:
+        with pytest.raises(FerryError, match="splits at each of its characters"):
+            onnxferry.convert(function, tmp_path / "split.onnx", inputs=[{"text": texts}])
+        return
+    model = onnxferry.convert(function, tmp_path / "split.onnx", inputs=[{"text": texts}])
+    (got,) = OrtRunner(model).run({"text": texts}).values()
+    want = function(tf.constant(texts.astype(str)))["words"].numpy()
+    np.testing.assert_array_equal(got, want)

@@ -21,7 +21,8 @@ Found by converting every Keras 3 layer and activation (RESULTS.md, "Keras layer
 - ``StringSplitV2`` with no separator (``tf.strings.split(text)``, Keras' TextVectorization):
   TensorFlow splits on runs of whitespace; tf2onnx handed onnxruntime-extensions' StringSplit
   the empty separator, which splits into characters. Here the separator is every ASCII
-  whitespace character, empty pieces skipped: the same tokens.
+  whitespace character, empty pieces skipped: the same tokens. A separator of several
+  characters is refused (onnxruntime-extensions would split at each of them).
 - ``RFFT`` read through ``Real`` and ``Imag`` (``tf.signal.stft``, Keras' MelSpectrogram:
   the power spectrum is real^2 + imag^2): tf2onnx's RFFT writes the real and imaginary parts
   stacked on a leading axis but took only ComplexAbs as its reader; Real and Imag take
@@ -213,7 +214,13 @@ class _WhitespaceSplit:
 
         separator = node.inputs[1]
         value = separator.get_tensor_value(as_list=False) if separator.is_const() else None
-        if value is None or value.size != 1 or value.reshape(-1)[0] not in (b"", ""):
+        text = value.reshape(-1)[0] if value is not None and value.size == 1 else None
+        if isinstance(text, (bytes, str)) and len(text) > 1:
+            raise ValueError(  # tf2onnx reports it as this node's failure
+                f"separator {text!r}: onnxruntime-extensions' StringSplit splits at each of its "
+                "characters, TensorFlow at the whole string"
+            )
+        if text not in (b"", ""):
             StringOps.version_1(ctx, node, **kwargs)
             return
         whitespace = _const(ctx, node, np.array([" \t\n\v\f\r"], object), None, "whitespace")
