@@ -109,7 +109,8 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
     for out, want in zip(session.get_outputs(), expected, strict=True):
         if not isinstance(want, np.ndarray) or want.dtype == object:
             continue  # a sequence of maps: served as text (tests/test_real_models.py reads it)
-        if not np.allclose(result.as_numpy(out.name), want, rtol=1e-5, atol=1e-6):
+        got = result.as_numpy(out.name)
+        if not np.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):
             return 1, f"output {out.name} differs from onnxruntime", seconds
     return 0, "", seconds
 

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxferry
-from onnxferry.errors import DataError, FeedError, UsageError
+from onnxferry.errors import DataError, FeedError, InputError, UsageError
 from onnxferry.explain import (
     BudgetExceeded,
     Explanation,
@@ -305,6 +305,23 @@ def test_batched_images_equal_the_same_explainer_run_one_image_at_a_time(method:
     np.testing.assert_allclose(batched.attributions[0], groups.spread(weights), atol=1e-9)
     assert batched.evaluations == runs[0] + 1  # + ferry's one run to find the target
     assert batched.session_runs <= 6  # 2 of them probing that rows are independent
+
+
+def test_an_output_that_is_not_a_number_is_one_line_naming_the_inputs() -> None:
+    """A log-power spectrum whose mel weights go negative gives NaN; explaining it was an
+    internal error (matplotlib refused NaN axis limits while drawing the report)."""
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["mixed"]),
+            helper.make_node("Log", ["mixed"], ["logits"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        {"w": np.full((FEATURES, 2), -1.0, np.float32)},
+    )
+    rows = np.abs(_rows(3))  # every row sums positive: the log of a negative number
+    with pytest.raises(InputError, match=r"is nan on input 0, 1, 2: a value that is not a"):
+        explain(model, rows, "occlusion")
 
 
 @pytest.mark.parametrize("method", ["kernelshap", "occlusion"])

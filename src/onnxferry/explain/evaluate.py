@@ -339,6 +339,15 @@ def resolve_targets(
         label = f"{output}[{keys[chosen] if keys else chosen}]" if len(values) > 1 else output
         targets.append(Target(output, chosen, label))
         scores.append(float(values[chosen]))
+    broken = [i for i, score in enumerate(scores) if not np.isfinite(score)]
+    if broken:
+        which = ", ".join(str(i) for i in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        raise InputError(
+            f"{targets[broken[0]].label} is {scores[broken[0]]} on input {which}: a value "
+            "that is not a number has no explanation",
+            hint="give inputs the model computes finite values on, or explain another output "
+            "with --target",
+        )
     return targets, np.asarray(scores)
 
 
