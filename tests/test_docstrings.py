@@ -1273,6 +1273,14 @@ def _batch_local(tmp: Path) -> Names:
     return {**_batch(tmp), "Job": functools.partial(Job, max_memory=64 << 30)}
 
 
+def _spectrogram(tmp: Path) -> Names:
+    """``proto`` and ``model``: a spectrogram with one STFT (tests/test_package_stft.py)."""
+    from onnxferry.model import Model
+    from tests.test_package_stft import spectrogram
+
+    return {"proto": spectrogram(), "model": Model.from_proto(spectrogram())}
+
+
 def _fp16_encoder(tmp: Path) -> Names:
     """encoder_fp16.onnx: a float16 Transpose into a MatMul, what ``ort_crashes`` matches."""
     from tests.test_ort_crashes import transpose_into_matmul
@@ -1562,6 +1570,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.weights": _pass_context,
     "onnxferry.optimize.weight_only": _pass_context,
     "onnxferry.ort_crashes": _fp16_encoder,
+    "onnxferry.package.stft": _spectrogram,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity_judge,

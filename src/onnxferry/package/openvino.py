@@ -40,6 +40,7 @@ from ..native import spawned_worker
 from ..ovsession import ov_error_message
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
+from .stft import STFT_NOTE, with_stft_as_conv
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 
@@ -58,11 +59,14 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     xml_name = f"{source.name}.xml"
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
-    readable = loop_outputs_not_inputs(model)
+    loops = loop_outputs_not_inputs(model)
+    readable, stfts = with_stft_as_conv(loops)
+    if stfts:
+        result.notes.append(STFT_NOTE.format(count=stfts, tool="OpenVINO's ONNX frontend"))
     with tempfile.TemporaryDirectory(prefix="ferry-openvino-") as work:
         given = model if readable is model else readable.save(Path(work) / source.model.name)
         done = _in_child(str(given.path), source.name, opts["fp16"], feeds, names)
-    if readable is not model:
+    if loops is not model:
         result.notes.append(
             "a Loop body hands inputs straight back as outputs (loop-invariant values carried "
             "along); an Identity stands between each pair, which OpenVINO's frontend needs"

@@ -87,6 +87,7 @@ from ..optimize.qdq_float import as_float_ops
 from ..report import human_size
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
+from .stft import STFT_NOTE, stft_as_conv
 
 if TYPE_CHECKING:
     import onnx
@@ -547,6 +548,8 @@ def _folded(
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
     _tf_op_names(proto.graph)
+    if stfts := stft_as_conv(proto):
+        notes.append(STFT_NOTE.format(count=stfts, tool="onnx2tf"))
     if norms := _norms_as_sums(proto.graph):
         notes.append(
             f"its {norms} ReduceL2 nodes were given to onnx2tf as Sqrt(ReduceSumSquare) "
