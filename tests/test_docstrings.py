@@ -1570,7 +1570,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.weights": _pass_context,
     "onnxferry.optimize.weight_only": _pass_context,
     "onnxferry.ort_crashes": _fp16_encoder,
-    "onnxferry.package.stft": _spectrogram,
+    "onnxferry.stft": _spectrogram,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity_judge,

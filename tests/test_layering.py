@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
         "ovsession",
         "devices",
         "ort_crashes",
+        "stft",
     },
     {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source

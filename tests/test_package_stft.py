@@ -1,4 +1,4 @@
-"""STFT as a convolution (``package.stft``): what ``torch.stft`` exports, for OpenVINO and
+"""STFT as a convolution (``onnxferry.stft``): what ``torch.stft`` exports, for OpenVINO and
 onnx2tf, which have no STFT."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.model import Model
 from onnxferry.package import package
-from onnxferry.package.stft import stft_as_conv, with_stft_as_conv
+from onnxferry.stft import stft_as_conv, with_stft_as_conv
 
 from .helpers import save
 
@@ -90,3 +90,16 @@ def test_a_spectrogram_packages_for_converters_without_stft(target: str, tmp_pat
     report = package(source, target, tmp_path / target)
     assert report.ok, [c.detail for c in report.result.checks]
     assert any("1 STFT node(s) were given to" in note for note in report.notes)
+
+
+def test_a_spectrogram_runs_on_the_openvino_provider(tmp_path: Path) -> None:
+    """``--provider openvino`` reads the same rewrite (it refused the model before)."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    from onnxferry.runtime import OrtRunner, SessionConfig
+
+    model = Model.load(save(spectrogram(), tmp_path / "spectrogram.onnx"))
+    audio = np.random.default_rng(1).standard_normal((2, 512)).astype(np.float32)
+    config = SessionConfig(provider="openvino", fallback=False)
+    got = OrtRunner(model, config=config).run({"audio": audio})["magnitude"]
+    np.testing.assert_allclose(got, _run(model.proto, audio), rtol=1e-4, atol=1e-3)

@@ -32,6 +32,7 @@ is made. The CPU plugin computes int64 in int32 (a value past int32's range wrap
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,9 @@ from .errors import FeedError, InputError, ModelLoadError, RunError, one_line
 from .graphs import loop_outputs_not_inputs
 from .model import Model
 from .signature import TensorSpec, dtype_from_numpy
+from .stft import STFT_NOTE, with_stft_as_conv
+
+log = logging.getLogger("onnxferry")
 
 PROVIDER = "OpenVINOExecutionProvider"
 """The name ``get_providers`` reports, onnxruntime's name for the provider."""
@@ -151,7 +155,10 @@ class OpenVinoSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
-        readable = loop_outputs_not_inputs(model)  # what OpenVINO's frontend reads
+        # what OpenVINO's frontend reads: no Loop output that is an input, no STFT
+        readable, stfts = with_stft_as_conv(loop_outputs_not_inputs(model))
+        if stfts:
+            log.info(STFT_NOTE.format(count=stfts, tool="OpenVINO's ONNX frontend"))
         path = str(model.path) if model.path is not None and model.path.is_file() else None
         content = None if readable is model and path else readable.proto.SerializeToString()
         _survives(content, path, device, config, where)

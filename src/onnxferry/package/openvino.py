@@ -38,9 +38,9 @@ from ..graphs import loop_outputs_not_inputs
 from ..model import Model
 from ..native import spawned_worker
 from ..ovsession import ov_error_message
+from ..stft import STFT_NOTE, with_stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
-from .stft import STFT_NOTE, with_stft_as_conv
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 

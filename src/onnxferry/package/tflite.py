@@ -85,9 +85,9 @@ from ..model import Model
 from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
 from ..report import human_size
+from ..stft import STFT_NOTE, stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
-from .stft import STFT_NOTE, stft_as_conv
 
 if TYPE_CHECKING:
     import onnx

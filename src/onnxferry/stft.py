@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..graphs import copy_model, iter_nodes, value_names
-from ..model import Model
+from .graphs import copy_model, iter_nodes, value_names
+from .model import Model
 
 if TYPE_CHECKING:
     import onnx
