@@ -1,10 +1,12 @@
-"""STFT as a convolution (``onnxferry.stft``): what ``torch.stft`` exports, for OpenVINO and
-onnx2tf, which have no STFT."""
+"""STFT and DFT as products (``onnxferry.stft``): what ``torch.stft`` and ``torch.fft.rfft``
+export, for OpenVINO and onnx2tf, which have neither op."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,6 +50,36 @@ def spectrogram(onesided: int = 1, window: bool = True) -> onnx.ModelProto:
     return proto
 
 
+def spectrum(opset: int = 20, onesided: int = 1) -> onnx.ModelProto:
+    """audio[batch, 512] -> DFT along the samples -> |.| -> magnitude[batch, bins], as the
+    dynamo exporter writes ``torch.fft.rfft(x).abs()`` (the axis an input from opset 20)."""
+    axis = ["axis"] if opset >= 20 else []
+    attrs: dict[str, Any] = {} if opset >= 20 else {"axis": 1}
+    nodes = [
+        helper.make_node("Unsqueeze", ["audio", "last"], ["signal"]),
+        helper.make_node(
+            "DFT", ["signal", "length", *axis], ["spectrum"], onesided=onesided, **attrs
+        ),
+        helper.make_node("ReduceL2", ["spectrum", "last"], ["magnitude"], keepdims=0),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([-1], np.int64), "last"),
+        numpy_helper.from_array(np.array(512, np.int64), "length"),
+        numpy_helper.from_array(np.array(1, np.int64), "axis"),
+    ][: 3 if axis else 2]
+    bins = 257 if onesided else 512
+    graph = helper.make_graph(
+        nodes,
+        "spectrum",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 512])],
+        [helper.make_tensor_value_info("magnitude", TensorProto.FLOAT, ["batch", bins])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 18))])
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
 def _run(proto: onnx.ModelProto, audio: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, {"audio": audio})[0])
@@ -67,6 +99,18 @@ def test_a_convolution_computes_what_the_stft_computes(onesided: int, window: bo
     np.testing.assert_allclose(_run(proto, audio), want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("opset", "onesided"), [(20, 1), (18, 0)], ids=["axis-input-onesided", "axis-attribute-full"]
+)
+def test_a_matrix_product_computes_what_the_dft_computes(opset: int, onesided: int) -> None:
+    proto = spectrum(opset, onesided)
+    audio = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    want = _run(proto, audio)
+    assert stft_as_conv(proto) == 1
+    assert "DFT" not in {node.op_type for node in proto.graph.node}
+    np.testing.assert_allclose(_run(proto, audio), want, rtol=1e-4, atol=1e-3)
+
+
 def test_an_stft_it_cannot_write_as_a_convolution_is_left_alone() -> None:
     proto = spectrogram()
     proto.graph.initializer.remove(next(t for t in proto.graph.initializer if t.name == "hop"))
@@ -80,16 +124,19 @@ def test_an_stft_it_cannot_write_as_a_convolution_is_left_alone() -> None:
 
 
 @pytest.mark.parametrize("target", ["openvino", "tflite"])
-def test_a_spectrogram_packages_for_converters_without_stft(target: str, tmp_path: Path) -> None:
-    """Both stopped at STFT (OpenVINO's frontend: "Conversion failed for STFT"; onnx2tf: a
-    TypeError); verified against ONNX Runtime on the original STFT."""
+@pytest.mark.parametrize("build", [spectrogram, spectrum], ids=["stft", "dft"])
+def test_spectra_package_for_converters_without_stft_or_dft(
+    target: str, build: Callable[[], onnx.ModelProto], tmp_path: Path
+) -> None:
+    """Both stopped at the op (OpenVINO's frontend: "Conversion failed for STFT"; onnx2tf:
+    "DFT OP is not yet implemented"); verified against ONNX Runtime on the original."""
     needs = {"openvino": ["openvino"], "tflite": ["onnx2tf", "ai_edge_litert"]}[target]
     if not all(importlib.util.find_spec(name) for name in needs):
         pytest.skip(f"the {target} target is not installed")
-    source = save(spectrogram(), tmp_path / "spectrogram.onnx")
+    source = save(build(), tmp_path / "spectrum.onnx")
     report = package(source, target, tmp_path / target)
     assert report.ok, [c.detail for c in report.result.checks]
-    assert any("1 STFT node(s) were given to" in note for note in report.notes)
+    assert any("1 STFT / DFT node(s) were given to" in note for note in report.notes)
 
 
 def test_a_spectrogram_runs_on_the_openvino_provider(tmp_path: Path) -> None:
