@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from onnxferry.check import check, unsupported_cpu_ops
 from onnxferry.errors import ModelLoadError
+from onnxferry.model import Model
 from onnxferry.runtime import runtime_limits
 from tests.helpers import MISDECLARED, RELU, mlp, onnx_text, save
 
@@ -162,6 +163,34 @@ def test_checker_failure_is_a_finding_not_a_crash(tmp_path: Path) -> None:
     # The checker is not a gate: ONNX Runtime is still asked, and says why it cannot load it.
     assert status["load on cpu"] == "fail"
     assert report.exit_code == 1
+
+
+LAYER_NORM_AT_14 = """
+<ir_version: 8, opset_import: ["" : 14]>
+optimized (float[N, 8] x) => (float[N, 8] y) <float[8] scale = {1, 1, 1, 1, 1, 1, 1, 1}> {
+    y = LayerNormalization<axis: int = -1, epsilon: float = 1e-5>(x, scale)
+}
+"""
+
+
+def test_an_operator_onnx_defines_only_at_another_opset_is_a_warning(tmp_path: Path) -> None:
+    """ONNX Runtime's transformers optimizer writes LayerNormalization into opset-14 models
+    (ONNX has it from 17); ONNX Runtime runs them. A warning naming it, the rest of the model
+    still checked; an operator no opset defines stays a blocking finding."""
+    path = save(onnx_text(LAYER_NORM_AT_14, check=False), tmp_path / "m.onnx")
+    report = check(path)
+    status = _status(report)
+    assert status["onnx checker"] == status["onnx checker (full)"] == "pass"
+    assert status["operators outside ONNX"] == "warn" and status["load on cpu"] == "pass"
+    finding = next(f for f in report.result.findings if f.check == "operators outside ONNX")
+    assert "LayerNormalization@14" in finding.detail
+    assert report.ok and Model.load(path, strict=True).signature.input_names == ["x"]
+    broken = onnx_text(LAYER_NORM_AT_14, check=False)
+    broken.graph.node.append(helper.make_node("Relu", ["undefined"], ["z"]))
+    assert _status(check(save(broken, tmp_path / "b.onnx")))["onnx checker"] == "fail"
+    unknown = onnx_text(LAYER_NORM_AT_14, check=False)
+    unknown.graph.node[0].op_type = "LayerNormalisation"
+    assert _status(check(save(unknown, tmp_path / "u.onnx")))["onnx checker"] == "fail"
 
 
 def test_external_data_escape_is_a_blocking_finding(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import stat
 import sys
 from collections import Counter
@@ -365,14 +366,60 @@ def checker_problem(file: Path, data: bytes | None = None) -> str | None:
     """What the onnx checker (not full_check) finds wrong, on one line, or None.
 
     It reads ``data`` when given, else the path (so external data resolves from the model's
-    directory)."""
+    directory). Operators the model uses at an opset where ONNX does not define them, but ONNX
+    Runtime does (``runtime_only_ops``), are not a problem here."""
+    return checker_findings(file, data)[0]
+
+
+_UNREGISTERED = re.compile(r"No Op registered for (\S+) with domain_version of (\d+)")
+RUNTIME_ONLY_DOMAIN = "onnxferry.unchecked"
+"""Where ``checker_findings`` moves runtime-only operators in its copy, out of the checker's
+sight (it checks the ONNX domains only)."""
+
+
+def checker_findings(
+    file: Path, data: bytes | None = None, *, full: bool = False
+) -> tuple[str | None, list[str]]:
+    """(what the onnx checker finds wrong on one line, or None; the operators ONNX defines
+    at other opsets than the model's, as "LayerNormalization@14").
+
+    ONNX Runtime's transformers optimizer writes ``LayerNormalization`` into the ONNX domain
+    of opset-14 models (ONNX defines it from 17; ONNX Runtime keeps a kernel for the older
+    opsets): the checker stops at the first such node. Those nodes are moved out of its
+    sight in a copy and the rest is checked, so a problem behind them still shows."""
     import onnx
 
-    try:
-        onnx.checker.check_model(data if data is not None else str(file))
-    except Exception as e:
-        return one_line(e, period=False)
-    return None
+    def check(model: str | bytes | onnx.ModelProto) -> str | None:
+        try:
+            onnx.checker.check_model(model, full_check=full)
+        except Exception as e:
+            return one_line(e, period=False)
+        return None
+
+    problem = check(data if data is not None else str(file))
+    unknown: list[str] = []
+    proto: onnx.ModelProto | None = None
+    while problem and (match := _UNREGISTERED.search(problem)) and len(unknown) < 16:
+        if proto is None:
+            proto = (
+                onnx.load_from_string(data)
+                if data is not None
+                else onnx.load(str(file), load_external_data=False)
+            )
+            proto.opset_import.add(domain=RUNTIME_ONLY_DOMAIN, version=1)
+        op, version = match.groups()
+        if not onnx.defs.has(op):  # no ONNX opset defines it: a misspelt or foreign op
+            break
+        moved = 0
+        for node in iter_nodes(proto):
+            if node.op_type == op and node.domain in ("", "ai.onnx"):
+                node.domain = RUNTIME_ONLY_DOMAIN
+                moved += 1
+        if not moved:
+            break
+        unknown.append(f"{op}@{version}")
+        problem = check(proto)
+    return problem, unknown
 
 
 def _too_large(file: Path, size: int, max_size: int) -> UnsafeModelError:
