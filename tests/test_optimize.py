@@ -26,7 +26,7 @@ from onnxferry.model import Model
 from onnxferry.optimize import BUILTIN, Budget, Recipe, list_passes, make_pass, optimize
 from onnxferry.optimize.auto import auto_search, candidate_recipes, plain_recipes
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
-from onnxferry.optimize.budget import top1_agreement, worst_cosine
+from onnxferry.optimize.budget import empty_outputs, max_abs, top1_agreement, worst_cosine
 from onnxferry.optimize.candidates import Candidate, SearchResult
 from onnxferry.optimize.chain import FASTER, ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import x86_without_vnni
@@ -111,6 +111,38 @@ def test_worst_case_cosine_is_not_the_mean() -> None:
     value = worst_cosine([{"y": ref}], [{"y": cand}])
     assert value == pytest.approx(-1.0)
     assert top1_agreement([{"y": ref}], [{"y": cand}]) >= 0.98
+
+
+def test_a_candidate_that_finds_other_boxes_misses_every_budget() -> None:
+    """A detector's boxes after non-max suppression: a candidate that keeps another number of
+    them pairs no row with the reference, so it misses outright, never crashes the judge;
+    nothing found on both sides agrees."""
+    boxes = np.random.default_rng(0).random((5, 4))
+    reference, fewer = [{"boxes": boxes}], [{"boxes": boxes[:3]}]
+    assert worst_cosine(reference, fewer) == 0.0
+    assert max_abs(reference, fewer) == float("inf")
+    assert top1_agreement(reference, fewer) == 0.0
+    none = [{"boxes": np.zeros((0, 4))}]
+    assert worst_cosine(none, none) == 1.0 and max_abs(none, none) == 0.0
+    assert empty_outputs(none) == ["boxes"] and empty_outputs(reference) == []
+
+
+def test_a_budget_judged_on_nothing_is_refused(tmp_path: Path) -> None:
+    """A detector shown inputs it finds nothing in: every candidate would agree on no boxes.
+    Refused, naming the outputs; on inputs where it finds boxes, the search runs, and what it
+    keeps finds the same boxes."""
+    from tests.real_models import BUILT
+
+    src = Model.load(save(BUILT["nms"].build(), tmp_path / "nms.onnx"))
+    blank = {"x": np.zeros((1, 32, 32, 3), np.float32)}
+    with pytest.raises(UsageError, match=r"every float output \(boxes, scores\) is empty"):
+        optimize(src, tmp_path / "o.onnx", auto=True, inputs=[blank, blank], time_budget=5)
+    images = [BUILT["nms"].feeds(), {"x": BUILT["nms"].feeds()["x"][:, ::-1].copy()}]
+    optimized = optimize(src, tmp_path / "o.onnx", auto=True, inputs=images, time_budget=5)
+    kept, original = OrtRunner(optimized), OrtRunner(src)
+    for image in images:
+        found, want = kept.run(image), original.run(image)
+        assert found["boxes"].shape == want["boxes"].shape and len(want["boxes"])
 
 
 # --- the chain -------------------------------------------------------------------------

@@ -61,6 +61,16 @@ colsum (float[N, 4] x) => (float[M, 4] y) <int64[1] axes = {0}> {
 }
 """
 
+SELECTED = """
+<ir_version: 10, opset_import: ["" : 21]>
+selected (float[N, 4] x) => (float[K] y) <float half = {0.5}, int64[1] flat = {-1}> {
+    mask = Greater(x, half)
+    values = Reshape(x, flat)
+    keep = Reshape(mask, flat)
+    y = Compress(values, keep)
+}
+"""
+
 SLOW_ROWS = 640  # about 0.2 s per run on one thread
 
 
@@ -421,6 +431,22 @@ def test_outputs_off_the_batch_axis_turn_batching_off_and_stay_right() -> None:
     for x, result in zip(inputs, results, strict=True):
         np.testing.assert_allclose(result.outputs["y"], x.sum(axis=0, keepdims=True), rtol=1e-6)
     assert not ex.batching
+
+
+def test_outputs_sized_by_the_data_are_never_batched() -> None:
+    ex = executor(SELECTED, max_batch_size=8)
+    assert not ex.batching  # the signature claims a batch axis, the graph says otherwise
+    # batched, the first request's two values would equal the two rows and be split between
+    # the requests: each would get a wrong answer of the right size
+    inputs = [np.array([[0.9, 0.8, 0.0, 0.0]], np.float32), np.zeros((1, 4), np.float32)] * 4
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+    results = run(ex, body)
+    for x, result in zip(inputs, results, strict=True):
+        assert result.outputs["y"].tolist() == x[x > 0.5].tolist()
+    assert all(r.batch_size == 1 for r in results)
 
 
 def test_default_timeout_from_config() -> None:

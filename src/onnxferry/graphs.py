@@ -1,5 +1,6 @@
 """Graph plumbing: walk a model's graphs, read its external data into a copy (checked again),
-expose intermediate tensors as outputs, and hand ONNX Runtime something it can load.
+expose intermediate tensors as outputs, hand ONNX Runtime something it can load, and tell the
+outputs whose size follows the data rather than the batch.
 
     for graph in iter_graphs(proto): ...           # main graph, subgraphs, function subgraphs
     for node in iter_nodes(proto): ...             # every node, model-local functions included
@@ -10,6 +11,7 @@ expose intermediate tensors as outputs, and hand ONNX Runtime something it can l
     with runnable(proto) as m:                     # a Model: in memory, or past PROTO_LIMIT
         OrtRunner(m).run(feeds)                    #   saved with external data to a temp dir
     with exposing(model, ["h1"]) as m: ...         # the three above in one
+    sized_by_data(proto)                           # outputs after NonMaxSuppression, NonZero: []
 
 Reading external data always goes through the checks ``Model.load`` makes (``safety``): the
 files may have changed since the model was loaded, so every reference is checked again against
@@ -95,6 +97,27 @@ def _walk(stack: list[onnx.GraphProto]) -> Iterator[onnx.GraphProto]:
         yield graph
         for node in graph.node:
             stack.extend(subgraphs(node))
+
+
+# --- outputs sized by the data ----------------------------------------------------------------
+
+SIZE_FROM_VALUES = frozenset({"NonZero", "NonMaxSuppression", "Unique", "Compress"})
+"""Operators whose output size follows their input's values, not its shape."""
+
+
+def sized_by_data(model: onnx.ModelProto) -> list[str]:
+    """The main graph's outputs whose size may follow the input's values, not its shape: those
+    downstream of ``SIZE_FROM_VALUES`` (a detector's boxes after non-max suppression, a mask's
+    selections). Their leading dim counts what the data holds, not the batch, so requests
+    cannot be concatenated and split again: a count that happens to equal the rows proves
+    nothing. Conservative: whatever is downstream counts, subgraphs included."""
+    tainted: set[str] = set()
+    for node in model.graph.node:
+        inner = [x for g in subgraphs(node) for sub in walk_graphs(g) for x in sub.node]
+        ops = {node.op_type, *(x.op_type for x in inner)}
+        if ops & SIZE_FROM_VALUES or tainted & {*node.input, *(n for x in inner for n in x.input)}:
+            tainted.update(node.output)
+    return [o.name for o in model.graph.output if o.name in tainted]
 
 
 # --- names -----------------------------------------------------------------------------------

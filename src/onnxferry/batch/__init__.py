@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..devices import Device, check_pool, describe_pool, parse_devices, pool_provider
 from ..errors import DataError, UsageError
+from ..graphs import sized_by_data
 from ..model import Model
 from ..runtime import usable_cores
 from .images import Preprocess
@@ -110,6 +111,15 @@ def _run(
         raise DataError(f"{src.path} holds no rows", hint="give an input with at least one row")
     notes: list[str] = []
     fixed = fixed_batch(loaded)
+    ragged = tuple(sized_by_data(loaded.proto))
+    if ragged:
+        _check_ragged(loaded, ragged, fixed, output_format)
+        if batch_size not in (None, 1):
+            notes.append(
+                f"outputs {', '.join(ragged)} are sized by the data (non-max suppression, "
+                "a mask): batches of 1 row, each row's value stored whole"
+            )
+        batch_size = fixed = 1
     if fixed is not None:
         if batch_size not in (None, fixed):
             notes.append(f"the model's batch axis is fixed at {fixed}: batches of {fixed} rows")
@@ -145,7 +155,8 @@ def _run(
     job = Job(
         loaded, src, outdir, [s for s in every if s not in skip], batch_size,
         skipped=finished, output_format=output_format, workers=sizes[0], threads=sizes[1],
-        max_memory=memory, provider=provider, fixed_batch=fixed, notes=notes, devices=pool,
+        max_memory=memory, provider=provider, fixed_batch=fixed, ragged=ragged, notes=notes,
+        devices=pool,
     )  # fmt: skip
     if engine == "ray":
         from .ray_engine import run_ray
@@ -176,6 +187,26 @@ def _pool(
     pool_provider(pool, provider)
     check_pool(pool)
     return pool
+
+
+def _check_ragged(
+    model: Model, ragged: tuple[str, ...], fixed: int | None, output_format: str
+) -> None:
+    """Outputs sized by the data are stored as lists, a row at a time: Parquet only, and only
+    where a run can be one row."""
+    names = ", ".join(repr(n) for n in ragged)
+    if output_format != "parquet":
+        raise UsageError(
+            f"{model.name}: outputs {names} are sized by the data (a count of boxes or "
+            f"selections per row), which {output_format} shards cannot hold",
+            hint="write Parquet (--format parquet): each row's value is a list there",
+        )
+    if fixed not in (None, 1):
+        raise UsageError(
+            f"{model.name}: outputs {names} are sized by the data, and the model runs "
+            f"{fixed} rows at once: its outputs cannot be told apart by row",
+            hint="export the model with a batch of 1 or a dynamic batch",
+        )
 
 
 def fixed_batch(model: Model) -> int | None:

@@ -42,7 +42,7 @@ from ..measure import PeakMemory
 from ..runtime import OrtRunner, SessionConfig
 from ..signature import Signature
 from .plan import Job, current_rss, in_flight
-from .sinks import ShardWriter, output_table
+from .sinks import ShardWriter, output_table, ragged_row
 from .sources import Chunk
 from .summary import BatchProgress, BatchSummary, ProgressCallback
 
@@ -79,12 +79,17 @@ def _runners(job: Job) -> list[OrtRunner]:
 
 
 def run_outputs(
-    runner: OrtRunner, feeds: dict[str, np.ndarray], fixed: int | None
+    runner: OrtRunner,
+    feeds: dict[str, np.ndarray],
+    fixed: int | None,
+    ragged: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """One batch's outputs, rows first like its feeds; a batch shorter than a fixed batch axis
     is padded with copies of its last row, and the padding's outputs dropped. An input or
     output whose rows lie on another axis in the model (a recurrent state) has them moved
-    there and back (``Signature.row_axes``, ``Signature.output_row_axis``)."""
+    there and back (``Signature.row_axes``, ``Signature.output_row_axis``). The ``ragged``
+    outputs, sized by the data (``graphs.sized_by_data``), come from a run of one row and are
+    that row's whole value (``sinks.ragged``)."""
     n = next((len(v) for v in feeds.values() if v.ndim), 0)
     if fixed is not None and n < fixed:
         feeds = {
@@ -95,8 +100,8 @@ def run_outputs(
     axes = signature.row_axes()
     feeds = {k: np.moveaxis(v, 0, axis) if (axis := axes[k]) else v for k, v in feeds.items()}
     outputs = runner.run(feeds)
-    moved = {k: _rows_first(signature, k, v) for k, v in outputs.items()}
-    return {k: _rows(k, v, n, fixed) for k, v in moved.items()}
+    moved = {k: v if k in ragged else _rows_first(signature, k, v) for k, v in outputs.items()}
+    return {k: ragged_row(v) if k in ragged else _rows(k, v, n, fixed) for k, v in moved.items()}
 
 
 def _rows_first(signature: Signature, name: str, value: np.ndarray) -> np.ndarray:
@@ -124,9 +129,12 @@ def _rows(name: str, value: np.ndarray, n: int, fixed: int | None) -> np.ndarray
     )
 
 
-def run_batch(runner: OrtRunner, chunk: Chunk, fixed: int | None) -> Any:
+def run_batch(
+    runner: OrtRunner, chunk: Chunk, fixed: int | None, ragged: tuple[str, ...] = ()
+) -> Any:
     """The output table of one batch: its rows, trace columns and outputs."""
-    return output_table(chunk.rows, chunk.trace, run_outputs(runner, chunk.feeds, fixed))
+    outputs = run_outputs(runner, chunk.feeds, fixed, ragged)
+    return output_table(chunk.rows, chunk.trace, outputs)
 
 
 def _batches(job: Job) -> Iterator[tuple[int, int, int]]:
@@ -178,7 +186,7 @@ def _pipeline(
     shard0, start0, stop0 = next(batches)
     baseline = current_rss()
     first = job.source.read(start0, stop0)
-    table = run_batch(runners[0], first, job.fixed_batch)
+    table = run_batch(runners[0], first, job.fixed_batch, job.ragged)
     ran[0] += 1
     per_batch = first.nbytes + table.nbytes
     # What the first run left allocated besides its data: the session's arena, which each
@@ -221,7 +229,7 @@ def _pipeline(
             if stop.is_set():
                 continue
             try:
-                table = run_batch(runner, chunk, job.fixed_batch)
+                table = run_batch(runner, chunk, job.fixed_batch, job.ragged)
             except BaseException as e:  # handed to the writer, raised there
                 done.put(_Done(seq, shard, None, e))
                 continue

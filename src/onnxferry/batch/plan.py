@@ -168,6 +168,9 @@ class Job:
     max_memory: int = DEFAULT_MAX_MEMORY
     provider: str = "cpu"
     fixed_batch: int | None = None
+    ragged: tuple[str, ...] = ()
+    """Outputs sized by the data (``graphs.sized_by_data``): run a row at a time, stored as
+    lists."""
     notes: list[str] = field(default_factory=list)
     devices: list[Device] = field(default_factory=list)
     """A device pool: one session per device (``workers`` is its size)."""

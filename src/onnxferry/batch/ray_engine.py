@@ -62,6 +62,7 @@ class _Work:
     batch_size: int
     threads: int
     fixed_batch: int | None
+    ragged: tuple[str, ...]
     provider: str
     custom_ops: tuple[str, ...]
 
@@ -128,7 +129,7 @@ class _ShardRunner:
                 chunk = upcoming.result()
                 if following is not None:
                     upcoming = self._reader.submit(source.read, *following)
-                writer.write(run_batch(self._runner, chunk, work.fixed_batch))
+                writer.write(run_batch(self._runner, chunk, work.fixed_batch, work.ragged))
                 source.recycle(chunk)
                 del chunk
             writer.commit()
@@ -217,6 +218,7 @@ def _execute(
         batch_size=job.batch_size,
         threads=threads,
         fixed_batch=job.fixed_batch,
+        ragged=job.ragged,
         provider=job.provider,
         custom_ops=tuple(loaded_custom_ops()),  # on a cluster: at the same path on every node
     )

@@ -118,6 +118,8 @@ def _arrow(name: str, values: np.ndarray) -> Any:
         keys = map_keys(values)
         if keys is not None:  # scikit-learn's ZipMap: an Arrow map per row
             return _map_array(name, values, keys)
+        if values.ndim == 1 and values.size and all(isinstance(v, np.ndarray) for v in values):
+            return _ragged_array(name, values)
         return pa.array(values.tolist() if values.ndim > 1 else values)  # strings, nested
     if values.ndim == 1:
         return pa.array(values)
@@ -129,6 +131,36 @@ def _arrow(name: str, values: np.ndarray) -> Any:
         )
     except (pa.ArrowException, ValueError, TypeError) as e:
         raise DataError(f"output {name!r} of type {values.dtype} cannot be stored: {e}") from e
+
+
+def ragged_row(value: np.ndarray) -> np.ndarray:
+    """One row's output whose size follows the data (a detector's ``[boxes, 4]``), as a
+    one-row object column that ``output_table`` stores as an Arrow list."""
+    cell = np.empty(1, dtype=object)
+    cell[0] = value
+    return cell
+
+
+def _ragged_array(name: str, values: np.ndarray) -> Any:
+    """Rows of ``[count, *cell]`` arrays (``ragged_row``) as ``list<fixed_size_list<cell>>``
+    (``list<value>`` for a 1-D one): each row keeps its own count, zero included."""
+    import pyarrow as pa
+
+    rows = list(values)
+    cell = rows[0].shape[1:]
+    if any(r.ndim == 0 or r.shape[1:] != cell or r.dtype != rows[0].dtype for r in rows):
+        raise DataError(
+            f"output {name!r} changes its shape beyond the first axis from row to row",
+            hint="only a varying first axis (a count of boxes, of selections) can be stored",
+        )
+    try:
+        inner = pa.array(np.concatenate([r.reshape(-1) for r in rows]))
+        for size in reversed(cell):  # [count, 3, 4]: list<fixed_size_list<fixed_size_list<4>, 3>>
+            inner = pa.FixedSizeListArray.from_arrays(inner, size)
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), inner)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise DataError(f"output {name!r} of type {rows[0].dtype} cannot be stored: {e}") from e
 
 
 def _map_array(name: str, values: np.ndarray, keys: frozenset[Any]) -> Any:
@@ -275,8 +307,23 @@ class ShardWriter:
 
 
 def _numpy(column: Any) -> np.ndarray:
+    """A column as ``column_array`` gives it; a ragged output (``ragged_row``) as one array per
+    row, in an object array."""
+    import pyarrow as pa
+
     from .tables import column_array
 
+    kind = column.type
+    if pa.types.is_list(kind):
+        cell, numeric = [], kind.value_type
+        while pa.types.is_fixed_size_list(numeric):
+            cell.append(numeric.list_size)
+            numeric = numeric.value_type
+        if pa.types.is_integer(numeric) or pa.types.is_floating(numeric):
+            dtype = numeric.to_pandas_dtype()
+            rows = np.empty(len(column), dtype=object)
+            rows[:] = [np.asarray(v, dtype).reshape(-1, *cell) for v in column.to_pylist()]
+            return rows
     return column_array(column, "output")
 
 

@@ -127,6 +127,7 @@ def explain(
     """
     from ..errors import UsageError
     from ..feeds import index_ranges
+    from ..graphs import sized_by_data
     from .evaluate import Budget, BudgetExceeded, Decode, Evaluator, resolve_targets
     from .inputs import background_of, feeds_of, input_name_of, open_session, shap_background
     from .kinds import plan_layout
@@ -178,7 +179,8 @@ def explain(
         model_name=loaded.name,
         decode=decode,
     )
-    targets, scores = resolve_targets(evaluator, rows, signature, target)
+    sized = sized_by_data(loaded.proto)
+    targets, scores = resolve_targets(evaluator, rows, signature, target, sized)
     gradients = None
     if method == "integrated-gradients":
         from .gradients import GradientScorer

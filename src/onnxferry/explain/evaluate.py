@@ -17,7 +17,7 @@ A ``progress`` callback hears of each chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,6 +125,7 @@ class Evaluator:
         self.map_columns: dict[str, list[Any]] = {}
         """Per output that is a sequence of maps (scikit-learn's ZipMap): its keys, one per
         column of the table the evaluator makes of it."""
+        self._row_widths: dict[tuple[str, int], int] = {}
         self.planned = 0
         self.input_index = 0
         self.independent = True
@@ -276,14 +277,29 @@ class Evaluator:
         self.runs += 1
         value = self._numbers(result, output)
         if not self.layout.batch_axis or (rows == 1 and value.shape[:1] != (1,)):
-            return value.reshape(1, -1)
+            return self._same_width(value.reshape(1, -1), output, sample)
         if value.shape[:1] != (len(batch),):
             raise UsageError(
                 f"output {output!r} has shape {list(value.shape)} for {len(batch)} rows: it "
                 "does not keep the batch axis, so rows cannot be told apart",
                 hint="explain with --batch-size 1, or another output (--target OUTPUT)",
             )
-        return value.reshape(len(batch), -1)[:rows]
+        return self._same_width(value.reshape(len(batch), -1)[:rows], output, sample)
+
+    def _same_width(self, values: np.ndarray, output: str, sample: int) -> np.ndarray:
+        """``values`` when each row holds as many as ``sample``'s first run did; a size that
+        follows the input (a detector's boxes after NMS) is a UsageError: no value can be
+        followed from one perturbed input to the next."""
+        width = self._row_widths.setdefault((output, sample), values.shape[1])
+        if values.shape[1] != width:
+            raise UsageError(
+                f"output {output!r} gives {width} values for one input and {values.shape[1]} "
+                "for another: its size follows the input (as a detector's boxes after "
+                "non-max suppression do), so no value of it can be followed across inputs",
+                hint="explain an output of fixed size (--target OUTPUT), or the model "
+                "exported before its non-max suppression",
+            )
+        return values
 
     def _numbers(self, result: Any, output: str) -> np.ndarray:
         """One run's ``output`` as float64; a sequence of maps as its table of values."""
@@ -316,15 +332,21 @@ class Evaluator:
 
 
 def resolve_targets(
-    evaluator: Evaluator, samples: np.ndarray, signature: Signature, target: int | str | None
+    evaluator: Evaluator,
+    samples: np.ndarray,
+    signature: Signature,
+    target: int | str | None,
+    sized: Collection[str] = (),
 ) -> tuple[list[Target], np.ndarray]:
     """The value to explain for each sample, and its value at the sample.
 
     ``target``: None (the first float output, else the first numeric one; its argmax for a
     vector of class scores), a class index into that output, an output's name, or
-    ``OUTPUT:INDEX``. UsageError when it names no output or is out of range.
+    ``OUTPUT:INDEX``. UsageError when it names no output or is out of range, or an output in
+    ``sized`` (``graphs.sized_by_data``: a detector's boxes after non-max suppression, whose
+    values cannot be followed from one perturbed input to the next).
     """
-    output, index = _parse_target(signature, target)
+    output, index = _parse_target(signature, target, sized)
     targets, scores = [], []
     for i in range(len(samples)):
         values = evaluator.outputs(samples[i : i + 1], i, output)[0]
@@ -351,7 +373,9 @@ def resolve_targets(
     return targets, np.asarray(scores)
 
 
-def _parse_target(signature: Signature, target: int | str | None) -> tuple[str, int | None]:
+def _parse_target(
+    signature: Signature, target: int | str | None, sized: Collection[str] = ()
+) -> tuple[str, int | None]:
     outputs = signature.output_names
     kinds = {s.name: s.dtype.kind for s in signature.outputs}
     # Scores before labels: a classifier's first output is often its int64 label.
@@ -359,10 +383,11 @@ def _parse_target(signature: Signature, target: int | str | None) -> tuple[str, 
     numeric += [n for n in outputs if kinds[n] in ("int", "bool")]
     if not numeric:
         raise UsageError("the model has no numeric output to explain")
-    if target is None:
-        return numeric[0], None
-    if isinstance(target, int) or target.lstrip("-").isdigit():
-        return numeric[0], int(target)
+    first = next((n for n in numeric if n not in sized), None)
+    if target is None or isinstance(target, int) or target.lstrip("-").isdigit():
+        if first is None:
+            raise _sized_error(numeric, every=True)
+        return first, None if target is None else int(target)
     if target in outputs:
         name, index = target, None
     else:
@@ -375,7 +400,23 @@ def _parse_target(signature: Signature, target: int | str | None) -> tuple[str, 
         index = int(position)
     if name not in numeric:
         raise UsageError(f"output {name!r} holds no numbers to explain", hint="pick another")
+    if name in sized:
+        raise _sized_error([name])
     return name, index
+
+
+def _sized_error(outputs: list[str], *, every: bool = False) -> UsageError:
+    """An output sized by the data named as a target, or (``every``) the model's numeric
+    outputs all being so."""
+    if every:
+        which, hint = f"every numeric output ({', '.join(outputs)}) is", "explain"
+    else:
+        which, hint = f"output {outputs[0]!r} is", "explain an output of fixed size (--target), or"
+    return UsageError(
+        f"{which} sized by the data (it follows non-max suppression or a mask): what it "
+        "holds for one input has no counterpart in the next, so it cannot be explained",
+        hint=f"{hint} the model as exported before its non-max suppression",
+    )
 
 
 def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:

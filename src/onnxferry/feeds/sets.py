@@ -98,15 +98,40 @@ def checked_feeds(
         sets.append({name: np.asarray(value) for name, value in item.items()})
     if not sets:
         raise UsageError(f"{kind} set is empty", hint=f"give at least one {kind} sample")
+    checked: list[Feeds] = []
     for i, feed in enumerate(sets):
         try:
             if signature is not None:
                 signature.validate(feed)
+            checked.append(feed)
         except FeedError as e:
+            rows = _rows_at_batch_one(feed, signature) if signature is not None else None
+            if rows is not None:
+                checked += rows
+                continue
             label = where if single else " ".join(filter(None, (where, f"sample {i}")))
             message = f"{label}: {e.message}" if label else e.message
             raise error(message, hint=e.hint) from e
-    return sets
+    return checked[:limit] if limit is not None else checked
+
+
+def _rows_at_batch_one(feed: Feeds, signature: Signature) -> list[Feeds] | None:
+    """N samples stacked for a model exported at batch 1 (every input's leading dim fixed
+    at 1, every array's N): N feed sets of one row each, or None when that does not fit."""
+    specs = signature.inputs
+    if not specs or set(feed) != set(signature.input_names):
+        return None
+    if any(not s.shape or s.shape[0] != 1 for s in specs):
+        return None
+    counts = {feed[s.name].shape[0] if feed[s.name].ndim else 0 for s in specs}
+    if len(counts) != 1 or (count := counts.pop()) < 2:
+        return None
+    rows = [{n: a[i : i + 1] for n, a in feed.items()} for i in range(count)]
+    try:
+        signature.validate(rows[0])
+    except FeedError:
+        return None
+    return rows
 
 
 def verification_feeds(

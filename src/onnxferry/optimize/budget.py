@@ -10,6 +10,9 @@ Cosine is the minimum over every sample row of every float output (on a real sen
 encoder the mean stays above 0.99 while the worst sentence falls to 0.78); top-1 agreement is
 over all rows of score-like outputs; task metrics compare against the original model's score
 on the labelled data (accuracy drop for classifiers, relative MSE increase for regressors).
+An output whose size follows the data (a detector's boxes after NMS, a mask's selections)
+misses the budget outright where the candidate gives another size than the reference: it found
+other boxes, and no row of one pairs with a row of the other.
 """
 
 from __future__ import annotations
@@ -132,6 +135,10 @@ def worst_cosine(reference: Outputs, candidate: Outputs) -> float:
     """Minimum cosine similarity over every row (dim 0 entry) of every float output."""
     worst = 1.0
     for r, c in _float_pairs(reference, candidate):
+        if r.shape != c.shape:
+            return 0.0
+        if not r.size:
+            continue
         rows_r = r.reshape(r.shape[0], -1) if r.ndim > 1 else r.reshape(1, -1)
         rows_c = c.reshape(rows_r.shape)
         if not (np.isfinite(rows_c).all() and np.isfinite(rows_r).all()):
@@ -162,9 +169,23 @@ def near_zero_outputs(reference: Outputs) -> dict[str, float]:
     return {name: peak for name, peak in peaks.items() if peak <= NEAR_ZERO}
 
 
+def empty_outputs(reference: Outputs) -> list[str]:
+    """Float outputs with no element on any feed set (a detector that found nothing in them):
+    every candidate agrees with the reference there, so the budget judges nothing."""
+    sizes: dict[str, int] = {}
+    for outputs in reference:
+        for name, value in outputs.items():
+            array = np.asarray(value)
+            if array.dtype.kind == "f":
+                sizes[name] = sizes.get(name, 0) + array.size
+    return [name for name, size in sizes.items() if not size]
+
+
 def max_abs(reference: Outputs, candidate: Outputs) -> float:
     worst = 0.0
     for r, c in _float_pairs(reference, candidate):
+        if r.shape != c.shape:
+            return float("inf")
         worst = max(worst, float(np.abs(r - c).max(initial=0.0)))
     return worst
 
@@ -174,6 +195,9 @@ def top1_agreement(reference: Outputs, candidate: Outputs) -> float:
     agree = total = 0
     for r, c in _float_pairs(reference, candidate):
         if r.ndim < 2 or r.shape[-1] < 2:
+            continue
+        if r.shape != c.shape:  # other rows: none of them agrees
+            total += max(r[..., 0].size, c[..., 0].size, 1)
             continue
         same = r.argmax(axis=-1) == c.argmax(axis=-1)
         agree += int(same.sum())

@@ -31,7 +31,7 @@ from ..model import Model
 from ..report import Report
 from ..signature import Signature
 from .auto import auto_search, default_time_budget
-from .budget import Budget, near_zero_outputs
+from .budget import Budget, empty_outputs, near_zero_outputs
 from .candidates import SearchResult
 from .capture import captured
 from .chain import ChainResult, Judge, apply_recipe
@@ -140,6 +140,7 @@ def optimize(
         )
 
     judge = judge_on(split.tune, split.tune_labels)
+    _check_not_empty(source, judge.reference, budget, sizes_note)
     if budget.metric == "cosine":
         sizes_note += [
             f"output {name!r} is at most {peak:.2g} in magnitude on these inputs: its cosine "
@@ -283,6 +284,29 @@ def _task(labels: list[np.ndarray] | None) -> str | None:
     if labels is None:
         return None
     return "classification" if labels[0].dtype.kind in "iub" else "regression"
+
+
+def _check_not_empty(
+    source: Model, reference: list[dict[str, np.ndarray]], budget: Budget, notes: list[str]
+) -> None:
+    """Refuse a budget that would judge nothing: every float output empty on every feed set
+    (a detector shown inputs it finds nothing in). Some empty: a note names them."""
+    if budget.needs_labels:
+        return
+    empty = empty_outputs(reference)
+    floats = {
+        n for outputs in reference for n, v in outputs.items() if np.asarray(v).dtype.kind == "f"
+    }
+    if empty and set(empty) == floats:
+        raise UsageError(
+            f"{source.name}: every float output ({', '.join(empty)}) is empty on the "
+            "validation inputs, so the budget would judge nothing",
+            hint="give inputs the model finds something in (--inputs FILE)",
+        )
+    notes += [
+        f"output {name!r} is empty on every validation input: the budget judges the others"
+        for name in empty
+    ]
 
 
 def _validation(

@@ -70,6 +70,7 @@ import onnxruntime as ort
 from ..devices import Device, device_session
 from ..errors import FeedError, FerryError
 from ..feeds import describe_shapes, plan_feeds
+from ..graphs import sized_by_data
 from ..model import Model
 from ..runtime import (
     SessionConfig,
@@ -379,7 +380,11 @@ class ModelExecutor:
         """The device of each instance (None: ``config.provider`` as it is)."""
         self.instance_runs = [0] * self.instances
         """Batches each instance has run (a pool's spread; also ``device_runs``)."""
-        self.batching: bool = config.max_batch_size > 0 and batch_axis(self.signature)
+        self.batching: bool = (
+            config.max_batch_size > 0
+            and batch_axis(self.signature)
+            and not sized_by_data(model.proto)
+        )
         session_config = SessionConfig(
             provider=config.provider,
             threads=self.threads,
