@@ -348,16 +348,32 @@ def _scores_and_kept(*, logits: bool = True) -> Model:
 
 
 def test_outputs_sized_by_the_data_are_never_a_target() -> None:
-    """A detector's boxes after non-max suppression, a mask's selections: the default target
-    is the first output of fixed size; naming one sized by the data is one line, and so is a
-    model with no other (before, the evaluator's rows of 3 and 1 values crashed numpy)."""
+    """A detector's boxes after non-max suppression, a mask's selections, a sequence of
+    tensors: the default target is the first output of fixed size; naming one of those is one
+    line, and so is a model with no other (before, the evaluator's rows of 3 and 1 values
+    crashed numpy, and a sequence was the default target of a model with a plain output)."""
     model = _scores_and_kept()
     found = explain(model, _rows(2), "occlusion")
     assert {t.partition("[")[0] for t in found.targets} == {"logits"}
     with pytest.raises(UsageError, match=r"output 'kept' is sized by the data"):
         explain(model, _rows(2), "occlusion", target="kept")
-    with pytest.raises(UsageError, match=r"every numeric output \(kept\) is sized by the data"):
+    with pytest.raises(UsageError, match=r"no output of the model can be explained: 'kept' is"):
         explain(_scores_and_kept(logits=False), _rows(2), "occlusion")
+    split = _model(
+        [
+            helper.make_node("SplitToSequence", ["x"], ["parts"], axis=1),
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [
+            helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        {"w": np.ones((FEATURES, 2), np.float32)},
+    )
+    assert explain(split, _rows(2), "occlusion").targets[0].startswith("logits")
+    with pytest.raises(UsageError, match=r"output 'parts' is a sequence of tensors"):
+        explain(split, _rows(2), "occlusion", target="parts")
 
 
 @pytest.mark.parametrize("method", ["kernelshap", "occlusion"])

@@ -127,8 +127,14 @@ def explain(
     """
     from ..errors import UsageError
     from ..feeds import index_ranges
-    from ..graphs import sized_by_data
-    from .evaluate import Budget, BudgetExceeded, Decode, Evaluator, resolve_targets
+    from .evaluate import (
+        Budget,
+        BudgetExceeded,
+        Decode,
+        Evaluator,
+        resolve_targets,
+        unfit_targets,
+    )
     from .inputs import background_of, feeds_of, input_name_of, open_session, shap_background
     from .kinds import plan_layout
     from .masking import baseline, groups_for, spatial_labels
@@ -179,8 +185,8 @@ def explain(
         model_name=loaded.name,
         decode=decode,
     )
-    sized = sized_by_data(loaded.proto)
-    targets, scores = resolve_targets(evaluator, rows, signature, target, sized)
+    unfit = unfit_targets(loaded.proto)
+    targets, scores = resolve_targets(evaluator, rows, signature, target, unfit)
     gradients = None
     if method == "integrated-gradients":
         from .gradients import GradientScorer

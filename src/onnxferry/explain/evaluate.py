@@ -17,16 +17,20 @@ A ``progress`` callback hears of each chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..errors import FeedError, InputError, UsageError
+from ..graphs import sized_by_data
 from ..runtime import map_keys, map_order, map_table, quiet_run_options, run_errors
 from ..signature import Signature
 from .kinds import Layout
+
+if TYPE_CHECKING:
+    import onnx
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Decode = Callable[[np.ndarray], np.ndarray | Mapping[str, np.ndarray]]
@@ -336,17 +340,17 @@ def resolve_targets(
     samples: np.ndarray,
     signature: Signature,
     target: int | str | None,
-    sized: Collection[str] = (),
+    unfit: Mapping[str, str] | None = None,
 ) -> tuple[list[Target], np.ndarray]:
     """The value to explain for each sample, and its value at the sample.
 
     ``target``: None (the first float output, else the first numeric one; its argmax for a
     vector of class scores), a class index into that output, an output's name, or
     ``OUTPUT:INDEX``. UsageError when it names no output or is out of range, or an output in
-    ``sized`` (``graphs.sized_by_data``: a detector's boxes after non-max suppression, whose
-    values cannot be followed from one perturbed input to the next).
+    ``unfit`` (``unfit_targets``: why each such output has no value to follow from one
+    perturbed input to the next), which the default passes over.
     """
-    output, index = _parse_target(signature, target, sized)
+    output, index = _parse_target(signature, target, unfit or {})
     targets, scores = [], []
     for i in range(len(samples)):
         values = evaluator.outputs(samples[i : i + 1], i, output)[0]
@@ -373,8 +377,26 @@ def resolve_targets(
     return targets, np.asarray(scores)
 
 
+def unfit_targets(model: onnx.ModelProto) -> dict[str, str]:
+    """The outputs no explanation can follow, each with what it is: those sized by the data
+    (``graphs.sized_by_data``: a detector's boxes after non-max suppression) and sequences of
+    tensors (one tensor per split, not a value per row)."""
+    unfit = dict.fromkeys(sized_by_data(model), SIZED_BY_DATA)
+    for output in model.graph.output:
+        kind = output.type
+        if kind.HasField("sequence_type") and kind.sequence_type.elem_type.HasField("tensor_type"):
+            unfit.setdefault(output.name, "a sequence of tensors, not a value per input")
+    return unfit
+
+
+SIZED_BY_DATA = (
+    "sized by the data (non-max suppression, a mask): what it holds for one input has no "
+    "counterpart in the next"
+)
+
+
 def _parse_target(
-    signature: Signature, target: int | str | None, sized: Collection[str] = ()
+    signature: Signature, target: int | str | None, unfit: Mapping[str, str]
 ) -> tuple[str, int | None]:
     outputs = signature.output_names
     kinds = {s.name: s.dtype.kind for s in signature.outputs}
@@ -383,10 +405,21 @@ def _parse_target(
     numeric += [n for n in outputs if kinds[n] in ("int", "bool")]
     if not numeric:
         raise UsageError("the model has no numeric output to explain")
-    first = next((n for n in numeric if n not in sized), None)
     if target is None or isinstance(target, int) or target.lstrip("-").isdigit():
+        first = next((n for n in numeric if n not in unfit), None)
         if first is None:
-            raise _sized_error(numeric, every=True)
+            groups: dict[str, list[str]] = {}
+            for n in numeric:
+                groups.setdefault(unfit[n], []).append(repr(n))
+            why = "; ".join(
+                f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} {what}"
+                for what, names in groups.items()
+            )
+            raise UsageError(
+                f"no output of the model can be explained: {why}",
+                hint="explain the model as exported before the step that sizes its outputs "
+                "(its non-max suppression)",
+            )
         return first, None if target is None else int(target)
     if target in outputs:
         name, index = target, None
@@ -400,23 +433,12 @@ def _parse_target(
         index = int(position)
     if name not in numeric:
         raise UsageError(f"output {name!r} holds no numbers to explain", hint="pick another")
-    if name in sized:
-        raise _sized_error([name])
+    if name in unfit:
+        raise UsageError(
+            f"output {name!r} is {unfit[name]}, so it cannot be explained",
+            hint="explain another output (--target OUTPUT)",
+        )
     return name, index
-
-
-def _sized_error(outputs: list[str], *, every: bool = False) -> UsageError:
-    """An output sized by the data named as a target, or (``every``) the model's numeric
-    outputs all being so."""
-    if every:
-        which, hint = f"every numeric output ({', '.join(outputs)}) is", "explain"
-    else:
-        which, hint = f"output {outputs[0]!r} is", "explain an output of fixed size (--target), or"
-    return UsageError(
-        f"{which} sized by the data (it follows non-max suppression or a mask): what it "
-        "holds for one input has no counterpart in the next, so it cannot be explained",
-        hint=f"{hint} the model as exported before its non-max suppression",
-    )
 
 
 def default_batch_size(layout: Layout, dtype: np.dtype[Any]) -> int:
