@@ -26,7 +26,13 @@ from onnxferry.model import Model
 from onnxferry.optimize import BUILTIN, Budget, Recipe, list_passes, make_pass, optimize
 from onnxferry.optimize.auto import auto_search, candidate_recipes, plain_recipes
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
-from onnxferry.optimize.budget import empty_outputs, max_abs, top1_agreement, worst_cosine
+from onnxferry.optimize.budget import (
+    empty_outputs,
+    label_agreement,
+    max_abs,
+    top1_agreement,
+    worst_cosine,
+)
 from onnxferry.optimize.candidates import Candidate, SearchResult
 from onnxferry.optimize.chain import FASTER, ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import x86_without_vnni
@@ -125,6 +131,26 @@ def test_a_candidate_that_finds_other_boxes_misses_every_budget() -> None:
     none = [{"boxes": np.zeros((0, 4))}]
     assert worst_cosine(none, none) == 1.0 and max_abs(none, none) == 0.0
     assert empty_outputs(none) == ["boxes"] and empty_outputs(reference) == []
+
+
+def test_labels_are_judged_by_exact_agreement() -> None:
+    """A model whose only output is an argmax label: the float metrics saw nothing in it and
+    every candidate passed at 1.0; now a changed label counts against every budget."""
+    labels = np.arange(100) % 7
+    changed = labels.copy()
+    changed[:3] += 1
+    reference, candidate = [{"label": labels}], [{"label": changed}]
+    assert label_agreement(reference, candidate) == pytest.approx(0.97)
+    assert Budget.parse("cosine>=0.99").measure(reference, candidate) == pytest.approx(0.97)
+    assert Budget.parse("max_abs<=1e-3").measure(reference, candidate) == float("inf")
+    assert Budget.parse("cosine>=0.99").measure(reference, reference) == 1.0
+    scores = np.random.default_rng(0).random((100, 3))
+    both = [{"scores": scores, "label": labels}]
+    assert Budget.parse("top1>=0.9").measure(both, [{"scores": scores, "label": changed}]) == (
+        pytest.approx(0.97)
+    )
+    assert label_agreement([{"scores": scores}], [{"scores": scores}]) is None
+    assert label_agreement(reference, [{"label": labels[:50]}]) == 0.0
 
 
 def test_a_budget_judged_on_nothing_is_refused(tmp_path: Path) -> None:

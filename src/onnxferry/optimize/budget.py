@@ -12,7 +12,9 @@ over all rows of score-like outputs; task metrics compare against the original m
 on the labelled data (accuracy drop for classifiers, relative MSE increase for regressors).
 An output whose size follows the data (a detector's boxes after NMS, a mask's selections)
 misses the budget outright where the candidate gives another size than the reference: it found
-other boxes, and no row of one pairs with a row of the other.
+other boxes, and no row of one pairs with a row of the other. Integer and boolean outputs
+(labels, class ids) are judged by exact agreement (``label_agreement``): a model whose only
+output is an argmax label was judged on nothing, and every candidate passed.
 """
 
 from __future__ import annotations
@@ -105,12 +107,16 @@ class Budget:
         self, reference: Outputs, candidate: Outputs, labels: Sequence[np.ndarray] | None = None
     ) -> float:
         """The metric of ``candidate`` against ``reference`` (outputs per feed set)."""
-        if self.metric == "cosine":
-            return worst_cosine(reference, candidate)
-        if self.metric == "max_abs":
-            return max_abs(reference, candidate)
-        if self.metric == "top1":
-            return top1_agreement(reference, candidate)
+        if self.metric in ("cosine", "max_abs", "top1"):
+            agreement = label_agreement(reference, candidate)
+            if self.metric == "max_abs":
+                value = max_abs(reference, candidate)
+                return value if agreement in (None, 1.0) else float("inf")
+            if self.metric == "cosine":
+                value = worst_cosine(reference, candidate)
+            else:
+                value = top1_agreement(reference, candidate)
+            return value if agreement is None else min(value, agreement)
         if labels is None:
             raise UsageError(
                 f"the budget {self.text()} needs labelled data", hint="pass --eval data.npz"
@@ -129,6 +135,24 @@ def _float_pairs(reference: Outputs, candidate: Outputs) -> list[tuple[np.ndarra
             if r.dtype.kind == "f" and name in cand:
                 pairs.append((r.astype(np.float64), np.asarray(cand[name]).astype(np.float64)))
     return pairs
+
+
+def label_agreement(reference: Outputs, candidate: Outputs) -> float | None:
+    """The share of integer and boolean output elements (labels, class ids, token ids) the
+    candidate gives exactly as the reference does (0 where a shape differs), or None when the
+    model has no such output. Cosine and top-1 take the lower of it and their own value;
+    max_abs is infinite unless every one agrees."""
+    agree = total = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        for name, r in ref.items():
+            r = np.asarray(r)
+            if r.dtype.kind not in "iub" or name not in cand:
+                continue
+            c = np.asarray(cand[name])
+            total += max(r.size, 1)
+            if r.shape == c.shape:
+                agree += int((r == c).sum()) if r.size else 1
+    return agree / total if total else None
 
 
 def worst_cosine(reference: Outputs, candidate: Outputs) -> float:
