@@ -278,6 +278,20 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
 
 
+def test_a_tf2onnx_nhwc_input_named_with_a_colon_stays_nhwc(tmp_path: Path) -> None:
+    """tf2onnx's ``input_1:0`` already NHWC, a Transpose inside: kept as it is. onnx2tf
+    matches the inputs to keep after writing ':' as '__'; given "input_1:0", it kept none and
+    took the image as NCHW ([batch, width, 3, height]: the check failed)."""
+    from tests.real_models import BUILT
+
+    source = save(BUILT["tf2onnx"].build(), tmp_path / "tf2onnx.onnx")
+    report = package(source, "tflite", tmp_path / "out")
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    kept = "takes input_1:0 (the file's input_1__0) as in ONNX"
+    assert any(kept in n for n in report.result.notes), report.result.notes
+
+
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_a_qdq_int8_model_runs_in_litert_with_its_quantization_as_float_ops(
     kind: str, tmp_path: Path

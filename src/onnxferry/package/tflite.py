@@ -680,7 +680,9 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
                 input_onnx_file_path=model,
                 output_folder_path=str(work / "out"),
                 not_use_onnxsim=True,
-                keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+                # onnx2tf matches these after writing every ':' of an input's name as '__'
+                # (tf2onnx's "image_tensor:0" was never kept, and went in transposed)
+                keep_ncw_or_nchw_or_ncdhw_input_names=[k.replace(":", "__") for k in keep] or None,
                 # TFLite has no builtin Erf: tf.math.erf would be a Flex op that LiteRT's
                 # interpreter cannot run (every GELU); onnx2tf's polynomial is within 1.5e-7
                 replace_to_pseudo_operators=["erf"],  # lower case: the CLI lowers its own
