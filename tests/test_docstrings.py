@@ -1281,6 +1281,15 @@ def _spectrogram(tmp: Path) -> Names:
     return {"proto": spectrogram(), "model": Model.from_proto(spectrogram())}
 
 
+def _fused_encoder(tmp: Path) -> Names:
+    """``proto`` and ``model``: an EmbedLayerNormalization into an Attention, ONNX Runtime's
+    fused operators (tests/test_unfused.py)."""
+    from onnxferry.model import Model
+    from tests.test_unfused import encoder
+
+    return {"proto": encoder(17), "model": Model.from_proto(encoder(17))}
+
+
 def _fp16_encoder(tmp: Path) -> Names:
     """encoder_fp16.onnx: a float16 Transpose into a MatMul, what ``ort_crashes`` matches."""
     from tests.test_ort_crashes import transpose_into_matmul
@@ -1571,6 +1580,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.weight_only": _pass_context,
     "onnxferry.ort_crashes": _fp16_encoder,
     "onnxferry.stft": _spectrogram,
+    "onnxferry.unfused": _fused_encoder,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity_judge,

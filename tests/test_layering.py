@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
         "devices",
         "ort_crashes",
         "stft",
+        "unfused",
     },
     {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from onnxferry.data.npz import save_npz
 from onnxferry.errors import InputError, UsageError
 from onnxferry.graphs import rename_values
 from onnxferry.model import Model
@@ -276,6 +277,22 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     (parity, *_) = report.result.checks
     assert report.ok and parity.name == "tflite parity" and parity.ok, parity.detail
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
+
+
+def test_a_bert_fused_by_onnx_runtime_s_optimizer_packages(tmp_path: Path) -> None:
+    """Attention, EmbedLayerNormalization, SkipLayerNormalization and BiasGelu are ONNX
+    Runtime's own: onnx2tf stopped at the first. Given as the standard ONNX they stand for,
+    the .tflite matches ONNX Runtime running the fused model."""
+    pytest.importorskip("transformers")
+    from tests.test_unfused import bert_feeds, ort_optimized_bert
+
+    source = ort_optimized_bert(tmp_path)
+    inputs = save_npz(tmp_path / "feeds.npz", bert_feeds())
+    report = package(source, "tflite", tmp_path / "out", {"inputs": str(inputs)})
+    (parity, *_) = report.result.checks
+    assert report.ok and parity.ok, parity.detail
+    note = next(n for n in report.result.notes if "ONNX Runtime fused operators" in n)
+    assert "2 Attention" in note and "1 EmbedLayerNormalization" in note
 
 
 def test_a_tf2onnx_nhwc_input_named_with_a_colon_stays_nhwc(tmp_path: Path) -> None:

@@ -41,7 +41,9 @@ looks first. A model onnx2tf cannot convert is one line (InputError, exit 2). Er
 GELU) is onnx2tf's polynomial of builtin ops (within 1.5e-7), not TensorFlow's erf, which
 only the Flex delegate runs; a file that still needs Flex ops fails its check naming them.
 ReduceL2 (an L2-normalized embedding's last step) is given to onnx2tf as
-Sqrt(ReduceSumSquare): its own ReduceL2 over one axis fails in tf.norm.
+Sqrt(ReduceSumSquare): its own ReduceL2 over one axis fails in tf.norm. ONNX Runtime's fused
+transformer operators (``Attention``, ``SkipLayerNormalization``, ...) are given to it as the
+standard ONNX they stand for (``unfused``).
 
 Open dims. With ``static=auto`` (the default) the ``.tflite`` keeps the model's open dims;
 should onnx2tf fail to convert it so (shape arithmetic on an unknown rank, as in Smart Turn's
@@ -86,6 +88,7 @@ from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
 from ..report import human_size
 from ..stft import STFT_NOTE, stft_as_conv
+from ..unfused import UNFUSED_NOTE, unfuse
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options
 
@@ -550,6 +553,9 @@ def _folded(
     _tf_op_names(proto.graph)
     if stfts := stft_as_conv(proto):
         notes.append(STFT_NOTE.format(count=stfts, tool="onnx2tf"))
+    if fused := unfuse(proto):
+        ops = ", ".join(f"{count} {op}" for op, count in fused.items())
+        notes.append(UNFUSED_NOTE.format(ops=ops, tool="onnx2tf"))
     if norms := _norms_as_sums(proto.graph):
         notes.append(
             f"its {norms} ReduceL2 nodes were given to onnx2tf as Sqrt(ReduceSumSquare) "

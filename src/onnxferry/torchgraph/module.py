@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import InputError, VerificationError, one_line
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_outputs
+from ..unfused import with_unfused
 from .ops import OPS, Node, UnsupportedOp, supported_ops
 
 TRAINABLE_MIN_ELEMENTS = 2
@@ -107,10 +108,12 @@ def to_torch(
     With ``check`` (the default), the module runs against ONNX Runtime on ``feeds`` (or on the
     feeds every verb generates) right away; ``module.parity`` holds the figures, and a
     mismatch raises VerificationError (exit 1). UnsupportedOperator (exit 2) names the first
-    operator the converter lacks.
+    operator the converter lacks. ONNX Runtime's fused transformer operators are translated
+    as the standard ones they stand for (``unfused``), and checked against the original.
     """
     model = model if isinstance(model, Model) else Model.load(model)
-    module = module_class()(model)
+    translated, _ = with_unfused(model)  # ONNX Runtime's fused operators, as standard ops
+    module = module_class()(translated)
     module.eval()
     if check:
         try:
