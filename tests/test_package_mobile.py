@@ -84,6 +84,21 @@ def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> N
     assert not (tmp_path / "out").exists()
 
 
+def test_an_input_of_unknown_rank_asks_for_inputs_the_package_way(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """No input can be made for it: the one line names ``--set inputs=FILE`` (the verbs'
+    ``--inputs`` is not an option of package), and with them the check runs."""
+    proto = mlp()
+    proto.graph.input[0].type.tensor_type.ClearField("shape")
+    source = save(proto, tmp_path / "mlp.onnx")
+    code, _, err = ferry("package", source, "--target", "mobile", "-o", tmp_path / "o")
+    assert code == 2 and "unknown rank" in err and "--set inputs=FILE" in err, err
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    inputs = {"inputs": str(tmp_path / "x.npy")}
+    assert package(source, "mobile", tmp_path / "given", inputs).ok
+
+
 def test_cli(ferry: Run, tmp_path: Path) -> None:
     source = save(mlp(), tmp_path / "mlp.onnx")
     code, out, err = ferry(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import FeedError
 from ..model import Model
 from .base import Options, Packaged
 
@@ -31,7 +32,12 @@ def check_feeds(
     dims (a model used at other sizes may differ there: give them)."""
     from ..feeds import feed_sets
 
-    feeds, plan = feed_sets(model, inputs, count=samples, where=f"--set inputs={inputs}")
+    try:
+        feeds, plan = feed_sets(model, inputs, count=samples, where=f"--set inputs={inputs}")
+    except FeedError as e:  # no inputs can be made (an input of unknown rank): say how to give them
+        if inputs is not None:
+            raise
+        raise FeedError(e.message, hint="give inputs to check on: --set inputs=FILE") from e
     if plan is not None and plan.guessed:
         result.notes.append(
             f"checked at sizes chosen here for the open dims ({plan.describe()}); "
