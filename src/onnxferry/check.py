@@ -142,9 +142,10 @@ def check(
         result.add(
             "operators outside ONNX",
             "warn",
-            f"ONNX defines no {', '.join(unknown)} (operator@opset) in its own domain; ONNX "
-            "Runtime has kernels for them (its transformers optimizer writes them), other "
-            "runtimes may refuse the model",
+            f"ONNX defines no {', '.join(unknown)} (operator@opset) in its own domain: ONNX "
+            "Runtime keeps kernels for some (its transformers optimizer writes "
+            "LayerNormalization at opset 14; the load checks below say whether it runs), "
+            "other runtimes may refuse the model",
         )
     _shape_inference(file, result)
     _runtime_versions(model.proto, result)

@@ -366,8 +366,8 @@ def checker_problem(file: Path, data: bytes | None = None) -> str | None:
     """What the onnx checker (not full_check) finds wrong, on one line, or None.
 
     It reads ``data`` when given, else the path (so external data resolves from the model's
-    directory). Operators the model uses at an opset where ONNX does not define them, but ONNX
-    Runtime does (``runtime_only_ops``), are not a problem here."""
+    directory). Operators ONNX defines only at other opsets than the model's (ONNX Runtime
+    keeps kernels for some: ``checker_findings``) are not a problem here."""
     return checker_findings(file, data)[0]
 
 

@@ -89,7 +89,7 @@ def run_outputs(
     output whose rows lie on another axis in the model (a recurrent state) has them moved
     there and back (``Signature.row_axes``, ``Signature.output_row_axis``). The ``ragged``
     outputs, sized by the data (``graphs.sized_by_data``), come from a run of one row and are
-    that row's whole value (``sinks.ragged``)."""
+    that row's whole value (``sinks.ragged_row``)."""
     n = next((len(v) for v in feeds.values() if v.ndim), 0)
     if fixed is not None and n < fixed:
         feeds = {
