@@ -15,8 +15,8 @@ JSON lines) and one column per model output: scalars as plain columns, tensors a
 ``fixed_shape_tensor``, a sequence of maps (scikit-learn's ZipMap probabilities) as Arrow
 ``map<key, value>``, an output sized by the data (a detector's ``[boxes, 4]`` after
 non-max suppression: ``ragged_row``) as a ``list<fixed_size_list<4>>`` holding each row's
-own count, read back as one array per row. Outputs are written as they come (a row group per ~16 MiB), never held
-for a whole shard. ``.npy`` shards are one file per column, ``part-<start>-<stop>.<column>.npy``
+own count, read back as one array per row. Outputs are written as they come (a row group per
+~16 MiB), never held for a whole shard. ``.npy`` shards are one file per column, ``part-<start>-<stop>.<column>.npy``
 (``file_part``: characters a file name should not hold become ``_``), committed together; a
 map column there is its table, one value per key in key order (scikit-learn's ``classes_``);
 string columns (image files) are held for the shard and written as str arrays at its end.
