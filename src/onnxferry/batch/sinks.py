@@ -16,10 +16,11 @@ JSON lines) and one column per model output: scalars as plain columns, tensors a
 ``map<key, value>``, an output sized by the data (a detector's ``[boxes, 4]`` after
 non-max suppression: ``ragged_row``) as a ``list<fixed_size_list<4>>`` holding each row's
 own count, read back as one array per row. Outputs are written as they come (a row group per
-~16 MiB), never held for a whole shard. ``.npy`` shards are one file per column, ``part-<start>-<stop>.<column>.npy``
-(``file_part``: characters a file name should not hold become ``_``), committed together; a
-map column there is its table, one value per key in key order (scikit-learn's ``classes_``);
-string columns (image files) are held for the shard and written as str arrays at its end.
+~16 MiB), never held for a whole shard. ``.npy`` shards are one file per column,
+``part-<start>-<stop>.<column>.npy`` (``file_part``: characters a file name should not hold
+become ``_``), committed together; a map column there is its table, one value per key in key
+order (scikit-learn's ``classes_``); string columns (image files) are held for the shard and
+written as str arrays at its end; an output sized by the data has no form there (refused).
 A kill leaves at most the temporary files of the shard in progress, which the next run
 removes (atomic.remove_stale_temps) and writes again.
 """
