@@ -202,6 +202,14 @@ def checked(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def exported(graph: onnx.GraphProto, opset: int, ir: int, producer: str = "") -> onnx.ModelProto:
+    """``graph`` as an exporter writes it (one ONNX opset, its IR version and name), checked."""
+    opsets = [helper.make_opsetid("", opset)]
+    return checked(
+        helper.make_model(graph, opset_imports=opsets, ir_version=ir, producer_name=producer)
+    )
+
+
 def _weights(rng: np.random.Generator, *shape: int, scale: float = 0.1) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
@@ -249,13 +257,7 @@ def paddle_classifier() -> onnx.ModelProto:
         [value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
         [value_info("softmax_0.tmp_0", TensorProto.FLOAT, [-1, 10])],
     )
-    proto = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 11)],
-        ir_version=6,
-        producer_name="PaddlePaddle",
-    )
-    return checked(proto)
+    return exported(graph, 11, 6, "PaddlePaddle")
 
 
 def constant_weight_elements(proto: onnx.ModelProto) -> int:
@@ -352,10 +354,7 @@ def tf2onnx_nhwc() -> onnx.ModelProto:
         [value_info("dense", TensorProto.FLOAT, ["unk__15", 2])],
         inits,
     )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8, producer_name="tf2onnx"
-    )
-    return checked(proto)
+    return exported(graph, 15, 8, "tf2onnx")
 
 
 def tf2onnx_feeds() -> Feeds:
@@ -541,8 +540,7 @@ def vad_model() -> onnx.ModelProto:
         ],
         inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)], ir_version=8)
-    return checked(proto)
+    return exported(graph, 16, 8)
 
 
 def vad_unnamed() -> onnx.ModelProto:
@@ -599,8 +597,7 @@ def ir3_model() -> onnx.ModelProto:
         [value_info("prob_1", TensorProto.FLOAT, ["N", 3])],
         inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
-    return checked(proto)
+    return exported(graph, 8, 3)
 
 
 def ir3_feeds() -> Feeds:
@@ -651,8 +648,7 @@ def token_model() -> onnx.ModelProto:
         [value_info("logits", TensorProto.FLOAT, ["batch", 3])],
         inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
-    return checked(proto)
+    return exported(graph, 14, 8)
 
 
 def token_feeds() -> Feeds:
@@ -774,10 +770,7 @@ def nms_detector() -> onnx.ModelProto:
         ],
         inits,
     )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="tf2onnx"
-    )
-    return checked(proto)
+    return exported(graph, 17, 8, "tf2onnx")
 
 
 def nms_feeds() -> Feeds:
@@ -815,10 +808,7 @@ def masked_scores() -> onnx.ModelProto:
         ],
         inits,
     )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, producer_name="pytorch"
-    )
-    return checked(proto)
+    return exported(graph, 17, 8, "pytorch")
 
 
 def masked_feeds() -> Feeds:
