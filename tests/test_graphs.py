@@ -449,3 +449,35 @@ def test_outputs_sized_by_the_data_are_those_downstream_of_a_selection() -> None
         [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )
     assert sized_by_data(helper.make_model(graph)) == ["chosen"]
+
+
+def test_an_output_padded_to_a_fixed_count_is_not_sized_by_the_data() -> None:
+    """Combined non-max suppression pads its boxes to a maximum count (tf2onnx's
+    ``[batch, 100, 4]``): every row the same size, declared so. The same boxes unpadded,
+    declared ``[unk__52, 4]``, are sized by the data."""
+    from onnxferry.graphs import sized_by_data
+    from tests.real_models import BUILT
+
+    proto = BUILT["nms"].build()
+    proto.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([20], np.int64), "max_count"),
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        ]
+    )
+    proto.graph.node.extend(
+        [
+            helper.make_node("Shape", ["boxes"], ["found"], start=0, end=1),
+            helper.make_node("Sub", ["max_count", "found"], ["missing"]),
+            helper.make_node("Concat", ["zero", "zero", "missing", "zero"], ["pads"], axis=0),
+            helper.make_node("Pad", ["boxes", "pads"], ["padded_rows"]),
+            helper.make_node("Unsqueeze", ["padded_rows", "zero"], ["padded"]),
+        ]
+    )
+    proto.graph.output.append(
+        helper.make_tensor_value_info("padded", onnx.TensorProto.FLOAT, [1, 20, 4])
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    padded = OrtRunner(Model.from_proto(proto)).run(BUILT["nms"].feeds())["padded"]
+    assert padded.shape == (1, 20, 4)
+    assert sized_by_data(proto) == ["boxes", "scores"]

@@ -110,14 +110,43 @@ def sized_by_data(model: onnx.ModelProto) -> list[str]:
     downstream of ``SIZE_FROM_VALUES`` (a detector's boxes after non-max suppression, a mask's
     selections). Their leading dim counts what the data holds, not the batch, so requests
     cannot be concatenated and split again: a count that happens to equal the rows proves
-    nothing. Conservative: whatever is downstream counts, subgraphs included."""
+    nothing. Conservative: whatever is downstream counts, subgraphs included, unless the
+    output declares a size per row (``_fixed_per_row``: padded to a maximum count)."""
     tainted: set[str] = set()
-    for node in model.graph.node:
+    graph = model.graph
+    for node in graph.node:
         inner = [x for g in subgraphs(node) for sub in walk_graphs(g) for x in sub.node]
         ops = {node.op_type, *(x.op_type for x in inner)}
         if ops & SIZE_FROM_VALUES or tainted & {*node.input, *(n for x in inner for n in x.input)}:
             tainted.update(node.output)
-    return [o.name for o in model.graph.output if o.name in tainted]
+    batch = {d for i in graph.input for d in _dims(i)[:1] if isinstance(d, str)}
+    return [o.name for o in graph.output if o.name in tainted and not _fixed_per_row(o, batch)]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """A value's declared dims (a size, a name, or None for neither); [] without a shape."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return []
+    return [
+        d.dim_value if d.HasField("dim_value") else d.dim_param if d.dim_param else None
+        for d in tensor.shape.dim
+    ]
+
+
+def _fixed_per_row(output: onnx.ValueInfoProto, batch: set[str]) -> bool:
+    """Whether ``output`` declares a size per row: a scalar, or every dim a number but the
+    first, which is a number too or an input's batch dim (combined non-max suppression padded
+    to ``[batch, 100, 4]``)."""
+    tensor = output.type.tensor_type
+    if not tensor.HasField("shape"):
+        return False
+    dims = _dims(output)
+    if not dims:
+        return True
+    first, rest = dims[0], dims[1:]
+    whole = all(isinstance(d, int) and d > 0 for d in rest)
+    return whole and ((isinstance(first, int) and first > 0) or first in batch)
 
 
 # --- names -----------------------------------------------------------------------------------
