@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .graphs import copy_model, iter_nodes, value_names
+from .graphs import inlined, iter_nodes, value_names
 from .model import Model
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ UNFUSED_NOTE = (
 
 
 def fused_ops(proto: onnx.ModelProto) -> Counter[str]:
-    """How many of each operator ``unfuse`` would write back (a main-graph count)."""
+    """How many of each fused operator the main graph holds (``unfuse`` writes back those it
+    can: not an Attention with a past state, say)."""
     return Counter(node.op_type for node in proto.graph.node if _fused(node, _opset(proto)))
 
 
@@ -63,7 +64,7 @@ def with_unfused(model: Model) -> tuple[Model, Counter[str]]:
     ``model`` itself, and no counts, when it has none."""
     if not fused_ops(model.proto):
         return model, Counter()
-    proto = copy_model(model.proto)
+    proto = inlined(model)  # a copy, its external data read in: the new Model has no folder
     counts = unfuse(proto)
     return (Model.from_proto(proto), counts) if counts else (model, Counter())
 
