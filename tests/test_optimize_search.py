@@ -88,7 +88,9 @@ def test_a_model_that_passes_only_on_its_tuning_data_is_refused(tmp_path: Path) 
     assert candidate.result.within_budget and (candidate.result.final_metric or 0) >= 0.99
     assert candidate.refused and (candidate.held_out_metric or 1.0) < 0.99
     assert best is model and search.chosen is None and not search.ok
-    assert search.reason.startswith("refused: 1 candidate(s) met cosine>=0.99 only on the data")
+    assert search.reason.startswith(
+        "refused: 1 candidate(s) met cosine>=0.99 on the data the search tuned on but not on"
+    )
     assert Report("optimize", search).exit_code == 1  # out of budget, as the verb defines
     assert search.to_dict()["candidates"][0]["refused"] is True
 

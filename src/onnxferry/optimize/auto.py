@@ -30,7 +30,8 @@ but for noise).
 
 Honest budget: ``judge`` holds the tuning data (rollbacks, calibration, sensitivity);
 ``holdout`` the judging data. A candidate within budget on the tuning data is measured on the
-held-out data too and refused when it misses there; when every candidate is refused or
+held-out data too and refused when it misses there, or clears it by less than the drift
+between the two (``Budget.generalizes``); when every candidate is refused or
 misses, the search says so and is not ok (the verb exits 1). With ``time_budget_s`` no new
 candidate starts once the time is spent; ``untried`` lists the rest.
 """
@@ -204,7 +205,8 @@ class _Search:
             if result.within_budget and self.holdout is not None:
                 held = self.holdout.metric(final)
                 candidate.held_out_metric = held
-                candidate.refused = not self.holdout.budget.holds(held)
+                tuned = result.final_metric if result.final_metric is not None else held
+                candidate.refused = not self.holdout.budget.generalizes(tuned, held)
             if candidate.within:
                 candidate.pair_speedup = paired_speedup(
                     self.judge, self.model, final, search.baseline_ms

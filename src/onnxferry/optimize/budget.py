@@ -93,6 +93,17 @@ class Budget:
             return value >= self.limit
         return value <= self.limit
 
+    def generalizes(self, tuned: float, held: float) -> bool:
+        """Whether the held-out value meets the limit by at least its drift from the tuning
+        value. A worst case over a few dozen inputs falls as inputs are added, so a candidate
+        that clears the held-out set by less than that drift clears it by chance (MiniLM's
+        int8 on an AMX CPU: 0.9905 tuned, 0.9901 held out, 0.9890 on 48 other sentences)."""
+        if not self.holds(held):
+            return False
+        slack = held - self.limit if self.higher_is_better else self.limit - held
+        drift = abs(tuned - held)
+        return not np.isfinite(drift) or slack >= drift
+
     def miss(self, value: float) -> float:
         """How far ``value`` is on the wrong side of the limit (0 when it holds)."""
         if self.holds(value):

@@ -152,8 +152,9 @@ def choose_finalist(search: SearchResult, judge: Judge) -> None:
         there = best_refused.held_out_metric or 0.0
         search.misses_by = judge.budget.miss(there)
         search.reason = (
-            f"refused: {len(refused)} candidate(s) met {search.budget} only on the data the "
-            f"search tuned on (best: {short_label(best_refused)}, "
+            f"refused: {len(refused)} candidate(s) met {search.budget} on the data the search "
+            "tuned on but not on the held-out data, or there by less than the drift between "
+            f"the two (best: {short_label(best_refused)}, "
             f"{best_refused.result.final_metric:.6g} there, {there:.6g} on the held-out data); "
             "nothing holds on held-out data, the original is kept"
         )

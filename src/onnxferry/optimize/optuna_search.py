@@ -416,7 +416,8 @@ class _TrialRunner:
         if self.holdout is not None:
             held = self.holdout.metric(current)
             trial.set_user_attr("held_out_metric", held)
-            if not self.holdout.budget.holds(held):
+            tuned = trial.user_attrs.get("metric", held)
+            if not self.holdout.budget.generalizes(tuned, held):
                 trial.set_user_attr("refused", True)
                 return 1.0
         base, timed = self.judge.rounds([self.model, current], PAIR_ROUNDS, PAIR_ITERATIONS)
