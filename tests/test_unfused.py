@@ -221,7 +221,7 @@ def test_a_bert_through_onnx_runtime_s_optimizer_runs_as_standard_onnx(tmp_path:
 
 
 def ort_optimized_bert(tmp: Path) -> Path:
-    """A 2-layer BERT (random weights, from its config) exported by torch and fused by ONNX
+    """A 1-layer BERT (random weights, from its config) exported by torch and fused by ONNX
     Runtime's transformers optimizer: EmbedLayerNormalization, Attention,
     SkipLayerNormalization, BiasGelu."""
     import torch
@@ -229,7 +229,7 @@ def ort_optimized_bert(tmp: Path) -> Path:
 
     transformers: Any = importlib.import_module("transformers")
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=32, attn_implementation="eager",
     )  # fmt: skip
     torch.manual_seed(0)
