@@ -460,6 +460,19 @@ def test_grid_blocks_tile_any_shape_in_at_most_the_segments_asked() -> None:
     assert grid_segments((4, 3), 100).max() + 1 == 12  # an element each, no more
 
 
+def test_a_window_given_for_tokens_hides_spans_of_neighbouring_tokens() -> None:
+    """Magika's 2048 bytes took 2050 evaluations a row one token at a time, the window asked
+    for dropped with a note; with ``window`` it slides spans (n-grams) by half their length."""
+    explanation = explain(tokens(), _ids(2), "occlusion", window=4)
+    # each row: its target's run, itself and the baseline, spans at 0, 2, 4, 6, 8 of 12
+    assert explanation.evaluations == 2 * (1 + 2 + 5)
+    assert any("a 4 window, stride 2, 5 positions" in n for n in explanation.notes)
+    for row in explanation.attributions:
+        assert set(np.flatnonzero(row == row.max())) == {4, 5}  # the two spans over id 7
+    one_at_a_time = explain(tokens(), _ids(1), "occlusion")
+    assert one_at_a_time.evaluations == 1 + 2 + 12
+
+
 def test_a_window_given_for_tabular_rows_is_noted_not_silently_dropped() -> None:
     explanation = explain(tabular(), _rows(1), "occlusion", window=4)
     assert any("one feature at a time" in n and "--kind signal" in n for n in explanation.notes)

@@ -68,8 +68,8 @@ if TYPE_CHECKING:
 @click.option(
     "--window",
     type=int,
-    help="Occlusion's window in pixels (default: 1/8 side), or steps along a signal's axes "
-    "(default: 1/16 of its longest).",
+    help="Occlusion's window in pixels (default: 1/8 side), steps along a signal's axes "
+    "(default: 1/16 of its longest), or tokens (default: one at a time).",
 )
 @click.option("--max-evals", type=int, help="At most this many model evaluations in all.")
 @click.option("--deadline", type=float, help="Stop after this many seconds.")

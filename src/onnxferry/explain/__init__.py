@@ -116,7 +116,8 @@ def explain(
     themselves when there are several). ``samples``: the method's sample count (kernelshap
     nsamples, permutation max_evals, LIME num_samples, integrated gradients' steps).
     ``segments``: superpixels per image, blocks per signal. ``window``: occlusion's window in
-    pixels (elements along each axis of a signal). ``batch_axis``: whether the model's input
+    pixels (elements along each axis of a signal, neighbouring tokens; tokens are hidden one
+    at a time without it). ``batch_axis``: whether the model's input
     has a batch axis (default: told from its shape). ``session``: an InferenceSession already made
     for ``model``, or anything with its ``run(output_names, feeds, run_options)`` (``Session``).
 

@@ -193,6 +193,8 @@ def occlusion(task: Task) -> Attribution:
         longest = max(task.sample.shape)
         window = task.window or max(1, round(longest / 16))
         return _occlude_windows(task, tuple(range(task.sample.ndim)), window)
+    if layout.kind == "tokens" and task.window:  # spans of neighbouring tokens, as n-grams
+        return _occlude_windows(task, (0,), task.window)
     return _occlude_features(task)
 
 
@@ -510,7 +512,7 @@ def _occlude_features(task: Task) -> Attribution:
     if task.window:
         notes.append(
             f"occlusion: {task.layout.kind} input, one feature at a time (a window is for "
-            "images and signals: --kind signal hides neighbouring elements together)"
+            "images, signals and tokens: --kind signal hides neighbouring elements together)"
         )
     return Attribution(drops.reshape(task.sample.shape), float(full), notes)
 

@@ -669,6 +669,22 @@ def _norms_as_sums(graph: onnx.GraphProto) -> int:
     return count
 
 
+@contextlib.contextmanager
+def _no_saved_model() -> Iterator[None]:
+    """(In the worker.) onnx2tf without its SavedModel: it writes one before the .tflite files,
+    which it converts from the Keras model's concrete function and never from that folder
+    (only its integer-quantized output, not asked for, reads it back). Writing it was 71 of
+    onnx2tf's 190 s on Smart Turn's encoder."""
+    import tensorflow as tf
+
+    save = tf.saved_model.save
+    tf.saved_model.save = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        tf.saved_model.save = save
+
+
 def _convert(model: str, keep: list[str]) -> Converted | str:
     """(In the worker.) Run onnx2tf in the model's folder, the inputs in ``keep`` kept in
     their ONNX layout; the .tflite files, or one line (onnx2tf's first error: advice follows
@@ -679,7 +695,7 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
     os.chdir(work)
     console: NativeOutput | None = None
     try:
-        with native_output((1, 2)) as console:
+        with native_output((1, 2)) as console, _no_saved_model():
             import onnx2tf
 
             onnx2tf.convert(
