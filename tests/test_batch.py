@@ -545,3 +545,21 @@ def test_outputs_sized_by_the_data_are_each_row_s_whole_value(tmp_path: Path) ->
     four.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     with pytest.raises(UsageError, match="runs 4 rows at once"):
         batch(save(four, tmp_path / "four.onnx"), _npy(tmp_path, x[:4]), tmp_path / "four")
+
+
+def test_a_sequence_of_tensors_output_is_one_line_naming_it(ferry: Run, tmp_path: Path) -> None:
+    """SplitToSequence's output holds one tensor per split, not a value per row: the run was
+    a shape error about axis 0 that never said "sequence"."""
+    split = onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        split (float[N, 4] x) => (seq(float[N, 1]) parts, float[N, 4] y) {
+            parts = SplitToSequence <axis: int = 1> (x)
+            y = Relu (x)
+        }
+    """)
+    model = save(split, tmp_path / "split.onnx")
+    source = _npy(tmp_path, np.ones((3, 4), np.float32))
+    code, _, err = ferry("batch", model, source, "-o", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "outputs 'parts' are sequences of tensors" in err and "ConcatFromSequence" in err
+    assert not (tmp_path / "out").exists()

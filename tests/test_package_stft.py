@@ -120,6 +120,21 @@ def test_an_stft_it_cannot_write_as_a_convolution_is_left_alone() -> None:
     assert "STFT" in {node.op_type for node in model.proto.graph.node}  # the original is kept
 
 
+def test_a_model_with_external_data_is_rewritten_with_its_weights_read_in(
+    tmp_path: Path,
+) -> None:
+    """The window saved apart from the graph: the rewrite read it as a reference to a file the
+    copy had no folder for (its Model made from the proto alone)."""
+    path = tmp_path / "spectrogram.onnx"
+    onnx.save(spectrogram(), str(path), save_as_external_data=True, size_threshold=0)
+    rewritten, count = with_stft_as_conv(Model.load(path))
+    assert count == 1
+    audio = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    np.testing.assert_allclose(
+        _run(rewritten.proto, audio), _run(spectrogram(), audio), rtol=1e-4, atol=1e-4
+    )
+
+
 @pytest.mark.parametrize("target", ["openvino", "tflite"])
 @pytest.mark.parametrize("build", [spectrogram, spectrum], ids=["stft", "dft"])
 def test_spectra_package_for_converters_without_stft_or_dft(

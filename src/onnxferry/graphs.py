@@ -123,6 +123,17 @@ def sized_by_data(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in graph.output if o.name in tainted and not _fixed_per_row(o, batch)]
 
 
+def sequence_outputs(model: onnx.ModelProto) -> list[str]:
+    """The main graph's outputs that are sequences of tensors (``SplitToSequence``, a Loop's
+    scan of varying shapes): one tensor per element, not a value per row."""
+    return [
+        o.name
+        for o in model.graph.output
+        if o.type.HasField("sequence_type")
+        and o.type.sequence_type.elem_type.HasField("tensor_type")
+    ]
+
+
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """A value's declared dims (a size, a name, or None for neither); [] without a shape."""
     tensor = value.type.tensor_type

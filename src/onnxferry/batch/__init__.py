@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..devices import Device, check_pool, describe_pool, parse_devices, pool_provider
 from ..errors import DataError, UsageError
-from ..graphs import sized_by_data
+from ..graphs import sequence_outputs, sized_by_data
 from ..model import Model
 from ..runtime import usable_cores
 from .images import Preprocess
@@ -110,6 +110,7 @@ def _run(
     if src.rows == 0:
         raise DataError(f"{src.path} holds no rows", hint="give an input with at least one row")
     notes: list[str] = []
+    _check_no_sequences(loaded)
     fixed = fixed_batch(loaded)
     ragged = tuple(sized_by_data(loaded.proto))
     if ragged:
@@ -187,6 +188,20 @@ def _pool(
     pool_provider(pool, provider)
     check_pool(pool)
     return pool
+
+
+def _check_no_sequences(model: Model) -> None:
+    """A sequence of tensors (``SplitToSequence``) holds one tensor per element, whatever the
+    rows: there is no row's value to write (it was a shape error about axis 0)."""
+    sequences = sequence_outputs(model.proto)
+    if sequences:
+        names = ", ".join(repr(n) for n in sequences)
+        raise UsageError(
+            f"{model.name}: outputs {names} are sequences of tensors, which ferry batch "
+            "cannot split into rows",
+            hint="export the model with tensor outputs (ConcatFromSequence stacks a "
+            "sequence into one)",
+        )
 
 
 def _check_ragged(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..errors import FeedError, InputError, UsageError
-from ..graphs import sized_by_data
+from ..graphs import sequence_outputs, sized_by_data
 from ..runtime import map_keys, map_order, map_table, quiet_run_options, run_errors
 from ..signature import Signature
 from .kinds import Layout
@@ -382,10 +382,8 @@ def unfit_targets(model: onnx.ModelProto) -> dict[str, str]:
     (``graphs.sized_by_data``: a detector's boxes after non-max suppression) and sequences of
     tensors (one tensor per split, not a value per row)."""
     unfit = dict.fromkeys(sized_by_data(model), SIZED_BY_DATA)
-    for output in model.graph.output:
-        kind = output.type
-        if kind.HasField("sequence_type") and kind.sequence_type.elem_type.HasField("tensor_type"):
-            unfit.setdefault(output.name, "a sequence of tensors, not a value per input")
+    for name in sequence_outputs(model):
+        unfit.setdefault(name, "a sequence of tensors, not a value per input")
     return unfit
 
 
