@@ -74,6 +74,44 @@ def test_lowers_an_opset_the_runtime_cannot_load(tmp_path: Path) -> None:
     assert report.ok
 
 
+def _opset_6_prelu() -> onnx.ModelProto:
+    """x[N, 3, 4, 5] -> PRelu@6 with a slope per channel, IR 3 (every weight an input too),
+    as PyTorch 0.x exported it (onnx's own pytorch-converted test models)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    slope = np.array([0.1, 0.2, 0.3], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"])],
+        "prelu",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5]),
+            helper.make_tensor_value_info("slope", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 5])],
+        [numpy_helper.from_array(slope, "slope")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+
+
+def test_an_opset_older_than_the_runtime_runs_is_raised_and_verified(tmp_path: Path) -> None:
+    """ONNX Runtime has no CPU kernel for PRelu@6 (nor Add@6, Gemm@6, ...): kept at opset 6
+    the parity check could not run it ("no runtime here implements"). Raised to the default
+    opset, checked against onnx's reference implementation of the original; PRelu's slope
+    still goes along the channels (onnx's version converter left it to broadcast along the
+    last axis), and the weights are no longer inputs."""
+    model = convert(save(_opset_6_prelu(), tmp_path / "old.onnx"), tmp_path / "new.onnx")
+    assert model.opset_imports["ai.onnx"] == 17 and model.ir_version >= 8
+    report = model.provenance[-1]
+    assert report.ok and report.result.details["reference"].endswith("@onnx.reference")
+    assert any("opset 6 is older than ONNX Runtime runs" in n for n in report.notes)
+    assert [i.name for i in model.proto.graph.input] == ["x"]
+    x = -np.ones((2, 3, 4, 5), np.float32)
+    (y,) = OrtRunner(model).run({"x": x}).values()
+    np.testing.assert_allclose(y[0, :, 0, 0], [-0.1, -0.2, -0.3], rtol=1e-6)
+    kept = convert(save(_opset_6_prelu(), tmp_path / "old.onnx"), tmp_path / "7.onnx", opset=7)
+    assert kept.opset_imports["ai.onnx"] == 7  # an opset asked for is the one written
+
+
 def test_fastest_passing_exporter_is_chosen_and_the_reason_given(tmp_path: Path) -> None:
     renamed = mlp()  # right values under the wrong output name: fails the names check
     renamed.graph.output[0].name = "scores"

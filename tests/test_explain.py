@@ -545,7 +545,7 @@ def test_the_evaluator_runs_thousands_of_rows_in_a_few_session_runs() -> None:
 
 
 @pytest.mark.parametrize("method", ["occlusion", "kernelshap"])
-def test_fixed_batch_1_and_no_batch_axis_give_what_the_open_batch_gives(method: str) -> None:
+def test_fixed_batches_and_no_batch_axis_give_what_the_open_batch_gives(method: str) -> None:
     x, background = _rows(2), _rows(10, seed=1)
     open_batch = explain(tabular(), x, method, background=background, samples=100)
     batch_1 = explain(tabular(1), x, method, background=background, samples=100)
@@ -557,6 +557,11 @@ def test_fixed_batch_1_and_no_batch_axis_give_what_the_open_batch_gives(method: 
         assert other.session_runs == other.evaluations  # one row a run
     if method == "kernelshap":
         assert open_batch.session_runs < open_batch.evaluations / 10
+    # exported at batch 2 (onnx's pytorch-converted models): a row run alone is padded to
+    # two, and its output's first row is its own (it was read as one row of both)
+    batch_2 = explain(tabular(2), x, method, background=background, samples=100)
+    assert batch_2.layout.fixed_batch == 2
+    np.testing.assert_allclose(batch_2.attributions, open_batch.attributions, atol=1e-5)
 
 
 def test_a_single_unbatched_row_is_one_input() -> None:

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.cli import main
-from onnxferry.errors import UsageError
+from onnxferry.errors import DataError, UsageError
 from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
 from onnxferry.optimize import BUILTIN, Budget, Recipe, list_passes, make_pass, optimize
@@ -163,6 +163,14 @@ def test_labels_are_judged_by_exact_agreement() -> None:
     )
     assert label_agreement([{"scores": scores}], [{"scores": scores}]) is None
     assert label_agreement(reference, [{"label": labels[:50]}]) == 0.0
+
+
+def test_inputs_without_rows_are_one_line(tmp_path: Path) -> None:
+    """onnx's test_sequence_model8 ships X of shape [0]: timing at batch 1 repeated the rows
+    it has, and divided by their count (internal error, ZeroDivisionError)."""
+    src = Model.from_proto(mlp())
+    with pytest.raises(DataError, match=r"input 'x' holds no rows \(\[0, 4\]\)"):
+        optimize(src, tmp_path / "o.onnx", auto=True, inputs=[{"x": np.zeros((0, 4), np.float32)}])
 
 
 def test_a_budget_judged_on_nothing_is_refused(tmp_path: Path) -> None:

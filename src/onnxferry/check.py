@@ -211,8 +211,9 @@ def _cpu_kernels(proto: onnx.ModelProto, result: CheckResult) -> None:
         result.add(
             "cpu operators",
             "fail",
-            f"no CPU kernel for {', '.join(missing)}; use another opset, a provider that has "
-            "them, or register a custom op library",
+            f"no CPU kernel for {', '.join(missing)}; use another opset (`ferry convert "
+            "MODEL -o NEW.onnx` raises one older than ONNX Runtime runs, verified), a provider "
+            "that has them, or register a custom op library",
         )
     else:
         result.add("cpu operators", "pass", "every operator has a CPU kernel")

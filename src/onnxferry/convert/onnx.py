@@ -5,7 +5,8 @@ installed ONNX Runtime loads.
 
 The reference is ONNX Runtime on the original when it can load it, else the ONNX reference
 implementation (``onnx.reference``), so a model stamped with an opset too new for the runtime
-is still verified after it is lowered.
+is still verified after it is lowered, and one too old (PyTorch 0.x's opset 6: no CPU kernel
+for Add@6 or Gemm@6) after it is raised to ``DEFAULT_OPSET`` when no opset is asked for.
 
 A ``StringNormalizer`` whose locale this machine lacks (skl2onnx's text pipelines name none,
 and ONNX Runtime then builds ``en_US.UTF-8``, which slim images lack) is set to ``C.UTF-8``
@@ -21,13 +22,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..check import unsupported_cpu_ops
 from ..errors import ModelLoadError, one_line
-from ..graphs import copy_model, inlined
+from ..graphs import copy_model, inlined, value_names
 from ..locales import PORTABLE_LOCALE, portable_locales
 from ..model import Model
 from ..runtime import OrtRunner, runtime_limits, unoptimized_runner
 from ..signature import Signature
-from .base import Candidate, ConversionError, ConvertOptions, Source
+from .base import DEFAULT_OPSET, Candidate, ConversionError, ConvertOptions, Source
 
 if TYPE_CHECKING:
     import onnx
@@ -62,16 +64,24 @@ def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
     max_ir, max_opset = runtime_limits()
     current = model.opset_imports.get("ai.onnx", 0)
     target = options.opset or min(current, max_opset)
-    details: dict[str, object] = {"opset_from": current, "opset_to": target}
     portable = copy_model(model.proto)
+    notes = []
     if changed := portable_locales(portable):
         model = Model.from_proto(inlined(model, portable))
-        details["locales"] = {node: f"{was} -> {PORTABLE_LOCALE}" for node, was in changed.items()}
     try:
         reference: OrtRunner | ReferenceRunner = OrtRunner(model)
     except ModelLoadError as e:
         reference = _reference_implementation(model, e)
+        if options.opset is None and (kernels := _too_old(model.proto, current, max_opset)):
+            target = min(DEFAULT_OPSET, max_opset)
+            notes.append(
+                f"opset {current} is older than ONNX Runtime runs (no CPU kernel for "
+                f"{kernels}): re-targeted to opset {target}, checked against onnx's reference "
+                "implementation of the original"
+            )
+    details: dict[str, object] = {"opset_from": current, "opset_to": target}
     if changed:
+        details["locales"] = {node: f"{was} -> {PORTABLE_LOCALE}" for node, was in changed.items()}
         reference.name = f"{name} in {PORTABLE_LOCALE}@{reference.name.split('@')[-1]}"
 
     def export(path: Path) -> None:
@@ -89,7 +99,18 @@ def load_onnx(source: str | Path | Model, options: ConvertOptions) -> Source:
             (lambda: unoptimized_runner(model)) if isinstance(reference, OrtRunner) else None
         ),
         details={**details, "reference": reference.name},
+        notes=notes,
     )
+
+
+def _too_old(proto: onnx.ModelProto, current: int, max_opset: int) -> str:
+    """The standard operators ONNX Runtime has no CPU kernel for at the model's opset, when
+    a newer one (``DEFAULT_OPSET``) may have them (the PyTorch 0.x exports of opset 6 in
+    onnx's own test data: Add@6, Gemm@6, BatchNormalization@6); "" otherwise."""
+    if current >= min(DEFAULT_OPSET, max_opset):
+        return ""
+    missing = sorted(op for op in unsupported_cpu_ops(proto) if op.startswith("ai.onnx::"))
+    return ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
 
 
 def _reference_implementation(model: Model, load_error: ModelLoadError) -> ReferenceRunner:
@@ -119,6 +140,8 @@ def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProt
                 f"onnx cannot convert the model from opset {current} to {opset}: {one_line(e)}",
                 hint="pick another --opset, or re-export the model from its framework",
             ) from e
+        if current < 7 <= opset:
+            _prelu_slopes_per_channel(out)
     else:
         out = onnx.ModelProto()
         out.CopyFrom(proto)
@@ -130,4 +153,53 @@ def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProt
         )
     out.ir_version = min(out.ir_version, max_ir) if out.ir_version > max_ir else out.ir_version
     out.ir_version = max(out.ir_version, needed)
+    if proto.ir_version < 4 <= out.ir_version:
+        _weights_not_inputs(out.graph)
     return out
+
+
+def _weights_not_inputs(graph: onnx.GraphProto) -> None:
+    """Drop, in place, the graph inputs that name initializers. IR 3 listed every weight as
+    an input too; from IR 4 such an input is a value a caller may override, so ONNX Runtime
+    folds no constant through it (and warns of each)."""
+    weights = {t.name for t in graph.initializer}
+    kept = [v for v in graph.input if v.name not in weights]
+    del graph.input[:]
+    graph.input.extend(kept)
+
+
+def _prelu_slopes_per_channel(proto: onnx.ModelProto) -> int:
+    """Before opset 7 PRelu applied a 1-D slope along axis 1, the channels; from opset 7 it
+    broadcasts as numpy does, along the last axis, and onnx's version converter leaves the
+    slope as it was (ONNX Runtime: "Attempting to broadcast an axis by a dimension other than
+    1"). Reshape, in place, each such slope to ``[C, 1, ...]`` before its PRelu; how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*inferred.input, *inferred.value_info, *inferred.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    ranks.update({t.name: len(t.dims) for t in graph.initializer})
+    taken = value_names(graph)
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        rank = ranks.get(node.input[0], 0)
+        if node.op_type == "PRelu" and ranks.get(node.input[1]) == 1 and rank > 2:
+            stem = f"{node.input[1]}_per_channel"
+            shaped = next(n for i in range(len(taken) + 1) if (n := f"{stem}_{i}") not in taken)
+            taken |= {shaped, f"{shaped}_shape"}
+            dims = np.array([-1] + [1] * (rank - 2), np.int64)
+            graph.initializer.append(numpy_helper.from_array(dims, f"{shaped}_shape"))
+            nodes.append(helper.make_node("Reshape", [node.input[1], f"{shaped}_shape"], [shaped]))
+            node.input[1] = shaped
+            count += 1
+        nodes.append(node)
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count

@@ -32,15 +32,12 @@ from ..model import Model
 from ..native import NativeOutput, native_output
 from ..runtime import runtime_limits
 from ..signature import Dim, Signature, TensorSpec
-from .base import ConversionError, ConvertOptions
+from .base import DEFAULT_OPSET, ConversionError, ConvertOptions
 
 if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger("onnxferry")
-
-DEFAULT_OPSET = 17
-"""The ai.onnx opset written when the user names none (capped at what ONNX Runtime loads)."""
 
 OP_HINT = (
     "try another --opset, the other exporter, or map the op to a custom op domain "

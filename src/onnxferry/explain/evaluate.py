@@ -280,7 +280,9 @@ class Evaluator:
             (result,) = self.session.run([output], feeds, self._options)
         self.runs += 1
         value = self._numbers(result, output)
-        if not self.layout.batch_axis or (rows == 1 and value.shape[:1] != (1,)):
+        # one row run alone may come back without its batch axis; a row padded to a fixed
+        # batch comes back with the padding's rows
+        if not self.layout.batch_axis or (len(batch) == 1 and value.shape[:1] != (1,)):
             return self._same_width(value.reshape(1, -1), output, sample)
         if value.shape[:1] != (len(batch),):
             raise UsageError(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from ..signature import Signature
 
 Feeds = dict[str, np.ndarray]
@@ -40,12 +40,16 @@ class HoldOut:
 def rows(signature: Signature, feeds: Mapping[str, np.ndarray]) -> int:
     """Rows along the batch axis of ``feeds`` (1 when no input has one)."""
     axes = signature.row_axes()
-    counts = {
-        np.shape(v)[axis]
-        for k, v in feeds.items()
-        if (axis := axes.get(k)) is not None and np.ndim(v) > axis
-    }
+    counts = {n for k, axis in axes.items() if (n := _rows_of(feeds, k, axis)) is not None}
     return min(counts) if counts else 1
+
+
+def _rows_of(feeds: Mapping[str, np.ndarray], name: str, axis: int | None) -> int | None:
+    """``feeds[name]``'s rows along ``axis``; None for an input without rows there."""
+    value = feeds.get(name)
+    if value is None or axis is None or np.ndim(value) <= axis:
+        return None
+    return int(np.shape(value)[axis])
 
 
 def take_rows(signature: Signature, feeds: Mapping[str, np.ndarray], index: slice) -> Feeds:
@@ -117,6 +121,13 @@ def timing_feeds(
         raise UsageError(f"batch must be at least 1, got {batch}", hint="e.g. --batch 1")
     first = feeds[0]
     have = rows(signature, first)
+    if have == 0:
+        empty = next(k for k, axis in signature.row_axes().items() if _rows_of(first, k, axis) == 0)
+        raise DataError(
+            f"input {empty!r} holds no rows ({list(np.shape(first[empty]))}): latency cannot be "
+            "measured, nor accuracy judged, on nothing",
+            hint="give inputs with at least one row",
+        )
     picked = take_rows(signature, first, slice(0, min(batch, have)))
     if batch <= have:
         return picked
