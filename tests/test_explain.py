@@ -437,7 +437,7 @@ def test_signal_methods_find_the_stretch_of_audio_the_model_reads(
 def test_a_spectrogram_is_explained_as_a_signal_in_time_frequency_blocks(method: str) -> None:
     """[batch, mels, frames]: its kind is asked for, then windows and blocks span both axes
     (50 blocks of 8x8 here: whole columns of 8 mel bins)."""
-    with pytest.raises(UsageError, match=re.escape("--kind image|tabular|tokens|signal")):
+    with pytest.raises(UsageError, match=re.escape("give the kind: --kind tabular|signal")):
         explain(spectrogram(), _mels(1), method)
     explanation = explain(spectrogram(), _mels(1), method, kind="signal", window=4, samples=400)
     values = np.abs(explanation.attributions[0])
@@ -447,6 +447,28 @@ def test_a_spectrogram_is_explained_as_a_signal_in_time_frequency_blocks(method:
         assert values[PATCH].sum() / values.sum() >= 0.4  # mel bins to a 4x4 window's reach
     top = explanation.report.to_dict()["result"]["explanations"][0]["top"][0]["feature"]
     assert 100 <= int(top.split(",")[1]) < 140
+
+
+def test_the_kinds_offered_for_an_unknown_input_are_those_that_fit_it() -> None:
+    """A volume ``[C, D, H, W]`` (a Conv3d's input): the hint offered every kind, and signal
+    then refused it (1 to 3 axes); tabular is the one that takes it."""
+    from onnxferry.explain.kinds import detect_kind
+    from onnxferry.signature import Signature
+
+    volume = Model.from_proto(
+        onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        volume (float[N, 3, 3, 4, 5] x) => (float[N] y) {
+            axes = Constant <value = int64[4] {1, 2, 3, 4}> ()
+            y = ReduceSum <keepdims: int = 0> (x, axes)
+        }
+    """)
+    )
+    spec = Signature.from_onnx(volume.proto).inputs[0]
+    with pytest.raises(UsageError, match=r"give the kind: --kind tabular$"):
+        detect_kind(spec, (3, 3, 4, 5))
+    explanation = explain(volume, np.ones((1, 3, 3, 4, 5), np.float32), "occlusion", kind="tabular")
+    assert explanation.attributions.shape == (1, 3, 3, 4, 5)
 
 
 def test_grid_blocks_tile_any_shape_in_at_most_the_segments_asked() -> None:

@@ -121,7 +121,7 @@ def plan_layout(
     found = kind or detect_kind(spec, sample_shape, ids)
     if found not in KINDS:
         raise UsageError(f"unknown input kind {found!r}", hint=f"use one of {', '.join(KINDS)}")
-    channels_last = _check_kind(spec, found, sample_shape, samples.dtype)
+    channels_last = _check_kind(spec, found, sample_shape)
     layout = Layout(found, batched, fixed, sample_shape, channels_last)
     return layout, samples
 
@@ -144,8 +144,21 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = Fal
     raise UsageError(
         f"cannot tell what kind of input {spec.name!r} is ({spec.dtype.onnx_name} "
         f"{spec.shape_text()}, samples of shape {list(sample_shape)})",
-        hint=f"give the kind: --kind {'|'.join(KINDS)}",
+        hint=f"give the kind: --kind {'|'.join(_fitting_kinds(spec, sample_shape))}",
     )
+
+
+def _fitting_kinds(spec: TensorSpec, sample_shape: tuple[int, ...]) -> list[str]:
+    """The kinds samples of this shape can be explained as (a volume's ``[C, D, H, W]`` only
+    as tabular: the hint offered signal, which then refused it)."""
+    fitting = []
+    for kind in KINDS:
+        try:
+            _check_kind(spec, kind, sample_shape)
+        except UsageError:
+            continue
+        fitting.append(kind)
+    return fitting or list(KINDS)
 
 
 def _channel_axis(sample_shape: tuple[int, ...]) -> int | None:
@@ -157,7 +170,7 @@ def _channel_axis(sample_shape: tuple[int, ...]) -> int | None:
     return None
 
 
-def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...], dtype: object) -> bool:
+def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...]) -> bool:
     """Whether samples of this shape can be explained as ``kind``; returns channels_last."""
     if kind == "image":
         axis = _channel_axis(sample_shape) if len(sample_shape) == 3 else None
