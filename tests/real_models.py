@@ -135,6 +135,25 @@ def light_model_paths() -> list[Path]:
     return sorted(light_dir().glob("light_*.onnx"))
 
 
+def old_opset_dirs() -> list[Path]:
+    """The PyTorch 0.x exports at opset 6 in the onnx wheel's backend test data (its
+    ``pytorch-converted`` and ``pytorch-operator`` folders) that ONNX Runtime cannot load: no
+    CPU kernel for Add@6, Gemm@6, PRelu@6, BatchNormalization@6, ... Each folder holds
+    ``model.onnx`` and ``test_data_set_0``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    found = []
+    for folder in ("pytorch-converted", "pytorch-operator"):
+        for case in sorted((light_dir().parent / folder).iterdir()):
+            try:
+                ort.InferenceSession(str(case / "model.onnx"), options, ["CPUExecutionProvider"])
+            except Exception:  # whatever stops it loading
+                found.append(case)
+    return found
+
+
 def light_reference_path(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}_output_0.pb")
 

@@ -65,6 +65,7 @@ from tests.real_models import (
     light_model_paths,
     light_reference_path,
     load_reference,
+    old_opset_dirs,
     raw_session,
     real_inputs,
     silero_feeds,
@@ -489,6 +490,23 @@ def test_served_explain(real: Prepared, real_url: str) -> None:
     assert outputs["attributions"]["shape"][0] == outputs["scores"]["shape"][0]
     assert outputs["scores"]["shape"][0] in (1, len(explained))
     assert np.isfinite(np.asarray(outputs["attributions"]["data"], np.float64)).all()
+
+
+# --- PyTorch 0.x exports at opset 6 ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", old_opset_dirs(), ids=lambda case: case.name)
+def test_an_opset_6_export_converts_up_and_passes_its_golden_data(
+    ferry: Run, case: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime cannot load these (no CPU kernel for Add@6, Gemm@6, PRelu@6, ...): every
+    verb exited 2. ``ferry convert`` raises the opset, verified against onnx's reference
+    implementation of the original, and the result gives the outputs PyTorch gave (the
+    folder's expected outputs: PRelu's slopes per channel included)."""
+    out = tmp_path / "model.onnx"
+    report = ok_json(ferry("convert", case / "model.onnx", "-o", out, "--json"))
+    assert any("is older than ONNX Runtime runs" in n for n in report["notes"]), report["notes"]
+    ok_json(ferry("test", out, case / "test_data_set_0", "--json"))
 
 
 # --- the light model zoo ------------------------------------------------------------------

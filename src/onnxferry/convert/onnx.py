@@ -188,8 +188,8 @@ def _prelu_slopes_per_channel(proto: onnx.ModelProto) -> int:
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
-        rank = ranks.get(node.input[0], 0)
-        if node.op_type == "PRelu" and ranks.get(node.input[1]) == 1 and rank > 2:
+        rank = ranks.get(node.input[0], 0) if node.op_type == "PRelu" else 0
+        if rank > 2 and ranks.get(node.input[1]) == 1:
             stem = f"{node.input[1]}_per_channel"
             shaped = next(n for i in range(len(taken) + 1) if (n := f"{stem}_{i}") not in taken)
             taken |= {shaped, f"{shaped}_shape"}
