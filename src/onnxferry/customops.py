@@ -205,6 +205,11 @@ _UNKNOWN = (
 )
 
 
+OLDEST_OPSET = 7
+"""The oldest ai.onnx opset ONNX Runtime supports: PyTorch 0.x's opset-6 exports have no CPU
+kernel for Add, Gemm, PRelu, BatchNormalization, ..."""
+
+
 def unknown_operator(model: Model, message: str) -> UnknownOperatorError | None:
     """The one-line error for ONNX Runtime's ``message`` when it says an operator of
     ``model`` has no implementation, naming the operator, its domain and opset and the three
@@ -229,6 +234,16 @@ def unknown_operator(model: Model, message: str) -> UnknownOperatorError | None:
             domain=domain,
             opset=opset,
             types=uncommon,
+        )
+    if domain == "ai.onnx" and opset is not None and opset < OLDEST_OPSET:
+        return UnknownOperatorError(
+            f"onnxruntime cannot load {where}: its opset {opset} is older than ONNX Runtime "
+            f"runs (no kernel for {domain}::{op}{at})",
+            hint=f"`ferry convert {where} -o NEW.onnx` raises it to a newer opset, verified "
+            "against onnx's reference implementation of the original",
+            operator=op,
+            domain=domain,
+            opset=opset,
         )
     types = " for these input types" if verb == "has a kernel of" else ""
     return UnknownOperatorError(
