@@ -487,3 +487,33 @@ def table_model() -> onnx.ModelProto:
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def recurrent(
+    dims: tuple[str, str] = ("seq_len", "batch_size"), batch_first: bool = False
+) -> onnx.ModelProto:
+    """x[dims[0], dims[1], 4] -> LSTM (hidden 3, layout 0) -> y[..., 3], as PyTorch's LSTM
+    exports: time-major (``x[seq_len, batch_size, 4]``), or with ``batch_first`` a Transpose
+    from ``x[batch, seq, 4]`` to the time-major layout the operator reads, and back."""
+    rng = np.random.default_rng(0)
+    swap = [1, 0, 2]
+    into, out = ("x_time", "y_time") if batch_first else ("x", "y")
+    nodes = [
+        helper.make_node("LSTM", [into, "W", "R"], ["h"], hidden_size=3),  # h[seq, 1, batch, 3]
+        helper.make_node("Squeeze", ["h", "axis_1"], [out]),
+    ]
+    if batch_first:
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["x_time"], perm=swap))
+        nodes.append(helper.make_node("Transpose", ["y_time"], ["y"], perm=swap))
+    graph = helper.make_graph(
+        nodes,
+        "recurrent",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*dims, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*dims, 3])],
+        [
+            numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "R"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis_1"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from onnxferry.batch import BatchProgress, Preprocess, batch, read_output
 from onnxferry.errors import UsageError
-from tests.helpers import STREAM, Run, deep_mlp, mlp, onnx_text, save
+from tests.helpers import STREAM, Run, deep_mlp, mlp, onnx_text, recurrent, save
 
 TWO_INPUTS = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -563,3 +563,21 @@ def test_a_sequence_of_tensors_output_is_one_line_naming_it(ferry: Run, tmp_path
     assert code == 2 and err.count("\n") == 1, err
     assert "outputs 'parts' are sequences of tensors" in err and "ConcatFromSequence" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_time_major_recurrent_model_runs_its_rows_along_the_named_batch(
+    tmp_path: Path,
+) -> None:
+    """PyTorch's LSTM without ``batch_first``, ``x[seq_len, batch_size, 4]``: rows are taken
+    along ``batch_size`` (the file holds them first, ``[rows, seq, 4]``), each row's output
+    the one ONNX Runtime gives it; without a name that says where the batch is, the rows would
+    be time steps, each run starting the sequence over: one line."""
+    named = save(recurrent(), tmp_path / "named.onnx")
+    x = np.random.default_rng(0).standard_normal((6, 5, 4)).astype(np.float32)
+    batch(named, _npy(tmp_path, x), tmp_path / "out", batch_size=4)
+    session = ort.InferenceSession(str(named))
+    want = np.moveaxis(session.run(None, {"x": np.moveaxis(x, 0, 1)})[0], 1, 0)
+    np.testing.assert_allclose(np.asarray(read_output(tmp_path / "out")["y"]), want, atol=1e-6)
+    unnamed = save(recurrent(("s0", "s1")), tmp_path / "unnamed.onnx")
+    with pytest.raises(UsageError, match="runs along its first axis as a sequence"):
+        batch(unnamed, _npy(tmp_path, x), tmp_path / "refused")

@@ -26,6 +26,7 @@ from onnxferry.graphs import (
     rename_values,
     runnable,
     subgraphs,
+    time_major_inputs,
     value_names,
     walk_graphs,
     weights_not_inputs,
@@ -481,3 +482,17 @@ def test_an_output_padded_to_a_fixed_count_is_not_sized_by_the_data() -> None:
     padded = OrtRunner(Model.from_proto(proto)).run(BUILT["nms"].feeds())["padded"]
     assert padded.shape == (1, 20, 4)
     assert sized_by_data(proto) == ["boxes", "scores"]
+
+
+def test_time_major_inputs_are_those_whose_first_axis_a_recurrent_operator_steps_along() -> None:
+    """PyTorch's LSTM without ``batch_first``: the input's first axis is the LSTM's time axis,
+    whatever the dims are named; with ``batch_first`` a Transpose moves it to the batch axis
+    first; an LSTM of layout 1 reads the batch first."""
+    from tests.helpers import recurrent
+
+    assert time_major_inputs(recurrent()) == ["x"]
+    assert time_major_inputs(recurrent(("s0", "s1"))) == ["x"]
+    assert time_major_inputs(recurrent(("batch", "seq"), batch_first=True)) == []
+    batch_major = recurrent(("batch", "seq"))
+    batch_major.graph.node[0].attribute.append(helper.make_attribute("layout", 1))
+    assert time_major_inputs(batch_major) == []

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -27,7 +28,7 @@ from onnxferry.serve.executor import (
     batch_axis,
 )
 
-from .helpers import MISDECLARED, onnx_text
+from .helpers import MISDECLARED, onnx_text, recurrent
 
 T = TypeVar("T")
 
@@ -447,6 +448,27 @@ def test_outputs_sized_by_the_data_are_never_batched() -> None:
     for x, result in zip(inputs, results, strict=True):
         assert result.outputs["y"].tolist() == x[x > 0.5].tolist()
     assert all(r.batch_size == 1 for r in results)
+
+
+@pytest.mark.parametrize("dims", [("seq_len", "batch_size"), ("s0", "s1")])
+def test_a_time_major_recurrent_model_is_never_batched(dims: tuple[str, str]) -> None:
+    """PyTorch's LSTM without ``batch_first`` takes ``x[seq_len, batch_size, 4]``. Requests
+    concatenated along the first axis ran as one longer sequence: each after the first got
+    outputs computed from the state the one before it left (off by up to 0.07, silently).
+    Told by the batch dim's name, or by the graph when no name says (``s0``, ``s1``)."""
+    proto = recurrent(dims)
+    ex = executor(proto, max_batch_size=8, max_queue_delay_ms=20)
+    assert not ex.batching
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = [
+        np.random.default_rng(i).standard_normal((2, 1, 4)).astype(np.float32) for i in range(4)
+    ]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+    for x, result in zip(inputs, run(ex, body), strict=True):
+        np.testing.assert_allclose(result.outputs["y"], session.run(None, {"x": x})[0], atol=1e-6)
 
 
 def test_default_timeout_from_config() -> None:

@@ -214,6 +214,10 @@ def test_a_damaged_name_that_is_not_utf8_reads_as_text() -> None:
         ({"x": ["?", 3], "y": ["N", 4], "z": [1, 4]}, {"x": 0, "y": 0, "z": None}),
         # a batch-1 export has no rows to take; an unknown rank has them in front
         ({"x": [1, 3, 8, 8], "y": None}, {"x": None, "y": 0}),
+        # PyTorch's time-major LSTM input: the batch is where a name says so, not in front
+        ({"x": ["seq_len", "batch_size", 8]}, {"x": 1}),
+        ({"x": ["time", "N", 8], "h": [1, "N", 16]}, {"x": 1, "h": 1}),
+        ({"x": ["N", "seq_len", 8]}, {"x": 0}),  # a batch in front stays
     ],
 )
 def test_row_axes_follow_the_named_batch_dim_wherever_it_stands(

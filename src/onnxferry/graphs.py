@@ -134,6 +134,64 @@ def sequence_outputs(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+_KEEPS_AXES = frozenset({
+    "Identity", "Cast", "Relu", "LeakyRelu", "Tanh", "Sigmoid", "Neg", "Abs", "Sqrt", "Exp",
+    "Log", "Erf", "Softplus", "Gelu", "Dropout", "Clip", "Add", "Sub", "Mul", "Div",
+})  # fmt: skip
+"""Operators whose output keeps the axes of each input (elementwise, broadcast alike)."""
+
+
+def time_major_inputs(model: onnx.ModelProto) -> list[str]:
+    """The main graph's inputs whose first axis is a recurrent operator's time axis: an LSTM,
+    GRU or RNN of layout 0 (PyTorch's without ``batch_first``) reached through elementwise
+    operators, Transposes and MatMuls by a weight, or a Scan's scanned axis. Requests
+    concatenated along that axis run as one longer sequence, each after the one before it:
+    they are no rows. A Transpose that moves the axis elsewhere (tf2onnx's batch-major Keras
+    LSTM) clears it."""
+    from onnx import helper
+
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    ranks = {v.name: len(_dims(v)) for v in graph.input if v.type.tensor_type.HasField("shape")}
+    # tensor -> {graph input: (where that input's axis 0 is, the tensor's rank)}
+    where: dict[str, dict[str, tuple[int, int]]] = {
+        name: {name: (0, rank)} for name, rank in ranks.items() if rank
+    }
+    found: list[str] = []
+
+    def reach(name: str, axis: int) -> None:
+        found.extend(k for k, (pos, _) in where.get(name, {}).items() if pos == axis)
+
+    for node in graph.node:
+        op, attrs = node.op_type, {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if op in RECURRENT:
+            reach(node.input[0], 0 if attrs.get("layout", 0) == 0 else 1)
+        elif op == "Scan":
+            scanned = attrs.get("num_scan_inputs", 0)
+            axes = list(attrs.get("scan_input_axes", [])) or [0] * scanned
+            for name, axis in zip(node.input[len(node.input) - scanned :], axes, strict=False):
+                reach(name, axis)
+        elif op == "Transpose" and "perm" in attrs:
+            perm = list(attrs["perm"])
+            where[node.output[0]] = {
+                k: (perm.index(pos), rank)
+                for k, (pos, rank) in where.get(node.input[0], {}).items()
+                if pos in perm
+            }
+        elif op in _KEEPS_AXES:
+            where[node.output[0]] = {k: v for x in node.input for k, v in where.get(x, {}).items()}
+        elif op == "MatMul" and node.input[1] in weights:  # the last axis is summed away
+            where[node.output[0]] = {
+                k: (pos, rank)
+                for k, (pos, rank) in where.get(node.input[0], {}).items()
+                if pos < rank - 1
+            }
+    return list(dict.fromkeys(found))
+
+
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """A value's declared dims (a size, a name, or None for neither); [] without a shape."""
     tensor = value.type.tensor_type

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 Dim = int | str | None
 """A dimension: a fixed size, a symbolic name ("batch"), or None when unknown."""
 
+_BATCH_NAME = re.compile(r"(?i)batch|^(n|b|bs)$")
+"""Dim names that say "the batch" (``batch``, ``batch_size``, ``N``)."""
+
 _PLACEHOLDER = re.compile(
     r"""
     (?: | \? | None | -?\d+                   # "", "?", "None", "-1" and other numbers
@@ -324,9 +327,18 @@ class Signature:
         return axes
 
     def batch_symbol(self) -> str | None:
-        """The dim name most inputs lead with (their batch), or None."""
+        """The dim name most inputs lead with (their batch), or None; where that name says
+        nothing of a batch and another dim's does, that one: a time-major recurrent model
+        (PyTorch's LSTM without ``batch_first``) takes ``x[seq_len, batch_size, 8]``, and its
+        rows are along ``batch_size``, not time."""
         leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
-        return max(set(leading), key=leading.count) if leading else None
+        if not leading:
+            return None
+        first = max(set(leading), key=leading.count)
+        if _BATCH_NAME.search(first):
+            return first
+        named = [d for s in self.inputs for d in (s.shape or ())[1:] if isinstance(d, str)]
+        return next((d for d in named if _BATCH_NAME.search(d)), first)
 
     def output_row_axis(self, name: str, shape: Sequence[int]) -> int:
         """The axis an output of ``shape`` (as a run gave it) holds its rows along: where its

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..devices import Device, check_pool, describe_pool, parse_devices, pool_provider
 from ..errors import DataError, UsageError
-from ..graphs import sequence_outputs, sized_by_data
+from ..graphs import sequence_outputs, sized_by_data, time_major_inputs
 from ..model import Model
 from ..runtime import usable_cores
 from .images import Preprocess
@@ -111,6 +111,7 @@ def _run(
         raise DataError(f"{src.path} holds no rows", hint="give an input with at least one row")
     notes: list[str] = []
     _check_no_sequences(loaded)
+    _check_rows_are_not_time(loaded)
     fixed = fixed_batch(loaded)
     ragged = tuple(sized_by_data(loaded.proto))
     if ragged:
@@ -201,6 +202,21 @@ def _check_no_sequences(model: Model) -> None:
             "cannot split into rows",
             hint="export the model with tensor outputs (ConcatFromSequence stacks a "
             "sequence into one)",
+        )
+
+
+def _check_rows_are_not_time(model: Model) -> None:
+    """An input whose first axis is a recurrent operator's time axis (``graphs.
+    time_major_inputs``) and names no other dim as the batch: its "rows" are time steps,
+    and runs of them apart would each start the sequence over."""
+    axes = model.signature.row_axes()
+    timed = [name for name in time_major_inputs(model.proto) if axes.get(name) == 0]
+    if timed:
+        raise UsageError(
+            f"{model.name}: input {timed[0]!r} runs along its first axis as a sequence (a "
+            "recurrent operator's time axis), so its rows cannot be split apart",
+            hint="name its batch dim (torch.onnx.export(..., dynamic_axes={'x': {1: "
+            "'batch'}})) or export with batch_first=True",
         )
 
 

@@ -70,7 +70,7 @@ import onnxruntime as ort
 from ..devices import Device, device_session
 from ..errors import FeedError, FerryError
 from ..feeds import describe_shapes, plan_feeds
-from ..graphs import sized_by_data
+from ..graphs import sized_by_data, time_major_inputs
 from ..model import Model
 from ..runtime import (
     SessionConfig,
@@ -318,13 +318,15 @@ def _worker(instance: _Instance, inbox: SimpleQueue[_Batch | None]) -> None:
 
 
 def batch_axis(signature: Signature) -> bool:
-    """True when every input and output has a leading dynamic dim, and the inputs' named
-    leading dims are one name: the model can run concatenated requests."""
+    """True when every input and output has a leading dynamic dim, the inputs' named leading
+    dims are one name, and that is where their rows lie (``Signature.row_axes``: not a
+    time-major ``x[seq_len, batch_size, 8]``, whose requests concatenated would run as one
+    longer sequence): the model can run concatenated requests."""
     specs = [*signature.inputs, *signature.outputs]
     if not signature.inputs or any(not s.shape or isinstance(s.shape[0], int) for s in specs):
         return False
     names = {s.shape[0] for s in signature.inputs if s.shape and isinstance(s.shape[0], str)}
-    return len(names) <= 1
+    return len(names) <= 1 and all(axis == 0 for axis in signature.row_axes().values())
 
 
 class _Counter:
@@ -384,6 +386,7 @@ class ModelExecutor:
             config.max_batch_size > 0
             and batch_axis(self.signature)
             and not sized_by_data(model.proto)
+            and not time_major_inputs(model.proto)
         )
         session_config = SessionConfig(
             provider=config.provider,
