@@ -38,7 +38,7 @@ from onnxferry.explain.masking import (
 from onnxferry.explain.methods import IG_STEPS
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner, create_session
-from tests.helpers import STREAM, onnx_text
+from tests.helpers import STREAM, onnx_text, recurrent
 
 SHAP = ("kernelshap", "permutation")
 FEATURES = 8
@@ -584,6 +584,22 @@ def test_fixed_batches_and_no_batch_axis_give_what_the_open_batch_gives(method: 
     batch_2 = explain(tabular(2), x, method, background=background, samples=100)
     assert batch_2.layout.fixed_batch == 2
     np.testing.assert_allclose(batch_2.attributions, open_batch.attributions, atol=1e-5)
+
+
+def test_a_time_major_input_is_explained_row_by_row_along_its_batch_dim() -> None:
+    """PyTorch's LSTM without ``batch_first``, ``x[seq_len, batch_size, 4]``: 5 steps of 3
+    rows were explained as 5 "inputs" of 3 rows each (each perturbed step run as a sequence of
+    one); now 3 inputs of 5 steps, each scored as ONNX Runtime scores that row. Without a dim
+    named as the batch it is one line, as in ferry batch."""
+    x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    explanation = explain(Model.from_proto(recurrent()), {"x": x}, "occlusion", kind="signal")
+    assert explanation.inputs.shape == (3, 5, 4) and explanation.layout.row_axis == 1
+    y = OrtRunner(Model.from_proto(recurrent())).run({"x": x})["y"]  # [seq, rows, 3]
+    report = explanation.report.to_dict()["result"]["explanations"]
+    for row, entry in enumerate(report):
+        assert entry["score"] == pytest.approx(y[:, row].max(), rel=1e-5)
+    with pytest.raises(UsageError, match="runs along its first axis as a sequence"):
+        explain(Model.from_proto(recurrent(("s0", "s1"))), {"x": x}, "occlusion", kind="signal")
 
 
 def test_a_single_unbatched_row_is_one_input() -> None:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError, ModelLoadError, UnsafeModelError
+from .errors import InputError, ModelLoadError, UnsafeModelError, UsageError
 from .safety import (
     ExternalRef,
     check_external_data,
@@ -190,6 +190,17 @@ def time_major_inputs(model: onnx.ModelProto) -> list[str]:
                 if pos < rank - 1
             }
     return list(dict.fromkeys(found))
+
+
+def time_axis_error(model_name: str, input_name: str) -> UsageError:
+    """The one line for a verb that takes rows along ``input_name``'s first axis when that is
+    a recurrent operator's time axis (``time_major_inputs``) and no dim is named the batch."""
+    return UsageError(
+        f"{model_name}: input {input_name!r} runs along its first axis as a sequence (a "
+        "recurrent operator's time axis), so its rows cannot be taken apart",
+        hint=f"name its batch dim (torch.onnx.export(..., dynamic_axes={{{input_name!r}: {{1: "
+        "'batch'}})) or export with batch_first=True",
+    )
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:

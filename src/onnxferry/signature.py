@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -184,6 +184,15 @@ class TensorSpec:
     @property
     def is_static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def axis_first(self, axis: int) -> TensorSpec:
+        """This spec with ``axis`` moved to the front (the shape a file of rows holds for an
+        input whose rows lie on another axis: ``state[2, batch, 128]`` as ``[batch, 2,
+        128]``); itself for axis 0 or an unknown rank."""
+        shape = self.shape
+        if not axis or shape is None:
+            return self
+        return replace(self, shape=(shape[axis], *shape[:axis], *shape[axis + 1 :]), written=None)
 
     def shape_text(self) -> str:
         """Shape as text, e.g. "[batch, 3, 224, 224]"; "?" for unknown dims or rank."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..devices import Device, check_pool, describe_pool, parse_devices, pool_provider
 from ..errors import DataError, UsageError
-from ..graphs import sequence_outputs, sized_by_data, time_major_inputs
+from ..graphs import sequence_outputs, sized_by_data, time_axis_error, time_major_inputs
 from ..model import Model
 from ..runtime import usable_cores
 from .images import Preprocess
@@ -212,12 +212,7 @@ def _check_rows_are_not_time(model: Model) -> None:
     axes = model.signature.row_axes()
     timed = [name for name in time_major_inputs(model.proto) if axes.get(name) == 0]
     if timed:
-        raise UsageError(
-            f"{model.name}: input {timed[0]!r} runs along its first axis as a sequence (a "
-            "recurrent operator's time axis), so its rows cannot be split apart",
-            hint="name its batch dim (torch.onnx.export(..., dynamic_axes={'x': {1: "
-            "'batch'}})) or export with batch_first=True",
-        )
+        raise time_axis_error(model.name, timed[0])
 
 
 def _check_ragged(

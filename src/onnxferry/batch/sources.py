@@ -134,12 +134,12 @@ def row_signature(signature: Signature) -> Signature:
     )
     inputs = []
     for spec in signature.inputs:
-        axis, shape = axes[spec.name], spec.shape
-        if shape and axis:
-            shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+        axis = axes[spec.name]
+        spec = spec.axis_first(axis or 0)
+        shape = spec.shape
         if shape and isinstance(shape[0], int) and not (open_rows and axis is None):
-            shape = ("rows", *shape[1:])
-        inputs.append(dataclasses.replace(spec, shape=shape))
+            spec = dataclasses.replace(spec, shape=("rows", *shape[1:]))
+        inputs.append(spec)
     return Signature(tuple(inputs), signature.outputs)
 
 

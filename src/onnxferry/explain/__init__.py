@@ -165,7 +165,16 @@ def explain(
             )
     else:
         ids = name in index_ranges(loaded.proto, signature)
-        layout, rows = plan_layout(spec, feeds[name], kind, batch_axis, ids)
+        row_axis = _row_axis(loaded, name, batch_axis)
+        given = np.moveaxis(np.asarray(feeds[name]), row_axis, 0) if row_axis else feeds[name]
+        layout, rows = plan_layout(spec.axis_first(row_axis), given, kind, batch_axis, ids)
+        layout = replace(layout, row_axis=row_axis)
+        if row_axis and method == "integrated-gradients":
+            raise MethodUnavailable(
+                f"integrated-gradients takes rows along an input's first axis; {name!r} holds "
+                f"them along axis {row_axis}",
+                hint="use kernelshap, permutation, lime or occlusion",
+            )
         if layout.kind == "text":
             words, decode = text_positions(layout, rows, background)
             layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids
@@ -258,3 +267,17 @@ def explain(
         words=words.pieces if words is not None else None,
         table=table,
     )
+
+
+def _row_axis(model: Model, name: str, batch_axis: bool | None) -> int:
+    """The axis the model takes ``name``'s rows along (``Signature.row_axes``: a time-major
+    ``x[seq_len, batch_size, 8]`` takes them along 1); UsageError for a time-major input that
+    names no batch dim (its "rows" would be time steps, each run a sequence of one)."""
+    from ..graphs import time_axis_error, time_major_inputs
+
+    if batch_axis is False:
+        return 0
+    axis = model.signature.row_axes().get(name) or 0
+    if axis == 0 and name in time_major_inputs(model.proto):
+        raise time_axis_error(model.name, name)
+    return axis

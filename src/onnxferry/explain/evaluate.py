@@ -270,16 +270,20 @@ class Evaluator:
         size = self.layout.fixed_batch or rows
         if rows < size:  # a fixed batch: pad with the last row, dropped by _run
             batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+        if self.layout.row_axis:  # the model takes them along another axis
+            batch = np.moveaxis(batch, 0, self.layout.row_axis)
         return {self.input_name: batch, **self.fixed_inputs(sample, size)}
 
     def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
         rows = len(inputs)
         feeds = self.feeds(inputs, sample)
-        batch = feeds[self.input_name]
+        batch = np.moveaxis(feeds[self.input_name], self.layout.row_axis, 0)
         with run_errors(self.model_name, feeds):
             (result,) = self.session.run([output], feeds, self._options)
         self.runs += 1
         value = self._numbers(result, output)
+        if self.layout.row_axis and value.ndim:  # rows first, as the input's were given
+            value = np.moveaxis(value, self.signature.output_row_axis(output, value.shape), 0)
         # one row run alone may come back without its batch axis; a row padded to a fixed
         # batch comes back with the padding's rows
         if not self.layout.batch_axis or (len(batch) == 1 and value.shape[:1] != (1,)):

@@ -46,6 +46,9 @@ class Layout:
     sample_shape: tuple[int, ...]
     channels_last: bool = False
     """Images: NHWC (True) or NCHW (False)."""
+    row_axis: int = 0
+    """The axis the model takes this input's rows along (``Signature.row_axes``: 1 for a
+    time-major ``x[seq_len, batch_size, 8]``); samples are rows first whatever it is."""
 
     @property
     def image_size(self) -> tuple[int, int]:
