@@ -234,6 +234,17 @@ def _spec(name: str, dims: list[int | str | None] | None) -> TensorSpec:
     return TensorSpec.from_value_info(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
 
 
+def test_the_batch_symbol_is_a_dim_named_as_one_where_the_commonest_leading_dim_is_not() -> None:
+    """RoIAlign's inputs: two lead with ``num_rois``, the images with ``batch``; a time-major
+    LSTM's input leads with ``seq_len``."""
+    roi_align = (_spec("x", ["batch", 8, 4, 4]), _spec("rois", ["num_rois", 4]))
+    assert Signature((*roi_align, _spec("ids", ["num_rois"])), ()).batch_symbol() == "batch"
+    assert Signature((_spec("x", ["seq_len", "batch_size", 8]),), ()).batch_symbol() == (
+        "batch_size"
+    )
+    assert Signature((_spec("x", ["seq", "features"]),), ()).batch_symbol() == "seq"
+
+
 def test_output_row_axis_where_the_batch_is_named_or_like_the_input_it_mirrors() -> None:
     """Silero VAD: as the torch export names it (``stateN[2, batch, 128]``), and as spox
     writes it, no dim named anywhere (``stateN`` shaped like ``state[2, ?, 128]``)."""

@@ -344,10 +344,8 @@ class Signature:
         if not leading:
             return None
         first = max(set(leading), key=leading.count)
-        if _BATCH_NAME.search(first):
-            return first
-        named = [d for s in self.inputs for d in (s.shape or ())[1:] if isinstance(d, str)]
-        return next((d for d in named if _BATCH_NAME.search(d)), first)
+        inner = [d for s in self.inputs for d in (s.shape or ())[1:] if isinstance(d, str)]
+        return next((d for d in [first, *leading, *inner] if _BATCH_NAME.search(d)), first)
 
     def output_row_axis(self, name: str, shape: Sequence[int]) -> int:
         """The axis an output of ``shape`` (as a run gave it) holds its rows along: where its
