@@ -28,11 +28,11 @@ if TYPE_CHECKING:
     from ..runtime import Runner
 
 FRAMEWORKS = ("torch", "keras", "tf", "tflite", "sklearn", "onnx")
+"""The source frameworks ``convert`` and ``compare_to_source`` understand."""
 
 DEFAULT_OPSET = 17
 """The ai.onnx opset written when the user names none (capped at what ONNX Runtime loads):
 TensorFlow's converters, and an ONNX model older than ONNX Runtime runs."""
-"""The source frameworks ``convert`` and ``compare_to_source`` understand."""
 
 DEFAULT_DYNAMIC = "batch"
 """Name given to dim 0 of every input when the user names no dynamic axes."""

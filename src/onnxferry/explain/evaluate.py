@@ -277,7 +277,9 @@ class Evaluator:
     def _run(self, inputs: np.ndarray, sample: int, output: str) -> np.ndarray:
         rows = len(inputs)
         feeds = self.feeds(inputs, sample)
-        batch = np.moveaxis(feeds[self.input_name], self.layout.row_axis, 0)
+        batch = feeds[self.input_name]
+        if self.layout.row_axis:
+            batch = np.moveaxis(batch, self.layout.row_axis, 0)
         with run_errors(self.model_name, feeds):
             (result,) = self.session.run([output], feeds, self._options)
         self.runs += 1
