@@ -712,7 +712,7 @@ def _search_result(tmp: Path) -> Names:
     search = SearchResult(model.name, judge.budget.text(), baseline_ms, candidates=[candidate])
     return {
         "judge": judge, "original": model, "candidate_model": model, "baseline_ms": baseline_ms,
-        "search": search, "i": 0, "candidate": candidate,
+        "search": search, "i": 0, "candidate": candidate, "holdout": None, "workdir": tmp / "w",
     }  # fmt: skip
 
 
@@ -1115,6 +1115,10 @@ def _measure(tmp: Path) -> Names:
     from onnxferry.runtime import create_session
 
     return {"session": create_session(_loaded()), "feeds": _feeds()}
+
+
+def _flushing(tmp: Path) -> Names:
+    return {**_measure(tmp), "model": _loaded()}
 
 
 def _serve_scan(tmp: Path) -> Names:
@@ -1542,6 +1546,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.explain.vectorized": _lime_image,
     "onnxferry.cli.explain": _explain,
     "onnxferry.energy": _nothing,
+    "onnxferry.denormals": _flushing,
     "onnxferry.golden": _golden,
     "onnxferry.graphs": _graphs,
     "onnxferry.inspection": _one_model,
@@ -1562,6 +1567,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.cpu_features": _nothing,
     "onnxferry.optimize.fp16": _pass_context,
     "onnxferry.optimize.fusion": _pass_context,
+    "onnxferry.optimize.flush": _pass_context,
     "onnxferry.optimize.graph": _pass_context,
     "onnxferry.optimize.holdout": _pass_context,
     "onnxferry.optimize.mixed": _pass_context,

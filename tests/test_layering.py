@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"model", "saving", "graphs", "data", "report", "inspection", "plots", "locales"},
     {
         "runtime",
+        "denormals",
         "customops",
         "feeds",
         "measure",

@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.cli import main
+from onnxferry.denormals import flushes
 from onnxferry.errors import DataError, UsageError
 from onnxferry.feeds import realistic_feeds
 from onnxferry.model import Model
@@ -36,8 +37,14 @@ from onnxferry.optimize.budget import (
 from onnxferry.optimize.candidates import Candidate, SearchResult
 from onnxferry.optimize.chain import FASTER, ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import x86_without_vnni
-from onnxferry.optimize.finals import FINALISTS, choose_finalist, time_finalists
+from onnxferry.optimize.finals import (
+    FINALISTS,
+    choose_finalist,
+    flush_denormals,
+    time_finalists,
+)
 from onnxferry.optimize.mixed import float_nodes, int8_pass
+from onnxferry.optimize.recipe import Step
 from onnxferry.optimize.verb import recipe_path
 from onnxferry.runtime import OrtRunner
 from tests.helpers import mlp, save
@@ -329,12 +336,14 @@ def test_pass_modules_are_loaded_only_when_a_pass_is_used() -> None:
 
 def test_replaying_the_saved_recipe_gives_the_same_digest(tmp_path: Path) -> None:
     src = save(wide_mlp(), tmp_path / "m.onnx")
-    recipe = Recipe.of(["fold", ("int8_dynamic", {"per_channel": True})])
-    first = optimize(src, tmp_path / "a.onnx", recipe=recipe, for_size=True)
+    steps: list[Step] = ["fold", ("int8_dynamic", {"per_channel": True})]
+    first = optimize(src, tmp_path / "a.onnx", recipe=Recipe.of(steps), for_size=True)
     saved = recipe_path(tmp_path / "a.onnx")
     assert saved.is_file()
     again = optimize(src, tmp_path / "b.onnx", recipe=saved, for_size=True)
     assert first.digest == again.digest
+    as_list = optimize(src, tmp_path / "c.onnx", recipe=steps, for_size=True)
+    assert as_list.digest == first.digest
     assert first.provenance[-1].result.kept == again.provenance[-1].result.kept
 
 
@@ -500,6 +509,39 @@ def test_per_channel_quantize_dynamic_wins_over_the_plain_call_only_by_a_clear_m
     search.candidates += [plain, channel]
     choose_finalist(search, cast(Judge, None))
     assert search.chosen == chosen, search.reason
+
+
+@pytest.mark.parametrize("base", [False, True])  # the original kept; an int8 answer
+@pytest.mark.parametrize(("after_ms", "faster"), [(8.0, True), (9.9, False)])
+def test_the_answer_is_marked_to_flush_denormals_only_when_that_is_faster_in_every_round(  # type: ignore[no-untyped-def]
+    judge_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: bool, after_ms: float,
+    faster: bool,
+) -> None:  # fmt: skip
+    model, judge = judge_for(wide_mlp())
+    search = SearchResult(model.name, "cosine>=0.99", 20.0, baseline_rounds_ms=[20.0] * 5)
+    search.reason = "the original is kept"
+    if base:
+        answer, result = apply_recipe(
+            model, Recipe.of(["int8_dynamic"]), judge, workdir=tmp_path / "q", speed_check=False,
+            baseline_ms=20.0,
+        )  # fmt: skip
+        result.final_ms = 10.0
+        search.candidates.append(Candidate(Recipe.of(["int8_dynamic"]), result, answer.path))
+        search.chosen = 0
+    monkeypatch.setattr(Judge, "faster", lambda self, a, b: (10.0, after_ms, faster))
+    flush_denormals(search, model, judge, None, tmp_path / "w")
+    marked = search.candidates[-1]
+    want = "int8_dynamic -> flush_denormals" if base else "flush_denormals"
+    assert marked.recipe.label() == want
+    assert marked.result.steps[-1].status == ("kept" if faster else "dropped")
+    if not faster:
+        assert search.chosen == (0 if base else None)
+        return
+    assert search.chosen == len(search.candidates) - 1 and marked.within
+    assert marked.result.final_ms == pytest.approx((10.0 if base else 20.0) * after_ms / 10.0)
+    assert "marked by flush_denormals" in search.reason
+    chosen = marked.load()
+    assert chosen is not None and flushes(chosen)
 
 
 def test_every_one_liner_that_could_be_chosen_is_timed_again_in_the_finals(tmp_path: Path) -> None:

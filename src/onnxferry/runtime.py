@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import denormals
 from .customops import register_extensions, unknown_operator
 from .errors import (
     FeedError,
@@ -142,6 +143,16 @@ class SessionConfig:
     """Session config entries, e.g. {"session.intra_op.allow_spinning": "0"}."""
     cpu_arena: bool = True
     """ONNX Runtime's CPU memory arena (``SessionOptions.enable_cpu_mem_arena``)."""
+    flush_denormals: bool | None = None
+    """Run with denormal floats flushed to zero (``denormals``): None as the model is marked
+    (``optimize``'s flush_denormals pass marks it where that was faster), True or False
+    whatever the model says."""
+
+    def flushes(self, model: Model | None) -> bool:
+        """Whether sessions of ``model`` under this config flush denormals."""
+        if self.flush_denormals is not None:
+            return self.flush_denormals
+        return model is not None and denormals.flushes(model)
 
 
 def _ort_log_severity() -> int:
@@ -177,6 +188,8 @@ def session_options(config: SessionConfig, model: Model | None = None) -> ort.Se
     opts.enable_cpu_mem_arena = config.cpu_arena
     for key, value in config.entries.items():
         opts.add_session_config_entry(key, value)
+    if config.flushes(model):
+        opts.add_session_config_entry(denormals.SESSION_ENTRY, "1")
     if model is not None:
         register_extensions(opts, model)
     return opts
@@ -246,12 +259,13 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
     for crash in crashes:
         log.debug("turned off onnxruntime's %s: %s", crash.optimizer, crash.why)
     try:
-        session = ort.InferenceSession(
-            source,
-            sess_options=opts,
-            providers=providers,
-            disabled_optimizers=[crash.optimizer for crash in crashes],
-        )
+        with denormals.kept():  # ORT flushes on the thread creating its first session
+            session = ort.InferenceSession(
+                source,
+                sess_options=opts,
+                providers=providers,
+                disabled_optimizers=[crash.optimizer for crash in crashes],
+            )
     except Exception as e:
         where = model.path or model.name
         too_new = version_problem(model.proto.ir_version, model.opset_imports)
@@ -274,7 +288,17 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
     active = session.get_providers()[0]
     if active != wanted:
         log.warning("provider %r was not used; session runs on %s", config.provider, active)
+    if config.flushes(model):
+        _flush_runs(session)
     return session
+
+
+def _flush_runs(session: ort.InferenceSession) -> None:
+    """Every run of ``session`` inside ``denormals.flushed()`` (the caller's thread does part
+    of each run; the session entry covers only ONNX Runtime's pool threads)."""
+    for name in ("run", "run_with_ort_values", "run_with_iobinding"):
+        if hasattr(session, name):
+            setattr(session, name, denormals.flushing(getattr(session, name)))
 
 
 def _on_cpu(config: SessionConfig) -> SessionConfig:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ..data import load_feeds
+from ..denormals import MODEL_KEY, flushes
 from ..devices import (
     Device,
     SessionPool,
@@ -230,6 +231,8 @@ def bench_models(
             how = "rows repeated to each batch" if rebatch else "as given"
             note = f"{label}: inputs {how}, {describe_shapes(_shapes_of(source))}"
         notes.append(note)
+        if flushes(model):
+            notes.append(f"{label}: runs with denormal floats flushed to zero ({MODEL_KEY})")
         for provider in dict.fromkeys(wanted):
             for t in dict.fromkeys(threads):
                 for b in dict.fromkeys(batches):

@@ -49,7 +49,13 @@ import numpy as np
 from ..model import Model
 from .candidates import Candidate, SearchResult, short_label
 from .chain import PRODUCED_NOTHING, Judge, apply_recipe
-from .finals import FINALISTS, choose_finalist, paired_speedup, time_finalists
+from .finals import (
+    FINALISTS,
+    choose_finalist,
+    flush_denormals,
+    paired_speedup,
+    time_finalists,
+)
 from .recipe import Recipe
 
 FAST_FP16 = {"cuda", "tensorrt", "rocm", "dml", "coreml"}
@@ -267,6 +273,7 @@ def auto_search(
             f"; the time budget ran out before {len(search.untried)} more candidates "
             f"({', '.join(search.untried[:3])}{', ...' if len(search.untried) > 3 else ''})"
         )
+    flush_denormals(search, model, judge, holdout, workdir)
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:

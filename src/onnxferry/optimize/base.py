@@ -87,7 +87,7 @@ class Pass:
     """Base of every pass: subclasses are frozen dataclasses whose fields are parameters."""
 
     name: ClassVar[str] = ""
-    family: ClassVar[str] = ""  # "graph", "fp16", "int8", "prune"
+    family: ClassVar[str] = ""  # "graph", "fp16", "int8", "prune", "runtime"
     size_only: ClassVar[bool] = False  # shrinks the file without aiming at speed (pruning)
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:

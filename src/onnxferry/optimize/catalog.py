@@ -32,6 +32,7 @@ BUILTIN_PASSES: Mapping[str, str] = {
     "smooth": "onnxferry.optimize.smooth:Smooth",
     "fuse_transformer": "onnxferry.optimize.fusion:TransformerFusion",
     "weight_only": "onnxferry.optimize.weight_only:WeightOnly",
+    "flush_denormals": "onnxferry.optimize.flush:FlushDenormals",
 }
 """Every built-in pass: its recipe name and where its class lives."""
 

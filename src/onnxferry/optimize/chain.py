@@ -273,6 +273,7 @@ def _run_step(
     if speed_check:
         before, after, faster = judge.faster(current, applied.model)
         record.latency_ms = after
+        record.details["input_ms"] = before  # the pass's input, timed in the same rounds
         if not faster and not for_size:
             record.status = "dropped"
             record.reason = (

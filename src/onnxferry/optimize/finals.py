@@ -4,17 +4,22 @@ with the original, then the finalists in longer rounds, and the choice.
     speedup = paired_speedup(judge, original, candidate_model, baseline_ms)  # PAIR_ROUNDS
     time_finalists(search, original, judge, FINALISTS)   # FINAL_ROUNDS, every model each round
     choose_finalist(search, judge)                       # search.chosen and search.reason
+    flush_denormals(search, original, judge, holdout, workdir)   # the answer, marked if faster
 
 Paired rounds are short and, on a busy machine, scatter by up to 20 %; the choice rests on
 the finals, where every model runs in every round (drift hits them alike). A candidate is
 chosen only if it beat the original by FASTER in every final round, and a recipe over the
-fastest one-liner only if it beat that one-liner so too.
+fastest one-liner only if it beat that one-liner so too. Then the answer (or the original,
+when nothing was chosen) marked to run with denormals flushed (``flush``) replaces it when that
+holds the budget and is faster by FASTER in every side-by-side round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +27,8 @@ import numpy as np
 from ..model import Model
 from .candidates import Candidate, SearchResult, short_label
 from .catalog import make_pass
-from .chain import FASTER, PRODUCED_NOTHING, Judge, always_faster
+from .chain import FASTER, PRODUCED_NOTHING, Judge, always_faster, apply_recipe
+from .recipe import Recipe
 
 FINALISTS = 3
 """How many of the fastest candidates within budget are timed again, side by side."""
@@ -219,3 +225,52 @@ def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
     if all(s.status in PRODUCED_NOTHING for s in steps):
         return f"nothing could be produced: {why or 'no candidate'}"
     return f"no candidate kept a pass: {why}"
+
+
+def flush_denormals(
+    search: SearchResult, original: Model, judge: Judge, holdout: Judge | None, workdir: Path
+) -> None:
+    """The answer (``search.chosen``, or ``original`` when the search kept it) marked by the
+    flush_denormals pass, as a candidate of its own; chosen when within the budget (the
+    held-out one too) and faster than the answer by FASTER in every side-by-side round. Not
+    tried on a closest miss (nothing within the budget)."""
+    if not search.ok:
+        return
+    base = search.candidates[search.chosen] if search.chosen is not None else None
+    model = base.load() if base is not None else original
+    if model is None:
+        return
+    base_ms = base.result.final_ms if base is not None else search.baseline_ms
+    flush = Recipe.of(["flush_denormals"])
+    index = len(search.candidates)
+    marked, result = apply_recipe(
+        model, flush, judge, workdir=workdir / f"candidate{index}", baseline_ms=base_ms
+    )
+    step = result.steps[0]
+    if base is not None:
+        result = dataclasses.replace(
+            result,
+            steps=[*base.result.steps, step],
+            kept=[*base.result.kept, *result.kept],
+            final_metric=result.final_metric or base.result.final_metric,
+        )
+    result.baseline_ms = search.baseline_ms
+    candidate = Candidate(Recipe([*(base.recipe.passes if base else []), *flush.passes]), result)
+    search.candidates.append(candidate)
+    if step.status != "kept" or step.latency_ms is None or base_ms is None:
+        return
+    # the marked model's time on the finals' scale: its ratio to the answer in its own rounds
+    result.final_ms = base_ms * step.latency_ms / step.details.get("input_ms", step.latency_ms)
+    if holdout is not None:
+        held = candidate.held_out_metric = holdout.metric(marked)
+        tuned = result.final_metric if result.final_metric is not None else held
+        candidate.refused = not holdout.budget.generalizes(tuned, held)
+    if not candidate.within:
+        return
+    candidate.path = marked.save(workdir / f"candidate{index}" / "final.onnx").path
+    search.chosen = index
+    search.reason += (
+        f"; marked by flush_denormals (denormal floats flushed to zero) it ran faster in every "
+        f"one of {FINAL_ROUNDS} side-by-side rounds (p50 {step.details.get('input_ms', 0):.3f} "
+        f"-> {step.latency_ms:.3f} ms)"
+    )

@@ -58,7 +58,14 @@ from .auto import FAST_FP16, plain_recipes
 from .candidates import Candidate, SearchResult
 from .catalog import BUILTIN, Catalog
 from .chain import ChainResult, Judge, Step, apply_recipe
-from .finals import FINALISTS, PAIR_ITERATIONS, PAIR_ROUNDS, choose_finalist, time_finalists
+from .finals import (
+    FINALISTS,
+    PAIR_ITERATIONS,
+    PAIR_ROUNDS,
+    choose_finalist,
+    flush_denormals,
+    time_finalists,
+)
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -317,6 +324,7 @@ def optuna_search(
             left_s = max(0.0, time_budget_s - (time.monotonic() - started))
         time_finalists(search, model, judge, finalists, left_s)
         choose_finalist(search, judge)
+        flush_denormals(search, model, judge, holdout, workdir)
     search.log = [*log, *search.log]  # Optuna's, then the rebuilt finalists' notes
     search.warnings = chatter.summary(shown=200)
     finished = sum(r.state in ("COMPLETE", "PRUNED") for r in search.trials)

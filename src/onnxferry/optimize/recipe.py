@@ -30,6 +30,9 @@ from ..errors import UsageError
 from .base import Pass
 from .catalog import BUILTIN, Catalog
 
+Step = tuple[str, dict[str, Any]] | str
+"""A pass as ``Recipe.of`` takes it: a name, or (name, parameters)."""
+
 
 @dataclass
 class Recipe:
@@ -93,9 +96,7 @@ class Recipe:
         return cls.parse(text, str(path), catalog)
 
     @classmethod
-    def of(
-        cls, steps: Sequence[tuple[str, dict[str, Any]] | str], catalog: Catalog = BUILTIN
-    ) -> Recipe:
+    def of(cls, steps: Sequence[Step], catalog: Catalog = BUILTIN) -> Recipe:
         """A recipe from (name, params) pairs or bare names, looked up in ``catalog``."""
         return cls([catalog.make(s) if isinstance(s, str) else catalog.make(*s) for s in steps])
 

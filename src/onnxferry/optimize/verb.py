@@ -1,6 +1,7 @@
 """`ferry optimize`: the fastest model within the accuracy budget, and exactly what was done.
 
     model = optimize("model.onnx", "fast.onnx", recipe="recipe.toml", budget="cosine>=0.99")
+    model = optimize("model.onnx", "fast.onnx", recipe=["fold", "int8_dynamic"])
     model = optimize("model.onnx", "fast.onnx", auto=True, max_drop=0.01, eval_data="val.npz")
     model = optimize("model.onnx", "fast.onnx", auto=True, search="optuna", trials=3, study="s.db")
     report = model.last_report(ChainResult, SearchResult)
@@ -37,7 +38,7 @@ from .capture import captured
 from .chain import ChainResult, Judge, apply_recipe
 from .holdout import HoldOut, split_holdout, timing_feeds
 from .optuna_search import DEFAULT_TRIALS, optuna_search
-from .recipe import Recipe
+from .recipe import Recipe, Step
 
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 EVAL_CHUNK = 64
@@ -53,7 +54,7 @@ def optimize(
     model: str | Path | Model,
     output: str | Path | None = None,
     *,
-    recipe: Recipe | str | Path | None = None,
+    recipe: Recipe | str | Path | Sequence[Step] | None = None,
     auto: bool = False,
     budget: Budget | str | None = None,
     max_drop: float = 0.01,
@@ -274,10 +275,12 @@ def _kept(recipe: Recipe, steps: Sequence[Any]) -> Recipe:
     return Recipe([p for p, s in zip(recipe.passes, steps, strict=True) if s.status == "kept"])
 
 
-def _recipe(recipe: Recipe | str | Path) -> Recipe:
+def _recipe(recipe: Recipe | str | Path | Sequence[Step]) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
-    return Recipe.load(recipe)
+    if isinstance(recipe, str | Path):
+        return Recipe.load(recipe)
+    return Recipe.of(recipe)
 
 
 def _task(labels: list[np.ndarray] | None) -> str | None:
