@@ -528,7 +528,7 @@ def test_the_answer_is_marked_to_flush_denormals_only_when_that_is_faster_in_eve
         result.final_ms = 10.0
         search.candidates.append(Candidate(Recipe.of(["int8_dynamic"]), result, answer.path))
         search.chosen = 0
-    monkeypatch.setattr(Judge, "faster", lambda self, a, b: (10.0, after_ms, faster))
+    monkeypatch.setattr(Judge, "faster", lambda self, a, b, runs: (10.0, after_ms, faster))
     flush_denormals(search, model, judge, None, tmp_path / "w")
     marked = search.candidates[-1]
     want = "int8_dynamic -> flush_denormals" if base else "flush_denormals"
@@ -542,6 +542,17 @@ def test_the_answer_is_marked_to_flush_denormals_only_when_that_is_faster_in_eve
     assert "marked by flush_denormals" in search.reason
     chosen = marked.load()
     assert chosen is not None and flushes(chosen)
+
+
+def test_a_spent_time_budget_leaves_the_flush_untried_when_it_would_not_fit(  # type: ignore[no-untyped-def]
+    judge_for, tmp_path: Path
+) -> None:
+    model, judge = judge_for(wide_mlp())
+    search = SearchResult(model.name, "cosine>=0.99", 20.0, baseline_rounds_ms=[20.0] * 5)
+    flush_denormals(search, model, judge, None, tmp_path / "w", spare_s=0.5)
+    assert search.untried == ["flush_denormals"] and not search.candidates
+    flush_denormals(search, model, judge, None, tmp_path / "w", spare_s=60.0)
+    assert [c.recipe.label() for c in search.candidates] == ["flush_denormals"]
 
 
 def test_every_one_liner_that_could_be_chosen_is_timed_again_in_the_finals(tmp_path: Path) -> None:

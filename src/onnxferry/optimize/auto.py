@@ -63,6 +63,8 @@ SMOOTH_ALPHAS = (0.3, 0.5, 0.7)
 SENSITIVE_STEPS = (1, 2, 4, 8, 16)
 """Kept for callers of the earlier ladder; the mixed search bisects instead."""
 _EXCLUDING = ("int8_static", "int8_dynamic")
+FLUSH_SHARE = 0.05
+"""The share of a spent time budget the answer's flush_denormals step may still take."""
 _RANK_SAMPLES = 16
 
 
@@ -245,7 +247,8 @@ def auto_search(
     (None: ``judge`` does both). ``recipes`` replaces ``candidate_plan``; ``mixed`` searches
     per-node int8/fp32 decisions for the int8 candidates closest to the budget. With
     ``time_budget_s``, no new candidate starts once that many seconds have passed (the one
-    running finishes, and the finalists are still timed); ``untried`` lists the rest."""
+    running finishes, the finalists are still timed, and the answer marked by flush_denormals
+    in ``spare_s``); ``untried`` lists the rest."""
     from .cpu_features import describe_cpu, format_plan
 
     started = time.monotonic()
@@ -268,12 +271,12 @@ def auto_search(
     left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     time_finalists(search, model, judge, finalists, left_s)
     choose_finalist(search, judge)
+    flush_denormals(search, model, judge, holdout, workdir, spare_s(time_budget_s, deadline))
     if search.untried:
         search.reason += (
             f"; the time budget ran out before {len(search.untried)} more candidates "
             f"({', '.join(search.untried[:3])}{', ...' if len(search.untried) > 3 else ''})"
         )
-    flush_denormals(search, model, judge, holdout, workdir)
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:
@@ -284,6 +287,14 @@ def auto_search(
         search.layers = _layer_decisions(state, described)
     search.elapsed_s = time.monotonic() - started
     return best or model, search
+
+
+def spare_s(time_budget_s: float | None, deadline: float | None) -> float | None:
+    """What a time budget leaves the answer's flush_denormals step: the time left, and at
+    least FLUSH_SHARE of the budget (the finals may run past it too); None without one."""
+    if time_budget_s is None or deadline is None:
+        return None
+    return max(deadline - time.monotonic(), FLUSH_SHARE * time_budget_s)
 
 
 def _on_disk(model: Model, target: Path) -> Path:

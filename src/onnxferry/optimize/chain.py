@@ -174,10 +174,13 @@ class Judge:
         """p50 latency of each model, median over interleaved rounds (see ``rounds``)."""
         return [statistics.median(v) for v in self.rounds(models, rounds, iterations)]
 
-    def faster(self, before: Model, after: Model) -> tuple[float, float, bool]:
+    def faster(
+        self, before: Model, after: Model, iterations: int = 30
+    ) -> tuple[float, float, bool]:
         """(p50 before, p50 after, whether ``after`` is faster by FASTER in every one of five
-        interleaved rounds): one lucky round on a noisy machine does not make a pass faster."""
-        old, new = self.rounds((before, after), rounds=5, iterations=30)
+        interleaved rounds of ``iterations`` runs): one lucky round on a noisy machine does not
+        make a pass faster."""
+        old, new = self.rounds((before, after), rounds=5, iterations=iterations)
         return statistics.median(old), statistics.median(new), always_faster(old, new)
 
     def rounds(self, models: Sequence[Model], rounds: int, iterations: int) -> list[list[float]]:
@@ -208,17 +211,21 @@ def apply_recipe(
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
     speed_check: bool = True,
     baseline_ms: float | None = None,
+    timing_runs: int = 30,
 ) -> tuple[Model, ChainResult]:
     """Run ``recipe`` on ``model`` under ``judge``'s budget; returns the final model (its
     files live in ``workdir``: save it before the caller removes that) and what happened.
-    ``baseline_ms`` is ``model``'s latency when the caller has measured it already."""
+    ``baseline_ms`` is ``model``'s latency when the caller has measured it already;
+    ``timing_runs`` the runs per round when a pass is timed against its input."""
     ctx = PassContext(workdir, judge.feeds, calibration, judge.provider)
     if baseline_ms is None:
         (baseline_ms,) = judge.latency_ms(model)
     result = ChainResult(model.name, judge.budget.text(), baseline_ms, model.size_bytes)
     current, current_ms = model, baseline_ms
     for step in recipe.passes:
-        record = _run_step(step, current, current_ms, ctx, judge, for_size, speed_check)
+        record = _run_step(
+            step, current, current_ms, ctx, judge, for_size, speed_check, timing_runs
+        )
         result.steps.append(record)
         if record.status == "kept" and record.model is not None:
             current = record.model
@@ -239,6 +246,7 @@ def _run_step(
     judge: Judge,
     for_size: bool,
     speed_check: bool,
+    timing_runs: int = 30,
 ) -> Step:
     label = step.label()
     try:
@@ -271,7 +279,7 @@ def _run_step(
         record.reason = f"breaks the budget {judge.budget.text()} (got {record.metric:.6g})"
         return record
     if speed_check:
-        before, after, faster = judge.faster(current, applied.model)
+        before, after, faster = judge.faster(current, applied.model, timing_runs)
         record.latency_ms = after
         record.details["input_ms"] = before  # the pass's input, timed in the same rounds
         if not faster and not for_size:

@@ -4,7 +4,7 @@ with the original, then the finalists in longer rounds, and the choice.
     speedup = paired_speedup(judge, original, candidate_model, baseline_ms)  # PAIR_ROUNDS
     time_finalists(search, original, judge, FINALISTS)   # FINAL_ROUNDS, every model each round
     choose_finalist(search, judge)                       # search.chosen and search.reason
-    flush_denormals(search, original, judge, holdout, workdir)   # the answer, marked if faster
+    flush_denormals(search, original, judge, holdout, workdir)  # the answer, marked if faster
 
 Paired rounds are short and, on a busy machine, scatter by up to 20 %; the choice rests on
 the finals, where every model runs in every round (drift hits them alike). A candidate is
@@ -51,6 +51,18 @@ def runs_per_round(baseline_ms: float, floor: int, round_ms: float, ceiling: int
     return max(floor, min(ceiling, int(round_ms / max(baseline_ms, 1e-3))))
 
 
+def final_runs(baseline_ms: float, models: int, left_s: float | None) -> int:
+    """Runs per side-by-side round of ``models`` models: FINAL_ITERATIONS, or FINAL_ROUND_MS
+    of runs when that is more; with ``left_s`` (what is left of a time budget) fewer to fit,
+    never fewer than MIN_FINAL_ITERATIONS."""
+    iterations = runs_per_round(baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
+    if left_s is None:
+        return iterations
+    per_run_s = max(baseline_ms, 1e-3) / 1e3
+    fits = int(left_s / (FINAL_ROUNDS * models * per_run_s))
+    return max(MIN_FINAL_ITERATIONS, min(iterations, fits))
+
+
 def paired_speedup(judge: Judge, original: Model, candidate: Model, baseline_ms: float) -> float:
     """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
     ``candidate``'s (drift hits both alike)."""
@@ -84,11 +96,7 @@ def time_finalists(
     if not finalists:
         return
     models = [original, *(Model.load(c.path) for c in finalists if c.path is not None)]
-    iterations = runs_per_round(search.baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
-    if left_s is not None:
-        per_run_s = max(search.baseline_ms, 1e-3) / 1e3
-        fits = int(left_s / (FINAL_ROUNDS * len(models) * per_run_s))
-        iterations = max(MIN_FINAL_ITERATIONS, min(iterations, fits))
+    iterations = final_runs(search.baseline_ms, len(models), left_s)
     rounds = judge.rounds(models, rounds=FINAL_ROUNDS, iterations=iterations)
     del models
     search.baseline_rounds_ms = rounds[0]
@@ -228,24 +236,39 @@ def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
 
 
 def flush_denormals(
-    search: SearchResult, original: Model, judge: Judge, holdout: Judge | None, workdir: Path
+    search: SearchResult,
+    original: Model,
+    judge: Judge,
+    holdout: Judge | None,
+    workdir: Path,
+    spare_s: float | None = None,
 ) -> None:
     """The answer (``search.chosen``, or ``original`` when the search kept it) marked by the
     flush_denormals pass, as a candidate of its own; chosen when within the budget (the
-    held-out one too) and faster than the answer by FASTER in every side-by-side round. Not
-    tried on a closest miss (nothing within the budget)."""
+    held-out one too) and faster than the answer by FASTER in every side-by-side round (as
+    many runs a round as the finals, fewer to fit ``spare_s``, the seconds a time budget
+    leaves it; listed as untried when even MIN_FINAL_ITERATIONS would not fit). Not tried on
+    a closest miss (nothing within the budget)."""
     if not search.ok:
         return
     base = search.candidates[search.chosen] if search.chosen is not None else None
+    base_ms = (base.result.final_ms if base is not None else None) or search.baseline_ms
+    flush = Recipe.of(["flush_denormals"])
+    if spare_s is not None:  # the metric on every feed set, then the side-by-side rounds
+        judged = len(judge.feeds) + (len(holdout.feeds) if holdout is not None else 0)
+        spare_s -= judged * base_ms / 1e3
+        if spare_s < FINAL_ROUNDS * 2 * MIN_FINAL_ITERATIONS * base_ms / 1e3:
+            search.untried.append(flush.label())
+            return
     model = base.load() if base is not None else original
     if model is None:
         return
-    base_ms = base.result.final_ms if base is not None else search.baseline_ms
-    flush = Recipe.of(["flush_denormals"])
     index = len(search.candidates)
+    runs = final_runs(base_ms, 2, spare_s)
     marked, result = apply_recipe(
-        model, flush, judge, workdir=workdir / f"candidate{index}", baseline_ms=base_ms
-    )
+        model, flush, judge, workdir=workdir / f"candidate{index}", baseline_ms=base_ms,
+        timing_runs=runs,
+    )  # fmt: skip
     step = result.steps[0]
     if base is not None:
         result = dataclasses.replace(

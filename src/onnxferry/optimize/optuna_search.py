@@ -54,7 +54,7 @@ from ..errors import UsageError, one_line
 from ..feeds import feeds_digest
 from ..model import Model
 from ..report import Table, jsonable
-from .auto import FAST_FP16, plain_recipes
+from .auto import FAST_FP16, plain_recipes, spare_s
 from .candidates import Candidate, SearchResult
 from .catalog import BUILTIN, Catalog
 from .chain import ChainResult, Judge, Step, apply_recipe
@@ -324,7 +324,8 @@ def optuna_search(
             left_s = max(0.0, time_budget_s - (time.monotonic() - started))
         time_finalists(search, model, judge, finalists, left_s)
         choose_finalist(search, judge)
-        flush_denormals(search, model, judge, holdout, workdir)
+        deadline = None if time_budget_s is None else started + time_budget_s
+        flush_denormals(search, model, judge, holdout, workdir, spare_s(time_budget_s, deadline))
     search.log = [*log, *search.log]  # Optuna's, then the rebuilt finalists' notes
     search.warnings = chatter.summary(shown=200)
     finished = sum(r.state in ("COMPLETE", "PRUNED") for r in search.trials)
