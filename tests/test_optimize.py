@@ -525,7 +525,7 @@ def test_the_answer_is_marked_to_flush_denormals_only_when_that_is_faster_in_eve
             model, Recipe.of(["int8_dynamic"]), judge, workdir=tmp_path / "q", speed_check=False,
             baseline_ms=20.0,
         )  # fmt: skip
-        result.final_ms = 10.0
+        result.final_ms, result.steps[0].model = 10.0, None  # on disk, as the search keeps it
         search.candidates.append(Candidate(Recipe.of(["int8_dynamic"]), result, answer.path))
         search.chosen = 0
     monkeypatch.setattr(Judge, "faster", lambda self, a, b, runs: (10.0, after_ms, faster))
@@ -534,6 +534,9 @@ def test_the_answer_is_marked_to_flush_denormals_only_when_that_is_faster_in_eve
     want = "int8_dynamic -> flush_denormals" if base else "flush_denormals"
     assert marked.recipe.label() == want
     assert marked.result.steps[-1].status == ("kept" if faster else "dropped")
+    # like every candidate that kept a pass, its model is on disk (the answer's, unmarked)
+    assert (marked.path is not None) == bool(marked.result.kept)
+    assert all(s.model is None for s in marked.result.steps)
     if not faster:
         assert search.chosen == (0 if base else None)
         return

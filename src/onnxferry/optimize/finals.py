@@ -270,6 +270,7 @@ def flush_denormals(
         timing_runs=runs,
     )  # fmt: skip
     step = result.steps[0]
+    step.model = None  # on disk below, as every candidate's (one model in memory at a time)
     if base is not None:
         result = dataclasses.replace(
             result,
@@ -280,8 +281,10 @@ def flush_denormals(
     result.baseline_ms = search.baseline_ms
     candidate = Candidate(Recipe([*(base.recipe.passes if base else []), *flush.passes]), result)
     search.candidates.append(candidate)
-    if step.status != "kept" or step.latency_ms is None or base_ms is None:
+    if step.status != "kept" or step.latency_ms is None:
+        candidate.path = base.path if base is not None else None  # the answer, unmarked
         return
+    candidate.path = marked.save(workdir / f"candidate{index}" / "final.onnx").path
     # the marked model's time on the finals' scale: its ratio to the answer in its own rounds
     result.final_ms = base_ms * step.latency_ms / step.details.get("input_ms", step.latency_ms)
     if holdout is not None:
@@ -290,7 +293,6 @@ def flush_denormals(
         candidate.refused = not holdout.budget.generalizes(tuned, held)
     if not candidate.within:
         return
-    candidate.path = marked.save(workdir / f"candidate{index}" / "final.onnx").path
     search.chosen = index
     search.reason += (
         f"; marked by flush_denormals (denormal floats flushed to zero) it ran faster in every "
