@@ -3,6 +3,7 @@
     BENCH/bin/python benchmarks/serve_backends.py pytriton MODEL.onnx --name cnn --port 8100
     BENCH/bin/python benchmarks/serve_backends.py fastapi MODEL.onnx --name cnn --port 8200
     .venv/bin/python benchmarks/serve_backends.py floor MODEL.onnx --name cnn --port 8300
+    .venv/bin/python benchmarks/serve_backends.py protocol MODEL.onnx --name cnn --port 8400
 
 Needs only numpy and onnxruntime, plus nvidia-pytriton or fastapi + uvicorn (the separate
 benchmark venv made by benchmarks/setup_bench_env.sh); it never imports onnxferry.
@@ -17,6 +18,8 @@ benchmark venv made by benchmarks/setup_bench_env.sh); it never imports onnxferr
   with zeros of the right shapes, without running the model: what any server on that stack
   costs per request before it does any work. It answers perf_analyzer's config and stats
   requests, so the same client measures it.
+- protocol: the same answers from a bare asyncio Protocol on httptools' parser and uvloop,
+  without uvicorn's ASGI layer (benchmarks/serve_floors.py): what that layer costs.
 """
 
 from __future__ import annotations
@@ -255,8 +258,13 @@ def serve_fastapi(args: argparse.Namespace) -> None:
 _TRITON_TYPES = {v: f"TYPE_{v}" for v in _V2.values()}  # TYPE_FP32, TYPE_BOOL, ...
 
 
-def floor_app(model: str, name: str, max_batch: int) -> Any:
-    """A raw ASGI app: the V2 routes perf_analyzer uses, infer answered with zeros."""
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_SERVER_DOC = b'{"name": "floor", "version": "0", "extensions": ["binary_tensor_data"]}'
+
+
+def floor_answers(model: str, name: str, max_batch: int) -> Callable[..., Answer]:
+    """``answer(path, body, header_length)`` -> (status, body, extra headers): the V2 routes
+    perf_analyzer uses, infer answered with zeros of the right shapes. Shared by every floor."""
     sess = session(model, 1)  # for the signature only; it never runs
     inputs = tensors(sess.get_inputs())
     outputs = tensors(sess.get_outputs())
@@ -301,34 +309,47 @@ def floor_app(model: str, name: str, max_batch: int) -> Any:
         answered[0] += 1
         return b"".join([text, *data]), len(text)
 
+    def answer(path: str, body: bytes, header_length: int | None) -> Answer:
+        if path.endswith("/infer"):
+            payload, head_length = infer(body, header_length)
+            return 200, payload, [(b"inference-header-content-length", b"%d" % head_length)]
+        if path.endswith("/config"):
+            return 200, config, []
+        if path.endswith("/stats"):
+            return 200, stats(), []
+        if path.startswith(f"/v2/models/{name}"):
+            return 200, b"" if path.endswith("/ready") else metadata, []
+        if path.rstrip("/") == "/v2":
+            return (
+                200,
+                b'{"name": "floor", "version": "0", "extensions": ["binary_tensor_data"]}',
+                [],
+            )
+        return (200 if path.startswith("/v2/health") else 404), b"", []
+
+    return answer
+
+
+def floor_app(model: str, name: str, max_batch: int) -> Any:
+    """A raw ASGI app answering as ``floor_answers`` does."""
+    answer = floor_answers(model, name, max_batch)
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        path, headers = scope["path"], dict(scope["headers"])
-        status, body, extra = 200, b"", []
-        if path.endswith("/infer"):
-            chunks = []
-            while True:
-                message = await receive()
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            length = headers.get(b"inference-header-content-length")
-            body, head_length = infer(b"".join(chunks), int(length) if length else None)
-            extra = [(b"inference-header-content-length", str(head_length).encode())]
-        elif path.endswith("/config"):
-            body = config
-        elif path.endswith("/stats"):
-            body = stats()
-        elif path.startswith(f"/v2/models/{name}"):
-            body = b"" if path.endswith("/ready") else metadata
-        elif path.rstrip("/") == "/v2":
-            body = b'{"name": "floor", "version": "0", "extensions": ["binary_tensor_data"]}'
-        elif not path.startswith("/v2/health"):
-            status = 404
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        length = dict(scope["headers"]).get(b"inference-header-content-length")
+        status, body, extra = answer(
+            scope["path"], b"".join(chunks), int(length) if length else None
+        )
         response_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
@@ -338,6 +359,57 @@ def floor_app(model: str, name: str, max_batch: int) -> Any:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def serve_protocol_floor(args: argparse.Namespace) -> None:
+    """The floor without ASGI: an asyncio Protocol feeding httptools' parser on uvloop, each
+    answer written with one ``transport.write`` (keep-alive, no timeouts, no limits: a
+    yardstick for what uvicorn's ASGI layer costs, not a server)."""
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    answer = floor_answers(args.model, args.name, args.max_batch)
+    reasons = {200: b"OK", 404: b"Not Found"}
+
+    class Floor(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.body: list[bytes] = []
+            self.headers: dict[bytes, bytes] = {}
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            length = self.headers.get(b"inference-header-content-length")
+            path = httptools.parse_url(self.url).path.decode()
+            status, body, extra = answer(path, b"".join(self.body), int(length) if length else None)
+            head = [b"HTTP/1.1 %d %s" % (status, reasons[status])]
+            head += [b"content-type: application/json", b"content-length: %d" % len(body)]
+            head += [k + b": " + v for k, v in extra]
+            self.transport.write(b"\r\n".join([*head, b"", body]))
+            self.url, self.body, self.headers = b"", [], {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Floor, args.host, args.port)
+        print(f"protocol floor for {args.name} on {args.host}:{args.port}", flush=True)
+        await server.serve_forever()
+
+    uvloop.run(main())
 
 
 def serve_floor(args: argparse.Namespace) -> None:
@@ -351,7 +423,7 @@ def serve_floor(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["pytriton", "fastapi", "floor"])
+    parser.add_argument("kind", choices=["pytriton", "fastapi", "floor", "protocol"])
     parser.add_argument("model", help="path of the .onnx file")
     parser.add_argument("--name", required=True, help="model name on the server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -360,7 +432,12 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="pytriton: 0 = no batching")
     parser.add_argument("--queue-delay-us", type=int, default=500, help="pytriton batcher")
     args = parser.parse_args()
-    serve = {"pytriton": serve_pytriton, "fastapi": serve_fastapi, "floor": serve_floor}
+    serve = {
+        "pytriton": serve_pytriton,
+        "fastapi": serve_fastapi,
+        "floor": serve_floor,
+        "protocol": serve_protocol_floor,
+    }
     serve[args.kind](args)
 
 

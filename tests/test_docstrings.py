@@ -1159,6 +1159,13 @@ def _serve_connections(tmp: Path) -> Names:
     return {"uvicorn": uvicorn, "app": app}
 
 
+def _serve_busypoll(tmp: Path) -> Names:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        """An ASGI app (the example only wraps it)."""
+
+    return {"app": app}
+
+
 def _serve_endpoint(tmp: Path) -> Names:
     return {**_serve_catalog(tmp), **_asgi_call(b"")}
 
@@ -1653,6 +1660,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.app": _serve_app,
     "onnxferry.serve.asgi": _serve_asgi,
     "onnxferry.serve.budget": _serve_budget,
+    "onnxferry.serve.busypoll": _serve_busypoll,
     "onnxferry.serve.cache": _serve_cache,
     "onnxferry.serve.catalog": _serve_catalog,
     "onnxferry.serve.config": _serve_config,
