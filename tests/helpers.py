@@ -517,3 +517,32 @@ def recurrent(
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def sparse_weights_model(
+    *, coordinates: bool = False, x_width: int = 16
+) -> tuple[onnx.ModelProto, np.ndarray]:
+    """y = x @ W + b with W[16, 8] (80 % zeros) kept as a ``sparse_initializer``, its
+    positions linear (``[NNZ]``) or ``coordinates`` (``[NNZ, 2]``); and W dense. ``x_width``
+    other than 16 makes a model whose shapes do not fit."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0
+    at = np.flatnonzero(w)
+    index = np.stack(np.unravel_index(at, w.shape), axis=1) if coordinates else at
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(w.reshape(-1)[at], "w"),
+        numpy_helper.from_array(index.astype(np.int64), "w_index"),
+        list(w.shape),
+    )
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "sparse_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", x_width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [b],
+        sparse_initializer=[sparse],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return proto, w

@@ -13,7 +13,7 @@ from onnxferry.check import check, unsupported_cpu_ops
 from onnxferry.errors import ModelLoadError
 from onnxferry.model import Model
 from onnxferry.runtime import runtime_limits
-from tests.helpers import MISDECLARED, RELU, mlp, onnx_text, save
+from tests.helpers import MISDECLARED, RELU, mlp, onnx_text, save, sparse_weights_model
 
 
 def _status(report: object) -> dict[str, str]:
@@ -152,6 +152,25 @@ def test_shape_errors_fail_full_checker_and_strict_inference(tmp_path: Path) -> 
     assert status["onnx checker (full)"] == "fail"
     assert status["shape inference (strict)"] == "fail"
     assert not report.ok
+
+
+def test_sparse_weights_are_checked_as_the_dense_tensors_onnx_runtime_makes(
+    tmp_path: Path,
+) -> None:
+    """onnx's checker and shape inference type a sparse initializer as a sparse tensor, so
+    the MatMul it feeds failed them ("Input tensors of wrong rank (0)") though ONNX Runtime
+    runs the model; a sparse model whose shapes do not fit still fails."""
+    proto, _ = sparse_weights_model()
+    report = check(save(proto, tmp_path / "m.onnx"))
+    status = _status(report)
+    assert report.ok, report.to_text()
+    details = {f.check: f.detail for f in report.result.findings}
+    for name in ("onnx checker (full)", "shape inference (strict)"):
+        assert status[name] == "pass" and "sparse initializer" in details[name]
+    broken, _ = sparse_weights_model(x_width=15)
+    status = _status(check(save(broken, tmp_path / "broken.onnx")))
+    assert status["onnx checker (full)"] == "fail"
+    assert status["shape inference (strict)"] == "fail"
 
 
 def test_checker_failure_is_a_finding_not_a_crash(tmp_path: Path) -> None:

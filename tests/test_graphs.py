@@ -35,7 +35,7 @@ from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner
 from onnxferry.safety import iter_tensors, uses_external_data
 
-from .helpers import SITE_TENSORS, mlp, save_external, tensor_sites
+from .helpers import SITE_TENSORS, mlp, save_external, sparse_weights_model, tensor_sites
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, -3.0, 0.0]], np.float32)
 SITE_FEEDS = {
@@ -231,6 +231,19 @@ def test_inlined_derived_proto_keeps_what_was_derived(tmp_path: Path) -> None:
 
 
 # --- exposing outputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coordinates", [False, True], ids=["linear", "coordinates"])
+def test_sparse_initializers_become_the_dense_weights_onnx_runtime_runs(coordinates: bool) -> None:
+    proto, w = sparse_weights_model(coordinates=coordinates)
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    sparse_run = OrtRunner(Model.from_proto(proto)).run({"x": x})["y"]
+    dense = graphs.copy_model(proto)
+    assert graphs.densify_sparse_initializers(dense) == 1
+    assert not dense.graph.sparse_initializer
+    np.testing.assert_array_equal(numpy_helper.to_array(dense.graph.initializer[-1]), w)
+    onnx.checker.check_model(dense, full_check=True)  # types and shapes consistent
+    np.testing.assert_array_equal(OrtRunner(Model.from_proto(dense)).run({"x": x})["y"], sparse_run)
 
 
 def test_expose_adds_each_name_once_in_place() -> None:

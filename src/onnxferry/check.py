@@ -30,6 +30,7 @@ import numpy as np
 
 from .customops import EXTENSION_DOMAINS, extensions_installed
 from .errors import FerryError, UnsafeModelError, one_line
+from .graphs import PROTO_LIMIT, densify_sparse_initializers, inlined
 from .locales import PORTABLE_LOCALE, missing_locales, needed_locales, same_case_mapping
 from .model import (
     DEFAULT_MAX_SIZE,
@@ -133,11 +134,12 @@ def check(
     result.add("safe load", "pass", "external data stays inside the model directory")
     result.digest = model.digest
     problem, unknown = checker_findings(file)
+    dense = _densified(model)
     if problem:
         result.add("onnx checker", "fail", f"the onnx checker rejects the model: {problem}")
     else:
         result.add("onnx checker", "pass", "the model is structurally valid")
-        _full_checker(file, result)
+        _full_checker(file, result, dense)
     if unknown:
         result.add(
             "operators outside ONNX",
@@ -147,7 +149,7 @@ def check(
             "LayerNormalization at opset 14; the load checks below say whether it runs), "
             "other runtimes may refuse the model",
         )
-    _shape_inference(file, result)
+    _shape_inference(file, result, dense)
     _runtime_versions(model.proto, result)
     _cpu_kernels(model.proto, result)
     _locales(model.proto, result)
@@ -158,23 +160,50 @@ def check(
     return Report("check", result)
 
 
-def _full_checker(file: Path, result: CheckResult) -> None:
-    problem, _ = checker_findings(file, full=True)
+@dataclass(frozen=True)
+class _Dense:
+    """The model with its sparse initializers made dense, for onnx's inference."""
+
+    proto: onnx.ModelProto
+    count: int
+
+    @property
+    def note(self) -> str:
+        if self.count == 1:
+            return " (its sparse initializer read as the dense tensor ONNX Runtime makes of it)"
+        return f" ({self.count} sparse initializers read as the dense tensors ONNX Runtime makes)"
+
+
+def _densified(model: Model) -> _Dense | None:
+    """A copy of the model whose sparse initializers are dense, or None when it has none (or
+    it would pass protobuf's limit): onnx's checker and shape inference type a sparse
+    initializer as a sparse tensor and fail on the dense operator it feeds."""
+    if not any(graph.sparse_initializer for graph in iter_graphs(model.proto)):
+        return None
+    proto = inlined(model)
+    count = densify_sparse_initializers(proto)
+    return _Dense(proto, count) if proto.ByteSize() <= PROTO_LIMIT else None
+
+
+def _full_checker(file: Path, result: CheckResult, dense: _Dense | None) -> None:
+    data = None if dense is None else dense.proto.SerializeToString()
+    problem, _ = checker_findings(file, data, full=True)
+    note = "" if dense is None else dense.note
     if problem:
-        result.add("onnx checker (full)", "fail", problem[:400])
+        result.add("onnx checker (full)", "fail", problem[:400] + note)
     else:
-        result.add("onnx checker (full)", "pass", "types and shapes consistent")
+        result.add("onnx checker (full)", "pass", "types and shapes consistent" + note)
 
 
-def _shape_inference(file: Path, result: CheckResult) -> None:
+def _shape_inference(file: Path, result: CheckResult, dense: _Dense | None) -> None:
     import onnx
 
+    note = "" if dense is None else dense.note
     try:
-        inferred = onnx.shape_inference.infer_shapes(
-            onnx.load(str(file), load_external_data=False), check_type=True, strict_mode=True
-        )
+        proto = onnx.load(str(file), load_external_data=False) if dense is None else dense.proto
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as e:
-        result.add("shape inference (strict)", "fail", one_line(e, 400))
+        result.add("shape inference (strict)", "fail", one_line(e, 400) + note)
         return
     unknown = [v.name for v in inferred.graph.output if not v.type.tensor_type.HasField("shape")]
     if unknown:
@@ -185,7 +214,7 @@ def _shape_inference(file: Path, result: CheckResult) -> None:
             blocking=False,
         )
     else:
-        result.add("shape inference (strict)", "pass", "every output shape inferred")
+        result.add("shape inference (strict)", "pass", "every output shape inferred" + note)
 
 
 def _runtime_versions(proto: onnx.ModelProto, result: CheckResult) -> None:

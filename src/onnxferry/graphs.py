@@ -7,6 +7,7 @@ outputs whose size follows the data rather than the batch.
     for tensor in iter_initializers(proto): ...    # the initializers of every graph
     rename_values(proto.graph, {"a:0": "a"})       # everywhere, subgraphs too
     proto = inlined(model)                         # a copy with external data read in
+    densify_sparse_initializers(proto)             # sparse initializers made dense (checker)
     expose(proto, ["h1", "h2"])                    # the main graph also outputs h1 and h2
     with runnable(proto) as m:                     # a Model: in memory, or past PROTO_LIMIT
         OrtRunner(m).run(feeds)                    #   saved with external data to a temp dir
@@ -278,6 +279,36 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
+
+
+def densify_sparse_initializers(proto: onnx.ModelProto) -> int:
+    """Every sparse initializer of ``proto`` (subgraphs too) made the dense initializer ONNX
+    Runtime makes of it at load, in place (its values read in first: ``inlined``); returns how
+    many there were. onnx's checker and shape inference type a sparse initializer as a sparse
+    tensor, so the dense operator it feeds fails their inference ("Input tensors of wrong rank
+    (0)"), though ONNX Runtime runs the model.
+
+        proto = inlined(model)
+        densify_sparse_initializers(proto)                 # what `ferry check` infers shapes on
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    count = 0
+    for graph in iter_graphs(proto):
+        for sparse in graph.sparse_initializer:
+            values = numpy_helper.to_array(sparse.values)
+            indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+            dims = tuple(int(d) for d in sparse.dims)
+            dense = np.zeros(dims, dtype=values.dtype)
+            # indices: linear positions [NNZ], or coordinates [NNZ, rank] (the two layouts
+            # SparseTensorProto allows)
+            flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+            dense.reshape(-1)[flat] = values.reshape(-1)
+            graph.initializer.append(numpy_helper.from_array(dense, sparse.values.name))
+            count += 1
+        del graph.sparse_initializer[:]
+    return count
 
 
 def weights_not_inputs(model: Model) -> Model:
