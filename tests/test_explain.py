@@ -219,6 +219,50 @@ def test_shap_attributions_add_up_to_f_minus_the_expected_f(method: str) -> None
     np.testing.assert_allclose(explanation.attributions, exact, atol=1e-4)
 
 
+def flags_model() -> Model:
+    """flags[batch, 8] (bool) -> logits[batch, 2] = Cast(flags) @ W: tabular()'s W, so only
+    flags 2 and 5 count."""
+    w = np.zeros((FEATURES, 2), np.float32)
+    w[2], w[5] = (3.0, 1.0), (-2.0, 0.5)
+    return _model(
+        [
+            helper.make_node("Cast", ["flags"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["f", "w"], ["logits"]),
+        ],
+        [helper.make_tensor_value_info("flags", TensorProto.BOOL, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        {"w": w},
+    )
+
+
+def _flags(count: int, seed: int = 0) -> np.ndarray:
+    flags = np.random.default_rng(seed).random((count, FEATURES)) < 0.5
+    flags[:, 2], flags[:, 5] = True, True  # the background holds both values of each
+    return flags
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "permutation", "lime", "occlusion"])
+def test_boolean_flags_are_explained_as_features(method: str) -> None:
+    """A row of flags was refused ("holds no numbers"); each flag is a feature now, a hidden
+    flag the background's most common value, and the flags the model reads rank first."""
+    background = _flags(20, seed=1)
+    background[:15, 2], background[5:, 5] = False, False  # mostly off: hiding turns them off
+    explanation = explain(flags_model(), _flags(3), method, background=background, target=0)
+    assert explanation.kind == "tabular" and explanation.attributions.shape == (3, FEATURES)
+    for i in range(3):
+        assert set(explanation.ranking(i)[:2]) == READ, explanation.attributions[i]
+    assert any("flags explained as features" in n for n in explanation.notes)
+    if method in SHAP:  # efficiency: the attributions add up to f(x) - E[f]
+        scores = OrtRunner(flags_model()).run({"flags": _flags(3)})["logits"][:, 0]
+        sums = explanation.attributions.sum(axis=1) + explanation.base_values
+        np.testing.assert_allclose(sums, scores, rtol=1e-4, atol=1e-4)
+
+
+def test_integrated_gradients_say_a_boolean_input_has_no_gradient() -> None:
+    with pytest.raises(MethodUnavailable, match="boolean input has none"):
+        explain(flags_model(), _flags(2), "integrated-gradients")
+
+
 @pytest.mark.parametrize(
     ("method", "share"),
     [("occlusion", 0.7), ("lime", 0.9), ("kernelshap", 0.95), ("permutation", 0.95)],

@@ -44,7 +44,7 @@ from .result import Explanation
 if TYPE_CHECKING:
     from ..model import Model
     from ..runtime import OrtRunner
-    from .evaluate import Budget, BudgetExceeded, Progress, Session
+    from .evaluate import Budget, BudgetExceeded, Decode, Progress, Session
     from .inputs import Arrays
     from .kinds import KINDS
     from .methods import METHODS, MethodUnavailable
@@ -131,7 +131,6 @@ def explain(
     from .evaluate import (
         Budget,
         BudgetExceeded,
-        Decode,
         Evaluator,
         resolve_targets,
         unfit_targets,
@@ -153,6 +152,7 @@ def explain(
     notes: list[str] = []
     words, table = None, None
     decode: Decode | None = None
+    categorical: tuple[int, ...] = ()
     columns = table_columns(signature) if input_name is None and kind in (None, "tabular") else None
     if columns is not None:
         table, layout, rows, data = table_rows(loaded, columns, feeds, background, notes)
@@ -180,6 +180,8 @@ def explain(
             layout, rows = replace(layout, sample_shape=words.ids.shape[1:]), words.ids
             notes.append("texts explained word by word: a hidden word is dropped from the text")
         data = background_of(background, spec, layout, rows, notes)
+        if spec.dtype.kind == "bool":
+            rows, data, decode, categorical = _flags(rows, data, method, notes)
     require(method, layout.kind)
     budget = Budget(max_evals, deadline)
     evaluator = Evaluator(
@@ -233,7 +235,7 @@ def explain(
             plan=evaluator.planner(left),
             gradient=gradients.function(i, targets[i]) if gradients is not None else None,
             embed=gradients.embedder(i) if gradients is not None else None,
-            categorical=table.categorical if table is not None else (),
+            categorical=table.categorical if table is not None else categorical,
         )
         try:
             attribution = METHODS[method](task)
@@ -267,6 +269,31 @@ def explain(
         words=words.pieces if words is not None else None,
         table=table,
     )
+
+
+def _flags(
+    rows: np.ndarray, data: np.ndarray | None, method: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray | None, Decode, tuple[int, ...]]:
+    """A boolean input's rows as the explainers see them: 0.0 / 1.0 features, each a category
+    (for LIME), perturbed values read back as True from 0.5 up, so a hidden flag takes the
+    background's most common value. (rows, background, decode, categorical columns)."""
+    from .methods import MethodUnavailable
+
+    if method == "integrated-gradients":
+        raise MethodUnavailable(
+            "integrated-gradients follows a gradient through a float input; a boolean input "
+            "has none",
+            hint="use kernelshap, permutation, lime or occlusion",
+        )
+    notes.append(
+        "flags explained as features: a hidden flag takes the background's most common value"
+    )
+
+    def decode(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values) >= 0.5
+
+    floats = None if data is None else data.astype(np.float64)
+    return rows.astype(np.float64), floats, decode, tuple(range(rows[0].size))
 
 
 def _row_axis(model: Model, name: str, batch_axis: bool | None) -> int:

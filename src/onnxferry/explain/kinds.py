@@ -6,7 +6,8 @@ splits into the samples to explain.
 
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
-tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``), 3-D
+tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``), 2-D
+boolean is a tabular row of flags, 3-D
 float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
 a string per row (``[batch]`` or ``[batch, 1]``) is a text, explained word by word (``text``).
 A signal is any float or integer sample of 1 to 3 axes explained by neighbourhood: windows
@@ -142,6 +143,8 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = Fal
         return "image"
     if element == "float" and len(sample_shape) == 1:
         return "signal" if _SIGNAL_NAME.search(spec.name) else "tabular"
+    if element == "bool" and len(sample_shape) == 1:
+        return "tabular"  # a row of flags
     if element == "float" and len(sample_shape) == 2 and 1 in sample_shape:
         return "signal"
     raise UsageError(
@@ -202,7 +205,13 @@ def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...]) -> b
             f"{spec.dtype.onnx_name}) is not a text",
             hint="a text is one string per row; give another --kind",
         )
-    if kind in ("tabular", "signal") and spec.dtype.kind not in ("float", "int"):
+    if kind == "tabular" and spec.dtype.kind == "bool" and len(sample_shape) != 1:
+        raise UsageError(
+            f"input {spec.name!r} (samples of shape {list(sample_shape)}) is not a row of flags",
+            hint="boolean inputs are explained as one row of flags per input",
+        )
+    numeric = ("float", "int", "bool") if kind == "tabular" else ("float", "int")
+    if kind in ("tabular", "signal") and spec.dtype.kind not in numeric:
         raise UsageError(
             f"input {spec.name!r} ({spec.dtype.onnx_name}) holds no numbers to explain",
             hint="explain a numeric input (--input NAME)",
