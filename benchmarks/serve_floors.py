@@ -56,8 +56,7 @@ from serve import (
     running,
     taskset,
 )
-from serve_frontend import _level as level
-from serve_frontend import ocr_cnn
+from serve_frontend import ocr_cnn, stable_level
 
 TARGET_P50_OVER_BARE_MS = 0.2
 SYSTEMS = ("nginx", "protocol", "uvicorn", "ferry", "ferry-busy-poll")
@@ -308,7 +307,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             url = f"http://127.0.0.1:{port}"
             with running(taskset(pin.server, cmd), url, name, workdir / f"{system}.log"):
                 for c in args.levels if system.startswith("ferry") else (1,):
-                    row = level(url, name, c, args, workdir)
+                    row = stable_level(url, name, c, args, workdir)
                     rows.setdefault((system, c), []).append(row)
                     print(
                         f"  round {round_ + 1} {system} c={c}: p50 {row.p50_ms} ms, "

@@ -176,7 +176,7 @@ def _measured(
 ) -> Row:  # fmt: skip
     """One level, with the server's CPU time per request over it."""
     before = _server_cpu(), _answered(url, name)
-    row = _level(url, name, c, args, workdir)
+    row = stable_level(url, name, c, args, workdir)
     after = _server_cpu(), _answered(url, name)
     row.system = system
     run.rows.append(row)
@@ -209,7 +209,7 @@ def _answered(url: str, name: str) -> int:
     return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
 
 
-def _level(url: str, name: str, c: int, args: argparse.Namespace, workdir: Path) -> Row:
+def stable_level(url: str, name: str, c: int, args: argparse.Namespace, workdir: Path) -> Row:
     """perf_analyzer with its 10 % check; failing that, 3 windows without it (marked)."""
     row = perf_analyzer(args.pa_dir, url, name, c, args.interval_ms, True, workdir, args.pin.client)
     if row.throughput is None:
