@@ -280,6 +280,61 @@ def test_image_methods_put_the_mass_in_the_region_the_model_reads(
         np.testing.assert_allclose(gaps, 0.0, atol=1e-5)
 
 
+VOXELS = (slice(0, 4), slice(4, 8), slice(8, 12))
+"""The volume model's score reads this 4x4x4 block of voxels only."""
+
+
+def volume(layout: str) -> Model:
+    """An 8x16x16 scan, "cdhw" (one channel first), "dhwc" or "dhw" -> score[N]: the mean
+    of the voxels at VOXELS."""
+    spatial = np.zeros((8, 16, 16), np.float32)
+    spatial[VOXELS] = 1 / 64
+    mask = {"cdhw": spatial[None], "dhwc": spatial[..., None], "dhw": spatial}[layout][None]
+    shape = ["N", *mask.shape[1:]]
+    return _model(
+        [
+            helper.make_node("Mul", ["x", "mask"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes"], ["score"], keepdims=0),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        {"mask": mask, "axes": np.arange(1, mask.ndim, dtype=np.int64)},
+    )
+
+
+def _scans(count: int, layout: str) -> np.ndarray:
+    x = np.random.default_rng(0).uniform(0.0, 0.2, (count, 8, 16, 16)).astype(np.float32)
+    x[(slice(None), VOXELS[0], VOXELS[1], VOXELS[2])] += 1.0  # the block the model reads is bright
+    return {"cdhw": x[:, None], "dhwc": x[..., None], "dhw": x}[layout]
+
+
+@pytest.mark.parametrize(
+    ("method", "share"),
+    [("occlusion", 0.6), ("lime", 0.9), ("kernelshap", 0.95), ("permutation", 0.95)],
+)
+@pytest.mark.parametrize("layout", ["cdhw", "dhwc", "dhw"])
+def test_volume_methods_put_the_mass_in_the_voxels_the_model_reads(
+    method: str, share: float, layout: str
+) -> None:
+    """A CT/MRI-shaped input was explainable only as tabular features, a voxel at a time; it
+    is a volume now, explained in 3-D blocks (3-D windows for occlusion)."""
+    samples = {"lime": 300, "kernelshap": 300}.get(method)
+    kind = "volume" if layout == "dhw" else None  # DHW is not told from the shape alone
+    explanation = explain(volume(layout), _scans(1, layout), method, kind=kind, samples=samples)
+    assert explanation.kind == "volume"
+    heat = np.abs(explanation.heatmap(0))
+    assert heat.shape == (8, 16, 16)
+    assert heat[VOXELS].sum() / heat.sum() >= share, method
+    assert explanation.to_dict()["explanations"][0]["top"][0]["feature"].count(",") == 2
+
+
+def test_volume_files_are_three_planes_per_input(tmp_path: Path) -> None:
+    explanation = explain(volume("cdhw"), _scans(2, "cdhw"), "kernelshap", samples=100)
+    files = write_explanation(explanation, tmp_path)
+    assert files["volume_0"].read_bytes().startswith(b"\x89PNG") and "volume_1" in files
+    assert files["report"].read_text().count("data:image/png;base64,") == 2
+
+
 def test_an_nhwc_colour_image_is_told_apart_and_explained() -> None:
     explanation = explain(image(True, 3), _images(1, True, 3), "kernelshap", samples=200)
     assert explanation.layout.channels_last and explanation.layout.channels == 3
@@ -494,8 +549,9 @@ def test_a_spectrogram_is_explained_as_a_signal_in_time_frequency_blocks(method:
 
 
 def test_the_kinds_offered_for_an_unknown_input_are_those_that_fit_it() -> None:
-    """A volume ``[C, D, H, W]`` (a Conv3d's input): the hint offered every kind, and signal
-    then refused it (1 to 3 axes); tabular is the one that takes it."""
+    """A 4-D sample with no end that can be channels (``[8, 6, 7, 9]``): the hint offered
+    every kind, and signal then refused it (1 to 3 axes); tabular is the one that takes it.
+    With 3 channels first (``[3, 3, 4, 5]``, a Conv3d's input) it is a volume."""
     from onnxferry.explain.kinds import detect_kind
     from onnxferry.signature import Signature
 
@@ -510,7 +566,8 @@ def test_the_kinds_offered_for_an_unknown_input_are_those_that_fit_it() -> None:
     )
     spec = Signature.from_onnx(volume.proto).inputs[0]
     with pytest.raises(UsageError, match=r"give the kind: --kind tabular$"):
-        detect_kind(spec, (3, 3, 4, 5))
+        detect_kind(spec, (8, 6, 7, 9))
+    assert detect_kind(spec, (3, 3, 4, 5)) == "volume"
     explanation = explain(volume, np.ones((1, 3, 3, 4, 5), np.float32), "occlusion", kind="tabular")
     assert explanation.attributions.shape == (1, 3, 3, 4, 5)
 

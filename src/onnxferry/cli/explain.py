@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--kind",
-    help="The input's kind: image, tabular, tokens, signal, text (default: told from it).",
+    help="The input's kind: image, tabular, tokens, signal, text, volume (default: told from it).",
 )
 @click.option(
     "--vocab",

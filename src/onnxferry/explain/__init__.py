@@ -10,7 +10,7 @@
 ``method`` is one of ``METHODS``: ``kernelshap`` and ``permutation`` (shap), ``lime`` (lime's
 tabular, image or text explainer), ``occlusion`` (a sliding window), ``integrated-gradients``
 (Captum, on the graph as a torch module checked against ONNX Runtime: ``gradients``). The
-input's kind (image, tabular, tokens, signal, text) comes from the signature (``kind=``
+input's kind (image, tabular, tokens, signal, text, volume) comes from the signature (``kind=``
 overrides it); images, signals and tokens are explained over superpixels / blocks / positions
 hidden by a baseline (see ``masking``), texts (a string per row) word by word, a hidden
 word dropped (``text``), and a table model (one ``[batch, 1]`` input per column, as skl2onnx
@@ -213,7 +213,7 @@ def explain(
         evaluator.input_index = i
         left = len(rows) - i
         groups = groups_for(sample, layout, segments, method)
-        if i == 0 and groups is not None and layout.kind in ("image", "signal"):
+        if i == 0 and groups is not None and layout.kind in ("image", "signal", "volume"):
             how = {"slic": "SLIC superpixels", "grid": "square patches"}.get(groups.method)
             notes.insert(0, f"{layout.kind}s explained over {how or 'blocks'}: {groups.count}")
         task = Task(

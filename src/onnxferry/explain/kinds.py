@@ -1,5 +1,5 @@
-"""What an explained input is: its kind (image, tabular, tokens, signal) and how its array
-splits into the samples to explain.
+"""What an explained input is: its kind (image, tabular, tokens, signal, text, volume) and how
+its array splits into the samples to explain.
 
     layout, samples = plan_layout(model.signature.input("x"), x)   # x: float32[8, 4]
     layout.kind, layout.batch_axis, samples.shape                  # "tabular", True, (8, 4)
@@ -7,7 +7,8 @@ splits into the samples to explain.
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
 tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``), 2-D
-boolean is a tabular row of flags, 3-D
+boolean is a tabular row of flags, 5-D float CDHW/DHWC with at most 4 channels is a volume
+(a CT or MRI scan; ``kind="volume"`` takes DHW too), explained in 3-D blocks, 3-D
 float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
 a string per row (``[batch]`` or ``[batch, 1]``) is a text, explained word by word (``text``).
 A signal is any float or integer sample of 1 to 3 axes explained by neighbourhood: windows
@@ -29,10 +30,12 @@ import numpy as np
 from ..errors import FeedError, UsageError
 from ..signature import TensorSpec
 
-KINDS = ("image", "tabular", "tokens", "signal", "text")
+KINDS = ("image", "tabular", "tokens", "signal", "text", "volume")
 _SIGNAL_NAME = re.compile(r"wave|audio|pcm|signal|speech|sound", re.IGNORECASE)
 """Names of a 1-D float sample that is a stretch of audio, not a row of features."""
 CHANNELS = (1, 3)
+VOLUME_CHANNELS = 4
+"""A volume's channel axis holds at most this many (CT: 1; MRI: up to 4 sequences)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,20 @@ class Layout:
 
     @property
     def channels(self) -> int:
+        if not self.spatial_axes or len(self.spatial_axes) == len(self.sample_shape):
+            return 1
         return self.sample_shape[-1] if self.channels_last else self.sample_shape[0]
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """An image's or a volume's axes other than its channels' (a 3-D volume has none);
+        () for other kinds."""
+        rank = len(self.sample_shape)
+        if self.kind not in ("image", "volume"):
+            return ()
+        if self.kind == "volume" and rank == 3:
+            return (0, 1, 2)
+        return tuple(range(rank - 1)) if self.channels_last else tuple(range(1, rank))
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -131,9 +147,9 @@ def plan_layout(
 
 
 def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = False) -> str:
-    """ "image", "tabular", "tokens", "signal" or "text" for one sample's shape and the input's
-    element type (a float input the graph uses as ``ids``, Keras's float token ids, counts as
-    integers); UsageError when it cannot be told."""
+    """ "image", "tabular", "tokens", "signal", "text" or "volume" for one sample's shape and
+    the input's element type (a float input the graph uses as ``ids``, Keras's float token ids,
+    counts as integers); UsageError when it cannot be told."""
     element = spec.dtype.kind
     if element == "string" and sample_shape in ((), (1,)):
         return "text"
@@ -147,6 +163,8 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = Fal
         return "tabular"  # a row of flags
     if element == "float" and len(sample_shape) == 2 and 1 in sample_shape:
         return "signal"
+    if element == "float" and len(sample_shape) == 4 and _volume_channel_axis(sample_shape):
+        return "volume"
     raise UsageError(
         f"cannot tell what kind of input {spec.name!r} is ({spec.dtype.onnx_name} "
         f"{spec.shape_text()}, samples of shape {list(sample_shape)})",
@@ -176,8 +194,28 @@ def _channel_axis(sample_shape: tuple[int, ...]) -> int | None:
     return None
 
 
+def _volume_channel_axis(sample_shape: tuple[int, ...]) -> str | None:
+    """ "first" for CDHW, "last" for DHWC (at most VOLUME_CHANNELS channels; first wins a
+    tie), None when neither end can be channels."""
+    if sample_shape[0] <= VOLUME_CHANNELS:
+        return "first"
+    if sample_shape[-1] <= VOLUME_CHANNELS:
+        return "last"
+    return None
+
+
 def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...]) -> bool:
     """Whether samples of this shape can be explained as ``kind``; returns channels_last."""
+    if kind == "volume":
+        end = _volume_channel_axis(sample_shape) if len(sample_shape) == 4 else None
+        if spec.dtype.kind != "float" or not (len(sample_shape) == 3 or end):
+            raise UsageError(
+                f"input {spec.name!r} (samples of shape {list(sample_shape)}, "
+                f"{spec.dtype.onnx_name}) is not a volume",
+                hint=f"volumes are float DHW, CDHW or DHWC with at most {VOLUME_CHANNELS} "
+                "channels; give another --kind",
+            )
+        return end == "last"
     if kind == "image":
         axis = _channel_axis(sample_shape) if len(sample_shape) == 3 else None
         if axis is None or spec.dtype.kind != "float":

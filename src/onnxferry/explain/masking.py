@@ -72,7 +72,19 @@ def groups_for(sample: np.ndarray, layout: Layout, segments: int, method: str) -
     if layout.kind == "signal":
         labels = grid_segments(sample.shape, segments)
         return Groups(labels, int(labels.max()) + 1, "blocks")
+    if layout.kind == "volume":
+        return volume_groups(layout, segments)
     return element_groups(sample, "positions")
+
+
+def volume_groups(layout: Layout, segments: int) -> Groups:
+    """About ``segments`` cubic blocks of a volume's voxels, each spanning every channel."""
+    spatial = grid_segments(tuple(layout.sample_shape[a] for a in layout.spatial_axes), segments)
+    count = int(spatial.max()) + 1
+    if len(layout.spatial_axes) == len(layout.sample_shape):  # DHW: no channel axis
+        return Groups(spatial, count, "blocks")
+    channels = len(layout.sample_shape) - 1 if layout.channels_last else 0
+    return Groups(_over_channels(spatial, layout), count, "blocks", channels)
 
 
 def image_groups(sample: np.ndarray, layout: Layout, segments: int) -> Groups:
@@ -145,8 +157,8 @@ def baseline(layout: Layout, sample: np.ndarray, background: np.ndarray | None) 
         return np.asarray(row, dtype=sample.dtype)
     if background is not None:
         return np.asarray(background.mean(axis=0), dtype=sample.dtype)
-    if kind == "image":
-        axes = (0, 1) if layout.channels_last else (1, 2)
+    if kind in ("image", "volume"):
+        axes = layout.spatial_axes  # each channel's mean
         means = sample.mean(axis=axes, keepdims=True)
         return np.ascontiguousarray(np.broadcast_to(means, sample.shape), dtype=sample.dtype)
     return np.zeros_like(sample)

@@ -155,7 +155,7 @@ def lime(task: Task) -> Attribution:
         return _lime_image(task)
     if task.layout.kind in ("tokens", "text"):
         return _lime_tokens(task)
-    if task.layout.kind == "signal":
+    if task.layout.kind in ("signal", "volume"):
         return _lime_groups(task)
     LimeTabularExplainer = _library("lime.lime_tabular").LimeTabularExplainer
 
@@ -193,6 +193,10 @@ def occlusion(task: Task) -> Attribution:
         longest = max(task.sample.shape)
         window = task.window or max(1, round(longest / 16))
         return _occlude_windows(task, tuple(range(task.sample.ndim)), window)
+    if layout.kind == "volume":  # a cube a quarter of the shortest side: about 7**3 places
+        sides = [task.sample.shape[a] for a in layout.spatial_axes]
+        window = min(task.window or max(1, round(min(sides) / 4)), *sides)
+        return _occlude_windows(task, layout.spatial_axes, window)
     if layout.kind == "tokens" and task.window:  # spans of neighbouring tokens, as n-grams
         return _occlude_windows(task, (0,), task.window)
     return _occlude_features(task)

@@ -8,7 +8,8 @@ base values, scores, superpixels), then by kind: images ``heatmap_N.png`` (the i
 its attribution overlay); tabular ``importance.png`` (mean |attribution| per feature) and
 ``beeswarm.png`` (each input's attribution per feature, coloured by the feature's value);
 signals ``signal_N.png`` (the input above its attributions along time: a trace for one channel,
-a map for more); tokens ``tokens.html`` (tokens coloured by attribution: red raises the
+a map for more); volumes ``volume_N.png`` (the three planes through the strongest voxel, the
+attributions over the scan); tokens ``tokens.html`` (tokens coloured by attribution: red raises the
 target, blue lowers it). Every file is written atomically; pictures are drawn with
 matplotlib's Agg renderer (no display).
 """
@@ -44,8 +45,8 @@ def write_explanation(
     explanation: Explanation, outdir: str | Path, vocabulary: list[str] | None = None
 ) -> dict[str, Path]:
     """Write the explanation's files into ``outdir`` (created); returns them by role:
-    "json", "arrays", "report", and "heatmap_N", "signal_N", "importance", "beeswarm" or
-    "tokens"."""
+    "json", "arrays", "report", and "heatmap_N", "signal_N", "volume_N", "importance",
+    "beeswarm" or "tokens"."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None and explanation.kind not in TEXTUAL:
@@ -65,6 +66,9 @@ def write_explanation(
     elif explanation.kind == "signal":
         for i in range(len(explanation.inputs)):
             pictures[f"signal_{i}"] = signal_png(explanation, i)
+    elif explanation.kind == "volume":
+        for i in range(len(explanation.inputs)):
+            pictures[f"volume_{i}"] = volume_png(explanation, i)
     elif explanation.kind == "tabular":
         pictures["importance"] = importance_png(explanation)
         pictures["beeswarm"] = beeswarm_png(explanation)
@@ -115,6 +119,33 @@ def heatmap_png(explanation: Explanation, index: int) -> bytes:
     for axis in (left, right):
         axis.set_axis_off()
     figure.colorbar(drawn, ax=right, fraction=0.046, pad=0.04)
+    return _png(figure)
+
+
+def volume_png(explanation: Explanation, index: int) -> bytes:
+    """Input ``index`` (a volume) in the three planes through its strongest voxel: each slice
+    of the scan (its channels' mean) under the attributions there (red raises the target)."""
+    from matplotlib.figure import Figure
+
+    layout = explanation.layout
+    volume = explanation.inputs[index].astype(np.float64)
+    if len(layout.spatial_axes) < volume.ndim:  # channels: their mean
+        volume = volume.mean(axis=-1 if layout.channels_last else 0)
+    shown = _unit(volume)
+    heat = explanation.heatmap(index)
+    limit = float(np.abs(heat).max()) or 1.0
+    centre = [int(i) for i in np.unravel_index(int(np.argmax(np.abs(heat))), heat.shape)]
+    figure = Figure(figsize=(12, 4), dpi=100)
+    drawn = None
+    for axis, (plane, name) in zip(figure.subplots(1, 3), enumerate("dhw"), strict=True):
+        picked = tuple(centre[a] if a == plane else slice(None) for a in range(3))
+        axis.imshow(shown[picked], cmap="gray", vmin=0, vmax=1)
+        drawn = axis.imshow(heat[picked], cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.65)
+        axis.set_title(f"plane {name} = {centre[plane]}")
+        axis.set_axis_off()
+    figure.suptitle(f"input {index}, {explanation.method}: {explanation.targets[index]}")
+    if drawn is not None:
+        figure.colorbar(drawn, ax=figure.axes, fraction=0.02, pad=0.02)
     return _png(figure)
 
 

@@ -74,14 +74,18 @@ class Explanation:
         return Report("explain", self, notes=list(self.notes))
 
     def heatmap(self, index: int) -> np.ndarray:
-        """An image row's attributions summed over channels, ``(height, width)``."""
+        """An image's or a volume's attributions summed over channels: ``(height, width)``,
+        ``(depth, height, width)``."""
         values = self.attributions[index]
+        if len(self.layout.spatial_axes) == values.ndim:  # a volume without channels
+            return np.asarray(values)
         return np.asarray(values.sum(axis=-1 if self.layout.channels_last else 0))
 
     def ranking(self, index: int) -> list[int]:
-        """Features of row ``index`` (flat element indices; images: flat pixel indices of the
-        heatmap), largest absolute attribution first."""
-        values = self.heatmap(index) if self.kind == "image" else self.attributions[index]
+        """Features of row ``index`` (flat element indices; images and volumes: flat indices
+        of the heatmap), largest absolute attribution first."""
+        spatial = self.kind in ("image", "volume")
+        values = self.heatmap(index) if spatial else self.attributions[index]
         order = np.argsort(-np.abs(np.asarray(values).reshape(-1)), kind="stable")
         return [int(i) for i in order]
 
@@ -149,14 +153,15 @@ class Explanation:
         return f"{len(self.inputs)} of {self.requested}"
 
     def _top(self, index: int) -> list[dict[str, Any]]:
-        """The largest attributions of a row: features, token positions, pixels (row, col) or a
-        signal's places."""
+        """The largest attributions of a row: features, token positions, pixels (row, col),
+        voxels (depth, row, col) or a signal's places."""
         top = []
-        if self.kind == "image":
+        if self.kind in ("image", "volume"):
             heat = self.heatmap(index)
             for flat in self.ranking(index)[:LISTED]:
-                r, c = divmod(flat, heat.shape[1])
-                top.append({"feature": f"({r},{c})", "attribution": float(heat[r, c])})
+                at = np.unravel_index(flat, heat.shape)
+                place = ",".join(str(int(i)) for i in at)
+                top.append({"feature": f"({place})", "attribution": float(heat[at])})
             return top
         values = self.attributions[index].reshape(-1)
         inputs = self.inputs[index].reshape(-1)

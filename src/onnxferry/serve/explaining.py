@@ -13,8 +13,9 @@ The body is an infer request, read, decoded and validated exactly as infer's (sa
 same auth). Its ``parameters`` choose the explanation (``ExplainRequest``): ``method`` (one of
 ``explain.METHODS``), ``input`` (the input explained; default the first), ``target`` (a class
 index, an output name or ``OUTPUT:INDEX``), ``max_evals``, ``samples``, ``segments``,
-``window``, ``seed``, ``kind`` (image, tabular, tokens, signal or text, where the input's
-shape cannot tell); ``background`` is not taken (SHAP uses the request's own rows, or zeros).
+``window``, ``seed``, ``kind`` (image, tabular, tokens, signal, text or volume, where the
+input's shape cannot tell); ``background`` is not taken (SHAP uses the request's own rows, or
+zeros).
 
 Every perturbation runs through the version's executor (``ExecutorSession``): its batcher,
 queue limit, response cache and memory budget apply, in requests of at most its
