@@ -193,7 +193,7 @@ def occlusion(task: Task) -> Attribution:
         longest = max(task.sample.shape)
         window = task.window or max(1, round(longest / 16))
         return _occlude_windows(task, tuple(range(task.sample.ndim)), window)
-    if layout.kind == "volume":  # a cube a quarter of the shortest side: about 7**3 places
+    if layout.kind == "volume":  # a cube a quarter of the shortest side: 7 places along it
         sides = [task.sample.shape[a] for a in layout.spatial_axes]
         window = min(task.window or max(1, round(min(sides) / 4)), *sides)
         return _occlude_windows(task, layout.spatial_axes, window)
