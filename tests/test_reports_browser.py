@@ -110,6 +110,13 @@ image (float[N, 1, 16, 16] x) => (float[N] score) {
     score = ReduceMean <keepdims = 0> (x, axes)
 }
 """
+VOLUME = """
+<ir_version: 10, opset_import: ["" : 21]>
+volume (float[N, 1, 4, 8, 8] x) => (float[N] score) {
+    axes = Constant <value = int64[4] {1, 2, 3, 4}> ()
+    score = ReduceMean <keepdims = 0> (x, axes)
+}
+"""
 TOKENS = """
 <ir_version: 10, opset_import: ["" : 21]>
 tokens (int64[batch, 6] ids) => (float[batch] score) {
@@ -121,7 +128,7 @@ tokens (int64[batch, 6] ids) => (float[batch] score) {
 """
 
 
-@pytest.mark.parametrize("kind", ["tabular", "image", "tokens"])
+@pytest.mark.parametrize("kind", ["tabular", "image", "tokens", "volume"])
 def test_explain_report(browser: Browser, tmp_path: Path, kind: str) -> None:
     """The page `ferry explain` writes, for each kind of input it draws differently."""
     pytest.importorskip("matplotlib")
@@ -136,6 +143,8 @@ def test_explain_report(browser: Browser, tmp_path: Path, kind: str) -> None:
         model, inputs = mlp(), rng.normal(size=(3, 4)).astype(np.float32)
     elif kind == "image":
         model, inputs = onnx_text(IMAGE), rng.uniform(size=(1, 1, 16, 16)).astype(np.float32)
+    elif kind == "volume":
+        model, inputs = onnx_text(VOLUME), rng.uniform(size=(1, 1, 4, 8, 8)).astype(np.float32)
     else:
         model, inputs = onnx_text(TOKENS), rng.integers(1, 10, size=(2, 6), dtype=np.int64)
     explanation = explain(Model.from_proto(model), inputs, "occlusion")
