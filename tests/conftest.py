@@ -35,9 +35,28 @@ engine's cap over the process's RSS): they run first, before other files have gr
 (under pytest-xdist, the first files each worker takes)."""
 
 
+LONG_FEW = (
+    "test_trained_models.py",
+    "test_robustness_models.py",
+    "test_federated.py",
+    "test_registry_reliability.py",
+    "test_package_readme.py",
+    "test_deploy.py",
+)
+"""Files of few tests that take 10-40 s each (training, fuzzing, Flower rounds, kill -9
+loops, the README's deploy commands): by test count they came last, and a worker that took
+one at the end kept the run going alone. They start right after FRESH_PROCESS instead."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """FRESH_PROCESS files first, then the files with the most tests (what pytest-xdist's own
-    reordering does, which ``make test`` turns off so that this order holds); within a file,
-    the tests keep their order."""
+    """FRESH_PROCESS files first, then LONG_FEW, then the files with the most tests (what
+    pytest-xdist's own reordering does, which ``make test`` turns off so that this order
+    holds); within a file, the tests keep their order."""
     counts = Counter(item.path.name for item in items)
-    items.sort(key=lambda item: (item.path.name not in FRESH_PROCESS, -counts[item.path.name]))
+    items.sort(
+        key=lambda item: (
+            item.path.name not in FRESH_PROCESS,
+            item.path.name not in LONG_FEW,
+            -counts[item.path.name],
+        )
+    )
