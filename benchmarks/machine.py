@@ -22,6 +22,13 @@ def cpu_summary() -> str:
     flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
     shown = ", ".join(f"{f} {'yes' if f in flags else 'NO'}" for f in wanted)
+    emulated = (
+        os.environ.get("CPUID_KIND")
+        if "cpu_kind_shim" in os.environ.get("LD_PRELOAD", "")
+        else None
+    )
+    if emulated:
+        shown += f" (EMULATED by benchmarks/cpu_kind.py {emulated}: hidden from CPUID; same cores)"
     return f"{name}, {os.cpu_count()} logical CPUs; {shown}"
 
 
