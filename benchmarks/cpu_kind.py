@@ -68,12 +68,13 @@ def has_cpuid_faulting() -> bool:
 
 
 _PROBE = r"""
-import statistics, sys, tempfile, time
+import statistics, tempfile
 from pathlib import Path
 import numpy as np, onnx, onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import quantize_dynamic
 from numpy._core._multiarray_umath import __cpu_features__ as numpy_features
+from onnxferry.measure import measure
 from onnxferry.optimize.cpu_features import int8_features
 
 rng = np.random.default_rng(0)
@@ -91,14 +92,7 @@ def p50_ms(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, feeds)
-    times = []
-    for _ in range(40):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(measure(session, feeds, warmup=5, iterations=40))
 
 seen = ",".join(k for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16") if numpy_features[k])
 ferry = ",".join(k for k, v in int8_features().items() if v)
