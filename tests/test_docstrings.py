@@ -1467,7 +1467,8 @@ def _explain_image(tmp: Path) -> Names:
 
 
 def _lime_image(tmp: Path) -> Names:
-    """An HWC image, 16 square superpixels over it and a classifier of image batches."""
+    """An HWC image, 16 square superpixels over it and a classifier of image batches; for
+    shap, a score of tabular rows, background rows and one row to explain."""
     image = np.random.default_rng(0).uniform(size=(16, 16, 3))
     rows, cols = np.indices((16, 16))
     weights = np.random.default_rng(1).normal(size=(16, 16, 3))
@@ -1476,7 +1477,18 @@ def _lime_image(tmp: Path) -> Names:
         scores: np.ndarray = (np.asarray(images) * weights).sum(axis=(1, 2, 3))
         return scores[:, None]
 
-    return {"image": image, "segments": rows // 4 * 4 + cols // 4, "classify": classify}
+    def score(rows: np.ndarray) -> np.ndarray:
+        scores: np.ndarray = np.tanh(np.asarray(rows) @ np.arange(1.0, 5.0))
+        return scores
+
+    return {
+        "image": image,
+        "segments": rows // 4 * 4 + cols // 4,
+        "classify": classify,
+        "score": score,
+        "background": np.random.default_rng(2).normal(size=(5, 4)),
+        "x": np.ones((1, 4)),
+    }
 
 
 SETUPS: dict[str, Setup] = {

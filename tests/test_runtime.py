@@ -151,3 +151,33 @@ def test_runtime_limits_match_what_onnxruntime_loads() -> None:
     assert loads(max_ir, max_opset)
     assert not loads(max_ir + 1, max_opset)
     assert not loads(max_ir, max_opset + 1)
+
+
+def test_blas_runs_on_one_thread_in_the_block_and_as_before_after() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from onnxferry.runtime import blas_on_one_thread
+
+    def blas_threads() -> list[int]:
+        return [
+            p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+        ]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS is found"
+    with blas_on_one_thread():
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+
+
+def test_explainers_run_with_blas_on_one_thread() -> None:
+    """shap's and lime's regressions beside the model's runs: one BLAS thread while a library
+    call runs (``quiet``)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from onnxferry.explain.methods import quiet
+
+    notes: list[str] = []
+    with quiet(notes):
+        inside = {
+            p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+        }
+    assert inside == {1}

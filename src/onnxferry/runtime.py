@@ -599,6 +599,31 @@ def usable_cores(
     return max(1, cores)
 
 
+@contextmanager
+def blas_on_one_thread() -> Iterator[None]:
+    """numpy's and scipy's BLAS (OpenBLAS, MKL) on one thread for the block: for Python code
+    that calls it between session runs (an explainer's regression). Left to itself, BLAS's
+    idle threads spin on the cores ONNX Runtime's threads run on and each slows the other:
+    on 2 cores shap's solve took 3x as long and the model's runs beside it as much. The
+    libraries are those loaded at the first call; without threadpoolctl (it comes with
+    scikit-learn) the block runs as it would."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+@cache
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - scikit-learn's dependency, with every explainer
+        return None
+    return ThreadpoolController()
+
+
 def memory_limit(
     cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
 ) -> int | None:

@@ -3,10 +3,10 @@
     attribution = METHODS["kernelshap"](task)     # a Task: the sample, the batched model, ...
     attribution.values, attribution.base         # shaped like the sample; E[f] for SHAP
 
-- ``kernelshap``: ``shap.KernelExplainer`` (``l1_reg=False``), on the raw features with the
-  background for tabular rows, on superpixels / signal blocks / token positions (kept or set
-  to the baseline) otherwise. Its attributions add up to f(x) - E[f(background)] (SHAP's
-  efficiency).
+- ``kernelshap``: ``shap.KernelExplainer`` (``l1_reg=False``; its samples written a run at
+  a time: ``vectorized``), on the raw features with the background for tabular rows, on
+  superpixels / signal blocks / token positions (kept or set to the baseline) otherwise. Its
+  attributions add up to f(x) - E[f(background)] (SHAP's efficiency).
 - ``permutation``: ``shap.PermutationExplainer`` with an ``Independent`` masker, the same way.
 - ``lime``: ``lime_tabular.LimeTabularExplainer`` (regression on the target's value, the
   background as training data, continuous features: a weight is the slope per standard
@@ -46,10 +46,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, one_line
+from ..runtime import blas_on_one_thread
 from .evaluate import BudgetExceeded, Transform
 from .kinds import Layout
 from .masking import Groups, from_hwc, spatial_labels, to_hwc
-from .vectorized import lime_image_explainer
+from .vectorized import kernel_explainer, lime_image_explainer
 
 Score = Callable[[np.ndarray, Transform | None], np.ndarray]
 
@@ -113,7 +114,7 @@ class Attribution:
 
 
 def kernelshap(task: Task) -> Attribution:
-    shap = _library("shap")
+    KernelExplainer = kernel_explainer()
 
     f, background, x, count = _shap_space(task)
     rows = len(background)
@@ -124,8 +125,9 @@ def kernelshap(task: Task) -> Attribution:
     nsamples = _fit("kernelshap", task, nsamples, least, per=rows, extra=rows + 1)
     task.plan(rows + 1 + nsamples * rows)
     notes: list[str] = []
-    with quiet(notes), _seeded(task.seed):
-        explainer = shap.KernelExplainer(f, background)
+    # shap formats arrays into its debug lines whether or not they are logged: kept short
+    with quiet(notes), _seeded(task.seed), np.printoptions(threshold=1, edgeitems=1):
+        explainer = KernelExplainer(f, background)
         phi = explainer.shap_values(x[None], nsamples=nsamples, l1_reg=False, silent=True)
     values = np.asarray(phi, np.float64).reshape(-1)[:count]
     return Attribution(_back(task, values), float(np.ravel(explainer.expected_value)[0]), notes)
@@ -404,7 +406,6 @@ def _fit(
 
 
 def _lime_image(task: Task) -> Attribution:
-    _library("lime.lime_image")  # imported quietly, before vectorized's subclass needs it
     LimeImageExplainer = lime_image_explainer()
 
     groups = task.groups
@@ -552,9 +553,10 @@ global generator that shap draws from): one library call holds it at a time."""
 @contextlib.contextmanager
 def quiet(notes: list[str]) -> Iterator[None]:
     """Run a library call with its warnings, log records (shap, lime) and prints collected as
-    ``notes`` instead of reaching the terminal. Calls from several threads (a server's) take
+    ``notes`` instead of reaching the terminal, and its BLAS calls on one thread (beside the
+    model's runs: ``blas_on_one_thread``). Calls from several threads (a server's) take
     turns: what they swap is global."""
-    with _ONE_AT_A_TIME:
+    with _ONE_AT_A_TIME, blas_on_one_thread():
         yield from _quiet(notes)
 
 
@@ -566,7 +568,8 @@ def _quiet(notes: list[str]) -> Iterator[None]:
     for lg in loggers:
         lg.addHandler(handler)
         lg.propagate = False
-        lg.setLevel(logging.WARNING)
+        if lg.getEffectiveLevel() < logging.WARNING:  # setLevel clears every logger's cache
+            lg.setLevel(logging.WARNING)
     try:
         with (
             warnings.catch_warnings(record=True) as caught,
@@ -579,7 +582,8 @@ def _quiet(notes: list[str]) -> Iterator[None]:
         for lg, (propagate, level) in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
             lg.propagate = propagate
-            lg.setLevel(level)
+            if lg.level != level:
+                lg.setLevel(level)
     said = [str(w.message) for w in caught if not issubclass(w.category, _FOR_DEVELOPERS)]
     said += handler.lines
     said += [ln for ln in out.getvalue().replace("\r", "\n").splitlines() if ln.strip()]
