@@ -272,7 +272,7 @@ def integrated_gradients(task: Task) -> Attribution:
     with torch.no_grad():
         ends = task.gradient(torch.cat([x, start])).numpy()
     notes: list[str] = []
-    with quiet(notes):
+    with quiet(notes, one_blas_thread=False):  # torch's own threads do the work here
         explainer = attr.IntegratedGradients(task.gradient)
         try:
             found = explainer.attribute(
@@ -551,12 +551,12 @@ global generator that shap draws from): one library call holds it at a time."""
 
 
 @contextlib.contextmanager
-def quiet(notes: list[str]) -> Iterator[None]:
+def quiet(notes: list[str], *, one_blas_thread: bool = True) -> Iterator[None]:
     """Run a library call with its warnings, log records (shap, lime) and prints collected as
-    ``notes`` instead of reaching the terminal, and its BLAS calls on one thread (beside the
-    model's runs: ``blas_on_one_thread``). Calls from several threads (a server's) take
-    turns: what they swap is global."""
-    with _ONE_AT_A_TIME, blas_on_one_thread():
+    ``notes`` instead of reaching the terminal, and (``one_blas_thread``) its BLAS calls on
+    one thread, beside ONNX Runtime's (``blas_on_one_thread``). Calls from several threads (a
+    server's) take turns: what they swap is global."""
+    with _ONE_AT_A_TIME, blas_on_one_thread() if one_blas_thread else contextlib.nullcontext():
         yield from _quiet(notes)
 
 
