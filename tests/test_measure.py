@@ -17,6 +17,7 @@ from onnxferry.measure import (
     Timing,
     measure,
     measure_stats,
+    within,
 )
 from onnxferry.model import Model
 from onnxferry.runtime import SessionConfig, create_session
@@ -56,6 +57,21 @@ def test_measure_duration_runs_at_least_the_duration(session: ort.InferenceSessi
     lat = measure(session, FEEDS, warmup=0, duration=0.2)
     assert time.perf_counter() - t0 >= 0.2
     assert len(lat) > 10
+
+
+def test_within_keeps_the_counts_when_they_fit(session: ort.InferenceSession) -> None:
+    timing = within(session, FEEDS, 60.0, warmup=10, iterations=200)
+    assert (timing.warmup, timing.iterations) == (10, 200)
+
+
+def test_within_cuts_the_runs_of_a_slow_model_to_its_least(
+    session: ort.InferenceSession,
+) -> None:
+    """A run that takes longer than the whole allowance (a 3D network timed within a few
+    seconds): one warmup and ``least`` timed runs, not the 10 and 200 asked for."""
+    timing = within(session, FEEDS, 1e-9, warmup=10, iterations=200, least=7)
+    assert (timing.warmup, timing.iterations) == (1, 7)
+    assert len(measure(session, FEEDS, warmup=timing.warmup, iterations=timing.iterations)) == 7
 
 
 def test_measure_concurrency_splits_the_requests(session: ort.InferenceSession) -> None:

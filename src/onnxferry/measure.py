@@ -165,6 +165,30 @@ def measure(
     return _timed(session, feeds, timing, on_progress, output_names, ortvalues=False)[0]
 
 
+def within(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    seconds: float,
+    *,
+    warmup: int,
+    iterations: int,
+    least: int = 10,
+) -> Timing:
+    """A Timing of at most ``warmup`` and ``iterations`` runs, fewer where a run is so slow
+    that they would take much longer than ``seconds`` (never under one warmup and ``least``
+    timed runs). One run, made here, tells the cost.
+
+        timing = within(session, feeds, 2.0, warmup=10, iterations=200)
+        lat = measure(session, feeds, warmup=timing.warmup, iterations=timing.iterations)
+    """
+    start = time.perf_counter()
+    session.run(None, dict(feeds))
+    fits = int(seconds / max(time.perf_counter() - start, 1e-9))
+    return Timing(
+        warmup=max(1, min(warmup, fits // 10)), iterations=max(least, min(iterations, fits))
+    )
+
+
 def measure_stats(
     session: ort.InferenceSession,
     feeds: Mapping[str, Any],

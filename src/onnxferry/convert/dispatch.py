@@ -38,6 +38,10 @@ from .verdict import SourceJudge
 SAME_SPEED = 0.05
 """Latencies closer than this fraction count as equal: the preferred exporter is kept."""
 
+CHOOSING_S = 2.0
+"""About how long each exporter's model is timed when several pass (200 runs of a fast
+model; 10 of a 3D segmentation network at a second a run, not 200)."""
+
 
 @dataclass
 class Attempt:
@@ -472,7 +476,7 @@ def _choose(
         if not result.verified:
             result.reason = "the first exporter that produced a model (not verified)"
         return
-    from ..measure import measure
+    from ..measure import measure, within
     from ..runtime import create_session
 
     for attempt in passed:
@@ -484,7 +488,8 @@ def _choose(
             result.reason = "the first exporter that produced a model (not verified; it uses "
             result.reason += "an operator no runtime here implements, so none was timed)"
             return
-        latencies = measure(session, feeds[-1], warmup=10, iterations=200)
+        timing = within(session, feeds[-1], CHOOSING_S, warmup=10, iterations=200)
+        latencies = measure(session, feeds[-1], warmup=timing.warmup, iterations=timing.iterations)
         attempt.latency_ms = float(np.median(latencies) * 1e3)
     order = {a.exporter: i for i, a in enumerate(result.attempts)}
     fastest = min(passed, key=lambda a: a.latency_ms or 0.0)
