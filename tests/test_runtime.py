@@ -155,6 +155,7 @@ def test_runtime_limits_match_what_onnxruntime_loads() -> None:
 
 def test_blas_runs_on_one_thread_in_the_block_and_as_before_after() -> None:
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")  # its own OpenBLAS loaded before the first block
     from onnxferry.runtime import blas_on_one_thread
 
     def blas_threads() -> list[int]:
@@ -173,6 +174,7 @@ def test_explainers_run_with_blas_on_one_thread() -> None:
     """shap's and lime's regressions beside the model's runs: one BLAS thread while a library
     call runs (``quiet``)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")  # as shap and lime load it before their first call
     from onnxferry.explain.methods import quiet
 
     notes: list[str] = []
