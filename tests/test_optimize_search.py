@@ -21,9 +21,10 @@ from onnxferry.cli import main
 from onnxferry.data import save_npz
 from onnxferry.model import Model
 from onnxferry.optimize import Budget, Pass, PassContext, PassResult, Recipe, make_pass, optimize
-from onnxferry.optimize.auto import auto_search, plain_recipes
+from onnxferry.optimize.auto import _has_pass, auto_search, plain_recipes, slow_dynamic_int8
+from onnxferry.optimize.candidates import Candidate
 from onnxferry.optimize.capture import captured
-from onnxferry.optimize.chain import Judge, apply_recipe
+from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import format_plan, int8_features
 from onnxferry.optimize.holdout import split_holdout, timing_feeds
 from onnxferry.optimize.mixed import float_nodes, node_costs, quantize_order, restore_order
@@ -357,3 +358,94 @@ def test_timing_feeds_take_the_batch_asked_for() -> None:
     assert timing_feeds(signature, feeds)["x"].shape == (1, 256)
     assert timing_feeds(signature, feeds, batch=8)["x"].shape == (8, 256)
     assert timing_feeds(signature, [{"x": _rows(2, 256)}], batch=5)["x"].shape == (5, 256)
+
+
+# --- dynamic int8 measured slow --------------------------------------------------------------
+
+
+def _tried(recipe: Recipe, speedup: float | None, one_liner: bool = True) -> Candidate:
+    return Candidate(
+        recipe, ChainResult("m", "cosine>=0.99", 1.0, 1), one_liner=one_liner,
+        pair_speedup=speedup,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("speeds", "skipped"),
+    [
+        ((0.27, 0.28), True),  # both one-liners far slower (a CNN's ConvInteger)
+        ((0.27, 1.6), False),  # one of them fast
+        ((0.27, None), False),  # one not timed (outside the budget): no evidence
+        ((0.79, 0.5), True),
+        ((0.8, 0.5), False),
+    ],
+)
+def test_dynamic_int8_is_dropped_only_when_every_one_liner_was_slow(
+    speeds: tuple[float | None, float | None], skipped: bool
+) -> None:
+    plain, channel = plain_recipes()[2:4]
+    candidates = [
+        _tried(plain_recipes()[1], 1.05),  # onnxslim: not a quantize_dynamic one-liner
+        _tried(plain, speeds[0]),
+        _tried(channel, speeds[1]),
+        _tried(Recipe.of([("int8_dynamic", {})]), 2.0, one_liner=False),  # not a one-liner
+    ]
+    why = slow_dynamic_int8(candidates)
+    assert (why is not None) is skipped
+    if why is not None:
+        assert f"{speeds[0]:.2f}x" in why and "no other recipe with it was tried" in why
+
+
+def convnet(seed: int = 0) -> onnx.ModelProto:
+    """x[batch, 16, 24, 24] -> Conv 3x3 (32) -> Relu -> Conv 3x3 (32) -> Relu -> global average
+    pool -> Flatten -> Gemm (10): convolutions, whose dynamic int8 (ConvInteger) ONNX Runtime's
+    CPU provider runs several times slower than fp32."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": (rng.standard_normal((32, 16, 3, 3)) / 12).astype(np.float32),
+        "w2": (rng.standard_normal((32, 32, 3, 3)) / 17).astype(np.float32),
+        "fc": (rng.standard_normal((32, 10)) / 6).astype(np.float32),
+        "fb": np.zeros(10, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_convnet_s_slow_dynamic_int8_leaves_the_budget_to_static_int8(tmp_path: Path) -> None:
+    """The one-liners always run; where both quantize_dynamic ones measured slow, the rest of
+    the search holds no dynamic int8 recipe and the report says why; where they did not (a CPU
+    with fast ConvInteger), dynamic recipes follow them as planned."""
+    src = save(convnet(), tmp_path / "conv.onnx")
+    x = np.random.default_rng(2).standard_normal((24, 16, 24, 24)).astype(np.float32)
+    model = optimize(
+        src, tmp_path / "fast.onnx", auto=True, inputs={"x": x}, budget="cosine>=0.9",
+        time_budget=20.0,
+    )  # fmt: skip
+    search = model.provenance[-1].result
+    tried = search.candidates
+    assert [c.recipe.label() for c in tried[:4]] == [r.label() for r in plain_recipes()]
+    later = [c for c in tried[4:] if not c.origin]
+    if slow_dynamic_int8(tried) is not None:
+        assert "int8_dynamic past the one-liners" in search.skipped_formats
+        assert not [c.recipe.label() for c in later if _has_pass(c.recipe, "int8_dynamic")]
+        assert any(_has_pass(c.recipe, "int8_static") for c in later), [
+            c.recipe.label() for c in later
+        ]
+    else:
+        assert "int8_dynamic past the one-liners" not in search.skipped_formats
+        assert any(_has_pass(c.recipe, "int8_dynamic") for c in later)

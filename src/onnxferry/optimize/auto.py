@@ -67,6 +67,12 @@ FLUSH_SHARE = 0.05
 """The share of a spent time budget the answer's flush_denormals step may still take."""
 _RANK_SAMPLES = 16
 
+DYNAMIC_SLOW = 0.8
+"""When every plain quantize_dynamic one-liner runs slower than this fraction of the
+original's speed (paired rounds), no other recipe with dynamic int8 is tried: a CNN's
+ConvInteger has no fast kernel in ONNX Runtime's CPU provider (a 3D VNet ran at 0.27x), and
+five more such recipes spent a search's whole budget before static int8 was reached."""
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -260,7 +266,14 @@ def auto_search(
     search.skipped_formats = {k: v for k, v in format_plan(judge.provider).items() if v}
     state = _Search(model, judge, holdout, workdir, calibration, deadline, search, started)
     plan = [Planned(r) for r in recipes] if recipes is not None else candidate_plan(judge.provider)
-    for planned in plan:
+    slow: str | None = None
+    for i, planned in enumerate(plan):
+        if i > 0 and plan[i - 1].one_liner and not planned.one_liner:  # the one-liners ran
+            slow = slow_dynamic_int8(search.candidates)
+            if slow is not None:
+                search.skipped_formats["int8_dynamic past the one-liners"] = slow
+        if slow is not None and _has_pass(planned.recipe, "int8_dynamic"):
+            continue
         if planned.needs:
             alone = state.attempt(Recipe.of([planned.needs]))  # does it change this model?
             if alone is not None and all(s.status in PRODUCED_NOTHING for s in alone.result.steps):
@@ -287,6 +300,28 @@ def auto_search(
         search.layers = _layer_decisions(state, described)
     search.elapsed_s = time.monotonic() - started
     return best or model, search
+
+
+def slow_dynamic_int8(candidates: Sequence[Candidate]) -> str | None:
+    """Why dynamic int8 is not tried past the one-liners: every plain quantize_dynamic
+    one-liner timed (within budget) ran slower than DYNAMIC_SLOW of the original's speed;
+    None when one did not, or none was timed."""
+    speeds = [
+        c.pair_speedup
+        for c in candidates
+        if c.one_liner and [p.name for p in c.recipe.passes] == ["int8_dynamic"]
+    ]
+    if not speeds or any(s is None or s >= DYNAMIC_SLOW for s in speeds):
+        return None
+    said = ", ".join(f"{s:.2f}x" for s in speeds if s is not None)
+    return (
+        f"the quantize_dynamic one-liners ran at {said} the original's speed on this model "
+        "(dynamic int8 kernels are slow for its operators): no other recipe with it was tried"
+    )
+
+
+def _has_pass(recipe: Recipe, name: str) -> bool:
+    return any(p.name == name for p in recipe.passes)
 
 
 def spare_s(time_budget_s: float | None, deadline: float | None) -> float | None:
