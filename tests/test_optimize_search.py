@@ -26,6 +26,16 @@ from onnxferry.optimize.candidates import Candidate
 from onnxferry.optimize.capture import captured
 from onnxferry.optimize.chain import ChainResult, Judge, apply_recipe
 from onnxferry.optimize.cpu_features import format_plan, int8_features
+from onnxferry.optimize.finals import (
+    FINAL_ITERATIONS,
+    MIN_FINAL_ITERATIONS,
+    MIN_PAIR_ITERATIONS,
+    PAIR_ITERATIONS,
+    final_runs,
+    least_candidate_s,
+    pair_runs,
+    provisional_s,
+)
 from onnxferry.optimize.holdout import split_holdout, timing_feeds
 from onnxferry.optimize.mixed import float_nodes, node_costs, quantize_order, restore_order
 from onnxferry.optimize.output import output_problem
@@ -247,6 +257,62 @@ def test_time_budget_stops_new_candidates_and_lists_the_rest(tmp_path: Path) -> 
     if search.untried:
         assert f"the time budget ran out before {len(search.untried)} more" in search.reason
         assert not set(search.untried) & set(tried)
+
+
+def slow_matmul(n: int = 2048) -> onnx.ModelProto:
+    """x[1, n] spread to an n x n matrix (Expand: nothing to fold) times an n x n weight:
+    about 17 GFLOP, about 0.1 s a run on a 2-core machine."""
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32) / n
+    nodes = [
+        helper.make_node("Expand", ["x", "square"], ["e"]),
+        helper.make_node("MatMul", ["e", "w"], ["m"]),
+        helper.make_node("ReduceMean", ["m", "axes"], ["y"], keepdims=0),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([n, n], np.int64), "square"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_a_budget_too_short_for_a_slow_model_s_timing_starts_nothing_and_says_what_fits(
+    tmp_path: Path,
+) -> None:
+    """The provisional timing takes a share of the budget, and no candidate starts whose
+    least runs (metric, paired rounds, finals) would overrun it: the search ends within the
+    budget and says what budget would do (it ran past a 2 s budget by 9 s on VGG-19)."""
+    src = save(slow_matmul(), tmp_path / "slow.onnx")
+    model = optimize(src, tmp_path / "fast.onnx", auto=True, time_budget=2.0)
+    search = model.provenance[-1].result
+    assert search.baseline_ms > 25, search.baseline_ms  # slow enough for the rule to bite
+    assert [c.recipe.label() for c in search.candidates] in ([], ["flush_denormals"])
+    assert len(search.untried) >= len(plain_recipes())
+    # the flush_denormals step may still take what is left and 5 % more: not 9x
+    assert search.elapsed_s < 3.0, search.elapsed_s
+    least = least_candidate_s(search.baseline_ms, 1)
+    assert least > 2.0 and f"at least {least:.1f} s at" in search.reason, search.reason
+
+
+def test_timing_rounds_shrink_to_what_a_budget_leaves_but_not_below_their_floor() -> None:
+    assert pair_runs(160.0) == PAIR_ITERATIONS  # slow: the floor
+    assert pair_runs(0.1) == 300  # fast: PAIR_ROUND_MS of runs, at most 300
+    assert pair_runs(160.0, left_s=1.0) == MIN_PAIR_ITERATIONS
+    assert pair_runs(1.0, left_s=0.3) == 49  # 3 rounds of 2 sessions in 0.3 s, warmups too
+    assert final_runs(10.0, 2, left_s=None) == FINAL_ITERATIONS
+    assert final_runs(10.0, 2, left_s=0.0) == MIN_FINAL_ITERATIONS
+    assert least_candidate_s(100.0, 4) == pytest.approx(
+        (4 + 6 * (MIN_PAIR_ITERATIONS + 1) + 10 * (MIN_FINAL_ITERATIONS + 1)) / 10
+    )
+    assert provisional_s(None) == provisional_s(1000.0) == 2.0
+    assert provisional_s(2.0) == pytest.approx(0.1)
 
 
 def test_formats_follow_the_cpu() -> None:

@@ -53,7 +53,9 @@ from .finals import (
     FINALISTS,
     choose_finalist,
     flush_denormals,
+    least_candidate_s,
     paired_speedup,
+    provisional_s,
     time_finalists,
 )
 from .recipe import Recipe
@@ -184,9 +186,19 @@ class _Search:
     result: SearchResult
     started: float = field(default_factory=time.monotonic)
     scores: dict[str, list[Any]] = field(default_factory=dict)
+    tried_any: bool = False
+
+    def left_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        """Too little of the time budget left for one more candidate's runs (a slow model's
+        timing alone would overrun it: ``least_candidate_s``)."""
+        left = self.left_s()
+        if left is None:
+            return False
+        runs = len(self.judge.feeds) + (len(self.holdout.feeds) if self.holdout else 0)
+        return left < least_candidate_s(self.result.baseline_ms, runs)
 
     def attempt(
         self, recipe: Recipe, *, one_liner: bool = False, origin: str = ""
@@ -199,6 +211,7 @@ class _Search:
         if self.out_of_time():
             search.untried.append(recipe.label())
             return None
+        self.tried_any = True
         index = len(search.candidates)
         started_s = time.monotonic() - self.started
         final, result = apply_recipe(
@@ -223,7 +236,7 @@ class _Search:
                 candidate.refused = not self.holdout.budget.generalizes(tuned, held)
             if candidate.within:
                 candidate.pair_speedup = paired_speedup(
-                    self.judge, self.model, final, search.baseline_ms
+                    self.judge, self.model, final, search.baseline_ms, self.left_s()
                 )
                 result.final_ms = search.baseline_ms / candidate.pair_speedup
             else:
@@ -260,7 +273,7 @@ def auto_search(
     started = time.monotonic()
     deadline = None if time_budget_s is None else started + time_budget_s
     # a provisional scale (sizes the timing rounds); every decision uses paired rounds
-    (baseline_ms,) = judge.latency_ms(model, rounds=3, iterations=10)
+    baseline_ms = judge.quick_ms(model, provisional_s(time_budget_s))
     search = SearchResult(model.name, judge.budget.text(), baseline_ms)
     search.cpu = describe_cpu() if judge.provider == "cpu" else judge.provider
     search.skipped_formats = {k: v for k, v in format_plan(judge.provider).items() if v}
@@ -290,10 +303,17 @@ def auto_search(
             f"; the time budget ran out before {len(search.untried)} more candidates "
             f"({', '.join(search.untried[:3])}{', ...' if len(search.untried) > 3 else ''})"
         )
+    if time_budget_s is not None and not state.tried_any:
+        least = least_candidate_s(search.baseline_ms, len(judge.feeds))
+        search.reason += (
+            f"; one candidate's runs alone take at least {least:.1f} s at "
+            f"{search.baseline_ms:.1f} ms a run: give a time budget of at least {2 * least:.0f} s"
+        )
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:
-        (chosen.result.final_ms,) = judge.latency_ms(best)  # the closest miss: report its speed
+        # the closest miss: its speed, reported
+        chosen.result.final_ms = judge.quick_ms(best, provisional_s(time_budget_s))
     described = _described(search)
     if described is not None:
         search.layers_of = short_label(described)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FerryError, one_line
-from ..measure import measure
+from ..measure import measure, within
 from ..model import Model
 from ..report import Table
 from ..runtime import OrtRunner, SessionConfig, create_session
@@ -38,6 +38,8 @@ FASTER = 0.03
 """A pass must cut p50 latency by at least this fraction to count as faster."""
 PRODUCED_NOTHING = ("failed", "no change")
 """Step statuses of a pass that produced no model to judge."""
+WARMUP = 3
+"""Untimed runs before a model's first timed round (one before each later round)."""
 
 
 @dataclass
@@ -183,15 +185,26 @@ class Judge:
         old, new = self.rounds((before, after), rounds=5, iterations=iterations)
         return statistics.median(old), statistics.median(new), always_faster(old, new)
 
+    def quick_ms(self, model: Model, seconds: float) -> float:
+        """p50 latency (ms) of one round of up to 3 warmup and 30 timed runs, fewer where a run
+        is so slow that they would take much longer than ``seconds`` (never under 1 and 3): a
+        provisional scale, sized to what a time budget can spare."""
+        session, feeds = create_session(model, self._config()), self.timing_feeds
+        timing = within(session, feeds, seconds, warmup=WARMUP, iterations=30, least=3)
+        lat = measure(session, feeds, warmup=timing.warmup, iterations=timing.iterations)
+        return statistics.median(lat) * 1e3
+
     def rounds(self, models: Sequence[Model], rounds: int, iterations: int) -> list[list[float]]:
         """Per model, the p50 (ms) of each round on the timing feeds; the models take turns
-        within a round so drift on a noisy machine hits them alike."""
+        within a round so drift on a noisy machine hits them alike. Each model's first round
+        starts with WARMUP runs, later ones with one (caches refilled after the others ran)."""
         sessions = [create_session(m, self._config()) for m in models]
         feeds = self.timing_feeds
         per_model: list[list[float]] = [[] for _ in models]
-        for _ in range(rounds):
+        for r in range(rounds):
             for i, session in enumerate(sessions):
-                lat = measure(session, feeds, warmup=3, iterations=iterations)
+                warmup = WARMUP if r == 0 else 1
+                lat = measure(session, feeds, warmup=warmup, iterations=iterations)
                 per_model[i].append(statistics.median(lat) * 1e3)
         return per_model
 

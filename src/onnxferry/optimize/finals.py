@@ -44,6 +44,12 @@ PAIR_ITERATIONS = 15
 PAIR_ROUND_MS = 60.0
 """A paired round runs at least this long per model (more runs for fast models, up to 300):
 a sub-millisecond model timed 15 times is noise on a loaded machine."""
+MIN_PAIR_ITERATIONS = 5
+"""Fewest timed runs per paired round, where a time budget runs short (a slow model)."""
+PROVISIONAL_S = 2.0
+PROVISIONAL_SHARE = 0.05
+"""The first, provisional timing of the original (it sizes the rounds) takes about
+PROVISIONAL_S, or this share of a time budget when that is less."""
 
 
 def runs_per_round(baseline_ms: float, floor: int, round_ms: float, ceiling: int) -> int:
@@ -51,22 +57,63 @@ def runs_per_round(baseline_ms: float, floor: int, round_ms: float, ceiling: int
     return max(floor, min(ceiling, int(round_ms / max(baseline_ms, 1e-3))))
 
 
+def _fitted(runs: int, least: int, left_s: float | None, per_round: int, ms: float) -> int:
+    """``runs`` per round, fewer so that ``per_round`` sessions' rounds fit ``left_s`` at
+    ``ms`` a run, never under ``least`` (``runs`` as it is without a time budget)."""
+    if left_s is None:
+        return runs
+    fits = int(left_s / (per_round * max(ms, 1e-3) / 1e3)) - 1  # and a warmup run a round
+    return max(least, min(runs, fits))
+
+
 def final_runs(baseline_ms: float, models: int, left_s: float | None) -> int:
     """Runs per side-by-side round of ``models`` models: FINAL_ITERATIONS, or FINAL_ROUND_MS
     of runs when that is more; with ``left_s`` (what is left of a time budget) fewer to fit,
     never fewer than MIN_FINAL_ITERATIONS."""
     iterations = runs_per_round(baseline_ms, FINAL_ITERATIONS, FINAL_ROUND_MS, 500)
-    if left_s is None:
-        return iterations
-    per_run_s = max(baseline_ms, 1e-3) / 1e3
-    fits = int(left_s / (FINAL_ROUNDS * models * per_run_s))
-    return max(MIN_FINAL_ITERATIONS, min(iterations, fits))
+    return _fitted(iterations, MIN_FINAL_ITERATIONS, left_s, FINAL_ROUNDS * models, baseline_ms)
 
 
-def paired_speedup(judge: Judge, original: Model, candidate: Model, baseline_ms: float) -> float:
-    """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
-    ``candidate``'s (drift hits both alike)."""
+def pair_runs(baseline_ms: float, left_s: float | None = None) -> int:
+    """Runs per paired round: PAIR_ITERATIONS, or PAIR_ROUND_MS of runs when that is more;
+    with ``left_s`` fewer to fit, never fewer than MIN_PAIR_ITERATIONS."""
     runs = runs_per_round(baseline_ms, PAIR_ITERATIONS, PAIR_ROUND_MS, 300)
+    return _fitted(runs, MIN_PAIR_ITERATIONS, left_s, PAIR_ROUNDS * 2, baseline_ms)
+
+
+def least_candidate_s(baseline_ms: float, metric_runs: int) -> float:
+    """The least seconds one more candidate costs at ``baseline_ms`` a run: the runs of its
+    metric, its paired rounds and the finals it may join (beside the original), each at its
+    fewest runs; its passes' own time comes on top. A time budget with less left starts no
+    candidate: its timing alone would overrun the budget."""
+    paired = _rounds_runs(PAIR_ROUNDS, MIN_PAIR_ITERATIONS)
+    return (metric_runs + paired + _rounds_runs(FINAL_ROUNDS, MIN_FINAL_ITERATIONS)) * (
+        baseline_ms / 1e3
+    )
+
+
+def _rounds_runs(rounds: int, runs: int, sessions: int = 2) -> int:
+    """Runs in ``rounds`` side-by-side rounds of ``sessions`` sessions, a warmup run each."""
+    return rounds * sessions * (runs + 1)
+
+
+def provisional_s(time_budget_s: float | None) -> float:
+    """Seconds for the original's provisional timing (PROVISIONAL_S, PROVISIONAL_SHARE)."""
+    if time_budget_s is None:
+        return PROVISIONAL_S
+    return min(PROVISIONAL_S, PROVISIONAL_SHARE * time_budget_s)
+
+
+def paired_speedup(
+    judge: Judge,
+    original: Model,
+    candidate: Model,
+    baseline_ms: float,
+    left_s: float | None = None,
+) -> float:
+    """The median over PAIR_ROUNDS interleaved rounds of the original's p50 over
+    ``candidate``'s (drift hits both alike); ``left_s`` as in ``pair_runs``."""
+    runs = pair_runs(baseline_ms, left_s)
     base, cand = judge.rounds([original, candidate], rounds=PAIR_ROUNDS, iterations=runs)
     ratio = statistics.median(b / max(c, 1e-9) for b, c in zip(base, cand, strict=True))
     return max(ratio, 1e-9)
@@ -257,7 +304,7 @@ def flush_denormals(
     if spare_s is not None:  # the metric on every feed set, then the side-by-side rounds
         judged = len(judge.feeds) + (len(holdout.feeds) if holdout is not None else 0)
         spare_s -= judged * base_ms / 1e3
-        if spare_s < FINAL_ROUNDS * 2 * MIN_FINAL_ITERATIONS * base_ms / 1e3:
+        if spare_s < _rounds_runs(FINAL_ROUNDS, MIN_FINAL_ITERATIONS) * base_ms / 1e3:
             search.untried.append(flush.label())
             return
     model = base.load() if base is not None else original

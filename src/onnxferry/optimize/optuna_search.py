@@ -64,6 +64,7 @@ from .finals import (
     PAIR_ROUNDS,
     choose_finalist,
     flush_denormals,
+    provisional_s,
     time_finalists,
 )
 from .recipe import Recipe
@@ -292,7 +293,7 @@ def optuna_search(
     space = search_space(judge.provider, catalog)
     identity = _identity(model, judge, space)
     name = study_name or f"{model.name}-{identity['model'][:12]}-{judge.budget.text()}"
-    (baseline_ms,) = judge.latency_ms(model, rounds=1)
+    baseline_ms = judge.quick_ms(model, provisional_s(time_budget_s))
     search = StudyResult(model.name, judge.budget.text(), baseline_ms, study=name, seed=seed)
     search.storage = shown
     search.cpu = describe_cpu() if judge.provider == "cpu" else judge.provider
@@ -334,7 +335,8 @@ def optuna_search(
     chosen = search.candidates[search.chosen] if search.chosen is not None else None
     best = chosen.load() if chosen is not None else None
     if chosen is not None and best is not None and chosen.result.final_ms is None:
-        (chosen.result.final_ms,) = judge.latency_ms(best)  # the closest miss: report its speed
+        # the closest miss: its speed, reported
+        chosen.result.final_ms = judge.quick_ms(best, provisional_s(time_budget_s))
     search.elapsed_s = time.monotonic() - started
     return best or model, search
 
