@@ -14,6 +14,9 @@ a spawned worker, whose death is one line:
 
     with spawned_worker("OpenVINO crashed converting the model", hint="...") as pool:
         pool.submit(len, "abc").result()    # InputError if the worker dies
+
+A worker whose imports are slow (TensorFlow: about 7 s) can be kept for the next block that
+names it, for KEEP_S after its last use (``keep="tensorflow"``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import InputError
+
+KEEP_S = 60.0
+"""How long a kept worker waits for its next block before it ends (its memory given back)."""
 
 
 class NativeOutput:
@@ -72,21 +80,121 @@ def native_output(fds: tuple[int, ...] = (2,)) -> Iterator[NativeOutput]:
 
 
 @contextlib.contextmanager
-def spawned_worker(crashed: str, *, hint: str) -> Iterator[ProcessPoolExecutor]:
+def spawned_worker(
+    crashed: str, *, hint: str, keep: str | None = None
+) -> Iterator[ProcessPoolExecutor]:
     """One spawned worker process (its native libraries stay out of this one, its console goes
     nowhere, and it ends when this process does); when it dies (a segfault or an abort in
-    native code), InputError(``crashed``, hint=``hint``)."""
-    import multiprocessing
+    native code), InputError(``crashed``, hint=``hint``). With ``keep``, the worker of that
+    name is used and kept for KEEP_S after the block (one is started when there is none, and
+    a fresh one used while another thread holds it); one that died is dropped."""
     from concurrent.futures.process import BrokenProcessPool
 
+    kept = _take(keep) if keep is not None else None
+    if kept is None:
+        with _new_pool() as pool:
+            try:
+                yield pool
+            except BrokenProcessPool as e:
+                raise InputError(crashed, hint=hint) from e
+        return
+    broken = False
+    try:
+        yield kept.pool
+    except BrokenProcessPool as e:
+        broken = True
+        raise InputError(crashed, hint=hint) from e
+    finally:
+        _release(kept, broken)
+
+
+def _new_pool() -> ProcessPoolExecutor:
+    import multiprocessing
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    return ProcessPoolExecutor(
         max_workers=1, mp_context=context, initializer=_quiet_worker, initargs=(os.getpid(),)
-    ) as pool:
-        try:
-            yield pool
-        except BrokenProcessPool as e:
-            raise InputError(crashed, hint=hint) from e
+    )
+
+
+@dataclass
+class _Kept:
+    """A kept worker: its pool, whether a block holds it, and which release last set its
+    timer (an older timer that fires late leaves it alone)."""
+
+    name: str
+    pool: ProcessPoolExecutor
+    busy: bool = False
+    released: int = 0
+    timer: threading.Timer | None = field(default=None, repr=False)
+
+
+_kept: dict[str, _Kept] = {}
+_kept_lock = threading.Lock()
+
+
+def _take(name: str) -> _Kept | None:
+    """The kept worker ``name`` (started if there is none, started again if it died while
+    idle), in this process's working folder and environment as a fresh worker would be; None
+    while another block holds it."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    with _kept_lock:
+        kept = _kept.get(name)
+        if kept is None:
+            kept = _kept[name] = _Kept(name, _new_pool())
+        if kept.busy:
+            return None
+        kept.busy = True
+        if kept.timer is not None:
+            kept.timer.cancel()
+    try:
+        kept.pool.submit(_follow, _cwd(), dict(os.environ)).result()
+    except BrokenProcessPool:
+        _release(kept, broken=True)
+        return _take(name)
+    return kept
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed while this process was in it
+        return None
+
+
+def _follow(cwd: str | None, environ: dict[str, str]) -> None:
+    """(In a kept worker.) The parent's working folder and environment, as now."""
+    if cwd is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def _release(kept: _Kept, broken: bool) -> None:
+    with _kept_lock:
+        kept.busy = False
+        kept.released += 1
+        if broken:
+            _drop(kept)
+            return
+        kept.timer = threading.Timer(KEEP_S, _expire, (kept, kept.released))
+        kept.timer.daemon = True
+        kept.timer.start()
+
+
+def _expire(kept: _Kept, released: int) -> None:
+    with _kept_lock:
+        if not kept.busy and kept.released == released:
+            _drop(kept)
+
+
+def _drop(kept: _Kept) -> None:
+    """(Holding _kept_lock.) Forget ``kept`` and let its worker end."""
+    if _kept.get(kept.name) is kept:
+        del _kept[kept.name]
+    kept.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _quiet_worker(parent: int) -> None:

@@ -65,6 +65,7 @@ import functools
 import itertools
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -502,10 +503,13 @@ def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: st
 def _child() -> Iterator[Any]:
     """One spawned worker process: TensorFlow, onnx2tf and LiteRT stay out of this one (their
     threads, native logging and import-time warnings), and the working folder it changes is
-    its own. A crash of the worker is one line."""
+    its own. A crash of the worker is one line. The worker is kept for the next package in
+    this process (TensorFlow's import takes about 7 s); each conversion starts from a fresh
+    Keras state (``_convert``)."""
     with spawned_worker(
         "onnx2tf or TensorFlow Lite crashed the process that ran them",
         hint="run onnx2tf on the model by hand to see its error",
+        keep="tensorflow",
     ) as pool:
         yield pool
 
@@ -685,6 +689,14 @@ def _no_saved_model() -> Iterator[None]:
         tf.saved_model.save = save
 
 
+def _fresh_keras() -> None:
+    """(In the worker.) Keras's global state (layer name counters, the graph onnx2tf built)
+    cleared, so the kept worker's next conversion is made as in a fresh one."""
+    tf_keras = sys.modules.get("tf_keras")
+    if tf_keras is not None:
+        tf_keras.backend.clear_session()
+
+
 def _convert(model: str, keep: list[str]) -> Converted | str:
     """(In the worker.) Run onnx2tf in the model's folder, the inputs in ``keep`` kept in
     their ONNX layout; the .tflite files, or one line (onnx2tf's first error: advice follows
@@ -715,6 +727,7 @@ def _convert(model: str, keep: list[str]) -> Converted | str:
         return one_line(_first_error(log) or one_line(e, line="first", named=True))
     finally:
         os.chdir(here)
+        _fresh_keras()
     log = console.text()
     out = work / "out"
     files = {kind: out / f"model_{kind}.tflite" for kind in ("float32", "float16")}
