@@ -186,19 +186,25 @@ class _Search:
     result: SearchResult
     started: float = field(default_factory=time.monotonic)
     scores: dict[str, list[Any]] = field(default_factory=dict)
-    tried_any: bool = False
+    durations: list[float] = field(default_factory=list)
+    """Seconds each candidate took, start to end (the cheapest bounds the next one's)."""
 
     def left_s(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
+    def least_s(self) -> float:
+        """The least seconds one more candidate takes: its runs (``least_candidate_s``), or
+        the quickest candidate so far when that took longer (a large model's passes, saves
+        and sessions cost more than its runs)."""
+        runs = len(self.judge.feeds) + (len(self.holdout.feeds) if self.holdout else 0)
+        least = least_candidate_s(self.result.baseline_ms, runs)
+        return max(least, min(self.durations)) if self.durations else least
+
     def out_of_time(self) -> bool:
         """Too little of the time budget left for one more candidate's runs (a slow model's
-        timing alone would overrun it: ``least_candidate_s``)."""
+        timing alone would overrun it)."""
         left = self.left_s()
-        if left is None:
-            return False
-        runs = len(self.judge.feeds) + (len(self.holdout.feeds) if self.holdout else 0)
-        return left < least_candidate_s(self.result.baseline_ms, runs)
+        return left is not None and left < self.least_s()
 
     def attempt(
         self, recipe: Recipe, *, one_liner: bool = False, origin: str = ""
@@ -211,7 +217,6 @@ class _Search:
         if self.out_of_time():
             search.untried.append(recipe.label())
             return None
-        self.tried_any = True
         index = len(search.candidates)
         started_s = time.monotonic() - self.started
         final, result = apply_recipe(
@@ -245,6 +250,7 @@ class _Search:
         for step in result.steps:
             step.model = None  # on disk; keeps the search's memory to one model at a time
         search.candidates.append(candidate)
+        self.durations.append(time.monotonic() - self.started - started_s)
         return candidate
 
 
@@ -303,8 +309,8 @@ def auto_search(
             f"; the time budget ran out before {len(search.untried)} more candidates "
             f"({', '.join(search.untried[:3])}{', ...' if len(search.untried) > 3 else ''})"
         )
-    if time_budget_s is not None and not state.tried_any:
-        least = least_candidate_s(search.baseline_ms, len(judge.feeds))
+    if time_budget_s is not None and not state.durations:
+        least = state.least_s()
         search.reason += (
             f"; one candidate's runs alone take at least {least:.1f} s at "
             f"{search.baseline_ms:.1f} ms a run: give a time budget of at least {2 * least:.0f} s"
