@@ -582,6 +582,37 @@ def test_every_one_liner_that_could_be_chosen_is_timed_again_in_the_finals(tmp_p
     assert finals == ["a", "b", "liner d", "liner e"] and timed == [5]
 
 
+def test_a_candidate_far_slower_than_the_original_is_not_timed_again(tmp_path: Path) -> None:
+    """The finals run every model in every round: one at 0.2x (a CNN's dynamic int8) would
+    cost five times the original's runs and can never be chosen."""
+    path = save(wide_mlp(), tmp_path / "m.onnx")
+    search = SearchResult("m", "cosine>=0.99", 10.0)
+    for name, speedup in {"fast": 1.2, "noisy": 0.85, "slow": 0.2}.items():
+        candidate = _timed([10.0 / speedup] * 5, [10.0] * 5)
+        candidate.rounds_ms, candidate.path, candidate.pair_speedup = [], path, speedup
+        candidate.origin = name
+        search.candidates.append(candidate)
+    timed: list[int] = []
+
+    class Rounds:
+        def rounds(self, models: list[Model], rounds: int, iterations: int) -> list[list[float]]:
+            timed.append(len(models))
+            return [[10.0] * rounds] + [[8.0] * rounds for _ in models[1:]]
+
+    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    assert [c.origin for c in search.candidates if c.rounds_ms] == ["fast", "noisy"]
+    assert timed == [3]
+    # only slow ones: nothing timed, and the report says why the original is kept
+    search = SearchResult("m", "cosine>=0.99", 10.0)
+    search.candidates.append(_timed([50.0] * 5, [10.0] * 5))
+    search.candidates[0].rounds_ms, search.candidates[0].pair_speedup = [], 0.2
+    search.candidates[0].path = path
+    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    choose_finalist(search, cast(Judge, None))
+    assert search.chosen is None and "0.20x" in search.reason, search.reason
+    assert "slower than 80% of the original's speed" in search.reason
+
+
 def test_the_one_liners_are_quantize_dynamic_exactly_as_a_user_calls_it(tmp_path: Path) -> None:
     """No ORT pre-processing: the one-liner candidate is byte for byte the one-liner's model."""
     from onnxruntime.quantization import quantize_dynamic

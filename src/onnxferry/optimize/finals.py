@@ -46,6 +46,10 @@ PAIR_ROUND_MS = 60.0
 a sub-millisecond model timed 15 times is noise on a loaded machine."""
 MIN_PAIR_ITERATIONS = 5
 """Fewest timed runs per paired round, where a time budget runs short (a slow model)."""
+FINALIST_FLOOR = 0.8
+"""A candidate whose paired speedup is under this is not timed again: paired rounds misrank
+by up to 20 %, not by more, and the finals run every model alike (a quantize_dynamic model
+of a CNN at 0.2x made a ResNet-50 search's finals 5x as long as the original's runs)."""
 PROVISIONAL_S = 2.0
 PROVISIONAL_SHARE = 0.05
 """The first, provisional timing of the original (it sizes the rounds) takes about
@@ -128,7 +132,7 @@ def time_finalists(
     speedup could make it the choice (faster than the original by FASTER). Each round runs
     FINAL_ITERATIONS times, or for FINAL_ROUND_MS per model when that is more; with ``left_s``
     (what is left of a time budget) fewer to fit, never fewer than MIN_FINAL_ITERATIONS."""
-    within = [c for c in search.candidates if c.within and c.path is not None]
+    within = [c for c in search.candidates if _finalist(c)]
     within.sort(key=lambda c: c.result.final_ms or np.inf)
     finalists = within[:count]
     liners = [c for c in within if c.one_liner]
@@ -155,6 +159,12 @@ def time_finalists(
     for c, timed in zip(finalists, rounds[1:], strict=True):
         c.rounds_ms = timed
         c.result.final_ms = statistics.median(timed)
+
+
+def _finalist(c: Candidate) -> bool:
+    """Within budget, on disk, and not clearly slower than the original (FINALIST_FLOOR)."""
+    slow = c.pair_speedup is not None and c.pair_speedup < FINALIST_FLOOR
+    return c.within and c.path is not None and not slow
 
 
 def _best_timed(search: SearchResult, timed: list[int]) -> tuple[int, str]:
@@ -232,7 +242,17 @@ def choose_finalist(search: SearchResult, judge: Judge) -> None:
             + (f"; {preferred}" if preferred else "")
         )
         return
-    if any(c.within for c in search.candidates):
+    within = [c for c in search.candidates if c.within]
+    paired = [c for c in within if c.pair_speedup is not None]
+    if paired and not any(_finalist(c) for c in within):
+        best = max(paired, key=lambda c: c.pair_speedup or 0.0)
+        search.reason = (
+            f"every candidate within {search.budget} ran slower than {FINALIST_FLOOR:.0%} of "
+            f"the original's speed in paired rounds (best: {short_label(best)}, "
+            f"{best.pair_speedup or 0:.2f}x); the original is kept"
+        )
+        return
+    if within:
         search.reason = "no candidate within the budget could be timed; the original is kept"
         return
     refused = [c for c in search.candidates if c.refused and c.held_out_metric is not None]
