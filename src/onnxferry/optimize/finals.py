@@ -292,13 +292,15 @@ def choose_finalist(search: SearchResult, judge: Judge) -> None:
 def _why_none(candidates: Sequence[Candidate], shown: int = 8) -> str:
     """Why no candidate kept a pass: "nothing could be produced: <reasons>" when every pass
     failed or changed nothing, else "no candidate kept a pass: <reasons>"; each distinct
-    reason once."""
+    reason once ("no candidate ran" when none did: a time budget too short)."""
     steps = [s for c in candidates for s in c.result.steps]
+    if not steps:
+        return "no candidate ran"
     reasons = list(dict.fromkeys(f"{s.label} {s.status}: {s.reason}" for s in steps))
     more = len(reasons) - shown
     why = "; ".join(reasons[:shown]) + (f"; and {more} more" if more > 0 else "")
     if all(s.status in PRODUCED_NOTHING for s in steps):
-        return f"nothing could be produced: {why or 'no candidate'}"
+        return f"nothing could be produced: {why}"
     return f"no candidate kept a pass: {why}"
 
 
