@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_summary, load_average  # noqa: E402
+from tests.real_models import light_input, light_model_paths
 
-from tests.real_models import light_input, light_model_paths  # noqa: E402
+from machine import cpu_summary, load_average
+from onnxferry.data import save_npz
 
 MODELS = ("light_vgg19", "light_resnet50")
 
@@ -72,7 +72,7 @@ def main() -> None:
         for name in args.models.split(","):
             model = paths[name]
             feeds = Path(tmp) / f"{name}.npz"
-            np.savez(feeds, **light_input(onnx.load(str(model))))
+            save_npz(feeds, light_input(onnx.load(str(model))))
             for budget in (float(b) for b in args.budgets.split(",")):
                 for label, src in (("other", args.other), ("this", here)):
                     got = run(src, model, feeds, budget, Path(tmp) / f"{label}.onnx")

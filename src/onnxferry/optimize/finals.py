@@ -245,11 +245,11 @@ def choose_finalist(search: SearchResult, judge: Judge) -> None:
     within = [c for c in search.candidates if c.within]
     paired = [c for c in within if c.pair_speedup is not None]
     if paired and not any(_finalist(c) for c in within):
-        best = max(paired, key=lambda c: c.pair_speedup or 0.0)
+        fastest = max(paired, key=lambda c: c.pair_speedup or 0.0)
         search.reason = (
             f"every candidate within {search.budget} ran slower than {FINALIST_FLOOR:.0%} of "
-            f"the original's speed in paired rounds (best: {short_label(best)}, "
-            f"{best.pair_speedup or 0:.2f}x); the original is kept"
+            f"the original's speed in paired rounds (best: {short_label(fastest)}, "
+            f"{fastest.pair_speedup or 0:.2f}x); the original is kept"
         )
         return
     if within:
