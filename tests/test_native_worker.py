@@ -5,6 +5,8 @@ never what a block gets."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,3 +85,41 @@ def test_a_kept_worker_ends_after_it_waited_keep_s(monkeypatch: pytest.MonkeyPat
         time.sleep(0.05)
     assert "test-expire" not in native._kept
     assert _pid("test-expire") != before
+
+
+@pytest.mark.parametrize("keep", [None, "tensorflow"])
+def test_a_script_without_a_main_guard_runs_its_body_once(tmp_path: Path, keep: str | None) -> None:
+    """multiprocessing's spawn imports the caller's script again in the worker: one without
+    ``if __name__ == "__main__"`` ran its whole body there, tried to start a worker of its
+    own, died, and the pool started it again for ever (a user's packaging script hung)."""
+    script = tmp_path / "ship.py"
+    script.write_text(
+        "import os\n"
+        "from onnxferry.native import spawned_worker\n"
+        "print('body', flush=True)\n"
+        f"with spawned_worker('died', hint='h', keep={keep!r}) as pool:\n"
+        "    print('worker', pool.submit(os.getpid).result() != os.getpid(), flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["body", "worker", "True"], done.stdout
+
+
+def test_a_kept_worker_that_cannot_start_is_one_line_after_one_more_try(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    starts: list[object] = []
+
+    def broken(pool: object) -> None:
+        starts.append(pool)
+        raise BrokenProcessPool("the worker died while starting")
+
+    monkeypatch.setattr(native, "_start", broken)
+    with pytest.raises(InputError, match="died"):  # noqa: SIM117
+        with spawned_worker("died", hint="h", keep="test-never-starts"):
+            pass
+    assert len(starts) == 2 and "test-never-starts" not in native._kept

@@ -90,10 +90,14 @@ def spawned_worker(
     a fresh one used while another thread holds it); one that died is dropped."""
     from concurrent.futures.process import BrokenProcessPool
 
-    kept = _take(keep) if keep is not None else None
+    try:
+        kept = _take(keep) if keep is not None else None
+    except BrokenProcessPool as e:
+        raise InputError(crashed, hint=hint) from e
     if kept is None:
         with _new_pool() as pool:
             try:
+                _start(pool)
                 yield pool
             except BrokenProcessPool as e:
                 raise InputError(crashed, hint=hint) from e
@@ -117,6 +121,23 @@ def _new_pool() -> ProcessPoolExecutor:
     )
 
 
+def _start(pool: ProcessPoolExecutor) -> None:
+    """Start ``pool``'s one worker now, with the caller's main script hidden from it: spawn
+    runs that script again in the child, and one without ``if __name__ == "__main__"``
+    (a user's ``ship.py``) ran its whole body there, tried to start a worker of its own, died,
+    and the pool started it again for ever. Only onnxferry's functions go to the worker."""
+    main = sys.modules.get("__main__")
+    saved = {k: v for k, v in vars(main).items() if k in ("__file__", "__spec__")} if main else {}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            vars(main).pop("__file__", None)
+        pool.submit(os.getpid).result()
+    finally:
+        if main is not None:
+            vars(main).update(saved)
+
+
 @dataclass
 class _Kept:
     """A kept worker: its pool, whether a block holds it, and which release last set its
@@ -133,10 +154,10 @@ _kept: dict[str, _Kept] = {}
 _kept_lock = threading.Lock()
 
 
-def _take(name: str) -> _Kept | None:
-    """The kept worker ``name`` (started if there is none, started again if it died while
-    idle), in this process's working folder and environment as a fresh worker would be; None
-    while another block holds it."""
+def _take(name: str, again: bool = True) -> _Kept | None:
+    """The kept worker ``name`` (started if there is none, started again, once, if it died
+    while idle), in this process's working folder and environment as a fresh worker would
+    be; None while another block holds it. BrokenProcessPool when it cannot start."""
     from concurrent.futures.process import BrokenProcessPool
 
     with _kept_lock:
@@ -149,10 +170,13 @@ def _take(name: str) -> _Kept | None:
         if kept.timer is not None:
             kept.timer.cancel()
     try:
+        _start(kept.pool)
         kept.pool.submit(_follow, _cwd(), dict(os.environ)).result()
     except BrokenProcessPool:
         _release(kept, broken=True)
-        return _take(name)
+        if not again:
+            raise
+        return _take(name, again=False)
     return kept
 
 
