@@ -558,6 +558,18 @@ def test_a_spent_time_budget_leaves_the_flush_untried_when_it_would_not_fit(  # 
     assert [c.recipe.label() for c in search.candidates] == ["flush_denormals"]
 
 
+class _FixedRounds:
+    """A judge's ``rounds``: the original at 10 ms, every other model at ``ms``; ``models``
+    records how many models each call timed."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms, self.models = ms, list[int]()
+
+    def rounds(self, models: list[Model], rounds: int, iterations: int) -> list[list[float]]:
+        self.models.append(len(models))
+        return [[10.0] * rounds] + [[self.ms] * rounds for _ in models[1:]]
+
+
 def test_every_one_liner_that_could_be_chosen_is_timed_again_in_the_finals(tmp_path: Path) -> None:
     """Three short paired rounds can misrank one-liners a few % apart; the finals decide."""
     path = save(wide_mlp(), tmp_path / "m.onnx")
@@ -568,14 +580,9 @@ def test_every_one_liner_that_could_be_chosen_is_timed_again_in_the_finals(tmp_p
         candidate.rounds_ms, candidate.path, candidate.pair_speedup = [], path, 10.0 / ms
         candidate.one_liner, candidate.origin = name.startswith("liner"), name
         search.candidates.append(candidate)
-    timed: list[int] = []
-
-    class Rounds:
-        def rounds(self, models: list[Model], rounds: int, iterations: int) -> list[list[float]]:
-            timed.append(len(models))
-            return [[10.0] * rounds] + [[5.0] * rounds for _ in models[1:]]
-
-    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    rounds = _FixedRounds(5.0)
+    time_finalists(search, Model.load(path), cast(Judge, rounds), count=FINALISTS)
+    timed = rounds.models
     finals = [c.origin for c in search.candidates if c.rounds_ms]
     # the fastest two, the fastest one-liner in the third place, and besides every one-liner
     # that could be chosen (not f: 1% faster than the original is within the noise margin)
@@ -592,22 +599,16 @@ def test_a_candidate_far_slower_than_the_original_is_not_timed_again(tmp_path: P
         candidate.rounds_ms, candidate.path, candidate.pair_speedup = [], path, speedup
         candidate.origin = name
         search.candidates.append(candidate)
-    timed: list[int] = []
-
-    class Rounds:
-        def rounds(self, models: list[Model], rounds: int, iterations: int) -> list[list[float]]:
-            timed.append(len(models))
-            return [[10.0] * rounds] + [[8.0] * rounds for _ in models[1:]]
-
-    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    rounds = _FixedRounds(8.0)
+    time_finalists(search, Model.load(path), cast(Judge, rounds), count=FINALISTS)
     assert [c.origin for c in search.candidates if c.rounds_ms] == ["fast", "noisy"]
-    assert timed == [3]
+    assert rounds.models == [3]
     # only slow ones: nothing timed, and the report says why the original is kept
     search = SearchResult("m", "cosine>=0.99", 10.0)
     search.candidates.append(_timed([50.0] * 5, [10.0] * 5))
     search.candidates[0].rounds_ms, search.candidates[0].pair_speedup = [], 0.2
     search.candidates[0].path = path
-    time_finalists(search, Model.load(path), cast(Judge, Rounds()), count=FINALISTS)
+    time_finalists(search, Model.load(path), cast(Judge, rounds), count=FINALISTS)
     choose_finalist(search, cast(Judge, None))
     assert search.chosen is None and "0.20x" in search.reason, search.reason
     assert "slower than 80% of the original's speed" in search.reason
