@@ -124,8 +124,9 @@ def _new_pool() -> ProcessPoolExecutor:
 def _start(pool: ProcessPoolExecutor) -> None:
     """Start ``pool``'s one worker now, with the caller's main script hidden from it: spawn
     runs that script again in the child, and one without ``if __name__ == "__main__"``
-    (a user's ``ship.py``) ran its whole body there, tried to start a worker of its own, died,
-    and the pool started it again for ever. Only onnxferry's functions go to the worker."""
+    (a user's ``ship.py``) ran its whole body there and tried to start a worker of its own,
+    so the worker died before its first task (a kept one was started again for ever). Only
+    onnxferry's functions go to the worker."""
     main = sys.modules.get("__main__")
     saved = {k: v for k, v in vars(main).items() if k in ("__file__", "__spec__")} if main else {}
     try:
