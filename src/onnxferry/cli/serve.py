@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -302,7 +303,7 @@ def serve(
     """Serve a model (model.onnx), a repository (REPO/<name>/<version>/model.onnx) or a
     registry's aliased versions (registry:PATH) over KServe V2 / Open Inference Protocol
     REST (and gRPC with --grpc-port), with dynamic batching."""
-    with _sigterm_ends_startup():
+    with _sigterm_ends_startup() as stopped:
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
         if grpc_port is not None:
             _require_extra("serve", "grpc", "tritonclient")
@@ -412,7 +413,7 @@ def serve(
         )
         if access_log:
             logging.getLogger("onnxferry.serve.access").setLevel(logging.INFO)
-        return run_server(path, options, settings, config, registry)
+        return run_server(path, options, settings, config, registry, stopped=stopped)
     return 0  # stopped while starting
 
 
@@ -482,24 +483,33 @@ class _StartupStopped(BaseException):
     """SIGTERM arrived while `ferry serve` was starting."""
 
 
-def _stop_startup(signum: int, frame: Any) -> None:
-    raise _StartupStopped
-
-
 @contextlib.contextmanager
-def _sigterm_ends_startup() -> Iterator[None]:
+def _sigterm_ends_startup() -> Iterator[threading.Event | None]:
     """Until the server takes over SIGTERM, SIGTERM ends the start-up (imports, loading the
-    models) with a message instead of killing the process; the caller then exits 0."""
+    models) with a message instead of killing the process; the caller then exits 0. The
+    event it yields is set by that SIGTERM: the server stops as soon as it takes over."""
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():  # in-process callers
-        yield
+        yield None
         return
-    previous = signal.signal(signal.SIGTERM, _stop_startup)
+    stopped = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        stopped.set()
+        raise _StartupStopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
-    except _StartupStopped:
-        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)
+        yield stopped
+    except BaseException:
+        # A C extension whose initialization the signal interrupted turns our exception into
+        # its own ("ImportError: initialization failed"); one raised in a weakref callback is
+        # dropped and the start-up goes on (then the server sees the event): the event, not
+        # the exception, says why.
+        if not stopped.is_set():
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stopped.is_set():
+        click.echo("ferry serve: stopped by SIGTERM before it started serving", err=True)

@@ -206,13 +206,17 @@ def serve(
     settings: ServeSettings | None = None,
     config: ModelConfig | None = None,
     registry: RegistryOptions | None = None,
+    *,
+    stopped: threading.Event | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, finishing in-flight requests first; returns 0."""
+    """Serve until SIGTERM or SIGINT, finishing in-flight requests first; returns 0.
+    ``stopped`` already set when the server takes over the signals (a SIGTERM during the
+    start-up that a library swallowed) returns 0 at once."""
     options = options or ServerOptions()
     app = build_app(path, settings, config, options.poll_interval_s, registry)
     front = grpc_front(app, options)
     guard = ShutdownGuard(app, front)
-    return run_until_signal(guard, app.started, options, "ferry serve", front)
+    return run_until_signal(guard, app.started, options, "ferry serve", front, stopped=stopped)
 
 
 def grpc_front(app: ServeApp, options: ServerOptions) -> Listener | None:
@@ -244,11 +248,18 @@ def grpc_front(app: ServeApp, options: ServerOptions) -> Listener | None:
 
 
 def run_until_signal(
-    app: Any, started: Started, options: ServerOptions, label: str, listener: Listener | None = None
+    app: Any,
+    started: Started,
+    options: ServerOptions,
+    label: str,
+    listener: Listener | None = None,
+    *,
+    stopped: threading.Event | None = None,
 ) -> int:
     """Run the ASGI ``app`` (whose lifespan sets ``started``) under uvicorn with the guarded
     HTTP protocol until SIGTERM or SIGINT, finishing in-flight requests first; returns 0.
-    ``listener`` (whose lifespan ``app`` runs, see ShutdownGuard) stops with the server."""
+    ``listener`` (whose lifespan ``app`` runs, see ShutdownGuard) stops with the server;
+    ``stopped`` set by the time its signal handlers are in returns 0 without serving."""
     sock = bind(options.host, options.port)
     server = _server(app, options, listener)
     host, port = sock.getsockname()[:2]
@@ -259,6 +270,8 @@ def run_until_signal(
     stop = functools.partial(_stop, server)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if stopped is not None and stopped.is_set():
+            return 0
         server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
