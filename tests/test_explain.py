@@ -423,6 +423,30 @@ def test_an_output_that_is_not_a_number_is_one_line_naming_the_inputs() -> None:
         explain(model, rows, "occlusion")
 
 
+def _log_of_sum() -> Model:
+    """logits = log(x @ w) with w all ones: finite where a row sums positive, NaN elsewhere."""
+    return _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["mixed"]),
+            helper.make_node("Log", ["mixed"], ["logits"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        {"w": np.ones((FEATURES, 2), np.float32)},
+    )
+
+
+@pytest.mark.parametrize("method", [*SHAP, "lime", "occlusion", "integrated-gradients"])
+def test_a_value_that_is_not_a_number_on_the_explainers_rows_is_one_line(method: str) -> None:
+    """The explained rows are finite, the rows an explainer makes from them and a background
+    below zero are not: lime was an internal error (scikit-learn's Ridge refused NaN), shap
+    and occlusion returned NaN attributions as a successful explanation."""
+    rows = np.abs(_rows(2)) + 0.1
+    with pytest.raises(InputError, match=r"is (nan|-inf) on \d+ of \d+ .*not numbers") as caught:
+        explain(_log_of_sum(), rows, method, background=-np.abs(_rows(20, seed=1)) - 1)
+    assert "--background" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def _scores_and_kept(*, logits: bool = True) -> Model:
     """``kept[K]``: every logit above 0 (a mask's selection), beside ``logits[batch, 2]`` of
     fixed size (``logits=False``: alone)."""

@@ -183,3 +183,26 @@ def test_the_kind_of_an_input_its_shape_cannot_tell_is_a_parameter(tmp_path: Pat
         body["parameters"]["kind"] = "tabular"
         answered = httpx.post(f"{url}/v2/models/sequence/explain", json=body, timeout=60)
         assert outputs(answered)["attributions"].shape == (2, 7, 8)
+
+
+def test_a_value_that_is_not_a_number_is_400_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    """y = log(x @ w): finite on the row sent, -inf on occlusion's baseline (zeros)."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["sum"]), helper.make_node("Log", ["sum"], ["y"])],
+        "logsum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.ones((8, 1), np.float32), "w")],
+    )
+    path = tmp_path / "logsum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    body = {
+        "inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [1.0] * 8}],
+        "parameters": {"method": "occlusion"},
+    }
+    with running(path) as url:
+        response = httpx.post(f"{url}/v2/models/logsum/explain", json=body, timeout=60)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert "is -inf on 1 of 2 rows" in error and "\n" not in error
+        assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200

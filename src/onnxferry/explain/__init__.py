@@ -124,7 +124,8 @@ def explain(
     Raises UsageError (an unknown method, input, kind or target), DataError / FeedError
     (inputs that do not fit the model), BudgetExceeded (not one input fits ``max_evals`` or
     ``deadline``), MethodUnavailable (integrated-gradients on a graph without a faithful
-    torch translation, or on ids or texts).
+    torch translation, or on ids or texts), NotFinite (the target's value is NaN or infinite
+    on rows the explainer made).
     """
     from ..errors import UsageError
     from ..feeds import index_ranges
@@ -132,6 +133,7 @@ def explain(
         Budget,
         BudgetExceeded,
         Evaluator,
+        NotFinite,
         resolve_targets,
         unfit_targets,
     )
@@ -244,6 +246,10 @@ def explain(
                 raise
             notes.append(f"stopped after {i} of {len(rows)} inputs: {e}")
             break
+        explained = np.append(attribution.values, attribution.base)
+        if not np.isfinite(explained).all():
+            by = f"the explanation by {method}"
+            raise NotFinite(by, explained, f"values of input {i} (attributions and base value)")
         values.append(attribution.values)
         bases.append(attribution.base)
         notes.extend(n for n in attribution.notes if n not in notes)

@@ -177,7 +177,12 @@ class Evaluator:
         held at ``sample``'s values; ``transform`` builds model inputs from each chunk."""
 
         def f(rows: np.ndarray) -> np.ndarray:
-            return self.outputs(rows, sample, target.output, transform)[:, target.index]
+            scores = self.outputs(rows, sample, target.output, transform)[:, target.index]
+            if not np.isfinite(scores).all():
+                raise NotFinite(
+                    target.label, scores, f"rows the explainer made from input {sample}"
+                )
+            return scores
 
         return f
 
@@ -383,6 +388,27 @@ def resolve_targets(
             "with --target",
         )
     return targets, np.asarray(scores)
+
+
+class NotFinite(InputError):
+    """The explained value is NaN or infinite on some of an explainer's perturbations (a log
+    of a feature set to a negative background value): an explanation built on them would be
+    NaN, or an explainer's fit would fail on them.
+
+    >>> print(NotFinite("y[0]", np.array([1.0, np.nan, -np.inf]), "rows made from input 0"))
+    y[0] is nan on 2 of 3 rows made from input 0 (-inf among them): an explanation built ...
+    """
+
+    def __init__(self, label: str, scores: np.ndarray, rows: str) -> None:
+        bad = scores[~np.isfinite(scores)]
+        others = sorted({str(v) for v in bad} - {str(bad[0])})
+        among = f" ({', '.join(others)} among them)" if others else ""
+        super().__init__(
+            f"{label} is {bad[0]} on {len(bad)} of {len(scores)} {rows}{among}: an "
+            "explanation built on values that are not numbers would not be one",
+            hint="give background rows (--background) the model computes finite values on, "
+            "or explain another output (--target)",
+        )
 
 
 def unfit_targets(model: onnx.ModelProto) -> dict[str, str]:
