@@ -313,6 +313,32 @@ def test_usage_errors_are_exit_2(ferry: Run, model: Path, args: list[str]) -> No
     _one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["compare", "{m}", "{m}", "--seed=-1"], "--seed takes an integer from 0 to 4294967295"),
+        (["explain", "{m}", "--inputs", "{x}", "--seed", str(2**32)], "--seed takes an integer"),
+        (["compare", "{m}", "{m}", "--threads", str(10**20)], "threads must be from 1 to 1024"),
+        (["bench", "{m}", "--threads", "1,5000"], "threads must be from 1 to 1024, got 5000"),
+        (["batch", "{m}", "{x}", "-o", "{out}", "--threads", "0"], "threads must be from 1"),
+        (["compare", "{m}", "{m}", "--samples", str(10**20)], "of memory available"),
+    ],
+    ids=["negative", "past-32-bits", "past-64-bits", "bench", "batch", "samples-past-memory"],
+)
+def test_counts_and_seeds_out_of_range_are_one_line(
+    ferry: Run, model: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    """Found by giving every option of the fast verbs bad values: a negative seed was
+    numpy's ValueError and threads past 2**31 ONNX Runtime's TypeError (internal errors), a
+    seed past 2**32 lime's and shap's, and 10**20 samples made input sets until memory ran
+    out."""
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 4), np.float32))
+    values = {"m": model, "x": tmp_path / "x.npz", "out": tmp_path / "out"}
+    code, _, err = ferry(*[a.format(**values) for a in args])
+    assert code == 2
+    assert words in _one_error_line(err)
+
+
 def test_verbose_shows_traceback(ferry: Run, tmp_path: Path) -> None:
     code, _, err = ferry("-v", "inspect", tmp_path / "nope.onnx")
     assert code == 2 and "Traceback" in err and "ferry: error:" in err

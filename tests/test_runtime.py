@@ -70,8 +70,11 @@ def test_bad_session_settings() -> None:
     model = Model.from_proto(onnx_text(RELU))
     with pytest.raises(UsageError, match="graph optimization level 'max'"):
         create_session(model, SessionConfig(graph_optimization="max"))
-    with pytest.raises(UsageError, match="threads must be at least 1"):
-        create_session(model, SessionConfig(threads=0))
+    for threads in (0, 2**40):  # past 2**31 ONNX Runtime's binding raised a TypeError
+        with pytest.raises(UsageError, match=r"threads must be from 1 to 1024, got"):
+            create_session(model, SessionConfig(threads=threads))
+    with pytest.raises(UsageError, match=r"inter-op threads must be from 1 to 1024, got -1"):
+        create_session(model, SessionConfig(inter_threads=-1))
 
 
 def test_runner_protocol_and_validation() -> None:

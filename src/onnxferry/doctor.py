@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import one_line
@@ -262,17 +261,9 @@ def cpu_facts() -> dict[str, Any]:
 
 def memory_facts() -> dict[str, int | None]:
     """Total and available memory (/proc/meminfo) and the cgroup's limit, in bytes."""
-    from .runtime import memory_limit
+    from .runtime import meminfo, memory_limit
 
-    info: dict[str, int] = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                info[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    except OSError:
-        pass
+    info = meminfo()
     return {
         "total": info.get("MemTotal"),
         "available": info.get("MemAvailable"),

@@ -179,11 +179,9 @@ def session_options(config: SessionConfig, model: Model | None = None) -> ort.Se
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[config.graph_optimization]
     if config.threads is not None:
-        if config.threads < 1:
-            raise UsageError(f"threads must be at least 1, got {config.threads}")
-        opts.intra_op_num_threads = config.threads
+        opts.intra_op_num_threads = check_threads(config.threads)
     if config.inter_threads is not None:
-        opts.inter_op_num_threads = config.inter_threads
+        opts.inter_op_num_threads = check_threads(config.inter_threads, "inter-op threads")
     opts.log_severity_level = config.log_severity
     opts.enable_cpu_mem_arena = config.cpu_arena
     for key, value in config.entries.items():
@@ -581,6 +579,25 @@ def _highest(ok: Any, low: int, high: int) -> int:
 # --- the cores this process may use ------------------------------------------------------
 
 
+MAX_THREADS = 1024
+"""The most threads a thread pool may be asked for: more than any CPU ONNX Runtime runs on has
+(ONNX Runtime takes a 32-bit count, and tries to start every thread asked for)."""
+
+
+def check_threads(threads: int, what: str = "threads") -> int:
+    """``threads`` when it is a thread count (1 to MAX_THREADS), else a one-line UsageError.
+
+    >>> check_threads(2)
+    2
+    """
+    if not 1 <= threads <= MAX_THREADS:
+        raise UsageError(
+            f"{what} must be from 1 to {MAX_THREADS}, got {threads}",
+            hint=f"this machine has {usable_cores()} usable cores; give at most that many",
+        )
+    return threads
+
+
 def usable_cores(
     cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
 ) -> int:
@@ -643,6 +660,27 @@ def memory_limit(
             continue
         if text.isdigit() and 0 < int(text) < 1 << 62:  # v1 writes "unlimited" as ~2**63
             found.append(int(text))
+    return min(found) if found else None
+
+
+def meminfo(path: Path = Path("/proc/meminfo")) -> dict[str, int]:
+    """/proc/meminfo in bytes by field (``MemTotal``, ``MemAvailable``); empty where unreadable."""
+    info: dict[str, int] = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                info[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return info
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate, about: the machine's available memory, capped by
+    the cgroup's limit; None where neither can be read."""
+    found = [v for v in (meminfo().get("MemAvailable"), memory_limit()) if v is not None]
     return min(found) if found else None
 
 

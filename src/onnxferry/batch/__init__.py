@@ -28,7 +28,7 @@ from ..devices import Device, check_pool, describe_pool, parse_devices, pool_pro
 from ..errors import DataError, UsageError
 from ..graphs import sequence_outputs, sized_by_data, time_axis_error, time_major_inputs
 from ..model import Model
-from ..runtime import usable_cores
+from ..runtime import check_threads, usable_cores
 from .images import Preprocess
 from .plan import (
     DEFAULT_MAX_MEMORY,
@@ -142,8 +142,8 @@ def _run(
     )
     if pool:
         sizes = len(pool), threads or max(1, usable_cores() // len(pool))
-        if threads is not None and threads < 1:
-            raise UsageError(f"threads must be at least 1, got {threads}", hint="--threads 1")
+        if threads is not None:
+            check_threads(threads)
         notes.extend(n for n in [describe_pool(pool)] if n)
     else:
         sizes = worker_sizes(workers, threads, loaded.size_bytes, memory)
@@ -251,8 +251,8 @@ def worker_sizes(
     cores = usable_cores()
     if workers is not None and workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}", hint="--workers 2")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be at least 1, got {threads}", hint="--threads 1")
+    if threads is not None:
+        check_threads(threads)
     if workers is None:
         fit = (memory // 2) // max(1, 2 * model_bytes) if memory else cores
         workers = max(1, min(cores // (threads or 1), fit))

@@ -51,6 +51,7 @@ from ..precision import check_precision
 from ..report import Report
 from ..runtime import (
     SessionConfig,
+    check_threads,
     create_session,
     needs_ortvalue_outputs,
     ort_inputs,
@@ -304,10 +305,8 @@ def _check_values(
         if b < 1:
             raise UsageError(f"batch must be at least 1, got {b}", hint="pass --batch 1")
     for t in threads:
-        if t is not None and t < 1:
-            raise UsageError(
-                f"threads must be at least 1, got {t}", hint="omit it for ONNX Runtime's default"
-            )
+        if t is not None:
+            check_threads(t)
     for key, value in (dims or {}).items():
         if value < 1:
             raise UsageError(

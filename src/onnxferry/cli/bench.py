@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     "Feeds to time instead of generated ones (the first set; with --batch, its rows repeated "
     "to each batch)"
 )
-@seed_option
+@seed_option("generated inputs")
 @click.option(
     "--price-per-hour",
     type=float,

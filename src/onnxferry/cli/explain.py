@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .options import custom_ops_options, report_options, runtime_options
+from .options import custom_ops_options, report_options, runtime_options, seed_option
 from .render import emit, progress_unless_piped
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 @click.option(
     "--batch-size", type=int, help="Rows per session.run (default: about 1 MiB of input)."
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for the explainer's sampling.")
+@seed_option("the explainer's sampling")
 @runtime_options
 @click.option(
     "-o",

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from ..parity import Tolerance
-from .options import lineage_options, report_options, tolerance_options
+from .options import lineage_options, report_options, seed_option, tolerance_options
 from .render import emit
 from .types import NAME_LIST
 
@@ -50,7 +50,7 @@ from .types import NAME_LIST
     type=click.Path(dir_okay=False, path_type=Path),
     help="Held-out rows (.npz) every round's model is scored on.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for the clients' shuffling.")
+@seed_option("the clients' shuffling")
 @click.option("--cpus", default=2, show_default=True, help="CPUs for Ray: clients run at once.")
 @lineage_options("every round (each the parent of the next)", "Round 1's parent")
 @click.option(

@@ -21,7 +21,13 @@ from typing import Any
 import click
 
 from ..parity import Tolerance
-from .options import lineage_options, output_option, report_options, tolerance_options
+from .options import (
+    lineage_options,
+    output_option,
+    report_options,
+    seed_option,
+    tolerance_options,
+)
 from .render import emit, progress_unless_piped
 
 
@@ -63,7 +69,7 @@ from .render import emit, progress_unless_piped
 @click.option(
     "--patience", default=3, show_default=True, help="Stop after this many epochs without gain."
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for shuffling and the head.")
+@seed_option("shuffling and the head")
 @lineage_options("the tuned model", "The parent version")
 @output_option
 @tolerance_options()

@@ -59,7 +59,7 @@ def check(model: str, providers: list[str] | None, as_json: bool, report_path: P
 @inputs_option("Feeds")
 @click.option("--samples", default=3, show_default=True, help="Generated input sets.")
 @size_options
-@seed_option
+@seed_option("generated inputs")
 @tolerance_options(source="the framework's own when B is a source")
 @click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
 @framework_option

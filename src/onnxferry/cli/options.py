@@ -23,7 +23,7 @@ import click
 
 from ..convert.base import FRAMEWORKS
 from ..parity import Tolerance
-from .types import DIM, DYNAMIC_AXES, INT_LIST, SHAPE, as_dict, as_dynamic
+from .types import DIM, DYNAMIC_AXES, INT_LIST, SEED, SHAPE, as_dict, as_dynamic
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,9 +105,10 @@ def batch_option(default: str) -> Callable[[F], F]:
 size_options = _compose(dim_option, shape_option)
 """``--dim`` (open dims by name) and ``--input-shape`` (whole shapes), as dicts."""
 
-seed_option = click.option(
-    "--seed", default=0, show_default=True, help="Seed for generated inputs."
-)
+
+def seed_option(what: str) -> Callable[[F], F]:
+    """``--seed`` (0 by default, at most 2**32 - 1), the seed for ``what``."""
+    return click.option("--seed", type=SEED, default=0, show_default=True, help=f"Seed for {what}.")
 
 
 def public_key_option(purpose: str, *, required: bool = False) -> Callable[[F], F]:

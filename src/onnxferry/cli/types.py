@@ -79,6 +79,30 @@ class IntList(_Type):
         return items
 
 
+class Seed(_Type):
+    """A seed: an integer from 0 to 2**32 - 1, what numpy's ``RandomState`` takes (shap, lime
+    and scikit-learn seed with it)."""
+
+    name = "INTEGER"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+            return value
+        option = _option(param, "--seed")
+        try:
+            seed = int(str(value))
+        except ValueError:
+            seed = None
+        if seed is None or not 0 <= seed < 2**32:
+            raise BadValue(
+                f"{option} takes an integer from 0 to {2**32 - 1}, got {value!r}",
+                hint=f"e.g. {option} 0",
+                ctx=ctx,
+                param=param,
+            )
+        return seed
+
+
 class NameList(_Type):
     """Comma-separated names: ``cpu,cuda`` -> ``["cpu", "cuda"]`` (blanks dropped)."""
 
@@ -163,6 +187,7 @@ class DynamicAxes(_Type):
 INT_LIST = IntList()
 NAME_LIST = NameList()
 DIM = Dim()
+SEED = Seed()
 SHAPE = Shape()
 DYNAMIC_AXES = DynamicAxes()
 

@@ -66,7 +66,24 @@ def feed_sets(
     if count < 1:
         raise UsageError(f"samples must be at least 1, got {count}")
     plan = plan_feeds(model, dims=dims, input_shapes=input_shapes, batch=batch, probe=probe)
-    return [plan.feeds(seed + i) for i in range(count)], plan
+    first = plan.feeds(seed)
+    _check_fits(count, sum(np.asarray(v).nbytes for v in first.values()))
+    return [first, *(plan.feeds(seed + i) for i in range(1, count))], plan
+
+
+def _check_fits(count: int, set_bytes: int) -> None:
+    """UsageError when ``count`` feed sets of ``set_bytes`` each would not fit in memory (they
+    are all made before the first runs)."""
+    from ..report import human_size
+    from ..runtime import available_memory
+
+    available = available_memory()
+    if available is not None and count * set_bytes > available:
+        raise UsageError(
+            f"{count} input sets of {human_size(set_bytes)} need {human_size(count * set_bytes)}"
+            f", more than the {human_size(available)} of memory available",
+            hint="ask for fewer samples (--samples), or smaller inputs (--dim, --input-shape)",
+        )
 
 
 def checked_feeds(
