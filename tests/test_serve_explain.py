@@ -117,6 +117,8 @@ def test_the_endpoint_is_behind_the_same_keys(server: str) -> None:
         ({"method": "occlusion", "target": 3}, 400, "target"),
         ({"method": "kernelshap", "max_evals": 1}, 400, "max_evals"),
         ({"method": "integrated-gradients", "max_evals": 8}, 400, "gradients needs at least"),
+        ({"method": "lime", "seed": -1}, 400, "seed must be from 0 to 4294967295"),
+        ({"method": "kernelshap", "seed": 2**40}, 400, "seed must be from 0 to 4294967295"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(

@@ -598,6 +598,22 @@ def check_threads(threads: int, what: str = "threads") -> int:
     return threads
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: numpy's ``RandomState`` (what shap, lime and scikit-learn seed) takes
+0 to 2**32 - 1."""
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` when it is one (0 to MAX_SEED), else a one-line UsageError.
+
+    >>> check_seed(7)
+    7
+    """
+    if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"seed must be from 0 to {MAX_SEED}, got {seed}", hint="e.g. seed 0")
+    return seed
+
+
 def usable_cores(
     cgroup_root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path("/proc/self/cgroup")
 ) -> int:

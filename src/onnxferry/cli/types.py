@@ -80,22 +80,21 @@ class IntList(_Type):
 
 
 class Seed(_Type):
-    """A seed: an integer from 0 to 2**32 - 1, what numpy's ``RandomState`` takes (shap, lime
-    and scikit-learn seed with it)."""
+    """A seed: an integer from 0 to ``runtime.MAX_SEED``."""
 
     name = "INTEGER"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
-            return value
+        from ..runtime import MAX_SEED
+
         option = _option(param, "--seed")
         try:
-            seed = int(str(value))
+            seed = value if isinstance(value, int) else int(str(value))
         except ValueError:
             seed = None
-        if seed is None or not 0 <= seed < 2**32:
+        if seed is None or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise BadValue(
-                f"{option} takes an integer from 0 to {2**32 - 1}, got {value!r}",
+                f"{option} takes an integer from 0 to {MAX_SEED}, got {value!r}",
                 hint=f"e.g. {option} 0",
                 ctx=ctx,
                 param=param,

@@ -129,6 +129,7 @@ def explain(
     """
     from ..errors import UsageError
     from ..feeds import index_ranges
+    from ..runtime import check_seed
     from .evaluate import (
         Budget,
         BudgetExceeded,
@@ -146,6 +147,7 @@ def explain(
 
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    check_seed(seed)
     loaded, session = open_session(model, session)
     signature = loaded.signature
     name = input_name_of(signature, input_name)
