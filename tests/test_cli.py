@@ -321,9 +321,18 @@ def test_usage_errors_are_exit_2(ferry: Run, model: Path, args: list[str]) -> No
         (["compare", "{m}", "{m}", "--threads", str(10**20)], "threads must be from 1 to 1024"),
         (["bench", "{m}", "--threads", "1,5000"], "threads must be from 1 to 1024, got 5000"),
         (["batch", "{m}", "{x}", "-o", "{out}", "--threads", "0"], "threads must be from 1"),
+        (["batch", "{m}", "{x}", "-o", "{out}", "--workers", str(10**20)], "workers must be"),
         (["compare", "{m}", "{m}", "--samples", str(10**20)], "of memory available"),
     ],
-    ids=["negative", "past-32-bits", "past-64-bits", "bench", "batch", "samples-past-memory"],
+    ids=[
+        "negative",
+        "past-32-bits",
+        "past-64-bits",
+        "bench",
+        "batch",
+        "batch-workers",
+        "samples-past-memory",
+    ],
 )
 def test_counts_and_seeds_out_of_range_are_one_line(
     ferry: Run, model: Path, tmp_path: Path, args: list[str], words: str

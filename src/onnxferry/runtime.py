@@ -585,7 +585,8 @@ MAX_THREADS = 1024
 
 
 def check_threads(threads: int, what: str = "threads") -> int:
-    """``threads`` when it is a thread count (1 to MAX_THREADS), else a one-line UsageError.
+    """``threads`` when it is a count of threads (or of workers) from 1 to MAX_THREADS, else a
+    one-line UsageError (``what`` names it).
 
     >>> check_threads(2)
     2

@@ -249,8 +249,8 @@ def worker_sizes(
     core, benchmarks/RESULTS.md), fewer when twice the model per session would pass half of
     ``memory``; the threads share out the cores."""
     cores = usable_cores()
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be at least 1, got {workers}", hint="--workers 2")
+    if workers is not None:
+        check_threads(workers, "workers")
     if threads is not None:
         check_threads(threads)
     if workers is None:
