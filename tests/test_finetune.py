@@ -209,6 +209,7 @@ def test_the_cli_fine_tunes_registers_with_its_parent_and_reports(
         (["--labels", "nope"], "no labels under 'nope'"),
         (["--labels", "label", "--freeze-until", "no_such_tensor"], "no tensor or node"),
         (["--labels", "label", "--new-head", "1"], "at least 2 classes"),
+        (["--labels", "label", "--new-head", str(10**17)], "of memory available"),  # was torch's
         (["--labels", "label", "--epochs", "0"], "epochs must be at least 1"),
         (["--labels", "label", "--replace", "node_relu"], "expected NODES=FILE.py:NAME"),
         (["--labels", "label", "--replace", "node_relu=missing.py:Clip"], "no such file"),

@@ -162,6 +162,7 @@ def new_head(module: Any, classes: int, *, seed: int = 0) -> Head:
     if head.reshaped_by:
         old = _read_directly(module, head)
     features = int(old.shape[1] if head.transposed else old.shape[0])
+    _check_head_fits(classes, features, old.element_size())
     generator = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(features)  # nn.Linear's initialisation
     weight = (torch.rand(classes, features, generator=generator) * 2 - 1) * bound
@@ -174,6 +175,23 @@ def new_head(module: Any, classes: int, *, seed: int = 0) -> Head:
         module.set_weight(head.bias, torch.nn.Parameter(bias.to(old.dtype)))
     head.classes = classes
     return head
+
+
+def _check_head_fits(classes: int, features: int, itemsize: int) -> None:
+    """UsageError when a head of ``classes`` x ``features`` weights would not fit in memory
+    while it trains (the weights, their gradients and AdamW's two moments: 4 copies)."""
+    from ..report import human_size
+    from ..runtime import available_memory
+
+    needed = 4 * classes * features * itemsize
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UsageError(
+            f"a new head of {classes} classes over {features} features needs "
+            f"{human_size(needed)} to train, more than the {human_size(available)} of memory "
+            "available",
+            hint="give --new-head the number of classes in your labels",
+        )
 
 
 def _read_directly(module: Any, head: Head) -> Any:
