@@ -698,6 +698,10 @@ def test_feed_sets_are_the_users_checked_or_generated(tmp_path: Path) -> None:
         feed_sets(model, tmp_path / "bad.npz", where="m.onnx")
     with pytest.raises(UsageError, match="samples must be at least 1"):
         feed_sets(model, count=0)
+    with pytest.raises(UsageError, match="seed must be from 0 to 4294967295, got -1"):
+        feed_sets(model, seed=-1)  # numpy's ValueError before
+    with pytest.raises(UsageError, match=r"need .* more than the .* of memory available"):
+        feed_sets(model, count=10**20)
 
 
 def _category_model() -> onnx.ModelProto:

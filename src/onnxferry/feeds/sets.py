@@ -20,6 +20,7 @@ import numpy as np
 from ..data import load_feeds
 from ..errors import FeedError, InputError, UsageError
 from ..model import Model
+from ..runtime import available_memory, check_seed
 from ..signature import Signature
 from .plan import FeedPlan, image_axes, plan_feeds
 from .values import BATCH_NAMES, ColumnScale, Vocabulary, realistic_feeds
@@ -65,6 +66,7 @@ def feed_sets(
         return checked_feeds(inputs, signature, where=where), None
     if count < 1:
         raise UsageError(f"samples must be at least 1, got {count}")
+    check_seed(seed)
     plan = plan_feeds(model, dims=dims, input_shapes=input_shapes, batch=batch, probe=probe)
     first = plan.feeds(seed)
     _check_fits(count, sum(np.asarray(v).nbytes for v in first.values()))
@@ -75,7 +77,6 @@ def _check_fits(count: int, set_bytes: int) -> None:
     """UsageError when ``count`` feed sets of ``set_bytes`` each would not fit in memory (they
     are all made before the first runs)."""
     from ..report import human_size
-    from ..runtime import available_memory
 
     available = available_memory()
     if available is not None and count * set_bytes > available:
