@@ -425,7 +425,8 @@ def test_grpc_options_are_checked_in_one_line(
         busy.listen(1)
         port = busy.getsockname()[1]
         for args, text in (
-            (["--grpc-port", "70000"], "--grpc-port must be a port"),
+            (["--grpc-port", "70000"], "--grpc-port takes a port from 0 to 65535, got '70000'"),
+            (["--port", str(10**20)], "--port takes a port from 0 to 65535"),  # an OverflowError
             (["--port", "8123", "--grpc-port", "8123"], "pick two"),
             (["--grpc-port", "0", "--grpc-max-message-bytes", "0"], "must be positive"),
             (["--port", "0", "--grpc-port", str(port)], f"gRPC: cannot listen on 127.0.0.1:{port}"),

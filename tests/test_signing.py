@@ -228,6 +228,15 @@ def test_a_directory_is_signed_whole_and_an_added_file_fails(tmp_path: Path, key
     assert "added" in _failed(verify(model.parent, keys[1]), "extra.bin")
 
 
+def test_a_directory_holding_a_symbolic_link_is_one_line(tmp_path: Path, keys: Keys) -> None:
+    """model-signing refuses links (a ValueError: an internal error before)."""
+    model = _external_model(tmp_path / "m")
+    (model.parent / "elsewhere").symlink_to(tmp_path)
+    with pytest.raises(InputError, match=r"'.*elsewhere' is a symbolic link, which a signature"):
+        sign(model.parent, keys[0])
+    assert not (tmp_path / "m.sig").exists()
+
+
 def test_a_signature_inside_the_signed_directory_is_not_part_of_it(
     tmp_path: Path, keys: Keys
 ) -> None:

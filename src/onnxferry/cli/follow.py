@@ -26,6 +26,7 @@ from ..report import Report
 from .options import encrypt_key_option, public_key_option, report_options
 from .render import emit
 from .serve import _require_extra, api_key_options, serve_keys
+from .types import PORT
 
 
 @click.command("follow")
@@ -147,7 +148,7 @@ def _stop_on_sigterm() -> Iterator[threading.Event]:
 @click.command("serve")
 @click.argument("path", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on all.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=PORT)
 @api_key_options
 def registry_serve(
     path: Path,

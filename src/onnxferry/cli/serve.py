@@ -29,6 +29,7 @@ from .options import (
     provider_option,
     public_key_option,
 )
+from .types import PORT
 
 if TYPE_CHECKING:
     from ..serve.registry_source import RegistryOptions
@@ -84,10 +85,10 @@ def api_key_options(fn: F) -> F:
 @click.option(
     "--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 with --sagemaker: all)."
 )
-@click.option("--port", type=int, help="Port (default 8000; 8080 with --sagemaker).")
+@click.option("--port", type=PORT, help="Port (default 8000; 8080 with --sagemaker).")
 @click.option(
     "--grpc-port",
-    type=int,
+    type=PORT,
     help="Also serve KServe V2 gRPC on this port (0: a free one, printed; default: off).",
 )
 @click.option(
@@ -307,8 +308,6 @@ def serve(
         _require_extra("serve", "uvicorn", "httptools", "prometheus_client")
         if grpc_port is not None:
             _require_extra("serve", "grpc", "tritonclient")
-            if not 0 <= grpc_port <= 65535:
-                raise UsageError(f"--grpc-port must be a port (0-65535), got {grpc_port}")
         path, host, port = sagemaker_defaults(path, host, port, sagemaker=sagemaker)
         from ..serve.config import ModelConfig
         from ..serve.server import ServerOptions

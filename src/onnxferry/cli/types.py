@@ -102,6 +102,27 @@ class Seed(_Type):
         return seed
 
 
+class Port(_Type):
+    """A TCP port, 0 (a free one) to 65535."""
+
+    name = "PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        option = _option(param, "--port")
+        try:
+            port = value if isinstance(value, int) else int(str(value))
+        except ValueError:
+            port = None
+        if port is None or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise BadValue(
+                f"{option} takes a port from 0 to 65535, got {value!r}",
+                hint=f"e.g. {option} 8000, or {option} 0 for a free one",
+                ctx=ctx,
+                param=param,
+            )
+        return port
+
+
 class NameList(_Type):
     """Comma-separated names: ``cpu,cuda`` -> ``["cpu", "cuda"]`` (blanks dropped)."""
 
@@ -187,6 +208,7 @@ INT_LIST = IntList()
 NAME_LIST = NameList()
 DIM = Dim()
 SEED = Seed()
+PORT = Port()
 SHAPE = Shape()
 DYNAMIC_AXES = DynamicAxes()
 

@@ -16,6 +16,7 @@ import click
 from ..view.graph import DEFAULT_MAX_NODES
 from .options import report_options
 from .render import emit
+from .types import PORT
 
 
 @click.command(name="graph")
@@ -82,7 +83,7 @@ def graph_command(
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=PORT,
     help="Port to listen on (default: 8080, 8081 or a free one).",
 )
 @click.option("--no-browser", is_flag=True, help="Do not open a browser; print the address.")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..atomic import write_text_atomic
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from .certificates import _certificate_signer, _paths, check_certificate, load_certificates
 from .files import (
     PathLike,
@@ -71,11 +71,21 @@ def sign(
             load_certificates(file)
     out = Path(signature) if signature is not None else default_signature(path)
     if path.is_dir():
-        manifest = (
-            _hashing_config()
-            .set_ignored_paths(paths=_ignored(path, out), ignore_git_paths=True)
-            .hash(path)
+        config = _hashing_config().set_ignored_paths(
+            paths=_ignored(path, out), ignore_git_paths=True
         )
+        try:
+            manifest = config.hash(path)
+        except ValueError as e:  # "Cannot use '<path>' because it is a symlink"
+            if "symlink" not in str(e):
+                raise
+            raise InputError(
+                f"{path}: {e.args[0].split(' because')[0].removeprefix('Cannot use ')} is a "
+                "symbolic link, which a signature does not follow",
+                hint="replace the link with the file it points to, or sign the model file",
+            ) from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read {e.filename}: {e.strerror}") from None
     else:
         files = _relative(_model_files(path), path.parent)
         manifest = _hashing_config().hash(path.parent.resolve(), files_to_hash=files)
