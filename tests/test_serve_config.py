@@ -68,6 +68,8 @@ def test_empty_toml_gives_defaults(tmp_path: Path) -> None:
         ("max_batch_size = -1", "max_batch_size must be >= 0"),
         ("max_queue_size = 0", "max_queue_size must be >= 1"),
         ("instances = 0", "instances must be >= 1"),
+        ("instances = 100000", "instances must be from 1 to 1024"),  # a session each, for ever
+        ("intra_op_threads = 4096", "intra_op_threads must be from 1 to 1024"),
         ("intra_op_threads = true", "intra_op_threads must be an integer"),
         ("timeout_ms = 0", "timeout_ms must be > 0"),
         ("max_queue_delay_ms = -0.5", "max_queue_delay_ms must be >= 0"),

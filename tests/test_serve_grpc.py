@@ -429,6 +429,7 @@ def test_grpc_options_are_checked_in_one_line(
             (["--port", str(10**20)], "--port takes a port from 0 to 65535"),  # an OverflowError
             (["--port", "8123", "--grpc-port", "8123"], "pick two"),
             (["--grpc-port", "0", "--grpc-max-message-bytes", "0"], "must be positive"),
+            (["--grpc-port", "0", "--grpc-max-message-bytes", str(2**31)], "gRPC's own"),
             (["--port", "0", "--grpc-port", str(port)], f"gRPC: cannot listen on 127.0.0.1:{port}"),
         ):
             assert main(["serve", str(model), *args]) == 2, args
@@ -450,3 +451,20 @@ def test_without_grpcio_the_grpc_port_is_one_line(
         grpc_front(app, ServerOptions(port=0, grpc_port=0))
     assert caught.value.message == "gRPC needs grpcio, which is not installed"
     assert "onnxferry[serve]" in str(caught.value.hint)
+
+
+def test_a_body_limit_past_grpcs_own_is_held_to_it(tmp_path: Path) -> None:
+    """--max-body 5000 (MiB) with --grpc-port: gRPC takes at most 2**31 - 1 bytes a message
+    (a larger limit failed the server's start with "Python int too large to convert")."""
+    from onnxferry.serve.server import GRPC_MAX_MESSAGE_BYTES, ServerOptions, build_app, grpc_front
+    from onnxferry.serve.settings import ServeSettings
+
+    settings = ServeSettings(body_limit=5000 << 20)
+    app = build_app(write(tmp_path / "m.onnx", affine()), settings)
+    front = grpc_front(app, ServerOptions(port=0, grpc_port=0))
+    assert front is not None and front.max_message_bytes == GRPC_MAX_MESSAGE_BYTES
+    with running_grpc(tmp_path / "m.onnx", settings=settings) as (_, target):
+        channel = grpc.insecure_channel(target)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+        channel.close()

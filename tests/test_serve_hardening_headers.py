@@ -191,3 +191,20 @@ def test_cli_caps_must_be_positive(
         assert main(["serve", str(model), "--port", port, option, "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{option} must be positive" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--max-body", "--max-response", "--max-inflight", "--max-parse-memory", "--keep-alive"],
+)
+def test_cli_sizes_and_times_must_be_finite(
+    model: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    """Infinite MiB were an OverflowError turning them into bytes (an internal error)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        assert main(["serve", str(model), "--port", port, option, "inf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{option} must be a finite number, got inf" in err and len(err.splitlines()) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -334,6 +335,8 @@ def serve(
         for name, value in positive.items():
             if not value > 0:
                 raise UsageError(f"{name} must be positive, got {value:g}")
+            if not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value:g}")
         if require_signature and public_key is None:
             raise UsageError(
                 "--require-signature needs --public-key PUB",

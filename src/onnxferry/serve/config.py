@@ -156,7 +156,11 @@ class ModelConfig:
                 _check_value(name, value, kind, low, inclusive)
         from ..devices import pool_provider
         from ..precision import check_precision
-        from ..runtime import provider_name, short_provider_name
+        from ..runtime import check_threads, provider_name, short_provider_name
+
+        for name in ("instances", "intra_op_threads"):  # each instance is a session
+            if getattr(self, name) is not None:
+                check_threads(getattr(self, name), name)
 
         provider = short_provider_name(provider_name(self.provider))
         if self.devices:

@@ -53,7 +53,13 @@ from .endpoint import cut, lookup
 from .keys import check_settings
 from .protocol import InferRequest, decode_document
 from .routes import Auth
-from .server import ServerOptions, ShutdownGuard, build_app, running_in_thread
+from .server import (
+    GRPC_MAX_MESSAGE_BYTES,
+    ServerOptions,
+    ShutdownGuard,
+    build_app,
+    running_in_thread,
+)
 from .settings import MIB, ServeSettings
 from .versions import ModelVersion
 
@@ -113,7 +119,9 @@ class GrpcFront:
         self.app = app
         self.host = host
         self.port = port
-        self.max_message_bytes = max_message_bytes or app.settings.body_limit
+        self.max_message_bytes = max_message_bytes or min(
+            app.settings.body_limit, GRPC_MAX_MESSAGE_BYTES
+        )
         self.grace_s = grace_s
         self.label = label
         self._server: Any = None
@@ -131,7 +139,10 @@ class GrpcFront:
             options=[
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
                 ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", settings.response_bytes + _RESPONSE_SLACK),
+                (
+                    "grpc.max_send_message_length",
+                    min(settings.response_bytes + _RESPONSE_SLACK, GRPC_MAX_MESSAGE_BYTES),
+                ),
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self.app), server)

@@ -80,6 +80,10 @@ REGISTRY = "registry:"
 """The prefix of a registry to serve: ``registry:DIR``."""
 
 
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+"""gRPC's largest message limit (a signed 32-bit count)."""
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     """How the server listens and stops."""
@@ -134,9 +138,14 @@ class ServerOptions:
             raise UsageError(f"ServerOptions.grpc_port must be a port (0-65535), got {port!r}")
         if port and port == self.port:
             raise UsageError(f"the gRPC port and the HTTP port are both {port}; pick two")
-        if size is not None and (type(size) is not int or size <= 0):
-            text = f"ServerOptions.grpc_max_message_bytes must be a positive integer, got {size!r}"
-            raise UsageError(text)
+        if size is not None and (type(size) is not int or not 0 < size <= GRPC_MAX_MESSAGE_BYTES):
+            raise UsageError(
+                f"the gRPC message limit must be from 1 to {GRPC_MAX_MESSAGE_BYTES} bytes "
+                f"(gRPC's own), got {size!r}",
+                hint="--grpc-max-message-bytes N",
+            )
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise UsageError(f"ServerOptions.port must be a port (0-65535), got {self.port!r}")
 
 
 def build_app(
