@@ -462,7 +462,7 @@ def test_a_body_limit_past_grpcs_own_is_held_to_it(tmp_path: Path) -> None:
     settings = ServeSettings(body_limit=5000 << 20)
     app = build_app(write(tmp_path / "m.onnx", affine()), settings)
     front = grpc_front(app, ServerOptions(port=0, grpc_port=0))
-    assert front is not None and front.max_message_bytes == GRPC_MAX_MESSAGE_BYTES
+    assert getattr(front, "max_message_bytes", None) == GRPC_MAX_MESSAGE_BYTES
     with running_grpc(tmp_path / "m.onnx", settings=settings) as (_, target):
         channel = grpc.insecure_channel(target)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
