@@ -208,3 +208,34 @@ def test_cli_sizes_and_times_must_be_finite(
         assert main(["serve", str(model), "--port", port, option, "inf"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{option} must be a finite number, got inf" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--timeout-ms", "-1", "--timeout-ms must be positive, got -1"),  # served, with no deadline
+        ("--timeout-ms", "nan", "--timeout-ms must be positive, got nan"),
+        ("--poll", "inf", "--poll must be a finite number"),  # threading refuses an infinite wait
+        ("--graceful-timeout", "inf", "--graceful-timeout must be a finite number"),  # Overflow
+        ("--explain-timeout", "inf", "--explain-timeout must be a finite number"),
+    ],
+)
+def test_cli_timeouts_out_of_range_are_one_line(
+    model: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, words: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        assert main(["serve", str(model), "--port", port, option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+
+
+def test_settings_refuse_timeouts_that_are_not_positive_and_finite() -> None:
+    from onnxferry.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match=r"ServeSettings.default_timeout_ms must be positive"):
+        ServeSettings(default_timeout_ms=0)
+    with pytest.raises(UsageError, match=r"ServeSettings.explain_timeout_s must be a finite"):
+        ServeSettings(explain_timeout_s=float("inf"))

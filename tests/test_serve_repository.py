@@ -191,8 +191,10 @@ def test_open_refuses_what_is_not_a_model_or_repository(tmp_path: Path) -> None:
     version(tmp_path, "m", 1, add_model(1))
     with pytest.raises(InputError, match=r"holds version directories \(1\).*serve its parent"):
         Repository.open(tmp_path / "m")
-    with pytest.raises(UsageError, match="poll interval must be > 0"):
+    with pytest.raises(UsageError, match=r"poll interval \(seconds\) must be positive"):
         Repository.open(tmp_path / "m" / "1" / "model.onnx", poll_interval_s=0)
+    with pytest.raises(UsageError, match=r"poll interval \(seconds\) must be a finite number"):
+        Repository.open(tmp_path / "m" / "1" / "model.onnx", poll_interval_s=float("inf"))
 
     (tmp_path / "empty").mkdir()
     empty = Repository.open(tmp_path / "empty")

@@ -331,6 +331,10 @@ def serve(
             "--grpc-max-message-bytes": (
                 1 if grpc_max_message_bytes is None else grpc_max_message_bytes
             ),
+            "--timeout-ms": 1.0 if timeout_ms is None else timeout_ms,
+            "--explain-timeout": explain_timeout,
+            "--graceful-timeout": graceful_timeout,
+            "--poll": 1.0 if poll is None else poll,
         }
         for name, value in positive.items():
             if not value > 0:

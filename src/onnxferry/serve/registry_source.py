@@ -60,6 +60,7 @@ from .catalog import KnownModel, KnownVersion
 from .config import ModelConfig, VersionPolicy
 from .repository import Repository, check_public_key
 from .scan import Disk, Seen
+from .settings import check_positive
 from .versions import ModelVersion, Unsigned, WarmupFailed, build_version
 
 log = logging.getLogger("onnxferry.serve")
@@ -174,8 +175,8 @@ class RegistryRepository(Repository):
         """The registry in directory ``path``, serving ``alias`` (nothing loaded until
         ``start``); polled every ``poll_interval_s`` (None: ``DEFAULT_POLL_S``). InputError
         for no registry there, an unusable ``public_key`` or key file."""
-        if poll_interval_s is not None and not poll_interval_s > 0:
-            raise UsageError(f"poll interval must be > 0 seconds, got {poll_interval_s}")
+        if poll_interval_s is not None:
+            check_positive("poll interval (seconds)", poll_interval_s)
         if ALIAS.fullmatch(alias) is None:
             raise UsageError(f"{alias!r} is not an alias name", hint="letters, digits, . _ -")
         checked = None if public_key is None else check_public_key(public_key)

@@ -73,13 +73,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import FerryError, InputError, ModelLoadError, UsageError, one_line
+from ..errors import FerryError, InputError, ModelLoadError, one_line
 from ..signing import check_key, default_signature
 from .budget import MEMORY_METHOD, UNLOADED, UNLOADED_REASON, MemoryBudget
 from .catalog import Catalog, KnownModel, KnownVersion, ModelNotFound, ModelNotReady
 from .config import ModelConfig, RepositoryConfig, VersionPolicy
 from .executor import ModelExecutor
 from .scan import Disk, check_repository_dir, scan
+from .settings import check_positive
 from .takeover import SignatureChanged, predecessor_of
 from .versions import ModelVersion, WarmupFailed, build_version
 
@@ -134,8 +135,8 @@ class Repository(Catalog):
         A repository directory's own ``ferry.toml`` gives the memory budget (UsageError when
         it is malformed)."""
         path = Path(path)
-        if poll_interval_s is not None and not poll_interval_s > 0:
-            raise UsageError(f"poll interval must be > 0 seconds, got {poll_interval_s}")
+        if poll_interval_s is not None:
+            check_positive("poll interval (seconds)", poll_interval_s)
         key = None if public_key is None else check_public_key(public_key)
         if path.is_file():
             if path.suffix.lower() != ".onnx":

@@ -9,9 +9,12 @@ The CLI's options map one to one; a limit left None takes a default derived from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from ..errors import UsageError
 
 MIB = 1 << 20
 
@@ -59,6 +62,11 @@ class ServeSettings:
     """Bytes the worker process that parses large JSON bodies may take for one body (None:
     16 x body_limit, at least 256 MiB); a body that needs more is answered 413."""
 
+    def __post_init__(self) -> None:
+        for name in ("body_timeout_s", "default_timeout_ms", "explain_timeout_s"):
+            if getattr(self, name) is not None:
+                check_positive(f"ServeSettings.{name}", getattr(self, name))
+
     @property
     def parse_memory_bytes(self) -> int:
         """``parse_memory`` with its default applied."""
@@ -79,3 +87,17 @@ class ServeSettings:
         if self.inflight_limit is None:
             return max(4 * self.body_limit, 256 * MIB)
         return self.inflight_limit
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` when it is a positive finite number (seconds, a size), else one line naming
+    ``name``: an infinite timeout is no timeout, and asyncio and threading refuse one.
+
+    >>> check_positive("poll interval", 2.0)
+    2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{name} must be positive, got {value!r}")
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    return value
