@@ -159,6 +159,16 @@ c (float[N, 4] x) => (float[4, N] y) { t = Transpose(x)  y = Mul(t, t) }
 """
 
 
+def test_outputs_empty_on_every_sample_are_not_a_pass() -> None:
+    """`ferry compare --inputs` with 0 rows compared nothing and said "compare: ok"."""
+    empty = {"probs": np.zeros((0, 3), np.float32)}
+    parity = compare_outputs([empty, empty], [empty, empty])
+    assert not parity.ok
+    assert "nothing was compared" in parity.problems[0]
+    some = {"probs": np.ones((1, 3), np.float32)}
+    assert compare_outputs([empty, some], [empty, some]).ok  # one sample with values counts
+
+
 def test_output_names_are_checked_before_shapes() -> None:
     parity = compare_runners(
         runner(onnx_text(TWO_OUT)), runner(onnx_text(TRANSPOSED)), mlp_feeds(1, batch=3)

@@ -82,7 +82,16 @@ def compare_outputs(
         cands = [_array(c[name]) for c in candidate]
         parity.outputs.append(judge_output(name, refs, cands, atol, rtol))
     excuse_tied_labels(parity, reference, candidate)
+    if parity.outputs and not any(_values(r) for r in reference):
+        parity.problems.append(
+            "nothing was compared: every output is empty on every sample (inputs of 0 rows?)"
+        )
     return parity
+
+
+def _values(outputs: Mapping[str, Any]) -> int:
+    """How many values a sample's outputs hold (a sequence or map output counts as some)."""
+    return sum(np.size(v) if isinstance(v, np.ndarray) else 1 for v in outputs.values())
 
 
 def excuse_tied_labels(
