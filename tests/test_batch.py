@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -401,6 +402,11 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
     batch(models["mlp"], tmp / "x.npy", tmp / "taken")
     (tmp / "someone's").mkdir()
     (tmp / "someone's" / "notes.txt").write_text("not ferry's")
+    # a header claiming 10**12 rows over 5 rows of data: the shards were listed for ever
+    forged = (tmp / "x.npy").read_bytes().replace(b"(5, 4)", b"(1000000000000, 4)")
+    (tmp / "forged.npy").write_bytes(forged)
+    with zipfile.ZipFile(tmp / "forged.npz", "w") as z:
+        z.writestr("x.npy", forged)
     return {
         "missing column": ([models["two"], tmp / "no_b.parquet"], "no column for input 'b'"),
         "wrong dtype": ([models["mlp"], tmp / "strings.parquet"], "takes float32"),
@@ -415,6 +421,8 @@ def _bad_cases(tmp: Path, models: dict[str, Path]) -> dict[str, tuple[list[objec
             "cannot read the size",
         ),
         "resize on npy": ([models["mlp"], tmp / "x.npy", "--resize", "8x8"], "apply to a folder"),
+        "forged npy header": ([models["mlp"], tmp / "forged.npy"], "shorter than its header"),
+        "forged npz header": ([models["mlp"], tmp / "forged.npz"], "shorter than its header"),
         "rows not on axis 0": (
             [models["undeclared"], tmp / "x.npy", "--batch-size", "2"],
             "output 'y' has shape [4, 2] for a batch of 2 rows: its rows are not along axis 0",

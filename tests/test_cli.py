@@ -348,6 +348,24 @@ def test_counts_and_seeds_out_of_range_are_one_line(
     assert words in _one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "{m}", "{m}", "--inputs", "{x}"],  # said "compare: ok", comparing nothing
+        ["test", "{m}", "{x}"],  # said "ran"
+        ["bench", "{m}", "--inputs", "{x}", "--iterations", "3"],  # timed empty runs
+    ],
+    ids=["compare", "test", "bench"],
+)
+def test_inputs_of_0_rows_are_one_line(
+    ferry: Run, model: Path, tmp_path: Path, args: list[str]
+) -> None:
+    np.savez(tmp_path / "x.npz", x=np.zeros((0, 4), np.float32))
+    code, _, err = ferry(*[a.format(m=model, x=tmp_path / "x.npz") for a in args])
+    assert code == 2
+    assert "every input is empty (0 values)" in _one_error_line(err)
+
+
 def test_verbose_shows_traceback(ferry: Run, tmp_path: Path) -> None:
     code, _, err = ferry("-v", "inspect", tmp_path / "nope.onnx")
     assert code == 2 and "Traceback" in err and "ferry: error:" in err

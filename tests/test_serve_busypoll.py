@@ -91,7 +91,7 @@ def test_a_server_with_busy_polling_answers_requests(tmp_path: Path) -> None:
         assert (after.user + after.system) - (before.user + before.system) < 0.15
 
 
-@pytest.mark.parametrize("value", [-1.0, True, "1"])
+@pytest.mark.parametrize("value", [-1.0, True, "1", float("inf")])  # inf: OverflowError
 def test_a_negative_or_non_numeric_window_is_refused(value: Any) -> None:
     with pytest.raises(UsageError, match="busy_poll_us"):
         ServerOptions(busy_poll_us=value)

@@ -208,7 +208,9 @@ class _NpyHeader:
         return int(self.dtype.itemsize * np.prod(self.shape[1:], dtype=np.int64))
 
 
-def _read_header(f: IO[bytes], where: str) -> _NpyHeader:
+def _read_header(f: IO[bytes], where: str, size: int) -> _NpyHeader:
+    """The header of the .npy array in ``f`` (``size`` bytes in all), checked: rows, not an
+    object array nor Fortran order, and no more data than the file holds."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
@@ -230,7 +232,15 @@ def _read_header(f: IO[bytes], where: str) -> _NpyHeader:
             f"{where} is in Fortran order, which cannot be read row by row",
             hint="save np.ascontiguousarray(a) instead",
         )
-    return _NpyHeader(tuple(shape), dtype, f.tell())
+    header = _NpyHeader(tuple(shape), dtype, f.tell())
+    needed = header.offset + header.row_bytes * shape[0]
+    if needed > size:
+        raise DataError(
+            f"{where} is shorter than its header says: {list(shape)} {dtype} needs {needed} "
+            f"bytes, the file holds {size}",
+            hint="the file is cut short or its header is wrong; save it again with np.save",
+        )
+    return header
 
 
 class NpySource:
@@ -246,7 +256,7 @@ class NpySource:
         self.signature = signature
         self.spec = _one_input(signature, path)
         with path.open("rb") as f:
-            self.header = _read_header(f, str(path))
+            self.header = _read_header(f, str(path), os.fstat(f.fileno()).st_size)
         self.rows = self.header.shape[0]
         self._fd: int | None = None
         self._free: list[np.ndarray] = []
@@ -325,7 +335,8 @@ class NpzSource(Reused):
                             self.held[name] = _scalar(f, f"{path} member {member!r}", name)
                             del self.members[name]
                             continue
-                        headers[name] = _read_header(f, f"{path} member {member!r}")
+                        size = zf.getinfo(f"{member}.npy").file_size
+                        headers[name] = _read_header(f, f"{path} member {member!r}", size)
         except (zipfile.BadZipFile, OSError, KeyError) as e:
             raise DataError(
                 f"{path} is not a readable .npz: {e}", hint="save it with np.savez"

@@ -118,6 +118,13 @@ def checked_feeds(
         raise UsageError(f"{kind} set is empty", hint=f"give at least one {kind} sample")
     checked: list[Feeds] = []
     for i, feed in enumerate(sets):
+        label = where if single else " ".join(filter(None, (where, f"sample {i}")))
+        if feed and not any(np.size(value) for value in feed.values()):
+            raise error(
+                f"{label + ': ' if label else ''}every input is empty (0 values): there is "
+                "nothing to run, and nothing an empty output would verify",
+                hint=f"give {kind}s with at least one row",
+            )
         try:
             if signature is not None:
                 signature.validate(feed)
@@ -127,7 +134,6 @@ def checked_feeds(
             if rows is not None:
                 checked += rows
                 continue
-            label = where if single else " ".join(filter(None, (where, f"sample {i}")))
             message = f"{label}: {e.message}" if label else e.message
             raise error(message, hint=e.hint) from e
     return checked[:limit] if limit is not None else checked

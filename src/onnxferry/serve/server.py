@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InputError, UsageError, one_line
+from ..graphs import PROTOBUF_MAX
 from .app import ServeApp
 from .busypoll import BusyPoll
 from .config import ModelConfig
 from .connections import ConnectionCaps, guarded_protocol
 from .keys import check_settings
 from .repository import Repository
-from .settings import ServeSettings
+from .settings import ServeSettings, check_positive
 
 if TYPE_CHECKING:
     from .registry_source import RegistryOptions
@@ -80,8 +81,8 @@ REGISTRY = "registry:"
 """The prefix of a registry to serve: ``registry:DIR``."""
 
 
-GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
-"""gRPC's largest message limit (a signed 32-bit count)."""
+GRPC_MAX_MESSAGE_BYTES = PROTOBUF_MAX
+"""gRPC's largest message limit: a message is a protobuf."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class ServerOptions:
         poll = self.busy_poll_us
         if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not poll >= 0:
             raise UsageError(f"ServerOptions.busy_poll_us must be 0 or more, got {poll!r}")
+        if poll:
+            check_positive("ServerOptions.busy_poll_us", poll)
         port, size = self.grpc_port, self.grpc_max_message_bytes
         if port is not None and (type(port) is not int or not 0 <= port <= 65535):
             raise UsageError(f"ServerOptions.grpc_port must be a port (0-65535), got {port!r}")
