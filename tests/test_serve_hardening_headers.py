@@ -178,41 +178,33 @@ def test_caps_must_be_positive(options: dict[str, int], words: str) -> None:
         ServerOptions(**options)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "option", ["--max-header-bytes", "--max-headers", "--max-inflight", "--max-parse-memory"]
-)
-def test_cli_caps_must_be_positive(
-    model: Path, capsys: pytest.CaptureFixture[str], option: str
-) -> None:
-    with socket.socket() as busy:  # a command that failed to refuse stops here, not serving
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = str(busy.getsockname()[1])
-        assert main(["serve", str(model), "--port", port, option, "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert f"{option} must be positive" in err and len(err.splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "option",
-    ["--max-body", "--max-response", "--max-inflight", "--max-parse-memory", "--keep-alive"],
-)
-def test_cli_sizes_and_times_must_be_finite(
-    model: Path, capsys: pytest.CaptureFixture[str], option: str
-) -> None:
-    """Infinite MiB were an OverflowError turning them into bytes (an internal error)."""
+def _refused(model: Path, capsys: pytest.CaptureFixture[str], option: str, value: str) -> str:
+    """`ferry serve MODEL OPTION VALUE` on a port in use (a command that failed to refuse
+    stops there, not serving): exit 2 and one line, returned."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = str(busy.getsockname()[1])
-        assert main(["serve", str(model), "--port", port, option, "inf"]) == 2
+        assert main(["serve", str(model), "--port", port, option, value]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"{option} must be a finite number, got inf" in err and len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 @pytest.mark.parametrize(
     ("option", "value", "words"),
     [
+        *[
+            (option, "0", f"{option} must be positive")
+            for option in ("--max-header-bytes", "--max-headers", "--max-inflight")
+        ],
+        ("--max-parse-memory", "0", "--max-parse-memory must be positive"),
+        # infinite MiB were an OverflowError turning them into bytes (an internal error)
+        *[
+            (option, "inf", f"{option} must be a finite number, got inf")
+            for option in ("--max-body", "--max-response", "--max-inflight", "--max-parse-memory")
+        ],
+        ("--keep-alive", "inf", "--keep-alive must be a finite number"),
         ("--timeout-ms", "-1", "--timeout-ms must be positive, got -1"),  # served, with no deadline
         ("--timeout-ms", "nan", "--timeout-ms must be positive, got nan"),
         ("--poll", "inf", "--poll must be a finite number"),  # threading refuses an infinite wait
@@ -220,16 +212,10 @@ def test_cli_sizes_and_times_must_be_finite(
         ("--explain-timeout", "inf", "--explain-timeout must be a finite number"),
     ],
 )
-def test_cli_timeouts_out_of_range_are_one_line(
+def test_cli_caps_sizes_and_timeouts_out_of_range_are_one_line(
     model: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, words: str
 ) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = str(busy.getsockname()[1])
-        assert main(["serve", str(model), "--port", port, option, value]) == 2
-    err = capsys.readouterr().err.strip()
-    assert words in err and len(err.splitlines()) == 1
+    assert words in _refused(model, capsys, option, value)
 
 
 def test_settings_refuse_timeouts_that_are_not_positive_and_finite() -> None:

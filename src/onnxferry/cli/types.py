@@ -79,48 +79,57 @@ class IntList(_Type):
         return items
 
 
-class Seed(_Type):
+class _Bounded(_Type):
+    """An integer from ``bounds()``: else one line naming the option, what it takes (``what``)
+    and an example (``example``, with ``{option}`` for the option's name)."""
+
+    what = "an integer"
+    default_option = "the option"
+    example = "{option} 1"
+
+    def bounds(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        low, high = self.bounds()
+        option = _option(param, self.default_option)
+        try:
+            number = value if isinstance(value, int) else int(str(value))
+        except ValueError:
+            number = None
+        if number is None or isinstance(number, bool) or not low <= number <= high:
+            raise BadValue(
+                f"{option} takes {self.what} from {low} to {high}, got {value!r}",
+                hint="e.g. " + self.example.format(option=option),
+                ctx=ctx,
+                param=param,
+            )
+        return number
+
+
+class Seed(_Bounded):
     """A seed: an integer from 0 to ``runtime.MAX_SEED``."""
 
     name = "INTEGER"
+    default_option = "--seed"
+    example = "{option} 0"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def bounds(self) -> tuple[int, int]:
         from ..runtime import MAX_SEED
 
-        option = _option(param, "--seed")
-        try:
-            seed = value if isinstance(value, int) else int(str(value))
-        except ValueError:
-            seed = None
-        if seed is None or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-            raise BadValue(
-                f"{option} takes an integer from 0 to {MAX_SEED}, got {value!r}",
-                hint=f"e.g. {option} 0",
-                ctx=ctx,
-                param=param,
-            )
-        return seed
+        return 0, MAX_SEED
 
 
-class Port(_Type):
+class Port(_Bounded):
     """A TCP port, 0 (a free one) to 65535."""
 
     name = "PORT"
+    what = "a port"
+    default_option = "--port"
+    example = "{option} 8000, or {option} 0 for a free one"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        option = _option(param, "--port")
-        try:
-            port = value if isinstance(value, int) else int(str(value))
-        except ValueError:
-            port = None
-        if port is None or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise BadValue(
-                f"{option} takes a port from 0 to 65535, got {value!r}",
-                hint=f"e.g. {option} 8000, or {option} 0 for a free one",
-                ctx=ctx,
-                param=param,
-            )
-        return port
+    def bounds(self) -> tuple[int, int]:
+        return 0, 65535
 
 
 class NameList(_Type):
