@@ -366,6 +366,34 @@ def test_inputs_of_0_rows_are_one_line(
     assert "every input is empty (0 values)" in _one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["batch", "{m}", "{x}", "-o", "{file}/out"], "Not a directory"),
+        (["keygen", "-o", "{long}"], "File name too long"),
+        (["ci", "init", "github", "-o", "{file}/ci.yml", "--model", "{m}"], "File exists"),
+        (["graph", "{m}", "-o", "{long}.svg"], "File name too long"),
+    ],
+    ids=["batch-under-a-file", "keygen-long-name", "ci-under-a-file", "graph-long-name"],
+)
+def test_an_output_path_that_cannot_be_written_is_one_line(
+    ferry: Run, model: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    """The first three were internal errors: the OSError of a mkdir or a write under the user's
+    path (graph's atomic write already said so)."""
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 4), np.float32))
+    (tmp_path / "a_file").write_text("not a folder")
+    values = {
+        "m": model,
+        "x": tmp_path / "x.npz",
+        "file": tmp_path / "a_file",
+        "long": tmp_path / ("n" * 300),
+    }
+    code, _, err = ferry(*[a.format(**values) for a in args])
+    assert code == 2
+    assert words in _one_error_line(err)
+
+
 def test_verbose_shows_traceback(ferry: Run, tmp_path: Path) -> None:
     code, _, err = ferry("-v", "inspect", tmp_path / "nope.onnx")
     assert code == 2 and "Traceback" in err and "ferry: error:" in err

@@ -15,6 +15,7 @@ One module per group of verbs (``judge``, ``convert``, ``optimize``, ``bench``, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -125,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("ferry: interrupted", err=True)
         return 130
+    except OSError as e:
+        if e.errno in _PATH_ERRORS and e.filename:  # the user's path or the machine: not a bug
+            _fail(_path_error(e), session)
+            return EXIT_INPUT_ERROR
+        _fail(_internal(e), session)
+        return EXIT_INTERNAL_ERROR
     except MemoryError as e:  # too large for this machine: the input's size, not a bug
         _fail(
             f"out of memory ({one_line(e, 160) or 'MemoryError'}); give smaller inputs "
@@ -133,13 +140,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INPUT_ERROR
     except Exception as e:
-        _fail(
-            f"internal error: {type(e).__name__}: {e} (this is a bug; run with -v and report it)",
-            session,
-        )
+        _fail(_internal(e), session)
         return EXIT_INTERNAL_ERROR
     finally:
         logger.removeHandler(handler)
+
+
+_PATH_ERRORS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOENT,
+        errno.ELOOP,
+    }
+)
+"""What a path the user gave (or the machine's disk) causes: a folder where a file goes, a
+name too long, no permission, no space. ONNX Runtime and the libraries below raise these
+from deep inside a verb as well as onnxferry's own writes do."""
+
+
+def _path_error(e: OSError) -> str:
+    return (
+        f"cannot use {one_line(str(e.filename), 200)}: {e.strerror}; check the path (a file "
+        "where a folder goes, a name too long), its permissions and the free space"
+    )
+
+
+def _internal(e: BaseException) -> str:
+    return f"internal error: {type(e).__name__}: {e} (this is a bug; run with -v and report it)"
 
 
 def _fail(message: str, session: Session) -> None:
