@@ -1,5 +1,5 @@
-"""Bad values for every option of the CLI's verbs, and bad files for their MODEL and --inputs:
-a table of what is not one line with exit 2.
+"""Bad values for every option of the CLI's verbs, bad files for their MODEL and --inputs, and
+unwritable outputs: a table of what is not one line with exit 2.
 
     .venv/bin/python benchmarks/cli_fuzz.py                 # every part, about 15 minutes
     .venv/bin/python benchmarks/cli_fuzz.py --part options --verbs compare,bench
@@ -19,6 +19,8 @@ imported once) with a time limit:
   0 rows, the wrong rank, NaN, inf, strings, booleans, no arrays, float16, a scalar, a forged
   .npy header (10**12 rows over a few), a zip that is no .npz, a truncated .npz, a junk .pb,
   text as .npy, broken JSON lines, an empty folder.
+- ``outputs``: every ``-o`` given a path under a file, a name of 300 characters, a place in
+  /proc and /dev/full.
 
 A finding is an exit 3 (internal error), a traceback, a child that died, more than one error
 line, or (``--hang``) an invocation still running at its limit (``serve`` still running is a
@@ -356,11 +358,33 @@ def data_cases(fixtures: Fixtures, verbs: list[str]) -> Iterator[tuple[str, list
             yield verb, make(str(bad))
 
 
+def output_cases(fixtures: Fixtures, verbs: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Every ``-o`` given a path under a file, a name too long, and places in /proc and /dev."""
+    (fixtures.work / "a_file").write_text("not a folder")
+    places = [
+        str(fixtures.work / "a_file" / "out"),
+        str(fixtures.work / ("n" * 300)),
+        "/proc/self/out",
+        "/dev/full",
+    ]
+    for verb, base in fixtures.base().items():
+        if (verbs and verb not in verbs) or verb in SERVING or "-o" not in base:
+            continue
+        at = base.index("-o") + 1
+        for place in places:
+            yield verb, [*verb.split(), *base[:at], place, *base[at + 1 :]]
+
+
 def main_(options: argparse.Namespace) -> int:
     verbs = [v for v in (options.verbs or "").split(",") if v]
     print(f"machine: {cpu_summary()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}")
-    parts = {"options": option_cases, "models": model_cases, "data": data_cases}
+    parts = {
+        "options": option_cases,
+        "models": model_cases,
+        "data": data_cases,
+        "outputs": output_cases,
+    }
     found = runs = 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -393,7 +417,8 @@ def main_(options: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "options", "models", "data"], default="all")
+    parts = ["all", "options", "models", "data", "outputs"]
+    parser.add_argument("--part", choices=parts, default="all")
     parser.add_argument("--verbs", help="these verbs only, e.g. compare,bench")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--serve-timeout", type=float, default=12.0)
