@@ -442,7 +442,7 @@ def test_a_value_that_is_not_a_number_on_the_explainers_rows_is_one_line(method:
     below zero are not: lime was an internal error (scikit-learn's Ridge refused NaN), shap
     and occlusion returned NaN attributions as a successful explanation."""
     rows = np.abs(_rows(2)) + 0.1
-    with pytest.raises(InputError, match=r"is (nan|-inf) on \d+ of \d+ .*not numbers") as caught:
+    with pytest.raises(InputError, match=r"is (nan|-inf) on \d+ of \d+ .*not finite") as caught:
         explain(_log_of_sum(), rows, method, background=-np.abs(_rows(20, seed=1)) - 1)
     assert "--background" in str(caught.value) and "\n" not in str(caught.value)
 

@@ -396,7 +396,7 @@ class NotFinite(InputError):
     NaN, or an explainer's fit would fail on them.
 
     >>> print(NotFinite("y[0]", np.array([1.0, np.nan, -np.inf]), "rows made from input 0"))
-    y[0] is nan on 2 of 3 rows made from input 0 (-inf among them): an explanation built ...
+    y[0] is nan on 2 of 3 rows made from input 0 (-inf among them): no explanation can be ...
     """
 
     def __init__(self, label: str, scores: np.ndarray, rows: str) -> None:
@@ -404,8 +404,8 @@ class NotFinite(InputError):
         others = sorted({str(v) for v in bad} - {str(bad[0])})
         among = f" ({', '.join(others)} among them)" if others else ""
         super().__init__(
-            f"{label} is {bad[0]} on {len(bad)} of {len(scores)} {rows}{among}: an "
-            "explanation built on values that are not numbers would not be one",
+            f"{label} is {bad[0]} on {len(bad)} of {len(scores)} {rows}{among}: no "
+            "explanation can be built on values that are not finite numbers",
             hint="give background rows (--background) the model computes finite values on, "
             "or explain another output (--target)",
         )
