@@ -576,7 +576,7 @@ def _highest(ok: Any, low: int, high: int) -> int:
     return low
 
 
-# --- the cores this process may use ------------------------------------------------------
+# --- thread counts ---------------------------------------------------------------------
 
 
 MAX_THREADS = 1024
@@ -599,6 +599,9 @@ def check_threads(threads: int, what: str = "threads") -> int:
     return threads
 
 
+# --- seeds --------------------------------------------------------------------------------
+
+
 MAX_SEED = 2**32 - 1
 """The largest seed: numpy's ``RandomState`` (what shap, lime and scikit-learn seed) takes
 0 to 2**32 - 1."""
@@ -613,6 +616,9 @@ def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise UsageError(f"seed must be from 0 to {MAX_SEED}, got {seed}", hint="e.g. seed 0")
     return seed
+
+
+# --- the cores and the memory this process may use ---------------------------------------
 
 
 def usable_cores(
