@@ -3,12 +3,14 @@ unwritable outputs: a table of what is not one line with exit 2.
 
     .venv/bin/python benchmarks/cli_fuzz.py                 # every part, about 15 minutes
     .venv/bin/python benchmarks/cli_fuzz.py --part options --verbs compare,bench
+    .venv/bin/python benchmarks/cli_fuzz.py --built vad     # on an exporter-quirk model
 
 Three parts, each invocation in a forked child of this process (onnxferry and ONNX Runtime
 imported once) with a time limit:
 
 - ``options``: each option of each verb given values of the wrong range or kind, one at a
-  time, on an invocation that works without it (the bundled example model): integers -1, 0,
+  time, on an invocation that works without it (the bundled example model, or ``--built``
+  one of ``tests/real_models.BUILT`` with its feeds): integers -1, 0,
   10**20; numbers -1, 0, nan, inf, 1e400; files missing, a folder, empty, junk; text "", a
   missing path, junk, ``a,,b``, ``-1``, ``nan``, ``:``, ``=x``. Choices and flags are left to
   Click.
@@ -113,7 +115,7 @@ def run(args: list[str], work: Path, timeout: float) -> Outcome:
 class Fixtures:
     """The files the invocations use, made once in ``work``."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, feeds: dict[str, np.ndarray] | None = None) -> None:
         self.work = work
         proto = onnx.load(MODEL)
         self.input = proto.graph.input[0].name
@@ -121,7 +123,8 @@ class Fixtures:
         self.shape = [d.dim_value or 2 for d in dims]
         self.rows = np.random.default_rng(0).normal(size=self.shape).astype(np.float32)
         self.x = work / "x.npz"
-        save_npz(self.x, {self.input: self.rows})
+        save_npz(self.x, feeds or {self.input: self.rows})
+        self.golden = str(EXAMPLE / "test_data_set_0") if feeds is None else str(self.x)
         labels = np.arange(16) % 10
         train = np.random.default_rng(1).normal(size=(16, *self.shape[1:])).astype(np.float32)
         save_npz(work / "train.npz", {self.input: train, "y": labels})
@@ -152,7 +155,7 @@ class Fixtures:
             "inspect": [MODEL],
             "check": [MODEL],
             "compare": [MODEL, MODEL],
-            "test": [MODEL, str(EXAMPLE / "test_data_set_0")],
+            "test": [MODEL, self.golden],
             "bench": [MODEL, "--iterations", "5", "--warmup", "1"],
             "optimize": [MODEL, "-o", str(w / "o.onnx")],
             "passes": [],
@@ -386,10 +389,21 @@ def main_(options: argparse.Namespace) -> int:
         "outputs": output_cases,
     }
     found = runs = 0
+    global MODEL
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        feeds = None
+        if options.built:  # one of tests/real_models.BUILT: the exporters' quirks
+            sys.path.insert(0, str(EXAMPLE.parents[1]))
+            from tests.real_models import BUILT
+
+            spec = BUILT[options.built]
+            MODEL = str(work / f"{options.built}.onnx")
+            onnx.save(spec.build(), MODEL)
+            feeds = spec.feeds()
+            print(f"model: tests/real_models.BUILT[{options.built!r}]")
         with contextlib.redirect_stdout(io.StringIO()):
-            fixtures = Fixtures(work)
+            fixtures = Fixtures(work, feeds)
         for part, cases in parts.items():
             if options.part not in ("all", part):
                 continue
@@ -423,4 +437,5 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--serve-timeout", type=float, default=12.0)
     parser.add_argument("--hang", action="store_true", help="count runs past the limit")
+    parser.add_argument("--built", help="a model of tests/real_models.BUILT, e.g. vad, tokens")
     sys.exit(main_(parser.parse_args()))
