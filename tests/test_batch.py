@@ -334,9 +334,9 @@ def test_the_default_cap_is_2_gib_above_what_the_caller_holds(
     np.save(tmp_path / "x.npy", x)
     before = current_rss()
     summary = batch(models["mlp"], tmp_path / "x.npy", tmp_path / "out")
+    held = summary.max_memory_bytes - DEFAULT_MAX_MEMORY  # what the run saw the caller hold
     moved = 64 << 20  # what the process holds moves meanwhile (the allocator gives pages back)
-    assert before - moved + DEFAULT_MAX_MEMORY <= summary.max_memory_bytes
-    assert summary.max_memory_bytes <= current_rss() + DEFAULT_MAX_MEMORY
+    assert before - moved <= held <= max(before, current_rss()) + moved
     given = batch(models["mlp"], tmp_path / "x.npy", tmp_path / "again", max_memory="3GiB")
     assert given.max_memory_bytes == 3 << 30
 
