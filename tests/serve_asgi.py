@@ -49,10 +49,12 @@ class InProcess:
         method: str,
         path: str,
         body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """(status, response headers with lower-case names, body)."""
-        call = self.client.request(method, path, content=body, headers=dict(headers or {}))
+        """(status, response headers with lower-case names, body); ``headers`` as pairs may
+        repeat a name."""
+        given = headers if isinstance(headers, list) else dict(headers or {})
+        call = self.client.request(method, path, content=body, headers=given)
         response = self.run(call)
         return response.status_code, dict(response.headers), response.content
 

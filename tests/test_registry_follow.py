@@ -85,13 +85,18 @@ def _current(dest: Path) -> int | None:
 
 
 def _get(
-    base: str, path: str, headers: dict[str, str] | None = None
+    base: str, path: str, headers: dict[str, str] | list[tuple[str, str]] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """One raw request: the path goes out exactly as written (no dot-segment clean-up)."""
+    """One raw request: the path goes out exactly as written (no dot-segment clean-up);
+    ``headers`` as pairs may repeat a name."""
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        pairs = headers.items() if isinstance(headers, dict) else headers or []
+        for name, value in pairs:
+            conn.putheader(name, value)
+        conn.endheaders()
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -357,6 +362,9 @@ def test_registry_serve_wants_its_api_key(channel: Channel) -> None:
         assert _get(base, "/v1/nothing")[0] == 401  # 401 before 404
         bearer = {"Authorization": f"Bearer {KEY}"}
         assert json.loads(_get(base, "/v1/models", bearer)[2]) == {"models": ["m"]}
+        twice = [("Authorization", f"Bearer {KEY}"), ("Authorization", "Bearer wrong")]
+        status, _, body = _get(base, "/v1/models", twice)
+        assert status == 400 and b"2 Authorization headers; send one" in body, body
         with pytest.raises(InputError, match="wants an API key"):
             follow_once(base, "m", "production", channel.dest)
         assert follow_once(base, "m", "production", channel.dest, api_key=KEY).version == 1

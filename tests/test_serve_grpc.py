@@ -292,7 +292,7 @@ def test_bad_input_is_invalid_argument_with_rests_message(
 
 
 def test_keys_come_in_the_authorization_metadata(
-    client: Any, caplog: pytest.LogCaptureFixture
+    client: Any, stub: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     x = np.ones((1, 4), np.float32)
     tensor = grpcclient.InferInput("x", [1, 4], "FP32")
@@ -309,6 +309,11 @@ def test_keys_come_in_the_authorization_metadata(
     assert [e["status"] for e in lines] == ["UNAUTHENTICATED"] * 4 + ["OK"], lines
     assert lines[-1]["protocol"] == "grpc" and lines[-1]["method"] == "ModelInfer"
     assert lines[-1]["model"] == "affine" and lines[-1]["client"] == "127.0.0.1"
+    twice = (("authorization", f"Bearer {KEY}"), ("authorization", "Bearer wrong"))
+    with pytest.raises(grpc.RpcError) as caught:  # tritonclient sends a dict: one of each name
+        stub.ModelInfer(service_pb2.ModelInferRequest(model_name="affine"), metadata=twice)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "the request has 2 Authorization headers; send one" in str(caught.value.details())
 
 
 def test_deadlines_are_deadline_exceeded_and_stop_the_run(client: Any) -> None:
@@ -468,3 +473,22 @@ def test_a_body_limit_past_grpcs_own_is_held_to_it(tmp_path: Path) -> None:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
         channel.close()
+
+
+def test_malformed_calls_get_client_codes_and_the_server_keeps_serving() -> None:
+    """benchmarks/grpc_fuzz.py on a server of its own: every field of a ModelInferRequest made
+    wrong one at a time (names, datatypes, shapes, raw and typed contents, parameters,
+    outputs), bad keys, every other RPC with bad names, and random mixes of those: each call
+    ends in a client-error code (never INTERNAL or UNKNOWN), a bad key is never let through,
+    and valid calls in between still answer right."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from grpc_fuzz import run_fuzz
+    finally:
+        sys.path.remove(benchmarks)
+    fuzz = run_fuzz(random_calls=300, seed=3)
+    assert fuzz.findings == [], fuzz.findings
+    assert fuzz.calls > 1000
+    for code in ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "UNIMPLEMENTED"):
+        assert fuzz.codes.get(code, 0) > 0, fuzz.codes

@@ -156,6 +156,18 @@ def test_keys_from_a_file_guard_every_route_but_health(model: Path, tmp_path: Pa
         assert app_status(app, index, f"Bearer {OTHER}", "POST") == 200
 
 
+def test_two_authorization_headers_are_refused_whichever_is_right(model: Path) -> None:
+    """A request with two Authorization headers is refused (400), not judged by its first:
+    a proxy in front may have read the other one."""
+    with in_process(model, settings=ServeSettings(api_keys=(GOOD,))) as app:
+        for pair in ([GOOD, OTHER], [OTHER, GOOD], [GOOD, GOOD]):
+            headers = [("Authorization", f"Bearer {key}") for key in pair]
+            status, _, body = app.exchange("GET", "/v2/models/m", headers=headers)
+            assert status == 400, body
+            assert b"the request has 2 Authorization headers; send one" in body
+        assert app_status(app, "/v2/models/m", f"Bearer {GOOD}") == 200
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 

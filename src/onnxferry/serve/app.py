@@ -31,11 +31,10 @@ the same methods over the same repository, metrics, keys and byte budget.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import FerryError, InputError
@@ -55,6 +54,7 @@ from .catalog import ModelNotFound
 from .endpoint import Call, Reply, cut, error_text, lookup
 from .explaining import Explaining
 from .infer import Inference
+from .keys import check_bearer
 from .metadata import model_metadata, triton_config
 from .metrics import ServeMetrics
 from .openapi import openapi_document
@@ -367,18 +367,15 @@ class ServeApp:
         more = f" (and {len(unready) - 1} more models)" if len(unready) > 1 else ""
         return f"model {name!r} serves no version: {reason}{more}"
 
-    def authorize(self, auth: Auth, authorization: bytes) -> None:
-        """HttpError 401 unless ``authorization`` (the Authorization header's value, or gRPC's
-        ``authorization`` metadata) carries a key ``auth`` takes, when the server has such
-        keys; 403 for the repository API when it is off."""
+    def authorize(self, auth: Auth, authorization: Sequence[bytes]) -> None:
+        """HttpError 401 unless ``authorization`` (the Authorization headers' values, or gRPC's
+        ``authorization`` metadata) is one key ``auth`` takes, when the server has such keys
+        (``keys.check_bearer``); 403 for the repository API when it is off."""
         if auth == "open":
             return
         keys = self._keys if auth == "api" else self._repo_keys
         if keys:
-            scheme, _, token = authorization.partition(b" ")
-            if scheme.lower() != b"bearer" or not any(hmac.compare_digest(token, k) for k in keys):
-                text = "missing or wrong API key; send Authorization: Bearer KEY"
-                raise HttpError(401, text, "auth")
+            check_bearer(authorization, keys)
         if auth == "repository" and not self.settings.repository_api:
             text = "the repository API is off; start the server with --repository-api"
             raise HttpError(403, text, "off")
@@ -388,8 +385,7 @@ class ServeApp:
     def _authorize(self, scope: Scope, auth: Auth) -> None:
         """``authorize`` with the request's Authorization header."""
         if auth != "open":
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            self.authorize(auth, given)
+            self.authorize(auth, [v for k, v in scope["headers"] if k == b"authorization"])
 
 
 T = TypeVar("T")

@@ -385,8 +385,8 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[
         start = time.perf_counter()
         try:
             metadata = context.invocation_metadata() or ()
-            given = next((v for k, v in metadata if k == "authorization"), "")
-            self.app.authorize(auth, given.encode() if isinstance(given, str) else given)
+            given = [v for k, v in metadata if k == "authorization"]
+            self.app.authorize(auth, [v.encode() if isinstance(v, str) else v for v in given])
             if auth != "open" and not self.app.started.is_set():
                 raise HttpError(503, "the models are still loading; retry", "unavailable")
             message, version = await answer()

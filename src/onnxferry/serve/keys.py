@@ -7,18 +7,39 @@ A key is at least ``MIN_KEY_LENGTH`` printable ASCII characters without spaces: 
 would match ``Authorization: Bearer`` alone. ``env_keys("FERRY_KEYS")`` takes them from an
 environment variable instead, separated by whitespace; a variable that is unset or empty is
 refused, so a key that went missing does not let requests through.
+
+    check_bearer([b"Bearer s3cret-0123456789"], (b"s3cret-0123456789",))  # HttpError 401 if not
+
+``check_bearer`` is the one check of a request's ``Authorization`` values (REST's headers,
+gRPC's metadata, the registry's HTTP server): exactly one, ``Bearer`` and a key, compared in
+constant time. Two of them are refused (400) rather than one picked: a proxy in front may
+read the other.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from .asgi import HttpError
 from .settings import ServeSettings
 
 MIN_KEY_LENGTH = 16
+
+
+def check_bearer(given: Sequence[bytes], keys: Sequence[bytes]) -> None:
+    """HttpError 401 unless ``given`` (every ``Authorization`` value of a request) is one
+    ``Bearer KEY`` with a key of ``keys``; 400 when a request sends more than one."""
+    if len(given) > 1:
+        text = f"the request has {len(given)} Authorization headers; send one"
+        raise HttpError(400, text, "auth")
+    scheme, _, token = (given[0] if given else b"").partition(b" ")
+    if scheme.lower() != b"bearer" or not any(hmac.compare_digest(token, k) for k in keys):
+        raise HttpError(401, "missing or wrong API key; send Authorization: Bearer KEY", "auth")
 
 
 def read_keys(path: str | Path) -> tuple[str, ...]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -45,7 +44,7 @@ from ..registry.records import NAME
 from ..registry.store import CHUNK
 from .asgi import HttpError, Receive, Scope, Send, respond, respond_error
 from .endpoint import MAX_VERSION_DIGITS, cut, error_text
-from .keys import check_keys
+from .keys import check_bearer, check_keys
 from .server import ServerOptions, run_until_signal, running_in_thread
 
 log = logging.getLogger("onnxferry.serve")
@@ -138,14 +137,8 @@ class RegistryApp:
 
     def _authorize(self, scope: Scope) -> None:
         """401 unless the request carries one of the keys (when there are any)."""
-        if not self._keys:
-            return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not any(
-            hmac.compare_digest(token, k) for k in self._keys
-        ):
-            raise HttpError(401, "missing or wrong API key; send Authorization: Bearer KEY", "auth")
+        if self._keys:
+            check_bearer([v for k, v in scope["headers"] if k == b"authorization"], self._keys)
 
     def _model(self, name: str) -> dict[str, Any]:
         versions = self.registry.versions(name)
