@@ -177,6 +177,28 @@ def test_errors_are_one_line_and_the_server_serves_on(client: Any, regions: dict
     client.unregister_system_shared_memory("never-registered")  # no error, as in Triton
 
 
+def test_an_object_made_smaller_is_a_400_not_a_dead_server(
+    client: Any, regions: dict[str, Any]
+) -> None:
+    """A client that makes its object smaller after registering it (ftruncate, or opening the
+    key again with a smaller size): touching the mapping's pages past the new end would kill
+    the server with SIGBUS. Each use checks the file's size first."""
+    register(client, regions)
+    for name in ("x", "y"):
+        path = Path("/dev/shm") / regions[name]._shm_key.lstrip("/")
+        os.truncate(path, 8)
+        try:
+            word = "input 'x'" if name == "x" else "output 'y'"
+            fails(lambda: infer_shared(client, regions), word, "has shrunk to 8 bytes")
+            serves(client)
+        finally:
+            os.truncate(path, NBYTES)  # its size again for the next case
+            shm.set_shared_memory_region(regions["x"], [X])
+    infer_shared(client, regions)
+    y = shm.get_contents_as_numpy(regions["y"], np.float32, [3, 4])
+    np.testing.assert_array_equal(y, 2 * X + 1)
+
+
 def test_registration_needs_the_api_key(model: Path, regions: dict[str, Any]) -> None:
     key = "k" * 16
     with running(model, settings=ServeSettings(api_keys=(key,), shared_memory="system")) as url:

@@ -21,7 +21,10 @@ Off by default (``ServeSettings.shared_memory``): a client that can register a r
 the server map a file of its choosing and write outputs into it, so it is for a trusted client
 on the same host. Keys must name a file directly under /dev/shm (no ``/`` past the leading
 one, no ``..``), registration needs the API keys like inference, and every offset and size is
-checked against the region and the file. Errors are ProtocolError (HTTP 400).
+checked against the region and the file, the file's size again at each use (a client that
+creates the key again, smaller, gets a 400, not a server killed by SIGBUS). Only a client
+that shrinks the file while a request is using its bytes can still stop the server; that is
+why the extension is for trusted clients. Errors are ProtocolError (HTTP 400).
 """
 
 from __future__ import annotations
@@ -181,6 +184,15 @@ class SharedMemory:
                     f"{what}: shared_memory_offset {ref.offset} + shared_memory_byte_size "
                     f"{ref.byte_size} is past the end of region {ref.region!r} "
                     f"({region.byte_size} bytes)"
+                )
+            # Touching a page past the end of a file the client shrank (or created again,
+            # smaller, under the same key) would kill the server with SIGBUS.
+            size, needed = region.mapping.size(), region.offset + region.byte_size
+            if size < needed:
+                raise ProtocolError(
+                    f"{what}: shared memory key {region.key!r} has shrunk to {size} bytes since "
+                    f"region {ref.region!r} was registered on {needed} of them",
+                    hint="unregister the region and register it again",
                 )
             start = region.offset + ref.offset
             return memoryview(region.mapping)[start : start + ref.byte_size]
