@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -186,3 +188,113 @@ def test_explainers_run_with_blas_on_one_thread() -> None:
             p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
         }
     assert inside == {1}
+
+
+# --- own_weights: a session's own copy of the external data ----------------------------------
+
+
+def _add_external(
+    folder: Path, weights: dict[str, np.ndarray], *, one_file: bool, location: str = "w.bin"
+) -> Path:
+    """y = x + sum of ``weights`` (float[1, 4] each), every initializer in external data."""
+    from onnx import numpy_helper, save_model
+
+    names = list(weights)
+    nodes, previous = [], "x"
+    for i, name in enumerate(names):
+        out = "y" if i == len(names) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Add", [previous, name], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "adds",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (folder / Path(location).parent).mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=one_file,
+               location=location, size_threshold=0)  # fmt: skip
+    return path
+
+
+def _run(session: ort.InferenceSession) -> np.ndarray:
+    return np.asarray(session.run(None, {"x": np.zeros((1, 4), np.float32)})[0])
+
+
+@pytest.mark.parametrize(
+    ("one_file", "location"), [(True, "w.bin"), (True, "weights/w.bin"), (False, "w.bin")]
+)
+def test_own_weights_survive_their_files_truncated_and_overwritten(
+    tmp_path: Path, one_file: bool, location: str
+) -> None:
+    """ONNX Runtime maps external data from the files it is given the path of; an Add reads
+    the mapping at every run, so a file truncated in place killed the process (SIGBUS) and one
+    overwritten changed the answers. ``own_weights`` hands it the files' bytes to copy."""
+    weights = {"a": np.arange(4, dtype=np.float32).reshape(1, 4), "b": np.ones((1, 4), np.float32)}
+    model = Model.load(_add_external(tmp_path, weights, one_file=one_file, location=location))
+    assert len(model.external_files) == (1 if one_file else 2)
+    session = create_session(model, SessionConfig(own_weights=True))
+    want = weights["a"] + weights["b"]
+    np.testing.assert_array_equal(_run(session), want)
+    for file in model.external_files:
+        size = file.stat().st_size
+        os.truncate(file, 0)
+        np.testing.assert_array_equal(_run(session), want)
+        file.write_bytes(b"\x07" * size)
+        np.testing.assert_array_equal(_run(session), want)
+
+
+def test_own_weights_leave_external_data_outside_the_main_graph_mapped(tmp_path: Path) -> None:
+    """ONNX Runtime copies only the main graph's initializers from memory: a model keeping a
+    subgraph's tensor in external data is loaded from its path as before, and runs right."""
+    from onnx import numpy_helper, save_model
+
+    k = np.full((1, 4), 3, np.float32)
+    branch = helper.make_graph(
+        [helper.make_node("Add", ["x", "k"], ["out"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(k, "k")],
+    )
+    neg = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["out2"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("out2", TensorProto.FLOAT, [1, 4])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=neg)],
+        "if",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "model.onnx"
+    save_model(proto, str(path), save_as_external_data=True, location="k.bin", size_threshold=0)
+    model = Model.load(path)
+    assert model.external_files
+    session = create_session(model, SessionConfig(own_weights=True))
+    feeds = {"x": np.ones((1, 4), np.float32), "c": np.array(True)}
+    np.testing.assert_array_equal(session.run(None, feeds)[0], np.full((1, 4), 4, np.float32))
+
+
+def test_own_weights_past_half_the_free_memory_are_mapped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxferry.runtime as runtime
+
+    weights = {"a": np.arange(4, dtype=np.float32).reshape(1, 4)}
+    model = Model.load(_add_external(tmp_path, weights, one_file=True))
+    monkeypatch.setattr(runtime, "available_memory", lambda: 20)  # bytes: under twice 16
+    with caplog.at_level(logging.WARNING, logger="onnxferry"):
+        session = create_session(model, SessionConfig(own_weights=True))
+    np.testing.assert_array_equal(_run(session), weights["a"])
+    [record] = [r for r in caplog.records if "mapped from its files" in r.getMessage()]
+    assert "write a new version instead" in record.getMessage()

@@ -551,3 +551,29 @@ def test_load_and_unload(tmp_path: Path) -> None:
             repo.get("a")
 
     asyncio.run(main())
+
+
+def test_external_data_copied_over_a_served_version_neither_kills_nor_changes_it(
+    tmp_path: Path,
+) -> None:
+    """ONNX Runtime maps a model's external data from its files. A served version's data
+    file truncated in place (``cp`` over it) killed the whole server with SIGBUS at its next
+    run, and one overwritten changed the answers before any reload. The server's sessions
+    hold their own copy: the version answers as loaded until the poll loads the new files."""
+    folder = tmp_path / "a" / "1"
+    folder.mkdir(parents=True)
+    onnx.save(add_model(1), str(folder / "model.onnx"), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)  # fmt: skip
+    data = folder / "model.onnx.data"
+    repo = Repository.open(tmp_path, config=SMALL)
+
+    async def main() -> None:
+        assert await answer(repo, "a") == 1
+        os.truncate(data, 0)  # what cp does first
+        assert await answer(repo, "a") == 1
+        data.write_bytes(np.full(4, 5, np.float32).tobytes())
+        assert await answer(repo, "a") == 1
+        assert await settle(repo) == ["a/1 loaded"]
+        assert await answer(repo, "a") == 5
+
+    serving(repo, main)

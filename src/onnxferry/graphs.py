@@ -36,6 +36,7 @@ from .safety import (
     ExternalRef,
     check_external_data,
     iter_tensors,
+    read_data_file,
     read_external_data,
     uses_external_data,
 )
@@ -451,6 +452,23 @@ def inlined(model: Model, proto: onnx.ModelProto | None = None) -> onnx.ModelPro
     source = model.proto if proto is None else proto
     refs = external_refs(source, None if model.path is None else model.path.parent)
     return read_in(source, refs) if refs else copy_model(source)
+
+
+def external_file_contents(model: Model) -> dict[str, bytes]:
+    """The whole of each external data file of ``model`` by its location as the model writes
+    it, re-checked as ``Model.load`` checks them; {} for a model without a file or external
+    data. ONNX Runtime takes them in memory
+    (``SessionOptions.add_external_initializers_from_files_in_memory``) and copies them, so the
+    session no longer reads the files.
+
+        contents = external_file_contents(model)      # {"model.onnx.data": b"..."}
+    """
+    if model.path is None:
+        return {}
+    first: dict[str, ExternalRef] = {}
+    for ref in external_refs(model.proto, model.path.parent):
+        first.setdefault(ref.location, ref)
+    return {location: read_data_file(ref) for location, ref in first.items()}
 
 
 def model_from_contents(contents: Mapping[str, bytes], model_file: str, *, where: str) -> Model:

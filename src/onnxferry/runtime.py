@@ -37,9 +37,12 @@ from .errors import (
     UsageError,
     one_line,
 )
+from .graphs import external_file_contents
 from .locales import locale_error
 from .model import Model
 from .ort_crashes import known_crashes
+from .report import human_size
+from .safety import iter_tensors, uses_external_data
 from .signature import Signature
 
 if TYPE_CHECKING:
@@ -147,6 +150,12 @@ class SessionConfig:
     """Run with denormal floats flushed to zero (``denormals``): None as the model is marked
     (``optimize``'s flush_denormals pass marks it where that was faster), True or False
     whatever the model says."""
+    own_weights: bool = False
+    """Give ONNX Runtime the model's external data files in memory, to copy, rather than their
+    paths, which it maps: a long-lived session (a server's) then cannot be killed (SIGBUS on
+    a page past the end of a file truncated in place) or see its weights change when someone
+    copies new files over the ones it loaded. The files are held twice while the session is
+    made; past half the available memory they are mapped as before, with a warning."""
 
     def flushes(self, model: Model | None) -> bool:
         """Whether sessions of ``model`` under this config flush denormals."""
@@ -252,7 +261,7 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
             if "CUDAExecutionProvider" in built:
                 providers.append("CUDAExecutionProvider")
         providers.append("CPUExecutionProvider")
-    source = _session_source(model)
+    source, held = _session_source(model, opts if config.own_weights else None)
     crashes = known_crashes(model, config.graph_optimization)
     for crash in crashes:
         log.debug("turned off onnxruntime's %s: %s", crash.optimizer, crash.why)
@@ -265,6 +274,7 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
                 disabled_optimizers=[crash.optimizer for crash in crashes],
             )
     except Exception as e:
+        del held
         where = model.path or model.name
         too_new = version_problem(model.proto.ir_version, model.opset_imports)
         if too_new:
@@ -283,6 +293,7 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
             f"onnxruntime cannot load {where}: {message}",
             hint="run `ferry check` on the model for details",
         ) from e
+    del held  # ONNX Runtime has copied them
     active = session.get_providers()[0]
     if active != wanted:
         log.warning("provider %r was not used; session runs on %s", config.provider, active)
@@ -322,10 +333,49 @@ def _openvino_session(
         return create_session(model, _on_cpu(config))
 
 
-def _session_source(model: Model) -> str | bytes:
-    if model.path is not None and model.path.is_file():
-        return str(model.path)
-    return bytes(model.proto.SerializeToString())
+def _session_source(
+    model: Model, own_weights: ort.SessionOptions | None = None
+) -> tuple[str | bytes, list[bytes]]:
+    """What ONNX Runtime loads ``model`` from (its file, else its bytes), and the buffers to
+    keep alive until the session is made. With ``own_weights`` (the session's options), a
+    model with external data comes as its bytes and the files' contents go into those options
+    (``SessionConfig.own_weights``); ONNX Runtime copies them while it makes the session."""
+    if model.path is None or not model.path.is_file():
+        return bytes(model.proto.SerializeToString()), []
+    if own_weights is not None and model.external_files:
+        contents = _weights_in_memory(model)
+        if contents:
+            buffers = list(contents.values())
+            own_weights.add_external_initializers_from_files_in_memory(
+                list(contents), buffers, [len(b) for b in buffers]
+            )
+            return bytes(model.proto.SerializeToString()), buffers
+    return str(model.path), []
+
+
+def _weights_in_memory(model: Model) -> dict[str, bytes] | None:
+    """``graphs.external_file_contents``, or None where ONNX Runtime would not take them
+    (external data outside the main graph's initializers: in a subgraph, a Constant) or,
+    with a warning, where holding them twice would take more than half the memory
+    available."""
+    proto = model.proto
+    if sum(uses_external_data(site.tensor) for site in iter_tensors(proto)) != sum(
+        uses_external_data(t) for t in proto.graph.initializer
+    ):
+        return None
+    size = sum(p.stat().st_size for p in model.external_files)
+    room = available_memory()
+    if room is not None and 2 * size > room:
+        log.warning(
+            "%s: its external data (%s) is mapped from its files, not copied (%s of memory "
+            "available): copying other files over them while it runs would stop the process; "
+            "write a new version instead",
+            model.path,
+            human_size(size),
+            human_size(room),
+        )
+        return None
+    return external_file_contents(model)
 
 
 _ORT_NOISE = re.compile(

@@ -105,6 +105,15 @@ def read_external_data(ref: ExternalRef) -> bytes:
     return data
 
 
+def read_data_file(ref: ExternalRef) -> bytes:
+    """The whole data file ``ref`` points into (what ONNX Runtime takes in memory, offsets
+    and all), opened without following links, after checking it still holds ``ref``'s bytes."""
+    with open(_open_nofollow(ref), "rb") as f:
+        _seek(ref, f)
+        f.seek(0)
+        return f.read()
+
+
 def copy_external_data(ref: ExternalRef, dst: BinaryIO) -> int:
     """Stream the bytes ``ref`` points to into ``dst`` (16 MiB at a time); returns the count."""
     with open(_open_nofollow(ref), "rb") as f:

@@ -396,6 +396,7 @@ class ModelExecutor:
                 config, {"session.intra_op.allow_spinning": "1" if config.spin else "0"}
             ),
             fallback=False,  # a server asked for a provider runs on it or does not load
+            own_weights=True,  # files copied over a served version cannot reach its sessions
             precision=config.precision,
             engine_cache=None if config.engine_cache is None else Path(config.engine_cache),
             calibration_table=(
