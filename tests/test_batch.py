@@ -590,3 +590,36 @@ def test_a_time_major_recurrent_model_runs_its_rows_along_the_named_batch(
     unnamed = save(recurrent(("s0", "s1")), tmp_path / "unnamed.onnx")
     with pytest.raises(UsageError, match="runs along its first axis as a sequence"):
         batch(unnamed, _npy(tmp_path, x), tmp_path / "refused")
+
+
+def test_a_models_external_data_truncated_mid_run_changes_nothing(tmp_path: Path) -> None:
+    """ONNX Runtime would map the weights from the data file and an Add reads them at every
+    run: truncating the file in the middle of a run (a new export copied over it) killed the
+    process with SIGBUS. Each worker's session holds its own copy (own_weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = np.arange(4, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "k"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(k, "k")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m.data", size_threshold=0)  # fmt: skip
+    x = _rows(4000)
+    np.save(tmp_path / "x.npy", x)
+    truncated: list[int] = []
+
+    def cut(progress: BatchProgress) -> None:
+        if progress.done and not truncated:
+            os.truncate(tmp_path / "m.data", 0)
+            truncated.append(progress.done)
+
+    summary = batch(tmp_path / "m.onnx", tmp_path / "x.npy", tmp_path / "out", batch_size=10,
+                    shard_rows=100, progress=cut)  # fmt: skip
+    assert summary.rows == 4000 and truncated and truncated[0] <= 2000
+    np.testing.assert_array_equal(read_output(tmp_path / "out")["y"], x + k)

@@ -60,9 +60,10 @@ class _Done:
 def session_config(provider: str, threads: int | None) -> SessionConfig:
     """Each worker's session (a Ray actor's too): ``threads`` intra-op threads that do not
     spin between runs (a spinning thread burns a core the reader, the writer or another
-    session needs)."""
+    session needs), with its own copy of the model's external data (a run of hours outlives
+    edits to the files: ``SessionConfig.own_weights``)."""
     entries = {"session.intra_op.allow_spinning": "0"}
-    return SessionConfig(provider=provider, threads=threads, entries=entries)
+    return SessionConfig(provider=provider, threads=threads, entries=entries, own_weights=True)
 
 
 def _runners(job: Job) -> list[OrtRunner]:
