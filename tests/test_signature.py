@@ -77,6 +77,7 @@ def test_signature_reads_dtypes_and_symbolic_dims() -> None:
     assert sig.to_dict()["inputs"][0] == {
         "name": "f",
         "dtype": "FLOAT",
+        "kind": "tensor",
         "v2_datatype": "FP32",
         "numpy_dtype": "float32",
         "shape": ["batch", 3],
@@ -261,3 +262,50 @@ def test_output_row_axis_where_the_batch_is_named_or_like_the_input_it_mirrors()
     assert unnamed.output_row_axis("stateN", (2, 4, 128)) == 1
     assert unnamed.output_row_axis("output", (4, 1)) == 0
     assert unnamed.output_row_axis("stateN", (3, 4, 128)) == 0  # not shaped like the state
+
+
+def _value(name: str, type_proto: onnx.TypeProto) -> onnx.ValueInfoProto:
+    return helper.make_value_info(name, type_proto)
+
+
+def test_non_tensor_types_have_their_kind_and_type_text() -> None:
+    """An optional tensor reads as its element (an array feeds it); sequences, maps and
+    sparse tensors keep object dtype and no shape, and say what they are."""
+    float_rows = helper.make_tensor_type_proto(TensorProto.FLOAT, ["n", 4])
+    cases = {
+        "opt": (helper.make_optional_type_proto(float_rows), "optional", "optional(FLOAT)"),
+        "seq": (helper.make_sequence_type_proto(float_rows), "sequence", "seq(tensor(FLOAT))"),
+        "map": (
+            helper.make_map_type_proto(TensorProto.STRING, float_rows),
+            "map",
+            "map(STRING, tensor(FLOAT))",
+        ),
+        "sparse": (
+            helper.make_sparse_tensor_type_proto(TensorProto.FLOAT, [3, 3]),
+            "sparse tensor",
+            "sparse_tensor(FLOAT)",
+        ),
+        "opt_seq": (
+            helper.make_optional_type_proto(helper.make_sequence_type_proto(float_rows)),
+            "optional sequence",
+            "optional(seq(tensor(FLOAT)))",
+        ),
+    }
+    for name, (type_proto, kind, text) in cases.items():
+        spec = TensorSpec.from_value_info(_value(name, type_proto))
+        assert (spec.kind, spec.type_text) == (kind, text), name
+        assert spec.to_dict()["dtype"] == text and spec.to_dict()["kind"] == kind
+    opt = TensorSpec.from_value_info(_value("opt", cases["opt"][0]))
+    assert opt.is_array and opt.dtype.onnx_name == "FLOAT" and opt.shape == ("n", 4)
+    nested = TensorSpec.from_value_info(_value("opt_seq", cases["opt_seq"][0]))
+    assert not nested.is_array and nested.shape is None  # no array stands for it either
+    plain = TensorSpec.from_value_info(helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]))
+    assert (plain.kind, plain.type_text, plain.is_array) == ("tensor", "FLOAT", True)
+
+
+def test_a_sequence_input_is_refused_in_one_line_when_fed() -> None:
+    seq = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, ["n", 4])
+    spec = TensorSpec.from_value_info(seq)
+    sig = Signature((spec,), ())
+    with pytest.raises(FeedError, match=r"input 'xs' is a sequence \(seq\(tensor\(FLOAT\)\)\)"):
+        sig.validate({"xs": np.ones((2, 4), np.float32)})

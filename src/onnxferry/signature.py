@@ -172,6 +172,33 @@ class TensorSpec:
     dtype: DType
     shape: tuple[Dim, ...] | None
     written: tuple[Dim, ...] | None = field(default=None, compare=False, repr=False)
+    kind: str = "tensor"
+    """"tensor"; "optional" for an optional tensor (``dtype`` and ``shape`` are its
+    element's, and a tensor feeds it); "sequence", "map", "sparse tensor", "optional
+    sequence"... or "opaque" for the types no array stands for (object dtype, unknown shape;
+    ``type_text`` spells them)."""
+    onnx_type: str | None = field(default=None, compare=False, repr=False)
+    """The ONNX type as text for the kinds no array stands for, e.g. "seq(tensor(FLOAT))"."""
+
+    @property
+    def is_array(self) -> bool:
+        """Whether an array feeds it (a tensor, or an optional tensor)."""
+        return self.kind in ("tensor", "optional")
+
+    def not_an_array(self) -> FeedError:
+        """The one line for an input no array stands for (``is_array`` false)."""
+        return FeedError(
+            f"input {self.name!r} is a {self.kind} ({self.type_text}), not a tensor: no array "
+            "stands for it, so ferry can neither make nor read inputs for it",
+            hint="export the model with tensor inputs (a sequence as one stacked tensor)",
+        )
+
+    @property
+    def type_text(self) -> str:
+        """The element type, e.g. "FLOAT", "optional(FLOAT)", "seq(tensor(FLOAT))"."""
+        if self.kind == "optional":
+            return f"optional({self.dtype.onnx_name})"
+        return self.onnx_type or self.dtype.onnx_name
 
     @property
     def v2_datatype(self) -> str | None:
@@ -220,7 +247,8 @@ class TensorSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "dtype": self.dtype.onnx_name,
+            "dtype": self.type_text,
+            "kind": self.kind,
             "v2_datatype": self.dtype.v2,
             "numpy_dtype": str(self.dtype.numpy),
             "shape": None if self.shape is None else list(self.shape),
@@ -234,15 +262,26 @@ class TensorSpec:
 
     @classmethod
     def from_value_info(cls, info: onnx.ValueInfoProto) -> TensorSpec:
-        """Spec from a graph input/output; non-tensor types (sequences, maps) get STRING-less
-        object dtype and unknown shape."""
+        """Spec from a graph input/output; an optional tensor as its element (kind
+        "optional"); other non-tensor types (sequences, maps) get object dtype, unknown shape
+        and their kind."""
         name = proto_text(info.name)
-        tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
+        which = info.type.WhichOneof("value")
+        kind = "tensor"
+        tensor_type = info.type.tensor_type if which == "tensor_type" else None
+        if which == "optional_type":
+            element = info.type.optional_type.elem_type
+            if element.WhichOneof("value") == "tensor_type":
+                kind, tensor_type = "optional", element.tensor_type
         if tensor_type is None:
-            return cls(name, _OBJECT, None)
+            kind = _KINDS.get(which or "", "opaque")
+            if which == "optional_type":  # of a sequence, a map...
+                inner = info.type.optional_type.elem_type.WhichOneof("value") or ""
+                kind = f"optional {_KINDS.get(inner, 'opaque')}"
+            return cls(name, _OBJECT, None, kind=kind, onnx_type=type_text(info.type))
         dtype = _BY_ONNX.get(tensor_type.elem_type, _OBJECT)
         if not tensor_type.HasField("shape"):
-            return cls(name, dtype, None)
+            return cls(name, dtype, None, kind=kind)
         written: list[Dim] = []
         for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):
@@ -252,7 +291,32 @@ class TensorSpec:
             else:
                 written.append(None)
         shape = tuple(_normalized(d) for d in written)
-        return cls(name, dtype, shape, None if shape == tuple(written) else tuple(written))
+        kept = None if shape == tuple(written) else tuple(written)
+        return cls(name, dtype, shape, kept, kind=kind)
+
+
+_KINDS = {
+    "sequence_type": "sequence",
+    "map_type": "map",
+    "optional_type": "optional",
+    "sparse_tensor_type": "sparse tensor",
+}
+
+
+def type_text(t: onnx.TypeProto) -> str:
+    """An ONNX type as text: "FLOAT", "seq(tensor(FLOAT))", "map(STRING, FLOAT)"..."""
+    which = t.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        elem = _BY_ONNX.get(getattr(t, which).elem_type, _OBJECT).onnx_name
+        return f"tensor({elem})" if which == "tensor_type" else f"sparse_tensor({elem})"
+    if which == "sequence_type":
+        return f"seq({type_text(t.sequence_type.elem_type)})"
+    if which == "optional_type":
+        return f"optional({type_text(t.optional_type.elem_type)})"
+    if which == "map_type":
+        key = _BY_ONNX.get(t.map_type.key_type, _OBJECT).onnx_name
+        return f"map({key}, {type_text(t.map_type.value_type)})"
+    return which or "unknown"
 
 
 def proto_text(value: object) -> str:
@@ -412,6 +476,8 @@ class Signature:
 
 
 def _validate_one(spec: TensorSpec, value: Any, bound: dict[str, tuple[int, str]]) -> None:
+    if not spec.is_array:
+        raise spec.not_an_array()
     if not isinstance(value, np.ndarray):
         raise FeedError(
             f"input {spec.name!r} is a {type(value).__name__}, not a numpy array",

@@ -260,6 +260,8 @@ def _check_kind(spec: TensorSpec, kind: str, sample_shape: tuple[int, ...]) -> b
 def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     """The array in the input's element type, when that loses nothing of its kind (float to
     float, integer to integer); FeedError otherwise."""
+    if not spec.is_array:
+        raise spec.not_an_array()
     want = spec.dtype.numpy
     if array.dtype == want:
         return array

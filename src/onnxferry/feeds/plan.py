@@ -320,6 +320,8 @@ def _given(
 def _shapes(signature: Signature, sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for spec in signature.inputs:
+        if not spec.is_array:
+            raise spec.not_an_array()
         if spec.shape is None:
             raise FeedError(
                 f"input {spec.name!r} has an unknown rank, so no input can be made for it",

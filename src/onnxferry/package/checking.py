@@ -35,7 +35,7 @@ def check_feeds(
     try:
         feeds, plan = feed_sets(model, inputs, count=samples, where=f"--set inputs={inputs}")
     except FeedError as e:  # no inputs can be made (an input of unknown rank): say how to give them
-        if inputs is not None:
+        if inputs is not None or not all(s.is_array for s in model.signature.inputs):
             raise
         raise FeedError(e.message, hint="give inputs to check on: --set inputs=FILE") from e
     if plan is not None and plan.guessed:

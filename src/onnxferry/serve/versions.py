@@ -103,6 +103,7 @@ def _build(
     file: Path | None,
 ) -> ModelVersion:
     """The executor of a loaded model, checked against ``predecessor`` and warmed up."""
+    check_carried(model)
     if predecessor is not None and not config.allow_signature_change:
         check_signature(model.signature, predecessor.executor.signature, predecessor.version)
     executor = ModelExecutor(model, config, name=name, version=version)
@@ -111,6 +112,18 @@ def _build(
     except Exception as e:
         raise WarmupFailed(executor, e) from e
     return ModelVersion(name, version, model, config, executor)
+
+
+def check_carried(model: Model) -> None:
+    """ModelLoadError naming the first input no V2 request can carry (a sequence, a map, a
+    complex or float8 tensor): every request needs every input, so none could run it."""
+    for spec in model.signature.inputs:
+        if not spec.is_array or spec.dtype.v2 is None:
+            raise ModelLoadError(
+                f"input {spec.name!r} is {spec.type_text}, which the V2 protocol cannot carry, "
+                "so no request could run the model",
+                hint="export the model with tensor inputs of a V2 datatype",
+            )
 
 
 def load_signed(file: Path, public_key: Path) -> Model:
