@@ -243,6 +243,23 @@ def _bisect(tmp: Path) -> Names:
     return {"reference": reference, "candidate": candidate, "feeds": _feeds()}
 
 
+def _legacy_model(tmp: Path) -> Names:
+    """An opset-6 model with a Dropout the reference lacks, and what the example names."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    graph = helper.make_graph(
+        [helper.make_node("Dropout", ["x"], ["y"], is_test=1)], "old", [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+    onnx.checker.check_model(proto)
+    names: Names = {"proto": proto, "opset": 6, "ops": {"Dropout"}}
+    return {**names, "ReferenceEvaluator": ReferenceEvaluator}
+
+
 def _one_model(tmp: Path) -> Names:
     _model("model.onnx")
     return {}
@@ -1511,6 +1528,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.dispatch": _dispatch,
     "onnxferry.convert.factory": _dispatch,
     "onnxferry.convert.onnx": _one_model,
+    "onnxferry.convert.legacy_ops": _legacy_model,
     "onnxferry.convert.sklearn": _sklearn,
     "onnxferry.convert.sklearn.estimators": _sklearn,
     "onnxferry.convert.sklearn.boosters": _boosters,

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..check import unsupported_cpu_ops
 from ..errors import ModelLoadError, one_line
-from ..graphs import copy_model, inlined, value_names
+from ..graphs import copy_model, inlined, iter_graphs, iter_nodes, value_names
 from ..locales import PORTABLE_LOCALE, portable_locales
 from ..model import Model
 from ..runtime import OrtRunner, runtime_limits, unoptimized_runner
@@ -41,9 +41,13 @@ class ReferenceRunner:
     def __init__(self, model: Model) -> None:
         from onnx.reference import ReferenceEvaluator
 
+        from .legacy_ops import legacy_ops
+
         self.model = model
         self.name = f"{model.name}@onnx.reference"
-        self._evaluator = ReferenceEvaluator(model.proto)
+        opset = model.opset_imports.get("ai.onnx", 0)
+        ops = {n.op_type for n in iter_nodes(model.proto) if n.domain in ("", "ai.onnx")}
+        self._evaluator = ReferenceEvaluator(model.proto, new_ops=legacy_ops(opset, ops))
 
     @property
     def signature(self) -> Signature:
@@ -128,13 +132,13 @@ def _reference_implementation(model: Model, load_error: ModelLoadError) -> Refer
 
 def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProto:
     import onnx
-    from onnx import helper, version_converter
+    from onnx import helper
 
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     out = proto
     if current != opset:
         try:
-            out = version_converter.convert_version(proto, opset)
+            out = _convert_version(proto, current, opset)
         except Exception as e:
             raise ConversionError(
                 f"onnx cannot convert the model from opset {current} to {opset}: {one_line(e)}",
@@ -156,6 +160,76 @@ def _retarget(proto: onnx.ModelProto, opset: int, max_ir: int) -> onnx.ModelProt
     if proto.ir_version < 4 <= out.ir_version:
         _weights_not_inputs(out.graph)
     return out
+
+
+def _convert_version(proto: onnx.ModelProto, current: int, opset: int) -> onnx.ModelProto:
+    """onnx's version converter from ``current`` to ``opset``, by way of opset 6 for the first
+    opsets: its adapters past 6 (Add's broadcast, Reshape's shape input) need the shapes of
+    their inputs, which shape inference finds at opset 6 but not at 1 (a broadcasting Add-1
+    stops it). Value infos it leaves without an element type are dropped (ONNX Runtime
+    refuses "tensor data type 0")."""
+    from onnx import shape_inference, version_converter
+
+    if current < 6 < opset:
+        proto = shape_inference.infer_shapes(version_converter.convert_version(proto, 6))
+    elif current <= 6 < opset:
+        proto = shape_inference.infer_shapes(proto)
+    if current <= 6 < opset:
+        _explicit_axis_broadcast(proto)
+    out = version_converter.convert_version(proto, opset)
+    for graph in iter_graphs(out):
+        typed = [v for v in graph.value_info if _has_type(v)]
+        if len(typed) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(typed)
+    return out
+
+
+_LEGACY_BROADCAST = {
+    "Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Xor", "Equal", "Greater", "Less",
+}  # fmt: skip
+
+
+def _explicit_axis_broadcast(proto: onnx.ModelProto) -> None:
+    """Binary operators of opsets 1-6 that broadcast a weight B from ``axis`` (Caffe2's bias:
+    A[N, C, H, W] + B[C] at axis 1) get B with trailing ones ([C, 1, 1]) and no ``axis``,
+    which numpy's broadcasting (opset 7) reads the same: onnx's version converter unsqueezes
+    B by one axis too many ([C, 1, 1, 1], giving [C, C, H, W]). Only initializers of the main
+    graph whose A has a known rank (``proto`` has been through shape inference)."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*graph.input, *graph.value_info]
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }
+    weights = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type not in _LEGACY_BROADCAST or "axis" not in attrs or len(node.input) < 2:
+            continue
+        if not ("broadcast" in attrs and attrs["broadcast"].i) or node.input[1] not in weights:
+            continue
+        b, rank = numpy_helper.to_array(weights[node.input[1]]), ranks.get(node.input[0])
+        if rank is None or not 0 < b.ndim < rank:
+            continue
+        ones = rank - attrs["axis"].i % rank - b.ndim
+        name = f"{node.input[1]}__axis{attrs['axis'].i}"
+        if ones > 0 and name not in weights:
+            weights[name] = numpy_helper.from_array(b.reshape(b.shape + (1,) * ones), name)
+            graph.initializer.append(weights[name])
+            if proto.ir_version < 4:  # initializers are inputs too there
+                graph.input.append(helper.make_tensor_value_info(
+                    name, weights[name].data_type, weights[name].dims))  # fmt: skip
+        if ones >= 0:
+            node.input[1] = name if ones > 0 else node.input[1]
+            node.attribute.remove(attrs["axis"])
+
+
+def _has_type(value: onnx.ValueInfoProto) -> bool:
+    kind = value.type.WhichOneof("value")
+    return kind != "tensor_type" or value.type.tensor_type.elem_type != 0
 
 
 def _weights_not_inputs(graph: onnx.GraphProto) -> None:
