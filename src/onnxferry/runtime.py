@@ -155,7 +155,9 @@ class SessionConfig:
     paths, which it maps: a long-lived session (a server's) then cannot be killed (SIGBUS on
     a page past the end of a file truncated in place) or see its weights change when someone
     copies new files over the ones it loaded. The files are held twice while the session is
-    made; past half the available memory they are mapped as before, with a warning."""
+    made; past half the available memory they are mapped as before, with a warning. On the
+    CPU provider only: the others (TensorRT builds engines from the model's path) load from
+    the path as before."""
 
     def flushes(self, model: Model | None) -> bool:
         """Whether sessions of ``model`` under this config flush denormals."""
@@ -261,7 +263,8 @@ def create_session(model: Model, config: SessionConfig | None = None) -> ort.Inf
             if "CUDAExecutionProvider" in built:
                 providers.append("CUDAExecutionProvider")
         providers.append("CPUExecutionProvider")
-    source, held = _session_source(model, opts if config.own_weights else None)
+    own = config.own_weights and wanted == "CPUExecutionProvider"
+    source, held = _session_source(model, opts if own else None)
     crashes = known_crashes(model, config.graph_optimization)
     for crash in crashes:
         log.debug("turned off onnxruntime's %s: %s", crash.optimizer, crash.why)
