@@ -120,3 +120,36 @@ def test_health_answers_while_a_large_body_inflates(server: str) -> None:
     )
     assert answer and answer[0][0] == 200, answer
     assert length_of(answer[0][1]) == size
+
+
+def test_a_body_header_given_twice_with_different_values_is_refused(server: str) -> None:
+    """Content-Type, Content-Encoding and Inference-Header-Content-Length say how to read the
+    body: two different values of one (the app took the last, a proxy in front may have read
+    the first) are a 400 naming it; the same value twice reads as one, and the server serves
+    on. (Two Content-Length headers are httptools' to refuse, and are.)"""
+    body, header_length = binary_request(16)
+    cases = {
+        "inference-header-content-length": [str(header_length), str(header_length - 3)],
+        "content-type": ["application/json", "application/octet-stream"],
+        "content-encoding": ["identity", "gzip"],
+    }
+    for name, values in cases.items():
+        for given, status in ((values, 400), ([values[0], values[0]], 200)):
+            conn = connection(server)
+            try:
+                conn.putrequest("POST", "/v2/models/shape/infer")
+                conn.putheader("Content-Length", str(len(body)))
+                if name != "inference-header-content-length":
+                    conn.putheader("Inference-Header-Content-Length", str(header_length))
+                for value in given:
+                    conn.putheader(name, value)
+                conn.endheaders(body)
+                response = conn.getresponse()
+                answer = response.read()
+            finally:
+                conn.close()
+            assert response.status == status, (name, given, answer)
+            if status == 400:
+                assert f"the request has 2 different {name} headers; send one".encode() in answer
+            else:
+                assert length_of(answer) == 16

@@ -92,6 +92,26 @@ class HttpError(Exception):
         self.version = ""
 
 
+BODY_HEADERS = (b"content-type", b"content-encoding", b"inference-header-content-length")
+"""The headers that say how to read a request's body."""
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by name (``dict(scope["headers"])``); HttpError 400 when one of
+    ``BODY_HEADERS`` comes twice with different values, since a proxy in front may have read
+    the body by the other one (Content-Length and Transfer-Encoding are httptools' to
+    refuse)."""
+    raw = scope["headers"]
+    headers = dict(raw)
+    if len(headers) != len(raw):
+        for name in BODY_HEADERS:
+            values = {v for k, v in raw if k == name}
+            if len(values) > 1:
+                text = f"the request has {len(values)} different {name.decode()} headers; send one"
+                raise HttpError(400, text, "bad_request")
+    return headers
+
+
 async def read_body(
     receive: Receive,
     headers: Mapping[bytes, bytes],

@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from ..errors import InputError
-from .asgi import ByteBudget, Hold, HttpError, read_body, respond
+from .asgi import ByteBudget, Hold, HttpError, read_body, request_headers, respond
 from .catalog import Catalog, ModelNotReady
 from .endpoint import Call, Reply, error_text, lookup
 from .executor import DeadlineExceeded, ExecutionError, ExecutorClosed, QueueFull
@@ -290,7 +290,7 @@ class RestExchange:
 
     async def receive(self, served: ModelVersion, hold: Hold) -> tuple[ModelVersion, InferRequest]:
         inference, settings = self.inference, self.inference.settings
-        headers = dict(self.call.scope["headers"])
+        headers = request_headers(self.call.scope)
         header_length = parse_header_length(headers.get(b"inference-header-content-length"))
         body = await read_body(
             self.call.receive,

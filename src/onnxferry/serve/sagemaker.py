@@ -39,7 +39,16 @@ import numpy as np
 
 from ..errors import FeedError
 from ..signature import DType, Signature, TensorSpec, dtype_from_numpy, dtype_from_v2
-from .asgi import ByteBudget, Hold, HttpError, Receive, Send, read_body, respond
+from .asgi import (
+    ByteBudget,
+    Hold,
+    HttpError,
+    Receive,
+    Send,
+    read_body,
+    request_headers,
+    respond,
+)
 from .catalog import Catalog
 from .endpoint import Call, Reply, error_text, lookup
 from .infer import ENCODE_ON_LOOP, Inference
@@ -65,7 +74,7 @@ class Invocations:
     inflight: ByteBudget
 
     async def __call__(self, call: Call) -> Reply:
-        headers = dict(call.scope["headers"])
+        headers = request_headers(call.scope)
         name = self._model(call.scope.get("query_string", b""), headers)
         served = lookup(self.repository, name, None, not_ready=503)
         signature = served.executor.signature
