@@ -749,6 +749,14 @@ def _pass_context(tmp: Path) -> Names:
     return {"model": model, "feeds": feeds, "workdir": workdir, "ctx": PassContext(workdir, feeds)}
 
 
+def _refit(tmp: Path) -> Names:
+    from onnxferry.optimize.channel_surgery import Follower, slice_channels
+    from onnxferry.optimize.weights import Weights
+
+    names = {"Weights": Weights, "Follower": Follower, "slice_channels": slice_channels, "np": np}
+    return {**_pass_context(tmp), **names}
+
+
 def _budget(tmp: Path) -> Names:
     from onnxferry.runtime import OrtRunner
 
@@ -1612,6 +1620,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.optimize.optuna_search": _auto,
     "onnxferry.optimize.output": _pass_context,
     "onnxferry.optimize.prune": _pass_context,
+    "onnxferry.optimize.refit": _refit,
     "onnxferry.optimize.qdq_float": _sensitivity,
     "onnxferry.optimize.quantize": _quantize,
     "onnxferry.optimize.recipe": _catalog,

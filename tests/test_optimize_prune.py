@@ -232,7 +232,12 @@ def test_passes_are_in_the_catalog_with_declared_parameters() -> None:
     assert MagnitudePrune.size_only and not ChannelPrune.size_only
     assert MagnitudePrune.family == ChannelPrune.family == "prune"
     assert [d[0] for d in MagnitudePrune.describe()] == ["sparsity", "op_types", "min_elements"]
-    assert [(d[0], d[2]) for d in ChannelPrune.describe()] == [("ratio", 0.25)]
+    assert [(d[0], d[2]) for d in ChannelPrune.describe()] == [
+        ("ratio", 0.25),
+        ("method", "refit"),
+        ("max_samples", 32),
+        ("max_rows", 16384),
+    ]
     assert MagnitudePrune().params() == {
         "sparsity": 0.5,
         "op_types": ("MatMul", "Gemm", "Conv"),
@@ -248,6 +253,8 @@ def test_passes_are_in_the_catalog_with_declared_parameters() -> None:
         (lambda: MagnitudePrune(op_types=("Add",)), "cannot prune the weights of Add"),
         (lambda: MagnitudePrune(min_elements=0), "min_elements must be >= 1"),
         (lambda: ChannelPrune(ratio=1.0), "ratio must be in [0, 1)"),
+        (lambda: ChannelPrune(method="lasso"), "unknown method 'lasso'"),
+        (lambda: ChannelPrune(max_rows=0), "max_samples and max_rows must be >= 1"),
     ],
 )
 def test_bad_parameters_fail_before_anything_runs(make: object, message: str) -> None:
@@ -363,7 +370,7 @@ def test_nothing_to_prune_is_unchanged_with_a_note(tmp_path: Path) -> None:
 def test_channels_conv_bn_chain_drops_dead_channels_exactly(tmp_path: Path) -> None:
     model = _load(conv_chain(dead1=[1, 5], dead2=[2, 7]), tmp_path / "in" / "model.onnx")
     data = model.path.read_bytes() if model.path else b""
-    result = ChannelPrune(ratio=0.25).apply(model, _ctx(tmp_path))
+    result = ChannelPrune(ratio=0.25, method="l1").apply(model, _ctx(tmp_path))
 
     assert result.changed
     pruned, skipped = result.details["pruned"], result.details["skipped"]
@@ -389,7 +396,7 @@ def test_channels_conv_bn_chain_drops_dead_channels_exactly(tmp_path: Path) -> N
 
 def test_channels_skip_the_layers_feeding_a_residual_add(tmp_path: Path) -> None:
     model = _load(residual_block(dead=[0, 3]), tmp_path / "model.onnx")
-    result = ChannelPrune(ratio=0.25).apply(model, _ctx(tmp_path))
+    result = ChannelPrune(ratio=0.25, method="l1").apply(model, _ctx(tmp_path))
 
     assert set(result.details["pruned"]) == {"conv1"}
     assert result.details["pruned"]["conv1"]["removed_channels"] == [0, 3]
@@ -405,7 +412,7 @@ def test_channels_skip_the_layers_feeding_a_residual_add(tmp_path: Path) -> None
 def test_channels_gemm_and_matmul_mlp(tmp_path: Path) -> None:
     dead0, dead1 = [0, 3, 4, 9, 17, 20, 28, 31], [2, 5, 11, 12, 19, 23]
     model = _load(gemm_mlp(dead0, dead1), tmp_path / "model.onnx")
-    result = ChannelPrune(ratio=0.25).apply(model, _ctx(tmp_path))
+    result = ChannelPrune(ratio=0.25, method="l1").apply(model, _ctx(tmp_path))
 
     pruned = result.details["pruned"]
     assert pruned["fc0"]["removed_channels"] == dead0
@@ -426,7 +433,7 @@ def test_channels_gemm_and_matmul_mlp(tmp_path: Path) -> None:
 
 def test_channels_never_go_to_zero_and_prune_live_channels_by_l1(tmp_path: Path) -> None:
     model = _load(gemm_mlp([], []), tmp_path / "model.onnx")
-    result = ChannelPrune(ratio=0.99).apply(model, _ctx(tmp_path))
+    result = ChannelPrune(ratio=0.99, method="l1").apply(model, _ctx(tmp_path))
     assert result.details["pruned"]["fc0"]["channels_after"] == 1
     assert result.details["pruned"]["fc1"]["channels_after"] == 1
     w1 = _init(model, "w1")
@@ -456,7 +463,7 @@ def test_channels_follow_reshape_to_0_minus_1_only(
         helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc"),
     ]
     model = _load(_model(nodes, ["N", 4, 6, 6], ["N", 3], weights), tmp_path / "model.onnx")
-    result = ChannelPrune(ratio=0.25).apply(model, _ctx(tmp_path))
+    result = ChannelPrune(ratio=0.25, method="l1").apply(model, _ctx(tmp_path))
     if followed:
         assert result.details["pruned"]["conv"]["removed_channels"] == [6, 7]
         assert _init(result.model, "fc").shape == (6 * 36, 3)

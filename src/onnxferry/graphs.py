@@ -561,14 +561,17 @@ def runnable(proto: onnx.ModelProto) -> Iterator[Model]:
 
 
 @contextmanager
-def exposing(model: Model, names: Iterable[str]) -> Iterator[Model]:
+def exposing(
+    model: Model, names: Iterable[str], proto: onnx.ModelProto | None = None
+) -> Iterator[Model]:
     """A runnable copy of ``model`` (``inlined``, then ``runnable``) whose main graph also
-    outputs ``names`` (``expose``); ``model`` itself is not touched.
+    outputs ``names`` (``expose``); ``model`` itself is not touched. ``proto`` stands in for
+    the model's own, as in ``inlined``.
 
         with exposing(model, ["h1"]) as probe:
             h1 = OrtRunner(probe, validate=False).run(feeds, output_names=["h1"])["h1"]
     """
-    proto = inlined(model)
+    proto = inlined(model, proto)
     expose(proto, names)
     with runnable(proto) as probe:
         yield probe

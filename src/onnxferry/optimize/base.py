@@ -68,6 +68,13 @@ class PassContext:
         directory.mkdir(parents=True)
         return directory / "model.onnx"
 
+    def sample_feeds(self, model: Model, count: int) -> list[Mapping[str, np.ndarray]]:
+        """Up to ``count`` feed sets for a pass that learns from running ``model``: the
+        calibration feeds, else the validation ones, else one generated set."""
+        from ..feeds import plan_feeds
+
+        return list(self.calibration or self.feeds)[:count] or [plan_feeds(model).feeds(seed=0)]
+
 
 @dataclass
 class PassResult:

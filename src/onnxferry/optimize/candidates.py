@@ -38,7 +38,8 @@ class Candidate:
     """Within budget on the tuning data only: missed on the held-out data."""
     one_liner: bool = False
     origin: str = ""
-    """Where the recipe came from: "", "restore worst k", "quantize cheapest k"."""
+    """Where the recipe came from: "" (the plan), "restore worst k", "quantize cheapest k",
+    "prune r", "prune r, then int8"."""
     started_s: float = 0.0
     """When it started, in seconds since the search began."""
     pair_speedup: float | None = None

@@ -5,6 +5,7 @@ every consumer that keep the graph consistent when they do.
     node = model.proto.graph.node[0]                      # fc1: x @ w1, 8 output channels
     layer = follower.layer(node)                          # a Layer, or why it is not one
     edits = follower.follow(node.output[0], layer.axis, layer.rank, 8)   # or why not
+    follower.absorbers                                    # the layers summing over them
 
 A layer's channels are followed through elementwise ops, pools, norms, Transpose, reductions,
 Softmax and Flatten (or Reshape to [0, -1]) to the layers that sum over them; anything else
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .output import DEFAULT_DOMAINS
 from .weights import FLOAT_TYPES, Weights, input_uses, read_in_subgraphs
@@ -32,6 +35,17 @@ class Edit:
 
     tensor: str
     axis: int
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class Absorber:
+    """A layer that sums over the followed channels: its node, its weight, the axis of the
+    channels in that weight, and how many features each channel became (Flatten)."""
+
+    node: onnx.NodeProto
+    weight: str
+    weight_axis: int
     repeat: int = 1
 
 
@@ -137,6 +151,8 @@ class Follower:
         self.made_by = {out: node for node in self.graph.node for out in node.output}
         self.outputs = {o.name for o in self.graph.output}
         self.channels = 0
+        self.absorbers: list[Absorber] = []
+        """The layers the last ``follow`` found summing over the channels."""
         # Below IR 4 every initializer is listed as an input too, and ONNX Runtime holds them
         # constant: only from IR 4 does an initializer that is an input mean "overridable".
         self.graph_inputs = {i.name for i in self.graph.input} if proto.ir_version >= 4 else set()
@@ -158,11 +174,11 @@ class Follower:
     def layer(self, node: onnx.NodeProto) -> Layer | str:
         """The prunable layer ``node`` is, or why it is not one."""
         weight = node.input[1] if len(node.input) > 1 else ""
-        if not self._owned(weight):
+        if not self.owned(weight):
             return self._why_not_owned(weight)
         shape = self.weights.array(weight).shape
         if node.op_type == "Conv":
-            if _attr(node, "group", 1) != 1:
+            if attribute(node, "group", 1) != 1:
                 return "grouped or depthwise convolution"
             rank = len(self.dims.get(node.output[0]) or self.dims.get(node.input[0]) or [])
             if rank < 3:
@@ -172,7 +188,7 @@ class Follower:
         elif node.op_type == "Gemm":
             if len(shape) != 2:
                 return "its weight is not a matrix"
-            trans_b = _attr(node, "transB", 0)
+            trans_b = attribute(node, "transB", 0)
             layer = Layer(weight, 0 if trans_b else 1, 1, 2)
             bias = node.input[2] if len(node.input) > 2 else ""
         else:  # MatMul
@@ -185,7 +201,7 @@ class Follower:
             bias = ""
         layer.edits.append(Edit(weight, layer.weight_axis))
         if bias:
-            if not self._owned(bias):
+            if not self.owned(bias):
                 return self._why_not_owned(bias)
             bias_shape = self.weights.array(bias).shape
             channels = shape[layer.weight_axis]
@@ -195,7 +211,7 @@ class Follower:
                 return f"its bias has shape {list(bias_shape)}, not one value per channel"
         return layer
 
-    def _owned(self, name: str) -> bool:
+    def owned(self, name: str) -> bool:
         """True for an initializer only this one node reads (so slicing it is safe)."""
         return (
             name in self.weights.protos
@@ -219,6 +235,7 @@ class Follower:
         """Every edit that keeps the graph consistent when ``start`` (of ``rank``) loses some
         of its ``channels`` along ``axis``, or why (naming the node) that is not safe."""
         self.channels = channels
+        self.absorbers = []
         edits: list[Edit] = []
         queue = [(start, axis, rank, 1)]
         seen: set[str] = set()
@@ -265,21 +282,21 @@ class Follower:
                 return "the channels are not on axis 1"
             edits = []
             for name in node.input[1 : 1 + _NORMS[op]]:
-                if not self._owned(name):
+                if not self.owned(name):
                     return self._why_not_owned(name)
                 if self.weights.array(name).shape != (self.channels * repeat,):
                     return f"its parameter {name!r} does not hold one value per channel"
                 edits.append(Edit(name, 0, repeat))
             return edits, passed
         if op == "Transpose":
-            perm = _ints(node, "perm") or list(range(rank - 1, -1, -1))
+            perm = ints_attribute(node, "perm") or list(range(rank - 1, -1, -1))
             return [], [(node.output[0], perm.index(axis), rank, repeat)]
         if op in _REDUCE:
             return self._reduce(node, axis, rank, repeat)
         if op in _SOFTMAX:
             if self.opset < 13:
                 return "before opset 13 it flattens the channels with the axes after them"
-            if _attr(node, "axis", -1) % rank == axis:
+            if attribute(node, "axis", -1) % rank == axis:
                 return "it normalizes over the channels"
             return [], passed
         return "pruning cannot follow channels through this op"
@@ -292,25 +309,26 @@ class Follower:
         if index != 0:
             return "the channels arrive as its weight, not its data input"
         weight = node.input[1]
-        if not self._owned(weight):
+        if not self.owned(weight):
             return self._why_not_owned(weight)
         shape = self.weights.array(weight).shape
         if op in ("Conv", "ConvTranspose"):
             if axis != 1:
                 return "the channels are not on axis 1"
-            if _attr(node, "group", 1) != 1:
+            if attribute(node, "group", 1) != 1:
                 return "grouped or depthwise convolution"
             weight_axis = 1 if op == "Conv" else 0
         elif op == "Gemm":
-            if _attr(node, "transA", 0) or axis != 1 or rank != 2:
+            if attribute(node, "transA", 0) or axis != 1 or rank != 2:
                 return "the channels are not the columns of its input"
-            weight_axis = 1 if _attr(node, "transB", 0) else 0
+            weight_axis = 1 if attribute(node, "transB", 0) else 0
         else:  # MatMul
             if len(shape) != 2 or axis != rank - 1:
                 return "the channels are not the last axis of its input, or the weight is not 2-D"
             weight_axis = 0
         if len(shape) <= weight_axis or shape[weight_axis] != self.channels * repeat:
             return f"its weight {weight!r} does not match the channels"
+        self.absorbers.append(Absorber(node, weight, weight_axis, repeat))
         return [Edit(weight, weight_axis, repeat)], []
 
     def _binary(
@@ -332,7 +350,7 @@ class Follower:
         passed = [(node.output[0], out_axis, out_rank, repeat)]
         if at < 0 or shape[at] == 1:
             return [], passed
-        if not self._owned(other):
+        if not self.owned(other):
             return self._why_not_owned(other)
         if shape[at] != self.channels * repeat:
             return f"its operand {other!r} does not match the channels"
@@ -348,11 +366,11 @@ class Follower:
         if node.op_type == "Reshape":
             shape = node.input[1]
             value = self.weights.array(shape) if shape in self.weights.protos else None
-            if value is None or value.tolist() != [0, -1] or _attr(node, "allowzero", 0):
+            if value is None or value.tolist() != [0, -1] or attribute(node, "allowzero", 0):
                 return "its shape holds the channel count (only Reshape to [0, -1] is followed)"
             start = 1
         else:
-            start = _attr(node, "axis", 1)
+            start = attribute(node, "axis", 1)
             start = start + rank if start < 0 else start
         if start != axis:
             return "it merges the channels with other axes"
@@ -364,32 +382,42 @@ class Follower:
         return [], [(node.output[0], 1, 2, repeat * spread)]
 
     def _reduce(self, node: onnx.NodeProto, axis: int, rank: int, repeat: int) -> Step | str:
-        axes = _ints(node, "axes")
+        axes = ints_attribute(node, "axes")
         if len(node.input) > 1 and node.input[1]:
             if node.input[1] not in self.weights.protos:
                 return "its axes are computed in the graph"
             axes = [int(a) for a in self.weights.array(node.input[1]).reshape(-1)]
         if not axes:
-            if _attr(node, "noop_with_empty_axes", 0):
+            if attribute(node, "noop_with_empty_axes", 0):
                 return [], [(node.output[0], axis, rank, repeat)]
             return "it reduces over every axis, the channels included"
         axes = [a % rank for a in axes]
         if axis in axes:
             return "it reduces over the channels"
-        if _attr(node, "keepdims", 1):
+        if attribute(node, "keepdims", 1):
             return [], [(node.output[0], axis, rank, repeat)]
         shift = sum(1 for a in set(axes) if a < axis)
         return [], [(node.output[0], axis - shift, rank - len(set(axes)), repeat)]
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+def slice_channels(weights: Weights, edits: list[Edit], keep: np.ndarray) -> set[str]:
+    """Apply ``edits`` to ``weights.arrays``: each tensor keeps the channels ``keep`` marks
+    (a boolean mask). Returns the names of the tensors sliced."""
+    for edit in edits:
+        weights.arrays[edit.tensor] = np.compress(
+            np.repeat(keep, edit.repeat), weights.array(edit.tensor), axis=edit.axis
+        )
+    return {edit.tensor for edit in edits}
+
+
+def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     for attr in node.attribute:
         if attr.name == name:
             return int(attr.i)
     return default
 
 
-def _ints(node: onnx.NodeProto, name: str) -> list[int]:
+def ints_attribute(node: onnx.NodeProto, name: str) -> list[int]:
     for attr in node.attribute:
         if attr.name == name:
             return [int(i) for i in attr.ints]

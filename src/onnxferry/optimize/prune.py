@@ -27,9 +27,12 @@ from ..errors import UsageError, one_line
 from ..feeds import plan_feeds
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
-from .channel_surgery import Follower, node_label
+from .channel_surgery import Follower, node_label, slice_channels
 from .output import DEFAULT_DOMAINS
+from .refit import refit, refit_target, sample_rows, weakest_channels
 from .weights import FLOAT_TYPES, Weights, input_uses
+
+_METHODS = ("refit", "l1")
 
 _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMul": (0, 1),
@@ -153,12 +156,18 @@ class MagnitudePrune(Pass):
 
 @dataclass(frozen=True)
 class ChannelPrune(Pass):
-    """Remove the output channels with the smallest L1 norm from Conv/Gemm/MatMul layers.
+    """Remove a share of the output channels of Conv/Gemm/MatMul layers.
 
     The matching input channels of the consumers go too (the next Conv's or Gemm/MatMul's
     weight, BatchNormalization parameters, a channel bias), through elementwise ops, pools and
     Flatten. A layer whose channels reach a residual Add, a Concat, a Reshape, a graph output
     or any op it cannot follow is skipped and reported. Output shapes stay the same.
+
+    ``method="refit"`` (the default) runs the model on the pass's data (the calibration feeds,
+    else the validation ones): it removes the channels that add the least to the next layer's
+    outputs and refits that layer, by least squares, to the original model's outputs
+    (``refit``). ``"l1"`` removes the channels with the smallest weight L1 norm and needs no
+    data, but nothing compensates for them.
     """
 
     name: ClassVar[str] = "prune_channels"
@@ -166,6 +175,13 @@ class ChannelPrune(Pass):
     size_only: ClassVar[bool] = False
 
     ratio: float = param(0.25, "fraction of each layer's output channels to remove")
+    method: str = param(
+        "refit",
+        "'refit': drop the channels that matter least on the data and refit the next layer; "
+        "'l1': drop the smallest weights, no data",
+    )
+    max_samples: int = param(32, "feed sets the refit runs the model on")
+    max_rows: int = param(16384, "rows (positions, tokens) per refitted layer")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -173,6 +189,13 @@ class ChannelPrune(Pass):
                 f"prune_channels: ratio must be in [0, 1), got {self.ratio}",
                 hint="e.g. ratio = 0.25 removes a quarter of each layer's output channels",
             )
+        if self.method not in _METHODS:
+            raise UsageError(
+                f"prune_channels: unknown method {self.method!r}",
+                hint=f"method is one of {', '.join(_METHODS)}",
+            )
+        if self.max_samples < 1 or self.max_rows < 1:
+            raise UsageError("prune_channels: max_samples and max_rows must be >= 1")
 
     def apply(self, model: Model, ctx: PassContext) -> PassResult:
         weights = Weights(model, self.name)
@@ -180,6 +203,7 @@ class ChannelPrune(Pass):
         pruned: dict[str, dict[str, Any]] = {}
         skipped: dict[str, str] = {}
         changed: set[str] = set()
+        feeds = ctx.sample_feeds(model, self.max_samples) if self.method == "refit" else []
         for node in list(model.proto.graph.node):
             if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in DEFAULT_DOMAINS:
                 continue
@@ -197,17 +221,27 @@ class ChannelPrune(Pass):
             if isinstance(plan, str):
                 skipped[label] = plan
                 continue
-            w = weights.array(layer.weight)
-            norms = np.abs(np.moveaxis(w, layer.weight_axis, 0).astype(np.float64))
-            norms = norms.reshape(channels, -1).sum(axis=1)
-            dropped = np.sort(np.argsort(norms, kind="stable")[:remove])
+            if self.method == "refit":
+                targets = [refit_target(a, follower) for a in follower.absorbers]
+                why = next((t for t in targets if isinstance(t, str)), None)
+                if why is not None:
+                    skipped[label] = why
+                    continue
+                fits = [t for t in targets if not isinstance(t, str)]
+                edited = {n: weights.arrays[n] for n in changed}
+                current = weights.proto_with(edited, shapes_changed=True)
+                rows = sample_rows(model, current, fits, feeds, self.max_rows)
+                dropped = weakest_channels(rows, fits, weights, channels, remove)
+            else:
+                w = weights.array(layer.weight)
+                norms = np.abs(np.moveaxis(w, layer.weight_axis, 0).astype(np.float64))
+                norms = norms.reshape(channels, -1).sum(axis=1)
+                dropped = np.sort(np.argsort(norms, kind="stable")[:remove])
             keep = np.ones(channels, dtype=bool)
             keep[dropped] = False
-            for edit in [*layer.edits, *plan]:
-                weights.arrays[edit.tensor] = np.compress(
-                    np.repeat(keep, edit.repeat), weights.array(edit.tensor), axis=edit.axis
-                )
-                changed.add(edit.tensor)
+            changed |= slice_channels(weights, [*layer.edits, *plan], keep)
+            if self.method == "refit":
+                changed |= refit(rows, fits, weights, keep)
             pruned[label] = {
                 "op": node.op_type,
                 "channels_before": int(channels),
@@ -215,7 +249,12 @@ class ChannelPrune(Pass):
                 "removed_channels": [int(i) for i in dropped],
             }
 
-        details: dict[str, Any] = {"ratio": self.ratio, "pruned": pruned, "skipped": skipped}
+        details: dict[str, Any] = {
+            "ratio": self.ratio,
+            "method": self.method,
+            "pruned": pruned,
+            "skipped": skipped,
+        }
         if not pruned:
             note = (
                 f"no layer could be pruned ({len(skipped)} skipped; see details)"

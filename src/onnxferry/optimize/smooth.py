@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..feeds import plan_feeds
 from ..graphs import copy_model, expose
 from ..model import Model
 from ..runtime import OrtRunner
@@ -149,7 +148,7 @@ def _activation_ranges(
     probe = copy_model(proto)
     expose(probe, tensors)
     model = Model.from_proto(probe)
-    feeds = list(ctx.calibration or ctx.feeds)[:max_samples] or [plan_feeds(model).feeds(seed=0)]
+    feeds = ctx.sample_feeds(model, max_samples)
     runner = OrtRunner(model, validate=False)
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:

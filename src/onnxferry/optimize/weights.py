@@ -57,6 +57,14 @@ class Weights:
     def save(self, replaced: dict[str, np.ndarray], path: Path, *, shapes_changed: bool) -> Model:
         """A new model at ``path``: the input with the ``replaced`` initializers, inline
         (``shapes_changed`` drops the value_info, which may be stale; onnx and ORT re-infer)."""
+        proto = self.proto_with(replaced, shapes_changed=shapes_changed)
+        return Model(proto, self.model.path, self.model.external_files).save(path)
+
+    def proto_with(
+        self, replaced: dict[str, np.ndarray], *, shapes_changed: bool
+    ) -> onnx.ModelProto:
+        """``save``'s proto, in memory: tensors not replaced keep their references to the
+        input's external data (``graphs.inlined(weights.model, proto)`` reads them in)."""
         import onnx
         from onnx import numpy_helper
 
@@ -68,8 +76,7 @@ class Weights:
         if shapes_changed:
             del proto.graph.value_info[:]
         conform(proto, self.model)
-        source = Model(proto, self.model.path, self.model.external_files)
-        return source.save(path)
+        return proto
 
 
 def input_uses(graph: onnx.GraphProto) -> Counter[str]:
