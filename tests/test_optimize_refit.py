@@ -227,6 +227,9 @@ def test_the_search_bisects_the_share_of_channels_and_replays_from_the_saved_rec
     )
     built = pruned[0.25].load()
     assert built is not None and replayed.digest == built.digest
+    search.chosen = search.candidates.index(pruned[0.25])  # as where it ran faster
+    (table,) = [t for t in search.tables() if t.title.startswith("channels pruned by")]
+    assert table.rows == [("conv1", "Conv", "8 -> 6", 2)]
 
 
 def test_pruning_waits_for_the_time_it_needs(tmp_path: Path) -> None:

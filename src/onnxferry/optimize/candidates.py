@@ -157,6 +157,11 @@ class SearchResult:
                     layer_rows,
                 )
             )
+        chosen = self.candidates[self.chosen] if self.chosen is not None else None
+        pruned = _pruned_layers(chosen) if chosen is not None else []
+        if pruned and chosen is not None:
+            title = f"channels pruned by {short_label(chosen)}"
+            tables.append(Table(title, ("node", "op", "channels", "removed"), pruned))
         machine = [(self.cpu or "-", "")]
         machine += [(f"skipped {name}", why) for name, why in self.skipped_formats.items()]
         tables.append(Table("machine and formats", ("what", "why"), machine))
@@ -203,6 +208,18 @@ class SearchResult:
         if bars:
             figures.append(bars_svg(bars, "int8 error (normalized MSE)", "per-layer decisions"))
         return figures
+
+
+def _pruned_layers(c: Candidate) -> list[tuple[str, str, str, int]]:
+    """Per layer a kept prune_channels step of ``c`` pruned: its op, channels before -> after,
+    how many went."""
+    rows = []
+    for step in c.result.steps:
+        if step.status == "kept" and step.label.startswith("prune_channels"):
+            for node, layer in step.details.get("pruned", {}).items():
+                before, after = layer["channels_before"], layer["channels_after"]
+                rows.append((node, layer["op"], f"{before} -> {after}", before - after))
+    return rows
 
 
 def short_label(c: Candidate, width: int = 60) -> str:

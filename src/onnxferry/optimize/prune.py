@@ -5,9 +5,11 @@
     result.details["skipped"]                                 # layers left alone, and why
 
 ``prune_magnitude`` is honest about what zeros buy: ONNX Runtime's CPU kernels are dense, so
-the model runs at the same speed and only compresses better. ``prune_channels`` removes the
-output channels with the smallest L1 norm from Conv, Gemm and MatMul layers and the matching
-input channels of every consumer it can follow (see ``channel_surgery.Follower``); a layer
+the model runs at the same speed and only compresses better. ``prune_channels`` removes
+output channels from Conv, Gemm and MatMul layers (those adding the least to the next layer on
+the data, which is then refitted to the original's outputs: ``refit``; or, with ``method="l1"``,
+those with the smallest weights) and the matching input channels of every consumer it can
+follow (see ``channel_surgery.Follower``); a layer
 whose channels reach anything else (a residual Add, a Concat, a Reshape other than to [0, -1],
 a graph output) is left alone and reported. Both passes change the model's outputs; the
 recipe's parity check judges by how much. When nothing can be pruned, the result holds the
