@@ -259,3 +259,26 @@ def test_channel_energies_are_the_same_batched_or_one_channel_at_a_time(
     monkeypatch.setattr(refit, "_GRAM_WIDTH", 0)
     one_by_one = [refit.weakest_channels(rows, [target], weights, 8, k).tolist() for k in range(8)]
     assert one_by_one == batched
+
+
+@pytest.mark.slow  # trains and exports the small CNN on digits when its cache is cold
+def test_on_a_trained_cnn_refit_keeps_the_held_out_digits_where_l1_pruning_does_not(
+    tmp_path: Path,
+) -> None:
+    from tests.trained_models import SMALL_CNN, digits_split, trained_cnn
+
+    model = Model.load(trained_cnn(SMALL_CNN).path)
+    x_train, _, x_test, _ = digits_split(SMALL_CNN.size)
+    tune = [{"image": x_train[i : i + 1]} for i in range(32)]
+    fitted = ChannelPrune(ratio=0.25).apply(model, PassContext(tmp_path / "r", calibration=tune))
+    dropped = ChannelPrune(ratio=0.25, method="l1").apply(model, PassContext(tmp_path / "l"))
+    assert len(fitted.details["pruned"]) == len(dropped.details["pruned"]) >= 2
+
+    def labels(m: Model) -> np.ndarray:  # the exported CNN takes one image at a time
+        runner = OrtRunner(m)
+        return np.concatenate([next(iter(runner.run({"image": x[None]}).values())) for x in x_test])
+
+    reference = labels(model).argmax(axis=1)
+    refit_top1 = float((labels(fitted.model).argmax(axis=1) == reference).mean())
+    l1_top1 = float((labels(dropped.model).argmax(axis=1) == reference).mean())
+    assert refit_top1 >= 0.97 and l1_top1 < refit_top1 - 0.1, (refit_top1, l1_top1)
