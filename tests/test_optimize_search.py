@@ -350,6 +350,26 @@ def test_formats_follow_the_cpu() -> None:
     assert not plan["int8_dynamic"]
 
 
+def test_static_int8_uses_7_bit_weights_on_x86_without_vnni(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full-range u8s8 products saturate without VNNI: every static int8 candidate there (per
+    tensor too) uses reduce_range; the one-liners stay exactly as a user calls them."""
+    from onnxferry.optimize import cpu_features
+    from onnxferry.optimize.auto import candidate_plan
+
+    monkeypatch.setattr(cpu_features, "x86_without_vnni", lambda: True)
+    static = [
+        step.params()
+        for planned in candidate_plan("cpu")
+        for step in planned.recipe.passes
+        if step.name == "int8_static"
+    ]
+    assert static and all(p["reduce_range"] for p in static), static
+    one_liners = [p.recipe.label() for p in candidate_plan("cpu") if p.one_liner]
+    assert one_liners == [r.label() for r in plain_recipes()]
+
+
 # --- mixed precision -------------------------------------------------------------------------
 
 
