@@ -95,8 +95,9 @@ def test_advice_follows_from_the_flags(found: dict[str, Any]) -> None:
     flags = result.cpu["flags"]
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     no_vnni = x86 and not flags["VNNI"] and "amx_int8" not in _cpuinfo_flags()
-    assert any(a.startswith("no VNNI: per-channel int8 uses 7-bit weights") for a in lines) == (
-        no_vnni
+    assert (
+        any(a.startswith("no VNNI: per-channel and static int8 use 7-bit weights") for a in lines)
+        == no_vnni
     )
     assert any(a.startswith("AMX:") for a in lines) == flags["AMX"]
     assert any(a.startswith("no native FP16") for a in lines) == (not flags["FP16"])

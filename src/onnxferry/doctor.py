@@ -3,7 +3,7 @@
     report = doctor()                         # Report[Doctor]; `ferry doctor [--json]`
     report.result.providers["cpu"]            # "available"
     report.result.cpu["flags"]["VNNI"]        # True or False
-    report.result.advice                      # ["no VNNI: per-channel int8 uses 7-bit ...", ...]
+    report.result.advice                      # ["no VNNI: per-channel and static int8 ...", ...]
 
 Each execution provider of ``runtime.PROVIDERS`` is "available" or "not available: <why>": not
 in this onnxruntime build (with what CUDA and TensorRT would need: nvidia-smi, libcudart,
@@ -440,8 +440,9 @@ def advice(found: Doctor) -> list[str]:
     lines: list[str] = []
     if x86_without_vnni():
         lines.append(
-            "no VNNI: per-channel int8 uses 7-bit weights (reduce_range), as full-range u8s8 "
-            "products can saturate on this CPU; ferry optimize --auto does so by itself"
+            "no VNNI: per-channel and static int8 use 7-bit weights (reduce_range), as "
+            "full-range u8s8 products can saturate on this CPU; ferry optimize --auto does so "
+            "by itself"
         )
     elif flags["VNNI"]:
         lines.append("VNNI: int8 (u8s8) runs full-range 8-bit weights at full speed")
