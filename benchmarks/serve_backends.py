@@ -421,9 +421,57 @@ def serve_floor(args: argparse.Namespace) -> None:
                 log_level="warning", access_log=False)  # fmt: skip
 
 
+def rsgi_floor_app(model: str, name: str, max_batch: int) -> Any:
+    """An RSGI app (granian's own interface: one call a request, the body awaited whole, the
+    answer handed over in one call) answering as ``floor_answers`` does."""
+    answer = floor_answers(model, name, max_batch)
+
+    async def app(scope: Any, protocol: Any) -> None:
+        body = await protocol()
+        length = scope.headers.get("inference-header-content-length")
+        status, payload, extra = answer(scope.path, body, int(length) if length else None)
+        headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
+        headers += [(k.decode(), v.decode()) for k, v in extra]
+        protocol.response_bytes(status, headers, payload)
+
+    return app
+
+
+def serve_granian_floor(args: argparse.Namespace) -> None:
+    """The floor's answers on granian embedded in a uvloop loop (HTTP/1.1, one Rust runtime
+    thread), through ASGI (``granian-asgi``: the floor app) or RSGI (``granian-rsgi``)."""
+    import asyncio
+    import signal
+
+    import uvloop
+    from granian.constants import HTTPModes, Interfaces
+    from granian.server.embed import Server
+
+    rsgi = args.kind == "granian-rsgi"
+    build = rsgi_floor_app if rsgi else floor_app
+    server = Server(
+        build(args.model, args.name, args.max_batch),
+        address=args.host,
+        port=args.port,
+        interface=Interfaces.RSGI if rsgi else Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=2048,
+        log_enabled=False,
+    )
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop)
+    print(f"{args.kind} floor for {args.name} on {args.host}:{args.port}", flush=True)
+    loop.run_until_complete(server.serve())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["pytriton", "fastapi", "floor", "protocol"])
+    parser.add_argument(
+        "kind", choices=["pytriton", "fastapi", "floor", "protocol", "granian-asgi", "granian-rsgi"]
+    )
     parser.add_argument("model", help="path of the .onnx file")
     parser.add_argument("--name", required=True, help="model name on the server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -437,6 +485,8 @@ def main() -> None:
         "fastapi": serve_fastapi,
         "floor": serve_floor,
         "protocol": serve_protocol_floor,
+        "granian-asgi": serve_granian_floor,
+        "granian-rsgi": serve_granian_floor,
     }
     serve[args.kind](args)
 

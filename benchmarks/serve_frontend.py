@@ -41,7 +41,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,16 +176,27 @@ def _measured(
     workdir: Path,
 ) -> Row:  # fmt: skip
     """One level, with the server's CPU time per request over it."""
-    before = _server_cpu(), _answered(url, name)
-    row = stable_level(url, name, c, args, workdir)
-    after = _server_cpu(), _answered(url, name)
+    with server_cpu_per_request(url, name) as measured:
+        row = stable_level(url, name, c, args, workdir)
     row.system = system
     run.rows.append(row)
-    if after[1] > before[1]:
-        cpu_us = (after[0] - before[0]) / (after[1] - before[1]) * 1e6
+    if measured:
+        cpu_us = measured[0]
         run.cpu_us.append((system, c, cpu_us))
         row.error = "; ".join(e for e in (row.error, f"server CPU {cpu_us:.0f} us/request") if e)
     return row
+
+
+@contextmanager
+def server_cpu_per_request(url: str, name: str) -> Iterator[list[float]]:
+    """``with server_cpu_per_request(url, name) as cpu_us: ...``: afterwards ``cpu_us`` holds
+    the server's CPU microseconds per inference answered inside the block (empty if none)."""
+    measured: list[float] = []
+    before = _server_cpu(), _answered(url, name)
+    yield measured
+    after = _server_cpu(), _answered(url, name)
+    if after[1] > before[1]:
+        measured.append((after[0] - before[0]) / (after[1] - before[1]) * 1e6)
 
 
 def _server_cpu() -> float:
