@@ -510,3 +510,74 @@ def test_magnitude_leaves_a_weight_that_another_op_reads(tmp_path: Path) -> None
     w2 = next(t for t in proto.graph.initializer if t.name == "w2")
     w2.CopyFrom(numpy_helper.from_array(_zero_smallest(numpy_helper.to_array(w2), 0.5), "w2"))
     _assert_same(_load(proto, tmp_path / "expected.onnx"), result.model, (32,), ints=False)
+
+
+# --- weights held in Constant nodes (Paddle2ONNX's way) ---------------------------------------
+
+
+def _weights_in_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every initializer moved into a Constant node ahead of the graph."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    constants = [
+        helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}")
+        for t in out.graph.initializer
+    ]
+    del out.graph.initializer[:]
+    nodes = [*constants, *out.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_channels_prune_weights_held_in_constant_nodes(tmp_path: Path) -> None:
+    proto = conv_chain(dead1=[1, 5], dead2=[2, 7])
+    model = _load(_weights_in_constants(proto), tmp_path / "in" / "model.onnx")
+    assert not model.proto.graph.initializer
+    data = model.path.read_bytes() if model.path else b""
+    for method in ("l1", "refit"):
+        result = ChannelPrune(ratio=0.25, method=method).apply(model, _ctx(tmp_path / method))
+
+        assert result.changed
+        pruned = result.details["pruned"]
+        assert {layer: p["channels_after"] for layer, p in pruned.items()} == {
+            "conv1": 6,
+            "conv2": 6,
+        }
+        shapes = {t.name: tuple(t.dims) for t in result.model.proto.graph.initializer}
+        assert shapes["w1"] == (6, 3, 3, 3) and shapes["w2"] == (6, 6, 3, 3)
+        assert not [n for n in result.model.proto.graph.node if n.op_type == "Constant"]
+        assert any("Constant nodes" in n for n in result.notes)
+        _untouched(model, data, tmp_path / "in" / "model.onnx")
+        if method == "l1":  # the dead channels, as from initializers: the same outputs
+            assert pruned["conv1"]["removed_channels"] == [1, 5]
+            assert pruned["conv2"]["removed_channels"] == [2, 7]
+            _assert_same(model, result.model, (3, 8, 8))
+
+
+def test_nothing_pruned_from_constant_nodes_returns_the_input_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    head = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="head")],
+        ["N", 8],
+        ["N", 4],
+        {"w": rng.standard_normal((8, 4))},
+    )
+    model = _load(_weights_in_constants(head), tmp_path / "model.onnx")
+    result = ChannelPrune(ratio=0.5).apply(model, _ctx(tmp_path))
+    assert not result.changed and result.model is model
+    assert "graph output" in result.details["skipped"]["head"]
+
+
+def test_magnitude_prunes_weights_held_in_constant_nodes(tmp_path: Path) -> None:
+    proto = dense_model()
+    model = _load(_weights_in_constants(proto), tmp_path / "model.onnx")
+    result = MagnitudePrune(sparsity=0.5).apply(model, _ctx(tmp_path))
+
+    assert result.changed
+    assert set(result.details["tensors"]) == {"wc", "wm"}
+    for name in ("wc", "wm"):
+        original = next(t for t in proto.graph.initializer if t.name == name)
+        expected = _zero_smallest(numpy_helper.to_array(original), 0.5)
+        np.testing.assert_array_equal(_init(result.model, name), expected)
+    assert any("Constant nodes" in n for n in result.notes)

@@ -22,12 +22,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxferry.cli import main
 from onnxferry.feeds import realistic_feeds
+from onnxferry.graphs import constants_to_initializers
 from onnxferry.model import Model
 from onnxferry.optimize import BUILTIN, Budget, Recipe, make_pass
 from onnxferry.optimize.auto import auto_search
 from onnxferry.optimize.base import Pass, PassContext, PassResult
 from onnxferry.optimize.chain import ChainResult, Judge, Step, apply_recipe
-from onnxferry.optimize.ort_quantizer import constants_to_initializers
 from onnxferry.optimize.output import ops_past_opset
 from onnxferry.runtime import OrtRunner
 from tests.helpers import RELU, onnx_text, save

@@ -8,6 +8,7 @@ outputs whose size follows the data rather than the batch.
     rename_values(proto.graph, {"a:0": "a"})       # everywhere, subgraphs too
     proto = inlined(model)                         # a copy with external data read in
     densify_sparse_initializers(proto)             # sparse initializers made dense (checker)
+    constants_to_initializers(proto.graph)         # Constant nodes' tensors made initializers
     expose(proto, ["h1", "h2"])                    # the main graph also outputs h1 and h2
     with runnable(proto) as m:                     # a Model: in memory, or past PROTO_LIMIT
         OrtRunner(m).run(feeds)                    #   saved with external data to a temp dir
@@ -280,6 +281,56 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
+
+
+def constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Move the tensors of ``graph``'s Constant nodes (attribute ``value``) to initializers
+    named after their outputs, in place; how many it moved.
+
+        constants_to_initializers(proto.graph)   # Paddle2ONNX keeps conv weights in Constants
+
+    Quantizers only quantize initializers, and the pruning passes only slice them
+    (``constants_lifted``). Constants whose output is a graph output stay.
+    """
+    outputs = {o.name for o in graph.output}
+    keep, moved = [], []
+    for node in graph.node:
+        value = _constant_tensor(node)
+        if value is None or node.output[0] in outputs:
+            keep.append(node)
+            continue
+        tensor = type(value)()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        moved.append(tensor)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(moved)
+    return len(moved)
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node holds in its ``value`` attribute, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    return next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+
+
+def constants_lifted(model: Model) -> tuple[Model, int]:
+    """``(model, 0)`` when no Constant node of its main graph holds a tensor, else an
+    in-memory copy with those tensors moved to initializers (``constants_to_initializers``;
+    external data stays referenced) and how many moved.
+
+        model, moved = constants_lifted(Model.load("paddle.onnx"))   # weights a pass can slice
+    """
+    from .model import Model
+
+    if not any(_constant_tensor(node) is not None for node in model.proto.graph.node):
+        return model, 0
+    proto = copy_model(model.proto)
+    moved = constants_to_initializers(proto.graph)
+    return Model(proto, model.path, model.external_files), moved
 
 
 def densify_sparse_initializers(proto: onnx.ModelProto) -> int:

@@ -23,18 +23,14 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FerryError, UsageError, one_line
-from ..graphs import PROTO_LIMIT, inlined
+from ..graphs import PROTO_LIMIT, constants_to_initializers, inlined
 from ..model import Model
 from .base import PassError
-from .output import DEFAULT_DOMAINS, convert_opset, default_opset, save_output
-
-if TYPE_CHECKING:
-    import onnx
+from .output import convert_opset, default_opset, save_output
 
 _INTEGER_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
@@ -94,39 +90,6 @@ def _quantizer_opset(opset: int, per_channel_qdq: bool) -> tuple[int, str]:
     if opset < 10:
         return 11, "onnxruntime's quantizer needs opset 10 or later"
     return opset, ""
-
-
-def constants_to_initializers(graph: onnx.GraphProto) -> int:
-    """Move the tensors of ``graph``'s Constant nodes (attribute ``value``) to initializers
-    named after their outputs, in place; how many it moved.
-
-        constants_to_initializers(proto.graph)   # Paddle2ONNX keeps conv weights in Constants
-
-    Quantizers only quantize initializers. Constants whose output is a graph output stay.
-    """
-    outputs = {o.name for o in graph.output}
-    keep, moved = [], []
-    for node in graph.node:
-        value = _constant_tensor(node)
-        if value is None or node.output[0] in outputs:
-            keep.append(node)
-            continue
-        tensor = type(value)()
-        tensor.CopyFrom(value)
-        tensor.name = node.output[0]
-        moved.append(tensor)
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
-        graph.initializer.extend(moved)
-    return len(moved)
-
-
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The tensor a Constant node holds in its ``value`` attribute, else None."""
-    if node.op_type != "Constant" or node.domain not in DEFAULT_DOMAINS:
-        return None
-    return next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
 
 
 @contextlib.contextmanager

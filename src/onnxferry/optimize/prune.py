@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UsageError, one_line
 from ..feeds import plan_feeds
+from ..graphs import constants_lifted
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
 from .channel_surgery import Follower, node_label, slice_channels
@@ -81,7 +82,8 @@ class MagnitudePrune(Pass):
         if self.min_elements < 1:
             raise UsageError(f"prune_magnitude: min_elements must be >= 1, got {self.min_elements}")
 
-    def apply(self, model: Model, ctx: PassContext) -> PassResult:
+    def apply(self, source: Model, ctx: PassContext) -> PassResult:
+        model, lifted = constants_lifted(source)
         weights = Weights(model, self.name)
         uses = input_uses(model.proto.graph)
         weight_uses: Counter[str] = Counter()
@@ -110,7 +112,7 @@ class MagnitudePrune(Pass):
                 f"{'/'.join(self.op_types)} weight inputs; nothing pruned"
             )
             empty: dict[str, Any] = {"tensors": {}, "skipped": skipped}
-            return PassResult(model, changed=False, notes=[note], details=empty)
+            return PassResult(source, changed=False, notes=[note], details=empty)
 
         per_tensor: dict[str, dict[str, float | int]] = {}
         changed: dict[str, np.ndarray] = {}
@@ -143,12 +145,13 @@ class MagnitudePrune(Pass):
         }
         if not changed:
             note = f"the weights already hold at least {self.sparsity:.0%} zeros; nothing pruned"
-            return PassResult(model, changed=False, notes=[note], details=details)
+            return PassResult(source, changed=False, notes=[note], details=details)
         result = weights.save(changed, ctx.scratch(self.name), shapes_changed=False)
         notes = [
             f"zeroed weights in {len(changed)} of {len(names)} tensors: overall sparsity "
             f"{zeros / elements:.1%} of {elements:,} weights (target {self.sparsity:.0%} each)",
             "zeros do not make ONNX Runtime CPU faster; the file compresses better",
+            *_lifted_note(lifted),
         ]
         return PassResult(result, changed=True, notes=notes, details=details)
 
@@ -199,7 +202,8 @@ class ChannelPrune(Pass):
         if self.max_samples < 1 or self.max_rows < 1:
             raise UsageError("prune_channels: max_samples and max_rows must be >= 1")
 
-    def apply(self, model: Model, ctx: PassContext) -> PassResult:
+    def apply(self, source: Model, ctx: PassContext) -> PassResult:
+        model, lifted = constants_lifted(source)
         weights = Weights(model, self.name)
         follower = Follower(model.proto, weights)
         pruned: dict[str, dict[str, Any]] = {}
@@ -263,7 +267,7 @@ class ChannelPrune(Pass):
                 if skipped
                 else "the model has no Conv, Gemm or MatMul layer; nothing pruned"
             )
-            return PassResult(model, changed=False, notes=[note], details=details)
+            return PassResult(source, changed=False, notes=[note], details=details)
 
         replaced = {n: weights.arrays[n] for n in changed}
         result = weights.save(replaced, ctx.scratch(self.name), shapes_changed=True)
@@ -287,7 +291,15 @@ class ChannelPrune(Pass):
         ]
         if ort_note:
             notes.append(ort_note)
+        notes += _lifted_note(lifted)
         return PassResult(result, changed=True, notes=notes, details=details)
+
+
+def _lifted_note(moved: int) -> list[str]:
+    """The note for weights read from Constant nodes (``graphs.constants_lifted``)."""
+    if not moved:
+        return []
+    return [f"moved {moved} tensor(s) held in Constant nodes to initializers (Paddle2ONNX's way)"]
 
 
 def _check_shapes(before: Model, after: Model, pass_name: str) -> None:
