@@ -427,6 +427,39 @@ def test_int8_quantizes_weights_held_in_constant_nodes(
     assert worst_cosine(model, out, sets) >= 0.99
 
 
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("weight_only", {"block_size": 16}),
+        ("smooth", {"min_channels": 1}),
+        ("fp16", {}),
+        ("prune_channels", {"ratio": 0.25, "method": "l1"}),
+        ("prune_magnitude", {"min_elements": 1}),
+    ],
+)
+def test_weight_passes_treat_constant_node_weights_as_initializers(
+    tmp_path: Path, name: str, params: dict[str, Any]
+) -> None:
+    """The same pass gives the same model whether the weights sit in initializers or, as
+    Paddle2ONNX writes them, in Constant nodes; the notes say they were moved."""
+    sets = feeds("x", CNN_SHAPES)
+    results = {}
+    for constants in (False, True):
+        model = Model.load(save(conv_matmul(constants=constants), tmp_path / f"{constants}.onnx"))
+        step = make_pass(name, params)
+        results[constants] = step.apply(model, context(tmp_path / str(constants), sets))
+    plain, held = results[False], results[True]
+    assert plain.changed and held.changed, held.notes
+    assert not [n for n in held.model.proto.graph.node if n.op_type == "Constant"]
+    assert any("moved 3 tensor(s) held in Constant nodes" in n for n in held.notes)
+    assert not any("Constant nodes" in n for n in plain.notes)
+    valid(held.model)
+    for feed in sets:
+        expected = OrtRunner(plain.model).run(feed)
+        for output, value in OrtRunner(held.model).run(feed).items():
+            np.testing.assert_array_equal(value, expected[output])
+
+
 def test_constants_to_initializers_keeps_constants_that_are_graph_outputs() -> None:
     proto = conv_matmul(constants=True)
     extra = helper.make_node(

@@ -22,11 +22,19 @@ import numpy as np
 
 from ..errors import one_line
 from ..feeds import plan_feeds
-from ..graphs import copy_model, expose, inlined, iter_graphs, iter_initializers, walk_graphs
+from ..graphs import (
+    constants_to_initializers,
+    copy_model,
+    expose,
+    inlined,
+    iter_graphs,
+    iter_initializers,
+    walk_graphs,
+)
 from ..model import Model
 from ..runtime import SessionConfig, ort_error_message, ort_inputs, session_options
 from .base import Pass, PassContext, PassError, PassResult, param
-from .output import graph_key, save_output
+from .output import graph_key, lifted_weights, save_output
 
 if TYPE_CHECKING:
     import onnx
@@ -88,7 +96,7 @@ class Float16(Pass):
                 f"{self.name}: the model has no float32 tensors to convert to float16",
                 hint="fp16 applies to models that compute in float32; leave it out of the recipe",
             )
-        notes: list[str] = []
+        notes = lifted_weights(constants_to_initializers(proto.graph))  # ranges, counts
         details: dict[str, Any] = {}
         auto: dict[str, str] = {}
         if self.auto_block_overflow:

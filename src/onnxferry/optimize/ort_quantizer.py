@@ -30,7 +30,7 @@ from ..errors import FerryError, UsageError, one_line
 from ..graphs import PROTO_LIMIT, constants_to_initializers, inlined
 from ..model import Model
 from .base import PassError
-from .output import convert_opset, default_opset, save_output
+from .output import convert_opset, default_opset, lifted_weights, save_output
 
 _INTEGER_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
@@ -65,11 +65,7 @@ def prepare_for_quantizer(
         return model
     proto = inlined(model)
     moved = constants_to_initializers(proto.graph)
-    if moved:
-        notes.append(
-            f"moved {moved} tensor(s) held in Constant nodes to initializers: ORT's quantizer "
-            "quantizes initializers only"
-        )
+    notes += lifted_weights(moved)
     if wanted != opset:
         proto = convert_opset(name, proto, wanted)
         notes.append(

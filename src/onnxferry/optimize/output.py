@@ -5,11 +5,14 @@
     output_problem(result, model)                        # None: the onnx checker accepts it
     graph_key(result.proto) == graph_key(model.proto)    # True: the same ops and weights
     ops_past_opset(result.proto)                         # {}: every op is in the opset
+    lifted_weights(2)                                    # ["moved 2 tensor(s) held in ..."]
 
 Shared by every pass. Below IR 4 every initializer is listed as a graph input (``conform``);
 ``convert_opset`` raises an opset with onnx's version converter where a pass writes ops the
 model's opset lacks; ``output_problem`` is the chain's check that a pass did not make a valid
-model invalid.
+model invalid. Passes that read weights move tensors held in Constant nodes to initializers
+first (``graphs.constants_to_initializers``: Paddle2ONNX writes its weights so) and say so with
+``lifted_weights``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ def _save(pass_name: str, model: Model, target: Path, external: bool | None) -> 
             f"{pass_name}: the pass produced a model that does not load: {e.message}",
             hint=f"leave {pass_name} out of the recipe for this model",
         ) from e
+
+
+def lifted_weights(moved: int) -> list[str]:
+    """The note for ``moved`` tensors taken out of Constant nodes (none for 0)."""
+    if not moved:
+        return []
+    return [
+        f"moved {moved} tensor(s) held in Constant nodes to initializers (where Paddle2ONNX "
+        "writes weights): the pass reads and writes initializers"
+    ]
 
 
 def graph_key(proto: onnx.ModelProto) -> tuple[Counter[tuple[str, str]], Counter[Any]]:

@@ -31,7 +31,7 @@ from ..graphs import constants_lifted
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
 from .channel_surgery import Follower, node_label, slice_channels
-from .output import DEFAULT_DOMAINS
+from .output import DEFAULT_DOMAINS, lifted_weights
 from .refit import refit, refit_target, sample_rows, weakest_channels
 from .weights import FLOAT_TYPES, Weights, input_uses
 
@@ -151,7 +151,7 @@ class MagnitudePrune(Pass):
             f"zeroed weights in {len(changed)} of {len(names)} tensors: overall sparsity "
             f"{zeros / elements:.1%} of {elements:,} weights (target {self.sparsity:.0%} each)",
             "zeros do not make ONNX Runtime CPU faster; the file compresses better",
-            *_lifted_note(lifted),
+            *lifted_weights(lifted),
         ]
         return PassResult(result, changed=True, notes=notes, details=details)
 
@@ -291,15 +291,8 @@ class ChannelPrune(Pass):
         ]
         if ort_note:
             notes.append(ort_note)
-        notes += _lifted_note(lifted)
+        notes += lifted_weights(lifted)
         return PassResult(result, changed=True, notes=notes, details=details)
-
-
-def _lifted_note(moved: int) -> list[str]:
-    """The note for weights read from Constant nodes (``graphs.constants_lifted``)."""
-    if not moved:
-        return []
-    return [f"moved {moved} tensor(s) held in Constant nodes to initializers (Paddle2ONNX's way)"]
 
 
 def _check_shapes(before: Model, after: Model, pass_name: str) -> None:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..graphs import copy_model, expose
+from ..graphs import constants_to_initializers, copy_model, expose
 from ..model import Model
 from ..runtime import OrtRunner
 from .base import Pass, PassContext, PassError, PassResult, param
-from .output import conform, save_output
+from .output import conform, lifted_weights, save_output
 
 if TYPE_CHECKING:
     import onnx
@@ -56,6 +56,7 @@ class Smooth(Pass):
         if not 0 <= self.alpha <= 1:
             raise PassError(f"{self.name}: alpha must be in [0, 1], got {self.alpha}")
         proto = model.detached().proto
+        lifted = constants_to_initializers(proto.graph)
         weights = {t.name: t for t in proto.graph.initializer}
         groups = _groups(proto, weights, self.min_channels)
         if not groups:
@@ -100,7 +101,8 @@ class Smooth(Pass):
             out,
             notes=[
                 f"smoothed {len(smoothed)} activations ({folded} folded into "
-                f"LayerNormalization, {len(smoothed) - folded} with a Mul); alpha {self.alpha}"
+                f"LayerNormalization, {len(smoothed) - folded} with a Mul); alpha {self.alpha}",
+                *lifted_weights(lifted),
             ],
             details={"smoothed": [{"tensor": t, "how": h, "spread": s} for t, h, s in smoothed]},
         )

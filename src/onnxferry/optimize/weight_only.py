@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import one_line
-from ..graphs import inlined
+from ..graphs import constants_to_initializers, inlined
 from ..model import Model
 from .base import Pass, PassContext, PassError, PassResult, param
-from .output import save_output
+from .output import lifted_weights, save_output
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class WeightOnly(Pass):
                 f"and {self.accuracy_level}"
             )
         proto = inlined(model)
+        lifted = constants_to_initializers(proto.graph)  # the quantizer reads initializers
         try:
             with captured():
                 quantizer = MatMulNBitsQuantizer(
@@ -64,6 +65,9 @@ class WeightOnly(Pass):
         saved = save_output(self.name, out, model, ctx)
         return PassResult(
             saved,
-            notes=[f"{count} MatMul(s) to {self.bits}-bit blocks of {self.block_size}"],
+            notes=[
+                f"{count} MatMul(s) to {self.bits}-bit blocks of {self.block_size}",
+                *lifted_weights(lifted),
+            ],
             details={"quantized": count},
         )
