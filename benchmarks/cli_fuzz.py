@@ -120,7 +120,7 @@ class Fixtures:
         proto = onnx.load(MODEL)
         self.input = proto.graph.input[0].name
         dims = proto.graph.input[0].type.tensor_type.shape.dim
-        self.shape = [d.dim_value or 2 for d in dims]
+        self.shape = [d.dim_value if d.dim_value > 0 else 2 for d in dims]  # -1, "?": 2
         self.rows = np.random.default_rng(0).normal(size=self.shape).astype(np.float32)
         self.x = work / "x.npz"
         save_npz(self.x, feeds or {self.input: self.rows})

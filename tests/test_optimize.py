@@ -47,7 +47,7 @@ from onnxferry.optimize.mixed import float_nodes, int8_pass
 from onnxferry.optimize.recipe import Step
 from onnxferry.optimize.verb import recipe_path
 from onnxferry.runtime import OrtRunner
-from tests.helpers import mlp, save
+from tests.helpers import RELU, mlp, onnx_text, save
 
 
 def wide_mlp(hidden: int = 256, outlier: float = 0.0, seed: int = 0) -> onnx.ModelProto:
@@ -101,6 +101,22 @@ def test_bad_recipes_are_one_line_usage_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as info:
         Recipe.parse(text)
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"\x00\xffjunk{[", None])
+def test_an_unreadable_recipe_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None
+) -> None:
+    recipe = tmp_path / "fast.recipe.toml"
+    if content is not None:
+        recipe.write_bytes(content)
+    model = save(onnx_text(RELU), tmp_path / "m.onnx")
+    code = main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--recipe", str(recipe)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    reason = "not UTF-8 text" if content else "No such file or directory"
+    assert err == f"ferry: error: cannot read recipe {recipe}: {reason}"
+    assert not (tmp_path / "o.onnx").exists()
 
 
 # --- the budget ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from onnxferry.atomic import AtomicFiles, atomic_write, write_bytes_atomic
 from onnxferry.data import parse_toml
-from onnxferry.errors import InputError, one_line
+from onnxferry.errors import DataError, InputError, one_line, read_user_text
 from onnxferry.native import native_output
 
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
@@ -275,3 +275,22 @@ def test_a_write_removes_temp_files_of_dead_processes_only(tmp_path: Path) -> No
     assert target.read_text() == "whole"
     assert not stale.exists()
     assert live.exists() and other.exists()
+
+
+def test_read_user_text_names_the_file_and_why_in_one_line(tmp_path: Path) -> None:
+    good = tmp_path / "vocab.txt"
+    good.write_text("a\nb\n", encoding="utf-8")
+    assert read_user_text(good, "the vocabulary") == "a\nb\n"
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"\x80\x81")
+    cases = {
+        binary: "not UTF-8 text",
+        tmp_path / "missing.txt": "No such file or directory",
+        tmp_path: "Is a directory",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(DataError) as info:
+            read_user_text(path, "the vocabulary", DataError, hint="one token a line")
+        assert str(info.value) == f"cannot read the vocabulary {path}: {reason}; one token a line"
+    with pytest.raises(InputError, match=f"^cannot read {binary}: not UTF-8 text$"):
+        read_user_text(binary, "")

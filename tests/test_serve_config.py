@@ -10,7 +10,7 @@ import pytest
 from onnxferry.errors import UsageError
 from onnxferry.model import Model
 from onnxferry.runtime import usable_cores
-from onnxferry.serve.config import ModelConfig, VersionPolicy
+from onnxferry.serve.config import ModelConfig, RepositoryConfig, VersionPolicy
 from onnxferry.serve.metadata import triton_config
 
 from .helpers import RELU, mlp, onnx_text
@@ -53,6 +53,15 @@ specific = [1, 3]
         inline_max_ms=0.25,
         version_policy=VersionPolicy("specific", specific=(1, 3)),
     )
+
+
+def test_a_ferry_toml_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "ferry.toml"
+    path.write_bytes(b"max_batch_size = 8\n\xff\xfe")
+    for read in (lambda: ModelConfig.from_toml(path), lambda: RepositoryConfig.read(tmp_path)):
+        with pytest.raises(UsageError) as info:
+            read()
+        assert str(info.value) == f"cannot read {path}: not UTF-8 text"
 
 
 def test_empty_toml_gives_defaults(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -109,6 +110,22 @@ class VerificationError(FerryError):
     """A check ran and the model failed it (exit 1)."""
 
     exit_code = EXIT_VERIFICATION_FAILED
+
+
+def read_user_text(
+    path: str | Path, what: str, error: type[FerryError] = InputError, hint: str | None = None
+) -> str:
+    """The UTF-8 text of a file the user named; else ``error`` in one line, "cannot read WHAT
+    PATH: why" (missing, a folder, unreadable, not UTF-8 text; ``what`` may be "").
+
+        text = read_user_text("fast.recipe.toml", "recipe", UsageError)
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or str(e)
+        subject = f"{what} {path}" if what else str(path)
+        raise error(f"cannot read {subject}: {reason}", hint=hint) from None
 
 
 def one_line(

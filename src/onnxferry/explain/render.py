@@ -26,7 +26,7 @@ import numpy as np
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..data import save_npz
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, read_user_text
 from ..report import render_html
 from .result import SHAP_METHODS, Explanation
 
@@ -86,13 +86,8 @@ def write_explanation(
 
 def load_vocabulary(path: str | Path) -> list[str]:
     """Tokens by id: one a line, line N for id N. DataError when the file cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"cannot read the vocabulary {path}: {getattr(e, 'strerror', None) or e}",
-            hint="give a UTF-8 text file with one token a line",
-        ) from None
+    hint = "give a UTF-8 text file with one token a line"
+    return read_user_text(path, "the vocabulary", DataError, hint).splitlines()
 
 
 # --- pictures -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..data import parse_toml
-from ..errors import UsageError
+from ..errors import UsageError, read_user_text
 from .base import Pass
 from .catalog import BUILTIN, Catalog
 
@@ -89,11 +89,7 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path, catalog: Catalog = BUILTIN) -> Recipe:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot read recipe {path}: {e.strerror or e}") from e
-        return cls.parse(text, str(path), catalog)
+        return cls.parse(read_user_text(path, "recipe", UsageError), str(path), catalog)
 
     @classmethod
     def of(cls, steps: Sequence[Step], catalog: Catalog = BUILTIN) -> Recipe:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError, read_user_text
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .kube import (
     BODY_HEADROOM_MIB,
@@ -58,7 +59,7 @@ def ferry_toml(source: PackageSource) -> str:
     if source.repository is not None:
         found = source.repository / source.name / "ferry.toml"
         if found.is_file():
-            return found.read_text(encoding="utf-8")
+            return read_user_text(found, "", UsageError)
     from ..serve.config import ModelConfig
 
     config = ModelConfig()

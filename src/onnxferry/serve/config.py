@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..data import parse_toml
-from ..errors import UsageError
+from ..errors import UsageError, read_user_text
 
 if TYPE_CHECKING:
     from ..devices import Device
@@ -193,10 +193,7 @@ class ModelConfig:
     def from_toml(cls, path: Path) -> ModelConfig:
         """Read ``ferry.toml``; an unreadable file, bad TOML, an unknown key, a wrong type or an
         out-of-range value is a UsageError naming the file and the key."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+        text = read_user_text(path, "", UsageError)
         try:
             data = parse_toml(text)
         except Exception as e:
@@ -317,10 +314,9 @@ class RepositoryConfig:
         path = Path(repository) / "ferry.toml"
         if not path.is_file():
             return cls()
+        text = read_user_text(path, "", UsageError)
         try:
-            data = parse_toml(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+            data = parse_toml(text)
         except Exception as e:
             raise UsageError(
                 f"{path} is not valid TOML: {e}", hint="see ferry.toml in the serve docs"
