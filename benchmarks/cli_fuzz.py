@@ -112,6 +112,13 @@ def run(args: list[str], work: Path, timeout: float) -> Outcome:
     return Outcome(code, err)
 
 
+def _dangle(model: onnx.ModelProto) -> None:
+    """The first node that reads a tensor reads one nothing makes (Paddle's first nodes are
+    Constants, which read none)."""
+    node = next(n for n in model.graph.node if n.input)
+    node.input[0] = "nowhere"
+
+
 class Fixtures:
     """The files the invocations use, made once in ``work``."""
 
@@ -233,7 +240,10 @@ class Fixtures:
 
         from onnx.external_data_helper import convert_model_to_external_data
 
+        from onnxferry.graphs import constants_to_initializers
+
         external = onnx.load(MODEL)
+        constants_to_initializers(external.graph)  # Paddle's weights: external data needs them
         convert_model_to_external_data(external, location="weights.bin", size_threshold=0)
         (w / "external").mkdir(exist_ok=True)
         onnx.save(external, str(w / "external" / "model.onnx"))
@@ -250,7 +260,7 @@ class Fixtures:
             edited("no_outputs.onnx", lambda m: m.graph.ClearField("output")),
             edited("no_inputs.onnx", lambda m: m.graph.ClearField("input")),
             edited("opset99.onnx", lambda m: setattr(m.opset_import[0], "version", 99)),
-            edited("dangling.onnx", lambda m: m.graph.node[0].input.__setitem__(0, "nowhere")),
+            edited("dangling.onnx", _dangle),
             w / "external" / "model.onnx",
         ]
 
