@@ -142,6 +142,19 @@ def test_header_count_past_the_cap_is_431(small: str) -> None:
     assert answer.startswith(b"HTTP/1.1 431 ") and b"more than 10 request headers" in answer
 
 
+def test_two_host_headers_are_400_and_the_server_serves_on(server: str) -> None:
+    """RFC 9112 3.2: a request with more than one Host header is refused (which one names the
+    target is ambiguous); one Host header, in any case, is fine."""
+    one = [b"hOsT: x", b"Connection: close"]
+    assert raw(server, head(one)).startswith(b"HTTP/1.1 200 ")
+    for hosts in ([b"Host: x", b"Host: y"], [b"Host: x", b"host: x", b"HOST: x"]):
+        answer = raw(server, head([*hosts, b"Connection: close"]))
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        body = answer.split(b"\r\n\r\n", 1)[1]
+        assert json.loads(body) == {"error": f"{len(hosts)} Host headers; send one"}
+    assert request(server, "GET", "/v2/health/ready")[0] == 200
+
+
 def test_the_caps_apply_to_each_request_not_the_connection_or_the_body(small: str) -> None:
     conn = http.client.HTTPConnection(*address(small), timeout=30)
     try:

@@ -7,10 +7,11 @@ greedy clients, and the caps on open connections.
     uvicorn.Config(app, http=http)                # as server.serve and server.running do
 
 Each limit closes the connection after a whole JSON answer: 408 for headers that do not arrive
-in time, 431 for too many or too large (the server reads and drops what follows for
-``LINGER_S``, so that the client reads the answer rather than a connection reset), 503 past a
-connection cap. A response the client stops reading is dropped without one. A response's
-status line and headers go out in the same send as its body (``HeldHead``).
+in time, 431 for too many or too large, 400 for more than one Host header (RFC 9112; after a
+431 or 400 the server reads and drops what follows for ``LINGER_S``, so that the client reads
+the answer rather than a connection reset), 503 past a connection cap. A response the client
+stops reading is dropped without one. A response's status line and headers go out in the same
+send as its body (``HeldHead``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def guarded_protocol(
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the limits uvicorn lacks: a request's headers must
     arrive within header_timeout_s of its first byte (else 408) and fit max_header_bytes and
-    max_headers (else 431); either way the connection closes. Bytes after a response that
+    max_headers (else 431) and hold one Host header at most (else 400); each way the
+    connection closes. Bytes after a response that
     start no request do not stop the keep-alive timeout; a response the client stops reading
     for write_timeout_s is dropped; a connection past the ``caps`` (in all, or from its
     address) gets 503 and closes."""
@@ -53,6 +55,7 @@ def guarded_protocol(
         request that starts in the read that ends the one before is counted from the next read
         (pipelining), so it may hold up to twice the cap."""
         _header_count = 0
+        _hosts = 0
         _refused = False
         _peer: str | None = None
         """The client's address while it counts against the caps."""
@@ -103,12 +106,14 @@ def guarded_protocol(
                 self._idle.cancel()
                 self._idle = None
             super().on_message_begin()
-            self._header_count = 0
+            self._header_count = self._hosts = 0
             if self._timer is None and not self._refused:
                 self._arm()
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_count += 1
+            if len(name) == 4 and name.lower() == b"host":
+                self._hosts += 1
             if self._header_count <= max_count:
                 super().on_header(name, value)
 
@@ -119,6 +124,9 @@ def guarded_protocol(
             self._disarm()
             if self._header_count > max_count:
                 self._refuse(f"more than {max_count} request headers")
+                return
+            if self._hosts > 1:  # RFC 9112 3.2: which one names the target is ambiguous
+                self._refuse(f"{self._hosts} Host headers; send one", b"400 Bad Request")
                 return
             super().on_headers_complete()
             cycle = self.cycle
@@ -198,14 +206,16 @@ def guarded_protocol(
                 self.transport.write_eof()
             self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
-        def _refuse(self, message: str) -> None:
-            """Answer 431 and close; read and drop what follows until then."""
+        def _refuse(
+            self, message: str, status: bytes = b"431 Request Header Fields Too Large"
+        ) -> None:
+            """Answer ``status`` (431) and close; read and drop what follows until then."""
             self._refused = True
             self._disarm()
             if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
                 self.transport.close()  # the answer would cut into an earlier one
                 return
-            _answer(self.transport, b"431 Request Header Fields Too Large", message)
+            _answer(self.transport, status, message)
             self._linger()
 
     return GuardedHttpToolsProtocol
