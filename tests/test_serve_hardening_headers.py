@@ -155,6 +155,19 @@ def test_two_host_headers_are_400_and_the_server_serves_on(server: str) -> None:
     assert request(server, "GET", "/v2/health/ready")[0] == 200
 
 
+def test_a_missing_host_header_is_400_for_http_1_1_only(server: str) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request without Host is refused and the connection closes;
+    HTTP/1.0 requests may omit it."""
+    answer = raw(server, head([b"Connection: close"]))
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body) == {
+        "error": "the request has no Host header; HTTP/1.1 requests need one"
+    }
+    assert raw(server, b"GET /v2/health/ready HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    assert request(server, "GET", "/v2/health/ready")[0] == 200
+
+
 def test_the_caps_apply_to_each_request_not_the_connection_or_the_body(small: str) -> None:
     conn = http.client.HTTPConnection(*address(small), timeout=30)
     try:

@@ -7,11 +7,11 @@ greedy clients, and the caps on open connections.
     uvicorn.Config(app, http=http)                # as server.serve and server.running do
 
 Each limit closes the connection after a whole JSON answer: 408 for headers that do not arrive
-in time, 431 for too many or too large, 400 for more than one Host header (RFC 9112; after a
-431 or 400 the server reads and drops what follows for ``LINGER_S``, so that the client reads
-the answer rather than a connection reset), 503 past a connection cap. A response the client
-stops reading is dropped without one. A response's status line and headers go out in the same
-send as its body (``HeldHead``).
+in time, 431 for too many or too large, 400 for an HTTP/1.1 request without one Host header
+(RFC 9112; after a 431 or 400 the server reads and drops what follows for ``LINGER_S``, so
+that the client reads the answer rather than a connection reset), 503 past a connection cap. A
+response the client stops reading is dropped without one. A response's status line and headers
+go out in the same send as its body (``HeldHead``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ def guarded_protocol(
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the limits uvicorn lacks: a request's headers must
     arrive within header_timeout_s of its first byte (else 408) and fit max_header_bytes and
-    max_headers (else 431) and hold one Host header at most (else 400); each way the
-    connection closes. Bytes after a response that
-    start no request do not stop the keep-alive timeout; a response the client stops reading
-    for write_timeout_s is dropped; a connection past the ``caps`` (in all, or from its
-    address) gets 503 and closes."""
+    max_headers (else 431) and hold one Host header (else 400; HTTP/1.0 may have none); each
+    way the connection closes. Bytes after a response that start no request do not stop the
+    keep-alive timeout; a response the client stops reading for write_timeout_s is dropped; a
+    connection past the ``caps`` (in all, or from its address) gets 503 and closes."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     timeout_s, max_bytes, max_count = header_timeout_s, max_header_bytes, max_headers
@@ -125,8 +124,9 @@ def guarded_protocol(
             if self._header_count > max_count:
                 self._refuse(f"more than {max_count} request headers")
                 return
-            if self._hosts > 1:  # RFC 9112 3.2: which one names the target is ambiguous
-                self._refuse(f"{self._hosts} Host headers; send one", b"400 Bad Request")
+            host_problem = self._host_problem()
+            if host_problem is not None:
+                self._refuse(host_problem, b"400 Bad Request")
                 return
             super().on_headers_complete()
             cycle = self.cycle
@@ -171,6 +171,15 @@ def guarded_protocol(
             self._stalled = None
             log.warning("ferry serve: dropped a client that stopped reading its response")
             self.transport.abort()
+
+        def _host_problem(self) -> str | None:
+            """RFC 9112 3.2: an HTTP/1.1 request has exactly one Host header (with two,
+            which one names the target is ambiguous); HTTP/1.0 may have none."""
+            if self._hosts > 1:
+                return f"{self._hosts} Host headers; send one"
+            if self._hosts == 0 and self.parser.get_http_version() != "1.0":
+                return "the request has no Host header; HTTP/1.1 requests need one"
+            return None
 
         def _reading(self) -> bool:
             """Not refused, not closing, not handed over to a WebSocket protocol."""
