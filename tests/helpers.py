@@ -427,6 +427,35 @@ stream (float[steps, 4] x, float[1, 4] state) => (float[steps] y) {
 state given whole for the call (faster-whisper's Silero VAD does so with its LSTM)."""
 
 
+def gru_with_one_state() -> onnx.ModelProto:
+    """x[batch, 5, 3] -> GRU (hidden 2) from a state ``h0: [1, 1, 2]`` -> its last state
+    [batch, 2]: the batch axis is open, but the state holds one row, so ONNX Runtime refuses
+    two rows at once (Microsoft's AECMOS models, exported by PyTorch 1.9, are built so)."""
+    rng = np.random.default_rng(8)
+    weights = {"w": (1, 6, 3), "r": (1, 6, 2)}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["steps"], perm=[1, 0, 2]),
+        helper.make_node("GRU", ["steps", "w", "r", "", "", "h0"], ["", "last"], hidden_size=2),
+        helper.make_node("Squeeze", ["last", "zero"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    inits += [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in weights.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gru",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 3]),
+            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
 def qdq_model() -> onnx.ModelProto:
     """x[N, 4] -> QuantizeLinear (uint8) -> DequantizeLinear -> MatMul with an int8 weight
     dequantized per output channel (axis 1) -> y[N, 3]: a statically quantized (QDQ) layer,

@@ -38,7 +38,7 @@ from onnxferry.explain.masking import (
 from onnxferry.explain.methods import IG_STEPS
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner, create_session
-from tests.helpers import STREAM, onnx_text, recurrent
+from tests.helpers import STREAM, gru_with_one_state, onnx_text, recurrent
 
 SHAP = ("kernelshap", "permutation")
 FEATURES = 8
@@ -661,6 +661,25 @@ def test_rows_that_carry_a_stream_are_each_explained_alone() -> None:
         assert together.scores[i] == pytest.approx(alone.scores[0])
         # each occluded feature's drop is the feature itself: the stream starts afresh
         np.testing.assert_allclose(together.attributions[i], x[i], atol=1e-5)
+
+
+def test_a_model_whose_state_holds_one_row_is_explained_a_row_at_a_time() -> None:
+    """Two rows at once were ONNX Runtime's error (GRU: "Input initial_h must have shape
+    {1,2,2}"), exit 2 for inputs the model takes; the probe now finds the rows refused
+    together and every evaluation runs alone."""
+    model = Model.from_proto(gru_with_one_state())
+    x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
+    state = np.zeros((1, 1, 2), np.float32)
+    together = explain(model, {"x": x, "h0": state}, "occlusion", kind="signal")
+    assert any(
+        n.startswith("rows do not run together (onnxruntime cannot run") and "initial_h" in n
+        for n in together.notes
+    ), together.notes
+    assert together.session_runs == together.evaluations + 1  # the probe's run alone
+    for i in range(2):
+        alone = explain(model, {"x": x[i : i + 1], "h0": state}, "occlusion", kind="signal")
+        np.testing.assert_allclose(together.attributions[i], alone.attributions[0], atol=1e-6)
+        assert together.scores[i] == pytest.approx(alone.scores[0])
 
 
 def test_a_table_given_whole_beside_independent_rows_stays_batched() -> None:

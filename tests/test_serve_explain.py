@@ -14,8 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxferry
 from onnxferry.serve.server import running
 from onnxferry.serve.settings import ServeSettings
+from tests.helpers import gru_with_one_state
 
 KEY = "explain-key-0123456789"
 WEIGHTS = np.array([0, 0, 3.0, 0, 0, -2.0, 0, 0], np.float32)
@@ -208,3 +210,25 @@ def test_a_value_that_is_not_a_number_is_400_and_the_server_keeps_serving(tmp_pa
         error = response.json()["error"]
         assert "is -inf on 1 of 2 rows" in error and "\n" not in error
         assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_a_model_whose_state_holds_one_row_explains_each_row_alone(tmp_path: Path) -> None:
+    """A GRU given ``h0: [1, 1, 2]`` refuses two rows at once: the executor's error was a 500
+    for the explanation's probe; now its rows run one at a time, as on the command line."""
+    path = tmp_path / "gru.onnx"
+    onnx.save(gru_with_one_state(), path)
+    x = np.random.default_rng(9).standard_normal((2, 5, 3)).astype(np.float32)
+    body = {
+        "inputs": [
+            {"name": "x", "shape": [2, 5, 3], "datatype": "FP32", "data": x.ravel().tolist()},
+            {"name": "h0", "shape": [1, 1, 2], "datatype": "FP32", "data": [0.0, 0.0]},
+        ],
+        "parameters": {"method": "occlusion", "kind": "signal"},
+    }
+    with running(path) as url:
+        served = outputs(httpx.post(f"{url}/v2/models/gru/explain", json=body, timeout=60))
+    state = np.zeros((1, 1, 2), np.float32)
+    for i in range(2):
+        row = {"x": x[i : i + 1], "h0": state}
+        alone = onnxferry.explain(path, row, "occlusion", kind="signal")
+        np.testing.assert_allclose(served["attributions"][i], alone.attributions[0], atol=1e-5)

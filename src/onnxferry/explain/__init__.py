@@ -203,14 +203,14 @@ def explain(
     )
     unfit = unfit_targets(loaded.proto)
     targets, scores = resolve_targets(evaluator, rows, signature, target, unfit)
+    if dependent := evaluator.probe_rows(rows[0], targets[0].output):
+        notes.append(dependent)
     gradients = None
     if method == "integrated-gradients":
         from .gradients import GradientScorer
 
         gradients = GradientScorer.build(loaded, evaluator, rows)
         notes.append(gradients.note)
-    if dependent := evaluator.probe_rows(rows[0], targets[0].output):
-        notes.append(dependent)
     shap_data = shap_background(data, method, seed, notes)
     values, bases, labels = [], [], []
     for i, sample in enumerate(rows):

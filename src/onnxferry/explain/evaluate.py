@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import FeedError, InputError, UsageError
+from ..errors import FeedError, InputError, RunError, UsageError
 from ..graphs import sequence_outputs, sized_by_data
 from ..runtime import map_keys, map_order, map_table, quiet_run_options, run_errors
 from ..signature import Signature
@@ -144,19 +144,28 @@ class Evaluator:
 
     def probe_rows(self, sample: np.ndarray, output: str) -> str | None:
         """Run ``sample`` alone and after another row (its own values rolled by one); when the
-        two differ, the model's rows are not independent and every evaluation runs alone from
-        now on (a note says so). Two runs, for a model with an open batch axis.
+        two differ, or ONNX Runtime refuses the two rows at once, the model's rows are not
+        independent and every evaluation runs alone from now on (a note says so). Two runs,
+        for a model with an open batch axis.
 
         Such a model runs its rows as the steps of one stream, as faster-whisper's Silero VAD
         does with an LSTM state ``h: [1, 1, 128]`` given for the whole call: batched, each
-        perturbation of a row would start from what the ones before it left."""
+        perturbation of a row would start from what the ones before it left. A GRU given
+        ``h0: [4, 1, 64]`` refuses two rows outright (its state holds one)."""
         if not self.layout.batch_axis or self.layout.fixed_batch:
             return None
         alone = self._run(sample[None], 0, output)[0]
-        after = self._run(np.stack([np.roll(sample, 1), sample]), 0, output)[1]
+        refused: str | None = None
+        try:
+            after = self._run(np.stack([np.roll(sample, 1), sample]), 0, output)[1]
+        except RunError as e:
+            refused = e.message
         if self.progress is not None:  # it hears of every run
             for _ in range(2):
                 self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
+        if refused is not None:
+            self.independent = False
+            return f"rows do not run together ({refused}), so every evaluation runs alone"
         scale = max(1.0, float(np.abs(alone).max(initial=0.0)))
         if np.allclose(after, alone, rtol=1e-3, atol=1e-5 * scale):
             return None

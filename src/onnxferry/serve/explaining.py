@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FerryError
+from ..errors import FerryError, RunError
 from .asgi import HttpError
 from .endpoint import Call, Reply, error_text
+from .executor import ExecutionError
 from .infer import Done, Inference, RestExchange
 from .protocol import InferRequest
 from .versions import ModelVersion
@@ -165,7 +166,10 @@ class ExecutorSession:
     ) -> list[np.ndarray]:
         names = list(output_names) if output_names else None
         job = self.served.executor.infer(dict(feeds), output_names=names, deadline=self.deadline)
-        result = asyncio.run_coroutine_threadsafe(job, self.loop).result()
+        try:
+            result = asyncio.run_coroutine_threadsafe(job, self.loop).result()
+        except ExecutionError as e:  # as ONNX Runtime's own session says it (explain probes)
+            raise RunError(e.message, hint=e.hint) from e
         wanted = names or list(result.outputs)
         return [result.outputs[name] for name in wanted]
 
