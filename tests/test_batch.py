@@ -472,6 +472,31 @@ def test_a_batch_1_model_keeps_an_output_without_a_batch_axis_whole(tmp_path: Pa
     np.testing.assert_array_equal(read_output(tmp_path / "out")["y"], x[:, :, None])
 
 
+SQUEEZED = """
+<ir_version: 10, opset_import: ["" : 21]>
+score (float[N, 3] x) => (float y) {
+    one = Constant <value = int64[1] {1}> ()
+    s = ReduceSum <keepdims = 0> (x, one)
+    y = Squeeze(s)
+}
+"""
+"""A score per row, squeezed of every axis: a batch of one row gives a scalar (PyTorch's
+``squeeze()``, as Microsoft's PLCMOS model)."""
+
+
+def test_a_row_run_alone_may_come_back_squeezed_to_a_scalar(tmp_path: Path) -> None:
+    """5 rows in batches of 2 end in a batch of one, whose score is a scalar: that is its
+    row (it was "its rows are not along axis 0", exit 2)."""
+    proto = onnx_text(SQUEEZED)
+    proto.graph.output[0].type.tensor_type.shape.SetInParent()  # declared a scalar, as PLCMOS
+    model = save(proto, tmp_path / "squeezed.onnx")
+    x = _rows(5, width=3)
+    for size in (2, 1):
+        batch(model, _npy(tmp_path, x), tmp_path / f"out{size}", batch_size=size)
+        written = read_output(tmp_path / f"out{size}")["y"]
+        np.testing.assert_allclose(written, x.sum(axis=1), rtol=1e-6)
+
+
 SCALAR_GAIN = """
 <ir_version: 10, opset_import: ["" : 21]>
 gain (float[{rows}, 3] x, float gain) => (float[{rows}, 3] y) {{ y = Mul(x, gain) }}

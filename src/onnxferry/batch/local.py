@@ -114,13 +114,14 @@ def _rows_first(signature: Signature, name: str, value: np.ndarray) -> np.ndarra
 
 
 def _rows(name: str, value: np.ndarray, n: int, fixed: int | None) -> np.ndarray:
-    """An output's ``n`` rows along axis 0. A model whose batch is fixed at 1 may give an
-    output without a batch axis (a time-major ``[time, 1, classes]``): its one row is all of
-    it. Otherwise rows lie on axis 0, or the output cannot be split into rows."""
+    """An output's ``n`` rows along axis 0. A run of one row may give an output without a
+    batch axis (a batch-1 export's time-major ``[time, 1, classes]``; PyTorch's ``squeeze()``
+    of every axis, as Microsoft's PLCMOS scores a batch of 1 as a scalar): its one row is all
+    of it. Otherwise rows lie on axis 0, or the output cannot be split into rows."""
     ran = fixed or n
     if value.ndim and len(value) == ran:
         return value[:n]
-    if fixed == 1:
+    if ran == 1:
         return value[None]
     raise DataError(
         f"output {name!r} has shape {list(value.shape)} for a batch of {ran} rows: its rows are "
