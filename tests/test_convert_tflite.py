@@ -302,3 +302,28 @@ def test_unsupported_tflite_op_is_named() -> None:
         convert_with_tf2onnx(convert, 17, framework="TFLite")
     assert "--opset" in str(caught.value)
     assert_one_line(caught.value)
+
+
+def test_an_open_batch_the_model_fixes_inside_says_how_to_convert_it(tmp_path: Path) -> None:
+    """EfficientWord-Net's log-mel model declares ``input_2: [-1, 16000]`` and reshapes to a
+    fixed ``[98, 64]``: it runs at batch 1 only, and LiteRT's failure at batch 4 was "check
+    that the file is a whole .tflite model" (and --input-shape did not pin the batch). It now
+    names the sizes it runs at and the options that convert it; they do."""
+
+    @tf.function(  # type: ignore[untyped-decorator]
+        input_signature=[tf.TensorSpec([None, 64], tf.float32, name="audio")]
+    )
+    def frames(audio: Any) -> Any:
+        return tf.reshape(audio * 2.0, [8, 8])
+
+    concrete = frames.get_concrete_function()
+    path = tmp_path / "fixed.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([concrete], frames).convert())
+    with pytest.raises(InputError) as caught:
+        convert(path, tmp_path / "open.onnx")
+    message = str(caught.value)
+    assert "runs on audio[1,64] but fails on audio[4,64]" in message, message
+    assert message.endswith("--dynamic static --input-shape audio=1x64"), message
+    assert "\n" not in message and not (tmp_path / "open.onnx").exists()
+    out = convert(path, tmp_path / "fixed.onnx", dynamic={}, input_shapes={"audio": [1, 64]})
+    assert out.last_report(Conversion).result.verified

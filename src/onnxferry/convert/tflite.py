@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import FeedError, InputError, one_line
+from ..feeds import describe_shapes
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import Candidate, ConversionError, ConvertOptions, Source
 from .tf_common import (
@@ -213,6 +214,7 @@ class TFLiteRunner:
         self._inputs = ordered(in_names, inputs)
         self._outputs = ordered(out_names, outputs)
         self._shapes = {d["index"]: tuple(int(x) for x in d["shape"]) for _, d in self._inputs}
+        self._declared = dict(self._shapes)
         self._allocated = False
         specs = [
             TensorSpec(name, dtype_from_numpy(d["dtype"]), source_shape(name, _dims(d), options))
@@ -257,6 +259,12 @@ class TFLiteRunner:
                 interpreter.set_tensor(detail["index"], np.ascontiguousarray(feeds[name]))
             interpreter.invoke()
         except Exception as e:
+            if self._shapes != self._declared:  # the file is whole: these sizes do not run
+                shapes = describe_shapes({n: self._shapes[d["index"]] for n, d in self._inputs})
+                raise FeedError(
+                    f"the TFLite model cannot run on {shapes} ({one_line(e)})",
+                    hint="give the sizes it declares, or those it was made for",
+                ) from e
             raise InputError(
                 f"{self.path}: the TFLite interpreter failed ({one_line(e)})", hint=_REPAIR
             ) from e

@@ -38,21 +38,37 @@ class SourceJudge:
     _second: tuple[Outputs, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.references = [self._reference(f) for f in self.feeds]
+        self.references = []
+        for feeds in self.feeds:
+            self.references.append(self._reference(feeds, self.feeds[0]))
 
-    def _reference(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _reference(
+        self, feeds: Mapping[str, np.ndarray], first: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """The source's outputs on one feed set; InputError (one line, exit 2) when the
         source itself cannot run on it (a CNN given an image smaller than its receptive
-        field)."""
+        field), or runs on ``first`` (run before) but not on these sizes of its open dims
+        (a TFLite model declaring ``[-1, 16000]`` that reshapes to a fixed ``[98, 64]``)."""
+        name = self.source.reference.name
         try:
             return self.source.reference.run(feeds)
-        except FerryError:
-            raise
         except Exception as e:
             shapes = describe_shapes({k: np.shape(v) for k, v in feeds.items()})
+            said = e.message if isinstance(e, FerryError) else one_line(e, line="first", named=True)
+            ran = {k: np.shape(v) for k, v in first.items()}
+            if feeds is not first and ran != {k: np.shape(v) for k, v in feeds.items()}:
+                pins = " ".join(
+                    f"--input-shape {k}={'x'.join(map(str, v))}" for k, v in ran.items() if v
+                )
+                raise InputError(
+                    f"the source model ({name}) runs on {describe_shapes(ran)} but fails on "
+                    f"{shapes}, so the dims it leaves open are not all free: {said}",
+                    hint=f"convert it at the sizes it runs with --dynamic static {pins}",
+                ) from e
+            if isinstance(e, FerryError):
+                raise
             raise InputError(
-                f"the source model ({self.source.reference.name}) fails on {shapes}: "
-                f"{one_line(e, line='first', named=True)}",
+                f"the source model ({name}) fails on {shapes}: {said}",
                 hint="give the sizes it takes with --input-shape NAME=1x..., or rows it runs "
                 "on with --inputs",
             ) from e
