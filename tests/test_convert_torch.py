@@ -7,8 +7,10 @@ batch sizes (and two sequence lengths where the model has one).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -667,3 +669,44 @@ def test_find_divergence_names_the_first_module_that_differs(tmp_path: Path) -> 
 
     # the TorchScript exporter records no module scopes: nothing to map, no answer
     assert source.find_divergence(scaled(traced, "fc2.weight", 1.5), feeds[0], tolerance) is None
+
+
+def _torch_package(path: Path, obj: Any) -> Path:
+    """``obj`` pickled at ``models/net.pkl`` in a torch.package archive, as Silero ships its
+    models; torch's own modules stay outside it."""
+    from torch.package.package_exporter import PackageExporter
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning)
+        with PackageExporter(str(path)) as exporter:
+            exporter.extern(["torch.**", "numpy.**"])
+            exporter.save_pickle("models", "net.pkl", obj)
+    return path
+
+
+def test_a_module_in_a_torch_package_archive_converts_with_trust(tmp_path: Path) -> None:
+    """A torch.package archive was read as a torch.export file (its ``models/`` folder) and
+    ended in "We ran into an error when deserializing the saved file"."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    path = _torch_package(tmp_path / "net.pt", net)
+    with pytest.raises(FerryError, match=r"is a torch\.package archive .*--trust-pickle") as info:
+        load_torch(path, ConvertOptions(input_shapes={"input": (2, 4)}))
+    assert_one_line(info.value)
+    out = onnxferry.convert(
+        path, tmp_path / "net.onnx", trust_pickle=True, input_shapes={"input": [2, 4]}
+    )
+    assert out.last_report(Conversion).result.verified
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    (y,) = OrtRunner(out).run({out.signature.input_names[0]: x}).values()
+    np.testing.assert_allclose(y, net(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+
+
+def test_a_torch_package_without_a_module_names_what_it_holds(tmp_path: Path) -> None:
+    """Silero's stress and TTS archives pickle a Python wrapper around their network."""
+    path = _torch_package(tmp_path / "weights.pt", {"w": torch.zeros(2)})
+    with pytest.raises(FerryError) as info:
+        load_torch(path, ConvertOptions(trust_pickle=True, input_shapes={"x": (1, 2)}))
+    assert_one_line(info.value)
+    assert "whose pickles hold dict, not a torch.nn.Module" in str(info.value)
+    assert "load_pickle('models', 'net.pkl')" in str(info.value)

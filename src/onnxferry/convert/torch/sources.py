@@ -111,6 +111,8 @@ def _from_file(path: Path, options: ConvertOptions) -> Loaded:
             hint=hint,
         ) from None
     tails = {n.split("/", 1)[-1] for n in names}
+    if ".data/extern_modules" in tails:
+        return _from_torch_package(path, names, options, hint)
     try:
         if "archive_format" in tails or any(n.startswith("models/") for n in tails):
             with quiet():
@@ -128,14 +130,54 @@ def _from_file(path: Path, options: ConvertOptions) -> Loaded:
     raise InputError(f"{path}: not a TorchScript, torch.export or torch.save file", hint=hint)
 
 
+def _trusted(options: ConvertOptions, what: str, hint: str) -> None:
+    """InputError unless the user trusts pickles: loading ``what`` runs code."""
+    if not options.trust_pickle:
+        raise InputError(
+            f"{what}, and unpickling it runs code",
+            hint=f"pass --trust-pickle if you trust its origin, or {hint.split(', or ')[-1]}",
+        )
+
+
+def _from_torch_package(path: Path, names: list[str], options: ConvertOptions, hint: str) -> Loaded:
+    """The module pickled in a ``torch.package`` archive (Silero's models ship so): the
+    archive carries its own Python code, so loading it needs ``trust_pickle``. Its pickles
+    are the files outside ``.data/`` that are not source; the first that holds a module is
+    taken."""
+    import torch
+    from torch.package.package_importer import PackageImporter
+
+    _trusted(options, f"{path} is a torch.package archive (its own Python code and pickles)", hint)
+    pickles: list[tuple[str, str]] = []
+    for entry in names:  # ROOT/PACKAGE/DIRS/NAME: load_pickle("PACKAGE.DIRS", "NAME")
+        if "/.data/" not in f"/{entry}" and not entry.endswith((".py", ".debug_pkl")):
+            package, _, name = entry.split("/", 1)[-1].rpartition("/")
+            if package:  # not torch's own files at the top (byteorder)
+                pickles.append((package.replace("/", "."), name))
+    try:
+        with quiet():  # torch.package's storages warn that TypedStorage is deprecated
+            importer = PackageImporter(str(path))
+            loaded = {(pkg, name): importer.load_pickle(pkg, name) for pkg, name in pickles}
+    except Exception as e:
+        message = f"{path}: torch.package cannot load it: {torch_error(e)}"
+        raise InputError(message, hint=hint) from e
+    for (package, name), obj in loaded.items():
+        if isinstance(obj, torch.nn.Module):
+            where = f"{package}/{name}"
+            return _from_module(obj, None, f"the {type(obj).__name__} in {path} ({where})")
+    held = ", ".join(sorted({type(obj).__name__ for obj in loaded.values()})) or "nothing"
+    package, name = pickles[0] if pickles else ("PACKAGE", "RESOURCE")
+    raise InputError(
+        f"{path} is a torch.package archive whose pickles hold {held}, not a torch.nn.Module",
+        hint="give a factory FILE.py:FUNCTION that returns the network inside it "
+        f"(from torch.package.PackageImporter(path).load_pickle({package!r}, {name!r}))",
+    )
+
+
 def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> Loaded:
     import torch
 
-    if not options.trust_pickle:
-        raise InputError(
-            f"{path} is a pickled torch.save file, and unpickling it runs code",
-            hint=f"pass --trust-pickle if you trust its origin, or {hint.split(', or ')[-1]}",
-        )
+    _trusted(options, f"{path} is a pickled torch.save file", hint)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
