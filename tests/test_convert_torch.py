@@ -710,3 +710,30 @@ def test_a_torch_package_without_a_module_names_what_it_holds(tmp_path: Path) ->
     assert_one_line(info.value)
     assert "whose pickles hold dict, not a torch.nn.Module" in str(info.value)
     assert "load_pickle('models', 'net.pkl')" in str(info.value)
+
+
+def test_a_torch_save_file_from_before_zip_archives_is_read(tmp_path: Path) -> None:
+    """PyTorch before 1.6 wrote torch.save files as bare pickles (attacut's model.pth): they
+    were "not a zip archive", so not a torch.save file; torch.load reads them."""
+    path = tmp_path / "old.pth"
+    torch.save(ThreeLayers(), str(path), _use_new_zipfile_serialization=False)
+    with pytest.raises(FerryError, match="--trust-pickle") as info:
+        load_torch(path, ConvertOptions(input_shapes={"x": (2, 4)}))
+    assert_one_line(info.value)
+    source = load_torch(path, ConvertOptions(trust_pickle=True, input_shapes={"x": (2, 4)}))
+    assert "ThreeLayers pickled in" in source.description
+
+
+def test_training_checkpoints_give_their_model_or_say_they_hold_weights(tmp_path: Path) -> None:
+    """A checkpoint keeping its module under 'model' converts it; PyTorch Lightning's (pesto's
+    ``.ckpt``: 'epoch', 'state_dict', ...) is named for what it is, not a bare state_dict."""
+    options = ConvertOptions(trust_pickle=True, input_shapes={"x": (2, 4)})
+    path = tmp_path / "with_model.pt"
+    torch.save({"epoch": 3, "model": ThreeLayers()}, str(path))
+    assert "its 'model' entry" in load_torch(path, options).description
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"epoch": 3, "state_dict": ThreeLayers().state_dict()}, str(path))
+    with pytest.raises(FerryError) as info:
+        onnxferry.convert(path, tmp_path / "o.onnx", trust_pickle=True)
+    assert_one_line(info.value)
+    assert "holds a training checkpoint ('epoch', 'state_dict')" in str(info.value)

@@ -43,6 +43,7 @@ _EXTRAS = {
     ".pt": "torch",
     ".pth": "torch",
     ".pt2": "torch",
+    ".ckpt": "torch",
     ".keras": "tf",
     ".tflite": "tf",
     ".pkl": "sklearn",

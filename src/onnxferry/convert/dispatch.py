@@ -269,6 +269,7 @@ def detect_framework(source: Any) -> str:
         ".pt": "torch",
         ".pth": "torch",
         ".pt2": "torch",
+        ".ckpt": "torch",  # a training checkpoint (PyTorch Lightning's), e.g. pesto's weights
         ".ts": "torch",
         ".jit": "torch",  # Silero VAD ships its TorchScript as silero_vad.jit
         ".torchscript": "torch",

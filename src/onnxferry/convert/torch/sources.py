@@ -106,6 +106,8 @@ def _from_file(path: Path, options: ConvertOptions) -> Loaded:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
+        if _legacy_torch_save(path):
+            return _from_pickle(path, options, hint)
         raise InputError(
             f"{path}: not a TorchScript, torch.export or torch.save file (not a zip archive)",
             hint=hint,
@@ -128,6 +130,16 @@ def _from_file(path: Path, options: ConvertOptions) -> Loaded:
     if "data.pkl" in tails:
         return _from_pickle(path, options, hint)
     raise InputError(f"{path}: not a TorchScript, torch.export or torch.save file", hint=hint)
+
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+"""How a torch.save file from before PyTorch 1.6 (not a zip) begins: pickle protocol 2, then
+torch's magic number as a pickled long."""
+
+
+def _legacy_torch_save(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
 
 
 def _trusted(options: ConvertOptions, what: str, hint: str) -> None:
@@ -182,8 +194,18 @@ def _from_pickle(path: Path, options: ConvertOptions, hint: str) -> Loaded:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
         raise InputError(f"{path}: torch cannot load it: {torch_error(e)}", hint=hint) from e
+    where = str(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), torch.nn.Module):
+        obj, where = obj["model"], f"{path} (its 'model' entry)"  # a training checkpoint's
     if isinstance(obj, torch.nn.Module):
-        return _from_module(obj, None, f"the {type(obj).__name__} pickled in {path}")
+        return _from_module(obj, None, f"the {type(obj).__name__} pickled in {where}")
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        keys = ", ".join(repr(k) for k in list(obj)[:4]) + (", ..." if len(obj) > 4 else "")
+        raise InputError(
+            f"{path} holds a training checkpoint ({keys}): weights, not a model",
+            hint="give a factory FILE.py:FUNCTION that builds the model and loads its "
+            "checkpoint['state_dict']",
+        )
     if isinstance(obj, Mapping):
         raise InputError(
             f"{path} holds a state_dict (weights only), not a model",
