@@ -3,10 +3,8 @@ bad paths and busy ports are one line and exit 2; `ferry bench --url` load-tests
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,8 +17,6 @@ from pathlib import Path
 import pytest
 
 from onnxferry.cli import main
-from onnxferry.cli.serve import _sigterm_ends_startup
-from onnxferry.serve.server import ServerOptions, serve
 from tests.helpers import free_port, wait_ready
 from tests.test_serve_app import affine, infer_json, slow, write
 
@@ -177,39 +173,61 @@ def test_sigterm_while_starting_up_exits_0(tmp_path: Path) -> None:
     assert b"Traceback" not in err
 
 
-def _sigterm_now() -> None:
-    """Send this process SIGTERM and give its handler the next bytecode to run in."""
+_SIGTERM_NOW = """
+import contextlib, os, signal, sys, time
+from onnxferry.cli.serve import _sigterm_ends_startup
+
+def sigterm_now():  # this process gets SIGTERM; its handler runs at the next bytecode
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(5)
     raise AssertionError("SIGTERM's handler did not run")
+"""
 
 
-def test_a_sigterm_an_extension_turns_into_its_own_error_still_ends_the_start_up(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def _fresh_python(code: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """``code`` after ``_SIGTERM_NOW`` in a new interpreter: a signal sent to a test worker
+    that has run other files (threads of native libraries, handlers they installed) could
+    reach a handler other than the one under test and end the worker."""
+    return subprocess.run(
+        [sys.executable, "-c", _SIGTERM_NOW + code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_sigterm_an_extension_turns_into_its_own_error_still_ends_the_start_up() -> None:
     """pybind11 reports an exception raised while its module initializes as "ImportError:
     initialization failed" (ONNX Runtime's import did, in CI): still a clean stop."""
-    with _sigterm_ends_startup() as stopped:
-        try:
-            _sigterm_now()
-        except BaseException as e:
-            raise ImportError("initialization failed") from e
-    assert stopped is not None and stopped.is_set()
-    assert capsys.readouterr().err == "ferry serve: stopped by SIGTERM before it started serving\n"
+    done = _fresh_python(
+        """
+with _sigterm_ends_startup() as stopped:
+    try:
+        sigterm_now()
+    except BaseException as e:
+        raise ImportError("initialization failed") from e
+assert stopped is not None and stopped.is_set()
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "ferry serve: stopped by SIGTERM before it started serving\n"
 
 
-def test_a_sigterm_a_library_swallowed_stops_the_server_as_it_takes_over(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_sigterm_a_library_swallowed_stops_the_server_as_it_takes_over(tmp_path: Path) -> None:
     """An exception raised in a weakref callback is dropped (importlib's module locks have one):
     the start-up goes on, and the server returns at once instead of serving for ever."""
     model = write(tmp_path / "m.onnx", affine())
-    with _sigterm_ends_startup() as stopped:
-        with contextlib.suppress(BaseException):
-            _sigterm_now()
-        start = time.monotonic()
-        assert serve(model, ServerOptions(port=0), stopped=stopped) == 0
-        assert time.monotonic() - start < 10
-    assert capsys.readouterr().err.endswith(
-        "ferry serve: stopped by SIGTERM before it started serving\n"
+    done = _fresh_python(
+        """
+from onnxferry.serve.server import ServerOptions, serve
+with _sigterm_ends_startup() as stopped:
+    with contextlib.suppress(BaseException):
+        sigterm_now()
+    start = time.monotonic()
+    assert serve(sys.argv[1], ServerOptions(port=0), stopped=stopped) == 0
+    assert time.monotonic() - start < 10
+""",
+        model,
     )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("ferry serve: stopped by SIGTERM before it started serving\n")
