@@ -4,6 +4,7 @@ model evaluations, the budget and the files written are checked too."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import warnings
@@ -570,6 +571,31 @@ def test_a_spectrogram_is_explained_as_a_signal_in_time_frequency_blocks(method:
         assert values[PATCH].sum() / values.sum() >= 0.4  # mel bins to a 4x4 window's reach
     top = explanation.report.to_dict()["result"]["explanations"][0]["top"][0]["feature"]
     assert 100 <= int(top.split(",")[1]) < 140
+
+
+def test_a_wide_float_row_named_like_neither_is_asked_for_its_kind() -> None:
+    """BirdNET's ``INPUT[batch, 144000]`` (3 s of 48 kHz audio) was explained as a table's row:
+    occlusion one sample at a time, 144002 model runs of 22 ms each. A row longer than
+    ``WIDE_ROW`` asks for its kind; given as a signal it is windows of neighbouring samples;
+    a row at the bound, or one named like audio, is told as before."""
+    from onnxferry.explain.kinds import WIDE_ROW, detect_kind
+    from onnxferry.signature import Signature
+
+    wide = WIDE_ROW + 904
+    mask = np.zeros((1, wide), np.float32)
+    mask[0, 3000:3200] = 1.0
+    model = _reader(mask, ["batch", wide])
+    sound = np.random.default_rng(5).normal(0, 0.05, (1, wide)).astype(np.float32)
+    sound[0, 3000:3200] += 1.0
+    with pytest.raises(UsageError, match=r"give the kind: --kind signal .* or --kind tabular"):
+        explain(model, sound, "occlusion")
+    explanation = explain(model, sound, "occlusion", kind="signal", window=100)
+    assert explanation.kind == "signal" and explanation.evaluations < 200
+    values = np.abs(explanation.attributions[0])
+    assert values[3000:3200].sum() / values.sum() >= 0.8  # windows reach 50 samples past it
+    spec = Signature.from_onnx(model.proto).inputs[0]
+    assert detect_kind(spec, (WIDE_ROW,)) == "tabular"
+    assert detect_kind(dataclasses.replace(spec, name="waveform"), (wide,)) == "signal"
 
 
 def test_the_kinds_offered_for_an_unknown_input_are_those_that_fit_it() -> None:

@@ -6,7 +6,8 @@ its array splits into the samples to explain.
 
 The kind comes from the signature and the array, and ``kind=`` overrides it: 4-D float
 NCHW/NHWC with 1 or 3 channels is an image, 2-D integer is a token sequence, 2-D float is a
-tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``), 2-D
+tabular row (a signal when its name says audio: ``waveforms``, ``pcm``, ``speech``; asked for
+when over ``WIDE_ROW`` long, like BirdNET's ``INPUT[batch, 144000]``), 2-D
 boolean is a tabular row of flags, 5-D float CDHW/DHWC with at most 4 channels is a volume
 (a CT or MRI scan; ``kind="volume"`` takes DHW too), explained in 3-D blocks, 3-D
 float with one axis of 1 (mono audio, ``[batch, samples, 1]``) is a signal,
@@ -33,6 +34,9 @@ from ..signature import TensorSpec
 KINDS = ("image", "tabular", "tokens", "signal", "text", "volume")
 _SIGNAL_NAME = re.compile(r"wave|audio|pcm|signal|speech|sound", re.IGNORECASE)
 """Names of a 1-D float sample that is a stretch of audio, not a row of features."""
+WIDE_ROW = 4096
+"""A 1-D float sample longer than this, named like neither, may be a table's row or a stretch of
+a signal: explained as a row, one feature at a time, it costs a model run per element."""
 CHANNELS = (1, 3)
 VOLUME_CHANNELS = 4
 """A volume's channel axis holds at most this many (CT: 1; MRI: up to 4 sequences)."""
@@ -158,7 +162,17 @@ def detect_kind(spec: TensorSpec, sample_shape: tuple[int, ...], ids: bool = Fal
     if element == "float" and len(sample_shape) == 3 and _channel_axis(sample_shape) is not None:
         return "image"
     if element == "float" and len(sample_shape) == 1:
-        return "signal" if _SIGNAL_NAME.search(spec.name) else "tabular"
+        if _SIGNAL_NAME.search(spec.name):
+            return "signal"
+        if sample_shape[0] > WIDE_ROW:
+            raise UsageError(
+                f"cannot tell whether input {spec.name!r} ({spec.dtype.onnx_name} "
+                f"{spec.shape_text()}) holds rows of {sample_shape[0]} features or signals of "
+                f"{sample_shape[0]} samples",
+                hint="give the kind: --kind signal (windows of neighbouring samples) or "
+                "--kind tabular (each feature alone: a model run per feature)",
+            )
+        return "tabular"
     if element == "bool" and len(sample_shape) == 1:
         return "tabular"  # a row of flags
     if element == "float" and len(sample_shape) == 2 and 1 in sample_shape:
