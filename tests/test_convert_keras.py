@@ -417,6 +417,59 @@ def test_saved_model_exported_by_keras(tmp_path: Path) -> None:
     verify(source, tmp_path)
 
 
+def grouped_conv_block() -> Any:
+    """ConvNeXt's blocks: depthwise ``Conv2D(groups=C)``s, which Keras 3 runs on TensorFlow as
+    a function compiled by XLA (``_conv_xla``, traced anew at every call), each with a layer
+    norm, then a pointwise Conv2D."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((12, 12, 8), name="image")
+    x = inputs
+    for _ in range(3):
+        x = keras.layers.Conv2D(8, 7, padding="same", groups=8)(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    return keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
+
+
+def _grouped_convs(path: Path) -> list[int]:
+    import onnx
+
+    return [
+        attribute.i
+        for node in onnx.load(str(path)).graph.node
+        if node.op_type == "Conv"
+        for attribute in node.attribute
+        if attribute.name == "group"
+    ]
+
+
+def test_a_grouped_convolution_converts_to_one_conv_quietly(tmp_path: Path) -> None:
+    """Keras's ConvNeXt failed: tf2onnx met the XLA function as a StatefulPartitionedCall it
+    cannot convert. Inlined, it is one ONNX Conv with ``group``. In a fresh process (TensorFlow
+    first imported by ferry), its warnings of the function retraced at every call ("5 out of
+    the last 5 calls to <function conv.<locals>._conv_xla>") stay off the terminal."""
+    import subprocess
+    import sys
+
+    path, out = tmp_path / "block.keras", tmp_path / "block.onnx"
+    grouped_conv_block().save(path)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "onnxferry", "convert", str(path), "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"wrote {out}"], done.stderr
+    assert _grouped_convs(out) == [8, 8, 8, 1]
+
+
+def test_a_saved_model_calling_a_grouped_convolution_converts(tmp_path: Path) -> None:
+    """Exported as a SavedModel, the XLA function is called from inside the restored
+    function: inlined a level at a time."""
+    grouped_conv_block().export(str(tmp_path / "export"), verbose=False)
+    source = load_saved_model(tmp_path / "export", ConvertOptions())
+    verify(source, tmp_path)
+    (path,) = tmp_path.glob("*.onnx")
+    assert _grouped_convs(path) == [8, 8, 8, 1]
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 

@@ -46,10 +46,13 @@ OP_HINT = (
 
 
 def import_tf() -> Any:
-    """tensorflow, with its C++ logging turned down unless the user set TF_CPP_MIN_LOG_LEVEL
+    """tensorflow, with its C++ logging and its Python warnings (a Keras 3 model retracing
+    its ``_conv_xla`` at every call) turned down unless the user set TF_CPP_MIN_LOG_LEVEL
     (only effective before TensorFlow's first import) and what it prints while loading kept
-    off the terminal (``quiet_native``); ``quiet_tf`` quiets its Python logs."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    off the terminal (``quiet_native``); ``quiet_tf`` also collects tf2onnx's."""
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     with quiet_native("tensorflow"):
         import tensorflow as tf
 
@@ -267,6 +270,7 @@ def function_to_onnx(
                 frozen, tables = tf2onnx.tf_loader.from_trackable(
                     owner, concrete, inputs, outputs, False
                 )
+                frozen = inline_xla_calls(frozen, inputs, outputs)
             # from_keras' own path: from_graph_def has no way in for the tables' contents
             proto, _ = tf2onnx.convert._convert_common(
                 frozen, continue_on_error=True, initialized_tables=tables, **common
@@ -274,10 +278,41 @@ def function_to_onnx(
             return proto
         with tf.device("/cpu:0"):
             frozen = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
+            frozen = inline_xla_calls(frozen, inputs, outputs)
         proto, _ = tf2onnx.convert.from_graph_def(frozen, **common)
         return proto
 
     return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
+
+
+_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
+_XLA = "_XlaMustCompile"
+
+
+def inline_xla_calls(graph_def: Any, inputs: list[str], outputs: list[str]) -> Any:
+    """``graph_def`` with its calls of functions compiled by XLA inlined (Grappler keeps them
+    as calls, which tf2onnx cannot convert). Keras 3 runs grouped convolutions this way on
+    TensorFlow (ConvNeXt's depthwise ``Conv2D(groups=C)``: "broken on CPU without XLA"), as
+    ``_conv_xla``; inlined, it is the Conv2D tf2onnx converts with ``group``. A call inside a
+    function is inlined in the next round."""
+    import tensorflow as tf
+    import tf2onnx
+
+    for _ in range(8):  # nesting levels: a SavedModel's function calling the layer's
+        functions = {f.signature.name: f for f in graph_def.library.function}
+        nodes = [*graph_def.node, *(n for f in functions.values() for n in f.node_def)]
+        marked = [n for n in nodes if n.op in _CALLS and _XLA in n.attr and n.attr[_XLA].b]
+        if not marked:
+            break
+        for node in marked:
+            del node.attr[_XLA]
+            called = functions.get(node.attr["f"].func.name)
+            for attr in (_XLA, "_noinline"):  # Grappler marks XLA's functions not to inline
+                if called is not None and attr in called.attr:
+                    del called.attr[attr]
+        with tf.Graph().as_default():
+            graph_def = tf2onnx.tf_loader.tf_optimize(inputs, outputs, graph_def)
+    return graph_def
 
 
 STRING_OPS = frozenset(

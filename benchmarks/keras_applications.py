@@ -1,0 +1,87 @@
+"""Every verb on Keras's own image networks (``keras.applications``, random weights, built here):
+``ferry convert`` of a saved ``.keras`` file, then the verbs of ``real_models.py``, one Markdown
+row each.
+
+    .venv/bin/python benchmarks/keras_applications.py [--only mobilenet_v3_small,convnext_tiny]
+
+The networks are Keras's classes at small input sizes, with ``weights=None`` (nothing is
+downloaded) and their preprocessing inside the model where Keras puts it (MobileNetV3's
+Rescaling, EfficientNet's and ConvNeXt's Normalization): hard-swish, squeeze-and-excite,
+depthwise and separable convolutions, LayerScale, NASNet's cells, Inception's branches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NETWORKS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "mobilenet_v3_small": ("MobileNetV3Small", 96, {}),
+    "mobilenet_v2": ("MobileNetV2", 96, {"alpha": 0.35}),
+    "efficientnet_b0": ("EfficientNetB0", 64, {}),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", 64, {}),
+    "convnext_tiny": ("ConvNeXtTiny", 64, {}),
+    "densenet121": ("DenseNet121", 64, {}),
+    "resnet50_v2": ("ResNet50V2", 64, {}),
+    "nasnet_mobile": ("NASNetMobile", 64, {}),
+    "xception": ("Xception", 71, {}),
+    "inception_v3": ("InceptionV3", 75, {}),
+}
+"""name -> (keras.applications class, its square input side, other arguments)."""
+
+
+def save(name: str, folder: Path) -> Path:
+    """The network saved as ``folder/NAME.keras`` (10 classes, softmax, seeded weights)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    cls, side, arguments = NETWORKS[name]
+    model = getattr(keras.applications, cls)(
+        weights=None, input_shape=(side, side, 3), classes=10, **arguments
+    )
+    path = folder / f"{name}.keras"
+    model.save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="these networks only, e.g. mobilenet_v2,xception")
+    parser.add_argument("--time-budget", type=float, default=5.0)
+    parser.add_argument("--workdir", type=Path, default=Path("build/keras-applications"))
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    import real_models as rm  # benchmarks/ is on the path when this file runs as a script
+    from machine import cpu_summary
+
+    names = args.only.split(",") if args.only else list(NETWORKS)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    options = argparse.Namespace(time_budget=args.time_budget, openvino=False, tflite=False)
+    print(f"machine: {cpu_summary()}")
+    print("| network | convert | " + " | ".join(rm.VERBS) + " |")
+    print("|---" * (len(rm.VERBS) + 2) + "|")
+    internal = 0
+    for name in names:
+        source = save(name, args.workdir)
+        out = args.workdir / f"{name}.onnx"
+        converted = rm.run_cli("convert", source, "-o", out)
+        row = [converted]
+        if converted[0] == 0:
+            (spec,) = ort.InferenceSession(str(out)).get_inputs()
+            side = NETWORKS[name][1]
+            x = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3))
+            feeds, reference = rm._run_directly(out, {spec.name: x.astype(np.float32)})
+            row += rm.model_row(out, feeds, reference, options)
+        internal += sum(code == 3 for code, _, _ in row)
+        print(f"| {name} | {' | '.join(rm.cell(*r) for r in row)} |", flush=True)
+    print(f"\ninternal errors: {internal}")
+    return 1 if internal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
