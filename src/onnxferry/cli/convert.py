@@ -50,7 +50,8 @@ def convert(
 
     SOURCE is a file.py:function factory (it builds a torch, Keras or scikit-learn model and
     returns it; importing the file runs its code), .pt/.pth/.jit (TorchScript), .pt2
-    (torch.export), .keras, a SavedModel directory, a frozen TensorFlow graph (.pb),
+    (torch.export), a Hugging Face model folder (config.json and its weights, as
+    save_pretrained writes it), .keras, a SavedModel directory, a frozen TensorFlow graph (.pb),
     .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since loading a pickle
     executes code), a LightGBM .txt or XGBoost .json/.ubj model file, or .onnx (re-targeted
     to --opset). A torch model's custom

@@ -251,12 +251,23 @@ def detect_framework(source: Any) -> str:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory", hint="check the path")
     if path.is_dir():
+        from .torch.pretrained import WEIGHTS, is_pretrained_dir
+
         if (path / "saved_model.pb").is_file():
             return "tf"
         if any(path.glob("*.onnx")):
             return "onnx"
+        if is_pretrained_dir(path):
+            return "torch"
+        if (path / "config.json").is_file():
+            raise InputError(
+                f"{path}: a Hugging Face model folder without PyTorch weights (none of "
+                f"{', '.join(WEIGHTS)})",
+                hint="save the model with save_pretrained from PyTorch",
+            )
         raise InputError(
-            f"{path}: a directory with neither saved_model.pb nor an .onnx model",
+            f"{path}: a directory with neither saved_model.pb, an .onnx model nor a Hugging "
+            "Face model (config.json and its weights)",
             hint="pass a model file, or --framework",
         )
     by_suffix = {

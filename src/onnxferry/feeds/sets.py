@@ -11,6 +11,7 @@ Every verb takes its feed sets from one of these three (see the package docstrin
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,16 @@ Given = str | Path | Mapping[str, Any] | Iterable[Mapping[str, Any]]
 
 BATCH_VALUES = (1, 4)
 OTHER_VALUES = (8, 13)
+"""The two sizes ``shape_plan`` gives batch axes and other dynamic dims."""
 IMAGE_VALUES = (32, 64)
 """An image's open height and width when verifying: multiples of 32, which a network that
 pools 5 times halves evenly (a U-Net's skips concatenate), past the 12 pixels of MTCNN's
 proposal net; 8 and 13 are too small for most CNNs."""
-"""The two sizes ``shape_plan`` gives batch axes and other dynamic dims."""
+SIGNAL_VALUES = (16000, 12000)
+"""A waveform's open length (a dim named like ``samples`` or ``audio_length``): 1 s and 0.75 s
+at 16 kHz, past a wav2vec2 feature encoder's 400-sample receptive field, which 8 and 13 are
+not."""
+_SIGNAL_DIM = re.compile(r"sample|audio|wave", re.IGNORECASE)
 
 
 def feed_sets(
@@ -211,7 +217,8 @@ def shape_plan(
     signature: Signature, fixed: Mapping[str, int] | None = None
 ) -> list[dict[str, int]]:
     """Dim assignments giving every dynamic dim at least two values (batch 1 and 4, an
-    image's height and width 32 and 64, other dims 8 and 13), except those pinned in
+    image's height and width 32 and 64, a waveform's samples 16000 and 12000, other dims 8
+    and 13), except those pinned in
     ``fixed``. A model without dynamic dims gets one plan."""
     fixed = dict(fixed or {})
     free = [d for d in dynamic_dims(signature) if d not in fixed]
@@ -227,7 +234,11 @@ def shape_plan(
     for i in range(2):
         plan = dict(fixed)
         for name in free:
-            values = IMAGE_VALUES if name in spatial else OTHER_VALUES
+            values = OTHER_VALUES
+            if name in spatial:
+                values = IMAGE_VALUES
+            elif _SIGNAL_DIM.search(name):
+                values = SIGNAL_VALUES
             plan[name] = (BATCH_VALUES if name in BATCH_NAMES else values)[i]
         plans.append(plan)
     return plans

@@ -8,6 +8,7 @@ exporters and its bisection.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -15,7 +16,7 @@ from ...errors import InputError
 from ...parity import Tolerance
 from ...parity.tolerance import FLOAT16, float16_weights_note
 from ...signature import Signature
-from ..base import Candidate, ConvertOptions, Source
+from ..base import DEFAULT_DYNAMIC, Candidate, ConvertOptions, Source
 from .custom import load_custom_export
 from .divergence import find_module_divergence
 from .export import DYNAMO, TORCHSCRIPT, ExportPlan
@@ -43,6 +44,10 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     module = loaded.module
     params = forward_params(module)
     inputs = build_inputs(module, params, example_inputs, options)
+    if options.dynamic_axes is None and loaded.axes is not None:
+        known = loaded.axes
+        axes = {n: known.get(n, {0: DEFAULT_DYNAMIC}) for n in inputs.names}
+        options = dataclasses.replace(options, dynamic_axes=axes)
     outputs, output_names = probe_outputs(module, inputs)
     input_specs, dims = describe_inputs(inputs, loaded.program, options)
     output_specs = describe_outputs(module, inputs, dims, outputs, output_names)

@@ -1,5 +1,6 @@
 """Torch model sources resolved to a module: an ``nn.Module``, an ``ExportedProgram``, a
-``FILE.py:FUNCTION`` factory, a TorchScript file, a ``.pt2`` file or a trusted pickle.
+``FILE.py:FUNCTION`` factory, a TorchScript file, a ``.pt2`` file, a trusted pickle or a
+Hugging Face model folder (``pretrained``).
 
     loaded = resolve_source("models/net.py:make", options)  # make() -> module or (module, inputs)
     loaded = resolve_source("net.pt2", options)             # torch.export.save'd, with its inputs
@@ -17,6 +18,7 @@ from typing import Any
 from ...errors import InputError
 from ..base import ConversionError, ConvertOptions
 from ..factory import is_factory, run_factory
+from .pretrained import PRETRAINED_AXES, from_pretrained_dir, is_pretrained_dir
 from .quiet import quiet, torch_error
 
 
@@ -28,6 +30,9 @@ class Loaded:
     program: Any = None  # the ExportedProgram, for that kind
     example: Any = None  # example inputs the factory or program brought
     notes: list[str] = field(default_factory=list)  # what a factory warned
+    axes: Mapping[str, dict[int, str]] | None = None
+    """Dynamic axes by input name where the source knows more than dim 0 (a Hugging Face
+    folder: the sequence too); used when the user names none."""
 
 
 def resolve_source(source: Any, options: ConvertOptions) -> Loaded:
@@ -40,6 +45,11 @@ def resolve_source(source: Any, options: ConvertOptions) -> Loaded:
     if isinstance(source, (str, Path)):
         if is_factory(source):
             return _from_factory(str(source))
+        if is_pretrained_dir(Path(source)):
+            module, example, description = from_pretrained_dir(Path(source), options)
+            loaded = _from_module(module, example, description)
+            loaded.axes = PRETRAINED_AXES
+            return loaded
         return _from_file(Path(source), options)
     raise InputError(
         f"a {type(source).__name__} is not a PyTorch model",
