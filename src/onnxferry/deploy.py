@@ -62,6 +62,8 @@ def deploy(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     inputs: Given | None = None,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    assume_sizes: bool = False,
     max_drop: float = 0.01,
     budget: str | None = None,
     eval_data: str | Path | None = None,
@@ -72,7 +74,9 @@ def deploy(
     custom_export: str | Path | None = None,
 ) -> Report[Deployment]:
     """Convert, optimize within the budget, bench, and write ``outdir``. ``custom_export``:
-    a Python file translating a torch model's custom layers (as ``convert`` takes it)."""
+    a Python file translating a torch model's custom layers (as ``convert`` takes it).
+    ``dims`` sizes open dims by name for the budget and the timing (``sequence=128``);
+    ``assume_sizes`` accepts sizes chosen for open dims nobody gave, as ``optimize`` does."""
     out = Path(outdir)
     result = Deployment(source=str(source), outdir=str(out))
     with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
@@ -97,6 +101,8 @@ def deploy(
             inputs=inputs,
             eval_data=eval_data,
             input_shapes=input_shapes,
+            dims=dims,
+            assume_sizes=assume_sizes,
         )
         optimization = final.last_report(ChainResult, SearchResult)
         result.stages.append(optimization)
@@ -105,6 +111,7 @@ def deploy(
             batches=batches,
             duration=duration,
             input_shapes=input_shapes,
+            dims=dims,
             inputs=feed_sets(converted, inputs)[0][0] if inputs is not None else None,
         )
         result.stages.append(timing)

@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from .options import (
+    assume_sizes_option,
     batch_option,
     budget_options,
     custom_export_option,
     custom_ops_options,
+    dim_option,
     report_options,
     source_options,
 )
@@ -27,6 +29,8 @@ from .render import emit
     help="The directory to deploy into.",
 )
 @source_options(inputs="Sample inputs, for conversion and validation")
+@dim_option
+@assume_sizes_option
 @budget_options
 @batch_option(default="1,8")
 @custom_export_option
@@ -40,6 +44,8 @@ def deploy(
     inputs: str | None,
     dynamic: dict[str, dict[int, str]] | None,
     trust_pickle: bool,
+    dims: dict[str, int],
+    assume_sizes: bool,
     max_drop: float,
     budget: str | None,
     eval_data: str | None,
@@ -59,6 +65,8 @@ def deploy(
         input_shapes=input_shapes,
         inputs=inputs,
         dynamic=dynamic,
+        dims=dims,
+        assume_sizes=assume_sizes,
         max_drop=max_drop,
         budget=budget,
         eval_data=eval_data,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .options import (
+    assume_sizes_option,
     budget_options,
     custom_ops_options,
     engine_cache_option,
@@ -29,9 +30,7 @@ from .render import Listing, emit
 @inputs_option("Validation feeds")
 @click.option("--calibration", help="Calibration samples for static int8 (.npz or a directory).")
 @size_options
-@click.option(
-    "--assume-sizes", is_flag=True, help="Judge at chosen sizes for open dims nobody gave."
-)
+@assume_sizes_option
 @click.option("--for-size", is_flag=True, help="Keep passes that shrink but do not speed up.")
 @runtime_options
 @precision_option

@@ -104,6 +104,9 @@ def batch_option(default: str) -> Callable[[F], F]:
 
 size_options = _compose(dim_option, shape_option)
 """``--dim`` (open dims by name) and ``--input-shape`` (whole shapes), as dicts."""
+assume_sizes_option = click.option(
+    "--assume-sizes", is_flag=True, help="Judge at chosen sizes for open dims nobody gave."
+)
 
 
 def seed_option(what: str) -> Callable[[F], F]:
