@@ -124,3 +124,16 @@ def test_the_steps_pass_on_the_example_model_and_promote_it_to_staging(
     assert (shown["version"], shown["aliases"]) == (1, ["staging"])
     assert shown["signed"] and shown["golden"]
     assert {"lineage/report.json", "lineage/model.recipe.toml"} <= set(shown["files"])
+
+
+def test_the_install_line_carries_the_source_s_extras(tmp_path: Path) -> None:
+    """A Hugging Face model folder needs transformers (the ``hf`` extra); a SavedModel folder
+    TensorFlow; a factory torch."""
+    from onnxferry.ci import install_command
+
+    folder = tmp_path / "bert-topics"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert "onnxferry[hf,optimize," in install_command(str(folder))
+    assert "onnxferry[tf,optimize," in install_command(str(tmp_path))
+    assert "onnxferry[torch,optimize," in install_command("model.py:build")

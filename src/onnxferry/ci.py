@@ -28,7 +28,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from ._version import __version__
 from .errors import UsageError
@@ -133,7 +133,10 @@ def ci_steps(
 
 def install_command(source: str) -> str:
     """``pip install onnxferry[...]==<this version>`` with the extras the steps need."""
-    extra = _EXTRAS.get(PurePosixPath(_source_file(source)).suffix, "tf")
+    file = _source_file(source)
+    extra = _EXTRAS.get(PurePosixPath(file).suffix, "tf")
+    if Path(file, "config.json").is_file():
+        extra = "hf"  # a Hugging Face model folder (a SavedModel folder has no config.json)
     extras = ",".join(e for e in (extra, "optimize", "sign", "registry") if e)
     return f"python -m pip install 'onnxferry[{extras}]=={__version__}'"
 

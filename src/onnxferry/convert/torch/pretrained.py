@@ -59,7 +59,7 @@ def from_pretrained_dir(path: Path, options: ConvertOptions) -> tuple[Any, Any, 
     except ImportError:
         raise InputError(
             f"{path} is a Hugging Face model folder, and transformers is not installed",
-            hint="pip install transformers",
+            hint="pip install 'onnxferry[hf]'",
         ) from None
     config = _config(path)
     architecture = _architecture(path, config, transformers)
