@@ -13,6 +13,7 @@ depthwise and separable convolutions, LayerScale, NASNet's cells, Inception's br
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,33 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=5.0)
     parser.add_argument("--workdir", type=Path, default=Path("build/keras-applications"))
     args = parser.parse_args(argv)
-    import onnxruntime as ort
-
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
-    from machine import cpu_summary
 
     names = args.only.split(",") if args.only else list(NETWORKS)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    options = argparse.Namespace(time_budget=args.time_budget, openvino=False, tflite=False)
-    print(f"machine: {cpu_summary()}")
-    print("| network | convert | " + " | ".join(rm.VERBS) + " |")
-    print("|---" * (len(rm.VERBS) + 2) + "|")
-    internal = 0
-    for name in names:
-        source = save(name, args.workdir)
-        out = args.workdir / f"{name}.onnx"
-        converted = rm.run_cli("convert", source, "-o", out)
-        row = [converted]
-        if converted[0] == 0:
-            (spec,) = ort.InferenceSession(str(out)).get_inputs()
-            side = NETWORKS[name][1]
-            x = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3))
-            feeds, reference = rm._run_directly(out, {spec.name: x.astype(np.float32)})
-            row += rm.model_row(out, feeds, reference, options)
-        internal += sum(code == 3 for code, _, _ in row)
-        print(f"| {name} | {' | '.join(rm.cell(*r) for r in row)} |", flush=True)
-    print(f"\ninternal errors: {internal}")
-    return 1 if internal else 0
+    rng = np.random.default_rng(0)
+
+    def arguments(name: str) -> list[object]:
+        return [save(name, args.workdir)]
+
+    def pixels(shape: list[int]) -> np.ndarray:
+        return rng.uniform(0, 255, shape)
+
+    built = [
+        (
+            name,
+            functools.partial(arguments, name),
+            args.workdir / f"{name}.onnx",
+            rm.one_input(pixels),
+        )
+        for name in names
+    ]
+    return rm.convert_table("network", built, args.time_budget)
 
 
 if __name__ == "__main__":

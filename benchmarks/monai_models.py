@@ -14,6 +14,7 @@ HighResNet, DenseNet-121, EfficientNet-B0 and a ViT classifier, on single-channe
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,29 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("build/monai-models"))
     args = parser.parse_args(argv)
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
-    from machine import cpu_summary
 
     names = args.only.split(",") if args.only else list(NETWORKS)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    options = argparse.Namespace(time_budget=args.time_budget, openvino=False, tflite=False)
-    print(f"machine: {cpu_summary()}")
-    print("| network | convert | " + " | ".join(rm.VERBS) + " |")
-    print("|---" * (len(rm.VERBS) + 2) + "|")
-    internal = 0
-    for name in names:
-        shape = NETWORKS[name][1]
-        out = args.workdir / f"{name}.onnx"
-        converted = rm.run_cli("convert", f"{__file__}:{name}", "--input-shape", shape, "-o", out)
-        row = [converted]
-        if converted[0] == 0:
-            input_name, dims = shape.split("=")
-            x = np.random.default_rng(0).standard_normal([int(d) for d in dims.split("x")])
-            feeds, reference = rm._run_directly(out, {input_name: x.astype(np.float32)})
-            row += rm.model_row(out, feeds, reference, options)
-        internal += sum(code == 3 for code, _, _ in row)
-        print(f"| {name} | {' | '.join(rm.cell(*r) for r in row)} |", flush=True)
-    print(f"\ninternal errors: {internal}")
-    return 1 if internal else 0
+    rng = np.random.default_rng(0)
+
+    def arguments(name: str) -> list[object]:
+        return [f"{__file__}:{name}", "--input-shape", NETWORKS[name][1]]
+
+    built = [
+        (
+            name,
+            functools.partial(arguments, name),
+            args.workdir / f"{name}.onnx",
+            rm.one_input(rng.standard_normal),
+        )
+        for name in names
+    ]
+    return rm.convert_table("network", built, args.time_budget)
 
 
 if __name__ == "__main__":

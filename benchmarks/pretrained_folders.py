@@ -12,6 +12,7 @@ image (ViT), raw audio (wav2vec2 CTC) and a log-mel spectrogram with decoder ids
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -92,33 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=5.0)
     parser.add_argument("--workdir", type=Path, default=Path("build/pretrained-folders"))
     args = parser.parse_args(argv)
-    import torch
-
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
-    from machine import cpu_summary
 
     models = _models()
     names = args.only.split(",") if args.only else list(models)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    options = argparse.Namespace(time_budget=args.time_budget, openvino=False, tflite=False)
-    print(f"machine: {cpu_summary()}")
-    print("| folder | convert | " + " | ".join(rm.VERBS) + " |")
-    print("|---" * (len(rm.VERBS) + 2) + "|")
-    internal = 0
-    for name in names:
+
+    def saved(name: str) -> list[object]:
+        import torch
+
         torch.manual_seed(0)
-        folder = args.workdir / name
-        models[name]().save_pretrained(str(folder))
-        out = args.workdir / f"{name}.onnx"
-        converted = rm.run_cli("convert", folder, "-o", out)
-        row = [converted]
-        if converted[0] == 0:
-            feeds, reference = rm._run_directly(out, _feeds(out))
-            row += rm.model_row(out, feeds, reference, options)
-        internal += sum(code == 3 for code, _, _ in row)
-        print(f"| {name} | {' | '.join(rm.cell(*r) for r in row)} |", flush=True)
-    print(f"\ninternal errors: {internal}")
-    return 1 if internal else 0
+        models[name]().save_pretrained(str(args.workdir / name))
+        return [args.workdir / name]
+
+    built = [
+        (name, functools.partial(saved, name), args.workdir / f"{name}.onnx", _feeds)
+        for name in names
+    ]
+    return rm.convert_table("folder", built, args.time_budget)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,41 @@ def model_row(
         if options.tflite:
             row.append(run_cli("package", path, "--target", "tflite", "-o", work / "tflite"))
         return [*row, serve_once(path, feeds)]
+
+
+Built = tuple[str, Callable[[], list[object]], Path, Callable[[Path], dict[str, np.ndarray]]]
+"""A model this process builds: (name, its ``ferry convert`` arguments (building it first),
+the ONNX file convert writes, that file's feeds)."""
+
+
+def convert_table(kind: str, built: Iterable[Built], time_budget: float) -> int:
+    """Print a Markdown row per model: ``ferry convert``, then every verb of ``model_row`` on
+    the file it wrote; 1 if any ended in an internal error (exit 3), else 0."""
+    options = argparse.Namespace(time_budget=time_budget, openvino=False, tflite=False)
+    print(f"machine: {cpu_summary()}")
+    print(f"| {kind} | convert | " + " | ".join(VERBS) + " |")
+    print("|---" * (len(VERBS) + 2) + "|")
+    internal = 0
+    for name, arguments, out, feeds in built:
+        converted = run_cli("convert", *arguments(), "-o", out)
+        row = [converted]
+        if converted[0] == 0:
+            row += model_row(out, *_run_directly(out, feeds(out)), options)
+        internal += sum(code == 3 for code, _, _ in row)
+        print(f"| {name} | {' | '.join(cell(*r) for r in row)} |", flush=True)
+    print(f"\ninternal errors: {internal}")
+    return 1 if internal else 0
+
+
+def one_input(values: Callable[[list[int]], np.ndarray]) -> Callable[[Path], dict[str, np.ndarray]]:
+    """Feeds for a model of one input: ``values(shape)`` at its shape, open dims 2."""
+
+    def feeds(path: Path) -> dict[str, np.ndarray]:
+        (spec,) = raw_session(path).get_inputs()
+        shape = [d if isinstance(d, int) else 2 for d in spec.shape]
+        return {spec.name: values(shape).astype(np.float32)}
+
+    return feeds
 
 
 def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[str, Any]]]:
