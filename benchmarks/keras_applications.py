@@ -12,7 +12,6 @@ depthwise and separable convolutions, LayerScale, NASNet's cells, Inception's br
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -50,15 +49,10 @@ def save(name: str, folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="these networks only, e.g. mobilenet_v2,xception")
-    parser.add_argument("--time-budget", type=float, default=5.0)
-    parser.add_argument("--workdir", type=Path, default=Path("build/keras-applications"))
-    args = parser.parse_args(argv)
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
+    args = rm.table_arguments(__doc__, "mobilenet_v2,xception", "build/keras-applications", argv)
     names = args.only.split(",") if args.only else list(NETWORKS)
-    args.workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
     def arguments(name: str) -> list[object]:

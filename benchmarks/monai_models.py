@@ -13,10 +13,8 @@ HighResNet, DenseNet-121, EfficientNet-B0 and a ViT classifier, on single-channe
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,15 +80,10 @@ for _name in NETWORKS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="these networks only, e.g. unet3d,vnet3d")
-    parser.add_argument("--time-budget", type=float, default=5.0)
-    parser.add_argument("--workdir", type=Path, default=Path("build/monai-models"))
-    args = parser.parse_args(argv)
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
+    args = rm.table_arguments(__doc__, "unet3d,vnet3d", "build/monai-models", argv)
     names = args.only.split(",") if args.only else list(NETWORKS)
-    args.workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
     def arguments(name: str) -> list[object]:

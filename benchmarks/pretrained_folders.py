@@ -11,7 +11,6 @@ image (ViT), raw audio (wav2vec2 CTC) and a log-mel spectrogram with decoder ids
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import sys
@@ -88,16 +87,11 @@ def _feeds(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="these folders only, e.g. bert_cls,whisper")
-    parser.add_argument("--time-budget", type=float, default=5.0)
-    parser.add_argument("--workdir", type=Path, default=Path("build/pretrained-folders"))
-    args = parser.parse_args(argv)
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
+    args = rm.table_arguments(__doc__, "bert_cls,whisper", "build/pretrained-folders", argv)
     models = _models()
     names = args.only.split(",") if args.only else list(models)
-    args.workdir.mkdir(parents=True, exist_ok=True)
 
     def saved(name: str) -> list[object]:
         import torch

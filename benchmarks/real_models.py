@@ -168,6 +168,20 @@ Built = tuple[str, Callable[[], list[object]], Path, Callable[[Path], dict[str, 
 the ONNX file convert writes, that file's feeds)."""
 
 
+def table_arguments(
+    doc: str, only: str, workdir: str, argv: list[str] | None
+) -> argparse.Namespace:
+    """``--only`` (``only``: an example), ``--time-budget`` and ``--workdir`` (``build/...``)
+    of a ``convert_table`` script, parsed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--only", help=f"these only, e.g. {only}")
+    parser.add_argument("--time-budget", type=float, default=5.0)
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def convert_table(kind: str, built: Iterable[Built], time_budget: float) -> int:
     """Print a Markdown row per model: ``ferry convert``, then every verb of ``model_row`` on
     the file it wrote; 1 if any ended in an internal error (exit 3), else 0."""
