@@ -1391,6 +1391,55 @@ TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
 """Silero VAD as TorchScript (``forward(x, sr: int)``, its LSTM state kept in the module)."""
 
 
+# --- Hugging Face model folders ----------------------------------------------------------------
+
+_SMALL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+_WHISPER = {
+    "vocab_size": 100, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+    "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64, "num_mel_bins": 16, "max_source_positions": 50,
+    "max_target_positions": 32, "decoder_start_token_id": 1, "pad_token_id": 0,
+    "bos_token_id": 1, "eos_token_id": 2,
+}  # fmt: skip
+_WAV2VEC2 = {
+    "vocab_size": 20, "conv_dim": (16, 16), "conv_kernel": (10, 3), "conv_stride": (5, 2),
+    "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, **_SMALL,
+}  # fmt: skip
+PRETRAINED: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bert_cls": ("BertForSequenceClassification", "BertConfig",
+                 {"vocab_size": 300, "num_labels": 3, **_SMALL}),
+    "llama": ("LlamaForCausalLM", "LlamaConfig",
+              {"vocab_size": 300, "num_key_value_heads": 1, "max_position_embeddings": 64,
+               **_SMALL}),
+    "t5": ("T5ForConditionalGeneration", "T5Config",
+           {"vocab_size": 200, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1,
+            "num_heads": 2}),
+    "vit": ("ViTForImageClassification", "ViTConfig",
+            {"image_size": 32, "patch_size": 8, "num_labels": 4, **_SMALL}),
+    "wav2vec2": ("Wav2Vec2ForCTC", "Wav2Vec2Config", _WAV2VEC2),
+    "whisper": ("WhisperForConditionalGeneration", "WhisperConfig", _WHISPER),
+}  # fmt: skip
+"""Small random-weight transformers models, one per input kind a folder's config implies:
+name -> (class, config class, config)."""
+
+
+def save_pretrained(name: str, folder: Path) -> Path:
+    """``PRETRAINED[name]`` (seeded) saved with ``save_pretrained`` into ``folder``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cls, config_cls, config = PRETRAINED[name]
+    model = getattr(transformers, cls)(getattr(transformers, config_cls)(**config))
+    model.save_pretrained(str(folder))
+    return folder
+
+
 # --- golden data ------------------------------------------------------------------------------
 
 

@@ -14,77 +14,37 @@ import pytest
 from onnxferry.model import Model
 from onnxferry.runtime import OrtRunner
 from tests.helpers import Run
+from tests.real_models import save_pretrained
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
-
-SMALL = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-}
-
-
-def _saved(model: Any, folder: Path) -> Path:
-    model.save_pretrained(str(folder))
-    return folder
-
-
-def _bert(folder: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=300, num_labels=3, **SMALL)
-    return _saved(transformers.BertForSequenceClassification(config), folder)
-
-
-def _t5(folder: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        vocab_size=200, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2
-    )
-    return _saved(transformers.T5ForConditionalGeneration(config), folder)
-
-
-def _wav2vec2(folder: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.Wav2Vec2Config(
-        vocab_size=20,
-        conv_dim=(16, 16),
-        conv_kernel=(10, 3),
-        conv_stride=(5, 2),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        **SMALL,
-    )
-    return _saved(transformers.Wav2Vec2ForCTC(config), folder)
+pytest.importorskip("transformers")
+pytest.importorskip("torch")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("build", "dims"),
+    ("name", "dims"),
     [
-        (_bert, {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}),
+        ("bert_cls", {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}),
         (
-            _t5,
+            "t5",
             {
                 "input_ids": ["batch", "sequence"],
                 "attention_mask": ["batch", "sequence"],
                 "decoder_input_ids": ["batch", "decoder_sequence"],
             },
         ),
-        (_wav2vec2, {"input_values": ["batch", "samples"]}),
+        ("wav2vec2", {"input_values": ["batch", "samples"]}),
     ],
-    ids=["bert", "t5", "wav2vec2"],
 )
 def test_a_saved_folder_converts_verified_with_its_lengths_open(
-    ferry: Run, tmp_path: Path, build: Any, dims: dict[str, list[str]]
+    ferry: Run, tmp_path: Path, name: str, dims: dict[str, list[str]]
 ) -> None:
     """A fine-tuned model as ``save_pretrained`` leaves it was "a directory with neither
     saved_model.pb nor an .onnx model". Token ids keep their length open (a decoder's apart),
     and raw audio its samples, verified at 16000 and 12000 (8 and 13 samples are shorter
     than wav2vec2's first convolution); the ONNX model runs at a length it was not
     exported at."""
-    folder = build(tmp_path / "model")
+    folder = save_pretrained(name, tmp_path / "model")
     out = tmp_path / "model.onnx"
     code, _, err = ferry("convert", folder, "-o", out, "--json")
     assert code == 0, err
@@ -108,7 +68,8 @@ def test_the_folder_s_class_is_the_config_s_architecture(tmp_path: Path) -> None
     from onnxferry.convert.base import ConvertOptions
     from onnxferry.convert.torch.pretrained import from_pretrained_dir
 
-    module, example, description = from_pretrained_dir(_bert(tmp_path / "bert"), ConvertOptions())
+    folder = save_pretrained("bert_cls", tmp_path / "bert")
+    module, example, description = from_pretrained_dir(folder, ConvertOptions())
     assert type(module).__name__ == "BertForSequenceClassification" and not module.training
     assert set(example) == {"input_ids", "attention_mask"}
     assert int(example["input_ids"].max()) < 300 and bool((example["attention_mask"] == 1).all())
