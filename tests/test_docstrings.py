@@ -542,6 +542,14 @@ def _torch_inputs(tmp: Path) -> Names:
     return {"module": torch.nn.Linear(3, 2), "torch": torch, "options": _options()}
 
 
+def _torch_pretrained(tmp: Path) -> Names:
+    from onnxferry.convert.base import ConvertOptions
+    from tests.real_models import save_pretrained
+
+    save_pretrained("bert_cls", tmp / "checkpoints" / "bert")
+    return {"options": ConvertOptions()}
+
+
 def _torch_quiet(tmp: Path) -> Names:
     import torch
 
@@ -1557,6 +1565,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.torch.inputs": _torch_inputs,
     "onnxferry.convert.torch.load": _torch_load,
     "onnxferry.convert.torch.naming": _torch_naming,
+    "onnxferry.convert.torch.pretrained": _torch_pretrained,
     "onnxferry.convert.torch.quiet": _torch_quiet,
     "onnxferry.convert.torch.runner": _torch_runner,
     "onnxferry.convert.torch.sources": _torch_sources,

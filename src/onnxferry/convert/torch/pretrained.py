@@ -2,9 +2,9 @@
 ``config.json`` beside ``model.safetensors`` or ``pytorch_model.bin``) as a torch source, with
 example inputs made from its config.
 
-    loaded = from_pretrained_dir(Path("checkpoints/bert-topics"), options)
-    loaded.module            # BertForSequenceClassification, eval mode, read offline
-    loaded.example           # {"input_ids": [2, 16], "attention_mask": [2, 16]}
+    module, example, description = from_pretrained_dir(Path("checkpoints/bert"), options)
+    module      # BertForSequenceClassification, in eval mode, read offline
+    example     # {"input_ids": int64[2, 16], "attention_mask": ones like it}
 
 The class is the config's first ``architectures`` entry, read with ``local_files_only`` (no
 hub). The example's main input is the model's ``main_input_name``: token ids (with an all-ones
