@@ -164,7 +164,9 @@ def test_explanations_are_documented_and_counted(server: str) -> None:
 
 def test_the_kind_of_an_input_its_shape_cannot_tell_is_a_parameter(tmp_path: Path) -> None:
     """x: [batch, 7, 8] floats is neither an image nor a row of features by its shape (a
-    sequence model's input): 400 asking for the kind; with ``kind`` it is explained."""
+    sequence model's input): 400 asking for the kind, as the endpoint takes it (the command
+    line's ``--kind``, which it said, is ``parameters.kind``); with ``kind`` it is
+    explained."""
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
         "sequence",
@@ -183,7 +185,9 @@ def test_the_kind_of_an_input_its_shape_cannot_tell_is_a_parameter(tmp_path: Pat
     }
     with running(path) as url:
         asked = httpx.post(f"{url}/v2/models/sequence/explain", json=body, timeout=60)
-        assert asked.status_code == 400 and "kind" in asked.json()["error"], asked.text
+        asked_for = asked.json()["error"]
+        assert asked.status_code == 400 and "give the kind: parameters.kind " in asked_for
+        assert "--" not in asked_for, asked_for  # the command line's options are not the API's
         body["parameters"]["kind"] = "tabular"
         answered = httpx.post(f"{url}/v2/models/sequence/explain", json=body, timeout=60)
         assert outputs(answered)["attributions"].shape == (2, 7, 8)

@@ -30,6 +30,7 @@ counted in ``ferry_explanations_total`` and its evaluations and seconds beside i
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FerryError, RunError
+from ..errors import FerryError, InputError, RunError
 from .asgi import HttpError
 from .endpoint import Call, Reply, error_text
 from .executor import ExecutionError
@@ -59,6 +60,18 @@ PARAMETERS: dict[str, type | tuple[type, ...]] = {
 """Request parameters the endpoint reads, and their JSON types (others, e.g. ``timeout``,
 belong to the request as a whole)."""
 DEFAULT_METHOD = "kernelshap"
+_OPTION = re.compile(r"--([a-z][a-z-]*)")
+
+
+def as_parameters(text: str) -> str:
+    """An explain error's hint as a client of the endpoint gives it: ``--kind signal`` (the
+    command line's option) is ``parameters.kind signal``; options with no parameter stay."""
+
+    def parameter(match: re.Match[str]) -> str:
+        name = match.group(1).replace("-", "_")
+        return f"parameters.{name}" if name in PARAMETERS else match.group(0)
+
+    return _OPTION.sub(parameter, text)
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,8 @@ async def explain_served(
     except FerryError as e:
         if deadline is not None and time.monotonic() >= deadline:
             raise HttpError(504, error_text(e), "deadline") from None
+        if isinstance(e, InputError):
+            raise HttpError(400, as_parameters(error_text(e)), "bad_request") from None
         raise
     if not explanation.complete:
         done = len(explanation.attributions)
