@@ -68,7 +68,8 @@ def test_cli_deploy_sizes_an_open_sequence_with_dim(
 ) -> None:
     """A model with an open sequence (a Hugging Face folder's token ids): optimize's refusal
     to judge the budget at a guessed length named ``--dim`` and ``--assume-sizes``, which
-    deploy did not take; now it does, and times the model at the length given."""
+    deploy did not take; now it does, and times the model at the length given (what
+    ``--assume-sizes`` accepts is optimize's, tested there)."""
     from tests.helpers import onnx_text
 
     src = save(
@@ -94,5 +95,3 @@ def test_cli_deploy_sizes_an_open_sequence_with_dim(
     stages = json.loads(capsys.readouterr().out)["result"]["stages"]
     timed = {tuple(r["input_shapes"]["ids"]) for r in stages[-1]["result"]["results"]}
     assert timed == {(1, 24)}, timed
-    assert main([*args, "-o", str(tmp_path / "assumed"), "--assume-sizes"]) == 0
-    capsys.readouterr()
