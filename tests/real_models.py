@@ -1423,9 +1423,13 @@ PRETRAINED: dict[str, tuple[str, str, dict[str, Any]]] = {
             {"image_size": 32, "patch_size": 8, "num_labels": 4, **_SMALL}),
     "wav2vec2": ("Wav2Vec2ForCTC", "Wav2Vec2Config", _WAV2VEC2),
     "whisper": ("WhisperForConditionalGeneration", "WhisperConfig", _WHISPER),
+    "clip": ("CLIPModel", "CLIPConfig",
+             {"projection_dim": 16,
+              "text_config": {"vocab_size": 100, "max_position_embeddings": 32, **_SMALL},
+              "vision_config": {"image_size": 32, "patch_size": 8, **_SMALL}}),
 }  # fmt: skip
-"""Small random-weight transformers models, one per input kind a folder's config implies:
-name -> (class, config class, config)."""
+"""Small random-weight transformers models, one per input kind a folder's config implies (and
+CLIP's text and image together): name -> (class, config class, config)."""
 
 
 def save_pretrained(name: str, folder: Path) -> Path:

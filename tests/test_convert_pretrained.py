@@ -76,6 +76,20 @@ def test_the_folder_s_class_is_the_config_s_architecture(tmp_path: Path) -> None
     assert description.startswith("the BertForSequenceClassification in ")
 
 
+def test_a_text_and_image_model_s_example_has_both(tmp_path: Path) -> None:
+    """CLIP's main input is its token ids, and its forward needs the image too ("'NoneType'
+    object has no attribute 'shape'" on the ids alone): both come from its two configs."""
+    from onnxferry.convert.base import ConvertOptions
+    from onnxferry.convert.torch.pretrained import from_pretrained_dir
+
+    _, example, _ = from_pretrained_dir(
+        save_pretrained("clip", tmp_path / "clip"), ConvertOptions()
+    )
+    assert sorted(example) == ["attention_mask", "input_ids", "pixel_values"]
+    assert tuple(example["pixel_values"].shape) == (2, 3, 32, 32)
+    assert int(example["input_ids"].max()) < 100
+
+
 def _config_only(folder: Path, config: dict[str, Any], weights: bool = True) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))

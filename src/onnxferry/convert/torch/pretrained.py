@@ -9,7 +9,8 @@ example inputs made from its config.
 The class is the config's first ``architectures`` entry, read with ``local_files_only`` (no
 hub). The example's main input is the model's ``main_input_name``: token ids (with an all-ones
 mask; a decoder's ids too for an encoder-decoder), an image of the config's size and
-channels, raw audio, or a log-mel spectrogram. A decoder's cache is off (``use_cache=False``):
+channels, raw audio, or a log-mel spectrogram; a text-and-image model (CLIP: a
+``text_config`` and a ``vision_config``) gets both. A decoder's cache is off (``use_cache=False``):
 the exported graph takes the sequence and gives the logits. ``--inputs`` or
 ``--input-shape`` replace the example. A config naming its own code (``auto_map``) needs
 ``trust_pickle`` (loading runs that code). Token ids, masks and raw audio keep their length
@@ -18,6 +19,7 @@ open (``PRETRAINED_AXES``) unless ``--dynamic`` says otherwise.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -136,14 +138,9 @@ def _example(module: Any, config: Any) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     example: dict[str, Any]
     if main == "input_ids":
-        vocab = int(getattr(config, "vocab_size", 0) or 2)
-        ids = torch.randint(0, vocab, (2, TOKENS), generator=generator)
-        example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        example = _tokens(getattr(config, "text_config", None) or config, generator)
     elif main == "pixel_values":
-        side = getattr(config, "image_size", 224)
-        height, width = (side, side) if isinstance(side, int) else tuple(side)[:2]
-        channels = int(getattr(config, "num_channels", 3))
-        example = {"pixel_values": torch.rand(2, channels, height, width, generator=generator)}
+        example = _image(getattr(config, "vision_config", None) or config, generator)
     elif main == "input_values":
         example = {"input_values": torch.randn(2, 16000, generator=generator) * 0.1}
     elif main == "input_features":
@@ -160,4 +157,29 @@ def _example(module: Any, config: Any) -> dict[str, Any]:
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None) or 0
         example["decoder_input_ids"] = torch.full((2, TOKENS // 2), int(start))
+    takes = inspect.signature(module.forward).parameters
+    if "pixel_values" in takes and getattr(config, "vision_config", None) is not None:
+        example.setdefault("pixel_values", _image(config.vision_config, generator)["pixel_values"])
+    if "input_ids" in takes and getattr(config, "text_config", None) is not None:
+        for name, value in _tokens(config.text_config, generator).items():
+            example.setdefault(name, value)  # a text-and-image model (CLIP) takes both
     return example
+
+
+def _tokens(config: Any, generator: Any) -> dict[str, Any]:
+    """Ids inside the config's vocabulary and an all-ones mask, two rows of ``TOKENS``."""
+    import torch
+
+    vocab = int(getattr(config, "vocab_size", 0) or 2)
+    ids = torch.randint(0, vocab, (2, TOKENS), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _image(config: Any, generator: Any) -> dict[str, Any]:
+    """Two images of the config's size and channels."""
+    import torch
+
+    side = getattr(config, "image_size", 224)
+    height, width = (side, side) if isinstance(side, int) else tuple(side)[:2]
+    channels = int(getattr(config, "num_channels", 3))
+    return {"pixel_values": torch.rand(2, channels, height, width, generator=generator)}
