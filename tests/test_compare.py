@@ -150,6 +150,28 @@ def test_compare_dispatches_to_a_framework_source(tmp_path: Path) -> None:
     assert report.result.samples >= 1
 
 
+def test_a_framework_source_given_first_says_the_order(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``ferry compare SOURCE MODEL.onnx`` was "the directory holds no .onnx model" (a Hugging
+    Face folder) or ONNX's own load error: the source goes second, and the message says so;
+    a missing ONNX file is still its own error."""
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    onnx_model, _ = pair
+    sources: list[tuple[str | Path, str]] = [
+        (folder, "a torch model"),
+        ("net.py:build", "a factory"),
+    ]
+    for source, kind in sources:
+        with pytest.raises(UsageError, match=f"is {kind}, and compare takes the ONNX model fi"):
+            compare(source, onnx_model)
+    with pytest.raises(InputError, match="no such file"):
+        compare(tmp_path / "missing.onnx", onnx_model)
+
+
 EMBEDDING = """
 <ir_version: 10, opset_import: ["" : 21]>
 g (int64[batch, seq] input_ids, int64[batch, seq] attention_mask) => (float[batch, seq, 2] y)

@@ -196,7 +196,24 @@ def _divergence_graph(parity: Parity, model: Model) -> list[str]:
 
 
 def _as_model(value: str | Path | Model) -> Model:
-    return value if isinstance(value, Model) else Model.load(value)
+    """A's model; a framework source given first (which ONNX cannot load) is a UsageError
+    saying the order."""
+    if isinstance(value, Model):
+        return value
+    try:
+        return Model.load(value)
+    except FerryError as e:
+        try:
+            found = "a factory" if is_factory(str(value)) else detect_framework(value)
+        except FerryError:
+            raise e from None
+        if found == "onnx":
+            raise
+        raise UsageError(
+            f"{value} is {found if found == 'a factory' else f'a {found} model'}, and compare "
+            "takes the ONNX model first",
+            hint=f"give the ONNX model, then its source: ferry compare MODEL.onnx {value}",
+        ) from None
 
 
 def _check_same_inputs(a: Model, b: Model) -> None:
