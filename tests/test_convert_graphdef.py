@@ -149,7 +149,8 @@ def test_a_placeholder_of_unknown_rank_takes_its_shape_from_the_user(
 def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path: Path) -> None:
     """A TF1 ``tf.cond`` on an ``is_training`` placeholder (every batch norm of that era)
     leaves Identities nobody reads (``cond/switch_t``, ``switch_f``, ``pred_id``): they were
-    taken for outputs. The graph's one real end is."""
+    taken for outputs. The graph's one real end is; the switch is fixed to False (a note
+    says so), unless ``--bind`` fixes it otherwise."""
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
@@ -157,13 +158,50 @@ def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path
         off, on = tf.raw_ops.Switch(data=training, pred=training, name="cond/Switch")
         tf.identity(off, name="cond/switch_f")
         tf.identity(on, name="cond/switch_t")
-        tf.identity(training, name="cond/pred_id")
+        pred = tf.identity(training, name="cond/pred_id")
+        tf.raw_ops.Switch(data=x, pred=pred, name="cond/Switch_1")
         tf.where(training, x, 2.0 * x, name="y")
     path = tmp_path / "cond.pb"
     path.write_bytes(graph.as_graph_def().SerializeToString())
     source = load_graph_def(path, ConvertOptions())
-    assert source.reference.signature.input_names == ["x", "is_training"]
+    assert source.reference.signature.input_names == ["x"]
     assert source.reference.signature.output_names == ["y"]
+    assert any("is_training fixed to False" in note for note in source.notes)
+    x_value = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(source.reference.run({"x": x_value})["y"], 2.0 * x_value)
+    bound = load_graph_def(path, ConvertOptions(bindings={"is_training": True}))
+    np.testing.assert_array_equal(bound.reference.run({"x": x_value})["y"], x_value)
+    assert not any("is_training" in note for note in bound.notes)
+
+
+def test_a_placeholder_bound_by_the_user_is_a_constant(ferry: Run, tmp_path: Path) -> None:
+    """TF1's ``keep_prob``: a float of unknown rank that dropout divides by. Bound to 1.0 it
+    is no input; the other outputs can be chosen with ``--graph-outputs``."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        keep = tf.compat.v1.placeholder(tf.float32, None, name="keep_prob")
+        hidden = tf.identity(x / keep, name="hidden")
+        tf.nn.softmax(hidden, name="prob")
+        tf.argmax(hidden, axis=1, name="label")
+    path = tmp_path / "keep.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    out = tmp_path / "keep.onnx"
+    code, _, err = ferry("convert", path, "-o", out)
+    assert code == 2 and "keep_prob" in err and "unknown rank" in err, err
+    code, stdout, err = ferry(
+        "convert", path, "-o", out, "--bind", "keep_prob=1.0", "--graph-outputs", "prob,hidden:0"
+    )
+    assert code == 0, err
+    converted = Model.load(out)
+    assert converted.signature.input_names == ["x"]
+    assert converted.signature.output_names == ["prob", "hidden"]
+    x_value = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    prob, hidden = OrtRunner(converted).run({"x": x_value}).values()
+    np.testing.assert_allclose(hidden, x_value, atol=1e-6)
+    assert "given with --graph-outputs" in stdout
+    code, _, err = ferry("convert", tmp_path / "keep.onnx", "-o", out, "--bind", "keep_prob=1")
+    assert code == 2 and "--bind: for a TensorFlow graph" in err, err
 
 
 TF_MODULE = """

@@ -1781,6 +1781,7 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.keras": f"{TENSORFLOW}; tests/test_convert_keras.py runs these loaders",
     "onnxferry.convert.savedmodel": f"{TENSORFLOW}; tests/test_convert_keras.py runs it",
     "onnxferry.convert.graphdef": f"{TENSORFLOW}; tests/test_convert_graphdef.py runs it",
+    "onnxferry.convert.checkpoint": f"{TENSORFLOW}; tests/test_convert_checkpoint.py runs it",
     "onnxferry.convert.tf_function": f"{TENSORFLOW}; tests/test_convert_graphdef.py runs it",
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
     "tests",

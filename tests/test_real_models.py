@@ -934,6 +934,29 @@ def test_basic_pitch_saved_model_converts_like_the_onnx_its_authors_ship(
         np.testing.assert_allclose(mine[name], want, atol=1e-5)
 
 
+def test_musicnn_training_checkpoint_converts_to_its_tagger(ferry: Run, tmp_path: Path) -> None:
+    """musicnn ships its taggers as TF 1.13 training checkpoints: a graph of 2896 nodes
+    (gradients, Adam, a loss on a labels placeholder) whose batch norms' shape hints today's
+    TensorFlow rejects. Frozen, it converts verified on its spectrogram alone, the training
+    switch fixed to False, to its 50 tags."""
+    for module in ("tensorflow", "tf2onnx"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    source = _wheel_model("musicnn_mtt")
+    out = tmp_path / "musicnn.onnx"
+    arguments = ["convert", source, "-o", out, "--graph-outputs", "model/Sigmoid", "--json"]
+    report = ok_json(ferry(*arguments))
+    assert report["result"]["verified"] is True, report
+    assert any("model/Placeholder_2 fixed to False" in note for note in report["notes"])
+    converted = Model.load(out)
+    assert converted.signature.inputs[0].shape == ("batch", 187, 96)  # frames x mel bands
+    assert converted.signature.output_names == ["model/Sigmoid"]
+    # log(1 + 10000 mel), as musicnn computes it from audio
+    spectrogram = 3 * np.random.default_rng(0).random((2, 187, 96), dtype=np.float32)
+    (tags,) = ort_outputs(out, {"model/Placeholder": spectrogram}).values()
+    assert tags.shape == (2, 50) and ((tags >= 0) & (tags <= 1)).all()
+
+
 def test_paddleocr_recognizer_translates_to_torch_and_is_refused_as_a_classifier(
     ferry: Run, tmp_path: Path
 ) -> None:

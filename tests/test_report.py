@@ -9,7 +9,7 @@ import pytest
 
 from onnxferry.convert import Conversion, convert
 from onnxferry.optimize import ChainResult, Recipe, SearchResult, optimize
-from onnxferry.report import Report, Table
+from onnxferry.report import Report, Table, format_value
 from tests.helpers import mlp, save
 
 
@@ -54,3 +54,18 @@ def test_convert_and_optimize_hand_back_their_report_typed(tmp_path: Path) -> No
     assert fast.last_report(Conversion) is report
     assert optimized.verb == "optimize" and [s.label for s in optimized.result.steps] == ["fold"]
     assert fast.provenance == [report, optimized]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.5, "0.5"),
+        (12345.6, "12,346"),
+        (2.5e-5, "2.500e-05"),
+        (2.554e300, "2.554e+300"),  # a max_rel over an output of zeros: not 300 digits
+        (None, "-"),
+        (True, "yes"),
+    ],
+)
+def test_cells_stay_short(value: object, text: str) -> None:
+    assert format_value(value) == text

@@ -72,11 +72,14 @@ def deploy(
     duration: float = 1.0,
     example_inputs: Any = None,
     custom_export: str | Path | None = None,
+    graph_outputs: Sequence[str] = (),
+    bindings: Mapping[str, bool | int | float] | None = None,
 ) -> Report[Deployment]:
     """Convert, optimize within the budget, bench, and write ``outdir``. ``custom_export``:
     a Python file translating a torch model's custom layers (as ``convert`` takes it).
     ``dims`` sizes open dims by name for the budget and the timing (``sequence=128``);
-    ``assume_sizes`` accepts sizes chosen for open dims nobody gave, as ``optimize`` does."""
+    ``assume_sizes`` accepts sizes chosen for open dims nobody gave, as ``optimize`` does;
+    ``graph_outputs`` and ``bindings`` are ``convert``'s."""
     out = Path(outdir)
     result = Deployment(source=str(source), outdir=str(out))
     with tempfile.TemporaryDirectory(prefix="onnxferry-deploy-") as tmp:
@@ -90,6 +93,8 @@ def deploy(
             trust_pickle=trust_pickle,
             example_inputs=example_inputs,
             custom_export=custom_export,
+            graph_outputs=graph_outputs,
+            bindings=bindings,
         )
         result.stages.append(converted.last_report(Conversion))
         final = optimize(

@@ -161,7 +161,8 @@ def jsonable(value: Any) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """Short text for a table cell: 4 significant digits for floats, "-" for None."""
+    """Short text for a table cell: 4 significant digits for floats (thousands separated up
+    to a billion, an exponent past it and below 1e-3), "-" for None."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -170,7 +171,7 @@ def format_value(value: Any) -> str:
         v = float(value)
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        if v != 0 and abs(v) < 1e-3:
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e9):
             return f"{v:.3e}"
         if abs(v) >= 1e4:
             return f"{v:,.0f}"

@@ -39,6 +39,8 @@ def convert(
     inputs: str | None,
     dynamic: dict[str, dict[int, str]] | None,
     trust_pickle: bool,
+    graph_outputs: list[str],
+    bindings: dict[str, bool | int | float],
     opset: int | None,
     tolerance: Tolerance | None,
     no_verify: bool,
@@ -52,11 +54,13 @@ def convert(
     returns it; importing the file runs its code), .pt/.pth/.jit (TorchScript), .pt2
     (torch.export), a Hugging Face model folder (config.json and its weights, as
     save_pretrained writes it), .keras, a SavedModel directory, a frozen TensorFlow graph (.pb),
-    .tflite, .pkl/.joblib (scikit-learn; needs --trust-pickle, since loading a pickle
-    executes code), a LightGBM .txt or XGBoost .json/.ubj model file, or .onnx (re-targeted
-    to --opset). A torch model's custom
-    layers export through --custom-export; custom ONNX operators run in the parity check
-    through onnxruntime-extensions or --custom-ops.
+    a TF1 checkpoint (its .meta beside .index and .data-*, or their folder), .tflite,
+    .pkl/.joblib (scikit-learn; needs --trust-pickle, since loading a pickle executes code), a
+    LightGBM .txt or XGBoost .json/.ubj model file, or .onnx (re-targeted to --opset). A
+    TensorFlow graph's outputs are its ends unless --graph-outputs names them; --bind fixes a
+    placeholder (keep_prob=1.0). A torch model's custom layers export through --custom-export;
+    custom ONNX operators run in the parity check through onnxruntime-extensions or
+    --custom-ops.
     """
     from ..convert import Conversion, ParityFailure, convert
 
@@ -73,6 +77,8 @@ def convert(
             verify=not no_verify,
             trust_pickle=trust_pickle,
             custom_export=custom_export,
+            graph_outputs=graph_outputs,
+            bindings=bindings,
         )
     except ParityFailure as e:
         emit(e.report, as_json, report_path)

@@ -44,6 +44,8 @@ def deploy(
     inputs: str | None,
     dynamic: dict[str, dict[int, str]] | None,
     trust_pickle: bool,
+    graph_outputs: list[str],
+    bindings: dict[str, bool | int | float],
     dims: dict[str, int],
     assume_sizes: bool,
     max_drop: float,
@@ -73,6 +75,8 @@ def deploy(
         trust_pickle=trust_pickle,
         batches=batches,
         custom_export=custom_export,
+        graph_outputs=graph_outputs,
+        bindings=bindings,
     )
     code = emit(report, as_json, report_path)
     if not as_json:

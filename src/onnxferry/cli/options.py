@@ -23,7 +23,17 @@ import click
 
 from ..convert.base import FRAMEWORKS
 from ..parity import Tolerance
-from .types import DIM, DYNAMIC_AXES, INT_LIST, SEED, SHAPE, as_dict, as_dynamic
+from .types import (
+    BINDING,
+    DIM,
+    DYNAMIC_AXES,
+    INT_LIST,
+    NAME_LIST,
+    SEED,
+    SHAPE,
+    as_dict,
+    as_dynamic,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -254,15 +264,36 @@ custom_export_option = click.option(
 )
 
 
+graph_outputs_option = click.option(
+    "--graph-outputs",
+    type=NAME_LIST,
+    default=[],
+    help="A TensorFlow graph's tensors to convert as its outputs, prob or split:1 (default: "
+    "the graph's ends).",
+)
+bind_option = click.option(
+    "--bind",
+    "bindings",
+    type=BINDING,
+    multiple=True,
+    callback=as_dict,
+    help="Fix a TensorFlow graph's placeholder to a value, keep_prob=1.0 (a bool switching "
+    "tf.cond branches is fixed to false unless bound).",
+)
+
+
 def source_options(inputs: str) -> Callable[[F], F]:
     """The options that load a framework model: ``--framework``, ``--input-shape``,
-    ``--inputs`` (used as ``inputs``), ``--dynamic``, ``--trust-pickle``."""
+    ``--inputs`` (used as ``inputs``), ``--dynamic``, ``--trust-pickle``, and a TensorFlow
+    graph's ``--graph-outputs`` and ``--bind`` (as ``bindings``)."""
     return _compose(
         framework_option,
         shape_option,
         inputs_option(inputs),
         dynamic_option,
         trust_pickle_option,
+        graph_outputs_option,
+        bind_option,
     )
 
 

@@ -11,6 +11,7 @@ the command line, before the verb runs; ``main`` prints it as ``ferry: error: WH
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +186,32 @@ class Shape(_Type):
         return name.strip(), dims
 
 
+class Binding(_Type):
+    """A placeholder fixed to a value: ``is_training=false`` -> ``("is_training", False)``,
+    ``keep_prob=1.0`` -> ``("keep_prob", 1.0)``, ``beam=4`` -> ``("beam", 4)``."""
+
+    name = "NAME=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, sep, text = str(value).partition("=")
+        words = {"true": True, "false": False}
+        parsed: bool | int | float | None = words.get(text.strip().lower())
+        for number in (int, float):
+            if parsed is None:
+                with contextlib.suppress(ValueError):
+                    parsed = number(text)
+        if not sep or not name.strip() or parsed is None or parsed != parsed:  # NaN too
+            raise BadValue(
+                f"--bind takes NAME=VALUE (true, false or a number), got {value!r}",
+                hint="e.g. --bind is_training=false or --bind keep_prob=1.0",
+                ctx=ctx,
+                param=param,
+            )
+        return name.strip(), parsed
+
+
 class DynamicAxes(_Type):
     """An input's dynamic axes: ``ids:0=batch,1=seq`` -> ``("ids", {0: "batch", 1: "seq"})``;
     ``static`` (or ``none``) -> ``None``, for no dynamic axis at all."""
@@ -220,6 +247,7 @@ SEED = Seed()
 PORT = Port()
 SHAPE = Shape()
 DYNAMIC_AXES = DynamicAxes()
+BINDING = Binding()
 
 
 def as_dict(ctx: click.Context, param: click.Parameter, value: Iterable[Any]) -> dict[Any, Any]:

@@ -39,10 +39,20 @@ def compare_to_source(
     tolerance: Tolerance | None = None,
     trust_pickle: bool = False,
     example_inputs: Any = None,
+    graph_outputs: Sequence[str] = (),
+    bindings: Mapping[str, bool | int | float] | None = None,
 ) -> Report[Parity]:
-    """Parity of ONNX Runtime on ``model`` against ``source`` run in its own framework."""
+    """Parity of ONNX Runtime on ``model`` against ``source`` run in its own framework
+    (``graph_outputs`` and ``bindings`` as ``convert`` takes them)."""
     onnx_model = model if isinstance(model, Model) else Model.load(model)
-    options = options_for(input_shapes, inputs, dynamic, trust_pickle=trust_pickle)
+    options = options_for(
+        input_shapes,
+        inputs,
+        dynamic,
+        trust_pickle=trust_pickle,
+        graph_outputs=graph_outputs,
+        bindings=bindings,
+    )
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     feeds = loaded.verification_feeds(options.sample_inputs)

@@ -64,7 +64,10 @@ class ConvertOptions:
     ``opset``: the ai.onnx opset to export (None: the exporter's default, capped at what the
     installed ONNX Runtime loads). ``trust_pickle``: the user confirmed that loading a pickle
     (which runs code) is fine. ``custom_export``: a Python file of translations for the
-    model's custom layers (torch: ``convert.torch.custom``).
+    model's custom layers (torch: ``convert.torch.custom``). ``graph_outputs``: a TensorFlow
+    graph's tensors (``prob`` or ``split:1``) to convert as its outputs, instead of its ends
+    (``--graph-outputs``). ``bindings``: a TensorFlow graph's placeholders fixed to a value,
+    no longer inputs (``--bind is_training=false``).
     """
 
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -73,6 +76,8 @@ class ConvertOptions:
     opset: int | None = None
     trust_pickle: bool = False
     custom_export: Path | None = None
+    graph_outputs: tuple[str, ...] = ()
+    bindings: Mapping[str, bool | int | float] = field(default_factory=dict)
 
     def axes_for(self, input_name: str, rank: int) -> dict[int, str]:
         """The dynamic axes of one input: the user's, or {0: "batch"} by default."""

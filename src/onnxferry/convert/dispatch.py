@@ -155,6 +155,8 @@ def convert(
     trust_pickle: bool = False,
     example_inputs: Any = None,
     custom_export: str | Path | None = None,
+    graph_outputs: Sequence[str] = (),
+    bindings: Mapping[str, bool | int | float] | None = None,
 ) -> Model:
     """Convert ``source`` to ONNX, verified against the source framework; write ``output``.
 
@@ -163,18 +165,30 @@ def convert(
     ``Model``, or a path: ``file.py:function`` (a factory that builds any of
     these models, ``convert.factory``), ``.pt``/``.pth``/``.jit`` (TorchScript), ``.pt2``
     (ExportedProgram), ``.keras``, a SavedModel directory, a frozen TensorFlow graph
-    ``.pb``, ``.tflite``, ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs
-    code), ``.onnx``; or a ``Source`` built by the caller (a custom exporter, verified like
-    the built-in ones).
+    ``.pb``, a TF1 checkpoint (its ``.meta``, or its folder), ``.tflite``,
+    ``.pkl``/``.joblib`` (needs ``trust_pickle``: unpickling runs code), ``.onnx``; or a
+    ``Source`` built by the caller (a custom exporter, verified like the built-in ones).
     ``custom_export``: a Python file translating the torch model's custom layers to ONNX (its
     ``custom_translation_table`` for the dynamo exporter, ``symbolics`` for TorchScript's;
     see ``convert.torch.custom``).
+    ``graph_outputs`` and ``bindings``: a TensorFlow graph's outputs (instead of its ends)
+    and placeholders fixed to a value (``{"keep_prob": 1.0}``), for a frozen graph or a TF1
+    checkpoint (``convert.graphdef``, ``convert.checkpoint``).
     Returns the Model; its report is ``model.last_report(Conversion)``. Raises
     ConversionError (exit 2) when no exporter produces a model and
     VerificationError (exit 1, with ``.report``) when none passes parity; nothing is written
     then.
     """
-    options = options_for(input_shapes, inputs, dynamic, opset, trust_pickle, custom_export)
+    options = options_for(
+        input_shapes,
+        inputs,
+        dynamic,
+        opset,
+        trust_pickle,
+        custom_export,
+        graph_outputs=graph_outputs,
+        bindings=bindings,
+    )
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
     result = Conversion(
@@ -250,8 +264,12 @@ def detect_framework(source: Any) -> str:
     path = Path(text)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory", hint="check the path")
+    from .checkpoint import is_checkpoint
+
+    if is_checkpoint(path):  # a TF1 checkpoint's .meta graph, or its folder
+        return "tf"
     if path.is_dir():
-        from .torch.pretrained import WEIGHTS, is_pretrained_dir
+        from .torch.pretrained import WEIGHTS, is_pretrained_dir, names_a_transformers_model
 
         if (path / "saved_model.pb").is_file():
             return "tf"
@@ -259,15 +277,15 @@ def detect_framework(source: Any) -> str:
             return "onnx"
         if is_pretrained_dir(path):
             return "torch"
-        if (path / "config.json").is_file():
+        if names_a_transformers_model(path):
             raise InputError(
                 f"{path}: a Hugging Face model folder without PyTorch weights (none of "
                 f"{', '.join(WEIGHTS)})",
                 hint="save the model with save_pretrained from PyTorch",
             )
         raise InputError(
-            f"{path}: a directory with neither saved_model.pb, an .onnx model nor a Hugging "
-            "Face model (config.json and its weights)",
+            f"{path}: a directory with neither saved_model.pb, a checkpoint's .meta, an .onnx "
+            "model nor a Hugging Face model (config.json and its weights)",
             hint="pass a model file, or --framework",
         )
     by_suffix = {
@@ -316,6 +334,7 @@ def load_source(
     if isinstance(source, Source):
         return source
     if is_factory(source):
+        _graph_options_unused(options, "a factory's model")
         return _load_built(run_factory(source), options, framework, example_inputs)
     name = framework or detect_framework(source)
     if options.custom_export is not None and name != "torch":
@@ -323,6 +342,8 @@ def load_source(
             f"--custom-export translates torch layers; this source is {name}",
             hint="leave out --custom-export (custom_export=) for this source",
         )
+    if name != "tf":
+        _graph_options_unused(options, f"a model of {name}")
     if name == "torch":
         from .torch import load_torch
 
@@ -341,12 +362,18 @@ def load_source(
         if not isinstance(source, (str, Path)):
             from .tf_function import load_tf_function
 
+            _graph_options_unused(options, "a TensorFlow function")
             return load_tf_function(source, options)
+        from .checkpoint import is_checkpoint, load_checkpoint
+
         path = Path(source)
+        if is_checkpoint(path):
+            return load_checkpoint(path, options)
         if path.is_file() and path.name != "saved_model.pb":
             from .graphdef import load_graph_def
 
             return load_graph_def(path, options)
+        _graph_options_unused(options, "a SavedModel")
         return load_saved_model(path.parent if path.is_file() else path, options)
     if name == "tflite":
         from .tflite import load_tflite
@@ -359,6 +386,18 @@ def load_source(
             source = Model.from_proto(source)
         return load_onnx(source, options)
     raise UsageError(f"unknown framework {name!r}", hint=f"use one of {', '.join(FRAMEWORKS)}")
+
+
+def _graph_options_unused(options: ConvertOptions, what: str) -> None:
+    """UsageError when ``--graph-outputs`` or ``--bind`` is given for ``what``: they choose a
+    TensorFlow graph's outputs and placeholders (a frozen .pb, a checkpoint)."""
+    given = ["--graph-outputs"] * bool(options.graph_outputs) + ["--bind"] * bool(options.bindings)
+    if given:
+        raise UsageError(
+            f"{' and '.join(given)}: for a TensorFlow graph (a frozen .pb, a checkpoint's "
+            f".meta), and this source is {what}",
+            hint=f"leave out {' and '.join(given)} for this source",
+        )
 
 
 def _load_built(
@@ -402,6 +441,9 @@ def options_for(
     opset: int | None = None,
     trust_pickle: bool = False,
     custom_export: str | Path | None = None,
+    *,
+    graph_outputs: Sequence[str] = (),
+    bindings: Mapping[str, bool | int | float] | None = None,
 ) -> ConvertOptions:
     """ConvertOptions from the user's arguments (UsageError for an opset ORT cannot load)."""
     max_opset = runtime_limits()[1]
@@ -415,7 +457,16 @@ def options_for(
     samples = [dict(inputs)] if isinstance(inputs, Mapping) else [dict(s) for s in inputs or ()]
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     export = Path(custom_export) if custom_export is not None else None
-    return ConvertOptions(shapes, samples, dynamic, opset, trust_pickle, export)
+    return ConvertOptions(
+        shapes,
+        samples,
+        dynamic,
+        opset,
+        trust_pickle,
+        export,
+        tuple(graph_outputs),
+        dict(bindings or {}),
+    )
 
 
 def _verification_feeds(

@@ -10,12 +10,17 @@ Names: each input is its ``Placeholder``'s name (``input`` for ``input:0``); eac
 its node's name (``prob``), ``node_1`` for a node's second output. The outputs are the graph's
 ends: every output of every node nothing reads (bookkeeping left out: ``NoOp``, ``Assert``,
 ``save/...``, a TF1 ``tf.cond``'s loose Identities), as TensorFlow's ``summarize_graph``
-finds them. The "tf2onnx" candidate runs the graph, imported and pruned to those tensors,
-in a ``tf.function``, as SavedModels are converted (``convert.tf_common``).
+finds them, or the tensors ``--graph-outputs`` names (``options.graph_outputs``). A
+placeholder ``--bind`` fixes (``options.bindings``, ``keep_prob=1.0``) is a constant, no
+longer an input; so is a training switch (a bool scalar that picks ``tf.cond`` branches,
+``is_training``), fixed to False unless bound. The "tf2onnx" candidate runs the graph,
+imported and pruned to those tensors, in a ``tf.function``, as SavedModels are converted
+(``convert.tf_common``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,16 @@ from .tf_common import (
 )
 from .tf_function import FunctionRunner
 
-_NOT_OUTPUTS = {"Placeholder", "Const", "NoOp", "Assert", "SaveV2", "RestoreV2"}
+_NOT_OUTPUTS = {
+    "Placeholder",
+    "Const",
+    "NoOp",
+    "Assert",
+    "SaveV2",
+    "RestoreV2",
+    "Switch",
+    "RefSwitch",
+}
 """Ops that end a graph without being what it computes."""
 _VARIABLES = {"VariableV2", "Variable", "VarHandleOp"}
 
@@ -42,46 +56,62 @@ def load_graph_def(path: str | Path, options: ConvertOptions) -> Source:
     """A frozen GraphDef (``.pb``) to convert. InputError (exit 2) for a file that is not
     one, a graph that still holds variables (not frozen) or has no placeholder."""
     opset = resolve_opset(options)
-    runner = GraphDefRunner(path, options)
-    ends = f"outputs: {', '.join(runner.tensor_names)} (the tensors no node of the graph reads)"
-    what = f"{runner.path}: frozen TensorFlow graph, {runner.node_count} nodes"
-    return runner.source(what, opset, notes=[ends])
+    path = Path(path)
+    graph_def = _read(path, import_tf())
+    variables = sorted({n.op for n in graph_def.node if n.op in _VARIABLES})
+    if variables:
+        raise InputError(
+            f"{path}: the graph holds variables ({', '.join(variables)}): it is not "
+            "frozen, its weights are in a checkpoint",
+            hint="give the checkpoint's .meta file, freeze it "
+            "(tf.compat.v1.graph_util.convert_variables_to_constants), or export a SavedModel",
+        )
+    runner = GraphDefRunner(graph_def, options, path.stem)
+    what = f"{path}: frozen TensorFlow graph, {len(graph_def.node)} nodes"
+    return runner.source(what, opset, notes=runner.notes)
 
 
 class GraphDefRunner(FunctionRunner):
-    """Runs a frozen GraphDef, imported and pruned to its placeholders and ends; implements
-    Runner."""
+    """Runs a frozen GraphDef, imported with its bound placeholders as constants and pruned
+    to its other placeholders and its outputs; implements Runner. ``notes`` say which
+    outputs were taken and which placeholders bound."""
 
-    def __init__(self, path: str | Path, options: ConvertOptions | None = None) -> None:
-        options = options or ConvertOptions()
-        self.path = Path(path)
+    def __init__(
+        self,
+        graph_def: Any,
+        options: ConvertOptions,
+        stem: str,
+        *,
+        outputs: Sequence[str] | None = None,
+        ends: str = "the tensors no node of the graph reads",
+    ) -> None:
         tf = import_tf()
-        graph_def = _read(self.path, tf)
-        self.node_count = len(graph_def.node)
-        variables = sorted({n.op for n in graph_def.node if n.op in _VARIABLES})
-        if variables:
-            raise InputError(
-                f"{self.path}: the graph holds variables ({', '.join(variables)}): it is not "
-                "frozen, its weights are in a checkpoint",
-                hint="freeze it (tf.compat.v1.graph_util.convert_variables_to_constants), or "
-                "export a SavedModel",
-            )
-        placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+        dtypes = {n.name: n.attr["dtype"].type for n in graph_def.node if n.op == "Placeholder"}
+        bound, self.notes = _bindings(graph_def, options)
+        placeholders = [name for name in dtypes if name not in bound]
         if not placeholders:
             raise InputError(
-                f"{self.path}: the graph has no Placeholder: nothing to feed it",
+                "the graph has no Placeholder left to feed"
+                + (f" (--bind fixed {', '.join(bound)})" if bound else ""),
                 hint="give the frozen inference graph, whose inputs are placeholders",
             )
+
+        def imported() -> None:
+            constants = {
+                f"{name}:0": tf.constant(value, dtype=tf.as_dtype(dtypes[name]))
+                for name, value in bound.items()
+            }
+            tf.compat.v1.import_graph_def(graph_def, input_map=constants or None, name="")
+
         with quiet_tf():
-            wrapped = tf.compat.v1.wrap_function(
-                lambda: tf.compat.v1.import_graph_def(graph_def, name=""), []
-            )
+            wrapped = tf.compat.v1.wrap_function(imported, [])
         graph = wrapped.graph
         inputs = [graph.get_tensor_by_name(f"{name}:0") for name in placeholders]
-        outputs = [
-            t for name in _ends(graph_def) for t in graph.get_operation_by_name(name).outputs
-        ]
-        self.tensor_names = [t.name for t in outputs]
+        if outputs is None and options.graph_outputs:
+            outputs, ends = options.graph_outputs, "given with --graph-outputs"
+        names = graph_ends(graph_def) if outputs is None else outputs
+        tensors = [t for name in names for t in _tensors(graph, name, graph_def)]
+        self.notes.insert(0, f"outputs: {', '.join(t.name for t in tensors)} ({ends})")
         specs = [
             TensorSpec(
                 name,
@@ -97,10 +127,71 @@ class GraphDefRunner(FunctionRunner):
                 dtype_from_numpy(t.dtype.as_numpy_dtype),
                 output_shape(shape_dims(t.shape), batch),
             )
-            for t in outputs
+            for t in tensors
         ]
         signature = Signature(tuple(specs), tuple(out_specs))
-        super().__init__(wrapped.prune(inputs, outputs), signature, f"{self.path.stem}@tf")
+        super().__init__(wrapped.prune(inputs, tensors), signature, f"{stem}@tf")
+
+
+def training_switches(graph_def: Any) -> list[str]:
+    """The bool scalar placeholders that pick ``tf.cond`` branches (a TF1 cond's Switch,
+    through its ``pred_id`` Identities, or a TF2 cond's If), as a TF1 graph's ``is_training``
+    does for every batch norm and dropout."""
+    nodes = {n.name: n for n in graph_def.node}
+    predicate = {"Switch": 1, "RefSwitch": 1, "If": 0, "StatelessIf": 0}
+    roots = set()
+    for node in graph_def.node:
+        if node.op in predicate and len(node.input) > predicate[node.op]:
+            name = node_name(node.input[predicate[node.op]])
+            while nodes.get(name) is not None and nodes[name].op == "Identity":
+                name = node_name(nodes[name].input[0])
+            roots.add(name)
+    tf = import_tf()
+    return [
+        n.name
+        for n in graph_def.node
+        if n.op == "Placeholder"
+        and n.name in roots
+        and n.attr["dtype"].type == tf.bool.as_datatype_enum
+        and (n.attr["shape"].shape.unknown_rank or not n.attr["shape"].shape.dim)
+    ]
+
+
+def _bindings(graph_def: Any, options: ConvertOptions) -> tuple[dict[str, Any], list[str]]:
+    """The placeholders to replace by constants (the user's ``--bind``, and training
+    switches fixed to False), and a note for each switch fixed unasked."""
+    placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+    unknown = [name for name in options.bindings if name not in placeholders]
+    if unknown:
+        raise InputError(
+            f"--bind {unknown[0]}: the graph has no placeholder {unknown[0]!r}",
+            hint=f"bind one of its placeholders: {', '.join(placeholders[:8])}",
+        )
+    bound: dict[str, Any] = dict(options.bindings)
+    notes = []
+    for name in training_switches(graph_def):
+        if name not in bound:
+            bound[name] = False
+            notes.append(
+                f"{name} fixed to False: a bool placeholder that picks tf.cond branches, as "
+                f"a TF1 is_training does (--bind {name}=true converts the other branch)"
+            )
+    return bound, notes
+
+
+def _tensors(graph: Any, name: str, graph_def: Any) -> list[Any]:
+    """The tensor ``name`` names (``split:1``), or every output of the node it names
+    (``prob``); InputError naming the graph's ends when there is none."""
+    try:
+        if ":" in name:
+            return [graph.get_tensor_by_name(name)]
+        return list(graph.get_operation_by_name(name).outputs)
+    except (KeyError, ValueError):
+        raise InputError(
+            f"--graph-outputs {name}: the graph has no tensor {name!r}",
+            hint=f"name a node (prob) or a tensor (split:1); the graph's ends: "
+            f"{', '.join(graph_ends(graph_def)[:8])}",
+        ) from None
 
 
 def _read(path: Path, tf: Any) -> Any:
@@ -123,15 +214,15 @@ def _read(path: Path, tf: Any) -> Any:
     return graph_def
 
 
-def _ends(graph_def: Any) -> list[str]:
+def graph_ends(graph_def: Any) -> list[str]:
     """The nodes no other node reads, bookkeeping left out: saving ops, and the loose ends
     of TF1 control flow (a ``tf.cond``'s ``switch_t`` / ``switch_f`` / ``pred_id``
     Identities, left by every batch norm built on an ``is_training`` placeholder)."""
     ops = {n.name: n.op for n in graph_def.node}
-    read = {name.lstrip("^").split(":")[0] for node in graph_def.node for name in node.input}
+    read = {node_name(name) for node in graph_def.node for name in node.input}
 
     def control_flow(node: Any) -> bool:
-        sources = [ops.get(name.lstrip("^").split(":")[0]) for name in node.input]
+        sources = [ops.get(node_name(name)) for name in node.input]
         return node.op == "Identity" and (
             "Switch" in sources or node.name.rsplit("/", 1)[-1] == "pred_id"
         )
@@ -144,6 +235,11 @@ def _ends(graph_def: Any) -> list[str]:
         and not n.name.startswith("save/")
         and not control_flow(n)
     ]
+
+
+def node_name(reference: str) -> str:
+    """The node a GraphDef input refers to: ``^init`` and ``split:1`` -> ``init``, ``split``."""
+    return reference.lstrip("^").split(":")[0]
 
 
 def _output_name(tensor: str) -> str:

@@ -53,6 +53,16 @@ def is_pretrained_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHTS)
 
 
+def names_a_transformers_model(path: Path) -> bool:
+    """``config.json`` is transformers' (it names a ``model_type`` or ``architectures``), not
+    another tool's file of the same name (musicnn's training settings)."""
+    try:
+        config = _config(path)
+    except InputError:
+        return False
+    return bool(config.get("model_type") or config.get("architectures"))
+
+
 def from_pretrained_dir(path: Path, options: ConvertOptions) -> tuple[Any, Any, str]:
     """(module in eval mode, example inputs or None, description); InputError for a folder
     transformers cannot read, ConversionError when the inputs cannot be told."""
