@@ -100,6 +100,10 @@ def test_a_training_checkpoint_converts_to_its_inference_model(
     np.testing.assert_allclose(prob, expected, atol=1e-5)  # the moving averages of step 3
     assert "model.ckpt-3.meta: TensorFlow checkpoint" in stdout
     assert "is_training fixed to False" in stdout
+    code, _, err = ferry("compare", out, folder)  # the ONNX model against its checkpoint
+    assert code == 0, err
+    code, _, err = ferry("compare", out, out, "--bind", "is_training=false")
+    assert code == 2 and "B is no TensorFlow source" in err, err
 
 
 def test_a_meta_file_names_its_own_checkpoint(

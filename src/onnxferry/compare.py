@@ -51,6 +51,8 @@ def compare(
     precision: str = "fp32",
     engine_cache: str | Path | None = None,
     calibration_table: str | Path | None = None,
+    graph_outputs: Sequence[str] = (),
+    bindings: Mapping[str, bool | int | float] | None = None,
 ) -> Report[Parity]:
     """Parity of two ONNX models, of one model on two providers, or of an ONNX model and its
     framework source (``ferry compare``).
@@ -66,7 +68,8 @@ def compare(
     anything ``convert`` takes (``framework`` names it when its file does not tell): then
     ``a`` runs on ONNX Runtime against ``b`` in its own framework, judged with the framework's
     tolerance unless ``tolerance`` is given (``convert.compare_to_source``; ``provider_b``,
-    ``threads``, ``samples``, ``dims``, ``seed`` and ``bisect_on_failure`` are for ONNX pairs).
+    ``threads``, ``samples``, ``dims``, ``seed`` and ``bisect_on_failure`` are for ONNX pairs;
+    ``graph_outputs`` and ``bindings``, as ``convert`` takes them, for a TensorFlow graph).
     One model on two providers is judged at ``parity.tolerance.between_runtimes`` unless
     ``tolerance`` is given: float16's for a model whose weights are float16.
 
@@ -104,6 +107,14 @@ def compare(
             tolerance=tolerance,
             trust_pickle=trust_pickle,
             example_inputs=example_inputs,
+            graph_outputs=graph_outputs,
+            bindings=bindings,
+        )
+    if graph_outputs or bindings:
+        raise UsageError(
+            "--graph-outputs and --bind choose a TensorFlow graph's tensors, and B is no "
+            "TensorFlow source",
+            hint="give them only when B is a frozen .pb or a checkpoint",
         )
     if b is None and provider_b is None:
         raise UsageError(

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 import click
 
 from .options import (
+    bind_option,
     custom_ops_options,
     framework_option,
+    graph_outputs_option,
     inputs_option,
     precision_options,
     report_options,
@@ -64,6 +66,8 @@ def check(model: str, providers: list[str] | None, as_json: bool, report_path: P
 @click.option("--no-bisect", is_flag=True, help="Skip the search for the first divergence.")
 @framework_option
 @trust_pickle_option
+@graph_outputs_option
+@bind_option
 @custom_ops_options
 @report_options
 def compare(
@@ -84,6 +88,8 @@ def compare(
     no_bisect: bool,
     framework: str | None,
     trust_pickle: bool,
+    graph_outputs: list[str],
+    bindings: dict[str, bool | int | float],
     as_json: bool,
     report_path: Path | None,
 ) -> int:
@@ -110,6 +116,8 @@ def compare(
         precision=precision,
         engine_cache=engine_cache,
         calibration_table=calibration_table,
+        graph_outputs=graph_outputs,
+        bindings=bindings,
     )
     return emit(report, as_json, report_path)
 
