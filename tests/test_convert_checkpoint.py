@@ -171,3 +171,42 @@ def test_graph_options_name_what_the_graph_has(
     ]:
         code, _, err = ferry("convert", folder, "-o", tmp_path / "o.onnx", option, value)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_tf1_while_loop_converts_to_a_loop(ferry: Run, tmp_path: Path) -> None:
+    """An RNN written the TF1 way, ``tf.compat.v1.while_loop`` over the time steps (Enter,
+    Exit, NextIteration: what ``dynamic_rnn`` builds): tf2onnx converts it from the frozen
+    graph, not from a function calling it (where it failed on Enter). Any sequence length;
+    the counter's Exit is no output."""
+    rng = np.random.default_rng(3)
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, None, 5], name="x")
+            w = tf.compat.v1.Variable(rng.standard_normal((5, 4)).astype(np.float32))
+            u = tf.compat.v1.Variable(rng.standard_normal((4, 4)).astype(np.float32) / 2)
+
+            def step(i: Any, h: Any) -> tuple[Any, Any]:
+                return i + 1, tf.tanh(tf.matmul(x[:, i, :], w) + tf.matmul(h, u))
+
+            start = (tf.constant(0), tf.zeros([tf.shape(x)[0], 4]))
+            _, last = tf.compat.v1.while_loop(lambda i, h: i < tf.shape(x)[1], step, start)
+            tf.identity(last, name="state")
+            saver = tf.compat.v1.train.Saver()
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                saver.save(session, str(tmp_path / "rnn.ckpt"))
+                sequences = [rng.standard_normal((2, t, 5)).astype(np.float32) for t in (3, 9)]
+                expected = [session.run("state:0", {x: s}) for s in sequences]
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    out = tmp_path / "rnn.onnx"
+    code, _, err = ferry("convert", tmp_path / "rnn.ckpt.meta", "-o", out)
+    assert code == 0, err
+    converted = Model.load(out)
+    assert converted.signature.output_names == ["state"]
+    assert "Loop" in converted.ops_histogram
+    runner = OrtRunner(converted)
+    for sequence, want in zip(sequences, expected, strict=True):
+        np.testing.assert_allclose(runner.run({"x": sequence})["state"], want, atol=1e-5)

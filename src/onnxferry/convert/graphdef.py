@@ -13,9 +13,10 @@ ends: every output of every node nothing reads (bookkeeping left out: ``NoOp``, 
 finds them, or the tensors ``--graph-outputs`` names (``options.graph_outputs``). A
 placeholder ``--bind`` fixes (``options.bindings``, ``keep_prob=1.0``) is a constant, no
 longer an input; so is a training switch (a bool scalar that picks ``tf.cond`` branches,
-``is_training``), fixed to False unless bound. The "tf2onnx" candidate runs the graph,
-imported and pruned to those tensors, in a ``tf.function``, as SavedModels are converted
-(``convert.tf_common``).
+``is_training``), fixed to False unless bound. The "tf2onnx" candidate converts the graph,
+pruned to those tensors, through tf2onnx's frozen-graph route (``tf2onnx --graphdef``),
+where a TF1 ``while_loop`` (Enter, Exit, NextIteration) becomes a Loop; the reference runs
+it in TensorFlow, imported into a ``tf.function``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import ConvertOptions, Source
 from .tf_common import (
     common_batch_name,
+    finish_export,
+    graph_def_to_onnx,
     import_tf,
     output_shape,
     quiet_tf,
@@ -105,6 +108,9 @@ class GraphDefRunner(FunctionRunner):
 
         with quiet_tf():
             wrapped = tf.compat.v1.wrap_function(imported, [])
+            bound_graph = tf.Graph()
+            with bound_graph.as_default():
+                imported()
         graph = wrapped.graph
         inputs = [graph.get_tensor_by_name(f"{name}:0") for name in placeholders]
         if outputs is None and options.graph_outputs:
@@ -131,6 +137,30 @@ class GraphDefRunner(FunctionRunner):
         ]
         signature = Signature(tuple(specs), tuple(out_specs))
         super().__init__(wrapped.prune(inputs, tensors), signature, f"{stem}@tf")
+        self.tensors = [t.name for t in [*inputs, *tensors]]
+        self.graph_def = tf.compat.v1.graph_util.extract_sub_graph(
+            bound_graph.as_graph_def(), sorted({node_name(t.name) for t in tensors})
+        )
+        shapes = {spec.name: spec.shape for spec in specs}
+        for node in self.graph_def.node:  # an unknown rank takes the one the user gave
+            shape = shapes.get(node.name)
+            if shape is not None:
+                dims = [d if isinstance(d, int) else None for d in shape]
+                node.attr["shape"].shape.CopyFrom(tf.TensorShape(dims).as_proto())
+
+    def export_tf2onnx(self, path: Path, opset: int) -> None:
+        """tf2onnx's frozen-graph route, which converts a TF1 ``while_loop`` (a function
+        calling the graph does not), the bound placeholders as constants."""
+        names = [*self.signature.input_names, *self.signature.output_names]
+        count = len(self.signature.inputs)
+        proto = graph_def_to_onnx(
+            self.graph_def,
+            self.tensors[:count],
+            self.tensors[count:],
+            opset,
+            dict(zip(self.tensors, names, strict=True)),
+        )
+        finish_export(proto, self.signature, path)
 
 
 def training_switches(graph_def: Any) -> list[str]:
@@ -217,12 +247,16 @@ def _read(path: Path, tf: Any) -> Any:
 def graph_ends(graph_def: Any) -> list[str]:
     """The nodes no other node reads, bookkeeping left out: saving ops, and the loose ends
     of TF1 control flow (a ``tf.cond``'s ``switch_t`` / ``switch_f`` / ``pred_id``
-    Identities, left by every batch norm built on an ``is_training`` placeholder)."""
+    Identities, left by every batch norm built on an ``is_training`` placeholder, and the
+    Exit of a ``while_loop``'s integer counter)."""
     ops = {n.name: n.op for n in graph_def.node}
     read = {node_name(name) for node in graph_def.node for name in node.input}
+    counters = {import_tf().int32.as_datatype_enum, import_tf().int64.as_datatype_enum}
 
     def control_flow(node: Any) -> bool:
         sources = [ops.get(node_name(name)) for name in node.input]
+        if node.op == "Exit":
+            return node.attr["T"].type in counters
         return node.op == "Identity" and (
             "Switch" in sources or node.name.rsplit("/", 1)[-1] == "pred_id"
         )

@@ -285,6 +285,37 @@ def function_to_onnx(
     return convert_with_tf2onnx(convert, opset, layer_of=layer_of)
 
 
+def graph_def_to_onnx(
+    graph_def: Any,
+    inputs: list[str],
+    outputs: list[str],
+    opset: int,
+    renames: Mapping[str, str],
+) -> onnx.ModelProto:
+    """A frozen GraphDef through tf2onnx's frozen-graph route (``tf2onnx --graphdef``:
+    Grappler in a ``tf.Graph``, then the rewriters that turn a TF1 ``while_loop``'s
+    Enter/Exit/NextIteration into a Loop), ``inputs`` and ``outputs`` as tensor names
+    (``x:0``), ``renames`` to give them theirs (see ``convert_with_tf2onnx``)."""
+
+    def convert(export_opset: int) -> onnx.ModelProto:
+        import tensorflow as tf
+        import tf2onnx
+
+        with tf.device("/cpu:0"):
+            proto: onnx.ModelProto
+            proto, _ = tf2onnx.convert.from_graph_def(
+                graph_def,
+                input_names=inputs,
+                output_names=outputs,
+                opset=export_opset,
+                tensors_to_rename=dict(renames),
+                extra_opset=_string_opsets({node.op for node in graph_def.node}),
+            )
+        return proto
+
+    return convert_with_tf2onnx(convert, opset)
+
+
 _CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 _XLA = "_XlaMustCompile"
 
