@@ -133,7 +133,9 @@ def test_the_install_line_carries_the_source_s_extras(tmp_path: Path) -> None:
 
     folder = tmp_path / "bert-topics"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"model_type": "bert"}')
     assert "onnxferry[hf,optimize," in install_command(str(folder))
+    (folder / "model.ckpt.meta").write_bytes(b"")  # a TF1 checkpoint beside its settings
+    assert "onnxferry[tf,optimize," in install_command(str(folder))
     assert "onnxferry[tf,optimize," in install_command(str(tmp_path))
     assert "onnxferry[torch,optimize," in install_command("model.py:build")

@@ -133,10 +133,14 @@ def ci_steps(
 
 def install_command(source: str) -> str:
     """``pip install onnxferry[...]==<this version>`` with the extras the steps need."""
+    from .convert.checkpoint import is_checkpoint
+    from .convert.torch.pretrained import names_a_transformers_model
+
     file = _source_file(source)
     extra = _EXTRAS.get(PurePosixPath(file).suffix, "tf")
-    if Path(file, "config.json").is_file():
-        extra = "hf"  # a Hugging Face model folder (a SavedModel folder has no config.json)
+    folder = Path(file)
+    if folder.is_dir() and not is_checkpoint(folder) and names_a_transformers_model(folder):
+        extra = "hf"  # a Hugging Face model folder, not musicnn's checkpoint and its config
     extras = ",".join(e for e in (extra, "optimize", "sign", "registry") if e)
     return f"python -m pip install 'onnxferry[{extras}]=={__version__}'"
 
