@@ -7,6 +7,7 @@ to another opset) and caller-built Sources whose exporters write real ONNX files
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -224,6 +225,12 @@ def test_detect_framework_for_directories_and_factories(tmp_path: Path) -> None:
         detect_framework(tmp_path / "empty")
     (tmp_path / "empty" / "model.ckpt.meta").write_bytes(b"")
     assert detect_framework(tmp_path / "empty") == "tf"  # a TF1 checkpoint
+    with zipfile.ZipFile(tmp_path / "pytorch_model.bin", "w") as archive:
+        archive.writestr("archive/data.pkl", b"")  # as torch.save writes it
+    assert detect_framework(tmp_path / "pytorch_model.bin") == "torch"
+    (tmp_path / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
+    with pytest.raises(InputError, match="safetensors weights, not a model"):
+        detect_framework(tmp_path / "model.safetensors")
     (tmp_path / "blob.bin").write_bytes(b"\x00" * 16)
     with pytest.raises(InputError, match="--framework"):
         detect_framework(tmp_path / "blob.bin")

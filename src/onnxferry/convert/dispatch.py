@@ -313,13 +313,33 @@ def detect_framework(source: Any) -> str:
 
     if booster_file_kind(path) is not None:  # LightGBM's model.txt, XGBoost's model.json
         return "sklearn"
-    head = path.read_bytes()[:8]
+    with path.open("rb") as file:
+        head = file.read(8)
     if head[4:8] == b"TFL3":
         return "tflite"
+    if suffix == ".safetensors":
+        raise InputError(
+            f"{path}: safetensors weights, not a model: nothing in it says how they connect",
+            hint="give a factory FILE.py:FUNCTION that builds the model and loads them "
+            "(safetensors.torch.load_file), or the Hugging Face folder with its config.json",
+        )
+    if head[:2] == b"PK" and _torch_archive(path):
+        return "torch"  # a torch.save file under another name: pytorch_model.bin
     raise InputError(
         f"{path}: cannot tell which framework this file comes from",
         hint=f"pass --framework, one of {', '.join(FRAMEWORKS)}",
     )
+
+
+def _torch_archive(path: Path) -> bool:
+    """A zip archive as ``torch.save`` writes it (``<name>/data.pkl`` inside)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_source(
