@@ -144,3 +144,25 @@ def test_a_pickle_this_scikit_learn_cannot_read_names_both_versions(
     assert f"pickled by scikit-learn {OLD}, which scikit-learn {sklearn.__version__}" in err
     assert f"pip install scikit-learn=={OLD}" in err and "_gone_losses" in err
     assert err.count("\n") == 1
+
+
+def test_a_module_the_installed_package_lacks_is_not_called_missing(
+    tmp_path: Path, ferry: Run
+) -> None:
+    """A pickle that records no version but names a module scikit-learn no longer has
+    (``sklearn.linear_model.logistic`` before 0.22's private modules): not "install the
+    package", which is installed, but another version of it."""
+    gone = types.ModuleType("sklearn.linear_model._gone_logistic")
+    _Loss.__module__ = gone.__name__
+    gone._Loss = _Loss  # type: ignore[attr-defined]
+    sys.modules[gone.__name__] = gone
+    try:
+        (tmp_path / "lr.pkl").write_bytes(pickle.dumps({"model": _Loss()}, protocol=4))
+    finally:
+        del sys.modules[gone.__name__]
+    code, _, err = ferry(
+        "convert", tmp_path / "lr.pkl", "-o", tmp_path / "m.onnx", "--trust-pickle"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"which sklearn {sklearn.__version__} here does not have" in err
+    assert "not installed" not in err

@@ -15,6 +15,8 @@ want it.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import re
@@ -83,6 +85,10 @@ def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list
     return estimator, str(path), found
 
 
+_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+"""Import names whose distribution (for its version) is named otherwise."""
+
+
 def _unpickling_error(path: Path, kind: str, error: Exception, pickled: str | None) -> InputError:
     """Why ``path`` did not unpickle, in one line: a module or class the installed
     scikit-learn lacks when another version wrote it, a missing package, or a bad file."""
@@ -99,8 +105,18 @@ def _unpickling_error(path: Path, kind: str, error: Exception, pickled: str | No
             "reads it",
         )
     if isinstance(error, ImportError):
+        module = error.name or ""
+        package = module.split(".")[0]
+        if package != module and importlib.util.find_spec(package) is not None:
+            version = importlib.metadata.version(_DISTRIBUTIONS.get(package, package))
+            return InputError(
+                f"{path}: the pickle needs {module!r}, which {package} {version} here does "
+                f"not have: another version of {package} wrote it",
+                hint=f"load it where the {package} that wrote it is installed and re-save it "
+                "from a version that reads it",
+            )
         return InputError(
-            f"{path}: the pickle needs {error.name or 'a module'!r}, which is not installed",
+            f"{path}: the pickle needs {module or 'a module'!r}, which is not installed",
             hint="install the package that defines the model's classes",
         )
     return InputError(
