@@ -228,6 +228,12 @@ def test_detect_framework_for_directories_and_factories(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "pytorch_model.bin", "w") as archive:
         archive.writestr("archive/data.pkl", b"")  # as torch.save writes it
     assert detect_framework(tmp_path / "pytorch_model.bin") == "torch"
+    (tmp_path / "tf2").mkdir()  # tf.train.Checkpoint's files: weights, no graph
+    for name in ("ckpt-1.index", "ckpt-1.data-00000-of-00001", "checkpoint"):
+        (tmp_path / "tf2" / name).write_bytes(b"")
+    for source in ("tf2", "tf2/ckpt-1.index", "tf2/ckpt-1.data-00000-of-00001"):
+        with pytest.raises(InputError, match=r"checkpoint's weights .* without its graph"):
+            detect_framework(tmp_path / source)
     (tmp_path / "model.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
     with pytest.raises(InputError, match="safetensors weights, not a model"):
         detect_framework(tmp_path / "model.safetensors")

@@ -283,6 +283,8 @@ def detect_framework(source: Any) -> str:
                 f"{', '.join(WEIGHTS)})",
                 hint="save the model with save_pretrained from PyTorch",
             )
+        if any(path.glob("*.index")):
+            _weights_only_checkpoint(path)
         raise InputError(
             f"{path}: a directory with neither saved_model.pb, a checkpoint's .meta, an .onnx "
             "model nor a Hugging Face model (config.json and its weights)",
@@ -317,6 +319,8 @@ def detect_framework(source: Any) -> str:
         head = file.read(8)
     if head[4:8] == b"TFL3":
         return "tflite"
+    if suffix == ".index" or ".data-" in path.name:
+        _weights_only_checkpoint(path)
     if suffix == ".safetensors":
         raise InputError(
             f"{path}: safetensors weights, not a model: nothing in it says how they connect",
@@ -328,6 +332,17 @@ def detect_framework(source: Any) -> str:
     raise InputError(
         f"{path}: cannot tell which framework this file comes from",
         hint=f"pass --framework, one of {', '.join(FRAMEWORKS)}",
+    )
+
+
+def _weights_only_checkpoint(path: Path) -> None:
+    """InputError for a TensorFlow checkpoint's weights without a ``.meta`` graph (what
+    ``tf.train.Checkpoint`` and Keras' ``save_weights`` write)."""
+    raise InputError(
+        f"{path}: a TensorFlow checkpoint's weights (.index, .data-*) without its graph "
+        "(a .meta): nothing in them says how they connect",
+        hint="give a factory FILE.py:FUNCTION that builds the model and restores them "
+        "(tf.train.Checkpoint(model=...).restore), or export a SavedModel",
     )
 
 
