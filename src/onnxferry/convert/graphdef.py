@@ -122,7 +122,7 @@ class GraphDefRunner(FunctionRunner):
             TensorSpec(
                 name,
                 dtype_from_numpy(t.dtype.as_numpy_dtype),
-                source_shape(name, shape_dims(t.shape), options),
+                source_shape(name, shape_dims(t.shape), options, placeholder=True),
             )
             for name, t in zip(placeholders, inputs, strict=True)
         ]

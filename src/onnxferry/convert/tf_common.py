@@ -99,19 +99,28 @@ def resolve_opset(options: ConvertOptions) -> int:
 
 
 def source_shape(
-    name: str, dims: Sequence[int | None] | None, options: ConvertOptions
+    name: str,
+    dims: Sequence[int | None] | None,
+    options: ConvertOptions,
+    *,
+    placeholder: bool = False,
 ) -> tuple[Dim, ...]:
     """An input's shape for the reference signature: the dims the user makes dynamic get
     their names; by default dim 0 (when the source leaves it open) is "batch" and other open
     dims are named ``<input>_dim<axis>``; ``options.input_shapes`` fixes the rest, and gives
-    an input of unknown rank (a TF1 placeholder declared without a shape) its rank."""
+    an input of unknown rank (a TF1 placeholder declared without a shape) its rank; such a
+    ``placeholder`` of a graph can also be fixed to a value (``--bind``)."""
     if dims is None and name in options.input_shapes:
         dims = [None] * len(options.input_shapes[name])
     if dims is None:
+        other = (
+            f"fix its value with --bind {name}=VALUE (a TF1 keep_prob=1.0)"
+            if placeholder
+            else "export the model with a fixed input rank"
+        )
         raise UsageError(
             f"input {name!r} has an unknown rank",
-            hint=f"give its shape with --input-shape {name}=1x..., or export the model with "
-            "a fixed input rank",
+            hint=f"give its shape with --input-shape {name}=1x..., or {other}",
         )
     rank = len(dims)
     axes = options.axes_for(name, rank)
