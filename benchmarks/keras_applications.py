@@ -12,7 +12,6 @@ depthwise and separable convolutions, LayerScale, NASNet's cells, Inception's br
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
     args = rm.table_arguments(__doc__, "mobilenet_v2,xception", "build/keras-applications", argv)
-    names = args.only.split(",") if args.only else list(NETWORKS)
     rng = np.random.default_rng(0)
 
     def arguments(name: str) -> list[object]:
@@ -61,16 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     def pixels(shape: list[int]) -> np.ndarray:
         return rng.uniform(0, 255, shape)
 
-    built = [
-        (
-            name,
-            functools.partial(arguments, name),
-            args.workdir / f"{name}.onnx",
-            rm.one_input(pixels),
-        )
-        for name in names
-    ]
-    return rm.convert_table("network", built, args.time_budget)
+    names = args.names or list(NETWORKS)
+    return rm.convert_table("network", names, arguments, rm.one_input(pixels), args)
 
 
 if __name__ == "__main__":

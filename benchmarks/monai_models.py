@@ -13,7 +13,6 @@ HighResNet, DenseNet-121, EfficientNet-B0 and a ViT classifier, on single-channe
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any
 
@@ -83,22 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
     args = rm.table_arguments(__doc__, "unet3d,vnet3d", "build/monai-models", argv)
-    names = args.only.split(",") if args.only else list(NETWORKS)
     rng = np.random.default_rng(0)
 
     def arguments(name: str) -> list[object]:
         return [f"{__file__}:{name}", "--input-shape", NETWORKS[name][1]]
 
-    built = [
-        (
-            name,
-            functools.partial(arguments, name),
-            args.workdir / f"{name}.onnx",
-            rm.one_input(rng.standard_normal),
-        )
-        for name in names
-    ]
-    return rm.convert_table("network", built, args.time_budget)
+    names = args.names or list(NETWORKS)
+    return rm.convert_table("network", names, arguments, rm.one_input(rng.standard_normal), args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ decoder ids (Whisper).
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -41,16 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = rm.table_arguments(__doc__, "bert_cls,whisper", "build/pretrained-folders", argv)
     from tests.real_models import PRETRAINED, save_pretrained  # real_models put tests/ on the path
 
-    names = args.only.split(",") if args.only else list(PRETRAINED)
-
     def saved(name: str) -> list[object]:
         return [save_pretrained(name, args.workdir / name)]
 
-    built = [
-        (name, functools.partial(saved, name), args.workdir / f"{name}.onnx", _feeds)
-        for name in names
-    ]
-    return rm.convert_table("folder", built, args.time_budget)
+    return rm.convert_table("folder", args.names or list(PRETRAINED), saved, _feeds, args)
 
 
 if __name__ == "__main__":

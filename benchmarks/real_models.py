@@ -45,6 +45,7 @@ from tests.real_models import (
     light_model_paths,
     light_reference_path,
     load_reference,
+    ort_outputs,
     raw_session,
     write_golden,
 )
@@ -94,8 +95,7 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
     from onnxferry.serve.server import running
 
     start = time.perf_counter()
-    session = raw_session(path)
-    expected = session.run(None, feeds)
+    expected = ort_outputs(path, feeds)
     with running(path) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         inputs = []
@@ -108,12 +108,12 @@ def serve_once(path: Path, feeds: dict[str, np.ndarray]) -> tuple[int, str, floa
         except InferenceServerException as e:  # the server's answer: a status, not a crash
             return 1, f"served {e.status()}: {e.message()}", time.perf_counter() - start
     seconds = time.perf_counter() - start
-    for out, want in zip(session.get_outputs(), expected, strict=True):
+    for name, want in expected.items():
         if not isinstance(want, np.ndarray) or want.dtype == object:
             continue  # a sequence of maps: served as text (tests/test_real_models.py reads it)
-        got = result.as_numpy(out.name)
+        got = result.as_numpy(name)
         if not np.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):
-            return 1, f"output {out.name} differs from onnxruntime", seconds
+            return 1, f"output {name} differs from onnxruntime", seconds
     return 0, "", seconds
 
 
@@ -163,35 +163,40 @@ def model_row(
         return [*row, serve_once(path, feeds)]
 
 
-Built = tuple[str, Callable[[], list[object]], Path, Callable[[Path], dict[str, np.ndarray]]]
-"""A model this process builds: (name, its ``ferry convert`` arguments (building it first),
-the ONNX file convert writes, that file's feeds)."""
-
-
 def table_arguments(
     doc: str, only: str, workdir: str, argv: list[str] | None
 ) -> argparse.Namespace:
     """``--only`` (``only``: an example), ``--time-budget`` and ``--workdir`` (``build/...``)
-    of a ``convert_table`` script, parsed."""
+    of a ``convert_table`` script, parsed; ``names`` is ``--only`` as a list (empty: all)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--only", help=f"these only, e.g. {only}")
     parser.add_argument("--time-budget", type=float, default=5.0)
     parser.add_argument("--workdir", type=Path, default=Path(workdir))
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    args.names = args.only.split(",") if args.only else []
     return args
 
 
-def convert_table(kind: str, built: Iterable[Built], time_budget: float) -> int:
-    """Print a Markdown row per model: ``ferry convert``, then every verb of ``model_row`` on
-    the file it wrote; 1 if any ended in an internal error (exit 3), else 0."""
-    options = argparse.Namespace(time_budget=time_budget, openvino=False, tflite=False)
+def convert_table(
+    kind: str,
+    names: Iterable[str],
+    arguments: Callable[[str], list[object]],
+    feeds: Callable[[Path], dict[str, np.ndarray]],
+    args: argparse.Namespace,
+) -> int:
+    """Print a Markdown row per model ``names`` name: ``ferry convert`` with
+    ``arguments(name)`` (which may build the model first) into ``args.workdir``, then every
+    verb of ``model_row`` on the file it wrote, fed ``feeds(file)``; 1 if any ended in an
+    internal error (exit 3), else 0."""
+    options = argparse.Namespace(time_budget=args.time_budget, openvino=False, tflite=False)
     print(f"machine: {cpu_summary()}")
     print(f"| {kind} | convert | " + " | ".join(VERBS) + " |")
     print("|---" * (len(VERBS) + 2) + "|")
     internal = 0
-    for name, arguments, out, feeds in built:
-        converted = run_cli("convert", *arguments(), "-o", out)
+    for name in names:
+        out = args.workdir / f"{name}.onnx"
+        converted = run_cli("convert", *arguments(name), "-o", out)
         row = [converted]
         if converted[0] == 0:
             row += model_row(out, *_run_directly(out, feeds(out)), options)
@@ -232,9 +237,7 @@ def models(tmp: Path) -> Iterator[tuple[str, Path, dict[str, np.ndarray], dict[s
 
 def _run_directly(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
     """The feeds and ONNX Runtime's outputs on them, by name."""
-    session = raw_session(path)
-    names = [o.name for o in session.get_outputs()]
-    return feeds, dict(zip(names, session.run(None, feeds), strict=True))
+    return feeds, ort_outputs(path, feeds)
 
 
 def main_(options: argparse.Namespace) -> int:

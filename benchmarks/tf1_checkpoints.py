@@ -12,7 +12,6 @@ musicnn computes from audio: log(1 + 10000 mel), 187 frames of 96 bands.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     import real_models as rm  # benchmarks/ is on the path when this file runs as a script
 
     args = rm.table_arguments(__doc__, "MTT_musicnn,MSD_vgg", "build/tf1-checkpoints", argv)
-    names = args.only.split(",") if args.only else list(TAGGERS)
     rng = np.random.default_rng(0)
 
     def arguments(name: str) -> list[object]:
@@ -47,16 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     def spectrogram(shape: list[int]) -> np.ndarray:
         return 3 * rng.random(shape)
 
-    built = [
-        (
-            name,
-            functools.partial(arguments, name),
-            args.workdir / f"{name}.onnx",
-            rm.one_input(spectrogram),
-        )
-        for name in names
-    ]
-    return rm.convert_table("checkpoint", built, args.time_budget)
+    names = args.names or list(TAGGERS)
+    return rm.convert_table("checkpoint", names, arguments, rm.one_input(spectrogram), args)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,19 @@ DimSpec = int | str | None
 # --- the onnx wheel's light model zoo ---------------------------------------------------------
 
 
+def ort_outputs(path: Path, feeds: Feeds) -> dict[str, Any]:
+    """ONNX Runtime's outputs on ``feeds`` by name (``raw_session``); bfloat16 in and out
+    through OrtValues, which numpy cannot name to ONNX Runtime."""
+    from onnxferry.runtime import from_ortvalue, ort_inputs
+
+    session = raw_session(path)
+    names = [o.name for o in session.get_outputs()]
+    if any(o.type == "tensor(bfloat16)" for o in session.get_outputs()):
+        values = session.run_with_ort_values(names, ort_inputs(feeds, all_ortvalues=True))
+        return {name: from_ortvalue(v) for name, v in zip(names, values, strict=True)}
+    return dict(zip(names, session.run(names, ort_inputs(feeds)), strict=True))
+
+
 def raw_session(path: Path) -> Any:
     """ONNX Runtime's own session on ``path`` (cpu, every optimization), the reference the
     verbs are held to, less the optimizers known to crash it on this model
@@ -587,6 +600,48 @@ def vad_feeds(batch: int = 2, seed: int = 4, sr: int = 16000) -> Feeds:
     }
 
 
+# --- bfloat16 ---------------------------------------------------------------------------------
+
+
+def bf16_model() -> onnx.ModelProto:
+    """``features[batch, 8]`` bfloat16 -> ``scores[batch, 3]`` bfloat16, weights in bfloat16:
+    what a model kept in bfloat16 (as LLM checkpoints are) gives a CPU runtime, its matmuls
+    cast to float32 (ONNX Runtime's CPU runs no bfloat16 MatMul). numpy cannot name
+    bfloat16 to ONNX Runtime, nor save it in an .npz."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(23)
+    bf16 = TensorProto.BFLOAT16
+    inits = [
+        numpy_helper.from_array(_weights(rng, 8, 16, scale=0.5).astype(ml_dtypes.bfloat16), "w1"),
+        numpy_helper.from_array(_weights(rng, 16, 3, scale=0.5).astype(ml_dtypes.bfloat16), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["features"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w1"], ["w1f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w2"], ["w2f"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "w1f"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "w2f"], ["s"]),
+        helper.make_node("Cast", ["s"], ["scores"], to=bf16),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bf16",
+        [value_info("features", bf16, ["batch", 8])],
+        [value_info("scores", bf16, ["batch", 3])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def bf16_feeds(batch: int = 2, seed: int = 6) -> Feeds:
+    import ml_dtypes
+
+    rng = np.random.default_rng(seed)
+    return {"features": rng.standard_normal((batch, 8)).astype(ml_dtypes.bfloat16)}
+
+
 # --- IR version 3 -----------------------------------------------------------------------------
 
 
@@ -866,6 +921,7 @@ BUILT: dict[str, BuiltModel] = {
         BuiltModel("fp16", fp16_encoder, fp16_encoder_feeds, needs="torch"),
         BuiltModel("nms", nms_detector, nms_feeds),
         BuiltModel("masked", masked_scores, masked_feeds),
+        BuiltModel("bf16", bf16_model, bf16_feeds),
     ]
 }
 

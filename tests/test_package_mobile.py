@@ -60,6 +60,15 @@ def test_int8_first_checks_the_conversion_and_reports_the_drop(tmp_path: Path) -
     assert "DynamicQuantizeMatMul" in config
 
 
+def test_a_bfloat16_model_is_checked(tmp_path: Path) -> None:
+    """numpy cannot name bfloat16 to ONNX Runtime: the .ort's check fed it as OrtValues
+    (it was an internal error)."""
+    from tests.real_models import bf16_model
+
+    report = package(save(bf16_model(), tmp_path / "bf16.onnx"), "mobile", tmp_path / "out")
+    assert report.ok and all(check.ok for check in report.result.checks)
+
+
 def test_operators_only_config(tmp_path: Path) -> None:
     source = save(mlp(), tmp_path / "mlp.onnx")
     report = package(source, "mobile", tmp_path / "out", {"type_reduction": "false"})

@@ -72,6 +72,18 @@ def test_a_model_with_float16_weights_is_judged_at_float16_s_tolerance(tmp_path:
     assert "(tolerance atol 0.05, rtol 0.05)" in given.notes[-1]
 
 
+def test_a_bfloat16_model_is_fed_and_read_by_its_bits(tmp_path: Path) -> None:
+    """OpenVINO's Python API shows bfloat16 tensors as float16: numpy's bfloat16 handed over
+    as they were came out as values 1e34 apart from ONNX Runtime's. By their bits they agree,
+    to bfloat16's step (the report says which tolerance)."""
+    from tests.real_models import bf16_model
+
+    source = save(bf16_model(), tmp_path / "bf16.onnx")
+    report = package(source, "openvino", tmp_path / "out")
+    assert report.ok, report.result.checks[0].detail
+    assert "bf16's weights are bfloat16: verified at bfloat16's tolerance" in report.notes[0]
+
+
 def test_unconvertible_op_is_one_line(tmp_path: Path) -> None:
     proto = onnx_text(
         """

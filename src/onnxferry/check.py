@@ -46,8 +46,8 @@ from .runtime import (
     available_providers,
     create_session,
     ort_error_message,
-    ort_inputs,
     quiet_run_options,
+    run_session,
     session_providers,
     version_problem,
 )
@@ -387,7 +387,7 @@ def _declared_outputs(model: Model, session: Any, result: CheckResult) -> None:
         result.add(name, "skip", f"not run: {e}", False)
         return
     try:
-        values = session.run(None, ort_inputs(plan.feeds(seed=0)), quiet_run_options())
+        values = run_session(session, None, plan.feeds(seed=0), quiet_run_options())
     except Exception as e:  # onnxruntime raises untyped errors for a run it cannot do
         # generated values may be ones the model refuses (an id past a table): not a blocker
         result.add(name, "warn", f"onnxruntime cannot run it on {plan.describe()} with "

@@ -23,7 +23,7 @@ from .errors import FerryError, InputError, UsageError
 from .feeds import feed_sets
 from .model import Model
 from .parity import Parity, Tolerance, compare_within_noise, unoptimized_ort
-from .parity.tolerance import between_runtimes, float16_note
+from .parity.tolerance import between_runtimes, low_precision_note
 from .report import Report
 from .runtime import OrtRunner, SessionConfig, provider_name, short_provider_name
 from .view import marked_figure
@@ -127,7 +127,7 @@ def compare(
     notes: list[str] = []
     if tolerance is None and model_b is model_a:  # one model on two providers
         tolerance = between_runtimes(model_a)
-        notes += filter(None, [float16_note(model_a)])
+        notes += filter(None, [low_precision_note(model_a)])
     tolerance = tolerance or Tolerance()
     wanted_a, wanted_b = provider, provider_b or provider
     config_a = SessionConfig(provider=wanted_a, threads=threads)

@@ -181,8 +181,9 @@ def within(
         timing = within(session, feeds, 2.0, warmup=10, iterations=200)
         lat = measure(session, feeds, warmup=timing.warmup, iterations=timing.iterations)
     """
+    run, arrays = _session_call(session, feeds, ortvalues=False)
     start = time.perf_counter()
-    session.run(None, dict(feeds))
+    run(None, arrays)
     fits = int(seconds / max(time.perf_counter() - start, 1e-9))
     return Timing(
         warmup=max(1, min(warmup, fits // 10)), iterations=max(least, min(iterations, fits))
@@ -220,8 +221,7 @@ def _timed(
 ) -> tuple[list[float], float]:
     """(latencies, wall seconds of the measured region); ``window`` spans that region."""
     names = None if output_names is None else list(output_names)
-    arrays = dict(feeds)
-    run = session.run_with_ort_values if ortvalues else session.run
+    run, arrays = _session_call(session, feeds, ortvalues)
     for _ in range(timing.warmup):
         run(names, arrays)
     with window or nullcontext():
@@ -230,6 +230,22 @@ def _timed(
             lat = _loop(run, names, arrays, timing.iterations, timing.duration, start, on_progress)
             return lat, time.perf_counter() - start
         return _threaded(run, names, arrays, timing, on_progress)
+
+
+def _session_call(
+    session: ort.InferenceSession, feeds: Mapping[str, Any], ortvalues: bool
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The call that runs ``session`` and its feeds: ``run_with_ort_values`` for feeds that
+    are OrtValues already (``ortvalues``) or a model that returns bfloat16 (``session.run``
+    cannot hand it to numpy), and bfloat16 arrays as OrtValues (numpy cannot name them to
+    ONNX Runtime); else ``session.run`` on the arrays."""
+    if ortvalues:
+        return session.run_with_ort_values, dict(feeds)
+    from .runtime import ort_inputs
+
+    if any(o.type == "tensor(bfloat16)" for o in session.get_outputs()):
+        return session.run_with_ort_values, ort_inputs(feeds, all_ortvalues=True)
+    return session.run, ort_inputs(feeds)
 
 
 def _threaded(

@@ -533,6 +533,24 @@ def _to_ortvalue(array: np.ndarray) -> Any:
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
+def run_session(
+    session: Any, names: Sequence[str] | None, feeds: Mapping[str, Any], options: Any = None
+) -> list[Any]:
+    """``session.run(names, feeds, options)`` for any model: bfloat16 (ml_dtypes) arrays in
+    and out go through OrtValues, as numpy cannot name them to ONNX Runtime. A session-like
+    object that is no ONNX Runtime session (the server's executor, for a served explain)
+    takes them as they are."""
+    if not hasattr(session, "get_outputs"):
+        return list(session.run(names, feeds, options))
+    wanted = [o for o in session.get_outputs() if names is None or o.name in names]
+    if any(o.type == "tensor(bfloat16)" for o in wanted):
+        values = session.run_with_ort_values(
+            None if names is None else list(names), ort_inputs(feeds, all_ortvalues=True), options
+        )
+        return [from_ortvalue(v) for v in values]
+    return list(session.run(None if names is None else list(names), ort_inputs(feeds), options))
+
+
 def from_ortvalue(value: Any) -> np.ndarray:
     if value.data_type() == "tensor(bfloat16)":
         import ctypes

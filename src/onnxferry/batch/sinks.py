@@ -117,6 +117,8 @@ def output_table(
 def _arrow(name: str, values: np.ndarray) -> Any:
     import pyarrow as pa
 
+    if values.dtype.type.__module__.startswith("ml_dtypes"):
+        values = values.astype(np.float32)  # bfloat16 and float8, exactly: Arrow has neither
     if values.dtype.kind == "O":
         keys = map_keys(values)
         if keys is not None:  # scikit-learn's ZipMap: an Arrow map per row

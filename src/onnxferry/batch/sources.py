@@ -31,6 +31,7 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
+from ..data.npz import fit as raw_bytes_as
 from ..errors import DataError, FeedError, UsageError
 from ..signature import Signature, TensorSpec
 from .images import ImagePlan, Preprocess, list_images
@@ -158,8 +159,9 @@ def checked_feeds(
 
 def fit(values: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     """``values`` as ``spec`` takes them: strings as object arrays, numbers cast within their
-    kind (float64 -> float32, int64 -> int32), a trailing axis of 1 added to a column of
-    scalars; DataError for a type that does not cast."""
+    kind (float64 -> float32, int64 -> int32, float32 -> bfloat16), raw bytes of the spec's
+    size as its type, a trailing axis of 1 added to a column of scalars; DataError for a type
+    that does not cast."""
     want = spec.dtype.numpy
     if spec.dtype.kind == "string":
         if values.dtype.kind in "US":
@@ -167,7 +169,14 @@ def fit(values: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
         if values.dtype.kind != "O":
             raise DataError(f"{where}: input {spec.name!r} takes strings, got {values.dtype}")
     elif values.dtype != want:
-        if values.dtype.kind in "OUSV" or not np.can_cast(values.dtype, want, "same_kind"):
+        if values.dtype.kind == "V":  # numpy saves bfloat16 and float8 as raw bytes
+            values = raw_bytes_as(values, spec, f"{where}: input {spec.name!r}")
+        # ml_dtypes' bfloat16 and float8 are no numpy float kind: floats cast to them
+        floats = spec.dtype.kind == "float" and values.dtype.kind == "f"
+        if values.dtype != want and (
+            values.dtype.kind in "OUSV"
+            or not (floats or np.can_cast(values.dtype, want, "same_kind"))
+        ):
             raise DataError(
                 f"{where}: input {spec.name!r} takes {want}, the data holds {values.dtype}",
                 hint=f"store the column as {want}",

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import InputError, one_line
 from .base import ConvertOptions, Source
-from .graphdef import GraphDefRunner, graph_ends, node_name
+from .graphdef import GraphDefRunner, graph_ends, node_name, parse_file
 from .tf_common import import_tf, quiet_tf, resolve_opset
 
 _TRAINING_OPS = ("Apply", "ResourceApply", "Assign", "Scatter", "SaveV2", "RestoreV2")
@@ -156,19 +156,11 @@ def _latest(folder: Path) -> str | None:
 def _read(path: Path, tf: Any) -> Any:
     """The MetaGraphDef in ``path``, shape hints dropped (a TF 1.x graph's ``_output_shapes``
     can disagree with today's kernels, e.g. FusedBatchNorm's reserve space)."""
-    meta = tf.compat.v1.MetaGraphDef()
-    try:
-        meta.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError
-        raise InputError(
-            f"{path}: not a TensorFlow checkpoint's graph ({one_line(e)})",
-            hint="give the .meta file tf.compat.v1.train.Saver wrote beside the weights",
-        ) from e
+    what = "a TensorFlow checkpoint's graph"
+    hint = "give the .meta file tf.compat.v1.train.Saver wrote beside the weights"
+    meta = parse_file(path, tf.compat.v1.MetaGraphDef(), what, hint)
     if not meta.graph_def.node:
-        raise InputError(
-            f"{path}: not a TensorFlow checkpoint's graph (it holds no nodes)",
-            hint="give the .meta file tf.compat.v1.train.Saver wrote beside the weights",
-        )
+        raise InputError(f"{path}: not {what} (it holds no nodes)", hint=hint)
     for node in meta.graph_def.node:
         node.attr.pop("_output_shapes", None)
     return meta

@@ -228,20 +228,23 @@ def _read(path: Path, tf: Any) -> Any:
     """The GraphDef in ``path``; InputError when the bytes are not one."""
     if not path.is_file():
         raise InputError(f"{path}: no such file", hint="give the frozen graph's .pb file")
-    graph_def = tf.compat.v1.GraphDef()
-    try:
-        graph_def.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError
-        raise InputError(
-            f"{path}: not a TensorFlow GraphDef ({one_line(e)})",
-            hint="give a frozen graph (.pb) written by GraphDef.SerializeToString",
-        ) from e
+    hint = "give a frozen graph (.pb) written by GraphDef.SerializeToString"
+    graph_def = parse_file(path, tf.compat.v1.GraphDef(), "a TensorFlow GraphDef", hint)
     if not graph_def.node:
         raise InputError(
             f"{path}: not a TensorFlow GraphDef (it holds no nodes)",
             hint="a SavedModel's saved_model.pb is given as its directory",
         )
     return graph_def
+
+
+def parse_file(path: Path, message: Any, what: str, hint: str) -> Any:
+    """``message`` (a protobuf) read from ``path``; InputError saying it is not ``what``."""
+    try:
+        message.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError
+        raise InputError(f"{path}: not {what} ({one_line(e)})", hint=hint) from e
+    return message
 
 
 def graph_ends(graph_def: Any) -> list[str]:

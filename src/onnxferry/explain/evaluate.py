@@ -25,7 +25,14 @@ import numpy as np
 
 from ..errors import FeedError, InputError, RunError, UsageError
 from ..graphs import sequence_outputs, sized_by_data
-from ..runtime import map_keys, map_order, map_table, quiet_run_options, run_errors
+from ..runtime import (
+    map_keys,
+    map_order,
+    map_table,
+    quiet_run_options,
+    run_errors,
+    run_session,
+)
 from ..signature import Signature
 from .kinds import Layout
 
@@ -295,7 +302,7 @@ class Evaluator:
         if self.layout.row_axis:
             batch = np.moveaxis(batch, self.layout.row_axis, 0)
         with run_errors(self.model_name, feeds):
-            (result,) = self.session.run([output], feeds, self._options)
+            (result,) = run_session(self.session, [output], feeds, self._options)
         self.runs += 1
         value = self._numbers(result, output)
         if self.layout.row_axis and value.ndim:  # rows first, as the input's were given

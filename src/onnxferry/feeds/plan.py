@@ -22,8 +22,8 @@ from ..runtime import (
     SessionConfig,
     create_session,
     ort_error_message,
-    ort_inputs,
     quiet_run_options,
+    run_session,
 )
 from ..signature import Signature, TensorSpec
 from .dims import evaluate, terms
@@ -351,7 +351,7 @@ def _size(key: str, sizes: Mapping[str, int]) -> int:
 def _runs(session: Any, plan: FeedPlan) -> str | None:
     """None when ONNX Runtime runs the plan's feeds, else its error on one line."""
     try:
-        session.run(None, ort_inputs(plan.feeds(seed=0)), quiet_run_options())
+        run_session(session, None, plan.feeds(seed=0), quiet_run_options())
     except Exception as e:  # onnxruntime raises untyped errors for shapes it cannot take
         return ort_error_message(e)
     return None

@@ -32,7 +32,7 @@ from ..graphs import (
     walk_graphs,
 )
 from ..model import Model
-from ..runtime import SessionConfig, ort_error_message, ort_inputs, session_options
+from ..runtime import SessionConfig, ort_error_message, run_session, session_options
 from .base import Pass, PassContext, PassError, PassResult, param
 from .output import graph_key, lifted_weights, save_output
 
@@ -184,7 +184,7 @@ class Float16(Pass):
         for feeds in feed_sets:
             for name, array in feeds.items():
                 _track(peaks, name, array)
-            values = session.run(output_names, ort_inputs(feeds))
+            values = run_session(session, output_names, feeds)
             for name, value in zip(output_names, values, strict=True):
                 _track(peaks, name, value)
         return peaks

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..model import Model
+from ..runtime import run_session
 from .recipe import Recipe
 
 INT8_PASSES = ("int8_dynamic", "int8_static", "weight_only")
@@ -69,7 +70,7 @@ def node_costs(
         )
         session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):
-            session.run(None, dict(feeds))
+            run_session(session, None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     seen: dict[str, list[float]] = {}
     for event in events:

@@ -207,7 +207,7 @@ def _run_ort_file(
     was converted from) needs."""
     import onnxruntime as ort
 
-    from ..runtime import ort_error_message
+    from ..runtime import ort_error_message, run_session
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -220,7 +220,7 @@ def _run_ort_file(
             hint="the .ort was written but does not load; report it with the model",
         ) from e
     names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(None, f), strict=True)) for f in feeds]
+    return [dict(zip(names, run_session(session, None, f), strict=True)) for f in feeds]
 
 
 def _int8_check(

@@ -48,13 +48,13 @@ KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
     from ..parity import Tolerance, compare_within_noise, unoptimized_ort
-    from ..parity.tolerance import float16_note
+    from ..parity.tolerance import low_precision_note
     from ..runtime import OrtRunner
 
     model = Model.load(source.model.resolve())
     opts = _options(options, model)
     result = Packaged("openvino", source.name, str(outdir))
-    if not {"atol", "rtol", "fp16"} & set(options) and (note := float16_note(model)):
+    if not {"atol", "rtol", "fp16"} & set(options) and (note := low_precision_note(model)):
         result.notes.append(note)
     xml_name = f"{source.name}.xml"
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
@@ -161,13 +161,27 @@ def _openvino_installed() -> None:
 
 
 def _infer(compiled: Any, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, Any]:
-    """One inference; outputs under the ONNX names (a port can carry several tensor names)."""
-    answer = compiled.create_infer_request().infer(dict(feeds))
+    """One inference; outputs under the ONNX names (a port can carry several tensor names).
+    OpenVINO's Python API shows bfloat16 data as float16: bfloat16 goes in and out by its
+    bits."""
+    import ml_dtypes
+    import openvino as ov
+
+    def tensor(array: np.ndarray) -> Any:
+        if array.dtype.name != "bfloat16":
+            return array
+        value = ov.Tensor(ov.Type.bf16, ov.Shape(list(array.shape)))
+        value.data.view(np.uint16)[...] = array.view(np.uint16)
+        return value
+
+    answer = compiled.create_infer_request().infer({k: tensor(v) for k, v in feeds.items()})
     outputs: dict[str, Any] = {}
     for port, value in answer.items():
         known = port.get_names()
         name = next((n for n in names if n in known), port.get_any_name())
         outputs[name] = np.array(value, copy=True)
+        if port.get_element_type() == ov.Type.bf16:
+            outputs[name] = outputs[name].view(np.uint16).view(ml_dtypes.bfloat16)
     return outputs
 
 

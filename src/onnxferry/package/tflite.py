@@ -137,14 +137,14 @@ class Ran:
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to TFLite in ``outdir`` and verify it (see the module docstring)."""
     from ..parity import Tolerance, unoptimized_ort
-    from ..parity.tolerance import float16_note
+    from ..parity.tolerance import low_precision_note
     from ..runtime import OrtRunner
 
     model = Model.load(source.model.resolve())
     opts = _options(options, model)
     _installed()
     result = Packaged("tflite", source.name, str(outdir))
-    if not {"atol", "rtol"} & set(options) and (note := float16_note(model)):
+    if not {"atol", "rtol"} & set(options) and (note := low_precision_note(model)):
         result.notes.append(note)
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names

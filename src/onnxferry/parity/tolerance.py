@@ -77,24 +77,47 @@ runtimes round after different ops (an fp16 .tflite, an IR compressed to fp16, a
 converted to float16 whole run by another runtime)."""
 
 
+BFLOAT16 = (3e-2, 3e-2)
+"""(atol, rtol) for outputs computed or returned in bfloat16: its step is 4e-3 to 8e-3 of a
+value (8 significant bits), and two runtimes round after different ops."""
+
+
 def between_runtimes(model: Model) -> Tolerance:
     """The default tolerance for ``model`` run by two runtimes: float16's (``FLOAT16``) for a
-    model whose weights are mostly float16 (``Model.weight_type``; each runtime rounds its
-    float16 values after different ops, so they agree only to float16's step), else
-    ``Tolerance()``."""
-    if model.weight_type == "FLOAT16":
-        return Tolerance(*FLOAT16)
-    return Tolerance()
+    model whose weights are mostly float16, bfloat16's (``BFLOAT16``) for one whose weights or
+    outputs are bfloat16 (each runtime rounds after different ops, so they agree only to the
+    type's step), else ``Tolerance()``."""
+    kind = _low_precision(model)
+    return Tolerance(*_STEPS[kind[0]]) if kind else Tolerance()
 
 
-def float16_note(model: Model) -> str | None:
-    """Why ``between_runtimes`` chose float16's tolerance for ``model``; None when it did not."""
-    return float16_weights_note(model.name) if model.weight_type == "FLOAT16" else None
+def low_precision_note(model: Model) -> str | None:
+    """Why ``between_runtimes`` chose a low precision's tolerance for ``model``; None when it
+    did not."""
+    kind = _low_precision(model)
+    return float16_weights_note(model.name, kind[1], kind[0]) if kind else None
 
 
-def float16_weights_note(name: str, why: str = "weights are float16") -> str:
-    """The report's note for a model ``name`` judged at float16's tolerance (``why``)."""
+def float16_weights_note(
+    name: str, why: str = "weights are float16", precision: str = "float16"
+) -> str:
+    """The report's note for a model ``name`` judged at ``precision``'s tolerance (``why``)."""
+    atol, rtol = _STEPS[precision]
     return (
-        f"{name}'s {why}: verified at float16's tolerance "
-        f"(atol {FLOAT16[0]}, rtol {FLOAT16[1]}), as two runtimes round it after different ops"
+        f"{name}'s {why}: verified at {precision}'s tolerance "
+        f"(atol {atol}, rtol {rtol}), as two runtimes round it after different ops"
     )
+
+
+_STEPS = {"float16": FLOAT16, "bfloat16": BFLOAT16}
+
+
+def _low_precision(model: Model) -> tuple[str, str] | None:
+    """(precision, why) where ``model`` computes in float16 or bfloat16, else None."""
+    if model.weight_type == "FLOAT16":
+        return "float16", "weights are float16"
+    if model.weight_type == "BFLOAT16":
+        return "bfloat16", "weights are bfloat16"
+    if any(t.dtype.onnx_name == "BFLOAT16" for t in model.signature.outputs):
+        return "bfloat16", "outputs are bfloat16"
+    return None
