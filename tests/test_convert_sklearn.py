@@ -35,6 +35,7 @@ from onnxferry.errors import FerryError, InputError, UsageError
 from onnxferry.model import Model
 from onnxferry.parity import Parity, Tolerance, compare_outputs
 from onnxferry.runtime import OrtRunner
+from tests.helpers import Run
 
 DATA = Path(__file__).parent / "data" / "regression.csv"
 BATCHES = (1, 7)
@@ -407,3 +408,33 @@ def test_import_stays_light() -> None:
     code = "import sys, onnxferry.convert.sklearn; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_model_that_refuses_generated_values_converts_on_rows_like_the_users(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """Box-Cox takes strictly positive values only. Given the user's rows, the other sizes
+    checked were standard normal values, and the refusal was called a dim that is not free
+    (exit 2, "--dynamic static"); they are the user's rows now. Without rows, one line says
+    the values, not the sizes, are refused."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PowerTransformer
+
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(0, 1, (60, 4))
+    model = make_pipeline(PowerTransformer(method="box-cox"), LogisticRegression())
+    model.fit(x, (x[:, 0] > 1).astype(int))
+    path = tmp_path / "boxcox.pkl"
+    path.write_bytes(pickle.dumps(model))
+    np.savez(tmp_path / "rows.npz", input=x[:5].astype(np.float32))
+    out = tmp_path / "boxcox.onnx"
+    code, _, err = ferry("convert", path, "-o", out, "--trust-pickle")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fails on the values generated" in err and "--inputs" in err, err
+    code, _, err = ferry(
+        "convert", path, "-o", out, "--trust-pickle", "--inputs", tmp_path / "rows.npz"
+    )
+    assert code == 0, err
+    rows = x[10:20].astype(np.float32)
+    got = OrtRunner(Model.load(out)).run({"input": rows})
+    np.testing.assert_array_equal(got["label"], model.predict(rows))

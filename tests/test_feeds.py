@@ -18,6 +18,7 @@ from onnxferry.feeds import (
     CANDIDATES,
     Vocabulary,
     checked_feeds,
+    drawn_rows,
     dynamic_dims,
     feed_sets,
     index_ranges,
@@ -34,7 +35,7 @@ from onnxferry.optimize import optimize
 from onnxferry.serve.app import ServeSettings
 from onnxferry.serve.server import running
 from onnxferry.signature import Signature
-from tests.helpers import RELU, Run, onnx_text, save
+from tests.helpers import RELU, Run, mlp, onnx_text, save
 from tests.test_signature import ALL_TYPES
 
 
@@ -843,3 +844,33 @@ def test_rebatched_repeats_rows_along_each_inputs_row_axis() -> None:
     assert five["sr"].shape == () and int(five["sr"]) == 16000
     one = rebatched(feeds, signature, 1)
     assert one["input"].shape == (1, 512) and one["state"].shape == (2, 1, 128)
+
+
+def test_generated_sizes_take_their_rows_from_the_users() -> None:
+    """Each input's rows are drawn from the user's where the two agree beyond axis 0 (the
+    same rows for ids and their mask); a scalar takes the user's value; an input whose other
+    dims differ keeps its generated values."""
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    given = [{"ids": ids, "mask": ids * 10, "rate": np.array(16000), "seq": np.ones((3, 5))}]
+    like = {
+        "ids": np.zeros((7, 4), np.int64),
+        "mask": np.zeros((7, 4), np.int64),
+        "rate": np.array(8000),
+        "seq": np.zeros((7, 9)),
+    }
+    drawn = drawn_rows(given, like, seed=1)
+    assert drawn["ids"].shape == (7, 4) and set(drawn["ids"][:, 0]) <= {0, 4, 8}
+    np.testing.assert_array_equal(drawn["mask"], drawn["ids"] * 10)  # rows kept together
+    assert drawn["rate"] == 16000 and drawn["rate"].dtype == like["rate"].dtype
+    np.testing.assert_array_equal(drawn["seq"], like["seq"])  # 9 columns, not the user's 5
+    assert drawn_rows([], like) == like
+
+
+def test_verification_sets_beyond_the_users_hold_the_users_rows() -> None:
+    signature = Model.from_proto(mlp()).signature
+    (spec,) = signature.inputs
+    assert spec.shape is not None
+    rows = np.full((2, *(d for d in spec.shape[1:] if isinstance(d, int))), 7.0, np.float32)
+    sets = verification_feeds(signature, [{spec.name: rows}])
+    assert len(sets) > 1 and all((s[spec.name] == 7.0).all() for s in sets)
+    assert {len(s[spec.name]) for s in sets} == {1, 2, 4}  # the sizes still vary

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FerryError, InputError, one_line
-from ..feeds import describe_shapes
+from ..feeds import describe_shapes, drawn_rows
 from ..model import Model
 from ..parity import Parity, Tolerance, compare_within_noise, unoptimized_ort
 from .base import Source
@@ -56,6 +56,12 @@ class SourceJudge:
             shapes = describe_shapes({k: np.shape(v) for k, v in feeds.items()})
             said = e.message if isinstance(e, FerryError) else one_line(e, line="first", named=True)
             ran = {k: np.shape(v) for k, v in first.items()}
+            if feeds is not first and self._runs(drawn_rows([first], dict(feeds))):
+                raise InputError(
+                    f"the source model ({name}) fails on the values generated at {shapes}, "
+                    f"and runs at those sizes on rows of {describe_shapes(ran)}: {said}",
+                    hint="give rows it takes (samples of your data) with --inputs FILE.npz",
+                ) from e
             if feeds is not first and ran != {k: np.shape(v) for k, v in feeds.items()}:
                 pins = " ".join(
                     f"--input-shape {k}={'x'.join(map(str, v))}" for k, v in ran.items() if v
@@ -72,6 +78,14 @@ class SourceJudge:
                 hint="give the sizes it takes with --input-shape NAME=1x..., or rows it runs "
                 "on with --inputs",
             ) from e
+
+    def _runs(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        """Whether the source runs on ``feeds``."""
+        try:
+            self.source.reference.run(feeds)
+        except Exception:  # any failure: what the first run raised is the one reported
+            return False
+        return True
 
     def __call__(
         self,

@@ -185,12 +185,12 @@ def verification_feeds(
       their ``column_scales``.
     """
     signature = model if isinstance(model, Signature) else model.signature
-    feeds = checked_feeds(samples, signature) if samples else []
+    given = checked_feeds(samples, signature) if samples else []
     if isinstance(model, Model):
         plan = plan_feeds(model, input_shapes=input_shapes, probe=probe)
-        return [*feeds, plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
-    for seed, dims in enumerate(shape_plan(signature)):
-        feeds.append(
+        made = [plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
+    else:
+        made = [
             realistic_feeds(
                 signature,
                 dims,
@@ -199,8 +199,44 @@ def verification_feeds(
                 vocabularies=vocabularies,
                 column_scales=column_scales,
             )
-        )
-    return feeds
+            for seed, dims in enumerate(shape_plan(signature))
+        ]
+    return [*given, *(drawn_rows(given, feeds, seed) for seed, feeds in enumerate(made))]
+
+
+def drawn_rows(pool: Sequence[Mapping[str, np.ndarray]], like: Feeds, seed: int = 0) -> Feeds:
+    """``like`` with each input's rows (axis 0) drawn from that input's rows in ``pool``
+    where the two agree beyond axis 0 (a scalar: ``pool``'s value), the same rows for every
+    input that has as many; other inputs as they are. Generated sizes then hold values the
+    model takes: a pipeline's ``log1p`` given standard normal values returned NaN.
+
+        drawn_rows([{"x": user_rows}], {"x": generated_4x8})   # 4 of the user's rows
+    """
+    rng = np.random.default_rng(seed)
+    picks: dict[int, np.ndarray] = {}
+    out = dict(like)
+    for name, value in like.items():
+        rows = [
+            p[name]
+            for p in pool
+            if isinstance(value, np.ndarray)
+            and isinstance(p.get(name), np.ndarray)
+            and p[name].ndim == value.ndim
+            and p[name].shape[1:] == value.shape[1:]
+        ]
+        if not rows or (value.ndim and not all(len(r) for r in rows)):
+            continue
+        if np.ndim(value) == 0:
+            out[name] = rows[0].astype(value.dtype)
+            continue
+        stacked = np.concatenate(rows)
+        if len(stacked) not in picks:
+            picks[len(stacked)] = rng.integers(0, len(stacked), len(value))
+        chosen = picks[len(stacked)]
+        if len(chosen) != len(value):
+            chosen = rng.integers(0, len(stacked), len(value))
+        out[name] = stacked[chosen].astype(value.dtype, copy=False)
+    return out
 
 
 def dynamic_dims(signature: Signature) -> list[str]:
