@@ -243,7 +243,8 @@ def _session_call(
         return session.run_with_ort_values, dict(feeds)
     from .runtime import ort_inputs
 
-    if any(o.type == "tensor(bfloat16)" for o in session.get_outputs()):
+    outputs: list[Any] = getattr(session, "get_outputs", list)()  # a device pool has none
+    if any(o.type == "tensor(bfloat16)" for o in outputs):
         return session.run_with_ort_values, ort_inputs(feeds, all_ortvalues=True)
     return session.run, ort_inputs(feeds)
 
