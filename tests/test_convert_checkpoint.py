@@ -210,3 +210,41 @@ def test_a_tf1_while_loop_converts_to_a_loop(ferry: Run, tmp_path: Path) -> None
     runner = OrtRunner(converted)
     for sequence, want in zip(sequences, expected, strict=True):
         np.testing.assert_allclose(runner.run({"x": sequence})["state"], want, atol=1e-5)
+
+
+def test_a_tf1_saved_models_training_switch_is_fixed_too(ferry: Run, tmp_path: Path) -> None:
+    """A TF1 SavedModel whose signature takes ``is_training`` beside its data: it was an
+    input of the ONNX model (fed random bools by the check); it is fixed to False as in a
+    frozen graph, and ``--bind`` takes the signature's other arguments too."""
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal((6, 3)).astype(np.float32)
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, 6], name="x")
+            training = tf.compat.v1.placeholder(tf.bool, [], name="is_training")
+            h = tf.matmul(x, tf.compat.v1.Variable(weights))
+            h = tf.compat.v1.cond(training, lambda: tf.nn.dropout(h, rate=0.5), lambda: h)
+            with tf.compat.v1.Session() as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(tmp_path / "sm"))
+                signature = tf.compat.v1.saved_model.predict_signature_def(
+                    {"x": x, "is_training": training}, {"y": h}
+                )
+                builder.add_meta_graph_and_variables(
+                    session, ["serve"], signature_def_map={"serving_default": signature}
+                )
+                builder.save()
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    out = tmp_path / "sm.onnx"
+    code, stdout, err = ferry("convert", tmp_path / "sm", "-o", out, "--json")
+    assert code == 0, err
+    assert "is_training fixed to False" in stdout
+    converted = Model.load(out)
+    assert converted.signature.input_names == ["x"]
+    (y,) = OrtRunner(converted).run({"x": X}).values()
+    np.testing.assert_allclose(y, X @ weights, atol=1e-5)
+    code, _, err = ferry("convert", tmp_path / "sm", "-o", out, "--bind", "x=1")
+    assert code == 2 and "input 'x' is a tensor of rank 2, and --bind fixes a scalar" in err

@@ -18,7 +18,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +408,7 @@ def load_source(
             from .graphdef import load_graph_def
 
             return load_graph_def(path, options)
-        _graph_options_unused(options, "a SavedModel")
+        _graph_options_unused(replace(options, bindings={}), "a SavedModel")  # --bind: its own
         return load_saved_model(path.parent if path.is_file() else path, options)
     if name == "tflite":
         from .tflite import load_tflite

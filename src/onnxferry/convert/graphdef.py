@@ -21,7 +21,7 @@ it in TensorFlow, imported into a ``tf.function``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,13 @@ class GraphDefRunner(FunctionRunner):
     ) -> None:
         tf = import_tf()
         dtypes = {n.name: n.attr["dtype"].type for n in graph_def.node if n.op == "Placeholder"}
-        bound, self.notes = _bindings(graph_def, options)
+        ranks = {
+            n.name: None if n.attr["shape"].shape.unknown_rank else len(n.attr["shape"].shape.dim)
+            for n in graph_def.node
+            if n.op == "Placeholder"
+        }
+        switches = training_switches(graph_def)
+        bound, self.notes = bindings(ranks, switches, options, "placeholder")
         placeholders = [name for name in dtypes if name not in bound]
         if not placeholders:
             raise InputError(
@@ -187,19 +193,31 @@ def training_switches(graph_def: Any) -> list[str]:
     ]
 
 
-def _bindings(graph_def: Any, options: ConvertOptions) -> tuple[dict[str, Any], list[str]]:
-    """The placeholders to replace by constants (the user's ``--bind``, and training
-    switches fixed to False), and a note for each switch fixed unasked."""
-    placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
-    unknown = [name for name in options.bindings if name not in placeholders]
-    if unknown:
-        raise InputError(
-            f"--bind {unknown[0]}: the graph has no placeholder {unknown[0]!r}",
-            hint=f"bind one of its placeholders: {', '.join(placeholders[:8])}",
-        )
+def bindings(
+    inputs: Mapping[str, int | None],
+    switches: Sequence[str],
+    options: ConvertOptions,
+    kind: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """The ``inputs`` (name: rank, None when unknown) to replace by constants: the user's
+    ``--bind``, and the training ``switches`` fixed to False, with a note for each switch
+    fixed unasked. InputError for a ``--bind`` that names no input (``kind``: "placeholder",
+    "input") or one of rank 1 or more (a value fixes a scalar)."""
+    for name in options.bindings:
+        if name not in inputs:
+            raise InputError(
+                f"--bind {name}: the graph has no {kind} {name!r}",
+                hint=f"bind one of its {kind}s: {', '.join(list(inputs)[:8])}",
+            )
+        if inputs[name]:
+            raise InputError(
+                f"--bind {name}: {kind} {name!r} is a tensor of rank {inputs[name]}, and "
+                "--bind fixes a scalar",
+                hint="bind a scalar placeholder (is_training, keep_prob), or feed this one",
+            )
     bound: dict[str, Any] = dict(options.bindings)
     notes = []
-    for name in training_switches(graph_def):
+    for name in switches:
         if name not in bound:
             bound[name] = False
             notes.append(

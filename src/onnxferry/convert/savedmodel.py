@@ -5,10 +5,12 @@
     [c.exporter for c in source.candidates]     # ["tf2onnx"]
 
 Names: the ONNX inputs are the signature's argument names, the outputs its output keys, both in
-natural order ("output_2" before "output_10"). Dynamic dims follow ``ConvertOptions.axes_for``
-and carry the same symbol names as the reference signature. The "tf2onnx" candidate wraps the
-signature in a ``tf.function`` and converts it with ``tf2onnx.convert.from_function``; opsets
-and IR versions as in ``convert.tf_common``.
+natural order ("output_2" before "output_10"). An argument ``--bind`` fixes
+(``options.bindings``) is a constant, no longer an input; so is a TF1 SavedModel's training
+switch (a bool scalar that picks ``tf.cond`` branches), fixed to False unless bound. Dynamic
+dims follow ``ConvertOptions.axes_for`` and carry the same symbol names as the reference
+signature. The "tf2onnx" candidate wraps the signature in a ``tf.function`` and converts it
+with ``tf2onnx.convert.from_function``; opsets and IR versions as in ``convert.tf_common``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import ConversionError, ConvertOptions, Source
+from .graphdef import bindings, training_switches
 from .tf_common import (
     common_batch_name,
     import_tf,
@@ -45,7 +48,7 @@ def load_saved_model(
     opset = resolve_opset(options)
     runner = SavedModelRunner(path, options, signature_key)
     what = f"{runner.path}: TensorFlow SavedModel, signature {signature_key!r}"
-    return runner.source(what, opset, {"signature": signature_key})
+    return runner.source(what, opset, {"signature": signature_key}, notes=runner.notes)
 
 
 class SavedModelRunner(FunctionRunner):
@@ -97,7 +100,16 @@ class SavedModelRunner(FunctionRunner):
                 f"{self.path}: signature {signature_key!r} takes positional arguments",
                 hint="export a signature with named arguments",
             )
-        keys = sorted(kwargs, key=natural_key)
+        # tf.nest's order; captured variables follow the arguments
+        placeholders = dict(zip(sorted(kwargs), function.inputs, strict=False))
+        switches = set(training_switches(function.graph.as_graph_def()))
+        bound, self.notes = bindings(
+            {key: kwargs[key].shape.rank for key in sorted(kwargs, key=natural_key)},
+            [key for key, t in placeholders.items() if t.op.name in switches],
+            options,
+            "input",
+        )
+        keys = [key for key in sorted(kwargs, key=natural_key) if key not in bound]
         specs = [
             TensorSpec(
                 key,
@@ -123,7 +135,8 @@ class SavedModelRunner(FunctionRunner):
         ]
 
         def positional(*args: Any) -> Any:  # the signature takes its inputs by keyword
-            return function(**dict(zip(keys, args, strict=True)))
+            constants = {k: tf.constant(v, dtype=kwargs[k].dtype) for k, v in bound.items()}
+            return function(**dict(zip(keys, args, strict=True)), **constants)
 
         signature = Signature(tuple(specs), tuple(out_specs))
         super().__init__(positional, signature, f"{self.path.name}@tf")
