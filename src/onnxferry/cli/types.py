@@ -144,72 +144,76 @@ class NameList(_Type):
         return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-class Dim(_Type):
-    """The size of an open dim: ``batch=8`` or ``input:1=8`` -> ``("batch", 8)``."""
+class _Named(_Type):
+    """``NAME=VALUE`` -> ``(NAME, parse(VALUE))``; one line naming ``option``, what it
+    ``takes`` and an ``example`` when the name is empty or ``parse`` returns None."""
 
-    name = "NAME=SIZE"
+    option = "the option"
+    takes = "NAME=VALUE"
+    example = ""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        name, sep, size = str(value).partition("=")
-        if not sep or not name or not size.strip().isdigit():
-            raise BadValue(
-                f"--dim takes NAME=SIZE, got {value!r}",
-                hint="e.g. --dim batch=8",
-                ctx=ctx,
-                param=param,
-            )
-        return name.strip(), int(size)
-
-
-class Shape(_Type):
-    """An input's whole shape: ``image=1x3x224x224`` -> ``("image", (1, 3, 224, 224))``."""
-
-    name = "NAME=DxD..."
+    def parse(self, text: str) -> Any:
+        raise NotImplementedError
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
         name, sep, text = str(value).partition("=")
-        try:
-            dims = tuple(int(d) for d in text.lower().split("x"))
-        except ValueError:
-            dims = ()
-        if not sep or not name or not dims or min(dims) < 1:
+        parsed = self.parse(text) if sep and name.strip() else None
+        if parsed is None:
             raise BadValue(
-                f"--input-shape takes NAME=DxDx..., got {value!r}",
-                hint="e.g. --input-shape image=1x3x224x224",
+                f"{self.option} takes {self.takes}, got {value!r}",
+                hint=f"e.g. {self.example}",
                 ctx=ctx,
                 param=param,
             )
-        return name.strip(), dims
+        return name.strip(), parsed
 
 
-class Binding(_Type):
+class Dim(_Named):
+    """The size of an open dim: ``batch=8`` or ``input:1=8`` -> ``("batch", 8)``."""
+
+    name = takes = "NAME=SIZE"
+    option = "--dim"
+    example = "--dim batch=8"
+
+    def parse(self, text: str) -> int | None:
+        return int(text) if text.strip().isdigit() else None
+
+
+class Shape(_Named):
+    """An input's whole shape: ``image=1x3x224x224`` -> ``("image", (1, 3, 224, 224))``."""
+
+    name = "NAME=DxD..."
+    option = "--input-shape"
+    takes = "NAME=DxDx..."
+    example = "--input-shape image=1x3x224x224"
+
+    def parse(self, text: str) -> tuple[int, ...] | None:
+        try:
+            dims = tuple(int(d) for d in text.lower().split("x"))
+        except ValueError:
+            return None
+        return dims if dims and min(dims) >= 1 else None
+
+
+class Binding(_Named):
     """A placeholder fixed to a value: ``is_training=false`` -> ``("is_training", False)``,
     ``keep_prob=1.0`` -> ``("keep_prob", 1.0)``, ``beam=4`` -> ``("beam", 4)``."""
 
     name = "NAME=VALUE"
+    option = "--bind"
+    takes = "NAME=VALUE (true, false or a number)"
+    example = "--bind is_training=false or --bind keep_prob=1.0"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        name, sep, text = str(value).partition("=")
+    def parse(self, text: str) -> bool | int | float | None:
         words = {"true": True, "false": False}
         parsed: bool | int | float | None = words.get(text.strip().lower())
         for number in (int, float):
             if parsed is None:
                 with contextlib.suppress(ValueError):
                     parsed = number(text)
-        if not sep or not name.strip() or parsed is None or parsed != parsed:  # NaN too
-            raise BadValue(
-                f"--bind takes NAME=VALUE (true, false or a number), got {value!r}",
-                hint="e.g. --bind is_training=false or --bind keep_prob=1.0",
-                ctx=ctx,
-                param=param,
-            )
-        return name.strip(), parsed
+        return None if parsed != parsed else parsed  # NaN is no value
 
 
 class DynamicAxes(_Type):
