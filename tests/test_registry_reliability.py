@@ -107,6 +107,9 @@ def test_sigkill_at_random_moments_leaves_a_sound_registry(
     registry = tmp_path / "registry"
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(DRIVER))
+    # One version up front, so a promote never meets an empty registry however slow the
+    # machine makes the first kills (it would rightly refuse: "no model 'm'", exit 2).
+    Registry.open(registry, create=True).add(models[0], "m")
     rng = random.Random(20261203)
     for i in range(24):
         cli = i % 3 == 2
