@@ -279,6 +279,31 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
 
 
+def test_strict_mode_runs_only_when_the_file_without_it_fails_its_check(tmp_path: Path) -> None:
+    """onnx2tf's strict mode (an accuracy correction that reruns the graph after each op)
+    runs only when the file converted without it fails its check: SqueezeNet's softmax came
+    out transposed without it (onnx2tf 1.28); whichever way a version goes, ``strict=auto``
+    passes and says which mode wrote the file, and ``strict=true`` is onnx2tf's default."""
+    pytest.importorskip("onnxslim")
+    from tests.real_models import light_dir
+
+    source = light_dir() / "light_squeezenet.onnx"
+    auto = package(source, "tflite", tmp_path / "auto")
+    assert auto.ok, auto.result.checks
+    quick = package(source, "tflite", tmp_path / "quick", {"strict": "false"})
+    (quick_parity, *_) = quick.result.checks
+    notes = auto.result.notes
+    redone = [n for n in notes if n.startswith("converted in onnx2tf's strict mode: without it")]
+    if quick.ok:
+        assert tflite.QUICK_NOTE in notes and not redone, notes
+    else:
+        assert tflite.QUICK_NOTE not in notes and len(redone) == 1, notes
+        assert quick_parity.detail in redone[0], (quick_parity.detail, redone)
+    strict = package(source, "tflite", tmp_path / "strict", {"strict": "true"})
+    assert strict.ok and tflite.QUICK_NOTE not in strict.result.notes
+    assert not any("strict mode: without it" in n for n in strict.result.notes)
+
+
 def test_a_bert_fused_by_onnx_runtime_s_optimizer_packages(tmp_path: Path) -> None:
     """Attention, EmbedLayerNormalization, SkipLayerNormalization and BiasGelu are ONNX
     Runtime's own: onnx2tf stopped at the first. Given as the standard ONNX they stand for,
@@ -538,6 +563,7 @@ def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:
         ({"samples": "0"}, "--set samples=0 is not an integer >= 1"),
         ({"fp16": "maybe"}, "is not a boolean"),
         ({"static": "maybe"}, "--set static=maybe is not one of auto, true, false"),
+        ({"strict": "yes"}, "--set strict=yes is not one of auto, true, false"),
     ],
 )
 def test_bad_options(tmp_path: Path, options: dict[str, str], message: str) -> None:
