@@ -18,7 +18,8 @@ Two families (models in tests/real_models.py):
 Every verb runs in-process through the CLI: its exit code is 0, 1 or 2 (never 3, an internal
 error) and stderr never holds a traceback; inspect, check, compare and test exit 0. Serving
 goes through a real server on loopback (one per model) and tritonclient's HTTP client, and
-what it answers must equal ONNX Runtime's own outputs.
+what it answers must equal ONNX Runtime's own outputs. The verbs that run a model many times
+leave AlexNet and VGG-19 to ZFNet-512, which shares their quirk (``RERUN_BY_ONE``).
 """
 
 from __future__ import annotations
@@ -280,14 +281,23 @@ def light(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return _prepare_light(path, tmp_path_factory.mktemp(path.stem))
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        *(_light_param(p) for p in LIGHT),
-        *(pytest.param(n, id=n) for n in BUILT),
-        *(pytest.param(n, id=n) for n in WHEELS),
-    ],
+REAL = [
+    *(_light_param(p) for p in LIGHT),
+    *(pytest.param(n, id=n) for n in BUILT),
+    *(pytest.param(n, id=n) for n in WHEELS),
+]
+RERUN_BY_ONE = HEAVY - {"light_zfnet512"}
+"""HEAVY models that the verbs making many sessions or runs (compare, bench, explain, batch,
+optimize, served explain) leave to ZFNet-512: the three share their quirk (weights expanded
+from ConstantOfShape at load) and their ops (Conv, Relu, LRN, MaxPool, Gemm), and AlexNet's
+and VGG-19's runs there cost about 40 s of every ``make test`` (inspect, check, test, graph
+and serve still take all three)."""
+MANY_RUNS = pytest.mark.parametrize(
+    "real", [p for p in REAL if p.id not in RERUN_BY_ONE], indirect=True
 )
+
+
+@pytest.fixture(scope="module", params=REAL)
 def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     """Every real model: a light zoo model (a path), one built with an exporter's quirks, or
     one from a public wheel."""
@@ -326,6 +336,7 @@ def test_check(ferry: Run, real: Prepared) -> None:
     ok_json(ferry("check", real.path, "--json"))
 
 
+@MANY_RUNS
 def test_compare_with_itself(ferry: Run, real: Prepared) -> None:
     report = ok_json(ferry("compare", real.path, real.path, "--json", "--samples", "2"))
     for output in report["result"]["outputs"]:
@@ -337,6 +348,7 @@ def test_golden_data(ferry: Run, real: Prepared) -> None:
     assert report["result"]["sets"] == 1 and report["result"]["passed"] == 1
 
 
+@MANY_RUNS
 def test_bench(ferry: Run, real: Prepared) -> None:
     assert_clean(ferry("bench", real.path, "--iterations", 3, "--warmup", 1))
 
@@ -348,6 +360,7 @@ def occlusion_window(feeds: Feeds) -> int:
     return max(64, max(first.shape[1:], default=0) // 2)
 
 
+@MANY_RUNS
 def test_explain(ferry: Run, real: Prepared, tmp_path: Path) -> None:
     """Occlusion (``occlusion_window``): every input explained,
     with the model's other inputs (a recurrent state, a scalar rate) held per row. An input
@@ -396,6 +409,7 @@ def _every_output_sized_by_data(real: Prepared) -> bool:
     return set(sized_by_data(real.proto)) == {o.name for o in real.proto.graph.output}
 
 
+@MANY_RUNS
 def test_batch(ferry: Run, real: Prepared, tmp_path: Path) -> None:
     """Every row through `ferry batch`, read back as ONNX Runtime gives it: a scalar input is
     given to every batch; an input or output whose rows lie on another axis (a recurrent
@@ -459,6 +473,7 @@ def test_served_like_onnxruntime(real: Prepared, real_url: str) -> None:
     assert_served_like_ort(real_url, real.name, real.feeds, real.expected)
 
 
+@MANY_RUNS
 def test_served_explain(real: Prepared, real_url: str) -> None:
     """The served explain endpoint, occlusion (``occlusion_window``): attributions for every row
     (an input whose kind its shape cannot tell: 400 asking for it, then explained with it)."""
@@ -522,6 +537,7 @@ def test_light_reference_is_onnxruntime_on_the_rebuilt_input(light: Prepared) ->
 
 
 @pytest.mark.slow
+@MANY_RUNS
 def test_optimize_auto(ferry: Run, real: Prepared, tmp_path: Path) -> None:
     """--auto within a small time budget: the original kept (exit 0) or something faster
     within the cosine budget, or exit 1 when nothing is within budget; never an input error
