@@ -285,9 +285,12 @@ def test_resume_after_kill_9_skips_finished_shards_and_redoes_the_partial_one(
     source, out = _npy(tmp_path, x), tmp_path / "out"
     args = [model, source, "-o", out, "--batch-size", "250", "--shard-rows", "1000"]
     args += ["--workers", "1", "--threads", "1", "--json"]
-    kill_9_mid_shard(args, out)
+    for _ in range(3):  # the shard seen in progress may finish before the kill lands
+        kill_9_mid_shard(args, out)
+        if _partial(out):
+            break
     finished = _finished(out)
-    assert _partial(out), "no shard in progress at the kill"
+    assert _partial(out), "no shard in progress at any of three kills"
     assert len(finished) in range(1, 20), "the kill came after the run finished: make it longer"
     before = {name: (out / name).stat().st_mtime_ns for name in finished}
 
