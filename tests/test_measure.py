@@ -4,6 +4,7 @@ structure and sanity, never timing ratios."""
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import onnxruntime as ort
@@ -160,6 +161,21 @@ def test_latency_stats_of_one_and_of_none() -> None:
 
 
 # --- peak memory ----------------------------------------------------------------------------
+
+
+def test_peak_memory_frees_the_cyclic_garbage_just_before_it() -> None:
+    """What the block before left in a reference cycle is freed before the peak is reset,
+    with a collection of the young generations only (a full one scans the whole heap)."""
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.me, holder.buffer = holder, np.ones(16 * 2**20 // 8)  # type: ignore[attr-defined]
+    gone = weakref.ref(holder)
+    del holder
+    with PeakMemory():
+        assert gone() is None
 
 
 def test_peak_memory_covers_what_the_block_allocates() -> None:
