@@ -62,8 +62,7 @@ or fails its check (SqueezeNet's softmax comes out transposed without it). ``str
 always runs it (onnx2tf's own default), ``strict=false`` never does.
 
 Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``strict`` (auto),
-``fp16`` (false),
-``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
+``fp16`` (false), ``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
 """
 
 from __future__ import annotations
