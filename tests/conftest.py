@@ -42,10 +42,12 @@ LONG_FEW = (
     "test_registry_reliability.py",
     "test_package_readme.py",
     "test_deploy.py",
+    "test_batch_ray_resume.py",
 )
 """Files of few tests that take 10-40 s each (training, fuzzing, Flower rounds, kill -9
-loops, the README's deploy commands): by test count they came last, and a worker that took
-one at the end kept the run going alone. They start right after FRESH_PROCESS instead."""
+loops, the README's deploy commands, a Ray run killed and resumed): by test count they came
+last, and a worker that took one at the end kept the run going alone. They start right after
+FRESH_PROCESS instead."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,7 +4,6 @@ rows, trace columns and outputs as the local engine."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,22 +19,12 @@ from onnxferry.customops import extensions_installed
 from onnxferry.errors import DataError
 from tests.helpers import Run, mlp, onnx_text, save
 from tests.test_batch import (
-    _direct,
-    _ferry,
     _finished,
-    _heavy_mlp,
-    _npy,
     _partial,
-    _rows,
-    kill_9_mid_shard,
 )
 from tests.test_customops import python_op_model, swish, write_ops
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'ray[data]')")
-
-pytestmark = [
-    pytest.mark.slow,
-]
 
 IMAGE = """
 <ir_version: 10, opset_import: ["" : 21]>
@@ -49,6 +38,7 @@ pool (float[N, 3, 8, 8] x) => (float[N, 3] m) {
 # Ray 2.55 drops its helper processes' Popen objects and /dev/null handles without closing them
 # (Python reports that only as ResourceWarning, which it hides outside tests).
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
@@ -148,30 +138,6 @@ def test_python_custom_operators_run_in_the_ray_actors(
     out = read_output(tmp_path / "ray")
     assert out["row"].tolist() == list(range(40))
     np.testing.assert_allclose(out["y"], swish(x), rtol=1e-6)
-
-
-def test_a_ray_run_killed_with_kill_9_resumes(tmp_path: Path) -> None:
-    """The actors write the local engine's shards, so a rerun skips the finished ones and
-    redoes the one the kill cut short (its own Ray instance: the driver is the one killed)."""
-    model = _heavy_mlp(tmp_path / "heavy.onnx")
-    x = _rows(8000, width=256)
-    source, out = _npy(tmp_path, x), tmp_path / "out"
-    args = [model, source, "-o", out, "--engine", "ray", "--batch-size", "250"]
-    args += ["--shard-rows", "1000", "--workers", "1", "--json"]
-    kill_9_mid_shard(args, out)
-    assert len(_finished(out)) in range(1, 8), "the kill came after the run finished"
-
-    rerun = subprocess.run(_ferry(*args), capture_output=True, text=True, check=False)
-    assert rerun.returncode == 0, rerun.stderr
-    summary = json.loads(rerun.stdout)["result"]
-    # The killed driver's actor may finish the shard it held before Ray stops it.
-    assert summary["shards_skipped"] >= 1
-    assert summary["shards_skipped"] + summary["shards_written"] == 8
-    assert summary["processed"] == 1000 * summary["shards_written"]
-    assert not _partial(out)
-    got = read_output(out)
-    assert np.array_equal(got["row"], np.arange(8000))
-    np.testing.assert_allclose(got["y"], _direct(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
 
 
 def test_a_bad_row_in_a_ray_actor_is_the_local_engines_one_line(
