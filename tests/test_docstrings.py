@@ -576,9 +576,12 @@ def _torch_runner(tmp: Path) -> Names:
     signature = Signature(
         (TensorSpec("x", float32, ("batch", 4)),), (TensorSpec("output_0", float32, ("batch", 3)),)
     )
+    from onnxferry.convert.torch.inputs import ExampleInputs
+
     t, a, b = torch.ones(1), torch.zeros(2), torch.ones(3)
     return {
         "module": _torch_net(),
+        "inputs": ExampleInputs(["x"], [torch.ones(2, 4)], keyword=False),
         "signature": signature,
         "x": _feeds()["x"],
         "t": t,

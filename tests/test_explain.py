@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -718,6 +719,72 @@ def test_a_table_given_whole_beside_independent_rows_stays_batched() -> None:
     assert not any("independent" in n for n in explanation.notes)
     assert explanation.session_runs < explanation.evaluations
     np.testing.assert_allclose(explanation.attributions, feeds["x"] * feeds["w"][:, 0], atol=1e-5)
+
+
+TWO_TABLES = """
+<ir_version: 10, opset_import: ["" : 21]>
+two_tables (int64[batch, 2, 4] x) => (float[batch] y) {
+    zero = Constant<value = int64 {0}>()
+    one = Constant<value = int64 {1}>()
+    small_ids = Gather<axis = 1>(x, zero)
+    large_ids = Gather<axis = 1>(x, one)
+    small = Constant<value = float[3] {1.0, 10.0, 100.0}>()
+    large = Constant<value = float[50] {
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+        16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0, 29.0,
+        30.0, 31.0, 32.0, 33.0, 34.0, 35.0, 36.0, 37.0, 38.0, 39.0, 40.0, 41.0, 42.0, 43.0,
+        44.0, 45.0, 46.0, 47.0, 48.0, 49.0}>()
+    a = Gather(small, small_ids)
+    b = Gather(large, large_ids)
+    both = Add(a, b)
+    axes = Constant<value = int64[1] {1}>()
+    y = ReduceSum<keepdims = 0>(both, axes)
+}
+"""
+"""AttaCut's layout: a channel of character ids and one of syllable ids, each its own table."""
+
+
+def test_ids_that_a_roll_moves_into_the_other_table_leave_the_rows_batched() -> None:
+    """The probe runs a row after its values rolled by one, which moved a syllable id into the
+    character channel: ONNX Runtime refused it (index out of bounds) and every evaluation ran
+    alone, with a note blaming the rows. Probed again with the row twice, they run together."""
+    model = Model.from_proto(onnx_text(TWO_TABLES))
+    x = np.array([[[0, 1, 2, 0], [40, 41, 42, 43]], [[2, 2, 1, 0], [5, 6, 7, 8]]], np.int64)
+    explanation = explain(model, {"x": x}, "occlusion", kind="signal")
+    assert not any("run together" in n or "independent" in n for n in explanation.notes)
+    assert explanation.session_runs < explanation.evaluations
+    session = ort.InferenceSession(model.proto.SerializeToString())
+    scores = [session.run(None, {"x": x[i : i + 1]})[0][0] for i in range(2)]
+    np.testing.assert_allclose(explanation.scores, scores, rtol=1e-6)
+
+
+def test_an_output_that_folds_its_rows_into_another_axis_is_explained_a_row_at_a_time() -> None:
+    """torch's ``view(-1)`` of ``[batch, 4]`` scores (``[batch*4]``): two rows gave 8 values,
+    "does not keep the batch axis" and exit 2; the probe finds the rows cannot be told apart
+    and every evaluation runs alone."""
+    proto = onnx_text(FOLDED)
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch*4"
+    model = Model.from_proto(proto)
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    zeros = {"x": np.zeros((1, 4), np.float32)}
+    explanation = explain(model, {"x": x}, "occlusion", background=zeros)
+    assert any(
+        n.startswith("rows do not run together (output 'y' has shape [8] for 2 rows")
+        for n in explanation.notes
+    ), explanation.notes
+    for i in range(3):  # each row's top score, and the occluded features' drops
+        assert explanation.scores[i] == pytest.approx(float(np.tanh(x[i]).max()))
+    assert np.isfinite(explanation.attributions).all()
+
+
+FOLDED = """
+<ir_version: 10, opset_import: ["" : 21]>
+folded (float[batch, 4] x) => (float[M] y) {
+    t = Tanh(x)
+    minus_one = Constant<value = int64[1] {-1}>()
+    y = Reshape(t, minus_one)
+}
+"""
 
 
 def test_the_evaluator_runs_thousands_of_rows_in_a_few_session_runs() -> None:

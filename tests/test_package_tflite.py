@@ -279,6 +279,25 @@ def test_real_exports_convert_after_folding(name: str, tmp_path: Path) -> None:
     assert any("onnxslim" in n and "folded it for onnx2tf" in n for n in report.result.notes)
 
 
+UNREAD = """
+<ir_version: 10, opset_import: ["" : 18]>
+tagger (float[batch, 4] x, int64[batch] lengths) => (float[batch, 4] y) { y = Relu(x) }
+"""
+"""A forward argument torch kept though the code never reads it (AttaCut's ``seq_lengths``)."""
+
+
+def test_an_input_no_node_reads_is_left_out_and_said(tmp_path: Path) -> None:
+    """onnx2tf leaves out an input that no node reads: the check fed the .tflite every ONNX
+    input and failed ("the .tflite has 1 inputs, the model 2"), after a strict conversion and
+    fixed shapes that could not help."""
+    packaged = package(save(onnx_text(UNREAD), tmp_path / "tagger.onnx"), "tflite", tmp_path / "t")
+    assert packaged.ok, packaged.result.checks
+    notes = packaged.result.notes
+    assert "input 'lengths' is read by no node: the .tflite is run without it" in notes
+    assert not any("strict mode: without it" in n for n in notes), notes
+    assert not any("lengths" in n for n in notes if n.startswith("layout=")), notes
+
+
 def test_strict_mode_runs_only_when_the_file_without_it_fails_its_check(tmp_path: Path) -> None:
     """onnx2tf's strict mode (an accuracy correction that reruns the graph after each op)
     runs only when the file converted without it fails its check: SqueezeNet's softmax came

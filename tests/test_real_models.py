@@ -29,6 +29,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from tests.real_models import (
     SAVEDMODEL_WHEELS,
     SKLEARN_WHEELS,
     TFLITE_WHEELS,
+    TORCH_WHEELS,
     TORCHSCRIPT_WHEELS,
     WHEELS,
     Feeds,
@@ -258,6 +260,7 @@ def _wheel_model(name: str) -> Path:
         others = {
             **TFLITE_WHEELS,
             **TORCHSCRIPT_WHEELS,
+            **TORCH_WHEELS,
             **SAVEDMODEL_WHEELS,
             **KERAS_WHEELS,
             **SKLEARN_WHEELS,
@@ -873,6 +876,84 @@ def test_a_weights_only_keras_package_converts_through_a_factory(
     assert index_ranges(model.proto, model.signature) == {"input_0": (0, 178), "input_1": (0, 12)}
     compared = ok_json(ferry("compare", out, f"{factory}:make", "--json"))["result"]
     assert compared["ok"], compared
+
+
+ATTACUT_FACTORY = """
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+PACKAGE = Path({package!r})
+ARTIFACTS = PACKAGE / "artifacts" / "attacut-sc"
+
+
+def make():
+    # its submodules without the package's __init__, which imports nptyping 1.x and ssg
+    package = types.ModuleType("attacut")
+    package.__path__ = [str(PACKAGE)]
+    sys.modules["attacut"] = package
+    sys.modules["attacut.dataloaders"] = types.SimpleNamespace(SyllableCharacterSeqDataset=None)
+    from attacut.models.seq_sy_ch_conv_concat import Model
+
+    sizes = {{
+        "num_char_tokens": len(json.loads((ARTIFACTS / "characters.json").read_text())),
+        "num_tokens": len(json.loads((ARTIFACTS / "syllables.json").read_text())),
+    }}
+    params = (ARTIFACTS / "params.yml").read_text().split("params:")[1].strip()
+    model = Model.load(str(ARTIFACTS), sizes, params)
+    ids = torch.stack([torch.randint(1, sizes["num_char_tokens"], (2, 17)),
+                       torch.randint(1, sizes["num_tokens"], (2, 17))], dim=1)
+    return model, ((ids, torch.tensor([17, 17])),)
+"""
+
+
+def test_a_torch_model_taking_a_tuple_converts_and_keeps_each_row_apart(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """AttaCut-SC's ``forward(self, inputs)`` takes ``(x, seq_lengths)`` as one tuple: refused
+    before ("example input 'inputs' is a tuple, not a tensor"); now one ONNX input a tensor.
+    Its scores come back ``[batch*chars]``: ``ferry batch`` said "rows are not along axis 0"
+    (exit 2), explain's probe blamed the rows after rolling a syllable id into the character
+    channel, and the server would split a batch of requests by rows (caught at run time).
+    Now each row runs alone where its rows cannot be split, and gets its own scores."""
+    package = _wheel_model("attacut")
+    factory = tmp_path / "segmenter.py"
+    factory.write_text(ATTACUT_FACTORY.format(package=str(package)))
+    out = tmp_path / "attacut.onnx"
+    dynamic = ("--dynamic", "inputs_0:0=batch,2=chars", "--dynamic", "inputs_1:0=batch")
+    report = ok_json(ferry("convert", f"{factory}:make", "-o", out, *dynamic, "--json"))
+    assert report["result"]["verified"] is True, report
+    signature = Model.load(out).signature
+    assert [(s.name, s.shape) for s in (*signature.inputs, *signature.outputs)] == [
+        ("inputs_0", ("batch", 2, "chars")),
+        ("inputs_1", ("batch",)),
+        ("output_0", ("batch*chars",)),
+    ]
+    rng = np.random.default_rng(7)
+    ids = np.stack([rng.integers(1, 139, (3, 23)), rng.integers(1, 800, (3, 23))], axis=1)
+    feeds = {"inputs_0": ids.astype(np.int64), "inputs_1": np.full(3, 23, np.int64)}
+    alone = [ort_outputs(out, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(3)]
+
+    rows = save_npz(tmp_path / "rows.npz", feeds)
+    ok_json(ferry("batch", out, rows, "-o", tmp_path / "b", "--json"))
+    written = read_output(tmp_path / "b")["output_0"]
+    for row, want in zip(written, alone, strict=True):
+        np.testing.assert_allclose(row, want["output_0"], rtol=1e-5, atol=1e-6)
+
+    args = ("--method", "occlusion", "--kind", "signal", "-o", tmp_path / "e", "--json")
+    document = ok_json(ferry("explain", out, "--inputs", rows, *args))
+    assert any("for 2 rows: it does not keep the batch axis" in n for n in document["notes"])
+    scores = [e["score"] for e in document["result"]["explanations"]]
+    assert scores == pytest.approx([float(a["output_0"].max()) for a in alone], rel=1e-5)
+
+    with running(out) as url, ThreadPoolExecutor(3) as pool:
+        one_row = [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(3)]
+        served = pool.map(lambda f: infer(url, "attacut", f, ["output_0"], binary=True), one_row)
+        for got, want in zip(served, alone, strict=True):
+            np.testing.assert_allclose(got["output_0"], want["output_0"], rtol=1e-5, atol=1e-6)
 
 
 PHRASES = [

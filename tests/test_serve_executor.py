@@ -450,6 +450,35 @@ def test_outputs_sized_by_the_data_are_never_batched() -> None:
     assert all(r.batch_size == 1 for r in results)
 
 
+COLUMNS_IN_TURN = """
+<ir_version: 10, opset_import: ["" : 21]>
+columns (float[batch, 2] x) => (float[M] y) {
+    first, second = Split<axis = 1, num_outputs = 2>(x)
+    both = Concat<axis = 0>(first, second)
+    minus_one = Constant<value = int64[1] {-1}>()
+    y = Reshape(both, minus_one)
+}
+"""
+
+
+def test_an_output_that_folds_its_rows_into_another_axis_is_never_batched() -> None:
+    """``[2*batch]``: every row's first column, then every row's second (as torch declares a
+    ``cat`` then ``view(-1)``): a batch's value split by rows would mix the requests."""
+    proto = onnx_text(COLUMNS_IN_TURN)
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "2*batch"
+    ex = executor(proto, max_batch_size=8, max_queue_delay_ms=20)
+    assert not ex.batching
+    inputs = [
+        (np.full((1 + i % 2, 2), i) + np.array([0, 0.5])).astype(np.float32) for i in range(6)
+    ]
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return await asyncio.gather(*(ex.infer({"x": x}) for x in inputs))
+
+    for x, result in zip(inputs, run(ex, body), strict=True):
+        np.testing.assert_array_equal(result.outputs["y"], x.T.ravel())
+
+
 @pytest.mark.parametrize("dims", [("seq_len", "batch_size"), ("s0", "s1")])
 def test_a_time_major_recurrent_model_is_never_batched(dims: tuple[str, str]) -> None:
     """PyTorch's LSTM without ``batch_first`` takes ``x[seq_len, batch_size, 4]``. Requests

@@ -264,6 +264,28 @@ def test_output_row_axis_where_the_batch_is_named_or_like_the_input_it_mirrors()
     assert unnamed.output_row_axis("stateN", (3, 4, 128)) == 0  # not shaped like the state
 
 
+def test_outputs_that_fold_their_rows_into_another_axis_are_told_apart() -> None:
+    """AttaCut's ``view(-1)`` of ``[batch, chars]`` scores, as torch writes it; a dim that only
+    contains the batch's name, an expression of other dims and tf2onnx's unrelated names are
+    not."""
+    inputs = (_spec("inputs_0", ["batch", 2, "chars"]), _spec("inputs_1", ["batch"]))
+    outputs: dict[str, list[int | str | None]] = {
+        "flat": ["batch*chars"],
+        "doubled": ["2*batch", 4],
+        "shifted": ["batch - 1"],
+        "rows": ["batch", "chars"],
+        "also_rows": ["batch", "2*chars"],
+        "named_alike": ["batch_chars"],
+        "others": ["2*chars"],
+        "tf2onnx": ["unk__52", 4],
+        "unknown": [None],
+    }
+    signature = Signature(inputs, tuple(_spec(n, d) for n, d in outputs.items()))
+    assert signature.merged_row_outputs() == ["flat", "doubled", "shifted"]
+    no_batch = Signature((_spec("x", [3, 4]),), (_spec("y", ["2*n"]),))
+    assert no_batch.merged_row_outputs() == []
+
+
 def _value(name: str, type_proto: onnx.TypeProto) -> onnx.ValueInfoProto:
     return helper.make_value_info(name, type_proto)
 

@@ -126,6 +126,16 @@ def sized_by_data(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in graph.output if o.name in tainted and not _fixed_per_row(o, batch)]
 
 
+def unread_inputs(model: onnx.ModelProto) -> list[str]:
+    """The main graph's inputs that no node reads (subgraphs included) and no output passes
+    on: torch keeps a forward argument its code never uses (AttaCut's ``seq_lengths``), and
+    converters such as onnx2tf leave such inputs out."""
+    read = {n for graph in walk_graphs(model.graph) for node in graph.node for n in node.input}
+    read.update(o.name for o in model.graph.output)
+    weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in read | weights]
+
+
 def sequence_outputs(model: onnx.ModelProto) -> list[str]:
     """The main graph's outputs that are sequences of tensors (``SplitToSequence``, a Loop's
     scan of varying shapes): one tensor per element, not a value per row."""

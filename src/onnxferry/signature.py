@@ -27,6 +27,8 @@ Dim = int | str | None
 """A dimension: a fixed size, a symbolic name ("batch"), or None when unknown."""
 
 _BATCH_NAME = re.compile(r"(?i)batch|^(n|b|bs)$")
+_EXPRESSION = re.compile(r"[*+/()]|\s-\s")
+"""A dim written as an expression of others (torch's ``batch*chars``, ``2*s0``, ``s0 - 1``)."""
 """Dim names that say "the batch" (``batch``, ``batch_size``, ``N``)."""
 
 _PLACEHOLDER = re.compile(
@@ -410,6 +412,28 @@ class Signature:
         first = max(set(leading), key=leading.count)
         inner = [d for s in self.inputs for d in (s.shape or ())[1:] if isinstance(d, str)]
         return next((d for d in [first, *leading, *inner] if _BATCH_NAME.search(d)), first)
+
+    def merged_row_outputs(self) -> list[str]:
+        """Outputs whose declared shape folds the rows into another axis: none of its dims is
+        the inputs' batch, but one is an expression of it (torch's ``view(-1)`` of a
+        ``[batch, chars]`` tensor writes ``[batch*chars]``). A batch's value cannot be split
+        into rows: such a model runs a row at a time.
+
+            Signature.from_onnx(segmenter).merged_row_outputs()   # ["output_0"]
+        """
+        batch = self.batch_symbol()
+        if batch is None:
+            return []
+        named = re.compile(rf"(?<![\w.]){re.escape(batch)}(?![\w.])")
+        return [
+            spec.name
+            for spec in self.outputs
+            if spec.shape is not None
+            and batch not in spec.shape
+            and any(
+                isinstance(d, str) and _EXPRESSION.search(d) and named.search(d) for d in spec.shape
+            )
+        ]
 
     def output_row_axis(self, name: str, shape: Sequence[int]) -> int:
         """The axis an output of ``shape`` (as a run gave it) holds its rows along: where its

@@ -113,13 +113,13 @@ def _run(
     _check_no_sequences(loaded)
     _check_rows_are_not_time(loaded)
     fixed = fixed_batch(loaded)
-    ragged = tuple(sized_by_data(loaded.proto))
-    if ragged:
-        _check_ragged(loaded, ragged, fixed, output_format)
+    whole = _whole_rows(loaded)
+    ragged = tuple(whole)
+    if whole:
+        _check_ragged(loaded, whole, fixed, output_format)
         if batch_size not in (None, 1):
             notes.append(
-                f"outputs {', '.join(ragged)} are sized by the data (non-max suppression, "
-                "a mask): batches of 1 row, each row's value stored whole"
+                f"{_whole_rows_why(whole)}: batches of 1 row, each row's value stored whole"
             )
         batch_size = fixed = 1
     if fixed is not None:
@@ -215,22 +215,37 @@ def _check_rows_are_not_time(model: Model) -> None:
         raise time_axis_error(model.name, timed[0])
 
 
+def _whole_rows(model: Model) -> dict[str, str]:
+    """Outputs whose batch value cannot be split into rows, each with why: sized by the data
+    (``graphs.sized_by_data``) or rows folded into another axis
+    (``Signature.merged_row_outputs``). They come from runs of one row, stored whole."""
+    whole = dict.fromkeys(sized_by_data(model.proto), "sized by the data (a count of boxes or "
+                          "selections per row)")  # fmt: skip
+    shapes = {o.name: o.shape for o in model.signature.outputs}
+    for name in model.signature.merged_row_outputs():
+        shape = ", ".join(str(d) for d in shapes[name] or ())
+        whole.setdefault(name, f"shaped [{shape}], its rows folded into another axis")
+    return whole
+
+
+def _whole_rows_why(whole: dict[str, str]) -> str:
+    return "; ".join(f"output {name!r} is {why}" for name, why in whole.items())
+
+
 def _check_ragged(
-    model: Model, ragged: tuple[str, ...], fixed: int | None, output_format: str
+    model: Model, whole: dict[str, str], fixed: int | None, output_format: str
 ) -> None:
-    """Outputs sized by the data are stored as lists, a row at a time: Parquet only, and only
-    where a run can be one row."""
-    names = ", ".join(repr(n) for n in ragged)
+    """Outputs stored a row at a time (``_whole_rows``) are stored as lists: Parquet only, and
+    only where a run can be one row."""
     if output_format != "parquet":
         raise UsageError(
-            f"{model.name}: outputs {names} are sized by the data (a count of boxes or "
-            f"selections per row), which {output_format} shards cannot hold",
+            f"{model.name}: {_whole_rows_why(whole)}, which {output_format} shards cannot hold",
             hint="write Parquet (--format parquet): each row's value is a list there",
         )
     if fixed not in (None, 1):
         raise UsageError(
-            f"{model.name}: outputs {names} are sized by the data, and the model runs "
-            f"{fixed} rows at once: its outputs cannot be told apart by row",
+            f"{model.name}: {_whole_rows_why(whole)}, and the model runs {fixed} rows at "
+            "once: its outputs cannot be told apart by row",
             hint="export the model with a batch of 1 or a dynamic batch",
         )
 

@@ -158,17 +158,20 @@ class Evaluator:
         Such a model runs its rows as the steps of one stream, as faster-whisper's Silero VAD
         does with an LSTM state ``h: [1, 1, 128]`` given for the whole call: batched, each
         perturbation of a row would start from what the ones before it left. A GRU given
-        ``h0: [4, 1, 64]`` refuses two rows outright (its state holds one)."""
+        ``h0: [4, 1, 64]`` refuses two rows outright (its state holds one), and an output that
+        folds its rows into another axis (torch's ``view(-1)``: ``[batch*chars]``) cannot be
+        split by row."""
         if not self.layout.batch_axis or self.layout.fixed_batch:
             return None
+        runs = self.runs
         alone = self._run(sample[None], 0, output)[0]
         refused: str | None = None
         try:
-            after = self._run(np.stack([np.roll(sample, 1), sample]), 0, output)[1]
-        except RunError as e:
+            after = self._after_another_row(sample, output)
+        except (RunError, UsageError) as e:
             refused = e.message
         if self.progress is not None:  # it hears of every run
-            for _ in range(2):
+            for _ in range(self.runs - runs):
                 self.progress(Progress(self.evaluations, self.planned, self.input_index, self.rows))
         if refused is not None:
             self.independent = False
@@ -182,6 +185,17 @@ class Evaluator:
             f"and {after.ravel()[0]:.4g} after another row (the model carries something from "
             "row to row, as a stream's state), so every evaluation runs alone"
         )
+
+    def _after_another_row(self, sample: np.ndarray, output: str) -> np.ndarray:
+        """``sample``'s values run as the second of two rows, after its own values rolled by
+        one; where the model refuses those (a rolled value out of the table it indexes, as in
+        AttaCut's ``[batch, 2, chars]`` of character and syllable ids), after itself."""
+        try:
+            values = self._run(np.stack([np.roll(sample, 1), sample]), 0, output)
+        except RunError:
+            values = self._run(np.stack([sample, sample]), 0, output)
+        second: np.ndarray = values[1]
+        return second
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

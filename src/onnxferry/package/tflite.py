@@ -87,6 +87,7 @@ from ..graphs import (
     inlined,
     open_negative_dims,
     rename_values,
+    unread_inputs,
     value_names,
     walk_graphs,
     weights_not_inputs,
@@ -162,6 +163,9 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     feeds = check_feeds(model, opts["inputs"], opts["samples"], result)
     names = model.signature.output_names
     perms = input_perms(model, opts["layout"])
+    for name in unread_inputs(model.proto):  # onnx2tf leaves them out
+        del perms[name]
+        result.notes.append(f"input {name!r} is read by no node: the .tflite is run without it")
     name32, name16 = f"{source.name}.tflite", f"{source.name}.fp16.tflite"
     fixed = _fixed_shapes(model, feeds[0])
     static = opts["static"] == "true" and bool(fixed)
@@ -515,9 +519,11 @@ def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: st
     perms = input_perms(model, layout)
     ins = []
     for spec in model.signature.inputs:
+        if spec.name not in ran.inputs:  # read by no node, left out (``unread_inputs``)
+            continue
         rank = spec.rank or 0
         moved = perms[spec.name] != tuple(range(rank))
-        shape = ran.inputs.get(spec.name, [])
+        shape = ran.inputs[spec.name]
         ins.append(f"{kind(spec.name, rank, moved)} {shape}")
     _, last = onnx_layout(ran.outputs[:1], [reference])
     outs = []
@@ -791,7 +797,7 @@ def _run(
         try:
             interpreter = Interpreter(model_path=path, experimental_op_resolver_type=resolver)
             inputs = _match_inputs(interpreter.get_input_details(), list(perms))
-            first = {n: np.transpose(a, perms[n]) for n, a in feeds[0].items()}
+            first = {n: np.transpose(feeds[0][n], p) for n, p in perms.items()}
             for name, detail in inputs.items():
                 wanted = list(first[name].shape)
                 known = [int(d) for d in detail["shape_signature"]]

@@ -386,6 +386,7 @@ class ModelExecutor:
             config.max_batch_size > 0
             and batch_axis(self.signature)
             and not sized_by_data(model.proto)
+            and not self.signature.merged_row_outputs()
             and not time_major_inputs(model.proto)
         )
         session_config = SessionConfig(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,23 +60,24 @@ class ExportPlan:
             for n, t in zip(self.inputs.names, self.inputs.tensors, strict=True)
         ]
 
-    def _dynamic_shapes(self) -> dict[str, dict[int, Any]] | tuple[dict[int, Any], ...] | None:
+    def _dynamic_shapes(self) -> dict[str, Any] | tuple[Any, ...] | None:
         """torch.export's dynamic shapes: one ``Dim`` per axis name, shared by every input
-        that names it (so they must agree in size); by name for keyword inputs, else in order.
-        """
+        that names it (so they must agree in size); by name for keyword inputs, else in order,
+        laid out as forward's arguments (a tuple argument: a tuple of them)."""
         import torch
 
         if not any(self.dims.values()):
             return None
         made: dict[str, Any] = {}
-        shapes: dict[str, dict[int, Any]] = {}
+        shapes: list[dict[int, Any]] = []
         for name in self.inputs.names:
             axes = self.dims[name]
             for dim in axes.values():
                 if dim not in made:
                     made[dim] = torch.export.Dim(_identifier(dim, len(made)))
-            shapes[name] = {axis: made[dim] for axis, dim in axes.items()}
-        return shapes if self.inputs.keyword else tuple(shapes.values())
+            shapes.append({axis: made[dim] for axis, dim in axes.items()})
+        args, kwargs = self.inputs.args_kwargs(shapes)
+        return kwargs if self.inputs.keyword else args
 
     def _opset(self, exporter_max: int) -> int:
         if self.options.opset is not None:
@@ -102,6 +102,10 @@ class ExportPlan:
         with quiet():
             if target is None:
                 args, kwargs = self.inputs.args_kwargs(self._examples())
+                if not kwargs and args and isinstance(args[-1], dict):
+                    # torch.onnx.export reads a trailing dict as the keyword arguments
+                    kwargs = {self.inputs.argument_names[len(args) - 1]: args[-1]}
+                    args = args[:-1]
                 target = self.loaded.module
             if isinstance(target, torch.jit.ScriptModule):
                 target = _script_to_program(target, args, kwargs)
@@ -134,7 +138,7 @@ class ExportPlan:
         # returns a flat tuple; a TorchScript module cannot be called from a trace.
         wrapped = not isinstance(target, torch.jit.ScriptModule)
         if wrapped:
-            target = _positional(target, self.inputs.names, self.inputs.keyword)
+            target = _positional(target, self.inputs)
         axes: dict[str, dict[int, str]] = {n: dict(a) for n, a in self.dims.items() if a}
         for spec in self.signature.outputs:
             named = {i: d for i, d in enumerate(spec.shape or ()) if isinstance(d, str)}
@@ -182,11 +186,11 @@ _WRAPPED = "model"
 """The attribute that holds the model inside the TorchScript exporter's wrapper."""
 
 
-def _positional(model: Any, names: Sequence[str], keyword: bool) -> Any:
+def _positional(model: Any, inputs: ExampleInputs) -> Any:
     """A module that takes the inputs positionally, calls ``model`` with them (by keyword
-    where it takes them so) and returns its outputs as one flat tuple of tensors: what the
-    TorchScript exporter traces. It is in eval mode: that exporter traces in the outer
-    module's mode and afterwards sets every submodule to it."""
+    where it takes them so, in tuples where it takes them so) and returns its outputs as one
+    flat tuple of tensors: what the TorchScript exporter traces. It is in eval mode: that
+    exporter traces in the outer module's mode and afterwards sets every submodule to it."""
     import torch
 
     class Positional(torch.nn.Module):
@@ -195,9 +199,7 @@ def _positional(model: Any, names: Sequence[str], keyword: bool) -> Any:
             setattr(self, _WRAPPED, model)
 
         def forward(self, *tensors: Any) -> tuple[Any, ...]:
-            inner = getattr(self, _WRAPPED)
-            kwargs = dict(zip(names, tensors, strict=True)) if keyword else {}
-            result = inner(**kwargs) if keyword else inner(*tensors)
+            result = inputs.call(getattr(self, _WRAPPED), tensors)
             return tuple(v for _, v in flatten_outputs(result))
 
     return Positional().eval()

@@ -5,6 +5,11 @@ user, samples or shapes, and how forward takes them (by position or by keyword).
     inputs = build_inputs(module, params, (torch.randn(2, 3),), options)
     inputs.names, inputs.keyword      # ["x"], False
     inputs.call(module)               # forward on the examples
+
+An argument given as a tuple, list or dict of tensors (``forward(self, inputs)`` with
+``x, lengths = inputs``) becomes one ONNX input a tensor, named by its place:
+``inputs_0``, ``inputs_1`` (``{arg}_{key}`` in a dict); ``call`` and ``args_kwargs`` put
+them back together.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,24 +79,58 @@ def forward_params(module: Any) -> ForwardParams:
     return params
 
 
+@dataclass(frozen=True)
+class Nested:
+    """How one forward argument given as a tuple, list or dict is rebuilt from its tensors:
+    torch's pytree spec, and which of its leaves are inputs (None leaves stay None)."""
+
+    spec: Any
+    inputs: tuple[bool, ...]
+
+    def rebuild(self, tensors: Sequence[Any]) -> Any:
+        from torch.utils import _pytree
+
+        given = iter(tensors)
+        leaves = [next(given) if is_input else None for is_input in self.inputs]
+        return _pytree.tree_unflatten(leaves, self.spec)
+
+
 @dataclass
 class ExampleInputs:
-    """The example inputs: names in forward's order, tensors, and how forward takes them."""
+    """The example inputs: names in forward's order, tensors, and how forward takes them.
+    ``names`` and ``tensors`` are the ONNX inputs; an argument in ``nested`` takes several
+    of them, in order."""
 
     names: list[str]
     tensors: list[Any]
     keyword: bool
+    arguments: list[str] = field(default_factory=list)
+    """forward's arguments, in order (``names`` when none is nested)."""
+    nested: dict[str, Nested] = field(default_factory=dict)
+
+    @property
+    def argument_names(self) -> list[str]:
+        return self.arguments or self.names
 
     def call(self, module: Any, tensors: Sequence[Any] | None = None) -> Any:
-        values = list(self.tensors if tensors is None else tensors)
-        if self.keyword:
-            return module(**dict(zip(self.names, values, strict=True)))
-        return module(*values)
+        args, kwargs = self.args_kwargs(self.tensors if tensors is None else tensors)
+        return module(*args, **kwargs)
 
     def args_kwargs(self, tensors: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """forward's arguments from one value an input (a tensor, or anything laid out like
+        the inputs: torch.export's dynamic shapes)."""
+        values = list(tensors)
+        if len(values) != len(self.names):
+            raise ValueError(f"{len(values)} values for {len(self.names)} inputs")
+        arguments: dict[str, Any] = {}
+        for name in self.argument_names:
+            nested = self.nested.get(name)
+            taken = sum(nested.inputs) if nested else 1
+            part, values = values[:taken], values[taken:]
+            arguments[name] = nested.rebuild(part) if nested else part[0]
         if self.keyword:
-            return (), dict(zip(self.names, tensors, strict=True))
-        return tuple(tensors), {}
+            return (), arguments
+        return tuple(arguments.values()), {}
 
 
 def build_inputs(
@@ -114,18 +153,16 @@ def build_inputs(
             )
         names = [*positional, *(f"input_{i}" for i in range(len(positional), len(example)))]
         names = names[: len(example)]
-        _check_tensors(names, example)
         _check_required(params, names)
-        return ExampleInputs(names, list(example), keyword=False)
+        return _flattened(dict(zip(names, example, strict=True)), keyword=False)
     if isinstance(example, Mapping):
         given = {str(k): v for k, v in example.items() if v is not None}
         _check_known(params, list(given))
-        _check_tensors(list(given), list(given.values()))
         _check_required(params, list(given))
         names = _in_forward_order(params, list(given))
         scripted = isinstance(module, torch.jit.ScriptModule)
         keyword = not (scripted and _leading(params, names))  # TorchScript: by position
-        return ExampleInputs(names, [given[n] for n in names], keyword)
+        return _flattened({n: given[n] for n in names}, keyword)
     if example is not None:
         raise ConversionError(
             f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
@@ -186,6 +223,44 @@ def _check_kinds(params: ForwardParams) -> None:
         )
 
 
+def _flattened(arguments: Mapping[str, Any], keyword: bool) -> ExampleInputs:
+    """ExampleInputs for forward's arguments by name: a tensor is one input; a tuple, list or
+    dict of tensors (nested too) one input a tensor, named by its place."""
+    import torch
+    from torch.utils import _pytree
+
+    names: list[str] = []
+    tensors: list[Any] = []
+    nested: dict[str, Nested] = {}
+    for argument, value in arguments.items():
+        if isinstance(value, torch.Tensor) or not isinstance(value, (tuple, list, dict)):
+            names.append(argument)
+            tensors.append(value)
+            continue
+        leaves, spec = _pytree.tree_flatten_with_path(value)
+        for path, leaf in leaves:
+            if leaf is not None:
+                names.append("_".join([argument, *(_key(k) for k in path)]))
+                tensors.append(leaf)
+        nested[argument] = Nested(spec, tuple(leaf is not None for _, leaf in leaves))
+    _check_tensors(names, tensors)
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ConversionError(
+            f"two example inputs would both be named {twice!r}",
+            hint="rename the argument or the dict key that repeats another input's name",
+        )
+    return ExampleInputs(names, tensors, keyword, list(arguments), nested)
+
+
+def _key(key: Any) -> str:
+    """One step of a pytree path as a name part: an index, a dict key, a field."""
+    for attribute in ("idx", "key", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
 def _check_tensors(names: Sequence[str], values: Sequence[Any]) -> None:
     import torch
 
@@ -193,7 +268,8 @@ def _check_tensors(names: Sequence[str], values: Sequence[Any]) -> None:
         if not isinstance(value, torch.Tensor):
             raise ConversionError(
                 f"example input {name!r} is a {type(value).__name__}, not a tensor",
-                hint="give tensors only; fix other arguments inside the module",
+                hint="give tensors (alone, or in tuples, lists and dicts); fix other "
+                "arguments inside the module",
             )
 
 

@@ -32,8 +32,9 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     ``ExportedProgram`` / ``.pt2`` file.
 
     Example inputs come from ``example_inputs`` (a tuple of tensors, positional, or a dict,
-    by keyword), then ``options.sample_inputs``, then ``options.input_shapes`` (float32;
-    int64 for ``*_ids`` and ``*mask*`` inputs). Raises ConversionError or InputError (exit 2,
+    by keyword; an argument may itself be a tuple, list or dict of tensors), then
+    ``options.sample_inputs``, then ``options.input_shapes`` (float32; int64 for ``*_ids``
+    and ``*mask*`` inputs). Raises ConversionError or InputError (exit 2,
     one line) for a file torch cannot load, a factory that fails, or a forward argument
     that no input gives.
     """
@@ -53,7 +54,7 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     output_specs = describe_outputs(module, inputs, dims, outputs, output_names)
     signature = Signature(tuple(input_specs), tuple(output_specs))
     label = module_label(module, loaded)
-    reference = TorchRunner(module, inputs.names, inputs.keyword, output_names, signature, label)
+    reference = TorchRunner(module, inputs, output_names, signature, label)
     custom = load_custom_export(options.custom_export) if options.custom_export else None
     plan = ExportPlan(loaded, inputs, signature, dims, options, custom)
     candidates = [Candidate(DYNAMO, plan.export_dynamo)]

@@ -1,6 +1,6 @@
 """The torch module as the reference Runner, and its outputs flattened to named tensors.
 
-    runner = TorchRunner(module, ["x"], False, ["output_0"], signature, "Net")
+    runner = TorchRunner(module, inputs, ["output_0"], signature, "Net")  # inputs.build_inputs
     runner.run({"x": x})                          # {"output_0": array}
     flatten_outputs({"logits": t, "aux": (a, b)})  # [("logits", t), ("aux_0", a), ("aux_1", b)]
 
@@ -18,7 +18,7 @@ from ...errors import FerryError
 from ...feeds import describe_shapes
 from ...signature import Signature
 from ..base import ConversionError
-from .inputs import tensor_from_numpy
+from .inputs import ExampleInputs, tensor_from_numpy
 from .quiet import torch_error
 
 
@@ -31,15 +31,14 @@ class TorchRunner:
     def __init__(
         self,
         module: Any,
-        input_names: Sequence[str],
-        keyword: bool,
+        inputs: ExampleInputs,
         output_names: Sequence[str],
         signature: Signature,
         label: str,
     ) -> None:
         self.module = module
-        self.input_names = list(input_names)
-        self.keyword = keyword
+        self.inputs = inputs
+        self.input_names = list(inputs.names)
         self.output_names = list(output_names)
         self._signature = signature
         self.name = f"torch:{label}"
@@ -54,9 +53,7 @@ class TorchRunner:
 
         tensors = [tensor_from_numpy(n, feeds[n]) for n in self.input_names]
         try:
-            if self.keyword:
-                return self.module(**dict(zip(self.input_names, tensors, strict=True)))
-            return self.module(*tensors)
+            return self.inputs.call(self.module, tensors)
         except FerryError:
             raise
         except Exception as e:
