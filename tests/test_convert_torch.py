@@ -460,6 +460,42 @@ def test_a_tuple_argument_converts_from_the_command_line(ferry: Run, tmp_path: P
     assert code == 0, err
 
 
+class Masked(torch.nn.Module):
+    """AttaCut's forward: one tuple argument, ``x, seq_lengths = inputs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ids, lengths = inputs
+        steps = torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        summed: torch.Tensor = (self.embed(ids) * steps.unsqueeze(-1)).sum(dim=1)
+        return summed
+
+
+def test_samples_named_as_a_tuple_s_places_give_that_argument(ferry: Run, tmp_path: Path) -> None:
+    """With no example from the code, ``--inputs`` naming ``inputs_0`` and ``inputs_1`` (the
+    names the ONNX inputs get) is the tuple ``forward(self, inputs)`` takes; without them the
+    error says so."""
+    factory = tmp_path / "masked.py"
+    factory.write_text(
+        "from tests.test_convert_torch import Masked\n\ndef make():\n    return Masked()\n"
+    )
+    out = tmp_path / "m.onnx"
+    code, _, err = ferry("convert", f"{factory}:make", "-o", out)
+    assert code == 2 and "(an argument taking a tuple as inputs_0, inputs_1, ...)" in err, err
+    samples = tmp_path / "samples.npz"
+    ids = np.random.default_rng(0).integers(0, 10, (3, 6))
+    np.savez(samples, inputs_0=ids, inputs_1=np.array([6, 2, 0]))
+    code, _, err = ferry("convert", f"{factory}:make", "-o", out, "--inputs", samples)
+    assert code == 0, err
+    assert Model.load(out).signature.input_names == ["inputs_0", "inputs_1"]
+    np.savez(samples, inputs_0=ids, inputs_2=np.array([6, 2, 0]))
+    code, _, err = ferry("convert", f"{factory}:make", "-o", out, "--inputs", samples)
+    assert code == 2 and "forward() has no parameter 'inputs_0'" in err, err
+
+
 class Pair(torch.nn.Module):
     def forward(self, x: tuple[torch.Tensor], x_0: torch.Tensor) -> torch.Tensor:
         return x[0] + x_0

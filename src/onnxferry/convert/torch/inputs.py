@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,35 +157,57 @@ def build_inputs(
         _check_required(params, names)
         return _flattened(dict(zip(names, example, strict=True)), keyword=False)
     if isinstance(example, Mapping):
-        given = {str(k): v for k, v in example.items() if v is not None}
-        _check_known(params, list(given))
-        _check_required(params, list(given))
-        names = _in_forward_order(params, list(given))
+        by_name = _regrouped(params, {str(k): v for k, v in example.items() if v is not None})
+        _check_known(params, list(by_name))
+        _check_required(params, list(by_name))
+        names = _in_forward_order(params, list(by_name))
         scripted = isinstance(module, torch.jit.ScriptModule)
         keyword = not (scripted and _leading(params, names))  # TorchScript: by position
-        return _flattened({n: given[n] for n in names}, keyword)
+        return _flattened({n: by_name[n] for n in names}, keyword)
     if example is not None:
         raise ConversionError(
             f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, "
             f"not a {type(example).__name__}",
             hint="return (module, (tensor, ...)) or (module, {name: tensor}) from the factory",
         )
+    given: dict[str, Any] = {}
     if options.sample_inputs:
         sample = options.sample_inputs[0]
-        _check_known(params, list(sample))
-        _check_required(params, list(sample))
-        names = _in_forward_order(params, list(sample))
-        tensors = [tensor_from_numpy(n, sample[n]) for n in names]
-        return ExampleInputs(names, tensors, keyword=not _leading(params, names))
-    if options.input_shapes:
-        _check_known(params, list(options.input_shapes))
-        _check_required(params, list(options.input_shapes))
-        names = _in_forward_order(params, list(options.input_shapes))
-        shapes = {n: tuple(options.input_shapes[n]) for n in names}
-        tensors = _generated(shapes, value_ranges(module, names))
-        return ExampleInputs(names, tensors, keyword=not _leading(params, names))
+        given = {n: tensor_from_numpy(n, v) for n, v in sample.items()}
+    elif options.input_shapes:
+        shapes = {n: tuple(s) for n, s in options.input_shapes.items()}
+        given = dict(
+            zip(shapes, _generated(shapes, value_ranges(module, list(shapes))), strict=True)
+        )
+    if given:
+        arguments = _regrouped(params, given)
+        _check_known(params, list(arguments))
+        _check_required(params, list(arguments))
+        names = _in_forward_order(params, list(arguments))
+        return _flattened({n: arguments[n] for n in names}, keyword=not _leading(params, names))
     _check_required(params, [])
     return ExampleInputs([], [], keyword=False)
+
+
+def _regrouped(params: ForwardParams, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs by name as forward's arguments: ``inputs_0``, ``inputs_1``, ... given for an
+    argument ``inputs`` that nothing else gives become the tuple it takes (the names its
+    ONNX inputs get, ``_flattened``); every other name stays as it is."""
+    arguments: dict[str, Any] = {}
+    places: dict[str, dict[int, Any]] = {}
+    for name, value in given.items():
+        found = re.fullmatch(r"(.+)_(\d+)", name)
+        argument = found[1] if found and name not in params.names else None
+        if found is None or argument not in params.names or argument in given:
+            arguments[name] = value
+        else:
+            places.setdefault(found[1], {})[int(found[2])] = value
+    for argument, values in places.items():
+        if sorted(values) != list(range(len(values))):
+            arguments.update({f"{argument}_{i}": v for i, v in values.items()})
+            continue  # not a tuple's places: left for _check_known to name
+        arguments[argument] = tuple(values[i] for i in range(len(values)))
+    return arguments
 
 
 def _check_known(params: ForwardParams, names: Sequence[str]) -> None:
@@ -206,7 +229,8 @@ def _check_required(params: ForwardParams, names: Sequence[str]) -> None:
     raise ConversionError(
         f"forward() needs argument{'s' if len(missing) > 1 else ''} "
         f"{', '.join(repr(n) for n in missing)} that no example input gives",
-        hint=f"give {shapes} or --inputs samples.npz with {', '.join(missing)}",
+        hint=f"give {shapes} or --inputs samples.npz with {', '.join(missing)} (an argument "
+        f"taking a tuple as {missing[0]}_0, {missing[0]}_1, ...)",
     )
 
 
