@@ -509,3 +509,39 @@ def test_time_major_inputs_are_those_whose_first_axis_a_recurrent_operator_steps
     batch_major = recurrent(("batch", "seq"))
     batch_major.graph.node[0].attribute.append(helper.make_attribute("layout", 1))
     assert time_major_inputs(batch_major) == []
+
+
+def test_unread_inputs_are_those_no_node_reads_at_any_depth_nor_an_output_passes_on() -> None:
+    """``lengths`` is read by no node (torch kept an unused forward argument); ``scale`` only
+    inside an If branch, ``echo`` only as an output."""
+    f = onnx.TensorProto.FLOAT
+    branch = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["scaled"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("scaled", f, [None, 4])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("same", f, [None, 4])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)],
+        "unread",
+        [
+            helper.make_tensor_value_info("x", f, [None, 4]),
+            helper.make_tensor_value_info("scale", f, [1]),
+            helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("lengths", onnx.TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("echo", f, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("y", f, [None, 4]),
+            helper.make_tensor_value_info("echo", f, [2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    assert graphs.unread_inputs(model) == ["lengths"]
