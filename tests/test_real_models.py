@@ -645,6 +645,23 @@ def test_paddleocr_recognizer_packages_for_openvino_at_the_height_it_is_used_at(
     assert check["ok"] and "over 1 samples" in check["detail"], check
 
 
+def test_paddleocr_recognizer_tflite_refusal_asks_for_the_sizes_it_is_used_at(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """onnx2tf 1.28 fails on the recognizer with open dims and again fixed at the sizes chosen
+    here (x[1,3,32,32]: an average pool wider than what height 32 leaves); at height 48 it
+    converts. The refusal said only "onnx2tf lacks an op"; it now names the chosen sizes and
+    asks for the ones the model is used at. Should onnx2tf convert it, it is checked."""
+    if importlib.util.find_spec("onnx2tf") is None:
+        pytest.skip("onnx2tf is not installed")
+    source = _wheel_model("ppocr_rec")
+    result = ferry("package", source, "--target", "tflite", "-o", tmp_path / "t")
+    _, err = assert_clean(result, {0, 1, 2})
+    if result[0] == 2:
+        assert "are sizes chosen here for the open dims: give the sizes the model is used at" in err
+        assert "--set inputs=FILE" in err, err
+
+
 def test_speech_scorers_explain_and_batch_whatever_their_row_shapes(
     ferry: Run, tmp_path: Path
 ) -> None:

@@ -224,7 +224,8 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         except InputError as e:
             if not auto:
                 raise
-            chosen = _fixed_if_it_converts(e, lambda: attempt(fixed), shown)
+            given = opts["inputs"] is not None
+            chosen = _fixed_if_it_converts(e, lambda: attempt(fixed), shown, sizes_chosen=not given)
         else:
             if auto and chosen.problem is not None:
                 chosen = _fixed_if_it_runs(chosen, lambda: attempt(fixed), shown)
@@ -272,33 +273,43 @@ class _Attempt:
         return next(iter(self.runs.values())).problem or self.mismatch
 
 
+LACKS_HINT = (
+    "onnx2tf lacks an op or a pattern of this model: check its supported ops "
+    "(github.com/PINTO0309/onnx2tf) and export the model with others"
+)
+
+
 class Unconverted(InputError):
     """onnx2tf could not convert the model: ``detail`` is what it said."""
 
-    def __init__(self, name: str, detail: str) -> None:
+    def __init__(self, name: str, detail: str, hint: str = LACKS_HINT) -> None:
         detail = detail.rstrip().removesuffix(".")  # a hint or "; ..." follows
-        super().__init__(
-            f"onnx2tf cannot convert {name}: {detail}",
-            hint="onnx2tf lacks an op or a pattern of this model: check its supported ops "
-            "(github.com/PINTO0309/onnx2tf) and export the model with others",
-        )
+        super().__init__(f"onnx2tf cannot convert {name}: {detail}", hint=hint)
         self.name, self.detail = name, detail
 
 
 def _fixed_if_it_converts(
-    error: InputError, convert: Callable[[], _Attempt], shown: str
+    error: InputError, convert: Callable[[], _Attempt], shown: str, sizes_chosen: bool
 ) -> _Attempt:
     """``convert()`` (the inputs fixed at ``shown``) when onnx2tf could not convert the model
     with its open dims (``error``: shape arithmetic on an unknown rank, as in Smart Turn's
     attention); when it cannot convert that either, both reasons (the second is often the op
-    behind the first: SLANet's Loop behind a Resize to computed sizes)."""
+    behind the first: SLANet's Loop behind a Resize to computed sizes). Sizes chosen here
+    for the open dims may be ones the model is not made for (PP-OCR's recognizer at a height
+    of 32, not 48: an average pool wider than what is left): the hint says how to give them."""
     try:
         fixed = convert()
     except Unconverted as again:
         if not isinstance(error, Unconverted) or again.detail == error.detail:
             raise error from None
         both = f"{error.detail}; with its inputs fixed at {shown}: {again.detail}"
-        raise Unconverted(error.name, both) from None
+        hint = LACKS_HINT
+        if sizes_chosen:
+            hint = (
+                f"{shown} are sizes chosen here for the open dims: give the sizes the model is "
+                f"used at (--set inputs=FILE, a sample); else, {LACKS_HINT}"
+            )
+        raise Unconverted(error.name, both, hint) from None
     fixed.notes.append(
         f"onnx2tf could not convert it with open dims ({error}): written with its inputs "
         f"fixed at {shown}, the check's sizes (static=false keeps them open)"
