@@ -174,6 +174,70 @@ def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path
     assert not any("is_training" in note for note in bound.notes)
 
 
+def _dropout_graph(path: Path, kind: str) -> np.ndarray:
+    """A TF1 classifier with dropout on its hidden layer, set by a float scalar placeholder:
+    ``keep_prob`` (``tf.nn.dropout(keep_prob=)``: ``1 - keep_prob`` compared with the draw),
+    ``old_keep`` (TF before 1.13: added to a draw scaled from [0, 2) and floored) or ``rate``.
+    Returns the weights."""
+    weights = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        scalar = tf.compat.v1.placeholder(tf.float32, None if kind == "old_keep" else [], kind)
+        hidden = tf.nn.relu(tf.matmul(x, tf.constant(weights)))
+        if kind == "keep_prob":
+            hidden = tf.compat.v1.nn.dropout(hidden, keep_prob=scalar)
+        elif kind == "rate":
+            hidden = tf.nn.dropout(hidden, rate=scalar)
+        else:
+            draw = tf.random.uniform(tf.shape(hidden), minval=0.0, maxval=2.0) * 0.5
+            hidden = hidden / scalar * tf.floor(scalar + draw)
+        tf.nn.softmax(hidden, name="prob")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return weights
+
+
+@pytest.mark.parametrize(("kind", "value"), [("keep_prob", 1.0), ("old_keep", 1.0), ("rate", 0.0)])
+def test_a_dropout_s_placeholder_is_fixed_to_turn_it_off(
+    ferry: Run, tmp_path: Path, kind: str, value: float
+) -> None:
+    """Fed, a dropout's keep probability (or rate) draws a new random mask each run: it was
+    an input of the ONNX model, its RandomUniform kept, and "verified" only because the
+    values generated for it (-0.7, 0.36) dropped everything or nothing. Now it is fixed to
+    the value that turns the dropout off, as an ``is_training`` switch is fixed to False."""
+    weights = _dropout_graph(tmp_path / "drop.pb", kind)
+    out = tmp_path / "drop.onnx"
+    code, stdout, err = ferry("convert", tmp_path / "drop.pb", "-o", out)
+    assert code == 0, err
+    assert f"{kind} fixed to {value}: a dropout's" in stdout, stdout
+    converted = Model.load(out)
+    assert converted.signature.input_names == ["x"]
+    x_value = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    logits = np.maximum(x_value @ weights, 0)
+    want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    runner = OrtRunner(converted)  # the draw may stay in the graph; it no longer matters
+    for _ in range(3):
+        np.testing.assert_allclose(runner.run({"x": x_value})["prob"], want, atol=1e-6)
+
+
+def test_a_tf1_saved_model_s_dropout_input_is_fixed_too(ferry: Run, tmp_path: Path) -> None:
+    """``simple_save`` of a TF1 graph taking ``keep_prob`` beside ``x``: the SavedModel route
+    fixes it as the frozen-graph route does."""
+    weights = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        keep = tf.compat.v1.placeholder(tf.float32, [], name="keep_prob")
+        hidden = tf.compat.v1.nn.dropout(tf.nn.relu(tf.matmul(x, weights)), keep_prob=keep)
+        prob = tf.nn.softmax(hidden, name="prob")
+        inputs = {"x": x, "keep_prob": keep}
+        tf.compat.v1.saved_model.simple_save(session, str(tmp_path / "sm"), inputs, {"prob": prob})
+    code, stdout, err = ferry("convert", tmp_path / "sm", "-o", tmp_path / "sm.onnx")
+    assert code == 0, err
+    assert "keep_prob fixed to 1.0: a dropout's keep probability" in stdout, stdout
+    assert Model.load(tmp_path / "sm.onnx").signature.input_names == ["x"]
+
+
 def test_a_placeholder_bound_by_the_user_is_a_constant(ferry: Run, tmp_path: Path) -> None:
     """TF1's ``keep_prob``: a float of unknown rank that dropout divides by. Bound to 1.0 it
     is no input; the other outputs can be chosen with ``--graph-outputs``."""

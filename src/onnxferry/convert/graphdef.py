@@ -13,7 +13,8 @@ ends: every output of every node nothing reads (bookkeeping left out: ``NoOp``, 
 finds them, or the tensors ``--graph-outputs`` names (``options.graph_outputs``). A
 placeholder ``--bind`` fixes (``options.bindings``, ``keep_prob=1.0``) is a constant, no
 longer an input; so is a training switch (a bool scalar that picks ``tf.cond`` branches,
-``is_training``), fixed to False unless bound. The "tf2onnx" candidate converts the graph,
+``is_training``), fixed to False unless bound, and a dropout's keep probability or rate,
+fixed to what turns it off (``dropout_inputs``). The "tf2onnx" candidate converts the graph,
 pruned to those tensors, through tf2onnx's frozen-graph route (``tf2onnx --graphdef``),
 where a TF1 ``while_loop`` (Enter, Exit, NextIteration) becomes a Loop; the reference runs
 it in TensorFlow, imported into a ``tf.function``.
@@ -96,7 +97,8 @@ class GraphDefRunner(FunctionRunner):
             if n.op == "Placeholder"
         }
         switches = training_switches(graph_def)
-        bound, self.notes = bindings(ranks, switches, options, "placeholder")
+        dropouts = dropout_inputs(graph_def)
+        bound, self.notes = bindings(ranks, switches, options, "placeholder", dropouts)
         placeholders = [name for name in dtypes if name not in bound]
         if not placeholders:
             raise InputError(
@@ -193,15 +195,75 @@ def training_switches(graph_def: Any) -> list[str]:
     ]
 
 
+_RANDOM = frozenset({
+    "RandomUniform", "RandomStandardNormal", "TruncatedNormal", "StatelessRandomUniform",
+    "StatelessRandomUniformV2", "StatelessRandomNormal", "StatelessRandomNormalV2",
+})  # fmt: skip
+_PASS = frozenset({"Identity", "Cast", "Sub"})
+"""Ops between a dropout's placeholder and its comparison with the random draw: TF 1.13+
+turns ``keep_prob`` into ``rate = 1 - keep_prob`` (a Sub), a cast may follow."""
+
+
+def dropout_inputs(graph_def: Any) -> dict[str, float]:
+    """The float scalar placeholders that set a dropout's random mask, each with the value
+    that turns the dropout off at inference: 1.0 for a keep probability (TF1's
+    ``tf.nn.dropout(x, keep_prob)``: added to the draw and floored, or ``1 - keep_prob``
+    compared with it), 0.0 for a rate compared with the draw as it is. Fed, such an input
+    draws a new mask each run: the outputs are random."""
+    tf = import_tf()
+    nodes = {n.name: n for n in graph_def.node}
+    drawn = {n.name for n in graph_def.node if n.op in _RANDOM}
+    fixed = {n.name for n in graph_def.node if n.op == "Const"}
+    grown = True
+    while grown:  # what is computed from the draws and constants alone (scaled, shifted)
+        grown = False
+        for node in graph_def.node:
+            inputs = [node_name(i) for i in node.input if not i.startswith("^")]
+            if node.name in drawn or node.name in fixed or node.op == "Placeholder":
+                continue
+            if inputs and all(i in fixed for i in inputs):
+                fixed.add(node.name)
+            elif inputs and all(i in drawn or i in fixed for i in inputs):
+                drawn.add(node.name)
+            else:
+                continue
+            grown = True
+    found: dict[str, float] = {}
+    for node in graph_def.node:
+        if node.op not in ("GreaterEqual", "Greater", "Add", "AddV2") or len(node.input) < 2:
+            continue
+        sides = [node_name(i) for i in node.input[:2]]
+        if not any(side in drawn for side in sides):
+            continue
+        other = next(side for side in sides if side not in drawn)
+        subtracted = False
+        while other in nodes and nodes[other].op in _PASS:
+            subtracted |= nodes[other].op == "Sub"
+            other = node_name(nodes[other].input[-1 if nodes[other].op == "Sub" else 0])
+        placeholder = nodes.get(other)
+        if placeholder is None or placeholder.op != "Placeholder":
+            continue
+        shape = placeholder.attr["shape"].shape
+        if placeholder.attr["dtype"].type not in (tf.float32.as_datatype_enum,) or (
+            not shape.unknown_rank and shape.dim
+        ):
+            continue
+        keep = subtracted or node.op in ("Add", "AddV2")
+        found[placeholder.name] = 1.0 if keep else 0.0
+    return found
+
+
 def bindings(
     inputs: Mapping[str, int | None],
     switches: Sequence[str],
     options: ConvertOptions,
     kind: str,
+    dropouts: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The ``inputs`` (name: rank, None when unknown) to replace by constants: the user's
-    ``--bind``, and the training ``switches`` fixed to False, with a note for each switch
-    fixed unasked. InputError for a ``--bind`` that names no input (``kind``: "placeholder",
+    ``--bind``, the training ``switches`` fixed to False and the ``dropouts``
+    (``dropout_inputs``) to the value that turns them off, with a note for each fixed
+    unasked. InputError for a ``--bind`` that names no input (``kind``: "placeholder",
     "input") or one of rank 1 or more (a value fixes a scalar)."""
     for name in options.bindings:
         if name not in inputs:
@@ -223,6 +285,14 @@ def bindings(
             notes.append(
                 f"{name} fixed to False: a bool placeholder that picks tf.cond branches, as "
                 f"a TF1 is_training does (--bind {name}=true converts the other branch)"
+            )
+    for name, value in (dropouts or {}).items():
+        if name not in bound:
+            bound[name] = value
+            role = "keep probability" if value else "drop rate"
+            notes.append(
+                f"{name} fixed to {value}: a dropout's {role}, which fed would draw a new random "
+                f"mask each run (--bind {name}=VALUE converts another)"
             )
     return bound, notes
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InputError, one_line
 from ..signature import Signature, TensorSpec, dtype_from_numpy
 from .base import ConversionError, ConvertOptions, Source
-from .graphdef import bindings, training_switches
+from .graphdef import bindings, dropout_inputs, training_switches
 from .tf_common import (
     common_batch_name,
     import_tf,
@@ -102,12 +102,15 @@ class SavedModelRunner(FunctionRunner):
             )
         # tf.nest's order; captured variables follow the arguments
         placeholders = dict(zip(sorted(kwargs), function.inputs, strict=False))
-        switches = set(training_switches(function.graph.as_graph_def()))
+        graph_def = function.graph.as_graph_def()
+        switches = set(training_switches(graph_def))
+        dropouts = dropout_inputs(graph_def)
         bound, self.notes = bindings(
             {key: kwargs[key].shape.rank for key in sorted(kwargs, key=natural_key)},
             [key for key, t in placeholders.items() if t.op.name in switches],
             options,
             "input",
+            {key: dropouts[t.op.name] for key, t in placeholders.items() if t.op.name in dropouts},
         )
         keys = [key for key in sorted(kwargs, key=natural_key) if key not in bound]
         specs = [
