@@ -340,3 +340,37 @@ def test_onnx_runtimes_nchwc_layout_ops_are_a_machine_specific_warning(tmp_path:
     assert report.ok
     plain = check(save(_cnn(), tmp_path / "plain.onnx"))
     assert "machine-specific operators" not in {f.check for f in plain.result.findings}
+
+
+NOISY = """
+<ir_version: 10, opset_import: ["" : 21]>
+noisy (float[N, 4] x) => (float[N, 4] y) {
+    noise = RandomNormalLike(x)
+    y = Add(x, noise)
+}
+"""
+QUIET = """
+<ir_version: 10, opset_import: ["" : 21]>
+quiet (float[N, 4] x) => (float[N, 4] y) {
+    draw = RandomUniformLike(x)
+    zero = Constant<value = float {0.0}>()
+    kept = GreaterOrEqual(draw, zero)
+    y = Where(kept, x, zero)
+}
+"""
+"""A dropout kept at a rate of 0 (a TF1 keep_prob fixed to 1): it draws, and every unit stays."""
+
+
+def test_a_model_whose_answers_vary_from_run_to_run_is_told(tmp_path: Path) -> None:
+    """Random draws that reach an output: every answer differs on the same inputs (a dropout
+    exported with its mask); draws that do not reach one: said, and not a warning."""
+    noisy = check(save(onnx_text(NOISY), tmp_path / "noisy.onnx")).result.findings
+    (finding,) = (f for f in noisy if f.check == "same answer each run")
+    assert finding.status == "warn" and not finding.blocking, finding
+    assert "outputs y differ from run to run" in finding.detail
+    assert "(RandomNormalLike)" in finding.detail
+    quiet = check(save(onnx_text(QUIET), tmp_path / "quiet.onnx")).result.findings
+    (finding,) = (f for f in quiet if f.check == "same answer each run")
+    assert finding.status == "pass" and "did not vary over 4 runs" in finding.detail, finding
+    plain = check(save(onnx_text(RELU), tmp_path / "relu.onnx")).result.findings
+    assert not any(f.check == "same answer each run" for f in plain)

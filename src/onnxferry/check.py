@@ -13,7 +13,8 @@ Runtime can load, operators the CPU provider has no kernel for, the C library lo
 operators (a warning), loading on each
 available provider, and one run on the CPU whose outputs must have the shapes the model
 declares (a warning, not a blocker: ONNX Runtime runs the model, but a server advertises the
-declared shapes). A file that is not an ONNX model at all is an input error (exit 2),
+declared shapes); a model that draws random numbers is run again on the same inputs, and
+answers that vary are a warning. A file that is not an ONNX model at all is an input error (exit 2),
 not a finding.
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from .customops import EXTENSION_DOMAINS, extensions_installed
 from .errors import FerryError, UnsafeModelError, one_line
-from .graphs import PROTO_LIMIT, densify_sparse_initializers, inlined
+from .graphs import PROTO_LIMIT, densify_sparse_initializers, inlined, random_ops
 from .locales import PORTABLE_LOCALE, missing_locales, needed_locales, same_case_mapping
 from .model import (
     DEFAULT_MAX_SIZE,
@@ -386,8 +387,9 @@ def _declared_outputs(model: Model, session: Any, result: CheckResult) -> None:
     except FerryError as e:
         result.add(name, "skip", f"not run: {e}", False)
         return
+    feeds = plan.feeds(seed=0)
     try:
-        values = run_session(session, None, plan.feeds(seed=0), quiet_run_options())
+        values = run_session(session, None, feeds, quiet_run_options())
     except Exception as e:  # onnxruntime raises untyped errors for a run it cannot do
         # generated values may be ones the model refuses (an id past a table): not a blocker
         result.add(name, "warn", f"onnxruntime cannot run it on {plan.describe()} with "
@@ -407,3 +409,42 @@ def _declared_outputs(model: Model, session: Any, result: CheckResult) -> None:
         )  # fmt: skip
     else:
         result.add(name, "pass", f"every output as declared on {plan.describe()}")
+    if drawn := random_ops(model.proto):
+        _same_twice(model, session, [feeds, plan.feeds(seed=1)], drawn, result)
+
+
+def _same_twice(
+    model: Model, session: Any, feed_sets: Sequence[Any], drawn: list[str], result: CheckResult
+) -> None:
+    """A model that draws random numbers (``graphs.random_ops``) run ``_RUNS`` times on each
+    feed set (two sets: a generated scalar may turn a dropout all on or all off): outputs
+    that differ are a warning (every answer, cached answer and parity check sees other
+    values); the same outputs say the draws did not reach them in those runs. ONNX Runtime
+    seeds an unseeded draw from the clock: runs close together may draw alike."""
+    name, ops = "same answer each run", ", ".join(drawn)
+    differ: dict[str, None] = {}
+    for feeds in feed_sets:
+        first = run_session(session, None, feeds, quiet_run_options())
+        for _ in range(_RUNS - 1):
+            again = run_session(session, None, feeds, quiet_run_options())
+            for spec, a, b in zip(model.signature.outputs, first, again, strict=True):
+                if not np.array_equal(np.asarray(a), np.asarray(b)):
+                    differ[spec.name] = None
+    if differ:
+        result.add(
+            name, "warn",
+            f"outputs {', '.join(differ)} differ from run to run on the same inputs: the "
+            f"graph draws random numbers ({ops}); export it with them off (a dropout's "
+            "keep probability at 1: ferry convert fixes a TF1 keep_prob)",
+            False,
+        )  # fmt: skip
+    else:
+        result.add(
+            name, "pass",
+            f"the graph draws random numbers ({ops}); its outputs did not vary over "
+            f"{_RUNS} runs on each of {len(feed_sets)} inputs",
+            False,
+        )  # fmt: skip
+
+
+_RUNS = 4

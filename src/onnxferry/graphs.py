@@ -126,6 +126,26 @@ def sized_by_data(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in graph.output if o.name in tainted and not _fixed_per_row(o, batch)]
 
 
+RANDOM_OPS = frozenset({
+    "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial",
+    "Bernoulli",
+})  # fmt: skip
+"""ONNX's operators that draw random numbers."""
+
+
+def random_ops(model: onnx.ModelProto) -> list[str]:
+    """The operators drawing random numbers anywhere in the model (subgraphs included), by
+    type: a dropout exported with its mask (TF1's ``keep_prob``), a sampler. Whether they
+    change the outputs takes a run: a dropout kept at a keep probability of 1 does not."""
+    found = {
+        node.op_type
+        for graph in walk_graphs(model.graph)
+        for node in graph.node
+        if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS
+    }
+    return sorted(found)
+
+
 def unread_inputs(model: onnx.ModelProto) -> list[str]:
     """The main graph's inputs that no node reads (subgraphs included) and no output passes
     on: torch keeps a forward argument its code never uses (AttaCut's ``seq_lengths``), and
