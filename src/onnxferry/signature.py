@@ -27,9 +27,9 @@ Dim = int | str | None
 """A dimension: a fixed size, a symbolic name ("batch"), or None when unknown."""
 
 _BATCH_NAME = re.compile(r"(?i)batch|^(n|b|bs)$")
+"""Dim names that say "the batch" (``batch``, ``batch_size``, ``N``)."""
 _EXPRESSION = re.compile(r"[*+/()]|\s-\s")
 """A dim written as an expression of others (torch's ``batch*chars``, ``2*s0``, ``s0 - 1``)."""
-"""Dim names that say "the batch" (``batch``, ``batch_size``, ``N``)."""
 
 _PLACEHOLDER = re.compile(
     r"""

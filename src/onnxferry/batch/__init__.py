@@ -219,8 +219,8 @@ def _whole_rows(model: Model) -> dict[str, str]:
     """Outputs whose batch value cannot be split into rows, each with why: sized by the data
     (``graphs.sized_by_data``) or rows folded into another axis
     (``Signature.merged_row_outputs``). They come from runs of one row, stored whole."""
-    whole = dict.fromkeys(sized_by_data(model.proto), "sized by the data (a count of boxes or "
-                          "selections per row)")  # fmt: skip
+    counted = "sized by the data (a count of boxes or selections per row)"
+    whole = dict.fromkeys(sized_by_data(model.proto), counted)
     shapes = {o.name: o.shape for o in model.signature.outputs}
     for name in model.signature.merged_row_outputs():
         shape = ", ".join(str(d) for d in shapes[name] or ())
