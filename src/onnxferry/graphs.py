@@ -152,8 +152,8 @@ def unread_inputs(model: onnx.ModelProto) -> list[str]:
     converters such as onnx2tf leave such inputs out."""
     read = {n for graph in walk_graphs(model.graph) for node in graph.node for n in node.input}
     read.update(o.name for o in model.graph.output)
-    weights = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in read | weights]
+    read.update(t.name for t in model.graph.initializer)
+    return [i.name for i in model.graph.input if i.name not in read]
 
 
 def sequence_outputs(model: onnx.ModelProto) -> list[str]:
