@@ -689,3 +689,27 @@ def test_the_estimate_counts_input_elements_not_rows() -> None:
     run(ex, body)
     assert threads[0] == threading.main_thread().name
     assert threads[1].startswith("ferry-")
+
+
+def test_a_graph_that_draws_random_numbers_is_never_cached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cache would hand every client the first draw again: off, whatever ferry.toml says,
+    with a warning naming the draw."""
+    from tests.test_check import NOISY
+
+    with caplog.at_level("WARNING", logger="onnxferry"):
+        ex = executor(NOISY, cache_bytes=1 << 20)
+    assert ex.cache is None
+    (record,) = [r for r in caplog.records if "response cache" in r.getMessage()]
+    assert "draws random numbers (RandomNormalLike)" in record.getMessage()
+    x = np.zeros((1, 4), np.float32)
+
+    async def body(ex: ModelExecutor) -> list[InferResult]:
+        return [await ex.infer({"x": x}) for _ in range(2)]
+
+    first, second = run(ex, body)
+    assert not np.array_equal(first.outputs["y"], second.outputs["y"])
+    cached = executor(GEMM, cache_bytes=1 << 20)
+    assert cached.cache is not None
+    run(cached, lambda ex: asyncio.sleep(0))

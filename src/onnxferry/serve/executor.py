@@ -35,12 +35,12 @@ same queue feeds them, and an idle instance is taken in turn (the one idle longe
 batches spread over the devices even at low load (``device_runs`` counts them). Plain
 instances reuse the one that ran last, whose caches are warm.
 
-Before the queue: with ``cache_bytes`` (and not ``deterministic = false``) a request whose
-digest is in the response cache (``cache.ResponseCache``, one per executor, so a reload starts
-empty) is answered from it at once; a miss runs and its answer is kept. A version whose
-sessions the repository's memory budget unloaded (``budget.MemoryBudget``) waits for their
-reload, within its deadline; meanwhile nothing unloads it, nor while requests are queued or
-running.
+Before the queue: with ``cache_bytes`` (and not ``deterministic = false``, nor a graph that
+draws random numbers, ``graphs.random_ops``) a request whose digest is in the response cache
+(``cache.ResponseCache``, one per executor, so a reload starts empty) is answered from it at
+once; a miss runs and its answer is kept. A version whose sessions the repository's memory
+budget unloaded (``budget.MemoryBudget``) waits for their reload, within its deadline;
+meanwhile nothing unloads it, nor while requests are queued or running.
 
 Deadlines: a request still queued at its deadline fails with DeadlineExceeded without
 running; a request whose deadline passes mid-run fails at once, and when every request of a
@@ -70,7 +70,7 @@ import onnxruntime as ort
 from ..devices import Device, device_session
 from ..errors import FeedError, FerryError
 from ..feeds import describe_shapes, plan_feeds
-from ..graphs import sized_by_data, time_major_inputs
+from ..graphs import random_ops, sized_by_data, time_major_inputs
 from ..model import Model
 from ..runtime import (
     SessionConfig,
@@ -416,7 +416,14 @@ class ModelExecutor:
         self.budget: MemoryBudget | None = None  # the repository's, when it has one
         self.last_used = time.monotonic()
         self._waking = 0  # requests waiting for the budget to reload the sessions
-        self.cache = ResponseCache(config.cache_bytes) if config.cached else None
+        drawn = random_ops(model.proto) if config.cached else []
+        if drawn:
+            log.warning(
+                "model %s: no response cache: its graph draws random numbers (%s), so a cached "
+                "answer would repeat one draw (deterministic = true in ferry.toml does not "
+                "change the graph)", self.name, ", ".join(drawn),
+            )  # fmt: skip
+        self.cache = ResponseCache(config.cache_bytes) if config.cached and not drawn else None
         self._cache_version = f"{version}@{model.digest}" if self.cache is not None else ""
         self._output_names = tuple(o.name for o in self._instances[0].session.get_outputs())
         self._known_outputs = frozenset(self._output_names)
