@@ -215,6 +215,32 @@ def test_golden_gate_fails_without_golden_data_or_on_wrong_outputs(
     assert reg.aliases("mlp") == {}
 
 
+def test_golden_gate_judges_an_optimized_version_at_the_budget_it_was_admitted_at(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A version whose outputs moved within optimize's accuracy budget (weights nudged by 2 %,
+    as a pruned or int8 layer moves them) fails golden data at atol 1e-4: ``ferry ci``'s own
+    pipeline optimized within --max-drop 0.01 and then refused the release. With the budget
+    the gate passes, saying both figures; a tighter budget still refuses it."""
+    from onnxferry.optimize.budget import Budget
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    trust(reg, keys[1])
+    add(reg, tmp_path, mlp(noise=0.02), sign=keys[0], expected=mlp())
+    strict = promote(reg, "mlp:1", "staging", rounds=ROUNDS).result
+    assert not strict.gates[1].ok and "0/1 golden sets pass" in strict.gates[1].detail
+    tight = promote(reg, "mlp:1", "staging", rounds=ROUNDS, budget=Budget.from_max_drop(1e-6))
+    assert (
+        not tight.result.gates[1].ok
+        and "outside the accuracy budget" in tight.result.gates[1].detail
+    )
+    admitted = promote(reg, "mlp:1", "staging", rounds=ROUNDS, budget=Budget.from_max_drop(0.01))
+    golden = admitted.result.gates[1]
+    assert golden.ok and "0/1 golden sets pass" in golden.detail, golden
+    assert "within the accuracy budget cosine>=0.99 (cosine 0.99" in golden.detail, golden
+    assert reg.aliases("mlp") == {"staging": 1}
+
+
 def test_parity_gate_fails_for_other_weights_and_force_is_recorded(
     ferry: Run, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:

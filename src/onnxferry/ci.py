@@ -120,6 +120,7 @@ def ci_steps(
     optimize = ["ferry", "optimize", model, "-o", release, "--auto", "--max-drop", f"{max_drop:g}"]
     optimize += ["--inputs", golden, "--time-budget", f"{time_budget:g}", "--report", report]
     promote = ["ferry", "registry", "promote", name, "--to", alias, "--reason", "ferry ci"]
+    promote += ["--max-drop", f"{max_drop:g}"]  # golden data judged at optimize's budget
     return [
         Step("convert", ["ferry", "convert", source, "-o", model]),
         Step("check", ["ferry", "check", model]),

@@ -29,6 +29,10 @@ class CaseResult:
 
     name: str
     parity: Parity | None
+    expected: dict[str, Any] | None = None
+    produced: dict[str, Any] | None = None
+    """The set's expected outputs and the model's, for a judge other than the tolerance (a
+    promotion's accuracy budget); not in the report."""
 
     @property
     def passed(self) -> bool:
@@ -129,7 +133,7 @@ def test(
             reference_name=f"{case.name} expected",
             candidate_name=runner.name,
         )
-        result.cases.append(CaseResult(case.name, parity))
+        result.cases.append(CaseResult(case.name, parity, dict(case.outputs), produced))
     return Report("test", result)
 
 

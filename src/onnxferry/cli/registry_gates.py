@@ -52,6 +52,12 @@ def _key(registry_path: Path, refs: list[str], key_file: Path | None) -> bytes |
     help="How much slower at batch 1 than the version it replaces (0.2: 20%).",
 )
 @tolerance_options()
+@click.option(
+    "--max-drop",
+    type=float,
+    help="The accuracy budget the version was optimized within (optimize --max-drop): golden "
+    "sets outside the tolerance pass when their outputs keep cosine >= 1 - drop.",
+)
 @encrypted_versions
 @registry_option
 @report_options
@@ -63,15 +69,18 @@ def promote(
     public_key: Path | None,
     max_slowdown: float,
     tolerance: Tolerance | None,
+    max_drop: float | None,
     encrypt_key_file: Path | None,
     registry_path: Path,
     as_json: bool,
     report_path: Path | None,
 ) -> int:
     """Run the gates on REF (NAME:VERSION or NAME@ALIAS) and point --to at it if they pass."""
+    from ..optimize.budget import Budget
     from ..registry import Registry
     from ..registry.gates import promote as run
 
+    budget = None if max_drop is None else Budget.from_max_drop(max_drop)
     key = _key(registry_path, [ref], encrypt_key_file)
     report = run(
         Registry.open(registry_path),
@@ -83,6 +92,7 @@ def promote(
         reason=reason,
         tolerance=tolerance,
         max_slowdown=max_slowdown,
+        budget=budget,
     )
     return emit(report, as_json, report_path)
 

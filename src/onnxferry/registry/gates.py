@@ -10,7 +10,9 @@ The gates, all run every time so the report shows each one:
 
 - ``signature``: the version's signature verifies with ``public_key``, or else with one of the
   registry's trusted keys (``trust.trust``); an unsigned version, or no key at all, fails.
-- ``golden``: ``ferry test`` on the version's golden data passes (at ``tolerance``).
+- ``golden``: ``ferry test`` on the version's golden data passes (at ``tolerance``; with a
+  ``budget``, the accuracy an optimized version was admitted at, sets outside the tolerance
+  pass when together they meet it: ``ferry ci`` promotes at its ``--max-drop``).
 - ``parity``: the candidate's outputs match the alias's current holder's within ``tolerance``
   on the candidate's golden inputs (else the holder's; else generated ones).
 - ``latency``: batch 1 (the first input set, cut to one row along its batch axes) is measured
@@ -38,7 +40,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FerryError, UsageError
 from ..parity import Tolerance
@@ -55,6 +57,9 @@ from .sidebyside import (
     measure_pair,
 )
 from .trust import key_fingerprint, trusted_keys
+
+if TYPE_CHECKING:
+    from ..optimize.budget import Budget
 
 DEFAULT_MAX_SLOWDOWN = 0.2
 """The latency gate's default: the candidate may be up to 20% slower at batch 1."""
@@ -174,6 +179,7 @@ def run_gates(
     tolerance: Tolerance | None = None,
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
     rounds: int = ROUNDS,
+    budget: Budget | None = None,
 ) -> PromotionResult:
     """Every gate of promoting ``ref`` to alias ``to``; changes nothing (``apply_promotion``
     does). ``key``: the encryption key of encrypted versions."""
@@ -199,7 +205,7 @@ def run_gates(
         if previous is not None and previous != record.version:
             held = registry.get(Ref(record.name, previous))
             holder = stack.enter_context(opened(registry, held, key=key))
-        result.gates.append(_guarded("golden", lambda: golden_gate(candidate, tolerance)))
+        result.gates.append(_guarded("golden", lambda: golden_gate(candidate, tolerance, budget)))
         if holder is None:
             why = (
                 f"no version holds {record.name}@{to} yet"
@@ -272,6 +278,7 @@ def promote(
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
     actor: str | None = None,
     rounds: int = ROUNDS,
+    budget: Budget | None = None,
 ) -> Report[PromotionResult]:
     """``run_gates``, then ``apply_promotion``: the report is not ok (exit 1) when a gate
     failed and ``force`` was not given; then nothing changed."""
@@ -284,6 +291,7 @@ def promote(
         tolerance=tolerance,
         max_slowdown=max_slowdown,
         rounds=rounds,
+        budget=budget,
     )
     result = apply_promotion(registry, result, force=force, reason=reason, actor=actor)
     return Report("registry promote", result, notes=list(result.notes))
@@ -337,8 +345,10 @@ def signature_gate(
     )
 
 
-def golden_gate(version: Opened, tolerance: Tolerance) -> GateResult:
-    """``ferry test`` on the version's golden data."""
+def golden_gate(version: Opened, tolerance: Tolerance, budget: Budget | None = None) -> GateResult:
+    """``ferry test`` on the version's golden data; with a ``budget`` (the accuracy the
+    version was optimized within, ``--max-drop``), sets outside the tolerance pass when the
+    outputs of all of them together meet it."""
     from ..golden import test
 
     if version.golden is None:
@@ -358,10 +368,18 @@ def golden_gate(version: Opened, tolerance: Tolerance) -> GateResult:
         )
     worst = next(c for c in found.cases if not c.passed)
     summary = worst.parity.summary() if worst.parity else "failed"
+    detail = f"{passed}/{len(found.cases)} golden sets pass; {worst.name}: {summary}"
+    if budget is None:
+        return GateResult("golden", False, detail, figures)
+    judged = [c for c in found.cases if c.expected and c.produced is not None]
+    value = budget.measure([c.expected or {} for c in judged], [c.produced or {} for c in judged])
+    figures[budget.metric] = value
+    within = budget.holds(value)
     return GateResult(
         "golden",
-        False,
-        f"{passed}/{len(found.cases)} golden sets pass; {worst.name}: {summary}",
+        within,
+        f"{detail}; all {len(judged)} sets {'within' if within else 'outside'} the accuracy "
+        f"budget {budget.text()} ({budget.metric} {value:.6g})",
         figures,
     )
 
