@@ -27,6 +27,7 @@ from onnxferry.model import Model
 from onnxferry.optimize import BUILTIN, Budget, Recipe, list_passes, make_pass, optimize
 from onnxferry.optimize.auto import auto_search, candidate_recipes, plain_recipes
 from onnxferry.optimize.base import Pass, PassContext, PassError, PassResult
+from onnxferry.optimize.budget import MODEL_KEY as BUDGET_KEY
 from onnxferry.optimize.budget import (
     empty_outputs,
     label_agreement,
@@ -361,6 +362,19 @@ def test_replaying_the_saved_recipe_gives_the_same_digest(tmp_path: Path) -> Non
     as_list = optimize(src, tmp_path / "c.onnx", recipe=steps, for_size=True)
     assert as_list.digest == first.digest
     assert first.provenance[-1].result.kept == again.provenance[-1].result.kept
+
+
+def test_a_changed_model_records_the_budget_it_was_judged_within(tmp_path: Path) -> None:
+    """The registry's promotion gates judge golden data at it (``optimize.budget.MODEL_KEY``);
+    a model the recipe left as it was records none."""
+    src = save(wide_mlp(), tmp_path / "m.onnx")
+    kept = optimize(src, tmp_path / "a.onnx", recipe=["int8_dynamic"], budget="cosine>=0.5",
+                    for_size=True)  # fmt: skip
+    assert kept.provenance[-1].result.kept
+    assert Model.load(tmp_path / "a.onnx").metadata_props[BUDGET_KEY] == "cosine>=0.5"
+    refused = optimize(src, tmp_path / "b.onnx", recipe=["int8_dynamic"], budget="max_abs<=0")
+    assert not refused.provenance[-1].result.kept
+    assert BUDGET_KEY not in Model.load(tmp_path / "b.onnx").metadata_props
 
 
 # --- auto ------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from onnx import helper, numpy_helper
 
 from onnxferry.data import save_test_case
 from onnxferry.errors import InputError
+from onnxferry.graphs import set_metadata
 from onnxferry.model import Model
+from onnxferry.optimize.budget import MODEL_KEY as BUDGET_KEY
 from onnxferry.parity import Tolerance
 from onnxferry.registry import Registry
 from onnxferry.registry.diff import diff
@@ -239,6 +241,81 @@ def test_golden_gate_judges_an_optimized_version_at_the_budget_it_was_admitted_a
     assert golden.ok and "0/1 golden sets pass" in golden.detail, golden
     assert "within the accuracy budget cosine>=0.99 (cosine 0.99" in golden.detail, golden
     assert reg.aliases("mlp") == {"staging": 1}
+
+
+def optimized(proto: onnx.ModelProto, budget: str) -> onnx.ModelProto:
+    """``proto`` marked as ``optimize`` marks a model it changed within ``budget``."""
+    set_metadata(proto, {BUDGET_KEY: budget})
+    return proto
+
+
+def test_a_lossy_release_replacing_a_lossy_release_is_judged_at_its_recorded_budget(
+    ferry: Run, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """``ferry ci``'s second release: mlp:1, optimized within cosine>=0.99 (weights moved 2 %),
+    holds staging; mlp:2, moved 2 % the other way, replaces it. Both miss their golden data
+    at atol 1e-4 and mlp:2 misses mlp:1's outputs; each is judged at the budget it recorded
+    (its lineage), so both pass without --max-drop on the command line. A version that keeps
+    to its golden data but strays from the holder's outputs past its budget is refused, and
+    so is every lossy one with --tolerance-only."""
+    reg = Registry.open(tmp_path / "reg", create=True)
+    trust(reg, keys[1])
+    add(reg, tmp_path, optimized(mlp(noise=0.02), "cosine>=0.99"), sign=keys[0], expected=mlp())
+    assert reg.get("mlp:1").lineage["budget"] == "cosine>=0.99"
+    first = promote(reg, "mlp:1", "staging", rounds=ROUNDS)
+    assert first.ok, first.to_text()
+    assert (first.result.budget, first.result.budget_from) == ("cosine>=0.99", "lineage")
+    assert "within the accuracy budget cosine>=0.99" in first.result.gates[1].detail
+    assert any("mlp:1 was optimized within" in note for note in first.notes)
+
+    add(reg, tmp_path, optimized(mlp(noise=-0.02), "cosine>=0.99"), sign=keys[0], expected=mlp())
+    second = run_gates(reg, "mlp:2", "staging", max_slowdown=5, rounds=ROUNDS)
+    assert second.passed, [g.detail for g in second.gates]
+    parity = second.gates[2]
+    assert "against mlp:1 within the accuracy budget cosine>=0.99" in parity.detail, parity
+    assert 0.99 <= parity.figures["cosine"] < 1
+    strict = run_gates(reg, "mlp:2", "staging", max_slowdown=5, rounds=ROUNDS,
+                       lineage_budget=False)  # fmt: skip
+    assert gates_of(strict) == {"signature": True, "golden": False, "parity": False,
+                                "latency": True}  # fmt: skip
+    assert strict.budget is None
+
+    # cosine 0.99997 against the original, 0.99988 against mlp:1's outputs
+    add(reg, tmp_path, optimized(mlp(noise=-0.02), "cosine>=0.9999"), sign=keys[0],
+        expected=mlp())  # fmt: skip
+    strays = run_gates(reg, "mlp:3", "staging", max_slowdown=5, rounds=ROUNDS)
+    assert gates_of(strays) == {"signature": True, "golden": True, "parity": False,
+                                "latency": True}  # fmt: skip
+    assert "outside the accuracy budget cosine>=0.9999" in strays.gates[2].detail
+
+    cli = ("registry", "promote", "mlp:3", "--to", "staging", "--registry", reg.path,
+           "--max-slowdown", "5")  # fmt: skip
+    code, _, err = ferry(*cli, "--max-drop", "0.01", "--tolerance-only")
+    assert code == 2 and "give one of them" in err, err
+    code, _, err = ferry(*cli, "--budget", "accuracy-drop<=0.01")
+    assert code == 2 and "needs labelled data" in err, err
+    code, out, err = ferry(*cli, "--budget", "cosine>=0.999", "--json")  # given beats lineage
+    assert code == 0, out + err
+    assert json.loads(out)["result"]["budget_from"] == "given"
+    assert reg.aliases("mlp") == {"staging": 3}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "note"),
+    [
+        ("accuracy-drop<=0.01", "needs labelled data, which golden sets lack"),
+        ("cosine>>0.99", "names a budget ferry cannot read"),
+    ],
+)
+def test_a_recorded_budget_the_gates_cannot_use_leaves_the_tolerance_with_a_note(
+    tmp_path: Path, keys: tuple[Path, Path], recorded: str, note: str
+) -> None:
+    reg = Registry.open(tmp_path / "reg", create=True)
+    trust(reg, keys[1])
+    add(reg, tmp_path, optimized(mlp(noise=0.02), recorded), sign=keys[0], expected=mlp())
+    result = run_gates(reg, "mlp:1", "staging", rounds=ROUNDS)
+    assert not gates_of(result)["golden"] and result.budget is None
+    assert any(note in n for n in result.notes), result.notes
 
 
 def test_parity_gate_fails_for_other_weights_and_force_is_recorded(

@@ -119,8 +119,8 @@ def ci_steps(
     report = str(work / "release" / "report.json")  # beside the model: the lineage takes it
     optimize = ["ferry", "optimize", model, "-o", release, "--auto", "--max-drop", f"{max_drop:g}"]
     optimize += ["--inputs", golden, "--time-budget", f"{time_budget:g}", "--report", report]
+    # the gates judge golden data at the budget optimize recorded in the release
     promote = ["ferry", "registry", "promote", name, "--to", alias, "--reason", "ferry ci"]
-    promote += ["--max-drop", f"{max_drop:g}"]  # golden data judged at optimize's budget
     return [
         Step("convert", ["ferry", "convert", source, "-o", model]),
         Step("check", ["ferry", "check", model]),

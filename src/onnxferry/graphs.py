@@ -313,6 +313,16 @@ def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def set_metadata(proto: onnx.ModelProto, props: Mapping[str, str]) -> None:
+    """Set ``props`` in the model's metadata_props, replacing the values of keys it has."""
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            proto.metadata_props.add(key=key, value=value)
+
+
 def constants_to_initializers(graph: onnx.GraphProto) -> int:
     """Move the tensors of ``graph``'s Constant nodes (attribute ``value``) to initializers
     named after their outputs, in place; how many it moved.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..parity import Tolerance
 from ..report import Report
 from .options import encrypt_key_option, public_key_option, report_options, tolerance_options
@@ -55,8 +56,15 @@ def _key(registry_path: Path, refs: list[str], key_file: Path | None) -> bytes |
 @click.option(
     "--max-drop",
     type=float,
-    help="The accuracy budget the version was optimized within (optimize --max-drop): golden "
-    "sets outside the tolerance pass when their outputs keep cosine >= 1 - drop.",
+    help="Judge at cosine >= 1 - drop beside the tolerance (default: the budget optimize "
+    "recorded in the version, if any): golden sets and parity outside the tolerance pass "
+    "when they meet it.",
+)
+@click.option("--budget", "budget_text", help="An explicit budget instead, e.g. cosine>=0.999.")
+@click.option(
+    "--tolerance-only",
+    is_flag=True,
+    help="Judge golden data and parity at the tolerance alone, whatever the version recorded.",
 )
 @encrypted_versions
 @registry_option
@@ -70,6 +78,8 @@ def promote(
     max_slowdown: float,
     tolerance: Tolerance | None,
     max_drop: float | None,
+    budget_text: str | None,
+    tolerance_only: bool,
     encrypt_key_file: Path | None,
     registry_path: Path,
     as_json: bool,
@@ -80,7 +90,19 @@ def promote(
     from ..registry import Registry
     from ..registry.gates import promote as run
 
+    if sum(x is not None for x in (max_drop, budget_text)) + tolerance_only > 1:
+        raise UsageError(
+            "--max-drop, --budget and --tolerance-only each set the budget",
+            hint="give one of them",
+        )
     budget = None if max_drop is None else Budget.from_max_drop(max_drop)
+    if budget_text is not None:
+        budget = Budget.parse(budget_text)
+        if budget.needs_labels:
+            raise UsageError(
+                f"the budget {budget.text()} needs labelled data, which golden sets lack",
+                hint="judge at cosine, top1 or max_abs",
+            )
     key = _key(registry_path, [ref], encrypt_key_file)
     report = run(
         Registry.open(registry_path),
@@ -93,6 +115,7 @@ def promote(
         tolerance=tolerance,
         max_slowdown=max_slowdown,
         budget=budget,
+        lineage_budget=not tolerance_only,
     )
     return emit(report, as_json, report_path)
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..data import load_feeds
 from ..errors import FerryError, InputError, UnknownOperatorError, UsageError, one_line
 from ..feeds import Given, verification_feeds
+from ..graphs import set_metadata
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance
 from ..report import Report, Table
@@ -662,12 +663,7 @@ def _stamp(model: Model, result: Conversion, source: Source) -> None:
         "onnxferry.exporter": result.chosen or "",
         "onnxferry.verified": "true" if result.verified else "false",
     }
-    existing = {p.key: p for p in model.proto.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            model.proto.metadata_props.add(key=key, value=value)
+    set_metadata(model.proto, props)
 
 
 def _describe(source: Any) -> str:

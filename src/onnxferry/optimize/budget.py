@@ -36,6 +36,12 @@ _FORMS = "cosine>=0.99, top1>=0.99, max_abs<=1e-3, accuracy-drop<=0.01, mse-incr
 Outputs = Sequence[Mapping[str, np.ndarray]]
 
 
+MODEL_KEY = "onnxferry.budget"
+"""The metadata key under which ``optimize`` records, in a model it changed, the budget it was
+judged within (``Budget.text``). The registry keeps it in the version's lineage as
+``"budget"``, and ``registry promote`` judges the version's golden data and parity at it."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """``metric`` must stay on the right side of ``limit`` (>= for cosine and top-1, <= for

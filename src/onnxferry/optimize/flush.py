@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..denormals import MODEL_KEY, flushes
-from ..graphs import inlined
+from ..graphs import inlined, set_metadata
 from ..model import Model
 from .base import Pass, PassContext, PassResult
 from .output import save_output
@@ -36,7 +36,7 @@ class FlushDenormals(Pass):
         if flushes(model):
             return PassResult(model, changed=False, notes=["the model is marked already"])
         proto = inlined(model)
-        proto.metadata_props.add(key=MODEL_KEY, value="1")
+        set_metadata(proto, {MODEL_KEY: "1"})
         return PassResult(save_output(self.name, proto, model, ctx), notes=[_NOTE])
 
 

@@ -28,10 +28,12 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..feeds import Given, checked_feeds, feed_sets
+from ..graphs import set_metadata
 from ..model import Model
 from ..report import Report
 from ..signature import Signature
 from .auto import auto_search, default_time_budget
+from .budget import MODEL_KEY as BUDGET_KEY
 from .budget import Budget, empty_outputs, near_zero_outputs
 from .candidates import SearchResult
 from .capture import captured
@@ -200,6 +202,8 @@ def optimize(
         report.notes.append(f"recipe: {kept.label()}")
         report.notes.append(f"latency measured on {_shapes(judge.timing_feeds)}")
         report.notes += sizes_note
+        if final is not source:  # what it may have lost, for the registry's gates
+            set_metadata(final.proto, {BUDGET_KEY: budget.text()})
         saved = final.save(output) if output is not None else final.detached()
         if output is not None:
             kept.save(recipe_path(Path(output)))

@@ -11,10 +11,18 @@ The gates, all run every time so the report shows each one:
 - ``signature``: the version's signature verifies with ``public_key``, or else with one of the
   registry's trusted keys (``trust.trust``); an unsigned version, or no key at all, fails.
 - ``golden``: ``ferry test`` on the version's golden data passes (at ``tolerance``; with a
-  ``budget``, the accuracy an optimized version was admitted at, sets outside the tolerance
-  pass when together they meet it: ``ferry ci`` promotes at its ``--max-drop``).
+  budget, the accuracy an optimized version was admitted at, sets outside the tolerance pass
+  when together they meet it).
 - ``parity``: the candidate's outputs match the alias's current holder's within ``tolerance``
-  on the candidate's golden inputs (else the holder's; else generated ones).
+  on the candidate's golden inputs (else the holder's; else generated ones); with a budget,
+  outputs outside the tolerance pass when they meet it against the holder's.
+
+The budget is ``budget`` when given (``--max-drop``, ``--budget``), else the one ``optimize``
+recorded in the version (``optimize.budget.MODEL_KEY``, kept in its lineage as "budget"),
+unless ``lineage_budget`` is False (``--tolerance-only``). A version that ``ferry ci``
+optimized within ``--max-drop`` is judged at it, and so is the next lossy release that
+replaces it. A budget that needs labelled data (golden sets have none) is not used (a note
+says so).
 - ``latency``: batch 1 (the first input set, cut to one row along its batch axes) is measured
   for holder and candidate interleaved, ``rounds`` rounds in alternating order
   (``sidebyside.measure_pair``); it fails when the median of the per-round ratios
@@ -52,9 +60,10 @@ from .sidebyside import (
     ROUNDS,
     Feeds,
     LatencyComparison,
-    compare_versions,
+    compare_run,
     comparison_inputs,
     measure_pair,
+    run_versions,
 )
 from .trust import key_fingerprint, trusted_keys
 
@@ -96,6 +105,10 @@ class PromotionResult:
     gates: list[GateResult]
     tolerance: Tolerance
     max_slowdown: float
+    budget: str | None = None
+    """The accuracy budget golden data and parity were judged at, beside the tolerance."""
+    budget_from: str = ""
+    """Where it came from: "given" or "lineage"."""
     latency: LatencyComparison | None = None
     notes: list[str] = field(default_factory=list)
     forced: bool = False
@@ -124,6 +137,8 @@ class PromotionResult:
                 "passed": self.passed,
                 "forced": self.forced,
                 "tolerance": self.tolerance.to_dict(),
+                "budget": self.budget,
+                "budget_from": self.budget_from or None,
                 "max_slowdown": self.max_slowdown,
                 "gates": [g.to_dict() for g in self.gates],
                 "notes": list(self.notes),
@@ -180,9 +195,11 @@ def run_gates(
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
     rounds: int = ROUNDS,
     budget: Budget | None = None,
+    lineage_budget: bool = True,
 ) -> PromotionResult:
     """Every gate of promoting ``ref`` to alias ``to``; changes nothing (``apply_promotion``
-    does). ``key``: the encryption key of encrypted versions."""
+    does). ``key``: the encryption key of encrypted versions; ``budget``, ``lineage_budget``:
+    the accuracy budget beside the tolerance (module docstring)."""
     if ALIAS.fullmatch(to) is None:
         raise UsageError(f"{to!r} is not an alias name", hint="letters, digits, . _ -")
     if not (max_slowdown >= 0 and math.isfinite(max_slowdown)):
@@ -198,6 +215,7 @@ def run_gates(
     record = registry.get(ref)
     previous = registry.aliases(record.name).get(to)
     result = PromotionResult(record.name, to, record.version, previous, [], tolerance, max_slowdown)
+    budget = _judging_budget(record, budget, lineage_budget, result)
     result.gates.append(signature_gate(registry, record, public_key, key=key))
     with ExitStack() as stack:
         candidate = stack.enter_context(opened(registry, record, key=key))
@@ -221,7 +239,9 @@ def run_gates(
             return result
         feeds, source = inputs
         result.gates.append(
-            _guarded("parity", lambda: parity_gate(holder, candidate, feeds, source, tolerance))
+            _guarded(
+                "parity", lambda: parity_gate(holder, candidate, feeds, source, tolerance, budget)
+            )
         )
         try:
             latency = measure_pair(holder, candidate, feeds[0], rounds=rounds)
@@ -279,6 +299,7 @@ def promote(
     actor: str | None = None,
     rounds: int = ROUNDS,
     budget: Budget | None = None,
+    lineage_budget: bool = True,
 ) -> Report[PromotionResult]:
     """``run_gates``, then ``apply_promotion``: the report is not ok (exit 1) when a gate
     failed and ``force`` was not given; then nothing changed."""
@@ -292,6 +313,7 @@ def promote(
         max_slowdown=max_slowdown,
         rounds=rounds,
         budget=budget,
+        lineage_budget=lineage_budget,
     )
     result = apply_promotion(registry, result, force=force, reason=reason, actor=actor)
     return Report("registry promote", result, notes=list(result.notes))
@@ -372,15 +394,10 @@ def golden_gate(version: Opened, tolerance: Tolerance, budget: Budget | None = N
     if budget is None:
         return GateResult("golden", False, detail, figures)
     judged = [c for c in found.cases if c.expected and c.produced is not None]
-    value = budget.measure([c.expected or {} for c in judged], [c.produced or {} for c in judged])
-    figures[budget.metric] = value
-    within = budget.holds(value)
-    return GateResult(
-        "golden",
-        within,
-        f"{detail}; all {len(judged)} sets {'within' if within else 'outside'} the accuracy "
-        f"budget {budget.text()} ({budget.metric} {value:.6g})",
-        figures,
+    expected = [c.expected or {} for c in judged]
+    produced = [c.produced or {} for c in judged]
+    return _at_budget(
+        "golden", budget, expected, produced, f"{detail}; all {len(judged)} sets", figures
     )
 
 
@@ -390,9 +407,12 @@ def parity_gate(
     feeds: Sequence[Feeds],
     source: str,
     tolerance: Tolerance,
+    budget: Budget | None = None,
 ) -> GateResult:
-    """The candidate's outputs against the holder's on the same inputs."""
-    found = compare_versions(holder, candidate, feeds, tolerance)
+    """The candidate's outputs against the holder's on the same inputs; with a ``budget``,
+    outside the tolerance they pass when they meet it against the holder's."""
+    outputs = run_versions(holder, candidate, feeds)
+    found = compare_run(holder, candidate, outputs, tolerance)
     figures = {"inputs": source, "max_abs": found.max_abs, "max_rel": found.max_rel}
     figures |= found.to_dict()
     if found.ok:
@@ -401,7 +421,11 @@ def parity_gate(
             f"max abs {found.max_abs:.3g}, max rel {found.max_rel:.3g})"
         )
         return GateResult("parity", True, detail, figures)
-    return GateResult("parity", False, f"on {source}: {found.summary()}", figures)
+    detail = f"on {source}: {found.summary()}"
+    if budget is None:
+        return GateResult("parity", False, detail, figures)
+    against = f"{detail}; against {holder.record.ref}"
+    return _at_budget("parity", budget, outputs[0], outputs[1], against, figures)
 
 
 def latency_gate(found: LatencyComparison, max_slowdown: float, source: str) -> GateResult:
@@ -418,6 +442,58 @@ def latency_gate(found: LatencyComparison, max_slowdown: float, source: str) -> 
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _judging_budget(
+    record: VersionRecord, given: Budget | None, lineage: bool, result: PromotionResult
+) -> Budget | None:
+    """The budget the gates judge at (module docstring), written into ``result``."""
+    from ..optimize.budget import Budget
+
+    budget, whence = given, "given"
+    recorded = record.lineage.get("budget") if given is None and lineage else None
+    if isinstance(recorded, str):
+        try:
+            budget, whence = Budget.parse(recorded), "lineage"
+        except UsageError:
+            result.notes.append(
+                f"{record.ref}'s lineage names a budget ferry cannot read: {recorded!r}"
+            )
+    if budget is not None and budget.needs_labels:
+        result.notes.append(
+            f"the budget {budget.text()} needs labelled data, which golden sets lack: golden "
+            "data and parity are judged at the tolerance only"
+        )
+        return None
+    if budget is not None:
+        result.budget, result.budget_from = budget.text(), whence
+        if whence == "lineage":
+            result.notes.append(
+                f"judged at the accuracy budget {budget.text()} {record.ref} was optimized "
+                "within (its lineage; --tolerance-only judges at the tolerance alone)"
+            )
+    return budget
+
+
+def _at_budget(
+    name: str,
+    budget: Budget,
+    expected: Sequence[Feeds],
+    produced: Sequence[Feeds],
+    detail: str,
+    figures: dict[str, Any],
+) -> GateResult:
+    """A gate whose outputs missed the tolerance, judged at ``budget`` instead."""
+    value = budget.measure(expected, produced)
+    figures[budget.metric] = value
+    within = budget.holds(value)
+    return GateResult(
+        name,
+        within,
+        f"{detail} {'within' if within else 'outside'} the accuracy budget {budget.text()} "
+        f"({budget.metric} {value:.6g})",
+        figures,
+    )
 
 
 def _guarded(name: str, gate: Callable[[], GateResult]) -> GateResult:

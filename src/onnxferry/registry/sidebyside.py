@@ -115,6 +115,13 @@ def compare_versions(
     reference: Opened, candidate: Opened, feeds: Sequence[Feeds], tolerance: Tolerance
 ) -> Parity:
     """Both versions run on every input set, the candidate judged against the reference."""
+    return compare_run(reference, candidate, run_versions(reference, candidate, feeds), tolerance)
+
+
+def run_versions(
+    reference: Opened, candidate: Opened, feeds: Sequence[Feeds]
+) -> tuple[list[Feeds], list[Feeds]]:
+    """The outputs of both versions on every input set (reference's, candidate's)."""
     from ..feeds import checked_feeds
     from ..runtime import OrtRunner
 
@@ -123,6 +130,16 @@ def compare_versions(
         sets = checked_feeds(feeds, version.model.signature, where=version.record.ref)
         runner = OrtRunner(version.model)
         outputs.append([runner.run(f) for f in sets])
+    return outputs[0], outputs[1]
+
+
+def compare_run(
+    reference: Opened,
+    candidate: Opened,
+    outputs: tuple[list[Feeds], list[Feeds]],
+    tolerance: Tolerance,
+) -> Parity:
+    """``run_versions``'s outputs compared: the candidate's against the reference's."""
     return compare_outputs(
         outputs[0],
         outputs[1],
