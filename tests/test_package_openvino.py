@@ -45,6 +45,24 @@ def test_ir_written_and_verified(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.load(got), want[0], rtol=1e-3, atol=1e-4)  # batch axis dynamic
 
 
+def test_outputs_onnx_runtime_gives_as_nan_are_named_in_a_note(tmp_path: Path) -> None:
+    """SwiftF0's pitch is NaN for a random pitch range: the check then compares NaNs, which a
+    note says, with how to check on inputs the model computes numbers on (and none then)."""
+    from onnxferry.data import save_npz
+
+    log = onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Log(x) }
+    """)  # fmt: skip
+    source = save(log, tmp_path / "log.onnx")
+    generated = package(source, "openvino", tmp_path / "out")
+    (note,) = [n for n in generated.notes if "NaN or infinite" in n]
+    assert "output 'y'" in note and "the generated inputs" in note and "--set inputs" in note
+    positive = save_npz(tmp_path / "x.npz", {"x": np.full((2, 4), 3.0, np.float32)})
+    given = package(source, "openvino", tmp_path / "given", {"inputs": str(positive)})
+    assert given.ok and not [n for n in given.notes if "NaN" in n], given.notes
+
+
 def test_fp16_weights_halve_the_bin(tmp_path: Path) -> None:
     source = save(conv_bn_mlp(), tmp_path / "net.onnx")
     fp32 = package(source, "openvino", tmp_path / "fp32")

@@ -973,6 +973,109 @@ def test_a_torch_model_taking_a_tuple_converts_and_keeps_each_row_apart(
             np.testing.assert_allclose(got["output_0"], want["output_0"], rtol=1e-5, atol=1e-6)
 
 
+BEATNET_FACTORY = """
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+PACKAGE = Path({package!r})
+
+
+def make():
+    package = types.ModuleType("BeatNet")  # its __init__ imports madmom and pyaudio
+    package.__path__ = [str(PACKAGE)]
+    sys.modules["BeatNet"] = package
+    from BeatNet.model import BDA
+
+    model = BDA(272, 150, 2, "cpu")  # as BeatNet.BeatNet builds its model 1
+    weights = torch.load(PACKAGE / "models" / "model_1_weights.pt", map_location="cpu")
+    model.load_state_dict(weights, strict=False)
+    return model.eval(), (torch.rand(1, 40, 272),)
+"""
+
+
+def test_a_streaming_lstm_keeping_its_state_in_attributes_converts_verified(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """BeatNet's model replaces ``self.hidden, self.cell`` on every call: both exporters
+    failed ("Inference tensors cannot be saved for backward": the probe run had left its
+    state as an inference tensor). Now it converts verified from its state at load, with a
+    note that the state is not carried, and the model takes any number of frames."""
+    package = _wheel_model("beatnet")
+    factory = tmp_path / "beats.py"
+    factory.write_text(BEATNET_FACTORY.format(package=str(package)))
+    out = tmp_path / "beatnet.onnx"
+    document = ok_json(ferry("convert", f"{factory}:make", "-o", out, "--dynamic",
+                             "data:1=frames", "--json"))  # fmt: skip
+    assert document["result"]["verified"] is True, document
+    assert any("replaces cell, hidden on every call" in n for n in document["notes"])
+    rng = np.random.default_rng(3)
+    for frames in (9, 64):
+        got = ort_outputs(out, {"data": rng.random((1, frames, 272), np.float32)})["output_0"]
+        assert got.shape == (1, 3, frames) and np.isfinite(got).all()
+
+
+BATDETECT_FACTORY = """
+import sys
+import types
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+PACKAGE = Path({package!r})
+
+
+class ModelOutput(NamedTuple):  # batdetect2.types', whose module imports audioread
+    pred_det: torch.Tensor
+    pred_size: torch.Tensor
+    pred_class: torch.Tensor
+    pred_class_un_norm: torch.Tensor
+    features: torch.Tensor
+
+
+def make():
+    package = types.ModuleType("batdetect2")
+    package.__path__ = [str(PACKAGE)]
+    sys.modules["batdetect2"] = package
+    sys.modules["batdetect2.types"] = types.SimpleNamespace(ModelOutput=ModelOutput)
+    from batdetect2.detector.models import Net2DFast
+
+    checkpoint = torch.load(PACKAGE / "models" / "Net2DFast_UK_same.pth.tar", map_location="cpu")
+    params = checkpoint["params"]
+    model = Net2DFast(params["num_filters"], num_classes=len(params["class_names"]),
+                      emb_dim=params["emb_dim"], ip_height=params["ip_height"],
+                      resize_factor=params["resize_factor"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), (torch.rand(2, 1, params["ip_height"], 256),)
+"""
+
+
+def test_a_detector_returning_a_named_tuple_converts_with_its_field_names(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """batdetect2's U-Net (self-attention over time, 18 classes) returns a NamedTuple of five
+    maps: they become five outputs named by the tuple's fields, their width following the
+    spectrogram's frames, verified, and the model runs at other widths (multiples of 32)."""
+    package = _wheel_model("batdetect2")
+    factory = tmp_path / "bats.py"
+    factory.write_text(BATDETECT_FACTORY.format(package=str(package)))
+    out = tmp_path / "batdetect2.onnx"
+    document = ok_json(ferry("convert", f"{factory}:make", "-o", out, "--dynamic",
+                             "ip:0=batch,3=frames", "--json"))  # fmt: skip
+    assert document["result"]["verified"] is True, document
+    outputs = [(s.name, s.shape) for s in Model.load(out).signature.outputs]
+    assert [name for name, _ in outputs] == [
+        "pred_det", "pred_size", "pred_class", "pred_class_un_norm", "features",
+    ]  # fmt: skip
+    assert all(shape and (shape[0], shape[3]) == ("batch", "frames") for _, shape in outputs)
+    got = ort_outputs(out, {"ip": np.random.default_rng(4).random((1, 1, 128, 96), np.float32)})
+    assert got["pred_class"].shape == (1, 18, 128, 96)
+    np.testing.assert_allclose(got["pred_class"].sum(axis=1), 1, rtol=1e-5)
+
+
 PHRASES = [
     "You are a wonderful person, thank you!",
     "what the fuck is this shit",

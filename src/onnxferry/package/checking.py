@@ -1,14 +1,20 @@
 """The feed sets of the targets that run what they wrote against ONNX Runtime (mobile,
 openvino, tflite): the user's (``--set inputs=FILE``), else generated at sizes that run.
 
+    from onnxferry.runtime import OrtRunner
     result = Packaged("mobile", "model", "out/")
     opts = check_options(Options("mobile", {"samples": "2"}, CHECK_KEYS))
     feeds = check_feeds(Model.load("model.onnx"), opts["inputs"], opts["samples"], result)
+    reference = [OrtRunner(Model.load("model.onnx")).run(f) for f in feeds]
+    note_unfinite(reference, opts["inputs"], result)  # NaN in ONNX Runtime's outputs: a note
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..errors import FeedError
 from ..model import Model
@@ -44,3 +50,30 @@ def check_feeds(
             "--set inputs=FILE checks at the sizes the model is used at"
         )
     return feeds
+
+
+def note_unfinite(
+    reference: Sequence[Mapping[str, Any]], inputs: str | None, result: Packaged
+) -> None:
+    """A note naming ONNX Runtime's float outputs that hold NaN or infinities on the check's
+    feed sets: there the target is compared on values the model does not compute (SwiftF0's
+    pitch is NaN for a random pitch range), and a parity failure is about NaNs."""
+    bad = sorted(
+        {
+            name
+            for outputs in reference
+            for name, value in outputs.items()
+            if isinstance(value, np.ndarray)
+            and np.issubdtype(value.dtype, np.floating)
+            and not np.isfinite(value).all()
+        }
+    )
+    if not bad:
+        return
+    names = ", ".join(repr(name) for name in bad)
+    where = "the inputs given" if inputs else "the generated inputs"
+    hint = "" if inputs else "; --set inputs=FILE checks on inputs it computes numbers on"
+    result.notes.append(
+        f"ONNX Runtime's output {names} holds NaN or infinite values on {where}: the check "
+        f"compares values the model does not compute there{hint}"
+    )

@@ -40,7 +40,7 @@ from ..native import spawned_worker
 from ..ovsession import ov_error_message
 from ..stft import STFT_NOTE, with_stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import CHECK_KEYS, check_feeds, check_options
+from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 
@@ -83,8 +83,10 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     if isinstance(candidate, str):  # the CPU plugin cannot run the IR on these feeds
         result.checks.append(Check("openvino parity", False, f"{xml_name}: {candidate}", tool=tool))
     else:
+        reference = [OrtRunner(model).run(f) for f in feeds]
+        note_unfinite(reference, opts["inputs"], result)
         parity = compare_within_noise(
-            [OrtRunner(model).run(f) for f in feeds],
+            reference,
             candidate,
             tolerance,
             second=unoptimized_ort(model, feeds),

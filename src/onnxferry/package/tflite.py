@@ -99,7 +99,7 @@ from ..report import human_size
 from ..stft import STFT_NOTE, stft_as_conv
 from ..unfused import UNFUSED_NOTE, unfuse
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import CHECK_KEYS, check_feeds, check_options
+from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite
 
 if TYPE_CHECKING:
     import onnx
@@ -170,6 +170,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     fixed = _fixed_shapes(model, feeds[0])
     static = opts["static"] == "true" and bool(fixed)
     reference = [OrtRunner(model).run(f) for f in feeds]
+    note_unfinite(reference, opts["inputs"], result)
     second = unoptimized_ort(model, feeds)
     misdeclared = _misdeclared(model, reference[0])
     tolerances = {

@@ -26,6 +26,7 @@ from .naming import match_names
 from .quiet import quiet, torch_error
 from .runner import flatten_outputs
 from .sources import Loaded
+from .state import kept_state
 
 DYNAMO = "torch.onnx (dynamo)"
 TORCHSCRIPT = "torch.onnx (torchscript)"
@@ -99,7 +100,7 @@ class ExportPlan:
         # A program's dims are its own; its symbols (s0, ...) are renamed after export.
         dynamic_shapes = self._dynamic_shapes() if target is None else None
         table = self.custom.translation_table if self.custom else {}
-        with quiet():
+        with quiet(), kept_state(self.loaded.module):
             if target is None:
                 args, kwargs = self.inputs.args_kwargs(self._examples())
                 if not kwargs and args and isinstance(args[-1], dict):

@@ -26,6 +26,7 @@ import numpy as np
 from ...feeds import realistic_feeds
 from ...signature import DType, Signature, TensorSpec, dtype_from_numpy
 from ..base import ConversionError, ConvertOptions
+from .state import kept_state
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,20 @@ class ExampleInputs:
     arguments: list[str] = field(default_factory=list)
     """forward's arguments, in order (``names`` when none is nested)."""
     nested: dict[str, Nested] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)
+    """Tensor attributes forward replaced on the module (``state.kept_state``, put back)."""
 
     @property
     def argument_names(self) -> list[str]:
         return self.arguments or self.names
 
     def call(self, module: Any, tensors: Sequence[Any] | None = None) -> Any:
+        """forward on ``tensors`` (default: the examples), from the module's state at load."""
         args, kwargs = self.args_kwargs(self.tensors if tensors is None else tensors)
-        return module(*args, **kwargs)
+        with kept_state(module) as replaced:
+            result = module(*args, **kwargs)
+        self.replaced.update(replaced)
+        return result
 
     def args_kwargs(self, tensors: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """forward's arguments from one value an input (a tensor, or anything laid out like

@@ -24,6 +24,7 @@ from .inputs import build_inputs, forward_params, value_ranges
 from .runner import TorchRunner
 from .sources import module_label, resolve_source
 from .specs import describe_inputs, describe_outputs, probe_outputs
+from .state import state_note
 
 
 def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = None) -> Source:
@@ -64,6 +65,8 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     if loaded.kind == "module":
         find_divergence = functools.partial(find_module_divergence, reference)
     notes = list(loaded.notes)
+    if inputs.replaced:
+        notes.append(state_note(label, sorted(inputs.replaced)))
     tolerance = None
     if weights_in_float16(module):  # torch and ONNX Runtime round after different ops
         tolerance = Tolerance(*FLOAT16)

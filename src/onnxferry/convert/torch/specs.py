@@ -95,16 +95,22 @@ def describe_outputs(
     names: Sequence[str],
 ) -> list[TensorSpec]:
     """Output specs whose dynamic dims are found by running once more with every dynamic
-    input axis resized: an output dim that follows an axis's size takes its name."""
+    input axis resized (one more each, else a multiple, for a model that takes only
+    multiples of its strides: batdetect2's U-Net, 32): an output dim that follows an axis's
+    size takes its name."""
     import torch
 
     sizes: dict[str, int] = {}
     for name, tensor in zip(inputs.names, inputs.tensors, strict=True):
         for axis, dim in dims[name].items():
             sizes.setdefault(dim, int(tensor.shape[axis]))
-    grown = {dim: size + 1 + i for i, (dim, size) in enumerate(sizes.items())}
     probe: list[Any] | None = None
-    if sizes:
+    grown: dict[str, int] = {}
+    schemes = [
+        {dim: size + 1 + i for i, (dim, size) in enumerate(sizes.items())},
+        {dim: size * (2 + i) for i, (dim, size) in enumerate(sizes.items())},
+    ]
+    for grown in schemes if sizes else ():
         resized = [
             resize(t, {a: grown[d] for a, d in dims[n].items()})
             for n, t in zip(inputs.names, inputs.tensors, strict=True)
@@ -116,6 +122,8 @@ def describe_outputs(
             log.debug("torch: resized probe run failed (%s); guessing output dims", e)
         if probe is not None and len(probe) != len(outputs):
             probe = None
+        if probe is not None:
+            break
     specs: list[TensorSpec] = []
     for i, (name, tensor) in enumerate(zip(names, outputs, strict=True)):
         shape: list[Dim] = []

@@ -1,0 +1,52 @@
+"""State a module's forward keeps on itself between calls, put back after every call.
+
+    with kept_state(module) as replaced:
+        module(x)                  # forward sets self.hidden = ... (BeatNet's LSTM state)
+    replaced                       # ["hidden"]: module.hidden is the tensor it was before
+
+A streaming model may keep its recurrent state in plain tensor attributes that forward
+replaces (``self.hidden, self.cell = ...``). Left alone, each run of the module during a
+conversion starts where the last one stopped: the reference differs from one sample to the
+next, and an attribute set during an ``inference_mode`` run is an inference tensor that the
+exporters' tracing refuses ("Inference tensors cannot be saved for backward"). Every call here
+starts from the values the module was loaded with, as the exported graph does (it holds them
+as constants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def kept_state(module: Any) -> Iterator[list[str]]:
+    """Put back the tensor attributes of ``module`` and its submodules that the block
+    replaced; yields the list of their qualified names, filled when the block ends."""
+    import torch
+
+    saved: list[tuple[str, Any, str, Any]] = []
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        for prefix, sub in module.named_modules():
+            for name, value in vars(sub).items():
+                if isinstance(value, torch.Tensor):
+                    saved.append((f"{prefix}.{name}" if prefix else name, sub, name, value))
+    replaced: list[str] = []
+    try:
+        yield replaced
+    finally:
+        for qualified, sub, name, value in saved:
+            if vars(sub).get(name) is not value:
+                replaced.append(qualified)
+                vars(sub)[name] = value
+
+
+def state_note(label: str, replaced: list[str]) -> str:
+    """What a module that keeps state between calls means for its conversion."""
+    names = ", ".join(sorted(set(replaced)))
+    return (
+        f"{label}'s forward replaces {names} on every call (state kept between calls): each "
+        "run here starts from their values at load, and the ONNX model holds those as "
+        "constants; to carry the state, take it as an input of forward and return the new one"
+    )
