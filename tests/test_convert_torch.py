@@ -754,6 +754,20 @@ def test_factory_that_raises(tmp_path: Path) -> None:
     assert "second line" not in str(info.value)
 
 
+@pytest.mark.parametrize("where", ["import", "call"])
+def test_a_factory_missing_a_module_says_which_to_install(tmp_path: Path, where: str) -> None:
+    """PESTO's checkpoint pickles omegaconf's DictConfig: unpickling it without omegaconf
+    raised ModuleNotFoundError inside the factory, and the hint said to fix the factory."""
+    factory = tmp_path / "needs.py"
+    line = "import omegaconf_nowhere.dictconfig"
+    body = f"{line}\ndef make():\n    pass\n" if where == "import" else f"def make():\n    {line}\n"
+    factory.write_text(body)
+    with pytest.raises(FerryError, match="omegaconf_nowhere") as info:
+        load_torch(f"{factory}:make", ConvertOptions())
+    assert_one_line(info.value)
+    assert "install the package that provides 'omegaconf_nowhere'" in (info.value.hint or "")
+
+
 def test_factory_function_that_does_not_exist(tmp_path: Path) -> None:
     factory = tmp_path / "factory.py"
     factory.write_text("def build():\n    return None\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .errors import InputError, UnknownOperatorError, UsageError, one_line
+from .errors import InputError, UnknownOperatorError, UsageError, missing_module_hint, one_line
 from .graphs import iter_nodes
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def python_file(file: Path, *, what: str = "the Python file") -> Iterator[Module
             sys.modules.pop(name, None)
             raise InputError(
                 f"{file}: importing {what} failed: {one_line(e, 300, line='first', named=True)}",
-                hint="fix the error in the file",
+                hint=missing_module_hint(e, "fix the error in the file"),
             ) from e
         yield module
     finally:

@@ -12,6 +12,7 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error,
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -110,6 +111,22 @@ class VerificationError(FerryError):
     """A check ran and the model failed it (exit 1)."""
 
     exit_code = EXIT_VERIFICATION_FAILED
+
+
+def missing_module_hint(error: BaseException, otherwise: str) -> str:
+    """The hint for user code that raised: which module to install when it was a missing
+    one (a factory's import, or a pickle naming a class of ``omegaconf``), else ``otherwise``.
+
+        missing_module_hint(ModuleNotFoundError("x", name="omegaconf"), "fix the factory")
+    """
+    found = error if isinstance(error, ModuleNotFoundError) else error.__context__
+    if isinstance(found, ModuleNotFoundError) and found.name:
+        top = found.name.partition(".")[0]
+        return (
+            f"install the package that provides {top!r} where ferry runs "
+            f"({Path(sys.executable).parent}), then run again"
+        )
+    return otherwise
 
 
 def read_user_text(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..customops import python_file
-from ..errors import InputError, one_line
+from ..errors import InputError, missing_module_hint, one_line
 from .base import ConversionError
 from .tf_common import quiet_native
 
@@ -76,7 +76,9 @@ def run_factory(spec: str | Path) -> Built:
         except (Exception, SystemExit) as e:
             raise ConversionError(
                 f"the factory {spec} raised {_error(e)}",
-                hint="fix the factory so it returns the model, or (model, example inputs)",
+                hint=missing_module_hint(
+                    e, "fix the factory so it returns the model, or (model, example inputs)"
+                ),
             ) from e
     example = None
     if isinstance(result, tuple) and len(result) == 2:
