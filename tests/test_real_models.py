@@ -973,6 +973,20 @@ def test_a_torch_model_taking_a_tuple_converts_and_keeps_each_row_apart(
             np.testing.assert_allclose(got["output_0"], want["output_0"], rtol=1e-5, atol=1e-6)
 
 
+def convert_factory(
+    ferry: Run, tmp_path: Path, wheel: str, template: str, dynamic: str
+) -> tuple[Path, dict[str, Any]]:
+    """``ferry convert`` of ``template`` (a factory's code, ``{package}`` the wheel's folder)
+    with ``--dynamic``: the model written and the report, which must say verified."""
+    factory = tmp_path / f"{wheel}_factory.py"
+    factory.write_text(template.format(package=str(_wheel_model(wheel))))
+    out = tmp_path / f"{wheel}.onnx"
+    args = ("convert", f"{factory}:make", "-o", out, "--dynamic", dynamic, "--json")
+    document = ok_json(ferry(*args))
+    assert document["result"]["verified"] is True, document
+    return out, document
+
+
 BEATNET_FACTORY = """
 import sys
 import types
@@ -1003,13 +1017,7 @@ def test_a_streaming_lstm_keeping_its_state_in_attributes_converts_verified(
     failed ("Inference tensors cannot be saved for backward": the probe run had left its
     state as an inference tensor). Now it converts verified from its state at load, with a
     note that the state is not carried, and the model takes any number of frames."""
-    package = _wheel_model("beatnet")
-    factory = tmp_path / "beats.py"
-    factory.write_text(BEATNET_FACTORY.format(package=str(package)))
-    out = tmp_path / "beatnet.onnx"
-    document = ok_json(ferry("convert", f"{factory}:make", "-o", out, "--dynamic",
-                             "data:1=frames", "--json"))  # fmt: skip
-    assert document["result"]["verified"] is True, document
+    out, document = convert_factory(ferry, tmp_path, "beatnet", BEATNET_FACTORY, "data:1=frames")
     assert any("replaces cell, hidden on every call" in n for n in document["notes"])
     rng = np.random.default_rng(3)
     for frames in (9, 64):
@@ -1059,13 +1067,8 @@ def test_a_detector_returning_a_named_tuple_converts_with_its_field_names(
     """batdetect2's U-Net (self-attention over time, 18 classes) returns a NamedTuple of five
     maps: they become five outputs named by the tuple's fields, their width following the
     spectrogram's frames, verified, and the model runs at other widths (multiples of 32)."""
-    package = _wheel_model("batdetect2")
-    factory = tmp_path / "bats.py"
-    factory.write_text(BATDETECT_FACTORY.format(package=str(package)))
-    out = tmp_path / "batdetect2.onnx"
-    document = ok_json(ferry("convert", f"{factory}:make", "-o", out, "--dynamic",
-                             "ip:0=batch,3=frames", "--json"))  # fmt: skip
-    assert document["result"]["verified"] is True, document
+    dynamic = "ip:0=batch,3=frames"
+    out, _ = convert_factory(ferry, tmp_path, "batdetect2", BATDETECT_FACTORY, dynamic)
     outputs = [(s.name, s.shape) for s in Model.load(out).signature.outputs]
     assert [name for name, _ in outputs] == [
         "pred_det", "pred_size", "pred_class", "pred_class_un_norm", "features",
