@@ -22,15 +22,17 @@ from typing import Any
 
 @contextlib.contextmanager
 def kept_state(module: Any) -> Iterator[list[str]]:
-    """Put back the tensor attributes of ``module`` and its submodules that the block
-    replaced; yields the list of their qualified names, filled when the block ends."""
+    """Put back the attributes of ``module`` and its submodules that held a tensor or None
+    and that the block replaced; yields the qualified names of the tensors replaced, filled
+    when the block ends. (An attribute forward fills from None, a state made on the first
+    call or a cache, is put back to None without a name: the next call makes it again.)"""
     import torch
 
     saved: list[tuple[str, Any, str, Any]] = []
     if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
         for prefix, sub in module.named_modules():
             for name, value in vars(sub).items():
-                if isinstance(value, torch.Tensor):
+                if value is None or isinstance(value, torch.Tensor):
                     saved.append((f"{prefix}.{name}" if prefix else name, sub, name, value))
     replaced: list[str] = []
     try:
@@ -38,7 +40,8 @@ def kept_state(module: Any) -> Iterator[list[str]]:
     finally:
         for qualified, sub, name, value in saved:
             if vars(sub).get(name) is not value:
-                replaced.append(qualified)
+                if value is not None:
+                    replaced.append(qualified)
                 vars(sub)[name] = value
 
 
