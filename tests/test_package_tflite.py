@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -296,6 +297,33 @@ def test_an_input_no_node_reads_is_left_out_and_said(tmp_path: Path) -> None:
     assert "input 'lengths' is read by no node: the .tflite is run without it" in notes
     assert not any("strict mode: without it" in n for n in notes), notes
     assert not any("lengths" in n for n in notes if n.startswith("layout=")), notes
+
+
+DOUBLE_TAIL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4] x, float gain) => (double[N, 4] y) {
+    wide = Cast<to = 11>(x)
+    g64 = Cast<to = 11>(gain)
+    half = Constant<value = double {0.5}>()
+    scaled = Mul(wide, g64)
+    y = Add(scaled, half)
+}
+"""
+
+
+def test_float64_and_a_scalar_input_run_in_litert(tmp_path: Path) -> None:
+    """SwiftF0 computes its pitch in float64 and takes its pitch range as float scalars:
+    onnx2tf's Mul failed on the float64 values ("'dummy_tensor' is not associated with a
+    value"), and the file it then wrote takes each scalar as one axis, which the check fed
+    as a scalar ("input 'fmin' takes [-1], the feed is []"). float64 goes to onnx2tf as float32
+    and a scalar is fed as [1], both said."""
+    source = save(onnx_text(DOUBLE_TAIL), tmp_path / "tail.onnx")
+    packaged = package(source, "tflite", tmp_path / "t")
+    assert packaged.ok, packaged.result.checks
+    notes = packaged.result.notes
+    assert any("float64 tensors and casts were given to onnx2tf as float32" in n for n in notes)
+    (layout,) = [n for n in notes if n.startswith("layout=")]
+    assert re.search(r"gain as in ONNX \[-?1\] \(a scalar in ONNX: give it as \[1\]\)", layout)
 
 
 def test_strict_mode_runs_only_when_the_file_without_it_fails_its_check(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ from ..errors import InputError, one_line
 from ..feeds import describe_shapes
 from ..graphs import (
     inlined,
+    iter_graphs,
     open_negative_dims,
     rename_values,
     unread_inputs,
@@ -536,7 +537,8 @@ def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: st
         rank = spec.rank or 0
         moved = perms[spec.name] != tuple(range(rank))
         shape = ran.inputs[spec.name]
-        ins.append(f"{kind(spec.name, rank, moved)} {shape}")
+        scalar = " (a scalar in ONNX: give it as [1])" if spec.rank == 0 and shape else ""
+        ins.append(f"{kind(spec.name, rank, moved)} {shape}{scalar}")
     _, last = onnx_layout(ran.outputs[:1], [reference])
     outs = []
     for name in model.signature.output_names:
@@ -587,6 +589,39 @@ def _first_error(log: str) -> str | None:
     return raised[1] + (f" (at node {node})" if node else "")
 
 
+def _doubles_as_floats(proto: onnx.ModelProto) -> int:
+    """float64 made float32 everywhere in ``proto`` (inputs, outputs, values, initializers,
+    Constant values, casts and dtype attributes), in place; how many were changed. SwiftF0
+    computes its pitch in float64, where onnx2tf's Mul fails."""
+    from onnx import AttributeProto, TensorProto, numpy_helper
+
+    double, single = TensorProto.DOUBLE, TensorProto.FLOAT
+
+    def narrowed(tensor: onnx.TensorProto) -> onnx.TensorProto:
+        values = numpy_helper.to_array(tensor).astype(np.float32)
+        return numpy_helper.from_array(values, tensor.name)
+
+    changed = 0
+    for graph in iter_graphs(proto):
+        for i, tensor in enumerate(graph.initializer):
+            if tensor.data_type == double:
+                graph.initializer[i].CopyFrom(narrowed(tensor))
+                changed += 1
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.tensor_type.elem_type == double:
+                value.type.tensor_type.elem_type = single
+                changed += 1
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == double:
+                    attribute.t.CopyFrom(narrowed(attribute.t))
+                    changed += 1
+                elif attribute.name in ("to", "dtype") and attribute.i == double:
+                    attribute.i = single
+                    changed += 1
+    return changed
+
+
 def _folded(
     model: Model, shapes: Mapping[str, list[int]], unshaped: Mapping[str, str]
 ) -> tuple[Model, list[str]]:
@@ -609,6 +644,11 @@ def _folded(
     if fused := unfuse(proto):
         ops = ", ".join(f"{count} {op}" for op, count in fused.items())
         notes.append(UNFUSED_NOTE.format(ops=ops, tool="onnx2tf"))
+    if doubles := _doubles_as_floats(proto):
+        notes.append(
+            f"its {doubles} float64 tensors and casts were given to onnx2tf as float32 (LiteRT "
+            "has few float64 kernels): the .tflite computes and answers in float32"
+        )
     if norms := _norms_as_sums(proto.graph):
         notes.append(
             f"its {norms} ReduceL2 nodes were given to onnx2tf as Sqrt(ReduceSumSquare) "
@@ -810,9 +850,13 @@ def _run(
             interpreter = Interpreter(model_path=path, experimental_op_resolver_type=resolver)
             inputs = _match_inputs(interpreter.get_input_details(), list(perms))
             first = {n: np.transpose(feeds[0][n], p) for n, p in perms.items()}
+            scalars = set()  # onnx2tf gives a scalar input one axis: it is fed as [1]
             for name, detail in inputs.items():
                 wanted = list(first[name].shape)
                 known = [int(d) for d in detail["shape_signature"]]
+                if not wanted and known in ([1], [-1]):
+                    scalars.add(name)
+                    wanted = [1]
                 if len(known) != len(wanted) or any(
                     k not in (-1, w) for k, w in zip(known, wanted, strict=False)
                 ):
@@ -826,7 +870,9 @@ def _run(
             for feed in feeds:
                 for name, detail in inputs.items():
                     value = np.transpose(feed[name], perms[name]).astype(detail["dtype"])
-                    interpreter.set_tensor(detail["index"], value)
+                    interpreter.set_tensor(
+                        detail["index"], value.reshape(1) if name in scalars else value
+                    )
                 interpreter.invoke()
                 outputs.append(
                     {n: np.array(interpreter.get_tensor(d["index"])) for n, d in details.items()}
