@@ -326,6 +326,16 @@ def test_float64_and_a_scalar_input_run_in_litert(tmp_path: Path) -> None:
     assert re.search(r"gain as in ONNX \[-?1\] \(a scalar in ONNX: give it as \[1\]\)", layout)
 
 
+def test_a_bfloat16_model_runs_in_litert_in_float32(tmp_path: Path) -> None:
+    """A model kept in bfloat16 (input, weights, output): onnx2tf has no bfloat16 ("KeyError:
+    16"); widened to float32, exactly, the file runs and is judged at bfloat16's tolerance."""
+    from tests.real_models import bf16_model
+
+    packaged = package(save(bf16_model(), tmp_path / "bf16.onnx"), "tflite", tmp_path / "t")
+    assert packaged.ok, packaged.result.checks
+    assert any("bfloat16 tensors and casts were given to onnx2tf" in n for n in packaged.notes)
+
+
 def test_strict_mode_runs_only_when_the_file_without_it_fails_its_check(tmp_path: Path) -> None:
     """onnx2tf's strict mode (an accuracy correction that reruns the graph after each op)
     runs only when the file converted without it fails its check: SqueezeNet's softmax came

@@ -589,37 +589,39 @@ def _first_error(log: str) -> str | None:
     return raised[1] + (f" (at node {node})" if node else "")
 
 
-def _doubles_as_floats(proto: onnx.ModelProto) -> int:
-    """float64 made float32 everywhere in ``proto`` (inputs, outputs, values, initializers,
-    Constant values, casts and dtype attributes), in place; how many were changed. SwiftF0
-    computes its pitch in float64, where onnx2tf's Mul fails."""
+def _as_float32(proto: onnx.ModelProto) -> dict[str, int]:
+    """float64 and bfloat16 made float32 everywhere in ``proto`` (inputs, outputs, values,
+    initializers, Constant values, casts and dtype attributes), in place; how many of each
+    were changed. SwiftF0 computes its pitch in float64, where onnx2tf's Mul fails; onnx2tf
+    has no bfloat16 at all (KeyError: 16)."""
     from onnx import AttributeProto, TensorProto, numpy_helper
 
-    double, single = TensorProto.DOUBLE, TensorProto.FLOAT
+    names: dict[int, str] = {TensorProto.DOUBLE: "float64", TensorProto.BFLOAT16: "bfloat16"}
+    single = TensorProto.FLOAT
+    changed = dict.fromkeys(names.values(), 0)
 
-    def narrowed(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    def widened(tensor: onnx.TensorProto) -> onnx.TensorProto:
+        changed[names[tensor.data_type]] += 1
         values = numpy_helper.to_array(tensor).astype(np.float32)
         return numpy_helper.from_array(values, tensor.name)
 
-    changed = 0
     for graph in iter_graphs(proto):
         for i, tensor in enumerate(graph.initializer):
-            if tensor.data_type == double:
-                graph.initializer[i].CopyFrom(narrowed(tensor))
-                changed += 1
+            if tensor.data_type in names:
+                graph.initializer[i].CopyFrom(widened(tensor))
         for value in (*graph.input, *graph.output, *graph.value_info):
-            if value.type.tensor_type.elem_type == double:
+            kind = value.type.tensor_type.elem_type
+            if kind in names:
+                changed[names[kind]] += 1
                 value.type.tensor_type.elem_type = single
-                changed += 1
         for node in graph.node:
             for attribute in node.attribute:
-                if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == double:
-                    attribute.t.CopyFrom(narrowed(attribute.t))
-                    changed += 1
-                elif attribute.name in ("to", "dtype") and attribute.i == double:
+                if attribute.type == AttributeProto.TENSOR and attribute.t.data_type in names:
+                    attribute.t.CopyFrom(widened(attribute.t))
+                elif attribute.name in ("to", "dtype") and attribute.i in names:
+                    changed[names[attribute.i]] += 1
                     attribute.i = single
-                    changed += 1
-    return changed
+    return {kind: count for kind, count in changed.items() if count}
 
 
 def _folded(
@@ -644,10 +646,11 @@ def _folded(
     if fused := unfuse(proto):
         ops = ", ".join(f"{count} {op}" for op, count in fused.items())
         notes.append(UNFUSED_NOTE.format(ops=ops, tool="onnx2tf"))
-    if doubles := _doubles_as_floats(proto):
+    if narrowed := _as_float32(proto):
+        counted = " and ".join(f"{count} {kind}" for kind, count in narrowed.items())
         notes.append(
-            f"its {doubles} float64 tensors and casts were given to onnx2tf as float32 (LiteRT "
-            "has few float64 kernels): the .tflite computes and answers in float32"
+            f"its {counted} tensors and casts were given to onnx2tf as float32 (LiteRT has few "
+            "float64 kernels and onnx2tf no bfloat16): the .tflite computes in float32"
         )
     if norms := _norms_as_sums(proto.graph):
         notes.append(
