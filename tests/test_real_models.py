@@ -1018,7 +1018,7 @@ def test_a_streaming_lstm_keeping_its_state_in_attributes_converts_verified(
     state as an inference tensor). Now it converts verified from its state at load, with a
     note that the state is not carried, and the model takes any number of frames."""
     out, document = convert_factory(ferry, tmp_path, "beatnet", BEATNET_FACTORY, "data:1=frames")
-    assert any("replaces cell, hidden on every call" in n for n in document["notes"])
+    assert any("changes cell, hidden on every call" in n for n in document["notes"])
     rng = np.random.default_rng(3)
     for frames in (9, 64):
         got = ort_outputs(out, {"data": rng.random((1, frames, 272), np.float32)})["output_0"]
