@@ -7,6 +7,7 @@ to another opset) and caller-built Sources whose exporters write real ONNX files
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -228,6 +229,17 @@ def test_detect_framework_for_directories_and_factories(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "pytorch_model.bin", "w") as archive:
         archive.writestr("archive/data.pkl", b"")  # as torch.save writes it
     assert detect_framework(tmp_path / "pytorch_model.bin") == "torch"
+    # torch.save under a pickle's name (facial_emotion_recognition's model.pkl, PyTorch 1.5's
+    # format) was taken for scikit-learn's: "holds a int, not a fitted estimator"
+    (tmp_path / "pytorch_model.bin").rename(tmp_path / "model.pkl")
+    assert detect_framework(tmp_path / "model.pkl") == "torch"
+    legacy = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+    (tmp_path / "old.pickle").write_bytes(legacy + b"\x2e")
+    assert detect_framework(tmp_path / "old.pickle") == "torch"
+    (tmp_path / "old.bin").write_bytes(legacy + b"\x2e")
+    assert detect_framework(tmp_path / "old.bin") == "torch"
+    (tmp_path / "estimator.pkl").write_bytes(pickle.dumps({"a": 1}))
+    assert detect_framework(tmp_path / "estimator.pkl") == "sklearn"
     (tmp_path / "tf2").mkdir()  # tf.train.Checkpoint's files: weights, no graph
     for name in ("ckpt-1.index", "ckpt-1.data-00000-of-00001", "checkpoint"):
         (tmp_path / "tf2" / name).write_bytes(b"")

@@ -310,6 +310,10 @@ def detect_framework(source: Any) -> str:
         ".joblib": "sklearn",
     }
     suffix = path.suffix.lower()
+    from .torch.sources import is_torch_save
+
+    if suffix in (".pkl", ".pickle") and is_torch_save(path):
+        return "torch"  # torch.save under a pickle's name (facial_emotion_recognition's)
     if suffix in by_suffix:
         return by_suffix[suffix]
     from .sklearn.booster_files import booster_file_kind
@@ -328,7 +332,7 @@ def detect_framework(source: Any) -> str:
             hint="give a factory FILE.py:FUNCTION that builds the model and loads them "
             "(safetensors.torch.load_file), or the Hugging Face folder with its config.json",
         )
-    if head[:2] == b"PK" and _torch_archive(path):
+    if is_torch_save(path):
         return "torch"  # a torch.save file under another name: pytorch_model.bin
     raise InputError(
         f"{path}: cannot tell which framework this file comes from",
@@ -345,17 +349,6 @@ def _weights_only_checkpoint(path: Path) -> None:
         hint="give a factory FILE.py:FUNCTION that builds the model and restores them "
         "(tf.train.Checkpoint(model=...).restore), or export a SavedModel",
     )
-
-
-def _torch_archive(path: Path) -> bool:
-    """A zip archive as ``torch.save`` writes it (``<name>/data.pkl`` inside)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def load_source(

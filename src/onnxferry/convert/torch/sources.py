@@ -152,6 +152,16 @@ def _legacy_torch_save(path: Path) -> bool:
         return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
 
 
+def is_torch_save(path: Path) -> bool:
+    """Whether ``torch.save`` wrote ``path``, whatever its name (``pytorch_model.bin``, a
+    ``model.pkl``): a zip archive with a ``data.pkl``, or the format before PyTorch 1.6."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.split("/", 1)[-1] == "data.pkl" for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return path.is_file() and _legacy_torch_save(path)
+
+
 def _trusted(options: ConvertOptions, what: str, hint: str) -> None:
     """InputError unless the user trusts pickles: loading ``what`` runs code."""
     if not options.trust_pickle:
