@@ -344,6 +344,17 @@ def test_pickle_of_something_else(tmp_path: Path) -> None:
     assert_one_line(caught.value, str(path), "holds a dict", "not a fitted scikit-learn estimator")
 
 
+def test_another_framework_s_model_in_a_pickle_is_named(tmp_path: Path) -> None:
+    """A torch module pickled with pickle (not torch.save) under a .pkl name: the hint said
+    to pass a fitted estimator; it now says what the model is and how to give it."""
+    torch = pytest.importorskip("torch")
+    path = dump(torch.nn.Linear(3, 2), tmp_path / "net.pkl")
+    with pytest.raises(InputError) as caught:
+        load_sklearn(path, ConvertOptions(trust_pickle=True))
+    assert_one_line(caught.value, "holds a Linear")
+    assert "it is a PyTorch model: save it with torch.save" in (caught.value.hint or "")
+
+
 @pytest.mark.parametrize(
     "estimator",
     [LogisticRegression(), Pipeline([("scale", StandardScaler()), ("reg", Ridge())])],

@@ -143,6 +143,25 @@ def _load_warnings(messages: list[Warning | str]) -> list[str]:
     return found
 
 
+_SAVED_AS = {
+    "torch": "a PyTorch model: save it with torch.save, or give a factory FILE.py:FUNCTION "
+    "that unpickles and returns it",
+    "keras": "a Keras model: save it with model.save('model.keras'), or give a factory "
+    "FILE.py:FUNCTION that returns it",
+    "tensorflow": "a TensorFlow object: export a SavedModel, or give a factory "
+    "FILE.py:FUNCTION that returns it",
+}
+
+
+def _other_framework_hint(value: Any) -> str | None:
+    """What to do with another framework's model found in a pickle, or None."""
+    for cls in type(value).__mro__:
+        root = cls.__module__.partition(".")[0]
+        if root in _SAVED_AS:
+            return f"it is {_SAVED_AS[root]}"
+    return None
+
+
 def estimator_task(estimator: Any, origin: str) -> str:
     """One of ``tasks.TASKS`` ("classification", "regression", "outlier detection",
     "clustering", "transformation"); InputError for anything else or an unfitted one."""
@@ -150,7 +169,8 @@ def estimator_task(estimator: Any, origin: str) -> str:
         where = "got" if origin == "object" else f"{origin} holds"
         raise InputError(
             f"{where} a {type(estimator).__name__}, not a fitted scikit-learn estimator",
-            hint="pass a fitted estimator or Pipeline, or a file saved with joblib.dump",
+            hint=_other_framework_hint(estimator)
+            or "pass a fitted estimator or Pipeline, or a file saved with joblib.dump",
         )
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
