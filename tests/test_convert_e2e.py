@@ -327,6 +327,9 @@ def test_sklearn_factory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         "def make():\n"
         "    x, y = load_iris(return_X_y=True)\n"
         "    return LogisticRegression(max_iter=500).fit(x, y)\n"
+        "def with_rows():\n"
+        "    x, _ = load_iris(return_X_y=True)\n"
+        "    return make(), x[:3]\n"
     )
     out = tmp_path / "iris.onnx"
     code, report, _ = ferry(capsys, "convert", f"{code_file}:make", "-o", out, "--json")
@@ -334,6 +337,9 @@ def test_sklearn_factory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert report["result"]["framework"] == "sklearn"
     assert report["result"]["details"]["source"] == f"LogisticRegression from {code_file}:make"
     assert Model.load(out).signature.output_names == ["label", "probabilities"]
+    # its training rows as the example: float64, given for the float32 input
+    code, report, _ = ferry(capsys, "convert", f"{code_file}:with_rows", "-o", out, "--json")
+    assert code == 0 and report["result"]["inputs_from"] == "user samples + generated"
 
 
 # --- compare an ONNX model with its source -------------------------------------------------

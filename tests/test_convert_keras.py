@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from onnxferry.convert import compare_to_source
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
+from onnxferry.convert.dispatch import Conversion, load_source
 from onnxferry.convert.keras import (
     KerasRunner,
     SavedModelRunner,
@@ -586,6 +587,76 @@ def test_subclassed_model_never_built_takes_the_input_shape(tmp_path: Path) -> N
     assert spec.name == "face" and spec.shape == ("batch", 24, 24, 3)
     assert "the shape from --input-shape" in source.notes[0]
     verify(source, tmp_path)
+
+
+PROPOSAL_FACTORY = """
+import numpy as np
+import keras
+
+
+class ProposalNet(keras.Model):  # mtcnn 1.0's PNet: build() has a default, call() the layers
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.face = keras.layers.Conv2D(2, 1, activation="softmax", name="face")
+
+    def build(self, input_shape=(None, None, None, 3)):
+        self.conv.build(input_shape)
+        self.face.build(self.conv.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def call(self, images):
+        return self.face(self.conv(images))
+
+
+def make():
+    model = ProposalNet()
+    model.build()  # as mtcnn does: Keras records no shape for a default argument
+    return model, (np.random.default_rng(0).random((1, 12, 16, 3), np.float32),)
+"""
+
+
+def test_a_factorys_one_example_array_shapes_a_subclassed_model(tmp_path: Path) -> None:
+    """mtcnn 1.0's nets, built by ``model.build()`` on build's default argument, and a factory
+    returning ``(model, (array,))`` as a Keras model is called: was exit 2 "returned its
+    example inputs as a tuple", then "declares no inputs". The example names and shapes the
+    one input (rows open; ``--dynamic`` opens more) and is the first verification sample."""
+    factory = tmp_path / "pnet.py"
+    factory.write_text(PROPOSAL_FACTORY)
+    model = onnxferry.convert(f"{factory}:make", tmp_path / "pnet.onnx")
+    (spec,) = model.signature.inputs
+    assert spec.name == "images" and spec.shape == ("batch", 12, 16, 3)
+    report = model.last_report(Conversion)
+    assert report.notes[0] == (
+        "the subclassed Keras model declares no inputs: converted on one input 'images' "
+        "[?, 12, 16, 3], the shape from the factory's example"
+    )
+    assert report.result.inputs_from == "user samples + generated"
+    dynamic = {"images": {0: "batch", 1: "height", 2: "width"}}
+    model = onnxferry.convert(f"{factory}:make", tmp_path / "open.onnx", dynamic=dynamic)
+    assert model.signature.inputs[0].shape == ("batch", "height", "width", 3)
+    assert "example and --dynamic" in model.last_report(Conversion).notes[0]
+    image = np.random.default_rng(1).random((2, 20, 9, 3), np.float32)
+    (faces,) = OrtRunner(model).run({"images": image}).values()
+    assert faces.shape == (2, 18, 7, 2)
+
+
+def test_example_arrays_name_a_models_inputs_in_order(tmp_path: Path) -> None:
+    """A model of two inputs given its example as a tuple: the arrays feed the inputs in
+    order; a count that does not match is one line naming the inputs."""
+    left, right = keras.Input((3,), name="left"), keras.Input((2,), name="right")
+    model = keras.Model([left, right], keras.layers.Concatenate()([left, right * 2]))
+    a, b = np.ones((2, 3), np.float32), np.full((2, 2), 5, np.float32)
+    source = load_source(model, ConvertOptions(), example_inputs=(a, b))
+    (sample,) = source.samples
+    assert sample.keys() == {"left", "right"}
+    np.testing.assert_array_equal(sample["right"], b)
+    with pytest.raises(ConversionError) as caught:
+        load_source(model, ConvertOptions(), example_inputs=[a])
+    assert_one_line(caught.value)
+    assert "1 example input(s) given (ndarray) for a model of 2 input(s): left, right" in str(
+        caught.value
+    )
 
 
 def test_a_source_that_fails_on_the_generated_inputs_is_one_line(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from ..model import Model
 from ..parity import Divergence, Parity, Tolerance
 from ..report import Report, Table
 from ..runtime import OrtRunner, runtime_limits
+from ..signature import Signature
 from .base import FRAMEWORKS, Candidate, ConversionError, ConvertOptions, ParityFailure, Source
 from .factory import Built, is_factory, run_factory
 from .verdict import SourceJudge
@@ -359,13 +360,31 @@ def load_source(
     example_inputs: Any = None,
 ) -> Source:
     """The framework loader's Source for ``source`` (a caller-built Source is used as is:
-    its own reference and exporters). ``framework`` overrides detect_framework."""
+    its own reference and exporters). ``framework`` overrides detect_framework.
+    ``example_inputs``: torch's example inputs (positional, or by keyword); for any other
+    framework one feed set, ``{input name: array}`` or arrays in the order of the model's
+    inputs, kept as the first of the source's samples."""
     if isinstance(source, Source):
         return source
     if is_factory(source):
         _graph_options_unused(options, "a factory's model")
         return _load_built(run_factory(source), options, framework, example_inputs)
     name = framework or detect_framework(source)
+    if name == "torch" or example_inputs is None:
+        return _load_framework(source, options, name, example_inputs)
+    # another framework's example inputs: a feed set (by name, or in the inputs' order)
+    arrays = example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+    one = None
+    if name == "keras" and len(arrays) == 1 and not isinstance(arrays[0], Mapping):
+        one = np.asarray(arrays[0])
+    loaded = _load_framework(source, options, name, one)  # shapes a subclassed model's input
+    loaded.samples.append(_named_example(example_inputs, loaded.reference.signature))
+    return loaded
+
+
+def _load_framework(source: Any, options: ConvertOptions, name: str, example: Any) -> Source:
+    """``source`` loaded by the loader of framework ``name`` (``example``: torch's example
+    inputs, or the one array that shapes a subclassed Keras model)."""
     if options.custom_export is not None and name != "torch":
         raise UsageError(
             f"--custom-export translates torch layers; this source is {name}",
@@ -376,7 +395,7 @@ def load_source(
     if name == "torch":
         from .torch import load_torch
 
-        return load_torch(source, options, example_inputs=example_inputs)
+        return load_torch(source, options, example_inputs=example)
     if name == "sklearn":
         from .sklearn import load_sklearn
 
@@ -384,7 +403,7 @@ def load_source(
     if name == "keras":
         from .keras import load_keras
 
-        return load_keras(source, options)
+        return load_keras(source, options, example)
     if name == "tf":
         from .keras import load_saved_model
 
@@ -432,9 +451,8 @@ def _graph_options_unused(options: ConvertOptions, what: str) -> None:
 def _load_built(
     built: Built, options: ConvertOptions, framework: str | None, example_inputs: Any
 ) -> Source:
-    """The Source for what a factory returned, of the framework of the model it built; its
-    example inputs are torch's example inputs, or for any framework a feed set by input
-    name."""
+    """The Source for what a factory returned, of the framework of the model it built, with
+    its example inputs (``example_inputs`` when given), as ``load_source`` takes them."""
     if framework is None:
         unknown = ConversionError(
             f"the factory returned a {type(built.model).__name__}, not a model of "
@@ -448,19 +466,36 @@ def _load_built(
         except UsageError as e:
             raise unknown from e
     example = example_inputs if example_inputs is not None else built.example
-    samples = []
-    if framework != "torch" and example is not None:
-        if not isinstance(example, Mapping):
-            raise ConversionError(
-                f"the factory returned its example inputs as a {type(example).__name__}",
-                hint="return (model, {input name: array})",
-            )
-        samples, example = [{k: np.asarray(v) for k, v in example.items()}], None
     loaded = load_source(built.model, options, framework=framework, example_inputs=example)
     loaded.description = built.description
-    loaded.samples += samples
     loaded.notes += built.notes
     return loaded
+
+
+def _named_example(example: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """A non-torch model's example inputs by input name: ``{name: array}`` as given, or
+    arrays in the order of the model's inputs (a tuple or list, or one array for a model of
+    one input), as a Keras model is called. Floats take the input's float type (a
+    scikit-learn model's float64 rows for its float32 input)."""
+    if isinstance(example, Mapping):
+        named = {k: np.asarray(v) for k, v in example.items()}
+    else:
+        arrays = list(example) if isinstance(example, (tuple, list)) else [example]
+        names = [spec.name for spec in signature.inputs]
+        if len(arrays) != len(names) or not all(hasattr(a, "__array__") for a in arrays):
+            kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
+            raise ConversionError(
+                f"{len(arrays)} example input(s) given ({kinds}) for a model of "
+                f"{len(names)} input(s): {', '.join(names)}",
+                hint="give arrays in the model's input order, or {input name: array} "
+                "(a factory: return (model, (array, ...)))",
+            )
+        named = {name: np.asarray(a) for name, a in zip(names, arrays, strict=True)}
+    floats = {s.name: s.dtype.numpy for s in signature.inputs if s.dtype.numpy.kind == "f"}
+    return {
+        name: array.astype(floats[name]) if array.dtype.kind == "f" and name in floats else array
+        for name, array in named.items()
+    }
 
 
 def options_for(

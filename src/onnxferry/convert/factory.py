@@ -9,7 +9,8 @@ framework), for models whose file holds weights only (a torch ``state_dict``, Ke
 The function returns the model: a torch module or ExportedProgram, a Keras model, a fitted
 scikit-learn estimator (or booster); or a pair, the model and example inputs (torch: a tuple
 of tensors, positional, or a dict by keyword, an argument that takes a tuple of tensors given
-as one; any framework: ``{input name: array}``).
+as one; any other framework: arrays in the model's input order, or ``{input name: array}``;
+one array shapes a subclassed Keras model's input).
 Importing the file runs its code; what the factory warns goes into the report's notes.
 """
 

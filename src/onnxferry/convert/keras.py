@@ -60,14 +60,15 @@ if TYPE_CHECKING:
 __all__ = ["KerasRunner", "SavedModelRunner", "load_keras", "load_saved_model"]
 
 
-def load_keras(source: Any, options: ConvertOptions) -> Source:
+def load_keras(source: Any, options: ConvertOptions, example: Any = None) -> Source:
     """A Keras 3 model (a ``keras.Model`` or a ``.keras`` / legacy ``.h5`` file) to convert.
 
     Files load with ``keras.saving.load_model(compile=False, safe_mode=True)``; safe mode
     refuses Lambda layers and other pickled code unless ``options.trust_pickle``. InputError
     (exit 2) for a file that is not a Keras model. A subclassed model is converted on one
-    input shaped as it was built, or as ``--input-shape`` says (``_with_declared_inputs``);
-    UsageError for one never built and given no shape.
+    input shaped as it was built, as ``--input-shape`` says, or as ``example`` (a factory's
+    one example array) is shaped (``_with_declared_inputs``); UsageError for one never built
+    and given no shape.
     """
     keras = _import_keras()
     opset = resolve_opset(options)
@@ -81,7 +82,7 @@ def load_keras(source: Any, options: ConvertOptions) -> Source:
             f"load_keras takes a keras.Model or a .keras file, not a {type(source).__name__}",
             hint="pass the model object or the path of its .keras file",
         )
-    model, notes = _with_declared_inputs(model, options)
+    model, notes = _with_declared_inputs(model, options, example)
     runner = KerasRunner(model, options)
     layers = _layer_names(model)
     names = _input_names(model.inputs)
@@ -125,26 +126,36 @@ def _nested_layers(model: Any) -> Iterator[Any]:
         yield from _nested_layers(layer)
 
 
-def _with_declared_inputs(model: Any, options: ConvertOptions) -> tuple[Any, list[str]]:
+def _with_declared_inputs(
+    model: Any, options: ConvertOptions, example: Any = None
+) -> tuple[Any, list[str]]:
     """``model`` itself when it declares its inputs; a subclassed model (no ``inputs``: its
     layers run in ``call``) wrapped in a functional model on one ``keras.Input``, shaped as
     the model was built (``get_build_config``: ``build((None, None, None, 3))`` keeps the
-    open dims open) or as ``--input-shape`` gives it, named as the one ``--input-shape`` or
-    the first parameter of ``call``; and a note that says so. A model built on several
-    inputs, or never built and given no shape, is left as it is (KerasRunner refuses it)."""
+    open dims open), as ``--input-shape`` gives it or as ``example`` (one array) is shaped,
+    the rows and the axes ``--dynamic`` names open; named as the one ``--input-shape`` or the
+    first parameter of ``call``; and a note that says so. A model built on several inputs, or
+    never built and given no shape, is left as it is (KerasRunner refuses it)."""
     keras = _import_keras()
     if getattr(model, "inputs", None):
         return model, []
     built = (model.get_build_config() or {}).get("input_shape") if model.built else None
     given = list(options.input_shapes.items())
+    parameters = list(inspect.signature(model.call).parameters)
     if len(given) == 1:
         name, shape = given[0][0], (None, *given[0][1][1:])
         where = "--input-shape"
     elif not given and _is_shape(built):
-        parameters = list(inspect.signature(model.call).parameters)
         name, shape, where = (parameters or ["input"])[0], tuple(built), "its build()"
+    elif not given and hasattr(example, "shape") and len(example.shape) >= 1:
+        name, shape = (parameters or ["input"])[0], (None, *example.shape[1:])
+        where = "the factory's example"
     else:
         return model, []
+    opened = options.axes_for(name, len(shape))  # --dynamic opens what the shape fixed
+    if any(shape[axis] is not None for axis in opened if axis < len(shape)):
+        shape = tuple(None if axis in opened else d for axis, d in enumerate(shape))
+        where += " and --dynamic"
     x = keras.Input(shape=shape[1:], name=name)
     wrapped = keras.Model(x, model(x), name=model.name)
     note = (
