@@ -30,6 +30,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVR, LinearSVC
 
 from onnxferry.convert.base import ConversionError, ConvertOptions, Source
+from onnxferry.convert.dispatch import detect_framework
 from onnxferry.convert.sklearn import FLOAT64_TOLERANCE, SklearnRunner, load_sklearn
 from onnxferry.errors import FerryError, InputError, UsageError
 from onnxferry.model import Model
@@ -278,9 +279,12 @@ def dump(estimator: Any, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["model.pkl", "model.joblib"])
+@pytest.mark.parametrize("name", ["model.pkl", "model.joblib", "classifier"])
 def test_pickle_and_joblib_files_round_trip(name: str, tmp_path: Path) -> None:
+    """A pickle under no pickle's name (talon ships its classifier as ``classifier``) is
+    told by its first bytes."""
     path = dump(logistic_pipeline(), tmp_path / name)
+    assert detect_framework(path) == "sklearn"
     source = load_sklearn(path, ConvertOptions(trust_pickle=True))
     assert source.details["origin"] == str(path)
     assert source.details["estimator"] == "Pipeline(StandardScaler, LogisticRegression)"
@@ -299,7 +303,7 @@ class RunsCode:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("name", ["model.pkl", "model.pickle", "model.joblib"])
+@pytest.mark.parametrize("name", ["model.pkl", "model.pickle", "model.joblib", "classifier"])
 def test_pickle_path_is_refused_without_trust(name: str, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     path = dump(RunsCode(marker), tmp_path / name)

@@ -335,6 +335,10 @@ def detect_framework(source: Any) -> str:
         )
     if is_torch_save(path):
         return "torch"  # a torch.save file under another name: pytorch_model.bin
+    from .sklearn.estimators import is_pickle
+
+    if is_pickle(path):
+        return "sklearn"  # a pickle under no pickle's name; its loader says what it holds
     raise InputError(
         f"{path}: cannot tell which framework this file comes from",
         hint=f"pass --framework, one of {', '.join(FRAMEWORKS)}",

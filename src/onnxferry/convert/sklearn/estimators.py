@@ -35,6 +35,14 @@ log = logging.getLogger("onnxferry")
 _SUFFIXES = {".pkl": "pickle", ".pickle": "pickle", ".joblib": "joblib"}
 
 
+def is_pickle(path: Path) -> bool:
+    """Whether ``path`` opens as a pickle of protocol 2 or newer does (``\\x80`` and the
+    protocol), whatever its name (talon's ``signature/data/classifier``)."""
+    with path.open("rb") as file:
+        head = file.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list[str]]:
     """(estimator, where it came from, warnings raised while unpickling)."""
     if not isinstance(source, (str, os.PathLike)):
@@ -47,7 +55,7 @@ def read_estimator(source: Any, options: ConvertOptions) -> tuple[Any, str, list
         raise InputError(f"{path} {what}", hint="check the path")
     if booster_file_kind(path) is not None:  # data, not code: no pickle to trust
         return read_booster(path), str(path), []
-    kind = _SUFFIXES.get(path.suffix.lower())
+    kind = _SUFFIXES.get(path.suffix.lower()) or ("pickle" if is_pickle(path) else None)
     if kind is None:
         raise InputError(
             f"{path}: not a scikit-learn model file (expected .pkl, .pickle or .joblib, or "
