@@ -360,6 +360,43 @@ def test_data_dependent_branch_exports_only_with_dynamo(tmp_path: Path) -> None:
     assert "If" in model.ops_histogram
 
 
+class IfBranch(torch.nn.Module):
+    """A branch on a tensor's value in Python (torchdiffeq's adaptive solvers, a
+    ``if x.max() > 1: x = x / 255``): torch.export refuses it, a trace keeps one side."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().mean() > self.threshold:  # the line the caveat names
+            return x * 2
+        return x - 1
+
+
+def test_a_trace_that_fixed_a_branch_on_values_says_where(tmp_path: Path) -> None:
+    """A branch the inputs take both ways: the trace fails parity, and the error names the
+    line that turned a tensor into a Python boolean and says what to do (was: "loosen
+    --atol/--rtol" only). A branch every input takes alike passes, with a note."""
+    line = f"tests/test_convert_torch.py:{IfBranch.forward.__code__.co_firstlineno + 1}"
+    sometimes = [{"x": np.full((2, 3), 0.1, np.float32)}, {"x": np.full((2, 3), 5, np.float32)}]
+    with pytest.raises(FerryError) as caught:
+        onnxferry.convert(IfBranch(1.0), tmp_path / "b.onnx", inputs=sometimes)
+    message, hint = caught.value.message, caught.value.hint or ""
+    assert f"its trace fixed values computed from tensors: a Python boolean at {line}" in message
+    assert "torch.where, torch.cond" in hint and "loosen --atol/--rtol" in hint
+    model = onnxferry.convert(IfBranch(-1.0), tmp_path / "a.onnx", input_shapes={"x": (2, 3)})
+    report = model.last_report(Conversion)
+    assert report.result.chosen == TORCHSCRIPT
+    (kept,) = [a for a in report.result.attempts if a.exporter == TORCHSCRIPT]
+    assert kept.caveats == [f"a Python boolean at {line}"]
+    assert report.notes == [
+        f"{TORCHSCRIPT} traced branches on tensor values as the example took them (a Python "
+        f"boolean at {line}): verified on {len(report.result.shapes)} input sets, but inputs "
+        "that take another branch may get other outputs"
+    ]
+
+
 def bert_feeds(batch: int, seq: int, seed: int) -> Feeds:
     rng = np.random.default_rng(seed)
     mask = np.ones((batch, seq), np.int64)

@@ -93,6 +93,9 @@ class Candidate:
 
     exporter: str  # e.g. "torch.onnx (dynamo)", "torch.onnx (torchscript)", "tf2onnx"
     export: Callable[[Path], None]
+    caveats: list[str] = field(default_factory=list)
+    """Filled by ``export``: where it took a value the source computes from its inputs as
+    fixed ("a Python boolean at torchdiffeq/_impl/solvers.py:31": a trace's branch)."""
 
 
 @dataclass

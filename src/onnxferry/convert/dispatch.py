@@ -57,6 +57,9 @@ class Attempt:
     export_s: float | None = None
     parity: Parity | None = None
     latency_ms: float | None = None
+    caveats: list[str] = field(default_factory=list)
+    """Where the export took a value the source computes from its inputs as fixed
+    (``Candidate.caveats``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +69,20 @@ class Attempt:
             "export_s": self.export_s,
             "latency_ms": self.latency_ms,
             "parity": self.parity.to_dict() if self.parity else None,
+            "caveats": self.caveats,
         }
+
+    def fixed(self, kinds: tuple[str, ...] = ("",)) -> str:
+        """The caveats of ``kinds`` (their opening words) as one clause, "" for none."""
+        said = [c for c in self.caveats if c.startswith(kinds)]
+        more = f" and {len(said) - _CAVEATS} more" if len(said) > _CAVEATS else ""
+        return "; ".join(said[:_CAVEATS]) + more
+
+
+_CAVEATS = 3
+"""Places a trace fixed a value, named in one line."""
+_BRANCHES = ("a Python boolean",)
+"""The caveats that are a branch on tensor values (the others fix a number or a count)."""
 
 
 @dataclass
@@ -226,6 +242,13 @@ def convert(
             )
         if result.chosen is None:
             _fail(result, report, loaded, models, feeds, tolerance, unknown)
+        kept = next(a for a in result.attempts if a.exporter == result.chosen)
+        if branches := kept.fixed(_BRANCHES):
+            report.notes.append(
+                f"{kept.exporter} traced branches on tensor values as the example took them "
+                f"({branches}): verified on {len(feeds)} input sets, but inputs that take "
+                "another branch may get other outputs"
+            )
         chosen = models[result.chosen]  # type: ignore[index]
         _stamp(chosen, result, loaded)
         final = chosen.save(output) if output is not None else chosen.detached()
@@ -568,6 +591,7 @@ def _export(candidate: Candidate, path: Path, attempt: Attempt) -> Model | None:
         return None
     finally:
         attempt.export_s = time.perf_counter() - start
+        attempt.caveats = list(candidate.caveats)
     return model
 
 
@@ -679,12 +703,19 @@ def _fail(
         with contextlib.suppress(FerryError):
             result.divergence = source.find_divergence(models[worst.exporter], feeds[0], tolerance)
     summaries = "; ".join(
-        a.parity.summary() if a.parity else f"{a.exporter}: {a.error}" for a in result.attempts
+        (a.parity.summary() if a.parity else f"{a.exporter}: {a.error}")
+        + (f" (its trace fixed values computed from tensors: {a.fixed()})" if a.caveats else "")
+        for a in result.attempts
     )
+    hint = "see the report; loosen --atol/--rtol only if the difference is acceptable"
+    if any(a.caveats for a in failed):
+        hint = (
+            "the model's code turns tensors into Python values (a branch, a loop count), which "
+            "a trace keeps as the example had them: compute them with tensor ops (torch.where, "
+            "torch.cond) or convert with inputs like those you will serve; " + hint
+        )
     raise ParityFailure(
-        f"no exported model matches {result.source}: {summaries}",
-        hint="see the report; loosen --atol/--rtol only if the difference is acceptable",
-        report=report,
+        f"no exported model matches {result.source}: {summaries}", hint=hint, report=report
     )
 
 

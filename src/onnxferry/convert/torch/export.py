@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class ExportPlan:
     options: ConvertOptions
     custom: CustomExport | None = None
     """The user's translations of custom layers (``--custom-export``), if any."""
+    trace_caveats: list[str] = field(default_factory=list)
+    """Where the last TorchScript trace took a value computed from tensors as fixed
+    (``QuietOutput.trace_caveats``); the TorchScript candidate's ``caveats``."""
 
     def _examples(self) -> list[Any]:
         """Example tensors with every dynamic axis at least 2 long (torch.export fixes axes
@@ -164,6 +167,8 @@ class ExportPlan:
                 raise export_error(
                     TORCHSCRIPT, e, output.text(), _WRAPPED if wrapped else ""
                 ) from e
+            finally:
+                self.trace_caveats[:] = output.trace_caveats()
         match_names(
             path, self.signature, TORCHSCRIPT, strip_prefix=_WRAPPED + "." if wrapped else ""
         )

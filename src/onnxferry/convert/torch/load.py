@@ -60,7 +60,7 @@ def load_torch(source: Any, options: ConvertOptions, *, example_inputs: Any = No
     plan = ExportPlan(loaded, inputs, signature, dims, options, custom)
     candidates = [Candidate(DYNAMO, plan.export_dynamo)]
     if loaded.program is None:
-        candidates.append(Candidate(TORCHSCRIPT, plan.export_torchscript))
+        candidates.append(Candidate(TORCHSCRIPT, plan.export_torchscript, plan.trace_caveats))
     find_divergence = None
     if loaded.kind == "module":
         find_divergence = functools.partial(find_module_divergence, reference)

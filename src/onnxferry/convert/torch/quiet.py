@@ -16,11 +16,26 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...errors import one_line
 from ...native import NativeOutput, native_output
 
 _ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+_FIXED_VALUE = re.compile(
+    r"(?:Converting a tensor to )?(a Python \w+|Iterating over a tensor) might cause the trace"
+)
+
+
+def _short_path(filename: str) -> str:
+    """A source file as its package path (``torchdiffeq/_impl/solvers.py``: from
+    ``site-packages``), relative to the working directory, or its last three parts."""
+    path = Path(filename)
+    if "site-packages" in path.parts:
+        return "/".join(path.parts[path.parts.index("site-packages") + 1 :])
+    if path.is_relative_to(Path.cwd()):
+        return path.relative_to(Path.cwd()).as_posix()
+    return "/".join(path.parts[-3:])
 
 
 def torch_error(error: BaseException) -> str:
@@ -35,13 +50,28 @@ def torch_error(error: BaseException) -> str:
 
 @dataclass
 class QuietOutput:
-    """What torch printed inside ``quiet``: Python prints and the native (C++) streams."""
+    """What torch printed inside ``quiet``: Python prints and the native (C++) streams, and
+    the warnings raised."""
 
     python: io.StringIO
     native: NativeOutput
+    warned: list[warnings.WarningMessage]
 
     def text(self) -> str:
         return self.python.getvalue() + self.native.text()
+
+    def trace_caveats(self) -> list[str]:
+        """Where a trace took a value computed from tensors as a constant (torch's
+        TracerWarnings "Converting a tensor to a Python boolean might cause the trace to be
+        incorrect", and iterating over a tensor): "a Python boolean at
+        torchdiffeq/_impl/solvers.py:104", once a place. (Its warnings about shapes are left
+        out: verification varies the shapes.)"""
+        said: dict[str, None] = {}
+        for warning in self.warned:
+            found = _FIXED_VALUE.match(str(warning.message))
+            if found and warning.category.__name__ == "TracerWarning":
+                said[f"{found[1]} at {_short_path(warning.filename)}:{warning.lineno}"] = None
+        return list(said)
 
 
 @contextlib.contextmanager
@@ -57,13 +87,13 @@ def quiet() -> Iterator[QuietOutput]:
     ]
     levels = [logger.level for logger in loggers]
     with (
-        warnings.catch_warnings(),
+        warnings.catch_warnings(record=True) as warned,
         contextlib.redirect_stdout(python),
         contextlib.redirect_stderr(python),
         native_output((1, 2)) as native,
     ):
-        output = QuietOutput(python, native)
-        warnings.simplefilter("ignore")
+        output = QuietOutput(python, native, warned)
+        warnings.simplefilter("always")
         for logger in loggers:
             logger.setLevel(logging.CRITICAL + 1)
         try:
