@@ -93,6 +93,25 @@ def test_torch_factory(capsys: pytest.CaptureFixture[str], tmp_path: Path, facto
     assert model.metadata_props["onnxferry.exporter"] == report["result"]["chosen"]
 
 
+def test_axes_and_shapes_for_an_input_the_model_lacks_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, factory: Path
+) -> None:
+    """batdetect2's input is ``ip``; ``--dynamic spec:0=batch,3=frames`` was taken silently
+    and every axis stayed as the example had it. A name no input has is one line now, and
+    nothing is written."""
+    out = tmp_path / "net.onnx"
+    shape = ("--input-shape", "image=2x3x8x8")
+    code, _, err = ferry(capsys, "convert", f"{factory}:make", "-o", out, *shape, "--dynamic",
+                         "img:0=batch")  # fmt: skip
+    line = one_line(err)
+    assert code == 2 and "--dynamic names 'img', which is not an input of this model" in line
+    assert line.endswith("(its inputs: image); name 'image' in --dynamic")
+    code, _, err = ferry(capsys, "convert", f"{factory}:make", "-o", out, "--input-shape",
+                         "img=2x3x8x8")  # fmt: skip
+    assert code == 2 and "no parameter 'img'; its parameters are: image" in one_line(err)
+    assert not out.exists()
+
+
 def test_torch_bert_with_keyword_inputs(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -651,6 +651,9 @@ def test_example_arrays_name_a_models_inputs_in_order(tmp_path: Path) -> None:
     (sample,) = source.samples
     assert sample.keys() == {"left", "right"}
     np.testing.assert_array_equal(sample["right"], b)
+    misnamed = ConvertOptions(input_shapes={"lft": (2, 3)})  # the example fixes the shapes
+    with pytest.raises(UsageError, match="--input-shape names 'lft', which is not an input"):
+        load_source(model, misnamed, example_inputs=(a, b))
     with pytest.raises(ConversionError) as caught:
         load_source(model, ConvertOptions(), example_inputs=[a])
     assert_one_line(caught.value)

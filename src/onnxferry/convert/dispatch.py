@@ -398,15 +398,33 @@ def load_source(
         return _load_built(run_factory(source), options, framework, example_inputs)
     name = framework or detect_framework(source)
     if name == "torch" or example_inputs is None:
-        return _load_framework(source, options, name, example_inputs)
-    # another framework's example inputs: a feed set (by name, or in the inputs' order)
-    arrays = example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs]
-    one = None
-    if name == "keras" and len(arrays) == 1 and not isinstance(arrays[0], Mapping):
-        one = np.asarray(arrays[0])
-    loaded = _load_framework(source, options, name, one)  # shapes a subclassed model's input
-    loaded.samples.append(_named_example(example_inputs, loaded.reference.signature))
+        loaded = _load_framework(source, options, name, example_inputs)
+    else:  # another framework's example inputs: a feed set (by name, or in the inputs' order)
+        given = example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+        one = None
+        if name == "keras" and len(given) == 1 and not isinstance(given[0], Mapping):
+            one = np.asarray(given[0])  # shapes a subclassed model's input
+        loaded = _load_framework(source, options, name, one)
+        loaded.samples.append(_named_example(example_inputs, loaded.reference.signature))
+    _check_input_names(options, loaded.reference.signature)
     return loaded
+
+
+def _check_input_names(options: ConvertOptions, signature: Signature) -> None:
+    """UsageError for an ``--input-shape`` or ``--dynamic`` that names no input of the
+    loaded model (a typo there left every axis as the example had it)."""
+    names = signature.input_names
+    for flag, given in (
+        ("--input-shape", options.input_shapes),
+        ("--dynamic", options.dynamic_axes),
+    ):
+        unknown = [n for n in given or {} if n not in names]
+        if unknown:
+            raise UsageError(
+                f"{flag} names {unknown[0]!r}, which is not an input of this model (its "
+                f"inputs: {', '.join(names) or 'none'})",
+                hint=f"name {' or '.join(map(repr, names[:4])) or 'no input'} in {flag}",
+            )
 
 
 def _load_framework(source: Any, options: ConvertOptions, name: str, example: Any) -> Source:
