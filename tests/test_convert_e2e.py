@@ -345,14 +345,16 @@ def test_sklearn_factory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         "from sklearn.linear_model import LogisticRegression\n"
         "def make():\n"
         "    x, y = load_iris(return_X_y=True)\n"
+        "    print('fitting on', len(x), 'rows')  # stdout: --json keeps it for the JSON\n"
         "    return LogisticRegression(max_iter=500).fit(x, y)\n"
         "def with_rows():\n"
         "    x, _ = load_iris(return_X_y=True)\n"
         "    return make(), x[:3]\n"
     )
     out = tmp_path / "iris.onnx"
-    code, report, _ = ferry(capsys, "convert", f"{code_file}:make", "-o", out, "--json")
-    assert code == 0, report
+    code, report, err = ferry(capsys, "convert", f"{code_file}:make", "-o", out, "--json")
+    assert code == 0, report  # the JSON parsed: the factory's print went to stderr
+    assert "fitting on 150 rows" in err
     assert report["result"]["framework"] == "sklearn"
     assert report["result"]["details"]["source"] == f"LogisticRegression from {code_file}:make"
     assert Model.load(out).signature.output_names == ["label", "probabilities"]

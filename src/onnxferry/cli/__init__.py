@@ -45,6 +45,7 @@ from . import (
     signing,
     view,
 )
+from .render import json_only_stdout
 from .types import BadValue
 
 
@@ -109,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = Session()
     args = list(argv) if argv is not None else None
     try:
-        rv = cli.main(args=args, standalone_mode=False, obj=session)
+        with json_only_stdout("--json" in (sys.argv[1:] if args is None else args)):
+            rv = cli.main(args=args, standalone_mode=False, obj=session)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Abort:
         click.echo("ferry: aborted", err=True)

@@ -11,12 +11,13 @@ name with brackets stays on screen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -28,10 +29,35 @@ _SHORT_CELL = 24
 """The longest cell (in characters) of a column that is never wrapped."""
 
 
+_JSON_OUT: list[TextIO] = []
+"""Where ``echo_json`` writes while ``json_only_stdout`` holds stdout for the JSON."""
+
+
+@contextlib.contextmanager
+def json_only_stdout(active: bool) -> Iterator[None]:
+    """With ``--json`` (``active``), stdout carries the JSON alone: what a library or the
+    user's code prints while the verb runs (nnAudio's "STFT kernels created" from a factory)
+    goes to stderr, and ``echo_json`` writes to the stdout there was."""
+    if not active:
+        yield
+        return
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
+
+
+def echo_json(text: str) -> None:
+    """Print a verb's JSON on stdout (the one ``json_only_stdout`` kept)."""
+    click.echo(text, file=_JSON_OUT[-1] if _JSON_OUT else None)
+
+
 def emit(report: Report[Any], as_json: bool, report_path: Path | None) -> int:
     """Print a report (rich tables or JSON), save it if asked, and return its exit code."""
     if as_json:
-        click.echo(report.to_json())
+        echo_json(report.to_json())
     else:
         print_tables(report)
     if report_path is not None:
@@ -45,7 +71,7 @@ def emit_fields(fields: dict[str, str], as_json: bool) -> int:
     """Print a verb's few named results (paths it wrote): one JSON object whose keys use
     underscores, or one ``name: value`` line each. Returns exit 0."""
     if as_json:
-        click.echo(json.dumps({name.replace(" ", "_"): value for name, value in fields.items()}))
+        echo_json(json.dumps({name.replace(" ", "_"): value for name, value in fields.items()}))
     else:
         for name, value in fields.items():
             click.echo(f"{name}: {value}")

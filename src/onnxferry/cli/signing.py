@@ -22,7 +22,7 @@ import click
 
 from ..report import Report
 from .options import certificate_chain_option, public_key_option, report_options
-from .render import emit_fields
+from .render import echo_json, emit_fields
 
 _CHAIN_SIGN_HELP = (
     "A PEM file of certificates between the signing certificate and the root (repeat for "
@@ -125,7 +125,7 @@ def verify_command(
     result = verify(path, public_key, signature, certificate_chain=certificate_chain)
     report = Report("verify", result)
     if as_json:
-        click.echo(report.to_json())
+        echo_json(report.to_json())
     elif result.ok:
         signer = f", signed by {result.signer}" if result.signer else ""
         click.echo(f"verified: {path} ({', '.join(result.files)}){signer}")
