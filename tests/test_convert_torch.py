@@ -391,9 +391,10 @@ def test_a_trace_that_fixed_a_branch_on_values_says_where(tmp_path: Path) -> Non
     (kept,) = [a for a in report.result.attempts if a.exporter == TORCHSCRIPT]
     assert kept.caveats == [f"a Python boolean at {line}"]
     assert report.notes == [
-        f"{TORCHSCRIPT} traced branches on tensor values as the example took them (a Python "
-        f"boolean at {line}): verified on {len(report.result.shapes)} input sets, but inputs "
-        "that take another branch may get other outputs"
+        f"{TORCHSCRIPT} kept branches as the example took them where the code turned a "
+        f"tensor (a value or a size) into a Python boolean (at {line}): "
+        f"verified on {len(report.result.shapes)} input sets, but inputs that take another "
+        "branch may get other outputs"
     ]
 
 

@@ -72,17 +72,18 @@ class Attempt:
             "caveats": self.caveats,
         }
 
-    def fixed(self, kinds: tuple[str, ...] = ("",)) -> str:
-        """The caveats of ``kinds`` (their opening words) as one clause, "" for none."""
-        said = [c for c in self.caveats if c.startswith(kinds)]
+    def fixed(self, kind: str = "") -> str:
+        """The caveats (of one ``kind``, their opening words, then left out) as one clause,
+        "" for none."""
+        said = [c.removeprefix(kind).strip() for c in self.caveats if c.startswith(kind)]
         more = f" and {len(said) - _CAVEATS} more" if len(said) > _CAVEATS else ""
         return "; ".join(said[:_CAVEATS]) + more
 
 
 _CAVEATS = 3
 """Places a trace fixed a value, named in one line."""
-_BRANCHES = ("a Python boolean",)
-"""The caveats that are a branch on tensor values (the others fix a number or a count)."""
+_BRANCH = "a Python boolean"
+"""The caveats that are a branch (the others fix a number or a count)."""
 
 
 @dataclass
@@ -243,11 +244,12 @@ def convert(
         if result.chosen is None:
             _fail(result, report, loaded, models, feeds, tolerance, unknown)
         kept = next(a for a in result.attempts if a.exporter == result.chosen)
-        if branches := kept.fixed(_BRANCHES):
+        if branches := kept.fixed(_BRANCH):
             report.notes.append(
-                f"{kept.exporter} traced branches on tensor values as the example took them "
-                f"({branches}): verified on {len(feeds)} input sets, but inputs that take "
-                "another branch may get other outputs"
+                f"{kept.exporter} kept branches as the example took them where the code "
+                f"turned a tensor (a value or a size) into a Python boolean ({branches}): "
+                f"verified on {len(feeds)} input sets, but inputs that take another branch may "
+                "get other outputs"
             )
         chosen = models[result.chosen]  # type: ignore[index]
         _stamp(chosen, result, loaded)
