@@ -408,7 +408,8 @@ def load_source(
             one = np.asarray(given[0])  # shapes a subclassed model's input
         loaded = _load_framework(source, options, name, one)
         loaded.samples.append(_named_example(example_inputs, loaded.reference.signature))
-    _check_input_names(options, loaded.reference.signature)
+    if options.input_shapes or options.dynamic_axes:
+        _check_input_names(options, loaded.reference.signature)
     return loaded
 
 
