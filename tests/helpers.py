@@ -456,6 +456,44 @@ def gru_with_one_state() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
+def graph_network(declared: bool = True) -> onnx.ModelProto:
+    """h = x @ W; out[dst] += h[src] for each edge (src, dst) = edge_index[:, e]: the sum of
+    a node's neighbours, as GCN without its normalization. ``declared``: with the shapes of
+    every tensor in ``value_info`` (as the dynamo exporter writes them), else none (as the
+    TorchScript exporter), for ONNX's shape inference to find."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4), np.float32), "w")
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    one = numpy_helper.from_array(np.array(1, np.int64), "one")
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis1")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Gather", ["edge_index", "zero"], ["src"], axis=0),
+        helper.make_node("Gather", ["edge_index", "one"], ["dst"], axis=0),
+        helper.make_node("Gather", ["h", "src"], ["messages"], axis=0),
+        helper.make_node("Unsqueeze", ["dst", "axis1"], ["dst_column"]),
+        helper.make_node("Shape", ["messages"], ["message_shape"]),
+        helper.make_node("Expand", ["dst_column", "message_shape"], ["targets"]),
+        helper.make_node("Mul", ["h", "zero_f"], ["empty"]),
+        helper.make_node(
+            "ScatterElements", ["empty", "targets", "messages"], ["out"], axis=0, reduction="add"
+        ),
+    ]
+    zero_f = numpy_helper.from_array(np.array(0, np.float32), "zero_f")
+    graph = helper.make_graph(
+        nodes,
+        "gnn",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["nodes", 8]),
+            helper.make_tensor_value_info("edge_index", TensorProto.INT64, [2, "edges"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["nodes", 4])],
+        [w, zero, one, axis, zero_f],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model) if declared else model
+
+
 def qdq_model() -> onnx.ModelProto:
     """x[N, 4] -> QuantizeLinear (uint8) -> DequantizeLinear -> MatMul with an int8 weight
     dequantized per output channel (axis 1) -> y[N, 3]: a statically quantized (QDQ) layer,

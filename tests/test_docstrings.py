@@ -949,6 +949,12 @@ def _safety(tmp: Path) -> Names:
     return {"proto": onnx.load(str(directory / "model.onnx"), load_external_data=False)}
 
 
+def _indexing(tmp: Path) -> Names:
+    from tests.helpers import graph_network
+
+    return {"proto": graph_network()}
+
+
 def _signature(tmp: Path) -> Names:
     return {"model": _loaded(), "feeds": _feeds()}
 
@@ -1759,6 +1765,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.serve.tensors": _serve_tensors,
     "onnxferry.serve.versions": _serve_repository,
     "onnxferry.signature": _signature,
+    "onnxferry.indexing": _indexing,
     "onnxferry.signing": _one_model,
     "onnxferry.signing.certificates": _signing_pki,
     "onnxferry.signing.files": _one_model,

@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "onnxferry"
 
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "signature", "safety", "atomic", "native"},
+    {"_version", "errors", "indexing", "signature", "safety", "atomic", "native"},
     {"model", "saving", "graphs", "data", "report", "inspection", "plots", "locales"},
     {
         "runtime",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import FeedError
+from .indexing import IndexLink, index_links
 
 if TYPE_CHECKING:
     import onnx
@@ -343,10 +344,12 @@ _OBJECT = DType(0, "UNDEFINED", None, np.dtype(object))
 
 @dataclass(frozen=True)
 class Signature:
-    """Ordered input and output specs of a model."""
+    """Ordered input and output specs of a model; ``links``: inputs whose values index an
+    axis of another (a graph network's edges and its nodes: ``indexing``)."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    links: tuple[IndexLink, ...] = ()
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto) -> Signature:
@@ -357,7 +360,7 @@ class Signature:
             TensorSpec.from_value_info(v) for v in graph.input if v.name not in initializers
         )
         outputs = tuple(TensorSpec.from_value_info(v) for v in graph.output)
-        return cls(inputs, outputs)
+        return cls(inputs, outputs, index_links(model))
 
     @property
     def input_names(self) -> list[str]:
@@ -383,7 +386,8 @@ class Signature:
         ``state: [2, "batch", 128]`` beside ``input: ["batch", 512]``); else a leading open dim
         (an input of unknown rank too). Fixed leading dims and scalars hold no rows, except
         that a lone unnamed dim among fixed ones (``state: [2, ?, 128]``, as an exporter that
-        names no dims writes a recurrent state) is the batch when other inputs' rows lead.
+        names no dims writes a recurrent state) is the batch when other inputs' rows lead. Rows
+        that another input's values index (a graph's nodes, ``links``) are no batch: none then.
         """
         batch = self.batch_symbol()
         axes: dict[str, int | None] = {}
@@ -399,14 +403,26 @@ class Signature:
             for spec in self.inputs:
                 if axes[spec.name] is None and _lone_unnamed_dim(spec.shape):
                     axes[spec.name] = (spec.shape or ()).index(None)
+        indexed = self.indexed_axes()
+        if any((name, axis) in indexed for name, axis in axes.items()):
+            return dict.fromkeys(axes)  # rows another input's values point into: no batch
         return axes
+
+    def indexed_axes(self) -> set[tuple[str, int]]:
+        """(input, axis) of each axis another input's values index (a graph's nodes)."""
+        return {(link.data, link.axis) for link in self.links}
 
     def batch_symbol(self) -> str | None:
         """The dim name most inputs lead with (their batch), or None; where that name says
         nothing of a batch and another dim's does, that one: a time-major recurrent model
         (PyTorch's LSTM without ``batch_first``) takes ``x[seq_len, batch_size, 8]``, and its
         rows are along ``batch_size``, not time."""
-        leading = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], str)]
+        indexed = self.indexed_axes()
+        leading = [
+            s.shape[0]
+            for s in self.inputs
+            if s.shape and isinstance(s.shape[0], str) and (s.name, 0) not in indexed
+        ]
         if not leading:
             return None
         first = max(set(leading), key=leading.count)

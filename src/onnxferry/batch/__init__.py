@@ -82,6 +82,7 @@ def batch(
         raise UsageError(f"unknown output format {output_format!r}", hint="use parquet or npy")
     pool = _pool(devices, engine, workers, provider)
     loaded = model if isinstance(model, Model) else Model.load(model)
+    _check_rows_are_not_indexed(loaded)
     src = open_source(source, loaded.signature, preprocess)
     try:
         return _run(loaded, src, Path(output), engine, batch_size, shard_rows, max_memory,
@@ -213,6 +214,19 @@ def _check_rows_are_not_time(model: Model) -> None:
     timed = [name for name in time_major_inputs(model.proto) if axes.get(name) == 0]
     if timed:
         raise time_axis_error(model.name, timed[0])
+
+
+def _check_rows_are_not_indexed(model: Model) -> None:
+    """An input whose first axis another input's values index (``Signature.links``: a
+    graph's nodes, numbered by its edges): its rows are one graph, not rows to run apart."""
+    link = next((k for k in model.signature.links if k.axis == 0), None)
+    if link is not None:
+        raise UsageError(
+            f"{model.name}: the rows of input {link.data!r} are what {link.index!r} numbers "
+            "(a graph's nodes and its edges), so they are one sample, not rows ferry batch "
+            "can take apart",
+            hint="send each graph to `ferry serve` as one request, or run onnxruntime on each",
+        )
 
 
 def _whole_rows(model: Model) -> dict[str, str]:

@@ -141,7 +141,7 @@ def row_signature(signature: Signature) -> Signature:
         if shape and isinstance(shape[0], int) and not (open_rows and axis is None):
             spec = dataclasses.replace(spec, shape=("rows", *shape[1:]))
         inputs.append(spec)
-    return Signature(tuple(inputs), signature.outputs)
+    return dataclasses.replace(signature, inputs=tuple(inputs))
 
 
 def checked_feeds(

@@ -169,6 +169,8 @@ def explain(
             )
     else:
         ids = name in index_ranges(loaded.proto, signature)
+        if batch_axis is None and (name, 0) in signature.indexed_axes():
+            batch_axis = False  # a graph's nodes, which its edges number: one sample
         row_axis = _row_axis(loaded, name, batch_axis)
         given = np.moveaxis(np.asarray(feeds[name]), row_axis, 0) if row_axis else feeds[name]
         layout, rows = plan_layout(spec.axis_first(row_axis), given, kind, batch_axis, ids)

@@ -29,13 +29,15 @@ Verifying a conversion from a framework also varies each dynamic dim (``shape_pl
 Values (``values``). Integer inputs that index a table (``Gather`` on an initializer or
 constant, through casts, reshapes and a negative-index wrap; ``ranges``) or that a framework
 bounds (a tokenizer's vocabulary) stay inside it, and so do float inputs cast to such an
-index (Keras's Embedding), as whole numbers; ``*mask*`` inputs are 0/1 with padding; ids,
-token types and positions look like a tokenizer's; float images lie in [0, 1); other floats
-are standard normal. String inputs that reach a text vectorizer (``TfIdfVectorizer``) or a
-category encoder take its words: texts mixing its n-grams, stop words and unknown words, in
-varied case and punctuation, or known categories (``ranges.input_vocabularies``), column by
-column where a ``Gather`` gives each column its own encoder; integer inputs that reach such
-an encoder take its integer categories the same way.
+index (Keras's Embedding), as whole numbers, and inputs indexing another input's axis (a
+graph network's edges, below its node count: ``Signature.links``); ``*mask*`` inputs are 0/1
+with padding; ids, token types and positions look like a tokenizer's; float images lie in
+[0, 1); other floats are standard normal. String inputs that reach a text vectorizer
+(``TfIdfVectorizer``) or a category encoder take its words: texts mixing its n-grams, stop
+words and unknown words, in varied case and punctuation, or known categories
+(``ranges.input_vocabularies``), column by column where a ``Gather`` gives each column its
+own encoder; integer inputs that reach such an encoder take its integer categories the same
+way.
 
 Given feeds (``sets``). Files are read by ``data.load_feeds``; every set is checked against
 the signature (names, dtypes, shapes, shared dims) by ``checked_feeds``.

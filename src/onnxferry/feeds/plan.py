@@ -216,6 +216,7 @@ def plan_feeds(
 def unknown_dims(signature: Signature) -> Iterator[Unknown]:
     """Every open dim of the inputs, in order (a named symbol once per place it appears)."""
     rows = signature.row_axes()
+    indexed = signature.indexed_axes()
     for spec in signature.inputs:
         image = image_axes(spec)
         for axis, d in enumerate(spec.shape or ()):
@@ -223,8 +224,11 @@ def unknown_dims(signature: Signature) -> Iterator[Unknown]:
                 continue
             if d is None and axis > 0 and axis == rows[spec.name]:  # a state [2, ?, 128]
                 yield Unknown(spec.name, axis, d, "batch")
-            else:
-                yield Unknown(spec.name, axis, d, _kind(spec, axis, d, image))
+                continue
+            kind = _kind(spec, axis, d, image)
+            if kind == "batch" and (spec.name, axis) in indexed:
+                kind = "other"  # a graph's nodes, which its edges number: no batch
+            yield Unknown(spec.name, axis, d, kind)
 
 
 def batch_symbols(signature: Signature) -> set[str]:

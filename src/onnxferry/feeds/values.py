@@ -84,6 +84,8 @@ def realistic_feeds(
     - ids (``value_ranges`` or ``*ids*`` names): integers in range (else in [0, 8)), 0 (the
       usual pad id) where the mask pads; a float input with a value range (the float ids
       Keras's Embedding casts) takes whole numbers in it;
+    - an input whose values index another's axis (a graph's edges its nodes,
+      ``Signature.links``): integers below that axis' size;
     - ``*token_type*`` / ``*segment*``: 0 for the first part of each row, 1 after;
     - ``*position*`` ids: 0..seq-1;
     - 1-D integer ``*len*`` inputs (``waveforms_lens``): lengths along the other inputs'
@@ -98,11 +100,15 @@ def realistic_feeds(
       bools and short strings.
     """
     rng = np.random.default_rng(seed)
-    ranges = dict(value_ranges or {})
+    resolved = {
+        spec.name: shapes[spec.name] if shapes else signature.resolve_shape(spec, dims)
+        for spec in signature.inputs
+    }
+    ranges = {**_linked_ranges(signature, resolved), **(value_ranges or {})}
     feeds: dict[str, np.ndarray] = {}
     padding = None
     for spec in signature.inputs:
-        shape = shapes[spec.name] if shapes else signature.resolve_shape(spec, dims)
+        shape = resolved[spec.name]
         dtype = spec.dtype.numpy
         if _is_mask(spec):
             padding = _padding(shape, rng)
@@ -262,6 +268,20 @@ def _one(
         return (np.arange(shape[-1]) >= split).astype(spec.dtype.numpy)
     low, high = span if span is not None else _integers(spec.dtype.numpy)
     return rng.integers(low, max(high, low + 1), size=shape).astype(spec.dtype.numpy)
+
+
+def _linked_ranges(
+    signature: Signature, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, int]]:
+    """Ranges of the inputs whose values index another's axis (a graph's edges: below its
+    node count), at the sizes ``shapes`` give; the narrowest where one indexes several."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for link in signature.links:
+        shape = shapes.get(link.data, ())
+        if -len(shape) <= link.axis < len(shape) and shape[link.axis] > 0:
+            high = min(shape[link.axis], ranges.get(link.index, (0, shape[link.axis]))[1])
+            ranges[link.index] = (0, high)
+    return ranges
 
 
 def _integers(dtype: np.dtype[Any]) -> tuple[int, int]:

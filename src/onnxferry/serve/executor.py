@@ -673,7 +673,7 @@ class ModelExecutor:
                 replace(spec, shape=(None,) * len(wrong[spec.name])) if spec.name in wrong else spec
                 for spec in self.signature.outputs
             )
-            self.signature = Signature(self.signature.inputs, outputs_seen)
+            self.signature = replace(self.signature, outputs=outputs_seen)
 
     async def close(self) -> None:
         """Stop taking requests, finish the queued and running ones, stop the threads."""
