@@ -6,6 +6,7 @@ and explain and optimize split ``x`` into rows the edges then pointed past."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def test_the_edges_are_found_to_number_the_nodes(declared: bool) -> None:
     signature = Signature.from_onnx(model)
     assert signature.row_axes() == {"x": None, "edge_index": None}
     assert signature.batch_symbol() is None
+
+
+def test_inspect_says_which_input_indexes_which(ferry: Run, gnn: Path) -> None:
+    code, out, err = ferry("inspect", gnn, "--json")
+    assert code == 0, err
+    links = json.loads(out)["result"]["signature"]["links"]
+    assert links == [{"index": "edge_index", "data": "x", "axis": 0}]
+    code, out, _ = ferry("inspect", gnn)
+    assert "edge_index indexes" in out and "x's axis 0 (its values are rows there)" in out
 
 
 def test_an_index_into_a_constant_table_is_no_link() -> None:

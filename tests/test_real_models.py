@@ -651,11 +651,14 @@ def test_paddleocr_recognizer_tflite_refusal_asks_for_the_sizes_it_is_used_at(
     """onnx2tf 1.28 fails on the recognizer with open dims and again fixed at the sizes chosen
     here (x[1,3,32,32]: an average pool wider than what height 32 leaves); at height 48 it
     converts. The refusal said only "onnx2tf lacks an op"; it now names the chosen sizes and
-    asks for the ones the model is used at. Should onnx2tf convert it, it is checked."""
+    asks for the ones the model is used at. Should onnx2tf convert it, it is checked. Without
+    strict mode (``strict=false``): the refusal is the same, from two conversions, not three
+    (tests/test_package_tflite.py tries strict mode's retries)."""
     if importlib.util.find_spec("onnx2tf") is None:
         pytest.skip("onnx2tf is not installed")
     source = _wheel_model("ppocr_rec")
-    result = ferry("package", source, "--target", "tflite", "-o", tmp_path / "t")
+    args = ("--target", "tflite", "--set", "strict=false", "-o", tmp_path / "t")
+    result = ferry("package", source, *args)
     _, err = assert_clean(result, {0, 1, 2})
     if result[0] == 2:
         assert "are sizes chosen here for the open dims: give the sizes the model is used at" in err

@@ -9,7 +9,8 @@ So generated edges must stay below the node count, and the rows of ``x`` are not
 can be split (``Signature.row_axes``). Found by following each integer input through the ops
 that keep its values (selections of its rows, transposes, concatenations) to an index
 position whose data has a dim named as an input's dim; the data's shape comes from the
-model's ``value_info`` or, where that lacks it, ONNX's shape inference. An index into a
+model's ``value_info`` or, where that lacks it, ONNX's shape inference (models under 256 MiB
+of weights: it copies the model). An index into a
 constant (an embedding table) is a fixed range (``feeds.ranges``), not a link.
 """
 
@@ -33,6 +34,8 @@ _KEEPS_VALUES = {
 _INDEXES = {"Gather", "GatherElements", "GatherND", "ScatterElements", "Scatter", "ScatterND"}
 """Ops whose second input indexes an axis of the first."""
 _UNNAMED = {"", "?", "None"}
+_INFER_LIMIT = 256 * 2**20
+"""Weights (bytes) past which a model's shapes are not inferred for its links."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class _Shapes:
     def _infer(self) -> dict[str, list[str | int | None]]:
         import onnx
 
+        if sum(len(t.raw_data) for t in self._model.graph.initializer) > _INFER_LIMIT:
+            return {}  # inference copies the model: not for every signature of a large one
         try:
             return self._read(onnx.shape_inference.infer_shapes(self._model).graph)
         except Exception:  # a graph ONNX's inference cannot follow: no shapes, no links

@@ -47,6 +47,10 @@ class ModelInfo:
             ("parameters", f"{s['parameter_count']:,}"),
             ("nodes", s["node_count"]),
         ]
+        facts.extend(
+            (f"{k['index']} indexes", f"{k['data']}'s axis {k['axis']} (its values are rows there)")
+            for k in s["signature"].get("links", [])
+        )
         facts.extend((f"metadata {k}", _short(v)) for k, v in s["metadata_props"].items())
         io_rows = [
             (kind, t["name"], t["dtype"], _shape_text(t["shape"]))

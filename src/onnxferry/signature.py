@@ -471,9 +471,12 @@ class Signature:
         return 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Inputs and outputs; ``links`` too where there are some."""
+        links = [{"index": k.index, "data": k.data, "axis": k.axis} for k in self.links]
         return {
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
+            **({"links": links} if links else {}),
         }
 
     def validate(self, feeds: Mapping[str, Any]) -> None:

@@ -58,7 +58,10 @@ Strict mode. onnx2tf's strict mode corrects transposition errors by running the 
 so far after each op it converts: on a 12-layer Whisper encoder (Smart Turn) that is 450 runs
 and most of a 90 s conversion. With ``strict=auto`` (the default) the model is converted
 without it first, and again with it (the note says why) only when that file fails to convert
-or fails its check (SqueezeNet's softmax comes out transposed without it). ``strict=true``
+or fails its check (SqueezeNet's softmax comes out transposed without it); a model onnx2tf
+cannot convert with its open dims is converted with them fixed first (then in strict mode if
+need be), not in strict mode with them open: on Smart Turn that failed too, one conversion of
+a deep encoder for nothing. ``strict=true``
 always runs it (onnx2tf's own default), ``strict=false`` never does.
 
 Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``strict`` (auto),
@@ -181,7 +184,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
         keep = [n for n, p in perms.items() if len(p) in CHANNELS_LAST and p == _same(len(p))]
 
-        def attempt(shapes: dict[str, list[int]]) -> _Attempt:
+        def attempt(shapes: dict[str, list[int]], fixed_next: bool = False) -> _Attempt:
             folder = Path(work) / ("static" if shapes else "open")
             given, notes = _folded(model, shapes, misdeclared)
             copy = given.save(folder / "model.onnx")
@@ -191,7 +194,9 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             try:
                 quick = once(str(copy.path), folder, notes, strict=False)
             except Unconverted as e:
-                if LACKS_OP in e.detail:  # strict mode cannot give onnx2tf an op it lacks
+                # strict mode cannot give onnx2tf an op it lacks; open dims it cannot convert
+                # (shape arithmetic on an unknown rank) are fixed next, before strict mode
+                if LACKS_OP in e.detail or fixed_next:
                     raise
                 why = e.detail
             else:
@@ -222,7 +227,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         shown = describe_shapes(fixed)
         auto = opts["static"] == "auto" and bool(fixed) and not static
         try:
-            chosen = attempt(fixed if static else {})
+            chosen = attempt(fixed if static else {}, fixed_next=auto)
         except InputError as e:
             if not auto:
                 raise
