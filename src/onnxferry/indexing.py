@@ -10,8 +10,8 @@ can be split (``Signature.row_axes``). Found by following each integer input thr
 that keep its values (selections of its rows, transposes, concatenations) to an index
 position whose data has a dim named as an input's dim; the data's shape comes from the
 model's ``value_info`` or, where that lacks it, ONNX's shape inference (models under 256 MiB
-of weights: it copies the model). An index into a
-constant (an embedding table) is a fixed range (``feeds.ranges``), not a link.
+of weights: it copies the model). An index into a constant (an embedding table) is a fixed
+range (``feeds.ranges``), not a link.
 """
 
 from __future__ import annotations

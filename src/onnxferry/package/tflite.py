@@ -60,9 +60,9 @@ and most of a 90 s conversion. With ``strict=auto`` (the default) the model is c
 without it first, and again with it (the note says why) only when that file fails to convert
 or fails its check (SqueezeNet's softmax comes out transposed without it); a model onnx2tf
 cannot convert with its open dims is converted with them fixed first (then in strict mode if
-need be), not in strict mode with them open: on Smart Turn that failed too, one conversion of
-a deep encoder for nothing. ``strict=true``
-always runs it (onnx2tf's own default), ``strict=false`` never does.
+need be), not in strict mode with them open (on PP-OCR's recognizer that failed too: one
+whole conversion for nothing). ``strict=true`` always runs it (onnx2tf's own default),
+``strict=false`` never does.
 
 Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``strict`` (auto),
 ``fp16`` (false), ``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
