@@ -352,6 +352,8 @@ def flush_denormals(
     search.candidates.append(candidate)
     if step.status != "kept" or step.latency_ms is None:
         candidate.path = base.path if base is not None else None  # the answer, unmarked
+        if base is not None:  # the same model as the answer: the same held-out verdict
+            candidate.held_out_metric, candidate.refused = base.held_out_metric, base.refused
         return
     candidate.path = marked.save(workdir / f"candidate{index}" / "final.onnx").path
     # the marked model's time on the finals' scale: its ratio to the answer in its own rounds
