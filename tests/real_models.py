@@ -1373,7 +1373,7 @@ QUIRK_WHEELS: dict[str, WheelModel] = {
         ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
     )
 }
-"""Models from public wheels tested where their quirk matters (tests/test_real_models.py)
+"""Models from public wheels tested where their quirk matters (tests/test_real_models*.py)
 and run through every verb by benchmarks/real_models.py, not through every test of the
 ``real`` fixture (test time)."""
 

@@ -52,17 +52,20 @@ arithmetic, as openWakeWord's melspectrogram's) or match ONNX Runtime (Magika's)
 converted again with every open input fixed at the check's sizes (onnxslim's
 ``input_shapes``, so the arithmetic folds away), and the note says so. ``static=true`` fixes
 them from the start, ``static=false`` never does.
-Give ``inputs`` to fix them at the sizes the model is used at.
+Give ``inputs`` to fix them at the sizes the model is used at: a refusal at sizes chosen here
+(PP-OCR's recognizer at a height of 32, not 48) says so.
 
 Strict mode. onnx2tf's strict mode corrects transposition errors by running the graph built
 so far after each op it converts: on a 12-layer Whisper encoder (Smart Turn) that is 450 runs
-and most of a 90 s conversion. With ``strict=auto`` (the default) the model is converted
-without it first, and again with it (the note says why) only when that file fails to convert
-or fails its check (SqueezeNet's softmax comes out transposed without it); a model onnx2tf
+and most of a 90 s conversion. Its shape estimation (a run of the ONNX model for every op's
+output, against which it tries axis orders at the ops whose shapes it doubts) took 44 of the
+102 s left. With ``strict=auto`` (the default) the model is converted without either first,
+and again in strict mode with its estimation (the note says why) only when that file fails to
+convert or fails its check (SqueezeNet's softmax comes out transposed without it); a model onnx2tf
 cannot convert with its open dims is converted with them fixed first (then in strict mode if
 need be), not in strict mode with them open (on PP-OCR's recognizer that failed too: one
-whole conversion for nothing). ``strict=true`` always runs it (onnx2tf's own default),
-``strict=false`` never does.
+whole conversion for nothing). ``strict=true`` always runs both (onnx2tf's own default),
+``strict=false`` neither.
 
 Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``strict`` (auto),
 ``fp16`` (false), ``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
@@ -117,7 +120,8 @@ LACKS_OP = "OP is not yet implemented"
 """How onnx2tf says it has no converter for an op (``Loop OP is not yet implemented``)."""
 QUICK_NOTE = (
     "converted without onnx2tf's strict mode (its accuracy correction, which runs the graph "
-    "built so far after each op): the check passes (strict=true runs it)"
+    "built so far after each op) and shape estimation (a run of the ONNX model for every "
+    "op's output): the check passes (strict=true runs both)"
 )
 SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 """The file onnx2tf reads from its working folder before it tries to download it."""
@@ -226,13 +230,15 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
 
         shown = describe_shapes(fixed)
         auto = opts["static"] == "auto" and bool(fixed) and not static
+        sizes_chosen = opts["inputs"] is None
         try:
             chosen = attempt(fixed if static else {}, fixed_next=auto)
         except InputError as e:
+            if static and sizes_chosen and isinstance(e, Unconverted):
+                raise Unconverted(e.name, e.detail, _chosen_sizes_hint(shown)) from None
             if not auto:
                 raise
-            given = opts["inputs"] is not None
-            chosen = _fixed_if_it_converts(e, lambda: attempt(fixed), shown, sizes_chosen=not given)
+            chosen = _fixed_if_it_converts(e, lambda: attempt(fixed), shown, sizes_chosen)
         else:
             if auto and chosen.problem is not None:
                 chosen = _fixed_if_it_runs(chosen, lambda: attempt(fixed), shown)
@@ -295,6 +301,15 @@ class Unconverted(InputError):
         self.name, self.detail = name, detail
 
 
+def _chosen_sizes_hint(shown: str) -> str:
+    """The hint of a refusal at sizes chosen here for the open dims (``shown``), which may be
+    ones the model is not made for."""
+    return (
+        f"{shown} are sizes chosen here for the open dims: give the sizes the model is used at "
+        f"(--set inputs=FILE, a sample); else, {LACKS_HINT}"
+    )
+
+
 def _fixed_if_it_converts(
     error: InputError, convert: Callable[[], _Attempt], shown: str, sizes_chosen: bool
 ) -> _Attempt:
@@ -310,12 +325,7 @@ def _fixed_if_it_converts(
         if not isinstance(error, Unconverted) or again.detail == error.detail:
             raise error from None
         both = f"{error.detail}; with its inputs fixed at {shown}: {again.detail}"
-        hint = LACKS_HINT
-        if sizes_chosen:
-            hint = (
-                f"{shown} are sizes chosen here for the open dims: give the sizes the model is "
-                f"used at (--set inputs=FILE, a sample); else, {LACKS_HINT}"
-            )
+        hint = _chosen_sizes_hint(shown) if sizes_chosen else LACKS_HINT
         raise Unconverted(error.name, both, hint) from None
     fixed.notes.append(
         f"onnx2tf could not convert it with open dims ({error}): written with its inputs "
@@ -786,6 +796,45 @@ def _no_saved_model() -> Iterator[None]:
         tf.saved_model.save = save
 
 
+NO_ESTIMATION = "onnxferry: onnx2tf's shape estimation is left to strict mode"
+
+
+@contextlib.contextmanager
+def _no_shape_estimation() -> Iterator[None]:
+    """(In the worker.) onnx2tf without its shape estimation: before converting, it runs the
+    whole ONNX model in ONNX Runtime for every op's output, and then, at each MatMul,
+    Transpose or Reshape whose shapes it doubts, runs the TensorFlow graph built so far and
+    tries axis orders against those outputs. Smart Turn's encoder took 102 s with it and 58 s
+    without, with the same file's parity; PP-OCR's recognizer built 577 Keras models for one
+    attention MatMul. ferry checks the file against ONNX Runtime in any case, and a file that
+    fails is converted again in strict mode, which estimates as onnx2tf does. onnx2tf goes on
+    without the estimation when the run raises, as on a model ONNX Runtime cannot run."""
+    import importlib
+
+    module = importlib.import_module("onnx2tf.onnx2tf")
+    run = getattr(module, "dummy_onnx_inference", None)
+    if run is None:  # another onnx2tf: converted as it comes
+        yield
+        return
+
+    def skipped(**_: object) -> None:
+        raise RuntimeError(NO_ESTIMATION)
+
+    setattr(module, "dummy_onnx_inference", skipped)  # noqa: B010 (an untyped module)
+    try:
+        yield
+    finally:
+        setattr(module, "dummy_onnx_inference", run)  # noqa: B010
+
+
+def _estimation_skipped(warning: str) -> bool:
+    """Whether ``warning`` is onnx2tf's word on the estimation ``_no_shape_estimation``
+    skipped (its reason, then the exception's text)."""
+    return warning == NO_ESTIMATION or warning.startswith(
+        "The optimization process for shape estimation is skipped"
+    )
+
+
 def _fresh_keras() -> None:
     """(In the worker.) Keras's global state (layer name counters, the graph onnx2tf built)
     cleared, so the kept worker's next conversion is made as in a fresh one."""
@@ -804,7 +853,8 @@ def _convert(model: str, keep: list[str], strict: bool) -> Converted | str:
     os.chdir(work)
     console: NativeOutput | None = None
     try:
-        with native_output((1, 2)) as console, _no_saved_model():
+        quick = contextlib.nullcontext() if strict else _no_shape_estimation()
+        with native_output((1, 2)) as console, _no_saved_model(), quick:
             import onnx2tf
 
             onnx2tf.convert(
@@ -833,7 +883,8 @@ def _convert(model: str, keep: list[str], strict: bool) -> Converted | str:
     if missing:
         errors = _log_lines(log, "ERROR:")
         return f"it wrote no {', '.join(missing)}" + (f" ({errors[0]})" if errors else "")
-    warnings = list(dict.fromkeys(_log_lines(log, "WARNING:")))[:3]
+    warnings = [w for w in _log_lines(log, "WARNING:") if not _estimation_skipped(w)]
+    warnings = list(dict.fromkeys(warnings))[:3]
     return Converted({k: p.read_bytes() for k, p in files.items()}, onnx2tf.__version__, warnings)
 
 
