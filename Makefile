@@ -82,7 +82,8 @@ system-tools:
 		$$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; \
 	fi
 
-# pytest-xdist runs the test files on one worker per core (two here: about 1.7x faster); a file
+# pytest-xdist runs the test files on one worker per core (two here: about 1.7x faster; the
+# tests keep ONNX Runtime's idle threads from spinning on the other worker's core); a file
 # stays on one worker, so its module fixtures (servers, built models) are made once. WORKERS=0
 # runs everything in this process. The files run in the order tests/conftest.py sets (those that
 # measure their own process's memory first).

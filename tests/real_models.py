@@ -65,7 +65,9 @@ dependencies) and cached, as the product must take them from the wild:
 - ``QUIRK_WHEELS`` (speechmos 0.0.1.1, Microsoft's speech-quality scorers): AECMOS (PyTorch
   1.9, opset 9), whose batch axis is open but whose GRU state ``h0: [4, 1, 64]`` holds one
   row, so ONNX Runtime refuses two rows at once; PLCMOS (PyTorch 1.11), whose score is
-  squeezed of every axis, a scalar for a batch of one;
+  squeezed of every axis, a scalar for a batch of one; and onnx-asr's Whisper log-mel
+  extractor (``asr_whisper80``), whose STFT takes the signal as ``[batch, N]`` with no
+  channel axis and whose ``waveforms_lens`` is read only through Shape;
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``TORCH_WHEELS`` (attacut 1.0.6, BeatNet 1.1.3, batdetect2 1.3.1): torch state_dicts and
   their model code, for a factory;
@@ -1366,12 +1368,19 @@ def _plcmos_feeds() -> Feeds:
 
 QUIRK_WHEELS: dict[str, WheelModel] = {
     m.name: m
-    for m in _shipped(
-        _SPEECHMOS,
-        "speechmos",
-        ("aecmos", "aecmos_models/Run_1663829550_Stage_0.onnx", _aecmos_feeds),
-        ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
-    )
+    for m in [
+        *_shipped(
+            _SPEECHMOS,
+            "speechmos",
+            ("aecmos", "aecmos_models/Run_1663829550_Stage_0.onnx", _aecmos_feeds),
+            ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
+        ),
+        *_shipped(
+            _ONNX_ASR,
+            "onnx_asr/preprocessors/data",
+            ("asr_whisper80", "whisper80.onnx", _waveforms),
+        ),
+    ]
 }
 """Models from public wheels tested where their quirk matters (tests/test_real_models*.py)
 and run through every verb by benchmarks/real_models.py, not through every test of the

@@ -21,12 +21,14 @@ from onnxferry.stft import stft_as_conv, with_stft_as_conv
 from .helpers import save
 
 
-def spectrogram(onesided: int = 1, window: bool = True) -> onnx.ModelProto:
+def spectrogram(onesided: int = 1, window: bool = True, channel: bool = True) -> onnx.ModelProto:
     """audio[batch, 512] -> STFT (hop 64, frame 128, a Hann window) -> |.| ->
-    magnitude[batch, 7, bins], as the dynamo exporter writes ``torch.stft(...).abs()``."""
-    inputs = ["signal", "hop", "window" if window else "", "frame"]
+    magnitude[batch, 7, bins], as the dynamo exporter writes ``torch.stft(...).abs()``; with
+    ``channel=False`` the signal is ``[batch, 512]`` itself, as onnx-asr's feature extractors
+    (onnxscript) give it to STFT and ONNX Runtime takes it."""
+    inputs = ["signal" if channel else "audio", "hop", "window" if window else "", "frame"]
     nodes = [
-        helper.make_node("Unsqueeze", ["audio", "last"], ["signal"]),
+        *([helper.make_node("Unsqueeze", ["audio", "last"], ["signal"])] if channel else []),
         helper.make_node("STFT", inputs, ["spectrum"], onesided=onesided),
         helper.make_node("ReduceL2", ["spectrum", "last"], ["magnitude"], keepdims=0),
     ]
@@ -91,10 +93,18 @@ def _run(proto: onnx.ModelProto, audio: np.ndarray) -> np.ndarray:
         (lambda: spectrogram(1, True), "STFT", 1e-4),
         (lambda: spectrogram(0, True), "STFT", 1e-4),
         (lambda: spectrogram(1, False), "STFT", 1e-4),
+        (lambda: spectrogram(1, True, channel=False), "STFT", 1e-4),
         (lambda: spectrum(20, 1), "DFT", 1e-3),  # the axis an input (opset 20), onesided
         (lambda: spectrum(18, 0), "DFT", 1e-3),  # the axis an attribute, every bin
     ],
-    ids=["stft-onesided", "stft-full", "stft-no-window", "dft-axis-input", "dft-full"],
+    ids=[
+        "stft-onesided",
+        "stft-full",
+        "stft-no-window",
+        "stft-signal-without-channel",
+        "dft-axis-input",
+        "dft-full",
+    ],
 )
 def test_the_rewrite_computes_what_the_op_computes(
     build: Callable[[], onnx.ModelProto], op: str, atol: float

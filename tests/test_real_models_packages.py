@@ -14,6 +14,7 @@ import pytest
 from onnxferry.data.npz import save_npz
 from tests.helpers import Run
 from tests.real_models import (
+    QUIRK_WHEELS,
     TFLITE_WHEELS,
     WHEELS,
 )
@@ -85,6 +86,30 @@ def test_a_model_that_crashes_openvino_is_one_line_never_a_dead_process(
         _, err = assert_clean(result, {0, 1, 2})
         if result[0] == 2:
             assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("target", ["openvino", "tflite"])
+def test_onnx_asr_s_whisper_features_package_with_their_stft_as_a_convolution(
+    target: str, ferry: Run, tmp_path: Path
+) -> None:
+    """onnx-asr's feature extractors (onnxscript) give STFT the signal as ``[batch, N]``,
+    without the channel axis ONNX's spec writes and ONNX Runtime does not need: the STFT was
+    left as it was, and OpenVINO's frontend ("FrontEnd API failed") and onnx2tf (IndexError)
+    refused every one of them. Whisper's ``waveforms_lens`` is read only through Shape:
+    onnx2tf leaves it out of the .tflite at fixed sizes, whose check said "the .tflite has 1
+    inputs, the model 2"; it is now run without it, and the report says so."""
+    needs = {"openvino": ["openvino"], "tflite": ["onnx2tf", "ai_edge_litert"]}[target]
+    if not all(importlib.util.find_spec(name) for name in needs):
+        pytest.skip(f"the {target} target is not installed")
+    source = wheel_model("asr_whisper80")
+    inputs = save_npz(tmp_path / "audio.npz", QUIRK_WHEELS["asr_whisper80"].feeds())
+    args = ("package", source, "--target", target, "--set", f"inputs={inputs}")
+    report = ok_json(ferry(*args, "-o", tmp_path / target, "--json"))["result"]
+    notes = report["notes"]
+    assert any("1 STFT / DFT node(s) were given to" in note for note in notes), notes
+    if target == "tflite":
+        left_out = "input 'waveforms_lens' is not an input of the .tflite: onnx2tf left it out"
+        assert any(note.startswith(left_out) for note in notes), notes
 
 
 def test_slanet_s_loop_packages_for_openvino_and_runs_on_its_provider(

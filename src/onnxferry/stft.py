@@ -5,8 +5,10 @@
 
 ``torch.stft`` exports as ONNX's STFT and ``torch.fft.rfft`` as its DFT (opset 17), which
 OpenVINO's ONNX frontend and onnx2tf do not convert; every torch model with a spectrogram
-inside stopped at `package openvino` and `package tflite`. A real signal's STFT with a
-constant hop and window is a 1-D convolution of the signal with ``window * cos`` and
+inside stopped at `package openvino` and `package tflite`, as did onnx-asr's feature
+extractors (onnxscript). A real signal's (``[batch, length, 1]``, or ``[batch, length]`` as
+onnxscript writes it and ONNX Runtime runs it) STFT with a constant hop and window is a 1-D
+convolution of the signal with ``window * cos`` and
 ``-window * sin`` kernels, one pair per frequency bin, at a stride of the hop, framed exactly
 as STFT frames it (``(length - frame) // hop + 1`` frames), put back in STFT's layout
 ``[batch, frames, bins, 2]``. A real signal's DFT along its last axis of known length is its
@@ -64,7 +66,6 @@ def stft_as_conv(proto: onnx.ModelProto) -> int:
         for v in (*typed.graph.input, *typed.graph.value_info)
         if v.type.tensor_type.HasField("shape")
     }
-    last_dims = {name: dims[-1] for name, dims in shapes.items() if dims}
     taken = value_names(graph)
 
     def fresh(stem: str) -> str:
@@ -101,22 +102,29 @@ def stft_as_conv(proto: onnx.ModelProto) -> int:
             ]
             count += 1
             continue
-        kernel = _kernel(node, constants, last_dims) if node.op_type == "STFT" else None
+        kernel = _kernel(node, constants, shapes) if node.op_type == "STFT" else None
         if kernel is None:
             rewritten.append(node)
             continue
         weights, hop = kernel
         bins = weights.shape[0] // 2
         stem = node.name or node.output[0]
-        names = {k: fresh(f"{stem}_{k}") for k in ("kernel", "shape", "rows", "conv", "split")}
+        names = {
+            k: fresh(f"{stem}_{k}") for k in ("kernel", "shape", "axis", "rows", "conv", "split")
+        }
         graph.initializer.extend(
             [
                 numpy_helper.from_array(weights, names["kernel"]),
                 numpy_helper.from_array(np.array([0, 2, bins, -1], np.int64), names["shape"]),
             ]
         )
+        if len(shapes[node.input[0]]) == 2:  # [batch, length], as ONNX Runtime takes it too
+            graph.initializer.append(numpy_helper.from_array(np.array([1]), names["axis"]))
+            rows = helper.make_node("Unsqueeze", [node.input[0], names["axis"]], [names["rows"]])
+        else:  # [batch, length, 1]
+            rows = helper.make_node("Transpose", [node.input[0]], [names["rows"]], perm=[0, 2, 1])
         rewritten += [
-            helper.make_node("Transpose", [node.input[0]], [names["rows"]], perm=[0, 2, 1]),
+            rows,
             helper.make_node(
                 "Conv", [names["rows"], names["kernel"]], [names["conv"]], strides=[hop]
             ),
@@ -133,14 +141,17 @@ def stft_as_conv(proto: onnx.ModelProto) -> int:
 
 
 def _kernel(
-    node: onnx.NodeProto, constants: dict[str, np.ndarray], last_dims: dict[str, int]
+    node: onnx.NodeProto, constants: dict[str, np.ndarray], shapes: dict[str, list[int]]
 ) -> tuple[np.ndarray, int] | None:
     """The ``[2 * bins, 1, frame]`` cos/sin kernel and the hop of an STFT node, or None when
     it cannot be a convolution (a complex or untyped signal; a hop, window or frame length
-    that is not a constant)."""
+    that is not a constant). A real signal is ``[batch, length, 1]``, or ``[batch, length]``
+    as onnx-asr's feature extractors (onnxscript) give it and ONNX Runtime runs it."""
     inputs = list(node.input) + [""] * (4 - len(node.input))
     signal, step, window, length = inputs[:4]
-    if last_dims.get(signal) != 1 or step not in constants:
+    dims = shapes.get(signal, [])
+    real = len(dims) == 2 or (len(dims) == 3 and dims[-1] == 1)
+    if not real or step not in constants:
         return None
     if (window and window not in constants) or (length and length not in constants):
         return None

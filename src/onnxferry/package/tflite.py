@@ -263,6 +263,13 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     size_text = ", ".join(f"{n} {human_size(b)}" for n, b in sizes)
     result.checks.append(Check("size", True, size_text, tool="os.stat"))
     result.notes.append(layout_note(model, runs[name32], reference[0], opts["layout"]))
+    if runs[name32].problem is None:
+        result.notes += [
+            f"input {name!r} is not an input of the .tflite: onnx2tf left it out (no output "
+            "needs its values at these sizes), and the check ran the .tflite without it"
+            for name in perms
+            if name not in runs[name32].inputs
+        ]
     result.notes += [f"onnx2tf warned: {w}" for w in done.warnings]
     result.notes += given_notes
     return result
@@ -547,7 +554,9 @@ def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: st
     perms = input_perms(model, layout)
     ins = []
     for spec in model.signature.inputs:
-        if spec.name not in ran.inputs:  # read by no node, left out (``unread_inputs``)
+        if (
+            spec.name not in ran.inputs
+        ):  # onnx2tf left it out (``unread_inputs``, ``_match_inputs``)
             continue
         rank = spec.rank or 0
         moved = perms[spec.name] != tuple(range(rank))
@@ -972,11 +981,14 @@ def _flex_ops(path: str) -> str | None:
 
 def _match_inputs(details: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
     """The interpreter's inputs under the ONNX names: by name (onnx2tf keeps it, ``:`` made
-    ``_``), else in order."""
+    ``_``), else in order. Every input of the file found by name but some of the model's
+    missing: onnx2tf left those out (at fixed sizes, an input whose values no output needs,
+    as onnx-asr's ``waveforms_lens`` read only through Shape), and the run goes without them."""
     by_name = {d["name"]: d for d in details}
     found = {n: by_name.get(n) or by_name.get(n.replace(":", "_")) for n in names}
-    if all(found.values()):
-        return {n: d for n, d in found.items() if d is not None}
+    matched = {n: d for n, d in found.items() if d is not None}
+    if len(matched) == len(details):
+        return matched
     if len(details) != len(names):
         raise ValueError(f"the .tflite has {len(details)} inputs, the model {len(names)}")
     return dict(zip(names, sorted(details, key=lambda d: d["index"]), strict=True))
