@@ -6,15 +6,15 @@
 ``torch.stft`` exports as ONNX's STFT and ``torch.fft.rfft`` as its DFT (opset 17), which
 OpenVINO's ONNX frontend and onnx2tf do not convert; every torch model with a spectrogram
 inside stopped at `package openvino` and `package tflite`, as did onnx-asr's feature
-extractors (onnxscript). A real signal's (``[batch, length, 1]``, or ``[batch, length]`` as
-onnxscript writes it and ONNX Runtime runs it) STFT with a constant hop and window is a 1-D
-convolution of the signal with ``window * cos`` and
-``-window * sin`` kernels, one pair per frequency bin, at a stride of the hop, framed exactly
-as STFT frames it (``(length - frame) // hop + 1`` frames), put back in STFT's layout
-``[batch, frames, bins, 2]``. A real signal's DFT along its last axis of known length is its
-product with the ``[cos, -sin]`` matrix, in DFT's layout ``[..., bins, 2]``. A node whose
-signal is complex, or whose hop, window, length or axis is not a constant, an inverse DFT,
-or one along another axis, is left as it is.
+extractors (onnxscript). A real signal's STFT (the signal ``[batch, length, 1]``, or
+``[batch, length]`` as onnxscript writes it and ONNX Runtime runs it) with a constant hop
+and window is a 1-D convolution of the signal with ``window * cos`` and ``-window * sin``
+kernels, one pair per frequency bin, at a stride of the hop, framed exactly as STFT frames
+it (``(length - frame) // hop + 1`` frames), put back in STFT's layout ``[batch, frames,
+bins, 2]``. A real signal's DFT along its last axis of known length is its product with the
+``[cos, -sin]`` matrix, in DFT's layout ``[..., bins, 2]``. A node whose signal is complex,
+or whose hop, window, length or axis is not a constant, an inverse DFT, or one along another
+axis, is left as it is.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def stft_as_conv(proto: onnx.ModelProto) -> int:
             ]
         )
         if len(shapes[node.input[0]]) == 2:  # [batch, length], as ONNX Runtime takes it too
-            graph.initializer.append(numpy_helper.from_array(np.array([1]), names["axis"]))
+            axis = numpy_helper.from_array(np.array([1], np.int64), names["axis"])
+            graph.initializer.append(axis)
             rows = helper.make_node("Unsqueeze", [node.input[0], names["axis"]], [names["rows"]])
         else:  # [batch, length, 1]
             rows = helper.make_node("Transpose", [node.input[0]], [names["rows"]], perm=[0, 2, 1])

@@ -554,9 +554,8 @@ def layout_note(model: Model, ran: Ran, reference: Mapping[str, Any], layout: st
     perms = input_perms(model, layout)
     ins = []
     for spec in model.signature.inputs:
-        if (
-            spec.name not in ran.inputs
-        ):  # onnx2tf left it out (``unread_inputs``, ``_match_inputs``)
+        # onnx2tf left it out (``unread_inputs``, ``_match_inputs``)
+        if spec.name not in ran.inputs:
             continue
         rank = spec.rank or 0
         moved = perms[spec.name] != tuple(range(rank))
