@@ -66,7 +66,7 @@ lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(DEVSTAMP)
-	$(VENV)/bin/mypy
+	nice -n 19 $(VENV)/bin/mypy
 
 # Tools the tests drive that come from Debian's packages, not PyPI: Chromium (every HTML report
 # is loaded in a real headless browser) and Graphviz's dot (`ferry graph`). Installed only when
@@ -92,7 +92,9 @@ unit: $(DEVSTAMP) system-tools
 	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # mypy (one core, about a minute and a half from a fresh clone) runs beside pytest's first
-# files rather than before them: on 2 cores the whole run ends about a minute sooner.
+# files rather than before them: on 2 cores the whole run ends about a minute sooner. It runs
+# at the lowest priority (typecheck's nice), on what the tests leave idle: at full priority it
+# slowed the Ray and Flower tests that start first two to four times.
 test: lint
 	$(MAKE) --no-print-directory -j2 typecheck unit
 

@@ -209,6 +209,19 @@ def test_open_sequence_dim_is_named_and_verified(tmp_path: Path) -> None:
     verify(source, tmp_path, ({"batch": 1, "tokens_dim1": 5}, {"batch": 3, "tokens_dim1": 9}))
 
 
+def test_an_output_s_sequence_dim_takes_the_input_s_name(tmp_path: Path) -> None:
+    """Keras says the output is ``(None, None, 4)`` and tf2onnx writes ``[batch, unk__N,
+    4]``; in every verification run the dim was the input's sequence length, so the model
+    kept says so (and the report how it knows)."""
+    tokens = keras.Input((None, 3), name="tokens")
+    model = keras.Model(tokens, keras.layers.Conv1D(4, 2, padding="same", name="conv")(tokens))
+    converted = onnxferry.convert(model, tmp_path / "conv.onnx")
+    assert converted.signature.outputs[0].shape == ("batch", "tokens_dim1", 4)
+    report = converted.last_report(Conversion)
+    named = [n for n in report.notes if " left unnamed took the names of the input " in n]
+    assert named and named[0].endswith("conv[1] 'tokens_dim1'"), report.notes
+
+
 @pytest.mark.parametrize("dtype", ["int32", "float32"])
 def test_token_ids_feeding_an_embedding_get_a_value_range(dtype: str, tmp_path: Path) -> None:
     """Integer ids, or float ones (``keras.Input``'s default dtype, which the Embedding

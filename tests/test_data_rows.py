@@ -93,7 +93,9 @@ def test_verbs_take_a_csv_as_inputs(tmp_path: Path, ferry: Run) -> None:
     assert code == 0, err
     code, out, err = ferry("bench", path, "--inputs", tmp_path / "rows.csv", "--duration", "0.05")
     assert code == 0, err
-    code, out, err = ferry("explain", path, "--inputs", tmp_path / "rows.csv", "--json")
+    code, out, err = ferry(
+        "explain", path, "--inputs", tmp_path / "rows.csv", "-o", tmp_path / "explained", "--json"
+    )
     assert code == 0, err
     explained = json.loads(out)["result"]
     assert explained["input"] == "age, city, n, member"

@@ -331,3 +331,35 @@ def test_a_sequence_input_is_refused_in_one_line_when_fed() -> None:
     sig = Signature((spec,), ())
     with pytest.raises(FeedError, match=r"input 'xs' is a sequence \(seq\(tensor\(FLOAT\)\)\)"):
         sig.validate({"xs": np.ones((2, 4), np.float32)})
+
+
+def test_unknown_output_dims_take_the_name_of_the_input_dim_they_follow() -> None:
+    """tf2onnx writes ``unk__N`` for an output's sequence axis; over runs of other sizes the
+    dim is the input's ``seq``. A dim as large as two names, or of one size, stays unknown."""
+    sig = Signature.from_onnx(
+        onnx_text(
+            """
+            <ir_version: 8, opset_import: ["" : 17]>
+            g (float[batch, seq, 4] x, float[batch, width] w, float[batch, 2] v)
+                => (float[batch, unk__7, 4] y, float[unk__8] z, float[unk__9, 2] u) {
+                y = Identity(x)
+                axis = Constant<value = int64[1] {0}>()
+                z = ReduceSum<keepdims = 0>(w, axis)
+                u = Identity(v)
+            }
+            """
+        )
+    )
+    feeds = [
+        {"x": np.zeros((1, 8, 4)), "w": np.zeros((1, 5)), "v": np.zeros((1, 2))},
+        {"x": np.zeros((4, 13, 4)), "w": np.zeros((4, 5)), "v": np.zeros((4, 2))},
+    ]
+    outputs = [
+        {"y": np.zeros((1, 8, 4)), "z": np.zeros(5), "u": np.zeros((1, 2))},
+        {"y": np.zeros((4, 13, 4)), "z": np.zeros(5), "u": np.zeros((4, 2))},
+    ]
+    assert sig.dims_following_inputs(feeds, outputs) == {"y": {1: "seq"}, "u": {0: "batch"}}
+    same = [{**f, "w": np.zeros((len(f["x"]), f["x"].shape[1]))} for f in feeds]
+    assert sig.dims_following_inputs(same, outputs) == {"u": {0: "batch"}}  # seq or width
+    assert sig.dims_following_inputs(feeds[:1], outputs[:1]) == {}  # one size: nothing to see
+    assert sig.dims_following_inputs(feeds, [{}, {}]) == {}  # outputs not arrays (a ZipMap)

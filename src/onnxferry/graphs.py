@@ -304,6 +304,22 @@ def rename_values(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
 # --- copies, external data, outputs ----------------------------------------------------------
 
 
+def name_output_dims(proto: onnx.ModelProto, names: Mapping[str, Mapping[int, str]]) -> int:
+    """Give the main graph's outputs the dim names ``names`` holds (output -> {axis: name}),
+    in place, as ``Signature.dims_following_inputs`` finds them; how many dims were named.
+
+        name_output_dims(proto, {"logits": {1: "sequence"}})
+    """
+    count = 0
+    for value in proto.graph.output:
+        for axis, name in names.get(value.name, {}).items():
+            dims = value.type.tensor_type.shape.dim
+            if axis < len(dims) and dims[axis].dim_param != name:
+                dims[axis].dim_param = name  # clears a dim_value too (a oneof)
+                count += 1
+    return count
+
+
 def copy_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A deep copy of ``proto``."""
     import onnx

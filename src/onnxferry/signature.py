@@ -479,6 +479,38 @@ class Signature:
             **({"links": links} if links else {}),
         }
 
+    def dims_following_inputs(
+        self, feeds: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, dict[int, str]]:
+        """The output dims left unknown that follow a named input dim, seen over runs: output
+        name -> {axis: the input dim's name}. A dim counts when its size in every run's
+        ``outputs`` equals that name's size in the run's ``feeds``, takes more than one size
+        over the runs, and matches no other name (tf2onnx's ``unk__N`` for a sequence axis).
+
+            sig.dims_following_inputs([{"x": a1}, {"x": a4}], [out1, out4])  # {"y": {1: "seq"}}
+        """
+        sizes: dict[str, list[int]] = {}
+        for spec in self.inputs:
+            for axis, dim in enumerate(spec.shape or ()):
+                if isinstance(dim, str) and not _EXPRESSION.search(dim):
+                    seen = [np.shape(f[spec.name])[axis:][:1] for f in feeds if spec.name in f]
+                    if len(seen) == len(feeds) and all(seen):
+                        sizes.setdefault(dim, [int(s[0]) for s in seen])
+        named: dict[str, dict[int, str]] = {}
+        for spec in self.outputs:
+            for axis, dim in enumerate(spec.shape or ()):
+                values = [o.get(spec.name) for o in outputs]
+                arrays = [v for v in values if isinstance(v, np.ndarray)]
+                if dim is not None or len(arrays) != len(values):
+                    continue
+                got = [v.shape[axis] if v.ndim == len(spec.shape or ()) else -1 for v in arrays]
+                if -1 in got or len(set(got)) < 2:
+                    continue
+                matches = [name for name, want in sizes.items() if want == got]
+                if len(matches) == 1:
+                    named.setdefault(spec.name, {})[axis] = matches[0]
+        return named
+
     def validate(self, feeds: Mapping[str, Any]) -> None:
         """Raise FeedError naming the first tensor whose name, dtype or shape is wrong.
 

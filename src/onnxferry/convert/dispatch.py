@@ -27,7 +27,7 @@ import numpy as np
 from ..data import load_feeds
 from ..errors import FerryError, InputError, UnknownOperatorError, UsageError, one_line
 from ..feeds import Given, verification_feeds
-from ..graphs import set_metadata
+from ..graphs import name_output_dims, set_metadata, sized_by_data
 from ..model import Model
 from ..parity import Divergence, Parity, Tolerance
 from ..report import Report, Table
@@ -60,6 +60,9 @@ class Attempt:
     caveats: list[str] = field(default_factory=list)
     """Where the export took a value the source computes from its inputs as fixed
     (``Candidate.caveats``)."""
+    dims: dict[str, dict[int, str]] = field(default_factory=dict)
+    """Output dims the export left unknown that followed a named input dim in every
+    verification run (``Signature.dims_following_inputs``): named so in the model kept."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +255,16 @@ def convert(
                 "get other outputs"
             )
         chosen = models[result.chosen]  # type: ignore[index]
+        if name_output_dims(chosen.proto, kept.dims):
+            named = ", ".join(
+                f"{output}[{axis}] {name!r}"
+                for output, axes in kept.dims.items()
+                for axis, name in axes.items()
+            )
+            report.notes.append(
+                f"output dims {kept.exporter} left unnamed took the names of the input dims "
+                f"they followed in all {len(feeds)} input sets checked: {named}"
+            )
         _stamp(chosen, result, loaded)
         final = chosen.save(output) if output is not None else chosen.detached()
     final.provenance.append(report)
@@ -631,6 +644,10 @@ def _verify(model: Model, judge: SourceJudge, attempt: Attempt) -> UnknownOperat
         return None
     attempt.parity = judge(outputs, attempt.exporter, model)
     attempt.status = "passed" if attempt.parity.ok else "failed"
+    if attempt.parity.ok:  # a count of what the data holds may equal a size by chance
+        counts = set(sized_by_data(model.proto))
+        found = model.signature.dims_following_inputs(judge.feeds, outputs)
+        attempt.dims = {name: axes for name, axes in found.items() if name not in counts}
     return None
 
 
