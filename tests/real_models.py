@@ -1230,6 +1230,18 @@ def _pcm() -> Feeds:
     return {"input": _audio(2, 1280, 10) * 32767}
 
 
+_ASR_FEATURES = _shipped(
+    _ONNX_ASR,
+    "onnx_asr/preprocessors/data",
+    ("asr_kaldi", "kaldi.onnx", _waveforms),
+    ("asr_wespeaker", "wespeaker.onnx", _waveforms),
+    ("asr_whisper80", "whisper80.onnx", _waveforms),
+)
+"""onnx-asr's feature extractors: Kaldi's and WeSpeaker's in ``WHEELS``, Whisper's (its
+quirks: an STFT signal without a channel axis, lengths read only through Shape) in
+``QUIRK_WHEELS``."""
+
+
 WHEELS: dict[str, WheelModel] = {
     m.name: m
     for m in [
@@ -1325,12 +1337,7 @@ WHEELS: dict[str, WheelModel] = {
             "magika/models/standard_v3_3",
             ("magika", "model.onnx", _one("bytes", _file_bytes, 2, 19)),
         ),
-        *_shipped(
-            _ONNX_ASR,
-            "onnx_asr/preprocessors/data",
-            ("asr_kaldi", "kaldi.onnx", _waveforms),
-            ("asr_wespeaker", "wespeaker.onnx", _waveforms),
-        ),
+        *_ASR_FEATURES[:2],
         *_shipped(
             _PIPECAT,
             "pipecat/audio/turn/smart_turn/data",
@@ -1375,11 +1382,7 @@ QUIRK_WHEELS: dict[str, WheelModel] = {
             ("aecmos", "aecmos_models/Run_1663829550_Stage_0.onnx", _aecmos_feeds),
             ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
         ),
-        *_shipped(
-            _ONNX_ASR,
-            "onnx_asr/preprocessors/data",
-            ("asr_whisper80", "whisper80.onnx", _waveforms),
-        ),
+        *_ASR_FEATURES[2:],
     ]
 }
 """Models from public wheels tested where their quirk matters (tests/test_real_models*.py)
