@@ -207,3 +207,25 @@ def test_requests_past_the_graceful_timeout_get_a_json_503(model: Path) -> None:
     assert json.loads(body) == {"error": "the server is shutting down"}
     errors = [r for r in records.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and not any(r.exc_info for r in records.records), errors
+
+
+class ClosingWatch(Records):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_serving_leaves_the_process_s_logging_alone(model: Path) -> None:
+    """uvicorn's own logging config closed every handler in the process as a server started:
+    TensorFlow's absl handler on the stderr pytest had swapped in, and pytest's capture then
+    failed on the closed file ("I/O operation on closed file", sys.stderr lost)."""
+    root, watch = logging.getLogger(), ClosingWatch()
+    root.addHandler(watch)
+    try:
+        with running(model, ServerOptions(port=0)) as url, connect(url) as sock:
+            assert status(health(sock)) == 200
+        assert not watch.closed and watch in root.handlers
+    finally:
+        root.removeHandler(watch)

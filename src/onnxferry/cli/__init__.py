@@ -105,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (known errors become one line on stderr)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
-    logger = logging.getLogger("onnxferry")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in ("onnxferry", "uvicorn")]  # serve's too
+    for logger in loggers:
+        logger.addHandler(handler)
     session = Session()
     args = list(argv) if argv is not None else None
     try:
@@ -145,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(_internal(e), session)
         return EXIT_INTERNAL_ERROR
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 _PATH_ERRORS = frozenset(

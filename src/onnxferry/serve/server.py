@@ -355,6 +355,10 @@ def _server(app: Any, options: ServerOptions, listener: Listener | None = None) 
         loop="uvloop" if _has_uvloop() else "asyncio",
         ws="none",  # V2 has no websockets; "auto" imports whichever websockets is installed
         lifespan="on",
+        # uvicorn's own logging config would run logging.config.dictConfig, which closes every
+        # handler of the process it starts in: a caller's file handler, absl's (TensorFlow's)
+        # on the stream pytest or the caller swapped in. Its loggers propagate instead.
+        log_config=None,
         log_level=options.log_level,
         access_log=False,  # the app writes its own structured access log
         timeout_keep_alive=options.keep_alive_s,  # type: ignore[arg-type]  # a float works
