@@ -173,6 +173,46 @@ def test_exporter_errors_are_collected_and_named(tmp_path: Path) -> None:
     assert not (tmp_path / "none.onnx").exists()
 
 
+def test_a_fallback_exporter_runs_only_when_those_before_it_fail(tmp_path: Path) -> None:
+    """Keras's own export is tf2onnx again: tried only when our tf2onnx candidate fails."""
+    ran: list[str] = []
+
+    def exporter(name: str, proto: onnx.ModelProto) -> Callable[[Path], None]:
+        def export(path: Path) -> None:
+            ran.append(name)
+            onnx.save(proto, str(path))
+
+        return export
+
+    def source(first: onnx.ModelProto) -> Source:
+        built = _source()
+        built.candidates += [
+            Candidate("first", exporter("first", first)),
+            Candidate("fallback", exporter("fallback", mlp()), fallback=True),
+        ]
+        return built
+
+    model = convert(source(mlp()), tmp_path / "m.onnx")
+    result = model.provenance[-1].result
+    assert ran == ["first"]
+    assert [(a.exporter, a.status) for a in result.attempts] == [
+        ("first", "chosen"),
+        ("fallback", "not tried"),
+    ]
+    assert "fallback: a fallback, tried only when the exporters before it fail" in result.reason
+    assert "tried only when" in model.provenance[-1].to_text()
+
+    ran.clear()
+    model = convert(source(mlp(noise=0.2)), tmp_path / "m2.onnx")
+    result = model.provenance[-1].result
+    assert ran == ["first", "fallback"]
+    assert [(a.exporter, a.status) for a in result.attempts] == [
+        ("first", "failed"),
+        ("fallback", "chosen"),
+    ]
+    assert result.reason == "the only exporter that passed (first did not)"
+
+
 def test_user_samples_are_verified_too(tmp_path: Path) -> None:
     samples = [{"x": np.full((3, 4), 0.5, np.float32)}]
     model = convert(_source(("plain", mlp())), tmp_path / "m.onnx", inputs=samples)

@@ -96,6 +96,9 @@ class Candidate:
     caveats: list[str] = field(default_factory=list)
     """Filled by ``export``: where it took a value the source computes from its inputs as
     fixed ("a Python boolean at torchdiffeq/_impl/solvers.py:31": a trace's branch)."""
+    fallback: bool = False
+    """Tried only when no candidate before it passed: one that differs from them in little
+    but its cost (Keras's own export is tf2onnx again, on Keras's trace)."""
 
 
 @dataclass

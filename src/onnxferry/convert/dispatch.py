@@ -6,10 +6,11 @@
     report.to_text()                         # which exporter, why, and the parity figures
     report.result.chosen, report.result.attempts[0].parity
 
-Verification runs every candidate on several input shapes (each dynamic axis takes at least two
-values), on the user's samples when given and on realistic generated inputs otherwise. The
-checks go in order: output names, output count, shapes at each tested shape, values. When no
-candidate passes, VerificationError (exit 1) carries the report; nothing is written.
+Verification runs every candidate (a fallback only when none before it passed) on several
+input shapes (each dynamic axis takes at least two values), on the user's samples when given
+and on realistic generated inputs otherwise. The checks go in order: output names, output
+count, shapes at each tested shape, values. When no candidate passes, VerificationError (exit
+1) carries the report; nothing is written.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Attempt:
     """One exporter's try: exported or not, and its parity against the source."""
 
     exporter: str
-    status: str = "error"  # "chosen", "passed", "failed" (parity), "error" (export)
+    status: str = "error"  # "chosen", "passed", "failed" (parity), "error" (export), NOT_TRIED
     error: str | None = None
     hint: str | None = None
     """What to do about ``error``, where the exporter's error says."""
@@ -82,6 +83,9 @@ class Attempt:
         more = f" and {len(said) - _CAVEATS} more" if len(said) > _CAVEATS else ""
         return "; ".join(said[:_CAVEATS]) + more
 
+
+NOT_TRIED = "not tried"
+"""A fallback candidate's status when one before it passed."""
 
 _CAVEATS = 3
 """Places a trace fixed a value, named in one line."""
@@ -128,7 +132,9 @@ class Conversion:
         rows = []
         for a in self.attempts:
             worst = a.parity.worst if a.parity else None
-            if a.error or a.parity is None:
+            if a.status == NOT_TRIED:
+                detail = "a fallback: tried only when the exporters before it fail"
+            elif a.error or a.parity is None:
                 detail = a.error or "not verified"
             else:
                 detail = "outputs match" if a.parity.ok else a.parity.summary()
@@ -228,6 +234,9 @@ def convert(
         for i, candidate in enumerate(loaded.candidates):
             attempt = Attempt(candidate.exporter)
             result.attempts.append(attempt)
+            if candidate.fallback and any(a.status == "passed" for a in result.attempts):
+                attempt.status = NOT_TRIED
+                continue
             model = _export(candidate, Path(tmp) / f"candidate{i}" / "model.onnx", attempt)
             if model is None:
                 continue
@@ -660,12 +669,19 @@ def _choose(
     if len(passed) == 1:
         passed[0].status = "chosen"
         result.chosen = passed[0].exporter
-        others = [a.exporter for a in result.attempts if a is not passed[0]]
-        result.reason = (
-            f"the only exporter that passed ({', '.join(others)} did not)"
-            if others
-            else "the only exporter for this source"
-        )
+        others = [
+            a.exporter for a in result.attempts if a is not passed[0] and a.status != NOT_TRIED
+        ]
+        spared = [a.exporter for a in result.attempts if a.status == NOT_TRIED]
+        if others:
+            result.reason = f"the only exporter that passed ({', '.join(others)} did not)"
+        elif spared:
+            result.reason = (
+                f"the first exporter, which passed ({', '.join(spared)}: a fallback, tried "
+                "only when the exporters before it fail)"
+            )
+        else:
+            result.reason = "the only exporter for this source"
         if not result.verified:
             result.reason = "the first exporter that produced a model (not verified)"
         return

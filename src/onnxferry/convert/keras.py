@@ -16,8 +16,10 @@ on Keras 3 Sequential models (it looks up ``keras_tensor_N`` output names), so t
 candidate traces the model in a ``tf.function`` that returns ``{name: tensor}`` and converts it
 with ``tf2onnx.convert.from_function``; "keras export" is ``model.export(path, format="onnx")``
 (Keras traces its own function, then also calls tf2onnx's ``from_function``; on its own it
-writes opset 15, here it gets the chosen opset). Both keep a dynamic batch; opsets past
-tf2onnx's highest, IR versions and unsupported ops are handled as in ``convert.tf_common``.
+writes opset 15, here it gets the chosen opset), so it is a fallback: tried only when the
+"tf2onnx" candidate fails (it took as long again, and its model ran no faster). Both keep a
+dynamic batch; opsets past tf2onnx's highest, IR versions and unsupported ops are handled as
+in ``convert.tf_common``.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def load_keras(source: Any, options: ConvertOptions, example: Any = None) -> Sou
         reference=runner,
         candidates=[
             Candidate("tf2onnx", lambda path: runner.export_tf2onnx(path, opset)),
-            Candidate("keras export", lambda path: runner.export_keras(path, opset)),
+            Candidate("keras export", lambda path: runner.export_keras(path, opset), fallback=True),
         ],
         value_ranges=ranges,
         vocabularies=_lookup_vocabularies(model, names),
