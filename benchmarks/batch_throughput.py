@@ -122,7 +122,7 @@ def ray_figures(model: Path, data: Path, tmp: Path, batch_size: int, x: np.ndarr
                   f"the whole job ({seconds[1]:.1f} s); fixed {seconds[0]:.1f} s, marginal "
                   f"{rate:,.0f} rows/s ({rate / workers:,.0f} per worker)")  # fmt: skip
 
-        @ray.remote
+        @ray.remote  # type: ignore[untyped-decorator]  # ray is not followed (pyproject)
         def make(n: int) -> np.ndarray:
             return np.ones(n, np.uint8)
 

@@ -206,7 +206,7 @@ def _execute(
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = summary.threads_per_worker
     workers = min(workers or max(1, cpus // threads), len(job.todo))
     summary.workers = workers
