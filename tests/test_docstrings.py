@@ -1358,6 +1358,17 @@ def _fused_encoder(tmp: Path) -> Names:
     return {"proto": encoder(17), "model": Model.from_proto(encoder(17))}
 
 
+def _qoperator_cnn(tmp: Path) -> Names:
+    """``proto`` and ``model``: a CNN quantized to QOperator form (tests/test_qdq.py)."""
+    import onnx
+
+    from onnxferry.model import Model
+    from tests.test_qdq import quantized
+
+    proto = onnx.load_from_string(quantized(True))
+    return {"proto": proto, "model": Model.from_proto(onnx.load_from_string(quantized(True)))}
+
+
 def _fp16_encoder(tmp: Path) -> Names:
     """encoder_fp16.onnx: a float16 Transpose into a MatMul, what ``ort_crashes`` matches."""
     from tests.test_ort_crashes import transpose_into_matmul
@@ -1667,6 +1678,7 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.ort_crashes": _fp16_encoder,
     "onnxferry.stft": _spectrogram,
     "onnxferry.unfused": _fused_encoder,
+    "onnxferry.qdq": _qoperator_cnn,
     "onnxferry.plots": _nothing,
     "onnxferry.parity": _parity,
     "onnxferry.parity.judge": _parity_judge,

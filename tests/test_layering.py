@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
         "ort_crashes",
         "stft",
         "unfused",
+        "qdq",
     },
     {"parity", "bisect", "bench", "check", "golden", "view", "torchgraph"},
     {"convert", "optimize", "compare", "doctor", "explain"},  # compare: also against a source

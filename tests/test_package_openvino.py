@@ -130,3 +130,19 @@ def test_cli(ferry: Run, tmp_path: Path) -> None:
     body = json.loads(out)["result"]
     assert body["files"] == ["mlp.xml", "mlp.bin"]
     assert body["checks"][0]["ok"]
+
+
+def test_a_qoperator_int8_model_packages_as_qdq(ferry: Run, tmp_path: Path) -> None:
+    """ONNX Runtime's QOperator int8 CNN (tests/test_qdq.py): exit 2 before, OpenVINO's frontend
+    failing on ``com.microsoft.QLinearMul``. Now QDQ, verified, an
+    output a step of its scale from ONNX Runtime's integer kernels passing as their noise."""
+    from tests.test_qdq import quantized
+
+    source = tmp_path / "int8.onnx"
+    source.write_bytes(quantized(True))
+    code, out, err = ferry("package", source, "--target", "openvino", "-o", tmp_path / "out",
+                           "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)["result"]
+    assert all(check["ok"] for check in report["checks"]), report["checks"]
+    assert any("QLinearConv" in n and "(QDQ)" in n for n in report["notes"]), report["notes"]

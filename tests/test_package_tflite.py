@@ -646,3 +646,19 @@ def test_litert_reference_kernels_give_the_written_file_a_second_opinion(tmp_pat
         assert opinion()[0] is outputs  # run once
     assert name == "mlp.tflite@litert (reference kernels)"
     np.testing.assert_allclose(outputs[0]["probs"], default.outputs[0]["probs"], atol=1e-5)
+
+
+def test_a_qoperator_int8_model_packages_as_qdq(ferry: Run, tmp_path: Path) -> None:
+    """ONNX Runtime's QOperator int8 CNN (tests/test_qdq.py): exit 2 before, onnx2tf's
+    QLinearConv failing on per-channel weights ("Incompatible shapes"). Now QDQ, verified, an
+    output a step of its scale from ONNX Runtime's integer kernels passing as their noise."""
+    from tests.test_qdq import quantized
+
+    source = tmp_path / "int8.onnx"
+    source.write_bytes(quantized(True))
+    code, out, err = ferry("package", source, "--target", "tflite", "-o", tmp_path / "out",
+                           "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)["result"]
+    assert all(check["ok"] for check in report["checks"]), report["checks"]
+    assert any("QLinearConv" in n and "(QDQ)" in n for n in report["notes"]), report["notes"]

@@ -38,6 +38,7 @@ from ..graphs import loop_outputs_not_inputs
 from ..model import Model
 from ..native import spawned_worker
 from ..ovsession import ov_error_message
+from ..qdq import QDQ_NOTE, with_qdq
 from ..stft import STFT_NOTE, with_stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
 from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite
@@ -63,6 +64,10 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     readable, stfts = with_stft_as_conv(loops)
     if stfts:
         result.notes.append(STFT_NOTE.format(count=stfts, tool="OpenVINO's ONNX frontend"))
+    readable, quantized = with_qdq(readable)
+    if quantized:
+        ops = ", ".join(f"{count} {op}" for op, count in quantized.items())
+        result.notes.append(QDQ_NOTE.format(ops=ops, tool="OpenVINO's ONNX frontend"))
     with tempfile.TemporaryDirectory(prefix="ferry-openvino-") as work:
         given = model if readable is model else readable.save(Path(work) / source.model.name)
         done = _in_child(str(given.path), source.name, opts["fp16"], feeds, names)
@@ -89,7 +94,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             reference,
             candidate,
             tolerance,
-            second=unoptimized_ort(model, feeds),
+            second=unoptimized_ort(with_qdq(model)[0], feeds),  # a QOperator model's noise: qdq
             reference_name=f"{source.model.name}@onnxruntime",
             candidate_name=f"{xml_name}@openvino-cpu",
         )

@@ -102,6 +102,7 @@ from ..graphs import (
 from ..model import Model
 from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
+from ..qdq import QDQ_NOTE, as_qdq, with_qdq
 from ..report import human_size
 from ..stft import STFT_NOTE, stft_as_conv
 from ..unfused import UNFUSED_NOTE, unfuse
@@ -179,7 +180,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     static = opts["static"] == "true" and bool(fixed)
     reference = [OrtRunner(model).run(f) for f in feeds]
     note_unfinite(reference, opts["inputs"], result)
-    second = unoptimized_ort(model, feeds)
+    second = unoptimized_ort(with_qdq(model)[0], feeds)  # a QOperator model's noise: qdq
     misdeclared = _misdeclared(model, reference[0])
     tolerances = {
         name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
@@ -663,6 +664,9 @@ def _folded(
         if output.name in unshaped:
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
+    if quantized_ops := as_qdq(proto):
+        ops = ", ".join(f"{count} {op}" for op, count in quantized_ops.items())
+        notes.append(QDQ_NOTE.format(ops=ops, tool="onnx2tf"))
     _tf_op_names(proto.graph)
     if stfts := stft_as_conv(proto):
         notes.append(STFT_NOTE.format(count=stfts, tool="onnx2tf"))
