@@ -136,13 +136,6 @@ def test_a_qoperator_int8_model_packages_as_qdq(ferry: Run, tmp_path: Path) -> N
     """ONNX Runtime's QOperator int8 CNN (tests/test_qdq.py): exit 2 before, OpenVINO's frontend
     failing on ``com.microsoft.QLinearMul``. Now QDQ, verified, an
     output a step of its scale from ONNX Runtime's integer kernels passing as their noise."""
-    from tests.test_qdq import quantized
+    from tests.test_qdq import packages_as_qdq
 
-    source = tmp_path / "int8.onnx"
-    source.write_bytes(quantized(True))
-    code, out, err = ferry("package", source, "--target", "openvino", "-o", tmp_path / "out",
-                           "--json")  # fmt: skip
-    assert code == 0, err
-    report = json.loads(out)["result"]
-    assert all(check["ok"] for check in report["checks"]), report["checks"]
-    assert any("QLinearConv" in n and "(QDQ)" in n for n in report["notes"]), report["notes"]
+    packages_as_qdq(ferry, tmp_path, "openvino")

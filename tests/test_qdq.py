@@ -5,6 +5,7 @@ refused them before: tests/test_package_openvino.py and tests/test_package_tflit
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from onnxferry.model import Model
 from onnxferry.qdq import as_qdq, quantized_ops, with_qdq
+from tests.helpers import Run
 
 pytest.importorskip("torch")
 
@@ -118,3 +120,16 @@ def test_a_per_axis_scale_before_opset_13_stays_as_it_is() -> None:
     kept = quantized_ops(proto)
     counts = as_qdq(proto)
     assert counts["QLinearConv"] == 0 and quantized_ops(proto)["QLinearConv"] == kept["QLinearConv"]
+
+
+def packages_as_qdq(ferry: Run, tmp_path: Path, target: str) -> None:
+    """``ferry package --target target`` on the per-channel QOperator CNN: exit 0, every check
+    passed, and the note that its quantized operators went as QDQ (the package tests)."""
+    source = tmp_path / "int8.onnx"
+    source.write_bytes(quantized(True))
+    code, out, err = ferry("package", source, "--target", target, "-o", tmp_path / "out",
+                           "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)["result"]
+    assert all(check["ok"] for check in report["checks"]), report["checks"]
+    assert any("QLinearConv" in n and "(QDQ)" in n for n in report["notes"]), report["notes"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -263,6 +264,56 @@ def _fixed_per_row(output: onnx.ValueInfoProto, batch: set[str]) -> bool:
 
 
 # --- names -----------------------------------------------------------------------------------
+
+
+class NodeWriter:
+    """Writes chosen nodes of a main graph as other nodes, in place (``unfused``, ``qdq``): a
+    subclass's ``write`` gives a node's replacement (its outputs keep their names) or None to
+    keep it, naming what it adds with ``fresh``; ``learn`` sees every node kept; ``rewrite``
+    runs the graph through and returns how many of each counted node were written."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.taken = value_names(proto.graph)
+        self.constants: list[onnx.TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+        self.stem = ""
+        """The name new nodes and tensors of the node being written start with."""
+
+    def fresh(self, stem: str) -> str:
+        """A tensor name the graph does not use yet (``stem_0``, ``stem_1``, ...)."""
+        name = next(f"{stem}_{i}" for i in itertools.count() if f"{stem}_{i}" not in self.taken)
+        self.taken.add(name)
+        return name
+
+    def write(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        raise NotImplementedError
+
+    def learn(self, node: onnx.NodeProto) -> None:
+        """What a kept node tells of the tensors it writes (nothing, unless overridden)."""
+
+    def counted(self, node: onnx.NodeProto) -> bool:
+        """Whether a written node counts in ``rewrite``'s result (every one, by default)."""
+        return True
+
+    def rewrite(self, proto: onnx.ModelProto) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        nodes: list[onnx.NodeProto] = []
+        changed = False
+        for node in proto.graph.node:
+            written = self.write(node)
+            if written is None:
+                nodes.append(node)
+                self.learn(node)
+                continue
+            nodes += written
+            changed = True
+            if self.counted(node):
+                counts[node.op_type] += 1
+        if changed:
+            del proto.graph.node[:]
+            proto.graph.node.extend(nodes)
+            proto.graph.initializer.extend(self.constants)
+        return counts
 
 
 def value_names(graph: onnx.GraphProto) -> set[str]:

@@ -20,7 +20,7 @@ import re
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +37,7 @@ from .signature import Signature
 
 R = TypeVar("R", bound=ReportBody)
 S = TypeVar("S", bound=ReportBody)
+Found = TypeVar("Found")
 
 if TYPE_CHECKING:
     import onnx
@@ -179,6 +180,14 @@ class Model:
     def detached(self) -> Model:
         """An in-memory copy with external data read in (no path; survives its files)."""
         return Model.from_proto(inlined(self))
+
+    def rewritten(self, rewrite: Callable[[onnx.ModelProto], Found]) -> tuple[Model, Found]:
+        """``rewrite`` run in place on a detached copy of the proto: the copy as a new Model
+        when it found something to rewrite (returned a true count), else this model; and what
+        it returned (``unfused.with_unfused``, ``stft.with_stft_as_conv``, ``qdq.with_qdq``)."""
+        proto = inlined(self)
+        found = rewrite(proto)
+        return (Model.from_proto(proto), found) if found else (self, found)
 
     # --- identity and metadata ---------------------------------------------------------
 

@@ -26,11 +26,10 @@ had no ``axis``), ``channels_last`` pooling, a ``QLinearSoftmax`` of the pre-13 
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .graphs import inlined, value_names
+from .graphs import NodeWriter
 from .model import Model
 
 if TYPE_CHECKING:
@@ -65,11 +64,7 @@ def quantized_ops(proto: onnx.ModelProto) -> Counter[str]:
 def with_qdq(model: Model) -> tuple[Model, Counter[str]]:
     """``model`` with its QOperator nodes as QDQ (``as_qdq``) and how many of each;
     ``model`` itself, and no counts, when none could be."""
-    if not quantized_ops(model.proto):
-        return model, Counter()
-    proto = inlined(model)  # a copy, its external data read in: the new Model has no folder
-    counts = as_qdq(proto)
-    return (Model.from_proto(proto), counts) if counts else (model, Counter())
+    return model.rewritten(as_qdq) if quantized_ops(model.proto) else (model, Counter())
 
 
 def _quantized(node: onnx.NodeProto) -> bool:
@@ -81,44 +76,18 @@ def _quantized(node: onnx.NodeProto) -> bool:
 def as_qdq(proto: onnx.ModelProto) -> Counter[str]:
     """Rewrite the main graph's QOperator nodes as QDQ, in place (module docstring); how many
     of each were rewritten."""
-    if not quantized_ops(proto):
-        return Counter()
-    writer = _Writer(proto)
-    counts: Counter[str] = Counter()
-    nodes: list[onnx.NodeProto] = []
-    for node in proto.graph.node:
-        if _quantized(node):
-            written = writer.write(node)
-        elif node.op_type in LAYOUT and node.input and node.input[0] in writer.params:
-            written = writer.layout(node)
-        else:
-            written = None
-        if written is None:
-            nodes.append(node)
-            writer.learn(node)
-            continue
-        nodes += written
-        if _quantized(node):
-            counts[node.op_type] += 1
-    if counts:
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
-        proto.graph.initializer.extend(writer.constants)
-    return counts
+    return _Writer(proto).rewrite(proto) if quantized_ops(proto) else Counter()
 
 
-class _Writer:
+class _Writer(NodeWriter):
     """Emits one node's QDQ form at a time, with fresh names."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
+        super().__init__(proto)
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.taken = value_names(proto.graph)
         self.weights = {t.name: t for t in proto.graph.initializer}
         self.sizes = {t.name: _size(t.dims) for t in proto.graph.initializer}
         """Elements of each weight: a scale of more than one is per axis."""
-        self.constants: list[onnx.TensorProto] = []
-        self.nodes: list[onnx.NodeProto] = []
-        self.stem = ""
         self.params: dict[str, tuple[str, str]] = {}
         """The scale and zero point of each integer tensor a QuantizeLinear or a quantized
         operator wrote (and of what a layout op made of one)."""
@@ -147,11 +116,6 @@ class _Writer:
         self.nodes.append(helper.make_node(node.op_type, inputs, [moved], name=moved, **attrs))
         self.quantize(moved, scale, zero, node.output[0])
         return self.nodes
-
-    def fresh(self, stem: str) -> str:
-        name = next(f"{stem}_{i}" for i in itertools.count() if f"{stem}_{i}" not in self.taken)
-        self.taken.add(name)
-        return name
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -188,8 +152,14 @@ class _Writer:
         self.params[out] = (scale, zero)
         return self.op("QuantizeLinear", [x, scale, *([zero] if zero else [])], out)
 
+    def counted(self, node: onnx.NodeProto) -> bool:
+        return _quantized(node)  # not the layout ops between them
+
     def write(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         """The QDQ nodes for ``node`` (its outputs keep their names), or None to keep it."""
+        if not _quantized(node):
+            moves = node.op_type in LAYOUT and node.input and node.input[0] in self.params
+            return self.layout(node) if moves else None
         self.nodes, self.stem = [], node.name or node.output[0]
         inputs = [*node.input, *[""] * 9]  # optional inputs absent at the end read as ""
         attrs = {a.name: _value(a) for a in node.attribute}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .graphs import inlined, iter_nodes, value_names
+from .graphs import iter_nodes, value_names
 from .model import Model
 
 if TYPE_CHECKING:
@@ -41,9 +41,7 @@ def with_stft_as_conv(model: Model) -> tuple[Model, int]:
     were; ``model`` itself, and 0, when it has none that can be."""
     if not any(node.op_type in ("STFT", "DFT") for node in iter_nodes(model.proto)):
         return model, 0
-    proto = inlined(model)  # a copy, its external data read in: the new Model has no folder
-    count = stft_as_conv(proto)
-    return (Model.from_proto(proto), count) if count else (model, 0)
+    return model.rewritten(stft_as_conv)
 
 
 def stft_as_conv(proto: onnx.ModelProto) -> int:

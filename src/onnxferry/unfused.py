@@ -28,14 +28,13 @@ and inverse deviation outputs of a normalization) is left as it is.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .graphs import inlined, iter_nodes, value_names
+from .graphs import NodeWriter, iter_nodes
 from .model import Model
 
 if TYPE_CHECKING:
@@ -62,11 +61,7 @@ def fused_ops(proto: onnx.ModelProto) -> Counter[str]:
 def with_unfused(model: Model) -> tuple[Model, Counter[str]]:
     """``model`` with its fused operators written back (``unfuse``) and how many of each;
     ``model`` itself, and no counts, when it has none."""
-    if not fused_ops(model.proto):
-        return model, Counter()
-    proto = inlined(model)  # a copy, its external data read in: the new Model has no folder
-    counts = unfuse(proto)
-    return (Model.from_proto(proto), counts) if counts else (model, Counter())
+    return model.rewritten(unfuse) if fused_ops(model.proto) else (model, Counter())
 
 
 def _opset(proto: onnx.ModelProto) -> int:
@@ -82,32 +77,16 @@ def _fused(node: onnx.NodeProto, opset: int) -> bool:
 def unfuse(proto: onnx.ModelProto) -> Counter[str]:
     """Rewrite the main graph's fused operators as standard ONNX, in place (module
     docstring); how many of each were rewritten."""
-    writer = _Writer(proto)
-    counts: Counter[str] = Counter()
-    nodes: list[onnx.NodeProto] = []
-    for node in proto.graph.node:
-        written = writer.write(node) if _fused(node, writer.opset) else None
-        if written is None:
-            nodes.append(node)
-            writer.learn(node)
-            continue
-        nodes += written
-        counts[node.op_type] += 1
-    if counts:
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
-        proto.graph.initializer.extend(writer.constants)
-    return counts
+    return _Writer(proto).rewrite(proto)
 
 
-class _Writer:
+class _Writer(NodeWriter):
     """Emits the standard nodes for one fused node at a time, with fresh names, constants of
     the right float type, and ops spelled for the model's opset."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
+        super().__init__(proto)
         self.opset = _opset(proto)
-        self.taken = value_names(proto.graph)
-        self.constants: list[onnx.TensorProto] = []
         self.weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
         """The shape of every weight (Attention's packed QKV sizes come from it)."""
         self.types: dict[str, int] = {t.name: t.data_type for t in proto.graph.initializer}
@@ -120,7 +99,6 @@ class _Writer:
                 self.ranks[value.name] = len(tensor.shape.dim)
         used = [n for node in iter_nodes(proto) for n in node.input]
         self.used = set(used) | {o.name for o in proto.graph.output}
-        self.nodes: list[onnx.NodeProto] = []
 
     # --- what is known of a tensor's type, node by node ---------------------------------
 
@@ -163,11 +141,6 @@ class _Writer:
 
     # --- naming and emitting ------------------------------------------------------------
 
-    def fresh(self, stem: str) -> str:
-        name = next(f"{stem}_{i}" for i in itertools.count() if f"{stem}_{i}" not in self.taken)
-        self.taken.add(name)
-        return name
-
     def const(self, stem: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
 
@@ -193,6 +166,8 @@ class _Writer:
     def write(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         """The standard nodes for ``node`` (its outputs keep their names), or None to keep
         it."""
+        if not _fused(node, self.opset):
+            return None
         self.nodes, self.stem = [], node.name or node.output[0]
         write = {
             "Gelu": self._erf_gelu,
