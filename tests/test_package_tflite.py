@@ -595,6 +595,17 @@ def test_a_traceback_in_onnx2tf_s_log_becomes_its_exception_and_node() -> None:
     assert tflite._first_error(log) == "ValueError: axes don't match array (at node n0)"
     log = "\x1b[31mERROR:\x1b[0m DFT OP is not yet implemented.\n"
     assert tflite._first_error(log) == "DFT OP is not yet implemented."
+    log = (  # TensorFlow's own error, spelled with its module (onnx2tf's QLinearConv, per channel)
+        "\x1b[31mERROR:\x1b[0m The trace log is below.\n"
+        "Traceback (most recent call last):\n"
+        "tensorflow.python.framework.errors_impl.InvalidArgumentError: {{function_node "
+        "__wrapped__RealDiv_device_/job:localhost/replica:0/task:0/device:CPU:0}} Incompatible "
+        "shapes: [16] vs. [3] [Op:RealDiv] name: \n"
+        "\x1b[31mERROR:\x1b[0m onnx_op_name: /c1/Conv_quant\n"
+    )
+    assert tflite._first_error(log) == (
+        "InvalidArgumentError: Incompatible shapes: [16] vs. [3] (at node /c1/Conv_quant)"
+    )
 
 
 def test_output_layout_read_from_values_when_the_shape_cannot_tell() -> None:

@@ -606,11 +606,20 @@ def _first_error(log: str) -> str | None:
     if not errors or not errors[0].startswith("The trace log is below"):
         return errors[0] if errors else None
     text = _ANSI.sub("", log)
-    raised = re.search(r"^(\w+(?:Error|Exception): .+)$", text, re.MULTILINE)
+    raised = _RAISED.search(text)
     node = next((e.partition(":")[2].strip() for e in errors if e.startswith("onnx_op_name")), "")
     if raised is None:
         return errors[0]
-    return raised[1] + (f" (at node {node})" if node else "")
+    message = _TF_FUNCTION.sub("", raised["message"]).strip().removesuffix(" name:")
+    return f"{raised['error']}: {message}" + (f" (at node {node})" if node else "")
+
+
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(?P<error>\w+(?:Error|Exception)): (?P<message>.+)$", re.M)
+"""The line a traceback ends in; TensorFlow's errors are spelled with their module
+(``tensorflow.python.framework.errors_impl.InvalidArgumentError``)."""
+_TF_FUNCTION = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
+"""Where a TensorFlow op error says it ran (``{{function_node __wrapped__RealDiv_device_...}}``,
+``[Op:RealDiv]``)."""
 
 
 def _as_float32(proto: onnx.ModelProto) -> dict[str, int]:
