@@ -666,3 +666,16 @@ def test_a_qoperator_int8_model_packages_as_qdq(ferry: Run, tmp_path: Path) -> N
     from tests.test_qdq import packages_as_qdq
 
     packages_as_qdq(ferry, tmp_path, "tflite")
+
+
+def test_a_model_quantized_by_its_data_packages_with_float_products(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """``quantize_dynamic``'s CNN: onnx2tf wrote MatMulInteger and ConvInteger as TensorFlow
+    ops LiteRT's builtins lack ("LiteRT cannot run it", exit 1). Given as exact float
+    products, the file runs; ONNX Runtime's u8s8 kernels, saturating without VNNI, are judged
+    by its run of the same float form."""
+    from tests.test_qdq import packages_quantized_by_data
+
+    notes = packages_quantized_by_data(ferry, tmp_path, "tflite")
+    assert any(n.startswith("its integer products (2 ConvInteger, 2 MatMulInteger)") for n in notes)

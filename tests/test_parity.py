@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,9 +24,9 @@ from onnxferry.parity import (
     judge_output,
 )
 from onnxferry.parity.judge import compare_within_noise, excuse_source_noise, unoptimized_ort
-from onnxferry.runtime import OrtRunner, SessionConfig
+from onnxferry.runtime import OrtRunner, SessionConfig, unoptimized_runner
 
-from .helpers import mlp, mlp_feeds, mlp_with_logits, onnx_text
+from .helpers import deep_mlp, mlp, mlp_feeds, mlp_with_logits, onnx_text, save
 
 OUTPUT_KEYS = [
     "name",
@@ -55,6 +56,7 @@ OUTPUT_KEYS = [
     "required_rtol",
     "source_noise",
     "noise_atol",
+    "step",
     "tied",
 ]
 PARITY_KEYS = [
@@ -570,6 +572,49 @@ def test_onnx_runtime_without_graph_optimization_is_a_second_opinion_run_once() 
     assert opinion()[0] is outputs  # cached: every check of a package shares one run
     parity = compare_outputs([OrtRunner(model).run(f) for f in feeds], list(outputs))
     assert parity.ok and parity.max_abs < 1e-5, parity.summary()
+
+
+def test_a_model_that_quantizes_by_its_data_is_its_own_second_opinion_at_nudged_inputs(
+    tmp_path: Path,
+) -> None:
+    """quantize_dynamic's DynamicQuantizeLinear rounds at a scale computed per call: inputs a
+    millionth apart flip values on a step's edge and move the outputs by steps, which the
+    second opinion measures (a float model's is not nudged: the test above)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    save(deep_mlp(256, 512, 10), tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "int8.onnx")
+    model = Model.load(tmp_path / "int8.onnx")
+    feeds = [{"x": np.random.default_rng(i).standard_normal((256, 256)).astype(np.float32)}
+             for i in range(2)]  # fmt: skip
+    outputs, name = unoptimized_ort(model, feeds)()
+    assert name.endswith("(no graph optimization) at inputs moved by 2^-20 of themselves")
+    plain = [unoptimized_runner(model).run(f) for f in feeds]
+    flips = compare_outputs(plain, list(outputs), Tolerance(atol=1e-5, rtol=1e-5))
+    # A step of the last layer's input, not a float rounding: the nudge flipped values.
+    assert not flips.ok and flips.max_abs > 1e-3, flips.summary()
+
+
+def test_an_output_on_a_quantization_grid_passes_a_step_apart_and_no_further() -> None:
+    """A DequantizeLinear's output takes values on its scale's grid: a value rounded the other
+    way by the candidate's runtime is one step off and passes, named; two steps do not, nor
+    an output with no step given."""
+    step = np.float32(1 / 255)
+    probs = np.round(np.random.default_rng(0).random((4, 5)) / step).astype(np.float32) * step
+    one, two = probs.copy(), probs.copy()
+    one[1, 2] += step
+    two[1, 2] += 2 * step
+    reference = [{"probs": probs, "raw": probs}]
+    judged = compare_within_noise(reference, [{"probs": one, "raw": probs}], second=None,
+                                  steps={"probs": float(step)})  # fmt: skip
+    assert judged.ok and judged.outputs[0].step == pytest.approx(step)
+    assert "'probs' a step of its quantization apart (step 0.00392)" in judged.summary()
+    farther = compare_within_noise(reference, [{"probs": two, "raw": probs}], second=None,
+                                   steps={"probs": float(step)})  # fmt: skip
+    assert not farther.ok and farther.outputs[0].step is None
+    ungridded = compare_within_noise(reference, [{"probs": probs, "raw": one}], second=None,
+                                     steps={"probs": float(step)})  # fmt: skip
+    assert not ungridded.ok
 
 
 def test_the_candidates_own_noise_counts_as_the_references_does() -> None:

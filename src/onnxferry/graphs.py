@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, ModelLoadError, UnsafeModelError, UsageError
 from .safety import (
@@ -44,6 +44,7 @@ from .safety import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from .model import Model
@@ -288,6 +289,26 @@ class NodeWriter:
     def write(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         raise NotImplementedError
 
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        """Add an ``op_type`` node on ``inputs`` to the node being written (``learn`` sees it);
+        its output: ``out``, or a fresh name."""
+        from onnx import helper
+
+        node_name = self.fresh(f"{self.stem}/{op_type}")
+        name = out or node_name
+        self.nodes.append(helper.make_node(op_type, inputs, [name], name=node_name, **attrs))
+        self.learn(self.nodes[-1])
+        return name
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        """A new initializer holding ``value``; its fresh name."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        name = self.fresh(stem)
+        self.constants.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
     def learn(self, node: onnx.NodeProto) -> None:
         """What a kept node tells of the tensors it writes (nothing, unless overridden)."""
 
@@ -314,6 +335,11 @@ class NodeWriter:
             proto.graph.node.extend(nodes)
             proto.graph.initializer.extend(self.constants)
         return counts
+
+
+def listed(counts: Mapping[str, int]) -> str:
+    """``NodeWriter.rewrite``'s counts in a note: "2 QLinearConv, 1 QGemm"."""
+    return ", ".join(f"{count} {op}" for op, count in counts.items())
 
 
 def value_names(graph: onnx.GraphProto) -> set[str]:

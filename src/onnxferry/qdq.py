@@ -3,6 +3,8 @@ and QuantizeLinear, which converters that stop at the quantized operators take.
 
     counts = as_qdq(proto)                 # in place: Counter({"QLinearConv": 2, ...})
     given, counts = with_qdq(model)        # a new Model when it had any, else ``model``
+    quantizes_activations(proto)           # True: it rounds values to steps (QDQ too)
+    given, counts = with_float_products(model)   # MatMulInteger, ConvInteger: float, exact
 
 ONNX Runtime's ``quantize_static(quant_format=QOperator)``, Intel Neural Compressor and the
 ONNX Model Zoo's ``-int8`` models compute in ``QLinearConv``, ``QLinearMatMul`` (standard
@@ -22,6 +24,16 @@ that path, which is the runtimes' noise, not the converter's error.
 
 A node that cannot be written so is kept: per-axis scales before opset 13 (DequantizeLinear
 had no ``axis``), ``channels_last`` pooling, a ``QLinearSoftmax`` of the pre-13 kind.
+
+``quantize_dynamic``'s form quantizes activations at scales computed per call
+(DynamicQuantizeLinear) and multiplies integers (``MatMulInteger``, ``ConvInteger``), which
+onnx2tf writes as TensorFlow ops LiteRT's builtins lack: ``as_float_products`` writes those as
+exact float products. ONNX Runtime's u8s8 kernels saturate on CPUs without VNNI where
+OpenVINO's and LiteRT's products are exact, so the checks' second opinion runs the float form.
+In every quantized form a float rounding flips values on a step's edge, and the flips grow
+layer by layer, most where the steps are computed per call: ``parity.unoptimized_ort``
+measures that for a model that ``quantizes_activations``. ``DynamicQuantizeLSTM``
+(``com.microsoft``) is kept: onnx2tf refuses it.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .graphs import NodeWriter
+from .graphs import NodeWriter, walk_graphs
 from .model import Model
 
 if TYPE_CHECKING:
@@ -52,6 +64,19 @@ LAYOUT = frozenset(
 """Ops QOperator models run on the integer tensors between quantized operators (a Flatten
 before a QGemm): given the float values between a DequantizeLinear and a QuantizeLinear at
 the tensor's own scale, as a QDQ export has them."""
+INTEGER = frozenset({"MatMulInteger", "ConvInteger"})
+"""Ops multiplying integers into int32 (``quantize_dynamic``'s), which LiteRT's builtins
+lack."""
+INTEGER_NOTE = (
+    "its integer products ({ops}) were given to {tool} as the float operator on the integers "
+    "less their zero points, cast to int32 (exact while a sum stays under 2^24; their int8 "
+    "weights become float32, 4 bytes each), which LiteRT's builtins run"
+)
+ROUNDING = STANDARD | CONTRIB | {
+    "QuantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"
+}  # fmt: skip
+"""Ops that round values to the steps of a quantization: QDQ's QuantizeLinear, the QOperator
+ops, ``quantize_dynamic``'s (at scales computed from the values)."""
 _UNARY = {"QLinearSigmoid": "Sigmoid", "QLinearLeakyRelu": "LeakyRelu"}
 _POOLS = {"QLinearAveragePool": "AveragePool", "QLinearGlobalAveragePool": "GlobalAveragePool"}
 
@@ -61,10 +86,67 @@ def quantized_ops(proto: onnx.ModelProto) -> Counter[str]:
     return Counter(node.op_type for node in proto.graph.node if _quantized(node))
 
 
+def quantizes_activations(proto: onnx.ModelProto) -> bool:
+    """Whether any graph of ``proto`` rounds computed values to quantization steps
+    (``ROUNDING``, on anything but a weight): a float rounding before one flips a value on a
+    step's edge, so its outputs move by steps, not roundings, between runtimes."""
+    for graph in walk_graphs(proto.graph):
+        weights = {t.name for t in graph.initializer}
+        if any(n.op_type in ROUNDING and n.input[0] not in weights for n in graph.node if n.input):
+            return True
+    return False
+
+
+def output_steps(proto: onnx.ModelProto) -> dict[str, float]:
+    """The main graph's outputs that a DequantizeLinear writes at one constant scale, by name:
+    their values lie on that step's grid (a QOperator model's, once ``as_qdq``).
+
+        output_steps(proto)                # {"probs": 0.00392}
+    """
+    from onnx import numpy_helper
+
+    scales = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    steps = {}
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] in outputs:
+            scale = scales.get(node.input[1])
+            if scale is not None and scale.size == 1 and float(scale.ravel()[0]) > 0:
+                steps[node.output[0]] = float(scale.ravel()[0])
+    return steps
+
+
 def with_qdq(model: Model) -> tuple[Model, Counter[str]]:
     """``model`` with its QOperator nodes as QDQ (``as_qdq``) and how many of each;
     ``model`` itself, and no counts, when none could be."""
     return model.rewritten(as_qdq) if quantized_ops(model.proto) else (model, Counter())
+
+
+def integer_ops(proto: onnx.ModelProto) -> Counter[str]:
+    """How many integer products (``INTEGER``) the main graph holds, by type."""
+    return Counter(node.op_type for node in proto.graph.node if _integer(node))
+
+
+def with_float_products(model: Model) -> tuple[Model, Counter[str]]:
+    """``model`` with its integer products as float ones (``as_float_products``) and how many
+    of each; ``model`` itself, and no counts, when it has none."""
+    return model.rewritten(as_float_products) if integer_ops(model.proto) else (model, Counter())
+
+
+def as_float_products(proto: onnx.ModelProto) -> Counter[str]:
+    """Rewrite the main graph's MatMulInteger and ConvInteger as MatMul and Conv of float
+    operands, ``Cast(x) - Cast(zero_point)`` (folded where both are weights), and a Cast of
+    the result to int32, in place; how many of each were rewritten.
+
+    The operands are integers below 256 in size, so the float products and their sums are
+    exact up to 2^24 (a sum past it rounds by parts in 10^7, as a float layer's would): the
+    int32 result is ONNX Runtime's, and what follows it (the bias, the scales) is unchanged.
+    """
+    return _ProductWriter(proto).rewrite(proto) if integer_ops(proto) else Counter()
+
+
+def _integer(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in INTEGER
 
 
 def _quantized(node: onnx.NodeProto) -> bool:
@@ -117,14 +199,6 @@ class _Writer(NodeWriter):
         self.quantize(moved, scale, zero, node.output[0])
         return self.nodes
 
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
-        from onnx import helper
-
-        node_name = self.fresh(f"{self.stem}/{op_type}")
-        name = out or node_name
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=node_name, **attrs))
-        return name
-
     def bias_scale(self, x_scale: str, w_scale: str) -> str:
         """``x_scale * w_scale``: a constant where both are (converters fold a constant
         int32 bias to float; onnx2tf's DequantizeLinear of int32 with a computed scale is
@@ -133,9 +207,7 @@ class _Writer(NodeWriter):
 
         if x_scale in self.weights and w_scale in self.weights:
             x, w = (numpy_helper.to_array(self.weights[n]) for n in (x_scale, w_scale))
-            name = self.fresh(f"{self.stem}/bias_scale")
-            self.constants.append(numpy_helper.from_array((x * w).astype(w.dtype), name))
-            return name
+            return self.const(f"{self.stem}/bias_scale", (x * w).astype(w.dtype))
         return self.op("Mul", [x_scale, w_scale])
 
     def per_axis(self, scale: str) -> bool:
@@ -224,6 +296,54 @@ class _Writer(NodeWriter):
             self.quantize(result, y_scale, y_zero, out)
         else:  # QGemm without y_scale gives float
             self.op("Identity", [result], out)
+
+
+class _ProductWriter(NodeWriter):
+    """Emits one integer product's float form at a time (``as_float_products``)."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        super().__init__(proto)
+        self.weights = {t.name: t for t in proto.graph.initializer}
+
+    def write(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        if not _integer(node):
+            return None
+        from onnx import TensorProto
+
+        self.nodes, self.stem = [], node.name or node.output[0]
+        x, w, x_zero, w_zero = [*node.input, "", ""][:4]
+        attrs = {a.name: _value(a) for a in node.attribute}
+        if node.op_type == "MatMulInteger":  # a_zero_point: per row of A ([M] -> [M, 1])
+            product = "MatMul"
+            a, b = self.operand(x, x_zero, trailing=1), self.operand(w, w_zero, trailing=0)
+        else:  # ConvInteger: x_zero_point a scalar, w_zero_point per output channel
+            product = "Conv"
+            rank = len(self.weights[w].dims) if w in self.weights else 4
+            a, b = self.operand(x, x_zero, trailing=0), self.operand(w, w_zero, trailing=rank - 1)
+        result = self.op(product, [a, b], **attrs)
+        self.op("Cast", [result], node.output[0], to=TensorProto.INT32)
+        return self.nodes
+
+    def operand(self, x: str, zero: str, trailing: int) -> str:
+        """``x - zero`` as float: a weight when both are, else Cast and Sub; a zero point of
+        more than one value gets ``trailing`` axes of 1 to broadcast."""
+        import numpy as np
+        from onnx import TensorProto, numpy_helper
+
+        if x in self.weights and (not zero or zero in self.weights):
+            value = numpy_helper.to_array(self.weights[x]).astype(np.float32)
+            if zero:
+                offset = numpy_helper.to_array(self.weights[zero]).astype(np.float32)
+                value = value - offset.reshape(offset.shape + (1,) * trailing * (offset.size > 1))
+            return self.const(f"{self.stem}/{x}_float", value)
+        as_float = self.op("Cast", [x], to=TensorProto.FLOAT)
+        if not zero:
+            return as_float
+        zero_float = self.op("Cast", [zero], to=TensorProto.FLOAT)
+        if trailing and zero in self.weights and _size(self.weights[zero].dims) > 1:
+            shape = self.const(f"{self.stem}/zero_shape", np.array([-1] + [1] * trailing))
+            zero_float = self.op("Reshape", [zero_float, shape])
+        return self.op("Sub", [as_float, zero_float])
 
 
 def _size(dims: Any) -> int:

@@ -141,21 +141,6 @@ class _Writer(NodeWriter):
 
     # --- naming and emitting ------------------------------------------------------------
 
-    def const(self, stem: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.fresh(stem)
-        self.constants.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
-        from onnx import helper
-
-        name = out or self.fresh(f"{self.stem}/{op_type}")
-        self.nodes.append(helper.make_node(op_type, inputs, [name], **attrs))
-        self.learn(self.nodes[-1])
-        return name
-
     def axes_op(self, op_type: str, x: str, axes: list[int], since: int, **attrs: Any) -> str:
         """Unsqueeze, ReduceSum, ReduceMean: axes as an input from opset ``since``, an
         attribute before."""

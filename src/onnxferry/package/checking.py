@@ -7,18 +7,23 @@ openvino, tflite): the user's (``--set inputs=FILE``), else generated at sizes t
     feeds = check_feeds(Model.load("model.onnx"), opts["inputs"], opts["samples"], result)
     reference = [OrtRunner(Model.load("model.onnx")).run(f) for f in feeds]
     note_unfinite(reference, opts["inputs"], result)  # NaN in ONNX Runtime's outputs: a note
+    second = converters_form_on_ort(Model.load("model.onnx"), feeds)  # the parity's second
+    steps = quantized_output_steps(Model.load("model.onnx"))  # outputs on a grid: {}
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import FeedError
 from ..model import Model
 from .base import Options, Packaged
+
+if TYPE_CHECKING:
+    from ..parity import SecondOpinion
 
 CHECK_KEYS = ("inputs", "samples")
 """Options of every target that checks what it wrote on feed sets (``check_feeds``)."""
@@ -77,3 +82,23 @@ def note_unfinite(
         f"ONNX Runtime's output {names} holds NaN or infinite values on {where}: the check "
         f"compares values the model does not compute there{hint}"
     )
+
+
+def quantized_output_steps(model: Model) -> dict[str, float]:
+    """The outputs of ``model`` (its QOperator nodes as QDQ) that lie on a quantization's grid,
+    and its step (``qdq.output_steps``): a target's parity passes them a step apart."""
+    from ..qdq import output_steps, with_qdq
+
+    return output_steps(with_qdq(model)[0].proto)
+
+
+def converters_form_on_ort(model: Model, feeds: Sequence[Mapping[str, Any]]) -> SecondOpinion:
+    """The reference's second opinion in a converter target's parity check: ONNX Runtime, no
+    graph optimization (``parity.unoptimized_ort``), on the form the converters are given or
+    compute: QOperator nodes as QDQ (an output a step from ONNX Runtime's integer kernels),
+    integer products as exact float ones (ONNX Runtime's u8s8 kernels saturate on CPUs
+    without VNNI, OpenVINO and LiteRT do not)."""
+    from ..parity import unoptimized_ort
+    from ..qdq import with_float_products, with_qdq
+
+    return unoptimized_ort(with_float_products(with_qdq(model)[0])[0], feeds)

@@ -34,21 +34,28 @@ import numpy as np
 
 from ..errors import InputError
 from ..feeds import describe_shapes
-from ..graphs import loop_outputs_not_inputs
+from ..graphs import listed, loop_outputs_not_inputs
 from ..model import Model
 from ..native import spawned_worker
 from ..ovsession import ov_error_message
 from ..qdq import QDQ_NOTE, with_qdq
 from ..stft import STFT_NOTE, with_stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite
+from .checking import (
+    CHECK_KEYS,
+    check_feeds,
+    check_options,
+    converters_form_on_ort,
+    note_unfinite,
+    quantized_output_steps,
+)
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to OpenVINO IR in ``outdir`` and verify it (module docstring)."""
-    from ..parity import Tolerance, compare_within_noise, unoptimized_ort
+    from ..parity import Tolerance, compare_within_noise
     from ..parity.tolerance import low_precision_note
     from ..runtime import OrtRunner
 
@@ -66,8 +73,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         result.notes.append(STFT_NOTE.format(count=stfts, tool="OpenVINO's ONNX frontend"))
     readable, quantized = with_qdq(readable)
     if quantized:
-        ops = ", ".join(f"{count} {op}" for op, count in quantized.items())
-        result.notes.append(QDQ_NOTE.format(ops=ops, tool="OpenVINO's ONNX frontend"))
+        result.notes.append(QDQ_NOTE.format(ops=listed(quantized), tool="OpenVINO's ONNX frontend"))
     with tempfile.TemporaryDirectory(prefix="ferry-openvino-") as work:
         given = model if readable is model else readable.save(Path(work) / source.model.name)
         done = _in_child(str(given.path), source.name, opts["fp16"], feeds, names)
@@ -94,7 +100,8 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             reference,
             candidate,
             tolerance,
-            second=unoptimized_ort(with_qdq(model)[0], feeds),  # a QOperator model's noise: qdq
+            second=converters_form_on_ort(model, feeds),
+            steps=quantized_output_steps(model),
             reference_name=f"{source.model.name}@onnxruntime",
             candidate_name=f"{xml_name}@openvino-cpu",
         )

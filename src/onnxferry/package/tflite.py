@@ -92,6 +92,7 @@ from ..feeds import describe_shapes
 from ..graphs import (
     inlined,
     iter_graphs,
+    listed,
     open_negative_dims,
     rename_values,
     unread_inputs,
@@ -102,12 +103,19 @@ from ..graphs import (
 from ..model import Model
 from ..native import NativeOutput, native_output, spawned_worker
 from ..optimize.qdq_float import as_float_ops
-from ..qdq import QDQ_NOTE, as_qdq, with_qdq
+from ..qdq import INTEGER_NOTE, QDQ_NOTE, as_float_products, as_qdq
 from ..report import human_size
 from ..stft import STFT_NOTE, stft_as_conv
 from ..unfused import UNFUSED_NOTE, unfuse
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite
+from .checking import (
+    CHECK_KEYS,
+    check_feeds,
+    check_options,
+    converters_form_on_ort,
+    note_unfinite,
+    quantized_output_steps,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -159,7 +167,7 @@ class Ran:
 
 def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Packaged:
     """Convert ``source`` to TFLite in ``outdir`` and verify it (see the module docstring)."""
-    from ..parity import Tolerance, unoptimized_ort
+    from ..parity import Tolerance
     from ..parity.tolerance import low_precision_note
     from ..runtime import OrtRunner
 
@@ -180,7 +188,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     static = opts["static"] == "true" and bool(fixed)
     reference = [OrtRunner(model).run(f) for f in feeds]
     note_unfinite(reference, opts["inputs"], result)
-    second = unoptimized_ort(with_qdq(model)[0], feeds)  # a QOperator model's noise: qdq
+    second, steps = converters_form_on_ort(model, feeds), quantized_output_steps(model)
     misdeclared = _misdeclared(model, reference[0])
     tolerances = {
         name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
@@ -225,8 +233,9 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
                 (folder / n).write_bytes(data)
                 runs[n] = pool.submit(_run, str(folder / n), feeds, perms, names).result()
             judged = _parity(
-                "", name32, source.model.name, runs[name32], reference, second, tolerances[name32]
-            )  # LiteRT's own noise is measured on the file written, below
+                "", name32, source.model.name, runs[name32], reference, second,
+                tolerances[name32], steps=steps,
+            )  # fmt: skip  # LiteRT's own noise is measured on the file written, below
             return _Attempt(done, runs, [*notes], folder, None if judged.ok else judged.detail)
 
         shown = describe_shapes(fixed)
@@ -256,8 +265,9 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
             label = "tflite parity" if n == name32 else "tflite fp16 parity"
             own = _reference_kernels(pool, outdir / n, feeds, perms, names, reference)
             check = _parity(
-                label, n, source.model.name, ran, reference, second, tolerances[n], tool, own
-            )
+                label, n, source.model.name, ran, reference, second, tolerances[n], tool, own,
+                steps=steps,
+            )  # fmt: skip
             result.checks.append(check)
     sizes = [(source.model.name, model.size_bytes)]
     sizes += [(n, (outdir / n).stat().st_size) for n in runs]
@@ -467,9 +477,12 @@ def _parity(
     tolerance: Tolerance,
     tool: str = "",
     own: SecondOpinion | None = None,
+    *,
+    steps: Mapping[str, float] | None = None,
 ) -> Check:
     """The ``.tflite``'s outputs against ONNX Runtime's (and, where they differ, against ONNX
-    Runtime's own noise, ``second``, and LiteRT's on the file, ``own``)."""
+    Runtime's own noise, ``second``, and LiteRT's on the file, ``own``; a step apart on the
+    outputs on a quantization's grid, ``steps``)."""
     from ..parity import compare_within_noise
 
     if ran.problem is not None:
@@ -481,6 +494,7 @@ def _parity(
         tolerance,
         second=second,
         candidate_second=own,
+        steps=steps,
         reference_name=f"{onnx_name}@onnxruntime",
         candidate_name=f"{file}@litert",
     )
@@ -674,14 +688,14 @@ def _folded(
             output.type.tensor_type.ClearField("shape")
     notes += _keras_names(proto.graph)
     if quantized_ops := as_qdq(proto):
-        ops = ", ".join(f"{count} {op}" for op, count in quantized_ops.items())
-        notes.append(QDQ_NOTE.format(ops=ops, tool="onnx2tf"))
+        notes.append(QDQ_NOTE.format(ops=listed(quantized_ops), tool="onnx2tf"))
+    if products := as_float_products(proto):
+        notes.append(INTEGER_NOTE.format(ops=listed(products), tool="onnx2tf"))
     _tf_op_names(proto.graph)
     if stfts := stft_as_conv(proto):
         notes.append(STFT_NOTE.format(count=stfts, tool="onnx2tf"))
     if fused := unfuse(proto):
-        ops = ", ".join(f"{count} {op}" for op, count in fused.items())
-        notes.append(UNFUSED_NOTE.format(ops=ops, tool="onnx2tf"))
+        notes.append(UNFUSED_NOTE.format(ops=listed(fused), tool="onnx2tf"))
     if narrowed := _as_float32(proto):
         counted = " and ".join(f"{count} {kind}" for kind, count in narrowed.items())
         notes.append(

@@ -55,6 +55,9 @@ class OutputParity:
     (``judge.excuse_source_noise``)."""
     noise_atol: float | None = None
     """Then: the atol the nearest pair of a reference run and a candidate run needs."""
+    step: float | None = None
+    """When the values passed only as one step of the output's own quantization apart: the
+    step (``judge.excuse_output_steps``)."""
     tied: int | None = None
     """A label output that passed only because its differing rows are ties: how many rows
     differ where both sides' top two scores are within the scores' tolerance
@@ -89,6 +92,7 @@ class OutputParity:
             "required_rtol": self.required_rtol,
             "source_noise": self.source_noise,
             "noise_atol": self.noise_atol,
+            "step": self.step,
             "tied": self.tied,
         }
 
@@ -177,6 +181,11 @@ class Parity:
                 "one runtime's own two)"
                 for o in self.outputs
                 if o.source_noise is not None
+            )
+            text += "".join(
+                f"; {o.name!r} a step of its quantization apart (step {_fmt(o.step)})"
+                for o in self.outputs
+                if o.step is not None
             )
         else:
             parts = []
