@@ -1729,7 +1729,6 @@ SETUPS: dict[str, Setup] = {
     "onnxferry.batch.summary": _nothing,
     "onnxferry.batch.tables": _batch,
     "onnxferry.cli.batch": _batch,
-    "onnxferry.package.tflite": _one_model,
     "onnxferry.ci": _nothing,
     "onnxferry.doctor": _nothing,
     "onnxferry.cli.doctor": _nothing,
@@ -1824,6 +1823,8 @@ SKIP: dict[str, str] = {
     "onnxferry.convert.tf_common": f"{TENSORFLOW}; its helpers run under the Keras and TFLite "
     "tests",
     "onnxferry.convert.tflite": f"{TENSORFLOW}; tests/test_convert_tflite.py runs the loader",
+    "onnxferry.package.tflite": "imports TensorFlow in a worker and converts with onnx2tf (11 s "
+    "under make test); tests/test_package_tflite.py packages that model and others",
     "onnxferry.convert.tf2onnx_ops": f"{TENSORFLOW}; tests/test_convert_keras.py converts an "
     "exact GELU (Erfc) with it",
     "onnxferry.convert.tflite_rewrite": f"{TENSORFLOW}; tests/test_convert_tflite.py rewrites "
