@@ -617,6 +617,17 @@ def test_an_output_on_a_quantization_grid_passes_a_step_apart_and_no_further() -
     assert not ungridded.ok
 
 
+def test_how_far_a_nudged_run_moved_counts_only_finite_values() -> None:
+    """NaN where a model gives NaN (SwiftF0's pitch) neither hides a move nor makes one."""
+    from onnxferry.parity.judge import _distance
+
+    plain = [{"y": np.array([np.nan, 2.0, -4.0], np.float32), "n": np.arange(3)}]
+    moved = [{"y": np.array([np.nan, 2.5, -4.0], np.float32), "n": np.arange(3)}]
+    assert _distance(plain, moved) == pytest.approx(0.125)
+    assert _distance(plain, plain) == 0.0
+    assert _distance([{"y": np.full(2, np.nan, np.float32)}], [{"y": np.ones(2, np.float32)}]) == 0
+
+
 def test_the_candidates_own_noise_counts_as_the_references_does() -> None:
     """A package's runtime (LiteRT) has two kernel sets too: a candidate as close to the
     reference as its own two sets are to each other passes, with both sides named."""

@@ -298,15 +298,18 @@ def _nudged(feeds: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[s
 
 
 def _distance(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> float:
-    """The largest difference between two runs' float outputs, relative to each output's
-    range."""
+    """The largest difference between two runs' float outputs where both are finite,
+    relative to each output's largest value."""
     widest = 0.0
     for x, y in zip(a, b, strict=True):
         for name, value in x.items():
             p, q = np.asarray(value), np.asarray(y[name])
-            if p.dtype.kind == "f" and p.shape == q.shape and p.size:
-                scale = float(np.nanmax(np.abs(p))) or 1.0
-                widest = max(widest, float(np.nanmax(np.abs(p - q), initial=0.0)) / scale)
+            if p.dtype.kind != "f" or p.shape != q.shape:
+                continue
+            finite = np.isfinite(p) & np.isfinite(q)
+            if finite.any():
+                scale = float(np.abs(p[finite]).max()) or 1.0
+                widest = max(widest, float(np.abs(p[finite] - q[finite]).max()) / scale)
     return widest
 
 
