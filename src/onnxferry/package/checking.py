@@ -7,14 +7,13 @@ openvino, tflite): the user's (``--set inputs=FILE``), else generated at sizes t
     feeds = check_feeds(Model.load("model.onnx"), opts["inputs"], opts["samples"], result)
     reference = [OrtRunner(Model.load("model.onnx")).run(f) for f in feeds]
     note_unfinite(reference, opts["inputs"], result)  # NaN in ONNX Runtime's outputs: a note
-    second = converters_form_on_ort(Model.load("model.onnx"), feeds)  # the parity's second
-    steps = quantized_output_steps(Model.load("model.onnx"))  # outputs on a grid: {}
+    second, steps = reference_noise(Model.load("model.onnx"), feeds)  # steps: {} here
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -84,21 +83,27 @@ def note_unfinite(
     )
 
 
-def quantized_output_steps(model: Model) -> dict[str, float]:
-    """The outputs of ``model`` (its QOperator nodes as QDQ) that lie on a quantization's grid,
-    and its step (``qdq.output_steps``): a target's parity passes them a step apart."""
-    from ..qdq import output_steps, with_qdq
+class ReferenceNoise(NamedTuple):
+    """What a converter target's parity check allows the reference (``reference_noise``)."""
 
-    return output_steps(with_qdq(model)[0].proto)
+    second: SecondOpinion
+    """ONNX Runtime's second opinion on its own noise."""
+    steps: dict[str, float]
+    """Outputs on a quantization's grid, and its step: they pass a step apart."""
 
 
-def converters_form_on_ort(model: Model, feeds: Sequence[Mapping[str, Any]]) -> SecondOpinion:
-    """The reference's second opinion in a converter target's parity check: ONNX Runtime, no
-    graph optimization (``parity.unoptimized_ort``), on the form the converters are given or
-    compute: QOperator nodes as QDQ (an output a step from ONNX Runtime's integer kernels),
-    integer products as exact float ones (ONNX Runtime's u8s8 kernels saturate on CPUs
-    without VNNI, OpenVINO and LiteRT do not)."""
+def reference_noise(model: Model, feeds: Sequence[Mapping[str, Any]]) -> ReferenceNoise:
+    """The reference's noise in a converter target's parity check (OpenVINO, LiteRT).
+
+    ``second``: ONNX Runtime, no graph optimization (``parity.unoptimized_ort``), on the form
+    the converters are given or compute: QOperator nodes as QDQ (an output a step from ONNX
+    Runtime's integer kernels), integer products as exact float ones (ONNX Runtime's u8s8
+    kernels saturate on CPUs without VNNI, OpenVINO and LiteRT do not). ``steps``: the
+    outputs a DequantizeLinear writes at one scale, in that QDQ form (``qdq.output_steps``).
+    """
     from ..parity import unoptimized_ort
-    from ..qdq import with_float_products, with_qdq
+    from ..qdq import output_steps, with_float_products, with_qdq
 
-    return unoptimized_ort(with_float_products(with_qdq(model)[0])[0], feeds)
+    as_qdq = with_qdq(model)[0]
+    second = unoptimized_ort(with_float_products(as_qdq)[0], feeds)
+    return ReferenceNoise(second, output_steps(as_qdq.proto))

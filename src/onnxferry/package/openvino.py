@@ -41,14 +41,7 @@ from ..ovsession import ov_error_message
 from ..qdq import QDQ_NOTE, with_qdq
 from ..stft import STFT_NOTE, with_stft_as_conv
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import (
-    CHECK_KEYS,
-    check_feeds,
-    check_options,
-    converters_form_on_ort,
-    note_unfinite,
-    quantized_output_steps,
-)
+from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite, reference_noise
 
 KEYS = (*CHECK_KEYS, "fp16", "atol", "rtol")
 
@@ -96,12 +89,13 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     else:
         reference = [OrtRunner(model).run(f) for f in feeds]
         note_unfinite(reference, opts["inputs"], result)
+        noise = reference_noise(model, feeds)
         parity = compare_within_noise(
             reference,
             candidate,
             tolerance,
-            second=converters_form_on_ort(model, feeds),
-            steps=quantized_output_steps(model),
+            second=noise.second,
+            steps=noise.steps,
             reference_name=f"{source.model.name}@onnxruntime",
             candidate_name=f"{xml_name}@openvino-cpu",
         )

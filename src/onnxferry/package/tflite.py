@@ -108,14 +108,7 @@ from ..report import human_size
 from ..stft import STFT_NOTE, stft_as_conv
 from ..unfused import UNFUSED_NOTE, unfuse
 from .base import Check, Options, Packaged, PackageSource, write_tree
-from .checking import (
-    CHECK_KEYS,
-    check_feeds,
-    check_options,
-    converters_form_on_ort,
-    note_unfinite,
-    quantized_output_steps,
-)
+from .checking import CHECK_KEYS, check_feeds, check_options, note_unfinite, reference_noise
 
 if TYPE_CHECKING:
     import onnx
@@ -188,7 +181,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     static = opts["static"] == "true" and bool(fixed)
     reference = [OrtRunner(model).run(f) for f in feeds]
     note_unfinite(reference, opts["inputs"], result)
-    second, steps = converters_form_on_ort(model, feeds), quantized_output_steps(model)
+    second, steps = reference_noise(model, feeds)
     misdeclared = _misdeclared(model, reference[0])
     tolerances = {
         name32: Tolerance(atol=opts["atol"], rtol=opts["rtol"]),
