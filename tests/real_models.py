@@ -67,7 +67,10 @@ dependencies) and cached, as the product must take them from the wild:
   row, so ONNX Runtime refuses two rows at once; PLCMOS (PyTorch 1.11), whose score is
   squeezed of every axis, a scalar for a batch of one; and onnx-asr's Whisper log-mel
   extractor (``asr_whisper80``), whose STFT takes the signal as ``[batch, N]`` with no
-  channel axis and whose ``waveforms_lens`` is read only through Shape;
+  channel axis and whose ``waveforms_lens`` is read only through Shape; and RivaGAN's
+  watermark encoder and decoder (invisible-watermark 0.2.0, PyTorch 1.7, opset 10): a frame
+  ``[batch, 3, 1, height, width]`` through Conv3D, where onnx2tf's strict mode tries every
+  pair of axis orders of a 5-D Concat (14,400 Keras models);
 - ``TORCHSCRIPT_WHEELS``: Silero VAD's TorchScript, for ``ferry convert``;
 - ``TORCH_WHEELS`` (attacut 1.0.6, BeatNet 1.1.3, batdetect2 1.3.1): torch state_dicts and
   their model code, for a factory;
@@ -1373,6 +1376,27 @@ def _plcmos_feeds() -> Feeds:
     }
 
 
+_INVISIBLE_WATERMARK = (
+    "invisible-watermark==0.2.0",
+    "644311beed9cfe4a9a5a4a46c740f47800cef184fe2e1297f3f4542e2d992f8b",
+)
+
+
+def _rivagan_feeds(bits: bool) -> Callable[[], Feeds]:
+    """A RivaGAN input as imwatermark makes it: a 64x64 RGB frame scaled to [-1, 1] as
+    ``[batch, 3, 1, height, width]`` (one video frame), and for the encoder its 32 watermark
+    bits as 0.0 / 1.0."""
+
+    def feeds() -> Feeds:
+        rng = np.random.default_rng(33)
+        frame = rng.uniform(-1, 1, (1, 3, 1, 64, 64)).astype(np.float32)
+        return {"frame": frame} | (
+            {"data": rng.integers(0, 2, (1, 32)).astype(np.float32)} if bits else {}
+        )
+
+    return feeds
+
+
 QUIRK_WHEELS: dict[str, WheelModel] = {
     m.name: m
     for m in [
@@ -1383,6 +1407,12 @@ QUIRK_WHEELS: dict[str, WheelModel] = {
             ("plcmos", "plcmos_models/plcmos_v2.onnx", _plcmos_feeds),
         ),
         *_ASR_FEATURES[2:],
+        *_shipped(
+            _INVISIBLE_WATERMARK,
+            "imwatermark",
+            ("rivagan_encoder", "rivagan_encoder.onnx", _rivagan_feeds(bits=True)),
+            ("rivagan_decoder", "rivagan_decoder.onnx", _rivagan_feeds(bits=False)),
+        ),
     ]
 }
 """Models from public wheels tested where their quirk matters (tests/test_real_models*.py)

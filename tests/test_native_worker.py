@@ -48,6 +48,32 @@ def test_a_kept_worker_that_dies_is_one_line_and_the_next_block_gets_a_new_one()
     assert _pid("test-crash") != before
 
 
+def test_work_past_its_deadline_is_killed_and_the_kept_worker_forgotten() -> None:
+    """``within``: what the worker runs may not stop when asked (here it sleeps through a
+    minute); past the deadline the worker is killed at once, not left running, and the next
+    block that keeps a worker of that name gets a new one."""
+    before = _pid("test-deadline")
+    with spawned_worker("died", hint="h", keep="test-deadline") as pool:  # noqa: SIM117
+        with pytest.raises(TimeoutError):
+            native.within(pool, 0.5, time.sleep, 60)
+    deadline = time.monotonic() + 10
+    while not _ended(before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _ended(before)
+    assert _pid("test-deadline") != before
+    with spawned_worker("died", hint="h", keep="test-deadline") as pool:
+        assert native.within(pool, 10, len, "abc") == 3
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (dead, not yet reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status
+
+
 def test_a_kept_worker_killed_while_idle_is_replaced_without_an_error() -> None:
     before = _pid("test-idle-kill")
     os.kill(before, 9)

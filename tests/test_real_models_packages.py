@@ -203,7 +203,7 @@ def _tflite_package(name: str, tmp_path: Path) -> tuple[object, ...]:
     for module in ("onnx2tf", "ai_edge_litert", "onnxslim"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
-    inputs = save_npz(tmp_path / f"{name}.npz", WHEELS[name].feeds())
+    inputs = save_npz(tmp_path / f"{name}.npz", (WHEELS | QUIRK_WHEELS)[name].feeds())
     source = wheel_model(name)
     return ("package", source, "--target", "tflite", "--set", f"inputs={inputs}", "--json")
 
@@ -269,3 +269,28 @@ def test_smart_turn_packages_for_tflite_fixed_and_its_quantization_in_float_ops(
     notes = report["notes"]
     assert any("could not convert it with open dims" in n for n in notes), notes
     assert any("QuantizeLinear/DequantizeLinear nodes were given" in n for n in notes), notes
+
+
+@pytest.mark.slow
+def test_rivagan_s_endless_strict_mode_search_is_stopped_at_its_timeout(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """onnx2tf's strict mode on RivaGAN's watermark encoder tries every pair of axis orders of
+    a 5-D Concat, a Keras model each (14,400), catching every exception: a package ran for
+    more than 14 minutes. onnx2tf's conversions now share ``timeout`` seconds: past them its
+    worker is killed and the package refused in one line (exit 2), nothing written. The next
+    package starts another worker: the decoder (Conv3D over the same 5-D frames) passes."""
+    if importlib.util.find_spec("onnx2tf") is None:
+        pytest.skip("onnx2tf is not installed")
+    encoder, out = wheel_model("rivagan_encoder"), tmp_path / "encoder"
+    strict = ("--set", "strict=true", "--set", "timeout=5")
+    code, stdout, err = ferry("package", encoder, "--target", "tflite", *strict, "-o", out)
+    assert code == 2 and stdout == "", err
+    assert err.strip() == (
+        "ferry: error: onnx2tf did not finish converting rivagan_encoder.onnx in its strict "
+        "mode within 5 s; give it longer: --set timeout=SECONDS"
+    )
+    assert not out.exists()
+    args = _tflite_package("rivagan_decoder", tmp_path)
+    (parity, *_) = ok_json(ferry(*args, "-o", tmp_path / "decoder"))["result"]["checks"]
+    assert parity["ok"] and "outputs match" in parity["detail"], parity

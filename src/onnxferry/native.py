@@ -16,7 +16,11 @@ a spawned worker, whose death is one line:
         pool.submit(len, "abc").result()    # InputError if the worker dies
 
 A worker whose imports are slow (TensorFlow: about 7 s) can be kept for the next block that
-names it, for KEEP_S after its last use (``keep="tensorflow"``).
+names it, for KEEP_S after its last use (``keep="tensorflow"``). Work that may never end runs
+with a deadline, past which the worker is killed (the next block starts another):
+
+    with spawned_worker("...", hint="...") as pool:
+        within(pool, 60.0, len, "abc")      # TimeoutError after 60 s
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from .errors import InputError
 
 KEEP_S = 60.0
 """How long a kept worker waits for its next block before it ends (its memory given back)."""
+
+T = TypeVar("T")
 
 
 class NativeOutput:
@@ -110,6 +116,25 @@ def spawned_worker(
         raise InputError(crashed, hint=hint) from e
     finally:
         _release(kept, broken)
+
+
+def within(
+    pool: ProcessPoolExecutor, seconds: float | None, fn: Callable[..., T], *args: object
+) -> T:
+    """``fn(*args)`` in ``pool``'s worker, waited for ``seconds`` at most (None: for ever);
+    past them the worker is killed, since what it runs may not stop when asked (native code,
+    or a Python loop that catches every exception), and TimeoutError raised. ``pool`` is of
+    no more use; a kept worker killed so is forgotten (the next block starts another)."""
+    future = pool.submit(fn, *args)
+    try:
+        return future.result(timeout=seconds)
+    except TimeoutError:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        with _kept_lock:
+            for kept in [k for k in _kept.values() if k.pool is pool]:
+                _drop(kept)
+        raise
 
 
 def _new_pool() -> ProcessPoolExecutor:

@@ -67,8 +67,15 @@ need be), not in strict mode with them open (on PP-OCR's recognizer that failed 
 whole conversion for nothing). ``strict=true`` always runs both (onnx2tf's own default),
 ``strict=false`` neither.
 
+Time. onnx2tf's conversions share ``timeout`` seconds (600; inf: no limit): one still
+running then is stopped, its worker killed (some of onnx2tf's searches try every pair of axis
+orders of an op's inputs, 14,400 Keras models for a Concat of two 5-D tensors, catching every
+exception on the way), and the package is refused in one line (exit 2) that says why strict
+mode was tried, if it was.
+
 Options (``--set KEY=VALUE``): ``layout`` (auto), ``static`` (auto), ``strict`` (auto),
-``fp16`` (false), ``inputs``, ``samples`` (3), ``atol``, ``rtol``, ``fp16_atol``, ``fp16_rtol``.
+``fp16`` (false), ``timeout`` (600), ``inputs``, ``samples`` (3), ``atol``, ``rtol``,
+``fp16_atol``, ``fp16_rtol``.
 """
 
 from __future__ import annotations
@@ -76,10 +83,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +110,7 @@ from ..graphs import (
     weights_not_inputs,
 )
 from ..model import Model
-from ..native import NativeOutput, native_output, spawned_worker
+from ..native import NativeOutput, native_output, spawned_worker, within
 from ..optimize.qdq_float import as_float_ops
 from ..qdq import INTEGER_NOTE, QDQ_NOTE, as_float_products, as_qdq
 from ..report import human_size
@@ -115,7 +124,12 @@ if TYPE_CHECKING:
 
     from ..parity import SecondOpinion, Tolerance
 
-KEYS = (*CHECK_KEYS, "layout", "static", "strict", "fp16", "atol", "rtol", "fp16_atol", "fp16_rtol")
+KEYS = (
+    *CHECK_KEYS, "layout", "static", "strict", "fp16", "timeout", "atol", "rtol", "fp16_atol",
+    "fp16_rtol",
+)  # fmt: skip
+TIMEOUT_S = 600.0
+"""onnx2tf's time for all of one package's conversions, by default (``timeout``)."""
 LAYOUTS = ("auto", "nhwc", "nchw")
 TRI_STATE = ("auto", "true", "false")
 LACKS_OP = "OP is not yet implemented"
@@ -189,6 +203,7 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
     }
     with tempfile.TemporaryDirectory(prefix="ferry-tflite-") as work, _child() as pool:
         keep = [n for n, p in perms.items() if len(p) in CHANNELS_LAST and p == _same(len(p))]
+        deadline = time.monotonic() + opts["timeout"]
 
         def attempt(shapes: dict[str, list[int]], fixed_next: bool = False) -> _Attempt:
             folder = Path(work) / ("static" if shapes else "open")
@@ -210,12 +225,19 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
                     quick.notes.append(QUICK_NOTE)
                     return quick
                 why = quick.problem
-            strict = once(str(copy.path), folder, notes, strict=True)
+            try:
+                strict = once(str(copy.path), folder, notes, strict=True)
+            except Unfinished as e:
+                raise Unfinished(e.name, e.seconds, strict=True, why=why) from None
             strict.notes.append(f"converted in onnx2tf's strict mode: without it, {why}")
             return strict
 
         def once(path: str, folder: Path, notes: list[str], strict: bool) -> _Attempt:
-            done = pool.submit(_convert, path, keep, strict).result()
+            left = max(deadline - time.monotonic(), 0) if math.isfinite(deadline) else None
+            try:
+                done = within(pool, left, _convert, path, keep, strict)
+            except TimeoutError:
+                raise Unfinished(source.model.name, opts["timeout"], strict) from None
             if isinstance(done, str):
                 raise Unconverted(source.model.name, done)
             files = {name32: done.files["float32"]}
@@ -236,6 +258,8 @@ def build(source: PackageSource, outdir: Path, options: Mapping[str, Any]) -> Pa
         sizes_chosen = opts["inputs"] is None
         try:
             chosen = attempt(fixed if static else {}, fixed_next=auto)
+        except Unfinished:
+            raise  # its worker is gone: no other conversion is tried
         except InputError as e:
             if static and sizes_chosen and isinstance(e, Unconverted):
                 raise Unconverted(e.name, e.detail, _chosen_sizes_hint(shown)) from None
@@ -312,6 +336,20 @@ class Unconverted(InputError):
         self.name, self.detail = name, detail
 
 
+class Unfinished(InputError):
+    """onnx2tf's conversions ran past their ``timeout`` (``why``: what made a strict-mode
+    retry)."""
+
+    def __init__(self, name: str, seconds: float, strict: bool, why: str | None = None) -> None:
+        mode = " in its strict mode" if strict else ""
+        retried = f", tried because without it, {why.rstrip('.')}" if why else ""
+        super().__init__(
+            f"onnx2tf did not finish converting {name}{mode} within {seconds:g} s{retried}",
+            hint="give it longer: --set timeout=SECONDS",
+        )
+        self.name, self.seconds = name, seconds
+
+
 def _chosen_sizes_hint(shown: str) -> str:
     """The hint of a refusal at sizes chosen here for the open dims (``shown``), which may be
     ones the model is not made for."""
@@ -352,6 +390,8 @@ def _fixed_if_it_runs(open_dims: _Attempt, convert: Callable[[], _Attempt], show
     fixing them did not help."""
     try:
         fixed = convert()
+    except Unfinished:
+        raise
     except InputError as e:
         why = str(e)
     else:
@@ -816,12 +856,8 @@ def _no_saved_model() -> Iterator[None]:
     onnx2tf's 190 s on Smart Turn's encoder."""
     import tensorflow as tf
 
-    save = tf.saved_model.save
-    tf.saved_model.save = lambda *args, **kwargs: None
-    try:
+    with _patched(tf.saved_model, "save", lambda *args, **kwargs: None):
         yield
-    finally:
-        tf.saved_model.save = save
 
 
 NO_ESTIMATION = "onnxferry: onnx2tf's shape estimation is left to strict mode"
@@ -836,23 +872,50 @@ def _no_shape_estimation() -> Iterator[None]:
     without, with the same file's parity; PP-OCR's recognizer built 577 Keras models for one
     attention MatMul. ferry checks the file against ONNX Runtime in any case, and a file that
     fails is converted again in strict mode, which estimates as onnx2tf does. onnx2tf goes on
-    without the estimation when the run raises, as on a model ONNX Runtime cannot run."""
+    without the estimation when the run raises, as on a model ONNX Runtime cannot run; the
+    ops that would search axis orders against its values anyway get none
+    (``_SEARCHES_WITHOUT_VALUES``)."""
     import importlib
 
     module = importlib.import_module("onnx2tf.onnx2tf")
-    run = getattr(module, "dummy_onnx_inference", None)
-    if run is None:  # another onnx2tf: converted as it comes
+    if getattr(module, "dummy_onnx_inference", None) is None:  # another onnx2tf: as it comes
         yield
         return
 
     def skipped(**_: object) -> None:
         raise RuntimeError(NO_ESTIMATION)
 
-    setattr(module, "dummy_onnx_inference", skipped)  # noqa: B010 (an untyped module)
+    def no_values(**_: object) -> tuple[dict[str, np.ndarray], None, None]:
+        return {}, None, None
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(_patched(module, "dummy_onnx_inference", skipped))
+        for op in _SEARCHES_WITHOUT_VALUES:
+            searching = importlib.import_module(f"onnx2tf.ops.{op}")
+            if hasattr(searching, "acquisition_of_validation_data"):
+                patches.enter_context(
+                    _patched(searching, "acquisition_of_validation_data", no_values)
+                )
+        yield
+
+
+_SEARCHES_WITHOUT_VALUES = ("Concat", "Tile")
+"""onnx2tf's ops that try every pair of axis orders of their two inputs, a Keras model and a
+TensorFlow run each, whether or not ONNX values exist to judge them by (the others ask first):
+without them every try is thrown away and the inputs' own order kept. A Concat of two 5-D
+tensors is 14,400 tries (invisible-watermark's RivaGAN encoder: more than 14 minutes); given
+no values to try with, each ends at once, the order kept is the same."""
+
+
+@contextlib.contextmanager
+def _patched(module: object, name: str, value: object) -> Iterator[None]:
+    """``module.name`` is ``value`` inside the block (an untyped module's function)."""
+    kept = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        setattr(module, "dummy_onnx_inference", run)  # noqa: B010
+        setattr(module, name, kept)
 
 
 def _estimation_skipped(warning: str) -> bool:
@@ -1059,6 +1122,7 @@ def _options(given: Mapping[str, Any], model: Model) -> dict[str, Any]:
         "layout": layout,
         **chosen,
         "fp16": opts.flag("fp16", False),
+        "timeout": opts.number("timeout", TIMEOUT_S, low=1),
         **check_options(opts),
         "atol": opts.number("atol", default.atol, low=0),
         "rtol": opts.number("rtol", default.rtol, low=0),
