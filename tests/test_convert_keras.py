@@ -693,6 +693,26 @@ def test_a_source_that_fails_on_the_generated_inputs_is_one_line(tmp_path: Path)
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_sizes_given_for_open_dims_are_the_ones_verified(tmp_path: Path) -> None:
+    """SpliceAI crops 5,000 steps from each end of its open-length sequence; verification
+    tried 8 and 13 steps, the error asked for ``--input-shape``, and with it and the length
+    kept open (``--dynamic``) verification went on trying 8: a loop. A size given for an
+    open dim (by ``--input-shape`` or a sample) is now verified, and that size moved by its
+    kind's step (here 20 and 25 steps); the model kept leaves the dim open."""
+    steps = keras.Input((None, 4), name="seq")
+    cropped = keras.layers.Cropping1D((6, 6), name="crop")(steps)
+    model = keras.Model(steps, keras.layers.Conv1D(3, 1, name="conv")(cropped), name="splice")
+    converted = onnxferry.convert(
+        model,
+        tmp_path / "splice.onnx",
+        input_shapes={"seq": (1, 20, 4)},
+        dynamic={"seq": {0: "batch", 1: "length"}},
+    )
+    assert converted.signature.inputs[0].shape == ("batch", "length", 4)
+    report = converted.last_report(Conversion)
+    assert [s["seq"][1] for s in report.result.shapes] == [20, 25], report.result.shapes
+
+
 def test_compare_pairs_outputs_by_position_when_keras_named_them_anew(tmp_path: Path) -> None:
     """Keras names a layer by a per-process counter: the same model built again answers
     ``dense_7`` where its export says ``dense_6``. With no name shared and as many outputs,

@@ -21,6 +21,7 @@ from onnxferry.feeds import (
     drawn_rows,
     dynamic_dims,
     feed_sets,
+    given_sizes,
     index_ranges,
     input_vocabularies,
     plan_feeds,
@@ -604,6 +605,24 @@ def test_every_dynamic_dim_takes_two_values_when_verifying_a_conversion() -> Non
     assert shape_plan(sig, fixed={"batch": 2, "seq": 5}) == [{"batch": 2, "seq": 5}]
     static = Signature.from_onnx(onnx_text(STATIC))
     assert shape_plan(static) == [{}]
+
+
+def test_a_size_given_for_an_open_dim_is_verified_and_moved_by_its_kind_s_step() -> None:
+    """The sizes a user gives are ones the model takes: an open dim given one by
+    ``--input-shape`` is verified at it and at it moved by the distance between its kind's
+    two sizes (an image side +32, another dim +5); one a sample gives, verified with the
+    sample, at it moved once and twice. A batch takes 1 and 4 as always. The first shape
+    given for an input wins."""
+    sig = _encoder()
+    sizes = given_sizes(sig, [{"input_ids": (1, 10100)}, {"input_ids": np.zeros((2, 7))}])
+    assert sizes == {"batch": 1, "seq": 10100}
+    assert given_sizes(sig, [{"input_ids": (1, 3, 3)}, {"other": (3, 3)}]) == {}  # rank, name
+    plans = shape_plan(sig, sizes=sizes)
+    assert [(p["batch"], p["seq"]) for p in plans] == [(1, 10100), (4, 10105)]
+    swapped = shape_plan(sig, sizes={"batch": 2, "seq": 13})  # a batch as always
+    assert [(p["batch"], p["seq"]) for p in swapped] == [(1, 13), (4, 8)]
+    past_samples = shape_plan(sig, beyond={"batch": 2, "seq": 10100})  # verified already
+    assert [(p["batch"], p["seq"]) for p in past_samples] == [(1, 10105), (4, 10110)]
 
 
 def test_an_images_open_height_and_width_take_sizes_a_cnn_runs_on() -> None:

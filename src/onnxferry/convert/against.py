@@ -55,7 +55,7 @@ def compare_to_source(
     )
     loaded = load_source(source, options, framework=framework, example_inputs=example_inputs)
     tolerance = tolerance or loaded.tolerance or Tolerance()
-    feeds = loaded.verification_feeds(options.sample_inputs)
+    feeds = loaded.verification_feeds(options.sample_inputs, options.input_shapes)
     runner = OrtRunner(onnx_model, config=SessionConfig(provider=provider))
     judge = SourceJudge(loaded, feeds, tolerance)
     notes = [f"reference: {loaded.description}"]

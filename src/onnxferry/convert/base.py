@@ -139,14 +139,18 @@ class Source:
     """Feed sets the source brought with it (a factory's example inputs, by input name)."""
 
     def verification_feeds(
-        self, samples: Sequence[Mapping[str, np.ndarray]] = ()
+        self,
+        samples: Sequence[Mapping[str, np.ndarray]] = (),
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """The user's samples and the source's own, then generated sets that vary the
-        reference's dynamic dims, with values inside ``value_ranges`` and ``vocabularies``."""
+        reference's dynamic dims (from the sizes ``input_shapes`` or the samples give them),
+        with values inside ``value_ranges`` and ``vocabularies``."""
         return verification_feeds(
             self.reference.signature,
             [*samples, *self.samples],
             self.value_ranges,
+            input_shapes=input_shapes,
             vocabularies=self.vocabularies,
             column_scales=self.column_scales,
         )

@@ -615,7 +615,7 @@ def _verification_feeds(
         samples = [*options.sample_inputs, *source.samples]
         feeds = verification_feeds(model, samples, input_shapes=options.input_shapes, probe=probe)
     else:
-        feeds = source.verification_feeds(options.sample_inputs)
+        feeds = source.verification_feeds(options.sample_inputs, options.input_shapes)
     result.shapes = [{k: list(v.shape) for k, v in f.items()} for f in feeds]
     return feeds
 

@@ -180,9 +180,10 @@ def verification_feeds(
     - A Model (an ONNX source, which has a graph to size its dims by): the plan's sizes
       (``plan_feeds``), then the same at batch 4, so a batch baked in by the conversion shows.
     - A Signature (a framework model's reference): every dynamic dim at two values
-      (``shape_plan``), integer ids inside ``value_ranges`` (e.g. a tokenizer's vocabulary),
-      strings from ``vocabularies`` (a text vectorizer's words), table features around
-      their ``column_scales``.
+      (``shape_plan``: but for the batch, the size ``input_shapes`` gives it and one more,
+      or two beyond the samples'; else two of its kind), integer ids inside
+      ``value_ranges`` (e.g. a tokenizer's vocabulary), strings from ``vocabularies`` (a
+      text vectorizer's words), table features around their ``column_scales``.
     """
     signature = model if isinstance(model, Signature) else model.signature
     given = checked_feeds(samples, signature) if samples else []
@@ -190,6 +191,8 @@ def verification_feeds(
         plan = plan_feeds(model, input_shapes=input_shapes, probe=probe)
         made = [plan.feeds(seed=0), plan.with_batch(BATCH_VALUES[-1]).feeds(seed=1)]
     else:
+        sizes = given_sizes(signature, [input_shapes] if input_shapes else [])
+        beyond = given_sizes(signature, given)
         made = [
             realistic_feeds(
                 signature,
@@ -199,7 +202,7 @@ def verification_feeds(
                 vocabularies=vocabularies,
                 column_scales=column_scales,
             )
-            for seed, dims in enumerate(shape_plan(signature))
+            for seed, dims in enumerate(shape_plan(signature, sizes=sizes, beyond=beyond))
         ]
     return [*given, *(drawn_rows(given, feeds, seed) for seed, feeds in enumerate(made))]
 
@@ -249,14 +252,43 @@ def dynamic_dims(signature: Signature) -> list[str]:
     return list(names)
 
 
+def given_sizes(
+    signature: Signature, shapes: Sequence[Mapping[str, Sequence[int] | np.ndarray]]
+) -> dict[str, int]:
+    """The size each dynamic dim of ``signature`` has in the first of ``shapes`` (the user's
+    ``--input-shape``s, then sample feed sets) that gives its input at the input's rank.
+
+        given_sizes(signature, [{"x": (1, 10100, 4)}])   # {"batch": 1, "length": 10100}
+    """
+    sizes: dict[str, int] = {}
+    for spec in signature.inputs:
+        for given in shapes:
+            value = given.get(spec.name)
+            shape = np.shape(value) if isinstance(value, np.ndarray) else value
+            if spec.shape is None or shape is None or len(shape) != len(spec.shape):
+                continue
+            for dim, size in zip(spec.shape, shape, strict=True):
+                if isinstance(dim, str) and dim:
+                    sizes.setdefault(dim, int(size))
+            break
+    return sizes
+
+
 def shape_plan(
-    signature: Signature, fixed: Mapping[str, int] | None = None
+    signature: Signature,
+    fixed: Mapping[str, int] | None = None,
+    sizes: Mapping[str, int] | None = None,
+    beyond: Mapping[str, int] | None = None,
 ) -> list[dict[str, int]]:
     """Dim assignments giving every dynamic dim at least two values (batch 1 and 4, an
     image's height and width 32 and 64, a waveform's samples 16000 and 12000, other dims 8
-    and 13), except those pinned in
-    ``fixed``. A model without dynamic dims gets one plan."""
+    and 13), except those pinned in ``fixed``. Other dims than the batch lead with sizes the
+    model is known to take (SpliceAI crops 5,000 steps from each end of its sequence): one
+    given a size in ``sizes`` (``--input-shape``) takes it and it moved by the distance
+    between its kind's two; one given a size in ``beyond`` (a sample's, verified already)
+    takes it moved once and twice. A model without dynamic dims gets one plan."""
     fixed = dict(fixed or {})
+    sizes, beyond = sizes or {}, beyond or {}
     free = [d for d in dynamic_dims(signature) if d not in fixed]
     if not free:
         return [fixed]
@@ -275,9 +307,24 @@ def shape_plan(
                 values = IMAGE_VALUES
             elif _SIGNAL_DIM.search(name):
                 values = SIGNAL_VALUES
-            plan[name] = (BATCH_VALUES if name in BATCH_NAMES else values)[i]
+            step = abs(values[1] - values[0])
+            if name in BATCH_NAMES:
+                values = BATCH_VALUES
+            elif name in sizes:
+                values = _around(sizes[name], values)
+            elif name in beyond:
+                values = (beyond[name] + step, beyond[name] + 2 * step)
+            plan[name] = values[i]
         plans.append(plan)
     return plans
+
+
+def _around(size: int, kind: tuple[int, int]) -> tuple[int, int]:
+    """``size`` and a second size for a dim of ``kind`` (its two usual sizes): the other of
+    them when ``size`` is one, else ``size`` plus their distance."""
+    if size in kind:
+        return size, kind[1 - kind.index(size)]
+    return size, size + abs(kind[1] - kind[0])
 
 
 def feeds_digest(sets: Iterable[Mapping[str, np.ndarray]]) -> str:
