@@ -174,6 +174,59 @@ def test_the_loose_ends_of_tf1_control_flow_are_not_outputs(ferry: Run, tmp_path
     assert not any("is_training" in note for note in bound.notes)
 
 
+def _fed_by_an_iterator(path: Path) -> np.ndarray:
+    """A TF1 graph as deepbrain's (a brain extractor's wheel) was frozen: its input ``img`` is
+    a ``PlaceholderWithDefault`` whose default is a tf.data iterator's next element, read
+    through a string-handle ``Placeholder``; a ``training`` flag with a default of True picks
+    a batch norm's branch by ``tf.cond``; ``prob`` is what inference runs, and ``pred``, the
+    graph's end, still reads the iterator."""
+    weights = np.random.default_rng(3).standard_normal((4, 2)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        handle = tf.compat.v1.placeholder(tf.string, None, name="Placeholder")
+        iterator = tf.compat.v1.data.Iterator.from_string_handle(
+            handle, (tf.float32,), (tf.TensorShape([None, 4]),)
+        )
+        (element,) = iterator.get_next()
+        img = tf.compat.v1.placeholder_with_default(element, [None, 4], name="img")
+        training = tf.compat.v1.placeholder_with_default(True, [], name="training")
+        h = tf.matmul(img, tf.constant(weights))
+        mean = tf.compat.v1.cond(
+            training, lambda: tf.reduce_mean(h, 0), lambda: tf.constant([0.5, -0.5])
+        )
+        prob = tf.sigmoid(h - mean, name="prob")
+        tf.greater(prob * tf.ones_like(element[:, :1]), 0.5, name="pred")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return weights
+
+
+def test_an_input_whose_default_reads_an_iterator_is_fed_without_it(
+    ferry: Run, tmp_path: Path
+) -> None:
+    """deepbrain's ``img``: a ``PlaceholderWithDefault`` was taken for a computed tensor, so
+    the only input found was the iterator's string handle (unknown rank: exit 2 asking for
+    its shape). Such an input is fed now, its default left out, and a placeholder that only
+    that default read is no input; a training flag with a default is fixed to False as a
+    placeholder one is. The graph's end that still reads the iterator is refused in one line
+    that names ``--graph-outputs``."""
+    path = tmp_path / "deepbrain.pb"
+    weights = _fed_by_an_iterator(path)
+    out = tmp_path / "o.onnx"
+    code, _, err = ferry("convert", path, "-o", out)
+    assert code == 2 and "input 'Placeholder' has an unknown rank" in err, err
+    assert "--graph-outputs" in err and len(err.strip().splitlines()) == 1
+    source = load_graph_def(path, ConvertOptions(graph_outputs=("prob",)))
+    assert source.reference.signature.input_names == ["img"]
+    assert any(n.startswith("training fixed to False") for n in source.notes), source.notes
+    assert any(n.startswith("img: a PlaceholderWithDefault") for n in source.notes)
+    code, _, err = ferry("convert", path, "-o", out, "--graph-outputs", "prob")
+    assert code == 0, err
+    x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    (prob,) = OrtRunner(Model.load(out)).run({"img": x}).values()
+    want = 1 / (1 + np.exp(-(x @ weights - np.array([0.5, -0.5], np.float32))))
+    np.testing.assert_allclose(prob, want, rtol=1e-5, atol=1e-6)
+
+
 def _dropout_graph(path: Path, kind: str) -> np.ndarray:
     """A TF1 classifier with dropout on its hidden layer, set by a float scalar placeholder:
     ``keep_prob`` (``tf.nn.dropout(keep_prob=)``: ``1 - keep_prob`` compared with the draw),

@@ -3,8 +3,12 @@
 ``frozen_inference_graph.pb``), weights held as constants, no signature.
 
     source = load_graph_def("frozen.pb", ConvertOptions())
-    source.reference.signature   # inputs: its placeholders; outputs: the tensors no node reads
+    source.reference.signature   # inputs: placeholders outputs read; outputs: tensors unread
     source.reference.run(feeds)  # the graph in TensorFlow, {name: array}
+
+The inputs are the placeholders the outputs are computed from, and a
+``PlaceholderWithDefault`` whose default is no constant (``cut_defaults``: deepbrain's volume
+defaults to a tf.data iterator's element), its default left out.
 
 Names: each input is its ``Placeholder``'s name (``input`` for ``input:0``); each output is
 its node's name (``prob``), ``node_1`` for a node's second output. The outputs are the graph's
@@ -44,6 +48,7 @@ from .tf_function import FunctionRunner
 
 _NOT_OUTPUTS = {
     "Placeholder",
+    "PlaceholderWithDefault",
     "Const",
     "NoOp",
     "Assert",
@@ -90,15 +95,30 @@ class GraphDefRunner(FunctionRunner):
         ends: str = "the tensors no node of the graph reads",
     ) -> None:
         tf = import_tf()
-        dtypes = {n.name: n.attr["dtype"].type for n in graph_def.node if n.op == "Placeholder"}
+        if outputs is None and options.graph_outputs:
+            outputs, ends = options.graph_outputs, "given with --graph-outputs"
+        names = graph_ends(graph_def) if outputs is None else outputs  # defaults still read
+        graph_def, cut = cut_defaults(graph_def)
+        needed = upstream(graph_def, [node_name(name) for name in names])
+        dtypes = {
+            n.name: n.attr["dtype"].type
+            for n in graph_def.node
+            if n.op == "Placeholder" and n.name in needed
+        }
         ranks = {
             n.name: None if n.attr["shape"].shape.unknown_rank else len(n.attr["shape"].shape.dim)
             for n in graph_def.node
-            if n.op == "Placeholder"
+            if n.name in dtypes
         }
         switches = training_switches(graph_def)
         dropouts = dropout_inputs(graph_def)
         bound, self.notes = bindings(ranks, switches, options, "placeholder", dropouts)
+        self.notes += [
+            f"{name}: a PlaceholderWithDefault whose default is not a constant (a tf.data "
+            "iterator's element, another input): fed as an input, its default left out"
+            for name in cut
+            if name in dtypes and name not in bound
+        ]
         placeholders = [name for name in dtypes if name not in bound]
         if not placeholders:
             raise InputError(
@@ -121,9 +141,6 @@ class GraphDefRunner(FunctionRunner):
                 imported()
         graph = wrapped.graph
         inputs = [graph.get_tensor_by_name(f"{name}:0") for name in placeholders]
-        if outputs is None and options.graph_outputs:
-            outputs, ends = options.graph_outputs, "given with --graph-outputs"
-        names = graph_ends(graph_def) if outputs is None else outputs
         tensors = [t for name in names for t in _tensors(graph, name, graph_def)]
         self.notes.insert(0, f"outputs: {', '.join(t.name for t in tensors)} ({ends})")
         specs = [
@@ -171,6 +188,50 @@ class GraphDefRunner(FunctionRunner):
         finish_export(proto, self.signature, path)
 
 
+def cut_defaults(graph_def: Any) -> tuple[Any, list[str]]:
+    """``graph_def`` with every ``PlaceholderWithDefault`` whose default is not computed from
+    constants alone made a ``Placeholder`` (its default left out), and their names. deepbrain's
+    volume ``img`` defaults to a tf.data iterator's next element, read through a string handle
+    placeholder: fed, as at inference, neither is needed. A training switch is made one too,
+    to be fixed to False as a Placeholder switch is (its default may be True); any other
+    whose default is constant keeps it, and is no input."""
+    nodes = {n.name: n for n in graph_def.node}
+
+    def from_constants(name: str) -> bool:
+        starts = [nodes.get(n) for n in upstream(graph_def, [name])]
+        return all(node is not None and (node.input or node.op == "Const") for node in starts)
+
+    switches = set(training_switches(graph_def))
+    cut = [
+        n.name
+        for n in graph_def.node
+        if n.op == "PlaceholderWithDefault"
+        and (n.name in switches or not from_constants(node_name(n.input[0])))
+    ]
+    if not cut:
+        return graph_def, []
+    copy = type(graph_def)()
+    copy.CopyFrom(graph_def)
+    for node in copy.node:
+        if node.name in cut:
+            node.op = "Placeholder"
+            del node.input[:]
+    return copy, cut
+
+
+def upstream(graph_def: Any, names: Sequence[str]) -> set[str]:
+    """The nodes ``names`` are computed from, themselves included."""
+    inputs = {n.name: [node_name(i) for i in n.input] for n in graph_def.node}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += inputs.get(name, [])
+    return seen
+
+
 def training_switches(graph_def: Any) -> list[str]:
     """The bool scalar placeholders that pick ``tf.cond`` branches (a TF1 cond's Switch,
     through its ``pred_id`` Identities, or a TF2 cond's If), as a TF1 graph's ``is_training``
@@ -188,7 +249,7 @@ def training_switches(graph_def: Any) -> list[str]:
     return [
         n.name
         for n in graph_def.node
-        if n.op == "Placeholder"
+        if n.op in ("Placeholder", "PlaceholderWithDefault")
         and n.name in roots
         and n.attr["dtype"].type == tf.bool.as_datatype_enum
         and (n.attr["shape"].shape.unknown_rank or not n.attr["shape"].shape.dim)

@@ -114,7 +114,8 @@ def source_shape(
         dims = [None] * len(options.input_shapes[name])
     if dims is None:
         other = (
-            f"fix its value with --bind {name}=VALUE (a TF1 keep_prob=1.0)"
+            f"fix its value with --bind {name}=VALUE (a TF1 keep_prob=1.0), or name outputs "
+            "that do not read it with --graph-outputs"
             if placeholder
             else "export the model with a fixed input rank"
         )
