@@ -713,6 +713,40 @@ def test_sizes_given_for_open_dims_are_the_ones_verified(tmp_path: Path) -> None
     assert [s["seq"][1] for s in report.result.shapes] == [20, 25], report.result.shapes
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_keras2_file_s_recurrent_layers_load_without_time_major(
+    time_major: bool, tmp_path: Path
+) -> None:
+    """tf.keras 2 wrote ``time_major`` into every LSTM, GRU and SimpleRNN config (dgaintel's
+    domain classifier: an Embedding, a Conv1D and an LSTM in a 2019 ``.h5``); Keras 3 has no
+    such argument and refused the file. False, what it always was from the layers' API, is
+    dropped and the model converts verified; True (the batch on axis 1) is still refused."""
+    import json
+
+    import h5py
+
+    tokens = keras.Input((12,), dtype="int32", name="domain")
+    h = keras.layers.Embedding(40, 8, name="embed")(tokens)
+    h = keras.layers.LSTM(6, name="lstm")(h)
+    h = keras.layers.GRU(4, name="gru")(keras.layers.RepeatVector(3)(h))
+    model = keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid", name="p")(h))
+    path = tmp_path / "keras2.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:  # as tf.keras 2.2 wrote it
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] in ("LSTM", "GRU"):
+                layer["config"]["time_major"] = time_major
+        f.attrs["model_config"] = json.dumps(config)
+    if time_major:
+        with pytest.raises(InputError, match="time_major"):
+            onnxferry.convert(path, tmp_path / "o.onnx")
+        return
+    converted = onnxferry.convert(path, tmp_path / "o.onnx")
+    assert converted.signature.input_names == ["domain"]
+    assert converted.last_report(Conversion).result.verified
+
+
 def test_compare_pairs_outputs_by_position_when_keras_named_them_anew(tmp_path: Path) -> None:
     """Keras names a layer by a per-process counter: the same model built again answers
     ``dense_7`` where its export says ``dense_6``. With no name shared and as many outputs,

@@ -322,10 +322,14 @@ def _load_keras_file(path: Path, options: ConvertOptions) -> Any:
                 f"{path}: not a Keras .keras file (the zip archive holds no config.json)",
                 hint="give a file written by model.save('model.keras')",
             )
+    legacy = path.suffix.lower() in (".h5", ".hdf5")
     try:
         with quiet_tf():
             return keras.saving.load_model(
-                str(path), compile=False, safe_mode=not options.trust_pickle
+                str(path),
+                compile=False,
+                safe_mode=not options.trust_pickle,
+                custom_objects=_keras2_recurrent_layers(keras) if legacy else None,
             )
     except Exception as e:
         text = one_line(e)
@@ -348,6 +352,26 @@ def _load_keras_file(path: Path, options: ConvertOptions) -> Any:
                 "load_weights() on this file and returns it",
             ) from e
         raise InputError(f"{path}: Keras cannot load the model ({text})", hint=hint) from e
+
+
+_KERAS2_RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+
+
+def _keras2_recurrent_layers(keras: Any) -> dict[str, type]:
+    """Keras 3's recurrent layers taking tf.keras 2's configs, which carry ``time_major``
+    (dgaintel's LSTM: ``False``, Keras 3 has no such argument and refused the file). A True
+    one, where the batch axis is second, is still refused (by Keras, naming it)."""
+
+    def taking_keras2(base: type) -> type:
+        def from_config(cls: type, config: dict[str, Any]) -> Any:
+            config = dict(config)
+            if config.get("time_major") is False:
+                del config["time_major"]
+            return base.from_config(config)  # type: ignore[attr-defined]
+
+        return type(base.__name__, (base,), {"from_config": classmethod(from_config)})
+
+    return {name: taking_keras2(getattr(keras.layers, name)) for name in _KERAS2_RECURRENT}
 
 
 def _input_names(inputs: Sequence[Any]) -> dict[str, str]:
