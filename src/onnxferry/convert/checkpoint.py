@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import InputError, one_line
 from .base import ConvertOptions, Source
-from .graphdef import GraphDefRunner, graph_ends, node_name, parse_file
+from .graphdef import GraphDefRunner, closure, graph_ends, node_name, parse_file
 from .tf_common import import_tf, quiet_tf, resolve_opset
 
 _TRAINING_OPS = ("Apply", "ResourceApply", "Assign", "Scatter", "SaveV2", "RestoreV2")
@@ -83,8 +83,8 @@ def inference_ends(meta: Any) -> list[str]:
         if key in meta.collection_def:
             listed = meta.collection_def[key].node_list.value
             seeds += [node_name(v) for v in listed if node_name(v) in nodes]
-    training = _closure(seeds, lambda name: readers.get(name, []))
-    feeds_training = _closure(seeds, lambda name: [node_name(i) for i in nodes[name].input])
+    training = closure(seeds, lambda name: readers.get(name, []))
+    feeds_training = closure(seeds, lambda name: [node_name(i) for i in nodes[name].input])
     model = type(graph_def)()
     model.node.extend(n for n in graph_def.node if n.name not in training)
     ends = [
@@ -94,7 +94,7 @@ def inference_ends(meta: Any) -> list[str]:
         and nodes[name].op not in _BOOKKEEPING
         and any(
             nodes[a].op == "Placeholder"
-            for a in _closure([name], lambda n: [node_name(i) for i in nodes[n].input])
+            for a in closure([name], lambda n: [node_name(i) for i in nodes[n].input])
         )
     ]
     if not ends:
@@ -106,18 +106,6 @@ def inference_ends(meta: Any) -> list[str]:
             + (f", e.g. {', '.join(endings[:4])}" if endings else ""),
         )
     return ends
-
-
-def _closure(start: list[str], neighbours: Any) -> set[str]:
-    """``start`` and every node reached from it through ``neighbours(name)``."""
-    seen: set[str] = set()
-    stack = list(start)
-    while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            stack.extend(neighbours(name))
-    return seen
 
 
 def _meta_file(path: Path) -> Path:

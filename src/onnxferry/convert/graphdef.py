@@ -26,7 +26,7 @@ it in TensorFlow, imported into a ``tf.function``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,13 +222,18 @@ def cut_defaults(graph_def: Any) -> tuple[Any, list[str]]:
 def upstream(graph_def: Any, names: Sequence[str]) -> set[str]:
     """The nodes ``names`` are computed from, themselves included."""
     inputs = {n.name: [node_name(i) for i in n.input] for n in graph_def.node}
+    return closure(names, lambda name: inputs.get(name, []))
+
+
+def closure(start: Sequence[str], neighbours: Callable[[str], Sequence[str]]) -> set[str]:
+    """``start`` and every node reached from it through ``neighbours(name)``."""
     seen: set[str] = set()
-    todo = list(names)
-    while todo:
-        name = todo.pop()
+    stack = list(start)
+    while stack:
+        name = stack.pop()
         if name not in seen:
             seen.add(name)
-            todo += inputs.get(name, [])
+            stack.extend(neighbours(name))
     return seen
 
 
