@@ -278,19 +278,16 @@ def test_rivagan_s_endless_strict_mode_search_is_stopped_at_its_timeout(
     """onnx2tf's strict mode on RivaGAN's watermark encoder tries every pair of axis orders of
     a 5-D Concat, a Keras model each (14,400), catching every exception: a package ran for
     more than 14 minutes. onnx2tf's conversions now share ``timeout`` seconds: past them its
-    worker is killed and the package refused in one line (exit 2), nothing written. The next
-    package starts another worker: the decoder (Conv3D over the same 5-D frames) passes."""
+    worker is killed and the package refused in one line (exit 2), nothing written (the next
+    block gets a new worker: tests/test_native_worker.py; the decoder's PASS: RESULTS.md)."""
     if importlib.util.find_spec("onnx2tf") is None:
         pytest.skip("onnx2tf is not installed")
     encoder, out = wheel_model("rivagan_encoder"), tmp_path / "encoder"
-    strict = ("--set", "strict=true", "--set", "timeout=5")
+    strict = ("--set", "strict=true", "--set", "timeout=3")
     code, stdout, err = ferry("package", encoder, "--target", "tflite", *strict, "-o", out)
     assert code == 2 and stdout == "", err
     assert err.strip() == (
         "ferry: error: onnx2tf did not finish converting rivagan_encoder.onnx in its strict "
-        "mode within 5 s; give it longer: --set timeout=SECONDS"
+        "mode within 3 s; give it longer: --set timeout=SECONDS"
     )
     assert not out.exists()
-    args = _tflite_package("rivagan_decoder", tmp_path)
-    (parity, *_) = ok_json(ferry(*args, "-o", tmp_path / "decoder"))["result"]["checks"]
-    assert parity["ok"] and "outputs match" in parity["detail"], parity
